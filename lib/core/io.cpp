@@ -1,0 +1,85 @@
+#include "core/io.hpp"
+
+#include "core/error.hpp"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+namespace smp {
+
+namespace fs = std::filesystem;
+
+std::string read_file(const fs::path& path) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw_bad_input(path.string(), "no such file");
+  if (fs::is_directory(path, ec)) throw_bad_input(path.string(), "is a directory, not a file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw_bad_input(path.string(), std::string("cannot open: ") + std::strerror(errno));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) throw_bad_input(path.string(), "read error");
+  return ss.str();
+}
+
+void write_file_atomic(const fs::path& path, const std::string& bytes) {
+  fs::path tmp = path;
+  tmp += fmt::format(".tmp.{}", ::getpid());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw_failure(path.string(), std::string("cannot write: ") + std::strerror(errno));
+  const char* p = bytes.data();
+  size_t left = bytes.size();
+  while (left > 0) {
+    ssize_t n = ::write(fd, p, left);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int err = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      throw_failure(path.string(), std::string("write failed: ") + std::strerror(err));
+    }
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    throw_failure(path.string(), std::string("write failed: ") + std::strerror(err));
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    throw_failure(path.string(), std::string("cannot rename into place: ") + std::strerror(err));
+  }
+}
+
+nlohmann::json read_json(const fs::path& path) {
+  std::string text = read_file(path);
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw_bad_input(path.string(), fmt::format("not valid JSON at byte {}", e.byte),
+                    "check the file's syntax");
+  }
+}
+
+nlohmann::json read_versioned_json(const fs::path& path, int supported_version) {
+  nlohmann::json j = read_json(path);
+  if (!j.is_object()) throw_bad_input(path.string(), "expected a JSON object at the top level");
+  auto it = j.find("version");
+  if (it == j.end()) throw_bad_input(path.string(), "missing field \"version\"");
+  if (!it->is_number_integer())
+    throw_bad_input(path.string(), "field \"version\" must be an integer");
+  int v = it->get<int>();
+  if (v < 1 || v > supported_version)
+    throw_bad_input(path.string(), fmt::format("unsupported version {}", v),
+                    fmt::format("this smp reads version {}", supported_version));
+  return j;
+}
+
+}  // namespace smp

@@ -1,0 +1,25 @@
+// Small file and JSON helpers shared by every layer.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <string>
+
+namespace smp {
+
+// Whole file as bytes; bad input (naming the file) when it cannot be read.
+std::string read_file(const std::filesystem::path& path);
+
+// Writes beside the target and renames over it, so a crash leaves either the old or the new
+// file, never a torn one. Failure (naming the file) when it cannot be written.
+void write_file_atomic(const std::filesystem::path& path, const std::string& bytes);
+
+// Parses a JSON file; a parse error names the file and the position.
+nlohmann::json read_json(const std::filesystem::path& path);
+
+// Reads a JSON file that must carry {"version": <supported>}: a missing or newer version is
+// bad input naming the file.
+nlohmann::json read_versioned_json(const std::filesystem::path& path, int supported_version);
+
+}  // namespace smp

@@ -1,0 +1,35 @@
+// Loading an ONNX file into a static graph.
+#pragma once
+
+#include "graph/graph.hpp"
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
+
+namespace smp::graph {
+
+struct LoadOptions {
+  // Size bound to every symbolic leading (axis 0) dimension of the graph inputs: the batch.
+  // 0 leaves leading symbolic dims to `dims` (an error if they stay unbound).
+  int64_t batch_size = 0;
+  // Other symbolic dimensions by name, e.g. {"sequence", 128}.
+  std::map<std::string, int64_t> dims;
+  // Read parameter bytes (embedded and external). The planner leaves this off and never reads
+  // a weight byte; workers turn it on.
+  bool load_weights = false;
+};
+
+// Loads, checks (ONNX checker), binds symbolic dims, infers shapes, folds constant subgraphs
+// and orders the nodes topologically. Bad input throws smp::Error naming the file.
+Graph load_graph(const std::filesystem::path& path, const LoadOptions& opts);
+
+// Same, from bytes already in memory (the fuzzer's entry point); `name` is used in messages.
+Graph load_graph_from_bytes(const std::string& bytes, const std::string& name,
+                            const LoadOptions& opts, const std::filesystem::path& base_dir = {});
+
+// Reads the bytes of one parameter or constant (from memory or its external file).
+std::shared_ptr<const TensorData> read_tensor(const Value& v);
+
+}  // namespace smp::graph

@@ -1,0 +1,70 @@
+// The op registry: one entry per ONNX op type. The graph layer's part of an entry holds what the
+// planner needs without running anything: the forward cost rule, which inputs a gradient flows
+// to, and which forward tensors the backward keeps (the planner's activation estimate and the
+// runtime's stash both read that declaration). The runtime adds the kernels and the gradient
+// rule for the same Op in its own table (lib/runtime), indexed by the same enum, with a
+// static_assert on the count so that a forgotten entry is a build error.
+#pragma once
+
+#include "graph/graph.hpp"
+
+#include <cstdint>
+#include <string_view>
+
+namespace smp::graph {
+
+// Every op smp knows. Append-only within a group; the tables assert their sizes against kCount.
+enum class Op : int {
+  // matrix products and convolution
+  MatMul, Gemm, Conv,
+  // elementwise, binary with broadcasting
+  Add, Sub, Mul, Div, Pow, Max, Min, Equal, Less, Greater, LessOrEqual, GreaterOrEqual, And, Or, Xor, Where,
+  // elementwise, unary
+  Sqrt, Reciprocal, Neg, Abs, Exp, Log, Relu, LeakyRelu, Tanh, Sigmoid, Erf, Gelu, Floor, Ceil, Not,
+  Clip, Cast, Identity, Dropout, Sin, Cos,
+  // normalisation and softmax
+  Softmax, LogSoftmax, LayerNormalization, BatchNormalization,
+  // reductions
+  ReduceMean, ReduceSum, ReduceMax, ReduceMin, ReduceProd, ArgMax,
+  // pooling
+  MaxPool, AveragePool, GlobalAveragePool,
+  // data movement
+  Reshape, Transpose, Flatten, Squeeze, Unsqueeze, Concat, Split, Slice, Gather, Expand, Tile, Trilu,
+  // shape-only and constant producers (folded away before planning)
+  Shape, Size, Constant, ConstantOfShape, Range,
+  // losses
+  SoftmaxCrossEntropyLoss,
+  kCount
+};
+
+enum class OpClass { MatMulLike, Elementwise, Normalization, Reduction, Pooling, DataMovement, View,
+                     ShapeOnly, Loss };
+
+struct OpDef {
+  Op op;
+  std::string_view type;       // ONNX op type (domain ai.onnx)
+  OpClass cls;
+  // Gradient flows to input i when bit i is set (e.g. MatMul: both; Gather: the table, not the
+  // indices; Where: the two branches, not the condition).
+  uint32_t differentiable_inputs;
+  // Forward tensors the backward keeps: bit i of saved_inputs keeps input i, bit i of
+  // saved_outputs keeps output i.
+  uint32_t saved_inputs;
+  uint32_t saved_outputs;
+  // Forward cost at the graph's bound shapes. Uses the node's input/output values' shapes only.
+  NodeCost (*cost)(const Graph& g, const Node& n);
+};
+
+// nullptr when the op is unknown to smp (its nodes still plan, with a bytes-based estimate).
+const OpDef* find_op(std::string_view op_type);
+const OpDef& op_def(Op op);
+int op_count();
+
+// The registry's cost rule, or for unknown ops a bytes-based estimate with `estimated` set.
+NodeCost node_cost(const Graph& g, const Node& n);
+
+// Bytes of the forward tensors the node's backward keeps (per the registry's declaration;
+// unknown ops keep their inputs). Constants and parameters are not counted.
+int64_t saved_activation_bytes(const Graph& g, const Node& n);
+
+}  // namespace smp::graph

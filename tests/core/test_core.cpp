@@ -1,0 +1,65 @@
+#include <doctest/doctest.h>
+
+#include "core/dtype.hpp"
+#include "core/error.hpp"
+#include "core/io.hpp"
+#include "core/shape.hpp"
+
+#include <filesystem>
+#include <fstream>
+
+#include <unistd.h>
+
+using namespace smp;
+namespace fs = std::filesystem;
+
+TEST_CASE("dtype sizes and names follow ONNX numbering") {
+  CHECK(dtype_size(DType::F32) == 4);
+  CHECK(dtype_size(DType::I64) == 8);
+  CHECK(dtype_size(DType::BF16) == 2);
+  CHECK(dtype_from_onnx(1) == DType::F32);
+  CHECK(dtype_from_onnx(7) == DType::I64);
+  CHECK(dtype_from_onnx(99) == DType::Undefined);
+  CHECK(dtype_name(DType::Bool) == "bool");
+  CHECK(is_floating(DType::F16));
+  CHECK_FALSE(is_floating(DType::I32));
+}
+
+TEST_CASE("shapes") {
+  CHECK(numel({}) == 1);
+  CHECK(numel({2, 3, 4}) == 24);
+  CHECK(shape_str({2, 3}) == "[2, 3]");
+}
+
+TEST_CASE("errors are one line with place and hint") {
+  try {
+    throw_bad_input("model.onnx", "bad\nthing", "do this");
+    FAIL("no throw");
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()) == "model.onnx: bad thing (do this)");
+    CHECK(e.exit_code() == 2);
+  }
+  try {
+    throw_failure("x", "y");
+  } catch (const Error& e) {
+    CHECK(e.exit_code() == 1);
+  }
+}
+
+TEST_CASE("atomic write replaces the file and leaves no temporary") {
+  fs::path dir = fs::temp_directory_path() / fmt::format("smp_core_{}", ::getpid());
+  fs::create_directories(dir);
+  fs::path f = dir / "a.json";
+  write_file_atomic(f, R"({"version": 1, "x": 2})");
+  write_file_atomic(f, R"({"version": 1, "x": 3})");
+  CHECK(read_versioned_json(f, 1)["x"] == 3);
+  int files = 0;
+  for ([[maybe_unused]] auto& e : fs::directory_iterator(dir)) ++files;
+  CHECK(files == 1);
+  write_file_atomic(f, R"({"version": 7})");
+  CHECK_THROWS_WITH_AS(read_versioned_json(f, 1), doctest::Contains("unsupported version 7"), Error);
+  write_file_atomic(f, "{nope");
+  CHECK_THROWS_WITH_AS(read_json(f), doctest::Contains("not valid JSON"), Error);
+  CHECK_THROWS_WITH_AS(read_file(dir / "missing"), doctest::Contains("no such file"), Error);
+  fs::remove_all(dir);
+}

@@ -1,1 +1,319 @@
-// work in progress
+#include "graph/op_registry.hpp"
+
+#include "core/error.hpp"
+
+#include <array>
+#include <unordered_map>
+
+namespace smp::graph {
+
+namespace {
+
+// ---- helpers over a node's values ---------------------------------------------------------
+
+double bytes_of(const Graph& g, int id) { return id < 0 ? 0.0 : static_cast<double>(g.value(id).bytes()); }
+double elems_of(const Graph& g, int id) { return id < 0 ? 0.0 : static_cast<double>(g.value(id).numel()); }
+
+double input_bytes(const Graph& g, const Node& n) {
+  double b = 0;
+  for (int id : n.inputs) b += bytes_of(g, id);
+  return b;
+}
+double output_bytes(const Graph& g, const Node& n) {
+  double b = 0;
+  for (int id : n.outputs) b += bytes_of(g, id);
+  return b;
+}
+double output_elems(const Graph& g, const Node& n) {
+  double e = 0;
+  for (int id : n.outputs) e += elems_of(g, id);
+  return e;
+}
+int64_t param_elems(const Graph& g, const Node& n) {
+  int64_t e = 0;
+  for (int id : n.inputs)
+    if (id >= 0 && g.value(id).kind == ValueKind::Parameter) e += g.value(id).numel();
+  return e;
+}
+const Shape& in_shape(const Graph& g, const Node& n, size_t i) {
+  static const Shape empty;
+  return i < n.inputs.size() && n.inputs[i] >= 0 ? g.value(n.inputs[i]).shape : empty;
+}
+
+// A kernel that reads all its inputs and writes all its outputs, `per_elem` FLOPs per output
+// element.
+NodeCost streaming(const Graph& g, const Node& n, double per_out_elem) {
+  NodeCost c;
+  c.flops = per_out_elem * output_elems(g, n);
+  c.bytes_read = input_bytes(g, n);
+  c.bytes_written = output_bytes(g, n);
+  c.output_bytes = c.bytes_written;
+  c.param_elems = param_elems(g, n);
+  return c;
+}
+
+// ---- cost rules ---------------------------------------------------------------------------
+
+// One FLOP per output element (elementwise ops, as the summary defines them).
+NodeCost cost_elementwise(const Graph& g, const Node& n) { return streaming(g, n, 1.0); }
+
+// Moves bytes, computes nothing.
+NodeCost cost_data_movement(const Graph& g, const Node& n) {
+  NodeCost c = streaming(g, n, 0.0);
+  // A slice, split or gather reads only what it writes (plus indices).
+  if (n.op_type == "Slice" || n.op_type == "Split" || n.op_type == "Gather") {
+    c.bytes_read = c.bytes_written;
+    for (size_t i = 1; i < n.inputs.size(); ++i) c.bytes_read += bytes_of(g, n.inputs[i]);
+  }
+  return c;
+}
+
+// Re-labels a buffer (Reshape, Flatten, Squeeze, Unsqueeze, Identity): no bytes move, and the
+// output aliases the input, so it adds no activation memory.
+NodeCost cost_view(const Graph& g, const Node& n) {
+  NodeCost c;
+  c.param_elems = param_elems(g, n);
+  return c;
+}
+
+NodeCost cost_shape_only(const Graph&, const Node&) { return {}; }
+
+// 2·M·N·K per product: every output element is a K-long dot product.
+NodeCost cost_matmul(const Graph& g, const Node& n) {
+  NodeCost c = streaming(g, n, 0.0);
+  const Shape& a = in_shape(g, n, 0);
+  int64_t k = a.empty() ? 1 : a.back();
+  c.flops = 2.0 * output_elems(g, n) * static_cast<double>(k);
+  return c;
+}
+
+// 2·M·N·K, plus one per output element for the bias C.
+NodeCost cost_gemm(const Graph& g, const Node& n) {
+  NodeCost c = streaming(g, n, 0.0);
+  const Shape& a = in_shape(g, n, 0);
+  int64_t k = a.size() == 2 ? (n.attr_int("transA", 0) ? a[0] : a[1]) : 1;
+  double out = output_elems(g, n);
+  c.flops = 2.0 * out * static_cast<double>(k);
+  if (n.inputs.size() > 2 && n.inputs[2] >= 0) c.flops += out;
+  return c;
+}
+
+// 2·N·C_out·H_out·W_out·C_in·k_h·k_w / groups (any number of spatial dims), plus the bias.
+NodeCost cost_conv(const Graph& g, const Node& n) {
+  NodeCost c = streaming(g, n, 0.0);
+  const Shape& w = in_shape(g, n, 1);  // [C_out, C_in/groups, k...]
+  double per_out = 1;
+  for (size_t i = 1; i < w.size(); ++i) per_out *= static_cast<double>(w[i]);
+  double out = output_elems(g, n);
+  c.flops = 2.0 * out * per_out;
+  if (n.inputs.size() > 2 && n.inputs[2] >= 0) c.flops += out;
+  return c;
+}
+
+// max, subtract, exp, sum, divide.
+NodeCost cost_softmax(const Graph& g, const Node& n) { return streaming(g, n, 5.0); }
+
+// mean, variance (2), subtract, multiply by rsqrt, scale, shift: ~8 per element of X.
+NodeCost cost_layernorm(const Graph& g, const Node& n) {
+  NodeCost c = streaming(g, n, 0.0);
+  c.flops = 8.0 * elems_of(g, n.inputs[0]);
+  // Mean and InvStdDev outputs are small and kept for the backward; count only Y as output.
+  c.output_bytes = bytes_of(g, n.outputs[0]);
+  return c;
+}
+
+NodeCost cost_batchnorm(const Graph& g, const Node& n) {
+  NodeCost c = streaming(g, n, 0.0);
+  c.flops = 8.0 * elems_of(g, n.inputs[0]);
+  c.output_bytes = bytes_of(g, n.outputs[0]);
+  return c;
+}
+
+// One FLOP per input element.
+NodeCost cost_reduction(const Graph& g, const Node& n) {
+  NodeCost c = streaming(g, n, 0.0);
+  c.flops = elems_of(g, n.inputs[0]);
+  return c;
+}
+
+// One FLOP per window element per output element.
+NodeCost cost_pool(const Graph& g, const Node& n) {
+  NodeCost c = streaming(g, n, 0.0);
+  double window = 1;
+  for (int64_t k : n.attr_ints("kernel_shape")) window *= static_cast<double>(k);
+  c.flops = window * elems_of(g, n.outputs[0]);
+  if (n.op_type == "MaxPool" && n.outputs.size() > 1) c.output_bytes = bytes_of(g, n.outputs[0]);
+  return c;
+}
+
+NodeCost cost_global_pool(const Graph& g, const Node& n) {
+  NodeCost c = streaming(g, n, 0.0);
+  c.flops = elems_of(g, n.inputs[0]);
+  return c;
+}
+
+// Softmax over the classes plus the gathered log-probability: ~6 per logit.
+NodeCost cost_sce_loss(const Graph& g, const Node& n) {
+  NodeCost c = streaming(g, n, 0.0);
+  c.flops = 6.0 * elems_of(g, n.inputs[0]);
+  return c;
+}
+
+NodeCost cost_dropout(const Graph& g, const Node& n) {
+  NodeCost c = streaming(g, n, 1.0);
+  c.flops = elems_of(g, n.outputs[0]);
+  return c;
+}
+
+constexpr uint32_t kNone = 0;
+constexpr uint32_t kAll = 0xFFFFFFFFu;
+constexpr uint32_t b(int i) { return 1u << i; }
+
+using C = OpClass;
+
+// The registry. Columns: op, ONNX type, class, differentiable inputs, saved inputs, saved
+// outputs, cost rule. Order must follow enum Op (checked at compile time below).
+constexpr OpDef kOps[] = {
+    {Op::MatMul, "MatMul", C::MatMulLike, b(0) | b(1), b(0) | b(1), kNone, cost_matmul},
+    {Op::Gemm, "Gemm", C::MatMulLike, b(0) | b(1) | b(2), b(0) | b(1), kNone, cost_gemm},
+    {Op::Conv, "Conv", C::MatMulLike, b(0) | b(1) | b(2), b(0) | b(1), kNone, cost_conv},
+
+    {Op::Add, "Add", C::Elementwise, b(0) | b(1), kNone, kNone, cost_elementwise},
+    {Op::Sub, "Sub", C::Elementwise, b(0) | b(1), kNone, kNone, cost_elementwise},
+    {Op::Mul, "Mul", C::Elementwise, b(0) | b(1), b(0) | b(1), kNone, cost_elementwise},
+    {Op::Div, "Div", C::Elementwise, b(0) | b(1), b(0) | b(1), kNone, cost_elementwise},
+    {Op::Pow, "Pow", C::Elementwise, b(0) | b(1), b(0) | b(1), b(0), cost_elementwise},
+    {Op::Max, "Max", C::Elementwise, kAll, kAll, kNone, cost_elementwise},
+    {Op::Min, "Min", C::Elementwise, kAll, kAll, kNone, cost_elementwise},
+    {Op::Equal, "Equal", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
+    {Op::Less, "Less", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
+    {Op::Greater, "Greater", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
+    {Op::LessOrEqual, "LessOrEqual", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
+    {Op::GreaterOrEqual, "GreaterOrEqual", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
+    {Op::And, "And", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
+    {Op::Or, "Or", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
+    {Op::Xor, "Xor", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
+    {Op::Where, "Where", C::Elementwise, b(1) | b(2), b(0), kNone, cost_elementwise},
+
+    {Op::Sqrt, "Sqrt", C::Elementwise, b(0), kNone, b(0), cost_elementwise},
+    {Op::Reciprocal, "Reciprocal", C::Elementwise, b(0), kNone, b(0), cost_elementwise},
+    {Op::Neg, "Neg", C::Elementwise, b(0), kNone, kNone, cost_elementwise},
+    {Op::Abs, "Abs", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+    {Op::Exp, "Exp", C::Elementwise, b(0), kNone, b(0), cost_elementwise},
+    {Op::Log, "Log", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+    {Op::Relu, "Relu", C::Elementwise, b(0), kNone, b(0), cost_elementwise},
+    {Op::LeakyRelu, "LeakyRelu", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+    {Op::Tanh, "Tanh", C::Elementwise, b(0), kNone, b(0), cost_elementwise},
+    {Op::Sigmoid, "Sigmoid", C::Elementwise, b(0), kNone, b(0), cost_elementwise},
+    {Op::Erf, "Erf", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+    {Op::Gelu, "Gelu", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+    {Op::Floor, "Floor", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
+    {Op::Ceil, "Ceil", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
+    {Op::Not, "Not", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
+    {Op::Clip, "Clip", C::Elementwise, b(0), b(0) | b(1) | b(2), kNone, cost_elementwise},
+    {Op::Cast, "Cast", C::Elementwise, b(0), kNone, kNone, cost_elementwise},
+    {Op::Identity, "Identity", C::View, b(0), kNone, kNone, cost_view},
+    {Op::Dropout, "Dropout", C::Elementwise, b(0), kNone, b(1), cost_dropout},
+    {Op::Sin, "Sin", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+    {Op::Cos, "Cos", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+
+    {Op::Softmax, "Softmax", C::Normalization, b(0), kNone, b(0), cost_softmax},
+    {Op::LogSoftmax, "LogSoftmax", C::Normalization, b(0), kNone, b(0), cost_softmax},
+    {Op::LayerNormalization, "LayerNormalization", C::Normalization, b(0) | b(1) | b(2), b(0) | b(1), kNone,
+     cost_layernorm},
+    {Op::BatchNormalization, "BatchNormalization", C::Normalization, b(0) | b(1) | b(2), b(0) | b(1), kNone,
+     cost_batchnorm},
+
+    {Op::ReduceMean, "ReduceMean", C::Reduction, b(0), kNone, kNone, cost_reduction},
+    {Op::ReduceSum, "ReduceSum", C::Reduction, b(0), kNone, kNone, cost_reduction},
+    {Op::ReduceMax, "ReduceMax", C::Reduction, b(0), b(0), b(0), cost_reduction},
+    {Op::ReduceMin, "ReduceMin", C::Reduction, b(0), b(0), b(0), cost_reduction},
+    {Op::ReduceProd, "ReduceProd", C::Reduction, b(0), b(0), b(0), cost_reduction},
+    {Op::ArgMax, "ArgMax", C::Reduction, kNone, kNone, kNone, cost_reduction},
+
+    {Op::MaxPool, "MaxPool", C::Pooling, b(0), b(0), b(0), cost_pool},
+    {Op::AveragePool, "AveragePool", C::Pooling, b(0), kNone, kNone, cost_pool},
+    {Op::GlobalAveragePool, "GlobalAveragePool", C::Pooling, b(0), kNone, kNone, cost_global_pool},
+
+    {Op::Reshape, "Reshape", C::View, b(0), kNone, kNone, cost_view},
+    {Op::Transpose, "Transpose", C::DataMovement, b(0), kNone, kNone, cost_data_movement},
+    {Op::Flatten, "Flatten", C::View, b(0), kNone, kNone, cost_view},
+    {Op::Squeeze, "Squeeze", C::View, b(0), kNone, kNone, cost_view},
+    {Op::Unsqueeze, "Unsqueeze", C::View, b(0), kNone, kNone, cost_view},
+    {Op::Concat, "Concat", C::DataMovement, kAll, kNone, kNone, cost_data_movement},
+    {Op::Split, "Split", C::DataMovement, b(0), kNone, kNone, cost_data_movement},
+    {Op::Slice, "Slice", C::DataMovement, b(0), kNone, kNone, cost_data_movement},
+    {Op::Gather, "Gather", C::DataMovement, b(0), b(1), kNone, cost_data_movement},
+    {Op::Expand, "Expand", C::DataMovement, b(0), kNone, kNone, cost_data_movement},
+    {Op::Tile, "Tile", C::DataMovement, b(0), kNone, kNone, cost_data_movement},
+    {Op::Trilu, "Trilu", C::DataMovement, b(0), kNone, kNone, cost_data_movement},
+
+    {Op::Shape, "Shape", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},
+    {Op::Size, "Size", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},
+    {Op::Constant, "Constant", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},
+    {Op::ConstantOfShape, "ConstantOfShape", C::DataMovement, kNone, kNone, kNone, cost_data_movement},
+    {Op::Range, "Range", C::DataMovement, kNone, kNone, kNone, cost_data_movement},
+
+    {Op::SoftmaxCrossEntropyLoss, "SoftmaxCrossEntropyLoss", C::Loss, b(0), b(0) | b(1), kNone, cost_sce_loss},
+};
+
+constexpr bool registry_in_enum_order() {
+  for (size_t i = 0; i < std::size(kOps); ++i)
+    if (static_cast<size_t>(kOps[i].op) != i) return false;
+  return true;
+}
+static_assert(std::size(kOps) == static_cast<size_t>(Op::kCount), "every Op needs a registry entry");
+static_assert(registry_in_enum_order(), "registry entries must follow enum Op's order");
+
+const std::unordered_map<std::string_view, const OpDef*>& by_type() {
+  static const auto m = [] {
+    std::unordered_map<std::string_view, const OpDef*> r;
+    for (const auto& d : kOps) r.emplace(d.type, &d);
+    return r;
+  }();
+  return m;
+}
+
+}  // namespace
+
+const OpDef* find_op(std::string_view op_type) {
+  auto it = by_type().find(op_type);
+  return it == by_type().end() ? nullptr : it->second;
+}
+
+const OpDef& op_def(Op op) {
+  SMP_CHECK(op < Op::kCount, "bad op {}", static_cast<int>(op));
+  return kOps[static_cast<size_t>(op)];
+}
+
+int op_count() { return static_cast<int>(Op::kCount); }
+
+NodeCost node_cost(const Graph& g, const Node& n) {
+  if (n.domain.empty() || n.domain == "ai.onnx") {
+    if (const OpDef* d = find_op(n.op_type)) return d->cost(g, n);
+  }
+  // No rule: a memory-bound estimate from the bytes it touches.
+  NodeCost c = streaming(g, n, 0.0);
+  c.estimated = true;
+  return c;
+}
+
+int64_t saved_activation_bytes(const Graph& g, const Node& n) {
+  const OpDef* d = (n.domain.empty() || n.domain == "ai.onnx") ? find_op(n.op_type) : nullptr;
+  uint32_t keep_in = d ? d->saved_inputs : kAll;
+  uint32_t keep_out = d ? d->saved_outputs : kNone;
+  int64_t total = 0;
+  auto count = [&](int id) {
+    if (id < 0) return;
+    const Value& v = g.value(id);
+    if (v.kind == ValueKind::Parameter || v.kind == ValueKind::Constant) return;
+    total += v.bytes();
+  };
+  for (size_t i = 0; i < n.inputs.size() && i < 32; ++i)
+    if (keep_in & (1u << i)) count(n.inputs[i]);
+  for (size_t i = 0; i < n.outputs.size() && i < 32; ++i)
+    if (keep_out & (1u << i)) count(n.outputs[i]);
+  return total;
+}
+
+}  // namespace smp::graph

@@ -106,14 +106,14 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(d, d)
 
     def forward(self, x):  # x [B, T, d]
-        T, H, hd = self.seq, self.heads, self.head_dim
-        d = H * hd
-        if not torch.jit.is_tracing():
-            assert x.shape[1] == T, "sequence length is fixed"
-        qkv = self.qkv(x)  # [B, T, 3d]
-        # Static reshape targets (-1 for the batch) keep Shape/Gather chains out of the graph.
-        qkv = qkv.reshape(-1, T, 3, H, hd).permute(2, 0, 3, 1, 4)  # [3, B, H, T, hd]
-        q, k, v = qkv[0], qkv[1], qkv[2]  # each [B, H, T, hd]
+        # Written as nanoGPT does (sizes read from the tensor), so the export carries the
+        # Shape / Gather / Unsqueeze / Concat chains that smp's graph layer folds away.
+        B, T, C = x.size()
+        H, hd = self.heads, self.head_dim
+        q, k, v = self.qkv(x).split(C, dim=2)  # each [B, T, d]
+        q = q.view(B, T, H, hd).transpose(1, 2)  # [B, H, T, hd]
+        k = k.view(B, T, H, hd).transpose(1, 2)
+        v = v.view(B, T, H, hd).transpose(1, 2)
         att = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))  # [B, H, T, T]
         # Causal mask: a bool computed in forward (a Constant in the graph, never a float
         # buffer that would look like a trainable parameter). True above the diagonal.
@@ -121,7 +121,7 @@ class CausalSelfAttention(nn.Module):
         att = att.masked_fill(mask, float("-inf"))
         att = F.softmax(att, dim=-1)
         y = torch.matmul(att, v)  # [B, H, T, hd]
-        y = y.transpose(1, 2).reshape(-1, T, d)  # [B, T, d]
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # [B, T, d]
         return self.proj(y)
 
 
@@ -275,30 +275,14 @@ def export(name, out_dir, check=True):
 
 
 def _tidy(path, cfg):
-    """Two shape-only fixes to torch's output, so onnx shape inference keeps "batch" symbolic
-    end to end (no change to what the graph computes):
-      * Reshape targets that torch writes as [-1, static...] (a -1 standing for the batch) get
-        0 instead (copy the input's dim; allowzero is 0), so the batch symbol flows through;
-      * the declared output shape is set from the config (torch names static dims it failed to
-        infer, e.g. "MatMullogits_dim_1")."""
+    """One shape-only fix to torch's output (no change to what the graph computes): the
+    declared output shape is set from the config (torch names static dims it failed to infer,
+    e.g. "MatMullogits_dim_1")."""
     import onnx
     from onnx import numpy_helper
 
     m = onnx.load(path)
     g = m.graph
-    reshape_shapes = {n.input[1] for n in g.node if n.op_type == "Reshape"}
-    other_uses = {i for n in g.node if n.op_type != "Reshape" for i in n.input}
-    other_uses |= {i for n in g.node if n.op_type == "Reshape" for i in n.input[:1]}
-    for n in g.node:
-        if n.op_type != "Constant" or n.output[0] not in reshape_shapes:
-            continue
-        if n.output[0] in other_uses:
-            continue
-        a = numpy_helper.to_array(n.attribute[0].t)
-        if a.ndim == 1 and len(a) > 1 and a[0] == -1 and (a[1:] > 0).all():
-            a = a.copy()
-            a[0] = 0
-            n.attribute[0].t.CopyFrom(numpy_helper.from_array(a, n.attribute[0].t.name))
     out = g.output[0]
     dims = out.type.tensor_type.shape.dim
     assert len(dims) == len(cfg["output"]["shape"])
@@ -319,12 +303,8 @@ def check_export(name, path, model=None):
 
     m = onnx.load(path)
     onnx.checker.check_model(m)
-    inferred = onnx.shape_inference.infer_shapes(m, strict_mode=True)
-    g = inferred.graph
-    for v in list(g.value_info) + list(g.output):  # batch stays the one symbol throughout
-        dims = [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-        assert all(isinstance(d, int) or d == "batch" for d in dims), f"{path}: {v.name}: {dims}"
-    dims = [d.dim_param or d.dim_value for d in g.output[0].type.tensor_type.shape.dim]
+    onnx.shape_inference.infer_shapes(m, strict_mode=True)
+    dims = [d.dim_param or d.dim_value for d in m.graph.output[0].type.tensor_type.shape.dim]
     assert dims == CONFIGS[name]["output"]["shape"], f"{path}: output dims {dims}"
     if model is None:
         model = build_model(name)
@@ -374,6 +354,35 @@ def run_onnx(model, feeds):
             y = {"Add": torch.add, "Mul": torch.mul, "Div": torch.div}[t](i[0], i[1])
         elif t == "Relu":
             y = torch.relu(i[0])
+        elif t == "Shape":
+            y = torch.tensor(list(i[0].shape), dtype=torch.int64)
+        elif t == "Unsqueeze":
+            y = i[0]
+            for ax in sorted(int(v) for v in i[1].reshape(-1)):
+                y = y.unsqueeze(ax)
+        elif t == "Concat":
+            y = torch.cat(i, dim=a["axis"])
+        elif t == "Slice":
+            y = i[0]
+            axes = i[3].tolist() if len(i) > 3 and i[3] is not None else list(range(len(i[1])))
+            steps = i[4].tolist() if len(i) > 4 and i[4] is not None else [1] * len(axes)
+            for st, en, ax, sp in zip(i[1].tolist(), i[2].tolist(), axes, steps):
+                idx = torch.arange(*slice(st, en, sp).indices(y.shape[ax]))
+                y = torch.index_select(y, ax, idx)
+        elif t == "Split":
+            ys = torch.split(i[0], i[1].tolist(), dim=a.get("axis", 0))
+            for o, yy in zip(n.output, ys):
+                env[o] = yy
+            continue
+        elif t == "Sqrt":
+            y = torch.sqrt(i[0])
+        elif t == "ConstantOfShape":
+            v = torch.from_numpy(numpy_helper.to_array(a["value"]).copy()) if "value" in a \
+                else torch.zeros(1)
+            y = v.reshape(-1)[0].expand(*i[0].tolist()).clone()
+        elif t == "Trilu":
+            k = int(i[1]) if len(i) > 1 and i[1] is not None else 0
+            y = torch.triu(i[0], k) if a.get("upper", 1) else torch.tril(i[0], k)
         elif t == "Erf":
             y = torch.erf(i[0])
         elif t == "Transpose":
@@ -386,8 +395,8 @@ def run_onnx(model, feeds):
             y = y.reshape(i[0].shape[: a.get("axis", 0)] + i[1].shape
                           + i[0].shape[a.get("axis", 0) + 1:])
         elif t == "Cast":
-            assert a["to"] == onnx.TensorProto.BOOL, a
-            y = i[0].to(torch.bool)
+            y = i[0].to({onnx.TensorProto.BOOL: torch.bool, onnx.TensorProto.FLOAT: torch.float32,
+                         onnx.TensorProto.INT64: torch.int64}[a["to"]])
         elif t == "Where":
             y = torch.where(i[0], i[1], i[2])
         elif t == "Softmax":

@@ -1,6 +1,660 @@
-// work in progress: replaced within this session
 #include "graph/loader.hpp"
+
 #include "core/error.hpp"
+#include "core/io.hpp"
+#include "graph/fold.hpp"
+#include "graph/op_registry.hpp"
+
+#include <onnx/checker.h>
+#include <onnx/defs/schema.h>
+#include <onnx/onnx_pb.h>
+#include <onnx/shape_inference/implementation.h>
+
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+#include <fstream>
+#include <queue>
+#include <set>
+#include <unordered_map>
+#include <unordered_set>
+
 namespace smp::graph {
-Graph load_graph(const std::filesystem::path& path, const LoadOptions&) { throw_failure(path.string(), "loader not implemented yet"); }
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr int64_t kMinOpset = 7;
+// Folding never creates a constant larger than this: bigger ones stay as compute.
+constexpr int64_t kMaxFoldBytes = int64_t{256} << 20;
+
+int64_t max_supported_opset() {
+  const auto& m = onnx::OpSchemaRegistry::DomainToVersionRange::Instance().Map();
+  auto it = m.find(onnx::ONNX_DOMAIN);
+  return it == m.end() ? 17 : it->second.second;
 }
+
+std::string first_line(const std::string& s) {
+  auto p = s.find('\n');
+  std::string r = p == std::string::npos ? s : s.substr(0, p);
+  while (!r.empty() && (r.back() == ' ' || r.back() == '\r')) r.pop_back();
+  return r;
+}
+
+std::string node_label(const onnx::NodeProto& n) {
+  std::string op = n.domain().empty() ? n.op_type() : n.domain() + ":" + n.op_type();
+  return "node '" + n.name() + "' (" + op + ")";
+}
+
+struct ExternalInfo {
+  std::string location;
+  int64_t offset = 0;
+  int64_t length = -1;
+};
+
+ExternalInfo external_info(const onnx::TensorProto& t, const std::string& file) {
+  ExternalInfo e;
+  for (const auto& kv : t.external_data()) {
+    try {
+      if (kv.key() == "location") e.location = kv.value();
+      else if (kv.key() == "offset") e.offset = std::stoll(kv.value());
+      else if (kv.key() == "length") e.length = std::stoll(kv.value());
+    } catch (const std::exception&) {
+      throw_bad_input(file, "initializer '" + t.name() + "': external_data " + kv.key() + " is not a number");
+    }
+  }
+  if (e.location.empty()) throw_bad_input(file, "initializer '" + t.name() + "': external data without a location");
+  if (e.offset < 0) throw_bad_input(file, "initializer '" + t.name() + "': negative external data offset");
+  return e;
+}
+
+std::string read_external_bytes(const ExternalData& ext, int64_t expected, const std::string& what) {
+  std::ifstream in(ext.file, std::ios::binary);
+  if (!in) throw_bad_input(ext.file.string(), "cannot open external weight file for " + what,
+                           "the planner does not need it, but training does");
+  in.seekg(0, std::ios::end);
+  int64_t size = static_cast<int64_t>(in.tellg());
+  int64_t len = ext.length >= 0 ? ext.length : size - ext.offset;
+  if (len != expected)
+    throw_bad_input(ext.file.string(), fmt::format("{}: external data holds {} bytes, expected {}", what, len, expected));
+  if (ext.offset + len > size)
+    throw_bad_input(ext.file.string(), fmt::format("{}: external data runs past the end of the file", what));
+  std::string bytes(static_cast<size_t>(len), '\0');
+  in.seekg(ext.offset);
+  in.read(bytes.data(), len);
+  if (!in) throw_bad_input(ext.file.string(), "read error for " + what);
+  return bytes;
+}
+
+template <class T, class R>
+void append_elems(std::string& out, const R& field) {
+  out.resize(static_cast<size_t>(field.size()) * sizeof(T));
+  T* p = reinterpret_cast<T*>(out.data());
+  for (int i = 0; i < field.size(); ++i) p[i] = static_cast<T>(field.Get(i));
+}
+
+// Tensor bytes from a TensorProto held in the model (raw or typed fields). `steal` moves
+// raw_data out of the proto instead of copying it.
+TensorData tensor_from_proto(onnx::TensorProto& t, const std::string& file, const fs::path& base_dir, bool steal) {
+  TensorData d;
+  d.dtype = dtype_from_onnx(t.data_type());
+  for (int64_t x : t.dims()) {
+    if (x < 0) throw_bad_input(file, "tensor '" + t.name() + "' has a negative dimension");
+    d.shape.push_back(x);
+  }
+  std::string where = "tensor '" + t.name() + "'";
+  if (d.dtype == DType::Undefined || d.dtype == DType::String)
+    throw_bad_input(file, where + fmt::format(": unsupported data type {}", t.data_type()));
+  int64_t expected = d.numel() * dtype_size(d.dtype);
+  if (t.data_location() == onnx::TensorProto::EXTERNAL) {
+    ExternalInfo e = external_info(t, file);
+    d.bytes = read_external_bytes(ExternalData{base_dir / e.location, e.offset, e.length}, expected, where);
+    return d;
+  }
+  if (t.has_raw_data()) {
+    if (steal) d.bytes.swap(*t.mutable_raw_data());
+    else d.bytes = t.raw_data();
+  } else {
+    switch (d.dtype) {
+      case DType::F32: append_elems<float>(d.bytes, t.float_data()); break;
+      case DType::F64: append_elems<double>(d.bytes, t.double_data()); break;
+      case DType::I64: append_elems<int64_t>(d.bytes, t.int64_data()); break;
+      case DType::I32: append_elems<int32_t>(d.bytes, t.int32_data()); break;
+      case DType::I16: append_elems<int16_t>(d.bytes, t.int32_data()); break;
+      case DType::I8: append_elems<int8_t>(d.bytes, t.int32_data()); break;
+      case DType::U8: case DType::Bool: append_elems<uint8_t>(d.bytes, t.int32_data()); break;
+      case DType::U16: case DType::F16: case DType::BF16: append_elems<uint16_t>(d.bytes, t.int32_data()); break;
+      case DType::U32: append_elems<uint32_t>(d.bytes, t.uint64_data()); break;
+      case DType::U64: append_elems<uint64_t>(d.bytes, t.uint64_data()); break;
+      default: throw_bad_input(file, where + ": unsupported data type");
+    }
+  }
+  if (static_cast<int64_t>(d.bytes.size()) != expected)
+    throw_bad_input(file, where + fmt::format(": holds {} bytes of data, its shape {} needs {}", d.bytes.size(),
+                                              shape_str(d.shape), expected),
+                    "the file may be truncated");
+  return d;
+}
+
+void tensor_to_proto(const TensorData& d, const std::string& name, onnx::TensorProto* t) {
+  t->Clear();
+  t->set_name(name);
+  t->set_data_type(static_cast<int32_t>(d.dtype));
+  for (int64_t x : d.shape) t->add_dims(x);
+  t->set_raw_data(d.bytes);
+}
+
+Attribute attr_from_proto(onnx::AttributeProto& a, const std::string& file, const fs::path& base_dir) {
+  Attribute r;
+  using A = onnx::AttributeProto;
+  switch (a.type()) {
+    case A::FLOAT: r.kind = Attribute::Kind::Float; r.f = a.f(); break;
+    case A::INT: r.kind = Attribute::Kind::Int; r.i = a.i(); break;
+    case A::STRING: r.kind = Attribute::Kind::String; r.s = a.s(); break;
+    case A::TENSOR:
+      r.kind = Attribute::Kind::Tensor;
+      r.t = std::make_shared<TensorData>(tensor_from_proto(*a.mutable_t(), file, base_dir, false));
+      break;
+    case A::FLOATS: r.kind = Attribute::Kind::Floats; r.floats.assign(a.floats().begin(), a.floats().end()); break;
+    case A::INTS: r.kind = Attribute::Kind::Ints; r.ints.assign(a.ints().begin(), a.ints().end()); break;
+    case A::STRINGS: r.kind = Attribute::Kind::Strings; r.strings.assign(a.strings().begin(), a.strings().end()); break;
+    default: r.kind = Attribute::Kind::Unsupported; break;
+  }
+  return r;
+}
+
+// Our Node from a NodeProto, without value ids (used for folding and for the final graph).
+Node node_from_proto(onnx::NodeProto& p, const std::string& file, const fs::path& base_dir) {
+  Node n;
+  n.name = p.name();
+  n.op_type = p.op_type();
+  n.domain = p.domain() == "ai.onnx" ? "" : p.domain();
+  for (auto& a : *p.mutable_attribute()) n.attrs[a.name()] = attr_from_proto(a, file, base_dir);
+  return n;
+}
+
+// Static shape of a value from its TypeProto; nullopt when not a tensor or not fully known.
+std::optional<std::pair<DType, Shape>> static_type(const onnx::TypeProto& t) {
+  if (!t.has_tensor_type() || !t.tensor_type().has_shape()) return std::nullopt;
+  Shape s;
+  for (const auto& d : t.tensor_type().shape().dim()) {
+    if (!d.has_dim_value() || d.dim_value() < 0) return std::nullopt;
+    s.push_back(d.dim_value());
+  }
+  return std::make_pair(dtype_from_onnx(t.tensor_type().elem_type()), s);
+}
+
+// Checks that every node input is provided and that there is no cycle, and reorders the nodes
+// topologically (stable: file order among ready nodes).
+void check_structure_and_sort(onnx::GraphProto& g, const std::string& file) {
+  std::unordered_set<std::string> sources;
+  for (const auto& i : g.input()) sources.insert(i.name());
+  for (const auto& t : g.initializer()) sources.insert(t.name());
+  std::unordered_map<std::string, int> producer;
+  for (int k = 0; k < g.node_size(); ++k) {
+    auto& n = *g.mutable_node(k);
+    if (n.name().empty()) n.set_name(fmt::format("{}_{}", n.op_type(), k));
+    for (const auto& o : n.output()) {
+      if (o.empty()) continue;
+      if (sources.count(o)) throw_bad_input(file, node_label(n) + " writes '" + o + "', which is already a graph input or initializer");
+      if (!producer.emplace(o, k).second)
+        throw_bad_input(file, node_label(n) + " writes '" + o + "', which " + node_label(g.node(producer[o])) + " also writes");
+    }
+  }
+  std::vector<std::vector<int>> users(static_cast<size_t>(g.node_size()));
+  std::vector<int> pending(static_cast<size_t>(g.node_size()), 0);
+  for (int k = 0; k < g.node_size(); ++k) {
+    const auto& n = g.node(k);
+    std::set<int> deps;
+    for (const auto& in : n.input()) {
+      if (in.empty() || sources.count(in)) continue;
+      auto it = producer.find(in);
+      if (it == producer.end())
+        throw_bad_input(file, node_label(n) + " reads '" + in + "', which no node, graph input or initializer provides",
+                        "a dangling input");
+      deps.insert(it->second);
+    }
+    for (int d : deps) users[static_cast<size_t>(d)].push_back(k);
+    pending[static_cast<size_t>(k)] = static_cast<int>(deps.size());
+  }
+  for (const auto& o : g.output())
+    if (!sources.count(o.name()) && !producer.count(o.name()))
+      throw_bad_input(file, "graph output '" + o.name() + "' is not produced by any node");
+
+  std::priority_queue<int, std::vector<int>, std::greater<int>> ready;
+  for (int k = 0; k < g.node_size(); ++k)
+    if (pending[static_cast<size_t>(k)] == 0) ready.push(k);
+  std::vector<int> order;
+  while (!ready.empty()) {
+    int k = ready.top();
+    ready.pop();
+    order.push_back(k);
+    for (int u : users[static_cast<size_t>(k)])
+      if (--pending[static_cast<size_t>(u)] == 0) ready.push(u);
+  }
+  if (static_cast<int>(order.size()) != g.node_size()) {
+    // Walk back from a node still pending to name a cycle.
+    int start = 0;
+    while (pending[static_cast<size_t>(start)] == 0) ++start;
+    std::vector<int> path;
+    std::unordered_map<int, size_t> seen;
+    int cur = start;
+    while (!seen.count(cur)) {
+      seen[cur] = path.size();
+      path.push_back(cur);
+      int next = -1;
+      for (const auto& in : g.node(cur).input()) {
+        auto it = producer.find(in);
+        if (it != producer.end() && pending[static_cast<size_t>(it->second)] > 0) { next = it->second; break; }
+      }
+      if (next < 0) break;
+      cur = next;
+    }
+    std::string cyc;
+    for (size_t i = seen.count(cur) ? seen[cur] : 0; i < path.size(); ++i) cyc = "'" + g.node(path[i]).name() + "' <- " + cyc;
+    cyc += "'" + g.node(cur).name() + "'";
+    throw_bad_input(file, "the graph has a cycle: " + cyc, "ONNX graphs must be acyclic");
+  }
+  google::protobuf::RepeatedPtrField<onnx::NodeProto> sorted;
+  sorted.Reserve(g.node_size());
+  for (int k : order) *sorted.Add() = std::move(*g.mutable_node(k));
+  g.mutable_node()->Swap(&sorted);
+}
+
+// The ONNX checker, on a copy where externally stored initializers become graph inputs (the
+// checker would otherwise look for their files relative to the working directory, and the
+// planner must work without them).
+void run_checker(const onnx::ModelProto& model, const std::string& file) {
+  bool has_external = false;
+  for (const auto& t : model.graph().initializer())
+    if (t.data_location() == onnx::TensorProto::EXTERNAL) { has_external = true; break; }
+  try {
+    if (!has_external) {
+      onnx::checker::check_model(model);
+      return;
+    }
+    onnx::ModelProto copy;
+    *copy.mutable_opset_import() = model.opset_import();
+    copy.set_ir_version(model.ir_version());
+    auto* g = copy.mutable_graph();
+    const auto& src = model.graph();
+    g->set_name(src.name());
+    *g->mutable_node() = src.node();
+    *g->mutable_input() = src.input();
+    *g->mutable_output() = src.output();
+    for (const auto& t : src.initializer()) {
+      if (t.data_location() != onnx::TensorProto::EXTERNAL) {
+        *g->add_initializer() = t;
+        continue;
+      }
+      auto* in = g->add_input();
+      in->set_name(t.name());
+      auto* tt = in->mutable_type()->mutable_tensor_type();
+      tt->set_elem_type(t.data_type());
+      auto* sh = tt->mutable_shape();
+      for (int64_t d : t.dims()) sh->add_dim()->set_dim_value(d);
+    }
+    onnx::checker::check_model(copy);
+  } catch (const onnx::checker::ValidationError& e) {
+    throw_bad_input(file, "invalid ONNX model: " + first_line(e.what()), "onnx.checker rejects it");
+  }
+}
+
+void bind_dims(onnx::GraphProto& g, const std::unordered_set<std::string>& initializer_names, const LoadOptions& opts,
+               const std::string& file, std::map<std::string, int64_t>& bound) {
+  for (auto& in : *g.mutable_input()) {
+    if (initializer_names.count(in.name())) continue;
+    if (!in.type().has_tensor_type())
+      throw_bad_input(file, "graph input '" + in.name() + "' is not a tensor", "only tensor inputs are supported");
+    auto* tt = in.mutable_type()->mutable_tensor_type();
+    if (!tt->has_shape())
+      throw_bad_input(file, "graph input '" + in.name() + "' has no shape", "export the model with input shapes");
+    auto* shape = tt->mutable_shape();
+    for (int k = 0; k < shape->dim_size(); ++k) {
+      auto* d = shape->mutable_dim(k);
+      if (d->has_dim_value()) {
+        if (d->dim_value() < 0) throw_bad_input(file, "graph input '" + in.name() + "' has a negative dimension");
+        if (k == 0 && opts.batch_size > 0 && d->dim_value() != opts.batch_size && !opts.dims.count("batch"))
+          throw_bad_input(file, fmt::format("graph input '{}' has a fixed batch dimension {}, not {}", in.name(),
+                                            d->dim_value(), opts.batch_size),
+                          "re-export it with a dynamic batch axis, or use that batch size");
+        continue;
+      }
+      std::string sym = d->dim_param();
+      int64_t v = 0;
+      auto it = sym.empty() ? opts.dims.end() : opts.dims.find(sym);
+      if (it != opts.dims.end()) v = it->second;
+      else if (k == 0 && opts.batch_size > 0) v = opts.batch_size;
+      else if (k == 0)
+        throw_bad_input(file, fmt::format("graph input '{}' has a symbolic batch dimension{}", in.name(),
+                                          sym.empty() ? "" : " '" + sym + "'"),
+                        "give --batch-size");
+      else
+        throw_bad_input(file, fmt::format("graph input '{}' has a symbolic dimension {} on axis {}", in.name(),
+                                          sym.empty() ? "(unnamed)" : "'" + sym + "'", k),
+                        sym.empty() ? "export the model with a static size there" : "bind it with --dim " + sym + "=SIZE");
+      if (!sym.empty()) {
+        auto [pos, fresh] = bound.emplace(sym, v);
+        if (!fresh && pos->second != v)
+          throw_bad_input(file, fmt::format("symbolic dimension '{}' bound to both {} and {}", sym, pos->second, v));
+      }
+      d->clear_dim_param();
+      d->set_dim_value(v);
+    }
+  }
+  // Stale intermediate shapes would fight the bound ones: shape inference recomputes them.
+  g.clear_value_info();
+  for (auto& out : *g.mutable_output())
+    if (out.type().has_tensor_type()) out.mutable_type()->mutable_tensor_type()->clear_shape();
+}
+
+void infer_shapes(onnx::ModelProto& model, const std::string& file) {
+  onnx::ShapeInferenceOptions options(/*check_type=*/true, /*error_mode=*/1, /*data_propagation=*/true);
+  try {
+    onnx::shape_inference::InferShapes(model, onnx::OpSchemaRegistry::Instance(), options);
+  } catch (const std::exception& e) {
+    throw_bad_input(file, "shape inference failed: " + first_line(e.what()),
+                    "check the input shapes and the bound dimensions");
+  }
+}
+
+// One folding pass over the model: evaluates every node whose inputs are known constants (or,
+// for Shape/Size, whose input shape is static), replaces its outputs by initializers and drops
+// the node. Returns how many nodes were folded.
+int fold_pass(onnx::ModelProto& model, std::unordered_map<std::string, std::shared_ptr<TensorData>>& consts,
+              std::unordered_set<std::string>& folded_names, int64_t opset, const std::string& file,
+              const fs::path& base_dir) {
+  auto& g = *model.mutable_graph();
+  std::unordered_map<std::string, Shape> shapes;
+  auto note = [&](const onnx::ValueInfoProto& v) {
+    if (auto st = static_type(v.type())) shapes[v.name()] = st->second;
+  };
+  for (const auto& v : g.input()) note(v);
+  for (const auto& v : g.value_info()) note(v);
+  for (const auto& v : g.output()) note(v);
+  for (const auto& t : g.initializer()) shapes[t.name()] = Shape(t.dims().begin(), t.dims().end());
+
+  std::unordered_set<std::string> outputs;
+  for (const auto& o : g.output()) outputs.insert(o.name());
+
+  int folded = 0;
+  google::protobuf::RepeatedPtrField<onnx::NodeProto> kept;
+  std::vector<std::string> new_consts;
+  for (auto& p : *g.mutable_node()) {
+    bool shape_only = is_shape_only_op(p.op_type()) && (p.domain().empty() || p.domain() == "ai.onnx");
+    bool all_const = true;
+    std::vector<FoldInput> ins;
+    for (const auto& name : p.input()) {
+      FoldInput fi;
+      if (name.empty()) { ins.push_back(fi); continue; }
+      fi.present = true;
+      auto c = consts.find(name);
+      if (c != consts.end()) fi.data = c->second.get();
+      auto s = shapes.find(name);
+      if (s != shapes.end()) fi.shape = &s->second;
+      if (!fi.data && !(shape_only && fi.shape)) all_const = false;
+      ins.push_back(fi);
+    }
+    std::optional<std::vector<TensorData>> out;
+    if (all_const) {
+      Node n = node_from_proto(p, file, base_dir);
+      out = fold_node(n, ins, opset, kMaxFoldBytes);
+    }
+    if (!out || static_cast<int>(out->size()) < p.output_size()) {
+      *kept.Add() = std::move(p);
+      continue;
+    }
+    for (int k = 0; k < p.output_size(); ++k) {
+      const std::string& o = p.output(k);
+      if (o.empty()) continue;
+      consts[o] = std::make_shared<TensorData>(std::move((*out)[static_cast<size_t>(k)]));
+      shapes[o] = consts[o]->shape;
+      folded_names.insert(o);
+      new_consts.push_back(o);
+    }
+    ++folded;
+  }
+  g.mutable_node()->Swap(&kept);
+  if (folded == 0) return 0;
+
+  // Folded values still read by a node, or graph outputs, become initializers.
+  std::unordered_set<std::string> used(outputs);
+  for (const auto& p : g.node())
+    for (const auto& i : p.input()) used.insert(i);
+  for (const auto& name : new_consts)
+    if (used.count(name)) tensor_to_proto(*consts[name], name, g.add_initializer());
+  // Their value_info entries are now stale.
+  google::protobuf::RepeatedPtrField<onnx::ValueInfoProto> vi;
+  for (auto& v : *g.mutable_value_info())
+    if (!folded_names.count(v.name())) *vi.Add() = std::move(v);
+  g.mutable_value_info()->Swap(&vi);
+  return folded;
+}
+
+}  // namespace
+
+Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, const LoadOptions& opts,
+                            const fs::path& base_dir) {
+  if (bytes.empty()) throw_bad_input(file, "empty file", "expected an ONNX model");
+  onnx::ModelProto model;
+  {
+    google::protobuf::io::ArrayInputStream raw(bytes.data(), static_cast<int>(std::min<size_t>(bytes.size(), INT_MAX)));
+    google::protobuf::io::CodedInputStream cis(&raw);
+    cis.SetTotalBytesLimit(INT_MAX);
+    if (bytes.size() > static_cast<size_t>(INT_MAX))
+      throw_bad_input(file, "larger than 2 GiB", "store the weights as ONNX external data");
+    if (!model.ParseFromCodedStream(&cis) || !cis.ConsumedEntireMessage())
+      throw_bad_input(file, "not an ONNX model (protobuf parsing failed)", "the file may be truncated or of another format");
+  }
+  if (model.ir_version() <= 0 || !model.has_graph())
+    throw_bad_input(file, "not an ONNX model (no IR version or no graph)", "the file may be of another format");
+
+  int64_t opset = -1;
+  for (const auto& o : model.opset_import())
+    if (o.domain().empty() || o.domain() == "ai.onnx") opset = o.version();
+  int64_t max_opset = max_supported_opset();
+  if (opset < 0) throw_bad_input(file, "the model imports no ai.onnx opset");
+  if (opset < kMinOpset || opset > max_opset)
+    throw_bad_input(file, fmt::format("unsupported opset {}", opset),
+                    fmt::format("smp reads ai.onnx opsets {} to {}; convert with onnx.version_converter", kMinOpset,
+                                max_opset));
+
+  auto& gp = *model.mutable_graph();
+  if (gp.node_size() == 0) throw_bad_input(file, "the graph has no nodes");
+  if (gp.output_size() == 0) throw_bad_input(file, "the graph has no outputs");
+  const int onnx_nodes = gp.node_size();
+
+  check_structure_and_sort(gp, file);
+  run_checker(model, file);
+
+  Graph g;
+  g.model_path = file;
+  g.name = gp.name();
+  g.opset = opset;
+  g.onnx_nodes = onnx_nodes;
+
+  // Initializers: constants (non-float, loaded now: folding needs them) and float candidates
+  // for parameters (bytes only when asked for; external ones stay where they are).
+  std::unordered_set<std::string> initializer_names;
+  std::unordered_map<std::string, std::shared_ptr<TensorData>> consts;
+  std::unordered_map<std::string, ExternalData> externals;
+  std::unordered_map<std::string, std::shared_ptr<TensorData>> weights;
+  std::vector<std::string> initializer_order;
+  for (auto& t : *gp.mutable_initializer()) {
+    if (!initializer_names.insert(t.name()).second) throw_bad_input(file, "initializer '" + t.name() + "' appears twice");
+    initializer_order.push_back(t.name());
+    DType dt = dtype_from_onnx(t.data_type());
+    if (t.data_location() == onnx::TensorProto::EXTERNAL) {
+      ExternalInfo e = external_info(t, file);
+      externals[t.name()] = ExternalData{fs::absolute(base_dir / e.location), e.offset, e.length};
+      if (!is_floating(dt) || opts.load_weights) {
+        auto d = std::make_shared<TensorData>(tensor_from_proto(t, file, base_dir, false));
+        (is_floating(dt) ? weights : consts)[t.name()] = d;
+      }
+      continue;
+    }
+    if (is_floating(dt)) {
+      // Validate sizes even when the bytes are dropped.
+      auto d = std::make_shared<TensorData>(tensor_from_proto(t, file, base_dir, true));
+      if (opts.load_weights) weights[t.name()] = d;
+      else t.set_raw_data(d->bytes);  // keep the proto whole for shape inference; dropped below
+    } else {
+      consts[t.name()] = std::make_shared<TensorData>(tensor_from_proto(t, file, base_dir, false));
+    }
+  }
+
+  bind_dims(gp, initializer_names, opts, file, g.dims);
+
+  std::unordered_set<std::string> folded_names;
+  for (int iter = 0; iter < 32; ++iter) {
+    infer_shapes(model, file);
+    if (fold_pass(model, consts, folded_names, opset, file, base_dir) == 0) break;
+  }
+
+  // Every value must now have a static shape.
+  std::unordered_map<std::string, std::pair<DType, Shape>> types;
+  auto note = [&](const onnx::ValueInfoProto& v) {
+    if (auto st = static_type(v.type())) types[v.name()] = *st;
+  };
+  for (const auto& v : gp.input()) note(v);
+  for (const auto& v : gp.value_info()) note(v);
+  for (const auto& v : gp.output()) note(v);
+  for (const auto& t : gp.initializer())
+    types[t.name()] = {dtype_from_onnx(t.data_type()), Shape(t.dims().begin(), t.dims().end())};
+
+  auto add_value = [&](const std::string& name, ValueKind kind) -> int {
+    auto it = g.value_index.find(name);
+    if (it != g.value_index.end()) return it->second;
+    Value v;
+    v.name = name;
+    v.kind = kind;
+    auto t = types.find(name);
+    if (t != types.end()) {
+      v.dtype = t->second.first;
+      v.shape = t->second.second;
+    }
+    int id = static_cast<int>(g.values.size());
+    g.values.push_back(std::move(v));
+    g.value_index[name] = id;
+    return id;
+  };
+
+  for (const auto& in : gp.input()) {
+    if (initializer_names.count(in.name())) continue;
+    int id = add_value(in.name(), ValueKind::Input);
+    if (!types.count(in.name())) throw_bad_input(file, "graph input '" + in.name() + "' has no static shape");
+    g.inputs.push_back(id);
+  }
+  std::vector<int> float_initializers;
+  for (const auto& t : gp.initializer()) {
+    bool folded = folded_names.count(t.name()) != 0;
+    bool is_float = is_floating(dtype_from_onnx(t.data_type()));
+    int id = add_value(t.name(), ValueKind::Constant);
+    Value& v = g.value(id);
+    if (!folded && is_float) {
+      float_initializers.push_back(id);
+      if (auto w = weights.find(t.name()); w != weights.end()) v.data = w->second;
+      if (auto e = externals.find(t.name()); e != externals.end()) v.external = e->second;
+    } else {
+      v.data = consts.at(t.name());
+    }
+  }
+  for (auto& p : *gp.mutable_node()) {
+    Node n = node_from_proto(p, file, base_dir);
+    int nid = static_cast<int>(g.nodes.size());
+    for (const auto& in : p.input()) {
+      if (in.empty()) { n.inputs.push_back(-1); continue; }
+      int id = g.find_value(in);
+      SMP_CHECK(id >= 0, "input '{}' of {} not yet defined after sorting", in, node_label(p));
+      n.inputs.push_back(id);
+      g.value(id).consumers.push_back(nid);
+    }
+    for (const auto& out : p.output()) {
+      if (out.empty()) { n.outputs.push_back(-1); continue; }
+      if (!types.count(out))
+        throw_bad_input(file, node_label(p) + ": cannot infer a static shape for its output '" + out + "'",
+                        "bind symbolic dimensions with --batch-size / --dim, or the op's shape depends on data");
+      int id = add_value(out, ValueKind::Activation);
+      g.value(id).producer = nid;
+      n.outputs.push_back(id);
+    }
+    g.nodes.push_back(std::move(n));
+  }
+  for (const auto& o : gp.output()) {
+    int id = g.find_value(o.name());
+    SMP_CHECK(id >= 0, "graph output '{}' has no value", o.name());
+    g.value(id).is_output = true;
+    g.outputs.push_back(id);
+  }
+  // A consumer list may repeat a node that reads a value twice.
+  for (auto& v : g.values) v.consumers.erase(std::unique(v.consumers.begin(), v.consumers.end()), v.consumers.end());
+
+  // Trainable parameters: float initializers from which a graph output is reachable through
+  // differentiable inputs (unknown ops: every floating input counts).
+  std::vector<bool> grad_flows(g.values.size(), false);
+  for (int id : g.outputs)
+    if (is_floating(g.value(id).dtype)) grad_flows[static_cast<size_t>(id)] = true;
+  for (auto n = g.nodes.rbegin(); n != g.nodes.rend(); ++n) {
+    bool any = false;
+    for (int o : n->outputs)
+      if (o >= 0 && grad_flows[static_cast<size_t>(o)]) any = true;
+    if (!any) continue;
+    const OpDef* def = n->domain.empty() ? find_op(n->op_type) : nullptr;
+    uint32_t mask = def ? def->differentiable_inputs : 0xFFFFFFFFu;
+    for (size_t i = 0; i < n->inputs.size(); ++i) {
+      int id = n->inputs[i];
+      if (id < 0 || !is_floating(g.value(id).dtype)) continue;
+      if (i < 32 && (mask & (1u << i))) grad_flows[static_cast<size_t>(id)] = true;
+    }
+  }
+  for (const auto& name : initializer_order) {
+    int id = g.find_value(name);
+    if (id < 0) continue;  // an initializer nothing reads
+    Value& v = g.value(id);
+    if (std::find(float_initializers.begin(), float_initializers.end(), id) == float_initializers.end()) continue;
+    if (grad_flows[static_cast<size_t>(id)]) {
+      v.kind = ValueKind::Parameter;
+      g.parameters.push_back(id);
+    } else if (!v.data) {
+      // A float buffer that is not trained (e.g. a mask): the runtime needs its bytes.
+      if (opts.load_weights || !v.external) {
+        onnx::TensorProto* tp = nullptr;
+        for (auto& t : *gp.mutable_initializer())
+          if (t.name() == name) tp = &t;
+        if (tp) v.data = std::make_shared<TensorData>(tensor_from_proto(*tp, file, base_dir, true));
+      }
+    }
+  }
+
+  std::map<std::string, int> unknown;
+  for (auto& n : g.nodes) {
+    n.cost = node_cost(g, n);
+    if (n.cost.estimated) ++unknown[n.domain.empty() ? n.op_type : n.domain + ":" + n.op_type];
+  }
+  for (const auto& [op, count] : unknown)
+    g.warnings.push_back(fmt::format("no cost rule for op {} ({} node{}): estimated from the bytes it moves", op,
+                                     count, count == 1 ? "" : "s"));
+  return g;
+}
+
+Graph load_graph(const fs::path& path, const LoadOptions& opts) {
+  std::string bytes = read_file(path);
+  fs::path base = path.parent_path();
+  return load_graph_from_bytes(bytes, path.string(), opts, base.empty() ? fs::path(".") : base);
+}
+
+std::shared_ptr<const TensorData> read_tensor(const Value& v) {
+  if (v.data) return v.data;
+  if (!v.external) throw_failure(v.name, "no data loaded for this tensor", "load the graph with weights");
+  auto d = std::make_shared<TensorData>();
+  d->dtype = v.dtype;
+  d->shape = v.shape;
+  d->bytes = read_external_bytes(*v.external, v.bytes(), "tensor '" + v.name + "'");
+  return d;
+}
+
+}  // namespace smp::graph

@@ -346,10 +346,20 @@ void bind_dims(onnx::GraphProto& g, const std::unordered_set<std::string>& initi
       d->set_dim_value(v);
     }
   }
-  // Stale intermediate shapes would fight the bound ones: shape inference recomputes them.
-  g.clear_value_info();
-  for (auto& out : *g.mutable_output())
-    if (out.type().has_tensor_type()) out.mutable_type()->mutable_tensor_type()->clear_shape();
+  // Declared shapes of outputs and intermediates: bound symbols become sizes, other symbols
+  // (exporters' made-up names) become unknown for shape inference to fill in. Static sizes stay,
+  // so a custom op's declared output shape still counts, and a contradiction is caught.
+  auto rebind = [&](onnx::ValueInfoProto& v) {
+    if (!v.type().has_tensor_type() || !v.type().tensor_type().has_shape()) return;
+    for (auto& d : *v.mutable_type()->mutable_tensor_type()->mutable_shape()->mutable_dim()) {
+      if (!d.has_dim_param()) continue;
+      auto it = bound.find(d.dim_param());
+      if (it != bound.end()) d.set_dim_value(it->second);
+      else d.clear_dim_param();
+    }
+  };
+  for (auto& v : *g.mutable_value_info()) rebind(v);
+  for (auto& v : *g.mutable_output()) rebind(v);
 }
 
 void infer_shapes(onnx::ModelProto& model, const std::string& file) {

@@ -1,0 +1,189 @@
+// The constant evaluator used by folding, op by op, on hand-checked cases.
+#include <doctest/doctest.h>
+
+#include "core/error.hpp"
+#include "graph/fold.hpp"
+
+#include <cstring>
+
+using namespace smp;
+using namespace smp::graph;
+
+namespace {
+
+TensorData ints(std::vector<int64_t> v, Shape s = {}) {
+  TensorData d;
+  d.dtype = DType::I64;
+  d.shape = s.empty() && v.size() != 1 ? Shape{static_cast<int64_t>(v.size())} : s;
+  if (s.empty() && v.size() == 1) d.shape = {1};
+  d.bytes.resize(v.size() * 8);
+  std::memcpy(d.bytes.data(), v.data(), d.bytes.size());
+  return d;
+}
+
+TensorData floats(std::vector<float> v, Shape s) {
+  TensorData d;
+  d.dtype = DType::F32;
+  d.shape = std::move(s);
+  d.bytes.resize(v.size() * 4);
+  std::memcpy(d.bytes.data(), v.data(), d.bytes.size());
+  return d;
+}
+
+std::vector<int64_t> values(const TensorData& d) {
+  std::vector<int64_t> r;
+  for (int64_t i = 0; i < d.numel(); ++i) r.push_back(d.get_i64(i));
+  return r;
+}
+
+Node node(std::string op, std::map<std::string, Attribute> attrs = {}) {
+  Node n;
+  n.name = "n";
+  n.op_type = std::move(op);
+  n.attrs = std::move(attrs);
+  return n;
+}
+
+Attribute ival(int64_t v) {
+  Attribute a;
+  a.kind = Attribute::Kind::Int;
+  a.i = v;
+  return a;
+}
+
+Attribute ivals(std::vector<int64_t> v) {
+  Attribute a;
+  a.kind = Attribute::Kind::Ints;
+  a.ints = std::move(v);
+  return a;
+}
+
+std::vector<FoldInput> in(std::vector<const TensorData*> ds) {
+  std::vector<FoldInput> r;
+  for (auto* d : ds) {
+    FoldInput f;
+    f.data = d;
+    f.present = d != nullptr;
+    if (d) f.shape = &d->shape;
+    r.push_back(f);
+  }
+  return r;
+}
+
+TensorData fold1(const Node& n, std::vector<const TensorData*> ds, int64_t opset = 17) {
+  auto r = fold_node(n, in(ds), opset, 1 << 20);
+  REQUIRE(r.has_value());
+  REQUIRE(r->size() >= 1);
+  return (*r)[0];
+}
+
+}  // namespace
+
+TEST_CASE("Shape reads only the input's shape, with start and end") {
+  Shape s{2, 3, 5};
+  FoldInput f;
+  f.shape = &s;
+  f.present = true;
+  auto r = fold_node(node("Shape"), {f}, 17, 1 << 20);
+  REQUIRE(r);
+  CHECK(values((*r)[0]) == std::vector<int64_t>{2, 3, 5});
+  r = fold_node(node("Shape", {{"start", ival(-2)}}), {f}, 17, 1 << 20);
+  CHECK(values((*r)[0]) == std::vector<int64_t>{3, 5});
+  r = fold_node(node("Size"), {f}, 17, 1 << 20);
+  CHECK(values((*r)[0]) == std::vector<int64_t>{30});
+  // Without a static shape nothing folds.
+  FoldInput unknown;
+  unknown.present = true;
+  CHECK_FALSE(fold_node(node("Shape"), {unknown}, 17, 1 << 20).has_value());
+}
+
+TEST_CASE("Gather, Unsqueeze, Concat: the PyTorch view chain") {
+  auto shape = ints({8, 64, 384});
+  auto idx = ints({0}, Shape{});  // scalar index
+  idx.shape = {};
+  auto b = fold1(node("Gather", {{"axis", ival(0)}}), {&shape, &idx});
+  CHECK(b.shape.empty());
+  CHECK(values(b) == std::vector<int64_t>{8});
+  auto neg = ints({-1}, Shape{});
+  neg.shape = {};
+  CHECK(values(fold1(node("Gather"), {&shape, &neg})) == std::vector<int64_t>{384});
+  auto axes = ints({0});
+  auto u = fold1(node("Unsqueeze"), {&b, &axes}, 13);
+  CHECK(u.shape == Shape{1});
+  auto u11 = fold1(node("Unsqueeze", {{"axes", ivals({0})}}), {&b}, 11);
+  CHECK(u11.shape == Shape{1});
+  auto t = ints({64}), h = ints({4}), d = ints({32});
+  auto c = fold1(node("Concat", {{"axis", ival(0)}}), {&u, &t, &h, &d});
+  CHECK(values(c) == std::vector<int64_t>{8, 64, 4, 32});
+  auto big = ints({99});
+  CHECK_THROWS_AS(fold1(node("Gather"), {&shape, &big}), Error);
+}
+
+TEST_CASE("Reshape handles 0 and -1; Slice handles negative and clamped bounds") {
+  auto x = ints({1, 2, 3, 4, 5, 6}, Shape{2, 3});
+  auto target = ints({0, -1, 1});
+  CHECK(fold1(node("Reshape"), {&x, &target}).shape == Shape{2, 3, 1});
+  auto bad = ints({4, -1});
+  CHECK_THROWS_AS(fold1(node("Reshape"), {&x, &bad}), Error);
+
+  auto v = ints({10, 11, 12, 13, 14});
+  auto st = ints({-3}), en = ints({1000});
+  CHECK(values(fold1(node("Slice"), {&v, &st, &en})) == std::vector<int64_t>{12, 13, 14});
+  auto st2 = ints({-1}), en2 = ints({-1000}), ax = ints({0}), step = ints({-2});
+  CHECK(values(fold1(node("Slice"), {&v, &st2, &en2, &ax, &step})) == std::vector<int64_t>{14, 12, 10});
+}
+
+TEST_CASE("arithmetic broadcasts and keeps integer semantics") {
+  auto a = ints({7, -7}), b = ints({2});
+  CHECK(values(fold1(node("Div"), {&a, &b})) == std::vector<int64_t>{3, -3});
+  CHECK(values(fold1(node("Mul"), {&a, &b})) == std::vector<int64_t>{14, -14});
+  auto f = floats({1.f, 4.f, 9.f}, {3});
+  auto r = fold1(node("Sqrt"), {&f});
+  CHECK(r.dtype == DType::F32);
+  CHECK(r.get_f64(2) == doctest::Approx(3.0));
+  auto eq = fold1(node("Equal"), {&a, &b});
+  CHECK(eq.dtype == DType::Bool);
+  auto m = ints({1, 2, 3}, Shape{3, 1}), n = ints({10, 20}, Shape{1, 2});
+  auto sum = fold1(node("Add"), {&m, &n});
+  CHECK(sum.shape == Shape{3, 2});
+  CHECK(values(sum) == std::vector<int64_t>{11, 21, 12, 22, 13, 23});
+}
+
+TEST_CASE("masks: ConstantOfShape, Trilu, Where, Range, Expand, Cast") {
+  auto shape = ints({3, 3});
+  Attribute one;
+  one.kind = Attribute::Kind::Tensor;
+  auto t = std::make_shared<TensorData>(ints({1}));
+  t->dtype = DType::I64;
+  one.t = t;
+  auto ones = fold1(node("ConstantOfShape", {{"value", one}}), {&shape});
+  CHECK(values(ones) == std::vector<int64_t>(9, 1));
+  auto k = ints({1});
+  auto upper = fold1(node("Trilu", {{"upper", ival(1)}}), {&ones, &k});
+  CHECK(values(upper) == std::vector<int64_t>{0, 1, 1, 0, 0, 1, 0, 0, 0});
+  Attribute to;
+  to.kind = Attribute::Kind::Int;
+  to.i = static_cast<int64_t>(DType::Bool);
+  auto mask = fold1(node("Cast", {{"to", to}}), {&upper});
+  CHECK(mask.dtype == DType::Bool);
+  auto x = floats({-1.f}, {}), y = floats({5.f}, {});
+  auto w = fold1(node("Where"), {&mask, &x, &y});
+  CHECK(w.shape == Shape{3, 3});
+  CHECK(w.get_f64(1) == -1.0);
+  CHECK(w.get_f64(0) == 5.0);
+  auto s = ints({0}), l = ints({5}), d = ints({2});
+  s.shape = l.shape = d.shape = {};
+  CHECK(values(fold1(node("Range"), {&s, &l, &d})) == std::vector<int64_t>{0, 2, 4});
+  auto row = ints({1, 2}), tgt = ints({2, 2});
+  CHECK(values(fold1(node("Expand"), {&row, &tgt})) == std::vector<int64_t>{1, 2, 1, 2});
+}
+
+TEST_CASE("folding gives up instead of building huge constants, and skips unknown ops") {
+  auto shape = ints({100000, 100000});
+  CHECK_FALSE(fold_node(node("ConstantOfShape"), in({&shape}), 17, 1 << 20).has_value());
+  auto x = ints({1});
+  CHECK_FALSE(fold_node(node("NonZero"), in({&x}), 17, 1 << 20).has_value());
+  Node custom = node("Add");
+  custom.domain = "com.example";
+  CHECK_FALSE(fold_node(custom, in({&x, &x}), 17, 1 << 20).has_value());
+}

@@ -1,0 +1,324 @@
+// The ONNX loader: sample models load into a static, ordered, costed graph; every kind of bad
+// input gives one clear line naming the file, with exit status 2 from the tool.
+#include "test_util.hpp"
+
+#include "core/error.hpp"
+#include "graph/loader.hpp"
+#include "graph/op_registry.hpp"
+
+#include <onnx/onnx_pb.h>
+
+#include <fstream>
+#include <set>
+
+using namespace smp;
+using namespace smp::graph;
+namespace fs = std::filesystem;
+
+namespace {
+
+LoadOptions batch(int64_t b) {
+  LoadOptions o;
+  o.batch_size = b;
+  return o;
+}
+
+// Checks the invariants every loaded graph must satisfy.
+void check_well_formed(const Graph& g) {
+  std::vector<bool> defined(g.values.size(), false);
+  for (size_t i = 0; i < g.values.size(); ++i)
+    if (g.values[i].producer < 0) defined[i] = true;
+  for (size_t k = 0; k < g.nodes.size(); ++k) {
+    const Node& n = g.nodes[k];
+    for (int in : n.inputs) {
+      if (in < 0) continue;
+      INFO("node ", n.name, " input ", g.value(in).name);
+      CHECK(defined[static_cast<size_t>(in)]);  // topological order
+    }
+    for (int out : n.outputs) {
+      if (out < 0) continue;
+      CHECK(g.value(out).producer == static_cast<int>(k));
+      defined[static_cast<size_t>(out)] = true;
+    }
+  }
+  for (const auto& v : g.values) {
+    INFO("value ", v.name);
+    CHECK(v.dtype != DType::Undefined);
+    for (int64_t d : v.shape) CHECK(d >= 0);
+    if (v.kind == ValueKind::Constant) CHECK(v.data != nullptr);
+  }
+}
+
+// A minimal valid model: x[N,4] -> Relu -> y, opset 17.
+onnx::ModelProto tiny_model() {
+  onnx::ModelProto m;
+  m.set_ir_version(8);
+  auto* op = m.add_opset_import();
+  op->set_domain("");
+  op->set_version(17);
+  auto* g = m.mutable_graph();
+  g->set_name("tiny");
+  auto add_io = [](onnx::ValueInfoProto* v, const std::string& name, std::vector<int64_t> dims) {
+    v->set_name(name);
+    auto* t = v->mutable_type()->mutable_tensor_type();
+    t->set_elem_type(onnx::TensorProto::FLOAT);
+    auto* s = t->mutable_shape();
+    for (int64_t d : dims) {
+      if (d < 0) s->add_dim()->set_dim_param("N");
+      else s->add_dim()->set_dim_value(d);
+    }
+  };
+  add_io(g->add_input(), "x", {-1, 4});
+  add_io(g->add_output(), "y", {-1, 4});
+  auto* n = g->add_node();
+  n->set_name("relu");
+  n->set_op_type("Relu");
+  n->add_input("x");
+  n->add_output("y");
+  return m;
+}
+
+fs::path write_model(const fs::path& dir, const std::string& name, const onnx::ModelProto& m) {
+  fs::path p = dir / name;
+  std::ofstream out(p, std::ios::binary);
+  REQUIRE(m.SerializeToOstream(&out));
+  return p;
+}
+
+fs::path write_bytes(const fs::path& dir, const std::string& name, const std::string& bytes) {
+  fs::path p = dir / name;
+  std::ofstream out(p, std::ios::binary);
+  out << bytes;
+  return p;
+}
+
+// The library throws bad input naming the file; the tool prints exactly one line
+// "error: <file>: ..." containing `what`, and exits 2 (not by a signal).
+void expect_bad(const fs::path& file, const std::string& what, const std::string& extra_args = "-b 2") {
+  INFO("file ", file.string());
+  try {
+    load_graph(file, batch(2));
+    FAIL("loading succeeded");
+  } catch (const Error& e) {
+    CHECK(e.exit_code() == 2);
+    CHECK(std::string(e.what()).rfind(file.string() + ": ", 0) == 0);
+    CHECK(std::string(e.what()).find(what) != std::string::npos);
+  }
+  auto r = test::run_cmd(test::tool("smp-plan") + " " + file.string() + " --summary " + extra_args);
+  CHECK(r.signal == 0);
+  CHECK(r.exit_code == 2);
+  CHECK(r.out.rfind("error: " + file.string() + ": ", 0) == 0);
+  CHECK(r.out.find(what) != std::string::npos);
+  CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);
+}
+
+}  // namespace
+
+TEST_CASE("every sample loads into a static, ordered, costed graph, the same each time") {
+  for (const char* name : {"mlp", "gpt", "cnn"}) {
+    INFO(name);
+    Graph g = load_graph(test::sample(name), batch(4));
+    check_well_formed(g);
+    CHECK(g.opset == 17);
+    REQUIRE(g.inputs.size() == 1);
+    REQUIRE(g.outputs.size() == 1);
+    CHECK(g.value(g.inputs[0]).shape.at(0) == 4);
+    CHECK(g.value(g.outputs[0]).shape.at(0) == 4);
+    CHECK(g.parameter_count() > 0);
+    CHECK(g.forward_flops() > 0);
+    for (const auto& n : g.nodes) CHECK_FALSE(n.cost.estimated);
+    CHECK(g.warnings.empty());
+    // Parameters carry no bytes unless asked for.
+    for (int p : g.parameters) CHECK(g.value(p).data == nullptr);
+
+    Graph again = load_graph(test::sample(name), batch(4));
+    REQUIRE(again.nodes.size() == g.nodes.size());
+    for (size_t k = 0; k < g.nodes.size(); ++k) {
+      CHECK(again.nodes[k].name == g.nodes[k].name);
+      CHECK(again.nodes[k].cost.flops == g.nodes[k].cost.flops);
+    }
+  }
+}
+
+TEST_CASE("weights load on request, with the exact bytes of the initializers") {
+  LoadOptions o = batch(2);
+  o.load_weights = true;
+  Graph g = load_graph(test::sample("mlp"), o);
+  for (int p : g.parameters) {
+    const Value& v = g.value(p);
+    REQUIRE(v.data != nullptr);
+    CHECK(static_cast<int64_t>(v.data->bytes.size()) == v.bytes());
+  }
+}
+
+TEST_CASE("costs scale with the batch: FLOPs and activations double, parameters do not") {
+  Graph a = load_graph(test::sample("cnn"), batch(4));
+  Graph b = load_graph(test::sample("cnn"), batch(8));
+  CHECK(b.forward_flops() == doctest::Approx(2 * a.forward_flops()));
+  CHECK(b.activation_bytes() == doctest::Approx(2 * a.activation_bytes()));
+  CHECK(b.parameter_count() == a.parameter_count());
+}
+
+TEST_CASE("folding removes PyTorch's shape chains from the GPT") {
+  Graph g = load_graph(test::sample("gpt"), batch(3));
+  CHECK(g.onnx_nodes > static_cast<int>(g.nodes.size()));
+  std::set<std::string> ops;
+  for (const auto& n : g.nodes) ops.insert(n.op_type);
+  for (const char* gone : {"Shape", "Constant", "ConstantOfShape", "Unsqueeze", "Concat", "Trilu", "Cast"}) {
+    INFO(gone);
+    CHECK(ops.count(gone) == 0);
+  }
+  // The reshapes now have constant targets that match the bound batch.
+  int reshapes = 0;
+  for (const auto& n : g.nodes) {
+    if (n.op_type != "Reshape") continue;
+    ++reshapes;
+    const Value& target = g.value(n.inputs[1]);
+    REQUIRE(target.kind == ValueKind::Constant);
+    REQUIRE(target.data != nullptr);
+    CHECK(target.data->get_i64(0) == 3);
+  }
+  CHECK(reshapes > 0);
+  // The causal mask became a constant feeding each Where, not a parameter.
+  for (const auto& n : g.nodes)
+    if (n.op_type == "Where") CHECK(g.value(n.inputs[0]).kind == ValueKind::Constant);
+}
+
+TEST_CASE("symbolic dimensions bind by --batch-size and --dim") {
+  auto dir = test::temp_dir("dims");
+  onnx::ModelProto m = tiny_model();
+  // Give y's input a second symbolic dim named "feat".
+  auto* s = m.mutable_graph()->mutable_input(0)->mutable_type()->mutable_tensor_type()->mutable_shape();
+  s->mutable_dim(1)->set_dim_param("feat");
+  m.mutable_graph()->mutable_output(0)->mutable_type()->mutable_tensor_type()->mutable_shape()->mutable_dim(1)->set_dim_param("feat");
+  auto path = write_model(dir, "sym.onnx", m);
+  CHECK_THROWS_WITH_AS(load_graph(path, batch(5)), doctest::Contains("--dim feat=SIZE"), Error);
+  LoadOptions o = batch(5);
+  o.dims["feat"] = 7;
+  Graph g = load_graph(path, o);
+  CHECK(g.value(g.outputs[0]).shape == Shape{5, 7});
+  CHECK(g.dims.at("feat") == 7);
+  CHECK_THROWS_WITH_AS(load_graph(path, LoadOptions{}), doctest::Contains("give --batch-size"), Error);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("bad input: one line naming the file, exit status 2, never a crash") {
+  auto dir = test::temp_dir("bad");
+
+  SUBCASE("missing file") { expect_bad(dir / "absent.onnx", "no such file"); }
+  SUBCASE("empty file") { expect_bad(write_bytes(dir, "empty.onnx", ""), "empty file"); }
+  SUBCASE("bytes that are not ONNX") {
+    expect_bad(write_bytes(dir, "text.onnx", "this is plain text, not a protobuf\n"), "not an ONNX model");
+    std::string noise;
+    for (int i = 0; i < 4096; ++i) noise.push_back(static_cast<char>((i * 7919 + 13) % 251));
+    expect_bad(write_bytes(dir, "noise.onnx", noise), "not an ONNX model");
+  }
+  SUBCASE("truncated model") {
+    std::string whole;
+    {
+      std::ifstream in(test::sample("mlp"), std::ios::binary);
+      whole.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    for (size_t keep : {size_t{16}, whole.size() / 3, whole.size() - 7}) {
+      INFO("kept ", keep, " bytes");
+      expect_bad(write_bytes(dir, "trunc.onnx", whole.substr(0, keep)), "not an ONNX model");
+    }
+  }
+  SUBCASE("unsupported opset") {
+    onnx::ModelProto m = tiny_model();
+    m.mutable_opset_import(0)->set_version(99);
+    expect_bad(write_model(dir, "opset99.onnx", m), "unsupported opset 99");
+    m.mutable_opset_import(0)->set_version(3);
+    expect_bad(write_model(dir, "opset3.onnx", m), "unsupported opset 3");
+  }
+  SUBCASE("dangling input") {
+    onnx::ModelProto m = tiny_model();
+    m.mutable_graph()->mutable_node(0)->set_input(0, "nowhere");
+    expect_bad(write_model(dir, "dangling.onnx", m), "reads 'nowhere', which no node");
+  }
+  SUBCASE("cycle") {
+    onnx::ModelProto m = tiny_model();
+    auto* g = m.mutable_graph();
+    // a = Add(x, c); c = Relu(a); y = Relu(c)
+    g->clear_node();
+    auto* add = g->add_node();
+    add->set_name("add");
+    add->set_op_type("Add");
+    add->add_input("x");
+    add->add_input("c");
+    add->add_output("a");
+    auto* r1 = g->add_node();
+    r1->set_name("loop");
+    r1->set_op_type("Relu");
+    r1->add_input("a");
+    r1->add_output("c");
+    auto* r2 = g->add_node();
+    r2->set_name("out");
+    r2->set_op_type("Relu");
+    r2->add_input("c");
+    r2->add_output("y");
+    expect_bad(write_model(dir, "cycle.onnx", m), "cycle");
+  }
+  SUBCASE("a node whose shape cannot be inferred") {
+    onnx::ModelProto m = tiny_model();
+    auto* g = m.mutable_graph();
+    // The Reshape target comes from a graph input: its output shape depends on data.
+    auto* t = g->add_input();
+    t->set_name("target");
+    auto* tt = t->mutable_type()->mutable_tensor_type();
+    tt->set_elem_type(onnx::TensorProto::INT64);
+    tt->mutable_shape()->add_dim()->set_dim_value(2);
+    g->mutable_node(0)->set_output(0, "r");
+    auto* rs = g->add_node();
+    rs->set_name("reshape");
+    rs->set_op_type("Reshape");
+    rs->add_input("r");
+    rs->add_input("target");
+    rs->add_output("y");
+    auto* ys = g->mutable_output(0)->mutable_type()->mutable_tensor_type()->mutable_shape();
+    ys->mutable_dim(0)->set_dim_param("p");  // the exporter did not know either
+    ys->mutable_dim(1)->set_dim_param("q");
+    expect_bad(write_model(dir, "noshape.onnx", m), "node 'reshape' (Reshape): cannot infer a static shape");
+  }
+  SUBCASE("an op ONNX does not define") {
+    onnx::ModelProto m = tiny_model();
+    m.mutable_graph()->mutable_node(0)->set_op_type("Frobnicate");
+    expect_bad(write_model(dir, "unknown_op.onnx", m), "invalid ONNX model");
+  }
+  SUBCASE("two nodes writing the same value") {
+    onnx::ModelProto m = tiny_model();
+    *m.mutable_graph()->add_node() = m.graph().node(0);
+    m.mutable_graph()->mutable_node(1)->set_name("relu2");
+    expect_bad(write_model(dir, "twice.onnx", m), "also writes");
+  }
+  SUBCASE("an inconsistent shape") {
+    onnx::ModelProto m = tiny_model();
+    auto* g = m.mutable_graph();
+    g->mutable_node(0)->set_op_type("MatMul");
+    g->mutable_node(0)->add_input("x");  // [2,4] x [2,4]
+    expect_bad(write_model(dir, "matmul.onnx", m), "shape inference failed");
+  }
+  fs::remove_all(dir);
+}
+
+TEST_CASE("a custom-domain op with a known output shape plans with a bytes-based estimate and a warning") {
+  auto dir = test::temp_dir("custom");
+  onnx::ModelProto m = tiny_model();
+  auto* dom = m.add_opset_import();
+  dom->set_domain("com.example");
+  dom->set_version(1);
+  auto* n = m.mutable_graph()->mutable_node(0);
+  n->set_domain("com.example");
+  n->set_op_type("Fancy");
+  // No schema: shape inference cannot know y, unless the model declares it.
+  auto* vi = m.mutable_graph()->mutable_output(0)->mutable_type()->mutable_tensor_type()->mutable_shape();
+  vi->mutable_dim(0)->set_dim_value(2);
+  auto path = write_model(dir, "custom.onnx", m);
+  Graph g = load_graph(path, batch(2));
+  REQUIRE(g.nodes.size() == 1);
+  CHECK(g.nodes[0].cost.estimated);
+  CHECK(g.nodes[0].cost.bytes_read == 2 * 4 * 4);
+  REQUIRE(g.warnings.size() == 1);
+  CHECK(g.warnings[0].find("com.example:Fancy") != std::string::npos);
+  fs::remove_all(dir);
+}

@@ -3,6 +3,7 @@
 
 #include "graph/loader.hpp"
 #include "graph/summary.hpp"
+#include "plan_schedule.hpp"  // schedules
 
 #include <fmt/format.h>
 
@@ -59,10 +60,16 @@ int main(int argc, char** argv) {
   app.add_option("--dim", dims, "bind another symbolic dimension, NAME=SIZE (repeatable)");
   app.add_flag("--summary", summary, "print the graph summary: nodes, parameters, FLOPs, activations, ops");
   app.add_flag("--json", json, "print as one JSON object instead of text");
+  // --- schedules (apps/plan_schedule.*): options, and their mode when no model is given
+  smp::app::ScheduleOptions schedule_opts;
+  smp::app::add_schedule_options(app, schedule_opts);
+  // --- end schedules
 
   SMP_PARSE(app, argc, argv);
 
   return smp::app::guarded_main([&]() -> int {
+    if (model.empty() && smp::app::schedule_mode_requested(schedule_opts))  // schedules
+      return smp::app::run_schedule_mode(schedule_opts);
     if (model.empty()) smp::throw_bad_input("MODEL", "no model given", "smp-plan MODEL.onnx --summary");
     smp::graph::LoadOptions opts;
     opts.batch_size = batch_size;

@@ -151,15 +151,13 @@ std::string format_grid(const Schedule& s, const GridOptions& opt) {
   size_t shown = opt.max_steps > 0 ? std::min(cols, opt.max_steps) : cols;
   std::string label_fmt = fmt::format("rank {{:<{}}}", fmt::format("{}", s.actions.size()).size() + 1);
   size_t label_w = fmt::format(fmt::runtime(label_fmt), 0).size();
-  std::string out = std::string(label_w, ' ');
-  out += "step";
-  // Header: the step number every 5 columns.
+  // Header: "step" over the rank names, then the step number every 5 columns.
+  std::string out = fmt::format("{:<{}}", "step", label_w);
   std::string header(shown * (width + 1), ' ');
   for (size_t c = 0; c < shown; c += 5) {
     std::string n = fmt::format("{}", c);
     header.replace(c * (width + 1), std::min(n.size(), header.size() - c * (width + 1)), n);
   }
-  out.resize(label_w);
   out += header;
   while (!out.empty() && out.back() == ' ') out.pop_back();
   out += "\n";

@@ -80,110 +80,122 @@ SimResult simulate(const Schedule& s, const Costs& c, const SimOptions& opt, con
   for (const auto& row : s.actions)
     for (const auto& a : row) left += a.is_compute();
 
-  while (left > 0) {
-    bool moved = false;
-    for (int r = 0; r < p; ++r) {
-      const auto& row = s.actions[static_cast<size_t>(r)];
-      size_t& i = idx[static_cast<size_t>(r)];
-      while (i < row.size()) {
-        const Action& a = row[i];
-        if (a.is_comm()) {
-          ++i;
-          continue;
-        }
-        const int st = a.stage, mb = a.mb;
-        if (st < 0 || st >= S || mb < 0 || mb >= m || s.rank_of(st) != r)
-          throw_bad_input(where, fmt::format("rank {}, step {}: {} is out of range or on the wrong rank", r, i, to_string(a)),
-                          "validate the schedule");
-        const size_t k = key(st, mb);
-        const StageCost& sc = c.stage[static_cast<size_t>(st)];
-        double ready = 0, dur = 0;
-        if (a.op == Op::Forward) {
-          if (st > 0) {
-            ready = f_arr[key(st - 1, mb)];
-            if (ready < 0) break;
-          }
-          dur = sc.f_s;
-        } else if (a.op == Op::BackwardInput || a.op == Op::Backward) {
-          ready = f_end[k];
-          if (ready < 0) break;
-          if (st + 1 < S) {
-            double g = g_arr[key(st + 1, mb)];
-            if (g < 0) break;
-            ready = std::max(ready, g);
-          }
-          dur = a.op == Op::Backward ? sc.b_s + sc.w_s : sc.b_s;
-        } else {  // W
-          ready = b_end[k];
-          if (ready < 0) break;
-          dur = sc.w_s;
-        }
-        double& fr = free_at[static_cast<size_t>(r)];
-        const double start = std::max(fr, ready);
-        const double end = start + dur;
-        fr = end;
-        res.rank[static_cast<size_t>(r)].busy_s += dur;
-        if (opt.record_events) res.events.push_back(Event{EventKind::Compute, r, -1, a, start, end});
-
-        double& cur = act[static_cast<size_t>(r)];
-        StageStats& ss = res.stage[static_cast<size_t>(st)];
-        int& stash = stashed[static_cast<size_t>(st)];
-        int& pend = pending_w[static_cast<size_t>(st)];
-        int& fl = in_flight[static_cast<size_t>(st)];
-        switch (a.op) {
-          case Op::Forward: {
-            f_end[k] = end;
-            cur += sc.act_bytes;
-            ss.peak_stashed = std::max(ss.peak_stashed, ++stash);
-            ss.peak_in_flight = std::max(ss.peak_in_flight, ++fl);
-            if (st + 1 < S) {
-              const int to = s.rank_of(st + 1);
-              f_arr[k] = to == r ? end
-                                 : transfer(r, to, end, c.link.empty() ? 0.0 : c.link[static_cast<size_t>(st)].act_s,
-                                            comm(Op::SendAct, st, mb, to));
-            }
-            break;
-          }
-          case Op::BackwardInput:
-          case Op::Backward: {
-            b_end[k] = end;
-            --stash;
-            if (a.op == Op::BackwardInput) {
-              cur += sc.w_keep_bytes - sc.act_bytes;
-              ss.peak_pending_w = std::max(ss.peak_pending_w, ++pend);
-            } else {
-              cur -= sc.act_bytes;
-              --fl;
-            }
-            if (st > 0) {
-              const int to = s.rank_of(st - 1);
-              g_arr[k] = to == r ? end
-                                 : transfer(r, to, end, c.link.empty() ? 0.0 : c.link[static_cast<size_t>(st - 1)].grad_s,
-                                            comm(Op::SendGrad, st, mb, to));
-            }
-            break;
-          }
-          default:  // W
-            cur -= sc.w_keep_bytes;
-            --pend;
-            --fl;
-            break;
-        }
-        auto& rs = res.rank[static_cast<size_t>(r)];
-        rs.peak_act_bytes = std::max(rs.peak_act_bytes, cur);
+  // Worklist of ranks that may be able to move: all at first, then the receivers of what was
+  // just produced. A rank blocked on an input is retried only when some rank sends to it.
+  std::vector<int> work(static_cast<size_t>(p));
+  std::vector<uint8_t> queued(static_cast<size_t>(p), 1);
+  for (int r = 0; r < p; ++r) work[static_cast<size_t>(r)] = p - 1 - r;
+  auto wake = [&](int to) {
+    if (!queued[static_cast<size_t>(to)]) {
+      queued[static_cast<size_t>(to)] = 1;
+      work.push_back(to);
+    }
+  };
+  while (left > 0 && !work.empty()) {
+    const int r = work.back();
+    work.pop_back();
+    queued[static_cast<size_t>(r)] = 0;
+    const auto& row = s.actions[static_cast<size_t>(r)];
+    size_t& i = idx[static_cast<size_t>(r)];
+    while (i < row.size()) {
+      const Action& a = row[i];
+      if (a.is_comm()) {
         ++i;
-        --left;
-        moved = true;
+        continue;
       }
+      const int st = a.stage, mb = a.mb;
+      if (st < 0 || st >= S || mb < 0 || mb >= m || s.rank_of(st) != r)
+        throw_bad_input(where, fmt::format("rank {}, step {}: {} is out of range or on the wrong rank", r, i, to_string(a)),
+                        "validate the schedule");
+      const size_t k = key(st, mb);
+      const StageCost& sc = c.stage[static_cast<size_t>(st)];
+      double ready = 0, dur = 0;
+      if (a.op == Op::Forward) {
+        if (st > 0) {
+          ready = f_arr[key(st - 1, mb)];
+          if (ready < 0) break;
+        }
+        dur = sc.f_s;
+      } else if (a.op == Op::BackwardInput || a.op == Op::Backward) {
+        ready = f_end[k];
+        if (ready < 0) break;
+        if (st + 1 < S) {
+          double g = g_arr[key(st + 1, mb)];
+          if (g < 0) break;
+          ready = std::max(ready, g);
+        }
+        dur = a.op == Op::Backward ? sc.b_s + sc.w_s : sc.b_s;
+      } else {  // W
+        ready = b_end[k];
+        if (ready < 0) break;
+        dur = sc.w_s;
+      }
+      double& fr = free_at[static_cast<size_t>(r)];
+      const double start = std::max(fr, ready);
+      const double end = start + dur;
+      fr = end;
+      res.rank[static_cast<size_t>(r)].busy_s += dur;
+      if (opt.record_events) res.events.push_back(Event{EventKind::Compute, r, -1, a, start, end});
+
+      double& cur = act[static_cast<size_t>(r)];
+      StageStats& ss = res.stage[static_cast<size_t>(st)];
+      int& stash = stashed[static_cast<size_t>(st)];
+      int& pend = pending_w[static_cast<size_t>(st)];
+      int& fl = in_flight[static_cast<size_t>(st)];
+      switch (a.op) {
+        case Op::Forward: {
+          f_end[k] = end;
+          cur += sc.act_bytes;
+          ss.peak_stashed = std::max(ss.peak_stashed, ++stash);
+          ss.peak_in_flight = std::max(ss.peak_in_flight, ++fl);
+          if (st + 1 < S) {
+            const int to = s.rank_of(st + 1);
+            f_arr[k] = to == r ? end
+                               : transfer(r, to, end, c.link.empty() ? 0.0 : c.link[static_cast<size_t>(st)].act_s,
+                                          comm(Op::SendAct, st, mb, to));
+            if (to != r) wake(to);
+          }
+          break;
+        }
+        case Op::BackwardInput:
+        case Op::Backward: {
+          b_end[k] = end;
+          --stash;
+          if (a.op == Op::BackwardInput) {
+            cur += sc.w_keep_bytes - sc.act_bytes;
+            ss.peak_pending_w = std::max(ss.peak_pending_w, ++pend);
+          } else {
+            cur -= sc.act_bytes;
+            --fl;
+          }
+          if (st > 0) {
+            const int to = s.rank_of(st - 1);
+            g_arr[k] = to == r ? end
+                               : transfer(r, to, end, c.link.empty() ? 0.0 : c.link[static_cast<size_t>(st - 1)].grad_s,
+                                          comm(Op::SendGrad, st, mb, to));
+            if (to != r) wake(to);
+          }
+          break;
+        }
+        default:  // W
+          cur -= sc.w_keep_bytes;
+          --pend;
+          --fl;
+          break;
+      }
+      auto& rs = res.rank[static_cast<size_t>(r)];
+      rs.peak_act_bytes = std::max(rs.peak_act_bytes, cur);
+      ++i;
+      --left;
     }
-    if (!moved) {
-      int r = 0;
-      while (idx[static_cast<size_t>(r)] >= s.actions[static_cast<size_t>(r)].size()) ++r;
-      throw_bad_input(where,
-                      fmt::format("the lists cannot run to the end: rank {} waits forever at step {} ({})", r,
-                                  idx[static_cast<size_t>(r)], to_string(s.actions[static_cast<size_t>(r)][idx[static_cast<size_t>(r)]])),
-                      "validate the schedule to see why");
-    }
+  }
+  if (left > 0) {
+    int r = 0;
+    while (idx[static_cast<size_t>(r)] >= s.actions[static_cast<size_t>(r)].size()) ++r;
+    throw_bad_input(where,
+                    fmt::format("the lists cannot run to the end: rank {} waits forever at step {} ({})", r,
+                                idx[static_cast<size_t>(r)], to_string(s.actions[static_cast<size_t>(r)][idx[static_cast<size_t>(r)]])),
+                    "validate the schedule to see why");
   }
 
   double step = 0;

@@ -164,7 +164,7 @@ std::string to_svg(const Timeline& t, const SvgOptions& opt) {
   for (const auto& sp : t.spans) max_shade = std::max(max_shade, sp.shade);
 
   const double axis_y = top + chart_h;
-  const double legend_y = axis_y + 42;
+  const double legend_y = axis_y + 62;
   const double footer_y = legend_y + 28;
   const double H = footer_y + (t.footer.empty() ? 0 : 18) + 6;
   const double total_w = left + W + right;

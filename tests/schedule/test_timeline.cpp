@@ -44,7 +44,7 @@ TEST_CASE("a simulated schedule becomes a timeline: rows = ranks, spans labelled
 TEST_CASE("the SVG has a bar per span, the microbatch numbers, a legend and an axis") {
   Schedule s = zb_h1(4, 8);
   SimResult r = simulate(s, Costs::uniform(4, 1, 1, 1));
-  Timeline t = make_timeline(s, r, "zb-h1 <p=4>", "unit", 1e-3);
+  Timeline t = make_timeline(s, r, "zb-h1 <p=4>", "units", 1e-3);
   t.footer = "step 27";
   std::string svg = to_svg(t);
   CHECK(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
@@ -54,7 +54,7 @@ TEST_CASE("the SVG has a bar per span, the microbatch numbers, a legend and an a
   CHECK(svg.find("backward, weights (W)") != std::string::npos);
   CHECK(svg.find("backward, inputs (B)") != std::string::npos);
   CHECK(svg.find(">idle<") != std::string::npos);
-  CHECK(svg.find("time (unit)") != std::string::npos);
+  CHECK(svg.find("time (units)") != std::string::npos);
   CHECK(svg.find(">step 27<") != std::string::npos);
   CHECK(svg.find(">7</text>") != std::string::npos);  // microbatch 7 is written in its bar
   CHECK(svg.find("full backward") == std::string::npos);  // not present in zb-h1

@@ -14,11 +14,24 @@ namespace {
 bool foldable_dtype(DType t) { return t != DType::Undefined && t != DType::String && t != DType::F16 && t != DType::BF16 && t != DType::C64 && t != DType::C128; }
 bool int_domain(DType t) { return is_integer(t) || t == DType::Bool; }
 
+// Integer arithmetic on constants wraps like the hardware instead of being undefined.
+int64_t wrap_add(int64_t a, int64_t b) { return static_cast<int64_t>(static_cast<uint64_t>(a) + static_cast<uint64_t>(b)); }
+int64_t wrap_sub(int64_t a, int64_t b) { return static_cast<int64_t>(static_cast<uint64_t>(a) - static_cast<uint64_t>(b)); }
+int64_t wrap_mul(int64_t a, int64_t b) { return static_cast<int64_t>(static_cast<uint64_t>(a) * static_cast<uint64_t>(b)); }
+int64_t to_i64(double v) {
+  if (!(v == v)) return 0;
+  if (v >= 9.2e18) return INT64_MAX;
+  if (v <= -9.2e18) return INT64_MIN;
+  return static_cast<int64_t>(v);
+}
+// Bounds a slice index so that index arithmetic cannot overflow.
+int64_t clamp_index(int64_t v) { return std::clamp<int64_t>(v, -(int64_t{1} << 62), int64_t{1} << 62); }
+
 TensorData make(DType t, Shape s) {
   TensorData d;
   d.dtype = t;
   d.shape = std::move(s);
-  d.bytes.assign(static_cast<size_t>(smp::numel(d.shape) * dtype_size(t)), '\0');
+  d.bytes.assign(static_cast<size_t>(byte_size(d.shape, dtype_size(t))), '\0');
   return d;
 }
 
@@ -145,17 +158,17 @@ Outputs fold_binary(const Node& n, const TensorData& a, const TensorData& b) {
     int64_t ia = ma[static_cast<size_t>(k)], ib = mb[static_cast<size_t>(k)];
     if (ints) {
       int64_t x = a.get_i64(ia), y = b.get_i64(ib), r = 0;
-      if (op == "Add") r = x + y;
-      else if (op == "Sub") r = x - y;
-      else if (op == "Mul") r = x * y;
+      if (op == "Add") r = wrap_add(x, y);
+      else if (op == "Sub") r = wrap_sub(x, y);
+      else if (op == "Mul") r = wrap_mul(x, y);
       else if (op == "Div") {
         if (y == 0) throw_bad_input(where(n), "integer division by zero in a constant");
-        r = x / y;
+        r = (x == INT64_MIN && y == -1) ? x : x / y;
       } else if (op == "Mod") {
         if (y == 0) throw_bad_input(where(n), "integer modulo by zero in a constant");
-        r = x % y;
+        r = (y == -1) ? 0 : x % y;
         if (!fmod && r != 0 && ((r < 0) != (y < 0))) r += y;
-      } else if (op == "Pow") r = static_cast<int64_t>(std::pow(static_cast<double>(x), static_cast<double>(y)));
+      } else if (op == "Pow") r = to_i64(std::pow(static_cast<double>(x), static_cast<double>(y)));
       else if (op == "Max") r = std::max(x, y);
       else if (op == "Min") r = std::min(x, y);
       else if (op == "Equal") r = x == y;
@@ -185,7 +198,7 @@ Outputs fold_binary(const Node& n, const TensorData& a, const TensorData& b) {
       else if (op == "GreaterOrEqual") r = x >= y;
       else return std::nullopt;
       if (out_t == DType::Bool) set_i64(out, k, r != 0);
-      else if (int_domain(out_t)) set_i64(out, k, static_cast<int64_t>(r));
+      else if (int_domain(out_t)) set_i64(out, k, to_i64(r));
       else set_f64(out, k, r);
     }
   }
@@ -199,8 +212,8 @@ Outputs fold_unary(const Node& n, const TensorData& a) {
   for (int64_t k = 0; k < a.numel(); ++k) {
     if (ints) {
       int64_t x = a.get_i64(k), r;
-      if (op == "Neg") r = -x;
-      else if (op == "Abs") r = x < 0 ? -x : x;
+      if (op == "Neg") r = wrap_sub(0, x);
+      else if (op == "Abs") r = x < 0 ? wrap_sub(0, x) : x;
       else if (op == "Not") r = x == 0;
       else if (op == "Identity" || op == "Floor" || op == "Ceil") r = x;
       else if (op == "Relu") r = std::max<int64_t>(x, 0);
@@ -234,7 +247,7 @@ TensorData cast_to(const TensorData& a, DType to) {
   for (int64_t k = 0; k < a.numel(); ++k) {
     if (is_floating(to)) set_f64(out, k, a.get_f64(k));
     else if (to == DType::Bool) set_i64(out, k, from_int ? a.get_i64(k) != 0 : a.get_f64(k) != 0.0);
-    else set_i64(out, k, from_int ? a.get_i64(k) : static_cast<int64_t>(a.get_f64(k)));
+    else set_i64(out, k, from_int ? a.get_i64(k) : to_i64(a.get_f64(k)));
   }
   return out;
 }
@@ -299,7 +312,7 @@ Outputs fold_slice(const Node& n, const TensorData& data, std::vector<int64_t> s
   for (size_t i = 0; i < starts.size(); ++i) {
     int64_t a = norm_axis(axes[i], r, n), dim = data.shape[a], step = steps[i];
     if (step == 0) throw_bad_input(where(n), "slice step 0");
-    int64_t s = starts[i], e = ends[i];
+    int64_t s = clamp_index(starts[i]), e = clamp_index(ends[i]);
     if (s < 0) s += dim;
     if (e < 0) e += dim;
     if (step > 0) {
@@ -443,7 +456,7 @@ std::optional<std::vector<TensorData>> fold_node(const Node& n, const std::vecto
     if (op == b) {
       // Estimate the output size first: broadcasting can blow up.
       auto shp = broadcast_shapes({&need(0).shape, &need(1).shape});
-      if (shp && smp::numel(*shp) * 8 > max_bytes) return std::nullopt;
+      if (shp && byte_size(*shp, 8) > max_bytes) return std::nullopt;
       return check_size(fold_binary(n, need(0), need(1)));
     }
   if (op == "Max" || op == "Min") {
@@ -514,7 +527,7 @@ std::optional<std::vector<TensorData>> fold_node(const Node& n, const std::vecto
       }
       if (d < 0) throw_bad_input(where(n), fmt::format("negative dimension {} in the target shape", d));
       s.push_back(d);
-      known *= d;
+      if (__builtin_mul_overflow(known, d, &known)) throw_bad_input(where(n), "target shape overflows");
     }
     if (infer >= 0) {
       if (known == 0 || x.numel() % known != 0) throw_bad_input(where(n), "cannot infer the -1 dimension");
@@ -539,7 +552,13 @@ std::optional<std::vector<TensorData>> fold_node(const Node& n, const std::vecto
     if (ins.empty()) return std::nullopt;
     return check_size(fold_concat(n, ins));
   }
-  if (op == "Gather") return check_size(fold_gather(n, need(0), need(1)));
+  if (op == "Gather") {
+    int64_t out_elems = 0;
+    if (__builtin_mul_overflow(need(0).numel(), std::max<int64_t>(need(1).numel(), 1), &out_elems) ||
+        byte_size({out_elems}, dtype_size(need(0).dtype)) > max_bytes)
+      return std::nullopt;
+    return check_size(fold_gather(n, need(0), need(1)));
+  }
   if (op == "Slice") {
     if (opset < 10)
       return fold_slice(n, need(0), n.attr_ints("starts"), n.attr_ints("ends"), n.attr_ints("axes"), {});
@@ -553,7 +572,7 @@ std::optional<std::vector<TensorData>> fold_node(const Node& n, const std::vecto
     auto it = n.attrs.find("value");
     DType t = it != n.attrs.end() && it->second.t ? it->second.t->dtype : DType::F32;
     if (!foldable_dtype(t)) return std::nullopt;
-    if (smp::numel(s) * dtype_size(t) > max_bytes) return std::nullopt;
+    if (byte_size(s, dtype_size(t)) > max_bytes) return std::nullopt;
     TensorData out = make(t, s);
     if (it != n.attrs.end() && it->second.t && it->second.t->numel() >= 1)
       for (int64_t k = 0; k < out.numel(); ++k) copy_elem(*it->second.t, 0, out, k);
@@ -563,11 +582,13 @@ std::optional<std::vector<TensorData>> fold_node(const Node& n, const std::vecto
     const TensorData &s = need(0), &l = need(1), &d = need(2);
     double start = s.get_f64(0), limit = l.get_f64(0), delta = d.get_f64(0);
     if (delta == 0) throw_bad_input(where(n), "Range with delta 0");
-    int64_t count = std::max<int64_t>(static_cast<int64_t>(std::ceil((limit - start) / delta)), 0);
-    if (count * dtype_size(s.dtype) > max_bytes) return std::nullopt;
+    double steps = std::ceil((limit - start) / delta);
+    if (!(steps < static_cast<double>(max_bytes))) return std::nullopt;  // also NaN
+    int64_t count = std::max<int64_t>(static_cast<int64_t>(steps), 0);
+    if (count > max_bytes || count * dtype_size(s.dtype) > max_bytes) return std::nullopt;
     TensorData out = make(s.dtype, {count});
     for (int64_t k = 0; k < count; ++k) {
-      if (int_domain(s.dtype)) set_i64(out, k, s.get_i64(0) + k * d.get_i64(0));
+      if (int_domain(s.dtype)) set_i64(out, k, wrap_add(s.get_i64(0), wrap_mul(k, d.get_i64(0))));
       else set_f64(out, k, start + static_cast<double>(k) * delta);
     }
     return one(std::move(out));
@@ -576,14 +597,14 @@ std::optional<std::vector<TensorData>> fold_node(const Node& n, const std::vecto
     Shape target = as_ints(need(1));
     auto shp = broadcast_shapes({&need(0).shape, &target});
     if (!shp) throw_bad_input(where(n), "input does not broadcast to the target shape");
-    if (smp::numel(*shp) * dtype_size(need(0).dtype) > max_bytes) return std::nullopt;
+    if (byte_size(*shp, dtype_size(need(0).dtype)) > max_bytes) return std::nullopt;
     return one(broadcast_to(need(0), *shp));
   }
   if (op == "Where") {
     const TensorData &c = need(0), &x = need(1), &y = need(2);
     auto shp = broadcast_shapes({&c.shape, &x.shape, &y.shape});
     if (!shp) throw_bad_input(where(n), "inputs do not broadcast");
-    if (smp::numel(*shp) * dtype_size(x.dtype) > max_bytes) return std::nullopt;
+    if (byte_size(*shp, dtype_size(x.dtype)) > max_bytes) return std::nullopt;
     TensorData out = make(x.dtype, *shp);
     auto mc = broadcast_map(c.shape, *shp), mx = broadcast_map(x.shape, *shp), my = broadcast_map(y.shape, *shp);
     for (int64_t k = 0; k < out.numel(); ++k) {
@@ -598,8 +619,11 @@ std::optional<std::vector<TensorData>> fold_node(const Node& n, const std::vecto
     std::vector<int64_t> reps = as_ints(need(1));
     if (reps.size() != x.shape.size()) throw_bad_input(where(n), "repeats length differs from the rank");
     Shape s = x.shape;
-    for (size_t i = 0; i < s.size(); ++i) s[i] *= reps[i];
-    if (smp::numel(s) * dtype_size(x.dtype) > max_bytes) return std::nullopt;
+    for (size_t i = 0; i < s.size(); ++i) {
+      if (reps[i] < 0) throw_bad_input(where(n), "negative repeat count");
+      if (__builtin_mul_overflow(s[i], reps[i], &s[i])) return std::nullopt;
+    }
+    if (byte_size(s, dtype_size(x.dtype)) > max_bytes) return std::nullopt;
     TensorData out = make(x.dtype, s);
     auto in_st = strides_of(x.shape);
     std::vector<int64_t> idx(s.size(), 0);

@@ -2,6 +2,7 @@
 
 #include "core/error.hpp"
 
+#include <cstdint>
 #include <cstring>
 
 namespace smp::graph {
@@ -36,7 +37,14 @@ int64_t TensorData::get_i64(int64_t i) const {
   switch (dtype) {
     case DType::I64: SMP_CHECK(i >= 0 && i < numel(), "element {} out of range", i); return load<int64_t>(bytes, i);
     case DType::U64: SMP_CHECK(i >= 0 && i < numel(), "element {} out of range", i); return static_cast<int64_t>(load<uint64_t>(bytes, i));
-    default: return static_cast<int64_t>(get_f64(i));
+    default: {
+      // Saturating: a NaN or out-of-range float (from a hostile file) must not be UB.
+      double v = get_f64(i);
+      if (!(v == v)) return 0;
+      if (v >= 9.2e18) return INT64_MAX;
+      if (v <= -9.2e18) return INT64_MIN;
+      return static_cast<int64_t>(v);
+    }
   }
 }
 

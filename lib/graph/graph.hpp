@@ -72,7 +72,7 @@ struct Value {
   std::optional<ExternalData> external;
 
   int64_t numel() const { return smp::numel(shape); }
-  int64_t bytes() const { return numel() * dtype_size(dtype); }
+  int64_t bytes() const { return byte_size(shape, dtype_size(dtype)); }
 };
 
 // Forward cost of one node at the graph's bound sizes.

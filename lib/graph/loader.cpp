@@ -81,7 +81,7 @@ std::string read_external_bytes(const ExternalData& ext, int64_t expected, const
   int64_t len = ext.length >= 0 ? ext.length : size - ext.offset;
   if (len != expected)
     throw_bad_input(ext.file.string(), fmt::format("{}: external data holds {} bytes, expected {}", what, len, expected));
-  if (ext.offset + len > size)
+  if (ext.offset > size || len > size - ext.offset)
     throw_bad_input(ext.file.string(), fmt::format("{}: external data runs past the end of the file", what));
   std::string bytes(static_cast<size_t>(len), '\0');
   in.seekg(ext.offset);
@@ -109,6 +109,7 @@ TensorData tensor_from_proto(onnx::TensorProto& t, const std::string& file, cons
   std::string where = "tensor '" + t.name() + "'";
   if (d.dtype == DType::Undefined || d.dtype == DType::String)
     throw_bad_input(file, where + fmt::format(": unsupported data type {}", t.data_type()));
+  if (d.numel() >= kMaxElements) throw_bad_input(file, where + ": " + shape_str(d.shape) + " is too large a shape");
   int64_t expected = d.numel() * dtype_size(d.dtype);
   if (t.data_location() == onnx::TensorProto::EXTERNAL) {
     ExternalInfo e = external_info(t, file);
@@ -547,6 +548,8 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
       v.dtype = t->second.first;
       v.shape = t->second.second;
     }
+    if (v.numel() >= kMaxElements)
+      throw_bad_input(file, "value '" + name + "' has shape " + shape_str(v.shape) + ", too large to plan");
     int id = static_cast<int>(g.values.size());
     g.values.push_back(std::move(v));
     g.value_index[name] = id;

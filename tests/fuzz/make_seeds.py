@@ -1,0 +1,68 @@
+#!/usr/bin/python3
+"""Writes small valid ONNX models as the fuzzer's seed corpus into DIR."""
+import os
+import sys
+
+import numpy as np
+import onnx
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+
+def save(m, d, name):
+    onnx.checker.check_model(m)
+    onnx.save(m, os.path.join(d, name))
+
+
+def main(d):
+    os.makedirs(d, exist_ok=True)
+    x = h.make_tensor_value_info("x", T.FLOAT, ["N", 4])
+    y = h.make_tensor_value_info("y", T.FLOAT, ["N", 4])
+    g = h.make_graph([h.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])
+    save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), d, "relu.onnx")
+
+    # A PyTorch-style view chain: Shape, Gather, Unsqueeze, Concat, Reshape; a Gemm with weights.
+    w = nh.from_array(np.arange(32, dtype=np.float32).reshape(8, 4), "w")
+    nodes = [
+        h.make_node("Gemm", ["x", "w"], ["g"], transB=1),
+        h.make_node("Shape", ["g"], ["s"]),
+        h.make_node("Constant", [], ["zero"], value=nh.from_array(np.array(0, dtype=np.int64))),
+        h.make_node("Gather", ["s", "zero"], ["b"], axis=0),
+        h.make_node("Constant", [], ["ax"], value=nh.from_array(np.array([0], dtype=np.int64))),
+        h.make_node("Unsqueeze", ["b", "ax"], ["b1"]),
+        h.make_node("Constant", [], ["rest"], value=nh.from_array(np.array([2, 4], dtype=np.int64))),
+        h.make_node("Concat", ["b1", "rest"], ["shape"], axis=0),
+        h.make_node("Reshape", ["g", "shape"], ["r"]),
+        h.make_node("Softmax", ["r"], ["z"], axis=-1),
+    ]
+    z = h.make_tensor_value_info("z", T.FLOAT, ["N", 2, 4])
+    g = h.make_graph(nodes, "chain", [x], [z], initializer=[w])
+    save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), d, "chain.onnx")
+
+    # A mask built from constants, and external data that does not exist.
+    e = nh.from_array(np.zeros((16, 4), dtype=np.float32), "emb")
+    e.ClearField("raw_data")
+    e.data_location = T.EXTERNAL
+    for k, v in (("location", "emb.weights"), ("offset", "0"), ("length", "256")):
+        e.external_data.add(key=k, value=v)
+    ids = h.make_tensor_value_info("ids", T.INT64, ["N", 3])
+    nodes = [
+        h.make_node("Gather", ["emb", "ids"], ["h"]),
+        h.make_node("Constant", [], ["ss"], value=nh.from_array(np.array([3, 3], dtype=np.int64))),
+        h.make_node("ConstantOfShape", ["ss"], ["ones"], value=nh.from_array(np.array([1], dtype=np.int64))),
+        h.make_node("Trilu", ["ones"], ["tri"], upper=1),
+        h.make_node("Cast", ["tri"], ["mask"], to=T.BOOL),
+        h.make_node("MatMul", ["h", "ht"], ["att"]),
+        h.make_node("Transpose", ["h"], ["ht"], perm=[0, 2, 1]),
+        h.make_node("Constant", [], ["ninf"], value=nh.from_array(np.array(-1e9, dtype=np.float32))),
+        h.make_node("Where", ["mask", "ninf", "att"], ["out"]),
+    ]
+    out = h.make_tensor_value_info("out", T.FLOAT, ["N", 3, 3])
+    g = h.make_graph(nodes, "mask", [ids], [out], initializer=[e])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    onnx.save(m, os.path.join(d, "mask.onnx"))  # unsorted on purpose: the loader sorts
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

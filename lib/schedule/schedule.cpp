@@ -284,8 +284,11 @@ void write_schedule(const std::filesystem::path& path, const Schedule& s) {
   }
   out += "  \"actions\": [\n";
   const auto& rows = j["actions"];
-  for (size_t r = 0; r < rows.size(); ++r)
-    out += "    " + rows[r].dump() + (r + 1 < rows.size() ? ",\n" : "\n");
+  for (size_t r = 0; r < rows.size(); ++r) {
+    out += "    [";
+    for (size_t i = 0; i < rows[r].size(); ++i) out += (i ? ", " : "") + rows[r][i].dump();
+    out += r + 1 < rows.size() ? "],\n" : "]\n";
+  }
   out += "  ]\n}\n";
   write_file_atomic(path, out);
 }

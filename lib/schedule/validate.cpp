@@ -272,23 +272,32 @@ void check_progress(const Schedule& s, const Positions& P, bool lowered) {
       }
     }
     if (moved) continue;
-    // Deadlock: follow the waits from the lowest stuck rank until a rank repeats.
+    // Deadlock: follow the waits from the lowest stuck rank until a rank repeats; that rank is on
+    // the cycle, which is reported from there.
     int first = 0;
     while (idx[static_cast<size_t>(first)] >= s.actions[static_cast<size_t>(first)].size()) ++first;
-    std::vector<int> seen(static_cast<size_t>(s.ranks), -1);
-    std::string chain;
-    int r = first;
-    for (int hop = 0; seen[static_cast<size_t>(r)] < 0; ++hop) {
-      seen[static_cast<size_t>(r)] = hop;
-      const Action& a = s.actions[static_cast<size_t>(r)][idx[static_cast<size_t>(r)]];
-      auto b = blocker(r, a);
+    auto head = [&](int r) -> const Action& { return s.actions[static_cast<size_t>(r)][idx[static_cast<size_t>(r)]]; };
+    auto waits_on = [&](int r) {
+      auto b = blocker(r, head(r));
       SMP_CHECK(b.has_value(), "stuck rank {} is not waiting", r);
-      int owner = s.rank_of(b->stage);
-      chain += fmt::format("{}rank {} waits at {} for {} on rank {}", hop ? "; " : "", r, to_string(a),
-                           to_string(*b), owner);
-      r = owner;
-      if (idx[static_cast<size_t>(r)] >= s.actions[static_cast<size_t>(r)].size()) break;  // cannot happen
+      return *b;
+    };
+    std::vector<uint8_t> seen(static_cast<size_t>(s.ranks), 0);
+    int r = first;
+    while (!seen[static_cast<size_t>(r)]) {
+      seen[static_cast<size_t>(r)] = 1;
+      r = s.rank_of(waits_on(r).stage);
+      SMP_CHECK(idx[static_cast<size_t>(r)] < s.actions[static_cast<size_t>(r)].size(), "rank {} is done", r);
     }
+    first = r;
+    std::string chain;
+    do {
+      Action b = waits_on(r);
+      int owner = s.rank_of(b.stage);
+      chain += fmt::format("{}rank {} waits at {} for {} on rank {}", chain.empty() ? "" : "; ", r, to_string(head(r)),
+                           to_string(b), owner);
+      r = owner;
+    } while (r != first);
     fail(s, first, static_cast<int>(idx[static_cast<size_t>(first)]), "deadlock: " + chain);
   }
 }

@@ -141,6 +141,12 @@ TEST_CASE("a deadlock is found and its cycle named") {
   CHECK(v.message.find("for 1SB0>0 on rank 1") != std::string::npos);
 }
 
+TEST_CASE("a deadlock is marked on its cycle, not on a rank that merely waits") {
+  Schedule s = from_rows(3, 2, {{"0F0", "0F1", "0X0", "0X1"}, {"1F0", "1X0", "1F1", "1X1"}, {"2F1", "2X1", "2F0", "2X0"}});
+  rejects(s, 1, 1, {"deadlock: rank 1 waits at 1X0 for 2X0 on rank 2; rank 2 waits at 2F1 for 1F1 on rank 1"});
+  CHECK(validate(s).message.find("rank 0") == std::string::npos);
+}
+
 TEST_CASE("check_valid throws one-line bad input") {
   Schedule s = from_rows(1, 1, {{"0X0", "0F0"}});
   try {

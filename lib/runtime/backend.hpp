@@ -1,0 +1,134 @@
+// The backend interface: buffers and kernels of one kind of device. The stage executor only
+// talks to this interface, so a CUDA backend slots in beside the CPU one (no device headers here).
+//
+// Kernels: one table per backend, indexed by graph::Op (the op registry's enum), one entry per op
+// with a prepare step (checks attributes and dtypes when a stage is loaded, never while running),
+// a forward and a backward. Conventions (llm.c): outputs first, then inputs; gradients `d...`.
+#pragma once
+
+#include "graph/graph.hpp"
+#include "graph/op_registry.hpp"
+#include "runtime/tensor.hpp"
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace smp::runtime {
+
+class Backend;
+
+// What a kernel knows about its node at load time.
+class NodeView {
+ public:
+  NodeView(const graph::Graph& g, const graph::Node& n, graph::Op op) : g_(g), n_(n), op_(op) {}
+  const graph::Graph& graph() const { return g_; }
+  const graph::Node& node() const { return n_; }
+  graph::Op op() const { return op_; }
+  int num_inputs() const { return static_cast<int>(n_.inputs.size()); }
+  int num_outputs() const { return static_cast<int>(n_.outputs.size()); }
+  bool has_input(int i) const { return i < num_inputs() && n_.inputs[static_cast<size_t>(i)] >= 0; }
+  bool has_output(int i) const { return i < num_outputs() && n_.outputs[static_cast<size_t>(i)] >= 0; }
+  const graph::Value& input(int i) const;
+  const graph::Value& output(int i) const;
+  // The input's bytes when it is a constant (or a parameter loaded with weights): nullptr otherwise.
+  const graph::TensorData* constant_input(int i) const;
+  // Integers of a constant input; false when the input is absent or not constant.
+  bool constant_ints(int i, std::vector<int64_t>& out) const;
+  // Load-time rejection: "node <name> (<op>): <what>", bad input.
+  [[noreturn]] void fail(const std::string& what) const;
+  void require_dtype(const graph::Value& v, std::initializer_list<DType> ok, const char* role) const;
+
+ private:
+  const graph::Graph& g_;
+  const graph::Node& n_;
+  graph::Op op_;
+};
+
+// Parsed attributes and static shapes of one node; made by prepare, read-only afterwards (shared
+// by every microbatch). Kernels derive their own state from it.
+struct KernelState {
+  virtual ~KernelState() = default;
+  std::string node_name;
+  std::vector<Shape> in_shapes, out_shapes;
+  std::vector<DType> in_dtypes, out_dtypes;
+  bool training = true;  // BatchNormalization uses batch statistics when training
+};
+
+struct ExecContext {
+  Backend* backend = nullptr;
+};
+
+// Backward of one node. Only the forward tensors the registry declares saved are defined in
+// `in` / `out`. dout[i] undefined: no gradient reaches output i (zero). din[i] defined: wanted,
+// already allocated with input i's shape; accumulate[i] says add into it, else overwrite.
+struct GradIO {
+  std::span<const Tensor> in;
+  std::span<const Tensor> out;
+  std::span<const Tensor> dout;
+  std::span<Tensor> din;
+  std::span<const uint8_t> accumulate;
+};
+
+using PrepareFn = std::unique_ptr<KernelState> (*)(const NodeView& n);
+using ForwardFn = void (*)(const KernelState& s, ExecContext& ctx, std::span<Tensor> out,
+                           std::span<const Tensor> in);
+using BackwardFn = void (*)(const KernelState& s, ExecContext& ctx, const GradIO& io);
+
+enum KernelFlags : uint32_t {
+  kNone = 0,
+  kView = 1,  // forward makes out[0] a view of in[0]; the executor allocates nothing for it
+};
+
+struct OpKernel {
+  graph::Op op;
+  PrepareFn prepare;    // nullptr: the backend has no kernel for this op
+  ForwardFn forward;
+  BackwardFn backward;  // nullptr: no gradient rule (the op is not differentiable here)
+  uint32_t flags;
+};
+
+using KernelTable = std::array<OpKernel, static_cast<size_t>(graph::Op::kCount)>;
+
+struct MemoryStats {
+  int64_t live_bytes = 0;
+  int64_t peak_bytes = 0;
+  int64_t allocations = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string_view name() const = 0;
+  virtual const KernelTable& kernels() const = 0;
+
+  // Buffers (64-byte aligned, row-major).
+  virtual Tensor empty(DType dtype, const Shape& shape) = 0;
+  virtual Tensor zeros(DType dtype, const Shape& shape) = 0;
+  virtual Tensor from_host(DType dtype, const Shape& shape, const void* data) = 0;
+  virtual void to_host(const Tensor& t, void* dst) = 0;
+  virtual void fill_zero(Tensor& t) = 0;
+  virtual void copy(Tensor& dst, const Tensor& src) = 0;
+  // y += alpha * x (elementwise, same shape; f32): gradient accumulation, SGD.
+  virtual void axpy(float alpha, const Tensor& x, Tensor& y) = 0;
+  // x *= alpha (f32)
+  virtual void scale(float alpha, Tensor& x) = 0;
+
+  virtual void set_num_threads(int n) = 0;
+  virtual int num_threads() const = 0;
+
+  MemoryStats memory() const;
+  void reset_peak();
+
+ protected:
+  std::shared_ptr<MemoryCounter> counter_ = std::make_shared<MemoryCounter>();
+};
+
+// Element type check for kernels and the executor.
+inline bool is_f32(const Tensor& t) { return t.dtype() == DType::F32; }
+
+}  // namespace smp::runtime

@@ -1,0 +1,112 @@
+// Helpers shared by the CPU kernels: parallel loops, broadcasting plans, reductions to a shape.
+#pragma once
+
+#include "runtime/backend.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+namespace smp::runtime::cpu {
+
+// f(begin, end) over [0, n) split across the OpenMP threads; serial below `grain` elements.
+template <class F>
+inline void pfor(int64_t n, int64_t grain, F&& f) {
+  if (n <= 0) return;
+  int nt = omp_get_max_threads();
+  if (n <= grain || nt <= 1 || omp_in_parallel()) {
+    f(int64_t{0}, n);
+    return;
+  }
+  int64_t chunks = std::min<int64_t>(nt, (n + grain - 1) / grain);
+#pragma omp parallel num_threads(static_cast<int>(chunks))
+  {
+    int64_t t = omp_get_thread_num(), c = omp_get_num_threads();
+    int64_t b = n * t / c, e = n * (t + 1) / c;
+    if (b < e) f(b, e);
+  }
+}
+
+inline constexpr int64_t kGrain = 16384;
+
+// Right-aligned broadcasting of up to 3 inputs onto an output shape, with adjacent dims merged
+// where every input is contiguous (or broadcast) across them. The last dim is the inner loop;
+// an input's inner stride is 0 (broadcast) or 1.
+struct Bcast {
+  std::vector<int64_t> dims;                 // merged output dims (at least one)
+  std::vector<std::vector<int64_t>> st;      // per input, element strides per merged dim
+  int64_t total = 0;
+  int64_t inner() const { return dims.back(); }
+  int64_t rows() const { return inner() == 0 ? 0 : total / inner(); }
+  // Offsets of row r for every input.
+  void row_offsets(int64_t r, int64_t* off) const {
+    size_t n = st.size();
+    for (size_t k = 0; k < n; ++k) off[k] = 0;
+    for (int d = static_cast<int>(dims.size()) - 2; d >= 0; --d) {
+      int64_t i = r % dims[static_cast<size_t>(d)];
+      r /= dims[static_cast<size_t>(d)];
+      for (size_t k = 0; k < n; ++k) off[k] += i * st[k][static_cast<size_t>(d)];
+    }
+  }
+};
+
+Bcast make_bcast(const Shape& out, const std::vector<Shape>& ins);
+// True when `in` broadcasts to `out` (right-aligned, ONNX multidirectional rules).
+bool broadcastable_to(const Shape& in, const Shape& out);
+
+// f(out_offset, in_offsets[], len, in_inner_strides[]) for each row, rows spread over threads.
+template <class F>
+inline void bcast_rows(const Bcast& b, F&& f) {
+  int64_t rows = b.rows(), L = b.inner();
+  size_t n = b.st.size();
+  int64_t inner_st[3] = {0, 0, 0};
+  for (size_t k = 0; k < n; ++k) inner_st[k] = b.st[k].back();
+  pfor(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(L, 1)), [&](int64_t r0, int64_t r1) {
+    int64_t off[3];
+    for (int64_t r = r0; r < r1; ++r) {
+      b.row_offsets(r, off);
+      f(r * L, off, L, inner_st);
+    }
+  });
+}
+
+// dst (shape dst_shape, broadcastable to src_shape) = or += the sum of src over broadcast axes.
+void reduce_sum_to(float* dst, const Shape& dst_shape, const float* src, const Shape& src_shape, bool accumulate);
+
+// dst = or += src, n floats.
+inline void store(float* dst, const float* src, int64_t n, bool accumulate) {
+  pfor(n, kGrain, [&](int64_t b, int64_t e) {
+    if (accumulate) {
+#pragma omp simd
+      for (int64_t i = b; i < e; ++i) dst[i] += src[i];
+    } else {
+      std::memcpy(dst + b, src + b, static_cast<size_t>(e - b) * sizeof(float));
+    }
+  });
+}
+
+// Normalizes an axis in [-rank, rank) to [0, rank); false when out of range.
+inline bool norm_axis(int64_t& axis, int64_t rank) {
+  if (axis < -rank || axis >= rank) return false;
+  if (axis < 0) axis += rank;
+  return true;
+}
+
+// Fills a state's shapes from the node (the executor also does this; kernels' prepare may use it).
+void fill_shapes(KernelState& s, const NodeView& n);
+
+// Reads integer elements of an i64 or i32 tensor.
+std::vector<int64_t> tensor_ints(const Tensor& t);
+
+// Scratch buffer from the backend (counted in its memory).
+inline Tensor scratch(ExecContext& ctx, DType dt, const Shape& shape) { return ctx.backend->empty(dt, shape); }
+
+inline int64_t prod(const Shape& s, size_t b, size_t e) {
+  int64_t p = 1;
+  for (size_t i = b; i < e; ++i) p *= s[i];
+  return p;
+}
+
+}  // namespace smp::runtime::cpu

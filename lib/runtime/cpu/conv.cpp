@@ -1,0 +1,440 @@
+// Conv (1-D, 2-D; groups, dilations, pads, auto_pad) as im2col + sgemm; MaxPool, AveragePool,
+// GlobalAveragePool.
+#include "runtime/cpu/common.hpp"
+#include "runtime/cpu/kernels.hpp"
+
+#include <cblas.h>
+#include <fmt/format.h>
+
+#include <cfloat>
+#include <cmath>
+
+namespace smp::runtime::cpu {
+
+using graph::Op;
+
+namespace {
+
+// Spatial geometry, 1-D treated as 2-D with a height of 1.
+struct Geom {
+  int64_t ih = 1, iw = 1, oh = 1, ow = 1, kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1;
+  int64_t ph = 0, pw = 0, ph_end = 0, pw_end = 0;
+};
+
+// Reads kernel_shape/strides/dilations/pads/auto_pad; checks the graph's output size against the
+// computed one. `ceil` for pooling's ceil_mode.
+Geom make_geom(const NodeView& n, const Shape& x, const Shape& y, std::vector<int64_t> kernel, bool ceil) {
+  size_t sp = x.size() - 2;
+  if (sp < 1 || sp > 2) n.fail(fmt::format("{}-D spatial input not supported (1-D, 2-D)", sp));
+  if (kernel.size() != sp) n.fail("kernel_shape does not match the input's spatial rank");
+  auto strides = n.node().attr_ints("strides", std::vector<int64_t>(sp, 1));
+  auto dil = n.node().attr_ints("dilations", std::vector<int64_t>(sp, 1));
+  auto pads = n.node().attr_ints("pads", std::vector<int64_t>(2 * sp, 0));
+  std::string ap = n.node().attr_string("auto_pad", "NOTSET");
+  if (strides.size() != sp || dil.size() != sp || pads.size() != 2 * sp) n.fail("strides, dilations or pads of the wrong length");
+  std::vector<int64_t> in(x.begin() + 2, x.end());
+  std::vector<int64_t> out(sp), pb(sp), pe(sp);
+  for (size_t i = 0; i < sp; ++i) {
+    int64_t ek = (kernel[i] - 1) * dil[i] + 1;
+    if (ap == "NOTSET") {
+      pb[i] = pads[i];
+      pe[i] = pads[i + sp];
+      int64_t num = in[i] + pb[i] + pe[i] - ek;
+      out[i] = (ceil ? (num + strides[i] - 1) / strides[i] : num / strides[i]) + 1;
+      if (ceil && (out[i] - 1) * strides[i] >= in[i] + pb[i]) --out[i];
+    } else if (ap == "VALID") {
+      pb[i] = pe[i] = 0;
+      out[i] = (in[i] - ek) / strides[i] + 1;
+      if (ceil) out[i] = (in[i] - ek + strides[i] - 1) / strides[i] + 1;
+    } else if (ap == "SAME_UPPER" || ap == "SAME_LOWER") {
+      out[i] = (in[i] + strides[i] - 1) / strides[i];
+      int64_t total = std::max<int64_t>(0, (out[i] - 1) * strides[i] + ek - in[i]);
+      pb[i] = ap == "SAME_UPPER" ? total / 2 : total - total / 2;
+      pe[i] = total - pb[i];
+    } else {
+      n.fail(fmt::format("auto_pad '{}' not supported", ap));
+    }
+  }
+  for (size_t i = 0; i < sp; ++i)
+    if (y[2 + i] != out[i])
+      n.fail(fmt::format("output spatial size {} differs from the computed {}", shape_str(y), out[i]));
+  Geom g;
+  if (sp == 1) {
+    g.iw = in[0]; g.ow = out[0]; g.kw = kernel[0]; g.sw = strides[0]; g.dw = dil[0]; g.pw = pb[0]; g.pw_end = pe[0];
+  } else {
+    g.ih = in[0]; g.iw = in[1]; g.oh = out[0]; g.ow = out[1]; g.kh = kernel[0]; g.kw = kernel[1];
+    g.sh = strides[0]; g.sw = strides[1]; g.dh = dil[0]; g.dw = dil[1];
+    g.ph = pb[0]; g.pw = pb[1]; g.ph_end = pe[0]; g.pw_end = pe[1];
+  }
+  return g;
+}
+
+struct ConvState : KernelState {
+  Geom g;
+  int64_t N = 0, C = 0, M = 0, groups = 1;
+  bool pointwise = false;  // 1x1, stride 1, no pad: the input is its own column matrix
+  bool has_bias = false;
+};
+
+// col [C * kh * kw, oh * ow] from x [C, ih, iw]
+void im2col(const Geom& g, int64_t C, const float* x, float* col) {
+  int64_t ohw = g.oh * g.ow;
+  pfor(C * g.kh * g.kw, 8, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      int64_t c = r / (g.kh * g.kw), ki = (r / g.kw) % g.kh, kj = r % g.kw;
+      float* dst = col + r * ohw;
+      const float* xc = x + c * g.ih * g.iw;
+      for (int64_t oy = 0; oy < g.oh; ++oy) {
+        int64_t iy = oy * g.sh - g.ph + ki * g.dh;
+        float* d = dst + oy * g.ow;
+        if (iy < 0 || iy >= g.ih) {
+          std::memset(d, 0, static_cast<size_t>(g.ow) * sizeof(float));
+          continue;
+        }
+        const float* xr = xc + iy * g.iw;
+        int64_t off = kj * g.dw - g.pw;
+        if (g.sw == 1 && off >= 0 && off + g.ow <= g.iw) {
+          std::memcpy(d, xr + off, static_cast<size_t>(g.ow) * sizeof(float));
+          continue;
+        }
+        for (int64_t ox = 0; ox < g.ow; ++ox) {
+          int64_t ix = ox * g.sw + off;
+          d[ox] = (ix >= 0 && ix < g.iw) ? xr[ix] : 0.0f;
+        }
+      }
+    }
+  });
+}
+
+// dx [C, ih, iw] += col2im(dcol)
+void col2im(const Geom& g, int64_t C, const float* col, float* dx) {
+  int64_t ohw = g.oh * g.ow;
+  pfor(C, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      float* xc = dx + c * g.ih * g.iw;
+      for (int64_t ki = 0; ki < g.kh; ++ki)
+        for (int64_t kj = 0; kj < g.kw; ++kj) {
+          const float* src = col + ((c * g.kh + ki) * g.kw + kj) * ohw;
+          for (int64_t oy = 0; oy < g.oh; ++oy) {
+            int64_t iy = oy * g.sh - g.ph + ki * g.dh;
+            if (iy < 0 || iy >= g.ih) continue;
+            float* xr = xc + iy * g.iw;
+            const float* s = src + oy * g.ow;
+            int64_t off = kj * g.dw - g.pw;
+            for (int64_t ox = 0; ox < g.ow; ++ox) {
+              int64_t ix = ox * g.sw + off;
+              if (ix >= 0 && ix < g.iw) xr[ix] += s[ox];
+            }
+          }
+        }
+    }
+  });
+}
+
+inline void sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+                  int64_t ldb, float beta, float* C, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, static_cast<int>(M),
+              static_cast<int>(N), static_cast<int>(K), 1.0f, A, static_cast<int>(lda), B, static_cast<int>(ldb), beta, C,
+              static_cast<int>(ldc));
+}
+
+}  // namespace
+
+std::unique_ptr<KernelState> prep_conv(const NodeView& n) {
+  auto s = std::make_unique<ConvState>();
+  n.require_dtype(n.input(0), {DType::F32}, "input X");
+  n.require_dtype(n.input(1), {DType::F32}, "weight W");
+  const Shape &x = n.input(0).shape, &w = n.input(1).shape, &y = n.output(0).shape;
+  if (x.size() < 3 || w.size() != x.size()) n.fail("X and W must have the same rank, at least 3");
+  s->N = x[0];
+  s->C = x[1];
+  s->M = w[0];
+  s->groups = n.node().attr_int("group", 1);
+  if (s->groups < 1 || s->C % s->groups != 0 || s->M % s->groups != 0 || w[1] * s->groups != s->C)
+    n.fail(fmt::format("group {} does not divide the channels", s->groups));
+  std::vector<int64_t> kernel(w.begin() + 2, w.end());
+  auto ks = n.node().attr_ints("kernel_shape", kernel);
+  if (ks != kernel) n.fail("kernel_shape differs from the weight's shape");
+  s->g = make_geom(n, x, y, kernel, false);
+  const Geom& g = s->g;
+  s->pointwise = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 && g.ph_end == 0 && g.pw_end == 0;
+  if (n.has_input(2)) {
+    n.require_dtype(n.input(2), {DType::F32}, "bias B");
+    if (n.input(2).shape != Shape{s->M}) n.fail("bias must be [M]");
+    s->has_bias = true;
+  }
+  if (y[1] != s->M) n.fail("output channels differ from the weight's");
+  return s;
+}
+
+void fwd_conv(const KernelState& st, ExecContext& ctx, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const ConvState&>(st);
+  const Geom& g = s.g;
+  const float* X = in[0].data<float>();
+  const float* W = in[1].data<float>();
+  float* Y = out[0].data<float>();
+  int64_t Cg = s.C / s.groups, Mg = s.M / s.groups, kk = g.kh * g.kw, ohw = g.oh * g.ow, ihw = g.ih * g.iw;
+  Tensor colt;
+  if (!s.pointwise) colt = scratch(ctx, DType::F32, {Cg * kk, ohw});
+  for (int64_t b = 0; b < s.N; ++b)
+    for (int64_t gr = 0; gr < s.groups; ++gr) {
+      const float* xg = X + (b * s.C + gr * Cg) * ihw;
+      const float* col = xg;
+      if (!s.pointwise) {
+        im2col(g, Cg, xg, colt.data<float>());
+        col = colt.data<float>();
+      }
+      sgemm(false, false, Mg, ohw, Cg * kk, W + gr * Mg * Cg * kk, Cg * kk, col, ohw, 0.0f,
+            Y + (b * s.M + gr * Mg) * ohw, ohw);
+    }
+  if (s.has_bias) {
+    const float* B = in[2].data<float>();
+    pfor(s.N * s.M, std::max<int64_t>(1, kGrain / std::max<int64_t>(ohw, 1)), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        float bv = B[r % s.M];
+        float* y = Y + r * ohw;
+#pragma omp simd
+        for (int64_t i = 0; i < ohw; ++i) y[i] += bv;
+      }
+    });
+  }
+}
+
+void bwd_conv(const KernelState& st, ExecContext& ctx, const GradIO& io) {
+  const auto& s = static_cast<const ConvState&>(st);
+  if (!io.dout[0].defined()) return;
+  const Geom& g = s.g;
+  const float* dY = io.dout[0].data<float>();
+  int64_t Cg = s.C / s.groups, Mg = s.M / s.groups, kk = g.kh * g.kw, ohw = g.oh * g.ow, ihw = g.ih * g.iw;
+  bool want_dx = io.din[0].defined(), want_dw = io.din[1].defined();
+  Tensor colt;
+  if (!s.pointwise && (want_dx || want_dw)) colt = scratch(ctx, DType::F32, {Cg * kk, ohw});
+  if (want_dw) {
+    SMP_CHECK(io.in[0].defined(), "node {}: Conv backward needs X (not declared saved)", s.node_name);
+    const float* X = io.in[0].data<float>();
+    float* dW = io.din[1].data<float>();
+    if (!io.accumulate[1]) std::memset(dW, 0, static_cast<size_t>(io.din[1].numel()) * sizeof(float));
+    for (int64_t b = 0; b < s.N; ++b)
+      for (int64_t gr = 0; gr < s.groups; ++gr) {
+        const float* xg = X + (b * s.C + gr * Cg) * ihw;
+        const float* col = xg;
+        if (!s.pointwise) {
+          im2col(g, Cg, xg, colt.data<float>());
+          col = colt.data<float>();
+        }
+        // dW_g[Mg, Cg*kk] += dY_g[Mg, ohw] . col^T
+        sgemm(false, true, Mg, Cg * kk, ohw, dY + (b * s.M + gr * Mg) * ohw, ohw, col, ohw, 1.0f,
+              dW + gr * Mg * Cg * kk, Cg * kk);
+      }
+  }
+  if (want_dx) {
+    SMP_CHECK(io.in[1].defined(), "node {}: Conv backward needs W (not declared saved)", s.node_name);
+    const float* W = io.in[1].data<float>();
+    float* dX = io.din[0].data<float>();
+    bool acc = io.accumulate[0];
+    for (int64_t b = 0; b < s.N; ++b)
+      for (int64_t gr = 0; gr < s.groups; ++gr) {
+        float* dxg = dX + (b * s.C + gr * Cg) * ihw;
+        const float* dy = dY + (b * s.M + gr * Mg) * ohw;
+        const float* wg = W + gr * Mg * Cg * kk;
+        if (s.pointwise) {
+          sgemm(true, false, Cg, ohw, Mg, wg, Cg * kk, dy, ohw, acc ? 1.0f : 0.0f, dxg, ohw);
+        } else {
+          float* col = colt.data<float>();
+          sgemm(true, false, Cg * kk, ohw, Mg, wg, Cg * kk, dy, ohw, 0.0f, col, ohw);
+          if (!acc) std::memset(dxg, 0, static_cast<size_t>(Cg * ihw) * sizeof(float));
+          col2im(g, Cg, col, dxg);
+        }
+      }
+  }
+  if (io.din.size() > 2 && io.din[2].defined()) {
+    float* dB = io.din[2].data<float>();
+    std::vector<double> acc(static_cast<size_t>(s.M), 0.0);
+    for (int64_t b = 0; b < s.N; ++b)
+      for (int64_t m = 0; m < s.M; ++m) {
+        const float* p = dY + (b * s.M + m) * ohw;
+        float t = 0;
+#pragma omp simd reduction(+ : t)
+        for (int64_t i = 0; i < ohw; ++i) t += p[i];
+        acc[static_cast<size_t>(m)] += t;
+      }
+    for (int64_t m = 0; m < s.M; ++m)
+      dB[m] = (io.accumulate[2] ? dB[m] : 0.0f) + static_cast<float>(acc[static_cast<size_t>(m)]);
+  }
+}
+
+// ---- MaxPool, AveragePool ----------------------------------------------------------------
+
+namespace {
+struct PoolState : KernelState {
+  Geom g;
+  int64_t NC = 0;
+  bool is_max = true;
+  bool count_include_pad = false;
+};
+}  // namespace
+
+std::unique_ptr<KernelState> prep_pool(const NodeView& n) {
+  auto s = std::make_unique<PoolState>();
+  s->is_max = n.op() == Op::MaxPool;
+  n.require_dtype(n.input(0), {DType::F32}, "input X");
+  const Shape &x = n.input(0).shape, &y = n.output(0).shape;
+  if (x.size() < 3) n.fail("input must be at least 3-D");
+  if (!n.node().has_attr("kernel_shape")) n.fail("kernel_shape missing");
+  if (s->is_max && n.has_output(1)) n.fail("the Indices output is not supported");
+  if (s->is_max && n.node().attr_int("storage_order", 0) != 0) n.fail("storage_order 1 not supported");
+  if (!s->is_max && n.node().has_attr("dilations")) {
+    for (int64_t d : n.node().attr_ints("dilations"))
+      if (d != 1) n.fail("dilated AveragePool not supported");
+  }
+  s->count_include_pad = n.node().attr_int("count_include_pad", 0) != 0;
+  s->g = make_geom(n, x, y, n.node().attr_ints("kernel_shape"), n.node().attr_int("ceil_mode", 0) != 0);
+  s->NC = x[0] * x[1];
+  return s;
+}
+
+void fwd_pool(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const PoolState&>(st);
+  const Geom& g = s.g;
+  const float* X = in[0].data<float>();
+  float* Y = out[0].data<float>();
+  pfor(s.NC, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const float* x = X + c * g.ih * g.iw;
+      float* y = Y + c * g.oh * g.ow;
+      for (int64_t oy = 0; oy < g.oh; ++oy)
+        for (int64_t ox = 0; ox < g.ow; ++ox) {
+          float m = s.is_max ? -INFINITY : 0.0f;
+          int64_t cnt = 0, cnt_pad = 0;
+          for (int64_t ki = 0; ki < g.kh; ++ki) {
+            int64_t iy = oy * g.sh - g.ph + ki * g.dh;
+            for (int64_t kj = 0; kj < g.kw; ++kj) {
+              int64_t ix = ox * g.sw - g.pw + kj * g.dw;
+              if (iy >= -g.ph && iy < g.ih + g.ph_end && ix >= -g.pw && ix < g.iw + g.pw_end) ++cnt_pad;
+              if (iy < 0 || iy >= g.ih || ix < 0 || ix >= g.iw) continue;
+              float v = x[iy * g.iw + ix];
+              if (s.is_max) m = v > m ? v : m;
+              else m += v;
+              ++cnt;
+            }
+          }
+          if (!s.is_max) m /= static_cast<float>(s.count_include_pad ? cnt_pad : std::max<int64_t>(cnt, 1));
+          y[oy * g.ow + ox] = m;
+        }
+    }
+  });
+}
+
+void bwd_pool(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const PoolState&>(st);
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  const Geom& g = s.g;
+  const float* dY = io.dout[0].data<float>();
+  float* dX = io.din[0].data<float>();
+  if (!io.accumulate[0]) std::memset(dX, 0, static_cast<size_t>(io.din[0].numel()) * sizeof(float));
+  const float* X = nullptr;
+  if (s.is_max) {
+    SMP_CHECK(io.in[0].defined(), "node {}: MaxPool backward needs X (not declared saved)", s.node_name);
+    X = io.in[0].data<float>();
+  }
+  pfor(s.NC, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const float* x = s.is_max ? X + c * g.ih * g.iw : nullptr;
+      float* dx = dX + c * g.ih * g.iw;
+      const float* dy = dY + c * g.oh * g.ow;
+      for (int64_t oy = 0; oy < g.oh; ++oy)
+        for (int64_t ox = 0; ox < g.ow; ++ox) {
+          float gval = dy[oy * g.ow + ox];
+          if (s.is_max) {
+            float m = -INFINITY;
+            int64_t arg = -1;
+            for (int64_t ki = 0; ki < g.kh; ++ki) {
+              int64_t iy = oy * g.sh - g.ph + ki * g.dh;
+              if (iy < 0 || iy >= g.ih) continue;
+              for (int64_t kj = 0; kj < g.kw; ++kj) {
+                int64_t ix = ox * g.sw - g.pw + kj * g.dw;
+                if (ix < 0 || ix >= g.iw) continue;
+                float v = x[iy * g.iw + ix];
+                if (arg < 0 || v > m) { m = v; arg = iy * g.iw + ix; }
+              }
+            }
+            if (arg >= 0) dx[arg] += gval;
+          } else {
+            int64_t cnt = 0, cnt_pad = 0;
+            for (int64_t ki = 0; ki < g.kh; ++ki) {
+              int64_t iy = oy * g.sh - g.ph + ki;
+              for (int64_t kj = 0; kj < g.kw; ++kj) {
+                int64_t ix = ox * g.sw - g.pw + kj;
+                if (iy >= -g.ph && iy < g.ih + g.ph_end && ix >= -g.pw && ix < g.iw + g.pw_end) ++cnt_pad;
+                if (iy >= 0 && iy < g.ih && ix >= 0 && ix < g.iw) ++cnt;
+              }
+            }
+            float w = gval / static_cast<float>(s.count_include_pad ? cnt_pad : std::max<int64_t>(cnt, 1));
+            for (int64_t ki = 0; ki < g.kh; ++ki) {
+              int64_t iy = oy * g.sh - g.ph + ki;
+              if (iy < 0 || iy >= g.ih) continue;
+              for (int64_t kj = 0; kj < g.kw; ++kj) {
+                int64_t ix = ox * g.sw - g.pw + kj;
+                if (ix >= 0 && ix < g.iw) dx[iy * g.iw + ix] += w;
+              }
+            }
+          }
+        }
+    }
+  });
+}
+
+// ---- GlobalAveragePool -------------------------------------------------------------------
+
+namespace {
+struct GapState : KernelState {
+  int64_t NC = 0, HW = 1;
+};
+}  // namespace
+
+std::unique_ptr<KernelState> prep_global_avgpool(const NodeView& n) {
+  auto s = std::make_unique<GapState>();
+  n.require_dtype(n.input(0), {DType::F32}, "input X");
+  const Shape& x = n.input(0).shape;
+  if (x.size() < 3) n.fail("input must be at least 3-D");
+  s->NC = x[0] * x[1];
+  s->HW = prod(x, 2, x.size());
+  return s;
+}
+
+void fwd_global_avgpool(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const GapState&>(st);
+  const float* X = in[0].data<float>();
+  float* Y = out[0].data<float>();
+  pfor(s.NC, std::max<int64_t>(1, kGrain / s.HW), [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const float* x = X + c * s.HW;
+      float t = 0;
+#pragma omp simd reduction(+ : t)
+      for (int64_t i = 0; i < s.HW; ++i) t += x[i];
+      Y[c] = t / static_cast<float>(s.HW);
+    }
+  });
+}
+
+void bwd_global_avgpool(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const GapState&>(st);
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  const float* dY = io.dout[0].data<float>();
+  float* dX = io.din[0].data<float>();
+  bool acc = io.accumulate[0];
+  float inv = 1.0f / static_cast<float>(s.HW);
+  pfor(s.NC, std::max<int64_t>(1, kGrain / s.HW), [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      float v = dY[c] * inv;
+      float* dx = dX + c * s.HW;
+      if (acc) {
+        for (int64_t i = 0; i < s.HW; ++i) dx[i] += v;
+      } else {
+        for (int64_t i = 0; i < s.HW; ++i) dx[i] = v;
+      }
+    }
+  });
+}
+
+}  // namespace smp::runtime::cpu

@@ -1,0 +1,650 @@
+// Elementwise kernels: binary ops with ONNX multidirectional broadcasting, unary math, Where,
+// Clip, Cast, Identity, Dropout (inference semantics).
+#include "runtime/cpu/common.hpp"
+#include "runtime/cpu/kernels.hpp"
+
+#include <fmt/format.h>
+
+#include <cmath>
+
+namespace smp::runtime::cpu {
+
+using graph::Op;
+
+namespace {
+
+bool is_arith(Op op) {
+  return op == Op::Add || op == Op::Sub || op == Op::Mul || op == Op::Div || op == Op::Pow || op == Op::Max || op == Op::Min;
+}
+bool is_compare(Op op) {
+  return op == Op::Equal || op == Op::Less || op == Op::Greater || op == Op::LessOrEqual || op == Op::GreaterOrEqual;
+}
+
+struct BinState : KernelState {
+  Op op;
+  Bcast plan;   // out <- a, b
+  Bcast plan3;  // out <- dy(out), a, b  (backward)
+  bool single = false;  // Max/Min with one input
+};
+
+template <class T, class R, class F>
+void bin_loop(const Bcast& p, const T* a, const T* b, R* o, F f) {
+  bcast_rows(p, [&](int64_t oo, const int64_t* off, int64_t L, const int64_t* ist) {
+    const T* pa = a + off[0];
+    const T* pb = b + off[1];
+    R* po = o + oo;
+    if (ist[0] == 1 && ist[1] == 1) {
+#pragma omp simd
+      for (int64_t i = 0; i < L; ++i) po[i] = f(pa[i], pb[i]);
+    } else if (ist[0] == 1) {
+      T vb = *pb;
+#pragma omp simd
+      for (int64_t i = 0; i < L; ++i) po[i] = f(pa[i], vb);
+    } else if (ist[1] == 1) {
+      T va = *pa;
+#pragma omp simd
+      for (int64_t i = 0; i < L; ++i) po[i] = f(va, pb[i]);
+    } else {
+      R v = f(*pa, *pb);
+      for (int64_t i = 0; i < L; ++i) po[i] = v;
+    }
+  });
+}
+
+template <class T>
+void arith(Op op, const Bcast& p, const T* a, const T* b, T* o) {
+  switch (op) {
+    case Op::Add: bin_loop(p, a, b, o, [](T x, T y) { return x + y; }); break;
+    case Op::Sub: bin_loop(p, a, b, o, [](T x, T y) { return x - y; }); break;
+    case Op::Mul: bin_loop(p, a, b, o, [](T x, T y) { return x * y; }); break;
+    case Op::Div: bin_loop(p, a, b, o, [](T x, T y) { return x / y; }); break;
+    case Op::Max: bin_loop(p, a, b, o, [](T x, T y) { return x > y ? x : y; }); break;
+    case Op::Min: bin_loop(p, a, b, o, [](T x, T y) { return x < y ? x : y; }); break;
+    case Op::Pow:
+      if constexpr (std::is_floating_point_v<T>) {
+        bin_loop(p, a, b, o, [](T x, T y) { return y == T(2) ? x * x : std::pow(x, y); });
+      } else {
+        bin_loop(p, a, b, o, [](T x, T y) { return static_cast<T>(std::pow(double(x), double(y))); });
+      }
+      break;
+    default: SMP_CHECK(false, "not an arithmetic op");
+  }
+}
+
+template <class T>
+void compare(Op op, const Bcast& p, const T* a, const T* b, uint8_t* o) {
+  switch (op) {
+    case Op::Equal: bin_loop(p, a, b, o, [](T x, T y) -> uint8_t { return x == y; }); break;
+    case Op::Less: bin_loop(p, a, b, o, [](T x, T y) -> uint8_t { return x < y; }); break;
+    case Op::Greater: bin_loop(p, a, b, o, [](T x, T y) -> uint8_t { return x > y; }); break;
+    case Op::LessOrEqual: bin_loop(p, a, b, o, [](T x, T y) -> uint8_t { return x <= y; }); break;
+    case Op::GreaterOrEqual: bin_loop(p, a, b, o, [](T x, T y) -> uint8_t { return x >= y; }); break;
+    default: SMP_CHECK(false, "not a comparison");
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<KernelState> prep_binary(const NodeView& n) {
+  auto s = std::make_unique<BinState>();
+  s->op = n.op();
+  if ((n.op() == Op::Max || n.op() == Op::Min) && n.num_inputs() == 1) {
+    s->single = true;
+    n.require_dtype(n.input(0), {DType::F32, DType::I64, DType::I32, DType::F64}, "input");
+    return s;
+  }
+  if (n.num_inputs() != 2 || !n.has_input(0) || !n.has_input(1))
+    n.fail(fmt::format("{} inputs; supported: 2", n.num_inputs()));
+  const auto &a = n.input(0), &b = n.input(1);
+  const auto& y = n.output(0);
+  if (is_arith(n.op())) {
+    n.require_dtype(a, {DType::F32, DType::F64, DType::I64, DType::I32}, "input A");
+    if (n.op() == Op::Pow) {
+      if (a.dtype == DType::F32) n.require_dtype(b, {DType::F32, DType::I64, DType::I32}, "exponent");
+      else if (b.dtype != a.dtype) n.fail("integer or float64 Pow with a mixed-type exponent is not supported");
+    } else if (b.dtype != a.dtype) {
+      n.fail(fmt::format("inputs of different dtypes ({} and {})", dtype_name(a.dtype), dtype_name(b.dtype)));
+    }
+  } else if (is_compare(n.op())) {
+    if (n.op() == Op::Equal) n.require_dtype(a, {DType::F32, DType::F64, DType::I64, DType::I32, DType::Bool}, "input A");
+    else n.require_dtype(a, {DType::F32, DType::F64, DType::I64, DType::I32}, "input A");
+    if (b.dtype != a.dtype) n.fail("inputs of different dtypes");
+  } else {  // And, Or, Xor
+    n.require_dtype(a, {DType::Bool}, "input A");
+    n.require_dtype(b, {DType::Bool}, "input B");
+  }
+  if (!broadcastable_to(a.shape, y.shape) || !broadcastable_to(b.shape, y.shape))
+    n.fail(fmt::format("shapes {} and {} do not broadcast to {}", shape_str(a.shape), shape_str(b.shape), shape_str(y.shape)));
+  s->plan = make_bcast(y.shape, {a.shape, b.shape});
+  s->plan3 = make_bcast(y.shape, {y.shape, a.shape, b.shape});
+  return s;
+}
+
+void fwd_binary(const KernelState& st, ExecContext& ctx, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const BinState&>(st);
+  Tensor& y = out[0];
+  if (s.single) {
+    ctx.backend->copy(y, in[0]);
+    return;
+  }
+  const Tensor &a = in[0], &b = in[1];
+  if (is_arith(s.op)) {
+    switch (a.dtype()) {
+      case DType::F32: {
+        if (b.dtype() == DType::F32) {
+          arith<float>(s.op, s.plan, a.data<float>(), b.data<float>(), y.data<float>());
+        } else {  // Pow with an integer exponent
+          std::vector<float> e(static_cast<size_t>(b.numel()));
+          auto v = tensor_ints(b);
+          for (size_t i = 0; i < e.size(); ++i) e[i] = static_cast<float>(v[i]);
+          arith<float>(s.op, s.plan, a.data<float>(), e.data(), y.data<float>());
+        }
+        break;
+      }
+      case DType::F64: arith<double>(s.op, s.plan, a.data<double>(), b.data<double>(), y.data<double>()); break;
+      case DType::I64: arith<int64_t>(s.op, s.plan, a.data<int64_t>(), b.data<int64_t>(), y.data<int64_t>()); break;
+      case DType::I32: arith<int32_t>(s.op, s.plan, a.data<int32_t>(), b.data<int32_t>(), y.data<int32_t>()); break;
+      default: SMP_CHECK(false, "dtype");
+    }
+  } else if (is_compare(s.op)) {
+    uint8_t* o = y.data<uint8_t>();
+    switch (a.dtype()) {
+      case DType::F32: compare<float>(s.op, s.plan, a.data<float>(), b.data<float>(), o); break;
+      case DType::F64: compare<double>(s.op, s.plan, a.data<double>(), b.data<double>(), o); break;
+      case DType::I64: compare<int64_t>(s.op, s.plan, a.data<int64_t>(), b.data<int64_t>(), o); break;
+      case DType::I32: compare<int32_t>(s.op, s.plan, a.data<int32_t>(), b.data<int32_t>(), o); break;
+      case DType::Bool: compare<uint8_t>(s.op, s.plan, a.data<uint8_t>(), b.data<uint8_t>(), o); break;
+      default: SMP_CHECK(false, "dtype");
+    }
+  } else {
+    const uint8_t *pa = a.data<uint8_t>(), *pb = b.data<uint8_t>();
+    uint8_t* o = y.data<uint8_t>();
+    if (s.op == Op::And) bin_loop(s.plan, pa, pb, o, [](uint8_t x, uint8_t z) -> uint8_t { return (x != 0) & (z != 0); });
+    else if (s.op == Op::Or) bin_loop(s.plan, pa, pb, o, [](uint8_t x, uint8_t z) -> uint8_t { return (x != 0) | (z != 0); });
+    else bin_loop(s.plan, pa, pb, o, [](uint8_t x, uint8_t z) -> uint8_t { return (x != 0) ^ (z != 0); });
+  }
+}
+
+namespace {
+
+// din = (or +=) reduce_to_input_shape( f(dy, a, b) ) evaluated over the output shape.
+template <class F>
+void grad_to(const BinState& s, ExecContext& ctx, int which, const float* dy, const float* a, const float* b,
+             Tensor& din, bool acc, F f) {
+  const Shape& ys = s.out_shapes[0];
+  const Shape& xs = s.in_shapes[static_cast<size_t>(which)];
+  bool direct = smp::numel(xs) == smp::numel(ys);
+  Tensor tmp;
+  float* o = din.data<float>();
+  if (!direct) {
+    tmp = scratch(ctx, DType::F32, ys);
+    o = tmp.data<float>();
+  }
+  bool add = direct && acc;
+  static const float zero = 0;
+  const float* pa = a ? a : &zero;
+  const float* pb = b ? b : &zero;
+  bcast_rows(s.plan3, [&](int64_t oo, const int64_t* off, int64_t L, const int64_t* ist) {
+    const float* g = dy + off[0];
+    const float* x = pa + (a ? off[1] : 0);
+    const float* z = pb + (b ? off[2] : 0);
+    int64_t sa = a ? ist[1] : 0, sb = b ? ist[2] : 0;
+    float* po = o + oo;
+    if (add) {
+      for (int64_t i = 0; i < L; ++i) po[i] += f(g[i], x[i * sa], z[i * sb]);
+    } else {
+#pragma omp simd
+      for (int64_t i = 0; i < L; ++i) po[i] = f(g[i], x[i * sa], z[i * sb]);
+    }
+  });
+  if (!direct) reduce_sum_to(din.data<float>(), xs, o, ys, acc);
+}
+
+}  // namespace
+
+void bwd_binary(const KernelState& st, ExecContext& ctx, const GradIO& io) {
+  const auto& s = static_cast<const BinState&>(st);
+  if (!io.dout[0].defined()) return;
+  const float* dy = io.dout[0].data<float>();
+  if (s.single) {
+    if (io.din[0].defined()) store(io.din[0].data<float>(), dy, io.dout[0].numel(), io.accumulate[0]);
+    return;
+  }
+  auto need = [&](int i) -> const float* {
+    SMP_CHECK(io.in[static_cast<size_t>(i)].defined(), "node {}: backward needs input {} (not declared saved)", s.node_name, i);
+    return io.in[static_cast<size_t>(i)].data<float>();
+  };
+  for (int w = 0; w < 2; ++w) {
+    if (!io.din[static_cast<size_t>(w)].defined()) continue;
+    Tensor& d = io.din[static_cast<size_t>(w)];
+    bool acc = io.accumulate[static_cast<size_t>(w)];
+    switch (s.op) {
+      case Op::Add: grad_to(s, ctx, w, dy, nullptr, nullptr, d, acc, [](float g, float, float) { return g; }); break;
+      case Op::Sub:
+        if (w == 0) grad_to(s, ctx, w, dy, nullptr, nullptr, d, acc, [](float g, float, float) { return g; });
+        else grad_to(s, ctx, w, dy, nullptr, nullptr, d, acc, [](float g, float, float) { return -g; });
+        break;
+      case Op::Mul:
+        if (w == 0) grad_to(s, ctx, w, dy, nullptr, need(1), d, acc, [](float g, float, float b) { return g * b; });
+        else grad_to(s, ctx, w, dy, need(0), nullptr, d, acc, [](float g, float a, float) { return g * a; });
+        break;
+      case Op::Div:
+        if (w == 0) grad_to(s, ctx, w, dy, nullptr, need(1), d, acc, [](float g, float, float b) { return g / b; });
+        else grad_to(s, ctx, w, dy, need(0), need(1), d, acc, [](float g, float a, float b) { return -g * a / (b * b); });
+        break;
+      case Op::Pow:
+        SMP_CHECK(s.in_dtypes[1] == DType::F32 || w == 0, "integer exponent has no gradient");
+        if (s.in_dtypes[1] != DType::F32) {
+          auto e = tensor_ints(io.in[1]);
+          std::vector<float> ef(e.begin(), e.end());
+          grad_to(s, ctx, w, dy, need(0), ef.data(), d, acc,
+                  [](float g, float a, float b) { return b == 0 ? 0.0f : g * b * std::pow(a, b - 1); });
+        } else if (w == 0) {
+          grad_to(s, ctx, w, dy, need(0), need(1), d, acc,
+                  [](float g, float a, float b) { return b == 0 ? 0.0f : g * b * std::pow(a, b - 1); });
+        } else {
+          grad_to(s, ctx, w, dy, need(0), need(1), d, acc,
+                  [](float g, float a, float b) { return a > 0 ? g * std::pow(a, b) * std::log(a) : 0.0f; });
+        }
+        break;
+      case Op::Max:
+      case Op::Min: {
+        bool mx = s.op == Op::Max;
+        if (w == 0)
+          grad_to(s, ctx, w, dy, need(0), need(1), d, acc, [mx](float g, float a, float b) {
+            return a == b ? 0.5f * g : ((a > b) == mx ? g : 0.0f);
+          });
+        else
+          grad_to(s, ctx, w, dy, need(0), need(1), d, acc, [mx](float g, float a, float b) {
+            return a == b ? 0.5f * g : ((b > a) == mx ? g : 0.0f);
+          });
+        break;
+      }
+      default: SMP_CHECK(false, "node {}: no gradient", s.node_name);
+    }
+  }
+}
+
+// ---- Where -------------------------------------------------------------------------------
+
+namespace {
+struct WhereState : KernelState {
+  Bcast plan;   // out <- c, x, y
+};
+}  // namespace
+
+std::unique_ptr<KernelState> prep_where(const NodeView& n) {
+  auto s = std::make_unique<WhereState>();
+  if (n.num_inputs() != 3) n.fail("needs 3 inputs");
+  n.require_dtype(n.input(0), {DType::Bool}, "condition");
+  if (n.input(1).dtype != n.input(2).dtype) n.fail("X and Y of different dtypes");
+  int64_t es = dtype_size(n.input(1).dtype);
+  if (es != 1 && es != 4 && es != 8) n.fail(fmt::format("dtype {} not supported", dtype_name(n.input(1).dtype)));
+  const Shape& ys = n.output(0).shape;
+  for (int i = 0; i < 3; ++i)
+    if (!broadcastable_to(n.input(i).shape, ys)) n.fail("inputs do not broadcast to the output");
+  s->plan = make_bcast(ys, {n.input(0).shape, n.input(1).shape, n.input(2).shape});
+  return s;
+}
+
+namespace {
+template <class T>
+void where_loop(const Bcast& p, const uint8_t* c, const T* x, const T* y, T* o) {
+  bcast_rows(p, [&](int64_t oo, const int64_t* off, int64_t L, const int64_t* ist) {
+    const uint8_t* pc = c + off[0];
+    const T* px = x + off[1];
+    const T* py = y + off[2];
+    T* po = o + oo;
+    int64_t sc = ist[0], sx = ist[1], sy = ist[2];
+    for (int64_t i = 0; i < L; ++i) po[i] = pc[i * sc] ? px[i * sx] : py[i * sy];
+  });
+}
+}  // namespace
+
+void fwd_where(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const WhereState&>(st);
+  const uint8_t* c = in[0].data<uint8_t>();
+  switch (dtype_size(in[1].dtype())) {
+    case 1: where_loop(s.plan, c, static_cast<const uint8_t*>(in[1].raw()), static_cast<const uint8_t*>(in[2].raw()), static_cast<uint8_t*>(out[0].raw())); break;
+    case 4: where_loop(s.plan, c, static_cast<const uint32_t*>(in[1].raw()), static_cast<const uint32_t*>(in[2].raw()), static_cast<uint32_t*>(out[0].raw())); break;
+    case 8: where_loop(s.plan, c, static_cast<const uint64_t*>(in[1].raw()), static_cast<const uint64_t*>(in[2].raw()), static_cast<uint64_t*>(out[0].raw())); break;
+    default: SMP_CHECK(false, "dtype");
+  }
+}
+
+void bwd_where(const KernelState& st, ExecContext& ctx, const GradIO& io) {
+  const auto& s = static_cast<const WhereState&>(st);
+  if (!io.dout[0].defined()) return;
+  SMP_CHECK(io.in[0].defined(), "node {}: Where backward needs the condition (not declared saved)", s.node_name);
+  const uint8_t* c = io.in[0].data<uint8_t>();
+  const float* dy = io.dout[0].data<float>();
+  const Shape& ys = s.out_shapes[0];
+  for (int w = 1; w <= 2; ++w) {
+    Tensor& d = io.din[static_cast<size_t>(w)];
+    if (!d.defined()) continue;
+    Tensor tmp = scratch(ctx, DType::F32, ys);
+    float* t = tmp.data<float>();
+    bool take = w == 1;
+    bcast_rows(s.plan, [&](int64_t oo, const int64_t* off, int64_t L, const int64_t* ist) {
+      const uint8_t* pc = c + off[0];
+      for (int64_t i = 0; i < L; ++i) t[oo + i] = (pc[i * ist[0]] != 0) == take ? dy[oo + i] : 0.0f;
+    });
+    reduce_sum_to(d.data<float>(), s.in_shapes[static_cast<size_t>(w)], t, ys, io.accumulate[static_cast<size_t>(w)]);
+  }
+}
+
+// ---- unary -------------------------------------------------------------------------------
+
+namespace {
+struct UnState : KernelState {
+  Op op;
+  float alpha = 0.01f;
+  bool gelu_tanh = false;
+};
+
+constexpr float kSqrt2 = 1.41421356237309504880f;
+constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
+constexpr float kSqrt2OverPi = 0.79788456080286535588f;
+
+inline float gelu_erf(float x) { return 0.5f * x * (1.0f + std::erf(x / kSqrt2)); }
+inline float gelu_tanh(float x) {
+  return 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x)));
+}
+
+template <class F>
+void map_f32(const Tensor& x, Tensor& y, F f) {
+  const float* px = x.data<float>();
+  float* py = y.data<float>();
+  pfor(x.numel(), kGrain / 4, [&](int64_t b, int64_t e) {
+#pragma omp simd
+    for (int64_t i = b; i < e; ++i) py[i] = f(px[i]);
+  });
+}
+
+// din = (or +=) f(dy, v) with v the saved input or output
+template <class F>
+void grad_map(const Tensor& dy, const Tensor& v, Tensor& din, bool acc, F f) {
+  const float* g = dy.data<float>();
+  const float* pv = v.defined() ? v.data<float>() : g;
+  float* o = din.data<float>();
+  pfor(dy.numel(), kGrain / 4, [&](int64_t b, int64_t e) {
+    if (acc) {
+#pragma omp simd
+      for (int64_t i = b; i < e; ++i) o[i] += f(g[i], pv[i]);
+    } else {
+#pragma omp simd
+      for (int64_t i = b; i < e; ++i) o[i] = f(g[i], pv[i]);
+    }
+  });
+}
+}  // namespace
+
+std::unique_ptr<KernelState> prep_unary(const NodeView& n) {
+  auto s = std::make_unique<UnState>();
+  s->op = n.op();
+  if (n.num_inputs() != 1) n.fail("needs 1 input");
+  switch (n.op()) {
+    case Op::Neg:
+    case Op::Abs: n.require_dtype(n.input(0), {DType::F32, DType::I64, DType::I32}, "input"); break;
+    case Op::Not: n.require_dtype(n.input(0), {DType::Bool}, "input"); break;
+    default: n.require_dtype(n.input(0), {DType::F32}, "input");
+  }
+  if (n.op() == Op::LeakyRelu) s->alpha = static_cast<float>(n.node().attr_float("alpha", 0.01));
+  if (n.op() == Op::Gelu) {
+    std::string a = n.node().attr_string("approximate", "none");
+    if (a == "tanh") s->gelu_tanh = true;
+    else if (a != "none") n.fail(fmt::format("approximate='{}' not supported (none, tanh)", a));
+  }
+  return s;
+}
+
+void fwd_unary(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const UnState&>(st);
+  const Tensor& x = in[0];
+  Tensor& y = out[0];
+  if (x.dtype() == DType::I64 || x.dtype() == DType::I32) {
+    int64_t n = x.numel();
+    auto run = [&](auto* px, auto* py) {
+      for (int64_t i = 0; i < n; ++i) py[i] = s.op == Op::Neg ? -px[i] : (px[i] < 0 ? -px[i] : px[i]);
+    };
+    if (x.dtype() == DType::I64) run(x.data<int64_t>(), y.data<int64_t>());
+    else run(x.data<int32_t>(), y.data<int32_t>());
+    return;
+  }
+  if (s.op == Op::Not) {
+    const uint8_t* px = x.data<uint8_t>();
+    uint8_t* py = y.data<uint8_t>();
+    for (int64_t i = 0; i < x.numel(); ++i) py[i] = !px[i];
+    return;
+  }
+  switch (s.op) {
+    case Op::Sqrt: map_f32(x, y, [](float v) { return std::sqrt(v); }); break;
+    case Op::Reciprocal: map_f32(x, y, [](float v) { return 1.0f / v; }); break;
+    case Op::Neg: map_f32(x, y, [](float v) { return -v; }); break;
+    case Op::Abs: map_f32(x, y, [](float v) { return std::fabs(v); }); break;
+    case Op::Exp: map_f32(x, y, [](float v) { return std::exp(v); }); break;
+    case Op::Log: map_f32(x, y, [](float v) { return std::log(v); }); break;
+    case Op::Relu: map_f32(x, y, [](float v) { return v > 0 ? v : 0.0f; }); break;
+    case Op::LeakyRelu: { float a = s.alpha; map_f32(x, y, [a](float v) { return v >= 0 ? v : a * v; }); break; }
+    case Op::Tanh: map_f32(x, y, [](float v) { return std::tanh(v); }); break;
+    case Op::Sigmoid: map_f32(x, y, [](float v) { return v >= 0 ? 1.0f / (1.0f + std::exp(-v)) : std::exp(v) / (1.0f + std::exp(v)); }); break;
+    case Op::Erf: map_f32(x, y, [](float v) { return std::erf(v); }); break;
+    case Op::Gelu:
+      if (s.gelu_tanh) map_f32(x, y, [](float v) { return gelu_tanh(v); });
+      else map_f32(x, y, [](float v) { return gelu_erf(v); });
+      break;
+    case Op::Floor: map_f32(x, y, [](float v) { return std::floor(v); }); break;
+    case Op::Ceil: map_f32(x, y, [](float v) { return std::ceil(v); }); break;
+    case Op::Sin: map_f32(x, y, [](float v) { return std::sin(v); }); break;
+    case Op::Cos: map_f32(x, y, [](float v) { return std::cos(v); }); break;
+    default: SMP_CHECK(false, "node {}: not a unary op", s.node_name);
+  }
+}
+
+void bwd_unary(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const UnState&>(st);
+  Tensor& d = io.din[0];
+  if (!d.defined() || !io.dout[0].defined()) return;
+  bool acc = io.accumulate[0];
+  const Tensor& dy = io.dout[0];
+  auto X = [&]() -> const Tensor& {
+    SMP_CHECK(io.in[0].defined(), "node {}: backward needs the input (not declared saved)", s.node_name);
+    return io.in[0];
+  };
+  auto Y = [&]() -> const Tensor& {
+    SMP_CHECK(io.out[0].defined(), "node {}: backward needs the output (not declared saved)", s.node_name);
+    return io.out[0];
+  };
+  switch (s.op) {
+    case Op::Sqrt: grad_map(dy, Y(), d, acc, [](float g, float y) { return 0.5f * g / y; }); break;
+    case Op::Reciprocal: grad_map(dy, Y(), d, acc, [](float g, float y) { return -g * y * y; }); break;
+    case Op::Neg: grad_map(dy, Tensor(), d, acc, [](float g, float) { return -g; }); break;
+    case Op::Abs: grad_map(dy, X(), d, acc, [](float g, float x) { return x > 0 ? g : (x < 0 ? -g : 0.0f); }); break;
+    case Op::Exp: grad_map(dy, Y(), d, acc, [](float g, float y) { return g * y; }); break;
+    case Op::Log: grad_map(dy, X(), d, acc, [](float g, float x) { return g / x; }); break;
+    case Op::Relu: grad_map(dy, Y(), d, acc, [](float g, float y) { return y > 0 ? g : 0.0f; }); break;
+    case Op::LeakyRelu: { float a = s.alpha; grad_map(dy, X(), d, acc, [a](float g, float x) { return x > 0 ? g : a * g; }); break; }
+    case Op::Tanh: grad_map(dy, Y(), d, acc, [](float g, float y) { return g * (1.0f - y * y); }); break;
+    case Op::Sigmoid: grad_map(dy, Y(), d, acc, [](float g, float y) { return g * y * (1.0f - y); }); break;
+    case Op::Erf: grad_map(dy, X(), d, acc, [](float g, float x) { return g * 1.12837916709551257390f * std::exp(-x * x); }); break;
+    case Op::Gelu:
+      if (s.gelu_tanh) {
+        grad_map(dy, X(), d, acc, [](float g, float x) {
+          float u = kSqrt2OverPi * (x + 0.044715f * x * x * x);
+          float t = std::tanh(u);
+          float du = kSqrt2OverPi * (1.0f + 3.0f * 0.044715f * x * x);
+          return g * (0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du);
+        });
+      } else {
+        grad_map(dy, X(), d, acc, [](float g, float x) {
+          return g * (0.5f * (1.0f + std::erf(x / kSqrt2)) + x * kInvSqrt2Pi * std::exp(-0.5f * x * x));
+        });
+      }
+      break;
+    case Op::Sin: grad_map(dy, X(), d, acc, [](float g, float x) { return g * std::cos(x); }); break;
+    case Op::Cos: grad_map(dy, X(), d, acc, [](float g, float x) { return -g * std::sin(x); }); break;
+    default: SMP_CHECK(false, "node {}: no gradient", s.node_name);
+  }
+}
+
+// ---- Clip --------------------------------------------------------------------------------
+
+namespace {
+struct ClipState : KernelState {
+  bool has_min_attr = false, has_max_attr = false;
+  float min_attr = 0, max_attr = 0;
+};
+void clip_bounds(const ClipState& s, std::span<const Tensor> in, float& lo, float& hi) {
+  lo = -INFINITY;
+  hi = INFINITY;
+  if (s.has_min_attr) lo = s.min_attr;
+  if (s.has_max_attr) hi = s.max_attr;
+  if (in.size() > 1 && in[1].defined()) lo = in[1].data<float>()[0];
+  if (in.size() > 2 && in[2].defined()) hi = in[2].data<float>()[0];
+}
+}  // namespace
+
+std::unique_ptr<KernelState> prep_clip(const NodeView& n) {
+  auto s = std::make_unique<ClipState>();
+  n.require_dtype(n.input(0), {DType::F32}, "input");
+  for (int i = 1; i < 3; ++i)
+    if (n.has_input(i)) {
+      n.require_dtype(n.input(i), {DType::F32}, i == 1 ? "min" : "max");
+      if (n.input(i).numel() != 1) n.fail("min and max must be scalars");
+    }
+  if (n.node().has_attr("min")) { s->has_min_attr = true; s->min_attr = static_cast<float>(n.node().attr_float("min", 0)); }
+  if (n.node().has_attr("max")) { s->has_max_attr = true; s->max_attr = static_cast<float>(n.node().attr_float("max", 0)); }
+  return s;
+}
+
+void fwd_clip(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  float lo, hi;
+  clip_bounds(static_cast<const ClipState&>(st), in, lo, hi);
+  map_f32(in[0], out[0], [lo, hi](float v) { return v < lo ? lo : (v > hi ? hi : v); });
+}
+
+void bwd_clip(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const ClipState&>(st);
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  SMP_CHECK(io.in[0].defined(), "node {}: Clip backward needs its input", s.node_name);
+  float lo, hi;
+  clip_bounds(s, io.in, lo, hi);
+  grad_map(io.dout[0], io.in[0], io.din[0], io.accumulate[0],
+           [lo, hi](float g, float x) { return (x >= lo && x <= hi) ? g : 0.0f; });
+}
+
+// ---- Cast --------------------------------------------------------------------------------
+
+namespace {
+struct CastState : KernelState {
+  DType to;
+};
+bool castable(DType d) {
+  return d == DType::F32 || d == DType::F64 || d == DType::I64 || d == DType::I32 || d == DType::I8 ||
+         d == DType::U8 || d == DType::Bool;
+}
+template <class S, class D>
+void cast_loop(const S* s, D* d, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    if constexpr (std::is_same_v<D, uint8_t>) d[i] = static_cast<D>(s[i]);
+    else d[i] = static_cast<D>(s[i]);
+  }
+}
+template <class S>
+void cast_from(const S* s, const Tensor& y, DType to, int64_t n) {
+  void* p = const_cast<void*>(y.raw());
+  switch (to) {
+    case DType::F32: cast_loop(s, static_cast<float*>(p), n); break;
+    case DType::F64: cast_loop(s, static_cast<double*>(p), n); break;
+    case DType::I64: cast_loop(s, static_cast<int64_t*>(p), n); break;
+    case DType::I32: cast_loop(s, static_cast<int32_t*>(p), n); break;
+    case DType::I8: cast_loop(s, static_cast<int8_t*>(p), n); break;
+    case DType::U8: cast_loop(s, static_cast<uint8_t*>(p), n); break;
+    case DType::Bool: {
+      uint8_t* d = static_cast<uint8_t*>(p);
+      for (int64_t i = 0; i < n; ++i) d[i] = s[i] != S(0);
+      break;
+    }
+    default: SMP_CHECK(false, "cast");
+  }
+}
+}  // namespace
+
+std::unique_ptr<KernelState> prep_cast(const NodeView& n) {
+  auto s = std::make_unique<CastState>();
+  s->to = dtype_from_onnx(static_cast<int32_t>(n.node().attr_int("to", 0)));
+  if (!castable(n.input(0).dtype) || !castable(s->to))
+    n.fail(fmt::format("cast from {} to {} not supported", dtype_name(n.input(0).dtype), dtype_name(s->to)));
+  return s;
+}
+
+void fwd_cast(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const CastState&>(st);
+  const Tensor& x = in[0];
+  int64_t n = x.numel();
+  const void* p = x.raw();
+  switch (x.dtype()) {
+    case DType::F32: cast_from(static_cast<const float*>(p), out[0], s.to, n); break;
+    case DType::F64: cast_from(static_cast<const double*>(p), out[0], s.to, n); break;
+    case DType::I64: cast_from(static_cast<const int64_t*>(p), out[0], s.to, n); break;
+    case DType::I32: cast_from(static_cast<const int32_t*>(p), out[0], s.to, n); break;
+    case DType::I8: cast_from(static_cast<const int8_t*>(p), out[0], s.to, n); break;
+    case DType::U8: case DType::Bool: cast_from(static_cast<const uint8_t*>(p), out[0], s.to, n); break;
+    default: SMP_CHECK(false, "cast");
+  }
+}
+
+void bwd_cast(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const CastState&>(st);
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  SMP_CHECK(s.in_dtypes[0] == DType::F32 && s.to == DType::F32, "node {}: gradient through a non-f32 Cast", s.node_name);
+  store(io.din[0].data<float>(), io.dout[0].data<float>(), io.dout[0].numel(), io.accumulate[0]);
+}
+
+// ---- Identity, Dropout (as identity) ------------------------------------------------------
+
+std::unique_ptr<KernelState> prep_identity(const NodeView& n) {
+  if (n.num_inputs() != 1) n.fail("needs 1 input");
+  return std::make_unique<KernelState>();
+}
+
+void fwd_identity(const KernelState& s, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  out[0] = in[0].view(s.out_shapes[0]);
+}
+
+void bwd_identity(const KernelState&, ExecContext&, const GradIO& io) {
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  store(io.din[0].data<float>(), io.dout[0].data<float>(), io.dout[0].numel(), io.accumulate[0]);
+}
+
+std::unique_ptr<KernelState> prep_dropout(const NodeView& n) {
+  // Dropout runs as the identity: ratio 0, or training_mode false (the exported inference form).
+  double ratio = n.node().attr_float("ratio", 0.5);
+  std::vector<int64_t> tm;
+  bool training = false;
+  if (n.has_input(2)) {
+    if (!n.constant_ints(2, tm)) n.fail("training_mode must be a constant");
+    training = !tm.empty() && tm[0] != 0;
+  }
+  if (n.has_input(1)) {
+    const graph::TensorData* r = n.constant_input(1);
+    if (!r) n.fail("ratio must be a constant");
+    ratio = r->get_f64(0);
+  }
+  if (training && ratio > 0)
+    n.fail("random dropout (training_mode with ratio > 0) is not supported");
+  if (n.has_output(1)) n.require_dtype(n.output(1), {DType::Bool}, "mask");
+  return std::make_unique<KernelState>();
+}
+
+void fwd_dropout(const KernelState& s, ExecContext& ctx, std::span<Tensor> out, std::span<const Tensor> in) {
+  out[0] = in[0].view(s.out_shapes[0]);
+  if (out.size() > 1 && s.out_dtypes.size() > 1 && s.out_dtypes[1] == DType::Bool) {
+    out[1] = ctx.backend->empty(DType::Bool, s.out_shapes[1]);
+    std::memset(out[1].raw(), 1, static_cast<size_t>(out[1].bytes()));
+  }
+}
+
+void bwd_dropout(const KernelState& s, ExecContext& ctx, const GradIO& io) { bwd_identity(s, ctx, io); }
+
+}  // namespace smp::runtime::cpu

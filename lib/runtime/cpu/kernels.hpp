@@ -1,0 +1,47 @@
+// Declarations of the CPU kernels; the table (table.cpp) puts them in graph::Op order.
+#pragma once
+
+#include "runtime/backend.hpp"
+
+namespace smp::runtime::cpu {
+
+#define SMP_KERNEL(name)                                                                        \
+  std::unique_ptr<KernelState> prep_##name(const NodeView& n);                                  \
+  void fwd_##name(const KernelState& s, ExecContext& ctx, std::span<Tensor> out, std::span<const Tensor> in); \
+  void bwd_##name(const KernelState& s, ExecContext& ctx, const GradIO& io);
+
+SMP_KERNEL(matmul)
+SMP_KERNEL(gemm)
+SMP_KERNEL(conv)
+SMP_KERNEL(binary)
+SMP_KERNEL(where)
+SMP_KERNEL(unary)
+SMP_KERNEL(clip)
+SMP_KERNEL(cast)
+SMP_KERNEL(identity)
+SMP_KERNEL(dropout)
+SMP_KERNEL(softmax)
+SMP_KERNEL(layernorm)
+SMP_KERNEL(batchnorm)
+SMP_KERNEL(reduce)
+SMP_KERNEL(argmax)
+SMP_KERNEL(pool)
+SMP_KERNEL(global_avgpool)
+SMP_KERNEL(reshape)
+SMP_KERNEL(transpose)
+SMP_KERNEL(concat)
+SMP_KERNEL(split)
+SMP_KERNEL(slice)
+SMP_KERNEL(gather)
+SMP_KERNEL(expand)
+SMP_KERNEL(tile)
+SMP_KERNEL(trilu)
+SMP_KERNEL(shape)
+SMP_KERNEL(size)
+SMP_KERNEL(constant)
+SMP_KERNEL(constant_of_shape)
+SMP_KERNEL(range)
+
+#undef SMP_KERNEL
+
+}  // namespace smp::runtime::cpu

@@ -1,0 +1,231 @@
+// MatMul (numpy semantics, batched with broadcasting) and Gemm, on OpenBLAS sgemm.
+#include "runtime/cpu/common.hpp"
+#include "runtime/cpu/kernels.hpp"
+
+#include <cblas.h>
+#include <fmt/format.h>
+
+namespace smp::runtime::cpu {
+
+namespace {
+
+inline void sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                  const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == 0 ? 0.0f : beta * C[i * ldc + j];
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, static_cast<int>(M),
+              static_cast<int>(N), static_cast<int>(K), alpha, A, static_cast<int>(lda), B, static_cast<int>(ldb), beta,
+              C, static_cast<int>(ldc));
+}
+
+struct MatMulState : KernelState {
+  int64_t M = 0, N = 0, K = 0;
+  bool folded = false;  // B has no batch dims: A's batch folds into M
+  std::vector<int64_t> a_off, b_off;  // per output batch, in matrices
+  int64_t batches = 1;
+  bool a_unique = true, b_unique = true;  // no two batches share an A (B) matrix
+  int64_t a_mats = 1, b_mats = 1;
+};
+
+}  // namespace
+
+std::unique_ptr<KernelState> prep_matmul(const NodeView& n) {
+  auto s = std::make_unique<MatMulState>();
+  if (n.num_inputs() != 2) n.fail("needs 2 inputs");
+  n.require_dtype(n.input(0), {DType::F32}, "input A");
+  n.require_dtype(n.input(1), {DType::F32}, "input B");
+  Shape a = n.input(0).shape, b = n.input(1).shape;
+  if (a.empty() || b.empty()) n.fail("scalar operands");
+  if (a.size() == 1) a.insert(a.begin(), 1);
+  if (b.size() == 1) b.push_back(1);
+  s->M = a[a.size() - 2];
+  s->K = a.back();
+  s->N = b.back();
+  if (b[b.size() - 2] != s->K) n.fail(fmt::format("inner dimensions differ: {} and {}", shape_str(n.input(0).shape), shape_str(n.input(1).shape)));
+  Shape ab(a.begin(), a.end() - 2), bb(b.begin(), b.end() - 2);
+  size_t R = std::max(ab.size(), bb.size());
+  Shape ob(R, 1);
+  while (ab.size() < R) ab.insert(ab.begin(), 1);
+  while (bb.size() < R) bb.insert(bb.begin(), 1);
+  for (size_t i = 0; i < R; ++i) {
+    if (ab[i] != bb[i] && ab[i] != 1 && bb[i] != 1) n.fail("batch dimensions do not broadcast");
+    ob[i] = std::max(ab[i], bb[i]);
+  }
+  s->batches = smp::numel(ob);
+  s->a_mats = smp::numel(ab);
+  s->b_mats = smp::numel(bb);
+  if (n.output(0).numel() != s->batches * s->M * s->N) n.fail("output shape does not match the operands");
+  s->folded = s->b_mats == 1;
+  if (!s->folded) {
+    s->a_off.resize(static_cast<size_t>(s->batches));
+    s->b_off.resize(static_cast<size_t>(s->batches));
+    for (int64_t i = 0; i < s->batches; ++i) {
+      int64_t r = i, ao = 0, bo = 0, as = 1, bs = 1;
+      for (size_t d = R; d-- > 0;) {
+        int64_t idx = r % ob[d];
+        r /= ob[d];
+        ao += (ab[d] == 1 ? 0 : idx) * as;
+        bo += (bb[d] == 1 ? 0 : idx) * bs;
+        as *= ab[d];
+        bs *= bb[d];
+      }
+      s->a_off[static_cast<size_t>(i)] = ao;
+      s->b_off[static_cast<size_t>(i)] = bo;
+    }
+    s->a_unique = s->a_mats == s->batches;
+    s->b_unique = s->b_mats == s->batches;
+  }
+  return s;
+}
+
+void fwd_matmul(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const MatMulState&>(st);
+  const float* A = in[0].data<float>();
+  const float* B = in[1].data<float>();
+  float* Y = out[0].data<float>();
+  int64_t M = s.M, N = s.N, K = s.K;
+  if (s.folded) {
+    sgemm(false, false, s.a_mats * M, N, K, 1.0f, A, K, B, N, 0.0f, Y, N);
+    return;
+  }
+  for (int64_t i = 0; i < s.batches; ++i)
+    sgemm(false, false, M, N, K, 1.0f, A + s.a_off[static_cast<size_t>(i)] * M * K, K,
+          B + s.b_off[static_cast<size_t>(i)] * K * N, N, 0.0f, Y + i * M * N, N);
+}
+
+void bwd_matmul(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const MatMulState&>(st);
+  if (!io.dout[0].defined()) return;
+  const float* dY = io.dout[0].data<float>();
+  int64_t M = s.M, N = s.N, K = s.K;
+  if (io.din[0].defined()) {  // dA = dY . B^T
+    SMP_CHECK(io.in[1].defined(), "node {}: MatMul backward needs B (not declared saved)", s.node_name);
+    const float* B = io.in[1].data<float>();
+    float* dA = io.din[0].data<float>();
+    float beta = io.accumulate[0] ? 1.0f : 0.0f;
+    if (s.folded) {
+      sgemm(false, true, s.a_mats * M, K, N, 1.0f, dY, N, B, N, beta, dA, K);
+    } else {
+      if (!s.a_unique && beta == 0) {
+        std::memset(dA, 0, static_cast<size_t>(io.din[0].numel()) * sizeof(float));
+        beta = 1;
+      }
+      for (int64_t i = 0; i < s.batches; ++i)
+        sgemm(false, true, M, K, N, 1.0f, dY + i * M * N, N, B + s.b_off[static_cast<size_t>(i)] * K * N, N, beta,
+              dA + s.a_off[static_cast<size_t>(i)] * M * K, K);
+    }
+  }
+  if (io.din[1].defined()) {  // dB = A^T . dY
+    SMP_CHECK(io.in[0].defined(), "node {}: MatMul backward needs A (not declared saved)", s.node_name);
+    const float* A = io.in[0].data<float>();
+    float* dB = io.din[1].data<float>();
+    float beta = io.accumulate[1] ? 1.0f : 0.0f;
+    if (s.folded) {
+      sgemm(true, false, K, N, s.a_mats * M, 1.0f, A, K, dY, N, beta, dB, N);
+    } else {
+      if (!s.b_unique && beta == 0) {
+        std::memset(dB, 0, static_cast<size_t>(io.din[1].numel()) * sizeof(float));
+        beta = 1;
+      }
+      for (int64_t i = 0; i < s.batches; ++i)
+        sgemm(true, false, K, N, M, 1.0f, A + s.a_off[static_cast<size_t>(i)] * M * K, K, dY + i * M * N, N, beta,
+              dB + s.b_off[static_cast<size_t>(i)] * K * N, N);
+    }
+  }
+}
+
+// ---- Gemm --------------------------------------------------------------------------------
+
+namespace {
+struct GemmState : KernelState {
+  bool ta = false, tb = false;
+  float alpha = 1, beta = 1;
+  int64_t M = 0, N = 0, K = 0;
+  bool has_c = false;
+  Bcast cplan;  // Y <- C
+};
+}  // namespace
+
+std::unique_ptr<KernelState> prep_gemm(const NodeView& n) {
+  auto s = std::make_unique<GemmState>();
+  if (n.num_inputs() < 2) n.fail("needs at least 2 inputs");
+  n.require_dtype(n.input(0), {DType::F32}, "input A");
+  n.require_dtype(n.input(1), {DType::F32}, "input B");
+  s->ta = n.node().attr_int("transA", 0) != 0;
+  s->tb = n.node().attr_int("transB", 0) != 0;
+  s->alpha = static_cast<float>(n.node().attr_float("alpha", 1.0));
+  s->beta = static_cast<float>(n.node().attr_float("beta", 1.0));
+  const Shape &a = n.input(0).shape, &b = n.input(1).shape;
+  if (a.size() != 2 || b.size() != 2) n.fail("A and B must be matrices");
+  s->M = s->ta ? a[1] : a[0];
+  s->K = s->ta ? a[0] : a[1];
+  s->N = s->tb ? b[0] : b[1];
+  if ((s->tb ? b[1] : b[0]) != s->K) n.fail("inner dimensions differ");
+  Shape ys{s->M, s->N};
+  if (n.output(0).shape != ys) n.fail("output shape does not match the operands");
+  if (n.has_input(2)) {
+    n.require_dtype(n.input(2), {DType::F32}, "input C");
+    if (!broadcastable_to(n.input(2).shape, ys)) n.fail("C does not broadcast to [M, N]");
+    s->has_c = true;
+    s->cplan = make_bcast(ys, {n.input(2).shape});
+  }
+  return s;
+}
+
+void fwd_gemm(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const GemmState&>(st);
+  float* Y = out[0].data<float>();
+  float beta = 0;
+  if (s.has_c && s.beta != 0) {
+    const float* C = in[2].data<float>();
+    bcast_rows(s.cplan, [&](int64_t oo, const int64_t* off, int64_t L, const int64_t* ist) {
+      for (int64_t i = 0; i < L; ++i) Y[oo + i] = C[off[0] + i * ist[0]];
+    });
+    beta = s.beta;
+  }
+  sgemm(s.ta, s.tb, s.M, s.N, s.K, s.alpha, in[0].data<float>(), s.ta ? s.M : s.K, in[1].data<float>(),
+        s.tb ? s.K : s.N, beta, Y, s.N);
+}
+
+void bwd_gemm(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const GemmState&>(st);
+  if (!io.dout[0].defined()) return;
+  const float* dY = io.dout[0].data<float>();
+  int64_t M = s.M, N = s.N, K = s.K;
+  if (io.din[0].defined()) {
+    SMP_CHECK(io.in[1].defined(), "node {}: Gemm backward needs B (not declared saved)", s.node_name);
+    const float* B = io.in[1].data<float>();
+    float* dA = io.din[0].data<float>();
+    float beta = io.accumulate[0] ? 1.0f : 0.0f;
+    int64_t ldb = s.tb ? K : N;
+    if (!s.ta) sgemm(false, !s.tb, M, K, N, s.alpha, dY, N, B, ldb, beta, dA, K);   // dA[M,K] = dY . opB^T
+    else sgemm(s.tb, true, K, M, N, s.alpha, B, ldb, dY, N, beta, dA, M);           // dA[K,M] = opB . dY^T
+  }
+  if (io.din[1].defined()) {
+    SMP_CHECK(io.in[0].defined(), "node {}: Gemm backward needs A (not declared saved)", s.node_name);
+    const float* A = io.in[0].data<float>();
+    float* dB = io.din[1].data<float>();
+    float beta = io.accumulate[1] ? 1.0f : 0.0f;
+    int64_t lda = s.ta ? M : K;
+    if (!s.tb) sgemm(!s.ta, false, K, N, M, s.alpha, A, lda, dY, N, beta, dB, N);   // dB[K,N] = opA^T . dY
+    else sgemm(true, s.ta, N, K, M, s.alpha, dY, N, A, lda, beta, dB, K);           // dB[N,K] = dY^T . opA
+  }
+  if (io.din.size() > 2 && io.din[2].defined()) {
+    float* dC = io.din[2].data<float>();
+    const Shape& cs = s.in_shapes[2];
+    bool acc = io.accumulate[2];
+    if (s.beta == 1.0f) {
+      reduce_sum_to(dC, cs, dY, s.out_shapes[0], acc);
+    } else {
+      std::vector<float> t(static_cast<size_t>(smp::numel(cs)));
+      reduce_sum_to(t.data(), cs, dY, s.out_shapes[0], false);
+      for (size_t i = 0; i < t.size(); ++i) dC[i] = (acc ? dC[i] : 0.0f) + s.beta * t[i];
+    }
+  }
+}
+
+}  // namespace smp::runtime::cpu

@@ -1,0 +1,715 @@
+// Data movement: Reshape/Flatten/Squeeze/Unsqueeze (views), Transpose, Concat, Split, Slice,
+// Gather, Expand, Tile, Trilu; and the shape-only producers Shape, Size, Constant,
+// ConstantOfShape, Range.
+#include "runtime/cpu/common.hpp"
+#include "runtime/cpu/kernels.hpp"
+
+#include <fmt/format.h>
+
+namespace smp::runtime::cpu {
+
+using graph::Op;
+
+namespace {
+
+std::vector<int64_t> strides_of(const Shape& s) {
+  std::vector<int64_t> st(s.size());
+  int64_t k = 1;
+  for (size_t i = s.size(); i-- > 0;) {
+    st[i] = k;
+    k *= s[i];
+  }
+  return st;
+}
+
+// dst[shape] (contiguous) = src[base + sum(idx_d * sst_d)]
+template <class T>
+void strided_copy(T* dst, const Shape& shape, const T* src, const std::vector<int64_t>& sst, int64_t base) {
+  int64_t total = smp::numel(shape);
+  if (total == 0) return;
+  if (shape.empty()) {
+    dst[0] = src[base];
+    return;
+  }
+  int64_t L = shape.back(), ist = sst.back(), rows = total / L;
+  size_t R = shape.size();
+  pfor(rows, std::max<int64_t>(1, kGrain / L), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      int64_t off = base, q = r;
+      for (size_t d = R - 1; d-- > 0;) {
+        off += (q % shape[d]) * sst[d];
+        q /= shape[d];
+      }
+      T* o = dst + r * L;
+      const T* p = src + off;
+      if (ist == 1) std::memcpy(o, p, static_cast<size_t>(L) * sizeof(T));
+      else
+        for (int64_t i = 0; i < L; ++i) o[i] = p[i * ist];
+    }
+  });
+}
+
+// dst[base + sum(idx_d * dst_d)] += src[shape] (contiguous); no two source elements may land on
+// the same destination (true for transposes and slices).
+void strided_add(float* dst, const std::vector<int64_t>& dstst, int64_t base, const float* src, const Shape& shape) {
+  int64_t total = smp::numel(shape);
+  if (total == 0) return;
+  if (shape.empty()) {
+    dst[base] += src[0];
+    return;
+  }
+  int64_t L = shape.back(), ist = dstst.back(), rows = total / L;
+  size_t R = shape.size();
+  pfor(rows, std::max<int64_t>(1, kGrain / L), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      int64_t off = base, q = r;
+      for (size_t d = R - 1; d-- > 0;) {
+        off += (q % shape[d]) * dstst[d];
+        q /= shape[d];
+      }
+      const float* p = src + r * L;
+      float* o = dst + off;
+      for (int64_t i = 0; i < L; ++i) o[i * ist] += p[i];
+    }
+  });
+}
+
+void copy_any(void* dst, const Shape& shape, const void* src, const std::vector<int64_t>& sst, int64_t base, int64_t es) {
+  switch (es) {
+    case 1: strided_copy(static_cast<uint8_t*>(dst), shape, static_cast<const uint8_t*>(src), sst, base); break;
+    case 2: strided_copy(static_cast<uint16_t*>(dst), shape, static_cast<const uint16_t*>(src), sst, base); break;
+    case 4: strided_copy(static_cast<uint32_t*>(dst), shape, static_cast<const uint32_t*>(src), sst, base); break;
+    case 8: strided_copy(static_cast<uint64_t*>(dst), shape, static_cast<const uint64_t*>(src), sst, base); break;
+    default: SMP_CHECK(false, "element size {}", es);
+  }
+}
+
+void require_plain(const NodeView& n, const graph::Value& v) {
+  int64_t es = dtype_size(v.dtype);
+  if (v.dtype == DType::String || !(es == 1 || es == 2 || es == 4 || es == 8))
+    n.fail(fmt::format("dtype {} not supported", dtype_name(v.dtype)));
+}
+
+void zero_unless(Tensor& d, bool acc) {
+  if (!acc) std::memset(d.raw(), 0, static_cast<size_t>(d.bytes()));
+}
+
+}  // namespace
+
+// ---- Reshape, Flatten, Squeeze, Unsqueeze: views -----------------------------------------
+
+std::unique_ptr<KernelState> prep_reshape(const NodeView& n) {
+  require_plain(n, n.input(0));
+  if (n.input(0).numel() != n.output(0).numel()) n.fail("element count changes");
+  return std::make_unique<KernelState>();
+}
+
+void fwd_reshape(const KernelState& s, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  out[0] = in[0].view(s.out_shapes[0]);
+}
+
+void bwd_reshape(const KernelState&, ExecContext&, const GradIO& io) {
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  store(io.din[0].data<float>(), io.dout[0].data<float>(), io.dout[0].numel(), io.accumulate[0]);
+}
+
+// ---- Transpose ---------------------------------------------------------------------------
+
+namespace {
+struct TransposeState : KernelState {
+  std::vector<int64_t> perm;
+  std::vector<int64_t> src_st;   // input strides in output dim order
+  std::vector<int64_t> dst_st;   // for backward: input-grad strides in output dim order
+};
+}  // namespace
+
+std::unique_ptr<KernelState> prep_transpose(const NodeView& n) {
+  auto s = std::make_unique<TransposeState>();
+  require_plain(n, n.input(0));
+  const Shape& x = n.input(0).shape;
+  size_t R = x.size();
+  std::vector<int64_t> dflt(R);
+  for (size_t i = 0; i < R; ++i) dflt[i] = static_cast<int64_t>(R - 1 - i);
+  s->perm = n.node().attr_ints("perm", dflt);
+  if (s->perm.size() != R) n.fail("perm has the wrong length");
+  std::vector<bool> seen(R, false);
+  for (auto& p : s->perm) {
+    if (!norm_axis(p, static_cast<int64_t>(R)) || seen[static_cast<size_t>(p)]) n.fail("perm is not a permutation");
+    seen[static_cast<size_t>(p)] = true;
+  }
+  auto st = strides_of(x);
+  for (size_t i = 0; i < R; ++i) s->src_st.push_back(st[static_cast<size_t>(s->perm[i])]);
+  s->dst_st = s->src_st;
+  return s;
+}
+
+void fwd_transpose(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const TransposeState&>(st);
+  copy_any(out[0].raw(), s.out_shapes[0], in[0].raw(), s.src_st, 0, dtype_size(in[0].dtype()));
+}
+
+void bwd_transpose(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const TransposeState&>(st);
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  zero_unless(io.din[0], io.accumulate[0]);
+  strided_add(io.din[0].data<float>(), s.dst_st, 0, io.dout[0].data<float>(), s.out_shapes[0]);
+}
+
+// ---- Concat, Split -----------------------------------------------------------------------
+
+namespace {
+struct ConcatState : KernelState {
+  int64_t outer = 1, inner = 1;  // inner: elements after the axis
+  std::vector<int64_t> sizes;    // per part, its extent along the axis
+  int64_t total = 0;
+};
+
+// parts [outer, size_i * inner] <-> whole [outer, total * inner]
+void concat_copy(const ConcatState& s, int64_t es, char* whole, std::vector<char*> parts, bool to_whole) {
+  int64_t off = 0;
+  for (size_t p = 0; p < parts.size(); ++p) {
+    int64_t chunk = s.sizes[p] * s.inner * es, row = s.total * s.inner * es;
+    if (parts[p]) {
+      char* part = parts[p];
+      pfor(s.outer, std::max<int64_t>(1, kGrain * 4 / std::max<int64_t>(chunk, 1)), [&](int64_t o0, int64_t o1) {
+        for (int64_t o = o0; o < o1; ++o) {
+          if (to_whole) std::memcpy(whole + o * row + off, part + o * chunk, static_cast<size_t>(chunk));
+          else std::memcpy(part + o * chunk, whole + o * row + off, static_cast<size_t>(chunk));
+        }
+      });
+    }
+    off += chunk;
+  }
+}
+
+std::unique_ptr<ConcatState> concat_geom(const NodeView& n, const Shape& whole, const std::vector<Shape>& parts, int64_t axis) {
+  auto s = std::make_unique<ConcatState>();
+  if (!norm_axis(axis, static_cast<int64_t>(whole.size()))) n.fail("axis out of range");
+  size_t a = static_cast<size_t>(axis);
+  s->outer = prod(whole, 0, a);
+  s->inner = prod(whole, a + 1, whole.size());
+  for (const Shape& p : parts) {
+    if (p.size() != whole.size()) n.fail("parts of different ranks");
+    for (size_t i = 0; i < p.size(); ++i)
+      if (i != a && p[i] != whole[i]) n.fail("parts differ outside the axis");
+    s->sizes.push_back(p[a]);
+    s->total += p[a];
+  }
+  if (s->total != whole[a]) n.fail("parts do not add up along the axis");
+  return s;
+}
+}  // namespace
+
+std::unique_ptr<KernelState> prep_concat(const NodeView& n) {
+  std::vector<Shape> parts;
+  for (int i = 0; i < n.num_inputs(); ++i) {
+    if (!n.has_input(i)) n.fail("absent input");
+    require_plain(n, n.input(i));
+    if (n.input(i).dtype != n.output(0).dtype) n.fail("inputs of different dtypes");
+    parts.push_back(n.input(i).shape);
+  }
+  if (!n.node().has_attr("axis")) n.fail("axis missing");
+  return concat_geom(n, n.output(0).shape, parts, n.node().attr_int("axis", 0));
+}
+
+void fwd_concat(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const ConcatState&>(st);
+  std::vector<char*> parts;
+  for (const Tensor& t : in) parts.push_back(const_cast<char*>(static_cast<const char*>(t.raw())));
+  concat_copy(s, dtype_size(out[0].dtype()), static_cast<char*>(out[0].raw()), parts, true);
+}
+
+void bwd_concat(const KernelState& st, ExecContext& ctx, const GradIO& io) {
+  const auto& s = static_cast<const ConcatState&>(st);
+  if (!io.dout[0].defined()) return;
+  std::vector<char*> parts;
+  std::vector<Tensor> tmps(io.din.size());
+  for (size_t i = 0; i < io.din.size(); ++i) {
+    if (!io.din[i].defined()) { parts.push_back(nullptr); continue; }
+    if (io.accumulate[i]) {
+      tmps[i] = scratch(ctx, DType::F32, s.in_shapes[i]);
+      parts.push_back(static_cast<char*>(tmps[i].raw()));
+    } else {
+      parts.push_back(static_cast<char*>(io.din[i].raw()));
+    }
+  }
+  concat_copy(s, 4, const_cast<char*>(static_cast<const char*>(io.dout[0].raw())), parts, false);
+  for (size_t i = 0; i < io.din.size(); ++i)
+    if (tmps[i].defined()) store(io.din[i].data<float>(), tmps[i].data<float>(), tmps[i].numel(), true);
+}
+
+std::unique_ptr<KernelState> prep_split(const NodeView& n) {
+  require_plain(n, n.input(0));
+  std::vector<Shape> parts;
+  for (int i = 0; i < n.num_outputs(); ++i) {
+    if (!n.has_output(i)) n.fail("absent output");
+    parts.push_back(n.output(i).shape);
+  }
+  return concat_geom(n, n.input(0).shape, parts, n.node().attr_int("axis", 0));
+}
+
+void fwd_split(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const ConcatState&>(st);
+  std::vector<char*> parts;
+  for (Tensor& t : out) parts.push_back(static_cast<char*>(t.raw()));
+  concat_copy(s, dtype_size(in[0].dtype()), const_cast<char*>(static_cast<const char*>(in[0].raw())), parts, false);
+}
+
+void bwd_split(const KernelState& st, ExecContext& ctx, const GradIO& io) {
+  const auto& s = static_cast<const ConcatState&>(st);
+  if (!io.din[0].defined()) return;
+  std::vector<char*> parts;
+  std::vector<Tensor> zeros;
+  for (size_t i = 0; i < io.dout.size(); ++i) {
+    if (io.dout[i].defined()) {
+      parts.push_back(const_cast<char*>(static_cast<const char*>(io.dout[i].raw())));
+    } else {
+      zeros.push_back(ctx.backend->zeros(DType::F32, s.out_shapes[i]));
+      parts.push_back(static_cast<char*>(zeros.back().raw()));
+    }
+  }
+  Tensor& d = io.din[0];
+  if (io.accumulate[0]) {
+    Tensor t = scratch(ctx, DType::F32, s.in_shapes[0]);
+    concat_copy(s, 4, static_cast<char*>(t.raw()), parts, true);
+    store(d.data<float>(), t.data<float>(), t.numel(), true);
+  } else {
+    concat_copy(s, 4, static_cast<char*>(d.raw()), parts, true);
+  }
+}
+
+// ---- Slice -------------------------------------------------------------------------------
+
+namespace {
+struct SliceState : KernelState {
+  bool known = false;
+  int64_t base = 0;
+  std::vector<int64_t> sst;  // input strides per output dim (times step)
+};
+
+// Geometry from starts/ends/axes/steps.
+bool slice_geom(const Shape& x, const Shape& y, std::vector<int64_t> starts, std::vector<int64_t> ends,
+                std::vector<int64_t> axes, std::vector<int64_t> steps, int64_t& base, std::vector<int64_t>& sst,
+                std::string& err) {
+  size_t R = x.size();
+  if (axes.empty())
+    for (size_t i = 0; i < starts.size(); ++i) axes.push_back(static_cast<int64_t>(i));
+  if (steps.empty()) steps.assign(starts.size(), 1);
+  if (ends.size() != starts.size() || axes.size() != starts.size() || steps.size() != starts.size()) {
+    err = "starts, ends, axes and steps differ in length";
+    return false;
+  }
+  auto st = strides_of(x);
+  std::vector<int64_t> start(R, 0), step(R, 1), len(x.begin(), x.end());
+  for (size_t k = 0; k < starts.size(); ++k) {
+    int64_t a = axes[k];
+    if (!norm_axis(a, static_cast<int64_t>(R))) { err = "axis out of range"; return false; }
+    int64_t d = x[static_cast<size_t>(a)], s = starts[k], e = ends[k], p = steps[k];
+    if (p == 0) { err = "step 0"; return false; }
+    if (s < 0) s += d;
+    if (e < 0) e += d;
+    if (p > 0) {
+      s = std::clamp<int64_t>(s, 0, d);
+      e = std::clamp<int64_t>(e, 0, d);
+      len[static_cast<size_t>(a)] = e > s ? (e - s + p - 1) / p : 0;
+    } else {
+      s = std::clamp<int64_t>(s, 0, d - 1);
+      e = std::clamp<int64_t>(e, -1, d - 1);
+      len[static_cast<size_t>(a)] = s > e ? (s - e + (-p) - 1) / (-p) : 0;
+    }
+    start[static_cast<size_t>(a)] = s;
+    step[static_cast<size_t>(a)] = p;
+  }
+  if (Shape(len.begin(), len.end()) != y) {
+    err = fmt::format("computed output {} differs from the graph's {}", shape_str(Shape(len.begin(), len.end())), shape_str(y));
+    return false;
+  }
+  base = 0;
+  sst.assign(R, 0);
+  for (size_t i = 0; i < R; ++i) {
+    base += start[i] * st[i];
+    sst[i] = st[i] * step[i];
+  }
+  return true;
+}
+
+void slice_runtime(const SliceState& s, std::span<const Tensor> in, int64_t& base, std::vector<int64_t>& sst) {
+  if (s.known) {
+    base = s.base;
+    sst = s.sst;
+    return;
+  }
+  auto get = [&](size_t i) { return i < in.size() && in[i].defined() ? tensor_ints(in[i]) : std::vector<int64_t>{}; };
+  std::string err;
+  if (!slice_geom(s.in_shapes[0], s.out_shapes[0], get(1), get(2), get(3), get(4), base, sst, err))
+    throw_failure("node " + s.node_name + " (Slice)", err);
+}
+}  // namespace
+
+std::unique_ptr<KernelState> prep_slice(const NodeView& n) {
+  auto s = std::make_unique<SliceState>();
+  require_plain(n, n.input(0));
+  std::vector<int64_t> starts, ends, axes, steps;
+  bool known = true;
+  if (n.node().has_attr("starts")) {  // opset < 10
+    starts = n.node().attr_ints("starts");
+    ends = n.node().attr_ints("ends");
+    axes = n.node().attr_ints("axes");
+  } else {
+    known = n.constant_ints(1, starts) && n.constant_ints(2, ends);
+    if (n.has_input(3) && !n.constant_ints(3, axes)) known = false;
+    if (n.has_input(4) && !n.constant_ints(4, steps)) known = false;
+    for (int i = 1; i < 5; ++i)
+      if (n.has_input(i)) n.require_dtype(n.input(i), {DType::I64, DType::I32}, "slice parameter");
+  }
+  if (known) {
+    std::string err;
+    if (!slice_geom(n.input(0).shape, n.output(0).shape, starts, ends, axes, steps, s->base, s->sst, err)) n.fail(err);
+    s->known = true;
+  }
+  return s;
+}
+
+void fwd_slice(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const SliceState&>(st);
+  int64_t base;
+  std::vector<int64_t> sst;
+  slice_runtime(s, in, base, sst);
+  copy_any(out[0].raw(), s.out_shapes[0], in[0].raw(), sst, base, dtype_size(in[0].dtype()));
+}
+
+void bwd_slice(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const SliceState&>(st);
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  int64_t base;
+  std::vector<int64_t> sst;
+  slice_runtime(s, io.in, base, sst);
+  zero_unless(io.din[0], io.accumulate[0]);
+  strided_add(io.din[0].data<float>(), sst, base, io.dout[0].data<float>(), s.out_shapes[0]);
+}
+
+// ---- Gather ------------------------------------------------------------------------------
+
+namespace {
+struct GatherState : KernelState {
+  int64_t outer = 1, D = 1, inner = 1, nidx = 1;
+};
+}  // namespace
+
+std::unique_ptr<KernelState> prep_gather(const NodeView& n) {
+  auto s = std::make_unique<GatherState>();
+  require_plain(n, n.input(0));
+  n.require_dtype(n.input(1), {DType::I64, DType::I32}, "indices");
+  const Shape& x = n.input(0).shape;
+  int64_t axis = n.node().attr_int("axis", 0);
+  if (!norm_axis(axis, static_cast<int64_t>(x.size()))) n.fail("axis out of range");
+  s->outer = prod(x, 0, static_cast<size_t>(axis));
+  s->D = x[static_cast<size_t>(axis)];
+  s->inner = prod(x, static_cast<size_t>(axis) + 1, x.size());
+  s->nidx = n.input(1).numel();
+  if (n.output(0).numel() != s->outer * s->nidx * s->inner) n.fail("output shape does not match");
+  return s;
+}
+
+namespace {
+std::vector<int64_t> gather_indices(const GatherState& s, const Tensor& t) {
+  auto idx = tensor_ints(t);
+  for (auto& i : idx) {
+    if (i < -s.D || i >= s.D)
+      throw_bad_input("node " + s.node_name + " (Gather)", fmt::format("index {} out of range [-{}, {})", i, s.D, s.D));
+    if (i < 0) i += s.D;
+  }
+  return idx;
+}
+}  // namespace
+
+void fwd_gather(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const GatherState&>(st);
+  auto idx = gather_indices(s, in[1]);
+  int64_t es = dtype_size(in[0].dtype()), blk = s.inner * es;
+  const char* X = static_cast<const char*>(in[0].raw());
+  char* Y = static_cast<char*>(out[0].raw());
+  pfor(s.outer * s.nidx, std::max<int64_t>(1, kGrain * 4 / std::max<int64_t>(blk, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      int64_t o = r / s.nidx, j = r % s.nidx;
+      std::memcpy(Y + r * blk, X + (o * s.D + idx[static_cast<size_t>(j)]) * blk, static_cast<size_t>(blk));
+    }
+  });
+}
+
+void bwd_gather(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const GatherState&>(st);
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  SMP_CHECK(io.in[1].defined(), "node {}: Gather backward needs the indices (not declared saved)", s.node_name);
+  auto idx = gather_indices(s, io.in[1]);
+  float* dX = io.din[0].data<float>();
+  const float* dY = io.dout[0].data<float>();
+  zero_unless(io.din[0], io.accumulate[0]);
+  int64_t inner = s.inner;
+  // parallel over the inner columns: no two threads touch the same element
+  pfor(inner, 64, [&](int64_t c0, int64_t c1) {
+    for (int64_t o = 0; o < s.outer; ++o)
+      for (int64_t j = 0; j < s.nidx; ++j) {
+        float* d = dX + (o * s.D + idx[static_cast<size_t>(j)]) * inner;
+        const float* g = dY + (o * s.nidx + j) * inner;
+#pragma omp simd
+        for (int64_t c = c0; c < c1; ++c) d[c] += g[c];
+      }
+  });
+}
+
+// ---- Expand, Tile ------------------------------------------------------------------------
+
+namespace {
+struct ExpandState : KernelState {
+  Shape shape;                // output-equivalent iteration shape
+  std::vector<int64_t> sst;   // input strides per iteration dim
+  Shape red_src, red_dst;     // backward: reduce dY (red_src) to dX (red_dst)
+};
+}  // namespace
+
+std::unique_ptr<KernelState> prep_expand(const NodeView& n) {
+  auto s = std::make_unique<ExpandState>();
+  require_plain(n, n.input(0));
+  const Shape &x = n.input(0).shape, &y = n.output(0).shape;
+  if (!broadcastable_to(x, y)) n.fail(fmt::format("{} does not broadcast to {}", shape_str(x), shape_str(y)));
+  s->shape = y;
+  Shape xa(y.size() - x.size(), 1);
+  xa.insert(xa.end(), x.begin(), x.end());
+  auto st = strides_of(xa);
+  for (size_t i = 0; i < y.size(); ++i) s->sst.push_back(xa[i] == 1 ? 0 : st[i]);
+  s->red_src = y;
+  s->red_dst = xa;
+  return s;
+}
+
+void fwd_expand(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const ExpandState&>(st);
+  copy_any(out[0].raw(), s.shape, in[0].raw(), s.sst, 0, dtype_size(in[0].dtype()));
+}
+
+void bwd_expand(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const ExpandState&>(st);
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  reduce_sum_to(io.din[0].data<float>(), s.red_dst, io.dout[0].data<float>(), s.red_src, io.accumulate[0]);
+}
+
+std::unique_ptr<KernelState> prep_tile(const NodeView& n) {
+  auto s = std::make_unique<ExpandState>();
+  require_plain(n, n.input(0));
+  const Shape &x = n.input(0).shape, &y = n.output(0).shape;
+  if (x.size() != y.size()) n.fail("output rank differs");
+  auto st = strides_of(x);
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (x[i] == 0 ? y[i] != 0 : y[i] % x[i] != 0) n.fail("output is not a tiling of the input");
+    int64_t r = x[i] == 0 ? 1 : y[i] / x[i];
+    s->shape.push_back(r);
+    s->shape.push_back(x[i]);
+    s->sst.push_back(0);
+    s->sst.push_back(st[i]);
+    s->red_src.push_back(r);
+    s->red_src.push_back(x[i]);
+    s->red_dst.push_back(1);
+    s->red_dst.push_back(x[i]);
+  }
+  return s;
+}
+
+void fwd_tile(const KernelState& st, ExecContext& ctx, std::span<Tensor> out, std::span<const Tensor> in) {
+  fwd_expand(st, ctx, out, in);
+}
+
+void bwd_tile(const KernelState& st, ExecContext& ctx, const GradIO& io) { bwd_expand(st, ctx, io); }
+
+// ---- Trilu -------------------------------------------------------------------------------
+
+namespace {
+struct TriluState : KernelState {
+  bool upper = true;
+  bool k_known = true;
+  int64_t k = 0;
+  int64_t mats = 1, N = 1, M = 1;
+};
+
+int64_t trilu_k(const TriluState& s, std::span<const Tensor> in) {
+  if (s.k_known) return s.k;
+  SMP_CHECK(in.size() > 1 && in[1].defined(), "node {}: Trilu needs k (not declared saved)", s.node_name);
+  return tensor_ints(in[1]).at(0);
+}
+
+template <class T>
+void trilu_apply(const TriluState& s, int64_t k, const T* x, T* y, bool acc) {
+  pfor(s.mats * s.N, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      int64_t i = r % s.N;
+      const T* xr = x + r * s.M;
+      T* yr = y + r * s.M;
+      for (int64_t j = 0; j < s.M; ++j) {
+        bool keep = s.upper ? (j - i >= k) : (j - i <= k);
+        T v = keep ? xr[j] : T(0);
+        if constexpr (std::is_same_v<T, float>) yr[j] = acc ? yr[j] + v : v;
+        else yr[j] = v;
+      }
+    }
+  });
+}
+}  // namespace
+
+std::unique_ptr<KernelState> prep_trilu(const NodeView& n) {
+  auto s = std::make_unique<TriluState>();
+  require_plain(n, n.input(0));
+  const Shape& x = n.input(0).shape;
+  if (x.size() < 2) n.fail("input must be at least 2-D");
+  s->upper = n.node().attr_int("upper", 1) != 0;
+  if (n.has_input(1)) {
+    std::vector<int64_t> k;
+    if (n.constant_ints(1, k)) s->k = k.at(0);
+    else s->k_known = false;
+  }
+  s->N = x[x.size() - 2];
+  s->M = x.back();
+  s->mats = prod(x, 0, x.size() - 2);
+  return s;
+}
+
+void fwd_trilu(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const TriluState&>(st);
+  int64_t k = trilu_k(s, in);
+  switch (dtype_size(in[0].dtype())) {
+    case 1: trilu_apply(s, k, static_cast<const uint8_t*>(in[0].raw()), static_cast<uint8_t*>(out[0].raw()), false); break;
+    case 2: trilu_apply(s, k, static_cast<const uint16_t*>(in[0].raw()), static_cast<uint16_t*>(out[0].raw()), false); break;
+    case 4: trilu_apply(s, k, static_cast<const uint32_t*>(in[0].raw()), static_cast<uint32_t*>(out[0].raw()), false); break;
+    case 8: trilu_apply(s, k, static_cast<const uint64_t*>(in[0].raw()), static_cast<uint64_t*>(out[0].raw()), false); break;
+  }
+}
+
+void bwd_trilu(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const TriluState&>(st);
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  trilu_apply(s, trilu_k(s, io.in), io.dout[0].data<float>(), io.din[0].data<float>(), io.accumulate[0]);
+}
+
+// ---- Shape, Size, Constant, ConstantOfShape, Range ---------------------------------------
+
+namespace {
+struct ShapeState : KernelState {
+  std::vector<int64_t> values;
+};
+struct ConstState : KernelState {
+  std::shared_ptr<const graph::TensorData> data;
+  std::string bytes;  // for value_float(s) / value_int(s) / ConstantOfShape
+};
+}  // namespace
+
+std::unique_ptr<KernelState> prep_shape(const NodeView& n) {
+  auto s = std::make_unique<ShapeState>();
+  const Shape& x = n.input(0).shape;
+  int64_t R = static_cast<int64_t>(x.size());
+  int64_t b = n.node().attr_int("start", 0), e = n.node().attr_int("end", R);
+  if (b < 0) b += R;
+  if (e < 0) e += R;
+  b = std::clamp<int64_t>(b, 0, R);
+  e = std::clamp<int64_t>(e, 0, R);
+  for (int64_t i = b; i < e; ++i) s->values.push_back(x[static_cast<size_t>(i)]);
+  if (n.output(0).numel() != static_cast<int64_t>(s->values.size())) n.fail("output shape does not match");
+  return s;
+}
+
+void fwd_shape(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor>) {
+  const auto& s = static_cast<const ShapeState&>(st);
+  std::copy(s.values.begin(), s.values.end(), out[0].data<int64_t>());
+}
+
+void bwd_shape(const KernelState&, ExecContext&, const GradIO&) {}
+
+std::unique_ptr<KernelState> prep_size(const NodeView& n) {
+  auto s = std::make_unique<ShapeState>();
+  s->values.push_back(n.input(0).numel());
+  return s;
+}
+
+void fwd_size(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor>) {
+  out[0].data<int64_t>()[0] = static_cast<const ShapeState&>(st).values[0];
+}
+
+void bwd_size(const KernelState&, ExecContext&, const GradIO&) {}
+
+std::unique_ptr<KernelState> prep_constant(const NodeView& n) {
+  auto s = std::make_unique<ConstState>();
+  const auto& a = n.node().attrs;
+  const graph::Value& y = n.output(0);
+  require_plain(n, y);
+  if (auto it = a.find("value"); it != a.end() && it->second.t) {
+    s->data = it->second.t;
+    s->bytes = s->data->bytes;
+  } else if (auto f = a.find("value_float"); f != a.end()) {
+    float v = static_cast<float>(f->second.f);
+    s->bytes.assign(reinterpret_cast<const char*>(&v), 4);
+  } else if (auto fs = a.find("value_floats"); fs != a.end()) {
+    for (double d : fs->second.floats) { float v = static_cast<float>(d); s->bytes.append(reinterpret_cast<const char*>(&v), 4); }
+  } else if (auto i = a.find("value_int"); i != a.end()) {
+    s->bytes.assign(reinterpret_cast<const char*>(&i->second.i), 8);
+  } else if (auto is = a.find("value_ints"); is != a.end()) {
+    for (int64_t v : is->second.ints) s->bytes.append(reinterpret_cast<const char*>(&v), 8);
+  } else {
+    n.fail("no supported value attribute");
+  }
+  if (static_cast<int64_t>(s->bytes.size()) != y.bytes()) n.fail("value does not match the output's shape and dtype");
+  return s;
+}
+
+void fwd_constant(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor>) {
+  const auto& s = static_cast<const ConstState&>(st);
+  if (!s.bytes.empty()) std::memcpy(out[0].raw(), s.bytes.data(), s.bytes.size());
+}
+
+void bwd_constant(const KernelState&, ExecContext&, const GradIO&) {}
+
+std::unique_ptr<KernelState> prep_constant_of_shape(const NodeView& n) {
+  auto s = std::make_unique<ConstState>();
+  const graph::Value& y = n.output(0);
+  require_plain(n, y);
+  auto it = n.node().attrs.find("value");
+  std::string one;
+  if (it != n.node().attrs.end() && it->second.t) {
+    if (it->second.t->dtype != y.dtype || it->second.t->numel() != 1) n.fail("value must be one element of the output's dtype");
+    one = it->second.t->bytes;
+  } else {
+    if (y.dtype != DType::F32) n.fail("output dtype differs from the default value's (float32)");
+    one.assign(4, '\0');
+  }
+  s->bytes = one;
+  return s;
+}
+
+void fwd_constant_of_shape(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor>) {
+  const auto& s = static_cast<const ConstState&>(st);
+  char* p = static_cast<char*>(out[0].raw());
+  size_t es = s.bytes.size();
+  for (int64_t i = 0; i < out[0].numel(); ++i) std::memcpy(p + static_cast<size_t>(i) * es, s.bytes.data(), es);
+}
+
+void bwd_constant_of_shape(const KernelState&, ExecContext&, const GradIO&) {}
+
+std::unique_ptr<KernelState> prep_range(const NodeView& n) {
+  for (int i = 0; i < 3; ++i) n.require_dtype(n.input(i), {DType::F32, DType::I64, DType::I32, DType::F64}, "input");
+  if (n.input(0).dtype != n.output(0).dtype) n.fail("inputs and output differ in dtype");
+  return std::make_unique<KernelState>();
+}
+
+void fwd_range(const KernelState&, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  auto run = [&](auto* y, auto start, auto delta) {
+    for (int64_t i = 0; i < out[0].numel(); ++i) y[i] = static_cast<decltype(start)>(start + static_cast<decltype(start)>(i) * delta);
+  };
+  switch (out[0].dtype()) {
+    case DType::F32: run(out[0].data<float>(), in[0].data<float>()[0], in[2].data<float>()[0]); break;
+    case DType::F64: run(out[0].data<double>(), in[0].data<double>()[0], in[2].data<double>()[0]); break;
+    case DType::I64: run(out[0].data<int64_t>(), in[0].data<int64_t>()[0], in[2].data<int64_t>()[0]); break;
+    case DType::I32: run(out[0].data<int32_t>(), in[0].data<int32_t>()[0], in[2].data<int32_t>()[0]); break;
+    default: SMP_CHECK(false, "dtype");
+  }
+}
+
+void bwd_range(const KernelState&, ExecContext&, const GradIO&) {}
+
+}  // namespace smp::runtime::cpu

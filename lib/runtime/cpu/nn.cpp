@@ -1,0 +1,675 @@
+// Softmax, LogSoftmax, LayerNormalization, BatchNormalization, reductions, ArgMax.
+#include "runtime/cpu/common.hpp"
+#include "runtime/cpu/kernels.hpp"
+
+#include <fmt/format.h>
+
+#include <cfloat>
+#include <cmath>
+
+namespace smp::runtime::cpu {
+
+using graph::Op;
+
+// ---- Softmax, LogSoftmax -----------------------------------------------------------------
+
+namespace {
+struct SoftmaxState : KernelState {
+  bool log = false;
+  int64_t outer = 1, D = 1, inner = 1;
+};
+
+// Applies f(row_ptr_in, row_ptr_out, stride) on every softmax row (D elements at `inner` stride).
+template <class F>
+void softmax_rows(const SoftmaxState& s, F f) {
+  int64_t rows = s.outer * s.inner;
+  pfor(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(s.D, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      int64_t o = r / s.inner, i = r % s.inner;
+      f(o * s.D * s.inner + i);
+    }
+  });
+}
+}  // namespace
+
+std::unique_ptr<KernelState> prep_softmax(const NodeView& n) {
+  auto s = std::make_unique<SoftmaxState>();
+  s->log = n.op() == Op::LogSoftmax;
+  n.require_dtype(n.input(0), {DType::F32}, "input");
+  const Shape& x = n.input(0).shape;
+  int64_t R = static_cast<int64_t>(x.size());
+  bool new_semantics = n.graph().opset >= 13 || n.graph().opset == 0;
+  int64_t axis = n.node().attr_int("axis", new_semantics ? -1 : 1);
+  if (R == 0) {
+    s->outer = s->D = s->inner = 1;
+    return s;
+  }
+  if (!norm_axis(axis, R)) n.fail(fmt::format("axis {} out of range for rank {}", axis, R));
+  s->outer = prod(x, 0, static_cast<size_t>(axis));
+  if (new_semantics) {
+    s->D = x[static_cast<size_t>(axis)];
+    s->inner = prod(x, static_cast<size_t>(axis) + 1, x.size());
+  } else {
+    s->D = prod(x, static_cast<size_t>(axis), x.size());
+    s->inner = 1;
+  }
+  return s;
+}
+
+void fwd_softmax(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const SoftmaxState&>(st);
+  const float* X = in[0].data<float>();
+  float* Y = out[0].data<float>();
+  int64_t D = s.D, inc = s.inner;
+  softmax_rows(s, [&](int64_t base) {
+    const float* x = X + base;
+    float* y = Y + base;
+    float m = -INFINITY;
+    if (inc == 1) {
+      for (int64_t j = 0; j < D; ++j) m = std::max(m, x[j]);
+      float sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < D; ++j) {
+        float e = std::exp(x[j] - m);
+        y[j] = e;
+        sum += e;
+      }
+      if (s.log) {
+        float ls = std::log(sum) + m;
+#pragma omp simd
+        for (int64_t j = 0; j < D; ++j) y[j] = x[j] - ls;
+      } else {
+        float inv = 1.0f / sum;
+#pragma omp simd
+        for (int64_t j = 0; j < D; ++j) y[j] *= inv;
+      }
+      return;
+    }
+    for (int64_t j = 0; j < D; ++j) m = std::max(m, x[j * inc]);
+    float sum = 0;
+    for (int64_t j = 0; j < D; ++j) {
+      float e = std::exp(x[j * inc] - m);
+      y[j * inc] = e;
+      sum += e;
+    }
+    if (s.log) {
+      float ls = std::log(sum) + m;
+      for (int64_t j = 0; j < D; ++j) y[j * inc] = x[j * inc] - ls;
+    } else {
+      for (int64_t j = 0; j < D; ++j) y[j * inc] /= sum;
+    }
+  });
+}
+
+void bwd_softmax(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const SoftmaxState&>(st);
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  SMP_CHECK(io.out[0].defined(), "node {}: softmax backward needs its output (not declared saved)", s.node_name);
+  const float* Y = io.out[0].data<float>();
+  const float* dY = io.dout[0].data<float>();
+  float* dX = io.din[0].data<float>();
+  bool acc = io.accumulate[0];
+  int64_t D = s.D, inc = s.inner;
+  softmax_rows(s, [&](int64_t base) {
+    const float* y = Y + base;
+    const float* g = dY + base;
+    float* d = dX + base;
+    float t = 0;
+    if (s.log) {  // dx = g - exp(y) * sum(g)
+      for (int64_t j = 0; j < D; ++j) t += g[j * inc];
+      for (int64_t j = 0; j < D; ++j) {
+        float v = g[j * inc] - std::exp(y[j * inc]) * t;
+        d[j * inc] = acc ? d[j * inc] + v : v;
+      }
+    } else {  // dx = y * (g - sum(g * y))
+      for (int64_t j = 0; j < D; ++j) t += g[j * inc] * y[j * inc];
+      for (int64_t j = 0; j < D; ++j) {
+        float v = y[j * inc] * (g[j * inc] - t);
+        d[j * inc] = acc ? d[j * inc] + v : v;
+      }
+    }
+  });
+}
+
+// ---- LayerNormalization ------------------------------------------------------------------
+
+namespace {
+struct LayerNormState : KernelState {
+  int64_t rows = 1, D = 1;
+  float eps = 1e-5f;
+  bool has_bias = false;
+};
+
+// mean and 1/std of one row
+inline void row_stats(const float* x, int64_t D, float eps, float& mean, float& rstd) {
+  float m = 0;
+#pragma omp simd reduction(+ : m)
+  for (int64_t j = 0; j < D; ++j) m += x[j];
+  m /= static_cast<float>(D);
+  float v = 0;
+#pragma omp simd reduction(+ : v)
+  for (int64_t j = 0; j < D; ++j) v += (x[j] - m) * (x[j] - m);
+  v /= static_cast<float>(D);
+  mean = m;
+  rstd = 1.0f / std::sqrt(v + eps);
+}
+}  // namespace
+
+std::unique_ptr<KernelState> prep_layernorm(const NodeView& n) {
+  auto s = std::make_unique<LayerNormState>();
+  n.require_dtype(n.input(0), {DType::F32}, "input X");
+  n.require_dtype(n.input(1), {DType::F32}, "scale");
+  const Shape& x = n.input(0).shape;
+  int64_t axis = n.node().attr_int("axis", -1);
+  if (!norm_axis(axis, static_cast<int64_t>(x.size()))) n.fail("axis out of range");
+  s->rows = prod(x, 0, static_cast<size_t>(axis));
+  s->D = prod(x, static_cast<size_t>(axis), x.size());
+  s->eps = static_cast<float>(n.node().attr_float("epsilon", 1e-5));
+  if (n.input(1).numel() != s->D) n.fail("scale must have the normalized shape");
+  if (n.has_input(2)) {
+    n.require_dtype(n.input(2), {DType::F32}, "bias");
+    if (n.input(2).numel() != s->D) n.fail("bias must have the normalized shape");
+    s->has_bias = true;
+  }
+  for (int i = 1; i < 3; ++i)
+    if (n.has_output(i)) n.require_dtype(n.output(i), {DType::F32}, "statistics output");
+  return s;
+}
+
+void fwd_layernorm(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const LayerNormState&>(st);
+  const float* X = in[0].data<float>();
+  const float* G = in[1].data<float>();
+  const float* B = s.has_bias ? in[2].data<float>() : nullptr;
+  float* Y = out[0].data<float>();
+  float* Mo = out.size() > 1 && out[1].defined() ? out[1].data<float>() : nullptr;
+  float* Ro = out.size() > 2 && out[2].defined() ? out[2].data<float>() : nullptr;
+  int64_t D = s.D;
+  pfor(s.rows, std::max<int64_t>(1, kGrain / D), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* x = X + r * D;
+      float* y = Y + r * D;
+      float m, rs;
+      row_stats(x, D, s.eps, m, rs);
+      if (B) {
+#pragma omp simd
+        for (int64_t j = 0; j < D; ++j) y[j] = (x[j] - m) * rs * G[j] + B[j];
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < D; ++j) y[j] = (x[j] - m) * rs * G[j];
+      }
+      if (Mo) Mo[r] = m;
+      if (Ro) Ro[r] = rs;
+    }
+  });
+}
+
+void bwd_layernorm(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const LayerNormState&>(st);
+  if (!io.dout[0].defined()) return;
+  SMP_CHECK(io.in[0].defined() && io.in[1].defined(), "node {}: LayerNormalization backward needs X and scale", s.node_name);
+  const float* X = io.in[0].data<float>();
+  const float* G = io.in[1].data<float>();
+  const float* dY = io.dout[0].data<float>();
+  int64_t D = s.D, rows = s.rows;
+  bool want_dx = io.din[0].defined();
+  bool want_dg = io.din[1].defined();
+  bool want_db = io.din.size() > 2 && io.din[2].defined();
+  float* dX = want_dx ? io.din[0].data<float>() : nullptr;
+  bool accx = want_dx && io.accumulate[0];
+  int nt = omp_get_max_threads();
+  std::vector<float> pg, pb;
+  if (want_dg) pg.assign(static_cast<size_t>(nt * D), 0.0f);
+  if (want_db) pb.assign(static_cast<size_t>(nt * D), 0.0f);
+  int64_t chunks = std::min<int64_t>(nt, rows);
+#pragma omp parallel num_threads(static_cast<int>(std::max<int64_t>(chunks, 1)))
+  {
+    int64_t t = omp_get_thread_num(), c = omp_get_num_threads();
+    float* g_acc = want_dg ? pg.data() + t * D : nullptr;
+    float* b_acc = want_db ? pb.data() + t * D : nullptr;
+    for (int64_t r = rows * t / c; r < rows * (t + 1) / c; ++r) {
+      const float* x = X + r * D;
+      const float* dy = dY + r * D;
+      float m, rs;
+      row_stats(x, D, s.eps, m, rs);
+      if (g_acc) {
+#pragma omp simd
+        for (int64_t j = 0; j < D; ++j) g_acc[j] += dy[j] * (x[j] - m) * rs;
+      }
+      if (b_acc) {
+#pragma omp simd
+        for (int64_t j = 0; j < D; ++j) b_acc[j] += dy[j];
+      }
+      if (dX) {
+        float s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+        for (int64_t j = 0; j < D; ++j) {
+          float dxh = dy[j] * G[j];
+          s1 += dxh;
+          s2 += dxh * (x[j] - m) * rs;
+        }
+        s1 /= static_cast<float>(D);
+        s2 /= static_cast<float>(D);
+        float* dx = dX + r * D;
+        if (accx) {
+#pragma omp simd
+          for (int64_t j = 0; j < D; ++j) dx[j] += rs * (dy[j] * G[j] - s1 - (x[j] - m) * rs * s2);
+        } else {
+#pragma omp simd
+          for (int64_t j = 0; j < D; ++j) dx[j] = rs * (dy[j] * G[j] - s1 - (x[j] - m) * rs * s2);
+        }
+      }
+    }
+  }
+  auto finish = [&](std::vector<float>& p, Tensor& d, bool acc) {
+    float* o = d.data<float>();
+    for (int64_t j = 0; j < D; ++j) {
+      float v = 0;
+      for (int t = 0; t < nt; ++t) v += p[static_cast<size_t>(t * D + j)];
+      o[j] = acc ? o[j] + v : v;
+    }
+  };
+  if (want_dg) finish(pg, io.din[1], io.accumulate[1]);
+  if (want_db) finish(pb, io.din[2], io.accumulate[2]);
+}
+
+// ---- BatchNormalization ------------------------------------------------------------------
+
+namespace {
+struct BatchNormState : KernelState {
+  int64_t N = 1, C = 1, HW = 1;
+  float eps = 1e-5f;
+};
+
+// per-channel mean and 1/std over N and spatial dims
+void channel_stats(const BatchNormState& s, const float* X, std::vector<float>& mean, std::vector<float>& rstd) {
+  mean.assign(static_cast<size_t>(s.C), 0);
+  rstd.assign(static_cast<size_t>(s.C), 0);
+  pfor(s.C, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      double sum = 0, sq = 0;
+      for (int64_t b = 0; b < s.N; ++b) {
+        const float* x = X + (b * s.C + c) * s.HW;
+        for (int64_t i = 0; i < s.HW; ++i) sum += x[i];
+      }
+      double cnt = static_cast<double>(s.N * s.HW);
+      double m = sum / cnt;
+      for (int64_t b = 0; b < s.N; ++b) {
+        const float* x = X + (b * s.C + c) * s.HW;
+        for (int64_t i = 0; i < s.HW; ++i) sq += (x[i] - m) * (x[i] - m);
+      }
+      mean[static_cast<size_t>(c)] = static_cast<float>(m);
+      rstd[static_cast<size_t>(c)] = static_cast<float>(1.0 / std::sqrt(sq / cnt + s.eps));
+    }
+  });
+}
+}  // namespace
+
+std::unique_ptr<KernelState> prep_batchnorm(const NodeView& n) {
+  auto s = std::make_unique<BatchNormState>();
+  if (n.num_inputs() != 5) n.fail("needs 5 inputs");
+  for (int i = 0; i < 5; ++i) n.require_dtype(n.input(i), {DType::F32}, "input");
+  if (n.num_outputs() > 1 && (n.has_output(1) || n.has_output(2)))
+    n.fail("the running-statistics outputs (training_mode) are not supported");
+  const Shape& x = n.input(0).shape;
+  if (x.size() < 2) n.fail("input must be at least 2-D");
+  s->N = x[0];
+  s->C = x[1];
+  s->HW = prod(x, 2, x.size());
+  for (int i = 1; i < 5; ++i)
+    if (n.input(i).numel() != s->C) n.fail("scale, bias, mean and var must be [C]");
+  s->eps = static_cast<float>(n.node().attr_float("epsilon", 1e-5));
+  return s;
+}
+
+void fwd_batchnorm(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const BatchNormState&>(st);
+  const float* X = in[0].data<float>();
+  const float* G = in[1].data<float>();
+  const float* B = in[2].data<float>();
+  std::vector<float> mean, rstd;
+  if (s.training) {
+    channel_stats(s, X, mean, rstd);
+  } else {
+    const float* M = in[3].data<float>();
+    const float* V = in[4].data<float>();
+    mean.assign(M, M + s.C);
+    rstd.resize(static_cast<size_t>(s.C));
+    for (int64_t c = 0; c < s.C; ++c) rstd[static_cast<size_t>(c)] = 1.0f / std::sqrt(V[c] + s.eps);
+  }
+  float* Y = out[0].data<float>();
+  pfor(s.N * s.C, std::max<int64_t>(1, kGrain / std::max<int64_t>(s.HW, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      size_t c = static_cast<size_t>(r % s.C);
+      float a = G[c] * rstd[c], b = B[c] - mean[c] * a;
+      const float* x = X + r * s.HW;
+      float* y = Y + r * s.HW;
+#pragma omp simd
+      for (int64_t i = 0; i < s.HW; ++i) y[i] = x[i] * a + b;
+    }
+  });
+}
+
+void bwd_batchnorm(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const BatchNormState&>(st);
+  if (!io.dout[0].defined()) return;
+  SMP_CHECK(io.in[0].defined() && io.in[1].defined(), "node {}: BatchNormalization backward needs X and scale", s.node_name);
+  const float* X = io.in[0].data<float>();
+  const float* G = io.in[1].data<float>();
+  const float* dY = io.dout[0].data<float>();
+  std::vector<float> mean, rstd;
+  if (s.training) {
+    channel_stats(s, X, mean, rstd);
+  } else {
+    SMP_CHECK(io.in[3].defined() && io.in[4].defined(), "node {}: BatchNormalization backward needs mean and var", s.node_name);
+    const float* M = io.in[3].data<float>();
+    const float* V = io.in[4].data<float>();
+    mean.assign(M, M + s.C);
+    rstd.resize(static_cast<size_t>(s.C));
+    for (int64_t c = 0; c < s.C; ++c) rstd[static_cast<size_t>(c)] = 1.0f / std::sqrt(V[c] + s.eps);
+  }
+  // per channel: sum(dy), sum(dy * xhat)
+  std::vector<double> sdy(static_cast<size_t>(s.C)), sdx(static_cast<size_t>(s.C));
+  pfor(s.C, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      double a = 0, b = 0;
+      float m = mean[static_cast<size_t>(c)], r = rstd[static_cast<size_t>(c)];
+      for (int64_t n = 0; n < s.N; ++n) {
+        const float* x = X + (n * s.C + c) * s.HW;
+        const float* g = dY + (n * s.C + c) * s.HW;
+        for (int64_t i = 0; i < s.HW; ++i) {
+          a += g[i];
+          b += g[i] * (x[i] - m) * r;
+        }
+      }
+      sdy[static_cast<size_t>(c)] = a;
+      sdx[static_cast<size_t>(c)] = b;
+    }
+  });
+  if (io.din[1].defined()) {
+    float* d = io.din[1].data<float>();
+    for (int64_t c = 0; c < s.C; ++c) d[c] = (io.accumulate[1] ? d[c] : 0.0f) + static_cast<float>(sdx[static_cast<size_t>(c)]);
+  }
+  if (io.din[2].defined()) {
+    float* d = io.din[2].data<float>();
+    for (int64_t c = 0; c < s.C; ++c) d[c] = (io.accumulate[2] ? d[c] : 0.0f) + static_cast<float>(sdy[static_cast<size_t>(c)]);
+  }
+  if (io.din[0].defined()) {
+    float* dX = io.din[0].data<float>();
+    bool acc = io.accumulate[0];
+    float cnt = static_cast<float>(s.N * s.HW);
+    pfor(s.N * s.C, std::max<int64_t>(1, kGrain / std::max<int64_t>(s.HW, 1)), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        size_t c = static_cast<size_t>(r % s.C);
+        float rs = rstd[c], m = mean[c], k = G[c] * rs;
+        float a = static_cast<float>(sdy[c]) / cnt, b = static_cast<float>(sdx[c]) / cnt;
+        const float* x = X + r * s.HW;
+        const float* g = dY + r * s.HW;
+        float* d = dX + r * s.HW;
+        for (int64_t i = 0; i < s.HW; ++i) {
+          float v = s.training ? k * (g[i] - a - (x[i] - m) * rs * b) : k * g[i];
+          d[i] = acc ? d[i] + v : v;
+        }
+      }
+    });
+  }
+}
+
+// ---- reductions --------------------------------------------------------------------------
+
+namespace {
+struct ReduceState : KernelState {
+  Op op;
+  bool keepdims = true;
+  bool noop_empty = false;
+  bool axes_known = false;
+  std::vector<int64_t> axes;  // normalized, when known at load
+};
+
+// Reduction geometry for a set of axes.
+struct RGeom {
+  Shape kshape;                        // input shape with reduced dims set to 1
+  std::vector<int64_t> kdims, kstr;    // kept dims and their input strides
+  std::vector<int64_t> rdims, rstr;    // reduced dims and their input strides
+  int64_t rcount = 1;
+};
+
+RGeom rgeom(const Shape& x, const std::vector<int64_t>& axes) {
+  RGeom g;
+  g.kshape = x;
+  std::vector<bool> red(x.size(), false);
+  for (int64_t a : axes) red[static_cast<size_t>(a)] = true;
+  int64_t stride = 1;
+  std::vector<int64_t> strides(x.size());
+  for (size_t i = x.size(); i-- > 0;) {
+    strides[i] = stride;
+    stride *= x[i];
+  }
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (red[i]) {
+      g.kshape[i] = 1;
+      g.rdims.push_back(x[i]);
+      g.rstr.push_back(strides[i]);
+      g.rcount *= x[i];
+    } else {
+      g.kdims.push_back(x[i]);
+      g.kstr.push_back(strides[i]);
+    }
+  }
+  return g;
+}
+
+std::vector<int64_t> resolve_axes(const ReduceState& s, std::span<const Tensor> in) {
+  if (s.axes_known) return s.axes;
+  int64_t R = static_cast<int64_t>(s.in_shapes[0].size());
+  std::vector<int64_t> axes;
+  if (in.size() > 1 && in[1].defined()) axes = tensor_ints(in[1]);
+  if (axes.empty()) {
+    if (s.noop_empty) return {};
+    for (int64_t i = 0; i < R; ++i) axes.push_back(i);
+  }
+  for (auto& a : axes) {
+    if (!norm_axis(a, R)) throw_failure("node " + s.node_name, fmt::format("reduction axis {} out of range", a));
+  }
+  std::sort(axes.begin(), axes.end());
+  axes.erase(std::unique(axes.begin(), axes.end()), axes.end());
+  return axes;
+}
+
+template <class T, class Init, class Acc, class Fin>
+void reduce_loop(const RGeom& g, const T* X, T* Y, Init init, Acc acc, Fin fin) {
+  int64_t nout = 1;
+  for (int64_t d : g.kdims) nout *= d;
+  size_t nr = g.rdims.size();
+  // trailing reduced dims that are contiguous in memory form the inner loop
+  size_t ntail = 0;
+  int64_t tail = 1, expect = 1;
+  for (size_t i = nr; i-- > 0;) {
+    if (g.rstr[i] != expect) break;
+    tail *= g.rdims[i];
+    expect *= g.rdims[i];
+    ++ntail;
+  }
+  size_t nouter = nr - ntail;
+  int64_t outer_count = tail == 0 ? 0 : g.rcount / tail;
+  pfor(nout, std::max<int64_t>(1, kGrain / std::max<int64_t>(g.rcount, 1)), [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o) {
+      int64_t base = 0, r = o;
+      for (size_t d = g.kdims.size(); d-- > 0;) {
+        base += (r % g.kdims[d]) * g.kstr[d];
+        r /= g.kdims[d];
+      }
+      T a = init();
+      for (int64_t k = 0; k < outer_count; ++k) {
+        int64_t off = base, rem = k;
+        for (size_t e = nouter; e-- > 0;) {
+          off += (rem % g.rdims[e]) * g.rstr[e];
+          rem /= g.rdims[e];
+        }
+        const T* p = X + off;
+        for (int64_t i = 0; i < tail; ++i) a = acc(a, p[i]);
+      }
+      Y[o] = fin(a, g.rcount);
+    }
+  });
+}
+}  // namespace
+
+std::unique_ptr<KernelState> prep_reduce(const NodeView& n) {
+  auto s = std::make_unique<ReduceState>();
+  s->op = n.op();
+  if (n.op() == Op::ReduceMean || n.op() == Op::ReduceSum || n.op() == Op::ReduceProd)
+    n.require_dtype(n.input(0), {DType::F32}, "input");
+  else
+    n.require_dtype(n.input(0), {DType::F32, DType::I64}, "input");
+  s->keepdims = n.node().attr_int("keepdims", 1) != 0;
+  s->noop_empty = n.node().attr_int("noop_with_empty_axes", 0) != 0;
+  int64_t R = static_cast<int64_t>(n.input(0).shape.size());
+  std::vector<int64_t> axes;
+  if (n.node().has_attr("axes")) {
+    axes = n.node().attr_ints("axes");
+    s->axes_known = true;
+  } else if (n.has_input(1)) {
+    if (n.constant_ints(1, axes)) s->axes_known = true;
+  } else {
+    s->axes_known = true;
+  }
+  if (s->axes_known) {
+    if (axes.empty() && !s->noop_empty)
+      for (int64_t i = 0; i < R; ++i) axes.push_back(i);
+    for (auto& a : axes)
+      if (!norm_axis(a, R)) n.fail(fmt::format("axis {} out of range", a));
+    std::sort(axes.begin(), axes.end());
+    axes.erase(std::unique(axes.begin(), axes.end()), axes.end());
+    s->axes = axes;
+  }
+  return s;
+}
+
+void fwd_reduce(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const ReduceState&>(st);
+  RGeom g = rgeom(s.in_shapes[0], resolve_axes(s, in));
+  auto run = [&](auto* X, auto* Y) {
+    using T = std::remove_cv_t<std::remove_pointer_t<decltype(X)>>;
+    switch (s.op) {
+      case Op::ReduceSum: reduce_loop<T>(g, X, Y, [] { return T(0); }, [](T a, T v) { return a + v; }, [](T a, int64_t) { return a; }); break;
+      case Op::ReduceMean: reduce_loop<T>(g, X, Y, [] { return T(0); }, [](T a, T v) { return a + v; }, [](T a, int64_t c) { return a / T(c); }); break;
+      case Op::ReduceProd: reduce_loop<T>(g, X, Y, [] { return T(1); }, [](T a, T v) { return a * v; }, [](T a, int64_t) { return a; }); break;
+      case Op::ReduceMax: reduce_loop<T>(g, X, Y, [] { return std::numeric_limits<T>::lowest(); }, [](T a, T v) { return v > a ? v : a; }, [](T a, int64_t) { return a; }); break;
+      case Op::ReduceMin: reduce_loop<T>(g, X, Y, [] { return std::numeric_limits<T>::max(); }, [](T a, T v) { return v < a ? v : a; }, [](T a, int64_t) { return a; }); break;
+      default: SMP_CHECK(false, "not a reduction");
+    }
+  };
+  if (in[0].dtype() == DType::F32) run(in[0].data<float>(), out[0].data<float>());
+  else run(in[0].data<int64_t>(), out[0].data<int64_t>());
+}
+
+void bwd_reduce(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const ReduceState&>(st);
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  RGeom g = rgeom(s.in_shapes[0], resolve_axes(s, io.in));
+  const Shape& xs = s.in_shapes[0];
+  Bcast b = make_bcast(xs, {g.kshape, g.kshape, g.kshape});
+  const float* dY = io.dout[0].data<float>();
+  float* dX = io.din[0].data<float>();
+  bool acc = io.accumulate[0];
+  if (s.op == Op::ReduceSum || s.op == Op::ReduceMean) {
+    float k = s.op == Op::ReduceMean ? 1.0f / static_cast<float>(g.rcount) : 1.0f;
+    bcast_rows(b, [&](int64_t oo, const int64_t* off, int64_t L, const int64_t* ist) {
+      for (int64_t i = 0; i < L; ++i) {
+        float v = dY[off[0] + i * ist[0]] * k;
+        dX[oo + i] = acc ? dX[oo + i] + v : v;
+      }
+    });
+  } else if (s.op == Op::ReduceMax || s.op == Op::ReduceMin) {
+    SMP_CHECK(io.in[0].defined() && io.out[0].defined(), "node {}: backward needs input and output", s.node_name);
+    const float* X = io.in[0].data<float>();
+    const float* Y = io.out[0].data<float>();
+    bcast_rows(b, [&](int64_t oo, const int64_t* off, int64_t L, const int64_t* ist) {
+      for (int64_t i = 0; i < L; ++i) {
+        float v = X[oo + i] == Y[off[0] + i * ist[0]] ? dY[off[0] + i * ist[0]] : 0.0f;
+        dX[oo + i] = acc ? dX[oo + i] + v : v;
+      }
+    });
+  } else {  // ReduceProd: dx_i = dy * (product of the others in its group)
+    SMP_CHECK(io.in[0].defined(), "node {}: ReduceProd backward needs its input", s.node_name);
+    const float* X = io.in[0].data<float>();
+    int64_t nout = 1;
+    for (int64_t d : g.kdims) nout *= d;
+    size_t nr = g.rdims.size();
+    pfor(nout, 1, [&](int64_t o0, int64_t o1) {
+      std::vector<int64_t> offs(static_cast<size_t>(g.rcount));
+      for (int64_t o = o0; o < o1; ++o) {
+        int64_t base = 0, r = o;
+        for (size_t d = g.kdims.size(); d-- > 0;) {
+          base += (r % g.kdims[d]) * g.kstr[d];
+          r /= g.kdims[d];
+        }
+        for (int64_t k = 0; k < g.rcount; ++k) {
+          int64_t off = base, rem = k;
+          for (size_t e = nr; e-- > 0;) {
+            off += (rem % g.rdims[e]) * g.rstr[e];
+            rem /= g.rdims[e];
+          }
+          offs[static_cast<size_t>(k)] = off;
+        }
+        int zeros = 0;
+        double nz = 1;
+        for (int64_t off : offs) {
+          if (X[off] == 0) ++zeros;
+          else nz *= X[off];
+        }
+        float gy = dY[o];
+        for (int64_t off : offs) {
+          float v = zeros == 0 ? static_cast<float>(gy * nz / X[off]) : (zeros == 1 && X[off] == 0 ? static_cast<float>(gy * nz) : 0.0f);
+          dX[off] = acc ? dX[off] + v : v;
+        }
+      }
+    });
+  }
+}
+
+// ---- ArgMax ------------------------------------------------------------------------------
+
+namespace {
+struct ArgMaxState : KernelState {
+  int64_t outer = 1, D = 1, inner = 1;
+  bool last = false;
+};
+}  // namespace
+
+std::unique_ptr<KernelState> prep_argmax(const NodeView& n) {
+  auto s = std::make_unique<ArgMaxState>();
+  n.require_dtype(n.input(0), {DType::F32, DType::I64}, "input");
+  const Shape& x = n.input(0).shape;
+  int64_t axis = n.node().attr_int("axis", 0);
+  if (!norm_axis(axis, static_cast<int64_t>(x.size()))) n.fail("axis out of range");
+  s->outer = prod(x, 0, static_cast<size_t>(axis));
+  s->D = x[static_cast<size_t>(axis)];
+  s->inner = prod(x, static_cast<size_t>(axis) + 1, x.size());
+  s->last = n.node().attr_int("select_last_index", 0) != 0;
+  return s;
+}
+
+void fwd_argmax(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const ArgMaxState&>(st);
+  int64_t* Y = out[0].data<int64_t>();
+  auto run = [&](auto* X) {
+    for (int64_t o = 0; o < s.outer; ++o)
+      for (int64_t i = 0; i < s.inner; ++i) {
+        auto* x = X + o * s.D * s.inner + i;
+        int64_t best = 0;
+        for (int64_t j = 1; j < s.D; ++j) {
+          auto v = x[j * s.inner], b = x[best * s.inner];
+          if (v > b || (s.last && v == b)) best = j;
+        }
+        Y[o * s.inner + i] = best;
+      }
+  };
+  if (in[0].dtype() == DType::F32) run(in[0].data<float>());
+  else run(in[0].data<int64_t>());
+}
+
+void bwd_argmax(const KernelState&, ExecContext&, const GradIO&) {}
+
+}  // namespace smp::runtime::cpu

@@ -1,0 +1,104 @@
+#include "runtime/cpu_backend.hpp"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <cstdlib>
+#include <cstring>
+
+namespace smp::runtime {
+
+MemoryStats Backend::memory() const {
+  return {counter_->live_bytes.load(), counter_->peak_bytes.load(), counter_->allocations.load()};
+}
+
+void Backend::reset_peak() { counter_->peak_bytes = counter_->live_bytes.load(); }
+
+namespace {
+int g_threads = 0;
+void free_aligned(void* p) { std::free(p); }
+}  // namespace
+
+void set_cpu_threads(int n) {
+  if (n <= 0) return;
+  g_threads = n;
+  omp_set_num_threads(n);
+  openblas_set_num_threads(n);
+}
+
+int cpu_threads() { return g_threads > 0 ? g_threads : omp_get_max_threads(); }
+
+CpuBackend::CpuBackend(int threads) { set_cpu_threads(threads); }
+
+const KernelTable& CpuBackend::kernels() const { return cpu_kernel_table(); }
+
+Tensor CpuBackend::empty(DType dtype, const Shape& shape) {
+  int64_t es = dtype_size(dtype);
+  SMP_CHECK(es > 0, "cannot allocate a tensor of {}", dtype_name(dtype));
+  for (int64_t d : shape) SMP_CHECK(d >= 0, "negative dimension in {}", shape_str(shape));
+  int64_t bytes = smp::numel(shape) * es;
+  int64_t rounded = (bytes + 63) / 64 * 64;
+  if (rounded == 0) rounded = 64;
+  void* p = std::aligned_alloc(64, static_cast<size_t>(rounded));
+  if (!p) throw std::bad_alloc();
+  auto st = std::make_shared<Storage>();
+  st->ptr = p;
+  st->bytes = bytes;
+  st->free_fn = free_aligned;
+  st->counter = counter_;
+  counter_->add(bytes);
+  return Tensor(dtype, shape, std::move(st));
+}
+
+Tensor CpuBackend::zeros(DType dtype, const Shape& shape) {
+  Tensor t = empty(dtype, shape);
+  fill_zero(t);
+  return t;
+}
+
+Tensor CpuBackend::from_host(DType dtype, const Shape& shape, const void* data) {
+  Tensor t = empty(dtype, shape);
+  if (t.bytes() > 0) std::memcpy(t.raw(), data, static_cast<size_t>(t.bytes()));
+  return t;
+}
+
+void CpuBackend::to_host(const Tensor& t, void* dst) {
+  if (t.bytes() > 0) std::memcpy(dst, t.raw(), static_cast<size_t>(t.bytes()));
+}
+
+void CpuBackend::fill_zero(Tensor& t) {
+  char* p = static_cast<char*>(t.raw());
+  int64_t n = t.bytes();
+  if (n < (1 << 16)) {
+    std::memset(p, 0, static_cast<size_t>(n));
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < n; c += (1 << 16)) std::memset(p + c, 0, static_cast<size_t>(std::min<int64_t>(1 << 16, n - c)));
+}
+
+void CpuBackend::copy(Tensor& dst, const Tensor& src) {
+  SMP_CHECK(dst.bytes() == src.bytes() && dst.dtype() == src.dtype(), "copy {} into {}", src.str(), dst.str());
+  if (dst.raw() != src.raw() && src.bytes() > 0) std::memcpy(dst.raw(), src.raw(), static_cast<size_t>(src.bytes()));
+}
+
+void CpuBackend::axpy(float alpha, const Tensor& x, Tensor& y) {
+  SMP_CHECK(is_f32(x) && is_f32(y) && x.numel() == y.numel(), "axpy of {} into {}", x.str(), y.str());
+  const float* xp = x.data<float>();
+  float* yp = y.data<float>();
+  int64_t n = x.numel();
+#pragma omp parallel for simd schedule(static) if (n > 32768)
+  for (int64_t i = 0; i < n; ++i) yp[i] += alpha * xp[i];
+}
+
+void CpuBackend::scale(float alpha, Tensor& x) {
+  float* p = x.data<float>();
+  int64_t n = x.numel();
+#pragma omp parallel for simd schedule(static) if (n > 32768)
+  for (int64_t i = 0; i < n; ++i) p[i] *= alpha;
+}
+
+void CpuBackend::set_num_threads(int n) { set_cpu_threads(n); }
+int CpuBackend::num_threads() const { return cpu_threads(); }
+
+}  // namespace smp::runtime

@@ -1,0 +1,33 @@
+// The CPU backend: host buffers, OpenMP loops, OpenBLAS matrix products.
+#pragma once
+
+#include "runtime/backend.hpp"
+
+namespace smp::runtime {
+
+// Threads for OpenMP loops and OpenBLAS together (0: leave the library defaults).
+void set_cpu_threads(int n);
+int cpu_threads();
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int threads = 0);
+  std::string_view name() const override { return "cpu"; }
+  const KernelTable& kernels() const override;
+
+  Tensor empty(DType dtype, const Shape& shape) override;
+  Tensor zeros(DType dtype, const Shape& shape) override;
+  Tensor from_host(DType dtype, const Shape& shape, const void* data) override;
+  void to_host(const Tensor& t, void* dst) override;
+  void fill_zero(Tensor& t) override;
+  void copy(Tensor& dst, const Tensor& src) override;
+  void axpy(float alpha, const Tensor& x, Tensor& y) override;
+  void scale(float alpha, Tensor& x) override;
+  void set_num_threads(int n) override;
+  int num_threads() const override;
+};
+
+// The CPU kernel table (lib/runtime/cpu/table.cpp).
+const KernelTable& cpu_kernel_table();
+
+}  // namespace smp::runtime

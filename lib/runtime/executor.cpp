@@ -1,0 +1,398 @@
+#include "runtime/executor.hpp"
+
+#include "runtime/cpu/common.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <unordered_set>
+
+namespace smp::runtime {
+
+using graph::Op;
+using graph::ValueKind;
+
+struct StageExecutor::NodeRun {
+  int node = -1;
+  Op op{};
+  const OpKernel* kernel = nullptr;
+  std::unique_ptr<KernelState> state;
+  std::vector<int> in, out;
+  uint32_t diff = 0, saved_in = 0, saved_out = 0;
+  bool has_b = false, has_w = false;  // a data-dependent / weight-only input gets a gradient
+};
+
+struct StageExecutor::Stash {
+  std::vector<std::vector<Tensor>> saved_in, saved_out;  // per run position
+  std::vector<std::vector<Tensor>> w_dout;                // per run position, kept from B for W
+  std::vector<uint8_t> b_done;
+  std::vector<std::pair<int, Tensor>> w_seeds;  // gradients of weight-only stage outputs, from B for W
+};
+
+namespace {
+bool is_float(DType d) { return d == DType::F32; }
+}  // namespace
+
+StageExecutor::StageExecutor(const graph::Graph& g, Backend& backend, ExecutorOptions opts)
+    : StageExecutor(g, [&] {
+        std::vector<int> all(g.nodes.size());
+        for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int>(i);
+        return all;
+      }(), backend, opts) {}
+
+StageExecutor::StageExecutor(const graph::Graph& g, std::vector<int> nodes, Backend& backend, ExecutorOptions opts)
+    : g_(g), be_(backend), opts_(opts) {
+  size_t nv = g.values.size();
+  resident_.resize(nv);
+  grads_.resize(nv);
+  dd_.assign(nv, 0);
+  wreq_.assign(nv, 0);
+  last_use_.assign(nv, -1);
+  is_output_.assign(nv, 0);
+  std::vector<uint8_t> produced(nv, 0), in_stage(g.nodes.size(), 0);
+  for (size_t k = 1; k < nodes.size(); ++k)
+    SMP_CHECK(nodes[k] > nodes[k - 1], "stage nodes must be in topological order");
+  for (int ni : nodes) in_stage[static_cast<size_t>(ni)] = 1;
+  const KernelTable& table = be_.kernels();
+
+  // Kernels, load-time checks.
+  for (int ni : nodes) {
+    const graph::Node& n = g.nodes.at(static_cast<size_t>(ni));
+    std::string where = fmt::format("node {} ({})", n.name, n.op_type);
+    const graph::OpDef* def = (n.domain.empty() || n.domain == "ai.onnx") ? graph::find_op(n.op_type) : nullptr;
+    if (!def) throw_bad_input(where, fmt::format("op {}{} is not supported by the {} backend", n.domain.empty() ? "" : n.domain + ".", n.op_type, be_.name()));
+    const OpKernel& k = table[static_cast<size_t>(def->op)];
+    if (!k.prepare) throw_bad_input(where, fmt::format("the {} backend has no kernel for this op", be_.name()));
+    NodeRun r;
+    r.node = ni;
+    r.op = def->op;
+    r.kernel = &k;
+    r.in = n.inputs;
+    r.out = n.outputs;
+    r.diff = def->differentiable_inputs;
+    r.saved_in = def->saved_inputs;
+    r.saved_out = def->saved_outputs;
+    NodeView view(g, n, def->op);
+    r.state = k.prepare(view);
+    cpu::fill_shapes(*r.state, view);
+    r.state->training = opts.batch_statistics;
+    for (int o : n.outputs)
+      if (o >= 0) produced[static_cast<size_t>(o)] = 1;
+    runs_.push_back(std::move(r));
+  }
+
+  // Boundary inputs, parameters, constants; last forward uses.
+  std::vector<uint8_t> seen(nv, 0);
+  std::vector<int> first_use_order;
+  for (size_t p = 0; p < runs_.size(); ++p)
+    for (int v : runs_[p].in) {
+      if (v < 0) continue;
+      last_use_[static_cast<size_t>(v)] = static_cast<int>(p);
+      if (produced[static_cast<size_t>(v)] || seen[static_cast<size_t>(v)]) continue;
+      seen[static_cast<size_t>(v)] = 1;
+      const graph::Value& val = g.value(v);
+      if (val.kind == ValueKind::Parameter || val.kind == ValueKind::Constant) {
+        if (!val.data) {
+          if (val.kind == ValueKind::Parameter)
+            throw_bad_input(val.name, "parameter has no data", "load the graph with its weights");
+          throw_bad_input(val.name, "constant has no data");
+        }
+        SMP_CHECK(val.data->dtype == val.dtype && val.data->shape == val.shape, "value {}: data of {}{} for {}{}",
+                  val.name, dtype_name(val.data->dtype), shape_str(val.data->shape), dtype_name(val.dtype), shape_str(val.shape));
+        resident_[static_cast<size_t>(v)] = be_.from_host(val.dtype, val.shape, val.data->bytes.data());
+        if (val.kind == ValueKind::Parameter && is_float(val.dtype)) {
+          params_.push_back(v);
+          grads_[static_cast<size_t>(v)] = be_.zeros(val.dtype, val.shape);
+          wreq_[static_cast<size_t>(v)] = 1;
+        }
+      } else {
+        first_use_order.push_back(v);
+      }
+    }
+  for (int v : g.inputs)
+    if (std::find(first_use_order.begin(), first_use_order.end(), v) != first_use_order.end()) inputs_.push_back(v);
+  for (int v : first_use_order)
+    if (std::find(inputs_.begin(), inputs_.end(), v) == inputs_.end()) inputs_.push_back(v);
+  for (int v : inputs_) {
+    const graph::Value& val = g.value(v);
+    bool grad = val.kind == ValueKind::Activation && is_float(val.dtype);
+    input_grad_.push_back(grad);
+    if (grad) dd_[static_cast<size_t>(v)] = 1;
+  }
+  std::sort(params_.begin(), params_.end());
+
+  // Outputs: produced here and used outside the stage or graph outputs.
+  for (const NodeRun& r : runs_)
+    for (int o : r.out) {
+      if (o < 0) continue;
+      const graph::Value& val = g.value(o);
+      bool outside = val.is_output;
+      for (int c : val.consumers)
+        if (!in_stage[static_cast<size_t>(c)]) outside = true;
+      if (outside) {
+        outputs_.push_back(o);
+        is_output_[static_cast<size_t>(o)] = 1;
+      }
+    }
+
+  // Gradient flow: data-dependent (B) and weight-only (W) values.
+  for (NodeRun& r : runs_) {
+    bool any_dd = false, any_w = false;
+    for (size_t i = 0; i < r.in.size(); ++i) {
+      int v = r.in[i];
+      if (v < 0 || i >= 32 || !(r.diff & (1u << i))) continue;
+      if (dd_[static_cast<size_t>(v)]) any_dd = true;
+      else if (wreq_[static_cast<size_t>(v)]) any_w = true;
+    }
+    r.has_b = any_dd;
+    r.has_w = any_w;
+    for (int o : r.out) {
+      if (o < 0 || !is_float(g.value(o).dtype)) continue;
+      if (any_dd) dd_[static_cast<size_t>(o)] = 1;
+      else if (any_w) wreq_[static_cast<size_t>(o)] = 1;
+    }
+    if (opts.training && (r.has_b || r.has_w) && !r.kernel->backward) {
+      const graph::Node& n = g.nodes[static_cast<size_t>(r.node)];
+      throw_bad_input(fmt::format("node {} ({})", n.name, n.op_type), "no gradient rule for this op, and a gradient must flow through it");
+    }
+  }
+  resident_bytes_ = be_.memory().live_bytes;
+  reset_peak();
+}
+
+StageExecutor::~StageExecutor() = default;
+
+Tensor& StageExecutor::parameter(int v) {
+  SMP_CHECK(v >= 0 && static_cast<size_t>(v) < resident_.size() && grads_[static_cast<size_t>(v)].defined(), "value {} is not a parameter of this stage", v);
+  return resident_[static_cast<size_t>(v)];
+}
+
+Tensor& StageExecutor::gradient(int v) {
+  SMP_CHECK(v >= 0 && static_cast<size_t>(v) < grads_.size() && grads_[static_cast<size_t>(v)].defined(), "value {} is not a parameter of this stage", v);
+  return grads_[static_cast<size_t>(v)];
+}
+
+Tensor StageExecutor::value_tensor(int v, const std::vector<Tensor>& env) const {
+  if (resident_[static_cast<size_t>(v)].defined()) return resident_[static_cast<size_t>(v)];
+  return env[static_cast<size_t>(v)];
+}
+
+std::vector<Tensor> StageExecutor::forward(int mb, std::span<const Tensor> inputs) {
+  if (inputs.size() != inputs_.size())
+    throw_bad_input("stage inputs", fmt::format("{} tensors given, {} expected", inputs.size(), inputs_.size()));
+  if (stash_.count(mb)) throw_failure("stage executor", fmt::format("microbatch {} is already in flight", mb));
+  std::vector<Tensor> env(g_.values.size());
+  for (size_t i = 0; i < inputs_.size(); ++i) {
+    const graph::Value& val = g_.value(inputs_[i]);
+    const Tensor& t = inputs[i];
+    if (!t.defined() || t.dtype() != val.dtype || t.shape() != val.shape)
+      throw_bad_input("input " + val.name,
+                      fmt::format("got {}, expected {}{}", t.defined() ? t.str() : "nothing", dtype_name(val.dtype), shape_str(val.shape)));
+    env[static_cast<size_t>(inputs_[i])] = t;
+  }
+  auto st = std::make_unique<Stash>();
+  size_t P = runs_.size();
+  st->saved_in.resize(P);
+  st->saved_out.resize(P);
+  st->w_dout.resize(P);
+  st->b_done.assign(P, 0);
+  ExecContext ctx{&be_};
+  std::vector<Tensor> ins, outs;
+  for (size_t p = 0; p < P; ++p) {
+    NodeRun& r = runs_[p];
+    ins.assign(r.in.size(), Tensor());
+    for (size_t i = 0; i < r.in.size(); ++i)
+      if (r.in[i] >= 0) ins[i] = value_tensor(r.in[i], env);
+    outs.assign(r.out.size(), Tensor());
+    if (!(r.kernel->flags & kView))
+      for (size_t k = 0; k < r.out.size(); ++k)
+        if (r.out[k] >= 0) {
+          const graph::Value& val = g_.value(r.out[k]);
+          outs[k] = be_.empty(val.dtype, val.shape);
+        }
+    r.kernel->forward(*r.state, ctx, outs, ins);
+    if (opts_.training && (r.has_b || r.has_w)) {
+      auto& si = st->saved_in[p];
+      si.assign(r.in.size(), Tensor());
+      for (size_t i = 0; i < r.in.size() && i < 32; ++i)
+        if ((r.saved_in & (1u << i)) && r.in[i] >= 0 && !resident_[static_cast<size_t>(r.in[i])].defined()) si[i] = ins[i];
+      auto& so = st->saved_out[p];
+      so.assign(r.out.size(), Tensor());
+      for (size_t k = 0; k < r.out.size() && k < 32; ++k)
+        if (r.saved_out & (1u << k)) so[k] = outs[k];
+    }
+    for (size_t k = 0; k < r.out.size(); ++k)
+      if (r.out[k] >= 0 && (last_use_[static_cast<size_t>(r.out[k])] > static_cast<int>(p) || is_output_[static_cast<size_t>(r.out[k])]))
+        env[static_cast<size_t>(r.out[k])] = outs[k];
+    for (int v : r.in)
+      if (v >= 0 && last_use_[static_cast<size_t>(v)] == static_cast<int>(p) && !is_output_[static_cast<size_t>(v)])
+        env[static_cast<size_t>(v)] = Tensor();
+    ins.clear();
+    outs.clear();
+  }
+  std::vector<Tensor> result;
+  for (int o : outputs_) result.push_back(env[static_cast<size_t>(o)]);
+  if (opts_.training) stash_[mb] = std::move(st);
+  return result;
+}
+
+std::vector<Tensor> StageExecutor::backward_input(int mb, std::span<const Tensor> output_grads) {
+  std::vector<Tensor> r;
+  run_backward(mb, output_grads, true, false, &r);
+  return r;
+}
+
+void StageExecutor::backward_weight(int mb) { run_backward(mb, {}, false, true, nullptr); }
+
+std::vector<Tensor> StageExecutor::backward(int mb, std::span<const Tensor> output_grads) {
+  std::vector<Tensor> r;
+  run_backward(mb, output_grads, true, true, &r);
+  return r;
+}
+
+void StageExecutor::run_backward(int mb, std::span<const Tensor> output_grads, bool do_b, bool do_w,
+                                 std::vector<Tensor>* input_grads) {
+  auto it = stash_.find(mb);
+  if (it == stash_.end()) throw_failure("stage executor", fmt::format("microbatch {} has no forward to differentiate", mb));
+  Stash& st = *it->second;
+  size_t P = runs_.size();
+  std::vector<Tensor> g(g_.values.size());
+  if (do_b) {
+    if (output_grads.size() != outputs_.size())
+      throw_bad_input("output gradients", fmt::format("{} tensors given, {} expected", output_grads.size(), outputs_.size()));
+    for (size_t j = 0; j < outputs_.size(); ++j) {
+      int o = outputs_[j];
+      if (!output_grads[j].defined() || !(dd_[static_cast<size_t>(o)] || wreq_[static_cast<size_t>(o)])) continue;
+      const graph::Value& val = g_.value(o);
+      if (output_grads[j].shape() != val.shape || output_grads[j].dtype() != val.dtype)
+        throw_bad_input("gradient of " + val.name, fmt::format("got {}, expected {}{}", output_grads[j].str(), dtype_name(val.dtype), shape_str(val.shape)));
+      if (last_use_[static_cast<size_t>(o)] >= 0) {  // also used inside: accumulate into a copy
+        Tensor c = be_.empty(val.dtype, val.shape);
+        be_.copy(c, output_grads[j]);
+        g[static_cast<size_t>(o)] = c;
+      } else {
+        g[static_cast<size_t>(o)] = output_grads[j];
+      }
+    }
+    if (!do_w)
+      for (int o : outputs_)
+        if (wreq_[static_cast<size_t>(o)] && g[static_cast<size_t>(o)].defined()) st.w_seeds.push_back({o, g[static_cast<size_t>(o)]});
+  } else {
+    for (auto& [o, t] : st.w_seeds) g[static_cast<size_t>(o)] = t;
+    st.w_seeds.clear();
+    for (size_t p = 0; p < P; ++p)
+      if (runs_[p].has_b && !st.b_done[p] && runs_[p].has_w)
+        throw_failure("stage executor", fmt::format("backward_weight of microbatch {} before its backward_input", mb));
+  }
+  ExecContext ctx{&be_};
+  std::vector<Tensor> ins, outs, dout, din;
+  std::vector<uint8_t> acc;
+  for (size_t p = P; p-- > 0;) {
+    NodeRun& r = runs_[p];
+    bool b_part = do_b && r.has_b, w_part = do_w && r.has_w;
+    if (!b_part && !w_part) continue;
+    // gradients of the outputs
+    dout.assign(r.out.size(), Tensor());
+    bool any = false;
+    for (size_t k = 0; k < r.out.size(); ++k) {
+      int o = r.out[k];
+      if (o < 0) continue;
+      if (!do_b && dd_[static_cast<size_t>(o)]) {
+        if (!st.w_dout[p].empty()) dout[k] = st.w_dout[p][k];
+      } else {
+        dout[k] = g[static_cast<size_t>(o)];
+      }
+      any = any || dout[k].defined();
+    }
+    bool release = (r.has_w ? w_part : b_part);
+    if (any) {
+      din.assign(r.in.size(), Tensor());
+      acc.assign(r.in.size(), 0);
+      bool wanted = false;
+      for (size_t i = 0; i < r.in.size() && i < 32; ++i) {
+        int v = r.in[i];
+        if (v < 0 || !(r.diff & (1u << i))) continue;
+        bool is_dd = dd_[static_cast<size_t>(v)], is_w = wreq_[static_cast<size_t>(v)];
+        if (!((b_part && is_dd) || (w_part && is_w))) continue;
+        wanted = true;
+        if (grads_[static_cast<size_t>(v)].defined()) {
+          din[i] = grads_[static_cast<size_t>(v)];
+          acc[i] = 1;
+        } else if (g[static_cast<size_t>(v)].defined()) {
+          din[i] = g[static_cast<size_t>(v)];
+          acc[i] = 1;
+        } else {
+          const graph::Value& val = g_.value(v);
+          din[i] = be_.empty(val.dtype, val.shape);
+          g[static_cast<size_t>(v)] = din[i];
+        }
+      }
+      if (wanted) {
+        ins.assign(r.in.size(), Tensor());
+        for (size_t i = 0; i < r.in.size(); ++i) {
+          int v = r.in[i];
+          if (v < 0) continue;
+          if (resident_[static_cast<size_t>(v)].defined()) ins[i] = resident_[static_cast<size_t>(v)];
+          else if (!st.saved_in[p].empty()) ins[i] = st.saved_in[p][i];
+        }
+        outs = st.saved_out[p];
+        outs.resize(r.out.size());
+        GradIO io{ins, outs, dout, din, acc};
+        r.kernel->backward(*r.state, ctx, io);
+      }
+    }
+    if (do_b && !do_w && r.has_w && r.has_b) st.w_dout[p] = dout;
+    if (do_b) st.b_done[p] = 1;
+    for (int o : r.out)
+      if (o >= 0) g[static_cast<size_t>(o)] = Tensor();
+    if (release) {
+      st.saved_in[p].clear();
+      st.saved_out[p].clear();
+      st.w_dout[p].clear();
+    }
+    ins.clear();
+    outs.clear();
+    dout.clear();
+    din.clear();
+  }
+  if (input_grads) {
+    input_grads->assign(inputs_.size(), Tensor());
+    for (size_t i = 0; i < inputs_.size(); ++i) {
+      if (!input_grad_[i]) continue;
+      Tensor t = g[static_cast<size_t>(inputs_[i])];
+      if (!t.defined()) t = be_.zeros(g_.value(inputs_[i]).dtype, g_.value(inputs_[i]).shape);
+      (*input_grads)[i] = t;
+    }
+  }
+  // done with this microbatch once W ran (or no node has a W part)
+  bool left = false;
+  for (size_t p = 0; p < P; ++p)
+    if (!st.saved_in[p].empty() || !st.saved_out[p].empty() || !st.w_dout[p].empty()) left = true;
+  bool any_w = false;
+  for (const NodeRun& r : runs_) any_w = any_w || r.has_w;
+  if (do_w || (!any_w && !left)) {
+    if (do_w) SMP_CHECK(!left, "microbatch {}: tensors left in the stash after its backward", mb);
+    stash_.erase(it);
+  }
+}
+
+void StageExecutor::drop(int mb) { stash_.erase(mb); }
+
+void StageExecutor::zero_grad() {
+  for (int v : params_) be_.fill_zero(grads_[static_cast<size_t>(v)]);
+}
+
+void StageExecutor::sgd_step(float lr) {
+  for (int v : params_) be_.axpy(-lr, grads_[static_cast<size_t>(v)], resident_[static_cast<size_t>(v)]);
+}
+
+size_t StageExecutor::pending() const { return stash_.size(); }
+
+int64_t StageExecutor::peak_bytes() const { return be_.memory().peak_bytes - peak_base_; }
+
+void StageExecutor::reset_peak() {
+  be_.reset_peak();
+  peak_base_ = be_.memory().live_bytes;
+}
+
+}  // namespace smp::runtime

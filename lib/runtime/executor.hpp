@@ -1,0 +1,104 @@
+// The stage executor: forward, backward-input (B) and backward-weight (W) of a contiguous range
+// of a graph's nodes, per microbatch, on any Backend.
+//
+// Lifetimes: a forward tensor lives until its last forward use, unless a gradient rule keeps it
+// (graph::OpDef::saved_inputs / saved_outputs); kept tensors are stashed per microbatch and
+// released by the backward part that last needs them. backward_input keeps the output gradients
+// of nodes with parameters until backward_weight of the same microbatch. Parameter gradients
+// accumulate (+=) across microbatches until zero_grad(); activation gradients overwrite.
+#pragma once
+
+#include "graph/graph.hpp"
+#include "graph/op_registry.hpp"
+#include "runtime/backend.hpp"
+
+#include <map>
+#include <memory>
+#include <span>
+#include <vector>
+
+namespace smp::runtime {
+
+struct ExecutorOptions {
+  // Backward is wanted: every node whose gradient is needed must have a gradient rule (checked
+  // at load) and forward stashes what the backward keeps.
+  bool training = true;
+  // BatchNormalization normalizes with the batch's statistics (PyTorch's train mode) instead of
+  // its running mean and variance inputs (which are not updated).
+  bool batch_statistics = true;
+};
+
+class StageExecutor {
+ public:
+  // `nodes`: indices into g.nodes, in topological order. Prepares every kernel: an unsupported
+  // op, attribute or dtype fails here with "node <name> (<op>): <what>". Parameters are copied
+  // from the graph (load_graph with load_weights) and their gradients allocated (zero).
+  StageExecutor(const graph::Graph& g, std::vector<int> nodes, Backend& backend, ExecutorOptions opts = {});
+  // The whole graph as one stage.
+  StageExecutor(const graph::Graph& g, Backend& backend, ExecutorOptions opts = {});
+  ~StageExecutor();
+  StageExecutor(const StageExecutor&) = delete;
+  StageExecutor& operator=(const StageExecutor&) = delete;
+
+  const graph::Graph& graph() const { return g_; }
+  Backend& backend() { return be_; }
+  // Boundary values: inputs (produced outside the stage: graph inputs or an earlier stage's
+  // activations), outputs (graph outputs or consumed by a later stage), parameters.
+  const std::vector<int>& inputs() const { return inputs_; }
+  const std::vector<int>& outputs() const { return outputs_; }
+  const std::vector<int>& parameters() const { return params_; }
+  // Whether backward_input returns a gradient for inputs()[i] (a float activation of an
+  // earlier stage); graph inputs get none.
+  bool input_gets_gradient(size_t i) const { return input_grad_[i]; }
+
+  Tensor& parameter(int value_id);
+  Tensor& gradient(int value_id);
+
+  // Forward of microbatch `mb`; inputs in inputs() order. Returns the outputs in outputs() order.
+  std::vector<Tensor> forward(int mb, std::span<const Tensor> inputs);
+  // Gradients of the inputs (undefined where input_gets_gradient is false) from the gradients
+  // of the outputs (outputs() order; an undefined one counts as zero).
+  std::vector<Tensor> backward_input(int mb, std::span<const Tensor> output_grads);
+  // Parameter gradients of microbatch `mb` (+=); needs backward_input(mb) first.
+  void backward_weight(int mb);
+  // backward_input then backward_weight, fused node by node (frees kept tensors soonest).
+  std::vector<Tensor> backward(int mb, std::span<const Tensor> output_grads);
+
+  // Forgets microbatch `mb`'s stash (an aborted step, or a forward run only for its value).
+  void drop(int mb);
+
+  void zero_grad();
+  // p -= lr * grad for every parameter.
+  void sgd_step(float lr);
+
+  // Microbatches with something still stashed (0 at the end of a step).
+  size_t pending() const;
+  // Peak bytes on the backend above what the executor keeps resident (parameters, their
+  // gradients, constants) since construction or reset_peak().
+  int64_t peak_bytes() const;
+  int64_t resident_bytes() const { return resident_bytes_; }
+  void reset_peak();
+
+ private:
+  struct NodeRun;
+  struct Stash;
+  void run_backward(int mb, std::span<const Tensor> output_grads, bool do_b, bool do_w, std::vector<Tensor>* input_grads);
+  Tensor value_tensor(int vid, const std::vector<Tensor>& env) const;
+
+  const graph::Graph& g_;
+  Backend& be_;
+  ExecutorOptions opts_;
+  std::vector<NodeRun> runs_;
+  std::vector<int> inputs_, outputs_, params_;
+  std::vector<bool> input_grad_;
+  std::vector<Tensor> resident_;  // by value id: parameters and constants
+  std::vector<Tensor> grads_;     // by value id: parameter gradients
+  std::vector<uint8_t> dd_, wreq_;  // by value id: data-dependent gradient / weight-only gradient
+  std::vector<int> last_use_;     // by value id: last position in runs_ that reads it
+  std::vector<uint8_t> is_output_;
+  std::map<int, std::unique_ptr<Stash>> stash_;
+  int64_t resident_bytes_ = 0;
+  int64_t peak_base_ = 0;
+};
+
+}  // namespace smp::runtime

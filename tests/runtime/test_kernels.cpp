@@ -1,0 +1,339 @@
+// Tensors, the CPU backend, forward kernels against hand-computed references, load-time errors,
+// the executor's lifetimes and losses.
+#include <doctest/doctest.h>
+
+#include "runtime/loss.hpp"
+#include "tiny_graph.hpp"
+
+#include <fmt/format.h>
+
+#include <cmath>
+
+using namespace smp;
+using namespace smp::test;
+using runtime::Tensor;
+
+namespace {
+
+std::tuple<std::string, DType, Shape> F(const std::string& n, Shape s) { return {n, DType::F32, s}; }
+std::tuple<std::string, DType, Shape> T(const std::string& n, DType d, Shape s) { return {n, d, s}; }
+
+// Runs a one-node graph (inputs as constants) forward and returns its outputs.
+struct OneNode {
+  TinyGraph tg;
+  runtime::CpuBackend be{1};
+  std::vector<int> ins;
+  int cf(const Shape& s, std::vector<float> v) { int id = tg.constant<float>("c" + std::to_string(ins.size()), DType::F32, s, v); ins.push_back(id); return id; }
+  int ci(const Shape& s, std::vector<int64_t> v) { int id = tg.constant<int64_t>("c" + std::to_string(ins.size()), DType::I64, s, v); ins.push_back(id); return id; }
+  int cb(const Shape& s, std::vector<uint8_t> v) { int id = tg.constant<uint8_t>("c" + std::to_string(ins.size()), DType::Bool, s, v); ins.push_back(id); return id; }
+  std::vector<Tensor> run(const std::string& op, std::vector<std::tuple<std::string, DType, Shape>> outs,
+                          std::map<std::string, graph::Attribute> attrs = {}) {
+    auto o = tg.node(op, ins, outs, attrs);
+    for (int id : o) tg.output(id);
+    runtime::ExecutorOptions opts;
+    opts.training = false;
+    runtime::StageExecutor ex(tg.g, be, opts);
+    return ex.forward(0, {});
+  }
+};
+
+void near(const std::vector<float>& got, const std::vector<float>& want, double tol = 1e-5) {
+  REQUIRE(got.size() == want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    INFO("element " << i);
+    CHECK(std::fabs(got[i] - want[i]) <= tol * (1 + std::fabs(want[i])));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("tensors share 64-byte aligned buffers; the backend counts live and peak bytes") {
+  runtime::CpuBackend be(1);
+  int64_t base = be.memory().live_bytes;
+  {
+    Tensor a = be.zeros(DType::F32, {3, 5});
+    CHECK(reinterpret_cast<uintptr_t>(a.raw()) % 64 == 0);
+    CHECK(a.bytes() == 60);
+    CHECK(be.memory().live_bytes == base + 60);
+    Tensor v = a.view({15});
+    CHECK(v.raw() == a.raw());
+    CHECK(v.str() == "float32[15]");
+    Tensor b = be.empty(DType::I64, {4});
+    CHECK(be.memory().live_bytes == base + 92);
+    CHECK_THROWS(a.data<int64_t>());
+    CHECK_THROWS(a.view({4}));
+  }
+  CHECK(be.memory().live_bytes == base);
+  CHECK(be.memory().peak_bytes >= base + 92);
+}
+
+TEST_CASE("every graph::Op has a CPU table entry in enum order") {
+  const auto& t = runtime::cpu_kernel_table();
+  for (size_t i = 0; i < t.size(); ++i) CHECK(static_cast<size_t>(t[i].op) == i);
+  // differentiable ops of the registry that have a forward kernel also have a gradient rule
+  for (size_t i = 0; i < t.size(); ++i) {
+    const auto& def = graph::op_def(static_cast<graph::Op>(i));
+    if (t[i].prepare && def.differentiable_inputs != 0) {
+      INFO(def.type);
+      CHECK((t[i].backward != nullptr));
+    }
+  }
+}
+
+TEST_CASE("binary ops broadcast as ONNX defines it") {
+  OneNode n;
+  n.cf({2, 1, 3}, {1, 2, 3, 4, 5, 6});
+  n.cf({2, 1}, {10, 20});
+  auto y = n.run("Add", {F("y", {2, 2, 3})});
+  near(to_vec(y[0]), {11, 12, 13, 21, 22, 23, 14, 15, 16, 24, 25, 26});
+  OneNode m;
+  m.cf({3}, {1, 4, 9});
+  m.cf({}, {2});
+  near(to_vec(m.run("Div", {F("y", {3})})[0]), {0.5f, 2, 4.5f});
+  OneNode p;
+  p.cf({2}, {2, 3});
+  p.ci({}, {2});
+  near(to_vec(p.run("Pow", {F("y", {2})})[0]), {4, 9});
+  OneNode e;
+  e.ci({3}, {1, 2, 3});
+  e.ci({1}, {2});
+  auto eq = e.run("Equal", {T("y", DType::Bool, {3})});
+  const uint8_t* b = eq[0].data<uint8_t>();
+  CHECK((b[0] == 0 && b[1] == 1 && b[2] == 0));
+}
+
+TEST_CASE("Where, Cast, unary math") {
+  OneNode w;
+  w.cb({2}, {1, 0});
+  w.cf({2}, {1, 2});
+  w.cf({1}, {-7});
+  near(to_vec(w.run("Where", {F("y", {2})})[0]), {1, -7});
+  OneNode c;
+  c.ci({3}, {1, -2, 3});
+  near(to_vec(c.run("Cast", {F("y", {3})}, {{"to", attr_i(1)}})[0]), {1, -2, 3});
+  OneNode u;
+  u.cf({4}, {-1, 0, 0.5f, 2});
+  near(to_vec(u.run("Relu", {F("y", {4})})[0]), {0, 0, 0.5f, 2});
+  OneNode g;
+  g.cf({2}, {0, 1});
+  near(to_vec(g.run("Gelu", {F("y", {2})})[0]), {0, 0.8413447f});
+  OneNode s;
+  s.cf({2}, {0, 2});
+  near(to_vec(s.run("Sigmoid", {F("y", {2})})[0]), {0.5f, 0.8807971f});
+}
+
+TEST_CASE("MatMul, Gemm") {
+  OneNode m;
+  m.cf({2, 2}, {1, 2, 3, 4});
+  m.cf({2, 3}, {1, 0, 1, 0, 1, 1});
+  near(to_vec(m.run("MatMul", {F("y", {2, 3})})[0]), {1, 2, 3, 3, 4, 7});
+  OneNode b;  // batched with broadcasting: [2,1,2] x [3,2,1] -> [2,3,1,1]... use [2,1,1,2] x [3,2,1]
+  b.cf({2, 1, 1, 2}, {1, 2, 3, 4});
+  b.cf({3, 2, 1}, {1, 1, 1, 0, 0, 1});
+  near(to_vec(b.run("MatMul", {F("y", {2, 3, 1, 1})})[0]), {3, 1, 2, 7, 3, 4});
+  OneNode g;
+  g.cf({2, 2}, {1, 2, 3, 4});
+  g.cf({3, 2}, {1, 0, 0, 1, 1, 1});
+  g.cf({3}, {10, 20, 30});
+  near(to_vec(g.run("Gemm", {F("y", {2, 3})}, {{"transB", attr_i(1)}, {"beta", attr_f(0.5)}})[0]),
+       {6, 12, 18, 8, 14, 22});
+}
+
+TEST_CASE("Conv, pooling") {
+  OneNode c;  // 1x1x3x3 input, 2x2 kernel of ones, bias 1
+  c.cf({1, 1, 3, 3}, {1, 2, 3, 4, 5, 6, 7, 8, 9});
+  c.cf({1, 1, 2, 2}, {1, 1, 1, 1});
+  c.cf({1}, {1});
+  near(to_vec(c.run("Conv", {F("y", {1, 1, 2, 2})})[0]), {13, 17, 25, 29});
+  OneNode p;
+  p.cf({1, 1, 2, 4}, {1, 5, 2, 0, 3, 4, 8, 1});
+  near(to_vec(p.run("MaxPool", {F("y", {1, 1, 1, 2})}, {{"kernel_shape", attr_ints({2, 2})}, {"strides", attr_ints({2, 2})}})[0]),
+       {5, 8});
+  OneNode a;
+  a.cf({1, 1, 2, 4}, {1, 5, 2, 0, 3, 4, 8, 1});
+  near(to_vec(a.run("AveragePool", {F("y", {1, 1, 1, 2})}, {{"kernel_shape", attr_ints({2, 2})}, {"strides", attr_ints({2, 2})}})[0]),
+       {3.25f, 2.75f});
+  OneNode g;
+  g.cf({1, 2, 1, 2}, {1, 3, 5, 7});
+  near(to_vec(g.run("GlobalAveragePool", {F("y", {1, 2, 1, 1})})[0]), {2, 6});
+}
+
+TEST_CASE("Softmax, LayerNormalization, reductions") {
+  OneNode s;
+  s.cf({2, 2}, {0, 0, 0, std::log(3.0f)});
+  near(to_vec(s.run("Softmax", {F("y", {2, 2})})[0]), {0.5f, 0.5f, 0.25f, 0.75f});
+  OneNode l;
+  l.cf({1, 2}, {1, 3});
+  l.cf({2}, {2, 2});
+  l.cf({2}, {1, 0});
+  near(to_vec(l.run("LayerNormalization", {F("y", {1, 2})}, {{"epsilon", attr_f(0)}})[0]), {-1, 2});
+  OneNode r;
+  r.cf({2, 3}, {1, 2, 3, 4, 5, 6});
+  r.ci({1}, {1});
+  near(to_vec(r.run("ReduceMean", {F("y", {2, 1})})[0]), {2, 5});
+  OneNode r2;
+  r2.cf({2, 3}, {1, 2, 3, 4, 5, 6});
+  near(to_vec(r2.run("ReduceSum", {F("y", {})}, {{"keepdims", attr_i(0)}})[0]), {21});
+}
+
+TEST_CASE("data movement") {
+  OneNode t;
+  t.cf({2, 3}, {1, 2, 3, 4, 5, 6});
+  near(to_vec(t.run("Transpose", {F("y", {3, 2})})[0]), {1, 4, 2, 5, 3, 6});
+  OneNode c;
+  c.cf({2, 1}, {1, 2});
+  c.cf({2, 2}, {3, 4, 5, 6});
+  near(to_vec(c.run("Concat", {F("y", {2, 3})}, {{"axis", attr_i(1)}})[0]), {1, 3, 4, 2, 5, 6});
+  OneNode s;
+  s.cf({2, 4}, {1, 2, 3, 4, 5, 6, 7, 8});
+  s.ci({1}, {1});
+  s.ci({1}, {100});
+  s.ci({1}, {1});
+  s.ci({1}, {2});
+  near(to_vec(s.run("Slice", {F("y", {2, 2})})[0]), {2, 4, 6, 8});
+  OneNode g;
+  g.cf({3, 2}, {1, 2, 3, 4, 5, 6});
+  g.ci({2}, {2, -3});
+  near(to_vec(g.run("Gather", {F("y", {2, 2})})[0]), {5, 6, 1, 2});
+  OneNode e;
+  e.cf({2, 1}, {1, 2});
+  e.ci({2}, {2, 3});
+  near(to_vec(e.run("Expand", {F("y", {2, 3})})[0]), {1, 1, 1, 2, 2, 2});
+  OneNode tr;
+  tr.cf({3, 3}, {1, 2, 3, 4, 5, 6, 7, 8, 9});
+  near(to_vec(tr.run("Trilu", {F("y", {3, 3})}, {{"upper", attr_i(0)}})[0]), {1, 0, 0, 4, 5, 0, 7, 8, 9});
+  OneNode sp;
+  sp.cf({5}, {1, 2, 3, 4, 5});
+  auto parts = sp.run("Split", {F("a", {2}), F("b", {3})});
+  near(to_vec(parts[0]), {1, 2});
+  near(to_vec(parts[1]), {3, 4, 5});
+}
+
+TEST_CASE("unsupported ops, attributes and dtypes fail when the stage is loaded, naming node and op") {
+  auto load_error = [](auto build) {
+    TinyGraph tg;
+    build(tg);
+    runtime::CpuBackend be(1);
+    try {
+      runtime::StageExecutor ex(tg.g, be);
+    } catch (const Error& e) {
+      CHECK(e.kind() == ErrorKind::BadInput);
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  std::string m1 = load_error([](TinyGraph& t) {
+    int x = t.boundary("x", {2});
+    t.output(t.node("NoSuchOp", {x}, {F("y", {2})})[0]);
+  });
+  CHECK(m1.find("node NoSuchOp_0 (NoSuchOp): op NoSuchOp is not supported") == 0);
+  std::string m2 = load_error([](TinyGraph& t) {
+    int x = t.boundary("x", {2});
+    t.output(t.node("Gelu", {x}, {F("y", {2})}, {{"approximate", attr_s("cubic")}})[0]);
+  });
+  CHECK(m2.find("node Gelu_0 (Gelu): approximate='cubic' not supported") == 0);
+  std::string m3 = load_error([](TinyGraph& t) {
+    int x = t.input("x", DType::I64, {2, 2});
+    int y = t.input("w", DType::I64, {2, 2});
+    t.output(t.node("MatMul", {x, y}, {T("y", DType::I64, {2, 2})})[0]);
+  });
+  CHECK(m3.find("node MatMul_0 (MatMul): input A 'x' has dtype int64") == 0);
+  std::string m4 = load_error([](TinyGraph& t) {
+    int x = t.boundary("x", {2, 3});
+    t.output(t.node("SoftmaxCrossEntropyLoss", {x}, {F("y", {})})[0]);
+  });
+  CHECK(m4.find("node SoftmaxCrossEntropyLoss_0 (SoftmaxCrossEntropyLoss): the cpu backend has no kernel") == 0);
+  std::string m5 = load_error([](TinyGraph& t) {
+    int x = t.boundary("x", {1, 1, 4, 4, 4});
+    int w = t.param("w", {1, 1, 1, 1, 1}, {1});
+    t.output(t.node("Conv", {x, w}, {F("y", {1, 1, 4, 4, 4})})[0]);
+  });
+  CHECK(m5.find("node Conv_0 (Conv): 3-D spatial input not supported") == 0);
+}
+
+namespace {
+// x [N, 4] -> Gemm(W [3,4], b) -> Relu -> MatMul(V [3, 5]) -> logits [N, 5]
+TinyGraph small_mlp(int64_t N) {
+  TinyGraph t;
+  int x = t.input("x", DType::F32, {N, 4});
+  int w = t.param("w", {3, 4}, random_floats(12, 1));
+  int b = t.param("b", {3}, random_floats(3, 2));
+  int v = t.param("v", {3, 5}, random_floats(15, 3));
+  int h = t.node("Gemm", {x, w, b}, {F("h", {N, 3})}, {{"transB", attr_i(1)}})[0];
+  int r = t.node("Relu", {h}, {F("r", {N, 3})})[0];
+  t.output(t.node("MatMul", {r, v}, {F("logits", {N, 5})})[0]);
+  return t;
+}
+}  // namespace
+
+TEST_CASE("cross-entropy: value, gradient, and microbatches add up to the minibatch") {
+  runtime::CpuBackend be(1);
+  std::vector<float> lg{0, 0, std::log(3.0f), 0};
+  Tensor logits = be.from_host(DType::F32, {2, 2}, lg.data());
+  std::vector<int64_t> lab{0, 0};
+  Tensor labels = be.from_host(DType::I64, {2}, lab.data());
+  auto r = runtime::cross_entropy(be, logits, labels);
+  CHECK(r.loss == doctest::Approx((std::log(2.0) + std::log(4.0 / 3.0)) / 2).epsilon(1e-6));
+  near(to_vec(r.grad), {-0.25f, 0.25f, -0.125f, 0.125f});
+
+  // minibatch of 4 vs two microbatches of 2 on the same weights
+  auto xs = random_floats(16, 7);
+  std::vector<int64_t> ys{1, 4, 0, 2};
+  TinyGraph big = small_mlp(4), half = small_mlp(2);
+  runtime::StageExecutor eb(big.g, be), eh(half.g, be);
+  Tensor xb = be.from_host(DType::F32, {4, 4}, xs.data());
+  Tensor yb = be.from_host(DType::I64, {4}, ys.data());
+  auto ob = eb.forward(0, {&xb, 1});
+  auto lb = runtime::cross_entropy(be, ob[0], yb);
+  eb.backward(0, {&lb.grad, 1});
+  double lsum = 0;
+  for (int m = 0; m < 2; ++m) {
+    Tensor xm = be.from_host(DType::F32, {2, 4}, xs.data() + 8 * m);
+    Tensor ym = be.from_host(DType::I64, {2}, ys.data() + 2 * m);
+    auto om = eh.forward(m, {&xm, 1});
+    auto lm = runtime::cross_entropy(be, om[0], ym, 0.5f);
+    lsum += 0.5 * lm.loss;
+    eh.backward_input(m, {&lm.grad, 1});
+  }
+  eh.backward_weight(1);
+  eh.backward_weight(0);
+  CHECK(eh.pending() == 0);
+  CHECK(lsum == doctest::Approx(lb.loss).epsilon(1e-6));
+  for (size_t i = 0; i < eb.parameters().size(); ++i)
+    near(to_vec(eh.gradient(eh.parameters()[i])), to_vec(eb.gradient(eb.parameters()[i])), 1e-5);
+}
+
+TEST_CASE("mean squared error and scalar losses") {
+  runtime::CpuBackend be(1);
+  std::vector<float> p{1, 2, 3}, t{1, 0, 0};
+  auto r = runtime::mean_squared_error(be, be.from_host(DType::F32, {3}, p.data()), be.from_host(DType::F32, {3}, t.data()), 0.5f);
+  CHECK(r.loss == doctest::Approx(13.0 / 3));
+  near(to_vec(r.grad), {0, 2.0f / 3, 1});
+  std::vector<float> s{4};
+  auto q = runtime::scalar_loss(be, be.from_host(DType::F32, {}, s.data()), 0.25f);
+  CHECK(q.loss == 4);
+  near(to_vec(q.grad), {0.25f});
+  CHECK(runtime::choose_loss({}, DType::F32) == runtime::LossKind::Scalar);
+  CHECK(runtime::choose_loss({4, 5}, DType::I64) == runtime::LossKind::CrossEntropy);
+  CHECK(runtime::choose_loss({4, 5}, DType::F32) == runtime::LossKind::MeanSquaredError);
+}
+
+TEST_CASE("the stash holds only declared tensors and is empty after each backward") {
+  runtime::CpuBackend be(1);
+  TinyGraph t = small_mlp(64);
+  runtime::StageExecutor ex(t.g, be);
+  auto xs = random_floats(256, 9);
+  Tensor x = be.from_host(DType::F32, {64, 4}, xs.data());
+  int64_t live0 = be.memory().live_bytes;
+  auto out = ex.forward(0, {&x, 1});
+  // kept: x (Gemm input 0), r (Relu output, also MatMul input 0); h is freed. Plus the output.
+  int64_t kept = be.memory().live_bytes - live0;
+  CHECK(kept == 64 * 3 * 4 + 64 * 5 * 4);
+  CHECK(ex.pending() == 1);
+  Tensor g = be.zeros(DType::F32, {64, 5});
+  ex.backward_input(0, {&g, 1});
+  CHECK(ex.pending() == 1);  // W still needs x and r
+  ex.backward_weight(0);
+  CHECK(ex.pending() == 0);
+  CHECK_THROWS_AS(ex.backward_weight(0), Error);
+}

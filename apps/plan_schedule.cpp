@@ -7,6 +7,7 @@
 #include "schedule/validate.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <cstdio>
 
@@ -28,8 +29,9 @@ void add_schedule_options(CLI::App& app, ScheduleOptions& opt) {
   app.add_option("--microbatches", opt.microbatches, "microbatches per step M (default 8 with --show)")
       ->group(group)->option_text("M")->check(CLI::Range(1, 1 << 20));
   app.add_flag("--show", opt.show,
-               "print the rank x step grid and the simulated step time and bubble with unit costs: "
-               "F = B = W = 1, so a full backward (X = B and W together) costs 2; free communication")
+               "print the rank x step grid and the simulated step time and bubble with unit costs: a rank's "
+               "share of the model takes F = B = W = 1, so a full backward (X = B and W together) takes 2; with "
+               "V chunks per rank each chunk takes 1/V of that; communication is free")
       ->group(group);
   app.add_flag("--lowered", opt.lowered, "with --show: print the lists with their sends and receives")->group(group);
   app.add_option("--schedule-file", opt.schedule_file,
@@ -39,6 +41,9 @@ void add_schedule_options(CLI::App& app, ScheduleOptions& opt) {
       ->group(group)->option_text("FILE");
   app.add_option("--timeline", opt.timeline_svg, "draw the simulated schedule as a Gantt chart (SVG)")
       ->group(group)->option_text("FILE.svg");
+  app.add_option("--time-axis", opt.time_axis,
+                 "with --timeline: end the time axis at T units (to draw several schedules on one scale)")
+      ->group(group)->option_text("T")->check(CLI::NonNegativeNumber);
   app.add_option("--trace", opt.trace_json, "write the simulated schedule as Chrome trace events (Perfetto)")
       ->group(group)->option_text("FILE.json");
 }
@@ -78,13 +83,23 @@ int run_schedule_mode(const ScheduleOptions& opt) {
   const bool file_lowered = s.lowered();
   const sch::Schedule compute = file_lowered ? sch::compute_only(s) : s;
 
-  sch::Costs unit = sch::Costs::uniform(s.stages(), 1, 1, 1);
+  // Unit costs: a rank's share of the model takes F = B = W = 1; each of its V chunks 1/V.
+  const double per_chunk = 1.0 / s.chunks;
+  sch::Costs unit = sch::Costs::uniform(s.stages(), per_chunk, per_chunk, per_chunk);
+  for (auto& sc : unit.stage) sc.act_bytes = 1;  // memory counts stashed (microbatch, chunk) pairs
   sch::SimResult r = sch::simulate(compute, unit);
   const double ideal = r.compute_s / s.ranks;
+  const std::string cost_text =
+      s.chunks == 1 ? "unit costs F = B = W = 1 (full backward 2), free communication"
+                    : fmt::format("unit costs F = B = W = 1 per rank, 1/{} per chunk, free communication", s.chunks);
+  std::vector<int> stashed(static_cast<size_t>(s.ranks), 0), pending(static_cast<size_t>(s.ranks), 0);
+  for (int rank = 0; rank < s.ranks; ++rank)
+    stashed[static_cast<size_t>(rank)] = static_cast<int>(r.rank[static_cast<size_t>(rank)].peak_act_bytes);
+  for (int st = 0; st < s.stages(); ++st)
+    pending[static_cast<size_t>(s.rank_of(st))] += r.stage[static_cast<size_t>(st)].peak_pending_w;
   const std::string summary =
-      fmt::format("{}: {} ranks, {}, {} microbatches; unit costs F = B = W = 1 (full backward 2), free "
-                  "communication: step {:g}, bubble {:.1f}%, idle / compute {:.4g}",
-                  s.name, s.ranks, chunks_text(s.chunks), s.microbatches, r.step_s, 100 * r.bubble,
+      fmt::format("{}: {} ranks, {}, {} microbatches; {}: step {:g}, bubble {:.1f}%, idle / compute {:.4g}",
+                  s.name, s.ranks, chunks_text(s.chunks), s.microbatches, cost_text, r.step_s, 100 * r.bubble,
                   r.idle_s / r.compute_s);
 
   if (opt.show) {
@@ -97,21 +112,17 @@ int run_schedule_mode(const ScheduleOptions& opt) {
     } else {
       fmt::print("{}\n", sch::format_grid(s));
     }
-    fmt::print("simulated with unit costs F = B = W = 1 (a full backward X = 2), free communication:\n");
+    fmt::print("simulated with {}:\n", cost_text);
     fmt::print("  step time {:g}, ideal {:g}, bubble {:.1f}% (idle / compute {:.4g})\n", r.step_s, ideal,
                100 * r.bubble, r.idle_s / r.compute_s);
     fmt::print("\n  {:<6} {:>8} {:>8} {:>14} {:>16}\n", "rank", "busy", "idle", "peak stashed", "peak B..W held");
     for (int rank = 0; rank < s.ranks; ++rank) {
-      int stashed = 0, pending = 0;
-      for (int st = 0; st < s.stages(); ++st)
-        if (s.rank_of(st) == rank) {
-          stashed += r.stage[static_cast<size_t>(st)].peak_stashed;
-          pending += r.stage[static_cast<size_t>(st)].peak_pending_w;
-        }
       const auto& rs = r.rank[static_cast<size_t>(rank)];
-      fmt::print("  {:<6} {:>8g} {:>8g} {:>14} {:>16}\n", rank, rs.busy_s, rs.idle_s, stashed, pending);
+      fmt::print("  {:<6} {:>8g} {:>8g} {:>14} {:>16}\n", rank, rs.busy_s, rs.idle_s, stashed[static_cast<size_t>(rank)],
+                 pending[static_cast<size_t>(rank)]);
     }
-    fmt::print("  (peak stashed: microbatches between F and B or X, summed over the rank's chunks)\n");
+    fmt::print("  (peak stashed: most (microbatch, chunk) pairs held between F and B or X at once; peak B..W "
+               "held: between B and W, summed over the rank's chunks)\n");
   } else if (!opt.schedule_file.empty()) {
     fmt::print("{}: valid\n", opt.schedule_file);
   }
@@ -124,10 +135,12 @@ int run_schedule_mode(const ScheduleOptions& opt) {
     std::string title = fmt::format("{}: {} ranks, {}, {} microbatches", s.name, s.ranks, chunks_text(s.chunks),
                                     s.microbatches);
     sch::Timeline t = sch::make_timeline(compute, r, title, "units", 1e-3);
-    t.footer = fmt::format("unit costs F = B = W = 1 (full backward 2), free communication: step {:g}, bubble {:.1f}%",
-                           r.step_s, 100 * r.bubble);
+    t.footer = fmt::format("{}: step {:g}, bubble {:.1f}%; microbatches stashed at the peak, rank 0 to {}: {}",
+                           cost_text, r.step_s, 100 * r.bubble, s.ranks - 1, fmt::join(stashed, ", "));
     if (!opt.timeline_svg.empty()) {
-      sch::write_svg(opt.timeline_svg, t);
+      sch::SvgOptions svg;
+      svg.time_max = opt.time_axis;
+      sch::write_svg(opt.timeline_svg, t, svg);
       fmt::print("wrote {}\n", opt.timeline_svg);
     }
     if (!opt.trace_json.empty()) {

@@ -19,6 +19,7 @@ struct ScheduleOptions {
   std::string save_schedule;  // --save-schedule FILE
   std::string timeline_svg;   // --timeline FILE.svg
   std::string trace_json;     // --trace FILE.json
+  double time_axis = 0;       // --time-axis T: end of the picture's time axis; 0: the step time
 };
 
 // Registers the options above on `app` (in an option group "Schedules").

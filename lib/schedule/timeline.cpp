@@ -142,8 +142,9 @@ std::string fmt_num(double v) {
 }  // namespace
 
 std::string to_svg(const Timeline& t, const SvgOptions& opt) {
-  double t_max = 0;
-  for (const auto& sp : t.spans) t_max = std::max(t_max, sp.end);
+  double t_end = 0;  // the timeline's own end; the axis may run further
+  for (const auto& sp : t.spans) t_end = std::max(t_end, sp.end);
+  double t_max = std::max(t_end, opt.time_max);
   if (t_max <= 0) t_max = 1;
   const double left = 78, right = 24, top = t.title.empty() ? 16 : 44;
   const double W = opt.width_px, rh = opt.row_height_px;
@@ -184,7 +185,7 @@ std::string to_svg(const Timeline& t, const SvgOptions& opt) {
   for (size_t i = 0; i < rows; ++i) {
     double y = top + rh * static_cast<double>(i);
     o += fmt::format("<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" fill=\"#eeeeee\"/>\n", left,
-                     y + 2, W, bar_h + (any_comm ? comm_h + 2 : 0));
+                     y + 2, t_end * x_scale, bar_h + (any_comm ? comm_h + 2 : 0));
     std::string name = i < t.rows.size() ? t.rows[i] : "";
     o += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" font-size=\"13\" text-anchor=\"end\" fill=\"#222\">{}</text>\n",
                      left - 8, y + 2 + bar_h / 2 + 4.5, esc(name));

@@ -53,6 +53,7 @@ Timeline make_timeline(const Schedule& s, const SimResult& r, std::string title,
 struct SvgOptions {
   double width_px = 1200;   // of the chart area; the picture adds margins
   double row_height_px = 34;
+  double time_max = 0;  // end of the time axis (to draw several timelines on one scale); 0: the last span's end
 };
 std::string to_svg(const Timeline& t, const SvgOptions& opt = {});
 // Chrome trace event format: {"traceEvents": [...], "displayTimeUnit": "ms"}; one process,

@@ -58,6 +58,9 @@ TEST_CASE("the SVG has a bar per span, the microbatch numbers, a legend and an a
   CHECK(svg.find(">step 27<") != std::string::npos);
   CHECK(svg.find(">7</text>") != std::string::npos);  // microbatch 7 is written in its bar
   CHECK(svg.find("full backward") == std::string::npos);  // not present in zb-h1
+  // A longer time axis, to draw several timelines on one scale.
+  CHECK(svg.find(">30</text>") == std::string::npos);
+  CHECK(to_svg(t, SvgOptions{.time_max = 33}).find(">30</text>") != std::string::npos);
 }
 
 TEST_CASE("the Chrome trace has one complete event per span and names its threads") {

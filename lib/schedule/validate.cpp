@@ -175,7 +175,7 @@ void check_order(const Schedule& s, const Positions& P, bool lowered) {
           if (P.get(Op::Backward, st, mb) != kNone)
             fail(s, r, i, fmt::format("the full backward {} is there too", name_of(Op::Backward, st, mb)));
           if (P.get(Op::BackwardWeight, st, mb) == kNone)
-            fail(s, r, i, fmt::format("has no weight backward {} (a B needs its W)", name_of(Op::BackwardWeight, st, mb)));
+            fail(s, r, i, fmt::format("has no weight backward {}", name_of(Op::BackwardWeight, st, mb)));
           break;
         case Op::BackwardWeight:
           if (P.get(Op::Backward, st, mb) != kNone)

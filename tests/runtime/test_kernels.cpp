@@ -3,6 +3,11 @@
 #include <doctest/doctest.h>
 
 #include "runtime/loss.hpp"
+#include "runtime/npy.hpp"
+
+#include <unistd.h>
+
+#include <fstream>
 #include "tiny_graph.hpp"
 
 #include <fmt/format.h>
@@ -336,4 +341,29 @@ TEST_CASE("the stash holds only declared tensors and is empty after each backwar
   ex.backward_weight(0);
   CHECK(ex.pending() == 0);
   CHECK_THROWS_AS(ex.backward_weight(0), Error);
+}
+
+TEST_CASE(".npy files round-trip; bad ones are bad input naming the file") {
+  runtime::CpuBackend be(1);
+  auto dir = std::filesystem::temp_directory_path() / fmt::format("smp_npy_{}", ::getpid());
+  std::filesystem::create_directories(dir);
+  std::vector<int64_t> v{1, -2, 3, 4, 5, 6};
+  Tensor t = be.from_host(DType::I64, {2, 3}, v.data());
+  runtime::save_npy(be, dir / "a.npy", t);
+  Tensor u = runtime::load_npy(be, dir / "a.npy");
+  CHECK(u.shape() == Shape{2, 3});
+  CHECK(u.dtype() == DType::I64);
+  CHECK(std::memcmp(u.raw(), v.data(), 48) == 0);
+  float s = 2.5f;
+  runtime::write_npy(dir / "s.npy", DType::F32, {}, &s);
+  CHECK(runtime::read_npy(dir / "s.npy").shape.empty());
+  std::ofstream(dir / "bad.npy") << "hello";
+  try {
+    runtime::read_npy(dir / "bad.npy");
+    CHECK(false);
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()).find("bad.npy: not a .npy file") != std::string::npos);
+    CHECK(e.kind() == ErrorKind::BadInput);
+  }
+  std::filesystem::remove_all(dir);
 }

@@ -75,9 +75,9 @@ void fwd_softmax(const KernelState& st, ExecContext&, std::span<Tensor> out, std
         sum += e;
       }
       if (s.log) {
-        float ls = std::log(sum) + m;
+        float ls = std::log(sum);
 #pragma omp simd
-        for (int64_t j = 0; j < D; ++j) y[j] = x[j] - ls;
+        for (int64_t j = 0; j < D; ++j) y[j] = (x[j] - m) - ls;
       } else {
         float inv = 1.0f / sum;
 #pragma omp simd
@@ -93,8 +93,8 @@ void fwd_softmax(const KernelState& st, ExecContext&, std::span<Tensor> out, std
       sum += e;
     }
     if (s.log) {
-      float ls = std::log(sum) + m;
-      for (int64_t j = 0; j < D; ++j) y[j * inc] = x[j * inc] - ls;
+      float ls = std::log(sum);
+      for (int64_t j = 0; j < D; ++j) y[j * inc] = (x[j * inc] - m) - ls;
     } else {
       for (int64_t j = 0; j < D; ++j) y[j * inc] /= sum;
     }

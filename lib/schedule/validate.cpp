@@ -228,45 +228,87 @@ void check_order(const Schedule& s, const Positions& P, bool lowered) {
     }
 }
 
-// Pass 4: execute the lists under the semantics of validate.hpp; a state where nothing can move
-// before the end is a deadlock, reported with its cycle of waits.
-void check_progress(const Schedule& s, const Positions& P, bool lowered) {
+// Pass 4: execute the lists under the chosen semantics (validate.hpp); a state where nothing can
+// move before the end is a deadlock, reported with its cycle of waits.
+void check_progress(const Schedule& s, const Positions& P, bool lowered, CommSemantics sem) {
   const int S = s.stages();
   const size_t n = static_cast<size_t>(S) * static_cast<size_t>(s.microbatches);
-  // Done flags for what cross-rank consumers wait on: the producer (compute-only lists) or its
-  // send (lowered lists).
-  std::vector<uint8_t> fwd_out(n, 0), bwd_out(n, 0);
+  // What cross-rank consumers wait on: the producer (compute-only lists) or its send (lowered
+  // lists). Receives posted, per receiving (stage, microbatch).
+  std::vector<uint8_t> fwd_out(n, 0), bwd_out(n, 0), rf_posted(n, 0), rb_posted(n, 0);
   std::vector<size_t> idx(static_cast<size_t>(s.ranks), 0);
-  // What a compute action at the head of rank r waits on, if anything: (op, stage, mb) on another rank.
-  auto blocker = [&](int r, const Action& a) -> std::optional<Action> {
-    auto rv = recv_before(s, a, r);
-    if (!rv) return std::nullopt;
-    if (a.op == Op::Forward) {
-      if (fwd_out[P.key(a.stage - 1, a.mb)]) return std::nullopt;
-      return lowered ? comm(Op::SendAct, a.stage - 1, a.mb, r) : compute(Op::Forward, a.stage - 1, a.mb);
+  auto head = [&](int r) -> const Action* {
+    const auto& row = s.actions[static_cast<size_t>(r)];
+    return idx[static_cast<size_t>(r)] < row.size() ? &row[idx[static_cast<size_t>(r)]] : nullptr;
+  };
+  // The message that matches a send or a receive.
+  auto match = [&](const Action& a) {
+    switch (a.op) {
+      case Op::SendAct: return comm(Op::RecvAct, a.stage + 1, a.mb, s.rank_of(a.stage));
+      case Op::RecvAct: return comm(Op::SendAct, a.stage - 1, a.mb, s.rank_of(a.stage));
+      case Op::SendGrad: return comm(Op::RecvGrad, a.stage - 1, a.mb, s.rank_of(a.stage));
+      default: return comm(Op::SendGrad, a.stage + 1, a.mb, s.rank_of(a.stage));
     }
-    if (bwd_out[P.key(a.stage + 1, a.mb)]) return std::nullopt;
-    Op prod = P.get(Op::Backward, a.stage + 1, a.mb) != kNone ? Op::Backward : Op::BackwardInput;
-    return lowered ? comm(Op::SendGrad, a.stage + 1, a.mb, r) : compute(prod, a.stage + 1, a.mb);
+  };
+  // What the action at the head of rank r waits for, if anything: an action on another rank.
+  auto blocker = [&](int r, const Action& a) -> std::optional<Action> {
+    if (a.is_compute()) {
+      auto rv = recv_before(s, a, r);
+      if (!rv) return std::nullopt;
+      if (a.op == Op::Forward) {
+        if (fwd_out[P.key(a.stage - 1, a.mb)]) return std::nullopt;
+        return lowered ? comm(Op::SendAct, a.stage - 1, a.mb, r) : compute(Op::Forward, a.stage - 1, a.mb);
+      }
+      if (bwd_out[P.key(a.stage + 1, a.mb)]) return std::nullopt;
+      Op prod = P.get(Op::Backward, a.stage + 1, a.mb) != kNone ? Op::Backward : Op::BackwardInput;
+      return lowered ? comm(Op::SendGrad, a.stage + 1, a.mb, r) : compute(prod, a.stage + 1, a.mb);
+    }
+    if (sem == CommSemantics::Posted) return std::nullopt;
+    const Action m = match(a);
+    const size_t mk = P.key(m.stage, m.mb);
+    if (a.is_send()) {
+      const bool posted = a.op == Op::SendAct ? rf_posted[mk] : rb_posted[mk];
+      if (posted) return std::nullopt;
+      if (sem == CommSemantics::Rendezvous) {
+        const Action* h = head(a.peer);
+        if (h && *h == m) return std::nullopt;  // both sides are there: they pass together
+      }
+      return m;
+    }
+    // A receive blocks only under rendezvous, until its send has passed.
+    if (sem != CommSemantics::Rendezvous) return std::nullopt;
+    const bool sent = a.op == Op::RecvAct ? fwd_out[mk] : bwd_out[mk];
+    return sent ? std::nullopt : std::optional<Action>(m);
+  };
+  auto execute = [&](const Action& a) {
+    const size_t k = P.key(a.stage, a.mb);
+    if (lowered) {
+      if (a.op == Op::SendAct) fwd_out[k] = 1;
+      if (a.op == Op::SendGrad) bwd_out[k] = 1;
+      if (a.op == Op::RecvAct) rf_posted[k] = 1;
+      if (a.op == Op::RecvGrad) rb_posted[k] = 1;
+    } else {
+      if (a.op == Op::Forward) fwd_out[k] = 1;
+      if (a.op == Op::BackwardInput || a.op == Op::Backward) bwd_out[k] = 1;
+    }
   };
   size_t left = s.size();
   while (left > 0) {
     bool moved = false;
     for (int r = 0; r < s.ranks; ++r) {
-      const auto& row = s.actions[static_cast<size_t>(r)];
-      size_t& i = idx[static_cast<size_t>(r)];
-      while (i < row.size()) {
-        const Action& a = row[i];
-        if (a.is_compute() && blocker(r, a)) break;
-        const size_t k = P.key(a.stage, a.mb);
-        if (lowered) {
-          if (a.op == Op::SendAct) fwd_out[k] = 1;
-          if (a.op == Op::SendGrad) bwd_out[k] = 1;
-        } else {
-          if (a.op == Op::Forward) fwd_out[k] = 1;
-          if (a.op == Op::BackwardInput || a.op == Op::Backward) bwd_out[k] = 1;
+      while (const Action* a = head(r)) {
+        if (blocker(r, *a)) break;
+        if (sem == CommSemantics::Rendezvous && a->is_send()) {
+          // The receive at the peer's head passes with it.
+          const Action* h = head(a->peer);
+          if (h && *h == match(*a)) {
+            execute(*h);
+            ++idx[static_cast<size_t>(a->peer)];
+            --left;
+          }
         }
-        ++i;
+        execute(*a);
+        ++idx[static_cast<size_t>(r)];
         --left;
         moved = true;
       }
@@ -275,26 +317,26 @@ void check_progress(const Schedule& s, const Positions& P, bool lowered) {
     // Deadlock: follow the waits from the lowest stuck rank until a rank repeats; that rank is on
     // the cycle, which is reported from there.
     int first = 0;
-    while (idx[static_cast<size_t>(first)] >= s.actions[static_cast<size_t>(first)].size()) ++first;
-    auto head = [&](int r) -> const Action& { return s.actions[static_cast<size_t>(r)][idx[static_cast<size_t>(r)]]; };
+    while (!head(first)) ++first;
     auto waits_on = [&](int r) {
-      auto b = blocker(r, head(r));
+      auto b = blocker(r, *head(r));
       SMP_CHECK(b.has_value(), "stuck rank {} is not waiting", r);
       return *b;
     };
+    auto owner_of = [&](const Action& b) { return s.rank_of(b.stage); };
     std::vector<uint8_t> seen(static_cast<size_t>(s.ranks), 0);
     int r = first;
     while (!seen[static_cast<size_t>(r)]) {
       seen[static_cast<size_t>(r)] = 1;
-      r = s.rank_of(waits_on(r).stage);
-      SMP_CHECK(idx[static_cast<size_t>(r)] < s.actions[static_cast<size_t>(r)].size(), "rank {} is done", r);
+      r = owner_of(waits_on(r));
+      SMP_CHECK(head(r) != nullptr, "rank {} is done", r);
     }
     first = r;
     std::string chain;
     do {
       Action b = waits_on(r);
-      int owner = s.rank_of(b.stage);
-      chain += fmt::format("{}rank {} waits at {} for {} on rank {}", chain.empty() ? "" : "; ", r, to_string(head(r)),
+      int owner = owner_of(b);
+      chain += fmt::format("{}rank {} waits at {} for {} on rank {}", chain.empty() ? "" : "; ", r, to_string(*head(r)),
                            to_string(b), owner);
       r = owner;
     } while (r != first);
@@ -304,14 +346,14 @@ void check_progress(const Schedule& s, const Positions& P, bool lowered) {
 
 }  // namespace
 
-Validation validate(const Schedule& s) {
+Validation validate(const Schedule& s, const ValidateOptions& opt) {
   try {
     check_shape(s);
     Positions P(static_cast<size_t>(s.stages()) * static_cast<size_t>(s.microbatches), s.microbatches);
     check_actions(s, P);
     const bool lowered = s.lowered();
     check_order(s, P, lowered);
-    check_progress(s, P, lowered);
+    check_progress(s, P, lowered, opt.semantics);
   } catch (const Failure& f) {
     return f.v;
   }

@@ -42,14 +42,37 @@ struct Validation {
   int step = -1;        // its position in the rank's list (counting S / R actions)
 };
 
+// How sends and receives of a lowered list behave while validate() executes it.
+enum class CommSemantics {
+  // The worker's semantics (top of this file): S and R never block; a compute action waits for
+  // the receive that feeds it.
+  Posted,
+  // As Posted, but a send also blocks until the peer has posted the matching receive (MPI_Send
+  // under the rendezvous protocol, receives posted where the list says). lower()'s lists satisfy
+  // it for gpipe, 1f1b and zb-h1 with recv_lookahead >= 1 (not 0), and for looped placements
+  // (v >= 2) only with every receive posted up front (recv_lookahead >= the list's length):
+  // otherwise the sends around the ring wait for each other. Tests sweep both facts.
+  BlockingSend,
+  // Both block until the other side reaches its match (MPI_Send / MPI_Recv executed in place,
+  // or ungrouped NCCL send / recv on one stream). lower()'s lists do NOT satisfy this in
+  // general (1F1B's steady state sends one microbatch while its peer sends another); a worker
+  // with such primitives must group each rank's adjacent messages (e.g. ncclGroupStart/End).
+  Rendezvous,
+};
+
+struct ValidateOptions {
+  CommSemantics semantics = CommSemantics::Posted;  // only matters for lowered lists
+};
+
 // Proves a schedule correct or names the first offending action. Checks: actions within bounds
 // and on their stage's rank; every microbatch's F and either (B and W) or X exactly once per
 // stage; B / X after the F of its stage, W after its B; for lowered lists, every cross-rank
 // dependency has exactly one send after its producer and one receive before its consumer, with
 // the right peers, and no message between stages on the same rank; and, by executing the lists
-// under the semantics above, that no rank ever waits forever (the message then names the
-// cycle of waits). Compute-only lists are checked the same way with the transfers implied.
-Validation validate(const Schedule& s);
+// under opt.semantics (default: the worker's, above), that no rank ever waits forever (the
+// message then names the cycle of waits). Compute-only lists are checked the same way with the
+// transfers implied.
+Validation validate(const Schedule& s, const ValidateOptions& opt = {});
 
 // validate() and throw smp::throw_bad_input(where, message, hint) when it fails.
 void check_valid(const Schedule& s, const std::string& where);

@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <cstdio>
 
 namespace smp::app {
@@ -140,6 +141,8 @@ int run_schedule_mode(const ScheduleOptions& opt) {
     if (!opt.timeline_svg.empty()) {
       sch::SvgOptions svg;
       svg.time_max = opt.time_axis;
+      // Wide enough for a legible number in the shortest bar (1/V units), within reason.
+      svg.width_px = std::clamp(std::max(r.step_s, opt.time_axis) / per_chunk * 18.0, 1200.0, 8000.0);
       sch::write_svg(opt.timeline_svg, t, svg);
       fmt::print("wrote {}\n", opt.timeline_svg);
     }

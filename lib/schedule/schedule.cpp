@@ -213,6 +213,11 @@ int get_int(const nlohmann::json& j, const char* key, const std::string& where, 
 
 Schedule schedule_from_json(const nlohmann::json& j, const std::string& where) {
   if (!j.is_object()) throw_bad_input(where, "expected a JSON object at the top level");
+  for (const auto& [key, value] : j.items())
+    if (key != "version" && key != "name" && key != "ranks" && key != "chunks" && key != "microbatches" &&
+        key != "stage_ranks" && key != "lowered" && key != "actions")
+      throw_bad_input(where, fmt::format("unknown field \"{}\"", key),
+                      "fields: version, name, ranks, chunks, microbatches, stage_ranks, lowered, actions");
   std::string name = "custom";
   if (auto it = j.find("name"); it != j.end()) {
     if (!it->is_string()) throw_bad_input(where, "field \"name\" must be a string");

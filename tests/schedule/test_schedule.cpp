@@ -213,4 +213,5 @@ TEST_CASE("schedule files round-trip and bad files are reported with the field")
   bad(R"({"version": 1, "ranks": 2, "chunks": 2, "microbatches": 1, "stage_ranks": [0, 0, 0, 1], "actions": [[], []]})",
       "stage_ranks gives rank 0 3 stages");
   bad(R"({"version": 1, "ranks": 0, "microbatches": 1, "actions": []})", "field \"ranks\" is 0");
+  bad(R"({"version": 1, "ranks": 1, "microbatch": 1, "actions": [["0F0", "0X0"]]})", "unknown field \"microbatch\"");
 }

@@ -55,6 +55,19 @@ Schedule lower(const Schedule& s, const LowerOptions& opt) {
   return out;
 }
 
+int64_t message_id(const Schedule& s, const Action& a) {
+  SMP_CHECK(a.is_comm(), "{} is not a message", to_string(a));
+  int boundary = 0, dir = 0;
+  switch (a.op) {
+    case Op::SendAct: boundary = a.stage; break;
+    case Op::RecvAct: boundary = a.stage - 1; break;
+    case Op::SendGrad: boundary = a.stage - 1; dir = 1; break;
+    default: boundary = a.stage; dir = 1; break;  // RecvGrad
+  }
+  const int64_t boundaries = std::max(s.stages() - 1, 1);
+  return (dir * boundaries + boundary) * s.microbatches + a.mb;
+}
+
 Schedule compute_only(const Schedule& s) {
   Schedule out = s;
   for (auto& row : out.actions)

@@ -19,6 +19,7 @@
 
 #include "schedule/schedule.hpp"
 
+#include <cstdint>
 #include <string>
 
 namespace smp::schedule {
@@ -31,6 +32,12 @@ struct LowerOptions {
 // Inserts the sends and receives into a compute-only schedule (bad input if already lowered).
 // A send follows its producing compute action directly.
 Schedule lower(const Schedule& s, const LowerOptions& opt = {});
+
+// The identity of the message a send or receive moves, the same for a send and its receive and
+// different for every other message of the step: ((direction * (S-1) + boundary) * m + mb), with
+// direction 0 for activations and 1 for gradients and boundary b for the stages b and b+1. In
+// [0, 2 (S-1) m); a worker can use it as the MPI tag (check MPI_TAG_UB for large steps).
+int64_t message_id(const Schedule& s, const Action& a);
 
 // Drops the sends and receives.
 Schedule compute_only(const Schedule& s);

@@ -6,6 +6,7 @@
 #include "schedule/validate.hpp"
 
 #include <algorithm>
+#include <map>
 
 using namespace smp;
 using namespace smp::schedule;
@@ -224,4 +225,25 @@ TEST_CASE("lowered lists under stricter message semantics") {
   CHECK(r.message.find("deadlock") != std::string::npos);
   // Compute-only lists do not depend on the semantics.
   CHECK(validate(one_f_one_b(4, 8), ValidateOptions{CommSemantics::Rendezvous}).ok);
+}
+
+TEST_CASE("message ids pair each send with its receive and tell messages apart") {
+  for (const Schedule& s : {lower(one_f_one_b(4, 8)), lower(interleaved(4, 8, 3)), lower(zb_h1(3, 5)), lower(gpipe(2, 3, 2))}) {
+    CAPTURE(s.name);
+    std::map<int64_t, std::pair<int, int>> seen;  // id -> (sends, receives)
+    for (const auto& row : s.actions)
+      for (const auto& a : row)
+        if (a.is_comm()) {
+          int64_t id = message_id(s, a);
+          CHECK(id >= 0);
+          CHECK(id < 2 * (s.stages() - 1) * s.microbatches);
+          (a.is_send() ? seen[id].first : seen[id].second) += 1;
+        }
+    CHECK(!seen.empty());
+    for (const auto& [id, n] : seen) {
+      CAPTURE(id);
+      CHECK(n.first == 1);
+      CHECK(n.second == 1);
+    }
+  }
 }

@@ -2,14 +2,20 @@
 // stashed; memory; PyTorch comparison (20 SGD steps).
 #include <doctest/doctest.h>
 
+#include "core/io.hpp"
 #include "graph/loader.hpp"
+#include "runtime/npy.hpp"
 #include "runtime/loss.hpp"
 #include "tiny_graph.hpp"
 
 #include <fmt/format.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
+
+#include <sys/wait.h>
 
 using namespace smp;
 using runtime::Tensor;
@@ -66,4 +72,59 @@ TEST_CASE("sample models: load, one training step, nothing left stashed") {
     }
     CHECK(last < first);  // same batch three times: the loss goes down
   }
+}
+
+namespace {
+int run(const std::string& cmd, std::string* out = nullptr) {
+  std::string log = std::string(SMP_TEST_DATA) + "/smp_run_test.out";
+  std::string full = cmd + " > " + log + " 2>&1";
+  int rc = std::system(full.c_str());
+  if (out) *out = smp::read_file(log);
+  return WEXITSTATUS(rc);
+}
+}  // namespace
+
+TEST_CASE("smp-run --forward writes one .npy per graph output, equal to the engine's forward") {
+  namespace fs = std::filesystem;
+  fs::path dir = fs::path(SMP_TEST_DATA) / "smp_run_forward";
+  fs::remove_all(dir);
+  fs::create_directories(dir / "in");
+  runtime::CpuBackend be(1);
+  for (std::string name : {"mlp", "gpt"}) {
+    CAPTURE(name);
+    graph::LoadOptions lo;
+    lo.batch_size = 3;
+    lo.load_weights = true;
+    graph::Graph g = graph::load_graph(sample(name), lo);
+    auto [x, y] = batch_for(be, g, 11);
+    fs::remove_all(dir / "in");
+    fs::create_directories(dir / "in");
+    runtime::save_npy(be, dir / "in" / (g.value(g.inputs[0]).name + ".npy"), x);
+    std::string out;
+    int rc = run(fmt::format("{}/smp-run {} --forward --data {} --output {} --threads 1", SMP_BIN_DIR, sample(name).string(),
+                             (dir / "in").string(), (dir / "out").string()), &out);
+    INFO(out);
+    REQUIRE(rc == 0);
+    runtime::ExecutorOptions eo;
+    eo.training = false;
+    runtime::StageExecutor ex(g, be, eo);
+    auto want = ex.forward(0, {&x, 1});
+    auto got = runtime::read_npy(dir / "out" / "logits.npy");
+    REQUIRE(got.shape == want[0].shape());
+    CHECK(std::memcmp(got.bytes.data(), want[0].raw(), got.bytes.size()) == 0);
+  }
+  // bad input: exit 2, one line naming the file
+  std::string out;
+  fs::remove_all(dir / "in");
+  fs::create_directories(dir / "in");
+  std::vector<float> wrong(5, 0.0f);
+  runtime::write_npy(dir / "in" / "x.npy", DType::F32, {1, 5}, wrong.data());
+  CHECK(run(fmt::format("{}/smp-run {} --forward --data {} --output {}", SMP_BIN_DIR, sample("mlp").string(),
+                        (dir / "in").string(), (dir / "out").string()), &out) == 2);
+  CHECK(out.find("error: " + (dir / "in" / "x.npy").string() + ": float32[1, 5] for graph input 'x' of float32[1, 256]") == 0);
+  CHECK(run(fmt::format("{}/smp-run {} --forward --data {} --output {}", SMP_BIN_DIR, sample("gpt").string(),
+                        (dir / "in").string(), (dir / "out").string()), &out) == 2);
+  CHECK(out.find("input_ids.npy: missing: graph input 'input_ids' needs it") != std::string::npos);
+  CHECK(run(fmt::format("{}/smp-run {} --forward --output {}", SMP_BIN_DIR, sample("mlp").string(), (dir / "out").string()), &out) == 2);
+  CHECK(out.find("error: --data: no input directory given") == 0);
 }

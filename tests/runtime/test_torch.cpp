@@ -1,0 +1,57 @@
+// Single-process training against PyTorch: for each sample model, 20 SGD steps from the ONNX
+// initializers on the same batches; the loss of every step equals torch's within 1e-4 relative.
+// The reference comes from scripts/torch_reference.py (Debian's python3-torch).
+#include <doctest/doctest.h>
+
+#include "core/io.hpp"
+#include "graph/loader.hpp"
+#include "runtime/cpu_backend.hpp"
+#include "runtime/executor.hpp"
+#include "runtime/loss.hpp"
+#include "runtime/npy.hpp"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+
+using namespace smp;
+namespace fs = std::filesystem;
+
+TEST_CASE("20 SGD steps on each sample model match PyTorch's losses") {
+  const int steps = 20, batch = 8;
+  const double lr = 0.05;
+  for (std::string name : {"mlp", "cnn", "gpt"}) {
+    CAPTURE(name);
+    fs::path dir = fs::path(SMP_TEST_DATA) / ("torch_train_" + name);
+    std::string cmd = fmt::format("{} {}/scripts/torch_reference.py train {} {} --steps {} --batch {} --lr {} --threads 2 > {}.log 2>&1",
+                                  SMP_PYTHON, SMP_SOURCE_DIR, name, dir.string(), steps, batch, lr, dir.string());
+    REQUIRE_MESSAGE(std::system(cmd.c_str()) == 0, cmd);
+    auto ref = read_json(dir / "losses.json")["losses"].get<std::vector<double>>();
+    REQUIRE(ref.size() == static_cast<size_t>(steps));
+
+    graph::LoadOptions lo;
+    lo.batch_size = batch;
+    lo.load_weights = true;
+    graph::Graph g = graph::load_graph(fs::path(SMP_SOURCE_DIR) / "sample_models" / (name + ".onnx"), lo);
+    runtime::CpuBackend be(2);
+    runtime::StageExecutor ex(g, be);
+    double worst = 0;
+    for (int k = 0; k < steps; ++k) {
+      runtime::Tensor x = runtime::load_npy(be, dir / fmt::format("x_{}.npy", k));
+      runtime::Tensor y = runtime::load_npy(be, dir / fmt::format("y_{}.npy", k));
+      ex.zero_grad();
+      auto out = ex.forward(0, {&x, 1});
+      auto l = runtime::cross_entropy(be, out[0], y);
+      ex.backward(0, {&l.grad, 1});
+      ex.sgd_step(static_cast<float>(lr));
+      INFO(fmt::format("{} step {}: smp {:.8f} torch {:.8f}", name, k, l.loss, ref[static_cast<size_t>(k)]));
+      double rel = std::fabs(l.loss - ref[static_cast<size_t>(k)]) / std::fabs(ref[static_cast<size_t>(k)]);
+      worst = std::max(worst, rel);
+      CHECK(rel <= 1e-4);
+    }
+    fmt::print("{}: {} steps, largest relative loss difference to PyTorch {:.2e}\n", name, steps, worst);
+    CHECK(ex.pending() == 0);
+  }
+}

@@ -1,0 +1,357 @@
+#include "cost/cost_model.hpp"
+
+#include "core/error.hpp"
+#include "graph/op_registry.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace smp::cost {
+
+using graph::OpClass;
+using graph::ValueKind;
+
+Optimizer parse_optimizer(const std::string& s, const std::string& where) {
+  if (s == "sgd") return Optimizer::SGD;
+  if (s == "momentum") return Optimizer::Momentum;
+  if (s == "adamw" || s == "adam") return Optimizer::AdamW;
+  throw_bad_input(where, fmt::format("unknown optimizer '{}'", s), "one of sgd, momentum, adamw");
+}
+
+std::string_view optimizer_name(Optimizer o) {
+  switch (o) {
+    case Optimizer::SGD: return "sgd";
+    case Optimizer::Momentum: return "momentum";
+    default: return "adamw";
+  }
+}
+
+double optimizer_factor(Optimizer o) {
+  switch (o) {
+    case Optimizer::SGD: return 0.0;
+    case Optimizer::Momentum: return 1.0;
+    default: return 2.0;
+  }
+}
+
+namespace {
+
+const graph::OpDef* def_of(const graph::Node& n) {
+  return (n.domain.empty() || n.domain == "ai.onnx") ? graph::find_op(n.op_type) : nullptr;
+}
+
+}  // namespace
+
+Affine GraphCost::value_bytes(int v) const {
+  const auto& val = g_->value(v);
+  double bytes = static_cast<double>(val.bytes());
+  if (batch_dependent(v)) return Affine{0, bytes / static_cast<double>(batch_)};
+  return Affine{bytes, 0};
+}
+
+GraphCost::GraphCost(const graph::Graph& g, int64_t batch_size, const CostOptions& opt)
+    : g_(&g), batch_(batch_size), opt_(opt) {
+  SMP_CHECK(batch_size > 0, "batch size {}", batch_size);
+  const size_t V = g.values.size(), N = g.nodes.size();
+  batch_dep_.assign(V, 0);
+  needs_grad_.assign(V, 0);
+  root_.resize(V);
+  last_use_.assign(V, -1);
+  for (size_t v = 0; v < V; ++v) {
+    root_[v] = static_cast<int>(v);
+    const auto& val = g.values[v];
+    if (val.kind == ValueKind::Input) batch_dep_[v] = 1;
+    if (val.kind == ValueKind::Parameter) needs_grad_[v] = 1;
+    if (!val.consumers.empty()) last_use_[v] = val.consumers.back();
+  }
+  // Forward propagation in topological order.
+  for (size_t i = 0; i < N; ++i) {
+    const auto& n = g.nodes[i];
+    const graph::OpDef* d = def_of(n);
+    bool dep = false, grad = false;
+    for (size_t k = 0; k < n.inputs.size(); ++k) {
+      int id = n.inputs[k];
+      if (id < 0) continue;
+      dep |= batch_dep_[static_cast<size_t>(id)] != 0;
+      bool diff = d ? ((k < 32) && ((d->differentiable_inputs >> k) & 1u)) : is_floating(g.value(id).dtype);
+      if (diff && needs_grad_[static_cast<size_t>(id)]) grad = true;
+    }
+    for (int o : n.outputs) {
+      if (o < 0) continue;
+      batch_dep_[static_cast<size_t>(o)] = dep;
+      needs_grad_[static_cast<size_t>(o)] = grad && is_floating(g.value(o).dtype);
+      if (d && d->cls == OpClass::View && !n.inputs.empty() && n.inputs[0] >= 0)
+        root_[static_cast<size_t>(o)] = root_[static_cast<size_t>(n.inputs[0])];
+    }
+  }
+
+  auto bytes_of = [&](int id) { return id < 0 ? Affine{} : value_bytes(id); };
+  auto elems_of = [&](int id) {
+    if (id < 0) return Affine{};
+    Affine b = value_bytes(id);
+    double es = static_cast<double>(std::max<int64_t>(1, dtype_size(g.value(id).dtype)));
+    return Affine{b.c / es, b.b / es};
+  };
+  auto scale = [&](double x, bool dep) {
+    return dep ? Affine{0, x / static_cast<double>(batch_)} : Affine{x, 0};
+  };
+  auto is_act = [&](int id) {
+    if (id < 0) return false;
+    auto k = g.value(id).kind;
+    return k == ValueKind::Activation || k == ValueKind::Input;
+  };
+
+  model_.resize(N);
+  for (size_t i = 0; i < N; ++i) {
+    const auto& n = g.nodes[i];
+    const graph::OpDef* d = def_of(n);
+    NodeModel& m = model_[i];
+    bool dep = false;
+    for (int id : n.inputs)
+      if (id >= 0 && batch_dep_[static_cast<size_t>(id)]) dep = true;
+    const OpClass cls = d ? d->cls : OpClass::Elementwise;
+    const bool view = cls == OpClass::View;
+    const bool shape_only = cls == OpClass::ShapeOnly;
+
+    Affine dy, out_elems;
+    for (int o : n.outputs) {
+      dy += bytes_of(o);
+      out_elems += elems_of(o);
+    }
+    for (int id : n.inputs)
+      if (id >= 0 && g.value(id).kind == ValueKind::Parameter &&
+          std::find(m.params.begin(), m.params.end(), id) == m.params.end())
+        m.params.push_back(id);
+
+    // Forward.
+    if (!view && !shape_only) {
+      m.fwd.runs = true;
+      m.fwd.flops = scale(n.cost.flops, dep);
+      const bool reads_what_it_writes = n.op_type == "Slice" || n.op_type == "Split" || n.op_type == "Gather";
+      Affine rd;
+      for (size_t k = 0; k < n.inputs.size(); ++k)
+        if (!(reads_what_it_writes && k == 0)) rd += bytes_of(n.inputs[k]);
+      if (reads_what_it_writes) rd += dy;
+      m.fwd.bytes = rd;
+      m.fwd.bytes += dy;
+      for (int id : n.inputs)
+        if (is_act(id)) m.workspace += bytes_of(id);
+      m.workspace += dy;
+    }
+
+    // Which inputs need which gradient.
+    std::vector<int> act_grad, w_grad;  // input positions
+    for (size_t k = 0; k < n.inputs.size(); ++k) {
+      int id = n.inputs[k];
+      if (id < 0) continue;
+      bool diff = d ? ((k < 32) && ((d->differentiable_inputs >> k) & 1u)) : is_floating(g.value(id).dtype);
+      if (!diff || !needs_grad_[static_cast<size_t>(id)]) continue;
+      const auto kind = g.value(id).kind;
+      bool weight_like = kind == ValueKind::Parameter || (kind == ValueKind::Activation && !batch_dep_[static_cast<size_t>(id)]);
+      (weight_like ? w_grad : act_grad).push_back(static_cast<int>(k));
+    }
+    const bool any_grad = !act_grad.empty() || !w_grad.empty();
+
+    // Saved tensors (only when the backward runs).
+    if (any_grad) {
+      uint32_t keep_in = d ? d->saved_inputs : 0xFFFFFFFFu;
+      uint32_t keep_out = d ? d->saved_outputs : 0u;
+      auto save = [&](int id) {
+        if (id < 0) return;
+        auto k = g.value(id).kind;
+        if (k == ValueKind::Parameter || k == ValueKind::Constant) return;
+        int r = root_[static_cast<size_t>(id)];
+        if (std::find(m.saved.begin(), m.saved.end(), r) == m.saved.end()) m.saved.push_back(r);
+      };
+      for (size_t k = 0; k < n.inputs.size() && k < 32; ++k)
+        if (keep_in & (1u << k)) save(n.inputs[k]);
+      for (size_t k = 0; k < n.outputs.size() && k < 32; ++k)
+        if (keep_out & (1u << k)) save(n.outputs[k]);
+      if (!w_grad.empty()) {
+        for (int r : m.saved)
+          if (batch_dep_[static_cast<size_t>(r)]) m.w_keep.push_back(r);
+        for (int o : n.outputs)
+          if (o >= 0) {
+            int r = root_[static_cast<size_t>(o)];
+            if (std::find(m.w_keep.begin(), m.w_keep.end(), r) == m.w_keep.end()) m.w_keep.push_back(r);
+          }
+      }
+    }
+    Affine saved_bytes;
+    for (int r : m.saved) saved_bytes += bytes_of(r);
+
+    if (any_grad && !view && !shape_only) {
+      if (cls == OpClass::MatMulLike) {
+        bool has_bias = n.inputs.size() > 2 && n.inputs[2] >= 0;
+        Affine fl = scale(n.cost.flops, dep);
+        Affine bias_fl = has_bias ? out_elems : Affine{};
+        Affine prod{fl.c - bias_fl.c, fl.b - bias_fl.b};
+        auto add = [&](Pass& p, int k) {
+          p.runs = true;
+          if (k == 2) {
+            p.flops += out_elems;
+            p.bytes += dy;
+            p.bytes += bytes_of(n.inputs[2]);
+            return;
+          }
+          p.flops += prod;
+          p.bytes += dy;
+          p.bytes += bytes_of(n.inputs[static_cast<size_t>(1 - k)]);
+          p.bytes += bytes_of(n.inputs[static_cast<size_t>(k)]);
+        };
+        for (int k : act_grad) add(m.bwd_in, k);
+        for (int k : w_grad) add(m.bwd_w, k);
+      } else {
+        if (!act_grad.empty()) {
+          m.bwd_in.runs = true;
+          m.bwd_in.flops = m.fwd.flops;
+          m.bwd_in.bytes = dy;
+          m.bwd_in.bytes += saved_bytes;
+          for (int k : act_grad) m.bwd_in.bytes += bytes_of(n.inputs[static_cast<size_t>(k)]);
+        }
+        if (!w_grad.empty()) {
+          m.bwd_w.runs = true;
+          m.bwd_w.flops = out_elems;
+          m.bwd_w.bytes = dy;
+          m.bwd_w.bytes += saved_bytes;
+          for (int k : w_grad) m.bwd_w.bytes += bytes_of(n.inputs[static_cast<size_t>(k)]);
+        }
+      }
+    }
+
+    // Loss on float graph outputs.
+    if (opt_.loss)
+      for (int o : n.outputs) {
+        if (o < 0 || !g.value(o).is_output || !is_floating(g.value(o).dtype)) continue;
+        Affine e = elems_of(o), b = bytes_of(o);
+        m.fwd.runs = true;
+        m.fwd.flops += Affine{6 * e.c, 6 * e.b};
+        m.fwd.bytes += b;
+        if (needs_grad_[static_cast<size_t>(o)]) {
+          m.bwd_in.runs = true;
+          m.bwd_in.flops += Affine{2 * e.c, 2 * e.b};
+          m.bwd_in.bytes += Affine{2 * b.c, 2 * b.b};
+        }
+      }
+  }
+
+  // Cuts: difference arrays over positions.
+  cut_act_.assign(N + 1, Affine{});
+  cut_grad_.assign(N + 1, Affine{});
+  cut_count_.assign(N + 1, 0);
+  std::vector<Affine> da(N + 2), dg(N + 2);
+  std::vector<int> dc(N + 2, 0);
+  for (size_t v = 0; v < V; ++v) {
+    const auto& val = g.values[v];
+    if (val.kind != ValueKind::Activation || val.producer < 0) continue;
+    int p = val.producer, L = last_use_[v];
+    if (L <= p) continue;
+    Affine b = value_bytes(static_cast<int>(v));
+    da[static_cast<size_t>(p + 1)] += b;
+    da[static_cast<size_t>(L + 1)] += Affine{-b.c, -b.b};
+    dc[static_cast<size_t>(p + 1)] += 1;
+    dc[static_cast<size_t>(L + 1)] -= 1;
+    if (needs_grad_[v]) {
+      dg[static_cast<size_t>(p + 1)] += b;
+      dg[static_cast<size_t>(L + 1)] += Affine{-b.c, -b.b};
+    }
+  }
+  Affine ra, rg;
+  int rc = 0;
+  for (size_t q = 0; q <= N; ++q) {
+    ra += da[q];
+    rg += dg[q];
+    rc += dc[q];
+    cut_act_[q] = ra;
+    cut_grad_[q] = rg;
+    cut_count_[q] = rc;
+  }
+  cut_act_[0] = cut_grad_[0] = Affine{};
+  cut_count_[0] = 0;
+}
+
+bool GraphCost::profile_applies(const DeviceSpec& dev, double u) const {
+  return opt_.profile && dev.name == opt_.profile->device_name &&
+         std::abs(u - static_cast<double>(opt_.profile->microbatch_size)) < 0.5;
+}
+
+PassTimes GraphCost::node_time(int node, double u, const DeviceSpec& dev, bool* measured) const {
+  if (measured) *measured = false;
+  if (profile_applies(dev, u)) {
+    auto it = opt_.profile->nodes.find(g_->nodes[static_cast<size_t>(node)].name);
+    if (it != opt_.profile->nodes.end()) {
+      if (measured) *measured = true;
+      return PassTimes{it->second.forward_s, it->second.backward_input_s, it->second.backward_weight_s};
+    }
+  }
+  const NodeModel& m = model_[static_cast<size_t>(node)];
+  const double peak = dev.peak_flops(opt_.precision);
+  auto t = [&](const Pass& p) {
+    if (!p.runs) return 0.0;
+    return std::max(p.flops.at(u) / peak, p.bytes.at(u) / dev.memory_bandwidth) + dev.kernel_overhead_s;
+  };
+  return PassTimes{t(m.fwd), t(m.bwd_in), t(m.bwd_w)};
+}
+
+std::vector<int> GraphCost::crossing(int q) const {
+  std::vector<int> r;
+  for (size_t v = 0; v < g_->values.size(); ++v) {
+    const auto& val = g_->values[v];
+    if (val.kind != ValueKind::Activation || val.producer < 0) continue;
+    if (val.producer < q && last_use_[v] >= q) r.push_back(static_cast<int>(v));
+  }
+  return r;
+}
+
+std::vector<int> GraphCost::stage_inputs(int a, int b) const {
+  std::vector<int> r;
+  for (int i = a; i < b; ++i)
+    for (int id : g_->nodes[static_cast<size_t>(i)].inputs) {
+      if (id < 0) continue;
+      const auto& v = g_->value(id);
+      if (v.kind == ValueKind::Input || (v.kind == ValueKind::Activation && v.producer < a)) r.push_back(id);
+    }
+  std::sort(r.begin(), r.end());
+  r.erase(std::unique(r.begin(), r.end()), r.end());
+  return r;
+}
+
+std::vector<int> GraphCost::stage_outputs(int a, int b) const {
+  std::vector<int> r;
+  for (int i = a; i < b; ++i)
+    for (int o : g_->nodes[static_cast<size_t>(i)].outputs)
+      if (o >= 0 && last_use_[static_cast<size_t>(o)] >= b) r.push_back(o);
+  std::sort(r.begin(), r.end());
+  return r;
+}
+
+GraphCost::StageMemory GraphCost::stage_memory(int a, int b, double u) const {
+  StageMemory sm;
+  std::vector<int> seen_p, seen_s, seen_w;
+  auto once = [](std::vector<int>& seen, int id) {
+    if (std::find(seen.begin(), seen.end(), id) != seen.end()) return false;
+    seen.push_back(id);
+    return true;
+  };
+  double ws = 0;
+  for (int i = a; i < b; ++i) {
+    const NodeModel& m = model_[static_cast<size_t>(i)];
+    for (int p : m.params)
+      if (once(seen_p, p)) sm.param_bytes += static_cast<double>(g_->value(p).bytes());
+    for (int r : m.saved)
+      if (once(seen_s, r)) sm.act += value_bytes(r);
+    for (int r : m.w_keep)
+      if (once(seen_w, r)) sm.w_keep += value_bytes(r);
+    ws = std::max(ws, m.workspace.at(u));
+  }
+  for (int id : stage_inputs(a, b)) {
+    sm.received += value_bytes(id);
+    if (once(seen_s, root_[static_cast<size_t>(id)])) sm.act += value_bytes(id);
+  }
+  sm.workspace = Affine{ws, 0};
+  return sm;
+}
+
+}  // namespace smp::cost

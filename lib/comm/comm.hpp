@@ -1,0 +1,80 @@
+// Communication between workers behind one small interface (isend / irecv with handles,
+// all-reduce, barrier), so that the stage executor and the worker loop never see MPI or NCCL.
+// Nothing above this layer includes mpi.h or nccl.h.
+//
+// Every wait has a deadline: a peer that stops answering is reported as a failure naming it,
+// never waited for forever.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace smp::comm {
+
+// A pending non-blocking operation. Move-only; wait() or test() completes it.
+class Request {
+ public:
+  Request() = default;
+  Request(Request&&) noexcept;
+  Request& operator=(Request&&) noexcept;
+  Request(const Request&) = delete;
+  Request& operator=(const Request&) = delete;
+  ~Request();
+
+  bool active() const { return impl_ != nullptr; }
+  int peer() const { return peer_; }
+  int tag() const { return tag_; }
+
+  struct Impl;
+  Request(std::unique_ptr<Impl> impl, int peer, int tag);
+  Impl* impl() { return impl_.get(); }
+  void reset();
+
+ private:
+  std::unique_ptr<Impl> impl_;
+  int peer_ = -1;
+  int tag_ = -1;
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual std::string transport() const = 0;  // e.g. "mpi (Open MPI 4.1.4)"
+
+  // Non-blocking point-to-point of raw bytes; the buffer must stay valid and untouched until
+  // the request completes. Messages between one pair with one tag arrive in order.
+  virtual Request isend(const void* data, size_t bytes, int peer, int tag) = 0;
+  virtual Request irecv(void* data, size_t bytes, int peer, int tag) = 0;
+  // Completes the request or throws smp::Error (failure) after the timeout, naming the peer and
+  // `what` (e.g. "activation of stage 2, microbatch 5"). A received message of another size is
+  // a failure too.
+  virtual void wait(Request& r, const std::string& what) = 0;
+  // True when complete (the request is then inactive); never blocks.
+  virtual bool test(Request& r) = 0;
+
+  // In-place sums over the ranks of `group` (ascending, containing this rank); every member
+  // calls it with the same group and count. Deadline as for wait().
+  virtual void allreduce_sum(float* data, size_t count, const std::vector<int>& group) = 0;
+  virtual void allreduce_sum(double* data, size_t count, const std::vector<int>& group) = 0;
+  virtual void barrier() = 0;
+
+  double timeout_s() const { return timeout_s_; }
+  void set_timeout_s(double s) { timeout_s_ = s; }
+
+  // Ends every rank of the job at once (after an error on this rank).
+  [[noreturn]] virtual void abort(int exit_code) = 0;
+
+ protected:
+  double timeout_s_ = 60;
+};
+
+// MPI_Init_thread (funneled) and a communicator over MPI_COMM_WORLD. One per process; MPI is
+// finalized when it is destroyed.
+std::unique_ptr<Communicator> init_mpi(int* argc, char*** argv);
+
+}  // namespace smp::comm

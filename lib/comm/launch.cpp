@@ -1,0 +1,162 @@
+#include "comm/launch.hpp"
+
+#include "core/error.hpp"
+
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <thread>
+
+#include <sched.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char** environ;
+
+namespace smp::comm {
+
+namespace {
+
+int env_int(const char* name, int dflt) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return dflt;
+  char* end = nullptr;
+  long x = std::strtol(v, &end, 10);
+  return (end && *end == '\0') ? static_cast<int>(x) : dflt;
+}
+
+bool has_env(const char* name) { return std::getenv(name) != nullptr; }
+
+volatile sig_atomic_t g_child_group = 0;
+
+void forward_signal(int sig) {
+  if (g_child_group > 0) ::kill(-g_child_group, sig);
+}
+
+}  // namespace
+
+LaunchInfo detect_launch() {
+  LaunchInfo li;
+  if (has_env("OMPI_COMM_WORLD_RANK")) {
+    li.launcher = "mpirun";
+    li.rank = env_int("OMPI_COMM_WORLD_RANK", 0);
+    li.size = env_int("OMPI_COMM_WORLD_SIZE", 1);
+    li.local_rank = env_int("OMPI_COMM_WORLD_LOCAL_RANK", 0);
+    li.local_size = env_int("OMPI_COMM_WORLD_LOCAL_SIZE", 1);
+  } else if (has_env("SLURM_PROCID") && has_env("SLURM_STEP_ID")) {
+    li.launcher = "srun";
+    li.rank = env_int("SLURM_PROCID", 0);
+    li.size = env_int("SLURM_NTASKS", 1);
+    li.local_rank = env_int("SLURM_LOCALID", 0);
+    li.local_size = env_int("SLURM_NTASKS_PER_NODE", env_int("SLURM_STEP_NUM_TASKS", li.size));
+  } else if (has_env("PMIX_RANK") || has_env("PMI_RANK")) {
+    li.launcher = "mpirun";
+    li.rank = env_int("PMIX_RANK", env_int("PMI_RANK", 0));
+    li.size = env_int("PMI_SIZE", 1);
+    li.local_rank = env_int("MPI_LOCALRANKID", 0);
+    li.local_size = env_int("MPI_LOCALNRANKS", 1);
+  }
+  return li;
+}
+
+int online_cores() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    int n = CPU_COUNT(&set);
+    if (n > 0) return n;
+  }
+  unsigned h = std::thread::hardware_concurrency();
+  return h > 0 ? static_cast<int>(h) : 1;
+}
+
+std::string find_mpirun() {
+  if (const char* m = std::getenv("MPIRUN"); m && *m) return m;
+  const char* path = std::getenv("PATH");
+  std::string p = path ? path : "/usr/bin:/bin";
+  size_t start = 0;
+  while (start <= p.size()) {
+    size_t end = p.find(':', start);
+    std::string dir = p.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    if (!dir.empty()) {
+      std::filesystem::path cand = std::filesystem::path(dir) / "mpirun";
+      if (::access(cand.c_str(), X_OK) == 0) return cand.string();
+    }
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  throw_failure("mpirun", "not found on PATH", "install openmpi-bin (scripts/install-deps.sh) or set MPIRUN");
+}
+
+Command mpirun_command(const MpirunOptions& o, const std::string& program, const std::vector<std::string>& args) {
+  Command c;
+  // -q: no banners; smp-run reports failures itself, one line each.
+  c.argv = {find_mpirun(), "-q", "-n", std::to_string(o.ranks)};
+  int cores = o.cores > 0 ? o.cores : online_cores();
+  if (o.hostfile.empty()) {
+    // One machine: allow more ranks than cores and do not pin ranks to cores (pinned,
+    // oversubscribed ranks would share one core while others idle).
+    c.argv.insert(c.argv.end(), {"--oversubscribe", "--bind-to", "none"});
+    if (o.ranks > cores) c.env["OMPI_MCA_mpi_yield_when_idle"] = "1";
+  } else {
+    c.argv.insert(c.argv.end(), {"--hostfile", o.hostfile});
+  }
+  // Containers often forbid cross-memory attach (ptrace); shared memory works without it.
+  c.argv.insert(c.argv.end(), {"--mca", "btl_vader_single_copy_mechanism", "none"});
+  c.argv.insert(c.argv.end(), o.extra.begin(), o.extra.end());
+  c.argv.push_back(program);
+  c.argv.insert(c.argv.end(), args.begin(), args.end());
+  if (::geteuid() == 0) {
+    c.env["OMPI_ALLOW_RUN_AS_ROOT"] = "1";
+    c.env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1";
+  }
+  return c;
+}
+
+int run_command(const Command& c) {
+  std::vector<std::string> envs;
+  for (char** e = environ; *e; ++e) {
+    std::string kv = *e;
+    std::string key = kv.substr(0, kv.find('='));
+    if (!c.env.count(key)) envs.push_back(kv);
+  }
+  for (const auto& [k, v] : c.env) envs.push_back(k + "=" + v);
+  std::vector<char*> argv, envp;
+  for (const auto& a : c.argv) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  for (auto& e : envs) envp.push_back(e.data());
+  envp.push_back(nullptr);
+
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
+  posix_spawnattr_setpgroup(&attr, 0);
+  pid_t pid = 0;
+  int rc = posix_spawn(&pid, argv[0], nullptr, &attr, argv.data(), envp.data());
+  posix_spawnattr_destroy(&attr);
+  if (rc != 0) throw_failure(c.argv[0], std::string("cannot start: ") + std::strerror(rc));
+
+  g_child_group = pid;
+  struct sigaction sa {}, old_int {}, old_term {};
+  sa.sa_handler = forward_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, &old_int);
+  sigaction(SIGTERM, &sa, &old_term);
+
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) break;
+  }
+  // Nothing of the job may outlive it.
+  ::kill(-pid, SIGKILL);
+  g_child_group = 0;
+  sigaction(SIGINT, &old_int, nullptr);
+  sigaction(SIGTERM, &old_term, nullptr);
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return 1;
+}
+
+}  // namespace smp::comm

@@ -1,0 +1,52 @@
+// Starting workers: knowing whether this process was started by a launcher (mpirun, srun) as
+// one rank of a job, and otherwise building and running the mpirun command that starts one
+// worker per rank.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace smp::comm {
+
+struct LaunchInfo {
+  std::string launcher;  // "mpirun", "srun", or "" when started by hand
+  int rank = 0;
+  int size = 1;
+  int local_rank = 0;
+  int local_size = 1;
+  bool under_launcher() const { return !launcher.empty(); }
+};
+
+// From the environment: Open MPI's OMPI_COMM_WORLD_*, PMIx's PMIX_RANK, Slurm's SLURM_PROCID /
+// SLURM_NTASKS / SLURM_LOCALID, or generic PMI_RANK / PMI_SIZE.
+LaunchInfo detect_launch();
+
+struct MpirunOptions {
+  int ranks = 1;
+  std::string hostfile;          // passed through as --hostfile when set
+  int cores = 0;                 // cores of this machine (0: detect); more ranks oversubscribe
+  std::vector<std::string> extra;  // more mpirun arguments, before the program
+};
+
+struct Command {
+  std::vector<std::string> argv;
+  std::map<std::string, std::string> env;  // set in the child's environment
+};
+
+// The mpirun command line that runs `program` with `args` as `ranks` processes: works as root,
+// with more ranks than cores (no binding then), and in containers (no cross-memory attach).
+Command mpirun_command(const MpirunOptions& o, const std::string& program, const std::vector<std::string>& args);
+
+// Path of mpirun (MPIRUN env var, else the one on PATH); failure with a hint when absent.
+std::string find_mpirun();
+
+// Runs the command as a child in its own process group, forwarding SIGINT / SIGTERM to it, and
+// returns its exit status (128 + signal when killed). When it ends, any process left in its
+// group is killed, so that no worker outlives the job.
+int run_command(const Command& c);
+
+// This machine's online cores (respecting the CPU affinity mask).
+int online_cores();
+
+}  // namespace smp::comm

@@ -1,0 +1,263 @@
+#include "comm/comm.hpp"
+
+#include "core/error.hpp"
+
+#include <fmt/ranges.h>
+#include <mpi.h>
+
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <map>
+#include <thread>
+
+namespace smp::comm {
+
+// Several MPI requests when a message is split into chunks of at most INT_MAX bytes.
+struct Request::Impl {
+  std::vector<MPI_Request> reqs;
+  size_t expected_bytes = 0;  // receives: the size the receiver posted
+  bool is_recv = false;
+};
+
+Request::Request(std::unique_ptr<Impl> impl, int peer, int tag) : impl_(std::move(impl)), peer_(peer), tag_(tag) {}
+
+Request::Request(Request&&) noexcept = default;
+Request& Request::operator=(Request&&) noexcept = default;
+
+Request::~Request() {
+  // A request dropped while active (an exception unwound past it) is cancelled, so that MPI
+  // does not write into a freed buffer later.
+  if (impl_) {
+    for (auto& r : impl_->reqs) {
+      if (r != MPI_REQUEST_NULL) {
+        MPI_Cancel(&r);
+        MPI_Request_free(&r);
+      }
+    }
+  }
+}
+
+void Request::reset() { impl_.reset(); }
+
+namespace {
+
+constexpr size_t kChunk = size_t{1} << 30;
+
+std::string mpi_error(int code) {
+  char buf[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(code, buf, &len);
+  return std::string(buf, static_cast<size_t>(len));
+}
+
+void check(int code, const char* what) {
+  if (code != MPI_SUCCESS) throw_failure("mpi", std::string(what) + ": " + mpi_error(code));
+}
+
+// Polls `done` until it returns true or the deadline passes: spins briefly, then sleeps with
+// a growing pause, so that waiting ranks leave the cores to ranks that compute.
+template <class F>
+bool poll_until(double timeout_s, F&& done) {
+  using clock = std::chrono::steady_clock;
+  auto start = clock::now();
+  auto deadline = start + std::chrono::duration<double>(timeout_s);
+  int spins = 0;
+  std::chrono::microseconds pause{5};
+  while (true) {
+    if (done()) return true;
+    if (++spins < 64) continue;
+    if (clock::now() > deadline) return false;
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::microseconds{200});
+  }
+}
+
+class MpiCommunicator final : public Communicator {
+ public:
+  MpiCommunicator(int* argc, char*** argv) {
+    int initialized = 0;
+    MPI_Initialized(&initialized);
+    if (!initialized) {
+      int provided = 0;
+      check(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+      owns_ = true;
+    }
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
+    MPI_Comm_size(MPI_COMM_WORLD, &size_);
+    char version[MPI_MAX_LIBRARY_VERSION_STRING];
+    int len = 0;
+    MPI_Get_library_version(version, &len);
+    std::string v(version, static_cast<size_t>(len));
+    transport_ = "mpi (" + v.substr(0, v.find(',')) + ")";
+  }
+
+  ~MpiCommunicator() override {
+    for (auto& [g, c] : groups_) MPI_Comm_free(&c);
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (owns_ && !finalized) MPI_Finalize();
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string transport() const override { return transport_; }
+
+  Request isend(const void* data, size_t bytes, int peer, int tag) override {
+    check_peer(peer);
+    auto impl = std::make_unique<Request::Impl>();
+    const char* p = static_cast<const char*>(data);
+    size_t off = 0;
+    do {
+      size_t n = std::min(kChunk, bytes - off);
+      MPI_Request r;
+      check(MPI_Isend(p + off, static_cast<int>(n), MPI_BYTE, peer, tag, MPI_COMM_WORLD, &r), "MPI_Isend");
+      impl->reqs.push_back(r);
+      off += n;
+    } while (off < bytes);
+    return Request(std::move(impl), peer, tag);
+  }
+
+  Request irecv(void* data, size_t bytes, int peer, int tag) override {
+    check_peer(peer);
+    auto impl = std::make_unique<Request::Impl>();
+    impl->is_recv = true;
+    impl->expected_bytes = bytes;
+    char* p = static_cast<char*>(data);
+    size_t off = 0;
+    do {
+      size_t n = std::min(kChunk, bytes - off);
+      MPI_Request r;
+      check(MPI_Irecv(p + off, static_cast<int>(n), MPI_BYTE, peer, tag, MPI_COMM_WORLD, &r), "MPI_Irecv");
+      impl->reqs.push_back(r);
+      off += n;
+    } while (off < bytes);
+    return Request(std::move(impl), peer, tag);
+  }
+
+  bool test(Request& r) override {
+    if (!r.active()) return true;
+    auto& reqs = r.impl()->reqs;
+    int flag = 0;
+    std::vector<MPI_Status> st(reqs.size());
+    int code = MPI_Testall(static_cast<int>(reqs.size()), reqs.data(), &flag, st.data());
+    if (code != MPI_SUCCESS && code != MPI_ERR_IN_STATUS) check(code, "MPI_Testall");
+    if (!flag) return false;
+    if (r.impl()->is_recv) {
+      size_t got = 0;
+      for (auto& s : st) {
+        int count = 0;
+        MPI_Get_count(&s, MPI_BYTE, &count);
+        got += static_cast<size_t>(count);
+        if (s.MPI_ERROR != MPI_SUCCESS && code == MPI_ERR_IN_STATUS) {
+          std::string msg = mpi_error(s.MPI_ERROR);
+          int peer = r.peer();
+          r.reset();
+          throw_failure(fmt::format("rank {}", rank_), fmt::format("receive from rank {} failed: {}", peer, msg));
+        }
+      }
+      if (got != r.impl()->expected_bytes) {
+        size_t want = r.impl()->expected_bytes;
+        int peer = r.peer();
+        r.reset();
+        throw_failure(fmt::format("rank {}", rank_),
+                      fmt::format("rank {} sent {} bytes where {} were expected", peer, got, want),
+                      "the ranks disagree about a tensor's shape: were they started from the same plan?");
+      }
+    }
+    r.reset();
+    return true;
+  }
+
+  void wait(Request& r, const std::string& what) override {
+    if (!r.active()) return;
+    if (!poll_until(timeout_s_, [&] { return test(r); })) {
+      int peer = r.peer();
+      throw_failure(fmt::format("rank {}", rank_),
+                    fmt::format("no progress with rank {} for {:.0f} s while waiting for {}", peer, timeout_s_, what),
+                    "that rank has died or hangs; see its own message");
+    }
+  }
+
+  void allreduce_sum(float* data, size_t count, const std::vector<int>& group) override {
+    allreduce(data, count, MPI_FLOAT, group);
+  }
+  void allreduce_sum(double* data, size_t count, const std::vector<int>& group) override {
+    allreduce(data, count, MPI_DOUBLE, group);
+  }
+
+  void barrier() override {
+    MPI_Request r;
+    check(MPI_Ibarrier(MPI_COMM_WORLD, &r), "MPI_Ibarrier");
+    if (!poll_until(timeout_s_, [&] {
+          int flag = 0;
+          MPI_Test(&r, &flag, MPI_STATUS_IGNORE);
+          return flag != 0;
+        }))
+      throw_failure(fmt::format("rank {}", rank_), fmt::format("barrier: not every rank arrived within {:.0f} s", timeout_s_));
+  }
+
+  [[noreturn]] void abort(int exit_code) override {
+    MPI_Abort(MPI_COMM_WORLD, exit_code);
+    std::_Exit(exit_code);
+  }
+
+ private:
+  void check_peer(int peer) const {
+    SMP_CHECK(peer >= 0 && peer < size_ && peer != rank_, "bad peer {} for rank {} of {}", peer, rank_, size_);
+  }
+
+  MPI_Comm group_comm(const std::vector<int>& group) {
+    SMP_CHECK(std::is_sorted(group.begin(), group.end()) &&
+                  std::find(group.begin(), group.end(), rank_) != group.end(),
+              "rank {} is not in its all-reduce group", rank_);
+    auto it = groups_.find(group);
+    if (it != groups_.end()) return it->second;
+    MPI_Group world, sub;
+    MPI_Comm_group(MPI_COMM_WORLD, &world);
+    MPI_Group_incl(world, static_cast<int>(group.size()), group.data(), &sub);
+    MPI_Comm c;
+    // Collective over the group only; the tag keeps concurrent creations apart.
+    check(MPI_Comm_create_group(MPI_COMM_WORLD, sub, group.front(), &c), "MPI_Comm_create_group");
+    MPI_Group_free(&sub);
+    MPI_Group_free(&world);
+    MPI_Comm_set_errhandler(c, MPI_ERRORS_RETURN);
+    groups_[group] = c;
+    return c;
+  }
+
+  void allreduce(void* data, size_t count, MPI_Datatype type, const std::vector<int>& group) {
+    if (group.size() <= 1 || count == 0) return;
+    MPI_Comm c = group_comm(group);
+    int esize = 0;
+    MPI_Type_size(type, &esize);
+    char* p = static_cast<char*>(data);
+    size_t per = static_cast<size_t>(INT_MAX / 2);
+    for (size_t off = 0; off < count; off += per) {
+      size_t n = std::min(per, count - off);
+      MPI_Request r;
+      check(MPI_Iallreduce(MPI_IN_PLACE, p + off * static_cast<size_t>(esize), static_cast<int>(n), type, MPI_SUM, c, &r),
+            "MPI_Iallreduce");
+      if (!poll_until(timeout_s_, [&] {
+            int flag = 0;
+            MPI_Test(&r, &flag, MPI_STATUS_IGNORE);
+            return flag != 0;
+          }))
+        throw_failure(fmt::format("rank {}", rank_),
+                      fmt::format("all-reduce among ranks {}: no progress for {:.0f} s", fmt::join(group, ","), timeout_s_),
+                      "a replica has died or hangs");
+    }
+  }
+
+  int rank_ = 0, size_ = 1;
+  bool owns_ = false;
+  std::string transport_;
+  std::map<std::vector<int>, MPI_Comm> groups_;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> init_mpi(int* argc, char*** argv) { return std::make_unique<MpiCommunicator>(argc, argv); }
+
+}  // namespace smp::comm

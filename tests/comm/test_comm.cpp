@@ -1,0 +1,136 @@
+// The MPI communicator and the launcher, on real processes started by mpirun.
+#include <doctest/doctest.h>
+
+#include "comm/launch.hpp"
+
+#include <fmt/format.h>
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <sys/wait.h>
+
+using namespace smp;
+
+namespace {
+
+struct Run {
+  int exit_code = -1;
+  std::string out;
+  double seconds = 0;
+};
+
+std::string quote(const std::string& s) { return "'" + s + "'"; }
+
+// Runs the worker under the launcher's mpirun command line, capturing its output.
+Run launch(int ranks, const std::string& mode) {
+  comm::MpirunOptions o;
+  o.ranks = ranks;
+  comm::Command c = comm::mpirun_command(o, std::string(SMP_BIN_DIR) + "/../tests/comm/comm_worker", {mode});
+  std::string cmd;
+  for (const auto& [k, v] : c.env) cmd += k + "=" + quote(v) + " ";
+  for (const auto& a : c.argv) cmd += quote(a) + " ";
+  cmd += "2>&1";
+  auto t0 = std::chrono::steady_clock::now();
+  FILE* p = ::popen(cmd.c_str(), "r");
+  REQUIRE(p);
+  Run r;
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  int st = ::pclose(p);
+  r.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return r;
+}
+
+int count(const std::string& s, const std::string& what) {
+  int k = 0;
+  for (size_t pos = s.find(what); pos != std::string::npos; pos = s.find(what, pos + 1)) ++k;
+  return k;
+}
+
+}  // namespace
+
+TEST_CASE("the launcher's mpirun command runs as root, oversubscribed, unpinned") {
+  comm::MpirunOptions o;
+  o.ranks = 16;
+  o.cores = 2;
+  auto c = comm::mpirun_command(o, "/bin/true", {"a", "b"});
+  std::string line;
+  for (const auto& a : c.argv) line += a + " ";
+  CHECK(line.find(" -n 16 ") != std::string::npos);
+  CHECK(line.find("--oversubscribe") != std::string::npos);
+  CHECK(line.find("--bind-to none") != std::string::npos);
+  CHECK(line.find("/bin/true a b") != std::string::npos);
+  o.hostfile = "hosts.txt";
+  auto h = comm::mpirun_command(o, "/bin/true", {});
+  line.clear();
+  for (const auto& a : h.argv) line += a + " ";
+  CHECK(line.find("--hostfile hosts.txt") != std::string::npos);
+  CHECK(line.find("--oversubscribe") == std::string::npos);
+}
+
+TEST_CASE("point-to-point messages arrive intact and in order between real processes") {
+  Run r = launch(4, "ring");
+  INFO(r.out);
+  CHECK(r.exit_code == 0);
+  CHECK(count(r.out, "ok ") == 4);
+}
+
+TEST_CASE("all-reduce sums within groups and over the world") {
+  Run r = launch(4, "allreduce");
+  INFO(r.out);
+  CHECK(r.exit_code == 0);
+  CHECK(count(r.out, "ok ") == 4);
+}
+
+TEST_CASE("a peer that never sends is reported by a timeout naming it, not waited for") {
+  Run r = launch(2, "silent-peer");
+  INFO(r.out);
+  CHECK(r.exit_code != 0);
+  CHECK(r.out.find("error: rank 1: no progress with rank 0 for 2 s while waiting for activation of stage 1, "
+                   "microbatch 0") != std::string::npos);
+}
+
+TEST_CASE("a message of the wrong size is a failure naming the sender") {
+  Run r = launch(2, "size-mismatch");
+  INFO(r.out);
+  CHECK(r.exit_code != 0);
+  CHECK(r.out.find("rank 0 sent 8 bytes where 16 were expected") != std::string::npos);
+}
+
+TEST_CASE("a rank killed with SIGKILL ends the whole job quickly") {
+  Run r = launch(3, "die");
+  INFO(r.out);
+  CHECK(r.exit_code != 0);
+  CHECK(count(r.out, "ok ") == 0);
+  CHECK(r.seconds < 60);  // the survivors' own timeout is 120 s
+}
+
+TEST_CASE("launch detection reads the launcher's environment") {
+  ::setenv("OMPI_COMM_WORLD_RANK", "3", 1);
+  ::setenv("OMPI_COMM_WORLD_SIZE", "8", 1);
+  ::setenv("OMPI_COMM_WORLD_LOCAL_RANK", "1", 1);
+  ::setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "4", 1);
+  auto li = comm::detect_launch();
+  CHECK(li.launcher == "mpirun");
+  CHECK(li.rank == 3);
+  CHECK(li.size == 8);
+  CHECK(li.local_rank == 1);
+  CHECK(li.local_size == 4);
+  for (const char* v : {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
+                        "OMPI_COMM_WORLD_LOCAL_SIZE"})
+    ::unsetenv(v);
+  ::setenv("SLURM_PROCID", "5", 1);
+  ::setenv("SLURM_NTASKS", "6", 1);
+  ::setenv("SLURM_STEP_ID", "0", 1);
+  li = comm::detect_launch();
+  CHECK(li.launcher == "srun");
+  CHECK(li.rank == 5);
+  CHECK(li.size == 6);
+  for (const char* v : {"SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_ID"}) ::unsetenv(v);
+  CHECK_FALSE(comm::detect_launch().under_launcher());
+}

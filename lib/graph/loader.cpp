@@ -99,7 +99,9 @@ void append_elems(std::string& out, const R& field) {
 
 // Tensor bytes from a TensorProto held in the model (raw or typed fields). `steal` moves
 // raw_data out of the proto instead of copying it.
-TensorData tensor_from_proto(onnx::TensorProto& t, const std::string& file, const fs::path& base_dir, bool steal) {
+// With check_only, only the size of embedded raw data is checked and no bytes are copied.
+TensorData tensor_from_proto(onnx::TensorProto& t, const std::string& file, const fs::path& base_dir, bool steal,
+                             bool check_only = false) {
   TensorData d;
   d.dtype = dtype_from_onnx(t.data_type());
   for (int64_t x : t.dims()) {
@@ -117,6 +119,13 @@ TensorData tensor_from_proto(onnx::TensorProto& t, const std::string& file, cons
     return d;
   }
   if (t.has_raw_data()) {
+    if (check_only) {
+      if (static_cast<int64_t>(t.raw_data().size()) != expected)
+        throw_bad_input(file, where + fmt::format(": holds {} bytes of data, its shape {} needs {}", t.raw_data().size(),
+                                                  shape_str(d.shape), expected),
+                        "the file may be truncated");
+      return d;
+    }
     if (steal) d.bytes.swap(*t.mutable_raw_data());
     else d.bytes = t.raw_data();
   } else {
@@ -499,20 +508,20 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
     if (!initializer_names.insert(t.name()).second) throw_bad_input(file, "initializer '" + t.name() + "' appears twice");
     initializer_order.push_back(t.name());
     DType dt = dtype_from_onnx(t.data_type());
+    const bool wanted = opts.load_weights && (!opts.want_weight || opts.want_weight(t.name()));
     if (t.data_location() == onnx::TensorProto::EXTERNAL) {
       ExternalInfo e = external_info(t, file);
       externals[t.name()] = ExternalData{fs::absolute(base_dir / e.location), e.offset, e.length};
-      if (!is_floating(dt) || opts.load_weights) {
+      if (!is_floating(dt) || wanted) {
         auto d = std::make_shared<TensorData>(tensor_from_proto(t, file, base_dir, false));
         (is_floating(dt) ? weights : consts)[t.name()] = d;
       }
       continue;
     }
     if (is_floating(dt)) {
-      // Validate sizes even when the bytes are dropped.
-      auto d = std::make_shared<TensorData>(tensor_from_proto(t, file, base_dir, true));
-      if (opts.load_weights) weights[t.name()] = d;
-      else t.set_raw_data(d->bytes);  // keep the proto whole for shape inference; dropped below
+      // Sizes are checked even when the bytes are not wanted.
+      if (wanted) weights[t.name()] = std::make_shared<TensorData>(tensor_from_proto(t, file, base_dir, true));
+      else tensor_from_proto(t, file, base_dir, false, /*check_only=*/true);
     } else {
       consts[t.name()] = std::make_shared<TensorData>(tensor_from_proto(t, file, base_dir, false));
     }
@@ -634,7 +643,7 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
       g.parameters.push_back(id);
     } else if (!v.data) {
       // A float buffer that is not trained (e.g. a mask): the runtime needs its bytes.
-      if (opts.load_weights || !v.external) {
+      if ((opts.load_weights && (!opts.want_weight || opts.want_weight(name))) || !v.external) {
         onnx::TensorProto* tp = nullptr;
         for (auto& t : *gp.mutable_initializer())
           if (t.name() == name) tp = &t;

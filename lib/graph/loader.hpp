@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <string>
 
@@ -19,6 +20,9 @@ struct LoadOptions {
   // Read parameter bytes (embedded and external). The planner leaves this off and never reads
   // a weight byte; workers turn it on.
   bool load_weights = false;
+  // With load_weights: only the floating-point initializers this accepts are read (a worker
+  // reads its stages' weights, never the whole weight file). Empty: all of them.
+  std::function<bool(const std::string&)> want_weight;
 };
 
 // Loads, checks (ONNX checker), binds symbolic dims, infers shapes, folds constant subgraphs

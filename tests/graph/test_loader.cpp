@@ -151,6 +151,21 @@ TEST_CASE("weights load on request, with the exact bytes of the initializers") {
   }
 }
 
+TEST_CASE("a worker reads only the weights it asks for") {
+  LoadOptions o = batch(2);
+  o.load_weights = true;
+  Graph all = load_graph(test::sample("mlp"), o);
+  REQUIRE(all.parameters.size() >= 2);
+  std::string wanted = all.value(all.parameters[1]).name;
+  o.want_weight = [&](const std::string& n) { return n == wanted; };
+  Graph g = load_graph(test::sample("mlp"), o);
+  for (int p : g.parameters) {
+    INFO(g.value(p).name);
+    CHECK((g.value(p).data != nullptr) == (g.value(p).name == wanted));
+  }
+  CHECK(g.value(g.find_value(wanted)).data->bytes == all.value(all.find_value(wanted)).data->bytes);
+}
+
 TEST_CASE("costs scale with the batch: FLOPs and activations double, parameters do not") {
   Graph a = load_graph(test::sample("cnn"), batch(4));
   Graph b = load_graph(test::sample("cnn"), batch(8));

@@ -1,9 +1,20 @@
-// smp-plan: partition an ONNX model across devices; today the graph summary.
+// smp-plan: partition an ONNX model across devices into a pipelined training plan (lib/plan),
+// print the graph summary (--summary), or show pipeline schedules without a model (--show).
 #include "common.hpp"
 
+#include "core/io.hpp"
+#include "cost/cluster.hpp"
+#include "cost/cost_model.hpp"
+#include "cost/profile.hpp"
 #include "graph/loader.hpp"
 #include "graph/summary.hpp"
+#include "plan/plan_io.hpp"
+#include "plan/planner.hpp"
+#include "plan/report.hpp"
+#include "plan/sha256.hpp"
 #include "plan_schedule.hpp"  // schedules
+#include "schedule/timeline.hpp"
+#include "schedule/validate.hpp"
 
 #include <fmt/format.h>
 
@@ -43,23 +54,78 @@ void print_summary(const smp::graph::GraphSummary& s) {
   }
 }
 
+std::map<std::string, int64_t> parse_dims(const std::vector<std::string>& dims) {
+  std::map<std::string, int64_t> out;
+  for (const auto& d : dims) {
+    auto eq = d.find('=');
+    int64_t v = 0;
+    if (eq == std::string::npos || eq == 0) smp::throw_bad_input("--dim", fmt::format("'{}' is not NAME=SIZE", d));
+    try {
+      size_t used = 0;
+      v = std::stoll(d.substr(eq + 1), &used);
+      if (used != d.size() - eq - 1) throw std::invalid_argument("trailing");
+    } catch (const std::exception&) {
+      smp::throw_bad_input("--dim", fmt::format("'{}': size is not an integer", d));
+    }
+    if (v <= 0) smp::throw_bad_input("--dim", fmt::format("'{}': size must be positive", d));
+    out[d.substr(0, eq)] = v;
+  }
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"smp-plan: partition an ONNX model across devices into a pipelined training plan.\n"
-               "This version prints the graph summary (--summary); partition planning is not implemented yet."};
+  CLI::App app{
+      "smp-plan: partition an ONNX model across devices into a pipelined training plan.\n"
+      "  smp-plan MODEL.onnx --batch-size N [--cluster FILE | --devices N] [options]   plan; writes plan.json\n"
+      "  smp-plan MODEL.onnx --batch-size N --summary                                    the graph summary\n"
+      "  smp-plan --schedule NAME --show                                                 a schedule, without a model\n"
+      "Planning searches pipeline x data-parallel degrees, microbatches, schedule, placement and per-stage "
+      "recomputation, splits the graph by dynamic programming, scores every candidate with the schedule simulator, "
+      "prints the partition report and writes the plan (default file name: plan.json)."};
   smp::app::setup_app(app);
 
   std::string model;
   int64_t batch_size = 0;
   std::vector<std::string> dims;
   bool summary = false, json = false;
+  std::string cluster_file, profile_file, out_file = "plan.json", optimizer = "adamw", dtype = "fp32",
+                            recompute = "auto", save_cluster;
+  int devices = -1, data_parallel = 0, max_positions = 256, max_configs = 48;
   app.add_option("MODEL", model, "ONNX model (.onnx); external weight files need not be present");
   app.add_option("-b,--batch-size", batch_size, "global batch size (bound to the inputs' symbolic batch dimension)")
       ->check(CLI::PositiveNumber);
   app.add_option("--dim", dims, "bind another symbolic dimension, NAME=SIZE (repeatable)");
   app.add_flag("--summary", summary, "print the graph summary: nodes, parameters, FLOPs, activations, ops");
-  app.add_flag("--json", json, "print as one JSON object instead of text");
+  app.add_flag("--json", json, "print as one JSON object instead of text (the summary, or the partition report)");
+  const std::string pg = "Planning";
+  app.add_option("--cluster", cluster_file, "cluster description (schemas/cluster.schema.json, examples in clusters/); "
+                                            "default: this machine's CPU, detected")
+      ->group(pg)->option_text("FILE");
+  app.add_option("--devices", devices, "without --cluster: the number of worker processes sharing this machine's cores "
+                                       "(default: one per core); each is a device")
+      ->group(pg)->option_text("N");
+  app.add_option("--data-parallel", data_parallel, "data-parallel replicas D (default: searched)")
+      ->group(pg)->option_text("D")->check(CLI::Range(1, 1 << 20));
+  app.add_option("--optimizer", optimizer, "optimizer state in the memory model: sgd (none), momentum (1x the weights), "
+                                           "adamw (2x)")
+      ->group(pg)->option_text("sgd|momentum|adamw");
+  app.add_option("--dtype", dtype, "which peak FLOP/s the cost model uses")->group(pg)->option_text("fp32|bf16");
+  app.add_option("--recompute", recompute, "activation recomputation per stage: auto (only where memory needs it), "
+                                           "never, always")
+      ->group(pg)->option_text("auto|never|always");
+  app.add_option("--profile", profile_file, "measured per-node times (schemas/profile.schema.json, from smp-profile); "
+                                            "they replace the roofline estimates on the device they were measured on")
+      ->group(pg)->option_text("FILE");
+  app.add_option("-o,--output", out_file, "where to write the plan (schemas/plan.schema.json)")->group(pg)->option_text("FILE");
+  app.add_option("--max-positions", max_positions, "cut positions the DP sees at most (larger graphs are coarsened)")
+      ->group(pg)->option_text("K")->check(CLI::Range(2, 4096));
+  app.add_option("--max-configs", max_configs, "candidate configurations (degrees, microbatches, schedule, placement) the "
+                                               "DP partitions at most, best balanced-stage estimates first")
+      ->group(pg)->option_text("N")->check(CLI::Range(1, 100000));
+  app.add_option("--save-cluster", save_cluster, "write the detected description of this machine (with --devices) and exit")
+      ->group(pg)->option_text("FILE");
   // --- schedules (apps/plan_schedule.*): options, and their mode when no model is given
   smp::app::ScheduleOptions schedule_opts;
   smp::app::add_schedule_options(app, schedule_opts);
@@ -68,34 +134,100 @@ int main(int argc, char** argv) {
   SMP_PARSE(app, argc, argv);
 
   return smp::app::guarded_main([&]() -> int {
+    if (devices == 0) smp::throw_bad_input("--devices", "must be at least 1", "a plan needs at least one device");
+    if (devices < -1) smp::throw_bad_input("--devices", "must be a positive number");
+    if (!save_cluster.empty()) {
+      if (!cluster_file.empty()) smp::throw_bad_input("--save-cluster", "writes the detected machine; not with --cluster");
+      smp::write_file_atomic(save_cluster, smp::cost::local_cpu_json(devices > 0 ? devices : 0).dump(2) + "\n");
+      fmt::print("wrote {}\n", save_cluster);
+      return 0;
+    }
     if (model.empty() && smp::app::schedule_mode_requested(schedule_opts))  // schedules
       return smp::app::run_schedule_mode(schedule_opts);
-    if (model.empty()) smp::throw_bad_input("MODEL", "no model given", "smp-plan MODEL.onnx --summary");
+    if (model.empty()) smp::throw_bad_input("MODEL", "no model given", "smp-plan MODEL.onnx --batch-size N");
     smp::graph::LoadOptions opts;
     opts.batch_size = batch_size;
-    for (const auto& d : dims) {
-      auto eq = d.find('=');
-      int64_t v = 0;
-      if (eq == std::string::npos || eq == 0)
-        smp::throw_bad_input("--dim", fmt::format("'{}' is not NAME=SIZE", d));
-      try {
-        size_t used = 0;
-        v = std::stoll(d.substr(eq + 1), &used);
-        if (used != d.size() - eq - 1) throw std::invalid_argument("trailing");
-      } catch (const std::exception&) {
-        smp::throw_bad_input("--dim", fmt::format("'{}': size is not an integer", d));
-      }
-      if (v <= 0) smp::throw_bad_input("--dim", fmt::format("'{}': size must be positive", d));
-      opts.dims[d.substr(0, eq)] = v;
+    opts.dims = parse_dims(dims);
+
+    if (summary) {
+      smp::graph::Graph g = smp::graph::load_graph(model, opts);
+      for (const auto& w : g.warnings) fmt::print(stderr, "warning: {}: {}\n", model, w);
+      auto s = smp::graph::summarize(g, batch_size);
+      if (json) std::cout << smp::graph::to_json(s).dump(2) << "\n";
+      else print_summary(s);
+      return 0;
+    }
+
+    // ---- planning
+    if (batch_size <= 0) smp::throw_bad_input("--batch-size", "required for planning", "e.g. --batch-size 32");
+    if (!schedule_opts.schedule_file.empty())
+      smp::throw_bad_input("--schedule-file", "is for schedules without a model", "use --schedule NAME with a model");
+    if (!cluster_file.empty() && devices > 0)
+      smp::throw_bad_input("--devices", "applies to this machine's CPU description; the cluster file lists its devices",
+                           "leave out --devices or --cluster");
+    smp::cost::CostOptions copt;
+    copt.optimizer = smp::cost::parse_optimizer(optimizer);
+    if (dtype == "fp32") copt.precision = smp::cost::Precision::FP32;
+    else if (dtype == "bf16") copt.precision = smp::cost::Precision::BF16;
+    else smp::throw_bad_input("--dtype", fmt::format("unknown dtype '{}'", dtype), "fp32 or bf16");
+    smp::plan::PlanOptions popt;
+    popt.batch_size = batch_size;
+    popt.recompute = smp::plan::parse_recompute(recompute);
+    popt.stages = schedule_opts.stages;
+    popt.chunks = schedule_opts.chunks;
+    popt.microbatches = schedule_opts.microbatches;
+    popt.data_parallel = data_parallel;
+    popt.schedule = schedule_opts.schedule.empty() ? "auto" : schedule_opts.schedule;
+    popt.max_positions = max_positions;
+    popt.max_evaluated = max_configs;
+
+    smp::cost::Cluster cluster = cluster_file.empty() ? smp::cost::detect_local_cpu(devices > 0 ? devices : 0)
+                                                      : smp::cost::read_cluster(cluster_file);
+    smp::cost::Profile profile;
+    if (!profile_file.empty()) {
+      profile = smp::cost::read_profile(profile_file);
+      copt.profile = &profile;
     }
     smp::graph::Graph g = smp::graph::load_graph(model, opts);
     for (const auto& w : g.warnings) fmt::print(stderr, "warning: {}: {}\n", model, w);
-    auto s = smp::graph::summarize(g, batch_size);
-    if (!summary) {
-      fmt::print(stderr, "note: partition planning is not implemented in this version; printing the graph summary\n");
+    smp::cost::GraphCost gc(g, batch_size, copt);
+    smp::plan::PlanInputs in{&g, &gc, &cluster};
+    smp::plan::Plan plan = smp::plan::make_plan(in, popt);
+
+    smp::plan::PlanContext ctx;
+    ctx.model_sha256 = smp::plan::sha256_file(model);
+    ctx.cluster_file = cluster_file;
+    ctx.profile_file = profile_file;
+    ctx.dtype = dtype;
+    smp::plan::write_plan(out_file, smp::plan::plan_to_json(plan, in, popt, ctx));
+
+    if (json) {
+      auto j = smp::plan::report_json(plan, in);
+      j["plan_file"] = out_file;
+      std::cout << j.dump(2) << "\n";
+    } else {
+      std::cout << smp::plan::format_report(plan, in);
+      fmt::print("\nwrote {}\n", out_file);
     }
-    if (json) std::cout << smp::graph::to_json(s).dump(2) << "\n";
-    else print_summary(s);
+    if (schedule_opts.show)
+      fmt::print("\nschedule {} ({} ranks, {} microbatches):\n{}", plan.schedule_name, plan.stages, plan.microbatches,
+                 smp::schedule::format_grid(plan.schedule, smp::schedule::GridOptions{-1, -1, true, 64}));
+    if (!schedule_opts.timeline_svg.empty() || !schedule_opts.trace_json.empty()) {
+      auto r = smp::plan::simulate_plan(in, plan, popt);
+      std::string title = fmt::format("{}: {} stages, {} microbatches, {}", model, plan.stages, plan.microbatches,
+                                      plan.schedule_name);
+      auto t = smp::schedule::make_timeline(plan.schedule, r, title, "ms", 1e-3);
+      for (auto& sp : t.spans) sp.start *= 1e3, sp.end *= 1e3;
+      t.footer = fmt::format("predicted step {:.4g} ms, bubble {:.1f}%", r.step_s * 1e3, 100 * r.bubble);
+      if (!schedule_opts.timeline_svg.empty()) {
+        smp::schedule::write_svg(schedule_opts.timeline_svg, t);
+        if (!json) fmt::print("wrote {}\n", schedule_opts.timeline_svg);
+      }
+      if (!schedule_opts.trace_json.empty()) {
+        smp::schedule::write_chrome_trace(schedule_opts.trace_json, t);
+        if (!json) fmt::print("wrote {}\n", schedule_opts.trace_json);
+      }
+    }
     return 0;
   });
 }

@@ -268,7 +268,7 @@ json local_cpu_json(int workers) {
   // shared-memory MPI at ~5 GB/s and 1 us between workers.
   const double bw_machine = std::min(10e9 * cores, 100e9);
   json dev = {{"kind", "cpu"},
-              {"name", fmt::format("cpu-worker-{}of{}", workers, cores)},
+              {"name", fmt::format("cpu-{}core-{}worker", cores, workers)},
               {"count", workers},
               {"memory_bytes", std::floor(mem * 0.8 / workers)},
               {"peak_flops", {{"fp32", flops}, {"bf16", flops}}},

@@ -329,10 +329,11 @@ std::vector<int> GraphCost::stage_outputs(int a, int b) const {
 
 GraphCost::StageMemory GraphCost::stage_memory(int a, int b, double u) const {
   StageMemory sm;
-  std::vector<int> seen_p, seen_s, seen_w;
-  auto once = [](std::vector<int>& seen, int id) {
-    if (std::find(seen.begin(), seen.end(), id) != seen.end()) return false;
-    seen.push_back(id);
+  const size_t V = g_->values.size();
+  std::vector<uint8_t> seen_p(V, 0), seen_s(V, 0), seen_w(V, 0);
+  auto once = [](std::vector<uint8_t>& seen, int id) {
+    if (seen[static_cast<size_t>(id)]) return false;
+    seen[static_cast<size_t>(id)] = 1;
     return true;
   };
   double ws = 0;

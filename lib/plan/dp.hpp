@@ -198,22 +198,43 @@ DpSolution solve_partition(const O& o, int m, const DpOptions& opt = {}) {
   }
   consider(feas);
   hi = feas.t_max;  // the smallest feasible T lies in (lo, hi]
+  // Bisect; an infeasible DP(mid) also says the smallest T at which it could change (next):
+  // the smallest feasible T is at least next, and exactly next when DP(next) is feasible.
   while (hi - lo > hi * 1e-13 && runs < opt.max_runs) {
     double mid = lo + (hi - lo) / 2;
     if (!(mid > lo && mid < hi)) break;
-    DpSolution d = run(mid, nullptr);
+    double next = kInf;
+    DpSolution d = run(mid, &next);
     if (d.feasible) {
       consider(d);
       hi = d.t_max;
-    } else {
-      lo = mid;
+      continue;
+    }
+    lo = mid;
+    if (next < hi && next > lo) {
+      DpSolution e = run(next, nullptr);
+      if (e.feasible) {
+        consider(e);
+        hi = e.t_max;
+        lo = std::nextafter(hi, 0.0);
+        break;
+      }
+      lo = next;
     }
   }
-  // Walk the change points of DP(T) upward from the smallest feasible T.
-  const double sum_lb = o.sum_lower_bound();
+  // Walk the change points of DP(T) upward from the smallest feasible T. The bound on the sum
+  // starts as the oracle's; after a few steps the unbounded DP's minimum sum replaces it.
+  double sum_lb = o.sum_lower_bound();
   double T = hi;
+  int steps = 0;
   while (runs < opt.max_runs) {
     if (static_cast<double>(m - 1) * T + sum_lb >= best.objective) break;
+    if (++steps == 16) {
+      DpSolution any = run(kInf, nullptr);
+      consider(any);
+      if (any.feasible) sum_lb = std::max(sum_lb, any.sum);
+      continue;
+    }
     double next = kInf;
     consider(run(T, &next));
     if (!(next < kInf)) break;

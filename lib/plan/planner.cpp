@@ -1,0 +1,1059 @@
+#include "plan/planner.hpp"
+
+#include "core/error.hpp"
+#include "plan/dp.hpp"
+#include "schedule/generators.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <map>
+#include <numeric>
+#include <queue>
+#include <regex>
+#include <set>
+
+namespace smp::plan {
+
+using cost::Affine;
+using cost::GraphCost;
+using graph::ValueKind;
+
+RecomputePolicy parse_recompute(const std::string& s, const std::string& where) {
+  if (s == "auto") return RecomputePolicy::Auto;
+  if (s == "never") return RecomputePolicy::Never;
+  if (s == "always") return RecomputePolicy::Always;
+  throw_bad_input(where, fmt::format("unknown value '{}'", s), "one of auto, never, always");
+}
+
+std::string_view recompute_name(RecomputePolicy r) {
+  switch (r) {
+    case RecomputePolicy::Never: return "never";
+    case RecomputePolicy::Always: return "always";
+    default: return "auto";
+  }
+}
+
+std::string_view layout_name(Layout l) { return l == Layout::PipelineMajor ? "pipeline-major" : "replica-major"; }
+
+double Prediction::peak_max() const {
+  double m = 0;
+  for (double x : peak_bytes) m = std::max(m, x);
+  return m;
+}
+
+// ---- candidate cut positions ------------------------------------------------------------------
+
+std::vector<int> candidate_positions(const GraphCost& gc, int max_positions) {
+  const int N = gc.nodes();
+  std::vector<int> all;
+  for (int q = 1; q < N; ++q) all.push_back(q);
+  if (static_cast<int>(all.size()) <= max_positions) return all;
+  // Narrowest points first: include every position with at most c crossing tensors, for the
+  // smallest c that gives enough positions (at least half the cap, or all).
+  int want = std::max(1, max_positions / 2);
+  std::vector<int> counts;
+  for (int q : all) counts.push_back(gc.cut_tensors(q));
+  std::vector<int> sorted = counts;
+  std::sort(sorted.begin(), sorted.end());
+  int c = sorted[static_cast<size_t>(std::min<int>(want, static_cast<int>(sorted.size())) - 1)];
+  std::vector<int> pos;
+  for (size_t k = 0; k < all.size(); ++k)
+    if (counts[k] <= c) pos.push_back(all[k]);
+  if (static_cast<int>(pos.size()) <= max_positions) return pos;
+  // Too many: drop the cut between the two adjacent segments of least combined forward cost
+  // (a heap with lazy deletion over a linked list of segments).
+  std::vector<double> node_cost(static_cast<size_t>(N));
+  for (int i = 0; i < N; ++i) {
+    const auto& m = gc.node(i);
+    node_cost[static_cast<size_t>(i)] = m.fwd.flops.at(1.0) + m.fwd.bytes.at(1.0) + 1.0;
+  }
+  std::vector<int> b = {0};
+  b.insert(b.end(), pos.begin(), pos.end());
+  b.push_back(N);
+  const int segs = static_cast<int>(b.size()) - 1;
+  std::vector<double> cost(static_cast<size_t>(segs));
+  for (int s = 0; s < segs; ++s)
+    for (int i = b[static_cast<size_t>(s)]; i < b[static_cast<size_t>(s) + 1]; ++i) cost[static_cast<size_t>(s)] += node_cost[static_cast<size_t>(i)];
+  std::vector<int> prv(static_cast<size_t>(segs)), nxt(static_cast<size_t>(segs));
+  std::vector<uint8_t> alive(static_cast<size_t>(segs), 1);
+  for (int s = 0; s < segs; ++s) {
+    prv[static_cast<size_t>(s)] = s - 1;
+    nxt[static_cast<size_t>(s)] = s + 1 < segs ? s + 1 : -1;
+  }
+  using E = std::pair<double, std::pair<int, int>>;  // combined cost, (left seg, right seg)
+  std::priority_queue<E, std::vector<E>, std::greater<E>> heap;
+  for (int s = 0; s + 1 < segs; ++s) heap.push({cost[static_cast<size_t>(s)] + cost[static_cast<size_t>(s) + 1], {s, s + 1}});
+  int cuts = segs - 1;
+  while (cuts > max_positions && !heap.empty()) {
+    auto [w, lr] = heap.top();
+    heap.pop();
+    auto [l, r] = lr;
+    if (!alive[static_cast<size_t>(l)] || !alive[static_cast<size_t>(r)] || nxt[static_cast<size_t>(l)] != r ||
+        w != cost[static_cast<size_t>(l)] + cost[static_cast<size_t>(r)])
+      continue;
+    // merge r into l
+    cost[static_cast<size_t>(l)] += cost[static_cast<size_t>(r)];
+    alive[static_cast<size_t>(r)] = 0;
+    nxt[static_cast<size_t>(l)] = nxt[static_cast<size_t>(r)];
+    if (nxt[static_cast<size_t>(r)] >= 0) prv[static_cast<size_t>(nxt[static_cast<size_t>(r)])] = l;
+    --cuts;
+    if (prv[static_cast<size_t>(l)] >= 0)
+      heap.push({cost[static_cast<size_t>(prv[static_cast<size_t>(l)])] + cost[static_cast<size_t>(l)], {prv[static_cast<size_t>(l)], l}});
+    if (nxt[static_cast<size_t>(l)] >= 0)
+      heap.push({cost[static_cast<size_t>(l)] + cost[static_cast<size_t>(nxt[static_cast<size_t>(l)])], {l, nxt[static_cast<size_t>(l)]}});
+  }
+  std::vector<int> out;
+  for (int s = 1; s < segs; ++s)
+    if (alive[static_cast<size_t>(s)]) out.push_back(b[static_cast<size_t>(s)]);
+  return out;
+}
+
+// ---- layers and baselines ---------------------------------------------------------------------
+
+namespace {
+
+// Module index in a node name: "/blocks.3/attn/MatMul" -> "blocks.3".
+std::string module_index(const std::string& name) {
+  static const std::regex re(R"(([A-Za-z_][A-Za-z0-9_]*)[./](\d+)(?=[./]|$))");
+  std::smatch m;
+  if (std::regex_search(name, m, re)) return m[1].str() + "." + m[2].str();
+  return "";
+}
+
+bool has_params(const graph::Graph& g, const graph::Node& n) {
+  for (int id : n.inputs)
+    if (id >= 0 && g.value(id).kind == ValueKind::Parameter) return true;
+  return false;
+}
+
+}  // namespace
+
+Layers find_layers(const graph::Graph& g, int want) {
+  const int N = static_cast<int>(g.nodes.size());
+  Layers L;
+  // 1. by module index, groups without parameters folded into the previous one
+  {
+    std::vector<int> starts;
+    std::vector<std::string> keys;
+    int first = -1, last = -1;
+    std::string cur;
+    for (int i = 0; i < N; ++i) {
+      std::string k = module_index(g.nodes[static_cast<size_t>(i)].name);
+      if (k.empty()) continue;
+      if (first < 0) first = i;
+      last = i;
+      if (k != cur && std::find(keys.begin(), keys.end(), k) == keys.end()) {
+        starts.push_back(i);
+        keys.push_back(k);
+        cur = k;
+      }
+    }
+    if (first >= 0) {
+      // parameter check per group
+      std::vector<int> kept;
+      for (size_t s = 0; s < starts.size(); ++s) {
+        int a = starts[s], b = s + 1 < starts.size() ? starts[s + 1] : last + 1;
+        bool p = false;
+        for (int i = a; i < b; ++i) p |= has_params(g, g.nodes[static_cast<size_t>(i)]);
+        if (p || kept.empty()) kept.push_back(a);
+      }
+      std::string prefix = keys.empty() ? "" : keys[0].substr(0, keys[0].rfind('.'));
+      if (static_cast<int>(kept.size()) >= want) {
+        L.starts = kept;
+        L.pre_end = kept[0];
+        L.post_begin = last + 1;
+        L.unit = fmt::format("{} layers ({}.N modules)", kept.size(), prefix);
+        return L;
+      }
+    }
+  }
+  // 2. a layer starts at each node with parameters
+  {
+    std::vector<int> starts;
+    for (int i = 0; i < N; ++i)
+      if (has_params(g, g.nodes[static_cast<size_t>(i)])) starts.push_back(i);
+    if (static_cast<int>(starts.size()) >= want) {
+      L.starts = starts;
+      L.pre_end = starts[0];
+      L.post_begin = N;
+      L.unit = fmt::format("{} layers (one per node with parameters)", starts.size());
+      return L;
+    }
+  }
+  // 3. single nodes
+  for (int i = 0; i < N; ++i) L.starts.push_back(i);
+  L.pre_end = 0;
+  L.post_begin = N;
+  L.unit = fmt::format("{} nodes (equal node counts)", N);
+  return L;
+}
+
+std::vector<int> equal_layers_bounds(const graph::Graph& g, int S, std::string* unit, std::string* why) {
+  Layers L = find_layers(g, S);
+  const int N = static_cast<int>(g.nodes.size());
+  const int n = static_cast<int>(L.starts.size());
+  if (unit) *unit = L.unit;
+  if (n < S) {
+    if (why) *why = fmt::format("{} layers for {} stages", n, S);
+    return {};
+  }
+  std::vector<int> b(static_cast<size_t>(S) + 1);
+  b[0] = 0;
+  b[static_cast<size_t>(S)] = N;
+  for (int s = 1; s < S; ++s) {
+    int layer = static_cast<int>((static_cast<int64_t>(s) * n) / S);
+    b[static_cast<size_t>(s)] = L.starts[static_cast<size_t>(layer)];
+  }
+  for (int s = 0; s < S; ++s)
+    if (b[static_cast<size_t>(s)] >= b[static_cast<size_t>(s) + 1]) {
+      if (why) *why = "an empty stage";
+      return {};
+    }
+  return b;
+}
+
+std::vector<int> equal_params_bounds(const graph::Graph& g, int S, std::string* unit, std::string* why) {
+  const int N = static_cast<int>(g.nodes.size());
+  Layers L = find_layers(g, S);
+  // units: pre (if any), layers, post (if any)
+  std::vector<int> starts;
+  if (L.pre_end > 0) starts.push_back(0);
+  for (int s : L.starts) starts.push_back(s);
+  if (L.post_begin < N && L.post_begin > starts.back()) starts.push_back(L.post_begin);
+  const int U = static_cast<int>(starts.size());
+  if (unit) *unit = fmt::format("{} units: {}{}{}", U, L.pre_end > 0 ? "the nodes before the first layer, " : "", L.unit,
+                                L.post_begin < N ? ", the nodes after the last" : "");
+  if (U < S) {
+    if (why) *why = fmt::format("{} units for {} stages", U, S);
+    return {};
+  }
+  std::vector<double> w(static_cast<size_t>(U), 0);
+  for (int u = 0; u < U; ++u) {
+    int a = starts[static_cast<size_t>(u)], b = u + 1 < U ? starts[static_cast<size_t>(u) + 1] : N;
+    std::set<int> seen;
+    for (int i = a; i < b; ++i)
+      for (int id : g.nodes[static_cast<size_t>(i)].inputs)
+        if (id >= 0 && g.value(id).kind == ValueKind::Parameter && seen.insert(id).second)
+          w[static_cast<size_t>(u)] += static_cast<double>(g.value(id).numel());
+  }
+  // Minimise the largest part (exact DP over units), ties to the earliest split.
+  const double inf = kInf;
+  std::vector<double> pre(static_cast<size_t>(U) + 1, 0);
+  for (int u = 0; u < U; ++u) pre[static_cast<size_t>(u) + 1] = pre[static_cast<size_t>(u)] + w[static_cast<size_t>(u)];
+  std::vector<std::vector<double>> f(static_cast<size_t>(S) + 1, std::vector<double>(static_cast<size_t>(U) + 1, inf));
+  std::vector<std::vector<int>> arg(static_cast<size_t>(S) + 1, std::vector<int>(static_cast<size_t>(U) + 1, -1));
+  f[0][0] = 0;
+  for (int s = 1; s <= S; ++s)
+    for (int j = s; j <= U - (S - s); ++j)
+      for (int i = s - 1; i < j; ++i) {
+        double v = std::max(f[static_cast<size_t>(s) - 1][static_cast<size_t>(i)], pre[static_cast<size_t>(j)] - pre[static_cast<size_t>(i)]);
+        if (v < f[static_cast<size_t>(s)][static_cast<size_t>(j)]) {
+          f[static_cast<size_t>(s)][static_cast<size_t>(j)] = v;
+          arg[static_cast<size_t>(s)][static_cast<size_t>(j)] = i;
+        }
+      }
+  std::vector<int> ub(static_cast<size_t>(S) + 1);
+  ub[static_cast<size_t>(S)] = U;
+  for (int s = S; s >= 1; --s) ub[static_cast<size_t>(s) - 1] = arg[static_cast<size_t>(s)][static_cast<size_t>(ub[static_cast<size_t>(s)])];
+  std::vector<int> b(static_cast<size_t>(S) + 1);
+  for (int s = 0; s <= S; ++s) b[static_cast<size_t>(s)] = ub[static_cast<size_t>(s)] == U ? N : starts[static_cast<size_t>(ub[static_cast<size_t>(s)])];
+  return b;
+}
+
+// ---- the search -------------------------------------------------------------------------------
+
+namespace {
+
+struct Tables {
+  int K = 0;
+  std::vector<int> pos;  // K + 1 node positions: atom k = nodes [pos[k], pos[k+1])
+  std::vector<double> P;
+  std::vector<Affine> A, R, Wk;
+  size_t at(int i, int j) const { return static_cast<size_t>(i) * static_cast<size_t>(K + 1) + static_cast<size_t>(j); }
+};
+
+Tables build_tables(const GraphCost& gc, const std::vector<int>& cuts) {
+  const graph::Graph& g = gc.graph();
+  const int N = gc.nodes();
+  Tables t;
+  t.pos.push_back(0);
+  for (int q : cuts) t.pos.push_back(q);
+  t.pos.push_back(N);
+  t.K = static_cast<int>(t.pos.size()) - 1;
+  const size_t sz = static_cast<size_t>(t.K + 1) * static_cast<size_t>(t.K + 1);
+  t.P.assign(sz, 0);
+  t.A.assign(sz, {});
+  t.R.assign(sz, {});
+  t.Wk.assign(sz, {});
+  const size_t V = g.values.size();
+  std::vector<int> sp(V, -1), ss(V, -1), sw(V, -1), sr(V, -1);
+  for (int i = 0; i < t.K; ++i) {
+    const int a = t.pos[static_cast<size_t>(i)];
+    double P = 0;
+    Affine A, R, W;
+    int j = i + 1;
+    for (int n = a; n < N; ++n) {
+      const auto& m = gc.node(n);
+      for (int p : m.params)
+        if (sp[static_cast<size_t>(p)] != i) {
+          sp[static_cast<size_t>(p)] = i;
+          P += static_cast<double>(g.value(p).bytes());
+        }
+      for (int r : m.saved)
+        if (ss[static_cast<size_t>(r)] != i) {
+          ss[static_cast<size_t>(r)] = i;
+          A += gc.value_bytes(r);
+        }
+      for (int r : m.w_keep)
+        if (sw[static_cast<size_t>(r)] != i) {
+          sw[static_cast<size_t>(r)] = i;
+          W += gc.value_bytes(r);
+        }
+      for (int id : g.nodes[static_cast<size_t>(n)].inputs) {
+        if (id < 0) continue;
+        const auto& v = g.value(id);
+        if (!(v.kind == ValueKind::Input || (v.kind == ValueKind::Activation && v.producer < a))) continue;
+        if (sr[static_cast<size_t>(id)] == i) continue;
+        sr[static_cast<size_t>(id)] = i;
+        R += gc.value_bytes(id);
+        int root = gc.storage_root(id);
+        if (ss[static_cast<size_t>(root)] != i) {
+          ss[static_cast<size_t>(root)] = i;
+          A += gc.value_bytes(id);
+        }
+      }
+      if (n + 1 == t.pos[static_cast<size_t>(j)]) {
+        size_t k = t.at(i, j);
+        t.P[k] = P;
+        t.A[k] = A;
+        t.R[k] = R;
+        t.Wk[k] = W;
+        ++j;
+      }
+    }
+  }
+  return t;
+}
+
+// Per microbatch size: atom times per device kind and workspace maxima.
+struct UData {
+  double u = 0;
+  std::vector<std::vector<double>> PF, PB, PW;  // [kind][K+1] prefix sums
+  std::vector<std::vector<double>> ws;          // sparse table of per-atom workspace maxima
+  std::vector<double> cut_act, cut_grad;        // at atom boundary j (bytes)
+  double total_fast = 0;                        // F+B+W of the whole graph on the fastest kind
+  double ws_max(int i, int j) const {
+    int len = j - i, k = 0;
+    while ((2 << k) <= len) ++k;
+    return std::max(ws[static_cast<size_t>(k)][static_cast<size_t>(i)], ws[static_cast<size_t>(k)][static_cast<size_t>(j - (1 << k))]);
+  }
+};
+
+UData make_udata(const GraphCost& gc, const cost::Cluster& cl, const Tables& t, double u) {
+  UData d;
+  d.u = u;
+  const int K = t.K;
+  const size_t nk = cl.kinds.size();
+  d.PF.assign(nk, std::vector<double>(static_cast<size_t>(K) + 1, 0));
+  d.PB = d.PF;
+  d.PW = d.PF;
+  std::vector<double> wsa(static_cast<size_t>(K), 0);
+  for (size_t k = 0; k < nk; ++k) {
+    for (int a = 0; a < K; ++a) {
+      cost::PassTimes s;
+      for (int n = t.pos[static_cast<size_t>(a)]; n < t.pos[static_cast<size_t>(a) + 1]; ++n) s += gc.node_time(n, u, cl.kinds[k]);
+      d.PF[k][static_cast<size_t>(a) + 1] = d.PF[k][static_cast<size_t>(a)] + s.f;
+      d.PB[k][static_cast<size_t>(a) + 1] = d.PB[k][static_cast<size_t>(a)] + s.b;
+      d.PW[k][static_cast<size_t>(a) + 1] = d.PW[k][static_cast<size_t>(a)] + s.w;
+    }
+  }
+  d.total_fast = kInf;
+  for (size_t k = 0; k < nk; ++k) d.total_fast = std::min(d.total_fast, d.PF[k][static_cast<size_t>(K)] + d.PB[k][static_cast<size_t>(K)] + d.PW[k][static_cast<size_t>(K)]);
+  for (int a = 0; a < K; ++a) {
+    double w = 0;
+    for (int n = t.pos[static_cast<size_t>(a)]; n < t.pos[static_cast<size_t>(a) + 1]; ++n) w = std::max(w, gc.node(n).workspace.at(u));
+    wsa[static_cast<size_t>(a)] = w;
+  }
+  d.ws.push_back(wsa);
+  for (int k = 1; (1 << k) <= K; ++k) {
+    const auto& prev = d.ws.back();
+    std::vector<double> cur(static_cast<size_t>(K), 0);
+    for (int i = 0; i + (1 << k) <= K; ++i) cur[static_cast<size_t>(i)] = std::max(prev[static_cast<size_t>(i)], prev[static_cast<size_t>(i + (1 << (k - 1)))]);
+    d.ws.push_back(cur);
+  }
+  d.cut_act.assign(static_cast<size_t>(K) + 1, 0);
+  d.cut_grad.assign(static_cast<size_t>(K) + 1, 0);
+  for (int j = 1; j < K; ++j) {
+    d.cut_act[static_cast<size_t>(j)] = gc.cut_bytes(t.pos[static_cast<size_t>(j)]).at(u);
+    d.cut_grad[static_cast<size_t>(j)] = gc.cut_grad_bytes(t.pos[static_cast<size_t>(j)]).at(u);
+  }
+  return d;
+}
+
+struct Config {
+  int p = 1, d = 1, v = 1, m = 1;
+  std::string schedule;
+  Layout layout = Layout::PipelineMajor;
+  double u = 0;
+  double est = 0, lb = 0;
+};
+
+// What a slot (stage position) runs on.
+struct Slot {
+  std::vector<int> kinds;                  // distinct device kinds over the replicas
+  double cap = 0;                          // memory budget for this stage
+  std::vector<std::pair<double, double>> pts;  // (stashed, pending W) microbatch counts, Pareto maxima
+  std::vector<cost::LinkSpec> next_links;  // to the next slot, one per distinct link over replicas
+  std::vector<int> devices;                // per replica
+};
+
+int device_of(const Config& c, int replica, int prank) {
+  return c.layout == Layout::PipelineMajor ? replica * c.p + prank : prank * c.d + replica;
+}
+
+std::vector<std::pair<double, double>> frontier(const schedule::Schedule& s, int stage) {
+  const int r = s.rank_of(stage);
+  int stash = 0, pend = 0;
+  std::vector<std::pair<double, double>> pts;
+  for (const auto& a : s.actions[static_cast<size_t>(r)]) {
+    if (!a.is_compute() || a.stage != stage) continue;
+    switch (a.op) {
+      case schedule::Op::Forward: ++stash; break;
+      case schedule::Op::BackwardInput: --stash; ++pend; break;
+      case schedule::Op::Backward: --stash; break;
+      default: --pend; break;
+    }
+    pts.emplace_back(stash, pend);
+  }
+  std::sort(pts.begin(), pts.end());
+  pts.erase(std::unique(pts.begin(), pts.end()), pts.end());
+  // Pareto maxima: by stashed descending, keep a point when its pending count beats all before.
+  std::vector<std::pair<double, double>> out;
+  double best_y = -1;
+  for (size_t i = pts.size(); i-- > 0;) {
+    // among equal x, the sort puts the largest y last: it is met first here
+    if (pts[i].second > best_y) {
+      out.push_back(pts[i]);
+      best_y = pts[i].second;
+    }
+  }
+  return out;
+}
+
+std::vector<Slot> make_slots(const Config& c, const schedule::Schedule& s, const cost::Cluster& cl) {
+  const int S = s.stages();
+  std::vector<Slot> slots(static_cast<size_t>(S));
+  for (int st = 0; st < S; ++st) {
+    Slot& sl = slots[static_cast<size_t>(st)];
+    const int r = s.rank_of(st);
+    sl.cap = kInf;
+    for (int rep = 0; rep < c.d; ++rep) {
+      int dev = device_of(c, rep, r);
+      sl.devices.push_back(dev);
+      int k = cl.devices[static_cast<size_t>(dev)].kind;
+      if (std::find(sl.kinds.begin(), sl.kinds.end(), k) == sl.kinds.end()) sl.kinds.push_back(k);
+      sl.cap = std::min(sl.cap, cl.kinds[static_cast<size_t>(k)].memory_bytes);
+      if (st + 1 < S) {
+        int dev2 = device_of(c, rep, s.rank_of(st + 1));
+        cost::LinkSpec l = cl.link(dev, dev2);
+        bool have = false;
+        for (auto& x : sl.next_links) have |= x.bandwidth == l.bandwidth && x.latency == l.latency;
+        if (!have) sl.next_links.push_back(l);
+      }
+    }
+    sl.cap /= c.v;  // interleaved: each chunk gets its share (conservative)
+    if (c.v == 1) {
+      sl.pts = frontier(s, st);
+    } else {
+      auto f = frontier(s, st);
+      double x = 0, y = 0;
+      for (auto& q : f) x = std::max(x, q.first), y = std::max(y, q.second);
+      sl.pts = {{x, y}};
+    }
+  }
+  return slots;
+}
+
+double link_pair_time(const std::vector<cost::LinkSpec>& links, double act, double grad) {
+  double t = 0;
+  for (const auto& l : links) t = std::max(t, l.time(act) + l.time(grad));
+  return t;
+}
+
+struct Oracle {
+  const Tables* T;
+  const UData* U;
+  const std::vector<Slot>* sl_;
+  double static_factor;
+  RecomputePolicy pol;
+  double sum_lb;
+
+  int atoms() const { return T->K; }
+  int slots() const { return static_cast<int>(sl_->size()); }
+  double times(int s, int i, int j, double* f) const {
+    const Slot& sl = (*sl_)[static_cast<size_t>(s)];
+    double best = -1, bf = 0;
+    for (int k : sl.kinds) {
+      const size_t kk = static_cast<size_t>(k);
+      double ff = U->PF[kk][static_cast<size_t>(j)] - U->PF[kk][static_cast<size_t>(i)];
+      double t = ff + U->PB[kk][static_cast<size_t>(j)] - U->PB[kk][static_cast<size_t>(i)] + U->PW[kk][static_cast<size_t>(j)] -
+                 U->PW[kk][static_cast<size_t>(i)];
+      if (t > best) best = t, bf = ff;
+    }
+    if (f) *f = bf;
+    return best;
+  }
+  double t_lower(int s, int i, int j) const { return times(s, i, j, nullptr); }
+  StageChoice stage(int s, int i, int j) const {
+    const Slot& sl = (*sl_)[static_cast<size_t>(s)];
+    const size_t k = T->at(i, j);
+    const double u = U->u;
+    const double stat = T->P[k] * static_factor;
+    const double A = T->A[k].at(u), R = T->R[k].at(u), W = T->Wk[k].at(u);
+    const double ws = U->ws_max(i, j);
+    auto front = [&](double a) {
+      double mx = 0;
+      for (auto& [x, y] : sl.pts) mx = std::max(mx, x * a + y * W);
+      return mx;
+    };
+    double f = 0;
+    double t = times(s, i, j, &f);
+    if (pol != RecomputePolicy::Always && stat + front(A) + ws <= sl.cap) return {t, false};
+    if (pol != RecomputePolicy::Never && stat + front(R) + ws + A <= sl.cap) return {t + f, true};
+    return {};
+  }
+  double comm(int s, int j) const {
+    return link_pair_time((*sl_)[static_cast<size_t>(s)].next_links, U->cut_act[static_cast<size_t>(j)], U->cut_grad[static_cast<size_t>(j)]);
+  }
+  double sum_lower_bound() const { return sum_lb; }
+};
+
+double ring_time(const cost::Cluster& cl, const std::vector<int>& devs, double bytes) {
+  const size_t d = devs.size();
+  if (d <= 1 || bytes <= 0) return 0;
+  double bw = kInf, lat = 0;
+  for (size_t i = 0; i < d; ++i) {
+    cost::LinkSpec l = cl.link(devs[i], devs[(i + 1) % d]);
+    bw = std::min(bw, l.bandwidth);
+    lat = std::max(lat, l.latency);
+  }
+  const double dd = static_cast<double>(d);
+  return 2.0 * (dd - 1) / dd * bytes / bw + 2.0 * (dd - 1) * lat;
+}
+
+struct Evaluated {
+  Prediction pred;
+  std::vector<StagePlan> stages;
+  double worst_ratio = kInf;  // max over ranks of peak / capacity
+};
+
+class Search {
+ public:
+  Search(const PlanInputs& in, const PlanOptions& opt) : in_(in), opt_(opt), gc_(*in.cost), cl_(*in.cluster) {}
+
+  Evaluated evaluate(const Config& c, const schedule::Schedule& s, const std::vector<Slot>& slots,
+                     const std::vector<int>& bounds, schedule::SimResult* sim_out = nullptr) const {
+    Evaluated ev;
+    const int S = s.stages();
+    const double u = c.u;
+    const double opt_f = cost::optimizer_factor(gc_.options().optimizer);
+    schedule::Costs costs;
+    costs.stage.resize(static_cast<size_t>(S));
+    costs.link.resize(static_cast<size_t>(std::max(S - 1, 0)));
+    std::vector<double> extra(static_cast<size_t>(c.p), 0);  // workspace per pipeline rank
+    ev.stages.resize(static_cast<size_t>(S));
+    for (int st = 0; st < S; ++st) {
+      const Slot& sl = slots[static_cast<size_t>(st)];
+      const int a = bounds[static_cast<size_t>(st)], b = bounds[static_cast<size_t>(st) + 1];
+      StagePlan& sp = ev.stages[static_cast<size_t>(st)];
+      sp.index = st;
+      sp.begin = a;
+      sp.end = b;
+      sp.pipeline_rank = s.rank_of(st);
+      // the slowest kind among the replicas
+      cost::PassTimes worst;
+      int measured = 0, total = 0;
+      bool first = true;
+      for (int k : sl.kinds) {
+        cost::PassTimes tt;
+        int ms_count = 0;
+        for (int n = a; n < b; ++n) {
+          bool ms = false;
+          tt += gc_.node_time(n, u, cl_.kinds[static_cast<size_t>(k)], &ms);
+          ms_count += ms;
+        }
+        if (first || tt.total() > worst.total()) {
+          worst = tt;
+          measured = ms_count;
+          total = b - a;
+          first = false;
+        }
+      }
+      sp.timing = measured == 0 ? "estimated" : measured == total ? "measured" : "partly measured";
+      auto mem = gc_.stage_memory(a, b, u);
+      const double A = mem.act.at(u), R = mem.received.at(u), W = mem.w_keep.at(u), ws = mem.workspace.c;
+      const double stat = mem.param_bytes * (2 + opt_f);
+      auto front = [&](double act) {
+        double mx = 0;
+        for (auto& [x, y] : sl.pts) mx = std::max(mx, x * act + y * W);
+        return mx;
+      };
+      bool rc;
+      if (opt_.recompute == RecomputePolicy::Always) rc = true;
+      else if (opt_.recompute == RecomputePolicy::Never) rc = false;
+      else rc = !(stat + front(A) + ws <= sl.cap) && (stat + front(R) + ws + A <= sl.cap);
+      sp.recompute = rc;
+      sp.f_s = worst.f;
+      sp.b_s = worst.b + (rc ? worst.f : 0);
+      sp.w_s = worst.w;
+      sp.param_bytes = mem.param_bytes;
+      int64_t elems = 0;
+      {
+        std::set<int> seen;
+        for (int n = a; n < b; ++n)
+          for (int p : gc_.node(n).params)
+            if (seen.insert(p).second) elems += in_.graph->value(p).numel();
+      }
+      sp.params = elems;
+      sp.static_bytes = stat;
+      sp.act_bytes = rc ? R : A;
+      sp.w_keep_bytes = W;
+      sp.workspace_bytes = ws + (rc ? A : 0);
+      sp.send_bytes = st + 1 < S ? gc_.cut_bytes(b).at(u) : 0;
+      sp.grad_bytes = st > 0 ? gc_.cut_grad_bytes(a).at(u) : 0;
+      auto& sc = costs.stage[static_cast<size_t>(st)];
+      sc.f_s = sp.f_s;
+      sc.b_s = sp.b_s;
+      sc.w_s = sp.w_s;
+      sc.weight_bytes = mem.param_bytes;
+      sc.grad_bytes = mem.param_bytes;
+      sc.optimizer_bytes = mem.param_bytes * opt_f;
+      sc.act_bytes = sp.act_bytes;
+      sc.w_keep_bytes = W;
+      extra[static_cast<size_t>(sp.pipeline_rank)] = std::max(extra[static_cast<size_t>(sp.pipeline_rank)], sp.workspace_bytes);
+      if (st + 1 < S) {
+        double act = gc_.cut_bytes(b).at(u), grad = gc_.cut_grad_bytes(b).at(u);
+        double ta = 0, tg = 0;
+        for (const auto& l : sl.next_links) ta = std::max(ta, l.time(act)), tg = std::max(tg, l.time(grad));
+        costs.link[static_cast<size_t>(st)] = schedule::LinkCost{ta, tg};
+      }
+    }
+    if (c.d > 1) {
+      costs.allreduce_s.assign(static_cast<size_t>(c.p), 0);
+      for (int st = 0; st < S; ++st)
+        costs.allreduce_s[static_cast<size_t>(s.rank_of(st))] +=
+            ring_time(cl_, slots[static_cast<size_t>(st)].devices, ev.stages[static_cast<size_t>(st)].param_bytes);
+    }
+    schedule::SimOptions so;
+    so.record_events = sim_out != nullptr;
+    schedule::SimResult r = schedule::simulate(s, costs, so, "plan");
+    Prediction& pr = ev.pred;
+    pr.step_s = r.step_s;
+    pr.samples_per_s = r.step_s > 0 ? static_cast<double>(opt_.batch_size) / r.step_s : 0;
+    pr.bubble = r.bubble;
+    pr.peak_bytes.resize(static_cast<size_t>(c.p));
+    pr.capacity_bytes.assign(static_cast<size_t>(c.p), kInf);
+    for (int st = 0; st < S; ++st) {
+      int rk = s.rank_of(st);
+      for (int dev : slots[static_cast<size_t>(st)].devices)
+        pr.capacity_bytes[static_cast<size_t>(rk)] = std::min(pr.capacity_bytes[static_cast<size_t>(rk)], cl_.spec(dev).memory_bytes);
+    }
+    pr.fits = true;
+    double worst = 0;
+    for (int rk = 0; rk < c.p; ++rk) {
+      pr.peak_bytes[static_cast<size_t>(rk)] = r.rank[static_cast<size_t>(rk)].peak_bytes + extra[static_cast<size_t>(rk)];
+      pr.allreduce_s = std::max(pr.allreduce_s, r.rank[static_cast<size_t>(rk)].allreduce_s);
+      double ratio = pr.peak_bytes[static_cast<size_t>(rk)] / pr.capacity_bytes[static_cast<size_t>(rk)];
+      worst = std::max(worst, ratio);
+      if (ratio > 1.0) pr.fits = false;
+    }
+    ev.worst_ratio = worst;
+    for (auto& sp : ev.stages) {
+      sp.peak_bytes = pr.peak_bytes[static_cast<size_t>(sp.pipeline_rank)];
+      sp.capacity_bytes = pr.capacity_bytes[static_cast<size_t>(sp.pipeline_rank)];
+    }
+    if (sim_out) *sim_out = std::move(r);
+    return ev;
+  }
+
+  const cost::Cluster& cluster() const { return cl_; }
+  const GraphCost& gc() const { return gc_; }
+
+ private:
+  const PlanInputs& in_;
+  const PlanOptions& opt_;
+  const GraphCost& gc_;
+  const cost::Cluster& cl_;
+};
+
+std::vector<int> divisors(int64_t n) {
+  std::vector<int> r;
+  for (int64_t i = 1; i * i <= n; ++i)
+    if (n % i == 0) {
+      r.push_back(static_cast<int>(i));
+      if (i * i != n) r.push_back(static_cast<int>(n / i));
+    }
+  std::sort(r.begin(), r.end());
+  return r;
+}
+
+std::string human_bytes(double x) {
+  const char* p[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  int i = 0;
+  while (x >= 1024 && i < 5) x /= 1024, ++i;
+  return fmt::format("{:.3g} {}", x, p[i]);
+}
+
+}  // namespace
+
+Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
+  const graph::Graph& g = *in.graph;
+  const GraphCost& gc = *in.cost;
+  const cost::Cluster& cl = *in.cluster;
+  const int N = gc.nodes();
+  const int64_t B = opt.batch_size;
+  if (B < 1) throw_bad_input("--batch-size", "must be at least 1");
+  if (N < 1) throw_bad_input(g.model_path.string(), "the graph has no compute nodes", "nothing to partition");
+  if (cl.size() < 1) throw_bad_input("cluster", "has no devices");
+  if (opt.stages > N)
+    throw_bad_input("--stages", fmt::format("{} stages for a graph of {} nodes", opt.stages, N),
+                    fmt::format("use at most {} stages", N));
+  if (opt.microbatches > 0 && B % opt.microbatches != 0)
+    throw_bad_input("--microbatches", fmt::format("the batch of {} is not divisible into {} microbatches", B, opt.microbatches),
+                    "choose a divisor of --batch-size");
+  if (opt.data_parallel > 0 && B % opt.data_parallel != 0)
+    throw_bad_input("--data-parallel", fmt::format("the batch of {} does not split into {} replicas", B, opt.data_parallel),
+                    "choose a divisor of --batch-size");
+  if (opt.microbatches > 0 && opt.data_parallel > 0 && B % (int64_t{opt.microbatches} * opt.data_parallel) != 0)
+    throw_bad_input("--microbatches", fmt::format("the batch of {} does not split into {} replicas x {} microbatches", B,
+                                                  opt.data_parallel, opt.microbatches));
+  const std::vector<std::string> known = {"gpipe", "1f1b", "interleaved", "zb-h1"};
+  if (opt.schedule != "auto" && std::find(known.begin(), known.end(), opt.schedule) == known.end())
+    throw_bad_input("--schedule", fmt::format("unknown schedule '{}'", opt.schedule), "one of auto, gpipe, 1f1b, interleaved, zb-h1");
+  const cost::Profile* prof = gc.options().profile;
+  if (prof) {
+    bool match = false;
+    for (const auto& k : cl.kinds) match |= k.name == prof->device_name;
+    if (!match)
+      throw_bad_input(prof->path, fmt::format("measured on device \"{}\", which the cluster does not have", prof->device_name),
+                      "profile on the cluster's devices, or leave --profile out");
+  }
+
+  const auto t0 = std::chrono::steady_clock::now();
+  Plan plan;
+  plan.model_path = g.model_path.string();
+  plan.model_name = g.name;
+  plan.batch_size = B;
+  plan.positions_total = std::max(N - 1, 0);
+  plan.devices_total = cl.size();
+
+  std::vector<int> cuts = candidate_positions(gc, opt.max_positions);
+  plan.positions_seen = static_cast<int>(cuts.size());
+  Tables T = build_tables(gc, cuts);
+  const int K = T.K;
+
+  // Device counts and degrees.
+  auto valid_pd = [&](int p, int d) {
+    if (opt.stages && p != opt.stages) return false;
+    if (opt.data_parallel && d != opt.data_parallel) return false;
+    if (p > K) return false;
+    if (B % d != 0) return false;
+    if (opt.microbatches && (B / d) % opt.microbatches != 0) return false;
+    if (prof && (B / d) % prof->microbatch_size != 0) return false;
+    return true;
+  };
+  int n_used = 0;
+  std::vector<std::pair<int, int>> pds;
+  if (opt.stages && opt.data_parallel) {
+    int64_t need = int64_t{opt.stages} * opt.data_parallel;
+    if (need > cl.size())
+      throw_bad_input("--stages", fmt::format("{} stages x {} replicas need {} devices, the cluster has {}", opt.stages,
+                                              opt.data_parallel, need, cl.size()));
+  }
+  for (int n = cl.size(); n >= 1 && pds.empty(); --n) {
+    for (int p = 1; p <= n; ++p)
+      if (n % p == 0 && valid_pd(p, n / p)) pds.emplace_back(p, n / p);
+    if (!pds.empty()) n_used = n;
+  }
+  if (pds.empty()) {
+    if (opt.stages > K)
+      throw_bad_input("--stages", fmt::format("{} stages, but the DP sees only {} cut positions ({} segments)", opt.stages,
+                                              K - 1, K));
+    throw_bad_input("--batch-size", fmt::format("no pipeline x data-parallel split of {} devices fits a batch of {}{}", cl.size(), B,
+                                                prof ? fmt::format(" with the profile's microbatch of {}", prof->microbatch_size) : ""),
+                    "change --batch-size, --stages or --data-parallel");
+  }
+  plan.devices_used = n_used;
+  if (n_used < cl.size())
+    plan.notes.push_back(fmt::format("uses {} of the {} devices: no split of all {} fits the batch and the graph", n_used,
+                                     cl.size(), cl.size()));
+
+  // Candidate configurations.
+  std::map<int64_t, UData> udata;  // by microbatch size
+  auto get_u = [&](double u) -> const UData& {
+    int64_t key = static_cast<int64_t>(std::llround(u));
+    auto it = udata.find(key);
+    if (it == udata.end()) it = udata.emplace(key, make_udata(gc, cl, T, u)).first;
+    return it->second;
+  };
+  double total_param_bytes = 0;
+  for (int p : g.parameters) total_param_bytes += static_cast<double>(g.value(p).bytes());
+  const double static_total = total_param_bytes * (2 + cost::optimizer_factor(gc.options().optimizer));
+
+  std::vector<Config> configs;
+  bool interleaved_possible = false;
+  for (auto [p, d] : pds) {
+    std::vector<int> ms;
+    if (opt.microbatches) ms = {opt.microbatches};
+    else if (prof) ms = {static_cast<int>((B / d) / prof->microbatch_size)};
+    else ms = divisors(B / d);
+    for (int m : ms) {
+      if (int64_t{p} * m > (1 << 22)) continue;
+      std::vector<std::string> names;
+      if (opt.schedule == "auto") {
+        names = p == 1 ? std::vector<std::string>{"gpipe"} : known;
+      } else {
+        names = {opt.schedule};
+      }
+      for (const auto& name : names) {
+        int v = 1;
+        if (name == "interleaved") {
+          v = opt.chunks ? opt.chunks : 2;
+          if (p < 2 || m % p != 0 || p * v > K || v < 2) continue;
+          interleaved_possible = true;
+        } else if (name == "gpipe" && opt.chunks > 1 && opt.schedule == "gpipe") {
+          v = opt.chunks;
+          if (p * v > K) continue;
+        }
+        std::vector<Layout> layouts = {Layout::PipelineMajor};
+        if (p > 1 && d > 1 && cl.hosts.size() > 1) layouts.push_back(Layout::ReplicaMajor);
+        for (Layout lay : layouts) {
+          Config c;
+          c.p = p;
+          c.d = d;
+          c.v = v;
+          c.m = m;
+          c.schedule = name;
+          c.layout = lay;
+          c.u = static_cast<double>(B) / d / m;
+          configs.push_back(c);
+        }
+      }
+    }
+  }
+  if (opt.schedule == "interleaved" && !interleaved_possible)
+    throw_bad_input("--schedule", "interleaved needs at least 2 stages, microbatches a multiple of the stages, and stages x chunks within the graph's cut positions",
+                    "choose --stages and --microbatches accordingly, or another schedule");
+  plan.configs_considered = static_cast<int>(configs.size());
+
+  // Estimates (balanced stages) and lower bounds (m * work / p).
+  double bw_min = kInf;
+  for (const auto& h : cl.hosts) bw_min = std::min(bw_min, h.link.bandwidth);
+  if (cl.hosts.size() > 1) bw_min = std::min(bw_min, cl.interconnect.bandwidth);
+  for (auto& c : configs) {
+    const UData& U = get_u(c.u);
+    double per_rank = U.total_fast / c.p;
+    double bf = c.schedule == "interleaved" ? 1.0 / c.v : c.schedule == "zb-h1" ? 1.0 / 3 : 1.0;
+    double ar = c.d > 1 ? 2.0 * (c.d - 1) / c.d * total_param_bytes / c.p / bw_min : 0;
+    c.lb = c.m * per_rank;
+    c.est = (c.m + bf * (c.p - 1)) * per_rank + ar;
+    // static memory must fit in the devices at all
+    if (static_total > static_cast<double>(n_used) * 0 + 0) {
+    }
+  }
+  std::stable_sort(configs.begin(), configs.end(), [](const Config& a, const Config& b) { return a.est < b.est; });
+
+  Search search(in, opt);
+  struct Best {
+    bool have = false;
+    Config c;
+    std::vector<int> bounds;
+    std::string source;
+    Evaluated ev;
+    double dp_obj = 0;
+  } best;
+  double closest_ratio = kInf;
+  Config closest;
+  double closest_peak = 0, closest_cap = 0;
+  int evaluated = 0;
+  std::map<int, std::pair<std::vector<int>, std::vector<int>>> baseline_cache;  // by stage count
+  for (const Config& c : configs) {
+    if (best.have && c.lb >= best.ev.pred.step_s) continue;
+    if (evaluated >= opt.max_evaluated && best.have) break;
+    schedule::Schedule s = schedule::make_schedule(c.schedule, c.p, c.m, c.v, "--schedule");
+    std::vector<Slot> slots = make_slots(c, s, cl);
+    // Quick memory check: all the slots together must hold the weights, gradients and optimizer.
+    double cap_sum = 0;
+    for (const auto& sl : slots) cap_sum += sl.cap;
+    if (cap_sum < static_total) {
+      double ratio = static_total / cap_sum;
+      if (ratio < closest_ratio) {
+        closest_ratio = ratio;
+        closest = c;
+        closest_peak = static_total / slots.size();
+        closest_cap = cap_sum / slots.size();
+      }
+      continue;
+    }
+    ++evaluated;
+    const UData& U = get_u(c.u);
+    double sum_lb = kInf;
+    for (size_t k = 0; k < cl.kinds.size(); ++k)
+      sum_lb = std::min(sum_lb, U.PF[k][static_cast<size_t>(K)] + U.PB[k][static_cast<size_t>(K)] + U.PW[k][static_cast<size_t>(K)]);
+    Oracle o{&T, &U, &slots, 2 + cost::optimizer_factor(gc.options().optimizer), opt.recompute, sum_lb};
+    DpSolution sol = solve_partition(o, c.m);
+    plan.dp_runs += sol.dp_runs;
+    std::vector<std::pair<std::string, std::vector<int>>> cands;
+    if (sol.feasible) {
+      std::vector<int> b;
+      for (int x : sol.bounds) b.push_back(T.pos[static_cast<size_t>(x)]);
+      cands.emplace_back("dp", b);
+    }
+    const int S = s.stages();
+    auto bl = baseline_cache.find(S);
+    if (bl == baseline_cache.end())
+      bl = baseline_cache.emplace(S, std::make_pair(equal_layers_bounds(g, S, nullptr, nullptr),
+                                                    equal_params_bounds(g, S, nullptr, nullptr))).first;
+    if (!bl->second.first.empty()) cands.emplace_back("equal-layers", bl->second.first);
+    if (!bl->second.second.empty()) cands.emplace_back("equal-parameters", bl->second.second);
+    for (auto& [src, b] : cands) {
+      Evaluated ev = search.evaluate(c, s, slots, b);
+      if (!ev.pred.fits) {
+        if (ev.worst_ratio < closest_ratio) {
+          closest_ratio = ev.worst_ratio;
+          closest = c;
+          closest_peak = ev.pred.peak_max();
+          closest_cap = *std::min_element(ev.pred.capacity_bytes.begin(), ev.pred.capacity_bytes.end());
+        }
+        continue;
+      }
+      if (!best.have || ev.pred.step_s < best.ev.pred.step_s) {
+        best.have = true;
+        best.c = c;
+        best.bounds = b;
+        best.source = src;
+        best.ev = ev;
+        best.dp_obj = sol.feasible ? sol.objective : 0;
+      }
+    }
+  }
+  plan.configs_evaluated = evaluated;
+
+  if (!best.have) {
+    // Say what would fit.
+    double cap_max = 0;
+    for (const auto& k : cl.kinds) cap_max = std::max(cap_max, k.memory_bytes);
+    std::string what = fmt::format("no plan fits in memory on {}", cl.summary());
+    std::string hint;
+    if (static_total > static_cast<double>(cl.size()) * cap_max) {
+      int64_t need = static_cast<int64_t>(std::ceil(static_total / cap_max));
+      what += fmt::format(": weights + gradients + {} state alone take {}, the {} devices hold {}", 
+                          cost::optimizer_name(gc.options().optimizer), human_bytes(static_total), cl.size(),
+                          human_bytes(static_cast<double>(cl.size()) * cap_max));
+      hint = fmt::format("needs at least {} devices of {} (or {} per device){}", need, human_bytes(cap_max),
+                         human_bytes(static_total / cl.size()),
+                         gc.options().optimizer != cost::Optimizer::SGD ? "; --optimizer sgd needs less" : "");
+    } else if (closest_ratio < kInf) {
+      what += fmt::format(": the closest candidate ({} stages x {} replicas, {} microbatches of {:g}, {}) needs {} per device, "
+                          "devices have {}",
+                          closest.p, closest.d, closest.m, closest.u, closest.schedule, human_bytes(closest_peak),
+                          human_bytes(closest_cap));
+      hint = opt.recompute == RecomputePolicy::Never ? "allow recomputation (--recompute auto)"
+                                                     : "use more stages or devices, more microbatches (smaller ones), or --optimizer sgd";
+    }
+    throw_failure(g.model_path.string(), what, hint);
+  }
+
+  // Fill the plan.
+  const Config& c = best.c;
+  plan.stages = c.p;
+  plan.data_parallel = c.d;
+  plan.chunks = c.v;
+  plan.microbatches = c.m;
+  plan.microbatch_size = c.u;
+  plan.schedule_name = c.schedule;
+  plan.schedule = schedule::make_schedule(c.schedule, c.p, c.m, c.v, "--schedule");
+  plan.layout = c.layout;
+  plan.bounds = best.bounds;
+  plan.stage_plans = best.ev.stages;
+  plan.prediction = best.ev.pred;
+  plan.partition = best.source;
+  plan.dp_objective_s = best.dp_obj;
+  for (int rep = 0; rep < c.d; ++rep)
+    for (int r = 0; r < c.p; ++r) plan.device_of_rank.push_back(device_of(c, rep, r));
+  {
+    std::vector<Slot> slots = make_slots(c, plan.schedule, cl);
+    const int S = plan.schedule.stages();
+    for (int which = 0; which < 2; ++which) {
+      Baseline bl;
+      bl.name = which == 0 ? "equal-layers" : "equal-parameters";
+      std::string why;
+      bl.bounds = which == 0 ? equal_layers_bounds(g, S, &bl.unit, &why) : equal_params_bounds(g, S, &bl.unit, &why);
+      if (bl.bounds.empty()) {
+        bl.note = why;
+      } else {
+        Evaluated ev = search.evaluate(c, plan.schedule, slots, bl.bounds);
+        bl.prediction = ev.pred;
+        bl.available = true;
+        if (!ev.pred.fits) bl.note = "does not fit in memory";
+      }
+      plan.baselines.push_back(bl);
+    }
+  }
+  if (best.source != "dp")
+    plan.notes.push_back(fmt::format("the DP's split simulated no faster than {}'s, which the plan keeps (the DP's objective "
+                                     "approximates the simulator's step time)",
+                                     best.source));
+  (void)t0;
+  return plan;
+}
+
+namespace {
+
+Config config_of(const Plan& plan) {
+  Config c;
+  c.p = plan.stages;
+  c.d = plan.data_parallel;
+  c.v = plan.chunks;
+  c.m = plan.microbatches;
+  c.u = plan.microbatch_size;
+  c.layout = plan.layout;
+  c.schedule = plan.schedule_name;
+  return c;
+}
+
+}  // namespace
+
+schedule::SimResult simulate_plan(const PlanInputs& in, const Plan& plan, const PlanOptions& opt) {
+  Search search(in, opt);
+  Config c = config_of(plan);
+  std::vector<Slot> slots = make_slots(c, plan.schedule, *in.cluster);
+  schedule::SimResult r;
+  search.evaluate(c, plan.schedule, slots, plan.bounds, &r);
+  return r;
+}
+
+std::vector<StageMemoryCheck> check_memory_agreement(const PlanInputs& in, const Plan& plan, const PlanOptions& opt) {
+  Search search(in, opt);
+  Config c = config_of(plan);
+  std::vector<Slot> slots = make_slots(c, plan.schedule, *in.cluster);
+  Evaluated ev = search.evaluate(c, plan.schedule, slots, plan.bounds);
+  std::vector<StageMemoryCheck> out;
+  const double opt_f = 2 + cost::optimizer_factor(in.cost->options().optimizer);
+  for (const auto& sp : ev.stages) {
+    const Slot& sl = slots[static_cast<size_t>(sp.index)];
+    double front = 0;
+    for (auto& [x, y] : sl.pts) front = std::max(front, x * sp.act_bytes + y * sp.w_keep_bytes);
+    StageMemoryCheck m;
+    m.dp_bytes = sp.param_bytes * opt_f + front + sp.workspace_bytes;
+    m.sim_bytes = ev.pred.peak_bytes[static_cast<size_t>(sp.pipeline_rank)];
+    m.recompute = sp.recompute;
+    out.push_back(m);
+  }
+  return out;
+}
+
+}  // namespace smp::plan

@@ -1,0 +1,151 @@
+// The planner: searches pipeline x data-parallel degrees, microbatch count, schedule,
+// placement and per-stage recomputation; partitions with the DP (plan/dp.hpp) over candidate
+// cut positions; scores every candidate with the schedule simulator; compares with the splits
+// users would otherwise use (equal layers per stage, Megatron; equal parameters per stage,
+// DeepSpeed's "parameters" method).
+//
+// Ranks. With p pipeline ranks and d data-parallel replicas there are p*d ranks; rank
+// q = replica * p + r runs pipeline rank r of its replica (the stages of schedule.stage_rank
+// that map to r). Placement ("layout"): pipeline-major puts one replica's pipeline on
+// consecutive devices (device = replica * p + r: pipeline neighbours share a host), replica-major
+// puts the replicas of one pipeline rank on consecutive devices (device = r * d + replica:
+// the all-reduce stays on a host).
+#pragma once
+
+#include "cost/cluster.hpp"
+#include "cost/cost_model.hpp"
+#include "graph/graph.hpp"
+#include "schedule/schedule.hpp"
+#include "schedule/simulate.hpp"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace smp::plan {
+
+enum class RecomputePolicy { Auto, Never, Always };
+RecomputePolicy parse_recompute(const std::string& s, const std::string& where = "--recompute");
+std::string_view recompute_name(RecomputePolicy r);
+
+struct PlanOptions {
+  int64_t batch_size = 0;
+  int stages = 0;          // pipeline ranks p; 0: search
+  int data_parallel = 0;   // d; 0: search
+  int microbatches = 0;    // m per replica per step; 0: search divisors of batch / d
+  std::string schedule = "auto";  // auto | gpipe | 1f1b | interleaved | zb-h1
+  int chunks = 0;          // v for interleaved (0: 2)
+  RecomputePolicy recompute = RecomputePolicy::Auto;
+  int max_positions = 256; // cut positions the DP sees at most (coarsening beyond)
+  int max_evaluated = 48;  // candidate configurations partitioned by the DP, best estimates first
+};
+
+enum class Layout { PipelineMajor, ReplicaMajor };
+std::string_view layout_name(Layout l);
+
+struct Prediction {
+  bool fits = false;
+  double step_s = 0, samples_per_s = 0, bubble = 0;
+  double allreduce_s = 0;              // the longest rank's all-reduce
+  std::vector<double> peak_bytes;      // per pipeline rank (the same on every replica)
+  std::vector<double> capacity_bytes;  // per pipeline rank: the smallest device holding it
+  double peak_max() const;
+};
+
+struct StagePlan {
+  int index = 0;
+  int begin = 0, end = 0;              // node positions [begin, end)
+  bool recompute = false;
+  int pipeline_rank = 0;               // schedule.stage_rank[index]
+  double f_s = 0, b_s = 0, w_s = 0;    // per microbatch (recompute's extra forward is in b_s)
+  std::string timing = "estimated";    // estimated | measured | partly measured
+  int64_t params = 0;                  // elements
+  double param_bytes = 0, static_bytes = 0, act_bytes = 0, w_keep_bytes = 0, workspace_bytes = 0;
+  double send_bytes = 0;               // forward activation bytes to the next stage per microbatch
+  double grad_bytes = 0;               // gradient bytes back to the previous stage per microbatch
+  double peak_bytes = 0;               // its pipeline rank's peak (all its chunks)
+  double capacity_bytes = 0;
+};
+
+struct Baseline {
+  std::string name;                 // "equal-layers" | "equal-parameters"
+  std::string unit;                 // what was balanced, e.g. "4 layers (blocks.N)"
+  bool available = false;
+  std::string note;                 // why not, when unavailable
+  std::vector<int> bounds;          // node positions, S + 1
+  Prediction prediction;
+};
+
+struct Plan {
+  std::string model_path;
+  std::string model_name;
+  int64_t batch_size = 0;
+  int stages = 0, data_parallel = 1, chunks = 1, microbatches = 1;
+  double microbatch_size = 0;
+  std::string schedule_name;
+  schedule::Schedule schedule;     // compute-only lists (lower() for the worker's lists)
+  Layout layout = Layout::PipelineMajor;
+  std::vector<int> device_of_rank; // global rank -> device index in the cluster
+  std::vector<int> bounds;         // node positions, S + 1
+  std::vector<StagePlan> stage_plans;
+  Prediction prediction;
+  std::string partition;           // "dp" | "equal-layers" | "equal-parameters": where the split came from
+  std::vector<Baseline> baselines;
+  // search
+  int positions_seen = 0, positions_total = 0;
+  int configs_considered = 0, configs_evaluated = 0, dp_runs = 0;
+  int devices_used = 0, devices_total = 0;
+  double dp_objective_s = 0;
+  std::vector<std::string> notes;
+};
+
+struct PlanInputs {
+  const graph::Graph* graph = nullptr;
+  const cost::GraphCost* cost = nullptr;
+  const cost::Cluster* cluster = nullptr;
+};
+
+// Plans. Bad input (exit 2) for impossible options (more stages than nodes, a batch not
+// divisible by the microbatches, ...); failure (exit 1) naming what would fit when nothing fits.
+Plan make_plan(const PlanInputs& in, const PlanOptions& opt);
+
+// ---- pieces, exposed for tests ---------------------------------------------------------------
+
+// Candidate cut positions (node positions q in (0, N)): all when N - 1 <= max_positions; else
+// the narrowest dataflow points (fewest tensors crossing), merged to max_positions by joining
+// the adjacent segments of least forward cost.
+std::vector<int> candidate_positions(const cost::GraphCost& gc, int max_positions);
+
+// "Layers": groups of consecutive nodes named by their module index ("blocks.3", "layers.0");
+// nodes before the first / after the last indexed group form `pre` / `post`. Falls back to
+// groups that start at each node with parameters, then to single nodes, when there are fewer
+// groups than `want`. Returns the group start positions (layers only) and sets pre_end /
+// post_begin.
+struct Layers {
+  std::vector<int> starts;  // start node position of each layer
+  int pre_end = 0;          // [0, pre_end): before the first layer
+  int post_begin = 0;       // [post_begin, N): after the last layer
+  std::string unit;         // description
+};
+Layers find_layers(const graph::Graph& g, int want);
+// Equal layers per stage (Megatron), pre joined to the first stage and post to the last;
+// empty when there are fewer layers than stages.
+std::vector<int> equal_layers_bounds(const graph::Graph& g, int stages, std::string* unit, std::string* why);
+// Equal parameters per stage (DeepSpeed's partition_balanced on per-layer parameter counts,
+// pre and post their own units); empty when there are fewer units than stages.
+std::vector<int> equal_params_bounds(const graph::Graph& g, int stages, std::string* unit, std::string* why);
+
+// The DP's per-stage memory for a stage [a, b) at position `stage` of the compute schedule s with
+// stage costs as the planner builds them (used by the test that the DP's constraint and the
+// simulator's peak agree).
+struct StageMemoryCheck {
+  double dp_bytes = 0;   // static + in-flight activations (from the schedule's lists) + workspace
+  double sim_bytes = 0;  // simulator's peak for the rank + workspace
+  bool recompute = false;
+};
+std::vector<StageMemoryCheck> check_memory_agreement(const PlanInputs& in, const Plan& plan, const PlanOptions& opt);
+
+// The plan's schedule simulated with its stage costs, events recorded (for --timeline / --trace).
+schedule::SimResult simulate_plan(const PlanInputs& in, const Plan& plan, const PlanOptions& opt);
+
+}  // namespace smp::plan

@@ -1,0 +1,155 @@
+#include "plan/report.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+namespace smp::plan {
+
+using nlohmann::json;
+
+std::string human_bytes(double x) {
+  const char* p[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  int i = 0;
+  while (x >= 1024 && i < 5) x /= 1024, ++i;
+  return fmt::format("{:.3g} {}", x, p[i]);
+}
+
+namespace {
+
+std::string human_count(double x) {
+  const char* p[] = {"", "K", "M", "G", "T"};
+  int i = 0;
+  while (x >= 1000 && i < 4) x /= 1000, ++i;
+  return i == 0 ? fmt::format("{:.0f}", x) : fmt::format("{:.3g} {}", x, p[i]);
+}
+
+std::string ms(double s) { return fmt::format("{:.4g}", s * 1e3); }
+
+std::string devices_of(const Plan& plan, const cost::Cluster& cl, int prank) {
+  std::vector<std::string> names;
+  for (int rep = 0; rep < plan.data_parallel; ++rep) {
+    int dev = plan.device_of_rank[static_cast<size_t>(rep * plan.stages + prank)];
+    const auto& d = cl.devices[static_cast<size_t>(dev)];
+    names.push_back(fmt::format("{}:{} {}", cl.hosts[static_cast<size_t>(d.host)].name, d.local,
+                                cl.kinds[static_cast<size_t>(d.kind)].name));
+  }
+  if (names.size() == 1) return names[0];
+  return fmt::format("{} (+{} replica{})", names[0], names.size() - 1, names.size() == 2 ? "" : "s");
+}
+
+std::string speedup_text(const Plan& plan, const Baseline& b) {
+  if (!b.available) return "n/a (" + b.note + ")";
+  if (!b.prediction.fits) return "baseline does not fit in memory";
+  return fmt::format("{:.2f}x", b.prediction.step_s / plan.prediction.step_s);
+}
+
+}  // namespace
+
+std::string format_report(const Plan& plan, const PlanInputs& in) {
+  const graph::Graph& g = *in.graph;
+  const cost::Cluster& cl = *in.cluster;
+  std::string out;
+  auto line = [&](const std::string& s) { out += s + "\n"; };
+  line(fmt::format("model     {} ({} nodes, {} parameters), batch {}", plan.model_path, g.nodes.size(),
+                   human_count(static_cast<double>(g.parameter_count())), plan.batch_size));
+  line(fmt::format("cluster   {}", cl.summary()));
+  line(fmt::format("plan      {} stage{} x {} data-parallel replica{}{}, {} microbatches of {:g}, schedule {}, {}", plan.stages,
+                   plan.stages == 1 ? "" : "s", plan.data_parallel, plan.data_parallel == 1 ? "" : "s",
+                   plan.chunks > 1 ? fmt::format(" ({} chunks per rank)", plan.chunks) : "", plan.microbatches,
+                   plan.microbatch_size, plan.schedule_name, layout_name(plan.layout)));
+  line(fmt::format("search    the DP saw {} of {} cut positions; {} configurations considered, {} partitioned ({} DP runs); "
+                   "split from {}",
+                   plan.positions_seen, plan.positions_total, plan.configs_considered, plan.configs_evaluated, plan.dp_runs,
+                   plan.partition == "dp" ? "the DP" : plan.partition));
+  for (const auto& n : plan.notes) line("note      " + n);
+  line("");
+  line(fmt::format("{:<5} {:<52} {:>9} {:>9} {:>9} {:>24} {:>10} {:<4} {:<28} {}", "stage", "first -> last node", "params",
+                   "fwd ms", "bwd ms", "memory used / capacity", "sent/mb", "rc", "device(s)", "timing"));
+  for (const auto& sp : plan.stage_plans) {
+    std::string range = g.nodes[static_cast<size_t>(sp.begin)].name + " -> " + g.nodes[static_cast<size_t>(sp.end - 1)].name;
+    if (range.size() > 52) range = range.substr(0, 24) + "..." + range.substr(range.size() - 25);
+    line(fmt::format("{:<5} {:<52} {:>9} {:>9} {:>9} {:>24} {:>10} {:<4} {:<28} {}", sp.index, range,
+                     human_count(static_cast<double>(sp.params)), ms(sp.f_s), ms(sp.b_s + sp.w_s),
+                     human_bytes(sp.peak_bytes) + " / " + human_bytes(sp.capacity_bytes),
+                     sp.index + 1 < static_cast<int>(plan.stage_plans.size()) ? human_bytes(sp.send_bytes) : "-",
+                     sp.recompute ? "yes" : "no", devices_of(plan, cl, sp.pipeline_rank), sp.timing));
+  }
+  line("");
+  const auto& p = plan.prediction;
+  line(fmt::format("predicted step {} ms, {:.4g} samples/s, bubble {:.1f}%, peak memory {}{}", ms(p.step_s), p.samples_per_s,
+                   100 * p.bubble, human_bytes(p.peak_max()),
+                   p.allreduce_s > 0 ? fmt::format(", all-reduce {} ms", ms(p.allreduce_s)) : ""));
+  line("");
+  line(fmt::format("baselines (same {} microbatches, {} schedule, devices and recomputation rule):", plan.microbatches,
+                   plan.schedule_name));
+  for (const auto& b : plan.baselines) {
+    if (!b.available) {
+      line(fmt::format("  {:<17} n/a: {}", b.name, b.note));
+      continue;
+    }
+    std::string cuts;
+    for (size_t i = 1; i + 1 < b.bounds.size(); ++i) cuts += (cuts.empty() ? "" : ",") + std::to_string(b.bounds[i]);
+    line(fmt::format("  {:<17} step {} ms, {:.4g} samples/s, bubble {:.1f}%, peak memory {}{} -> plan speedup {}", b.name,
+                     ms(b.prediction.step_s), b.prediction.samples_per_s, 100 * b.prediction.bubble,
+                     human_bytes(b.prediction.peak_max()), b.prediction.fits ? "" : " (does not fit)", speedup_text(plan, b)));
+    line(fmt::format("  {:<17} ({}; cuts before nodes {})", "", b.unit, cuts));
+  }
+  return out;
+}
+
+json report_json(const Plan& plan, const PlanInputs& in) {
+  const graph::Graph& g = *in.graph;
+  const cost::Cluster& cl = *in.cluster;
+  json stages = json::array();
+  for (const auto& sp : plan.stage_plans) {
+    json devs = json::array();
+    for (int rep = 0; rep < plan.data_parallel; ++rep) devs.push_back(plan.device_of_rank[static_cast<size_t>(rep * plan.stages + sp.pipeline_rank)]);
+    stages.push_back(json{{"stage", sp.index},
+                          {"first_node", g.nodes[static_cast<size_t>(sp.begin)].name},
+                          {"last_node", g.nodes[static_cast<size_t>(sp.end - 1)].name},
+                          {"nodes", sp.end - sp.begin},
+                          {"parameters", sp.params},
+                          {"forward_ms", sp.f_s * 1e3},
+                          {"backward_ms", (sp.b_s + sp.w_s) * 1e3},
+                          {"memory_bytes", sp.peak_bytes},
+                          {"capacity_bytes", sp.capacity_bytes},
+                          {"sent_bytes_per_microbatch", sp.send_bytes},
+                          {"recompute", sp.recompute},
+                          {"devices", devs},
+                          {"timing", sp.timing}});
+  }
+  auto pred = [](const Prediction& p) {
+    return json{{"fits", p.fits}, {"step_s", p.step_s}, {"samples_per_s", p.samples_per_s}, {"bubble", p.bubble},
+                {"peak_bytes", p.peak_max()}, {"allreduce_s", p.allreduce_s}};
+  };
+  json baselines = json::array();
+  for (const auto& b : plan.baselines) {
+    json bj{{"name", b.name}, {"available", b.available}, {"unit", b.unit}, {"note", b.note}};
+    if (b.available) {
+      bj["prediction"] = pred(b.prediction);
+      bj["stage_boundaries"] = b.bounds;
+      bj["speedup"] = b.prediction.fits ? json(b.prediction.step_s / plan.prediction.step_s) : json(nullptr);
+    }
+    baselines.push_back(bj);
+  }
+  return json{{"model", plan.model_path},
+              {"batch_size", plan.batch_size},
+              {"cluster", cl.summary()},
+              {"stages", plan.stages},
+              {"data_parallel", plan.data_parallel},
+              {"chunks", plan.chunks},
+              {"microbatches", plan.microbatches},
+              {"microbatch_size", plan.microbatch_size},
+              {"schedule", plan.schedule_name},
+              {"layout", std::string(layout_name(plan.layout))},
+              {"partition", plan.partition},
+              {"cut_positions_seen", plan.positions_seen},
+              {"cut_positions_total", plan.positions_total},
+              {"rows", stages},
+              {"prediction", pred(plan.prediction)},
+              {"baselines", baselines},
+              {"notes", plan.notes}};
+}
+
+}  // namespace smp::plan

@@ -1,9 +1,12 @@
 #include "runtime/cpu_backend.hpp"
 
-#include <cblas.h>
-#include <omp.h>
+#include "runtime/cpu/common.hpp"
 
+#include <cblas.h>
+
+#include <algorithm>
 #include <cstdlib>
+#include <thread>
 #include <cstring>
 
 namespace smp::runtime {
@@ -22,13 +25,17 @@ void free_aligned(void* p) { std::free(p); }
 void set_cpu_threads(int n) {
   if (n <= 0) return;
   g_threads = n;
-  omp_set_num_threads(n);
-  openblas_set_num_threads(n);
+  cpu::set_pool_threads(n);
+  // The kernels split matrix products across OpenMP threads themselves; OpenBLAS's own pthreads
+  // would compete with OpenMP's for the same cores.
+  openblas_set_num_threads(1);
 }
 
-int cpu_threads() { return g_threads > 0 ? g_threads : omp_get_max_threads(); }
+int cpu_threads() { return cpu::pool_threads(); }
 
-CpuBackend::CpuBackend(int threads) { set_cpu_threads(threads); }
+CpuBackend::CpuBackend(int threads) {
+  set_cpu_threads(threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+}
 
 const KernelTable& CpuBackend::kernels() const { return cpu_kernel_table(); }
 
@@ -69,12 +76,7 @@ void CpuBackend::to_host(const Tensor& t, void* dst) {
 void CpuBackend::fill_zero(Tensor& t) {
   char* p = static_cast<char*>(t.raw());
   int64_t n = t.bytes();
-  if (n < (1 << 16)) {
-    std::memset(p, 0, static_cast<size_t>(n));
-    return;
-  }
-#pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < n; c += (1 << 16)) std::memset(p + c, 0, static_cast<size_t>(std::min<int64_t>(1 << 16, n - c)));
+  cpu::pfor(n, 1 << 16, [&](int64_t b, int64_t e) { std::memset(p + b, 0, static_cast<size_t>(e - b)); });
 }
 
 void CpuBackend::copy(Tensor& dst, const Tensor& src) {
@@ -87,15 +89,19 @@ void CpuBackend::axpy(float alpha, const Tensor& x, Tensor& y) {
   const float* xp = x.data<float>();
   float* yp = y.data<float>();
   int64_t n = x.numel();
-#pragma omp parallel for simd schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; ++i) yp[i] += alpha * xp[i];
+  cpu::pfor(n, 32768, [&](int64_t b, int64_t e) {
+#pragma omp simd
+    for (int64_t i = b; i < e; ++i) yp[i] += alpha * xp[i];
+  });
 }
 
 void CpuBackend::scale(float alpha, Tensor& x) {
   float* p = x.data<float>();
   int64_t n = x.numel();
-#pragma omp parallel for simd schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; ++i) p[i] *= alpha;
+  cpu::pfor(n, 32768, [&](int64_t b, int64_t e) {
+#pragma omp simd
+    for (int64_t i = b; i < e; ++i) p[i] *= alpha;
+  });
 }
 
 void CpuBackend::set_num_threads(int n) { set_cpu_threads(n); }

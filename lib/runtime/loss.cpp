@@ -23,9 +23,9 @@ LossResult cross_entropy(Backend& be, const Tensor& logits, const Tensor& labels
   const float* X = logits.data<float>();
   float* G = r.grad.data<float>();
   float k = scale / static_cast<float>(rows);
-  double total = 0;
-#pragma omp parallel for reduction(+ : total) schedule(static)
-  for (int64_t i = 0; i < rows; ++i) {
+  std::vector<double> part(static_cast<size_t>(rows), 0.0);
+  cpu::pfor(rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i) {
     const float* x = X + i * C;
     float* gr = G + i * C;
     float m = -INFINITY;
@@ -40,8 +40,11 @@ LossResult cross_entropy(Backend& be, const Tensor& logits, const Tensor& labels
     for (int64_t j = 0; j < C; ++j) gr[j] *= inv * k;
     int64_t y = lab[static_cast<size_t>(i)];
     gr[y] -= k;
-    total += static_cast<double>(std::log(s) + m - x[y]);
-  }
+    part[static_cast<size_t>(i)] = static_cast<double>(std::log(s) + m - x[y]);
+      }
+  });
+  double total = 0;
+  for (double v : part) total += v;
   r.loss = total / static_cast<double>(rows);
   return r;
 }
@@ -57,7 +60,6 @@ LossResult mean_squared_error(Backend& be, const Tensor& pred, const Tensor& tar
   int64_t n = pred.numel();
   double total = 0;
   float k = 2.0f * scale / static_cast<float>(n);
-#pragma omp parallel for reduction(+ : total) schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     float d = p[i] - t[i];
     total += static_cast<double>(d) * d;

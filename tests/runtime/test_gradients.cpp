@@ -56,8 +56,8 @@ struct Case {
 
 std::tuple<std::string, DType, Shape> F(const std::string& n, Shape s) { return {n, DType::F32, s}; }
 
-void check_case(const Case& c, bool as_param) {
-  runtime::CpuBackend be(1);
+void check_case(const Case& c, bool as_param, int threads) {
+  runtime::CpuBackend be(threads);
   TinyGraph tg;
   Maker mk{tg, as_param, 1, {}, {}, &be};
   c.build(tg, mk);
@@ -381,11 +381,13 @@ std::vector<Case> cases() {
 }  // namespace
 
 TEST_CASE("every gradient rule agrees with central finite differences") {
-  for (const Case& c : cases()) {
-    for (bool as_param : {false, true}) {
-      CAPTURE(c.name);
-      CAPTURE(as_param);
-      check_case(c, as_param);
+  for (int threads : {1, 2})
+    for (const Case& c : cases()) {
+      for (bool as_param : {false, true}) {
+        CAPTURE(c.name);
+        CAPTURE(as_param);
+        CAPTURE(threads);
+        check_case(c, as_param, threads);
+      }
     }
-  }
 }

@@ -1,5 +1,7 @@
 #include "runtime/cpu/common.hpp"
 
+#include <cblas.h>
+
 namespace smp::runtime::cpu {
 
 bool broadcastable_to(const Shape& in, const Shape& out) {
@@ -67,7 +69,7 @@ void reduce_sum_to(float* dst, const Shape& dst_shape, const float* src, const S
   if (ns == 0) return;
   Bcast b = make_bcast(src_shape, {dst_shape});
   int64_t rows = b.rows(), L = b.inner(), ist = b.st[0].back();
-  int nt = omp_get_max_threads();
+  int nt = pool_threads();
   auto run = [&](float* out, int64_t r0, int64_t r1) {
     int64_t off[3];
     for (int64_t r = r0; r < r1; ++r) {
@@ -91,16 +93,51 @@ void reduce_sum_to(float* dst, const Shape& dst_shape, const float* src, const S
   }
   // per-thread partial sums, then added up
   std::vector<float> part(static_cast<size_t>(nd * nt), 0.0f);
-#pragma omp parallel num_threads(nt)
-  {
-    int64_t t = omp_get_thread_num(), c = omp_get_num_threads();
+  parallel_region(nt, [&](int64_t t, int64_t c) {
     run(part.data() + t * nd, rows * t / c, rows * (t + 1) / c);
-  }
+  });
   for (int t = 0; t < nt; ++t) {
     const float* p = part.data() + t * nd;
 #pragma omp simd
     for (int64_t i = 0; i < nd; ++i) dst[i] += p[i];
   }
+}
+
+void gemm_serial(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                 const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == 0 ? 0.0f : beta * C[i * ldc + j];
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, static_cast<int>(M),
+              static_cast<int>(N), static_cast<int>(K), alpha, A, static_cast<int>(lda), B, static_cast<int>(ldb), beta, C,
+              static_cast<int>(ldc));
+}
+
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
+          int64_t ldb, float beta, float* C, int64_t ldc) {
+  int nt = pool_threads();
+  if (nt <= 1 || pool_in_parallel() || M * N * K < (int64_t{1} << 18) || K <= 0) {
+    gemm_serial(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  bool by_rows = M >= N;
+  int64_t len = by_rows ? M : N, unit = by_rows ? 8 : 16;
+  int64_t parts = std::max<int64_t>(1, std::min<int64_t>(nt, len / unit));
+  parallel_region(static_cast<int>(parts), [&](int64_t t, int64_t c) {
+    int64_t b = (len * t / c) / unit * unit, e = t + 1 == c ? len : (len * (t + 1) / c) / unit * unit;
+    if (e > b) {
+      if (by_rows) {
+        const float* a = ta ? A + b : A + b * lda;
+        gemm_serial(ta, tb, e - b, N, K, alpha, a, lda, B, ldb, beta, C + b * ldc, ldc);
+      } else {
+        const float* bb = tb ? B + b * ldb : B + b;
+        gemm_serial(ta, tb, M, e - b, K, alpha, A, lda, bb, ldb, beta, C + b, ldc);
+      }
+    }
+  });
 }
 
 void fill_shapes(KernelState& s, const NodeView& n) {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "runtime/backend.hpp"
+#include "runtime/cpu/pool.hpp"
 
 #include <omp.h>
 
@@ -11,22 +12,20 @@
 
 namespace smp::runtime::cpu {
 
-// f(begin, end) over [0, n) split across the OpenMP threads; serial below `grain` elements.
+// f(begin, end) over [0, n) split across the pool's threads; serial below `grain` elements.
 template <class F>
 inline void pfor(int64_t n, int64_t grain, F&& f) {
   if (n <= 0) return;
-  int nt = omp_get_max_threads();
-  if (n <= grain || nt <= 1 || omp_in_parallel()) {
+  int nt = pool_threads();
+  if (n <= grain || nt <= 1 || pool_in_parallel()) {
     f(int64_t{0}, n);
     return;
   }
   int64_t chunks = std::min<int64_t>(nt, (n + grain - 1) / grain);
-#pragma omp parallel num_threads(static_cast<int>(chunks))
-  {
-    int64_t t = omp_get_thread_num(), c = omp_get_num_threads();
+  parallel_region(static_cast<int>(chunks), [&](int64_t t, int64_t c) {
     int64_t b = n * t / c, e = n * (t + 1) / c;
     if (b < e) f(b, e);
-  }
+  });
 }
 
 inline constexpr int64_t kGrain = 16384;
@@ -102,6 +101,14 @@ std::vector<int64_t> tensor_ints(const Tensor& t);
 
 // Scratch buffer from the backend (counted in its memory).
 inline Tensor scratch(ExecContext& ctx, DType dt, const Shape& shape) { return ctx.backend->empty(dt, shape); }
+
+// C[M,N] = alpha * op(A) op(B) + beta * C, row-major. gemm_serial runs in the calling thread;
+// gemm splits the output's rows (or columns) across the OpenMP threads, each calling a
+// single-threaded OpenBLAS sgemm (OpenBLAS's own threads stay off: one thread pool only).
+void gemm_serial(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                 const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
+          int64_t ldb, float beta, float* C, int64_t ldc);
 
 inline int64_t prod(const Shape& s, size_t b, size_t e) {
   int64_t p = 1;

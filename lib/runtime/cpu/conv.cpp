@@ -131,13 +131,6 @@ void col2im(const Geom& g, int64_t C, const float* col, float* dx) {
   });
 }
 
-inline void sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
-                  int64_t ldb, float beta, float* C, int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, static_cast<int>(M),
-              static_cast<int>(N), static_cast<int>(K), 1.0f, A, static_cast<int>(lda), B, static_cast<int>(ldb), beta, C,
-              static_cast<int>(ldc));
-}
-
 }  // namespace
 
 std::unique_ptr<KernelState> prep_conv(const NodeView& n) {
@@ -174,19 +167,30 @@ void fwd_conv(const KernelState& st, ExecContext& ctx, std::span<Tensor> out, st
   const float* W = in[1].data<float>();
   float* Y = out[0].data<float>();
   int64_t Cg = s.C / s.groups, Mg = s.M / s.groups, kk = g.kh * g.kw, ohw = g.oh * g.ow, ihw = g.ih * g.iw;
-  Tensor colt;
-  if (!s.pointwise) colt = scratch(ctx, DType::F32, {Cg * kk, ohw});
-  for (int64_t b = 0; b < s.N; ++b)
+  bool by_image = s.N >= 2 && pool_threads() > 1;
+  auto image = [&](int64_t b, float* col_buf, bool serial) {
     for (int64_t gr = 0; gr < s.groups; ++gr) {
       const float* xg = X + (b * s.C + gr * Cg) * ihw;
       const float* col = xg;
       if (!s.pointwise) {
-        im2col(g, Cg, xg, colt.data<float>());
-        col = colt.data<float>();
+        im2col(g, Cg, xg, col_buf);
+        col = col_buf;
       }
-      sgemm(false, false, Mg, ohw, Cg * kk, W + gr * Mg * Cg * kk, Cg * kk, col, ohw, 0.0f,
-            Y + (b * s.M + gr * Mg) * ohw, ohw);
+      (serial ? gemm_serial : gemm)(false, false, Mg, ohw, Cg * kk, 1.0f, W + gr * Mg * Cg * kk, Cg * kk, col, ohw, 0.0f,
+                                    Y + (b * s.M + gr * Mg) * ohw, ohw);
     }
+  };
+  if (by_image) {
+    pfor(s.N, 1, [&](int64_t b0, int64_t b1) {
+      Tensor colt;
+      if (!s.pointwise) colt = scratch(ctx, DType::F32, {Cg * kk, ohw});
+      for (int64_t b = b0; b < b1; ++b) image(b, s.pointwise ? nullptr : colt.data<float>(), true);
+    });
+  } else {
+    Tensor colt;
+    if (!s.pointwise) colt = scratch(ctx, DType::F32, {Cg * kk, ohw});
+    for (int64_t b = 0; b < s.N; ++b) image(b, s.pointwise ? nullptr : colt.data<float>(), false);
+  }
   if (s.has_bias) {
     const float* B = in[2].data<float>();
     pfor(s.N * s.M, std::max<int64_t>(1, kGrain / std::max<int64_t>(ohw, 1)), [&](int64_t r0, int64_t r1) {
@@ -207,45 +211,65 @@ void bwd_conv(const KernelState& st, ExecContext& ctx, const GradIO& io) {
   const float* dY = io.dout[0].data<float>();
   int64_t Cg = s.C / s.groups, Mg = s.M / s.groups, kk = g.kh * g.kw, ohw = g.oh * g.ow, ihw = g.ih * g.iw;
   bool want_dx = io.din[0].defined(), want_dw = io.din[1].defined();
-  Tensor colt;
-  if (!s.pointwise && (want_dx || want_dw)) colt = scratch(ctx, DType::F32, {Cg * kk, ohw});
-  if (want_dw) {
-    SMP_CHECK(io.in[0].defined(), "node {}: Conv backward needs X (not declared saved)", s.node_name);
-    const float* X = io.in[0].data<float>();
-    float* dW = io.din[1].data<float>();
-    if (!io.accumulate[1]) std::memset(dW, 0, static_cast<size_t>(io.din[1].numel()) * sizeof(float));
-    for (int64_t b = 0; b < s.N; ++b)
-      for (int64_t gr = 0; gr < s.groups; ++gr) {
+  const float* X = want_dw ? io.in[0].data<float>() : nullptr;
+  const float* W = want_dx ? io.in[1].data<float>() : nullptr;
+  if (want_dw) SMP_CHECK(io.in[0].defined(), "node {}: Conv backward needs X (not declared saved)", s.node_name);
+  if (want_dx) SMP_CHECK(io.in[1].defined(), "node {}: Conv backward needs W (not declared saved)", s.node_name);
+  float* dX = want_dx ? io.din[0].data<float>() : nullptr;
+  bool accx = want_dx && io.accumulate[0];
+  int64_t wsize = s.M * Cg * kk;
+  // one image: dW_part += dY_g . col^T; dX = col2im(W_g^T . dY_g)
+  auto image = [&](int64_t b, float* col, float* dW, bool serial) {
+    auto mm = serial ? gemm_serial : gemm;
+    for (int64_t gr = 0; gr < s.groups; ++gr) {
+      const float* dy = dY + (b * s.M + gr * Mg) * ohw;
+      if (dW) {
         const float* xg = X + (b * s.C + gr * Cg) * ihw;
-        const float* col = xg;
+        const float* c = xg;
         if (!s.pointwise) {
-          im2col(g, Cg, xg, colt.data<float>());
-          col = colt.data<float>();
+          im2col(g, Cg, xg, col);
+          c = col;
         }
-        // dW_g[Mg, Cg*kk] += dY_g[Mg, ohw] . col^T
-        sgemm(false, true, Mg, Cg * kk, ohw, dY + (b * s.M + gr * Mg) * ohw, ohw, col, ohw, 1.0f,
-              dW + gr * Mg * Cg * kk, Cg * kk);
+        mm(false, true, Mg, Cg * kk, ohw, 1.0f, dy, ohw, c, ohw, 1.0f, dW + gr * Mg * Cg * kk, Cg * kk);
       }
-  }
-  if (want_dx) {
-    SMP_CHECK(io.in[1].defined(), "node {}: Conv backward needs W (not declared saved)", s.node_name);
-    const float* W = io.in[1].data<float>();
-    float* dX = io.din[0].data<float>();
-    bool acc = io.accumulate[0];
-    for (int64_t b = 0; b < s.N; ++b)
-      for (int64_t gr = 0; gr < s.groups; ++gr) {
+      if (dX) {
         float* dxg = dX + (b * s.C + gr * Cg) * ihw;
-        const float* dy = dY + (b * s.M + gr * Mg) * ohw;
         const float* wg = W + gr * Mg * Cg * kk;
         if (s.pointwise) {
-          sgemm(true, false, Cg, ohw, Mg, wg, Cg * kk, dy, ohw, acc ? 1.0f : 0.0f, dxg, ohw);
+          mm(true, false, Cg, ohw, Mg, 1.0f, wg, Cg * kk, dy, ohw, accx ? 1.0f : 0.0f, dxg, ohw);
         } else {
-          float* col = colt.data<float>();
-          sgemm(true, false, Cg * kk, ohw, Mg, wg, Cg * kk, dy, ohw, 0.0f, col, ohw);
-          if (!acc) std::memset(dxg, 0, static_cast<size_t>(Cg * ihw) * sizeof(float));
+          mm(true, false, Cg * kk, ohw, Mg, 1.0f, wg, Cg * kk, dy, ohw, 0.0f, col, ohw);
+          if (!accx) std::memset(dxg, 0, static_cast<size_t>(Cg * ihw) * sizeof(float));
           col2im(g, Cg, col, dxg);
         }
       }
+    }
+  };
+  if (want_dx || want_dw) {
+    float* dW = want_dw ? io.din[1].data<float>() : nullptr;
+    if (want_dw && !io.accumulate[1]) std::memset(dW, 0, static_cast<size_t>(wsize) * sizeof(float));
+    int nt = pool_threads();
+    if (s.N >= 2 && nt > 1) {
+      int64_t chunks = std::min<int64_t>(nt, s.N);
+      std::vector<float> parts(want_dw ? static_cast<size_t>(chunks * wsize) : 0, 0.0f);
+      parallel_region(static_cast<int>(chunks), [&](int64_t t, int64_t c) {
+        Tensor colt;
+        if (!s.pointwise) colt = scratch(ctx, DType::F32, {Cg * kk, ohw});
+        for (int64_t b = s.N * t / c; b < s.N * (t + 1) / c; ++b)
+          image(b, s.pointwise ? nullptr : colt.data<float>(), want_dw ? parts.data() + t * wsize : nullptr, true);
+      });
+      if (want_dw)
+        pfor(wsize, kGrain, [&](int64_t i0, int64_t i1) {
+          for (int64_t t = 0; t < chunks; ++t) {
+            const float* p = parts.data() + t * wsize;
+            for (int64_t i = i0; i < i1; ++i) dW[i] += p[i];
+          }
+        });
+    } else {
+      Tensor colt;
+      if (!s.pointwise) colt = scratch(ctx, DType::F32, {Cg * kk, ohw});
+      for (int64_t b = 0; b < s.N; ++b) image(b, s.pointwise ? nullptr : colt.data<float>(), dW, false);
+    }
   }
   if (io.din.size() > 2 && io.din[2].defined()) {
     float* dB = io.din[2].data<float>();

@@ -11,15 +11,19 @@ namespace {
 
 inline void sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                   const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  if (M == 0 || N == 0) return;
-  if (K == 0) {
-    for (int64_t i = 0; i < M; ++i)
-      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == 0 ? 0.0f : beta * C[i * ldc + j];
-    return;
+  gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+// one product per batch: across threads when there are enough batches, else threaded gemms
+template <class F>
+void batched(int64_t batches, int64_t flops_each, F f) {
+  if (batches >= pool_threads() * 2 || flops_each < (int64_t{1} << 18)) {
+    pfor(batches, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t i = b0; i < b1; ++i) f(i, true);
+    });
+  } else {
+    for (int64_t i = 0; i < batches; ++i) f(i, false);
   }
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, static_cast<int>(M),
-              static_cast<int>(N), static_cast<int>(K), alpha, A, static_cast<int>(lda), B, static_cast<int>(ldb), beta,
-              C, static_cast<int>(ldc));
 }
 
 struct MatMulState : KernelState {
@@ -92,9 +96,10 @@ void fwd_matmul(const KernelState& st, ExecContext&, std::span<Tensor> out, std:
     sgemm(false, false, s.a_mats * M, N, K, 1.0f, A, K, B, N, 0.0f, Y, N);
     return;
   }
-  for (int64_t i = 0; i < s.batches; ++i)
-    sgemm(false, false, M, N, K, 1.0f, A + s.a_off[static_cast<size_t>(i)] * M * K, K,
-          B + s.b_off[static_cast<size_t>(i)] * K * N, N, 0.0f, Y + i * M * N, N);
+  batched(s.batches, M * N * K, [&](int64_t i, bool serial) {
+    (serial ? gemm_serial : gemm)(false, false, M, N, K, 1.0f, A + s.a_off[static_cast<size_t>(i)] * M * K, K,
+                                  B + s.b_off[static_cast<size_t>(i)] * K * N, N, 0.0f, Y + i * M * N, N);
+  });
 }
 
 void bwd_matmul(const KernelState& st, ExecContext&, const GradIO& io) {
@@ -114,9 +119,12 @@ void bwd_matmul(const KernelState& st, ExecContext&, const GradIO& io) {
         std::memset(dA, 0, static_cast<size_t>(io.din[0].numel()) * sizeof(float));
         beta = 1;
       }
-      for (int64_t i = 0; i < s.batches; ++i)
-        sgemm(false, true, M, K, N, 1.0f, dY + i * M * N, N, B + s.b_off[static_cast<size_t>(i)] * K * N, N, beta,
-              dA + s.a_off[static_cast<size_t>(i)] * M * K, K);
+      auto one = [&](int64_t i, bool serial) {
+        (serial ? gemm_serial : gemm)(false, true, M, K, N, 1.0f, dY + i * M * N, N, B + s.b_off[static_cast<size_t>(i)] * K * N,
+                                      N, beta, dA + s.a_off[static_cast<size_t>(i)] * M * K, K);
+      };
+      if (s.a_unique) batched(s.batches, M * N * K, one);
+      else for (int64_t i = 0; i < s.batches; ++i) one(i, false);
     }
   }
   if (io.din[1].defined()) {  // dB = A^T . dY
@@ -131,9 +139,12 @@ void bwd_matmul(const KernelState& st, ExecContext&, const GradIO& io) {
         std::memset(dB, 0, static_cast<size_t>(io.din[1].numel()) * sizeof(float));
         beta = 1;
       }
-      for (int64_t i = 0; i < s.batches; ++i)
-        sgemm(true, false, K, N, M, 1.0f, A + s.a_off[static_cast<size_t>(i)] * M * K, K, dY + i * M * N, N, beta,
-              dB + s.b_off[static_cast<size_t>(i)] * K * N, N);
+      auto one = [&](int64_t i, bool serial) {
+        (serial ? gemm_serial : gemm)(true, false, K, N, M, 1.0f, A + s.a_off[static_cast<size_t>(i)] * M * K, K, dY + i * M * N,
+                                      N, beta, dB + s.b_off[static_cast<size_t>(i)] * K * N, N);
+      };
+      if (s.b_unique) batched(s.batches, M * N * K, one);
+      else for (int64_t i = 0; i < s.batches; ++i) one(i, false);
     }
   }
 }

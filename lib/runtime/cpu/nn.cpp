@@ -217,14 +217,12 @@ void bwd_layernorm(const KernelState& st, ExecContext&, const GradIO& io) {
   bool want_db = io.din.size() > 2 && io.din[2].defined();
   float* dX = want_dx ? io.din[0].data<float>() : nullptr;
   bool accx = want_dx && io.accumulate[0];
-  int nt = omp_get_max_threads();
+  int nt = pool_threads();
   std::vector<float> pg, pb;
   if (want_dg) pg.assign(static_cast<size_t>(nt * D), 0.0f);
   if (want_db) pb.assign(static_cast<size_t>(nt * D), 0.0f);
   int64_t chunks = std::min<int64_t>(nt, rows);
-#pragma omp parallel num_threads(static_cast<int>(std::max<int64_t>(chunks, 1)))
-  {
-    int64_t t = omp_get_thread_num(), c = omp_get_num_threads();
+  parallel_region(static_cast<int>(std::max<int64_t>(chunks, 1)), [&](int64_t t, int64_t c) {
     float* g_acc = want_dg ? pg.data() + t * D : nullptr;
     float* b_acc = want_db ? pb.data() + t * D : nullptr;
     for (int64_t r = rows * t / c; r < rows * (t + 1) / c; ++r) {
@@ -260,7 +258,7 @@ void bwd_layernorm(const KernelState& st, ExecContext&, const GradIO& io) {
         }
       }
     }
-  }
+  });
   auto finish = [&](std::vector<float>& p, Tensor& d, bool acc) {
     float* o = d.data<float>();
     for (int64_t j = 0; j < D; ++j) {

@@ -1,0 +1,111 @@
+// Training steps per second of smp's CPU engine and of PyTorch (python3-torch) on the sample
+// models, batch 32, same thread count (1 and 2); prints the ratio smp / torch (goal: >= 1.0).
+//
+// usage: runtime_bench [--models mlp,cnn,gpt] [--threads 1,2] [--batch 32] [--steps 20] [--no-torch]
+#include "graph/loader.hpp"
+#include "runtime/cpu_backend.hpp"
+#include "runtime/executor.hpp"
+#include "runtime/loss.hpp"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+using namespace smp;
+
+namespace {
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) out.push_back(item);
+  return out;
+}
+
+double smp_steps_per_s(const std::string& name, int threads, int batch, int steps) {
+  graph::LoadOptions lo;
+  lo.batch_size = batch;
+  lo.load_weights = true;
+  graph::Graph g = graph::load_graph(std::filesystem::path(SMP_SOURCE_DIR) / "sample_models" / (name + ".onnx"), lo);
+  runtime::CpuBackend be(threads);
+  runtime::StageExecutor ex(g, be);
+  const graph::Value& in = g.value(g.inputs[0]);
+  const graph::Value& out = g.value(g.outputs[0]);
+  std::mt19937 rng(0);
+  runtime::Tensor x;
+  if (in.dtype == DType::I64) {
+    std::vector<int64_t> v(static_cast<size_t>(in.numel()));
+    for (auto& t : v) t = static_cast<int64_t>(rng() % 4096);
+    x = be.from_host(DType::I64, in.shape, v.data());
+  } else {
+    std::normal_distribution<float> d;
+    std::vector<float> v(static_cast<size_t>(in.numel()));
+    for (auto& t : v) t = d(rng);
+    x = be.from_host(DType::F32, in.shape, v.data());
+  }
+  Shape ls(out.shape.begin(), out.shape.end() - 1);
+  std::vector<int64_t> lab(static_cast<size_t>(numel(ls)));
+  for (auto& t : lab) t = static_cast<int64_t>(rng() % static_cast<uint32_t>(out.shape.back()));
+  runtime::Tensor y = be.from_host(DType::I64, ls, lab.data());
+  auto step = [&] {
+    ex.zero_grad();
+    auto o = ex.forward(0, {&x, 1});
+    auto l = runtime::cross_entropy(be, o[0], y);
+    ex.backward(0, {&l.grad, 1});
+    ex.sgd_step(0.01f);
+  };
+  for (int i = 0; i < 3; ++i) step();
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < steps; ++i) step();
+  double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return steps / dt;
+}
+
+double torch_steps_per_s(const std::string& name, int threads, int batch, int steps) {
+  std::string cmd = fmt::format("OMP_NUM_THREADS={} {} {}/scripts/torch_reference.py bench {} --threads {} --batch {} --steps {}",
+                                threads, SMP_PYTHON, SMP_SOURCE_DIR, name, threads, batch, steps);
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return 0;
+  std::string out;
+  char buf[512];
+  while (fgets(buf, sizeof buf, p)) out += buf;
+  if (pclose(p) != 0) return 0;
+  return nlohmann::json::parse(out)["steps_per_s"].get<double>();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> models{"mlp", "cnn", "gpt"};
+  std::vector<int> threads{1, 2};
+  int batch = 32, steps = 20;
+  bool torch = true;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
+    if (a == "--models") models = split(next());
+    else if (a == "--threads") { threads.clear(); for (auto& t : split(next())) threads.push_back(std::stoi(t)); }
+    else if (a == "--batch") batch = std::stoi(next());
+    else if (a == "--steps") steps = std::stoi(next());
+    else if (a == "--no-torch") torch = false;
+    else { fmt::print(stderr, "usage: runtime_bench [--models mlp,cnn,gpt] [--threads 1,2] [--batch 32] [--steps 20] [--no-torch]\n"); return 2; }
+  }
+  fmt::print("training steps/s, batch {}: smp cpu engine vs PyTorch {}\n", batch, torch ? "(python3-torch)" : "(skipped)");
+  fmt::print("{:<6} {:>7} {:>12} {:>12} {:>8}\n", "model", "threads", "smp", "torch", "ratio");
+  for (const auto& m : models)
+    for (int t : threads) {
+      double s = smp_steps_per_s(m, t, batch, steps);
+      double p = torch ? torch_steps_per_s(m, t, batch, steps) : 0;
+      fmt::print("{:<6} {:>7} {:>12.2f} {:>12.2f} {:>8}\n", m, t, s, p, p > 0 ? fmt::format("{:.2f}", s / p) : "-");
+      std::fflush(stdout);
+    }
+  return 0;
+}

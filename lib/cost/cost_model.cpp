@@ -241,8 +241,9 @@ GraphCost::GraphCost(const graph::Graph& g, int64_t batch_size, const CostOption
   cut_act_.assign(N + 1, Affine{});
   cut_grad_.assign(N + 1, Affine{});
   cut_count_.assign(N + 1, 0);
+  cut_fixed_.assign(N + 1, 0);
   std::vector<Affine> da(N + 2), dg(N + 2);
-  std::vector<int> dc(N + 2, 0);
+  std::vector<int> dc(N + 2, 0), df(N + 2, 0);
   for (size_t v = 0; v < V; ++v) {
     const auto& val = g.values[v];
     if (val.kind != ValueKind::Activation || val.producer < 0) continue;
@@ -253,20 +254,26 @@ GraphCost::GraphCost(const graph::Graph& g, int64_t batch_size, const CostOption
     da[static_cast<size_t>(L + 1)] += Affine{-b.c, -b.b};
     dc[static_cast<size_t>(p + 1)] += 1;
     dc[static_cast<size_t>(L + 1)] -= 1;
+    if (!batch_dep_[v]) {
+      df[static_cast<size_t>(p + 1)] += 1;
+      df[static_cast<size_t>(L + 1)] -= 1;
+    }
     if (needs_grad_[v]) {
       dg[static_cast<size_t>(p + 1)] += b;
       dg[static_cast<size_t>(L + 1)] += Affine{-b.c, -b.b};
     }
   }
   Affine ra, rg;
-  int rc = 0;
+  int rc = 0, rf = 0;
   for (size_t q = 0; q <= N; ++q) {
     ra += da[q];
     rg += dg[q];
     rc += dc[q];
+    rf += df[q];
     cut_act_[q] = ra;
     cut_grad_[q] = rg;
     cut_count_[q] = rc;
+    cut_fixed_[q] = rf;
   }
   cut_act_[0] = cut_grad_[0] = Affine{};
   cut_count_[0] = 0;

@@ -114,6 +114,9 @@ class GraphCost {
   Affine cut_bytes(int q) const { return cut_act_[static_cast<size_t>(q)]; }
   Affine cut_grad_bytes(int q) const { return cut_grad_[static_cast<size_t>(q)]; }
   int cut_tensors(int q) const { return cut_count_[static_cast<size_t>(q)]; }
+  // Of those, the ones computed from parameters only (e.g. Transpose(weight)): a cut there would
+  // send a weight-sized tensor every microbatch; the planner avoids such positions.
+  int cut_fixed_tensors(int q) const { return cut_fixed_[static_cast<size_t>(q)]; }
 
   // Stage [a, b) memory pieces (for one microbatch where it applies).
   struct StageMemory {
@@ -139,7 +142,7 @@ class GraphCost {
   std::vector<int> root_;
   std::vector<int> last_use_;  // per value: last consumer position (-1 none)
   std::vector<Affine> cut_act_, cut_grad_;
-  std::vector<int> cut_count_;
+  std::vector<int> cut_count_, cut_fixed_;
 };
 
 }  // namespace smp::cost

@@ -54,7 +54,9 @@ struct DpSolution {
 };
 
 struct DpOptions {
-  int max_runs = 100000;
+  int max_runs = 100000;  // DPs in all
+  int max_walk = 1 << 30; // steps of the t_max walk (the planner caps it on big searches; the
+                          // answer is then the best seen, and `truncated` says so)
 };
 
 // The objective of one partition (bounds as in DpSolution), priced by the oracle.
@@ -227,8 +229,13 @@ DpSolution solve_partition(const O& o, int m, const DpOptions& opt = {}) {
   double sum_lb = o.sum_lower_bound();
   double T = hi;
   int steps = 0;
+  bool walk_cut = false;
   while (runs < opt.max_runs) {
     if (static_cast<double>(m - 1) * T + sum_lb >= best.objective) break;
+    if (steps >= opt.max_walk) {
+      walk_cut = true;
+      break;
+    }
     if (++steps == 16) {
       DpSolution any = run(kInf, nullptr);
       consider(any);
@@ -240,7 +247,7 @@ DpSolution solve_partition(const O& o, int m, const DpOptions& opt = {}) {
     if (!(next < kInf)) break;
     T = next;
   }
-  best.truncated = runs >= opt.max_runs;
+  best.truncated = runs >= opt.max_runs || walk_cut;
   best.dp_runs = runs;
   return best;
 }

@@ -12,6 +12,7 @@
 #include <map>
 #include <numeric>
 #include <queue>
+#include <limits>
 #include <regex>
 #include <set>
 
@@ -49,7 +50,10 @@ double Prediction::peak_max() const {
 std::vector<int> candidate_positions(const GraphCost& gc, int max_positions) {
   const int N = gc.nodes();
   std::vector<int> all;
-  for (int q = 1; q < N; ++q) all.push_back(q);
+  for (int q = 1; q < N; ++q)
+    if (gc.cut_fixed_tensors(q) == 0) all.push_back(q);  // never between a weight and its Transpose
+  if (all.empty())
+    for (int q = 1; q < N; ++q) all.push_back(q);
   if (static_cast<int>(all.size()) <= max_positions) return all;
   // Narrowest points first: include every position with at most c crossing tensors, for the
   // smallest c that gives enough positions (at least half the cap, or all).
@@ -507,7 +511,31 @@ struct Oracle {
     return best;
   }
   double t_lower(int s, int i, int j) const { return times(s, i, j, nullptr); }
+  // Stage choices do not depend on the DP's bound: cached per (slot, i, j) across the DP runs of
+  // one solve (when the table is not too large).
+  mutable std::vector<uint8_t> cache_rc;
+  mutable std::vector<double> cache_td;
+  void enable_cache() {
+    const size_t n = sl_->size() * static_cast<size_t>(T->K + 1) * static_cast<size_t>(T->K + 1);
+    if (n <= (size_t{1} << 23)) {
+      cache_td.assign(n, std::numeric_limits<double>::quiet_NaN());
+      cache_rc.assign(n, 0);
+    }
+  }
   StageChoice stage(int s, int i, int j) const {
+    if (!cache_td.empty()) {
+      const size_t k = (static_cast<size_t>(s) * static_cast<size_t>(T->K + 1) + static_cast<size_t>(i)) * static_cast<size_t>(T->K + 1) +
+                       static_cast<size_t>(j);
+      double t = cache_td[k];
+      if (t == t) return {t, cache_rc[k] != 0};
+      StageChoice c = compute_stage(s, i, j);
+      cache_td[k] = c.t;
+      cache_rc[k] = c.recompute;
+      return c;
+    }
+    return compute_stage(s, i, j);
+  }
+  StageChoice compute_stage(int s, int i, int j) const {
     const Slot& sl = (*sl_)[static_cast<size_t>(s)];
     const size_t k = T->at(i, j);
     const double u = U->u;
@@ -874,6 +902,7 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
     std::string source;
     Evaluated ev;
     double dp_obj = 0;
+    bool dp_exact = true;
   } best;
   double closest_ratio = kInf;
   Config closest;
@@ -903,8 +932,11 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
     double sum_lb = kInf;
     for (size_t k = 0; k < cl.kinds.size(); ++k)
       sum_lb = std::min(sum_lb, U.PF[k][static_cast<size_t>(K)] + U.PB[k][static_cast<size_t>(K)] + U.PW[k][static_cast<size_t>(K)]);
-    Oracle o{&T, &U, &slots, 2 + cost::optimizer_factor(gc.options().optimizer), opt.recompute, sum_lb};
-    DpSolution sol = solve_partition(o, c.m);
+    Oracle o{&T, &U, &slots, 2 + cost::optimizer_factor(gc.options().optimizer), opt.recompute, sum_lb, {}, {}};
+
+    DpOptions dpo;
+    if (opt.max_walk > 0) dpo.max_walk = opt.max_walk;
+    DpSolution sol = solve_partition(o, c.m, dpo);
     plan.dp_runs += sol.dp_runs;
     std::vector<std::pair<std::string, std::vector<int>>> cands;
     if (sol.feasible) {
@@ -937,6 +969,7 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
         best.source = src;
         best.ev = ev;
         best.dp_obj = sol.feasible ? sol.objective : 0;
+        best.dp_exact = !sol.truncated;
       }
     }
   }
@@ -982,6 +1015,11 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
   plan.prediction = best.ev.pred;
   plan.partition = best.source;
   plan.dp_objective_s = best.dp_obj;
+  plan.dp_exact = best.dp_exact;
+  if (!best.dp_exact)
+    plan.notes.push_back(fmt::format("the DP's t_max walk for this configuration stopped at its cap ({} steps): the split is "
+                                     "the best seen, not proven optimal for the DP's objective (--max-walk 0 for exact)",
+                                     opt.max_walk));
   for (int rep = 0; rep < c.d; ++rep)
     for (int r = 0; r < c.p; ++r) plan.device_of_rank.push_back(device_of(c, rep, r));
   {

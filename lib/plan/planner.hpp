@@ -38,6 +38,7 @@ struct PlanOptions {
   RecomputePolicy recompute = RecomputePolicy::Auto;
   int max_positions = 256; // cut positions the DP sees at most (coarsening beyond)
   int max_evaluated = 48;  // candidate configurations partitioned by the DP, best estimates first
+  int max_walk = 48;       // steps of the DP's t_max walk per configuration (0: no cap, exact)
 };
 
 enum class Layout { PipelineMajor, ReplicaMajor };
@@ -94,6 +95,7 @@ struct Plan {
   // search
   int positions_seen = 0, positions_total = 0;
   int configs_considered = 0, configs_evaluated = 0, dp_runs = 0;
+  bool dp_exact = true;            // no DP of the chosen configuration hit the walk cap
   int devices_used = 0, devices_total = 0;
   double dp_objective_s = 0;
   std::vector<std::string> notes;
@@ -111,7 +113,9 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt);
 
 // ---- pieces, exposed for tests ---------------------------------------------------------------
 
-// Candidate cut positions (node positions q in (0, N)): all when N - 1 <= max_positions; else
+// Candidate cut positions (node positions q in (0, N)), never where a tensor computed from
+// parameters only (Transpose(weight)) would cross: all others when they are at most
+// max_positions; else
 // the narrowest dataflow points (fewest tensors crossing), merged to max_positions by joining
 // the adjacent segments of least forward cost.
 std::vector<int> candidate_positions(const cost::GraphCost& gc, int max_positions);

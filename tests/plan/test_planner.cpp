@@ -1,0 +1,307 @@
+// The planner on the samples: the win over equal layers on the GPT, never slower than either
+// baseline, the DP's memory constraint equal to the simulator's peak, recomputation,
+// heterogeneous devices, infeasible and bad input, the plan file round trip.
+#include "core/error.hpp"
+#include "cost/cluster.hpp"
+#include "cost/cost_model.hpp"
+#include "graph/loader.hpp"
+#include "plan/plan_io.hpp"
+#include "plan/planner.hpp"
+#include "plan/report.hpp"
+#include "plan/sha256.hpp"
+
+#include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
+
+#include <functional>
+#include <memory>
+#include <string>
+
+using namespace smp;
+using nlohmann::json;
+
+namespace {
+
+std::string sample(const std::string& n) { return std::string(SMP_SOURCE_DIR) + "/sample_models/" + n + ".onnx"; }
+std::string cluster_file(const std::string& f) { return std::string(SMP_SOURCE_DIR) + "/clusters/" + f + ".json"; }
+
+// A fixed one-host cluster of `n` devices (test numbers, independent of the machine).
+cost::Cluster fixed_cluster(int n, double memory = 8e9, double flops = 1e11, double bw = 2e10) {
+  json j = {{"version", 1},
+            {"name", "test"},
+            {"hosts", {{{"name", "h"},
+                        {"devices", {{{"kind", "cpu"}, {"name", "dev"}, {"count", n}, {"memory_bytes", memory},
+                                      {"peak_flops", {{"fp32", flops}, {"bf16", flops}}}, {"memory_bandwidth", bw},
+                                      {"kernel_overhead_s", 2e-6}}}},
+                        {"link", {{"bandwidth", 5e9}, {"latency", 1e-6}}}}}}};
+  return cost::cluster_from_json(j, "test cluster");
+}
+
+struct Setup {
+  graph::Graph g;
+  std::unique_ptr<cost::GraphCost> gc;
+  cost::Cluster cl;
+  plan::PlanInputs in() const { return plan::PlanInputs{&g, gc.get(), &cl}; }
+  Setup(const std::string& model, int64_t batch, cost::Cluster c, cost::CostOptions copt = {}) : cl(std::move(c)) {
+    graph::LoadOptions lo;
+    lo.batch_size = batch;
+    g = graph::load_graph(model, lo);
+    gc = std::make_unique<cost::GraphCost>(g, batch, copt);
+  }
+};
+
+plan::PlanOptions options(int64_t batch, int stages = 0, int dp = 0, int m = 0, const std::string& sched = "auto") {
+  plan::PlanOptions o;
+  o.batch_size = batch;
+  o.stages = stages;
+  o.data_parallel = dp;
+  o.microbatches = m;
+  o.schedule = sched;
+  return o;
+}
+
+std::pair<ErrorKind, std::string> error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const smp::Error& e) {
+    return {e.kind(), e.what()};
+  }
+  return {ErrorKind::Failure, ""};
+}
+
+void check_not_slower_than_baselines(const plan::Plan& p) {
+  REQUIRE(p.prediction.fits);
+  for (const auto& b : p.baselines) {
+    if (!b.available || !b.prediction.fits) continue;
+    INFO(b.name);
+    CHECK(p.prediction.step_s <= b.prediction.step_s * (1 + 1e-12));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("GPT sample on 4 stages: the plan beats equal layers visibly, and the report shows it") {
+  Setup s(sample("gpt"), 32, fixed_cluster(4));
+  auto o = options(32, 4, 1);
+  plan::Plan p = plan::make_plan(s.in(), o);
+  CHECK(p.stages == 4);
+  CHECK(p.data_parallel == 1);
+  CHECK(p.partition == "dp");
+  check_not_slower_than_baselines(p);
+  REQUIRE(p.baselines.size() == 2);
+  const auto& el = p.baselines[0];
+  REQUIRE(el.name == "equal-layers");
+  REQUIRE(el.available);
+  // equal layers put the 4096-way head on the last block's stage
+  CHECK(el.prediction.step_s / p.prediction.step_s > 1.2);
+  std::string report = plan::format_report(p, s.in());
+  MESSAGE(report);
+  CHECK(report.find("equal-layers") != std::string::npos);
+  CHECK(report.find("equal-parameters") != std::string::npos);
+  CHECK(report.find(fmt::format("plan speedup {:.2f}x", el.prediction.step_s / p.prediction.step_s)) != std::string::npos);
+  CHECK(report.find("predicted step") != std::string::npos);
+  CHECK(report.find("/head/MatMul") != std::string::npos);
+  // every position but those between a weight and its Transpose (17 of them: 4 x 4 linears + head)
+  CHECK(report.find("the DP saw 127 of 144 cut positions") != std::string::npos);
+  json rj = plan::report_json(p, s.in());
+  CHECK(rj["rows"].size() == 4);
+  CHECK(rj["baselines"][0]["speedup"].get<double>() > 1.2);
+  // the same with the schedule fixed to each generator
+  for (std::string sched : {"gpipe", "1f1b", "zb-h1"}) {
+    auto o2 = options(32, 4, 1, 8, sched);
+    plan::Plan q = plan::make_plan(s.in(), o2);
+    CHECK(q.schedule_name == sched);
+    CHECK(q.microbatches == 8);
+    check_not_slower_than_baselines(q);
+    CHECK(q.baselines[0].prediction.step_s / q.prediction.step_s > 1.15);
+  }
+}
+
+TEST_CASE("the DP's memory constraint and the simulator's peak agree") {
+  for (std::string model : {"gpt", "mlp", "cnn"}) {
+    for (std::string sched : {"gpipe", "1f1b", "zb-h1"}) {
+      for (auto rec : {plan::RecomputePolicy::Never, plan::RecomputePolicy::Always}) {
+        Setup s(sample(model), 64, fixed_cluster(4));
+        auto o = options(64, 4, 1, 8, sched);
+        o.recompute = rec;
+        plan::Plan p = plan::make_plan(s.in(), o);
+        auto checks = plan::check_memory_agreement(s.in(), p, o);
+        REQUIRE(checks.size() == 4);
+        for (const auto& c : checks) {
+          INFO(model << " " << sched);
+          CHECK(c.dp_bytes == doctest::Approx(c.sim_bytes).epsilon(1e-9));
+          CHECK(c.recompute == (rec == plan::RecomputePolicy::Always));
+        }
+      }
+    }
+  }
+  // interleaved: the DP's per-chunk bound is conservative (sums to at least the rank's peak)
+  Setup s(sample("gpt"), 64, fixed_cluster(4));
+  auto o = options(64, 4, 1, 8, "interleaved");
+  plan::Plan p = plan::make_plan(s.in(), o);
+  CHECK(p.chunks == 2);
+  auto checks = plan::check_memory_agreement(s.in(), p, o);
+  REQUIRE(checks.size() == 8);
+  for (int r = 0; r < 4; ++r) {
+    double dp = 0;
+    for (int st = 0; st < 8; ++st)
+      if (p.schedule.rank_of(st) == r) dp += checks[static_cast<size_t>(st)].dp_bytes;
+    CHECK(dp >= checks[static_cast<size_t>(r)].sim_bytes * (1 - 1e-9));
+  }
+}
+
+TEST_CASE("in-flight microbatches follow the schedule: gpipe m, 1f1b p - s") {
+  Setup s(sample("mlp"), 64, fixed_cluster(4));
+  auto o = options(64, 4, 1, 8, "gpipe");
+  o.recompute = plan::RecomputePolicy::Never;
+  plan::Plan g = plan::make_plan(s.in(), o);
+  for (const auto& st : g.stage_plans)
+    CHECK(st.peak_bytes == doctest::Approx(st.static_bytes + 8 * st.act_bytes + st.workspace_bytes));
+  o.schedule = "1f1b";
+  plan::Plan f = plan::make_plan(s.in(), o);
+  for (const auto& st : f.stage_plans)
+    CHECK(st.peak_bytes == doctest::Approx(st.static_bytes + (4 - st.index) * st.act_bytes + st.workspace_bytes));
+}
+
+TEST_CASE("recomputation where memory needs it; nothing fits says what would") {
+  // GPT at batch 64 on 4 devices: find a memory size where only recomputation fits.
+  Setup big(sample("gpt"), 64, fixed_cluster(4));
+  auto o = options(64, 4, 1, 4, "gpipe");
+  o.recompute = plan::RecomputePolicy::Never;
+  plan::Plan never = plan::make_plan(big.in(), o);
+  double peak = never.prediction.peak_max();
+  o.recompute = plan::RecomputePolicy::Always;
+  plan::Plan always = plan::make_plan(big.in(), o);
+  double peak_rc = always.prediction.peak_max();
+  REQUIRE(peak_rc < peak);
+  Setup tight(sample("gpt"), 64, fixed_cluster(4, (peak + peak_rc) / 2));
+  o.recompute = plan::RecomputePolicy::Auto;
+  plan::Plan a = plan::make_plan(tight.in(), o);
+  CHECK(a.prediction.fits);
+  int rc = 0;
+  for (const auto& st : a.stage_plans) rc += st.recompute;
+  CHECK(rc >= 1);
+  CHECK(a.prediction.peak_max() <= (peak + peak_rc) / 2);
+  // never: nothing fits at that size
+  o.recompute = plan::RecomputePolicy::Never;
+  auto [kind, msg] = error_of([&] { plan::make_plan(tight.in(), o); });
+  CHECK(kind == ErrorKind::Failure);
+  CHECK(msg.find("no plan fits in memory") != std::string::npos);
+  CHECK(msg.find("needs") != std::string::npos);
+  CHECK(msg.find("--recompute auto") != std::string::npos);
+  // 1 MB devices: not even the weights fit; say how many devices would
+  Setup tiny(sample("gpt"), 64, fixed_cluster(4, 1e6));
+  auto [k2, m2] = error_of([&] { plan::make_plan(tiny.in(), options(64)); });
+  CHECK(k2 == ErrorKind::Failure);
+  CHECK(m2.find("needs at least") != std::string::npos);
+  CHECK(m2.find("devices of") != std::string::npos);
+}
+
+TEST_CASE("bad input: more stages than nodes, a batch not divisible, impossible degrees") {
+  Setup s(sample("mlp"), 32, fixed_cluster(4));
+  auto e1 = error_of([&] { plan::make_plan(s.in(), options(32, 12, 1)); });
+  CHECK(e1.first == ErrorKind::BadInput);
+  CHECK(e1.second.rfind("--stages: 12 stages for a graph of 11 nodes", 0) == 0);
+  auto e2 = error_of([&] { plan::make_plan(s.in(), options(32, 0, 0, 3)); });
+  CHECK(e2.first == ErrorKind::BadInput);
+  CHECK(e2.second.rfind("--microbatches: the batch of 32 is not divisible into 3 microbatches", 0) == 0);
+  auto e3 = error_of([&] { plan::make_plan(s.in(), options(32, 4, 2)); });
+  CHECK(e3.first == ErrorKind::BadInput);
+  CHECK(e3.second.find("need 8 devices, the cluster has 4") != std::string::npos);
+  auto e4 = error_of([&] { plan::make_plan(s.in(), options(32, 0, 3)); });
+  CHECK(e4.second.rfind("--data-parallel", 0) == 0);
+  auto e5 = error_of([&] { plan::make_plan(s.in(), options(32, 0, 0, 0, "pipedream")); });
+  CHECK(e5.second.rfind("--schedule: unknown schedule 'pipedream'", 0) == 0);
+}
+
+TEST_CASE("every sample on every example cluster: a plan, never slower than either baseline") {
+  for (std::string model : {"mlp", "cnn", "gpt"})
+    for (std::string c : {"local-cpu", "a100-2x8", "h100-16x8", "h100-128x8", "hetero-h100-a100"}) {
+      INFO(model << " on " << c);
+      Setup s(sample(model), 1024, cost::read_cluster(cluster_file(c)));
+      plan::Plan p = plan::make_plan(s.in(), options(1024));
+      check_not_slower_than_baselines(p);
+      CHECK(p.stages * p.data_parallel == p.devices_used);
+      CHECK(p.device_of_rank.size() == static_cast<size_t>(p.devices_used));
+    }
+}
+
+TEST_CASE("heterogeneous devices: the faster ones get the larger stages") {
+  // 16 stages over 8 H100 (slots 0-7) and 8 A100 (slots 8-15); compute-bound microbatches.
+  Setup s(sample("gpt"), 1024, cost::read_cluster(cluster_file("hetero-h100-a100")));
+  auto o = options(1024, 16, 1, 16, "1f1b");
+  plan::Plan p = plan::make_plan(s.in(), o);
+  REQUIRE(p.stages == 16);
+  // Work measured on one reference device (an A100): the H100 stages hold more of it.
+  const auto& ref = s.cl.spec(15);
+  double fast = 0, slow = 0;
+  for (const auto& st : p.stage_plans) {
+    double t = 0;
+    for (int n = st.begin; n < st.end; ++n) t += s.gc->node_time(n, p.microbatch_size, ref).total();
+    (s.cl.spec(p.device_of_rank[static_cast<size_t>(st.pipeline_rank)]).name == "H100-SXM5-80GB" ? fast : slow) += t;
+  }
+  MESSAGE("reference time on the H100 stages " << fast << " s, on the A100 stages " << slow << " s");
+  CHECK(fast > 1.5 * slow);
+  check_not_slower_than_baselines(p);
+}
+
+TEST_CASE("plan file: written, read back, checksummed") {
+  Setup s(sample("gpt"), 32, fixed_cluster(4));
+  auto o = options(32, 2, 2);
+  plan::Plan p = plan::make_plan(s.in(), o);
+  plan::PlanContext ctx;
+  ctx.model_sha256 = plan::sha256_file(sample("gpt"));
+  json j = plan::plan_to_json(p, s.in(), o, ctx);
+  plan::PlanFile f = plan::plan_from_json(j, "plan.json");
+  CHECK(f.stages == 2);
+  CHECK(f.data_parallel == 2);
+  CHECK(f.batch_size == 32);
+  CHECK(f.microbatches * f.microbatch_size * f.data_parallel == 32);
+  REQUIRE(f.stage.size() == 2);
+  CHECK(f.stage[0].nodes.front() == s.g.nodes.front().name);
+  CHECK(f.stage[1].nodes.back() == s.g.nodes.back().name);
+  CHECK(f.stage[0].nodes.size() + f.stage[1].nodes.size() == s.g.nodes.size());
+  CHECK(f.stage[0].inputs.size() == 1);  // input_ids
+  CHECK(f.stage[0].inputs[0].peer == -1);
+  CHECK(f.stage[0].inputs[0].shape[0] == f.microbatch_size);
+  REQUIRE(!f.stage[1].inputs.empty());
+  CHECK(f.stage[1].inputs[0].peer == 0);
+  CHECK(f.stage[0].outputs[0].peer == 1);
+  CHECK(f.ranks.size() == 4);
+  CHECK(f.ranks[3].replica == 1);
+  CHECK(f.ranks[3].pipeline_rank == 1);
+  CHECK(f.stage[1].ranks == std::vector<int>{1, 3});
+  CHECK(f.schedule.lowered());
+  size_t params = 0;
+  for (const auto& st : f.stage) params += st.parameters.size();
+  CHECK(params == s.g.parameters.size());
+  plan::check_model_checksum(f, sample("gpt"));
+  auto e = error_of([&] { plan::check_model_checksum(f, sample("mlp")); });
+  CHECK(e.first == ErrorKind::BadInput);
+  json bad = j;
+  bad["degrees"]["pipeline"] = 3;
+  auto e2 = error_of([&] { plan::plan_from_json(bad, "plan.json"); });
+  CHECK(e2.first == ErrorKind::BadInput);
+  bad = j;
+  bad["stages"][0].erase("nodes");
+  auto e3 = error_of([&] { plan::plan_from_json(bad, "plan.json"); });
+  CHECK(e3.second.rfind("plan.json: stages[0].nodes: missing", 0) == 0);
+}
+
+TEST_CASE("coarsening keeps the narrowest cut positions up to the cap") {
+  Setup s(sample("gpt"), 8, fixed_cluster(2));
+  auto all = plan::candidate_positions(*s.gc, 1000);
+  size_t free_positions = 0;
+  for (int q = 1; q < static_cast<int>(s.g.nodes.size()); ++q) free_positions += s.gc->cut_fixed_tensors(q) == 0;
+  CHECK(all.size() == free_positions);
+  CHECK(free_positions == s.g.nodes.size() - 1 - 17);
+  for (int q : all) CHECK(s.gc->cut_fixed_tensors(q) == 0);
+  auto few = plan::candidate_positions(*s.gc, 20);
+  CHECK(few.size() <= 20);
+  CHECK(few.size() >= 5);
+  for (size_t i = 1; i < few.size(); ++i) CHECK(few[i - 1] < few[i]);
+  // the block boundaries (only the residual stream crosses) are among them
+  int min_cross = 1 << 30;
+  for (int q : all) min_cross = std::min(min_cross, s.gc->cut_tensors(q));
+  for (int q : few) CHECK(s.gc->cut_tensors(q) <= 2);
+}

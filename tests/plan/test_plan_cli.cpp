@@ -1,0 +1,130 @@
+// smp-plan's planning mode end to end: the report, --json, the plan file, bad input (exit 2),
+// nothing fits (exit 1); the summary and the schedule mode still work.
+#include "../graph/test_util.hpp"
+
+#include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+
+using smp::test::run_cmd;
+using smp::test::sample;
+using smp::test::tool;
+using nlohmann::json;
+
+namespace {
+
+std::string cluster(const std::string& c) { return std::string(SMP_SOURCE_DIR) + "/clusters/" + c + ".json"; }
+
+int lines(const std::string& s) {
+  int n = 0;
+  for (char c : s) n += c == '\n';
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("smp-plan plans the GPT sample and writes the plan") {
+  auto dir = smp::test::temp_dir("plan_cli");
+  std::string out = (dir / "p.json").string();
+  auto r = run_cmd(tool("smp-plan") + " " + sample("gpt") + " -b 32 --devices 4 --stages 4 -o " + out);
+  INFO(r.out);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out.find("first -> last node") != std::string::npos);
+  CHECK(r.out.find("predicted step") != std::string::npos);
+  CHECK(r.out.find("equal-layers") != std::string::npos);
+  CHECK(r.out.find("plan speedup") != std::string::npos);
+  CHECK(r.out.find("wrote " + out) != std::string::npos);
+  std::ifstream f(out);
+  json j = json::parse(f);
+  CHECK(j["version"] == 1);
+  CHECK(j["degrees"]["pipeline"] == 4);
+  CHECK(j["stages"].size() == 4);
+  CHECK(j["model"]["sha256"].get<std::string>().size() == 64);
+  // --json: the report as one object
+  auto rj = run_cmd(tool("smp-plan") + " " + sample("gpt") + " -b 32 --devices 4 --stages 4 --json -o " + out + " 2>/dev/null");
+  REQUIRE(rj.exit_code == 0);
+  json rep = json::parse(rj.out);
+  CHECK(rep["rows"].size() == 4);
+  CHECK(rep["baselines"].size() == 2);
+  CHECK(rep["plan_file"] == out);
+  // --timeline / --trace / --show with a model
+  auto rt = run_cmd(tool("smp-plan") + " " + sample("mlp") + " -b 16 --devices 2 --stages 2 -o " + out + " --show --timeline " +
+                    (dir / "t.svg").string() + " --trace " + (dir / "t.json").string());
+  INFO(rt.out);
+  CHECK(rt.exit_code == 0);
+  CHECK(std::filesystem::file_size(dir / "t.svg") > 1000);
+  CHECK(std::filesystem::file_size(dir / "t.json") > 100);
+  CHECK(rt.out.find("schedule ") != std::string::npos);
+}
+
+TEST_CASE("smp-plan --help states the default plan file; --summary and --show still work") {
+  auto h = run_cmd(tool("smp-plan") + " --help");
+  CHECK(h.exit_code == 0);
+  CHECK(h.out.find("plan.json") != std::string::npos);
+  CHECK(h.out.find("--cluster") != std::string::npos);
+  auto s = run_cmd(tool("smp-plan") + " " + sample("gpt") + " -b 4 --summary");
+  CHECK(s.exit_code == 0);
+  CHECK(s.out.find("ONNX nodes") != std::string::npos);
+  auto sh = run_cmd(tool("smp-plan") + " --schedule 1f1b --stages 4 --microbatches 8 --show");
+  CHECK(sh.exit_code == 0);
+  CHECK(sh.out.find("bubble") != std::string::npos);
+}
+
+TEST_CASE("smp-plan bad input: one line naming the file or option, exit 2") {
+  auto dir = smp::test::temp_dir("plan_cli_bad");
+  std::string out = " -o " + (dir / "p.json").string();
+  {
+    std::ifstream in(cluster("a100-2x8"));
+    json j = json::parse(in);
+    j["hosts"][0]["devices"][0]["memory_bytes"] = -1;
+    std::ofstream(dir / "bad.json") << j.dump();
+  }
+  struct Case {
+    std::string args, expect;
+  };
+  std::vector<Case> cases = {
+      {sample("gpt") + " -b 32 --cluster " + (dir / "bad.json").string(),
+       "error: " + (dir / "bad.json").string() + ": hosts[0].devices[0].memory_bytes: must be a positive number"},
+      {sample("gpt") + " -b 32 --devices 0", "error: --devices: must be at least 1"},
+      {sample("mlp") + " -b 32 --devices 4 --stages 12", "error: --stages: 12 stages for a graph of 11 nodes"},
+      {sample("mlp") + " -b 10 --devices 2 --microbatches 3", "error: --microbatches: the batch of 10 is not divisible into 3 microbatches"},
+      {sample("mlp") + " --devices 2", "error: --batch-size: required for planning"},
+      {sample("mlp") + " -b 8 --devices 2 --optimizer lion", "error: --optimizer: unknown optimizer 'lion'"},
+      {sample("mlp") + " -b 8 --devices 2 --recompute sometimes", "error: --recompute: unknown value 'sometimes'"},
+      {sample("mlp") + " -b 8 --devices 2 --dtype fp8", "error: --dtype: unknown dtype 'fp8'"},
+      {sample("mlp") + " -b 8 --devices 2 --cluster " + cluster("a100-2x8"), "error: --devices: applies to this machine's CPU"},
+      {sample("mlp") + " -b 8 --cluster " + (dir / "missing.json").string(), "error: " + (dir / "missing.json").string() + ": no such file"},
+  };
+  for (const auto& c : cases) {
+    auto r = run_cmd(tool("smp-plan") + " " + c.args + out);
+    INFO(c.args << "\n" << r.out);
+    CHECK(r.exit_code == 2);
+    CHECK(r.out.rfind(c.expect, 0) == 0);
+    CHECK(lines(r.out) == 1);
+  }
+  // a profile measured on a device the cluster lacks
+  std::ofstream(dir / "prof.json") << R"({"version": 1, "device": {"name": "TPU-v9"}, "microbatch_size": 4, "nodes": {}})";
+  auto r = run_cmd(tool("smp-plan") + " " + sample("mlp") + " -b 8 --cluster " + cluster("a100-2x8") + " --profile " +
+                   (dir / "prof.json").string() + out);
+  CHECK(r.exit_code == 2);
+  CHECK(r.out.find("TPU-v9") != std::string::npos);
+}
+
+TEST_CASE("smp-plan when nothing fits: exit 1, says what would fit") {
+  auto dir = smp::test::temp_dir("plan_cli_nofit");
+  json j = {{"version", 1},
+            {"name", "small"},
+            {"hosts", {{{"name", "h"},
+                        {"devices", {{{"kind", "gpu"}, {"name", "tiny"}, {"count", 2}, {"memory_bytes", 2e6},
+                                      {"peak_flops", {{"fp32", 1e12}, {"bf16", 1e12}}}, {"memory_bandwidth", 1e11}}}},
+                        {"link", {{"bandwidth", 1e10}, {"latency", 1e-6}}}}}}};
+  std::ofstream(dir / "small.json") << j.dump();
+  auto r = run_cmd(tool("smp-plan") + " " + sample("gpt") + " -b 8 --cluster " + (dir / "small.json").string() + " -o " +
+                   (dir / "p.json").string());
+  INFO(r.out);
+  CHECK(r.exit_code == 1);
+  CHECK(r.out.find("no plan fits in memory") != std::string::npos);
+  CHECK(r.out.find("needs at least") != std::string::npos);
+  CHECK(lines(r.out) == 1);
+}

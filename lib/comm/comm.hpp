@@ -17,7 +17,7 @@ namespace smp::comm {
 // A pending non-blocking operation. Move-only; wait() or test() completes it.
 class Request {
  public:
-  Request() = default;
+  Request();
   Request(Request&&) noexcept;
   Request& operator=(Request&&) noexcept;
   Request(const Request&) = delete;

@@ -22,6 +22,7 @@ struct Request::Impl {
 
 Request::Request(std::unique_ptr<Impl> impl, int peer, int tag) : impl_(std::move(impl)), peer_(peer), tag_(tag) {}
 
+Request::Request() = default;
 Request::Request(Request&&) noexcept = default;
 Request& Request::operator=(Request&&) noexcept = default;
 

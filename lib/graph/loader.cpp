@@ -337,8 +337,9 @@ void bind_dims(onnx::GraphProto& g, const std::unordered_set<std::string>& initi
       std::string sym = d->dim_param();
       int64_t v = 0;
       auto it = sym.empty() ? opts.dims.end() : opts.dims.find(sym);
-      if (it != opts.dims.end()) v = it->second;
-      else if (k == 0 && opts.batch_size > 0) v = opts.batch_size;
+      // The batch size wins on the leading axis (a plan may also record the batch symbol).
+      if (k == 0 && opts.batch_size > 0) v = opts.batch_size;
+      else if (it != opts.dims.end()) v = it->second;
       else if (k == 0)
         throw_bad_input(file, fmt::format("graph input '{}' has a symbolic batch dimension{}", in.name(),
                                           sym.empty() ? "" : " '" + sym + "'"),

@@ -1,0 +1,826 @@
+#include "train/worker.hpp"
+
+#include "core/error.hpp"
+#include "core/io.hpp"
+#include "graph/export.hpp"
+#include "graph/loader.hpp"
+#include "plan/plan_io.hpp"
+#include "runtime/cpu_backend.hpp"
+#include "runtime/executor.hpp"
+#include "runtime/loss.hpp"
+#include "schedule/timeline.hpp"
+#include "schedule/validate.hpp"
+#include "train/checkpoint.hpp"
+#include "train/data.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <numeric>
+#include <set>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+namespace smp::train {
+
+namespace fs = std::filesystem;
+using runtime::Tensor;
+
+fs::path status_file(const fs::path& dir, int rank) { return dir / fmt::format("rank-{}.status", rank); }
+
+void write_status(const fs::path& dir, int rank, const std::string& text) {
+  if (dir.empty()) return;
+  // Plain write + rename: also used on the way out of an error.
+  fs::path f = status_file(dir, rank), tmp = f;
+  tmp += ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) return;
+  std::string line = text + "\n";
+  [[maybe_unused]] ssize_t n = ::write(fd, line.data(), line.size());
+  ::close(fd);
+  ::rename(tmp.c_str(), f.c_str());
+}
+
+namespace {
+
+using clock = std::chrono::steady_clock;
+
+double seconds_since(clock::time_point t0) { return std::chrono::duration<double>(clock::now() - t0).count(); }
+
+// Tensors crossing the cut between stage k and k+1, in value-id order.
+struct Cut {
+  std::vector<int> values;
+  std::vector<int> grads;  // the floating ones: their gradients travel back
+};
+
+struct StageRt {
+  int index = 0;
+  std::vector<int> nodes;
+  std::unique_ptr<runtime::StageExecutor> ex;
+  std::vector<int> group;  // global ranks of its replicas (ascending)
+  bool writer = false;     // replica 0: writes checkpoints, counts in the gradient norm
+  std::map<int, ParamState> opt;
+  // measured per microbatch, summed over steps after the first
+  double f_s = 0, b_s = 0, w_s = 0;
+  int64_t nf = 0, nb = 0, nw = 0;
+};
+
+struct Key {
+  int stage, mb;
+  bool operator<(const Key& o) const { return stage != o.stage ? stage < o.stage : mb < o.mb; }
+};
+
+struct Pending {
+  comm::Request req;
+  std::string buf;
+};
+
+int64_t tensor_bytes(const graph::Graph& g, int v) { return g.value(v).bytes(); }
+
+std::string pack(runtime::Backend& be, const std::vector<Tensor>& ts) {
+  size_t total = 0;
+  for (const auto& t : ts) total += static_cast<size_t>(t.bytes());
+  std::string buf(total, '\0');
+  size_t off = 0;
+  for (const auto& t : ts) {
+    be.to_host(t, buf.data() + off);
+    off += static_cast<size_t>(t.bytes());
+  }
+  return buf;
+}
+
+std::vector<Tensor> unpack(runtime::Backend& be, const graph::Graph& g, const std::vector<int>& values, const std::string& buf) {
+  std::vector<Tensor> out;
+  size_t off = 0;
+  for (int v : values) {
+    const auto& val = g.value(v);
+    out.push_back(be.from_host(val.dtype, val.shape, buf.data() + off));
+    off += static_cast<size_t>(val.bytes());
+  }
+  SMP_CHECK(off == buf.size(), "message of {} bytes for {} bytes of tensors", buf.size(), off);
+  return out;
+}
+
+schedule::SpanKind span_kind(schedule::Op op) {
+  switch (op) {
+    case schedule::Op::Forward: return schedule::SpanKind::Forward;
+    case schedule::Op::BackwardInput: return schedule::SpanKind::BackwardInput;
+    case schedule::Op::BackwardWeight: return schedule::SpanKind::BackwardWeight;
+    case schedule::Op::Backward: return schedule::SpanKind::Backward;
+    case schedule::Op::SendAct: case schedule::Op::RecvAct: return schedule::SpanKind::SendAct;
+    case schedule::Op::SendGrad: case schedule::Op::RecvGrad: return schedule::SpanKind::SendGrad;
+  }
+  return schedule::SpanKind::Other;
+}
+
+struct MeasuredSpan {
+  double start, end;
+  int op, stage, mb, lane;
+};
+
+std::string fmt_duration(double s) {
+  if (!(s >= 0) || s > 1e7) return "--:--";
+  int64_t t = static_cast<int64_t>(std::llround(s));
+  if (t >= 3600) return fmt::format("{}:{:02d}:{:02d}", t / 3600, (t / 60) % 60, t % 60);
+  return fmt::format("{}:{:02d}", t / 60, t % 60);
+}
+
+class Worker {
+ public:
+  Worker(comm::Communicator& c, const RunOptions& o) : c_(c), o_(o), be_(std::max(o.threads, 1)) {}
+
+  void run();
+
+ private:
+  void load();
+  void restore();
+  double step(int64_t k, bool record);
+  void reduce_and_update(int64_t k, double* loss, double* norm);
+  void checkpoint(int64_t steps_done);
+  void report_end(double mean_step_s);
+  void export_model(int64_t steps_done);
+  void gather_timeline();
+
+  Tensor input_slice(int value, int64_t step, int mb);
+  Tensor label_slice(int64_t step, int mb);
+  std::vector<int64_t> microbatch_rows(int64_t step, int mb) const;
+
+  comm::Communicator& c_;
+  const RunOptions& o_;
+  runtime::CpuBackend be_;
+  plan::PlanFile plan_;
+  graph::Graph g_;
+  std::vector<int> stage_of_node_;
+  std::vector<Cut> cuts_;
+  std::vector<StageRt> stages_;  // this rank's
+  std::map<int, StageRt*> by_index_;
+  int S_ = 0, m_ = 0, d_ = 1, replica_ = 0;
+  int64_t B_ = 0, b_ = 0;
+  int output_value_ = -1;
+  bool need_data_ = false;
+  Dataset data_;
+  runtime::LossKind loss_kind_ = runtime::LossKind::CrossEntropy;
+  int64_t start_step_ = 0;
+  std::vector<MeasuredSpan> spans_;  // the recorded step
+  double recorded_step_s_ = 0;
+};
+
+void Worker::load() {
+  plan_ = plan::read_plan(o_.plan);
+  if (static_cast<int>(plan_.ranks.size()) != c_.size())
+    throw_bad_input(o_.plan.string(), fmt::format("the plan has {} ranks, the job {}", plan_.ranks.size(), c_.size()),
+                    "start as many processes as the plan's ranks");
+  const plan::PlanRank& me = plan_.ranks.at(static_cast<size_t>(c_.rank()));
+  replica_ = me.replica;
+  S_ = static_cast<int>(plan_.stage.size());
+  m_ = plan_.microbatches;
+  d_ = plan_.data_parallel;
+  B_ = plan_.batch_size;
+  b_ = plan_.microbatch_size;
+  if (b_ * m_ * d_ != B_)
+    throw_bad_input(o_.plan.string(), fmt::format("batch {} is not {} replicas x {} microbatches x {}", B_, d_, m_, b_));
+
+  // The model: as written in the plan, else beside the plan file.
+  fs::path model = plan_.model_path;
+  if (model.is_relative() && !fs::exists(model)) {
+    fs::path beside = o_.plan.parent_path() / model;
+    if (fs::exists(beside)) model = beside;
+  }
+  plan_.model_path = model.string();
+  if (c_.rank() == 0) plan::check_model_checksum(plan_, model);
+
+  std::set<std::string> mine;
+  for (int s : me.stages)
+    for (const auto& p : plan_.stage.at(static_cast<size_t>(s)).parameters) mine.insert(p);
+  graph::LoadOptions lo;
+  lo.batch_size = b_;
+  lo.dims = plan_.dims;
+  lo.load_weights = true;
+  lo.want_weight = [&](const std::string& n) { return mine.count(n) != 0; };
+  g_ = graph::load_graph(model, lo);
+
+  std::map<std::string, int> node_index;
+  for (size_t i = 0; i < g_.nodes.size(); ++i) node_index[g_.nodes[i].name] = static_cast<int>(i);
+  stage_of_node_.assign(g_.nodes.size(), -1);
+  std::vector<std::vector<int>> nodes_of(static_cast<size_t>(S_));
+  for (const auto& st : plan_.stage) {
+    for (const auto& name : st.nodes) {
+      auto it = node_index.find(name);
+      if (it == node_index.end())
+        throw_bad_input(o_.plan.string(), "stage " + std::to_string(st.index) + " names node '" + name + "', which the model lacks",
+                        "was the plan made for this model?");
+      stage_of_node_[static_cast<size_t>(it->second)] = st.index;
+      nodes_of[static_cast<size_t>(st.index)].push_back(it->second);
+    }
+  }
+  for (size_t i = 0; i < g_.nodes.size(); ++i)
+    if (stage_of_node_[i] < 0)
+      throw_bad_input(o_.plan.string(), "node '" + g_.nodes[i].name + "' is in no stage", "was the plan made for this model?");
+  for (int s = 0; s < S_; ++s) {
+    auto& ns = nodes_of[static_cast<size_t>(s)];
+    if (!std::is_sorted(ns.begin(), ns.end()))
+      throw_bad_input(o_.plan.string(), fmt::format("stage {}'s nodes are not in the model's order", s));
+  }
+  if (g_.outputs.size() != 1)
+    throw_bad_input(plan_.model_path, fmt::format("the model has {} outputs; smp trains models with one", g_.outputs.size()));
+  output_value_ = g_.outputs[0];
+  int out_stage = stage_of_node_[static_cast<size_t>(g_.value(output_value_).producer)];
+  if (out_stage != S_ - 1)
+    throw_bad_input(o_.plan.string(), fmt::format("the model's output is computed on stage {}, not the last", out_stage));
+
+  // Cuts: activations produced up to stage k and read after it.
+  cuts_.assign(static_cast<size_t>(std::max(S_ - 1, 0)), Cut{});
+  for (size_t v = 0; v < g_.values.size(); ++v) {
+    const auto& val = g_.value(static_cast<int>(v));
+    if (val.producer < 0) continue;
+    int from = stage_of_node_[static_cast<size_t>(val.producer)];
+    int last = from;
+    for (int cn : val.consumers) last = std::max(last, stage_of_node_[static_cast<size_t>(cn)]);
+    for (int k = from; k < last; ++k) {
+      cuts_[static_cast<size_t>(k)].values.push_back(static_cast<int>(v));
+      if (is_floating(val.dtype)) cuts_[static_cast<size_t>(k)].grads.push_back(static_cast<int>(v));
+    }
+  }
+
+  for (int s : me.stages) {
+    StageRt st;
+    st.index = s;
+    st.nodes = nodes_of[static_cast<size_t>(s)];
+    st.ex = std::make_unique<runtime::StageExecutor>(g_, st.nodes, be_);
+    st.group = plan_.stage.at(static_cast<size_t>(s)).ranks;
+    std::sort(st.group.begin(), st.group.end());
+    st.writer = replica_ == 0;
+    for (int v : st.ex->inputs()) {
+      const auto& val = g_.value(v);
+      if (val.kind == graph::ValueKind::Input) need_data_ = true;
+      else if (s == 0 || std::find(cuts_[static_cast<size_t>(s - 1)].values.begin(), cuts_[static_cast<size_t>(s - 1)].values.end(), v) ==
+                             cuts_[static_cast<size_t>(s - 1)].values.end())
+        SMP_CHECK(false, "stage {} reads '{}' which does not cross into it", s, val.name);
+    }
+    if (s == S_ - 1) need_data_ = true;
+    stages_.push_back(std::move(st));
+  }
+  for (auto& st : stages_) by_index_[st.index] = &st;
+
+  if (need_data_) {
+    if (o_.data.empty()) data_ = synthetic_dataset(g_, std::max<int64_t>(o_.synthetic_rows, B_), o_.seed + 17);
+    else data_ = load_dataset(o_.data, g_, B_);
+    const graph::Value& out = g_.value(output_value_);
+    runtime::Tensor probe;
+    loss_kind_ = runtime::choose_loss(out.shape, data_.has_labels ? data_.labels.dtype : DType::F32);
+    if (loss_kind_ != runtime::LossKind::Scalar && !data_.has_labels)
+      throw_bad_input(o_.data.string(), "no labels.npy for a model whose output is not a scalar loss");
+  }
+}
+
+std::vector<int64_t> Worker::microbatch_rows(int64_t step, int mb) const {
+  std::vector<int64_t> all = batch_rows(data_.rows, step, B_, o_.shuffle, o_.seed);
+  auto first = all.begin() + (static_cast<int64_t>(replica_) * m_ + mb) * b_;
+  return std::vector<int64_t>(first, first + b_);
+}
+
+Tensor Worker::input_slice(int value, int64_t step, int mb) {
+  const auto& val = g_.value(value);
+  for (const auto& a : data_.inputs)
+    if (a.name == val.name) {
+      auto rows = microbatch_rows(step, mb);
+      std::string bytes = gather_rows(a, rows);
+      return be_.from_host(val.dtype, val.shape, bytes.data());
+    }
+  SMP_CHECK(false, "no data for input '{}'", val.name);
+  return {};
+}
+
+Tensor Worker::label_slice(int64_t step, int mb) {
+  auto rows = microbatch_rows(step, mb);
+  std::string bytes = gather_rows(data_.labels, rows);
+  Shape s{b_};
+  s.insert(s.end(), data_.labels.sample.begin(), data_.labels.sample.end());
+  return be_.from_host(data_.labels.dtype, s, bytes.data());
+}
+
+// One training step through the rank's lowered list. Returns this rank's share of the loss.
+double Worker::step(int64_t k, bool record) {
+  const auto& actions = plan_.schedule.actions.at(static_cast<size_t>(plan_.ranks[static_cast<size_t>(c_.rank())].pipeline_rank));
+  const double scale = 1.0 / static_cast<double>(m_ * d_);
+  auto t0 = clock::now();
+  auto rank_of_stage = [&](int s) {
+    // The global rank running stage s in this replica (the lists' peers count pipeline ranks).
+    return replica_ * plan_.stages + plan_.schedule.rank_of(s);
+  };
+  std::map<Key, Pending> recv_act, recv_grad;
+  std::vector<Pending> sends;
+  std::map<Key, std::vector<Tensor>> act_out;   // cut tensors leaving stage s for mb (Key.stage = s)
+  std::map<Key, std::vector<Tensor>> act_in;    // cut tensors entering stage s (cut s-1)
+  std::map<Key, std::vector<Tensor>> grad_out;  // gradients leaving stage s upstream (cut s-1)
+  std::map<Key, std::vector<Tensor>> grad_in;   // gradients entering stage s (cut s)
+  std::map<Key, Tensor> loss_grad;
+  double loss = 0;
+  if (record) spans_.clear();
+
+  for (auto& st : stages_) st.ex->zero_grad();
+
+  auto tag_of = [&](const schedule::Action& a) { return static_cast<int>(schedule::message_id(plan_.schedule, a)); };
+  auto cut_bytes = [&](const std::vector<int>& vs) {
+    int64_t n = 0;
+    for (int v : vs) n += tensor_bytes(g_, v);
+    return n;
+  };
+
+  for (const auto& a : actions) {
+    auto ts = clock::now();
+    const int s = a.stage, mb = a.mb;
+    switch (a.op) {
+      case schedule::Op::RecvAct: {
+        Pending p;
+        p.buf.assign(static_cast<size_t>(cut_bytes(cuts_[static_cast<size_t>(s - 1)].values)), '\0');
+        p.req = c_.irecv(p.buf.data(), p.buf.size(), rank_of_stage(s - 1) , tag_of(a));
+        recv_act[{s, mb}] = std::move(p);
+        break;
+      }
+      case schedule::Op::RecvGrad: {
+        Pending p;
+        p.buf.assign(static_cast<size_t>(cut_bytes(cuts_[static_cast<size_t>(s)].grads)), '\0');
+        p.req = c_.irecv(p.buf.data(), p.buf.size(), rank_of_stage(s + 1), tag_of(a));
+        recv_grad[{s, mb}] = std::move(p);
+        break;
+      }
+      case schedule::Op::Forward: {
+        StageRt& st = *by_index_.at(s);
+        std::vector<Tensor> incoming;
+        if (s > 0) {
+          auto r = recv_act.find({s, mb});
+          if (r != recv_act.end()) {
+            c_.wait(r->second.req, fmt::format("activations of stage {}, microbatch {}", s - 1, mb));
+            incoming = unpack(be_, g_, cuts_[static_cast<size_t>(s - 1)].values, r->second.buf);
+            recv_act.erase(r);
+          } else {
+            auto l = act_out.find({s - 1, mb});
+            SMP_CHECK(l != act_out.end(), "stage {} microbatch {}: no input received or computed", s, mb);
+            incoming = std::move(l->second);
+            act_out.erase(l);
+          }
+        }
+        const auto& in_cut = s > 0 ? cuts_[static_cast<size_t>(s - 1)].values : std::vector<int>{};
+        auto from_cut = [&](int v) -> Tensor {
+          auto it = std::find(in_cut.begin(), in_cut.end(), v);
+          SMP_CHECK(it != in_cut.end(), "value {} not in the incoming cut", v);
+          return incoming[static_cast<size_t>(it - in_cut.begin())];
+        };
+        std::vector<Tensor> inputs;
+        for (int v : st.ex->inputs())
+          inputs.push_back(g_.value(v).kind == graph::ValueKind::Input ? input_slice(v, k, mb) : from_cut(v));
+        auto outs = st.ex->forward(mb, inputs);
+        const auto& exo = st.ex->outputs();
+        auto from_out = [&](int v) -> Tensor {
+          auto it = std::find(exo.begin(), exo.end(), v);
+          if (it != exo.end()) return outs[static_cast<size_t>(it - exo.begin())];
+          return from_cut(v);  // passing through
+        };
+        if (s + 1 < S_) {
+          std::vector<Tensor> leaving;
+          for (int v : cuts_[static_cast<size_t>(s)].values) leaving.push_back(from_out(v));
+          act_out[{s, mb}] = std::move(leaving);
+        } else {
+          Tensor out = from_out(output_value_);
+          Tensor labels = loss_kind_ == runtime::LossKind::Scalar ? Tensor{} : label_slice(k, mb);
+          auto lr = runtime::apply_loss(loss_kind_, be_, out, labels, static_cast<float>(scale));
+          loss += lr.loss * scale;
+          loss_grad[{s, mb}] = lr.grad;
+        }
+        act_in[{s, mb}] = std::move(incoming);
+        if (k > 0) st.f_s += seconds_since(ts), ++st.nf;
+        break;
+      }
+      case schedule::Op::SendAct: {
+        auto it = act_out.find({s, mb});
+        SMP_CHECK(it != act_out.end(), "send of stage {} microbatch {} before its forward", s, mb);
+        Pending p;
+        p.buf = pack(be_, it->second);
+        act_out.erase(it);
+        p.req = c_.isend(p.buf.data(), p.buf.size(), rank_of_stage(s + 1), tag_of(a));
+        sends.push_back(std::move(p));
+        break;
+      }
+      case schedule::Op::Backward:
+      case schedule::Op::BackwardInput: {
+        StageRt& st = *by_index_.at(s);
+        std::vector<Tensor> gin;  // gradients of cut s tensors, in cut order
+        if (s + 1 < S_) {
+          auto r = recv_grad.find({s, mb});
+          if (r != recv_grad.end()) {
+            c_.wait(r->second.req, fmt::format("gradients from stage {}, microbatch {}", s + 1, mb));
+            gin = unpack(be_, g_, cuts_[static_cast<size_t>(s)].grads, r->second.buf);
+            recv_grad.erase(r);
+          } else {
+            auto l = grad_out.find({s + 1, mb});
+            SMP_CHECK(l != grad_out.end(), "stage {} microbatch {}: no gradient received or computed", s, mb);
+            gin = std::move(l->second);
+            grad_out.erase(l);
+          }
+        }
+        const auto& gcut = s + 1 < S_ ? cuts_[static_cast<size_t>(s)].grads : std::vector<int>{};
+        auto grad_of = [&](int v) -> Tensor {
+          auto it = std::find(gcut.begin(), gcut.end(), v);
+          return it == gcut.end() ? Tensor{} : gin[static_cast<size_t>(it - gcut.begin())];
+        };
+        std::vector<Tensor> out_grads;
+        for (int v : st.ex->outputs()) {
+          if (v == output_value_ && s == S_ - 1) out_grads.push_back(loss_grad.at({s, mb}));
+          else out_grads.push_back(grad_of(v));
+        }
+        std::vector<Tensor> in_grads = a.op == schedule::Op::Backward ? st.ex->backward(mb, out_grads)
+                                                                      : st.ex->backward_input(mb, out_grads);
+        loss_grad.erase({s, mb});
+        if (s > 0) {
+          const auto& exi = st.ex->inputs();
+          std::vector<Tensor> up;
+          for (int v : cuts_[static_cast<size_t>(s - 1)].grads) {
+            const auto& val = g_.value(v);
+            Tensor gsum;
+            auto it = std::find(exi.begin(), exi.end(), v);
+            if (it != exi.end()) {
+              size_t i = static_cast<size_t>(it - exi.begin());
+              if (st.ex->input_gets_gradient(i) && in_grads[i].defined()) gsum = in_grads[i];
+            }
+            Tensor through = grad_of(v);  // a pass-through tensor's gradient from downstream
+            if (through.defined()) {
+              if (gsum.defined()) {
+                Tensor sum = be_.empty(val.dtype, val.shape);
+                be_.copy(sum, gsum);
+                be_.axpy(1.0f, through, sum);
+                gsum = sum;
+              } else {
+                gsum = through;
+              }
+            }
+            if (!gsum.defined()) gsum = be_.zeros(val.dtype, val.shape);
+            up.push_back(gsum);
+          }
+          grad_out[{s, mb}] = std::move(up);
+        }
+        act_in.erase({s, mb});
+        if (k > 0) st.b_s += seconds_since(ts), ++st.nb;
+        break;
+      }
+      case schedule::Op::SendGrad: {
+        auto it = grad_out.find({s, mb});
+        SMP_CHECK(it != grad_out.end(), "gradient send of stage {} microbatch {} before its backward", s, mb);
+        Pending p;
+        p.buf = pack(be_, it->second);
+        grad_out.erase(it);
+        p.req = c_.isend(p.buf.data(), p.buf.size(), rank_of_stage(s - 1), tag_of(a));
+        sends.push_back(std::move(p));
+        break;
+      }
+      case schedule::Op::BackwardWeight: {
+        StageRt& st = *by_index_.at(s);
+        st.ex->backward_weight(mb);
+        if (k > 0) st.w_s += seconds_since(ts), ++st.nw;
+        break;
+      }
+    }
+    if (record) {
+      double t1 = seconds_since(t0), t_start = std::chrono::duration<double>(ts - t0).count();
+      int lane = a.is_comm() ? 1 : 0;
+      if (!a.is_comm() || (a.op == schedule::Op::SendAct || a.op == schedule::Op::SendGrad))
+        spans_.push_back({t_start, t1, static_cast<int>(a.op), s, mb, lane});
+    }
+  }
+  for (auto& p : sends) c_.wait(p.req, "delivery of a message to rank " + std::to_string(p.req.peer()));
+  for (auto& st : stages_)
+    SMP_CHECK(st.ex->pending() == 0, "stage {}: {} microbatches still stashed at the end of the step", st.index, st.ex->pending());
+  SMP_CHECK(recv_act.empty() && recv_grad.empty() && act_out.empty() && grad_out.empty(),
+            "messages left over at the end of step {}", k);
+  return loss;
+}
+
+void Worker::reduce_and_update(int64_t k, double* loss, double* norm) {
+  // Data-parallel all-reduce of each stage's gradients (one packed buffer per stage).
+  for (auto& st : stages_) {
+    if (st.group.size() <= 1) continue;
+    std::vector<float> buf;
+    for (int p : st.ex->parameters()) {
+      Tensor& gt = st.ex->gradient(p);
+      size_t off = buf.size();
+      buf.resize(off + static_cast<size_t>(gt.numel()));
+      be_.to_host(gt, buf.data() + off);
+    }
+    c_.allreduce_sum(buf.data(), buf.size(), st.group);
+    size_t off = 0;
+    for (int p : st.ex->parameters()) {
+      Tensor& gt = st.ex->gradient(p);
+      Tensor sum = be_.from_host(DType::F32, gt.shape(), buf.data() + off);
+      be_.copy(gt, sum);
+      off += static_cast<size_t>(gt.numel());
+    }
+  }
+  // The loss and the global gradient norm over every stage (each counted once).
+  double sums[2] = {*loss, 0.0};
+  std::vector<float> host;
+  for (auto& st : stages_) {
+    if (!st.writer) continue;
+    for (int p : st.ex->parameters()) {
+      Tensor& gt = st.ex->gradient(p);
+      host.resize(static_cast<size_t>(gt.numel()));
+      be_.to_host(gt, host.data());
+      sums[1] += sum_of_squares(host);
+    }
+  }
+  std::vector<int> world(static_cast<size_t>(c_.size()));
+  std::iota(world.begin(), world.end(), 0);
+  c_.allreduce_sum(sums, 2, world);
+  *loss = sums[0];
+  *norm = std::sqrt(sums[1]);
+  if (!std::isfinite(*loss))
+    throw_failure(fmt::format("step {}", k + 1), fmt::format("the loss is {}", *loss),
+                  "lower --lr or check the data; no checkpoint was written for this step");
+  double factor = clip_factor(o_.optimizer, *norm);
+  double lr = lr_at(o_.optimizer, k);
+  for (auto& st : stages_) {
+    for (int p : st.ex->parameters()) {
+      Tensor& w = st.ex->parameter(p);
+      Tensor& gt = st.ex->gradient(p);
+      if (factor != 1.0) be_.scale(static_cast<float>(factor), gt);
+      apply_update(o_.optimizer, lr, std::span<float>(w.data<float>(), static_cast<size_t>(w.numel())),
+                   std::span<const float>(gt.data<float>(), static_cast<size_t>(gt.numel())), st.opt[p]);
+    }
+  }
+}
+
+void Worker::checkpoint(int64_t done) {
+  for (auto& st : stages_) {
+    if (!st.writer) continue;
+    StageCheckpoint cp;
+    cp.step = done;
+    cp.stage = st.index;
+    nlohmann::json steps = nlohmann::json::object();
+    for (int p : st.ex->parameters()) {
+      const auto& val = g_.value(p);
+      Tensor& w = st.ex->parameter(p);
+      NamedTensor t{val.name, DType::F32, val.shape, std::string(static_cast<size_t>(w.bytes()), '\0')};
+      be_.to_host(w, t.bytes.data());
+      cp.tensors.push_back(std::move(t));
+      const ParamState& ps = st.opt[p];
+      auto slot = [&](const std::vector<float>& v, const char* suffix) {
+        if (v.empty()) return;
+        NamedTensor s{val.name + suffix, DType::F32, val.shape,
+                      std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float))};
+        cp.tensors.push_back(std::move(s));
+      };
+      slot(ps.slot0, ".state0");
+      slot(ps.slot1, ".state1");
+      steps[val.name] = ps.steps;
+    }
+    cp.meta = {{"optimizer", optimizer_name(o_.optimizer.kind)}, {"param_steps", steps}, {"model_sha256", plan_.model_sha256}};
+    write_stage_checkpoint(o_.checkpoint_dir, cp);
+  }
+  c_.barrier();
+  if (c_.rank() == 0) {
+    commit_checkpoint(o_.checkpoint_dir, done,
+                      {{"stages", S_}, {"model", plan_.model_path}, {"model_sha256", plan_.model_sha256},
+                       {"plan", o_.plan.string()}, {"optimizer", optimizer_name(o_.optimizer.kind)}});
+    prune_checkpoints(o_.checkpoint_dir, o_.keep_checkpoints);
+  }
+  c_.barrier();
+}
+
+void Worker::restore() {
+  auto latest = latest_checkpoint(o_.checkpoint_dir);
+  if (!latest)
+    throw_bad_input("--resume", "no complete checkpoint in " + o_.checkpoint_dir.string(), "run without --resume first");
+  auto manifest = read_manifest(o_.checkpoint_dir, *latest);
+  if (manifest.value("stages", -1) != S_)
+    throw_bad_input((step_dir(o_.checkpoint_dir, *latest) / "manifest.json").string(),
+                    fmt::format("written for {} stages, the plan has {}", manifest.value("stages", -1), S_),
+                    "resume with the plan the checkpoint was made with");
+  if (manifest.value("model_sha256", std::string()) != plan_.model_sha256)
+    throw_bad_input((step_dir(o_.checkpoint_dir, *latest) / "manifest.json").string(), "written for another model");
+  if (manifest.value("optimizer", std::string()) != optimizer_name(o_.optimizer.kind))
+    throw_bad_input("--optimizer", "the checkpoint was written with " + manifest.value("optimizer", std::string("?")),
+                    "resume with the same optimizer");
+  for (auto& st : stages_) {
+    StageCheckpoint cp = read_stage_checkpoint(stage_file(o_.checkpoint_dir, *latest, st.index));
+    std::map<std::string, const NamedTensor*> byname;
+    for (const auto& t : cp.tensors) byname[t.name] = &t;
+    for (int p : st.ex->parameters()) {
+      const auto& val = g_.value(p);
+      auto it = byname.find(val.name);
+      if (it == byname.end() || it->second->shape != val.shape)
+        throw_bad_input(stage_file(o_.checkpoint_dir, *latest, st.index).string(), "no tensor '" + val.name + "' of shape " + shape_str(val.shape));
+      Tensor t = be_.from_host(DType::F32, val.shape, it->second->bytes.data());
+      be_.copy(st.ex->parameter(p), t);
+      ParamState ps;
+      auto load_slot = [&](const char* suffix, std::vector<float>& v) {
+        auto s = byname.find(val.name + suffix);
+        if (s == byname.end()) return;
+        v.resize(static_cast<size_t>(val.numel()));
+        std::memcpy(v.data(), s->second->bytes.data(), s->second->bytes.size());
+      };
+      load_slot(".state0", ps.slot0);
+      load_slot(".state1", ps.slot1);
+      ps.steps = cp.meta["param_steps"].value(val.name, int64_t{0});
+      st.opt[p] = std::move(ps);
+    }
+  }
+  start_step_ = *latest;
+}
+
+void Worker::gather_timeline() {
+  // Every rank sends its recorded spans to rank 0.
+  const int tag = (1 << 20) + 7;
+  if (c_.rank() != 0) {
+    int64_t n = static_cast<int64_t>(spans_.size());
+    auto r1 = c_.isend(&n, sizeof n, 0, tag);
+    c_.wait(r1, "timeline size");
+    if (n > 0) {
+      auto r2 = c_.isend(spans_.data(), spans_.size() * sizeof(MeasuredSpan), 0, tag + 1);
+      c_.wait(r2, "timeline");
+    }
+    return;
+  }
+  std::vector<std::vector<MeasuredSpan>> all(static_cast<size_t>(c_.size()));
+  all[0] = spans_;
+  for (int r = 1; r < c_.size(); ++r) {
+    int64_t n = 0;
+    auto q = c_.irecv(&n, sizeof n, r, tag);
+    c_.wait(q, "timeline size");
+    all[static_cast<size_t>(r)].resize(static_cast<size_t>(n));
+    if (n > 0) {
+      auto q2 = c_.irecv(all[static_cast<size_t>(r)].data(), static_cast<size_t>(n) * sizeof(MeasuredSpan), r, tag + 1);
+      c_.wait(q2, "timeline");
+    }
+  }
+  schedule::Timeline t;
+  t.title = fmt::format("measured: {} on {} ranks, {} microbatches (last step)", plan_.schedule.name, c_.size(), m_);
+  for (int r = 0; r < c_.size(); ++r) t.rows.push_back(fmt::format("rank {}", r));
+  t.unit = "s";
+  for (int r = 0; r < c_.size(); ++r)
+    for (const auto& sp : all[static_cast<size_t>(r)]) {
+      schedule::Span s;
+      s.row = r;
+      s.lane = sp.lane;
+      auto op = static_cast<schedule::Op>(sp.op);
+      s.kind = span_kind(op);
+      s.start = sp.start;
+      s.end = sp.end;
+      s.label = std::to_string(sp.mb);
+      s.name = schedule::to_string(schedule::compute(op, sp.stage, sp.mb));
+      s.shade = plan_.schedule.chunks > 1 ? sp.stage / plan_.stages : 0;
+      t.spans.push_back(std::move(s));
+    }
+  t.footer = fmt::format("measured step {:.4f} s", recorded_step_s_);
+  if (!o_.trace.empty()) schedule::write_chrome_trace(o_.trace, t);
+  if (!o_.timeline.empty()) schedule::write_svg(o_.timeline, t);
+}
+
+void Worker::report_end(double mean_step_s) {
+  // Per stage: measured forward / backward per microbatch (from the stage's replica 0) and each
+  // rank's idle fraction, next to the plan's prediction.
+  std::vector<double> v(static_cast<size_t>(4 * S_ + c_.size()), 0.0);
+  for (auto& st : stages_) {
+    if (!st.writer) continue;
+    size_t i = static_cast<size_t>(4 * st.index);
+    v[i] = st.nf ? st.f_s / static_cast<double>(st.nf) : 0;
+    v[i + 1] = st.nb ? st.b_s / static_cast<double>(st.nb) : 0;
+    v[i + 2] = st.nw ? st.w_s / static_cast<double>(st.nw) : 0;
+    v[i + 3] = static_cast<double>(st.nf);
+  }
+  double busy = 0;
+  for (auto& st : stages_) busy += st.f_s + st.b_s + st.w_s;
+  int64_t steps_timed = 0;
+  for (auto& st : stages_) steps_timed = std::max<int64_t>(steps_timed, st.nf / std::max(m_, 1));
+  v[static_cast<size_t>(4 * S_ + c_.rank())] = steps_timed > 0 && mean_step_s > 0
+                                                  ? 1.0 - busy / (static_cast<double>(steps_timed) * mean_step_s)
+                                                  : 0.0;
+  std::vector<int> world(static_cast<size_t>(c_.size()));
+  std::iota(world.begin(), world.end(), 0);
+  c_.allreduce_sum(v.data(), v.size(), world);
+  if (c_.rank() != 0 || o_.quiet) return;
+  const auto& pj = plan_.json;
+  fmt::print("\nper stage, per microbatch (measured after the first step | predicted by the plan):\n");
+  fmt::print("{:>5}  {:>21}  {:>21}  {:>10}\n", "stage", "forward ms", "backward ms", "rank idle");
+  for (int s = 0; s < S_; ++s) {
+    size_t i = static_cast<size_t>(4 * s);
+    const auto& tj = pj["stages"][static_cast<size_t>(s)]["time"];
+    double pf = tj.value("forward_s", 0.0), pb = tj.value("backward_input_s", 0.0) + tj.value("backward_weight_s", 0.0);
+    int rank0 = plan_.stage[static_cast<size_t>(s)].ranks.at(0);
+    fmt::print("{:>5}  {:>9.3f} | {:>9.3f}  {:>9.3f} | {:>9.3f}  {:>9.1f}%\n", s, v[i] * 1e3, pf * 1e3,
+               (v[i + 1] + v[i + 2]) * 1e3, pb * 1e3, 100.0 * v[static_cast<size_t>(4 * S_ + rank0)]);
+  }
+  double pstep = pj["prediction"].value("step_s", 0.0);
+  fmt::print("step time: measured {:.4f} s (mean after the first step), predicted {:.4f} s ({:+.1f}%)\n", mean_step_s, pstep,
+             pstep > 0 ? 100.0 * (mean_step_s - pstep) / pstep : 0.0);
+}
+
+void Worker::export_model(int64_t done) {
+  // Each stage's replica 0 hands its weights to rank 0 through a checkpoint-format file.
+  fs::path dir = o_.export_onnx;
+  dir += ".parts";
+  fs::create_directories(dir);
+  for (auto& st : stages_) {
+    if (!st.writer) continue;
+    StageCheckpoint cp;
+    cp.step = done;
+    cp.stage = st.index;
+    for (int p : st.ex->parameters()) {
+      const auto& val = g_.value(p);
+      Tensor& w = st.ex->parameter(p);
+      NamedTensor t{val.name, DType::F32, val.shape, std::string(static_cast<size_t>(w.bytes()), '\0')};
+      be_.to_host(w, t.bytes.data());
+      cp.tensors.push_back(std::move(t));
+    }
+    write_stage_checkpoint(dir, cp);
+  }
+  c_.barrier();
+  if (c_.rank() == 0) {
+    std::map<std::string, graph::TensorData> weights;
+    for (int s = 0; s < S_; ++s) {
+      StageCheckpoint cp = read_stage_checkpoint(stage_file(dir, done, s));
+      for (auto& t : cp.tensors) weights[t.name] = graph::TensorData{t.dtype, t.shape, std::move(t.bytes)};
+    }
+    graph::export_with_weights(plan_.model_path, o_.export_onnx, weights);
+    fs::remove_all(dir);
+  }
+  c_.barrier();
+}
+
+void Worker::run() {
+  write_status(o_.status_dir, c_.rank(), "loading");
+  c_.set_timeout_s(c_.timeout_s());
+  load();
+  std::string stage_list;
+  for (auto& st : stages_) stage_list += (stage_list.empty() ? "" : ",") + std::to_string(st.index);
+  write_status(o_.status_dir, c_.rank(), "running stage " + stage_list);
+  if (o_.resume) restore();
+  c_.barrier();  // every rank loaded: time starts now
+
+  std::ofstream metrics, losses;
+  if (c_.rank() == 0 && !o_.metrics.empty()) {
+    metrics.open(o_.metrics, start_step_ > 0 ? std::ios::app : std::ios::trunc);
+    if (!metrics) throw_bad_input(o_.metrics.string(), "cannot write the metrics file");
+  }
+  if (c_.rank() == 0 && !o_.losses.empty()) {
+    losses.open(o_.losses, start_step_ > 0 ? std::ios::app : std::ios::trunc);
+    if (!losses) throw_bad_input(o_.losses.string(), "cannot write the loss file");
+  }
+  if (c_.rank() == 0 && !o_.quiet)
+    fmt::print("training {} steps: {} stage(s) x {} replica(s), schedule {}, {} microbatches of {}, data: {}\n",
+               o_.steps - start_step_, plan_.stages * plan_.chunks, d_, plan_.schedule.name, m_, b_,
+               need_data_ ? data_.source : (o_.data.empty() ? "synthetic" : o_.data.string()));
+  std::fflush(stdout);
+
+  double timed = 0;
+  int64_t timed_steps = 0;
+  auto run_start = clock::now();
+  const bool want_timeline = !o_.trace.empty() || !o_.timeline.empty();
+  for (int64_t k = start_step_; k < o_.steps; ++k) {
+    auto t0 = clock::now();
+    bool record = want_timeline && k + 1 == o_.steps;
+    double loss = step(k, record);
+    double norm = 0;
+    reduce_and_update(k, &loss, &norm);
+    double dt = seconds_since(t0);
+    if (record) recorded_step_s_ = dt;
+    if (k > start_step_) timed += dt, ++timed_steps;
+    if (c_.rank() == 0) {
+      double sps = static_cast<double>(B_) / dt;
+      double elapsed = seconds_since(run_start);
+      double eta = elapsed / static_cast<double>(k + 1 - start_step_) * static_cast<double>(o_.steps - k - 1);
+      if (!o_.quiet) {
+        std::string line = fmt::format("step {:>{}}/{}  loss {:.4f}  {:.1f} samples/s  ETA {}", k + 1,
+                                       std::to_string(o_.steps).size(), o_.steps, loss, sps, fmt_duration(eta));
+        if (o_.progress_tty) fmt::print("\r{}\033[K{}", line, k + 1 == o_.steps ? "\n" : "");
+        else fmt::print("{}\n", line);
+        std::fflush(stdout);
+      }
+      if (metrics.is_open())
+        metrics << nlohmann::json{{"step", k + 1}, {"loss", loss}, {"samples_per_s", sps}, {"step_time_s", dt},
+                                  {"lr", lr_at(o_.optimizer, k)}, {"grad_norm", norm}}.dump()
+                << "\n" << std::flush;
+      if (losses.is_open()) losses << fmt::format("{:.9g}\n", loss) << std::flush;
+    }
+    bool last = k + 1 == o_.steps;
+    if (!o_.checkpoint_dir.empty() && ((o_.checkpoint_every > 0 && (k + 1) % o_.checkpoint_every == 0) || last))
+      checkpoint(k + 1);
+  }
+  if (want_timeline) gather_timeline();
+  report_end(timed_steps > 0 ? timed / static_cast<double>(timed_steps) : 0.0);
+  if (!o_.export_onnx.empty()) export_model(o_.steps);
+  write_status(o_.status_dir, c_.rank(), "done");
+}
+
+}  // namespace
+
+void run_worker(comm::Communicator& comm, const RunOptions& opts) {
+  Worker w(comm, opts);
+  w.run();
+}
+
+}  // namespace smp::train

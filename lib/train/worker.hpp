@@ -1,0 +1,49 @@
+// The worker: one per rank of a plan. It loads only its stages' nodes and weights, then runs
+// its rank's lowered action list from the plan literally, step after step — forward of a
+// microbatch, send the boundary tensors to the next stage, backward, send gradients upstream,
+// receives posted ahead — then the all-reduce between data-parallel replicas of each stage,
+// the global gradient norm, and the optimizer. Rank 0 reports progress and metrics.
+#pragma once
+
+#include "comm/comm.hpp"
+#include "train/optimizer.hpp"
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+namespace smp::train {
+
+struct RunOptions {
+  std::filesystem::path plan;
+  int steps = 20;
+  OptimizerConfig optimizer;
+  uint64_t seed = 0;
+  std::filesystem::path data;  // empty: the synthetic task
+  bool shuffle = false;
+  int synthetic_rows = 1024;   // rows of the synthetic task
+  int threads = 1;             // compute threads of this worker
+  std::filesystem::path checkpoint_dir;
+  int checkpoint_every = 0;    // 0: only at the end when checkpoint_dir is set
+  int keep_checkpoints = 2;
+  bool resume = false;
+  std::filesystem::path metrics;   // JSON Lines, one object per step (rank 0)
+  std::filesystem::path trace;     // Chrome trace of the measured last step (rank 0)
+  std::filesystem::path timeline;  // SVG of the same
+  std::filesystem::path export_onnx;  // the trained model as ONNX (rank 0)
+  std::filesystem::path status_dir;   // per-rank status files for the launcher
+  std::filesystem::path losses;       // every step's loss, one per line, full precision (rank 0)
+  bool progress_tty = false;  // refresh the progress line in place
+  bool quiet = false;         // no progress lines
+};
+
+// Runs this rank's part of the plan. Throws smp::Error on bad input or failure (the caller
+// prints it and ends the job).
+void run_worker(comm::Communicator& comm, const RunOptions& opts);
+
+// Status file of a rank ("running stage 2", "error <message>", "done"), for the launcher to
+// name the rank and stage that failed.
+std::filesystem::path status_file(const std::filesystem::path& dir, int rank);
+void write_status(const std::filesystem::path& dir, int rank, const std::string& text);
+
+}  // namespace smp::train

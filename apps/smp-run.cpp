@@ -1,5 +1,6 @@
 // smp-run: train a plan (one worker per device) or run a model's forward pass.
 #include "common.hpp"
+#include "run_train.hpp"
 
 #include "graph/loader.hpp"
 #include "runtime/cpu_backend.hpp"
@@ -95,8 +96,7 @@ int run_forward(const std::string& model, const std::string& data, const std::st
 
 int main(int argc, char** argv) {
   CLI::App app{"smp-run: train a partition plan with one worker per device, in its pipelined schedule;\n"
-               "or, with --forward, run a model's forward pass once on the CPU.\n"
-               "Training a plan is not implemented yet in this version."};
+               "or, with --forward, run a model's forward pass once on the CPU."};
   smp::app::setup_app(app);
   std::string target, data, output;
   bool forward = false;
@@ -110,13 +110,14 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "CPU threads (OpenMP and OpenBLAS); 0: the libraries' defaults")->check(CLI::NonNegativeNumber);
   app.add_option("-b,--batch-size", batch_size, "batch size (default: the leading dim of the .npy inputs)")->check(CLI::PositiveNumber);
   app.add_option("--dim", dims, "bind another symbolic dimension, NAME=SIZE (repeatable)");
+  smp::app::TrainCli train;
+  smp::app::add_train_options(app, train);
   SMP_PARSE(app, argc, argv);
   return smp::app::guarded_main([&]() -> int {
     if (forward) {
       if (target.empty()) smp::throw_bad_input("MODEL", "no model given", "smp-run MODEL.onnx --forward --data DIR --output DIR");
       return run_forward(target, data, output, threads, batch_size, dims);
     }
-    smp::throw_failure("smp-run", "training a plan is not implemented in this version of smp",
-                       "smp-run MODEL.onnx --forward --data DIR --output DIR runs a forward pass");
+    return smp::app::run_train(target, data, train, argc, argv);
   });
 }

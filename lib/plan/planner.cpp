@@ -15,6 +15,7 @@
 #include <limits>
 #include <regex>
 #include <set>
+#include <tuple>
 
 namespace smp::plan {
 
@@ -350,8 +351,7 @@ struct UData {
   std::vector<double> cut_act, cut_grad;        // at atom boundary j (bytes)
   double total_fast = 0;                        // F+B+W of the whole graph on the fastest kind
   double ws_max(int i, int j) const {
-    int len = j - i, k = 0;
-    while ((2 << k) <= len) ++k;
+    const int k = 31 - __builtin_clz(static_cast<unsigned>(j - i));
     return std::max(ws[static_cast<size_t>(k)][static_cast<size_t>(i)], ws[static_cast<size_t>(k)][static_cast<size_t>(j - (1 << k))]);
   }
 };
@@ -418,36 +418,43 @@ int device_of(const Config& c, int replica, int prank) {
   return c.layout == Layout::PipelineMajor ? replica * c.p + prank : prank * c.d + replica;
 }
 
-std::vector<std::pair<double, double>> frontier(const schedule::Schedule& s, int stage) {
-  const int r = s.rank_of(stage);
-  int stash = 0, pend = 0;
-  std::vector<std::pair<double, double>> pts;
-  for (const auto& a : s.actions[static_cast<size_t>(r)]) {
-    if (!a.is_compute() || a.stage != stage) continue;
-    switch (a.op) {
-      case schedule::Op::Forward: ++stash; break;
-      case schedule::Op::BackwardInput: --stash; ++pend; break;
-      case schedule::Op::Backward: --stash; break;
-      default: --pend; break;
+// Per stage of a compute schedule: the Pareto maxima of (microbatches stashed between F and B/X,
+// microbatches between B and W) over the stage's rank's list order. A rank's memory depends only
+// on its list order, so these give the simulator's peak exactly.
+std::vector<std::vector<std::pair<double, double>>> frontiers(const schedule::Schedule& s) {
+  const int S = s.stages();
+  std::vector<std::vector<int>> best_y(static_cast<size_t>(S));  // by stashed count: the most pending
+  std::vector<int> stash(static_cast<size_t>(S), 0), pend(static_cast<size_t>(S), 0);
+  for (const auto& row : s.actions)
+    for (const auto& a : row) {
+      if (!a.is_compute()) continue;
+      const size_t st = static_cast<size_t>(a.stage);
+      switch (a.op) {
+        case schedule::Op::Forward: ++stash[st]; break;
+        case schedule::Op::BackwardInput: --stash[st]; ++pend[st]; break;
+        case schedule::Op::Backward: --stash[st]; break;
+        default: --pend[st]; break;
+      }
+      auto& by = best_y[st];
+      const size_t x = static_cast<size_t>(std::max(stash[st], 0));
+      if (by.size() <= x) by.resize(x + 1, -1);
+      by[x] = std::max(by[x], pend[st]);
     }
-    pts.emplace_back(stash, pend);
-  }
-  std::sort(pts.begin(), pts.end());
-  pts.erase(std::unique(pts.begin(), pts.end()), pts.end());
-  // Pareto maxima: by stashed descending, keep a point when its pending count beats all before.
-  std::vector<std::pair<double, double>> out;
-  double best_y = -1;
-  for (size_t i = pts.size(); i-- > 0;) {
-    // among equal x, the sort puts the largest y last: it is met first here
-    if (pts[i].second > best_y) {
-      out.push_back(pts[i]);
-      best_y = pts[i].second;
-    }
+  std::vector<std::vector<std::pair<double, double>>> out(static_cast<size_t>(S));
+  for (int st = 0; st < S; ++st) {
+    const auto& by = best_y[static_cast<size_t>(st)];
+    int seen = -1;
+    for (size_t x = by.size(); x-- > 0;)
+      if (by[x] > seen) {
+        out[static_cast<size_t>(st)].emplace_back(static_cast<double>(x), static_cast<double>(by[x]));
+        seen = by[x];
+      }
   }
   return out;
 }
 
-std::vector<Slot> make_slots(const Config& c, const schedule::Schedule& s, const cost::Cluster& cl) {
+std::vector<Slot> make_slots(const Config& c, const schedule::Schedule& s, const cost::Cluster& cl,
+                             const std::vector<std::vector<std::pair<double, double>>>& fr) {
   const int S = s.stages();
   std::vector<Slot> slots(static_cast<size_t>(S));
   for (int st = 0; st < S; ++st) {
@@ -469,16 +476,20 @@ std::vector<Slot> make_slots(const Config& c, const schedule::Schedule& s, const
       }
     }
     sl.cap /= c.v;  // interleaved: each chunk gets its share (conservative)
+    const auto& f = fr[static_cast<size_t>(st)];
     if (c.v == 1) {
-      sl.pts = frontier(s, st);
+      sl.pts = f;
     } else {
-      auto f = frontier(s, st);
       double x = 0, y = 0;
       for (auto& q : f) x = std::max(x, q.first), y = std::max(y, q.second);
       sl.pts = {{x, y}};
     }
   }
   return slots;
+}
+
+std::vector<Slot> make_slots(const Config& c, const schedule::Schedule& s, const cost::Cluster& cl) {
+  return make_slots(c, s, cl, frontiers(s));
 }
 
 double link_pair_time(const std::vector<cost::LinkSpec>& links, double act, double grad) {
@@ -499,6 +510,15 @@ struct Oracle {
   int slots() const { return static_cast<int>(sl_->size()); }
   double times(int s, int i, int j, double* f) const {
     const Slot& sl = (*sl_)[static_cast<size_t>(s)];
+    if (sl.kinds.size() == 1) {
+      const size_t kk = static_cast<size_t>(sl.kinds[0]);
+      const double* pf = U->PF[kk].data();
+      const double* pb = U->PB[kk].data();
+      const double* pw = U->PW[kk].data();
+      const double ff = pf[j] - pf[i];
+      if (f) *f = ff;
+      return ff + (pb[j] - pb[i]) + (pw[j] - pw[i]);
+    }
     double best = -1, bf = 0;
     for (int k : sl.kinds) {
       const size_t kk = static_cast<size_t>(k);
@@ -909,11 +929,21 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
   double closest_peak = 0, closest_cap = 0;
   int evaluated = 0;
   std::map<int, std::pair<std::vector<int>, std::vector<int>>> baseline_cache;  // by stage count
+  std::map<std::tuple<std::string, int, int, int>,
+           std::pair<schedule::Schedule, std::vector<std::vector<std::pair<double, double>>>>>
+      sched_cache;
   for (const Config& c : configs) {
     if (best.have && c.lb >= best.ev.pred.step_s) continue;
     if (evaluated >= opt.max_evaluated && best.have) break;
-    schedule::Schedule s = schedule::make_schedule(c.schedule, c.p, c.m, c.v, "--schedule");
-    std::vector<Slot> slots = make_slots(c, s, cl);
+    auto key = std::make_tuple(c.schedule, c.p, c.m, c.v);
+    auto sit = sched_cache.find(key);
+    if (sit == sched_cache.end()) {
+      schedule::Schedule sc = schedule::make_schedule(c.schedule, c.p, c.m, c.v, "--schedule");
+      auto fr = frontiers(sc);
+      sit = sched_cache.emplace(key, std::make_pair(std::move(sc), std::move(fr))).first;
+    }
+    const schedule::Schedule& s = sit->second.first;
+    std::vector<Slot> slots = make_slots(c, s, cl, sit->second.second);
     // Quick memory check: all the slots together must hold the weights, gradients and optimizer.
     double cap_sum = 0;
     for (const auto& sl : slots) cap_sum += sl.cap;
@@ -944,13 +974,18 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
       for (int x : sol.bounds) b.push_back(T.pos[static_cast<size_t>(x)]);
       cands.emplace_back("dp", b);
     }
+    // The baselines' splits are candidates too: here when the DP finds nothing (its positions may
+    // exclude theirs), and for the chosen configuration below, so that the plan is never
+    // predicted slower than either.
     const int S = s.stages();
     auto bl = baseline_cache.find(S);
     if (bl == baseline_cache.end())
       bl = baseline_cache.emplace(S, std::make_pair(equal_layers_bounds(g, S, nullptr, nullptr),
                                                     equal_params_bounds(g, S, nullptr, nullptr))).first;
-    if (!bl->second.first.empty()) cands.emplace_back("equal-layers", bl->second.first);
-    if (!bl->second.second.empty()) cands.emplace_back("equal-parameters", bl->second.second);
+    if (!sol.feasible) {
+      if (!bl->second.first.empty()) cands.emplace_back("equal-layers", bl->second.first);
+      if (!bl->second.second.empty()) cands.emplace_back("equal-parameters", bl->second.second);
+    }
     for (auto& [src, b] : cands) {
       Evaluated ev = search.evaluate(c, s, slots, b);
       if (!ev.pred.fits) {
@@ -1037,14 +1072,21 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
         bl.prediction = ev.pred;
         bl.available = true;
         if (!ev.pred.fits) bl.note = "does not fit in memory";
+        if (ev.pred.fits && ev.pred.step_s < plan.prediction.step_s) {
+          // The DP's objective approximates the simulator's step: keep the faster split.
+          plan.bounds = bl.bounds;
+          plan.stage_plans = ev.stages;
+          plan.prediction = ev.pred;
+          plan.partition = bl.name;
+        }
       }
       plan.baselines.push_back(bl);
     }
   }
-  if (best.source != "dp")
+  if (plan.partition != "dp")
     plan.notes.push_back(fmt::format("the DP's split simulated no faster than {}'s, which the plan keeps (the DP's objective "
                                      "approximates the simulator's step time)",
-                                     best.source));
+                                     plan.partition));
   (void)t0;
   return plan;
 }

@@ -811,6 +811,7 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
     if (B % d != 0) return false;
     if (opt.microbatches && (B / d) % opt.microbatches != 0) return false;
     if (prof && (B / d) % prof->microbatch_size != 0) return false;
+    if (prof && opt.microbatches && (B / d) / opt.microbatches != prof->microbatch_size) return false;
     return true;
   };
   int n_used = 0;
@@ -830,8 +831,12 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
     if (opt.stages > K)
       throw_bad_input("--stages", fmt::format("{} stages, but the DP sees only {} cut positions ({} segments)", opt.stages,
                                               K - 1, K));
-    throw_bad_input("--batch-size", fmt::format("no pipeline x data-parallel split of {} devices fits a batch of {}{}", cl.size(), B,
-                                                prof ? fmt::format(" with the profile's microbatch of {}", prof->microbatch_size) : ""),
+    if (prof)
+      throw_bad_input(prof->path, fmt::format("measured at microbatches of {}, which no split of the batch of {} over {} devices{} gives",
+                                              prof->microbatch_size, B, cl.size(),
+                                              opt.microbatches ? fmt::format(" into {} microbatches", opt.microbatches) : ""),
+                      "profile at the planned microbatch size, or leave --profile out");
+    throw_bad_input("--batch-size", fmt::format("no pipeline x data-parallel split of {} devices fits a batch of {}", cl.size(), B),
                     "change --batch-size, --stages or --data-parallel");
   }
   plan.devices_used = n_used;

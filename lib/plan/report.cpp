@@ -54,10 +54,10 @@ std::string format_report(const Plan& plan, const PlanInputs& in) {
   line(fmt::format("model     {} ({} nodes, {} parameters), batch {}", plan.model_path, g.nodes.size(),
                    human_count(static_cast<double>(g.parameter_count())), plan.batch_size));
   line(fmt::format("cluster   {}", cl.summary()));
-  line(fmt::format("plan      {} stage{} x {} data-parallel replica{}{}, {} microbatches of {:g}, schedule {}, {}", plan.stages,
+  line(fmt::format("plan      {} stage{} x {} data-parallel replica{}{}, {} microbatch{} of {:g}, schedule {}, {}", plan.stages,
                    plan.stages == 1 ? "" : "s", plan.data_parallel, plan.data_parallel == 1 ? "" : "s",
                    plan.chunks > 1 ? fmt::format(" ({} chunks per rank)", plan.chunks) : "", plan.microbatches,
-                   plan.microbatch_size, plan.schedule_name, layout_name(plan.layout)));
+                   plan.microbatches == 1 ? "" : "es", plan.microbatch_size, plan.schedule_name, layout_name(plan.layout)));
   line(fmt::format("search    the DP saw {} of {} cut positions; {} configurations considered, {} partitioned ({} DP runs); "
                    "split from {}",
                    plan.positions_seen, plan.positions_total, plan.configs_considered, plan.configs_evaluated, plan.dp_runs,
@@ -78,11 +78,11 @@ std::string format_report(const Plan& plan, const PlanInputs& in) {
   line("");
   const auto& p = plan.prediction;
   line(fmt::format("predicted step {} ms, {:.4g} samples/s, bubble {:.1f}%, peak memory {}{}", ms(p.step_s), p.samples_per_s,
-                   100 * p.bubble, human_bytes(p.peak_max()),
+                   std::max(0.0, 100 * p.bubble), human_bytes(p.peak_max()),
                    p.allreduce_s > 0 ? fmt::format(", all-reduce {} ms", ms(p.allreduce_s)) : ""));
   line("");
-  line(fmt::format("baselines (same {} microbatches, {} schedule, devices and recomputation rule):", plan.microbatches,
-                   plan.schedule_name));
+  line(fmt::format("baselines (same {} microbatch{}, {} schedule, devices and recomputation rule):", plan.microbatches,
+                   plan.microbatches == 1 ? "" : "es", plan.schedule_name));
   for (const auto& b : plan.baselines) {
     if (!b.available) {
       line(fmt::format("  {:<17} n/a: {}", b.name, b.note));
@@ -91,7 +91,7 @@ std::string format_report(const Plan& plan, const PlanInputs& in) {
     std::string cuts;
     for (size_t i = 1; i + 1 < b.bounds.size(); ++i) cuts += (cuts.empty() ? "" : ",") + std::to_string(b.bounds[i]);
     line(fmt::format("  {:<17} step {} ms, {:.4g} samples/s, bubble {:.1f}%, peak memory {}{} -> plan speedup {}", b.name,
-                     ms(b.prediction.step_s), b.prediction.samples_per_s, 100 * b.prediction.bubble,
+                     ms(b.prediction.step_s), b.prediction.samples_per_s, std::max(0.0, 100 * b.prediction.bubble),
                      human_bytes(b.prediction.peak_max()), b.prediction.fits ? "" : " (does not fit)", speedup_text(plan, b)));
     line(fmt::format("  {:<17} ({}; cuts before nodes {})", "", b.unit, cuts));
   }

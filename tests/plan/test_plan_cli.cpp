@@ -128,3 +128,33 @@ TEST_CASE("smp-plan when nothing fits: exit 1, says what would fit") {
   CHECK(r.out.find("needs at least") != std::string::npos);
   CHECK(lines(r.out) == 1);
 }
+
+TEST_CASE("smp-plan --profile: measured times replace the estimates, and the report says so") {
+  auto dir = smp::test::temp_dir("plan_cli_profile");
+  REQUIRE(run_cmd(tool("smp-plan") + " --save-cluster " + (dir / "c.json").string() + " --devices 2").exit_code == 0);
+  std::ifstream cf(dir / "c.json");
+  json c = json::parse(cf);
+  std::string dev = c["hosts"][0]["devices"][0]["name"];
+  json nodes = json::object();
+  for (std::string n : {"/layers.0/Gemm", "/Relu", "/layers.1/Gemm", "/Relu_1", "/layers.2/Gemm", "/Relu_2", "/layers.3/Gemm",
+                        "/Relu_3", "/layers.4/Gemm", "/Relu_4", "/layers.5/Gemm"})
+    nodes[n] = {{"forward_s", 0.001}, {"backward_input_s", 0.002}, {"backward_weight_s", 0.001}};
+  json p = {{"version", 1}, {"device", {{"name", dev}, {"kind", "cpu"}}}, {"threads", 1}, {"microbatch_size", 4}, {"nodes", nodes}};
+  std::ofstream(dir / "p.json") << p.dump();
+  std::string base = tool("smp-plan") + " " + sample("mlp") + " -b 8 --cluster " + (dir / "c.json").string() +
+                     " --stages 2 --data-parallel 1 -o " + (dir / "plan.json").string() + " --profile " + (dir / "p.json").string();
+  auto r = run_cmd(base);
+  INFO(r.out);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out.find("measured") != std::string::npos);
+  CHECK(r.out.find("2 microbatches of 4") != std::string::npos);
+  // 11 nodes x 4 ms per microbatch, 2 microbatches on 2 stages: the step is at least 2 x 22 ms
+  std::ifstream pf(dir / "plan.json");
+  json plan = json::parse(pf);
+  CHECK(plan["prediction"]["step_s"].get<double>() >= 0.044);
+  CHECK(plan["options"]["profile"] == (dir / "p.json").string());
+  // a microbatch size the profile was not measured at
+  auto bad = run_cmd(base + " --microbatches 1");
+  CHECK(bad.exit_code == 2);
+  CHECK(bad.out.rfind("error: " + (dir / "p.json").string() + ": measured at microbatches of 4", 0) == 0);
+}

@@ -92,7 +92,8 @@ int main(int argc, char** argv) {
   bool summary = false, json = false;
   std::string cluster_file, profile_file, out_file = "plan.json", optimizer = "adamw", dtype = "fp32",
                             recompute = "auto", save_cluster;
-  int devices = -1, data_parallel = 0, max_positions = 256, max_configs = 48, max_walk = 48;
+  int devices = -1, data_parallel = 0, max_positions = 256, max_configs = 48;
+  double dp_work = 2e6;
   app.add_option("MODEL", model, "ONNX model (.onnx); external weight files need not be present");
   app.add_option("-b,--batch-size", batch_size, "global batch size (bound to the inputs' symbolic batch dimension)")
       ->check(CLI::PositiveNumber);
@@ -124,9 +125,9 @@ int main(int argc, char** argv) {
   app.add_option("--max-configs", max_configs, "candidate configurations (degrees, microbatches, schedule, placement) the "
                                                "DP partitions at most, best balanced-stage estimates first")
       ->group(pg)->option_text("N")->check(CLI::Range(1, 100000));
-  app.add_option("--max-walk", max_walk, "steps of the DP's walk over the largest-stage-time bound per configuration "
-                                         "(0: no cap, exact for the DP's objective)")
-      ->group(pg)->option_text("N")->check(CLI::Range(0, 1 << 30));
+  app.add_option("--dp-work", dp_work, "stage evaluations the DP may spend per configuration walking the bound on the "
+                                       "largest stage time (0: no cap, exact for the DP's objective)")
+      ->group(pg)->option_text("N")->check(CLI::NonNegativeNumber);
   app.add_option("--save-cluster", save_cluster, "write the detected description of this machine (with --devices) and exit")
       ->group(pg)->option_text("FILE");
   // --- schedules (apps/plan_schedule.*): options, and their mode when no model is given
@@ -183,7 +184,7 @@ int main(int argc, char** argv) {
     popt.schedule = schedule_opts.schedule.empty() ? "auto" : schedule_opts.schedule;
     popt.max_positions = max_positions;
     popt.max_evaluated = max_configs;
-    popt.max_walk = max_walk;
+    popt.max_work = dp_work;
 
     smp::cost::Cluster cluster = cluster_file.empty() ? smp::cost::detect_local_cpu(devices > 0 ? devices : 0)
                                                       : smp::cost::read_cluster(cluster_file);

@@ -57,7 +57,22 @@ struct DpOptions {
   int max_runs = 100000;  // DPs in all
   int max_walk = 1 << 30; // steps of the t_max walk (the planner caps it on big searches; the
                           // answer is then the best seen, and `truncated` says so)
+  double max_work = 1e300;  // the walk also stops after this many stage evaluations in all
+  // Enumerate every split instead when there are at most this many stage evaluations to make
+  // (few stages: the walk would visit most splits anyway). 0: always the DP.
+  double enumerate_below = 0;
 };
+
+// Number of splits of K atoms into S non-empty stages, C(K-1, S-1), saturating at 1e300.
+inline double split_count(int K, int S) {
+  if (S < 1 || S > K) return 0;
+  double c = 1;
+  for (int i = 1; i <= S - 1; ++i) {
+    c = c * static_cast<double>(K - S + i) / i;
+    if (c > 1e300) return 1e300;
+  }
+  return c;
+}
 
 // The objective of one partition (bounds as in DpSolution), priced by the oracle.
 template <class O>
@@ -90,7 +105,7 @@ namespace detail {
 // smallest stage time above T that some transition with a reachable predecessor would need
 // (the next T at which the DP can change; kInf when none).
 template <class O>
-DpSolution dp_bounded(const O& o, double T, double* next_t) {
+DpSolution dp_bounded(const O& o, double T, double* next_t, double* work = nullptr) {
   const int K = o.atoms(), S = o.slots();
   const size_t W = static_cast<size_t>(K) + 1;
   std::vector<double> f(static_cast<size_t>(S + 1) * W, kInf);
@@ -98,6 +113,7 @@ DpSolution dp_bounded(const O& o, double T, double* next_t) {
   std::vector<uint8_t> rec(static_cast<size_t>(S + 1) * W, 0);
   f[0] = 0;  // row 0: no stage yet, at cut 0
   double next = kInf;
+  double evals = 0;
   for (int s = 0; s < S; ++s) {
     const double* prev = &f[static_cast<size_t>(s) * W];
     double* cur = &f[static_cast<size_t>(s + 1) * W];
@@ -123,6 +139,7 @@ DpSolution dp_bounded(const O& o, double T, double* next_t) {
           break;
         }
         if (!(prev[i] < kInf)) continue;
+        ++evals;
         StageChoice c = o.stage(s, i, j);
         if (!(c.t <= T)) {
           if (c.t < kInf) next = std::min(next, c.t);
@@ -141,6 +158,7 @@ DpSolution dp_bounded(const O& o, double T, double* next_t) {
     }
   }
   if (next_t) *next_t = next;
+  if (work) *work += evals;
   DpSolution r;
   if (!(f[static_cast<size_t>(S) * W + static_cast<size_t>(K)] < kInf)) return r;
   r.feasible = true;
@@ -153,16 +171,25 @@ DpSolution dp_bounded(const O& o, double T, double* next_t) {
 
 }  // namespace detail
 
+template <class O>
+DpSolution brute_force_partition(const O& o, int m);
+
 // The exact optimum of the objective above (infeasible when no partition fits).
 template <class O>
 DpSolution solve_partition(const O& o, int m, const DpOptions& opt = {}) {
   const int K = o.atoms(), S = o.slots();
   DpSolution best;
   if (S < 1 || S > K || m < 1) return best;
+  if (opt.enumerate_below > 0 && split_count(K, S) * S <= opt.enumerate_below) {
+    best = brute_force_partition(o, m);
+    best.dp_runs = 0;
+    return best;
+  }
   int runs = 0;
+  double work = 0;
   auto run = [&](double T, double* next) {
     ++runs;
-    DpSolution d = detail::dp_bounded(o, T, next);
+    DpSolution d = detail::dp_bounded(o, T, next, &work);
     if (!d.feasible) return d;
     return evaluate_partition(o, d.bounds, m);
   };
@@ -232,7 +259,7 @@ DpSolution solve_partition(const O& o, int m, const DpOptions& opt = {}) {
   bool walk_cut = false;
   while (runs < opt.max_runs) {
     if (static_cast<double>(m - 1) * T + sum_lb >= best.objective) break;
-    if (steps >= opt.max_walk) {
+    if (steps >= opt.max_walk || work >= opt.max_work) {
       walk_cut = true;
       break;
     }

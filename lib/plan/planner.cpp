@@ -971,6 +971,8 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
 
     DpOptions dpo;
     if (opt.max_walk > 0) dpo.max_walk = opt.max_walk;
+    if (opt.max_work > 0) dpo.max_work = opt.max_work;
+    dpo.enumerate_below = 2e5;
     DpSolution sol = solve_partition(o, c.m, dpo);
     plan.dp_runs += sol.dp_runs;
     std::vector<std::pair<std::string, std::vector<int>>> cands;
@@ -1057,9 +1059,8 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
   plan.dp_objective_s = best.dp_obj;
   plan.dp_exact = best.dp_exact;
   if (!best.dp_exact)
-    plan.notes.push_back(fmt::format("the DP's t_max walk for this configuration stopped at its cap ({} steps): the split is "
-                                     "the best seen, not proven optimal for the DP's objective (--max-walk 0 for exact)",
-                                     opt.max_walk));
+    plan.notes.push_back("the DP's t_max walk for this configuration stopped at its cap (--dp-work): the split is the best "
+                         "seen, not proven optimal for the DP's objective (--dp-work 0 for exact)");
   for (int rep = 0; rep < c.d; ++rep)
     for (int r = 0; r < c.p; ++r) plan.device_of_rank.push_back(device_of(c, rep, r));
   {

@@ -38,7 +38,9 @@ struct PlanOptions {
   RecomputePolicy recompute = RecomputePolicy::Auto;
   int max_positions = 256; // cut positions the DP sees at most (coarsening beyond)
   int max_evaluated = 48;  // candidate configurations partitioned by the DP, best estimates first
-  int max_walk = 48;       // steps of the DP's t_max walk per configuration (0: no cap, exact)
+  int max_walk = 0;        // steps of the DP's t_max walk per configuration (0: no cap)
+  double max_work = 2e6;   // stage evaluations per configuration before the walk stops (0: no cap);
+                           // with both caps off the DP is exact for its objective
 };
 
 enum class Layout { PipelineMajor, ReplicaMajor };

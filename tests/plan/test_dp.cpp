@@ -154,3 +154,19 @@ TEST_CASE("more stages than atoms is infeasible, one stage is the whole chain") 
   REQUIRE(one.feasible);
   CHECK(one.bounds == std::vector<int>{0, c.K});
 }
+
+TEST_CASE("enumerating the splits of a small instance gives the DP's optimum") {
+  std::mt19937_64 rng(99);
+  smp::plan::DpOptions enumerate;
+  enumerate.enumerate_below = 1e9;
+  CHECK(smp::plan::split_count(10, 3) == 36);
+  CHECK(smp::plan::split_count(5, 6) == 0);
+  for (int n = 0; n < 300; ++n) {
+    RandomChain c = random_chain(rng);
+    int m = std::uniform_int_distribution<int>(1, 16)(rng);
+    auto dp = smp::plan::solve_partition(c, m);
+    auto en = smp::plan::solve_partition(c, m, enumerate);
+    REQUIRE(dp.feasible == en.feasible);
+    if (dp.feasible) CHECK(dp.objective == doctest::Approx(en.objective).epsilon(1e-12));
+  }
+}

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <thread>
 #include <cstring>
 
@@ -17,9 +19,41 @@ MemoryStats Backend::memory() const {
 
 void Backend::reset_peak() { counter_->peak_bytes = counter_->live_bytes.load(); }
 
+// Freed buffers by capacity, reused by later allocations of the same rounded size: the shapes of
+// a training step repeat every step, and fresh pages cost page faults.
+struct HostCache {
+  std::mutex m;
+  std::multimap<int64_t, void*> free;
+  int64_t cached = 0;
+  static constexpr int64_t kLimit = int64_t{1} << 30;
+  ~HostCache() {
+    for (auto& [cap, p] : free) std::free(p);
+  }
+  static void release(void* ctx, void* p, int64_t cap) {
+    auto* c = static_cast<HostCache*>(ctx);
+    {
+      std::lock_guard<std::mutex> lk(c->m);
+      if (c->cached + cap <= kLimit) {
+        c->free.emplace(cap, p);
+        c->cached += cap;
+        return;
+      }
+    }
+    std::free(p);
+  }
+  void* take(int64_t cap) {
+    std::lock_guard<std::mutex> lk(m);
+    auto it = free.lower_bound(cap);
+    if (it == free.end() || it->first > cap + cap / 4) return nullptr;
+    void* p = it->second;
+    cached -= it->first;
+    free.erase(it);
+    return p;
+  }
+};
+
 namespace {
 int g_threads = 0;
-void free_aligned(void* p) { std::free(p); }
 }  // namespace
 
 void set_cpu_threads(int n) {
@@ -33,7 +67,7 @@ void set_cpu_threads(int n) {
 
 int cpu_threads() { return cpu::pool_threads(); }
 
-CpuBackend::CpuBackend(int threads) {
+CpuBackend::CpuBackend(int threads) : cache_(std::make_shared<HostCache>()) {
   set_cpu_threads(threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
 }
 
@@ -44,14 +78,18 @@ Tensor CpuBackend::empty(DType dtype, const Shape& shape) {
   SMP_CHECK(es > 0, "cannot allocate a tensor of {}", dtype_name(dtype));
   for (int64_t d : shape) SMP_CHECK(d >= 0, "negative dimension in {}", shape_str(shape));
   int64_t bytes = smp::numel(shape) * es;
-  int64_t rounded = (bytes + 63) / 64 * 64;
-  if (rounded == 0) rounded = 64;
-  void* p = std::aligned_alloc(64, static_cast<size_t>(rounded));
-  if (!p) throw std::bad_alloc();
+  int64_t cap = bytes <= 4096 ? std::max<int64_t>(64, (bytes + 63) / 64 * 64) : (bytes + 4095) / 4096 * 4096;
+  void* p = cache_->take(cap);
+  if (!p) {
+    p = std::aligned_alloc(64, static_cast<size_t>(cap));
+    if (!p) throw std::bad_alloc();
+  }
   auto st = std::make_shared<Storage>();
   st->ptr = p;
   st->bytes = bytes;
-  st->free_fn = free_aligned;
+  st->capacity = cap;
+  st->free_fn = HostCache::release;
+  st->free_ctx = cache_;
   st->counter = counter_;
   counter_->add(bytes);
   return Tensor(dtype, shape, std::move(st));
@@ -86,10 +124,12 @@ void CpuBackend::copy(Tensor& dst, const Tensor& src) {
 
 void CpuBackend::axpy(float alpha, const Tensor& x, Tensor& y) {
   SMP_CHECK(is_f32(x) && is_f32(y) && x.numel() == y.numel(), "axpy of {} into {}", x.str(), y.str());
-  const float* xp = x.data<float>();
-  float* yp = y.data<float>();
+  const float* xp0 = x.data<float>();
+  float* yp0 = y.data<float>();
   int64_t n = x.numel();
-  cpu::pfor(n, 32768, [&](int64_t b, int64_t e) {
+  cpu::pfor(n, 32768, [xp0, yp0, alpha](int64_t b, int64_t e) {
+    const float* __restrict xp = xp0;
+    float* __restrict yp = yp0;
 #pragma omp simd
     for (int64_t i = b; i < e; ++i) yp[i] += alpha * xp[i];
   });
@@ -102,6 +142,11 @@ void CpuBackend::scale(float alpha, Tensor& x) {
 #pragma omp simd
     for (int64_t i = b; i < e; ++i) p[i] *= alpha;
   });
+}
+
+int64_t CpuBackend::cached_bytes() const {
+  std::lock_guard<std::mutex> lk(cache_->m);
+  return cache_->cached;
 }
 
 void CpuBackend::set_num_threads(int n) { set_cpu_threads(n); }

@@ -25,6 +25,11 @@ class CpuBackend final : public Backend {
   void scale(float alpha, Tensor& x) override;
   void set_num_threads(int n) override;
   int num_threads() const override;
+  // Bytes of freed buffers kept for reuse (not counted as live).
+  int64_t cached_bytes() const;
+
+ private:
+  std::shared_ptr<struct HostCache> cache_;
 };
 
 // The CPU kernel table (lib/runtime/cpu/table.cpp).

@@ -45,6 +45,7 @@ StageExecutor::StageExecutor(const graph::Graph& g, std::vector<int> nodes, Back
   size_t nv = g.values.size();
   resident_.resize(nv);
   grads_.resize(nv);
+  grad_zero_.assign(nv, 0);
   dd_.assign(nv, 0);
   wreq_.assign(nv, 0);
   last_use_.assign(nv, -1);
@@ -102,7 +103,8 @@ StageExecutor::StageExecutor(const graph::Graph& g, std::vector<int> nodes, Back
         resident_[static_cast<size_t>(v)] = be_.from_host(val.dtype, val.shape, val.data->bytes.data());
         if (val.kind == ValueKind::Parameter && is_float(val.dtype)) {
           params_.push_back(v);
-          grads_[static_cast<size_t>(v)] = be_.zeros(val.dtype, val.shape);
+          grads_[static_cast<size_t>(v)] = be_.empty(val.dtype, val.shape);
+          grad_zero_[static_cast<size_t>(v)] = 1;
           wreq_[static_cast<size_t>(v)] = 1;
         }
       } else {
@@ -169,6 +171,10 @@ Tensor& StageExecutor::parameter(int v) {
 
 Tensor& StageExecutor::gradient(int v) {
   SMP_CHECK(v >= 0 && static_cast<size_t>(v) < grads_.size() && grads_[static_cast<size_t>(v)].defined(), "value {} is not a parameter of this stage", v);
+  if (grad_zero_[static_cast<size_t>(v)]) {
+    be_.fill_zero(grads_[static_cast<size_t>(v)]);
+    grad_zero_[static_cast<size_t>(v)] = 0;
+  }
   return grads_[static_cast<size_t>(v)];
 }
 
@@ -317,7 +323,8 @@ void StageExecutor::run_backward(int mb, std::span<const Tensor> output_grads, b
         wanted = true;
         if (grads_[static_cast<size_t>(v)].defined()) {
           din[i] = grads_[static_cast<size_t>(v)];
-          acc[i] = 1;
+          acc[i] = !grad_zero_[static_cast<size_t>(v)];
+          grad_zero_[static_cast<size_t>(v)] = 0;
         } else if (g[static_cast<size_t>(v)].defined()) {
           din[i] = g[static_cast<size_t>(v)];
           acc[i] = 1;
@@ -379,11 +386,12 @@ void StageExecutor::run_backward(int mb, std::span<const Tensor> output_grads, b
 void StageExecutor::drop(int mb) { stash_.erase(mb); }
 
 void StageExecutor::zero_grad() {
-  for (int v : params_) be_.fill_zero(grads_[static_cast<size_t>(v)]);
+  for (int v : params_) grad_zero_[static_cast<size_t>(v)] = 1;
 }
 
 void StageExecutor::sgd_step(float lr) {
-  for (int v : params_) be_.axpy(-lr, grads_[static_cast<size_t>(v)], resident_[static_cast<size_t>(v)]);
+  for (int v : params_)
+    if (!grad_zero_[static_cast<size_t>(v)]) be_.axpy(-lr, grads_[static_cast<size_t>(v)], resident_[static_cast<size_t>(v)]);
 }
 
 size_t StageExecutor::pending() const { return stash_.size(); }

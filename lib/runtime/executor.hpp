@@ -67,6 +67,7 @@ class StageExecutor {
   // Forgets microbatch `mb`'s stash (an aborted step, or a forward run only for its value).
   void drop(int mb);
 
+  // Parameter gradients to zero (lazily: the next contribution overwrites instead of adding).
   void zero_grad();
   // p -= lr * grad for every parameter.
   void sgd_step(float lr);
@@ -93,6 +94,7 @@ class StageExecutor {
   std::vector<bool> input_grad_;
   std::vector<Tensor> resident_;  // by value id: parameters and constants
   std::vector<Tensor> grads_;     // by value id: parameter gradients
+  std::vector<uint8_t> grad_zero_;  // by value id: the gradient is zero (its buffer not yet written)
   std::vector<uint8_t> dd_, wreq_;  // by value id: data-dependent gradient / weight-only gradient
   std::vector<int> last_use_;     // by value id: last position in runs_ that reads it
   std::vector<uint8_t> is_output_;

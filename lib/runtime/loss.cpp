@@ -1,6 +1,7 @@
 #include "runtime/loss.hpp"
 
 #include "runtime/cpu/common.hpp"
+#include "runtime/cpu/vmath.hpp"
 
 #include <fmt/format.h>
 
@@ -29,15 +30,18 @@ LossResult cross_entropy(Backend& be, const Tensor& logits, const Tensor& labels
     const float* x = X + i * C;
     float* gr = G + i * C;
     float m = -INFINITY;
+#pragma omp simd reduction(max : m)
     for (int64_t j = 0; j < C; ++j) m = std::max(m, x[j]);
     float s = 0;
+#pragma omp simd reduction(+ : s)
     for (int64_t j = 0; j < C; ++j) {
-      float e = std::exp(x[j] - m);
+      float e = cpu::vexp(x[j] - m);
       gr[j] = e;
       s += e;
     }
-    float inv = 1.0f / s;
-    for (int64_t j = 0; j < C; ++j) gr[j] *= inv * k;
+    float inv = k / s;
+#pragma omp simd
+    for (int64_t j = 0; j < C; ++j) gr[j] *= inv;
     int64_t y = lab[static_cast<size_t>(i)];
     gr[y] -= k;
     part[static_cast<size_t>(i)] = static_cast<double>(std::log(s) + m - x[y]);

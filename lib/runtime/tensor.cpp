@@ -13,7 +13,7 @@ void MemoryCounter::add(int64_t b) {
 }
 
 Storage::~Storage() {
-  if (free_fn && ptr) free_fn(ptr);
+  if (free_fn && ptr) free_fn(free_ctx.get(), ptr, capacity);
   if (counter) counter->sub(bytes);
 }
 

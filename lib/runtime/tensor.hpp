@@ -23,11 +23,14 @@ struct MemoryCounter {
   void sub(int64_t b) { live_bytes -= b; }
 };
 
-// One allocation. Freed through `free_fn` when the last Tensor referring to it goes.
+// One allocation. Handed back through `free_fn(free_ctx, ptr, capacity)` when the last Tensor
+// referring to it goes (a backend may keep it for reuse).
 struct Storage {
   void* ptr = nullptr;
-  int64_t bytes = 0;
-  void (*free_fn)(void*) = nullptr;
+  int64_t bytes = 0;     // requested (what the memory counter counts)
+  int64_t capacity = 0;  // allocated
+  void (*free_fn)(void* ctx, void* ptr, int64_t capacity) = nullptr;
+  std::shared_ptr<void> free_ctx;
   std::shared_ptr<MemoryCounter> counter;
   Storage() = default;
   Storage(const Storage&) = delete;

@@ -75,8 +75,10 @@ inline void bcast_rows(const Bcast& b, F&& f) {
 void reduce_sum_to(float* dst, const Shape& dst_shape, const float* src, const Shape& src_shape, bool accumulate);
 
 // dst = or += src, n floats.
-inline void store(float* dst, const float* src, int64_t n, bool accumulate) {
-  pfor(n, kGrain, [&](int64_t b, int64_t e) {
+inline void store(float* dst0, const float* src0, int64_t n, bool accumulate) {
+  pfor(n, kGrain, [dst0, src0, accumulate](int64_t b, int64_t e) {
+    float* __restrict dst = dst0;
+    const float* __restrict src = src0;
     if (accumulate) {
 #pragma omp simd
       for (int64_t i = b; i < e; ++i) dst[i] += src[i];

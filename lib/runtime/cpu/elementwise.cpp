@@ -2,6 +2,7 @@
 // Clip, Cast, Identity, Dropout (inference semantics).
 #include "runtime/cpu/common.hpp"
 #include "runtime/cpu/kernels.hpp"
+#include "runtime/cpu/vmath.hpp"
 
 #include <fmt/format.h>
 
@@ -346,28 +347,34 @@ constexpr float kSqrt2 = 1.41421356237309504880f;
 constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
 constexpr float kSqrt2OverPi = 0.79788456080286535588f;
 
-inline float gelu_erf(float x) { return 0.5f * x * (1.0f + std::erf(x / kSqrt2)); }
+inline float gelu_erf(float x) { return 0.5f * x * (1.0f + verf(x / kSqrt2)); }
 inline float gelu_tanh(float x) {
   return 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x)));
 }
 
 template <class F>
 void map_f32(const Tensor& x, Tensor& y, F f) {
-  const float* px = x.data<float>();
-  float* py = y.data<float>();
-  pfor(x.numel(), kGrain / 4, [&](int64_t b, int64_t e) {
+  const float* px0 = x.data<float>();
+  float* py0 = y.data<float>();
+  pfor(x.numel(), kGrain / 4, [px0, py0, f](int64_t b, int64_t e) {
+    const float* __restrict px = px0;
+    float* __restrict py = py0;
+    const F fn = f;
 #pragma omp simd
-    for (int64_t i = b; i < e; ++i) py[i] = f(px[i]);
+    for (int64_t i = b; i < e; ++i) py[i] = fn(px[i]);
   });
 }
 
 // din = (or +=) f(dy, v) with v the saved input or output
 template <class F>
 void grad_map(const Tensor& dy, const Tensor& v, Tensor& din, bool acc, F f) {
-  const float* g = dy.data<float>();
-  const float* pv = v.defined() ? v.data<float>() : g;
-  float* o = din.data<float>();
-  pfor(dy.numel(), kGrain / 4, [&](int64_t b, int64_t e) {
+  const float* g0 = dy.data<float>();
+  const float* pv0 = v.defined() ? v.data<float>() : g0;
+  float* o0 = din.data<float>();
+  pfor(dy.numel(), kGrain / 4, [g0, pv0, o0, acc, f](int64_t b, int64_t e) {
+    const float* __restrict g = g0;
+    const float* __restrict pv = pv0;
+    float* __restrict o = o0;
     if (acc) {
 #pragma omp simd
       for (int64_t i = b; i < e; ++i) o[i] += f(g[i], pv[i]);
@@ -427,8 +434,8 @@ void fwd_unary(const KernelState& st, ExecContext&, std::span<Tensor> out, std::
     case Op::Relu: map_f32(x, y, [](float v) { return v > 0 ? v : 0.0f; }); break;
     case Op::LeakyRelu: { float a = s.alpha; map_f32(x, y, [a](float v) { return v >= 0 ? v : a * v; }); break; }
     case Op::Tanh: map_f32(x, y, [](float v) { return std::tanh(v); }); break;
-    case Op::Sigmoid: map_f32(x, y, [](float v) { return v >= 0 ? 1.0f / (1.0f + std::exp(-v)) : std::exp(v) / (1.0f + std::exp(v)); }); break;
-    case Op::Erf: map_f32(x, y, [](float v) { return std::erf(v); }); break;
+    case Op::Sigmoid: map_f32(x, y, [](float v) { float e = vexp(-std::fabs(v)); return v >= 0 ? 1.0f / (1.0f + e) : e / (1.0f + e); }); break;
+    case Op::Erf: map_f32(x, y, [](float v) { return verf(v); }); break;
     case Op::Gelu:
       if (s.gelu_tanh) map_f32(x, y, [](float v) { return gelu_tanh(v); });
       else map_f32(x, y, [](float v) { return gelu_erf(v); });
@@ -466,7 +473,7 @@ void bwd_unary(const KernelState& st, ExecContext&, const GradIO& io) {
     case Op::LeakyRelu: { float a = s.alpha; grad_map(dy, X(), d, acc, [a](float g, float x) { return x > 0 ? g : a * g; }); break; }
     case Op::Tanh: grad_map(dy, Y(), d, acc, [](float g, float y) { return g * (1.0f - y * y); }); break;
     case Op::Sigmoid: grad_map(dy, Y(), d, acc, [](float g, float y) { return g * y * (1.0f - y); }); break;
-    case Op::Erf: grad_map(dy, X(), d, acc, [](float g, float x) { return g * 1.12837916709551257390f * std::exp(-x * x); }); break;
+    case Op::Erf: grad_map(dy, X(), d, acc, [](float g, float x) { return g * 1.12837916709551257390f * vexp(-x * x); }); break;
     case Op::Gelu:
       if (s.gelu_tanh) {
         grad_map(dy, X(), d, acc, [](float g, float x) {
@@ -477,7 +484,7 @@ void bwd_unary(const KernelState& st, ExecContext&, const GradIO& io) {
         });
       } else {
         grad_map(dy, X(), d, acc, [](float g, float x) {
-          return g * (0.5f * (1.0f + std::erf(x / kSqrt2)) + x * kInvSqrt2Pi * std::exp(-0.5f * x * x));
+          return g * (0.5f * (1.0f + verf(x / kSqrt2)) + x * kInvSqrt2Pi * vexp(-0.5f * x * x));
         });
       }
       break;

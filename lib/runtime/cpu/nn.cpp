@@ -1,6 +1,7 @@
 // Softmax, LogSoftmax, LayerNormalization, BatchNormalization, reductions, ArgMax.
 #include "runtime/cpu/common.hpp"
 #include "runtime/cpu/kernels.hpp"
+#include "runtime/cpu/vmath.hpp"
 
 #include <fmt/format.h>
 
@@ -66,11 +67,12 @@ void fwd_softmax(const KernelState& st, ExecContext&, std::span<Tensor> out, std
     float* y = Y + base;
     float m = -INFINITY;
     if (inc == 1) {
+#pragma omp simd reduction(max : m)
       for (int64_t j = 0; j < D; ++j) m = std::max(m, x[j]);
       float sum = 0;
 #pragma omp simd reduction(+ : sum)
       for (int64_t j = 0; j < D; ++j) {
-        float e = std::exp(x[j] - m);
+        float e = vexp(x[j] - m);
         y[j] = e;
         sum += e;
       }
@@ -118,7 +120,7 @@ void bwd_softmax(const KernelState& st, ExecContext&, const GradIO& io) {
     if (s.log) {  // dx = g - exp(y) * sum(g)
       for (int64_t j = 0; j < D; ++j) t += g[j * inc];
       for (int64_t j = 0; j < D; ++j) {
-        float v = g[j * inc] - std::exp(y[j * inc]) * t;
+        float v = g[j * inc] - vexp(y[j * inc]) * t;
         d[j * inc] = acc ? d[j * inc] + v : v;
       }
     } else {  // dx = y * (g - sum(g * y))

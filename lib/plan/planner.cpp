@@ -1113,6 +1113,26 @@ Config config_of(const Plan& plan) {
 
 }  // namespace
 
+DpCheck dp_against_brute_force(const PlanInputs& in, const Plan& plan, const PlanOptions& opt) {
+  const GraphCost& gc = *in.cost;
+  const cost::Cluster& cl = *in.cluster;
+  Config c = config_of(plan);
+  std::vector<int> cuts = candidate_positions(gc, opt.max_positions);
+  Tables T = build_tables(gc, cuts);
+  UData U = make_udata(gc, cl, T, c.u);
+  std::vector<Slot> slots = make_slots(c, plan.schedule, cl);
+  double sum_lb = kInf;
+  for (size_t k = 0; k < cl.kinds.size(); ++k)
+    sum_lb = std::min(sum_lb, U.PF[k][static_cast<size_t>(T.K)] + U.PB[k][static_cast<size_t>(T.K)] + U.PW[k][static_cast<size_t>(T.K)]);
+  Oracle o{&T, &U, &slots, 2 + cost::optimizer_factor(gc.options().optimizer), opt.recompute, sum_lb};
+  DpCheck r;
+  r.atoms = T.K;
+  r.stages = static_cast<int>(slots.size());
+  r.dp = solve_partition(o, c.m).objective;
+  r.brute_force = brute_force_partition(o, c.m).objective;
+  return r;
+}
+
 schedule::SimResult simulate_plan(const PlanInputs& in, const Plan& plan, const PlanOptions& opt) {
   Search search(in, opt);
   Config c = config_of(plan);

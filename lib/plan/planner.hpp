@@ -151,6 +151,14 @@ struct StageMemoryCheck {
 };
 std::vector<StageMemoryCheck> check_memory_agreement(const PlanInputs& in, const Plan& plan, const PlanOptions& opt);
 
+// For tests: the DP and brute force on the planner's own stage oracle (the real cost and memory
+// model) for the plan's configuration; returns the two optima (+inf when infeasible).
+struct DpCheck {
+  double dp = 0, brute_force = 0;
+  int atoms = 0, stages = 0;
+};
+DpCheck dp_against_brute_force(const PlanInputs& in, const Plan& plan, const PlanOptions& opt);
+
 // The plan's schedule simulated with its stage costs, events recorded (for --timeline / --trace).
 schedule::SimResult simulate_plan(const PlanInputs& in, const Plan& plan, const PlanOptions& opt);
 

@@ -93,7 +93,7 @@ std::string format_report(const Plan& plan, const PlanInputs& in) {
     line(fmt::format("  {:<17} step {} ms, {:.4g} samples/s, bubble {:.1f}%, peak memory {}{} -> plan speedup {}", b.name,
                      ms(b.prediction.step_s), b.prediction.samples_per_s, std::max(0.0, 100 * b.prediction.bubble),
                      human_bytes(b.prediction.peak_max()), b.prediction.fits ? "" : " (does not fit)", speedup_text(plan, b)));
-    line(fmt::format("  {:<17} ({}; cuts before nodes {})", "", b.unit, cuts));
+    line(fmt::format("  {:<17} ({}; {})", "", b.unit, cuts.empty() ? "one stage" : "cuts before nodes " + cuts));
   }
   return out;
 }

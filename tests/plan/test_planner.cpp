@@ -305,3 +305,25 @@ TEST_CASE("coarsening keeps the narrowest cut positions up to the cap") {
   for (int q : all) min_cross = std::min(min_cross, s.gc->cut_tensors(q));
   for (int q : few) CHECK(s.gc->cut_tensors(q) <= 2);
 }
+
+TEST_CASE("on the real cost model the DP finds the brute-force optimum too") {
+  int checked = 0;
+  for (std::string model : {"mlp", "cnn"})
+    for (int stages : {2, 3, 4})
+      for (std::string sched : {"gpipe", "1f1b", "zb-h1"})
+        for (double mem : {8e9, 3e6}) {
+          Setup s(sample(model), 64, fixed_cluster(stages, mem));
+          auto o = options(64, stages, 1, 8, sched);
+          plan::Plan p;
+          try {
+            p = plan::make_plan(s.in(), o);
+          } catch (const smp::Error&) {
+            continue;  // nothing fits: covered elsewhere
+          }
+          auto r = plan::dp_against_brute_force(s.in(), p, o);
+          INFO(model << " " << stages << " stages " << sched << " memory " << mem);
+          CHECK(r.dp == doctest::Approx(r.brute_force).epsilon(1e-12));
+          ++checked;
+        }
+  CHECK(checked >= 12);
+}

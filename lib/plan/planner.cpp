@@ -781,6 +781,8 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
   const std::vector<std::string> known = {"gpipe", "1f1b", "interleaved", "zb-h1"};
   if (opt.schedule != "auto" && std::find(known.begin(), known.end(), opt.schedule) == known.end())
     throw_bad_input("--schedule", fmt::format("unknown schedule '{}'", opt.schedule), "one of auto, gpipe, 1f1b, interleaved, zb-h1");
+  if (opt.chunks > 1 && opt.schedule != "auto" && opt.schedule != "interleaved" && opt.schedule != "gpipe")
+    throw_bad_input("--chunks", fmt::format("{} runs one stage per rank", opt.schedule), "use --schedule interleaved or gpipe");
   const cost::Profile* prof = gc.options().profile;
   if (prof) {
     bool match = false;

@@ -210,6 +210,10 @@ TEST_CASE("bad input: more stages than nodes, a batch not divisible, impossible 
   CHECK(e3.second.find("need 8 devices, the cluster has 4") != std::string::npos);
   auto e4 = error_of([&] { plan::make_plan(s.in(), options(32, 0, 3)); });
   CHECK(e4.second.rfind("--data-parallel", 0) == 0);
+  auto o6 = options(32, 2, 1, 4, "1f1b");
+  o6.chunks = 2;
+  auto e6 = error_of([&] { plan::make_plan(s.in(), o6); });
+  CHECK(e6.second.rfind("--chunks: 1f1b runs one stage per rank", 0) == 0);
   auto e5 = error_of([&] { plan::make_plan(s.in(), options(32, 0, 0, 0, "pipedream")); });
   CHECK(e5.second.rfind("--schedule: unknown schedule 'pipedream'", 0) == 0);
 }

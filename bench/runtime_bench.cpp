@@ -1,7 +1,7 @@
 // Training steps per second of smp's CPU engine and of PyTorch (python3-torch) on the sample
 // models, batch 32, same thread count (1 and 2); prints the ratio smp / torch (goal: >= 1.0).
 //
-// usage: runtime_bench [--models mlp,cnn,gpt] [--threads 1,2] [--batch 32] [--steps 20] [--no-torch]
+// usage: runtime_bench [--models mlp,cnn,gpt] [--threads 1,2] [--batch 32] [--steps 20] [--no-torch] [--profile]
 #include "graph/loader.hpp"
 #include "runtime/cpu_backend.hpp"
 #include "runtime/executor.hpp"
@@ -30,13 +30,15 @@ std::vector<std::string> split(const std::string& s) {
   return out;
 }
 
-double smp_steps_per_s(const std::string& name, int threads, int batch, int steps) {
+double smp_steps_per_s(const std::string& name, int threads, int batch, int steps, bool profile) {
   graph::LoadOptions lo;
   lo.batch_size = batch;
   lo.load_weights = true;
   graph::Graph g = graph::load_graph(std::filesystem::path(SMP_SOURCE_DIR) / "sample_models" / (name + ".onnx"), lo);
   runtime::CpuBackend be(threads);
-  runtime::StageExecutor ex(g, be);
+  runtime::ExecutorOptions eo;
+  eo.profile = profile;
+  runtime::StageExecutor ex(g, be, eo);
   const graph::Value& in = g.value(g.inputs[0]);
   const graph::Value& out = g.value(g.outputs[0]);
   std::mt19937 rng(0);
@@ -66,6 +68,11 @@ double smp_steps_per_s(const std::string& name, int threads, int batch, int step
   auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < steps; ++i) step();
   double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (profile) {
+    fmt::print("  {} x{} threads: per step {:.1f} ms; kernel time per op type (ms per step, forward + backward):\n", name, threads, 1e3 * dt / steps);
+    for (const auto& p : ex.profile())
+      fmt::print("    {:<22} {:8.2f} + {:8.2f}\n", p.op, 1e3 * p.forward_s / (steps + 3), 1e3 * p.backward_s / (steps + 3));
+  }
   return steps / dt;
 }
 
@@ -87,7 +94,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> models{"mlp", "cnn", "gpt"};
   std::vector<int> threads{1, 2};
   int batch = 32, steps = 20;
-  bool torch = true;
+  bool torch = true, profile = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
@@ -96,13 +103,14 @@ int main(int argc, char** argv) {
     else if (a == "--batch") batch = std::stoi(next());
     else if (a == "--steps") steps = std::stoi(next());
     else if (a == "--no-torch") torch = false;
-    else { fmt::print(stderr, "usage: runtime_bench [--models mlp,cnn,gpt] [--threads 1,2] [--batch 32] [--steps 20] [--no-torch]\n"); return 2; }
+    else if (a == "--profile") profile = true;
+    else { fmt::print(stderr, "usage: runtime_bench [--models mlp,cnn,gpt] [--threads 1,2] [--batch 32] [--steps 20] [--no-torch] [--profile]\n"); return 2; }
   }
   fmt::print("training steps/s, batch {}: smp cpu engine vs PyTorch {}\n", batch, torch ? "(python3-torch)" : "(skipped)");
   fmt::print("{:<6} {:>7} {:>12} {:>12} {:>8}\n", "model", "threads", "smp", "torch", "ratio");
   for (const auto& m : models)
     for (int t : threads) {
-      double s = smp_steps_per_s(m, t, batch, steps);
+      double s = smp_steps_per_s(m, t, batch, steps, profile);
       double p = torch ? torch_steps_per_s(m, t, batch, steps) : 0;
       fmt::print("{:<6} {:>7} {:>12.2f} {:>12.2f} {:>8}\n", m, t, s, p, p > 0 ? fmt::format("{:.2f}", s / p) : "-");
       std::fflush(stdout);

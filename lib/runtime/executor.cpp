@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 #include <unordered_set>
 
 namespace smp::runtime {
@@ -158,8 +159,22 @@ StageExecutor::StageExecutor(const graph::Graph& g, std::vector<int> nodes, Back
       throw_bad_input(fmt::format("node {} ({})", n.name, n.op_type), "no gradient rule for this op, and a gradient must flow through it");
     }
   }
+  prof_.resize(static_cast<size_t>(Op::kCount));
+  for (size_t i = 0; i < prof_.size(); ++i) prof_[i].op = std::string(graph::op_def(static_cast<Op>(i)).type);
   resident_bytes_ = be_.memory().live_bytes;
   reset_peak();
+}
+
+namespace {
+double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+}  // namespace
+
+std::vector<OpTime> StageExecutor::profile() const {
+  std::vector<OpTime> r;
+  for (const auto& p : prof_)
+    if (p.calls > 0) r.push_back(p);
+  std::sort(r.begin(), r.end(), [](const OpTime& a, const OpTime& b) { return a.forward_s + a.backward_s > b.forward_s + b.backward_s; });
+  return r;
 }
 
 StageExecutor::~StageExecutor() = default;
@@ -216,7 +231,12 @@ std::vector<Tensor> StageExecutor::forward(int mb, std::span<const Tensor> input
           const graph::Value& val = g_.value(r.out[k]);
           outs[k] = be_.empty(val.dtype, val.shape);
         }
+    double t0 = opts_.profile ? now_s() : 0;
     r.kernel->forward(*r.state, ctx, outs, ins);
+    if (opts_.profile) {
+      prof_[static_cast<size_t>(r.op)].forward_s += now_s() - t0;
+      ++prof_[static_cast<size_t>(r.op)].calls;
+    }
     if (opts_.training && (r.has_b || r.has_w)) {
       auto& si = st->saved_in[p];
       si.assign(r.in.size(), Tensor());
@@ -345,7 +365,9 @@ void StageExecutor::run_backward(int mb, std::span<const Tensor> output_grads, b
         outs = st.saved_out[p];
         outs.resize(r.out.size());
         GradIO io{ins, outs, dout, din, acc};
+        double t0 = opts_.profile ? now_s() : 0;
         r.kernel->backward(*r.state, ctx, io);
+        if (opts_.profile) prof_[static_cast<size_t>(r.op)].backward_s += now_s() - t0;
       }
     }
     if (do_b && !do_w && r.has_w && r.has_b) st.w_dout[p] = dout;

@@ -26,6 +26,15 @@ struct ExecutorOptions {
   // BatchNormalization normalizes with the batch's statistics (PyTorch's train mode) instead of
   // its running mean and variance inputs (which are not updated).
   bool batch_statistics = true;
+  // Time every kernel call (see StageExecutor::profile()).
+  bool profile = false;
+};
+
+// Seconds spent per op type (with profile on).
+struct OpTime {
+  std::string op;
+  double forward_s = 0, backward_s = 0;
+  int64_t calls = 0;
 };
 
 class StageExecutor {
@@ -74,6 +83,8 @@ class StageExecutor {
 
   // Microbatches with something still stashed (0 at the end of a step).
   size_t pending() const;
+  // Kernel time per op type since construction, largest first (empty unless options.profile).
+  std::vector<OpTime> profile() const;
   // Peak bytes on the backend above what the executor keeps resident (parameters, their
   // gradients, constants) since construction or reset_peak().
   int64_t peak_bytes() const;
@@ -99,6 +110,7 @@ class StageExecutor {
   std::vector<int> last_use_;     // by value id: last position in runs_ that reads it
   std::vector<uint8_t> is_output_;
   std::map<int, std::unique_ptr<Stash>> stash_;
+  std::vector<OpTime> prof_;  // by graph::Op
   int64_t resident_bytes_ = 0;
   int64_t peak_base_ = 0;
 };

@@ -31,22 +31,23 @@ struct BinState : KernelState {
 template <class T, class R, class F>
 void bin_loop(const Bcast& p, const T* a, const T* b, R* o, F f) {
   bcast_rows(p, [&](int64_t oo, const int64_t* off, int64_t L, const int64_t* ist) {
-    const T* pa = a + off[0];
-    const T* pb = b + off[1];
-    R* po = o + oo;
+    const F fn = f;
+    const T* __restrict pa = a + off[0];
+    const T* __restrict pb = b + off[1];
+    R* __restrict po = o + oo;
     if (ist[0] == 1 && ist[1] == 1) {
 #pragma omp simd
-      for (int64_t i = 0; i < L; ++i) po[i] = f(pa[i], pb[i]);
+      for (int64_t i = 0; i < L; ++i) po[i] = fn(pa[i], pb[i]);
     } else if (ist[0] == 1) {
       T vb = *pb;
 #pragma omp simd
-      for (int64_t i = 0; i < L; ++i) po[i] = f(pa[i], vb);
+      for (int64_t i = 0; i < L; ++i) po[i] = fn(pa[i], vb);
     } else if (ist[1] == 1) {
       T va = *pa;
 #pragma omp simd
-      for (int64_t i = 0; i < L; ++i) po[i] = f(va, pb[i]);
+      for (int64_t i = 0; i < L; ++i) po[i] = fn(va, pb[i]);
     } else {
-      R v = f(*pa, *pb);
+      R v = fn(*pa, *pb);
       for (int64_t i = 0; i < L; ++i) po[i] = v;
     }
   });
@@ -186,17 +187,27 @@ void grad_to(const BinState& s, ExecContext& ctx, int which, const float* dy, co
   const float* pa = a ? a : &zero;
   const float* pb = b ? b : &zero;
   bcast_rows(s.plan3, [&](int64_t oo, const int64_t* off, int64_t L, const int64_t* ist) {
-    const float* g = dy + off[0];
-    const float* x = pa + (a ? off[1] : 0);
-    const float* z = pb + (b ? off[2] : 0);
+    const F fn = f;
+    const float* __restrict g = dy + off[0];
+    const float* __restrict x = pa + (a ? off[1] : 0);
+    const float* __restrict z = pb + (b ? off[2] : 0);
     int64_t sa = a ? ist[1] : 0, sb = b ? ist[2] : 0;
-    float* po = o + oo;
-    if (add) {
-      for (int64_t i = 0; i < L; ++i) po[i] += f(g[i], x[i * sa], z[i * sb]);
-    } else {
+    float* __restrict po = o + oo;
+    auto run = [&](auto xa, auto zb) {  // xa, zb: std::true_type when the operand varies along the row
+      constexpr bool vx = decltype(xa)::value, vz = decltype(zb)::value;
+      float x0 = *x, z0 = *z;
+      if (add) {
 #pragma omp simd
-      for (int64_t i = 0; i < L; ++i) po[i] = f(g[i], x[i * sa], z[i * sb]);
-    }
+        for (int64_t i = 0; i < L; ++i) po[i] += fn(g[i], vx ? x[i] : x0, vz ? z[i] : z0);
+      } else {
+#pragma omp simd
+        for (int64_t i = 0; i < L; ++i) po[i] = fn(g[i], vx ? x[i] : x0, vz ? z[i] : z0);
+      }
+    };
+    if (sa && sb) run(std::true_type{}, std::true_type{});
+    else if (sa) run(std::true_type{}, std::false_type{});
+    else if (sb) run(std::false_type{}, std::true_type{});
+    else run(std::false_type{}, std::false_type{});
   });
   if (!direct) reduce_sum_to(din.data<float>(), xs, o, ys, acc);
 }
@@ -219,6 +230,10 @@ void bwd_binary(const KernelState& st, ExecContext& ctx, const GradIO& io) {
     if (!io.din[static_cast<size_t>(w)].defined()) continue;
     Tensor& d = io.din[static_cast<size_t>(w)];
     bool acc = io.accumulate[static_cast<size_t>(w)];
+    if (s.op == Op::Add || (s.op == Op::Sub && w == 0)) {  // the gradient, summed over broadcast axes
+      reduce_sum_to(d.data<float>(), s.in_shapes[static_cast<size_t>(w)], dy, s.out_shapes[0], acc);
+      continue;
+    }
     switch (s.op) {
       case Op::Add: grad_to(s, ctx, w, dy, nullptr, nullptr, d, acc, [](float g, float, float) { return g; }); break;
       case Op::Sub:
@@ -375,12 +390,13 @@ void grad_map(const Tensor& dy, const Tensor& v, Tensor& din, bool acc, F f) {
     const float* __restrict g = g0;
     const float* __restrict pv = pv0;
     float* __restrict o = o0;
+    const F fn = f;
     if (acc) {
 #pragma omp simd
-      for (int64_t i = b; i < e; ++i) o[i] += f(g[i], pv[i]);
+      for (int64_t i = b; i < e; ++i) o[i] += fn(g[i], pv[i]);
     } else {
 #pragma omp simd
-      for (int64_t i = b; i < e; ++i) o[i] = f(g[i], pv[i]);
+      for (int64_t i = b; i < e; ++i) o[i] = fn(g[i], pv[i]);
     }
   });
 }

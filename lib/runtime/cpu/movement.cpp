@@ -139,7 +139,10 @@ std::unique_ptr<KernelState> prep_transpose(const NodeView& n) {
   }
   auto st = strides_of(x);
   for (size_t i = 0; i < R; ++i) s->src_st.push_back(st[static_cast<size_t>(s->perm[i])]);
-  s->dst_st = s->src_st;
+  // backward as a gather: dX[idx] = dY[idx permuted]; dY's strides per input dim
+  auto ost = strides_of(n.output(0).shape);
+  s->dst_st.assign(R, 0);
+  for (size_t j = 0; j < R; ++j) s->dst_st[static_cast<size_t>(s->perm[j])] = ost[j];
   return s;
 }
 
@@ -151,8 +154,11 @@ void fwd_transpose(const KernelState& st, ExecContext&, std::span<Tensor> out, s
 void bwd_transpose(const KernelState& st, ExecContext&, const GradIO& io) {
   const auto& s = static_cast<const TransposeState&>(st);
   if (!io.din[0].defined() || !io.dout[0].defined()) return;
-  zero_unless(io.din[0], io.accumulate[0]);
-  strided_add(io.din[0].data<float>(), s.dst_st, 0, io.dout[0].data<float>(), s.out_shapes[0]);
+  if (!io.accumulate[0]) {
+    strided_copy(io.din[0].data<float>(), s.in_shapes[0], io.dout[0].data<float>(), s.dst_st, 0);
+  } else {
+    strided_add(io.din[0].data<float>(), s.src_st, 0, io.dout[0].data<float>(), s.out_shapes[0]);
+  }
 }
 
 // ---- Concat, Split -----------------------------------------------------------------------

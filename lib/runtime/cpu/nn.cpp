@@ -188,17 +188,19 @@ void fwd_layernorm(const KernelState& st, ExecContext&, std::span<Tensor> out, s
   float* Ro = out.size() > 2 && out[2].defined() ? out[2].data<float>() : nullptr;
   int64_t D = s.D;
   pfor(s.rows, std::max<int64_t>(1, kGrain / D), [&](int64_t r0, int64_t r1) {
+    const float* __restrict Gl = G;
+    const float* __restrict Bl = B;
     for (int64_t r = r0; r < r1; ++r) {
-      const float* x = X + r * D;
-      float* y = Y + r * D;
+      const float* __restrict x = X + r * D;
+      float* __restrict y = Y + r * D;
       float m, rs;
       row_stats(x, D, s.eps, m, rs);
-      if (B) {
+      if (Bl) {
 #pragma omp simd
-        for (int64_t j = 0; j < D; ++j) y[j] = (x[j] - m) * rs * G[j] + B[j];
+        for (int64_t j = 0; j < D; ++j) y[j] = (x[j] - m) * rs * Gl[j] + Bl[j];
       } else {
 #pragma omp simd
-        for (int64_t j = 0; j < D; ++j) y[j] = (x[j] - m) * rs * G[j];
+        for (int64_t j = 0; j < D; ++j) y[j] = (x[j] - m) * rs * Gl[j];
       }
       if (Mo) Mo[r] = m;
       if (Ro) Ro[r] = rs;
@@ -211,13 +213,13 @@ void bwd_layernorm(const KernelState& st, ExecContext&, const GradIO& io) {
   if (!io.dout[0].defined()) return;
   SMP_CHECK(io.in[0].defined() && io.in[1].defined(), "node {}: LayerNormalization backward needs X and scale", s.node_name);
   const float* X = io.in[0].data<float>();
-  const float* G = io.in[1].data<float>();
+  const float* G0 = io.in[1].data<float>();
   const float* dY = io.dout[0].data<float>();
   int64_t D = s.D, rows = s.rows;
   bool want_dx = io.din[0].defined();
   bool want_dg = io.din[1].defined();
   bool want_db = io.din.size() > 2 && io.din[2].defined();
-  float* dX = want_dx ? io.din[0].data<float>() : nullptr;
+  float* dX0 = want_dx ? io.din[0].data<float>() : nullptr;
   bool accx = want_dx && io.accumulate[0];
   int nt = pool_threads();
   std::vector<float> pg, pb;
@@ -225,8 +227,10 @@ void bwd_layernorm(const KernelState& st, ExecContext&, const GradIO& io) {
   if (want_db) pb.assign(static_cast<size_t>(nt * D), 0.0f);
   int64_t chunks = std::min<int64_t>(nt, rows);
   parallel_region(static_cast<int>(std::max<int64_t>(chunks, 1)), [&](int64_t t, int64_t c) {
-    float* g_acc = want_dg ? pg.data() + t * D : nullptr;
-    float* b_acc = want_db ? pb.data() + t * D : nullptr;
+    float* __restrict g_acc = want_dg ? pg.data() + t * D : nullptr;
+    float* __restrict b_acc = want_db ? pb.data() + t * D : nullptr;
+    const float* __restrict G = G0;
+    float* dX = dX0;
     for (int64_t r = rows * t / c; r < rows * (t + 1) / c; ++r) {
       const float* x = X + r * D;
       const float* dy = dY + r * D;
@@ -250,7 +254,7 @@ void bwd_layernorm(const KernelState& st, ExecContext&, const GradIO& io) {
         }
         s1 /= static_cast<float>(D);
         s2 /= static_cast<float>(D);
-        float* dx = dX + r * D;
+        float* __restrict dx = dX + r * D;
         if (accx) {
 #pragma omp simd
           for (int64_t j = 0; j < D; ++j) dx[j] += rs * (dy[j] * G[j] - s1 - (x[j] - m) * rs * s2);

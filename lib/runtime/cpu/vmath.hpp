@@ -1,6 +1,5 @@
 // Vectorizable float math (GCC vectorizes these inside `#pragma omp simd` loops): exp with
-// Cephes' polynomial (about 1 ulp), erf via Numerical Recipes' erfc (relative error < 1.2e-7)
-// and a Taylor series near 0.
+// Cephes' polynomial (about 1 ulp), erf by Abramowitz & Stegun 7.1.26.
 #pragma once
 
 #include <cmath>
@@ -27,20 +26,15 @@ __attribute__((always_inline)) inline float vexp(float x) {
 }
 
 __attribute__((always_inline)) inline float verf(float x) {
+  // Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7), as PyTorch's vectorized erf
   float z = std::fabs(x);
-  float t = 1.0f / (1.0f + 0.5f * z);
-  float poly = -1.26551223f +
-               t * (1.00002368f +
-                    t * (0.37409196f +
-                         t * (0.09678418f +
-                              t * (-0.18628806f +
-                                   t * (0.27886807f + t * (-1.13520398f + t * (1.48851587f + t * (-0.82215223f + t * 0.17087277f))))))));
-  float erfc = t * vexp(-z * z + poly);
-  float big = 1.0f - erfc;
-  float z2 = z * z;
-  // 2/sqrt(pi) (z - z^3/3 + z^5/10 - z^7/42 + z^9/216)
-  float small = 1.12837916709551257f * z * (1.0f + z2 * (-1.0f / 3 + z2 * (1.0f / 10 + z2 * (-1.0f / 42 + z2 * (1.0f / 216)))));
-  float r = z < 0.25f ? small : big;
+  float t = 1.0f / (1.0f + 0.3275911f * z);
+  float p = 1.061405429f;
+  p = p * t - 1.453152027f;
+  p = p * t + 1.421413741f;
+  p = p * t - 0.284496736f;
+  p = p * t + 0.254829592f;
+  float r = 1.0f - p * t * vexp(-z * z);
   return x < 0 ? -r : r;
 }
 

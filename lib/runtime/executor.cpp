@@ -169,6 +169,29 @@ namespace {
 double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 }  // namespace
 
+void StageExecutor::hold(const Tensor& t) {
+  if (!t.defined()) return;
+  if (held_[t.storage().get()]++ == 0) {
+    stash_bytes_ += t.storage()->bytes;
+    peak_stash_bytes_ = std::max(peak_stash_bytes_, stash_bytes_);
+  }
+}
+
+void StageExecutor::unhold(const Tensor& t) {
+  if (!t.defined()) return;
+  auto it = held_.find(t.storage().get());
+  SMP_CHECK(it != held_.end(), "stash accounting: buffer not held");
+  if (--it->second == 0) {
+    stash_bytes_ -= t.storage()->bytes;
+    held_.erase(it);
+  }
+}
+
+void StageExecutor::unhold_all(std::vector<Tensor>& ts) {
+  for (const Tensor& t : ts) unhold(t);
+  ts.clear();
+}
+
 std::vector<OpTime> StageExecutor::profile() const {
   std::vector<OpTime> r;
   for (const auto& p : prof_)
@@ -241,11 +264,17 @@ std::vector<Tensor> StageExecutor::forward(int mb, std::span<const Tensor> input
       auto& si = st->saved_in[p];
       si.assign(r.in.size(), Tensor());
       for (size_t i = 0; i < r.in.size() && i < 32; ++i)
-        if ((r.saved_in & (1u << i)) && r.in[i] >= 0 && !resident_[static_cast<size_t>(r.in[i])].defined()) si[i] = ins[i];
+        if ((r.saved_in & (1u << i)) && r.in[i] >= 0 && !resident_[static_cast<size_t>(r.in[i])].defined()) {
+          si[i] = ins[i];
+          hold(si[i]);
+        }
       auto& so = st->saved_out[p];
       so.assign(r.out.size(), Tensor());
       for (size_t k = 0; k < r.out.size() && k < 32; ++k)
-        if (r.saved_out & (1u << k)) so[k] = outs[k];
+        if (r.saved_out & (1u << k)) {
+          so[k] = outs[k];
+          hold(so[k]);
+        }
     }
     for (size_t k = 0; k < r.out.size(); ++k)
       if (r.out[k] >= 0 && (last_use_[static_cast<size_t>(r.out[k])] > static_cast<int>(p) || is_output_[static_cast<size_t>(r.out[k])]))
@@ -302,9 +331,15 @@ void StageExecutor::run_backward(int mb, std::span<const Tensor> output_grads, b
     }
     if (!do_w)
       for (int o : outputs_)
-        if (wreq_[static_cast<size_t>(o)] && g[static_cast<size_t>(o)].defined()) st.w_seeds.push_back({o, g[static_cast<size_t>(o)]});
+        if (wreq_[static_cast<size_t>(o)] && g[static_cast<size_t>(o)].defined()) {
+          st.w_seeds.push_back({o, g[static_cast<size_t>(o)]});
+          hold(g[static_cast<size_t>(o)]);
+        }
   } else {
-    for (auto& [o, t] : st.w_seeds) g[static_cast<size_t>(o)] = t;
+    for (auto& [o, t] : st.w_seeds) {
+      g[static_cast<size_t>(o)] = t;
+      unhold(t);
+    }
     st.w_seeds.clear();
     for (size_t p = 0; p < P; ++p)
       if (runs_[p].has_b && !st.b_done[p] && runs_[p].has_w)
@@ -370,14 +405,17 @@ void StageExecutor::run_backward(int mb, std::span<const Tensor> output_grads, b
         if (opts_.profile) prof_[static_cast<size_t>(r.op)].backward_s += now_s() - t0;
       }
     }
-    if (do_b && !do_w && r.has_w && r.has_b) st.w_dout[p] = dout;
+    if (do_b && !do_w && r.has_w && r.has_b) {
+      st.w_dout[p] = dout;
+      for (const Tensor& t : st.w_dout[p]) hold(t);
+    }
     if (do_b) st.b_done[p] = 1;
     for (int o : r.out)
       if (o >= 0) g[static_cast<size_t>(o)] = Tensor();
     if (release) {
-      st.saved_in[p].clear();
-      st.saved_out[p].clear();
-      st.w_dout[p].clear();
+      unhold_all(st.saved_in[p]);
+      unhold_all(st.saved_out[p]);
+      unhold_all(st.w_dout[p]);
     }
     ins.clear();
     outs.clear();
@@ -405,7 +443,16 @@ void StageExecutor::run_backward(int mb, std::span<const Tensor> output_grads, b
   }
 }
 
-void StageExecutor::drop(int mb) { stash_.erase(mb); }
+void StageExecutor::drop(int mb) {
+  auto it = stash_.find(mb);
+  if (it == stash_.end()) return;
+  Stash& st = *it->second;
+  for (auto& v : st.saved_in) unhold_all(v);
+  for (auto& v : st.saved_out) unhold_all(v);
+  for (auto& v : st.w_dout) unhold_all(v);
+  for (auto& [o, t] : st.w_seeds) unhold(t);
+  stash_.erase(it);
+}
 
 void StageExecutor::zero_grad() {
   for (int v : params_) grad_zero_[static_cast<size_t>(v)] = 1;
@@ -421,6 +468,7 @@ size_t StageExecutor::pending() const { return stash_.size(); }
 int64_t StageExecutor::peak_bytes() const { return be_.memory().peak_bytes - peak_base_; }
 
 void StageExecutor::reset_peak() {
+  peak_stash_bytes_ = stash_bytes_;
   be_.reset_peak();
   peak_base_ = be_.memory().live_bytes;
 }

@@ -90,6 +90,10 @@ class StageExecutor {
   int64_t peak_bytes() const;
   int64_t resident_bytes() const { return resident_bytes_; }
   void reset_peak();
+  // Bytes of the distinct buffers kept for backward (declared saved tensors, output gradients
+  // kept from B for W) over all microbatches in flight, now and at most since reset_peak().
+  int64_t stash_bytes() const { return stash_bytes_; }
+  int64_t peak_stash_bytes() const { return peak_stash_bytes_; }
 
  private:
   struct NodeRun;
@@ -110,6 +114,11 @@ class StageExecutor {
   std::vector<int> last_use_;     // by value id: last position in runs_ that reads it
   std::vector<uint8_t> is_output_;
   std::map<int, std::unique_ptr<Stash>> stash_;
+  void hold(const Tensor& t);
+  void unhold(const Tensor& t);
+  void unhold_all(std::vector<Tensor>& ts);
+  std::map<const Storage*, int> held_;  // stash references per buffer
+  int64_t stash_bytes_ = 0, peak_stash_bytes_ = 0;
   std::vector<OpTime> prof_;  // by graph::Op
   int64_t resident_bytes_ = 0;
   int64_t peak_base_ = 0;

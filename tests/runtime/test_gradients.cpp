@@ -248,6 +248,15 @@ std::vector<Case> cases() {
                   t.output(t.node("MaxPool", {x}, {F("y", {1, 2, 3, 3})},
                                   {{"kernel_shape", attr_ints({3, 3})}, {"strides", attr_ints({2, 2})}, {"pads", attr_ints({1, 1, 1, 1})}})[0]);
                 }});
+  cs.push_back({"MaxPool 2x2 stride 2 (no padding)", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 2, 4, 6});
+                  t.output(t.node("MaxPool", {x}, {F("y", {2, 2, 2, 3})},
+                                  {{"kernel_shape", attr_ints({2, 2})}, {"strides", attr_ints({2, 2})}})[0]);
+                }});
+  cs.push_back({"MaxPool 3x2 stride 1 (no padding)", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {1, 2, 4, 4});
+                  t.output(t.node("MaxPool", {x}, {F("y", {1, 2, 2, 3})}, {{"kernel_shape", attr_ints({3, 2})}})[0]);
+                }});
   cs.push_back({"AveragePool", [](TinyGraph& t, M& m) {
                   int x = m.f("x", {1, 2, 5, 5});
                   t.output(t.node("AveragePool", {x}, {F("y", {1, 2, 3, 3})},

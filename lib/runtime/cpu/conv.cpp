@@ -295,6 +295,7 @@ struct PoolState : KernelState {
   int64_t NC = 0;
   bool is_max = true;
   bool count_include_pad = false;
+  bool simple = false;  // no padding, no dilation, every window inside the input
 };
 }  // namespace
 
@@ -314,14 +315,70 @@ std::unique_ptr<KernelState> prep_pool(const NodeView& n) {
   s->count_include_pad = n.node().attr_int("count_include_pad", 0) != 0;
   s->g = make_geom(n, x, y, n.node().attr_ints("kernel_shape"), n.node().attr_int("ceil_mode", 0) != 0);
   s->NC = x[0] * x[1];
+  const Geom& g = s->g;
+  s->simple = g.ph == 0 && g.pw == 0 && g.dh == 1 && g.dw == 1 && (g.oh - 1) * g.sh + g.kh <= g.ih &&
+              (g.ow - 1) * g.sw + g.kw <= g.iw;
   return s;
 }
+
+namespace {
+// MaxPool without padding or dilation: y = max over each window; with `dx`, routes dy to the
+// first maximum of each window instead.
+void maxpool_simple(const Geom& g, int64_t NC, const float* X, float* Y, const float* dY, float* dX) {
+  pfor(NC, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const float* x = X + c * g.ih * g.iw;
+      for (int64_t oy = 0; oy < g.oh; ++oy) {
+        const float* xr = x + oy * g.sh * g.iw;
+        if (!dX) {
+          float* y = Y + (c * g.oh + oy) * g.ow;
+          if (g.kh == 2 && g.kw == 2 && g.sw == 2) {
+            const float* r0 = xr;
+            const float* r1 = xr + g.iw;
+            for (int64_t ox = 0; ox < g.ow; ++ox) {
+              float a = std::max(r0[2 * ox], r0[2 * ox + 1]), b = std::max(r1[2 * ox], r1[2 * ox + 1]);
+              y[ox] = std::max(a, b);
+            }
+            continue;
+          }
+          for (int64_t ox = 0; ox < g.ow; ++ox) {
+            const float* w = xr + ox * g.sw;
+            float m = w[0];
+            for (int64_t ki = 0; ki < g.kh; ++ki)
+              for (int64_t kj = 0; kj < g.kw; ++kj) m = std::max(m, w[ki * g.iw + kj]);
+            y[ox] = m;
+          }
+        } else {
+          const float* dy = dY + (c * g.oh + oy) * g.ow;
+          float* dxr = dX + c * g.ih * g.iw + oy * g.sh * g.iw;
+          for (int64_t ox = 0; ox < g.ow; ++ox) {
+            const float* w = xr + ox * g.sw;
+            float m = w[0];
+            int64_t arg = 0;
+            for (int64_t ki = 0; ki < g.kh; ++ki)
+              for (int64_t kj = 0; kj < g.kw; ++kj)
+                if (w[ki * g.iw + kj] > m) {
+                  m = w[ki * g.iw + kj];
+                  arg = ki * g.iw + kj;
+                }
+            dxr[ox * g.sw + arg] += dy[ox];
+          }
+        }
+      }
+    }
+  });
+}
+}  // namespace
 
 void fwd_pool(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
   const auto& s = static_cast<const PoolState&>(st);
   const Geom& g = s.g;
   const float* X = in[0].data<float>();
   float* Y = out[0].data<float>();
+  if (s.is_max && s.simple) {
+    maxpool_simple(g, s.NC, X, Y, nullptr, nullptr);
+    return;
+  }
   pfor(s.NC, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const float* x = X + c * g.ih * g.iw;
@@ -360,6 +417,10 @@ void bwd_pool(const KernelState& st, ExecContext&, const GradIO& io) {
   if (s.is_max) {
     SMP_CHECK(io.in[0].defined(), "node {}: MaxPool backward needs X (not declared saved)", s.node_name);
     X = io.in[0].data<float>();
+    if (s.simple) {
+      maxpool_simple(g, s.NC, X, nullptr, dY, dX);
+      return;
+    }
   }
   pfor(s.NC, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {

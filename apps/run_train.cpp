@@ -38,6 +38,9 @@ void add_train_options(CLI::App& app, TrainCli& t) {
   app.add_option("--warmup-steps", t.warmup_steps, "linear learning-rate warm-up steps")->check(CLI::NonNegativeNumber);
   app.add_option("--lr-decay", t.decay, "constant | cosine (to --min-lr at the last step)")
       ->check(CLI::IsMember({"constant", "cosine"}));
+  app.add_option("--lr-decay-steps", t.decay_steps,
+                 "steps over which warm-up + decay run (default: --steps; fix it when a run is resumed with more --steps)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--min-lr", t.min_lr, "learning rate at the end of the cosine decay")->check(CLI::NonNegativeNumber);
   app.add_option("--clip-norm", t.clip_norm, "clip gradients to this global L2 norm over all stages (0: off)")
       ->check(CLI::NonNegativeNumber);
@@ -92,7 +95,7 @@ train::RunOptions run_options(const std::string& plan, const std::string& data, 
   o.optimizer.eps = t.eps;
   o.optimizer.weight_decay = t.weight_decay;
   o.optimizer.warmup_steps = t.warmup_steps;
-  o.optimizer.total_steps = t.steps;
+  o.optimizer.total_steps = t.decay_steps > 0 ? t.decay_steps : t.steps;
   o.optimizer.cosine = t.decay == "cosine";
   o.optimizer.min_lr = t.min_lr;
   o.optimizer.clip_norm = t.clip_norm;

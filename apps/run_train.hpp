@@ -15,6 +15,7 @@ struct TrainCli {
   double momentum = 0.9, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
   int warmup_steps = 0;
   std::string decay = "constant";
+  int decay_steps = 0;  // 0: --steps
   double min_lr = 0.0;
   double clip_norm = 0.0;
   uint64_t seed = 0;

@@ -138,7 +138,7 @@ Dataset synthetic_dataset(const graph::Graph& g, int64_t rows, uint64_t seed) {
     stride[static_cast<size_t>(r)] = 1 + static_cast<int64_t>(rng.below(3));
   }
   bool tokens = false;
-  const Array* first_float = nullptr;
+  int first_float = -1;  // index of the first float input
   for (int id : g.inputs) {
     const graph::Value& v = g.value(id);
     Array a;
@@ -164,7 +164,7 @@ Dataset synthetic_dataset(const graph::Graph& g, int64_t rows, uint64_t seed) {
                       "give --data");
     }
     d.inputs.push_back(std::move(a));
-    if (d.inputs.back().dtype == DType::F32 && !first_float) first_float = &d.inputs.back();
+    if (d.inputs.back().dtype == DType::F32 && first_float < 0) first_float = static_cast<int>(d.inputs.size()) - 1;
   }
   d.source = "synthetic";
   if (ls.self_loss) return d;
@@ -182,22 +182,19 @@ Dataset synthetic_dataset(const graph::Graph& g, int64_t rows, uint64_t seed) {
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t t = 0; t < per; ++t)
         y[r * per + t] = (start[static_cast<size_t>(r)] + (t + 1) * stride[static_cast<size_t>(r)]) % ls.classes;
-  } else if (first_float) {
-    d.source = "synthetic: Gaussian inputs, labels from a fixed random linear map";
-    int64_t feat = numel(first_float->sample);
+  } else if (first_float >= 0) {
+    // A mixture of Gaussians: each class has its own mean; rows are that mean plus unit noise.
+    d.source = "synthetic: Gaussian clusters, one per class";
     int64_t classes = std::max<int64_t>(ls.classes, 1);
-    std::vector<double> w(static_cast<size_t>(feat * classes));
-    for (auto& x : w) x = rng.gauss();
-    const float* x = reinterpret_cast<const float*>(first_float->bytes.data());
+    Array& xa = d.inputs[static_cast<size_t>(first_float)];
+    int64_t feat = numel(xa.sample);
+    std::vector<float> mean(static_cast<size_t>(feat * classes));
+    for (auto& m : mean) m = static_cast<float>(rng.gauss());
+    float* x = reinterpret_cast<float*>(xa.bytes.data());
     for (int64_t r = 0; r < rows; ++r) {
-      int64_t best = 0;
-      double best_v = -1e300;
-      for (int64_t c = 0; c < classes; ++c) {
-        double s = 0;
-        for (int64_t f = 0; f < feat; ++f) s += x[r * feat + f] * w[static_cast<size_t>(f * classes + c)];
-        if (s > best_v) best_v = s, best = c;
-      }
-      for (int64_t t = 0; t < per; ++t) y[r * per + t] = best;
+      int64_t c = static_cast<int64_t>(rng.below(static_cast<uint64_t>(classes)));
+      for (int64_t f = 0; f < feat; ++f) x[r * feat + f] += mean[static_cast<size_t>(c * feat + f)];
+      for (int64_t t = 0; t < per; ++t) y[r * per + t] = c;
     }
   }
   d.has_labels = true;

@@ -53,7 +53,7 @@ Dataset load_dataset(const std::filesystem::path& dir, const graph::Graph& g, in
 
 // A learnable task for the graph's inputs: token inputs (int64) count in steps through the
 // vocabulary and the labels are the next token (or a function of the first token); float
-// inputs are Gaussian and the labels the argmax of a fixed random linear map of them.
+// inputs are drawn around one random mean per class (a Gaussian mixture) and labelled by it.
 Dataset synthetic_dataset(const graph::Graph& g, int64_t rows, uint64_t seed);
 
 // Row indices of step `step`'s global batch of `batch` rows.

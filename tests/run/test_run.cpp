@@ -1,0 +1,220 @@
+// smp-run's features on real worker processes: checkpoints and bit-identical resume, ONNX
+// export, metrics / trace / timeline files, the synthetic task, and every failure: a killed
+// worker, a silent peer, a changed model, bad data, a non-finite loss.
+#include "run_util.hpp"
+
+#include "core/io.hpp"
+#include "graph/loader.hpp"
+#include "train/checkpoint.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <csignal>
+#include <cmath>
+#include <thread>
+
+using namespace smp;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string run_cmd(const fs::path& plan, const std::string& args) {
+  return fmt::format("{} {} --quiet --timeout 30 {}", test::bin("smp-run"), plan.string(), args);
+}
+
+std::map<std::string, std::string> stage_weights(const fs::path& root, int64_t step, int stages) {
+  std::map<std::string, std::string> w;
+  for (int s = 0; s < stages; ++s)
+    for (auto& t : train::read_stage_checkpoint(train::stage_file(root, step, s)).tensors) w[t.name] = t.bytes;
+  return w;
+}
+
+int count_lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
+
+}  // namespace
+
+TEST_CASE("20 steps in one run and 10 + 10 with a resume give bit-identical weights and optimizer state") {
+  auto dir = test::temp_dir("resume");
+  auto plan = test::make_plan(dir, "mlp", 8, 2, 2, 2, "1f1b");
+  std::string opt = "--optimizer adamw --lr 0.01 --weight-decay 0.01 --warmup-steps 3 --lr-decay cosine --lr-decay-steps 20 "
+                    "--clip-norm 1 "
+                    "--shuffle --seed 5";
+  auto a = test::sh(run_cmd(plan, fmt::format("--steps 20 {} --checkpoint-dir {}", opt, (dir / "a").string())));
+  INFO(a.out);
+  REQUIRE(a.exit_code == 0);
+  auto b1 = test::sh(run_cmd(plan, fmt::format("--steps 10 {} --checkpoint-dir {}", opt, (dir / "b").string())));
+  REQUIRE(b1.exit_code == 0);
+  auto b2 = test::sh(run_cmd(plan, fmt::format("--steps 20 {} --checkpoint-dir {} --resume", opt, (dir / "b").string())));
+  INFO(b2.out);
+  REQUIRE(b2.exit_code == 0);
+  REQUIRE(train::latest_checkpoint(dir / "a") == 20);
+  REQUIRE(train::latest_checkpoint(dir / "b") == 20);
+  auto wa = stage_weights(dir / "a", 20, 2), wb = stage_weights(dir / "b", 20, 2);
+  REQUIRE(wa.size() == wb.size());
+  CHECK(wa.size() > 12);  // parameters and both AdamW moments
+  for (const auto& [name, bytes] : wa) {
+    INFO(name);
+    CHECK(wb.at(name) == bytes);
+  }
+  // Resuming with another optimizer is refused with one line.
+  auto bad = test::sh(run_cmd(plan, fmt::format("--steps 30 --checkpoint-dir {} --resume", (dir / "b").string())));
+  CHECK(bad.exit_code != 0);
+  CHECK(bad.out.find("--optimizer: the checkpoint was written with adamw") != std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("--export writes the trained model as a valid ONNX file of the same graph") {
+  auto dir = test::temp_dir("export");
+  auto plan = test::make_plan(dir, "gpt", 4, 2, 1, 2, "zb-h1");
+  fs::path out = dir / "trained.onnx";
+  auto r = test::sh(run_cmd(plan, fmt::format("--steps 3 --lr 0.1 --checkpoint-dir {} --export {}", (dir / "ck").string(),
+                                              out.string())));
+  INFO(r.out);
+  REQUIRE(r.exit_code == 0);
+  auto check = test::sh(fmt::format("{} -c \"import onnx; m = onnx.load('{}'); onnx.checker.check_model(m); print(len(m.graph.node))\"",
+                                    SMP_PYTHON, out.string()));
+  INFO(check.out);
+  REQUIRE(check.exit_code == 0);
+  graph::LoadOptions lo;
+  lo.batch_size = 2;
+  lo.load_weights = true;
+  graph::Graph trained = graph::load_graph(out, lo), original = graph::load_graph(test::src("sample_models/gpt.onnx"), lo);
+  CHECK(trained.onnx_nodes == original.onnx_nodes);
+  REQUIRE(trained.parameters.size() == original.parameters.size());
+  auto ck = stage_weights(dir / "ck", 3, 2);
+  int changed = 0;
+  for (int p : trained.parameters) {
+    const auto& v = trained.value(p);
+    CHECK(v.data->bytes == ck.at(v.name));
+    changed += v.data->bytes != original.value(original.find_value(v.name)).data->bytes;
+  }
+  CHECK(changed == static_cast<int>(trained.parameters.size()));
+  fs::remove_all(dir);
+}
+
+TEST_CASE("metrics, trace and timeline files; without --data the synthetic task's loss falls") {
+  auto dir = test::temp_dir("files");
+  auto plan = test::make_plan(dir, "mlp", 16, 2, 1, 4, "1f1b");
+  fs::path metrics = dir / "m.jsonl", trace = dir / "t.json", svg = dir / "t.svg";
+  auto r = test::sh(fmt::format("{} {} --steps 40 --lr 0.05 --optimizer momentum --metrics {} --trace {} --timeline {}",
+                                test::bin("smp-run"), plan.string(), metrics.string(), trace.string(), svg.string()));
+  INFO(r.out);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out.find("step 40/40") != std::string::npos);
+  CHECK(r.out.find("predicted") != std::string::npos);  // the end-of-run summary
+  std::ifstream in(metrics);
+  std::string line;
+  std::vector<double> loss;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line);
+    for (const char* k : {"step", "loss", "samples_per_s", "step_time_s"}) CHECK(j.contains(k));
+    loss.push_back(j["loss"]);
+  }
+  REQUIRE(loss.size() == 40);
+  double first = (loss[0] + loss[1] + loss[2]) / 3, last = (loss[37] + loss[38] + loss[39]) / 3;
+  CHECK(last < 0.8 * first);
+  auto t = read_json(trace);
+  REQUIRE(t.contains("traceEvents"));
+  int compute = 0;
+  for (const auto& e : t["traceEvents"])
+    if (e.value("ph", "") == "X" && e.value("name", "").find('F') != std::string::npos) ++compute;
+  CHECK(compute >= 8);  // 4 forwards on each of the 2 ranks
+  std::string s = read_file(svg);
+  CHECK(s.find("<svg") != std::string::npos);
+  CHECK(s.find("rank 1") != std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("a worker killed with SIGKILL: one line naming its rank and stage within 10 s, nothing left behind") {
+  auto dir = test::temp_dir("kill");
+  auto plan = test::make_plan(dir, "gpt", 8, 2, 1, 4, "1f1b");
+  std::string log = (dir / "log.txt").string();
+  std::string cmd = fmt::format("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 {} {} --steps 100000 --quiet > {} 2>&1; echo $? >> {}",
+                                test::bin("smp-run"), plan.string(), log, log);
+  std::thread runner([&] { [[maybe_unused]] int rc = std::system(cmd.c_str()); });
+  // Find rank 1's worker by its environment once it runs.
+  int victim = -1;
+  for (int tries = 0; tries < 200 && victim < 0; ++tries) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    auto ps = test::sh(fmt::format("pgrep -f '{}.*--status-dir'", plan.string()));
+    std::istringstream ids(ps.out);
+    int pid;
+    while (ids >> pid) {
+      std::ifstream f(fmt::format("/proc/{}/environ", pid), std::ios::binary);  // gone already: empty
+      std::string env((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+      if (env.find(std::string("OMPI_COMM_WORLD_RANK=1") + '\0') != std::string::npos) victim = pid;
+    }
+  }
+  if (victim <= 0) {
+    test::sh(fmt::format("pkill -KILL -f '{}'", plan.string()));
+    runner.join();
+    FAIL("rank 1's worker process was not found");
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(1));  // let it train
+  auto t0 = std::chrono::steady_clock::now();
+  ::kill(victim, SIGKILL);
+  runner.join();
+  double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::string out = read_file(log);
+  INFO(out);
+  CHECK(took < 10);
+  CHECK(out.find("error: rank 1 (stage 1): the worker died (killed by signal 9)") != std::string::npos);
+  CHECK(out.substr(out.rfind('\n', out.size() - 2) + 1) != "0\n");  // smp-run's exit status
+  CHECK(count_lines(out) == 2);  // the error line and the exit status
+  auto left = test::sh(fmt::format("pgrep -f '[s]mp-run {}'", plan.string()));  // [s]: not pgrep's own shell
+  CHECK(left.out.empty());
+  fs::remove_all(dir);
+}
+
+TEST_CASE("bad input: one error line and a non-zero exit before anything is overwritten") {
+  auto dir = test::temp_dir("bad");
+  auto plan = test::make_plan(dir, "mlp", 8, 2, 1, 2, "1f1b");
+  auto expect = [&](const std::string& args, const std::string& what) {
+    auto r = test::sh(run_cmd(plan, args));
+    INFO(args, "\n", r.out);
+    CHECK(r.exit_code != 0);
+    CHECK(r.out.find(what) != std::string::npos);
+    CHECK(count_lines(r.out) == 1);
+    CHECK(r.out.rfind("error: ", 0) == 0);
+  };
+  fs::path data = dir / "data";
+  fs::create_directories(data);
+  auto npy = [&](const std::string& name, const std::string& expr) {
+    auto r = test::sh(fmt::format("{} -c \"import numpy as np; np.save('{}', {})\"", SMP_PYTHON, (data / name).string(), expr));
+    REQUIRE(r.exit_code == 0);
+  };
+  expect("--data " + data.string(), "x.npy: missing");
+  npy("x.npy", "np.zeros((16, 256), np.float32)");
+  expect("--data " + data.string(), "labels.npy: missing");
+  npy("labels.npy", "np.zeros((16,), np.int64)");
+  npy("x.npy", "np.zeros((16, 255), np.float32)");
+  expect("--data " + data.string(), "x.npy: rows of shape [255]");
+  npy("x.npy", "np.zeros((16, 256), np.float64)");
+  expect("--data " + data.string(), "x.npy: holds float64");
+  npy("x.npy", "np.zeros((4, 256), np.float32)");
+  npy("labels.npy", "np.zeros((4,), np.int64)");
+  expect("--data " + data.string(), "fewer than one batch of 8");
+  expect("--resume", "--resume: needs --checkpoint-dir");
+
+  // A non-finite loss stops training before the step's checkpoint; the previous one survives.
+  fs::path ck = dir / "ck";
+  auto ok = test::sh(run_cmd(plan, fmt::format("--steps 4 --checkpoint-dir {} --checkpoint-every 2", ck.string())));
+  REQUIRE(ok.exit_code == 0);
+  REQUIRE(train::latest_checkpoint(ck) == 4);
+  auto before = stage_weights(ck, 4, 2);
+  expect(fmt::format("--steps 8 --lr 1e30 --checkpoint-dir {} --checkpoint-every 1 --resume", ck.string()), "the loss is");
+  CHECK(train::latest_checkpoint(ck) <= 5);
+  CHECK(stage_weights(ck, 4, 2) == before);
+
+  // A plan whose model changed since planning.
+  auto j = read_json(plan);
+  j["model"]["sha256"] = std::string(64, '0');
+  fs::path other = dir / "changed.json";
+  write_file_atomic(other, j.dump());
+  auto r = test::sh(run_cmd(other, "--steps 2"));
+  INFO(r.out);
+  CHECK(r.exit_code == 2);
+  CHECK(r.out.find("SHA-256") != std::string::npos);
+  CHECK(count_lines(r.out) == 1);
+  fs::remove_all(dir);
+}

@@ -323,6 +323,14 @@ std::vector<Case> cases() {
                   int x = m.f("x", {2, 3, 4});
                   t.output(t.node("Transpose", {x}, {F("y", {4, 2, 3})}, {{"perm", attr_ints({2, 0, 1})}})[0]);
                 }});
+  cs.push_back({"Transpose 2-D (tiled)", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {20, 18});
+                  t.output(t.node("Transpose", {x}, {F("y", {18, 20})})[0]);
+                }});
+  cs.push_back({"Transpose heads (tiled)", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 9, 3, 10});
+                  t.output(t.node("Transpose", {x}, {F("y", {2, 3, 10, 9})}, {{"perm", attr_ints({0, 2, 3, 1})}})[0]);
+                }});
   cs.push_back({"Concat", [](TinyGraph& t, M& m) {
                   int a = m.f("a", {2, 3}), b = m.f("b", {2, 1});
                   t.output(t.node("Concat", {a, b, a}, {F("y", {2, 7})}, {{"axis", attr_i(1)}})[0]);

@@ -33,6 +33,51 @@ void strided_copy(T* dst, const Shape& shape, const T* src, const std::vector<in
   }
   int64_t L = shape.back(), ist = sst.back(), rows = total / L;
   size_t R = shape.size();
+  // A transpose of the two innermost-in-memory dims: copy in 16 x 16 tiles so that both the
+  // reads (along the source's unit-stride dim j) and the writes (along the last dim) stay in cache.
+  if (ist != 1 && L >= 8) {
+    size_t j = R;
+    for (size_t d = 0; d + 1 < R; ++d)
+      if (sst[d] == 1 && shape[d] >= 8) j = d;
+    if (j < R) {
+      std::vector<int64_t> ostr(R);
+      int64_t k = 1;
+      for (size_t d = R; d-- > 0;) {
+        ostr[d] = k;
+        k *= shape[d];
+      }
+      std::vector<size_t> rest;
+      int64_t outer = 1;
+      for (size_t d = 0; d + 1 < R; ++d)
+        if (d != j) {
+          rest.push_back(d);
+          outer *= shape[d];
+        }
+      int64_t A = shape[j], oj = ostr[j];
+      pfor(outer, 1, [&](int64_t q0, int64_t q1) {
+        for (int64_t q = q0; q < q1; ++q) {
+          int64_t so = base, oo = 0, r = q;
+          for (size_t e = rest.size(); e-- > 0;) {
+            size_t d = rest[e];
+            int64_t i = r % shape[d];
+            r /= shape[d];
+            so += i * sst[d];
+            oo += i * ostr[d];
+          }
+          for (int64_t a0 = 0; a0 < A; a0 += 16)
+            for (int64_t b0 = 0; b0 < L; b0 += 16) {
+              int64_t a1 = std::min(A, a0 + 16), b1 = std::min(L, b0 + 16);
+              for (int64_t b = b0; b < b1; ++b) {
+                const T* p = src + so + b * ist;
+                T* o = dst + oo + b;
+                for (int64_t a = a0; a < a1; ++a) o[a * oj] = p[a];
+              }
+            }
+        }
+      });
+      return;
+    }
+  }
   pfor(rows, std::max<int64_t>(1, kGrain / L), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       int64_t off = base, q = r;

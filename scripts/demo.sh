@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
 # The first of the README's two commands: installs what is needed (Debian packages), builds,
-# and runs the main job on a bundled sample model.
+# and runs the main job on the bundled GPT sample: plan it for two CPU workers, then train the
+# plan with one worker process per rank.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/install-deps.sh"
 "$root/scripts/build.sh"
-bin="${SMP_BUILD_DIR:-$root/build}/bin"
+build="${SMP_BUILD_DIR:-$root/build}"
+bin="$build/bin"
 model="$root/sample_models/gpt.onnx"
+plan="$build/demo-plan.json"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
 echo
-echo "== smp-plan $model --batch-size 32 --summary"
-"$bin/smp-plan" "$model" --batch-size 32 --summary
+echo "== smp-plan $model --batch-size 16 --devices 2 --stages 2 -o $plan"
+"$bin/smp-plan" "$model" --batch-size 16 --devices 2 --stages 2 -o "$plan"
+echo
+echo "== smp-run $plan --steps 30 --optimizer adamw --lr 0.003 (synthetic next-token task)"
+"$bin/smp-run" "$plan" --steps 30 --optimizer adamw --lr 0.003 --timeline "$build/demo-timeline.svg"
+echo
+echo "measured timeline of the last step: $build/demo-timeline.svg"

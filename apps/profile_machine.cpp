@@ -1,0 +1,204 @@
+#include "profile_machine.hpp"
+
+#include "comm/comm.hpp"
+#include "comm/launch.hpp"
+#include "core/error.hpp"
+#include "core/io.hpp"
+#include "cost/cluster.hpp"
+
+#include <cblas.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+namespace smp::app {
+
+using nlohmann::json;
+using clk = std::chrono::steady_clock;
+namespace fs = std::filesystem;
+
+namespace {
+double since(clk::time_point t0) { return std::chrono::duration<double>(clk::now() - t0).count(); }
+
+// Runs body(thread index) on `threads` threads at once and returns the wall time.
+template <class F>
+double parallel_time(int threads, F&& body) {
+  std::vector<std::thread> ts;
+  auto t0 = clk::now();
+  for (int t = 1; t < threads; ++t) ts.emplace_back([&, t] { body(t); });
+  body(0);
+  for (auto& t : ts) t.join();
+  return since(t0);
+}
+}  // namespace
+
+double measure_gemm_flops(int threads, double budget_s) {
+  openblas_set_num_threads(1);
+  const int n = 1024;  // 8 GFLOP... per product: 2 n^3 = 2.1 GFLOP
+  std::vector<std::vector<float>> a(static_cast<size_t>(threads)), b(a.size()), c(a.size());
+  for (int t = 0; t < threads; ++t) {
+    a[static_cast<size_t>(t)].assign(static_cast<size_t>(n) * n, 0.5f);
+    b[static_cast<size_t>(t)].assign(static_cast<size_t>(n) * n, 0.25f);
+    c[static_cast<size_t>(t)].assign(static_cast<size_t>(n) * n, 0.0f);
+  }
+  auto one = [&](int t) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a[static_cast<size_t>(t)].data(), n,
+                b[static_cast<size_t>(t)].data(), n, 0.0f, c[static_cast<size_t>(t)].data(), n);
+  };
+  parallel_time(threads, one);  // warm-up
+  double best = 0, total = 0;
+  int reps = 0;
+  while (reps < 3 || total < budget_s) {
+    double dt = parallel_time(threads, one);
+    total += dt, ++reps;
+    best = std::max(best, 2.0 * n * n * static_cast<double>(n) * threads / dt);
+    if (reps >= 1000) break;
+  }
+  // Sustained: the mean over the repeats, not the best one.
+  return 2.0 * n * n * static_cast<double>(n) * threads * reps / total;
+}
+
+double measure_triad_bandwidth(int threads, double budget_s) {
+  const size_t n = 32u << 20;  // 32 Mi floats = 128 MiB per array, 384 MiB in all
+  std::vector<float> a(n), b(n, 1.0f), c(n, 2.0f);
+  const float s = 3.0f;
+  auto one = [&](int t) {
+    size_t lo = n * static_cast<size_t>(t) / static_cast<size_t>(threads);
+    size_t hi = n * static_cast<size_t>(t + 1) / static_cast<size_t>(threads);
+    float* __restrict pa = a.data();
+    const float* __restrict pb = b.data();
+    const float* __restrict pc = c.data();
+    for (size_t i = lo; i < hi; ++i) pa[i] = pb[i] + s * pc[i];
+  };
+  parallel_time(threads, one);
+  double total = 0;
+  int reps = 0;
+  while (reps < 3 || total < budget_s) {
+    total += parallel_time(threads, one), ++reps;
+    if (reps >= 1000) break;
+  }
+  volatile float sink = a[n / 2];
+  (void)sink;
+  return 3.0 * sizeof(float) * static_cast<double>(n) * reps / total;
+}
+
+int pingpong_worker(int argc, char** argv, const std::string& out, double budget_s) {
+  auto c = comm::init_mpi(&argc, &argv);
+  if (c->size() != 2) throw_failure("smp-profile --machine", fmt::format("the ping-pong needs 2 ranks, got {}", c->size()));
+  const int me = c->rank(), peer = 1 - me;
+  const std::vector<size_t> sizes = {8, 1024, 64 << 10, 1 << 20, 16 << 20};
+  std::vector<char> buf(sizes.back(), 1), rbuf(sizes.back(), 0);
+  json rows = json::array();
+  double latency = 0, bandwidth = 0;
+  for (size_t bytes : sizes) {
+    // Warm-up, then as many round trips as the budget allows (rank 0 decides, tells rank 1).
+    int reps = 0;
+    double total = 0;
+    for (int round = 0;; ++round) {
+      int go = 1;
+      if (me == 0) go = (round < 2 || reps < 5 || total < budget_s / static_cast<double>(sizes.size())) && reps < 20000;
+      {
+        auto rq = me == 0 ? c->isend(&go, sizeof go, peer, 1) : c->irecv(&go, sizeof go, peer, 1);
+        c->wait(rq, "ping-pong control");
+      }
+      if (!go) break;
+      auto t0 = clk::now();
+      if (me == 0) {
+        auto s = c->isend(buf.data(), bytes, peer, 2);
+        c->wait(s, "ping");
+        auto r = c->irecv(rbuf.data(), bytes, peer, 3);
+        c->wait(r, "pong");
+      } else {
+        auto r = c->irecv(rbuf.data(), bytes, peer, 2);
+        c->wait(r, "ping");
+        auto s = c->isend(buf.data(), bytes, peer, 3);
+        c->wait(s, "pong");
+      }
+      double dt = since(t0);
+      if (round >= 2) total += dt, ++reps;
+    }
+    double one_way = reps > 0 ? total / reps / 2 : 0;
+    rows.push_back(json{{"bytes", bytes}, {"one_way_s", one_way}, {"round_trips", reps}});
+    if (bytes == sizes.front()) latency = one_way;
+  }
+  // Bandwidth from the largest message, its latency taken off.
+  const auto& last = rows.back();
+  double t = last["one_way_s"].get<double>() - latency;
+  bandwidth = t > 0 ? static_cast<double>(sizes.back()) / t : 0;
+  if (me == 0) {
+    json r{{"latency_s", latency}, {"bandwidth", bandwidth}, {"sizes", rows}, {"transport", c->transport()}};
+    write_file_atomic(out, r.dump(2) + "\n");
+  }
+  c->barrier();
+  return 0;
+}
+
+json measure_machine(const MachineOptions& o) {
+  const int cores = comm::online_cores();
+  const int workers = o.devices > 0 ? o.devices : cores;
+  auto say = [&](const std::string& s) {
+    if (!o.quiet) fmt::print(stderr, "{}\n", s);
+  };
+  say(fmt::format("measuring GEMM (sgemm 1024^3, single-threaded OpenBLAS per thread) on 1..{} thread(s)", cores));
+  std::vector<double> gemm;
+  for (int t = 1; t <= cores; ++t) {
+    gemm.push_back(measure_gemm_flops(t, o.budget_s));
+    say(fmt::format("  {} thread(s): {:.2f} GFLOP/s", t, gemm.back() / 1e9));
+  }
+  say("measuring memory bandwidth (triad over 3 x 128 MiB)");
+  double bw1 = measure_triad_bandwidth(1, o.budget_s);
+  double bwn = cores > 1 ? measure_triad_bandwidth(cores, o.budget_s) : bw1;
+  say(fmt::format("  1 thread: {:.2f} GB/s, {} threads: {:.2f} GB/s", bw1 / 1e9, cores, bwn / 1e9));
+
+  say("measuring point-to-point latency and bandwidth between 2 local worker processes (mpirun, as smp-run)");
+  char tmpl[] = "/tmp/smp-profile-XXXXXX";
+  char* dir = ::mkdtemp(tmpl);
+  if (!dir) throw_failure("/tmp", "cannot create a temporary directory");
+  fs::path out = fs::path(dir) / "pingpong.json";
+  comm::MpirunOptions mo;
+  mo.ranks = 2;
+  comm::Command cmd = comm::mpirun_command(mo, o.self, {"--pingpong-worker", out.string(), "--budget-ms",
+                                                        fmt::format("{:.0f}", o.budget_s * 1e3)});
+  cmd.env["OMP_WAIT_POLICY"] = "PASSIVE";
+  int rc = comm::run_command(cmd);
+  if (rc != 0 || !fs::exists(out)) {
+    fs::remove_all(dir);
+    throw_failure("smp-profile --machine", fmt::format("the ping-pong between 2 local processes failed (exit {})", rc),
+                  "check that mpirun works: mpirun -n 2 true");
+  }
+  json pp = read_json(out);
+  fs::remove_all(dir);
+  double lat = pp["latency_s"].get<double>(), lbw = pp["bandwidth"].get<double>();
+  say(fmt::format("  latency {:.2f} us, bandwidth {:.2f} GB/s ({})", lat * 1e6, lbw / 1e9,
+                  pp.value("transport", std::string("mpi"))));
+
+  // The planner's description of this machine as `workers` devices (same device name, so that a
+  // profile made for it applies), with the measured figures in place of the estimates.
+  json cl = cost::local_cpu_json(workers);
+  json& dev = cl["hosts"][0]["devices"][0];
+  const double share = static_cast<double>(cores) / workers;
+  // Per worker: the FLOP/s of its share of the threads when all cores run (sustained together).
+  double flops_machine = gemm.back();
+  dev["peak_flops"] = json{{"fp32", flops_machine / workers}, {"bf16", flops_machine / workers}};
+  dev["memory_bandwidth"] = bwn / workers;
+  cl["hosts"][0]["link"] = json{{"bandwidth", std::max(lbw, 1.0)}, {"latency", std::max(lat, 1e-9)}};
+  cl["name"] = "local-cpu (measured)";
+  std::string gemm_list;
+  for (size_t t = 0; t < gemm.size(); ++t) gemm_list += fmt::format("{}{}: {:.1f}", t ? ", " : "", t + 1, gemm[t] / 1e9);
+  cl["description"] = fmt::format(
+      "This machine ({} cores) as {} worker process{} sharing the cores ({:.2f} cores each), measured by smp-profile "
+      "--machine: sustained sgemm GFLOP/s by threads [{}], triad memory bandwidth {:.2f} GB/s (1 thread {:.2f}), "
+      "MPI point-to-point between 2 local processes {:.2f} GB/s and {:.2f} us. Each worker gets 1/{} of the "
+      "machine's FLOP/s and bandwidth.",
+      cores, workers, workers == 1 ? "" : "es", share, gemm_list, bwn / 1e9, bw1 / 1e9, lbw / 1e9, lat * 1e6, workers);
+  return cl;
+}
+
+}  // namespace smp::app

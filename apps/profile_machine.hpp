@@ -1,0 +1,33 @@
+// smp-profile --machine: this machine's sustained GEMM FLOP/s, memory bandwidth and the
+// point-to-point bandwidth and latency between two local worker processes over the MPI
+// transport smp-run uses; written as a cluster description (schemas/cluster.schema.json).
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <string>
+#include <vector>
+
+namespace smp::app {
+
+struct MachineOptions {
+  int devices = 0;          // worker processes sharing the cores (0: one per core), as smp-plan --devices
+  double budget_s = 0.5;    // per measurement
+  bool quiet = false;
+  std::string self;         // this program, started twice under mpirun for the ping-pong
+};
+
+// GEMM FLOP/s with `threads` threads, each running single-threaded sgemm on its own matrices.
+double measure_gemm_flops(int threads, double budget_s);
+// STREAM triad a[i] = b[i] + s * c[i] over arrays far larger than the caches; bytes/s counted
+// as 3 arrays (2 read, 1 written) per element, with `threads` threads.
+double measure_triad_bandwidth(int threads, double budget_s);
+
+// The hidden ping-pong worker (run under mpirun as 2 ranks): rank 0 writes
+// {"latency_s", "bandwidth", "sizes": [{"bytes", "one_way_s"}]} to `out`.
+int pingpong_worker(int argc, char** argv, const std::string& out, double budget_s);
+
+// Runs everything and returns the cluster JSON.
+nlohmann::json measure_machine(const MachineOptions& o);
+
+}  // namespace smp::app

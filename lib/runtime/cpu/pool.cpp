@@ -7,7 +7,12 @@
 #include <thread>
 #include <vector>
 
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#define SMP_PAUSE() _mm_pause()
+#else
+#define SMP_PAUSE() std::this_thread::yield()
+#endif
 
 namespace smp::runtime::cpu {
 
@@ -60,7 +65,7 @@ class Pool {
     f(0, nt);
     t_in_region = false;
     for (int spins = 0; remaining_.load(std::memory_order_acquire) > 0; ++spins) {
-      if (spins < 4000) _mm_pause();
+      if (spins < 4000) SMP_PAUSE();
       else std::this_thread::yield();
     }
   }
@@ -71,7 +76,7 @@ class Pool {
     for (;;) {
       uint64_t g = seen;
       for (int i = 0; i < 4000 && g == seen; ++i) {
-        _mm_pause();
+        SMP_PAUSE();
         g = gen_.load(std::memory_order_acquire);
       }
       if (g == seen) {

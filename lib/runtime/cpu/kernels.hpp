@@ -41,6 +41,7 @@ SMP_KERNEL(size)
 SMP_KERNEL(constant)
 SMP_KERNEL(constant_of_shape)
 SMP_KERNEL(range)
+SMP_KERNEL(sce_loss)
 
 #undef SMP_KERNEL
 

@@ -33,7 +33,7 @@ constexpr OpKernel kTable[] = {
     K(Concat, concat), K(Split, split), K(Slice, slice), K(Gather, gather), K(Expand, expand), K(Tile, tile),
     K(Trilu, trilu),
     KF(Shape, shape), KF(Size, size), KF(Constant, constant), KF(ConstantOfShape, constant_of_shape), KF(Range, range),
-    NO_KERNEL(SoftmaxCrossEntropyLoss),
+    K(SoftmaxCrossEntropyLoss, sce_loss),
 };
 
 static_assert(std::size(kTable) == static_cast<size_t>(Op::kCount), "one CPU kernel entry per graph::Op");

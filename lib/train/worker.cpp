@@ -143,6 +143,7 @@ class Worker {
   double step(int64_t k, bool record);
   void reduce_and_update(int64_t k, double* loss, double* norm);
   void checkpoint(int64_t steps_done);
+  StageCheckpoint snapshot(StageRt& st, int64_t done, bool optimizer);
   void report_end(double mean_step_s);
   void export_model(int64_t steps_done);
   void gather_timeline();
@@ -327,46 +328,56 @@ double Worker::step(int64_t k, bool record) {
   for (auto& st : stages_) st.ex->zero_grad();
 
   auto tag_of = [&](const schedule::Action& a) { return static_cast<int>(schedule::message_id(plan_.schedule, a)); };
-  auto cut_bytes = [&](const std::vector<int>& vs) {
-    int64_t n = 0;
-    for (int v : vs) n += tensor_bytes(g_, v);
-    return n;
+  // Packs the tensors waiting in `ready` under {s, mb} and sends them to the rank of `to_stage`.
+  auto send = [&](std::map<Key, std::vector<Tensor>>& ready, const schedule::Action& a, int to_stage, const char* what) {
+    auto it = ready.find({a.stage, a.mb});
+    SMP_CHECK(it != ready.end(), "{} of stage {} microbatch {} sent before it was computed", what, a.stage, a.mb);
+    Pending p;
+    p.buf = pack(be_, it->second);
+    ready.erase(it);
+    p.req = c_.isend(p.buf.data(), p.buf.size(), rank_of_stage(to_stage), tag_of(a));
+    sends.push_back(std::move(p));
+  };
+  // Posts the receive of `values` from the rank of `from_stage`.
+  auto post = [&](std::map<Key, Pending>& posted, const schedule::Action& a, const std::vector<int>& values, int from_stage) {
+    Pending p;
+    int64_t bytes = 0;
+    for (int v : values) bytes += tensor_bytes(g_, v);
+    p.buf.assign(static_cast<size_t>(bytes), '\0');
+    p.req = c_.irecv(p.buf.data(), p.buf.size(), rank_of_stage(from_stage), tag_of(a));
+    posted[{a.stage, a.mb}] = std::move(p);
+  };
+  // The tensors `values` for {stage, mb}: from its posted receive, else computed on this rank
+  // by the neighbouring stage (kept in `local` under `local_key`).
+  auto take = [&](std::map<Key, Pending>& posted, std::map<Key, std::vector<Tensor>>& local, Key key, Key local_key,
+                  const std::vector<int>& values, const std::string& what) {
+    std::vector<Tensor> out;
+    auto r = posted.find(key);
+    if (r != posted.end()) {
+      c_.wait(r->second.req, what);
+      out = unpack(be_, g_, values, r->second.buf);
+      posted.erase(r);
+      return out;
+    }
+    auto l = local.find(local_key);
+    SMP_CHECK(l != local.end(), "stage {} microbatch {}: {} neither received nor computed", key.stage, key.mb, what);
+    out = std::move(l->second);
+    local.erase(l);
+    return out;
   };
 
   for (const auto& a : actions) {
     auto ts = clock::now();
     const int s = a.stage, mb = a.mb;
     switch (a.op) {
-      case schedule::Op::RecvAct: {
-        Pending p;
-        p.buf.assign(static_cast<size_t>(cut_bytes(cuts_[static_cast<size_t>(s - 1)].values)), '\0');
-        p.req = c_.irecv(p.buf.data(), p.buf.size(), rank_of_stage(s - 1) , tag_of(a));
-        recv_act[{s, mb}] = std::move(p);
-        break;
-      }
-      case schedule::Op::RecvGrad: {
-        Pending p;
-        p.buf.assign(static_cast<size_t>(cut_bytes(cuts_[static_cast<size_t>(s)].grads)), '\0');
-        p.req = c_.irecv(p.buf.data(), p.buf.size(), rank_of_stage(s + 1), tag_of(a));
-        recv_grad[{s, mb}] = std::move(p);
-        break;
-      }
+      case schedule::Op::RecvAct: post(recv_act, a, cuts_[static_cast<size_t>(s - 1)].values, s - 1); break;
+      case schedule::Op::RecvGrad: post(recv_grad, a, cuts_[static_cast<size_t>(s)].grads, s + 1); break;
       case schedule::Op::Forward: {
         StageRt& st = *by_index_.at(s);
         std::vector<Tensor> incoming;
-        if (s > 0) {
-          auto r = recv_act.find({s, mb});
-          if (r != recv_act.end()) {
-            c_.wait(r->second.req, fmt::format("activations of stage {}, microbatch {}", s - 1, mb));
-            incoming = unpack(be_, g_, cuts_[static_cast<size_t>(s - 1)].values, r->second.buf);
-            recv_act.erase(r);
-          } else {
-            auto l = act_out.find({s - 1, mb});
-            SMP_CHECK(l != act_out.end(), "stage {} microbatch {}: no input received or computed", s, mb);
-            incoming = std::move(l->second);
-            act_out.erase(l);
-          }
-        }
+        if (s > 0)
+          incoming = take(recv_act, act_out, {s, mb}, {s - 1, mb}, cuts_[static_cast<size_t>(s - 1)].values,
+                          fmt::format("activations of stage {}, microbatch {}", s - 1, mb));
         const auto& in_cut = s > 0 ? cuts_[static_cast<size_t>(s - 1)].values : std::vector<int>{};
         auto from_cut = [&](int v) -> Tensor {
           auto it = std::find(in_cut.begin(), in_cut.end(), v);
@@ -398,33 +409,14 @@ double Worker::step(int64_t k, bool record) {
         if (k > 0) st.f_s += seconds_since(ts), ++st.nf;
         break;
       }
-      case schedule::Op::SendAct: {
-        auto it = act_out.find({s, mb});
-        SMP_CHECK(it != act_out.end(), "send of stage {} microbatch {} before its forward", s, mb);
-        Pending p;
-        p.buf = pack(be_, it->second);
-        act_out.erase(it);
-        p.req = c_.isend(p.buf.data(), p.buf.size(), rank_of_stage(s + 1), tag_of(a));
-        sends.push_back(std::move(p));
-        break;
-      }
+      case schedule::Op::SendAct: send(act_out, a, s + 1, "activations"); break;
       case schedule::Op::Backward:
       case schedule::Op::BackwardInput: {
         StageRt& st = *by_index_.at(s);
         std::vector<Tensor> gin;  // gradients of cut s tensors, in cut order
-        if (s + 1 < S_) {
-          auto r = recv_grad.find({s, mb});
-          if (r != recv_grad.end()) {
-            c_.wait(r->second.req, fmt::format("gradients from stage {}, microbatch {}", s + 1, mb));
-            gin = unpack(be_, g_, cuts_[static_cast<size_t>(s)].grads, r->second.buf);
-            recv_grad.erase(r);
-          } else {
-            auto l = grad_out.find({s + 1, mb});
-            SMP_CHECK(l != grad_out.end(), "stage {} microbatch {}: no gradient received or computed", s, mb);
-            gin = std::move(l->second);
-            grad_out.erase(l);
-          }
-        }
+        if (s + 1 < S_)
+          gin = take(recv_grad, grad_out, {s, mb}, {s + 1, mb}, cuts_[static_cast<size_t>(s)].grads,
+                     fmt::format("gradients from stage {}, microbatch {}", s + 1, mb));
         const auto& gcut = s + 1 < S_ ? cuts_[static_cast<size_t>(s)].grads : std::vector<int>{};
         auto grad_of = [&](int v) -> Tensor {
           auto it = std::find(gcut.begin(), gcut.end(), v);
@@ -469,16 +461,7 @@ double Worker::step(int64_t k, bool record) {
         if (k > 0) st.b_s += seconds_since(ts), ++st.nb;
         break;
       }
-      case schedule::Op::SendGrad: {
-        auto it = grad_out.find({s, mb});
-        SMP_CHECK(it != grad_out.end(), "gradient send of stage {} microbatch {} before its backward", s, mb);
-        Pending p;
-        p.buf = pack(be_, it->second);
-        grad_out.erase(it);
-        p.req = c_.isend(p.buf.data(), p.buf.size(), rank_of_stage(s - 1), tag_of(a));
-        sends.push_back(std::move(p));
-        break;
-      }
+      case schedule::Op::SendGrad: send(grad_out, a, s - 1, "gradients"); break;
       case schedule::Op::BackwardWeight: {
         StageRt& st = *by_index_.at(s);
         st.ex->backward_weight(mb);
@@ -554,31 +537,39 @@ void Worker::reduce_and_update(int64_t k, double* loss, double* norm) {
   }
 }
 
+// A stage's parameters (and with `optimizer`, their optimizer state) as a checkpoint.
+StageCheckpoint Worker::snapshot(StageRt& st, int64_t done, bool optimizer) {
+  StageCheckpoint cp;
+  cp.step = done;
+  cp.stage = st.index;
+  nlohmann::json steps = nlohmann::json::object();
+  for (int p : st.ex->parameters()) {
+    const auto& val = g_.value(p);
+    Tensor& w = st.ex->parameter(p);
+    NamedTensor t{val.name, DType::F32, val.shape, std::string(static_cast<size_t>(w.bytes()), '\0')};
+    be_.to_host(w, t.bytes.data());
+    cp.tensors.push_back(std::move(t));
+    if (!optimizer) continue;
+    const ParamState& ps = st.opt[p];
+    auto slot = [&](const std::vector<float>& v, const char* suffix) {
+      if (v.empty()) return;
+      NamedTensor s{val.name + suffix, DType::F32, val.shape,
+                    std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float))};
+      cp.tensors.push_back(std::move(s));
+    };
+    slot(ps.slot0, ".state0");
+    slot(ps.slot1, ".state1");
+    steps[val.name] = ps.steps;
+  }
+  if (optimizer)
+    cp.meta = {{"optimizer", optimizer_name(o_.optimizer.kind)}, {"param_steps", steps}, {"model_sha256", plan_.model_sha256}};
+  return cp;
+}
+
 void Worker::checkpoint(int64_t done) {
   for (auto& st : stages_) {
     if (!st.writer) continue;
-    StageCheckpoint cp;
-    cp.step = done;
-    cp.stage = st.index;
-    nlohmann::json steps = nlohmann::json::object();
-    for (int p : st.ex->parameters()) {
-      const auto& val = g_.value(p);
-      Tensor& w = st.ex->parameter(p);
-      NamedTensor t{val.name, DType::F32, val.shape, std::string(static_cast<size_t>(w.bytes()), '\0')};
-      be_.to_host(w, t.bytes.data());
-      cp.tensors.push_back(std::move(t));
-      const ParamState& ps = st.opt[p];
-      auto slot = [&](const std::vector<float>& v, const char* suffix) {
-        if (v.empty()) return;
-        NamedTensor s{val.name + suffix, DType::F32, val.shape,
-                      std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float))};
-        cp.tensors.push_back(std::move(s));
-      };
-      slot(ps.slot0, ".state0");
-      slot(ps.slot1, ".state1");
-      steps[val.name] = ps.steps;
-    }
-    cp.meta = {{"optimizer", optimizer_name(o_.optimizer.kind)}, {"param_steps", steps}, {"model_sha256", plan_.model_sha256}};
+    StageCheckpoint cp = snapshot(st, done, true);
     write_stage_checkpoint(o_.checkpoint_dir, cp);
   }
   c_.barrier();
@@ -724,20 +715,8 @@ void Worker::export_model(int64_t done) {
   fs::path dir = o_.export_onnx;
   dir += ".parts";
   fs::create_directories(dir);
-  for (auto& st : stages_) {
-    if (!st.writer) continue;
-    StageCheckpoint cp;
-    cp.step = done;
-    cp.stage = st.index;
-    for (int p : st.ex->parameters()) {
-      const auto& val = g_.value(p);
-      Tensor& w = st.ex->parameter(p);
-      NamedTensor t{val.name, DType::F32, val.shape, std::string(static_cast<size_t>(w.bytes()), '\0')};
-      be_.to_host(w, t.bytes.data());
-      cp.tensors.push_back(std::move(t));
-    }
-    write_stage_checkpoint(dir, cp);
-  }
+  for (auto& st : stages_)
+    if (st.writer) write_stage_checkpoint(dir, snapshot(st, done, false));
   c_.barrier();
   if (c_.rank() == 0) {
     std::map<std::string, graph::TensorData> weights;

@@ -1,4 +1,6 @@
 // The MPI communicator and the launcher, on real processes started by mpirun.
+#include "test_process.hpp"
+
 #include <doctest/doctest.h>
 
 #include "comm/launch.hpp"
@@ -16,11 +18,7 @@ using namespace smp;
 
 namespace {
 
-struct Run {
-  int exit_code = -1;
-  std::string out;
-  double seconds = 0;
-};
+using Run = test::CmdResult;
 
 std::string quote(const std::string& s) { return "'" + s + "'"; }
 
@@ -32,18 +30,7 @@ Run launch(int ranks, const std::string& mode) {
   std::string cmd;
   for (const auto& [k, v] : c.env) cmd += k + "=" + quote(v) + " ";
   for (const auto& a : c.argv) cmd += quote(a) + " ";
-  cmd += "2>&1";
-  auto t0 = std::chrono::steady_clock::now();
-  FILE* p = ::popen(cmd.c_str(), "r");
-  REQUIRE(p);
-  Run r;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  int st = ::pclose(p);
-  r.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return r;
+  return test::run_cmd(cmd);
 }
 
 int count(const std::string& s, const std::string& what) {

@@ -1,17 +1,15 @@
 // Helpers for the smp-run tests: commands, plans, data from PyTorch's reference batches.
 #pragma once
 
+#include "test_process.hpp"
+
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
-#include <array>
-#include <chrono>
-#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
-#include <sys/wait.h>
 #include <unistd.h>
 #include <vector>
 
@@ -19,24 +17,11 @@ namespace smp::test {
 
 namespace fs = std::filesystem;
 
-struct Cmd {
-  int exit_code = -1;
-  std::string out;
-  double seconds = 0;
-};
+using Cmd = CmdResult;
 
+// Runs `cmd` allowed to start mpirun as root.
 inline Cmd sh(const std::string& cmd) {
-  Cmd r;
-  auto t0 = std::chrono::steady_clock::now();
-  FILE* p = ::popen(("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " + cmd + " 2>&1").c_str(), "r");
-  REQUIRE(p);
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  int st = ::pclose(p);
-  r.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return r;
+  return run_cmd("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " + cmd);
 }
 
 inline std::string bin(const std::string& tool) { return std::string(SMP_BIN_DIR) + "/" + tool; }

@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include "core/io.hpp"
+#include "cost/cost_model.hpp"
 #include "graph/loader.hpp"
 #include "graph/op_registry.hpp"
 #include "runtime/npy.hpp"
@@ -163,6 +164,12 @@ TEST_CASE("memory: the stash holds exactly what the registry declares; planned a
     fmt::print("{}: stash after 2 microbatches of 4: measured {} B; declared per distinct value {} B; per node (graph::saved_activation_bytes) {} B; peak above resident {} B\n",
                name, measured, 2 * distinct, 2 * per_node, ex.peak_bytes());
     CHECK(std::fabs(static_cast<double>(measured) - 2.0 * distinct) <= 0.10 * 2.0 * distinct);
+    // The planner's own estimate (lib/cost: activations kept per microbatch of the whole graph
+    // as one stage, received inputs included) for the same 2 microbatches.
+    cost::GraphCost gc(g, 4, cost::CostOptions{});
+    double planned = gc.stage_memory(0, static_cast<int>(g.nodes.size()), 4).act.at(4);
+    fmt::print("{}: planner's activation estimate {} B per microbatch\n", name, planned);
+    CHECK(std::fabs(static_cast<double>(measured) - 2.0 * planned) <= 0.10 * 2.0 * planned);
     for (int mb = 0; mb < 2; ++mb) {
       auto out = ex.forward(10 + mb, {&x, 1});
       auto l = runtime::cross_entropy(be, out[0], y);

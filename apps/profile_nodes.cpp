@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdio>
 #include <random>
+#include <sys/wait.h>
 #include <unistd.h>
 
 namespace smp::app {
@@ -165,6 +166,99 @@ runtime::LossResult run_loss(runtime::Backend& be, Filler& fill, const Tensor& o
   return runtime::mean_squared_error(be, out, target);
 }
 
+
+int loss_output(const graph::Graph& g, const std::vector<int>& outputs) {
+  for (int v : outputs)
+    if (is_float(g.value(v).dtype)) return v;
+  return -1;
+}
+
+struct WholeTimes {
+  double f = 0, loss = 0, b = 0;
+};
+
+// The whole model as one stage: forward (+ loss) and the fused backward, as smp-run runs a
+// one-stage gpipe / 1f1b plan; medians.
+WholeTimes measure_whole(const graph::Graph& g, int threads, uint64_t seed, int warmup, double budget_s) {
+  runtime::CpuBackend be(threads);
+  Filler fill(seed);
+  runtime::ExecutorOptions eo;
+  runtime::StageExecutor whole(g, be, eo);
+  std::vector<Tensor> wins = make_inputs(g, be, fill, whole.inputs());
+  std::vector<double> wf, wl, wb;
+  const int loss_value = loss_output(g, whole.outputs());
+  auto t_start = clk::now();
+  for (int rep = 0;; ++rep) {
+    auto t0 = clk::now();
+    auto outs = whole.forward(0, wins);
+    double tf = since(t0);
+    std::vector<Tensor> grads(outs.size());
+    double tl = 0;
+    for (size_t k = 0; k < outs.size(); ++k)
+      if (whole.outputs()[k] == loss_value) {
+        t0 = clk::now();
+        auto lr = run_loss(be, fill, outs[k]);
+        tl = since(t0);
+        grads[k] = lr.grad;
+      }
+    outs.clear();
+    t0 = clk::now();
+    whole.backward(0, grads);
+    double tb = since(t0);
+    if (rep < warmup) {
+      t_start = clk::now();
+      continue;
+    }
+    wf.push_back(tf), wl.push_back(tl), wb.push_back(tb);
+    if (wf.size() >= 3 && since(t_start) >= budget_s) break;
+  }
+  return WholeTimes{quantile(wf, 0.5), quantile(wl, 0.5), quantile(wb, 0.5)};
+}
+
+// `copies` worker processes (forked) measure the whole model at the same time, as the workers of
+// a plan share the machine's cores, caches and memory bandwidth; the mean of their medians.
+WholeTimes measure_whole_concurrent(const graph::Graph& g, int copies, int threads, uint64_t seed, int warmup,
+                                    double budget_s) {
+  std::vector<std::pair<pid_t, int>> kids;
+  std::fflush(stdout);
+  std::fflush(stderr);
+  for (int c = 0; c < copies; ++c) {
+    int fds[2];
+    if (::pipe(fds) != 0) throw_failure("smp-profile", "pipe() failed");
+    pid_t pid = ::fork();
+    if (pid < 0) throw_failure("smp-profile", "fork() failed");
+    if (pid == 0) {
+      ::close(fds[0]);
+      double r[3] = {-1, -1, -1};
+      try {
+        WholeTimes w = measure_whole(g, threads, seed + 1000 + static_cast<uint64_t>(c), warmup, budget_s);
+        r[0] = w.f, r[1] = w.loss, r[2] = w.b;
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "error: smp-profile: whole-model measurement: %s\n", e.what());
+      }
+      ssize_t n = ::write(fds[1], r, sizeof r);
+      (void)n;
+      ::_exit(r[0] < 0 ? 1 : 0);
+    }
+    ::close(fds[1]);
+    kids.emplace_back(pid, fds[0]);
+  }
+  WholeTimes sum;
+  bool ok = true;
+  for (auto [pid, fd] : kids) {
+    double r[3] = {-1, -1, -1};
+    ssize_t n = ::read(fd, r, sizeof r);
+    ::close(fd);
+    int st = 0;
+    ::waitpid(pid, &st, 0);
+    if (n != static_cast<ssize_t>(sizeof r) || r[0] < 0) ok = false;
+    sum.f += r[0], sum.loss += r[1], sum.b += r[2];
+  }
+  if (!ok) throw_failure("smp-profile", "the whole-model measurement failed in a worker process");
+  const double k = static_cast<double>(copies);
+  return WholeTimes{sum.f / k, sum.loss / k, sum.b / k};
+}
+
 struct Samples {
   std::vector<double> f, b, w, tot;
 };
@@ -183,9 +277,22 @@ json profile_nodes(const NodeProfileOptions& o) {
   lo.dims = o.dims;
   lo.load_weights = true;
   graph::Graph g = graph::load_graph(o.model, lo);
+  // First (before this process starts its own thread pool): the whole model in as many
+  // concurrent worker processes as the plan will run.
+  if (!o.quiet)
+    fmt::print(stderr, "measuring the whole model as one stage in {} concurrent process{} ({} thread{} each)\n",
+               o.concurrent, o.concurrent == 1 ? "" : "es", o.threads, o.threads == 1 ? "" : "s");
+  const WholeTimes wt = measure_whole_concurrent(g, std::max(1, o.concurrent), o.threads, o.seed, o.warmup, o.whole_budget_s);
+  const double whole_f = wt.f, whole_b = wt.b, loss_s = wt.loss;
   runtime::CpuBackend be(o.threads);
   Filler fill(o.seed);
   runtime::ExecutorOptions eo;
+  const int loss_value = [&] {
+    std::vector<int> outs;
+    for (size_t v = 0; v < g.values.size(); ++v)
+      if (g.values[v].is_output) outs.push_back(static_cast<int>(v));
+    return loss_output(g, outs);
+  }();
 
   const int N = static_cast<int>(g.nodes.size());
   std::vector<Samples> samples(static_cast<size_t>(N));
@@ -239,50 +346,12 @@ json profile_nodes(const NodeProfileOptions& o) {
   }
   prog.update(N, "done");
 
-  // The whole model as one stage: forward (+ loss) and the fused backward, as smp-run runs a
-  // one-stage gpipe / 1f1b plan.
-  runtime::StageExecutor whole(g, be, eo);
-  std::vector<Tensor> wins = make_inputs(g, be, fill, whole.inputs());
-  std::vector<double> wf, wl, wb;
-  int loss_value = -1;
-  for (int v : whole.outputs())
-    if (is_float(g.value(v).dtype)) {
-      loss_value = v;
-      break;
-    }
-  {
-    auto t_start = clk::now();
-    for (int rep = 0;; ++rep) {
-      auto t0 = clk::now();
-      auto outs = whole.forward(0, wins);
-      double tf = since(t0);
-      std::vector<Tensor> grads(outs.size());
-      double tl = 0;
-      for (size_t k = 0; k < outs.size(); ++k)
-        if (whole.outputs()[k] == loss_value) {
-          t0 = clk::now();
-          auto lr = run_loss(be, fill, outs[k]);
-          tl = since(t0);
-          grads[k] = lr.grad;
-        }
-      outs.clear();
-      t0 = clk::now();
-      whole.backward(0, grads);
-      double tb = since(t0);
-      if (rep < o.warmup) {
-        t_start = clk::now();
-        continue;
-      }
-      wf.push_back(tf), wl.push_back(tl), wb.push_back(tb);
-      if (static_cast<int>(wf.size()) >= 3 && since(t_start) >= o.whole_budget_s) break;
-    }
-  }
-  const double whole_f = quantile(wf, 0.5), whole_b = quantile(wb, 0.5), loss_s = quantile(wl, 0.5);
 
   double sum_f = 0, sum_b = 0, sum_w = 0;
   for (auto& s : samples) sum_f += quantile(s.f, 0.5), sum_b += quantile(s.b, 0.5), sum_w += quantile(s.w, 0.5);
-  const double rf = o.calibrate && sum_f > 0 ? whole_f / sum_f : 1.0;
-  const double rb = o.calibrate && sum_b + sum_w > 0 ? whole_b / (sum_b + sum_w) : 1.0;
+  const double k = std::max(1.0, o.oversubscription);
+  const double rf = (o.calibrate && sum_f > 0 ? whole_f / sum_f : 1.0) * k;
+  const double rb = (o.calibrate && sum_b + sum_w > 0 ? whole_b / (sum_b + sum_w) : 1.0) * k;
 
   json nodes = json::object();
   for (int i = 0; i < N; ++i) {
@@ -292,7 +361,7 @@ json profile_nodes(const NodeProfileOptions& o) {
     double spread = med > 0 ? (quantile(s.tot, 0.9) - quantile(s.tot, 0.1)) / med : 0.0;
     double f = quantile(s.f, 0.5) * rf;
     for (int ov : node.outputs)
-      if (ov >= 0 && ov == loss_value) f += loss_s;  // the loss is charged to its producer, as the planner does
+      if (ov >= 0 && ov == loss_value) f += loss_s * k;  // the loss is charged to its producer, as the planner does
     nodes[node.name] = json{{"forward_s", f},
                             {"backward_input_s", quantile(s.b, 0.5) * rb},
                             {"backward_weight_s", quantile(s.w, 0.5) * rb},
@@ -303,11 +372,13 @@ json profile_nodes(const NodeProfileOptions& o) {
     fmt::print("microbatch of {} samples, {} thread(s), device {}\n", u, o.threads, o.device_name);
     fmt::print("sum of the {} nodes run alone: forward {:.3f} ms, input gradient {:.3f} ms, weight gradient {:.3f} ms\n",
                N, sum_f * 1e3, sum_b * 1e3, sum_w * 1e3);
-    fmt::print("whole model as one stage:     forward {:.3f} ms (+ loss {:.3f} ms), backward {:.3f} ms\n", whole_f * 1e3,
+    fmt::print("whole model as one stage ({} concurrent): forward {:.3f} ms (+ loss {:.3f} ms), backward {:.3f} ms\n", o.concurrent, whole_f * 1e3,
                loss_s * 1e3, whole_b * 1e3);
     fmt::print("whole / sum of nodes: forward {:.3f}, backward {:.3f}{}\n", sum_f > 0 ? whole_f / sum_f : 0,
                sum_b + sum_w > 0 ? whole_b / (sum_b + sum_w) : 0,
                o.calibrate ? " (node times scaled by these ratios; --no-calibrate keeps them raw)" : " (not applied: --no-calibrate)");
+    if (k > 1)
+      fmt::print("oversubscribed: the workers' threads outnumber the cores, every time multiplied by {:.2f}\n", k);
   }
   return json{{"version", 1},
               {"smp_version", SMP_VERSION},

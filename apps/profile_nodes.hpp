@@ -24,7 +24,11 @@ struct NodeProfileOptions {
   double whole_budget_s = 1.0; // the whole-model calibration run
   int warmup = 2;
   int min_reps = 5;
+  int concurrent = 1;          // worker processes measuring the whole model at once (the plan's workers)
   bool calibrate = true;       // scale node times so that their sum equals the whole stage
+  // More worker threads than cores (devices x threads > cores): the workers time-share the cores
+  // when they all compute, so each measured time is multiplied by this factor (1: none).
+  double oversubscription = 1.0;
   bool quiet = false;
   uint64_t seed = 1;
 };

@@ -34,7 +34,7 @@ int main(int argc, char** argv) {
   std::string model, out_file, device = "cpu";
   int64_t batch_size = 0;
   int microbatches = 1, threads = 0, devices = 0;
-  double budget_ms = 50, whole_budget_ms = 1000;
+  double budget_ms = 50, whole_budget_ms = 1000, oversubscription = 0;
   std::vector<std::string> dims;
   bool machine = false, quiet = false, no_calibrate = false;
   uint64_t seed = 1;
@@ -54,6 +54,10 @@ int main(int argc, char** argv) {
       ->option_text("MS");
   app.add_option("--whole-budget-ms", whole_budget_ms, "time spent measuring the whole model as one stage (calibration)")
       ->option_text("MS");
+  app.add_option("--oversubscription", oversubscription,
+                 "an extra factor on every time (default 1: the whole-model calibration already runs as many "
+                 "concurrent worker processes as --devices)")
+      ->option_text("F");
   app.add_flag("--no-calibrate", no_calibrate, "write the isolated node times as measured, not scaled to the whole stage");
   app.add_option("--seed", seed, "random inputs' seed");
   app.add_flag("--machine", machine, "measure this machine (GEMM FLOP/s, memory bandwidth, MPI point-to-point) and "
@@ -71,6 +75,8 @@ int main(int argc, char** argv) {
     if (app.count("--devices") && devices == 0) throw_bad_input("--devices", "must be at least 1");
     if (app.count("--threads") && threads < 1) throw_bad_input("--threads", "must be at least 1");
     if (budget_ms <= 0) throw_bad_input("--budget-ms", "must be positive");
+    if (app.count("--oversubscription") && oversubscription < 1)
+      throw_bad_input("--oversubscription", "must be at least 1");
     if (whole_budget_ms <= 0) throw_bad_input("--whole-budget-ms", "must be positive");
     const int cores = smp::comm::online_cores();
     if (machine) {
@@ -107,6 +113,10 @@ int main(int argc, char** argv) {
     // The name smp-plan gives this machine's devices for the same --devices: the profile applies
     // to exactly that set-up.
     o.device_name = smp::cost::local_cpu_json(workers)["hosts"][0]["devices"][0]["name"].get<std::string>();
+    // The whole-model calibration runs in `workers` processes at once, so it sees the cores (and
+    // caches, memory bandwidth) shared as the plan's workers will share them.
+    o.concurrent = workers;
+    o.oversubscription = oversubscription > 0 ? oversubscription : 1.0;
     o.budget_s = budget_ms / 1e3;
     o.whole_budget_s = whole_budget_ms / 1e3;
     o.calibrate = !no_calibrate;

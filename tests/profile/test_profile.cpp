@@ -1,0 +1,136 @@
+// smp-profile MODEL: the profile validates against schemas/profile.schema.json, lists every node
+// of the folded graph with non-negative times, names the device the planner gives this machine
+// for the same --devices; smp-plan --profile marks its stages measured and refuses a profile made
+// for another set-up; bad input is one line and exit 2. Times are never compared.
+#include "profile_util.hpp"
+
+#include "cost/cluster.hpp"
+#include "graph/loader.hpp"
+
+#include <doctest/doctest.h>
+
+using namespace smp::test;
+using nlohmann::json;
+
+namespace {
+const char* kFast = " --budget-ms 1 --whole-budget-ms 20 ";
+
+std::string device_name(int workers) {
+  return smp::cost::local_cpu_json(workers)["hosts"][0]["devices"][0]["name"].get<std::string>();
+}
+}  // namespace
+
+TEST_CASE("smp-profile writes a valid profile with every node of the model") {
+  auto dir = temp_dir("profile");
+  for (std::string m : {"mlp", "gpt", "cnn"}) {
+    CAPTURE(m);
+    std::string out = (dir / (m + ".json")).string();
+    auto r = run_cmd(tool("smp-profile") + " " + sample(m) + " -b 8 -m 2 --devices 2 -q" + kFast + "-o " + out);
+    REQUIRE_MESSAGE(r.exit_code == 0, r.out);
+    CHECK(r.out.empty());  // --quiet
+    auto v = validate("profile", out);
+    CHECK_MESSAGE(v.exit_code == 0, v.out);
+    json p = read_json_file(out);
+    CHECK(p["version"] == 1);
+    CHECK(p["microbatch_size"] == 4);
+    CHECK(p["device"]["name"] == device_name(2));
+    CHECK(p["device"]["kind"] == "cpu");
+    CHECK(p["threads"].get<int>() >= 1);
+    CHECK(p["smp_version"].is_string());
+    smp::graph::LoadOptions lo;
+    lo.batch_size = 4;
+    auto g = smp::graph::load_graph(sample(m), lo);
+    CHECK(p["nodes"].size() == g.nodes.size());
+    for (const auto& n : g.nodes) {
+      CAPTURE(n.name);
+      REQUIRE(p["nodes"].contains(n.name));
+      const json& e = p["nodes"][n.name];
+      for (const char* k : {"forward_s", "backward_input_s", "backward_weight_s", "spread", "peak_bytes"}) {
+        REQUIRE(e.contains(k));
+        CHECK(e[k].get<double>() >= 0);
+      }
+    }
+  }
+}
+
+TEST_CASE("smp-profile progress and summary; --threads and --devices set the recorded set-up") {
+  auto dir = temp_dir("profile_text");
+  std::string out = (dir / "p.json").string();
+  auto r = run_cmd(tool("smp-profile") + " " + sample("mlp") + " -b 4 --devices 3 --threads 2" + kFast + "-o " + out);
+  REQUIRE_MESSAGE(r.exit_code == 0, r.out);
+  CHECK(r.out.find("nodes") != std::string::npos);
+  CHECK(r.out.find("ETA") != std::string::npos);
+  CHECK(r.out.find("whole / sum of nodes") != std::string::npos);
+  json p = read_json_file(out);
+  CHECK(p["threads"] == 2);
+  CHECK(p["microbatch_size"] == 4);
+  CHECK(p["device"]["name"] == device_name(3));
+}
+
+TEST_CASE("smp-plan uses the profile: stages marked measured; another set-up is refused") {
+  auto dir = temp_dir("profile_plan");
+  std::string prof = (dir / "gpt.json").string();
+  auto r = run_cmd(tool("smp-profile") + " " + sample("gpt") + " -b 16 -m 4 --devices 2 -q" + kFast + "-o " + prof);
+  REQUIRE_MESSAGE(r.exit_code == 0, r.out);
+  std::string plan = (dir / "plan.json").string();
+  auto pl = run_cmd(tool("smp-plan") + " " + sample("gpt") + " -b 16 --devices 2 --stages 2 --microbatches 4 --profile " +
+                    prof + " -o " + plan);
+  REQUIRE_MESSAGE(pl.exit_code == 0, pl.out);
+  int measured = 0;
+  size_t at = 0;
+  while ((at = pl.out.find(" measured\n", at)) != std::string::npos) ++measured, ++at;
+  CHECK_MESSAGE(measured == 2, pl.out);
+  CHECK(pl.out.find(" estimated\n") == std::string::npos);
+  // Without the profile, the same plan is estimated.
+  auto pe = run_cmd(tool("smp-plan") + " " + sample("gpt") + " -b 16 --devices 2 --stages 2 --microbatches 4 -o " + plan);
+  REQUIRE(pe.exit_code == 0);
+  CHECK(pe.out.find(" measured\n") == std::string::npos);
+
+  // Another worker count: a different device name, refused in one line.
+  auto other = run_cmd(tool("smp-plan") + " " + sample("gpt") + " -b 16 --devices 4 --stages 2 --microbatches 4 --profile " +
+                       prof + " -o " + plan);
+  CHECK(other.exit_code == 2);
+  CHECK(count_lines(other.out) == 1);
+  CHECK(other.out.find("which the cluster does not have") != std::string::npos);
+  // Another microbatch size: refused.
+  auto mb = run_cmd(tool("smp-plan") + " " + sample("gpt") + " -b 16 --devices 2 --stages 2 --microbatches 8 --profile " +
+                    prof + " -o " + plan);
+  CHECK(mb.exit_code == 2);
+  CHECK(count_lines(mb.out) == 1);
+  CHECK(mb.out.find("microbatch") != std::string::npos);
+}
+
+TEST_CASE("smp-profile bad input: one line, exit 2") {
+  auto dir = temp_dir("profile_bad");
+  std::string out = " -o " + (dir / "p.json").string();
+  std::string gpt = sample("gpt");
+  struct Case {
+    std::string args, expect;
+  };
+  std::vector<Case> cases = {
+      {"/nonexistent/model.onnx -b 8" + out, "/nonexistent/model.onnx"},
+      {"-b 8" + out, "MODEL"},
+      {gpt + " -b 8", "--output"},
+      {gpt + out, "--batch-size"},
+      {gpt + " -b 0" + out, "--batch-size"},
+      {gpt + " -b 8 -m 3" + out, "--microbatches"},
+      {gpt + " -b 8 -m 0" + out, "--microbatches"},
+      {gpt + " -b 8 --device gpu" + out, "--device"},
+      {gpt + " -b 8 --threads 0" + out, "--threads"},
+      {gpt + " -b 8 --devices 0" + out, "--devices"},
+      {gpt + " -b 8 --budget-ms 0" + out, "--budget-ms"},
+      {gpt + " -b 8 --oversubscription 0.5" + out, "--oversubscription"},
+      {gpt + " -b 8 --no-such-option" + out, "no-such-option"},
+      {gpt + " --machine" + out, "--machine"},
+      {src("README.md") + " -b 8" + out, "README.md"},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.args);
+    auto r = run_cmd(tool("smp-profile") + " " + c.args);
+    CHECK(r.exit_code == 2);
+    CHECK_MESSAGE(count_lines(r.out) == 1, r.out);
+    CHECK(r.out.rfind("error: ", 0) == 0);
+    CHECK_MESSAGE(r.out.find(c.expect) != std::string::npos, r.out);
+  }
+  CHECK(!std::filesystem::exists(dir / "p.json"));
+}

@@ -150,7 +150,7 @@ class Worker {
 
   Tensor input_slice(int value, int64_t step, int mb);
   Tensor label_slice(int64_t step, int mb);
-  std::vector<int64_t> microbatch_rows(int64_t step, int mb) const;
+  std::vector<int64_t> microbatch_rows(int64_t step, int mb);
 
   comm::Communicator& c_;
   const RunOptions& o_;
@@ -169,6 +169,8 @@ class Worker {
   runtime::LossKind loss_kind_ = runtime::LossKind::CrossEntropy;
   int64_t start_step_ = 0;
   std::vector<MeasuredSpan> spans_;  // the recorded step
+  std::vector<int64_t> rows_;        // rows of step rows_step_'s global batch
+  int64_t rows_step_ = -1;
   double recorded_step_s_ = 0;
 };
 
@@ -280,8 +282,13 @@ void Worker::load() {
   }
 }
 
-std::vector<int64_t> Worker::microbatch_rows(int64_t step, int mb) const {
-  std::vector<int64_t> all = batch_rows(data_.rows, step, B_, o_.shuffle, o_.seed);
+std::vector<int64_t> Worker::microbatch_rows(int64_t step, int mb) {
+  // The step's global batch, drawn once per step (a shuffled epoch costs a permutation).
+  if (rows_step_ != step) {
+    rows_ = batch_rows(data_.rows, step, B_, o_.shuffle, o_.seed);
+    rows_step_ = step;
+  }
+  const auto& all = rows_;
   auto first = all.begin() + (static_cast<int64_t>(replica_) * m_ + mb) * b_;
   return std::vector<int64_t>(first, first + b_);
 }

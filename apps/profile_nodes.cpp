@@ -277,13 +277,23 @@ json profile_nodes(const NodeProfileOptions& o) {
   lo.dims = o.dims;
   lo.load_weights = true;
   graph::Graph g = graph::load_graph(o.model, lo);
-  // First (before this process starts its own thread pool): the whole model in as many
-  // concurrent worker processes as the plan will run.
-  if (!o.quiet)
-    fmt::print(stderr, "measuring the whole model as one stage in {} concurrent process{} ({} thread{} each)\n",
-               o.concurrent, o.concurrent == 1 ? "" : "es", o.threads, o.threads == 1 ? "" : "s");
-  const WholeTimes wt = measure_whole_concurrent(g, std::max(1, o.concurrent), o.threads, o.seed, o.warmup, o.whole_budget_s);
-  const double whole_f = wt.f, whole_b = wt.b, loss_s = wt.loss;
+  // First (before this process starts its own thread pool): the whole model as one stage, alone
+  // and then in as many concurrent worker processes as the plan runs (sharing the cores, caches
+  // and memory bandwidth as they will).
+  const int P = std::max(1, o.concurrent);
+  if (!o.quiet) fmt::print(stderr, "measuring the whole model as one stage, alone{}\n", P > 1 ? fmt::format(" and in {} concurrent processes", P) : "");
+  const WholeTimes w1 = measure_whole_concurrent(g, 1, o.threads, o.seed, o.warmup, o.whole_budget_s);
+  const WholeTimes wp = P > 1 ? measure_whole_concurrent(g, P, o.threads, o.seed, o.warmup, o.whole_budget_s) : w1;
+  const double t1 = w1.f + w1.loss + w1.b, tp = wp.f + wp.loss + wp.b;
+  // Effective parallelism: how many copies' worth of work the machine does at once.
+  const double eff = P > 1 && tp > 0 ? std::clamp(P * t1 / tp, 0.5, static_cast<double>(P)) : 1.0;
+  // Workers computing at once in a pipeline of P balanced stages over m microbatches (the rest
+  // of the time they wait at its ends): P m / (m + P - 1). More of them than the machine runs
+  // at once share it, and each is slowed down by busy / eff.
+  const double m = o.microbatches;
+  const double busy = P * m / (m + P - 1);
+  const double share = std::max(1.0, busy / eff);
+  const double whole_f = w1.f, whole_b = w1.b, loss_s = w1.loss;
   runtime::CpuBackend be(o.threads);
   Filler fill(o.seed);
   runtime::ExecutorOptions eo;
@@ -349,7 +359,7 @@ json profile_nodes(const NodeProfileOptions& o) {
 
   double sum_f = 0, sum_b = 0, sum_w = 0;
   for (auto& s : samples) sum_f += quantile(s.f, 0.5), sum_b += quantile(s.b, 0.5), sum_w += quantile(s.w, 0.5);
-  const double k = std::max(1.0, o.oversubscription);
+  const double k = std::max(1.0, o.oversubscription) * (o.calibrate ? share : 1.0);
   const double rf = (o.calibrate && sum_f > 0 ? whole_f / sum_f : 1.0) * k;
   const double rb = (o.calibrate && sum_b + sum_w > 0 ? whole_b / (sum_b + sum_w) : 1.0) * k;
 
@@ -372,13 +382,16 @@ json profile_nodes(const NodeProfileOptions& o) {
     fmt::print("microbatch of {} samples, {} thread(s), device {}\n", u, o.threads, o.device_name);
     fmt::print("sum of the {} nodes run alone: forward {:.3f} ms, input gradient {:.3f} ms, weight gradient {:.3f} ms\n",
                N, sum_f * 1e3, sum_b * 1e3, sum_w * 1e3);
-    fmt::print("whole model as one stage ({} concurrent): forward {:.3f} ms (+ loss {:.3f} ms), backward {:.3f} ms\n", o.concurrent, whole_f * 1e3,
+    fmt::print("whole model as one stage:     forward {:.3f} ms (+ loss {:.3f} ms), backward {:.3f} ms\n", whole_f * 1e3,
                loss_s * 1e3, whole_b * 1e3);
+    if (P > 1)
+      fmt::print("{} concurrent copies: {:.3f} ms per microbatch each against {:.3f} ms alone: effective parallelism "
+                 "{:.2f} of {}; busy workers in the pipeline {:.2f} -> times x {:.3f}\n",
+                 P, tp * 1e3, t1 * 1e3, eff, P, busy, share);
     fmt::print("whole / sum of nodes: forward {:.3f}, backward {:.3f}{}\n", sum_f > 0 ? whole_f / sum_f : 0,
                sum_b + sum_w > 0 ? whole_b / (sum_b + sum_w) : 0,
                o.calibrate ? " (node times scaled by these ratios; --no-calibrate keeps them raw)" : " (not applied: --no-calibrate)");
-    if (k > 1)
-      fmt::print("oversubscribed: the workers' threads outnumber the cores, every time multiplied by {:.2f}\n", k);
+    if (o.oversubscription > 1) fmt::print("--oversubscription: every time multiplied by {:.2f}\n", o.oversubscription);
   }
   return json{{"version", 1},
               {"smp_version", SMP_VERSION},

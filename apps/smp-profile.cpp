@@ -55,10 +55,10 @@ int main(int argc, char** argv) {
   app.add_option("--whole-budget-ms", whole_budget_ms, "time spent measuring the whole model as one stage (calibration)")
       ->option_text("MS");
   app.add_option("--oversubscription", oversubscription,
-                 "an extra factor on every time (default 1: the whole-model calibration already runs as many "
-                 "concurrent worker processes as --devices)")
+                 "an extra factor on every time (default 1: the calibration already measures the whole model in as "
+                 "many concurrent worker processes as --devices and derives the slow-down of sharing the cores)")
       ->option_text("F");
-  app.add_flag("--no-calibrate", no_calibrate, "write the isolated node times as measured, not scaled to the whole stage");
+  app.add_flag("--no-calibrate", no_calibrate, "write the isolated node times as measured: not scaled to the whole stage, nor for sharing the cores");
   app.add_option("--seed", seed, "random inputs' seed");
   app.add_flag("--machine", machine, "measure this machine (GEMM FLOP/s, memory bandwidth, MPI point-to-point) and "
                                      "write a cluster description (schemas/cluster.schema.json) for smp-plan --cluster");

@@ -260,11 +260,13 @@ void Worker::load() {
     std::sort(st.group.begin(), st.group.end());
     st.writer = replica_ == 0;
     for (int v : st.ex->inputs()) {
-      const auto& val = g_.value(v);
-      if (val.kind == graph::ValueKind::Input) need_data_ = true;
-      else if (s == 0 || std::find(cuts_[static_cast<size_t>(s - 1)].values.begin(), cuts_[static_cast<size_t>(s - 1)].values.end(), v) ==
-                             cuts_[static_cast<size_t>(s - 1)].values.end())
-        SMP_CHECK(false, "stage {} reads '{}' which does not cross into it", s, val.name);
+      if (g_.value(v).kind == graph::ValueKind::Input) {
+        need_data_ = true;
+        continue;
+      }
+      const auto& incoming = cuts_[static_cast<size_t>(std::max(s - 1, 0))].values;
+      SMP_CHECK(s > 0 && std::find(incoming.begin(), incoming.end(), v) != incoming.end(),
+                "stage {} reads '{}' which does not cross into it", s, g_.value(v).name);
     }
     if (s == S_ - 1) need_data_ = true;
     stages_.push_back(std::move(st));
@@ -275,7 +277,6 @@ void Worker::load() {
     if (o_.data.empty()) data_ = synthetic_dataset(g_, std::max<int64_t>(o_.synthetic_rows, B_), o_.seed + 17);
     else data_ = load_dataset(o_.data, g_, B_);
     const graph::Value& out = g_.value(output_value_);
-    runtime::Tensor probe;
     loss_kind_ = runtime::choose_loss(out.shape, data_.has_labels ? data_.labels.dtype : DType::F32);
     if (loss_kind_ != runtime::LossKind::Scalar && !data_.has_labels)
       throw_bad_input(o_.data.string(), "no labels.npy for a model whose output is not a scalar loss");
@@ -325,7 +326,6 @@ double Worker::step(int64_t k, bool record) {
   std::map<Key, Pending> recv_act, recv_grad;
   std::vector<Pending> sends;
   std::map<Key, std::vector<Tensor>> act_out;   // cut tensors leaving stage s for mb (Key.stage = s)
-  std::map<Key, std::vector<Tensor>> act_in;    // cut tensors entering stage s (cut s-1)
   std::map<Key, std::vector<Tensor>> grad_out;  // gradients leaving stage s upstream (cut s-1)
   std::map<Key, std::vector<Tensor>> grad_in;   // gradients entering stage s (cut s)
   std::map<Key, Tensor> loss_grad;
@@ -412,7 +412,6 @@ double Worker::step(int64_t k, bool record) {
           loss += lr.loss * scale;
           loss_grad[{s, mb}] = lr.grad;
         }
-        act_in[{s, mb}] = std::move(incoming);
         if (k > 0) st.f_s += seconds_since(ts), ++st.nf;
         break;
       }
@@ -464,7 +463,6 @@ double Worker::step(int64_t k, bool record) {
           }
           grad_out[{s, mb}] = std::move(up);
         }
-        act_in.erase({s, mb});
         if (k > 0) st.b_s += seconds_since(ts), ++st.nb;
         break;
       }

@@ -713,6 +713,10 @@ void Worker::report_end(double mean_step_s) {
   double pstep = pj["prediction"].value("step_s", 0.0);
   fmt::print("step time: measured {:.4f} s (mean after the first step), predicted {:.4f} s ({:+.1f}%)\n", mean_step_s, pstep,
              pstep > 0 ? 100.0 * (mean_step_s - pstep) / pstep : 0.0);
+  double idle = 0;
+  for (int r = 0; r < c_.size(); ++r) idle += v[static_cast<size_t>(4 * S_ + r)];
+  fmt::print("idle (bubble): measured {:.1f}% averaged over ranks, predicted {:.1f}%\n", 100.0 * idle / c_.size(),
+             100.0 * pj["prediction"].value("bubble", 0.0));
 }
 
 void Worker::export_model(int64_t done) {

@@ -117,7 +117,10 @@ train::RunOptions run_options(const std::string& plan, const std::string& data, 
   return o;
 }
 
-int worker_main(const std::string& plan, const std::string& data, const TrainCli& t, int argc, char** argv) {
+int worker_main(const std::string& plan, const std::string& data, TrainCli t, const comm::LaunchInfo& li, int argc,
+                char** argv) {
+  // Default threads: this machine's cores shared by the workers on it.
+  if (t.threads_per_worker <= 0) t.threads_per_worker = std::max(1, comm::online_cores() / std::max(1, li.local_size));
   auto c = comm::init_mpi(&argc, &argv);
   c->set_timeout_s(t.timeout_s);
   if (!t.status_dir.empty()) {
@@ -166,7 +169,7 @@ int run_train(const std::string& plan, const std::string& data, const TrainCli& 
   if (plan.empty())
     throw_bad_input("PLAN", "no plan given", "smp-plan MODEL --batch-size N -o plan.json, then smp-run plan.json");
   comm::LaunchInfo li = comm::detect_launch();
-  if (li.under_launcher()) return worker_main(plan, data, t, argc, argv);
+  if (li.under_launcher()) return worker_main(plan, data, t, li, argc, argv);
 
   // The launcher: check what can be checked once, before starting anything.
   if (t.resume && t.checkpoint_dir.empty()) throw_bad_input("--resume", "needs --checkpoint-dir");
@@ -183,9 +186,6 @@ int run_train(const std::string& plan, const std::string& data, const TrainCli& 
     if (!data.empty()) train::load_dataset(data, g, pf.batch_size);
   }
   const int ranks = static_cast<int>(pf.ranks.size());
-  TrainCli wt = t;
-  int local = t.hostfile.empty() ? ranks : std::max(1, ranks);
-  int threads = t.threads_per_worker > 0 ? t.threads_per_worker : std::max(1, comm::online_cores() / local);
 
   char tmpl[] = "/tmp/smp-run-XXXXXX";
   char* dir = ::mkdtemp(tmpl);
@@ -194,7 +194,7 @@ int run_train(const std::string& plan, const std::string& data, const TrainCli& 
 
   std::vector<std::string> args;
   for (int i = 1; i < argc; ++i) args.push_back(argv[i]);
-  args.insert(args.end(), {"--threads-per-worker", std::to_string(threads), "--status-dir", status_dir});
+  args.insert(args.end(), {"--status-dir", status_dir});
   if (::isatty(STDOUT_FILENO)) args.push_back("--progress-tty");
   comm::MpirunOptions mo;
   mo.ranks = ranks;

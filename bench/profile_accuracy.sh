@@ -24,6 +24,14 @@ STAGES=${STAGES:-"2 4"}
 SCHEDULES=${SCHEDULES:-"gpipe 1f1b"}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_WAIT_POLICY=PASSIVE
 mkdir -p "$OUT"
+# PROGRESS_SHIM=1: smp-run's workers get bench/mpi_progress_shim.c preloaded (a thread driving
+# MPI's progress, so that a sent activation moves while its sender computes); a diagnostic.
+RUN_ENV=()
+if [ "${PROGRESS_SHIM:-0}" = 1 ]; then
+  mpicc -shared -fPIC -O2 -o "$OUT/mpi_progress_shim.so" "$ROOT/bench/mpi_progress_shim.c" -lpthread
+  RUN_ENV=(env "LD_PRELOAD=$OUT/mpi_progress_shim.so")
+  echo "smp-run with the MPI progress thread (bench/mpi_progress_shim.c)"
+fi
 echo "bench: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), output in $OUT"
 
 mean_step() {  # mean step_time_s over the steps after the first
@@ -53,12 +61,12 @@ for model in $MODELS; do
     [ -f "$cl" ] || "$BIN/smp-profile" --machine --devices "$P" -o "$cl" -q
     "$BIN/smp-profile" "$ROOT/sample_models/$model.onnx" -b "$BATCH" -m "$MB" --devices "$P" --budget-ms "$BUDGET_MS" \
       -o "$prof" > "$OUT/$model-$P.profile.log" 2>&1
-    grep -E "whole /|oversubscribed" "$OUT/$model-$P.profile.log" | sed "s/^/  $model $P workers: /" || true
+    grep -E "whole /|concurrent copies" "$OUT/$model-$P.profile.log" | sed "s/^/  $model $P workers: /" || true
     for S in $SCHEDULES; do
       tag="$model-$P-$S"
       "$BIN/smp-plan" "$ROOT/sample_models/$model.onnx" -b "$BATCH" --cluster "$cl" --stages "$P" --data-parallel 1 \
         --microbatches "$MB" --schedule "$S" --profile "$prof" -o "$OUT/$tag.plan.json" > "$OUT/$tag.plan.txt"
-      "$BIN/smp-run" "$OUT/$tag.plan.json" --steps "$STEPS" --metrics "$OUT/$tag.metrics.jsonl" > "$OUT/$tag.run.txt" 2>&1
+      "${RUN_ENV[@]}" "$BIN/smp-run" "$OUT/$tag.plan.json" --steps "$STEPS" --metrics "$OUT/$tag.metrics.jsonl" > "$OUT/$tag.run.txt" 2>&1
       r=$(row "$model $P $S" "$(predicted "$OUT/$tag.plan.json")" "$(mean_step "$OUT/$tag.metrics.jsonl")")
       echo "$r" | tee -a "$TABLE"
     done
@@ -83,7 +91,7 @@ else
   "$BIN/smp-profile" "$ROOT/sample_models/$M.onnx" -b "$BATCH" -m "$MB" --devices 2 -o "$OUT/s2.profile.json" -q
   "$BIN/smp-plan" "$ROOT/sample_models/$M.onnx" -b "$BATCH" --devices 2 --stages 2 --data-parallel 1 --microbatches "$MB" \
     --schedule 1f1b --profile "$OUT/s2.profile.json" -o "$OUT/s2.plan.json" > /dev/null
-  "$BIN/smp-run" "$OUT/s2.plan.json" --steps "$STEPS" --metrics "$OUT/s2.metrics.jsonl" > "$OUT/s2.run.txt" 2>&1
+  "${RUN_ENV[@]}" "$BIN/smp-run" "$OUT/s2.plan.json" --steps "$STEPS" --metrics "$OUT/s2.metrics.jsonl" > "$OUT/s2.run.txt" 2>&1
   s2plan="$OUT/s2.plan.json"; s2m="$OUT/s2.metrics.jsonl"
 fi
 m1=$(mean_step "$OUT/s1.metrics.jsonl"); m2=$(mean_step "$s2m")

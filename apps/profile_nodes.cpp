@@ -8,6 +8,7 @@
 #include "runtime/loss.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <chrono>
@@ -282,11 +283,30 @@ json profile_nodes(const NodeProfileOptions& o) {
   // and memory bandwidth as they will).
   const int P = std::max(1, o.concurrent);
   if (!o.quiet) fmt::print(stderr, "measuring the whole model as one stage, alone{}\n", P > 1 ? fmt::format(" and in {} concurrent processes", P) : "");
-  const WholeTimes w1 = measure_whole_concurrent(g, 1, o.threads, o.seed, o.warmup, o.whole_budget_s);
-  const WholeTimes wp = P > 1 ? measure_whole_concurrent(g, P, o.threads, o.seed, o.warmup, o.whole_budget_s) : w1;
+  // Alone and concurrent in alternation (3 rounds), so that a change of the machine's load
+  // during the measurement shows in both; the medians.
+  const int rounds = P > 1 ? 3 : 1;
+  std::vector<WholeTimes> alone, conc;
+  std::vector<double> effs;
+  for (int r = 0; r < rounds; ++r) {
+    alone.push_back(measure_whole_concurrent(g, 1, o.threads, o.seed, o.warmup, o.whole_budget_s / rounds));
+    if (P > 1) {
+      conc.push_back(measure_whole_concurrent(g, P, o.threads, o.seed, o.warmup, o.whole_budget_s / rounds));
+      const double a = alone.back().f + alone.back().loss + alone.back().b;
+      const double c = conc.back().f + conc.back().loss + conc.back().b;
+      effs.push_back(c > 0 ? P * a / c : 1.0);
+    }
+  }
+  auto med = [&](const std::vector<WholeTimes>& v, double WholeTimes::*m) {
+    std::vector<double> x;
+    for (const auto& w : v) x.push_back(w.*m);
+    return quantile(x, 0.5);
+  };
+  const WholeTimes w1{med(alone, &WholeTimes::f), med(alone, &WholeTimes::loss), med(alone, &WholeTimes::b)};
+  const WholeTimes wp = P > 1 ? WholeTimes{med(conc, &WholeTimes::f), med(conc, &WholeTimes::loss), med(conc, &WholeTimes::b)} : w1;
   const double t1 = w1.f + w1.loss + w1.b, tp = wp.f + wp.loss + wp.b;
   // Effective parallelism: how many copies' worth of work the machine does at once.
-  const double eff = P > 1 && tp > 0 ? std::clamp(P * t1 / tp, 0.5, static_cast<double>(P)) : 1.0;
+  const double eff = P > 1 ? std::clamp(quantile(effs, 0.5), 0.5, static_cast<double>(P)) : 1.0;
   // Workers computing at once in a pipeline of P balanced stages over m microbatches (the rest
   // of the time they wait at its ends): P m / (m + P - 1). More of them than the machine runs
   // at once share it, and each is slowed down by busy / eff.
@@ -386,8 +406,8 @@ json profile_nodes(const NodeProfileOptions& o) {
                loss_s * 1e3, whole_b * 1e3);
     if (P > 1)
       fmt::print("{} concurrent copies: {:.3f} ms per microbatch each against {:.3f} ms alone: effective parallelism "
-                 "{:.2f} of {}; busy workers in the pipeline {:.2f} -> times x {:.3f}\n",
-                 P, tp * 1e3, t1 * 1e3, eff, P, busy, share);
+                 "{:.2f} of {} (median of {} rounds: {:.2f}); busy workers in the pipeline {:.2f} -> times x {:.3f}\n",
+                 P, tp * 1e3, t1 * 1e3, eff, P, rounds, fmt::join(effs, " "), busy, share);
     fmt::print("whole / sum of nodes: forward {:.3f}, backward {:.3f}{}\n", sum_f > 0 ? whole_f / sum_f : 0,
                sum_b + sum_w > 0 ? whole_b / (sum_b + sum_w) : 0,
                o.calibrate ? " (node times scaled by these ratios; --no-calibrate keeps them raw)" : " (not applied: --no-calibrate)");

@@ -81,9 +81,7 @@ M=gpt
   -o "$OUT/s1.profile.json" -q
 "$BIN/smp-plan" "$ROOT/sample_models/$M.onnx" -b "$BATCH" --devices 1 --stages 1 --microbatches "$MB" --schedule 1f1b \
   --profile "$OUT/s1.profile.json" -o "$OUT/s1.plan.json" > "$OUT/s1.plan.txt"
-# smp-run passes its own --threads-per-worker to the workers, so a user-given one is passed twice
-# (CLI11 refuses it); start the one worker under mpirun directly instead.
-mpirun -n 1 "$BIN/smp-run" "$OUT/s1.plan.json" --steps "$STEPS" --threads-per-worker 1 \
+"${RUN_ENV[@]}" "$BIN/smp-run" "$OUT/s1.plan.json" --steps "$STEPS" --threads-per-worker 1 \
   --metrics "$OUT/s1.metrics.jsonl" > "$OUT/s1.run.txt" 2>&1
 if [ -f "$OUT/gpt-2-1f1b.plan.json" ] && [ "$BATCH" = 32 ]; then
   s2plan="$OUT/gpt-2-1f1b.plan.json"; s2m="$OUT/gpt-2-1f1b.metrics.jsonl"

@@ -6,9 +6,12 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <climits>
+#include <condition_variable>
 #include <map>
+#include <mutex>
 #include <thread>
 
 namespace smp::comm {
@@ -79,11 +82,17 @@ class MpiCommunicator final : public Communicator {
   MpiCommunicator(int* argc, char*** argv) {
     int initialized = 0;
     MPI_Initialized(&initialized);
+    int provided = MPI_THREAD_SINGLE;
     if (!initialized) {
-      int provided = 0;
-      check(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+      check(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided), "MPI_Init_thread");
       owns_ = true;
+    } else {
+      MPI_Query_thread(&provided);
     }
+    // A message above the eager limit moves only while its sender is inside MPI; a pipeline
+    // stage that sends and then computes would hold its neighbour back for a whole compute
+    // phase. A progress thread drives MPI while requests are in flight (needs THREAD_MULTIPLE).
+    if (provided == MPI_THREAD_MULTIPLE) progress_ = std::thread([this] { progress_loop(); });
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
     MPI_Comm_size(MPI_COMM_WORLD, &size_);
@@ -95,6 +104,14 @@ class MpiCommunicator final : public Communicator {
   }
 
   ~MpiCommunicator() override {
+    if (progress_.joinable()) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        stop_ = true;
+      }
+      cv_.notify_all();
+      progress_.join();
+    }
     for (auto& [g, c] : groups_) MPI_Comm_free(&c);
     int finalized = 0;
     MPI_Finalized(&finalized);
@@ -117,6 +134,7 @@ class MpiCommunicator final : public Communicator {
       impl->reqs.push_back(r);
       off += n;
     } while (off < bytes);
+    began(impl->reqs.size());
     return Request(std::move(impl), peer, tag);
   }
 
@@ -134,6 +152,7 @@ class MpiCommunicator final : public Communicator {
       impl->reqs.push_back(r);
       off += n;
     } while (off < bytes);
+    began(impl->reqs.size());
     return Request(std::move(impl), peer, tag);
   }
 
@@ -145,6 +164,7 @@ class MpiCommunicator final : public Communicator {
     int code = MPI_Testall(static_cast<int>(reqs.size()), reqs.data(), &flag, st.data());
     if (code != MPI_SUCCESS && code != MPI_ERR_IN_STATUS) check(code, "MPI_Testall");
     if (!flag) return false;
+    ended(reqs.size());
     if (r.impl()->is_recv) {
       size_t got = 0;
       for (auto& s : st) {
@@ -205,6 +225,27 @@ class MpiCommunicator final : public Communicator {
   }
 
  private:
+  void began(size_t n) {
+    if (active_.fetch_add(static_cast<int>(n)) == 0) cv_.notify_all();
+  }
+  void ended(size_t n) { active_.fetch_sub(static_cast<int>(n)); }
+
+  // Drives MPI's progress engine every ~50 us while requests are in flight; sleeps otherwise.
+  void progress_loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!stop_) {
+      if (active_.load() <= 0) {
+        cv_.wait_for(lock, std::chrono::milliseconds(20));
+        continue;
+      }
+      lock.unlock();
+      int flag = 0;
+      MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, MPI_STATUS_IGNORE);
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+      lock.lock();
+    }
+  }
+
   void check_peer(int peer) const {
     SMP_CHECK(peer >= 0 && peer < size_ && peer != rank_, "bad peer {} for rank {} of {}", peer, rank_, size_);
   }
@@ -255,6 +296,11 @@ class MpiCommunicator final : public Communicator {
   bool owns_ = false;
   std::string transport_;
   std::map<std::vector<int>, MPI_Comm> groups_;
+  std::thread progress_;
+  std::atomic<int> active_{0};  // MPI requests in flight
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
 };
 
 }  // namespace

@@ -15,6 +15,8 @@
 
 #include <algorithm>
 #include <climits>
+#include <csetjmp>
+#include <csignal>
 #include <cstring>
 #include <fstream>
 #include <queue>
@@ -373,14 +375,49 @@ void bind_dims(onnx::GraphProto& g, const std::unordered_set<std::string>& initi
   for (auto& v : *g.mutable_output()) rebind(v);
 }
 
+// ONNX 1.12's shape inference dereferences missing dimensions on some ill-formed nodes (e.g. a
+// Gemm whose input has rank 1: found by the fuzzer) instead of reporting them. Those faults are
+// turned into bad input here, so that a hostile file never crashes smp. The model is discarded
+// afterwards. Not reentrant: loading runs on one thread.
+sigjmp_buf g_infer_jmp;
+volatile sig_atomic_t g_in_infer = 0;
+
+void on_infer_fault(int sig) {
+  if (g_in_infer) siglongjmp(g_infer_jmp, sig);
+  std::signal(sig, SIG_DFL);
+  std::raise(sig);
+}
+
 void infer_shapes(onnx::ModelProto& model, const std::string& file) {
   onnx::ShapeInferenceOptions options(/*check_type=*/true, /*error_mode=*/1, /*data_propagation=*/true);
-  try {
-    onnx::shape_inference::InferShapes(model, onnx::OpSchemaRegistry::Instance(), options);
-  } catch (const std::exception& e) {
-    throw_bad_input(file, "shape inference failed: " + first_line(e.what()),
-                    "check the input shapes and the bound dimensions");
+  struct sigaction sa {}, old_segv {}, old_bus {}, old_fpe {};
+  sa.sa_handler = on_infer_fault;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGSEGV, &sa, &old_segv);
+  sigaction(SIGBUS, &sa, &old_bus);
+  sigaction(SIGFPE, &sa, &old_fpe);
+  auto restore = [&] {
+    g_in_infer = 0;
+    sigaction(SIGSEGV, &old_segv, nullptr);
+    sigaction(SIGBUS, &old_bus, nullptr);
+    sigaction(SIGFPE, &old_fpe, nullptr);
+  };
+  std::string error;
+  int sig = sigsetjmp(g_infer_jmp, 1);
+  if (sig == 0) {
+    g_in_infer = 1;
+    try {
+      onnx::shape_inference::InferShapes(model, onnx::OpSchemaRegistry::Instance(), options);
+    } catch (const std::exception& e) {
+      error = first_line(e.what());
+    }
   }
+  restore();
+  if (sig != 0)
+    throw_bad_input(file, fmt::format("ONNX's shape inference faulted (signal {}) on this model", sig),
+                    "a node's inputs have a rank or type its op does not accept");
+  if (!error.empty())
+    throw_bad_input(file, "shape inference failed: " + error, "check the input shapes and the bound dimensions");
 }
 
 // One folding pass over the model: evaluates every node whose inputs are known constants (or,

@@ -385,6 +385,7 @@ double Worker::step(int64_t k, bool record) {
         if (s > 0)
           incoming = take(recv_act, act_out, {s, mb}, {s - 1, mb}, cuts_[static_cast<size_t>(s - 1)].values,
                           fmt::format("activations of stage {}, microbatch {}", s - 1, mb));
+        ts = clock::now();  // compute starts: waiting for the input is idle time, not forward time
         const auto& in_cut = s > 0 ? cuts_[static_cast<size_t>(s - 1)].values : std::vector<int>{};
         auto from_cut = [&](int v) -> Tensor {
           auto it = std::find(in_cut.begin(), in_cut.end(), v);
@@ -423,6 +424,7 @@ double Worker::step(int64_t k, bool record) {
         if (s + 1 < S_)
           gin = take(recv_grad, grad_out, {s, mb}, {s + 1, mb}, cuts_[static_cast<size_t>(s)].grads,
                      fmt::format("gradients from stage {}, microbatch {}", s + 1, mb));
+        ts = clock::now();
         const auto& gcut = s + 1 < S_ ? cuts_[static_cast<size_t>(s)].grads : std::vector<int>{};
         auto grad_of = [&](int v) -> Tensor {
           auto it = std::find(gcut.begin(), gcut.end(), v);

@@ -306,6 +306,26 @@ TEST_CASE("bad input: one line naming the file, exit status 2, never a crash") {
     m.mutable_graph()->mutable_node(1)->set_name("relu2");
     expect_bad(write_model(dir, "twice.onnx", m), "also writes");
   }
+  SUBCASE("a node ONNX's own shape inference faults on (found by the fuzzer)") {
+    onnx::ModelProto m = tiny_model();
+    auto* g = m.mutable_graph();
+    // Gemm with a rank-1 input: ONNX 1.12 reads a dimension that is not there.
+    g->mutable_input(0)->mutable_type()->mutable_tensor_type()->mutable_shape()->mutable_dim()->RemoveLast();
+    auto* w = g->add_initializer();
+    w->set_name("w");
+    w->set_data_type(onnx::TensorProto::FLOAT);
+    w->add_dims(8);
+    w->add_dims(4);
+    for (int i = 0; i < 32; ++i) w->add_float_data(0.5f);
+    auto* n = g->mutable_node(0);
+    n->set_op_type("Gemm");
+    n->add_input("w");
+    auto* tb = n->add_attribute();
+    tb->set_name("transB");
+    tb->set_type(onnx::AttributeProto::INT);
+    tb->set_i(1);
+    expect_bad(write_model(dir, "gemm_rank1.onnx", m), "shape inference");
+  }
   SUBCASE("an inconsistent shape") {
     onnx::ModelProto m = tiny_model();
     auto* g = m.mutable_graph();

@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -203,7 +204,24 @@ int run_train(const std::string& plan, const std::string& data, const TrainCli& 
   comm::Command cmd = comm::mpirun_command(mo, self.string(), args);
   // Workers must not spin while they wait: they share the cores with the ones computing.
   cmd.env["OMP_WAIT_POLICY"] = "PASSIVE";
-  int rc = comm::run_command(cmd);
+  // mpirun must end once every worker has: if all have reported their end and mpirun is
+  // still there 10 s later, it is stuck and is stopped.
+  auto all_ended_since = std::chrono::steady_clock::time_point::max();
+  auto stuck = [&] {
+    for (int r = 0; r < ranks; ++r) {
+      std::ifstream in(train::status_file(status_dir, r));
+      std::string line;
+      std::getline(in, line);
+      if (line != "done" && line != "terminated" && line.rfind("error", 0) != 0) {
+        all_ended_since = std::chrono::steady_clock::time_point::max();
+        return false;
+      }
+    }
+    auto now = std::chrono::steady_clock::now();
+    if (all_ended_since == std::chrono::steady_clock::time_point::max()) all_ended_since = now;
+    return now - all_ended_since > std::chrono::seconds(10);
+  };
+  int rc = comm::run_command(cmd, stuck);
 
   if (rc != 0) {
     // Name the rank(s) that died; ranks that failed have printed their own error line.

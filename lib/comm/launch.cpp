@@ -6,6 +6,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <chrono>
 #include <filesystem>
 #include <thread>
 
@@ -115,7 +116,7 @@ Command mpirun_command(const MpirunOptions& o, const std::string& program, const
   return c;
 }
 
-int run_command(const Command& c) {
+int run_command(const Command& c, const std::function<bool()>& stuck) {
   std::vector<std::string> envs;
   for (char** e = environ; *e; ++e) {
     std::string kv = *e;
@@ -146,8 +147,19 @@ int run_command(const Command& c) {
   sigaction(SIGTERM, &sa, &old_term);
 
   int status = 0;
-  while (::waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) break;
+  while (true) {
+    pid_t w = ::waitpid(pid, &status, stuck ? WNOHANG : 0);
+    if (w == pid) break;
+    if (w < 0 && errno != EINTR) break;
+    if (w == 0) {
+      if (stuck()) {
+        ::kill(-pid, SIGKILL);
+        while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+        }
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
   }
   // Nothing of the job may outlive it.
   ::kill(-pid, SIGKILL);

@@ -3,6 +3,7 @@
 // worker per rank.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -43,8 +44,10 @@ std::string find_mpirun();
 
 // Runs the command as a child in its own process group, forwarding SIGINT / SIGTERM to it, and
 // returns its exit status (128 + signal when killed). When it ends, any process left in its
-// group is killed, so that no worker outlives the job.
-int run_command(const Command& c);
+// group is killed, so that no worker outlives the job. `stuck`, when given, is asked every
+// 100 ms while the child runs; when it says true the child's group is killed (a launcher that
+// hangs after its workers are gone).
+int run_command(const Command& c, const std::function<bool()>& stuck = {});
 
 // This machine's online cores (respecting the CPU affinity mask).
 int online_cores();

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <csignal>
 #include <cstring>
 #include <numeric>
@@ -105,7 +106,9 @@ int main(int argc, char** argv) {
   } catch (const Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     std::fflush(stderr);
-    c->abort(e.exit_code());
+    // As smp-run's workers do: exit, and mpirun ends the others (MPI_Abort racing a peer's
+    // MPI_Finalize has left Open MPI 4.1's mpirun hanging).
+    std::_Exit(e.exit_code());
   }
   std::printf("ok %d\n", c->rank());
   return 0;

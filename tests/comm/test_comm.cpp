@@ -30,7 +30,8 @@ Run launch(int ranks, const std::string& mode) {
   std::string cmd;
   for (const auto& [k, v] : c.env) cmd += k + "=" + quote(v) + " ";
   for (const auto& a : c.argv) cmd += quote(a) + " ";
-  return test::run_cmd(cmd);
+  // A hang must fail the test, not stall the suite.
+  return test::run_cmd("timeout -k 5 120 env " + cmd);
 }
 
 int count(const std::string& s, const std::string& what) {

@@ -6,10 +6,15 @@
 #include "core/version.hpp"
 
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
 
 #include <cstdio>
+#include <cstdint>
 #include <exception>
+#include <map>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace smp::app {
 
@@ -28,6 +33,26 @@ int guarded_main(F&& body) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;
   }
+}
+
+// --dim NAME=SIZE values (repeatable), each SIZE a positive integer; bad input names --dim.
+inline std::map<std::string, int64_t> parse_dims(const std::vector<std::string>& dims) {
+  std::map<std::string, int64_t> out;
+  for (const auto& d : dims) {
+    auto eq = d.find('=');
+    int64_t v = 0;
+    if (eq == std::string::npos || eq == 0) smp::throw_bad_input("--dim", fmt::format("'{}' is not NAME=SIZE", d));
+    try {
+      size_t used = 0;
+      v = std::stoll(d.substr(eq + 1), &used);
+      if (used != d.size() - eq - 1) throw std::invalid_argument("trailing");
+    } catch (const std::exception&) {
+      smp::throw_bad_input("--dim", fmt::format("'{}': size is not an integer", d));
+    }
+    if (v <= 0) smp::throw_bad_input("--dim", fmt::format("'{}': size must be positive", d));
+    out[d.substr(0, eq)] = v;
+  }
+  return out;
 }
 
 inline void setup_app(CLI::App& app) {

@@ -54,25 +54,6 @@ void print_summary(const smp::graph::GraphSummary& s) {
   }
 }
 
-std::map<std::string, int64_t> parse_dims(const std::vector<std::string>& dims) {
-  std::map<std::string, int64_t> out;
-  for (const auto& d : dims) {
-    auto eq = d.find('=');
-    int64_t v = 0;
-    if (eq == std::string::npos || eq == 0) smp::throw_bad_input("--dim", fmt::format("'{}' is not NAME=SIZE", d));
-    try {
-      size_t used = 0;
-      v = std::stoll(d.substr(eq + 1), &used);
-      if (used != d.size() - eq - 1) throw std::invalid_argument("trailing");
-    } catch (const std::exception&) {
-      smp::throw_bad_input("--dim", fmt::format("'{}': size is not an integer", d));
-    }
-    if (v <= 0) smp::throw_bad_input("--dim", fmt::format("'{}': size must be positive", d));
-    out[d.substr(0, eq)] = v;
-  }
-  return out;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -151,7 +132,7 @@ int main(int argc, char** argv) {
     if (model.empty()) smp::throw_bad_input("MODEL", "no model given", "smp-plan MODEL.onnx --batch-size N");
     smp::graph::LoadOptions opts;
     opts.batch_size = batch_size;
-    opts.dims = parse_dims(dims);
+    opts.dims = smp::app::parse_dims(dims);
 
     if (summary) {
       smp::graph::Graph g = smp::graph::load_graph(model, opts);

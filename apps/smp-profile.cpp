@@ -100,14 +100,7 @@ int main(int argc, char** argv) {
     o.model = model;
     o.batch_size = batch_size;
     o.microbatches = microbatches;
-    for (const auto& d : dims) {
-      auto eq = d.find('=');
-      if (eq == std::string::npos || eq == 0) throw_bad_input("--dim", fmt::format("'{}' is not NAME=SIZE", d));
-      char* end = nullptr;
-      long long v = std::strtoll(d.c_str() + eq + 1, &end, 10);
-      if (*end != '\0' || v < 1) throw_bad_input("--dim", fmt::format("'{}': the size must be a positive integer", d));
-      o.dims[d.substr(0, eq)] = v;
-    }
+    o.dims = smp::app::parse_dims(dims);
     const int workers = devices > 0 ? devices : cores;
     o.threads = threads > 0 ? threads : std::max(1, cores / workers);
     // The name smp-plan gives this machine's devices for the same --devices: the profile applies

@@ -32,15 +32,7 @@ int run_forward(const std::string& model, const std::string& data, const std::st
   smp::graph::LoadOptions opts;
   opts.load_weights = true;
   opts.batch_size = batch_size;
-  for (const auto& d : dims) {
-    auto eq = d.find('=');
-    if (eq == std::string::npos || eq == 0) smp::throw_bad_input("--dim", fmt::format("'{}' is not NAME=SIZE", d));
-    try {
-      opts.dims[d.substr(0, eq)] = std::stoll(d.substr(eq + 1));
-    } catch (const std::exception&) {
-      smp::throw_bad_input("--dim", fmt::format("'{}': size is not an integer", d));
-    }
-  }
+  opts.dims = smp::app::parse_dims(dims);
   // The batch: the leading dim of the .npy inputs, unless given.
   std::map<std::string, smp::runtime::NpyArray> arrays;
   for (const auto& e : fs::directory_iterator(data))

@@ -105,26 +105,33 @@ std::optional<Shape> broadcast_shapes(const std::vector<const Shape*>& shapes) {
   return out;
 }
 
-// For each output element, the flat index into an input of shape `in` broadcast to `out`.
-std::vector<int64_t> broadcast_map(const Shape& in, const Shape& out) {
+// For each element of an `out`-shaped result in row-major order, the flat input index
+// base + sum(idx[d] * strides[d]): the addressing of broadcasts, slices and transposes.
+std::vector<int64_t> strided_offsets(const Shape& out, int64_t base, const std::vector<int64_t>& strides) {
   int64_t n = smp::numel(out);
   std::vector<int64_t> map(static_cast<size_t>(n));
-  size_t r = out.size();
-  std::vector<int64_t> in_st(r, 0);
-  auto st = strides_of(in);
-  for (size_t i = 0; i < in.size(); ++i)
-    in_st[r - in.size() + i] = in[i] == 1 ? 0 : st[i];
-  std::vector<int64_t> idx(r, 0);
+  const int64_t r = static_cast<int64_t>(out.size());
+  std::vector<int64_t> idx(static_cast<size_t>(r), 0);
   for (int64_t k = 0; k < n; ++k) {
-    int64_t off = 0;
-    for (size_t d = 0; d < r; ++d) off += idx[d] * in_st[d];
+    int64_t off = base;
+    for (int64_t d = 0; d < r; ++d) off += idx[d] * strides[d];
     map[static_cast<size_t>(k)] = off;
-    for (int64_t d = static_cast<int64_t>(r) - 1; d >= 0; --d) {
+    for (int64_t d = r - 1; d >= 0; --d) {
       if (++idx[d] < out[d]) break;
       idx[d] = 0;
     }
   }
   return map;
+}
+
+// For each output element, the flat index into an input of shape `in` broadcast to `out`.
+std::vector<int64_t> broadcast_map(const Shape& in, const Shape& out) {
+  size_t r = out.size();
+  std::vector<int64_t> in_st(r, 0);
+  auto st = strides_of(in);
+  for (size_t i = 0; i < in.size(); ++i)
+    in_st[r - in.size() + i] = in[i] == 1 ? 0 : st[i];
+  return strided_offsets(out, 0, in_st);
 }
 
 using Outputs = std::optional<std::vector<TensorData>>;
@@ -331,16 +338,14 @@ Outputs fold_slice(const Node& n, const TensorData& data, std::vector<int64_t> s
   }
   TensorData out = make(data.dtype, out_shape);
   auto in_st = strides_of(data.shape);
-  std::vector<int64_t> idx(r, 0);
-  for (int64_t k = 0; k < out.numel(); ++k) {
-    int64_t off = 0;
-    for (int64_t a = 0; a < r; ++a) off += (st[a] + idx[a] * sp[a]) * in_st[a];
-    copy_elem(data, off, out, k);
-    for (int64_t a = r - 1; a >= 0; --a) {
-      if (++idx[a] < out_shape[a]) break;
-      idx[a] = 0;
-    }
+  int64_t base = 0;
+  std::vector<int64_t> strides(static_cast<size_t>(r));
+  for (int64_t a = 0; a < r; ++a) {
+    base += st[a] * in_st[a];
+    strides[a] = sp[a] * in_st[a];
   }
+  auto offsets = strided_offsets(out_shape, base, strides);
+  for (int64_t k = 0; k < out.numel(); ++k) copy_elem(data, offsets[static_cast<size_t>(k)], out, k);
   return one(std::move(out));
 }
 
@@ -354,16 +359,10 @@ Outputs fold_transpose(const Node& n, const TensorData& data) {
   for (int64_t i = 0; i < r; ++i) out_shape[i] = data.shape[norm_axis(perm[i], r, n)];
   TensorData out = make(data.dtype, out_shape);
   auto in_st = strides_of(data.shape);
-  std::vector<int64_t> idx(r, 0);
-  for (int64_t k = 0; k < out.numel(); ++k) {
-    int64_t off = 0;
-    for (int64_t i = 0; i < r; ++i) off += idx[i] * in_st[norm_axis(perm[i], r, n)];
-    copy_elem(data, off, out, k);
-    for (int64_t i = r - 1; i >= 0; --i) {
-      if (++idx[i] < out_shape[i]) break;
-      idx[i] = 0;
-    }
-  }
+  std::vector<int64_t> strides(static_cast<size_t>(r));
+  for (int64_t i = 0; i < r; ++i) strides[i] = in_st[norm_axis(perm[i], r, n)];
+  auto offsets = strided_offsets(out_shape, 0, strides);
+  for (int64_t k = 0; k < out.numel(); ++k) copy_elem(data, offsets[static_cast<size_t>(k)], out, k);
   return one(std::move(out));
 }
 

@@ -133,6 +133,16 @@ TEST_CASE("Reshape handles 0 and -1; Slice handles negative and clamped bounds")
   CHECK(values(fold1(node("Slice"), {&v, &st2, &en2, &ax, &step})) == std::vector<int64_t>{14, 12, 10});
 }
 
+TEST_CASE("Transpose follows perm, and reverses the axes without one") {
+  auto x = ints({1, 2, 3, 4, 5, 6}, Shape{1, 2, 3});
+  auto t = fold1(node("Transpose", {{"perm", ivals({2, 0, 1})}}), {&x});
+  CHECK(t.shape == Shape{3, 1, 2});
+  CHECK(values(t) == std::vector<int64_t>{1, 4, 2, 5, 3, 6});
+  auto rev = fold1(node("Transpose"), {&x});
+  CHECK(rev.shape == Shape{3, 2, 1});
+  CHECK(values(rev) == std::vector<int64_t>{1, 4, 2, 5, 3, 6});
+}
+
 TEST_CASE("arithmetic broadcasts and keeps integer semantics") {
   auto a = ints({7, -7}), b = ints({2});
   CHECK(values(fold1(node("Div"), {&a, &b})) == std::vector<int64_t>{3, -3});

@@ -155,15 +155,6 @@ int worker_main(const std::string& plan, const std::string& data, TrainCli t, co
   return 0;
 }
 
-fs::path resolve_model(const plan::PlanFile& pf, const std::string& plan) {
-  fs::path model = pf.model_path;
-  if (model.is_relative() && !fs::exists(model)) {
-    fs::path beside = fs::path(plan).parent_path() / model;
-    if (fs::exists(beside)) model = beside;
-  }
-  return model;
-}
-
 }  // namespace
 
 int run_train(const std::string& plan, const std::string& data, const TrainCli& t, int argc, char** argv) {
@@ -177,7 +168,7 @@ int run_train(const std::string& plan, const std::string& data, const TrainCli& 
   if (t.warmup_steps >= t.steps && t.warmup_steps > 0)
     throw_bad_input("--warmup-steps", fmt::format("{} warm-up steps of {} steps", t.warmup_steps, t.steps));
   plan::PlanFile pf = plan::read_plan(plan);
-  fs::path model = resolve_model(pf, plan);
+  const fs::path model = pf.model_path;
   plan::check_model_checksum(pf, model);
   {
     graph::LoadOptions lo;

@@ -327,7 +327,16 @@ PlanFile plan_from_json(const json& j, const std::string& where) {
   return f;
 }
 
-PlanFile read_plan(const std::filesystem::path& path) { return plan_from_json(read_json(path), path.string()); }
+PlanFile read_plan(const std::filesystem::path& path) {
+  PlanFile f = plan_from_json(read_json(path), path.string());
+  // A relative model path that does not resolve from here is taken beside the plan file.
+  std::filesystem::path model = f.model_path;
+  if (model.is_relative() && !std::filesystem::exists(model)) {
+    std::filesystem::path beside = path.parent_path() / model;
+    if (std::filesystem::exists(beside)) f.model_path = beside.string();
+  }
+  return f;
+}
 
 void check_model_checksum(const PlanFile& plan, const std::filesystem::path& model) {
   std::string sum = sha256_file(model);

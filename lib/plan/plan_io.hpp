@@ -72,7 +72,8 @@ struct PlanFile {
 };
 
 // Reads and checks (version, structure, the schedule's validity); bad input naming the file
-// and the field.
+// and the field. A relative model path that does not exist from the working directory is
+// taken relative to the plan file.
 PlanFile read_plan(const std::filesystem::path& path);
 PlanFile plan_from_json(const nlohmann::json& j, const std::string& where);
 // Bad input when the model file's SHA-256 differs from the plan's.

@@ -189,13 +189,7 @@ void Worker::load() {
   if (b_ * m_ * d_ != B_)
     throw_bad_input(o_.plan.string(), fmt::format("batch {} is not {} replicas x {} microbatches x {}", B_, d_, m_, b_));
 
-  // The model: as written in the plan, else beside the plan file.
-  fs::path model = plan_.model_path;
-  if (model.is_relative() && !fs::exists(model)) {
-    fs::path beside = o_.plan.parent_path() / model;
-    if (fs::exists(beside)) model = beside;
-  }
-  plan_.model_path = model.string();
+  const fs::path model = plan_.model_path;  // read_plan resolved it
   if (c_.rank() == 0) plan::check_model_checksum(plan_, model);
 
   std::set<std::string> mine;

@@ -200,9 +200,7 @@ int run_train(const std::string& plan, const std::string& data, const TrainCli& 
   auto all_ended_since = std::chrono::steady_clock::time_point::max();
   auto stuck = [&] {
     for (int r = 0; r < ranks; ++r) {
-      std::ifstream in(train::status_file(status_dir, r));
-      std::string line;
-      std::getline(in, line);
+      std::string line = train::read_status(status_dir, r);
       if (line != "done" && line != "terminated" && line.rfind("error", 0) != 0) {
         all_ended_since = std::chrono::steady_clock::time_point::max();
         return false;
@@ -219,9 +217,7 @@ int run_train(const std::string& plan, const std::string& data, const TrainCli& 
     bool reported = false;
     std::vector<std::string> died;
     for (int r = 0; r < ranks; ++r) {
-      std::ifstream in(train::status_file(status_dir, r));
-      std::string line;
-      std::getline(in, line);
+      std::string line = train::read_status(status_dir, r);
       if (line.rfind("error", 0) == 0) reported = true;
       else if (line.rfind("running", 0) == 0 || line == "loading" || line.empty()) {
         std::string stages;

@@ -47,6 +47,13 @@ void write_status(const fs::path& dir, int rank, const std::string& text) {
   ::rename(tmp.c_str(), f.c_str());
 }
 
+std::string read_status(const fs::path& dir, int rank) {
+  std::ifstream in(status_file(dir, rank));
+  std::string line;
+  std::getline(in, line);
+  return line;
+}
+
 namespace {
 
 using clock = std::chrono::steady_clock;

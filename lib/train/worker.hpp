@@ -45,5 +45,7 @@ void run_worker(comm::Communicator& comm, const RunOptions& opts);
 // name the rank and stage that failed.
 std::filesystem::path status_file(const std::filesystem::path& dir, int rank);
 void write_status(const std::filesystem::path& dir, int rank, const std::string& text);
+// The status's first line; "" when the rank wrote none.
+std::string read_status(const std::filesystem::path& dir, int rank);
 
 }  // namespace smp::train

@@ -56,6 +56,10 @@ class Communicator {
   virtual void wait(Request& r, const std::string& what) = 0;
   // True when complete (the request is then inactive); never blocks.
   virtual bool test(Request& r) = 0;
+  // Moves the transfers in flight along; never blocks, costs next to nothing when called more
+  // often than every ~100 us. A rank that computes calls it between kernels: with MPI over
+  // shared memory a large message moves only while its sender and receiver are inside MPI.
+  virtual void progress() {}
 
   // In-place sums over the ranks of `group` (ascending, containing this rank); every member
   // calls it with the same group and count. Deadline as for wait().

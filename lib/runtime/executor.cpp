@@ -242,8 +242,10 @@ std::vector<Tensor> StageExecutor::forward(int mb, std::span<const Tensor> input
   st->b_done.assign(P, 0);
   ExecContext ctx{&be_};
   std::vector<Tensor> ins, outs;
+  const bool hooked = static_cast<bool>(opts_.after_node);
   for (size_t p = 0; p < P; ++p) {
     NodeRun& r = runs_[p];
+    const double t_node = hooked ? now_s() : 0;
     ins.assign(r.in.size(), Tensor());
     for (size_t i = 0; i < r.in.size(); ++i)
       if (r.in[i] >= 0) ins[i] = value_tensor(r.in[i], env);
@@ -260,6 +262,7 @@ std::vector<Tensor> StageExecutor::forward(int mb, std::span<const Tensor> input
       prof_[static_cast<size_t>(r.op)].forward_s += now_s() - t0;
       ++prof_[static_cast<size_t>(r.op)].calls;
     }
+    if (hooked) opts_.after_node(r.node, 'F', now_s() - t_node);
     if (opts_.training && (r.has_b || r.has_w)) {
       auto& si = st->saved_in[p];
       si.assign(r.in.size(), Tensor());
@@ -348,10 +351,12 @@ void StageExecutor::run_backward(int mb, std::span<const Tensor> output_grads, b
   ExecContext ctx{&be_};
   std::vector<Tensor> ins, outs, dout, din;
   std::vector<uint8_t> acc;
+  const bool hooked = static_cast<bool>(opts_.after_node);
   for (size_t p = P; p-- > 0;) {
     NodeRun& r = runs_[p];
     bool b_part = do_b && r.has_b, w_part = do_w && r.has_w;
     if (!b_part && !w_part) continue;
+    const double t_node = hooked ? now_s() : 0;
     // gradients of the outputs
     dout.assign(r.out.size(), Tensor());
     bool any = false;
@@ -403,6 +408,7 @@ void StageExecutor::run_backward(int mb, std::span<const Tensor> output_grads, b
         double t0 = opts_.profile ? now_s() : 0;
         r.kernel->backward(*r.state, ctx, io);
         if (opts_.profile) prof_[static_cast<size_t>(r.op)].backward_s += now_s() - t0;
+        if (hooked) opts_.after_node(r.node, b_part && w_part ? 'G' : b_part ? 'B' : 'W', now_s() - t_node);
       }
     }
     if (do_b && !do_w && r.has_w && r.has_b) {

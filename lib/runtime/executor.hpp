@@ -12,6 +12,7 @@
 #include "graph/op_registry.hpp"
 #include "runtime/backend.hpp"
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <span>
@@ -28,6 +29,11 @@ struct ExecutorOptions {
   bool batch_statistics = true;
   // Time every kernel call (see StageExecutor::profile()).
   bool profile = false;
+  // Called on the calling thread after every node's forward and backward kernel with the graph
+  // node index, the pass ('F' forward, 'B' input gradient, 'W' weight gradient, 'G' both fused)
+  // and the seconds since that node's turn began (allocation and kernel). smp-run drives its
+  // communication there, between kernels; smp-profile times the nodes in context.
+  std::function<void(int node, char pass, double seconds)> after_node;
 };
 
 // Seconds spent per op type (with profile on).

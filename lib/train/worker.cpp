@@ -256,7 +256,9 @@ void Worker::load() {
     StageRt st;
     st.index = s;
     st.nodes = nodes_of[static_cast<size_t>(s)];
-    st.ex = std::make_unique<runtime::StageExecutor>(g_, st.nodes, be_);
+    runtime::ExecutorOptions eo;
+    eo.after_node = [this](int, char, double) { c_.progress(); };  // messages move between kernels
+    st.ex = std::make_unique<runtime::StageExecutor>(g_, st.nodes, be_, eo);
     st.group = plan_.stage.at(static_cast<size_t>(s)).ranks;
     std::sort(st.group.begin(), st.group.end());
     st.writer = replica_ == 0;

@@ -174,22 +174,35 @@ int loss_output(const graph::Graph& g, const std::vector<int>& outputs) {
   return -1;
 }
 
-struct WholeTimes {
-  double f = 0, loss = 0, b = 0;
+// One measurement of the whole model as one stage, as smp-run runs a one-stage plan: forward,
+// loss and the fused backward per microbatch (medians). With per_node, every node's forward and
+// backward are also timed in context (the executor's after_node hook). Which part of a node's
+// backward is input gradient and which weight gradient depends on the stage's boundary (in the
+// whole model, where no stage input needs a gradient, it is all weight gradient), so the caller
+// splits it by the node's own ratio measured alone.
+struct WholeRun {
+  double f = 0, loss = 0, b = 0;         // medians: forward, loss, fused backward
+  std::vector<double> node_f, node_bw;   // per graph node, medians in context
+  std::vector<double> node_spread;       // (p90 - p10) / median of the node's forward + backward
 };
 
-// The whole model as one stage: forward (+ loss) and the fused backward, as smp-run runs a
-// one-stage gpipe / 1f1b plan; medians.
-WholeTimes measure_whole(const graph::Graph& g, int threads, uint64_t seed, int warmup, double budget_s) {
+WholeRun measure_whole(const graph::Graph& g, int threads, uint64_t seed, int warmup, double budget_s, bool per_node) {
+  const size_t N = g.nodes.size();
+  std::vector<double> cur_f(N), cur_bw(N);
   runtime::CpuBackend be(threads);
   Filler fill(seed);
   runtime::ExecutorOptions eo;
+  if (per_node)
+    eo.after_node = [&](int node, char pass, double s) { (pass == 'F' ? cur_f : cur_bw)[static_cast<size_t>(node)] += s; };
   runtime::StageExecutor whole(g, be, eo);
   std::vector<Tensor> wins = make_inputs(g, be, fill, whole.inputs());
   std::vector<double> wf, wl, wb;
+  std::vector<std::vector<double>> sf(per_node ? N : 0), sbw(per_node ? N : 0), stot(per_node ? N : 0);
   const int loss_value = loss_output(g, whole.outputs());
   auto t_start = clk::now();
   for (int rep = 0;; ++rep) {
+    std::fill(cur_f.begin(), cur_f.end(), 0.0);
+    std::fill(cur_bw.begin(), cur_bw.end(), 0.0);
     auto t0 = clk::now();
     auto outs = whole.forward(0, wins);
     double tf = since(t0);
@@ -211,15 +224,49 @@ WholeTimes measure_whole(const graph::Graph& g, int threads, uint64_t seed, int 
       continue;
     }
     wf.push_back(tf), wl.push_back(tl), wb.push_back(tb);
+    for (size_t i = 0; i < sf.size(); ++i) {
+      sf[i].push_back(cur_f[i]), sbw[i].push_back(cur_bw[i]);
+      stot[i].push_back(cur_f[i] + cur_bw[i]);
+    }
     if (wf.size() >= 3 && since(t_start) >= budget_s) break;
   }
-  return WholeTimes{quantile(wf, 0.5), quantile(wl, 0.5), quantile(wb, 0.5)};
+  WholeRun r{quantile(wf, 0.5), quantile(wl, 0.5), quantile(wb, 0.5), {}, {}, {}};
+  for (size_t i = 0; i < sf.size(); ++i) {
+    r.node_f.push_back(quantile(sf[i], 0.5));
+    r.node_bw.push_back(quantile(sbw[i], 0.5));
+    double med = quantile(stot[i], 0.5);
+    r.node_spread.push_back(med > 0 ? std::max(0.0, quantile(stot[i], 0.9) - quantile(stot[i], 0.1)) / med : 0.0);
+  }
+  return r;
 }
 
-// `copies` worker processes (forked) measure the whole model at the same time, as the workers of
-// a plan share the machine's cores, caches and memory bandwidth; the mean of their medians.
-WholeTimes measure_whole_concurrent(const graph::Graph& g, int copies, int threads, uint64_t seed, int warmup,
-                                    double budget_s) {
+bool write_all(int fd, const void* p, size_t n) {
+  const char* c = static_cast<const char*>(p);
+  while (n > 0) {
+    ssize_t k = ::write(fd, c, n);
+    if (k <= 0) return false;
+    c += k, n -= static_cast<size_t>(k);
+  }
+  return true;
+}
+
+bool read_all(int fd, void* p, size_t n) {
+  char* c = static_cast<char*>(p);
+  while (n > 0) {
+    ssize_t k = ::read(fd, c, n);
+    if (k <= 0) return false;
+    c += k, n -= static_cast<size_t>(k);
+  }
+  return true;
+}
+
+// `copies` worker processes (forked, so that this process starts no thread pool of its own
+// before them) measure the whole model at the same time, as the workers of a plan share the
+// machine's cores, caches and memory bandwidth. Returns each copy's measurement.
+std::vector<WholeRun> measure_whole_concurrent(const graph::Graph& g, int copies, int threads, uint64_t seed,
+                                               int warmup, double budget_s, bool per_node) {
+  const size_t N = g.nodes.size();
+  const size_t doubles = 3 + (per_node ? 3 * N : 0);
   std::vector<std::pair<pid_t, int>> kids;
   std::fflush(stdout);
   std::fflush(stderr);
@@ -230,38 +277,47 @@ WholeTimes measure_whole_concurrent(const graph::Graph& g, int copies, int threa
     if (pid < 0) throw_failure("smp-profile", "fork() failed");
     if (pid == 0) {
       ::close(fds[0]);
-      double r[3] = {-1, -1, -1};
+      std::vector<double> out(doubles, -1.0);
       try {
-        WholeTimes w = measure_whole(g, threads, seed + 1000 + static_cast<uint64_t>(c), warmup, budget_s);
-        r[0] = w.f, r[1] = w.loss, r[2] = w.b;
+        WholeRun w = measure_whole(g, threads, seed + 1000 + static_cast<uint64_t>(c), warmup, budget_s, per_node);
+        out[0] = w.f, out[1] = w.loss, out[2] = w.b;
+        if (per_node)
+          for (size_t i = 0; i < N; ++i) out[3 + i] = w.node_f[i], out[3 + N + i] = w.node_bw[i], out[3 + 2 * N + i] = w.node_spread[i];
       } catch (const std::exception& e) {
         std::fprintf(stderr, "error: smp-profile: whole-model measurement: %s\n", e.what());
       }
-      ssize_t n = ::write(fds[1], r, sizeof r);
-      (void)n;
-      ::_exit(r[0] < 0 ? 1 : 0);
+      bool ok = write_all(fds[1], out.data(), out.size() * sizeof(double));
+      ::_exit(ok && out[0] >= 0 ? 0 : 1);
     }
     ::close(fds[1]);
     kids.emplace_back(pid, fds[0]);
   }
-  WholeTimes sum;
+  std::vector<WholeRun> runs;
   bool ok = true;
   for (auto [pid, fd] : kids) {
-    double r[3] = {-1, -1, -1};
-    ssize_t n = ::read(fd, r, sizeof r);
+    std::vector<double> in(doubles, -1.0);
+    bool got = read_all(fd, in.data(), in.size() * sizeof(double));
     ::close(fd);
     int st = 0;
     ::waitpid(pid, &st, 0);
-    if (n != static_cast<ssize_t>(sizeof r) || r[0] < 0) ok = false;
-    sum.f += r[0], sum.loss += r[1], sum.b += r[2];
+    if (!got || in[0] < 0) {
+      ok = false;
+      continue;
+    }
+    WholeRun w{in[0], in[1], in[2], {}, {}, {}};
+    if (per_node) {
+      auto at = [&](size_t k) { return std::vector<double>(in.begin() + static_cast<std::ptrdiff_t>(3 + k * N),
+                                                           in.begin() + static_cast<std::ptrdiff_t>(3 + (k + 1) * N)); };
+      w.node_f = at(0), w.node_bw = at(1), w.node_spread = at(2);
+    }
+    runs.push_back(std::move(w));
   }
   if (!ok) throw_failure("smp-profile", "the whole-model measurement failed in a worker process");
-  const double k = static_cast<double>(copies);
-  return WholeTimes{sum.f / k, sum.loss / k, sum.b / k};
+  return runs;
 }
 
 struct Samples {
-  std::vector<double> f, b, w, tot;
+  std::vector<double> f, b, w;
 };
 
 }  // namespace
@@ -278,53 +334,54 @@ json profile_nodes(const NodeProfileOptions& o) {
   lo.dims = o.dims;
   lo.load_weights = true;
   graph::Graph g = graph::load_graph(o.model, lo);
-  // First (before this process starts its own thread pool): the whole model as one stage, alone
-  // and then in as many concurrent worker processes as the plan runs (sharing the cores, caches
-  // and memory bandwidth as they will).
+  const int N = static_cast<int>(g.nodes.size());
   const int P = std::max(1, o.concurrent);
-  if (!o.quiet) fmt::print(stderr, "measuring the whole model as one stage, alone{}\n", P > 1 ? fmt::format(" and in {} concurrent processes", P) : "");
-  // Alone and concurrent in alternation (3 rounds), so that a change of the machine's load
-  // during the measurement shows in both; the medians.
-  const int rounds = P > 1 ? 3 : 1;
-  std::vector<WholeTimes> alone, conc;
-  std::vector<double> effs;
-  for (int r = 0; r < rounds; ++r) {
-    alone.push_back(measure_whole_concurrent(g, 1, o.threads, o.seed, o.warmup, o.whole_budget_s / rounds));
-    if (P > 1) {
-      conc.push_back(measure_whole_concurrent(g, P, o.threads, o.seed, o.warmup, o.whole_budget_s / rounds));
-      const double a = alone.back().f + alone.back().loss + alone.back().b;
-      const double c = conc.back().f + conc.back().loss + conc.back().b;
-      effs.push_back(c > 0 ? P * a / c : 1.0);
+
+  // 1. Every node timed in context: the whole model as one stage, alone (in a child process, so
+  //    that this one starts no thread pool before the concurrent measurements).
+  if (!o.quiet)
+    fmt::print(stderr, "timing every node in context (the whole model as one stage, {:.1f} s)\n", o.whole_budget_s);
+  const WholeRun ctx = measure_whole_concurrent(g, 1, o.threads, o.seed, o.warmup, o.whole_budget_s, true).front();
+
+  // 2. Contention: c = 2..P copies of the whole model at once against one alone, in alternation
+  //    (3 rounds, so that a change of the machine's load shows in both); eff(c) = c t(1) / t(c)
+  //    is how many copies' worth of work the machine does with c workers busy.
+  std::vector<double> eff(static_cast<size_t>(P) + 1, 1.0);
+  std::vector<std::vector<double>> eff_rounds(static_cast<size_t>(P) + 1);
+  if (P > 1) {
+    const int rounds = 3;
+    const double per = o.whole_budget_s / (2.0 * rounds);
+    if (!o.quiet) fmt::print(stderr, "measuring 1 to {} concurrent copies of the whole model ({} rounds)\n", P, rounds);
+    auto total = [](const std::vector<WholeRun>& runs) {
+      double t = 0;
+      for (const auto& w : runs) t += w.f + w.loss + w.b;
+      return t / static_cast<double>(runs.size());
+    };
+    for (int r = 0; r < rounds; ++r) {
+      const double t1 = total(measure_whole_concurrent(g, 1, o.threads, o.seed, o.warmup, per, false));
+      for (int c = 2; c <= P; ++c) {
+        const double tc = total(measure_whole_concurrent(g, c, o.threads, o.seed, o.warmup, per, false));
+        eff_rounds[static_cast<size_t>(c)].push_back(tc > 0 ? c * t1 / tc : 1.0);
+      }
     }
+    for (int c = 2; c <= P; ++c)
+      eff[static_cast<size_t>(c)] = std::clamp(quantile(eff_rounds[static_cast<size_t>(c)], 0.5), 0.5, static_cast<double>(c));
   }
-  auto med = [&](const std::vector<WholeTimes>& v, double WholeTimes::*m) {
-    std::vector<double> x;
-    for (const auto& w : v) x.push_back(w.*m);
-    return quantile(x, 0.5);
-  };
-  const WholeTimes w1{med(alone, &WholeTimes::f), med(alone, &WholeTimes::loss), med(alone, &WholeTimes::b)};
-  const WholeTimes wp = P > 1 ? WholeTimes{med(conc, &WholeTimes::f), med(conc, &WholeTimes::loss), med(conc, &WholeTimes::b)} : w1;
-  const double t1 = w1.f + w1.loss + w1.b, tp = wp.f + wp.loss + wp.b;
-  // Effective parallelism: how many copies' worth of work the machine does at once.
-  const double eff = P > 1 ? std::clamp(quantile(effs, 0.5), 0.5, static_cast<double>(P)) : 1.0;
   // Workers computing at once in a pipeline of P balanced stages over m microbatches (the rest
-  // of the time they wait at its ends): P m / (m + P - 1). More of them than the machine runs
-  // at once share it, and each is slowed down by busy / eff.
+  // of the time they wait at its ends): P m / (m + P - 1). Each runs slower by busy / eff(busy),
+  // eff interpolated between the measured counts.
   const double m = o.microbatches;
   const double busy = P * m / (m + P - 1);
-  const double share = std::max(1.0, busy / eff);
-  const double whole_f = w1.f, whole_b = w1.b, loss_s = w1.loss;
+  const auto lo_c = static_cast<size_t>(std::max(1.0, std::floor(busy)));
+  const size_t hi_c = std::min(lo_c + 1, static_cast<size_t>(P));
+  const double eff_busy = eff[lo_c] + (busy - static_cast<double>(lo_c)) * (eff[hi_c] - eff[lo_c]);
+  const double share = std::max(1.0, busy / eff_busy);
+
+  // 3. Every node alone (a one-node stage on random inputs): its peak memory, and its isolated
+  //    times for comparison.
   runtime::CpuBackend be(o.threads);
   Filler fill(o.seed);
   runtime::ExecutorOptions eo;
-  const int loss_value = [&] {
-    std::vector<int> outs;
-    for (size_t v = 0; v < g.values.size(); ++v)
-      if (g.values[v].is_output) outs.push_back(static_cast<int>(v));
-    return loss_output(g, outs);
-  }();
-
-  const int N = static_cast<int>(g.nodes.size());
   std::vector<Samples> samples(static_cast<size_t>(N));
   std::vector<double> peak(static_cast<size_t>(N), 0.0);
   Progress prog(N, o.quiet);
@@ -369,48 +426,71 @@ json profile_nodes(const NodeProfileOptions& o) {
         t_start = clk::now();
         continue;
       }
-      s.f.push_back(tf), s.b.push_back(tb), s.w.push_back(tw), s.tot.push_back(tf + tb + tw);
+      s.f.push_back(tf), s.b.push_back(tb), s.w.push_back(tw);
       if (static_cast<int>(s.f.size()) >= o.min_reps && since(t_start) >= o.budget_s) break;
       if (s.f.size() >= 100000) break;
     }
   }
   prog.update(N, "done");
 
-
-  double sum_f = 0, sum_b = 0, sum_w = 0;
-  for (auto& s : samples) sum_f += quantile(s.f, 0.5), sum_b += quantile(s.b, 0.5), sum_w += quantile(s.w, 0.5);
+  // A node's backward in context split into input and weight gradient by its ratio alone.
+  std::vector<double> ctx_b(static_cast<size_t>(N)), ctx_w(static_cast<size_t>(N));
+  double iso_f = 0, iso_b = 0, iso_w = 0, sum_f = 0, sum_b = 0, sum_w = 0;
+  for (int i = 0; i < N; ++i) {
+    auto q = static_cast<size_t>(i);
+    const auto& s = samples[q];
+    const double fi = quantile(s.f, 0.5), bi = quantile(s.b, 0.5), wi = quantile(s.w, 0.5);
+    iso_f += fi, iso_b += bi, iso_w += wi;
+    const double wshare = bi + wi > 0 ? wi / (bi + wi) : 0.0;
+    ctx_w[q] = ctx.node_bw[q] * wshare;
+    ctx_b[q] = ctx.node_bw[q] - ctx_w[q];
+    sum_f += ctx.node_f[q], sum_b += ctx_b[q], sum_w += ctx_w[q];
+  }
+  // What the stage spends outside its nodes' turns (the executor's own bookkeeping) is spread
+  // over the nodes in proportion, so that they add up to the whole stage (forward, and the
+  // fused backward smp-run runs for gpipe and 1f1b).
   const double k = std::max(1.0, o.oversubscription) * (o.calibrate ? share : 1.0);
-  const double rf = (o.calibrate && sum_f > 0 ? whole_f / sum_f : 1.0) * k;
-  const double rb = (o.calibrate && sum_b + sum_w > 0 ? whole_b / (sum_b + sum_w) : 1.0) * k;
+  const double rf = sum_f > 0 ? ctx.f / sum_f : 1.0;
+  const double rb = sum_b + sum_w > 0 ? ctx.b / (sum_b + sum_w) : 1.0;
+  const int loss_value = [&] {
+    std::vector<int> outs;
+    for (size_t v = 0; v < g.values.size(); ++v)
+      if (g.values[v].is_output) outs.push_back(static_cast<int>(v));
+    return loss_output(g, outs);
+  }();
 
   json nodes = json::object();
   for (int i = 0; i < N; ++i) {
-    const auto& s = samples[static_cast<size_t>(i)];
     const auto& node = g.nodes[static_cast<size_t>(i)];
-    double med = quantile(s.tot, 0.5);
-    double spread = med > 0 ? (quantile(s.tot, 0.9) - quantile(s.tot, 0.1)) / med : 0.0;
-    double f = quantile(s.f, 0.5) * rf;
+    auto q = static_cast<size_t>(i);
+    double f = ctx.node_f[q] * rf * k;
     for (int ov : node.outputs)
-      if (ov >= 0 && ov == loss_value) f += loss_s * k;  // the loss is charged to its producer, as the planner does
+      if (ov >= 0 && ov == loss_value) f += ctx.loss * k;  // the loss is charged to its producer, as the planner does
     nodes[node.name] = json{{"forward_s", f},
-                            {"backward_input_s", quantile(s.b, 0.5) * rb},
-                            {"backward_weight_s", quantile(s.w, 0.5) * rb},
-                            {"spread", std::max(0.0, spread)},
-                            {"peak_bytes", peak[static_cast<size_t>(i)]}};
+                            {"backward_input_s", ctx_b[q] * rb * k},
+                            {"backward_weight_s", ctx_w[q] * rb * k},
+                            {"spread", ctx.node_spread[q]},
+                            {"peak_bytes", peak[q]}};
   }
   if (!o.quiet) {
     fmt::print("microbatch of {} samples, {} thread(s), device {}\n", u, o.threads, o.device_name);
-    fmt::print("sum of the {} nodes run alone: forward {:.3f} ms, input gradient {:.3f} ms, weight gradient {:.3f} ms\n",
-               N, sum_f * 1e3, sum_b * 1e3, sum_w * 1e3);
-    fmt::print("whole model as one stage:     forward {:.3f} ms (+ loss {:.3f} ms), backward {:.3f} ms\n", whole_f * 1e3,
-               loss_s * 1e3, whole_b * 1e3);
-    if (P > 1)
-      fmt::print("{} concurrent copies: {:.3f} ms per microbatch each against {:.3f} ms alone: effective parallelism "
-                 "{:.2f} of {} (median of {} rounds: {:.2f}); busy workers in the pipeline {:.2f} -> times x {:.3f}\n",
-                 P, tp * 1e3, t1 * 1e3, eff, P, rounds, fmt::join(effs, " "), busy, share);
-    fmt::print("whole / sum of nodes: forward {:.3f}, backward {:.3f}{}\n", sum_f > 0 ? whole_f / sum_f : 0,
-               sum_b + sum_w > 0 ? whole_b / (sum_b + sum_w) : 0,
-               o.calibrate ? " (node times scaled by these ratios; --no-calibrate keeps them raw)" : " (not applied: --no-calibrate)");
+    fmt::print("whole model as one stage: forward {:.3f} ms (+ loss {:.3f} ms), backward {:.3f} ms\n", ctx.f * 1e3,
+               ctx.loss * 1e3, ctx.b * 1e3);
+    fmt::print("its {} nodes timed in context: forward {:.3f} ms, input gradient {:.3f} ms, weight gradient {:.3f} ms "
+               "(the stage's own bookkeeping spread over them: x {:.3f} forward, x {:.3f} backward)\n",
+               N, sum_f * 1e3, sum_b * 1e3, sum_w * 1e3, rf, rb);
+    fmt::print("the same nodes run alone:   forward {:.3f} ms, input gradient {:.3f} ms, weight gradient {:.3f} ms "
+               "(isolated / in context: {:.2f}, {:.2f})\n",
+               iso_f * 1e3, iso_b * 1e3, iso_w * 1e3, sum_f > 0 ? iso_f / sum_f : 0, sum_b + sum_w > 0 ? (iso_b + iso_w) / (sum_b + sum_w) : 0);
+    if (P > 1) {
+      std::string effs;
+      for (int c = 2; c <= P; ++c)
+        effs += fmt::format("{}{} at once: {:.2f} ({:.2f})", c > 2 ? "; " : "", c, eff[static_cast<size_t>(c)],
+                            fmt::join(eff_rounds[static_cast<size_t>(c)], " "));
+      fmt::print("concurrent copies, effective parallelism (median of rounds): {}\n", effs);
+      fmt::print("busy workers in a {}-stage pipeline of {} microbatches {:.2f} -> each runs x {:.3f} slower{}\n", P,
+                 o.microbatches, busy, share, o.calibrate ? "" : " (not applied: --no-calibrate)");
+    }
     if (o.oversubscription > 1) fmt::print("--oversubscription: every time multiplied by {:.2f}\n", o.oversubscription);
   }
   return json{{"version", 1},

@@ -124,6 +124,9 @@ int worker_main(const std::string& plan, const std::string& data, TrainCli t, co
   if (t.threads_per_worker <= 0) t.threads_per_worker = std::max(1, comm::online_cores() / std::max(1, li.local_size));
   auto c = comm::init_mpi(&argc, &argv);
   c->set_timeout_s(t.timeout_s);
+  // Waiting ranks poll without sleeping when every worker's threads have cores of their own:
+  // a sleep lasts >= ~70 us on a VM, and a message needs several polls to move.
+  c->set_spin_wait(li.local_size * t.threads_per_worker <= comm::online_cores());
   if (!t.status_dir.empty()) {
     std::string p = train::status_file(t.status_dir, c->rank()).string();
     std::snprintf(g_status_path, sizeof g_status_path, "%s", p.c_str());

@@ -69,12 +69,17 @@ class Communicator {
 
   double timeout_s() const { return timeout_s_; }
   void set_timeout_s(double s) { timeout_s_ = s; }
+  // How a rank waits for a message: true keeps polling and yields the core between polls (a
+  // message is seen within microseconds: right when every rank has its own cores); false (the
+  // default) sleeps between polls, leaving the cores to ranks that compute (oversubscribed).
+  void set_spin_wait(bool spin) { spin_wait_ = spin; }
 
   // Ends every rank of the job at once (after an error on this rank).
   [[noreturn]] virtual void abort(int exit_code) = 0;
 
  protected:
   double timeout_s_ = 60;
+  bool spin_wait_ = false;
 };
 
 // MPI_Init_thread (funneled) and a communicator over MPI_COMM_WORLD. One per process; MPI is

@@ -11,6 +11,8 @@
 #include <thread>
 
 #include <sched.h>
+#include <sys/prctl.h>
+#include <sys/uio.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -91,6 +93,63 @@ std::string find_mpirun() {
   throw_failure("mpirun", "not found on PATH", "install openmpi-bin (scripts/install-deps.sh) or set MPIRUN");
 }
 
+namespace {
+bool try_cross_memory_attach() {
+  // Two sibling processes, as two ranks are: A allows any tracer (as Open MPI's shared-memory
+  // transport does) and sends B the address of a value; B reads it with process_vm_readv.
+  int addr_pipe[2], done_pipe[2];
+  if (::pipe(addr_pipe) != 0) return false;
+  if (::pipe(done_pipe) != 0) {
+    ::close(addr_pipe[0]), ::close(addr_pipe[1]);
+    return false;
+  }
+  static volatile uint64_t probe = 0x5eedf00dcafe1234ULL;
+  pid_t a = ::fork();
+  if (a == 0) {
+#ifdef PR_SET_PTRACER
+    ::prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
+#endif
+    const void* where = const_cast<const uint64_t*>(&probe);
+    ssize_t n = ::write(addr_pipe[1], &where, sizeof where);
+    char c = 0;
+    n = ::read(done_pipe[0], &c, 1);  // stay alive until B has read
+    (void)n;
+    ::_exit(0);
+  }
+  bool ok = false;
+  if (a > 0) {
+    pid_t b = ::fork();
+    if (b == 0) {
+      void* where = nullptr;
+      if (::read(addr_pipe[0], &where, sizeof where) != static_cast<ssize_t>(sizeof where)) ::_exit(1);
+      uint64_t got = 0;
+      iovec local{&got, sizeof got}, remote{where, sizeof got};
+      ssize_t n = ::process_vm_readv(a, &local, 1, &remote, 1, 0);
+      ::_exit(n == static_cast<ssize_t>(sizeof got) && got == probe ? 0 : 1);
+    }
+    if (b > 0) {
+      int st = 0;
+      while (::waitpid(b, &st, 0) < 0 && errno == EINTR) {
+      }
+      ok = WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    }
+    char c = 1;
+    ssize_t n = ::write(done_pipe[1], &c, 1);
+    (void)n;
+    int st = 0;
+    while (::waitpid(a, &st, 0) < 0 && errno == EINTR) {
+    }
+  }
+  for (int fd : {addr_pipe[0], addr_pipe[1], done_pipe[0], done_pipe[1]}) ::close(fd);
+  return ok;
+}
+}  // namespace
+
+bool cross_memory_attach_works() {
+  static const bool works = try_cross_memory_attach();
+  return works;
+}
+
 Command mpirun_command(const MpirunOptions& o, const std::string& program, const std::vector<std::string>& args) {
   Command c;
   // -q: no banners; smp-run reports failures itself, one line each.
@@ -100,19 +159,29 @@ Command mpirun_command(const MpirunOptions& o, const std::string& program, const
     // One machine: allow more ranks than cores and do not pin ranks to cores (pinned,
     // oversubscribed ranks would share one core while others idle).
     c.argv.insert(c.argv.end(), {"--oversubscribe", "--bind-to", "none"});
-    if (o.ranks > cores) c.env["OMPI_MCA_mpi_yield_when_idle"] = "1";
+    if (o.ranks > cores) c.env.insert_or_assign("OMPI_MCA_mpi_yield_when_idle", "1");
   } else {
     c.argv.insert(c.argv.end(), {"--hostfile", o.hostfile});
   }
-  // Containers often forbid cross-memory attach (ptrace); shared memory works without it.
-  c.argv.insert(c.argv.end(), {"--mca", "btl_vader_single_copy_mechanism", "none"});
+  // Messages between ranks on one machine: with cross-memory attach the receiver copies a large
+  // message straight from the sender's memory, whatever the sender is doing. Containers often
+  // forbid it (ptrace); then a message moves in 32 KiB pieces, each only while the sender is
+  // inside MPI, so messages up to 1 MiB are sent eagerly (copied at once into shared memory).
+  // A setting of the user's (OMPI_MCA_btl_vader_*) is left alone.
+  const bool cma = o.cross_memory_attach < 0 ? cross_memory_attach_works() : o.cross_memory_attach > 0;
+  if (!std::getenv("OMPI_MCA_btl_vader_single_copy_mechanism") && !cma) {
+    c.argv.insert(c.argv.end(), {"--mca", "btl_vader_single_copy_mechanism", "none"});
+    if (!std::getenv("OMPI_MCA_btl_vader_eager_limit") && !std::getenv("OMPI_MCA_btl_vader_max_send_size")) {
+      c.argv.insert(c.argv.end(), {"--mca", "btl_vader_eager_limit", "1048576", "--mca", "btl_vader_max_send_size", "1048576"});
+      if (!std::getenv("OMPI_MCA_btl_vader_segment_size"))
+        c.argv.insert(c.argv.end(), {"--mca", "btl_vader_segment_size", "67108864"});
+    }
+  }
   c.argv.insert(c.argv.end(), o.extra.begin(), o.extra.end());
   c.argv.push_back(program);
   c.argv.insert(c.argv.end(), args.begin(), args.end());
-  if (::geteuid() == 0) {
-    c.env["OMPI_ALLOW_RUN_AS_ROOT"] = "1";
-    c.env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1";
-  }
+  if (::geteuid() == 0)
+    for (const char* k : {"OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"}) c.env.insert_or_assign(k, "1");
   return c;
 }
 

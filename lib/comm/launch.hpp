@@ -28,7 +28,13 @@ struct MpirunOptions {
   std::string hostfile;          // passed through as --hostfile when set
   int cores = 0;                 // cores of this machine (0: detect); more ranks oversubscribe
   std::vector<std::string> extra;  // more mpirun arguments, before the program
+  int cross_memory_attach = -1;  // 1 allowed, 0 forbidden, -1 detect (cross_memory_attach_works())
 };
+
+// Whether one process can read another's memory (process_vm_readv) as Open MPI's shared-memory
+// transport does between sibling ranks; containers without ptrace rights forbid it. Tried once
+// per process (two forked children), then remembered.
+bool cross_memory_attach_works();
 
 struct Command {
   std::vector<std::string> argv;
@@ -36,7 +42,8 @@ struct Command {
 };
 
 // The mpirun command line that runs `program` with `args` as `ranks` processes: works as root,
-// with more ranks than cores (no binding then), and in containers (no cross-memory attach).
+// with more ranks than cores (no binding then), and in containers (without cross-memory attach
+// where that is forbidden: then messages up to 1 MiB are sent eagerly).
 Command mpirun_command(const MpirunOptions& o, const std::string& program, const std::vector<std::string>& args);
 
 // Path of mpirun (MPIRUN env var, else the one on PATH); failure with a hint when absent.

@@ -61,6 +61,31 @@ TEST_CASE("the launcher's mpirun command runs as root, oversubscribed, unpinned"
   CHECK(line.find("--oversubscribe") == std::string::npos);
 }
 
+TEST_CASE("without cross-memory attach the shared-memory transport copies and sends eagerly up to 1 MiB") {
+  for (const char* v : {"OMPI_MCA_btl_vader_single_copy_mechanism", "OMPI_MCA_btl_vader_eager_limit",
+                        "OMPI_MCA_btl_vader_max_send_size"})
+    ::unsetenv(v);
+  comm::MpirunOptions o;
+  o.ranks = 2;
+  auto joined = [](const comm::Command& c) {
+    std::string line;
+    for (const auto& a : c.argv) line += a + " ";
+    return line;
+  };
+  o.cross_memory_attach = 0;
+  std::string none = joined(comm::mpirun_command(o, "/bin/true", {}));
+  CHECK(none.find("btl_vader_single_copy_mechanism none") != std::string::npos);
+  CHECK(none.find("btl_vader_eager_limit 1048576") != std::string::npos);
+  o.cross_memory_attach = 1;
+  std::string cma = joined(comm::mpirun_command(o, "/bin/true", {}));
+  CHECK(cma.find("single_copy_mechanism") == std::string::npos);
+  CHECK(cma.find("eager_limit") == std::string::npos);
+  // The detection gives the same answer twice (remembered) and does not leave children behind.
+  bool first = comm::cross_memory_attach_works();
+  CHECK(comm::cross_memory_attach_works() == first);
+  CHECK(::waitpid(-1, nullptr, WNOHANG) < 0);
+}
+
 TEST_CASE("point-to-point messages arrive intact and in order between real processes") {
   Run r = launch(4, "ring");
   INFO(r.out);

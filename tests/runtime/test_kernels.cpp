@@ -344,6 +344,37 @@ TEST_CASE("the stash holds only declared tensors and is empty after each backwar
   CHECK_THROWS_AS(ex.backward_weight(0), Error);
 }
 
+TEST_CASE("after_node: called once per node and pass, in execution order, naming input / weight / fused gradients") {
+  runtime::CpuBackend be(1);
+  TinyGraph t = small_mlp(8);
+  std::vector<std::pair<int, char>> calls;
+  bool negative = false;
+  runtime::ExecutorOptions eo;
+  eo.after_node = [&](int node, char pass, double s) {
+    calls.emplace_back(node, pass);
+    negative = negative || s < 0;
+  };
+  // The stage Relu -> MatMul: its input h needs a gradient (B), the MatMul weight v a W part.
+  runtime::StageExecutor ex(t.g, std::vector<int>{1, 2}, be, eo);
+  auto hs = random_floats(24, 4);
+  Tensor h = be.from_host(DType::F32, {8, 3}, hs.data());
+  Tensor g = be.zeros(DType::F32, {8, 5});
+  ex.forward(0, {&h, 1});
+  CHECK(calls == std::vector<std::pair<int, char>>{{1, 'F'}, {2, 'F'}});
+  calls.clear();
+  ex.backward_input(0, {&g, 1});
+  CHECK(calls == std::vector<std::pair<int, char>>{{2, 'B'}, {1, 'B'}});
+  calls.clear();
+  ex.backward_weight(0);
+  CHECK(calls == std::vector<std::pair<int, char>>{{2, 'W'}});
+  calls.clear();
+  ex.forward(1, {&h, 1});
+  calls.clear();
+  ex.backward(1, {&g, 1});
+  CHECK(calls == std::vector<std::pair<int, char>>{{2, 'G'}, {1, 'B'}});
+  CHECK(!negative);
+}
+
 TEST_CASE(".npy files round-trip; bad ones are bad input naming the file") {
   runtime::CpuBackend be(1);
   auto dir = std::filesystem::temp_directory_path() / fmt::format("smp_npy_{}", ::getpid());

@@ -93,6 +93,7 @@ int pingpong_worker(int argc, char** argv, const std::string& out, double budget
   auto c = comm::init_mpi(&argc, &argv);
   if (c->size() != 2) throw_failure("smp-profile --machine", fmt::format("the ping-pong needs 2 ranks, got {}", c->size()));
   const int me = c->rank(), peer = 1 - me;
+  c->set_spin_wait(2 <= comm::online_cores());  // as smp-run's workers wait when each has a core
   const std::vector<size_t> sizes = {8, 1024, 64 << 10, 1 << 20, 16 << 20};
   std::vector<char> buf(sizes.back(), 1), rbuf(sizes.back(), 0);
   json rows = json::array();

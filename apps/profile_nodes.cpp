@@ -1,5 +1,6 @@
 #include "profile_nodes.hpp"
 
+#include "comm/launch.hpp"
 #include "core/error.hpp"
 #include "core/version.hpp"
 #include "graph/loader.hpp"
@@ -11,10 +12,13 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <random>
+#include <thread>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -186,7 +190,15 @@ struct WholeRun {
   std::vector<double> node_spread;       // (p90 - p10) / median of the node's forward + backward
 };
 
-WholeRun measure_whole(const graph::Graph& g, int threads, uint64_t seed, int warmup, double budget_s, bool per_node) {
+// Copies measuring at once meet after their warm-up and keep computing (unrecorded) until the
+// last has its samples, so that every recorded repeat ran with all of them busy.
+struct CopySync {
+  std::atomic<int> ready{0}, done{0};
+  int copies = 1;
+};
+
+WholeRun measure_whole(const graph::Graph& g, int threads, uint64_t seed, int warmup, double budget_s, bool per_node,
+                       CopySync* sync = nullptr) {
   const size_t N = g.nodes.size();
   std::vector<double> cur_f(N), cur_bw(N);
   runtime::CpuBackend be(threads);
@@ -200,7 +212,16 @@ WholeRun measure_whole(const graph::Graph& g, int threads, uint64_t seed, int wa
   std::vector<std::vector<double>> sf(per_node ? N : 0), sbw(per_node ? N : 0), stot(per_node ? N : 0);
   const int loss_value = loss_output(g, whole.outputs());
   auto t_start = clk::now();
+  bool measuring = false, finished = false;
   for (int rep = 0;; ++rep) {
+    if (!measuring && rep >= warmup) {
+      if (sync) {
+        sync->ready.fetch_add(1);
+        while (sync->ready.load() < sync->copies) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+      measuring = true;
+      t_start = clk::now();
+    }
     std::fill(cur_f.begin(), cur_f.end(), 0.0);
     std::fill(cur_bw.begin(), cur_bw.end(), 0.0);
     auto t0 = clk::now();
@@ -219,16 +240,19 @@ WholeRun measure_whole(const graph::Graph& g, int threads, uint64_t seed, int wa
     t0 = clk::now();
     whole.backward(0, grads);
     double tb = since(t0);
-    if (rep < warmup) {
-      t_start = clk::now();
-      continue;
+    if (!measuring) continue;
+    if (!finished) {
+      wf.push_back(tf), wl.push_back(tl), wb.push_back(tb);
+      for (size_t i = 0; i < sf.size(); ++i) {
+        sf[i].push_back(cur_f[i]), sbw[i].push_back(cur_bw[i]);
+        stot[i].push_back(cur_f[i] + cur_bw[i]);
+      }
+      if (wf.size() >= 3 && since(t_start) >= budget_s) {
+        finished = true;
+        if (sync) sync->done.fetch_add(1);
+      }
     }
-    wf.push_back(tf), wl.push_back(tl), wb.push_back(tb);
-    for (size_t i = 0; i < sf.size(); ++i) {
-      sf[i].push_back(cur_f[i]), sbw[i].push_back(cur_bw[i]);
-      stot[i].push_back(cur_f[i] + cur_bw[i]);
-    }
-    if (wf.size() >= 3 && since(t_start) >= budget_s) break;
+    if (finished && (!sync || sync->done.load() >= sync->copies)) break;
   }
   WholeRun r{quantile(wf, 0.5), quantile(wl, 0.5), quantile(wb, 0.5), {}, {}, {}};
   for (size_t i = 0; i < sf.size(); ++i) {
@@ -267,6 +291,10 @@ std::vector<WholeRun> measure_whole_concurrent(const graph::Graph& g, int copies
                                                int warmup, double budget_s, bool per_node) {
   const size_t N = g.nodes.size();
   const size_t doubles = 3 + (per_node ? 3 * N : 0);
+  void* shared = ::mmap(nullptr, sizeof(CopySync), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (shared == MAP_FAILED) throw_failure("smp-profile", "mmap() of the copies' meeting point failed");
+  auto* sync = new (shared) CopySync();
+  sync->copies = copies;
   std::vector<std::pair<pid_t, int>> kids;
   std::fflush(stdout);
   std::fflush(stderr);
@@ -279,12 +307,14 @@ std::vector<WholeRun> measure_whole_concurrent(const graph::Graph& g, int copies
       ::close(fds[0]);
       std::vector<double> out(doubles, -1.0);
       try {
-        WholeRun w = measure_whole(g, threads, seed + 1000 + static_cast<uint64_t>(c), warmup, budget_s, per_node);
+        WholeRun w = measure_whole(g, threads, seed + 1000 + static_cast<uint64_t>(c), warmup, budget_s, per_node, sync);
         out[0] = w.f, out[1] = w.loss, out[2] = w.b;
         if (per_node)
           for (size_t i = 0; i < N; ++i) out[3 + i] = w.node_f[i], out[3 + N + i] = w.node_bw[i], out[3 + 2 * N + i] = w.node_spread[i];
       } catch (const std::exception& e) {
         std::fprintf(stderr, "error: smp-profile: whole-model measurement: %s\n", e.what());
+        sync->ready.fetch_add(sync->copies);  // the others must not wait for this one
+        sync->done.fetch_add(sync->copies);
       }
       bool ok = write_all(fds[1], out.data(), out.size() * sizeof(double));
       ::_exit(ok && out[0] >= 0 ? 0 : 1);
@@ -312,6 +342,7 @@ std::vector<WholeRun> measure_whole_concurrent(const graph::Graph& g, int copies
     }
     runs.push_back(std::move(w));
   }
+  ::munmap(shared, sizeof(CopySync));
   if (!ok) throw_failure("smp-profile", "the whole-model measurement failed in a worker process");
   return runs;
 }
@@ -364,8 +395,12 @@ json profile_nodes(const NodeProfileOptions& o) {
         eff_rounds[static_cast<size_t>(c)].push_back(tc > 0 ? c * t1 / tc : 1.0);
       }
     }
+    // No more than c copies' worth, nor more than the cores can run (a round whose copy alone
+    // happened to run slowly can give more).
+    const double cores_fit = static_cast<double>(std::max(1, comm::online_cores() / std::max(1, o.threads)));
     for (int c = 2; c <= P; ++c)
-      eff[static_cast<size_t>(c)] = std::clamp(quantile(eff_rounds[static_cast<size_t>(c)], 0.5), 0.5, static_cast<double>(c));
+      eff[static_cast<size_t>(c)] =
+          std::clamp(quantile(eff_rounds[static_cast<size_t>(c)], 0.5), 0.5, std::min(static_cast<double>(c), cores_fit));
   }
   // Workers computing at once in a pipeline of P balanced stages over m microbatches (the rest
   // of the time they wait at its ends): P m / (m + P - 1). Each runs slower by busy / eff(busy),

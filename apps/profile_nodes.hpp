@@ -1,7 +1,10 @@
-// smp-profile's per-node measurement: each node of the model run alone (a one-node stage
-// executor at the microbatch size, random inputs), forward / input gradient / weight gradient
-// timed until a per-node time budget; then the whole model once as one stage, to calibrate the
-// sum of the isolated nodes against the real stage (per-node overheads, cache effects).
+// smp-profile's per-node measurement at the microbatch size, on random inputs:
+//  1. every node timed in context: the whole model as one stage (forward, loss, fused backward,
+//     as smp-run runs it), each node's forward and backward timed by the executor's hook;
+//  2. contention: the whole model in 1..K concurrent processes (K = the plan's workers on this
+//     machine), giving how much slower each runs when the pipeline keeps several busy;
+//  3. every node alone (a one-node stage): its peak memory, and the split of its backward into
+//     input gradient (B) and weight gradient (W), which the whole model cannot tell apart.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -20,12 +23,12 @@ struct NodeProfileOptions {
   std::map<std::string, int64_t> dims;
   int threads = 1;
   std::string device_name;     // written as device.name (the planner's name for this machine's devices)
-  double budget_s = 0.05;      // per node (all three passes together)
-  double whole_budget_s = 1.0; // the whole-model calibration run
+  double budget_s = 0.02;      // per node alone (all three passes together)
+  double whole_budget_s = 1.0; // the in-context timing; as much again for the concurrent copies
   int warmup = 2;
   int min_reps = 5;
-  int concurrent = 1;          // worker processes measuring the whole model at once (the plan's workers)
-  bool calibrate = true;       // scale node times so that their sum equals the whole stage
+  int concurrent = 1;          // the plan's workers on this machine: up to this many copies at once
+  bool calibrate = true;       // multiply the times by the measured slow-down of sharing the machine
   // More worker threads than cores (devices x threads > cores): the workers time-share the cores
   // when they all compute, so each measured time is multiplied by this factor (1: none).
   double oversubscription = 1.0;

@@ -34,7 +34,7 @@ int main(int argc, char** argv) {
   std::string model, out_file, device = "cpu";
   int64_t batch_size = 0;
   int microbatches = 1, threads = 0, devices = 0;
-  double budget_ms = 50, whole_budget_ms = 1000, oversubscription = 0;
+  double budget_ms = 20, whole_budget_ms = 1000, oversubscription = 0;
   std::vector<std::string> dims;
   bool machine = false, quiet = false, no_calibrate = false;
   uint64_t seed = 1;
@@ -50,15 +50,20 @@ int main(int argc, char** argv) {
       ->option_text("K");
   app.add_option("--threads", threads, "compute threads during the measurement (default: cores / devices)")
       ->option_text("T");
-  app.add_option("--budget-ms", budget_ms, "time spent measuring each node, after the warm-up (at least 5 repeats)")
+  app.add_option("--budget-ms", budget_ms,
+                 "time spent measuring each node alone, after the warm-up (at least 5 repeats): its peak memory and "
+                 "the split of its backward into input and weight gradient")
       ->option_text("MS");
-  app.add_option("--whole-budget-ms", whole_budget_ms, "time spent measuring the whole model as one stage (calibration)")
+  app.add_option("--whole-budget-ms", whole_budget_ms,
+                 "time spent timing the nodes in context (the whole model as one stage), and as much again on the "
+                 "concurrent copies")
       ->option_text("MS");
   app.add_option("--oversubscription", oversubscription,
-                 "an extra factor on every time (default 1: the calibration already measures the whole model in as "
-                 "many concurrent worker processes as --devices and derives the slow-down of sharing the cores)")
+                 "an extra factor on every time (default 1: the whole model already runs in 1 to --devices concurrent "
+                 "worker processes, which gives the slow-down of sharing the machine)")
       ->option_text("F");
-  app.add_flag("--no-calibrate", no_calibrate, "write the isolated node times as measured: not scaled to the whole stage, nor for sharing the cores");
+  app.add_flag("--no-calibrate", no_calibrate,
+               "write the node times as measured in one process alone: not scaled for workers sharing the machine");
   app.add_option("--seed", seed, "random inputs' seed");
   app.add_flag("--machine", machine, "measure this machine (GEMM FLOP/s, memory bandwidth, MPI point-to-point) and "
                                      "write a cluster description (schemas/cluster.schema.json) for smp-plan --cluster");

@@ -5,71 +5,74 @@
 #   bench/profile_accuracy.sh [BIN_DIR] [OUT_DIR]
 #
 # For the GPT and CNN samples x {2, 4 stages} x {gpipe, 1f1b}: smp-profile --machine for that
-# many workers (the cluster file), smp-profile at the planned microbatch size for that many
-# workers, smp-plan with both (fixed stages, devices =
-# stages, 8 microbatches, batch 32), smp-run the plan (STEPS steps, --metrics) and print the
-# predicted step time, the measured one (mean over the steps after the first) and the error.
-# Then the GPT with 1 stage (1 thread) against 2 stages (1 thread per worker).
+# many workers (the cluster file: link, memory), then REPEATS rounds of: smp-profile at the
+# planned microbatch size for that many workers, smp-plan with it for each schedule (fixed
+# stages, devices = stages, 8 microbatches, batch 32) and smp-run of each plan (STEPS steps,
+# --metrics). Profile and runs follow each other within seconds, since this machine's speed
+# drifts over minutes. A run's step time is the median of its steps after the first; the table
+# shows per configuration the medians over the rounds of the predicted and measured times, and
+# the median and range of the rounds' errors. Then the GPT with 1 stage (1 thread) against
+# 2 stages (1 thread per worker), likewise.
 # Timings are wall-clock on a shared machine: run it on a quiet one for figures worth quoting.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${1:-$ROOT/build/bin}
 OUT=${2:-$(mktemp -d /tmp/smp-profile-bench-XXXXXX)}
-STEPS=${STEPS:-10}
+STEPS=${STEPS:-12}
+REPEATS=${REPEATS:-3}
 BATCH=${BATCH:-32}
 MB=${MB:-8}
-BUDGET_MS=${BUDGET_MS:-50}
 MODELS=${MODELS:-"gpt cnn"}
 STAGES=${STAGES:-"2 4"}
 SCHEDULES=${SCHEDULES:-"gpipe 1f1b"}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_WAIT_POLICY=PASSIVE
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=python3
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 mkdir -p "$OUT"
-# PROGRESS_SHIM=1: smp-run's workers get bench/mpi_progress_shim.c preloaded (a thread driving
-# MPI's progress, so that a sent activation moves while its sender computes); a diagnostic.
-RUN_ENV=()
-if [ "${PROGRESS_SHIM:-0}" = 1 ]; then
-  mpicc -shared -fPIC -O2 -o "$OUT/mpi_progress_shim.so" "$ROOT/bench/mpi_progress_shim.c" -lpthread
-  RUN_ENV=(env "LD_PRELOAD=$OUT/mpi_progress_shim.so")
-  echo "smp-run with the MPI progress thread (bench/mpi_progress_shim.c)"
-fi
-echo "bench: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), output in $OUT"
+echo "bench: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $REPEATS rounds of profile + runs, $STEPS steps per run, output in $OUT"
 
-mean_step() {  # mean step_time_s over the steps after the first
-  python3 -c "
-import json,sys
-t=[json.loads(l)['step_time_s'] for l in open(sys.argv[1]) if l.strip()]
-t=t[1:] or t
-print(sum(t)/len(t))" "$1"
+predicted() { "$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['prediction']['step_s'])" "$1"; }
+step_time() {  # median step time after the first step of a metrics file
+  "$PY" -c "
+import json, statistics, sys
+t = [json.loads(l)['step_time_s'] for l in open(sys.argv[1]) if l.strip()]
+print(statistics.median(t[1:] or t))" "$1"
 }
-predicted() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['prediction']['step_s'])" "$1"; }
-row() {  # label predicted measured
-  python3 -c "
-import sys
-p,m=float(sys.argv[2]),float(sys.argv[3])
-print(f'| {sys.argv[1]:<22} | {p*1e3:9.1f} | {m*1e3:9.1f} | {100*(m-p)/p:+7.1f}% |')" "$@"
+# summarize LABEL FILE: FILE has lines "predicted measured"; prints the table row
+summarize() {
+  "$PY" - "$1" "$2" <<'EOF'
+import statistics, sys
+rows = [tuple(map(float, l.split())) for l in open(sys.argv[2]) if l.strip()]
+p = statistics.median(r[0] for r in rows); m = statistics.median(r[1] for r in rows)
+errs = sorted(100 * (r[1] - r[0]) / r[0] for r in rows)
+print(f'| {sys.argv[1]:<22} | {p*1e3:9.1f} | {m*1e3:9.1f} | {statistics.median(errs):+7.1f}% | {errs[0]:+.1f} .. {errs[-1]:+.1f}% |')
+EOF
 }
 
 TABLE="$OUT/table.md"
 {
-  echo "| model, stages, schedule | predicted ms | measured ms | error |"
-  echo "| --- | ---: | ---: | ---: |"
+  echo "| model, stages, schedule | predicted ms | measured ms | error (median) | errors of the $REPEATS rounds |"
+  echo "| --- | ---: | ---: | ---: | ---: |"
 } > "$TABLE"
 for model in $MODELS; do
   for P in $STAGES; do
-    prof="$OUT/$model-$P.profile.json"
     cl="$OUT/cluster-$P.json"
     [ -f "$cl" ] || "$BIN/smp-profile" --machine --devices "$P" -o "$cl" -q
-    "$BIN/smp-profile" "$ROOT/sample_models/$model.onnx" -b "$BATCH" -m "$MB" --devices "$P" --budget-ms "$BUDGET_MS" \
-      -o "$prof" > "$OUT/$model-$P.profile.log" 2>&1
-    grep -E "whole /|concurrent copies" "$OUT/$model-$P.profile.log" | sed "s/^/  $model $P workers: /" || true
-    for S in $SCHEDULES; do
-      tag="$model-$P-$S"
-      "$BIN/smp-plan" "$ROOT/sample_models/$model.onnx" -b "$BATCH" --cluster "$cl" --stages "$P" --data-parallel 1 \
-        --microbatches "$MB" --schedule "$S" --profile "$prof" -o "$OUT/$tag.plan.json" > "$OUT/$tag.plan.txt"
-      "${RUN_ENV[@]}" "$BIN/smp-run" "$OUT/$tag.plan.json" --steps "$STEPS" --metrics "$OUT/$tag.metrics.jsonl" > "$OUT/$tag.run.txt" 2>&1
-      r=$(row "$model $P $S" "$(predicted "$OUT/$tag.plan.json")" "$(mean_step "$OUT/$tag.metrics.jsonl")")
-      echo "$r" | tee -a "$TABLE"
+    for S in $SCHEDULES; do : > "$OUT/$model-$P-$S.pairs"; done
+    for r in $(seq 1 "$REPEATS"); do
+      prof="$OUT/$model-$P.$r.profile.json"
+      "$BIN/smp-profile" "$ROOT/sample_models/$model.onnx" -b "$BATCH" -m "$MB" --devices "$P" -o "$prof" \
+        > "$OUT/$model-$P.$r.profile.log" 2>&1
+      for S in $SCHEDULES; do
+        tag="$model-$P-$S.$r"
+        "$BIN/smp-plan" "$ROOT/sample_models/$model.onnx" -b "$BATCH" --cluster "$cl" --stages "$P" --data-parallel 1 \
+          --microbatches "$MB" --schedule "$S" --profile "$prof" -o "$OUT/$tag.plan.json" > "$OUT/$tag.plan.txt"
+        "$BIN/smp-run" "$OUT/$tag.plan.json" --steps "$STEPS" --metrics "$OUT/$tag.metrics.jsonl" > "$OUT/$tag.run.txt" 2>&1
+        echo "$(predicted "$OUT/$tag.plan.json") $(step_time "$OUT/$tag.metrics.jsonl")" >> "$OUT/$model-$P-$S.pairs"
+      done
     done
+    grep -hE "effective parallelism" "$OUT/$model-$P".*.profile.log | sed "s/^/  $model $P workers: /" || true
+    for S in $SCHEDULES; do summarize "$model $P $S" "$OUT/$model-$P-$S.pairs" | tee -a "$TABLE"; done
   done
 done
 
@@ -77,24 +80,26 @@ done
 echo
 echo "GPT 1 stage (1 thread) vs 2 stages (1 thread per worker), batch $BATCH, $MB microbatches, 1f1b"
 M=gpt
-"$BIN/smp-profile" "$ROOT/sample_models/$M.onnx" -b "$BATCH" -m "$MB" --devices 1 --threads 1 --budget-ms "$BUDGET_MS" \
-  -o "$OUT/s1.profile.json" -q
-"$BIN/smp-plan" "$ROOT/sample_models/$M.onnx" -b "$BATCH" --devices 1 --stages 1 --microbatches "$MB" --schedule 1f1b \
-  --profile "$OUT/s1.profile.json" -o "$OUT/s1.plan.json" > "$OUT/s1.plan.txt"
-"${RUN_ENV[@]}" "$BIN/smp-run" "$OUT/s1.plan.json" --steps "$STEPS" --threads-per-worker 1 \
-  --metrics "$OUT/s1.metrics.jsonl" > "$OUT/s1.run.txt" 2>&1
-if [ -f "$OUT/gpt-2-1f1b.plan.json" ] && [ "$BATCH" = 32 ]; then
-  s2plan="$OUT/gpt-2-1f1b.plan.json"; s2m="$OUT/gpt-2-1f1b.metrics.jsonl"
-else
-  "$BIN/smp-profile" "$ROOT/sample_models/$M.onnx" -b "$BATCH" -m "$MB" --devices 2 -o "$OUT/s2.profile.json" -q
+: > "$OUT/s1.pairs"; : > "$OUT/s2.pairs"
+for r in $(seq 1 "$REPEATS"); do
+  "$BIN/smp-profile" "$ROOT/sample_models/$M.onnx" -b "$BATCH" -m "$MB" --devices 1 --threads 1 -o "$OUT/s1.$r.profile.json" -q
+  "$BIN/smp-plan" "$ROOT/sample_models/$M.onnx" -b "$BATCH" --devices 1 --stages 1 --microbatches "$MB" --schedule 1f1b \
+    --profile "$OUT/s1.$r.profile.json" -o "$OUT/s1.$r.plan.json" > "$OUT/s1.$r.plan.txt"
+  "$BIN/smp-run" "$OUT/s1.$r.plan.json" --steps "$STEPS" --threads-per-worker 1 --metrics "$OUT/s1.$r.metrics.jsonl" > "$OUT/s1.$r.run.txt" 2>&1
+  echo "$(predicted "$OUT/s1.$r.plan.json") $(step_time "$OUT/s1.$r.metrics.jsonl")" >> "$OUT/s1.pairs"
+  "$BIN/smp-profile" "$ROOT/sample_models/$M.onnx" -b "$BATCH" -m "$MB" --devices 2 -o "$OUT/s2.$r.profile.json" -q
   "$BIN/smp-plan" "$ROOT/sample_models/$M.onnx" -b "$BATCH" --devices 2 --stages 2 --data-parallel 1 --microbatches "$MB" \
-    --schedule 1f1b --profile "$OUT/s2.profile.json" -o "$OUT/s2.plan.json" > /dev/null
-  "${RUN_ENV[@]}" "$BIN/smp-run" "$OUT/s2.plan.json" --steps "$STEPS" --metrics "$OUT/s2.metrics.jsonl" > "$OUT/s2.run.txt" 2>&1
-  s2plan="$OUT/s2.plan.json"; s2m="$OUT/s2.metrics.jsonl"
-fi
-m1=$(mean_step "$OUT/s1.metrics.jsonl"); m2=$(mean_step "$s2m")
-p1=$(predicted "$OUT/s1.plan.json"); p2=$(predicted "$s2plan")
-row "gpt 1 stage, 1 thread" "$p1" "$m1"
-row "gpt 2 stages, 1+1" "$p2" "$m2"
-python3 -c "import sys; print(f'measured speedup {float(sys.argv[1])/float(sys.argv[2]):.2f}x (target >= 1.6), predicted {float(sys.argv[3])/float(sys.argv[4]):.2f}x')" "$m1" "$m2" "$p1" "$p2"
+    --schedule 1f1b --profile "$OUT/s2.$r.profile.json" -o "$OUT/s2.$r.plan.json" > "$OUT/s2.$r.plan.txt"
+  "$BIN/smp-run" "$OUT/s2.$r.plan.json" --steps "$STEPS" --metrics "$OUT/s2.$r.metrics.jsonl" > "$OUT/s2.$r.run.txt" 2>&1
+  echo "$(predicted "$OUT/s2.$r.plan.json") $(step_time "$OUT/s2.$r.metrics.jsonl")" >> "$OUT/s2.pairs"
+done
+summarize "gpt 1 stage, 1 thread" "$OUT/s1.pairs"
+summarize "gpt 2 stages, 1+1" "$OUT/s2.pairs"
+"$PY" - "$OUT/s1.pairs" "$OUT/s2.pairs" <<'EOF'
+import statistics, sys
+one, two = ([tuple(map(float, l.split())) for l in open(f) if l.strip()] for f in sys.argv[1:3])
+meas = statistics.median(a[1] / b[1] for a, b in zip(one, two))
+pred = statistics.median(a[0] / b[0] for a, b in zip(one, two))
+print(f'measured speedup {meas:.2f}x (median of the rounds; target >= 1.6), predicted {pred:.2f}x')
+EOF
 echo "table: $TABLE"

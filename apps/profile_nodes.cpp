@@ -369,32 +369,47 @@ json profile_nodes(const NodeProfileOptions& o) {
   const int P = std::max(1, o.concurrent);
 
   // 1. Every node timed in context: the whole model as one stage, alone (in a child process, so
-  //    that this one starts no thread pool before the concurrent measurements).
+  //    that this one starts no thread pool before them); and
+  // 2. contention: c = 2..P copies of the whole model at once; eff(c) = c t(1) / t(c) is how many
+  //    copies' worth of work the machine does with c workers busy.
+  //    Three rounds of both in alternation, so that a change of the machine's speed while it is
+  //    measured shows in all of them; per node and per count the median of the rounds.
+  const int rounds = 3;
   if (!o.quiet)
-    fmt::print(stderr, "timing every node in context (the whole model as one stage, {:.1f} s)\n", o.whole_budget_s);
-  const WholeRun ctx = measure_whole_concurrent(g, 1, o.threads, o.seed, o.warmup, o.whole_budget_s, true).front();
-
-  // 2. Contention: c = 2..P copies of the whole model at once against one alone, in alternation
-  //    (3 rounds, so that a change of the machine's load shows in both); eff(c) = c t(1) / t(c)
-  //    is how many copies' worth of work the machine does with c workers busy.
+    fmt::print(stderr, "timing every node in context (the whole model as one stage){}, {} rounds\n",
+               P > 2 ? fmt::format(", and 2 to {} concurrent copies of it", P) : P == 2 ? ", and 2 concurrent copies of it" : "",
+               rounds);
+  std::vector<WholeRun> alone;
   std::vector<double> eff(static_cast<size_t>(P) + 1, 1.0);
   std::vector<std::vector<double>> eff_rounds(static_cast<size_t>(P) + 1);
-  if (P > 1) {
-    const int rounds = 3;
-    const double per = o.whole_budget_s / (2.0 * rounds);
-    if (!o.quiet) fmt::print(stderr, "measuring 1 to {} concurrent copies of the whole model ({} rounds)\n", P, rounds);
-    auto total = [](const std::vector<WholeRun>& runs) {
-      double t = 0;
-      for (const auto& w : runs) t += w.f + w.loss + w.b;
-      return t / static_cast<double>(runs.size());
-    };
-    for (int r = 0; r < rounds; ++r) {
-      const double t1 = total(measure_whole_concurrent(g, 1, o.threads, o.seed, o.warmup, per, false));
-      for (int c = 2; c <= P; ++c) {
-        const double tc = total(measure_whole_concurrent(g, c, o.threads, o.seed, o.warmup, per, false));
-        eff_rounds[static_cast<size_t>(c)].push_back(tc > 0 ? c * t1 / tc : 1.0);
-      }
+  auto total = [](const WholeRun& w) { return w.f + w.loss + w.b; };
+  for (int r = 0; r < rounds; ++r) {
+    alone.push_back(measure_whole_concurrent(g, 1, o.threads, o.seed, o.warmup, o.whole_budget_s / rounds, true).front());
+    const double t1 = total(alone.back());
+    for (int c = 2; c <= P; ++c) {
+      auto runs = measure_whole_concurrent(g, c, o.threads, o.seed, o.warmup, o.whole_budget_s / (2.0 * rounds), false);
+      double tc = 0;
+      for (const auto& w : runs) tc += total(w) / static_cast<double>(runs.size());
+      eff_rounds[static_cast<size_t>(c)].push_back(tc > 0 ? c * t1 / tc : 1.0);
     }
+  }
+  WholeRun ctx;
+  {
+    auto med = [&](auto get) {
+      std::vector<double> v;
+      for (const auto& w : alone) v.push_back(get(w));
+      return quantile(v, 0.5);
+    };
+    ctx.f = med([](const WholeRun& w) { return w.f; });
+    ctx.loss = med([](const WholeRun& w) { return w.loss; });
+    ctx.b = med([](const WholeRun& w) { return w.b; });
+    for (size_t i = 0; i < static_cast<size_t>(N); ++i) {
+      ctx.node_f.push_back(med([i](const WholeRun& w) { return w.node_f[i]; }));
+      ctx.node_bw.push_back(med([i](const WholeRun& w) { return w.node_bw[i]; }));
+      ctx.node_spread.push_back(med([i](const WholeRun& w) { return w.node_spread[i]; }));
+    }
+  }
+  if (P > 1) {
     // No more than c copies' worth, nor more than the cores can run (a round whose copy alone
     // happened to run slowly can give more).
     const double cores_fit = static_cast<double>(std::max(1, comm::online_cores() / std::max(1, o.threads)));

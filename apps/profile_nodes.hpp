@@ -24,7 +24,7 @@ struct NodeProfileOptions {
   int threads = 1;
   std::string device_name;     // written as device.name (the planner's name for this machine's devices)
   double budget_s = 0.02;      // per node alone (all three passes together)
-  double whole_budget_s = 1.0; // the in-context timing; as much again for the concurrent copies
+  double whole_budget_s = 1.5; // the in-context timing; half as much again per count of concurrent copies
   int warmup = 2;
   int min_reps = 5;
   int concurrent = 1;          // the plan's workers on this machine: up to this many copies at once

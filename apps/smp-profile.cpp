@@ -34,7 +34,7 @@ int main(int argc, char** argv) {
   std::string model, out_file, device = "cpu";
   int64_t batch_size = 0;
   int microbatches = 1, threads = 0, devices = 0;
-  double budget_ms = 20, whole_budget_ms = 1000, oversubscription = 0;
+  double budget_ms = 20, whole_budget_ms = 1500, oversubscription = 0;
   std::vector<std::string> dims;
   bool machine = false, quiet = false, no_calibrate = false;
   uint64_t seed = 1;

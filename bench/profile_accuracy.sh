@@ -18,8 +18,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${1:-$ROOT/build/bin}
 OUT=${2:-$(mktemp -d /tmp/smp-profile-bench-XXXXXX)}
-STEPS=${STEPS:-12}
-REPEATS=${REPEATS:-3}
+STEPS=${STEPS:-12}          # per GPT run (~0.2 s a step here)
+CNN_STEPS=${CNN_STEPS:-60}   # per CNN run (~0.02 s a step)
+REPEATS=${REPEATS:-5}
 BATCH=${BATCH:-32}
 MB=${MB:-8}
 MODELS=${MODELS:-"gpt cnn"}
@@ -29,7 +30,7 @@ PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 mkdir -p "$OUT"
-echo "bench: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $REPEATS rounds of profile + runs, $STEPS steps per run, output in $OUT"
+echo "bench: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $REPEATS rounds of profile + runs, $STEPS (GPT) / $CNN_STEPS (CNN) steps per run, output in $OUT"
 
 predicted() { "$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['prediction']['step_s'])" "$1"; }
 step_time() {  # median step time after the first step of a metrics file
@@ -67,7 +68,9 @@ for model in $MODELS; do
         tag="$model-$P-$S.$r"
         "$BIN/smp-plan" "$ROOT/sample_models/$model.onnx" -b "$BATCH" --cluster "$cl" --stages "$P" --data-parallel 1 \
           --microbatches "$MB" --schedule "$S" --profile "$prof" -o "$OUT/$tag.plan.json" > "$OUT/$tag.plan.txt"
-        "$BIN/smp-run" "$OUT/$tag.plan.json" --steps "$STEPS" --metrics "$OUT/$tag.metrics.jsonl" > "$OUT/$tag.run.txt" 2>&1
+        steps=$STEPS
+        [ "$model" = cnn ] && steps=$CNN_STEPS
+        "$BIN/smp-run" "$OUT/$tag.plan.json" --steps "$steps" --metrics "$OUT/$tag.metrics.jsonl" > "$OUT/$tag.run.txt" 2>&1
         echo "$(predicted "$OUT/$tag.plan.json") $(step_time "$OUT/$tag.metrics.jsonl")" >> "$OUT/$model-$P-$S.pairs"
       done
     done

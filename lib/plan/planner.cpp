@@ -579,6 +579,42 @@ struct Oracle {
   double sum_lower_bound() const { return sum_lb; }
 };
 
+// The messages over the boundary after stage st (the slowest replica's). Between GPUs the
+// link moves them (latency + bytes / bandwidth) while both ranks compute. A CPU rank does the
+// copies itself: the sender packs the tensors into a message (one pass over the bytes at its
+// memory bandwidth) and the receiver unpacks them; on one host the receiver also copies the
+// message out of the sender's memory (cross-memory attach, or the shared-memory transport's
+// copy), at the link's bandwidth, so only the latency is left to the link.
+schedule::LinkCost boundary_cost(const cost::Cluster& cl, const Config& c, const schedule::Schedule& s, int st,
+                                 double act, double grad) {
+  schedule::LinkCost best;
+  for (int rep = 0; rep < c.d; ++rep) {
+    const int d0 = device_of(c, rep, s.rank_of(st)), d1 = device_of(c, rep, s.rank_of(st + 1));
+    const cost::LinkSpec l = cl.link(d0, d1);
+    const auto& k0 = cl.kinds[static_cast<size_t>(cl.devices[static_cast<size_t>(d0)].kind)];
+    const auto& k1 = cl.kinds[static_cast<size_t>(cl.devices[static_cast<size_t>(d1)].kind)];
+    schedule::LinkCost lc;
+    auto copy = [](double bytes, const cost::DeviceSpec& k) {
+      return k.kind == "cpu" && bytes > 0 && k.memory_bandwidth > 0 ? bytes / k.memory_bandwidth : 0.0;
+    };
+    const bool pull = d0 != d1 && k0.kind == "cpu" && k1.kind == "cpu" &&
+                      cl.devices[static_cast<size_t>(d0)].host == cl.devices[static_cast<size_t>(d1)].host;
+    auto over = [&](double bytes) { return pull ? (bytes > 0 ? l.latency : 0.0) : l.time(bytes); };
+    auto pulled = [&](double bytes) { return pull && bytes > 0 ? bytes / l.bandwidth : 0.0; };
+    lc.act_s = over(act);
+    lc.grad_s = over(grad);
+    lc.act_send_s = copy(act, k0);
+    lc.act_recv_s = pulled(act) + copy(act, k1);
+    lc.grad_send_s = copy(grad, k1);
+    lc.grad_recv_s = pulled(grad) + copy(grad, k0);
+    auto total = [](const schedule::LinkCost& x) {
+      return x.act_s + x.grad_s + x.act_send_s + x.act_recv_s + x.grad_send_s + x.grad_recv_s;
+    };
+    if (rep == 0 || total(lc) > total(best)) best = lc;
+  }
+  return best;
+}
+
 double ring_time(const cost::Cluster& cl, const std::vector<int>& devs, double bytes) {
   const size_t d = devs.size();
   if (d <= 1 || bytes <= 0) return 0;
@@ -682,12 +718,9 @@ class Search {
       sc.act_bytes = sp.act_bytes;
       sc.w_keep_bytes = W;
       extra[static_cast<size_t>(sp.pipeline_rank)] = std::max(extra[static_cast<size_t>(sp.pipeline_rank)], sp.workspace_bytes);
-      if (st + 1 < S) {
-        double act = gc_.cut_bytes(b).at(u), grad = gc_.cut_grad_bytes(b).at(u);
-        double ta = 0, tg = 0;
-        for (const auto& l : sl.next_links) ta = std::max(ta, l.time(act)), tg = std::max(tg, l.time(grad));
-        costs.link[static_cast<size_t>(st)] = schedule::LinkCost{ta, tg};
-      }
+      if (st + 1 < S)
+        costs.link[static_cast<size_t>(st)] =
+            boundary_cost(cl_, c, s, st, gc_.cut_bytes(b).at(u), gc_.cut_grad_bytes(b).at(u));
     }
     if (c.d > 1) {
       costs.allreduce_s.assign(static_cast<size_t>(c.p), 0);
@@ -1126,7 +1159,7 @@ DpCheck dp_against_brute_force(const PlanInputs& in, const Plan& plan, const Pla
   double sum_lb = kInf;
   for (size_t k = 0; k < cl.kinds.size(); ++k)
     sum_lb = std::min(sum_lb, U.PF[k][static_cast<size_t>(T.K)] + U.PB[k][static_cast<size_t>(T.K)] + U.PW[k][static_cast<size_t>(T.K)]);
-  Oracle o{&T, &U, &slots, 2 + cost::optimizer_factor(gc.options().optimizer), opt.recompute, sum_lb};
+  Oracle o{&T, &U, &slots, 2 + cost::optimizer_factor(gc.options().optimizer), opt.recompute, sum_lb, {}, {}};
   DpCheck r;
   r.atoms = T.K;
   r.stages = static_cast<int>(slots.size());

@@ -109,11 +109,12 @@ SimResult simulate(const Schedule& s, const Costs& c, const SimOptions& opt, con
                         "validate the schedule");
       const size_t k = key(st, mb);
       const StageCost& sc = c.stage[static_cast<size_t>(st)];
-      double ready = 0, dur = 0;
+      double ready = 0, dur = 0, recv = 0;  // recv: the receiver's own work on an incoming message
       if (a.op == Op::Forward) {
         if (st > 0) {
           ready = f_arr[key(st - 1, mb)];
           if (ready < 0) break;
+          if (!c.link.empty() && s.rank_of(st - 1) != r) recv = c.link[static_cast<size_t>(st - 1)].act_recv_s;
         }
         dur = sc.f_s;
       } else if (a.op == Op::BackwardInput || a.op == Op::Backward) {
@@ -123,6 +124,7 @@ SimResult simulate(const Schedule& s, const Costs& c, const SimOptions& opt, con
           double g = g_arr[key(st + 1, mb)];
           if (g < 0) break;
           ready = std::max(ready, g);
+          if (!c.link.empty() && s.rank_of(st + 1) != r) recv = c.link[static_cast<size_t>(st)].grad_recv_s;
         }
         dur = a.op == Op::Backward ? sc.b_s + sc.w_s : sc.b_s;
       } else {  // W
@@ -131,7 +133,7 @@ SimResult simulate(const Schedule& s, const Costs& c, const SimOptions& opt, con
         dur = sc.w_s;
       }
       double& fr = free_at[static_cast<size_t>(r)];
-      const double start = std::max(fr, ready);
+      const double start = std::max(fr, ready) + recv;
       const double end = start + dur;
       fr = end;
       res.rank[static_cast<size_t>(r)].busy_s += dur;
@@ -150,8 +152,9 @@ SimResult simulate(const Schedule& s, const Costs& c, const SimOptions& opt, con
           ss.peak_in_flight = std::max(ss.peak_in_flight, ++fl);
           if (st + 1 < S) {
             const int to = s.rank_of(st + 1);
+            if (to != r && !c.link.empty()) fr += c.link[static_cast<size_t>(st)].act_send_s;  // the sender packs
             f_arr[k] = to == r ? end
-                               : transfer(r, to, end, c.link.empty() ? 0.0 : c.link[static_cast<size_t>(st)].act_s,
+                               : transfer(r, to, fr, c.link.empty() ? 0.0 : c.link[static_cast<size_t>(st)].act_s,
                                           comm(Op::SendAct, st, mb, to));
             if (to != r) wake(to);
           }
@@ -170,8 +173,9 @@ SimResult simulate(const Schedule& s, const Costs& c, const SimOptions& opt, con
           }
           if (st > 0) {
             const int to = s.rank_of(st - 1);
+            if (to != r && !c.link.empty()) fr += c.link[static_cast<size_t>(st - 1)].grad_send_s;
             g_arr[k] = to == r ? end
-                               : transfer(r, to, end, c.link.empty() ? 0.0 : c.link[static_cast<size_t>(st - 1)].grad_s,
+                               : transfer(r, to, fr, c.link.empty() ? 0.0 : c.link[static_cast<size_t>(st - 1)].grad_s,
                                           comm(Op::SendGrad, st, mb, to));
             if (to != r) wake(to);
           }

@@ -32,8 +32,13 @@ struct StageCost {
 };
 
 struct LinkCost {  // boundary between stage s and s+1
-  double act_s = 0;   // forward output of s to s+1
+  double act_s = 0;   // forward output of s to s+1: on the link, overlapping both ranks' compute
   double grad_s = 0;  // input gradient of s+1 back to s
+  // Work the ranks' own processors do per message, before the link (the sender's, e.g. packing
+  // the tensors) and after it (the receiver's, e.g. copying the message out of the sender's
+  // memory and unpacking it): neither rank computes meanwhile. 0 where a DMA engine does it.
+  double act_send_s = 0, act_recv_s = 0;
+  double grad_send_s = 0, grad_recv_s = 0;
 };
 
 struct Costs {

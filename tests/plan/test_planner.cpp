@@ -26,11 +26,12 @@ std::string sample(const std::string& n) { return std::string(SMP_SOURCE_DIR) + 
 std::string cluster_file(const std::string& f) { return std::string(SMP_SOURCE_DIR) + "/clusters/" + f + ".json"; }
 
 // A fixed one-host cluster of `n` devices (test numbers, independent of the machine).
-cost::Cluster fixed_cluster(int n, double memory = 8e9, double flops = 1e11, double bw = 2e10) {
+cost::Cluster fixed_cluster(int n, double memory = 8e9, double flops = 1e11, double bw = 2e10,
+                            const std::string& kind = "cpu") {
   json j = {{"version", 1},
             {"name", "test"},
             {"hosts", {{{"name", "h"},
-                        {"devices", {{{"kind", "cpu"}, {"name", "dev"}, {"count", n}, {"memory_bytes", memory},
+                        {"devices", {{{"kind", kind}, {"name", "dev"}, {"count", n}, {"memory_bytes", memory},
                                       {"peak_flops", {{"fp32", flops}, {"bf16", flops}}}, {"memory_bandwidth", bw},
                                       {"kernel_overhead_s", 2e-6}}}},
                         {"link", {{"bandwidth", 5e9}, {"latency", 1e-6}}}}}}};
@@ -161,6 +162,38 @@ TEST_CASE("in-flight microbatches follow the schedule: gpipe m, 1f1b p - s") {
   plan::Plan f = plan::make_plan(s.in(), o);
   for (const auto& st : f.stage_plans)
     CHECK(st.peak_bytes == doctest::Approx(st.static_bytes + (4 - st.index) * st.act_bytes + st.workspace_bytes));
+}
+
+TEST_CASE("messages between CPU workers on one host cost the workers their copies; GPUs leave them to the link") {
+  const double bw = 2e10, link_bw = 5e9, latency = 1e-6;  // fixed_cluster's
+  auto event = [](const schedule::SimResult& r, schedule::EventKind kind, const std::string& a) {
+    for (const auto& e : r.events)
+      if (e.kind == kind && schedule::to_string(e.action) == a) return e;
+    FAIL("no event " << a);
+    return schedule::Event{};
+  };
+  for (std::string kind : {"cpu", "gpu"}) {
+    CAPTURE(kind);
+    Setup s(sample("mlp"), 8, fixed_cluster(2, 8e9, 1e11, bw, kind));
+    auto o = options(8, 2, 1, 1, "1f1b");
+    plan::Plan p = plan::make_plan(s.in(), o);
+    schedule::SimResult r = plan::simulate_plan(s.in(), p, o);
+    const double act = p.stage_plans.at(0).send_bytes;
+    REQUIRE(act > 0);
+    auto f0 = event(r, schedule::EventKind::Compute, "0F0");
+    auto tr = event(r, schedule::EventKind::Transfer, "0SF0>1");
+    auto f1 = event(r, schedule::EventKind::Compute, "1F0");
+    if (kind == "cpu") {
+      // rank 0 packs the activations, the link adds its latency, rank 1 copies them over and unpacks
+      CHECK(tr.start_s == doctest::Approx(f0.end_s + act / bw));
+      CHECK(tr.end_s - tr.start_s == doctest::Approx(latency));
+      CHECK(f1.start_s == doctest::Approx(tr.end_s + act / link_bw + act / bw));
+    } else {
+      CHECK(tr.start_s == doctest::Approx(f0.end_s));
+      CHECK(tr.end_s - tr.start_s == doctest::Approx(latency + act / link_bw));
+      CHECK(f1.start_s == doctest::Approx(tr.end_s));
+    }
+  }
 }
 
 TEST_CASE("recomputation where memory needs it; nothing fits says what would") {

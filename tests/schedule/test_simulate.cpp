@@ -149,6 +149,29 @@ TEST_CASE("hand-checked: two stages, unequal times, transfers and an all-reduce"
   CHECK(all_reduces == 2);
 }
 
+TEST_CASE("hand-checked: the endpoints' own work per message delays both ranks and is not compute") {
+  Schedule s = one_f_one_b(2, 1);
+  Costs c;
+  c.stage = {StageCost{1, 2, 1}, StageCost{2, 3, 1}};
+  LinkCost l{0.5, 0.25};
+  l.act_send_s = 0.125;
+  l.act_recv_s = 0.375;
+  l.grad_send_s = 0.0625;
+  l.grad_recv_s = 0.25;
+  c.link = {l};
+  SimResult r = simulate(s, c);
+  // 0F0 [0,1]; packed until 1.125; link [1.125,1.625]; unpacked until 2; 1F0 [2,4]; 1X0 [4,8];
+  // packed until 8.0625; link [8.0625,8.3125]; unpacked until 8.5625; 0X0 [8.5625,11.5625]
+  CHECK(find_event(r, EventKind::Transfer, "0SF0>1")->start_s == 1.125);
+  CHECK(find_event(r, EventKind::Compute, "1F0")->start_s == 2);
+  CHECK(find_event(r, EventKind::Transfer, "1SB0>0")->start_s == 8.0625);
+  CHECK(find_event(r, EventKind::Compute, "0X0")->start_s == 8.5625);
+  CHECK(r.step_s == 11.5625);
+  CHECK(r.rank[0].busy_s == 4);  // packing and unpacking are not compute
+  CHECK(r.rank[1].busy_s == 6);
+  CHECK(r.rank[1].end_s == 8.0625);  // rank 1 is done once it has packed its gradient
+}
+
 TEST_CASE("hand-checked: transfers on one link run one after the other") {
   Schedule s = gpipe(2, 2);
   Costs c = Costs::uniform(2, 1, 1, 0);

@@ -427,8 +427,8 @@ json profile_nodes(const NodeProfileOptions& o) {
   const double eff_busy = eff[lo_c] + (busy - static_cast<double>(lo_c)) * (eff[hi_c] - eff[lo_c]);
   const double share = std::max(1.0, busy / eff_busy);
 
-  // 3. Every node alone (a one-node stage on random inputs): its peak memory, and its isolated
-  //    times for comparison.
+  // 3. Every node alone (a one-node stage on random inputs): its peak memory, the split of its
+  //    backward into input and weight gradient, and its isolated times for comparison.
   runtime::CpuBackend be(o.threads);
   Filler fill(o.seed);
   runtime::ExecutorOptions eo;

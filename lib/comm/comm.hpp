@@ -82,7 +82,8 @@ class Communicator {
   bool spin_wait_ = false;
 };
 
-// MPI_Init_thread (funneled) and a communicator over MPI_COMM_WORLD. One per process; MPI is
+// MPI_Init_thread (MPI_THREAD_MULTIPLE: the backstop progress thread calls MPI too) and a
+// communicator over MPI_COMM_WORLD. One per process; MPI is
 // finalized when it is destroyed.
 std::unique_ptr<Communicator> init_mpi(int* argc, char*** argv);
 

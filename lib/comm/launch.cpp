@@ -117,6 +117,8 @@ bool try_cross_memory_attach() {
     ::_exit(0);
   }
   bool ok = false;
+  ::close(addr_pipe[1]);  // A holds the write end: if it dies before writing, B reads end-of-file
+  addr_pipe[1] = -1;
   if (a > 0) {
     pid_t b = ::fork();
     if (b == 0) {
@@ -140,7 +142,7 @@ bool try_cross_memory_attach() {
     while (::waitpid(a, &st, 0) < 0 && errno == EINTR) {
     }
   }
-  for (int fd : {addr_pipe[0], addr_pipe[1], done_pipe[0], done_pipe[1]}) ::close(fd);
+  for (int fd : {addr_pipe[0], done_pipe[0], done_pipe[1]}) ::close(fd);
   return ok;
 }
 }  // namespace

@@ -89,7 +89,10 @@ std::string format_report(const Plan& plan, const PlanInputs& in) {
       continue;
     }
     std::string cuts;
-    for (size_t i = 1; i + 1 < b.bounds.size(); ++i) cuts += (cuts.empty() ? "" : ",") + std::to_string(b.bounds[i]);
+    for (size_t i = 1; i + 1 < b.bounds.size(); ++i) {
+      if (!cuts.empty()) cuts += ',';
+      cuts += std::to_string(b.bounds[i]);
+    }
     line(fmt::format("  {:<17} step {} ms, {:.4g} samples/s, bubble {:.1f}%, peak memory {}{} -> plan speedup {}", b.name,
                      ms(b.prediction.step_s), b.prediction.samples_per_s, std::max(0.0, 100 * b.prediction.bubble),
                      human_bytes(b.prediction.peak_max()), b.prediction.fits ? "" : " (does not fit)", speedup_text(plan, b)));

@@ -38,7 +38,7 @@ std::vector<int64_t> values(const TensorData& d) {
 
 Node node(std::string op, std::map<std::string, Attribute> attrs = {}) {
   Node n;
-  n.name = "n";
+  n.name.assign(1, 'n');
   n.op_type = std::move(op);
   n.attrs = std::move(attrs);
   return n;

@@ -12,6 +12,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -197,8 +198,10 @@ struct CopySync {
   int copies = 1;
 };
 
+// `depth` microbatches in flight: all their forwards (and losses), then all their backwards, as
+// gpipe runs them; times per microbatch.
 WholeRun measure_whole(const graph::Graph& g, int threads, uint64_t seed, int warmup, double budget_s, bool per_node,
-                       CopySync* sync = nullptr) {
+                       CopySync* sync = nullptr, int depth = 1) {
   const size_t N = g.nodes.size();
   std::vector<double> cur_f(N), cur_bw(N);
   runtime::CpuBackend be(threads);
@@ -224,28 +227,35 @@ WholeRun measure_whole(const graph::Graph& g, int threads, uint64_t seed, int wa
     }
     std::fill(cur_f.begin(), cur_f.end(), 0.0);
     std::fill(cur_bw.begin(), cur_bw.end(), 0.0);
-    auto t0 = clk::now();
-    auto outs = whole.forward(0, wins);
-    double tf = since(t0);
-    std::vector<Tensor> grads(outs.size());
-    double tl = 0;
-    for (size_t k = 0; k < outs.size(); ++k)
-      if (whole.outputs()[k] == loss_value) {
-        t0 = clk::now();
-        auto lr = run_loss(be, fill, outs[k]);
-        tl = since(t0);
-        grads[k] = lr.grad;
-      }
-    outs.clear();
-    t0 = clk::now();
-    whole.backward(0, grads);
-    double tb = since(t0);
+    double tf = 0, tl = 0, tb = 0;
+    std::vector<std::vector<Tensor>> grads(static_cast<size_t>(depth));
+    for (int mb = 0; mb < depth; ++mb) {
+      auto t0 = clk::now();
+      auto outs = whole.forward(mb, wins);
+      tf += since(t0);
+      auto& gr = grads[static_cast<size_t>(mb)];
+      gr.resize(outs.size());
+      for (size_t k = 0; k < outs.size(); ++k)
+        if (whole.outputs()[k] == loss_value) {
+          t0 = clk::now();
+          auto lr = run_loss(be, fill, outs[k]);
+          tl += since(t0);
+          gr[k] = lr.grad;
+        }
+    }
+    for (int mb = 0; mb < depth; ++mb) {
+      auto t0 = clk::now();
+      whole.backward(mb, grads[static_cast<size_t>(mb)]);
+      tb += since(t0);
+    }
+    grads.clear();
     if (!measuring) continue;
     if (!finished) {
-      wf.push_back(tf), wl.push_back(tl), wb.push_back(tb);
+      const double per = 1.0 / depth;
+      wf.push_back(tf * per), wl.push_back(tl * per), wb.push_back(tb * per);
       for (size_t i = 0; i < sf.size(); ++i) {
-        sf[i].push_back(cur_f[i]), sbw[i].push_back(cur_bw[i]);
-        stot[i].push_back(cur_f[i] + cur_bw[i]);
+        sf[i].push_back(cur_f[i] * per), sbw[i].push_back(cur_bw[i] * per);
+        stot[i].push_back((cur_f[i] + cur_bw[i]) * per);
       }
       if (wf.size() >= 3 && since(t_start) >= budget_s) {
         finished = true;
@@ -288,7 +298,7 @@ bool read_all(int fd, void* p, size_t n) {
 // before them) measure the whole model at the same time, as the workers of a plan share the
 // machine's cores, caches and memory bandwidth. Returns each copy's measurement.
 std::vector<WholeRun> measure_whole_concurrent(const graph::Graph& g, int copies, int threads, uint64_t seed,
-                                               int warmup, double budget_s, bool per_node) {
+                                               int warmup, double budget_s, bool per_node, int depth = 1) {
   const size_t N = g.nodes.size();
   const size_t doubles = 3 + (per_node ? 3 * N : 0);
   void* shared = ::mmap(nullptr, sizeof(CopySync), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -307,7 +317,8 @@ std::vector<WholeRun> measure_whole_concurrent(const graph::Graph& g, int copies
       ::close(fds[0]);
       std::vector<double> out(doubles, -1.0);
       try {
-        WholeRun w = measure_whole(g, threads, seed + 1000 + static_cast<uint64_t>(c), warmup, budget_s, per_node, sync);
+        WholeRun w =
+            measure_whole(g, threads, seed + 1000 + static_cast<uint64_t>(c), warmup, budget_s, per_node, sync, depth);
         out[0] = w.f, out[1] = w.loss, out[2] = w.b;
         if (per_node)
           for (size_t i = 0; i < N; ++i) out[3 + i] = w.node_f[i], out[3 + N + i] = w.node_bw[i], out[3 + 2 * N + i] = w.node_spread[i];
@@ -347,6 +358,28 @@ std::vector<WholeRun> measure_whole_concurrent(const graph::Graph& g, int copies
   return runs;
 }
 
+// Per value (whole-model times, each node's), the median over the rounds.
+WholeRun median_run(const std::vector<WholeRun>& runs, size_t nodes) {
+  auto med = [&](auto get) {
+    std::vector<double> v;
+    for (const auto& w : runs) v.push_back(get(w));
+    return quantile(v, 0.5);
+  };
+  WholeRun r;
+  r.f = med([](const WholeRun& w) { return w.f; });
+  r.loss = med([](const WholeRun& w) { return w.loss; });
+  r.b = med([](const WholeRun& w) { return w.b; });
+  for (size_t i = 0; i < nodes; ++i) {
+    r.node_f.push_back(med([i](const WholeRun& w) { return w.node_f[i]; }));
+    r.node_bw.push_back(med([i](const WholeRun& w) { return w.node_bw[i]; }));
+    r.node_spread.push_back(med([i](const WholeRun& w) { return w.node_spread[i]; }));
+  }
+  return r;
+}
+
+// The most microbatches kept in flight for the many-in-flight timing (memory grows with them).
+constexpr int kMaxInFlight = 16;
+
 struct Samples {
   std::vector<double> f, b, w;
 };
@@ -375,17 +408,22 @@ json profile_nodes(const NodeProfileOptions& o) {
   //    Three rounds of both in alternation, so that a change of the machine's speed while it is
   //    measured shows in all of them; per node and per count the median of the rounds.
   const int rounds = 3;
+  // With more than one microbatch per batch, the nodes are also timed with D of them in flight.
+  const int D = std::min(o.microbatches, kMaxInFlight);
   if (!o.quiet)
-    fmt::print(stderr, "timing every node in context (the whole model as one stage){}, {} rounds\n",
+    fmt::print(stderr, "timing every node in context (the whole model as one stage{}){}, {} rounds\n",
+               D > 1 ? fmt::format(", with 1 and with {} microbatches in flight", D) : "",
                P > 2 ? fmt::format(", and 2 to {} concurrent copies of it", P) : P == 2 ? ", and 2 concurrent copies of it" : "",
                rounds);
-  std::vector<WholeRun> alone;
+  std::vector<WholeRun> alone, deep;
   std::vector<double> eff(static_cast<size_t>(P) + 1, 1.0);
   std::vector<std::vector<double>> eff_rounds(static_cast<size_t>(P) + 1);
   auto total = [](const WholeRun& w) { return w.f + w.loss + w.b; };
   for (int r = 0; r < rounds; ++r) {
     alone.push_back(measure_whole_concurrent(g, 1, o.threads, o.seed, o.warmup, o.whole_budget_s / rounds, true).front());
     const double t1 = total(alone.back());
+    if (D > 1)
+      deep.push_back(measure_whole_concurrent(g, 1, o.threads, o.seed, o.warmup, o.whole_budget_s / rounds, true, D).front());
     for (int c = 2; c <= P; ++c) {
       auto runs = measure_whole_concurrent(g, c, o.threads, o.seed, o.warmup, o.whole_budget_s / (2.0 * rounds), false);
       double tc = 0;
@@ -393,22 +431,8 @@ json profile_nodes(const NodeProfileOptions& o) {
       eff_rounds[static_cast<size_t>(c)].push_back(tc > 0 ? c * t1 / tc : 1.0);
     }
   }
-  WholeRun ctx;
-  {
-    auto med = [&](auto get) {
-      std::vector<double> v;
-      for (const auto& w : alone) v.push_back(get(w));
-      return quantile(v, 0.5);
-    };
-    ctx.f = med([](const WholeRun& w) { return w.f; });
-    ctx.loss = med([](const WholeRun& w) { return w.loss; });
-    ctx.b = med([](const WholeRun& w) { return w.b; });
-    for (size_t i = 0; i < static_cast<size_t>(N); ++i) {
-      ctx.node_f.push_back(med([i](const WholeRun& w) { return w.node_f[i]; }));
-      ctx.node_bw.push_back(med([i](const WholeRun& w) { return w.node_bw[i]; }));
-      ctx.node_spread.push_back(med([i](const WholeRun& w) { return w.node_spread[i]; }));
-    }
-  }
+  const WholeRun ctx = median_run(alone, static_cast<size_t>(N));
+  const WholeRun ctx_deep = D > 1 ? median_run(deep, static_cast<size_t>(N)) : WholeRun{};
   if (P > 1) {
     // No more than c copies' worth, nor more than the cores can run (a round whose copy alone
     // happened to run slowly can give more).
@@ -484,43 +508,62 @@ json profile_nodes(const NodeProfileOptions& o) {
   prog.update(N, "done");
 
   // A node's backward in context split into input and weight gradient by its ratio alone.
-  std::vector<double> ctx_b(static_cast<size_t>(N)), ctx_w(static_cast<size_t>(N));
-  double iso_f = 0, iso_b = 0, iso_w = 0, sum_f = 0, sum_b = 0, sum_w = 0;
+  std::vector<double> wshare(static_cast<size_t>(N));
+  double iso_f = 0, iso_b = 0, iso_w = 0;
   for (int i = 0; i < N; ++i) {
     auto q = static_cast<size_t>(i);
     const auto& s = samples[q];
     const double fi = quantile(s.f, 0.5), bi = quantile(s.b, 0.5), wi = quantile(s.w, 0.5);
     iso_f += fi, iso_b += bi, iso_w += wi;
-    const double wshare = bi + wi > 0 ? wi / (bi + wi) : 0.0;
-    ctx_w[q] = ctx.node_bw[q] * wshare;
-    ctx_b[q] = ctx.node_bw[q] - ctx_w[q];
-    sum_f += ctx.node_f[q], sum_b += ctx_b[q], sum_w += ctx_w[q];
+    wshare[q] = bi + wi > 0 ? wi / (bi + wi) : 0.0;
   }
-  // What the stage spends outside its nodes' turns (the executor's own bookkeeping) is spread
-  // over the nodes in proportion, so that they add up to the whole stage (forward, and the
-  // fused backward smp-run runs for gpipe and 1f1b).
-  const double k = std::max(1.0, o.oversubscription) * (o.calibrate ? share : 1.0);
-  const double rf = sum_f > 0 ? ctx.f / sum_f : 1.0;
-  const double rb = sum_b + sum_w > 0 ? ctx.b / (sum_b + sum_w) : 1.0;
   const int loss_value = [&] {
     std::vector<int> outs;
     for (size_t v = 0; v < g.values.size(); ++v)
       if (g.values[v].is_output) outs.push_back(static_cast<int>(v));
     return loss_output(g, outs);
   }();
+  const double k = std::max(1.0, o.oversubscription) * (o.calibrate ? share : 1.0);
+  // Per node: forward, input gradient, weight gradient of one in-context measurement. What the
+  // stage spends outside its nodes' turns (the executor's own bookkeeping) is spread over the
+  // nodes in proportion, so that they add up to the whole stage (forward, and the fused backward
+  // smp-run runs for gpipe and 1f1b); `ratios` returns those factors.
+  auto node_times = [&](const WholeRun& w, double ratios[2]) {
+    std::vector<std::array<double, 3>> t(static_cast<size_t>(N));
+    double sf = 0, sbw = 0;
+    for (size_t q = 0; q < static_cast<size_t>(N); ++q) sf += w.node_f[q], sbw += w.node_bw[q];
+    ratios[0] = sf > 0 ? w.f / sf : 1.0;
+    ratios[1] = sbw > 0 ? w.b / sbw : 1.0;
+    for (size_t q = 0; q < static_cast<size_t>(N); ++q) {
+      double f = w.node_f[q] * ratios[0] * k;
+      for (int ov : g.nodes[q].outputs)
+        if (ov >= 0 && ov == loss_value) f += w.loss * k;  // the loss is charged to its producer, as the planner does
+      const double bw = w.node_bw[q] * ratios[1] * k;
+      t[q] = {f, bw * (1 - wshare[q]), bw * wshare[q]};
+    }
+    return t;
+  };
+  double r1[2] = {1, 1}, rd[2] = {1, 1};
+  const auto one = node_times(ctx, r1);
+  const auto many = D > 1 ? node_times(ctx_deep, rd) : one;
+  double sum_f = 0, sum_b = 0, sum_w = 0;
+  for (int i = 0; i < N; ++i) {
+    auto q = static_cast<size_t>(i);
+    sum_f += ctx.node_f[q], sum_b += ctx.node_bw[q] * (1 - wshare[q]), sum_w += ctx.node_bw[q] * wshare[q];
+  }
+  const double rf = r1[0], rb = r1[1];
 
   json nodes = json::object();
   for (int i = 0; i < N; ++i) {
     const auto& node = g.nodes[static_cast<size_t>(i)];
     auto q = static_cast<size_t>(i);
-    double f = ctx.node_f[q] * rf * k;
-    for (int ov : node.outputs)
-      if (ov >= 0 && ov == loss_value) f += ctx.loss * k;  // the loss is charged to its producer, as the planner does
-    nodes[node.name] = json{{"forward_s", f},
-                            {"backward_input_s", ctx_b[q] * rb * k},
-                            {"backward_weight_s", ctx_w[q] * rb * k},
-                            {"spread", ctx.node_spread[q]},
-                            {"peak_bytes", peak[q]}};
+    json e{{"forward_s", one[q][0]},
+           {"backward_input_s", one[q][1]},
+           {"backward_weight_s", one[q][2]},
+           {"spread", ctx.node_spread[q]},
+           {"peak_bytes", peak[q]}};
+    if (D > 1) e["in_flight"] = json{{"forward_s", many[q][0]}, {"backward_input_s", many[q][1]}, {"backward_weight_s", many[q][2]}};
+    nodes[node.name] = std::move(e);
   }
   if (!o.quiet) {
     fmt::print("microbatch of {} samples, {} thread(s), device {}\n", u, o.threads, o.device_name);
@@ -541,15 +584,23 @@ json profile_nodes(const NodeProfileOptions& o) {
       fmt::print("busy workers in a {}-stage pipeline of {} microbatches {:.2f} -> each runs x {:.3f} slower{}\n", P,
                  o.microbatches, busy, share, o.calibrate ? "" : " (not applied: --no-calibrate)");
     }
+    if (D > 1) {
+      const double t1 = ctx.f + ctx.loss + ctx.b, td = ctx_deep.f + ctx_deep.loss + ctx_deep.b;
+      fmt::print("with {} microbatches in flight (all forwards, then all backwards): forward {:.3f} ms (+ loss {:.3f} ms), "
+                 "backward {:.3f} ms per microbatch, x {:.3f} of one in flight\n",
+                 D, ctx_deep.f * 1e3, ctx_deep.loss * 1e3, ctx_deep.b * 1e3, t1 > 0 ? td / t1 : 0.0);
+    }
     if (o.oversubscription > 1) fmt::print("--oversubscription: every time multiplied by {:.2f}\n", o.oversubscription);
   }
-  return json{{"version", 1},
-              {"smp_version", SMP_VERSION},
-              {"device", {{"kind", "cpu"}, {"name", o.device_name}}},
-              {"threads", o.threads},
-              {"microbatch_size", u},
-              {"model", o.model.string()},
-              {"nodes", nodes}};
+  json out{{"version", 1},
+           {"smp_version", SMP_VERSION},
+           {"device", {{"kind", "cpu"}, {"name", o.device_name}}},
+           {"threads", o.threads},
+           {"microbatch_size", u},
+           {"model", o.model.string()},
+           {"nodes", nodes}};
+  if (D > 1) out["in_flight_microbatches"] = D;
+  return out;
 }
 
 }  // namespace smp::app

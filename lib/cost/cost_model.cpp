@@ -284,13 +284,21 @@ bool GraphCost::profile_applies(const DeviceSpec& dev, double u) const {
          std::abs(u - static_cast<double>(opt_.profile->microbatch_size)) < 0.5;
 }
 
-PassTimes GraphCost::node_time(int node, double u, const DeviceSpec& dev, bool* measured) const {
+int GraphCost::profile_in_flight(const DeviceSpec& dev, double u) const {
+  return profile_applies(dev, u) ? opt_.profile->in_flight_microbatches : 0;
+}
+
+PassTimes GraphCost::node_time(int node, double u, const DeviceSpec& dev, bool* measured, double in_flight) const {
   if (measured) *measured = false;
   if (profile_applies(dev, u)) {
     auto it = opt_.profile->nodes.find(g_->nodes[static_cast<size_t>(node)].name);
     if (it != opt_.profile->nodes.end()) {
       if (measured) *measured = true;
-      return PassTimes{it->second.forward_s, it->second.backward_input_s, it->second.backward_weight_s};
+      const NodeMeasure& n = it->second;
+      const double x = n.has_in_flight ? std::clamp(in_flight, 0.0, 1.0) : 0.0;
+      auto mix = [x](double one, double many) { return one + x * (many - one); };
+      return PassTimes{mix(n.forward_s, n.in_flight_forward_s), mix(n.backward_input_s, n.in_flight_backward_input_s),
+                       mix(n.backward_weight_s, n.in_flight_backward_weight_s)};
     }
   }
   const NodeModel& m = model_[static_cast<size_t>(node)];

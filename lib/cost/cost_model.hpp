@@ -102,7 +102,11 @@ class GraphCost {
   Affine value_bytes(int value) const;  // bytes at microbatch u
 
   // One microbatch of u samples on `dev`; `measured` set when the profile supplied it.
-  PassTimes node_time(int node, double u, const DeviceSpec& dev, bool* measured = nullptr) const;
+  // `in_flight` in [0, 1] moves a measured time from the profile's one-microbatch-in-flight value
+  // (0) to its in_flight_microbatches value (1), where the profile has both.
+  PassTimes node_time(int node, double u, const DeviceSpec& dev, bool* measured = nullptr, double in_flight = 0) const;
+  // The profile's in_flight_microbatches where it applies to `dev` at u, else 0.
+  int profile_in_flight(const DeviceSpec& dev, double u) const;
   // True when the profile applies to this device at this microbatch size.
   bool profile_applies(const DeviceSpec& dev, double u) const;
 

@@ -36,26 +36,43 @@ Profile profile_from_json(const json& j, const std::string& where) {
     fail("microbatch_size", "missing or not a positive integer");
   p.microbatch_size = j["microbatch_size"].get<int64_t>();
   if (j.contains("smp_version") && j["smp_version"].is_string()) p.smp_version = j["smp_version"].get<std::string>();
+  if (j.contains("in_flight_microbatches")) {
+    const json& d = j["in_flight_microbatches"];
+    if (!d.is_number_integer() || d.get<int64_t>() < 2 || d.get<int64_t>() > 1 << 20)
+      fail("in_flight_microbatches", "must be an integer of at least 2");
+    p.in_flight_microbatches = d.get<int>();
+  }
   if (!j.contains("nodes") || !j["nodes"].is_object()) fail("nodes", "missing or not an object");
   for (const auto& [name, nj] : j["nodes"].items()) {
     std::string np = "nodes[\"" + name + "\"].";
     if (!nj.is_object()) fail("nodes[\"" + name + "\"]", "must be an object");
     NodeMeasure m;
-    auto num = [&](const char* key, bool required) {
-      auto it = nj.find(key);
-      if (it == nj.end()) {
-        if (required) fail(np + key, "missing");
+    auto num_in = [&](const json& obj, const std::string& prefix, const char* key, bool required) {
+      auto it = obj.find(key);
+      if (it == obj.end()) {
+        if (required) fail(prefix + key, "missing");
         return 0.0;
       }
       if (!it->is_number() || !std::isfinite(it->get<double>()) || it->get<double>() < 0)
-        fail(np + key, "must be a non-negative number");
+        fail(prefix + key, "must be a non-negative number");
       return it->get<double>();
     };
+    auto num = [&](const char* key, bool required) { return num_in(nj, np, key, required); };
     m.forward_s = num("forward_s", true);
     m.backward_input_s = num("backward_input_s", true);
     m.backward_weight_s = num("backward_weight_s", true);
     m.spread = num("spread", false);
     m.peak_bytes = num("peak_bytes", false);
+    if (nj.contains("in_flight")) {
+      const json& d = nj["in_flight"];
+      if (!d.is_object()) fail(np + "in_flight", "must be an object");
+      if (p.in_flight_microbatches == 0) fail(np + "in_flight", "given without in_flight_microbatches");
+      const std::string dp = np + "in_flight.";
+      m.has_in_flight = true;
+      m.in_flight_forward_s = num_in(d, dp, "forward_s", true);
+      m.in_flight_backward_input_s = num_in(d, dp, "backward_input_s", true);
+      m.in_flight_backward_weight_s = num_in(d, dp, "backward_weight_s", true);
+    }
     p.nodes.emplace(name, m);
   }
   return p;

@@ -649,6 +649,8 @@ class Search {
     costs.link.resize(static_cast<size_t>(std::max(S - 1, 0)));
     std::vector<double> extra(static_cast<size_t>(c.p), 0);  // workspace per pipeline rank
     ev.stages.resize(static_cast<size_t>(S));
+    // activations of one microbatch of the whole model as one stage (only a profile needs it)
+    const double act_whole = gc_.options().profile ? gc_.stage_memory(0, gc_.nodes(), u).act.at(u) : 0.0;
     for (int st = 0; st < S; ++st) {
       const Slot& sl = slots[static_cast<size_t>(st)];
       const int a = bounds[static_cast<size_t>(st)], b = bounds[static_cast<size_t>(st) + 1];
@@ -657,6 +659,18 @@ class Search {
       sp.begin = a;
       sp.end = b;
       sp.pipeline_rank = s.rank_of(st);
+      auto mem = gc_.stage_memory(a, b, u);
+      // Measured times move from one microbatch in flight towards the profile's many in flight
+      // as the stage keeps more activations between a microbatch's forward and its backward:
+      // by (in flight x the stage's activations - the whole model's) / ((D - 1) x the whole
+      // model's), 0 to 1 (a one-stage plan with D in flight gets the many-in-flight times).
+      double depth = 0;
+      for (const auto& pt : sl.pts) depth = std::max(depth, pt.first);
+      auto in_flight = [&](const cost::DeviceSpec& dev) {
+        const int D = gc_.profile_in_flight(dev, u);
+        if (D < 2 || act_whole <= 0) return 0.0;
+        return std::clamp((depth * mem.act.at(u) - act_whole) / ((D - 1) * act_whole), 0.0, 1.0);
+      };
       // the slowest kind among the replicas
       cost::PassTimes worst;
       int measured = 0, total = 0;
@@ -664,9 +678,11 @@ class Search {
       for (int k : sl.kinds) {
         cost::PassTimes tt;
         int ms_count = 0;
+        const cost::DeviceSpec& dev = cl_.kinds[static_cast<size_t>(k)];
+        const double x = in_flight(dev);
         for (int n = a; n < b; ++n) {
           bool ms = false;
-          tt += gc_.node_time(n, u, cl_.kinds[static_cast<size_t>(k)], &ms);
+          tt += gc_.node_time(n, u, dev, &ms, x);
           ms_count += ms;
         }
         if (first || tt.total() > worst.total()) {
@@ -677,7 +693,6 @@ class Search {
         }
       }
       sp.timing = measured == 0 ? "estimated" : measured == total ? "measured" : "partly measured";
-      auto mem = gc_.stage_memory(a, b, u);
       const double A = mem.act.at(u), R = mem.received.at(u), W = mem.w_keep.at(u), ws = mem.workspace.c;
       const double stat = mem.param_bytes * (2 + opt_f);
       auto front = [&](double act) {

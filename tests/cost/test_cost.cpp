@@ -290,4 +290,32 @@ TEST_CASE("a profile replaces the roofline times where device and microbatch mat
   bad = pj;
   bad.erase("microbatch_size");
   CHECK(bad_input([&] { cost::profile_from_json(bad, "p.json"); }).rfind("p.json: microbatch_size", 0) == 0);
+
+  // Times with several microbatches in flight: node_time moves towards them by `in_flight`.
+  CHECK(gc.profile_in_flight(device(), 8) == 0);
+  json deep = pj;
+  deep["in_flight_microbatches"] = 4;
+  deep["nodes"]["mm1"]["in_flight"] = {{"forward_s", 1.5}, {"backward_input_s", 0.5}, {"backward_weight_s", 0.125}};
+  cost::Profile pd = cost::profile_from_json(deep, "p.json");
+  cost::CostOptions od;
+  od.profile = &pd;
+  cost::GraphCost gd(m.h.g, 8, od);
+  CHECK(gd.profile_in_flight(device(), 8) == 4);
+  CHECK(gd.profile_in_flight(device(), 4) == 0);
+  CHECK(gd.node_time(0, 8, device()).f == 0.5);
+  auto half = gd.node_time(0, 8, device(), nullptr, 0.5);
+  CHECK(half.f == 1.0);
+  CHECK(half.b == 0.375);
+  CHECK(half.w == 0.125);
+  CHECK(gd.node_time(0, 8, device(), nullptr, 3.0).f == 1.5);  // clamped to the measured depth
+  bad = deep;
+  bad.erase("in_flight_microbatches");
+  CHECK(bad_input([&] { cost::profile_from_json(bad, "p.json"); }).find("in_flight: given without in_flight_microbatches") !=
+        std::string::npos);
+  bad = deep;
+  bad["nodes"]["mm1"]["in_flight"].erase("forward_s");
+  CHECK(bad_input([&] { cost::profile_from_json(bad, "p.json"); }).rfind("p.json: nodes[\"mm1\"].in_flight.forward_s: missing", 0) == 0);
+  bad = deep;
+  bad["in_flight_microbatches"] = 1;
+  CHECK(bad_input([&] { cost::profile_from_json(bad, "p.json"); }).rfind("p.json: in_flight_microbatches", 0) == 0);
 }

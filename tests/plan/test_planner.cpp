@@ -196,6 +196,43 @@ TEST_CASE("messages between CPU workers on one host cost the workers their copie
   }
 }
 
+TEST_CASE("a profile's many-in-flight times apply as the stage keeps more microbatches' activations") {
+  // Every node measured at 1 ms forward with one microbatch in flight, 3 ms with 4 (backward 0).
+  Setup probe(sample("mlp"), 16, fixed_cluster(2));
+  json nodes = json::object();
+  for (const auto& n : probe.g.nodes)
+    nodes[n.name] = {{"forward_s", 1e-3}, {"backward_input_s", 0.0}, {"backward_weight_s", 0.0},
+                     {"in_flight", {{"forward_s", 3e-3}, {"backward_input_s", 0.0}, {"backward_weight_s", 0.0}}}};
+  const std::string dev = fixed_cluster(2).kinds.at(0).name;
+  cost::Profile prof = cost::profile_from_json(
+      json{{"version", 1}, {"device", {{"name", dev}}}, {"microbatch_size", 4}, {"in_flight_microbatches", 4}, {"nodes", nodes}},
+      "p.json");
+  cost::CostOptions copt;
+  copt.profile = &prof;
+  Setup s(sample("mlp"), 16, fixed_cluster(2), copt);
+  const double N = static_cast<double>(s.g.nodes.size());
+  auto o = options(16, 1, 1, 4, "gpipe");  // one stage: all 4 microbatches in flight
+  o.recompute = plan::RecomputePolicy::Never;
+  CHECK(plan::make_plan(s.in(), o).stage_plans.at(0).f_s == doctest::Approx(3e-3 * N));
+  o.schedule = "1f1b";  // one stage: one in flight
+  CHECK(plan::make_plan(s.in(), o).stage_plans.at(0).f_s == doctest::Approx(1e-3 * N));
+  // Two stages under gpipe: each keeps 4 microbatches of its own (smaller) activations, so its
+  // times lie between the two, by (4 x its activations - the whole model's) / (3 x the whole's).
+  auto o2 = options(16, 2, 1, 4, "gpipe");
+  o2.recompute = plan::RecomputePolicy::Never;
+  plan::Plan p2 = plan::make_plan(s.in(), o2);
+  const double whole = s.gc->stage_memory(0, s.gc->nodes(), 4).act.at(4);
+  int between = 0;
+  for (const auto& st : p2.stage_plans) {
+    CAPTURE(st.index);
+    const double act = s.gc->stage_memory(st.begin, st.end, 4).act.at(4);
+    const double x = std::clamp((4 * act - whole) / (3 * whole), 0.0, 1.0);
+    between += x > 0 && x < 1;
+    CHECK(st.f_s == doctest::Approx((1e-3 + x * 2e-3) * (st.end - st.begin)));
+  }
+  CHECK(between >= 1);  // the case is not only the two ends
+}
+
 TEST_CASE("recomputation where memory needs it; nothing fits says what would") {
   // GPT at batch 64 on 4 devices: find a memory size where only recomputation fits.
   Setup big(sample("gpt"), 64, fixed_cluster(4));

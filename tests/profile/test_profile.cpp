@@ -33,6 +33,7 @@ TEST_CASE("smp-profile writes a valid profile with every node of the model") {
     json p = read_json_file(out);
     CHECK(p["version"] == 1);
     CHECK(p["microbatch_size"] == 4);
+    CHECK(p["in_flight_microbatches"] == 2);
     CHECK(p["device"]["name"] == device_name(2));
     CHECK(p["device"]["kind"] == "cpu");
     CHECK(p["threads"].get<int>() >= 1);
@@ -49,6 +50,9 @@ TEST_CASE("smp-profile writes a valid profile with every node of the model") {
         REQUIRE(e.contains(k));
         CHECK(e[k].get<double>() >= 0);
       }
+      // -m 2: the times with both microbatches in flight too
+      REQUIRE(e.contains("in_flight"));
+      for (const char* k : {"forward_s", "backward_input_s", "backward_weight_s"}) CHECK(e["in_flight"][k].get<double>() >= 0);
     }
   }
 }
@@ -66,6 +70,9 @@ TEST_CASE("smp-profile progress and summary; --threads and --devices set the rec
   CHECK(p["threads"] == 2);
   CHECK(p["microbatch_size"] == 4);
   CHECK(p["device"]["name"] == device_name(3));
+  // one microbatch per batch: nothing else to keep in flight
+  CHECK(!p.contains("in_flight_microbatches"));
+  for (const auto& [name, e] : p["nodes"].items()) CHECK(!e.contains("in_flight"));
 }
 
 TEST_CASE("smp-plan uses the profile: stages marked measured; another set-up is refused") {

@@ -1,21 +1,67 @@
 // smp-profile: measure per-node cost on this machine's device (profile.json for smp-plan
 // --profile), or the machine itself (--machine: a cluster description for smp-plan --cluster).
 #include "common.hpp"
-#include "profile_machine.hpp"
-#include "profile_nodes.hpp"
 
 #include "comm/launch.hpp"
 #include "core/io.hpp"
 #include "cost/cluster.hpp"
+#include "train/machine_probe.hpp"
+#include "train/profiler.hpp"
 
 #include <fmt/format.h>
 
+#include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 namespace fs = std::filesystem;
+
+namespace {
+
+using clk = std::chrono::steady_clock;
+
+std::string fmt_eta(double s) {
+  if (s < 60) return fmt::format("{:.0f}s", s);
+  return fmt::format("{}m{:02d}s", static_cast<int>(s) / 60, static_cast<int>(s) % 60);
+}
+
+// A progress bar with an ETA on stderr: redrawn in place on a terminal, else one line per 10 %.
+class ProgressBar {
+ public:
+  ProgressBar() : tty_(::isatty(2) != 0), t0_(clk::now()) {}
+  void update(int done, int total, const std::string& what) {
+    double el = std::chrono::duration<double>(clk::now() - t0_).count();
+    double eta = done > 0 ? el / done * (total - done) : 0;
+    int width = 30, filled = total > 0 ? width * done / total : width;
+    std::string bar = std::string(static_cast<size_t>(filled), '#') + std::string(static_cast<size_t>(width - filled), '.');
+    std::string line = fmt::format("[{}] {}/{} nodes  ETA {}  {}", bar, done, total, fmt_eta(eta), what.substr(0, 40));
+    if (tty_) {
+      std::fprintf(stderr, "\r%s\033[K%s", line.c_str(), done == total ? "\n" : "");
+    } else {
+      int pct = total > 0 ? 10 * done / total : 10;
+      if (pct != last_pct_ || done == total) std::fprintf(stderr, "%s\n", line.c_str());
+      last_pct_ = pct;
+    }
+    std::fflush(stderr);
+  }
+
+ private:
+  bool tty_;
+  clk::time_point t0_;
+  int last_pct_ = -1;
+};
+
+void to_stderr(const std::string& s) {
+  std::fprintf(stderr, "%s\n", s.c_str());
+  std::fflush(stderr);
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   // The hidden ping-pong worker of --machine, started twice by mpirun.
@@ -23,7 +69,7 @@ int main(int argc, char** argv) {
     double budget_s = 0.5;
     if (argc >= 5 && std::string(argv[3]) == "--budget-ms") budget_s = std::atof(argv[4]) / 1e3;
     std::string out = argv[2];
-    return smp::app::guarded_main([&]() -> int { return smp::app::pingpong_worker(argc, argv, out, budget_s); });
+    return smp::app::guarded_main([&]() -> int { return smp::train::pingpong_worker(argc, argv, out, budget_s); });
   }
 
   CLI::App app{
@@ -86,12 +132,11 @@ int main(int argc, char** argv) {
     const int cores = smp::comm::online_cores();
     if (machine) {
       if (!model.empty()) throw_bad_input("--machine", "measures the machine, not a model", "leave out MODEL");
-      smp::app::MachineOptions mo;
+      smp::train::MachineOptions mo;
       mo.devices = devices;
       mo.budget_s = budget_ms / 1e3 * 10;
-      mo.quiet = quiet;
       mo.self = fs::read_symlink("/proc/self/exe").string();
-      nlohmann::json cl = smp::app::measure_machine(mo);
+      nlohmann::json cl = smp::train::measure_machine(mo, quiet ? std::function<void(const std::string&)>{} : to_stderr);
       smp::cost::cluster_from_json(cl, out_file);  // what smp-plan will read must be valid
       smp::write_file_atomic(out_file, cl.dump(2) + "\n");
       if (!quiet) fmt::print("wrote {}\n", out_file);
@@ -101,7 +146,7 @@ int main(int argc, char** argv) {
     if (!fs::exists(model)) throw_bad_input(model, "no such file");
     if (batch_size < 1) throw_bad_input("--batch-size", "missing or not a positive number", "give --batch-size N");
     if (microbatches < 1) throw_bad_input("--microbatches", "must be at least 1");
-    smp::app::NodeProfileOptions o;
+    smp::train::NodeProfileOptions o;
     o.model = model;
     o.batch_size = batch_size;
     o.microbatches = microbatches;
@@ -118,9 +163,15 @@ int main(int argc, char** argv) {
     o.budget_s = budget_ms / 1e3;
     o.whole_budget_s = whole_budget_ms / 1e3;
     o.calibrate = !no_calibrate;
-    o.quiet = quiet;
     o.seed = seed;
-    nlohmann::json prof = smp::app::profile_nodes(o);
+    smp::train::ProfileOutput po;
+    ProgressBar bar;
+    if (!quiet) {
+      po.note = to_stderr;
+      po.progress = [&bar](int done, int total, const std::string& what) { bar.update(done, total, what); };
+      po.summary = [](const std::string& line) { fmt::print("{}\n", line); };
+    }
+    nlohmann::json prof = smp::train::profile_nodes(o, po);
     smp::write_file_atomic(out_file, prof.dump(2) + "\n");
     if (!quiet) fmt::print("wrote {} ({} nodes)\n", out_file, prof["nodes"].size());
     return 0;

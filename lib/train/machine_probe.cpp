@@ -1,4 +1,4 @@
-#include "profile_machine.hpp"
+#include "train/machine_probe.hpp"
 
 #include "comm/comm.hpp"
 #include "comm/launch.hpp"
@@ -18,7 +18,7 @@
 #include <unistd.h>
 #include <vector>
 
-namespace smp::app {
+namespace smp::train {
 
 using nlohmann::json;
 using clk = std::chrono::steady_clock;
@@ -142,11 +142,11 @@ int pingpong_worker(int argc, char** argv, const std::string& out, double budget
   return 0;
 }
 
-json measure_machine(const MachineOptions& o) {
+json measure_machine(const MachineOptions& o, const std::function<void(const std::string&)>& note) {
   const int cores = comm::online_cores();
   const int workers = o.devices > 0 ? o.devices : cores;
   auto say = [&](const std::string& s) {
-    if (!o.quiet) fmt::print(stderr, "{}\n", s);
+    if (note) note(s);
   };
   say(fmt::format("measuring GEMM (sgemm 1024^3, single-threaded OpenBLAS per thread) on 1..{} thread(s)", cores));
   std::vector<double> gemm;
@@ -206,4 +206,4 @@ json measure_machine(const MachineOptions& o) {
   return cl;
 }
 
-}  // namespace smp::app
+}  // namespace smp::train

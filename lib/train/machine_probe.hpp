@@ -5,15 +5,16 @@
 
 #include <nlohmann/json.hpp>
 
+#include <functional>
+
 #include <string>
 #include <vector>
 
-namespace smp::app {
+namespace smp::train {
 
 struct MachineOptions {
   int devices = 0;          // worker processes sharing the cores (0: one per core), as smp-plan --devices
   double budget_s = 0.5;    // per measurement
-  bool quiet = false;
   std::string self;         // this program, started twice under mpirun for the ping-pong
 };
 
@@ -27,7 +28,8 @@ double measure_triad_bandwidth(int threads, double budget_s);
 // {"latency_s", "bandwidth", "sizes": [{"bytes", "one_way_s"}]} to `out`.
 int pingpong_worker(int argc, char** argv, const std::string& out, double budget_s);
 
-// Runs everything and returns the cluster JSON.
-nlohmann::json measure_machine(const MachineOptions& o);
+// Runs everything and returns the cluster JSON; what it is doing and measuring goes to `note`
+// line by line (the app prints it).
+nlohmann::json measure_machine(const MachineOptions& o, const std::function<void(const std::string&)>& note = {});
 
-}  // namespace smp::app
+}  // namespace smp::train

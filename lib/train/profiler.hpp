@@ -9,12 +9,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include <functional>
+
 #include <cstdint>
 #include <filesystem>
 #include <map>
 #include <string>
 
-namespace smp::app {
+namespace smp::train {
 
 struct NodeProfileOptions {
   std::filesystem::path model;
@@ -32,12 +34,17 @@ struct NodeProfileOptions {
   // More worker threads than cores (devices x threads > cores): the workers time-share the cores
   // when they all compute, so each measured time is multiplied by this factor (1: none).
   double oversubscription = 1.0;
-  bool quiet = false;
   uint64_t seed = 1;
 };
 
-// Returns the profile JSON (schemas/profile.schema.json). Prints progress (unless quiet) and a
-// summary to stdout.
-nlohmann::json profile_nodes(const NodeProfileOptions& o);
+// Where the profiler's text goes (the app prints it; any of them may be empty).
+struct ProfileOutput {
+  std::function<void(const std::string&)> note;                         // what it is doing now
+  std::function<void(int done, int total, const std::string& what)> progress;  // per node measured alone
+  std::function<void(const std::string&)> summary;                      // the result, line by line
+};
 
-}  // namespace smp::app
+// Returns the profile JSON (schemas/profile.schema.json); reports through `out`.
+nlohmann::json profile_nodes(const NodeProfileOptions& o, const ProfileOutput& out = {});
+
+}  // namespace smp::train

@@ -1,4 +1,4 @@
-#include "profile_nodes.hpp"
+#include "train/profiler.hpp"
 
 #include "comm/launch.hpp"
 #include "core/error.hpp"
@@ -23,7 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-namespace smp::app {
+namespace smp::train {
 
 using nlohmann::json;
 using runtime::Tensor;
@@ -41,38 +41,6 @@ double quantile(std::vector<double> v, double q) {
   double f = pos - static_cast<double>(lo);
   return v[lo] * (1 - f) + v[hi] * f;
 }
-
-std::string fmt_eta(double s) {
-  if (s < 60) return fmt::format("{:.0f}s", s);
-  return fmt::format("{}m{:02d}s", static_cast<int>(s) / 60, static_cast<int>(s) % 60);
-}
-
-class Progress {
- public:
-  Progress(int total, bool quiet) : total_(total), quiet_(quiet), tty_(isatty(2) != 0), t0_(clk::now()) {}
-  void update(int done, const std::string& what) {
-    if (quiet_) return;
-    double el = since(t0_);
-    double eta = done > 0 ? el / done * (total_ - done) : 0;
-    int width = 30, filled = total_ > 0 ? width * done / total_ : width;
-    std::string bar = std::string(static_cast<size_t>(filled), '#') + std::string(static_cast<size_t>(width - filled), '.');
-    std::string line = fmt::format("[{}] {}/{} nodes  ETA {}  {}", bar, done, total_, fmt_eta(eta), what.substr(0, 40));
-    if (tty_) {
-      std::fprintf(stderr, "\r%s\033[K%s", line.c_str(), done == total_ ? "\n" : "");
-    } else {
-      int pct = total_ > 0 ? 10 * done / total_ : 10;
-      if (pct != last_pct_ || done == total_) std::fprintf(stderr, "%s\n", line.c_str());
-      last_pct_ = pct;
-    }
-    std::fflush(stderr);
-  }
-
- private:
-  int total_;
-  bool quiet_, tty_;
-  clk::time_point t0_;
-  int last_pct_ = -1;
-};
 
 // Random contents of the right dtype and shape. Integers lie in [0, limit).
 class Filler {
@@ -386,7 +354,16 @@ struct Samples {
 
 }  // namespace
 
-json profile_nodes(const NodeProfileOptions& o) {
+json profile_nodes(const NodeProfileOptions& o, const ProfileOutput& out) {
+  auto note = [&](const std::string& s) {
+    if (out.note) out.note(s);
+  };
+  auto say = [&](const std::string& s) {
+    if (out.summary) out.summary(s);
+  };
+  auto progress = [&](int done, int total, const std::string& what) {
+    if (out.progress) out.progress(done, total, what);
+  };
   if (o.batch_size < 1) throw_bad_input("--batch-size", "must be at least 1");
   if (o.microbatches < 1) throw_bad_input("--microbatches", "must be at least 1");
   if (o.batch_size % o.microbatches != 0)
@@ -410,11 +387,10 @@ json profile_nodes(const NodeProfileOptions& o) {
   const int rounds = 3;
   // With more than one microbatch per batch, the nodes are also timed with D of them in flight.
   const int D = std::min(o.microbatches, kMaxInFlight);
-  if (!o.quiet)
-    fmt::print(stderr, "timing every node in context (the whole model as one stage{}){}, {} rounds\n",
-               D > 1 ? fmt::format(", with 1 and with {} microbatches in flight", D) : "",
-               P > 2 ? fmt::format(", and 2 to {} concurrent copies of it", P) : P == 2 ? ", and 2 concurrent copies of it" : "",
-               rounds);
+  note(fmt::format("timing every node in context (the whole model as one stage{}){}, {} rounds",
+                   D > 1 ? fmt::format(", with 1 and with {} microbatches in flight", D) : "",
+                   P > 2 ? fmt::format(", and 2 to {} concurrent copies of it", P) : P == 2 ? ", and 2 concurrent copies of it" : "",
+                   rounds));
   std::vector<WholeRun> alone, deep;
   std::vector<double> eff(static_cast<size_t>(P) + 1, 1.0);
   std::vector<std::vector<double>> eff_rounds(static_cast<size_t>(P) + 1);
@@ -458,10 +434,9 @@ json profile_nodes(const NodeProfileOptions& o) {
   runtime::ExecutorOptions eo;
   std::vector<Samples> samples(static_cast<size_t>(N));
   std::vector<double> peak(static_cast<size_t>(N), 0.0);
-  Progress prog(N, o.quiet);
   for (int i = 0; i < N; ++i) {
     const auto& node = g.nodes[static_cast<size_t>(i)];
-    prog.update(i, node.name);
+    progress(i, N, node.name);
     runtime::StageExecutor ex(g, std::vector<int>{i}, be, eo);
     std::vector<Tensor> ins = make_inputs(g, be, fill, ex.inputs());
     std::vector<Tensor> dout = make_grads(g, be, fill, ex.outputs());
@@ -487,7 +462,6 @@ json profile_nodes(const NodeProfileOptions& o) {
             tw = since(t0);
           }
         } catch (const smp::Error& e) {
-          if (getenv("SMP_PROFILE_DEBUG")) fmt::print(stderr, "node {}: no backward: {}\n", node.name, e.what());
           has_backward = false;
           tb = tw = 0;
           ex.drop(0);
@@ -505,7 +479,7 @@ json profile_nodes(const NodeProfileOptions& o) {
       if (s.f.size() >= 100000) break;
     }
   }
-  prog.update(N, "done");
+  progress(N, N, "done");
 
   // A node's backward in context split into input and weight gradient by its ratio alone.
   std::vector<double> wshare(static_cast<size_t>(N));
@@ -565,42 +539,42 @@ json profile_nodes(const NodeProfileOptions& o) {
     if (D > 1) e["in_flight"] = json{{"forward_s", many[q][0]}, {"backward_input_s", many[q][1]}, {"backward_weight_s", many[q][2]}};
     nodes[node.name] = std::move(e);
   }
-  if (!o.quiet) {
-    fmt::print("microbatch of {} samples, {} thread(s), device {}\n", u, o.threads, o.device_name);
-    fmt::print("whole model as one stage: forward {:.3f} ms (+ loss {:.3f} ms), backward {:.3f} ms\n", ctx.f * 1e3,
-               ctx.loss * 1e3, ctx.b * 1e3);
-    fmt::print("its {} nodes timed in context: forward {:.3f} ms, input gradient {:.3f} ms, weight gradient {:.3f} ms "
-               "(the stage's own bookkeeping spread over them: x {:.3f} forward, x {:.3f} backward)\n",
-               N, sum_f * 1e3, sum_b * 1e3, sum_w * 1e3, rf, rb);
-    fmt::print("the same nodes run alone:   forward {:.3f} ms, input gradient {:.3f} ms, weight gradient {:.3f} ms "
-               "(isolated / in context: {:.2f}, {:.2f})\n",
-               iso_f * 1e3, iso_b * 1e3, iso_w * 1e3, sum_f > 0 ? iso_f / sum_f : 0, sum_b + sum_w > 0 ? (iso_b + iso_w) / (sum_b + sum_w) : 0);
+  if (out.summary) {
+    say(fmt::format("microbatch of {} samples, {} thread(s), device {}", u, o.threads, o.device_name));
+    say(fmt::format("whole model as one stage: forward {:.3f} ms (+ loss {:.3f} ms), backward {:.3f} ms", ctx.f * 1e3,
+               ctx.loss * 1e3, ctx.b * 1e3));
+    say(fmt::format("its {} nodes timed in context: forward {:.3f} ms, input gradient {:.3f} ms, weight gradient {:.3f} ms "
+               "(the stage's own bookkeeping spread over them: x {:.3f} forward, x {:.3f} backward)",
+               N, sum_f * 1e3, sum_b * 1e3, sum_w * 1e3, rf, rb));
+    say(fmt::format("the same nodes run alone:   forward {:.3f} ms, input gradient {:.3f} ms, weight gradient {:.3f} ms "
+               "(isolated / in context: {:.2f}, {:.2f})",
+               iso_f * 1e3, iso_b * 1e3, iso_w * 1e3, sum_f > 0 ? iso_f / sum_f : 0, sum_b + sum_w > 0 ? (iso_b + iso_w) / (sum_b + sum_w) : 0));
     if (P > 1) {
       std::string effs;
       for (int c = 2; c <= P; ++c)
         effs += fmt::format("{}{} at once: {:.2f} ({:.2f})", c > 2 ? "; " : "", c, eff[static_cast<size_t>(c)],
                             fmt::join(eff_rounds[static_cast<size_t>(c)], " "));
-      fmt::print("concurrent copies, effective parallelism (median of rounds): {}\n", effs);
-      fmt::print("busy workers in a {}-stage pipeline of {} microbatches {:.2f} -> each runs x {:.3f} slower{}\n", P,
-                 o.microbatches, busy, share, o.calibrate ? "" : " (not applied: --no-calibrate)");
+      say(fmt::format("concurrent copies, effective parallelism (median of rounds): {}", effs));
+      say(fmt::format("busy workers in a {}-stage pipeline of {} microbatches {:.2f} -> each runs x {:.3f} slower{}", P,
+                 o.microbatches, busy, share, o.calibrate ? "" : " (not applied: --no-calibrate)"));
     }
     if (D > 1) {
       const double t1 = ctx.f + ctx.loss + ctx.b, td = ctx_deep.f + ctx_deep.loss + ctx_deep.b;
-      fmt::print("with {} microbatches in flight (all forwards, then all backwards): forward {:.3f} ms (+ loss {:.3f} ms), "
-                 "backward {:.3f} ms per microbatch, x {:.3f} of one in flight\n",
-                 D, ctx_deep.f * 1e3, ctx_deep.loss * 1e3, ctx_deep.b * 1e3, t1 > 0 ? td / t1 : 0.0);
+      say(fmt::format("with {} microbatches in flight (all forwards, then all backwards): forward {:.3f} ms (+ loss {:.3f} ms), "
+                 "backward {:.3f} ms per microbatch, x {:.3f} of one in flight",
+                 D, ctx_deep.f * 1e3, ctx_deep.loss * 1e3, ctx_deep.b * 1e3, t1 > 0 ? td / t1 : 0.0));
     }
-    if (o.oversubscription > 1) fmt::print("--oversubscription: every time multiplied by {:.2f}\n", o.oversubscription);
+    if (o.oversubscription > 1) say(fmt::format("--oversubscription: every time multiplied by {:.2f}", o.oversubscription));
   }
-  json out{{"version", 1},
+  json result{{"version", 1},
            {"smp_version", SMP_VERSION},
            {"device", {{"kind", "cpu"}, {"name", o.device_name}}},
            {"threads", o.threads},
            {"microbatch_size", u},
            {"model", o.model.string()},
            {"nodes", nodes}};
-  if (D > 1) out["in_flight_microbatches"] = D;
-  return out;
+  if (D > 1) result["in_flight_microbatches"] = D;
+  return result;
 }
 
-}  // namespace smp::app
+}  // namespace smp::train

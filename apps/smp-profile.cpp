@@ -101,8 +101,8 @@ int main(int argc, char** argv) {
                  "the split of its backward into input and weight gradient")
       ->option_text("MS");
   app.add_option("--whole-budget-ms", whole_budget_ms,
-                 "time spent timing the nodes in context (the whole model as one stage), and as much again on the "
-                 "concurrent copies")
+                 "time spent timing the nodes in context (the whole model as one stage, in three rounds; as much again "
+                 "with many microbatches in flight), and half as much again per count of concurrent copies")
       ->option_text("MS");
   app.add_option("--oversubscription", oversubscription,
                  "an extra factor on every time (default 1: the whole model already runs in 1 to --devices concurrent "
@@ -156,8 +156,8 @@ int main(int argc, char** argv) {
     // The name smp-plan gives this machine's devices for the same --devices: the profile applies
     // to exactly that set-up.
     o.device_name = smp::cost::local_cpu_json(workers)["hosts"][0]["devices"][0]["name"].get<std::string>();
-    // The whole-model calibration runs in `workers` processes at once, so it sees the cores (and
-    // caches, memory bandwidth) shared as the plan's workers will share them.
+    // The whole model also runs in up to `workers` processes at once, so that the profile sees the
+    // cores (and caches, memory bandwidth) shared as the plan's workers will share them.
     o.concurrent = workers;
     o.oversubscription = oversubscription > 0 ? oversubscription : 1.0;
     o.budget_s = budget_ms / 1e3;

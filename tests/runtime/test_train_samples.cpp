@@ -28,6 +28,14 @@ std::filesystem::path sample(const std::string& name) {
   return std::filesystem::path(SMP_SOURCE_DIR) / "sample_models" / (name + ".onnx");
 }
 
+// A sample at `batch` with its weights, ready to run.
+graph::Graph load_sample(const std::string& name, int64_t batch = 4) {
+  graph::LoadOptions lo;
+  lo.batch_size = batch;
+  lo.load_weights = true;
+  return graph::load_graph(sample(name), lo);
+}
+
 // deterministic inputs and labels for a sample graph
 std::pair<Tensor, Tensor> batch_for(runtime::Backend& be, const graph::Graph& g, uint32_t seed) {
   const graph::Value& in = g.value(g.inputs[0]);
@@ -52,10 +60,7 @@ std::pair<Tensor, Tensor> batch_for(runtime::Backend& be, const graph::Graph& g,
 TEST_CASE("sample models: load, one training step, nothing left stashed") {
   for (std::string name : {"mlp", "cnn", "gpt"}) {
     CAPTURE(name);
-    graph::LoadOptions lo;
-    lo.batch_size = 4;
-    lo.load_weights = true;
-    graph::Graph g = graph::load_graph(sample(name), lo);
+    graph::Graph g = load_sample(name);
     runtime::CpuBackend be(2);
     runtime::StageExecutor ex(g, be);
     REQUIRE(ex.inputs().size() == 1);
@@ -95,10 +100,7 @@ TEST_CASE("smp-run --forward writes one .npy per graph output, equal to the engi
   runtime::CpuBackend be(1);
   for (std::string name : {"mlp", "gpt"}) {
     CAPTURE(name);
-    graph::LoadOptions lo;
-    lo.batch_size = 3;
-    lo.load_weights = true;
-    graph::Graph g = graph::load_graph(sample(name), lo);
+    graph::Graph g = load_sample(name, 3);
     auto [x, y] = batch_for(be, g, 11);
     fs::remove_all(dir / "in");
     fs::create_directories(dir / "in");
@@ -135,10 +137,7 @@ TEST_CASE("smp-run --forward writes one .npy per graph output, equal to the engi
 TEST_CASE("memory: the stash holds exactly what the registry declares; planned and measured agree within 10%") {
   for (std::string name : {"mlp", "cnn", "gpt"}) {
     CAPTURE(name);
-    graph::LoadOptions lo;
-    lo.batch_size = 4;
-    lo.load_weights = true;
-    graph::Graph g = graph::load_graph(sample(name), lo);
+    graph::Graph g = load_sample(name);
     runtime::CpuBackend be(1);
     runtime::StageExecutor ex(g, be);
     auto [x, y] = batch_for(be, g, 3);

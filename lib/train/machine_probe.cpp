@@ -2,6 +2,7 @@
 
 #include "comm/comm.hpp"
 #include "comm/launch.hpp"
+#include "core/clock.hpp"
 #include "core/error.hpp"
 #include "core/io.hpp"
 #include "cost/cluster.hpp"
@@ -25,7 +26,6 @@ using clk = std::chrono::steady_clock;
 namespace fs = std::filesystem;
 
 namespace {
-double since(clk::time_point t0) { return std::chrono::duration<double>(clk::now() - t0).count(); }
 
 // Runs body(thread index) on `threads` threads at once and returns the wall time.
 template <class F>
@@ -35,7 +35,7 @@ double parallel_time(int threads, F&& body) {
   for (int t = 1; t < threads; ++t) ts.emplace_back([&, t] { body(t); });
   body(0);
   for (auto& t : ts) t.join();
-  return since(t0);
+  return seconds_since(t0);
 }
 }  // namespace
 
@@ -122,7 +122,7 @@ int pingpong_worker(int argc, char** argv, const std::string& out, double budget
         auto s = c->isend(buf.data(), bytes, peer, 3);
         c->wait(s, "pong");
       }
-      double dt = since(t0);
+      double dt = seconds_since(t0);
       if (round >= 2) total += dt, ++reps;
     }
     double one_way = reps > 0 ? total / reps / 2 : 0;

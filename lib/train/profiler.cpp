@@ -1,6 +1,7 @@
 #include "train/profiler.hpp"
 
 #include "comm/launch.hpp"
+#include "core/clock.hpp"
 #include "core/error.hpp"
 #include "core/version.hpp"
 #include "graph/loader.hpp"
@@ -31,7 +32,6 @@ using clk = std::chrono::steady_clock;
 
 namespace {
 
-double since(clk::time_point t0) { return std::chrono::duration<double>(clk::now() - t0).count(); }
 
 double quantile(std::vector<double> v, double q) {
   if (v.empty()) return 0;
@@ -200,21 +200,21 @@ WholeRun measure_whole(const graph::Graph& g, int threads, uint64_t seed, int wa
     for (int mb = 0; mb < depth; ++mb) {
       auto t0 = clk::now();
       auto outs = whole.forward(mb, wins);
-      tf += since(t0);
+      tf += seconds_since(t0);
       auto& gr = grads[static_cast<size_t>(mb)];
       gr.resize(outs.size());
       for (size_t k = 0; k < outs.size(); ++k)
         if (whole.outputs()[k] == loss_value) {
           t0 = clk::now();
           auto lr = run_loss(be, fill, outs[k]);
-          tl += since(t0);
+          tl += seconds_since(t0);
           gr[k] = lr.grad;
         }
     }
     for (int mb = 0; mb < depth; ++mb) {
       auto t0 = clk::now();
       whole.backward(mb, grads[static_cast<size_t>(mb)]);
-      tb += since(t0);
+      tb += seconds_since(t0);
     }
     grads.clear();
     if (!measuring) continue;
@@ -225,7 +225,7 @@ WholeRun measure_whole(const graph::Graph& g, int threads, uint64_t seed, int wa
         sf[i].push_back(cur_f[i] * per), sbw[i].push_back(cur_bw[i] * per);
         stot[i].push_back((cur_f[i] + cur_bw[i]) * per);
       }
-      if (wf.size() >= 3 && since(t_start) >= budget_s) {
+      if (wf.size() >= 3 && seconds_since(t_start) >= budget_s) {
         finished = true;
         if (sync) sync->done.fetch_add(1);
       }
@@ -449,17 +449,17 @@ json profile_nodes(const NodeProfileOptions& o, const ProfileOutput& out) {
       ex.reset_peak();
       auto t0 = clk::now();
       ex.forward(0, ins);
-      double tf = since(t0), tb = 0, tw = 0;
+      double tf = seconds_since(t0), tb = 0, tw = 0;
       if (has_backward) {
         try {
           t0 = clk::now();
           ex.backward_input(0, dout);
-          tb = since(t0);
+          tb = seconds_since(t0);
           // A stage with no weight-gradient part is done after B (nothing left to run).
           if (ex.pending() > 0) {
             t0 = clk::now();
             ex.backward_weight(0);
-            tw = since(t0);
+            tw = seconds_since(t0);
           }
         } catch (const smp::Error& e) {
           has_backward = false;
@@ -475,7 +475,7 @@ json profile_nodes(const NodeProfileOptions& o, const ProfileOutput& out) {
         continue;
       }
       s.f.push_back(tf), s.b.push_back(tb), s.w.push_back(tw);
-      if (static_cast<int>(s.f.size()) >= o.min_reps && since(t_start) >= o.budget_s) break;
+      if (static_cast<int>(s.f.size()) >= o.min_reps && seconds_since(t_start) >= o.budget_s) break;
       if (s.f.size() >= 100000) break;
     }
   }

@@ -1,5 +1,6 @@
 #include "train/worker.hpp"
 
+#include "core/clock.hpp"
 #include "core/error.hpp"
 #include "core/io.hpp"
 #include "graph/export.hpp"
@@ -58,7 +59,6 @@ namespace {
 
 using clock = std::chrono::steady_clock;
 
-double seconds_since(clock::time_point t0) { return std::chrono::duration<double>(clock::now() - t0).count(); }
 
 // Tensors crossing the cut between stage k and k+1, in value-id order.
 struct Cut {

@@ -64,7 +64,11 @@ for model in $MODELS; do
       prof="$OUT/$model-$P.$r.profile.json"
       "$BIN/smp-profile" "$ROOT/sample_models/$model.onnx" -b "$BATCH" -m "$MB" --devices "$P" -o "$prof" \
         > "$OUT/$model-$P.$r.profile.log" 2>&1
-      for S in $SCHEDULES; do
+      # Every other round runs the schedules in reverse order, so that no schedule always runs
+      # first after the profile (or last, when the machine has slowed down the longest).
+      order=$SCHEDULES
+      [ $((r % 2)) -eq 0 ] && order=$(echo "$SCHEDULES" | tr ' ' '\n' | tac | tr '\n' ' ')
+      for S in $order; do
         tag="$model-$P-$S.$r"
         "$BIN/smp-plan" "$ROOT/sample_models/$model.onnx" -b "$BATCH" --cluster "$cl" --stages "$P" --data-parallel 1 \
           --microbatches "$MB" --schedule "$S" --profile "$prof" -o "$OUT/$tag.plan.json" > "$OUT/$tag.plan.txt"

@@ -198,6 +198,9 @@ int run_train(const std::string& plan, const std::string& data, const TrainCli& 
   comm::Command cmd = comm::mpirun_command(mo, self.string(), args);
   // Workers must not spin while they wait: they share the cores with the ones computing.
   cmd.env["OMP_WAIT_POLICY"] = "PASSIVE";
+  // A worker that dies mid-message leaves Open MPI's complaint about its vanished memory in the
+  // others' output; the launcher names the dead worker itself, in one line.
+  cmd.drop_stderr = comm::is_dead_peer_read_error;
   // mpirun must end once every worker has: if all have reported their end and mpirun is
   // still there 10 s later, it is stuck and is stopped.
   auto all_ended_since = std::chrono::steady_clock::time_point::max();

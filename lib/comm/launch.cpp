@@ -2,6 +2,7 @@
 
 #include "core/error.hpp"
 
+#include <atomic>
 #include <cerrno>
 #include <csignal>
 #include <cstdlib>
@@ -10,6 +11,8 @@
 #include <filesystem>
 #include <thread>
 
+#include <fcntl.h>
+#include <poll.h>
 #include <sched.h>
 #include <sys/prctl.h>
 #include <sys/uio.h>
@@ -187,6 +190,47 @@ Command mpirun_command(const MpirunOptions& o, const std::string& program, const
   return c;
 }
 
+bool is_dead_peer_read_error(std::string_view line) {
+  while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.remove_suffix(1);
+  if (line.empty() || line.front() != '[') return false;
+  const size_t close = line.find("] Read ");
+  if (close == std::string_view::npos) return false;
+  const std::string_view rest = line.substr(close + 2);
+  return rest.find(", expected ") != std::string_view::npos && rest.size() > 11 &&
+         rest.substr(rest.size() - 11) == ", errno = 3";
+}
+
+namespace {
+// Copies `fd` to stderr line by line, without the lines `drop` picks, until end of file or until
+// `stop` is set and nothing has come for 200 ms (a process outside the job holding the pipe).
+void pass_lines(int fd, const std::function<bool(std::string_view)>& drop, const std::atomic<bool>& stop) {
+  std::string buf;
+  char chunk[4096];
+  auto flush_line = [&](std::string_view line) {
+    if (!drop(line)) (void)!::write(2, line.data(), line.size());
+  };
+  while (true) {
+    pollfd p{fd, POLLIN, 0};
+    int n = ::poll(&p, 1, 200);
+    if (n < 0 && errno == EINTR) continue;
+    if (n == 0) {
+      if (stop.load()) break;
+      continue;
+    }
+    ssize_t k = ::read(fd, chunk, sizeof chunk);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) break;
+    buf.append(chunk, static_cast<size_t>(k));
+    size_t at;
+    while ((at = buf.find('\n')) != std::string::npos) {
+      flush_line(std::string_view(buf).substr(0, at + 1));
+      buf.erase(0, at + 1);
+    }
+  }
+  if (!buf.empty()) flush_line(buf);
+}
+}  // namespace
+
 int run_command(const Command& c, const std::function<bool()>& stuck) {
   std::vector<std::string> envs;
   for (char** e = environ; *e; ++e) {
@@ -201,14 +245,29 @@ int run_command(const Command& c, const std::function<bool()>& stuck) {
   for (auto& e : envs) envp.push_back(e.data());
   envp.push_back(nullptr);
 
+  int err_pipe[2] = {-1, -1};
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  if (c.drop_stderr) {
+    if (::pipe2(err_pipe, O_CLOEXEC) != 0) throw_failure(c.argv[0], std::string("pipe: ") + std::strerror(errno));
+    posix_spawn_file_actions_adddup2(&actions, err_pipe[1], 2);
+  }
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
   posix_spawnattr_setpgroup(&attr, 0);
   pid_t pid = 0;
-  int rc = posix_spawn(&pid, argv[0], nullptr, &attr, argv.data(), envp.data());
+  int rc = posix_spawn(&pid, argv[0], &actions, &attr, argv.data(), envp.data());
   posix_spawnattr_destroy(&attr);
-  if (rc != 0) throw_failure(c.argv[0], std::string("cannot start: ") + std::strerror(rc));
+  posix_spawn_file_actions_destroy(&actions);
+  if (err_pipe[1] >= 0) ::close(err_pipe[1]);
+  if (rc != 0) {
+    if (err_pipe[0] >= 0) ::close(err_pipe[0]);
+    throw_failure(c.argv[0], std::string("cannot start: ") + std::strerror(rc));
+  }
+  std::atomic<bool> child_done{false};
+  std::thread passer;
+  if (err_pipe[0] >= 0) passer = std::thread([&] { pass_lines(err_pipe[0], c.drop_stderr, child_done); });
 
   g_child_group = pid;
   struct sigaction sa {}, old_int {}, old_term {};
@@ -235,6 +294,11 @@ int run_command(const Command& c, const std::function<bool()>& stuck) {
   // Nothing of the job may outlive it.
   ::kill(-pid, SIGKILL);
   g_child_group = 0;
+  if (passer.joinable()) {
+    child_done = true;
+    passer.join();
+    ::close(err_pipe[0]);
+  }
   sigaction(SIGINT, &old_int, nullptr);
   sigaction(SIGTERM, &old_term, nullptr);
   if (WIFEXITED(status)) return WEXITSTATUS(status);

@@ -6,6 +6,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace smp::comm {
@@ -39,7 +40,15 @@ bool cross_memory_attach_works();
 struct Command {
   std::vector<std::string> argv;
   std::map<std::string, std::string> env;  // set in the child's environment
+  // When set, the child's stderr passes through this process line by line, without the lines
+  // it returns true for.
+  std::function<bool(std::string_view line)> drop_stderr;
 };
+
+// Open MPI's shared-memory transport complaining that a peer's memory could not be read because
+// the peer process is gone ("[host:pid] Read -1, expected 327680, errno = 3"): noise once a
+// worker has died, which the launcher reports itself.
+bool is_dead_peer_read_error(std::string_view line);
 
 // The mpirun command line that runs `program` with `args` as `ranks` processes: works as root,
 // with more ranks than cores (no binding then), and in containers (without cross-memory attach

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <string>
 #include <sys/wait.h>
+#include <unistd.h>
 
 using namespace smp;
 
@@ -84,6 +85,38 @@ TEST_CASE("without cross-memory attach the shared-memory transport copies and se
   bool first = comm::cross_memory_attach_works();
   CHECK(comm::cross_memory_attach_works() == first);
   CHECK(::waitpid(-1, nullptr, WNOHANG) < 0);
+}
+
+TEST_CASE("run_command passes the child's stderr through, without the lines it is told to drop") {
+  CHECK(comm::is_dead_peer_read_error("[vm:23807] Read -1, expected 327680, errno = 3\n"));
+  CHECK(comm::is_dead_peer_read_error("[host-7:12] Read 0, expected 4096, errno = 3"));
+  CHECK(!comm::is_dead_peer_read_error("[vm:23807] Read -1, expected 327680, errno = 1\n"));  // not a vanished peer
+  CHECK(!comm::is_dead_peer_read_error("error: rank 1 (stage 1): the worker died (killed by signal 9)\n"));
+  CHECK(!comm::is_dead_peer_read_error("Read -1, expected 327680, errno = 3\n"));
+  // The child's stderr, captured here through a file in place of this process's stderr.
+  char path[] = "/tmp/smp_stderr_XXXXXX";
+  int fd = ::mkstemp(path);
+  REQUIRE(fd >= 0);
+  std::fflush(stderr);
+  int saved = ::dup(2);
+  ::dup2(fd, 2);
+  comm::Command c;
+  c.argv = {"/bin/sh", "-c",
+            "echo first >&2; echo '[vm:1] Read -1, expected 32, errno = 3' >&2; echo out; printf 'no newline' >&2; exit 3"};
+  c.drop_stderr = comm::is_dead_peer_read_error;
+  int rc = comm::run_command(c);
+  std::fflush(stderr);
+  ::dup2(saved, 2);
+  ::close(saved);
+  ::close(fd);
+  std::FILE* f = std::fopen(path, "r");
+  REQUIRE(f != nullptr);
+  std::string got;
+  for (int ch; (ch = std::fgetc(f)) != EOF;) got += static_cast<char>(ch);
+  std::fclose(f);
+  std::remove(path);
+  CHECK(rc == 3);
+  CHECK(got == "first\nno newline");
 }
 
 TEST_CASE("point-to-point messages arrive intact and in order between real processes") {

@@ -28,7 +28,7 @@ namespace fs = std::filesystem;
 void add_train_options(CLI::App& app, TrainCli& t) {
   app.add_option("--steps", t.steps, "training steps")->check(CLI::PositiveNumber);
   app.add_option("--lr", t.lr, "peak learning rate")->check(CLI::PositiveNumber);
-  app.add_option("--optimizer", t.optimizer, "sgd | momentum | adamw")
+  app.add_option("--optimizer", t.optimizer, "sgd | momentum | adamw (default: the plan's, smp-plan --optimizer)")
       ->check(CLI::IsMember({"sgd", "momentum", "adamw"}));
   app.add_option("--momentum", t.momentum, "momentum of --optimizer momentum")->check(CLI::Range(0.0, 1.0));
   app.add_option("--beta1", t.beta1, "AdamW's beta1")->check(CLI::Range(0.0, 1.0));
@@ -88,7 +88,8 @@ train::RunOptions run_options(const std::string& plan, const std::string& data, 
   train::RunOptions o;
   o.plan = plan;
   o.steps = t.steps;
-  o.optimizer.kind = train::parse_optimizer(t.optimizer);
+  o.optimizer_from_plan = t.optimizer.empty();
+  if (!o.optimizer_from_plan) o.optimizer.kind = train::parse_optimizer(t.optimizer);
   o.optimizer.lr = t.lr;
   o.optimizer.momentum = t.momentum;
   o.optimizer.beta1 = t.beta1;

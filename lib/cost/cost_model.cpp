@@ -310,6 +310,24 @@ PassTimes GraphCost::node_time(int node, double u, const DeviceSpec& dev, bool* 
   return PassTimes{t(m.fwd), t(m.bwd_in), t(m.bwd_w)};
 }
 
+double GraphCost::optimizer_step_s(double param_bytes, const DeviceSpec& dev, bool* measured) const {
+  if (measured) *measured = false;
+  if (param_bytes <= 0) return 0.0;
+  const double params = param_bytes / 4.0;
+  const std::string name(optimizer_name(opt_.optimizer));
+  if (opt_.profile && dev.name == opt_.profile->device_name) {
+    auto it = opt_.profile->optimizer_step_s.find(name);
+    if (it != opt_.profile->optimizer_step_s.end()) {
+      if (measured) *measured = true;
+      return params * it->second;
+    }
+  }
+  const double state = optimizer_factor(opt_.optimizer);
+  const double bytes = params * (12.0 + 12.0 + 8.0 * state);
+  const double flops = params * (2.0 + (opt_.optimizer == Optimizer::SGD ? 2.0 : opt_.optimizer == Optimizer::Momentum ? 3.0 : 12.0));
+  return std::max(flops / dev.peak_flops(Precision::FP32), bytes / dev.memory_bandwidth) + 2 * dev.kernel_overhead_s;
+}
+
 std::vector<int> GraphCost::crossing(int q) const {
   std::vector<int> r;
   for (size_t v = 0; v < g_->values.size(); ++v) {

@@ -35,6 +35,12 @@
 //   workspace = the largest node's activation inputs + outputs
 //   recompute: act = the received inputs only; one microbatch's full act is rebuilt during its
 //            backward and counts as workspace; the stage pays one more forward.
+//
+// Optimizer step of a stage, once per step after its last backward: the gradient norm (copy the
+// gradients out, sum their squares) and the update. Measured per parameter where the profile
+// applies to the device; else a roofline over fp32 parameters: bytes 12 (norm) + 12 (sgd: read
+// w, g, write w) + 8 per state tensor (read and write: momentum 1, adamw 2), FLOPs 2 (norm) +
+// 2 (sgd) / 3 (momentum) / 12 (adamw).
 #pragma once
 
 #include "cost/cluster.hpp"
@@ -109,6 +115,9 @@ class GraphCost {
   int profile_in_flight(const DeviceSpec& dev, double u) const;
   // True when the profile applies to this device at this microbatch size.
   bool profile_applies(const DeviceSpec& dev, double u) const;
+  // The optimizer step of a stage holding `param_bytes` of (fp32) weights on `dev`; `measured`
+  // set when the profile supplied it.
+  double optimizer_step_s(double param_bytes, const DeviceSpec& dev, bool* measured = nullptr) const;
 
   // Values crossing the cut before node position q (0 < q < nodes): activations produced at
   // a position < q and consumed at >= q (skip connections included; graph inputs excluded: each

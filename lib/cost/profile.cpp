@@ -42,6 +42,16 @@ Profile profile_from_json(const json& j, const std::string& where) {
       fail("in_flight_microbatches", "must be an integer of at least 2");
     p.in_flight_microbatches = d.get<int>();
   }
+  if (j.contains("optimizer_step_s_per_parameter")) {
+    const json& o = j["optimizer_step_s_per_parameter"];
+    if (!o.is_object()) fail("optimizer_step_s_per_parameter", "must be an object");
+    for (const auto& [name, v] : o.items()) {
+      const std::string op = "optimizer_step_s_per_parameter." + name;
+      if (name != "sgd" && name != "momentum" && name != "adamw") fail(op, "unknown optimizer (sgd, momentum or adamw)");
+      if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() < 0) fail(op, "must be a non-negative number");
+      p.optimizer_step_s.emplace(name, v.get<double>());
+    }
+  }
   if (!j.contains("nodes") || !j["nodes"].is_object()) fail("nodes", "missing or not an object");
   for (const auto& [name, nj] : j["nodes"].items()) {
     std::string np = "nodes[\"" + name + "\"].";

@@ -2,9 +2,11 @@
 // {"version": 1, "smp_version": "...", "device": {"kind", "name", ...}, "threads": N,
 //  "microbatch_size": U, "nodes": {"<node name>": {"forward_s", "backward_input_s",
 //  "backward_weight_s", "spread", "peak_bytes", "in_flight": {"forward_s", ...}}},
-//  "in_flight_microbatches": D}
+//  "in_flight_microbatches": D,
+//  "optimizer_step_s_per_parameter": {"sgd": s, "momentum": s, "adamw": s}}
 // Times are medians for one microbatch of U samples on one device of the named kind: with one
-// microbatch in flight, and (in_flight) with D of them, all forwards before all backwards.
+// microbatch in flight, and (in_flight) with D of them, all forwards before all backwards. The
+// optimizer step (a worker's end-of-step gradient norm and weight update) is per fp32 parameter.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -34,6 +36,8 @@ struct Profile {
   int in_flight_microbatches = 0;  // 0: measured with one in flight only
   std::string smp_version;
   std::unordered_map<std::string, NodeMeasure> nodes;
+  // Optimizer name ("sgd", "momentum", "adamw") -> seconds per parameter of its step; may be empty.
+  std::unordered_map<std::string, double> optimizer_step_s;
 };
 
 Profile profile_from_json(const nlohmann::json& j, const std::string& where);

@@ -44,6 +44,7 @@ json prediction_json(const Prediction& p) {
               {"samples_per_s", p.samples_per_s},
               {"bubble", p.bubble},
               {"allreduce_s", p.allreduce_s},
+              {"update_s", p.update_s},
               {"peak_bytes", p.peak_bytes},
               {"capacity_bytes", p.capacity_bytes}};
 }
@@ -106,7 +107,7 @@ json plan_to_json(const Plan& plan, const PlanInputs& in, const PlanOptions& opt
                           {"recompute", sp.recompute},
                           {"ranks", ranks},
                           {"time", {{"forward_s", sp.f_s}, {"backward_input_s", sp.b_s}, {"backward_weight_s", sp.w_s},
-                                    {"timing", sp.timing}}},
+                                    {"update_s", sp.update_s}, {"timing", sp.timing}}},
                           {"memory", {{"static_bytes", sp.static_bytes},
                                       {"activation_bytes_per_microbatch", sp.act_bytes},
                                       {"w_keep_bytes_per_microbatch", sp.w_keep_bytes},

@@ -675,10 +675,12 @@ class Search {
       cost::PassTimes worst;
       int measured = 0, total = 0;
       bool first = true;
+      sp.update_s = 0;
       for (int k : sl.kinds) {
         cost::PassTimes tt;
         int ms_count = 0;
         const cost::DeviceSpec& dev = cl_.kinds[static_cast<size_t>(k)];
+        sp.update_s = std::max(sp.update_s, gc_.optimizer_step_s(mem.param_bytes, dev));
         const double x = in_flight(dev);
         for (int n = a; n < b; ++n) {
           bool ms = false;
@@ -737,6 +739,9 @@ class Search {
         costs.link[static_cast<size_t>(st)] =
             boundary_cost(cl_, c, s, st, gc_.cut_bytes(b).at(u), gc_.cut_grad_bytes(b).at(u));
     }
+    costs.update_s.assign(static_cast<size_t>(c.p), 0);
+    for (int st = 0; st < S; ++st)
+      costs.update_s[static_cast<size_t>(s.rank_of(st))] += ev.stages[static_cast<size_t>(st)].update_s;
     if (c.d > 1) {
       costs.allreduce_s.assign(static_cast<size_t>(c.p), 0);
       for (int st = 0; st < S; ++st)
@@ -762,6 +767,7 @@ class Search {
     for (int rk = 0; rk < c.p; ++rk) {
       pr.peak_bytes[static_cast<size_t>(rk)] = r.rank[static_cast<size_t>(rk)].peak_bytes + extra[static_cast<size_t>(rk)];
       pr.allreduce_s = std::max(pr.allreduce_s, r.rank[static_cast<size_t>(rk)].allreduce_s);
+      pr.update_s = std::max(pr.update_s, r.rank[static_cast<size_t>(rk)].update_s);
       double ratio = pr.peak_bytes[static_cast<size_t>(rk)] / pr.capacity_bytes[static_cast<size_t>(rk)];
       worst = std::max(worst, ratio);
       if (ratio > 1.0) pr.fits = false;

@@ -50,6 +50,7 @@ struct Prediction {
   bool fits = false;
   double step_s = 0, samples_per_s = 0, bubble = 0;
   double allreduce_s = 0;              // the longest rank's all-reduce
+  double update_s = 0;                 // the longest rank's optimizer step (gradient norm + update)
   std::vector<double> peak_bytes;      // per pipeline rank (the same on every replica)
   std::vector<double> capacity_bytes;  // per pipeline rank: the smallest device holding it
   double peak_max() const;
@@ -61,6 +62,7 @@ struct StagePlan {
   bool recompute = false;
   int pipeline_rank = 0;               // schedule.stage_rank[index]
   double f_s = 0, b_s = 0, w_s = 0;    // per microbatch (recompute's extra forward is in b_s)
+  double update_s = 0;                 // its optimizer step, once per step
   std::string timing = "estimated";    // estimated | measured | partly measured
   int64_t params = 0;                  // elements
   double param_bytes = 0, static_bytes = 0, act_bytes = 0, w_keep_bytes = 0, workspace_bytes = 0;

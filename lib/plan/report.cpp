@@ -77,9 +77,10 @@ std::string format_report(const Plan& plan, const PlanInputs& in) {
   }
   line("");
   const auto& p = plan.prediction;
-  line(fmt::format("predicted step {} ms, {:.4g} samples/s, bubble {:.1f}%, peak memory {}{}", ms(p.step_s), p.samples_per_s,
+  line(fmt::format("predicted step {} ms, {:.4g} samples/s, bubble {:.1f}%, peak memory {}{}{}", ms(p.step_s), p.samples_per_s,
                    std::max(0.0, 100 * p.bubble), human_bytes(p.peak_max()),
-                   p.allreduce_s > 0 ? fmt::format(", all-reduce {} ms", ms(p.allreduce_s)) : ""));
+                   p.allreduce_s > 0 ? fmt::format(", all-reduce {} ms", ms(p.allreduce_s)) : "",
+                   p.update_s > 0 ? fmt::format(", optimizer step ({}) {} ms", cost::optimizer_name(in.cost->options().optimizer), ms(p.update_s)) : ""));
   line("");
   line(fmt::format("baselines (same {} microbatch{}, {} schedule, devices and recomputation rule):", plan.microbatches,
                    plan.microbatches == 1 ? "" : "es", plan.schedule_name));
@@ -124,7 +125,7 @@ json report_json(const Plan& plan, const PlanInputs& in) {
   }
   auto pred = [](const Prediction& p) {
     return json{{"fits", p.fits}, {"step_s", p.step_s}, {"samples_per_s", p.samples_per_s}, {"bubble", p.bubble},
-                {"peak_bytes", p.peak_max()}, {"allreduce_s", p.allreduce_s}};
+                {"peak_bytes", p.peak_max()}, {"allreduce_s", p.allreduce_s}, {"update_s", p.update_s}};
   };
   json baselines = json::array();
   for (const auto& b : plan.baselines) {

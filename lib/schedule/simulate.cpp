@@ -41,6 +41,8 @@ SimResult simulate(const Schedule& s, const Costs& c, const SimOptions& opt, con
     throw_bad_input(where, fmt::format("costs for {} stage boundaries, the schedule has {}", c.link.size(), S - 1));
   if (!c.allreduce_s.empty() && c.allreduce_s.size() != static_cast<size_t>(p))
     throw_bad_input(where, fmt::format("all-reduce times for {} ranks, the schedule has {}", c.allreduce_s.size(), p));
+  if (!c.update_s.empty() && c.update_s.size() != static_cast<size_t>(p))
+    throw_bad_input(where, fmt::format("optimizer-step times for {} ranks, the schedule has {}", c.update_s.size(), p));
 
   const size_t n = static_cast<size_t>(S) * static_cast<size_t>(m);
   auto key = [m](int st, int mb) { return static_cast<size_t>(st) * static_cast<size_t>(m) + static_cast<size_t>(mb); };
@@ -206,15 +208,19 @@ SimResult simulate(const Schedule& s, const Costs& c, const SimOptions& opt, con
   for (int r = 0; r < p; ++r) {
     auto& rs = res.rank[static_cast<size_t>(r)];
     rs.allreduce_s = c.allreduce_s.empty() ? 0.0 : c.allreduce_s[static_cast<size_t>(r)];
-    rs.end_s = free_at[static_cast<size_t>(r)] + rs.allreduce_s;
+    rs.update_s = c.update_s.empty() ? 0.0 : c.update_s[static_cast<size_t>(r)];
+    const double reduced = free_at[static_cast<size_t>(r)] + rs.allreduce_s;
+    rs.end_s = reduced + rs.update_s;
     if (opt.record_events && rs.allreduce_s > 0)
-      res.events.push_back(Event{EventKind::AllReduce, r, -1, Action{}, free_at[static_cast<size_t>(r)], rs.end_s});
+      res.events.push_back(Event{EventKind::AllReduce, r, -1, Action{}, free_at[static_cast<size_t>(r)], reduced});
+    if (opt.record_events && rs.update_s > 0)
+      res.events.push_back(Event{EventKind::Update, r, -1, Action{}, reduced, rs.end_s});
     rs.peak_bytes = rs.static_bytes + rs.peak_act_bytes;
     step = std::max(step, rs.end_s);
   }
   res.step_s = step;
   for (auto& rs : res.rank) {
-    rs.idle_s = step - rs.busy_s - rs.allreduce_s;
+    rs.idle_s = step - rs.busy_s - rs.allreduce_s - rs.update_s;
     res.compute_s += rs.busy_s;
     res.idle_s += rs.idle_s;
   }

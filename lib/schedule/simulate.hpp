@@ -45,27 +45,31 @@ struct Costs {
   std::vector<StageCost> stage;    // size S
   std::vector<LinkCost> link;      // size S-1 (empty: free communication)
   std::vector<double> allreduce_s; // size p (empty: no data parallelism)
+  // Per rank, the end-of-step work after its pipeline and all-reduce: the gradient norm and the
+  // optimizer's update of its stages' weights. Size p (empty: none).
+  std::vector<double> update_s;
   bool serialize_links = true;
 
   // Equal stages: F = f, B = b, W = w (X = b + w), free communication, no memory.
   static Costs uniform(int stages, double f_s, double b_s, double w_s);
 };
 
-enum class EventKind : uint8_t { Compute, Transfer, AllReduce };
+enum class EventKind : uint8_t { Compute, Transfer, AllReduce, Update };
 
 struct Event {
   EventKind kind = EventKind::Compute;
-  int rank = 0;    // compute / all-reduce: the rank; transfer: the sending rank
+  int rank = 0;    // compute / all-reduce / update: the rank; transfer: the sending rank
   int peer = -1;   // transfer: the receiving rank
-  Action action;   // compute: the action; transfer: the send (SF / SB with peer); all-reduce: unused
+  Action action;   // compute: the action; transfer: the send (SF / SB with peer); all-reduce, update: unused
   double start_s = 0, end_s = 0;
 };
 
 struct RankStats {
   double busy_s = 0;       // compute
   double allreduce_s = 0;  // data-parallel all-reduce at the end
-  double idle_s = 0;       // step_s - busy_s - allreduce_s
-  double end_s = 0;        // when the rank finished (all-reduce included)
+  double update_s = 0;     // then the gradient norm and the optimizer's update
+  double idle_s = 0;       // step_s - busy_s - allreduce_s - update_s
+  double end_s = 0;        // when the rank finished (all-reduce and update included)
   double static_bytes = 0;     // weights + gradients + optimizer state of its stages
   double peak_act_bytes = 0;   // activations at the worst moment
   double peak_bytes = 0;       // static + peak activations

@@ -20,6 +20,7 @@ std::string_view span_kind_name(SpanKind k) {
     case SpanKind::SendAct: return "send activations";
     case SpanKind::SendGrad: return "send gradients";
     case SpanKind::AllReduce: return "all-reduce";
+    case SpanKind::Update: return "optimizer step";
     case SpanKind::Other: return "other";
   }
   return "other";
@@ -48,6 +49,10 @@ Timeline make_timeline(const Schedule& s, const SimResult& r, std::string title,
       sp.kind = SpanKind::AllReduce;
       sp.label = "all-reduce";
       sp.name = "all-reduce";
+    } else if (e.kind == EventKind::Update) {
+      sp.kind = SpanKind::Update;
+      sp.label = "opt";
+      sp.name = "optimizer step";
     } else {
       sp.label = fmt::format("{}", e.action.mb);
       sp.name = to_string(e.action);
@@ -82,6 +87,7 @@ Rgb base_colour(SpanKind k) {
     case SpanKind::SendAct: return {148, 103, 189};       // purple
     case SpanKind::SendGrad: return {196, 78, 150};       // magenta
     case SpanKind::AllReduce: return {204, 55, 51};       // red
+    case SpanKind::Update: return {140, 86, 75};          // brown
     case SpanKind::Other: return {127, 127, 127};
   }
   return {127, 127, 127};
@@ -155,7 +161,7 @@ std::string to_svg(const Timeline& t, const SvgOptions& opt) {
   const double font = std::clamp(bar_h * 0.55, 8.0, 13.0);
 
   // Which kinds appear, in legend order.
-  std::array<bool, 8> present{};
+  std::array<bool, static_cast<size_t>(SpanKind::Other) + 1> present{};
   bool any_comm = false;
   for (const auto& sp : t.spans) {
     present[static_cast<size_t>(sp.kind)] = true;

@@ -21,6 +21,7 @@ enum class SpanKind : uint8_t {
   SendAct,         // activation transfer
   SendGrad,        // gradient transfer
   AllReduce,       // data-parallel all-reduce
+  Update,          // gradient norm and optimizer update at the end of the step
   Other,
 };
 std::string_view span_kind_name(SpanKind k);

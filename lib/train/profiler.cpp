@@ -8,6 +8,7 @@
 #include "runtime/cpu_backend.hpp"
 #include "runtime/executor.hpp"
 #include "runtime/loss.hpp"
+#include "train/optimizer.hpp"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -18,6 +19,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <thread>
 #include <sys/mman.h>
@@ -345,6 +347,52 @@ WholeRun median_run(const std::vector<WholeRun>& runs, size_t nodes) {
   return r;
 }
 
+// A worker's end-of-step work on its weights (Worker::reduce_and_update without the all-reduces):
+// every gradient copied out and its squares summed (the global norm), then the optimizer's
+// update, on tensors of the model's parameter sizes. Per optimizer, seconds per parameter: the
+// median of the repeats within `budget_s` (after one warm-up, which also allocates the state).
+std::vector<std::pair<OptimizerKind, double>> measure_optimizer_steps(const graph::Graph& g, double budget_s) {
+  std::vector<std::vector<float>> w, gr;
+  int64_t total = 0;
+  for (const auto& v : g.values)
+    if (v.kind == graph::ValueKind::Parameter && smp::numel(v.shape) > 0) {
+      const auto n = static_cast<size_t>(smp::numel(v.shape));
+      w.emplace_back(n, 0.02f);
+      gr.emplace_back(n, 0.001f);
+      total += smp::numel(v.shape);
+    }
+  std::vector<std::pair<OptimizerKind, double>> r;
+  if (total == 0) return r;
+  std::vector<float> host;
+  for (OptimizerKind kind : {OptimizerKind::Sgd, OptimizerKind::Momentum, OptimizerKind::AdamW}) {
+    OptimizerConfig c;
+    c.kind = kind;
+    c.lr = 1e-3;
+    std::vector<ParamState> state(w.size());
+    std::vector<double> samples;
+    double norm = 0;
+    auto t_start = clk::now();
+    for (int rep = 0;; ++rep) {
+      auto t0 = clk::now();
+      for (const auto& x : gr) {
+        host.resize(x.size());
+        std::memcpy(host.data(), x.data(), x.size() * sizeof(float));
+        norm += sum_of_squares(host);
+      }
+      for (size_t i = 0; i < w.size(); ++i) apply_update(c, c.lr, w[i], gr[i], state[i]);
+      if (rep == 0) {
+        t_start = clk::now();
+        continue;
+      }
+      samples.push_back(seconds_since(t0));
+      if (samples.size() >= 3 && seconds_since(t_start) >= budget_s) break;
+    }
+    if (!std::isfinite(norm)) throw_failure("smp-profile", "optimizer step measurement: the gradient norm is not finite");
+    r.emplace_back(kind, quantile(samples, 0.5) / static_cast<double>(total));
+  }
+  return r;
+}
+
 // The most microbatches kept in flight for the many-in-flight timing (memory grows with them).
 constexpr int kMaxInFlight = 16;
 
@@ -480,6 +528,8 @@ json profile_nodes(const NodeProfileOptions& o, const ProfileOutput& out) {
     }
   }
   progress(N, N, "done");
+  // 4. The optimizer step (its time per parameter, for each optimizer).
+  const auto opt_steps = measure_optimizer_steps(g, std::max(0.05, o.whole_budget_s / 15));
 
   // A node's backward in context split into input and weight gradient by its ratio alone.
   std::vector<double> wshare(static_cast<size_t>(N));
@@ -564,6 +614,12 @@ json profile_nodes(const NodeProfileOptions& o, const ProfileOutput& out) {
                  "backward {:.3f} ms per microbatch, x {:.3f} of one in flight",
                  D, ctx_deep.f * 1e3, ctx_deep.loss * 1e3, ctx_deep.b * 1e3, t1 > 0 ? td / t1 : 0.0));
     }
+    if (!opt_steps.empty()) {
+      std::string parts;
+      for (const auto& [kind, s] : opt_steps)
+        parts += fmt::format("{}{} {:.2f} ns", parts.empty() ? "" : ", ", optimizer_name(kind), s * k * 1e9);
+      say(fmt::format("optimizer step (gradient norm + update) per parameter: {}", parts));
+    }
     if (o.oversubscription > 1) say(fmt::format("--oversubscription: every time multiplied by {:.2f}", o.oversubscription));
   }
   json result{{"version", 1},
@@ -574,6 +630,11 @@ json profile_nodes(const NodeProfileOptions& o, const ProfileOutput& out) {
            {"model", o.model.string()},
            {"nodes", nodes}};
   if (D > 1) result["in_flight_microbatches"] = D;
+  if (!opt_steps.empty()) {
+    json os = json::object();
+    for (const auto& [kind, s] : opt_steps) os[optimizer_name(kind)] = s * k;
+    result["optimizer_step_s_per_parameter"] = os;
+  }
   return result;
 }
 

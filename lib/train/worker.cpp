@@ -76,6 +76,8 @@ struct StageRt {
   // measured per microbatch, summed over steps after the first
   double f_s = 0, b_s = 0, w_s = 0;
   int64_t nf = 0, nb = 0, nw = 0;
+  double u_s = 0;  // its optimizer step (gradient norm + update), summed over the same steps
+  int64_t nu = 0;
 };
 
 struct Key {
@@ -149,8 +151,10 @@ schedule::SpanKind span_kind(schedule::Op op) {
 
 struct MeasuredSpan {
   double start, end;
-  int op, stage, mb, lane;
+  int op, stage, mb, lane;  // op: a schedule::Op, or one of the end-of-step parts below
 };
+constexpr int kNormSpan = -1;    // the gradient norm's part of the optimizer step
+constexpr int kUpdateSpan = -2;  // the weight update
 
 std::string fmt_duration(double s) {
   if (!(s >= 0) || s > 1e7) return "--:--";
@@ -169,7 +173,7 @@ class Worker {
   void load();
   void restore();
   double step(int64_t k, bool record);
-  void reduce_and_update(int64_t k, double* loss, double* norm);
+  void reduce_and_update(int64_t k, bool record, double* loss, double* norm);
   void checkpoint(int64_t steps_done);
   StageCheckpoint snapshot(StageRt& st, int64_t done, bool optimizer);
   void report_end(double mean_step_s);
@@ -181,7 +185,7 @@ class Worker {
   std::vector<int64_t> microbatch_rows(int64_t step, int mb);
 
   comm::Communicator& c_;
-  const RunOptions& o_;
+  RunOptions o_;  // a copy: load() may take the optimizer from the plan
   runtime::CpuBackend be_;
   plan::PlanFile plan_;
   graph::Graph g_;
@@ -201,10 +205,12 @@ class Worker {
   std::vector<int64_t> rows_;        // rows of step rows_step_'s global batch
   int64_t rows_step_ = -1;
   double recorded_step_s_ = 0;
+  clock::time_point step_t0_;        // start of the current step (the recorded spans' zero)
 };
 
 void Worker::load() {
   plan_ = plan::read_plan(o_.plan);
+  if (o_.optimizer_from_plan) o_.optimizer.kind = parse_optimizer(plan_.optimizer, o_.plan.string() + ": options.optimizer");
   if (static_cast<int>(plan_.ranks.size()) != c_.size())
     throw_bad_input(o_.plan.string(), fmt::format("the plan has {} ranks, the job {}", plan_.ranks.size(), c_.size()),
                     "start as many processes as the plan's ranks");
@@ -344,6 +350,7 @@ double Worker::step(int64_t k, bool record) {
   const auto& actions = plan_.schedule.actions.at(static_cast<size_t>(plan_.ranks[static_cast<size_t>(c_.rank())].pipeline_rank));
   const double scale = 1.0 / static_cast<double>(m_ * d_);
   auto t0 = clock::now();
+  step_t0_ = t0;
   auto rank_of_stage = [&](int s) {
     // The global rank running stage s in this replica (the lists' peers count pipeline ranks).
     return replica_ * plan_.stages + plan_.schedule.rank_of(s);
@@ -520,7 +527,7 @@ double Worker::step(int64_t k, bool record) {
   return loss;
 }
 
-void Worker::reduce_and_update(int64_t k, double* loss, double* norm) {
+void Worker::reduce_and_update(int64_t k, bool record, double* loss, double* norm) {
   // Data-parallel all-reduce of each stage's gradients (one packed buffer per stage).
   for (auto& st : stages_) {
     if (st.group.size() <= 1) continue;
@@ -540,17 +547,27 @@ void Worker::reduce_and_update(int64_t k, double* loss, double* norm) {
       off += static_cast<size_t>(gt.numel());
     }
   }
+  // The optimizer step of each stage: its part of the global gradient norm, then its update
+  // (timed for the end-of-run report, and recorded for the timeline).
+  auto since_step = [&](clock::time_point t) { return std::chrono::duration<double>(t - step_t0_).count(); };
+  auto timed = [&](StageRt& st, int op, clock::time_point t_begin) {
+    const auto t_end = clock::now();
+    if (k > 0) st.u_s += std::chrono::duration<double>(t_end - t_begin).count();
+    if (record) spans_.push_back({since_step(t_begin), since_step(t_end), op, st.index, 0, 0});
+  };
   // The loss and the global gradient norm over every stage (each counted once).
   double sums[2] = {*loss, 0.0};
   std::vector<float> host;
   for (auto& st : stages_) {
     if (!st.writer) continue;
+    const auto t_begin = clock::now();
     for (int p : st.ex->parameters()) {
       Tensor& gt = st.ex->gradient(p);
       host.resize(static_cast<size_t>(gt.numel()));
       be_.to_host(gt, host.data());
       sums[1] += sum_of_squares(host);
     }
+    timed(st, kNormSpan, t_begin);
   }
   std::vector<int> world(static_cast<size_t>(c_.size()));
   std::iota(world.begin(), world.end(), 0);
@@ -563,6 +580,7 @@ void Worker::reduce_and_update(int64_t k, double* loss, double* norm) {
   double factor = clip_factor(o_.optimizer, *norm);
   double lr = lr_at(o_.optimizer, k);
   for (auto& st : stages_) {
+    const auto t_begin = clock::now();
     for (int p : st.ex->parameters()) {
       Tensor& w = st.ex->parameter(p);
       Tensor& gt = st.ex->gradient(p);
@@ -570,6 +588,8 @@ void Worker::reduce_and_update(int64_t k, double* loss, double* norm) {
       apply_update(o_.optimizer, lr, std::span<float>(w.data<float>(), static_cast<size_t>(w.numel())),
                    std::span<const float>(gt.data<float>(), static_cast<size_t>(gt.numel())), st.opt[p]);
     }
+    timed(st, kUpdateSpan, t_begin);
+    if (k > 0) ++st.nu;
   }
 }
 
@@ -693,12 +713,18 @@ void Worker::gather_timeline() {
       schedule::Span s;
       s.row = r;
       s.lane = sp.lane;
-      auto op = static_cast<schedule::Op>(sp.op);
-      s.kind = span_kind(op);
       s.start = sp.start;
       s.end = sp.end;
-      s.label = std::to_string(sp.mb);
-      s.name = schedule::to_string(schedule::compute(op, sp.stage, sp.mb));
+      if (sp.op == kNormSpan || sp.op == kUpdateSpan) {
+        s.kind = schedule::SpanKind::Update;
+        s.label = "opt";
+        s.name = fmt::format("optimizer step of stage {}: {}", sp.stage, sp.op == kNormSpan ? "gradient norm" : "update");
+      } else {
+        auto op = static_cast<schedule::Op>(sp.op);
+        s.kind = span_kind(op);
+        s.label = std::to_string(sp.mb);
+        s.name = schedule::to_string(schedule::compute(op, sp.stage, sp.mb));
+      }
       s.shade = plan_.schedule.chunks > 1 ? sp.stage / plan_.stages : 0;
       t.spans.push_back(std::move(s));
     }
@@ -717,10 +743,11 @@ void Worker::report_end(double mean_step_s) {
     v[i] = st.nf ? st.f_s / static_cast<double>(st.nf) : 0;
     v[i + 1] = st.nb ? st.b_s / static_cast<double>(st.nb) : 0;
     v[i + 2] = st.nw ? st.w_s / static_cast<double>(st.nw) : 0;
-    v[i + 3] = static_cast<double>(st.nf);
+    v[i + 3] = st.nu ? st.u_s / static_cast<double>(st.nu) : 0;
   }
+  // Idle: neither computing nor in its optimizer step (as the plan counts its bubble).
   double busy = 0;
-  for (auto& st : stages_) busy += st.f_s + st.b_s + st.w_s;
+  for (auto& st : stages_) busy += st.f_s + st.b_s + st.w_s + st.u_s;
   int64_t steps_timed = 0;
   for (auto& st : stages_) steps_timed = std::max<int64_t>(steps_timed, st.nf / std::max(m_, 1));
   v[static_cast<size_t>(4 * S_ + c_.rank())] = steps_timed > 0 && mean_step_s > 0
@@ -731,16 +758,23 @@ void Worker::report_end(double mean_step_s) {
   c_.allreduce_sum(v.data(), v.size(), world);
   if (c_.rank() != 0 || o_.quiet) return;
   const auto& pj = plan_.json;
-  fmt::print("\nper stage, per microbatch (measured after the first step | predicted by the plan):\n");
-  fmt::print("{:>5}  {:>21}  {:>21}  {:>10}\n", "stage", "forward ms", "backward ms", "rank idle");
+  fmt::print("\nper stage, per microbatch (measured after the first step | predicted by the plan); optimizer step ({}) "
+             "once per step:\n",
+             optimizer_name(o_.optimizer.kind));
+  fmt::print("{:>5}  {:>21}  {:>21}  {:>21}  {:>10}\n", "stage", "forward ms", "backward ms", "optimizer ms", "rank idle");
   for (int s = 0; s < S_; ++s) {
     size_t i = static_cast<size_t>(4 * s);
     const auto& tj = pj["stages"][static_cast<size_t>(s)]["time"];
     double pf = tj.value("forward_s", 0.0), pb = tj.value("backward_input_s", 0.0) + tj.value("backward_weight_s", 0.0);
+    double pu = tj.value("update_s", 0.0);
     int rank0 = plan_.stage[static_cast<size_t>(s)].ranks.at(0);
-    fmt::print("{:>5}  {:>9.3f} | {:>9.3f}  {:>9.3f} | {:>9.3f}  {:>9.1f}%\n", s, v[i] * 1e3, pf * 1e3,
-               (v[i + 1] + v[i + 2]) * 1e3, pb * 1e3, 100.0 * v[static_cast<size_t>(4 * S_ + rank0)]);
+    fmt::print("{:>5}  {:>9.3f} | {:>9.3f}  {:>9.3f} | {:>9.3f}  {:>9.3f} | {:>9.3f}  {:>9.1f}%\n", s, v[i] * 1e3, pf * 1e3,
+               (v[i + 1] + v[i + 2]) * 1e3, pb * 1e3, v[i + 3] * 1e3, pu * 1e3,
+               100.0 * v[static_cast<size_t>(4 * S_ + rank0)]);
   }
+  if (plan_.optimizer != optimizer_name(o_.optimizer.kind))
+    fmt::print("note: the plan was made for {} (smp-plan --optimizer): its memory and optimizer-step predictions assume it\n",
+               plan_.optimizer);
   double pstep = pj["prediction"].value("step_s", 0.0);
   fmt::print("step time: measured {:.4f} s (mean after the first step), predicted {:.4f} s ({:+.1f}%)\n", mean_step_s, pstep,
              pstep > 0 ? 100.0 * (mean_step_s - pstep) / pstep : 0.0);
@@ -790,8 +824,9 @@ void Worker::run() {
     if (!losses) throw_bad_input(o_.losses.string(), "cannot write the loss file");
   }
   if (c_.rank() == 0 && !o_.quiet)
-    fmt::print("training {} steps: {} stage(s) x {} replica(s), schedule {}, {} microbatches of {}, data: {}\n",
+    fmt::print("training {} steps: {} stage(s) x {} replica(s), schedule {}, {} microbatches of {}, optimizer {}, data: {}\n",
                o_.steps - start_step_, plan_.stages * plan_.chunks, d_, plan_.schedule.name, m_, b_,
+               optimizer_name(o_.optimizer.kind),
                need_data_ ? data_.source : (o_.data.empty() ? "synthetic" : o_.data.string()));
   std::fflush(stdout);
 
@@ -804,7 +839,7 @@ void Worker::run() {
     bool record = want_timeline && k + 1 == o_.steps;
     double loss = step(k, record);
     double norm = 0;
-    reduce_and_update(k, &loss, &norm);
+    reduce_and_update(k, record, &loss, &norm);
     double dt = seconds_since(t0);
     if (record) recorded_step_s_ = dt;
     if (k > start_step_) timed += dt, ++timed_steps;

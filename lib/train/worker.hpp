@@ -18,6 +18,7 @@ struct RunOptions {
   std::filesystem::path plan;
   int steps = 20;
   OptimizerConfig optimizer;
+  bool optimizer_from_plan = false;  // optimizer.kind from the plan's options.optimizer
   uint64_t seed = 0;
   std::filesystem::path data;  // empty: the synthetic task
   bool shuffle = false;

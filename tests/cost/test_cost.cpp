@@ -11,6 +11,7 @@
 
 #include <functional>
 #include <string>
+#include <tuple>
 
 using namespace smp;
 using nlohmann::json;
@@ -318,4 +319,61 @@ TEST_CASE("a profile replaces the roofline times where device and microbatch mat
   bad = deep;
   bad["in_flight_microbatches"] = 1;
   CHECK(bad_input([&] { cost::profile_from_json(bad, "p.json"); }).rfind("p.json: in_flight_microbatches", 0) == 0);
+}
+
+TEST_CASE("the optimizer step: measured per parameter where the profile has it, else a roofline") {
+  Mlp m;
+  const double params = 64 * 32 + 32 * 16, bytes = 4 * params;
+  // Roofline: fp32 bytes 12 (norm) + 12 (update) + 8 per state tensor; FLOPs 2 + 2 / 3 / 12.
+  for (auto [o, b, f] : {std::tuple{cost::Optimizer::SGD, 24.0, 4.0}, std::tuple{cost::Optimizer::Momentum, 32.0, 5.0},
+                         std::tuple{cost::Optimizer::AdamW, 40.0, 14.0}}) {
+    cost::CostOptions opt;
+    opt.optimizer = o;
+    cost::GraphCost gc(m.h.g, 8, opt);
+    bool measured = true;
+    CHECK(gc.optimizer_step_s(bytes, device(1e12, 1e11, 1e-6), &measured) == doctest::Approx(params * b / 1e11 + 2e-6));
+    CHECK(!measured);
+    // compute-bound on a device with little FLOP/s
+    CHECK(gc.optimizer_step_s(bytes, device(1e6, 1e11, 0)) == doctest::Approx(params * f / 1e6));
+    CHECK(gc.optimizer_step_s(0, device()) == 0);
+  }
+  json pj = {{"version", 1},
+             {"device", {{"name", "test"}, {"kind", "cpu"}}},
+             {"microbatch_size", 8},
+             {"optimizer_step_s_per_parameter", {{"sgd", 1e-9}, {"adamw", 4e-9}}},
+             {"nodes", json::object()}};
+  cost::Profile p = cost::profile_from_json(pj, "p.json");
+  CHECK(p.optimizer_step_s.at("adamw") == 4e-9);
+  for (auto [o, want] : {std::pair{cost::Optimizer::SGD, 1e-9}, std::pair{cost::Optimizer::AdamW, 4e-9}}) {
+    cost::CostOptions opt;
+    opt.optimizer = o;
+    opt.profile = &p;
+    cost::GraphCost gc(m.h.g, 8, opt);
+    bool measured = false;
+    CHECK(gc.optimizer_step_s(bytes, device(), &measured) == doctest::Approx(params * want));
+    CHECK(measured);
+    auto other = device();
+    other.name = "other";
+    gc.optimizer_step_s(bytes, other, &measured);
+    CHECK(!measured);  // the profile is for another device
+  }
+  cost::CostOptions om;
+  om.optimizer = cost::Optimizer::Momentum;  // not in the profile: the roofline
+  om.profile = &p;
+  bool measured = true;
+  cost::GraphCost gm(m.h.g, 8, om);
+  gm.optimizer_step_s(bytes, device(), &measured);
+  CHECK(!measured);
+  json bad = pj;
+  bad["optimizer_step_s_per_parameter"]["lion"] = 1e-9;
+  CHECK(bad_input([&] { cost::profile_from_json(bad, "p.json"); })
+            .rfind("p.json: optimizer_step_s_per_parameter.lion: unknown optimizer", 0) == 0);
+  bad = pj;
+  bad["optimizer_step_s_per_parameter"]["sgd"] = -1;
+  CHECK(bad_input([&] { cost::profile_from_json(bad, "p.json"); })
+            .rfind("p.json: optimizer_step_s_per_parameter.sgd: must be a non-negative number", 0) == 0);
+  bad = pj;
+  bad["optimizer_step_s_per_parameter"] = 3;
+  CHECK(bad_input([&] { cost::profile_from_json(bad, "p.json"); })
+            .rfind("p.json: optimizer_step_s_per_parameter: must be an object", 0) == 0);
 }

@@ -233,6 +233,45 @@ TEST_CASE("a profile's many-in-flight times apply as the stage keeps more microb
   CHECK(between >= 1);  // the case is not only the two ends
 }
 
+TEST_CASE("each rank's optimizer step ends its step: per stage from its parameters, measured or estimated") {
+  Setup probe(sample("mlp"), 16, fixed_cluster(2));
+  json nodes = json::object();
+  for (const auto& n : probe.g.nodes) nodes[n.name] = {{"forward_s", 1e-3}, {"backward_input_s", 1e-3}, {"backward_weight_s", 1e-3}};
+  const cost::DeviceSpec dev = fixed_cluster(2).kinds.at(0);
+  auto plan_with = [&](double per_param, cost::Optimizer optimizer) {
+    json pj{{"version", 1}, {"device", {{"name", dev.name}}}, {"microbatch_size", 4}, {"nodes", nodes}};
+    if (per_param >= 0) pj["optimizer_step_s_per_parameter"] = {{"sgd", per_param}};
+    auto prof = std::make_shared<cost::Profile>(cost::profile_from_json(pj, "p.json"));
+    cost::CostOptions copt;
+    copt.profile = prof.get();
+    copt.optimizer = optimizer;
+    Setup s(sample("mlp"), 16, fixed_cluster(2), copt);
+    auto o = options(16, 2, 1, 4, "1f1b");
+    o.recompute = plan::RecomputePolicy::Never;
+    plan::Plan p = plan::make_plan(s.in(), o);
+    for (const auto& st : p.stage_plans) {
+      CAPTURE(st.index);
+      CHECK(st.update_s == doctest::Approx(s.gc->optimizer_step_s(st.param_bytes, dev)));
+      if (per_param >= 0 && optimizer == cost::Optimizer::SGD) CHECK(st.update_s == doctest::Approx(st.param_bytes / 4 * per_param));
+    }
+    return std::pair{p, prof};
+  };
+  const auto [none, p0] = plan_with(0.0, cost::Optimizer::SGD);
+  const auto [slow, p1] = plan_with(1e-6, cost::Optimizer::SGD);
+  double lo = 1e30, hi = 0;
+  for (const auto& st : slow.stage_plans) lo = std::min(lo, st.update_s), hi = std::max(hi, st.update_s);
+  REQUIRE(lo > 0);
+  CHECK(none.prediction.update_s == 0);
+  CHECK(slow.prediction.update_s == doctest::Approx(hi));
+  // Every rank's end moves by its own step: the step by between the smallest and the largest.
+  CHECK(slow.prediction.step_s - none.prediction.step_s >= lo * (1 - 1e-9));
+  CHECK(slow.prediction.step_s - none.prediction.step_s <= hi * (1 + 1e-9));
+  // Not measured for adamw: the roofline, with two state tensors more than sgd's.
+  const auto [adam, p2] = plan_with(-1, cost::Optimizer::AdamW);
+  const auto [sgd, p3] = plan_with(-1, cost::Optimizer::SGD);
+  CHECK(adam.prediction.update_s > sgd.prediction.update_s);
+}
+
 TEST_CASE("recomputation where memory needs it; nothing fits says what would") {
   // GPT at batch 64 on 4 devices: find a memory size where only recomputation fits.
   Setup big(sample("gpt"), 64, fixed_cluster(4));

@@ -38,6 +38,12 @@ TEST_CASE("smp-profile writes a valid profile with every node of the model") {
     CHECK(p["device"]["kind"] == "cpu");
     CHECK(p["threads"].get<int>() >= 1);
     CHECK(p["smp_version"].is_string());
+    // The optimizer step of every optimizer, per parameter.
+    for (const char* k : {"sgd", "momentum", "adamw"}) {
+      CAPTURE(k);
+      REQUIRE(p["optimizer_step_s_per_parameter"].contains(k));
+      CHECK(p["optimizer_step_s_per_parameter"][k].get<double>() > 0);
+    }
     smp::graph::LoadOptions lo;
     lo.batch_size = 4;
     auto g = smp::graph::load_graph(sample(m), lo);
@@ -93,6 +99,19 @@ TEST_CASE("smp-plan uses the profile: stages marked measured; another set-up is 
   auto pe = run_cmd(tool("smp-plan") + " " + sample("gpt") + " -b 16 --devices 2 --stages 2 --microbatches 4 -o " + plan);
   REQUIRE(pe.exit_code == 0);
   CHECK(pe.out.find(" measured\n") == std::string::npos);
+  // The measured optimizer step (smp-plan's default optimizer, adamw) per stage's parameters.
+  REQUIRE(run_cmd(tool("smp-plan") + " " + sample("gpt") + " -b 16 --devices 2 --stages 2 --microbatches 4 --profile " + prof +
+                  " -o " + plan).exit_code == 0);
+  auto pj = read_json_file(prof);
+  auto planj = read_json_file(plan);
+  REQUIRE(planj["options"]["optimizer"] == "adamw");
+  double longest = 0;
+  for (const auto& st : planj["stages"]) {
+    const double want = pj["optimizer_step_s_per_parameter"]["adamw"].get<double>() * st["parameter_count"].get<double>();
+    CHECK(st["time"]["update_s"].get<double>() == doctest::Approx(want));
+    longest = std::max(longest, want);
+  }
+  CHECK(planj["prediction"]["update_s"].get<double>() == doctest::Approx(longest));
 
   // Another worker count: a different device name, refused in one line.
   auto other = run_cmd(tool("smp-plan") + " " + sample("gpt") + " -b 16 --devices 4 --stages 2 --microbatches 4 --profile " +

@@ -39,7 +39,7 @@ inline fs::path make_plan(const fs::path& dir, const std::string& model, int64_t
                           const std::string& schedule, int chunks = 1) {
   fs::path plan = dir / fmt::format("{}-{}x{}-{}-v{}.json", model, p, d, schedule, chunks);
   std::string cmd = fmt::format("{} {} --batch-size {} --stages {} --data-parallel {} --devices {} --microbatches {} "
-                                "--schedule {} {} -o {}",
+                                "--schedule {} {} --optimizer sgd -o {}",
                                 bin("smp-plan"), src("sample_models/" + model + ".onnx"), batch, p, d, p * d, m, schedule,
                                 chunks > 1 ? fmt::format("--chunks {}", chunks) : "", plan.string());
   Cmd r = sh(cmd);

@@ -102,6 +102,8 @@ TEST_CASE("metrics, trace and timeline files; without --data the synthetic task'
   REQUIRE(r.exit_code == 0);
   CHECK(r.out.find("step 40/40") != std::string::npos);
   CHECK(r.out.find("predicted") != std::string::npos);  // the end-of-run summary
+  CHECK(r.out.find("optimizer momentum") != std::string::npos);
+  CHECK(r.out.find("note: the plan was made for sgd") != std::string::npos);
   std::ifstream in(metrics);
   std::string line;
   std::vector<double> loss;
@@ -119,9 +121,33 @@ TEST_CASE("metrics, trace and timeline files; without --data the synthetic task'
   for (const auto& e : t["traceEvents"])
     if (e.value("ph", "") == "X" && e.value("name", "").find('F') != std::string::npos) ++compute;
   CHECK(compute >= 8);  // 4 forwards on each of the 2 ranks
+  int updates = 0, norms = 0;
+  for (const auto& e : t["traceEvents"]) {
+    updates += e.value("name", "").rfind("optimizer step of stage ", 0) == 0 && e.value("name", "").ends_with(": update");
+    norms += e.value("name", "").ends_with(": gradient norm");
+  }
+  CHECK(updates == 2);  // each rank's stage, after the pipeline
+  CHECK(norms == 2);
   std::string s = read_file(svg);
   CHECK(s.find("<svg") != std::string::npos);
   CHECK(s.find("rank 1") != std::string::npos);
+  CHECK(s.find("optimizer step") != std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("without --optimizer, smp-run trains with the plan's; the summary sets its step against the plan's") {
+  auto dir = test::temp_dir("plan_optimizer");
+  fs::path plan = dir / "p.json";
+  auto pl = test::sh(fmt::format("{} {} -b 16 --devices 2 --stages 2 --data-parallel 1 --microbatches 4 --optimizer momentum -o {}",
+                                 test::bin("smp-plan"), test::src("sample_models/mlp.onnx"), plan.string()));
+  REQUIRE_MESSAGE(pl.exit_code == 0, pl.out);
+  CHECK(pl.out.find("optimizer step (momentum)") != std::string::npos);
+  auto r = test::sh(fmt::format("{} {} --steps 3", test::bin("smp-run"), plan.string()));
+  INFO(r.out);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out.find("optimizer momentum") != std::string::npos);
+  CHECK(r.out.find("optimizer ms") != std::string::npos);
+  CHECK(r.out.find("note: the plan was made for") == std::string::npos);
   fs::remove_all(dir);
 }
 

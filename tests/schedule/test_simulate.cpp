@@ -147,6 +147,24 @@ TEST_CASE("hand-checked: two stages, unequal times, transfers and an all-reduce"
   int all_reduces = 0;
   for (const auto& e : a.events) all_reduces += e.kind == EventKind::AllReduce;
   CHECK(all_reduces == 2);
+
+  // The optimizer step follows each rank's all-reduce; it is neither compute nor idle.
+  c.update_s = {0.25, 2.0};
+  SimResult u = simulate(s, c);
+  CHECK(u.rank[0].end_s == 11.75 + 0.25);
+  CHECK(u.rank[1].end_s == 8.0 + 2.0);
+  CHECK(u.step_s == 12.0);
+  CHECK(u.rank[0].update_s == 0.25);
+  CHECK(u.rank[1].idle_s == 12.0 - 6 - 0.5 - 2.0);
+  CHECK(u.rank[1].busy_s == 6);
+  const Event* up = nullptr;
+  for (const auto& e : u.events)
+    if (e.kind == EventKind::Update && e.rank == 1) up = &e;
+  REQUIRE(up != nullptr);
+  CHECK(up->start_s == 8.0);
+  CHECK(up->end_s == 10.0);
+  c.update_s = {1.0};
+  CHECK_THROWS_WITH(simulate(s, c, {}, "t"), doctest::Contains("optimizer-step times for 1 ranks"));
 }
 
 TEST_CASE("hand-checked: the endpoints' own work per message delays both ranks and is not compute") {

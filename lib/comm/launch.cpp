@@ -1,6 +1,7 @@
 #include "comm/launch.hpp"
 
 #include "core/error.hpp"
+#include "core/io.hpp"
 
 #include <atomic>
 #include <cerrno>
@@ -207,7 +208,7 @@ void pass_lines(int fd, const std::function<bool(std::string_view)>& drop, const
   std::string buf;
   char chunk[4096];
   auto flush_line = [&](std::string_view line) {
-    if (!drop(line)) (void)!::write(2, line.data(), line.size());
+    if (!drop(line)) (void)write_all(2, line.data(), line.size());
   };
   while (true) {
     pollfd p{fd, POLLIN, 0};

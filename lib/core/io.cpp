@@ -27,24 +27,39 @@ std::string read_file(const fs::path& path) {
   return ss.str();
 }
 
+bool write_all(int fd, const void* p, size_t n) {
+  const char* c = static_cast<const char*>(p);
+  while (n > 0) {
+    ssize_t k = ::write(fd, c, n);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) return false;
+    c += k, n -= static_cast<size_t>(k);
+  }
+  return true;
+}
+
+bool read_all(int fd, void* p, size_t n) {
+  char* c = static_cast<char*>(p);
+  while (n > 0) {
+    ssize_t k = ::read(fd, c, n);
+    if (k < 0 && errno == EINTR) continue;
+    if (k == 0) errno = 0;
+    if (k <= 0) return false;
+    c += k, n -= static_cast<size_t>(k);
+  }
+  return true;
+}
+
 void write_file_atomic(const fs::path& path, const std::string& bytes) {
   fs::path tmp = path;
   tmp += fmt::format(".tmp.{}", ::getpid());
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) throw_failure(path.string(), std::string("cannot write: ") + std::strerror(errno));
-  const char* p = bytes.data();
-  size_t left = bytes.size();
-  while (left > 0) {
-    ssize_t n = ::write(fd, p, left);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      int err = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      throw_failure(path.string(), std::string("write failed: ") + std::strerror(err));
-    }
-    p += n;
-    left -= static_cast<size_t>(n);
+  if (!write_all(fd, bytes.data(), bytes.size())) {
+    int err = errno;
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    throw_failure(path.string(), std::string("write failed: ") + std::strerror(err));
   }
   if (::fsync(fd) != 0 || ::close(fd) != 0) {
     int err = errno;

@@ -15,6 +15,11 @@ std::string read_file(const std::filesystem::path& path);
 // file, never a torn one. Failure (naming the file) when it cannot be written.
 void write_file_atomic(const std::filesystem::path& path, const std::string& bytes);
 
+// All n bytes to / from a file descriptor, retrying after signals and short transfers; false on
+// an error or (reading) an early end of file, with errno set by the failing call (0 at the end).
+bool write_all(int fd, const void* p, size_t n);
+bool read_all(int fd, void* p, size_t n);
+
 // Parses a JSON file; a parse error names the file and the position.
 nlohmann::json read_json(const std::filesystem::path& path);
 

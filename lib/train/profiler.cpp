@@ -3,6 +3,7 @@
 #include "comm/launch.hpp"
 #include "core/clock.hpp"
 #include "core/error.hpp"
+#include "core/io.hpp"
 #include "core/version.hpp"
 #include "graph/loader.hpp"
 #include "runtime/cpu_backend.hpp"
@@ -242,26 +243,6 @@ WholeRun measure_whole(const graph::Graph& g, int threads, uint64_t seed, int wa
     r.node_spread.push_back(med > 0 ? std::max(0.0, quantile(stot[i], 0.9) - quantile(stot[i], 0.1)) / med : 0.0);
   }
   return r;
-}
-
-bool write_all(int fd, const void* p, size_t n) {
-  const char* c = static_cast<const char*>(p);
-  while (n > 0) {
-    ssize_t k = ::write(fd, c, n);
-    if (k <= 0) return false;
-    c += k, n -= static_cast<size_t>(k);
-  }
-  return true;
-}
-
-bool read_all(int fd, void* p, size_t n) {
-  char* c = static_cast<char*>(p);
-  while (n > 0) {
-    ssize_t k = ::read(fd, c, n);
-    if (k <= 0) return false;
-    c += k, n -= static_cast<size_t>(k);
-  }
-  return true;
 }
 
 // `copies` worker processes (forked, so that this process starts no thread pool of its own

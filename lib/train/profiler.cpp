@@ -150,9 +150,35 @@ int loss_output(const graph::Graph& g, const std::vector<int>& outputs) {
   return -1;
 }
 
+// One step of the whole model as one stage: `depth` microbatches' forwards (each with its loss),
+// then their backwards, as gpipe runs them; adds the seconds spent in each part to tf, tl, tb.
+void run_whole_once(runtime::StageExecutor& whole, runtime::Backend& be, Filler& fill, const std::vector<Tensor>& wins,
+                    int loss_value, int depth, double& tf, double& tl, double& tb) {
+  std::vector<std::vector<Tensor>> grads(static_cast<size_t>(depth));
+  for (int mb = 0; mb < depth; ++mb) {
+    auto t0 = clk::now();
+    auto outs = whole.forward(mb, wins);
+    tf += seconds_since(t0);
+    auto& gr = grads[static_cast<size_t>(mb)];
+    gr.resize(outs.size());
+    for (size_t k = 0; k < outs.size(); ++k)
+      if (whole.outputs()[k] == loss_value) {
+        t0 = clk::now();
+        auto lr = run_loss(be, fill, outs[k]);
+        tl += seconds_since(t0);
+        gr[k] = lr.grad;
+      }
+  }
+  for (int mb = 0; mb < depth; ++mb) {
+    auto t0 = clk::now();
+    whole.backward(mb, grads[static_cast<size_t>(mb)]);
+    tb += seconds_since(t0);
+  }
+}
+
 // One measurement of the whole model as one stage, as smp-run runs a one-stage plan: forward,
-// loss and the fused backward per microbatch (medians). With per_node, every node's forward and
-// backward are also timed in context (the executor's after_node hook). Which part of a node's
+// loss and the fused backward per microbatch (medians), and every node's forward and backward
+// timed in context (the executor's after_node hook). Which part of a node's
 // backward is input gradient and which weight gradient depends on the stage's boundary (in the
 // whole model, where no stage input needs a gradient, it is all weight gradient), so the caller
 // splits it by the node's own ratio measured alone.
@@ -162,78 +188,35 @@ struct WholeRun {
   std::vector<double> node_spread;       // (p90 - p10) / median of the node's forward + backward
 };
 
-// Copies measuring at once meet after their warm-up and keep computing (unrecorded) until the
-// last has its samples, so that every recorded repeat ran with all of them busy.
-struct CopySync {
-  std::atomic<int> ready{0}, done{0};
-  int copies = 1;
-};
-
 // `depth` microbatches in flight: all their forwards (and losses), then all their backwards, as
 // gpipe runs them; times per microbatch.
-WholeRun measure_whole(const graph::Graph& g, int threads, uint64_t seed, int warmup, double budget_s, bool per_node,
-                       CopySync* sync = nullptr, int depth = 1) {
+WholeRun measure_whole(const graph::Graph& g, int threads, uint64_t seed, int warmup, double budget_s, int depth) {
   const size_t N = g.nodes.size();
   std::vector<double> cur_f(N), cur_bw(N);
   runtime::CpuBackend be(threads);
   Filler fill(seed);
   runtime::ExecutorOptions eo;
-  if (per_node)
-    eo.after_node = [&](int node, char pass, double s) { (pass == 'F' ? cur_f : cur_bw)[static_cast<size_t>(node)] += s; };
+  eo.after_node = [&](int node, char pass, double s) { (pass == 'F' ? cur_f : cur_bw)[static_cast<size_t>(node)] += s; };
   runtime::StageExecutor whole(g, be, eo);
   std::vector<Tensor> wins = make_inputs(g, be, fill, whole.inputs());
   std::vector<double> wf, wl, wb;
-  std::vector<std::vector<double>> sf(per_node ? N : 0), sbw(per_node ? N : 0), stot(per_node ? N : 0);
+  std::vector<std::vector<double>> sf(N), sbw(N), stot(N);
   const int loss_value = loss_output(g, whole.outputs());
   auto t_start = clk::now();
-  bool measuring = false, finished = false;
   for (int rep = 0;; ++rep) {
-    if (!measuring && rep >= warmup) {
-      if (sync) {
-        sync->ready.fetch_add(1);
-        while (sync->ready.load() < sync->copies) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      }
-      measuring = true;
-      t_start = clk::now();
-    }
+    if (rep == warmup) t_start = clk::now();
     std::fill(cur_f.begin(), cur_f.end(), 0.0);
     std::fill(cur_bw.begin(), cur_bw.end(), 0.0);
     double tf = 0, tl = 0, tb = 0;
-    std::vector<std::vector<Tensor>> grads(static_cast<size_t>(depth));
-    for (int mb = 0; mb < depth; ++mb) {
-      auto t0 = clk::now();
-      auto outs = whole.forward(mb, wins);
-      tf += seconds_since(t0);
-      auto& gr = grads[static_cast<size_t>(mb)];
-      gr.resize(outs.size());
-      for (size_t k = 0; k < outs.size(); ++k)
-        if (whole.outputs()[k] == loss_value) {
-          t0 = clk::now();
-          auto lr = run_loss(be, fill, outs[k]);
-          tl += seconds_since(t0);
-          gr[k] = lr.grad;
-        }
+    run_whole_once(whole, be, fill, wins, loss_value, depth, tf, tl, tb);
+    if (rep < warmup) continue;
+    const double per = 1.0 / depth;
+    wf.push_back(tf * per), wl.push_back(tl * per), wb.push_back(tb * per);
+    for (size_t i = 0; i < sf.size(); ++i) {
+      sf[i].push_back(cur_f[i] * per), sbw[i].push_back(cur_bw[i] * per);
+      stot[i].push_back((cur_f[i] + cur_bw[i]) * per);
     }
-    for (int mb = 0; mb < depth; ++mb) {
-      auto t0 = clk::now();
-      whole.backward(mb, grads[static_cast<size_t>(mb)]);
-      tb += seconds_since(t0);
-    }
-    grads.clear();
-    if (!measuring) continue;
-    if (!finished) {
-      const double per = 1.0 / depth;
-      wf.push_back(tf * per), wl.push_back(tl * per), wb.push_back(tb * per);
-      for (size_t i = 0; i < sf.size(); ++i) {
-        sf[i].push_back(cur_f[i] * per), sbw[i].push_back(cur_bw[i] * per);
-        stot[i].push_back((cur_f[i] + cur_bw[i]) * per);
-      }
-      if (wf.size() >= 3 && seconds_since(t_start) >= budget_s) {
-        finished = true;
-        if (sync) sync->done.fetch_add(1);
-      }
-    }
-    if (finished && (!sync || sync->done.load() >= sync->copies)) break;
+    if (wf.size() >= 3 && seconds_since(t_start) >= budget_s) break;
   }
   WholeRun r{quantile(wf, 0.5), quantile(wl, 0.5), quantile(wb, 0.5), {}, {}, {}};
   for (size_t i = 0; i < sf.size(); ++i) {
@@ -245,68 +228,42 @@ WholeRun measure_whole(const graph::Graph& g, int threads, uint64_t seed, int wa
   return r;
 }
 
-// `copies` worker processes (forked, so that this process starts no thread pool of its own
-// before them) measure the whole model at the same time, as the workers of a plan share the
-// machine's cores, caches and memory bandwidth. Returns each copy's measurement.
-std::vector<WholeRun> measure_whole_concurrent(const graph::Graph& g, int copies, int threads, uint64_t seed,
-                                               int warmup, double budget_s, bool per_node, int depth = 1) {
+// measure_whole in a child process (forked, so that this process starts no thread pool of its
+// own before the contention copies fork).
+WholeRun measure_whole_in_child(const graph::Graph& g, int threads, uint64_t seed, int warmup, double budget_s, int depth = 1) {
   const size_t N = g.nodes.size();
-  const size_t doubles = 3 + (per_node ? 3 * N : 0);
-  void* shared = ::mmap(nullptr, sizeof(CopySync), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  if (shared == MAP_FAILED) throw_failure("smp-profile", "mmap() of the copies' meeting point failed");
-  auto* sync = new (shared) CopySync();
-  sync->copies = copies;
-  std::vector<std::pair<pid_t, int>> kids;
+  const size_t doubles = 3 + 3 * N;
   std::fflush(stdout);
   std::fflush(stderr);
-  for (int c = 0; c < copies; ++c) {
-    int fds[2];
-    if (::pipe(fds) != 0) throw_failure("smp-profile", "pipe() failed");
-    pid_t pid = ::fork();
-    if (pid < 0) throw_failure("smp-profile", "fork() failed");
-    if (pid == 0) {
-      ::close(fds[0]);
-      std::vector<double> out(doubles, -1.0);
-      try {
-        WholeRun w =
-            measure_whole(g, threads, seed + 1000 + static_cast<uint64_t>(c), warmup, budget_s, per_node, sync, depth);
-        out[0] = w.f, out[1] = w.loss, out[2] = w.b;
-        if (per_node)
-          for (size_t i = 0; i < N; ++i) out[3 + i] = w.node_f[i], out[3 + N + i] = w.node_bw[i], out[3 + 2 * N + i] = w.node_spread[i];
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "error: smp-profile: whole-model measurement: %s\n", e.what());
-        sync->ready.fetch_add(sync->copies);  // the others must not wait for this one
-        sync->done.fetch_add(sync->copies);
-      }
-      bool ok = write_all(fds[1], out.data(), out.size() * sizeof(double));
-      ::_exit(ok && out[0] >= 0 ? 0 : 1);
+  int fds[2];
+  if (::pipe(fds) != 0) throw_failure("smp-profile", "pipe() failed");
+  pid_t pid = ::fork();
+  if (pid < 0) throw_failure("smp-profile", "fork() failed");
+  if (pid == 0) {
+    ::close(fds[0]);
+    std::vector<double> out(doubles, -1.0);
+    try {
+      WholeRun w = measure_whole(g, threads, seed + 1000, warmup, budget_s, depth);
+      out[0] = w.f, out[1] = w.loss, out[2] = w.b;
+      for (size_t i = 0; i < N; ++i) out[3 + i] = w.node_f[i], out[3 + N + i] = w.node_bw[i], out[3 + 2 * N + i] = w.node_spread[i];
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "error: smp-profile: whole-model measurement: %s\n", e.what());
     }
-    ::close(fds[1]);
-    kids.emplace_back(pid, fds[0]);
+    bool ok = write_all(fds[1], out.data(), out.size() * sizeof(double));
+    ::_exit(ok && out[0] >= 0 ? 0 : 1);
   }
-  std::vector<WholeRun> runs;
-  bool ok = true;
-  for (auto [pid, fd] : kids) {
-    std::vector<double> in(doubles, -1.0);
-    bool got = read_all(fd, in.data(), in.size() * sizeof(double));
-    ::close(fd);
-    int st = 0;
-    ::waitpid(pid, &st, 0);
-    if (!got || in[0] < 0) {
-      ok = false;
-      continue;
-    }
-    WholeRun w{in[0], in[1], in[2], {}, {}, {}};
-    if (per_node) {
-      auto at = [&](size_t k) { return std::vector<double>(in.begin() + static_cast<std::ptrdiff_t>(3 + k * N),
-                                                           in.begin() + static_cast<std::ptrdiff_t>(3 + (k + 1) * N)); };
-      w.node_f = at(0), w.node_bw = at(1), w.node_spread = at(2);
-    }
-    runs.push_back(std::move(w));
-  }
-  ::munmap(shared, sizeof(CopySync));
-  if (!ok) throw_failure("smp-profile", "the whole-model measurement failed in a worker process");
-  return runs;
+  ::close(fds[1]);
+  std::vector<double> in(doubles, -1.0);
+  bool got = read_all(fds[0], in.data(), in.size() * sizeof(double));
+  ::close(fds[0]);
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  if (!got || in[0] < 0) throw_failure("smp-profile", "the whole-model measurement failed in a worker process");
+  WholeRun w{in[0], in[1], in[2], {}, {}, {}};
+  auto at = [&](size_t k) { return std::vector<double>(in.begin() + static_cast<std::ptrdiff_t>(3 + k * N),
+                                                       in.begin() + static_cast<std::ptrdiff_t>(3 + (k + 1) * N)); };
+  w.node_f = at(0), w.node_bw = at(1), w.node_spread = at(2);
+  return w;
 }
 
 // Per value (whole-model times, each node's), the median over the rounds.
@@ -326,6 +283,137 @@ WholeRun median_run(const std::vector<WholeRun>& runs, size_t nodes) {
     r.node_spread.push_back(med([i](const WholeRun& w) { return w.node_spread[i]; }));
   }
   return r;
+}
+
+// Contention: how much more work the same step is when c workers compute at once (caches, memory
+// bandwidth, and with more copies than cores the switches between them), measured as CPU time,
+// which time-slicing does not stretch: alpha(c) = cpu(c) / cpu(1) per step. `copies` processes,
+// each with the whole model as one stage, are forked once and kept warm; then, per round, short
+// windows: copy 0 alone, c = 2 copies at once, copy 0 alone, c = 3, ..., alone. A window's value
+// is the median CPU time of a step of its copies (medians: this machine has slow phases of tens
+// of milliseconds); cpu(1) is the mean of the alone windows on either side, since its speed also
+// drifts over seconds, and only windows close in time compare. Every recorded step of a window
+// ran with all of its copies busy (they meet first, and keep computing until the last is done).
+// Returns, per c (index c, 2..copies), alpha of each round.
+struct Conductor {
+  std::atomic<int> ready{0}, done{0}, abort{0};
+};
+
+std::vector<std::vector<double>> measure_contention(const graph::Graph& g, int copies, int threads, uint64_t seed, int warmup,
+                                                    double window_s, int rounds) {
+  std::vector<std::vector<double>> ratios(static_cast<size_t>(copies) + 1);
+  if (copies < 2) return ratios;
+  void* shared = ::mmap(nullptr, sizeof(Conductor), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (shared == MAP_FAILED) throw_failure("smp-profile", "mmap() of the copies' meeting point failed");
+  auto* cond = new (shared) Conductor();
+  struct Kid {
+    pid_t pid;
+    int cmd, result;  // the parent's ends: command pipe (write), result pipe (read)
+  };
+  std::vector<Kid> kids;
+  std::fflush(stdout);
+  std::fflush(stderr);
+  for (int c = 0; c < copies; ++c) {
+    int to_kid[2], from_kid[2];
+    if (::pipe(to_kid) != 0 || ::pipe(from_kid) != 0) throw_failure("smp-profile", "pipe() failed");
+    pid_t pid = ::fork();
+    if (pid < 0) throw_failure("smp-profile", "fork() failed");
+    if (pid == 0) {
+      ::close(to_kid[1]);
+      ::close(from_kid[0]);
+      for (const auto& k : kids) ::close(k.cmd), ::close(k.result);
+      int code = 0;
+      try {
+        runtime::CpuBackend be(threads);
+        Filler fill(seed + 1000 + static_cast<uint64_t>(c));
+        runtime::ExecutorOptions eo;
+        runtime::StageExecutor whole(g, be, eo);
+        std::vector<Tensor> wins = make_inputs(g, be, fill, whole.inputs());
+        const int loss_value = loss_output(g, whole.outputs());
+        auto step = [&] {
+          double tf = 0, tl = 0, tb = 0;
+          run_whole_once(whole, be, fill, wins, loss_value, 1, tf, tl, tb);
+        };
+        for (int w = 0; w < warmup; ++w) step();
+        auto wait_for = [&](const std::atomic<int>& n, int target) {
+          while (n.load() < target && !cond->abort.load()) std::this_thread::yield();
+        };
+        int active = 0;
+        while (read_all(to_kid[0], &active, sizeof active) && active > 0) {
+          cond->ready.fetch_add(1);
+          wait_for(cond->ready, active);
+          std::vector<double> cpu;
+          bool finished = false;
+          auto t_start = clk::now();
+          while (!cond->abort.load()) {
+            const double c0 = process_cpu_s();
+            step();
+            if (!finished) {
+              cpu.push_back(process_cpu_s() - c0);
+              if (cpu.size() >= 2 && seconds_since(t_start) >= window_s) {
+                finished = true;
+                cond->done.fetch_add(1);
+              }
+            }
+            if (finished && cond->done.load() >= active) break;
+          }
+          const double med = cpu.empty() ? -1.0 : quantile(cpu, 0.5);
+          if (!write_all(from_kid[1], &med, sizeof med)) break;
+        }
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "error: smp-profile: contention measurement: %s\n", e.what());
+        cond->abort.store(1);
+        code = 1;
+      }
+      ::_exit(code);
+    }
+    ::close(to_kid[0]);
+    ::close(from_kid[1]);
+    kids.push_back({pid, to_kid[1], from_kid[0]});
+  }
+  // One window: copies 0..c-1 at once; the mean of their median CPU times (-1: a copy failed).
+  auto window = [&](int c) {
+    cond->ready.store(0);
+    cond->done.store(0);
+    for (int k = 0; k < c; ++k)
+      if (!write_all(kids[static_cast<size_t>(k)].cmd, &c, sizeof c)) {
+        cond->abort.store(1);  // the ones already told must not wait for this one
+        return -1.0;
+      }
+    double sum = 0;
+    for (int k = 0; k < c; ++k) {
+      double med = -1;
+      if (!read_all(kids[static_cast<size_t>(k)].result, &med, sizeof med) || med <= 0) {
+        cond->abort.store(1);  // the others stop waiting for this one
+        return -1.0;
+      }
+      sum += med;
+    }
+    return sum / c;
+  };
+  bool ok = true;
+  for (int r = 0; r < rounds && ok; ++r) {
+    double before = window(1);
+    ok = before > 0;
+    for (int c = 2; c <= copies && ok; ++c) {
+      const double tc = window(c), after = window(1);
+      ok = tc > 0 && after > 0;
+      if (ok) ratios[static_cast<size_t>(c)].push_back(tc / (0.5 * (before + after)));
+      before = after;
+    }
+  }
+  for (const auto& k : kids) {
+    ::close(k.cmd);  // end of commands: the copy exits
+    ::close(k.result);
+  }
+  for (const auto& k : kids) {
+    int st = 0;
+    ::waitpid(k.pid, &st, 0);
+    ok = ok && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+  }
+  ::munmap(shared, sizeof(Conductor));
+  if (!ok) throw_failure("smp-profile", "the contention measurement failed in a worker process");
+  return ratios;
 }
 
 // A worker's end-of-step work on its weights (Worker::reduce_and_update without the all-reduces):
@@ -408,43 +496,37 @@ json profile_nodes(const NodeProfileOptions& o, const ProfileOutput& out) {
   const int P = std::max(1, o.concurrent);
 
   // 1. Every node timed in context: the whole model as one stage, alone (in a child process, so
-  //    that this one starts no thread pool before them); and
-  // 2. contention: c = 2..P copies of the whole model at once; eff(c) = c t(1) / t(c) is how many
-  //    copies' worth of work the machine does with c workers busy.
-  //    Three rounds of both in alternation, so that a change of the machine's speed while it is
-  //    measured shows in all of them; per node and per count the median of the rounds.
+  //    that this one starts no thread pool before them), three rounds; per node the median.
   const int rounds = 3;
   // With more than one microbatch per batch, the nodes are also timed with D of them in flight.
   const int D = std::min(o.microbatches, kMaxInFlight);
-  note(fmt::format("timing every node in context (the whole model as one stage{}){}, {} rounds",
-                   D > 1 ? fmt::format(", with 1 and with {} microbatches in flight", D) : "",
-                   P > 2 ? fmt::format(", and 2 to {} concurrent copies of it", P) : P == 2 ? ", and 2 concurrent copies of it" : "",
-                   rounds));
+  note(fmt::format("timing every node in context (the whole model as one stage{}), {} rounds",
+                   D > 1 ? fmt::format(", with 1 and with {} microbatches in flight", D) : "", rounds));
   std::vector<WholeRun> alone, deep;
-  std::vector<double> eff(static_cast<size_t>(P) + 1, 1.0);
-  std::vector<std::vector<double>> eff_rounds(static_cast<size_t>(P) + 1);
-  auto total = [](const WholeRun& w) { return w.f + w.loss + w.b; };
   for (int r = 0; r < rounds; ++r) {
-    alone.push_back(measure_whole_concurrent(g, 1, o.threads, o.seed, o.warmup, o.whole_budget_s / rounds, true).front());
-    const double t1 = total(alone.back());
-    if (D > 1)
-      deep.push_back(measure_whole_concurrent(g, 1, o.threads, o.seed, o.warmup, o.whole_budget_s / rounds, true, D).front());
-    for (int c = 2; c <= P; ++c) {
-      auto runs = measure_whole_concurrent(g, c, o.threads, o.seed, o.warmup, o.whole_budget_s / (2.0 * rounds), false);
-      double tc = 0;
-      for (const auto& w : runs) tc += total(w) / static_cast<double>(runs.size());
-      eff_rounds[static_cast<size_t>(c)].push_back(tc > 0 ? c * t1 / tc : 1.0);
-    }
+    alone.push_back(measure_whole_in_child(g, o.threads, o.seed, o.warmup, o.whole_budget_s / rounds));
+    if (D > 1) deep.push_back(measure_whole_in_child(g, o.threads, o.seed, o.warmup, o.whole_budget_s / rounds, D));
   }
+  // 2. Contention (measure_contention): c = 2..P copies of the whole model at once, in windows
+  //    of at least 2 steps (time-slicing averages out) or 1/30 of the budget; as many rounds as
+  //    fit in twice the budget, 3 to 9 (the median is only as good as the share of rounds in
+  //    the machine's usual state).
+  const double cores_fit = static_cast<double>(std::max(1, comm::online_cores() / std::max(1, o.threads)));
+  const double step_s = alone.front().f + alone.front().loss + alone.front().b;
+  const double window_s = std::max(2 * step_s, o.whole_budget_s / 30);
+  double round_s = P * window_s;  // the alone windows
+  for (int c = 2; c <= P; ++c) round_s += window_s * std::max(1.0, c / cores_fit);
+  const int c_rounds = std::clamp(static_cast<int>(2 * o.whole_budget_s / round_s), 3, 9);
+  const auto alpha_rounds = measure_contention(g, P, o.threads, o.seed, o.warmup, window_s, c_rounds);
   const WholeRun ctx = median_run(alone, static_cast<size_t>(N));
   const WholeRun ctx_deep = D > 1 ? median_run(deep, static_cast<size_t>(N)) : WholeRun{};
-  if (P > 1) {
-    // No more than c copies' worth, nor more than the cores can run (a round whose copy alone
-    // happened to run slowly can give more).
-    const double cores_fit = static_cast<double>(std::max(1, comm::online_cores() / std::max(1, o.threads)));
-    for (int c = 2; c <= P; ++c)
-      eff[static_cast<size_t>(c)] =
-          std::clamp(quantile(eff_rounds[static_cast<size_t>(c)], 0.5), 0.5, std::min(static_cast<double>(c), cores_fit));
+  // eff(c) = c / (alpha(c) max(1, c / cores)): copies' worth of work the machine does with c
+  // workers busy, each doing alpha(c) times the work and, beyond the cores, time-sharing them.
+  std::vector<double> alpha(static_cast<size_t>(P) + 1, 1.0), eff(static_cast<size_t>(P) + 1, 1.0);
+  for (int c = 2; c <= P; ++c) {
+    const auto q = static_cast<size_t>(c);
+    alpha[q] = std::clamp(quantile(alpha_rounds[q], 0.5), 1.0, 4.0);  // never less work than alone
+    eff[q] = c / (alpha[q] * std::max(1.0, c / cores_fit));
   }
   // Workers computing at once in a pipeline of P balanced stages over m microbatches (the rest
   // of the time they wait at its ends): P m / (m + P - 1). Each runs slower by busy / eff(busy),
@@ -581,11 +663,14 @@ json profile_nodes(const NodeProfileOptions& o, const ProfileOutput& out) {
                "(isolated / in context: {:.2f}, {:.2f})",
                iso_f * 1e3, iso_b * 1e3, iso_w * 1e3, sum_f > 0 ? iso_f / sum_f : 0, sum_b + sum_w > 0 ? (iso_b + iso_w) / (sum_b + sum_w) : 0));
     if (P > 1) {
-      std::string effs;
-      for (int c = 2; c <= P; ++c)
-        effs += fmt::format("{}{} at once: {:.2f} ({:.2f})", c > 2 ? "; " : "", c, eff[static_cast<size_t>(c)],
-                            fmt::join(eff_rounds[static_cast<size_t>(c)], " "));
-      say(fmt::format("concurrent copies, effective parallelism (median of rounds): {}", effs));
+      std::string alphas, effs;
+      for (int c = 2; c <= P; ++c) {
+        alphas += fmt::format("{}{} at once: x {:.2f} ({:.2f})", c > 2 ? "; " : "", c, alpha[static_cast<size_t>(c)],
+                              fmt::join(alpha_rounds[static_cast<size_t>(c)], " "));
+        effs += fmt::format("{}{}: {:.2f}", c > 2 ? ", " : "", c, eff[static_cast<size_t>(c)]);
+      }
+      say(fmt::format("concurrent copies, CPU time of a step against one alone (median of rounds): {}", alphas));
+      say(fmt::format("effective parallelism with {:.0f} core(s) for workers: {}", cores_fit, effs));
       say(fmt::format("busy workers in a {}-stage pipeline of {} microbatches {:.2f} -> each runs x {:.3f} slower{}", P,
                  o.microbatches, busy, share, o.calibrate ? "" : " (not applied: --no-calibrate)"));
     }
@@ -611,6 +696,12 @@ json profile_nodes(const NodeProfileOptions& o, const ProfileOutput& out) {
            {"model", o.model.string()},
            {"nodes", nodes}};
   if (D > 1) result["in_flight_microbatches"] = D;
+  if (P > 1) {
+    json ratio = json::object();
+    for (int c = 2; c <= P; ++c) ratio[std::to_string(c)] = alpha[static_cast<size_t>(c)];
+    result["contention"] = json{{"workers", P},         {"cores", cores_fit}, {"cpu_time_ratio", ratio},
+                                {"busy_workers", busy}, {"slowdown", share},  {"applied", o.calibrate}};
+  }
   if (!opt_steps.empty()) {
     json os = json::object();
     for (const auto& [kind, s] : opt_steps) os[optimizer_name(kind)] = s * k;

@@ -2,7 +2,9 @@
 //  1. every node timed in context: the whole model as one stage (forward, loss, fused backward,
 //     as smp-run runs it), each node's forward and backward timed by the executor's hook;
 //  2. contention: the whole model in 1..K concurrent processes (K = the plan's workers on this
-//     machine), giving how much slower each runs when the pipeline keeps several busy;
+//     machine), in short alternating windows, giving how much more CPU time a step takes with
+//     c of them busy; with time-sharing beyond the cores, how much slower each runs when the
+//     pipeline keeps several busy;
 //  3. every node alone (a one-node stage): its peak memory, and the split of its backward into
 //     input gradient (B) and weight gradient (W), which the whole model cannot tell apart.
 #pragma once

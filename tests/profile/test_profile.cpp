@@ -9,6 +9,8 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
+
 using namespace smp::test;
 using nlohmann::json;
 
@@ -38,6 +40,19 @@ TEST_CASE("smp-profile writes a valid profile with every node of the model") {
     CHECK(p["device"]["kind"] == "cpu");
     CHECK(p["threads"].get<int>() >= 1);
     CHECK(p["smp_version"].is_string());
+    // Contention with the other worker, and the slowdown derived from it: 2 workers over 2
+    // microbatches are busy 2 x 2 / (2 + 1) at once; each runs busy / eff(busy) slower, with
+    // eff(2) = 2 / (ratio(2) max(1, 2 / cores)) and eff interpolated from eff(1) = 1.
+    REQUIRE(p.contains("contention"));
+    const json& c = p["contention"];
+    CHECK(c["workers"] == 2);
+    CHECK(c["applied"] == true);
+    CHECK(c["busy_workers"].get<double>() == doctest::Approx(4.0 / 3.0));
+    const double ratio = c["cpu_time_ratio"]["2"].get<double>(), cores = c["cores"].get<double>();
+    CHECK(ratio >= 1.0);
+    const double eff2 = 2.0 / (ratio * std::max(1.0, 2.0 / cores));
+    const double eff_busy = 1.0 + (4.0 / 3.0 - 1.0) * (eff2 - 1.0);
+    CHECK(c["slowdown"].get<double>() == doctest::Approx(std::max(1.0, (4.0 / 3.0) / eff_busy)));
     // The optimizer step of every optimizer, per parameter.
     for (const char* k : {"sgd", "momentum", "adamw"}) {
       CAPTURE(k);
@@ -73,6 +88,12 @@ TEST_CASE("smp-profile progress and summary; --threads and --devices set the rec
   CHECK(r.out.find("timed in context") != std::string::npos);
   CHECK(r.out.find("effective parallelism") != std::string::npos);
   json p = read_json_file(out);
+  // One microbatch per batch: one worker busy at a time, whatever the contention measured.
+  REQUIRE(p.contains("contention"));
+  CHECK(p["contention"]["workers"] == 3);
+  CHECK(p["contention"]["cpu_time_ratio"].size() == 2);
+  CHECK(p["contention"]["busy_workers"].get<double>() == doctest::Approx(1.0));
+  CHECK(p["contention"]["slowdown"].get<double>() == doctest::Approx(1.0));
   CHECK(p["threads"] == 2);
   CHECK(p["microbatch_size"] == 4);
   CHECK(p["device"]["name"] == device_name(3));

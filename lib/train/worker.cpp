@@ -77,6 +77,7 @@ struct StageRt {
   double f_s = 0, b_s = 0, w_s = 0;
   int64_t nf = 0, nb = 0, nw = 0;
   double u_s = 0;  // its optimizer step (gradient norm + update), summed over the same steps
+  double cpu_s = 0;  // the process's CPU time during its forwards and backwards (f_s + b_s + w_s of wall time)
   int64_t nu = 0;
 };
 
@@ -408,6 +409,7 @@ double Worker::step(int64_t k, bool record) {
 
   for (const auto& a : actions) {
     auto ts = clock::now();
+    double cpu0 = 0;
     const int s = a.stage, mb = a.mb;
     switch (a.op) {
       case schedule::Op::RecvAct: post(recv_act, a, cuts_[static_cast<size_t>(s - 1)].values, s - 1); break;
@@ -419,6 +421,7 @@ double Worker::step(int64_t k, bool record) {
           incoming = take(recv_act, act_out, {s, mb}, {s - 1, mb}, cuts_[static_cast<size_t>(s - 1)].values,
                           fmt::format("activations of stage {}, microbatch {}", s - 1, mb));
         ts = clock::now();  // compute starts: waiting for the input is idle time, not forward time
+        cpu0 = process_cpu_s();
         const auto& in_cut = s > 0 ? cuts_[static_cast<size_t>(s - 1)].values : std::vector<int>{};
         auto from_cut = [&](int v) -> Tensor {
           auto it = std::find(in_cut.begin(), in_cut.end(), v);
@@ -446,7 +449,7 @@ double Worker::step(int64_t k, bool record) {
           loss += lr.loss * scale;
           loss_grad[{s, mb}] = lr.grad;
         }
-        if (k > 0) st.f_s += seconds_since(ts), ++st.nf;
+        if (k > 0) st.f_s += seconds_since(ts), ++st.nf, st.cpu_s += process_cpu_s() - cpu0;
         break;
       }
       case schedule::Op::SendAct: send(act_out, a, s + 1, "activations"); break;
@@ -458,6 +461,7 @@ double Worker::step(int64_t k, bool record) {
           gin = take(recv_grad, grad_out, {s, mb}, {s + 1, mb}, cuts_[static_cast<size_t>(s)].grads,
                      fmt::format("gradients from stage {}, microbatch {}", s + 1, mb));
         ts = clock::now();
+        cpu0 = process_cpu_s();
         const auto& gcut = s + 1 < S_ ? cuts_[static_cast<size_t>(s)].grads : std::vector<int>{};
         auto grad_of = [&](int v) -> Tensor {
           auto it = std::find(gcut.begin(), gcut.end(), v);
@@ -498,14 +502,15 @@ double Worker::step(int64_t k, bool record) {
           }
           grad_out[{s, mb}] = std::move(up);
         }
-        if (k > 0) st.b_s += seconds_since(ts), ++st.nb;
+        if (k > 0) st.b_s += seconds_since(ts), ++st.nb, st.cpu_s += process_cpu_s() - cpu0;
         break;
       }
       case schedule::Op::SendGrad: send(grad_out, a, s - 1, "gradients"); break;
       case schedule::Op::BackwardWeight: {
         StageRt& st = *by_index_.at(s);
+        cpu0 = process_cpu_s();
         st.ex->backward_weight(mb);
-        if (k > 0) st.w_s += seconds_since(ts), ++st.nw;
+        if (k > 0) st.w_s += seconds_since(ts), ++st.nw, st.cpu_s += process_cpu_s() - cpu0;
         break;
       }
     }
@@ -734,23 +739,28 @@ void Worker::gather_timeline() {
 }
 
 void Worker::report_end(double mean_step_s) {
-  // Per stage: measured forward / backward per microbatch (from the stage's replica 0) and each
-  // rank's idle fraction, next to the plan's prediction.
-  std::vector<double> v(static_cast<size_t>(4 * S_ + c_.size()), 0.0);
+  // Per stage: measured forward / backward per microbatch (from the stage's replica 0), its
+  // process's CPU time over the wall time of those, and each rank's idle fraction, next to the
+  // plan's prediction.
+  constexpr size_t kPer = 5;
+  const size_t idle_at = kPer * static_cast<size_t>(S_);
+  std::vector<double> v(idle_at + static_cast<size_t>(c_.size()), 0.0);
   for (auto& st : stages_) {
     if (!st.writer) continue;
-    size_t i = static_cast<size_t>(4 * st.index);
+    size_t i = kPer * static_cast<size_t>(st.index);
     v[i] = st.nf ? st.f_s / static_cast<double>(st.nf) : 0;
     v[i + 1] = st.nb ? st.b_s / static_cast<double>(st.nb) : 0;
     v[i + 2] = st.nw ? st.w_s / static_cast<double>(st.nw) : 0;
     v[i + 3] = st.nu ? st.u_s / static_cast<double>(st.nu) : 0;
+    const double wall = st.f_s + st.b_s + st.w_s;
+    v[i + 4] = wall > 0 ? st.cpu_s / wall : 0;
   }
   // Idle: neither computing nor in its optimizer step (as the plan counts its bubble).
   double busy = 0;
   for (auto& st : stages_) busy += st.f_s + st.b_s + st.w_s + st.u_s;
   int64_t steps_timed = 0;
   for (auto& st : stages_) steps_timed = std::max<int64_t>(steps_timed, st.nf / std::max(m_, 1));
-  v[static_cast<size_t>(4 * S_ + c_.rank())] = steps_timed > 0 && mean_step_s > 0
+  v[idle_at + static_cast<size_t>(c_.rank())] = steps_timed > 0 && mean_step_s > 0
                                                   ? 1.0 - busy / (static_cast<double>(steps_timed) * mean_step_s)
                                                   : 0.0;
   std::vector<int> world(static_cast<size_t>(c_.size()));
@@ -759,18 +769,20 @@ void Worker::report_end(double mean_step_s) {
   if (c_.rank() != 0 || o_.quiet) return;
   const auto& pj = plan_.json;
   fmt::print("\nper stage, per microbatch (measured after the first step | predicted by the plan); optimizer step ({}) "
-             "once per step:\n",
-             optimizer_name(o_.optimizer.kind));
-  fmt::print("{:>5}  {:>21}  {:>21}  {:>21}  {:>10}\n", "stage", "forward ms", "backward ms", "optimizer ms", "rank idle");
+             "once per step;\ncpu/wall: its worker's CPU time over the wall time of its forwards and backwards ({} thread(s) "
+             "per worker; less: it waited for a core):\n",
+             optimizer_name(o_.optimizer.kind), std::max(o_.threads, 1));
+  fmt::print("{:>5}  {:>21}  {:>21}  {:>21}  {:>8}  {:>10}\n", "stage", "forward ms", "backward ms", "optimizer ms", "cpu/wall",
+             "rank idle");
   for (int s = 0; s < S_; ++s) {
-    size_t i = static_cast<size_t>(4 * s);
+    size_t i = kPer * static_cast<size_t>(s);
     const auto& tj = pj["stages"][static_cast<size_t>(s)]["time"];
     double pf = tj.value("forward_s", 0.0), pb = tj.value("backward_input_s", 0.0) + tj.value("backward_weight_s", 0.0);
     double pu = tj.value("update_s", 0.0);
     int rank0 = plan_.stage[static_cast<size_t>(s)].ranks.at(0);
-    fmt::print("{:>5}  {:>9.3f} | {:>9.3f}  {:>9.3f} | {:>9.3f}  {:>9.3f} | {:>9.3f}  {:>9.1f}%\n", s, v[i] * 1e3, pf * 1e3,
-               (v[i + 1] + v[i + 2]) * 1e3, pb * 1e3, v[i + 3] * 1e3, pu * 1e3,
-               100.0 * v[static_cast<size_t>(4 * S_ + rank0)]);
+    fmt::print("{:>5}  {:>9.3f} | {:>9.3f}  {:>9.3f} | {:>9.3f}  {:>9.3f} | {:>9.3f}  {:>8.2f}  {:>9.1f}%\n", s, v[i] * 1e3,
+               pf * 1e3, (v[i + 1] + v[i + 2]) * 1e3, pb * 1e3, v[i + 3] * 1e3, pu * 1e3, v[i + 4],
+               100.0 * v[idle_at + static_cast<size_t>(rank0)]);
   }
   if (plan_.optimizer != optimizer_name(o_.optimizer.kind))
     fmt::print("note: the plan was made for {} (smp-plan --optimizer): its memory and optimizer-step predictions assume it\n",
@@ -779,7 +791,7 @@ void Worker::report_end(double mean_step_s) {
   fmt::print("step time: measured {:.4f} s (mean after the first step), predicted {:.4f} s ({:+.1f}%)\n", mean_step_s, pstep,
              pstep > 0 ? 100.0 * (mean_step_s - pstep) / pstep : 0.0);
   double idle = 0;
-  for (int r = 0; r < c_.size(); ++r) idle += v[static_cast<size_t>(4 * S_ + r)];
+  for (int r = 0; r < c_.size(); ++r) idle += v[idle_at + static_cast<size_t>(r)];
   fmt::print("idle (bubble): measured {:.1f}% averaged over ranks, predicted {:.1f}%\n", 100.0 * idle / c_.size(),
              100.0 * pj["prediction"].value("bubble", 0.0));
 }

@@ -9,8 +9,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <csignal>
 #include <cmath>
+#include <sstream>
 #include <thread>
 
 using namespace smp;
@@ -147,6 +149,28 @@ TEST_CASE("without --optimizer, smp-run trains with the plan's; the summary sets
   REQUIRE(r.exit_code == 0);
   CHECK(r.out.find("optimizer momentum") != std::string::npos);
   CHECK(r.out.find("optimizer ms") != std::string::npos);
+  // Per stage, its worker's CPU time over the wall time of its compute: two workers, each with
+  // at least one core's thread, so between 0 and 1 per thread (never above threads per worker).
+  const auto head = r.out.find("cpu/wall  ");
+  REQUIRE(head != std::string::npos);
+  {
+    std::istringstream rows(r.out.substr(r.out.find('\n', head) + 1));
+    for (int s = 0; s < 2; ++s) {
+      std::string line;
+      REQUIRE(std::getline(rows, line));
+      CAPTURE(line);
+      // stage, f | f, b | b, u | u, cpu/wall, idle%
+      std::istringstream in(line);
+      int stage = -1;
+      double f, pf, b, pb, u, pu, cw;
+      std::string bar;
+      in >> stage >> f >> bar >> pf >> b >> bar >> pb >> u >> bar >> pu >> cw;
+      REQUIRE(!in.fail());
+      CHECK(stage == s);
+      CHECK(cw > 0.0);
+      CHECK(cw <= 1.05 * std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / 2));
+    }
+  }
   CHECK(r.out.find("note: the plan was made for") == std::string::npos);
   fs::remove_all(dir);
 }

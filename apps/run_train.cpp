@@ -55,6 +55,10 @@ void add_train_options(CLI::App& app, TrainCli& t) {
       ->check(CLI::NonNegativeNumber);
   app.add_flag("--resume", t.resume, "continue from the newest complete checkpoint in --checkpoint-dir");
   app.add_option("--metrics", t.metrics, "JSON Lines file, one object per step (step, loss, samples_per_s, step_time_s, lr, grad_norm)");
+  app.add_option("--summary-json", t.summary_json,
+                 "write the end-of-run summary as JSON (schemas/run_summary.schema.json): per stage, measured against "
+                 "predicted")
+      ->option_text("FILE");
   app.add_option("--trace", t.trace, "Chrome trace (Perfetto) of the measured last step");
   app.add_option("--timeline", t.timeline, "SVG timeline of the measured last step");
   app.add_option("--export", t.export_onnx, "write the trained model as an ONNX file");
@@ -109,6 +113,7 @@ train::RunOptions run_options(const std::string& plan, const std::string& data, 
   o.checkpoint_every = t.checkpoint_every;
   o.resume = t.resume;
   o.metrics = t.metrics;
+  o.summary_json = t.summary_json;
   o.trace = t.trace;
   o.timeline = t.timeline;
   o.export_onnx = t.export_onnx;

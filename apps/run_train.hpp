@@ -25,7 +25,7 @@ struct TrainCli {
   std::string checkpoint_dir;
   int checkpoint_every = 0;
   bool resume = false;
-  std::string metrics, trace, timeline, export_onnx, losses;
+  std::string metrics, trace, timeline, export_onnx, losses, summary_json;
   double timeout_s = 60;
   bool quiet = false;
   // set by the launcher for its workers

@@ -766,8 +766,39 @@ void Worker::report_end(double mean_step_s) {
   std::vector<int> world(static_cast<size_t>(c_.size()));
   std::iota(world.begin(), world.end(), 0);
   c_.allreduce_sum(v.data(), v.size(), world);
-  if (c_.rank() != 0 || o_.quiet) return;
+  if (c_.rank() != 0) return;
   const auto& pj = plan_.json;
+  if (!o_.summary_json.empty()) {
+    nlohmann::json stages = nlohmann::json::array();
+    for (int s = 0; s < S_; ++s) {
+      size_t i = kPer * static_cast<size_t>(s);
+      const auto& tj = pj["stages"][static_cast<size_t>(s)]["time"];
+      const int rank0 = plan_.stage[static_cast<size_t>(s)].ranks.at(0);
+      stages.push_back({{"index", s},
+                        {"rank", rank0},
+                        {"measured",
+                         {{"forward_s", v[i]},
+                          {"backward_s", v[i + 1] + v[i + 2]},
+                          {"optimizer_s", v[i + 3]},
+                          {"cpu_per_wall", v[i + 4]},
+                          {"rank_idle", v[idle_at + static_cast<size_t>(rank0)]}}},
+                        {"predicted",
+                         {{"forward_s", tj.value("forward_s", 0.0)},
+                          {"backward_s", tj.value("backward_input_s", 0.0) + tj.value("backward_weight_s", 0.0)},
+                          {"optimizer_s", tj.value("update_s", 0.0)}}}});
+    }
+    double idle = 0;
+    for (int r = 0; r < c_.size(); ++r) idle += v[idle_at + static_cast<size_t>(r)];
+    nlohmann::json j{{"plan", o_.plan.string()},
+                     {"steps_timed", steps_timed},
+                     {"optimizer", optimizer_name(o_.optimizer.kind)},
+                     {"threads_per_worker", std::max(o_.threads, 1)},
+                     {"step_s", {{"measured", mean_step_s}, {"predicted", pj["prediction"].value("step_s", 0.0)}}},
+                     {"bubble", {{"measured", idle / c_.size()}, {"predicted", pj["prediction"].value("bubble", 0.0)}}},
+                     {"stages", stages}};
+    write_file_atomic(o_.summary_json, j.dump(2) + "\n");
+  }
+  if (o_.quiet) return;
   fmt::print("\nper stage, per microbatch (measured after the first step | predicted by the plan); optimizer step ({}) "
              "once per step;\ncpu/wall: its worker's CPU time over the wall time of its forwards and backwards ({} thread(s) "
              "per worker; less: it waited for a core):\n",
@@ -830,6 +861,11 @@ void Worker::run() {
   if (c_.rank() == 0 && !o_.metrics.empty()) {
     metrics.open(o_.metrics, start_step_ > 0 ? std::ios::app : std::ios::trunc);
     if (!metrics) throw_bad_input(o_.metrics.string(), "cannot write the metrics file");
+  }
+  if (c_.rank() == 0 && !o_.summary_json.empty()) {
+    const fs::path dir = o_.summary_json.has_parent_path() ? o_.summary_json.parent_path() : fs::path(".");
+    if (!fs::is_directory(dir))
+      throw_bad_input("--summary-json", fmt::format("{}: no such directory", dir.string()), "create it first");
   }
   if (c_.rank() == 0 && !o_.losses.empty()) {
     losses.open(o_.losses, start_step_ > 0 ? std::ios::app : std::ios::trunc);

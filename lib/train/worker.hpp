@@ -29,6 +29,7 @@ struct RunOptions {
   int keep_checkpoints = 2;
   bool resume = false;
   std::filesystem::path metrics;   // JSON Lines, one object per step (rank 0)
+  std::filesystem::path summary_json;  // the end-of-run summary (rank 0; schemas/run_summary.schema.json)
   std::filesystem::path trace;     // Chrome trace of the measured last step (rank 0)
   std::filesystem::path timeline;  // SVG of the same
   std::filesystem::path export_onnx;  // the trained model as ONNX (rank 0)

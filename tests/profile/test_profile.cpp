@@ -4,6 +4,7 @@
 // for another set-up; bad input is one line and exit 2. Times are never compared.
 #include "profile_util.hpp"
 
+#include "comm/launch.hpp"
 #include "cost/cluster.hpp"
 #include "graph/loader.hpp"
 
@@ -40,6 +41,8 @@ TEST_CASE("smp-profile writes a valid profile with every node of the model") {
     CHECK(p["device"]["kind"] == "cpu");
     CHECK(p["threads"].get<int>() >= 1);
     CHECK(p["smp_version"].is_string());
+    // 2 workers with cores / 2 threads each: no pipelined probe.
+    CHECK(!p["contention"].contains("pipeline_probe"));
     // Contention with the other worker, and the slowdown derived from it: 2 workers over 2
     // microbatches are busy 2 x 2 / (2 + 1) at once; each runs busy / eff(busy) slower, with
     // eff(2) = 2 / (ratio(2) max(1, 2 / cores)) and eff interpolated from eff(1) = 1.
@@ -93,7 +96,32 @@ TEST_CASE("smp-profile progress and summary; --threads and --devices set the rec
   CHECK(p["contention"]["workers"] == 3);
   CHECK(p["contention"]["cpu_time_ratio"].size() == 2);
   CHECK(p["contention"]["busy_workers"].get<double>() == doctest::Approx(1.0));
-  CHECK(p["contention"]["slowdown"].get<double>() == doctest::Approx(1.0));
+  // 3 workers x 2 threads: where that is more than the cores, the slow-down was measured by running
+  // the model as a 3-stage pipeline (and with one busy worker at a time, it is that probe's factor
+  // alone); elsewhere, no probe.
+  if (3 * 2 > smp::comm::online_cores()) {
+    REQUIRE(p["contention"].contains("pipeline_probe"));
+    const json& pp = p["contention"]["pipeline_probe"];
+    CHECK(pp["stages"] == 3);
+    CHECK(pp["schedule"] == "1f1b");
+    CHECK(pp["steps"].get<int>() >= 9);
+    CHECK(pp["per_stage"].size() == 3);
+    CHECK(pp["factor"].get<double>() > 0);
+    CHECK(p["contention"]["slowdown"].get<double>() == doctest::Approx(pp["factor"].get<double>()));
+    CHECK(r.out.find("pipelined probe (3 stages, 1f1b") != std::string::npos);
+    auto v = validate("profile", out);
+    CHECK_MESSAGE(v.exit_code == 0, v.out);
+    // --no-pipeline-probe keeps the copies' slow-down.
+    auto q = run_cmd(tool("smp-profile") + " " + sample("mlp") + " -b 4 --devices 3 --threads 2 -q --no-pipeline-probe" + kFast +
+                     "-o " + out);
+    REQUIRE_MESSAGE(q.exit_code == 0, q.out);
+    json p2 = read_json_file(out);
+    CHECK(!p2["contention"].contains("pipeline_probe"));
+    CHECK(p2["contention"]["slowdown"].get<double>() == doctest::Approx(1.0));
+  } else {
+    CHECK(!p["contention"].contains("pipeline_probe"));
+    CHECK(p["contention"]["slowdown"].get<double>() == doctest::Approx(1.0));
+  }
   CHECK(p["threads"] == 2);
   CHECK(p["microbatch_size"] == 4);
   CHECK(p["device"]["name"] == device_name(3));

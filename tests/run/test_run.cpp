@@ -144,10 +144,30 @@ TEST_CASE("without --optimizer, smp-run trains with the plan's; the summary sets
                                  test::bin("smp-plan"), test::src("sample_models/mlp.onnx"), plan.string()));
   REQUIRE_MESSAGE(pl.exit_code == 0, pl.out);
   CHECK(pl.out.find("optimizer step (momentum)") != std::string::npos);
-  auto r = test::sh(fmt::format("{} {} --steps 3", test::bin("smp-run"), plan.string()));
+  fs::path summary = dir / "summary.json";
+  auto r = test::sh(fmt::format("{} {} --steps 3 --summary-json {}", test::bin("smp-run"), plan.string(), summary.string()));
   INFO(r.out);
   REQUIRE(r.exit_code == 0);
   CHECK(r.out.find("optimizer momentum") != std::string::npos);
+  // The same summary as JSON: valid, with the plan's predictions.
+  auto v = test::sh(fmt::format("{} {} {} run_summary {}", SMP_PYTHON, test::src("tests/plan/validate_json.py"),
+                                test::src("schemas"), summary.string()));
+  CHECK_MESSAGE(v.exit_code == 0, v.out);
+  {
+    std::ifstream sf(summary), pf(plan);
+    const auto sj = nlohmann::json::parse(sf), pj = nlohmann::json::parse(pf);
+    CHECK(sj["optimizer"] == "momentum");
+    CHECK(sj["steps_timed"] == 2);
+    CHECK(sj["step_s"]["predicted"].get<double>() == pj["prediction"]["step_s"].get<double>());
+    REQUIRE(sj["stages"].size() == 2);
+    for (int s = 0; s < 2; ++s) {
+      const auto& st = sj["stages"][static_cast<size_t>(s)];
+      CHECK(st["index"] == s);
+      CHECK(st["measured"]["forward_s"].get<double>() > 0);
+      CHECK(st["measured"]["cpu_per_wall"].get<double>() > 0);
+      CHECK(st["predicted"]["forward_s"].get<double>() == pj["stages"][static_cast<size_t>(s)]["time"]["forward_s"].get<double>());
+    }
+  }
   CHECK(r.out.find("optimizer ms") != std::string::npos);
   // Per stage, its worker's CPU time over the wall time of its compute: two workers, each with
   // at least one core's thread, so between 0 and 1 per thread (never above threads per worker).

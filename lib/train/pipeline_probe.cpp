@@ -1,0 +1,145 @@
+#include "train/pipeline_probe.hpp"
+
+#include "comm/launch.hpp"
+#include "core/error.hpp"
+#include "core/io.hpp"
+#include "cost/cluster.hpp"
+#include "cost/cost_model.hpp"
+#include "cost/profile.hpp"
+#include "graph/loader.hpp"
+#include "plan/plan_io.hpp"
+#include "plan/planner.hpp"
+#include "plan/sha256.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+
+namespace smp::train {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+// Multiplies every time the profile holds (per node, with many in flight, the optimizer step).
+void scale_times(json& profile, double f) {
+  for (auto& [name, e] : profile["nodes"].items()) {
+    for (const char* k : {"forward_s", "backward_input_s", "backward_weight_s"}) {
+      e[k] = e[k].get<double>() * f;
+      if (e.contains("in_flight")) e["in_flight"][k] = e["in_flight"][k].get<double>() * f;
+    }
+  }
+  if (profile.contains("optimizer_step_s_per_parameter"))
+    for (auto& [name, v] : profile["optimizer_step_s_per_parameter"].items()) v = v.get<double>() * f;
+}
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    char tmpl[] = "/tmp/smp-probe-XXXXXX";
+    char* d = ::mkdtemp(tmpl);
+    if (!d) throw_failure("/tmp", "cannot create a temporary directory for the pipelined probe");
+    path = d;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+}  // namespace
+
+bool probe_pipeline(const PipelineProbeOptions& o, json& profile, const ProfileOutput& out) {
+  auto note = [&](const std::string& s) {
+    if (out.note) out.note(s);
+  };
+  TempDir tmp;
+  const fs::path prof_file = tmp.path / "profile.json", plan_file = tmp.path / "plan.json",
+                 summary_file = tmp.path / "summary.json";
+  write_file_atomic(prof_file, profile.dump() + "\n");
+
+  // The plan smp-plan --devices W --stages W --data-parallel 1 --schedule 1f1b would make.
+  cost::Profile prof = cost::read_profile(prof_file);
+  cost::CostOptions copt;
+  copt.optimizer = cost::parse_optimizer("sgd");
+  copt.profile = &prof;
+  graph::LoadOptions lo;
+  lo.batch_size = o.batch_size;
+  lo.dims = o.dims;
+  graph::Graph g = graph::load_graph(o.model, lo);
+  cost::GraphCost gc(g, o.batch_size, copt);
+  cost::Cluster cluster = cost::detect_local_cpu(o.workers);
+  plan::PlanOptions popt;
+  popt.batch_size = o.batch_size;
+  popt.stages = o.workers;
+  popt.data_parallel = 1;
+  popt.microbatches = o.microbatches;
+  popt.schedule = "1f1b";
+  plan::PlanInputs in{&g, &gc, &cluster};
+  plan::Plan p;
+  try {
+    p = plan::make_plan(in, popt);
+  } catch (const smp::Error& e) {
+    note(fmt::format("no pipelined probe: the model does not split into {} stages here ({})", o.workers, e.what()));
+    return false;
+  }
+  plan::PlanContext ctx;
+  ctx.model_sha256 = plan::sha256_file(o.model);
+  ctx.profile_file = prof_file.string();
+  const json plan_json = plan::plan_to_json(p, in, popt, ctx);
+  plan::write_plan(plan_file, plan_json);
+  const double predicted_step = plan_json["prediction"]["step_s"].get<double>();
+  const int steps = 1 + std::clamp(static_cast<int>(std::ceil(o.budget_s / std::max(predicted_step, 1e-6))), 8, 200);
+  note(fmt::format("pipelined probe: {} workers, 1f1b over {} microbatches, {} steps with smp-run", o.workers,
+                   o.microbatches, steps));
+
+  comm::Command cmd;
+  cmd.argv = {o.smp_run.string(), plan_file.string(), "--steps", std::to_string(steps), "--threads-per-worker",
+              std::to_string(o.threads), "--quiet", "--summary-json", summary_file.string()};
+  const int rc = comm::run_command(cmd);
+  if (rc != 0 || !fs::exists(summary_file))
+    throw_failure("smp-profile", fmt::format("the pipelined probe (smp-run of a {}-stage plan) failed (exit {})", o.workers, rc),
+                  "run smp-profile with --no-pipeline-probe, or check that smp-run works here");
+  const json sum = read_json(summary_file);
+  double measured = 0, predicted = 0;
+  json stages = json::array();
+  for (const auto& st : sum["stages"]) {
+    const double mc = st["measured"]["forward_s"].get<double>() + st["measured"]["backward_s"].get<double>();
+    const double pc = st["predicted"]["forward_s"].get<double>() + st["predicted"]["backward_s"].get<double>();
+    measured += mc, predicted += pc;
+    stages.push_back({{"measured_s", mc}, {"predicted_s", pc}, {"cpu_per_wall", st["measured"]["cpu_per_wall"]}});
+  }
+  if (!(measured > 0 && predicted > 0))
+    throw_failure("smp-profile", "the pipelined probe measured no compute", "run smp-profile with --no-pipeline-probe");
+  // A sanity bound: the run is the same code on the same machine seconds later.
+  const double factor = std::clamp(measured / predicted, 0.25, 8.0);
+  scale_times(profile, factor);
+  json& c = profile["contention"];
+  c["slowdown"] = c["slowdown"].get<double>() * factor;
+  c["pipeline_probe"] = json{{"stages", o.workers},
+                             {"schedule", "1f1b"},
+                             {"microbatches", o.microbatches},
+                             {"steps", steps},
+                             {"step_s", sum["step_s"]},
+                             {"per_stage", stages},
+                             {"measured_compute_s", measured},
+                             {"predicted_compute_s", predicted},
+                             {"factor", factor}};
+  if (out.summary) {
+    std::string per;
+    for (const auto& s : stages)
+      per += fmt::format("{}{:.3f}|{:.3f} ms (cpu/wall {:.2f})", per.empty() ? "" : ", ", s["measured_s"].get<double>() * 1e3,
+                         s["predicted_s"].get<double>() * 1e3, s["cpu_per_wall"].get<double>());
+    out.summary(fmt::format("pipelined probe ({} stages, 1f1b, {} steps): forward + backward per microbatch measured|predicted: {}",
+                            o.workers, steps - 1, per));
+    out.summary(fmt::format("  -> every time x {:.3f} (the stages' compute measured over predicted); each worker now runs x {:.3f} "
+                            "slower than alone",
+                            factor, c["slowdown"].get<double>()));
+  }
+  return true;
+}
+
+}  // namespace smp::train

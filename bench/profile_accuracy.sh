@@ -78,7 +78,7 @@ for model in $MODELS; do
         echo "$(predicted "$OUT/$tag.plan.json") $(step_time "$OUT/$tag.metrics.jsonl")" >> "$OUT/$model-$P-$S.pairs"
       done
     done
-    grep -hE "CPU time of a step|effective parallelism|each runs" "$OUT/$model-$P".*.profile.log | sed "s/^/  $model $P workers: /" || true
+    grep -hE "CPU time of a step|effective parallelism|each runs|every time x" "$OUT/$model-$P".*.profile.log | sed "s/^/  $model $P workers: /" || true
     for S in $SCHEDULES; do summarize "$model $P $S" "$OUT/$model-$P-$S.pairs" | tee -a "$TABLE"; done
   done
 done

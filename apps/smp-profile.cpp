@@ -83,7 +83,8 @@ int main(int argc, char** argv) {
   int microbatches = 1, threads = 0, devices = 0;
   double budget_ms = 20, whole_budget_ms = 1500, oversubscription = 0;
   std::vector<std::string> dims;
-  bool machine = false, quiet = false, no_calibrate = false, no_probe = false;
+  bool machine = false, quiet = false, no_calibrate = false;
+  std::string probe = "auto";
   uint64_t seed = 1;
   app.add_option("MODEL", model, "ONNX model to profile");
   app.add_option("-b,--batch-size", batch_size, "global batch size (as for smp-plan)")->option_text("N");
@@ -111,9 +112,11 @@ int main(int argc, char** argv) {
       ->option_text("F");
   app.add_flag("--no-calibrate", no_calibrate,
                "write the node times as measured in one process alone: not scaled for workers sharing the machine");
-  app.add_flag("--no-pipeline-probe", no_probe,
-               "with more workers than cores: keep the slow-down measured with concurrent copies of the model instead "
-               "of running the model as a pipeline with smp-run to measure it");
+  app.add_option("--pipeline-probe", probe,
+                 "run the model as a pipeline of --devices stages with smp-run and scale the times by its measured over "
+                 "predicted step: auto (when the workers' threads outnumber the cores), always, never")
+      ->check(CLI::IsMember({"auto", "always", "never"}))
+      ->option_text("auto|always|never");
   app.add_option("--seed", seed, "random inputs' seed");
   app.add_flag("--machine", machine, "measure this machine (GEMM FLOP/s, memory bandwidth, MPI point-to-point) and "
                                      "write a cluster description (schemas/cluster.schema.json) for smp-plan --cluster");
@@ -176,8 +179,9 @@ int main(int argc, char** argv) {
       po.summary = [](const std::string& line) { fmt::print("{}\n", line); };
     }
     nlohmann::json prof = smp::train::profile_nodes(o, po);
-    if (workers * o.threads > cores && o.calibrate && !no_probe) {
-      // Workers share cores: measure their slow-down in a real pipeline (pipeline_probe.hpp).
+    const bool oversubscribed = workers * o.threads > cores;
+    if (workers > 1 && o.calibrate && (probe == "always" || (probe == "auto" && oversubscribed))) {
+      // Measure the workers' slow-down in a real pipeline (pipeline_probe.hpp).
       smp::train::PipelineProbeOptions pp;
       pp.model = model;
       pp.batch_size = batch_size;
@@ -189,7 +193,7 @@ int main(int argc, char** argv) {
       pp.budget_s = 2 * o.whole_budget_s;
       if (!fs::exists(pp.smp_run))
         smp::throw_failure("smp-profile", fmt::format("{} not found for the pipelined probe", pp.smp_run.string()),
-                           "install smp-run beside smp-profile, or give --no-pipeline-probe");
+                           "install smp-run beside smp-profile, or give --pipeline-probe never");
       smp::train::probe_pipeline(pp, prof, po);
     }
     smp::write_file_atomic(out_file, prof.dump(2) + "\n");

@@ -768,33 +768,40 @@ void Worker::report_end(double mean_step_s) {
   c_.allreduce_sum(v.data(), v.size(), world);
   if (c_.rank() != 0) return;
   const auto& pj = plan_.json;
+  struct Row {
+    int rank0;
+    double f, b, u, cpu_per_wall, idle;  // measured
+    double pf, pb, pu;                   // predicted
+  };
+  std::vector<Row> rows;
+  double idle = 0;
+  for (int r = 0; r < c_.size(); ++r) idle += v[idle_at + static_cast<size_t>(r)];
+  for (int s = 0; s < S_; ++s) {
+    const size_t i = kPer * static_cast<size_t>(s);
+    const auto& tj = pj["stages"][static_cast<size_t>(s)]["time"];
+    const int rank0 = plan_.stage[static_cast<size_t>(s)].ranks.at(0);
+    rows.push_back({rank0, v[i], v[i + 1] + v[i + 2], v[i + 3], v[i + 4], v[idle_at + static_cast<size_t>(rank0)],
+                    tj.value("forward_s", 0.0), tj.value("backward_input_s", 0.0) + tj.value("backward_weight_s", 0.0),
+                    tj.value("update_s", 0.0)});
+  }
+  const double pstep = pj["prediction"].value("step_s", 0.0), pbubble = pj["prediction"].value("bubble", 0.0);
   if (!o_.summary_json.empty()) {
     nlohmann::json stages = nlohmann::json::array();
     for (int s = 0; s < S_; ++s) {
-      size_t i = kPer * static_cast<size_t>(s);
-      const auto& tj = pj["stages"][static_cast<size_t>(s)]["time"];
-      const int rank0 = plan_.stage[static_cast<size_t>(s)].ranks.at(0);
+      const Row& w = rows[static_cast<size_t>(s)];
       stages.push_back({{"index", s},
-                        {"rank", rank0},
+                        {"rank", w.rank0},
                         {"measured",
-                         {{"forward_s", v[i]},
-                          {"backward_s", v[i + 1] + v[i + 2]},
-                          {"optimizer_s", v[i + 3]},
-                          {"cpu_per_wall", v[i + 4]},
-                          {"rank_idle", v[idle_at + static_cast<size_t>(rank0)]}}},
-                        {"predicted",
-                         {{"forward_s", tj.value("forward_s", 0.0)},
-                          {"backward_s", tj.value("backward_input_s", 0.0) + tj.value("backward_weight_s", 0.0)},
-                          {"optimizer_s", tj.value("update_s", 0.0)}}}});
+                         {{"forward_s", w.f}, {"backward_s", w.b}, {"optimizer_s", w.u}, {"cpu_per_wall", w.cpu_per_wall},
+                          {"rank_idle", w.idle}}},
+                        {"predicted", {{"forward_s", w.pf}, {"backward_s", w.pb}, {"optimizer_s", w.pu}}}});
     }
-    double idle = 0;
-    for (int r = 0; r < c_.size(); ++r) idle += v[idle_at + static_cast<size_t>(r)];
     nlohmann::json j{{"plan", o_.plan.string()},
                      {"steps_timed", steps_timed},
                      {"optimizer", optimizer_name(o_.optimizer.kind)},
                      {"threads_per_worker", std::max(o_.threads, 1)},
-                     {"step_s", {{"measured", mean_step_s}, {"predicted", pj["prediction"].value("step_s", 0.0)}}},
-                     {"bubble", {{"measured", idle / c_.size()}, {"predicted", pj["prediction"].value("bubble", 0.0)}}},
+                     {"step_s", {{"measured", mean_step_s}, {"predicted", pstep}}},
+                     {"bubble", {{"measured", idle / c_.size()}, {"predicted", pbubble}}},
                      {"stages", stages}};
     write_file_atomic(o_.summary_json, j.dump(2) + "\n");
   }
@@ -806,25 +813,17 @@ void Worker::report_end(double mean_step_s) {
   fmt::print("{:>5}  {:>21}  {:>21}  {:>21}  {:>8}  {:>10}\n", "stage", "forward ms", "backward ms", "optimizer ms", "cpu/wall",
              "rank idle");
   for (int s = 0; s < S_; ++s) {
-    size_t i = kPer * static_cast<size_t>(s);
-    const auto& tj = pj["stages"][static_cast<size_t>(s)]["time"];
-    double pf = tj.value("forward_s", 0.0), pb = tj.value("backward_input_s", 0.0) + tj.value("backward_weight_s", 0.0);
-    double pu = tj.value("update_s", 0.0);
-    int rank0 = plan_.stage[static_cast<size_t>(s)].ranks.at(0);
-    fmt::print("{:>5}  {:>9.3f} | {:>9.3f}  {:>9.3f} | {:>9.3f}  {:>9.3f} | {:>9.3f}  {:>8.2f}  {:>9.1f}%\n", s, v[i] * 1e3,
-               pf * 1e3, (v[i + 1] + v[i + 2]) * 1e3, pb * 1e3, v[i + 3] * 1e3, pu * 1e3, v[i + 4],
-               100.0 * v[idle_at + static_cast<size_t>(rank0)]);
+    const Row& w = rows[static_cast<size_t>(s)];
+    fmt::print("{:>5}  {:>9.3f} | {:>9.3f}  {:>9.3f} | {:>9.3f}  {:>9.3f} | {:>9.3f}  {:>8.2f}  {:>9.1f}%\n", s, w.f * 1e3,
+               w.pf * 1e3, w.b * 1e3, w.pb * 1e3, w.u * 1e3, w.pu * 1e3, w.cpu_per_wall, 100.0 * w.idle);
   }
   if (plan_.optimizer != optimizer_name(o_.optimizer.kind))
     fmt::print("note: the plan was made for {} (smp-plan --optimizer): its memory and optimizer-step predictions assume it\n",
                plan_.optimizer);
-  double pstep = pj["prediction"].value("step_s", 0.0);
   fmt::print("step time: measured {:.4f} s (mean after the first step), predicted {:.4f} s ({:+.1f}%)\n", mean_step_s, pstep,
              pstep > 0 ? 100.0 * (mean_step_s - pstep) / pstep : 0.0);
-  double idle = 0;
-  for (int r = 0; r < c_.size(); ++r) idle += v[idle_at + static_cast<size_t>(r)];
   fmt::print("idle (bubble): measured {:.1f}% averaged over ranks, predicted {:.1f}%\n", 100.0 * idle / c_.size(),
-             100.0 * pj["prediction"].value("bubble", 0.0));
+             100.0 * pbubble);
 }
 
 void Worker::export_model(int64_t done) {

@@ -104,15 +104,16 @@ TEST_CASE("smp-profile progress and summary; --threads and --devices set the rec
     const json& pp = p["contention"]["pipeline_probe"];
     CHECK(pp["stages"] == 3);
     CHECK(pp["schedule"] == "1f1b");
-    CHECK(pp["steps"].get<int>() >= 9);
+    CHECK(pp["steps"].get<int>() >= 11);
+    CHECK(pp["factor"].get<double>() == doctest::Approx(pp["step_s"]["measured"].get<double>() / pp["step_s"]["predicted"].get<double>()));
     CHECK(pp["per_stage"].size() == 3);
     CHECK(pp["factor"].get<double>() > 0);
     CHECK(p["contention"]["slowdown"].get<double>() == doctest::Approx(pp["factor"].get<double>()));
     CHECK(r.out.find("pipelined probe (3 stages, 1f1b") != std::string::npos);
     auto v = validate("profile", out);
     CHECK_MESSAGE(v.exit_code == 0, v.out);
-    // --no-pipeline-probe keeps the copies' slow-down.
-    auto q = run_cmd(tool("smp-profile") + " " + sample("mlp") + " -b 4 --devices 3 --threads 2 -q --no-pipeline-probe" + kFast +
+    // --pipeline-probe never keeps the copies' slow-down.
+    auto q = run_cmd(tool("smp-profile") + " " + sample("mlp") + " -b 4 --devices 3 --threads 2 -q --pipeline-probe never" + kFast +
                      "-o " + out);
     REQUIRE_MESSAGE(q.exit_code == 0, q.out);
     json p2 = read_json_file(out);

@@ -183,18 +183,12 @@ int main(int argc, char** argv) {
     if (workers > 1 && o.calibrate && (probe == "always" || (probe == "auto" && oversubscribed))) {
       // Measure the workers' slow-down in a real pipeline (pipeline_probe.hpp).
       smp::train::PipelineProbeOptions pp;
-      pp.model = model;
-      pp.batch_size = batch_size;
-      pp.microbatches = microbatches;
-      pp.dims = o.dims;
-      pp.workers = workers;
-      pp.threads = o.threads;
       pp.smp_run = fs::read_symlink("/proc/self/exe").parent_path() / "smp-run";
       pp.budget_s = 2 * o.whole_budget_s;
       if (!fs::exists(pp.smp_run))
         smp::throw_failure("smp-profile", fmt::format("{} not found for the pipelined probe", pp.smp_run.string()),
                            "install smp-run beside smp-profile, or give --pipeline-probe never");
-      smp::train::probe_pipeline(pp, prof, po);
+      smp::train::probe_pipeline(o, pp, prof, po);
     }
     smp::write_file_atomic(out_file, prof.dump(2) + "\n");
     if (!quiet) fmt::print("wrote {} ({} nodes)\n", out_file, prof["nodes"].size());

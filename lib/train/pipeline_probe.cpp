@@ -53,7 +53,8 @@ struct TempDir {
 
 }  // namespace
 
-bool probe_pipeline(const PipelineProbeOptions& o, json& profile, const ProfileOutput& out) {
+bool probe_pipeline(const NodeProfileOptions& o, const PipelineProbeOptions& how, json& profile, const ProfileOutput& out) {
+  const int workers = o.concurrent;
   auto note = [&](const std::string& s) {
     if (out.note) out.note(s);
   };
@@ -72,10 +73,10 @@ bool probe_pipeline(const PipelineProbeOptions& o, json& profile, const ProfileO
   lo.dims = o.dims;
   graph::Graph g = graph::load_graph(o.model, lo);
   cost::GraphCost gc(g, o.batch_size, copt);
-  cost::Cluster cluster = cost::detect_local_cpu(o.workers);
+  cost::Cluster cluster = cost::detect_local_cpu(workers);
   plan::PlanOptions popt;
   popt.batch_size = o.batch_size;
-  popt.stages = o.workers;
+  popt.stages = workers;
   popt.data_parallel = 1;
   popt.microbatches = o.microbatches;
   popt.schedule = "1f1b";
@@ -84,7 +85,7 @@ bool probe_pipeline(const PipelineProbeOptions& o, json& profile, const ProfileO
   try {
     p = plan::make_plan(in, popt);
   } catch (const smp::Error& e) {
-    note(fmt::format("no pipelined probe: the model does not split into {} stages here ({})", o.workers, e.what()));
+    note(fmt::format("no pipelined probe: the model does not split into {} stages here ({})", workers, e.what()));
     return false;
   }
   plan::PlanContext ctx;
@@ -93,18 +94,18 @@ bool probe_pipeline(const PipelineProbeOptions& o, json& profile, const ProfileO
   const json plan_json = plan::plan_to_json(p, in, popt, ctx);
   plan::write_plan(plan_file, plan_json);
   const double predicted_step = plan_json["prediction"]["step_s"].get<double>();
-  const int steps = 1 + std::clamp(static_cast<int>(std::ceil(o.budget_s / std::max(predicted_step, 1e-6))), 10, 200);
-  note(fmt::format("pipelined probe: {} workers, 1f1b over {} microbatches, {} steps with smp-run", o.workers,
+  const int steps = 1 + std::clamp(static_cast<int>(std::ceil(how.budget_s / std::max(predicted_step, 1e-6))), 10, 200);
+  note(fmt::format("pipelined probe: {} workers, 1f1b over {} microbatches, {} steps with smp-run", workers,
                    o.microbatches, steps));
 
   const fs::path metrics_file = tmp.path / "metrics.jsonl";
   comm::Command cmd;
-  cmd.argv = {o.smp_run.string(), plan_file.string(), "--steps", std::to_string(steps), "--threads-per-worker",
+  cmd.argv = {how.smp_run.string(), plan_file.string(), "--steps", std::to_string(steps), "--threads-per-worker",
               std::to_string(o.threads), "--quiet", "--metrics", metrics_file.string(), "--summary-json",
               summary_file.string()};
   const int rc = comm::run_command(cmd);
   if (rc != 0 || !fs::exists(summary_file) || !fs::exists(metrics_file))
-    throw_failure("smp-profile", fmt::format("the pipelined probe (smp-run of a {}-stage plan) failed (exit {})", o.workers, rc),
+    throw_failure("smp-profile", fmt::format("the pipelined probe (smp-run of a {}-stage plan) failed (exit {})", workers, rc),
                   "run smp-profile with --pipeline-probe never, or check that smp-run works here");
   // The step time: the median of the steps after the first (this machine has slow phases; a
   // mean would carry them).
@@ -137,7 +138,7 @@ bool probe_pipeline(const PipelineProbeOptions& o, json& profile, const ProfileO
   scale_times(profile, factor);
   json& c = profile["contention"];
   c["slowdown"] = c["slowdown"].get<double>() * factor;
-  c["pipeline_probe"] = json{{"stages", o.workers},
+  c["pipeline_probe"] = json{{"stages", workers},
                              {"schedule", "1f1b"},
                              {"microbatches", o.microbatches},
                              {"steps", steps},
@@ -151,7 +152,7 @@ bool probe_pipeline(const PipelineProbeOptions& o, json& profile, const ProfileO
                          st["predicted_s"].get<double>() * 1e3, st["cpu_per_wall"].get<double>());
     out.summary(fmt::format("pipelined probe ({} stages, 1f1b, {} timed steps): step {:.3f} ms measured (median) against "
                             "{:.3f} ms predicted; per stage, forward + backward per microbatch measured|predicted: {}",
-                            o.workers, steps - 1, measured_step * 1e3, predicted_step * 1e3, per));
+                            workers, steps - 1, measured_step * 1e3, predicted_step * 1e3, per));
     out.summary(fmt::format("  -> every time x {:.3f} (measured over predicted step); each worker runs x {:.3f} slower "
                             "than alone",
                             factor, c["slowdown"].get<double>()));

@@ -14,27 +14,20 @@
 
 #include <nlohmann/json.hpp>
 
-#include <cstdint>
 #include <filesystem>
-#include <map>
-#include <string>
 
 namespace smp::train {
 
 struct PipelineProbeOptions {
-  std::filesystem::path model;
-  int64_t batch_size = 0;
-  int microbatches = 1;
-  std::map<std::string, int64_t> dims;
-  int workers = 2;              // stages = workers on this machine
-  int threads = 1;              // per worker
   std::filesystem::path smp_run;  // the smp-run binary
-  double budget_s = 3;          // how long the pipeline runs (at least 10 timed steps)
+  double budget_s = 3;            // how long the pipeline runs (at least 10 timed steps)
 };
 
-// Plans, runs and applies the probe to `profile` (smp-profile's JSON, times already scaled by the
-// copies' slow-down). Returns false, after a note saying why, when the model cannot be split
-// into that many stages; a failed run is an error.
-bool probe_pipeline(const PipelineProbeOptions& o, nlohmann::json& profile, const ProfileOutput& out = {});
+// Plans `what`'s model into what.concurrent stages (what.threads threads per worker), runs it
+// and applies the factor to `profile` (smp-profile's JSON for `what`, times already scaled by the
+// copies' slow-down). Returns false, after a note saying why, when the model cannot be split into
+// that many stages; a failed run is an error.
+bool probe_pipeline(const NodeProfileOptions& what, const PipelineProbeOptions& how, nlohmann::json& profile,
+                    const ProfileOutput& out = {});
 
 }  // namespace smp::train

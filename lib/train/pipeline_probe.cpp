@@ -55,6 +55,7 @@ struct TempDir {
 
 bool probe_pipeline(const NodeProfileOptions& o, const PipelineProbeOptions& how, json& profile, const ProfileOutput& out) {
   const int workers = o.concurrent;
+  SMP_CHECK(workers >= 2 && profile.contains("contention"), "a pipelined probe needs 2 or more workers and the profile's contention");
   auto note = [&](const std::string& s) {
     if (out.note) out.note(s);
   };

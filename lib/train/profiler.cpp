@@ -517,6 +517,8 @@ json profile_nodes(const NodeProfileOptions& o, const ProfileOutput& out) {
   double round_s = P * window_s;  // the alone windows
   for (int c = 2; c <= P; ++c) round_s += window_s * std::max(1.0, c / cores_fit);
   const int c_rounds = std::clamp(static_cast<int>(2 * o.whole_budget_s / round_s), 3, 9);
+  if (P > 1)
+    note(fmt::format("measuring contention: {} rounds of windows with 1 and with 2 to {} copies of the model at once", c_rounds, P));
   const auto alpha_rounds = measure_contention(g, P, o.threads, o.seed, o.warmup, window_s, c_rounds);
   const WholeRun ctx = median_run(alone, static_cast<size_t>(N));
   const WholeRun ctx_deep = D > 1 ? median_run(deep, static_cast<size_t>(N)) : WholeRun{};

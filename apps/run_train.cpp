@@ -3,6 +3,7 @@
 #include "comm/comm.hpp"
 #include "comm/launch.hpp"
 #include "core/error.hpp"
+#include "core/io.hpp"
 #include "graph/loader.hpp"
 #include "plan/plan_io.hpp"
 #include "train/data.hpp"
@@ -14,7 +15,6 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -188,10 +188,8 @@ int run_train(const std::string& plan, const std::string& data, const TrainCli& 
   }
   const int ranks = static_cast<int>(pf.ranks.size());
 
-  char tmpl[] = "/tmp/smp-run-XXXXXX";
-  char* dir = ::mkdtemp(tmpl);
-  if (!dir) throw_failure("/tmp", std::string("cannot create a status directory: ") + std::strerror(errno));
-  std::string status_dir = dir;
+  TempDir status("smp-run");  // the workers' status files
+  const std::string status_dir = status.path().string();
 
   std::vector<std::string> args;
   for (int i = 1; i < argc; ++i) args.push_back(argv[i]);
@@ -244,8 +242,6 @@ int run_train(const std::string& plan, const std::string& data, const TrainCli& 
       std::fprintf(stderr, "error: %s: the worker died (%s); the job was stopped\n", what.c_str(), how.c_str());
     }
   }
-  std::error_code ec;
-  fs::remove_all(status_dir, ec);
   return rc == 0 ? 0 : 1;
 }
 

@@ -3,6 +3,7 @@
 #include "core/error.hpp"
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -95,6 +96,18 @@ nlohmann::json read_versioned_json(const fs::path& path, int supported_version) 
     throw_bad_input(path.string(), fmt::format("unsupported version {}", v),
                     fmt::format("this smp reads version {}", supported_version));
   return j;
+}
+
+TempDir::TempDir(const std::string& prefix) {
+  std::string tmpl = "/tmp/" + prefix + "-XXXXXX";
+  if (!::mkdtemp(tmpl.data()))
+    throw_failure("/tmp", fmt::format("cannot create a temporary directory: {}", std::strerror(errno)));
+  path_ = tmpl;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  fs::remove_all(path_, ec);
 }
 
 }  // namespace smp

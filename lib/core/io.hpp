@@ -20,6 +20,20 @@ void write_file_atomic(const std::filesystem::path& path, const std::string& byt
 bool write_all(int fd, const void* p, size_t n);
 bool read_all(int fd, void* p, size_t n);
 
+// A fresh directory /tmp/<prefix>-XXXXXX (mkdtemp), removed with everything in it when this goes;
+// failure when it cannot be made.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& prefix);
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
 // Parses a JSON file; a parse error names the file and the position.
 nlohmann::json read_json(const std::filesystem::path& path);
 

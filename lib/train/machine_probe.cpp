@@ -160,10 +160,8 @@ json measure_machine(const MachineOptions& o, const std::function<void(const std
   say(fmt::format("  1 thread: {:.2f} GB/s, {} threads: {:.2f} GB/s", bw1 / 1e9, cores, bwn / 1e9));
 
   say("measuring point-to-point latency and bandwidth between 2 local worker processes (mpirun, as smp-run)");
-  char tmpl[] = "/tmp/smp-profile-XXXXXX";
-  char* dir = ::mkdtemp(tmpl);
-  if (!dir) throw_failure("/tmp", "cannot create a temporary directory");
-  fs::path out = fs::path(dir) / "pingpong.json";
+  TempDir dir("smp-profile");
+  fs::path out = dir.path() / "pingpong.json";
   comm::MpirunOptions mo;
   mo.ranks = 2;
   comm::Command cmd = comm::mpirun_command(mo, o.self, {"--pingpong-worker", out.string(), "--budget-ms",
@@ -171,12 +169,10 @@ json measure_machine(const MachineOptions& o, const std::function<void(const std
   cmd.env["OMP_WAIT_POLICY"] = "PASSIVE";
   int rc = comm::run_command(cmd);
   if (rc != 0 || !fs::exists(out)) {
-    fs::remove_all(dir);
     throw_failure("smp-profile --machine", fmt::format("the ping-pong between 2 local processes failed (exit {})", rc),
                   "check that mpirun works: mpirun -n 2 true");
   }
   json pp = read_json(out);
-  fs::remove_all(dir);
   double lat = pp["latency_s"].get<double>(), lbw = pp["bandwidth"].get<double>();
   say(fmt::format("  latency {:.2f} us, bandwidth {:.2f} GB/s ({})", lat * 1e6, lbw / 1e9,
                   pp.value("transport", std::string("mpi"))));

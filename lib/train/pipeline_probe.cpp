@@ -37,20 +37,6 @@ void scale_times(json& profile, double f) {
     for (auto& [name, v] : profile["optimizer_step_s_per_parameter"].items()) v = v.get<double>() * f;
 }
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    char tmpl[] = "/tmp/smp-probe-XXXXXX";
-    char* d = ::mkdtemp(tmpl);
-    if (!d) throw_failure("/tmp", "cannot create a temporary directory for the pipelined probe");
-    path = d;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
-
 }  // namespace
 
 bool probe_pipeline(const NodeProfileOptions& o, const PipelineProbeOptions& how, json& profile, const ProfileOutput& out) {
@@ -59,9 +45,9 @@ bool probe_pipeline(const NodeProfileOptions& o, const PipelineProbeOptions& how
   auto note = [&](const std::string& s) {
     if (out.note) out.note(s);
   };
-  TempDir tmp;
-  const fs::path prof_file = tmp.path / "profile.json", plan_file = tmp.path / "plan.json",
-                 summary_file = tmp.path / "summary.json";
+  TempDir tmp("smp-probe");
+  const fs::path prof_file = tmp.path() / "profile.json", plan_file = tmp.path() / "plan.json",
+                 summary_file = tmp.path() / "summary.json", metrics_file = tmp.path() / "metrics.jsonl";
   write_file_atomic(prof_file, profile.dump() + "\n");
 
   // The plan smp-plan --devices W --stages W --data-parallel 1 --schedule 1f1b would make.
@@ -99,7 +85,6 @@ bool probe_pipeline(const NodeProfileOptions& o, const PipelineProbeOptions& how
   note(fmt::format("pipelined probe: {} workers, 1f1b over {} microbatches, {} steps with smp-run", workers,
                    o.microbatches, steps));
 
-  const fs::path metrics_file = tmp.path / "metrics.jsonl";
   comm::Command cmd;
   cmd.argv = {how.smp_run.string(), plan_file.string(), "--steps", std::to_string(steps), "--threads-per-worker",
               std::to_string(o.threads), "--quiet", "--metrics", metrics_file.string(), "--summary-json",

@@ -63,3 +63,18 @@ TEST_CASE("atomic write replaces the file and leaves no temporary") {
   CHECK_THROWS_WITH_AS(read_file(dir / "missing"), doctest::Contains("no such file"), Error);
   fs::remove_all(dir);
 }
+
+TEST_CASE("TempDir: a fresh directory under /tmp, removed with its contents when it goes") {
+  std::filesystem::path kept;
+  {
+    smp::TempDir a("smp-test"), b("smp-test");
+    kept = a.path();
+    CHECK(std::filesystem::is_directory(a.path()));
+    CHECK(a.path() != b.path());
+    CHECK(a.path().parent_path() == "/tmp");
+    CHECK(a.path().filename().string().rfind("smp-test-", 0) == 0);
+    std::filesystem::create_directories(a.path() / "sub");
+    smp::write_file_atomic(a.path() / "sub" / "f.txt", "x");
+  }
+  CHECK(!std::filesystem::exists(kept));
+}

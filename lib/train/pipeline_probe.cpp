@@ -107,9 +107,7 @@ bool probe_pipeline(const NodeProfileOptions& o, const PipelineProbeOptions& how
     }
   }
   if (step_times.empty()) throw_failure("smp-profile", "the pipelined probe timed no step", "run smp-profile with --pipeline-probe never");
-  std::sort(step_times.begin(), step_times.end());
-  const size_t n = step_times.size();
-  const double measured_step = n % 2 ? step_times[n / 2] : 0.5 * (step_times[n / 2 - 1] + step_times[n / 2]);
+  const double measured_step = quantile(step_times, 0.5);
   const json sum = read_json(summary_file);
   json stages = json::array();
   for (const auto& st : sum["stages"]) {

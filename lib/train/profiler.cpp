@@ -33,9 +33,6 @@ using nlohmann::json;
 using runtime::Tensor;
 using clk = std::chrono::steady_clock;
 
-namespace {
-
-
 double quantile(std::vector<double> v, double q) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -44,6 +41,8 @@ double quantile(std::vector<double> v, double q) {
   double f = pos - static_cast<double>(lo);
   return v[lo] * (1 - f) + v[hi] * f;
 }
+
+namespace {
 
 // Random contents of the right dtype and shape. Integers lie in [0, limit).
 class Filler {

@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <map>
 #include <string>
+#include <vector>
 
 namespace smp::train {
 
@@ -45,6 +46,9 @@ struct ProfileOutput {
   std::function<void(int done, int total, const std::string& what)> progress;  // per node measured alone
   std::function<void(const std::string&)> summary;                      // the result, line by line
 };
+
+// The q-quantile of v (0 <= q <= 1), interpolated linearly between neighbours; 0 when v is empty.
+double quantile(std::vector<double> v, double q);
 
 // Returns the profile JSON (schemas/profile.schema.json); reports through `out`.
 nlohmann::json profile_nodes(const NodeProfileOptions& o, const ProfileOutput& out = {});

@@ -16,6 +16,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <fstream>
+#include <string>
 #include <vector>
 
 namespace smp::train {
@@ -96,16 +98,10 @@ bool probe_pipeline(const NodeProfileOptions& o, const PipelineProbeOptions& how
   // The step time: the median of the steps after the first (this machine has slow phases; a
   // mean would carry them).
   std::vector<double> step_times;
-  {
-    const std::string text = read_file(metrics_file);
-    size_t at = 0;
-    for (int line = 0; at < text.size(); ++line) {
-      size_t end = text.find('\n', at);
-      if (end == std::string::npos) end = text.size();
-      if (line > 0 && end > at) step_times.push_back(json::parse(text.substr(at, end - at)).at("step_time_s").get<double>());
-      at = end + 1;
-    }
-  }
+  std::ifstream metrics(metrics_file);
+  std::string line;
+  for (int k = 0; std::getline(metrics, line); ++k)
+    if (k > 0 && !line.empty()) step_times.push_back(json::parse(line).at("step_time_s").get<double>());
   if (step_times.empty()) throw_failure("smp-profile", "the pipelined probe timed no step", "run smp-profile with --pipeline-probe never");
   const double measured_step = quantile(step_times, 0.5);
   const json sum = read_json(summary_file);

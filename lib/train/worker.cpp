@@ -410,6 +410,12 @@ double Worker::step(int64_t k, bool record) {
   for (const auto& a : actions) {
     auto ts = clock::now();
     double cpu0 = 0;
+    // A compute action's wall and CPU time, from ts / cpu0, into its stage's sums (after step 0).
+    auto account = [&](StageRt& st, double& wall_s, int64_t& count) {
+      if (k == 0) return;
+      wall_s += seconds_since(ts), ++count;
+      st.cpu_s += process_cpu_s() - cpu0;
+    };
     const int s = a.stage, mb = a.mb;
     switch (a.op) {
       case schedule::Op::RecvAct: post(recv_act, a, cuts_[static_cast<size_t>(s - 1)].values, s - 1); break;
@@ -449,7 +455,7 @@ double Worker::step(int64_t k, bool record) {
           loss += lr.loss * scale;
           loss_grad[{s, mb}] = lr.grad;
         }
-        if (k > 0) st.f_s += seconds_since(ts), ++st.nf, st.cpu_s += process_cpu_s() - cpu0;
+        account(st, st.f_s, st.nf);
         break;
       }
       case schedule::Op::SendAct: send(act_out, a, s + 1, "activations"); break;
@@ -502,7 +508,7 @@ double Worker::step(int64_t k, bool record) {
           }
           grad_out[{s, mb}] = std::move(up);
         }
-        if (k > 0) st.b_s += seconds_since(ts), ++st.nb, st.cpu_s += process_cpu_s() - cpu0;
+        account(st, st.b_s, st.nb);
         break;
       }
       case schedule::Op::SendGrad: send(grad_out, a, s - 1, "gradients"); break;
@@ -510,7 +516,7 @@ double Worker::step(int64_t k, bool record) {
         StageRt& st = *by_index_.at(s);
         cpu0 = process_cpu_s();
         st.ex->backward_weight(mb);
-        if (k > 0) st.w_s += seconds_since(ts), ++st.nw, st.cpu_s += process_cpu_s() - cpu0;
+        account(st, st.w_s, st.nw);
         break;
       }
     }

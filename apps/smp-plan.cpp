@@ -1,6 +1,7 @@
 // smp-plan: partition an ONNX model across devices into a pipelined training plan (lib/plan),
 // print the graph summary (--summary), or show pipeline schedules without a model (--show).
 #include "common.hpp"
+#include "default_batch.hpp"
 
 #include "core/io.hpp"
 #include "cost/cluster.hpp"
@@ -59,8 +60,8 @@ void print_summary(const smp::graph::GraphSummary& s) {
 int main(int argc, char** argv) {
   CLI::App app{
       "smp-plan: partition an ONNX model across devices into a pipelined training plan.\n"
-      "  smp-plan MODEL.onnx --batch-size N [--cluster FILE | --devices N] [options]   plan; writes plan.json\n"
-      "  smp-plan MODEL.onnx --batch-size N --summary                                    the graph summary\n"
+      "  smp-plan MODEL.onnx [--batch-size N] [--cluster FILE | --devices N] [options] plan; writes plan.json\n"
+      "  smp-plan MODEL.onnx [--batch-size N] --summary                                  the graph summary\n"
       "  smp-plan --schedule NAME --show                                                 a schedule, without a model\n"
       "Planning searches pipeline x data-parallel degrees, microbatches, schedule, placement and per-stage "
       "recomputation, splits the graph by dynamic programming, scores every candidate with the schedule simulator, "
@@ -72,11 +73,12 @@ int main(int argc, char** argv) {
   std::vector<std::string> dims;
   bool summary = false, json = false;
   std::string cluster_file, profile_file, out_file = "plan.json", optimizer = "adamw", dtype = "fp32",
-                            recompute = "auto", save_cluster;
+                            recompute = "auto", save_cluster, split = "auto";
   int devices = -1, data_parallel = 0, max_positions = 256, max_configs = 48;
   double dp_work = 2e6;
   app.add_option("MODEL", model, "ONNX model (.onnx); external weight files need not be present");
-  app.add_option("-b,--batch-size", batch_size, "global batch size (bound to the inputs' symbolic batch dimension)")
+  app.add_option("-b,--batch-size", batch_size, "global batch size (bound to the inputs' symbolic batch dimension; default: "
+                                                "the model's fixed batch dimension, else 8 per device)")
       ->check(CLI::PositiveNumber);
   app.add_option("--dim", dims, "bind another symbolic dimension, NAME=SIZE (repeatable)");
   app.add_flag("--summary", summary, "print the graph summary: nodes, parameters, FLOPs, activations, ops");
@@ -109,6 +111,11 @@ int main(int argc, char** argv) {
   app.add_option("--dp-work", dp_work, "stage evaluations the DP may spend per configuration walking the bound on the "
                                        "largest stage time (0: no cap, exact for the DP's objective)")
       ->group(pg)->option_text("N")->check(CLI::NonNegativeNumber);
+  app.add_option("--split", split, "the stage split the plan keeps: auto (the DP's, or a baseline's when it simulates "
+                                   "faster), dp, equal-layers, equal-params, or CUTS: the nodes that begin stages 1, 2, ... "
+                                   "by name or position, comma-separated; degrees, microbatches and schedule are searched "
+                                   "as usual")
+      ->group(pg)->option_text("auto|dp|equal-layers|equal-params|CUTS");
   app.add_option("--save-cluster", save_cluster, "write the detected description of this machine (with --devices) and exit")
       ->group(pg)->option_text("FILE");
   // --- schedules (apps/plan_schedule.*): options, and their mode when no model is given
@@ -130,12 +137,20 @@ int main(int argc, char** argv) {
     if (model.empty() && smp::app::schedule_mode_requested(schedule_opts))  // schedules
       return smp::app::run_schedule_mode(schedule_opts);
     if (model.empty()) smp::throw_bad_input("MODEL", "no model given", "smp-plan MODEL.onnx --batch-size N");
+    if (!cluster_file.empty() && devices > 0)
+      smp::throw_bad_input("--devices", "applies to this machine's CPU description; the cluster file lists its devices",
+                           "leave out --devices or --cluster");
+    smp::cost::Cluster cluster = cluster_file.empty() ? smp::cost::detect_local_cpu(devices > 0 ? devices : 0)
+                                                      : smp::cost::read_cluster(cluster_file);
+    std::string batch_note;
+    if (batch_size <= 0) batch_size = smp::app::default_batch(model, cluster.size(), batch_note);
     smp::graph::LoadOptions opts;
     opts.batch_size = batch_size;
     opts.dims = smp::app::parse_dims(dims);
 
     if (summary) {
       smp::graph::Graph g = smp::graph::load_graph(model, opts);
+      if (!batch_note.empty()) fmt::print(stderr, "note: {}\n", batch_note);
       for (const auto& w : g.warnings) fmt::print(stderr, "warning: {}: {}\n", model, w);
       auto s = smp::graph::summarize(g, batch_size);
       if (json) std::cout << smp::graph::to_json(s).dump(2) << "\n";
@@ -144,12 +159,8 @@ int main(int argc, char** argv) {
     }
 
     // ---- planning
-    if (batch_size <= 0) smp::throw_bad_input("--batch-size", "required for planning", "e.g. --batch-size 32");
     if (!schedule_opts.schedule_file.empty())
       smp::throw_bad_input("--schedule-file", "is for schedules without a model", "use --schedule NAME with a model");
-    if (!cluster_file.empty() && devices > 0)
-      smp::throw_bad_input("--devices", "applies to this machine's CPU description; the cluster file lists its devices",
-                           "leave out --devices or --cluster");
     smp::cost::CostOptions copt;
     copt.optimizer = smp::cost::parse_optimizer(optimizer);
     if (dtype == "fp32") copt.precision = smp::cost::Precision::FP32;
@@ -167,8 +178,6 @@ int main(int argc, char** argv) {
     popt.max_evaluated = max_configs;
     popt.max_work = dp_work;
 
-    smp::cost::Cluster cluster = cluster_file.empty() ? smp::cost::detect_local_cpu(devices > 0 ? devices : 0)
-                                                      : smp::cost::read_cluster(cluster_file);
     smp::cost::Profile profile;
     if (!profile_file.empty()) {
       profile = smp::cost::read_profile(profile_file);
@@ -178,7 +187,9 @@ int main(int argc, char** argv) {
     for (const auto& w : g.warnings) fmt::print(stderr, "warning: {}: {}\n", model, w);
     smp::cost::GraphCost gc(g, batch_size, copt);
     smp::plan::PlanInputs in{&g, &gc, &cluster};
+    smp::plan::parse_split(g, split, popt);
     smp::plan::Plan plan = smp::plan::make_plan(in, popt);
+    if (!batch_note.empty()) plan.notes.insert(plan.notes.begin(), batch_note);
 
     smp::plan::PlanContext ctx;
     ctx.model_sha256 = smp::plan::sha256_file(model);

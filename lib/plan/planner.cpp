@@ -846,6 +846,14 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
                       "profile on the cluster's devices, or leave --profile out");
   }
 
+  for (int q : opt.split_cuts) {
+    if (q < 1 || q >= N) throw_bad_input("--split", fmt::format("a cut before node {}: cuts lie before nodes 1 to {}", q, N - 1));
+    if (gc.cut_fixed_tensors(q) > 0)
+      throw_bad_input("--split", fmt::format("a cut before node {} ({}) would send a tensor computed from weights alone every "
+                                             "microbatch", q, g.nodes[static_cast<size_t>(q)].name),
+                      "move the cut by a node");
+  }
+
   const auto t0 = std::chrono::steady_clock::now();
   Plan plan;
   plan.model_path = g.model_path.string();
@@ -937,6 +945,7 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
           v = opt.chunks;
           if (p * v > K) continue;
         }
+        if (opt.split == PlanOptions::Split::Cuts && p * v != static_cast<int>(opt.split_cuts.size()) + 1) continue;
         std::vector<Layout> layouts = {Layout::PipelineMajor};
         if (p > 1 && d > 1 && cl.hosts.size() > 1) layouts.push_back(Layout::ReplicaMajor);
         for (Layout lay : layouts) {
@@ -953,6 +962,11 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
       }
     }
   }
+  if (opt.split == PlanOptions::Split::Cuts && configs.empty())
+    throw_bad_input("--split", fmt::format("{} cut(s) make {} stages, which no configuration gives (stages x chunks per rank "
+                                           "must equal it, on at most {} devices)",
+                                           opt.split_cuts.size(), opt.split_cuts.size() + 1, cl.size()),
+                    "give as many cuts as stages - 1, or leave --stages / --chunks / --data-parallel out");
   if (opt.schedule == "interleaved" && !interleaved_possible)
     throw_bad_input("--schedule", "interleaved needs at least 2 stages, microbatches a multiple of the stages, and stages x chunks within the graph's cut positions",
                     "choose --stages and --microbatches accordingly, or another schedule");
@@ -1145,12 +1159,96 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
       plan.baselines.push_back(bl);
     }
   }
-  if (plan.partition != "dp")
-    plan.notes.push_back(fmt::format("the DP's split simulated no faster than {}'s, which the plan keeps (the DP's objective "
-                                     "approximates the simulator's step time)",
-                                     plan.partition));
+  if (opt.split == PlanOptions::Split::Auto) {
+    if (plan.partition != "dp")
+      plan.notes.push_back(fmt::format("the DP's split simulated no faster than {}'s, which the plan keeps (the DP's "
+                                       "objective approximates the simulator's step time)",
+                                       plan.partition));
+  } else {
+    // --split: exactly the split asked for, on the configuration the search chose.
+    std::string name;
+    std::vector<int> bounds;
+    if (opt.split == PlanOptions::Split::Dp) {
+      name = "dp";
+      if (best.source != "dp")
+        throw_failure("--split", fmt::format("dp: the DP found no split that fits for {} stages x {} replicas, {} microbatches",
+                                             c.p, c.d, c.m),
+                      "leave --split out to take a baseline's split");
+      bounds = best.bounds;
+    } else if (opt.split == PlanOptions::Split::Cuts) {
+      name = "cuts";
+      bounds.push_back(0);
+      bounds.insert(bounds.end(), opt.split_cuts.begin(), opt.split_cuts.end());
+      bounds.push_back(N);
+    } else {
+      const Baseline& bl = plan.baselines[opt.split == PlanOptions::Split::EqualLayers ? 0 : 1];
+      name = bl.name;
+      if (!bl.available) throw_bad_input("--split", fmt::format("{}: {}", bl.name, bl.note), "choose another split");
+      bounds = bl.bounds;
+    }
+    std::vector<Slot> slots = make_slots(c, plan.schedule, cl);
+    Evaluated ev = search.evaluate(c, plan.schedule, slots, bounds);
+    if (!ev.pred.fits)
+      throw_failure("--split", fmt::format("the {} split does not fit in memory on {} ({} stages x {} replicas, {} microbatches: "
+                                           "{} needed, {} per device)",
+                                           name, cl.summary(), c.p, c.d, c.m, human_bytes(ev.pred.peak_max()),
+                                           human_bytes(*std::min_element(ev.pred.capacity_bytes.begin(),
+                                                                         ev.pred.capacity_bytes.end()))),
+                    "another split, more stages, or --recompute auto");
+    if (name != plan.partition) {
+      // Say what the split the search would have kept predicts, next to this one.
+      plan.notes.push_back(fmt::format("the {} split, as --split asks; the search's own split ({}) predicts {:.4g} ms, a "
+                                       "speedup of {:.2f}x over it",
+                                       name, plan.partition == "dp" ? "the DP's" : plan.partition, plan.prediction.step_s * 1e3,
+                                       ev.pred.step_s / plan.prediction.step_s));
+    }
+    plan.bounds = bounds;
+    plan.stage_plans = ev.stages;
+    plan.prediction = ev.pred;
+    plan.partition = name;
+  }
   (void)t0;
   return plan;
+}
+
+void parse_split(const graph::Graph& g, const std::string& value, PlanOptions& opt, const std::string& where) {
+  using S = PlanOptions::Split;
+  opt.split_cuts.clear();
+  if (value == "auto") { opt.split = S::Auto; return; }
+  if (value == "dp") { opt.split = S::Dp; return; }
+  if (value == "equal-layers") { opt.split = S::EqualLayers; return; }
+  if (value == "equal-params" || value == "equal-parameters") { opt.split = S::EqualParams; return; }
+  opt.split = S::Cuts;
+  const int N = static_cast<int>(g.nodes.size());
+  std::map<std::string, int> by_name;
+  for (int i = 0; i < N; ++i) by_name.emplace(g.nodes[static_cast<size_t>(i)].name, i);
+  size_t start = 0;
+  while (start <= value.size()) {
+    size_t comma = value.find(',', start);
+    std::string tok = value.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    start = comma == std::string::npos ? value.size() + 1 : comma + 1;
+    if (tok.empty())
+      throw_bad_input(where, fmt::format("'{}': an empty cut", value),
+                      "auto, dp, equal-layers, equal-params, or node names / positions separated by commas");
+    int pos = -1;
+    auto it = by_name.find(tok);
+    if (it != by_name.end()) {
+      pos = it->second;
+    } else if (tok.find_first_not_of("0123456789") == std::string::npos && tok.size() < 10) {
+      pos = std::stoi(tok);
+    } else {
+      throw_bad_input(where, fmt::format("no node named '{}' in the folded graph", tok),
+                      "auto, dp, equal-layers, equal-params, or the nodes that begin stages 1, 2, ... by name or position "
+                      "(the report's first -> last node column names them)");
+    }
+    if (pos < 1 || pos >= N)
+      throw_bad_input(where, fmt::format("cut before node {} ('{}'): a cut lies before one of nodes 1 to {}", pos, tok, N - 1));
+    if (!opt.split_cuts.empty() && pos <= opt.split_cuts.back())
+      throw_bad_input(where, fmt::format("cut before node {} ('{}') does not come after the previous cut (node {})", pos, tok,
+                                         opt.split_cuts.back()),
+                      "list the cuts in the graph's order");
+    opt.split_cuts.push_back(pos);
+  }
 }
 
 namespace {

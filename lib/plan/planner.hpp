@@ -41,7 +41,19 @@ struct PlanOptions {
   int max_walk = 0;        // steps of the DP's t_max walk per configuration (0: no cap)
   double max_work = 2e6;   // stage evaluations per configuration before the walk stops (0: no cap);
                            // with both caps off the DP is exact for its objective
+  // Which split the plan keeps (--split): Auto, the faster of the DP's and the baselines' (the
+  // DP's objective approximates the simulator's step); or exactly the DP's, a baseline's, or the
+  // given cut positions. The degrees, microbatches and schedule are searched as for Auto (with
+  // Cuts: among those with as many stages as the cuts make).
+  enum class Split { Auto, Dp, EqualLayers, EqualParams, Cuts } split = Split::Auto;
+  std::vector<int> split_cuts;  // Split::Cuts: node positions where a stage begins, ascending
 };
+
+// --split's value: auto | dp | equal-layers | equal-params | CUTS, where CUTS lists, comma-separated,
+// the nodes that begin stages 1, 2, ... by name or by position in the folded graph's order (as the
+// report's "cuts before nodes" prints them). Bad input (naming `where`) for an unknown node, a
+// position out of range, or cuts out of order.
+void parse_split(const graph::Graph& g, const std::string& value, PlanOptions& opt, const std::string& where = "--split");
 
 enum class Layout { PipelineMajor, ReplicaMajor };
 std::string_view layout_name(Layout l);

@@ -791,27 +791,37 @@ void Worker::report_end(double mean_step_s) {
                     tj.value("update_s", 0.0)});
   }
   const double pstep = pj["prediction"].value("step_s", 0.0), pbubble = pj["prediction"].value("bubble", 0.0);
+  // The first step is not timed (start-up, first allocations): with fewer than two steps there
+  // is no steady-state measurement to compare, and the summary says so instead of printing zeros.
+  const bool measured = steps_timed > 0;
+  auto or_null = [&](double x) { return measured ? nlohmann::json(x) : nlohmann::json(nullptr); };
   if (!o_.summary_json.empty()) {
     nlohmann::json stages = nlohmann::json::array();
     for (int s = 0; s < S_; ++s) {
       const Row& w = rows[static_cast<size_t>(s)];
       stages.push_back({{"index", s},
                         {"rank", w.rank0},
-                        {"measured",
-                         {{"forward_s", w.f}, {"backward_s", w.b}, {"optimizer_s", w.u}, {"cpu_per_wall", w.cpu_per_wall},
-                          {"rank_idle", w.idle}}},
+                        {"measured", measured ? nlohmann::json{{"forward_s", w.f}, {"backward_s", w.b}, {"optimizer_s", w.u},
+                                                               {"cpu_per_wall", w.cpu_per_wall}, {"rank_idle", w.idle}}
+                                              : nlohmann::json(nullptr)},
                         {"predicted", {{"forward_s", w.pf}, {"backward_s", w.pb}, {"optimizer_s", w.pu}}}});
     }
     nlohmann::json j{{"plan", o_.plan.string()},
                      {"steps_timed", steps_timed},
                      {"optimizer", optimizer_name(o_.optimizer.kind)},
                      {"threads_per_worker", std::max(o_.threads, 1)},
-                     {"step_s", {{"measured", mean_step_s}, {"predicted", pstep}}},
-                     {"bubble", {{"measured", idle / c_.size()}, {"predicted", pbubble}}},
+                     {"step_s", {{"measured", or_null(mean_step_s)}, {"predicted", pstep}}},
+                     {"bubble", {{"measured", or_null(idle / c_.size())}, {"predicted", pbubble}}},
                      {"stages", stages}};
     write_file_atomic(o_.summary_json, j.dump(2) + "\n");
   }
   if (o_.quiet) return;
+  if (!measured) {
+    fmt::print("\nno steady-state measurement: the first step (start-up) is not timed and the run had no other (--steps 2 "
+               "or more to compare with the plan); predicted step {:.4f} s, bubble {:.1f}%\n",
+               pstep, std::max(0.0, 100.0 * pbubble));
+    return;
+  }
   fmt::print("\nper stage, per microbatch (measured after the first step | predicted by the plan); optimizer step ({}) "
              "once per step;\ncpu/wall: its worker's CPU time over the wall time of its forwards and backwards ({} thread(s) "
              "per worker; less: it waited for a core):\n",
@@ -829,7 +839,7 @@ void Worker::report_end(double mean_step_s) {
   fmt::print("step time: measured {:.4f} s (mean after the first step), predicted {:.4f} s ({:+.1f}%)\n", mean_step_s, pstep,
              pstep > 0 ? 100.0 * (mean_step_s - pstep) / pstep : 0.0);
   fmt::print("idle (bubble): measured {:.1f}% averaged over ranks, predicted {:.1f}%\n", 100.0 * idle / c_.size(),
-             100.0 * pbubble);
+             std::max(0.0, 100.0 * pbubble));
 }
 
 void Worker::export_model(int64_t done) {

@@ -192,6 +192,23 @@ TEST_CASE("without --optimizer, smp-run trains with the plan's; the summary sets
     }
   }
   CHECK(r.out.find("note: the plan was made for") == std::string::npos);
+  // One step: nothing after the first to time, and the summary says so instead of zeros.
+  auto one = test::sh(fmt::format("{} {} --steps 1 --summary-json {}", test::bin("smp-run"), plan.string(), summary.string()));
+  INFO(one.out);
+  REQUIRE(one.exit_code == 0);
+  CHECK(one.out.find("no steady-state measurement") != std::string::npos);
+  CHECK(one.out.find("step time: measured") == std::string::npos);
+  CHECK(one.out.find("-100.0%") == std::string::npos);
+  auto v1 = test::sh(fmt::format("{} {} {} run_summary {}", SMP_PYTHON, test::src("tests/plan/validate_json.py"),
+                                 test::src("schemas"), summary.string()));
+  CHECK_MESSAGE(v1.exit_code == 0, v1.out);
+  {
+    std::ifstream sf(summary);
+    const auto sj = nlohmann::json::parse(sf);
+    CHECK(sj["steps_timed"] == 0);
+    CHECK(sj["step_s"]["measured"].is_null());
+    CHECK(sj["stages"][0]["measured"].is_null());
+  }
   fs::remove_all(dir);
 }
 

@@ -16,6 +16,7 @@
 #include "plan_schedule.hpp"  // schedules
 #include "schedule/timeline.hpp"
 #include "schedule/validate.hpp"
+#include "train/calibrate.hpp"
 
 #include <fmt/format.h>
 
@@ -75,6 +76,7 @@ int main(int argc, char** argv) {
   std::string cluster_file, profile_file, out_file = "plan.json", optimizer = "adamw", dtype = "fp32",
                             recompute = "auto", save_cluster, split = "auto";
   int devices = -1, data_parallel = 0, max_positions = 256, max_configs = 48;
+  bool recalibrate = false, no_calibration = false;
   double dp_work = 2e6;
   app.add_option("MODEL", model, "ONNX model (.onnx); external weight files need not be present");
   app.add_option("-b,--batch-size", batch_size, "global batch size (bound to the inputs' symbolic batch dimension; default: "
@@ -116,6 +118,12 @@ int main(int argc, char** argv) {
                                    "by name or position, comma-separated; degrees, microbatches and schedule are searched "
                                    "as usual")
       ->group(pg)->option_text("auto|dp|equal-layers|equal-params|CUTS");
+  app.add_flag("--recalibrate", recalibrate, "measure this machine's kernels again (without --cluster, smp-plan prices "
+                                           "nodes by a calibration of this machine taken once and cached)")
+      ->group(pg);
+  app.add_flag("--no-calibration", no_calibration, "without --cluster: describe this machine by its stated estimates "
+                                                  "(CPU flags x clock) instead of its measured kernels")
+      ->group(pg);
   app.add_option("--save-cluster", save_cluster, "write the detected description of this machine (with --devices) and exit")
       ->group(pg)->option_text("FILE");
   // --- schedules (apps/plan_schedule.*): options, and their mode when no model is given
@@ -140,8 +148,20 @@ int main(int argc, char** argv) {
     if (!cluster_file.empty() && devices > 0)
       smp::throw_bad_input("--devices", "applies to this machine's CPU description; the cluster file lists its devices",
                            "leave out --devices or --cluster");
-    smp::cost::Cluster cluster = cluster_file.empty() ? smp::cost::detect_local_cpu(devices > 0 ? devices : 0)
-                                                      : smp::cost::read_cluster(cluster_file);
+    // This machine, when no cluster file describes the devices: its kernels as measured (once,
+    // cached), unless the plan only needs the graph summary or the user asks for the estimates.
+    auto local = [&](bool measured) {
+      if (!measured) return smp::cost::detect_local_cpu(devices > 0 ? devices : 0);
+      smp::train::CalibrateOptions co;
+      co.pingpong_program = std::filesystem::read_symlink("/proc/self/exe").parent_path() / "smp-profile";
+      auto cal = smp::train::load_or_calibrate(co, recalibrate, [](const std::string& s) { fmt::print(stderr, "{}\n", s); });
+      return smp::cost::calibrated_local_cpu(cal, devices > 0 ? devices : 0);
+    };
+    if (!cluster_file.empty() && (recalibrate || no_calibration))
+      smp::throw_bad_input(recalibrate ? "--recalibrate" : "--no-calibration", "applies to this machine; the cluster file "
+                           "describes the devices", "leave it out or leave out --cluster");
+    smp::cost::Cluster cluster = !cluster_file.empty() ? smp::cost::read_cluster(cluster_file)
+                                                       : local(!summary && !no_calibration);
     std::string batch_note;
     if (batch_size <= 0) batch_size = smp::app::default_batch(model, cluster.size(), batch_note);
     smp::graph::LoadOptions opts;

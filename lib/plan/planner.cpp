@@ -649,6 +649,10 @@ class Search {
     costs.link.resize(static_cast<size_t>(std::max(S - 1, 0)));
     std::vector<double> extra(static_cast<size_t>(c.p), 0);  // workspace per pipeline rank
     ev.stages.resize(static_cast<size_t>(S));
+    // Workers of a calibrated machine computing at once on average (a pipeline of p stages over
+    // m microbatches keeps p m / (m + p - 1) busy, as smp-profile's contention model has it): each
+    // runs slower by the calibration's slow-down for that many.
+    const double busy = static_cast<double>(c.d) * c.p * c.m / (c.m + c.p - 1.0);
     // activations of one microbatch of the whole model as one stage (only a profile needs it)
     const double act_whole = gc_.options().profile ? gc_.stage_memory(0, gc_.nodes(), u).act.at(u) : 0.0;
     for (int st = 0; st < S; ++st) {
@@ -680,11 +684,11 @@ class Search {
         cost::PassTimes tt;
         int ms_count = 0;
         const cost::DeviceSpec& dev = cl_.kinds[static_cast<size_t>(k)];
-        sp.update_s = std::max(sp.update_s, gc_.optimizer_step_s(mem.param_bytes, dev));
+        sp.update_s = std::max(sp.update_s, gc_.optimizer_step_s(mem.param_bytes, dev, nullptr, c.p * c.d));
         const double x = in_flight(dev);
         for (int n = a; n < b; ++n) {
           bool ms = false;
-          tt += gc_.node_time(n, u, dev, &ms, x);
+          tt += gc_.node_time(n, u, dev, &ms, x, busy);
           ms_count += ms;
         }
         if (first || tt.total() > worst.total()) {

@@ -223,3 +223,44 @@ TEST_CASE("smp-plan --split: the DP's split, a baseline's or given cuts, on the 
   CHECK(two["stages"].size() == 2);
   CHECK(two["stages"][1]["nodes"][0] == names[1]);
 }
+
+TEST_CASE("smp-plan without --cluster measures this machine once, caches it, and says so") {
+  auto dir = smp::test::temp_dir("plan_cli_calibration");
+  const std::string env = "XDG_CACHE_HOME=" + (dir / "cache").string() + " ";
+  const std::string plan = tool("smp-plan") + " " + sample("mlp") + " -b 16 --devices 2 -o " + (dir / "p.json").string();
+  auto first = run_cmd(env + plan);
+  INFO(first.out);
+  REQUIRE(first.exit_code == 0);
+  CHECK(first.out.find("calibrating this machine's kernels") != std::string::npos);
+  CHECK(first.out.find("cluster   local-cpu (measured)") != std::string::npos);
+  std::vector<std::filesystem::path> files;
+  for (const auto& e : std::filesystem::directory_iterator(dir / "cache" / "smp")) files.push_back(e.path());
+  REQUIRE(files.size() == 1);
+  json cal = json::parse(std::ifstream(files[0]));
+  CHECK(cal["version"] == 1);
+  CHECK(cal["tables"].size() >= 1);
+  for (const auto& t : cal["tables"])
+    for (const auto& [fam, passes] : t["families"].items()) {
+      CAPTURE(fam);
+      CHECK(passes["forward"].size() >= 4);
+      for (const auto& p : passes["forward"]) CHECK(p[1].get<double>() > 0);
+    }
+  CHECK(cal["link"]["bandwidth"].get<double>() > 0);  // smp-profile beside smp-plan ran the ping-pong
+  const auto written = std::filesystem::last_write_time(files[0]);
+  // The second plan reads the cache: nothing measured, the same file.
+  auto second = run_cmd(env + plan);
+  CHECK(second.exit_code == 0);
+  CHECK(second.out.find("calibrating") == std::string::npos);
+  CHECK(std::filesystem::last_write_time(files[0]) == written);
+  // The estimates on request; bad combinations with --cluster.
+  auto est = run_cmd(env + plan + " --no-calibration");
+  CHECK(est.out.find("cluster   local-cpu (estimated)") != std::string::npos);
+  auto both = run_cmd(env + plan + " --recalibrate --cluster " + cluster("a100-2x8"));
+  CHECK(both.exit_code == 2);
+  // A damaged cache is measured again, with a note, never an error.
+  std::ofstream(files[0]) << "{ not json";
+  auto again = run_cmd(env + plan);
+  CHECK(again.exit_code == 0);
+  CHECK(again.out.find("the cached calibration is unusable") != std::string::npos);
+  CHECK(json::parse(std::ifstream(files[0]))["version"] == 1);
+}

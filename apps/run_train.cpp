@@ -143,17 +143,21 @@ int worker_main(const std::string& plan, const std::string& data, TrainCli t, co
   // a sleep lasts >= ~70 us on a VM, and a message needs several polls to move.
   c->set_spin_wait(li.local_size * t.threads_per_worker <= comm::online_cores());
   auto fail = [&](const std::string& msg, int code, bool print) {
-    // A worker asked to stop whose step cannot finish is being taken down with its job (mpirun
-    // sends SIGTERM to every worker when one has died): the launcher names the one that died.
-    if (g_stop != 0 && code != 2) print = false;
+    // The others need not wait for this one: they end too, at once.
+    c->tell_peers_giving_up();
+    // A worker asked to stop whose step cannot finish, or told that a peer gave up, ends with
+    // its job (mpirun and srun send SIGTERM to every worker when one has died): the launcher
+    // names the one that died, or the one that failed says why.
+    const bool with_job = (g_stop != 0 && code != 2) || c->peer_gave_up();
+    if (with_job) print = false;
     if (print) {
       std::string prefix = fmt::format("rank {}", c->rank());
       if (msg.rfind(prefix + ":", 0) == 0) std::fprintf(stderr, "error: %s\n", msg.c_str());
       else std::fprintf(stderr, "error: %s: %s\n", prefix.c_str(), msg.c_str());
       std::fflush(stderr);
     }
-    train::report_status(t.status_token, c->rank(), "error " + msg);
-    std::_Exit(g_stop != 0 && code != 2 ? 128 + g_stop : code);
+    train::report_status(t.status_token, c->rank(), (with_job ? "stopped " : "error ") + msg);
+    std::_Exit(with_job && g_stop != 0 ? 128 + g_stop : code);
   };
   try {
     const train::RunResult r = train::run_worker(*c, run_options(plan, data, t));
@@ -323,17 +327,23 @@ int run_train(const std::string& plan, const std::string& data, const TrainCli& 
     if (first_signal == 0) first_signal = sig;
     if (sig == SIGINT) ++sigints;
   };
-  // mpirun must end once every worker has: if all have reported their end and mpirun is
-  // still there 10 s later, it is stuck and is stopped.
+  // mpirun / srun must end once every worker has: if all have reported their end (or were
+  // reported dead) and it is still there 10 s later (1 s once one died), it is stuck and is
+  // stopped. (srun can wait for Slurm's KillWait after a task died: Slurm's PMIx plugin kills
+  // the step with a call that stalls the dead task's node.)
   auto all_ended_since = std::chrono::steady_clock::time_point::max();
   auto stuck = [&] {
-    if (!monitor.all_ended()) {
-      all_ended_since = std::chrono::steady_clock::time_point::max();
-      return false;
-    }
+    const std::vector<comm::ProcessEnd> ends = monitor.ends();
+    const std::vector<comm::WorkerStatus> ws = monitor.workers();
+    for (int r = 0; r < ranks; ++r)
+      if (!ws[static_cast<size_t>(r)].ended() &&
+          std::none_of(ends.begin(), ends.end(), [&](const comm::ProcessEnd& e) { return e.rank == r; })) {
+        all_ended_since = std::chrono::steady_clock::time_point::max();
+        return false;
+      }
     auto now = std::chrono::steady_clock::now();
     if (all_ended_since == std::chrono::steady_clock::time_point::max()) all_ended_since = now;
-    return now - all_ended_since > std::chrono::seconds(10);
+    return now - all_ended_since > std::chrono::seconds(ends.empty() ? 10 : 1);
   };
   const int rc = comm::run_command(cmd, stuck);
   return report_end(rc, monitor, pf, host_of_rank, t, first_signal, sigints);

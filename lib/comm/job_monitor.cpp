@@ -84,8 +84,8 @@ bool JobMonitor::status(std::string_view line) {
     w.stages = arg;
   } else if (word == "done") {
     w.state = "done";
-  } else if (word == "error") {
-    w.state = "error";
+  } else if (word == "error" || word == "stopped") {
+    w.state = word;
     w.detail = arg;
   } else if (word == "interrupted") {
     w.state = "interrupted";
@@ -156,7 +156,7 @@ std::string JobMonitor::filter_locked(std::string_view line) {
   static const std::regex aggregate(R"(^\[[^\]]+\] (\d+ more process(es)? ha(s|ve) sent help message|Set MCA parameter "orte_base_help_aggregate"))");
   static const std::regex srun_end(R"(^srun: error: (\S+): tasks? ([0-9,\-]+): (.*)$)");
   static const std::regex srun_noise(
-      R"(^(srun: (Job step aborted|forcing job termination|launch/slurm: _step_signal|got SIGCONT|error: Timed out waiting for job step)|slurmstepd(-\S+)?: error: (\*\*\* STEP .* CANCELLED|\*\*\* JOB .* CANCELLED| *mpi/pmix)))");
+      R"(^(srun: (Job step aborted|Force Terminated|forcing job termination|launch/slurm: _step_signal|got SIGCONT|error: Timed out waiting for job step)|slurmstepd(-\S+)?: error: (\*\*\* STEP .* CANCELLED|\*\*\* JOB .* CANCELLED| *mpi/pmix)))");
   if (search(l, forwarding, m)) return "";
   if (search(l, aggregate, m) || search(l, srun_noise, m)) {
     held_.append(line);

@@ -3,7 +3,7 @@
 // involved, so a worker on another machine reports as well as a local one.
 //
 // Each worker writes status lines there, one write() each (status_line()): hello (its host and
-// PID), running (its stages), done, error, interrupted. A worker killed by a signal writes
+// PID), running (its stages), done, error, stopped, interrupted. A worker killed by a signal writes
 // nothing more; mpirun ("mpirun noticed that process rank 2 with PID 81 on node b exited on
 // signal 9") and srun ("srun: error: b: task 2: Killed") say who it was, on which host and how:
 // the monitor takes those notices out of the stream too. The noise that follows a dead peer
@@ -24,12 +24,14 @@ std::string status_line(std::string_view token, int rank, std::string_view text)
 struct WorkerStatus {
   std::string host;   // from its hello
   long pid = 0;
-  std::string state;  // "" (never reported), "started", "running", "done", "error", "interrupted"
+  // "" (never reported), "started", "running", "done", "error" (it said why), "stopped" (ended
+  // with its job, which another worker's end ended), "interrupted" (after a stop request)
+  std::string state;
   std::string stages;  // from "running": e.g. "2" or "1,5"
-  std::string detail;  // error: the message
+  std::string detail;  // error, stopped: the message
   long step = 0;       // interrupted: the steps done
   int signal = 0;      // interrupted: the signal that asked for it
-  bool ended() const { return state == "done" || state == "error" || state == "interrupted"; }
+  bool ended() const { return state == "done" || state == "error" || state == "stopped" || state == "interrupted"; }
 };
 
 // A launcher's notice of a process that ended abnormally.

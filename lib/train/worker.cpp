@@ -200,6 +200,7 @@ class Worker {
   int64_t rows_step_ = -1;
   double recorded_step_s_ = 0;
   clock::time_point step_t0_;        // start of the current step (the recorded spans' zero)
+  std::vector<std::string> host_of_rank_;  // where each rank runs (rank 0)
   int hosts_ = 1;                    // hosts the job runs on (rank 0)
   bool stop_agreed_ = false;         // some rank was asked to stop (seen in the step's all-reduce)
   int stop_signal_ = 0;
@@ -656,11 +657,12 @@ void Worker::check_hosts() {
   // keeps on one host should share one (their boundary was priced at the host's link), ranks it
   // puts on different hosts should not. smp-run places them so; srun or mpirun started by hand
   // place them as told.
-  if (c_.size() < 2) return;
   constexpr size_t kLen = 256;
   const int tag = (1 << 20) + 9;
   std::vector<char> mine(kLen, '\0');
   ::gethostname(mine.data(), kLen - 1);
+  host_of_rank_.assign(1, mine.data());
+  if (c_.size() < 2) return;
   if (c_.rank() != 0) {
     auto r = c_.isend(mine.data(), kLen, 0, tag);
     c_.wait(r, "the host name for rank 0");
@@ -676,6 +678,7 @@ void Worker::check_hosts() {
     real[static_cast<size_t>(r)] = buf.data();
   }
   hosts_ = static_cast<int>(std::set<std::string>(real.begin(), real.end()).size());
+  host_of_rank_ = real;
   for (int a = 0; a < c_.size(); ++a)
     for (int b = a + 1; b < c_.size(); ++b) {
       const std::string &pa = plan_.ranks[static_cast<size_t>(a)].host, &pb = plan_.ranks[static_cast<size_t>(b)].host;
@@ -839,6 +842,7 @@ void Worker::report_end(double mean_step_s) {
       const Row& w = rows[static_cast<size_t>(s)];
       stages.push_back({{"index", s},
                         {"rank", w.rank0},
+                        {"host", host_of_rank_.at(static_cast<size_t>(w.rank0))},
                         {"measured",
                          {{"forward_s", w.f}, {"backward_s", w.b}, {"optimizer_s", w.u}, {"cpu_per_wall", w.cpu_per_wall},
                           {"rank_idle", w.idle}}},
@@ -930,13 +934,19 @@ RunResult Worker::run() {
   int64_t timed_steps = 0;
   auto run_start = clock::now();
   const bool want_timeline = !o_.trace.empty() || !o_.timeline.empty();
+  double longest_step_s = 0;
   for (int64_t k = start_step_; k < o_.steps; ++k) {
     auto t0 = clock::now();
     bool record = want_timeline && k + 1 == o_.steps;
+    // Once a stop is asked for, the step in progress finishes; a wait longer than twice the
+    // longest step (3 s at least) means it cannot: a peer is gone.
+    c_.set_stop_patience(o_.stop_signal, longest_step_s > 0 ? std::clamp(2 * longest_step_s, 3.0, c_.timeout_s()) : c_.timeout_s());
     double loss = step(k, record);
     double norm = 0;
     reduce_and_update(k, record, &loss, &norm);
+    c_.set_stop_patience(nullptr, 0);  // a checkpoint takes as long as it takes
     double dt = seconds_since(t0);
+    longest_step_s = std::max(longest_step_s, dt);
     if (record) recorded_step_s_ = dt;
     if (k > start_step_) timed += dt, ++timed_steps;
     if (c_.rank() == 0) {
@@ -962,6 +972,8 @@ RunResult Worker::run() {
         ((o_.checkpoint_every > 0 && (k + 1) % o_.checkpoint_every == 0) || last || stop))
       checkpoint(k + 1);
     if (stop) {
+      if (c_.rank() == 0 && o_.progress_tty && !o_.quiet) fmt::print("\n");  // end the refreshed line
+      std::fflush(stdout);
       report_status(o_.status_token, c_.rank(), fmt::format("interrupted {} {}", k + 1, stop_signal_));
       return {k + 1, true, stop_signal_};
     }

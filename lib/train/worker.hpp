@@ -55,7 +55,8 @@ struct RunResult {
 RunResult run_worker(comm::Communicator& comm, const RunOptions& opts);
 
 // A status line for the launcher (comm::status_line on stderr, in one write) when `token` is
-// set: "hello HOST PID", "running STAGES", "done", "error MESSAGE", "interrupted STEP SIGNAL".
+// set: "hello HOST PID", "running STAGES", "done", "error MESSAGE", "stopped MESSAGE",
+// "interrupted STEP SIGNAL".
 void report_status(const std::string& token, int rank, const std::string& text);
 
 // The line an interrupted run ends with: "interrupted at step N; checkpoint DIR/step-0000000N

@@ -217,6 +217,7 @@ TEST_CASE("the job monitor reads srun's notices: tasks killed or exited, per hos
   CHECK(m.filter("srun: error: smphost2: task 2: Killed\n").empty());
   CHECK(m.filter("slurmstepd-smphost1: error: *** STEP 2.0 ON smphost1 CANCELLED AT 2026-11-30T00:16:12 ***\n").empty());
   CHECK(m.filter("srun: Job step aborted: Waiting up to 7 seconds for job step to finish.\n").empty());
+  CHECK(m.filter("srun: Force Terminated StepId=4.0\n").empty());
   CHECK(m.filter("srun: error: smphost1: tasks 0-1,3: Exited with exit code 1\n").empty());
   CHECK(m.filter("srun: error: smphost1: task 0: Killed\n").empty());  // rank 0 was noticed already
   CHECK(m.filter("srun: error: Unable to create step for job 4: More processors requested than permitted\n") ==

@@ -42,11 +42,12 @@ bool has_env(const char* name) { return std::getenv(name) != nullptr; }
 
 volatile sig_atomic_t g_child_group = 0;
 volatile sig_atomic_t g_count_signals = 0;  // run_command with a stop signal: count, do not forward
-volatile sig_atomic_t g_sigint = 0, g_sigterm = 0;
+volatile sig_atomic_t g_sigint = 0, g_sigterm = 0, g_sigusr1 = 0;
 
 void forward_signal(int sig) {
   if (g_count_signals) {
     if (sig == SIGINT) g_sigint = g_sigint + 1;
+    else if (sig == SIGUSR1) g_sigusr1 = g_sigusr1 + 1;
     else g_sigterm = g_sigterm + 1;
     return;
   }
@@ -476,16 +477,18 @@ int run_command(const Command& c, const std::function<bool()>& stuck) {
 
   g_sigint = 0;
   g_sigterm = 0;
+  g_sigusr1 = 0;
   g_count_signals = c.stop_signal != 0;
   g_child_group = pid;
-  struct sigaction sa {}, old_int {}, old_term {};
+  struct sigaction sa {}, old_int {}, old_term {}, old_usr1 {};
   sa.sa_handler = forward_signal;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, &old_int);
   sigaction(SIGTERM, &sa, &old_term);
+  if (c.stop_signal != 0) sigaction(SIGUSR1, &sa, &old_usr1);
 
   using clock = std::chrono::steady_clock;
-  int seen_int = 0, seen_term = 0;
+  int seen_int = 0, seen_term = 0, seen_usr1 = 0;
   bool stop_wanted = false, stop_sent = false;
   bool aborting = false, killed = false;
   clock::time_point kill_at;  // after a second SIGINT: the group's SIGKILL
@@ -508,6 +511,10 @@ int run_command(const Command& c, const std::function<bool()>& stuck) {
       }
       for (; seen_term < g_sigterm; ++seen_term) {
         if (c.on_signal) c.on_signal(SIGTERM);
+        stop_wanted = true;
+      }
+      for (; seen_usr1 < g_sigusr1; ++seen_usr1) {
+        if (c.on_signal) c.on_signal(SIGUSR1);
         stop_wanted = true;
       }
       if (stop_wanted && !stop_sent && (!c.stop_ready || c.stop_ready())) {
@@ -538,6 +545,7 @@ int run_command(const Command& c, const std::function<bool()>& stuck) {
   }
   sigaction(SIGINT, &old_int, nullptr);
   sigaction(SIGTERM, &old_term, nullptr);
+  if (c.stop_signal != 0) sigaction(SIGUSR1, &old_usr1, nullptr);
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
   return 1;

@@ -101,14 +101,16 @@ struct Command {
   // with an empty line when the stream ends.
   std::function<std::string(std::string_view line)> filter_stderr;
   // How SIGINT / SIGTERM sent to this process reach the child. 0: forwarded to the child's
-  // process group as they are. Otherwise, a stop request: this signal goes to the child alone
+  // process group as they are. Otherwise each (and SIGUSR1) is a stop request: this signal goes
+  // to the child alone
   // (mpirun and srun forward SIGUSR1 to every worker on every host), once `stop_ready` (when
   // set) says the workers can take it; a second SIGINT stops the child (abort_signal, then
   // SIGKILL to its group after 5 s).
   int stop_signal = 0;
   int abort_signal = 15;  // SIGTERM: mpirun takes its job down on every host
   std::function<bool()> stop_ready;
-  // Called (on the waiting thread) for each SIGINT / SIGTERM received while the child runs.
+  // Called (on the waiting thread) for each SIGINT / SIGTERM (/ SIGUSR1) received while the
+  // child runs.
   std::function<void(int sig)> on_signal;
 };
 

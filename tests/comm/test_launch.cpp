@@ -246,7 +246,7 @@ TEST_CASE("a stop request reaches the child as its stop signal once it is ready;
     c.stop_signal = SIGUSR1;
     return c;
   };
-  for (int sig : {SIGTERM, SIGINT}) {
+  for (int sig : {SIGTERM, SIGINT, SIGUSR1}) {
     comm::Command c = start(true);
     std::atomic<bool> polled{false}, ready{false};
     std::vector<int> seen;

@@ -22,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include <csignal>
+#include <functional>
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -344,6 +345,7 @@ TEST_CASE("a worker killed with -9 on the second host: rank, stage and host name
     REQUIRE(lines.size() == 1);
     CHECK(lines[0] == fmt::format("error: rank {} (stage {}, host {}): the worker died (killed by signal 9); the job was stopped",
                                   victim_rank, victim_rank, g_hosts[1]));
+    MESSAGE(how, ": smp-run exited ", took, " s after the kill");
     CHECK(smp_left(plan).empty());
     for (const auto& h : g_hosts)
       for (const auto& p : host_procs(h)) {
@@ -398,64 +400,68 @@ TEST_CASE("SIGTERM and SIGINT at a random step: the step finishes, a checkpoint,
   }
 
   {
-    // The batch script of the documentation (docs/multi-host.md): smp-run started once; Slurm's
-    // SIGTERM reaches it and every worker, the batch shell passes it on and waits.
-    const int at = random_step(2, kResumeSteps - 6);
-    INFO("requeued after step ", at);
+    // The batch script of the documentation (docs/slurm-train.sbatch), running this plan: smp-run
+    // started once, Slurm's signals passed on by the batch shell. First a requeue (SIGTERM to
+    // every process of the job, as a preemption), then the time limit's warning (SIGUSR1 to the
+    // batch shell, which requeues the job itself), each after a random step.
     const fs::path ck = dir / "ck-requeue", metrics = dir / "metrics-requeue", log = dir / "job.log";
+    const std::string run = smp_run(plan, fmt::format("--steps {} {} --checkpoint-dir {} --metrics {}", kResumeSteps,
+                                                      kTrainOpts, ck.string(), metrics.string()));
+    const std::string example = read_file(test::src("docs/slurm-train.sbatch"));
+    const std::string script_text = std::regex_replace(example, std::regex(R"(smp-run plan\.json[^&]*&)"),
+                                                       run + " ${SLURM_RESTART_COUNT:+--resume} &");
+    REQUIRE(script_text != example);
     const fs::path script = dir / "job.sh";
-    write_file_atomic(script, fmt::format(R"(#!/bin/bash
-#SBATCH --nodes=2
-#SBATCH --requeue
-#SBATCH --open-mode=append
-#SBATCH --output={log}
-cd {dir}
-{run} ${{SLURM_RESTART_COUNT:+--resume}} &
-pid=$!
-trap 'kill -TERM $pid 2>/dev/null' TERM
-wait $pid; rc=$?
-while kill -0 $pid 2>/dev/null; do wait $pid; rc=$?; done
-echo "smp-run exit $rc"
-)",
-                                          fmt::arg("log", log.string()), fmt::arg("dir", dir.string()),
-                                          fmt::arg("run", smp_run(plan, fmt::format("--steps {} {} --checkpoint-dir {} --metrics {}",
-                                                                                    kResumeSteps, kTrainOpts, ck.string(),
-                                                                                    metrics.string())))));
-    auto sub = test::sh("sbatch --parsable " + script.string());
+    write_file_atomic(script, script_text);
+    auto sub = test::sh(fmt::format("sbatch --parsable --output {} --chdir {} {}", log.string(), dir.string(), script.string()));
     INFO(sub.out);
     REQUIRE(sub.exit_code == 0);
     const std::string job = split_lines(sub.out).back();
-    bool reached = false;
-    for (int i = 0; i < 2400 && !reached; ++i) {
-      reached = lines_in(metrics) >= at;
-      if (!reached) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    REQUIRE(reached);
+    auto job_state = [&] {
+      auto q = test::sh("squeue -h -j " + job + " -o %T");
+      return q.exit_code != 0 ? std::string() : q.out.substr(0, q.out.find('\n'));
+    };
+    // Slurm holds a requeued job back for a while: it is released at once.
+    auto release_until = [&](const std::function<bool()>& done) {
+      for (int i = 0; i < 900; ++i) {
+        if (done()) return true;
+        if (job_state() == "PENDING") test::sh("scontrol update JobId=" + job + " StartTime=now");
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      }
+      return false;
+    };
+    const int at1 = random_step(2, 5);
+    REQUIRE(release_until([&] { return lines_in(metrics) >= at1; }));
     auto rq = test::sh("scontrol requeue " + job);
     INFO(rq.out);
     REQUIRE(rq.exit_code == 0);
-    // Slurm holds a requeued job back for a while: release it at once.
-    bool ended = false;
-    for (int i = 0; i < 600 && !ended; ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-      auto q = test::sh("squeue -h -j " + job + " -o %T");
-      const std::string state = q.out.substr(0, q.out.find('\n'));
-      if (state == "PENDING") test::sh("scontrol update JobId=" + job + " StartTime=now");
-      ended = q.exit_code != 0 || state.empty();
-    }
-    REQUIRE(ended);
+    std::smatch m;
+    const std::regex interrupted(R"(interrupted at step (\d+); checkpoint (\S+) \(resume with --resume\))");
+    REQUIRE(release_until([&] {
+      const std::string out = read_file(log);
+      return out.find("smp-run exit 143") != std::string::npos && std::regex_search(out, m, interrupted);
+    }));
+    const int stopped1 = std::stoi(m[1].str());
+    CHECK(stopped1 >= at1);
+    CHECK(m[2].str() == train::step_dir(ck, stopped1).string());
+    const int at2 = stopped1 + random_step(2, 4);
+    REQUIRE(release_until([&] { return lines_in(metrics) >= at2; }));
+    auto sig = test::sh("scancel --batch --signal=USR1 " + job);
+    INFO(sig.out);
+    REQUIRE(sig.exit_code == 0);
+    REQUIRE(release_until([&] { return job_state().empty(); }));
     const std::string out = read_file(log);
     INFO(out);
-    std::smatch m;
-    REQUIRE(std::regex_search(out, m, std::regex(R"(interrupted at step (\d+); checkpoint (\S+) \(resume with --resume\))")));
-    const int stopped = std::stoi(m[1].str());
-    CHECK(stopped >= at);
-    CHECK(m[2].str() == train::step_dir(ck, stopped).string());
-    CHECK(out.find("smp-run exit 143") != std::string::npos);
+    std::vector<int> stops;
+    for (std::sregex_iterator it(out.begin(), out.end(), interrupted), e; it != e; ++it) stops.push_back(std::stoi((*it)[1].str()));
+    REQUIRE(stops.size() == 2);
+    CHECK(stops[1] >= at2);
+    CHECK(out.find("smp-run exit 138") != std::string::npos);
     CHECK(out.find("smp-run exit 0") != std::string::npos);
     CHECK(lines_in(metrics) == kResumeSteps);
     check_same_weights(dir / "ref", ck, kResumeSteps, stages);
-    MESSAGE("Slurm job requeued after step ", at, ": stopped at step ", stopped, ", resumed bit-identically");
+    MESSAGE("Slurm job: requeued after step ", at1, " (stopped at ", stops[0], "), time limit's warning after step ", at2,
+            " (stopped at ", stops[1], "), resumed bit-identically");
   }
 
   {

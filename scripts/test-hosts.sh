@@ -110,7 +110,9 @@ up() {
     command -v "$t" >/dev/null || cant "$t not installed (scripts/install-deps.sh)"
   done
   [[ $dir != /tmp && $dir != /tmp/* ]] || die "--dir $dir: must lie outside /tmp (each host has its own /tmp)"
-  [[ $nhosts -ge 2 && $nhosts -le 9 ]] || die "--hosts $nhosts: 2 to 9"
+  [[ $nhosts =~ ^[0-9]+$ && $nhosts -ge 2 && $nhosts -le 9 ]] || die "--hosts $nhosts: 2 to 9"
+  [[ $cpus =~ ^[0-9]+$ && $cpus -ge 1 ]] || die "--cpus $cpus: a positive number"
+  [[ $lifetime =~ ^[0-9]+$ ]] || die "--lifetime $lifetime: seconds"
   if [[ -e $dir ]]; then "$self" down --dir "$dir"; fi
   mkdir -p "$hosts_dir" "$dir/slurm/state" "$dir/slurm/log"
   touch "$dir/.test-hosts"
@@ -225,14 +227,17 @@ EOF
       </dev/null >"$dir/slurm/log/slurmd-$name.out" 2>&1 &
     echo $! >"$dir/slurm/slurmd-$name.pid"
   done
-  local idle=0
+  local idle=0 dead=""
   for ((i = 0; i < 100; ++i)); do
     idle=$(SLURM_CONF=$conf sinfo -h -N -t idle -o '%N' 2>/dev/null | sort -u | wc -l) || idle=0
     [[ $idle == "$nhosts" ]] && break
+    for f in "$dir"/slurm/*.pid; do alive_pid "$(cat "$f")" || dead+=" $(basename "$f" .pid)"; done
+    [[ -n $dead ]] && break
     sleep 0.2
   done
   if [[ $idle != "$nhosts" ]]; then
     tail -n 5 "$dir"/slurm/log/*.out >&2 || true
+    [[ -n $dead ]] && die "Slurm daemon(s) ended:$dead (logs above)"
     die "the Slurm nodes did not come up idle within 20 s (logs above)"
   fi
 

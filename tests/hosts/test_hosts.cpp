@@ -122,7 +122,15 @@ std::string smp_run(const fs::path& plan, const std::string& args) {
   return fmt::format("{} {} --threads-per-worker 1 --timeout 60 --quiet {}", test::bin("smp-run"), plan.string(), args);
 }
 
-// Live processes of a test host (zombies are gone, even when nobody reaps them).
+// Whether `pid` runs: a zombie does not, even when nobody reaps it.
+bool alive(int pid) {
+  std::ifstream st(fmt::format("/proc/{}/stat", pid));
+  std::string stat((std::istreambuf_iterator<char>(st)), std::istreambuf_iterator<char>());
+  const auto close = stat.rfind(") ");
+  return close != std::string::npos && close + 2 < stat.size() && stat[close + 2] != 'Z';
+}
+
+// Live processes of a test host.
 struct Proc {
   int pid;
   std::string cmdline, environ;
@@ -135,11 +143,7 @@ std::vector<Proc> host_procs(const std::string& host) {
   for (const auto& e : fs::directory_iterator("/proc")) {
     const std::string name = e.path().filename().string();
     if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    if (fs::read_symlink(e.path() / "ns" / "uts", ec) != ns || ec) continue;
-    std::ifstream st(e.path() / "stat");
-    std::string stat((std::istreambuf_iterator<char>(st)), std::istreambuf_iterator<char>());
-    const auto close = stat.rfind(") ");
-    if (close == std::string::npos || stat[close + 2] == 'Z') continue;
+    if (fs::read_symlink(e.path() / "ns" / "uts", ec) != ns || ec || !alive(std::stoi(name))) continue;
     auto slurp = [&](const char* f) {
       std::ifstream in(e.path() / f, std::ios::binary);
       std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -155,13 +159,8 @@ std::vector<Proc> host_procs(const std::string& host) {
 std::vector<std::string> smp_left(const fs::path& plan) {
   std::vector<std::string> left;
   auto ps = test::run_cmd(fmt::format("pgrep -f '[s]mp-run {}' -a", plan.string()));
-  for (auto& l : split_lines(ps.out)) {
-    int pid = std::atoi(l.c_str());
-    std::ifstream st(fmt::format("/proc/{}/stat", pid));
-    std::string stat((std::istreambuf_iterator<char>(st)), std::istreambuf_iterator<char>());
-    const auto close = stat.rfind(") ");
-    if (close != std::string::npos && stat[close + 2] != 'Z') left.push_back(l);
-  }
+  for (auto& l : split_lines(ps.out))
+    if (alive(std::atoi(l.c_str()))) left.push_back(l);
   return left;
 }
 

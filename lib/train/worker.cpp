@@ -1,5 +1,6 @@
 #include "train/worker.hpp"
 
+#include "comm/job_monitor.hpp"
 #include "core/clock.hpp"
 #include "core/error.hpp"
 #include "core/io.hpp"
@@ -19,40 +20,31 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstring>
 #include <fstream>
 #include <map>
 #include <numeric>
 #include <set>
 
-#include <fcntl.h>
 #include <unistd.h>
+
 
 namespace smp::train {
 
 namespace fs = std::filesystem;
 using runtime::Tensor;
 
-fs::path status_file(const fs::path& dir, int rank) { return dir / fmt::format("rank-{}.status", rank); }
-
-void write_status(const fs::path& dir, int rank, const std::string& text) {
-  if (dir.empty()) return;
-  // Plain write + rename: also used on the way out of an error.
-  fs::path f = status_file(dir, rank), tmp = f;
-  tmp += ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) return;
-  std::string line = text + "\n";
-  [[maybe_unused]] ssize_t n = ::write(fd, line.data(), line.size());
-  ::close(fd);
-  ::rename(tmp.c_str(), f.c_str());
+void report_status(const std::string& token, int rank, const std::string& text) {
+  if (token.empty()) return;
+  const std::string line = comm::status_line(token, rank, text);
+  (void)write_all(2, line.data(), line.size());
 }
 
-std::string read_status(const fs::path& dir, int rank) {
-  std::ifstream in(status_file(dir, rank));
-  std::string line;
-  std::getline(in, line);
-  return line;
+std::string interrupted_message(int64_t step, const fs::path& checkpoint_dir) {
+  if (checkpoint_dir.empty())
+    return fmt::format("interrupted at step {}; no checkpoint (run with --checkpoint-dir DIR to keep the progress)", step);
+  return fmt::format("interrupted at step {}; checkpoint {} (resume with --resume)", step, step_dir(checkpoint_dir, step).string());
 }
 
 namespace {
@@ -168,10 +160,11 @@ class Worker {
  public:
   Worker(comm::Communicator& c, const RunOptions& o) : c_(c), o_(o), be_(std::max(o.threads, 1)) {}
 
-  void run();
+  RunResult run();
 
  private:
   void load();
+  void check_hosts();
   void restore();
   double step(int64_t k, bool record);
   void reduce_and_update(int64_t k, bool record, double* loss, double* norm);
@@ -207,6 +200,10 @@ class Worker {
   int64_t rows_step_ = -1;
   double recorded_step_s_ = 0;
   clock::time_point step_t0_;        // start of the current step (the recorded spans' zero)
+  std::vector<std::string> host_of_rank_;  // where each rank runs (rank 0)
+  int hosts_ = 1;                    // hosts the job runs on (rank 0)
+  bool stop_agreed_ = false;         // some rank was asked to stop (seen in the step's all-reduce)
+  int stop_signal_ = 0;
 };
 
 void Worker::load() {
@@ -566,8 +563,12 @@ void Worker::reduce_and_update(int64_t k, bool record, double* loss, double* nor
     if (k > 0) st.u_s += std::chrono::duration<double>(t_end - t_begin).count();
     if (record) spans_.push_back({since_step(t_begin), since_step(t_end), op, st.index, 0, 0});
   };
-  // The loss and the global gradient norm over every stage (each counted once).
-  double sums[2] = {*loss, 0.0};
+  // The loss and the global gradient norm over every stage (each counted once), and the ranks
+  // asked to stop (by SIGINT, SIGTERM, SIGUSR1): all see the same sums, so all stop after the
+  // same step.
+  const int asked = o_.stop_signal ? static_cast<int>(*o_.stop_signal) : 0;
+  double sums[5] = {*loss, 0.0, asked == SIGINT ? 1.0 : 0.0, asked == SIGTERM ? 1.0 : 0.0,
+                    asked != 0 && asked != SIGINT && asked != SIGTERM ? 1.0 : 0.0};
   std::vector<float> host;
   for (auto& st : stages_) {
     if (!st.writer) continue;
@@ -582,9 +583,11 @@ void Worker::reduce_and_update(int64_t k, bool record, double* loss, double* nor
   }
   std::vector<int> world(static_cast<size_t>(c_.size()));
   std::iota(world.begin(), world.end(), 0);
-  c_.allreduce_sum(sums, 2, world);
+  c_.allreduce_sum(sums, 5, world);
   *loss = sums[0];
   *norm = std::sqrt(sums[1]);
+  stop_agreed_ = sums[2] > 0 || sums[3] > 0 || sums[4] > 0;
+  stop_signal_ = sums[2] > 0 ? SIGINT : sums[3] > 0 ? SIGTERM : stop_agreed_ ? SIGUSR1 : 0;
   if (!std::isfinite(*loss))
     throw_failure(fmt::format("step {}", k + 1), fmt::format("the loss is {}", *loss),
                   "lower --lr or check the data; no checkpoint was written for this step");
@@ -647,6 +650,48 @@ void Worker::checkpoint(int64_t done) {
     prune_checkpoints(o_.checkpoint_dir, o_.keep_checkpoints);
   }
   c_.barrier();
+}
+
+void Worker::check_hosts() {
+  // Rank 0 learns every rank's host and compares the grouping with the plan's: ranks the plan
+  // keeps on one host should share one (their boundary was priced at the host's link), ranks it
+  // puts on different hosts should not. smp-run places them so; srun or mpirun started by hand
+  // place them as told.
+  constexpr size_t kLen = 256;
+  const int tag = (1 << 20) + 9;
+  std::vector<char> mine(kLen, '\0');
+  ::gethostname(mine.data(), kLen - 1);
+  host_of_rank_.assign(1, mine.data());
+  if (c_.size() < 2) return;
+  if (c_.rank() != 0) {
+    auto r = c_.isend(mine.data(), kLen, 0, tag);
+    c_.wait(r, "the host name for rank 0");
+    return;
+  }
+  std::vector<std::string> real(static_cast<size_t>(c_.size()));
+  real[0] = mine.data();
+  std::vector<char> buf(kLen);
+  for (int r = 1; r < c_.size(); ++r) {
+    auto q = c_.irecv(buf.data(), kLen, r, tag);
+    c_.wait(q, "rank " + std::to_string(r) + "'s host name");
+    buf.back() = '\0';
+    real[static_cast<size_t>(r)] = buf.data();
+  }
+  hosts_ = static_cast<int>(std::set<std::string>(real.begin(), real.end()).size());
+  host_of_rank_ = real;
+  for (int a = 0; a < c_.size(); ++a)
+    for (int b = a + 1; b < c_.size(); ++b) {
+      const std::string &pa = plan_.ranks[static_cast<size_t>(a)].host, &pb = plan_.ranks[static_cast<size_t>(b)].host;
+      const std::string &ra = real[static_cast<size_t>(a)], &rb = real[static_cast<size_t>(b)];
+      std::string what;
+      if (pa == pb && ra != rb)
+        what = fmt::format("ranks {} and {} share host {} in the plan but run on {} and {}", a, b, pa, ra, rb);
+      else if (pa != pb && ra == rb)
+        what = fmt::format("ranks {} and {} run on one host ({}) where the plan puts them on {} and {}", a, b, ra, pa, pb);
+      if (what.empty()) continue;
+      std::fprintf(stderr, "note: %s (smp-run started once places every rank as planned)\n", what.c_str());
+      return;
+    }
 }
 
 void Worker::restore() {
@@ -801,6 +846,7 @@ void Worker::report_end(double mean_step_s) {
       const Row& w = rows[static_cast<size_t>(s)];
       stages.push_back({{"index", s},
                         {"rank", w.rank0},
+                        {"host", host_of_rank_.at(static_cast<size_t>(w.rank0))},
                         {"measured", measured ? nlohmann::json{{"forward_s", w.f}, {"backward_s", w.b}, {"optimizer_s", w.u},
                                                                {"cpu_per_wall", w.cpu_per_wall}, {"rank_idle", w.idle}}
                                               : nlohmann::json(nullptr)},
@@ -862,13 +908,13 @@ void Worker::export_model(int64_t done) {
   c_.barrier();
 }
 
-void Worker::run() {
-  write_status(o_.status_dir, c_.rank(), "loading");
+RunResult Worker::run() {
   c_.set_timeout_s(c_.timeout_s());
   load();
   std::string stage_list;
   for (auto& st : stages_) stage_list += (stage_list.empty() ? "" : ",") + std::to_string(st.index);
-  write_status(o_.status_dir, c_.rank(), "running stage " + stage_list);
+  report_status(o_.status_token, c_.rank(), "running " + stage_list);
+  check_hosts();
   if (o_.resume) restore();
   c_.barrier();  // every rank loaded: time starts now
 
@@ -887,8 +933,9 @@ void Worker::run() {
     if (!losses) throw_bad_input(o_.losses.string(), "cannot write the loss file");
   }
   if (c_.rank() == 0 && !o_.quiet)
-    fmt::print("training {} steps: {} stage(s) x {} replica(s), schedule {}, {} microbatches of {}, optimizer {}, data: {}\n",
-               o_.steps - start_step_, plan_.stages * plan_.chunks, d_, plan_.schedule.name, m_, b_,
+    fmt::print("training {} steps: {} stage(s) x {} replica(s){}, schedule {}, {} microbatches of {}, optimizer {}, data: {}\n",
+               o_.steps - start_step_, plan_.stages * plan_.chunks, d_, hosts_ > 1 ? fmt::format(" on {} hosts", hosts_) : "",
+               plan_.schedule.name, m_, b_,
                optimizer_name(o_.optimizer.kind),
                need_data_ ? data_.source : (o_.data.empty() ? "synthetic" : o_.data.string()));
   std::fflush(stdout);
@@ -897,13 +944,19 @@ void Worker::run() {
   int64_t timed_steps = 0;
   auto run_start = clock::now();
   const bool want_timeline = !o_.trace.empty() || !o_.timeline.empty();
+  double longest_step_s = 0;
   for (int64_t k = start_step_; k < o_.steps; ++k) {
     auto t0 = clock::now();
     bool record = want_timeline && k + 1 == o_.steps;
+    // Once a stop is asked for, the step in progress finishes; a wait longer than twice the
+    // longest step (3 s at least) means it cannot: a peer is gone.
+    c_.set_stop_patience(o_.stop_signal, longest_step_s > 0 ? std::clamp(2 * longest_step_s, 3.0, c_.timeout_s()) : c_.timeout_s());
     double loss = step(k, record);
     double norm = 0;
     reduce_and_update(k, record, &loss, &norm);
+    c_.set_stop_patience(nullptr, 0);  // a checkpoint takes as long as it takes
     double dt = seconds_since(t0);
+    longest_step_s = std::max(longest_step_s, dt);
     if (record) recorded_step_s_ = dt;
     if (k > start_step_) timed += dt, ++timed_steps;
     if (c_.rank() == 0) {
@@ -924,20 +977,29 @@ void Worker::run() {
       if (losses.is_open()) losses << fmt::format("{:.9g}\n", loss) << std::flush;
     }
     bool last = k + 1 == o_.steps;
-    if (!o_.checkpoint_dir.empty() && ((o_.checkpoint_every > 0 && (k + 1) % o_.checkpoint_every == 0) || last))
+    const bool stop = stop_agreed_ && !last;
+    if (!o_.checkpoint_dir.empty() &&
+        ((o_.checkpoint_every > 0 && (k + 1) % o_.checkpoint_every == 0) || last || stop))
       checkpoint(k + 1);
+    if (stop) {
+      if (c_.rank() == 0 && o_.progress_tty && !o_.quiet) fmt::print("\n");  // end the refreshed line
+      std::fflush(stdout);
+      report_status(o_.status_token, c_.rank(), fmt::format("interrupted {} {}", k + 1, stop_signal_));
+      return {k + 1, true, stop_signal_};
+    }
   }
   if (want_timeline) gather_timeline();
   report_end(timed_steps > 0 ? timed / static_cast<double>(timed_steps) : 0.0);
   if (!o_.export_onnx.empty()) export_model(o_.steps);
-  write_status(o_.status_dir, c_.rank(), "done");
+  report_status(o_.status_token, c_.rank(), "done");
+  return {o_.steps, false, 0};
 }
 
 }  // namespace
 
-void run_worker(comm::Communicator& comm, const RunOptions& opts) {
+RunResult run_worker(comm::Communicator& comm, const RunOptions& opts) {
   Worker w(comm, opts);
-  w.run();
+  return w.run();
 }
 
 }  // namespace smp::train

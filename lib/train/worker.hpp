@@ -8,6 +8,7 @@
 #include "comm/comm.hpp"
 #include "train/optimizer.hpp"
 
+#include <csignal>
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -33,21 +34,33 @@ struct RunOptions {
   std::filesystem::path trace;     // Chrome trace of the measured last step (rank 0)
   std::filesystem::path timeline;  // SVG of the same
   std::filesystem::path export_onnx;  // the trained model as ONNX (rank 0)
-  std::filesystem::path status_dir;   // per-rank status files for the launcher
+  std::string status_token;           // status lines for the launcher that gave it (comm/job_monitor.hpp)
+  // Set (to the signal's number) by a signal handler when the run is to stop: every rank then
+  // finishes the step in progress, the ranks agree on it in the step's all-reduce, and the job
+  // checkpoints (with checkpoint_dir) and ends early.
+  const volatile std::sig_atomic_t* stop_signal = nullptr;
   std::filesystem::path losses;       // every step's loss, one per line, full precision (rank 0)
   bool progress_tty = false;  // refresh the progress line in place
   bool quiet = false;         // no progress lines
 };
 
+struct RunResult {
+  int64_t steps_done = 0;
+  bool interrupted = false;  // stopped early on a stop request
+  int signal = 0;            // the request's signal (SIGINT before SIGTERM before others, over all ranks)
+};
+
 // Runs this rank's part of the plan. Throws smp::Error on bad input or failure (the caller
 // prints it and ends the job).
-void run_worker(comm::Communicator& comm, const RunOptions& opts);
+RunResult run_worker(comm::Communicator& comm, const RunOptions& opts);
 
-// Status file of a rank ("running stage 2", "error <message>", "done"), for the launcher to
-// name the rank and stage that failed.
-std::filesystem::path status_file(const std::filesystem::path& dir, int rank);
-void write_status(const std::filesystem::path& dir, int rank, const std::string& text);
-// The status's first line; "" when the rank wrote none.
-std::string read_status(const std::filesystem::path& dir, int rank);
+// A status line for the launcher (comm::status_line on stderr, in one write) when `token` is
+// set: "hello HOST PID", "running STAGES", "done", "error MESSAGE", "stopped MESSAGE",
+// "interrupted STEP SIGNAL".
+void report_status(const std::string& token, int rank, const std::string& text);
+
+// The line an interrupted run ends with: "interrupted at step N; checkpoint DIR/step-0000000N
+// (resume with --resume)", or that no checkpoint was kept.
+std::string interrupted_message(int64_t step, const std::filesystem::path& checkpoint_dir);
 
 }  // namespace smp::train

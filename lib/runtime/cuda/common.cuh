@@ -1,0 +1,164 @@
+// Device helpers shared by the .cu files: typed loads and stores by tag, index arithmetic over
+// Strided iterations, launch shapes, block reductions in a fixed order (no atomics on floats:
+// results do not depend on scheduling), and the float math the CPU kernels use.
+#pragma once
+
+#include "runtime/cuda/launch.hpp"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace smp::runtime::cuda {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kThreads = 256;
+
+// Blocks for n elements at `per_thread` elements per thread, capped for grid-stride loops.
+inline unsigned blocks_for(int64_t n, int threads = kThreads, int64_t cap = 65535LL * 8) {
+  int64_t b = (n + threads - 1) / threads;
+  if (b < 1) b = 1;
+  if (b > cap) b = cap;
+  return static_cast<unsigned>(b);
+}
+
+// ---- typed access --------------------------------------------------------------------------
+
+__device__ __forceinline__ float ldf(const void* p, int t, int64_t i) {
+  switch (t) {
+    case kF32: return static_cast<const float*>(p)[i];
+    case kBF16: return __bfloat162float(static_cast<const bf16*>(p)[i]);
+    case kF64: return static_cast<float>(static_cast<const double*>(p)[i]);
+    case kI64: return static_cast<float>(static_cast<const int64_t*>(p)[i]);
+    case kI32: return static_cast<float>(static_cast<const int32_t*>(p)[i]);
+    case kU8: return static_cast<float>(static_cast<const uint8_t*>(p)[i]);
+    default: return static_cast<float>(static_cast<const int8_t*>(p)[i]);
+  }
+}
+
+__device__ __forceinline__ void stf(void* p, int t, int64_t i, float v) {
+  if (t == kBF16) static_cast<bf16*>(p)[i] = __float2bfloat16(v);
+  else static_cast<float*>(p)[i] = v;
+}
+
+// dst[i] = v, or dst[i] += v (in float, rounded once to the storage type).
+__device__ __forceinline__ void put(void* p, int t, int64_t i, float v, bool acc) {
+  if (acc) v += ldf(p, t, i);
+  stf(p, t, i, v);
+}
+
+__device__ __forceinline__ int64_t ldi(const void* p, int t, int64_t i) {
+  switch (t) {
+    case kI64: return static_cast<const int64_t*>(p)[i];
+    case kI32: return static_cast<const int32_t*>(p)[i];
+    case kU8: return static_cast<const uint8_t*>(p)[i];
+    case kI8: return static_cast<const int8_t*>(p)[i];
+    case kF64: return static_cast<int64_t>(static_cast<const double*>(p)[i]);
+    case kBF16: return static_cast<int64_t>(__bfloat162float(static_cast<const bf16*>(p)[i]));
+    default: return static_cast<int64_t>(static_cast<const float*>(p)[i]);
+  }
+}
+
+// ---- index arithmetic ----------------------------------------------------------------------
+
+// Offsets of output element i for operands [0, nops) of a Strided iteration.
+template <int NOPS>
+__device__ __forceinline__ void offsets(const Strided& s, int64_t i, int64_t* off) {
+#pragma unroll
+  for (int k = 0; k < NOPS; ++k) off[k] = s.base[k];
+  for (int d = s.nd - 1; d >= 0; --d) {
+    int64_t n = s.dims[d];
+    int64_t q = i / n;
+    int64_t r = i - q * n;
+    i = q;
+#pragma unroll
+    for (int k = 0; k < NOPS; ++k) off[k] += r * s.st[k][d];
+  }
+}
+
+#define SMP_GRID_LOOP(i, n) \
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); i += static_cast<int64_t>(blockDim.x) * gridDim.x)
+
+// ---- reductions in a fixed order ----------------------------------------------------------
+
+template <class T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+// `sh`: shared scratch of 32 elements. The order of additions is fixed by the thread layout.
+template <class T>
+__device__ __forceinline__ T block_sum(T v, T* sh) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) sh[warp] = v;
+  __syncthreads();
+  T r = lane < nw ? sh[lane] : T(0);
+  r = warp_sum(r);
+  return r;
+}
+__device__ __forceinline__ float block_max(float v, float* sh) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) sh[warp] = v;
+  __syncthreads();
+  float r = lane < nw ? sh[lane] : -INFINITY;
+  return warp_max(r);
+}
+
+// ---- errors found in the data -------------------------------------------------------------
+
+__device__ __forceinline__ void record_error(DeviceError* e, int64_t code, int64_t site, int64_t value, int64_t bound) {
+  if (!e) return;
+  // The first error wins; integer compare-and-swap, so the record does not depend on timing
+  // beyond which error is first.
+  if (atomicCAS(reinterpret_cast<unsigned long long*>(&e->code), 0ull, static_cast<unsigned long long>(code)) == 0ull) {
+    e->site = site;
+    e->value = value;
+    e->bound = bound;
+  }
+}
+
+// ---- the CPU kernels' float math (runtime/cpu/vmath.hpp), so that both backends agree ----
+
+__device__ __forceinline__ float vexp(float x) {
+  float xc = x < -87.33654f ? -87.33654f : (x > 88.72283f ? 88.72283f : x);
+  float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500E-4f;
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  p = p * r * r + r + 1.0f;
+  float scale = __int_as_float((static_cast<int>(n) + 127) << 23);
+  float y = p * scale;
+  return x < -87.33654f ? 0.0f : y;
+}
+
+__device__ __forceinline__ float verf(float x) {
+  float z = fabsf(x);
+  float t = 1.0f / (1.0f + 0.3275911f * z);
+  float p = 1.061405429f;
+  p = p * t - 1.453152027f;
+  p = p * t + 1.421413741f;
+  p = p * t - 0.284496736f;
+  p = p * t + 0.254829592f;
+  float r = 1.0f - p * t * vexp(-z * z);
+  return x < 0 ? -r : r;
+}
+
+}  // namespace smp::runtime::cuda

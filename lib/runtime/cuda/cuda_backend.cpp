@@ -78,7 +78,10 @@ void DeviceArena::add_segment(int64_t bytes) {
 void DeviceArena::reserve(int64_t bytes) {
   if (bytes <= 0) return;
   std::lock_guard<std::mutex> lk(m_);
-  add_segment(bytes);
+  // What is free already counts: stages loaded one after another reuse the room of the ones
+  // that went.
+  const int64_t free = reserved_ - used_;
+  if (free < bytes) add_segment(bytes - free);
 }
 
 void* DeviceArena::alloc(int64_t bytes) {
@@ -107,10 +110,11 @@ void* DeviceArena::alloc(int64_t bytes) {
 }
 
 void DeviceArena::release(void* ptr) {
+  // Runs in Storage's destructor: never throws.
   std::lock_guard<std::mutex> lk(m_);
   char* p = static_cast<char*>(ptr);
   auto it = blocks_.find(p);
-  SMP_CHECK(it != blocks_.end() && !it->second.free, "arena {}: releasing a block it did not hand out", name_);
+  if (it == blocks_.end() || it->second.free) return;
   auto drop_free = [&](std::map<char*, Block>::iterator b) {
     auto range = free_by_size_.equal_range(b->second.size);
     for (auto f = range.first; f != range.second; ++f)
@@ -118,7 +122,6 @@ void DeviceArena::release(void* ptr) {
         free_by_size_.erase(f);
         return;
       }
-    SMP_CHECK(false, "arena {}: free block missing from the size index", name_);
   };
   used_ -= it->second.size;
   it->second.free = true;

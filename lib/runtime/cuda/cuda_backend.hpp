@@ -42,9 +42,9 @@ namespace smp::runtime::cuda {
 // ---- memory ------------------------------------------------------------------------------
 
 // A pool of device memory: segments from cudaMalloc, handed out best-fit in 256-byte units and
-// coalesced when freed. reserve() adds one segment of the planned size at load; a request that
-// does not fit grows the pool by another segment (counted: after the first training step none
-// should happen).
+// coalesced when freed. reserve() makes sure the pool has the planned room, adding one segment
+// for what its free blocks lack; a request that does not fit grows the pool by another segment
+// (counted: after the first training step none should happen).
 class DeviceArena {
  public:
   DeviceArena(std::string name, int device) : name_(std::move(name)), device_(device) {}

@@ -63,19 +63,44 @@ __device__ __forceinline__ int64_t ldi(const void* p, int t, int64_t i) {
 
 // ---- index arithmetic ----------------------------------------------------------------------
 
-// Offsets of output element i for operands [0, nops) of a Strided iteration.
+// a / b and a % b for a, b >= 0: 32-bit division (a few instructions) when both fit, 64-bit
+// (several dozen) otherwise; memory-bound kernels divide once or twice per element.
+__device__ __forceinline__ int64_t idiv(int64_t a, int64_t b) {
+  if (((a | b) >> 31) == 0) return static_cast<int64_t>(static_cast<uint32_t>(a) / static_cast<uint32_t>(b));
+  return a / b;
+}
+__device__ __forceinline__ int64_t imod(int64_t a, int64_t b) { return a - idiv(a, b) * b; }
+
+// Offsets of output element i for operands [0, nops) of a Strided iteration. The outermost dim
+// needs no division.
 template <int NOPS>
 __device__ __forceinline__ void offsets(const Strided& s, int64_t i, int64_t* off) {
 #pragma unroll
   for (int k = 0; k < NOPS; ++k) off[k] = s.base[k];
-  for (int d = s.nd - 1; d >= 0; --d) {
-    int64_t n = s.dims[d];
-    int64_t q = i / n;
-    int64_t r = i - q * n;
+  if (s.total <= 0x7fffffffLL) {
+    uint32_t u = static_cast<uint32_t>(i);
+    for (int d = s.nd - 1; d > 0; --d) {
+      const uint32_t n = static_cast<uint32_t>(s.dims[d]);
+      const uint32_t q = u / n;
+      const int64_t r = static_cast<int64_t>(u - q * n);
+      u = q;
+#pragma unroll
+      for (int k = 0; k < NOPS; ++k) off[k] += r * s.st[k][d];
+    }
+#pragma unroll
+    for (int k = 0; k < NOPS; ++k) off[k] += static_cast<int64_t>(u) * s.st[k][0];
+    return;
+  }
+  for (int d = s.nd - 1; d > 0; --d) {
+    const int64_t n = s.dims[d];
+    const int64_t q = i / n;
+    const int64_t r = i - q * n;
     i = q;
 #pragma unroll
     for (int k = 0; k < NOPS; ++k) off[k] += r * s.st[k][d];
   }
+#pragma unroll
+  for (int k = 0; k < NOPS; ++k) off[k] += i * s.st[k][0];
 }
 
 #define SMP_GRID_LOOP(i, n) \

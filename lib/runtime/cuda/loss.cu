@@ -94,7 +94,7 @@ __global__ void sce_positions_k(int64_t N, int64_t C, int64_t D, const void* x, 
                                 bool has_ignore, int64_t ignore, float* loss_pos, float* w_pos, void* lp, int lpt, DeviceError* err,
                                 int64_t site) {
   SMP_GRID_LOOP(p, N * D) {
-    const int64_t n = p / D, d = p % D;
+    const int64_t n = idiv(p, D), d = p - n * D;
     const int64_t base = n * C * D + d;
     const float lse = sce_lse(x, xt, base, C, D);
     if (lp)
@@ -127,7 +127,7 @@ __global__ void sce_grad_k(int red, int64_t N, int64_t C, int64_t D, const void*
                            int wt, bool has_ignore, int64_t ignore, const void* dl, int dlt, const void* dlp, int dlpt,
                            const double* wsum, void* dx, int dxt, bool acc) {
   SMP_GRID_LOOP(p, N * D) {
-    const int64_t n = p / D, d = p % D;
+    const int64_t n = idiv(p, D), d = p - n * D;
     const int64_t base = n * C * D + d;
     const float lse = sce_lse(x, xt, base, C, D);
     const int64_t label = ldi(y, yt, p);

@@ -91,9 +91,36 @@ bool try_transpose_tile(const Strided& s, T* dst, const T* src, cudaStream_t st)
   return true;
 }
 
+// The same copy in 16-byte units, when the innermost dim is contiguous on both sides and every
+// offset and both pointers are multiples of 16 bytes (head reshapes, Split / Concat parts).
+bool vectorized(const Strided& s, int64_t es, const void* a, const void* b, Strided& v) {
+  const int64_t V = 16 / es;
+  const int last = s.nd - 1;
+  if (es >= 16 || s.st[1][last] != 1 || s.dims[last] % V != 0 || s.base[1] % V != 0) return false;
+  if ((reinterpret_cast<uintptr_t>(a) | reinterpret_cast<uintptr_t>(b)) & 15u) return false;
+  for (int d = 0; d < last; ++d)
+    if (s.st[1][d] % V != 0) return false;
+  v = s;
+  v.dims[last] /= V;
+  v.total /= V;
+  v.base[1] /= V;
+  int64_t k = 1;
+  for (int d = last; d >= 0; --d) {
+    v.st[0][d] = k;
+    k *= v.dims[d];
+    if (d < last) v.st[1][d] /= V;
+  }
+  return true;
+}
+
 template <class T>
 void gather_typed(const Strided& s, void* dst, const void* src, cudaStream_t st) {
   if (try_transpose_tile<T>(s, static_cast<T*>(dst), static_cast<const T*>(src), st)) return;
+  Strided v;
+  if (vectorized(s, sizeof(T), dst, src, v)) {
+    gather_copy_k<uint4><<<blocks_for(v.total), kThreads, 0, st>>>(v, static_cast<uint4*>(dst), static_cast<const uint4*>(src));
+    return;
+  }
   gather_copy_k<T><<<blocks_for(s.total), kThreads, 0, st>>>(s, static_cast<T*>(dst), static_cast<const T*>(src));
 }
 
@@ -101,7 +128,7 @@ template <class T>
 __global__ void gather_rows_k(T* dst, const T* src, const void* idx, int it, int64_t D, int64_t nidx, int64_t inner,
                               int64_t total, DeviceError* err, int64_t site) {
   SMP_GRID_LOOP(i, total) {
-    const int64_t c = i % inner, r = i / inner, j = r % nidx, o = r / nidx;
+    const int64_t r = idiv(i, inner), c = i - r * inner, o = idiv(r, nidx), j = r - o * nidx;
     int64_t k = ldi(idx, it, j);
     if (k < -D || k >= D) {
       record_error(err, kIndexOutOfRange, site, k, D);
@@ -116,7 +143,7 @@ __global__ void gather_rows_k(T* dst, const T* src, const void* idx, int it, int
 __global__ void gather_rows_float_k(void* dst, int dt, const void* src, int st_, const void* idx, int it, int64_t D, int64_t nidx,
                                     int64_t inner, int64_t total, DeviceError* err, int64_t site) {
   SMP_GRID_LOOP(i, total) {
-    const int64_t c = i % inner, r = i / inner, j = r % nidx, o = r / nidx;
+    const int64_t r = idiv(i, inner), c = i - r * inner, o = idiv(r, nidx), j = r - o * nidx;
     int64_t k = ldi(idx, it, j);
     if (k < -D || k >= D) {
       record_error(err, kIndexOutOfRange, site, k, D);
@@ -159,7 +186,7 @@ __global__ void gather_rows_grad_k(void* dx, int dt, const void* dy, int dyt, co
 template <class T>
 __global__ void trilu_k(int64_t total, int64_t N, int64_t M, int64_t k, bool upper, T* y, const T* x) {
   SMP_GRID_LOOP(i, total) {
-    const int64_t j = i % M, r = (i / M) % N;
+    const int64_t j = imod(i, M), r = imod(idiv(i, M), N);
     const bool keep = upper ? (j - r >= k) : (j - r <= k);
     y[i] = keep ? x[i] : T(0);
   }
@@ -168,7 +195,7 @@ __global__ void trilu_k(int64_t total, int64_t N, int64_t M, int64_t k, bool upp
 __global__ void trilu_float_k(int64_t total, int64_t N, int64_t M, int64_t k, bool upper, void* y, int yt, bool acc,
                               const void* x, int xt) {
   SMP_GRID_LOOP(i, total) {
-    const int64_t j = i % M, r = (i / M) % N;
+    const int64_t j = imod(i, M), r = imod(idiv(i, M), N);
     const bool keep = upper ? (j - r >= k) : (j - r <= k);
     put(y, yt, i, keep ? ldf(x, xt, i) : 0.0f, acc);
   }
@@ -196,7 +223,10 @@ void gather_copy(const Strided& s, void* dst, Tag dt, bool acc, const void* src,
 void scatter_copy(const Strided& s, void* dst, Tag dt, bool acc, const void* src, Tag srct, cudaStream_t st) {
   check_dims(s, "strided scatter");
   if (s.total == 0) return;
-  if (!acc && src && dt == srct) {
+  Strided v;
+  if (!acc && src && dt == srct && vectorized(s, dtype_size_of_tag(dt), dst, src, v)) {
+    scatter_copy_k<uint4><<<blocks_for(v.total), kThreads, 0, st>>>(v, static_cast<uint4*>(dst), static_cast<const uint4*>(src));
+  } else if (!acc && src && dt == srct) {
     const unsigned g = blocks_for(s.total);
     switch (dtype_size_of_tag(dt)) {
       case 1: scatter_copy_k<uint8_t><<<g, kThreads, 0, st>>>(s, static_cast<uint8_t*>(dst), static_cast<const uint8_t*>(src)); break;

@@ -21,7 +21,7 @@ __device__ __forceinline__ int64_t koff(const ReduceGeom& g, int64_t o) {
   if (g.nk == 1) return o * g.kstr[0];
   int64_t off = 0;
   for (int d = g.nk - 1; d >= 0; --d) {
-    int64_t q = o / g.kdims[d];
+    int64_t q = idiv(o, g.kdims[d]);
     off += (o - q * g.kdims[d]) * g.kstr[d];
     o = q;
   }
@@ -31,7 +31,7 @@ __device__ __forceinline__ int64_t roff(const ReduceGeom& g, int64_t k) {
   if (g.nr == 1) return k * g.rstr[0];
   int64_t off = 0;
   for (int d = g.nr - 1; d >= 0; --d) {
-    int64_t q = k / g.rdims[d];
+    int64_t q = idiv(k, g.rdims[d]);
     off += (k - q * g.rdims[d]) * g.rstr[d];
     k = q;
   }
@@ -118,7 +118,7 @@ template <class A>
 __global__ void reduce_thread_k(int op, ReduceGeom g, int parts, void* y, int yt, bool acc, const void* x, int xt, float* part) {
   const int64_t total = g.nout * parts;
   SMP_GRID_LOOP(t, total) {
-    const int64_t o = t % g.nout, p = t / g.nout;
+    const int64_t p = idiv(t, g.nout), o = t - p * g.nout;
     const int64_t k0 = g.rcount * p / parts, k1 = g.rcount * (p + 1) / parts;
     const int64_t base = koff(g, o);
     A a = rinit<A>(op);
@@ -182,7 +182,7 @@ __global__ void reduce_prod_grad_k(ReduceGeom g, void* dx, int dt, bool acc, con
 template <class A>
 __global__ void argmax_k(int64_t outer, int64_t D, int64_t inner, bool last, int64_t* y, const void* x, int xt) {
   SMP_GRID_LOOP(t, outer * inner) {
-    const int64_t o = t / inner, i = t % inner;
+    const int64_t o = idiv(t, inner), i = t - o * inner;
     const int64_t base = o * D * inner + i;
     int64_t best = 0;
     A b = rload<A>(x, xt, base);
@@ -235,7 +235,7 @@ __global__ void softmax_rows_k(bool lg, int64_t rows, int64_t D, void* y, int yt
 
 __global__ void softmax_strided_k(bool lg, int64_t outer, int64_t D, int64_t inner, void* y, int yt, const void* x, int xt) {
   SMP_GRID_LOOP(t, outer * inner) {
-    const int64_t base = (t / inner) * D * inner + t % inner;
+    const int64_t base = idiv(t, inner) * D * inner + imod(t, inner);
     float m = -INFINITY;
     for (int64_t j = 0; j < D; ++j) m = fmaxf(m, ldf(x, xt, base + j * inner));
     float s = 0;
@@ -269,7 +269,7 @@ __global__ void softmax_grad_rows_k(bool lg, int64_t rows, int64_t D, void* dx, 
 __global__ void softmax_grad_strided_k(bool lg, int64_t outer, int64_t D, int64_t inner, void* dx, int dt, bool acc,
                                        const void* y, int yt, const void* dy, int dyt) {
   SMP_GRID_LOOP(t, outer * inner) {
-    const int64_t base = (t / inner) * D * inner + t % inner;
+    const int64_t base = idiv(t, inner) * D * inner + imod(t, inner);
     float s = 0;
     for (int64_t j = 0; j < D; ++j) {
       const int64_t i = base + j * inner;
@@ -392,11 +392,11 @@ __global__ void bn_stats_k(int64_t N, int64_t C, int64_t HW, float eps, const vo
   const int64_t c = blockIdx.x;
   const int64_t cnt = N * HW;
   double s = 0;
-  for (int64_t k = threadIdx.x; k < cnt; k += blockDim.x) s += ldf(x, xt, ((k / HW) * C + c) * HW + k % HW);
+  for (int64_t k = threadIdx.x; k < cnt; k += blockDim.x) s += ldf(x, xt, (idiv(k, HW) * C + c) * HW + imod(k, HW));
   const double m = block_sum(s, sh) / static_cast<double>(cnt);
   double q = 0;
   for (int64_t k = threadIdx.x; k < cnt; k += blockDim.x) {
-    const double d = ldf(x, xt, ((k / HW) * C + c) * HW + k % HW) - m;
+    const double d = ldf(x, xt, (idiv(k, HW) * C + c) * HW + imod(k, HW)) - m;
     q += d * d;
   }
   q = block_sum(q, sh);
@@ -416,7 +416,7 @@ __global__ void bn_running_k(int64_t C, float eps, const void* mean_in, int mt, 
 __global__ void bn_apply_k(int64_t N, int64_t C, int64_t HW, void* y, int yt, const void* x, int xt, const void* g, int gt,
                            const void* b, int bt, const float* mean, const float* rstd) {
   SMP_GRID_LOOP(i, N * C * HW) {
-    const int64_t c = (i / HW) % C;
+    const int64_t c = imod(idiv(i, HW), C);
     const float a = ldf(g, gt, c) * rstd[c], bb = ldf(b, bt, c) - mean[c] * a;
     stf(y, yt, i, ldf(x, xt, i) * a + bb);
   }
@@ -430,7 +430,7 @@ __global__ void bn_grad_sums_k(int64_t N, int64_t C, int64_t HW, const void* x, 
   const float m = mean[c], r = rstd[c];
   double a = 0, b = 0;
   for (int64_t k = threadIdx.x; k < N * HW; k += blockDim.x) {
-    const int64_t i = ((k / HW) * C + c) * HW + k % HW;
+    const int64_t i = (idiv(k, HW) * C + c) * HW + imod(k, HW);
     const float g = ldf(dy, dyt, i);
     a += g;
     b += g * (ldf(x, xt, i) - m) * r;
@@ -456,7 +456,7 @@ __global__ void bn_grad_x_k(int64_t N, int64_t C, int64_t HW, bool training, con
                             void* dx, int dxt, bool acc) {
   const float cnt = static_cast<float>(N * HW);
   SMP_GRID_LOOP(i, N * C * HW) {
-    const int64_t c = (i / HW) % C;
+    const int64_t c = imod(idiv(i, HW), C);
     const float rs = rstd[c], m = mean[c], k = ldf(g, gt, c) * rs;
     const float a = sdy[c] / cnt, b = sdx[c] / cnt;
     const float gv = ldf(dy, dyt, i);

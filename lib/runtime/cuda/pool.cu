@@ -9,7 +9,7 @@ namespace {
 
 __global__ void pool_k(PoolGeom g, void* y, int yt, const void* x, int xt) {
   SMP_GRID_LOOP(t, g.NC * g.oh * g.ow) {
-    const int64_t ox = t % g.ow, oy = (t / g.ow) % g.oh, c = t / (g.ow * g.oh);
+    const int64_t ox = imod(t, g.ow), oy = imod(idiv(t, g.ow), g.oh), c = idiv(t, g.ow * g.oh);
     const int64_t xb = c * g.ih * g.iw;
     float m = g.is_max ? -INFINITY : 0.0f;
     int64_t cnt = 0, cnt_pad = 0;
@@ -67,18 +67,20 @@ __device__ __forceinline__ float avg_count(const PoolGeom& g, int64_t oy, int64_
 __global__ void pool_grad_k(PoolGeom g, void* dx, int dt, bool acc, const void* dy, int dyt, const void* x, int xt) {
   const int64_t dh = g.is_max ? g.dh : 1, dw = g.is_max ? g.dw : 1;  // AveragePool is never dilated
   SMP_GRID_LOOP(t, g.NC * g.ih * g.iw) {
-    const int64_t ix = t % g.iw, iy = (t / g.iw) % g.ih, c = t / (g.iw * g.ih);
+    const int64_t ix = imod(t, g.iw), iy = imod(idiv(t, g.iw), g.ih), c = idiv(t, g.iw * g.ih);
     const int64_t xb = c * g.ih * g.iw, yb = c * g.oh * g.ow;
     float s = acc ? ldf(dx, dt, t) : 0.0f;
     for (int64_t ki = g.kh - 1; ki >= 0; --ki) {
       const int64_t ty = iy + g.ph - ki * dh;
-      if (ty < 0 || ty % g.sh != 0) continue;
-      const int64_t oy = ty / g.sh;
+      if (ty < 0) continue;
+      const int64_t oy = idiv(ty, g.sh);
+      if (oy * g.sh != ty) continue;
       if (oy >= g.oh) continue;
       for (int64_t kj = g.kw - 1; kj >= 0; --kj) {
         const int64_t tx = ix + g.pw - kj * dw;
-        if (tx < 0 || tx % g.sw != 0) continue;
-        const int64_t ox = tx / g.sw;
+        if (tx < 0) continue;
+        const int64_t ox = idiv(tx, g.sw);
+        if (ox * g.sw != tx) continue;
         if (ox >= g.ow) continue;
         const float gv = ldf(dy, dyt, yb + oy * g.ow + ox);
         if (g.is_max) {
@@ -104,11 +106,11 @@ __global__ void gap_k(int64_t NC, int64_t HW, void* y, int yt, const void* x, in
 
 __global__ void gap_grad_k(int64_t NC, int64_t HW, void* dx, int dt, bool acc, const void* dy, int dyt) {
   const float inv = 1.0f / static_cast<float>(HW);
-  SMP_GRID_LOOP(i, NC * HW) put(dx, dt, i, ldf(dy, dyt, i / HW) * inv, acc);
+  SMP_GRID_LOOP(i, NC * HW) put(dx, dt, i, ldf(dy, dyt, idiv(i, HW)) * inv, acc);
 }
 
 __global__ void channel_bias_k(int64_t N, int64_t C, int64_t HW, void* y, int yt, const void* b, int bt) {
-  SMP_GRID_LOOP(i, N * C * HW) stf(y, yt, i, ldf(y, yt, i) + ldf(b, bt, (i / HW) % C));
+  SMP_GRID_LOOP(i, N * C * HW) stf(y, yt, i, ldf(y, yt, i) + ldf(b, bt, imod(idiv(i, HW), C)));
 }
 
 }  // namespace

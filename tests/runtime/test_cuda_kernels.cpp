@@ -136,6 +136,7 @@ TEST_CASE("ONNX node cases: every case the CPU passes runs on CUDA and matches i
     eo.training = false;
     eo.batch_statistics = false;
     // The CPU's outputs, kept when they match the case's expected outputs.
+    std::vector<bool> exact;  // per output: compared exactly (integers, booleans)
     auto outputs = [&](runtime::Backend& be, int k, bool& ok_expected) {
       runtime::StageExecutor ex(*g, be, eo);
       fs::path ds = cd / fmt::format("test_data_set_{}", k);
@@ -148,6 +149,7 @@ TEST_CASE("ONNX node cases: every case the CPU passes runs on CUDA and matches i
       }
       auto outs = ex.forward(0, ins);
       std::vector<std::vector<double>> r;
+      exact.clear();
       ok_expected = true;
       for (size_t j = 0; j < g->outputs.size(); ++j) {
         int v = g->outputs[j];
@@ -159,6 +161,7 @@ TEST_CASE("ONNX node cases: every case the CPU passes runs on CUDA and matches i
         else throw_failure(name, "output not computed");
         auto want = runtime::read_npy(ds / fmt::format("output_{}.npy", j));
         r.push_back(host_values(be, t));
+        exact.push_back(t.dtype() != DType::F32 && t.dtype() != DType::F64 && t.dtype() != DType::BF16);
         if (t.dtype() != want.dtype || t.shape() != want.shape) {
           ok_expected = false;
           continue;
@@ -192,7 +195,7 @@ TEST_CASE("ONNX node cases: every case the CPU passes runs on CUDA and matches i
         break;
       }
       for (size_t j = 0; j < want.size(); ++j) {
-        std::string d = compare_rel(got[j], want[j], kRtol);
+        std::string d = exact[j] ? (got[j] == want[j] ? "" : "integer or boolean elements differ") : compare_rel(got[j], want[j], kRtol);
         if (!d.empty()) failures.push_back(fmt::format("{} data set {} output {}: {}", name, k, j, d));
         worst = std::max(worst, max_rel(got[j], want[j]));
       }

@@ -282,6 +282,7 @@ namespace {
 
 struct PoolDev : DeviceState {
   bool dnn = false;  // the forward runs on cuDNN (symmetric padding, no dilation, floor sizes)
+  mutable bool refused = false;  // cuDNN declined the call once (a dtype it lacks): ours from then on
   cudnnPoolingDescriptor_t pool = nullptr;
   cudnnTensorDescriptor_t x = nullptr, y = nullptr;
   ~PoolDev() override {
@@ -331,10 +332,14 @@ void setup_pool(KernelState& st, ExecContext& ctx) {
 void fwd_pool(const KernelState& st, ExecContext& ctx, std::span<Tensor> out, std::span<const Tensor> in) {
   const auto& s = static_cast<const cpu::PoolState&>(st);
   const auto& d = *static_cast<const PoolDev*>(s.device.get());
-  if (d.dnn && in[0].dtype() == out[0].dtype()) {
+  if (d.dnn && !d.refused && in[0].dtype() == out[0].dtype()) {
     const float alpha = 1.0f, beta = 0.0f;
-    SMP_CUDNN_CHECK(cudnnPoolingForward(backend_of(ctx).dnn(), d.pool, &alpha, d.x, ptr(in[0]), &beta, d.y, ptr(out[0])));
-    return;
+    const cudnnStatus_t e = cudnnPoolingForward(backend_of(ctx).dnn(), d.pool, &alpha, d.x, ptr(in[0]), &beta, d.y, ptr(out[0]));
+    if (e == CUDNN_STATUS_SUCCESS) return;
+    // cuDNN 9 reports "bad parameter" and "not supported" in the 2000s and 3000s (with sub-codes)
+    const int family = static_cast<int>(e) / 1000;
+    if (family != 2 && family != 3) fail_cudnn(e, "cudnnPoolingForward", __FILE__, __LINE__);
+    d.refused = true;
   }
   pool(pool_geom(s), ptr(out[0]), tag(out[0]), ptr(in[0]), tag(in[0]), stream(ctx));
 }

@@ -3,6 +3,7 @@
 // results do not depend on scheduling), and the float math the CPU kernels use.
 #pragma once
 
+#include "runtime/cpu/vmath.hpp"
 #include "runtime/cuda/launch.hpp"
 
 #include <cuda_bf16.h>
@@ -158,32 +159,7 @@ __device__ __forceinline__ void record_error(DeviceError* e, int64_t code, int64
 
 // ---- the CPU kernels' float math (runtime/cpu/vmath.hpp), so that both backends agree ----
 
-__device__ __forceinline__ float vexp(float x) {
-  float xc = x < -87.33654f ? -87.33654f : (x > 88.72283f ? 88.72283f : x);
-  float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500E-4f;
-  p = p * r + 1.3981999507E-3f;
-  p = p * r + 8.3334519073E-3f;
-  p = p * r + 4.1665795894E-2f;
-  p = p * r + 1.6666665459E-1f;
-  p = p * r + 5.0000001201E-1f;
-  p = p * r * r + r + 1.0f;
-  float scale = __int_as_float((static_cast<int>(n) + 127) << 23);
-  float y = p * scale;
-  return x < -87.33654f ? 0.0f : y;
-}
-
-__device__ __forceinline__ float verf(float x) {
-  float z = fabsf(x);
-  float t = 1.0f / (1.0f + 0.3275911f * z);
-  float p = 1.061405429f;
-  p = p * t - 1.453152027f;
-  p = p * t + 1.421413741f;
-  p = p * t - 0.284496736f;
-  p = p * t + 0.254829592f;
-  float r = 1.0f - p * t * vexp(-z * z);
-  return x < 0 ? -r : r;
-}
+using cpu::verf;
+using cpu::vexp;
 
 }  // namespace smp::runtime::cuda

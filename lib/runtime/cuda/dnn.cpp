@@ -52,7 +52,6 @@ struct ConvDev : DeviceState {
   cudnnConvolutionBwdFilterAlgo_t bwd_filter{};
   size_t ws[3] = {0, 0, 0};
   bool found[3] = {false, false, false};
-  std::string why[3];  // when not found
   bool padded = false;  // asymmetric padding: x is the input padded into a scratch buffer
   Shape xpad;           // [N, C, H + pads, W + pads]
   Tag t = kF32;
@@ -75,6 +74,20 @@ int pick(const Perf* r, int n, size_t limit, bool strict_fp32) {
     return i;
   }
   return -1;
+}
+
+// cuDNN's search (`find`, timing every algorithm on the given buffers), else its heuristics
+// (`get`); the first acceptable result is kept and its math type set on the pass's descriptor.
+template <int N, class Perf, class Find, class Get>
+bool choose(Find find, Get get, size_t limit, bool strict_fp32, cudnnConvolutionDescriptor_t conv, Perf& chosen) {
+  Perf r[N] = {};
+  int n = 0;
+  int i = find(N, &n, r) == CUDNN_STATUS_SUCCESS ? pick(r, n, limit, strict_fp32) : -1;
+  if (i < 0 && get(N, &n, r) == CUDNN_STATUS_SUCCESS) i = pick(r, n, limit, strict_fp32);
+  if (i < 0) return false;
+  chosen = r[i];
+  SMP_CUDNN_CHECK(cudnnSetConvolutionMathType(conv, r[i].mathType));
+  return true;
 }
 
 // The interior of the padded input: the original input's place in it.
@@ -155,54 +168,37 @@ void setup_conv(KernelState& st, ExecContext& ctx) {
   SMP_CUDA_CHECK(cudaMemsetAsync(bw.p, 0, static_cast<size_t>(s.M * (s.C / s.groups) * g.kh * g.kw * es), be.stream()));
   SMP_CUDA_CHECK(cudaMemsetAsync(by.p, 0, static_cast<size_t>(s.N * s.M * g.oh * g.ow * es), be.stream()));
   SMP_CUDA_CHECK(cudaStreamSynchronize(be.stream()));
-  {
-    cudnnConvolutionFwdAlgoPerf_t r[CUDNN_CONVOLUTION_FWD_ALGO_COUNT] = {};
-    int n = 0;
-    cudnnStatus_t e = cudnnFindConvolutionForwardAlgorithmEx(be.dnn(), d->x, bx.p, d->w, bw.p, d->conv[0], d->y, by.p,
-                                                             CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, r, bws.p, limit);
-    int i = e == CUDNN_STATUS_SUCCESS ? pick(r, n, limit, strict) : -1;
-    if (i < 0 && cudnnGetConvolutionForwardAlgorithm_v7(be.dnn(), d->x, d->w, d->conv[0], d->y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, r) ==
-                     CUDNN_STATUS_SUCCESS)
-      i = pick(r, n, limit, strict);
-    if (i >= 0) {
-      d->fwd = r[i].algo;
-      d->ws[0] = r[i].memory;
-      d->found[0] = true;
-      SMP_CUDNN_CHECK(cudnnSetConvolutionMathType(d->conv[0], r[i].mathType));
-    }
-  }
-  {
-    cudnnConvolutionBwdDataAlgoPerf_t r[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT] = {};
-    int n = 0;
-    cudnnStatus_t e = cudnnFindConvolutionBackwardDataAlgorithmEx(be.dnn(), d->w, bw.p, d->y, by.p, d->conv[1], d->x, bx.p,
-                                                                  CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, r, bws.p, limit);
-    int i = e == CUDNN_STATUS_SUCCESS ? pick(r, n, limit, strict) : -1;
-    if (i < 0 && cudnnGetConvolutionBackwardDataAlgorithm_v7(be.dnn(), d->w, d->y, d->conv[1], d->x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
-                                                             &n, r) == CUDNN_STATUS_SUCCESS)
-      i = pick(r, n, limit, strict);
-    if (i >= 0) {
-      d->bwd_data = r[i].algo;
-      d->ws[1] = r[i].memory;
-      d->found[1] = true;
-      SMP_CUDNN_CHECK(cudnnSetConvolutionMathType(d->conv[1], r[i].mathType));
-    }
-  }
-  {
-    cudnnConvolutionBwdFilterAlgoPerf_t r[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT] = {};
-    int n = 0;
-    cudnnStatus_t e = cudnnFindConvolutionBackwardFilterAlgorithmEx(be.dnn(), d->x, bx.p, d->y, by.p, d->conv[2], d->w, bw.p,
-                                                                    CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, r, bws.p, limit);
-    int i = e == CUDNN_STATUS_SUCCESS ? pick(r, n, limit, strict) : -1;
-    if (i < 0 && cudnnGetConvolutionBackwardFilterAlgorithm_v7(be.dnn(), d->x, d->y, d->conv[2], d->w,
-                                                               CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, r) == CUDNN_STATUS_SUCCESS)
-      i = pick(r, n, limit, strict);
-    if (i >= 0) {
-      d->bwd_filter = r[i].algo;
-      d->ws[2] = r[i].memory;
-      d->found[2] = true;
-      SMP_CUDNN_CHECK(cudnnSetConvolutionMathType(d->conv[2], r[i].mathType));
-    }
-  }
+  cudnnHandle_t h = be.dnn();
+  cudnnConvolutionFwdAlgoPerf_t pf;
+  d->found[0] = choose<CUDNN_CONVOLUTION_FWD_ALGO_COUNT>(
+      [&](int req, int* n, cudnnConvolutionFwdAlgoPerf_t* r) {
+        return cudnnFindConvolutionForwardAlgorithmEx(h, d->x, bx.p, d->w, bw.p, d->conv[0], d->y, by.p, req, n, r, bws.p, limit);
+      },
+      [&](int req, int* n, cudnnConvolutionFwdAlgoPerf_t* r) {
+        return cudnnGetConvolutionForwardAlgorithm_v7(h, d->x, d->w, d->conv[0], d->y, req, n, r);
+      },
+      limit, strict, d->conv[0], pf);
+  if (d->found[0]) d->fwd = pf.algo, d->ws[0] = pf.memory;
+  cudnnConvolutionBwdDataAlgoPerf_t pd;
+  d->found[1] = choose<CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT>(
+      [&](int req, int* n, cudnnConvolutionBwdDataAlgoPerf_t* r) {
+        return cudnnFindConvolutionBackwardDataAlgorithmEx(h, d->w, bw.p, d->y, by.p, d->conv[1], d->x, bx.p, req, n, r, bws.p, limit);
+      },
+      [&](int req, int* n, cudnnConvolutionBwdDataAlgoPerf_t* r) {
+        return cudnnGetConvolutionBackwardDataAlgorithm_v7(h, d->w, d->y, d->conv[1], d->x, req, n, r);
+      },
+      limit, strict, d->conv[1], pd);
+  if (d->found[1]) d->bwd_data = pd.algo, d->ws[1] = pd.memory;
+  cudnnConvolutionBwdFilterAlgoPerf_t pw;
+  d->found[2] = choose<CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT>(
+      [&](int req, int* n, cudnnConvolutionBwdFilterAlgoPerf_t* r) {
+        return cudnnFindConvolutionBackwardFilterAlgorithmEx(h, d->x, bx.p, d->y, by.p, d->conv[2], d->w, bw.p, req, n, r, bws.p, limit);
+      },
+      [&](int req, int* n, cudnnConvolutionBwdFilterAlgoPerf_t* r) {
+        return cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, d->x, d->y, d->conv[2], d->w, req, n, r);
+      },
+      limit, strict, d->conv[2], pw);
+  if (d->found[2]) d->bwd_filter = pw.algo, d->ws[2] = pw.memory;
   SMP_CUDA_CHECK(cudaStreamSynchronize(be.stream()));
   if (!d->found[0])
     throw_failure("node " + nm + " (Conv)", fmt::format("cuDNN offers no deterministic forward algorithm for {} {} ({})",

@@ -17,26 +17,20 @@ constexpr int kSum = static_cast<int>(Op::ReduceSum), kMean = static_cast<int>(O
               kRMax = static_cast<int>(Op::ReduceMax), kRMin = static_cast<int>(Op::ReduceMin),
               kProd = static_cast<int>(Op::ReduceProd);
 
-__device__ __forceinline__ int64_t koff(const ReduceGeom& g, int64_t o) {
-  if (g.nk == 1) return o * g.kstr[0];
+// The input offset of index i over n dims (row-major) at the given strides.
+__device__ __forceinline__ int64_t dim_offset(int n, const int64_t* dims, const int64_t* str, int64_t i) {
+  if (n == 1) return i * str[0];
   int64_t off = 0;
-  for (int d = g.nk - 1; d >= 0; --d) {
-    int64_t q = idiv(o, g.kdims[d]);
-    off += (o - q * g.kdims[d]) * g.kstr[d];
-    o = q;
+  for (int d = n - 1; d >= 0; --d) {
+    const int64_t q = idiv(i, dims[d]);
+    off += (i - q * dims[d]) * str[d];
+    i = q;
   }
   return off;
 }
-__device__ __forceinline__ int64_t roff(const ReduceGeom& g, int64_t k) {
-  if (g.nr == 1) return k * g.rstr[0];
-  int64_t off = 0;
-  for (int d = g.nr - 1; d >= 0; --d) {
-    int64_t q = idiv(k, g.rdims[d]);
-    off += (k - q * g.rdims[d]) * g.rstr[d];
-    k = q;
-  }
-  return off;
-}
+// Output o's first input element, and the k-th element of its reduction.
+__device__ __forceinline__ int64_t koff(const ReduceGeom& g, int64_t o) { return dim_offset(g.nk, g.kdims, g.kstr, o); }
+__device__ __forceinline__ int64_t roff(const ReduceGeom& g, int64_t k) { return dim_offset(g.nr, g.rdims, g.rstr, k); }
 
 template <class A>
 __device__ __forceinline__ A rinit(int op) {

@@ -506,6 +506,7 @@ double Worker::step(int64_t k, bool record) {
     double cpu0 = 0;
     // A compute action's wall and CPU time, from ts / cpu0, into its stage's sums (after step 0).
     auto account = [&](StageRt& st, double& wall_s, int64_t& count) {
+      be_->synchronize();  // a device backend's time is its queue's (no-op on the CPU)
       if (k == 0) return;
       wall_s += seconds_since(ts), ++count;
       st.cpu_s += process_cpu_s() - cpu0;

@@ -140,14 +140,15 @@ void layernorm_grad(int64_t rows, int64_t D, float eps, const void* x, Tag xt, c
                     float* part, cudaStream_t st);
 
 // BatchNormalization over [N, C, HW]. training: statistics of the batch; else from mean/var.
-// stats: scratch of 4*C floats.
+// stats: scratch of batchnorm_scratch_floats() floats (256-byte aligned).
+int64_t batchnorm_scratch_floats(int64_t N, int64_t C, int64_t HW, int sm_count);
 void batchnorm(int64_t N, int64_t C, int64_t HW, float eps, bool training, void* y, Tag yt, const void* x, Tag xt,
                const void* g, Tag gt, const void* b, Tag bt, const void* mean, Tag mt, const void* var, Tag vt,
-               float* stats, cudaStream_t st);
+               float* stats, int sm_count, cudaStream_t st);
 void batchnorm_grad(int64_t N, int64_t C, int64_t HW, float eps, bool training, const void* x, Tag xt, const void* g,
                     Tag gt, const void* mean, Tag mt, const void* var, Tag vt, const void* dy, Tag dyt, void* dx,
                     Tag dxt, bool accx, void* dg, Tag dgt, bool accg, void* db, Tag dbt, bool accb, float* stats,
-                    cudaStream_t st);
+                    int sm_count, cudaStream_t st);
 
 // ---- pooling (pool.cu) ---------------------------------------------------------------------
 

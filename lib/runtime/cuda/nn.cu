@@ -380,30 +380,65 @@ int ln_chunks(int64_t rows) { return static_cast<int>(std::clamp<int64_t>(rows /
 
 // ---- BatchNormalization --------------------------------------------------------------------
 
-// Per channel (one block each): mean and 1/std of the batch, in double as the CPU.
-__global__ void bn_stats_k(int64_t N, int64_t C, int64_t HW, float eps, const void* x, int xt, float* mean, float* rstd) {
+// Per channel, in one pass and in double (as the CPU's statistics): sum x, sum x^2 and, for the
+// gradient, sum dy and sum dy * x. Block (c, p) covers part p of channel c's N * HW elements;
+// bn_finalize_k adds the parts in order. part: [C][P][4].
+__global__ void bn_partial_k(int64_t N, int64_t C, int64_t HW, int parts, const void* x, int xt, const void* dy, int dyt,
+                             double* part) {
   __shared__ double sh[32];
-  const int64_t c = blockIdx.x;
-  const int64_t cnt = N * HW;
-  double s = 0;
-  for (int64_t k = threadIdx.x; k < cnt; k += blockDim.x) s += ldf(x, xt, (idiv(k, HW) * C + c) * HW + imod(k, HW));
-  const double m = block_sum(s, sh) / static_cast<double>(cnt);
-  double q = 0;
-  for (int64_t k = threadIdx.x; k < cnt; k += blockDim.x) {
-    const double d = ldf(x, xt, (idiv(k, HW) * C + c) * HW + imod(k, HW)) - m;
-    q += d * d;
+  const int64_t c = blockIdx.x, p = blockIdx.y;
+  const int64_t cnt = N * HW, k0 = cnt * p / parts, k1 = cnt * (p + 1) / parts;
+  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  for (int64_t k = k0 + threadIdx.x; k < k1; k += blockDim.x) {
+    const int64_t n = idiv(k, HW);
+    const int64_t i = (n * C + c) * HW + (k - n * HW);
+    const double xv = ldf(x, xt, i);
+    s0 += xv;
+    s1 += xv * xv;
+    if (dy) {
+      const double g = ldf(dy, dyt, i);
+      s2 += g;
+      s3 += g * xv;
+    }
   }
-  q = block_sum(q, sh);
+  s0 = block_sum(s0, sh);
+  s1 = block_sum(s1, sh);
+  if (dy) {
+    s2 = block_sum(s2, sh);
+    s3 = block_sum(s3, sh);
+  }
   if (threadIdx.x == 0) {
-    mean[c] = static_cast<float>(m);
-    rstd[c] = static_cast<float>(1.0 / sqrt(q / static_cast<double>(cnt) + eps));
+    double* o = part + (c * parts + p) * 4;
+    o[0] = s0;
+    o[1] = s1;
+    o[2] = s2;
+    o[3] = s3;
   }
 }
 
-__global__ void bn_running_k(int64_t C, float eps, const void* mean_in, int mt, const void* var, int vt, float* mean, float* rstd) {
+// Per channel: mean and 1/std (of the batch when training, else the running ones), and for the
+// gradient sum(dy) and sum(dy * xhat).
+__global__ void bn_finalize_k(int64_t C, int parts, int64_t cnt, float eps, bool training, const double* part, const void* mean_in,
+                              int mt, const void* var, int vt, float* mean, float* rstd, float* sdy, float* sdx) {
   SMP_GRID_LOOP(c, C) {
-    mean[c] = ldf(mean_in, mt, c);
-    rstd[c] = 1.0f / sqrtf(ldf(var, vt, c) + eps);
+    double s[4] = {0, 0, 0, 0};
+    for (int p = 0; p < parts; ++p)
+      for (int j = 0; j < 4; ++j) s[j] += part[(c * parts + p) * 4 + j];
+    double m, r;
+    if (training) {
+      m = s[0] / static_cast<double>(cnt);
+      const double v = fmax(s[1] / static_cast<double>(cnt) - m * m, 0.0);
+      r = 1.0 / sqrt(v + eps);
+    } else {
+      m = ldf(mean_in, mt, c);
+      r = 1.0f / sqrtf(ldf(var, vt, c) + eps);
+    }
+    mean[c] = static_cast<float>(m);
+    rstd[c] = static_cast<float>(r);
+    if (sdy) {
+      sdy[c] = static_cast<float>(s[2]);
+      sdx[c] = static_cast<float>((s[3] - static_cast<double>(mean[c]) * s[2]) * static_cast<double>(rstd[c]));
+    }
   }
 }
 
@@ -413,27 +448,6 @@ __global__ void bn_apply_k(int64_t N, int64_t C, int64_t HW, void* y, int yt, co
     const int64_t c = imod(idiv(i, HW), C);
     const float a = ldf(g, gt, c) * rstd[c], bb = ldf(b, bt, c) - mean[c] * a;
     stf(y, yt, i, ldf(x, xt, i) * a + bb);
-  }
-}
-
-// Per channel: sum(dy) and sum(dy * xhat), in double.
-__global__ void bn_grad_sums_k(int64_t N, int64_t C, int64_t HW, const void* x, int xt, const void* dy, int dyt, const float* mean,
-                               const float* rstd, float* sdy, float* sdx) {
-  __shared__ double sh[32];
-  const int64_t c = blockIdx.x;
-  const float m = mean[c], r = rstd[c];
-  double a = 0, b = 0;
-  for (int64_t k = threadIdx.x; k < N * HW; k += blockDim.x) {
-    const int64_t i = (idiv(k, HW) * C + c) * HW + imod(k, HW);
-    const float g = ldf(dy, dyt, i);
-    a += g;
-    b += g * (ldf(x, xt, i) - m) * r;
-  }
-  a = block_sum(a, sh);
-  b = block_sum(b, sh);
-  if (threadIdx.x == 0) {
-    sdy[c] = static_cast<float>(a);
-    sdx[c] = static_cast<float>(b);
   }
 }
 
@@ -570,37 +584,54 @@ void layernorm_grad(int64_t rows, int64_t D, float eps, const void* x, Tag xt, c
   SMP_CUDA_LAUNCHED();
 }
 
-void batchnorm(int64_t N, int64_t C, int64_t HW, float eps, bool training, void* y, Tag yt, const void* x, Tag xt, const void* g,
-               Tag gt, const void* b, Tag bt, const void* mean, Tag mt, const void* var, Tag vt, float* stats, cudaStream_t st) {
-  if (N * C * HW == 0) return;
-  float* m = stats;
-  float* r = stats + C;
-  if (training) bn_stats_k<<<static_cast<unsigned>(C), kThreads, 0, st>>>(N, C, HW, eps, x, xt, m, r);
-  else bn_running_k<<<blocks_for(C), kThreads, 0, st>>>(C, eps, mean, mt, var, vt, m, r);
+int batchnorm_parts(int64_t N, int64_t C, int64_t HW, int sm_count) {
+  // enough blocks to fill the device twice, at least 16 K elements each
+  const int64_t want = (2LL * std::max(sm_count, 1) + C - 1) / std::max<int64_t>(C, 1);
+  return static_cast<int>(std::clamp<int64_t>(std::min<int64_t>(want, N * HW / 16384), 1, 256));
+}
+
+int64_t batchnorm_scratch_floats(int64_t N, int64_t C, int64_t HW, int sm_count) {
+  return 4 * C + 2 + 2 * 4 * C * batchnorm_parts(N, C, HW, sm_count);  // floats, then the parts' doubles
+}
+
+namespace {
+// The statistics (and with dy, the gradient sums) into stats = [mean | rstd | sdy | sdx | parts].
+void bn_stats(int64_t N, int64_t C, int64_t HW, float eps, bool training, const void* x, Tag xt, const void* dy, Tag dyt,
+              const void* mean, Tag mt, const void* var, Tag vt, float* stats, int sm_count, cudaStream_t st) {
+  const int parts = batchnorm_parts(N, C, HW, sm_count);
+  double* part = reinterpret_cast<double*>(stats + 4 * C + (C % 2));  // 8-byte aligned: stats is 256-aligned
+  if (training || dy) {
+    SMP_CUDA_REQUIRE(C <= 0x7fffffffLL, "too many channels for the BatchNormalization kernels");
+    bn_partial_k<<<dim3(static_cast<unsigned>(C), static_cast<unsigned>(parts)), kThreads, 0, st>>>(N, C, HW, parts, x, xt, dy, dyt, part);
+    SMP_CUDA_LAUNCHED();
+  }
+  bn_finalize_k<<<blocks_for(C), kThreads, 0, st>>>(C, parts, N * HW, eps, training, part, mean, mt, var, vt, stats, stats + C,
+                                                    dy ? stats + 2 * C : nullptr, dy ? stats + 3 * C : nullptr);
   SMP_CUDA_LAUNCHED();
-  bn_apply_k<<<blocks_for(N * C * HW), kThreads, 0, st>>>(N, C, HW, y, yt, x, xt, g, gt, b, bt, m, r);
+}
+}  // namespace
+
+void batchnorm(int64_t N, int64_t C, int64_t HW, float eps, bool training, void* y, Tag yt, const void* x, Tag xt, const void* g,
+               Tag gt, const void* b, Tag bt, const void* mean, Tag mt, const void* var, Tag vt, float* stats, int sm_count,
+               cudaStream_t st) {
+  if (N * C * HW == 0) return;
+  bn_stats(N, C, HW, eps, training, x, xt, nullptr, kF32, mean, mt, var, vt, stats, sm_count, st);
+  bn_apply_k<<<blocks_for(N * C * HW), kThreads, 0, st>>>(N, C, HW, y, yt, x, xt, g, gt, b, bt, stats, stats + C);
   SMP_CUDA_LAUNCHED();
 }
 
 void batchnorm_grad(int64_t N, int64_t C, int64_t HW, float eps, bool training, const void* x, Tag xt, const void* g, Tag gt,
                     const void* mean, Tag mt, const void* var, Tag vt, const void* dy, Tag dyt, void* dx, Tag dxt, bool accx,
-                    void* dg, Tag dgt, bool accg, void* db, Tag dbt, bool accb, float* stats, cudaStream_t st) {
+                    void* dg, Tag dgt, bool accg, void* db, Tag dbt, bool accb, float* stats, int sm_count, cudaStream_t st) {
   if (N * C * HW == 0) return;
-  float* m = stats;
-  float* r = stats + C;
-  float* sdy = stats + 2 * C;
-  float* sdx = stats + 3 * C;
-  if (training) bn_stats_k<<<static_cast<unsigned>(C), kThreads, 0, st>>>(N, C, HW, eps, x, xt, m, r);
-  else bn_running_k<<<blocks_for(C), kThreads, 0, st>>>(C, eps, mean, mt, var, vt, m, r);
-  SMP_CUDA_LAUNCHED();
-  bn_grad_sums_k<<<static_cast<unsigned>(C), kThreads, 0, st>>>(N, C, HW, x, xt, dy, dyt, m, r, sdy, sdx);
-  SMP_CUDA_LAUNCHED();
+  bn_stats(N, C, HW, eps, training, x, xt, dy, dyt, mean, mt, var, vt, stats, sm_count, st);
   if (dg || db) {
-    bn_grad_params_k<<<blocks_for(C), kThreads, 0, st>>>(C, sdy, sdx, dg, dgt, accg, db, dbt, accb);
+    bn_grad_params_k<<<blocks_for(C), kThreads, 0, st>>>(C, stats + 2 * C, stats + 3 * C, dg, dgt, accg, db, dbt, accb);
     SMP_CUDA_LAUNCHED();
   }
   if (dx) {
-    bn_grad_x_k<<<blocks_for(N * C * HW), kThreads, 0, st>>>(N, C, HW, training, x, xt, g, gt, dy, dyt, m, r, sdy, sdx, dx, dxt, accx);
+    bn_grad_x_k<<<blocks_for(N * C * HW), kThreads, 0, st>>>(N, C, HW, training, x, xt, g, gt, dy, dyt, stats, stats + C, stats + 2 * C,
+                                                             stats + 3 * C, dx, dxt, accx);
     SMP_CUDA_LAUNCHED();
   }
 }

@@ -272,9 +272,10 @@ void bwd_layernorm(const KernelState& st, ExecContext& ctx, const GradIO& io) {
 
 void fwd_batchnorm(const KernelState& st, ExecContext& ctx, std::span<Tensor> out, std::span<const Tensor> in) {
   const auto& s = static_cast<const cpu::BatchNormState&>(st);
-  Tensor stats = scratch_floats(ctx, 4 * s.C);
+  CudaBackend& be = backend_of(ctx);
+  Tensor stats = scratch_floats(ctx, batchnorm_scratch_floats(s.N, s.C, s.HW, be.sm_count()));
   batchnorm(s.N, s.C, s.HW, s.eps, s.training, ptr(out[0]), tag(out[0]), ptr(in[0]), tag(in[0]), ptr(in[1]), tag(in[1]), ptr(in[2]),
-            tag(in[2]), ptr(in[3]), tag(in[3]), ptr(in[4]), tag(in[4]), static_cast<float*>(ptr(stats)), stream(ctx));
+            tag(in[2]), ptr(in[3]), tag(in[3]), ptr(in[4]), tag(in[4]), static_cast<float*>(ptr(stats)), be.sm_count(), be.stream());
 }
 
 void bwd_batchnorm(const KernelState& st, ExecContext& ctx, const GradIO& io) {
@@ -283,7 +284,8 @@ void bwd_batchnorm(const KernelState& st, ExecContext& ctx, const GradIO& io) {
   SMP_CHECK(io.in[0].defined() && io.in[1].defined(), "node {}: BatchNormalization backward needs X and scale", s.node_name);
   if (!s.training)
     SMP_CHECK(io.in[3].defined() && io.in[4].defined(), "node {}: BatchNormalization backward needs mean and var", s.node_name);
-  Tensor stats = scratch_floats(ctx, 4 * s.C);
+  CudaBackend& be = backend_of(ctx);
+  Tensor stats = scratch_floats(ctx, batchnorm_scratch_floats(s.N, s.C, s.HW, be.sm_count()));
   Tensor* dx = io.din[0].defined() ? &io.din[0] : nullptr;
   Tensor* dg = io.din[1].defined() ? &io.din[1] : nullptr;
   Tensor* db = io.din[2].defined() ? &io.din[2] : nullptr;
@@ -293,7 +295,7 @@ void bwd_batchnorm(const KernelState& st, ExecContext& ctx, const GradIO& io) {
                  s.training ? kF32 : tag(io.in[3]), var, s.training ? kF32 : tag(io.in[4]), ptr(io.dout[0]), tag(io.dout[0]),
                  dx ? ptr(*dx) : nullptr, dx ? tag(*dx) : kF32, dx && io.accumulate[0], dg ? ptr(*dg) : nullptr, dg ? tag(*dg) : kF32,
                  dg && io.accumulate[1], db ? ptr(*db) : nullptr, db ? tag(*db) : kF32, db && io.accumulate[2],
-                 static_cast<float*>(ptr(stats)), stream(ctx));
+                 static_cast<float*>(ptr(stats)), be.sm_count(), be.stream());
 }
 
 namespace {

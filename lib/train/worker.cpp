@@ -82,11 +82,12 @@ DType plan_compute_dtype(const plan::PlanFile& plan, const std::string& kind) {
 }  // namespace
 
 void check_devices(const plan::PlanFile& plan, const RunOptions& opts, bool all_local) {
-  const int n = all_local ? runtime::cuda_device_count() : -1;
+  int n = -2;  // CUDA devices here; asked only when a rank needs one
   for (size_t r = 0; r < plan.ranks.size(); ++r) {
     const std::string kind = rank_backend(plan, static_cast<int>(r), opts.backend);
     plan_compute_dtype(plan, kind);
     if (kind != "cuda") continue;
+    if (n == -2) n = all_local ? runtime::cuda_device_count() : -1;
     std::string stages;
     for (int s : plan.ranks[r].stages) {
       if (!stages.empty()) stages += ',';

@@ -11,6 +11,7 @@
 #include "runtime/tensor.hpp"
 #include "runtime/update_rule.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <memory>
@@ -124,6 +125,8 @@ struct MemoryStats {
 // optimizer state) each in one allocation of their own, everything else in the activation
 // arena. The CPU backend ignores pools.
 enum class MemoryPool : uint8_t { Activations, Parameters, Gradients, OptimizerState, kCount };
+// The room a tensor of `bytes` takes in a pool (device backends hand out 256-byte units).
+inline int64_t pool_bytes(int64_t bytes) { return (std::max<int64_t>(bytes, 1) + 255) / 256 * 256; }
 
 // The update on host floats (the CPU backend's, and the reference the device kernels follow).
 // s0 / s1: the optimizer state (momentum buffer; AdamW's moments), n elements each or nullptr.

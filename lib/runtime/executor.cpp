@@ -136,8 +136,8 @@ StageExecutor::StageExecutor(const graph::Graph& g, std::vector<int> nodes, Back
     const bool copies = opts.compute_dtype == DType::BF16;
     int64_t pbytes = 0, gbytes = 0;
     for (int v : params_) {
-      pbytes += g.value(v).bytes() + (copies ? g.value(v).numel() * 2 : 0);
-      gbytes += g.value(v).bytes();
+      pbytes += pool_bytes(g.value(v).bytes()) + (copies ? pool_bytes(g.value(v).numel() * 2) : 0);
+      gbytes += pool_bytes(g.value(v).bytes());
     }
     be_.reserve(MemoryPool::Parameters, pbytes);
     be_.reserve(MemoryPool::Gradients, gbytes);

@@ -378,7 +378,7 @@ void Worker::load() {
       st.ex = std::make_unique<runtime::StageExecutor>(g_, st.nodes, *be_, eo);
       // The optimizer state in one reservation, allocated on the first update.
       int64_t pbytes = 0;
-      for (int p : st.ex->parameters()) pbytes += g_.value(p).bytes();
+      for (int p : st.ex->parameters()) pbytes += runtime::pool_bytes(g_.value(p).bytes());
       be_->reserve(runtime::MemoryPool::OptimizerState, state_bytes(o_.optimizer.kind, pbytes));
     } catch (const Error& e) {
       throw Error(e.kind(), fmt::format("stage {} on {}: {}", s, device_, e.what()));

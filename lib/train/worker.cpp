@@ -7,7 +7,7 @@
 #include "graph/export.hpp"
 #include "graph/loader.hpp"
 #include "plan/plan_io.hpp"
-#include "runtime/cpu_backend.hpp"
+#include "runtime/backends.hpp"
 #include "runtime/executor.hpp"
 #include "runtime/loss.hpp"
 #include "schedule/timeline.hpp"
@@ -47,6 +47,54 @@ std::string interrupted_message(int64_t step, const fs::path& checkpoint_dir) {
   return fmt::format("interrupted at step {}; checkpoint {} (resume with --resume)", step, step_dir(checkpoint_dir, step).string());
 }
 
+std::string rank_backend(const plan::PlanFile& plan, int rank, const std::string& option) {
+  if (!option.empty() && option != "auto") return option;
+  const auto& rj = plan.json["ranks"][static_cast<size_t>(rank)];
+  return rj.value("device_kind", std::string("cpu")) == "gpu" ? "cuda" : "cpu";
+}
+
+int rank_device(const plan::PlanFile& plan, int rank, int device_option) {
+  return device_option >= 0 ? device_option : plan.ranks.at(static_cast<size_t>(rank)).local_device;
+}
+
+namespace {
+
+// The precision the plan trains in on backend `kind`.
+DType plan_compute_dtype(const plan::PlanFile& plan, const std::string& kind) {
+  DType d = DType::F32;
+  if (plan.dtype == "bf16") d = DType::BF16;
+  else if (!plan.dtype.empty() && plan.dtype != "fp32")
+    throw_bad_input(plan.path, fmt::format("options.dtype '{}' is not fp32 or bf16", plan.dtype));
+  if (d == DType::BF16 && kind == "cpu")
+    throw_bad_input(plan.path, "the plan trains in bf16 (smp-plan --dtype bf16), which needs the cuda backend",
+                    "run with --backend cuda on a GPU machine, or plan with --dtype fp32 to train on the CPU");
+  return d;
+}
+
+}  // namespace
+
+void check_devices(const plan::PlanFile& plan, const RunOptions& opts, bool all_local) {
+  int n = -2;  // CUDA devices here; asked only when a rank needs one
+  for (size_t r = 0; r < plan.ranks.size(); ++r) {
+    const std::string kind = rank_backend(plan, static_cast<int>(r), opts.backend);
+    plan_compute_dtype(plan, kind);
+    if (kind != "cuda") continue;
+    if (n == -2) n = all_local ? runtime::cuda_device_count() : -1;
+    std::string stages;
+    for (int s : plan.ranks[r].stages) {
+      if (!stages.empty()) stages += ',';
+      stages += std::to_string(s);
+    }
+    const int dev = rank_device(plan, static_cast<int>(r), opts.device);
+    const std::string where = fmt::format("rank {} (stage {}) on cuda:{}", r, stages, dev);
+    if (!runtime::cuda_compiled()) throw_bad_input(where, runtime::cuda_unavailable_reason(), "use --backend cpu");
+    if (n == 0) throw_bad_input(where, runtime::cuda_unavailable_reason(), "use --backend cpu");
+    if (n > 0 && dev >= n)
+      throw_bad_input(where, fmt::format("no such device: this machine has {} CUDA device{}", n, n == 1 ? "" : "s"),
+                      "use --device, or a plan made for this machine's devices");
+  }
+}
+
 namespace {
 
 using clock = std::chrono::steady_clock;
@@ -64,7 +112,7 @@ struct StageRt {
   std::unique_ptr<runtime::StageExecutor> ex;
   std::vector<int> group;  // global ranks of its replicas (ascending)
   bool writer = false;     // replica 0: writes checkpoints, counts in the gradient norm
-  std::map<int, ParamState> opt;
+  std::map<int, DeviceParamState> opt;
   // measured per microbatch, summed over steps after the first
   double f_s = 0, b_s = 0, w_s = 0;
   int64_t nf = 0, nb = 0, nw = 0;
@@ -103,7 +151,10 @@ class BufferPool {
   std::map<size_t, std::vector<std::vector<char>>> free_;
 };
 
-int64_t tensor_bytes(const graph::Graph& g, int v) { return g.value(v).bytes(); }
+// A cut tensor's bytes as the stages hold it (bf16 activations with bf16 compute).
+int64_t tensor_bytes(const graph::Graph& g, int v, DType compute) {
+  return byte_size(g.value(v).shape, dtype_size(runtime::exec_dtype(g.value(v), compute)));
+}
 
 std::vector<char> pack(runtime::Backend& be, const std::vector<Tensor>& ts, BufferPool& pool) {
   size_t total = 0;
@@ -118,13 +169,13 @@ std::vector<char> pack(runtime::Backend& be, const std::vector<Tensor>& ts, Buff
 }
 
 std::vector<Tensor> unpack(runtime::Backend& be, const graph::Graph& g, const std::vector<int>& values,
-                           const std::vector<char>& buf) {
+                           const std::vector<char>& buf, DType compute) {
   std::vector<Tensor> out;
   size_t off = 0;
   for (int v : values) {
     const auto& val = g.value(v);
-    out.push_back(be.from_host(val.dtype, val.shape, buf.data() + off));
-    off += static_cast<size_t>(val.bytes());
+    out.push_back(be.from_host(runtime::exec_dtype(val, compute), val.shape, buf.data() + off));
+    off += static_cast<size_t>(tensor_bytes(g, v, compute));
   }
   SMP_CHECK(off == buf.size(), "message of {} bytes for {} bytes of tensors", buf.size(), off);
   return out;
@@ -158,7 +209,7 @@ std::string fmt_duration(double s) {
 
 class Worker {
  public:
-  Worker(comm::Communicator& c, const RunOptions& o) : c_(c), o_(o), be_(std::max(o.threads, 1)) {}
+  Worker(comm::Communicator& c, const RunOptions& o) : c_(c), o_(o) {}
 
   RunResult run();
 
@@ -180,7 +231,9 @@ class Worker {
 
   comm::Communicator& c_;
   RunOptions o_;  // a copy: load() may take the optimizer from the plan
-  runtime::CpuBackend be_;
+  std::unique_ptr<runtime::Backend> be_;
+  std::string device_;  // "cpu", "cuda:0"
+  DType compute_ = DType::F32;
   plan::PlanFile plan_;
   graph::Graph g_;
   std::vector<int> stage_of_node_;
@@ -204,6 +257,7 @@ class Worker {
   int hosts_ = 1;                    // hosts the job runs on (rank 0)
   bool stop_agreed_ = false;         // some rank was asked to stop (seen in the step's all-reduce)
   int stop_signal_ = 0;
+  int64_t device_allocations_after_step1_ = 0;  // the backend's device allocations once a step ran
 };
 
 void Worker::load() {
@@ -278,13 +332,54 @@ void Worker::load() {
     }
   }
 
+  // The device: --backend, else the kind of device the plan put this rank on; the plan's
+  // precision (smp-plan --dtype).
+  const std::string kind = rank_backend(plan_, c_.rank(), o_.backend);
+  compute_ = plan_compute_dtype(plan_, kind);
+  runtime::BackendOptions bo;
+  bo.threads = std::max(o_.threads, 1);
+  bo.device = rank_device(plan_, c_.rank(), o_.device);
+  bo.tf32 = o_.tf32;
+  device_ = kind == "cuda" ? fmt::format("cuda:{}", bo.device) : "cpu";
+  const std::string first_stages = me.stages.empty() ? "" : fmt::format("stage {}", me.stages.front());
+  try {
+    be_ = runtime::make_backend(kind, bo);
+  } catch (const Error& e) {
+    throw Error(e.kind(), first_stages.empty() ? e.what() : first_stages + ": " + e.what());
+  }
+
+  // Microbatches each stage keeps between its forward and its last backward, from the action
+  // list: the activation arena is sized for that many.
+  const auto& acts = plan_.schedule.actions.at(static_cast<size_t>(me.pipeline_rank));
+  std::map<std::pair<int, int>, size_t> last_bwd;
+  for (size_t i = 0; i < acts.size(); ++i)
+    if (acts[i].op == schedule::Op::Backward || acts[i].op == schedule::Op::BackwardInput || acts[i].op == schedule::Op::BackwardWeight)
+      last_bwd[{acts[i].stage, acts[i].mb}] = i;
+  std::map<int, int> in_flight, peak_in_flight;
+  for (size_t i = 0; i < acts.size(); ++i) {
+    const auto& a = acts[i];
+    if (a.op == schedule::Op::Forward) peak_in_flight[a.stage] = std::max(peak_in_flight[a.stage], ++in_flight[a.stage]);
+    auto lb = last_bwd.find({a.stage, a.mb});
+    if (lb != last_bwd.end() && lb->second == i) --in_flight[a.stage];
+  }
+
   for (int s : me.stages) {
     StageRt st;
     st.index = s;
     st.nodes = nodes_of[static_cast<size_t>(s)];
     runtime::ExecutorOptions eo;
     eo.after_node = [this](int, char, double) { c_.progress(); };  // messages move between kernels
-    st.ex = std::make_unique<runtime::StageExecutor>(g_, st.nodes, be_, eo);
+    eo.compute_dtype = compute_;
+    eo.microbatches_in_flight = std::max(1, peak_in_flight[s]);
+    try {
+      st.ex = std::make_unique<runtime::StageExecutor>(g_, st.nodes, *be_, eo);
+      // The optimizer state in one reservation, allocated on the first update.
+      int64_t pbytes = 0;
+      for (int p : st.ex->parameters()) pbytes += runtime::pool_bytes(g_.value(p).bytes());
+      be_->reserve(runtime::MemoryPool::OptimizerState, state_bytes(o_.optimizer.kind, pbytes));
+    } catch (const Error& e) {
+      throw Error(e.kind(), fmt::format("stage {} on {}: {}", s, device_, e.what()));
+    }
     st.group = plan_.stage.at(static_cast<size_t>(s)).ranks;
     std::sort(st.group.begin(), st.group.end());
     st.writer = replica_ == 0;
@@ -329,7 +424,7 @@ Tensor Worker::input_slice(int value, int64_t step, int mb) {
     if (a.name == val.name) {
       auto rows = microbatch_rows(step, mb);
       std::string bytes = gather_rows(a, rows);
-      return be_.from_host(val.dtype, val.shape, bytes.data());
+      return be_->from_host(val.dtype, val.shape, bytes.data());
     }
   SMP_CHECK(false, "no data for input '{}'", val.name);
   return {};
@@ -340,7 +435,7 @@ Tensor Worker::label_slice(int64_t step, int mb) {
   std::string bytes = gather_rows(data_.labels, rows);
   Shape s{b_};
   s.insert(s.end(), data_.labels.sample.begin(), data_.labels.sample.end());
-  return be_.from_host(data_.labels.dtype, s, bytes.data());
+  return be_->from_host(data_.labels.dtype, s, bytes.data());
 }
 
 // One training step through the rank's lowered list. Returns this rank's share of the loss.
@@ -370,7 +465,7 @@ double Worker::step(int64_t k, bool record) {
     auto it = ready.find({a.stage, a.mb});
     SMP_CHECK(it != ready.end(), "{} of stage {} microbatch {} sent before it was computed", what, a.stage, a.mb);
     Pending p;
-    p.buf = pack(be_, it->second, pool_);
+    p.buf = pack(*be_, it->second, pool_);
     ready.erase(it);
     p.req = c_.isend(p.buf.data(), p.buf.size(), rank_of_stage(to_stage), tag_of(a));
     sends.push_back(std::move(p));
@@ -379,7 +474,7 @@ double Worker::step(int64_t k, bool record) {
   auto post = [&](std::map<Key, Pending>& posted, const schedule::Action& a, const std::vector<int>& values, int from_stage) {
     Pending p;
     int64_t bytes = 0;
-    for (int v : values) bytes += tensor_bytes(g_, v);
+    for (int v : values) bytes += tensor_bytes(g_, v, compute_);
     p.buf = pool_.take(static_cast<size_t>(bytes));
     p.req = c_.irecv(p.buf.data(), p.buf.size(), rank_of_stage(from_stage), tag_of(a));
     posted[{a.stage, a.mb}] = std::move(p);
@@ -392,7 +487,7 @@ double Worker::step(int64_t k, bool record) {
     auto r = posted.find(key);
     if (r != posted.end()) {
       c_.wait(r->second.req, what);
-      out = unpack(be_, g_, values, r->second.buf);
+      out = unpack(*be_, g_, values, r->second.buf, compute_);
       pool_.give(std::move(r->second.buf));
       posted.erase(r);
       return out;
@@ -409,6 +504,7 @@ double Worker::step(int64_t k, bool record) {
     double cpu0 = 0;
     // A compute action's wall and CPU time, from ts / cpu0, into its stage's sums (after step 0).
     auto account = [&](StageRt& st, double& wall_s, int64_t& count) {
+      be_->synchronize();  // a device backend's time is its queue's (no-op on the CPU)
       if (k == 0) return;
       wall_s += seconds_since(ts), ++count;
       st.cpu_s += process_cpu_s() - cpu0;
@@ -448,7 +544,7 @@ double Worker::step(int64_t k, bool record) {
         } else {
           Tensor out = from_out(output_value_);
           Tensor labels = loss_kind_ == runtime::LossKind::Scalar ? Tensor{} : label_slice(k, mb);
-          auto lr = runtime::apply_loss(loss_kind_, be_, out, labels, static_cast<float>(scale));
+          auto lr = runtime::apply_loss(loss_kind_, *be_, out, labels, static_cast<float>(scale));
           loss += lr.loss * scale;
           loss_grad[{s, mb}] = lr.grad;
         }
@@ -492,15 +588,15 @@ double Worker::step(int64_t k, bool record) {
             Tensor through = grad_of(v);  // a pass-through tensor's gradient from downstream
             if (through.defined()) {
               if (gsum.defined()) {
-                Tensor sum = be_.empty(val.dtype, val.shape);
-                be_.copy(sum, gsum);
-                be_.axpy(1.0f, through, sum);
+                Tensor sum = be_->empty(runtime::exec_dtype(val, compute_), val.shape);
+                be_->copy(sum, gsum);
+                be_->axpy(1.0f, through, sum);
                 gsum = sum;
               } else {
                 gsum = through;
               }
             }
-            if (!gsum.defined()) gsum = be_.zeros(val.dtype, val.shape);
+            if (!gsum.defined()) gsum = be_->zeros(runtime::exec_dtype(val, compute_), val.shape);
             up.push_back(gsum);
           }
           grad_out[{s, mb}] = std::move(up);
@@ -544,14 +640,14 @@ void Worker::reduce_and_update(int64_t k, bool record, double* loss, double* nor
       Tensor& gt = st.ex->gradient(p);
       size_t off = buf.size();
       buf.resize(off + static_cast<size_t>(gt.numel()));
-      be_.to_host(gt, buf.data() + off);
+      be_->to_host(gt, buf.data() + off);
     }
     c_.allreduce_sum(buf.data(), buf.size(), st.group);
     size_t off = 0;
     for (int p : st.ex->parameters()) {
       Tensor& gt = st.ex->gradient(p);
-      Tensor sum = be_.from_host(DType::F32, gt.shape(), buf.data() + off);
-      be_.copy(gt, sum);
+      Tensor sum = be_->from_host(DType::F32, gt.shape(), buf.data() + off);
+      be_->copy(gt, sum);
       off += static_cast<size_t>(gt.numel());
     }
   }
@@ -569,16 +665,12 @@ void Worker::reduce_and_update(int64_t k, bool record, double* loss, double* nor
   const int asked = o_.stop_signal ? static_cast<int>(*o_.stop_signal) : 0;
   double sums[5] = {*loss, 0.0, asked == SIGINT ? 1.0 : 0.0, asked == SIGTERM ? 1.0 : 0.0,
                     asked != 0 && asked != SIGINT && asked != SIGTERM ? 1.0 : 0.0};
-  std::vector<float> host;
   for (auto& st : stages_) {
     if (!st.writer) continue;
     const auto t_begin = clock::now();
-    for (int p : st.ex->parameters()) {
-      Tensor& gt = st.ex->gradient(p);
-      host.resize(static_cast<size_t>(gt.numel()));
-      be_.to_host(gt, host.data());
-      sums[1] += sum_of_squares(host);
-    }
+    std::vector<Tensor> grads;
+    for (int p : st.ex->parameters()) grads.push_back(st.ex->gradient(p));
+    sums[1] += be_->sum_of_squares(grads);
     timed(st, kNormSpan, t_begin);
   }
   std::vector<int> world(static_cast<size_t>(c_.size()));
@@ -598,10 +690,10 @@ void Worker::reduce_and_update(int64_t k, bool record, double* loss, double* nor
     for (int p : st.ex->parameters()) {
       Tensor& w = st.ex->parameter(p);
       Tensor& gt = st.ex->gradient(p);
-      if (factor != 1.0) be_.scale(static_cast<float>(factor), gt);
-      apply_update(o_.optimizer, lr, std::span<float>(w.data<float>(), static_cast<size_t>(w.numel())),
-                   std::span<const float>(gt.data<float>(), static_cast<size_t>(gt.numel())), st.opt[p]);
+      if (factor != 1.0) be_->scale(static_cast<float>(factor), gt);
+      apply_update(o_.optimizer, lr, *be_, w, gt, st.opt[p]);
     }
+    be_->synchronize();  // the update's time is the device's
     timed(st, kUpdateSpan, t_begin);
     if (k > 0) ++st.nu;
   }
@@ -617,14 +709,14 @@ StageCheckpoint Worker::snapshot(StageRt& st, int64_t done, bool optimizer) {
     const auto& val = g_.value(p);
     Tensor& w = st.ex->parameter(p);
     NamedTensor t{val.name, DType::F32, val.shape, std::string(static_cast<size_t>(w.bytes()), '\0')};
-    be_.to_host(w, t.bytes.data());
+    be_->to_host(w, t.bytes.data());
     cp.tensors.push_back(std::move(t));
     if (!optimizer) continue;
-    const ParamState& ps = st.opt[p];
-    auto slot = [&](const std::vector<float>& v, const char* suffix) {
-      if (v.empty()) return;
-      NamedTensor s{val.name + suffix, DType::F32, val.shape,
-                    std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float))};
+    const DeviceParamState& ps = st.opt[p];
+    auto slot = [&](const Tensor& v, const char* suffix) {
+      if (!v.defined()) return;
+      NamedTensor s{val.name + suffix, DType::F32, val.shape, std::string(static_cast<size_t>(v.bytes()), '\0')};
+      be_->to_host(v, s.bytes.data());
       cp.tensors.push_back(std::move(s));
     };
     slot(ps.slot0, ".state0");
@@ -717,14 +809,17 @@ void Worker::restore() {
       auto it = byname.find(val.name);
       if (it == byname.end() || it->second->shape != val.shape)
         throw_bad_input(stage_file(o_.checkpoint_dir, *latest, st.index).string(), "no tensor '" + val.name + "' of shape " + shape_str(val.shape));
-      Tensor t = be_.from_host(DType::F32, val.shape, it->second->bytes.data());
-      be_.copy(st.ex->parameter(p), t);
-      ParamState ps;
-      auto load_slot = [&](const char* suffix, std::vector<float>& v) {
+      Tensor t = be_->from_host(DType::F32, val.shape, it->second->bytes.data());
+      be_->copy(st.ex->parameter(p), t);
+      DeviceParamState ps;
+      auto load_slot = [&](const char* suffix, Tensor& v) {
         auto s = byname.find(val.name + suffix);
         if (s == byname.end()) return;
-        v.resize(static_cast<size_t>(val.numel()));
-        std::memcpy(v.data(), s->second->bytes.data(), s->second->bytes.size());
+        if (s->second->shape != val.shape || s->second->bytes.size() != static_cast<size_t>(val.bytes()))
+          throw_bad_input(stage_file(o_.checkpoint_dir, *latest, st.index).string(),
+                          "tensor '" + val.name + suffix + "' is not of shape " + shape_str(val.shape));
+        runtime::PoolScope pool(*be_, runtime::MemoryPool::OptimizerState);
+        v = be_->from_host(DType::F32, val.shape, s->second->bytes.data());
       };
       load_slot(".state0", ps.slot0);
       load_slot(".state1", ps.slot1);
@@ -793,7 +888,7 @@ void Worker::report_end(double mean_step_s) {
   // Per stage: measured forward / backward per microbatch (from the stage's replica 0), its
   // process's CPU time over the wall time of those, and each rank's idle fraction, next to the
   // plan's prediction.
-  constexpr size_t kPer = 5;
+  constexpr size_t kPer = 8;
   const size_t idle_at = kPer * static_cast<size_t>(S_);
   std::vector<double> v(idle_at + static_cast<size_t>(c_.size()), 0.0);
   for (auto& st : stages_) {
@@ -805,6 +900,12 @@ void Worker::report_end(double mean_step_s) {
     v[i + 3] = st.nu ? st.u_s / static_cast<double>(st.nu) : 0;
     const double wall = st.f_s + st.b_s + st.w_s;
     v[i + 4] = wall > 0 ? st.cpu_s / wall : 0;
+    // Memory of the stage's rank: the most its tensors held at once, and what its backend took
+    // from the device (pools, workspace); its device allocations after the first step.
+    const runtime::MemoryStats m = be_->memory();
+    v[i + 5] = static_cast<double>(m.peak_bytes);
+    v[i + 6] = static_cast<double>(m.reserved_bytes);
+    v[i + 7] = static_cast<double>(m.device_allocations - device_allocations_after_step1_);
   }
   // Idle: neither computing nor in its optimizer step (as the plan counts its bubble).
   double busy = 0;
@@ -823,6 +924,8 @@ void Worker::report_end(double mean_step_s) {
     int rank0;
     double f, b, u, cpu_per_wall, idle;  // measured
     double pf, pb, pu;                   // predicted
+    double peak, reserved, late_allocs;  // measured memory of the rank
+    double ppeak;                        // predicted peak of the rank
   };
   std::vector<Row> rows;
   double idle = 0;
@@ -831,9 +934,12 @@ void Worker::report_end(double mean_step_s) {
     const size_t i = kPer * static_cast<size_t>(s);
     const auto& tj = pj["stages"][static_cast<size_t>(s)]["time"];
     const int rank0 = plan_.stage[static_cast<size_t>(s)].ranks.at(0);
+    const int prank = plan_.stage[static_cast<size_t>(s)].pipeline_rank;
+    const auto& pk = pj["prediction"]["peak_bytes"];
+    const double ppeak = pk.is_array() && static_cast<size_t>(prank) < pk.size() ? pk[static_cast<size_t>(prank)].get<double>() : 0.0;
     rows.push_back({rank0, v[i], v[i + 1] + v[i + 2], v[i + 3], v[i + 4], v[idle_at + static_cast<size_t>(rank0)],
                     tj.value("forward_s", 0.0), tj.value("backward_input_s", 0.0) + tj.value("backward_weight_s", 0.0),
-                    tj.value("update_s", 0.0)});
+                    tj.value("update_s", 0.0), v[i + 5], v[i + 6], v[i + 7], ppeak});
   }
   const double pstep = pj["prediction"].value("step_s", 0.0), pbubble = pj["prediction"].value("bubble", 0.0);
   // The first step is not timed (start-up, first allocations): with fewer than two steps there
@@ -848,14 +954,18 @@ void Worker::report_end(double mean_step_s) {
                         {"rank", w.rank0},
                         {"host", host_of_rank_.at(static_cast<size_t>(w.rank0))},
                         {"measured", measured ? nlohmann::json{{"forward_s", w.f}, {"backward_s", w.b}, {"optimizer_s", w.u},
-                                                               {"cpu_per_wall", w.cpu_per_wall}, {"rank_idle", w.idle}}
+                                                               {"cpu_per_wall", w.cpu_per_wall}, {"rank_idle", w.idle},
+                                                               {"peak_bytes", w.peak}, {"reserved_bytes", w.reserved},
+                                                               {"device_allocations_after_first_step", w.late_allocs}}
                                               : nlohmann::json(nullptr)},
-                        {"predicted", {{"forward_s", w.pf}, {"backward_s", w.pb}, {"optimizer_s", w.pu}}}});
+                        {"predicted", {{"forward_s", w.pf}, {"backward_s", w.pb}, {"optimizer_s", w.pu}, {"peak_bytes", w.ppeak}}}});
     }
     nlohmann::json j{{"plan", o_.plan.string()},
                      {"steps_timed", steps_timed},
                      {"optimizer", optimizer_name(o_.optimizer.kind)},
                      {"threads_per_worker", std::max(o_.threads, 1)},
+                     {"device", device_},
+                     {"dtype", compute_ == DType::BF16 ? "bf16" : "fp32"},
                      {"step_s", {{"measured", or_null(mean_step_s)}, {"predicted", pstep}}},
                      {"bubble", {{"measured", or_null(idle / c_.size())}, {"predicted", pbubble}}},
                      {"stages", stages}};
@@ -878,6 +988,15 @@ void Worker::report_end(double mean_step_s) {
     const Row& w = rows[static_cast<size_t>(s)];
     fmt::print("{:>5}  {:>9.3f} | {:>9.3f}  {:>9.3f} | {:>9.3f}  {:>9.3f} | {:>9.3f}  {:>8.2f}  {:>9.1f}%\n", s, w.f * 1e3,
                w.pf * 1e3, w.b * 1e3, w.pb * 1e3, w.u * 1e3, w.pu * 1e3, w.cpu_per_wall, 100.0 * w.idle);
+  }
+  fmt::print("memory per stage ({}, {}): peak of the tensors its rank held at once, and what its backend reserved on the "
+             "device | the plan's predicted peak:\n",
+             device_, compute_ == DType::BF16 ? "bf16" : "fp32");
+  for (int s = 0; s < S_; ++s) {
+    const Row& w = rows[static_cast<size_t>(s)];
+    const double gib = 1024.0 * 1024.0 * 1024.0;
+    fmt::print("{:>5}  peak {:>8.3f} GiB (reserved {:.3f} GiB) | predicted {:>8.3f} GiB{}\n", s, w.peak / gib, w.reserved / gib,
+               w.ppeak / gib, w.late_allocs > 0 ? fmt::format("  ({} device allocation(s) after the first step)", w.late_allocs) : "");
   }
   if (plan_.optimizer != optimizer_name(o_.optimizer.kind))
     fmt::print("note: the plan was made for {} (smp-plan --optimizer): its memory and optimizer-step predictions assume it\n",
@@ -955,6 +1074,7 @@ RunResult Worker::run() {
     double norm = 0;
     reduce_and_update(k, record, &loss, &norm);
     c_.set_stop_patience(nullptr, 0);  // a checkpoint takes as long as it takes
+    if (k == start_step_) device_allocations_after_step1_ = be_->memory().device_allocations;
     double dt = seconds_since(t0);
     longest_step_s = std::max(longest_step_s, dt);
     if (record) recorded_step_s_ = dt;

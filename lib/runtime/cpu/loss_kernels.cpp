@@ -11,14 +11,6 @@
 namespace smp::runtime::cpu {
 
 namespace {
-struct SceState : KernelState {
-  int64_t N = 1, C = 1, D = 1;
-  enum class Red { Mean, Sum, None } red = Red::Mean;
-  bool has_ignore = false;
-  int64_t ignore = 0;
-  bool has_weights = false;
-};
-
 // log-sum-exp over the classes of position (n, d)
 inline float lse_at(const float* x, int64_t C, int64_t D) {
   float m = -INFINITY;

@@ -11,10 +11,10 @@ namespace {
 using graph::Op;
 using namespace cpu;
 
-#define K(op, name) OpKernel{Op::op, prep_##name, fwd_##name, bwd_##name, kNone}
-#define KV(op, name) OpKernel{Op::op, prep_##name, fwd_##name, bwd_##name, kView}
-#define KF(op, name) OpKernel{Op::op, prep_##name, fwd_##name, nullptr, kNone}   // no gradient
-#define NO_KERNEL(op) OpKernel{Op::op, nullptr, nullptr, nullptr, kNone}
+#define K(op, name) OpKernel{Op::op, prep_##name, fwd_##name, bwd_##name, kNone, nullptr}
+#define KV(op, name) OpKernel{Op::op, prep_##name, fwd_##name, bwd_##name, kView, nullptr}
+#define KF(op, name) OpKernel{Op::op, prep_##name, fwd_##name, nullptr, kNone, nullptr}   // no gradient
+#define NO_KERNEL(op) OpKernel{Op::op, nullptr, nullptr, nullptr, kNone, nullptr}
 
 constexpr OpKernel kTable[] = {
     K(MatMul, matmul), K(Gemm, gemm), K(Conv, conv),

@@ -52,6 +52,37 @@ void print_summary(const smp::graph::GraphSummary& s) {
     double share = s.forward_flops > 0 ? 100.0 * st.flops / s.forward_flops : 0.0;
     fmt::print("{:<26} {:>7} {:>14.6g} {:>6.2f}%\n", op, st.count, st.flops, share);
   }
+  const auto& tp = s.tensor_parallel;
+  fmt::print("\ntensor parallelism (found in the graph; --tensor-parallel T)\n");
+  if (tp.groups.empty()) {
+    fmt::print("  no shardable groups: every node stays replicated\n");
+  } else {
+    std::map<std::string, int> kinds;
+    for (const auto& t : tp.groups) ++kinds[t.kind];
+    std::string counts;
+    for (const auto& [k, n] : kinds) counts += fmt::format("{}{} {}", counts.empty() ? "" : ", ", n, k);
+    const double total = static_cast<double>(tp.sharded_parameters + tp.replicated_parameters);
+    fmt::print("  {} groups ({}); every one splits up to {} ways\n", tp.groups.size(), counts, tp.max_degree);
+    fmt::print("  sharded:    {} parameters ({:.1f}%)\n", human(static_cast<double>(tp.sharded_parameters), ""),
+               total > 0 ? 100.0 * static_cast<double>(tp.sharded_parameters) / total : 0.0);
+    fmt::print("  replicated: {} parameters in {} tensors (e.g. {})\n", human(static_cast<double>(tp.replicated_parameters), ""),
+               tp.replicated.size(), tp.replicated.empty() ? std::string("none") : tp.replicated.front());
+    fmt::print("  {:<10} {:<28} {:>6} {:>12} {:>8}  {}\n", "kind", "group", "nodes", "parameters", "up to", "first -> last node");
+    const size_t show = tp.groups.size() > 24 ? 12 : tp.groups.size();
+    auto row = [&](const smp::graph::TpGroupSummary& t) {
+      std::string range = t.first_node + " -> " + t.last_node;
+      if (range.size() > 64) range = range.substr(0, 30) + "..." + range.substr(range.size() - 31);
+      fmt::print("  {:<10} {:<28} {:>6} {:>12} {:>6}x  {}\n", t.kind, t.name.size() > 28 ? t.name.substr(0, 25) + "..." : t.name,
+                 t.nodes, human(static_cast<double>(t.parameters), ""), t.max_degree, range);
+    };
+    for (size_t i = 0; i < show; ++i) row(tp.groups[i]);
+    if (show < tp.groups.size()) {
+      fmt::print("  ... {} more ...\n", tp.groups.size() - show - 2);
+      row(tp.groups[tp.groups.size() - 2]);
+      row(tp.groups.back());
+    }
+  }
+  for (const auto& n : tp.notes) fmt::print("  not split: {}\n", n);
 }
 
 }  // namespace

@@ -129,7 +129,8 @@ GraphCost::GraphCost(const graph::Graph& g, int64_t batch_size, const CostOption
     if (!view && !shape_only) {
       m.fwd.runs = true;
       m.fwd.flops = scale(n.cost.flops, dep);
-      const bool reads_what_it_writes = n.op_type == "Slice" || n.op_type == "Split" || n.op_type == "Gather";
+      const bool reads_what_it_writes =
+          n.op_type == "Slice" || n.op_type == "Split" || n.op_type == "Gather" || n.op_type == "TpVocabGather";
       Affine rd;
       for (size_t k = 0; k < n.inputs.size(); ++k)
         if (!(reads_what_it_writes && k == 0)) rd += bytes_of(n.inputs[k]);
@@ -221,6 +222,14 @@ GraphCost::GraphCost(const graph::Graph& g, int64_t batch_size, const CostOption
       }
     }
 
+    // Tensor-parallel collectives.
+    if (d && d->op == graph::Op::TpAllReduce) m.allreduce_fwd = dy;
+    if (d && d->op == graph::Op::TpCopy && !act_grad.empty()) {
+      m.bwd_in.runs = true;  // copy the gradient, all-reduce it, add it
+      m.bwd_in.bytes = Affine{3 * dy.c, 3 * dy.b};
+      m.allreduce_bwd = dy;
+    }
+
     // Loss on float graph outputs.
     if (opt_.loss)
       for (int o : n.outputs) {
@@ -288,7 +297,21 @@ int GraphCost::profile_in_flight(const DeviceSpec& dev, double u) const {
   return profile_applies(dev, u) ? opt_.profile->in_flight_microbatches : 0;
 }
 
+double ring_allreduce_s(double bytes, int ranks, const LinkSpec& link) {
+  if (ranks <= 1 || bytes <= 0) return 0.0;
+  const double r = static_cast<double>(ranks);
+  return 2.0 * (r - 1) / r * bytes / link.bandwidth + 2.0 * (r - 1) * link.latency;
+}
+
 PassTimes GraphCost::node_time(int node, double u, const DeviceSpec& dev, bool* measured, double in_flight) const {
+  PassTimes t = compute_time(node, u, dev, measured, in_flight);
+  const NodeModel& m = model_[static_cast<size_t>(node)];
+  t.f += ring_allreduce_s(m.allreduce_fwd.at(u), opt_.tp_degree, opt_.tp_link);
+  t.b += ring_allreduce_s(m.allreduce_bwd.at(u), opt_.tp_degree, opt_.tp_link);
+  return t;
+}
+
+PassTimes GraphCost::compute_time(int node, double u, const DeviceSpec& dev, bool* measured, double in_flight) const {
   if (measured) *measured = false;
   if (profile_applies(dev, u)) {
     auto it = opt_.profile->nodes.find(g_->nodes[static_cast<size_t>(node)].name);

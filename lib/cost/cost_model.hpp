@@ -23,6 +23,10 @@
 //     one: LayerNorm scale / bias, a bias Add, an embedding Gather) is a reduction over dY, one
 //     FLOP per output element, reading dY and the saved tensors and writing the weight gradient.
 //   views (Reshape, Flatten, Squeeze, Unsqueeze, Identity) cost nothing either way.
+//   tensor-parallel collectives (graph/tensor_parallel.hpp): TpAllReduce all-reduces its output
+//     in the forward, TpCopy its gradient in the backward (B): a ring all-reduce over the
+//     group's T devices on the host link, 2 (T - 1) / T x bytes / bandwidth + 2 (T - 1) x latency,
+//     on top of the copy; in the critical path (Megatron's all-reduces are not overlapped).
 //   loss: each float graph output is followed by a softmax cross-entropy (6 FLOPs per element,
 //     reads the output once, forward and backward), charged to the node that produces it.
 //
@@ -73,6 +77,7 @@ struct Pass {
 
 struct NodeModel {
   Pass fwd, bwd_in, bwd_w;
+  Affine allreduce_fwd, allreduce_bwd;  // bytes all-reduced over the tensor-parallel group
   Affine workspace;                  // activation inputs + outputs
   std::vector<int> saved;            // storage roots of the saved activations
   std::vector<int> w_keep;           // storage roots W needs after B
@@ -90,7 +95,14 @@ struct CostOptions {
   Optimizer optimizer = Optimizer::AdamW;
   bool loss = true;                 // charge a softmax cross-entropy to each float output
   const Profile* profile = nullptr;
+  // Tensor parallelism: the group size the graph was split for and the link its all-reduces
+  // use (the host's).
+  int tp_degree = 1;
+  LinkSpec tp_link;
 };
+
+// Ring all-reduce of `bytes` over `ranks` devices joined by `link`.
+double ring_allreduce_s(double bytes, int ranks, const LinkSpec& link);
 
 class GraphCost {
  public:
@@ -113,6 +125,8 @@ class GraphCost {
   PassTimes node_time(int node, double u, const DeviceSpec& dev, bool* measured = nullptr, double in_flight = 0) const;
   // The profile's in_flight_microbatches where it applies to `dev` at u, else 0.
   int profile_in_flight(const DeviceSpec& dev, double u) const;
+  // node_time without the tensor-parallel all-reduces.
+  PassTimes compute_time(int node, double u, const DeviceSpec& dev, bool* measured = nullptr, double in_flight = 0) const;
   // True when the profile applies to this device at this microbatch size.
   bool profile_applies(const DeviceSpec& dev, double u) const;
   // The optimizer step of a stage holding `param_bytes` of (fp32) weights on `dev`; `measured`

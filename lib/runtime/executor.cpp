@@ -74,6 +74,9 @@ StageExecutor::StageExecutor(const graph::Graph& g, std::vector<int> nodes, Back
     r.diff = def->differentiable_inputs;
     r.saved_in = def->saved_inputs;
     r.saved_out = def->saved_outputs;
+    if ((def->op == Op::TpCopy || def->op == Op::TpAllReduce) && !opts.collectives)
+      throw_bad_input(where, "a tensor-parallel collective, but the stage has no tensor-parallel group",
+                      "run the graph split by graph::shard_graph with ExecutorOptions::collectives");
     NodeView view(g, n, def->op);
     r.state = k.prepare(view);
     cpu::fill_shapes(*r.state, view);
@@ -240,7 +243,7 @@ std::vector<Tensor> StageExecutor::forward(int mb, std::span<const Tensor> input
   st->saved_out.resize(P);
   st->w_dout.resize(P);
   st->b_done.assign(P, 0);
-  ExecContext ctx{&be_};
+  ExecContext ctx{&be_, opts_.collectives};
   std::vector<Tensor> ins, outs;
   const bool hooked = static_cast<bool>(opts_.after_node);
   for (size_t p = 0; p < P; ++p) {
@@ -348,7 +351,7 @@ void StageExecutor::run_backward(int mb, std::span<const Tensor> output_grads, b
       if (runs_[p].has_b && !st.b_done[p] && runs_[p].has_w)
         throw_failure("stage executor", fmt::format("backward_weight of microbatch {} before its backward_input", mb));
   }
-  ExecContext ctx{&be_};
+  ExecContext ctx{&be_, opts_.collectives};
   std::vector<Tensor> ins, outs, dout, din;
   std::vector<uint8_t> acc;
   const bool hooked = static_cast<bool>(opts_.after_node);

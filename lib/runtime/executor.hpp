@@ -34,6 +34,9 @@ struct ExecutorOptions {
   // and the seconds since that node's turn began (allocation and kernel). smp-run drives its
   // communication there, between kernels; smp-profile times the nodes in context.
   std::function<void(int node, char pass, double seconds)> after_node;
+  // The tensor-parallel group the TpCopy / TpAllReduce nodes of a split graph
+  // (graph/tensor_parallel.hpp) reduce over; required when the stage has such nodes.
+  Collectives* collectives = nullptr;
 };
 
 // Seconds spent per op type (with profile on).

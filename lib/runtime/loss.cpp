@@ -53,6 +53,70 @@ LossResult cross_entropy(Backend& be, const Tensor& logits, const Tensor& labels
   return r;
 }
 
+LossResult cross_entropy_vocab_parallel(Backend& be, const Tensor& logits, const Tensor& labels, int64_t vocab_begin,
+                                        int64_t vocab_total, Collectives& group, float scale) {
+  if (!is_f32(logits) || logits.rank() < 2)
+    throw_bad_input("loss", fmt::format("cross-entropy needs float32 logits [N, C] or [N, T, C], got {}", logits.str()));
+  Shape ls(logits.shape().begin(), logits.shape().end() - 1);
+  if (labels.shape() != ls || (labels.dtype() != DType::I64 && labels.dtype() != DType::I32))
+    throw_bad_input("labels", fmt::format("expected int64{} for logits {}, got {}", shape_str(ls), logits.str(), labels.str()));
+  const int64_t C = logits.dim(-1), rows = labels.numel();
+  SMP_CHECK(vocab_begin >= 0 && vocab_begin + C <= vocab_total, "classes [{}, {}) of {}", vocab_begin, vocab_begin + C, vocab_total);
+  std::vector<int64_t> lab = cpu::tensor_ints(labels);
+  for (int64_t y : lab)
+    if (y < 0 || y >= vocab_total) throw_bad_input("labels", fmt::format("class {} out of range [0, {})", y, vocab_total));
+  const float* X = logits.data<float>();
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1));
+  // 1. the row maxima over the whole vocabulary
+  std::vector<float> mx(static_cast<size_t>(rows));
+  cpu::pfor(rows, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i) {
+      const float* x = X + i * C;
+      float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+      for (int64_t j = 0; j < C; ++j) m = std::max(m, x[j]);
+      mx[static_cast<size_t>(i)] = m;
+    }
+  });
+  group.all_reduce(mx.data(), mx.size(), ReduceOp::Max);
+  // 2. the sums of exponentials and the target logits (held by one rank, zero on the others)
+  LossResult r;
+  r.grad = be.empty(DType::F32, logits.shape());
+  float* G = r.grad.data<float>();
+  std::vector<float> sums(2 * static_cast<size_t>(rows), 0.0f);
+  cpu::pfor(rows, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i) {
+      const float* x = X + i * C;
+      float* gr = G + i * C;
+      const float m = mx[static_cast<size_t>(i)];
+      float s = 0;
+#pragma omp simd reduction(+ : s)
+      for (int64_t j = 0; j < C; ++j) {
+        float e = cpu::vexp(x[j] - m);
+        gr[j] = e;
+        s += e;
+      }
+      sums[static_cast<size_t>(i)] = s;
+      const int64_t y = lab[static_cast<size_t>(i)] - vocab_begin;
+      if (y >= 0 && y < C) sums[static_cast<size_t>(rows + i)] = x[y];
+    }
+  });
+  group.all_reduce(sums.data(), sums.size(), ReduceOp::Sum);
+  const float k = scale / static_cast<float>(rows);
+  double total = 0;
+  for (int64_t i = 0; i < rows; ++i) {
+    const float s = sums[static_cast<size_t>(i)];
+    float* gr = G + i * C;
+    const float inv = k / s;
+    for (int64_t j = 0; j < C; ++j) gr[j] *= inv;
+    const int64_t y = lab[static_cast<size_t>(i)] - vocab_begin;
+    if (y >= 0 && y < C) gr[y] -= k;
+    total += static_cast<double>(std::log(s) + mx[static_cast<size_t>(i)] - sums[static_cast<size_t>(rows + i)]);
+  }
+  r.loss = total / static_cast<double>(rows);
+  return r;
+}
+
 LossResult mean_squared_error(Backend& be, const Tensor& pred, const Tensor& target, float scale) {
   if (!is_f32(pred) || !is_f32(target) || pred.shape() != target.shape())
     throw_bad_input("labels", fmt::format("mean squared error needs float32 labels of the output's shape {}, got {}", pred.str(), target.str()));

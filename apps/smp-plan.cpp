@@ -93,8 +93,8 @@ int main(int argc, char** argv) {
       "  smp-plan MODEL.onnx --batch-size N [--cluster FILE | --devices N] [options]   plan; writes plan.json\n"
       "  smp-plan MODEL.onnx --batch-size N --summary                                    the graph summary\n"
       "  smp-plan --schedule NAME --show                                                 a schedule, without a model\n"
-      "Planning searches pipeline x data-parallel degrees, microbatches, schedule, placement and per-stage "
-      "recomputation, splits the graph by dynamic programming, scores every candidate with the schedule simulator, "
+      "Planning searches pipeline x data-parallel x tensor-parallel degrees, microbatches, schedule, placement, "
+      "optimizer-state sharding and per-stage recomputation, splits the graph by dynamic programming, scores every candidate with the schedule simulator, "
       "prints the partition report and writes the plan (default file name: plan.json)."};
   smp::app::setup_app(app);
 
@@ -104,7 +104,8 @@ int main(int argc, char** argv) {
   bool summary = false, json = false;
   std::string cluster_file, profile_file, out_file = "plan.json", optimizer = "adamw", dtype = "fp32",
                             recompute = "auto", save_cluster;
-  int devices = -1, data_parallel = 0, max_positions = 256, max_configs = 48;
+  int devices = -1, data_parallel = 0, max_positions = 256, max_configs = 48, tensor_parallel = 0;
+  bool shard_optimizer = false, no_shard_optimizer = false;
   double dp_work = 2e6;
   app.add_option("MODEL", model, "ONNX model (.onnx); external weight files need not be present");
   app.add_option("-b,--batch-size", batch_size, "global batch size (bound to the inputs' symbolic batch dimension)")
@@ -121,6 +122,15 @@ int main(int argc, char** argv) {
       ->group(pg)->option_text("N");
   app.add_option("--data-parallel", data_parallel, "data-parallel replicas D (default: searched)")
       ->group(pg)->option_text("D")->check(CLI::Range(1, 1 << 20));
+  app.add_option("--tensor-parallel", tensor_parallel,
+                 "tensor-parallel degree T: ranks of a group splitting each layer found in the graph (1: off; default: "
+                 "1, 2, 4 and 8 searched, within a host)")
+      ->group(pg)->option_text("T")->check(CLI::Range(1, 1 << 16));
+  app.add_flag("--shard-optimizer", shard_optimizer,
+               "split the optimizer state over the data-parallel replicas (ZeRO stage 1); default: only where a plan "
+               "fits only with it")
+      ->group(pg);
+  app.add_flag("--no-shard-optimizer", no_shard_optimizer, "never split the optimizer state")->group(pg);
   app.add_option("--optimizer", optimizer, "optimizer state in the memory model: sgd (none), momentum (1x the weights), "
                                            "adamw (2x)")
       ->group(pg)->option_text("sgd|momentum|adamw");
@@ -197,6 +207,12 @@ int main(int argc, char** argv) {
     popt.max_positions = max_positions;
     popt.max_evaluated = max_configs;
     popt.max_work = dp_work;
+    popt.tensor_parallel = tensor_parallel;
+    if (shard_optimizer && no_shard_optimizer)
+      smp::throw_bad_input("--shard-optimizer", "given with --no-shard-optimizer", "choose one");
+    popt.shard_optimizer = shard_optimizer      ? smp::plan::ShardOptimizer::Always
+                           : no_shard_optimizer ? smp::plan::ShardOptimizer::Never
+                                                : smp::plan::ShardOptimizer::Auto;
 
     smp::cost::Cluster cluster = cluster_file.empty() ? smp::cost::detect_local_cpu(devices > 0 ? devices : 0)
                                                       : smp::cost::read_cluster(cluster_file);

@@ -877,7 +877,7 @@ Graph shard_graph(const Graph& g, const TpAnalysis& a, int rank, const ShardOpti
   for (const auto& [p, s] : a.params) {
     Value& v = out.value(p);
     v.shape = shard_shape(g.value(p).shape, s, T, rank);
-    if (opt.load_weights) v.data = read_tensor_shard(g.value(p), s, T, rank);
+    if (opt.load_weights && (!opt.want_weight || opt.want_weight(v.name))) v.data = read_tensor_shard(g.value(p), s, T, rank);
     else if (v.data) v.data = std::make_shared<TensorData>(shard_tensor(*v.data, s, T, rank));
     v.external.reset();  // it describes the whole tensor
   }

@@ -31,6 +31,7 @@
 #include "graph/graph.hpp"
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -112,6 +113,8 @@ struct ShardOptions {
   // Give each split parameter rank r's part of its bytes: sliced from memory when the source
   // graph holds them, else read from its external data file (only that part's bytes).
   bool load_weights = false;
+  // With load_weights: only the parameters this accepts (a worker reads its stages' weights).
+  std::function<bool(const std::string&)> want_weight;
 };
 
 // The graph of rank `rank` of the group: split parameters and activations with their local

@@ -334,7 +334,7 @@ TEST_CASE("every sample on every example cluster: a plan, never slower than eith
       Setup s(sample(model), 1024, cost::read_cluster(cluster_file(c)));
       plan::Plan p = plan::make_plan(s.in(), options(1024));
       check_not_slower_than_baselines(p);
-      CHECK(p.stages * p.data_parallel == p.devices_used);
+      CHECK(p.stages * p.data_parallel * p.tensor_parallel == p.devices_used);
       CHECK(p.device_of_rank.size() == static_cast<size_t>(p.devices_used));
     }
 }

@@ -474,7 +474,9 @@ class Attempt {
       if (op == "Reshape" && !const_ints(g_, node.inputs[1], tmp)) return fail(node, "its shape is not a constant");
       const ShardSpec s = spec_of(node.inputs[0]);
       auto o = reshape_spec(g_.value(node.inputs[0]).shape, s, g_.value(y).shape, T_);
-      if (!o) return fail(node, "the split does not map onto the new shape");
+      if (!o)
+        return fail(node, fmt::format("the split of {} does not map onto {} ({} parts must divide the factor it lands on)",
+                                      shape_str(g_.value(node.inputs[0]).shape), shape_str(g_.value(y).shape), T_));
       if (op == "Reshape") rewrites[n].reshape_shape = true;
       return set_spec(node, y, *o);
     }
@@ -748,7 +750,8 @@ TpAnalysis analyze_tensor_parallel(const Graph& g, int T) {
       // The output columns may be one block per rank (outer 1) or blocks within each of a few
       // fused parts (q|k|v: 3; gate|up: 2).
       const int64_t N = g.value(n.outputs[0]).shape.empty() ? 0 : g.value(n.outputs[0]).shape.back();
-      std::string why;
+      std::string why;  // from the attempt that got furthest
+      size_t furthest = 0;
       bool done = false;
       for (int64_t outer : {1, 3, 2, 4}) {
         if (N <= 0 || N % outer) continue;
@@ -762,7 +765,10 @@ TpAnalysis analyze_tensor_parallel(const Graph& g, int T) {
             done = true;
             break;
           }
-          if (why.empty()) why = at.why();
+          if (why.empty() || at.nodes.size() > furthest) {
+            why = at.why();
+            furthest = at.nodes.size();
+          }
           if (at.extra_seed() < 0) break;
           seeds.push_back({at.extra_seed(), outer});  // separate q, k, v projections: split together
         }

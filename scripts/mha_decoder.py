@@ -1,0 +1,84 @@
+#!/usr/bin/python3
+"""A small GPT-style decoder built from torch.nn.MultiheadAttention, exported as PyTorch exports
+it: the packed in_proj (one MatMul, then three Slices), the [T, B*H, hd] head reshapes, the
+out_proj as a Gemm with its bias. Tests of tensor parallelism use it beside the GPT sample
+(scripts/sample_models.py), whose attention is written by hand.
+
+    mha_decoder.py OUT.onnx     # writes the model (deterministic weights), prints its parameter count
+
+Config: vocab 512, d_model 64, 4 heads, sequence 16, 2 blocks (pre-LN, GELU MLP of 4 x d),
+causal mask as an attn_mask, untied LM head; input input_ids int64 [batch, 16], output logits
+float32 [batch, 16, 512]. Exported with opset 17, TrainingMode.TRAINING and no constant folding
+(an eval-mode export ties equal initializers). Needs Debian's python3-torch (/usr/bin/python3).
+"""
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+VOCAB, D, HEADS, SEQ, LAYERS = 512, 64, 4, 16, 2
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(D)
+        self.attn = nn.MultiheadAttention(D, HEADS, batch_first=True)
+        self.ln2 = nn.LayerNorm(D)
+        self.fc = nn.Linear(D, 4 * D)
+        self.proj = nn.Linear(4 * D, D)
+        # -inf above the diagonal: a buffer, not a parameter (persistent=False keeps it out of
+        # the state dict; the export makes it a constant)
+        self.register_buffer("mask", torch.triu(torch.full((SEQ, SEQ), float("-inf")), 1), persistent=False)
+
+    def forward(self, x):
+        h = self.ln1(x)
+        a, _ = self.attn(h, h, h, attn_mask=self.mask, need_weights=False)
+        x = x + a
+        return x + self.proj(F.gelu(self.fc(self.ln2(x))))
+
+
+class Decoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, D)
+        self.pos = nn.Parameter(torch.zeros(SEQ, D))
+        self.blocks = nn.ModuleList(Block() for _ in range(LAYERS))
+        self.ln = nn.LayerNorm(D)
+        self.head = nn.Linear(D, VOCAB, bias=False)
+        nn.init.normal_(self.pos, std=0.02)
+
+    def forward(self, ids):  # [B, T] -> [B, T, V]
+        x = self.emb(ids) + self.pos
+        for b in self.blocks:
+            x = b(x)
+        return self.head(self.ln(x))
+
+
+def export(path):
+    torch.manual_seed(1234)
+    model = Decoder()
+    model.train()
+    ids = torch.randint(0, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(0))
+    torch.onnx.export(model, (ids,), path, opset_version=17, training=torch.onnx.TrainingMode.TRAINING,
+                      do_constant_folding=False, input_names=["input_ids"], output_names=["logits"],
+                      dynamic_axes={"input_ids": {0: "batch"}, "logits": {0: "batch"}})
+    import onnx
+    m = onnx.load(path)
+    dims = m.graph.output[0].type.tensor_type.shape.dim
+    for d, want in zip(dims, ["batch", SEQ, VOCAB]):
+        d.Clear()
+        if isinstance(want, str):
+            d.dim_param = want
+        else:
+            d.dim_value = want
+    onnx.save(m, path)
+    return sum(p.numel() for p in model.parameters())
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+    print(export(sys.argv[1]))

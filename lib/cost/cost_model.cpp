@@ -304,8 +304,12 @@ double ring_allreduce_s(double bytes, int ranks, const LinkSpec& link) {
 }
 
 PassTimes GraphCost::node_time(int node, double u, const DeviceSpec& dev, bool* measured, double in_flight) const {
-  PassTimes t = compute_time(node, u, dev, measured, in_flight);
   const NodeModel& m = model_[static_cast<size_t>(node)];
+  // A GPU all-reduces in place (NCCL on the product's output, on the gradient): the link's time
+  // only. A CPU worker also copies the tensor through its memory.
+  const bool in_place = dev.kind == "gpu" && (m.allreduce_fwd.c + m.allreduce_fwd.b + m.allreduce_bwd.c + m.allreduce_bwd.b) > 0;
+  PassTimes t = in_place ? PassTimes{} : compute_time(node, u, dev, measured, in_flight);
+  if (in_place && measured) *measured = false;
   t.f += ring_allreduce_s(m.allreduce_fwd.at(u), opt_.tp_degree, opt_.tp_link);
   t.b += ring_allreduce_s(m.allreduce_bwd.at(u), opt_.tp_degree, opt_.tp_link);
   return t;

@@ -26,7 +26,8 @@
 //   tensor-parallel collectives (graph/tensor_parallel.hpp): TpAllReduce all-reduces its output
 //     in the forward, TpCopy its gradient in the backward (B): a ring all-reduce over the
 //     group's T devices on the host link, 2 (T - 1) / T x bytes / bandwidth + 2 (T - 1) x latency,
-//     on top of the copy; in the critical path (Megatron's all-reduces are not overlapped).
+//     in the critical path (Megatron's all-reduces are not overlapped); on a GPU that is all
+//     (NCCL reduces in place), a CPU worker also pays the copy through its memory.
 //   loss: each float graph output is followed by a softmax cross-entropy (6 FLOPs per element,
 //     reads the output once, forward and backward), charged to the node that produces it.
 //

@@ -1137,10 +1137,16 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
   std::map<std::tuple<std::string, int, int, int>,
            std::pair<schedule::Schedule, std::vector<std::vector<std::pair<double, double>>>>>
       sched_cache;
+  // Configurations no partition fits (memory), by everything but the placement: on one kind of
+  // device the placement changes no capacity, so the other placement need not be tried.
+  std::set<std::tuple<int, int, int, int, int, std::string, bool>> unfit;
+  const bool one_kind = cl.kinds.size() == 1;
   // Evaluates one configuration; true when a plan of it fits.
   auto try_config = [&](const Config& c) {
     Space& sp = *spaces[static_cast<size_t>(c.space)];
     const cost::Cluster& scl = *sp.in.cluster;
+    const auto fit_key = std::make_tuple(c.space, c.p, c.d, c.m, c.v, c.schedule, c.zero);
+    if (one_kind && unfit.count(fit_key)) return false;
     auto key = std::make_tuple(c.schedule, c.p, c.m, c.v);
     auto sit = sched_cache.find(key);
     if (sit == sched_cache.end()) {
@@ -1215,6 +1221,7 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
         best.dp_exact = !sol.truncated;
       }
     }
+    if (!sol.feasible && !fit) unfit.insert(fit_key);
     return fit;
   };
   for (const Config& c : configs) {

@@ -9,16 +9,44 @@
 
 namespace smp::runtime {
 
-LossResult cross_entropy(Backend& be, const Tensor& logits, const Tensor& labels, float scale) {
+namespace {
+
+// Checks logits [..., C] against integer labels [...] with classes in [0, classes); the labels.
+std::vector<int64_t> class_labels(const Tensor& logits, const Tensor& labels, int64_t classes) {
   if (!is_f32(logits) || logits.rank() < 2)
     throw_bad_input("loss", fmt::format("cross-entropy needs float32 logits [N, C] or [N, T, C], got {}", logits.str()));
   Shape ls(logits.shape().begin(), logits.shape().end() - 1);
   if (labels.shape() != ls || (labels.dtype() != DType::I64 && labels.dtype() != DType::I32))
     throw_bad_input("labels", fmt::format("expected int64{} for logits {}, got {}", shape_str(ls), logits.str(), labels.str()));
-  int64_t C = logits.dim(-1), rows = labels.numel();
   std::vector<int64_t> lab = cpu::tensor_ints(labels);
   for (int64_t y : lab)
-    if (y < 0 || y >= C) throw_bad_input("labels", fmt::format("class {} out of range [0, {})", y, C));
+    if (y < 0 || y >= classes) throw_bad_input("labels", fmt::format("class {} out of range [0, {})", y, classes));
+  return lab;
+}
+
+// e[j] = exp(x[j] - m) for a row of C; returns their sum.
+inline float exp_row(const float* x, float* e, int64_t C, float m) {
+  float s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < C; ++j) {
+    e[j] = cpu::vexp(x[j] - m);
+    s += e[j];
+  }
+  return s;
+}
+
+inline float row_max(const float* x, int64_t C) {
+  float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < C; ++j) m = std::max(m, x[j]);
+  return m;
+}
+
+}  // namespace
+
+LossResult cross_entropy(Backend& be, const Tensor& logits, const Tensor& labels, float scale) {
+  const int64_t C = logits.rank() >= 1 ? logits.dim(-1) : 0, rows = labels.numel();
+  std::vector<int64_t> lab = class_labels(logits, labels, C);
   LossResult r;
   r.grad = be.empty(DType::F32, logits.shape());
   const float* X = logits.data<float>();
@@ -27,25 +55,17 @@ LossResult cross_entropy(Backend& be, const Tensor& logits, const Tensor& labels
   std::vector<double> part(static_cast<size_t>(rows), 0.0);
   cpu::pfor(rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
     for (int64_t i = r0; i < r1; ++i) {
-    const float* x = X + i * C;
-    float* gr = G + i * C;
-    float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-    for (int64_t j = 0; j < C; ++j) m = std::max(m, x[j]);
-    float s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t j = 0; j < C; ++j) {
-      float e = cpu::vexp(x[j] - m);
-      gr[j] = e;
-      s += e;
-    }
-    float inv = k / s;
+      const float* x = X + i * C;
+      float* gr = G + i * C;
+      const float m = row_max(x, C);
+      const float s = exp_row(x, gr, C, m);
+      float inv = k / s;
 #pragma omp simd
-    for (int64_t j = 0; j < C; ++j) gr[j] *= inv;
-    int64_t y = lab[static_cast<size_t>(i)];
-    gr[y] -= k;
-    part[static_cast<size_t>(i)] = static_cast<double>(std::log(s) + m - x[y]);
-      }
+      for (int64_t j = 0; j < C; ++j) gr[j] *= inv;
+      int64_t y = lab[static_cast<size_t>(i)];
+      gr[y] -= k;
+      part[static_cast<size_t>(i)] = static_cast<double>(std::log(s) + m - x[y]);
+    }
   });
   double total = 0;
   for (double v : part) total += v;
@@ -55,28 +75,15 @@ LossResult cross_entropy(Backend& be, const Tensor& logits, const Tensor& labels
 
 LossResult cross_entropy_vocab_parallel(Backend& be, const Tensor& logits, const Tensor& labels, int64_t vocab_begin,
                                         int64_t vocab_total, Collectives& group, float scale) {
-  if (!is_f32(logits) || logits.rank() < 2)
-    throw_bad_input("loss", fmt::format("cross-entropy needs float32 logits [N, C] or [N, T, C], got {}", logits.str()));
-  Shape ls(logits.shape().begin(), logits.shape().end() - 1);
-  if (labels.shape() != ls || (labels.dtype() != DType::I64 && labels.dtype() != DType::I32))
-    throw_bad_input("labels", fmt::format("expected int64{} for logits {}, got {}", shape_str(ls), logits.str(), labels.str()));
-  const int64_t C = logits.dim(-1), rows = labels.numel();
+  const int64_t C = logits.rank() >= 1 ? logits.dim(-1) : 0, rows = labels.numel();
+  std::vector<int64_t> lab = class_labels(logits, labels, vocab_total);
   SMP_CHECK(vocab_begin >= 0 && vocab_begin + C <= vocab_total, "classes [{}, {}) of {}", vocab_begin, vocab_begin + C, vocab_total);
-  std::vector<int64_t> lab = cpu::tensor_ints(labels);
-  for (int64_t y : lab)
-    if (y < 0 || y >= vocab_total) throw_bad_input("labels", fmt::format("class {} out of range [0, {})", y, vocab_total));
   const float* X = logits.data<float>();
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1));
   // 1. the row maxima over the whole vocabulary
   std::vector<float> mx(static_cast<size_t>(rows));
   cpu::pfor(rows, grain, [&](int64_t r0, int64_t r1) {
-    for (int64_t i = r0; i < r1; ++i) {
-      const float* x = X + i * C;
-      float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-      for (int64_t j = 0; j < C; ++j) m = std::max(m, x[j]);
-      mx[static_cast<size_t>(i)] = m;
-    }
+    for (int64_t i = r0; i < r1; ++i) mx[static_cast<size_t>(i)] = row_max(X + i * C, C);
   });
   group.all_reduce(mx.data(), mx.size(), ReduceOp::Max);
   // 2. the sums of exponentials and the target logits (held by one rank, zero on the others)
@@ -87,16 +94,7 @@ LossResult cross_entropy_vocab_parallel(Backend& be, const Tensor& logits, const
   cpu::pfor(rows, grain, [&](int64_t r0, int64_t r1) {
     for (int64_t i = r0; i < r1; ++i) {
       const float* x = X + i * C;
-      float* gr = G + i * C;
-      const float m = mx[static_cast<size_t>(i)];
-      float s = 0;
-#pragma omp simd reduction(+ : s)
-      for (int64_t j = 0; j < C; ++j) {
-        float e = cpu::vexp(x[j] - m);
-        gr[j] = e;
-        s += e;
-      }
-      sums[static_cast<size_t>(i)] = s;
+      sums[static_cast<size_t>(i)] = exp_row(x, G + i * C, C, mx[static_cast<size_t>(i)]);
       const int64_t y = lab[static_cast<size_t>(i)] - vocab_begin;
       if (y >= 0 && y < C) sums[static_cast<size_t>(rows + i)] = x[y];
     }

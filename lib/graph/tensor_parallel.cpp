@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -658,32 +659,25 @@ bool column_candidate(const Graph& g, const Node& n) {
          g.value(t.inputs[0]).kind == ValueKind::Parameter;
 }
 
-// The module path shared by the names of a group's products: "/blocks.0/attn/qkv/MatMul" and
-// "/blocks.0/attn/proj/MatMul" -> "blocks.0/attn"; with nothing shared, "layers.0+layers.1".
+// The module path shared by the names of a group's first and last products, cut at a '/' or '.'
+// boundary: "/blocks.0/attn/qkv/MatMul" and "/blocks.0/attn/proj/MatMul" -> "blocks.0/attn";
+// when they differ by a layer index or share nothing, both: "layers.0+layers.1".
 std::string group_name(const Graph& g, const std::vector<int>& products) {
-  auto parts = [](const std::string& name) {
-    std::vector<std::string> r;
-    size_t b = 0;
-    while (b <= name.size()) {
-      size_t e = name.find('/', b);
-      if (e == std::string::npos) e = name.size();
-      if (e > b) r.push_back(name.substr(b, e - b));
-      b = e + 1;
-    }
-    if (r.size() > 1) r.pop_back();  // the op's own name
-    return r;
+  auto module = [&](int n) {
+    std::string s = g.nodes[static_cast<size_t>(n)].name;
+    while (!s.empty() && s.front() == '/') s.erase(s.begin());
+    const size_t cut = s.rfind('/');
+    return cut == std::string::npos ? s : s.substr(0, cut);  // without the op's own name
   };
-  auto join = [](const std::vector<std::string>& v, size_t n) {
-    std::string s;
-    for (size_t i = 0; i < n && i < v.size(); ++i) s += (i ? "/" : "") + v[i];
-    return s;
-  };
-  const auto first = parts(g.nodes[static_cast<size_t>(products.front())].name);
-  const auto last = parts(g.nodes[static_cast<size_t>(products.back())].name);
+  const std::string a = module(products.front()), b = module(products.back());
+  auto sep = [](const std::string& x, size_t k) { return k == x.size() || x[k] == '/' || x[k] == '.'; };
   size_t k = 0;
-  while (k < first.size() && k < last.size() && first[k] == last[k]) ++k;
-  if (k > 0) return join(first, k);
-  return join(first, first.size()) + "+" + join(last, last.size());
+  while (k < a.size() && k < b.size() && a[k] == b[k]) ++k;
+  while (k > 0 && !(sep(a, k) && sep(b, k))) --k;
+  auto digit_after = [&](const std::string& x) { return k + 1 < x.size() && std::isdigit(static_cast<unsigned char>(x[k + 1])); };
+  if (a == b) return a;
+  if (k == 0 || digit_after(a) || digit_after(b)) return a + "+" + b;
+  return a.substr(0, k);
 }
 
 }  // namespace

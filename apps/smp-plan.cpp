@@ -18,6 +18,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <iostream>
 #include <map>
 
@@ -65,8 +66,18 @@ void print_summary(const smp::graph::GraphSummary& s) {
     fmt::print("  {} groups ({}); every one splits up to {} ways\n", tp.groups.size(), counts, tp.max_degree);
     fmt::print("  sharded:    {} parameters ({:.1f}%)\n", human(static_cast<double>(tp.sharded_parameters), ""),
                total > 0 ? 100.0 * static_cast<double>(tp.sharded_parameters) / total : 0.0);
-    fmt::print("  replicated: {} parameters in {} tensors (e.g. {})\n", human(static_cast<double>(tp.replicated_parameters), ""),
-               tp.replicated.size(), tp.replicated.empty() ? std::string("none") : tp.replicated.front());
+    auto by_op = [](const std::map<std::string, int>& m) {
+      std::vector<std::pair<int, std::string>> v;
+      for (const auto& [op, n] : m) v.emplace_back(-n, op);
+      std::sort(v.begin(), v.end());
+      std::string out;
+      for (size_t i = 0; i < v.size() && i < 6; ++i) out += fmt::format("{}{} {}", i ? ", " : "", -v[i].first, v[i].second);
+      if (v.size() > 6) out += ", ...";
+      return out;
+    };
+    fmt::print("  replicated: {} parameters in {} tensors (read by {})\n", human(static_cast<double>(tp.replicated_parameters), ""),
+               tp.replicated.size(), tp.replicated.empty() ? std::string("none") : by_op(tp.replicated_by_op));
+    fmt::print("              {} nodes outside the groups ({})\n", tp.replicated_nodes, by_op(tp.replicated_nodes_by_op));
     fmt::print("  {:<10} {:<28} {:>6} {:>12} {:>8}  {}\n", "kind", "group", "nodes", "parameters", "up to", "first -> last node");
     const size_t show = tp.groups.size() > 24 ? 12 : tp.groups.size();
     auto row = [&](const smp::graph::TpGroupSummary& t) {

@@ -42,7 +42,16 @@ TpSummary summarize_tensor_parallel(const Graph& g) {
   s.sharded_parameters = a.sharded_params;
   s.replicated_parameters = a.replicated_params;
   for (int p : g.parameters)
-    if (!a.params.count(p)) s.replicated.push_back(g.value(p).name);
+    if (!a.params.count(p)) {
+      s.replicated.push_back(g.value(p).name);
+      const auto& cs = g.value(p).consumers;
+      ++s.replicated_by_op[cs.empty() ? std::string("(unread)") : g.nodes[static_cast<size_t>(cs.front())].op_type];
+    }
+  for (size_t i = 0; i < g.nodes.size(); ++i)
+    if (a.group_of_node[i] < 0) {
+      ++s.replicated_nodes;
+      ++s.replicated_nodes_by_op[g.nodes[i].op_type];
+    }
   s.notes = a.notes;
   if (a.groups.empty()) return s;
   s.max_degree = 2;
@@ -72,6 +81,9 @@ nlohmann::json to_json(const TpSummary& s) {
           {"sharded_parameters", s.sharded_parameters},
           {"replicated_parameters", s.replicated_parameters},
           {"replicated", s.replicated},
+          {"replicated_by_op", s.replicated_by_op},
+          {"replicated_nodes", s.replicated_nodes},
+          {"replicated_nodes_by_op", s.replicated_nodes_by_op},
           {"max_degree", s.max_degree},
           {"notes", s.notes}};
 }

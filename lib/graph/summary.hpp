@@ -29,6 +29,9 @@ struct TpSummary {
   std::vector<TpGroupSummary> groups;
   int64_t sharded_parameters = 0, replicated_parameters = 0;
   std::vector<std::string> replicated;  // names of the parameters every rank keeps whole
+  std::map<std::string, int> replicated_by_op;  // those, by the op type of their first reader
+  int replicated_nodes = 0;                     // compute nodes outside every group
+  std::map<std::string, int> replicated_nodes_by_op;
   std::vector<std::string> notes;       // candidates not taken, and why
   int max_degree = 1;                   // largest split every group allows (1: none found)
 };

@@ -4,11 +4,12 @@ it: the packed in_proj (one MatMul, then three Slices), the [T, B*H, hd] head re
 out_proj as a Gemm with its bias. Tests of tensor parallelism use it beside the GPT sample
 (scripts/sample_models.py), whose attention is written by hand.
 
-    mha_decoder.py OUT.onnx     # writes the model (deterministic weights), prints its parameter count
+    mha_decoder.py OUT.onnx [--with-loss]   # writes the model (deterministic weights), prints its parameter count
 
 Config: vocab 512, d_model 64, 4 heads, sequence 16, 2 blocks (pre-LN, GELU MLP of 4 x d),
 causal mask as an attn_mask, untied LM head; input input_ids int64 [batch, 16], output logits
-float32 [batch, 16, 512]. Exported with opset 17, TrainingMode.TRAINING and no constant folding
+float32 [batch, 16, 512]. With --with-loss the graph also takes labels int64 [batch, 16] and its
+output is F.cross_entropy's loss (Reshape to [batch*16, 512], SoftmaxCrossEntropyLoss), a scalar. Exported with opset 17, TrainingMode.TRAINING and no constant folding
 (an eval-mode export ties equal initializers). Needs Debian's python3-torch (/usr/bin/python3).
 """
 import os
@@ -57,23 +58,39 @@ class Decoder(nn.Module):
         return self.head(self.ln(x))
 
 
-def export(path):
-    torch.manual_seed(1234)
-    model = Decoder()
-    model.train()
-    ids = torch.randint(0, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(0))
-    torch.onnx.export(model, (ids,), path, opset_version=17, training=torch.onnx.TrainingMode.TRAINING,
-                      do_constant_folding=False, input_names=["input_ids"], output_names=["logits"],
-                      dynamic_axes={"input_ids": {0: "batch"}, "logits": {0: "batch"}})
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import sample_models  # the samples' fix of the declared output shape
+class WithLoss(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.decoder = Decoder()
 
-    sample_models._tidy(path, {"output": {"shape": ["batch", SEQ, VOCAB]}})
+    def forward(self, ids, labels):  # -> the mean cross-entropy, a scalar
+        return F.cross_entropy(self.decoder(ids).reshape(-1, VOCAB), labels.reshape(-1))
+
+
+def export(path, with_loss=False):
+    torch.manual_seed(1234)
+    model = WithLoss() if with_loss else Decoder()
+    model.train()
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, VOCAB, (2, SEQ), generator=gen)
+    if with_loss:
+        labels = torch.randint(0, VOCAB, (2, SEQ), generator=gen)
+        torch.onnx.export(model, (ids, labels), path, opset_version=17, training=torch.onnx.TrainingMode.TRAINING,
+                          do_constant_folding=False, input_names=["input_ids", "labels"], output_names=["loss"],
+                          dynamic_axes={"input_ids": {0: "batch"}, "labels": {0: "batch"}})
+    else:
+        torch.onnx.export(model, (ids,), path, opset_version=17, training=torch.onnx.TrainingMode.TRAINING,
+                          do_constant_folding=False, input_names=["input_ids"], output_names=["logits"],
+                          dynamic_axes={"input_ids": {0: "batch"}, "logits": {0: "batch"}})
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import sample_models  # the samples' fix of the declared output shape
+
+        sample_models._tidy(path, {"output": {"shape": ["batch", SEQ, VOCAB]}})
     return sum(p.numel() for p in model.parameters())
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3) or (len(sys.argv) == 3 and sys.argv[2] != "--with-loss"):
         print(__doc__, file=sys.stderr)
         sys.exit(2)
-    print(export(sys.argv[1]))
+    print(export(sys.argv[1], len(sys.argv) == 3))

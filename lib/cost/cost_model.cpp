@@ -224,6 +224,12 @@ GraphCost::GraphCost(const graph::Graph& g, int64_t batch_size, const CostOption
 
     // Tensor-parallel collectives.
     if (d && d->op == graph::Op::TpAllReduce) m.allreduce_fwd = dy;
+    if (d && d->op == graph::Op::TpSoftmaxCrossEntropyLoss) {
+      // a float per position for the maxima, two for the sums and target scores, both passes
+      Affine pos = elems_of(n.inputs[1]);
+      m.allreduce_fwd = Affine{12 * pos.c, 12 * pos.b};
+      if (!act_grad.empty()) m.allreduce_bwd = m.allreduce_fwd;
+    }
     if (d && d->op == graph::Op::TpCopy && !act_grad.empty()) {
       m.bwd_in.runs = true;  // copy the gradient, all-reduce it, add it
       m.bwd_in.bytes = Affine{3 * dy.c, 3 * dy.b};

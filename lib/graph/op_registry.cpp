@@ -262,6 +262,9 @@ constexpr OpDef kOps[] = {
     {Op::TpAllReduce, "TpAllReduce", C::DataMovement, b(0), kNone, kNone, cost_data_movement},
     // Gather of the rank's rows of a vocabulary-split table (attribute start): zeros elsewhere.
     {Op::TpVocabGather, "TpVocabGather", C::DataMovement, b(0), b(1), kNone, cost_data_movement},
+    // SoftmaxCrossEntropyLoss over scores split by class (attributes start, classes): the row
+    // maxima, sums of exponentials and target scores reduced over the group, forward and backward.
+    {Op::TpSoftmaxCrossEntropyLoss, "TpSoftmaxCrossEntropyLoss", C::Loss, b(0), b(0) | b(1), kNone, cost_sce_loss},
 };
 
 constexpr bool registry_in_enum_order() {

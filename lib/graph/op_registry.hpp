@@ -35,7 +35,7 @@ enum class Op : int {
   // losses
   SoftmaxCrossEntropyLoss,
   // tensor parallelism: inserted by graph/tensor_parallel.hpp, never read from a file
-  TpCopy, TpAllReduce, TpVocabGather,
+  TpCopy, TpAllReduce, TpVocabGather, TpSoftmaxCrossEntropyLoss,
   kCount
 };
 

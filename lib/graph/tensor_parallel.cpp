@@ -234,6 +234,7 @@ class Attempt {
   std::map<int, TpRewrite> rewrites;
   int out_value = -1;
   bool attention = false;
+  bool vocab_loss = false;  // the split closes in a vocabulary-parallel SoftmaxCrossEntropyLoss
 
  private:
   bool fail(const Node& n, const std::string& what) {
@@ -489,6 +490,17 @@ class Attempt {
       if (!o) return fail(node, "the split does not map onto the new shape");
       return set_spec(node, y, *o);
     }
+    if (op == "SoftmaxCrossEntropyLoss") {
+      // scores [N, C, ...] split over the classes: the loss (replicated) closes the group
+      const ShardSpec s = spec_of(node.inputs[0]);
+      if (s.axis != 1 || s.outer != 1) return fail(node, "its scores are split on another axis than the classes");
+      if (node.inputs.size() < 2 || node.inputs[1] < 0 || spec.count(node.inputs[1])) return fail(node, "its labels are split");
+      if (node.inputs.size() > 2 && node.inputs[2] >= 0) return fail(node, "class weights");
+      if (node.outputs.size() > 1 && node.outputs[1] >= 0) return fail(node, "its log-probability output");
+      rewrites[n].vocab_loss = true;
+      vocab_loss = true;
+      return true;
+    }
     if (op == "Split") return split(n);
     if (op == "Slice") return slice(n);
     if (op == "Gather") {
@@ -631,6 +643,10 @@ class Attempt {
       for (int v : g_.value(out_value).consumers) return fail(g_.nodes[static_cast<size_t>(v)], "reads the split output");
       return true;
     }
+    if (vocab_loss) {
+      if (!row.empty()) return fail(g_.nodes[static_cast<size_t>(row[0])], "a row-parallel product before the loss");
+      return true;
+    }
     if (uneven) return fail(g_.nodes[static_cast<size_t>(column[0])], "columns do not split evenly");
     if (row.empty()) return fail(g_.nodes[static_cast<size_t>(column[0])], "no row-parallel product closes the split");
     return true;
@@ -754,7 +770,7 @@ TpAnalysis analyze_tensor_parallel(const Graph& g, int T) {
           Attempt at(g, T, taken, a.params);
           if (at.run(seeds)) {
             TpGroup grp;
-            grp.kind = at.out_value >= 0 ? TpKind::LmHead : at.attention ? TpKind::Attention : TpKind::Mlp;
+            grp.kind = at.out_value >= 0 || at.vocab_loss ? TpKind::LmHead : at.attention ? TpKind::Attention : TpKind::Mlp;
             accept(std::move(grp), at);
             done = true;
             break;
@@ -970,6 +986,17 @@ Graph shard_graph(const Graph& g, const TpAnalysis& a, int rank, const ShardOpti
       if (rw->gemm_bias_after) {
         bias = n.inputs[2];
         n.inputs.resize(2);
+      }
+      if (rw->vocab_loss) {
+        n.op_type = "TpSoftmaxCrossEntropyLoss";
+        const ShardSpec& s = a.values.at(n.inputs[0]);
+        const int64_t classes = g.value(n.inputs[0]).shape[1];
+        Attribute at;
+        at.kind = Attribute::Kind::Int;
+        at.i = shard_begin(classes, T, rank, s.uneven);
+        n.attrs["start"] = at;
+        at.i = classes;
+        n.attrs["classes"] = at;
       }
       if (rw->vocab_gather) {
         n.op_type = "TpVocabGather";

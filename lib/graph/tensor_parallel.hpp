@@ -19,7 +19,9 @@
 // [V, d], token ids) — is split by vocabulary rows (TpVocabGather: ids outside the rank's rows
 // give zeros, then TpAllReduce); an LM head — a column-parallel product whose split output is
 // the model's only output — leaves the logits split over the vocabulary for the
-// vocabulary-parallel cross-entropy (runtime/loss.hpp). Anything else stays replicated; a
+// vocabulary-parallel cross-entropy (runtime/loss.hpp); one whose split logits (reshaped as
+// PyTorch's F.cross_entropy does) reach a SoftmaxCrossEntropyLoss in the graph gets that loss
+// computed vocabulary-parallel in place (TpSoftmaxCrossEntropyLoss, the loss replicated). Anything else stays replicated; a
 // candidate whose split would reach an op that cannot keep it (a LayerNorm over the split axis,
 // a replicated activation of full size on it, the output of the model) is not taken, with the
 // reason kept for the summary.
@@ -88,6 +90,7 @@ struct TpRewrite {
   std::map<int, ShardSpec> const_inputs;  // input index -> split of a full-size constant
   bool gemm_bias_after = false;           // row-parallel Gemm: its C is added after the all-reduce
   bool vocab_gather = false;              // the embedding Gather becomes TpVocabGather
+  bool vocab_loss = false;                // SoftmaxCrossEntropyLoss over split classes becomes TpSoftmaxCrossEntropyLoss
 };
 
 struct TpAnalysis {

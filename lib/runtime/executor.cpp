@@ -74,7 +74,7 @@ StageExecutor::StageExecutor(const graph::Graph& g, std::vector<int> nodes, Back
     r.diff = def->differentiable_inputs;
     r.saved_in = def->saved_inputs;
     r.saved_out = def->saved_outputs;
-    if ((def->op == Op::TpCopy || def->op == Op::TpAllReduce) && !opts.collectives)
+    if ((def->op == Op::TpCopy || def->op == Op::TpAllReduce || def->op == Op::TpSoftmaxCrossEntropyLoss) && !opts.collectives)
       throw_bad_input(where, "a tensor-parallel collective, but the stage has no tensor-parallel group",
                       "run the graph split by graph::shard_graph with ExecutorOptions::collectives");
     NodeView view(g, n, def->op);

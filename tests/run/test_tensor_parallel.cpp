@@ -3,12 +3,15 @@
 // GPT sample and of a decoder built from torch.nn.MultiheadAttention (scripts/mha_decoder.py,
 // exported into the test's directory), under (pipeline, tensor, data) = (1, 2, 1), (2, 2, 1) and
 // (1, 2, 2), each with and without --shard-optimizer, for 1f1b and zb-h1, each run by real worker
-// processes under mpirun. The losses must equal the single-process run's within 1e-4 relative.
+// processes under mpirun. The losses must equal the single-process run's within 1e-4 relative;
+// likewise the decoder with its loss in the graph (the LM head's SoftmaxCrossEntropyLoss split).
 // Then checkpoints: a split run resumed from its shards continues exactly, and its --export
 // (the shards joined) holds the weights the single process trains (with momentum SGD).
 #include "run_util.hpp"
 
 #include "train/checkpoint.hpp"
+
+#include <nlohmann/json.hpp>
 
 #include <cmath>
 
@@ -57,13 +60,18 @@ std::vector<double> run_plan(const fs::path& plan, const fs::path& dir, const st
   return got;
 }
 
-void check_model(const std::string& name, const fs::path& model, const fs::path& dir) {
-  const std::vector<double> single = run_plan(plan_for(dir, model.string(), {1, 1, 1, "1f1b", false}), dir);
+std::vector<Config> every_config() {
   std::vector<Config> configs;
   for (const char* sched : {"1f1b", "zb-h1"})
     for (bool shard : {false, true})
       for (auto [p, t, d] : {std::tuple{1, 2, 1}, std::tuple{2, 2, 1}, std::tuple{1, 2, 2}})
         configs.push_back({p, t, d, sched, shard});
+  return configs;
+}
+
+void check_model(const std::string& name, const fs::path& model, const fs::path& dir,
+                 const std::vector<Config>& configs = every_config()) {
+  const std::vector<double> single = run_plan(plan_for(dir, model.string(), {1, 1, 1, "1f1b", false}), dir);
   for (const auto& c : configs) {
     std::string label = fmt::format("{}: pipeline {}, tensor {}, data {}, {}{}", name, c.p, c.t, c.d, c.schedule,
                                     c.shard ? ", optimizer state split" : "");
@@ -107,6 +115,25 @@ TEST_CASE("nn.MultiheadAttention decoder: tensor-parallel and optimizer-sharded 
   INFO(e.out);
   REQUIRE(e.exit_code == 0);
   check_model("mha", model, dir);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("the decoder with its loss in the graph: the LM head's SoftmaxCrossEntropyLoss runs vocabulary-parallel") {
+  auto dir = test::temp_dir("tp_mha_loss");
+  fs::path model = dir / "mha-loss.onnx";
+  auto e = test::sh(fmt::format("{} {} {} --with-loss", SMP_PYTHON, test::src("scripts/mha_decoder.py"), model.string()));
+  INFO(e.out);
+  REQUIRE(e.exit_code == 0);
+  // the plan names the split loss's group
+  auto plan = plan_for(dir, model.string(), {1, 2, 1, "1f1b", false});
+  std::ifstream f(plan);
+  auto j = nlohmann::json::parse(f);
+  bool head = false;
+  for (const auto& g : j["tensor_parallel"]["groups"])
+    head |= g["kind"] == "lm_head" && g["last_node"] == "/SoftmaxCrossEntropyLoss";
+  CHECK(head);
+  check_model("mha with its loss", model, dir,
+              {{1, 2, 1, "1f1b", false}, {2, 2, 1, "zb-h1", true}, {1, 2, 2, "1f1b", true}});
   fs::remove_all(dir);
 }
 

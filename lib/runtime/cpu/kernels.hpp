@@ -45,6 +45,7 @@ SMP_KERNEL(sce_loss)
 SMP_KERNEL(tp_copy)
 SMP_KERNEL(tp_allreduce)
 SMP_KERNEL(tp_vocab_gather)
+SMP_KERNEL(tp_sce_loss)
 
 #undef SMP_KERNEL
 

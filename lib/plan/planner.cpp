@@ -16,6 +16,7 @@
 #include <regex>
 #include <set>
 #include <tuple>
+#include <unordered_map>
 
 namespace smp::plan {
 
@@ -122,10 +123,16 @@ namespace {
 
 // Module index in a node name: "/blocks.3/attn/MatMul" -> "blocks.3".
 std::string module_index(const std::string& name) {
+  // A pure function of the name, asked again for every stage count and every degree's graph:
+  // remembered (the regex costs microseconds per name).
+  static std::unordered_map<std::string, std::string> seen;
+  auto it = seen.find(name);
+  if (it != seen.end()) return it->second;
   static const std::regex re(R"(([A-Za-z_][A-Za-z0-9_]*)[./](\d+)(?=[./]|$))");
   std::smatch m;
-  if (std::regex_search(name, m, re)) return m[1].str() + "." + m[2].str();
-  return "";
+  std::string r = std::regex_search(name, m, re) ? m[1].str() + "." + m[2].str() : "";
+  if (seen.size() > (1u << 20)) seen.clear();
+  return seen.emplace(name, std::move(r)).first->second;
 }
 
 bool has_params(const graph::Graph& g, const graph::Node& n) {

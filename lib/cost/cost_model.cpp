@@ -49,6 +49,7 @@ const graph::OpDef* def_of(const graph::Node& n) {
 Affine GraphCost::value_bytes(int v) const {
   const auto& val = g_->value(v);
   double bytes = static_cast<double>(val.bytes());
+  if (opt_.precision == Precision::BF16 && val.dtype == DType::F32 && val.kind == ValueKind::Activation) bytes /= 2;
   if (batch_dependent(v)) return Affine{0, bytes / static_cast<double>(batch_)};
   return Affine{bytes, 0};
 }
@@ -93,7 +94,9 @@ GraphCost::GraphCost(const graph::Graph& g, int64_t batch_size, const CostOption
   auto elems_of = [&](int id) {
     if (id < 0) return Affine{};
     Affine b = value_bytes(id);
-    double es = static_cast<double>(std::max<int64_t>(1, dtype_size(g.value(id).dtype)));
+    const auto& val = g.value(id);
+    double es = static_cast<double>(std::max<int64_t>(1, dtype_size(val.dtype)));
+    if (opt_.precision == Precision::BF16 && val.dtype == DType::F32 && val.kind == ValueKind::Activation) es = 2;
     return Affine{b.c / es, b.b / es};
   };
   auto scale = [&](double x, bool dep) {

@@ -34,7 +34,11 @@
 //     reads the output once, forward and backward), charged to the node that produces it.
 //
 // Memory of a stage for one microbatch:
-//   static = weights + gradients + optimizer state (sgd 0, momentum 1x, adamw 2x the weights)
+//   static = weights + gradients + optimizer state (sgd 0, momentum 1x, adamw 2x the weights),
+//            + a bfloat16 copy of the weights (0.5x) with bf16 compute
+// With bf16 compute (--dtype bf16) float32 activations are stored, sent and all-reduced as
+// bfloat16 (2 bytes an element), as the CUDA backend runs them; weights, gradients, optimizer
+// state and the data-parallel gradient all-reduce stay float32.
 //   act    = saved tensors of its nodes (registry declaration, deduplicated, views resolved to the
 //            tensor they alias) + the tensors it receives (stage inputs it consumes)
 //   w_keep = with B / W split: what W still needs after B (the activation inputs of the nodes
@@ -123,7 +127,9 @@ class GraphCost {
   bool batch_dependent(int value) const { return batch_dep_[static_cast<size_t>(value)] != 0; }
   bool needs_grad(int value) const { return needs_grad_[static_cast<size_t>(value)] != 0; }
   int storage_root(int value) const { return root_[static_cast<size_t>(value)]; }
-  Affine value_bytes(int value) const;  // bytes at microbatch u
+  // Bytes at microbatch u, in the dtype the executor stores the value in: with bf16 compute, float32
+  // activations are bfloat16 (runtime::exec_dtype); inputs, parameters and constants keep theirs.
+  Affine value_bytes(int value) const;
 
   // One microbatch of u samples on `dev`; `measured` set when the profile supplied it.
   // `in_flight` in [0, 1] moves a measured time from the profile's one-microbatch-in-flight value
@@ -165,7 +171,10 @@ class GraphCost {
     Affine workspace;            // evaluated at u by stage_memory(); max over nodes
   };
   StageMemory stage_memory(int a, int b, double u) const;
-  double static_bytes(double param_bytes) const { return param_bytes * (2.0 + optimizer_factor(opt_.optimizer)); }
+  // Bytes per weight byte of the weights and their gradients: 2, or 2.5 with bf16 compute (the
+  // float32 master weights keep a bfloat16 copy, as the executor's memory plan does).
+  double weight_grad_factor() const { return opt_.precision == Precision::BF16 ? 2.5 : 2.0; }
+  double static_bytes(double param_bytes) const { return param_bytes * (weight_grad_factor() + optimizer_factor(opt_.optimizer)); }
 
   // Stage [a, b) input (received) and output (sent) tensors, ascending value ids.
   std::vector<int> stage_inputs(int a, int b) const;   // produced before a (or graph inputs), consumed in [a, b)

@@ -738,7 +738,7 @@ class Search {
       }
       sp.timing = measured == 0 ? "estimated" : measured == total ? "measured" : "partly measured";
       const double A = mem.act.at(u), R = mem.received.at(u), W = mem.w_keep.at(u), ws = mem.workspace.c;
-      const double stat = mem.param_bytes * (2 + opt_f);
+      const double stat = mem.param_bytes * (gc_.weight_grad_factor() + opt_f);
       auto front = [&](double act) {
         double mx = 0;
         for (auto& [x, y] : sl.pts) mx = std::max(mx, x * act + y * W);
@@ -771,7 +771,7 @@ class Search {
       sc.f_s = sp.f_s;
       sc.b_s = sp.b_s;
       sc.w_s = sp.w_s;
-      sc.weight_bytes = mem.param_bytes;
+      sc.weight_bytes = mem.param_bytes * (gc_.weight_grad_factor() - 1);  // with a bf16 copy
       sc.grad_bytes = mem.param_bytes;
       sc.optimizer_bytes = mem.param_bytes * opt_f;
       sc.act_bytes = sp.act_bytes;
@@ -868,7 +868,7 @@ struct Space {
   std::map<int, std::pair<std::vector<int>, std::vector<int>>> baseline_cache;  // by stage count
   std::vector<std::pair<int, int>> pds;  // (p, d) over the groups it uses
   int n_used = 0;                        // groups used
-  double static_total = 0;               // weights + gradients + optimizer state of one rank's graph
+  double param_bytes = 0;                // the weights of one rank's graph
 
   const UData& get_u(double u) {
     const int64_t key = static_cast<int64_t>(std::llround(u));
@@ -918,7 +918,7 @@ std::unique_ptr<Space> make_space(const PlanInputs& in, const PlanOptions& opt, 
   sp->search = std::make_unique<Search>(sp->in, opt);
   double param_bytes = 0;
   for (int p : sp->in.graph->parameters) param_bytes += static_cast<double>(sp->in.graph->value(p).bytes());
-  sp->static_total = param_bytes * 2;  // + the optimizer state, which depends on sharding
+  sp->param_bytes = param_bytes;
   return sp;
 }
 
@@ -1133,16 +1133,29 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
                     "choose --stages and --microbatches accordingly, or another schedule");
   plan.configs_considered = static_cast<int>(configs.size());
 
-  // Estimates (balanced stages) and lower bounds (m * work / p).
+  // Estimates (balanced stages) and lower bounds (m * work / p). The estimate adds a forward
+  // where the first rank's weights, gradients, optimizer state and the activations of the
+  // microbatches it keeps in flight (p of them, all m with gpipe) would not fit the smallest
+  // device: the DP's plan then recomputes, and a configuration that looks fast on time alone
+  // must not crowd out the ones that fit without it.
+  double cap_min = kInf;
+  for (const auto& k : cl.kinds) cap_min = std::min(cap_min, static_cast<double>(k.memory_bytes));
   for (auto& c : configs) {
     Space& sp = *spaces[static_cast<size_t>(c.space)];
     const UData& U = sp.get_u(c.u);
-    double total_param_bytes = sp.static_total / 2;
+    const int K = sp.T.K;
+    double total_param_bytes = sp.param_bytes;
     double per_rank = U.total_fast / c.p;
     double bf = c.schedule == "interleaved" ? 1.0 / c.v : c.schedule == "zb-h1" ? 1.0 / 3 : 1.0;
     double ar = c.d > 1 ? 2.0 * (c.d - 1) / c.d * total_param_bytes / c.p / bw_min : 0;
     c.lb = c.m * per_rank;
-    c.est = (c.m + bf * (c.p - 1)) * per_rank + ar;
+    const double in_flight = c.schedule == "gpipe" ? c.m : std::min(c.m, c.p);
+    const double act = sp.T.A[sp.T.at(0, K)].at(c.u) / c.p * in_flight;
+    const double stat = total_param_bytes / c.p * (sp.in.cost->weight_grad_factor() + opt_f * c.optimizer_share());
+    double fwd = kInf;
+    for (size_t k = 0; k < U.PF.size(); ++k) fwd = std::min(fwd, U.PF[k][static_cast<size_t>(K)]);
+    const double rc = stat + act > cap_min ? fwd / c.p : 0;
+    c.est = (c.m + bf * (c.p - 1)) * (per_rank + rc) + ar;
   }
   std::stable_sort(configs.begin(), configs.end(), [](const Config& a, const Config& b) { return a.est < b.est; });
 
@@ -1182,7 +1195,7 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
     const schedule::Schedule& s = sit->second.first;
     std::vector<Slot> slots = make_slots(c, s, scl, sit->second.second);
     // Quick memory check: all the slots together must hold the weights, gradients and optimizer.
-    const double static_total = sp.static_total + sp.static_total / 2 * opt_f * c.optimizer_share();
+    const double static_total = sp.param_bytes * (sp.in.cost->weight_grad_factor() + opt_f * c.optimizer_share());
     double cap_sum = 0;
     for (const auto& sl : slots) cap_sum += sl.cap;
     if (cap_sum < static_total) {
@@ -1201,7 +1214,7 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
     double sum_lb = kInf;
     for (size_t k = 0; k < scl.kinds.size(); ++k)
       sum_lb = std::min(sum_lb, U.PF[k][static_cast<size_t>(K)] + U.PB[k][static_cast<size_t>(K)] + U.PW[k][static_cast<size_t>(K)]);
-    Oracle o{&sp.T, &U, &slots, 2 + opt_f * c.optimizer_share(), opt.recompute, sum_lb, {}, {}};
+    Oracle o{&sp.T, &U, &slots, sp.in.cost->weight_grad_factor() + opt_f * c.optimizer_share(), opt.recompute, sum_lb, {}, {}};
 
     DpOptions dpo;
     if (opt.max_walk > 0) dpo.max_walk = opt.max_walk;
@@ -1268,7 +1281,7 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
     for (const auto& k : cl.kinds) cap_max = std::max(cap_max, k.memory_bytes);
     double total_param_bytes = 0;
     for (int p : g.parameters) total_param_bytes += static_cast<double>(g.value(p).bytes());
-    const double static_total = total_param_bytes * (2 + opt_f);
+    const double static_total = total_param_bytes * (gc.weight_grad_factor() + opt_f);
     std::string what = fmt::format("no plan fits in memory on {}", cl.summary());
     std::string hint;
     if (static_total > static_cast<double>(cl.size()) * cap_max) {
@@ -1535,7 +1548,7 @@ DpCheck dp_against_brute_force(const PlanInputs& in0, const Plan& plan, const Pl
   double sum_lb = kInf;
   for (size_t k = 0; k < cl.kinds.size(); ++k)
     sum_lb = std::min(sum_lb, U.PF[k][static_cast<size_t>(T.K)] + U.PB[k][static_cast<size_t>(T.K)] + U.PW[k][static_cast<size_t>(T.K)]);
-  Oracle o{&T, &U, &slots, 2 + cost::optimizer_factor(gc.options().optimizer) * c.optimizer_share(), opt.recompute, sum_lb, {}, {}};
+  Oracle o{&T, &U, &slots, gc.weight_grad_factor() + cost::optimizer_factor(gc.options().optimizer) * c.optimizer_share(), opt.recompute, sum_lb, {}, {}};
   DpCheck r;
   r.atoms = T.K;
   r.stages = static_cast<int>(slots.size());
@@ -1561,7 +1574,7 @@ std::vector<StageMemoryCheck> check_memory_agreement(const PlanInputs& in0, cons
   std::vector<Slot> slots = make_slots(c, plan.schedule, *in.cluster);
   Evaluated ev = search.evaluate(c, plan.schedule, slots, plan.bounds);
   std::vector<StageMemoryCheck> out;
-  const double opt_f = 2 + cost::optimizer_factor(in.cost->options().optimizer) * c.optimizer_share();
+  const double opt_f = in.cost->weight_grad_factor() + cost::optimizer_factor(in.cost->options().optimizer) * c.optimizer_share();
   for (const auto& sp : ev.stages) {
     const Slot& sl = slots[static_cast<size_t>(sp.index)];
     double front = 0;

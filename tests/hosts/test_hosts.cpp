@@ -418,12 +418,17 @@ TEST_CASE("SIGTERM and SIGINT at a random step: the step finishes, a checkpoint,
     const std::string job = split_lines(sub.out).back();
     // The job's state from slurmctld ("?" when it did not answer). Not squeue: between a requeue
     // and the job's return to the queue, squeue can show nothing, which read as "finished".
+    std::string states;  // every change of state seen, for the failure message
     auto job_state = [&] {
       auto q = test::sh("scontrol show job -o " + job);
       std::smatch st;
-      if (q.exit_code != 0 || !std::regex_search(q.out, st, std::regex(R"(JobState=(\S+))"))) return std::string("?");
-      return st[1].str();
+      std::string s = "?";
+      if (q.exit_code == 0 && std::regex_search(q.out, st, std::regex(R"(JobState=(\S+).*Reason=(\S+))")))
+        s = st[1].str() + "(" + st[2].str() + ")";
+      if (states.size() < s.size() || states.compare(states.size() - s.size(), s.size(), s) != 0) states += " " + s;
+      return s.substr(0, s.find('('));
     };
+    INFO("job states: ", states);
     // Finished for good; CANCELLED is left out, since a job being requeued passes through it.
     auto job_done = [&] {
       const std::string s = job_state();

@@ -69,10 +69,10 @@ int main(int argc, char** argv) {
       double t2 = now_s();
       double el = p.baselines[0].available && p.baselines[0].prediction.fits ? p.baselines[0].prediction.step_s / p.prediction.step_s : 0;
       double ep = p.baselines[1].available && p.baselines[1].prediction.fits ? p.baselines[1].prediction.step_s / p.prediction.step_s : 0;
-      fmt::print("{:<12} {:>9.3f} {:>9.3f} {:>6.0f} MiB {:>12.4g}  {} stages x {} replicas, {} microbatches, {}; {} of {} cut "
+      fmt::print("{:<12} {:>9.3f} {:>9.3f} {:>6.0f} MiB {:>12.4g}  {} stages x {} replicas x TP {}, {} microbatches, {}; {} of {} cut "
                  "positions, {} configs partitioned; vs equal-layers {:.2f}x, vs equal-parameters {:.2f}x\n",
-                 c, t1 - t0, t2 - t1, peak_rss_mib(), p.prediction.step_s, p.stages, p.data_parallel, p.microbatches,
-                 p.schedule_name, p.positions_seen, p.positions_total, p.configs_evaluated, el, ep);
+                 c, t1 - t0, t2 - t1, peak_rss_mib(), p.prediction.step_s, p.stages, p.data_parallel, p.tensor_parallel,
+                 p.microbatches, p.schedule_name, p.positions_seen, p.positions_total, p.configs_evaluated, el, ep);
     }
     fmt::print("\nsamples, batch 1024: the plan's predicted speedup over equal layers / equal parameters per stage "
                "(same microbatches, schedule and devices)\n");

@@ -55,6 +55,12 @@ bool family_compute_bound(KernelFamily f);
 // (those keep the roofline).
 std::optional<KernelFamily> kernel_family(const graph::Graph& g, const graph::Node& n);
 
+// What cuBLAS / cuDNN-class and well-written memory-bound GPU kernels reach, per family, as a
+// fraction of the peak FLOP/s (gemm, batched_matmul, conv, transcendental) or of the memory
+// bandwidth (the rest): docs/cost-model.md gives the sources. A GPU profile (smp-profile on the
+// GPU) replaces these with each node's measured times.
+std::vector<double> gpu_kernel_efficiency();
+
 struct CalibrationCurve {
   struct Point {
     double work = 0, seconds = 0;

@@ -83,7 +83,8 @@ struct Reader {
 bool DeviceSpec::same_as(const DeviceSpec& o) const {
   return kind == o.kind && name == o.name && memory_bytes == o.memory_bytes && peak_flops_fp32 == o.peak_flops_fp32 &&
          peak_flops_bf16 == o.peak_flops_bf16 && memory_bandwidth == o.memory_bandwidth &&
-         kernel_overhead_s == o.kernel_overhead_s && calibration == o.calibration && threads == o.threads;
+         kernel_overhead_s == o.kernel_overhead_s && efficiency == o.efficiency && calibration == o.calibration &&
+         threads == o.threads;
 }
 
 LinkSpec Cluster::link(int i, int j) const {
@@ -166,6 +167,20 @@ Cluster cluster_from_json(const json& j, const std::string& where) {
       s.peak_flops_bf16 = r.number(pf, dp + "peak_flops.", "bf16");
       s.memory_bandwidth = r.number(dj, dp, "memory_bandwidth");
       s.kernel_overhead_s = r.number(dj, dp, "kernel_overhead_s", true, false, s.kind == "gpu" ? 5e-6 : 1e-6);
+      if (s.kind == "gpu") s.efficiency = gpu_kernel_efficiency();
+      if (dj.contains("efficiency")) {
+        const json& ej = r.object(dj, dp, "efficiency");
+        if (s.efficiency.empty()) s.efficiency.assign(kKernelFamilies, 1.0);
+        for (auto it = ej.begin(); it != ej.end(); ++it) {
+          auto f = family_from_name(it.key());
+          std::string names;
+          for (int i = 0; i < kKernelFamilies; ++i) names += fmt::format("{}{}", i ? ", " : "", family_name(static_cast<KernelFamily>(i)));
+          if (!f) r.fail(dp + "efficiency." + it.key(), "is not a kernel family", "one of " + names);
+          const double x = r.number(ej, dp + "efficiency.", it.key().c_str());
+          if (x > 1) r.fail(dp + "efficiency." + it.key(), fmt::format("{} is above 1", x), "a fraction of the peak, in (0, 1]");
+          s.efficiency[static_cast<size_t>(*f)] = x;
+        }
+      }
       int k = -1;
       for (size_t i = 0; i < c.kinds.size(); ++i)
         if (c.kinds[i].same_as(s)) k = static_cast<int>(i);

@@ -37,6 +37,11 @@ struct DeviceSpec {
   double peak_flops_bf16 = 0;
   double memory_bandwidth = 0;   // bytes/s
   double kernel_overhead_s = 0;  // per kernel launch
+  // Per cost::KernelFamily (cost/calibration.hpp), the fraction of the peak its kernels reach: of
+  // the peak FLOP/s for the compute-bound families, of the memory bandwidth for the rest. Empty:
+  // the roofline at the peaks. A GPU gets published figures (gpu_kernel_efficiency()) unless its
+  // description gives its own ("efficiency" in the cluster file).
+  std::vector<double> efficiency;
   // This machine's measured kernels (smp-plan without --cluster): unprofiled nodes are priced by
   // them instead of the roofline, for a worker of `threads` compute threads, and the planner
   // charges the workers' sharing of the cores. Null for described devices.

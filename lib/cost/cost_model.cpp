@@ -349,10 +349,21 @@ PassTimes GraphCost::compute_time(int node, double u, const DeviceSpec& dev, boo
   }
   const NodeModel& m = model_[static_cast<size_t>(node)];
   if (dev.calibration) return calibrated_time(m, u, dev, busy);
-  const double peak = dev.peak_flops(opt_.precision);
+  double peak = dev.peak_flops(opt_.precision), bw = dev.memory_bandwidth;
+  if (!dev.efficiency.empty() && m.family >= 0) {
+    // The family's efficiency on its bound; a product's operands stream at the elementwise one.
+    const auto f = static_cast<KernelFamily>(m.family);
+    const double e = dev.efficiency[static_cast<size_t>(m.family)];
+    if (family_compute_bound(f)) {
+      peak *= e;
+      bw *= dev.efficiency[static_cast<size_t>(KernelFamily::Elementwise)];
+    } else {
+      bw *= e;
+    }
+  }
   auto t = [&](const Pass& p) {
     if (!p.runs) return 0.0;
-    return std::max(p.flops.at(u) / peak, p.bytes.at(u) / dev.memory_bandwidth) + dev.kernel_overhead_s;
+    return std::max(p.flops.at(u) / peak, p.bytes.at(u) / bw) + dev.kernel_overhead_s;
   };
   return PassTimes{t(m.fwd), t(m.bwd_in), t(m.bwd_w)};
 }

@@ -6,6 +6,8 @@
 //
 // Time of one pass of one node on a device (roofline):
 //   t = max(FLOPs / peak FLOP/s (fp32 or bf16), bytes / memory bandwidth) + kernel overhead
+// with the peak (compute-bound families) or the bandwidth (the rest) scaled by the kernel
+// family's efficiency where the device has them (DeviceSpec::efficiency: a GPU's published ones).
 // (no overhead for a pass that does not run: views, or a backward nothing needs). On a device
 // with a kernel calibration (this machine, measured: cost/calibration.hpp) a pass is priced by its
 // kernel family's measured curve at the pass's work (FLOPs of the products, bytes of the rest),
@@ -86,7 +88,7 @@ struct NodeModel {
   Pass fwd, bwd_in, bwd_w;
   // Of fwd / bwd_in, the softmax cross-entropy charged to a float graph output the node makes.
   Pass loss_fwd, loss_bwd;
-  int family = -1;                   // cost::KernelFamily on calibrated devices; -1: none (free, or roofline)
+  int family = -1;                   // cost::KernelFamily (calibrated devices, efficiencies); -1: none (free, or roofline)
   Affine allreduce_fwd, allreduce_bwd;  // bytes all-reduced over the tensor-parallel group
   Affine workspace;                  // activation inputs + outputs
   std::vector<int> saved;            // storage roots of the saved activations

@@ -1,4 +1,5 @@
 // Cluster descriptions, the roofline node costs, the backward rules, stage memory and cut bytes.
+#include "cost/calibration.hpp"
 #include "cost/cluster.hpp"
 #include "cost/cost_model.hpp"
 #include "cost/profile.hpp"
@@ -111,6 +112,10 @@ TEST_CASE("a bad cluster field is named by its path") {
       {[](json& j) { j["hosts"][0]["devices"][0]["count"] = 0; }, "x.json: hosts[0].devices[0].count: must be a positive integer"},
       {[](json& j) { j["hosts"][0]["devices"][0].erase("memory_bandwidth"); }, "x.json: hosts[0].devices[0].memory_bandwidth: missing"},
       {[](json& j) { j["hosts"][0]["devices"][0]["kernel_overhead_s"] = -1; }, "x.json: hosts[0].devices[0].kernel_overhead_s: must be a non-negative number"},
+      {[](json& j) { j["hosts"][0]["devices"][0]["efficiency"] = {{"gemm", 1.5}}; }, "x.json: hosts[0].devices[0].efficiency.gemm: 1.5 is above 1"},
+      {[](json& j) { j["hosts"][0]["devices"][0]["efficiency"] = {{"gemm", 0}}; }, "x.json: hosts[0].devices[0].efficiency.gemm: must be a positive number"},
+      {[](json& j) { j["hosts"][0]["devices"][0]["efficiency"] = {{"matmul", 0.5}}; }, "x.json: hosts[0].devices[0].efficiency.matmul: is not a kernel family"},
+      {[](json& j) { j["hosts"][0]["devices"][0]["efficiency"] = 0.5; }, "x.json: hosts[0].devices[0].efficiency: must be an object"},
       {[](json& j) { j["hosts"][0]["link"]["latency"] = -1e-6; }, "x.json: hosts[0].link.latency: must be a non-negative number"},
       {[](json& j) { j["hosts"][0]["link"].erase("bandwidth"); }, "x.json: hosts[0].link.bandwidth: missing"},
       {[](json& j) { j["hosts"][0].erase("link"); }, "x.json: hosts[0].link: missing"},
@@ -184,6 +189,57 @@ TEST_CASE("roofline node times on hand-computed cases") {
   CHECK(gc.needs_grad(m.w1));
   CHECK(gc.batch_dependent(m.hh));
   CHECK(!gc.batch_dependent(m.w1));
+}
+
+TEST_CASE("GPU kernel efficiencies: published defaults per family, overridden by the cluster file") {
+  json j = read_json(clusters("a100-2x8.json"));
+  const auto gpu = cost::cluster_from_json(j, "x.json").spec(0);
+  REQUIRE(gpu.kind == "gpu");
+  const auto defaults = cost::gpu_kernel_efficiency();
+  CHECK(gpu.efficiency == defaults);
+  for (double e : defaults) CHECK((e > 0 && e <= 1));
+  j["hosts"][0]["devices"][0]["efficiency"] = {{"gemm", 0.5}, {"elementwise", 0.25}};
+  const auto mine = cost::cluster_from_json(j, "x.json").spec(0);
+  CHECK(mine.efficiency[static_cast<size_t>(cost::KernelFamily::Gemm)] == 0.5);
+  CHECK(mine.efficiency[static_cast<size_t>(cost::KernelFamily::Elementwise)] == 0.25);
+  CHECK(mine.efficiency[static_cast<size_t>(cost::KernelFamily::Norm)] == defaults[static_cast<size_t>(cost::KernelFamily::Norm)]);
+  CHECK(!mine.same_as(gpu));
+
+  // Priced: a GEMM's FLOPs at its fraction of the peak, its bytes at the streaming fraction; a
+  // memory-bound op's bytes at its own.
+  Mlp m;
+  cost::CostOptions opt;
+  opt.loss = false;
+  cost::GraphCost gc(m.h.g, 8, opt);
+  auto d = device(1e12, 1e18, 0);  // compute bound
+  d.efficiency = mine.efficiency;
+  CHECK(gc.node_time(0, 8, d).f == doctest::Approx(32768 / (0.5 * 1e12)));
+  d = device(1e18, 1e11, 0);  // memory bound
+  d.efficiency = mine.efficiency;
+  CHECK(gc.node_time(0, 8, d).f == doctest::Approx(11264 / (0.25 * 1e11)));   // the GEMM's operands stream
+  CHECK(gc.node_time(1, 8, d).f == doctest::Approx(2048 / (0.25 * 1e11)));    // Relu: elementwise
+  // No efficiencies (a described CPU): the roofline at the peaks.
+  CHECK(cost::cluster_from_json(read_json(clusters("local-cpu.json")), "x.json").spec(0).efficiency.empty());
+}
+
+TEST_CASE("with bf16 compute, float activations count 2 bytes an element; weights stay float32 with a bf16 copy") {
+  Mlp m;
+  cost::CostOptions opt;
+  opt.loss = false;
+  cost::GraphCost f32(m.h.g, 8, opt);
+  opt.precision = cost::Precision::BF16;
+  cost::GraphCost b16(m.h.g, 8, opt);
+  CHECK(b16.value_bytes(m.hh).b == doctest::Approx(f32.value_bytes(m.hh).b / 2));  // an activation
+  CHECK(b16.value_bytes(m.w1).c == doctest::Approx(f32.value_bytes(m.w1).c));      // a weight
+  CHECK(b16.value_bytes(m.x).b == doctest::Approx(f32.value_bytes(m.x).b));        // a graph input keeps its dtype
+  // The cut after mm1 sends h (then r): half the bytes, and so do the gradients coming back.
+  CHECK(b16.cut_bytes(1).at(8) == doctest::Approx(f32.cut_bytes(1).at(8) / 2));
+  CHECK(b16.cut_grad_bytes(1).at(8) == doctest::Approx(f32.cut_grad_bytes(1).at(8) / 2));
+  // Relu streams its input and output in bf16: half the time on a memory-bound device.
+  const auto d = device(1e18, 1e11, 0);
+  CHECK(b16.node_time(1, 8, d).f == doctest::Approx(f32.node_time(1, 8, d).f / 2));
+  // Weights + gradients: 2.5 bytes per float32 weight byte (the bf16 copy), 2 in float32.
+  CHECK(b16.static_bytes(1000) - f32.static_bytes(1000) == doctest::Approx(500));
 }
 
 TEST_CASE("a gradient flowing to Transpose(weight) is a weight gradient; the loss is charged to the output") {

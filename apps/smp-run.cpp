@@ -47,7 +47,7 @@ int run_forward(const std::string& model, const std::string& data, const std::st
   smp::runtime::CpuBackend be(threads);
   smp::runtime::ExecutorOptions eo;
   eo.training = false;
-  eo.batch_statistics = false;
+  eo.running_stats = smp::runtime::ExecutorOptions::RunningStats::Onnx;
   smp::runtime::StageExecutor ex(g, be, eo);
   std::vector<smp::runtime::Tensor> inputs;
   for (int v : ex.inputs()) {

@@ -9,6 +9,7 @@
 #include <onnx/defs/schema.h>
 #include <onnx/onnx_pb.h>
 #include <onnx/shape_inference/implementation.h>
+#include <onnx/version_converter/convert.h>
 
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
@@ -323,6 +324,41 @@ void bind_dims(onnx::GraphProto& g, const std::unordered_set<std::string>& initi
     if (!in.type().has_tensor_type())
       throw_bad_input(file, "graph input '" + in.name() + "' is not a tensor", "only tensor inputs are supported");
     auto* tt = in.mutable_type()->mutable_tensor_type();
+    if (auto given = opts.input_shapes.find(in.name()); given != opts.input_shapes.end()) {
+      // Every dimension from the caller's array.
+      const Shape& a = given->second;
+      if (!tt->has_shape()) {
+        for (int64_t x : a) tt->mutable_shape()->add_dim()->set_dim_value(x);
+        continue;
+      }
+      auto* shape = tt->mutable_shape();
+      if (shape->dim_size() != static_cast<int>(a.size()))
+        throw_bad_input(file, fmt::format("graph input '{}' has rank {}, its array {} rank {}", in.name(), shape->dim_size(),
+                                          shape_str(a), a.size()),
+                        "give an array of the input's rank");
+      for (int k = 0; k < shape->dim_size(); ++k) {
+        auto* d = shape->mutable_dim(k);
+        const int64_t v = a[static_cast<size_t>(k)];
+        if (d->has_dim_value()) {
+          if (d->dim_value() != v)
+            throw_bad_input(file, fmt::format("graph input '{}' has size {} on axis {}, its array {}", in.name(), d->dim_value(),
+                                              k, shape_str(a)),
+                            "the model fixes that size");
+          continue;
+        }
+        const std::string sym = d->dim_param();
+        if (!sym.empty()) {
+          auto [pos, fresh] = bound.emplace(sym, v);
+          if (!fresh && pos->second != v)
+            throw_bad_input(file, fmt::format("symbolic dimension '{}' is {} in the array for '{}', {} in another input's", sym,
+                                              v, in.name(), pos->second),
+                            "the arrays must agree on shared dimensions");
+        }
+        d->clear_dim_param();
+        d->set_dim_value(v);
+      }
+      continue;
+    }
     if (!tt->has_shape())
       throw_bad_input(file, "graph input '" + in.name() + "' has no shape", "export the model with input shapes");
     auto* shape = tt->mutable_shape();
@@ -375,10 +411,10 @@ void bind_dims(onnx::GraphProto& g, const std::unordered_set<std::string>& initi
   for (auto& v : *g.mutable_output()) rebind(v);
 }
 
-// ONNX 1.12's shape inference dereferences missing dimensions on some ill-formed nodes (e.g. a
-// Gemm whose input has rank 1: found by the fuzzer) instead of reporting them. Those faults are
-// turned into bad input here, so that a hostile file never crashes smp. The model is discarded
-// afterwards. Not reentrant: loading runs on one thread.
+// ONNX 1.12's shape inference (and its version converter, which runs it) dereferences missing
+// dimensions on some ill-formed nodes (e.g. a Gemm whose input has rank 1: found by the fuzzer)
+// instead of reporting them. Those faults are turned into bad input here, so that a hostile file
+// never crashes smp. The model is discarded afterwards. Not reentrant: loading runs on one thread.
 sigjmp_buf g_infer_jmp;
 volatile sig_atomic_t g_in_infer = 0;
 
@@ -388,8 +424,10 @@ void on_infer_fault(int sig) {
   std::raise(sig);
 }
 
-void infer_shapes(onnx::ModelProto& model, const std::string& file) {
-  onnx::ShapeInferenceOptions options(/*check_type=*/true, /*error_mode=*/1, /*data_propagation=*/true);
+// Runs `fn` (an ONNX library call) with its faults caught: returns the signal (0 when none) and
+// sets `error` to the first line of what it threw.
+template <class F>
+int run_guarded(F&& fn, std::string& error) {
   struct sigaction sa {}, old_segv {}, old_bus {}, old_fpe {};
   sa.sa_handler = on_infer_fault;
   sigemptyset(&sa.sa_mask);
@@ -402,22 +440,41 @@ void infer_shapes(onnx::ModelProto& model, const std::string& file) {
     sigaction(SIGBUS, &old_bus, nullptr);
     sigaction(SIGFPE, &old_fpe, nullptr);
   };
-  std::string error;
   int sig = sigsetjmp(g_infer_jmp, 1);
   if (sig == 0) {
     g_in_infer = 1;
     try {
-      onnx::shape_inference::InferShapes(model, onnx::OpSchemaRegistry::Instance(), options);
+      fn();
     } catch (const std::exception& e) {
       error = first_line(e.what());
     }
   }
   restore();
+  return sig;
+}
+
+void infer_shapes(onnx::ModelProto& model, const std::string& file) {
+  onnx::ShapeInferenceOptions options(/*check_type=*/true, /*error_mode=*/1, /*data_propagation=*/true);
+  std::string error;
+  int sig = run_guarded([&] { onnx::shape_inference::InferShapes(model, onnx::OpSchemaRegistry::Instance(), options); },
+                        error);
   if (sig != 0)
     throw_bad_input(file, fmt::format("ONNX's shape inference faulted (signal {}) on this model", sig),
                     "a node's inputs have a rank or type its op does not accept");
   if (!error.empty())
     throw_bad_input(file, "shape inference failed: " + error, "check the input shapes and the bound dimensions");
+}
+
+// A model of an older opset, converted by ONNX's version converter to `target`.
+void convert_opset(onnx::ModelProto& model, int64_t from, int64_t target, const std::string& file) {
+  std::string error;
+  onnx::ModelProto converted;
+  int sig = run_guarded([&] { converted = onnx::version_conversion::ConvertVersion(model, static_cast<int>(target)); },
+                        error);
+  std::string what = fmt::format("ONNX's version converter cannot bring opset {} to {}", from, target);
+  if (sig != 0) throw_bad_input(file, fmt::format("{} (it faulted with signal {})", what, sig), "convert it with a newer onnx");
+  if (!error.empty()) throw_bad_input(file, what + ": " + error, "convert it with a newer onnx");
+  model = std::move(converted);
 }
 
 // One folding pass over the model: evaluates every node whose inputs are known constants (or,
@@ -516,6 +573,10 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
     if (o.domain().empty() || o.domain() == "ai.onnx") opset = o.version();
   int64_t max_opset = max_supported_opset();
   if (opset < 0) throw_bad_input(file, "the model imports no ai.onnx opset");
+  if (opset >= 1 && opset < kMinOpset && model.graph().node_size() > 0) {
+    convert_opset(model, opset, kMinOpset, file);
+    opset = kMinOpset;
+  }
   if (opset < kMinOpset || opset > max_opset)
     throw_bad_input(file, fmt::format("unsupported opset {}", opset),
                     fmt::format("smp reads ai.onnx opsets {} to {}; convert with onnx.version_converter", kMinOpset,
@@ -688,6 +749,34 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
         if (tp) v.data = std::make_shared<TensorData>(tensor_from_proto(*tp, file, base_dir, true));
       }
     }
+  }
+
+  // Running statistics: float initializers that a node's training forward overwrites (the
+  // registry's OpDef::state). Each belongs to one node: two writers would race.
+  std::unordered_map<int, int> buffer_owner;
+  for (size_t ni = 0; ni < g.nodes.size(); ++ni) {
+    const Node& n = g.nodes[ni];
+    const OpDef* def = n.domain.empty() ? find_op(n.op_type) : nullptr;
+    if (!def) continue;
+    for (const StateUpdate& su : def->state) {
+      if (su.output < 0 || static_cast<size_t>(su.output) >= n.outputs.size() || n.outputs[static_cast<size_t>(su.output)] < 0)
+        continue;
+      if (static_cast<size_t>(su.input) >= n.inputs.size() || n.inputs[static_cast<size_t>(su.input)] < 0) continue;
+      int id = n.inputs[static_cast<size_t>(su.input)];
+      if (std::find(float_initializers.begin(), float_initializers.end(), id) == float_initializers.end()) continue;
+      Value& v = g.value(id);
+      if (v.kind == ValueKind::Parameter) continue;
+      auto [it, fresh] = buffer_owner.emplace(id, static_cast<int>(ni));
+      if (!fresh && it->second != static_cast<int>(ni))
+        throw_bad_input(file, "initializer '" + v.name + "' holds the running statistics of both node '" +
+                                  g.nodes[static_cast<size_t>(it->second)].name + "' and node '" + n.name + "'",
+                        "give each BatchNormalization its own running mean and variance");
+      v.kind = ValueKind::Buffer;
+    }
+  }
+  for (const auto& name : initializer_order) {
+    int id = g.find_value(name);
+    if (id >= 0 && g.value(id).kind == ValueKind::Buffer) g.buffers.push_back(id);
   }
 
   std::map<std::string, int> unknown;

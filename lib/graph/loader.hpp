@@ -17,6 +17,10 @@ struct LoadOptions {
   int64_t batch_size = 0;
   // Other symbolic dimensions by name, e.g. {"sequence", 128}.
   std::map<std::string, int64_t> dims;
+  // Shapes of graph inputs the caller holds arrays for (smp-run --forward): every dimension of
+  // such an input comes from its array — a symbolic one is bound to it (by name, consistently
+  // across inputs), a fixed one must equal it. They win over batch_size and dims.
+  std::map<std::string, Shape> input_shapes;
   // Read parameter bytes (embedded and external). The planner leaves this off and never reads
   // a weight byte; workers turn it on.
   bool load_weights = false;
@@ -26,7 +30,8 @@ struct LoadOptions {
 };
 
 // Loads, checks (ONNX checker), binds symbolic dims, infers shapes, folds constant subgraphs
-// and orders the nodes topologically. Bad input throws smp::Error naming the file.
+// and orders the nodes topologically. A model of an opset older than smp reads (7) is first
+// converted with ONNX's version converter. Bad input throws smp::Error naming the file.
 Graph load_graph(const std::filesystem::path& path, const LoadOptions& opts);
 
 // Same, from bytes already in memory (the fuzzer's entry point); `name` is used in messages.

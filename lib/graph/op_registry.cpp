@@ -213,7 +213,7 @@ constexpr OpDef kOps[] = {
     {Op::Clip, "Clip", C::Elementwise, b(0), b(0) | b(1) | b(2), kNone, cost_elementwise},
     {Op::Cast, "Cast", C::Elementwise, b(0), kNone, kNone, cost_elementwise},
     {Op::Identity, "Identity", C::View, b(0), kNone, kNone, cost_view},
-    {Op::Dropout, "Dropout", C::Elementwise, b(0), kNone, b(1), cost_dropout},
+    {Op::Dropout, "Dropout", C::Elementwise, b(0), kNone, kNone, cost_dropout},  // the backward draws the mask again
     {Op::Sin, "Sin", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
     {Op::Cos, "Cos", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
 
@@ -222,7 +222,7 @@ constexpr OpDef kOps[] = {
     {Op::LayerNormalization, "LayerNormalization", C::Normalization, b(0) | b(1) | b(2), b(0) | b(1), kNone,
      cost_layernorm},
     {Op::BatchNormalization, "BatchNormalization", C::Normalization, b(0) | b(1) | b(2), b(0) | b(1), kNone,
-     cost_batchnorm},
+     cost_batchnorm, {{1, 3}, {2, 4}}},
 
     {Op::ReduceMean, "ReduceMean", C::Reduction, b(0), kNone, kNone, cost_reduction},
     {Op::ReduceSum, "ReduceSum", C::Reduction, b(0), kNone, kNone, cost_reduction},
@@ -306,7 +306,7 @@ int64_t saved_activation_bytes(const Graph& g, const Node& n) {
   auto count = [&](int id) {
     if (id < 0) return;
     const Value& v = g.value(id);
-    if (v.kind == ValueKind::Parameter || v.kind == ValueKind::Constant) return;
+    if (v.kind == ValueKind::Parameter || v.kind == ValueKind::Constant || v.kind == ValueKind::Buffer) return;
     total += v.bytes();
   };
   for (size_t i = 0; i < n.inputs.size() && i < 32; ++i)

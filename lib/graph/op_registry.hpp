@@ -40,6 +40,15 @@ enum class Op : int {
 enum class OpClass { MatMulLike, Elementwise, Normalization, Reduction, Pooling, DataMovement, View,
                      ShapeOnly, Loss };
 
+// A running statistic the op keeps (ValueKind::Buffer): while training, its output `output` is the
+// new value of its input `input`. The pairs of an op are (running mean, running variance) per
+// channel of input 0, updated as new = old * momentum + batch * (1 - momentum) (ONNX's
+// convention, attribute "momentum"); the runtime owns the update (runtime/executor.hpp).
+struct StateUpdate {
+  int8_t output = -1;
+  int8_t input = -1;
+};
+
 struct OpDef {
   Op op;
   std::string_view type;       // ONNX op type (domain ai.onnx)
@@ -53,6 +62,8 @@ struct OpDef {
   uint32_t saved_outputs;
   // Forward cost at the graph's bound shapes. Uses the node's input/output values' shapes only.
   NodeCost (*cost)(const Graph& g, const Node& n);
+  // Running statistics (BatchNormalization: outputs 1, 2 update inputs 3, 4); unused entries -1.
+  StateUpdate state[2] = {};
 };
 
 // nullptr when the op is unknown to smp (its nodes still plan, with a bytes-based estimate).

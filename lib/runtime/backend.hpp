@@ -49,6 +49,15 @@ class NodeView {
   graph::Op op_;
 };
 
+// How an op with running statistics (graph::OpDef::state: BatchNormalization with
+// training_mode = 1) fills its statistics outputs. It always normalizes with the batch's own
+// statistics; the outputs are
+//   Onnx:     the updated running mean and variance, with the batch's biased variance (ONNX's
+//             definition; smp-run --forward),
+//   Unbiased: the same with the batch's unbiased variance (PyTorch's running_var; training),
+//   Batch:    the batch's mean and biased variance themselves (the executor defers the update).
+enum class StatsOutput { Onnx, Unbiased, Batch };
+
 // Parsed attributes and static shapes of one node; made by prepare, read-only afterwards (shared
 // by every microbatch). Kernels derive their own state from it.
 struct KernelState {
@@ -56,11 +65,15 @@ struct KernelState {
   std::string node_name;
   std::vector<Shape> in_shapes, out_shapes;
   std::vector<DType> in_dtypes, out_dtypes;
-  bool training = true;  // BatchNormalization uses batch statistics when training
+  StatsOutput stats = StatsOutput::Onnx;  // set by the executor after prepare
 };
 
 struct ExecContext {
   Backend* backend = nullptr;
+  // Key of this node's random stream for this microbatch (Dropout's mask): a function of the
+  // run's seed, the step, the global microbatch index and the node only, so that the forward and
+  // the backward, and a pipelined and a sequential run, draw the same numbers. See random.hpp.
+  uint64_t random_key = 0;
 };
 
 // Backward of one node. Only the forward tensors the registry declares saved are defined in

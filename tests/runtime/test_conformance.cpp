@@ -106,7 +106,7 @@ TEST_CASE("ONNX backend node cases: every supported case passes") {
       g = std::make_unique<graph::Graph>(graph::load_graph(cd / "model.onnx", lo));
       runtime::ExecutorOptions eo;
       eo.training = false;
-      eo.batch_statistics = false;  // inference semantics, as the cases expect
+      eo.running_stats = runtime::ExecutorOptions::RunningStats::Onnx;  // ONNX's semantics, as the cases expect
       ex = std::make_unique<runtime::StageExecutor>(*g, be, eo);
     } catch (const Error& e) {
       ++c.skipped;

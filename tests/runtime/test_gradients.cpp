@@ -51,7 +51,6 @@ using Build = std::function<void(TinyGraph&, Maker&)>;
 struct Case {
   std::string name;
   Build build;
-  bool batch_statistics = true;
 };
 
 std::tuple<std::string, DType, Shape> F(const std::string& n, Shape s) { return {n, DType::F32, s}; }
@@ -61,9 +60,7 @@ void check_case(const Case& c, bool as_param, int threads) {
   TinyGraph tg;
   Maker mk{tg, as_param, 1, {}, {}, &be};
   c.build(tg, mk);
-  runtime::ExecutorOptions opts;
-  opts.batch_statistics = c.batch_statistics;
-  runtime::StageExecutor ex(tg.g, be, opts);
+  runtime::StageExecutor ex(tg.g, be);
 
   std::vector<Tensor> inputs;
   for (int v : ex.inputs()) {
@@ -279,16 +276,24 @@ std::vector<Case> cases() {
                   int x = m.f("x", {2, 3, 4}), g = m.f("g", {3, 4});
                   t.output(t.node("LayerNormalization", {x, g}, {F("y", {2, 3, 4})}, {{"axis", attr_i(1)}})[0]);
                 }});
-  for (bool train : {true, false}) {
-    Case c{std::string("BatchNormalization ") + (train ? "batch statistics" : "running statistics"), [](TinyGraph& t, M& m) {
-             int x = m.f("x", {3, 2, 2, 2}), g = m.f("g", {2}), b = m.f("b", {2});
-             int mean = t.constant<float>("mean", DType::F32, {2}, {0.1f, -0.2f});
-             int var = t.constant<float>("var", DType::F32, {2}, {0.5f, 1.5f});
-             t.output(t.node("BatchNormalization", {x, g, b, mean, var}, {F("y", {3, 2, 2, 2})})[0]);
-           }};
-    c.batch_statistics = train;
-    cs.push_back(c);
+  for (int train : {1, 0}) {
+    cs.push_back({std::string("BatchNormalization ") + (train ? "training mode" : "inference mode"), [train](TinyGraph& t, M& m) {
+                    int x = m.f("x", {3, 2, 2, 2}), g = m.f("g", {2}), b = m.f("b", {2});
+                    int mean = t.constant<float>("mean", DType::F32, {2}, {0.1f, -0.2f});
+                    int var = t.constant<float>("var", DType::F32, {2}, {0.5f, 1.5f});
+                    t.output(t.node("BatchNormalization", {x, g, b, mean, var}, {F("y", {3, 2, 2, 2})},
+                                    {{"training_mode", attr_i(train)}})[0]);
+                  }});
   }
+  // Training mode with running statistics that the forwards update (they do not reach Y).
+  cs.push_back({"BatchNormalization training mode, running statistics updated", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {4, 3}), g = m.f("g", {3}), b = m.f("b", {3});
+                  int mean = t.buffer("mean", {3}, {0.1f, -0.2f, 0.3f});
+                  int var = t.buffer("var", {3}, {0.5f, 1.5f, 1.0f});
+                  auto o = t.node("BatchNormalization", {x, g, b, mean, var}, {F("y", {4, 3}), F("rm", {3}), F("rv", {3})},
+                                  {{"training_mode", attr_i(1)}, {"momentum", attr_f(0.7)}});
+                  t.output(o[0]);
+                }});
   auto reduce = [&](const std::string& op, Shape x, std::vector<int64_t> axes, int keep, Shape y) {
     cs.push_back({fmt::format("{} axes {} keepdims {}", op, shape_str(axes), keep), [=](TinyGraph& t, M& m) {
                     int xi = m.f("x", x);

@@ -60,6 +60,12 @@ struct TinyGraph {
     g.parameters.push_back(id);
     return id;
   }
+  // running statistics a node updates (graph::ValueKind::Buffer)
+  int buffer(const std::string& name, const Shape& s, const std::vector<float>& v) {
+    int id = add_value(name, DType::F32, s, graph::ValueKind::Buffer, tensor_data(DType::F32, s, v));
+    g.buffers.push_back(id);
+    return id;
+  }
   template <class T>
   int constant(const std::string& name, DType dt, const Shape& s, const std::vector<T>& v) {
     return add_value(name, dt, s, graph::ValueKind::Constant, tensor_data(dt, s, v));

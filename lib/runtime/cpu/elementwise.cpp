@@ -2,6 +2,7 @@
 // Clip, Cast, Identity, Dropout (inference semantics).
 #include "runtime/cpu/common.hpp"
 #include "runtime/cpu/kernels.hpp"
+#include "runtime/random.hpp"
 #include "runtime/cpu/vmath.hpp"
 
 #include <fmt/format.h>
@@ -640,34 +641,79 @@ void bwd_identity(const KernelState&, ExecContext&, const GradIO& io) {
   store(io.din[0].data<float>(), io.dout[0].data<float>(), io.dout[0].numel(), io.accumulate[0]);
 }
 
+// Dropout: the identity for ratio 0, training_mode false or opsets before 12 (the inference
+// form); in training mode a random mask from the node's stream (ctx.random_key), kept elements
+// scaled by 1 / (1 - ratio) as PyTorch does. The backward draws the same mask again.
+namespace {
+struct DropoutState : KernelState {
+  float ratio = 0;
+  bool random = false;
+};
+
+template <class F>
+void dropout_loop(const DropoutState& s, uint64_t key, int64_t n, F f) {
+  const float scale = s.ratio < 1.0f ? 1.0f / (1.0f - s.ratio) : 0.0f;
+  pfor(n, kGrain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) f(i, random::keep(key, i, s.ratio) ? scale : 0.0f);
+  });
+}
+}  // namespace
+
 std::unique_ptr<KernelState> prep_dropout(const NodeView& n) {
-  // Dropout runs as the identity: ratio 0, or training_mode false (the exported inference form).
+  auto s = std::make_unique<DropoutState>();
   double ratio = n.node().attr_float("ratio", 0.5);
-  std::vector<int64_t> tm;
   bool training = false;
-  if (n.has_input(2)) {
-    if (!n.constant_ints(2, tm)) n.fail("training_mode must be a constant");
-    training = !tm.empty() && tm[0] != 0;
+  if (n.graph().opset >= 12 || n.graph().opset == 0) {
+    std::vector<int64_t> tm;
+    if (n.has_input(2)) {
+      if (!n.constant_ints(2, tm)) n.fail("training_mode must be a constant");
+      training = !tm.empty() && tm[0] != 0;
+    }
+    ratio = 0.5;
+    if (n.has_input(1)) {
+      const graph::TensorData* r = n.constant_input(1);
+      if (!r || r->numel() != 1) n.fail("ratio must be a constant scalar");
+      ratio = r->get_f64(0);
+    }
   }
-  if (n.has_input(1)) {
-    const graph::TensorData* r = n.constant_input(1);
-    if (!r) n.fail("ratio must be a constant");
-    ratio = r->get_f64(0);
-  }
-  if (training && ratio > 0)
-    n.fail("random dropout (training_mode with ratio > 0) is not supported");
+  if (!(ratio >= 0 && ratio <= 1)) n.fail(fmt::format("ratio {} outside [0, 1]", ratio));
+  s->ratio = static_cast<float>(ratio);
+  s->random = training && ratio > 0;
+  if (s->random) n.require_dtype(n.input(0), {DType::F32}, "input");
   if (n.has_output(1)) n.require_dtype(n.output(1), {DType::Bool}, "mask");
-  return std::make_unique<KernelState>();
+  return s;
 }
 
-void fwd_dropout(const KernelState& s, ExecContext& ctx, std::span<Tensor> out, std::span<const Tensor> in) {
-  out[0] = in[0].view(s.out_shapes[0]);
-  if (out.size() > 1 && s.out_dtypes.size() > 1 && s.out_dtypes[1] == DType::Bool) {
-    out[1] = ctx.backend->empty(DType::Bool, s.out_shapes[1]);
-    std::memset(out[1].raw(), 1, static_cast<size_t>(out[1].bytes()));
+void fwd_dropout(const KernelState& st, ExecContext& ctx, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const DropoutState&>(st);
+  const bool want_mask = out.size() > 1 && s.out_dtypes.size() > 1 && s.out_dtypes[1] == DType::Bool;
+  if (want_mask) out[1] = ctx.backend->empty(DType::Bool, s.out_shapes[1]);
+  if (!s.random) {
+    out[0] = in[0].view(s.out_shapes[0]);
+    if (want_mask) std::memset(out[1].raw(), 1, static_cast<size_t>(out[1].bytes()));
+    return;
   }
+  out[0] = ctx.backend->empty(DType::F32, s.out_shapes[0]);
+  const float* x = in[0].data<float>();
+  float* y = out[0].data<float>();
+  uint8_t* m = want_mask ? static_cast<uint8_t*>(out[1].raw()) : nullptr;
+  dropout_loop(s, ctx.random_key, in[0].numel(), [&](int64_t i, float k) {
+    y[i] = x[i] * k;
+    if (m) m[i] = k != 0.0f;
+  });
 }
 
-void bwd_dropout(const KernelState& s, ExecContext& ctx, const GradIO& io) { bwd_identity(s, ctx, io); }
+void bwd_dropout(const KernelState& st, ExecContext& ctx, const GradIO& io) {
+  const auto& s = static_cast<const DropoutState&>(st);
+  if (!s.random) return bwd_identity(st, ctx, io);
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  const float* dy = io.dout[0].data<float>();
+  float* dx = io.din[0].data<float>();
+  const bool acc = io.accumulate[0];
+  dropout_loop(s, ctx.random_key, io.dout[0].numel(), [&](int64_t i, float k) {
+    float v = dy[i] * k;
+    dx[i] = acc ? dx[i] + v : v;
+  });
+}
 
 }  // namespace smp::runtime::cpu

@@ -324,9 +324,9 @@ void bind_dims(onnx::GraphProto& g, const std::unordered_set<std::string>& initi
     if (!in.type().has_tensor_type())
       throw_bad_input(file, "graph input '" + in.name() + "' is not a tensor", "only tensor inputs are supported");
     auto* tt = in.mutable_type()->mutable_tensor_type();
-    if (auto given = opts.input_shapes.find(in.name()); given != opts.input_shapes.end()) {
+    if (auto given = opts.input_array ? opts.input_array(in.name()) : nullptr) {
       // Every dimension from the caller's array.
-      const Shape& a = given->second;
+      const Shape& a = given->shape;
       if (!tt->has_shape()) {
         for (int64_t x : a) tt->mutable_shape()->add_dim()->set_dim_value(x);
         continue;
@@ -583,6 +583,35 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
                                 max_opset));
 
   auto& gp = *model.mutable_graph();
+  if (opts.input_array) {
+    // Inputs whose values decide shapes become initializers (kept among the inputs before IR 4,
+    // where every initializer must be one).
+    google::protobuf::RepeatedPtrField<onnx::ValueInfoProto> kept;
+    for (auto& in : *gp.mutable_input()) {
+      auto a = opts.input_array(in.name());
+      if (!a || (is_floating(a->dtype) && a->numel() > 1)) {
+        *kept.Add() = std::move(in);
+        continue;
+      }
+      const TensorData& d = *a;
+      const auto& tt = in.type().tensor_type();
+      if (in.type().has_tensor_type() && dtype_from_onnx(tt.elem_type()) != d.dtype)
+        throw_bad_input(file, fmt::format("graph input '{}' is {}, its array {}", in.name(),
+                                          dtype_name(dtype_from_onnx(tt.elem_type())), dtype_name(d.dtype)),
+                        "give an array of the input's dtype");
+      if (in.type().has_tensor_type() && tt.has_shape()) {
+        bool fits = tt.shape().dim_size() == static_cast<int>(d.shape.size());
+        for (int k = 0; fits && k < tt.shape().dim_size(); ++k)
+          if (tt.shape().dim(k).has_dim_value() && tt.shape().dim(k).dim_value() != d.shape[static_cast<size_t>(k)]) fits = false;
+        if (!fits)
+          throw_bad_input(file, fmt::format("graph input '{}' does not fit its array {}", in.name(), shape_str(d.shape)),
+                          "give an array of the input's shape");
+      }
+      tensor_to_proto(d, in.name(), gp.add_initializer());
+      if (model.ir_version() < 4) *kept.Add() = std::move(in);
+    }
+    gp.mutable_input()->Swap(&kept);
+  }
   if (gp.node_size() == 0) throw_bad_input(file, "the graph has no nodes");
   if (gp.output_size() == 0) throw_bad_input(file, "the graph has no outputs");
   const int onnx_nodes = gp.node_size();

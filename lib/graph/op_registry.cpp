@@ -3,6 +3,9 @@
 #include "core/error.hpp"
 
 #include <array>
+#include <cctype>
+#include <map>
+#include <string>
 #include <unordered_map>
 
 namespace smp::graph {
@@ -110,6 +113,41 @@ NodeCost cost_conv(const Graph& g, const Node& n) {
   return c;
 }
 
+// 2 FLOPs per point of the label space (every distinct label's size multiplied): a product and a
+// sum. Letters only; an ellipsis counts as the largest operand's leftover dims.
+NodeCost cost_einsum(const Graph& g, const Node& n) {
+  NodeCost c = streaming(g, n, 0.0);
+  std::string eq = n.attr_string("equation", "");
+  std::string lhs = eq.substr(0, eq.find("->"));
+  std::map<char, int64_t> size;
+  double ellipsis = 1;
+  size_t term = 0, dim = 0;
+  for (size_t i = 0; i < lhs.size(); ++i) {
+    const Shape& s = in_shape(g, n, term);
+    if (lhs[i] == ',') {
+      ++term;
+      dim = 0;
+    } else if (lhs.compare(i, 3, "...") == 0) {
+      size_t named = 0;
+      size_t e = lhs.find(',', i);
+      for (size_t j = i + 3; j < (e == std::string::npos ? lhs.size() : e); ++j) named += std::isalpha(static_cast<unsigned char>(lhs[j])) ? 1 : 0;
+      double p = 1;
+      size_t r = s.size() >= dim + named ? s.size() - dim - named : 0;
+      for (size_t j = 0; j < r; ++j) p *= static_cast<double>(s[dim + j]);
+      ellipsis = std::max(ellipsis, p);
+      dim += r;
+      i += 2;
+    } else if (std::isalpha(static_cast<unsigned char>(lhs[i]))) {
+      if (dim < s.size()) size[lhs[i]] = s[dim];
+      ++dim;
+    }
+  }
+  double points = ellipsis;
+  for (auto& [l, v] : size) points *= static_cast<double>(v);
+  c.flops = 2.0 * points;
+  return c;
+}
+
 // max, subtract, exp, sum, divide.
 NodeCost cost_softmax(const Graph& g, const Node& n) { return streaming(g, n, 5.0); }
 
@@ -177,6 +215,7 @@ constexpr OpDef kOps[] = {
     {Op::MatMul, "MatMul", C::MatMulLike, b(0) | b(1), b(0) | b(1), kNone, cost_matmul},
     {Op::Gemm, "Gemm", C::MatMulLike, b(0) | b(1) | b(2), b(0) | b(1), kNone, cost_gemm},
     {Op::Conv, "Conv", C::MatMulLike, b(0) | b(1) | b(2), b(0) | b(1), kNone, cost_conv},
+    {Op::Einsum, "Einsum", C::MatMulLike, kAll, kAll, kNone, cost_einsum},
 
     {Op::Add, "Add", C::Elementwise, b(0) | b(1), kNone, kNone, cost_elementwise},
     {Op::Sub, "Sub", C::Elementwise, b(0) | b(1), kNone, kNone, cost_elementwise},
@@ -216,6 +255,8 @@ constexpr OpDef kOps[] = {
     {Op::Dropout, "Dropout", C::Elementwise, b(0), kNone, kNone, cost_dropout},  // the backward draws the mask again
     {Op::Sin, "Sin", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
     {Op::Cos, "Cos", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+    {Op::HardSigmoid, "HardSigmoid", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+    {Op::HardSwish, "HardSwish", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
 
     {Op::Softmax, "Softmax", C::Normalization, b(0), kNone, b(0), cost_softmax},
     {Op::LogSoftmax, "LogSoftmax", C::Normalization, b(0), kNone, b(0), cost_softmax},
@@ -230,6 +271,7 @@ constexpr OpDef kOps[] = {
     {Op::ReduceMin, "ReduceMin", C::Reduction, b(0), b(0), b(0), cost_reduction},
     {Op::ReduceProd, "ReduceProd", C::Reduction, b(0), b(0), b(0), cost_reduction},
     {Op::ArgMax, "ArgMax", C::Reduction, kNone, kNone, kNone, cost_reduction},
+    {Op::ReduceL2, "ReduceL2", C::Reduction, b(0), b(0), b(0), cost_reduction},
 
     {Op::MaxPool, "MaxPool", C::Pooling, b(0), b(0), b(0), cost_pool},
     {Op::AveragePool, "AveragePool", C::Pooling, b(0), kNone, kNone, cost_pool},
@@ -247,6 +289,7 @@ constexpr OpDef kOps[] = {
     {Op::Expand, "Expand", C::DataMovement, b(0), kNone, kNone, cost_data_movement},
     {Op::Tile, "Tile", C::DataMovement, b(0), kNone, kNone, cost_data_movement},
     {Op::Trilu, "Trilu", C::DataMovement, b(0), kNone, kNone, cost_data_movement},
+    {Op::Pad, "Pad", C::DataMovement, b(0), kNone, kNone, cost_data_movement},
 
     {Op::Shape, "Shape", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},
     {Op::Size, "Size", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},

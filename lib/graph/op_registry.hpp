@@ -16,20 +16,20 @@ namespace smp::graph {
 // Every op smp knows. Append-only within a group; the tables assert their sizes against kCount.
 enum class Op : int {
   // matrix products and convolution
-  MatMul, Gemm, Conv,
+  MatMul, Gemm, Conv, Einsum,
   // elementwise, binary with broadcasting
   Add, Sub, Mul, Div, Pow, Max, Min, Equal, Less, Greater, LessOrEqual, GreaterOrEqual, And, Or, Xor, Where,
   // elementwise, unary
   Sqrt, Reciprocal, Neg, Abs, Exp, Log, Relu, LeakyRelu, Tanh, Sigmoid, Erf, Gelu, Floor, Ceil, Not,
-  Clip, Cast, Identity, Dropout, Sin, Cos,
+  Clip, Cast, Identity, Dropout, Sin, Cos, HardSigmoid, HardSwish,
   // normalisation and softmax
   Softmax, LogSoftmax, LayerNormalization, BatchNormalization,
   // reductions
-  ReduceMean, ReduceSum, ReduceMax, ReduceMin, ReduceProd, ArgMax,
+  ReduceMean, ReduceSum, ReduceMax, ReduceMin, ReduceProd, ArgMax, ReduceL2,
   // pooling
   MaxPool, AveragePool, GlobalAveragePool,
   // data movement
-  Reshape, Transpose, Flatten, Squeeze, Unsqueeze, Concat, Split, Slice, Gather, Expand, Tile, Trilu,
+  Reshape, Transpose, Flatten, Squeeze, Unsqueeze, Concat, Split, Slice, Gather, Expand, Tile, Trilu, Pad,
   // shape-only and constant producers (folded away before planning)
   Shape, Size, Constant, ConstantOfShape, Range,
   // losses

@@ -50,6 +50,15 @@ void check_well_formed(const Graph& g) {
 }
 
 // A minimal valid model: x[N,4] -> Relu -> y, opset 17.
+// A float32 array of zeros, as smp-run --forward hands its .npy files to the loader.
+std::shared_ptr<TensorData> array(Shape s) {
+  auto d = std::make_shared<TensorData>();
+  d->dtype = DType::F32;
+  d->shape = s;
+  d->bytes.assign(static_cast<size_t>(smp::numel(s)) * 4, '\0');
+  return d;
+}
+
 onnx::ModelProto tiny_model() {
   onnx::ModelProto m;
   m.set_ir_version(8);
@@ -217,12 +226,13 @@ TEST_CASE("symbolic dimensions bind by --batch-size and --dim") {
 
   // Shapes from the caller's arrays bind every symbolic dimension, of any axis, by name.
   LoadOptions a;
-  a.input_shapes["x"] = {3, 9};
+  a.input_array = [&](const std::string& n) { return n == "x" ? array({3, 9}) : nullptr; };
   Graph ga = load_graph(path, a);
   CHECK(ga.value(ga.outputs[0]).shape == Shape{3, 9});
   CHECK(ga.dims.at("N") == 3);
   CHECK(ga.dims.at("feat") == 9);
-  a.input_shapes["x"] = {3, 9, 1};
+  CHECK(ga.inputs.size() == 1);  // a float array of several elements stays an input
+  a.input_array = [&](const std::string& n) { return n == "x" ? array({3, 9, 1}) : nullptr; };
   CHECK_THROWS_WITH_AS(load_graph(path, a), doctest::Contains("has rank 2, its array [3, 9, 1] rank 3"), Error);
   fs::remove_all(dir);
 }
@@ -235,10 +245,10 @@ TEST_CASE("array shapes: fixed dimensions must match, inputs need no batch axis"
   m.mutable_graph()->mutable_output(0)->mutable_type()->mutable_tensor_type()->mutable_shape()->mutable_dim(0)->set_dim_value(10);
   auto path = write_model(dir, "fixed.onnx", m);
   LoadOptions a;
-  a.input_shapes["x"] = {10, 4};
+  a.input_array = [&](const std::string&) { return array({10, 4}); };
   Graph g = load_graph(path, a);
   CHECK(g.value(g.outputs[0]).shape == Shape{10, 4});
-  a.input_shapes["x"] = {2, 4};
+  a.input_array = [&](const std::string&) { return array({2, 4}); };
   CHECK_THROWS_WITH_AS(load_graph(path, a), doctest::Contains("graph input 'x' has size 10 on axis 0, its array [2, 4]"), Error);
   fs::remove_all(dir);
 }

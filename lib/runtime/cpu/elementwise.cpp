@@ -57,10 +57,22 @@ void bin_loop(const Bcast& p, const T* a, const T* b, R* o, F f) {
 template <class T>
 void arith(Op op, const Bcast& p, const T* a, const T* b, T* o) {
   switch (op) {
-    case Op::Add: bin_loop(p, a, b, o, [](T x, T y) { return x + y; }); break;
-    case Op::Sub: bin_loop(p, a, b, o, [](T x, T y) { return x - y; }); break;
-    case Op::Mul: bin_loop(p, a, b, o, [](T x, T y) { return x * y; }); break;
-    case Op::Div: bin_loop(p, a, b, o, [](T x, T y) { return x / y; }); break;
+    case Op::Add: bin_loop(p, a, b, o, [](T x, T y) { return static_cast<T>(x + y); }); break;
+    case Op::Sub: bin_loop(p, a, b, o, [](T x, T y) { return static_cast<T>(x - y); }); break;
+    case Op::Mul: bin_loop(p, a, b, o, [](T x, T y) { return static_cast<T>(x * y); }); break;
+    case Op::Div:
+      if constexpr (std::is_integral_v<T>) {
+        // no trap on a zero divisor (0, as numpy) or on INT_MIN / -1 (wraps)
+        bin_loop(p, a, b, o, [](T x, T y) -> T {
+          if (y == 0) return T(0);
+          if constexpr (std::is_signed_v<T>)
+            if (y == T(-1)) return static_cast<T>(T(0) - static_cast<std::make_unsigned_t<T>>(x));
+          return static_cast<T>(x / y);
+        });
+      } else {
+        bin_loop(p, a, b, o, [](T x, T y) { return x / y; });
+      }
+      break;
     case Op::Max: bin_loop(p, a, b, o, [](T x, T y) { return x > y ? x : y; }); break;
     case Op::Min: bin_loop(p, a, b, o, [](T x, T y) { return x < y ? x : y; }); break;
     case Op::Pow:
@@ -93,7 +105,8 @@ std::unique_ptr<KernelState> prep_binary(const NodeView& n) {
   s->op = n.op();
   if ((n.op() == Op::Max || n.op() == Op::Min) && n.num_inputs() == 1) {
     s->single = true;
-    n.require_dtype(n.input(0), {DType::F32, DType::I64, DType::I32, DType::F64}, "input");
+    n.require_dtype(n.input(0), {DType::F32, DType::F64, DType::I64, DType::I32, DType::I16, DType::I8, DType::U64, DType::U32,
+                                 DType::U16, DType::U8}, "input");
     return s;
   }
   if (n.num_inputs() != 2 || !n.has_input(0) || !n.has_input(1))
@@ -101,7 +114,10 @@ std::unique_ptr<KernelState> prep_binary(const NodeView& n) {
   const auto &a = n.input(0), &b = n.input(1);
   const auto& y = n.output(0);
   if (is_arith(n.op())) {
-    n.require_dtype(a, {DType::F32, DType::F64, DType::I64, DType::I32}, "input A");
+    if (n.op() == Op::Pow) n.require_dtype(a, {DType::F32, DType::F64, DType::I64, DType::I32}, "input A");
+    else
+      n.require_dtype(a, {DType::F32, DType::F64, DType::I64, DType::I32, DType::I16, DType::I8, DType::U64, DType::U32,
+                          DType::U16, DType::U8}, "input A");
     if (n.op() == Op::Pow) {
       if (a.dtype == DType::F32) n.require_dtype(b, {DType::F32, DType::I64, DType::I32}, "exponent");
       else if (b.dtype != a.dtype) n.fail("integer or float64 Pow with a mixed-type exponent is not supported");
@@ -147,6 +163,12 @@ void fwd_binary(const KernelState& st, ExecContext& ctx, std::span<Tensor> out, 
       case DType::F64: arith<double>(s.op, s.plan, a.data<double>(), b.data<double>(), y.data<double>()); break;
       case DType::I64: arith<int64_t>(s.op, s.plan, a.data<int64_t>(), b.data<int64_t>(), y.data<int64_t>()); break;
       case DType::I32: arith<int32_t>(s.op, s.plan, a.data<int32_t>(), b.data<int32_t>(), y.data<int32_t>()); break;
+      case DType::I16: arith<int16_t>(s.op, s.plan, a.data<int16_t>(), b.data<int16_t>(), y.data<int16_t>()); break;
+      case DType::I8: arith<int8_t>(s.op, s.plan, a.data<int8_t>(), b.data<int8_t>(), y.data<int8_t>()); break;
+      case DType::U64: arith<uint64_t>(s.op, s.plan, a.data<uint64_t>(), b.data<uint64_t>(), y.data<uint64_t>()); break;
+      case DType::U32: arith<uint32_t>(s.op, s.plan, a.data<uint32_t>(), b.data<uint32_t>(), y.data<uint32_t>()); break;
+      case DType::U16: arith<uint16_t>(s.op, s.plan, a.data<uint16_t>(), b.data<uint16_t>(), y.data<uint16_t>()); break;
+      case DType::U8: arith<uint8_t>(s.op, s.plan, a.data<uint8_t>(), b.data<uint8_t>(), y.data<uint8_t>()); break;
       default: SMP_CHECK(false, "dtype");
     }
   } else if (is_compare(s.op)) {
@@ -355,7 +377,7 @@ void bwd_where(const KernelState& st, ExecContext& ctx, const GradIO& io) {
 namespace {
 struct UnState : KernelState {
   Op op;
-  float alpha = 0.01f;
+  float alpha = 0.01f, beta = 0.5f;  // LeakyRelu's slope; HardSigmoid's alpha and beta
   bool gelu_tanh = false;
 };
 
@@ -414,6 +436,10 @@ std::unique_ptr<KernelState> prep_unary(const NodeView& n) {
     default: n.require_dtype(n.input(0), {DType::F32}, "input");
   }
   if (n.op() == Op::LeakyRelu) s->alpha = static_cast<float>(n.node().attr_float("alpha", 0.01));
+  if (n.op() == Op::HardSigmoid) {
+    s->alpha = static_cast<float>(n.node().attr_float("alpha", 0.2));
+    s->beta = static_cast<float>(n.node().attr_float("beta", 0.5));
+  }
   if (n.op() == Op::Gelu) {
     std::string a = n.node().attr_string("approximate", "none");
     if (a == "tanh") s->gelu_tanh = true;
@@ -461,6 +487,13 @@ void fwd_unary(const KernelState& st, ExecContext&, std::span<Tensor> out, std::
     case Op::Ceil: map_f32(x, y, [](float v) { return std::ceil(v); }); break;
     case Op::Sin: map_f32(x, y, [](float v) { return std::sin(v); }); break;
     case Op::Cos: map_f32(x, y, [](float v) { return std::cos(v); }); break;
+    case Op::HardSigmoid: {
+      float a = s.alpha, b = s.beta;
+      map_f32(x, y, [a, b](float v) { return std::max(0.0f, std::min(1.0f, a * v + b)); });
+      break;
+    }
+    // x * relu6(x + 3) / 6, as PyTorch computes it
+    case Op::HardSwish: map_f32(x, y, [](float v) { return v * std::max(0.0f, std::min(6.0f, v + 3.0f)) / 6.0f; }); break;
     default: SMP_CHECK(false, "node {}: not a unary op", s.node_name);
   }
 }
@@ -507,6 +540,18 @@ void bwd_unary(const KernelState& st, ExecContext&, const GradIO& io) {
       break;
     case Op::Sin: grad_map(dy, X(), d, acc, [](float g, float x) { return g * std::cos(x); }); break;
     case Op::Cos: grad_map(dy, X(), d, acc, [](float g, float x) { return -g * std::sin(x); }); break;
+    // PyTorch's hardsigmoid_backward / hardswish_backward (open interval, slope inside)
+    case Op::HardSigmoid: {
+      float a = s.alpha, b = s.beta;
+      grad_map(dy, X(), d, acc, [a, b](float g, float x) {
+        float t = a * x + b;
+        return t > 0.0f && t < 1.0f ? g * a : 0.0f;
+      });
+      break;
+    }
+    case Op::HardSwish:
+      grad_map(dy, X(), d, acc, [](float g, float x) { return x < -3.0f ? 0.0f : (x <= 3.0f ? g * (x / 3.0f + 0.5f) : g); });
+      break;
     default: SMP_CHECK(false, "node {}: no gradient", s.node_name);
   }
 }

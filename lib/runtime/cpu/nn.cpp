@@ -578,7 +578,7 @@ void reduce_loop(const RGeom& g, const T* X, T* Y, Init init, Acc acc, Fin fin) 
 std::unique_ptr<KernelState> prep_reduce(const NodeView& n) {
   auto s = std::make_unique<ReduceState>();
   s->op = n.op();
-  if (n.op() == Op::ReduceMean || n.op() == Op::ReduceSum || n.op() == Op::ReduceProd)
+  if (n.op() == Op::ReduceMean || n.op() == Op::ReduceSum || n.op() == Op::ReduceProd || n.op() == Op::ReduceL2)
     n.require_dtype(n.input(0), {DType::F32}, "input");
   else
     n.require_dtype(n.input(0), {DType::F32, DType::I64}, "input");
@@ -617,6 +617,10 @@ void fwd_reduce(const KernelState& st, ExecContext&, std::span<Tensor> out, std:
       case Op::ReduceProd: reduce_loop<T>(g, X, Y, [] { return T(1); }, [](T a, T v) { return a * v; }, [](T a, int64_t) { return a; }); break;
       case Op::ReduceMax: reduce_loop<T>(g, X, Y, [] { return std::numeric_limits<T>::lowest(); }, [](T a, T v) { return v > a ? v : a; }, [](T a, int64_t) { return a; }); break;
       case Op::ReduceMin: reduce_loop<T>(g, X, Y, [] { return std::numeric_limits<T>::max(); }, [](T a, T v) { return v < a ? v : a; }, [](T a, int64_t) { return a; }); break;
+      case Op::ReduceL2:
+        if constexpr (std::is_floating_point_v<T>)
+          reduce_loop<T>(g, X, Y, [] { return T(0); }, [](T a, T v) { return a + v * v; }, [](T a, int64_t) { return std::sqrt(a); });
+        break;
       default: SMP_CHECK(false, "not a reduction");
     }
   };
@@ -638,6 +642,17 @@ void bwd_reduce(const KernelState& st, ExecContext&, const GradIO& io) {
     bcast_rows(b, [&](int64_t oo, const int64_t* off, int64_t L, const int64_t* ist) {
       for (int64_t i = 0; i < L; ++i) {
         float v = dY[off[0] + i * ist[0]] * k;
+        dX[oo + i] = acc ? dX[oo + i] + v : v;
+      }
+    });
+  } else if (s.op == Op::ReduceL2) {  // dx = dy * x / y (0 where the norm is 0, as PyTorch's)
+    SMP_CHECK(io.in[0].defined() && io.out[0].defined(), "node {}: backward needs input and output", s.node_name);
+    const float* X = io.in[0].data<float>();
+    const float* Y = io.out[0].data<float>();
+    bcast_rows(b, [&](int64_t oo, const int64_t* off, int64_t L, const int64_t* ist) {
+      for (int64_t i = 0; i < L; ++i) {
+        float y = Y[off[0] + i * ist[0]];
+        float v = y > 0 ? dY[off[0] + i * ist[0]] * X[oo + i] / y : 0.0f;
         dX[oo + i] = acc ? dX[oo + i] + v : v;
       }
     });

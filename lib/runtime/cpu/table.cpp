@@ -17,21 +17,21 @@ using namespace cpu;
 #define NO_KERNEL(op) OpKernel{Op::op, nullptr, nullptr, nullptr, kNone}
 
 constexpr OpKernel kTable[] = {
-    K(MatMul, matmul), K(Gemm, gemm), K(Conv, conv),
+    K(MatMul, matmul), K(Gemm, gemm), K(Conv, conv), K(Einsum, einsum),
     K(Add, binary), K(Sub, binary), K(Mul, binary), K(Div, binary), K(Pow, binary), K(Max, binary), K(Min, binary),
     KF(Equal, binary), KF(Less, binary), KF(Greater, binary), KF(LessOrEqual, binary), KF(GreaterOrEqual, binary),
     KF(And, binary), KF(Or, binary), KF(Xor, binary), K(Where, where),
     K(Sqrt, unary), K(Reciprocal, unary), K(Neg, unary), K(Abs, unary), K(Exp, unary), K(Log, unary), K(Relu, unary),
     K(LeakyRelu, unary), K(Tanh, unary), K(Sigmoid, unary), K(Erf, unary), K(Gelu, unary), KF(Floor, unary),
     KF(Ceil, unary), KF(Not, unary), K(Clip, clip), K(Cast, cast), KV(Identity, identity), KV(Dropout, dropout),
-    K(Sin, unary), K(Cos, unary),
+    K(Sin, unary), K(Cos, unary), K(HardSigmoid, unary), K(HardSwish, unary),
     K(Softmax, softmax), K(LogSoftmax, softmax), K(LayerNormalization, layernorm), K(BatchNormalization, batchnorm),
     K(ReduceMean, reduce), K(ReduceSum, reduce), K(ReduceMax, reduce), K(ReduceMin, reduce), K(ReduceProd, reduce),
-    KF(ArgMax, argmax),
+    KF(ArgMax, argmax), K(ReduceL2, reduce),
     K(MaxPool, pool), K(AveragePool, pool), K(GlobalAveragePool, global_avgpool),
     KV(Reshape, reshape), K(Transpose, transpose), KV(Flatten, reshape), KV(Squeeze, reshape), KV(Unsqueeze, reshape),
     K(Concat, concat), K(Split, split), K(Slice, slice), K(Gather, gather), K(Expand, expand), K(Tile, tile),
-    K(Trilu, trilu),
+    K(Trilu, trilu), K(Pad, pad),
     KF(Shape, shape), KF(Size, size), KF(Constant, constant), KF(ConstantOfShape, constant_of_shape), KF(Range, range),
     K(SoftmaxCrossEntropyLoss, sce_loss),
 };

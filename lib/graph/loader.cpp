@@ -2,6 +2,7 @@
 
 #include "core/error.hpp"
 #include "core/io.hpp"
+#include "graph/einsum.hpp"
 #include "graph/fold.hpp"
 #include "graph/op_registry.hpp"
 
@@ -477,6 +478,53 @@ void convert_opset(onnx::ModelProto& model, int64_t from, int64_t target, const 
   model = std::move(converted);
 }
 
+// Output shapes ONNX 1.12's shape inference leaves unknown although the inputs' are static: an
+// Einsum gets only a rank. Returns how many outputs got a shape (the next inference pass carries
+// them on).
+int complete_shapes(onnx::ModelProto& model) {
+  auto& g = *model.mutable_graph();
+  std::unordered_map<std::string, onnx::ValueInfoProto*> info;
+  std::unordered_map<std::string, std::pair<DType, Shape>> known;
+  auto note = [&](onnx::ValueInfoProto& v) {
+    info[v.name()] = &v;
+    if (auto st = static_type(v.type())) known[v.name()] = *st;
+  };
+  for (auto& v : *g.mutable_input()) note(v);
+  for (auto& v : *g.mutable_value_info()) note(v);
+  for (auto& v : *g.mutable_output()) note(v);
+  for (const auto& t : g.initializer())
+    known[t.name()] = {dtype_from_onnx(t.data_type()), Shape(t.dims().begin(), t.dims().end())};
+  int completed = 0;
+  for (const auto& n : g.node()) {
+    if (n.op_type() != "Einsum" || !(n.domain().empty() || n.domain() == "ai.onnx") || n.output_size() != 1) continue;
+    if (known.count(n.output(0))) continue;
+    std::vector<Shape> shapes;
+    DType dt = DType::Undefined;
+    for (const auto& in : n.input()) {
+      auto it = known.find(in);
+      if (it == known.end()) break;
+      shapes.push_back(it->second.second);
+      dt = it->second.first;
+    }
+    if (static_cast<int>(shapes.size()) != n.input_size()) continue;
+    std::string eq;
+    for (const auto& a : n.attribute())
+      if (a.name() == "equation") eq = a.s();
+    EinsumSpec spec;
+    if (!parse_einsum(eq, shapes, spec).empty()) continue;  // the kernel reports it
+    onnx::ValueInfoProto* v = info.count(n.output(0)) ? info[n.output(0)] : g.add_value_info();
+    v->set_name(n.output(0));
+    auto* tt = v->mutable_type()->mutable_tensor_type();
+    tt->set_elem_type(static_cast<int32_t>(dt));
+    tt->clear_shape();
+    auto* sh = tt->mutable_shape();
+    for (int64_t d : spec.output_shape()) sh->add_dim()->set_dim_value(d);
+    known[n.output(0)] = {dt, spec.output_shape()};
+    ++completed;
+  }
+  return completed;
+}
+
 // One folding pass over the model: evaluates every node whose inputs are known constants (or,
 // for Shape/Size, whose input shape is static), replaces its outputs by initializers and drops
 // the node. Returns how many nodes were folded.
@@ -660,7 +708,8 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
   std::unordered_set<std::string> folded_names;
   for (int iter = 0; iter < 32; ++iter) {
     infer_shapes(model, file);
-    if (fold_pass(model, consts, folded_names, opset, file, base_dir) == 0) break;
+    int completed = complete_shapes(model);
+    if (fold_pass(model, consts, folded_names, opset, file, base_dir) == 0 && completed == 0) break;
   }
 
   // Every value must now have a static shape.

@@ -1,11 +1,9 @@
 #include "graph/op_registry.hpp"
 
 #include "core/error.hpp"
+#include "graph/einsum.hpp"
 
 #include <array>
-#include <cctype>
-#include <map>
-#include <string>
 #include <unordered_map>
 
 namespace smp::graph {
@@ -114,36 +112,15 @@ NodeCost cost_conv(const Graph& g, const Node& n) {
 }
 
 // 2 FLOPs per point of the label space (every distinct label's size multiplied): a product and a
-// sum. Letters only; an ellipsis counts as the largest operand's leftover dims.
+// sum.
 NodeCost cost_einsum(const Graph& g, const Node& n) {
   NodeCost c = streaming(g, n, 0.0);
-  std::string eq = n.attr_string("equation", "");
-  std::string lhs = eq.substr(0, eq.find("->"));
-  std::map<char, int64_t> size;
-  double ellipsis = 1;
-  size_t term = 0, dim = 0;
-  for (size_t i = 0; i < lhs.size(); ++i) {
-    const Shape& s = in_shape(g, n, term);
-    if (lhs[i] == ',') {
-      ++term;
-      dim = 0;
-    } else if (lhs.compare(i, 3, "...") == 0) {
-      size_t named = 0;
-      size_t e = lhs.find(',', i);
-      for (size_t j = i + 3; j < (e == std::string::npos ? lhs.size() : e); ++j) named += std::isalpha(static_cast<unsigned char>(lhs[j])) ? 1 : 0;
-      double p = 1;
-      size_t r = s.size() >= dim + named ? s.size() - dim - named : 0;
-      for (size_t j = 0; j < r; ++j) p *= static_cast<double>(s[dim + j]);
-      ellipsis = std::max(ellipsis, p);
-      dim += r;
-      i += 2;
-    } else if (std::isalpha(static_cast<unsigned char>(lhs[i]))) {
-      if (dim < s.size()) size[lhs[i]] = s[dim];
-      ++dim;
-    }
-  }
-  double points = ellipsis;
-  for (auto& [l, v] : size) points *= static_cast<double>(v);
+  std::vector<Shape> shapes;
+  for (size_t i = 0; i < n.inputs.size(); ++i) shapes.push_back(in_shape(g, n, i));
+  EinsumSpec e;
+  if (!parse_einsum(n.attr_string("equation", ""), shapes, e).empty()) return c;
+  double points = 1;
+  for (auto& [l, v] : e.size) points *= static_cast<double>(v);
   c.flops = 2.0 * points;
   return c;
 }

@@ -175,6 +175,7 @@ class Worker {
   void restore();
   double step(int64_t k, bool record);
   void reduce_and_update(int64_t k, bool record, double* loss, double* norm);
+  void commit_running_stats();
   void checkpoint(int64_t steps_done);
   StageCheckpoint snapshot(StageRt& st, int64_t done, bool optimizer);
   void report_end(double mean_step_s);
@@ -287,6 +288,9 @@ void Worker::load() {
     st.nodes = nodes_of[static_cast<size_t>(s)];
     runtime::ExecutorOptions eo;
     eo.after_node = [this](int, char, double) { c_.progress(); };  // messages move between kernels
+    eo.seed = o_.seed;
+    eo.running_stats = o_.deferred_batch_norm ? runtime::ExecutorOptions::RunningStats::Deferred
+                                              : runtime::ExecutorOptions::RunningStats::PerMicrobatch;
     st.ex = std::make_unique<runtime::StageExecutor>(g_, st.nodes, be_, eo);
     st.group = plan_.stage.at(static_cast<size_t>(s)).ranks;
     std::sort(st.group.begin(), st.group.end());
@@ -365,7 +369,11 @@ double Worker::step(int64_t k, bool record) {
   double loss = 0;
   if (record) spans_.clear();
 
-  for (auto& st : stages_) st.ex->zero_grad();
+  for (auto& st : stages_) {
+    st.ex->zero_grad();
+    // Random streams (Dropout) keyed by the step and the global microbatch index.
+    st.ex->set_random_step(k, static_cast<int64_t>(replica_) * m_);
+  }
 
   auto tag_of = [&](const schedule::Action& a) { return static_cast<int>(schedule::message_id(plan_.schedule, a)); };
   // Packs the tensors waiting in `ready` under {s, mb} and sends them to the rank of `to_stage`.
@@ -538,6 +546,17 @@ double Worker::step(int64_t k, bool record) {
   return loss;
 }
 
+void Worker::commit_running_stats() {
+  // Deferred batch norm: the step's statistics of every replica's microbatches, added up, then
+  // the same update on every replica (their running statistics stay identical).
+  for (auto& st : stages_) {
+    std::vector<double> sums = st.ex->running_stat_sums();
+    if (sums.empty()) continue;
+    if (st.group.size() > 1) c_.allreduce_sum(sums.data(), sums.size(), st.group);
+    st.ex->commit_running_stats(sums);
+  }
+}
+
 void Worker::reduce_and_update(int64_t k, bool record, double* loss, double* norm) {
   // Data-parallel all-reduce of each stage's gradients (one packed buffer per stage).
   for (auto& st : stages_) {
@@ -604,11 +623,19 @@ void Worker::reduce_and_update(int64_t k, bool record, double* loss, double* nor
   }
 }
 
-// A stage's parameters (and with `optimizer`, their optimizer state) as a checkpoint.
+// A stage's parameters and running statistics (and with `optimizer`, the parameters' optimizer
+// state) as a checkpoint.
 StageCheckpoint Worker::snapshot(StageRt& st, int64_t done, bool optimizer) {
   StageCheckpoint cp;
   cp.step = done;
   cp.stage = st.index;
+  for (int b : st.ex->buffers()) {
+    const auto& val = g_.value(b);
+    const Tensor& t = st.ex->buffer(b);
+    NamedTensor nt{val.name, DType::F32, val.shape, std::string(static_cast<size_t>(t.bytes()), '\0')};
+    be_.to_host(t, nt.bytes.data());
+    cp.tensors.push_back(std::move(nt));
+  }
   nlohmann::json steps = nlohmann::json::object();
   for (int p : st.ex->parameters()) {
     const auto& val = g_.value(p);
@@ -685,6 +712,14 @@ void Worker::restore() {
       load_slot(".state1", ps.slot1);
       ps.steps = cp.meta["param_steps"].value(val.name, int64_t{0});
       st.opt[p] = std::move(ps);
+    }
+    for (int b : st.ex->buffers()) {
+      const auto& val = g_.value(b);
+      auto it = byname.find(val.name);
+      if (it == byname.end() || it->second->shape != val.shape)
+        throw_bad_input(stage_file(o_.checkpoint_dir, *latest, st.index).string(),
+                        "no running statistics '" + val.name + "' of shape " + shape_str(val.shape));
+      be_.copy(st.ex->buffer(b), be_.from_host(DType::F32, val.shape, it->second->bytes.data()));
     }
   }
   start_step_ = *latest;
@@ -846,7 +881,8 @@ void Worker::export_model(int64_t done) {
       StageCheckpoint cp = read_stage_checkpoint(stage_file(dir, done, s));
       for (auto& t : cp.tensors) weights[t.name] = graph::TensorData{t.dtype, t.shape, std::move(t.bytes)};
     }
-    graph::export_with_weights(plan_.model_path, o_.export_onnx, weights);
+    graph::export_with_weights(plan_.model_path, o_.export_onnx, weights,
+                               o_.export_training_form ? graph::ExportForm::Training : graph::ExportForm::Inference);
     fs::remove_all(dir);
   }
   c_.barrier();
@@ -891,6 +927,7 @@ void Worker::run() {
     auto t0 = clock::now();
     bool record = want_timeline && k + 1 == o_.steps;
     double loss = step(k, record);
+    if (o_.deferred_batch_norm) commit_running_stats();
     double norm = 0;
     reduce_and_update(k, record, &loss, &norm);
     double dt = seconds_since(t0);

@@ -33,6 +33,11 @@ struct RunOptions {
   std::filesystem::path trace;     // Chrome trace of the measured last step (rank 0)
   std::filesystem::path timeline;  // SVG of the same
   std::filesystem::path export_onnx;  // the trained model as ONNX (rank 0)
+  bool export_training_form = false;  // --export-mode training: the graph as given (else the inference form)
+  // BatchNormalization's running statistics: updated once per step with those of the whole
+  // minibatch, all replicas' microbatches together (torchgpipe's deferred batch norm), instead
+  // of per microbatch on each replica (PyTorch's).
+  bool deferred_batch_norm = false;
   std::filesystem::path status_dir;   // per-rank status files for the launcher
   std::filesystem::path losses;       // every step's loss, one per line, full precision (rank 0)
   bool progress_tty = false;  // refresh the progress line in place

@@ -5,6 +5,7 @@
 //   K (both operands, not the output) make A[batch, M, K] · B[batch, K, N] = C[batch, M, N],
 //   permuted into the output (which may also hold labels of neither operand: broadcast).
 // The gradients are contractions of the same kind: dA = einsum(dY, B -> A), dB = einsum(A, dY -> B).
+#include "graph/einsum.hpp"
 #include "runtime/cpu/common.hpp"
 #include "runtime/cpu/kernels.hpp"
 
@@ -197,115 +198,23 @@ struct EinsumState : KernelState {
   Spec out;
 };
 
-// Parses the equation into labels per operand (ellipsis dims get labels >= 256, right-aligned).
-void parse(const NodeView& n, EinsumState& s) {
-  std::string eq;
-  for (char c : n.node().attr_string("equation", ""))
-    if (c != ' ') eq += c;
-  if (eq.empty()) n.fail("no equation");
-  std::string lhs = eq, rhs;
-  bool explicit_out = false;
-  if (auto p = eq.find("->"); p != std::string::npos) {
-    lhs = eq.substr(0, p);
-    rhs = eq.substr(p + 2);
-    explicit_out = true;
-  }
-  std::vector<std::string> terms;
-  size_t b = 0;
-  for (size_t i = 0; i <= lhs.size(); ++i)
-    if (i == lhs.size() || lhs[i] == ',') {
-      terms.push_back(lhs.substr(b, i - b));
-      b = i + 1;
-    }
-  if (static_cast<int>(terms.size()) != n.num_inputs())
-    n.fail(fmt::format("equation '{}' has {} operands, the node {} inputs", eq, terms.size(), n.num_inputs()));
-  if (terms.size() > 2) n.fail("einsum of more than two operands is not supported");
-  int64_t ell_rank = 0;
-  std::map<int, int64_t> size;
-  std::map<int, int> count;
-  auto letters = [&](const std::string& t, std::vector<int>& out, bool& ell) {
-    ell = false;
-    for (size_t i = 0; i < t.size(); ++i) {
-      if (t.compare(i, 3, "...") == 0) {
-        if (ell) n.fail("two ellipses in one term");
-        ell = true;
-        out.push_back(-1);
-        i += 2;
-      } else if (std::isalpha(static_cast<unsigned char>(t[i]))) {
-        out.push_back(t[i]);
-      } else {
-        n.fail(fmt::format("bad character '{}' in equation '{}'", t[i], eq));
-      }
-    }
-  };
-  for (size_t k = 0; k < terms.size(); ++k) {
-    std::vector<int> ls;
-    bool ell;
-    letters(terms[k], ls, ell);
-    const Shape& x = n.input(static_cast<int>(k)).shape;
-    n.require_dtype(n.input(static_cast<int>(k)), {DType::F32, DType::F64}, "operand");
-    if (n.input(static_cast<int>(k)).dtype != n.input(0).dtype) n.fail("operands of different dtypes");
-    int64_t named = static_cast<int64_t>(ls.size()) - (ell ? 1 : 0);
-    if ((ell && named > static_cast<int64_t>(x.size())) || (!ell && named != static_cast<int64_t>(x.size())))
-      n.fail(fmt::format("term '{}' does not fit operand {} of shape {}", terms[k], k, shape_str(x)));
-    Spec sp;
-    sp.shape = x;
-    size_t dim = 0;
-    for (int l : ls) {
-      if (l != -1) {
-        sp.labels.push_back(l);
-        ++dim;
-        continue;
-      }
-      // ellipsis dims count from the right (256 is the last), so that they align across operands
-      int64_t r = static_cast<int64_t>(x.size()) - named;
-      ell_rank = std::max(ell_rank, r);
-      for (int64_t j = 0; j < r; ++j) sp.labels.push_back(256 + static_cast<int>(r - 1 - j));
-      dim += static_cast<size_t>(r);
-    }
-    for (size_t i = 0; i < sp.labels.size(); ++i) {
-      int l = sp.labels[i];
-      if (std::count(sp.labels.begin(), sp.labels.end(), l) > 1)
-        n.fail(fmt::format("label '{}' repeats within operand {} (diagonals are not supported)", static_cast<char>(l), k));
-      auto [it, fresh] = size.emplace(l, sp.shape[i]);
-      if (!fresh && it->second != sp.shape[i])
-        n.fail(fmt::format("label '{}' is {} in one operand, {} in another", l < 256 ? std::string(1, static_cast<char>(l)) : "...",
-                           it->second, sp.shape[i]));
-      ++count[l];
-    }
-    s.ins.push_back(sp);
-  }
-  std::vector<int> out;
-  if (explicit_out) {
-    std::vector<int> ls;
-    bool ell;
-    letters(rhs, ls, ell);
-    for (int l : ls) {
-      if (l == -1) {
-        for (int64_t j = 0; j < ell_rank; ++j) out.push_back(256 + static_cast<int>(ell_rank - 1 - j));
-        continue;
-      }
-      if (!size.count(l)) n.fail(fmt::format("output label '{}' is in no operand", static_cast<char>(l)));
-      if (has(out, l)) n.fail(fmt::format("output label '{}' repeats", static_cast<char>(l)));
-      out.push_back(l);
-    }
-  } else {
-    for (int64_t j = 0; j < ell_rank; ++j) out.push_back(256 + static_cast<int>(ell_rank - 1 - j));
-    for (auto [l, c] : count)
-      if (l < 256 && c == 1) out.push_back(l);
-  }
-  s.out.labels = out;
-  for (int l : out) s.out.shape.push_back(size.at(l));
-  if (s.out.shape != n.output(0).shape)
-    n.fail(fmt::format("output {} differs from the equation's {}", shape_str(n.output(0).shape), shape_str(s.out.shape)));
-}
-
 }  // namespace
 
 std::unique_ptr<KernelState> prep_einsum(const NodeView& n) {
   auto s = std::make_unique<EinsumState>();
-  if (n.num_inputs() < 1) n.fail("needs an operand");
-  parse(n, *s);
+  if (n.num_inputs() < 1 || n.num_inputs() > 2) n.fail(fmt::format("{} operands; supported: 1 or 2", n.num_inputs()));
+  std::vector<Shape> shapes;
+  for (int k = 0; k < n.num_inputs(); ++k) {
+    n.require_dtype(n.input(k), {DType::F32, DType::F64}, "operand");
+    if (n.input(k).dtype != n.input(0).dtype) n.fail("operands of different dtypes");
+    shapes.push_back(n.input(k).shape);
+  }
+  graph::EinsumSpec e;
+  if (auto why = graph::parse_einsum(n.node().attr_string("equation", ""), shapes, e); !why.empty()) n.fail(why);
+  for (size_t k = 0; k < shapes.size(); ++k) s->ins.push_back(Spec{e.inputs[k], shapes[k]});
+  s->out = Spec{e.output, e.output_shape()};
+  if (s->out.shape != n.output(0).shape)
+    n.fail(fmt::format("output {} differs from the equation's {}", shape_str(n.output(0).shape), shape_str(s->out.shape)));
   return s;
 }
 

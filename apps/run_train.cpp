@@ -1,6 +1,7 @@
 #include "run_train.hpp"
 
 #include "comm/comm.hpp"
+#include "comm/job_monitor.hpp"
 #include "comm/launch.hpp"
 #include "core/error.hpp"
 #include "core/io.hpp"
@@ -11,12 +12,15 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <random>
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -49,7 +53,18 @@ void add_train_options(CLI::App& app, TrainCli& t) {
   app.add_flag("--shuffle", t.shuffle, "permute the rows once per epoch (from --seed)");
   app.add_option("--threads-per-worker", t.threads_per_worker, "compute threads per CPU worker (default: cores / local workers)")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--hostfile", t.hostfile, "Open MPI hostfile for workers on several machines");
+  app.add_option("--backend", t.backend,
+                 "cpu | cuda | auto: where the workers compute (auto: the device kind the plan put each rank on)")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  app.add_option("--device", t.device, "CUDA device index of every worker on this machine (default: the plan's device of each rank)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_flag("--tf32", t.tf32, "let float32 matrix products and convolutions use TF32 tensor cores (cuda; off: exact float32)");
+  app.add_option("--hostfile", t.hostfile,
+                 "Open MPI hostfile (NAME [slots=N] per line): the plan's hosts run on its hosts, in order")
+      ->option_text("FILE");
+  app.add_option("--launcher", t.launcher,
+                 "how workers start: auto (srun inside a Slurm allocation, else mpirun), mpirun, srun")
+      ->check(CLI::IsMember({"auto", "mpirun", "srun"}));
   app.add_option("--checkpoint-dir", t.checkpoint_dir, "write checkpoints here (each stage's weights and optimizer state)");
   app.add_option("--checkpoint-every", t.checkpoint_every, "checkpoint every N steps (and at the end)")
       ->check(CLI::NonNegativeNumber);
@@ -73,28 +88,16 @@ void add_train_options(CLI::App& app, TrainCli& t) {
   app.add_option("--timeout", t.timeout_s, "seconds a worker waits for a peer before reporting it")->check(CLI::PositiveNumber);
   app.add_flag("-q,--quiet", t.quiet, "no progress lines");
   app.add_option("--losses", t.losses, "write each step's loss, one per line at full precision")->group("");
-  app.add_option("--status-dir", t.status_dir, "")->group("");
+  app.add_option("--status-token", t.status_token, "")->group("");
   app.add_flag("--progress-tty", t.progress_tty, "")->group("");
 }
 
 namespace {
 
-// The worker's status file, prepared for the SIGTERM handler (async-signal-safe writes only).
-char g_status_tmp[4096];
-char g_status_path[4096];
+// Set by SIGINT / SIGTERM / SIGUSR1 in a worker: stop after the step in progress.
+volatile std::sig_atomic_t g_stop = 0;
 
-void on_sigterm(int) {
-  if (g_status_path[0]) {
-    int fd = ::open(g_status_tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd >= 0) {
-      const char msg[] = "terminated\n";
-      [[maybe_unused]] ssize_t n = ::write(fd, msg, sizeof msg - 1);
-      ::close(fd);
-      ::rename(g_status_tmp, g_status_path);
-    }
-  }
-  ::_exit(143);
-}
+void on_stop(int sig) { g_stop = sig; }
 
 train::RunOptions run_options(const std::string& plan, const std::string& data, const TrainCli& t) {
   train::RunOptions o;
@@ -117,6 +120,9 @@ train::RunOptions run_options(const std::string& plan, const std::string& data, 
   o.data = data;
   o.shuffle = t.shuffle;
   o.threads = std::max(t.threads_per_worker, 1);
+  o.backend = t.backend;
+  o.device = t.device;
+  o.tf32 = t.tf32;
   o.checkpoint_dir = t.checkpoint_dir;
   o.checkpoint_every = t.checkpoint_every;
   o.resume = t.resume;
@@ -128,7 +134,8 @@ train::RunOptions run_options(const std::string& plan, const std::string& data, 
   o.export_training_form = t.export_mode == "training";
   o.deferred_batch_norm = t.deferred_batch_norm;
   o.losses = t.losses;
-  o.status_dir = t.status_dir;
+  o.status_token = t.status_token;
+  o.stop_signal = &g_stop;
   o.progress_tty = t.progress_tty;
   o.quiet = t.quiet;
   return o;
@@ -136,6 +143,17 @@ train::RunOptions run_options(const std::string& plan, const std::string& data, 
 
 int worker_main(const std::string& plan, const std::string& data, TrainCli t, const comm::LaunchInfo& li, int argc,
                 char** argv) {
+  // A stop request (Ctrl-C, SIGTERM from Slurm before a time limit or preemption, SIGUSR1 that
+  // the launcher sends through mpirun / srun) lets the step in progress finish; from now on, so
+  // that a request never finds a worker without the handler.
+  struct sigaction sa {};
+  sa.sa_handler = on_stop;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  for (int sig : {SIGINT, SIGTERM, SIGUSR1}) sigaction(sig, &sa, nullptr);
+  char host[256] = "?";
+  ::gethostname(host, sizeof host - 1);
+  train::report_status(t.status_token, li.rank, fmt::format("hello {} {}", host, ::getpid()));
   // Default threads: this machine's cores shared by the workers on it.
   if (t.threads_per_worker <= 0) t.threads_per_worker = std::max(1, comm::online_cores() / std::max(1, li.local_size));
   auto c = comm::init_mpi(&argc, &argv);
@@ -143,35 +161,91 @@ int worker_main(const std::string& plan, const std::string& data, TrainCli t, co
   // Waiting ranks poll without sleeping when every worker's threads have cores of their own:
   // a sleep lasts >= ~70 us on a VM, and a message needs several polls to move.
   c->set_spin_wait(li.local_size * t.threads_per_worker <= comm::online_cores());
-  if (!t.status_dir.empty()) {
-    std::string p = train::status_file(t.status_dir, c->rank()).string();
-    std::snprintf(g_status_path, sizeof g_status_path, "%s", p.c_str());
-    std::snprintf(g_status_tmp, sizeof g_status_tmp, "%s.term", p.c_str());
-    std::signal(SIGTERM, on_sigterm);
-  }
-  try {
-    train::run_worker(*c, run_options(plan, data, t));
-  } catch (const Error& e) {
-    std::string msg = e.what();
-    // An error every rank meets at once (a non-finite loss) is reported by rank 0 alone.
-    bool collective = msg.find("the loss is") != std::string::npos;
-    if (!collective || c->rank() == 0) {
+  auto fail = [&](const std::string& msg, int code, bool print) {
+    // The others need not wait for this one: they end too, at once.
+    c->tell_peers_giving_up();
+    // A worker asked to stop whose step cannot finish, or told that a peer gave up, ends with
+    // its job (mpirun and srun send SIGTERM to every worker when one has died): the launcher
+    // names the one that died, or the one that failed says why.
+    const bool with_job = (g_stop != 0 && code != 2) || c->peer_gave_up();
+    if (with_job) print = false;
+    if (print) {
       std::string prefix = fmt::format("rank {}", c->rank());
       if (msg.rfind(prefix + ":", 0) == 0) std::fprintf(stderr, "error: %s\n", msg.c_str());
       else std::fprintf(stderr, "error: %s: %s\n", prefix.c_str(), msg.c_str());
       std::fflush(stderr);
-    } else {
-      ::usleep(300000);
     }
-    train::write_status(t.status_dir, c->rank(), "error " + msg);
-    std::_Exit(e.exit_code());
+    train::report_status(t.status_token, c->rank(), (with_job ? "stopped " : "error ") + msg);
+    std::_Exit(with_job && g_stop != 0 ? 128 + g_stop : code);
+  };
+  try {
+    const train::RunResult r = train::run_worker(*c, run_options(plan, data, t));
+    if (r.interrupted && t.status_token.empty()) {
+      // Started by srun / mpirun directly: rank 0 says where the run stopped, and every worker
+      // ends with 128 + the signal, as srun and mpirun then do.
+      if (c->rank() == 0) std::fprintf(stderr, "%s\n", train::interrupted_message(r.steps_done, t.checkpoint_dir).c_str());
+      return 128 + r.signal;
+    }
+  } catch (const Error& e) {
+    std::string msg = e.what();
+    // An error every rank meets at once (a non-finite loss) is reported by rank 0 alone.
+    const bool collective = msg.find("the loss is") != std::string::npos;
+    if (collective && c->rank() != 0) ::usleep(300000);
+    fail(msg, e.exit_code(), !collective || c->rank() == 0);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: rank %d: %s\n", c->rank(), e.what());
-    std::fflush(stderr);
-    train::write_status(t.status_dir, c->rank(), std::string("error ") + e.what());
-    std::_Exit(1);
+    fail(e.what(), 1, true);
   }
   return 0;
+}
+
+// How the job ended, in one line when it did not end well; the exit status of smp-run.
+int report_end(int rc, const comm::JobMonitor& monitor, const plan::PlanFile& pf, const std::vector<std::string>& host_of_rank,
+               const TrainCli& t, int first_signal, int sigints) {
+  const std::vector<comm::WorkerStatus> ws = monitor.workers();
+  const int ranks = static_cast<int>(ws.size());
+  if (std::all_of(ws.begin(), ws.end(), [](const comm::WorkerStatus& w) { return w.state == "interrupted"; })) {
+    std::fprintf(stderr, "%s\n", train::interrupted_message(ws[0].step, t.checkpoint_dir).c_str());
+    return 128 + (first_signal != 0 ? first_signal : ws[0].signal);
+  }
+  if (rc == 0) return 0;
+  if (sigints >= 2) {
+    std::fprintf(stderr, "error: stopped at the second Ctrl-C, in the middle of a step%s\n",
+                 t.checkpoint_dir.empty() ? "" : " (--resume continues from the last checkpoint)");
+    return 128 + SIGINT;
+  }
+  // Ranks that failed have printed their own error line.
+  if (std::any_of(ws.begin(), ws.end(), [](const comm::WorkerStatus& w) { return w.state == "error"; })) return 1;
+  auto name = [&](int r) {
+    const comm::WorkerStatus& w = ws[static_cast<size_t>(r)];
+    std::string stages = w.stages;
+    if (stages.empty())
+      for (int s : pf.ranks[static_cast<size_t>(r)].stages) stages += (stages.empty() ? "" : ",") + std::to_string(s);
+    return fmt::format("rank {} (stage {}, host {})", r, stages, w.host.empty() ? host_of_rank[static_cast<size_t>(r)] : w.host);
+  };
+  std::string how = rc > 128 ? fmt::format("killed by signal {}", rc - 128) : fmt::format("exit status {}", rc);
+  std::string what;
+  // mpirun / srun name the first worker that ended abnormally.
+  for (const comm::ProcessEnd& e : monitor.ends()) {
+    if (e.rank < 0 || e.rank >= ranks || ws[static_cast<size_t>(e.rank)].ended()) continue;
+    what = name(e.rank);
+    how = e.signal ? fmt::format("killed by signal {}", e.signal) : fmt::format("exit status {}", e.exit_code);
+    if (ws[static_cast<size_t>(e.rank)].state.empty()) how += ", before it started";
+    break;
+  }
+  if (what.empty()) {  // no notice: the ranks that did not end
+    int listed = 0;
+    for (int r = 0; r < ranks && listed < 4; ++r)
+      if (!ws[static_cast<size_t>(r)].ended())
+        what += (listed++ ? ", " : "") + name(r) + (ws[static_cast<size_t>(r)].state.empty() ? " never started" : "");
+  }
+  if (what.empty()) {
+    const std::string held = monitor.held();
+    (void)write_all(2, held.data(), held.size());
+    std::fprintf(stderr, "error: the launcher failed (%s) after the workers ended\n", how.c_str());
+    return 1;
+  }
+  std::fprintf(stderr, "error: %s: the worker died (%s); the job was stopped\n", what.c_str(), how.c_str());
+  return 1;
 }
 
 }  // namespace
@@ -189,6 +263,7 @@ int run_train(const std::string& plan, const std::string& data, const TrainCli& 
   plan::PlanFile pf = plan::read_plan(plan);
   const fs::path model = pf.model_path;
   plan::check_model_checksum(pf, model);
+  train::check_devices(pf, run_options(plan, data, t), t.hostfile.empty());
   {
     graph::LoadOptions lo;
     lo.batch_size = pf.microbatch_size;
@@ -198,61 +273,100 @@ int run_train(const std::string& plan, const std::string& data, const TrainCli& 
   }
   const int ranks = static_cast<int>(pf.ranks.size());
 
-  TempDir status("smp-run");  // the workers' status files
-  const std::string status_dir = status.path().string();
-
+  // Where the workers run: on the hosts of --hostfile (mpirun), of the Slurm allocation this runs
+  // in (srun, or mpirun with --launcher mpirun), else here; the plan's hosts in order onto them.
+  const std::vector<comm::HostSlots> allocation = comm::slurm_allocation();
+  if (t.launcher == "srun" && allocation.empty())
+    throw_bad_input("--launcher srun", "not inside a Slurm allocation", "salloc / sbatch first, or --launcher mpirun");
+  const bool use_srun = t.hostfile.empty() && !allocation.empty() && t.launcher != "mpirun";
+  std::vector<comm::HostSlots> hosts;
+  std::string hosts_from;
+  if (!t.hostfile.empty()) hosts = comm::read_hostfile(t.hostfile), hosts_from = t.hostfile;
+  else if (!allocation.empty()) hosts = allocation, hosts_from = "the Slurm allocation (SLURM_JOB_NODELIST)";
+  std::vector<comm::PlannedRank> planned;
+  for (const auto& r : pf.ranks) planned.push_back({r.host, r.device});
+  TempDir tmp("smp-run");  // the rank-to-host file that mpirun / srun read here
+  const std::string token = fmt::format("{:016x}", std::random_device{}() * 0x100000000ull + std::random_device{}());
   std::vector<std::string> args;
   for (int i = 1; i < argc; ++i) args.push_back(argv[i]);
-  args.insert(args.end(), {"--status-dir", status_dir});
+  args.insert(args.end(), {"--status-token", token});
   if (::isatty(STDOUT_FILENO)) args.push_back("--progress-tty");
-  comm::MpirunOptions mo;
-  mo.ranks = ranks;
-  mo.hostfile = t.hostfile;
-  fs::path self = fs::read_symlink("/proc/self/exe");
-  comm::Command cmd = comm::mpirun_command(mo, self.string(), args);
+  const fs::path self = fs::read_symlink("/proc/self/exe");
+  std::vector<std::string> host_of_rank;
+  comm::Command cmd;
+  if (hosts.empty()) {
+    comm::MpirunOptions mo;
+    mo.ranks = ranks;
+    mo.quiet = false;  // its notices name a worker that died
+    cmd = comm::mpirun_command(mo, self.string(), args);
+    char here[256] = "?";
+    ::gethostname(here, sizeof here - 1);
+    host_of_rank.assign(static_cast<size_t>(ranks), here);
+  } else {
+    const comm::Placement place = comm::place_ranks(planned, hosts, t.hostfile.empty() ? "SLURM_JOB_NODELIST" : t.hostfile,
+                                                    !use_srun);
+    host_of_rank = place.host_of_rank;
+    if (place.plan_hosts < place.hosts_given)
+      std::fprintf(stderr, "note: the plan uses %d of the %d hosts of %s (plan for them with a cluster description of them)\n",
+                   place.plan_hosts, place.hosts_given, hosts_from.c_str());
+    const fs::path rank_hosts = tmp.path() / "rank-hosts";
+    std::string lines;
+    for (const auto& h : host_of_rank) lines += h + "\n";
+    write_file_atomic(rank_hosts, lines);
+    if (use_srun) {
+      comm::SrunOptions so;
+      so.ranks = ranks;
+      so.rank_hostfile = rank_hosts.string();
+      std::map<std::string, int> per_host;
+      for (const auto& h : host_of_rank) ++per_host[h];
+      so.nodes = static_cast<int>(per_host.size());
+      for (const auto& h : hosts)
+        if (h.slots > 0 && per_host.count(h.name) && per_host[h.name] > h.slots) so.overcommit = true;
+      cmd = comm::srun_command(so, self.string(), args);
+    } else {
+      comm::MpirunOptions mo;
+      mo.ranks = ranks;
+      mo.hostfile = rank_hosts.string();
+      mo.sequential = true;
+      mo.quiet = false;
+      cmd = comm::mpirun_command(mo, self.string(), args);
+    }
+  }
   // Workers must not spin while they wait: they share the cores with the ones computing.
   cmd.env["OMP_WAIT_POLICY"] = "PASSIVE";
-  // A worker that dies mid-message leaves Open MPI's complaint about its vanished memory in the
-  // others' output; the launcher names the dead worker itself, in one line.
-  cmd.drop_stderr = comm::is_dead_peer_read_error;
-  // mpirun must end once every worker has: if all have reported their end and mpirun is
-  // still there 10 s later, it is stuck and is stopped.
+  // How each worker ends comes back in its stderr (status lines) and in mpirun's / srun's
+  // notices; the monitor takes both out of the stream.
+  comm::JobMonitor monitor(ranks, token);
+  cmd.filter_stderr = [&](std::string_view line) { return monitor.filter(line); };
+  // Ctrl-C / SIGTERM: every worker finishes its step (mpirun and srun pass SIGUSR1 on to all),
+  // once all have their handler; a second Ctrl-C stops the job at once.
+  cmd.stop_signal = SIGUSR1;
+  cmd.stop_ready = [&] { return monitor.all_started(); };
+  int first_signal = 0, sigints = 0;
+  cmd.on_signal = [&](int sig) {
+    if (first_signal == 0) first_signal = sig;
+    if (sig == SIGINT) ++sigints;
+  };
+  // mpirun / srun must end once every worker has: if all have reported their end (or were
+  // reported dead) and it is still there 10 s later (1 s once one died), it is stuck and is
+  // stopped. (srun can wait for Slurm's KillWait after a task died: Slurm's PMIx plugin kills
+  // the step with a call that stalls the dead task's node.)
   auto all_ended_since = std::chrono::steady_clock::time_point::max();
   auto stuck = [&] {
-    for (int r = 0; r < ranks; ++r) {
-      std::string line = train::read_status(status_dir, r);
-      if (line != "done" && line != "terminated" && line.rfind("error", 0) != 0) {
+    const std::vector<comm::ProcessEnd> ends = monitor.ends();
+    const std::vector<comm::WorkerStatus> ws = monitor.workers();
+    for (int r = 0; r < ranks; ++r)
+      if (!ws[static_cast<size_t>(r)].ended() &&
+          std::none_of(ends.begin(), ends.end(), [&](const comm::ProcessEnd& e) { return e.rank == r; })) {
         all_ended_since = std::chrono::steady_clock::time_point::max();
         return false;
       }
-    }
     auto now = std::chrono::steady_clock::now();
     if (all_ended_since == std::chrono::steady_clock::time_point::max()) all_ended_since = now;
-    return now - all_ended_since > std::chrono::seconds(10);
+    return now - all_ended_since > std::chrono::seconds(ends.empty() ? 10 : 1);
   };
-  int rc = comm::run_command(cmd, stuck);
-
-  if (rc != 0) {
-    // Name the rank(s) that died; ranks that failed have printed their own error line.
-    bool reported = false;
-    std::vector<std::string> died;
-    for (int r = 0; r < ranks; ++r) {
-      std::string line = train::read_status(status_dir, r);
-      if (line.rfind("error", 0) == 0) reported = true;
-      else if (line.rfind("running", 0) == 0 || line == "loading" || line.empty()) {
-        std::string stages;
-        for (int s : pf.ranks[static_cast<size_t>(r)].stages) stages += (stages.empty() ? "" : ",") + std::to_string(s);
-        died.push_back(fmt::format("rank {} (stage {}){}", r, stages, line.empty() ? " never started" : ""));
-      }
-    }
-    if (!reported) {
-      std::string what = died.empty() ? "a worker" : died.front();
-      for (size_t i = 1; i < died.size() && i < 4; ++i) what += ", " + died[i];
-      std::string how = rc > 128 ? fmt::format("killed by signal {}", rc - 128) : fmt::format("exit status {}", rc);
-      std::fprintf(stderr, "error: %s: the worker died (%s); the job was stopped\n", what.c_str(), how.c_str());
-    }
-  }
-  return rc == 0 ? 0 : 1;
+  const int rc = comm::run_command(cmd, stuck);
+  return report_end(rc, monitor, pf, host_of_rank, t, first_signal, sigints);
 }
 
 }  // namespace smp::app

@@ -1,5 +1,6 @@
-// smp-run PLAN.json: the launcher (starts one worker per rank through mpirun and reports how
-// the job ended) and, inside mpirun / srun, the worker of one rank.
+// smp-run PLAN.json: the launcher (starts one worker per rank through mpirun or srun, on the
+// hosts the plan names, and reports how the job ended) and, inside mpirun / srun, the worker of
+// one rank.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -21,7 +22,11 @@ struct TrainCli {
   uint64_t seed = 0;
   bool shuffle = false;
   int threads_per_worker = 0;
+  std::string backend = "auto";  // cpu | cuda | auto
+  int device = -1;               // CUDA device (-1: the plan's)
+  bool tf32 = false;
   std::string hostfile;
+  std::string launcher = "auto";
   std::string checkpoint_dir;
   int checkpoint_every = 0;
   bool resume = false;
@@ -31,7 +36,7 @@ struct TrainCli {
   double timeout_s = 60;
   bool quiet = false;
   // set by the launcher for its workers
-  std::string status_dir;
+  std::string status_token;
   bool progress_tty = false;
 };
 

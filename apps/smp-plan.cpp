@@ -1,6 +1,7 @@
 // smp-plan: partition an ONNX model across devices into a pipelined training plan (lib/plan),
 // print the graph summary (--summary), or show pipeline schedules without a model (--show).
 #include "common.hpp"
+#include "default_batch.hpp"
 
 #include "core/io.hpp"
 #include "cost/cluster.hpp"
@@ -15,9 +16,11 @@
 #include "plan_schedule.hpp"  // schedules
 #include "schedule/timeline.hpp"
 #include "schedule/validate.hpp"
+#include "train/calibrate.hpp"
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <iostream>
 #include <map>
 
@@ -52,6 +55,47 @@ void print_summary(const smp::graph::GraphSummary& s) {
     double share = s.forward_flops > 0 ? 100.0 * st.flops / s.forward_flops : 0.0;
     fmt::print("{:<26} {:>7} {:>14.6g} {:>6.2f}%\n", op, st.count, st.flops, share);
   }
+  const auto& tp = s.tensor_parallel;
+  fmt::print("\ntensor parallelism (found in the graph; --tensor-parallel T)\n");
+  if (tp.groups.empty()) {
+    fmt::print("  no shardable groups: every node stays replicated\n");
+  } else {
+    std::map<std::string, int> kinds;
+    for (const auto& t : tp.groups) ++kinds[t.kind];
+    std::string counts;
+    for (const auto& [k, n] : kinds) counts += fmt::format("{}{} {}", counts.empty() ? "" : ", ", n, k);
+    const double total = static_cast<double>(tp.sharded_parameters + tp.replicated_parameters);
+    fmt::print("  {} groups ({}); every one splits up to {} ways\n", tp.groups.size(), counts, tp.max_degree);
+    fmt::print("  sharded:    {} parameters ({:.1f}%)\n", human(static_cast<double>(tp.sharded_parameters), ""),
+               total > 0 ? 100.0 * static_cast<double>(tp.sharded_parameters) / total : 0.0);
+    auto by_op = [](const std::map<std::string, int>& m) {
+      std::vector<std::pair<int, std::string>> v;
+      for (const auto& [op, n] : m) v.emplace_back(-n, op);
+      std::sort(v.begin(), v.end());
+      std::string out;
+      for (size_t i = 0; i < v.size() && i < 6; ++i) out += fmt::format("{}{} {}", i ? ", " : "", -v[i].first, v[i].second);
+      if (v.size() > 6) out += ", ...";
+      return out;
+    };
+    fmt::print("  replicated: {} parameters in {} tensors (read by {})\n", human(static_cast<double>(tp.replicated_parameters), ""),
+               tp.replicated.size(), tp.replicated.empty() ? std::string("none") : by_op(tp.replicated_by_op));
+    fmt::print("              {} nodes outside the groups ({})\n", tp.replicated_nodes, by_op(tp.replicated_nodes_by_op));
+    fmt::print("  {:<10} {:<28} {:>6} {:>12} {:>8}  {}\n", "kind", "group", "nodes", "parameters", "up to", "first -> last node");
+    const size_t show = tp.groups.size() > 24 ? 12 : tp.groups.size();
+    auto row = [&](const smp::graph::TpGroupSummary& t) {
+      std::string range = t.first_node + " -> " + t.last_node;
+      if (range.size() > 64) range = range.substr(0, 30) + "..." + range.substr(range.size() - 31);
+      fmt::print("  {:<10} {:<28} {:>6} {:>12} {:>6}x  {}\n", t.kind, t.name.size() > 28 ? t.name.substr(0, 25) + "..." : t.name,
+                 t.nodes, human(static_cast<double>(t.parameters), ""), t.max_degree, range);
+    };
+    for (size_t i = 0; i < show; ++i) row(tp.groups[i]);
+    if (show < tp.groups.size()) {
+      fmt::print("  ... {} more ...\n", tp.groups.size() - show - 2);
+      row(tp.groups[tp.groups.size() - 2]);
+      row(tp.groups.back());
+    }
+  }
+  for (const auto& n : tp.notes) fmt::print("  not split: {}\n", n);
 }
 
 }  // namespace
@@ -59,11 +103,11 @@ void print_summary(const smp::graph::GraphSummary& s) {
 int main(int argc, char** argv) {
   CLI::App app{
       "smp-plan: partition an ONNX model across devices into a pipelined training plan.\n"
-      "  smp-plan MODEL.onnx --batch-size N [--cluster FILE | --devices N] [options]   plan; writes plan.json\n"
-      "  smp-plan MODEL.onnx --batch-size N --summary                                    the graph summary\n"
+      "  smp-plan MODEL.onnx [--batch-size N] [--cluster FILE | --devices N] [options] plan; writes plan.json\n"
+      "  smp-plan MODEL.onnx [--batch-size N] --summary                                  the graph summary\n"
       "  smp-plan --schedule NAME --show                                                 a schedule, without a model\n"
-      "Planning searches pipeline x data-parallel degrees, microbatches, schedule, placement and per-stage "
-      "recomputation, splits the graph by dynamic programming, scores every candidate with the schedule simulator, "
+      "Planning searches pipeline x data-parallel x tensor-parallel degrees, microbatches, schedule, placement, "
+      "optimizer-state sharding and per-stage recomputation, splits the graph by dynamic programming, scores every candidate with the schedule simulator, "
       "prints the partition report and writes the plan (default file name: plan.json)."};
   smp::app::setup_app(app);
 
@@ -72,11 +116,13 @@ int main(int argc, char** argv) {
   std::vector<std::string> dims;
   bool summary = false, json = false;
   std::string cluster_file, profile_file, out_file = "plan.json", optimizer = "adamw", dtype = "fp32",
-                            recompute = "auto", save_cluster;
-  int devices = -1, data_parallel = 0, max_positions = 256, max_configs = 48;
+                            recompute = "auto", save_cluster, split = "auto";
+  int devices = -1, data_parallel = 0, max_positions = 256, max_configs = 48, tensor_parallel = 0;
+  bool recalibrate = false, no_calibration = false, shard_optimizer = false, no_shard_optimizer = false;
   double dp_work = 2e6;
   app.add_option("MODEL", model, "ONNX model (.onnx); external weight files need not be present");
-  app.add_option("-b,--batch-size", batch_size, "global batch size (bound to the inputs' symbolic batch dimension)")
+  app.add_option("-b,--batch-size", batch_size, "global batch size (bound to the inputs' symbolic batch dimension; default: "
+                                                "the model's fixed batch dimension, else 8 per device)")
       ->check(CLI::PositiveNumber);
   app.add_option("--dim", dims, "bind another symbolic dimension, NAME=SIZE (repeatable)");
   app.add_flag("--summary", summary, "print the graph summary: nodes, parameters, FLOPs, activations, ops");
@@ -90,6 +136,15 @@ int main(int argc, char** argv) {
       ->group(pg)->option_text("N");
   app.add_option("--data-parallel", data_parallel, "data-parallel replicas D (default: searched)")
       ->group(pg)->option_text("D")->check(CLI::Range(1, 1 << 20));
+  app.add_option("--tensor-parallel", tensor_parallel,
+                 "tensor-parallel degree T: ranks of a group splitting each layer found in the graph (1: off; default: "
+                 "1, 2, 4 and 8 searched, within a host)")
+      ->group(pg)->option_text("T")->check(CLI::Range(1, 1 << 16));
+  app.add_flag("--shard-optimizer", shard_optimizer,
+               "split the optimizer state over the data-parallel replicas (ZeRO stage 1); default: only where a plan "
+               "fits only with it")
+      ->group(pg);
+  app.add_flag("--no-shard-optimizer", no_shard_optimizer, "never split the optimizer state")->group(pg);
   app.add_option("--optimizer", optimizer, "optimizer state in the memory model: sgd (none), momentum (1x the weights), "
                                            "adamw (2x)")
       ->group(pg)->option_text("sgd|momentum|adamw");
@@ -109,6 +164,17 @@ int main(int argc, char** argv) {
   app.add_option("--dp-work", dp_work, "stage evaluations the DP may spend per configuration walking the bound on the "
                                        "largest stage time (0: no cap, exact for the DP's objective)")
       ->group(pg)->option_text("N")->check(CLI::NonNegativeNumber);
+  app.add_option("--split", split, "the stage split the plan keeps: auto (the DP's, or a baseline's when it simulates "
+                                   "faster), dp, equal-layers, equal-params, or CUTS: the nodes that begin stages 1, 2, ... "
+                                   "by name or position, comma-separated; degrees, microbatches and schedule are searched "
+                                   "as usual")
+      ->group(pg)->option_text("auto|dp|equal-layers|equal-params|CUTS");
+  app.add_flag("--recalibrate", recalibrate, "measure this machine's kernels again (without --cluster, smp-plan prices "
+                                           "nodes by a calibration of this machine taken once and cached)")
+      ->group(pg);
+  app.add_flag("--no-calibration", no_calibration, "without --cluster: describe this machine by its stated estimates "
+                                                  "(CPU flags x clock) instead of its measured kernels")
+      ->group(pg);
   app.add_option("--save-cluster", save_cluster, "write the detected description of this machine (with --devices) and exit")
       ->group(pg)->option_text("FILE");
   // --- schedules (apps/plan_schedule.*): options, and their mode when no model is given
@@ -130,12 +196,32 @@ int main(int argc, char** argv) {
     if (model.empty() && smp::app::schedule_mode_requested(schedule_opts))  // schedules
       return smp::app::run_schedule_mode(schedule_opts);
     if (model.empty()) smp::throw_bad_input("MODEL", "no model given", "smp-plan MODEL.onnx --batch-size N");
+    if (!cluster_file.empty() && devices > 0)
+      smp::throw_bad_input("--devices", "applies to this machine's CPU description; the cluster file lists its devices",
+                           "leave out --devices or --cluster");
+    // This machine, when no cluster file describes the devices: its kernels as measured (once,
+    // cached), unless the plan only needs the graph summary or the user asks for the estimates.
+    auto local = [&](bool measured) {
+      if (!measured) return smp::cost::detect_local_cpu(devices > 0 ? devices : 0);
+      smp::train::CalibrateOptions co;
+      co.pingpong_program = std::filesystem::read_symlink("/proc/self/exe").parent_path() / "smp-profile";
+      auto cal = smp::train::load_or_calibrate(co, recalibrate, [](const std::string& s) { fmt::print(stderr, "{}\n", s); });
+      return smp::cost::calibrated_local_cpu(cal, devices > 0 ? devices : 0);
+    };
+    if (!cluster_file.empty() && (recalibrate || no_calibration))
+      smp::throw_bad_input(recalibrate ? "--recalibrate" : "--no-calibration", "applies to this machine; the cluster file "
+                           "describes the devices", "leave it out or leave out --cluster");
+    smp::cost::Cluster cluster = !cluster_file.empty() ? smp::cost::read_cluster(cluster_file)
+                                                       : local(!summary && !no_calibration);
+    std::string batch_note;
+    if (batch_size <= 0) batch_size = smp::app::default_batch(model, cluster.size(), batch_note);
     smp::graph::LoadOptions opts;
     opts.batch_size = batch_size;
     opts.dims = smp::app::parse_dims(dims);
 
     if (summary) {
       smp::graph::Graph g = smp::graph::load_graph(model, opts);
+      if (!batch_note.empty()) fmt::print(stderr, "note: {}\n", batch_note);
       for (const auto& w : g.warnings) fmt::print(stderr, "warning: {}: {}\n", model, w);
       auto s = smp::graph::summarize(g, batch_size);
       if (json) std::cout << smp::graph::to_json(s).dump(2) << "\n";
@@ -144,12 +230,8 @@ int main(int argc, char** argv) {
     }
 
     // ---- planning
-    if (batch_size <= 0) smp::throw_bad_input("--batch-size", "required for planning", "e.g. --batch-size 32");
     if (!schedule_opts.schedule_file.empty())
       smp::throw_bad_input("--schedule-file", "is for schedules without a model", "use --schedule NAME with a model");
-    if (!cluster_file.empty() && devices > 0)
-      smp::throw_bad_input("--devices", "applies to this machine's CPU description; the cluster file lists its devices",
-                           "leave out --devices or --cluster");
     smp::cost::CostOptions copt;
     copt.optimizer = smp::cost::parse_optimizer(optimizer);
     if (dtype == "fp32") copt.precision = smp::cost::Precision::FP32;
@@ -166,9 +248,13 @@ int main(int argc, char** argv) {
     popt.max_positions = max_positions;
     popt.max_evaluated = max_configs;
     popt.max_work = dp_work;
+    popt.tensor_parallel = tensor_parallel;
+    if (shard_optimizer && no_shard_optimizer)
+      smp::throw_bad_input("--shard-optimizer", "given with --no-shard-optimizer", "choose one");
+    popt.shard_optimizer = shard_optimizer      ? smp::plan::ShardOptimizer::Always
+                           : no_shard_optimizer ? smp::plan::ShardOptimizer::Never
+                                                : smp::plan::ShardOptimizer::Auto;
 
-    smp::cost::Cluster cluster = cluster_file.empty() ? smp::cost::detect_local_cpu(devices > 0 ? devices : 0)
-                                                      : smp::cost::read_cluster(cluster_file);
     smp::cost::Profile profile;
     if (!profile_file.empty()) {
       profile = smp::cost::read_profile(profile_file);
@@ -178,7 +264,9 @@ int main(int argc, char** argv) {
     for (const auto& w : g.warnings) fmt::print(stderr, "warning: {}: {}\n", model, w);
     smp::cost::GraphCost gc(g, batch_size, copt);
     smp::plan::PlanInputs in{&g, &gc, &cluster};
+    smp::plan::parse_split(g, split, popt);
     smp::plan::Plan plan = smp::plan::make_plan(in, popt);
+    if (!batch_note.empty()) plan.notes.insert(plan.notes.begin(), batch_note);
 
     smp::plan::PlanContext ctx;
     ctx.model_sha256 = smp::plan::sha256_file(model);

@@ -1,6 +1,7 @@
 // smp-profile: measure per-node cost on this machine's device (profile.json for smp-plan
 // --profile), or the machine itself (--machine: a cluster description for smp-plan --cluster).
 #include "common.hpp"
+#include "default_batch.hpp"
 
 #include "comm/launch.hpp"
 #include "core/io.hpp"
@@ -75,8 +76,8 @@ int main(int argc, char** argv) {
 
   CLI::App app{
       "smp-profile: measure what each layer of an ONNX model costs (time, memory) on this device, or the machine.\n"
-      "  smp-profile MODEL.onnx --batch-size N [--microbatches M] [--devices K | --threads T] -o profile.json\n"
-      "  smp-profile --machine [--devices K] -o cluster.json"};
+      "  smp-profile MODEL.onnx [--batch-size N] [--microbatches M] [--devices K | --threads T] [-o profile.json]\n"
+      "  smp-profile --machine [--devices K] [-o cluster.json]"};
   smp::app::setup_app(app);
   std::string model, out_file, device = "cpu";
   int64_t batch_size = 0;
@@ -87,7 +88,8 @@ int main(int argc, char** argv) {
   std::string probe = "auto";
   uint64_t seed = 1;
   app.add_option("MODEL", model, "ONNX model to profile");
-  app.add_option("-b,--batch-size", batch_size, "global batch size (as for smp-plan)")->option_text("N");
+  app.add_option("-b,--batch-size", batch_size, "global batch size (as for smp-plan; default: the model's fixed batch "
+                                                "dimension, else 8 per device)")->option_text("N");
   app.add_option("-m,--microbatches", microbatches, "microbatches per batch: nodes are measured at batch / M samples")
       ->option_text("M");
   app.add_option("--dim", dims, "bind another symbolic dimension, NAME=SIZE (repeatable)");
@@ -120,13 +122,14 @@ int main(int argc, char** argv) {
   app.add_option("--seed", seed, "random inputs' seed");
   app.add_flag("--machine", machine, "measure this machine (GEMM FLOP/s, memory bandwidth, MPI point-to-point) and "
                                      "write a cluster description (schemas/cluster.schema.json) for smp-plan --cluster");
-  app.add_option("-o,--output", out_file, "where to write profile.json (or cluster.json with --machine)")
+  app.add_option("-o,--output", out_file, "where to write the profile (default profile.json; with --machine the cluster "
+                                           "description, default cluster.json)")
       ->option_text("FILE");
   app.add_flag("-q,--quiet", quiet, "no progress bar or summary (for scripts)");
   SMP_PARSE(app, argc, argv);
   return smp::app::guarded_main([&]() -> int {
     using smp::throw_bad_input;
-    if (out_file.empty()) throw_bad_input("--output", "missing", "give -o FILE");
+    if (out_file.empty()) out_file = machine ? "cluster.json" : "profile.json";
     if (device != "cpu")
       throw_bad_input("--device", fmt::format("'{}' is not supported", device), "this version measures the cpu only");
     if (devices < 0) throw_bad_input("--devices", "must be a positive number");
@@ -151,14 +154,27 @@ int main(int argc, char** argv) {
     }
     if (model.empty()) throw_bad_input("MODEL", "missing", "give the .onnx file to profile, or --machine");
     if (!fs::exists(model)) throw_bad_input(model, "no such file");
-    if (batch_size < 1) throw_bad_input("--batch-size", "missing or not a positive number", "give --batch-size N");
+    const int workers = devices > 0 ? devices : cores;
+    if (app.count("--batch-size") && batch_size < 1) throw_bad_input("--batch-size", "must be a positive number");
+    if (batch_size < 1) {
+      std::string note;
+      batch_size = smp::app::default_batch(model, workers, note);
+      if (!app.count("--microbatches")) {
+        // As many microbatches as keep a pipeline of the workers busy (2 per worker), where the
+        // batch divides so: the microbatch size a plan with the same defaults will use.
+        microbatches = 1;
+        for (int m = 2 * workers; m >= 1; --m)
+          if (batch_size % m == 0) { microbatches = m; break; }
+        note += fmt::format("; {} microbatch(es) of {} (-m to choose)", microbatches, batch_size / microbatches);
+      }
+      if (!quiet) fmt::print(stderr, "note: {}\n", note);
+    }
     if (microbatches < 1) throw_bad_input("--microbatches", "must be at least 1");
     smp::train::NodeProfileOptions o;
     o.model = model;
     o.batch_size = batch_size;
     o.microbatches = microbatches;
     o.dims = smp::app::parse_dims(dims);
-    const int workers = devices > 0 ? devices : cores;
     o.threads = threads > 0 ? threads : std::max(1, cores / workers);
     // The name smp-plan gives this machine's devices for the same --devices: the profile applies
     // to exactly that set-up.

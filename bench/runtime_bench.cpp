@@ -1,7 +1,8 @@
 // Training steps per second of smp's CPU engine and of PyTorch (python3-torch) on the sample
-// models, batch 32, same thread count (1 and 2); prints the ratio smp / torch (goal: >= 1.0).
+// models (mlp, cnn, gpt) and the models of scripts/bench_models.py (mha, gated_mlp, bn_cnn,
+// resnet18), batch 32, same thread count (1 and 2); prints the ratio smp / torch.
 //
-// usage: runtime_bench [--models mlp,cnn,gpt] [--threads 1,2] [--batch 32] [--steps 20] [--no-torch] [--profile]
+// usage: runtime_bench [--models mlp,cnn,gpt,...] [--threads 1,2] [--batch 32] [--steps 20] [--no-torch] [--profile]
 #include "graph/loader.hpp"
 #include "runtime/cpu_backend.hpp"
 #include "runtime/executor.hpp"
@@ -12,6 +13,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <random>
 #include <sstream>
@@ -30,11 +32,29 @@ std::vector<std::string> split(const std::string& s) {
   return out;
 }
 
+bool is_sample(const std::string& name) { return name == "mlp" || name == "cnn" || name == "gpt"; }
+
+// A bundled sample, or a model of scripts/bench_models.py exported once into build/bench-models/.
+std::filesystem::path model_path(const std::string& name) {
+  if (is_sample(name)) return std::filesystem::path(SMP_SOURCE_DIR) / "sample_models" / (name + ".onnx");
+  std::filesystem::path p = std::filesystem::path(SMP_BINARY_DIR) / "bench-models" / (name + ".onnx");
+  if (!std::filesystem::exists(p)) {
+    std::filesystem::create_directories(p.parent_path());
+    std::string cmd = fmt::format("{} {}/scripts/bench_models.py export {} {} 2>/dev/null", SMP_PYTHON, SMP_SOURCE_DIR, name,
+                                  p.string());
+    if (std::system(cmd.c_str()) != 0 || !std::filesystem::exists(p)) {
+      fmt::print(stderr, "error: {}: the export failed ({})\n", name, cmd);
+      std::exit(1);
+    }
+  }
+  return p;
+}
+
 double smp_steps_per_s(const std::string& name, int threads, int batch, int steps, bool profile) {
   graph::LoadOptions lo;
   lo.batch_size = batch;
   lo.load_weights = true;
-  graph::Graph g = graph::load_graph(std::filesystem::path(SMP_SOURCE_DIR) / "sample_models" / (name + ".onnx"), lo);
+  graph::Graph g = graph::load_graph(model_path(name), lo);
   runtime::CpuBackend be(threads);
   runtime::ExecutorOptions eo;
   eo.profile = profile;
@@ -77,8 +97,9 @@ double smp_steps_per_s(const std::string& name, int threads, int batch, int step
 }
 
 double torch_steps_per_s(const std::string& name, int threads, int batch, int steps) {
-  std::string cmd = fmt::format("OMP_NUM_THREADS={} {} {}/scripts/torch_reference.py bench {} --threads {} --batch {} --steps {}",
-                                threads, SMP_PYTHON, SMP_SOURCE_DIR, name, threads, batch, steps);
+  std::string cmd = fmt::format("OMP_NUM_THREADS={} {} {}/scripts/{} bench {} --threads {} --batch {} --steps {}", threads,
+                                SMP_PYTHON, SMP_SOURCE_DIR, is_sample(name) ? "torch_reference.py" : "bench_models.py", name,
+                                threads, batch, steps);
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return 0;
   std::string out;
@@ -104,15 +125,15 @@ int main(int argc, char** argv) {
     else if (a == "--steps") steps = std::stoi(next());
     else if (a == "--no-torch") torch = false;
     else if (a == "--profile") profile = true;
-    else { fmt::print(stderr, "usage: runtime_bench [--models mlp,cnn,gpt] [--threads 1,2] [--batch 32] [--steps 20] [--no-torch] [--profile]\n"); return 2; }
+    else { fmt::print(stderr, "usage: runtime_bench [--models mlp,cnn,gpt,mha,gated_mlp,bn_cnn,resnet18] [--threads 1,2] [--batch 32] [--steps 20] [--no-torch] [--profile]\n"); return 2; }
   }
   fmt::print("training steps/s, batch {}: smp cpu engine vs PyTorch {}\n", batch, torch ? "(python3-torch)" : "(skipped)");
-  fmt::print("{:<6} {:>7} {:>12} {:>12} {:>8}\n", "model", "threads", "smp", "torch", "ratio");
+  fmt::print("{:<10} {:>7} {:>12} {:>12} {:>8}\n", "model", "threads", "smp", "torch", "ratio");
   for (const auto& m : models)
     for (int t : threads) {
       double s = smp_steps_per_s(m, t, batch, steps, profile);
       double p = torch ? torch_steps_per_s(m, t, batch, steps) : 0;
-      fmt::print("{:<6} {:>7} {:>12.2f} {:>12.2f} {:>8}\n", m, t, s, p, p > 0 ? fmt::format("{:.2f}", s / p) : "-");
+      fmt::print("{:<10} {:>7} {:>12.2f} {:>12.2f} {:>8}\n", m, t, s, p, p > 0 ? fmt::format("{:.2f}", s / p) : "-");
       std::fflush(stdout);
     }
   return 0;

@@ -6,6 +6,7 @@
 // never waited for forever.
 #pragma once
 
+#include <csignal>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -65,6 +66,14 @@ class Communicator {
   // calls it with the same group and count. Deadline as for wait().
   virtual void allreduce_sum(float* data, size_t count, const std::vector<int>& group) = 0;
   virtual void allreduce_sum(double* data, size_t count, const std::vector<int>& group) = 0;
+  // In-place maximum over the group (the vocabulary-parallel loss's row maxima).
+  virtual void allreduce_max(float* data, size_t count, const std::vector<int>& group);
+  // Optimizer-state sharding (ZeRO stage 1): the member at index i of `group` receives in
+  // `recv` (count floats) the sum over the group of block i of `send` (group.size() x count
+  // floats); all_gather puts block i (`send` of the member at index i, count floats) at
+  // recv[i * count]. The defaults go through allreduce_sum; MPI uses its own collectives.
+  virtual void reduce_scatter_sum(const float* send, float* recv, size_t count, const std::vector<int>& group);
+  virtual void all_gather(const float* send, float* recv, size_t count, const std::vector<int>& group);
   virtual void barrier() = 0;
 
   double timeout_s() const { return timeout_s_; }
@@ -74,12 +83,28 @@ class Communicator {
   // default) sleeps between polls, leaving the cores to ranks that compute (oversubscribed).
   void set_spin_wait(bool spin) { spin_wait_ = spin; }
 
+  // While *stop_flag is non-zero (a stop was asked for: the step in progress is to finish), a
+  // wait that sees no progress for `patience_s` fails: the step cannot finish, a peer is gone.
+  // nullptr: no such limit (only the timeout).
+  void set_stop_patience(const volatile std::sig_atomic_t* stop_flag, double patience_s) {
+    stop_flag_ = stop_flag;
+    stop_patience_s_ = patience_s;
+  }
+  // Tells every other rank that this one gives up (waiting at most ~0.2 s for the messages to
+  // leave); a rank waiting for anything then fails within milliseconds, and peer_gave_up() says
+  // why. A job whose workers cannot all be reached by its launcher still ends together.
+  virtual void tell_peers_giving_up() {}
+  bool peer_gave_up() const { return peer_gave_up_; }
+
   // Ends every rank of the job at once (after an error on this rank).
   [[noreturn]] virtual void abort(int exit_code) = 0;
 
  protected:
   double timeout_s_ = 60;
   bool spin_wait_ = false;
+  const volatile std::sig_atomic_t* stop_flag_ = nullptr;
+  double stop_patience_s_ = 0;
+  bool peer_gave_up_ = false;
 };
 
 // MPI_Init_thread (MPI_THREAD_MULTIPLE: the backstop progress thread calls MPI too) and a

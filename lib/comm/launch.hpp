@@ -1,6 +1,6 @@
 // Starting workers: knowing whether this process was started by a launcher (mpirun, srun) as
-// one rank of a job, and otherwise building and running the mpirun command that starts one
-// worker per rank.
+// one rank of a job, and otherwise building and running the mpirun or srun command that starts
+// one worker per rank, on the hosts a plan names.
 #pragma once
 
 #include <functional>
@@ -21,12 +21,59 @@ struct LaunchInfo {
 };
 
 // From the environment: Open MPI's OMPI_COMM_WORLD_*, PMIx's PMIX_RANK, Slurm's SLURM_PROCID /
-// SLURM_NTASKS / SLURM_LOCALID, or generic PMI_RANK / PMI_SIZE.
+// SLURM_NTASKS / SLURM_LOCALID (the tasks on this node from SLURM_STEP_TASKS_PER_NODE), or
+// generic PMI_RANK / PMI_SIZE.
 LaunchInfo detect_launch();
+
+// ---- hosts ----------------------------------------------------------------------------------
+
+struct HostSlots {
+  std::string name;
+  int slots = 0;  // 0: not stated
+};
+
+// An Open MPI hostfile: "NAME [slots=N] [max_slots=N]" per line, '#' comments, blank lines; a
+// host named twice adds its slots (unknown when one line does not state them). Bad input naming
+// the file and line.
+std::vector<HostSlots> read_hostfile(const std::string& path);
+
+// A Slurm host list ("node[01-03,07],gpu5") expanded in order; bad input naming `where`.
+std::vector<std::string> expand_hostlist(const std::string& list, const std::string& where = "SLURM_JOB_NODELIST");
+// Slurm's per-node counts ("2(x3),1") expanded: {2, 2, 2, 1}; bad input naming `where`.
+std::vector<int> expand_counts(const std::string& counts, const std::string& where = "SLURM_JOB_CPUS_PER_NODE");
+
+// Inside a Slurm allocation (salloc, sbatch) and not one of its tasks: its nodes in order
+// (SLURM_JOB_NODELIST) with the CPUs Slurm gave the job on each (SLURM_JOB_CPUS_PER_NODE) as
+// slots; empty outside one.
+std::vector<HostSlots> slurm_allocation();
+
+// A rank as a plan places it: on host `host` (the plan's name for it), device `device` of the
+// plan's cluster (devices are numbered host by host).
+struct PlannedRank {
+  std::string host;
+  int device = 0;
+};
+
+struct Placement {
+  std::vector<std::string> host_of_rank;  // real host names, one per rank
+  int plan_hosts = 0;                     // hosts the plan uses
+  int hosts_given = 0;                    // hosts offered
+};
+
+// Maps the plan's hosts, in the order of their devices, onto `hosts` in order: the plan's
+// first host runs on hosts[0], its second on hosts[1], ... Bad input (naming `where`) when the
+// plan uses more hosts than offered, or puts more ranks on one than its stated slots.
+Placement place_ranks(const std::vector<PlannedRank>& ranks, const std::vector<HostSlots>& hosts, const std::string& where,
+                      bool check_slots = true);
+
+// ---- launch commands ------------------------------------------------------------------------
 
 struct MpirunOptions {
   int ranks = 1;
   std::string hostfile;          // passed through as --hostfile when set
+  bool sequential = false;       // the hostfile names the host of each rank, one line per rank
+                                 // (Open MPI's seq mapper)
+  bool quiet = true;             // -q: no help messages (a caller that reads them passes false)
   int cores = 0;                 // cores of this machine (0: detect); more ranks oversubscribe
   std::vector<std::string> extra;  // more mpirun arguments, before the program
   int cross_memory_attach = -1;  // 1 allowed, 0 forbidden, -1 detect (cross_memory_attach_works())
@@ -37,12 +84,34 @@ struct MpirunOptions {
 // per process (two forked children), then remembered.
 bool cross_memory_attach_works();
 
+struct SrunOptions {
+  int ranks = 1;
+  std::string rank_hostfile;  // one line per rank: its host (srun --distribution=arbitrary)
+  int nodes = 1;              // distinct hosts in it
+  bool overcommit = false;    // more tasks on a node than the CPUs the allocation gave
+  std::vector<std::string> extra;  // more srun arguments, before the program
+};
+
 struct Command {
   std::vector<std::string> argv;
   std::map<std::string, std::string> env;  // set in the child's environment
-  // When set, the child's stderr passes through this process line by line, without the lines
-  // it returns true for.
-  std::function<bool(std::string_view line)> drop_stderr;
+  std::vector<std::string> unset_env;       // removed from it
+  // When set, the child's stderr passes through this process line by line as this returns it:
+  // the line itself, nothing (dropped), or lines it held back before. It is called once more
+  // with an empty line when the stream ends.
+  std::function<std::string(std::string_view line)> filter_stderr;
+  // How SIGINT / SIGTERM sent to this process reach the child. 0: forwarded to the child's
+  // process group as they are. Otherwise each (and SIGUSR1) is a stop request: this signal goes
+  // to the child alone
+  // (mpirun and srun forward SIGUSR1 to every worker on every host), once `stop_ready` (when
+  // set) says the workers can take it; a second SIGINT stops the child (abort_signal, then
+  // SIGKILL to its group after 5 s).
+  int stop_signal = 0;
+  int abort_signal = 15;  // SIGTERM: mpirun takes its job down on every host
+  std::function<bool()> stop_ready;
+  // Called (on the waiting thread) for each SIGINT / SIGTERM (/ SIGUSR1) received while the
+  // child runs.
+  std::function<void(int sig)> on_signal;
 };
 
 // Open MPI's shared-memory transport complaining that a peer's memory could not be read because
@@ -55,11 +124,17 @@ bool is_dead_peer_read_error(std::string_view line);
 // where that is forbidden: then messages up to 1 MiB are sent eagerly).
 Command mpirun_command(const MpirunOptions& o, const std::string& program, const std::vector<std::string>& args);
 
+// srun inside an allocation: `ranks` tasks placed as rank_hostfile says, PMIx for Open MPI
+// (unless SLURM_MPI_TYPE says otherwise), the step ended when a task fails, no stdin.
+Command srun_command(const SrunOptions& o, const std::string& program, const std::vector<std::string>& args);
+
 // Path of mpirun (MPIRUN env var, else the one on PATH); failure with a hint when absent.
 std::string find_mpirun();
+// Path of srun (SRUN env var, else the one on PATH); failure with a hint when absent.
+std::string find_srun();
 
-// Runs the command as a child in its own process group, forwarding SIGINT / SIGTERM to it, and
-// returns its exit status (128 + signal when killed). When it ends, any process left in its
+// Runs the command as a child in its own process group, passing SIGINT / SIGTERM on as
+// Command says, and returns its exit status (128 + signal when killed). When it ends, any process left in its
 // group is killed, so that no worker outlives the job. `stuck`, when given, is asked every
 // 100 ms while the child runs; when it says true the child's group is killed (a launcher that
 // hangs after its workers are gone).

@@ -61,29 +61,7 @@ void check(int code, const char* what) {
   if (code != MPI_SUCCESS) throw_failure("mpi", std::string(what) + ": " + mpi_error(code));
 }
 
-// Polls `done` until it returns true or the deadline passes. `spin`: keeps polling, yielding
-// the core between polls (a message is seen within microseconds; right when this rank has a core
-// to itself). Otherwise spins briefly, then sleeps with a growing pause, so that waiting ranks
-// leave the cores to ranks that compute (a sleep lasts >= ~70 us on a VM even when asked for 5).
-template <class F>
-bool poll_until(double timeout_s, bool spin, F&& done) {
-  using clock = std::chrono::steady_clock;
-  auto start = clock::now();
-  auto deadline = start + std::chrono::duration<double>(timeout_s);
-  int spins = 0;
-  std::chrono::microseconds pause{5};
-  while (true) {
-    if (done()) return true;
-    if (++spins < 64) continue;
-    if (spins % 64 == 0 && clock::now() > deadline) return false;
-    if (spin) {
-      std::this_thread::yield();
-      continue;
-    }
-    std::this_thread::sleep_for(pause);
-    pause = std::min(pause * 2, std::chrono::microseconds{200});
-  }
-}
+constexpr int kGiveUpTag = (1 << 20) + 99;  // tell_peers_giving_up()'s messages
 
 class MpiCommunicator final : public Communicator {
  public:
@@ -129,6 +107,61 @@ class MpiCommunicator final : public Communicator {
 
   int rank() const override { return rank_; }
   int size() const override { return size_; }
+
+  // Polls `done` until it returns true (true) or the timeout passes (false). Spinning (spin_wait_)
+  // keeps polling, yielding the core between polls (a message is seen within microseconds; right
+  // when this rank has a core to itself); otherwise it spins briefly, then sleeps with a growing
+  // pause, leaving the cores to ranks that compute (a sleep lasts >= ~70 us on a VM even when
+  // asked for 5). Every ~64 polls it also looks for a peer giving up, and, once a stop is asked
+  // for, at the stop patience: either fails (throws).
+  template <class F>
+  bool poll(F&& done) {
+    using clock = std::chrono::steady_clock;
+    const auto start = clock::now();
+    const auto deadline = start + std::chrono::duration<double>(timeout_s_);
+    auto stop_seen = clock::time_point::max();
+    int spins = 0;
+    std::chrono::microseconds pause{5};
+    while (true) {
+      if (done()) return true;
+      if (++spins < 64) continue;
+      if (spins % 64 == 0) {
+        const auto now = clock::now();
+        if (now > deadline) return false;
+        check_giving_up();
+        if (stop_flag_ && *stop_flag_ != 0) {
+          if (stop_seen == clock::time_point::max()) stop_seen = now;
+          if (now - stop_seen > std::chrono::duration<double>(stop_patience_s_))
+            throw_failure(fmt::format("rank {}", rank_),
+                          fmt::format("asked to stop, and no progress for {:.0f} s: the step cannot finish", stop_patience_s_));
+        }
+      }
+      if (spin_wait_) {
+        std::this_thread::yield();
+        continue;
+      }
+      std::this_thread::sleep_for(pause);
+      pause = std::min(pause * 2, std::chrono::microseconds{200});
+    }
+  }
+
+  void tell_peers_giving_up() override {
+    static char byte = 1;
+    std::vector<MPI_Request> reqs;
+    for (int r = 0; r < size_; ++r) {
+      if (r == rank_) continue;
+      MPI_Request q;
+      if (MPI_Isend(&byte, 1, MPI_BYTE, r, kGiveUpTag, MPI_COMM_WORLD, &q) == MPI_SUCCESS) reqs.push_back(q);
+    }
+    // The messages to live peers leave within the wait; one to a dead peer never completes.
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+    while (std::chrono::steady_clock::now() < until) {
+      int flag = 0;
+      MPI_Testall(static_cast<int>(reqs.size()), reqs.data(), &flag, MPI_STATUSES_IGNORE);
+      if (flag) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  }
   std::string transport() const override { return transport_; }
 
   Request isend(const void* data, size_t bytes, int peer, int tag) override {
@@ -211,7 +244,7 @@ class MpiCommunicator final : public Communicator {
 
   void wait(Request& r, const std::string& what) override {
     if (!r.active()) return;
-    if (!poll_until(timeout_s_, spin_wait_, [&] { return test(r); })) {
+    if (!poll([&] { return test(r); })) {
       int peer = r.peer();
       throw_failure(fmt::format("rank {}", rank_),
                     fmt::format("no progress with rank {} for {:.0f} s while waiting for {}", peer, timeout_s_, what),
@@ -226,10 +259,44 @@ class MpiCommunicator final : public Communicator {
     allreduce(data, count, MPI_DOUBLE, group);
   }
 
+  void allreduce_max(float* data, size_t count, const std::vector<int>& group) override {
+    if (group.size() <= 1 || count == 0) return;
+    MPI_Comm c = group_comm(group);
+    run_collective(group, "all-reduce (max)", [&](size_t off, size_t n, MPI_Request* r) {
+      return MPI_Iallreduce(MPI_IN_PLACE, data + off, static_cast<int>(n), MPI_FLOAT, MPI_MAX, c, r);
+    }, count);
+  }
+
+  void reduce_scatter_sum(const float* send, float* recv, size_t count, const std::vector<int>& group) override {
+    if (group.size() <= 1) {
+      std::copy(send, send + count, recv);
+      return;
+    }
+    if (count == 0) return;
+    MPI_Comm c = group_comm(group);
+    SMP_CHECK(count <= static_cast<size_t>(INT_MAX / 2), "reduce-scatter of {} floats per rank", count);
+    run_collective(group, "reduce-scatter", [&](size_t, size_t, MPI_Request* r) {
+      return MPI_Ireduce_scatter_block(send, recv, static_cast<int>(count), MPI_FLOAT, MPI_SUM, c, r);
+    }, 1);
+  }
+
+  void all_gather(const float* send, float* recv, size_t count, const std::vector<int>& group) override {
+    if (group.size() <= 1) {
+      std::copy(send, send + count, recv);
+      return;
+    }
+    if (count == 0) return;
+    MPI_Comm c = group_comm(group);
+    SMP_CHECK(count <= static_cast<size_t>(INT_MAX / 2), "all-gather of {} floats per rank", count);
+    run_collective(group, "all-gather", [&](size_t, size_t, MPI_Request* r) {
+      return MPI_Iallgather(send, static_cast<int>(count), MPI_FLOAT, recv, static_cast<int>(count), MPI_FLOAT, c, r);
+    }, 1);
+  }
+
   void barrier() override {
     MPI_Request r;
     check(MPI_Ibarrier(MPI_COMM_WORLD, &r), "MPI_Ibarrier");
-    if (!poll_until(timeout_s_, spin_wait_, [&] {
+    if (!poll([&] {
           int flag = 0;
           MPI_Test(&r, &flag, MPI_STATUS_IGNORE);
           return flag != 0;
@@ -274,6 +341,16 @@ class MpiCommunicator final : public Communicator {
     }
   }
 
+  // A peer's tell_peers_giving_up(): this rank's wait fails too.
+  void check_giving_up() {
+    int flag = 0;
+    MPI_Status st;
+    MPI_Iprobe(MPI_ANY_SOURCE, kGiveUpTag, MPI_COMM_WORLD, &flag, &st);
+    if (!flag) return;
+    peer_gave_up_ = true;
+    throw_failure(fmt::format("rank {}", rank_), fmt::format("rank {} gave up: the job is ending", st.MPI_SOURCE));
+  }
+
   void check_peer(int peer) const {
     SMP_CHECK(peer >= 0 && peer < size_ && peer != rank_, "bad peer {} for rank {} of {}", peer, rank_, size_);
   }
@@ -303,20 +380,28 @@ class MpiCommunicator final : public Communicator {
     int esize = 0;
     MPI_Type_size(type, &esize);
     char* p = static_cast<char*>(data);
-    size_t per = static_cast<size_t>(INT_MAX / 2);
+    run_collective(group, "all-reduce", [&](size_t off, size_t n, MPI_Request* r) {
+      return MPI_Iallreduce(MPI_IN_PLACE, p + off * static_cast<size_t>(esize), static_cast<int>(n), type, MPI_SUM, c, r);
+    }, count);
+  }
+
+  // Starts start(offset, count, &request) over `count` elements in pieces MPI's int counts hold,
+  // and waits for each with the deadline.
+  template <class Start>
+  void run_collective(const std::vector<int>& group, const char* what, Start&& start, size_t count) {
+    const size_t per = static_cast<size_t>(INT_MAX / 2);
     for (size_t off = 0; off < count; off += per) {
-      size_t n = std::min(per, count - off);
+      const size_t n = std::min(per, count - off);
       MPI_Request r;
-      check(MPI_Iallreduce(MPI_IN_PLACE, p + off * static_cast<size_t>(esize), static_cast<int>(n), type, MPI_SUM, c, &r),
-            "MPI_Iallreduce");
-      if (!poll_until(timeout_s_, spin_wait_, [&] {
+      check(start(off, n, &r), what);
+      if (!poll([&] {
             int flag = 0;
             MPI_Test(&r, &flag, MPI_STATUS_IGNORE);
             return flag != 0;
           }))
         throw_failure(fmt::format("rank {}", rank_),
-                      fmt::format("all-reduce among ranks {}: no progress for {:.0f} s", fmt::join(group, ","), timeout_s_),
-                      "a replica has died or hangs");
+                      fmt::format("{} among ranks {}: no progress for {:.0f} s", what, fmt::join(group, ","), timeout_s_),
+                      "a peer has died or hangs");
     }
   }
 

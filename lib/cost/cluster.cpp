@@ -1,5 +1,7 @@
 #include "cost/cluster.hpp"
 
+#include "cost/calibration.hpp"
+
 #include "core/error.hpp"
 #include "core/io.hpp"
 
@@ -81,7 +83,7 @@ struct Reader {
 bool DeviceSpec::same_as(const DeviceSpec& o) const {
   return kind == o.kind && name == o.name && memory_bytes == o.memory_bytes && peak_flops_fp32 == o.peak_flops_fp32 &&
          peak_flops_bf16 == o.peak_flops_bf16 && memory_bandwidth == o.memory_bandwidth &&
-         kernel_overhead_s == o.kernel_overhead_s;
+         kernel_overhead_s == o.kernel_overhead_s && calibration == o.calibration && threads == o.threads;
 }
 
 LinkSpec Cluster::link(int i, int j) const {
@@ -289,5 +291,28 @@ json local_cpu_json(int workers) {
 }
 
 Cluster detect_local_cpu(int workers) { return cluster_from_json(local_cpu_json(workers), "local cpu"); }
+
+Cluster calibrated_local_cpu(std::shared_ptr<const KernelCalibration> cal, int workers) {
+  SMP_CHECK(cal != nullptr, "no calibration");
+  const int cores = detect_cores();
+  if (workers <= 0) workers = cores;
+  json j = local_cpu_json(workers);
+  json& dev = j["hosts"][0]["devices"][0];
+  const double share = static_cast<double>(cores) / workers;
+  if (cal->gemm_flops > 0) dev["peak_flops"] = {{"fp32", cal->gemm_flops * share}, {"bf16", cal->gemm_flops * share}};
+  if (cal->memory_bandwidth > 0) dev["memory_bandwidth"] = cal->memory_bandwidth / workers;
+  if (cal->link.bandwidth > 0) j["hosts"][0]["link"] = {{"bandwidth", cal->link.bandwidth}, {"latency", cal->link.latency}};
+  j["name"] = "local-cpu (measured)";
+  j["description"] = fmt::format("This machine ({}, {} cores) as {} worker process{} sharing the cores, its kernels "
+                                 "measured {} ({}).",
+                                 cal->cpu.empty() ? "unknown CPU" : cal->cpu, cores, workers, workers == 1 ? "" : "es",
+                                 cal->measured_at, cal->source.empty() ? "calibration" : cal->source);
+  Cluster c = cluster_from_json(j, "local cpu");
+  for (auto& k : c.kinds) {
+    k.calibration = cal;
+    k.threads = std::max(1, cores / workers);
+  }
+  return c;
+}
 
 }  // namespace smp::cost

@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,8 @@ inline constexpr int kClusterFileVersion = 1;
 
 enum class Precision { FP32, BF16 };
 
+struct KernelCalibration;  // cost/calibration.hpp
+
 struct DeviceSpec {
   std::string kind = "cpu";  // "cpu" | "gpu"
   std::string name;
@@ -34,6 +37,11 @@ struct DeviceSpec {
   double peak_flops_bf16 = 0;
   double memory_bandwidth = 0;   // bytes/s
   double kernel_overhead_s = 0;  // per kernel launch
+  // This machine's measured kernels (smp-plan without --cluster): unprofiled nodes are priced by
+  // them instead of the roofline, for a worker of `threads` compute threads, and the planner
+  // charges the workers' sharing of the cores. Null for described devices.
+  std::shared_ptr<const KernelCalibration> calibration;
+  int threads = 1;
   double peak_flops(Precision p) const { return p == Precision::BF16 ? peak_flops_bf16 : peak_flops_fp32; }
   bool same_as(const DeviceSpec& o) const;
 };
@@ -84,6 +92,10 @@ nlohmann::json to_json(const Cluster& c);  // the compact form (hosts not replic
 // (MHz x FLOP per cycle by avx512f / avx2+fma flags), memory bandwidth and the shared-memory
 // link are stated estimates. Each worker gets cores / workers of the FLOP/s, bandwidth and memory.
 Cluster detect_local_cpu(int workers = 0);
+// The same machine described by its kernel calibration: FLOP/s and memory bandwidth as measured,
+// the link between workers as measured (when it was), and every device priced by the calibration
+// at cores / workers threads (at least 1).
+Cluster calibrated_local_cpu(std::shared_ptr<const KernelCalibration> cal, int workers = 0);
 // The machine itself (one entry, the counts as detected), for writing clusters/local-cpu.json.
 nlohmann::json local_cpu_json(int workers = 0);
 

@@ -1,5 +1,7 @@
 #include "cost/cost_model.hpp"
 
+#include "cost/calibration.hpp"
+
 #include "core/error.hpp"
 #include "graph/op_registry.hpp"
 
@@ -114,6 +116,7 @@ GraphCost::GraphCost(const graph::Graph& g, int64_t batch_size, const CostOption
     const OpClass cls = d ? d->cls : OpClass::Elementwise;
     const bool view = cls == OpClass::View;
     const bool shape_only = cls == OpClass::ShapeOnly;
+    if (auto fam = kernel_family(g, n)) m.family = static_cast<int>(*fam);
 
     Affine dy, out_elems;
     for (int o : n.outputs) {
@@ -129,7 +132,8 @@ GraphCost::GraphCost(const graph::Graph& g, int64_t batch_size, const CostOption
     if (!view && !shape_only) {
       m.fwd.runs = true;
       m.fwd.flops = scale(n.cost.flops, dep);
-      const bool reads_what_it_writes = n.op_type == "Slice" || n.op_type == "Split" || n.op_type == "Gather";
+      const bool reads_what_it_writes =
+          n.op_type == "Slice" || n.op_type == "Split" || n.op_type == "Gather" || n.op_type == "TpVocabGather";
       Affine rd;
       for (size_t k = 0; k < n.inputs.size(); ++k)
         if (!(reads_what_it_writes && k == 0)) rd += bytes_of(n.inputs[k]);
@@ -221,6 +225,20 @@ GraphCost::GraphCost(const graph::Graph& g, int64_t batch_size, const CostOption
       }
     }
 
+    // Tensor-parallel collectives.
+    if (d && d->op == graph::Op::TpAllReduce) m.allreduce_fwd = dy;
+    if (d && d->op == graph::Op::TpSoftmaxCrossEntropyLoss) {
+      // a float per position for the maxima, two for the sums and target scores, both passes
+      Affine pos = elems_of(n.inputs[1]);
+      m.allreduce_fwd = Affine{12 * pos.c, 12 * pos.b};
+      if (!act_grad.empty()) m.allreduce_bwd = m.allreduce_fwd;
+    }
+    if (d && d->op == graph::Op::TpCopy && !act_grad.empty()) {
+      m.bwd_in.runs = true;  // copy the gradient, all-reduce it, add it
+      m.bwd_in.bytes = Affine{3 * dy.c, 3 * dy.b};
+      m.allreduce_bwd = dy;
+    }
+
     // Loss on float graph outputs.
     if (opt_.loss)
       for (int o : n.outputs) {
@@ -229,10 +247,16 @@ GraphCost::GraphCost(const graph::Graph& g, int64_t batch_size, const CostOption
         m.fwd.runs = true;
         m.fwd.flops += Affine{6 * e.c, 6 * e.b};
         m.fwd.bytes += b;
+        m.loss_fwd.runs = true;
+        m.loss_fwd.flops += Affine{6 * e.c, 6 * e.b};
+        m.loss_fwd.bytes += b;
         if (needs_grad_[static_cast<size_t>(o)]) {
           m.bwd_in.runs = true;
           m.bwd_in.flops += Affine{2 * e.c, 2 * e.b};
           m.bwd_in.bytes += Affine{2 * b.c, 2 * b.b};
+          m.loss_bwd.runs = true;
+          m.loss_bwd.flops += Affine{2 * e.c, 2 * e.b};
+          m.loss_bwd.bytes += Affine{2 * b.c, 2 * b.b};
         }
       }
   }
@@ -288,7 +312,26 @@ int GraphCost::profile_in_flight(const DeviceSpec& dev, double u) const {
   return profile_applies(dev, u) ? opt_.profile->in_flight_microbatches : 0;
 }
 
-PassTimes GraphCost::node_time(int node, double u, const DeviceSpec& dev, bool* measured, double in_flight) const {
+double ring_allreduce_s(double bytes, int ranks, const LinkSpec& link) {
+  if (ranks <= 1 || bytes <= 0) return 0.0;
+  const double r = static_cast<double>(ranks);
+  return 2.0 * (r - 1) / r * bytes / link.bandwidth + 2.0 * (r - 1) * link.latency;
+}
+
+PassTimes GraphCost::node_time(int node, double u, const DeviceSpec& dev, bool* measured, double in_flight, double busy) const {
+  const NodeModel& m = model_[static_cast<size_t>(node)];
+  // A GPU all-reduces in place (NCCL on the product's output, on the gradient): the link's time
+  // only. A CPU worker also copies the tensor through its memory.
+  const bool in_place = dev.kind == "gpu" && (m.allreduce_fwd.c + m.allreduce_fwd.b + m.allreduce_bwd.c + m.allreduce_bwd.b) > 0;
+  PassTimes t = in_place ? PassTimes{} : compute_time(node, u, dev, measured, in_flight, busy);
+  if (in_place && measured) *measured = false;
+  t.f += ring_allreduce_s(m.allreduce_fwd.at(u), opt_.tp_degree, opt_.tp_link);
+  t.b += ring_allreduce_s(m.allreduce_bwd.at(u), opt_.tp_degree, opt_.tp_link);
+  return t;
+}
+
+PassTimes GraphCost::compute_time(int node, double u, const DeviceSpec& dev, bool* measured, double in_flight,
+                                  double busy) const {
   if (measured) *measured = false;
   if (profile_applies(dev, u)) {
     auto it = opt_.profile->nodes.find(g_->nodes[static_cast<size_t>(node)].name);
@@ -302,6 +345,7 @@ PassTimes GraphCost::node_time(int node, double u, const DeviceSpec& dev, bool* 
     }
   }
   const NodeModel& m = model_[static_cast<size_t>(node)];
+  if (dev.calibration) return calibrated_time(m, u, dev, busy);
   const double peak = dev.peak_flops(opt_.precision);
   auto t = [&](const Pass& p) {
     if (!p.runs) return 0.0;
@@ -310,7 +354,27 @@ PassTimes GraphCost::node_time(int node, double u, const DeviceSpec& dev, bool* 
   return PassTimes{t(m.fwd), t(m.bwd_in), t(m.bwd_w)};
 }
 
-double GraphCost::optimizer_step_s(double param_bytes, const DeviceSpec& dev, bool* measured) const {
+PassTimes GraphCost::calibrated_time(const NodeModel& m, double u, const DeviceSpec& dev, double busy) const {
+  const KernelCalibration& cal = *dev.calibration;
+  const CalibrationTable& tab = cal.table(dev.threads);
+  auto priced = [&](KernelFamily f, int pass, double work) {
+    return tab.curves[static_cast<size_t>(f)][static_cast<size_t>(pass)].time(work) * cal.slowdown(f, busy, dev.threads);
+  };
+  // One pass of the node's own kernel, its loss taken out (priced apart).
+  auto own = [&](const Pass& p, const Pass& loss, int pass) {
+    if (!p.runs || m.family < 0) return 0.0;
+    const auto f = static_cast<KernelFamily>(m.family);
+    const double work = family_counts_flops(f) ? p.flops.at(u) - loss.flops.at(u) : p.bytes.at(u) - loss.bytes.at(u);
+    return work > 0 ? priced(f, pass, work) : 0.0;
+  };
+  auto loss_time = [&](const Pass& loss, int pass) {
+    return loss.runs ? priced(KernelFamily::Softmax, pass, loss.bytes.at(u)) : 0.0;
+  };
+  return PassTimes{own(m.fwd, m.loss_fwd, 0) + loss_time(m.loss_fwd, 0), own(m.bwd_in, m.loss_bwd, 1) + loss_time(m.loss_bwd, 1),
+                   own(m.bwd_w, Pass{}, 1)};
+}
+
+double GraphCost::optimizer_step_s(double param_bytes, const DeviceSpec& dev, bool* measured, double busy) const {
   if (measured) *measured = false;
   if (param_bytes <= 0) return 0.0;
   const double params = param_bytes / 4.0;
@@ -321,6 +385,11 @@ double GraphCost::optimizer_step_s(double param_bytes, const DeviceSpec& dev, bo
       if (measured) *measured = true;
       return params * it->second;
     }
+  }
+  if (dev.calibration) {
+    const auto& per = dev.calibration->table(dev.threads).optimizer_s_per_parameter;
+    const double s = per[opt_.optimizer == Optimizer::SGD ? 0 : opt_.optimizer == Optimizer::Momentum ? 1 : 2];
+    if (s > 0) return params * s * dev.calibration->slowdown(KernelFamily::Elementwise, busy, dev.threads);
   }
   const double state = optimizer_factor(opt_.optimizer);
   const double bytes = params * (12.0 + 12.0 + 8.0 * state);

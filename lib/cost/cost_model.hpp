@@ -6,9 +6,11 @@
 //
 // Time of one pass of one node on a device (roofline):
 //   t = max(FLOPs / peak FLOP/s (fp32 or bf16), bytes / memory bandwidth) + kernel overhead
-// (no overhead for a pass that does not run: views, or a backward nothing needs). A profile
-// (--profile) replaces the three times of every node it lists when its device and microbatch
-// size match.
+// (no overhead for a pass that does not run: views, or a backward nothing needs). On a device
+// with a kernel calibration (this machine, measured: cost/calibration.hpp) a pass is priced by its
+// kernel family's measured curve at the pass's work (FLOPs of the products, bytes of the rest),
+// the loss by the softmax curve. A profile (--profile) replaces the three times of every node it
+// lists when its device and microbatch size match.
 //
 // Backward rules (from the registry's differentiable inputs). An input *needs a gradient* when
 // it is a parameter, or an activation that depends (through differentiable inputs) on one;
@@ -23,6 +25,11 @@
 //     one: LayerNorm scale / bias, a bias Add, an embedding Gather) is a reduction over dY, one
 //     FLOP per output element, reading dY and the saved tensors and writing the weight gradient.
 //   views (Reshape, Flatten, Squeeze, Unsqueeze, Identity) cost nothing either way.
+//   tensor-parallel collectives (graph/tensor_parallel.hpp): TpAllReduce all-reduces its output
+//     in the forward, TpCopy its gradient in the backward (B): a ring all-reduce over the
+//     group's T devices on the host link, 2 (T - 1) / T x bytes / bandwidth + 2 (T - 1) x latency,
+//     in the critical path (Megatron's all-reduces are not overlapped); on a GPU that is all
+//     (NCCL reduces in place), a CPU worker also pays the copy through its memory.
 //   loss: each float graph output is followed by a softmax cross-entropy (6 FLOPs per element,
 //     reads the output once, forward and backward), charged to the node that produces it.
 //
@@ -73,6 +80,10 @@ struct Pass {
 
 struct NodeModel {
   Pass fwd, bwd_in, bwd_w;
+  // Of fwd / bwd_in, the softmax cross-entropy charged to a float graph output the node makes.
+  Pass loss_fwd, loss_bwd;
+  int family = -1;                   // cost::KernelFamily on calibrated devices; -1: none (free, or roofline)
+  Affine allreduce_fwd, allreduce_bwd;  // bytes all-reduced over the tensor-parallel group
   Affine workspace;                  // activation inputs + outputs
   std::vector<int> saved;            // storage roots of the saved activations
   std::vector<int> w_keep;           // storage roots W needs after B
@@ -90,7 +101,14 @@ struct CostOptions {
   Optimizer optimizer = Optimizer::AdamW;
   bool loss = true;                 // charge a softmax cross-entropy to each float output
   const Profile* profile = nullptr;
+  // Tensor parallelism: the group size the graph was split for and the link its all-reduces
+  // use (the host's).
+  int tp_degree = 1;
+  LinkSpec tp_link;
 };
+
+// Ring all-reduce of `bytes` over `ranks` devices joined by `link`.
+double ring_allreduce_s(double bytes, int ranks, const LinkSpec& link);
 
 class GraphCost {
  public:
@@ -110,14 +128,21 @@ class GraphCost {
   // One microbatch of u samples on `dev`; `measured` set when the profile supplied it.
   // `in_flight` in [0, 1] moves a measured time from the profile's one-microbatch-in-flight value
   // (0) to its in_flight_microbatches value (1), where the profile has both.
-  PassTimes node_time(int node, double u, const DeviceSpec& dev, bool* measured = nullptr, double in_flight = 0) const;
+  // On a calibrated device, `busy` is how many workers of this machine compute at once on average
+  // (the plan's), which slows each one down (KernelCalibration::slowdown); 1 prices a worker alone.
+  PassTimes node_time(int node, double u, const DeviceSpec& dev, bool* measured = nullptr, double in_flight = 0,
+                      double busy = 1) const;
   // The profile's in_flight_microbatches where it applies to `dev` at u, else 0.
   int profile_in_flight(const DeviceSpec& dev, double u) const;
+  // node_time without the tensor-parallel all-reduces.
+  PassTimes compute_time(int node, double u, const DeviceSpec& dev, bool* measured = nullptr, double in_flight = 0,
+                         double busy = 1) const;
   // True when the profile applies to this device at this microbatch size.
   bool profile_applies(const DeviceSpec& dev, double u) const;
   // The optimizer step of a stage holding `param_bytes` of (fp32) weights on `dev`; `measured`
   // set when the profile supplied it.
-  double optimizer_step_s(double param_bytes, const DeviceSpec& dev, bool* measured = nullptr) const;
+  // On a calibrated device `busy` workers take their step at once (a memory-bound kernel's slow-down).
+  double optimizer_step_s(double param_bytes, const DeviceSpec& dev, bool* measured = nullptr, double busy = 1) const;
 
   // Values crossing the cut before node position q (0 < q < nodes): activations produced at
   // a position < q and consumed at >= q (skip connections included; graph inputs excluded: each
@@ -147,6 +172,8 @@ class GraphCost {
   std::vector<int> stage_outputs(int a, int b) const;  // produced in [a, b), consumed at >= b
 
  private:
+  PassTimes calibrated_time(const NodeModel& m, double u, const DeviceSpec& dev, double busy) const;
+
   const graph::Graph* g_;
   int64_t batch_;
   CostOptions opt_;

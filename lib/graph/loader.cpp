@@ -874,6 +874,29 @@ Graph load_graph(const fs::path& path, const LoadOptions& opts) {
   return load_graph_from_bytes(bytes, path.string(), opts, base.empty() ? fs::path(".") : base);
 }
 
+BatchAxis inspect_batch_axis(const fs::path& path) {
+  BatchAxis out;
+  onnx::ModelProto model;
+  std::string bytes;
+  try {
+    bytes = read_file(path);
+  } catch (const Error&) {
+    return out;
+  }
+  if (!model.ParseFromString(bytes)) return out;
+  std::unordered_set<std::string> inits;
+  for (const auto& t : model.graph().initializer()) inits.insert(t.name());
+  for (const auto& in : model.graph().input()) {
+    if (inits.count(in.name()) || !in.type().has_tensor_type() || !in.type().tensor_type().has_shape()) continue;
+    const auto& shape = in.type().tensor_type().shape();
+    if (shape.dim_size() == 0) continue;
+    const auto& d = shape.dim(0);
+    if (d.has_dim_value()) out.fixed[in.name()] = d.dim_value();
+    else out.symbolic.push_back(in.name());
+  }
+  return out;
+}
+
 std::shared_ptr<const TensorData> read_tensor(const Value& v) {
   if (v.data) return v.data;
   if (!v.external) throw_failure(v.name, "no data loaded for this tensor", "load the graph with weights");

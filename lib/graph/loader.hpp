@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <vector>
 
 namespace smp::graph {
 
@@ -42,5 +43,14 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& name,
 
 // Reads the bytes of one parameter or constant (from memory or its external file).
 std::shared_ptr<const TensorData> read_tensor(const Value& v);
+
+// The leading (batch) axis of a model's graph inputs, read without loading the graph: the fixed
+// sizes found there (by input name) and the inputs whose leading axis is symbolic. Inputs of rank
+// 0 have none. A file that does not parse gives an empty answer (load_graph names the problem).
+struct BatchAxis {
+  std::map<std::string, int64_t> fixed;
+  std::vector<std::string> symbolic;
+};
+BatchAxis inspect_batch_axis(const std::filesystem::path& path);
 
 }  // namespace smp::graph

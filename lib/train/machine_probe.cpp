@@ -142,6 +142,22 @@ int pingpong_worker(int argc, char** argv, const std::string& out, double budget
   return 0;
 }
 
+json measure_link(const fs::path& program, double budget_s) {
+  TempDir dir("smp-pingpong");
+  fs::path out = dir.path() / "pingpong.json";
+  comm::MpirunOptions mo;
+  mo.ranks = 2;
+  comm::Command cmd = comm::mpirun_command(mo, program.string(), {"--pingpong-worker", out.string(), "--budget-ms",
+                                                                  fmt::format("{:.0f}", budget_s * 1e3)});
+  cmd.env["OMP_WAIT_POLICY"] = "PASSIVE";
+  int rc = comm::run_command(cmd);
+  if (rc != 0 || !fs::exists(out)) {
+    throw_failure("smp-profile --machine", fmt::format("the ping-pong between 2 local processes failed (exit {})", rc),
+                  "check that mpirun works: mpirun -n 2 true");
+  }
+  return read_json(out);
+}
+
 json measure_machine(const MachineOptions& o, const std::function<void(const std::string&)>& note) {
   const int cores = comm::online_cores();
   const int workers = o.devices > 0 ? o.devices : cores;
@@ -160,19 +176,7 @@ json measure_machine(const MachineOptions& o, const std::function<void(const std
   say(fmt::format("  1 thread: {:.2f} GB/s, {} threads: {:.2f} GB/s", bw1 / 1e9, cores, bwn / 1e9));
 
   say("measuring point-to-point latency and bandwidth between 2 local worker processes (mpirun, as smp-run)");
-  TempDir dir("smp-profile");
-  fs::path out = dir.path() / "pingpong.json";
-  comm::MpirunOptions mo;
-  mo.ranks = 2;
-  comm::Command cmd = comm::mpirun_command(mo, o.self, {"--pingpong-worker", out.string(), "--budget-ms",
-                                                        fmt::format("{:.0f}", o.budget_s * 1e3)});
-  cmd.env["OMP_WAIT_POLICY"] = "PASSIVE";
-  int rc = comm::run_command(cmd);
-  if (rc != 0 || !fs::exists(out)) {
-    throw_failure("smp-profile --machine", fmt::format("the ping-pong between 2 local processes failed (exit {})", rc),
-                  "check that mpirun works: mpirun -n 2 true");
-  }
-  json pp = read_json(out);
+  json pp = measure_link(o.self, o.budget_s);
   double lat = pp["latency_s"].get<double>(), lbw = pp["bandwidth"].get<double>();
   say(fmt::format("  latency {:.2f} us, bandwidth {:.2f} GB/s ({})", lat * 1e6, lbw / 1e9,
                   pp.value("transport", std::string("mpi"))));

@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <filesystem>
 #include <functional>
 
 #include <string>
@@ -27,6 +28,10 @@ double measure_triad_bandwidth(int threads, double budget_s);
 // The hidden ping-pong worker (run under mpirun as 2 ranks): rank 0 writes
 // {"latency_s", "bandwidth", "sizes": [{"bytes", "one_way_s"}]} to `out`.
 int pingpong_worker(int argc, char** argv, const std::string& out, double budget_s);
+
+// The ping-pong run: `program` (smp-profile) started as 2 ranks under mpirun as smp-run starts its
+// workers, in its hidden --pingpong-worker mode; returns what rank 0 wrote. Failure when it fails.
+nlohmann::json measure_link(const std::filesystem::path& program, double budget_s);
 
 // Runs everything and returns the cluster JSON; what it is doing and measuring goes to `note`
 // line by line (the app prints it).

@@ -470,6 +470,21 @@ struct Samples {
 
 }  // namespace
 
+std::vector<double> contention_slowdown(const graph::Graph& g, int copies, double window_s, int rounds, uint64_t seed) {
+  const auto per_round = measure_contention(g, copies, 1, seed, 2, window_s, rounds);
+  std::vector<double> alpha(static_cast<size_t>(std::max(copies, 1)), 1.0);
+  for (int c = 2; c <= copies; ++c)
+    alpha[static_cast<size_t>(c) - 1] = std::clamp(quantile(per_round[static_cast<size_t>(c)], 0.5), 1.0, 4.0);
+  return alpha;
+}
+
+std::array<double, 3> optimizer_step_per_parameter(const graph::Graph& g, double budget_s) {
+  std::array<double, 3> r{};
+  for (const auto& [kind, s] : measure_optimizer_steps(g, budget_s))
+    r[kind == OptimizerKind::Sgd ? 0 : kind == OptimizerKind::Momentum ? 1 : 2] = s;
+  return r;
+}
+
 json profile_nodes(const NodeProfileOptions& o, const ProfileOutput& out) {
   auto note = [&](const std::string& s) {
     if (out.note) out.note(s);

@@ -9,7 +9,11 @@
 //     input gradient (B) and weight gradient (W), which the whole model cannot tell apart.
 #pragma once
 
+#include "graph/graph.hpp"
+
 #include <nlohmann/json.hpp>
+
+#include <array>
 
 #include <functional>
 
@@ -52,5 +56,13 @@ double quantile(std::vector<double> v, double q);
 
 // Returns the profile JSON (schemas/profile.schema.json); reports through `out`.
 nlohmann::json profile_nodes(const NodeProfileOptions& o, const ProfileOutput& out = {});
+
+// Pieces the kernel calibration (calibrate.hpp) shares with the profile, on a graph of its own:
+// the median CPU-time slow-down of c = 1 .. `copies` single-threaded copies of the whole graph
+// (with its loss) computing at once, index c - 1, forked processes as the profile's contention
+// windows; and the worker's end-of-step work (gradient norm + update) per parameter of the graph's
+// parameters for sgd, momentum, adamw. Call the first before this process starts a thread pool.
+std::vector<double> contention_slowdown(const graph::Graph& g, int copies, double window_s, int rounds, uint64_t seed);
+std::array<double, 3> optimizer_step_per_parameter(const graph::Graph& g, double budget_s);
 
 }  // namespace smp::train

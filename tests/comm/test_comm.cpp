@@ -103,7 +103,7 @@ TEST_CASE("run_command passes the child's stderr through, without the lines it i
   comm::Command c;
   c.argv = {"/bin/sh", "-c",
             "echo first >&2; echo '[vm:1] Read -1, expected 32, errno = 3' >&2; echo out; printf 'no newline' >&2; exit 3"};
-  c.drop_stderr = comm::is_dead_peer_read_error;
+  c.filter_stderr = [](std::string_view l) { return comm::is_dead_peer_read_error(l) ? std::string() : std::string(l); };
   int rc = comm::run_command(c);
   std::fflush(stderr);
   ::dup2(saved, 2);

@@ -265,6 +265,60 @@ TEST_CASE("a model of opset 6 is converted to opset 7 by ONNX's version converte
   fs::remove_all(dir);
 }
 
+TEST_CASE("the batch axis read without loading; smp-plan without --batch-size takes it, or 8 per device") {
+  auto dir = test::temp_dir("batch_axis");
+  auto fixed = [](onnx::ModelProto m, int64_t n) {
+    m.mutable_graph()->mutable_input(0)->mutable_type()->mutable_tensor_type()->mutable_shape()->mutable_dim(0)->set_dim_value(n);
+    m.mutable_graph()->mutable_output(0)->mutable_type()->mutable_tensor_type()->mutable_shape()->mutable_dim(0)->set_dim_value(n);
+    return m;
+  };
+  auto sym = write_model(dir, "sym.onnx", tiny_model());
+  auto six = write_model(dir, "six.onnx", fixed(tiny_model(), 6));
+  BatchAxis a = inspect_batch_axis(sym);
+  CHECK(a.fixed.empty());
+  CHECK(a.symbolic == std::vector<std::string>{"x"});
+  BatchAxis b = inspect_batch_axis(six);
+  CHECK(b.symbolic.empty());
+  CHECK(b.fixed.at("x") == 6);
+  CHECK(inspect_batch_axis(dir / "absent.onnx").fixed.empty());
+  // Two inputs whose fixed leading dimensions disagree: no batch to take.
+  onnx::ModelProto two = fixed(tiny_model(), 6);
+  {
+    auto* g = two.mutable_graph();
+    *g->add_input() = g->input(0);
+    g->mutable_input(1)->set_name("z");
+    g->mutable_input(1)->mutable_type()->mutable_tensor_type()->mutable_shape()->mutable_dim(0)->set_dim_value(3);
+    g->mutable_node(0)->set_op_type("Add");
+    g->mutable_node(0)->add_input("z");
+    g->mutable_node(0)->set_input(1, "x");
+  }
+  auto mixed = write_model(dir, "mixed.onnx", two);
+  CHECK(inspect_batch_axis(mixed).fixed.size() == 2);
+
+  auto plan = [&](const fs::path& model, const std::string& args) {
+    return test::run_cmd(test::tool("smp-plan") + " " + model.string() + " " + args + " -o " + (dir / "p.json").string());
+  };
+  auto r6 = plan(six, "--devices 2");
+  INFO(r6.out);
+  CHECK(r6.exit_code == 0);
+  CHECK(r6.out.find("batch 6: the model's fixed batch dimension") != std::string::npos);
+  CHECK(r6.out.find("), batch 6\n") != std::string::npos);
+  auto rs = plan(sym, "--devices 3");
+  INFO(rs.out);
+  CHECK(rs.exit_code == 0);
+  CHECK(rs.out.find("batch 24: --batch-size not given and the model's batch axis is symbolic") != std::string::npos);
+  CHECK(rs.out.find("), batch 24\n") != std::string::npos);
+  auto rm = plan(mixed, "--devices 2");
+  CHECK(rm.exit_code == 2);
+  CHECK(rm.out.rfind("error: --batch-size: not given, and the inputs of", 0) == 0);
+  CHECK(rm.out.find("x 6, z 3") != std::string::npos);
+  // --summary too
+  auto ss = test::run_cmd(test::tool("smp-plan") + " " + six.string() + " --summary");
+  CHECK(ss.exit_code == 0);
+  CHECK(ss.out.find("batch size       6") != std::string::npos);
+  fs::remove_all(dir);
+}
+
 TEST_CASE("bad input: one line naming the file, exit status 2, never a crash") {
   auto dir = test::temp_dir("bad");
 

@@ -66,6 +66,13 @@ TEST_CASE("smp-plan --help states the default plan file; --summary and --show st
   auto s = run_cmd(tool("smp-plan") + " " + sample("gpt") + " -b 4 --summary");
   CHECK(s.exit_code == 0);
   CHECK(s.out.find("ONNX nodes") != std::string::npos);
+  // the shardable groups found in the graph, and what stays replicated
+  CHECK(s.out.find("10 groups (4 attention, 1 embedding, 1 lm_head, 4 mlp); every one splits up to 4 ways") != std::string::npos);
+  CHECK(s.out.find("replicated: 11.5 K parameters in 27 tensors (read by 18 LayerNormalization, 9 Add)") != std::string::npos);
+  CHECK(s.out.find("attention  blocks.0/attn") != std::string::npos);
+  auto sj = run_cmd(tool("smp-plan") + " " + sample("gpt") + " -b 4 --summary --json");
+  REQUIRE(sj.exit_code == 0);
+  CHECK(json::parse(sj.out)["tensor_parallel"]["groups"].size() == 10);
   auto sh = run_cmd(tool("smp-plan") + " --schedule 1f1b --stages 4 --microbatches 8 --show");
   CHECK(sh.exit_code == 0);
   CHECK(sh.out.find("bubble") != std::string::npos);
@@ -89,12 +96,19 @@ TEST_CASE("smp-plan bad input: one line naming the file or option, exit 2") {
       {sample("gpt") + " -b 32 --devices 0", "error: --devices: must be at least 1"},
       {sample("mlp") + " -b 32 --devices 4 --stages 12", "error: --stages: 12 stages for a graph of 11 nodes"},
       {sample("mlp") + " -b 10 --devices 2 --microbatches 3", "error: --microbatches: the batch of 10 is not divisible into 3 microbatches"},
-      {sample("mlp") + " --devices 2", "error: --batch-size: required for planning"},
+      {sample("gpt") + " -b 32 --devices 4 --split /no/such/node", "error: --split: no node named '/no/such/node'"},
+      {sample("gpt") + " -b 32 --devices 4 --split 72,37", "error: --split: cut before node 37 ('37') does not come after"},
+      {sample("gpt") + " -b 32 --devices 4 --split 0", "error: --split: cut before node 0 ('0'): a cut lies before one of nodes 1 to 144"},
+      {sample("gpt") + " -b 32 --devices 4 --split 37,,72", "error: --split: '37,,72': an empty cut"},
+      {sample("gpt") + " -b 32 --devices 4 --stages 4 --split 37", "error: --split: 1 cut(s) make 2 stages, which no configuration gives"},
       {sample("mlp") + " -b 8 --devices 2 --optimizer lion", "error: --optimizer: unknown optimizer 'lion'"},
       {sample("mlp") + " -b 8 --devices 2 --recompute sometimes", "error: --recompute: unknown value 'sometimes'"},
       {sample("mlp") + " -b 8 --devices 2 --dtype fp8", "error: --dtype: unknown dtype 'fp8'"},
       {sample("mlp") + " -b 8 --devices 2 --cluster " + cluster("a100-2x8"), "error: --devices: applies to this machine's CPU"},
       {sample("mlp") + " -b 8 --cluster " + (dir / "missing.json").string(), "error: " + (dir / "missing.json").string() + ": no such file"},
+      {sample("mlp") + " -b 8 --devices 4 --tensor-parallel 3", "error: --tensor-parallel: 3: host localhost has 4 devices, not a multiple of 3"},
+      {sample("mlp") + " -b 8 --devices 4 --tensor-parallel 0", "error: --tensor-parallel: Value 0 not in range 1 to 65536"},
+      {sample("mlp") + " -b 8 --devices 4 --shard-optimizer --no-shard-optimizer", "error: --shard-optimizer: given with --no-shard-optimizer"},
   };
   for (const auto& c : cases) {
     auto r = run_cmd(tool("smp-plan") + " " + c.args + out);
@@ -157,4 +171,106 @@ TEST_CASE("smp-plan --profile: measured times replace the estimates, and the rep
   auto bad = run_cmd(base + " --microbatches 1");
   CHECK(bad.exit_code == 2);
   CHECK(bad.out.rfind("error: " + (dir / "p.json").string() + ": measured at microbatches of 4", 0) == 0);
+}
+
+TEST_CASE("smp-plan --split: the DP's split, a baseline's or given cuts, on the configuration the search chose") {
+  auto dir = smp::test::temp_dir("plan_cli_split");
+  auto plan = [&](const std::string& split, const std::string& name) {
+    std::string out = (dir / (name + ".json")).string();
+    auto r = run_cmd(tool("smp-plan") + " " + sample("gpt") + " -b 32 --devices 4 --stages 4 --schedule 1f1b --microbatches 8" +
+                     (split.empty() ? "" : " --split " + split) + " -o " + out);
+    INFO(split << "\n" << r.out);
+    REQUIRE(r.exit_code == 0);
+    std::ifstream f(out);
+    return std::make_pair(json::parse(f), r.out);
+  };
+  auto [dflt, dflt_out] = plan("", "auto");
+  auto [dp, dp_out] = plan("dp", "dp");
+  auto [el, el_out] = plan("equal-layers", "el");
+  auto [ep, ep_out] = plan("equal-params", "ep");
+  auto cut_names = [](const json& p) {
+    std::vector<std::string> v;
+    for (size_t s = 1; s < p["stages"].size(); ++s) v.push_back(p["stages"][s]["nodes"][0].get<std::string>());
+    return v;
+  };
+  // Same degrees, microbatches and schedule in every plan.
+  for (const json* p : {&dp, &el, &ep}) {
+    CHECK((*p)["degrees"] == dflt["degrees"]);
+    CHECK((*p)["microbatches"] == dflt["microbatches"]);
+    CHECK((*p)["schedule"]["name"] == dflt["schedule"]["name"]);
+  }
+  CHECK(dp["partition"] == "dp");
+  CHECK(el["partition"] == "equal-layers");
+  CHECK(ep["partition"] == "equal-parameters");
+  // The baselines' plans are the splits the report's baselines rows price, with their predictions.
+  for (const auto& b : dflt["baselines"]) {
+    const json& p = b["name"] == "equal-layers" ? el : ep;
+    CHECK(p["prediction"]["step_s"].get<double>() == doctest::Approx(b["prediction"]["step_s"].get<double>()).epsilon(1e-9));
+  }
+  CHECK(el_out.find("the equal-layers split, as --split asks") != std::string::npos);
+  CHECK(dp["prediction"]["step_s"].get<double>() < el["prediction"]["step_s"].get<double>());
+  // Given cuts, by name and by position, make the same plan as the baseline they repeat.
+  std::vector<std::string> names = cut_names(el);
+  REQUIRE(names.size() == 3);
+  auto [byname, byname_out] = plan(names[0] + "," + names[1] + "," + names[2], "byname");
+  CHECK(byname["partition"] == "cuts");
+  CHECK(cut_names(byname) == names);
+  CHECK(byname["prediction"]["step_s"].get<double>() == doctest::Approx(el["prediction"]["step_s"].get<double>()).epsilon(1e-9));
+  std::string positions;
+  for (size_t i = 1; i + 1 < dflt["baselines"][0]["stage_boundaries"].size(); ++i) {
+    if (!positions.empty()) positions += ',';
+    positions += std::to_string(dflt["baselines"][0]["stage_boundaries"][i].get<int>());
+  }
+  auto [bypos, bypos_out] = plan(positions, "bypos");
+  CHECK(cut_names(bypos) == names);
+  // Without --stages, the cuts fix the stage count.
+  auto r = run_cmd(tool("smp-plan") + " " + sample("gpt") + " -b 32 --devices 2 --split " + names[1] + " -o " +
+                   (dir / "two.json").string());
+  INFO(r.out);
+  REQUIRE(r.exit_code == 0);
+  std::ifstream f(dir / "two.json");
+  json two = json::parse(f);
+  CHECK(two["stages"].size() == 2);
+  CHECK(two["stages"][1]["nodes"][0] == names[1]);
+}
+
+TEST_CASE("smp-plan without --cluster measures this machine once, caches it, and says so") {
+  auto dir = smp::test::temp_dir("plan_cli_calibration");
+  const std::string env = "XDG_CACHE_HOME=" + (dir / "cache").string() + " ";
+  const std::string plan = tool("smp-plan") + " " + sample("mlp") + " -b 16 --devices 2 -o " + (dir / "p.json").string();
+  auto first = run_cmd(env + plan);
+  INFO(first.out);
+  REQUIRE(first.exit_code == 0);
+  CHECK(first.out.find("calibrating this machine's kernels") != std::string::npos);
+  CHECK(first.out.find("cluster   local-cpu (measured)") != std::string::npos);
+  std::vector<std::filesystem::path> files;
+  for (const auto& e : std::filesystem::directory_iterator(dir / "cache" / "smp")) files.push_back(e.path());
+  REQUIRE(files.size() == 1);
+  json cal = json::parse(std::ifstream(files[0]));
+  CHECK(cal["version"] == 1);
+  CHECK(cal["tables"].size() >= 1);
+  for (const auto& t : cal["tables"])
+    for (const auto& [fam, passes] : t["families"].items()) {
+      CAPTURE(fam);
+      CHECK(passes["forward"].size() >= 4);
+      for (const auto& p : passes["forward"]) CHECK(p[1].get<double>() > 0);
+    }
+  CHECK(cal["link"]["bandwidth"].get<double>() > 0);  // smp-profile beside smp-plan ran the ping-pong
+  const auto written = std::filesystem::last_write_time(files[0]);
+  // The second plan reads the cache: nothing measured, the same file.
+  auto second = run_cmd(env + plan);
+  CHECK(second.exit_code == 0);
+  CHECK(second.out.find("calibrating") == std::string::npos);
+  CHECK(std::filesystem::last_write_time(files[0]) == written);
+  // The estimates on request; bad combinations with --cluster.
+  auto est = run_cmd(env + plan + " --no-calibration");
+  CHECK(est.out.find("cluster   local-cpu (estimated)") != std::string::npos);
+  auto both = run_cmd(env + plan + " --recalibrate --cluster " + cluster("a100-2x8"));
+  CHECK(both.exit_code == 2);
+  // A damaged cache is measured again, with a note, never an error.
+  std::ofstream(files[0]) << "{ not json";
+  auto again = run_cmd(env + plan);
+  CHECK(again.exit_code == 0);
+  CHECK(again.out.find("the cached calibration is unusable") != std::string::npos);
+  CHECK(json::parse(std::ifstream(files[0]))["version"] == 1);
 }

@@ -105,7 +105,10 @@ TEST_CASE("smp-profile progress and summary; --threads and --devices set the rec
     CHECK(pp["stages"] == 3);
     CHECK(pp["schedule"] == "1f1b");
     CHECK(pp["steps"].get<int>() >= 11);
-    CHECK(pp["factor"].get<double>() == doctest::Approx(pp["step_s"]["measured"].get<double>() / pp["step_s"]["predicted"].get<double>()));
+    // The factor is measured / predicted, held within the sanity bound [0.25, 8] (pipeline_probe.cpp):
+    // a 4-sample MLP with 6 threads on 2 cores can run 8x slower than predicted.
+    CHECK(pp["factor"].get<double>() ==
+          doctest::Approx(std::clamp(pp["step_s"]["measured"].get<double>() / pp["step_s"]["predicted"].get<double>(), 0.25, 8.0)));
     CHECK(pp["per_stage"].size() == 3);
     CHECK(pp["factor"].get<double>() > 0);
     CHECK(p["contention"]["slowdown"].get<double>() == doctest::Approx(pp["factor"].get<double>()));
@@ -177,6 +180,26 @@ TEST_CASE("smp-plan uses the profile: stages marked measured; another set-up is 
   CHECK(mb.out.find("microbatch") != std::string::npos);
 }
 
+TEST_CASE("smp-profile MODEL and smp-plan MODEL alone: the default batch, microbatches and files fit together") {
+  auto dir = temp_dir("profile_alone");
+  // No --batch-size, -m or -o: the MLP's batch axis is symbolic, so 8 samples for each of the 2
+  // workers, 4 microbatches (2 per worker) of 4, into ./profile.json.
+  auto r = run_cmd("cd " + dir.string() + " && " + tool("smp-profile") + " " + sample("mlp") + " --devices 2" + kFast);
+  INFO(r.out);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out.find("note: batch 16: --batch-size not given") != std::string::npos);
+  CHECK(r.out.find("4 microbatch(es) of 4") != std::string::npos);
+  auto p = read_json_file((dir / "profile.json").string());
+  CHECK(p["microbatch_size"] == 4);
+  // The planner's defaults take it: the same batch, every stage measured.
+  auto pl = run_cmd("cd " + dir.string() + " && " + tool("smp-plan") + " " + sample("mlp") + " --devices 2 --profile profile.json");
+  INFO(pl.out);
+  REQUIRE(pl.exit_code == 0);
+  CHECK(pl.out.find("), batch 16\n") != std::string::npos);
+  CHECK(pl.out.find(" estimated\n") == std::string::npos);
+  CHECK(std::filesystem::exists(dir / "plan.json"));
+}
+
 TEST_CASE("smp-profile bad input: one line, exit 2") {
   auto dir = temp_dir("profile_bad");
   std::string out = " -o " + (dir / "p.json").string();
@@ -187,8 +210,6 @@ TEST_CASE("smp-profile bad input: one line, exit 2") {
   std::vector<Case> cases = {
       {"/nonexistent/model.onnx -b 8" + out, "/nonexistent/model.onnx"},
       {"-b 8" + out, "MODEL"},
-      {gpt + " -b 8", "--output"},
-      {gpt + out, "--batch-size"},
       {gpt + " -b 0" + out, "--batch-size"},
       {gpt + " -b 8 -m 3" + out, "--microbatches"},
       {gpt + " -b 8 -m 0" + out, "--microbatches"},

@@ -44,7 +44,7 @@ TEST_CASE("smp-profile --machine writes a cluster that validates and plans") {
 }
 
 TEST_CASE("smp-profile --machine bad input: one line, exit 2") {
-  auto r = run_cmd(tool("smp-profile") + " --machine");
+  auto r = run_cmd(tool("smp-profile") + " --machine --budget-ms 0 -o /tmp/x.json");
   CHECK(r.exit_code == 2);
   CHECK(count_lines(r.out) == 1);
   auto d = run_cmd(tool("smp-profile") + " --machine --devices -1 -o /tmp/x.json");

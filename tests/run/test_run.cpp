@@ -192,10 +192,27 @@ TEST_CASE("without --optimizer, smp-run trains with the plan's; the summary sets
     }
   }
   CHECK(r.out.find("note: the plan was made for") == std::string::npos);
+  // One step: nothing after the first to time, and the summary says so instead of zeros.
+  auto one = test::sh(fmt::format("{} {} --steps 1 --summary-json {}", test::bin("smp-run"), plan.string(), summary.string()));
+  INFO(one.out);
+  REQUIRE(one.exit_code == 0);
+  CHECK(one.out.find("no steady-state measurement") != std::string::npos);
+  CHECK(one.out.find("step time: measured") == std::string::npos);
+  CHECK(one.out.find("-100.0%") == std::string::npos);
+  auto v1 = test::sh(fmt::format("{} {} {} run_summary {}", SMP_PYTHON, test::src("tests/plan/validate_json.py"),
+                                 test::src("schemas"), summary.string()));
+  CHECK_MESSAGE(v1.exit_code == 0, v1.out);
+  {
+    std::ifstream sf(summary);
+    const auto sj = nlohmann::json::parse(sf);
+    CHECK(sj["steps_timed"] == 0);
+    CHECK(sj["step_s"]["measured"].is_null());
+    CHECK(sj["stages"][0]["measured"].is_null());
+  }
   fs::remove_all(dir);
 }
 
-TEST_CASE("a worker killed with SIGKILL: one line naming its rank and stage within 10 s, nothing left behind") {
+TEST_CASE("a worker killed with SIGKILL: one line naming its rank, stage and host within 10 s, nothing left behind") {
   auto dir = test::temp_dir("kill");
   auto plan = test::make_plan(dir, "gpt", 8, 2, 1, 4, "1f1b");
   std::string log = (dir / "log.txt").string();
@@ -206,7 +223,7 @@ TEST_CASE("a worker killed with SIGKILL: one line naming its rank and stage with
   int victim = -1;
   for (int tries = 0; tries < 200 && victim < 0; ++tries) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    auto ps = test::sh(fmt::format("pgrep -f '{}.*--status-dir'", plan.string()));
+    auto ps = test::sh(fmt::format("pgrep -f '{}.*--status-token'", plan.string()));
     std::istringstream ids(ps.out);
     int pid;
     while (ids >> pid) {
@@ -228,7 +245,9 @@ TEST_CASE("a worker killed with SIGKILL: one line naming its rank and stage with
   std::string out = read_file(log);
   INFO(out);
   CHECK(took < 10);
-  CHECK(out.find("error: rank 1 (stage 1): the worker died (killed by signal 9)") != std::string::npos);
+  char host[256] = {0};
+  ::gethostname(host, sizeof host - 1);
+  CHECK(out.find(fmt::format("error: rank 1 (stage 1, host {}): the worker died (killed by signal 9)", host)) != std::string::npos);
   CHECK(out.substr(out.rfind('\n', out.size() - 2) + 1) != "0\n");  // smp-run's exit status
   CHECK(count_lines(out) == 2);  // the error line and the exit status
   auto left = test::sh(fmt::format("pgrep -f '[s]mp-run {}'", plan.string()));  // [s]: not pgrep's own shell

@@ -16,11 +16,6 @@ using graph::Op;
 // ---- Softmax, LogSoftmax -----------------------------------------------------------------
 
 namespace {
-struct SoftmaxState : KernelState {
-  bool log = false;
-  int64_t outer = 1, D = 1, inner = 1;
-};
-
 // Applies f(row_ptr_in, row_ptr_out, stride) on every softmax row (D elements at `inner` stride).
 template <class F>
 void softmax_rows(const SoftmaxState& s, F f) {
@@ -137,12 +132,6 @@ void bwd_softmax(const KernelState& st, ExecContext&, const GradIO& io) {
 // ---- LayerNormalization ------------------------------------------------------------------
 
 namespace {
-struct LayerNormState : KernelState {
-  int64_t rows = 1, D = 1;
-  float eps = 1e-5f;
-  bool has_bias = false;
-};
-
 // mean and 1/std of one row
 inline void row_stats(const float* x, int64_t D, float eps, float& mean, float& rstd) {
   float m = 0;
@@ -286,12 +275,6 @@ void bwd_layernorm(const KernelState& st, ExecContext&, const GradIO& io) {
 // mean and variance); training_mode = 0 normalizes with the mean and variance inputs.
 
 namespace {
-struct BatchNormState : KernelState {
-  int64_t N = 1, C = 1, HW = 1;
-  float eps = 1e-5f, momentum = 0.9f;
-  bool batch_stats = false;  // training_mode
-};
-
 // Per channel: mean and biased variance over N and the spatial dims (two passes, in double).
 void channel_stats(const BatchNormState& s, const float* X, std::vector<double>& mean, std::vector<double>& var) {
   mean.assign(static_cast<size_t>(s.C), 0);
@@ -341,6 +324,7 @@ std::unique_ptr<KernelState> prep_batchnorm(const NodeView& n) {
   if (n.num_inputs() != 5) n.fail("needs 5 inputs");
   for (int i = 0; i < 5; ++i) n.require_dtype(n.input(i), {DType::F32}, "input");
   const bool stats_out = n.has_output(1) || n.has_output(2);
+  s->stats_out = stats_out;
   if (n.graph().opset >= 14 || n.graph().opset == 0) {
     s->batch_stats = n.node().attr_int("training_mode", 0) != 0;
     if (stats_out && !s->batch_stats) n.fail("running-statistics outputs need training_mode = 1");
@@ -477,23 +461,6 @@ void bwd_batchnorm(const KernelState& st, ExecContext&, const GradIO& io) {
 
 // ---- reductions --------------------------------------------------------------------------
 
-namespace {
-struct ReduceState : KernelState {
-  Op op;
-  bool keepdims = true;
-  bool noop_empty = false;
-  bool axes_known = false;
-  std::vector<int64_t> axes;  // normalized, when known at load
-};
-
-// Reduction geometry for a set of axes.
-struct RGeom {
-  Shape kshape;                        // input shape with reduced dims set to 1
-  std::vector<int64_t> kdims, kstr;    // kept dims and their input strides
-  std::vector<int64_t> rdims, rstr;    // reduced dims and their input strides
-  int64_t rcount = 1;
-};
-
 RGeom rgeom(const Shape& x, const std::vector<int64_t>& axes) {
   RGeom g;
   g.kshape = x;
@@ -536,6 +503,7 @@ std::vector<int64_t> resolve_axes(const ReduceState& s, std::span<const Tensor> 
   return axes;
 }
 
+namespace {
 template <class T, class Init, class Acc, class Fin>
 void reduce_loop(const RGeom& g, const T* X, T* Y, Init init, Acc acc, Fin fin) {
   int64_t nout = 1;
@@ -705,13 +673,6 @@ void bwd_reduce(const KernelState& st, ExecContext&, const GradIO& io) {
 }
 
 // ---- ArgMax ------------------------------------------------------------------------------
-
-namespace {
-struct ArgMaxState : KernelState {
-  int64_t outer = 1, D = 1, inner = 1;
-  bool last = false;
-};
-}  // namespace
 
 std::unique_ptr<KernelState> prep_argmax(const NodeView& n) {
   auto s = std::make_unique<ArgMaxState>();

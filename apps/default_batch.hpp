@@ -1,0 +1,49 @@
+// The batch smp-plan and smp-profile use when --batch-size is not given.
+#pragma once
+
+#include "core/error.hpp"
+#include "graph/loader.hpp"
+
+#include <fmt/format.h>
+
+#include <cstdint>
+#include <set>
+#include <string>
+
+namespace smp::app {
+
+// Samples per device when the model's batch axis is symbolic: enough for a pipeline over the
+// devices to have several microbatches of a few samples each.
+constexpr int64_t kDefaultSamplesPerDevice = 8;
+
+// The model's fixed batch dimension where its inputs have one (they must agree), else
+// kDefaultSamplesPerDevice x `devices`; a model with no input of rank >= 1 plans one sample.
+// `note` tells the user which, and how to choose another.
+inline int64_t default_batch(const std::string& model, int devices, std::string& note) {
+  const graph::BatchAxis axis = graph::inspect_batch_axis(model);
+  std::set<int64_t> sizes;
+  std::string listed;
+  for (const auto& [name, size] : axis.fixed) {
+    sizes.insert(size);
+    listed += fmt::format("{}{} {}", listed.empty() ? "" : ", ", name, size);
+  }
+  if (sizes.size() > 1)
+    throw_bad_input("--batch-size", fmt::format("not given, and the inputs of {} have different fixed leading dimensions ({})",
+                                                model, listed),
+                    "give --batch-size N");
+  if (sizes.size() == 1 && *sizes.begin() > 0) {
+    note = fmt::format("batch {}: the model's fixed batch dimension (--batch-size not given)", *sizes.begin());
+    return *sizes.begin();
+  }
+  if (axis.symbolic.empty() && axis.fixed.empty()) {
+    note = "batch 1: the model's inputs have no batch axis (--batch-size not given)";
+    return 1;
+  }
+  const int64_t b = kDefaultSamplesPerDevice * std::max(devices, 1);
+  note = fmt::format("batch {}: --batch-size not given and the model's batch axis is symbolic: {} samples for each of the {} "
+                     "device(s) (--batch-size N to choose)",
+                     b, kDefaultSamplesPerDevice, std::max(devices, 1));
+  return b;
+}
+
+}  // namespace smp::app

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The CPU engine against PyTorch on the shapes users bring: one-stage training throughput
+# (forward, cross-entropy, backward, SGD step) of smp and of PyTorch (Debian's python3-torch)
+# on the same model, batch and thread count, run side by side; prints steps/s and the ratio
+# smp / PyTorch per model and thread count (target: >= 1.25 on every row).
+#
+#   bench/engine_vs_torch.sh [BIN_DIR]
+#   env: MODELS="gpt,mha,gated_mlp,bn_cnn,resnet18" THREADS="1,2" BATCH=32 STEPS=20 REPEATS=3
+#
+# gpt is the bundled sample; mha (a decoder built from nn.MultiheadAttention), gated_mlp (a
+# residual MLP with LayerNorm and gating), bn_cnn (a CNN with BatchNorm) and resnet18
+# (torchvision's) come from scripts/bench_models.py, exported in training mode once into
+# build/bench-models/. Each configuration is measured REPEATS times (smp and PyTorch alternating)
+# and the median of each side is compared. Wall-clock on a shared machine: quote a quiet one's.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${1:-$ROOT/build/bin}
+MODELS=${MODELS:-gpt,mha,gated_mlp,bn_cnn,resnet18}
+THREADS=${THREADS:-1,2}
+BATCH=${BATCH:-32}
+STEPS=${STEPS:-20}
+REPEATS=${REPEATS:-3}
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=python3
+echo "engine vs PyTorch: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), batch $BATCH, $STEPS steps, median of $REPEATS"
+printf '%-10s %7s %12s %12s %8s\n' model threads smp torch ratio
+for m in ${MODELS//,/ }; do
+  for t in ${THREADS//,/ }; do
+    rows=$(for r in $(seq 1 "$REPEATS"); do
+      "$BIN/runtime_bench" --models "$m" --threads "$t" --batch "$BATCH" --steps "$STEPS" | tail -n 1
+    done)
+    "$PY" - "$m" "$t" <<PYEOF
+import statistics, sys
+rows = [l.split() for l in """$rows""".splitlines() if l.strip()]
+smp = statistics.median(float(r[2]) for r in rows)
+torch = statistics.median(float(r[3]) for r in rows)
+ratio = f"{smp / torch:.2f}" if torch > 0 else "-"
+print(f"{sys.argv[1]:<10} {sys.argv[2]:>7} {smp:12.2f} {torch:12.2f} {ratio:>8}")
+PYEOF
+  done
+done

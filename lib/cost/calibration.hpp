@@ -1,0 +1,102 @@
+// Kernel calibration of a CPU: how long smp's own CPU kernels take on this machine, per kernel
+// family and size, measured once (train/calibrate.hpp) and cached. The cost model prices an
+// unprofiled node on a calibrated device by its family's curve at the node's work (FLOPs for the
+// matrix products, bytes moved for everything else) instead of a roofline of peak figures: small
+// products, strided copies, transcendental math and per-kernel overheads each run at the speed
+// they really reach.
+//
+// A curve holds measured points (work, seconds) of one pass; between points the time is
+// interpolated linearly in log(work) / log(time), below the smallest point it is that point's
+// time (the per-call overhead floor), above the largest it grows at the largest point's rate.
+//
+// Workers sharing the machine: tables per thread count (a worker's compute threads), and the
+// slow-down of c copies of a compute-bound and of a memory-bound kernel running at once against
+// one alone (caches, memory bandwidth, the cores' shared clock), measured for c = 1 .. cores.
+#pragma once
+
+#include "cost/cluster.hpp"
+#include "graph/graph.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <array>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace smp::cost {
+
+inline constexpr int kCalibrationVersion = 1;
+
+enum class KernelFamily : int {
+  Gemm,            // MatMul / Gemm with a weight operand
+  BatchedMatMul,   // MatMul of two activations (attention scores, weighted sums)
+  Conv,            // convolution (im2col + GEMM)
+  Elementwise,     // add, multiply, compare, select, relu, casts: memory-bound streaming
+  Transcendental,  // erf, exp, tanh, sigmoid, pow, sqrt, div ...: math per element
+  Norm,            // LayerNormalization, BatchNormalization
+  Softmax,         // Softmax, LogSoftmax, the softmax cross-entropy loss
+  Reduce,          // reductions, global pooling
+  Pool,            // max / average pooling
+  Transpose,       // strided copies
+  Movement,        // contiguous copies: concat, split, slice, gather, expand, tile
+  kCount
+};
+inline constexpr int kKernelFamilies = static_cast<int>(KernelFamily::kCount);
+
+std::string_view family_name(KernelFamily f);
+std::optional<KernelFamily> family_from_name(std::string_view s);
+// FLOPs for the matrix products, bytes moved for the rest.
+bool family_counts_flops(KernelFamily f);
+// Compute-bound families feel concurrent copies as the compute slow-down, the rest as the memory one.
+bool family_compute_bound(KernelFamily f);
+// The family a node is priced with; nullopt for views, shape-only ops and ops smp does not know
+// (those keep the roofline).
+std::optional<KernelFamily> kernel_family(const graph::Graph& g, const graph::Node& n);
+
+struct CalibrationCurve {
+  struct Point {
+    double work = 0, seconds = 0;
+  };
+  std::vector<Point> points;  // work ascending
+  bool empty() const { return points.empty(); }
+  double time(double work) const;
+};
+
+struct CalibrationTable {
+  int threads = 1;
+  // Per family: [0] the forward, [1] the backward (input and weight gradients as the executor's
+  // backward runs them, priced at the backward's own work).
+  std::array<std::array<CalibrationCurve, 2>, kKernelFamilies> curves;
+  // The worker's end-of-step work per parameter: gradient norm + update (sgd, momentum, adamw).
+  std::array<double, 3> optimizer_s_per_parameter{};
+};
+
+struct KernelCalibration {
+  std::string cpu;             // /proc/cpuinfo's model name
+  int cores = 1;
+  std::string measured_at;     // UTC, ISO 8601
+  std::string smp_version;
+  std::vector<CalibrationTable> tables;   // ascending threads
+  // Slow-down of c concurrent single-threaded copies (index c - 1, [0] = 1): CPU time per kernel
+  // against one alone.
+  std::vector<double> contention_compute, contention_memory;
+  double gemm_flops = 0;       // sustained single-thread GEMM FLOP/s (the largest Gemm point)
+  double memory_bandwidth = 0; // bytes/s of the largest Elementwise point, all threads
+  LinkSpec link;               // between two worker processes (0 bandwidth: not measured)
+  std::string source;          // where it was read from (for the report); not stored
+
+  // The table for a worker with `threads` compute threads: the largest measured thread count not
+  // above it (the smallest table when none is).
+  const CalibrationTable& table(int threads) const;
+  // How much slower each worker computes when `busy` of them compute at once on `cores` cores
+  // with `threads` threads each: time-slicing beyond the cores times the measured contention.
+  double slowdown(KernelFamily f, double busy, int threads) const;
+};
+
+nlohmann::json to_json(const KernelCalibration& c);
+// Validates; bad input names `where` and the field.
+KernelCalibration calibration_from_json(const nlohmann::json& j, const std::string& where);
+
+}  // namespace smp::cost

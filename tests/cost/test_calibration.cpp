@@ -1,0 +1,177 @@
+// The kernel calibration's model (cost/calibration.hpp): curves, families, the slow-down of
+// workers sharing the cores, the file format, and the cost model pricing nodes by it.
+#include "cost/calibration.hpp"
+#include "cost/cost_model.hpp"
+#include "core/error.hpp"
+#include "hand_graph.hpp"
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <memory>
+
+using namespace smp;
+using cost::KernelFamily;
+
+namespace {
+
+cost::CalibrationCurve curve(std::vector<std::pair<double, double>> pts) {
+  cost::CalibrationCurve c;
+  for (auto [w, s] : pts) c.points.push_back({w, s});
+  return c;
+}
+
+// A calibration with one table of `threads` in which every family's forward takes 1 us per unit
+// of work above 1e3 (a floor of 1 ms below) and its backward twice that.
+cost::KernelCalibration linear(int threads = 1) {
+  cost::KernelCalibration c;
+  c.cpu = "test cpu";
+  c.cores = 4;
+  cost::CalibrationTable t;
+  t.threads = threads;
+  for (auto& fam : t.curves) {
+    fam[0] = curve({{1e3, 1e-3}, {1e6, 1.0}});
+    fam[1] = curve({{1e3, 2e-3}, {1e6, 2.0}});
+  }
+  t.optimizer_s_per_parameter = {1e-9, 2e-9, 4e-9};
+  c.tables.push_back(t);
+  c.contention_compute = {1.0, 1.1, 1.2, 1.3};
+  c.contention_memory = {1.0, 1.5, 2.0, 2.5};
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("a curve interpolates in log-log, floors below its first point, extrapolates at its last rate") {
+  auto c = curve({{100, 1e-6}, {10000, 1e-3}});
+  CHECK(c.time(100) == doctest::Approx(1e-6));
+  CHECK(c.time(10000) == doctest::Approx(1e-3));
+  // halfway in log(work) is halfway in log(time)
+  CHECK(c.time(1000) == doctest::Approx(std::sqrt(1e-6 * 1e-3)));
+  CHECK(c.time(10) == doctest::Approx(1e-6));       // the per-call floor
+  CHECK(c.time(40000) == doctest::Approx(4e-3));    // the largest point's rate
+  CHECK(c.time(0) == 0);
+  CHECK(cost::CalibrationCurve{}.time(5) == 0);
+}
+
+TEST_CASE("families: products with a weight are GEMMs, of two activations batched; math apart from streaming") {
+  test::HandGraph h;
+  int x = h.input("x", {4, 16});
+  int w = h.param("W", {8, 16});
+  int wt = h.node("Transpose", "wt", {w}, {16, 8});
+  int a = h.node("Relu", "act", {x}, {4, 16});
+  int y = h.node("MatMul", "mm", {a, wt}, {4, 8});
+  int s = h.node("MatMul", "scores", {y, h.node("Transpose", "yt", {y}, {8, 4})}, {4, 4});
+  int e = h.node("Erf", "erf", {s}, {4, 4});
+  int sm = h.node("Softmax", "sm", {e}, {4, 4});
+  int r = h.node("Reshape", "view", {sm}, {16});
+  h.finish({r});
+  auto fam = [&](int node) { return cost::kernel_family(h.g, h.g.nodes[static_cast<size_t>(node)]); };
+  CHECK(fam(0) == KernelFamily::Transpose);
+  CHECK(fam(1) == KernelFamily::Elementwise);
+  CHECK(fam(2) == KernelFamily::Gemm);  // a Transpose of a weight counts as the weight
+  CHECK(fam(4) == KernelFamily::BatchedMatMul);
+  CHECK(fam(5) == KernelFamily::Transcendental);
+  CHECK(fam(6) == KernelFamily::Softmax);
+  CHECK(!fam(7).has_value());  // a view costs nothing
+  for (int f = 0; f < cost::kKernelFamilies; ++f) {
+    auto k = static_cast<KernelFamily>(f);
+    CHECK(cost::family_from_name(cost::family_name(k)) == k);
+  }
+  CHECK(!cost::family_from_name("warp_drive").has_value());
+}
+
+TEST_CASE("workers sharing the cores: contention up to the cores, time-slicing beyond") {
+  auto c = linear();
+  CHECK(c.slowdown(KernelFamily::Gemm, 1, 1) == doctest::Approx(1.0));
+  CHECK(c.slowdown(KernelFamily::Gemm, 2, 1) == doctest::Approx(1.1));
+  CHECK(c.slowdown(KernelFamily::Elementwise, 2, 1) == doctest::Approx(1.5));
+  CHECK(c.slowdown(KernelFamily::Elementwise, 2.5, 1) == doctest::Approx(1.75));  // interpolated
+  // 8 busy workers of 1 thread on 4 cores: each gets half a core, and the 4-copy contention
+  CHECK(c.slowdown(KernelFamily::Gemm, 8, 1) == doctest::Approx(2.0 * 1.3));
+  // 2 workers of 4 threads: 8 threads on 4 cores
+  CHECK(c.slowdown(KernelFamily::Transcendental, 2, 4) == doctest::Approx(2.0 * 1.3));
+  CHECK(c.slowdown(KernelFamily::Gemm, 0.5, 1) == doctest::Approx(1.0));  // never faster than alone
+}
+
+TEST_CASE("the table for a worker's threads: the largest measured not above them") {
+  auto c = linear(1);
+  auto t4 = linear(4).tables[0];
+  c.tables.push_back(t4);
+  CHECK(c.table(1).threads == 1);
+  CHECK(c.table(3).threads == 1);
+  CHECK(c.table(4).threads == 4);
+  CHECK(c.table(16).threads == 4);
+}
+
+TEST_CASE("a calibrated device prices nodes by their family's curve; the loss by the softmax curve") {
+  test::HandGraph h;
+  int x = h.input("x", {4, 16});
+  int w = h.param("W", {16, 8});
+  int a = h.node("Relu", "act", {x}, {4, 16});
+  int y = h.node("MatMul", "mm", {a, w}, {4, 8});
+  h.finish({y});
+  auto cal = std::make_shared<cost::KernelCalibration>(linear());
+  cal->tables[0].curves[static_cast<size_t>(KernelFamily::Softmax)][0] = curve({{1, 7e-6}, {1e9, 7e3}});
+  cal->tables[0].curves[static_cast<size_t>(KernelFamily::Softmax)][1] = curve({{1, 9e-6}, {1e9, 9e3}});
+  cost::DeviceSpec d;
+  d.kind = "cpu";
+  d.name = "calibrated";
+  d.memory_bytes = 1e9;
+  d.peak_flops_fp32 = d.peak_flops_bf16 = 1e12;
+  d.memory_bandwidth = 1e11;
+  d.calibration = cal;
+  cost::GraphCost gc(h.g, 4, cost::CostOptions{});
+  const auto& mm = gc.node(1);
+  const double prod = 2.0 * 4 * 8 * 16;  // the product's FLOPs, the loss's taken out
+  const double out_bytes = 4 * 8 * 4;
+  auto t = gc.node_time(1, 4, d);
+  CHECK(t.f == doctest::Approx(cal->tables[0].curves[0][0].time(prod) + 7e-6 * out_bytes));
+  CHECK(t.w == doctest::Approx(cal->tables[0].curves[0][1].time(mm.bwd_w.flops.at(4))));
+  // the loss's backward (2 x the output's bytes) is the only input gradient: relu(x) needs none
+  CHECK(t.b == doctest::Approx(9e-6 * 2 * out_bytes));
+  // relu: elementwise, priced at its bytes; no gradient (x is data)
+  auto r = gc.node_time(0, 4, d);
+  CHECK(r.f == doctest::Approx(cal->tables[0].curves[static_cast<size_t>(KernelFamily::Elementwise)][0].time(
+                   gc.node(0).fwd.bytes.at(4))));
+  CHECK(r.b == 0);
+  // Two busy workers: every pass slower by the family's contention.
+  auto t2 = gc.node_time(1, 4, d, nullptr, 0, 2);
+  CHECK(t2.w == doctest::Approx(t.w * 1.1));
+  // The optimizer step per parameter, for the plan's optimizer (adamw by default).
+  CHECK(gc.optimizer_step_s(4000, d) == doctest::Approx(1000 * 4e-9));
+  CHECK(gc.optimizer_step_s(4000, d, nullptr, 3) == doctest::Approx(1000 * 4e-9 * 2.0));
+}
+
+TEST_CASE("calibration files round-trip; a bad field is named") {
+  auto c = linear();
+  c.link = {3e9, 1e-6};
+  c.gemm_flops = 5e10;
+  auto back = cost::calibration_from_json(cost::to_json(c), "cal.json");
+  REQUIRE(back.tables.size() == 1);
+  CHECK(back.cores == 4);
+  CHECK(back.link.bandwidth == 3e9);
+  CHECK(back.contention_memory == c.contention_memory);
+  CHECK(back.tables[0].optimizer_s_per_parameter == c.tables[0].optimizer_s_per_parameter);
+  CHECK(back.tables[0].curves[3][1].time(5e4) == doctest::Approx(c.tables[0].curves[3][1].time(5e4)));
+  auto msg = [](nlohmann::json j) {
+    try {
+      cost::calibration_from_json(j, "cal.json");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  auto j = cost::to_json(c);
+  j["version"] = 99;
+  CHECK(msg(j).find("cal.json: version: must be 1") == 0);
+  j = cost::to_json(c);
+  j["tables"][0]["families"]["gemm"]["forward"][0] = {1, -2};
+  CHECK(msg(j).find("tables[0].families.gemm.forward: points must be") != std::string::npos);
+  j = cost::to_json(c);
+  j["tables"][0]["families"]["warp"] = j["tables"][0]["families"]["gemm"];
+  CHECK(msg(j).find("unknown kernel family") != std::string::npos);
+  j = cost::to_json(c);
+  j.erase("cores");
+  CHECK(msg(j).find("cores: must be a number") != std::string::npos);
+}

@@ -47,7 +47,22 @@ int run_forward(const std::string& model, const std::string& data, const std::st
   opts.batch_size = batch_size;
   opts.dims = smp::app::parse_dims(dims);
   opts.input_array = array_of;
-  smp::graph::Graph g = smp::graph::load_graph(model, opts);
+  smp::graph::Graph g;
+  try {
+    g = smp::graph::load_graph(model, opts);
+  } catch (const smp::Error& e) {
+    // An input without its array cannot be bound: name the missing file rather than the dimension.
+    if (e.kind() == smp::ErrorKind::BadInput) {
+      auto axis = smp::graph::inspect_batch_axis(model);
+      std::vector<std::string> names = axis.symbolic;
+      for (const auto& [name, size] : axis.fixed) names.push_back(name);
+      for (const auto& name : names)
+        if (!array_of(name))
+          smp::throw_bad_input((fs::path(data) / file_name(name)).string(), fmt::format("missing: graph input '{}' needs it", name),
+                               fmt::format("save its array there as {}", file_name(name)));
+    }
+    throw;
+  }
   smp::runtime::BackendOptions bo;
   bo.threads = threads;
   bo.device = std::max(dev.device, 0);

@@ -75,6 +75,7 @@ std::string reason_of(const std::string& out) {
   auto p = line.find("): ");
   if (line.rfind("node ", 0) == 0 && p != std::string::npos) line = line.substr(p + 3);
   else if (auto q = line.find(".onnx: "); q != std::string::npos) line = line.substr(q + 7);
+  else if (auto q2 = line.find(".npy: "); q2 != std::string::npos) line = "input array: " + line.substr(q2 + 6);
   // names of values differ from case to case
   std::string r;
   bool quoted = false;

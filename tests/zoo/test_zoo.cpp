@@ -9,7 +9,9 @@
 //     (1e-3 relative), the running statistics after them are PyTorch's (1e-3 relative), and the
 //     exported model (inference form) infers as PyTorch's eval() does with the same file's
 //     weights and statistics (1e-4 relative).
-// Which architectures: SMP_ZOO_MODELS (comma-separated names), else the fast subset. Exports
+// Which architectures: SMP_ZOO_MODELS (comma-separated names), else the fast subset. With
+// SMP_ZOO_SMOKE=1 only the first step runs (export, parameter count, a forward): a quick survey of
+// many architectures, recorded with the status "forward runs (not compared)". Exports
 // and references are cached under testdata/zoo; each result lands in testdata/zoo/results and
 // testdata/zoo/zoo_table.md collects them (the table in docs/models.md).
 #include "run_util.hpp"
@@ -136,6 +138,12 @@ void check_model(const std::string& name) {
     auto y = runtime::read_npy(work / "smoke_out" / "logits.npy");
     CHECK(y.shape == Shape{4, 1000});
     CHECK(std::isfinite(rel_err(y, y)));
+  }
+  if (const char* e = std::getenv("SMP_ZOO_SMOKE"); e && std::string(e) == "1") {
+    res["status"] = summary["parameters"].get<int64_t>() == info["params"].get<int64_t>() ? "forward runs (not compared)" : "failed";
+    save();
+    fs::remove_all(work);
+    return;
   }
 
   // 2. The well-posed comparison.

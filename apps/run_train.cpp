@@ -77,6 +77,14 @@ void add_train_options(CLI::App& app, TrainCli& t) {
   app.add_option("--trace", t.trace, "Chrome trace (Perfetto) of the measured last step");
   app.add_option("--timeline", t.timeline, "SVG timeline of the measured last step");
   app.add_option("--export", t.export_onnx, "write the trained model as an ONNX file");
+  app.add_option("--export-mode", t.export_mode,
+                 "inference: BatchNormalization uses the trained running statistics, Dropout keeps all (the model to "
+                 "deploy); training: the graph as given, with the trained weights and statistics")
+      ->check(CLI::IsMember({"inference", "training"}));
+  app.add_flag("--deferred-batch-norm", t.deferred_batch_norm,
+               "update BatchNormalization's running statistics once per step with the whole minibatch's (every "
+               "microbatch and replica), not per microbatch: independent of how the batch is split (torchgpipe's "
+               "deferred batch norm)");
   app.add_option("--timeout", t.timeout_s, "seconds a worker waits for a peer before reporting it")->check(CLI::PositiveNumber);
   app.add_flag("-q,--quiet", t.quiet, "no progress lines");
   app.add_option("--losses", t.losses, "write each step's loss, one per line at full precision")->group("");
@@ -123,6 +131,8 @@ train::RunOptions run_options(const std::string& plan, const std::string& data, 
   o.trace = t.trace;
   o.timeline = t.timeline;
   o.export_onnx = t.export_onnx;
+  o.export_training_form = t.export_mode == "training";
+  o.deferred_batch_norm = t.deferred_batch_norm;
   o.losses = t.losses;
   o.status_token = t.status_token;
   o.stop_signal = &g_stop;

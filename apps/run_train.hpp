@@ -31,6 +31,8 @@ struct TrainCli {
   int checkpoint_every = 0;
   bool resume = false;
   std::string metrics, trace, timeline, export_onnx, losses, summary_json;
+  std::string export_mode = "inference";
+  bool deferred_batch_norm = false;
   double timeout_s = 60;
   bool quiet = false;
   // set by the launcher for its workers

@@ -29,21 +29,40 @@ int run_forward(const std::string& model, const std::string& data, const std::st
   if (data.empty()) smp::throw_bad_input("--data", "no input directory given", "--data DIR with one .npy per graph input");
   if (output.empty()) smp::throw_bad_input("--output", "no output directory given", "--output DIR");
   if (!fs::is_directory(data)) smp::throw_bad_input(data, "not a directory", "--data DIR with one .npy per graph input");
+  // The arrays decide the inputs' dimensions (any axis, symbolic or fixed); integer, boolean and
+  // one-element ones are bound as constants (graph/loader.hpp).
+  std::map<std::string, std::shared_ptr<smp::graph::TensorData>> arrays;
+  for (const auto& e : fs::directory_iterator(data))
+    if (e.path().extension() == ".npy") {
+      auto a = smp::runtime::read_npy(e.path());
+      arrays[e.path().filename().string()] =
+          std::make_shared<smp::graph::TensorData>(smp::graph::TensorData{a.dtype, a.shape, std::move(a.bytes)});
+    }
+  auto array_of = [&](const std::string& input) -> std::shared_ptr<smp::graph::TensorData> {
+    auto it = arrays.find(file_name(input));
+    return it == arrays.end() ? nullptr : it->second;
+  };
   smp::graph::LoadOptions opts;
   opts.load_weights = true;
   opts.batch_size = batch_size;
   opts.dims = smp::app::parse_dims(dims);
-  // The batch: the leading dim of the .npy inputs, unless given.
-  std::map<std::string, smp::runtime::NpyArray> arrays;
-  for (const auto& e : fs::directory_iterator(data))
-    if (e.path().extension() == ".npy") arrays[e.path().filename().string()] = smp::runtime::read_npy(e.path());
-  if (opts.batch_size == 0)
-    for (const auto& [name, a] : arrays)
-      if (!a.shape.empty()) {
-        opts.batch_size = a.shape[0];
-        break;
-      }
-  smp::graph::Graph g = smp::graph::load_graph(model, opts);
+  opts.input_array = array_of;
+  smp::graph::Graph g;
+  try {
+    g = smp::graph::load_graph(model, opts);
+  } catch (const smp::Error& e) {
+    // An input without its array cannot be bound: name the missing file rather than the dimension.
+    if (e.kind() == smp::ErrorKind::BadInput) {
+      auto axis = smp::graph::inspect_batch_axis(model);
+      std::vector<std::string> names = axis.symbolic;
+      for (const auto& [name, size] : axis.fixed) names.push_back(name);
+      for (const auto& name : names)
+        if (!array_of(name))
+          smp::throw_bad_input((fs::path(data) / file_name(name)).string(), fmt::format("missing: graph input '{}' needs it", name),
+                               fmt::format("save its array there as {}", file_name(name)));
+    }
+    throw;
+  }
   smp::runtime::BackendOptions bo;
   bo.threads = threads;
   bo.device = std::max(dev.device, 0);
@@ -52,22 +71,21 @@ int run_forward(const std::string& model, const std::string& data, const std::st
   smp::runtime::Backend& be = *backend;
   smp::runtime::ExecutorOptions eo;
   eo.training = false;
-  eo.batch_statistics = false;
+  eo.running_stats = smp::runtime::ExecutorOptions::RunningStats::Onnx;
+  eo.seed = dev.seed;
   smp::runtime::StageExecutor ex(g, be, eo);
   std::vector<smp::runtime::Tensor> inputs;
   for (int v : ex.inputs()) {
     const auto& val = g.value(v);
-    std::string f = file_name(val.name);
-    auto it = arrays.find(f);
-    if (it == arrays.end())
-      smp::throw_bad_input((fs::path(data) / f).string(), fmt::format("missing: graph input '{}' needs it", val.name),
+    auto a = array_of(val.name);
+    if (!a)
+      smp::throw_bad_input((fs::path(data) / file_name(val.name)).string(), fmt::format("missing: graph input '{}' needs it", val.name),
                            fmt::format("save {}{} there", smp::dtype_name(val.dtype), smp::shape_str(val.shape)));
-    const auto& a = it->second;
-    if (a.dtype != val.dtype || a.shape != val.shape)
-      smp::throw_bad_input((fs::path(data) / f).string(),
-                           fmt::format("{}{} for graph input '{}' of {}{}", smp::dtype_name(a.dtype), smp::shape_str(a.shape),
+    if (a->dtype != val.dtype || a->shape != val.shape)
+      smp::throw_bad_input((fs::path(data) / file_name(val.name)).string(),
+                           fmt::format("{}{} for graph input '{}' of {}{}", smp::dtype_name(a->dtype), smp::shape_str(a->shape),
                                        val.name, smp::dtype_name(val.dtype), smp::shape_str(val.shape)));
-    inputs.push_back(be.from_host(a.dtype, a.shape, a.bytes.data()));
+    inputs.push_back(be.from_host(a->dtype, a->shape, a->bytes.data()));
   }
   auto outs = ex.forward(0, inputs);
   fs::create_directories(output);
@@ -105,8 +123,8 @@ int main(int argc, char** argv) {
   app.add_option("--data", data, "directory with one .npy per graph input, named after it (NAME.npy)");
   app.add_option("--output", output, "directory for the outputs, one .npy per graph output, named after it");
   app.add_option("--threads", threads, "CPU threads (OpenMP and OpenBLAS); 0: the libraries' defaults")->check(CLI::NonNegativeNumber);
-  app.add_option("-b,--batch-size", batch_size, "batch size (default: the leading dim of the .npy inputs)")->check(CLI::PositiveNumber);
-  app.add_option("--dim", dims, "bind another symbolic dimension, NAME=SIZE (repeatable)");
+  app.add_option("-b,--batch-size", batch_size, "with --forward: bind symbolic leading dims of inputs without an array (the arrays bind their own)")->check(CLI::PositiveNumber);
+  app.add_option("--dim", dims, "with --forward: bind a symbolic dimension of inputs without an array, NAME=SIZE (repeatable)");
   smp::app::TrainCli train;
   smp::app::add_train_options(app, train);
   SMP_PARSE(app, argc, argv);

@@ -116,14 +116,11 @@ def export(out_dir):
                           do_constant_folding=False, input_names=[m["input"]], output_names=[m["output"]],
                           dynamic_axes={m["input"]: {0: "batch"}, m["output"]: {0: "batch"}})
         g = onnx.load(path)
-        # BatchNormalization in training mode: the batch's statistics (smp's executor option);
-        # the running-statistics outputs are dropped.
+        # BatchNormalization in training mode (training_mode = 1: the batch's statistics); the
+        # running-statistics outputs are dropped (the CUDA kernels do not update them yet).
         for n in g.graph.node:
             if n.op_type == "BatchNormalization":
                 del n.output[1:]
-                keep = [a for a in n.attribute if a.name != "training_mode"]
-                del n.attribute[:]
-                n.attribute.extend(keep)
         params = {k for k, _ in model.named_parameters()}
         offset = 0
         for t in g.graph.initializer:

@@ -8,7 +8,7 @@ packages=(
   libcli11-dev nlohmann-json3-dev libfmt-dev doctest-dev
   libprotobuf-dev protobuf-compiler libonnx-dev
   libopenblas-dev libdnnl-dev libopenmpi-dev openmpi-bin
-  python3 python3-onnx python3-torch python3-numpy python3-jsonschema
+  python3 python3-onnx python3-torch python3-torchvision python3-numpy python3-jsonschema
   slurmctld slurmd slurm-client   # the multi-host tests' Slurm cluster (scripts/test-hosts.sh)
 )
 # Optional: clang and its runtime for the libFuzzer target (scripts/fuzz-loader.sh).

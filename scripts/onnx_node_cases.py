@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
 """Writes ONNX's own backend node test cases (from the installed python3-onnx) as
 OUT/<case>/model.onnx and OUT/<case>/test_data_set_<k>/{input,output}_<j>.npy, plus
-OUT/manifest.json listing each case's node op types. Only cases with at least one node whose op
-type is named on the command line are written (all when none are named).
+OUT/manifest.json: per case the op it tests ("op"), its nodes' op types, its graph inputs and
+outputs by name, and ONNX's tolerances. Only cases testing an op named on the command line are
+written (all when none are named).
+
+The op a case tests: its node's op type when it has one node; for "<case>_expanded" (the op's
+function body) the op of "<case>"; otherwise the longest ONNX op name that starts the case name
+(underscores and case ignored).
 
 usage: onnx_node_cases.py OUT [OP_TYPE ...]
 """
@@ -33,12 +38,34 @@ def main(argv):
     if os.path.exists(out):
         shutil.rmtree(out)
     os.makedirs(out)
+    import onnx.defs
+
+    def squash(x):
+        return x.replace("_", "").lower()
+
+    schemas = sorted({squash(sc.name): sc.name for sc in onnx.defs.get_all_schemas()}.items(), key=lambda kv: -len(kv[0]))
+    cases = [c for c in node_test.collect_testcases(None) if c.kind == "node" and c.model is not None]
+    single = {c.name: c.model.graph.node[0].op_type for c in cases if len(c.model.graph.node) == 1}
+
+    def op_of(case):
+        if case.name in single:
+            return single[case.name]
+        base = case.name[: -len("_expanded")] if case.name.endswith("_expanded") else None
+        if base in single:
+            return single[base]
+        n = squash(case.name[len("test_"):])
+        for k, v in schemas:
+            if n.startswith(k):
+                return v
+        return "?"
+
     manifest = {}
-    for case in node_test.collect_testcases(None):
-        if case.kind != "node" or case.model is None or case.name in manifest:
+    for case in cases:
+        if case.name in manifest:
             continue
         ops = [n.op_type for n in case.model.graph.node]
-        if wanted and not (set(ops) & wanted):
+        op = op_of(case)
+        if wanted and op not in wanted:
             continue
         g = case.model.graph
         if any(not i.type.HasField("tensor_type") for i in g.input) or any(
@@ -56,7 +83,15 @@ def main(argv):
                 np.save(os.path.join(ds, f"input_{j}.npy"), np.array(a, order="C"))
             for j, a in enumerate(outputs):
                 np.save(os.path.join(ds, f"output_{j}.npy"), np.array(a, order="C"))
-        manifest[case.name] = {"ops": ops, "rtol": case.rtol, "atol": case.atol}
+        inits = {t.name for t in g.initializer}
+        manifest[case.name] = {
+            "op": op,
+            "ops": ops,
+            "inputs": [i.name for i in g.input if i.name not in inits],
+            "outputs": [o.name for o in g.output],
+            "rtol": case.rtol,
+            "atol": case.atol,
+        }
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
     print(f"{len(manifest)} node cases written to {out}")

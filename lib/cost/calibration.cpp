@@ -62,6 +62,8 @@ std::optional<KernelFamily> kernel_family(const graph::Graph& g, const graph::No
       return std::nullopt;
     case OpClass::MatMulLike: {
       if (d->op == Op::Conv) return KernelFamily::Conv;
+      // Einsum of one operand sums and permutes: a reduction, not a product.
+      if (d->op == Op::Einsum && n.inputs.size() < 2) return KernelFamily::Reduce;
       // A product with an operand that does not scale with the batch (a weight, or a weight
       // transposed) is a GEMM over the batch rows; two activations are batched products.
       for (size_t k = 0; k < 2 && k < n.inputs.size(); ++k) {

@@ -168,7 +168,7 @@ GraphCost::GraphCost(const graph::Graph& g, int64_t batch_size, const CostOption
       auto save = [&](int id) {
         if (id < 0) return;
         auto k = g.value(id).kind;
-        if (k == ValueKind::Parameter || k == ValueKind::Constant) return;
+        if (k == ValueKind::Parameter || k == ValueKind::Constant || k == ValueKind::Buffer) return;
         int r = root_[static_cast<size_t>(id)];
         if (std::find(m.saved.begin(), m.saved.end(), r) == m.saved.end()) m.saved.push_back(r);
       };

@@ -58,6 +58,12 @@ struct GraphBuilder {
     g.parameters.push_back(id);
     return id;
   }
+  // running statistics a node updates (ValueKind::Buffer)
+  int buffer(const std::string& name, const Shape& s, const std::vector<float>& v) {
+    int id = add_value(name, DType::F32, s, ValueKind::Buffer, tensor_data(DType::F32, s, v));
+    g.buffers.push_back(id);
+    return id;
+  }
   template <class T>
   int constant(const std::string& name, DType dt, const Shape& s, const std::vector<T>& v) {
     return add_value(name, dt, s, ValueKind::Constant, tensor_data(dt, s, v));

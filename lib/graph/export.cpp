@@ -7,6 +7,7 @@
 
 #include <climits>
 #include <fstream>
+#include <set>
 
 namespace smp::graph {
 
@@ -26,14 +27,55 @@ std::string external_location(const onnx::TensorProto& t, int64_t* offset, int64
   return loc;
 }
 
+int64_t onnx_opset(const onnx::ModelProto& m) {
+  for (const auto& o : m.opset_import())
+    if (o.domain().empty() || o.domain() == "ai.onnx") return o.version();
+  return 0;
+}
+
+// BatchNormalization in training mode -> inference mode; Dropout -> keep everything.
+void to_inference_form(onnx::ModelProto& m, const fs::path& dest) {
+  auto& g = *m.mutable_graph();
+  const int64_t opset = onnx_opset(m);
+  std::set<std::string> dropped;  // outputs that no longer exist
+  for (auto& n : *g.mutable_node()) {
+    if (!(n.domain().empty() || n.domain() == "ai.onnx")) continue;
+    if (n.op_type() == "BatchNormalization" && n.output_size() > 1) {
+      for (int k = 1; k < n.output_size(); ++k)
+        if (!n.output(k).empty()) dropped.insert(n.output(k));
+      while (n.output_size() > 1) n.mutable_output()->RemoveLast();
+      for (auto& a : *n.mutable_attribute())
+        if (a.name() == "training_mode") a.set_i(0);
+    } else if (n.op_type() == "Dropout" && opset >= 12 && n.input_size() > 2) {
+      while (n.input_size() > 2) n.mutable_input()->RemoveLast();
+    }
+  }
+  if (dropped.empty()) return;
+  for (const auto& n : g.node())
+    for (const auto& in : n.input())
+      if (dropped.count(in))
+        throw_failure(dest.string(), "node '" + n.name() + "' reads the running statistics output '" + in + "' of a BatchNormalization",
+                      "export with --export-mode training");
+  for (const auto& o : g.output())
+    if (dropped.count(o.name()))
+      throw_failure(dest.string(), "graph output '" + o.name() + "' is a BatchNormalization's running statistics",
+                    "export with --export-mode training");
+  google::protobuf::RepeatedPtrField<onnx::ValueInfoProto> vi;
+  for (auto& v : *g.mutable_value_info())
+    if (!dropped.count(v.name())) *vi.Add() = std::move(v);
+  g.mutable_value_info()->Swap(&vi);
+}
+
 }  // namespace
 
-void export_with_weights(const fs::path& source, const fs::path& dest, const std::map<std::string, TensorData>& weights) {
+void export_with_weights(const fs::path& source, const fs::path& dest, const std::map<std::string, TensorData>& weights,
+                         ExportForm form) {
   std::string bytes = read_file(source);
   onnx::ModelProto m;
   if (!m.ParseFromString(bytes)) throw_bad_input(source.string(), "not an ONNX model (protobuf parsing failed)");
   bytes.clear();
   bytes.shrink_to_fit();
+  if (form == ExportForm::Inference) to_inference_form(m, dest);
   fs::path base = source.parent_path();
   size_t replaced = 0;
   int64_t total = 0;

@@ -56,6 +56,9 @@ enum class ValueKind {
   Parameter,   // a floating-point initializer that reaches an output through differentiable ops
   Constant,    // any other initializer, a Constant node's value, or a folded value
   Activation,  // produced by a node
+  Buffer,      // a floating-point initializer that a node overwrites while training (running statistics,
+               // per the registry's OpDef::state): owned by the stage that reads it, checkpointed and
+               // exported with the parameters, never trained
 };
 
 struct Value {
@@ -111,6 +114,7 @@ struct Graph {
   std::vector<int> inputs;      // user-fed inputs (initializers excluded), in file order
   std::vector<int> outputs;     // graph outputs, in file order
   std::vector<int> parameters;  // trainable parameters, in initializer order
+  std::vector<int> buffers;     // running statistics (ValueKind::Buffer), in initializer order
   std::map<std::string, int64_t> dims;  // symbolic dimension name -> size it was bound to
   std::vector<std::string> warnings;    // e.g. ops with no cost rule
 

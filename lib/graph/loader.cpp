@@ -2,6 +2,7 @@
 
 #include "core/error.hpp"
 #include "core/io.hpp"
+#include "graph/einsum.hpp"
 #include "graph/fold.hpp"
 #include "graph/op_registry.hpp"
 
@@ -9,6 +10,7 @@
 #include <onnx/defs/schema.h>
 #include <onnx/onnx_pb.h>
 #include <onnx/shape_inference/implementation.h>
+#include <onnx/version_converter/convert.h>
 
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
@@ -323,6 +325,41 @@ void bind_dims(onnx::GraphProto& g, const std::unordered_set<std::string>& initi
     if (!in.type().has_tensor_type())
       throw_bad_input(file, "graph input '" + in.name() + "' is not a tensor", "only tensor inputs are supported");
     auto* tt = in.mutable_type()->mutable_tensor_type();
+    if (auto given = opts.input_array ? opts.input_array(in.name()) : nullptr) {
+      // Every dimension from the caller's array.
+      const Shape& a = given->shape;
+      if (!tt->has_shape()) {
+        for (int64_t x : a) tt->mutable_shape()->add_dim()->set_dim_value(x);
+        continue;
+      }
+      auto* shape = tt->mutable_shape();
+      if (shape->dim_size() != static_cast<int>(a.size()))
+        throw_bad_input(file, fmt::format("graph input '{}' has rank {}, its array {} rank {}", in.name(), shape->dim_size(),
+                                          shape_str(a), a.size()),
+                        "give an array of the input's rank");
+      for (int k = 0; k < shape->dim_size(); ++k) {
+        auto* d = shape->mutable_dim(k);
+        const int64_t v = a[static_cast<size_t>(k)];
+        if (d->has_dim_value()) {
+          if (d->dim_value() != v)
+            throw_bad_input(file, fmt::format("graph input '{}' has size {} on axis {}, its array {}", in.name(), d->dim_value(),
+                                              k, shape_str(a)),
+                            "the model fixes that size");
+          continue;
+        }
+        const std::string sym = d->dim_param();
+        if (!sym.empty()) {
+          auto [pos, fresh] = bound.emplace(sym, v);
+          if (!fresh && pos->second != v)
+            throw_bad_input(file, fmt::format("symbolic dimension '{}' is {} in the array for '{}', {} in another input's", sym,
+                                              v, in.name(), pos->second),
+                            "the arrays must agree on shared dimensions");
+        }
+        d->clear_dim_param();
+        d->set_dim_value(v);
+      }
+      continue;
+    }
     if (!tt->has_shape())
       throw_bad_input(file, "graph input '" + in.name() + "' has no shape", "export the model with input shapes");
     auto* shape = tt->mutable_shape();
@@ -375,10 +412,10 @@ void bind_dims(onnx::GraphProto& g, const std::unordered_set<std::string>& initi
   for (auto& v : *g.mutable_output()) rebind(v);
 }
 
-// ONNX 1.12's shape inference dereferences missing dimensions on some ill-formed nodes (e.g. a
-// Gemm whose input has rank 1: found by the fuzzer) instead of reporting them. Those faults are
-// turned into bad input here, so that a hostile file never crashes smp. The model is discarded
-// afterwards. Not reentrant: loading runs on one thread.
+// ONNX 1.12's shape inference (and its version converter, which runs it) dereferences missing
+// dimensions on some ill-formed nodes (e.g. a Gemm whose input has rank 1: found by the fuzzer)
+// instead of reporting them. Those faults are turned into bad input here, so that a hostile file
+// never crashes smp. The model is discarded afterwards. Not reentrant: loading runs on one thread.
 sigjmp_buf g_infer_jmp;
 volatile sig_atomic_t g_in_infer = 0;
 
@@ -388,8 +425,10 @@ void on_infer_fault(int sig) {
   std::raise(sig);
 }
 
-void infer_shapes(onnx::ModelProto& model, const std::string& file) {
-  onnx::ShapeInferenceOptions options(/*check_type=*/true, /*error_mode=*/1, /*data_propagation=*/true);
+// Runs `fn` (an ONNX library call) with its faults caught: returns the signal (0 when none) and
+// sets `error` to the first line of what it threw.
+template <class F>
+int run_guarded(F&& fn, std::string& error) {
   struct sigaction sa {}, old_segv {}, old_bus {}, old_fpe {};
   sa.sa_handler = on_infer_fault;
   sigemptyset(&sa.sa_mask);
@@ -402,22 +441,88 @@ void infer_shapes(onnx::ModelProto& model, const std::string& file) {
     sigaction(SIGBUS, &old_bus, nullptr);
     sigaction(SIGFPE, &old_fpe, nullptr);
   };
-  std::string error;
   int sig = sigsetjmp(g_infer_jmp, 1);
   if (sig == 0) {
     g_in_infer = 1;
     try {
-      onnx::shape_inference::InferShapes(model, onnx::OpSchemaRegistry::Instance(), options);
+      fn();
     } catch (const std::exception& e) {
       error = first_line(e.what());
     }
   }
   restore();
+  return sig;
+}
+
+void infer_shapes(onnx::ModelProto& model, const std::string& file) {
+  onnx::ShapeInferenceOptions options(/*check_type=*/true, /*error_mode=*/1, /*data_propagation=*/true);
+  std::string error;
+  int sig = run_guarded([&] { onnx::shape_inference::InferShapes(model, onnx::OpSchemaRegistry::Instance(), options); },
+                        error);
   if (sig != 0)
     throw_bad_input(file, fmt::format("ONNX's shape inference faulted (signal {}) on this model", sig),
                     "a node's inputs have a rank or type its op does not accept");
   if (!error.empty())
     throw_bad_input(file, "shape inference failed: " + error, "check the input shapes and the bound dimensions");
+}
+
+// A model of an older opset, converted by ONNX's version converter to `target`.
+void convert_opset(onnx::ModelProto& model, int64_t from, int64_t target, const std::string& file) {
+  std::string error;
+  onnx::ModelProto converted;
+  int sig = run_guarded([&] { converted = onnx::version_conversion::ConvertVersion(model, static_cast<int>(target)); },
+                        error);
+  std::string what = fmt::format("ONNX's version converter cannot bring opset {} to {}", from, target);
+  if (sig != 0) throw_bad_input(file, fmt::format("{} (it faulted with signal {})", what, sig), "convert it with a newer onnx");
+  if (!error.empty()) throw_bad_input(file, what + ": " + error, "convert it with a newer onnx");
+  model = std::move(converted);
+}
+
+// Output shapes ONNX 1.12's shape inference leaves unknown although the inputs' are static: an
+// Einsum gets only a rank. Returns how many outputs got a shape (the next inference pass carries
+// them on).
+int complete_shapes(onnx::ModelProto& model) {
+  auto& g = *model.mutable_graph();
+  std::unordered_map<std::string, onnx::ValueInfoProto*> info;
+  std::unordered_map<std::string, std::pair<DType, Shape>> known;
+  auto note = [&](onnx::ValueInfoProto& v) {
+    info[v.name()] = &v;
+    if (auto st = static_type(v.type())) known[v.name()] = *st;
+  };
+  for (auto& v : *g.mutable_input()) note(v);
+  for (auto& v : *g.mutable_value_info()) note(v);
+  for (auto& v : *g.mutable_output()) note(v);
+  for (const auto& t : g.initializer())
+    known[t.name()] = {dtype_from_onnx(t.data_type()), Shape(t.dims().begin(), t.dims().end())};
+  int completed = 0;
+  for (const auto& n : g.node()) {
+    if (n.op_type() != "Einsum" || !(n.domain().empty() || n.domain() == "ai.onnx") || n.output_size() != 1) continue;
+    if (known.count(n.output(0))) continue;
+    std::vector<Shape> shapes;
+    DType dt = DType::Undefined;
+    for (const auto& in : n.input()) {
+      auto it = known.find(in);
+      if (it == known.end()) break;
+      shapes.push_back(it->second.second);
+      dt = it->second.first;
+    }
+    if (static_cast<int>(shapes.size()) != n.input_size()) continue;
+    std::string eq;
+    for (const auto& a : n.attribute())
+      if (a.name() == "equation") eq = a.s();
+    EinsumSpec spec;
+    if (!parse_einsum(eq, shapes, spec).empty()) continue;  // the kernel reports it
+    onnx::ValueInfoProto* v = info.count(n.output(0)) ? info[n.output(0)] : g.add_value_info();
+    v->set_name(n.output(0));
+    auto* tt = v->mutable_type()->mutable_tensor_type();
+    tt->set_elem_type(static_cast<int32_t>(dt));
+    tt->clear_shape();
+    auto* sh = tt->mutable_shape();
+    for (int64_t d : spec.output_shape()) sh->add_dim()->set_dim_value(d);
+    known[n.output(0)] = {dt, spec.output_shape()};
+    ++completed;
+  }
+  return completed;
 }
 
 // One folding pass over the model: evaluates every node whose inputs are known constants (or,
@@ -516,12 +621,45 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
     if (o.domain().empty() || o.domain() == "ai.onnx") opset = o.version();
   int64_t max_opset = max_supported_opset();
   if (opset < 0) throw_bad_input(file, "the model imports no ai.onnx opset");
+  if (opset >= 1 && opset < kMinOpset && model.graph().node_size() > 0) {
+    convert_opset(model, opset, kMinOpset, file);
+    opset = kMinOpset;
+  }
   if (opset < kMinOpset || opset > max_opset)
     throw_bad_input(file, fmt::format("unsupported opset {}", opset),
                     fmt::format("smp reads ai.onnx opsets {} to {}; convert with onnx.version_converter", kMinOpset,
                                 max_opset));
 
   auto& gp = *model.mutable_graph();
+  if (opts.input_array) {
+    // Inputs whose values decide shapes become initializers (kept among the inputs before IR 4,
+    // where every initializer must be one).
+    google::protobuf::RepeatedPtrField<onnx::ValueInfoProto> kept;
+    for (auto& in : *gp.mutable_input()) {
+      auto a = opts.input_array(in.name());
+      if (!a || (is_floating(a->dtype) && a->numel() > 1)) {
+        *kept.Add() = std::move(in);
+        continue;
+      }
+      const TensorData& d = *a;
+      const auto& tt = in.type().tensor_type();
+      if (in.type().has_tensor_type() && dtype_from_onnx(tt.elem_type()) != d.dtype)
+        throw_bad_input(file, fmt::format("graph input '{}' is {}, its array {}", in.name(),
+                                          dtype_name(dtype_from_onnx(tt.elem_type())), dtype_name(d.dtype)),
+                        "give an array of the input's dtype");
+      if (in.type().has_tensor_type() && tt.has_shape()) {
+        bool fits = tt.shape().dim_size() == static_cast<int>(d.shape.size());
+        for (int k = 0; fits && k < tt.shape().dim_size(); ++k)
+          if (tt.shape().dim(k).has_dim_value() && tt.shape().dim(k).dim_value() != d.shape[static_cast<size_t>(k)]) fits = false;
+        if (!fits)
+          throw_bad_input(file, fmt::format("graph input '{}' does not fit its array {}", in.name(), shape_str(d.shape)),
+                          "give an array of the input's shape");
+      }
+      tensor_to_proto(d, in.name(), gp.add_initializer());
+      if (model.ir_version() < 4) *kept.Add() = std::move(in);
+    }
+    gp.mutable_input()->Swap(&kept);
+  }
   if (gp.node_size() == 0) throw_bad_input(file, "the graph has no nodes");
   if (gp.output_size() == 0) throw_bad_input(file, "the graph has no outputs");
   const int onnx_nodes = gp.node_size();
@@ -570,7 +708,8 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
   std::unordered_set<std::string> folded_names;
   for (int iter = 0; iter < 32; ++iter) {
     infer_shapes(model, file);
-    if (fold_pass(model, consts, folded_names, opset, file, base_dir) == 0) break;
+    int completed = complete_shapes(model);
+    if (fold_pass(model, consts, folded_names, opset, file, base_dir) == 0 && completed == 0) break;
   }
 
   // Every value must now have a static shape.
@@ -688,6 +827,34 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
         if (tp) v.data = std::make_shared<TensorData>(tensor_from_proto(*tp, file, base_dir, true));
       }
     }
+  }
+
+  // Running statistics: float initializers that a node's training forward overwrites (the
+  // registry's OpDef::state). Each belongs to one node: two writers would race.
+  std::unordered_map<int, int> buffer_owner;
+  for (size_t ni = 0; ni < g.nodes.size(); ++ni) {
+    const Node& n = g.nodes[ni];
+    const OpDef* def = n.domain.empty() ? find_op(n.op_type) : nullptr;
+    if (!def) continue;
+    for (const StateUpdate& su : def->state) {
+      if (su.output < 0 || static_cast<size_t>(su.output) >= n.outputs.size() || n.outputs[static_cast<size_t>(su.output)] < 0)
+        continue;
+      if (static_cast<size_t>(su.input) >= n.inputs.size() || n.inputs[static_cast<size_t>(su.input)] < 0) continue;
+      int id = n.inputs[static_cast<size_t>(su.input)];
+      if (std::find(float_initializers.begin(), float_initializers.end(), id) == float_initializers.end()) continue;
+      Value& v = g.value(id);
+      if (v.kind == ValueKind::Parameter) continue;
+      auto [it, fresh] = buffer_owner.emplace(id, static_cast<int>(ni));
+      if (!fresh && it->second != static_cast<int>(ni))
+        throw_bad_input(file, "initializer '" + v.name + "' holds the running statistics of both node '" +
+                                  g.nodes[static_cast<size_t>(it->second)].name + "' and node '" + n.name + "'",
+                        "give each BatchNormalization its own running mean and variance");
+      v.kind = ValueKind::Buffer;
+    }
+  }
+  for (const auto& name : initializer_order) {
+    int id = g.find_value(name);
+    if (id >= 0 && g.value(id).kind == ValueKind::Buffer) g.buffers.push_back(id);
   }
 
   std::map<std::string, int> unknown;

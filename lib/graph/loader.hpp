@@ -18,6 +18,12 @@ struct LoadOptions {
   int64_t batch_size = 0;
   // Other symbolic dimensions by name, e.g. {"sequence", 128}.
   std::map<std::string, int64_t> dims;
+  // Arrays the caller holds for graph inputs (smp-run --forward), by input name; nullptr: none.
+  // Every dimension of such an input comes from its array — a symbolic one is bound to it (by
+  // name, consistently across inputs), a fixed one must equal it — over batch_size and dims.
+  // Integer, boolean and one-element arrays also become constant initializers: their values may
+  // decide shapes (a Reshape's target, a Pad's pads) or must be constant (a Dropout's ratio).
+  std::function<std::shared_ptr<const TensorData>(const std::string& input_name)> input_array;
   // Read parameter bytes (embedded and external). The planner leaves this off and never reads
   // a weight byte; workers turn it on.
   bool load_weights = false;
@@ -27,7 +33,8 @@ struct LoadOptions {
 };
 
 // Loads, checks (ONNX checker), binds symbolic dims, infers shapes, folds constant subgraphs
-// and orders the nodes topologically. Bad input throws smp::Error naming the file.
+// and orders the nodes topologically. A model of an opset older than smp reads (7) is first
+// converted with ONNX's version converter. Bad input throws smp::Error naming the file.
 Graph load_graph(const std::filesystem::path& path, const LoadOptions& opts);
 
 // Same, from bytes already in memory (the fuzzer's entry point); `name` is used in messages.

@@ -1,6 +1,7 @@
 #include "graph/op_registry.hpp"
 
 #include "core/error.hpp"
+#include "graph/einsum.hpp"
 
 #include <array>
 #include <unordered_map>
@@ -110,6 +111,20 @@ NodeCost cost_conv(const Graph& g, const Node& n) {
   return c;
 }
 
+// 2 FLOPs per point of the label space (every distinct label's size multiplied): a product and a
+// sum.
+NodeCost cost_einsum(const Graph& g, const Node& n) {
+  NodeCost c = streaming(g, n, 0.0);
+  std::vector<Shape> shapes;
+  for (size_t i = 0; i < n.inputs.size(); ++i) shapes.push_back(in_shape(g, n, i));
+  EinsumSpec e;
+  if (!parse_einsum(n.attr_string("equation", ""), shapes, e).empty()) return c;
+  double points = 1;
+  for (auto& [l, v] : e.size) points *= static_cast<double>(v);
+  c.flops = 2.0 * points;
+  return c;
+}
+
 // max, subtract, exp, sum, divide.
 NodeCost cost_softmax(const Graph& g, const Node& n) { return streaming(g, n, 5.0); }
 
@@ -177,6 +192,7 @@ constexpr OpDef kOps[] = {
     {Op::MatMul, "MatMul", C::MatMulLike, b(0) | b(1), b(0) | b(1), kNone, cost_matmul},
     {Op::Gemm, "Gemm", C::MatMulLike, b(0) | b(1) | b(2), b(0) | b(1), kNone, cost_gemm},
     {Op::Conv, "Conv", C::MatMulLike, b(0) | b(1) | b(2), b(0) | b(1), kNone, cost_conv},
+    {Op::Einsum, "Einsum", C::MatMulLike, kAll, kAll, kNone, cost_einsum},
 
     {Op::Add, "Add", C::Elementwise, b(0) | b(1), kNone, kNone, cost_elementwise},
     {Op::Sub, "Sub", C::Elementwise, b(0) | b(1), kNone, kNone, cost_elementwise},
@@ -213,16 +229,18 @@ constexpr OpDef kOps[] = {
     {Op::Clip, "Clip", C::Elementwise, b(0), b(0) | b(1) | b(2), kNone, cost_elementwise},
     {Op::Cast, "Cast", C::Elementwise, b(0), kNone, kNone, cost_elementwise},
     {Op::Identity, "Identity", C::View, b(0), kNone, kNone, cost_view},
-    {Op::Dropout, "Dropout", C::Elementwise, b(0), kNone, b(1), cost_dropout},
+    {Op::Dropout, "Dropout", C::Elementwise, b(0), kNone, kNone, cost_dropout},  // the backward draws the mask again
     {Op::Sin, "Sin", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
     {Op::Cos, "Cos", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+    {Op::HardSigmoid, "HardSigmoid", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+    {Op::HardSwish, "HardSwish", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
 
     {Op::Softmax, "Softmax", C::Normalization, b(0), kNone, b(0), cost_softmax},
     {Op::LogSoftmax, "LogSoftmax", C::Normalization, b(0), kNone, b(0), cost_softmax},
     {Op::LayerNormalization, "LayerNormalization", C::Normalization, b(0) | b(1) | b(2), b(0) | b(1), kNone,
      cost_layernorm},
     {Op::BatchNormalization, "BatchNormalization", C::Normalization, b(0) | b(1) | b(2), b(0) | b(1), kNone,
-     cost_batchnorm},
+     cost_batchnorm, {{1, 3}, {2, 4}}},
 
     {Op::ReduceMean, "ReduceMean", C::Reduction, b(0), kNone, kNone, cost_reduction},
     {Op::ReduceSum, "ReduceSum", C::Reduction, b(0), kNone, kNone, cost_reduction},
@@ -230,6 +248,7 @@ constexpr OpDef kOps[] = {
     {Op::ReduceMin, "ReduceMin", C::Reduction, b(0), b(0), b(0), cost_reduction},
     {Op::ReduceProd, "ReduceProd", C::Reduction, b(0), b(0), b(0), cost_reduction},
     {Op::ArgMax, "ArgMax", C::Reduction, kNone, kNone, kNone, cost_reduction},
+    {Op::ReduceL2, "ReduceL2", C::Reduction, b(0), b(0), b(0), cost_reduction},
 
     {Op::MaxPool, "MaxPool", C::Pooling, b(0), b(0), b(0), cost_pool},
     {Op::AveragePool, "AveragePool", C::Pooling, b(0), kNone, kNone, cost_pool},
@@ -247,6 +266,7 @@ constexpr OpDef kOps[] = {
     {Op::Expand, "Expand", C::DataMovement, b(0), kNone, kNone, cost_data_movement},
     {Op::Tile, "Tile", C::DataMovement, b(0), kNone, kNone, cost_data_movement},
     {Op::Trilu, "Trilu", C::DataMovement, b(0), kNone, kNone, cost_data_movement},
+    {Op::Pad, "Pad", C::DataMovement, b(0), kNone, kNone, cost_data_movement},
 
     {Op::Shape, "Shape", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},
     {Op::Size, "Size", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},
@@ -316,7 +336,7 @@ int64_t saved_activation_bytes(const Graph& g, const Node& n) {
   auto count = [&](int id) {
     if (id < 0) return;
     const Value& v = g.value(id);
-    if (v.kind == ValueKind::Parameter || v.kind == ValueKind::Constant) return;
+    if (v.kind == ValueKind::Parameter || v.kind == ValueKind::Constant || v.kind == ValueKind::Buffer) return;
     total += v.bytes();
   };
   for (size_t i = 0; i < n.inputs.size() && i < 32; ++i)

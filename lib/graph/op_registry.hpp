@@ -16,20 +16,20 @@ namespace smp::graph {
 // Every op smp knows. Append-only within a group; the tables assert their sizes against kCount.
 enum class Op : int {
   // matrix products and convolution
-  MatMul, Gemm, Conv,
+  MatMul, Gemm, Conv, Einsum,
   // elementwise, binary with broadcasting
   Add, Sub, Mul, Div, Pow, Max, Min, Equal, Less, Greater, LessOrEqual, GreaterOrEqual, And, Or, Xor, Where,
   // elementwise, unary
   Sqrt, Reciprocal, Neg, Abs, Exp, Log, Relu, LeakyRelu, Tanh, Sigmoid, Erf, Gelu, Floor, Ceil, Not,
-  Clip, Cast, Identity, Dropout, Sin, Cos,
+  Clip, Cast, Identity, Dropout, Sin, Cos, HardSigmoid, HardSwish,
   // normalisation and softmax
   Softmax, LogSoftmax, LayerNormalization, BatchNormalization,
   // reductions
-  ReduceMean, ReduceSum, ReduceMax, ReduceMin, ReduceProd, ArgMax,
+  ReduceMean, ReduceSum, ReduceMax, ReduceMin, ReduceProd, ArgMax, ReduceL2,
   // pooling
   MaxPool, AveragePool, GlobalAveragePool,
   // data movement
-  Reshape, Transpose, Flatten, Squeeze, Unsqueeze, Concat, Split, Slice, Gather, Expand, Tile, Trilu,
+  Reshape, Transpose, Flatten, Squeeze, Unsqueeze, Concat, Split, Slice, Gather, Expand, Tile, Trilu, Pad,
   // shape-only and constant producers (folded away before planning)
   Shape, Size, Constant, ConstantOfShape, Range,
   // losses
@@ -41,6 +41,15 @@ enum class Op : int {
 
 enum class OpClass { MatMulLike, Elementwise, Normalization, Reduction, Pooling, DataMovement, View,
                      ShapeOnly, Loss };
+
+// A running statistic the op keeps (ValueKind::Buffer): while training, its output `output` is the
+// new value of its input `input`. The pairs of an op are (running mean, running variance) per
+// channel of input 0, updated as new = old * momentum + batch * (1 - momentum) (ONNX's
+// convention, attribute "momentum"); the runtime owns the update (runtime/executor.hpp).
+struct StateUpdate {
+  int8_t output = -1;
+  int8_t input = -1;
+};
 
 struct OpDef {
   Op op;
@@ -55,6 +64,8 @@ struct OpDef {
   uint32_t saved_outputs;
   // Forward cost at the graph's bound shapes. Uses the node's input/output values' shapes only.
   NodeCost (*cost)(const Graph& g, const Node& n);
+  // Running statistics (BatchNormalization: outputs 1, 2 update inputs 3, 4); unused entries -1.
+  StateUpdate state[2] = {};
 };
 
 // nullptr when the op is unknown to smp (its nodes still plan, with a bytes-based estimate).

@@ -52,6 +52,15 @@ class NodeView {
   graph::Op op_;
 };
 
+// How an op with running statistics (graph::OpDef::state: BatchNormalization with
+// training_mode = 1) fills its statistics outputs. It always normalizes with the batch's own
+// statistics; the outputs are
+//   Onnx:     the updated running mean and variance, with the batch's biased variance (ONNX's
+//             definition; smp-run --forward),
+//   Unbiased: the same with the batch's unbiased variance (PyTorch's running_var; training),
+//   Batch:    the batch's mean and biased variance themselves (the executor defers the update).
+enum class StatsOutput { Onnx, Unbiased, Batch };
+
 // What a device backend builds for one node at load (descriptors, chosen algorithms); owned by
 // the node's KernelState.
 struct DeviceState {
@@ -67,7 +76,7 @@ struct KernelState {
   // The dtypes the tensors have at run time (with bf16 compute, float activations are bf16 while
   // the graph says float32).
   std::vector<DType> in_dtypes, out_dtypes;
-  bool training = true;  // BatchNormalization uses batch statistics when training
+  StatsOutput stats = StatsOutput::Onnx;  // set by the executor after prepare
   // The dtype matrix products and convolutions compute in (F32 or BF16); operands of another
   // float dtype are converted first.
   DType compute = DType::F32;
@@ -78,6 +87,10 @@ struct ExecContext {
   Backend* backend = nullptr;
   // The tensor-parallel group of the stage (nullptr when the graph was not split).
   Collectives* collectives = nullptr;
+  // Key of this node's random stream for this microbatch (Dropout's mask): a function of the
+  // run's seed, the step, the global microbatch index and the node only, so that the forward and
+  // the backward, and a pipelined and a sequential run, draw the same numbers. See random.hpp.
+  uint64_t random_key = 0;
 };
 
 // Backward of one node. Only the forward tensors the registry declares saved are defined in

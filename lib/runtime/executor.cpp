@@ -1,6 +1,8 @@
 #include "runtime/executor.hpp"
 
+#include "graph/loader.hpp"
 #include "runtime/cpu/common.hpp"
+#include "runtime/random.hpp"
 
 #include <fmt/format.h>
 
@@ -21,6 +23,25 @@ struct StageExecutor::NodeRun {
   std::vector<int> in, out;
   uint32_t diff = 0, saved_in = 0, saved_out = 0;
   bool has_b = false, has_w = false;  // a data-dependent / weight-only input gets a gradient
+  std::vector<std::pair<int, int>> updates;  // running statistics: (output index, buffer value id)
+  std::unique_ptr<StatsAcc> acc;             // RunningStats::Deferred: the statistics since the last commit
+};
+
+// One node's deferred running statistics (mean, variance per channel, as graph::OpDef::state
+// orders them). Sums are taken around the running mean at the last commit (identical on every
+// replica), so that the variance comes out without cancellation and the sums add across
+// replicas.
+struct StageExecutor::StatsAcc {
+  int64_t channels = 0;
+  double per_microbatch = 0;  // elements per channel in one forward
+  double momentum = 0.9;
+  double n = 0;
+  std::vector<double> s1, s2;  // sum of n·(mean − ref), sum of n·(var + (mean − ref)²)
+  void reset() {
+    n = 0;
+    s1.assign(static_cast<size_t>(channels), 0.0);
+    s2.assign(static_cast<size_t>(channels), 0.0);
+  }
 };
 
 struct StageExecutor::Stash {
@@ -28,6 +49,7 @@ struct StageExecutor::Stash {
   std::vector<std::vector<Tensor>> w_dout;                // per run position, kept from B for W
   std::vector<uint8_t> b_done;
   std::vector<std::pair<int, Tensor>> w_seeds;  // gradients of weight-only stage outputs, from B for W
+  uint64_t random_key = 0;  // the microbatch's random streams (random::microbatch_key)
 };
 
 namespace {
@@ -99,7 +121,35 @@ StageExecutor::StageExecutor(const graph::Graph& g, std::vector<int> nodes, Back
     NodeView view(g, n, def->op);
     r.state = k.prepare(view);
     cpu::fill_shapes(*r.state, view);
-    r.state->training = opts.batch_statistics;
+    // Running statistics: the outputs that update the stage's buffers (in Onnx mode none do).
+    if (opts.running_stats != ExecutorOptions::RunningStats::Onnx)
+      for (const graph::StateUpdate& su : def->state) {
+        if (su.output < 0 || static_cast<size_t>(su.output) >= n.outputs.size() || n.outputs[static_cast<size_t>(su.output)] < 0)
+          continue;
+        if (static_cast<size_t>(su.input) >= n.inputs.size() || n.inputs[static_cast<size_t>(su.input)] < 0) continue;
+        int b = n.inputs[static_cast<size_t>(su.input)];
+        if (g.value(b).kind == ValueKind::Buffer) r.updates.push_back({su.output, b});
+      }
+    if (!r.updates.empty()) {
+      const Shape& x = g.value(n.inputs.at(0)).shape;
+      int64_t channels = x.size() >= 2 ? x[1] : 1;
+      double per_channel = static_cast<double>(smp::numel(x)) / static_cast<double>(std::max<int64_t>(channels, 1));
+      if (per_channel < 2)
+        throw_bad_input(where, fmt::format("one value per channel ({}) in a training forward: the batch has no variance "
+                                           "to update the running statistics with",
+                                           shape_str(x)),
+                        "train with microbatches of 2 or more samples (PyTorch refuses this too)");
+      if (opts.running_stats == ExecutorOptions::RunningStats::Deferred) {
+        if (r.updates.size() != 2 || r.updates[0].first != def->state[0].output)
+          throw_bad_input(where, "deferred running statistics need both the running mean and variance outputs");
+        r.acc = std::make_unique<StatsAcc>();
+        r.acc->channels = channels;
+        r.acc->per_microbatch = per_channel;
+        r.acc->momentum = n.attr_float("momentum", 0.9);
+        r.acc->reset();
+      }
+      r.state->stats = opts.running_stats == ExecutorOptions::RunningStats::Deferred ? StatsOutput::Batch : StatsOutput::Unbiased;
+    }
     r.state->compute = opts.compute_dtype;
     for (int o : n.outputs)
       if (o >= 0) produced[static_cast<size_t>(o)] = 1;
@@ -108,7 +158,8 @@ StageExecutor::StageExecutor(const graph::Graph& g, std::vector<int> nodes, Back
 
   // Boundary inputs, parameters, constants; last forward uses.
   std::vector<uint8_t> seen(nv, 0);
-  std::vector<int> first_use_order, residents;
+  std::vector<int> first_use_order;
+  std::vector<std::pair<int, std::shared_ptr<const graph::TensorData>>> residents;  // value, its data
   for (size_t p = 0; p < runs_.size(); ++p)
     for (int v : runs_[p].in) {
       if (v < 0) continue;
@@ -116,15 +167,18 @@ StageExecutor::StageExecutor(const graph::Graph& g, std::vector<int> nodes, Back
       if (produced[static_cast<size_t>(v)] || seen[static_cast<size_t>(v)]) continue;
       seen[static_cast<size_t>(v)] = 1;
       const graph::Value& val = g.value(v);
-      if (val.kind == ValueKind::Parameter || val.kind == ValueKind::Constant) {
-        if (!val.data) {
+      if (val.kind == ValueKind::Parameter || val.kind == ValueKind::Constant || val.kind == ValueKind::Buffer) {
+        std::shared_ptr<const graph::TensorData> data = val.data;
+        if (!data && val.external && val.kind != ValueKind::Parameter) data = graph::read_tensor(val);
+        if (!data) {
           if (val.kind == ValueKind::Parameter)
             throw_bad_input(val.name, "parameter has no data", "load the graph with its weights");
           throw_bad_input(val.name, "constant has no data");
         }
-        SMP_CHECK(val.data->dtype == val.dtype && val.data->shape == val.shape, "value {}: data of {}{} for {}{}",
-                  val.name, dtype_name(val.data->dtype), shape_str(val.data->shape), dtype_name(val.dtype), shape_str(val.shape));
-        residents.push_back(v);
+        SMP_CHECK(data->dtype == val.dtype && data->shape == val.shape, "value {}: data of {}{} for {}{}",
+                  val.name, dtype_name(data->dtype), shape_str(data->shape), dtype_name(val.dtype), shape_str(val.shape));
+        residents.push_back({v, std::move(data)});
+        if (val.kind == ValueKind::Buffer) buffers_.push_back(v);
         if (val.kind == ValueKind::Parameter && is_float(val.dtype)) {
           params_.push_back(v);
           grad_zero_[static_cast<size_t>(v)] = 1;
@@ -144,11 +198,11 @@ StageExecutor::StageExecutor(const graph::Graph& g, std::vector<int> nodes, Back
     }
     be_.reserve(MemoryPool::Parameters, pbytes);
     be_.reserve(MemoryPool::Gradients, gbytes);
-    for (int v : residents) {
+    for (const auto& [v, data] : residents) {
       const graph::Value& val = g.value(v);
       const bool param = val.kind == ValueKind::Parameter && is_float(val.dtype);
       PoolScope pool(be_, param ? MemoryPool::Parameters : MemoryPool::Activations);
-      resident_[static_cast<size_t>(v)] = be_.from_host(val.dtype, val.shape, val.data->bytes.data());
+      resident_[static_cast<size_t>(v)] = be_.from_host(val.dtype, val.shape, data->bytes.data());
       if (param && copies) compute_copy_[static_cast<size_t>(v)] = be_.empty(DType::BF16, val.shape);
     }
     PoolScope pool(be_, MemoryPool::Gradients);
@@ -166,6 +220,7 @@ StageExecutor::StageExecutor(const graph::Graph& g, std::vector<int> nodes, Back
     if (grad) dd_[static_cast<size_t>(v)] = 1;
   }
   std::sort(params_.begin(), params_.end());
+  std::sort(buffers_.begin(), buffers_.end());
 
   // Outputs: produced here and used outside the stage or graph outputs.
   for (const NodeRun& r : runs_)
@@ -286,6 +341,78 @@ Tensor& StageExecutor::gradient(int v) {
   return grads_[static_cast<size_t>(v)];
 }
 
+Tensor& StageExecutor::buffer(int v) {
+  SMP_CHECK(std::binary_search(buffers_.begin(), buffers_.end(), v), "value {} is not a buffer of this stage", v);
+  return resident_[static_cast<size_t>(v)];
+}
+
+void StageExecutor::set_random_step(int64_t step, int64_t first_microbatch) {
+  random_step_ = step;
+  first_microbatch_ = first_microbatch;
+}
+
+void StageExecutor::update_running_stats(NodeRun& r, std::span<const Tensor> outs) {
+  if (!r.acc) {  // PerMicrobatch: the outputs are the new running values
+    for (auto [k, b] : r.updates) be_.copy(resident_[static_cast<size_t>(b)], outs[static_cast<size_t>(k)]);
+    return;
+  }
+  StatsAcc& a = *r.acc;
+  const size_t C = static_cast<size_t>(a.channels);
+  std::vector<float> mean(C), var(C), ref(C);
+  be_.to_host(outs[static_cast<size_t>(r.updates[0].first)], mean.data());
+  be_.to_host(outs[static_cast<size_t>(r.updates[1].first)], var.data());
+  be_.to_host(resident_[static_cast<size_t>(r.updates[0].second)], ref.data());
+  const double n = a.per_microbatch;
+  for (size_t c = 0; c < C; ++c) {
+    double d = static_cast<double>(mean[c]) - ref[c];
+    a.s1[c] += n * d;
+    a.s2[c] += n * (static_cast<double>(var[c]) + d * d);
+  }
+  a.n += n;
+}
+
+std::vector<double> StageExecutor::running_stat_sums() const {
+  std::vector<double> v;
+  for (const NodeRun& r : runs_) {
+    if (!r.acc) continue;
+    v.push_back(r.acc->n);
+    v.insert(v.end(), r.acc->s1.begin(), r.acc->s1.end());
+    v.insert(v.end(), r.acc->s2.begin(), r.acc->s2.end());
+  }
+  return v;
+}
+
+void StageExecutor::commit_running_stats(std::span<const double> sums) {
+  size_t off = 0;
+  for (NodeRun& r : runs_) {
+    if (!r.acc) continue;
+    StatsAcc& a = *r.acc;
+    const size_t C = static_cast<size_t>(a.channels);
+    SMP_CHECK(off + 1 + 2 * C <= sums.size(), "running-statistics sums: {} values, more expected", sums.size());
+    const double n = sums[off];
+    const double* s1 = sums.data() + off + 1;
+    const double* s2 = s1 + C;
+    off += 1 + 2 * C;
+    a.reset();
+    if (n < 2) continue;
+    Tensor& bm = resident_[static_cast<size_t>(r.updates[0].second)];
+    Tensor& bv = resident_[static_cast<size_t>(r.updates[1].second)];
+    std::vector<float> mean(C), var(C);
+    be_.to_host(bm, mean.data());
+    be_.to_host(bv, var.data());
+    for (size_t c = 0; c < C; ++c) {
+      double d = s1[c] / n;
+      double batch_mean = mean[c] + d;
+      double batch_var = std::max(0.0, s2[c] / n - d * d) * n / (n - 1);
+      mean[c] = static_cast<float>(mean[c] * a.momentum + batch_mean * (1 - a.momentum));
+      var[c] = static_cast<float>(var[c] * a.momentum + batch_var * (1 - a.momentum));
+    }
+    be_.copy(bm, be_.from_host(DType::F32, bm.shape(), mean.data()));
+    be_.copy(bv, be_.from_host(DType::F32, bv.shape(), var.data()));
+  }
+  SMP_CHECK(off == sums.size(), "running-statistics sums: {} values, {} expected", sums.size(), off);
+}
+
 Tensor StageExecutor::value_tensor(int v, const std::vector<Tensor>& env) const {
   if (resident_[static_cast<size_t>(v)].defined()) return resident_input(v);
   return env[static_cast<size_t>(v)];
@@ -312,6 +439,7 @@ std::vector<Tensor> StageExecutor::forward(int mb, std::span<const Tensor> input
   st->saved_out.resize(P);
   st->w_dout.resize(P);
   st->b_done.assign(P, 0);
+  st->random_key = random::microbatch_key(opts_.seed, random_step_, first_microbatch_ + mb);
   ExecContext ctx{&be_, opts_.collectives};
   std::vector<Tensor> ins, outs;
   const bool hooked = static_cast<bool>(opts_.after_node);
@@ -329,7 +457,9 @@ std::vector<Tensor> StageExecutor::forward(int mb, std::span<const Tensor> input
           outs[k] = be_.empty(xdt_[static_cast<size_t>(r.out[k])], val.shape);
         }
     double t0 = opts_.profile ? now_s() : 0;
+    ctx.random_key = random::node_key(st->random_key, r.node);
     r.kernel->forward(*r.state, ctx, outs, ins);
+    if (!r.updates.empty()) update_running_stats(r, outs);
     if (opts_.profile) {
       prof_[static_cast<size_t>(r.op)].forward_s += now_s() - t0;
       ++prof_[static_cast<size_t>(r.op)].calls;
@@ -479,6 +609,7 @@ void StageExecutor::run_backward(int mb, std::span<const Tensor> output_grads, b
         outs.resize(r.out.size());
         GradIO io{ins, outs, dout, din, acc};
         double t0 = opts_.profile ? now_s() : 0;
+        ctx.random_key = random::node_key(st.random_key, r.node);
         r.kernel->backward(*r.state, ctx, io);
         if (opts_.profile) prof_[static_cast<size_t>(r.op)].backward_s += now_s() - t0;
         if (hooked) opts_.after_node(r.node, b_part && w_part ? 'G' : b_part ? 'B' : 'W', now_s() - t_node);

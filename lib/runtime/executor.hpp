@@ -44,9 +44,20 @@ struct ExecutorOptions {
   // Backward is wanted: every node whose gradient is needed must have a gradient rule (checked
   // at load) and forward stashes what the backward keeps.
   bool training = true;
-  // BatchNormalization normalizes with the batch's statistics (PyTorch's train mode) instead of
-  // its running mean and variance inputs (which are not updated).
-  bool batch_statistics = true;
+  // Running statistics (graph::ValueKind::Buffer: BatchNormalization's running mean and variance
+  // in training mode; the op always normalizes with the batch's own statistics there):
+  //   Onnx:          the statistics outputs are computed as ONNX defines them (biased variance)
+  //                  and the buffers are left alone (smp-run --forward, the conformance cases);
+  //   PerMicrobatch: every forward updates the buffers with its microbatch's mean and unbiased
+  //                  variance, as PyTorch does when it runs the microbatches one after the other;
+  //   Deferred:      the forwards accumulate their statistics and commit_running_stats() updates
+  //                  the buffers once with those of the whole minibatch (torchgpipe's deferred
+  //                  batch norm, with the unbiased variance): the result does not depend on how
+  //                  the minibatch is split.
+  enum class RunningStats { Onnx, PerMicrobatch, Deferred };
+  RunningStats running_stats = RunningStats::PerMicrobatch;
+  // Seed of the random ops' streams (Dropout in training mode; runtime/random.hpp).
+  uint64_t seed = 0;
   // Time every kernel call (see StageExecutor::profile()).
   bool profile = false;
   // Called on the calling thread after every node's forward and backward kernel with the graph
@@ -102,6 +113,19 @@ class StageExecutor {
   // next forward refreshes the bf16 copy.
   Tensor& parameter(int value_id);
   Tensor& gradient(int value_id);
+  // Running statistics this stage owns (value ids of graph::ValueKind::Buffer, ascending).
+  const std::vector<int>& buffers() const { return buffers_; }
+  Tensor& buffer(int value_id);
+
+  // Deferred running statistics (RunningStats::Deferred): what the forwards since the last
+  // commit accumulated, as sums that add across data-parallel replicas (all-reduce them, then
+  // commit on every replica). Empty when the stage has no running statistics.
+  std::vector<double> running_stat_sums() const;
+  void commit_running_stats(std::span<const double> sums);
+
+  // The step the next forwards belong to, and the global index of this replica's microbatch 0
+  // (replica × microbatches): with the seed and the node, they key every random op's stream.
+  void set_random_step(int64_t step, int64_t first_microbatch = 0);
 
   // Forward of microbatch `mb`; inputs in inputs() order. Returns the outputs in outputs() order.
   std::vector<Tensor> forward(int mb, std::span<const Tensor> inputs);
@@ -140,6 +164,8 @@ class StageExecutor {
  private:
   struct NodeRun;
   struct Stash;
+  struct StatsAcc;
+  void update_running_stats(NodeRun& r, std::span<const Tensor> outs);
   void run_backward(int mb, std::span<const Tensor> output_grads, bool do_b, bool do_w, std::vector<Tensor>* input_grads);
   Tensor value_tensor(int vid, const std::vector<Tensor>& env) const;
   // A parameter or constant as kernels read it (a parameter's bf16 copy with bf16 compute).
@@ -156,7 +182,8 @@ class StageExecutor {
   std::vector<NodeRun> runs_;
   std::vector<int> inputs_, outputs_, params_;
   std::vector<bool> input_grad_;
-  std::vector<Tensor> resident_;  // by value id: parameters and constants
+  std::vector<Tensor> resident_;  // by value id: parameters, buffers and constants
+  std::vector<int> buffers_;
   std::vector<Tensor> compute_copy_;  // by value id: bf16 copies of parameters (bf16 compute)
   bool copies_stale_ = false;
   std::vector<DType> xdt_;        // by value id: the dtype of its tensors here
@@ -175,6 +202,7 @@ class StageExecutor {
   std::vector<OpTime> prof_;  // by graph::Op
   int64_t resident_bytes_ = 0;
   int64_t peak_base_ = 0;
+  int64_t random_step_ = 0, first_microbatch_ = 0;
 };
 
 }  // namespace smp::runtime

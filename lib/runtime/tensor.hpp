@@ -45,6 +45,10 @@ template <> constexpr bool dtype_matches<int64_t>(DType d) { return d == DType::
 template <> constexpr bool dtype_matches<int32_t>(DType d) { return d == DType::I32; }
 template <> constexpr bool dtype_matches<uint8_t>(DType d) { return d == DType::U8 || d == DType::Bool; }
 template <> constexpr bool dtype_matches<int8_t>(DType d) { return d == DType::I8; }
+template <> constexpr bool dtype_matches<int16_t>(DType d) { return d == DType::I16; }
+template <> constexpr bool dtype_matches<uint16_t>(DType d) { return d == DType::U16; }
+template <> constexpr bool dtype_matches<uint32_t>(DType d) { return d == DType::U32; }
+template <> constexpr bool dtype_matches<uint64_t>(DType d) { return d == DType::U64; }
 
 class Tensor {
  public:

@@ -246,6 +246,7 @@ class Worker {
   void restore();
   double step(int64_t k, bool record);
   void reduce_and_update(int64_t k, bool record, double* loss, double* norm);
+  void commit_running_stats();
   void checkpoint(int64_t steps_done);
   StageCheckpoint snapshot(StageRt& st, int64_t done, bool optimizer);
   void report_end(double mean_step_s);
@@ -449,6 +450,9 @@ void Worker::load() {
     st.nodes = nodes_of[static_cast<size_t>(s)];
     runtime::ExecutorOptions eo;
     eo.after_node = [this](int, char, double) { c_.progress(); };  // messages move between kernels
+    eo.seed = o_.seed;
+    eo.running_stats = o_.deferred_batch_norm ? runtime::ExecutorOptions::RunningStats::Deferred
+                                              : runtime::ExecutorOptions::RunningStats::PerMicrobatch;
     eo.compute_dtype = compute_;
     eo.microbatches_in_flight = std::max(1, peak_in_flight[s]);
     eo.collectives = tp_group_.get();
@@ -545,7 +549,11 @@ double Worker::step(int64_t k, bool record) {
   double loss = 0;
   if (record) spans_.clear();
 
-  for (auto& st : stages_) st.ex->zero_grad();
+  for (auto& st : stages_) {
+    st.ex->zero_grad();
+    // Random streams (Dropout) keyed by the step and the global microbatch index.
+    st.ex->set_random_step(k, static_cast<int64_t>(replica_) * m_);
+  }
 
   auto tag_of = [&](const schedule::Action& a) { return static_cast<int>(schedule::message_id(plan_.schedule, a)); };
   // Packs the tensors waiting in `ready` under {s, mb} and sends them to the rank of `to_stage`.
@@ -721,6 +729,17 @@ double Worker::step(int64_t k, bool record) {
   return loss;
 }
 
+void Worker::commit_running_stats() {
+  // Deferred batch norm: the step's statistics of every replica's microbatches, added up, then
+  // the same update on every replica (their running statistics stay identical).
+  for (auto& st : stages_) {
+    std::vector<double> sums = st.ex->running_stat_sums();
+    if (sums.empty()) continue;
+    if (st.group.size() > 1) c_.allreduce_sum(sums.data(), sums.size(), st.group);
+    st.ex->commit_running_stats(sums);
+  }
+}
+
 // Optimizer-state sharding: the stage's parameters laid end to end, padded to a multiple of the
 // replicas; replica i owns block i.
 void Worker::zero_layout(StageRt& st) {
@@ -854,13 +873,21 @@ void Worker::reduce_and_update(int64_t k, bool record, double* loss, double* nor
   }
 }
 
-// A stage's parameters (and with `optimizer`, their optimizer state) as a checkpoint: this rank's
-// shard of a tensor-parallel stage. With the optimizer state split over the replicas every
-// replica must call it (the state is gathered whole); the writer's copy is the one to write.
+// A stage's parameters and running statistics (and with `optimizer`, the parameters' optimizer
+// state) as a checkpoint: this rank's shard of a tensor-parallel stage. With the optimizer state
+// split over the replicas every replica must call it (the state is gathered whole); the writer's
+// copy is the one to write.
 StageCheckpoint Worker::snapshot(StageRt& st, int64_t done, bool optimizer) {
   StageCheckpoint cp;
   cp.step = done;
   cp.stage = st.index;
+  for (int b : st.ex->buffers()) {
+    const auto& val = g_.value(b);
+    const Tensor& t = st.ex->buffer(b);
+    NamedTensor nt{val.name, DType::F32, val.shape, std::string(static_cast<size_t>(t.bytes()), '\0')};
+    be_->to_host(t, nt.bytes.data());
+    cp.tensors.push_back(std::move(nt));
+  }
   cp.tp_rank = T_ > 1 ? tp_ : -1;
   const int slots = state_slots(o_.optimizer.kind);
   std::vector<std::vector<float>> gathered(static_cast<size_t>(slots));
@@ -1035,6 +1062,14 @@ void Worker::restore() {
         if (!ps.slot0.empty()) ds.slot0 = be_->from_host(DType::F32, val.shape, ps.slot0.data());
         if (!ps.slot1.empty()) ds.slot1 = be_->from_host(DType::F32, val.shape, ps.slot1.data());
       }
+    }
+    for (int b : st.ex->buffers()) {
+      const auto& val = g_.value(b);
+      auto it = byname.find(val.name);
+      if (it == byname.end() || it->second->shape != val.shape)
+        throw_bad_input(stage_file(o_.checkpoint_dir, *latest, st.index).string(),
+                        "no running statistics '" + val.name + "' of shape " + shape_str(val.shape));
+      be_->copy(st.ex->buffer(b), be_->from_host(DType::F32, val.shape, it->second->bytes.data()));
     }
   }
   start_step_ = *latest;
@@ -1245,7 +1280,8 @@ void Worker::export_model(int64_t done) {
       SMP_CHECK(static_cast<int>(ps.size()) == T_, "{} of {} shards of {}", ps.size(), T_, name);
       weights[name] = graph::unshard_tensor(ps, tp_analysis_.params.at(p), whole_.value(p).shape);
     }
-    graph::export_with_weights(plan_.model_path, o_.export_onnx, weights);
+    graph::export_with_weights(plan_.model_path, o_.export_onnx, weights,
+                               o_.export_training_form ? graph::ExportForm::Training : graph::ExportForm::Inference);
     fs::remove_all(dir);
   }
   c_.barrier();
@@ -1296,6 +1332,7 @@ RunResult Worker::run() {
     // longest step (3 s at least) means it cannot: a peer is gone.
     c_.set_stop_patience(o_.stop_signal, longest_step_s > 0 ? std::clamp(2 * longest_step_s, 3.0, c_.timeout_s()) : c_.timeout_s());
     double loss = step(k, record);
+    if (o_.deferred_batch_norm) commit_running_stats();
     double norm = 0;
     reduce_and_update(k, record, &loss, &norm);
     c_.set_stop_patience(nullptr, 0);  // a checkpoint takes as long as it takes

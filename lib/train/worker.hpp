@@ -38,6 +38,11 @@ struct RunOptions {
   std::filesystem::path trace;     // Chrome trace of the measured last step (rank 0)
   std::filesystem::path timeline;  // SVG of the same
   std::filesystem::path export_onnx;  // the trained model as ONNX (rank 0)
+  bool export_training_form = false;  // --export-mode training: the graph as given (else the inference form)
+  // BatchNormalization's running statistics: updated once per step with those of the whole
+  // minibatch, all replicas' microbatches together (torchgpipe's deferred batch norm), instead
+  // of per microbatch on each replica (PyTorch's).
+  bool deferred_batch_norm = false;
   std::string status_token;           // status lines for the launcher that gave it (comm/job_monitor.hpp)
   // Set (to the signal's number) by a signal handler when the run is to stop: every rank then
   // finishes the step in progress, the ranks agree on it in the step's all-reduce, and the job

@@ -34,18 +34,25 @@ inline fs::path temp_dir(const std::string& tag) {
   return d;
 }
 
-// smp-plan for `model` with fixed degrees on `p*d` local CPU devices; returns the plan path.
-inline fs::path make_plan(const fs::path& dir, const std::string& model, int64_t batch, int p, int d, int m,
-                          const std::string& schedule, int chunks = 1) {
-  fs::path plan = dir / fmt::format("{}-{}x{}-{}-v{}.json", model, p, d, schedule, chunks);
+// smp-plan for the ONNX file `model` with fixed degrees on `p*d` local CPU devices; returns the
+// plan path.
+inline fs::path make_plan_for(const fs::path& dir, const fs::path& model, int64_t batch, int p, int d, int m,
+                              const std::string& schedule, int chunks = 1) {
+  fs::path plan = dir / fmt::format("{}-{}x{}-m{}-{}-v{}.json", model.stem().string(), p, d, m, schedule, chunks);
   std::string cmd = fmt::format("{} {} --batch-size {} --stages {} --data-parallel {} --devices {} --microbatches {} "
                                 "--schedule {} {} --optimizer sgd -o {}",
-                                bin("smp-plan"), src("sample_models/" + model + ".onnx"), batch, p, d, p * d, m, schedule,
+                                bin("smp-plan"), model.string(), batch, p, d, p * d, m, schedule,
                                 chunks > 1 ? fmt::format("--chunks {}", chunks) : "", plan.string());
   Cmd r = sh(cmd);
   INFO(cmd, "\n", r.out);
   REQUIRE(r.exit_code == 0);
   return plan;
+}
+
+// The same for a bundled sample model (sample_models/NAME.onnx).
+inline fs::path make_plan(const fs::path& dir, const std::string& model, int64_t batch, int p, int d, int m,
+                          const std::string& schedule, int chunks = 1) {
+  return make_plan_for(dir, src("sample_models/" + model + ".onnx"), batch, p, d, m, schedule, chunks);
 }
 
 inline std::vector<double> read_losses(const fs::path& f) {

@@ -52,7 +52,6 @@ using Build = std::function<void(TinyGraph&, Maker&)>;
 struct Case {
   std::string name;
   Build build;
-  bool batch_statistics = true;
 };
 
 inline std::tuple<std::string, DType, Shape> F(const std::string& n, Shape s) { return {n, DType::F32, s}; }
@@ -103,6 +102,9 @@ inline std::vector<Case> gradient_cases() {
   unary("Gelu", -2, 2, {{"approximate", attr_s("tanh")}});
   unary("Sin", -2, 2);
   unary("Cos", -2, 2);
+  unary("HardSigmoid", -4, 4, {{"alpha", attr_f(1.0 / 6)}, {"beta", attr_f(0.5)}});
+  unary("HardSigmoid", -4, 4);
+  unary("HardSwish", -5, 5);
   unary("Identity", -1, 1);
   unary("Softmax", -2, 2);
   unary("Softmax", -2, 2, {{"axis", attr_i(0)}});
@@ -197,16 +199,24 @@ inline std::vector<Case> gradient_cases() {
                   int x = m.f("x", {2, 3, 4}), g = m.f("g", {3, 4});
                   t.output(t.node("LayerNormalization", {x, g}, {F("y", {2, 3, 4})}, {{"axis", attr_i(1)}})[0]);
                 }});
-  for (bool train : {true, false}) {
-    Case c{std::string("BatchNormalization ") + (train ? "batch statistics" : "running statistics"), [](TinyGraph& t, M& m) {
-             int x = m.f("x", {3, 2, 2, 2}), g = m.f("g", {2}), b = m.f("b", {2});
-             int mean = t.constant<float>("mean", DType::F32, {2}, {0.1f, -0.2f});
-             int var = t.constant<float>("var", DType::F32, {2}, {0.5f, 1.5f});
-             t.output(t.node("BatchNormalization", {x, g, b, mean, var}, {F("y", {3, 2, 2, 2})})[0]);
-           }};
-    c.batch_statistics = train;
-    cs.push_back(c);
+  for (int train : {1, 0}) {
+    cs.push_back({std::string("BatchNormalization ") + (train ? "training mode" : "inference mode"), [train](TinyGraph& t, M& m) {
+                    int x = m.f("x", {3, 2, 2, 2}), g = m.f("g", {2}), b = m.f("b", {2});
+                    int mean = t.constant<float>("mean", DType::F32, {2}, {0.1f, -0.2f});
+                    int var = t.constant<float>("var", DType::F32, {2}, {0.5f, 1.5f});
+                    t.output(t.node("BatchNormalization", {x, g, b, mean, var}, {F("y", {3, 2, 2, 2})},
+                                    {{"training_mode", attr_i(train)}})[0]);
+                  }});
   }
+  // Training mode with running statistics that the forwards update (they do not reach Y).
+  cs.push_back({"BatchNormalization training mode, running statistics updated", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {4, 3}), g = m.f("g", {3}), b = m.f("b", {3});
+                  int mean = t.buffer("mean", {3}, {0.1f, -0.2f, 0.3f});
+                  int var = t.buffer("var", {3}, {0.5f, 1.5f, 1.0f});
+                  auto o = t.node("BatchNormalization", {x, g, b, mean, var}, {F("y", {4, 3}), F("rm", {3}), F("rv", {3})},
+                                  {{"training_mode", attr_i(1)}, {"momentum", attr_f(0.7)}});
+                  t.output(o[0]);
+                }});
   auto reduce = [&](const std::string& op, Shape x, std::vector<int64_t> axes, int keep, Shape y) {
     cs.push_back({fmt::format("{} axes {} keepdims {}", op, shape_str(axes), keep), [=](TinyGraph& t, M& m) {
                     int xi = m.f("x", x);
@@ -215,6 +225,8 @@ inline std::vector<Case> gradient_cases() {
                   }});
   };
   reduce("ReduceSum", {2, 3, 4}, {1}, 1, {2, 1, 4});
+  reduce("ReduceL2", {2, 3, 4}, {2}, 1, {2, 3, 1});
+  reduce("ReduceL2", {2, 3, 4}, {0, 1}, 0, {4});
   reduce("ReduceSum", {2, 3, 4}, {0, 2}, 0, {3});
   reduce("ReduceMean", {2, 3, 4}, {-1}, 1, {2, 3, 1});
   reduce("ReduceMean", {2, 3, 4}, {0, 1}, 0, {4});
@@ -292,6 +304,30 @@ inline std::vector<Case> gradient_cases() {
                   int k = t.constant<int64_t>("k", DType::I64, {}, {1});
                   t.output(t.node("Trilu", {x, k}, {F("y", {2, 3, 4})}, {{"upper", attr_i(0)}})[0]);
                 }});
+  for (std::string mode : {"constant", "reflect", "edge"}) {
+    cs.push_back({"Pad " + mode, [mode](TinyGraph& t, M& m) {
+                    int x = m.f("x", {2, 3, 4});
+                    // axis 1: 2 before, 1 after; axis 2: 1 cropped before, 3 after (reflect: 2)
+                    int64_t e = mode == "reflect" ? 2 : 3;
+                    int p = m.ci64("pads", {0, 2, -1, 0, 1, e});
+                    int v = t.constant<float>("v", DType::F32, {}, {0.25f});
+                    t.output(t.node("Pad", {x, p, v}, {F("y", {2, 6, 3 + e})}, {{"mode", attr_s(mode)}})[0]);
+                  }});
+  }
+  auto einsum = [&](const std::string& eq, std::vector<Shape> ins, Shape y) {
+    cs.push_back({"Einsum " + eq, [=](TinyGraph& t, M& m) {
+                    std::vector<int> xs;
+                    for (size_t i = 0; i < ins.size(); ++i) xs.push_back(m.f(fmt::format("x{}", i), ins[i]));
+                    t.output(t.node("Einsum", xs, {F("y", y)}, {{"equation", attr_s(eq)}})[0]);
+                  }});
+  };
+  einsum("bghid,bghjd->bghij", {{1, 2, 2, 3, 4}, {1, 2, 2, 5, 4}}, {1, 2, 2, 3, 5});  // MaxViT's q.k
+  einsum("bij,bjd->bid", {{2, 3, 4}, {2, 4, 5}}, {2, 3, 5});
+  einsum("ij,kj->ki", {{3, 4}, {2, 4}}, {2, 3});
+  einsum("abc,cd->", {{2, 3, 4}, {4, 2}}, {});                  // everything summed
+  einsum("ab,c->acb", {{2, 3}, {4}}, {2, 4, 3});                // outer product
+  einsum("...ij,...jk", {{2, 3, 4}, {2, 4, 2}}, {2, 3, 2});     // implicit output, ellipsis
+  einsum("ijk->ki", {{2, 3, 4}}, {4, 2});                       // one operand: sum and permute
   cs.push_back({"SoftmaxCrossEntropyLoss mean, weights, ignore_index", [](TinyGraph& t, M& m) {
                   int x = m.f("x", {5, 4}, -2, 2);
                   int y = m.i64("y", {5}, {1, 3, 0, 3, 2});

@@ -21,9 +21,7 @@ void check_case(const Case& c, bool as_param, int threads) {
   TinyGraph tg;
   Maker mk{tg, as_param, 1, {}, {}, &be};
   c.build(tg, mk);
-  runtime::ExecutorOptions opts;
-  opts.batch_statistics = c.batch_statistics;
-  runtime::StageExecutor ex(tg.g, be, opts);
+  runtime::StageExecutor ex(tg.g, be);
 
   std::vector<Tensor> inputs;
   for (int v : ex.inputs()) {

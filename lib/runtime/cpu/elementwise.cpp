@@ -2,6 +2,7 @@
 // Clip, Cast, Identity, Dropout (inference semantics).
 #include "runtime/cpu/common.hpp"
 #include "runtime/cpu/kernels.hpp"
+#include "runtime/random.hpp"
 #include "runtime/cpu/vmath.hpp"
 
 #include <fmt/format.h>
@@ -49,10 +50,22 @@ void bin_loop(const Bcast& p, const T* a, const T* b, R* o, F f) {
 template <class T>
 void arith(Op op, const Bcast& p, const T* a, const T* b, T* o) {
   switch (op) {
-    case Op::Add: bin_loop(p, a, b, o, [](T x, T y) { return x + y; }); break;
-    case Op::Sub: bin_loop(p, a, b, o, [](T x, T y) { return x - y; }); break;
-    case Op::Mul: bin_loop(p, a, b, o, [](T x, T y) { return x * y; }); break;
-    case Op::Div: bin_loop(p, a, b, o, [](T x, T y) { return x / y; }); break;
+    case Op::Add: bin_loop(p, a, b, o, [](T x, T y) { return static_cast<T>(x + y); }); break;
+    case Op::Sub: bin_loop(p, a, b, o, [](T x, T y) { return static_cast<T>(x - y); }); break;
+    case Op::Mul: bin_loop(p, a, b, o, [](T x, T y) { return static_cast<T>(x * y); }); break;
+    case Op::Div:
+      if constexpr (std::is_integral_v<T>) {
+        // no trap on a zero divisor (0, as numpy) or on INT_MIN / -1 (wraps)
+        bin_loop(p, a, b, o, [](T x, T y) -> T {
+          if (y == 0) return T(0);
+          if constexpr (std::is_signed_v<T>)
+            if (y == T(-1)) return static_cast<T>(T(0) - static_cast<std::make_unsigned_t<T>>(x));
+          return static_cast<T>(x / y);
+        });
+      } else {
+        bin_loop(p, a, b, o, [](T x, T y) { return x / y; });
+      }
+      break;
     case Op::Max: bin_loop(p, a, b, o, [](T x, T y) { return x > y ? x : y; }); break;
     case Op::Min: bin_loop(p, a, b, o, [](T x, T y) { return x < y ? x : y; }); break;
     case Op::Pow:
@@ -85,7 +98,8 @@ std::unique_ptr<KernelState> prep_binary(const NodeView& n) {
   s->op = n.op();
   if ((n.op() == Op::Max || n.op() == Op::Min) && n.num_inputs() == 1) {
     s->single = true;
-    n.require_dtype(n.input(0), {DType::F32, DType::I64, DType::I32, DType::F64}, "input");
+    n.require_dtype(n.input(0), {DType::F32, DType::F64, DType::I64, DType::I32, DType::I16, DType::I8, DType::U64, DType::U32,
+                                 DType::U16, DType::U8}, "input");
     return s;
   }
   if (n.num_inputs() != 2 || !n.has_input(0) || !n.has_input(1))
@@ -93,7 +107,10 @@ std::unique_ptr<KernelState> prep_binary(const NodeView& n) {
   const auto &a = n.input(0), &b = n.input(1);
   const auto& y = n.output(0);
   if (is_arith(n.op())) {
-    n.require_dtype(a, {DType::F32, DType::F64, DType::I64, DType::I32}, "input A");
+    if (n.op() == Op::Pow) n.require_dtype(a, {DType::F32, DType::F64, DType::I64, DType::I32}, "input A");
+    else
+      n.require_dtype(a, {DType::F32, DType::F64, DType::I64, DType::I32, DType::I16, DType::I8, DType::U64, DType::U32,
+                          DType::U16, DType::U8}, "input A");
     if (n.op() == Op::Pow) {
       if (a.dtype == DType::F32) n.require_dtype(b, {DType::F32, DType::I64, DType::I32}, "exponent");
       else if (b.dtype != a.dtype) n.fail("integer or float64 Pow with a mixed-type exponent is not supported");
@@ -139,6 +156,12 @@ void fwd_binary(const KernelState& st, ExecContext& ctx, std::span<Tensor> out, 
       case DType::F64: arith<double>(s.op, s.plan, a.data<double>(), b.data<double>(), y.data<double>()); break;
       case DType::I64: arith<int64_t>(s.op, s.plan, a.data<int64_t>(), b.data<int64_t>(), y.data<int64_t>()); break;
       case DType::I32: arith<int32_t>(s.op, s.plan, a.data<int32_t>(), b.data<int32_t>(), y.data<int32_t>()); break;
+      case DType::I16: arith<int16_t>(s.op, s.plan, a.data<int16_t>(), b.data<int16_t>(), y.data<int16_t>()); break;
+      case DType::I8: arith<int8_t>(s.op, s.plan, a.data<int8_t>(), b.data<int8_t>(), y.data<int8_t>()); break;
+      case DType::U64: arith<uint64_t>(s.op, s.plan, a.data<uint64_t>(), b.data<uint64_t>(), y.data<uint64_t>()); break;
+      case DType::U32: arith<uint32_t>(s.op, s.plan, a.data<uint32_t>(), b.data<uint32_t>(), y.data<uint32_t>()); break;
+      case DType::U16: arith<uint16_t>(s.op, s.plan, a.data<uint16_t>(), b.data<uint16_t>(), y.data<uint16_t>()); break;
+      case DType::U8: arith<uint8_t>(s.op, s.plan, a.data<uint8_t>(), b.data<uint8_t>(), y.data<uint8_t>()); break;
       default: SMP_CHECK(false, "dtype");
     }
   } else if (is_compare(s.op)) {
@@ -394,6 +417,10 @@ std::unique_ptr<KernelState> prep_unary(const NodeView& n) {
     default: n.require_dtype(n.input(0), {DType::F32}, "input");
   }
   if (n.op() == Op::LeakyRelu) s->alpha = static_cast<float>(n.node().attr_float("alpha", 0.01));
+  if (n.op() == Op::HardSigmoid) {
+    s->alpha = static_cast<float>(n.node().attr_float("alpha", 0.2));
+    s->beta = static_cast<float>(n.node().attr_float("beta", 0.5));
+  }
   if (n.op() == Op::Gelu) {
     std::string a = n.node().attr_string("approximate", "none");
     if (a == "tanh") s->gelu_tanh = true;
@@ -441,6 +468,13 @@ void fwd_unary(const KernelState& st, ExecContext&, std::span<Tensor> out, std::
     case Op::Ceil: map_f32(x, y, [](float v) { return std::ceil(v); }); break;
     case Op::Sin: map_f32(x, y, [](float v) { return std::sin(v); }); break;
     case Op::Cos: map_f32(x, y, [](float v) { return std::cos(v); }); break;
+    case Op::HardSigmoid: {
+      float a = s.alpha, b = s.beta;
+      map_f32(x, y, [a, b](float v) { return std::max(0.0f, std::min(1.0f, a * v + b)); });
+      break;
+    }
+    // x * relu6(x + 3) / 6, as PyTorch computes it
+    case Op::HardSwish: map_f32(x, y, [](float v) { return v * std::max(0.0f, std::min(6.0f, v + 3.0f)) / 6.0f; }); break;
     default: SMP_CHECK(false, "node {}: not a unary op", s.node_name);
   }
 }
@@ -487,6 +521,18 @@ void bwd_unary(const KernelState& st, ExecContext&, const GradIO& io) {
       break;
     case Op::Sin: grad_map(dy, X(), d, acc, [](float g, float x) { return g * std::cos(x); }); break;
     case Op::Cos: grad_map(dy, X(), d, acc, [](float g, float x) { return -g * std::sin(x); }); break;
+    // PyTorch's hardsigmoid_backward / hardswish_backward (open interval, slope inside)
+    case Op::HardSigmoid: {
+      float a = s.alpha, b = s.beta;
+      grad_map(dy, X(), d, acc, [a, b](float g, float x) {
+        float t = a * x + b;
+        return t > 0.0f && t < 1.0f ? g * a : 0.0f;
+      });
+      break;
+    }
+    case Op::HardSwish:
+      grad_map(dy, X(), d, acc, [](float g, float x) { return x < -3.0f ? 0.0f : (x <= 3.0f ? g * (x / 3.0f + 0.5f) : g); });
+      break;
     default: SMP_CHECK(false, "node {}: no gradient", s.node_name);
   }
 }
@@ -614,34 +660,74 @@ void bwd_identity(const KernelState&, ExecContext&, const GradIO& io) {
   store(io.din[0].data<float>(), io.dout[0].data<float>(), io.dout[0].numel(), io.accumulate[0]);
 }
 
+// Dropout: the identity for ratio 0, training_mode false or opsets before 12 (the inference
+// form); in training mode a random mask from the node's stream (ctx.random_key), kept elements
+// scaled by 1 / (1 - ratio) as PyTorch does. The backward draws the same mask again.
+namespace {
+template <class F>
+void dropout_loop(const DropoutState& s, uint64_t key, int64_t n, F f) {
+  const float scale = s.ratio < 1.0f ? 1.0f / (1.0f - s.ratio) : 0.0f;
+  pfor(n, kGrain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) f(i, random::keep(key, i, s.ratio) ? scale : 0.0f);
+  });
+}
+}  // namespace
+
 std::unique_ptr<KernelState> prep_dropout(const NodeView& n) {
-  // Dropout runs as the identity: ratio 0, or training_mode false (the exported inference form).
+  auto s = std::make_unique<DropoutState>();
   double ratio = n.node().attr_float("ratio", 0.5);
-  std::vector<int64_t> tm;
   bool training = false;
-  if (n.has_input(2)) {
-    if (!n.constant_ints(2, tm)) n.fail("training_mode must be a constant");
-    training = !tm.empty() && tm[0] != 0;
+  if (n.graph().opset >= 12 || n.graph().opset == 0) {
+    std::vector<int64_t> tm;
+    if (n.has_input(2)) {
+      if (!n.constant_ints(2, tm)) n.fail("training_mode must be a constant");
+      training = !tm.empty() && tm[0] != 0;
+    }
+    ratio = 0.5;
+    if (n.has_input(1)) {
+      const graph::TensorData* r = n.constant_input(1);
+      if (!r || r->numel() != 1) n.fail("ratio must be a constant scalar");
+      ratio = r->get_f64(0);
+    }
   }
-  if (n.has_input(1)) {
-    const graph::TensorData* r = n.constant_input(1);
-    if (!r) n.fail("ratio must be a constant");
-    ratio = r->get_f64(0);
-  }
-  if (training && ratio > 0)
-    n.fail("random dropout (training_mode with ratio > 0) is not supported");
+  if (!(ratio >= 0 && ratio <= 1)) n.fail(fmt::format("ratio {} outside [0, 1]", ratio));
+  s->ratio = static_cast<float>(ratio);
+  s->random = training && ratio > 0;
+  if (s->random) n.require_dtype(n.input(0), {DType::F32}, "input");
   if (n.has_output(1)) n.require_dtype(n.output(1), {DType::Bool}, "mask");
-  return std::make_unique<KernelState>();
+  return s;
 }
 
-void fwd_dropout(const KernelState& s, ExecContext& ctx, std::span<Tensor> out, std::span<const Tensor> in) {
-  out[0] = in[0].view(s.out_shapes[0]);
-  if (out.size() > 1 && s.out_dtypes.size() > 1 && s.out_dtypes[1] == DType::Bool) {
-    out[1] = ctx.backend->empty(DType::Bool, s.out_shapes[1]);
-    std::memset(out[1].raw(), 1, static_cast<size_t>(out[1].bytes()));
+void fwd_dropout(const KernelState& st, ExecContext& ctx, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const DropoutState&>(st);
+  const bool want_mask = out.size() > 1 && s.out_dtypes.size() > 1 && s.out_dtypes[1] == DType::Bool;
+  if (want_mask) out[1] = ctx.backend->empty(DType::Bool, s.out_shapes[1]);
+  if (!s.random) {
+    out[0] = in[0].view(s.out_shapes[0]);
+    if (want_mask) std::memset(out[1].raw(), 1, static_cast<size_t>(out[1].bytes()));
+    return;
   }
+  out[0] = ctx.backend->empty(DType::F32, s.out_shapes[0]);
+  const float* x = in[0].data<float>();
+  float* y = out[0].data<float>();
+  uint8_t* m = want_mask ? static_cast<uint8_t*>(out[1].raw()) : nullptr;
+  dropout_loop(s, ctx.random_key, in[0].numel(), [&](int64_t i, float k) {
+    y[i] = x[i] * k;
+    if (m) m[i] = k != 0.0f;
+  });
 }
 
-void bwd_dropout(const KernelState& s, ExecContext& ctx, const GradIO& io) { bwd_identity(s, ctx, io); }
+void bwd_dropout(const KernelState& st, ExecContext& ctx, const GradIO& io) {
+  const auto& s = static_cast<const DropoutState&>(st);
+  if (!s.random) return bwd_identity(st, ctx, io);
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  const float* dy = io.dout[0].data<float>();
+  float* dx = io.din[0].data<float>();
+  const bool acc = io.accumulate[0];
+  dropout_loop(s, ctx.random_key, io.dout[0].numel(), [&](int64_t i, float k) {
+    float v = dy[i] * k;
+    dx[i] = acc ? dx[i] + v : v;
+  });
+}
 
 }  // namespace smp::runtime::cpu

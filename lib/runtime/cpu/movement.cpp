@@ -703,4 +703,154 @@ void fwd_range(const KernelState&, ExecContext&, std::span<Tensor> out, std::spa
 
 void bwd_range(const KernelState&, ExecContext&, const GradIO&) {}
 
+
+// ---- Pad ---------------------------------------------------------------------------------
+//
+// constant / reflect / edge, any rank, negative pads crop. pads (and the constant value) must be
+// constant at load (PyTorch's exports compute them from shapes: folded by the loader). Each axis
+// gets a map from output to input index (-1: the padding value); the backward adds the output
+// gradient into the input positions those maps name (reflect and edge hit some several times).
+
+namespace {
+struct PadState : KernelState {
+  std::vector<std::vector<int64_t>> map;  // per axis: output index -> input index, -1 for padding
+  std::vector<int64_t> in_st;             // input strides
+  std::string value;                      // bytes of the padding value, one element
+  bool injective = true;                  // constant mode: every input element lands once at most
+};
+
+// f(out_row_offset, in_row_base or -1) for every row of the output (all axes but the last).
+template <class F>
+void pad_rows(const PadState& s, const Shape& y, F f) {
+  size_t R = y.size();
+  int64_t rows = R <= 1 ? 1 : prod(y, 0, R - 1);
+  int64_t L = R == 0 ? 1 : y[R - 1];
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t rem = r, base = 0;
+    bool pad = false;
+    for (size_t d = R - 1; d-- > 0;) {
+      int64_t o = rem % y[d];
+      rem /= y[d];
+      int64_t i = s.map[d][static_cast<size_t>(o)];
+      if (i < 0) pad = true;
+      else base += i * s.in_st[d];
+    }
+    f(r * L, pad ? int64_t{-1} : base);
+  }
+}
+
+template <class T>
+void pad_forward(const PadState& s, const Shape& y, const T* x, T* out) {
+  T c;
+  std::memcpy(&c, s.value.data(), sizeof(T));
+  const auto& last = s.map.back();
+  int64_t L = static_cast<int64_t>(last.size());
+  pad_rows(s, y, [&](int64_t o, int64_t base) {
+    T* dst = out + o;
+    if (base < 0) {
+      for (int64_t j = 0; j < L; ++j) dst[j] = c;
+      return;
+    }
+    for (int64_t j = 0; j < L; ++j) {
+      int64_t i = last[static_cast<size_t>(j)];
+      dst[j] = i < 0 ? c : x[base + i];
+    }
+  });
+}
+}  // namespace
+
+std::unique_ptr<KernelState> prep_pad(const NodeView& n) {
+  auto s = std::make_unique<PadState>();
+  require_plain(n, n.input(0));
+  const Shape &x = n.input(0).shape, &y = n.output(0).shape;
+  const size_t R = x.size();
+  std::string mode = n.node().attr_string("mode", "constant");
+  if (mode != "constant" && mode != "reflect" && mode != "edge")
+    n.fail(fmt::format("mode '{}' not supported (constant, reflect, edge)", mode));
+  std::vector<int64_t> pads;
+  double value = 0;
+  if (n.graph().opset >= 11 || n.graph().opset == 0) {
+    if (!n.constant_ints(1, pads)) n.fail("pads must be a constant");
+    if (n.has_input(2)) {
+      const graph::TensorData* v = n.constant_input(2);
+      if (!v || v->numel() != 1) n.fail("constant_value must be a constant scalar");
+      value = v->get_f64(0);
+    }
+    if (n.num_inputs() > 3 && n.has_input(3)) n.fail("the axes input (opset 18) is not supported");
+  } else {
+    pads = n.node().attr_ints("pads");
+    value = n.node().attr_float("value", 0.0);
+  }
+  if (pads.size() != 2 * R) n.fail(fmt::format("{} pads for rank {}", pads.size(), R));
+  s->in_st = strides_of(x);
+  s->injective = mode == "constant";
+  for (size_t d = 0; d < R; ++d) {
+    int64_t b = pads[d], e = pads[d + R], out = x[d] + b + e;
+    if (out != y[d]) n.fail(fmt::format("output {} differs from the padded shape on axis {}", shape_str(y), d));
+    if (mode != "constant" && x[d] == 0 && out > 0) n.fail("reflect / edge padding of an empty axis");
+    if (mode == "reflect" && (b >= x[d] || e >= x[d]) && (b > 0 || e > 0))
+      n.fail(fmt::format("reflect pads of {} on an axis of {}", std::max(b, e), x[d]));
+    std::vector<int64_t> m(static_cast<size_t>(std::max<int64_t>(out, 0)));
+    for (int64_t o = 0; o < out; ++o) {
+      int64_t i = o - b;
+      if (i < 0 || i >= x[d]) {
+        if (mode == "constant") i = -1;
+        else if (mode == "edge") i = std::clamp<int64_t>(i, 0, x[d] - 1);
+        else if (x[d] == 1) i = 0;
+        else {
+          int64_t period = 2 * (x[d] - 1);
+          i = ((i % period) + period) % period;
+          if (i >= x[d]) i = period - i;
+        }
+      }
+      m[static_cast<size_t>(o)] = i;
+    }
+    s->map.push_back(std::move(m));
+  }
+  if (R == 0) s->map.push_back({0});
+  // the padding value in the input's dtype
+  DType dt = n.input(0).dtype;
+  s->value.assign(static_cast<size_t>(dtype_size(dt)), '\0');
+  auto put = [&](auto v) { std::memcpy(s->value.data(), &v, sizeof v); };
+  switch (dt) {
+    case DType::F32: put(static_cast<float>(value)); break;
+    case DType::F64: put(value); break;
+    case DType::I64: put(static_cast<int64_t>(value)); break;
+    case DType::I32: put(static_cast<int32_t>(value)); break;
+    case DType::I16: put(static_cast<int16_t>(value)); break;
+    case DType::I8: put(static_cast<int8_t>(value)); break;
+    case DType::U8: case DType::Bool: put(static_cast<uint8_t>(value)); break;
+    default: if (value != 0) n.fail(fmt::format("a non-zero padding value for dtype {}", dtype_name(dt)));
+  }
+  return s;
+}
+
+void fwd_pad(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const PadState&>(st);
+  const Shape& y = s.out_shapes[0];
+  switch (dtype_size(in[0].dtype())) {
+    case 1: pad_forward(s, y, static_cast<const uint8_t*>(in[0].raw()), static_cast<uint8_t*>(out[0].raw())); break;
+    case 2: pad_forward(s, y, static_cast<const uint16_t*>(in[0].raw()), static_cast<uint16_t*>(out[0].raw())); break;
+    case 4: pad_forward(s, y, static_cast<const uint32_t*>(in[0].raw()), static_cast<uint32_t*>(out[0].raw())); break;
+    default: pad_forward(s, y, static_cast<const uint64_t*>(in[0].raw()), static_cast<uint64_t*>(out[0].raw())); break;
+  }
+}
+
+void bwd_pad(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const PadState&>(st);
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  float* dx = io.din[0].data<float>();
+  const float* dy = io.dout[0].data<float>();
+  zero_unless(io.din[0], io.accumulate[0]);
+  const auto& last = s.map.back();
+  int64_t L = static_cast<int64_t>(last.size());
+  pad_rows(s, s.out_shapes[0], [&](int64_t o, int64_t base) {
+    if (base < 0) return;
+    for (int64_t j = 0; j < L; ++j) {
+      int64_t i = last[static_cast<size_t>(j)];
+      if (i >= 0) dx[base + i] += dy[o + j];
+    }
+  });
+}
+
 }  // namespace smp::runtime::cpu

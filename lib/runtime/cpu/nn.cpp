@@ -7,6 +7,7 @@
 
 #include <cfloat>
 #include <cmath>
+#include <limits>
 
 namespace smp::runtime::cpu {
 
@@ -267,12 +268,17 @@ void bwd_layernorm(const KernelState& st, ExecContext&, const GradIO& io) {
 }
 
 // ---- BatchNormalization ------------------------------------------------------------------
+//
+// training_mode = 1 (opset 14+; before: the running-statistics outputs present) normalizes with
+// the batch's statistics over N and the spatial dims and fills outputs 1, 2 as s.stats says
+// (backend.hpp: ONNX's running update, PyTorch's with the unbiased variance, or the batch's own
+// mean and variance); training_mode = 0 normalizes with the mean and variance inputs.
 
 namespace {
-// per-channel mean and 1/std over N and spatial dims
-void channel_stats(const BatchNormState& s, const float* X, std::vector<float>& mean, std::vector<float>& rstd) {
+// Per channel: mean and biased variance over N and the spatial dims (two passes, in double).
+void channel_stats(const BatchNormState& s, const float* X, std::vector<double>& mean, std::vector<double>& var) {
   mean.assign(static_cast<size_t>(s.C), 0);
-  rstd.assign(static_cast<size_t>(s.C), 0);
+  var.assign(static_cast<size_t>(s.C), 0);
   pfor(s.C, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       double sum = 0, sq = 0;
@@ -286,10 +292,30 @@ void channel_stats(const BatchNormState& s, const float* X, std::vector<float>& 
         const float* x = X + (b * s.C + c) * s.HW;
         for (int64_t i = 0; i < s.HW; ++i) sq += (x[i] - m) * (x[i] - m);
       }
-      mean[static_cast<size_t>(c)] = static_cast<float>(m);
-      rstd[static_cast<size_t>(c)] = static_cast<float>(1.0 / std::sqrt(sq / cnt + s.eps));
+      mean[static_cast<size_t>(c)] = m;
+      var[static_cast<size_t>(c)] = sq / cnt;
     }
   });
+}
+
+// The mean and 1/std the node normalizes with: the batch's (training mode) or its inputs'.
+void norm_stats(const BatchNormState& s, const float* X, const float* M, const float* V, std::vector<float>& mean,
+                std::vector<float>& rstd) {
+  mean.resize(static_cast<size_t>(s.C));
+  rstd.resize(static_cast<size_t>(s.C));
+  if (s.batch_stats) {
+    std::vector<double> m, v;
+    channel_stats(s, X, m, v);
+    for (size_t c = 0; c < m.size(); ++c) {
+      mean[c] = static_cast<float>(m[c]);
+      rstd[c] = static_cast<float>(1.0 / std::sqrt(v[c] + s.eps));
+    }
+    return;
+  }
+  for (int64_t c = 0; c < s.C; ++c) {
+    mean[static_cast<size_t>(c)] = M[c];
+    rstd[static_cast<size_t>(c)] = 1.0f / std::sqrt(V[c] + s.eps);
+  }
 }
 }  // namespace
 
@@ -297,8 +323,19 @@ std::unique_ptr<KernelState> prep_batchnorm(const NodeView& n) {
   auto s = std::make_unique<BatchNormState>();
   if (n.num_inputs() != 5) n.fail("needs 5 inputs");
   for (int i = 0; i < 5; ++i) n.require_dtype(n.input(i), {DType::F32}, "input");
-  if (n.num_outputs() > 1 && (n.has_output(1) || n.has_output(2)))
-    n.fail("the running-statistics outputs (training_mode) are not supported");
+  const bool stats_out = n.has_output(1) || n.has_output(2);
+  s->stats_out = stats_out;
+  if (n.graph().opset >= 14 || n.graph().opset == 0) {
+    s->batch_stats = n.node().attr_int("training_mode", 0) != 0;
+    if (stats_out && !s->batch_stats) n.fail("running-statistics outputs need training_mode = 1");
+  } else {
+    // Before opset 14 the outputs say it: Y alone is inference; outputs 3, 4 (saved mean and
+    // inverse std) are a cuDNN detail no exporter relies on.
+    if (n.has_output(3) || n.has_output(4)) n.fail("the saved_mean / saved_var outputs (opset < 14) are not supported");
+    s->batch_stats = stats_out;
+  }
+  for (int i = 1; i < 3; ++i)
+    if (n.has_output(i)) n.require_dtype(n.output(i), {DType::F32}, "running-statistics output");
   const Shape& x = n.input(0).shape;
   if (x.size() < 2) n.fail("input must be at least 2-D");
   s->N = x[0];
@@ -307,6 +344,7 @@ std::unique_ptr<KernelState> prep_batchnorm(const NodeView& n) {
   for (int i = 1; i < 5; ++i)
     if (n.input(i).numel() != s->C) n.fail("scale, bias, mean and var must be [C]");
   s->eps = static_cast<float>(n.node().attr_float("epsilon", 1e-5));
+  s->momentum = static_cast<float>(n.node().attr_float("momentum", 0.9));
   return s;
 }
 
@@ -315,15 +353,21 @@ void fwd_batchnorm(const KernelState& st, ExecContext&, std::span<Tensor> out, s
   const float* X = in[0].data<float>();
   const float* G = in[1].data<float>();
   const float* B = in[2].data<float>();
+  const float* M = in[3].data<float>();
+  const float* V = in[4].data<float>();
   std::vector<float> mean, rstd;
-  if (s.training) {
-    channel_stats(s, X, mean, rstd);
+  std::vector<double> bm, bv;
+  const bool want_stats = out.size() > 1 && (out[1].defined() || (out.size() > 2 && out[2].defined()));
+  if (s.batch_stats) {
+    channel_stats(s, X, bm, bv);
+    mean.resize(bm.size());
+    rstd.resize(bm.size());
+    for (size_t c = 0; c < bm.size(); ++c) {
+      mean[c] = static_cast<float>(bm[c]);
+      rstd[c] = static_cast<float>(1.0 / std::sqrt(bv[c] + s.eps));
+    }
   } else {
-    const float* M = in[3].data<float>();
-    const float* V = in[4].data<float>();
-    mean.assign(M, M + s.C);
-    rstd.resize(static_cast<size_t>(s.C));
-    for (int64_t c = 0; c < s.C; ++c) rstd[static_cast<size_t>(c)] = 1.0f / std::sqrt(V[c] + s.eps);
+    norm_stats(s, X, M, V, mean, rstd);
   }
   float* Y = out[0].data<float>();
   pfor(s.N * s.C, std::max<int64_t>(1, kGrain / std::max<int64_t>(s.HW, 1)), [&](int64_t r0, int64_t r1) {
@@ -336,6 +380,24 @@ void fwd_batchnorm(const KernelState& st, ExecContext&, std::span<Tensor> out, s
       for (int64_t i = 0; i < s.HW; ++i) y[i] = x[i] * a + b;
     }
   });
+  if (!want_stats || !s.batch_stats) return;
+  const double n = static_cast<double>(s.N * s.HW);
+  const double mom = s.momentum;
+  // PyTorch's unbiased variance; one value per channel has none (PyTorch refuses it too).
+  const double unbias = n > 1 ? n / (n - 1) : std::numeric_limits<double>::quiet_NaN();
+  float* Mo = out[1].defined() ? out[1].data<float>() : nullptr;
+  float* Vo = out.size() > 2 && out[2].defined() ? out[2].data<float>() : nullptr;
+  for (int64_t c = 0; c < s.C; ++c) {
+    size_t k = static_cast<size_t>(c);
+    double m = bm[k], v = bv[k];
+    switch (s.stats) {
+      case StatsOutput::Batch: break;
+      case StatsOutput::Onnx: m = M[c] * mom + m * (1 - mom); v = V[c] * mom + v * (1 - mom); break;
+      case StatsOutput::Unbiased: m = M[c] * mom + m * (1 - mom); v = V[c] * mom + v * unbias * (1 - mom); break;
+    }
+    if (Mo) Mo[c] = static_cast<float>(m);
+    if (Vo) Vo[c] = static_cast<float>(v);
+  }
 }
 
 void bwd_batchnorm(const KernelState& st, ExecContext&, const GradIO& io) {
@@ -346,16 +408,10 @@ void bwd_batchnorm(const KernelState& st, ExecContext&, const GradIO& io) {
   const float* G = io.in[1].data<float>();
   const float* dY = io.dout[0].data<float>();
   std::vector<float> mean, rstd;
-  if (s.training) {
-    channel_stats(s, X, mean, rstd);
-  } else {
+  if (!s.batch_stats)
     SMP_CHECK(io.in[3].defined() && io.in[4].defined(), "node {}: BatchNormalization backward needs mean and var", s.node_name);
-    const float* M = io.in[3].data<float>();
-    const float* V = io.in[4].data<float>();
-    mean.assign(M, M + s.C);
-    rstd.resize(static_cast<size_t>(s.C));
-    for (int64_t c = 0; c < s.C; ++c) rstd[static_cast<size_t>(c)] = 1.0f / std::sqrt(V[c] + s.eps);
-  }
+  norm_stats(s, X, s.batch_stats ? nullptr : io.in[3].data<float>(), s.batch_stats ? nullptr : io.in[4].data<float>(),
+             mean, rstd);
   // per channel: sum(dy), sum(dy * xhat)
   std::vector<double> sdy(static_cast<size_t>(s.C)), sdx(static_cast<size_t>(s.C));
   pfor(s.C, 1, [&](int64_t c0, int64_t c1) {
@@ -395,7 +451,7 @@ void bwd_batchnorm(const KernelState& st, ExecContext&, const GradIO& io) {
         const float* g = dY + r * s.HW;
         float* d = dX + r * s.HW;
         for (int64_t i = 0; i < s.HW; ++i) {
-          float v = s.training ? k * (g[i] - a - (x[i] - m) * rs * b) : k * g[i];
+          float v = s.batch_stats ? k * (g[i] - a - (x[i] - m) * rs * b) : k * g[i];
           d[i] = acc ? d[i] + v : v;
         }
       }
@@ -490,7 +546,7 @@ void reduce_loop(const RGeom& g, const T* X, T* Y, Init init, Acc acc, Fin fin) 
 std::unique_ptr<KernelState> prep_reduce(const NodeView& n) {
   auto s = std::make_unique<ReduceState>();
   s->op = n.op();
-  if (n.op() == Op::ReduceMean || n.op() == Op::ReduceSum || n.op() == Op::ReduceProd)
+  if (n.op() == Op::ReduceMean || n.op() == Op::ReduceSum || n.op() == Op::ReduceProd || n.op() == Op::ReduceL2)
     n.require_dtype(n.input(0), {DType::F32}, "input");
   else
     n.require_dtype(n.input(0), {DType::F32, DType::I64}, "input");
@@ -529,6 +585,10 @@ void fwd_reduce(const KernelState& st, ExecContext&, std::span<Tensor> out, std:
       case Op::ReduceProd: reduce_loop<T>(g, X, Y, [] { return T(1); }, [](T a, T v) { return a * v; }, [](T a, int64_t) { return a; }); break;
       case Op::ReduceMax: reduce_loop<T>(g, X, Y, [] { return std::numeric_limits<T>::lowest(); }, [](T a, T v) { return v > a ? v : a; }, [](T a, int64_t) { return a; }); break;
       case Op::ReduceMin: reduce_loop<T>(g, X, Y, [] { return std::numeric_limits<T>::max(); }, [](T a, T v) { return v < a ? v : a; }, [](T a, int64_t) { return a; }); break;
+      case Op::ReduceL2:
+        if constexpr (std::is_floating_point_v<T>)
+          reduce_loop<T>(g, X, Y, [] { return T(0); }, [](T a, T v) { return a + v * v; }, [](T a, int64_t) { return std::sqrt(a); });
+        break;
       default: SMP_CHECK(false, "not a reduction");
     }
   };
@@ -550,6 +610,17 @@ void bwd_reduce(const KernelState& st, ExecContext&, const GradIO& io) {
     bcast_rows(b, [&](int64_t oo, const int64_t* off, int64_t L, const int64_t* ist) {
       for (int64_t i = 0; i < L; ++i) {
         float v = dY[off[0] + i * ist[0]] * k;
+        dX[oo + i] = acc ? dX[oo + i] + v : v;
+      }
+    });
+  } else if (s.op == Op::ReduceL2) {  // dx = dy * x / y (0 where the norm is 0, as PyTorch's)
+    SMP_CHECK(io.in[0].defined() && io.out[0].defined(), "node {}: backward needs input and output", s.node_name);
+    const float* X = io.in[0].data<float>();
+    const float* Y = io.out[0].data<float>();
+    bcast_rows(b, [&](int64_t oo, const int64_t* off, int64_t L, const int64_t* ist) {
+      for (int64_t i = 0; i < L; ++i) {
+        float y = Y[off[0] + i * ist[0]];
+        float v = y > 0 ? dY[off[0] + i * ist[0]] * X[oo + i] / y : 0.0f;
         dX[oo + i] = acc ? dX[oo + i] + v : v;
       }
     });

@@ -32,13 +32,20 @@ struct WhereState : KernelState {
 
 struct UnState : KernelState {
   graph::Op op;
-  float alpha = 0.01f;
+  float alpha = 0.01f, beta = 0.5f;  // LeakyRelu's slope; HardSigmoid's alpha and beta
   bool gelu_tanh = false;
 };
 
 struct ClipState : KernelState {
   bool has_min_attr = false, has_max_attr = false;
   float min_attr = 0, max_attr = 0;
+};
+
+// Dropout: random when training_mode is set and the ratio is positive (the mask comes from the
+// node's random stream, runtime/random.hpp); the identity otherwise.
+struct DropoutState : KernelState {
+  float ratio = 0;
+  bool random = false;
 };
 
 struct CastState : KernelState {
@@ -60,7 +67,9 @@ struct LayerNormState : KernelState {
 
 struct BatchNormState : KernelState {
   int64_t N = 1, C = 1, HW = 1;
-  float eps = 1e-5f;
+  float eps = 1e-5f, momentum = 0.9f;
+  bool batch_stats = false;  // training_mode: normalize with the batch's statistics
+  bool stats_out = false;    // the running-statistics outputs are wanted
 };
 
 struct ReduceState : KernelState {

@@ -222,6 +222,13 @@ void bwd_identity(const KernelState&, ExecContext& ctx, const GradIO& io) {
   store(ctx, io.din[0], io.dout[0], io.accumulate[0]);
 }
 
+std::unique_ptr<KernelState> prep_dropout(const NodeView& n) {
+  auto s = cpu::prep_dropout(n);
+  if (static_cast<const cpu::DropoutState&>(*s).random)
+    n.fail("random dropout (training_mode with ratio > 0) has no CUDA kernel yet; run it with --backend cpu");
+  return s;
+}
+
 void fwd_dropout(const KernelState& s, ExecContext& ctx, std::span<Tensor> out, std::span<const Tensor> in) {
   out[0] = in[0].view(s.out_shapes[0]);
   if (out.size() > 1 && s.out_dtypes.size() > 1 && s.out_dtypes[1] == DType::Bool) {
@@ -270,11 +277,18 @@ void bwd_layernorm(const KernelState& st, ExecContext& ctx, const GradIO& io) {
                  static_cast<float*>(ptr(part)), stream(ctx));
 }
 
+std::unique_ptr<KernelState> prep_batchnorm(const NodeView& n) {
+  auto s = cpu::prep_batchnorm(n);
+  if (static_cast<const cpu::BatchNormState&>(*s).stats_out)
+    n.fail("the running-statistics outputs (training_mode = 1) have no CUDA kernel yet; run it with --backend cpu");
+  return s;
+}
+
 void fwd_batchnorm(const KernelState& st, ExecContext& ctx, std::span<Tensor> out, std::span<const Tensor> in) {
   const auto& s = static_cast<const cpu::BatchNormState&>(st);
   CudaBackend& be = backend_of(ctx);
   Tensor stats = scratch_floats(ctx, batchnorm_scratch_floats(s.N, s.C, s.HW, be.sm_count()));
-  batchnorm(s.N, s.C, s.HW, s.eps, s.training, ptr(out[0]), tag(out[0]), ptr(in[0]), tag(in[0]), ptr(in[1]), tag(in[1]), ptr(in[2]),
+  batchnorm(s.N, s.C, s.HW, s.eps, s.batch_stats, ptr(out[0]), tag(out[0]), ptr(in[0]), tag(in[0]), ptr(in[1]), tag(in[1]), ptr(in[2]),
             tag(in[2]), ptr(in[3]), tag(in[3]), ptr(in[4]), tag(in[4]), static_cast<float*>(ptr(stats)), be.sm_count(), be.stream());
 }
 
@@ -282,17 +296,17 @@ void bwd_batchnorm(const KernelState& st, ExecContext& ctx, const GradIO& io) {
   const auto& s = static_cast<const cpu::BatchNormState&>(st);
   if (!io.dout[0].defined()) return;
   SMP_CHECK(io.in[0].defined() && io.in[1].defined(), "node {}: BatchNormalization backward needs X and scale", s.node_name);
-  if (!s.training)
+  if (!s.batch_stats)
     SMP_CHECK(io.in[3].defined() && io.in[4].defined(), "node {}: BatchNormalization backward needs mean and var", s.node_name);
   CudaBackend& be = backend_of(ctx);
   Tensor stats = scratch_floats(ctx, batchnorm_scratch_floats(s.N, s.C, s.HW, be.sm_count()));
   Tensor* dx = io.din[0].defined() ? &io.din[0] : nullptr;
   Tensor* dg = io.din[1].defined() ? &io.din[1] : nullptr;
   Tensor* db = io.din[2].defined() ? &io.din[2] : nullptr;
-  const void* mean = s.training ? nullptr : ptr(io.in[3]);
-  const void* var = s.training ? nullptr : ptr(io.in[4]);
-  batchnorm_grad(s.N, s.C, s.HW, s.eps, s.training, ptr(io.in[0]), tag(io.in[0]), ptr(io.in[1]), tag(io.in[1]), mean,
-                 s.training ? kF32 : tag(io.in[3]), var, s.training ? kF32 : tag(io.in[4]), ptr(io.dout[0]), tag(io.dout[0]),
+  const void* mean = s.batch_stats ? nullptr : ptr(io.in[3]);
+  const void* var = s.batch_stats ? nullptr : ptr(io.in[4]);
+  batchnorm_grad(s.N, s.C, s.HW, s.eps, s.batch_stats, ptr(io.in[0]), tag(io.in[0]), ptr(io.in[1]), tag(io.in[1]), mean,
+                 s.batch_stats ? kF32 : tag(io.in[3]), var, s.batch_stats ? kF32 : tag(io.in[4]), ptr(io.dout[0]), tag(io.dout[0]),
                  dx ? ptr(*dx) : nullptr, dx ? tag(*dx) : kF32, dx && io.accumulate[0], dg ? ptr(*dg) : nullptr, dg ? tag(*dg) : kF32,
                  dg && io.accumulate[1], db ? ptr(*db) : nullptr, db ? tag(*db) : kF32, db && io.accumulate[2],
                  static_cast<float*>(ptr(stats)), be.sm_count(), be.stream());

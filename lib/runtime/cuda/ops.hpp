@@ -3,6 +3,7 @@
 // (runtime/cpu/states.hpp): the same nodes, attributes and dtypes are accepted, read the same way.
 #pragma once
 
+#include "runtime/cpu/kernels.hpp"
 #include "runtime/cpu/states.hpp"
 #include "runtime/cuda/cuda_backend.hpp"
 #include "runtime/cuda/launch.hpp"
@@ -85,6 +86,11 @@ SMP_CUDA_KERNEL(range)
 SMP_CUDA_KERNEL(sce_loss)
 
 #undef SMP_CUDA_KERNEL
+
+// Prepare steps narrower than the CPU's: the CPU's, refusing what these kernels do not compute
+// (BatchNormalization's running-statistics outputs, Dropout with a random mask).
+std::unique_ptr<KernelState> prep_batchnorm(const NodeView& n);
+std::unique_ptr<KernelState> prep_dropout(const NodeView& n);
 
 // Load-time steps (descriptors and algorithms on the device).
 void setup_matmul(KernelState& s, ExecContext& ctx);

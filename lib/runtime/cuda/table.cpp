@@ -2,7 +2,8 @@
 // (lib/runtime/cpu/table.cpp): the prepare step is the CPU's (the same nodes accepted and parsed
 // the same way), the forward and backward are this directory's, the setup step runs at load on
 // the device where an op needs one. A forgotten entry does not compile (size), nor a misplaced
-// one (order).
+// one (order). NO_KERNEL: the CPU runs the op, the CUDA backend refuses it at load (Einsum,
+// HardSigmoid, HardSwish, ReduceL2 and Pad of the torchvision exports have no CUDA kernels yet).
 #include "runtime/cpu/kernels.hpp"
 #include "runtime/cuda/cuda_backend.hpp"
 #include "runtime/cuda/ops.hpp"
@@ -18,24 +19,26 @@ using graph::Op;
 #define KS(op, name) OpKernel{Op::op, cpu::prep_##name, fwd_##name, bwd_##name, kNone, setup_##name}   // with a setup step
 #define KV(op, name) OpKernel{Op::op, cpu::prep_##name, fwd_##name, bwd_##name, kView, nullptr}
 #define KF(op, name) OpKernel{Op::op, cpu::prep_##name, fwd_##name, nullptr, kNone, nullptr}           // no gradient
+#define KP(op, name) OpKernel{Op::op, prep_##name, fwd_##name, bwd_##name, kNone, nullptr}  // this directory's prepare
+#define KPV(op, name) OpKernel{Op::op, prep_##name, fwd_##name, bwd_##name, kView, nullptr}
 #define NO_KERNEL(op) OpKernel{Op::op, nullptr, nullptr, nullptr, kNone, nullptr}
 
 constexpr OpKernel kTable[] = {
-    KS(MatMul, matmul), KS(Gemm, gemm), KS(Conv, conv),
+    KS(MatMul, matmul), KS(Gemm, gemm), KS(Conv, conv), NO_KERNEL(Einsum),
     K(Add, binary), K(Sub, binary), K(Mul, binary), K(Div, binary), K(Pow, binary), K(Max, binary), K(Min, binary),
     KF(Equal, binary), KF(Less, binary), KF(Greater, binary), KF(LessOrEqual, binary), KF(GreaterOrEqual, binary),
     KF(And, binary), KF(Or, binary), KF(Xor, binary), K(Where, where),
     K(Sqrt, unary), K(Reciprocal, unary), K(Neg, unary), K(Abs, unary), K(Exp, unary), K(Log, unary), K(Relu, unary),
     K(LeakyRelu, unary), K(Tanh, unary), K(Sigmoid, unary), K(Erf, unary), K(Gelu, unary), KF(Floor, unary),
-    KF(Ceil, unary), KF(Not, unary), K(Clip, clip), K(Cast, cast), KV(Identity, identity), KV(Dropout, dropout),
-    K(Sin, unary), K(Cos, unary),
-    K(Softmax, softmax), K(LogSoftmax, softmax), K(LayerNormalization, layernorm), K(BatchNormalization, batchnorm),
+    KF(Ceil, unary), KF(Not, unary), K(Clip, clip), K(Cast, cast), KV(Identity, identity), KPV(Dropout, dropout),
+    K(Sin, unary), K(Cos, unary), NO_KERNEL(HardSigmoid), NO_KERNEL(HardSwish),
+    K(Softmax, softmax), K(LogSoftmax, softmax), K(LayerNormalization, layernorm), KP(BatchNormalization, batchnorm),
     K(ReduceMean, reduce), K(ReduceSum, reduce), K(ReduceMax, reduce), K(ReduceMin, reduce), K(ReduceProd, reduce),
-    KF(ArgMax, argmax),
+    KF(ArgMax, argmax), NO_KERNEL(ReduceL2),
     KS(MaxPool, pool), KS(AveragePool, pool), K(GlobalAveragePool, global_avgpool),
     KV(Reshape, reshape), K(Transpose, transpose), KV(Flatten, reshape), KV(Squeeze, reshape), KV(Unsqueeze, reshape),
     K(Concat, concat), K(Split, split), K(Slice, slice), K(Gather, gather), K(Expand, expand), K(Tile, tile),
-    K(Trilu, trilu),
+    K(Trilu, trilu), NO_KERNEL(Pad),
     KF(Shape, shape), KF(Size, size), KF(Constant, constant), KF(ConstantOfShape, constant_of_shape), KF(Range, range),
     K(SoftmaxCrossEntropyLoss, sce_loss),
     // Tensor parallelism runs on CPU workers only until the GPU workers carry its collectives.

@@ -1,0 +1,459 @@
+#!/usr/bin/python3
+"""The torchvision classification zoo for smp's zoo test: exports and PyTorch references.
+
+Every classification architecture of Debian's python3-torchvision (0.14), built with seeded
+random weights, exported as a user trains it: torch.onnx.export(training=TrainingMode.TRAINING,
+do_constant_folding=False), opset 17, the batch axis symbolic, at the smallest input size the
+architecture accepts (SIZES below; `sizes` re-derives them).
+
+    zoo_models.py list [--fast]            # name, input size, family (the fast subset with --fast)
+    zoo_models.py export NAME DIR          # DIR/NAME.onnx and DIR/NAME.json (size, params, nodes)
+    zoo_models.py reference NAME DIR       # PyTorch's forward and training on the export's weights
+    zoo_models.py eval NAME SIZE ONNX X OUT  # PyTorch's eval() forward with an ONNX file's weights
+    zoo_models.py sizes NAME...            # smallest accepted input size, searched upwards from 1
+    zoo_models.py table DIR                # markdown: every architecture with what DIR records
+                                           # (the test's cache: exports and results/NAME.json)
+
+Dropout and stochastic depth have probability 0 in these exports, so that PyTorch's numbers are
+deterministic (smp's random masks are tested apart: tests/runtime/test_random.cpp).
+
+`reference` loads DIR/NAME.onnx's initializers into the module (parameters and BatchNorm running
+statistics, by name), then writes DIR/NAME.ref/:
+    x.npy, labels.npy            the training rows (steps × microbatches × microbatch-size)
+    forward/x.npy, logits.npy    a train-mode forward of the first microbatch (statistics of that
+                                 microbatch, running statistics untouched)
+    losses.txt                   per step: the loss of --microbatches microbatches run one after
+                                 the other (each scaled by 1/microbatches, gradients accumulated),
+                                 then one SGD step (--lr)
+    eval/x.npy                   the rows of the eval-mode check: the test runs smp-run --export's
+                                 model on them and `eval` gives PyTorch's eval() forward with that
+                                 file's weights and running statistics (the export is checked on its
+                                 own, apart from how training's rounding moved the weights)
+    stats/NAME.npy               every BatchNorm's running mean and variance after training
+
+Exports of torchvision 0.14 need two patches of torch 1.13's exporter, neither changing the
+maths: swin_v2's attention zeroes a slice of a bias in place (`aten::zero_` has no ONNX export)
+and is rewritten with torch.cat; nothing else is changed.
+
+Needs Debian's python3-torch / python3-torchvision / python3-onnx (hence /usr/bin/python3).
+"""
+
+import argparse
+import copy
+import inspect
+import json
+import os
+import sys
+import warnings
+
+warnings.simplefilter("ignore")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import torchvision.models as M  # noqa: E402
+import torchvision.models.swin_transformer as SW  # noqa: E402
+from torchvision.ops import StochasticDepth  # noqa: E402
+
+OPSET = 17
+SEED = 1234
+EXPORT_VERSION = 1  # bump when an export's content changes: the test's cache re-exports
+REFERENCE_VERSION = 2  # bump when a reference's content or choice changes: the test's cache re-makes it
+
+# The zoo test's tolerances (relative to the largest magnitude): forward logits, the losses of the
+# training steps, the running statistics after them.
+TOLERANCE = {"forward": 1e-4, "losses": 1e-3, "stats": 1e-3}
+# A comparison with PyTorch is well-posed when PyTorch's own float32 and perturbed float64 runs
+# agree with float64 to a tenth of each tolerance, and the losses move by MIN_SIGNAL or more.
+PERTURB = 1e-6
+MIN_SIGNAL = 5e-3
+
+# Smallest input size (square) each architecture accepts in a training-mode forward of 2 samples
+# and in torch 1.13's ONNX export (an AdaptiveAvgPool2d must pool by a whole factor), found by
+# `zoo_models.py sizes` (upwards from 1). ViT takes its image size as an argument: one patch.
+SIZES = {
+    "alexnet": 223,
+    "convnext_tiny": 32, "convnext_small": 32, "convnext_base": 32, "convnext_large": 32,
+    "densenet121": 29, "densenet161": 29, "densenet169": 29, "densenet201": 29,
+    "efficientnet_b0": 1, "efficientnet_b1": 1, "efficientnet_b2": 1, "efficientnet_b3": 1,
+    "efficientnet_b4": 1, "efficientnet_b5": 1, "efficientnet_b6": 1, "efficientnet_b7": 1,
+    "efficientnet_v2_s": 1, "efficientnet_v2_m": 1, "efficientnet_v2_l": 1,
+    "googlenet": 15,
+    "inception_v3": 75,
+    "maxvit_t": 221,
+    "mnasnet0_5": 1, "mnasnet0_75": 1, "mnasnet1_0": 1, "mnasnet1_3": 1,
+    "mobilenet_v2": 1, "mobilenet_v3_large": 1, "mobilenet_v3_small": 1,
+    "regnet_x_400mf": 1, "regnet_x_800mf": 1, "regnet_x_1_6gf": 1, "regnet_x_3_2gf": 1,
+    "regnet_x_8gf": 1, "regnet_x_16gf": 1, "regnet_x_32gf": 1,
+    "regnet_y_400mf": 1, "regnet_y_800mf": 1, "regnet_y_1_6gf": 1, "regnet_y_3_2gf": 1,
+    "regnet_y_8gf": 1, "regnet_y_16gf": 1, "regnet_y_32gf": 1, "regnet_y_128gf": 1,
+    "resnet18": 1, "resnet34": 1, "resnet50": 1, "resnet101": 1, "resnet152": 1,
+    "resnext50_32x4d": 1, "resnext101_32x8d": 1, "resnext101_64x4d": 1,
+    "wide_resnet50_2": 1, "wide_resnet101_2": 1,
+    "shufflenet_v2_x0_5": 1, "shufflenet_v2_x1_0": 1, "shufflenet_v2_x1_5": 1, "shufflenet_v2_x2_0": 1,
+    "squeezenet1_0": 21, "squeezenet1_1": 17,
+    "swin_t": 4, "swin_s": 4, "swin_b": 4,
+    "swin_v2_t": 4, "swin_v2_s": 4, "swin_v2_b": 4,
+    "vgg11": 224, "vgg11_bn": 224, "vgg13": 224, "vgg13_bn": 224,
+    "vgg16": 224, "vgg16_bn": 224, "vgg19": 224, "vgg19_bn": 224,
+    "vit_b_16": 16, "vit_b_32": 32, "vit_l_16": 16, "vit_l_32": 32, "vit_h_14": 14,
+}
+
+# The default test run's subset: BatchNorm training with running statistics (resnet18) and a
+# concat-heavy net without BatchNorm (squeezenet1_1), both with a recorded well-posed comparison.
+# mobilenet_v3_small (HardSwish / HardSigmoid, depthwise) has none up to input 64, microbatch 32:
+# its loss moves by less than MIN_SIGNAL in 3 steps at lr 1e-2.
+FAST = ("resnet18", "squeezenet1_1")
+
+
+def family(name):
+    for f in ("resnext", "wide_resnet", "resnet", "mobilenet_v2", "mobilenet_v3", "efficientnet_v2", "efficientnet",
+              "regnet", "convnext", "densenet", "squeezenet", "shufflenet", "mnasnet", "vgg", "alexnet", "googlenet",
+              "inception", "vit", "swin_v2", "swin", "maxvit"):
+        if name.startswith(f):
+            return f
+    return name
+
+
+def _patch_exporter():
+    """swin_v2: `qkv_bias[length:2*length].zero_()` -> the same values built with torch.cat."""
+    src = inspect.getsource(SW.shifted_window_attention)
+    old = "qkv_bias[length : 2 * length].zero_()"
+    if old not in src:
+        return
+    src = src.replace(old, "qkv_bias = torch.cat([qkv_bias[:length], torch.zeros_like(qkv_bias[length : 2 * length]), "
+                           "qkv_bias[2 * length :]])")
+    exec(compile(src, SW.__file__, "exec"), SW.__dict__)  # noqa: S102
+
+
+_patch_exporter()
+
+
+def build(name, size=None, deterministic=True):
+    """The architecture with seeded random weights; dropout / stochastic depth off when deterministic."""
+    size = size or SIZES[name]
+    kw = {}
+    if name.startswith("vit_"):
+        kw["image_size"] = size
+    if name.startswith("maxvit"):
+        kw["input_size"] = (size, size)
+    if name in ("googlenet", "inception_v3"):
+        kw["aux_logits"] = False
+        kw["init_weights"] = True
+    torch.manual_seed(SEED)
+    m = M.get_model(name, weights=None, **kw)
+    if deterministic:
+        for mod in m.modules():
+            if isinstance(mod, (torch.nn.Dropout, StochasticDepth)):
+                mod.p = 0.0
+    m.train()
+    return m
+
+
+def param_count(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def export_path(out_dir, name, size=None):
+    """NAME.onnx at the smallest size, NAME.sSIZE.onnx at another."""
+    size = size or SIZES[name]
+    return os.path.join(out_dir, f"{name}.onnx" if size == SIZES[name] else f"{name}.s{size}.onnx")
+
+
+def export(name, out_dir, size=None):
+    import onnx
+
+    size = size or SIZES[name]
+    m = build(name, size)
+    os.makedirs(out_dir, exist_ok=True)
+    path = export_path(out_dir, name, size)
+    tmp = path + ".tmp"
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        torch.onnx.export(m, x, tmp, opset_version=OPSET, training=torch.onnx.TrainingMode.TRAINING,
+                          do_constant_folding=False, input_names=["x"], output_names=["logits"],
+                          dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
+    os.replace(tmp, path)
+    model = onnx.load(path, load_external_data=False)
+    info = {"version": EXPORT_VERSION, "name": name, "family": family(name), "size": size, "params": param_count(m),
+            "nodes": len(model.graph.node), "opset": OPSET}
+    with open(path[: -len(".onnx")] + ".json", "w") as f:
+        json.dump(info, f)
+    print(json.dumps(info))
+    return 0
+
+
+def load_onnx_weights(model, path):
+    """Parameters and buffers of the module from the export's initializers, by name."""
+    import onnx
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in onnx.load(path).graph.initializer}
+    state = model.state_dict()
+    found = 0
+    with torch.no_grad():
+        for n, t in state.items():
+            if n not in inits:
+                continue
+            a = numpy_helper.to_array(inits[n])
+            assert tuple(a.shape) == tuple(t.shape), f"{path}: {n}: {a.shape} != {tuple(t.shape)}"
+            t.copy_(torch.from_numpy(a.copy()).to(t.dtype))
+            found += 1
+    missing = [n for n, _ in model.named_parameters() if n not in inits]
+    assert not missing, f"{path}: parameters not among the initializers: {missing[:5]}"
+    return found
+
+
+def bn_stats(model):
+    out = {}
+    for n, mod in model.named_modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) and mod.running_mean is not None:
+            out[f"{n}.running_mean"] = mod.running_mean.detach().numpy().copy()
+            out[f"{n}.running_var"] = mod.running_var.detach().numpy().copy()
+    return out
+
+
+def train3(m, x, y, mbs, lr, steps):
+    """`steps` SGD steps on the same microbatches, run one after the other; the loss of each step."""
+    b = x.shape[0] // mbs
+    opt = torch.optim.SGD(m.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        total = 0.0
+        for j in range(mbs):
+            loss = F.cross_entropy(m(x[j * b:(j + 1) * b]), y[j * b:(j + 1) * b]) / mbs
+            loss.backward()
+            total += loss.item()
+        opt.step()
+        losses.append(total)
+    return np.array(losses)
+
+
+# Where the search below found a well-posed comparison (`reference` prints what it tried): tried
+# first, so that a fresh run checks one configuration instead of searching again.
+COMPARE_AT = {
+    "resnet18": (64, 16, 1e-3),
+    "squeezenet1_1": (17, 4, 1e-2),
+}
+
+
+def candidates(name):
+    """(input size, microbatch size, lr) to try: the recorded one, then cheapest first."""
+    s0 = SIZES[name]
+    out = [COMPARE_AT[name]] if name in COMPARE_AT else []
+    for size, mb in ((s0, 4), (max(s0, 32), 4), (max(s0, 32), 8), (max(s0, 32), 16), (max(s0, 64), 16), (max(s0, 64), 32)):
+        for lr in (1e-3, 1e-2):
+            if (size, mb, lr) not in out:
+                out.append((size, mb, lr))
+    return out
+
+
+def rel(a, b):
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def outcome(m, x, y, mbs, lr, steps):
+    """What the zoo test compares: the first microbatch's train-mode logits, the losses of
+    `steps` steps, and the running statistics after them."""
+    mb = x.shape[0] // mbs
+    with torch.no_grad():
+        logits = copy.deepcopy(m)(x[:mb]).numpy()
+    losses = train3(m, x, y, mbs, lr, steps)
+    st = bn_stats(m)
+    stats = np.concatenate([v.ravel() for v in st.values()]) if st else np.zeros(1)
+    return logits, losses, stats
+
+
+def conditioning(name, size, mb, lr, mbs, steps, seed):
+    """How far PyTorch's numbers can be trusted at this configuration: float32 against float64 on
+    the same data, and float64 against float64 with every weight and input moved by PERTURB
+    relative (float32's rounding error after a few operations; it also finds ReLUs and max-pools
+    whose inputs sit that close to their kinks). Per compared quantity (tolerance), the largest of
+    the two gaps; and the signal, how much the loss moves in `steps` steps (a wrong gradient must
+    show)."""
+    rng = np.random.RandomState(seed)
+    x = torch.from_numpy(rng.standard_normal((mbs * mb, 3, size, size)).astype(np.float32))
+    y = torch.from_numpy(rng.randint(0, 1000, size=(mbs * mb,)).astype(np.int64))
+    m32 = build(name, size)
+    m64 = copy.deepcopy(m32).double()
+    mp = copy.deepcopy(m64)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in mp.parameters():
+            p.mul_(1 + PERTURB * torch.randn(p.shape, generator=g, dtype=torch.float64))
+    xp = x.double() * (1 + PERTURB * torch.randn(x.shape, generator=g, dtype=torch.float64))
+    a = outcome(m32, x, y, mbs, lr, steps)
+    c = outcome(m64, x.double(), y, mbs, lr, steps)
+    d = outcome(mp, xp, y, mbs, lr, steps)
+    gaps = {k: max(rel(a[i], c[i]), rel(d[i], c[i])) for i, k in enumerate(("forward", "losses", "stats"))}
+    gaps["signal"] = float(abs(c[1][-1] - c[1][0]) / abs(c[1][0]))
+    return gaps
+
+
+def reference(a):
+    """Picks a well-posed comparison (see conditioning), exports the model at its size and
+    writes PyTorch's numbers for it."""
+    torch.set_num_threads(a.threads)
+    out = os.path.join(a.dir, f"{a.name}.ref")
+    os.makedirs(os.path.join(out, "forward"), exist_ok=True)
+    os.makedirs(os.path.join(out, "eval"), exist_ok=True)
+    os.makedirs(os.path.join(out, "stats"), exist_ok=True)
+    tried = []
+    chosen = None
+    for size, mb, lr in candidates(a.name):
+        gaps = conditioning(a.name, size, mb, lr, a.microbatches, a.steps, a.seed)
+        tried.append({"size": size, "microbatch_size": mb, "lr": lr, **gaps})
+        print(json.dumps(tried[-1]), flush=True)
+        if all(gaps[k] <= TOLERANCE[k] / 10 for k in TOLERANCE) and gaps["signal"] >= MIN_SIGNAL:
+            chosen = (size, mb, lr)
+            break
+    info = {"version": REFERENCE_VERSION, "name": a.name, "steps": a.steps, "microbatches": a.microbatches, "tried": tried}
+    if chosen is None:
+        info["status"] = "ill-posed"
+        with open(os.path.join(out, "ref.json"), "w") as f:
+            json.dump(info, f)
+        print(json.dumps(info))
+        return 3
+    size, mb, lr = chosen
+    path = export_path(a.dir, a.name, size)
+    if not os.path.exists(path):
+        export(a.name, a.dir, size)
+    m = build(a.name, size)
+    load_onnx_weights(m, path)
+    rng = np.random.RandomState(a.seed)
+    x = rng.standard_normal((a.microbatches * mb, 3, size, size)).astype(np.float32)
+    y = rng.randint(0, 1000, size=(a.microbatches * mb,)).astype(np.int64)
+    np.save(os.path.join(out, "x.npy"), x)
+    np.save(os.path.join(out, "labels.npy"), y)
+    # A train-mode forward of the first microbatch on a copy (the running statistics stay).
+    with torch.no_grad():
+        logits = copy.deepcopy(m)(torch.from_numpy(x[:mb]))
+    np.save(os.path.join(out, "forward", "x.npy"), x[:mb])
+    np.save(os.path.join(out, "forward", "logits.npy"), logits.numpy())
+    losses = train3(m, torch.from_numpy(x), torch.from_numpy(y), a.microbatches, lr, a.steps)
+    with open(os.path.join(out, "losses.txt"), "w") as f:
+        for v in losses:
+            f.write(f"{v:.9g}\n")
+    for n, v in bn_stats(m).items():
+        np.save(os.path.join(out, "stats", n + ".npy"), v)
+    np.save(os.path.join(out, "eval", "x.npy"), x[:mb])
+    info.update({"status": "ok", "size": size, "microbatch_size": mb, "lr": lr, "model": os.path.basename(path),
+                 "losses": [float(v) for v in losses]})
+    with open(os.path.join(out, "ref.json"), "w") as f:
+        json.dump(info, f)
+    print(json.dumps(info))
+    return 0
+
+
+def eval_of(a):
+    """PyTorch's eval() forward with the weights and running statistics of an ONNX file (smp-run
+    --export's): OUT/logits.npy for X.npy."""
+    torch.set_num_threads(a.threads)
+    m = build(a.name, a.size)
+    load_onnx_weights(m, a.onnx)
+    m.eval()
+    with torch.no_grad():
+        y = m(torch.from_numpy(np.load(a.x)))
+    os.makedirs(a.out, exist_ok=True)
+    np.save(os.path.join(a.out, "logits.npy"), y.numpy())
+    return 0
+
+
+def table(d):
+    """Every architecture: family, smallest input, nodes and parameters of its export, and the
+    zoo test's result where DIR has one (else "not run")."""
+    rows = ["| architecture | family | smallest input | nodes | parameters | compared at (input, microbatch, lr) | status |",
+            "| --- | --- | ---: | ---: | ---: | --- | --- |"]
+    for n in sorted(SIZES, key=lambda n: (family(n), n)):
+        info, res = {}, {}
+        for path, into in ((os.path.join(d, n + ".json"), info), (os.path.join(d, "results", n + ".json"), res)):
+            if os.path.exists(path):
+                with open(path) as f:
+                    into.update(json.load(f))
+        nodes = info.get("nodes", res.get("nodes"))
+        params = info.get("params", res.get("params"))
+        status = res.get("status", "not run")
+        if status == "failed" and "forward_err" in res:
+            status = "failed: " + ", ".join(f"{k} {res[k]:.1e}" for k in ("forward_err", "loss_err", "stats_err", "eval_err") if k in res)
+        rows.append(f"| {n} | {family(n)} | {SIZES[n]} | {nodes if nodes is not None else '–'} | "
+                    f"{f'{params:,}' if params is not None else '–'} | {res.get('compared_at', '–')} | {status} |")
+    print("\n".join(rows))
+    return 0
+
+
+def find_size(name):
+    def ok(s):
+        try:
+            m = build(name, s)
+            bad = []
+
+            def hook(mod, inp, out):
+                if any(i % o for i, o in zip(inp[0].shape[-2:], out.shape[-2:])):
+                    bad.append(mod)
+
+            for mod in m.modules():
+                if isinstance(mod, torch.nn.AdaptiveAvgPool2d):
+                    mod.register_forward_hook(hook)
+            with torch.no_grad():
+                m(torch.randn(2, 3, s, s))
+            return not bad
+        except Exception:  # noqa: BLE001 - any failure means "not accepted"
+            return False
+
+    if name.startswith("vit_"):
+        s = int(name.split("_")[-1])
+        return s if ok(s) else None
+    for s in range(1, 512):
+        if ok(s):
+            return s
+    return None
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    lp = sub.add_parser("list")
+    lp.add_argument("--fast", action="store_true")
+    e = sub.add_parser("export")
+    e.add_argument("name", choices=sorted(SIZES))
+    e.add_argument("dir")
+    r = sub.add_parser("reference")
+    r.add_argument("name", choices=sorted(SIZES))
+    r.add_argument("dir")
+    r.add_argument("--steps", type=int, default=3)
+    r.add_argument("--microbatches", type=int, default=2)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--threads", type=int, default=1)
+    ev = sub.add_parser("eval")
+    ev.add_argument("name", choices=sorted(SIZES))
+    ev.add_argument("size", type=int)
+    ev.add_argument("onnx")
+    ev.add_argument("x")
+    ev.add_argument("out")
+    ev.add_argument("--threads", type=int, default=1)
+    t = sub.add_parser("table")
+    t.add_argument("dir")
+    s = sub.add_parser("sizes")
+    s.add_argument("names", nargs="+")
+    a = p.parse_args(argv)
+    if a.cmd == "list":
+        for n in sorted(SIZES):
+            if not a.fast or n in FAST:
+                print(n, SIZES[n], family(n))
+        return 0
+    if a.cmd == "export":
+        return export(a.name, a.dir)
+    if a.cmd == "reference":
+        return reference(a)
+    if a.cmd == "eval":
+        return eval_of(a)
+    if a.cmd == "table":
+        return table(a.dir)
+    for n in a.names:
+        print(n, find_size(n), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

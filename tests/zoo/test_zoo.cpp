@@ -1,0 +1,240 @@
+// The torchvision zoo (scripts/zoo_models.py): every classification architecture of Debian's
+// python3-torchvision, exported as PyTorch trains it, against PyTorch. For each architecture:
+//   - the export at its smallest input size loads, its summary's parameter count is PyTorch's,
+//     and smp-run --forward runs it (finite logits);
+//   - at a well-posed comparison (zoo_models.py reference: float32 PyTorch agrees with float64
+//     PyTorch there; at the smallest sizes BatchNorm over a handful of values is chaotic), the
+//     forward equals PyTorch's (1e-4 relative to the largest logit), 3 SGD steps of a 2-stage
+//     pipelined plan (2 microbatches, 1F1B, real worker processes) follow PyTorch's losses
+//     (1e-3 relative), the running statistics after them are PyTorch's (1e-3 relative), and the
+//     exported model (inference form) infers as PyTorch's eval() does with the same file's
+//     weights and statistics (1e-4 relative).
+// Which architectures: SMP_ZOO_MODELS (comma-separated names), else the fast subset. With
+// SMP_ZOO_SMOKE=1 only the first step runs (export, parameter count, a forward): a quick survey of
+// many architectures, recorded with the status "forward runs (not compared)". Exports
+// and references are cached under testdata/zoo; each result lands in testdata/zoo/results and
+// testdata/zoo/zoo_table.md collects them (the table in docs/models.md).
+#include "run_util.hpp"
+
+#include "core/io.hpp"
+#include "graph/loader.hpp"
+#include "runtime/npy.hpp"
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+using namespace smp;
+namespace fs = std::filesystem;
+
+namespace {
+
+const fs::path kZoo = fs::path(SMP_TEST_DATA) / "zoo";
+
+std::string py(const std::string& args) {
+  return fmt::format("{} {} {}", SMP_PYTHON, test::src("scripts/zoo_models.py"), args);
+}
+
+std::vector<std::string> models() {
+  std::vector<std::string> out;
+  std::string list;
+  if (const char* e = std::getenv("SMP_ZOO_MODELS"); e && *e) {
+    list = e;
+  } else {
+    auto r = test::sh(py("list --fast"));
+    REQUIRE(r.exit_code == 0);
+    std::istringstream in(r.out);
+    std::string line;
+    while (std::getline(in, line))
+      if (!line.empty()) list += (list.empty() ? "" : ",") + line.substr(0, line.find(' '));
+  }
+  std::stringstream ss(list);
+  std::string n;
+  while (std::getline(ss, n, ','))
+    if (!n.empty()) out.push_back(n);
+  return out;
+}
+
+// max |a - b| / max |b| over float arrays of the same shape.
+double rel_err(const runtime::NpyArray& a, const runtime::NpyArray& b) {
+  REQUIRE(a.dtype == DType::F32);
+  REQUIRE(b.dtype == DType::F32);
+  REQUIRE(a.shape == b.shape);
+  const float* x = reinterpret_cast<const float*>(a.bytes.data());
+  const float* y = reinterpret_cast<const float*>(b.bytes.data());
+  double d = 0, m = 0;
+  for (int64_t i = 0; i < smp::numel(a.shape); ++i) {
+    if (!std::isfinite(x[i])) return INFINITY;
+    d = std::max(d, std::fabs(static_cast<double>(x[i]) - y[i]));
+    m = std::max(m, std::fabs(static_cast<double>(y[i])));
+  }
+  return m > 0 ? d / m : d;
+}
+
+// The cached export / reference, (re)made when missing or of another version.
+nlohmann::json ensure(const fs::path& json, const std::string& cmd, int version) {
+  if (fs::exists(json)) {
+    auto j = read_json(json);
+    if (j.value("version", 0) == version) return j;
+  }
+  auto r = test::sh(cmd + " > " + json.string() + ".log");
+  INFO(cmd, "\n", read_file(json.string() + ".log"));
+  REQUIRE(fs::exists(json));
+  return read_json(json);
+}
+
+void write_table() {
+  std::map<std::string, nlohmann::json> rows;
+  for (const auto& e : fs::directory_iterator(kZoo / "results")) rows[e.path().stem().string()] = read_json(e.path());
+  std::string md =
+      "| architecture | nodes | parameters | smallest input | compared at (input, microbatch, lr) | forward | losses (3 steps) | "
+      "running statistics | export vs eval() | status |\n| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |\n";
+  for (auto& [name, j] : rows) {
+    auto num = [&](const char* k) { return j.contains(k) ? fmt::format("{:.1e}", j[k].get<double>()) : std::string("–"); };
+    md += fmt::format("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n", name, j.value("nodes", 0),
+                      j.value("params", int64_t{0}), j.value("size", 0), j.value("compared_at", std::string("–")), num("forward_err"),
+                      num("loss_err"), num("stats_err"), num("eval_err"), j.value("status", std::string("?")));
+  }
+  write_file_atomic(kZoo / "zoo_table.md", md);
+}
+
+void check_model(const std::string& name) {
+  auto t0 = std::chrono::steady_clock::now();
+  fs::create_directories(kZoo / "results");
+  nlohmann::json res = {{"name", name}, {"status", "failed"}};
+  auto save = [&] {
+    res["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    write_file_atomic(kZoo / "results" / (name + ".json"), res.dump(1) + "\n");
+    write_table();
+  };
+  const int version = 1;      // zoo_models.EXPORT_VERSION
+  const int ref_version = 2;  // zoo_models.REFERENCE_VERSION
+
+  // 1. The export at the smallest size: loads, PyTorch's parameter count, a forward runs.
+  auto info = ensure(kZoo / (name + ".json"), py(fmt::format("export {} {}", name, kZoo.string())), version);
+  res["nodes"] = info["nodes"];
+  res["params"] = info["params"];
+  res["size"] = info["size"];
+  save();
+  auto sum = test::sh(fmt::format("{} {} --batch-size 4 --summary --json", test::bin("smp-plan"), (kZoo / (name + ".onnx")).string()));
+  INFO(sum.out);
+  REQUIRE(sum.exit_code == 0);
+  auto summary = nlohmann::json::parse(sum.out);
+  CHECK(summary["parameters"].get<int64_t>() == info["params"].get<int64_t>());
+  auto work = test::temp_dir("zoo_" + name);
+  {
+    fs::create_directories(work / "smoke");
+    const int64_t s = info["size"].get<int64_t>();
+    std::vector<float> x(static_cast<size_t>(4 * 3 * s * s));
+    for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.37 * static_cast<double>(i));
+    runtime::write_npy(work / "smoke" / "x.npy", DType::F32, {4, 3, s, s}, x.data());
+    auto r = test::sh(fmt::format("{} {} --forward --data {} --output {} --threads 2", test::bin("smp-run"),
+                                  (kZoo / (name + ".onnx")).string(), (work / "smoke").string(), (work / "smoke_out").string()));
+    INFO(r.out);
+    REQUIRE(r.exit_code == 0);
+    auto y = runtime::read_npy(work / "smoke_out" / "logits.npy");
+    CHECK(y.shape == Shape{4, 1000});
+    CHECK(std::isfinite(rel_err(y, y)));
+  }
+  if (const char* e = std::getenv("SMP_ZOO_SMOKE"); e && std::string(e) == "1") {
+    res["status"] = summary["parameters"].get<int64_t>() == info["params"].get<int64_t>() ? "forward runs (not compared)" : "failed";
+    save();
+    fs::remove_all(work);
+    return;
+  }
+
+  // 2. The well-posed comparison.
+  auto ref = ensure(kZoo / (name + ".ref") / "ref.json", py(fmt::format("reference {} {} --threads 2", name, kZoo.string())), ref_version);
+  INFO(ref.dump());
+  if (ref.value("status", std::string()) != "ok") {
+    res["status"] = "no well-posed comparison up to input 64, microbatch 32";
+    save();
+    FAIL("no well-posed comparison for " << name);
+  }
+  const fs::path rdir = kZoo / (name + ".ref");
+  const fs::path model = kZoo / ref["model"].get<std::string>();
+  const int mb = ref["microbatch_size"].get<int>();
+  const double lr = ref["lr"].get<double>();
+  res["compared_at"] = fmt::format("{}, {}, {}", ref["size"].get<int>(), mb, lr);
+  auto fwd = test::sh(fmt::format("{} {} --forward --data {} --output {} --threads 2", test::bin("smp-run"), model.string(),
+                                  (rdir / "forward").string(), (work / "forward").string()));
+  INFO(fwd.out);
+  REQUIRE(fwd.exit_code == 0);
+  double ferr = rel_err(runtime::read_npy(work / "forward" / "logits.npy"), runtime::read_npy(rdir / "forward" / "logits.npy"));
+  res["forward_err"] = ferr;
+  save();
+  CHECK(ferr <= 1e-4);
+
+  auto plan = work / "plan.json";
+  auto p = test::sh(fmt::format("{} {} --batch-size {} --stages 2 --data-parallel 1 --devices 2 --microbatches 2 --schedule 1f1b "
+                                "--optimizer sgd -o {}",
+                                test::bin("smp-plan"), model.string(), 2 * mb, plan.string()));
+  INFO(p.out);
+  REQUIRE(p.exit_code == 0);
+  auto run = test::sh(fmt::format("{} {} --steps 3 --lr {} --data {} --losses {} --export {} --threads-per-worker 1 --quiet --timeout 600",
+                                  test::bin("smp-run"), plan.string(), lr, rdir.string(), (work / "losses.txt").string(),
+                                  (work / "trained.onnx").string()));
+  INFO(run.out);
+  REQUIRE(run.exit_code == 0);
+  auto got = test::read_losses(work / "losses.txt");
+  auto want = test::read_losses(rdir / "losses.txt");
+  REQUIRE(got.size() == 3);
+  REQUIRE(want.size() == 3);
+  double lerr = 0;
+  for (int k = 0; k < 3; ++k) {
+    INFO("step ", k + 1, ": smp ", got[k], ", PyTorch ", want[k]);
+    lerr = std::max(lerr, std::fabs(got[k] - want[k]) / std::fabs(want[k]));
+  }
+  res["loss_err"] = lerr;
+  save();
+  CHECK(lerr <= 1e-3);
+
+  // 3. The exported model infers as PyTorch's eval() does with that file's weights and running
+  //    statistics, and those statistics are PyTorch's after the same training.
+  auto ev = test::sh(fmt::format("{} {} --forward --data {} --output {} --threads 2", test::bin("smp-run"),
+                                 (work / "trained.onnx").string(), (rdir / "eval").string(), (work / "eval").string()));
+  INFO(ev.out);
+  REQUIRE(ev.exit_code == 0);
+  auto pev = test::sh(py(fmt::format("eval {} {} {} {} {} --threads 2", name, ref["size"].get<int>(), (work / "trained.onnx").string(),
+                                     (rdir / "eval" / "x.npy").string(), (work / "eval_torch").string())));
+  INFO(pev.out);
+  REQUIRE(pev.exit_code == 0);
+  double eerr = rel_err(runtime::read_npy(work / "eval" / "logits.npy"), runtime::read_npy(work / "eval_torch" / "logits.npy"));
+  res["eval_err"] = eerr;
+  CHECK(eerr <= 1e-4);
+  graph::LoadOptions lo;
+  lo.batch_size = 1;
+  lo.load_weights = true;
+  graph::Graph trained = graph::load_graph(work / "trained.onnx", lo);
+  double serr = 0;
+  int stats = 0;
+  for (const auto& e : fs::directory_iterator(rdir / "stats")) {
+    int v = trained.find_value(e.path().stem().string());
+    INFO(e.path().stem().string());
+    REQUIRE(v >= 0);
+    const auto& d = trained.value(v).data;
+    REQUIRE(d);
+    serr = std::max(serr, rel_err(runtime::NpyArray{d->dtype, d->shape, d->bytes}, runtime::read_npy(e.path())));
+    ++stats;
+  }
+  res["stats_err"] = serr;
+  res["running_stats"] = stats;
+  CHECK(serr <= 1e-3);
+  bool ok = ferr <= 1e-4 && lerr <= 1e-3 && eerr <= 1e-4 && serr <= 1e-3 &&
+            summary["parameters"].get<int64_t>() == info["params"].get<int64_t>();
+  res["status"] = ok ? "passes" : "failed";
+  save();
+  fs::remove_all(work);
+}
+
+}  // namespace
+
+TEST_CASE("torchvision zoo: parameters, forward, pipelined training and the exported model against PyTorch") {
+  for (const auto& name : models()) {
+    CAPTURE(name);
+    check_model(name);
+  }
+}

@@ -90,6 +90,9 @@ class Communicator {
   // why. A job whose workers cannot all be reached by its launcher still ends together.
   virtual void tell_peers_giving_up() {}
   bool peer_gave_up() const { return peer_gave_up_; }
+  // Throws when a peer has given up or is known to be gone (check_giving_up), for a layer on
+  // top of this one (the device communicator over its control plane) that polls on its own.
+  void check_alive() { check_giving_up(); }
 
   // Ends every rank of the job at once (after an error on this rank).
   [[noreturn]] virtual void abort(int exit_code) = 0;

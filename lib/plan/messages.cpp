@@ -18,13 +18,13 @@ std::vector<Channel> rank_channels(const schedule::Schedule& lowered, const std:
   const RankPlace me = places[static_cast<size_t>(rank)];
   SMP_CHECK(me.pipeline_rank >= 0 && me.pipeline_rank < lowered.ranks, "rank {}: pipeline rank {} of {}", rank,
             me.pipeline_rank, lowered.ranks);
-  // The global rank of each pipeline rank in this replica.
+  // The global rank of each pipeline rank in this replica and tensor-parallel lane.
   std::vector<int> in_replica(static_cast<size_t>(lowered.ranks), -1);
   for (size_t r = 0; r < places.size(); ++r)
-    if (places[r].replica == me.replica) {
+    if (places[r].replica == me.replica && places[r].tp_rank == me.tp_rank) {
       const int pr = places[r].pipeline_rank;
       SMP_CHECK(pr >= 0 && pr < lowered.ranks && in_replica[static_cast<size_t>(pr)] < 0,
-                "replica {} has pipeline rank {} twice or out of range", me.replica, pr);
+                "replica {} (lane {}) has pipeline rank {} twice or out of range", me.replica, me.tp_rank, pr);
       in_replica[static_cast<size_t>(pr)] = static_cast<int>(r);
     }
   std::map<std::tuple<int, int, Direction>, Channel> channels;

@@ -63,16 +63,18 @@ struct Channel {
   }
 };
 
-// Where a global rank sits: its replica (data-parallel index) and its rank in the pipeline
-// (the schedule's rank). Index: global rank.
+// Where a global rank sits: its replica (data-parallel index), its rank in the pipeline (the
+// schedule's rank) and its tensor-parallel lane (messages stay within a replica and a lane).
+// Index: global rank.
 struct RankPlace {
   int replica = 0;
   int pipeline_rank = 0;
+  int tp_rank = 0;
 };
 
 // The channels of global rank `rank`, sorted (from, to, dir): its outgoing ones in the order of
 // its sends, its incoming ones in the order of its receives. `lowered`: the plan's lowered
-// schedule (its ranks are pipeline ranks; messages stay within a replica). `cuts[b]`: boundary
+// schedule (its ranks are pipeline ranks; messages stay within a replica and lane). `cuts[b]`: boundary
 // b as this rank holds its tensors (size stages - 1). Internal error when the schedule is not
 // lowered or a message names a stage whose boundary is out of range.
 std::vector<Channel> rank_channels(const schedule::Schedule& lowered, const std::vector<RankPlace>& places,

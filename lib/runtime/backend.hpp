@@ -8,6 +8,7 @@
 
 #include "graph/graph.hpp"
 #include "graph/op_registry.hpp"
+#include "runtime/collectives.hpp"
 #include "runtime/tensor.hpp"
 #include "runtime/update_rule.hpp"
 
@@ -75,6 +76,8 @@ struct KernelState {
 
 struct ExecContext {
   Backend* backend = nullptr;
+  // The tensor-parallel group of the stage (nullptr when the graph was not split).
+  Collectives* collectives = nullptr;
 };
 
 // Backward of one node. Only the forward tensors the registry declares saved are defined in

@@ -170,16 +170,8 @@ double CpuBackend::softmax_cross_entropy(const Tensor& logits, const Tensor& lab
     for (int64_t i = r0; i < r1; ++i) {
       const float* x = X + i * C;
       float* gr = G + i * C;
-      float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-      for (int64_t j = 0; j < C; ++j) m = std::max(m, x[j]);
-      float s = 0;
-#pragma omp simd reduction(+ : s)
-      for (int64_t j = 0; j < C; ++j) {
-        float e = cpu::vexp(x[j] - m);
-        gr[j] = e;
-        s += e;
-      }
+      const float m = cpu::row_max(x, C);
+      const float s = cpu::exp_row(x, gr, C, m);
       float inv = k / s;
 #pragma omp simd
       for (int64_t j = 0; j < C; ++j) gr[j] *= inv;

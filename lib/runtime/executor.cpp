@@ -93,6 +93,9 @@ StageExecutor::StageExecutor(const graph::Graph& g, std::vector<int> nodes, Back
     r.diff = def->differentiable_inputs;
     r.saved_in = def->saved_inputs;
     r.saved_out = def->saved_outputs;
+    if ((def->op == Op::TpCopy || def->op == Op::TpAllReduce || def->op == Op::TpSoftmaxCrossEntropyLoss) && !opts.collectives)
+      throw_bad_input(where, "a tensor-parallel collective, but the stage has no tensor-parallel group",
+                      "run the graph split by graph::shard_graph with ExecutorOptions::collectives");
     NodeView view(g, n, def->op);
     r.state = k.prepare(view);
     cpu::fill_shapes(*r.state, view);
@@ -212,7 +215,7 @@ StageExecutor::StageExecutor(const graph::Graph& g, std::vector<int> nodes, Back
   }
   mem_plan_ = plan_memory();
   be_.reserve(MemoryPool::Activations, mem_plan_.arena_bytes(opts.microbatches_in_flight));
-  ExecContext ctx{&be_};
+  ExecContext ctx{&be_, opts_.collectives};
   for (NodeRun& r : runs_)
     if (r.kernel->setup) r.kernel->setup(*r.state, ctx);
   resident_bytes_ = be_.memory().live_bytes;
@@ -309,7 +312,7 @@ std::vector<Tensor> StageExecutor::forward(int mb, std::span<const Tensor> input
   st->saved_out.resize(P);
   st->w_dout.resize(P);
   st->b_done.assign(P, 0);
-  ExecContext ctx{&be_};
+  ExecContext ctx{&be_, opts_.collectives};
   std::vector<Tensor> ins, outs;
   const bool hooked = static_cast<bool>(opts_.after_node);
   for (size_t p = 0; p < P; ++p) {
@@ -419,7 +422,7 @@ void StageExecutor::run_backward(int mb, std::span<const Tensor> output_grads, b
         throw_failure("stage executor", fmt::format("backward_weight of microbatch {} before its backward_input", mb));
   }
   refresh_compute_copies();
-  ExecContext ctx{&be_};
+  ExecContext ctx{&be_, opts_.collectives};
   std::vector<Tensor> ins, outs, dout, din;
   std::vector<uint8_t> acc;
   const bool hooked = static_cast<bool>(opts_.after_node);

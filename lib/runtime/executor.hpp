@@ -60,6 +60,9 @@ struct ExecutorOptions {
   // Microbatches the schedule keeps between their forward and their last backward: the
   // activation arena a device backend reserves at load is sized for this many.
   int microbatches_in_flight = 1;
+  // The tensor-parallel group the TpCopy / TpAllReduce nodes of a split graph
+  // (graph/tensor_parallel.hpp) reduce over; required when the stage has such nodes.
+  Collectives* collectives = nullptr;
 };
 
 // Seconds spent per op type (with profile on).

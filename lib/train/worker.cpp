@@ -7,6 +7,7 @@
 #include "core/io.hpp"
 #include "graph/export.hpp"
 #include "graph/loader.hpp"
+#include "graph/tensor_parallel.hpp"
 #include "plan/messages.hpp"
 #include "plan/plan_io.hpp"
 #include "runtime/backends.hpp"
@@ -114,9 +115,18 @@ struct StageRt {
   int index = 0;
   std::vector<int> nodes;
   std::unique_ptr<runtime::StageExecutor> ex;
-  std::vector<int> group;  // global ranks of its replicas (ascending)
-  bool writer = false;     // replica 0: writes checkpoints, counts in the gradient norm
-  std::map<int, DeviceParamState> opt;
+  std::vector<int> group;  // global ranks of its replicas on this tensor-parallel lane (ascending)
+  bool writer = false;     // replica 0: writes checkpoints (its shard), counts in the gradient norm
+  bool reporter = false;   // replica 0, tensor-parallel rank 0: its times go into the report
+  std::map<int, DeviceParamState> opt;  // the whole tensors' optimizer state, on the stage's backend
+  // Optimizer-state sharding (CPU): this replica's slice [zero_begin, zero_end) of the stage's
+  // parameters laid end to end (each parameter at zero_offset[p]), its optimizer state per
+  // parameter segment (host), and its slice of the summed gradients.
+  std::map<int, size_t> zero_offset;
+  size_t zero_total = 0, zero_chunk = 0, zero_begin = 0, zero_end = 0;
+  std::map<int, ParamState> zero_opt;
+  std::vector<float> zero_grad;
+  int64_t updates = 0;  // optimizer steps applied (every parameter is updated every step)
   // measured per microbatch, summed over steps after the first
   double f_s = 0, b_s = 0, w_s = 0;
   int64_t nf = 0, nb = 0, nw = 0;
@@ -231,6 +241,23 @@ std::string fmt_duration(double s) {
   return fmt::format("{}:{:02d}", t / 60, t % 60);
 }
 
+// The collectives of a stage's tensor-parallel group over comm::Communicator.
+class TpGroup final : public runtime::Collectives {
+ public:
+  TpGroup(comm::Communicator& c, std::vector<int> ranks, int index) : c_(c), ranks_(std::move(ranks)), index_(index) {}
+  int size() const override { return static_cast<int>(ranks_.size()); }
+  int rank() const override { return index_; }
+  void all_reduce(float* data, size_t count, runtime::ReduceOp op) override {
+    if (op == runtime::ReduceOp::Sum) c_.allreduce_sum(data, count, ranks_);
+    else c_.allreduce_max(data, count, ranks_);
+  }
+
+ private:
+  comm::Communicator& c_;
+  std::vector<int> ranks_;
+  int index_;
+};
+
 class Worker {
  public:
   Worker(comm::Communicator& c, const RunOptions& o) : c_(c), o_(o) {}
@@ -278,6 +305,22 @@ class Worker {
   std::vector<StageRt> stages_;  // this rank's
   std::map<int, StageRt*> by_index_;
   int S_ = 0, m_ = 0, d_ = 1, replica_ = 0;
+  // Tensor parallelism: this rank's place in the layout, the groups found in the model, the
+  // model's structure as a whole (data, export), its group's collectives, and the part of the
+  // vocabulary its output holds (vocabulary-parallel loss).
+  plan::RankLayout layout_;
+  int T_ = 1, tp_ = 0;
+  graph::TpAnalysis tp_analysis_;
+  graph::Graph whole_;
+  std::unique_ptr<TpGroup> tp_group_;
+  graph::VocabRange vocab_;
+  bool vocab_parallel_ = false;
+  bool zero_ = false;  // optimizer state split over the replicas
+  // A parameter of this rank's graph counts in the global gradient norm here: a split one on
+  // every rank of its group, a replicated one on rank 0 of the group only.
+  bool counts_in_norm(int p) const { return T_ == 1 || tp_ == 0 || tp_analysis_.params.count(p) != 0; }
+  void zero_layout(StageRt& st);
+  const graph::Graph& whole() const { return T_ > 1 ? whole_ : g_; }
   int64_t B_ = 0, b_ = 0;
   int output_value_ = -1;
   bool need_data_ = false;
@@ -305,6 +348,10 @@ void Worker::load() {
                     "start as many processes as the plan's ranks");
   const plan::PlanRank& me = plan_.ranks.at(static_cast<size_t>(c_.rank()));
   replica_ = me.replica;
+  layout_ = plan_.rank_layout();
+  T_ = plan_.tensor_parallel;
+  tp_ = me.tp_rank;
+  zero_ = plan_.shard_optimizer && plan_.data_parallel > 1;
   S_ = static_cast<int>(plan_.stage.size());
   m_ = plan_.microbatches;
   d_ = plan_.data_parallel;
@@ -324,7 +371,35 @@ void Worker::load() {
   lo.dims = plan_.dims;
   lo.load_weights = true;
   lo.want_weight = [&](const std::string& n) { return mine.count(n) != 0; };
-  g_ = graph::load_graph(model, lo);
+  if (T_ == 1) {
+    g_ = graph::load_graph(model, lo);
+  } else {
+    // The structure first: which parameters split, and which of those are stored outside the
+    // model (then only this rank's part of their bytes is read).
+    graph::LoadOptions shape_only = lo;
+    shape_only.load_weights = false;
+    whole_ = graph::load_graph(model, shape_only);
+    tp_analysis_ = graph::analyze_tensor_parallel(whole_, T_);
+    if (!tp_analysis_.any())
+      throw_bad_input(o_.plan.string(), fmt::format("the plan splits layers {} ways, but the model has no groups that split "
+                                                    "that many ways",
+                                                    T_),
+                      "was the plan made for this model?");
+    std::set<std::string> split_outside;
+    for (const auto& [p, sp] : tp_analysis_.params)
+      if (whole_.value(p).external) split_outside.insert(whole_.value(p).name);
+    lo.want_weight = [&](const std::string& n) { return mine.count(n) != 0 && !split_outside.count(n); };
+    graph::Graph src = graph::load_graph(model, lo);
+    SMP_CHECK(src.values.size() == whole_.values.size() && src.nodes.size() == whole_.nodes.size(),
+              "the model loaded twice differs");
+    graph::ShardOptions so;
+    so.load_weights = true;
+    so.want_weight = [&](const std::string& n) { return mine.count(n) != 0; };
+    g_ = graph::shard_graph(src, tp_analysis_, tp_, so);
+    vocab_ = graph::output_vocab_range(whole_, tp_analysis_, tp_);
+    vocab_parallel_ = tp_analysis_.sharded_output >= 0;
+    tp_group_ = std::make_unique<TpGroup>(c_, layout_.tp_group(replica_, me.pipeline_rank), tp_);
+  }
 
   std::map<std::string, int> node_index;
   for (size_t i = 0; i < g_.nodes.size(); ++i) node_index[g_.nodes[i].name] = static_cast<int>(i);
@@ -385,6 +460,11 @@ void Worker::load() {
   } catch (const Error& e) {
     throw Error(e.kind(), first_stages.empty() ? e.what() : first_stages + ": " + e.what());
   }
+  // The split optimizer state and the tensor-parallel collectives live in host memory: CPU workers.
+  if (kind != "cpu" && (zero_ || T_ > 1))
+    throw_bad_input(o_.plan.string(), fmt::format("rank {} on {}: {} runs on CPU workers only in this version", c_.rank(),
+                                                  device_, zero_ ? "the split optimizer state (--shard-optimizer)" : "tensor parallelism"),
+                    "plan with --tensor-parallel 1 --no-shard-optimizer, or run with --backend cpu");
 
   // Microbatches each stage keeps between its forward and its last backward, from the action
   // list: the activation arena is sized for that many.
@@ -414,6 +494,7 @@ void Worker::load() {
     };
     eo.compute_dtype = compute_;
     eo.microbatches_in_flight = std::max(1, peak_in_flight[s]);
+    eo.collectives = tp_group_.get();
     try {
       st.ex = std::make_unique<runtime::StageExecutor>(g_, st.nodes, *be_, eo);
       // The optimizer state in one reservation, allocated on the first update.
@@ -423,9 +504,10 @@ void Worker::load() {
     } catch (const Error& e) {
       throw Error(e.kind(), fmt::format("stage {} on {}: {}", s, device_, e.what()));
     }
-    st.group = plan_.stage.at(static_cast<size_t>(s)).ranks;
-    std::sort(st.group.begin(), st.group.end());
+    st.group = layout_.dp_group(plan_.schedule.rank_of(s), tp_);
     st.writer = replica_ == 0;
+    st.reporter = replica_ == 0 && tp_ == 0;
+    if (zero_) zero_layout(st);
     for (int v : st.ex->inputs()) {
       if (g_.value(v).kind == graph::ValueKind::Input) {
         need_data_ = true;
@@ -444,12 +526,17 @@ void Worker::load() {
   setup_data_plane();
 
   if (need_data_) {
-    if (o_.data.empty()) data_ = synthetic_dataset(g_, std::max<int64_t>(o_.synthetic_rows, B_), o_.seed + 17);
-    else data_ = load_dataset(o_.data, g_, B_);
-    const graph::Value& out = g_.value(output_value_);
+    // The data matches the whole model (all of the vocabulary), not this rank's part of it.
+    if (o_.data.empty()) data_ = synthetic_dataset(whole(), std::max<int64_t>(o_.synthetic_rows, B_), o_.seed + 17);
+    else data_ = load_dataset(o_.data, whole(), B_);
+    const graph::Value& out = whole().value(output_value_);
     loss_kind_ = runtime::choose_loss(out.shape, data_.has_labels ? data_.labels.dtype : DType::F32);
     if (loss_kind_ != runtime::LossKind::Scalar && !data_.has_labels)
       throw_bad_input(o_.data.string(), "no labels.npy for a model whose output is not a scalar loss");
+    if (vocab_parallel_ && loss_kind_ != runtime::LossKind::CrossEntropy)
+      throw_bad_input(o_.data.empty() ? o_.plan.string() : o_.data.string(),
+                      "the plan splits the model's output over the vocabulary: it trains with cross-entropy on integer labels",
+                      "give int64 class labels, or plan with --tensor-parallel 1");
   }
 }
 
@@ -466,7 +553,7 @@ void Worker::setup_data_plane() {
     for (int v : cuts_[k].grads) bounds[k].gradients.push_back(boundary_tensor(v));
   }
   std::vector<plan::RankPlace> places;
-  for (const auto& r : plan_.ranks) places.push_back({r.replica, r.pipeline_rank});
+  for (const auto& r : plan_.ranks) places.push_back({r.replica, r.pipeline_rank, r.tp_rank});
   channels_ = plan::rank_channels(plan_.schedule, places, bounds, c_.rank());
   const auto& acts = plan_.schedule.actions.at(static_cast<size_t>(plan_.ranks[static_cast<size_t>(c_.rank())].pipeline_rank));
   for (size_t i = 0; i < acts.size(); ++i)
@@ -644,8 +731,9 @@ double Worker::step(int64_t k, bool record) {
   auto t0 = clock::now();
   step_t0_ = t0;
   auto rank_of_stage = [&](int s) {
-    // The global rank running stage s in this replica (the lists' peers count pipeline ranks).
-    return replica_ * plan_.stages + plan_.schedule.rank_of(s);
+    // The global rank running stage s in this replica and tensor-parallel lane (the lists'
+    // peers count pipeline ranks).
+    return layout_.rank(replica_, plan_.schedule.rank_of(s), tp_);
   };
   std::map<Key, Pending> recv_act, recv_grad;
   std::vector<Pending> sends;
@@ -791,8 +879,10 @@ double Worker::step(int64_t k, bool record) {
         } else {
           Tensor out = from_out(output_value_);
           Tensor labels = loss_kind_ == runtime::LossKind::Scalar ? Tensor{} : label_slice(k, mb);
-          auto lr = runtime::apply_loss(loss_kind_, *be_, out, labels, static_cast<float>(scale));
-          loss += lr.loss * scale;
+          auto lr = vocab_parallel_ ? runtime::cross_entropy_vocab_parallel(*be_, out, labels, vocab_.begin, vocab_.total,
+                                                                             *tp_group_, static_cast<float>(scale))
+                                    : runtime::apply_loss(loss_kind_, *be_, out, labels, static_cast<float>(scale));
+          if (tp_ == 0) loss += lr.loss * scale;  // every rank of the group has the loss; one counts it
           loss_grad[{s, mb}] = lr.grad;
         }
         account(st, st.f_s, st.nf);
@@ -891,9 +981,40 @@ double Worker::step(int64_t k, bool record) {
   return loss;
 }
 
+// Optimizer-state sharding: the stage's parameters laid end to end, padded to a multiple of the
+// replicas; replica i owns block i.
+void Worker::zero_layout(StageRt& st) {
+  size_t off = 0;
+  for (int p : st.ex->parameters()) {
+    st.zero_offset[p] = off;
+    off += static_cast<size_t>(g_.value(p).numel());
+  }
+  st.zero_total = off;
+  st.zero_chunk = (off + static_cast<size_t>(d_) - 1) / static_cast<size_t>(d_);
+  st.zero_begin = std::min(off, st.zero_chunk * static_cast<size_t>(replica_));
+  st.zero_end = std::min(off, st.zero_begin + st.zero_chunk);
+}
+
+namespace {
+
+// Calls f(parameter, first element of it, first element of the slice, length) for every
+// parameter overlapping [begin, end) of a stage's parameters laid end to end.
+template <class F>
+void for_each_segment(const std::map<int, size_t>& offset, const graph::Graph& g, size_t begin, size_t end, F&& f) {
+  for (const auto& [p, off] : offset) {
+    const size_t n = static_cast<size_t>(g.value(p).numel());
+    const size_t lo = std::max(begin, off), hi = std::min(end, off + n);
+    if (lo < hi) f(p, lo - off, lo - begin, hi - lo);
+  }
+}
+
+}  // namespace
+
 void Worker::reduce_and_update(int64_t k, bool record, double* loss, double* norm) {
-  // Data-parallel all-reduce of each stage's gradients: on the device, the buckets launched
-  // during the backward (the rest now), completed here; else one packed host buffer per stage.
+  // Data-parallel reduction of each stage's gradients. On the device: the buckets launched
+  // during the backward (the rest now), completed here. Else one packed host buffer per stage:
+  // an all-reduce, or with the optimizer state split, a reduce-scatter (each replica keeps the
+  // sum of its own slice).
   for (auto& st : stages_) {
     if (st.group.size() <= 1 || !device_data_) continue;
     launch_buckets(st, std::numeric_limits<int>::min());
@@ -901,13 +1022,19 @@ void Worker::reduce_and_update(int64_t k, bool record, double* loss, double* nor
       for (auto& r : b.reqs) net_->wait(r, fmt::format("the gradient sum of stage {} among ranks {}", st.index, fmt::join(st.group, ",")));
   }
   for (auto& st : stages_) {
-    if (st.group.size() <= 1 || device_data_) continue;
+    if (device_data_ || (st.group.size() <= 1 && !zero_)) continue;
     std::vector<float> buf;
     for (int p : st.ex->parameters()) {
       Tensor& gt = st.ex->gradient(p);
       size_t off = buf.size();
       buf.resize(off + static_cast<size_t>(gt.numel()));
       be_->to_host(gt, buf.data() + off);
+    }
+    if (zero_) {
+      buf.resize(st.zero_chunk * static_cast<size_t>(d_), 0.0f);
+      st.zero_grad.assign(st.zero_chunk, 0.0f);
+      c_.reduce_scatter_sum(buf.data(), st.zero_grad.data(), st.zero_chunk, st.group);
+      continue;
     }
     c_.allreduce_sum(buf.data(), buf.size(), st.group);
     size_t off = 0;
@@ -926,18 +1053,26 @@ void Worker::reduce_and_update(int64_t k, bool record, double* loss, double* nor
     if (k > 0) st.u_s += std::chrono::duration<double>(t_end - t_begin).count();
     if (record) spans_.push_back({since_step(t_begin), since_step(t_end), op, st.index, 0, 0});
   };
-  // The loss and the global gradient norm over every stage (each counted once), and the ranks
-  // asked to stop (by SIGINT, SIGTERM, SIGUSR1): all see the same sums, so all stop after the
-  // same step.
+  // The loss and the global gradient norm over every stage: each element counted once (a
+  // replica-0 copy, or each replica's slice; a split parameter on every rank of its group, a
+  // replicated one on the group's rank 0); and the ranks asked to stop (by SIGINT, SIGTERM,
+  // SIGUSR1): all see the same sums, so all stop after the same step.
   const int asked = o_.stop_signal ? static_cast<int>(*o_.stop_signal) : 0;
   double sums[5] = {*loss, 0.0, asked == SIGINT ? 1.0 : 0.0, asked == SIGTERM ? 1.0 : 0.0,
                     asked != 0 && asked != SIGINT && asked != SIGTERM ? 1.0 : 0.0};
   for (auto& st : stages_) {
-    if (!st.writer) continue;
+    if (!zero_ && !st.writer) continue;
     const auto t_begin = clock::now();
-    std::vector<Tensor> grads;
-    for (int p : st.ex->parameters()) grads.push_back(st.ex->gradient(p));
-    sums[1] += be_->sum_of_squares(grads);
+    if (zero_) {
+      for_each_segment(st.zero_offset, g_, st.zero_begin, st.zero_end, [&](int p, size_t, size_t at, size_t n) {
+        if (counts_in_norm(p)) sums[1] += sum_of_squares(std::span<const float>(st.zero_grad.data() + at, n));
+      });
+    } else {
+      std::vector<Tensor> grads;
+      for (int p : st.ex->parameters())
+        if (counts_in_norm(p)) grads.push_back(st.ex->gradient(p));
+      sums[1] += be_->sum_of_squares(grads);
+    }
     timed(st, kNormSpan, t_begin);
   }
   std::vector<int> world(static_cast<size_t>(c_.size()));
@@ -954,23 +1089,59 @@ void Worker::reduce_and_update(int64_t k, bool record, double* loss, double* nor
   double lr = lr_at(o_.optimizer, k);
   for (auto& st : stages_) {
     const auto t_begin = clock::now();
-    for (int p : st.ex->parameters()) {
-      Tensor& w = st.ex->parameter(p);
-      Tensor& gt = st.ex->gradient(p);
-      if (factor != 1.0) be_->scale(static_cast<float>(factor), gt);
-      apply_update(o_.optimizer, lr, *be_, w, gt, st.opt[p]);
+    if (zero_) {
+      // Update this replica's slice, then gather every replica's updated slice.
+      if (factor != 1.0)
+        for (float& x : st.zero_grad) x *= static_cast<float>(factor);
+      std::vector<float> mine(st.zero_chunk, 0.0f), all(st.zero_chunk * static_cast<size_t>(d_));
+      for_each_segment(st.zero_offset, g_, st.zero_begin, st.zero_end, [&](int p, size_t in_p, size_t at, size_t n) {
+        float* w = st.ex->parameter(p).data<float>() + in_p;
+        apply_update(o_.optimizer, lr, std::span<float>(w, n), std::span<const float>(st.zero_grad.data() + at, n),
+                     st.zero_opt[p]);
+        std::copy(w, w + n, mine.data() + at);
+      });
+      c_.all_gather(mine.data(), all.data(), st.zero_chunk, st.group);
+      for (int p : st.ex->parameters()) {
+        Tensor& w = st.ex->parameter(p);
+        const size_t off = st.zero_offset[p];
+        std::copy(all.data() + off, all.data() + off + static_cast<size_t>(w.numel()), w.data<float>());
+      }
+    } else {
+      for (int p : st.ex->parameters()) {
+        Tensor& w = st.ex->parameter(p);
+        Tensor& gt = st.ex->gradient(p);
+        if (factor != 1.0) be_->scale(static_cast<float>(factor), gt);
+        apply_update(o_.optimizer, lr, *be_, w, gt, st.opt[p]);
+      }
     }
     be_->synchronize();  // the update's time is the device's
     timed(st, kUpdateSpan, t_begin);
+    ++st.updates;
     if (k > 0) ++st.nu;
   }
 }
 
-// A stage's parameters (and with `optimizer`, their optimizer state) as a checkpoint.
+// A stage's parameters (and with `optimizer`, their optimizer state) as a checkpoint: this rank's
+// shard of a tensor-parallel stage. With the optimizer state split over the replicas every
+// replica must call it (the state is gathered whole); the writer's copy is the one to write.
 StageCheckpoint Worker::snapshot(StageRt& st, int64_t done, bool optimizer) {
   StageCheckpoint cp;
   cp.step = done;
   cp.stage = st.index;
+  cp.tp_rank = T_ > 1 ? tp_ : -1;
+  const int slots = state_slots(o_.optimizer.kind);
+  std::vector<std::vector<float>> gathered(static_cast<size_t>(slots));
+  if (optimizer && zero_)
+    for (int k = 0; k < slots; ++k) {
+      std::vector<float> mine(st.zero_chunk, 0.0f);
+      for_each_segment(st.zero_offset, g_, st.zero_begin, st.zero_end, [&](int p, size_t, size_t at, size_t n) {
+        const ParamState& ps = st.zero_opt[p];
+        const std::vector<float>& v = k == 0 ? ps.slot0 : ps.slot1;
+        if (v.size() == n) std::copy(v.begin(), v.end(), mine.begin() + static_cast<std::ptrdiff_t>(at));
+      });
+      gathered[static_cast<size_t>(k)].resize(st.zero_chunk * static_cast<size_t>(d_));
+      c_.all_gather(mine.data(), gathered[static_cast<size_t>(k)].data(), st.zero_chunk, st.group);
+    }
   nlohmann::json steps = nlohmann::json::object();
   for (int p : st.ex->parameters()) {
     const auto& val = g_.value(p);
@@ -979,16 +1150,27 @@ StageCheckpoint Worker::snapshot(StageRt& st, int64_t done, bool optimizer) {
     be_->to_host(w, t.bytes.data());
     cp.tensors.push_back(std::move(t));
     if (!optimizer) continue;
-    const DeviceParamState& ps = st.opt[p];
-    auto slot = [&](const Tensor& v, const char* suffix) {
-      if (!v.defined()) return;
-      NamedTensor s{val.name + suffix, DType::F32, val.shape, std::string(static_cast<size_t>(v.bytes()), '\0')};
-      be_->to_host(v, s.bytes.data());
-      cp.tensors.push_back(std::move(s));
+    auto slot = [&](const float* v, size_t n, const char* suffix) {
+      NamedTensor x{val.name + suffix, DType::F32, val.shape,
+                    std::string(reinterpret_cast<const char*>(v), n * sizeof(float))};
+      cp.tensors.push_back(std::move(x));
     };
-    slot(ps.slot0, ".state0");
-    slot(ps.slot1, ".state1");
-    steps[val.name] = ps.steps;
+    const size_t n = static_cast<size_t>(val.numel());
+    if (zero_) {
+      // Before the first update the state is empty (as without sharding).
+      if (st.updates > 0)
+        for (int k = 0; k < slots; ++k) slot(gathered[static_cast<size_t>(k)].data() + st.zero_offset[p], n, k == 0 ? ".state0" : ".state1");
+    } else {
+      const DeviceParamState& ps = st.opt[p];
+      std::vector<float> host;
+      for (const auto& [v, suffix] : {std::pair{&ps.slot0, ".state0"}, std::pair{&ps.slot1, ".state1"}}) {
+        if (!v->defined()) continue;
+        host.resize(static_cast<size_t>(v->numel()));
+        be_->to_host(*v, host.data());
+        slot(host.data(), host.size(), suffix);
+      }
+    }
+    steps[val.name] = st.updates;
   }
   if (optimizer)
     cp.meta = {{"optimizer", optimizer_name(o_.optimizer.kind)}, {"param_steps", steps}, {"model_sha256", plan_.model_sha256}};
@@ -997,15 +1179,16 @@ StageCheckpoint Worker::snapshot(StageRt& st, int64_t done, bool optimizer) {
 
 void Worker::checkpoint(int64_t done) {
   for (auto& st : stages_) {
-    if (!st.writer) continue;
+    if (!st.writer && !zero_) continue;
     StageCheckpoint cp = snapshot(st, done, true);
-    write_stage_checkpoint(o_.checkpoint_dir, cp);
+    if (st.writer) write_stage_checkpoint(o_.checkpoint_dir, cp);
   }
   c_.barrier();
   if (c_.rank() == 0) {
     commit_checkpoint(o_.checkpoint_dir, done,
                       {{"stages", S_}, {"model", plan_.model_path}, {"model_sha256", plan_.model_sha256},
-                       {"plan", o_.plan.string()}, {"optimizer", optimizer_name(o_.optimizer.kind)}});
+                       {"plan", o_.plan.string()}, {"optimizer", optimizer_name(o_.optimizer.kind)},
+                       {"tensor_parallel", T_}});
     prune_checkpoints(o_.checkpoint_dir, o_.keep_checkpoints);
   }
   c_.barrier();
@@ -1058,40 +1241,67 @@ void Worker::restore() {
   if (!latest)
     throw_bad_input("--resume", "no complete checkpoint in " + o_.checkpoint_dir.string(), "run without --resume first");
   auto manifest = read_manifest(o_.checkpoint_dir, *latest);
+  const std::string mf = (step_dir(o_.checkpoint_dir, *latest) / "manifest.json").string();
   if (manifest.value("stages", -1) != S_)
-    throw_bad_input((step_dir(o_.checkpoint_dir, *latest) / "manifest.json").string(),
-                    fmt::format("written for {} stages, the plan has {}", manifest.value("stages", -1), S_),
+    throw_bad_input(mf, fmt::format("written for {} stages, the plan has {}", manifest.value("stages", -1), S_),
+                    "resume with the plan the checkpoint was made with");
+  if (manifest.value("tensor_parallel", 1) != T_)
+    throw_bad_input(mf, fmt::format("written for {}-way tensor parallelism, the plan has {}", manifest.value("tensor_parallel", 1), T_),
                     "resume with the plan the checkpoint was made with");
   if (manifest.value("model_sha256", std::string()) != plan_.model_sha256)
-    throw_bad_input((step_dir(o_.checkpoint_dir, *latest) / "manifest.json").string(), "written for another model");
+    throw_bad_input(mf, "written for another model");
   if (manifest.value("optimizer", std::string()) != optimizer_name(o_.optimizer.kind))
     throw_bad_input("--optimizer", "the checkpoint was written with " + manifest.value("optimizer", std::string("?")),
                     "resume with the same optimizer");
   for (auto& st : stages_) {
-    StageCheckpoint cp = read_stage_checkpoint(stage_file(o_.checkpoint_dir, *latest, st.index));
+    const fs::path file = stage_file(o_.checkpoint_dir, *latest, st.index, T_ > 1 ? tp_ : -1);
+    StageCheckpoint cp = read_stage_checkpoint(file);
     std::map<std::string, const NamedTensor*> byname;
     for (const auto& t : cp.tensors) byname[t.name] = &t;
     for (int p : st.ex->parameters()) {
       const auto& val = g_.value(p);
       auto it = byname.find(val.name);
       if (it == byname.end() || it->second->shape != val.shape)
-        throw_bad_input(stage_file(o_.checkpoint_dir, *latest, st.index).string(), "no tensor '" + val.name + "' of shape " + shape_str(val.shape));
+        throw_bad_input(file.string(), "no tensor '" + val.name + "' of shape " + shape_str(val.shape));
       Tensor t = be_->from_host(DType::F32, val.shape, it->second->bytes.data());
       be_->copy(st.ex->parameter(p), t);
-      DeviceParamState ps;
-      auto load_slot = [&](const char* suffix, Tensor& v) {
+      ParamState ps;
+      // The state of the whole tensor, or with the optimizer state split, this replica's slice.
+      size_t from = 0, count = static_cast<size_t>(val.numel());
+      bool held = true;
+      if (zero_) {
+        held = false;
+        for_each_segment(st.zero_offset, g_, st.zero_begin, st.zero_end, [&](int q, size_t in_p, size_t, size_t n) {
+          if (q != p) return;
+          from = in_p;
+          count = n;
+          held = true;
+        });
+      }
+      auto load_slot = [&](const char* suffix, std::vector<float>& v) {
         auto s = byname.find(val.name + suffix);
         if (s == byname.end()) return;
-        if (s->second->shape != val.shape || s->second->bytes.size() != static_cast<size_t>(val.bytes()))
-          throw_bad_input(stage_file(o_.checkpoint_dir, *latest, st.index).string(),
-                          "tensor '" + val.name + suffix + "' is not of shape " + shape_str(val.shape));
-        runtime::PoolScope pool(*be_, runtime::MemoryPool::OptimizerState);
-        v = be_->from_host(DType::F32, val.shape, s->second->bytes.data());
+        if (s->second->bytes.size() != static_cast<size_t>(val.numel()) * sizeof(float))
+          throw_bad_input(file.string(), "tensor '" + val.name + suffix + "' has the wrong size");
+        v.resize(count);
+        std::memcpy(v.data(), s->second->bytes.data() + from * sizeof(float), count * sizeof(float));
       };
-      load_slot(".state0", ps.slot0);
-      load_slot(".state1", ps.slot1);
+      if (held) {
+        load_slot(".state0", ps.slot0);
+        load_slot(".state1", ps.slot1);
+      }
       ps.steps = cp.meta["param_steps"].value(val.name, int64_t{0});
-      st.opt[p] = std::move(ps);
+      st.updates = ps.steps;
+      if (zero_) {
+        if (held) st.zero_opt[p] = std::move(ps);
+      } else {
+        // The whole tensor's state onto the stage's backend, in its optimizer-state pool.
+        DeviceParamState& ds = st.opt[p];
+        ds.steps = ps.steps;
+        runtime::PoolScope pool(*be_, runtime::MemoryPool::OptimizerState);
+        if (!ps.slot0.empty()) ds.slot0 = be_->from_host(DType::F32, val.shape, ps.slot0.data());
+        if (!ps.slot1.empty()) ds.slot1 = be_->from_host(DType::F32, val.shape, ps.slot1.data());
+      }
     }
   }
   start_step_ = *latest;
@@ -1159,7 +1369,7 @@ void Worker::report_end(double mean_step_s) {
   const size_t idle_at = kPer * static_cast<size_t>(S_);
   std::vector<double> v(idle_at + static_cast<size_t>(c_.size()), 0.0);
   for (auto& st : stages_) {
-    if (!st.writer) continue;
+    if (!st.reporter) continue;
     size_t i = kPer * static_cast<size_t>(st.index);
     v[i] = st.nf ? st.f_s / static_cast<double>(st.nf) : 0;
     v[i + 1] = st.nb ? st.b_s / static_cast<double>(st.nb) : 0;
@@ -1275,7 +1485,8 @@ void Worker::report_end(double mean_step_s) {
 }
 
 void Worker::export_model(int64_t done) {
-  // Each stage's replica 0 hands its weights to rank 0 through a checkpoint-format file.
+  // Each stage's replica 0 (every rank of its tensor-parallel group, one shard each) hands its
+  // weights to rank 0 through checkpoint-format files; rank 0 joins the shards.
   fs::path dir = o_.export_onnx;
   dir += ".parts";
   fs::create_directories(dir);
@@ -1284,9 +1495,22 @@ void Worker::export_model(int64_t done) {
   c_.barrier();
   if (c_.rank() == 0) {
     std::map<std::string, graph::TensorData> weights;
-    for (int s = 0; s < S_; ++s) {
-      StageCheckpoint cp = read_stage_checkpoint(stage_file(dir, done, s));
-      for (auto& t : cp.tensors) weights[t.name] = graph::TensorData{t.dtype, t.shape, std::move(t.bytes)};
+    std::map<std::string, std::vector<graph::TensorData>> parts;
+    std::map<std::string, int> split;  // name -> value id in whole_
+    for (const auto& [p, sp] : tp_analysis_.params) split[whole_.value(p).name] = p;
+    for (int s = 0; s < S_; ++s)
+      for (int t = 0; t < T_; ++t) {
+        StageCheckpoint cp = read_stage_checkpoint(stage_file(dir, done, s, T_ > 1 ? t : -1));
+        for (auto& x : cp.tensors) {
+          graph::TensorData d{x.dtype, x.shape, std::move(x.bytes)};
+          if (split.count(x.name)) parts[x.name].push_back(std::move(d));
+          else if (t == 0) weights[x.name] = std::move(d);
+        }
+      }
+    for (auto& [name, ps] : parts) {
+      const int p = split.at(name);
+      SMP_CHECK(static_cast<int>(ps.size()) == T_, "{} of {} shards of {}", ps.size(), T_, name);
+      weights[name] = graph::unshard_tensor(ps, tp_analysis_.params.at(p), whole_.value(p).shape);
     }
     graph::export_with_weights(plan_.model_path, o_.export_onnx, weights);
     fs::remove_all(dir);
@@ -1319,10 +1543,11 @@ RunResult Worker::run() {
     if (!losses) throw_bad_input(o_.losses.string(), "cannot write the loss file");
   }
   if (c_.rank() == 0 && !o_.quiet)
-    fmt::print("training {} steps: {} stage(s) x {} replica(s){}, schedule {}, {} microbatches of {}, optimizer {}, data: {}\n",
-               o_.steps - start_step_, plan_.stages * plan_.chunks, d_, hosts_ > 1 ? fmt::format(" on {} hosts", hosts_) : "",
+    fmt::print("training {} steps: {} stage(s) x {} replica(s){}{}, schedule {}, {} microbatches of {}, optimizer {}{}, data: {}\n",
+               o_.steps - start_step_, plan_.stages * plan_.chunks, d_,
+               T_ > 1 ? fmt::format(" x {} tensor-parallel", T_) : "", hosts_ > 1 ? fmt::format(" on {} hosts", hosts_) : "",
                plan_.schedule.name, m_, b_,
-               optimizer_name(o_.optimizer.kind),
+               optimizer_name(o_.optimizer.kind), zero_ ? fmt::format(" (state split over {} replicas)", d_) : "",
                need_data_ ? data_.source : (o_.data.empty() ? "synthetic" : o_.data.string()));
   std::fflush(stdout);
 

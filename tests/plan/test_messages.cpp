@@ -6,6 +6,7 @@
 
 #include "core/error.hpp"
 #include "plan/messages.hpp"
+#include "plan/rank_layout.hpp"
 #include "schedule/generators.hpp"
 #include "schedule/validate.hpp"
 
@@ -310,6 +311,32 @@ TEST_CASE("data-parallel replicas: channels stay within a replica; global ranks 
   // A one-stage plan sends nothing.
   const schedule::Schedule one = schedule::lower(schedule::one_f_one_b(1, 4));
   CHECK(plan::rank_channels(one, places(1, 2), {}, 1).empty());
+}
+
+TEST_CASE("tensor-parallel lanes: channels stay within a replica and a lane (plan::RankLayout's numbering)") {
+  // 2 stages x 2 replicas x 2 tensor-parallel ranks: rank = (replica * 2 + pipeline rank) * 2 + lane.
+  const schedule::Schedule s = schedule::lower(schedule::one_f_one_b(2, 2));
+  const plan::RankLayout layout{2, 2, 2};
+  std::vector<RankPlace> pl;
+  for (int r = 0; r < layout.size(); ++r) {
+    const auto c = layout.coords(r);
+    pl.push_back({c.replica, c.pipeline_rank, c.tp_rank});
+  }
+  const auto bt = cuts(2, 9);
+  for (int r = 0; r < layout.size(); ++r) {
+    const auto c = layout.coords(r);
+    const int peer = layout.rank(c.replica, 1 - c.pipeline_rank, c.tp_rank);
+    const auto chans = plan::rank_channels(s, pl, bt, r);
+    REQUIRE(chans.size() == 2);
+    for (const auto& ch : chans) {
+      CHECK((ch.from == r || ch.to == r));
+      CHECK((ch.from == peer || ch.to == peer));
+    }
+    // Both ends of each channel agree.
+    for (const auto& ch : chans)
+      for (const auto& other : plan::rank_channels(s, pl, bt, peer))
+        if (other.from == ch.from && other.to == ch.to && other.dir == ch.dir) CHECK(plan::compare_channel(ch, r, other, peer).empty());
+  }
 }
 
 TEST_CASE("the text form round-trips exactly") {

@@ -184,6 +184,7 @@ struct ConstState : KernelState {
 
 struct SceState : KernelState {
   int64_t N = 1, C = 1, D = 1;
+  int64_t start = 0, classes = 0;  // the classes [start, start + C) of `classes` (tensor-parallel split)
   enum class Red { Mean, Sum, None } red = Red::Mean;
   bool has_ignore = false;
   int64_t ignore = 0;

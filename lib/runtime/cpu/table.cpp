@@ -34,6 +34,8 @@ constexpr OpKernel kTable[] = {
     K(Trilu, trilu),
     KF(Shape, shape), KF(Size, size), KF(Constant, constant), KF(ConstantOfShape, constant_of_shape), KF(Range, range),
     K(SoftmaxCrossEntropyLoss, sce_loss),
+    KV(TpCopy, tp_copy), K(TpAllReduce, tp_allreduce), K(TpVocabGather, tp_vocab_gather),
+    K(TpSoftmaxCrossEntropyLoss, tp_sce_loss),
 };
 
 static_assert(std::size(kTable) == static_cast<size_t>(Op::kCount), "one CPU kernel entry per graph::Op");

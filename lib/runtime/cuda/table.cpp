@@ -38,6 +38,8 @@ constexpr OpKernel kTable[] = {
     K(Trilu, trilu),
     KF(Shape, shape), KF(Size, size), KF(Constant, constant), KF(ConstantOfShape, constant_of_shape), KF(Range, range),
     K(SoftmaxCrossEntropyLoss, sce_loss),
+    // Tensor parallelism runs on CPU workers only until the GPU workers carry its collectives.
+    NO_KERNEL(TpCopy), NO_KERNEL(TpAllReduce), NO_KERNEL(TpVocabGather), NO_KERNEL(TpSoftmaxCrossEntropyLoss),
 };
 
 static_assert(std::size(kTable) == static_cast<size_t>(Op::kCount), "one CUDA kernel entry per graph::Op");

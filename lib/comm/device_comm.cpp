@@ -382,12 +382,15 @@ class DeviceCommunicator final : public Communicator {
       post_word(ch);
     }
     while (!ch.queue.empty()) {
+      // Messages count on across steps: the ring's sequence numbers never restart, and the
+      // queue's front is always the ring's next message.
       Op& op = *ch.queue.front();
-      const int slot = ring.slot_of(op.seq + ipc_base(ch));
-      char* at = ch.slots + ring.offset_of(op.seq + ipc_base(ch));
+      const int64_t next = ch.spec.send ? ring.next_fill() : ring.next_take();
+      const int slot = ring.slot_of(next);
+      char* at = ch.slots + ring.offset_of(next);
       if (ch.spec.send) {
         if (!ring.can_fill()) break;
-        const int64_t n = ring.next_fill();
+        const int64_t n = next;
         SMP_CU(cudaStreamWaitEvent(ch.stream, op.ready, 0));
         if (n >= ring.slots()) SMP_CU(cudaStreamWaitEvent(ch.stream, ch.emptied[static_cast<size_t>(slot)], 0));
         SMP_CU(cudaMemcpyAsync(at, op.ptr, op.bytes, cudaMemcpyDeviceToDevice, ch.stream));
@@ -398,7 +401,7 @@ class DeviceCommunicator final : public Communicator {
         send_word(ch, n);
       } else {
         if (!ring.can_take()) break;
-        const int64_t n = ring.next_take();
+        const int64_t n = next;
         SMP_CU(cudaStreamWaitEvent(ch.stream, op.ready, 0));
         SMP_CU(cudaStreamWaitEvent(ch.stream, ch.filled[static_cast<size_t>(slot)], 0));
         SMP_CU(cudaMemcpyAsync(op.ptr, at, op.bytes, cudaMemcpyDeviceToDevice, ch.stream));
@@ -411,10 +414,6 @@ class DeviceCommunicator final : public Communicator {
       op.state = Op::Issued;
       ch.queue.pop_front();
     }
-  }
-  // Messages count on across steps: the ring's sequence numbers never restart.
-  int64_t ipc_base(const Chan& ch) const {
-    return ch.spec.send ? ch.ring->next_fill() - (ch.queue.empty() ? 0 : ch.queue.front()->seq) : ch.ring->next_take() - (ch.queue.empty() ? 0 : ch.queue.front()->seq);
   }
 
   // ---- same GPU (or no NCCL): staged through pinned host memory ----------------------------

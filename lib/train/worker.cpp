@@ -80,6 +80,9 @@ DType plan_compute_dtype(const plan::PlanFile& plan, const std::string& kind) {
 
 void check_devices(const plan::PlanFile& plan, const RunOptions& opts, bool all_local) {
   int n = -2;  // CUDA devices here; asked only when a rank needs one
+  // The plan's predicted peak of each pipeline rank, summed per local GPU (ranks may share one).
+  const auto& peaks = plan.json.contains("prediction") ? plan.json["prediction"].value("peak_bytes", nlohmann::json()) : nlohmann::json();
+  std::map<int, std::pair<double, std::vector<int>>> on_device;
   for (size_t r = 0; r < plan.ranks.size(); ++r) {
     const std::string kind = rank_backend(plan, static_cast<int>(r), opts.backend);
     plan_compute_dtype(plan, kind);
@@ -97,6 +100,23 @@ void check_devices(const plan::PlanFile& plan, const RunOptions& opts, bool all_
     if (n > 0 && dev >= n)
       throw_bad_input(where, fmt::format("no such device: this machine has {} CUDA device{}", n, n == 1 ? "" : "s"),
                       "use --device, or a plan made for this machine's devices");
+    const auto pr = static_cast<size_t>(plan.ranks[r].pipeline_rank);
+    auto& [bytes, ranks] = on_device[dev];
+    if (peaks.is_array() && pr < peaks.size() && peaks[pr].is_number()) bytes += peaks[pr].get<double>();
+    ranks.push_back(static_cast<int>(r));
+  }
+  // Every GPU has the memory the plan predicts for the ranks it runs (its total: the workers
+  // have not started; CUDA_VISIBLE_DEVICES applies, as in the workers).
+  if (n <= 0) return;
+  for (const auto& [dev, use] : on_device) {
+    const auto& [bytes, ranks] = use;
+    const double have = static_cast<double>(runtime::cuda_device_memory(dev));
+    if (have <= 0 || bytes <= have) continue;
+    constexpr double gib = 1024.0 * 1024.0 * 1024.0;
+    throw_bad_input(fmt::format("cuda:{}", dev),
+                    fmt::format("the plan predicts a peak of {:.2f} GiB for rank{} {} on it, more than its {:.2f} GiB", bytes / gib,
+                                ranks.size() == 1 ? "" : "s", fmt::join(ranks, ","), have / gib),
+                    "plan with a cluster file of this machine's GPUs (their memory_bytes), or a smaller batch");
   }
 }
 
@@ -287,8 +307,8 @@ class Worker {
 
   comm::Communicator& c_;  // the control plane (MPI, or the local launcher's sockets)
   // The data plane: a device communicator (NCCL, CUDA IPC) when the rank computes on a GPU, else
-  // c_ itself (host buffers).
-  std::unique_ptr<comm::Communicator> device_comm_;
+  // c_ itself (host buffers). device_comm_ is declared after be_ and stages_ (below): it goes
+  // first, while the backend's stream and device still exist.
   comm::Communicator* net_ = nullptr;
   bool device_data_ = false;
   std::vector<plan::Channel> channels_;  // this rank's, from the plan
@@ -304,6 +324,7 @@ class Worker {
   std::vector<Cut> cuts_;
   std::vector<StageRt> stages_;  // this rank's
   std::map<int, StageRt*> by_index_;
+  std::unique_ptr<comm::Communicator> device_comm_;
   int S_ = 0, m_ = 0, d_ = 1, replica_ = 0;
   // Tensor parallelism: this rank's place in the layout, the groups found in the model, the
   // model's structure as a whole (data, export), its group's collectives, and the part of the
@@ -1549,6 +1570,9 @@ RunResult Worker::run() {
                plan_.schedule.name, m_, b_,
                optimizer_name(o_.optimizer.kind), zero_ ? fmt::format(" (state split over {} replicas)", d_) : "",
                need_data_ ? data_.source : (o_.data.empty() ? "synthetic" : o_.data.string()));
+  // Where the tensors between ranks travel (rank 0's view): GPU to GPU, or through the host.
+  if (c_.rank() == 0 && !o_.quiet && c_.size() > 1)
+    fmt::print("tensors between ranks: {}\n", device_data_ ? net_->transport() : "through host memory over " + c_.transport());
   std::fflush(stdout);
 
   double timed = 0;

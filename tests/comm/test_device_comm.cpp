@@ -11,13 +11,16 @@
 
 #include <fmt/format.h>
 
+#include <cstdlib>
 #include <string>
 
 using namespace smp;
 
 namespace {
 
-const std::string kWorker = std::string(SMP_BIN_DIR) + "/../tests/comm/device_comm_worker";
+// In the build tree, or where SMP_BIN_DIR says (the device bundle's bin/, scripts/device-check.sh).
+const std::string kWorker = std::getenv("SMP_BIN_DIR") ? std::string(std::getenv("SMP_BIN_DIR")) + "/device_comm_worker"
+                                                       : std::string(SMP_BIN_DIR) + "/../tests/comm/device_comm_worker";
 
 test::CmdResult launch(int ranks, const std::string& mode, const std::string& env = "") {
   comm::Command c = comm::local_command(ranks, kWorker, kWorker, {mode});

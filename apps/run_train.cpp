@@ -21,6 +21,7 @@
 #include <fstream>
 #include <map>
 #include <random>
+#include <set>
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -63,8 +64,9 @@ void add_train_options(CLI::App& app, TrainCli& t) {
                  "Open MPI hostfile (NAME [slots=N] per line): the plan's hosts run on its hosts, in order")
       ->option_text("FILE");
   app.add_option("--launcher", t.launcher,
-                 "how workers start: auto (srun inside a Slurm allocation, else mpirun), mpirun, srun")
-      ->check(CLI::IsMember({"auto", "mpirun", "srun"}));
+                 "how workers start: auto (srun inside a Slurm allocation, else mpirun, else local), mpirun, srun, "
+                 "local (this machine's processes without MPI)")
+      ->check(CLI::IsMember({"auto", "mpirun", "srun", "local"}));
   app.add_option("--checkpoint-dir", t.checkpoint_dir, "write checkpoints here (each stage's weights and optimizer state)");
   app.add_option("--checkpoint-every", t.checkpoint_every, "checkpoint every N steps (and at the end)")
       ->check(CLI::NonNegativeNumber);
@@ -156,7 +158,7 @@ int worker_main(const std::string& plan, const std::string& data, TrainCli t, co
   train::report_status(t.status_token, li.rank, fmt::format("hello {} {}", host, ::getpid()));
   // Default threads: this machine's cores shared by the workers on it.
   if (t.threads_per_worker <= 0) t.threads_per_worker = std::max(1, comm::online_cores() / std::max(1, li.local_size));
-  auto c = comm::init_mpi(&argc, &argv);
+  auto c = comm::init_comm(&argc, &argv);
   c->set_timeout_s(t.timeout_s);
   // Waiting ranks poll without sleeping when every worker's threads have cores of their own:
   // a sleep lasts >= ~70 us on a VM, and a message needs several polls to move.
@@ -278,7 +280,11 @@ int run_train(const std::string& plan, const std::string& data, const TrainCli& 
   const std::vector<comm::HostSlots> allocation = comm::slurm_allocation();
   if (t.launcher == "srun" && allocation.empty())
     throw_bad_input("--launcher srun", "not inside a Slurm allocation", "salloc / sbatch first, or --launcher mpirun");
-  const bool use_srun = t.hostfile.empty() && !allocation.empty() && t.launcher != "mpirun";
+  const bool use_srun = t.hostfile.empty() && !allocation.empty() && t.launcher != "mpirun" && t.launcher != "local";
+  // smp's own launcher: asked for, or the only way on one host without MPI.
+  const bool use_local = t.launcher == "local" || (t.launcher == "auto" && !use_srun && t.hostfile.empty() && !comm::mpirun_available());
+  if (use_local && !t.hostfile.empty())
+    throw_bad_input("--launcher local", "starts the workers on this machine only", "leave out --hostfile, or use --launcher mpirun");
   std::vector<comm::HostSlots> hosts;
   std::string hosts_from;
   if (!t.hostfile.empty()) hosts = comm::read_hostfile(t.hostfile), hosts_from = t.hostfile;
@@ -294,7 +300,18 @@ int run_train(const std::string& plan, const std::string& data, const TrainCli& 
   const fs::path self = fs::read_symlink("/proc/self/exe");
   std::vector<std::string> host_of_rank;
   comm::Command cmd;
-  if (hosts.empty()) {
+  if (use_local) {
+    std::set<std::string> plan_hosts;
+    for (const auto& r : pf.ranks) plan_hosts.insert(r.host);
+    if (plan_hosts.size() > 1)
+      throw_bad_input(plan, fmt::format("the plan places its ranks on {} hosts; the local launcher (no MPI) starts them on this machine only",
+                                        plan_hosts.size()),
+                      "plan for one host, or install Open MPI (scripts/install-deps.sh) for --hostfile / srun");
+    cmd = comm::local_command(ranks, self.string(), self.string(), args);
+    char here[256] = "?";
+    ::gethostname(here, sizeof here - 1);
+    host_of_rank.assign(static_cast<size_t>(ranks), here);
+  } else if (hosts.empty()) {
     comm::MpirunOptions mo;
     mo.ranks = ranks;
     mo.quiet = false;  // its notices name a worker that died

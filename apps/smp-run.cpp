@@ -2,6 +2,7 @@
 #include "common.hpp"
 #include "run_train.hpp"
 
+#include "comm/launch.hpp"
 #include "graph/loader.hpp"
 #include "runtime/backends.hpp"
 #include "runtime/executor.hpp"
@@ -110,6 +111,14 @@ int run_forward(const std::string& model, const std::string& data, const std::st
 }  // namespace
 
 int main(int argc, char** argv) {
+  // smp's local launcher (no MPI) runs this program as the supervisor of the workers.
+  if (argc >= 4 && std::string(argv[1]) == smp::comm::kLocalSupervisorFlag) {
+    return smp::app::guarded_main([&]() -> int {
+      const int ranks = std::atoi(argv[2]);
+      std::vector<std::string> rest(argv + 4, argv + argc);
+      return smp::comm::local_supervisor(ranks, rest);
+    });
+  }
   CLI::App app{"smp-run: train a partition plan with one worker per device, in its pipelined schedule;\n"
                "or, with --forward, run a model's forward pass once (on the CPU unless --backend cuda)."};
   smp::app::setup_app(app);

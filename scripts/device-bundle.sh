@@ -17,7 +17,7 @@ py=/usr/bin/python3
 [[ -x $py ]] || py=python3
 
 "$root/scripts/build.sh"
-for t in test_cuda_kernels test_cuda_train gpu_bench; do
+for t in test_cuda_kernels test_cuda_train test_device_comm device_comm_worker test_gpu_pipeline gpu_bench smp-run smp-plan; do
   cmake --build "$build" --target "$t" -j "${SMP_JOBS:-$(nproc)}" >/dev/null
 done
 [[ $(ldd "$build/bin/gpu_bench") == *libcudart* ]] ||
@@ -28,6 +28,10 @@ trap 'rm -rf "$stage"' EXIT
 b=$stage/smp-device
 mkdir -p "$b/bin" "$b/lib" "$b/testdata" "$b/models" "$b/sample_models" "$b/scripts" "$b/bench"
 cp "$build/tests/runtime/test_cuda_kernels" "$build/tests/runtime/test_cuda_train" "$build/bin/gpu_bench" "$b/bin/"
+# GPU workers: the device communicator's test and its worker, pipelines on one GPU, and the tools
+# they start (smp-run runs its ranks with --launcher local there: that machine has no MPI).
+cp "$build/tests/comm/test_device_comm" "$build/tests/comm/device_comm_worker" "$build/tests/run/test_gpu_pipeline" \
+  "$build/bin/smp-run" "$build/bin/smp-plan" "$b/bin/"
 
 # The shared libraries of the binaries, less what the GPU machine has: the C and C++ runtime
 # (its own, newer) and CUDA's libraries (from /usr/local/cuda or PyTorch's nvidia-* wheels).

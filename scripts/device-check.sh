@@ -117,6 +117,25 @@ export SMP_SOURCE_DIR=$b SMP_TEST_DATA=$b/testdata
 step "test_cuda_train (samples CUDA vs CPU, bf16, determinism, memory arena, failures)" 150 "$b/bin/test_cuda_train"
 step "test_cuda_kernels (gradient cases and ONNX node cases, CUDA vs CPU within 1e-5)" 150 "$b/bin/test_cuda_kernels"
 
+# --- GPU workers: the device communicator, pipelines whose ranks share the GPU --------------------
+export SMP_BIN_DIR=$b/bin
+step "test_device_comm (NCCL self channel in a group, a stuck receive aborted, two ranks on one GPU over CUDA IPC and host staging)" 60 \
+  "$b/bin/test_device_comm"
+step "test_gpu_pipeline (GPT: 2 and 4 stages under 1f1b and zb-h1, 2 replicas, on one GPU, against one stage within 1e-4)" 150 \
+  "$b/bin/test_gpu_pipeline"
+# One 2-rank run in full, for its report: transport, per-stage times against the plan, memory.
+pipeline_run() {
+  local d=$work/pipe
+  mkdir -p "$d"
+  printf '%s' '{"version": 1, "name": "one-gpu-host", "hosts": [{"name": "local", "count": 1, "devices": [{"kind": "gpu", "name": "GPU", "count": 2, "memory_bytes": 40000000000, "peak_flops": {"fp32": 2e13, "bf16": 2e14}, "memory_bandwidth": 1.5e12, "kernel_overhead_s": 5e-6}], "link": {"bandwidth": 1e11, "latency": 5e-6}}]}' >"$d/cluster.json"
+  "$b/bin/smp-plan" "$b/sample_models/gpt.onnx" --batch-size 8 --stages 2 --microbatches 4 --schedule 1f1b \
+    --cluster "$d/cluster.json" --optimizer sgd -o "$d/plan.json" >/dev/null &&
+    "$b/bin/smp-run" "$d/plan.json" --backend cuda --device 0 --launcher local --steps 20 --timeout 60
+}
+export -f pipeline_run
+export work
+step "smp-run: GPT in 2 stages (1f1b), both ranks on GPU 0, --launcher local" 60 bash -c pipeline_run
+
 # --- the benchmark ---------------------------------------------------------------------------------
 smp_json=$work/bench_smp.jsonl
 torch_json=$work/bench_torch.jsonl

@@ -29,7 +29,10 @@ class Request {
   int peer() const { return peer_; }
   int tag() const { return tag_; }
 
-  struct Impl;
+  // What an implementation keeps for one operation (each communicator derives its own).
+  struct Impl {
+    virtual ~Impl() = default;
+  };
   Request(std::unique_ptr<Impl> impl, int peer, int tag);
   Impl* impl() { return impl_.get(); }
   void reset();
@@ -95,11 +98,32 @@ class Communicator {
   // why. A job whose workers cannot all be reached by its launcher still ends together.
   virtual void tell_peers_giving_up() {}
   bool peer_gave_up() const { return peer_gave_up_; }
+  // Throws when a peer has given up or is known to be gone (check_giving_up), for a layer on
+  // top of this one (the device communicator over its control plane) that polls on its own.
+  void check_alive() { check_giving_up(); }
 
   // Ends every rank of the job at once (after an error on this rank).
   [[noreturn]] virtual void abort(int exit_code) = 0;
 
+  // Issues the operations posted since the last flush() together (a device communicator: one
+  // NCCL group per schedule tick). Communicators that start each operation at once ignore it.
+  virtual void flush() {}
+  // Non-blocking in-place sum over `group` (as allreduce_sum); wait() or test() completes it. A
+  // device communicator takes device pointers and sums on the device, in order on its stream;
+  // the default sums at once (blocking) and returns an inactive request.
+  virtual Request iallreduce_sum(float* data, size_t count, const std::vector<int>& group);
+
  protected:
+  // Polls `done` until it returns true (true) or the timeout passes (false), for the
+  // implementations' waits: spinning (spin_wait_) keeps polling and yields the core between
+  // polls; otherwise it spins briefly, then sleeps with a growing pause. Every ~64 polls it calls
+  // check_giving_up() and, once a stop is asked for, applies the stop patience: either throws.
+  // Defined in comm/poll.hpp.
+  template <class F>
+  bool poll(F&& done);
+  // Throws when a peer has given up (tell_peers_giving_up) or is known to be gone.
+  virtual void check_giving_up() {}
+
   double timeout_s_ = 60;
   bool spin_wait_ = false;
   const volatile std::sig_atomic_t* stop_flag_ = nullptr;
@@ -111,5 +135,13 @@ class Communicator {
 // communicator over MPI_COMM_WORLD. One per process; MPI is
 // finalized when it is destroyed.
 std::unique_ptr<Communicator> init_mpi(int* argc, char*** argv);
+
+// The ranks of one machine started by smp's local launcher (launch.hpp: local_command; no MPI):
+// Unix-domain sockets between every pair, made through SMP_LOCAL_DIR. Failure when this process
+// was not started so.
+std::unique_ptr<Communicator> init_local();
+
+// This process's communicator: the local one under smp's local launcher, else MPI.
+std::unique_ptr<Communicator> init_comm(int* argc, char*** argv);
 
 }  // namespace smp::comm

@@ -165,6 +165,11 @@ std::string JobMonitor::filter_locked(std::string_view line) {
     held_.append(line);
     return "";
   }
+  static const std::regex local_end(R"(^smp-local: rank (\d+) \(pid \d+\) on (\S+) exited (on signal (\d+)|with status (\d+)))");
+  if (search(l, local_end, m)) {
+    notice({std::stoi(m[1].str()), m[2].str(), m[4].matched ? std::stoi(m[4].str()) : 0, m[5].matched ? std::stoi(m[5].str()) : 0});
+    return "";
+  }
   if (search(l, srun_end, m)) {
     const std::string host = m[1].str(), how = m[3].str();
     int code = 0, sig = 0;

@@ -58,7 +58,13 @@ void forward_signal(int sig) {
 
 LaunchInfo detect_launch() {
   LaunchInfo li;
-  if (has_env("OMPI_COMM_WORLD_RANK")) {
+  if (has_env("SMP_LOCAL_RANK")) {
+    li.launcher = "local";
+    li.rank = env_int("SMP_LOCAL_RANK", 0);
+    li.size = env_int("SMP_LOCAL_SIZE", 1);
+    li.local_rank = li.rank;
+    li.local_size = li.size;
+  } else if (has_env("OMPI_COMM_WORLD_RANK")) {
     li.launcher = "mpirun";
     li.rank = env_int("OMPI_COMM_WORLD_RANK", 0);
     li.size = env_int("OMPI_COMM_WORLD_SIZE", 1);
@@ -123,6 +129,15 @@ std::string find_program(const char* name, const char* env, const char* hint) {
 
 std::string find_mpirun() {
   return find_program("mpirun", "MPIRUN", "install openmpi-bin (scripts/install-deps.sh) or set MPIRUN");
+}
+
+bool mpirun_available() {
+  try {
+    find_mpirun();
+    return true;
+  } catch (const Error&) {
+    return false;
+  }
 }
 
 std::string find_srun() { return find_program("srun", "SRUN", "install slurm-client or set SRUN"); }

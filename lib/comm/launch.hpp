@@ -12,7 +12,7 @@
 namespace smp::comm {
 
 struct LaunchInfo {
-  std::string launcher;  // "mpirun", "srun", or "" when started by hand
+  std::string launcher;  // "mpirun", "srun", "local" (smp's own), or "" when started by hand
   int rank = 0;
   int size = 1;
   int local_rank = 0;
@@ -20,9 +20,9 @@ struct LaunchInfo {
   bool under_launcher() const { return !launcher.empty(); }
 };
 
-// From the environment: Open MPI's OMPI_COMM_WORLD_*, PMIx's PMIX_RANK, Slurm's SLURM_PROCID /
-// SLURM_NTASKS / SLURM_LOCALID (the tasks on this node from SLURM_STEP_TASKS_PER_NODE), or
-// generic PMI_RANK / PMI_SIZE.
+// From the environment: smp's local launcher's SMP_LOCAL_RANK / SMP_LOCAL_SIZE, Open MPI's
+// OMPI_COMM_WORLD_*, PMIx's PMIX_RANK, Slurm's SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID (the
+// tasks on this node from SLURM_STEP_TASKS_PER_NODE), or generic PMI_RANK / PMI_SIZE.
 LaunchInfo detect_launch();
 
 // ---- hosts ----------------------------------------------------------------------------------
@@ -130,6 +130,26 @@ Command srun_command(const SrunOptions& o, const std::string& program, const std
 
 // Path of mpirun (MPIRUN env var, else the one on PATH); failure with a hint when absent.
 std::string find_mpirun();
+bool mpirun_available();
+
+// ---- the local launcher: the ranks of one machine without MPI -------------------------------
+
+// The argument that puts smp-run into its hidden supervisor mode: SELF --local-supervisor N --
+// PROGRAM ARGS...
+inline constexpr const char* kLocalSupervisorFlag = "--local-supervisor";
+
+// The command that starts `program args` as `ranks` processes of this machine through
+// `supervisor` (smp-run itself) in its hidden mode. They talk over comm::init_local().
+Command local_command(int ranks, const std::string& supervisor, const std::string& program, const std::vector<std::string>& args);
+
+// The hidden mode, run as the launcher's child: makes the rendezvous directory, starts the ranks
+// (SMP_LOCAL_RANK, SMP_LOCAL_SIZE, SMP_LOCAL_DIR in their environment), passes SIGUSR1 on to
+// them (a stop request), takes them down on SIGTERM / SIGINT (SIGTERM, SIGKILL 5 s later), and,
+// as mpirun does, when one ends abnormally says so on stderr in one line that JobMonitor reads
+// ("smp-local: rank 2 (pid 81) on node1 exited on signal 9 (Killed)") and ends the others
+// (SIGTERM, SIGKILL 2 s later). Returns the first abnormal end (128 + signal, or the exit
+// status), else 0. `argv`: PROGRAM ARGS...
+int local_supervisor(int ranks, const std::vector<std::string>& argv);
 // Path of srun (SRUN env var, else the one on PATH); failure with a hint when absent.
 std::string find_srun();
 

@@ -1,4 +1,5 @@
 #include "comm/comm.hpp"
+#include "comm/poll.hpp"
 
 #include "core/error.hpp"
 
@@ -16,33 +17,22 @@
 
 namespace smp::comm {
 
-// Several MPI requests when a message is split into chunks of at most INT_MAX bytes.
-struct Request::Impl {
+// Several MPI requests when a message is split into chunks of at most INT_MAX bytes. A request
+// dropped while active (an exception unwound past it) is cancelled, so that MPI does not write
+// into a freed buffer later.
+struct MpiRequest final : Request::Impl {
   std::vector<MPI_Request> reqs;
   size_t expected_bytes = 0;  // receives: the size the receiver posted
   bool is_recv = false;
-};
-
-Request::Request(std::unique_ptr<Impl> impl, int peer, int tag) : impl_(std::move(impl)), peer_(peer), tag_(tag) {}
-
-Request::Request() = default;
-Request::Request(Request&&) noexcept = default;
-Request& Request::operator=(Request&&) noexcept = default;
-
-Request::~Request() {
-  // A request dropped while active (an exception unwound past it) is cancelled, so that MPI
-  // does not write into a freed buffer later.
-  if (impl_) {
-    for (auto& r : impl_->reqs) {
+  ~MpiRequest() override {
+    for (auto& r : reqs) {
       if (r != MPI_REQUEST_NULL) {
         MPI_Cancel(&r);
         MPI_Request_free(&r);
       }
     }
   }
-}
-
-void Request::reset() { impl_.reset(); }
+};
 
 namespace {
 
@@ -108,43 +98,6 @@ class MpiCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
 
-  // Polls `done` until it returns true (true) or the timeout passes (false). Spinning (spin_wait_)
-  // keeps polling, yielding the core between polls (a message is seen within microseconds; right
-  // when this rank has a core to itself); otherwise it spins briefly, then sleeps with a growing
-  // pause, leaving the cores to ranks that compute (a sleep lasts >= ~70 us on a VM even when
-  // asked for 5). Every ~64 polls it also looks for a peer giving up, and, once a stop is asked
-  // for, at the stop patience: either fails (throws).
-  template <class F>
-  bool poll(F&& done) {
-    using clock = std::chrono::steady_clock;
-    const auto start = clock::now();
-    const auto deadline = start + std::chrono::duration<double>(timeout_s_);
-    auto stop_seen = clock::time_point::max();
-    int spins = 0;
-    std::chrono::microseconds pause{5};
-    while (true) {
-      if (done()) return true;
-      if (++spins < 64) continue;
-      if (spins % 64 == 0) {
-        const auto now = clock::now();
-        if (now > deadline) return false;
-        check_giving_up();
-        if (stop_flag_ && *stop_flag_ != 0) {
-          if (stop_seen == clock::time_point::max()) stop_seen = now;
-          if (now - stop_seen > std::chrono::duration<double>(stop_patience_s_))
-            throw_failure(fmt::format("rank {}", rank_),
-                          fmt::format("asked to stop, and no progress for {:.0f} s: the step cannot finish", stop_patience_s_));
-        }
-      }
-      if (spin_wait_) {
-        std::this_thread::yield();
-        continue;
-      }
-      std::this_thread::sleep_for(pause);
-      pause = std::min(pause * 2, std::chrono::microseconds{200});
-    }
-  }
-
   void tell_peers_giving_up() override {
     static char byte = 1;
     std::vector<MPI_Request> reqs;
@@ -166,7 +119,7 @@ class MpiCommunicator final : public Communicator {
 
   Request isend(const void* data, size_t bytes, int peer, int tag) override {
     check_peer(peer);
-    auto impl = std::make_unique<Request::Impl>();
+    auto impl = std::make_unique<MpiRequest>();
     const char* p = static_cast<const char*>(data);
     size_t off = 0;
     do {
@@ -182,7 +135,7 @@ class MpiCommunicator final : public Communicator {
 
   Request irecv(void* data, size_t bytes, int peer, int tag) override {
     check_peer(peer);
-    auto impl = std::make_unique<Request::Impl>();
+    auto impl = std::make_unique<MpiRequest>();
     impl->is_recv = true;
     impl->expected_bytes = bytes;
     char* p = static_cast<char*>(data);
@@ -209,14 +162,15 @@ class MpiCommunicator final : public Communicator {
 
   bool test(Request& r) override {
     if (!r.active()) return true;
-    auto& reqs = r.impl()->reqs;
+    auto* impl = static_cast<MpiRequest*>(r.impl());
+    auto& reqs = impl->reqs;
     int flag = 0;
     std::vector<MPI_Status> st(reqs.size());
     int code = MPI_Testall(static_cast<int>(reqs.size()), reqs.data(), &flag, st.data());
     if (code != MPI_SUCCESS && code != MPI_ERR_IN_STATUS) check(code, "MPI_Testall");
     if (!flag) return false;
     ended(reqs.size());
-    if (r.impl()->is_recv) {
+    if (impl->is_recv) {
       size_t got = 0;
       for (auto& s : st) {
         int count = 0;
@@ -229,8 +183,8 @@ class MpiCommunicator final : public Communicator {
           throw_failure(fmt::format("rank {}", rank_), fmt::format("receive from rank {} failed: {}", peer, msg));
         }
       }
-      if (got != r.impl()->expected_bytes) {
-        size_t want = r.impl()->expected_bytes;
+      if (got != impl->expected_bytes) {
+        size_t want = impl->expected_bytes;
         int peer = r.peer();
         r.reset();
         throw_failure(fmt::format("rank {}", rank_),
@@ -342,7 +296,7 @@ class MpiCommunicator final : public Communicator {
   }
 
   // A peer's tell_peers_giving_up(): this rank's wait fails too.
-  void check_giving_up() {
+  void check_giving_up() override {
     int flag = 0;
     MPI_Status st;
     MPI_Iprobe(MPI_ANY_SOURCE, kGiveUpTag, MPI_COMM_WORLD, &flag, &st);

@@ -171,6 +171,9 @@ class Backend {
   virtual void convert(Tensor& dst, const Tensor& src) = 0;
   // Waits for the work queued so far (a device backend runs asynchronously).
   virtual void synchronize() {}
+  // The queue the backend's work runs on, for a device communicator to order its transfers
+  // against (a cudaStream_t on CUDA); nullptr on the CPU.
+  virtual void* native_stream() const { return nullptr; }
 
   // Losses (runtime/loss.hpp checks the arguments first). Cross-entropy over the last axis of
   // `logits` with integer class labels, mean over the label positions; squared error averaged

@@ -33,6 +33,15 @@ std::string cuda_unavailable_reason() {
 #endif
 }
 
+int64_t cuda_device_memory(int device) {
+#ifdef SMP_WITH_CUDA
+  return cuda::device_memory(device);
+#else
+  (void)device;
+  return 0;
+#endif
+}
+
 std::unique_ptr<Backend> make_backend(std::string_view name, const BackendOptions& opts) {
   if (name == "cpu") return std::make_unique<CpuBackend>(opts.threads);
   if (name == "cuda") {

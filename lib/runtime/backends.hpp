@@ -27,5 +27,7 @@ bool cuda_compiled();
 int cuda_device_count();
 // Why cuda_device_count() is 0, for messages ("no CUDA driver", ...); "" when it is not.
 std::string cuda_unavailable_reason();
+// The memory of CUDA device `device` in bytes (0 when it cannot be asked).
+int64_t cuda_device_memory(int device);
 
 }  // namespace smp::runtime

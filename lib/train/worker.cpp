@@ -1,5 +1,6 @@
 #include "train/worker.hpp"
 
+#include "comm/device_comm.hpp"
 #include "comm/job_monitor.hpp"
 #include "core/clock.hpp"
 #include "core/error.hpp"
@@ -7,6 +8,7 @@
 #include "graph/export.hpp"
 #include "graph/loader.hpp"
 #include "graph/tensor_parallel.hpp"
+#include "plan/messages.hpp"
 #include "plan/plan_io.hpp"
 #include "runtime/backends.hpp"
 #include "runtime/executor.hpp"
@@ -17,6 +19,7 @@
 #include "train/data.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <chrono>
@@ -24,6 +27,7 @@
 #include <csignal>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <numeric>
 #include <set>
@@ -76,6 +80,9 @@ DType plan_compute_dtype(const plan::PlanFile& plan, const std::string& kind) {
 
 void check_devices(const plan::PlanFile& plan, const RunOptions& opts, bool all_local) {
   int n = -2;  // CUDA devices here; asked only when a rank needs one
+  // The plan's predicted peak of each pipeline rank, summed per local GPU (ranks may share one).
+  const auto& peaks = plan.json.contains("prediction") ? plan.json["prediction"].value("peak_bytes", nlohmann::json()) : nlohmann::json();
+  std::map<int, std::pair<double, std::vector<int>>> on_device;
   for (size_t r = 0; r < plan.ranks.size(); ++r) {
     const std::string kind = rank_backend(plan, static_cast<int>(r), opts.backend);
     plan_compute_dtype(plan, kind);
@@ -93,6 +100,23 @@ void check_devices(const plan::PlanFile& plan, const RunOptions& opts, bool all_
     if (n > 0 && dev >= n)
       throw_bad_input(where, fmt::format("no such device: this machine has {} CUDA device{}", n, n == 1 ? "" : "s"),
                       "use --device, or a plan made for this machine's devices");
+    const auto pr = static_cast<size_t>(plan.ranks[r].pipeline_rank);
+    auto& [bytes, ranks] = on_device[dev];
+    if (peaks.is_array() && pr < peaks.size() && peaks[pr].is_number()) bytes += peaks[pr].get<double>();
+    ranks.push_back(static_cast<int>(r));
+  }
+  // Every GPU has the memory the plan predicts for the ranks it runs (its total: the workers
+  // have not started; CUDA_VISIBLE_DEVICES applies, as in the workers).
+  if (n <= 0) return;
+  for (const auto& [dev, use] : on_device) {
+    const auto& [bytes, ranks] = use;
+    const double have = static_cast<double>(runtime::cuda_device_memory(dev));
+    if (have <= 0 || bytes <= have) continue;
+    constexpr double gib = 1024.0 * 1024.0 * 1024.0;
+    throw_bad_input(fmt::format("cuda:{}", dev),
+                    fmt::format("the plan predicts a peak of {:.2f} GiB for rank{} {} on it, more than its {:.2f} GiB", bytes / gib,
+                                ranks.size() == 1 ? "" : "s", fmt::join(ranks, ","), have / gib),
+                    "plan with a cluster file of this machine's GPUs (their memory_bytes), or a smaller batch");
   }
 }
 
@@ -129,6 +153,19 @@ struct StageRt {
   double u_s = 0;  // its optimizer step (gradient norm + update), summed over the same steps
   double cpu_s = 0;  // the process's CPU time during its forwards and backwards (f_s + b_s + w_s of wall time)
   int64_t nu = 0;
+  // Data-parallel gradient sums on the device (a device data plane and replicas): the
+  // parameters in buckets of ~25 MiB, in the order the backward completes their gradients; a
+  // bucket is summed once the stage's last backward of the step has passed every node that
+  // adds to it (the first consumer of each of its parameters, in model order).
+  struct Bucket {
+    std::vector<int> params;
+    int trigger = 0;  // launch once the last backward has reached a node at or before this one
+    bool launched = false;
+    std::vector<comm::Request> reqs;
+  };
+  std::vector<Bucket> buckets;
+  size_t next_bucket = 0;
+  int final_action = -1;  // index in the rank's list of the step's last X / W of this stage
 };
 
 struct Key {
@@ -139,6 +176,13 @@ struct Key {
 struct Pending {
   comm::Request req;
   std::vector<char> buf;
+};
+
+// A message of device tensors (a device data plane): one request per tensor; the tensors stay
+// alive until every request has completed (a send's buffer is reused only then).
+struct DevicePending {
+  std::vector<comm::Request> reqs;
+  std::vector<Tensor> tensors;
 };
 
 // Message buffers by size, reused from step to step (the cut sizes repeat every microbatch): a
@@ -242,6 +286,11 @@ class Worker {
 
  private:
   void load();
+  void setup_data_plane();
+  void check_channels();
+  void make_buckets(StageRt& st);
+  void on_backward_node(int stage, int node, char pass);
+  void launch_buckets(StageRt& st, int upto_node);
   void check_hosts();
   void restore();
   double step(int64_t k, bool record);
@@ -257,7 +306,15 @@ class Worker {
   Tensor label_slice(int64_t step, int mb);
   std::vector<int64_t> microbatch_rows(int64_t step, int mb);
 
-  comm::Communicator& c_;
+  comm::Communicator& c_;  // the control plane (MPI, or the local launcher's sockets)
+  // The data plane: a device communicator (NCCL, CUDA IPC) when the rank computes on a GPU, else
+  // c_ itself (host buffers). device_comm_ is declared after be_ and stages_ (below): it goes
+  // first, while the backend's stream and device still exist.
+  comm::Communicator* net_ = nullptr;
+  bool device_data_ = false;
+  std::vector<plan::Channel> channels_;  // this rank's, from the plan
+  int final_stage_ = -1;                 // the stage whose last backward of the step is running
+  int be_device_ = 0;                    // the CUDA device of a cuda backend
   RunOptions o_;  // a copy: load() may take the optimizer from the plan
   std::unique_ptr<runtime::Backend> be_;
   std::string device_;  // "cpu", "cuda:0"
@@ -268,6 +325,7 @@ class Worker {
   std::vector<Cut> cuts_;
   std::vector<StageRt> stages_;  // this rank's
   std::map<int, StageRt*> by_index_;
+  std::unique_ptr<comm::Communicator> device_comm_;
   int S_ = 0, m_ = 0, d_ = 1, replica_ = 0;
   // Tensor parallelism: this rank's place in the layout, the groups found in the model, the
   // model's structure as a whole (data, export), its group's collectives, and the part of the
@@ -415,6 +473,7 @@ void Worker::load() {
   runtime::BackendOptions bo;
   bo.threads = std::max(o_.threads, 1);
   bo.device = rank_device(plan_, c_.rank(), o_.device);
+  be_device_ = bo.device;
   bo.tf32 = o_.tf32;
   device_ = kind == "cuda" ? fmt::format("cuda:{}", bo.device) : "cpu";
   const std::string first_stages = me.stages.empty() ? "" : fmt::format("stage {}", me.stages.front());
@@ -449,7 +508,12 @@ void Worker::load() {
     st.index = s;
     st.nodes = nodes_of[static_cast<size_t>(s)];
     runtime::ExecutorOptions eo;
-    eo.after_node = [this](int, char, double) { c_.progress(); };  // messages move between kernels
+    // Messages move between kernels; during the step's last backward of the stage, the buckets
+    // of gradients it has completed start their sums.
+    eo.after_node = [this, s](int node, char pass, double) {
+      net_->progress();
+      if (final_stage_ == s) on_backward_node(s, node, pass);
+    };
     eo.seed = o_.seed;
     eo.running_stats = o_.deferred_batch_norm ? runtime::ExecutorOptions::RunningStats::Deferred
                                               : runtime::ExecutorOptions::RunningStats::PerMicrobatch;
@@ -483,6 +547,9 @@ void Worker::load() {
   }
   for (auto& st : stages_) by_index_[st.index] = &st;
 
+  net_ = &c_;
+  setup_data_plane();
+
   if (need_data_) {
     // The data matches the whole model (all of the vocabulary), not this rank's part of it.
     if (o_.data.empty()) data_ = synthetic_dataset(whole(), std::max<int64_t>(o_.synthetic_rows, B_), o_.seed + 17);
@@ -496,6 +563,159 @@ void Worker::load() {
                       "the plan splits the model's output over the vocabulary: it trains with cross-entropy on integer labels",
                       "give int64 class labels, or plan with --tensor-parallel 1");
   }
+}
+
+void Worker::setup_data_plane() {
+  // This rank's channels, from the plan: each cut's tensors as this rank holds them (the
+  // precision it computes in).
+  std::vector<plan::Boundary> bounds(cuts_.size());
+  auto boundary_tensor = [&](int v) {
+    const graph::Value& val = g_.value(v);
+    return plan::BoundaryTensor{val.name, std::string(dtype_name(runtime::exec_dtype(val, compute_))), tensor_bytes(g_, v, compute_)};
+  };
+  for (size_t k = 0; k < cuts_.size(); ++k) {
+    for (int v : cuts_[k].values) bounds[k].activations.push_back(boundary_tensor(v));
+    for (int v : cuts_[k].grads) bounds[k].gradients.push_back(boundary_tensor(v));
+  }
+  std::vector<plan::RankPlace> places;
+  for (const auto& r : plan_.ranks) places.push_back({r.replica, r.pipeline_rank, r.tp_rank});
+  channels_ = plan::rank_channels(plan_.schedule, places, bounds, c_.rank());
+  const auto& acts = plan_.schedule.actions.at(static_cast<size_t>(plan_.ranks[static_cast<size_t>(c_.rank())].pipeline_rank));
+  for (size_t i = 0; i < acts.size(); ++i)
+    if (acts[i].op == schedule::Op::Backward || acts[i].op == schedule::Op::BackwardWeight)
+      by_index_.at(acts[i].stage)->final_action = static_cast<int>(i);
+  check_channels();
+
+  // Tensors stay on the GPU when every rank computes on one (the decision is the same on every
+  // rank: it reads only the plan and the options); SMP_DEVICE_COMM=off stages them through host
+  // memory and the control plane instead, as between CPU workers.
+  bool all_cuda = comm::device_comm_compiled();
+  for (int r = 0; r < c_.size() && all_cuda; ++r) all_cuda = rank_backend(plan_, r, o_.backend) == "cuda";
+  const char* off = std::getenv("SMP_DEVICE_COMM");
+  device_data_ = all_cuda && !(off && std::string(off) == "off");
+  if (!device_data_) return;
+  comm::DeviceCommConfig cfg;
+  cfg.device = be_device_;
+  cfg.compute_stream = be_->native_stream();
+  cfg.timeout_s = c_.timeout_s();
+  if (const char* sg = std::getenv("SMP_SAME_GPU"); sg && *sg) cfg.same_gpu = sg;
+  for (const plan::Channel& ch : channels_) {
+    comm::DeviceChannel dc;
+    dc.send = ch.from == c_.rank();
+    dc.peer = dc.send ? ch.to : ch.from;
+    dc.kind = static_cast<int>(ch.dir);
+    for (const plan::Message& m : ch.messages) {
+      dc.tags.push_back(m.tag);
+      dc.bytes.push_back(m.bytes);
+      dc.what.push_back(plan::describe(m));
+    }
+    cfg.channels.push_back(std::move(dc));
+  }
+  for (auto& st : stages_) {
+    if (st.group.size() <= 1) continue;
+    if (std::find(cfg.groups.begin(), cfg.groups.end(), st.group) == cfg.groups.end()) cfg.groups.push_back(st.group);
+    make_buckets(st);
+  }
+  const std::string token = o_.status_token;
+  const int rank = c_.rank();
+  cfg.on_fatal = [token, rank](const std::string& msg) {
+    std::fprintf(stderr, "error: rank %d: %s\n", rank, msg.c_str());
+    std::fflush(stderr);
+    report_status(token, rank, "error " + msg);
+    std::_Exit(1);
+  };
+  device_comm_ = comm::make_device_comm(c_, cfg);
+  net_ = device_comm_.get();
+}
+
+void Worker::check_channels() {
+  // Both ends of every channel compare their lists (NCCL has no tags: a difference would be a
+  // hang or a silent mix-up). Each sends its own over the control plane and compares the other's.
+  const int me = c_.rank();
+  constexpr int kTag = (1 << 20) + 20;
+  auto tag_of = [](const plan::Channel& ch) { return kTag + 2 * ((ch.from < ch.to ? 0 : 2) + static_cast<int>(ch.dir)); };
+  const size_t n = channels_.size();
+  std::vector<std::string> mine(n), theirs(n);
+  std::vector<int64_t> my_size(n), their_size(n);
+  std::vector<comm::Request> reqs;
+  for (size_t i = 0; i < n; ++i) {
+    const plan::Channel& ch = channels_[i];
+    const int peer = ch.from == me ? ch.to : ch.from;
+    mine[i] = plan::serialize(ch);
+    my_size[i] = static_cast<int64_t>(mine[i].size());
+    reqs.push_back(c_.isend(&my_size[i], sizeof(int64_t), peer, tag_of(ch)));
+    reqs.push_back(c_.irecv(&their_size[i], sizeof(int64_t), peer, tag_of(ch)));
+  }
+  for (auto& r : reqs) c_.wait(r, "the message lists of the channels (start-up check)");
+  reqs.clear();
+  for (size_t i = 0; i < n; ++i) {
+    const plan::Channel& ch = channels_[i];
+    const int peer = ch.from == me ? ch.to : ch.from;
+    theirs[i].resize(static_cast<size_t>(their_size[i]));
+    reqs.push_back(c_.isend(mine[i].data(), mine[i].size(), peer, tag_of(ch) + 1));
+    reqs.push_back(c_.irecv(theirs[i].data(), theirs[i].size(), peer, tag_of(ch) + 1));
+  }
+  for (auto& r : reqs) c_.wait(r, "the message lists of the channels (start-up check)");
+  for (size_t i = 0; i < n; ++i) {
+    const plan::Channel& ch = channels_[i];
+    const int peer = ch.from == me ? ch.to : ch.from;
+    const std::string diff = plan::compare_channel(ch, me, plan::parse_channel(theirs[i]), peer);
+    if (!diff.empty())
+      throw_bad_input(fmt::format("rank {}", me), diff,
+                      "start every rank from the same plan file, build and options (--backend; the plan's dtype)");
+  }
+}
+
+void Worker::make_buckets(StageRt& st) {
+  // A parameter's gradient is complete once the backward has passed its first consumer in model
+  // order (the backward runs the nodes in reverse).
+  std::map<int, int> first;
+  const auto& params = st.ex->parameters();
+  const std::set<int> is_param(params.begin(), params.end());
+  for (int node : st.nodes)
+    for (int v : g_.nodes[static_cast<size_t>(node)].inputs)
+      if (v >= 0 && is_param.count(v) && !first.count(v)) first[v] = node;
+  std::vector<int> order(params.begin(), params.end());
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+    const int fa = first.count(a) ? first[a] : -1, fb = first.count(b) ? first[b] : -1;
+    return fa > fb;
+  });
+  constexpr int64_t kBucketBytes = int64_t{25} << 20;  // as PyTorch's DDP
+  StageRt::Bucket cur;
+  int64_t bytes = 0;
+  cur.trigger = std::numeric_limits<int>::max();
+  for (int p : order) {
+    cur.params.push_back(p);
+    cur.trigger = std::min(cur.trigger, first.count(p) ? first[p] : -1);
+    bytes += g_.value(p).bytes();
+    if (bytes >= kBucketBytes) {
+      st.buckets.push_back(std::move(cur));
+      cur = StageRt::Bucket{};
+      cur.trigger = std::numeric_limits<int>::max();
+      bytes = 0;
+    }
+  }
+  if (!cur.params.empty()) st.buckets.push_back(std::move(cur));
+}
+
+void Worker::on_backward_node(int stage, int node, char pass) {
+  if (pass != 'G' && pass != 'W') return;
+  StageRt& st = *by_index_.at(stage);
+  if (!st.buckets.empty()) launch_buckets(st, node);
+}
+
+void Worker::launch_buckets(StageRt& st, int upto_node) {
+  bool any = false;
+  while (st.next_bucket < st.buckets.size() && st.buckets[st.next_bucket].trigger >= upto_node) {
+    StageRt::Bucket& b = st.buckets[st.next_bucket++];
+    for (int p : b.params) {
+      Tensor& gt = st.ex->gradient(p);
+      b.reqs.push_back(net_->iallreduce_sum(gt.data<float>(), static_cast<size_t>(gt.numel()), st.group));
+    }
+    b.launched = true;
+    any = true;
+  }
+  if (any) net_->flush();
 }
 
 std::vector<int64_t> Worker::microbatch_rows(int64_t step, int mb) {
@@ -542,6 +762,8 @@ double Worker::step(int64_t k, bool record) {
   };
   std::map<Key, Pending> recv_act, recv_grad;
   std::vector<Pending> sends;
+  std::map<Key, DevicePending> drecv_act, drecv_grad;  // device data plane
+  std::vector<DevicePending> dsends;
   std::map<Key, std::vector<Tensor>> act_out;   // cut tensors leaving stage s for mb (Key.stage = s)
   std::map<Key, std::vector<Tensor>> grad_out;  // gradients leaving stage s upstream (cut s-1)
   std::map<Key, std::vector<Tensor>> grad_in;   // gradients entering stage s (cut s)
@@ -553,13 +775,27 @@ double Worker::step(int64_t k, bool record) {
     st.ex->zero_grad();
     // Random streams (Dropout) keyed by the step and the global microbatch index.
     st.ex->set_random_step(k, static_cast<int64_t>(replica_) * m_);
+    st.next_bucket = 0;
+    for (auto& b : st.buckets) {
+      b.launched = false;
+      b.reqs.clear();
+    }
   }
 
   auto tag_of = [&](const schedule::Action& a) { return static_cast<int>(schedule::message_id(plan_.schedule, a)); };
-  // Packs the tensors waiting in `ready` under {s, mb} and sends them to the rank of `to_stage`.
+  // Sends the tensors waiting in `ready` under {s, mb} to the rank of `to_stage`: packed into
+  // one host buffer, or (device data plane) tensor by tensor from the device.
   auto send = [&](std::map<Key, std::vector<Tensor>>& ready, const schedule::Action& a, int to_stage, const char* what) {
     auto it = ready.find({a.stage, a.mb});
     SMP_CHECK(it != ready.end(), "{} of stage {} microbatch {} sent before it was computed", what, a.stage, a.mb);
+    if (device_data_) {
+      DevicePending p;
+      p.tensors = std::move(it->second);
+      for (Tensor& t : p.tensors) p.reqs.push_back(net_->isend(t.raw(), static_cast<size_t>(t.bytes()), rank_of_stage(to_stage), tag_of(a)));
+      dsends.push_back(std::move(p));
+      ready.erase(it);
+      return;
+    }
     Pending p;
     p.buf = pack(*be_, it->second, pool_);
     ready.erase(it);
@@ -567,7 +803,18 @@ double Worker::step(int64_t k, bool record) {
     sends.push_back(std::move(p));
   };
   // Posts the receive of `values` from the rank of `from_stage`.
-  auto post = [&](std::map<Key, Pending>& posted, const schedule::Action& a, const std::vector<int>& values, int from_stage) {
+  auto post = [&](std::map<Key, Pending>& posted, std::map<Key, DevicePending>& dposted, const schedule::Action& a,
+                  const std::vector<int>& values, int from_stage) {
+    if (device_data_) {
+      DevicePending p;
+      for (int v : values) {
+        const auto& val = g_.value(v);
+        p.tensors.push_back(be_->empty(runtime::exec_dtype(val, compute_), val.shape));
+        p.reqs.push_back(net_->irecv(p.tensors.back().raw(), static_cast<size_t>(p.tensors.back().bytes()), rank_of_stage(from_stage), tag_of(a)));
+      }
+      dposted[{a.stage, a.mb}] = std::move(p);
+      return;
+    }
     Pending p;
     int64_t bytes = 0;
     for (int v : values) bytes += tensor_bytes(g_, v, compute_);
@@ -577,9 +824,16 @@ double Worker::step(int64_t k, bool record) {
   };
   // The tensors `values` for {stage, mb}: from its posted receive, else computed on this rank
   // by the neighbouring stage (kept in `local` under `local_key`).
-  auto take = [&](std::map<Key, Pending>& posted, std::map<Key, std::vector<Tensor>>& local, Key key, Key local_key,
-                  const std::vector<int>& values, const std::string& what) {
+  auto take = [&](std::map<Key, Pending>& posted, std::map<Key, DevicePending>& dposted, std::map<Key, std::vector<Tensor>>& local,
+                  Key key, Key local_key, const std::vector<int>& values, const std::string& what) {
     std::vector<Tensor> out;
+    auto d = dposted.find(key);
+    if (d != dposted.end()) {
+      for (auto& r : d->second.reqs) net_->wait(r, what);
+      out = std::move(d->second.tensors);
+      dposted.erase(d);
+      return out;
+    }
     auto r = posted.find(key);
     if (r != posted.end()) {
       c_.wait(r->second.req, what);
@@ -594,8 +848,20 @@ double Worker::step(int64_t k, bool record) {
     local.erase(l);
     return out;
   };
+  // Device sends whose every tensor has left: their buffers go back to the arena.
+  auto reap_sends = [&] {
+    std::erase_if(dsends, [&](DevicePending& p) {
+      bool done = true;
+      for (auto& r : p.reqs) done = net_->test(r) && done;
+      return done;
+    });
+  };
 
-  for (const auto& a : actions) {
+  for (size_t ai = 0; ai < actions.size(); ++ai) {
+    const auto& a = actions[ai];
+    // The sends and receives of a tick (the run of them between two compute actions) go out
+    // together.
+    if (a.is_compute()) net_->flush();
     auto ts = clock::now();
     double cpu0 = 0;
     // A compute action's wall and CPU time, from ts / cpu0, into its stage's sums (after step 0).
@@ -607,13 +873,13 @@ double Worker::step(int64_t k, bool record) {
     };
     const int s = a.stage, mb = a.mb;
     switch (a.op) {
-      case schedule::Op::RecvAct: post(recv_act, a, cuts_[static_cast<size_t>(s - 1)].values, s - 1); break;
-      case schedule::Op::RecvGrad: post(recv_grad, a, cuts_[static_cast<size_t>(s)].grads, s + 1); break;
+      case schedule::Op::RecvAct: post(recv_act, drecv_act, a, cuts_[static_cast<size_t>(s - 1)].values, s - 1); break;
+      case schedule::Op::RecvGrad: post(recv_grad, drecv_grad, a, cuts_[static_cast<size_t>(s)].grads, s + 1); break;
       case schedule::Op::Forward: {
         StageRt& st = *by_index_.at(s);
         std::vector<Tensor> incoming;
         if (s > 0)
-          incoming = take(recv_act, act_out, {s, mb}, {s - 1, mb}, cuts_[static_cast<size_t>(s - 1)].values,
+          incoming = take(recv_act, drecv_act, act_out, {s, mb}, {s - 1, mb}, cuts_[static_cast<size_t>(s - 1)].values,
                           fmt::format("activations of stage {}, microbatch {}", s - 1, mb));
         ts = clock::now();  // compute starts: waiting for the input is idle time, not forward time
         cpu0 = process_cpu_s();
@@ -655,7 +921,7 @@ double Worker::step(int64_t k, bool record) {
         StageRt& st = *by_index_.at(s);
         std::vector<Tensor> gin;  // gradients of cut s tensors, in cut order
         if (s + 1 < S_)
-          gin = take(recv_grad, grad_out, {s, mb}, {s + 1, mb}, cuts_[static_cast<size_t>(s)].grads,
+          gin = take(recv_grad, drecv_grad, grad_out, {s, mb}, {s + 1, mb}, cuts_[static_cast<size_t>(s)].grads,
                      fmt::format("gradients from stage {}, microbatch {}", s + 1, mb));
         ts = clock::now();
         cpu0 = process_cpu_s();
@@ -669,8 +935,12 @@ double Worker::step(int64_t k, bool record) {
           if (v == output_value_ && s == S_ - 1) out_grads.push_back(loss_grad.at({s, mb}));
           else out_grads.push_back(grad_of(v));
         }
+        const bool final = static_cast<int>(ai) == st.final_action;
+        if (final) final_stage_ = s;
         std::vector<Tensor> in_grads = a.op == schedule::Op::Backward ? st.ex->backward(mb, out_grads)
                                                                       : st.ex->backward_input(mb, out_grads);
+        final_stage_ = -1;
+        if (final && !st.buckets.empty()) launch_buckets(st, std::numeric_limits<int>::min());
         loss_grad.erase({s, mb});
         if (s > 0) {
           const auto& exi = st.ex->inputs();
@@ -706,11 +976,16 @@ double Worker::step(int64_t k, bool record) {
       case schedule::Op::BackwardWeight: {
         StageRt& st = *by_index_.at(s);
         cpu0 = process_cpu_s();
+        const bool final = static_cast<int>(ai) == st.final_action;
+        if (final) final_stage_ = s;
         st.ex->backward_weight(mb);
+        final_stage_ = -1;
+        if (final && !st.buckets.empty()) launch_buckets(st, std::numeric_limits<int>::min());
         account(st, st.w_s, st.nw);
         break;
       }
     }
+    if (device_data_ && a.is_compute()) reap_sends();
     if (record) {
       double t1 = seconds_since(t0), t_start = std::chrono::duration<double>(ts - t0).count();
       int lane = a.is_comm() ? 1 : 0;
@@ -718,13 +993,17 @@ double Worker::step(int64_t k, bool record) {
         spans_.push_back({t_start, t1, static_cast<int>(a.op), s, mb, lane});
     }
   }
+  net_->flush();
   for (auto& p : sends) {
     c_.wait(p.req, "delivery of a message to rank " + std::to_string(p.req.peer()));
     pool_.give(std::move(p.buf));
   }
+  for (auto& p : dsends)
+    for (auto& r : p.reqs) net_->wait(r, "delivery of a message to rank " + std::to_string(r.peer()));
+  dsends.clear();
   for (auto& st : stages_)
     SMP_CHECK(st.ex->pending() == 0, "stage {}: {} microbatches still stashed at the end of the step", st.index, st.ex->pending());
-  SMP_CHECK(recv_act.empty() && recv_grad.empty() && act_out.empty() && grad_out.empty(),
+  SMP_CHECK(recv_act.empty() && recv_grad.empty() && drecv_act.empty() && drecv_grad.empty() && act_out.empty() && grad_out.empty(),
             "messages left over at the end of step {}", k);
   return loss;
 }
@@ -770,11 +1049,18 @@ void for_each_segment(const std::map<int, size_t>& offset, const graph::Graph& g
 }  // namespace
 
 void Worker::reduce_and_update(int64_t k, bool record, double* loss, double* norm) {
-  // Data-parallel reduction of each stage's gradients (one packed buffer per stage): an
-  // all-reduce, or with the optimizer state split, a reduce-scatter (each replica keeps the sum
-  // of its own slice).
+  // Data-parallel reduction of each stage's gradients. On the device: the buckets launched
+  // during the backward (the rest now), completed here. Else one packed host buffer per stage:
+  // an all-reduce, or with the optimizer state split, a reduce-scatter (each replica keeps the
+  // sum of its own slice).
   for (auto& st : stages_) {
-    if (st.group.size() <= 1 && !zero_) continue;
+    if (st.group.size() <= 1 || !device_data_) continue;
+    launch_buckets(st, std::numeric_limits<int>::min());
+    for (auto& b : st.buckets)
+      for (auto& r : b.reqs) net_->wait(r, fmt::format("the gradient sum of stage {} among ranks {}", st.index, fmt::join(st.group, ",")));
+  }
+  for (auto& st : stages_) {
+    if (device_data_ || (st.group.size() <= 1 && !zero_)) continue;
     std::vector<float> buf;
     for (int p : st.ex->parameters()) {
       Tensor& gt = st.ex->gradient(p);
@@ -1318,6 +1604,9 @@ RunResult Worker::run() {
                plan_.schedule.name, m_, b_,
                optimizer_name(o_.optimizer.kind), zero_ ? fmt::format(" (state split over {} replicas)", d_) : "",
                need_data_ ? data_.source : (o_.data.empty() ? "synthetic" : o_.data.string()));
+  // Where the tensors between ranks travel (rank 0's view): GPU to GPU, or through the host.
+  if (c_.rank() == 0 && !o_.quiet && c_.size() > 1)
+    fmt::print("tensors between ranks: {}\n", device_data_ ? net_->transport() : "through host memory over " + c_.transport());
   std::fflush(stdout);
 
   double timed = 0;

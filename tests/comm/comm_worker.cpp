@@ -2,6 +2,7 @@
 // communicator on real processes. Prints "ok <rank>" on success; errors go to stderr as
 // "error: ..." with exit status 1, as a worker does.
 #include "comm/comm.hpp"
+#include "comm/launch.hpp"
 #include "core/error.hpp"
 
 #include <fmt/format.h>
@@ -66,12 +67,48 @@ void allreduce(comm::Communicator& c) {
 
 }  // namespace
 
+// Sends and receives in an order that leaves most messages waiting for their receive: a 64 MiB
+// message and many small ones with interleaved tags, the receives posted late and out of order.
+void unexpected(comm::Communicator& c) {
+  const int peer = c.rank() ^ 1;
+  if (peer >= c.size()) return;
+  const size_t big = size_t{64} << 20;
+  std::vector<uint8_t> out(big), in(big);
+  for (size_t i = 0; i < big; ++i) out[i] = static_cast<uint8_t>(i * 7 + static_cast<size_t>(c.rank()));
+  std::vector<comm::Request> sends;
+  std::vector<std::vector<int>> small(40, std::vector<int>(100));
+  for (int k = 0; k < 40; ++k) {
+    for (int i = 0; i < 100; ++i) small[k][i] = c.rank() * 100000 + k * 100 + i;
+    sends.push_back(c.isend(small[k].data(), 400, peer, k % 5));
+  }
+  sends.push_back(c.isend(out.data(), big, peer, 77));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // all of it arrives before a receive is posted
+  auto r_big = c.irecv(in.data(), big, peer, 77);
+  // Per tag, in order; the tags themselves in reverse.
+  for (int tag = 4; tag >= 0; --tag)
+    for (int k = tag; k < 40; k += 5) {
+      std::vector<int> got(100);
+      auto r = c.irecv(got.data(), 400, peer, tag);
+      c.wait(r, "a small message");
+      for (int i = 0; i < 100; ++i) check(got[i] == peer * 100000 + k * 100 + i, "a small message differs or came out of order");
+    }
+  c.wait(r_big, "the big message");
+  for (size_t i = 0; i < big; ++i)
+    if (in[i] != static_cast<uint8_t>(i * 7 + static_cast<size_t>(peer))) check(false, "the big message differs");
+  for (auto& s : sends) c.wait(s, "send");
+  c.barrier();
+}
+
 int main(int argc, char** argv) {
-  auto c = comm::init_mpi(&argc, &argv);
+  // Run under smp's local launcher, this program is its own supervisor.
+  if (argc >= 4 && std::string(argv[1]) == comm::kLocalSupervisorFlag)
+    return comm::local_supervisor(std::atoi(argv[2]), std::vector<std::string>(argv + 4, argv + argc));
+  auto c = comm::init_comm(&argc, &argv);
   std::string mode = argc > 1 ? argv[1] : "ring";
   try {
     if (mode == "ring") ring(*c);
     else if (mode == "allreduce") allreduce(*c);
+    else if (mode == "unexpected") unexpected(*c);
     else if (mode == "silent-peer") {
       // Rank 1 waits for a message rank 0 never sends: a timeout, not a hang.
       c->set_timeout_s(2);

@@ -23,11 +23,14 @@ using Run = test::CmdResult;
 
 std::string quote(const std::string& s) { return "'" + s + "'"; }
 
-// Runs the worker under the launcher's mpirun command line, capturing its output.
-Run launch(int ranks, const std::string& mode) {
+const std::string kWorker = std::string(SMP_BIN_DIR) + "/../tests/comm/comm_worker";
+
+// Runs the worker under the launcher's mpirun command line (or smp's local launcher, no MPI),
+// capturing its output.
+Run launch(int ranks, const std::string& mode, bool local = false) {
   comm::MpirunOptions o;
   o.ranks = ranks;
-  comm::Command c = comm::mpirun_command(o, std::string(SMP_BIN_DIR) + "/../tests/comm/comm_worker", {mode});
+  comm::Command c = local ? comm::local_command(ranks, kWorker, kWorker, {mode}) : comm::mpirun_command(o, kWorker, {mode});
   std::string cmd;
   for (const auto& [k, v] : c.env) cmd += k + "=" + quote(v) + " ";
   for (const auto& a : c.argv) cmd += quote(a) + " ";
@@ -119,41 +122,67 @@ TEST_CASE("run_command passes the child's stderr through, without the lines it i
   CHECK(got == "first\nno newline");
 }
 
+// Each behaviour under mpirun (MPI) and under smp's local launcher (sockets, no MPI).
 TEST_CASE("point-to-point messages arrive intact and in order between real processes") {
-  Run r = launch(4, "ring");
-  INFO(r.out);
-  CHECK(r.exit_code == 0);
-  CHECK(count(r.out, "ok ") == 4);
+  for (bool local : {false, true}) {
+    Run r = launch(4, "ring", local);
+    INFO(local, r.out);
+    CHECK(r.exit_code == 0);
+    CHECK(count(r.out, "ok ") == 4);
+  }
+}
+
+TEST_CASE("messages that arrive before their receive is posted are held, per tag and in order") {
+  for (bool local : {false, true}) {
+    Run r = launch(2, "unexpected", local);
+    INFO(local, r.out);
+    CHECK(r.exit_code == 0);
+    CHECK(count(r.out, "ok ") == 2);
+  }
 }
 
 TEST_CASE("all-reduce sums within groups and over the world") {
-  Run r = launch(4, "allreduce");
-  INFO(r.out);
-  CHECK(r.exit_code == 0);
-  CHECK(count(r.out, "ok ") == 4);
+  for (bool local : {false, true}) {
+    Run r = launch(4, "allreduce", local);
+    INFO(local, r.out);
+    CHECK(r.exit_code == 0);
+    CHECK(count(r.out, "ok ") == 4);
+  }
 }
 
 TEST_CASE("a peer that never sends is reported by a timeout naming it, not waited for") {
-  Run r = launch(2, "silent-peer");
-  INFO(r.out);
-  CHECK(r.exit_code != 0);
-  CHECK(r.out.find("error: rank 1: no progress with rank 0 for 2 s while waiting for activation of stage 1, "
-                   "microbatch 0") != std::string::npos);
+  for (bool local : {false, true}) {
+    Run r = launch(2, "silent-peer", local);
+    INFO(local, r.out);
+    CHECK(r.exit_code != 0);
+    CHECK(r.out.find("error: rank 1: no progress with rank 0 for 2 s while waiting for activation of stage 1, "
+                     "microbatch 0") != std::string::npos);
+  }
 }
 
 TEST_CASE("a message of the wrong size is a failure naming the sender") {
-  Run r = launch(2, "size-mismatch");
-  INFO(r.out);
-  CHECK(r.exit_code != 0);
-  CHECK(r.out.find("rank 0 sent 8 bytes where 16 were expected") != std::string::npos);
+  for (bool local : {false, true}) {
+    Run r = launch(2, "size-mismatch", local);
+    INFO(local, r.out);
+    CHECK(r.exit_code != 0);
+    CHECK(r.out.find("rank 0 sent 8 bytes where 16 were expected") != std::string::npos);
+  }
 }
 
 TEST_CASE("a rank killed with SIGKILL ends the whole job quickly") {
-  Run r = launch(3, "die");
-  INFO(r.out);
-  CHECK(r.exit_code != 0);
-  CHECK(count(r.out, "ok ") == 0);
-  CHECK(r.seconds < 60);  // the survivors' own timeout is 120 s
+  for (bool local : {false, true}) {
+    Run r = launch(3, "die", local);
+    INFO(local, r.out);
+    CHECK(r.exit_code != 0);
+    CHECK(count(r.out, "ok ") == 0);
+    CHECK(r.seconds < 60);  // the survivors' own timeout is 120 s
+    if (local) {
+      // The supervisor names the rank (the survivors, which see its connection close, are ended).
+      CHECK(r.out.find("smp-local: rank 1 (pid ") != std::string::npos);
+      CHECK(r.out.find("exited on signal 9") != std::string::npos);
+      CHECK(r.seconds < 10);
+    }
+  }
 }
 
 TEST_CASE("launch detection reads the launcher's environment") {

@@ -240,6 +240,33 @@ TEST_CASE("the job monitor reads srun's notices: tasks killed or exited, per hos
   CHECK(comm::signal_from_description("Exited with exit code 1") == 0);
 }
 
+TEST_CASE("the job monitor reads the local launcher's notices") {
+  comm::JobMonitor m(3, "t");
+  CHECK(m.filter("smp-local: rank 2 (pid 81) on gpu7 exited on signal 9 (Killed)\n").empty());
+  CHECK(m.filter("smp-local: rank 0 (pid 80) on gpu7 exited with status 1\n").empty());
+  CHECK(m.filter("smp-local: something else\n") == "smp-local: something else\n");
+  auto ends = m.ends();
+  REQUIRE(ends.size() == 2);
+  CHECK(ends[0].rank == 2);
+  CHECK(ends[0].signal == 9);
+  CHECK(ends[0].host == "gpu7");
+  CHECK(ends[1].rank == 0);
+  CHECK(ends[1].signal == 0);
+  CHECK(ends[1].exit_code == 1);
+  // The local launcher's environment.
+  ::setenv("SMP_LOCAL_RANK", "2", 1);
+  ::setenv("SMP_LOCAL_SIZE", "3", 1);
+  auto li = comm::detect_launch();
+  CHECK(li.launcher == "local");
+  CHECK(li.rank == 2);
+  CHECK(li.size == 3);
+  CHECK(li.local_size == 3);
+  ::unsetenv("SMP_LOCAL_RANK");
+  ::unsetenv("SMP_LOCAL_SIZE");
+  const comm::Command c = comm::local_command(3, "/opt/smp-run", "/opt/smp-run", {"plan.json", "--steps", "2"});
+  CHECK(c.argv == std::vector<std::string>{"/opt/smp-run", "--local-supervisor", "3", "--", "/opt/smp-run", "plan.json", "--steps", "2"});
+}
+
 TEST_CASE("a stop request reaches the child as its stop signal once it is ready; a second Ctrl-C stops it") {
   // The child stops on SIGUSR1 (exit 0) and ignores SIGTERM at first, as a worker finishing its
   // step would.

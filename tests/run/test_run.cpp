@@ -307,3 +307,26 @@ TEST_CASE("bad input: one error line and a non-zero exit before anything is over
   CHECK(count_lines(r.out) == 1);
   fs::remove_all(dir);
 }
+
+TEST_CASE("ranks whose plans give a stage boundary different message lists: a start-up error naming the message, no hang") {
+  // Two plans of one model and pipeline that differ in their microbatches (2 against 4): rank 0
+  // runs one, rank 1 the other (smp's local launcher, a shell choosing by SMP_LOCAL_RANK). Each
+  // end derives its channels' messages from its own plan, they exchange them at start-up and
+  // both report the first difference (NCCL has no tags: unchecked, it would hang or mix tensors).
+  auto dir = test::temp_dir("channels");
+  auto a = test::make_plan(dir, "mlp", 8, 2, 1, 2, "1f1b");
+  fs::create_directories(dir / "b");
+  auto b = test::make_plan(dir / "b", "mlp", 8, 2, 1, 4, "1f1b");
+  const std::string worker = fmt::format("{} --quiet --timeout 30 --steps 1", test::bin("smp-run"));
+  const std::string cmd =
+      fmt::format("{} --local-supervisor 2 -- /bin/sh -c 'if [ \"$SMP_LOCAL_RANK\" = 0 ]; then exec {} {}; else exec {} {}; fi'",
+                  test::bin("smp-run"), worker, a.string(), worker, b.string());
+  test::Cmd r = test::sh(cmd);
+  INFO(cmd, "\n", r.out);
+  CHECK(r.exit_code != 0);
+  CHECK(r.out.find("no progress") == std::string::npos);  // not a hung exchange's deadline
+  // Rank 0 sends 2 activation messages of 4 rows, rank 1 expects 4 of 2 rows.
+  CHECK(r.out.find("on rank 0 -> rank 1, activations, message 0 is activations of stage 0 -> 1, microbatch 0") != std::string::npos);
+  CHECK(r.out.find("start every rank from the same plan file") != std::string::npos);
+  fs::remove_all(dir);
+}

@@ -187,6 +187,16 @@ std::string unavailable_reason() {
   return n == 0 ? "no CUDA device" : "";
 }
 
+int64_t device_memory(int device) {
+  // A property query: no context is made on the device (the launcher asks before its workers start).
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return static_cast<int64_t>(prop.totalGlobalMem);
+}
+
 std::unique_ptr<Backend> make_cuda_backend(const BackendOptions& opts) { return std::make_unique<CudaBackend>(opts); }
 
 CudaBackend::CudaBackend(const BackendOptions& opts) : device_(opts.device), tf32_(opts.tf32) {

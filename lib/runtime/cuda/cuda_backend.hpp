@@ -99,6 +99,7 @@ class CudaBackend final : public Backend {
   void scale(float alpha, Tensor& x) override;
   void convert(Tensor& dst, const Tensor& src) override;
   void synchronize() override;
+  void* native_stream() const override { return stream_; }
   double softmax_cross_entropy(const Tensor& logits, const Tensor& labels, float scale, Tensor& grad) override;
   double squared_error(const Tensor& pred, const Tensor& target, float scale, Tensor& grad) override;
   void update(const UpdateRule& r, Tensor& param, const Tensor& grad, Tensor& slot0, Tensor& slot1) override;

@@ -8,5 +8,6 @@ namespace smp::runtime::cuda {
 std::unique_ptr<Backend> make_cuda_backend(const BackendOptions& opts);
 int device_count();
 std::string unavailable_reason();
+int64_t device_memory(int device);
 
 }  // namespace smp::runtime::cuda

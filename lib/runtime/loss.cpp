@@ -29,19 +29,9 @@ LossResult cross_entropy(Backend& be, const Tensor& logits, const Tensor& labels
     for (int64_t i = r0; i < r1; ++i) {
     const float* x = X + i * C;
     float* gr = G + i * C;
-    float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-    for (int64_t j = 0; j < C; ++j) m = std::max(m, x[j]);
-    float s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t j = 0; j < C; ++j) {
-      float e = cpu::vexp(x[j] - m);
-      gr[j] = e;
-      s += e;
-    }
-    float inv = k / s;
-#pragma omp simd
-    for (int64_t j = 0; j < C; ++j) gr[j] *= inv;
+    float m = cpu::vmax_row(x, C);
+    float s = cpu::vexp_sum(x, gr, C, m);
+    cpu::vscale_row(gr, C, k / s);
     int64_t y = lab[static_cast<size_t>(i)];
     gr[y] -= k;
     part[static_cast<size_t>(i)] = static_cast<double>(std::log(s) + m - x[y]);

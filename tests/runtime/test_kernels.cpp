@@ -4,6 +4,7 @@
 
 #include "runtime/loss.hpp"
 #include "runtime/npy.hpp"
+#include "runtime/cpu/vmath.hpp"
 
 #include <unistd.h>
 
@@ -12,6 +13,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 
 using namespace smp;
@@ -398,4 +400,56 @@ TEST_CASE(".npy files round-trip; bad ones are bad input naming the file") {
     CHECK(e.kind() == ErrorKind::BadInput);
   }
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("vector math (vmath.hpp) against the C library over a wide range, body and tail alike") {
+  using namespace smp::runtime::cpu;
+  std::vector<float> x;
+  for (float v = -30.0f; v <= 30.0f; v += 0.00731f) x.push_back(v);
+  for (float v : {0.0f, -0.0f, 1e-30f, -1e-30f, 1e-6f, -1e-6f, 0.0624f, 0.0626f, -0.0624f, 88.0f, 88.7f, -87.0f, -87.5f, -100.0f, 100.0f})
+    x.push_back(v);
+  size_t n = x.size();  // not a multiple of 8: the tail path runs too
+  std::vector<float> y(n), g(n, 1.0f), d(n);
+  auto check = [&](std::string what, auto ref, double rtol, double atol) {
+    for (size_t i = 0; i < n; ++i) {
+      double want = ref(static_cast<double>(x[i]));
+      INFO(what << "(" << x[i] << ") = " << y[i] << ", want " << want);
+      if (std::isinf(want)) CHECK(y[i] == want);
+      else CHECK(std::fabs(y[i] - want) <= atol + rtol * std::fabs(want));
+    }
+  };
+  vmap1(x.data(), y.data(), static_cast<int64_t>(n), [](v8f v) { return vexp8(v); });
+  check("exp", [](double v) { return v < -87.33654 ? 0.0 : static_cast<double>(std::exp(static_cast<float>(v))); }, 3e-7, 1e-37);
+  vmap1(x.data(), y.data(), static_cast<int64_t>(n), [](v8f v) { return verf8(v); });
+  check("erf", [](double v) { return std::erf(v); }, 0, 4e-7);  // the formula's 1.5e-7 plus float rounding
+  vmap1(x.data(), y.data(), static_cast<int64_t>(n), [](v8f v) { return vtanh8(v); });
+  check("tanh", [](double v) { return std::tanh(v); }, 5e-7, 1e-38);
+  vmap1(x.data(), y.data(), static_cast<int64_t>(n), [](v8f v) { return vsigmoid8(v); });
+  check("sigmoid", [](double v) { return 1.0 / (1.0 + std::exp(-v)); }, 5e-7, 1e-38);
+  vmap1(x.data(), y.data(), static_cast<int64_t>(n), [](v8f v) { return vgelu8(v); });
+  check("gelu", [](double v) { return 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0))); }, 1e-6, 3e-6);
+  vmap2(g.data(), x.data(), y.data(), static_cast<int64_t>(n), false, [](v8f a, v8f v) { return a * vgelu_grad8(v); });
+  check("gelu'", [](double v) { return 0.5 * (1.0 + std::erf(v / std::sqrt(2.0))) + v * std::exp(-0.5 * v * v) / std::sqrt(2 * M_PI); },
+        1e-6, 3e-7);
+  // accumulate adds to what is there
+  std::fill(d.begin(), d.end(), 2.0f);
+  vmap2(g.data(), x.data(), d.data(), static_cast<int64_t>(n), true, [](v8f a, v8f v) { return a * v; });
+  for (size_t i = 0; i < n; ++i) CHECK(d[i] == 2.0f + x[i]);
+  // row helpers: max, exp-sum, scale on rows of every length 0..19
+  for (int64_t len = 0; len < 20; ++len) {
+    std::vector<float> r(x.begin() + 100, x.begin() + 100 + len), e(static_cast<size_t>(len));
+    float m = vmax_row(r.data(), len);
+    float want_m = len ? *std::max_element(r.begin(), r.end()) : -INFINITY;
+    CHECK(m == want_m);
+    if (!len) continue;
+    float s = vexp_sum(r.data(), e.data(), len, m);
+    double ws = 0;
+    for (int64_t j = 0; j < len; ++j) {
+      ws += std::exp(static_cast<double>(r[static_cast<size_t>(j)]) - m);
+      CHECK(e[static_cast<size_t>(j)] == doctest::Approx(std::exp(static_cast<double>(r[static_cast<size_t>(j)]) - m)).epsilon(1e-6));
+    }
+    CHECK(s == doctest::Approx(ws).epsilon(1e-6));
+    vscale_row(e.data(), len, 2.0f);
+    CHECK(e[0] == doctest::Approx(2 * std::exp(static_cast<double>(r[0]) - m)).epsilon(1e-6));
+  }
 }

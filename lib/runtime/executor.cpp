@@ -57,11 +57,25 @@ StageExecutor::StageExecutor(const graph::Graph& g, std::vector<int> nodes, Back
   for (int ni : nodes) in_stage[static_cast<size_t>(ni)] = 1;
   const KernelTable& table = be_.kernels();
 
+  // Fused chains: the fused op runs at the chain's last node, the others are skipped.
+  std::vector<int> fused_at(g.nodes.size(), -1);  // fusion index at its last node; -2: inside a chain
+  if (opts.fuse) {
+    for (int ni : nodes) SMP_CHECK(ni >= 0 && static_cast<size_t>(ni) < g.nodes.size(), "stage node {} out of range", ni);
+    fusions_ = find_fusions(g, nodes, be_.kernels());
+    for (size_t f = 0; f < fusions_.size(); ++f) {
+      for (int ni : fusions_[f].nodes) fused_at[static_cast<size_t>(ni)] = -2;
+      fused_at[static_cast<size_t>(fusions_[f].nodes.back())] = static_cast<int>(f);
+    }
+  }
+
   // Kernels, load-time checks.
   for (int ni : nodes) {
-    const graph::Node& n = g.nodes.at(static_cast<size_t>(ni));
+    int fi = fused_at.at(static_cast<size_t>(ni));
+    if (fi == -2) continue;
+    const graph::Node& n = fi >= 0 ? fusions_[static_cast<size_t>(fi)].node : g.nodes.at(static_cast<size_t>(ni));
     std::string where = fmt::format("node {} ({})", n.name, n.op_type);
-    const graph::OpDef* def = (n.domain.empty() || n.domain == "ai.onnx") ? graph::find_op(n.op_type) : nullptr;
+    const graph::OpDef* def = fi >= 0 ? &graph::op_def(fusions_[static_cast<size_t>(fi)].op)
+                              : (n.domain.empty() || n.domain == "ai.onnx") ? graph::find_op(n.op_type) : nullptr;
     if (!def) throw_bad_input(where, fmt::format("op {}{} is not supported by the {} backend", n.domain.empty() ? "" : n.domain + ".", n.op_type, be_.name()));
     const OpKernel& k = table[static_cast<size_t>(def->op)];
     if (!k.prepare) throw_bad_input(where, fmt::format("the {} backend has no kernel for this op", be_.name()));

@@ -453,3 +453,74 @@ TEST_CASE("vector math (vmath.hpp) against the C library over a wide range, body
     CHECK(e[0] == doctest::Approx(2 * std::exp(static_cast<double>(r[0]) - m)).epsilon(1e-6));
   }
 }
+
+namespace {
+// x [N, 6] param-fed: h = x W (a weight gets a gradient), then PyTorch's exported GELU of h
+// (0.5 last, or x * 0.5 first when half_first; x * (1/sqrt2) instead of x / sqrt2 when mul_form),
+// then a MatMul to [N, 5]. `extra_use`: the Erf output is a graph output too (must not fuse).
+TinyGraph exported_gelu(int64_t N, bool half_first, bool mul_form, bool extra_use = false) {
+  TinyGraph t;
+  int x = t.boundary("x", {N, 6});
+  int w = t.param("w", {6, 6}, random_floats(36, 11));
+  int v = t.param("v", {6, 5}, random_floats(30, 12));
+  int h = t.node("MatMul", {x, w}, {F("h", {N, 6})})[0];
+  int c_div = mul_form ? t.constant<float>("c_isq2", DType::F32, {}, {0.70710678118654752f})
+                       : t.constant<float>("c_sq2", DType::F32, {}, {1.41421356237309504f});
+  int one = t.constant<float>("c_one", DType::F32, {}, {1.0f});
+  int half = t.constant<float>("c_half", DType::F32, {}, {0.5f});
+  int d = t.node(mul_form ? "Mul" : "Div", {h, c_div}, {F("d", {N, 6})})[0];
+  int e = t.node("Erf", {d}, {F("e", {N, 6})})[0];
+  int a = t.node("Add", {one, e}, {F("a", {N, 6})})[0];
+  int y;
+  if (half_first) {
+    int hh = t.node("Mul", {h, half}, {F("hh", {N, 6})})[0];
+    y = t.node("Mul", {hh, a}, {F("y", {N, 6})})[0];
+  } else {
+    int m = t.node("Mul", {h, a}, {F("m", {N, 6})})[0];
+    y = t.node("Mul", {m, half}, {F("y", {N, 6})})[0];
+  }
+  t.output(t.node("MatMul", {y, v}, {F("logits", {N, 5})})[0]);
+  if (extra_use) t.output(e);
+  return t;
+}
+}  // namespace
+
+TEST_CASE("fusion: PyTorch's exported GELU runs as one Gelu kernel, with the unfused chain's values and gradients") {
+  runtime::CpuBackend be(1);
+  for (int variant = 0; variant < 4; ++variant) {
+    bool half_first = variant & 1, mul_form = variant & 2;
+    CAPTURE(variant);
+    TinyGraph t = exported_gelu(7, half_first, mul_form);
+    runtime::ExecutorOptions off;
+    off.fuse = false;
+    runtime::StageExecutor fused(t.g, be), plain(t.g, be, off);
+    REQUIRE(fused.fusions().size() == 1);
+    CHECK(fused.fusions()[0].op == graph::Op::Gelu);
+    CHECK(fused.fusions()[0].nodes.size() == 5);
+    CHECK(plain.fusions().empty());
+    auto xs = random_floats(42, 13, -3, 3);
+    Tensor x = be.from_host(DType::F32, {7, 6}, xs.data());
+    auto gs = random_floats(35, 14);
+    Tensor g = be.from_host(DType::F32, {7, 5}, gs.data());
+    auto of = fused.forward(0, {&x, 1}), op = plain.forward(0, {&x, 1});
+    near(to_vec(of[0]), to_vec(op[0]), 1e-6);
+    auto gf = fused.backward(0, {&g, 1}), gp = plain.backward(0, {&g, 1});
+    near(to_vec(gf[0]), to_vec(gp[0]), 1e-5);
+    for (int p : fused.parameters()) near(to_vec(fused.gradient(p)), to_vec(plain.gradient(p)), 1e-5);
+    CHECK(fused.pending() == 0);
+  }
+  // an intermediate read elsewhere (here a graph output) keeps the chain as exported
+  TinyGraph u = exported_gelu(3, false, false, true);
+  runtime::StageExecutor ue(u.g, be);
+  CHECK(ue.fusions().empty());
+  // a stage holding only part of the chain: nothing to fuse
+  TinyGraph p = exported_gelu(3, false, false);
+  runtime::StageExecutor pe(p.g, std::vector<int>{0, 1, 2, 3}, be);
+  CHECK(pe.fusions().empty());
+  // a wrong constant (x / 2) is not GELU
+  TinyGraph w = exported_gelu(3, false, false);
+  for (auto& v : w.g.values)
+    if (v.name == "c_sq2") v.data = graph::tensor_data<float>(DType::F32, {}, {2.0f});
+  runtime::StageExecutor we(w.g, be);
+  CHECK(we.fusions().empty());
+}

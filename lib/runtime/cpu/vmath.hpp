@@ -15,6 +15,9 @@
 #include <cstdint>
 #include <cstring>
 
+// Passing 8-lane vectors by value between these inline functions is fine without AVX too.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 namespace smp::runtime::cpu {
 
 typedef float v8f __attribute__((vector_size(32)));

@@ -524,3 +524,38 @@ TEST_CASE("fusion: PyTorch's exported GELU runs as one Gelu kernel, with the unf
   runtime::StageExecutor we(w.g, be);
   CHECK(we.fusions().empty());
 }
+
+TEST_CASE("a gradient handed on unchanged (no copy) is not the one kept for the weight gradient") {
+  // hb = h + b keeps its output gradient from B for W (db); h's gradient, handed on in that
+  // gradient's buffer, later takes Relu's contribution: W must still see the untouched one.
+  runtime::CpuBackend be(1);
+  TinyGraph t;
+  int x = t.boundary("x", {4, 6});
+  int w = t.param("w", {6, 6}, random_floats(36, 21));
+  int b = t.param("b", {6}, random_floats(6, 22));
+  int h = t.node("MatMul", {x, w}, {F("h", {4, 6})})[0];
+  int q = t.node("Relu", {h}, {F("q", {4, 6})})[0];
+  int hb = t.node("Add", {h, b}, {F("hb", {4, 6})})[0];
+  t.output(t.node("Add", {hb, q}, {F("y", {4, 6})})[0]);
+  runtime::StageExecutor split(t.g, be), fused(t.g, be);
+  auto xs = random_floats(24, 23);
+  auto gs = random_floats(24, 24);
+  Tensor xt = be.from_host(DType::F32, {4, 6}, xs.data());
+  for (auto* ex : {&split, &fused}) {
+    Tensor gy = be.from_host(DType::F32, {4, 6}, gs.data());
+    ex->zero_grad();
+    ex->forward(0, {&xt, 1});
+    if (ex == &split) {
+      ex->backward_input(0, {&gy, 1});
+      ex->backward_weight(0);
+    } else {
+      ex->backward(0, {&gy, 1});
+    }
+  }
+  std::vector<float> db(6, 0.0f);
+  for (int r = 0; r < 4; ++r)
+    for (int c = 0; c < 6; ++c) db[static_cast<size_t>(c)] += gs[static_cast<size_t>(r * 6 + c)];
+  near(to_vec(split.gradient(b)), db);
+  near(to_vec(fused.gradient(b)), db);
+  near(to_vec(split.gradient(w)), to_vec(fused.gradient(w)));
+}

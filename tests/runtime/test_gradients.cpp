@@ -159,6 +159,12 @@ std::vector<Case> cases() {
   binary("Pow", {2, 3}, {}, {2, 3}, 0.5f, 2.0f);
   binary("Max", {2, 3}, {3}, {2, 3});
   binary("Min", {2, 3}, {2, 3}, {2, 3});
+  cs.push_back({"Where (a broadcast mask over x, a scalar y, x read twice)", [](TinyGraph& t, M& m) {
+                  int c = m.boolean("c", {4}, {1, 0, 0, 1});
+                  int x = m.f("x", {2, 3, 4}), y = m.f("y", {});
+                  int o = t.node("Where", {c, y, x}, {F("o", {2, 3, 4})})[0];
+                  t.output(t.node("Mul", {o, x}, {F("z", {2, 3, 4})})[0]);
+                }});
   cs.push_back({"Where", [](TinyGraph& t, M& m) {
                   int c = m.boolean("c", {2, 3}, {1, 0, 1, 0, 0, 1});
                   int x = m.f("x", {2, 3}), y = m.f("y", {3});

@@ -310,9 +310,22 @@ void where_loop(const Bcast& p, const uint8_t* c, const T* x, const T* y, T* o) 
     const uint8_t* pc = c + off[0];
     const T* px = x + off[1];
     const T* py = y + off[2];
-    T* po = o + oo;
+    T* __restrict po = o + oo;
     int64_t sc = ist[0], sx = ist[1], sy = ist[2];
-    for (int64_t i = 0; i < L; ++i) po[i] = pc[i * sc] ? px[i * sx] : py[i * sy];
+    if (sc == 1 && sx == 0 && sy == 1) {  // a mask selecting a constant over a tensor (attention masks)
+      const T vx = *px;
+#pragma omp simd
+      for (int64_t i = 0; i < L; ++i) po[i] = pc[i] ? vx : py[i];
+    } else if (sc == 1 && sx == 1 && sy == 0) {
+      const T vy = *py;
+#pragma omp simd
+      for (int64_t i = 0; i < L; ++i) po[i] = pc[i] ? px[i] : vy;
+    } else if (sc == 1 && sx == 1 && sy == 1) {
+#pragma omp simd
+      for (int64_t i = 0; i < L; ++i) po[i] = pc[i] ? px[i] : py[i];
+    } else {
+      for (int64_t i = 0; i < L; ++i) po[i] = pc[i * sc] ? px[i * sx] : py[i * sy];
+    }
   });
 }
 }  // namespace
@@ -338,14 +351,32 @@ void bwd_where(const KernelState& st, ExecContext& ctx, const GradIO& io) {
   for (int w = 1; w <= 2; ++w) {
     Tensor& d = io.din[static_cast<size_t>(w)];
     if (!d.defined()) continue;
-    Tensor tmp = scratch(ctx, DType::F32, ys);
-    float* t = tmp.data<float>();
-    bool take = w == 1;
+    bool take = w == 1, acc = io.accumulate[static_cast<size_t>(w)];
+    // the branch's own shape: straight into its gradient, else through a scratch and a reduction
+    bool direct = s.in_shapes[static_cast<size_t>(w)] == ys;
+    Tensor tmp = direct ? Tensor() : scratch(ctx, DType::F32, ys);
+    float* t = direct ? d.data<float>() : tmp.data<float>();
+    bool add = direct && acc;
     bcast_rows(s.plan, [&](int64_t oo, const int64_t* off, int64_t L, const int64_t* ist) {
-      const uint8_t* pc = c + off[0];
-      for (int64_t i = 0; i < L; ++i) t[oo + i] = (pc[i * ist[0]] != 0) == take ? dy[oo + i] : 0.0f;
+      const uint8_t* __restrict pc = c + off[0];
+      const float* __restrict g = dy + oo;
+      float* __restrict o = t + oo;
+      if (ist[0] == 1) {
+        if (add) {
+#pragma omp simd
+          for (int64_t i = 0; i < L; ++i) o[i] += (pc[i] != 0) == take ? g[i] : 0.0f;
+        } else {
+#pragma omp simd
+          for (int64_t i = 0; i < L; ++i) o[i] = (pc[i] != 0) == take ? g[i] : 0.0f;
+        }
+      } else {
+        for (int64_t i = 0; i < L; ++i) {
+          float v = (pc[i * ist[0]] != 0) == take ? g[i] : 0.0f;
+          o[i] = add ? o[i] + v : v;
+        }
+      }
     });
-    reduce_sum_to(d.data<float>(), s.in_shapes[static_cast<size_t>(w)], t, ys, io.accumulate[static_cast<size_t>(w)]);
+    if (!direct) reduce_sum_to(d.data<float>(), s.in_shapes[static_cast<size_t>(w)], t, ys, acc);
   }
 }
 

@@ -559,3 +559,27 @@ TEST_CASE("a gradient handed on unchanged (no copy) is not the one kept for the 
   near(to_vec(fused.gradient(b)), db);
   near(to_vec(split.gradient(w)), to_vec(fused.gradient(w)));
 }
+
+TEST_CASE("Transpose of rows (inner dim kept) split across threads mid-way equals the naive copy") {
+  // [8, 32, 24, 4] -> perm [0, 2, 1, 3]: 6,144 rows of 4, enough for two threads to split
+  for (int threads : {1, 2}) {
+    CAPTURE(threads);
+    runtime::CpuBackend be(threads);
+    TinyGraph t;
+    int x = t.input("x", DType::F32, {8, 32, 24, 4});
+    t.output(t.node("Transpose", {x}, {F("y", {8, 24, 32, 4})}, {{"perm", attr_ints({0, 2, 1, 3})}})[0]);
+    runtime::ExecutorOptions eo;
+    eo.training = false;
+    runtime::StageExecutor ex(t.g, be, eo);
+    auto xs = random_floats(8 * 32 * 24 * 4, 31);
+    Tensor xt = be.from_host(DType::F32, {8, 32, 24, 4}, xs.data());
+    auto y = to_vec(ex.forward(0, {&xt, 1})[0]);
+    size_t bad = 0;
+    for (int a = 0; a < 8; ++a)
+      for (int b = 0; b < 24; ++b)
+        for (int c = 0; c < 32; ++c)
+          for (int d = 0; d < 4; ++d)
+            if (y[static_cast<size_t>(((a * 24 + b) * 32 + c) * 4 + d)] != xs[static_cast<size_t>(((a * 32 + c) * 24 + b) * 4 + d)]) ++bad;
+    CHECK(bad == 0);
+  }
+}

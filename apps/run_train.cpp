@@ -53,6 +53,12 @@ void add_train_options(CLI::App& app, TrainCli& t) {
   app.add_flag("--shuffle", t.shuffle, "permute the rows once per epoch (from --seed)");
   app.add_option("--threads-per-worker", t.threads_per_worker, "compute threads per CPU worker (default: cores / local workers)")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--backend", t.backend,
+                 "cpu | cuda | auto: where the workers compute (auto: the device kind the plan put each rank on)")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  app.add_option("--device", t.device, "CUDA device index of every worker on this machine (default: the plan's device of each rank)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_flag("--tf32", t.tf32, "let float32 matrix products and convolutions use TF32 tensor cores (cuda; off: exact float32)");
   app.add_option("--hostfile", t.hostfile,
                  "Open MPI hostfile (NAME [slots=N] per line): the plan's hosts run on its hosts, in order")
       ->option_text("FILE");
@@ -106,6 +112,9 @@ train::RunOptions run_options(const std::string& plan, const std::string& data, 
   o.data = data;
   o.shuffle = t.shuffle;
   o.threads = std::max(t.threads_per_worker, 1);
+  o.backend = t.backend;
+  o.device = t.device;
+  o.tf32 = t.tf32;
   o.checkpoint_dir = t.checkpoint_dir;
   o.checkpoint_every = t.checkpoint_every;
   o.resume = t.resume;
@@ -244,6 +253,7 @@ int run_train(const std::string& plan, const std::string& data, const TrainCli& 
   plan::PlanFile pf = plan::read_plan(plan);
   const fs::path model = pf.model_path;
   plan::check_model_checksum(pf, model);
+  train::check_devices(pf, run_options(plan, data, t), t.hostfile.empty());
   {
     graph::LoadOptions lo;
     lo.batch_size = pf.microbatch_size;

@@ -22,6 +22,9 @@ struct TrainCli {
   uint64_t seed = 0;
   bool shuffle = false;
   int threads_per_worker = 0;
+  std::string backend = "auto";  // cpu | cuda | auto
+  int device = -1;               // CUDA device (-1: the plan's)
+  bool tf32 = false;
   std::string hostfile;
   std::string launcher = "auto";
   std::string checkpoint_dir;

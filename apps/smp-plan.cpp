@@ -20,6 +20,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <iostream>
 #include <map>
 
@@ -54,6 +55,47 @@ void print_summary(const smp::graph::GraphSummary& s) {
     double share = s.forward_flops > 0 ? 100.0 * st.flops / s.forward_flops : 0.0;
     fmt::print("{:<26} {:>7} {:>14.6g} {:>6.2f}%\n", op, st.count, st.flops, share);
   }
+  const auto& tp = s.tensor_parallel;
+  fmt::print("\ntensor parallelism (found in the graph; --tensor-parallel T)\n");
+  if (tp.groups.empty()) {
+    fmt::print("  no shardable groups: every node stays replicated\n");
+  } else {
+    std::map<std::string, int> kinds;
+    for (const auto& t : tp.groups) ++kinds[t.kind];
+    std::string counts;
+    for (const auto& [k, n] : kinds) counts += fmt::format("{}{} {}", counts.empty() ? "" : ", ", n, k);
+    const double total = static_cast<double>(tp.sharded_parameters + tp.replicated_parameters);
+    fmt::print("  {} groups ({}); every one splits up to {} ways\n", tp.groups.size(), counts, tp.max_degree);
+    fmt::print("  sharded:    {} parameters ({:.1f}%)\n", human(static_cast<double>(tp.sharded_parameters), ""),
+               total > 0 ? 100.0 * static_cast<double>(tp.sharded_parameters) / total : 0.0);
+    auto by_op = [](const std::map<std::string, int>& m) {
+      std::vector<std::pair<int, std::string>> v;
+      for (const auto& [op, n] : m) v.emplace_back(-n, op);
+      std::sort(v.begin(), v.end());
+      std::string out;
+      for (size_t i = 0; i < v.size() && i < 6; ++i) out += fmt::format("{}{} {}", i ? ", " : "", -v[i].first, v[i].second);
+      if (v.size() > 6) out += ", ...";
+      return out;
+    };
+    fmt::print("  replicated: {} parameters in {} tensors (read by {})\n", human(static_cast<double>(tp.replicated_parameters), ""),
+               tp.replicated.size(), tp.replicated.empty() ? std::string("none") : by_op(tp.replicated_by_op));
+    fmt::print("              {} nodes outside the groups ({})\n", tp.replicated_nodes, by_op(tp.replicated_nodes_by_op));
+    fmt::print("  {:<10} {:<28} {:>6} {:>12} {:>8}  {}\n", "kind", "group", "nodes", "parameters", "up to", "first -> last node");
+    const size_t show = tp.groups.size() > 24 ? 12 : tp.groups.size();
+    auto row = [&](const smp::graph::TpGroupSummary& t) {
+      std::string range = t.first_node + " -> " + t.last_node;
+      if (range.size() > 64) range = range.substr(0, 30) + "..." + range.substr(range.size() - 31);
+      fmt::print("  {:<10} {:<28} {:>6} {:>12} {:>6}x  {}\n", t.kind, t.name.size() > 28 ? t.name.substr(0, 25) + "..." : t.name,
+                 t.nodes, human(static_cast<double>(t.parameters), ""), t.max_degree, range);
+    };
+    for (size_t i = 0; i < show; ++i) row(tp.groups[i]);
+    if (show < tp.groups.size()) {
+      fmt::print("  ... {} more ...\n", tp.groups.size() - show - 2);
+      row(tp.groups[tp.groups.size() - 2]);
+      row(tp.groups.back());
+    }
+  }
+  for (const auto& n : tp.notes) fmt::print("  not split: {}\n", n);
 }
 
 }  // namespace
@@ -64,8 +106,8 @@ int main(int argc, char** argv) {
       "  smp-plan MODEL.onnx [--batch-size N] [--cluster FILE | --devices N] [options] plan; writes plan.json\n"
       "  smp-plan MODEL.onnx [--batch-size N] --summary                                  the graph summary\n"
       "  smp-plan --schedule NAME --show                                                 a schedule, without a model\n"
-      "Planning searches pipeline x data-parallel degrees, microbatches, schedule, placement and per-stage "
-      "recomputation, splits the graph by dynamic programming, scores every candidate with the schedule simulator, "
+      "Planning searches pipeline x data-parallel x tensor-parallel degrees, microbatches, schedule, placement, "
+      "optimizer-state sharding and per-stage recomputation, splits the graph by dynamic programming, scores every candidate with the schedule simulator, "
       "prints the partition report and writes the plan (default file name: plan.json)."};
   smp::app::setup_app(app);
 
@@ -75,8 +117,8 @@ int main(int argc, char** argv) {
   bool summary = false, json = false;
   std::string cluster_file, profile_file, out_file = "plan.json", optimizer = "adamw", dtype = "fp32",
                             recompute = "auto", save_cluster, split = "auto";
-  int devices = -1, data_parallel = 0, max_positions = 256, max_configs = 48;
-  bool recalibrate = false, no_calibration = false;
+  int devices = -1, data_parallel = 0, max_positions = 256, max_configs = 48, tensor_parallel = 0;
+  bool recalibrate = false, no_calibration = false, shard_optimizer = false, no_shard_optimizer = false;
   double dp_work = 2e6;
   app.add_option("MODEL", model, "ONNX model (.onnx); external weight files need not be present");
   app.add_option("-b,--batch-size", batch_size, "global batch size (bound to the inputs' symbolic batch dimension; default: "
@@ -94,6 +136,15 @@ int main(int argc, char** argv) {
       ->group(pg)->option_text("N");
   app.add_option("--data-parallel", data_parallel, "data-parallel replicas D (default: searched)")
       ->group(pg)->option_text("D")->check(CLI::Range(1, 1 << 20));
+  app.add_option("--tensor-parallel", tensor_parallel,
+                 "tensor-parallel degree T: ranks of a group splitting each layer found in the graph (1: off; default: "
+                 "1, 2, 4 and 8 searched, within a host)")
+      ->group(pg)->option_text("T")->check(CLI::Range(1, 1 << 16));
+  app.add_flag("--shard-optimizer", shard_optimizer,
+               "split the optimizer state over the data-parallel replicas (ZeRO stage 1); default: only where a plan "
+               "fits only with it")
+      ->group(pg);
+  app.add_flag("--no-shard-optimizer", no_shard_optimizer, "never split the optimizer state")->group(pg);
   app.add_option("--optimizer", optimizer, "optimizer state in the memory model: sgd (none), momentum (1x the weights), "
                                            "adamw (2x)")
       ->group(pg)->option_text("sgd|momentum|adamw");
@@ -197,6 +248,12 @@ int main(int argc, char** argv) {
     popt.max_positions = max_positions;
     popt.max_evaluated = max_configs;
     popt.max_work = dp_work;
+    popt.tensor_parallel = tensor_parallel;
+    if (shard_optimizer && no_shard_optimizer)
+      smp::throw_bad_input("--shard-optimizer", "given with --no-shard-optimizer", "choose one");
+    popt.shard_optimizer = shard_optimizer      ? smp::plan::ShardOptimizer::Always
+                           : no_shard_optimizer ? smp::plan::ShardOptimizer::Never
+                                                : smp::plan::ShardOptimizer::Auto;
 
     smp::cost::Profile profile;
     if (!profile_file.empty()) {

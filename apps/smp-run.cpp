@@ -3,7 +3,7 @@
 #include "run_train.hpp"
 
 #include "graph/loader.hpp"
-#include "runtime/cpu_backend.hpp"
+#include "runtime/backends.hpp"
 #include "runtime/executor.hpp"
 #include "runtime/npy.hpp"
 
@@ -25,7 +25,7 @@ std::string file_name(const std::string& value_name) {
 }
 
 int run_forward(const std::string& model, const std::string& data, const std::string& output, int threads,
-                int64_t batch_size, const std::vector<std::string>& dims) {
+                int64_t batch_size, const std::vector<std::string>& dims, const smp::app::TrainCli& dev) {
   if (data.empty()) smp::throw_bad_input("--data", "no input directory given", "--data DIR with one .npy per graph input");
   if (output.empty()) smp::throw_bad_input("--output", "no output directory given", "--output DIR");
   if (!fs::is_directory(data)) smp::throw_bad_input(data, "not a directory", "--data DIR with one .npy per graph input");
@@ -44,7 +44,12 @@ int run_forward(const std::string& model, const std::string& data, const std::st
         break;
       }
   smp::graph::Graph g = smp::graph::load_graph(model, opts);
-  smp::runtime::CpuBackend be(threads);
+  smp::runtime::BackendOptions bo;
+  bo.threads = threads;
+  bo.device = std::max(dev.device, 0);
+  bo.tf32 = dev.tf32;
+  auto backend = smp::runtime::make_backend(dev.backend == "auto" ? "cpu" : dev.backend, bo);
+  smp::runtime::Backend& be = *backend;
   smp::runtime::ExecutorOptions eo;
   eo.training = false;
   eo.batch_statistics = false;
@@ -88,7 +93,7 @@ int run_forward(const std::string& model, const std::string& data, const std::st
 
 int main(int argc, char** argv) {
   CLI::App app{"smp-run: train a partition plan with one worker per device, in its pipelined schedule;\n"
-               "or, with --forward, run a model's forward pass once on the CPU."};
+               "or, with --forward, run a model's forward pass once (on the CPU unless --backend cuda)."};
   smp::app::setup_app(app);
   std::string target, data, output;
   bool forward = false;
@@ -108,7 +113,7 @@ int main(int argc, char** argv) {
   return smp::app::guarded_main([&]() -> int {
     if (forward) {
       if (target.empty()) smp::throw_bad_input("MODEL", "no model given", "smp-run MODEL.onnx --forward --data DIR --output DIR");
-      return run_forward(target, data, output, threads, batch_size, dims);
+      return run_forward(target, data, output, threads, batch_size, dims, train);
     }
     return smp::app::run_train(target, data, train, argc, argv);
   });

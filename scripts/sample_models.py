@@ -117,7 +117,7 @@ class CausalSelfAttention(nn.Module):
         att = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))  # [B, H, T, T]
         # Causal mask: a bool computed in forward (a Constant in the graph, never a float
         # buffer that would look like a trainable parameter). True above the diagonal.
-        mask = torch.ones(T, T, dtype=torch.bool).triu(1)
+        mask = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
         att = att.masked_fill(mask, float("-inf"))
         att = F.softmax(att, dim=-1)
         y = torch.matmul(att, v)  # [B, H, T, hd]

@@ -66,6 +66,14 @@ class Communicator {
   // calls it with the same group and count. Deadline as for wait().
   virtual void allreduce_sum(float* data, size_t count, const std::vector<int>& group) = 0;
   virtual void allreduce_sum(double* data, size_t count, const std::vector<int>& group) = 0;
+  // In-place maximum over the group (the vocabulary-parallel loss's row maxima).
+  virtual void allreduce_max(float* data, size_t count, const std::vector<int>& group);
+  // Optimizer-state sharding (ZeRO stage 1): the member at index i of `group` receives in
+  // `recv` (count floats) the sum over the group of block i of `send` (group.size() x count
+  // floats); all_gather puts block i (`send` of the member at index i, count floats) at
+  // recv[i * count]. The defaults go through allreduce_sum; MPI uses its own collectives.
+  virtual void reduce_scatter_sum(const float* send, float* recv, size_t count, const std::vector<int>& group);
+  virtual void all_gather(const float* send, float* recv, size_t count, const std::vector<int>& group);
   virtual void barrier() = 0;
 
   double timeout_s() const { return timeout_s_; }

@@ -259,6 +259,40 @@ class MpiCommunicator final : public Communicator {
     allreduce(data, count, MPI_DOUBLE, group);
   }
 
+  void allreduce_max(float* data, size_t count, const std::vector<int>& group) override {
+    if (group.size() <= 1 || count == 0) return;
+    MPI_Comm c = group_comm(group);
+    run_collective(group, "all-reduce (max)", [&](size_t off, size_t n, MPI_Request* r) {
+      return MPI_Iallreduce(MPI_IN_PLACE, data + off, static_cast<int>(n), MPI_FLOAT, MPI_MAX, c, r);
+    }, count);
+  }
+
+  void reduce_scatter_sum(const float* send, float* recv, size_t count, const std::vector<int>& group) override {
+    if (group.size() <= 1) {
+      std::copy(send, send + count, recv);
+      return;
+    }
+    if (count == 0) return;
+    MPI_Comm c = group_comm(group);
+    SMP_CHECK(count <= static_cast<size_t>(INT_MAX / 2), "reduce-scatter of {} floats per rank", count);
+    run_collective(group, "reduce-scatter", [&](size_t, size_t, MPI_Request* r) {
+      return MPI_Ireduce_scatter_block(send, recv, static_cast<int>(count), MPI_FLOAT, MPI_SUM, c, r);
+    }, 1);
+  }
+
+  void all_gather(const float* send, float* recv, size_t count, const std::vector<int>& group) override {
+    if (group.size() <= 1) {
+      std::copy(send, send + count, recv);
+      return;
+    }
+    if (count == 0) return;
+    MPI_Comm c = group_comm(group);
+    SMP_CHECK(count <= static_cast<size_t>(INT_MAX / 2), "all-gather of {} floats per rank", count);
+    run_collective(group, "all-gather", [&](size_t, size_t, MPI_Request* r) {
+      return MPI_Iallgather(send, static_cast<int>(count), MPI_FLOAT, recv, static_cast<int>(count), MPI_FLOAT, c, r);
+    }, 1);
+  }
+
   void barrier() override {
     MPI_Request r;
     check(MPI_Ibarrier(MPI_COMM_WORLD, &r), "MPI_Ibarrier");
@@ -346,20 +380,28 @@ class MpiCommunicator final : public Communicator {
     int esize = 0;
     MPI_Type_size(type, &esize);
     char* p = static_cast<char*>(data);
-    size_t per = static_cast<size_t>(INT_MAX / 2);
+    run_collective(group, "all-reduce", [&](size_t off, size_t n, MPI_Request* r) {
+      return MPI_Iallreduce(MPI_IN_PLACE, p + off * static_cast<size_t>(esize), static_cast<int>(n), type, MPI_SUM, c, r);
+    }, count);
+  }
+
+  // Starts start(offset, count, &request) over `count` elements in pieces MPI's int counts hold,
+  // and waits for each with the deadline.
+  template <class Start>
+  void run_collective(const std::vector<int>& group, const char* what, Start&& start, size_t count) {
+    const size_t per = static_cast<size_t>(INT_MAX / 2);
     for (size_t off = 0; off < count; off += per) {
-      size_t n = std::min(per, count - off);
+      const size_t n = std::min(per, count - off);
       MPI_Request r;
-      check(MPI_Iallreduce(MPI_IN_PLACE, p + off * static_cast<size_t>(esize), static_cast<int>(n), type, MPI_SUM, c, &r),
-            "MPI_Iallreduce");
+      check(start(off, n, &r), what);
       if (!poll([&] {
             int flag = 0;
             MPI_Test(&r, &flag, MPI_STATUS_IGNORE);
             return flag != 0;
           }))
         throw_failure(fmt::format("rank {}", rank_),
-                      fmt::format("all-reduce among ranks {}: no progress for {:.0f} s", fmt::join(group, ","), timeout_s_),
-                      "a replica has died or hangs");
+                      fmt::format("{} among ranks {}: no progress for {:.0f} s", what, fmt::join(group, ","), timeout_s_),
+                      "a peer has died or hangs");
     }
   }
 

@@ -132,7 +132,8 @@ GraphCost::GraphCost(const graph::Graph& g, int64_t batch_size, const CostOption
     if (!view && !shape_only) {
       m.fwd.runs = true;
       m.fwd.flops = scale(n.cost.flops, dep);
-      const bool reads_what_it_writes = n.op_type == "Slice" || n.op_type == "Split" || n.op_type == "Gather";
+      const bool reads_what_it_writes =
+          n.op_type == "Slice" || n.op_type == "Split" || n.op_type == "Gather" || n.op_type == "TpVocabGather";
       Affine rd;
       for (size_t k = 0; k < n.inputs.size(); ++k)
         if (!(reads_what_it_writes && k == 0)) rd += bytes_of(n.inputs[k]);
@@ -224,6 +225,20 @@ GraphCost::GraphCost(const graph::Graph& g, int64_t batch_size, const CostOption
       }
     }
 
+    // Tensor-parallel collectives.
+    if (d && d->op == graph::Op::TpAllReduce) m.allreduce_fwd = dy;
+    if (d && d->op == graph::Op::TpSoftmaxCrossEntropyLoss) {
+      // a float per position for the maxima, two for the sums and target scores, both passes
+      Affine pos = elems_of(n.inputs[1]);
+      m.allreduce_fwd = Affine{12 * pos.c, 12 * pos.b};
+      if (!act_grad.empty()) m.allreduce_bwd = m.allreduce_fwd;
+    }
+    if (d && d->op == graph::Op::TpCopy && !act_grad.empty()) {
+      m.bwd_in.runs = true;  // copy the gradient, all-reduce it, add it
+      m.bwd_in.bytes = Affine{3 * dy.c, 3 * dy.b};
+      m.allreduce_bwd = dy;
+    }
+
     // Loss on float graph outputs.
     if (opt_.loss)
       for (int o : n.outputs) {
@@ -297,7 +312,26 @@ int GraphCost::profile_in_flight(const DeviceSpec& dev, double u) const {
   return profile_applies(dev, u) ? opt_.profile->in_flight_microbatches : 0;
 }
 
+double ring_allreduce_s(double bytes, int ranks, const LinkSpec& link) {
+  if (ranks <= 1 || bytes <= 0) return 0.0;
+  const double r = static_cast<double>(ranks);
+  return 2.0 * (r - 1) / r * bytes / link.bandwidth + 2.0 * (r - 1) * link.latency;
+}
+
 PassTimes GraphCost::node_time(int node, double u, const DeviceSpec& dev, bool* measured, double in_flight, double busy) const {
+  const NodeModel& m = model_[static_cast<size_t>(node)];
+  // A GPU all-reduces in place (NCCL on the product's output, on the gradient): the link's time
+  // only. A CPU worker also copies the tensor through its memory.
+  const bool in_place = dev.kind == "gpu" && (m.allreduce_fwd.c + m.allreduce_fwd.b + m.allreduce_bwd.c + m.allreduce_bwd.b) > 0;
+  PassTimes t = in_place ? PassTimes{} : compute_time(node, u, dev, measured, in_flight, busy);
+  if (in_place && measured) *measured = false;
+  t.f += ring_allreduce_s(m.allreduce_fwd.at(u), opt_.tp_degree, opt_.tp_link);
+  t.b += ring_allreduce_s(m.allreduce_bwd.at(u), opt_.tp_degree, opt_.tp_link);
+  return t;
+}
+
+PassTimes GraphCost::compute_time(int node, double u, const DeviceSpec& dev, bool* measured, double in_flight,
+                                  double busy) const {
   if (measured) *measured = false;
   if (profile_applies(dev, u)) {
     auto it = opt_.profile->nodes.find(g_->nodes[static_cast<size_t>(node)].name);

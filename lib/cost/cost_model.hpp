@@ -25,6 +25,11 @@
 //     one: LayerNorm scale / bias, a bias Add, an embedding Gather) is a reduction over dY, one
 //     FLOP per output element, reading dY and the saved tensors and writing the weight gradient.
 //   views (Reshape, Flatten, Squeeze, Unsqueeze, Identity) cost nothing either way.
+//   tensor-parallel collectives (graph/tensor_parallel.hpp): TpAllReduce all-reduces its output
+//     in the forward, TpCopy its gradient in the backward (B): a ring all-reduce over the
+//     group's T devices on the host link, 2 (T - 1) / T x bytes / bandwidth + 2 (T - 1) x latency,
+//     in the critical path (Megatron's all-reduces are not overlapped); on a GPU that is all
+//     (NCCL reduces in place), a CPU worker also pays the copy through its memory.
 //   loss: each float graph output is followed by a softmax cross-entropy (6 FLOPs per element,
 //     reads the output once, forward and backward), charged to the node that produces it.
 //
@@ -78,6 +83,7 @@ struct NodeModel {
   // Of fwd / bwd_in, the softmax cross-entropy charged to a float graph output the node makes.
   Pass loss_fwd, loss_bwd;
   int family = -1;                   // cost::KernelFamily on calibrated devices; -1: none (free, or roofline)
+  Affine allreduce_fwd, allreduce_bwd;  // bytes all-reduced over the tensor-parallel group
   Affine workspace;                  // activation inputs + outputs
   std::vector<int> saved;            // storage roots of the saved activations
   std::vector<int> w_keep;           // storage roots W needs after B
@@ -95,7 +101,14 @@ struct CostOptions {
   Optimizer optimizer = Optimizer::AdamW;
   bool loss = true;                 // charge a softmax cross-entropy to each float output
   const Profile* profile = nullptr;
+  // Tensor parallelism: the group size the graph was split for and the link its all-reduces
+  // use (the host's).
+  int tp_degree = 1;
+  LinkSpec tp_link;
 };
+
+// Ring all-reduce of `bytes` over `ranks` devices joined by `link`.
+double ring_allreduce_s(double bytes, int ranks, const LinkSpec& link);
 
 class GraphCost {
  public:
@@ -121,6 +134,9 @@ class GraphCost {
                       double busy = 1) const;
   // The profile's in_flight_microbatches where it applies to `dev` at u, else 0.
   int profile_in_flight(const DeviceSpec& dev, double u) const;
+  // node_time without the tensor-parallel all-reduces.
+  PassTimes compute_time(int node, double u, const DeviceSpec& dev, bool* measured = nullptr, double in_flight = 0,
+                         double busy = 1) const;
   // True when the profile applies to this device at this microbatch size.
   bool profile_applies(const DeviceSpec& dev, double u) const;
   // The optimizer step of a stage holding `param_bytes` of (fp32) weights on `dev`; `measured`

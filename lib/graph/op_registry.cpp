@@ -61,7 +61,7 @@ NodeCost cost_elementwise(const Graph& g, const Node& n) { return streaming(g, n
 NodeCost cost_data_movement(const Graph& g, const Node& n) {
   NodeCost c = streaming(g, n, 0.0);
   // A slice, split or gather reads only what it writes (plus indices).
-  if (n.op_type == "Slice" || n.op_type == "Split" || n.op_type == "Gather") {
+  if (n.op_type == "Slice" || n.op_type == "Split" || n.op_type == "Gather" || n.op_type == "TpVocabGather") {
     c.bytes_read = c.bytes_written;
     for (size_t i = 1; i < n.inputs.size(); ++i) c.bytes_read += bytes_of(g, n.inputs[i]);
   }
@@ -255,6 +255,16 @@ constexpr OpDef kOps[] = {
     {Op::Range, "Range", C::DataMovement, kNone, kNone, kNone, cost_data_movement},
 
     {Op::SoftmaxCrossEntropyLoss, "SoftmaxCrossEntropyLoss", C::Loss, b(0), b(0) | b(1), kNone, cost_sce_loss},
+
+    // Megatron's f: identity forward (a view), all-reduce of the gradient over the group.
+    {Op::TpCopy, "TpCopy", C::View, b(0), kNone, kNone, cost_view},
+    // Megatron's g: all-reduce forward (a copy, then the sum over the group), identity backward.
+    {Op::TpAllReduce, "TpAllReduce", C::DataMovement, b(0), kNone, kNone, cost_data_movement},
+    // Gather of the rank's rows of a vocabulary-split table (attribute start): zeros elsewhere.
+    {Op::TpVocabGather, "TpVocabGather", C::DataMovement, b(0), b(1), kNone, cost_data_movement},
+    // SoftmaxCrossEntropyLoss over scores split by class (attributes start, classes): the row
+    // maxima, sums of exponentials and target scores reduced over the group, forward and backward.
+    {Op::TpSoftmaxCrossEntropyLoss, "TpSoftmaxCrossEntropyLoss", C::Loss, b(0), b(0) | b(1), kNone, cost_sce_loss},
 };
 
 constexpr bool registry_in_enum_order() {

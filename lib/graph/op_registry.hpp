@@ -34,6 +34,8 @@ enum class Op : int {
   Shape, Size, Constant, ConstantOfShape, Range,
   // losses
   SoftmaxCrossEntropyLoss,
+  // tensor parallelism: inserted by graph/tensor_parallel.hpp, never read from a file
+  TpCopy, TpAllReduce, TpVocabGather, TpSoftmaxCrossEntropyLoss,
   kCount
 };
 

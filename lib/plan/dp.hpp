@@ -196,8 +196,11 @@ DpSolution solve_partition(const O& o, int m, const DpOptions& opt = {}) {
   auto consider = [&](const DpSolution& d) {
     if (d.feasible && d.objective < best.objective) best = d;
   };
-  if (m == 1 || S == 1) {
-    consider(run(kInf, nullptr));
+  // Unbounded first: no partition at all fits (memory) -> done in one run; else its sum is the
+  // least sum of any partition, the walk's bound below.
+  const DpSolution any = run(kInf, nullptr);
+  consider(any);
+  if (!any.feasible || m == 1 || S == 1) {
     best.dp_runs = runs;
     return best;
   }
@@ -219,11 +222,7 @@ DpSolution solve_partition(const O& o, int m, const DpOptions& opt = {}) {
   }
   if (!feas.feasible) {
     lo = hi;
-    feas = run(kInf, nullptr);  // feasible at all?
-    if (!feas.feasible) {
-      best.dp_runs = runs;
-      return best;
-    }
+    feas = any;
   }
   consider(feas);
   hi = feas.t_max;  // the smallest feasible T lies in (lo, hi]
@@ -251,9 +250,8 @@ DpSolution solve_partition(const O& o, int m, const DpOptions& opt = {}) {
       lo = next;
     }
   }
-  // Walk the change points of DP(T) upward from the smallest feasible T. The bound on the sum
-  // starts as the oracle's; after a few steps the unbounded DP's minimum sum replaces it.
-  double sum_lb = o.sum_lower_bound();
+  // Walk the change points of DP(T) upward from the smallest feasible T.
+  const double sum_lb = std::max(o.sum_lower_bound(), any.sum);
   double T = hi;
   int steps = 0;
   bool walk_cut = false;
@@ -263,12 +261,7 @@ DpSolution solve_partition(const O& o, int m, const DpOptions& opt = {}) {
       walk_cut = true;
       break;
     }
-    if (++steps == 16) {
-      DpSolution any = run(kInf, nullptr);
-      consider(any);
-      if (any.feasible) sum_lb = std::max(sum_lb, any.sum);
-      continue;
-    }
+    ++steps;
     double next = kInf;
     consider(run(T, &next));
     if (!(next < kInf)) break;

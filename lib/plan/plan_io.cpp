@@ -51,10 +51,13 @@ json prediction_json(const Prediction& p) {
 
 }  // namespace
 
-json plan_to_json(const Plan& plan, const PlanInputs& in, const PlanOptions& opt, const PlanContext& ctx) {
+json plan_to_json(const Plan& plan, const PlanInputs& source, const PlanOptions& opt, const PlanContext& ctx) {
+  // Stages refer to the graph a rank runs (rank 0's when split); ranks to the source cluster.
+  const PlanInputs in = plan_inputs(plan, source);
   const graph::Graph& g = *in.graph;
   const cost::GraphCost& gc = *in.cost;
-  const cost::Cluster& cl = *in.cluster;
+  const cost::Cluster& cl = *source.cluster;
+  const RankLayout layout = plan.rank_layout();
   const double u = plan.microbatch_size;
   const int S = static_cast<int>(plan.stage_plans.size());
   std::vector<int> stage_of_node(g.nodes.size(), -1);
@@ -90,7 +93,8 @@ json plan_to_json(const Plan& plan, const PlanInputs& in, const PlanOptions& opt
       outputs.push_back(tensor_json(gc, v, u, "to_stage", to));
     }
     json ranks = json::array();
-    for (int rep = 0; rep < plan.data_parallel; ++rep) ranks.push_back(rep * plan.stages + sp.pipeline_rank);
+    for (int rep = 0; rep < plan.data_parallel; ++rep)
+      for (int t = 0; t < plan.tensor_parallel; ++t) ranks.push_back(layout.rank(rep, sp.pipeline_rank, t));
     json thr = json::array();
     for (int v : through) thr.push_back(g.value(v).name);
     stages.push_back(json{{"index", sp.index},
@@ -116,8 +120,9 @@ json plan_to_json(const Plan& plan, const PlanInputs& in, const PlanOptions& opt
   }
 
   json ranks = json::array();
-  for (int q = 0; q < plan.stages * plan.data_parallel; ++q) {
-    int rep = q / plan.stages, r = q % plan.stages;
+  for (int q = 0; q < layout.size(); ++q) {
+    const RankLayout::Coords co = layout.coords(q);
+    const int rep = co.replica, r = co.pipeline_rank;
     int dev = plan.device_of_rank[static_cast<size_t>(q)];
     const auto& d = cl.devices[static_cast<size_t>(dev)];
     json chunks = json::array();
@@ -126,6 +131,7 @@ json plan_to_json(const Plan& plan, const PlanInputs& in, const PlanOptions& opt
     ranks.push_back(json{{"rank", q},
                          {"replica", rep},
                          {"pipeline_rank", r},
+                         {"tp_rank", co.tp_rank},
                          {"host", cl.hosts[static_cast<size_t>(d.host)].name},
                          {"device", dev},
                          {"local_device", d.local},
@@ -153,24 +159,58 @@ json plan_to_json(const Plan& plan, const PlanInputs& in, const PlanOptions& opt
     baselines.push_back(bj);
   }
 
+  json megatron{{"name", "megatron"}, {"available", plan.megatron.available}, {"note", plan.megatron.note}};
+  if (plan.megatron.available) {
+    const auto& m = plan.megatron;
+    megatron["tensor_parallel"] = m.tensor_parallel;
+    megatron["pipeline"] = m.stages;
+    megatron["data_parallel"] = m.data_parallel;
+    megatron["microbatches"] = m.microbatches;
+    megatron["prediction"] = prediction_json(m.prediction);
+    megatron["speedup"] = plan.prediction.step_s > 0 ? json(m.prediction.step_s / plan.prediction.step_s) : json(nullptr);
+  }
+  json tp{{"degree", plan.tensor_parallel}, {"degrees_searched", plan.degrees_searched}};
+  {
+    json groups = json::array();
+    if (plan.tp) {
+      const graph::Graph& src = *source.graph;
+      const auto& a = plan.tp->analysis;
+      for (const auto& grp : a.groups) {
+        json ps = json::array();
+        for (int p : grp.parameters) ps.push_back(src.value(p).name);
+        groups.push_back(json{{"name", grp.name},
+                              {"kind", std::string(graph::tp_kind_name(grp.kind))},
+                              {"first_node", src.nodes[static_cast<size_t>(grp.nodes.front())].name},
+                              {"last_node", src.nodes[static_cast<size_t>(grp.nodes.back())].name},
+                              {"nodes", static_cast<int>(grp.nodes.size())},
+                              {"parameters", ps}});
+      }
+      tp["sharded_parameters"] = a.sharded_params;
+      tp["replicated_parameters"] = a.replicated_params;
+      tp["vocabulary_parallel_output"] = a.sharded_output >= 0;
+    }
+    tp["groups"] = groups;
+  }
+
   json dims = json::object();
   for (const auto& [k, v] : g.dims) dims[k] = v;
-  int64_t params = g.parameter_count();
+  int64_t params = source.graph->parameter_count();
   return json{
       {"version", kPlanFileVersion},
       {"smp_version", SMP_VERSION},
       {"model", {{"path", plan.model_path}, {"sha256", ctx.model_sha256}, {"name", plan.model_name},
-                 {"nodes", static_cast<int>(g.nodes.size())}, {"parameters", params}}},
+                 {"nodes", static_cast<int>(source.graph->nodes.size())}, {"parameters", params}}},
       {"batch_size", plan.batch_size},
       {"dims", dims},
       {"microbatches", plan.microbatches},
       {"microbatch_size", static_cast<int64_t>(std::llround(plan.microbatch_size))},
       {"degrees", {{"pipeline", plan.stages}, {"data_parallel", plan.data_parallel}, {"chunks", plan.chunks},
-                   {"ranks", plan.stages * plan.data_parallel}}},
+                   {"tensor_parallel", plan.tensor_parallel}, {"ranks", layout.size()}}},
       {"options", {{"optimizer", std::string(cost::optimizer_name(gc.options().optimizer))},
                    {"dtype", ctx.dtype},
                    {"recompute", std::string(recompute_name(opt.recompute))},
                    {"layout", std::string(layout_name(plan.layout))},
+                   {"shard_optimizer", plan.shard_optimizer},
                    {"profile", ctx.profile_file.empty() ? json(nullptr) : json(ctx.profile_file)}}},
       {"schedule", {{"name", plan.schedule_name}, {"ranks", plan.stages}, {"chunks", plan.chunks},
                     {"microbatches", plan.microbatches}, {"stage_ranks", plan.schedule.stage_rank}, {"actions", actions}}},
@@ -179,6 +219,8 @@ json plan_to_json(const Plan& plan, const PlanInputs& in, const PlanOptions& opt
       {"prediction", prediction_json(plan.prediction)},
       {"partition", plan.partition},
       {"baselines", baselines},
+      {"megatron_baseline", megatron},
+      {"tensor_parallel", tp},
       {"cluster", {{"name", cl.name}, {"summary", cl.summary()}, {"file", ctx.cluster_file.empty() ? json(nullptr) : json(ctx.cluster_file)},
                    {"devices", cl.size()}, {"devices_used", plan.devices_used}, {"description", cost::to_json(cl)}}},
       {"search", {{"cut_positions_seen", plan.positions_seen}, {"cut_positions_total", plan.positions_total},
@@ -256,6 +298,7 @@ PlanFile plan_from_json(const json& j, const std::string& where) {
   f.stages = static_cast<int>(r.integer(deg, "degrees.", "pipeline", 1));
   f.data_parallel = static_cast<int>(r.integer(deg, "degrees.", "data_parallel", 1));
   f.chunks = static_cast<int>(r.integer(deg, "degrees.", "chunks", 1));
+  if (deg.contains("tensor_parallel")) f.tensor_parallel = static_cast<int>(r.integer(deg, "degrees.", "tensor_parallel", 1));
   if (f.batch_size != int64_t{f.data_parallel} * f.microbatches * f.microbatch_size)
     r.fail("batch_size", "is not data_parallel x microbatches x microbatch_size");
   if (j.contains("dims")) {
@@ -268,6 +311,10 @@ PlanFile plan_from_json(const json& j, const std::string& where) {
   const json& o = r.get(j, "", "options");
   f.optimizer = r.str(o, "options.", "optimizer");
   f.dtype = r.str(o, "options.", "dtype");
+  if (o.contains("shard_optimizer")) {
+    if (!o["shard_optimizer"].is_boolean()) r.fail("options.shard_optimizer", "must be true or false");
+    f.shard_optimizer = o["shard_optimizer"].get<bool>();
+  }
   const json& sj = r.get(j, "", "schedule");
   json sched{{"version", schedule::kScheduleFileVersion}, {"name", r.str(sj, "schedule.", "name")},
              {"ranks", r.integer(sj, "schedule.", "ranks", 1)}, {"chunks", r.integer(sj, "schedule.", "chunks", 1)},
@@ -307,8 +354,9 @@ PlanFile plan_from_json(const json& j, const std::string& where) {
     f.stage.push_back(s);
   }
   const json& rk = r.arr(j, "", "ranks");
-  if (static_cast<int>(rk.size()) != f.stages * f.data_parallel)
-    r.fail("ranks", fmt::format("{} ranks, degrees say {}", rk.size(), f.stages * f.data_parallel));
+  const RankLayout layout = f.rank_layout();
+  if (static_cast<int>(rk.size()) != layout.size())
+    r.fail("ranks", fmt::format("{} ranks, degrees say {}", rk.size(), layout.size()));
   for (size_t i = 0; i < rk.size(); ++i) {
     std::string p = fmt::format("ranks[{}].", i);
     PlanRank q;
@@ -316,6 +364,12 @@ PlanFile plan_from_json(const json& j, const std::string& where) {
     if (q.rank != static_cast<int>(i)) r.fail(p + "rank", "ranks must be listed in order");
     q.replica = static_cast<int>(r.integer(rk[i], p, "replica"));
     q.pipeline_rank = static_cast<int>(r.integer(rk[i], p, "pipeline_rank"));
+    if (rk[i].contains("tp_rank")) q.tp_rank = static_cast<int>(r.integer(rk[i], p, "tp_rank"));
+    const RankLayout::Coords co = layout.coords(q.rank);
+    if (co.replica != q.replica || co.pipeline_rank != q.pipeline_rank || co.tp_rank != q.tp_rank)
+      r.fail(p + "rank", fmt::format("replica {}, pipeline rank {}, tensor-parallel rank {} is rank {} in smp's layout",
+                                     q.replica, q.pipeline_rank, q.tp_rank,
+                                     layout.rank(q.replica, q.pipeline_rank, q.tp_rank)));
     q.host = r.str(rk[i], p, "host");
     q.device = static_cast<int>(r.integer(rk[i], p, "device"));
     q.local_device = static_cast<int>(r.integer(rk[i], p, "local_device"));

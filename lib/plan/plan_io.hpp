@@ -47,11 +47,11 @@ struct PlanStage {
   std::vector<TensorRef> inputs, outputs;
   std::vector<std::string> parameters;
   bool recompute = false;
-  std::vector<int> ranks;               // global ranks running it (one per replica)
+  std::vector<int> ranks;               // global ranks running it (replicas x tensor-parallel ranks)
 };
 
 struct PlanRank {
-  int rank = 0, replica = 0, pipeline_rank = 0;
+  int rank = 0, replica = 0, pipeline_rank = 0, tp_rank = 0;
   std::string host;
   int device = 0;        // index into the cluster's flattened device list
   int local_device = 0;  // index among its host's devices
@@ -63,11 +63,14 @@ struct PlanFile {
   std::string model_path, model_sha256;
   int64_t batch_size = 0, microbatch_size = 0;
   int microbatches = 0, stages = 0, data_parallel = 1, chunks = 1;
+  int tensor_parallel = 1;              // ranks per tensor-parallel group
+  bool shard_optimizer = false;         // optimizer state split over the replicas (ZeRO stage 1)
   std::map<std::string, int64_t> dims;  // symbolic dims besides the batch, as planned
   std::string optimizer, dtype;
   schedule::Schedule schedule;          // lowered: the worker runs these lists literally
   std::vector<PlanStage> stage;         // S = stages * chunks
-  std::vector<PlanRank> ranks;          // stages * data_parallel
+  std::vector<PlanRank> ranks;          // stages * data_parallel * tensor_parallel
+  RankLayout rank_layout() const { return RankLayout{stages, data_parallel, tensor_parallel}; }
   nlohmann::json json;                  // the whole file
 };
 

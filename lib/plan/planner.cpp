@@ -16,6 +16,7 @@
 #include <regex>
 #include <set>
 #include <tuple>
+#include <unordered_map>
 
 namespace smp::plan {
 
@@ -122,10 +123,16 @@ namespace {
 
 // Module index in a node name: "/blocks.3/attn/MatMul" -> "blocks.3".
 std::string module_index(const std::string& name) {
+  // A pure function of the name, asked again for every stage count and every degree's graph:
+  // remembered (the regex costs microseconds per name).
+  static std::unordered_map<std::string, std::string> seen;
+  auto it = seen.find(name);
+  if (it != seen.end()) return it->second;
   static const std::regex re(R"(([A-Za-z_][A-Za-z0-9_]*)[./](\d+)(?=[./]|$))");
   std::smatch m;
-  if (std::regex_search(name, m, re)) return m[1].str() + "." + m[2].str();
-  return "";
+  std::string r = std::regex_search(name, m, re) ? m[1].str() + "." + m[2].str() : "";
+  if (seen.size() > (1u << 20)) seen.clear();
+  return seen.emplace(name, std::move(r)).first->second;
 }
 
 bool has_params(const graph::Graph& g, const graph::Node& n) {
@@ -251,15 +258,42 @@ std::vector<int> equal_params_bounds(const graph::Graph& g, int S, std::string* 
   std::vector<std::vector<double>> f(static_cast<size_t>(S) + 1, std::vector<double>(static_cast<size_t>(U) + 1, inf));
   std::vector<std::vector<int>> arg(static_cast<size_t>(S) + 1, std::vector<int>(static_cast<size_t>(U) + 1, -1));
   f[0][0] = 0;
-  for (int s = 1; s <= S; ++s)
-    for (int j = s; j <= U - (S - s); ++j)
-      for (int i = s - 1; i < j; ++i) {
-        double v = std::max(f[static_cast<size_t>(s) - 1][static_cast<size_t>(i)], pre[static_cast<size_t>(j)] - pre[static_cast<size_t>(i)]);
-        if (v < f[static_cast<size_t>(s)][static_cast<size_t>(j)]) {
-          f[static_cast<size_t>(s)][static_cast<size_t>(j)] = v;
-          arg[static_cast<size_t>(s)][static_cast<size_t>(j)] = i;
-        }
+  // f[s][j] = min over i of max(f[s-1][i], pre[j] - pre[i]): the first term does not decrease
+  // with i, the second does not increase, so the minimum sits where they cross (found by
+  // bisection); among equal minima the earliest i is taken, as a scan from the left would.
+  for (int s = 1; s <= S; ++s) {
+    const auto& A = f[static_cast<size_t>(s) - 1];
+    for (int j = s; j <= U - (S - s); ++j) {
+      auto Bv = [&](int i) { return pre[static_cast<size_t>(j)] - pre[static_cast<size_t>(i)]; };
+      int lo = s - 1, hi = j;  // the first i in [s-1, j) with A(i) >= B(i); j when none
+      while (lo < hi) {
+        const int mid = lo + (hi - lo) / 2;
+        if (A[static_cast<size_t>(mid)] >= Bv(mid)) hi = mid;
+        else lo = mid + 1;
       }
+      const int ic = lo;
+      double best = inf;
+      int besti = -1;
+      if (ic > s - 1) {
+        // left of the crossing g(i) = B(i), smallest at ic - 1; its earliest equal value
+        const double v = Bv(ic - 1);
+        int a = s - 1, b = ic - 1;  // the first i in [s-1, ic-1] with B(i) == v (B does not increase)
+        while (a < b) {
+          const int mid = a + (b - a) / 2;
+          if (Bv(mid) <= v) b = mid;
+          else a = mid + 1;
+        }
+        best = v;
+        besti = a;
+      }
+      if (ic < j && A[static_cast<size_t>(ic)] < best) {
+        best = A[static_cast<size_t>(ic)];
+        besti = ic;
+      }
+      f[static_cast<size_t>(s)][static_cast<size_t>(j)] = best;
+      arg[static_cast<size_t>(s)][static_cast<size_t>(j)] = besti;
+    }
+  }
   std::vector<int> ub(static_cast<size_t>(S) + 1);
   ub[static_cast<size_t>(S)] = U;
   for (int s = S; s >= 1; --s) ub[static_cast<size_t>(s) - 1] = arg[static_cast<size_t>(s)][static_cast<size_t>(ub[static_cast<size_t>(s)])];
@@ -403,6 +437,10 @@ struct Config {
   Layout layout = Layout::PipelineMajor;
   double u = 0;
   double est = 0, lb = 0;
+  int space = 0;      // index of its tensor-parallel degree's search space
+  bool zero = false;  // optimizer state split over the d replicas
+  // Optimizer state and update per weight byte on one replica.
+  double optimizer_share() const { return zero ? 1.0 / d : 1.0; }
 };
 
 // What a slot (stage position) runs on.
@@ -643,7 +681,7 @@ class Search {
     Evaluated ev;
     const int S = s.stages();
     const double u = c.u;
-    const double opt_f = cost::optimizer_factor(gc_.options().optimizer);
+    const double opt_f = cost::optimizer_factor(gc_.options().optimizer) * c.optimizer_share();
     schedule::Costs costs;
     costs.stage.resize(static_cast<size_t>(S));
     costs.link.resize(static_cast<size_t>(std::max(S - 1, 0)));
@@ -684,7 +722,7 @@ class Search {
         cost::PassTimes tt;
         int ms_count = 0;
         const cost::DeviceSpec& dev = cl_.kinds[static_cast<size_t>(k)];
-        sp.update_s = std::max(sp.update_s, gc_.optimizer_step_s(mem.param_bytes, dev, nullptr, c.p * c.d));
+        sp.update_s = std::max(sp.update_s, gc_.optimizer_step_s(mem.param_bytes * c.optimizer_share(), dev, nullptr, c.p * c.d));
         const double x = in_flight(dev);
         for (int n = a; n < b; ++n) {
           bool ms = false;
@@ -815,6 +853,89 @@ std::string human_bytes(double x) {
 
 }  // namespace
 
+namespace {
+
+// One tensor-parallel degree's search: the graph one rank of a group runs, its cost, the cluster
+// with one device per group, and the tables the DP and the simulator read.
+struct Space {
+  int tp = 1;
+  std::shared_ptr<const TpContext> ctx;  // null for tp 1
+  PlanInputs in;
+  std::vector<int> cuts;
+  Tables T;
+  std::map<int64_t, UData> udata;
+  std::unique_ptr<Search> search;
+  std::map<int, std::pair<std::vector<int>, std::vector<int>>> baseline_cache;  // by stage count
+  std::vector<std::pair<int, int>> pds;  // (p, d) over the groups it uses
+  int n_used = 0;                        // groups used
+  double static_total = 0;               // weights + gradients + optimizer state of one rank's graph
+
+  const UData& get_u(double u) {
+    const int64_t key = static_cast<int64_t>(std::llround(u));
+    auto it = udata.find(key);
+    if (it == udata.end()) it = udata.emplace(key, make_udata(*in.cost, *in.cluster, T, u)).first;
+    return it->second;
+  }
+  const std::pair<std::vector<int>, std::vector<int>>& baselines_for(int S) {
+    auto bl = baseline_cache.find(S);
+    if (bl == baseline_cache.end())
+      bl = baseline_cache.emplace(S, std::make_pair(equal_layers_bounds(*in.graph, S, nullptr, nullptr),
+                                                    equal_params_bounds(*in.graph, S, nullptr, nullptr))).first;
+    return bl->second;
+  }
+  // Global rank -> device of the source cluster (rank_layout()).
+  std::vector<int> devices_of_ranks(const Config& c) const {
+    std::vector<int> out;
+    for (int rep = 0; rep < c.d; ++rep)
+      for (int r = 0; r < c.p; ++r) {
+        const int gd = device_of(c, rep, r);
+        for (int t = 0; t < tp; ++t) out.push_back(ctx ? ctx->first_device[static_cast<size_t>(gd)] + t : gd);
+      }
+    return out;
+  }
+};
+
+std::unique_ptr<Space> make_space(const PlanInputs& in, const PlanOptions& opt, int tp, std::string* why) {
+  auto sp = std::make_unique<Space>();
+  sp->tp = tp;
+  if (tp == 1) {
+    sp->in = in;
+  } else {
+    std::string problem = tp_cluster_problem(*in.cluster, tp);
+    if (!problem.empty()) {
+      if (why) *why = problem;
+      return nullptr;
+    }
+    sp->ctx = make_tp_context(*in.graph, opt.batch_size, in.cost->options(), *in.cluster, tp);
+    if (!sp->ctx) {
+      if (why) *why = fmt::format("the graph has no groups that split {} ways", tp);
+      return nullptr;
+    }
+    sp->in = PlanInputs{&sp->ctx->graph, sp->ctx->cost.get(), &sp->ctx->cluster};
+  }
+  sp->cuts = candidate_positions(*sp->in.cost, opt.max_positions);
+  sp->T = build_tables(*sp->in.cost, sp->cuts);
+  sp->search = std::make_unique<Search>(sp->in, opt);
+  double param_bytes = 0;
+  for (int p : sp->in.graph->parameters) param_bytes += static_cast<double>(sp->in.graph->value(p).bytes());
+  sp->static_total = param_bytes * 2;  // + the optimizer state, which depends on sharding
+  return sp;
+}
+
+}  // namespace
+
+PlanInputs plan_inputs(const Plan& plan, const PlanInputs& in) {
+  if (!plan.tp) return in;
+  return PlanInputs{&plan.tp->graph, plan.tp->cost.get(), &plan.tp->cluster};
+}
+
+ShardOptimizer parse_shard_optimizer(const std::string& s, const std::string& where) {
+  if (s == "auto") return ShardOptimizer::Auto;
+  if (s == "always" || s == "on") return ShardOptimizer::Always;
+  if (s == "never" || s == "off") return ShardOptimizer::Never;
+  throw_bad_input(where, fmt::format("unknown value '{}'", s), "one of auto, always, never");
+}
+
 Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
   const graph::Graph& g = *in.graph;
   const GraphCost& gc = *in.cost;
@@ -841,6 +962,7 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
     throw_bad_input("--schedule", fmt::format("unknown schedule '{}'", opt.schedule), "one of auto, gpipe, 1f1b, interleaved, zb-h1");
   if (opt.chunks > 1 && opt.schedule != "auto" && opt.schedule != "interleaved" && opt.schedule != "gpipe")
     throw_bad_input("--chunks", fmt::format("{} runs one stage per rank", opt.schedule), "use --schedule interleaved or gpipe");
+  if (opt.tensor_parallel < 0) throw_bad_input("--tensor-parallel", "must be at least 1");
   const cost::Profile* prof = gc.options().profile;
   if (prof) {
     bool match = false;
@@ -848,6 +970,9 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
     if (!match)
       throw_bad_input(prof->path, fmt::format("measured on device \"{}\", which the cluster does not have", prof->device_name),
                       "profile on the cluster's devices, or leave --profile out");
+    if (opt.tensor_parallel > 1)
+      throw_bad_input("--tensor-parallel", "a profile measured whole nodes, not their tensor-parallel parts",
+                      "leave out --profile, or plan without tensor parallelism");
   }
 
   for (int q : opt.split_cuts) {
@@ -866,102 +991,134 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
   plan.positions_total = std::max(N - 1, 0);
   plan.devices_total = cl.size();
 
-  std::vector<int> cuts = candidate_positions(gc, opt.max_positions);
-  plan.positions_seen = static_cast<int>(cuts.size());
-  Tables T = build_tables(gc, cuts);
-  const int K = T.K;
-
-  // Device counts and degrees.
-  auto valid_pd = [&](int p, int d) {
-    if (opt.stages && p != opt.stages) return false;
-    if (opt.data_parallel && d != opt.data_parallel) return false;
-    if (p > K) return false;
-    if (B % d != 0) return false;
-    if (opt.microbatches && (B / d) % opt.microbatches != 0) return false;
-    if (prof && (B / d) % prof->microbatch_size != 0) return false;
-    if (prof && opt.microbatches && (B / d) / opt.microbatches != prof->microbatch_size) return false;
-    return true;
-  };
-  int n_used = 0;
-  std::vector<std::pair<int, int>> pds;
-  if (opt.stages && opt.data_parallel) {
-    int64_t need = int64_t{opt.stages} * opt.data_parallel;
-    if (need > cl.size())
-      throw_bad_input("--stages", fmt::format("{} stages x {} replicas need {} devices, the cluster has {}", opt.stages,
-                                              opt.data_parallel, need, cl.size()));
+  // The degrees: the one asked for, else 1 and the powers of two a host's devices split into
+  // (a measured profile keeps the search at 1).
+  std::vector<std::unique_ptr<Space>> spaces;
+  {
+    std::vector<int> degrees;
+    if (opt.tensor_parallel > 0) degrees = {opt.tensor_parallel};
+    else if (prof) degrees = {1};
+    else degrees = {1, 2, 4, 8};
+    for (int T : degrees) {
+      if (T > cl.size()) {
+        if (opt.tensor_parallel > 0)
+          throw_bad_input("--tensor-parallel", fmt::format("{} ranks per group, the cluster has {} devices", T, cl.size()));
+        continue;
+      }
+      std::string why;
+      auto sp = make_space(in, opt, T, &why);
+      if (!sp) {
+        if (opt.tensor_parallel > 0) throw_bad_input("--tensor-parallel", fmt::format("{}: {}", T, why), "choose another degree, or 1");
+        continue;
+      }
+      plan.degrees_searched.push_back(T);
+      spaces.push_back(std::move(sp));
+    }
   }
-  for (int n = cl.size(); n >= 1 && pds.empty(); --n) {
-    for (int p = 1; p <= n; ++p)
-      if (n % p == 0 && valid_pd(p, n / p)) pds.emplace_back(p, n / p);
-    if (!pds.empty()) n_used = n;
-  }
-  if (pds.empty()) {
-    if (opt.stages > K)
-      throw_bad_input("--stages", fmt::format("{} stages, but the DP sees only {} cut positions ({} segments)", opt.stages,
-                                              K - 1, K));
-    if (prof)
-      throw_bad_input(prof->path, fmt::format("measured at microbatches of {}, which no split of the batch of {} over {} devices{} gives",
-                                              prof->microbatch_size, B, cl.size(),
-                                              opt.microbatches ? fmt::format(" into {} microbatches", opt.microbatches) : ""),
-                      "profile at the planned microbatch size, or leave --profile out");
-    throw_bad_input("--batch-size", fmt::format("no pipeline x data-parallel split of {} devices fits a batch of {}", cl.size(), B),
-                    "change --batch-size, --stages or --data-parallel");
-  }
-  plan.devices_used = n_used;
-  if (n_used < cl.size())
-    plan.notes.push_back(fmt::format("uses {} of the {} devices: no split of all {} fits the batch and the graph", n_used,
-                                     cl.size(), cl.size()));
 
-  // Candidate configurations.
-  std::map<int64_t, UData> udata;  // by microbatch size
-  auto get_u = [&](double u) -> const UData& {
-    int64_t key = static_cast<int64_t>(std::llround(u));
-    auto it = udata.find(key);
-    if (it == udata.end()) it = udata.emplace(key, make_udata(gc, cl, T, u)).first;
-    return it->second;
-  };
-  double total_param_bytes = 0;
-  for (int p : g.parameters) total_param_bytes += static_cast<double>(g.value(p).bytes());
-  const double static_total = total_param_bytes * (2 + cost::optimizer_factor(gc.options().optimizer));
+  // Pipeline x data-parallel degrees over each space's groups.
+  int K_max = 0;
+  for (auto& sp : spaces) {
+    const int K = sp->T.K;
+    K_max = std::max(K_max, K);
+    const int G = sp->in.cluster->size();
+    auto valid_pd = [&](int p, int d) {
+      if (opt.stages && p != opt.stages) return false;
+      if (opt.data_parallel && d != opt.data_parallel) return false;
+      if (p > K) return false;
+      if (B % d != 0) return false;
+      if (opt.microbatches && (B / d) % opt.microbatches != 0) return false;
+      if (prof && (B / d) % prof->microbatch_size != 0) return false;
+      if (prof && opt.microbatches && (B / d) / opt.microbatches != prof->microbatch_size) return false;
+      return true;
+    };
+    if (opt.stages && opt.data_parallel && opt.tensor_parallel > 0) {
+      int64_t need = int64_t{opt.stages} * opt.data_parallel * sp->tp;
+      if (need > cl.size())
+        throw_bad_input("--stages", fmt::format("{} stages x {} replicas x {} tensor-parallel ranks need {} devices, the cluster has {}",
+                                                opt.stages, opt.data_parallel, sp->tp, need, cl.size()));
+    } else if (opt.stages && opt.data_parallel && sp->tp == 1) {
+      int64_t need = int64_t{opt.stages} * opt.data_parallel;
+      if (need > cl.size())
+        throw_bad_input("--stages", fmt::format("{} stages x {} replicas need {} devices, the cluster has {}", opt.stages,
+                                                opt.data_parallel, need, cl.size()));
+    }
+    for (int n = G; n >= 1 && sp->pds.empty(); --n) {
+      for (int p = 1; p <= n; ++p)
+        if (n % p == 0 && valid_pd(p, n / p)) sp->pds.emplace_back(p, n / p);
+      if (!sp->pds.empty()) sp->n_used = n;
+    }
+  }
+  {
+    bool any = false;
+    for (auto& sp : spaces) any |= !sp->pds.empty();
+    if (!any) {
+      if (opt.stages > K_max)
+        throw_bad_input("--stages", fmt::format("{} stages, but the DP sees only {} cut positions ({} segments)", opt.stages,
+                                                K_max - 1, K_max));
+      if (prof)
+        throw_bad_input(prof->path, fmt::format("measured at microbatches of {}, which no split of the batch of {} over {} devices{} gives",
+                                                prof->microbatch_size, B, cl.size(),
+                                                opt.microbatches ? fmt::format(" into {} microbatches", opt.microbatches) : ""),
+                        "profile at the planned microbatch size, or leave --profile out");
+      throw_bad_input("--batch-size", fmt::format("no pipeline x data-parallel split of {} devices fits a batch of {}", cl.size(), B),
+                      "change --batch-size, --stages or --data-parallel");
+    }
+  }
 
+  // Candidate configurations of every space, pooled.
+  const double opt_f = cost::optimizer_factor(gc.options().optimizer);
   std::vector<Config> configs;
   bool interleaved_possible = false;
-  for (auto [p, d] : pds) {
-    std::vector<int> ms;
-    if (opt.microbatches) ms = {opt.microbatches};
-    else if (prof) ms = {static_cast<int>((B / d) / prof->microbatch_size)};
-    else ms = divisors(B / d);
-    for (int m : ms) {
-      if (int64_t{p} * m > (1 << 22)) continue;
-      std::vector<std::string> names;
-      if (opt.schedule == "auto") {
-        names = p == 1 ? std::vector<std::string>{"gpipe"} : known;
-      } else {
-        names = {opt.schedule};
-      }
-      for (const auto& name : names) {
-        int v = 1;
-        if (name == "interleaved") {
-          v = opt.chunks ? opt.chunks : 2;
-          if (p < 2 || m % p != 0 || p * v > K || v < 2) continue;
-          interleaved_possible = true;
-        } else if (name == "gpipe" && opt.chunks > 1 && opt.schedule == "gpipe") {
-          v = opt.chunks;
-          if (p * v > K) continue;
+  double bw_min = kInf;
+  for (const auto& h : cl.hosts) bw_min = std::min(bw_min, h.link.bandwidth);
+  if (cl.hosts.size() > 1) bw_min = std::min(bw_min, cl.interconnect.bandwidth);
+  for (size_t si = 0; si < spaces.size(); ++si) {
+    Space& sp = *spaces[si];
+    const int K = sp.T.K;
+    for (auto [p, d] : sp.pds) {
+      std::vector<int> ms;
+      if (opt.microbatches) ms = {opt.microbatches};
+      else if (prof) ms = {static_cast<int>((B / d) / prof->microbatch_size)};
+      else ms = divisors(B / d);
+      // Optimizer-state sharding: with one replica there is nothing to split.
+      std::vector<bool> zeros = {false};
+      if (d > 1 && opt.shard_optimizer == ShardOptimizer::Always) zeros = {true};
+      for (int m : ms) {
+        if (int64_t{p} * m > (1 << 22)) continue;
+        std::vector<std::string> names;
+        if (opt.schedule == "auto") {
+          names = p == 1 ? std::vector<std::string>{"gpipe"} : known;
+        } else {
+          names = {opt.schedule};
         }
-        if (opt.split == PlanOptions::Split::Cuts && p * v != static_cast<int>(opt.split_cuts.size()) + 1) continue;
-        std::vector<Layout> layouts = {Layout::PipelineMajor};
-        if (p > 1 && d > 1 && cl.hosts.size() > 1) layouts.push_back(Layout::ReplicaMajor);
-        for (Layout lay : layouts) {
-          Config c;
-          c.p = p;
-          c.d = d;
-          c.v = v;
-          c.m = m;
-          c.schedule = name;
-          c.layout = lay;
-          c.u = static_cast<double>(B) / d / m;
-          configs.push_back(c);
+        for (const auto& name : names) {
+          int v = 1;
+          if (name == "interleaved") {
+            v = opt.chunks ? opt.chunks : 2;
+            if (p < 2 || m % p != 0 || p * v > K || v < 2) continue;
+            interleaved_possible = true;
+          } else if (name == "gpipe" && opt.chunks > 1 && opt.schedule == "gpipe") {
+            v = opt.chunks;
+            if (p * v > K) continue;
+          }
+          if (opt.split == PlanOptions::Split::Cuts && p * v != static_cast<int>(opt.split_cuts.size()) + 1) continue;
+          std::vector<Layout> layouts = {Layout::PipelineMajor};
+          if (p > 1 && d > 1 && cl.hosts.size() > 1) layouts.push_back(Layout::ReplicaMajor);
+          for (Layout lay : layouts)
+            for (bool z : zeros) {
+              Config c;
+              c.p = p;
+              c.d = d;
+              c.v = v;
+              c.m = m;
+              c.schedule = name;
+              c.layout = lay;
+              c.u = static_cast<double>(B) / d / m;
+              c.space = static_cast<int>(si);
+              c.zero = z;
+              configs.push_back(c);
+            }
         }
       }
     }
@@ -977,23 +1134,18 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
   plan.configs_considered = static_cast<int>(configs.size());
 
   // Estimates (balanced stages) and lower bounds (m * work / p).
-  double bw_min = kInf;
-  for (const auto& h : cl.hosts) bw_min = std::min(bw_min, h.link.bandwidth);
-  if (cl.hosts.size() > 1) bw_min = std::min(bw_min, cl.interconnect.bandwidth);
   for (auto& c : configs) {
-    const UData& U = get_u(c.u);
+    Space& sp = *spaces[static_cast<size_t>(c.space)];
+    const UData& U = sp.get_u(c.u);
+    double total_param_bytes = sp.static_total / 2;
     double per_rank = U.total_fast / c.p;
     double bf = c.schedule == "interleaved" ? 1.0 / c.v : c.schedule == "zb-h1" ? 1.0 / 3 : 1.0;
     double ar = c.d > 1 ? 2.0 * (c.d - 1) / c.d * total_param_bytes / c.p / bw_min : 0;
     c.lb = c.m * per_rank;
     c.est = (c.m + bf * (c.p - 1)) * per_rank + ar;
-    // static memory must fit in the devices at all
-    if (static_total > static_cast<double>(n_used) * 0 + 0) {
-    }
   }
   std::stable_sort(configs.begin(), configs.end(), [](const Config& a, const Config& b) { return a.est < b.est; });
 
-  Search search(in, opt);
   struct Best {
     bool have = false;
     Config c;
@@ -1007,13 +1159,19 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
   Config closest;
   double closest_peak = 0, closest_cap = 0;
   int evaluated = 0;
-  std::map<int, std::pair<std::vector<int>, std::vector<int>>> baseline_cache;  // by stage count
   std::map<std::tuple<std::string, int, int, int>,
            std::pair<schedule::Schedule, std::vector<std::vector<std::pair<double, double>>>>>
       sched_cache;
-  for (const Config& c : configs) {
-    if (best.have && c.lb >= best.ev.pred.step_s) continue;
-    if (evaluated >= opt.max_evaluated && best.have) break;
+  // Configurations no partition fits (memory), by everything but the placement: on one kind of
+  // device the placement changes no capacity, so the other placement need not be tried.
+  std::set<std::tuple<int, int, int, int, int, std::string, bool>> unfit;
+  const bool one_kind = cl.kinds.size() == 1;
+  // Evaluates one configuration; true when a plan of it fits.
+  auto try_config = [&](const Config& c) {
+    Space& sp = *spaces[static_cast<size_t>(c.space)];
+    const cost::Cluster& scl = *sp.in.cluster;
+    const auto fit_key = std::make_tuple(c.space, c.p, c.d, c.m, c.v, c.schedule, c.zero);
+    if (one_kind && unfit.count(fit_key)) return false;
     auto key = std::make_tuple(c.schedule, c.p, c.m, c.v);
     auto sit = sched_cache.find(key);
     if (sit == sched_cache.end()) {
@@ -1022,8 +1180,9 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
       sit = sched_cache.emplace(key, std::make_pair(std::move(sc), std::move(fr))).first;
     }
     const schedule::Schedule& s = sit->second.first;
-    std::vector<Slot> slots = make_slots(c, s, cl, sit->second.second);
+    std::vector<Slot> slots = make_slots(c, s, scl, sit->second.second);
     // Quick memory check: all the slots together must hold the weights, gradients and optimizer.
+    const double static_total = sp.static_total + sp.static_total / 2 * opt_f * c.optimizer_share();
     double cap_sum = 0;
     for (const auto& sl : slots) cap_sum += sl.cap;
     if (cap_sum < static_total) {
@@ -1031,17 +1190,18 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
       if (ratio < closest_ratio) {
         closest_ratio = ratio;
         closest = c;
-        closest_peak = static_total / slots.size();
-        closest_cap = cap_sum / slots.size();
+        closest_peak = static_total / static_cast<double>(slots.size());
+        closest_cap = cap_sum / static_cast<double>(slots.size());
       }
-      continue;
+      return false;
     }
     ++evaluated;
-    const UData& U = get_u(c.u);
+    const int K = sp.T.K;
+    const UData& U = sp.get_u(c.u);
     double sum_lb = kInf;
-    for (size_t k = 0; k < cl.kinds.size(); ++k)
+    for (size_t k = 0; k < scl.kinds.size(); ++k)
       sum_lb = std::min(sum_lb, U.PF[k][static_cast<size_t>(K)] + U.PB[k][static_cast<size_t>(K)] + U.PW[k][static_cast<size_t>(K)]);
-    Oracle o{&T, &U, &slots, 2 + cost::optimizer_factor(gc.options().optimizer), opt.recompute, sum_lb, {}, {}};
+    Oracle o{&sp.T, &U, &slots, 2 + opt_f * c.optimizer_share(), opt.recompute, sum_lb, {}, {}};
 
     DpOptions dpo;
     if (opt.max_walk > 0) dpo.max_walk = opt.max_walk;
@@ -1052,23 +1212,20 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
     std::vector<std::pair<std::string, std::vector<int>>> cands;
     if (sol.feasible) {
       std::vector<int> b;
-      for (int x : sol.bounds) b.push_back(T.pos[static_cast<size_t>(x)]);
+      for (int x : sol.bounds) b.push_back(sp.T.pos[static_cast<size_t>(x)]);
       cands.emplace_back("dp", b);
     }
     // The baselines' splits are candidates too: here when the DP finds nothing (its positions may
     // exclude theirs), and for the chosen configuration below, so that the plan is never
     // predicted slower than either.
-    const int S = s.stages();
-    auto bl = baseline_cache.find(S);
-    if (bl == baseline_cache.end())
-      bl = baseline_cache.emplace(S, std::make_pair(equal_layers_bounds(g, S, nullptr, nullptr),
-                                                    equal_params_bounds(g, S, nullptr, nullptr))).first;
     if (!sol.feasible) {
-      if (!bl->second.first.empty()) cands.emplace_back("equal-layers", bl->second.first);
-      if (!bl->second.second.empty()) cands.emplace_back("equal-parameters", bl->second.second);
+      const auto& bl = sp.baselines_for(s.stages());
+      if (!bl.first.empty()) cands.emplace_back("equal-layers", bl.first);
+      if (!bl.second.empty()) cands.emplace_back("equal-parameters", bl.second);
     }
+    bool fit = false;
     for (auto& [src, b] : cands) {
-      Evaluated ev = search.evaluate(c, s, slots, b);
+      Evaluated ev = sp.search->evaluate(c, s, slots, b);
       if (!ev.pred.fits) {
         if (ev.worst_ratio < closest_ratio) {
           closest_ratio = ev.worst_ratio;
@@ -1078,6 +1235,7 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
         }
         continue;
       }
+      fit = true;
       if (!best.have || ev.pred.step_s < best.ev.pred.step_s) {
         best.have = true;
         best.c = c;
@@ -1088,6 +1246,19 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
         best.dp_exact = !sol.truncated;
       }
     }
+    if (!sol.feasible && !fit) unfit.insert(fit_key);
+    return fit;
+  };
+  for (const Config& c : configs) {
+    if (best.have && c.lb >= best.ev.pred.step_s) continue;
+    if (evaluated >= opt.max_evaluated && best.have) break;
+    if (try_config(c)) continue;
+    // Optimizer-state sharding where the configuration fits only with it.
+    if (!c.zero && c.d > 1 && opt.shard_optimizer == ShardOptimizer::Auto) {
+      Config z = c;
+      z.zero = true;
+      try_config(z);
+    }
   }
   plan.configs_evaluated = evaluated;
 
@@ -1095,6 +1266,9 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
     // Say what would fit.
     double cap_max = 0;
     for (const auto& k : cl.kinds) cap_max = std::max(cap_max, k.memory_bytes);
+    double total_param_bytes = 0;
+    for (int p : g.parameters) total_param_bytes += static_cast<double>(g.value(p).bytes());
+    const double static_total = total_param_bytes * (2 + opt_f);
     std::string what = fmt::format("no plan fits in memory on {}", cl.summary());
     std::string hint;
     if (static_total > static_cast<double>(cl.size()) * cap_max) {
@@ -1104,12 +1278,13 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
                           human_bytes(static_cast<double>(cl.size()) * cap_max));
       hint = fmt::format("needs at least {} devices of {} (or {} per device){}", need, human_bytes(cap_max),
                          human_bytes(static_total / cl.size()),
-                         gc.options().optimizer != cost::Optimizer::SGD ? "; --optimizer sgd needs less" : "");
+                         gc.options().optimizer != cost::Optimizer::SGD ? "; --optimizer sgd or --shard-optimizer need less" : "");
     } else if (closest_ratio < kInf) {
-      what += fmt::format(": the closest candidate ({} stages x {} replicas, {} microbatches of {:g}, {}) needs {} per device, "
+      const int ctp = spaces[static_cast<size_t>(closest.space)]->tp;
+      what += fmt::format(": the closest candidate ({} stages x {} replicas{}, {} microbatches of {:g}, {}) needs {} per device, "
                           "devices have {}",
-                          closest.p, closest.d, closest.m, closest.u, closest.schedule, human_bytes(closest_peak),
-                          human_bytes(closest_cap));
+                          closest.p, closest.d, ctp > 1 ? fmt::format(" x {} tensor-parallel", ctp) : "", closest.m,
+                          closest.u, closest.schedule, human_bytes(closest_peak), human_bytes(closest_cap));
       hint = opt.recompute == RecomputePolicy::Never ? "allow recomputation (--recompute auto)"
                                                      : "use more stages or devices, more microbatches (smaller ones), or --optimizer sgd";
     }
@@ -1118,6 +1293,17 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
 
   // Fill the plan.
   const Config& c = best.c;
+  Space& sp = *spaces[static_cast<size_t>(c.space)];
+  const graph::Graph& pg = *sp.in.graph;
+  plan.tensor_parallel = sp.tp;
+  plan.tp = sp.ctx;
+  plan.shard_optimizer = c.zero;
+  plan.positions_seen = static_cast<int>(sp.cuts.size());
+  plan.positions_total = std::max(sp.in.cost->nodes() - 1, 0);
+  plan.devices_used = sp.n_used * sp.tp;
+  if (plan.devices_used < cl.size())
+    plan.notes.push_back(fmt::format("uses {} of the {} devices: no split of all {} fits the batch and the graph",
+                                     plan.devices_used, cl.size(), cl.size()));
   plan.stages = c.p;
   plan.data_parallel = c.d;
   plan.chunks = c.v;
@@ -1135,20 +1321,23 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
   if (!best.dp_exact)
     plan.notes.push_back("the DP's t_max walk for this configuration stopped at its cap (--dp-work): the split is the best "
                          "seen, not proven optimal for the DP's objective (--dp-work 0 for exact)");
-  for (int rep = 0; rep < c.d; ++rep)
-    for (int r = 0; r < c.p; ++r) plan.device_of_rank.push_back(device_of(c, rep, r));
+  if (c.zero && opt.shard_optimizer == ShardOptimizer::Auto)
+    plan.notes.push_back(fmt::format("the optimizer state is split over the {} replicas (ZeRO stage 1): the plan does not fit "
+                                     "without it",
+                                     c.d));
+  plan.device_of_rank = sp.devices_of_ranks(c);
   {
-    std::vector<Slot> slots = make_slots(c, plan.schedule, cl);
+    std::vector<Slot> slots = make_slots(c, plan.schedule, *sp.in.cluster);
     const int S = plan.schedule.stages();
     for (int which = 0; which < 2; ++which) {
       Baseline bl;
       bl.name = which == 0 ? "equal-layers" : "equal-parameters";
       std::string why;
-      bl.bounds = which == 0 ? equal_layers_bounds(g, S, &bl.unit, &why) : equal_params_bounds(g, S, &bl.unit, &why);
+      bl.bounds = which == 0 ? equal_layers_bounds(pg, S, &bl.unit, &why) : equal_params_bounds(pg, S, &bl.unit, &why);
       if (bl.bounds.empty()) {
         bl.note = why;
       } else {
-        Evaluated ev = search.evaluate(c, plan.schedule, slots, bl.bounds);
+        Evaluated ev = sp.search->evaluate(c, plan.schedule, slots, bl.bounds);
         bl.prediction = ev.pred;
         bl.available = true;
         if (!ev.pred.fits) bl.note = "does not fit in memory";
@@ -1181,17 +1370,28 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
       bounds = best.bounds;
     } else if (opt.split == PlanOptions::Split::Cuts) {
       name = "cuts";
+      // The cuts name nodes of the model; a tensor-parallel plan's graph holds them under the
+      // same names, with its collectives inserted.
       bounds.push_back(0);
-      bounds.insert(bounds.end(), opt.split_cuts.begin(), opt.split_cuts.end());
-      bounds.push_back(N);
+      for (int q : opt.split_cuts) {
+        const std::string& at = g.nodes[static_cast<size_t>(q)].name;
+        int pos = -1;
+        for (size_t i = 0; i < pg.nodes.size() && pos < 0; ++i)
+          if (pg.nodes[i].name == at) pos = static_cast<int>(i);
+        if (pos < 0)
+          throw_bad_input("--split", fmt::format("node '{}' is not in the {}-way tensor-parallel graph", at, sp.tp),
+                          "--tensor-parallel 1, or cut before another node");
+        bounds.push_back(pos);
+      }
+      bounds.push_back(static_cast<int>(pg.nodes.size()));
     } else {
       const Baseline& bl = plan.baselines[opt.split == PlanOptions::Split::EqualLayers ? 0 : 1];
       name = bl.name;
       if (!bl.available) throw_bad_input("--split", fmt::format("{}: {}", bl.name, bl.note), "choose another split");
       bounds = bl.bounds;
     }
-    std::vector<Slot> slots = make_slots(c, plan.schedule, cl);
-    Evaluated ev = search.evaluate(c, plan.schedule, slots, bounds);
+    std::vector<Slot> slots = make_slots(c, plan.schedule, *sp.in.cluster);
+    Evaluated ev = sp.search->evaluate(c, plan.schedule, slots, bounds);
     if (!ev.pred.fits)
       throw_failure("--split", fmt::format("the {} split does not fit in memory on {} ({} stages x {} replicas, {} microbatches: "
                                            "{} needed, {} per device)",
@@ -1210,6 +1410,57 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
     plan.stage_plans = ev.stages;
     plan.prediction = ev.pred;
     plan.partition = name;
+  }
+
+  // Megatron-LM's usual layout: tensor parallelism over a host's devices, the fewest pipeline
+  // stages (equal layers, 1f1b) that fit, data parallelism for the rest, microbatches of one.
+  if (opt.megatron_baseline && !prof) {
+    MegatronBaseline& mb = plan.megatron;
+    const int Th = devices_per_host(cl);
+    Space* ms = nullptr;
+    std::unique_ptr<Space> own;
+    std::string why;
+    if (Th < 1) {
+      mb.note = "hosts of different sizes";
+    } else {
+      for (auto& x : spaces)
+        if (x->tp == Th) ms = x.get();
+      if (!ms) {
+        own = make_space(in, opt, Th, &why);
+        ms = own.get();
+      }
+      if (!ms) mb.note = fmt::format("tensor parallelism over a host's {} devices: {}", Th, why);
+    }
+    if (ms) {
+      mb.tensor_parallel = Th;
+      const int G = ms->in.cluster->size();
+      mb.note = "does not fit at any pipeline depth";
+      for (int p = 1; p <= G && p <= ms->T.K; ++p) {
+        if (G % p) continue;
+        const int d = G / p;
+        if (B % d) continue;
+        Config mc;
+        mc.p = p;
+        mc.d = d;
+        mc.m = static_cast<int>(B / d);
+        mc.u = 1;
+        mc.schedule = p == 1 ? "gpipe" : "1f1b";
+        std::string unit, why2;
+        std::vector<int> bounds = equal_layers_bounds(*ms->in.graph, p, &unit, &why2);
+        if (bounds.empty()) continue;
+        schedule::Schedule s = schedule::make_schedule(mc.schedule, p, mc.m, 1, "megatron baseline");
+        std::vector<Slot> slots = make_slots(mc, s, *ms->in.cluster);
+        Evaluated ev = ms->search->evaluate(mc, s, slots, bounds);
+        if (!ev.pred.fits) continue;
+        mb.available = true;
+        mb.note.clear();
+        mb.stages = p;
+        mb.data_parallel = d;
+        mb.microbatches = mc.m;
+        mb.prediction = ev.pred;
+        break;
+      }
+    }
   }
   (void)t0;
   return plan;
@@ -1266,12 +1517,14 @@ Config config_of(const Plan& plan) {
   c.u = plan.microbatch_size;
   c.layout = plan.layout;
   c.schedule = plan.schedule_name;
+  c.zero = plan.shard_optimizer;
   return c;
 }
 
 }  // namespace
 
-DpCheck dp_against_brute_force(const PlanInputs& in, const Plan& plan, const PlanOptions& opt) {
+DpCheck dp_against_brute_force(const PlanInputs& in0, const Plan& plan, const PlanOptions& opt) {
+  const PlanInputs in = plan_inputs(plan, in0);
   const GraphCost& gc = *in.cost;
   const cost::Cluster& cl = *in.cluster;
   Config c = config_of(plan);
@@ -1282,7 +1535,7 @@ DpCheck dp_against_brute_force(const PlanInputs& in, const Plan& plan, const Pla
   double sum_lb = kInf;
   for (size_t k = 0; k < cl.kinds.size(); ++k)
     sum_lb = std::min(sum_lb, U.PF[k][static_cast<size_t>(T.K)] + U.PB[k][static_cast<size_t>(T.K)] + U.PW[k][static_cast<size_t>(T.K)]);
-  Oracle o{&T, &U, &slots, 2 + cost::optimizer_factor(gc.options().optimizer), opt.recompute, sum_lb, {}, {}};
+  Oracle o{&T, &U, &slots, 2 + cost::optimizer_factor(gc.options().optimizer) * c.optimizer_share(), opt.recompute, sum_lb, {}, {}};
   DpCheck r;
   r.atoms = T.K;
   r.stages = static_cast<int>(slots.size());
@@ -1291,7 +1544,8 @@ DpCheck dp_against_brute_force(const PlanInputs& in, const Plan& plan, const Pla
   return r;
 }
 
-schedule::SimResult simulate_plan(const PlanInputs& in, const Plan& plan, const PlanOptions& opt) {
+schedule::SimResult simulate_plan(const PlanInputs& in0, const Plan& plan, const PlanOptions& opt) {
+  const PlanInputs in = plan_inputs(plan, in0);
   Search search(in, opt);
   Config c = config_of(plan);
   std::vector<Slot> slots = make_slots(c, plan.schedule, *in.cluster);
@@ -1300,13 +1554,14 @@ schedule::SimResult simulate_plan(const PlanInputs& in, const Plan& plan, const 
   return r;
 }
 
-std::vector<StageMemoryCheck> check_memory_agreement(const PlanInputs& in, const Plan& plan, const PlanOptions& opt) {
+std::vector<StageMemoryCheck> check_memory_agreement(const PlanInputs& in0, const Plan& plan, const PlanOptions& opt) {
+  const PlanInputs in = plan_inputs(plan, in0);
   Search search(in, opt);
   Config c = config_of(plan);
   std::vector<Slot> slots = make_slots(c, plan.schedule, *in.cluster);
   Evaluated ev = search.evaluate(c, plan.schedule, slots, plan.bounds);
   std::vector<StageMemoryCheck> out;
-  const double opt_f = 2 + cost::optimizer_factor(in.cost->options().optimizer);
+  const double opt_f = 2 + cost::optimizer_factor(in.cost->options().optimizer) * c.optimizer_share();
   for (const auto& sp : ev.stages) {
     const Slot& sl = slots[static_cast<size_t>(sp.index)];
     double front = 0;

@@ -4,17 +4,27 @@
 // users would otherwise use (equal layers per stage, Megatron; equal parameters per stage,
 // DeepSpeed's "parameters" method).
 //
-// Ranks. With p pipeline ranks and d data-parallel replicas there are p*d ranks; rank
-// q = replica * p + r runs pipeline rank r of its replica (the stages of schedule.stage_rank
-// that map to r). Placement ("layout"): pipeline-major puts one replica's pipeline on
-// consecutive devices (device = replica * p + r: pipeline neighbours share a host), replica-major
-// puts the replicas of one pipeline rank on consecutive devices (device = r * d + replica:
-// the all-reduce stays on a host).
+// Tensor parallelism (plan/tensor_parallel.hpp): for each degree T searched (1, and 2, 4, 8 where
+// a host's devices divide into groups of T and the graph has groups to split), the search runs
+// on the graph one rank of a group sees and on the cluster seen as one device per group; the
+// fastest plan over every degree wins. Optimizer-state sharding (ZeRO stage 1) divides the
+// optimizer state and its update over the d replicas; under `auto` a configuration uses it only
+// when it does not fit without it.
+//
+// Ranks (plan/rank_layout.hpp). With p pipeline ranks, d replicas and T tensor-parallel ranks
+// there are p*d*T ranks; rank q = (replica * p + r) * T + t runs tensor-parallel rank t of
+// pipeline rank r of its replica (the stages of schedule.stage_rank that map to r). Placement
+// ("layout") of the groups (one device each, T devices of a host): pipeline-major puts one
+// replica's pipeline on consecutive groups (group = replica * p + r: pipeline neighbours share a
+// host), replica-major puts the replicas of one pipeline rank on consecutive groups (group =
+// r * d + replica: the all-reduce stays on a host).
 #pragma once
 
 #include "cost/cluster.hpp"
 #include "cost/cost_model.hpp"
 #include "graph/graph.hpp"
+#include "plan/rank_layout.hpp"
+#include "plan/tensor_parallel.hpp"
 #include "schedule/schedule.hpp"
 #include "schedule/simulate.hpp"
 
@@ -25,8 +35,10 @@
 namespace smp::plan {
 
 enum class RecomputePolicy { Auto, Never, Always };
+enum class ShardOptimizer { Auto, Always, Never };
 RecomputePolicy parse_recompute(const std::string& s, const std::string& where = "--recompute");
 std::string_view recompute_name(RecomputePolicy r);
+ShardOptimizer parse_shard_optimizer(const std::string& s, const std::string& where = "--shard-optimizer");
 
 struct PlanOptions {
   int64_t batch_size = 0;
@@ -36,6 +48,9 @@ struct PlanOptions {
   std::string schedule = "auto";  // auto | gpipe | 1f1b | interleaved | zb-h1
   int chunks = 0;          // v for interleaved (0: 2)
   RecomputePolicy recompute = RecomputePolicy::Auto;
+  int tensor_parallel = 0; // T; 0: search 1, 2, 4, 8 within a host
+  ShardOptimizer shard_optimizer = ShardOptimizer::Auto;  // ZeRO stage 1 over the replicas
+  bool megatron_baseline = true;  // price Megatron's usual layout beside the plan
   int max_positions = 256; // cut positions the DP sees at most (coarsening beyond)
   int max_evaluated = 48;  // candidate configurations partitioned by the DP, best estimates first
   int max_walk = 0;        // steps of the DP's t_max walk per configuration (0: no cap)
@@ -93,21 +108,38 @@ struct Baseline {
   Prediction prediction;
 };
 
+// Megatron-LM's usual layout, priced by the same simulator: tensor parallelism over the devices of
+// a host, the fewest pipeline stages (equal layers each, 1f1b) that fit, data parallelism over
+// the rest, microbatches of one sample, no optimizer-state sharding.
+struct MegatronBaseline {
+  bool available = false;
+  std::string note;                 // why not, when unavailable
+  int tensor_parallel = 1, stages = 0, data_parallel = 0, microbatches = 0;
+  Prediction prediction;
+};
+
 struct Plan {
   std::string model_path;
   std::string model_name;
   int64_t batch_size = 0;
   int stages = 0, data_parallel = 1, chunks = 1, microbatches = 1;
+  int tensor_parallel = 1;         // T: ranks per tensor-parallel group
+  bool shard_optimizer = false;    // optimizer state split over the replicas (ZeRO stage 1)
+  // T > 1: the graph a rank runs, its cost and the grouped cluster; stage node positions refer
+  // to that graph. null for T = 1.
+  std::shared_ptr<const TpContext> tp;
   double microbatch_size = 0;
   std::string schedule_name;
   schedule::Schedule schedule;     // compute-only lists (lower() for the worker's lists)
   Layout layout = Layout::PipelineMajor;
-  std::vector<int> device_of_rank; // global rank -> device index in the cluster
+  std::vector<int> device_of_rank; // global rank (rank_layout()) -> device index in the cluster
   std::vector<int> bounds;         // node positions, S + 1
   std::vector<StagePlan> stage_plans;
   Prediction prediction;
   std::string partition;           // "dp" | "equal-layers" | "equal-parameters": where the split came from
   std::vector<Baseline> baselines;
+  MegatronBaseline megatron;
+  std::vector<int> degrees_searched;  // tensor-parallel degrees the search tried
   // search
   int positions_seen = 0, positions_total = 0;
   int configs_considered = 0, configs_evaluated = 0, dp_runs = 0;
@@ -115,6 +147,8 @@ struct Plan {
   int devices_used = 0, devices_total = 0;
   double dp_objective_s = 0;
   std::vector<std::string> notes;
+
+  RankLayout rank_layout() const { return RankLayout{stages, data_parallel, tensor_parallel}; }
 };
 
 struct PlanInputs {
@@ -122,6 +156,10 @@ struct PlanInputs {
   const cost::GraphCost* cost = nullptr;
   const cost::Cluster* cluster = nullptr;
 };
+
+// The inputs the plan's stages refer to: `in` for T = 1; rank 0's graph, its cost and the
+// grouped cluster for T > 1.
+PlanInputs plan_inputs(const Plan& plan, const PlanInputs& in);
 
 // Plans. Bad input (exit 2) for impossible options (more stages than nodes, a batch not
 // divisible by the microbatches, ...); failure (exit 1) naming what would fit when nothing fits.

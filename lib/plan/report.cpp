@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <map>
 
 namespace smp::plan {
 
@@ -28,10 +29,13 @@ std::string ms(double s) { return fmt::format("{:.4g}", s * 1e3); }
 
 std::string devices_of(const Plan& plan, const cost::Cluster& cl, int prank) {
   std::vector<std::string> names;
+  const RankLayout layout = plan.rank_layout();
   for (int rep = 0; rep < plan.data_parallel; ++rep) {
-    int dev = plan.device_of_rank[static_cast<size_t>(rep * plan.stages + prank)];
+    int dev = plan.device_of_rank[static_cast<size_t>(layout.rank(rep, prank, 0))];
     const auto& d = cl.devices[static_cast<size_t>(dev)];
-    names.push_back(fmt::format("{}:{} {}", cl.hosts[static_cast<size_t>(d.host)].name, d.local,
+    const std::string locals =
+        plan.tensor_parallel > 1 ? fmt::format("{}-{}", d.local, d.local + plan.tensor_parallel - 1) : std::to_string(d.local);
+    names.push_back(fmt::format("{}:{} {}", cl.hosts[static_cast<size_t>(d.host)].name, locals,
                                 cl.kinds[static_cast<size_t>(d.kind)].name));
   }
   if (names.size() == 1) return names[0];
@@ -46,18 +50,44 @@ std::string speedup_text(const Plan& plan, const Baseline& b) {
 
 }  // namespace
 
-std::string format_report(const Plan& plan, const PlanInputs& in) {
+std::string format_report(const Plan& plan, const PlanInputs& source) {
+  const PlanInputs in = plan_inputs(plan, source);
   const graph::Graph& g = *in.graph;
-  const cost::Cluster& cl = *in.cluster;
+  const cost::Cluster& cl = *source.cluster;
   std::string out;
   auto line = [&](const std::string& s) { out += s + "\n"; };
-  line(fmt::format("model     {} ({} nodes, {} parameters), batch {}", plan.model_path, g.nodes.size(),
-                   human_count(static_cast<double>(g.parameter_count())), plan.batch_size));
+  const graph::Graph& src = *source.graph;
+  line(fmt::format("model     {} ({} nodes, {} parameters), batch {}", plan.model_path, src.nodes.size(),
+                   human_count(static_cast<double>(src.parameter_count())), plan.batch_size));
   line(fmt::format("cluster   {}", cl.summary()));
-  line(fmt::format("plan      {} stage{} x {} data-parallel replica{}{}, {} microbatch{} of {:g}, schedule {}, {}", plan.stages,
+  line(fmt::format("plan      {} stage{} x {} data-parallel replica{}{}{}, {} microbatch{} of {:g}, schedule {}, {}", plan.stages,
                    plan.stages == 1 ? "" : "s", plan.data_parallel, plan.data_parallel == 1 ? "" : "s",
+                   plan.tensor_parallel > 1 ? fmt::format(" x {} tensor-parallel", plan.tensor_parallel) : "",
                    plan.chunks > 1 ? fmt::format(" ({} chunks per rank)", plan.chunks) : "", plan.microbatches,
                    plan.microbatches == 1 ? "" : "es", plan.microbatch_size, plan.schedule_name, layout_name(plan.layout)));
+  {
+    std::string searched;
+    for (int t : plan.degrees_searched) searched += (searched.empty() ? "" : ", ") + std::to_string(t);
+    if (plan.tp) {
+      const auto& a = plan.tp->analysis;
+      std::map<std::string, int> kinds;
+      for (const auto& grp : a.groups) ++kinds[std::string(graph::tp_kind_name(grp.kind))];
+      std::string counts;
+      for (const auto& [k, n] : kinds) counts += fmt::format("{}{} {}", counts.empty() ? "" : ", ", n, k);
+      const double total = static_cast<double>(a.sharded_params + a.replicated_params);
+      line(fmt::format("tensor    {}-way within each host ({} ranks, TP innermost): {} groups split ({}), {} of {} parameters "
+                       "({:.1f}%); degrees searched: {}",
+                       plan.tensor_parallel, plan.rank_layout().size(), a.groups.size(), counts,
+                       human_count(static_cast<double>(a.sharded_params)), human_count(total),
+                       total > 0 ? 100.0 * static_cast<double>(a.sharded_params) / total : 0.0, searched));
+    } else {
+      line(fmt::format("tensor    none (1 rank per group); degrees searched: {}", searched.empty() ? "1" : searched));
+    }
+    if (plan.data_parallel > 1)
+      line(fmt::format("optimizer {} state {}", cost::optimizer_name(in.cost->options().optimizer),
+                       plan.shard_optimizer ? fmt::format("split over the {} replicas (ZeRO stage 1)", plan.data_parallel)
+                                            : "replicated on every replica"));
+  }
   line(fmt::format("search    the DP saw {} of {} cut positions; {} configurations considered, {} partitioned ({} DP runs); "
                    "split from {}",
                    plan.positions_seen, plan.positions_total, plan.configs_considered, plan.configs_evaluated, plan.dp_runs,
@@ -99,16 +129,32 @@ std::string format_report(const Plan& plan, const PlanInputs& in) {
                      human_bytes(b.prediction.peak_max()), b.prediction.fits ? "" : " (does not fit)", speedup_text(plan, b)));
     line(fmt::format("  {:<17} ({}; {})", "", b.unit, cuts.empty() ? "one stage" : "cuts before nodes " + cuts));
   }
+  const MegatronBaseline& m = plan.megatron;
+  if (m.available)
+    line(fmt::format("  {:<17} step {} ms, {:.4g} samples/s, bubble {:.1f}%, peak memory {} -> plan speedup {:.2f}x",
+                     "megatron", ms(m.prediction.step_s), m.prediction.samples_per_s,
+                     std::max(0.0, 100 * m.prediction.bubble), human_bytes(m.prediction.peak_max()),
+                     m.prediction.step_s / plan.prediction.step_s));
+  if (m.available)
+    line(fmt::format("  {:<17} (Megatron-LM's layout: {}-way tensor parallel, the fewest stages that fit: {} x {} "
+                     "replicas, {} microbatches of 1, equal layers, 1f1b)",
+                     "", m.tensor_parallel, m.stages, m.data_parallel, m.microbatches));
+  else if (!m.note.empty())
+    line(fmt::format("  {:<17} n/a: {}", "megatron", m.note));
   return out;
 }
 
-json report_json(const Plan& plan, const PlanInputs& in) {
+json report_json(const Plan& plan, const PlanInputs& source) {
+  const PlanInputs in = plan_inputs(plan, source);
   const graph::Graph& g = *in.graph;
-  const cost::Cluster& cl = *in.cluster;
+  const cost::Cluster& cl = *source.cluster;
+  const RankLayout layout = plan.rank_layout();
   json stages = json::array();
   for (const auto& sp : plan.stage_plans) {
     json devs = json::array();
-    for (int rep = 0; rep < plan.data_parallel; ++rep) devs.push_back(plan.device_of_rank[static_cast<size_t>(rep * plan.stages + sp.pipeline_rank)]);
+    for (int rep = 0; rep < plan.data_parallel; ++rep)
+      for (int t = 0; t < plan.tensor_parallel; ++t)
+        devs.push_back(plan.device_of_rank[static_cast<size_t>(layout.rank(rep, sp.pipeline_rank, t))]);
     stages.push_back(json{{"stage", sp.index},
                           {"first_node", g.nodes[static_cast<size_t>(sp.begin)].name},
                           {"last_node", g.nodes[static_cast<size_t>(sp.end - 1)].name},
@@ -142,6 +188,9 @@ json report_json(const Plan& plan, const PlanInputs& in) {
               {"cluster", cl.summary()},
               {"stages", plan.stages},
               {"data_parallel", plan.data_parallel},
+              {"tensor_parallel", plan.tensor_parallel},
+              {"shard_optimizer", plan.shard_optimizer},
+              {"degrees_searched", plan.degrees_searched},
               {"chunks", plan.chunks},
               {"microbatches", plan.microbatches},
               {"microbatch_size", plan.microbatch_size},
@@ -153,6 +202,15 @@ json report_json(const Plan& plan, const PlanInputs& in) {
               {"rows", stages},
               {"prediction", pred(plan.prediction)},
               {"baselines", baselines},
+              {"megatron", plan.megatron.available
+                               ? json{{"available", true},
+                                      {"tensor_parallel", plan.megatron.tensor_parallel},
+                                      {"pipeline", plan.megatron.stages},
+                                      {"data_parallel", plan.megatron.data_parallel},
+                                      {"microbatches", plan.megatron.microbatches},
+                                      {"prediction", pred(plan.megatron.prediction)},
+                                      {"speedup", plan.megatron.prediction.step_s / plan.prediction.step_s}}
+                               : json{{"available", false}, {"note", plan.megatron.note}}},
               {"notes", plan.notes}};
 }
 

@@ -8,8 +8,11 @@
 
 #include "graph/graph.hpp"
 #include "graph/op_registry.hpp"
+#include "runtime/collectives.hpp"
 #include "runtime/tensor.hpp"
+#include "runtime/update_rule.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <memory>
@@ -49,18 +52,32 @@ class NodeView {
   graph::Op op_;
 };
 
+// What a device backend builds for one node at load (descriptors, chosen algorithms); owned by
+// the node's KernelState.
+struct DeviceState {
+  virtual ~DeviceState() = default;
+};
+
 // Parsed attributes and static shapes of one node; made by prepare, read-only afterwards (shared
 // by every microbatch). Kernels derive their own state from it.
 struct KernelState {
   virtual ~KernelState() = default;
   std::string node_name;
   std::vector<Shape> in_shapes, out_shapes;
+  // The dtypes the tensors have at run time (with bf16 compute, float activations are bf16 while
+  // the graph says float32).
   std::vector<DType> in_dtypes, out_dtypes;
   bool training = true;  // BatchNormalization uses batch statistics when training
+  // The dtype matrix products and convolutions compute in (F32 or BF16); operands of another
+  // float dtype are converted first.
+  DType compute = DType::F32;
+  std::unique_ptr<DeviceState> device;  // set by the kernel's setup step, if it has one
 };
 
 struct ExecContext {
   Backend* backend = nullptr;
+  // The tensor-parallel group of the stage (nullptr when the graph was not split).
+  Collectives* collectives = nullptr;
 };
 
 // Backward of one node. Only the forward tensors the registry declares saved are defined in
@@ -78,6 +95,8 @@ using PrepareFn = std::unique_ptr<KernelState> (*)(const NodeView& n);
 using ForwardFn = void (*)(const KernelState& s, ExecContext& ctx, std::span<Tensor> out,
                            std::span<const Tensor> in);
 using BackwardFn = void (*)(const KernelState& s, ExecContext& ctx, const GradIO& io);
+// Load-time work on the device after prepare (descriptors, algorithm choice); may fill s.device.
+using SetupFn = void (*)(KernelState& s, ExecContext& ctx);
 
 enum KernelFlags : uint32_t {
   kNone = 0,
@@ -90,15 +109,33 @@ struct OpKernel {
   ForwardFn forward;
   BackwardFn backward;  // nullptr: no gradient rule (the op is not differentiable here)
   uint32_t flags;
+  SetupFn setup;        // nullptr: nothing to do on the device at load
 };
 
 using KernelTable = std::array<OpKernel, static_cast<size_t>(graph::Op::kCount)>;
 
 struct MemoryStats {
-  int64_t live_bytes = 0;
-  int64_t peak_bytes = 0;
-  int64_t allocations = 0;
+  int64_t live_bytes = 0;   // bytes of live tensors
+  int64_t peak_bytes = 0;   // their most since the last reset_peak()
+  int64_t allocations = 0;  // tensors allocated
+  // Device backends: bytes obtained from the device (cudaMalloc) and how many times it was
+  // asked; the CPU backend reports 0.
+  int64_t reserved_bytes = 0;
+  int64_t device_allocations = 0;
 };
+
+// Where a buffer lives on a device backend: long-lived buffers (parameters, their gradients,
+// optimizer state) each in one allocation of their own, everything else in the activation
+// arena. The CPU backend ignores pools.
+enum class MemoryPool : uint8_t { Activations, Parameters, Gradients, OptimizerState, kCount };
+// The room a tensor of `bytes` takes in a pool (device backends hand out 256-byte units).
+inline int64_t pool_bytes(int64_t bytes) { return (std::max<int64_t>(bytes, 1) + 255) / 256 * 256; }
+
+// The update on host floats (the CPU backend's, and the reference the device kernels follow).
+// s0 / s1: the optimizer state (momentum buffer; AdamW's moments), n elements each or nullptr.
+void update_host(const UpdateRule& r, float* p, const float* g, float* s0, float* s1, int64_t n);
+// Sum of squares accumulated in double, in element order.
+double sum_of_squares_host(const float* g, int64_t n);
 
 class Backend {
  public:
@@ -117,15 +154,52 @@ class Backend {
   virtual void axpy(float alpha, const Tensor& x, Tensor& y) = 0;
   // x *= alpha (f32)
   virtual void scale(float alpha, Tensor& x) = 0;
+  // dst = src converted to dst's dtype (same element count).
+  virtual void convert(Tensor& dst, const Tensor& src) = 0;
+  // Waits for the work queued so far (a device backend runs asynchronously).
+  virtual void synchronize() {}
+
+  // Losses (runtime/loss.hpp checks the arguments first). Cross-entropy over the last axis of
+  // `logits` with integer class labels, mean over the label positions; squared error averaged
+  // over all elements. Both return the unscaled mean loss and write grad = d(scale * loss)/d(x).
+  virtual double softmax_cross_entropy(const Tensor& logits, const Tensor& labels, float scale, Tensor& grad) = 0;
+  virtual double squared_error(const Tensor& pred, const Tensor& target, float scale, Tensor& grad) = 0;
+
+  // Optimizer step of one parameter, in place (slots: the state update_host names; undefined
+  // when the rule needs none). Sum of the squares of every element of `ts` (f32), in double.
+  virtual void update(const UpdateRule& r, Tensor& param, const Tensor& grad, Tensor& slot0, Tensor& slot1) = 0;
+  virtual double sum_of_squares(std::span<const Tensor> ts) = 0;
+
+  // Memory pools: allocations made while `pool` is selected come from it; reserve() makes room
+  // for `bytes` more in it at once (a device backend: one allocation).
+  virtual void reserve(MemoryPool pool, int64_t bytes) {}
+  MemoryPool pool() const { return pool_; }
+  void set_pool(MemoryPool p) { pool_ = p; }
 
   virtual void set_num_threads(int n) = 0;
   virtual int num_threads() const = 0;
+  // "cpu (4 threads)", "cuda:0 (NVIDIA H200)"
+  virtual std::string device_name() const = 0;
 
-  MemoryStats memory() const;
+  virtual MemoryStats memory() const;
   void reset_peak();
 
  protected:
   std::shared_ptr<MemoryCounter> counter_ = std::make_shared<MemoryCounter>();
+  MemoryPool pool_ = MemoryPool::Activations;
+};
+
+// Selects a memory pool for the allocations of a scope.
+class PoolScope {
+ public:
+  PoolScope(Backend& be, MemoryPool p) : be_(be), saved_(be.pool()) { be.set_pool(p); }
+  ~PoolScope() { be_.set_pool(saved_); }
+  PoolScope(const PoolScope&) = delete;
+  PoolScope& operator=(const PoolScope&) = delete;
+
+ private:
+  Backend& be_;
+  MemoryPool saved_;
 };
 
 // Element type check for kernels and the executor.

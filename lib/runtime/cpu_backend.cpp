@@ -1,10 +1,13 @@
 #include "runtime/cpu_backend.hpp"
 
 #include "runtime/cpu/common.hpp"
+#include "runtime/cpu/vmath.hpp"
 
 #include <cblas.h>
+#include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -14,8 +17,9 @@
 namespace smp::runtime {
 
 MemoryStats Backend::memory() const {
-  return {counter_->live_bytes.load(), counter_->peak_bytes.load(), counter_->allocations.load()};
+  return {counter_->live_bytes.load(), counter_->peak_bytes.load(), counter_->allocations.load(), 0, 0};
 }
+
 
 void Backend::reset_peak() { counter_->peak_bytes = counter_->live_bytes.load(); }
 
@@ -143,6 +147,75 @@ void CpuBackend::scale(float alpha, Tensor& x) {
     for (int64_t i = b; i < e; ++i) p[i] *= alpha;
   });
 }
+
+void CpuBackend::convert(Tensor& dst, const Tensor& src) {
+  SMP_CHECK(dst.numel() == src.numel(), "convert {} into {}", src.str(), dst.str());
+  if (dst.dtype() == src.dtype()) {
+    copy(dst, src);
+    return;
+  }
+  SMP_CHECK(false, "the cpu backend converts no {} into {} (bfloat16 compute needs the cuda backend)", src.str(), dst.str());
+}
+
+double CpuBackend::softmax_cross_entropy(const Tensor& logits, const Tensor& labels, float scale, Tensor& grad) {
+  int64_t C = logits.dim(-1), rows = labels.numel();
+  std::vector<int64_t> lab = cpu::tensor_ints(labels);
+  for (int64_t y : lab)
+    if (y < 0 || y >= C) throw_bad_input("labels", fmt::format("class {} out of range [0, {})", y, C));
+  const float* X = logits.data<float>();
+  float* G = grad.data<float>();
+  float k = scale / static_cast<float>(rows);
+  std::vector<double> part(static_cast<size_t>(rows), 0.0);
+  cpu::pfor(rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i) {
+      const float* x = X + i * C;
+      float* gr = G + i * C;
+      const float m = cpu::row_max(x, C);
+      const float s = cpu::exp_row(x, gr, C, m);
+      cpu::vscale_row(gr, C, k / s);
+      int64_t y = lab[static_cast<size_t>(i)];
+      gr[y] -= k;
+      part[static_cast<size_t>(i)] = static_cast<double>(std::log(s) + m - x[y]);
+    }
+  });
+  double total = 0;
+  for (double v : part) total += v;
+  return total / static_cast<double>(rows);
+}
+
+double CpuBackend::squared_error(const Tensor& pred, const Tensor& target, float scale, Tensor& grad) {
+  const float* p = pred.data<float>();
+  const float* t = target.data<float>();
+  float* g = grad.data<float>();
+  int64_t n = pred.numel();
+  double total = 0;
+  float k = 2.0f * scale / static_cast<float>(n);
+  for (int64_t i = 0; i < n; ++i) {
+    float d = p[i] - t[i];
+    total += static_cast<double>(d) * d;
+    g[i] = k * d;
+  }
+  return total / static_cast<double>(n);
+}
+
+void CpuBackend::update(const UpdateRule& r, Tensor& param, const Tensor& grad, Tensor& slot0, Tensor& slot1) {
+  SMP_CHECK(is_f32(param) && is_f32(grad) && param.numel() == grad.numel(), "update of {} with {}", param.str(), grad.str());
+  const int64_t n = param.numel();
+  float* s0 = slot0.defined() ? slot0.data<float>() : nullptr;
+  float* s1 = slot1.defined() ? slot1.data<float>() : nullptr;
+  SMP_CHECK((!s0 || slot0.numel() == n) && (!s1 || slot1.numel() == n), "optimizer state of the wrong size");
+  SMP_CHECK(r.kind == UpdateRule::Kind::Sgd || s0, "{} needs its state", r.kind == UpdateRule::Kind::AdamW ? "AdamW" : "momentum");
+  SMP_CHECK(r.kind != UpdateRule::Kind::AdamW || s1, "AdamW needs its second moment");
+  update_host(r, param.data<float>(), grad.data<float>(), s0, s1, n);
+}
+
+double CpuBackend::sum_of_squares(std::span<const Tensor> ts) {
+  double s = 0;
+  for (const Tensor& t : ts) s += sum_of_squares_host(t.data<float>(), t.numel());
+  return s;
+}
+
+std::string CpuBackend::device_name() const { return fmt::format("cpu ({} thread{})", cpu_threads(), cpu_threads() == 1 ? "" : "s"); }
 
 int64_t CpuBackend::cached_bytes() const {
   std::lock_guard<std::mutex> lk(cache_->m);

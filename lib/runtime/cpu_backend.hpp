@@ -23,8 +23,14 @@ class CpuBackend final : public Backend {
   void copy(Tensor& dst, const Tensor& src) override;
   void axpy(float alpha, const Tensor& x, Tensor& y) override;
   void scale(float alpha, Tensor& x) override;
+  void convert(Tensor& dst, const Tensor& src) override;
+  double softmax_cross_entropy(const Tensor& logits, const Tensor& labels, float scale, Tensor& grad) override;
+  double squared_error(const Tensor& pred, const Tensor& target, float scale, Tensor& grad) override;
+  void update(const UpdateRule& r, Tensor& param, const Tensor& grad, Tensor& slot0, Tensor& slot1) override;
+  double sum_of_squares(std::span<const Tensor> ts) override;
   void set_num_threads(int n) override;
   int num_threads() const override;
+  std::string device_name() const override;
   // Bytes of freed buffers kept for reuse (not counted as live).
   int64_t cached_bytes() const;
 

@@ -53,6 +53,18 @@ namespace {
 bool is_float(DType d) { return d == DType::F32; }
 }  // namespace
 
+DType exec_dtype(const graph::Value& v, DType compute) {
+  if (compute == DType::BF16 && v.dtype == DType::F32 && v.kind == ValueKind::Activation) return DType::BF16;
+  return v.dtype;
+}
+
+int64_t StageMemoryPlan::arena_bytes(int in_flight) const {
+  const int64_t per_mb = stash_bytes + w_keep_bytes + boundary_bytes;
+  const int64_t one = std::max(forward_peak_bytes, stash_bytes + backward_peak_bytes) + scratch_bytes + boundary_bytes;
+  const int64_t total = static_cast<int64_t>(std::max(in_flight, 1) - 1) * per_mb + one;
+  return total + total / 10 + (int64_t{16} << 20);  // 10 % for the allocator's rounding and order, 16 MiB of small tensors
+}
+
 StageExecutor::StageExecutor(const graph::Graph& g, Backend& backend, ExecutorOptions opts)
     : StageExecutor(g, [&] {
         std::vector<int> all(g.nodes.size());
@@ -63,7 +75,14 @@ StageExecutor::StageExecutor(const graph::Graph& g, Backend& backend, ExecutorOp
 StageExecutor::StageExecutor(const graph::Graph& g, std::vector<int> nodes, Backend& backend, ExecutorOptions opts)
     : g_(g), be_(backend), opts_(opts) {
   size_t nv = g.values.size();
+  if (opts.compute_dtype != DType::F32 && opts.compute_dtype != DType::BF16)
+    throw_bad_input("compute dtype", fmt::format("{} is not supported (float32, bfloat16)", dtype_name(opts.compute_dtype)));
+  if (opts.compute_dtype == DType::BF16 && be_.name() == "cpu")
+    throw_bad_input("compute dtype", "the cpu backend computes in float32 only", "train bf16 on the cuda backend");
+  xdt_.resize(nv);
+  for (size_t v = 0; v < nv; ++v) xdt_[v] = exec_dtype(g.values[v], opts.compute_dtype);
   resident_.resize(nv);
+  compute_copy_.resize(nv);
   grads_.resize(nv);
   grad_zero_.assign(nv, 0);
   dd_.assign(nv, 0);
@@ -108,10 +127,14 @@ StageExecutor::StageExecutor(const graph::Graph& g, std::vector<int> nodes, Back
     r.saved_in = def->saved_inputs;
     r.saved_out = def->saved_outputs;
     r.pass_in = passthrough_inputs(def->op, g, n);
+    if ((def->op == Op::TpCopy || def->op == Op::TpAllReduce || def->op == Op::TpSoftmaxCrossEntropyLoss) && !opts.collectives)
+      throw_bad_input(where, "a tensor-parallel collective, but the stage has no tensor-parallel group",
+                      "run the graph split by graph::shard_graph with ExecutorOptions::collectives");
     NodeView view(g, n, def->op);
     r.state = k.prepare(view);
     cpu::fill_shapes(*r.state, view);
     r.state->training = opts.batch_statistics;
+    r.state->compute = opts.compute_dtype;
     for (int o : n.outputs)
       if (o >= 0) produced[static_cast<size_t>(o)] = 1;
     runs_.push_back(std::move(r));
@@ -119,7 +142,7 @@ StageExecutor::StageExecutor(const graph::Graph& g, std::vector<int> nodes, Back
 
   // Boundary inputs, parameters, constants; last forward uses.
   std::vector<uint8_t> seen(nv, 0);
-  std::vector<int> first_use_order;
+  std::vector<int> first_use_order, residents;
   for (size_t p = 0; p < runs_.size(); ++p)
     for (int v : runs_[p].in) {
       if (v < 0) continue;
@@ -135,10 +158,9 @@ StageExecutor::StageExecutor(const graph::Graph& g, std::vector<int> nodes, Back
         }
         SMP_CHECK(val.data->dtype == val.dtype && val.data->shape == val.shape, "value {}: data of {}{} for {}{}",
                   val.name, dtype_name(val.data->dtype), shape_str(val.data->shape), dtype_name(val.dtype), shape_str(val.shape));
-        resident_[static_cast<size_t>(v)] = be_.from_host(val.dtype, val.shape, val.data->bytes.data());
+        residents.push_back(v);
         if (val.kind == ValueKind::Parameter && is_float(val.dtype)) {
           params_.push_back(v);
-          grads_[static_cast<size_t>(v)] = be_.empty(val.dtype, val.shape);
           grad_zero_[static_cast<size_t>(v)] = 1;
           wreq_[static_cast<size_t>(v)] = 1;
         }
@@ -146,6 +168,27 @@ StageExecutor::StageExecutor(const graph::Graph& g, std::vector<int> nodes, Back
         first_use_order.push_back(v);
       }
     }
+  // Parameters (and their bf16 copies), their gradients, constants: one reservation each.
+  {
+    const bool copies = opts.compute_dtype == DType::BF16;
+    int64_t pbytes = 0, gbytes = 0;
+    for (int v : params_) {
+      pbytes += pool_bytes(g.value(v).bytes()) + (copies ? pool_bytes(g.value(v).numel() * 2) : 0);
+      gbytes += pool_bytes(g.value(v).bytes());
+    }
+    be_.reserve(MemoryPool::Parameters, pbytes);
+    be_.reserve(MemoryPool::Gradients, gbytes);
+    for (int v : residents) {
+      const graph::Value& val = g.value(v);
+      const bool param = val.kind == ValueKind::Parameter && is_float(val.dtype);
+      PoolScope pool(be_, param ? MemoryPool::Parameters : MemoryPool::Activations);
+      resident_[static_cast<size_t>(v)] = be_.from_host(val.dtype, val.shape, val.data->bytes.data());
+      if (param && copies) compute_copy_[static_cast<size_t>(v)] = be_.empty(DType::BF16, val.shape);
+    }
+    PoolScope pool(be_, MemoryPool::Gradients);
+    for (int v : params_) grads_[static_cast<size_t>(v)] = be_.empty(g.value(v).dtype, g.value(v).shape);
+    copies_stale_ = copies;
+  }
   for (int v : g.inputs)
     if (std::find(first_use_order.begin(), first_use_order.end(), v) != first_use_order.end()) inputs_.push_back(v);
   for (int v : first_use_order)
@@ -195,6 +238,20 @@ StageExecutor::StageExecutor(const graph::Graph& g, std::vector<int> nodes, Back
   }
   prof_.resize(static_cast<size_t>(Op::kCount));
   for (size_t i = 0; i < prof_.size(); ++i) prof_[i].op = std::string(graph::op_def(static_cast<Op>(i)).type);
+
+  // The dtypes kernels see at run time; then the device's load-time work (descriptors,
+  // algorithms), once the activation arena is reserved.
+  for (NodeRun& r : runs_) {
+    for (size_t i = 0; i < r.in.size(); ++i)
+      if (r.in[i] >= 0) r.state->in_dtypes[i] = resident_input_dtype(r.in[i]);
+    for (size_t k = 0; k < r.out.size(); ++k)
+      if (r.out[k] >= 0) r.state->out_dtypes[k] = xdt_[static_cast<size_t>(r.out[k])];
+  }
+  mem_plan_ = plan_memory();
+  be_.reserve(MemoryPool::Activations, mem_plan_.arena_bytes(opts.microbatches_in_flight));
+  ExecContext ctx{&be_, opts_.collectives};
+  for (NodeRun& r : runs_)
+    if (r.kernel->setup) r.kernel->setup(*r.state, ctx);
   resident_bytes_ = be_.memory().live_bytes;
   reset_peak();
 }
@@ -238,7 +295,20 @@ StageExecutor::~StageExecutor() = default;
 
 Tensor& StageExecutor::parameter(int v) {
   SMP_CHECK(v >= 0 && static_cast<size_t>(v) < resident_.size() && grads_[static_cast<size_t>(v)].defined(), "value {} is not a parameter of this stage", v);
+  if (compute_copy_[static_cast<size_t>(v)].defined()) copies_stale_ = true;
   return resident_[static_cast<size_t>(v)];
+}
+
+const Tensor& StageExecutor::resident_input(int v) const {
+  const Tensor& c = compute_copy_[static_cast<size_t>(v)];
+  return c.defined() ? c : resident_[static_cast<size_t>(v)];
+}
+
+void StageExecutor::refresh_compute_copies() {
+  if (!copies_stale_) return;
+  for (int v : params_)
+    if (compute_copy_[static_cast<size_t>(v)].defined()) be_.convert(compute_copy_[static_cast<size_t>(v)], resident_[static_cast<size_t>(v)]);
+  copies_stale_ = false;
 }
 
 Tensor& StageExecutor::gradient(int v) {
@@ -251,7 +321,7 @@ Tensor& StageExecutor::gradient(int v) {
 }
 
 Tensor StageExecutor::value_tensor(int v, const std::vector<Tensor>& env) const {
-  if (resident_[static_cast<size_t>(v)].defined()) return resident_[static_cast<size_t>(v)];
+  if (resident_[static_cast<size_t>(v)].defined()) return resident_input(v);
   return env[static_cast<size_t>(v)];
 }
 
@@ -263,18 +333,20 @@ std::vector<Tensor> StageExecutor::forward(int mb, std::span<const Tensor> input
   for (size_t i = 0; i < inputs_.size(); ++i) {
     const graph::Value& val = g_.value(inputs_[i]);
     const Tensor& t = inputs[i];
-    if (!t.defined() || t.dtype() != val.dtype || t.shape() != val.shape)
+    const DType want = xdt_[static_cast<size_t>(inputs_[i])];
+    if (!t.defined() || t.dtype() != want || t.shape() != val.shape)
       throw_bad_input("input " + val.name,
-                      fmt::format("got {}, expected {}{}", t.defined() ? t.str() : "nothing", dtype_name(val.dtype), shape_str(val.shape)));
+                      fmt::format("got {}, expected {}{}", t.defined() ? t.str() : "nothing", dtype_name(want), shape_str(val.shape)));
     env[static_cast<size_t>(inputs_[i])] = t;
   }
+  refresh_compute_copies();
   auto st = std::make_unique<Stash>();
   size_t P = runs_.size();
   st->saved_in.resize(P);
   st->saved_out.resize(P);
   st->w_dout.resize(P);
   st->b_done.assign(P, 0);
-  ExecContext ctx{&be_};
+  ExecContext ctx{&be_, opts_.collectives};
   std::vector<Tensor> ins, outs;
   const bool hooked = static_cast<bool>(opts_.after_node);
   for (size_t p = 0; p < P; ++p) {
@@ -288,7 +360,7 @@ std::vector<Tensor> StageExecutor::forward(int mb, std::span<const Tensor> input
       for (size_t k = 0; k < r.out.size(); ++k)
         if (r.out[k] >= 0) {
           const graph::Value& val = g_.value(r.out[k]);
-          outs[k] = be_.empty(val.dtype, val.shape);
+          outs[k] = be_.empty(xdt_[static_cast<size_t>(r.out[k])], val.shape);
         }
     double t0 = opts_.profile ? now_s() : 0;
     r.kernel->forward(*r.state, ctx, outs, ins);
@@ -360,10 +432,11 @@ void StageExecutor::run_backward(int mb, std::span<const Tensor> output_grads, b
       int o = outputs_[j];
       if (!output_grads[j].defined() || !(dd_[static_cast<size_t>(o)] || wreq_[static_cast<size_t>(o)])) continue;
       const graph::Value& val = g_.value(o);
-      if (output_grads[j].shape() != val.shape || output_grads[j].dtype() != val.dtype)
-        throw_bad_input("gradient of " + val.name, fmt::format("got {}, expected {}{}", output_grads[j].str(), dtype_name(val.dtype), shape_str(val.shape)));
+      const DType want = xdt_[static_cast<size_t>(o)];
+      if (output_grads[j].shape() != val.shape || output_grads[j].dtype() != want)
+        throw_bad_input("gradient of " + val.name, fmt::format("got {}, expected {}{}", output_grads[j].str(), dtype_name(want), shape_str(val.shape)));
       if (last_use_[static_cast<size_t>(o)] >= 0) {  // also used inside: accumulate into a copy
-        Tensor c = be_.empty(val.dtype, val.shape);
+        Tensor c = be_.empty(want, val.shape);
         be_.copy(c, output_grads[j]);
         g[static_cast<size_t>(o)] = c;
         own.insert(c.storage().get());
@@ -387,7 +460,8 @@ void StageExecutor::run_backward(int mb, std::span<const Tensor> output_grads, b
       if (runs_[p].has_b && !st.b_done[p] && runs_[p].has_w)
         throw_failure("stage executor", fmt::format("backward_weight of microbatch {} before its backward_input", mb));
   }
-  ExecContext ctx{&be_};
+  refresh_compute_copies();
+  ExecContext ctx{&be_, opts_.collectives};
   std::vector<Tensor> ins, outs, dout, din;
   std::vector<uint8_t> acc;
   const bool hooked = static_cast<bool>(opts_.after_node);
@@ -439,8 +513,7 @@ void StageExecutor::run_backward(int mb, std::span<const Tensor> output_grads, b
           din[i] = g[static_cast<size_t>(v)];
           acc[i] = 1;
         } else {
-          const graph::Value& val = g_.value(v);
-          din[i] = be_.empty(val.dtype, val.shape);
+          din[i] = be_.empty(xdt_[static_cast<size_t>(v)], g_.value(v).shape);
           g[static_cast<size_t>(v)] = din[i];
           own.insert(din[i].storage().get());
         }
@@ -450,7 +523,7 @@ void StageExecutor::run_backward(int mb, std::span<const Tensor> output_grads, b
         for (size_t i = 0; i < r.in.size(); ++i) {
           int v = r.in[i];
           if (v < 0) continue;
-          if (resident_[static_cast<size_t>(v)].defined()) ins[i] = resident_[static_cast<size_t>(v)];
+          if (resident_[static_cast<size_t>(v)].defined()) ins[i] = resident_input(v);
           else if (!st.saved_in[p].empty()) ins[i] = st.saved_in[p][i];
         }
         outs = st.saved_out[p];
@@ -486,7 +559,7 @@ void StageExecutor::run_backward(int mb, std::span<const Tensor> output_grads, b
     for (size_t i = 0; i < inputs_.size(); ++i) {
       if (!input_grad_[i]) continue;
       Tensor t = g[static_cast<size_t>(inputs_[i])];
-      if (!t.defined()) t = be_.zeros(g_.value(inputs_[i]).dtype, g_.value(inputs_[i]).shape);
+      if (!t.defined()) t = be_.zeros(xdt_[static_cast<size_t>(inputs_[i])], g_.value(inputs_[i]).shape);
       (*input_grads)[i] = t;
     }
   }
@@ -520,9 +593,134 @@ void StageExecutor::zero_grad() {
 void StageExecutor::sgd_step(float lr) {
   for (int v : params_)
     if (!grad_zero_[static_cast<size_t>(v)]) be_.axpy(-lr, grads_[static_cast<size_t>(v)], resident_[static_cast<size_t>(v)]);
+  copies_stale_ = copies_stale_ || opts_.compute_dtype == DType::BF16;
 }
 
 size_t StageExecutor::pending() const { return stash_.size(); }
+
+StageMemoryPlan StageExecutor::plan_memory() const {
+  StageMemoryPlan m;
+  const size_t nv = g_.values.size();
+  auto bytes = [&](int v) { return byte_size(g_.value(v).shape, dtype_size(xdt_[static_cast<size_t>(v)])); };
+  for (int v : params_) {
+    m.parameter_bytes += g_.value(v).bytes() + (compute_copy_[static_cast<size_t>(v)].defined() ? g_.value(v).numel() * 2 : 0);
+    m.gradient_bytes += g_.value(v).bytes();
+  }
+  for (int v : inputs_) m.boundary_bytes += bytes(v);
+  for (int v : outputs_) m.boundary_bytes += bytes(v);
+
+  // Forward: buffers (a view shares its input's) live from their producer to their last use,
+  // unless a stage output (to the end) or kept for the backward (in the stash).
+  std::vector<int> buf(nv, -1);
+  struct Buf {
+    int64_t bytes = 0;
+    int last = -1;
+    bool out = false, saved = false;
+    int release = -1;  // the backward releases it at this run position (the lowest that keeps it)
+  };
+  std::vector<Buf> bufs;
+  auto buffer_of = [&](int v) {
+    if (buf[static_cast<size_t>(v)] < 0) {
+      buf[static_cast<size_t>(v)] = static_cast<int>(bufs.size());
+      bufs.push_back({bytes(v), -1, false, false, -1});
+    }
+    return buf[static_cast<size_t>(v)];
+  };
+  for (int v : inputs_) buffer_of(v);
+  for (size_t p = 0; p < runs_.size(); ++p) {
+    const NodeRun& r = runs_[p];
+    for (size_t k = 0; k < r.out.size(); ++k) {
+      if (r.out[k] < 0) continue;
+      if ((r.kernel->flags & kView) && k == 0 && r.in[0] >= 0 && !resident_[static_cast<size_t>(r.in[0])].defined())
+        buf[static_cast<size_t>(r.out[k])] = buffer_of(r.in[0]);
+      else
+        buffer_of(r.out[k]);
+    }
+  }
+  for (size_t p = 0; p < runs_.size(); ++p) {
+    const NodeRun& r = runs_[p];
+    const bool keeps = opts_.training && (r.has_b || r.has_w);
+    for (size_t i = 0; i < r.in.size(); ++i) {
+      int v = r.in[i];
+      if (v < 0 || resident_[static_cast<size_t>(v)].defined()) continue;
+      Buf& b = bufs[static_cast<size_t>(buffer_of(v))];
+      b.last = std::max(b.last, static_cast<int>(p));
+      if (keeps && i < 32 && (r.saved_in & (1u << i))) {
+        b.saved = true;
+        b.release = b.release < 0 ? static_cast<int>(p) : std::min(b.release, static_cast<int>(p));
+      }
+    }
+    for (size_t k = 0; k < r.out.size(); ++k) {
+      int o = r.out[k];
+      if (o < 0) continue;
+      Buf& b = bufs[static_cast<size_t>(buf[static_cast<size_t>(o)])];
+      b.last = std::max(b.last, static_cast<int>(p));
+      if (is_output_[static_cast<size_t>(o)]) b.out = true;
+      if (keeps && k < 32 && (r.saved_out & (1u << k))) {
+        b.saved = true;
+        b.release = b.release < 0 ? static_cast<int>(p) : std::min(b.release, static_cast<int>(p));
+      }
+    }
+  }
+  int64_t live = 0, peak = 0;
+  std::vector<uint8_t> born(bufs.size(), 0);
+  for (int v : inputs_) {
+    int b = buf[static_cast<size_t>(v)];
+    if (!born[static_cast<size_t>(b)]) live += bufs[static_cast<size_t>(b)].bytes, born[static_cast<size_t>(b)] = 1;
+  }
+  peak = live;
+  for (size_t p = 0; p < runs_.size(); ++p) {
+    const NodeRun& r = runs_[p];
+    int64_t node_bytes = 0;
+    for (size_t k = 0; k < r.out.size(); ++k) {
+      if (r.out[k] < 0) continue;
+      int b = buf[static_cast<size_t>(r.out[k])];
+      node_bytes = std::max(node_bytes, bufs[static_cast<size_t>(b)].bytes);
+      if (!born[static_cast<size_t>(b)]) live += bufs[static_cast<size_t>(b)].bytes, born[static_cast<size_t>(b)] = 1;
+    }
+    for (int v : r.in)
+      if (v >= 0) node_bytes = std::max(node_bytes, bytes(v));
+    m.scratch_bytes = std::max(m.scratch_bytes, 2 * node_bytes);
+    peak = std::max(peak, live);
+    for (size_t b = 0; b < bufs.size(); ++b)
+      if (born[b] == 1 && bufs[b].last == static_cast<int>(p) && !bufs[b].out && !bufs[b].saved) {
+        live -= bufs[b].bytes;
+        born[b] = 2;
+      }
+  }
+  m.forward_peak_bytes = peak;
+  for (const Buf& b : bufs)
+    if (b.saved) m.stash_bytes += b.bytes;
+
+  // Backward: the gradients of activations live from the first node that writes them to their
+  // producer; kept buffers go when the lowest node keeping them is done.
+  std::vector<uint8_t> has_grad(nv, 0);
+  int64_t grads = 0, gpeak = 0, released = 0;
+  for (int o : outputs_)
+    if (dd_[static_cast<size_t>(o)] || wreq_[static_cast<size_t>(o)]) has_grad[static_cast<size_t>(o)] = 1, grads += bytes(o);
+  gpeak = grads;
+  for (size_t p = runs_.size(); p-- > 0;) {
+    const NodeRun& r = runs_[p];
+    if (!r.has_b && !r.has_w) continue;
+    if (r.has_b && r.has_w)
+      for (int o : r.out)
+        if (o >= 0 && is_float(g_.value(o).dtype)) m.w_keep_bytes += bytes(o);
+    for (size_t i = 0; i < r.in.size() && i < 32; ++i) {
+      int v = r.in[i];
+      if (v < 0 || !(r.diff & (1u << i)) || grads_[static_cast<size_t>(v)].defined() || has_grad[static_cast<size_t>(v)]) continue;
+      if (!dd_[static_cast<size_t>(v)] && !wreq_[static_cast<size_t>(v)]) continue;
+      has_grad[static_cast<size_t>(v)] = 1;
+      grads += bytes(v);
+    }
+    gpeak = std::max(gpeak, grads - released);
+    for (int o : r.out)
+      if (o >= 0 && has_grad[static_cast<size_t>(o)] == 1) has_grad[static_cast<size_t>(o)] = 2, grads -= bytes(o);
+    for (const Buf& b : bufs)
+      if (b.saved && b.release == static_cast<int>(p)) released += b.bytes;
+  }
+  m.backward_peak_bytes = gpeak;
+  return m;
+}
 
 int64_t StageExecutor::peak_bytes() const { return be_.memory().peak_bytes - peak_base_; }
 

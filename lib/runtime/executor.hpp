@@ -21,6 +21,26 @@
 
 namespace smp::runtime {
 
+// The dtype a value's tensors have on a backend computing in `compute` (F32 or BF16): with
+// BF16, float32 activations (produced by nodes, or received from an earlier stage) are stored
+// as bfloat16; graph inputs, parameters (master weights) and constants keep their dtype.
+DType exec_dtype(const graph::Value& v, DType compute);
+
+// What one stage needs on its device, from the tensors' lifetimes and the registry's saved-tensor
+// declarations (the planner's), in the dtypes the executor allocates.
+struct StageMemoryPlan {
+  int64_t parameter_bytes = 0;   // master weights, plus their bf16 copies with bf16 compute
+  int64_t gradient_bytes = 0;    // parameter gradients (f32)
+  int64_t stash_bytes = 0;       // per microbatch: tensors kept from its forward for its backward
+  int64_t w_keep_bytes = 0;      // per microbatch: output gradients kept from B for W
+  int64_t boundary_bytes = 0;    // per microbatch: stage inputs and outputs
+  int64_t forward_peak_bytes = 0;   // one microbatch's forward, its stash included
+  int64_t backward_peak_bytes = 0;  // one microbatch's backward above its stash
+  int64_t scratch_bytes = 0;     // the largest temporary a kernel may take
+  // The activation arena for `in_flight` microbatches between their forward and last backward.
+  int64_t arena_bytes(int in_flight) const;
+};
+
 struct ExecutorOptions {
   // Backward is wanted: every node whose gradient is needed must have a gradient rule (checked
   // at load) and forward stashes what the backward keeps.
@@ -38,6 +58,15 @@ struct ExecutorOptions {
   // and the seconds since that node's turn began (allocation and kernel). smp-run drives its
   // communication there, between kernels; smp-profile times the nodes in context.
   std::function<void(int node, char pass, double seconds)> after_node;
+  // F32, or BF16: bf16 compute and stored activations, f32 master weights and gradients
+  // (needs a backend with bfloat16 kernels).
+  DType compute_dtype = DType::F32;
+  // Microbatches the schedule keeps between their forward and their last backward: the
+  // activation arena a device backend reserves at load is sized for this many.
+  int microbatches_in_flight = 1;
+  // The tensor-parallel group the TpCopy / TpAllReduce nodes of a split graph
+  // (graph/tensor_parallel.hpp) reduce over; required when the stage has such nodes.
+  Collectives* collectives = nullptr;
 };
 
 // Seconds spent per op type (with profile on).
@@ -68,10 +97,15 @@ class StageExecutor {
   const std::vector<int>& parameters() const { return params_; }
   // The chains this stage runs fused (empty with options.fuse off).
   const std::vector<Fusion>& fusions() const { return fusions_; }
+  // The dtype of value v's tensors here (exec_dtype with this stage's compute dtype).
+  DType value_dtype(int v) const { return xdt_[static_cast<size_t>(v)]; }
+  DType compute_dtype() const { return opts_.compute_dtype; }
   // Whether backward_input returns a gradient for inputs()[i] (a float activation of an
   // earlier stage); graph inputs get none.
   bool input_gets_gradient(size_t i) const { return input_grad_[i]; }
 
+  // The master weights (f32). The non-const access counts as a change: with bf16 compute the
+  // next forward refreshes the bf16 copy.
   Tensor& parameter(int value_id);
   Tensor& gradient(int value_id);
 
@@ -106,12 +140,21 @@ class StageExecutor {
   // kept from B for W) over all microbatches in flight, now and at most since reset_peak().
   int64_t stash_bytes() const { return stash_bytes_; }
   int64_t peak_stash_bytes() const { return peak_stash_bytes_; }
+  // The stage's memory, planned from lifetimes (what the device arena is sized from).
+  const StageMemoryPlan& memory_plan() const { return mem_plan_; }
 
  private:
   struct NodeRun;
   struct Stash;
   void run_backward(int mb, std::span<const Tensor> output_grads, bool do_b, bool do_w, std::vector<Tensor>* input_grads);
   Tensor value_tensor(int vid, const std::vector<Tensor>& env) const;
+  // A parameter or constant as kernels read it (a parameter's bf16 copy with bf16 compute).
+  const Tensor& resident_input(int vid) const;
+  void refresh_compute_copies();
+  DType resident_input_dtype(int vid) const {
+    return compute_copy_[static_cast<size_t>(vid)].defined() ? DType::BF16 : xdt_[static_cast<size_t>(vid)];
+  }
+  StageMemoryPlan plan_memory() const;
 
   const graph::Graph& g_;
   Backend& be_;
@@ -121,6 +164,10 @@ class StageExecutor {
   std::vector<int> inputs_, outputs_, params_;
   std::vector<bool> input_grad_;
   std::vector<Tensor> resident_;  // by value id: parameters and constants
+  std::vector<Tensor> compute_copy_;  // by value id: bf16 copies of parameters (bf16 compute)
+  bool copies_stale_ = false;
+  std::vector<DType> xdt_;        // by value id: the dtype of its tensors here
+  StageMemoryPlan mem_plan_;
   std::vector<Tensor> grads_;     // by value id: parameter gradients
   std::vector<uint8_t> grad_zero_;  // by value id: the gradient is zero (its buffer not yet written)
   std::vector<uint8_t> dd_, wreq_;  // by value id: data-dependent gradient / weight-only gradient

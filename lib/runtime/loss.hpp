@@ -5,6 +5,7 @@
 #pragma once
 
 #include "runtime/backend.hpp"
+#include "runtime/collectives.hpp"
 
 namespace smp::runtime {
 
@@ -16,6 +17,12 @@ struct LossResult {
 // Cross-entropy on integer class labels over the last axis: logits [N, C] or [N, T, C] (f32),
 // labels [N] or [N, T] (i64; i32 accepted); mean over all label positions.
 LossResult cross_entropy(Backend& be, const Tensor& logits, const Tensor& labels, float scale = 1.0f);
+// Megatron's vocabulary-parallel cross-entropy: the logits' last axis is split over the ranks of
+// `group`, this rank holding classes [vocab_begin, vocab_begin + C) of vocab_total. Two
+// reductions over the group (the row maxima; the sums of exponentials with the target logits)
+// give every rank the loss of the whole rows; the gradient is this rank's columns of it.
+LossResult cross_entropy_vocab_parallel(Backend& be, const Tensor& logits, const Tensor& labels, int64_t vocab_begin,
+                                        int64_t vocab_total, Collectives& group, float scale = 1.0f);
 // Mean squared error over all elements, float labels of the prediction's shape.
 LossResult mean_squared_error(Backend& be, const Tensor& pred, const Tensor& target, float scale = 1.0f);
 // The output is a scalar (one element) and is its own loss.

@@ -26,8 +26,9 @@ std::optional<int64_t> parse_step_dir(const std::string& name) {
 
 fs::path step_dir(const fs::path& root, int64_t step) { return root / fmt::format("step-{:08d}", step); }
 
-fs::path stage_file(const fs::path& root, int64_t step, int stage) {
-  return step_dir(root, step) / fmt::format("stage-{:03d}.bin", stage);
+fs::path stage_file(const fs::path& root, int64_t step, int stage, int tp_rank) {
+  if (tp_rank < 0) return step_dir(root, step) / fmt::format("stage-{:03d}.bin", stage);
+  return step_dir(root, step) / fmt::format("stage-{:03d}-tp-{:02d}.bin", stage, tp_rank);
 }
 
 void write_stage_checkpoint(const fs::path& root, const StageCheckpoint& c) {
@@ -36,6 +37,7 @@ void write_stage_checkpoint(const fs::path& root, const StageCheckpoint& c) {
   fs::create_directories(dir, ec);
   if (ec) throw_failure(dir.string(), "cannot create the checkpoint directory: " + ec.message());
   nlohmann::json h = {{"version", kCheckpointVersion}, {"step", c.step}, {"stage", c.stage}, {"meta", c.meta}};
+  if (c.tp_rank >= 0) h["tp_rank"] = c.tp_rank;
   nlohmann::json ts = nlohmann::json::array();
   int64_t off = 0;
   for (const auto& t : c.tensors) {
@@ -53,7 +55,7 @@ void write_stage_checkpoint(const fs::path& root, const StageCheckpoint& c) {
   out += header;
   out.reserve(out.size() + static_cast<size_t>(off));
   for (const auto& t : c.tensors) out += t.bytes;
-  write_file_atomic(stage_file(root, c.step, c.stage), out);
+  write_file_atomic(stage_file(root, c.step, c.stage, c.tp_rank), out);
 }
 
 StageCheckpoint read_stage_checkpoint(const fs::path& file) {
@@ -75,6 +77,7 @@ StageCheckpoint read_stage_checkpoint(const fs::path& file) {
   try {
     c.step = h.at("step").get<int64_t>();
     c.stage = h.at("stage").get<int>();
+    c.tp_rank = h.value("tp_rank", -1);
     c.meta = h.value("meta", nlohmann::json::object());
     for (const auto& t : h.at("tensors")) {
       NamedTensor nt;

@@ -3,7 +3,9 @@
 // crash while writing leaves the previous complete checkpoint usable; resume takes the newest
 // step whose manifest exists.
 //
-// Layout: DIR/step-00000010/stage-000.bin ... and DIR/step-00000010/manifest.json.
+// Layout: DIR/step-00000010/stage-000.bin ... and DIR/step-00000010/manifest.json; a
+// tensor-parallel stage has one file per rank of its group, its shard of each split tensor
+// (stage-000-tp-00.bin, stage-000-tp-01.bin, ...).
 // A .bin file is "SMPCKPT1", an 8-byte little-endian header length, a JSON header (version,
 // step, stage, tensors: name, dtype, shape, offset, bytes), then the raw tensor bytes.
 #pragma once
@@ -31,6 +33,7 @@ struct NamedTensor {
 struct StageCheckpoint {
   int64_t step = 0;      // steps completed
   int stage = 0;
+  int tp_rank = -1;      // >= 0: this rank's shard of a tensor-parallel stage
   std::vector<NamedTensor> tensors;  // parameters and optimizer state ("<param>.exp_avg", ...)
   nlohmann::json meta = nlohmann::json::object();  // optimizer kind, per-parameter step counts, ...
 };
@@ -38,7 +41,9 @@ struct StageCheckpoint {
 inline constexpr int kCheckpointVersion = 1;
 
 std::filesystem::path step_dir(const std::filesystem::path& root, int64_t step);
-std::filesystem::path stage_file(const std::filesystem::path& root, int64_t step, int stage);
+// A stage's file; with tensor parallelism one per rank of the group (its shard of the weights):
+// stage-001-tp-03.bin.
+std::filesystem::path stage_file(const std::filesystem::path& root, int64_t step, int stage, int tp_rank = -1);
 
 // Atomic write of one stage's file (creates the step directory).
 void write_stage_checkpoint(const std::filesystem::path& root, const StageCheckpoint& c);

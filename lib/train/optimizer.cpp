@@ -34,66 +34,54 @@ double lr_at(const OptimizerConfig& c, int64_t step) {
   return c.min_lr + 0.5 * (c.lr - c.min_lr) * (1.0 + std::cos(std::numbers::pi * t));
 }
 
+runtime::UpdateRule update_rule(const OptimizerConfig& c, double lr_d, int64_t steps) {
+  using K = runtime::UpdateRule::Kind;
+  runtime::UpdateRule r;
+  r.kind = c.kind == OptimizerKind::Sgd ? K::Sgd : c.kind == OptimizerKind::Momentum ? K::Momentum : K::AdamW;
+  r.lr = static_cast<float>(lr_d);
+  r.weight_decay = static_cast<float>(c.weight_decay);
+  r.momentum = static_cast<float>(c.momentum);
+  r.first_step = steps == 0;
+  // Scalars rounded to float once from double, as PyTorch passes them to its kernels.
+  r.beta1 = static_cast<float>(c.beta1);
+  r.beta2 = static_cast<float>(c.beta2);
+  r.one_minus_beta1 = static_cast<float>(1.0 - c.beta1);
+  r.one_minus_beta2 = static_cast<float>(1.0 - c.beta2);
+  const double t = static_cast<double>(steps + 1);
+  const double bc1 = 1.0 - std::pow(c.beta1, t), bc2 = 1.0 - std::pow(c.beta2, t);
+  r.step_size = static_cast<float>(lr_d / bc1);
+  r.bias_correction2_sqrt = static_cast<float>(std::sqrt(bc2));
+  r.eps = static_cast<float>(c.eps);
+  r.decay = static_cast<float>(1.0 - lr_d * c.weight_decay);
+  return r;
+}
+
 void apply_update(const OptimizerConfig& c, double lr_d, std::span<float> p, std::span<const float> g,
                   ParamState& s) {
   SMP_CHECK(p.size() == g.size(), "parameter and gradient differ in size ({} vs {})", p.size(), g.size());
   const size_t n = p.size();
-  const float lr = static_cast<float>(lr_d);
-  const float wd = static_cast<float>(c.weight_decay);
-  switch (c.kind) {
-    case OptimizerKind::Sgd:
-      for (size_t i = 0; i < n; ++i) {
-        float d = wd != 0.0f ? g[i] + wd * p[i] : g[i];
-        p[i] -= lr * d;
-      }
-      break;
-    case OptimizerKind::Momentum: {
-      const float mu = static_cast<float>(c.momentum);
-      if (s.slot0.empty()) s.slot0.assign(n, 0.0f);
-      for (size_t i = 0; i < n; ++i) {
-        float d = wd != 0.0f ? g[i] + wd * p[i] : g[i];
-        // torch: the first step sets buf = d; later buf = mu * buf + d (dampening 0).
-        float buf = s.steps == 0 ? d : mu * s.slot0[i] + d;
-        s.slot0[i] = buf;
-        p[i] -= lr * buf;
-      }
-      break;
-    }
-    case OptimizerKind::AdamW: {
-      if (s.slot0.empty()) {
-        s.slot0.assign(n, 0.0f);
-        s.slot1.assign(n, 0.0f);
-      }
-      // Scalars rounded to float once from double, as PyTorch passes them to its kernels.
-      const float b1 = static_cast<float>(c.beta1), b2 = static_cast<float>(c.beta2);
-      const float one_m_b1 = static_cast<float>(1.0 - c.beta1), one_m_b2 = static_cast<float>(1.0 - c.beta2);
-      const double t = static_cast<double>(s.steps + 1);
-      const double bc1 = 1.0 - std::pow(c.beta1, t), bc2 = 1.0 - std::pow(c.beta2, t);
-      const float step_size = static_cast<float>(lr_d / bc1);
-      const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
-      const float eps = static_cast<float>(c.eps);
-      const float decay = static_cast<float>(1.0 - lr_d * c.weight_decay);
-      for (size_t i = 0; i < n; ++i) {
-        // torch.optim.AdamW (single-tensor path): decay, moments, bias-corrected step.
-        float pi = wd != 0.0f ? p[i] * decay : p[i];
-        float m = s.slot0[i] * b1 + g[i] * one_m_b1;
-        float v = s.slot1[i] * b2 + g[i] * g[i] * one_m_b2;
-        s.slot0[i] = m;
-        s.slot1[i] = v;
-        float denom = std::sqrt(v) / bc2_sqrt + eps;
-        p[i] = pi - step_size * (m / denom);
-      }
-      break;
-    }
-  }
+  const int slots = state_slots(c.kind);
+  if (slots >= 1 && s.slot0.empty()) s.slot0.assign(n, 0.0f);
+  if (slots >= 2 && s.slot1.empty()) s.slot1.assign(n, 0.0f);
+  runtime::update_host(update_rule(c, lr_d, s.steps), p.data(), g.data(), slots >= 1 ? s.slot0.data() : nullptr,
+                       slots >= 2 ? s.slot1.data() : nullptr, static_cast<int64_t>(n));
   ++s.steps;
 }
 
-double sum_of_squares(std::span<const float> g) {
-  double s = 0;
-  for (float x : g) s += static_cast<double>(x) * static_cast<double>(x);
-  return s;
+void apply_update(const OptimizerConfig& c, double lr, runtime::Backend& be, runtime::Tensor& p, const runtime::Tensor& g,
+                  DeviceParamState& s) {
+  SMP_CHECK(p.numel() == g.numel(), "parameter {} and gradient {} differ in size", p.str(), g.str());
+  const int slots = state_slots(c.kind);
+  {
+    runtime::PoolScope pool(be, runtime::MemoryPool::OptimizerState);
+    if (slots >= 1 && !s.slot0.defined()) s.slot0 = be.zeros(DType::F32, p.shape());
+    if (slots >= 2 && !s.slot1.defined()) s.slot1 = be.zeros(DType::F32, p.shape());
+  }
+  be.update(update_rule(c, lr, s.steps), p, g, s.slot0, s.slot1);
+  ++s.steps;
 }
+
+double sum_of_squares(std::span<const float> g) { return runtime::sum_of_squares_host(g.data(), static_cast<int64_t>(g.size())); }
 
 double clip_factor(const OptimizerConfig& c, double global_norm) {
   if (c.clip_norm <= 0) return 1.0;

@@ -3,6 +3,8 @@
 // and PyTorch trained from the same weights on the same batches agree step by step.
 #pragma once
 
+#include "runtime/backend.hpp"
+
 #include <cstdint>
 #include <span>
 #include <string>
@@ -45,6 +47,22 @@ struct ParamState {
 // One update of `param` from `grad` with learning rate `lr` (from lr_at), in place.
 void apply_update(const OptimizerConfig& c, double lr, std::span<float> param, std::span<const float> grad,
                   ParamState& state);
+
+// The scalars of one update (lr from lr_at; `steps` updates applied before this one), as the
+// backends' update kernels take them.
+runtime::UpdateRule update_rule(const OptimizerConfig& c, double lr, int64_t steps);
+
+// State of one parameter tensor on a backend's device (allocated on the first update, in the
+// backend's optimizer-state pool).
+struct DeviceParamState {
+  runtime::Tensor slot0, slot1;
+  int64_t steps = 0;
+};
+// Bytes of optimizer state a parameter of `param_bytes` needs.
+inline int64_t state_bytes(OptimizerKind k, int64_t param_bytes) { return state_slots(k) * param_bytes; }
+// The same update as apply_update, run by the backend where param and grad live.
+void apply_update(const OptimizerConfig& c, double lr, runtime::Backend& be, runtime::Tensor& param,
+                  const runtime::Tensor& grad, DeviceParamState& state);
 
 // Sum of squares of a gradient (accumulated in double; combine across ranks, then sqrt).
 double sum_of_squares(std::span<const float> grad);

@@ -69,6 +69,7 @@ bool probe_pipeline(const NodeProfileOptions& o, const PipelineProbeOptions& how
   popt.data_parallel = 1;
   popt.microbatches = o.microbatches;
   popt.schedule = "1f1b";
+  popt.tensor_parallel = 1;
   plan::PlanInputs in{&g, &gc, &cluster};
   plan::Plan p;
   try {

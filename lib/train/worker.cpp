@@ -6,8 +6,9 @@
 #include "core/io.hpp"
 #include "graph/export.hpp"
 #include "graph/loader.hpp"
+#include "graph/tensor_parallel.hpp"
 #include "plan/plan_io.hpp"
-#include "runtime/cpu_backend.hpp"
+#include "runtime/backends.hpp"
 #include "runtime/executor.hpp"
 #include "runtime/loss.hpp"
 #include "schedule/timeline.hpp"
@@ -47,6 +48,54 @@ std::string interrupted_message(int64_t step, const fs::path& checkpoint_dir) {
   return fmt::format("interrupted at step {}; checkpoint {} (resume with --resume)", step, step_dir(checkpoint_dir, step).string());
 }
 
+std::string rank_backend(const plan::PlanFile& plan, int rank, const std::string& option) {
+  if (!option.empty() && option != "auto") return option;
+  const auto& rj = plan.json["ranks"][static_cast<size_t>(rank)];
+  return rj.value("device_kind", std::string("cpu")) == "gpu" ? "cuda" : "cpu";
+}
+
+int rank_device(const plan::PlanFile& plan, int rank, int device_option) {
+  return device_option >= 0 ? device_option : plan.ranks.at(static_cast<size_t>(rank)).local_device;
+}
+
+namespace {
+
+// The precision the plan trains in on backend `kind`.
+DType plan_compute_dtype(const plan::PlanFile& plan, const std::string& kind) {
+  DType d = DType::F32;
+  if (plan.dtype == "bf16") d = DType::BF16;
+  else if (!plan.dtype.empty() && plan.dtype != "fp32")
+    throw_bad_input(plan.path, fmt::format("options.dtype '{}' is not fp32 or bf16", plan.dtype));
+  if (d == DType::BF16 && kind == "cpu")
+    throw_bad_input(plan.path, "the plan trains in bf16 (smp-plan --dtype bf16), which needs the cuda backend",
+                    "run with --backend cuda on a GPU machine, or plan with --dtype fp32 to train on the CPU");
+  return d;
+}
+
+}  // namespace
+
+void check_devices(const plan::PlanFile& plan, const RunOptions& opts, bool all_local) {
+  int n = -2;  // CUDA devices here; asked only when a rank needs one
+  for (size_t r = 0; r < plan.ranks.size(); ++r) {
+    const std::string kind = rank_backend(plan, static_cast<int>(r), opts.backend);
+    plan_compute_dtype(plan, kind);
+    if (kind != "cuda") continue;
+    if (n == -2) n = all_local ? runtime::cuda_device_count() : -1;
+    std::string stages;
+    for (int s : plan.ranks[r].stages) {
+      if (!stages.empty()) stages += ',';
+      stages += std::to_string(s);
+    }
+    const int dev = rank_device(plan, static_cast<int>(r), opts.device);
+    const std::string where = fmt::format("rank {} (stage {}) on cuda:{}", r, stages, dev);
+    if (!runtime::cuda_compiled()) throw_bad_input(where, runtime::cuda_unavailable_reason(), "use --backend cpu");
+    if (n == 0) throw_bad_input(where, runtime::cuda_unavailable_reason(), "use --backend cpu");
+    if (n > 0 && dev >= n)
+      throw_bad_input(where, fmt::format("no such device: this machine has {} CUDA device{}", n, n == 1 ? "" : "s"),
+                      "use --device, or a plan made for this machine's devices");
+  }
+}
+
 namespace {
 
 using clock = std::chrono::steady_clock;
@@ -62,9 +111,18 @@ struct StageRt {
   int index = 0;
   std::vector<int> nodes;
   std::unique_ptr<runtime::StageExecutor> ex;
-  std::vector<int> group;  // global ranks of its replicas (ascending)
-  bool writer = false;     // replica 0: writes checkpoints, counts in the gradient norm
-  std::map<int, ParamState> opt;
+  std::vector<int> group;  // global ranks of its replicas on this tensor-parallel lane (ascending)
+  bool writer = false;     // replica 0: writes checkpoints (its shard), counts in the gradient norm
+  bool reporter = false;   // replica 0, tensor-parallel rank 0: its times go into the report
+  std::map<int, DeviceParamState> opt;  // the whole tensors' optimizer state, on the stage's backend
+  // Optimizer-state sharding (CPU): this replica's slice [zero_begin, zero_end) of the stage's
+  // parameters laid end to end (each parameter at zero_offset[p]), its optimizer state per
+  // parameter segment (host), and its slice of the summed gradients.
+  std::map<int, size_t> zero_offset;
+  size_t zero_total = 0, zero_chunk = 0, zero_begin = 0, zero_end = 0;
+  std::map<int, ParamState> zero_opt;
+  std::vector<float> zero_grad;
+  int64_t updates = 0;  // optimizer steps applied (every parameter is updated every step)
   // measured per microbatch, summed over steps after the first
   double f_s = 0, b_s = 0, w_s = 0;
   int64_t nf = 0, nb = 0, nw = 0;
@@ -103,7 +161,10 @@ class BufferPool {
   std::map<size_t, std::vector<std::vector<char>>> free_;
 };
 
-int64_t tensor_bytes(const graph::Graph& g, int v) { return g.value(v).bytes(); }
+// A cut tensor's bytes as the stages hold it (bf16 activations with bf16 compute).
+int64_t tensor_bytes(const graph::Graph& g, int v, DType compute) {
+  return byte_size(g.value(v).shape, dtype_size(runtime::exec_dtype(g.value(v), compute)));
+}
 
 std::vector<char> pack(runtime::Backend& be, const std::vector<Tensor>& ts, BufferPool& pool) {
   size_t total = 0;
@@ -118,13 +179,13 @@ std::vector<char> pack(runtime::Backend& be, const std::vector<Tensor>& ts, Buff
 }
 
 std::vector<Tensor> unpack(runtime::Backend& be, const graph::Graph& g, const std::vector<int>& values,
-                           const std::vector<char>& buf) {
+                           const std::vector<char>& buf, DType compute) {
   std::vector<Tensor> out;
   size_t off = 0;
   for (int v : values) {
     const auto& val = g.value(v);
-    out.push_back(be.from_host(val.dtype, val.shape, buf.data() + off));
-    off += static_cast<size_t>(val.bytes());
+    out.push_back(be.from_host(runtime::exec_dtype(val, compute), val.shape, buf.data() + off));
+    off += static_cast<size_t>(tensor_bytes(g, v, compute));
   }
   SMP_CHECK(off == buf.size(), "message of {} bytes for {} bytes of tensors", buf.size(), off);
   return out;
@@ -156,9 +217,26 @@ std::string fmt_duration(double s) {
   return fmt::format("{}:{:02d}", t / 60, t % 60);
 }
 
+// The collectives of a stage's tensor-parallel group over comm::Communicator.
+class TpGroup final : public runtime::Collectives {
+ public:
+  TpGroup(comm::Communicator& c, std::vector<int> ranks, int index) : c_(c), ranks_(std::move(ranks)), index_(index) {}
+  int size() const override { return static_cast<int>(ranks_.size()); }
+  int rank() const override { return index_; }
+  void all_reduce(float* data, size_t count, runtime::ReduceOp op) override {
+    if (op == runtime::ReduceOp::Sum) c_.allreduce_sum(data, count, ranks_);
+    else c_.allreduce_max(data, count, ranks_);
+  }
+
+ private:
+  comm::Communicator& c_;
+  std::vector<int> ranks_;
+  int index_;
+};
+
 class Worker {
  public:
-  Worker(comm::Communicator& c, const RunOptions& o) : c_(c), o_(o), be_(std::max(o.threads, 1)) {}
+  Worker(comm::Communicator& c, const RunOptions& o) : c_(c), o_(o) {}
 
   RunResult run();
 
@@ -180,7 +258,9 @@ class Worker {
 
   comm::Communicator& c_;
   RunOptions o_;  // a copy: load() may take the optimizer from the plan
-  runtime::CpuBackend be_;
+  std::unique_ptr<runtime::Backend> be_;
+  std::string device_;  // "cpu", "cuda:0"
+  DType compute_ = DType::F32;
   plan::PlanFile plan_;
   graph::Graph g_;
   std::vector<int> stage_of_node_;
@@ -188,6 +268,22 @@ class Worker {
   std::vector<StageRt> stages_;  // this rank's
   std::map<int, StageRt*> by_index_;
   int S_ = 0, m_ = 0, d_ = 1, replica_ = 0;
+  // Tensor parallelism: this rank's place in the layout, the groups found in the model, the
+  // model's structure as a whole (data, export), its group's collectives, and the part of the
+  // vocabulary its output holds (vocabulary-parallel loss).
+  plan::RankLayout layout_;
+  int T_ = 1, tp_ = 0;
+  graph::TpAnalysis tp_analysis_;
+  graph::Graph whole_;
+  std::unique_ptr<TpGroup> tp_group_;
+  graph::VocabRange vocab_;
+  bool vocab_parallel_ = false;
+  bool zero_ = false;  // optimizer state split over the replicas
+  // A parameter of this rank's graph counts in the global gradient norm here: a split one on
+  // every rank of its group, a replicated one on rank 0 of the group only.
+  bool counts_in_norm(int p) const { return T_ == 1 || tp_ == 0 || tp_analysis_.params.count(p) != 0; }
+  void zero_layout(StageRt& st);
+  const graph::Graph& whole() const { return T_ > 1 ? whole_ : g_; }
   int64_t B_ = 0, b_ = 0;
   int output_value_ = -1;
   bool need_data_ = false;
@@ -204,6 +300,7 @@ class Worker {
   int hosts_ = 1;                    // hosts the job runs on (rank 0)
   bool stop_agreed_ = false;         // some rank was asked to stop (seen in the step's all-reduce)
   int stop_signal_ = 0;
+  int64_t device_allocations_after_step1_ = 0;  // the backend's device allocations once a step ran
 };
 
 void Worker::load() {
@@ -214,6 +311,10 @@ void Worker::load() {
                     "start as many processes as the plan's ranks");
   const plan::PlanRank& me = plan_.ranks.at(static_cast<size_t>(c_.rank()));
   replica_ = me.replica;
+  layout_ = plan_.rank_layout();
+  T_ = plan_.tensor_parallel;
+  tp_ = me.tp_rank;
+  zero_ = plan_.shard_optimizer && plan_.data_parallel > 1;
   S_ = static_cast<int>(plan_.stage.size());
   m_ = plan_.microbatches;
   d_ = plan_.data_parallel;
@@ -233,7 +334,35 @@ void Worker::load() {
   lo.dims = plan_.dims;
   lo.load_weights = true;
   lo.want_weight = [&](const std::string& n) { return mine.count(n) != 0; };
-  g_ = graph::load_graph(model, lo);
+  if (T_ == 1) {
+    g_ = graph::load_graph(model, lo);
+  } else {
+    // The structure first: which parameters split, and which of those are stored outside the
+    // model (then only this rank's part of their bytes is read).
+    graph::LoadOptions shape_only = lo;
+    shape_only.load_weights = false;
+    whole_ = graph::load_graph(model, shape_only);
+    tp_analysis_ = graph::analyze_tensor_parallel(whole_, T_);
+    if (!tp_analysis_.any())
+      throw_bad_input(o_.plan.string(), fmt::format("the plan splits layers {} ways, but the model has no groups that split "
+                                                    "that many ways",
+                                                    T_),
+                      "was the plan made for this model?");
+    std::set<std::string> split_outside;
+    for (const auto& [p, sp] : tp_analysis_.params)
+      if (whole_.value(p).external) split_outside.insert(whole_.value(p).name);
+    lo.want_weight = [&](const std::string& n) { return mine.count(n) != 0 && !split_outside.count(n); };
+    graph::Graph src = graph::load_graph(model, lo);
+    SMP_CHECK(src.values.size() == whole_.values.size() && src.nodes.size() == whole_.nodes.size(),
+              "the model loaded twice differs");
+    graph::ShardOptions so;
+    so.load_weights = true;
+    so.want_weight = [&](const std::string& n) { return mine.count(n) != 0; };
+    g_ = graph::shard_graph(src, tp_analysis_, tp_, so);
+    vocab_ = graph::output_vocab_range(whole_, tp_analysis_, tp_);
+    vocab_parallel_ = tp_analysis_.sharded_output >= 0;
+    tp_group_ = std::make_unique<TpGroup>(c_, layout_.tp_group(replica_, me.pipeline_rank), tp_);
+  }
 
   std::map<std::string, int> node_index;
   for (size_t i = 0; i < g_.nodes.size(); ++i) node_index[g_.nodes[i].name] = static_cast<int>(i);
@@ -278,16 +407,64 @@ void Worker::load() {
     }
   }
 
+  // The device: --backend, else the kind of device the plan put this rank on; the plan's
+  // precision (smp-plan --dtype).
+  const std::string kind = rank_backend(plan_, c_.rank(), o_.backend);
+  compute_ = plan_compute_dtype(plan_, kind);
+  runtime::BackendOptions bo;
+  bo.threads = std::max(o_.threads, 1);
+  bo.device = rank_device(plan_, c_.rank(), o_.device);
+  bo.tf32 = o_.tf32;
+  device_ = kind == "cuda" ? fmt::format("cuda:{}", bo.device) : "cpu";
+  const std::string first_stages = me.stages.empty() ? "" : fmt::format("stage {}", me.stages.front());
+  try {
+    be_ = runtime::make_backend(kind, bo);
+  } catch (const Error& e) {
+    throw Error(e.kind(), first_stages.empty() ? e.what() : first_stages + ": " + e.what());
+  }
+  // The split optimizer state and the tensor-parallel collectives live in host memory: CPU workers.
+  if (kind != "cpu" && (zero_ || T_ > 1))
+    throw_bad_input(o_.plan.string(), fmt::format("rank {} on {}: {} runs on CPU workers only in this version", c_.rank(),
+                                                  device_, zero_ ? "the split optimizer state (--shard-optimizer)" : "tensor parallelism"),
+                    "plan with --tensor-parallel 1 --no-shard-optimizer, or run with --backend cpu");
+
+  // Microbatches each stage keeps between its forward and its last backward, from the action
+  // list: the activation arena is sized for that many.
+  const auto& acts = plan_.schedule.actions.at(static_cast<size_t>(me.pipeline_rank));
+  std::map<std::pair<int, int>, size_t> last_bwd;
+  for (size_t i = 0; i < acts.size(); ++i)
+    if (acts[i].op == schedule::Op::Backward || acts[i].op == schedule::Op::BackwardInput || acts[i].op == schedule::Op::BackwardWeight)
+      last_bwd[{acts[i].stage, acts[i].mb}] = i;
+  std::map<int, int> in_flight, peak_in_flight;
+  for (size_t i = 0; i < acts.size(); ++i) {
+    const auto& a = acts[i];
+    if (a.op == schedule::Op::Forward) peak_in_flight[a.stage] = std::max(peak_in_flight[a.stage], ++in_flight[a.stage]);
+    auto lb = last_bwd.find({a.stage, a.mb});
+    if (lb != last_bwd.end() && lb->second == i) --in_flight[a.stage];
+  }
+
   for (int s : me.stages) {
     StageRt st;
     st.index = s;
     st.nodes = nodes_of[static_cast<size_t>(s)];
     runtime::ExecutorOptions eo;
     eo.after_node = [this](int, char, double) { c_.progress(); };  // messages move between kernels
-    st.ex = std::make_unique<runtime::StageExecutor>(g_, st.nodes, be_, eo);
-    st.group = plan_.stage.at(static_cast<size_t>(s)).ranks;
-    std::sort(st.group.begin(), st.group.end());
+    eo.compute_dtype = compute_;
+    eo.microbatches_in_flight = std::max(1, peak_in_flight[s]);
+    eo.collectives = tp_group_.get();
+    try {
+      st.ex = std::make_unique<runtime::StageExecutor>(g_, st.nodes, *be_, eo);
+      // The optimizer state in one reservation, allocated on the first update.
+      int64_t pbytes = 0;
+      for (int p : st.ex->parameters()) pbytes += runtime::pool_bytes(g_.value(p).bytes());
+      be_->reserve(runtime::MemoryPool::OptimizerState, state_bytes(o_.optimizer.kind, pbytes));
+    } catch (const Error& e) {
+      throw Error(e.kind(), fmt::format("stage {} on {}: {}", s, device_, e.what()));
+    }
+    st.group = layout_.dp_group(plan_.schedule.rank_of(s), tp_);
     st.writer = replica_ == 0;
+    st.reporter = replica_ == 0 && tp_ == 0;
+    if (zero_) zero_layout(st);
     for (int v : st.ex->inputs()) {
       if (g_.value(v).kind == graph::ValueKind::Input) {
         need_data_ = true;
@@ -303,12 +480,17 @@ void Worker::load() {
   for (auto& st : stages_) by_index_[st.index] = &st;
 
   if (need_data_) {
-    if (o_.data.empty()) data_ = synthetic_dataset(g_, std::max<int64_t>(o_.synthetic_rows, B_), o_.seed + 17);
-    else data_ = load_dataset(o_.data, g_, B_);
-    const graph::Value& out = g_.value(output_value_);
+    // The data matches the whole model (all of the vocabulary), not this rank's part of it.
+    if (o_.data.empty()) data_ = synthetic_dataset(whole(), std::max<int64_t>(o_.synthetic_rows, B_), o_.seed + 17);
+    else data_ = load_dataset(o_.data, whole(), B_);
+    const graph::Value& out = whole().value(output_value_);
     loss_kind_ = runtime::choose_loss(out.shape, data_.has_labels ? data_.labels.dtype : DType::F32);
     if (loss_kind_ != runtime::LossKind::Scalar && !data_.has_labels)
       throw_bad_input(o_.data.string(), "no labels.npy for a model whose output is not a scalar loss");
+    if (vocab_parallel_ && loss_kind_ != runtime::LossKind::CrossEntropy)
+      throw_bad_input(o_.data.empty() ? o_.plan.string() : o_.data.string(),
+                      "the plan splits the model's output over the vocabulary: it trains with cross-entropy on integer labels",
+                      "give int64 class labels, or plan with --tensor-parallel 1");
   }
 }
 
@@ -329,7 +511,7 @@ Tensor Worker::input_slice(int value, int64_t step, int mb) {
     if (a.name == val.name) {
       auto rows = microbatch_rows(step, mb);
       std::string bytes = gather_rows(a, rows);
-      return be_.from_host(val.dtype, val.shape, bytes.data());
+      return be_->from_host(val.dtype, val.shape, bytes.data());
     }
   SMP_CHECK(false, "no data for input '{}'", val.name);
   return {};
@@ -340,7 +522,7 @@ Tensor Worker::label_slice(int64_t step, int mb) {
   std::string bytes = gather_rows(data_.labels, rows);
   Shape s{b_};
   s.insert(s.end(), data_.labels.sample.begin(), data_.labels.sample.end());
-  return be_.from_host(data_.labels.dtype, s, bytes.data());
+  return be_->from_host(data_.labels.dtype, s, bytes.data());
 }
 
 // One training step through the rank's lowered list. Returns this rank's share of the loss.
@@ -350,8 +532,9 @@ double Worker::step(int64_t k, bool record) {
   auto t0 = clock::now();
   step_t0_ = t0;
   auto rank_of_stage = [&](int s) {
-    // The global rank running stage s in this replica (the lists' peers count pipeline ranks).
-    return replica_ * plan_.stages + plan_.schedule.rank_of(s);
+    // The global rank running stage s in this replica and tensor-parallel lane (the lists'
+    // peers count pipeline ranks).
+    return layout_.rank(replica_, plan_.schedule.rank_of(s), tp_);
   };
   std::map<Key, Pending> recv_act, recv_grad;
   std::vector<Pending> sends;
@@ -370,7 +553,7 @@ double Worker::step(int64_t k, bool record) {
     auto it = ready.find({a.stage, a.mb});
     SMP_CHECK(it != ready.end(), "{} of stage {} microbatch {} sent before it was computed", what, a.stage, a.mb);
     Pending p;
-    p.buf = pack(be_, it->second, pool_);
+    p.buf = pack(*be_, it->second, pool_);
     ready.erase(it);
     p.req = c_.isend(p.buf.data(), p.buf.size(), rank_of_stage(to_stage), tag_of(a));
     sends.push_back(std::move(p));
@@ -379,7 +562,7 @@ double Worker::step(int64_t k, bool record) {
   auto post = [&](std::map<Key, Pending>& posted, const schedule::Action& a, const std::vector<int>& values, int from_stage) {
     Pending p;
     int64_t bytes = 0;
-    for (int v : values) bytes += tensor_bytes(g_, v);
+    for (int v : values) bytes += tensor_bytes(g_, v, compute_);
     p.buf = pool_.take(static_cast<size_t>(bytes));
     p.req = c_.irecv(p.buf.data(), p.buf.size(), rank_of_stage(from_stage), tag_of(a));
     posted[{a.stage, a.mb}] = std::move(p);
@@ -392,7 +575,7 @@ double Worker::step(int64_t k, bool record) {
     auto r = posted.find(key);
     if (r != posted.end()) {
       c_.wait(r->second.req, what);
-      out = unpack(be_, g_, values, r->second.buf);
+      out = unpack(*be_, g_, values, r->second.buf, compute_);
       pool_.give(std::move(r->second.buf));
       posted.erase(r);
       return out;
@@ -409,6 +592,7 @@ double Worker::step(int64_t k, bool record) {
     double cpu0 = 0;
     // A compute action's wall and CPU time, from ts / cpu0, into its stage's sums (after step 0).
     auto account = [&](StageRt& st, double& wall_s, int64_t& count) {
+      be_->synchronize();  // a device backend's time is its queue's (no-op on the CPU)
       if (k == 0) return;
       wall_s += seconds_since(ts), ++count;
       st.cpu_s += process_cpu_s() - cpu0;
@@ -448,8 +632,10 @@ double Worker::step(int64_t k, bool record) {
         } else {
           Tensor out = from_out(output_value_);
           Tensor labels = loss_kind_ == runtime::LossKind::Scalar ? Tensor{} : label_slice(k, mb);
-          auto lr = runtime::apply_loss(loss_kind_, be_, out, labels, static_cast<float>(scale));
-          loss += lr.loss * scale;
+          auto lr = vocab_parallel_ ? runtime::cross_entropy_vocab_parallel(*be_, out, labels, vocab_.begin, vocab_.total,
+                                                                             *tp_group_, static_cast<float>(scale))
+                                    : runtime::apply_loss(loss_kind_, *be_, out, labels, static_cast<float>(scale));
+          if (tp_ == 0) loss += lr.loss * scale;  // every rank of the group has the loss; one counts it
           loss_grad[{s, mb}] = lr.grad;
         }
         account(st, st.f_s, st.nf);
@@ -492,15 +678,15 @@ double Worker::step(int64_t k, bool record) {
             Tensor through = grad_of(v);  // a pass-through tensor's gradient from downstream
             if (through.defined()) {
               if (gsum.defined()) {
-                Tensor sum = be_.empty(val.dtype, val.shape);
-                be_.copy(sum, gsum);
-                be_.axpy(1.0f, through, sum);
+                Tensor sum = be_->empty(runtime::exec_dtype(val, compute_), val.shape);
+                be_->copy(sum, gsum);
+                be_->axpy(1.0f, through, sum);
                 gsum = sum;
               } else {
                 gsum = through;
               }
             }
-            if (!gsum.defined()) gsum = be_.zeros(val.dtype, val.shape);
+            if (!gsum.defined()) gsum = be_->zeros(runtime::exec_dtype(val, compute_), val.shape);
             up.push_back(gsum);
           }
           grad_out[{s, mb}] = std::move(up);
@@ -535,23 +721,60 @@ double Worker::step(int64_t k, bool record) {
   return loss;
 }
 
+// Optimizer-state sharding: the stage's parameters laid end to end, padded to a multiple of the
+// replicas; replica i owns block i.
+void Worker::zero_layout(StageRt& st) {
+  size_t off = 0;
+  for (int p : st.ex->parameters()) {
+    st.zero_offset[p] = off;
+    off += static_cast<size_t>(g_.value(p).numel());
+  }
+  st.zero_total = off;
+  st.zero_chunk = (off + static_cast<size_t>(d_) - 1) / static_cast<size_t>(d_);
+  st.zero_begin = std::min(off, st.zero_chunk * static_cast<size_t>(replica_));
+  st.zero_end = std::min(off, st.zero_begin + st.zero_chunk);
+}
+
+namespace {
+
+// Calls f(parameter, first element of it, first element of the slice, length) for every
+// parameter overlapping [begin, end) of a stage's parameters laid end to end.
+template <class F>
+void for_each_segment(const std::map<int, size_t>& offset, const graph::Graph& g, size_t begin, size_t end, F&& f) {
+  for (const auto& [p, off] : offset) {
+    const size_t n = static_cast<size_t>(g.value(p).numel());
+    const size_t lo = std::max(begin, off), hi = std::min(end, off + n);
+    if (lo < hi) f(p, lo - off, lo - begin, hi - lo);
+  }
+}
+
+}  // namespace
+
 void Worker::reduce_and_update(int64_t k, bool record, double* loss, double* norm) {
-  // Data-parallel all-reduce of each stage's gradients (one packed buffer per stage).
+  // Data-parallel reduction of each stage's gradients (one packed buffer per stage): an
+  // all-reduce, or with the optimizer state split, a reduce-scatter (each replica keeps the sum
+  // of its own slice).
   for (auto& st : stages_) {
-    if (st.group.size() <= 1) continue;
+    if (st.group.size() <= 1 && !zero_) continue;
     std::vector<float> buf;
     for (int p : st.ex->parameters()) {
       Tensor& gt = st.ex->gradient(p);
       size_t off = buf.size();
       buf.resize(off + static_cast<size_t>(gt.numel()));
-      be_.to_host(gt, buf.data() + off);
+      be_->to_host(gt, buf.data() + off);
+    }
+    if (zero_) {
+      buf.resize(st.zero_chunk * static_cast<size_t>(d_), 0.0f);
+      st.zero_grad.assign(st.zero_chunk, 0.0f);
+      c_.reduce_scatter_sum(buf.data(), st.zero_grad.data(), st.zero_chunk, st.group);
+      continue;
     }
     c_.allreduce_sum(buf.data(), buf.size(), st.group);
     size_t off = 0;
     for (int p : st.ex->parameters()) {
       Tensor& gt = st.ex->gradient(p);
-      Tensor sum = be_.from_host(DType::F32, gt.shape(), buf.data() + off);
-      be_.copy(gt, sum);
+      Tensor sum = be_->from_host(DType::F32, gt.shape(), buf.data() + off);
+      be_->copy(gt, sum);
       off += static_cast<size_t>(gt.numel());
     }
   }
@@ -563,21 +786,25 @@ void Worker::reduce_and_update(int64_t k, bool record, double* loss, double* nor
     if (k > 0) st.u_s += std::chrono::duration<double>(t_end - t_begin).count();
     if (record) spans_.push_back({since_step(t_begin), since_step(t_end), op, st.index, 0, 0});
   };
-  // The loss and the global gradient norm over every stage (each counted once), and the ranks
-  // asked to stop (by SIGINT, SIGTERM, SIGUSR1): all see the same sums, so all stop after the
-  // same step.
+  // The loss and the global gradient norm over every stage: each element counted once (a
+  // replica-0 copy, or each replica's slice; a split parameter on every rank of its group, a
+  // replicated one on the group's rank 0); and the ranks asked to stop (by SIGINT, SIGTERM,
+  // SIGUSR1): all see the same sums, so all stop after the same step.
   const int asked = o_.stop_signal ? static_cast<int>(*o_.stop_signal) : 0;
   double sums[5] = {*loss, 0.0, asked == SIGINT ? 1.0 : 0.0, asked == SIGTERM ? 1.0 : 0.0,
                     asked != 0 && asked != SIGINT && asked != SIGTERM ? 1.0 : 0.0};
-  std::vector<float> host;
   for (auto& st : stages_) {
-    if (!st.writer) continue;
+    if (!zero_ && !st.writer) continue;
     const auto t_begin = clock::now();
-    for (int p : st.ex->parameters()) {
-      Tensor& gt = st.ex->gradient(p);
-      host.resize(static_cast<size_t>(gt.numel()));
-      be_.to_host(gt, host.data());
-      sums[1] += sum_of_squares(host);
+    if (zero_) {
+      for_each_segment(st.zero_offset, g_, st.zero_begin, st.zero_end, [&](int p, size_t, size_t at, size_t n) {
+        if (counts_in_norm(p)) sums[1] += sum_of_squares(std::span<const float>(st.zero_grad.data() + at, n));
+      });
+    } else {
+      std::vector<Tensor> grads;
+      for (int p : st.ex->parameters())
+        if (counts_in_norm(p)) grads.push_back(st.ex->gradient(p));
+      sums[1] += be_->sum_of_squares(grads);
     }
     timed(st, kNormSpan, t_begin);
   }
@@ -595,41 +822,88 @@ void Worker::reduce_and_update(int64_t k, bool record, double* loss, double* nor
   double lr = lr_at(o_.optimizer, k);
   for (auto& st : stages_) {
     const auto t_begin = clock::now();
-    for (int p : st.ex->parameters()) {
-      Tensor& w = st.ex->parameter(p);
-      Tensor& gt = st.ex->gradient(p);
-      if (factor != 1.0) be_.scale(static_cast<float>(factor), gt);
-      apply_update(o_.optimizer, lr, std::span<float>(w.data<float>(), static_cast<size_t>(w.numel())),
-                   std::span<const float>(gt.data<float>(), static_cast<size_t>(gt.numel())), st.opt[p]);
+    if (zero_) {
+      // Update this replica's slice, then gather every replica's updated slice.
+      if (factor != 1.0)
+        for (float& x : st.zero_grad) x *= static_cast<float>(factor);
+      std::vector<float> mine(st.zero_chunk, 0.0f), all(st.zero_chunk * static_cast<size_t>(d_));
+      for_each_segment(st.zero_offset, g_, st.zero_begin, st.zero_end, [&](int p, size_t in_p, size_t at, size_t n) {
+        float* w = st.ex->parameter(p).data<float>() + in_p;
+        apply_update(o_.optimizer, lr, std::span<float>(w, n), std::span<const float>(st.zero_grad.data() + at, n),
+                     st.zero_opt[p]);
+        std::copy(w, w + n, mine.data() + at);
+      });
+      c_.all_gather(mine.data(), all.data(), st.zero_chunk, st.group);
+      for (int p : st.ex->parameters()) {
+        Tensor& w = st.ex->parameter(p);
+        const size_t off = st.zero_offset[p];
+        std::copy(all.data() + off, all.data() + off + static_cast<size_t>(w.numel()), w.data<float>());
+      }
+    } else {
+      for (int p : st.ex->parameters()) {
+        Tensor& w = st.ex->parameter(p);
+        Tensor& gt = st.ex->gradient(p);
+        if (factor != 1.0) be_->scale(static_cast<float>(factor), gt);
+        apply_update(o_.optimizer, lr, *be_, w, gt, st.opt[p]);
+      }
     }
+    be_->synchronize();  // the update's time is the device's
     timed(st, kUpdateSpan, t_begin);
+    ++st.updates;
     if (k > 0) ++st.nu;
   }
 }
 
-// A stage's parameters (and with `optimizer`, their optimizer state) as a checkpoint.
+// A stage's parameters (and with `optimizer`, their optimizer state) as a checkpoint: this rank's
+// shard of a tensor-parallel stage. With the optimizer state split over the replicas every
+// replica must call it (the state is gathered whole); the writer's copy is the one to write.
 StageCheckpoint Worker::snapshot(StageRt& st, int64_t done, bool optimizer) {
   StageCheckpoint cp;
   cp.step = done;
   cp.stage = st.index;
+  cp.tp_rank = T_ > 1 ? tp_ : -1;
+  const int slots = state_slots(o_.optimizer.kind);
+  std::vector<std::vector<float>> gathered(static_cast<size_t>(slots));
+  if (optimizer && zero_)
+    for (int k = 0; k < slots; ++k) {
+      std::vector<float> mine(st.zero_chunk, 0.0f);
+      for_each_segment(st.zero_offset, g_, st.zero_begin, st.zero_end, [&](int p, size_t, size_t at, size_t n) {
+        const ParamState& ps = st.zero_opt[p];
+        const std::vector<float>& v = k == 0 ? ps.slot0 : ps.slot1;
+        if (v.size() == n) std::copy(v.begin(), v.end(), mine.begin() + static_cast<std::ptrdiff_t>(at));
+      });
+      gathered[static_cast<size_t>(k)].resize(st.zero_chunk * static_cast<size_t>(d_));
+      c_.all_gather(mine.data(), gathered[static_cast<size_t>(k)].data(), st.zero_chunk, st.group);
+    }
   nlohmann::json steps = nlohmann::json::object();
   for (int p : st.ex->parameters()) {
     const auto& val = g_.value(p);
     Tensor& w = st.ex->parameter(p);
     NamedTensor t{val.name, DType::F32, val.shape, std::string(static_cast<size_t>(w.bytes()), '\0')};
-    be_.to_host(w, t.bytes.data());
+    be_->to_host(w, t.bytes.data());
     cp.tensors.push_back(std::move(t));
     if (!optimizer) continue;
-    const ParamState& ps = st.opt[p];
-    auto slot = [&](const std::vector<float>& v, const char* suffix) {
-      if (v.empty()) return;
-      NamedTensor s{val.name + suffix, DType::F32, val.shape,
-                    std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float))};
-      cp.tensors.push_back(std::move(s));
+    auto slot = [&](const float* v, size_t n, const char* suffix) {
+      NamedTensor x{val.name + suffix, DType::F32, val.shape,
+                    std::string(reinterpret_cast<const char*>(v), n * sizeof(float))};
+      cp.tensors.push_back(std::move(x));
     };
-    slot(ps.slot0, ".state0");
-    slot(ps.slot1, ".state1");
-    steps[val.name] = ps.steps;
+    const size_t n = static_cast<size_t>(val.numel());
+    if (zero_) {
+      // Before the first update the state is empty (as without sharding).
+      if (st.updates > 0)
+        for (int k = 0; k < slots; ++k) slot(gathered[static_cast<size_t>(k)].data() + st.zero_offset[p], n, k == 0 ? ".state0" : ".state1");
+    } else {
+      const DeviceParamState& ps = st.opt[p];
+      std::vector<float> host;
+      for (const auto& [v, suffix] : {std::pair{&ps.slot0, ".state0"}, std::pair{&ps.slot1, ".state1"}}) {
+        if (!v->defined()) continue;
+        host.resize(static_cast<size_t>(v->numel()));
+        be_->to_host(*v, host.data());
+        slot(host.data(), host.size(), suffix);
+      }
+    }
+    steps[val.name] = st.updates;
   }
   if (optimizer)
     cp.meta = {{"optimizer", optimizer_name(o_.optimizer.kind)}, {"param_steps", steps}, {"model_sha256", plan_.model_sha256}};
@@ -638,15 +912,16 @@ StageCheckpoint Worker::snapshot(StageRt& st, int64_t done, bool optimizer) {
 
 void Worker::checkpoint(int64_t done) {
   for (auto& st : stages_) {
-    if (!st.writer) continue;
+    if (!st.writer && !zero_) continue;
     StageCheckpoint cp = snapshot(st, done, true);
-    write_stage_checkpoint(o_.checkpoint_dir, cp);
+    if (st.writer) write_stage_checkpoint(o_.checkpoint_dir, cp);
   }
   c_.barrier();
   if (c_.rank() == 0) {
     commit_checkpoint(o_.checkpoint_dir, done,
                       {{"stages", S_}, {"model", plan_.model_path}, {"model_sha256", plan_.model_sha256},
-                       {"plan", o_.plan.string()}, {"optimizer", optimizer_name(o_.optimizer.kind)}});
+                       {"plan", o_.plan.string()}, {"optimizer", optimizer_name(o_.optimizer.kind)},
+                       {"tensor_parallel", T_}});
     prune_checkpoints(o_.checkpoint_dir, o_.keep_checkpoints);
   }
   c_.barrier();
@@ -699,37 +974,67 @@ void Worker::restore() {
   if (!latest)
     throw_bad_input("--resume", "no complete checkpoint in " + o_.checkpoint_dir.string(), "run without --resume first");
   auto manifest = read_manifest(o_.checkpoint_dir, *latest);
+  const std::string mf = (step_dir(o_.checkpoint_dir, *latest) / "manifest.json").string();
   if (manifest.value("stages", -1) != S_)
-    throw_bad_input((step_dir(o_.checkpoint_dir, *latest) / "manifest.json").string(),
-                    fmt::format("written for {} stages, the plan has {}", manifest.value("stages", -1), S_),
+    throw_bad_input(mf, fmt::format("written for {} stages, the plan has {}", manifest.value("stages", -1), S_),
+                    "resume with the plan the checkpoint was made with");
+  if (manifest.value("tensor_parallel", 1) != T_)
+    throw_bad_input(mf, fmt::format("written for {}-way tensor parallelism, the plan has {}", manifest.value("tensor_parallel", 1), T_),
                     "resume with the plan the checkpoint was made with");
   if (manifest.value("model_sha256", std::string()) != plan_.model_sha256)
-    throw_bad_input((step_dir(o_.checkpoint_dir, *latest) / "manifest.json").string(), "written for another model");
+    throw_bad_input(mf, "written for another model");
   if (manifest.value("optimizer", std::string()) != optimizer_name(o_.optimizer.kind))
     throw_bad_input("--optimizer", "the checkpoint was written with " + manifest.value("optimizer", std::string("?")),
                     "resume with the same optimizer");
   for (auto& st : stages_) {
-    StageCheckpoint cp = read_stage_checkpoint(stage_file(o_.checkpoint_dir, *latest, st.index));
+    const fs::path file = stage_file(o_.checkpoint_dir, *latest, st.index, T_ > 1 ? tp_ : -1);
+    StageCheckpoint cp = read_stage_checkpoint(file);
     std::map<std::string, const NamedTensor*> byname;
     for (const auto& t : cp.tensors) byname[t.name] = &t;
     for (int p : st.ex->parameters()) {
       const auto& val = g_.value(p);
       auto it = byname.find(val.name);
       if (it == byname.end() || it->second->shape != val.shape)
-        throw_bad_input(stage_file(o_.checkpoint_dir, *latest, st.index).string(), "no tensor '" + val.name + "' of shape " + shape_str(val.shape));
-      Tensor t = be_.from_host(DType::F32, val.shape, it->second->bytes.data());
-      be_.copy(st.ex->parameter(p), t);
+        throw_bad_input(file.string(), "no tensor '" + val.name + "' of shape " + shape_str(val.shape));
+      Tensor t = be_->from_host(DType::F32, val.shape, it->second->bytes.data());
+      be_->copy(st.ex->parameter(p), t);
       ParamState ps;
+      // The state of the whole tensor, or with the optimizer state split, this replica's slice.
+      size_t from = 0, count = static_cast<size_t>(val.numel());
+      bool held = true;
+      if (zero_) {
+        held = false;
+        for_each_segment(st.zero_offset, g_, st.zero_begin, st.zero_end, [&](int q, size_t in_p, size_t, size_t n) {
+          if (q != p) return;
+          from = in_p;
+          count = n;
+          held = true;
+        });
+      }
       auto load_slot = [&](const char* suffix, std::vector<float>& v) {
         auto s = byname.find(val.name + suffix);
         if (s == byname.end()) return;
-        v.resize(static_cast<size_t>(val.numel()));
-        std::memcpy(v.data(), s->second->bytes.data(), s->second->bytes.size());
+        if (s->second->bytes.size() != static_cast<size_t>(val.numel()) * sizeof(float))
+          throw_bad_input(file.string(), "tensor '" + val.name + suffix + "' has the wrong size");
+        v.resize(count);
+        std::memcpy(v.data(), s->second->bytes.data() + from * sizeof(float), count * sizeof(float));
       };
-      load_slot(".state0", ps.slot0);
-      load_slot(".state1", ps.slot1);
+      if (held) {
+        load_slot(".state0", ps.slot0);
+        load_slot(".state1", ps.slot1);
+      }
       ps.steps = cp.meta["param_steps"].value(val.name, int64_t{0});
-      st.opt[p] = std::move(ps);
+      st.updates = ps.steps;
+      if (zero_) {
+        if (held) st.zero_opt[p] = std::move(ps);
+      } else {
+        // The whole tensor's state onto the stage's backend, in its optimizer-state pool.
+        DeviceParamState& ds = st.opt[p];
+        ds.steps = ps.steps;
+        runtime::PoolScope pool(*be_, runtime::MemoryPool::OptimizerState);
+        if (!ps.slot0.empty()) ds.slot0 = be_->from_host(DType::F32, val.shape, ps.slot0.data());
+        if (!ps.slot1.empty()) ds.slot1 = be_->from_host(DType::F32, val.shape, ps.slot1.data());
+      }
     }
   }
   start_step_ = *latest;
@@ -793,11 +1098,11 @@ void Worker::report_end(double mean_step_s) {
   // Per stage: measured forward / backward per microbatch (from the stage's replica 0), its
   // process's CPU time over the wall time of those, and each rank's idle fraction, next to the
   // plan's prediction.
-  constexpr size_t kPer = 5;
+  constexpr size_t kPer = 8;
   const size_t idle_at = kPer * static_cast<size_t>(S_);
   std::vector<double> v(idle_at + static_cast<size_t>(c_.size()), 0.0);
   for (auto& st : stages_) {
-    if (!st.writer) continue;
+    if (!st.reporter) continue;
     size_t i = kPer * static_cast<size_t>(st.index);
     v[i] = st.nf ? st.f_s / static_cast<double>(st.nf) : 0;
     v[i + 1] = st.nb ? st.b_s / static_cast<double>(st.nb) : 0;
@@ -805,6 +1110,12 @@ void Worker::report_end(double mean_step_s) {
     v[i + 3] = st.nu ? st.u_s / static_cast<double>(st.nu) : 0;
     const double wall = st.f_s + st.b_s + st.w_s;
     v[i + 4] = wall > 0 ? st.cpu_s / wall : 0;
+    // Memory of the stage's rank: the most its tensors held at once, and what its backend took
+    // from the device (pools, workspace); its device allocations after the first step.
+    const runtime::MemoryStats m = be_->memory();
+    v[i + 5] = static_cast<double>(m.peak_bytes);
+    v[i + 6] = static_cast<double>(m.reserved_bytes);
+    v[i + 7] = static_cast<double>(m.device_allocations - device_allocations_after_step1_);
   }
   // Idle: neither computing nor in its optimizer step (as the plan counts its bubble).
   double busy = 0;
@@ -823,6 +1134,8 @@ void Worker::report_end(double mean_step_s) {
     int rank0;
     double f, b, u, cpu_per_wall, idle;  // measured
     double pf, pb, pu;                   // predicted
+    double peak, reserved, late_allocs;  // measured memory of the rank
+    double ppeak;                        // predicted peak of the rank
   };
   std::vector<Row> rows;
   double idle = 0;
@@ -831,9 +1144,12 @@ void Worker::report_end(double mean_step_s) {
     const size_t i = kPer * static_cast<size_t>(s);
     const auto& tj = pj["stages"][static_cast<size_t>(s)]["time"];
     const int rank0 = plan_.stage[static_cast<size_t>(s)].ranks.at(0);
+    const int prank = plan_.stage[static_cast<size_t>(s)].pipeline_rank;
+    const auto& pk = pj["prediction"]["peak_bytes"];
+    const double ppeak = pk.is_array() && static_cast<size_t>(prank) < pk.size() ? pk[static_cast<size_t>(prank)].get<double>() : 0.0;
     rows.push_back({rank0, v[i], v[i + 1] + v[i + 2], v[i + 3], v[i + 4], v[idle_at + static_cast<size_t>(rank0)],
                     tj.value("forward_s", 0.0), tj.value("backward_input_s", 0.0) + tj.value("backward_weight_s", 0.0),
-                    tj.value("update_s", 0.0)});
+                    tj.value("update_s", 0.0), v[i + 5], v[i + 6], v[i + 7], ppeak});
   }
   const double pstep = pj["prediction"].value("step_s", 0.0), pbubble = pj["prediction"].value("bubble", 0.0);
   // The first step is not timed (start-up, first allocations): with fewer than two steps there
@@ -848,14 +1164,18 @@ void Worker::report_end(double mean_step_s) {
                         {"rank", w.rank0},
                         {"host", host_of_rank_.at(static_cast<size_t>(w.rank0))},
                         {"measured", measured ? nlohmann::json{{"forward_s", w.f}, {"backward_s", w.b}, {"optimizer_s", w.u},
-                                                               {"cpu_per_wall", w.cpu_per_wall}, {"rank_idle", w.idle}}
+                                                               {"cpu_per_wall", w.cpu_per_wall}, {"rank_idle", w.idle},
+                                                               {"peak_bytes", w.peak}, {"reserved_bytes", w.reserved},
+                                                               {"device_allocations_after_first_step", w.late_allocs}}
                                               : nlohmann::json(nullptr)},
-                        {"predicted", {{"forward_s", w.pf}, {"backward_s", w.pb}, {"optimizer_s", w.pu}}}});
+                        {"predicted", {{"forward_s", w.pf}, {"backward_s", w.pb}, {"optimizer_s", w.pu}, {"peak_bytes", w.ppeak}}}});
     }
     nlohmann::json j{{"plan", o_.plan.string()},
                      {"steps_timed", steps_timed},
                      {"optimizer", optimizer_name(o_.optimizer.kind)},
                      {"threads_per_worker", std::max(o_.threads, 1)},
+                     {"device", device_},
+                     {"dtype", compute_ == DType::BF16 ? "bf16" : "fp32"},
                      {"step_s", {{"measured", or_null(mean_step_s)}, {"predicted", pstep}}},
                      {"bubble", {{"measured", or_null(idle / c_.size())}, {"predicted", pbubble}}},
                      {"stages", stages}};
@@ -879,6 +1199,15 @@ void Worker::report_end(double mean_step_s) {
     fmt::print("{:>5}  {:>9.3f} | {:>9.3f}  {:>9.3f} | {:>9.3f}  {:>9.3f} | {:>9.3f}  {:>8.2f}  {:>9.1f}%\n", s, w.f * 1e3,
                w.pf * 1e3, w.b * 1e3, w.pb * 1e3, w.u * 1e3, w.pu * 1e3, w.cpu_per_wall, 100.0 * w.idle);
   }
+  fmt::print("memory per stage ({}, {}): peak of the tensors its rank held at once, and what its backend reserved on the "
+             "device | the plan's predicted peak:\n",
+             device_, compute_ == DType::BF16 ? "bf16" : "fp32");
+  for (int s = 0; s < S_; ++s) {
+    const Row& w = rows[static_cast<size_t>(s)];
+    const double gib = 1024.0 * 1024.0 * 1024.0;
+    fmt::print("{:>5}  peak {:>8.3f} GiB (reserved {:.3f} GiB) | predicted {:>8.3f} GiB{}\n", s, w.peak / gib, w.reserved / gib,
+               w.ppeak / gib, w.late_allocs > 0 ? fmt::format("  ({} device allocation(s) after the first step)", w.late_allocs) : "");
+  }
   if (plan_.optimizer != optimizer_name(o_.optimizer.kind))
     fmt::print("note: the plan was made for {} (smp-plan --optimizer): its memory and optimizer-step predictions assume it\n",
                plan_.optimizer);
@@ -889,7 +1218,8 @@ void Worker::report_end(double mean_step_s) {
 }
 
 void Worker::export_model(int64_t done) {
-  // Each stage's replica 0 hands its weights to rank 0 through a checkpoint-format file.
+  // Each stage's replica 0 (every rank of its tensor-parallel group, one shard each) hands its
+  // weights to rank 0 through checkpoint-format files; rank 0 joins the shards.
   fs::path dir = o_.export_onnx;
   dir += ".parts";
   fs::create_directories(dir);
@@ -898,9 +1228,22 @@ void Worker::export_model(int64_t done) {
   c_.barrier();
   if (c_.rank() == 0) {
     std::map<std::string, graph::TensorData> weights;
-    for (int s = 0; s < S_; ++s) {
-      StageCheckpoint cp = read_stage_checkpoint(stage_file(dir, done, s));
-      for (auto& t : cp.tensors) weights[t.name] = graph::TensorData{t.dtype, t.shape, std::move(t.bytes)};
+    std::map<std::string, std::vector<graph::TensorData>> parts;
+    std::map<std::string, int> split;  // name -> value id in whole_
+    for (const auto& [p, sp] : tp_analysis_.params) split[whole_.value(p).name] = p;
+    for (int s = 0; s < S_; ++s)
+      for (int t = 0; t < T_; ++t) {
+        StageCheckpoint cp = read_stage_checkpoint(stage_file(dir, done, s, T_ > 1 ? t : -1));
+        for (auto& x : cp.tensors) {
+          graph::TensorData d{x.dtype, x.shape, std::move(x.bytes)};
+          if (split.count(x.name)) parts[x.name].push_back(std::move(d));
+          else if (t == 0) weights[x.name] = std::move(d);
+        }
+      }
+    for (auto& [name, ps] : parts) {
+      const int p = split.at(name);
+      SMP_CHECK(static_cast<int>(ps.size()) == T_, "{} of {} shards of {}", ps.size(), T_, name);
+      weights[name] = graph::unshard_tensor(ps, tp_analysis_.params.at(p), whole_.value(p).shape);
     }
     graph::export_with_weights(plan_.model_path, o_.export_onnx, weights);
     fs::remove_all(dir);
@@ -933,10 +1276,11 @@ RunResult Worker::run() {
     if (!losses) throw_bad_input(o_.losses.string(), "cannot write the loss file");
   }
   if (c_.rank() == 0 && !o_.quiet)
-    fmt::print("training {} steps: {} stage(s) x {} replica(s){}, schedule {}, {} microbatches of {}, optimizer {}, data: {}\n",
-               o_.steps - start_step_, plan_.stages * plan_.chunks, d_, hosts_ > 1 ? fmt::format(" on {} hosts", hosts_) : "",
+    fmt::print("training {} steps: {} stage(s) x {} replica(s){}{}, schedule {}, {} microbatches of {}, optimizer {}{}, data: {}\n",
+               o_.steps - start_step_, plan_.stages * plan_.chunks, d_,
+               T_ > 1 ? fmt::format(" x {} tensor-parallel", T_) : "", hosts_ > 1 ? fmt::format(" on {} hosts", hosts_) : "",
                plan_.schedule.name, m_, b_,
-               optimizer_name(o_.optimizer.kind),
+               optimizer_name(o_.optimizer.kind), zero_ ? fmt::format(" (state split over {} replicas)", d_) : "",
                need_data_ ? data_.source : (o_.data.empty() ? "synthetic" : o_.data.string()));
   std::fflush(stdout);
 
@@ -955,6 +1299,7 @@ RunResult Worker::run() {
     double norm = 0;
     reduce_and_update(k, record, &loss, &norm);
     c_.set_stop_patience(nullptr, 0);  // a checkpoint takes as long as it takes
+    if (k == start_step_) device_allocations_after_step1_ = be_->memory().device_allocations;
     double dt = seconds_since(t0);
     longest_step_s = std::max(longest_step_s, dt);
     if (record) recorded_step_s_ = dt;

@@ -6,6 +6,7 @@
 #pragma once
 
 #include "comm/comm.hpp"
+#include "plan/plan_io.hpp"
 #include "train/optimizer.hpp"
 
 #include <csignal>
@@ -25,6 +26,9 @@ struct RunOptions {
   bool shuffle = false;
   int synthetic_rows = 1024;   // rows of the synthetic task
   int threads = 1;             // compute threads of this worker
+  std::string backend = "auto";  // cpu | cuda | auto (the plan's device kind)
+  int device = -1;             // CUDA device index (-1: the plan's local device of the rank)
+  bool tf32 = false;           // float32 products and convolutions may use TF32
   std::filesystem::path checkpoint_dir;
   int checkpoint_every = 0;    // 0: only at the end when checkpoint_dir is set
   int keep_checkpoints = 2;
@@ -49,6 +53,14 @@ struct RunResult {
   bool interrupted = false;  // stopped early on a stop request
   int signal = 0;            // the request's signal (SIGINT before SIGTERM before others, over all ranks)
 };
+// The backend a rank runs on: `option` ("cpu", "cuda"), or with "auto" the kind of device the
+// plan put the rank on; and its CUDA device (`device_option` >= 0, else the plan's local device).
+std::string rank_backend(const plan::PlanFile& plan, int rank, const std::string& option);
+int rank_device(const plan::PlanFile& plan, int rank, int device_option);
+// Checks on the launching machine what can be checked before the workers start: the backend
+// exists in this build, the plan's precision suits it, the CUDA devices the ranks need exist.
+// Bad input naming the rank, its stages and the device.
+void check_devices(const plan::PlanFile& plan, const RunOptions& opts, bool all_local);
 
 // Runs this rank's part of the plan. Throws smp::Error on bad input or failure (the caller
 // prints it and ends the job).

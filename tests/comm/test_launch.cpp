@@ -189,6 +189,10 @@ TEST_CASE("the job monitor reads the workers' status lines and mpirun's notices,
   CHECK(feed("[vm:21908] 1 more process has sent help message help-mpi-btl-tcp.txt / client connect fail\n").empty());
   CHECK(feed("mpirun: Forwarding signal 10 to job\n").empty());
   CHECK(feed("[smphost1:77] Read -1, expected 65536, errno = 3\n").empty());
+  CHECK(feed("[warn] Epoll MOD(1) on fd 25 failed. Old events were 6; read change was 0 (none); write change was 2 (del); "
+             "close change was 0 (none): Bad file descriptor\n")
+            .empty());
+  CHECK(m.held().find("Epoll MOD(1)") != std::string::npos);
   CHECK(m.held().find("unexpectedly disconnected") != std::string::npos);
   CHECK(m.held().find("1 more process") != std::string::npos);
   auto ends = m.ends();

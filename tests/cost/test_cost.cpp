@@ -377,3 +377,40 @@ TEST_CASE("the optimizer step: measured per parameter where the profile has it, 
   CHECK(bad_input([&] { cost::profile_from_json(bad, "p.json"); })
             .rfind("p.json: optimizer_step_s_per_parameter: must be an object", 0) == 0);
 }
+
+TEST_CASE("tensor-parallel collectives: a ring all-reduce on the group's link, in place on a GPU") {
+  // x -> TpCopy -> MatMul(W1) -> TpAllReduce -> out (the shapes of one rank of a group of 4)
+  test::HandGraph h;
+  int x = h.input("x", {8, 64});
+  int w = h.param("w", {64, 32});
+  int w0 = h.param("w0", {64, 64});
+  int a = h.node("MatMul", "pre", {x, w0}, {8, 64});  // an activation, so that the copy's gradient flows
+  int c = h.node("TpCopy", "copy", {a}, {8, 64});
+  int y = h.node("MatMul", "mm", {c, w}, {8, 32});
+  int r = h.node("TpAllReduce", "reduce", {y}, {8, 32});
+  h.finish({r});
+  cost::CostOptions opt;
+  opt.loss = false;
+  opt.tp_degree = 4;
+  opt.tp_link = cost::LinkSpec{1e9, 1e-5};
+  cost::GraphCost gc(h.g, 8, opt);
+  const double ring_out = 2.0 * 3 / 4 * (8 * 32 * 4) / 1e9 + 6 * 1e-5;  // reduce's 1 KiB output
+  const double ring_in = 2.0 * 3 / 4 * (8 * 64 * 4) / 1e9 + 6 * 1e-5;   // copy's gradient
+  CHECK(cost::ring_allreduce_s(8 * 32 * 4, 4, opt.tp_link) == doctest::Approx(ring_out));
+  CHECK(cost::ring_allreduce_s(1e6, 1, opt.tp_link) == 0);
+  const auto gpu = device();
+  auto tr = gc.node_time(3, 8, gpu);
+  CHECK(tr.f == doctest::Approx(ring_out));  // in place: the link only
+  auto tc = gc.node_time(1, 8, gpu);
+  CHECK(tc.f == 0);                          // forward: a view
+  CHECK(tc.b == doctest::Approx(ring_in));   // backward: the gradient all-reduced
+  auto cpu = device();
+  cpu.kind = "cpu";
+  CHECK(gc.node_time(3, 8, cpu).f > ring_out);  // a CPU worker copies through its memory too
+  CHECK(gc.node_time(1, 8, cpu).b > ring_in);
+  // no group: no all-reduce
+  cost::CostOptions one = opt;
+  one.tp_degree = 1;
+  cost::GraphCost g1(h.g, 8, one);
+  CHECK(g1.node_time(3, 8, gpu).f == 0);
+}

@@ -2,9 +2,11 @@
 #include "test_util.hpp"
 
 #include "graph/loader.hpp"
+#include "graph/tensor_parallel.hpp"
 
 #include <nlohmann/json.hpp>
 
+#include <map>
 #include <regex>
 
 using namespace smp;
@@ -113,5 +115,34 @@ TEST_CASE("the GPT-3 175B-shaped graph loads and counts without its weights pres
   LoadOptions with = batch(1);
   with.load_weights = true;
   CHECK_THROWS_WITH(load_graph(model, with), doctest::Contains("gpt3-175b.weights"));
+  fs::remove_all(dir);
+}
+
+TEST_CASE("the 175B-shaped graph splits 8 ways: 96 attention blocks, 96 MLPs, the vocabulary unevenly") {
+  auto dir = test::temp_dir("giant_tp");
+  for (bool tied : {false, true}) {
+    auto r = test::run_cmd(python() + " " + script("giant_models.py") + " gpt3-175b --out " + dir.string() + (tied ? " --tied" : ""));
+    REQUIRE(r.exit_code == 0);
+    Graph g = load_graph(dir / "gpt3-175b.onnx", batch(1));
+    TpAnalysis a = analyze_tensor_parallel(g, 8);
+    std::map<std::string, int> kinds;
+    for (const auto& grp : a.groups) ++kinds[std::string(tp_kind_name(grp.kind))];
+    INFO("tied: ", tied);
+    CHECK(kinds == std::map<std::string, int>{{"attention", 96}, {"embedding", 1}, {"lm_head", 1}, {"mlp", 96}});
+    // everything but LayerNorms, positions and the row-parallel biases
+    CHECK(a.replicated_params == 96 * (4 * 12288 + 2 * 12288) + 2048 * 12288 + 2 * 12288);
+    // 50257 rows over 8 ranks: 6283 on rank 0, 6282 on rank 7
+    const int tok = g.find_value("tok_emb.weight");
+    REQUIRE(a.params.count(tok));
+    CHECK(a.params.at(tok).uneven);
+    Graph s0 = shard_graph(g, a, 0), s7 = shard_graph(g, a, 7);
+    CHECK(s0.value(tok).shape == Shape{6283, 12288});
+    CHECK(s7.value(tok).shape == Shape{6282, 12288});
+    CHECK(s7.value(s7.outputs[0]).shape == Shape{1, 2048, 6282});
+    CHECK(output_vocab_range(g, a, 7).begin == 50257 - 6282);
+    // the fused q|k|v [d, 3d] splits per third, 12 of the 96 heads each
+    const int qkv = g.find_value("blocks.0.attn.qkv.weight");
+    CHECK(s0.value(qkv).shape == Shape{12288, 3 * 12288 / 8});
+  }
   fs::remove_all(dir);
 }

@@ -416,9 +416,19 @@ TEST_CASE("SIGTERM and SIGINT at a random step: the step finishes, a checkpoint,
     INFO(sub.out);
     REQUIRE(sub.exit_code == 0);
     const std::string job = split_lines(sub.out).back();
+    // The job's state from slurmctld ("?" when it did not answer). Not squeue: between a requeue
+    // and the job's return to the queue, squeue can show nothing, which read as "finished".
     auto job_state = [&] {
-      auto q = test::sh("squeue -h -j " + job + " -o %T");
-      return q.exit_code != 0 ? std::string() : q.out.substr(0, q.out.find('\n'));
+      auto q = test::sh("scontrol show job -o " + job);
+      std::smatch st;
+      if (q.exit_code != 0 || !std::regex_search(q.out, st, std::regex(R"(JobState=(\S+))"))) return std::string("?");
+      return st[1].str();
+    };
+    // Finished for good; CANCELLED is left out, since a job being requeued passes through it.
+    auto job_done = [&] {
+      const std::string s = job_state();
+      return s == "COMPLETED" || s == "FAILED" || s == "TIMEOUT" || s == "NODE_FAIL" || s == "OUT_OF_MEMORY" ||
+             s == "BOOT_FAIL" || s == "DEADLINE";
     };
     // Slurm holds a requeued job back for a while: it is released at once.
     auto release_until = [&](const std::function<bool()>& done) {
@@ -448,7 +458,7 @@ TEST_CASE("SIGTERM and SIGINT at a random step: the step finishes, a checkpoint,
     auto sig = test::sh("scancel --batch --signal=USR1 " + job);
     INFO(sig.out);
     REQUIRE(sig.exit_code == 0);
-    REQUIRE(release_until([&] { return job_state().empty(); }));
+    REQUIRE(release_until(job_done));
     const std::string out = read_file(log);
     INFO(out);
     std::vector<int> stops;

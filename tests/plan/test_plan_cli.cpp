@@ -66,6 +66,13 @@ TEST_CASE("smp-plan --help states the default plan file; --summary and --show st
   auto s = run_cmd(tool("smp-plan") + " " + sample("gpt") + " -b 4 --summary");
   CHECK(s.exit_code == 0);
   CHECK(s.out.find("ONNX nodes") != std::string::npos);
+  // the shardable groups found in the graph, and what stays replicated
+  CHECK(s.out.find("10 groups (4 attention, 1 embedding, 1 lm_head, 4 mlp); every one splits up to 4 ways") != std::string::npos);
+  CHECK(s.out.find("replicated: 11.5 K parameters in 27 tensors (read by 18 LayerNormalization, 9 Add)") != std::string::npos);
+  CHECK(s.out.find("attention  blocks.0/attn") != std::string::npos);
+  auto sj = run_cmd(tool("smp-plan") + " " + sample("gpt") + " -b 4 --summary --json");
+  REQUIRE(sj.exit_code == 0);
+  CHECK(json::parse(sj.out)["tensor_parallel"]["groups"].size() == 10);
   auto sh = run_cmd(tool("smp-plan") + " --schedule 1f1b --stages 4 --microbatches 8 --show");
   CHECK(sh.exit_code == 0);
   CHECK(sh.out.find("bubble") != std::string::npos);
@@ -99,6 +106,9 @@ TEST_CASE("smp-plan bad input: one line naming the file or option, exit 2") {
       {sample("mlp") + " -b 8 --devices 2 --dtype fp8", "error: --dtype: unknown dtype 'fp8'"},
       {sample("mlp") + " -b 8 --devices 2 --cluster " + cluster("a100-2x8"), "error: --devices: applies to this machine's CPU"},
       {sample("mlp") + " -b 8 --cluster " + (dir / "missing.json").string(), "error: " + (dir / "missing.json").string() + ": no such file"},
+      {sample("mlp") + " -b 8 --devices 4 --tensor-parallel 3", "error: --tensor-parallel: 3: host localhost has 4 devices, not a multiple of 3"},
+      {sample("mlp") + " -b 8 --devices 4 --tensor-parallel 0", "error: --tensor-parallel: Value 0 not in range 1 to 65536"},
+      {sample("mlp") + " -b 8 --devices 4 --shard-optimizer --no-shard-optimizer", "error: --shard-optimizer: given with --no-shard-optimizer"},
   };
   for (const auto& c : cases) {
     auto r = run_cmd(tool("smp-plan") + " " + c.args + out);

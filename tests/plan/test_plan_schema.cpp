@@ -45,10 +45,21 @@ TEST_CASE("plans of every sample on every example cluster validate against the p
   REQUIRE(run_cmd(tool("smp-plan") + " " + sample("gpt") + " -b 32 --devices 4 --stages 2 --schedule interleaved --microbatches 4 "
                   "--recompute always -o " + extra).exit_code == 0);
   files += " " + extra;
+  // tensor-parallel with the optimizer state split, and the MLP split 4 ways (uneven classes)
+  std::string tp = (dir / "gpt-tp.json").string(), tp4 = (dir / "mlp-tp4.json").string();
+  REQUIRE(run_cmd(tool("smp-plan") + " " + sample("gpt") + " -b 64 --cluster " + src("clusters/h100-16x8.json") +
+                  " --tensor-parallel 2 --shard-optimizer -o " + tp).exit_code == 0);
+  REQUIRE(run_cmd(tool("smp-plan") + " " + sample("mlp") + " -b 32 --devices 8 --tensor-parallel 4 -o " + tp4).exit_code == 0);
+  files += " " + tp + " " + tp4;
   auto v = run_cmd(validate("plan", files));
   INFO(v.out);
   CHECK(v.exit_code == 0);
-  CHECK(lines_with(v.out, ": valid") == n + 1);
+  CHECK(lines_with(v.out, ": valid") == n + 3);
+  std::ifstream f(tp);
+  auto j = nlohmann::json::parse(f);
+  CHECK(j["degrees"]["tensor_parallel"] == 2);
+  CHECK(j["options"]["shard_optimizer"] == true);
+  CHECK(j["ranks"][1]["tp_rank"] == 1);
 }
 
 TEST_CASE("example clusters and a profile validate against their schemas") {
@@ -86,6 +97,10 @@ TEST_CASE("GPT-3-175B plans on 128 x 8 H100 without its weights") {
   CHECK(j["prediction"]["fits"] == true);
   for (double b : j["prediction"]["peak_bytes"]) CHECK(b <= 80.0 * (1 << 30));
   CHECK(j["model"]["parameters"].get<int64_t>() == 175221817344);
+  // tensor parallelism in the search, and Megatron's layout priced beside the plan
+  CHECK(j["tensor_parallel"]["degrees_searched"] == nlohmann::json::array({1, 2, 4, 8}));
+  CHECK(j["megatron_baseline"]["available"] == true);
+  CHECK(j["megatron_baseline"]["tensor_parallel"] == 8);
   auto v = run_cmd(validate("plan", out));
   CHECK(v.exit_code == 0);
 }

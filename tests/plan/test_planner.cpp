@@ -334,7 +334,7 @@ TEST_CASE("every sample on every example cluster: a plan, never slower than eith
       Setup s(sample(model), 1024, cost::read_cluster(cluster_file(c)));
       plan::Plan p = plan::make_plan(s.in(), options(1024));
       check_not_slower_than_baselines(p);
-      CHECK(p.stages * p.data_parallel == p.devices_used);
+      CHECK(p.stages * p.data_parallel * p.tensor_parallel == p.devices_used);
       CHECK(p.device_of_rank.size() == static_cast<size_t>(p.devices_used));
     }
 }
@@ -439,4 +439,134 @@ TEST_CASE("on the real cost model the DP finds the brute-force optimum too") {
           ++checked;
         }
   CHECK(checked >= 12);
+}
+
+// ---- tensor parallelism and optimizer-state sharding ------------------------------------------
+
+TEST_CASE("tensor parallelism: the ranks of a group are consecutive, on consecutive devices of a host") {
+  Setup s(sample("gpt"), 32, fixed_cluster(8));
+  auto o = options(32, 2, 2, 4, "1f1b");
+  o.tensor_parallel = 2;
+  plan::Plan p = plan::make_plan(s.in(), o);
+  REQUIRE(p.tensor_parallel == 2);
+  REQUIRE(p.tp);
+  const plan::RankLayout L = p.rank_layout();
+  CHECK(L.size() == 8);
+  REQUIRE(p.device_of_rank.size() == 8);
+  for (int q = 0; q < 8; ++q) {
+    auto c = L.coords(q);
+    CHECK(L.rank(c.replica, c.pipeline_rank, c.tp_rank) == q);
+    CHECK(c.tp_rank == q % 2);
+    CHECK(p.device_of_rank[static_cast<size_t>(q)] == p.device_of_rank[static_cast<size_t>(L.rank(c.replica, c.pipeline_rank, 0))] + c.tp_rank);
+  }
+  CHECK(L.tp_group(1, 0) == std::vector<int>{4, 5});
+  CHECK(L.dp_group(1, 1) == std::vector<int>{3, 7});
+  // The stages run rank 0's graph: split parameters, the inserted all-reduces among the nodes.
+  const plan::PlanInputs ein = plan::plan_inputs(p, s.in());
+  int tp_nodes = 0;
+  for (const auto& n : ein.graph->nodes) tp_nodes += n.op_type == "TpCopy" || n.op_type == "TpAllReduce";
+  CHECK(tp_nodes == 18);
+  CHECK(p.stage_plans.back().end == static_cast<int>(ein.graph->nodes.size()));
+  int64_t local = 0;
+  for (const auto& sp : p.stage_plans) local += sp.params;
+  const auto& a = p.tp->analysis;
+  CHECK(local == a.sharded_params / 2 + a.replicated_params);
+  // the DP's memory constraint still equals the simulator's peak
+  for (const auto& c : plan::check_memory_agreement(s.in(), p, o)) CHECK(c.dp_bytes == doctest::Approx(c.sim_bytes).epsilon(1e-9));
+  // the plan file
+  plan::PlanContext ctx;
+  ctx.model_sha256 = plan::sha256_file(sample("gpt"));
+  json j = plan::plan_to_json(p, s.in(), o, ctx);
+  CHECK(j["degrees"]["tensor_parallel"] == 2);
+  CHECK(j["degrees"]["ranks"] == 8);
+  CHECK(j["tensor_parallel"]["groups"].size() == 10);
+  CHECK(j["model"]["nodes"] == static_cast<int>(s.g.nodes.size()));
+  plan::PlanFile f = plan::plan_from_json(j, "plan.json");
+  CHECK(f.tensor_parallel == 2);
+  REQUIRE(f.ranks.size() == 8);
+  CHECK(f.ranks[5].tp_rank == 1);
+  CHECK(f.ranks[5].replica == 1);
+  CHECK(f.stage[1].ranks == std::vector<int>{2, 3, 6, 7});
+  bool copy_named = false;
+  for (const auto& n : f.stage[0].nodes) copy_named |= n.find("/tp_copy") != std::string::npos;
+  CHECK(copy_named);
+  json bad = j;
+  bad["ranks"][5]["tp_rank"] = 0;
+  auto e = error_of([&] { plan::plan_from_json(bad, "plan.json"); });
+  CHECK(e.second.rfind("plan.json: ranks[5].rank:", 0) == 0);
+  std::string report = plan::format_report(p, s.in());
+  CHECK(report.find("x 2 tensor-parallel") != std::string::npos);
+  CHECK(report.find("tensor    2-way within each host") != std::string::npos);
+}
+
+TEST_CASE("tensor parallelism: searched over 1, 2, 4, 8 within a host; impossible degrees are bad input") {
+  Setup s(sample("gpt"), 1024, cost::read_cluster(cluster_file("h100-16x8")));
+  plan::Plan p = plan::make_plan(s.in(), options(1024));
+  CHECK(p.degrees_searched == std::vector<int>{1, 2, 4, 8});
+  CHECK(p.prediction.fits);
+  for (int T : {1, 2, 4, 8}) {
+    auto o = options(1024);
+    o.tensor_parallel = T;
+    plan::Plan q = plan::make_plan(s.in(), o);
+    INFO("T = ", T);
+    CHECK(q.tensor_parallel == T);
+    CHECK(p.prediction.step_s <= q.prediction.step_s * (1 + 1e-9));  // the search keeps the fastest
+  }
+  Setup t(sample("gpt"), 32, fixed_cluster(8));
+  auto o3 = options(32);
+  o3.tensor_parallel = 3;
+  auto e3 = error_of([&] { plan::make_plan(t.in(), o3); });
+  CHECK(e3.first == ErrorKind::BadInput);
+  CHECK(e3.second.rfind("--tensor-parallel: 3: host h has 8 devices, not a multiple of 3", 0) == 0);
+  auto o16 = options(32);
+  o16.tensor_parallel = 16;
+  auto e16 = error_of([&] { plan::make_plan(t.in(), o16); });
+  CHECK(e16.second.rfind("--tensor-parallel: 16 ranks per group, the cluster has 8 devices", 0) == 0);
+}
+
+TEST_CASE("optimizer-state sharding: the memory model knows it, and auto uses it where a plan fits only with it") {
+  Setup s(sample("gpt"), 32, fixed_cluster(4));
+  auto o = options(32, 1, 4, 2, "gpipe");
+  o.tensor_parallel = 1;
+  o.recompute = plan::RecomputePolicy::Never;
+  o.shard_optimizer = plan::ShardOptimizer::Never;
+  plan::Plan whole = plan::make_plan(s.in(), o);
+  o.shard_optimizer = plan::ShardOptimizer::Always;
+  plan::Plan split = plan::make_plan(s.in(), o);
+  CHECK_FALSE(whole.shard_optimizer);
+  CHECK(split.shard_optimizer);
+  // adamw: weights + gradients + 2x state; split over 4 replicas: 2 + 2/4
+  const double P = whole.stage_plans[0].param_bytes;
+  CHECK(whole.stage_plans[0].static_bytes == doctest::Approx(4 * P));
+  CHECK(split.stage_plans[0].static_bytes == doctest::Approx(2.5 * P));
+  CHECK(split.prediction.peak_max() == doctest::Approx(whole.prediction.peak_max() - 1.5 * P));
+  CHECK(split.stage_plans[0].update_s < whole.stage_plans[0].update_s);
+  // A device between the two peaks: only the split state fits; auto takes it and says so.
+  const double cap = (whole.prediction.peak_max() + split.prediction.peak_max()) / 2;
+  Setup tight(sample("gpt"), 32, fixed_cluster(4, cap));
+  o.shard_optimizer = plan::ShardOptimizer::Auto;
+  plan::Plan p = plan::make_plan(tight.in(), o);
+  CHECK(p.shard_optimizer);
+  bool noted = false;
+  for (const auto& n : p.notes) noted |= n.find("does not fit without it") != std::string::npos;
+  CHECK(noted);
+  o.shard_optimizer = plan::ShardOptimizer::Never;
+  auto e = error_of([&] { plan::make_plan(tight.in(), o); });
+  CHECK(e.first == ErrorKind::Failure);
+  // with room to spare, auto leaves the state whole
+  o.shard_optimizer = plan::ShardOptimizer::Auto;
+  CHECK_FALSE(plan::make_plan(s.in(), o).shard_optimizer);
+}
+
+TEST_CASE("Megatron's usual layout is priced beside the plan") {
+  Setup s(sample("gpt"), 1024, cost::read_cluster(cluster_file("h100-16x8")));
+  plan::Plan p = plan::make_plan(s.in(), options(1024));
+  const auto& m = p.megatron;
+  REQUIRE(m.available);
+  CHECK(m.tensor_parallel == 8);  // a host's devices
+  CHECK(m.stages * m.data_parallel * m.tensor_parallel == 128);
+  CHECK(m.microbatches * m.data_parallel == 1024);  // microbatches of one sample
+  CHECK(m.prediction.fits);
+  CHECK(p.prediction.step_s <= m.prediction.step_s * (1 + 1e-9));
+  CHECK(plan::format_report(p, s.in()).find("megatron") != std::string::npos);
 }

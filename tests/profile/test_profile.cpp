@@ -105,7 +105,10 @@ TEST_CASE("smp-profile progress and summary; --threads and --devices set the rec
     CHECK(pp["stages"] == 3);
     CHECK(pp["schedule"] == "1f1b");
     CHECK(pp["steps"].get<int>() >= 11);
-    CHECK(pp["factor"].get<double>() == doctest::Approx(pp["step_s"]["measured"].get<double>() / pp["step_s"]["predicted"].get<double>()));
+    // The factor is measured / predicted, held within the sanity bound [0.25, 8] (pipeline_probe.cpp):
+    // a 4-sample MLP with 6 threads on 2 cores can run 8x slower than predicted.
+    CHECK(pp["factor"].get<double>() ==
+          doctest::Approx(std::clamp(pp["step_s"]["measured"].get<double>() / pp["step_s"]["predicted"].get<double>(), 0.25, 8.0)));
     CHECK(pp["per_stage"].size() == 3);
     CHECK(pp["factor"].get<double>() > 0);
     CHECK(p["contention"]["slowdown"].get<double>() == doctest::Approx(pp["factor"].get<double>()));

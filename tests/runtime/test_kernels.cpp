@@ -438,11 +438,11 @@ TEST_CASE("vector math (vmath.hpp) against the C library over a wide range, body
   // row helpers: max, exp-sum, scale on rows of every length 0..19
   for (int64_t len = 0; len < 20; ++len) {
     std::vector<float> r(x.begin() + 100, x.begin() + 100 + len), e(static_cast<size_t>(len));
-    float m = vmax_row(r.data(), len);
+    float m = row_max(r.data(), len);
     float want_m = len ? *std::max_element(r.begin(), r.end()) : -INFINITY;
     CHECK(m == want_m);
     if (!len) continue;
-    float s = vexp_sum(r.data(), e.data(), len, m);
+    float s = exp_row(r.data(), e.data(), len, m);
     double ws = 0;
     for (int64_t j = 0; j < len; ++j) {
       ws += std::exp(static_cast<double>(r[static_cast<size_t>(j)]) - m);

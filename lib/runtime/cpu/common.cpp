@@ -4,6 +4,16 @@
 
 namespace smp::runtime::cpu {
 
+std::vector<int64_t> strides_of(const Shape& s) {
+  std::vector<int64_t> st(s.size());
+  int64_t k = 1;
+  for (size_t i = s.size(); i-- > 0;) {
+    st[i] = k;
+    k *= s[i];
+  }
+  return st;
+}
+
 bool broadcastable_to(const Shape& in, const Shape& out) {
   if (in.size() > out.size()) return false;
   size_t off = out.size() - in.size();

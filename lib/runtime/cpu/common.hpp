@@ -2,11 +2,15 @@
 #pragma once
 
 #include "runtime/backend.hpp"
+#include "runtime/cpu/bcast.hpp"
 #include "runtime/cpu/pool.hpp"
+#include "runtime/cpu/states.hpp"
+#include "runtime/cpu/vmath.hpp"
 
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -29,31 +33,6 @@ inline void pfor(int64_t n, int64_t grain, F&& f) {
 }
 
 inline constexpr int64_t kGrain = 16384;
-
-// Right-aligned broadcasting of up to 3 inputs onto an output shape, with adjacent dims merged
-// where every input is contiguous (or broadcast) across them. The last dim is the inner loop;
-// an input's inner stride is 0 (broadcast) or 1.
-struct Bcast {
-  std::vector<int64_t> dims;                 // merged output dims (at least one)
-  std::vector<std::vector<int64_t>> st;      // per input, element strides per merged dim
-  int64_t total = 0;
-  int64_t inner() const { return dims.back(); }
-  int64_t rows() const { return inner() == 0 ? 0 : total / inner(); }
-  // Offsets of row r for every input.
-  void row_offsets(int64_t r, int64_t* off) const {
-    size_t n = st.size();
-    for (size_t k = 0; k < n; ++k) off[k] = 0;
-    for (int d = static_cast<int>(dims.size()) - 2; d >= 0; --d) {
-      int64_t i = r % dims[static_cast<size_t>(d)];
-      r /= dims[static_cast<size_t>(d)];
-      for (size_t k = 0; k < n; ++k) off[k] += i * st[k][static_cast<size_t>(d)];
-    }
-  }
-};
-
-Bcast make_bcast(const Shape& out, const std::vector<Shape>& ins);
-// True when `in` broadcasts to `out` (right-aligned, ONNX multidirectional rules).
-bool broadcastable_to(const Shape& in, const Shape& out);
 
 // f(out_offset, in_offsets[], len, in_inner_strides[]) for each row, rows spread over threads.
 template <class F>
@@ -88,18 +67,8 @@ inline void store(float* dst0, const float* src0, int64_t n, bool accumulate) {
   });
 }
 
-// Normalizes an axis in [-rank, rank) to [0, rank); false when out of range.
-inline bool norm_axis(int64_t& axis, int64_t rank) {
-  if (axis < -rank || axis >= rank) return false;
-  if (axis < 0) axis += rank;
-  return true;
-}
-
 // Fills a state's shapes from the node (the executor also does this; kernels' prepare may use it).
 void fill_shapes(KernelState& s, const NodeView& n);
-
-// Reads integer elements of an i64 or i32 tensor.
-std::vector<int64_t> tensor_ints(const Tensor& t);
 
 // Scratch buffer from the backend (counted in its memory).
 inline Tensor scratch(ExecContext& ctx, DType dt, const Shape& shape) { return ctx.backend->empty(dt, shape); }
@@ -111,11 +80,5 @@ void gemm_serial(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
                  const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
           int64_t ldb, float beta, float* C, int64_t ldc);
-
-inline int64_t prod(const Shape& s, size_t b, size_t e) {
-  int64_t p = 1;
-  for (size_t i = b; i < e; ++i) p *= s[i];
-  return p;
-}
 
 }  // namespace smp::runtime::cpu

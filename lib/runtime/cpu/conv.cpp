@@ -15,12 +15,6 @@ using graph::Op;
 
 namespace {
 
-// Spatial geometry, 1-D treated as 2-D with a height of 1.
-struct Geom {
-  int64_t ih = 1, iw = 1, oh = 1, ow = 1, kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1;
-  int64_t ph = 0, pw = 0, ph_end = 0, pw_end = 0;
-};
-
 // Reads kernel_shape/strides/dilations/pads/auto_pad; checks the graph's output size against the
 // computed one. `ceil` for pooling's ceil_mode.
 Geom make_geom(const NodeView& n, const Shape& x, const Shape& y, std::vector<int64_t> kernel, bool ceil) {
@@ -68,13 +62,6 @@ Geom make_geom(const NodeView& n, const Shape& x, const Shape& y, std::vector<in
   }
   return g;
 }
-
-struct ConvState : KernelState {
-  Geom g;
-  int64_t N = 0, C = 0, M = 0, groups = 1;
-  bool pointwise = false;  // 1x1, stride 1, no pad: the input is its own column matrix
-  bool has_bias = false;
-};
 
 // col [C * kh * kw, oh * ow] from x [C, ih, iw]
 void im2col(const Geom& g, int64_t C, const float* x, float* col) {
@@ -289,16 +276,6 @@ void bwd_conv(const KernelState& st, ExecContext& ctx, const GradIO& io) {
 
 // ---- MaxPool, AveragePool ----------------------------------------------------------------
 
-namespace {
-struct PoolState : KernelState {
-  Geom g;
-  int64_t NC = 0;
-  bool is_max = true;
-  bool count_include_pad = false;
-  bool simple = false;  // no padding, no dilation, every window inside the input
-};
-}  // namespace
-
 std::unique_ptr<KernelState> prep_pool(const NodeView& n) {
   auto s = std::make_unique<PoolState>();
   s->is_max = n.op() == Op::MaxPool;
@@ -470,12 +447,6 @@ void bwd_pool(const KernelState& st, ExecContext&, const GradIO& io) {
 }
 
 // ---- GlobalAveragePool -------------------------------------------------------------------
-
-namespace {
-struct GapState : KernelState {
-  int64_t NC = 0, HW = 1;
-};
-}  // namespace
 
 std::unique_ptr<KernelState> prep_global_avgpool(const NodeView& n) {
   auto s = std::make_unique<GapState>();

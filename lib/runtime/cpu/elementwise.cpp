@@ -12,8 +12,6 @@ namespace smp::runtime::cpu {
 
 using graph::Op;
 
-namespace {
-
 bool is_arith(Op op) {
   return op == Op::Add || op == Op::Sub || op == Op::Mul || op == Op::Div || op == Op::Pow || op == Op::Max || op == Op::Min;
 }
@@ -21,12 +19,7 @@ bool is_compare(Op op) {
   return op == Op::Equal || op == Op::Less || op == Op::Greater || op == Op::LessOrEqual || op == Op::GreaterOrEqual;
 }
 
-struct BinState : KernelState {
-  Op op;
-  Bcast plan;   // out <- a, b
-  Bcast plan3;  // out <- dy(out), a, b  (backward)
-  bool single = false;  // Max/Min with one input
-};
+namespace {
 
 template <class T, class R, class F>
 void bin_loop(const Bcast& p, const T* a, const T* b, R* o, F f) {
@@ -283,12 +276,6 @@ void bwd_binary(const KernelState& st, ExecContext& ctx, const GradIO& io) {
 
 // ---- Where -------------------------------------------------------------------------------
 
-namespace {
-struct WhereState : KernelState {
-  Bcast plan;   // out <- c, x, y
-};
-}  // namespace
-
 std::unique_ptr<KernelState> prep_where(const NodeView& n) {
   auto s = std::make_unique<WhereState>();
   if (n.num_inputs() != 3) n.fail("needs 3 inputs");
@@ -383,12 +370,6 @@ void bwd_where(const KernelState& st, ExecContext& ctx, const GradIO& io) {
 // ---- unary -------------------------------------------------------------------------------
 
 namespace {
-struct UnState : KernelState {
-  Op op;
-  float alpha = 0.01f;
-  bool gelu_tanh = false;
-};
-
 constexpr float kSqrt2OverPi = 0.79788456080286535588f;
 
 template <class F>
@@ -554,10 +535,6 @@ void bwd_unary(const KernelState& st, ExecContext&, const GradIO& io) {
 // ---- Clip --------------------------------------------------------------------------------
 
 namespace {
-struct ClipState : KernelState {
-  bool has_min_attr = false, has_max_attr = false;
-  float min_attr = 0, max_attr = 0;
-};
 void clip_bounds(const ClipState& s, std::span<const Tensor> in, float& lo, float& hi) {
   lo = -INFINITY;
   hi = INFINITY;
@@ -600,9 +577,6 @@ void bwd_clip(const KernelState& st, ExecContext&, const GradIO& io) {
 // ---- Cast --------------------------------------------------------------------------------
 
 namespace {
-struct CastState : KernelState {
-  DType to;
-};
 bool castable(DType d) {
   return d == DType::F32 || d == DType::F64 || d == DType::I64 || d == DType::I32 || d == DType::I8 ||
          d == DType::U8 || d == DType::Bool;

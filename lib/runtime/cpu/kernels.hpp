@@ -42,6 +42,10 @@ SMP_KERNEL(constant)
 SMP_KERNEL(constant_of_shape)
 SMP_KERNEL(range)
 SMP_KERNEL(sce_loss)
+SMP_KERNEL(tp_copy)
+SMP_KERNEL(tp_allreduce)
+SMP_KERNEL(tp_vocab_gather)
+SMP_KERNEL(tp_sce_loss)
 
 #undef SMP_KERNEL
 

@@ -11,14 +11,6 @@
 namespace smp::runtime::cpu {
 
 namespace {
-struct SceState : KernelState {
-  int64_t N = 1, C = 1, D = 1;
-  enum class Red { Mean, Sum, None } red = Red::Mean;
-  bool has_ignore = false;
-  int64_t ignore = 0;
-  bool has_weights = false;
-};
-
 // log-sum-exp over the classes of position (n, d)
 inline float lse_at(const float* x, int64_t C, int64_t D) {
   float m = -INFINITY;
@@ -31,8 +23,8 @@ inline float lse_at(const float* x, int64_t C, int64_t D) {
 // per-position weight (0 for ignored labels); checks the label range
 float pos_weight(const SceState& s, int64_t y, const float* W) {
   if (s.has_ignore && y == s.ignore) return 0.0f;
-  if (y < 0 || y >= s.C)
-    throw_bad_input("node " + s.node_name + " (SoftmaxCrossEntropyLoss)", fmt::format("label {} out of range [0, {})", y, s.C));
+  if (y < 0 || y >= s.classes)
+    throw_bad_input("node " + s.node_name + " (SoftmaxCrossEntropyLoss)", fmt::format("label {} out of range [0, {})", y, s.classes));
   return W ? W[y] : 1.0f;
 }
 }  // namespace
@@ -47,6 +39,7 @@ std::unique_ptr<KernelState> prep_sce_loss(const NodeView& n) {
     if (y[i] != x[i + 1]) n.fail("labels' shape does not match the scores'");
   s->N = x[0];
   s->C = x[1];
+  s->classes = x[1];
   s->D = prod(x, 2, x.size());
   std::string r = n.node().attr_string("reduction", "mean");
   if (r == "mean") s->red = SceState::Red::Mean;
@@ -125,6 +118,118 @@ void bwd_sce_loss(const KernelState& st, ExecContext&, const GradIO& io) {
         float p = std::exp(x[c * s.D] - lse);
         float v = g * w * (p - (c == y ? 1.0f : 0.0f));
         if (dLP) v += dLP[n * s.C * s.D + c * s.D + d] - p * lp_sum;
+        dx[c * s.D] = acc ? dx[c * s.D] + v : v;
+      }
+    }
+}
+
+// ---- TpSoftmaxCrossEntropyLoss: the scores split by class over a tensor-parallel group ---------
+//
+// Megatron's vocabulary-parallel cross-entropy in place of SoftmaxCrossEntropyLoss: per position,
+// the maximum over the whole classes, then the sum of exponentials and the target's score, each
+// reduced over the group. Every rank gets the whole loss; the gradient is of its classes. The
+// backward reduces the same two again (the kernel state is shared by the microbatches).
+
+namespace {
+
+// Per position: mx = the maximum over all classes, sum = the sum of exp(x - mx), target = the
+// label's score (0 where ignored).
+struct SplitRows {
+  std::vector<float> mx, sum, target;
+};
+
+SplitRows split_rows(const SceState& s, ExecContext& ctx, const float* X, const std::vector<int64_t>& Y) {
+  if (!ctx.collectives)
+    throw_failure("node " + s.node_name, "a tensor-parallel collective, but the stage runs without its group");
+  const int64_t P = s.N * s.D;
+  SplitRows r;
+  r.mx.assign(static_cast<size_t>(P), -INFINITY);
+  for (int64_t n = 0; n < s.N; ++n)
+    for (int64_t d = 0; d < s.D; ++d) {
+      const float* x = X + n * s.C * s.D + d;
+      float& m = r.mx[static_cast<size_t>(n * s.D + d)];
+      for (int64_t c = 0; c < s.C; ++c) m = std::max(m, x[c * s.D]);
+    }
+  ctx.collectives->all_reduce(r.mx.data(), r.mx.size(), ReduceOp::Max);
+  std::vector<float> both(2 * static_cast<size_t>(P), 0.0f);
+  for (int64_t n = 0; n < s.N; ++n)
+    for (int64_t d = 0; d < s.D; ++d) {
+      const int64_t i = n * s.D + d;
+      const float* x = X + n * s.C * s.D + d;
+      const float m = r.mx[static_cast<size_t>(i)];
+      float sum = 0;
+      for (int64_t c = 0; c < s.C; ++c) sum += std::exp(x[c * s.D] - m);
+      both[static_cast<size_t>(i)] = sum;
+      const int64_t y = Y[static_cast<size_t>(i)] - s.start;
+      if (y >= 0 && y < s.C) both[static_cast<size_t>(P + i)] = x[y * s.D];
+    }
+  ctx.collectives->all_reduce(both.data(), both.size(), ReduceOp::Sum);
+  r.sum.assign(both.begin(), both.begin() + P);
+  r.target.assign(both.begin() + P, both.end());
+  return r;
+}
+
+}  // namespace
+
+std::unique_ptr<KernelState> prep_tp_sce_loss(const NodeView& n) {
+  if (n.has_input(2)) n.fail("class weights are not supported with split classes");
+  if (n.has_output(1)) n.fail("the log-probability output is not supported with split classes");
+  auto base = prep_sce_loss(n);
+  auto* s = static_cast<SceState*>(base.get());
+  s->start = n.node().attr_int("start", 0);
+  s->classes = n.node().attr_int("classes", s->C);
+  if (s->start < 0 || s->start + s->C > s->classes) n.fail("its classes lie outside the whole");
+  return base;
+}
+
+void fwd_tp_sce_loss(const KernelState& st, ExecContext& ctx, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const SceState&>(st);
+  auto Y = tensor_ints(in[1]);
+  const SplitRows r = split_rows(s, ctx, in[0].data<float>(), Y);
+  float* L = out[0].data<float>();
+  double total = 0, wsum = 0;
+  for (int64_t i = 0; i < s.N * s.D; ++i) {
+    const float w = pos_weight(s, Y[static_cast<size_t>(i)], nullptr);
+    const float lse = std::log(r.sum[static_cast<size_t>(i)]) + r.mx[static_cast<size_t>(i)];
+    const float l = w == 0 ? 0.0f : -(r.target[static_cast<size_t>(i)] - lse) * w;
+    if (s.red == SceState::Red::None) L[i] = l;
+    total += l;
+    wsum += w;
+  }
+  if (s.red == SceState::Red::Sum) L[0] = static_cast<float>(total);
+  if (s.red == SceState::Red::Mean) L[0] = static_cast<float>(wsum == 0 ? 0.0 : total / wsum);
+}
+
+void bwd_tp_sce_loss(const KernelState& st, ExecContext& ctx, const GradIO& io) {
+  const auto& s = static_cast<const SceState&>(st);
+  if (!io.din[0].defined()) return;
+  SMP_CHECK(io.in[0].defined() && io.in[1].defined(), "node {}: backward needs scores and labels", s.node_name);
+  const float* X = io.in[0].data<float>();
+  auto Y = tensor_ints(io.in[1]);
+  const SplitRows r = split_rows(s, ctx, X, Y);
+  const float* dL = io.dout[0].defined() ? io.dout[0].data<float>() : nullptr;
+  float* dX = io.din[0].data<float>();
+  const bool acc = io.accumulate[0];
+  double wsum = 0;
+  if (s.red == SceState::Red::Mean)
+    for (int64_t i = 0; i < s.N * s.D; ++i) wsum += pos_weight(s, Y[static_cast<size_t>(i)], nullptr);
+  for (int64_t n = 0; n < s.N; ++n)
+    for (int64_t d = 0; d < s.D; ++d) {
+      const int64_t i = n * s.D + d;
+      const float* x = X + n * s.C * s.D + d;
+      float* dx = dX + n * s.C * s.D + d;
+      const int64_t y = Y[static_cast<size_t>(i)];
+      const float w = pos_weight(s, y, nullptr);
+      float g = 0;
+      if (dL) {
+        if (s.red == SceState::Red::None) g = dL[i];
+        else if (s.red == SceState::Red::Sum) g = dL[0];
+        else g = wsum == 0 ? 0.0f : static_cast<float>(dL[0] / wsum);
+      }
+      const float m = r.mx[static_cast<size_t>(i)], inv = 1.0f / r.sum[static_cast<size_t>(i)];
+      for (int64_t c = 0; c < s.C; ++c) {
+        const float p = std::exp(x[c * s.D] - m) * inv;
+        const float v = g * w * (p - (c + s.start == y ? 1.0f : 0.0f));
         dx[c * s.D] = acc ? dx[c * s.D] + v : v;
       }
     }

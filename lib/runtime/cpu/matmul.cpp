@@ -26,15 +26,6 @@ void batched(int64_t batches, int64_t flops_each, F f) {
   }
 }
 
-struct MatMulState : KernelState {
-  int64_t M = 0, N = 0, K = 0;
-  bool folded = false;  // B has no batch dims: A's batch folds into M
-  std::vector<int64_t> a_off, b_off;  // per output batch, in matrices
-  int64_t batches = 1;
-  bool a_unique = true, b_unique = true;  // no two batches share an A (B) matrix
-  int64_t a_mats = 1, b_mats = 1;
-};
-
 }  // namespace
 
 std::unique_ptr<KernelState> prep_matmul(const NodeView& n) {
@@ -150,16 +141,6 @@ void bwd_matmul(const KernelState& st, ExecContext&, const GradIO& io) {
 }
 
 // ---- Gemm --------------------------------------------------------------------------------
-
-namespace {
-struct GemmState : KernelState {
-  bool ta = false, tb = false;
-  float alpha = 1, beta = 1;
-  int64_t M = 0, N = 0, K = 0;
-  bool has_c = false;
-  Bcast cplan;  // Y <- C
-};
-}  // namespace
 
 std::unique_ptr<KernelState> prep_gemm(const NodeView& n) {
   auto s = std::make_unique<GemmState>();

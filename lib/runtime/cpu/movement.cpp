@@ -12,16 +12,6 @@ using graph::Op;
 
 namespace {
 
-std::vector<int64_t> strides_of(const Shape& s) {
-  std::vector<int64_t> st(s.size());
-  int64_t k = 1;
-  for (size_t i = s.size(); i-- > 0;) {
-    st[i] = k;
-    k *= s[i];
-  }
-  return st;
-}
-
 // dst[shape] (contiguous) = src[base + sum(idx_d * sst_d)]
 template <class T>
 void strided_copy(T* dst, const Shape& shape, const T* src, const std::vector<int64_t>& sst, int64_t base) {
@@ -173,14 +163,6 @@ void bwd_reshape(const KernelState&, ExecContext&, const GradIO& io) {
 
 // ---- Transpose ---------------------------------------------------------------------------
 
-namespace {
-struct TransposeState : KernelState {
-  std::vector<int64_t> perm;
-  std::vector<int64_t> src_st;   // input strides in output dim order
-  std::vector<int64_t> dst_st;   // for backward: input-grad strides in output dim order
-};
-}  // namespace
-
 std::unique_ptr<KernelState> prep_transpose(const NodeView& n) {
   auto s = std::make_unique<TransposeState>();
   require_plain(n, n.input(0));
@@ -222,12 +204,6 @@ void bwd_transpose(const KernelState& st, ExecContext&, const GradIO& io) {
 // ---- Concat, Split -----------------------------------------------------------------------
 
 namespace {
-struct ConcatState : KernelState {
-  int64_t outer = 1, inner = 1;  // inner: elements after the axis
-  std::vector<int64_t> sizes;    // per part, its extent along the axis
-  int64_t total = 0;
-};
-
 // parts [outer, size_i * inner] <-> whole [outer, total * inner]
 void concat_copy(const ConcatState& s, int64_t es, char* whole, std::vector<char*> parts, bool to_whole) {
   int64_t off = 0;
@@ -345,12 +321,6 @@ void bwd_split(const KernelState& st, ExecContext& ctx, const GradIO& io) {
 // ---- Slice -------------------------------------------------------------------------------
 
 namespace {
-struct SliceState : KernelState {
-  bool known = false;
-  int64_t base = 0;
-  std::vector<int64_t> sst;  // input strides per output dim (times step)
-};
-
 // Geometry from starts/ends/axes/steps.
 bool slice_geom(const Shape& x, const Shape& y, std::vector<int64_t> starts, std::vector<int64_t> ends,
                 std::vector<int64_t> axes, std::vector<int64_t> steps, int64_t& base, std::vector<int64_t>& sst,
@@ -396,6 +366,7 @@ bool slice_geom(const Shape& x, const Shape& y, std::vector<int64_t> starts, std
   }
   return true;
 }
+}  // namespace
 
 void slice_runtime(const SliceState& s, std::span<const Tensor> in, int64_t& base, std::vector<int64_t>& sst) {
   if (s.known) {
@@ -408,7 +379,6 @@ void slice_runtime(const SliceState& s, std::span<const Tensor> in, int64_t& bas
   if (!slice_geom(s.in_shapes[0], s.out_shapes[0], get(1), get(2), get(3), get(4), base, sst, err))
     throw_failure("node " + s.node_name + " (Slice)", err);
 }
-}  // namespace
 
 std::unique_ptr<KernelState> prep_slice(const NodeView& n) {
   auto s = std::make_unique<SliceState>();
@@ -453,12 +423,6 @@ void bwd_slice(const KernelState& st, ExecContext&, const GradIO& io) {
 }
 
 // ---- Gather ------------------------------------------------------------------------------
-
-namespace {
-struct GatherState : KernelState {
-  int64_t outer = 1, D = 1, inner = 1, nidx = 1;
-};
-}  // namespace
 
 std::unique_ptr<KernelState> prep_gather(const NodeView& n) {
   auto s = std::make_unique<GatherState>();
@@ -524,14 +488,6 @@ void bwd_gather(const KernelState& st, ExecContext&, const GradIO& io) {
 
 // ---- Expand, Tile ------------------------------------------------------------------------
 
-namespace {
-struct ExpandState : KernelState {
-  Shape shape;                // output-equivalent iteration shape
-  std::vector<int64_t> sst;   // input strides per iteration dim
-  Shape red_src, red_dst;     // backward: reduce dY (red_src) to dX (red_dst)
-};
-}  // namespace
-
 std::unique_ptr<KernelState> prep_expand(const NodeView& n) {
   auto s = std::make_unique<ExpandState>();
   require_plain(n, n.input(0));
@@ -587,19 +543,13 @@ void bwd_tile(const KernelState& st, ExecContext& ctx, const GradIO& io) { bwd_e
 
 // ---- Trilu -------------------------------------------------------------------------------
 
-namespace {
-struct TriluState : KernelState {
-  bool upper = true;
-  bool k_known = true;
-  int64_t k = 0;
-  int64_t mats = 1, N = 1, M = 1;
-};
-
 int64_t trilu_k(const TriluState& s, std::span<const Tensor> in) {
   if (s.k_known) return s.k;
   SMP_CHECK(in.size() > 1 && in[1].defined(), "node {}: Trilu needs k (not declared saved)", s.node_name);
   return tensor_ints(in[1]).at(0);
 }
+
+namespace {
 
 template <class T>
 void trilu_apply(const TriluState& s, int64_t k, const T* x, T* y, bool acc) {
@@ -654,16 +604,6 @@ void bwd_trilu(const KernelState& st, ExecContext&, const GradIO& io) {
 }
 
 // ---- Shape, Size, Constant, ConstantOfShape, Range ---------------------------------------
-
-namespace {
-struct ShapeState : KernelState {
-  std::vector<int64_t> values;
-};
-struct ConstState : KernelState {
-  std::shared_ptr<const graph::TensorData> data;
-  std::string bytes;  // for value_float(s) / value_int(s) / ConstantOfShape
-};
-}  // namespace
 
 std::unique_ptr<KernelState> prep_shape(const NodeView& n) {
   auto s = std::make_unique<ShapeState>();

@@ -15,11 +15,6 @@ using graph::Op;
 // ---- Softmax, LogSoftmax -----------------------------------------------------------------
 
 namespace {
-struct SoftmaxState : KernelState {
-  bool log = false;
-  int64_t outer = 1, D = 1, inner = 1;
-};
-
 // Applies f(row_ptr_in, row_ptr_out, stride) on every softmax row (D elements at `inner` stride).
 template <class F>
 void softmax_rows(const SoftmaxState& s, F f) {
@@ -67,8 +62,8 @@ void fwd_softmax(const KernelState& st, ExecContext&, std::span<Tensor> out, std
     float* y = Y + base;
     float m = -INFINITY;
     if (inc == 1) {
-      m = vmax_row(x, D);
-      float sum = vexp_sum(x, y, D, m);
+      m = row_max(x, D);
+      float sum = exp_row(x, y, D, m);
       if (s.log) {
         float ls = std::log(sum);
 #pragma omp simd
@@ -141,12 +136,6 @@ void bwd_softmax(const KernelState& st, ExecContext&, const GradIO& io) {
 // ---- LayerNormalization ------------------------------------------------------------------
 
 namespace {
-struct LayerNormState : KernelState {
-  int64_t rows = 1, D = 1;
-  float eps = 1e-5f;
-  bool has_bias = false;
-};
-
 // mean and 1/std of one row
 inline void row_stats(const float* x, int64_t D, float eps, float& mean, float& rstd) {
   float m = 0;
@@ -285,11 +274,6 @@ void bwd_layernorm(const KernelState& st, ExecContext&, const GradIO& io) {
 // ---- BatchNormalization ------------------------------------------------------------------
 
 namespace {
-struct BatchNormState : KernelState {
-  int64_t N = 1, C = 1, HW = 1;
-  float eps = 1e-5f;
-};
-
 // per-channel mean and 1/std over N and spatial dims
 void channel_stats(const BatchNormState& s, const float* X, std::vector<float>& mean, std::vector<float>& rstd) {
   mean.assign(static_cast<size_t>(s.C), 0);
@@ -426,23 +410,6 @@ void bwd_batchnorm(const KernelState& st, ExecContext&, const GradIO& io) {
 
 // ---- reductions --------------------------------------------------------------------------
 
-namespace {
-struct ReduceState : KernelState {
-  Op op;
-  bool keepdims = true;
-  bool noop_empty = false;
-  bool axes_known = false;
-  std::vector<int64_t> axes;  // normalized, when known at load
-};
-
-// Reduction geometry for a set of axes.
-struct RGeom {
-  Shape kshape;                        // input shape with reduced dims set to 1
-  std::vector<int64_t> kdims, kstr;    // kept dims and their input strides
-  std::vector<int64_t> rdims, rstr;    // reduced dims and their input strides
-  int64_t rcount = 1;
-};
-
 RGeom rgeom(const Shape& x, const std::vector<int64_t>& axes) {
   RGeom g;
   g.kshape = x;
@@ -485,6 +452,7 @@ std::vector<int64_t> resolve_axes(const ReduceState& s, std::span<const Tensor> 
   return axes;
 }
 
+namespace {
 template <class T, class Init, class Acc, class Fin>
 void reduce_loop(const RGeom& g, const T* X, T* Y, Init init, Acc acc, Fin fin) {
   int64_t nout = 1;
@@ -639,13 +607,6 @@ void bwd_reduce(const KernelState& st, ExecContext&, const GradIO& io) {
 }
 
 // ---- ArgMax ------------------------------------------------------------------------------
-
-namespace {
-struct ArgMaxState : KernelState {
-  int64_t outer = 1, D = 1, inner = 1;
-  bool last = false;
-};
-}  // namespace
 
 std::unique_ptr<KernelState> prep_argmax(const NodeView& n) {
   auto s = std::make_unique<ArgMaxState>();

@@ -11,10 +11,10 @@ namespace {
 using graph::Op;
 using namespace cpu;
 
-#define K(op, name) OpKernel{Op::op, prep_##name, fwd_##name, bwd_##name, kNone}
-#define KV(op, name) OpKernel{Op::op, prep_##name, fwd_##name, bwd_##name, kView}
-#define KF(op, name) OpKernel{Op::op, prep_##name, fwd_##name, nullptr, kNone}   // no gradient
-#define NO_KERNEL(op) OpKernel{Op::op, nullptr, nullptr, nullptr, kNone}
+#define K(op, name) OpKernel{Op::op, prep_##name, fwd_##name, bwd_##name, kNone, nullptr}
+#define KV(op, name) OpKernel{Op::op, prep_##name, fwd_##name, bwd_##name, kView, nullptr}
+#define KF(op, name) OpKernel{Op::op, prep_##name, fwd_##name, nullptr, kNone, nullptr}   // no gradient
+#define NO_KERNEL(op) OpKernel{Op::op, nullptr, nullptr, nullptr, kNone, nullptr}
 
 constexpr OpKernel kTable[] = {
     K(MatMul, matmul), K(Gemm, gemm), K(Conv, conv),
@@ -34,6 +34,8 @@ constexpr OpKernel kTable[] = {
     K(Trilu, trilu),
     KF(Shape, shape), KF(Size, size), KF(Constant, constant), KF(ConstantOfShape, constant_of_shape), KF(Range, range),
     K(SoftmaxCrossEntropyLoss, sce_loss),
+    KV(TpCopy, tp_copy), K(TpAllReduce, tp_allreduce), K(TpVocabGather, tp_vocab_gather),
+    K(TpSoftmaxCrossEntropyLoss, tp_sce_loss),
 };
 
 static_assert(std::size(kTable) == static_cast<size_t>(Op::kCount), "one CPU kernel entry per graph::Op");

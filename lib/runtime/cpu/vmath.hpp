@@ -1,24 +1,75 @@
-// Float math on 8-lane vectors (GCC vector extensions: AVX2 + FMA where the build targets it,
-// two SSE halves elsewhere) and the array loops that apply it. GCC does not vectorize the
-// scalar forms of these functions by itself (the clamps and selects stay scalar), and the
+// Float math, in two forms. Scalar vexp / verf (Cephes' exp polynomial, about 1 ulp; erf by
+// Abramowitz & Stegun 7.1.26, absolute error below 1.5e-7, as PyTorch's vectorized erf) compile
+// for the host and, under nvcc, for the device: the CUDA kernels use them, so that both backends
+// agree. The CPU kernels use the same formulas on 8-lane vectors (GCC vector extensions: AVX2 +
+// FMA where the build targets it, two SSE halves elsewhere) and the array loops that apply them:
+// GCC does not vectorize the scalar forms by itself (the clamps and selects stay scalar), and the
 // transcendental ops of an exported graph (Erf, Sigmoid, Softmax's exp, GELU) were 5-10x slower
-// than memory bandwidth allows.
-//
-// exp: Cephes' polynomial (about 1 ulp); erf: Abramowitz & Stegun 7.1.26 (absolute error below
-// 1.5e-7, as PyTorch's vectorized erf); tanh: a Taylor series below |x| < 0.0625, else
-// (1 - e) / (1 + e) with e = exp(-2|x|) (a few ulp). Scalar forms run the vector code on one
-// lane, so a tail gives bit-identical results to the body.
+// than memory bandwidth allows. tanh: a Taylor series below |x| < 0.0625, else (1 - e) / (1 + e)
+// with e = exp(-2|x|) (a few ulp).
 #pragma once
 
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
+#ifdef __CUDACC__
+#define SMP_VMATH_FN __host__ __device__ __forceinline__
+#else
+#define SMP_VMATH_FN __attribute__((always_inline)) inline
+#endif
+
+namespace smp::runtime::cpu {
+
+SMP_VMATH_FN float float_of_bits(int32_t b) {
+#ifdef __CUDA_ARCH__
+  return __int_as_float(b);
+#else
+  float f;
+  std::memcpy(&f, &b, sizeof f);
+  return f;
+#endif
+}
+
+SMP_VMATH_FN float vexp(float x) {
+  float xc = x < -87.33654f ? -87.33654f : (x > 88.72283f ? 88.72283f : x);
+  // round to nearest by the 1.5 * 2^23 trick (floorf does not vectorize without -fno-trapping-math)
+  float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500E-4f;
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  p = p * r * r + r + 1.0f;
+  float scale = float_of_bits((static_cast<int32_t>(n) + 127) << 23);
+  float y = p * scale;
+  return x < -87.33654f ? 0.0f : y;
+}
+
+SMP_VMATH_FN float verf(float x) {
+  // Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7), as PyTorch's vectorized erf
+  float z = fabsf(x);
+  float t = 1.0f / (1.0f + 0.3275911f * z);
+  float p = 1.061405429f;
+  p = p * t - 1.453152027f;
+  p = p * t + 1.421413741f;
+  p = p * t - 0.284496736f;
+  p = p * t + 0.254829592f;
+  float r = 1.0f - p * t * vexp(-z * z);
+  return x < 0 ? -r : r;
+}
+
+}  // namespace smp::runtime::cpu
+
+// The vector forms: host code only.
+#ifndef __CUDACC__
 // Passing 8-lane vectors by value between these inline functions is fine without AVX too.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace smp::runtime::cpu {
+
 
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
@@ -105,9 +156,7 @@ __attribute__((always_inline)) inline v8f vgelu_grad8(v8f x) {
   return 0.5f * (1.0f + verf8(x * kInvSqrt2)) + x * kInvSqrt2Pi * vexp8(-0.5f * x * x);
 }
 
-// Scalar forms: lane 0 of the vector code.
-inline float vexp(float x) { return vexp8(vsplat(x))[0]; }
-inline float verf(float x) { return verf8(vsplat(x))[0]; }
+// Scalar tanh: lane 0 of the vector code.
 inline float vtanh(float x) { return vtanh8(vsplat(x))[0]; }
 
 // y[i] = f(x[i]) for i in [0, n): f maps v8f -> v8f. The tail runs through a padded vector.
@@ -144,8 +193,9 @@ __attribute__((always_inline)) inline void vmap2(const float* a, const float* b,
   }
 }
 
-// max of x[0, n) (-inf when n == 0)
-inline float vmax_row(const float* x, int64_t n) {
+// Softmax rows (Softmax, LogSoftmax, the cross-entropy losses, whole-vocabulary and
+// vocabulary-parallel): the maximum of x[0, n) (-inf when n == 0) ...
+inline float row_max(const float* x, int64_t n) {
   v8f m = vsplat(-INFINITY);
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) m = vmax(m, vload(x + i));
@@ -154,8 +204,8 @@ inline float vmax_row(const float* x, int64_t n) {
   return r;
 }
 
-// y[i] = exp(x[i] - m); returns the sum of y.
-inline float vexp_sum(const float* x, float* y, int64_t n, float m) {
+// ... and y[i] = exp(x[i] - m), returning the sum of y.
+inline float exp_row(const float* x, float* y, int64_t n, float m) {
   v8f s = vsplat(0.0f), vm = vsplat(m);
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
@@ -182,3 +232,4 @@ inline void vscale_row(float* y, int64_t n, float k) {
 }
 
 }  // namespace smp::runtime::cpu
+#endif  // __CUDACC__

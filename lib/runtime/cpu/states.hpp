@@ -1,0 +1,197 @@
+// What each op's prepare step (lib/runtime/cpu/*.cpp) parses from its node: attributes and
+// static geometry, checked once at load. Every backend runs the same prepare and reads the same
+// state, so that the CUDA kernels accept exactly the nodes, attributes and dtypes the CPU ones
+// do and interpret them identically. No threading or device code here.
+#pragma once
+
+#include "runtime/backend.hpp"
+#include "runtime/cpu/bcast.hpp"
+
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace smp::runtime::cpu {
+
+// ---- elementwise -------------------------------------------------------------------------
+
+bool is_arith(graph::Op op);    // Add Sub Mul Div Pow Max Min
+bool is_compare(graph::Op op);  // Equal Less Greater LessOrEqual GreaterOrEqual
+
+struct BinState : KernelState {
+  graph::Op op;
+  Bcast plan;   // out <- a, b
+  Bcast plan3;  // out <- dy(out), a, b  (backward)
+  bool single = false;  // Max/Min with one input
+};
+
+struct WhereState : KernelState {
+  Bcast plan;   // out <- c, x, y
+};
+
+struct UnState : KernelState {
+  graph::Op op;
+  float alpha = 0.01f;
+  bool gelu_tanh = false;
+};
+
+struct ClipState : KernelState {
+  bool has_min_attr = false, has_max_attr = false;
+  float min_attr = 0, max_attr = 0;
+};
+
+struct CastState : KernelState {
+  DType to;
+};
+
+// ---- normalisation, reductions -----------------------------------------------------------
+
+struct SoftmaxState : KernelState {
+  bool log = false;
+  int64_t outer = 1, D = 1, inner = 1;
+};
+
+struct LayerNormState : KernelState {
+  int64_t rows = 1, D = 1;
+  float eps = 1e-5f;
+  bool has_bias = false;
+};
+
+struct BatchNormState : KernelState {
+  int64_t N = 1, C = 1, HW = 1;
+  float eps = 1e-5f;
+};
+
+struct ReduceState : KernelState {
+  graph::Op op;
+  bool keepdims = true;
+  bool noop_empty = false;
+  bool axes_known = false;
+  std::vector<int64_t> axes;  // normalized, when known at load
+};
+
+// Reduction geometry for a set of axes.
+struct RGeom {
+  Shape kshape;                        // input shape with reduced dims set to 1
+  std::vector<int64_t> kdims, kstr;    // kept dims and their input strides
+  std::vector<int64_t> rdims, rstr;    // reduced dims and their input strides
+  int64_t rcount = 1;
+};
+RGeom rgeom(const Shape& x, const std::vector<int64_t>& axes);
+// The reduction's axes: known at load, else from the axes input (`in` on the host).
+std::vector<int64_t> resolve_axes(const ReduceState& s, std::span<const Tensor> in);
+
+struct ArgMaxState : KernelState {
+  int64_t outer = 1, D = 1, inner = 1;
+  bool last = false;
+};
+
+// ---- matrix products, convolution, pooling -----------------------------------------------
+
+struct MatMulState : KernelState {
+  int64_t M = 0, N = 0, K = 0;
+  bool folded = false;  // B has no batch dims: A's batch folds into M
+  std::vector<int64_t> a_off, b_off;  // per output batch, in matrices
+  int64_t batches = 1;
+  bool a_unique = true, b_unique = true;  // no two batches share an A (B) matrix
+  int64_t a_mats = 1, b_mats = 1;
+};
+
+struct GemmState : KernelState {
+  bool ta = false, tb = false;
+  float alpha = 1, beta = 1;
+  int64_t M = 0, N = 0, K = 0;
+  bool has_c = false;
+  Bcast cplan;  // Y <- C
+};
+
+// Spatial geometry, 1-D treated as 2-D with a height of 1.
+struct Geom {
+  int64_t ih = 1, iw = 1, oh = 1, ow = 1, kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1;
+  int64_t ph = 0, pw = 0, ph_end = 0, pw_end = 0;
+};
+
+struct ConvState : KernelState {
+  Geom g;
+  int64_t N = 0, C = 0, M = 0, groups = 1;
+  bool pointwise = false;  // 1x1, stride 1, no pad: the input is its own column matrix
+  bool has_bias = false;
+};
+
+struct PoolState : KernelState {
+  Geom g;
+  int64_t NC = 0;
+  bool is_max = true;
+  bool count_include_pad = false;
+  bool simple = false;  // no padding, no dilation, every window inside the input
+};
+
+struct GapState : KernelState {
+  int64_t NC = 0, HW = 1;
+};
+
+// ---- data movement, shape-only producers --------------------------------------------------
+
+struct TransposeState : KernelState {
+  std::vector<int64_t> perm;
+  std::vector<int64_t> src_st;   // input strides in output dim order
+  std::vector<int64_t> dst_st;   // for backward: input-grad strides in output dim order
+};
+
+struct ConcatState : KernelState {
+  int64_t outer = 1, inner = 1;  // inner: elements after the axis
+  std::vector<int64_t> sizes;    // per part, its extent along the axis
+  int64_t total = 0;
+};
+
+struct SliceState : KernelState {
+  bool known = false;
+  int64_t base = 0;
+  std::vector<int64_t> sst;  // input strides per output dim (times step)
+};
+// The slice's base offset and strides: known at load, else from its inputs (`in` on the host).
+void slice_runtime(const SliceState& s, std::span<const Tensor> in, int64_t& base, std::vector<int64_t>& sst);
+
+struct GatherState : KernelState {
+  int64_t outer = 1, D = 1, inner = 1, nidx = 1;
+};
+
+struct ExpandState : KernelState {
+  Shape shape;                // output-equivalent iteration shape
+  std::vector<int64_t> sst;   // input strides per iteration dim
+  Shape red_src, red_dst;     // backward: reduce dY (red_src) to dX (red_dst)
+};
+
+struct TriluState : KernelState {
+  bool upper = true;
+  bool k_known = true;
+  int64_t k = 0;
+  int64_t mats = 1, N = 1, M = 1;
+};
+// k: known at load, else from the second input (`in` on the host).
+int64_t trilu_k(const TriluState& s, std::span<const Tensor> in);
+
+struct ShapeState : KernelState {
+  std::vector<int64_t> values;
+};
+struct ConstState : KernelState {
+  std::shared_ptr<const graph::TensorData> data;
+  std::string bytes;  // for value_float(s) / value_int(s) / ConstantOfShape
+};
+
+// ---- losses ------------------------------------------------------------------------------
+
+struct SceState : KernelState {
+  int64_t N = 1, C = 1, D = 1;
+  int64_t start = 0, classes = 0;  // the classes [start, start + C) of `classes` (tensor-parallel split)
+  enum class Red { Mean, Sum, None } red = Red::Mean;
+  bool has_ignore = false;
+  int64_t ignore = 0;
+  bool has_weights = false;
+};
+
+// Reads integer elements of an i64 or i32 host tensor.
+std::vector<int64_t> tensor_ints(const Tensor& t);
+
+}  // namespace smp::runtime::cpu

@@ -1,0 +1,66 @@
+// The CUDA kernel table: one entry per graph::Op, in the enum's order, parallel to the CPU's
+// (lib/runtime/cpu/table.cpp): the prepare step is the CPU's (the same nodes accepted and parsed
+// the same way), the forward and backward are this directory's, the setup step runs at load on
+// the device where an op needs one. A forgotten entry does not compile (size), nor a misplaced
+// one (order).
+#include "runtime/cpu/kernels.hpp"
+#include "runtime/cuda/cuda_backend.hpp"
+#include "runtime/cuda/ops.hpp"
+
+#include <iterator>
+
+namespace smp::runtime::cuda {
+
+namespace {
+using graph::Op;
+
+#define K(op, name) OpKernel{Op::op, cpu::prep_##name, fwd_##name, bwd_##name, kNone, nullptr}
+#define KS(op, name) OpKernel{Op::op, cpu::prep_##name, fwd_##name, bwd_##name, kNone, setup_##name}   // with a setup step
+#define KV(op, name) OpKernel{Op::op, cpu::prep_##name, fwd_##name, bwd_##name, kView, nullptr}
+#define KF(op, name) OpKernel{Op::op, cpu::prep_##name, fwd_##name, nullptr, kNone, nullptr}           // no gradient
+#define NO_KERNEL(op) OpKernel{Op::op, nullptr, nullptr, nullptr, kNone, nullptr}
+
+constexpr OpKernel kTable[] = {
+    KS(MatMul, matmul), KS(Gemm, gemm), KS(Conv, conv),
+    K(Add, binary), K(Sub, binary), K(Mul, binary), K(Div, binary), K(Pow, binary), K(Max, binary), K(Min, binary),
+    KF(Equal, binary), KF(Less, binary), KF(Greater, binary), KF(LessOrEqual, binary), KF(GreaterOrEqual, binary),
+    KF(And, binary), KF(Or, binary), KF(Xor, binary), K(Where, where),
+    K(Sqrt, unary), K(Reciprocal, unary), K(Neg, unary), K(Abs, unary), K(Exp, unary), K(Log, unary), K(Relu, unary),
+    K(LeakyRelu, unary), K(Tanh, unary), K(Sigmoid, unary), K(Erf, unary), K(Gelu, unary), KF(Floor, unary),
+    KF(Ceil, unary), KF(Not, unary), K(Clip, clip), K(Cast, cast), KV(Identity, identity), KV(Dropout, dropout),
+    K(Sin, unary), K(Cos, unary),
+    K(Softmax, softmax), K(LogSoftmax, softmax), K(LayerNormalization, layernorm), K(BatchNormalization, batchnorm),
+    K(ReduceMean, reduce), K(ReduceSum, reduce), K(ReduceMax, reduce), K(ReduceMin, reduce), K(ReduceProd, reduce),
+    KF(ArgMax, argmax),
+    KS(MaxPool, pool), KS(AveragePool, pool), K(GlobalAveragePool, global_avgpool),
+    KV(Reshape, reshape), K(Transpose, transpose), KV(Flatten, reshape), KV(Squeeze, reshape), KV(Unsqueeze, reshape),
+    K(Concat, concat), K(Split, split), K(Slice, slice), K(Gather, gather), K(Expand, expand), K(Tile, tile),
+    K(Trilu, trilu),
+    KF(Shape, shape), KF(Size, size), KF(Constant, constant), KF(ConstantOfShape, constant_of_shape), KF(Range, range),
+    K(SoftmaxCrossEntropyLoss, sce_loss),
+    // Tensor parallelism runs on CPU workers only until the GPU workers carry its collectives.
+    NO_KERNEL(TpCopy), NO_KERNEL(TpAllReduce), NO_KERNEL(TpVocabGather), NO_KERNEL(TpSoftmaxCrossEntropyLoss),
+};
+
+static_assert(std::size(kTable) == static_cast<size_t>(Op::kCount), "one CUDA kernel entry per graph::Op");
+
+constexpr bool in_enum_order() {
+  for (size_t i = 0; i < std::size(kTable); ++i)
+    if (static_cast<size_t>(kTable[i].op) != i) return false;
+  return true;
+}
+static_assert(in_enum_order(), "CUDA kernel entries must follow graph::Op's order");
+
+KernelTable make_table() {
+  KernelTable t{};
+  for (size_t i = 0; i < std::size(kTable); ++i) t[i] = kTable[i];
+  return t;
+}
+}  // namespace
+
+const KernelTable& cuda_kernel_table() {
+  static const KernelTable table = make_table();
+  return table;
+}
+
+}  // namespace smp::runtime::cuda

@@ -1,0 +1,352 @@
+// The gradient test cases: small graphs of every op with a gradient rule, built by hand with
+// random float inputs (as activations of an earlier stage or as parameters). Shared by the
+// finite-difference check on the CPU (test_gradients.cpp) and the CUDA-against-CPU check
+// (test_cuda_kernels.cpp).
+#pragma once
+
+#include "tiny_graph.hpp"
+
+#include <fmt/format.h>
+
+#include <functional>
+#include <map>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace smp::test {
+
+using runtime::Tensor;
+struct Maker {
+  TinyGraph& tg;
+  bool as_param;
+  uint32_t seed = 1;
+  std::map<int, std::vector<float>> float_inputs;  // boundary activations: values
+  std::map<int, Tensor> feeds;                      // graph inputs (ints, bools)
+  runtime::Backend* be;
+
+  int f(const std::string& name, const Shape& s, float lo = -1, float hi = 1) {
+    auto v = random_floats(static_cast<size_t>(numel(s)), seed++, lo, hi);
+    if (as_param) return tg.param(name, s, v);
+    int id = tg.boundary(name, s);
+    float_inputs[id] = v;
+    return id;
+  }
+  int i64(const std::string& name, const Shape& s, const std::vector<int64_t>& v) {
+    int id = tg.input(name, DType::I64, s);
+    feeds[id] = be->from_host(DType::I64, s, v.data());
+    return id;
+  }
+  int boolean(const std::string& name, const Shape& s, const std::vector<uint8_t>& v) {
+    int id = tg.input(name, DType::Bool, s);
+    feeds[id] = be->from_host(DType::Bool, s, v.data());
+    return id;
+  }
+  int ci64(const std::string& name, const std::vector<int64_t>& v) {
+    return tg.constant(name, DType::I64, {static_cast<int64_t>(v.size())}, v);
+  }
+};
+
+using Build = std::function<void(TinyGraph&, Maker&)>;
+
+struct Case {
+  std::string name;
+  Build build;
+  bool batch_statistics = true;
+};
+
+inline std::tuple<std::string, DType, Shape> F(const std::string& n, Shape s) { return {n, DType::F32, s}; }
+
+inline std::vector<Case> gradient_cases() {
+  using M = Maker;
+  std::vector<Case> cs;
+  auto binary = [&](const std::string& op, Shape a, Shape b, Shape y, float lo = -1, float hi = 1) {
+    cs.push_back({fmt::format("{} {}x{}", op, shape_str(a), shape_str(b)), [=](TinyGraph& t, M& m) {
+                    int x = m.f("a", a, lo, hi), z = m.f("b", b, lo, hi);
+                    t.output(t.node(op, {x, z}, {F("y", y)})[0]);
+                  }});
+  };
+  for (std::string op : {"Add", "Sub", "Mul", "Div"}) {
+    float lo = op == "Div" ? 0.5f : -1.0f;
+    binary(op, {2, 3, 4}, {2, 3, 4}, {2, 3, 4}, lo, 2.0f);
+    binary(op, {2, 3, 4}, {4}, {2, 3, 4}, lo, 2.0f);
+    binary(op, {3, 1}, {2, 1, 4}, {2, 3, 4}, lo, 2.0f);
+    binary(op, {}, {3, 4}, {3, 4}, lo, 2.0f);
+  }
+  binary("Pow", {2, 3}, {2, 3}, {2, 3}, 0.5f, 2.0f);
+  binary("Pow", {2, 3}, {}, {2, 3}, 0.5f, 2.0f);
+  binary("Max", {2, 3}, {3}, {2, 3});
+  binary("Min", {2, 3}, {2, 3}, {2, 3});
+  cs.push_back({"Where (a broadcast mask over x, a scalar y, x read twice)", [](TinyGraph& t, M& m) {
+                  int c = m.boolean("c", {4}, {1, 0, 0, 1});
+                  int x = m.f("x", {2, 3, 4}), y = m.f("y", {});
+                  int o = t.node("Where", {c, y, x}, {F("o", {2, 3, 4})})[0];
+                  t.output(t.node("Mul", {o, x}, {F("z", {2, 3, 4})})[0]);
+                }});
+  cs.push_back({"Where", [](TinyGraph& t, M& m) {
+                  int c = m.boolean("c", {2, 3}, {1, 0, 1, 0, 0, 1});
+                  int x = m.f("x", {2, 3}), y = m.f("y", {3});
+                  t.output(t.node("Where", {c, x, y}, {F("o", {2, 3})})[0]);
+                }});
+  auto unary = [&](const std::string& op, float lo, float hi, std::map<std::string, graph::Attribute> attrs = {}) {
+    cs.push_back({op + (attrs.empty() ? "" : " (attrs)"), [=](TinyGraph& t, M& m) {
+                    int x = m.f("x", {3, 5}, lo, hi);
+                    t.output(t.node(op, {x}, {F("y", {3, 5})}, attrs)[0]);
+                  }});
+  };
+  unary("Sqrt", 0.5f, 2.0f);
+  unary("Reciprocal", 0.5f, 2.0f);
+  unary("Neg", -1, 1);
+  unary("Abs", -1, 1);
+  unary("Exp", -1, 1);
+  unary("Log", 0.5f, 2.0f);
+  unary("Relu", -1, 1);
+  unary("LeakyRelu", -1, 1, {{"alpha", attr_f(0.2)}});
+  unary("Tanh", -1, 1);
+  unary("Sigmoid", -2, 2);
+  unary("Erf", -1, 1);
+  unary("Gelu", -2, 2);
+  unary("Gelu", -2, 2, {{"approximate", attr_s("tanh")}});
+  unary("Sin", -2, 2);
+  unary("Cos", -2, 2);
+  unary("Identity", -1, 1);
+  unary("Softmax", -2, 2);
+  unary("Softmax", -2, 2, {{"axis", attr_i(0)}});
+  unary("LogSoftmax", -2, 2);
+  unary("Cast", -1, 1, {{"to", attr_i(1)}});
+  // Gradients passed through Add / Sub / Reshape unchanged move on in the same buffer (the
+  // executor's run_backward): residuals, a bias, reshapes back and forth, values read twice and a
+  // graph output also read inside.
+  cs.push_back({"pass-through chain (Add, Sub, Reshape, residual)", [](TinyGraph& t, M& m) {
+                  int a = m.f("a", {4, 6}), w = m.f("w", {6, 6}), b = m.f("b", {6});
+                  int h = t.node("MatMul", {a, w}, {F("h", {4, 6})})[0];
+                  int hb = t.node("Add", {h, b}, {F("hb", {4, 6})})[0];
+                  int r = t.node("Reshape", {hb, m.ci64("s1", {2, 12})}, {F("r", {2, 12})})[0];
+                  int r2 = t.node("Reshape", {r, m.ci64("s2", {4, 6})}, {F("r2", {4, 6})})[0];
+                  int s = t.node("Add", {r2, a}, {F("s", {4, 6})})[0];
+                  int d = t.node("Sub", {s, hb}, {F("d", {4, 6})})[0];
+                  int y = t.node("Mul", {d, h}, {F("y", {4, 6})})[0];
+                  int z = t.node("Add", {y, y}, {F("z", {4, 6})})[0];
+                  t.output(z);
+                  t.output(hb);
+                }});
+  cs.push_back({"Dropout (identity)", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 3});
+                  t.output(t.node("Dropout", {x}, {F("y", {2, 3})})[0]);
+                }});
+  cs.push_back({"Clip", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {3, 4}, -2, 2);
+                  int lo = t.constant<float>("lo", DType::F32, {}, {-0.5f});
+                  int hi = t.constant<float>("hi", DType::F32, {}, {0.7f});
+                  t.output(t.node("Clip", {x, lo, hi}, {F("y", {3, 4})})[0]);
+                }});
+  cs.push_back({"MatMul 2-D", [](TinyGraph& t, M& m) {
+                  int a = m.f("a", {3, 4}), b = m.f("b", {4, 5});
+                  t.output(t.node("MatMul", {a, b}, {F("y", {3, 5})})[0]);
+                }});
+  cs.push_back({"MatMul batched x 2-D", [](TinyGraph& t, M& m) {
+                  int a = m.f("a", {2, 3, 4}), b = m.f("b", {4, 5});
+                  t.output(t.node("MatMul", {a, b}, {F("y", {2, 3, 5})})[0]);
+                }});
+  cs.push_back({"MatMul broadcast batch", [](TinyGraph& t, M& m) {
+                  int a = m.f("a", {2, 1, 3, 4}), b = m.f("b", {3, 4, 2});
+                  t.output(t.node("MatMul", {a, b}, {F("y", {2, 3, 3, 2})})[0]);
+                }});
+  cs.push_back({"MatMul 1-D", [](TinyGraph& t, M& m) {
+                  int a = m.f("a", {4}), b = m.f("b", {2, 4, 3});
+                  t.output(t.node("MatMul", {a, b}, {F("y", {2, 3})})[0]);
+                }});
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb)
+      cs.push_back({fmt::format("Gemm transA={} transB={}", ta, tb), [=](TinyGraph& t, M& m) {
+                      int a = m.f("a", ta ? Shape{4, 3} : Shape{3, 4});
+                      int b = m.f("b", tb ? Shape{5, 4} : Shape{4, 5});
+                      int c = m.f("c", {5});
+                      t.output(t.node("Gemm", {a, b, c}, {F("y", {3, 5})},
+                                      {{"transA", attr_i(ta)}, {"transB", attr_i(tb)}, {"alpha", attr_f(0.7)}, {"beta", attr_f(1.3)}})[0]);
+                    }});
+  cs.push_back({"Conv pads strides bias", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 3, 5, 5}), w = m.f("w", {4, 3, 3, 3}), b = m.f("b", {4});
+                  t.output(t.node("Conv", {x, w, b}, {F("y", {2, 4, 3, 3})},
+                                  {{"pads", attr_ints({1, 1, 1, 1})}, {"strides", attr_ints({2, 2})}})[0]);
+                }});
+  cs.push_back({"Conv groups dilation", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {1, 4, 6, 5}), w = m.f("w", {6, 2, 2, 2});
+                  t.output(t.node("Conv", {x, w}, {F("y", {1, 6, 4, 3})},
+                                  {{"group", attr_i(2)}, {"dilations", attr_ints({2, 2})}})[0]);
+                }});
+  cs.push_back({"Conv 1x1", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 3, 2, 3}), w = m.f("w", {2, 3, 1, 1});
+                  t.output(t.node("Conv", {x, w}, {F("y", {2, 2, 2, 3})})[0]);
+                }});
+  cs.push_back({"Conv 1-D", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 2, 7}), w = m.f("w", {3, 2, 3});
+                  t.output(t.node("Conv", {x, w}, {F("y", {2, 3, 7})}, {{"auto_pad", attr_s("SAME_UPPER")}})[0]);
+                }});
+  cs.push_back({"MaxPool", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {1, 2, 5, 5});
+                  t.output(t.node("MaxPool", {x}, {F("y", {1, 2, 3, 3})},
+                                  {{"kernel_shape", attr_ints({3, 3})}, {"strides", attr_ints({2, 2})}, {"pads", attr_ints({1, 1, 1, 1})}})[0]);
+                }});
+  cs.push_back({"MaxPool 2x2 stride 2 (no padding)", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 2, 4, 6});
+                  t.output(t.node("MaxPool", {x}, {F("y", {2, 2, 2, 3})},
+                                  {{"kernel_shape", attr_ints({2, 2})}, {"strides", attr_ints({2, 2})}})[0]);
+                }});
+  cs.push_back({"MaxPool 3x2 stride 1 (no padding)", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {1, 2, 4, 4});
+                  t.output(t.node("MaxPool", {x}, {F("y", {1, 2, 2, 3})}, {{"kernel_shape", attr_ints({3, 2})}})[0]);
+                }});
+  cs.push_back({"AveragePool", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {1, 2, 5, 5});
+                  t.output(t.node("AveragePool", {x}, {F("y", {1, 2, 3, 3})},
+                                  {{"kernel_shape", attr_ints({3, 3})}, {"strides", attr_ints({2, 2})}, {"pads", attr_ints({1, 1, 1, 1})}})[0]);
+                }});
+  cs.push_back({"AveragePool count_include_pad", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {1, 1, 4, 4});
+                  t.output(t.node("AveragePool", {x}, {F("y", {1, 1, 4, 4})},
+                                  {{"kernel_shape", attr_ints({2, 2})}, {"count_include_pad", attr_i(1)}, {"pads", attr_ints({1, 1, 0, 0})}})[0]);
+                }});
+  cs.push_back({"GlobalAveragePool", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 3, 2, 2});
+                  t.output(t.node("GlobalAveragePool", {x}, {F("y", {2, 3, 1, 1})})[0]);
+                }});
+  cs.push_back({"LayerNormalization", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 3, 6}), g = m.f("g", {6}), b = m.f("b", {6});
+                  t.output(t.node("LayerNormalization", {x, g, b}, {F("y", {2, 3, 6})}, {{"epsilon", attr_f(1e-5)}})[0]);
+                }});
+  cs.push_back({"LayerNormalization axis 1", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 3, 4}), g = m.f("g", {3, 4});
+                  t.output(t.node("LayerNormalization", {x, g}, {F("y", {2, 3, 4})}, {{"axis", attr_i(1)}})[0]);
+                }});
+  for (bool train : {true, false}) {
+    Case c{std::string("BatchNormalization ") + (train ? "batch statistics" : "running statistics"), [](TinyGraph& t, M& m) {
+             int x = m.f("x", {3, 2, 2, 2}), g = m.f("g", {2}), b = m.f("b", {2});
+             int mean = t.constant<float>("mean", DType::F32, {2}, {0.1f, -0.2f});
+             int var = t.constant<float>("var", DType::F32, {2}, {0.5f, 1.5f});
+             t.output(t.node("BatchNormalization", {x, g, b, mean, var}, {F("y", {3, 2, 2, 2})})[0]);
+           }};
+    c.batch_statistics = train;
+    cs.push_back(c);
+  }
+  auto reduce = [&](const std::string& op, Shape x, std::vector<int64_t> axes, int keep, Shape y) {
+    cs.push_back({fmt::format("{} axes {} keepdims {}", op, shape_str(axes), keep), [=](TinyGraph& t, M& m) {
+                    int xi = m.f("x", x);
+                    int ax = m.ci64("axes", axes);
+                    t.output(t.node(op, {xi, ax}, {F("y", y)}, {{"keepdims", attr_i(keep)}})[0]);
+                  }});
+  };
+  reduce("ReduceSum", {2, 3, 4}, {1}, 1, {2, 1, 4});
+  reduce("ReduceSum", {2, 3, 4}, {0, 2}, 0, {3});
+  reduce("ReduceMean", {2, 3, 4}, {-1}, 1, {2, 3, 1});
+  reduce("ReduceMean", {2, 3, 4}, {0, 1}, 0, {4});
+  reduce("ReduceProd", {2, 3, 4}, {0, 2}, 1, {1, 3, 1});
+  cs.push_back({"ReduceMax", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {3, 4});
+                  t.output(t.node("ReduceMax", {x}, {F("y", {3, 1})}, {{"axes", attr_ints({1})}})[0]);
+                }});
+  cs.push_back({"ReduceMin", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {3, 4});
+                  t.output(t.node("ReduceMin", {x}, {F("y", {4})}, {{"axes", attr_ints({0})}, {"keepdims", attr_i(0)}})[0]);
+                }});
+  cs.push_back({"Reshape, Flatten, Squeeze, Unsqueeze", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 3, 4});
+                  int s = m.ci64("shape", {6, 4});
+                  int r = t.node("Reshape", {x, s}, {F("r", {6, 4})})[0];
+                  int f = t.node("Flatten", {r}, {F("f", {6, 4})}, {{"axis", attr_i(1)}})[0];
+                  int u = t.node("Unsqueeze", {f, m.ci64("ax", {0})}, {F("u", {1, 6, 4})})[0];
+                  int q = t.node("Squeeze", {u, m.ci64("ax2", {0})}, {F("q", {6, 4})})[0];
+                  int w = m.f("w", {6, 4});
+                  t.output(t.node("Mul", {q, w}, {F("y", {6, 4})})[0]);
+                }});
+  cs.push_back({"Transpose", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 3, 4});
+                  t.output(t.node("Transpose", {x}, {F("y", {4, 2, 3})}, {{"perm", attr_ints({2, 0, 1})}})[0]);
+                }});
+  cs.push_back({"Transpose 2-D (tiled)", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {20, 18});
+                  t.output(t.node("Transpose", {x}, {F("y", {18, 20})})[0]);
+                }});
+  cs.push_back({"Transpose heads (tiled)", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 9, 3, 10});
+                  t.output(t.node("Transpose", {x}, {F("y", {2, 3, 10, 9})}, {{"perm", attr_ints({0, 2, 3, 1})}})[0]);
+                }});
+  cs.push_back({"Concat", [](TinyGraph& t, M& m) {
+                  int a = m.f("a", {2, 3}), b = m.f("b", {2, 1});
+                  t.output(t.node("Concat", {a, b, a}, {F("y", {2, 7})}, {{"axis", attr_i(1)}})[0]);
+                }});
+  cs.push_back({"Split", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 6});
+                  auto o = t.node("Split", {x, m.ci64("split", {2, 4})}, {F("a", {2, 2}), F("b", {2, 4})}, {{"axis", attr_i(1)}});
+                  t.output(o[0]);
+                  t.output(o[1]);
+                }});
+  cs.push_back({"Split, one part unused", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {4, 3});
+                  auto o = t.node("Split", {x}, {F("a", {2, 3}), F("b", {2, 3})}, {{"axis", attr_i(0)}});
+                  t.output(o[1]);
+                }});
+  cs.push_back({"Slice steps", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {4, 6});
+                  t.output(t.node("Slice", {x, m.ci64("s", {1, 5}), m.ci64("e", {4, 0}), m.ci64("a", {0, 1}), m.ci64("st", {2, -2})},
+                                  {F("y", {2, 3})})[0]);
+                }});
+  cs.push_back({"Gather axis 0 (repeated indices)", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {5, 3});
+                  int i = m.i64("i", {2, 2}, {1, 4, 1, -1});
+                  t.output(t.node("Gather", {x, i}, {F("y", {2, 2, 3})})[0]);
+                }});
+  cs.push_back({"Gather axis 1", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 4, 3});
+                  int i = m.i64("i", {3}, {3, 0, 3});
+                  t.output(t.node("Gather", {x, i}, {F("y", {2, 3, 3})}, {{"axis", attr_i(1)}})[0]);
+                }});
+  cs.push_back({"Expand", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {3, 1});
+                  t.output(t.node("Expand", {x, m.ci64("s", {2, 3, 4})}, {F("y", {2, 3, 4})})[0]);
+                }});
+  cs.push_back({"Tile", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 3});
+                  t.output(t.node("Tile", {x, m.ci64("r", {2, 2})}, {F("y", {4, 6})})[0]);
+                }});
+  cs.push_back({"Trilu lower k=1", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 3, 4});
+                  int k = t.constant<int64_t>("k", DType::I64, {}, {1});
+                  t.output(t.node("Trilu", {x, k}, {F("y", {2, 3, 4})}, {{"upper", attr_i(0)}})[0]);
+                }});
+  cs.push_back({"SoftmaxCrossEntropyLoss mean, weights, ignore_index", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {5, 4}, -2, 2);
+                  int y = m.i64("y", {5}, {1, 3, 0, 3, 2});
+                  int w = t.constant<float>("w", DType::F32, {4}, {0.5f, 1.0f, 2.0f, 1.5f});
+                  t.output(t.node("SoftmaxCrossEntropyLoss", {x, y, w}, {F("l", {})}, {{"ignore_index", attr_i(2)}})[0]);
+                }});
+  cs.push_back({"SoftmaxCrossEntropyLoss none, [N, C, D], log_prob", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 3, 4}, -2, 2);
+                  int y = m.i64("y", {2, 4}, {0, 1, 2, 1, 2, 2, 0, 1});
+                  auto o = t.node("SoftmaxCrossEntropyLoss", {x, y}, {F("l", {2, 4}), F("lp", {2, 3, 4})}, {{"reduction", attr_s("none")}});
+                  t.output(o[0]);
+                  t.output(o[1]);
+                }});
+  cs.push_back({"chain: attention-like block", [](TinyGraph& t, M& m) {
+                  // x [2,4,6] -> q = x Wq, s = q x^T, softmax, s x, layernorm; x used 3 times
+                  int x = m.f("x", {2, 4, 6}), wq = m.f("wq", {6, 6}), g = m.f("g", {6});
+                  int q = t.node("MatMul", {x, wq}, {F("q", {2, 4, 6})})[0];
+                  int xt = t.node("Transpose", {x}, {F("xt", {2, 6, 4})}, {{"perm", attr_ints({0, 2, 1})}})[0];
+                  int s = t.node("MatMul", {q, xt}, {F("s", {2, 4, 4})})[0];
+                  int p = t.node("Softmax", {s}, {F("p", {2, 4, 4})}, {{"axis", attr_i(-1)}})[0];
+                  int o = t.node("MatMul", {p, x}, {F("o", {2, 4, 6})})[0];
+                  int r = t.node("Add", {o, x}, {F("r", {2, 4, 6})})[0];
+                  t.output(t.node("LayerNormalization", {r, g}, {F("y", {2, 4, 6})})[0]);
+                }});
+  cs.push_back({"chain: transposed weight (weight-only path)", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {3, 4}), w = m.f("w", {5, 4}), b = m.f("b", {5});
+                  int wt = t.node("Transpose", {w}, {F("wt", {4, 5})}, {{"perm", attr_ints({1, 0})}})[0];
+                  int y = t.node("MatMul", {x, wt}, {F("y", {3, 5})})[0];
+                  int z = t.node("Add", {b, y}, {F("z", {3, 5})})[0];
+                  t.output(t.node("Tanh", {z}, {F("o", {3, 5})})[0]);
+                }});
+  return cs;
+}
+
+
+}  // namespace smp::test

@@ -28,12 +28,18 @@ echo "engine vs PyTorch: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), 
 printf '%-10s %7s %12s %12s %8s %10s\n' model threads smp torch ratio cpu-ratio
 for m in ${MODELS//,/ }; do
   for t in ${THREADS//,/ }; do
+    err=$(mktemp)
     rows=$(for r in $(seq 1 "$REPEATS"); do
-      "$BIN/runtime_bench" --models "$m" --threads "$t" --batch "$BATCH" --steps "$STEPS" | tail -n 1
+      "$BIN/runtime_bench" --models "$m" --threads "$t" --batch "$BATCH" --steps "$STEPS" 2>"$err" | tail -n 1 || true
     done)
-    "$PY" - "$m" "$t" <<PYEOF
+    why=$(grep -m1 -E 'what\(\)|error' "$err" | sed -E 's/^ *what\(\): *//' || true)
+    rm -f "$err"
+    "$PY" - "$m" "$t" "$why" <<PYEOF
 import statistics, sys
-rows = [l.split() for l in """$rows""".splitlines() if l.strip()]
+rows = [l.split() for l in """$rows""".splitlines() if l.strip() and l.split()[0] == sys.argv[1]]
+if not rows:
+    print(f"{sys.argv[1]:<10} {sys.argv[2]:>7}  failed: {sys.argv[3] or 'no result'}")
+    sys.exit(0)
 smp = statistics.median(float(r[2]) for r in rows)
 torch = statistics.median(float(r[3]) for r in rows)
 ratio = f"{smp / torch:.2f}" if torch > 0 else "-"

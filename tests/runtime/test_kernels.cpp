@@ -583,3 +583,59 @@ TEST_CASE("Transpose of rows (inner dim kept) split across threads mid-way equal
     CHECK(bad == 0);
   }
 }
+
+TEST_CASE("Conv over several images per product (small outputs) equals one image at a time, values and gradients") {
+  // [5, 4, 12, 12]: 144 output columns per image, so 4 images share a product and the last one
+  // runs alone; a batch of 1 takes the one-image path. Grouped 3x3 with padding, strided 3x3,
+  // and 1x1 (the pointwise shortcut of the one-image path).
+  struct Geo {
+    int64_t M, groups, k, stride, pad, oh;
+  };
+  for (Geo c : {Geo{6, 2, 3, 1, 1, 12}, Geo{6, 1, 3, 2, 0, 5}, Geo{8, 1, 1, 1, 0, 12}})
+    for (int threads : {1, 2}) {
+      CAPTURE(c.groups);
+      CAPTURE(c.stride);
+      CAPTURE(c.k);
+      CAPTURE(threads);
+      runtime::CpuBackend be(threads);
+      const int64_t N = 5, C = 4, H = 12, Cg = C / c.groups;
+      const Shape ws{c.M, Cg, c.k, c.k};
+      auto wv = random_floats(static_cast<size_t>(c.M * Cg * c.k * c.k), 51);
+      auto bv = random_floats(static_cast<size_t>(c.M), 52);
+      auto make = [&](int64_t n, TinyGraph& t, int& w, int& b) {
+        int x = t.boundary("x", {n, C, H, H});
+        w = t.param("w", ws, wv);
+        b = t.param("b", {c.M}, bv);
+        t.output(t.node("Conv", {x, w, b}, {F("y", {n, c.M, c.oh, c.oh})},
+                        {{"group", graph::attr_i(c.groups)}, {"strides", attr_ints({c.stride, c.stride})},
+                         {"pads", attr_ints({c.pad, c.pad, c.pad, c.pad})}})[0]);
+      };
+      TinyGraph tb, t1;
+      int wb, bb, w1, b1;
+      make(N, tb, wb, bb);
+      make(1, t1, w1, b1);
+      runtime::StageExecutor batched(tb.g, be), single(t1.g, be);
+      const int64_t img = C * H * H, out = c.M * c.oh * c.oh;
+      auto xs = random_floats(static_cast<size_t>(N * img), 53);
+      auto gs = random_floats(static_cast<size_t>(N * out), 54);
+      Tensor x = be.from_host(DType::F32, {N, C, H, H}, xs.data());
+      Tensor gy = be.from_host(DType::F32, {N, c.M, c.oh, c.oh}, gs.data());
+      batched.zero_grad();
+      auto y = to_vec(batched.forward(0, {&x, 1})[0]);
+      auto dx = to_vec(batched.backward(0, {&gy, 1})[0]);
+      single.zero_grad();  // the weight gradients add up over the five one-image steps
+      std::vector<float> y1, dx1;
+      for (int64_t n = 0; n < N; ++n) {
+        Tensor xi = be.from_host(DType::F32, {1, C, H, H}, xs.data() + n * img);
+        Tensor gi = be.from_host(DType::F32, {1, c.M, c.oh, c.oh}, gs.data() + n * out);
+        auto yi = to_vec(single.forward(0, {&xi, 1})[0]);
+        auto di = to_vec(single.backward(0, {&gi, 1})[0]);
+        y1.insert(y1.end(), yi.begin(), yi.end());
+        dx1.insert(dx1.end(), di.begin(), di.end());
+      }
+      near(y, y1, 1e-5);
+      near(dx, dx1, 1e-5);
+      near(to_vec(batched.gradient(wb)), to_vec(single.gradient(w1)), 1e-4);
+      near(to_vec(batched.gradient(bb)), to_vec(single.gradient(b1)), 1e-4);
+    }
+}

@@ -639,3 +639,24 @@ TEST_CASE("Conv over several images per product (small outputs) equals one image
       near(to_vec(batched.gradient(bb)), to_vec(single.gradient(b1)), 1e-4);
     }
 }
+
+TEST_CASE("MaxPool 2x2 stride 2 backward routes each gradient to the window's first maximum (ties, odd sizes)") {
+  // [1, 1, 3, 5]: one row of 2 windows; the last row and column (9s) are in no window. Window 0
+  // is all ties (its top-left wins); window 1 holds its maximum 4 twice, top right and bottom
+  // left: the top row comes first.
+  runtime::CpuBackend be(1);
+  TinyGraph t;
+  int x = t.boundary("x", {1, 1, 3, 5});
+  t.output(t.node("MaxPool", {x}, {F("y", {1, 1, 1, 2})}, {{"kernel_shape", attr_ints({2, 2})}, {"strides", attr_ints({2, 2})}})[0]);
+  runtime::StageExecutor ex(t.g, be);
+  std::vector<float> xs{1, 1, 2, 4, 9,  //
+                        1, 1, 4, 3, 9,  //
+                        9, 9, 9, 9, 9};
+  Tensor xt = be.from_host(DType::F32, {1, 1, 3, 5}, xs.data());
+  std::vector<float> gs{10, 20};
+  Tensor gy = be.from_host(DType::F32, {1, 1, 1, 2}, gs.data());
+  near(to_vec(ex.forward(0, {&xt, 1})[0]), {1, 4});
+  near(to_vec(ex.backward(0, {&gy, 1})[0]), {10, 0, 0, 20, 0,  //
+                                             0, 0, 0, 0, 0,   //
+                                             0, 0, 0, 0, 0});
+}

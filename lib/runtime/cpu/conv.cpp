@@ -395,6 +395,26 @@ void maxpool_simple(const Geom& g, int64_t NC, const float* X, float* Y, const f
         } else {
           const float* dy = dY + (c * g.oh + oy) * g.ow;
           float* dxr = dX + c * g.ih * g.iw + oy * g.sh * g.iw;
+          if (g.kh == 2 && g.kw == 2 && g.sw == 2) {  // without branches: a data-dependent branch per element mispredicts
+            const float* r0 = xr;
+            const float* r1 = xr + g.iw;
+            float* d0 = dxr;
+            float* d1 = dxr + g.iw;
+            for (int64_t ox = 0; ox < g.ow; ++ox) {
+              float a = r0[2 * ox], b = r0[2 * ox + 1], e = r1[2 * ox], f = r1[2 * ox + 1];
+              int k = b > a ? 1 : 0;
+              float m = b > a ? b : a;
+              k = e > m ? 2 : k;
+              m = e > m ? e : m;
+              k = f > m ? 3 : k;
+              float v = dy[ox];
+              d0[2 * ox] += k == 0 ? v : 0.0f;
+              d0[2 * ox + 1] += k == 1 ? v : 0.0f;
+              d1[2 * ox] += k == 2 ? v : 0.0f;
+              d1[2 * ox + 1] += k == 3 ? v : 0.0f;
+            }
+            continue;
+          }
           for (int64_t ox = 0; ox < g.ow; ++ox) {
             const float* w = xr + ox * g.sw;
             float m = w[0];

@@ -132,6 +132,22 @@ void gather_images(const float* t, int64_t M, int64_t ohw, int64_t b0, int64_t n
     }
   });
 }
+// Images per product of a chunk: the state's choice, but at least one chunk per thread.
+int64_t images_per_chunk(const ConvState& s) {
+  const int64_t nt = pool_threads();
+  return nt > 1 ? std::max<int64_t>(1, std::min(s.images_per_gemm, (s.N + nt - 1) / nt)) : s.images_per_gemm;
+}
+
+// dW += the sum of n per-thread partial sums of `size` floats each
+void add_parts(const std::vector<float>& parts, int64_t n, int64_t size, float* dW) {
+  pfor(size, kGrain, [&](int64_t i0, int64_t i1) {
+    for (int64_t t = 0; t < n; ++t) {
+      const float* p = parts.data() + t * size;
+      for (int64_t i = i0; i < i1; ++i) dW[i] += p[i];
+    }
+  });
+}
+
 void scatter_images(const float* w, int64_t M, int64_t ohw, int64_t b0, int64_t nimg, int64_t m0, int64_t rows, float* t) {
   pfor(rows * nimg, std::max<int64_t>(1, kGrain / std::max<int64_t>(ohw, 1)), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
@@ -188,16 +204,20 @@ void fwd_conv(const KernelState& st, ExecContext& ctx, std::span<Tensor> out, st
   float* Y = out[0].data<float>();
   int64_t Cg = s.C / s.groups, Mg = s.M / s.groups, kk = g.kh * g.kw, ohw = g.oh * g.ow, ihw = g.ih * g.iw;
   if (s.images_per_gemm > 1) {  // several images per product: [Mg, Cg*kk] . [Cg*kk, nb*ohw], then into Y's layout
-    const int64_t nb = s.images_per_gemm;
-    Tensor colt = scratch(ctx, DType::F32, {Cg * kk, nb * ohw}), yt = scratch(ctx, DType::F32, {Mg, nb * ohw});
-    for (int64_t b0 = 0; b0 < s.N; b0 += nb) {
-      const int64_t nc = std::min(nb, s.N - b0), ld = nc * ohw;
+    const int64_t nb = images_per_chunk(s), chunks = (s.N + nb - 1) / nb;
+    auto chunk = [&](int64_t ci, float* col, float* yt, bool serial) {
+      const int64_t b0 = ci * nb, nc = std::min(nb, s.N - b0), ld = nc * ohw;
       for (int64_t gr = 0; gr < s.groups; ++gr) {
-        im2col(g, Cg, X + (b0 * s.C + gr * Cg) * ihw, s.C * ihw, nc, colt.data<float>(), ld);
-        gemm(false, false, Mg, ld, Cg * kk, 1.0f, W + gr * Mg * Cg * kk, Cg * kk, colt.data<float>(), ld, 0.0f, yt.data<float>(), ld);
-        scatter_images(yt.data<float>(), s.M, ohw, b0, nc, gr * Mg, Mg, Y);
+        im2col(g, Cg, X + (b0 * s.C + gr * Cg) * ihw, s.C * ihw, nc, col, ld);
+        (serial ? gemm_serial : gemm)(false, false, Mg, ld, Cg * kk, 1.0f, W + gr * Mg * Cg * kk, Cg * kk, col, ld, 0.0f, yt, ld);
+        scatter_images(yt, s.M, ohw, b0, nc, gr * Mg, Mg, Y);
       }
-    }
+    };
+    // chunks across threads (each its own serial products), as the one-image path does images
+    pfor(chunks, 1, [&](int64_t c0, int64_t c1) {
+      Tensor colt = scratch(ctx, DType::F32, {Cg * kk, nb * ohw}), yt = scratch(ctx, DType::F32, {Mg, nb * ohw});
+      for (int64_t ci = c0; ci < c1; ++ci) chunk(ci, colt.data<float>(), yt.data<float>(), c1 - c0 < chunks);
+    });
   } else {
     bool by_image = s.N >= 2 && pool_threads() > 1;
     auto image = [&](int64_t b, float* col_buf, bool serial) {
@@ -283,25 +303,37 @@ void bwd_conv(const KernelState& st, ExecContext& ctx, const GradIO& io) {
     if (want_dw && !io.accumulate[1]) std::memset(dW, 0, static_cast<size_t>(wsize) * sizeof(float));
     int nt = pool_threads();
     if (s.images_per_gemm > 1) {  // several images per product, as the forward
-      const int64_t nb = s.images_per_gemm;
-      Tensor colt = scratch(ctx, DType::F32, {Cg * kk, nb * ohw}), dyt = scratch(ctx, DType::F32, {Mg, nb * ohw});
-      float* col = colt.data<float>();
-      for (int64_t b0 = 0; b0 < s.N; b0 += nb) {
-        const int64_t nc = std::min(nb, s.N - b0), ld = nc * ohw;
+      const int64_t nb = images_per_chunk(s), chunks = (s.N + nb - 1) / nb;
+      auto chunk = [&](int64_t ci, float* col, float* dyt, float* dWp, bool serial) {
+        auto mm = serial ? gemm_serial : gemm;
+        const int64_t b0 = ci * nb, nc = std::min(nb, s.N - b0), ld = nc * ohw;
         for (int64_t gr = 0; gr < s.groups; ++gr) {
-          gather_images(dY, s.M, ohw, b0, nc, gr * Mg, Mg, dyt.data<float>());
-          if (dW) {
+          gather_images(dY, s.M, ohw, b0, nc, gr * Mg, Mg, dyt);
+          if (dWp) {
             im2col(g, Cg, X + (b0 * s.C + gr * Cg) * ihw, s.C * ihw, nc, col, ld);
-            gemm(false, true, Mg, Cg * kk, ld, 1.0f, dyt.data<float>(), ld, col, ld, 1.0f, dW + gr * Mg * Cg * kk, Cg * kk);
+            mm(false, true, Mg, Cg * kk, ld, 1.0f, dyt, ld, col, ld, 1.0f, dWp + gr * Mg * Cg * kk, Cg * kk);
           }
           if (dX) {
             float* dxg = dX + (b0 * s.C + gr * Cg) * ihw;
-            gemm(true, false, Cg * kk, ld, Mg, 1.0f, W + gr * Mg * Cg * kk, Cg * kk, dyt.data<float>(), ld, 0.0f, col, ld);
+            mm(true, false, Cg * kk, ld, Mg, 1.0f, W + gr * Mg * Cg * kk, Cg * kk, dyt, ld, 0.0f, col, ld);
             if (!accx)
               for (int64_t j = 0; j < nc; ++j) std::memset(dxg + j * s.C * ihw, 0, static_cast<size_t>(Cg * ihw) * sizeof(float));
             col2im(g, Cg, col, ld, nc, dxg, s.C * ihw);
           }
         }
+      };
+      const int64_t parts_n = std::min<int64_t>(nt, chunks);
+      if (parts_n > 1) {  // chunks across threads, each its own weight-gradient sum, added up after
+        std::vector<float> parts(want_dw ? static_cast<size_t>(parts_n * wsize) : 0, 0.0f);
+        parallel_region(static_cast<int>(parts_n), [&](int64_t t, int64_t c) {
+          Tensor colt = scratch(ctx, DType::F32, {Cg * kk, nb * ohw}), dyt = scratch(ctx, DType::F32, {Mg, nb * ohw});
+          for (int64_t ci = chunks * t / c; ci < chunks * (t + 1) / c; ++ci)
+            chunk(ci, colt.data<float>(), dyt.data<float>(), want_dw ? parts.data() + t * wsize : nullptr, true);
+        });
+        if (want_dw) add_parts(parts, parts_n, wsize, dW);
+      } else {
+        Tensor colt = scratch(ctx, DType::F32, {Cg * kk, nb * ohw}), dyt = scratch(ctx, DType::F32, {Mg, nb * ohw});
+        for (int64_t ci = 0; ci < chunks; ++ci) chunk(ci, colt.data<float>(), dyt.data<float>(), dW, false);
       }
     } else if (s.N >= 2 && nt > 1) {
       int64_t chunks = std::min<int64_t>(nt, s.N);
@@ -312,13 +344,7 @@ void bwd_conv(const KernelState& st, ExecContext& ctx, const GradIO& io) {
         for (int64_t b = s.N * t / c; b < s.N * (t + 1) / c; ++b)
           image(b, s.pointwise ? nullptr : colt.data<float>(), want_dw ? parts.data() + t * wsize : nullptr, true);
       });
-      if (want_dw)
-        pfor(wsize, kGrain, [&](int64_t i0, int64_t i1) {
-          for (int64_t t = 0; t < chunks; ++t) {
-            const float* p = parts.data() + t * wsize;
-            for (int64_t i = i0; i < i1; ++i) dW[i] += p[i];
-          }
-        });
+      if (want_dw) add_parts(parts, chunks, wsize, dW);
     } else {
       Tensor colt;
       if (!s.pointwise) colt = scratch(ctx, DType::F32, {Cg * kk, ohw});
@@ -395,26 +421,6 @@ void maxpool_simple(const Geom& g, int64_t NC, const float* X, float* Y, const f
         } else {
           const float* dy = dY + (c * g.oh + oy) * g.ow;
           float* dxr = dX + c * g.ih * g.iw + oy * g.sh * g.iw;
-          if (g.kh == 2 && g.kw == 2 && g.sw == 2) {  // without branches: a data-dependent branch per element mispredicts
-            const float* r0 = xr;
-            const float* r1 = xr + g.iw;
-            float* d0 = dxr;
-            float* d1 = dxr + g.iw;
-            for (int64_t ox = 0; ox < g.ow; ++ox) {
-              float a = r0[2 * ox], b = r0[2 * ox + 1], e = r1[2 * ox], f = r1[2 * ox + 1];
-              int k = b > a ? 1 : 0;
-              float m = b > a ? b : a;
-              k = e > m ? 2 : k;
-              m = e > m ? e : m;
-              k = f > m ? 3 : k;
-              float v = dy[ox];
-              d0[2 * ox] += k == 0 ? v : 0.0f;
-              d0[2 * ox + 1] += k == 1 ? v : 0.0f;
-              d1[2 * ox] += k == 2 ? v : 0.0f;
-              d1[2 * ox + 1] += k == 3 ? v : 0.0f;
-            }
-            continue;
-          }
           for (int64_t ox = 0; ox < g.ow; ++ox) {
             const float* w = xr + ox * g.sw;
             float m = w[0];

@@ -12,6 +12,8 @@
 # (torchvision's) come from scripts/bench_models.py, exported in training mode once into
 # build/bench-models/. Each configuration is measured REPEATS times (smp and PyTorch alternating)
 # and the median of each side is compared. Wall-clock on a shared machine: quote a quiet one's.
+# cpu-ratio is the median of the per-repeat ratios of steps per second of CPU time (the process's,
+# all threads): steadier than wall-clock when other processes share the cores.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${1:-$ROOT/build/bin}
@@ -23,19 +25,27 @@ REPEATS=${REPEATS:-3}
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
 echo "engine vs PyTorch: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), batch $BATCH, $STEPS steps, median of $REPEATS"
-printf '%-10s %7s %12s %12s %8s\n' model threads smp torch ratio
+printf '%-10s %7s %12s %12s %8s %10s\n' model threads smp torch ratio cpu-ratio
 for m in ${MODELS//,/ }; do
   for t in ${THREADS//,/ }; do
+    err=$(mktemp)
     rows=$(for r in $(seq 1 "$REPEATS"); do
-      "$BIN/runtime_bench" --models "$m" --threads "$t" --batch "$BATCH" --steps "$STEPS" | tail -n 1
+      "$BIN/runtime_bench" --models "$m" --threads "$t" --batch "$BATCH" --steps "$STEPS" 2>"$err" | tail -n 1 || true
     done)
-    "$PY" - "$m" "$t" <<PYEOF
+    why=$(grep -m1 -E 'what\(\)|error' "$err" | sed -E 's/^ *what\(\): *//' || true)
+    rm -f "$err"
+    "$PY" - "$m" "$t" "$why" <<PYEOF
 import statistics, sys
-rows = [l.split() for l in """$rows""".splitlines() if l.strip()]
+rows = [l.split() for l in """$rows""".splitlines() if l.strip() and l.split()[0] == sys.argv[1]]
+if not rows:
+    print(f"{sys.argv[1]:<10} {sys.argv[2]:>7}  failed: {sys.argv[3] or 'no result'}")
+    sys.exit(0)
 smp = statistics.median(float(r[2]) for r in rows)
 torch = statistics.median(float(r[3]) for r in rows)
 ratio = f"{smp / torch:.2f}" if torch > 0 else "-"
-print(f"{sys.argv[1]:<10} {sys.argv[2]:>7} {smp:12.2f} {torch:12.2f} {ratio:>8}")
+cpu = [float(r[5]) / float(r[6]) for r in rows if len(r) > 6 and float(r[6]) > 0]
+cpu_ratio = f"{statistics.median(cpu):.2f}" if cpu else "-"
+print(f"{sys.argv[1]:<10} {sys.argv[2]:>7} {smp:12.2f} {torch:12.2f} {ratio:>8} {cpu_ratio:>10}")
 PYEOF
   done
 done

@@ -1,6 +1,8 @@
 // Training steps per second of smp's CPU engine and of PyTorch (python3-torch) on the sample
 // models (mlp, cnn, gpt) and the models of scripts/bench_models.py (mha, gated_mlp, bn_cnn,
-// resnet18), batch 32, same thread count (1 and 2); prints the ratio smp / torch.
+// resnet18), batch 32, same thread count (1 and 2); prints the ratio smp / torch, per second of
+// wall-clock and per second of CPU time (the process's, all its threads: on a loaded machine the
+// one-thread CPU-time ratio is the steadier figure).
 //
 // usage: runtime_bench [--models mlp,cnn,gpt,...] [--threads 1,2] [--batch 32] [--steps 20] [--no-torch] [--profile]
 #include "graph/loader.hpp"
@@ -12,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <ctime>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -50,7 +53,17 @@ std::filesystem::path model_path(const std::string& name) {
   return p;
 }
 
-double smp_steps_per_s(const std::string& name, int threads, int batch, int steps, bool profile) {
+struct Rate {
+  double wall = 0, cpu = 0;  // steps per second of wall-clock and of the process's CPU time
+};
+
+double cpu_now_s() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+Rate smp_steps_per_s(const std::string& name, int threads, int batch, int steps, bool profile) {
   graph::LoadOptions lo;
   lo.batch_size = batch;
   lo.load_weights = true;
@@ -86,27 +99,31 @@ double smp_steps_per_s(const std::string& name, int threads, int batch, int step
   };
   for (int i = 0; i < 3; ++i) step();
   auto t0 = std::chrono::steady_clock::now();
+  double c0 = cpu_now_s();
   for (int i = 0; i < steps; ++i) step();
   double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  double dc = cpu_now_s() - c0;
   if (profile) {
-    fmt::print("  {} x{} threads: per step {:.1f} ms; kernel time per op type (ms per step, forward + backward):\n", name, threads, 1e3 * dt / steps);
+    fmt::print("  {} x{} threads: per step {:.1f} ms ({:.1f} ms of CPU time); kernel time per op type (ms per step, forward + backward):\n",
+               name, threads, 1e3 * dt / steps, 1e3 * dc / steps);
     for (const auto& p : ex.profile())
       fmt::print("    {:<22} {:8.2f} + {:8.2f}\n", p.op, 1e3 * p.forward_s / (steps + 3), 1e3 * p.backward_s / (steps + 3));
   }
-  return steps / dt;
+  return {steps / dt, steps / dc};
 }
 
-double torch_steps_per_s(const std::string& name, int threads, int batch, int steps) {
+Rate torch_steps_per_s(const std::string& name, int threads, int batch, int steps) {
   std::string cmd = fmt::format("OMP_NUM_THREADS={} {} {}/scripts/{} bench {} --threads {} --batch {} --steps {}", threads,
                                 SMP_PYTHON, SMP_SOURCE_DIR, is_sample(name) ? "torch_reference.py" : "bench_models.py", name,
                                 threads, batch, steps);
   FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return 0;
+  if (!p) return {};
   std::string out;
   char buf[512];
   while (fgets(buf, sizeof buf, p)) out += buf;
-  if (pclose(p) != 0) return 0;
-  return nlohmann::json::parse(out)["steps_per_s"].get<double>();
+  if (pclose(p) != 0) return {};
+  auto j = nlohmann::json::parse(out);
+  return {j["steps_per_s"].get<double>(), j.value("steps_per_cpu_s", 0.0)};
 }
 
 }  // namespace
@@ -128,12 +145,15 @@ int main(int argc, char** argv) {
     else { fmt::print(stderr, "usage: runtime_bench [--models mlp,cnn,gpt,mha,gated_mlp,bn_cnn,resnet18] [--threads 1,2] [--batch 32] [--steps 20] [--no-torch] [--profile]\n"); return 2; }
   }
   fmt::print("training steps/s, batch {}: smp cpu engine vs PyTorch {}\n", batch, torch ? "(python3-torch)" : "(skipped)");
-  fmt::print("{:<10} {:>7} {:>12} {:>12} {:>8}\n", "model", "threads", "smp", "torch", "ratio");
+  fmt::print("{:<10} {:>7} {:>12} {:>12} {:>8} {:>12} {:>12} {:>8}\n", "model", "threads", "smp", "torch", "ratio", "smp/cpu-s",
+             "torch/cpu-s", "ratio");
   for (const auto& m : models)
     for (int t : threads) {
-      double s = smp_steps_per_s(m, t, batch, steps, profile);
-      double p = torch ? torch_steps_per_s(m, t, batch, steps) : 0;
-      fmt::print("{:<10} {:>7} {:>12.2f} {:>12.2f} {:>8}\n", m, t, s, p, p > 0 ? fmt::format("{:.2f}", s / p) : "-");
+      Rate s = smp_steps_per_s(m, t, batch, steps, profile);
+      Rate p = torch ? torch_steps_per_s(m, t, batch, steps) : Rate{};
+      auto ratio = [](double a, double b) { return b > 0 ? fmt::format("{:.2f}", a / b) : std::string("-"); };
+      fmt::print("{:<10} {:>7} {:>12.2f} {:>12.2f} {:>8} {:>12.2f} {:>12.2f} {:>8}\n", m, t, s.wall, p.wall, ratio(s.wall, p.wall), s.cpu,
+                 p.cpu, ratio(s.cpu, p.cpu));
       std::fflush(stdout);
     }
   return 0;

@@ -172,9 +172,7 @@ double CpuBackend::softmax_cross_entropy(const Tensor& logits, const Tensor& lab
       float* gr = G + i * C;
       const float m = cpu::row_max(x, C);
       const float s = cpu::exp_row(x, gr, C, m);
-      float inv = k / s;
-#pragma omp simd
-      for (int64_t j = 0; j < C; ++j) gr[j] *= inv;
+      cpu::vscale_row(gr, C, k / s);
       int64_t y = lab[static_cast<size_t>(i)];
       gr[y] -= k;
       part[static_cast<size_t>(i)] = static_cast<double>(std::log(s) + m - x[y]);

@@ -25,6 +25,10 @@ struct StageExecutor::NodeRun {
   bool has_b = false, has_w = false;  // a data-dependent / weight-only input gets a gradient
   std::vector<std::pair<int, int>> updates;  // running statistics: (output index, buffer value id)
   std::unique_ptr<StatsAcc> acc;             // RunningStats::Deferred: the statistics since the last commit
+  // Inputs whose gradient is the output's gradient unchanged (Add / Sub's first operand without
+  // broadcasting, the reshaping views, Identity): the backward may hand the output gradient's
+  // buffer on instead of copying it (see run_backward).
+  uint32_t pass_in = 0;
 };
 
 // One node's deferred running statistics (mean, variance per channel, as graph::OpDef::state
@@ -43,6 +47,21 @@ struct StageExecutor::StatsAcc {
     s2.assign(static_cast<size_t>(channels), 0.0);
   }
 };
+
+namespace {
+uint32_t passthrough_inputs(Op op, const graph::Graph& g, const graph::Node& n) {
+  if (n.outputs.empty() || n.outputs[0] < 0 || n.inputs.empty()) return 0;
+  const graph::Value& y = g.value(n.outputs[0]);
+  auto same = [&](size_t i) { return i < n.inputs.size() && n.inputs[i] >= 0 && g.value(n.inputs[i]).shape == y.shape; };
+  switch (op) {
+    case Op::Add: return (same(0) ? 1u : 0u) | (same(1) ? 2u : 0u);
+    case Op::Sub: return same(0) ? 1u : 0u;
+    case Op::Reshape: case Op::Flatten: case Op::Squeeze: case Op::Unsqueeze: case Op::Identity:
+      return n.inputs[0] >= 0 && g.value(n.inputs[0]).numel() == y.numel() ? 1u : 0u;
+    default: return 0;
+  }
+}
+}  // namespace
 
 struct StageExecutor::Stash {
   std::vector<std::vector<Tensor>> saved_in, saved_out;  // per run position
@@ -98,11 +117,25 @@ StageExecutor::StageExecutor(const graph::Graph& g, std::vector<int> nodes, Back
   for (int ni : nodes) in_stage[static_cast<size_t>(ni)] = 1;
   const KernelTable& table = be_.kernels();
 
+  // Fused chains: the fused op runs at the chain's last node, the others are skipped.
+  std::vector<int> fused_at(g.nodes.size(), -1);  // fusion index at its last node; -2: inside a chain
+  if (opts.fuse) {
+    for (int ni : nodes) SMP_CHECK(ni >= 0 && static_cast<size_t>(ni) < g.nodes.size(), "stage node {} out of range", ni);
+    fusions_ = find_fusions(g, nodes, be_.kernels());
+    for (size_t f = 0; f < fusions_.size(); ++f) {
+      for (int ni : fusions_[f].nodes) fused_at[static_cast<size_t>(ni)] = -2;
+      fused_at[static_cast<size_t>(fusions_[f].nodes.back())] = static_cast<int>(f);
+    }
+  }
+
   // Kernels, load-time checks.
   for (int ni : nodes) {
-    const graph::Node& n = g.nodes.at(static_cast<size_t>(ni));
+    int fi = fused_at.at(static_cast<size_t>(ni));
+    if (fi == -2) continue;
+    const graph::Node& n = fi >= 0 ? fusions_[static_cast<size_t>(fi)].node : g.nodes.at(static_cast<size_t>(ni));
     std::string where = fmt::format("node {} ({})", n.name, n.op_type);
-    const graph::OpDef* def = (n.domain.empty() || n.domain == "ai.onnx") ? graph::find_op(n.op_type) : nullptr;
+    const graph::OpDef* def = fi >= 0 ? &graph::op_def(fusions_[static_cast<size_t>(fi)].op)
+                              : (n.domain.empty() || n.domain == "ai.onnx") ? graph::find_op(n.op_type) : nullptr;
     if (!def) throw_bad_input(where, fmt::format("op {}{} is not supported by the {} backend", n.domain.empty() ? "" : n.domain + ".", n.op_type, be_.name()));
     const OpKernel& k = table[static_cast<size_t>(def->op)];
     if (!k.prepare) throw_bad_input(where, fmt::format("the {} backend has no kernel for this op", be_.name()));
@@ -115,6 +148,7 @@ StageExecutor::StageExecutor(const graph::Graph& g, std::vector<int> nodes, Back
     r.diff = def->differentiable_inputs;
     r.saved_in = def->saved_inputs;
     r.saved_out = def->saved_outputs;
+    r.pass_in = passthrough_inputs(def->op, g, n);
     if ((def->op == Op::TpCopy || def->op == Op::TpAllReduce || def->op == Op::TpSoftmaxCrossEntropyLoss) && !opts.collectives)
       throw_bad_input(where, "a tensor-parallel collective, but the stage has no tensor-parallel group",
                       "run the graph split by graph::shard_graph with ExecutorOptions::collectives");
@@ -517,6 +551,10 @@ void StageExecutor::run_backward(int mb, std::span<const Tensor> output_grads, b
   Stash& st = *it->second;
   size_t P = runs_.size();
   std::vector<Tensor> g(g_.values.size());
+  // Buffers this backward allocated and nothing else refers to: a gradient passed through a node
+  // unchanged may be handed on in one of them instead of being copied (never the caller's output
+  // gradients, nor a buffer the stash keeps for a later W).
+  std::unordered_set<const Storage*> own;
   if (do_b) {
     if (output_grads.size() != outputs_.size())
       throw_bad_input("output gradients", fmt::format("{} tensors given, {} expected", output_grads.size(), outputs_.size()));
@@ -531,6 +569,7 @@ void StageExecutor::run_backward(int mb, std::span<const Tensor> output_grads, b
         Tensor c = be_.empty(want, val.shape);
         be_.copy(c, output_grads[j]);
         g[static_cast<size_t>(o)] = c;
+        own.insert(c.storage().get());
       } else {
         g[static_cast<size_t>(o)] = output_grads[j];
       }
@@ -579,11 +618,22 @@ void StageExecutor::run_backward(int mb, std::span<const Tensor> output_grads, b
       din.assign(r.in.size(), Tensor());
       acc.assign(r.in.size(), 0);
       bool wanted = false;
+      // the output gradient may move on to one pass-through input when this node keeps no dout
+      bool moved = false;
+      bool can_move = r.pass_in && dout.size() == 1 && dout[0].defined() && own.count(dout[0].storage().get()) &&
+                      !(do_b && !do_w && r.has_w && r.has_b);
       for (size_t i = 0; i < r.in.size() && i < 32; ++i) {
         int v = r.in[i];
         if (v < 0 || !(r.diff & (1u << i))) continue;
         bool is_dd = dd_[static_cast<size_t>(v)], is_w = wreq_[static_cast<size_t>(v)];
         if (!((b_part && is_dd) || (w_part && is_w))) continue;
+        if (can_move && (r.pass_in & (1u << i)) && !grads_[static_cast<size_t>(v)].defined() && !g[static_cast<size_t>(v)].defined() &&
+            std::count(r.in.begin(), r.in.end(), v) == 1) {
+          g[static_cast<size_t>(v)] = dout[0].view(g_.value(v).shape);
+          can_move = false;
+          moved = true;
+          continue;
+        }
         wanted = true;
         if (grads_[static_cast<size_t>(v)].defined()) {
           din[i] = grads_[static_cast<size_t>(v)];
@@ -595,6 +645,7 @@ void StageExecutor::run_backward(int mb, std::span<const Tensor> output_grads, b
         } else {
           din[i] = be_.empty(xdt_[static_cast<size_t>(v)], g_.value(v).shape);
           g[static_cast<size_t>(v)] = din[i];
+          own.insert(din[i].storage().get());
         }
       }
       if (wanted) {
@@ -613,6 +664,8 @@ void StageExecutor::run_backward(int mb, std::span<const Tensor> output_grads, b
         r.kernel->backward(*r.state, ctx, io);
         if (opts_.profile) prof_[static_cast<size_t>(r.op)].backward_s += now_s() - t0;
         if (hooked) opts_.after_node(r.node, b_part && w_part ? 'G' : b_part ? 'B' : 'W', now_s() - t_node);
+      } else if (moved && hooked) {
+        opts_.after_node(r.node, b_part && w_part ? 'G' : b_part ? 'B' : 'W', now_s() - t_node);
       }
     }
     if (do_b && !do_w && r.has_w && r.has_b) {

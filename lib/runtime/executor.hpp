@@ -11,6 +11,7 @@
 #include "graph/graph.hpp"
 #include "graph/op_registry.hpp"
 #include "runtime/backend.hpp"
+#include "runtime/fusion.hpp"
 
 #include <functional>
 #include <map>
@@ -60,6 +61,9 @@ struct ExecutorOptions {
   uint64_t seed = 0;
   // Time every kernel call (see StageExecutor::profile()).
   bool profile = false;
+  // Run op chains that one registry op computes as that op, where the backend has its kernel
+  // (runtime/fusion.hpp).
+  bool fuse = true;
   // Called on the calling thread after every node's forward and backward kernel with the graph
   // node index, the pass ('F' forward, 'B' input gradient, 'W' weight gradient, 'G' both fused)
   // and the seconds since that node's turn began (allocation and kernel). smp-run drives its
@@ -102,6 +106,8 @@ class StageExecutor {
   const std::vector<int>& inputs() const { return inputs_; }
   const std::vector<int>& outputs() const { return outputs_; }
   const std::vector<int>& parameters() const { return params_; }
+  // The chains this stage runs fused (empty with options.fuse off).
+  const std::vector<Fusion>& fusions() const { return fusions_; }
   // The dtype of value v's tensors here (exec_dtype with this stage's compute dtype).
   DType value_dtype(int v) const { return xdt_[static_cast<size_t>(v)]; }
   DType compute_dtype() const { return opts_.compute_dtype; }
@@ -179,6 +185,7 @@ class StageExecutor {
   const graph::Graph& g_;
   Backend& be_;
   ExecutorOptions opts_;
+  std::vector<Fusion> fusions_;
   std::vector<NodeRun> runs_;
   std::vector<int> inputs_, outputs_, params_;
   std::vector<bool> input_grad_;

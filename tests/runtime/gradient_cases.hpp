@@ -76,6 +76,12 @@ inline std::vector<Case> gradient_cases() {
   binary("Pow", {2, 3}, {}, {2, 3}, 0.5f, 2.0f);
   binary("Max", {2, 3}, {3}, {2, 3});
   binary("Min", {2, 3}, {2, 3}, {2, 3});
+  cs.push_back({"Where (a broadcast mask over x, a scalar y, x read twice)", [](TinyGraph& t, M& m) {
+                  int c = m.boolean("c", {4}, {1, 0, 0, 1});
+                  int x = m.f("x", {2, 3, 4}), y = m.f("y", {});
+                  int o = t.node("Where", {c, y, x}, {F("o", {2, 3, 4})})[0];
+                  t.output(t.node("Mul", {o, x}, {F("z", {2, 3, 4})})[0]);
+                }});
   cs.push_back({"Where", [](TinyGraph& t, M& m) {
                   int c = m.boolean("c", {2, 3}, {1, 0, 1, 0, 0, 1});
                   int x = m.f("x", {2, 3}), y = m.f("y", {3});
@@ -110,6 +116,22 @@ inline std::vector<Case> gradient_cases() {
   unary("Softmax", -2, 2, {{"axis", attr_i(0)}});
   unary("LogSoftmax", -2, 2);
   unary("Cast", -1, 1, {{"to", attr_i(1)}});
+  // Gradients passed through Add / Sub / Reshape unchanged move on in the same buffer (the
+  // executor's run_backward): residuals, a bias, reshapes back and forth, values read twice and a
+  // graph output also read inside.
+  cs.push_back({"pass-through chain (Add, Sub, Reshape, residual)", [](TinyGraph& t, M& m) {
+                  int a = m.f("a", {4, 6}), w = m.f("w", {6, 6}), b = m.f("b", {6});
+                  int h = t.node("MatMul", {a, w}, {F("h", {4, 6})})[0];
+                  int hb = t.node("Add", {h, b}, {F("hb", {4, 6})})[0];
+                  int r = t.node("Reshape", {hb, m.ci64("s1", {2, 12})}, {F("r", {2, 12})})[0];
+                  int r2 = t.node("Reshape", {r, m.ci64("s2", {4, 6})}, {F("r2", {4, 6})})[0];
+                  int s = t.node("Add", {r2, a}, {F("s", {4, 6})})[0];
+                  int d = t.node("Sub", {s, hb}, {F("d", {4, 6})})[0];
+                  int y = t.node("Mul", {d, h}, {F("y", {4, 6})})[0];
+                  int z = t.node("Add", {y, y}, {F("z", {4, 6})})[0];
+                  t.output(z);
+                  t.output(hb);
+                }});
   cs.push_back({"Dropout (identity)", [](TinyGraph& t, M& m) {
                   int x = m.f("x", {2, 3});
                   t.output(t.node("Dropout", {x}, {F("y", {2, 3})})[0]);

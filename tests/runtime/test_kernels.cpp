@@ -4,6 +4,7 @@
 
 #include "runtime/loss.hpp"
 #include "runtime/npy.hpp"
+#include "runtime/cpu/vmath.hpp"
 
 #include <unistd.h>
 
@@ -12,6 +13,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 
 using namespace smp;
@@ -398,4 +400,263 @@ TEST_CASE(".npy files round-trip; bad ones are bad input naming the file") {
     CHECK(e.kind() == ErrorKind::BadInput);
   }
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("vector math (vmath.hpp) against the C library over a wide range, body and tail alike") {
+  using namespace smp::runtime::cpu;
+  std::vector<float> x;
+  for (float v = -30.0f; v <= 30.0f; v += 0.00731f) x.push_back(v);
+  for (float v : {0.0f, -0.0f, 1e-30f, -1e-30f, 1e-6f, -1e-6f, 0.0624f, 0.0626f, -0.0624f, 88.0f, 88.7f, -87.0f, -87.5f, -100.0f, 100.0f})
+    x.push_back(v);
+  size_t n = x.size();  // not a multiple of 8: the tail path runs too
+  std::vector<float> y(n), g(n, 1.0f), d(n);
+  auto check = [&](std::string what, auto ref, double rtol, double atol) {
+    for (size_t i = 0; i < n; ++i) {
+      double want = ref(static_cast<double>(x[i]));
+      INFO(what << "(" << x[i] << ") = " << y[i] << ", want " << want);
+      if (std::isinf(want)) CHECK(y[i] == want);
+      else CHECK(std::fabs(y[i] - want) <= atol + rtol * std::fabs(want));
+    }
+  };
+  vmap1(x.data(), y.data(), static_cast<int64_t>(n), [](v8f v) { return vexp8(v); });
+  check("exp", [](double v) { return v < -87.33654 ? 0.0 : static_cast<double>(std::exp(static_cast<float>(v))); }, 3e-7, 1e-37);
+  vmap1(x.data(), y.data(), static_cast<int64_t>(n), [](v8f v) { return verf8(v); });
+  check("erf", [](double v) { return std::erf(v); }, 0, 4e-7);  // the formula's 1.5e-7 plus float rounding
+  vmap1(x.data(), y.data(), static_cast<int64_t>(n), [](v8f v) { return vtanh8(v); });
+  check("tanh", [](double v) { return std::tanh(v); }, 5e-7, 1e-38);
+  vmap1(x.data(), y.data(), static_cast<int64_t>(n), [](v8f v) { return vsigmoid8(v); });
+  check("sigmoid", [](double v) { return 1.0 / (1.0 + std::exp(-v)); }, 5e-7, 1e-38);
+  vmap1(x.data(), y.data(), static_cast<int64_t>(n), [](v8f v) { return vgelu8(v); });
+  check("gelu", [](double v) { return 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0))); }, 1e-6, 3e-6);
+  vmap2(g.data(), x.data(), y.data(), static_cast<int64_t>(n), false, [](v8f a, v8f v) { return a * vgelu_grad8(v); });
+  check("gelu'", [](double v) { return 0.5 * (1.0 + std::erf(v / std::sqrt(2.0))) + v * std::exp(-0.5 * v * v) / std::sqrt(2 * M_PI); },
+        1e-6, 3e-7);
+  // accumulate adds to what is there
+  std::fill(d.begin(), d.end(), 2.0f);
+  vmap2(g.data(), x.data(), d.data(), static_cast<int64_t>(n), true, [](v8f a, v8f v) { return a * v; });
+  for (size_t i = 0; i < n; ++i) CHECK(d[i] == 2.0f + x[i]);
+  // row helpers: max, exp-sum, scale on rows of every length 0..19
+  for (int64_t len = 0; len < 20; ++len) {
+    std::vector<float> r(x.begin() + 100, x.begin() + 100 + len), e(static_cast<size_t>(len));
+    float m = row_max(r.data(), len);
+    float want_m = len ? *std::max_element(r.begin(), r.end()) : -INFINITY;
+    CHECK(m == want_m);
+    if (!len) continue;
+    float s = exp_row(r.data(), e.data(), len, m);
+    double ws = 0;
+    for (int64_t j = 0; j < len; ++j) {
+      ws += std::exp(static_cast<double>(r[static_cast<size_t>(j)]) - m);
+      CHECK(e[static_cast<size_t>(j)] == doctest::Approx(std::exp(static_cast<double>(r[static_cast<size_t>(j)]) - m)).epsilon(1e-6));
+    }
+    CHECK(s == doctest::Approx(ws).epsilon(1e-6));
+    vscale_row(e.data(), len, 2.0f);
+    CHECK(e[0] == doctest::Approx(2 * std::exp(static_cast<double>(r[0]) - m)).epsilon(1e-6));
+  }
+}
+
+namespace {
+// x [N, 6] param-fed: h = x W (a weight gets a gradient), then PyTorch's exported GELU of h
+// (0.5 last, or x * 0.5 first when half_first; x * (1/sqrt2) instead of x / sqrt2 when mul_form),
+// then a MatMul to [N, 5]. `extra_use`: the Erf output is a graph output too (must not fuse).
+TinyGraph exported_gelu(int64_t N, bool half_first, bool mul_form, bool extra_use = false) {
+  TinyGraph t;
+  int x = t.boundary("x", {N, 6});
+  int w = t.param("w", {6, 6}, random_floats(36, 11));
+  int v = t.param("v", {6, 5}, random_floats(30, 12));
+  int h = t.node("MatMul", {x, w}, {F("h", {N, 6})})[0];
+  int c_div = mul_form ? t.constant<float>("c_isq2", DType::F32, {}, {0.70710678118654752f})
+                       : t.constant<float>("c_sq2", DType::F32, {}, {1.41421356237309504f});
+  int one = t.constant<float>("c_one", DType::F32, {}, {1.0f});
+  int half = t.constant<float>("c_half", DType::F32, {}, {0.5f});
+  int d = t.node(mul_form ? "Mul" : "Div", {h, c_div}, {F("d", {N, 6})})[0];
+  int e = t.node("Erf", {d}, {F("e", {N, 6})})[0];
+  int a = t.node("Add", {one, e}, {F("a", {N, 6})})[0];
+  int y;
+  if (half_first) {
+    int hh = t.node("Mul", {h, half}, {F("hh", {N, 6})})[0];
+    y = t.node("Mul", {hh, a}, {F("y", {N, 6})})[0];
+  } else {
+    int m = t.node("Mul", {h, a}, {F("m", {N, 6})})[0];
+    y = t.node("Mul", {m, half}, {F("y", {N, 6})})[0];
+  }
+  t.output(t.node("MatMul", {y, v}, {F("logits", {N, 5})})[0]);
+  if (extra_use) t.output(e);
+  return t;
+}
+}  // namespace
+
+TEST_CASE("fusion: PyTorch's exported GELU runs as one Gelu kernel, with the unfused chain's values and gradients") {
+  runtime::CpuBackend be(1);
+  for (int variant = 0; variant < 4; ++variant) {
+    bool half_first = variant & 1, mul_form = variant & 2;
+    CAPTURE(variant);
+    TinyGraph t = exported_gelu(7, half_first, mul_form);
+    runtime::ExecutorOptions off;
+    off.fuse = false;
+    runtime::StageExecutor fused(t.g, be), plain(t.g, be, off);
+    REQUIRE(fused.fusions().size() == 1);
+    CHECK(fused.fusions()[0].op == graph::Op::Gelu);
+    CHECK(fused.fusions()[0].nodes.size() == 5);
+    CHECK(plain.fusions().empty());
+    auto xs = random_floats(42, 13, -3, 3);
+    Tensor x = be.from_host(DType::F32, {7, 6}, xs.data());
+    auto gs = random_floats(35, 14);
+    Tensor g = be.from_host(DType::F32, {7, 5}, gs.data());
+    auto of = fused.forward(0, {&x, 1}), op = plain.forward(0, {&x, 1});
+    near(to_vec(of[0]), to_vec(op[0]), 1e-6);
+    auto gf = fused.backward(0, {&g, 1}), gp = plain.backward(0, {&g, 1});
+    near(to_vec(gf[0]), to_vec(gp[0]), 1e-5);
+    for (int p : fused.parameters()) near(to_vec(fused.gradient(p)), to_vec(plain.gradient(p)), 1e-5);
+    CHECK(fused.pending() == 0);
+  }
+  // an intermediate read elsewhere (here a graph output) keeps the chain as exported
+  TinyGraph u = exported_gelu(3, false, false, true);
+  runtime::StageExecutor ue(u.g, be);
+  CHECK(ue.fusions().empty());
+  // a stage holding only part of the chain: nothing to fuse
+  TinyGraph p = exported_gelu(3, false, false);
+  runtime::StageExecutor pe(p.g, std::vector<int>{0, 1, 2, 3}, be);
+  CHECK(pe.fusions().empty());
+  // a wrong constant (x / 2) is not GELU
+  TinyGraph w = exported_gelu(3, false, false);
+  for (auto& v : w.g.values)
+    if (v.name == "c_sq2") v.data = graph::tensor_data<float>(DType::F32, {}, {2.0f});
+  runtime::StageExecutor we(w.g, be);
+  CHECK(we.fusions().empty());
+}
+
+TEST_CASE("a gradient handed on unchanged (no copy) is not the one kept for the weight gradient") {
+  // hb = h + b keeps its output gradient from B for W (db); h's gradient, handed on in that
+  // gradient's buffer, later takes Relu's contribution: W must still see the untouched one.
+  runtime::CpuBackend be(1);
+  TinyGraph t;
+  int x = t.boundary("x", {4, 6});
+  int w = t.param("w", {6, 6}, random_floats(36, 21));
+  int b = t.param("b", {6}, random_floats(6, 22));
+  int h = t.node("MatMul", {x, w}, {F("h", {4, 6})})[0];
+  int q = t.node("Relu", {h}, {F("q", {4, 6})})[0];
+  int hb = t.node("Add", {h, b}, {F("hb", {4, 6})})[0];
+  t.output(t.node("Add", {hb, q}, {F("y", {4, 6})})[0]);
+  runtime::StageExecutor split(t.g, be), fused(t.g, be);
+  auto xs = random_floats(24, 23);
+  auto gs = random_floats(24, 24);
+  Tensor xt = be.from_host(DType::F32, {4, 6}, xs.data());
+  for (auto* ex : {&split, &fused}) {
+    Tensor gy = be.from_host(DType::F32, {4, 6}, gs.data());
+    ex->zero_grad();
+    ex->forward(0, {&xt, 1});
+    if (ex == &split) {
+      ex->backward_input(0, {&gy, 1});
+      ex->backward_weight(0);
+    } else {
+      ex->backward(0, {&gy, 1});
+    }
+  }
+  std::vector<float> db(6, 0.0f);
+  for (int r = 0; r < 4; ++r)
+    for (int c = 0; c < 6; ++c) db[static_cast<size_t>(c)] += gs[static_cast<size_t>(r * 6 + c)];
+  near(to_vec(split.gradient(b)), db);
+  near(to_vec(fused.gradient(b)), db);
+  near(to_vec(split.gradient(w)), to_vec(fused.gradient(w)));
+}
+
+TEST_CASE("Transpose of rows (inner dim kept) split across threads mid-way equals the naive copy") {
+  // [8, 32, 24, 4] -> perm [0, 2, 1, 3]: 6,144 rows of 4, enough for two threads to split
+  for (int threads : {1, 2}) {
+    CAPTURE(threads);
+    runtime::CpuBackend be(threads);
+    TinyGraph t;
+    int x = t.input("x", DType::F32, {8, 32, 24, 4});
+    t.output(t.node("Transpose", {x}, {F("y", {8, 24, 32, 4})}, {{"perm", attr_ints({0, 2, 1, 3})}})[0]);
+    runtime::ExecutorOptions eo;
+    eo.training = false;
+    runtime::StageExecutor ex(t.g, be, eo);
+    auto xs = random_floats(8 * 32 * 24 * 4, 31);
+    Tensor xt = be.from_host(DType::F32, {8, 32, 24, 4}, xs.data());
+    auto y = to_vec(ex.forward(0, {&xt, 1})[0]);
+    size_t bad = 0;
+    for (int a = 0; a < 8; ++a)
+      for (int b = 0; b < 24; ++b)
+        for (int c = 0; c < 32; ++c)
+          for (int d = 0; d < 4; ++d)
+            if (y[static_cast<size_t>(((a * 24 + b) * 32 + c) * 4 + d)] != xs[static_cast<size_t>(((a * 32 + c) * 24 + b) * 4 + d)]) ++bad;
+    CHECK(bad == 0);
+  }
+}
+
+TEST_CASE("Conv over several images per product (small outputs) equals one image at a time, values and gradients") {
+  // [5, 4, 12, 12]: 144 output columns per image, so 4 images share a product and the last one
+  // runs alone; a batch of 1 takes the one-image path. Grouped 3x3 with padding, strided 3x3,
+  // and 1x1 (the pointwise shortcut of the one-image path).
+  struct Geo {
+    int64_t M, groups, k, stride, pad, oh;
+  };
+  for (Geo c : {Geo{6, 2, 3, 1, 1, 12}, Geo{6, 1, 3, 2, 0, 5}, Geo{8, 1, 1, 1, 0, 12}})
+    for (int threads : {1, 2}) {
+      CAPTURE(c.groups);
+      CAPTURE(c.stride);
+      CAPTURE(c.k);
+      CAPTURE(threads);
+      runtime::CpuBackend be(threads);
+      const int64_t N = 5, C = 4, H = 12, Cg = C / c.groups;
+      const Shape ws{c.M, Cg, c.k, c.k};
+      auto wv = random_floats(static_cast<size_t>(c.M * Cg * c.k * c.k), 51);
+      auto bv = random_floats(static_cast<size_t>(c.M), 52);
+      auto make = [&](int64_t n, TinyGraph& t, int& w, int& b) {
+        int x = t.boundary("x", {n, C, H, H});
+        w = t.param("w", ws, wv);
+        b = t.param("b", {c.M}, bv);
+        t.output(t.node("Conv", {x, w, b}, {F("y", {n, c.M, c.oh, c.oh})},
+                        {{"group", graph::attr_i(c.groups)}, {"strides", attr_ints({c.stride, c.stride})},
+                         {"pads", attr_ints({c.pad, c.pad, c.pad, c.pad})}})[0]);
+      };
+      TinyGraph tb, t1;
+      int wb, bb, w1, b1;
+      make(N, tb, wb, bb);
+      make(1, t1, w1, b1);
+      runtime::StageExecutor batched(tb.g, be), single(t1.g, be);
+      const int64_t img = C * H * H, out = c.M * c.oh * c.oh;
+      auto xs = random_floats(static_cast<size_t>(N * img), 53);
+      auto gs = random_floats(static_cast<size_t>(N * out), 54);
+      Tensor x = be.from_host(DType::F32, {N, C, H, H}, xs.data());
+      Tensor gy = be.from_host(DType::F32, {N, c.M, c.oh, c.oh}, gs.data());
+      batched.zero_grad();
+      auto y = to_vec(batched.forward(0, {&x, 1})[0]);
+      auto dx = to_vec(batched.backward(0, {&gy, 1})[0]);
+      single.zero_grad();  // the weight gradients add up over the five one-image steps
+      std::vector<float> y1, dx1;
+      for (int64_t n = 0; n < N; ++n) {
+        Tensor xi = be.from_host(DType::F32, {1, C, H, H}, xs.data() + n * img);
+        Tensor gi = be.from_host(DType::F32, {1, c.M, c.oh, c.oh}, gs.data() + n * out);
+        auto yi = to_vec(single.forward(0, {&xi, 1})[0]);
+        auto di = to_vec(single.backward(0, {&gi, 1})[0]);
+        y1.insert(y1.end(), yi.begin(), yi.end());
+        dx1.insert(dx1.end(), di.begin(), di.end());
+      }
+      near(y, y1, 1e-5);
+      near(dx, dx1, 1e-5);
+      near(to_vec(batched.gradient(wb)), to_vec(single.gradient(w1)), 1e-4);
+      near(to_vec(batched.gradient(bb)), to_vec(single.gradient(b1)), 1e-4);
+    }
+}
+
+TEST_CASE("MaxPool 2x2 stride 2 backward routes each gradient to the window's first maximum (ties, odd sizes)") {
+  // [1, 1, 3, 5]: one row of 2 windows; the last row and column (9s) are in no window. Window 0
+  // is all ties (its top-left wins); window 1 holds its maximum 4 twice, top right and bottom
+  // left: the top row comes first.
+  runtime::CpuBackend be(1);
+  TinyGraph t;
+  int x = t.boundary("x", {1, 1, 3, 5});
+  t.output(t.node("MaxPool", {x}, {F("y", {1, 1, 1, 2})}, {{"kernel_shape", attr_ints({2, 2})}, {"strides", attr_ints({2, 2})}})[0]);
+  runtime::StageExecutor ex(t.g, be);
+  std::vector<float> xs{1, 1, 2, 4, 9,  //
+                        1, 1, 4, 3, 9,  //
+                        9, 9, 9, 9, 9};
+  Tensor xt = be.from_host(DType::F32, {1, 1, 3, 5}, xs.data());
+  std::vector<float> gs{10, 20};
+  Tensor gy = be.from_host(DType::F32, {1, 1, 1, 2}, gs.data());
+  near(to_vec(ex.forward(0, {&xt, 1})[0]), {1, 4});
+  near(to_vec(ex.backward(0, {&gy, 1})[0]), {10, 0, 0, 20, 0,  //
+                                             0, 0, 0, 0, 0,   //
+                                             0, 0, 0, 0, 0});
 }

@@ -139,7 +139,9 @@ TEST_CASE("memory: the stash holds exactly what the registry declares; planned a
     CAPTURE(name);
     graph::Graph g = load_sample(name);
     runtime::CpuBackend be(1);
-    runtime::StageExecutor ex(g, be);
+    runtime::ExecutorOptions unfused;
+    unfused.fuse = false;  // the nodes as exported, as the planner counts them
+    runtime::StageExecutor ex(g, be, unfused);
     auto [x, y] = batch_for(be, g, 3);
     // the planner's estimate from the registry's declarations: per node, and per distinct value
     int64_t per_node = 0, distinct = 0;
@@ -177,5 +179,41 @@ TEST_CASE("memory: the stash holds exactly what the registry declares; planned a
     }
     CHECK(ex.pending() == 0);
     CHECK(ex.stash_bytes() == 0);
+
+    // Fused (the default): the stash holds what the executed ops declare, the fused ones' own
+    // declarations in place of their chains'.
+    runtime::StageExecutor fx(g, be);
+    std::vector<uint8_t> skipped(g.nodes.size(), 0);
+    std::set<int> fkept;
+    auto keep = [&](const graph::Node& n, const graph::OpDef& d) {
+      for (size_t i = 0; i < n.inputs.size(); ++i)
+        if ((d.saved_inputs >> i & 1u) && n.inputs[i] >= 0) fkept.insert(n.inputs[i]);
+      for (size_t k = 0; k < n.outputs.size(); ++k)
+        if ((d.saved_outputs >> k & 1u) && n.outputs[k] >= 0) fkept.insert(n.outputs[k]);
+    };
+    for (const auto& f : fx.fusions()) {
+      for (int n : f.nodes) skipped[static_cast<size_t>(n)] = 1;
+      keep(f.node, graph::op_def(f.op));
+    }
+    for (size_t i = 0; i < g.nodes.size(); ++i)
+      if (!skipped[i]) keep(g.nodes[i], *graph::find_op(g.nodes[i].op_type));
+    int64_t fdistinct = 0;
+    for (int v : fkept) {
+      const auto& val = g.value(v);
+      if (val.kind != graph::ValueKind::Parameter && val.kind != graph::ValueKind::Constant) fdistinct += val.bytes();
+    }
+    fx.reset_peak();
+    for (int mb = 0; mb < 2; ++mb) fx.forward(mb, {&x, 1});
+    int64_t fmeasured = fx.peak_stash_bytes();
+    fmt::print("{}: fused ({} chains): stash {} B, declared {} B\n", name, fx.fusions().size(), fmeasured, 2 * fdistinct);
+    // exactly the declared difference (what the unfused stash leaves out of its declaration, e.g.
+    // tensors of nodes that need no gradient, it leaves out here too)
+    CHECK(fmeasured - 2 * fdistinct == measured - 2 * distinct);
+    CHECK(fmeasured <= measured);
+    if (name == "gpt") {
+      CHECK(fx.fusions().size() == 4);  // one GELU per block
+      CHECK(fmeasured < measured);
+    }
+    for (int mb = 0; mb < 2; ++mb) fx.drop(mb);
   }
 }

@@ -67,24 +67,6 @@ inline void store(float* dst0, const float* src0, int64_t n, bool accumulate) {
   });
 }
 
-// Softmax rows: the maximum of a row of C, and e[j] = exp(x[j] - m) with their sum returned (the
-// cross-entropy losses, whole-vocabulary and vocabulary-parallel).
-inline float row_max(const float* x, int64_t C) {
-  float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < C; ++j) m = std::max(m, x[j]);
-  return m;
-}
-inline float exp_row(const float* x, float* e, int64_t C, float m) {
-  float s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t j = 0; j < C; ++j) {
-    e[j] = vexp(x[j] - m);
-    s += e[j];
-  }
-  return s;
-}
-
 // Fills a state's shapes from the node (the executor also does this; kernels' prepare may use it).
 void fill_shapes(KernelState& s, const NodeView& n);
 

@@ -63,45 +63,49 @@ Geom make_geom(const NodeView& n, const Shape& x, const Shape& y, std::vector<in
   return g;
 }
 
-// col [C * kh * kw, oh * ow] from x [C, ih, iw]
-void im2col(const Geom& g, int64_t C, const float* x, float* col) {
+// col [C * kh * kw, nimg * oh * ow] (rows ld apart) from nimg images x [C, ih, iw] (x_stride
+// apart): image j's columns are [j * oh * ow, (j + 1) * oh * ow) of each row.
+void im2col(const Geom& g, int64_t C, const float* x, int64_t x_stride, int64_t nimg, float* col, int64_t ld) {
   int64_t ohw = g.oh * g.ow;
-  pfor(C * g.kh * g.kw, 8, [&](int64_t r0, int64_t r1) {
+  pfor(C * g.kh * g.kw, std::max<int64_t>(1, 8 / nimg), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       int64_t c = r / (g.kh * g.kw), ki = (r / g.kw) % g.kh, kj = r % g.kw;
-      float* dst = col + r * ohw;
-      const float* xc = x + c * g.ih * g.iw;
-      for (int64_t oy = 0; oy < g.oh; ++oy) {
-        int64_t iy = oy * g.sh - g.ph + ki * g.dh;
-        float* d = dst + oy * g.ow;
-        if (iy < 0 || iy >= g.ih) {
-          std::memset(d, 0, static_cast<size_t>(g.ow) * sizeof(float));
-          continue;
-        }
-        const float* xr = xc + iy * g.iw;
-        int64_t off = kj * g.dw - g.pw;
-        if (g.sw == 1 && off >= 0 && off + g.ow <= g.iw) {
-          std::memcpy(d, xr + off, static_cast<size_t>(g.ow) * sizeof(float));
-          continue;
-        }
-        for (int64_t ox = 0; ox < g.ow; ++ox) {
-          int64_t ix = ox * g.sw + off;
-          d[ox] = (ix >= 0 && ix < g.iw) ? xr[ix] : 0.0f;
+      for (int64_t j = 0; j < nimg; ++j) {
+        float* dst = col + r * ld + j * ohw;
+        const float* xc = x + j * x_stride + c * g.ih * g.iw;
+        for (int64_t oy = 0; oy < g.oh; ++oy) {
+          int64_t iy = oy * g.sh - g.ph + ki * g.dh;
+          float* d = dst + oy * g.ow;
+          if (iy < 0 || iy >= g.ih) {
+            std::memset(d, 0, static_cast<size_t>(g.ow) * sizeof(float));
+            continue;
+          }
+          const float* xr = xc + iy * g.iw;
+          int64_t off = kj * g.dw - g.pw;
+          if (g.sw == 1 && off >= 0 && off + g.ow <= g.iw) {
+            std::memcpy(d, xr + off, static_cast<size_t>(g.ow) * sizeof(float));
+            continue;
+          }
+          for (int64_t ox = 0; ox < g.ow; ++ox) {
+            int64_t ix = ox * g.sw + off;
+            d[ox] = (ix >= 0 && ix < g.iw) ? xr[ix] : 0.0f;
+          }
         }
       }
     }
   });
 }
 
-// dx [C, ih, iw] += col2im(dcol)
-void col2im(const Geom& g, int64_t C, const float* col, float* dx) {
+// nimg images dx [C, ih, iw] (dx_stride apart) += col2im(dcol), dcol laid out as im2col's col
+void col2im(const Geom& g, int64_t C, const float* col, int64_t ld, int64_t nimg, float* dx, int64_t dx_stride) {
   int64_t ohw = g.oh * g.ow;
-  pfor(C, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      float* xc = dx + c * g.ih * g.iw;
+  pfor(C * nimg, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      int64_t c = i / nimg, j = i % nimg;
+      float* xc = dx + j * dx_stride + c * g.ih * g.iw;
       for (int64_t ki = 0; ki < g.kh; ++ki)
         for (int64_t kj = 0; kj < g.kw; ++kj) {
-          const float* src = col + ((c * g.kh + ki) * g.kw + kj) * ohw;
+          const float* src = col + ((c * g.kh + ki) * g.kw + kj) * ld + j * ohw;
           for (int64_t oy = 0; oy < g.oh; ++oy) {
             int64_t iy = oy * g.sh - g.ph + ki * g.dh;
             if (iy < 0 || iy >= g.ih) continue;
@@ -114,6 +118,41 @@ void col2im(const Geom& g, int64_t C, const float* col, float* dx) {
             }
           }
         }
+    }
+  });
+}
+
+// Rows [b0, b0 + nimg) x [m0, m0 + rows) of t [N, M, ohw] to / from w [rows, nimg * ohw]
+// (image j's columns at j * ohw), the layout of a product over several images' columns.
+void gather_images(const float* t, int64_t M, int64_t ohw, int64_t b0, int64_t nimg, int64_t m0, int64_t rows, float* w) {
+  pfor(rows * nimg, std::max<int64_t>(1, kGrain / std::max<int64_t>(ohw, 1)), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      int64_t m = i / nimg, j = i % nimg;
+      std::memcpy(w + m * nimg * ohw + j * ohw, t + ((b0 + j) * M + m0 + m) * ohw, static_cast<size_t>(ohw) * sizeof(float));
+    }
+  });
+}
+// Images per product of a chunk: the state's choice, but at least one chunk per thread.
+int64_t images_per_chunk(const ConvState& s) {
+  const int64_t nt = pool_threads();
+  return nt > 1 ? std::max<int64_t>(1, std::min(s.images_per_gemm, (s.N + nt - 1) / nt)) : s.images_per_gemm;
+}
+
+// dW += the sum of n per-thread partial sums of `size` floats each
+void add_parts(const std::vector<float>& parts, int64_t n, int64_t size, float* dW) {
+  pfor(size, kGrain, [&](int64_t i0, int64_t i1) {
+    for (int64_t t = 0; t < n; ++t) {
+      const float* p = parts.data() + t * size;
+      for (int64_t i = i0; i < i1; ++i) dW[i] += p[i];
+    }
+  });
+}
+
+void scatter_images(const float* w, int64_t M, int64_t ohw, int64_t b0, int64_t nimg, int64_t m0, int64_t rows, float* t) {
+  pfor(rows * nimg, std::max<int64_t>(1, kGrain / std::max<int64_t>(ohw, 1)), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      int64_t m = i / nimg, j = i % nimg;
+      std::memcpy(t + ((b0 + j) * M + m0 + m) * ohw, w + m * nimg * ohw + j * ohw, static_cast<size_t>(ohw) * sizeof(float));
     }
   });
 }
@@ -144,6 +183,16 @@ std::unique_ptr<KernelState> prep_conv(const NodeView& n) {
     s->has_bias = true;
   }
   if (y[1] != s->M) n.fail("output channels differ from the weight's");
+  // Images per product: a small output (ResNet's later stages, 8x8 down to 1x1) makes one image's
+  // product thin (oh * ow columns, down to a matrix-vector product), which OpenBLAS runs far below
+  // its peak; the columns of several images side by side make it wide (at least kWideColumns),
+  // bounded to 1 Mi floats of columns.
+  constexpr int64_t kWideColumns = 512;
+  const int64_t ohw = g.oh * g.ow, ckk = s->C / s->groups * g.kh * g.kw;
+  if (ohw < kWideColumns) {
+    int64_t nb = std::min(s->N, (kWideColumns + ohw - 1) / ohw);
+    s->images_per_gemm = std::max<int64_t>(1, std::min(nb, (int64_t{1} << 20) / std::max<int64_t>(ckk * ohw, 1)));
+  }
   return s;
 }
 
@@ -154,29 +203,46 @@ void fwd_conv(const KernelState& st, ExecContext& ctx, std::span<Tensor> out, st
   const float* W = in[1].data<float>();
   float* Y = out[0].data<float>();
   int64_t Cg = s.C / s.groups, Mg = s.M / s.groups, kk = g.kh * g.kw, ohw = g.oh * g.ow, ihw = g.ih * g.iw;
-  bool by_image = s.N >= 2 && pool_threads() > 1;
-  auto image = [&](int64_t b, float* col_buf, bool serial) {
-    for (int64_t gr = 0; gr < s.groups; ++gr) {
-      const float* xg = X + (b * s.C + gr * Cg) * ihw;
-      const float* col = xg;
-      if (!s.pointwise) {
-        im2col(g, Cg, xg, col_buf);
-        col = col_buf;
+  if (s.images_per_gemm > 1) {  // several images per product: [Mg, Cg*kk] . [Cg*kk, nb*ohw], then into Y's layout
+    const int64_t nb = images_per_chunk(s), chunks = (s.N + nb - 1) / nb;
+    auto chunk = [&](int64_t ci, float* col, float* yt, bool serial) {
+      const int64_t b0 = ci * nb, nc = std::min(nb, s.N - b0), ld = nc * ohw;
+      for (int64_t gr = 0; gr < s.groups; ++gr) {
+        im2col(g, Cg, X + (b0 * s.C + gr * Cg) * ihw, s.C * ihw, nc, col, ld);
+        (serial ? gemm_serial : gemm)(false, false, Mg, ld, Cg * kk, 1.0f, W + gr * Mg * Cg * kk, Cg * kk, col, ld, 0.0f, yt, ld);
+        scatter_images(yt, s.M, ohw, b0, nc, gr * Mg, Mg, Y);
       }
-      (serial ? gemm_serial : gemm)(false, false, Mg, ohw, Cg * kk, 1.0f, W + gr * Mg * Cg * kk, Cg * kk, col, ohw, 0.0f,
-                                    Y + (b * s.M + gr * Mg) * ohw, ohw);
-    }
-  };
-  if (by_image) {
-    pfor(s.N, 1, [&](int64_t b0, int64_t b1) {
-      Tensor colt;
-      if (!s.pointwise) colt = scratch(ctx, DType::F32, {Cg * kk, ohw});
-      for (int64_t b = b0; b < b1; ++b) image(b, s.pointwise ? nullptr : colt.data<float>(), true);
+    };
+    // chunks across threads (each its own serial products), as the one-image path does images
+    pfor(chunks, 1, [&](int64_t c0, int64_t c1) {
+      Tensor colt = scratch(ctx, DType::F32, {Cg * kk, nb * ohw}), yt = scratch(ctx, DType::F32, {Mg, nb * ohw});
+      for (int64_t ci = c0; ci < c1; ++ci) chunk(ci, colt.data<float>(), yt.data<float>(), c1 - c0 < chunks);
     });
   } else {
-    Tensor colt;
-    if (!s.pointwise) colt = scratch(ctx, DType::F32, {Cg * kk, ohw});
-    for (int64_t b = 0; b < s.N; ++b) image(b, s.pointwise ? nullptr : colt.data<float>(), false);
+    bool by_image = s.N >= 2 && pool_threads() > 1;
+    auto image = [&](int64_t b, float* col_buf, bool serial) {
+      for (int64_t gr = 0; gr < s.groups; ++gr) {
+        const float* xg = X + (b * s.C + gr * Cg) * ihw;
+        const float* col = xg;
+        if (!s.pointwise) {
+          im2col(g, Cg, xg, 0, 1, col_buf, ohw);
+          col = col_buf;
+        }
+        (serial ? gemm_serial : gemm)(false, false, Mg, ohw, Cg * kk, 1.0f, W + gr * Mg * Cg * kk, Cg * kk, col, ohw, 0.0f,
+                                      Y + (b * s.M + gr * Mg) * ohw, ohw);
+      }
+    };
+    if (by_image) {
+      pfor(s.N, 1, [&](int64_t b0, int64_t b1) {
+        Tensor colt;
+        if (!s.pointwise) colt = scratch(ctx, DType::F32, {Cg * kk, ohw});
+        for (int64_t b = b0; b < b1; ++b) image(b, s.pointwise ? nullptr : colt.data<float>(), true);
+      });
+    } else {
+      Tensor colt;
+      if (!s.pointwise) colt = scratch(ctx, DType::F32, {Cg * kk, ohw});
+      for (int64_t b = 0; b < s.N; ++b) image(b, s.pointwise ? nullptr : colt.data<float>(), false);
+    }
   }
   if (s.has_bias) {
     const float* B = in[2].data<float>();
@@ -214,7 +280,7 @@ void bwd_conv(const KernelState& st, ExecContext& ctx, const GradIO& io) {
         const float* xg = X + (b * s.C + gr * Cg) * ihw;
         const float* c = xg;
         if (!s.pointwise) {
-          im2col(g, Cg, xg, col);
+          im2col(g, Cg, xg, 0, 1, col, ohw);
           c = col;
         }
         mm(false, true, Mg, Cg * kk, ohw, 1.0f, dy, ohw, c, ohw, 1.0f, dW + gr * Mg * Cg * kk, Cg * kk);
@@ -227,7 +293,7 @@ void bwd_conv(const KernelState& st, ExecContext& ctx, const GradIO& io) {
         } else {
           mm(true, false, Cg * kk, ohw, Mg, 1.0f, wg, Cg * kk, dy, ohw, 0.0f, col, ohw);
           if (!accx) std::memset(dxg, 0, static_cast<size_t>(Cg * ihw) * sizeof(float));
-          col2im(g, Cg, col, dxg);
+          col2im(g, Cg, col, ohw, 1, dxg, 0);
         }
       }
     }
@@ -236,7 +302,40 @@ void bwd_conv(const KernelState& st, ExecContext& ctx, const GradIO& io) {
     float* dW = want_dw ? io.din[1].data<float>() : nullptr;
     if (want_dw && !io.accumulate[1]) std::memset(dW, 0, static_cast<size_t>(wsize) * sizeof(float));
     int nt = pool_threads();
-    if (s.N >= 2 && nt > 1) {
+    if (s.images_per_gemm > 1) {  // several images per product, as the forward
+      const int64_t nb = images_per_chunk(s), chunks = (s.N + nb - 1) / nb;
+      auto chunk = [&](int64_t ci, float* col, float* dyt, float* dWp, bool serial) {
+        auto mm = serial ? gemm_serial : gemm;
+        const int64_t b0 = ci * nb, nc = std::min(nb, s.N - b0), ld = nc * ohw;
+        for (int64_t gr = 0; gr < s.groups; ++gr) {
+          gather_images(dY, s.M, ohw, b0, nc, gr * Mg, Mg, dyt);
+          if (dWp) {
+            im2col(g, Cg, X + (b0 * s.C + gr * Cg) * ihw, s.C * ihw, nc, col, ld);
+            mm(false, true, Mg, Cg * kk, ld, 1.0f, dyt, ld, col, ld, 1.0f, dWp + gr * Mg * Cg * kk, Cg * kk);
+          }
+          if (dX) {
+            float* dxg = dX + (b0 * s.C + gr * Cg) * ihw;
+            mm(true, false, Cg * kk, ld, Mg, 1.0f, W + gr * Mg * Cg * kk, Cg * kk, dyt, ld, 0.0f, col, ld);
+            if (!accx)
+              for (int64_t j = 0; j < nc; ++j) std::memset(dxg + j * s.C * ihw, 0, static_cast<size_t>(Cg * ihw) * sizeof(float));
+            col2im(g, Cg, col, ld, nc, dxg, s.C * ihw);
+          }
+        }
+      };
+      const int64_t parts_n = std::min<int64_t>(nt, chunks);
+      if (parts_n > 1) {  // chunks across threads, each its own weight-gradient sum, added up after
+        std::vector<float> parts(want_dw ? static_cast<size_t>(parts_n * wsize) : 0, 0.0f);
+        parallel_region(static_cast<int>(parts_n), [&](int64_t t, int64_t c) {
+          Tensor colt = scratch(ctx, DType::F32, {Cg * kk, nb * ohw}), dyt = scratch(ctx, DType::F32, {Mg, nb * ohw});
+          for (int64_t ci = chunks * t / c; ci < chunks * (t + 1) / c; ++ci)
+            chunk(ci, colt.data<float>(), dyt.data<float>(), want_dw ? parts.data() + t * wsize : nullptr, true);
+        });
+        if (want_dw) add_parts(parts, parts_n, wsize, dW);
+      } else {
+        Tensor colt = scratch(ctx, DType::F32, {Cg * kk, nb * ohw}), dyt = scratch(ctx, DType::F32, {Mg, nb * ohw});
+        for (int64_t ci = 0; ci < chunks; ++ci) chunk(ci, colt.data<float>(), dyt.data<float>(), dW, false);
+      }
+    } else if (s.N >= 2 && nt > 1) {
       int64_t chunks = std::min<int64_t>(nt, s.N);
       std::vector<float> parts(want_dw ? static_cast<size_t>(chunks * wsize) : 0, 0.0f);
       parallel_region(static_cast<int>(chunks), [&](int64_t t, int64_t c) {
@@ -245,13 +344,7 @@ void bwd_conv(const KernelState& st, ExecContext& ctx, const GradIO& io) {
         for (int64_t b = s.N * t / c; b < s.N * (t + 1) / c; ++b)
           image(b, s.pointwise ? nullptr : colt.data<float>(), want_dw ? parts.data() + t * wsize : nullptr, true);
       });
-      if (want_dw)
-        pfor(wsize, kGrain, [&](int64_t i0, int64_t i1) {
-          for (int64_t t = 0; t < chunks; ++t) {
-            const float* p = parts.data() + t * wsize;
-            for (int64_t i = i0; i < i1; ++i) dW[i] += p[i];
-          }
-        });
+      if (want_dw) add_parts(parts, chunks, wsize, dW);
     } else {
       Tensor colt;
       if (!s.pointwise) colt = scratch(ctx, DType::F32, {Cg * kk, ohw});

@@ -320,9 +320,22 @@ void where_loop(const Bcast& p, const uint8_t* c, const T* x, const T* y, T* o) 
     const uint8_t* pc = c + off[0];
     const T* px = x + off[1];
     const T* py = y + off[2];
-    T* po = o + oo;
+    T* __restrict po = o + oo;
     int64_t sc = ist[0], sx = ist[1], sy = ist[2];
-    for (int64_t i = 0; i < L; ++i) po[i] = pc[i * sc] ? px[i * sx] : py[i * sy];
+    if (sc == 1 && sx == 0 && sy == 1) {  // a mask selecting a constant over a tensor (attention masks)
+      const T vx = *px;
+#pragma omp simd
+      for (int64_t i = 0; i < L; ++i) po[i] = pc[i] ? vx : py[i];
+    } else if (sc == 1 && sx == 1 && sy == 0) {
+      const T vy = *py;
+#pragma omp simd
+      for (int64_t i = 0; i < L; ++i) po[i] = pc[i] ? px[i] : vy;
+    } else if (sc == 1 && sx == 1 && sy == 1) {
+#pragma omp simd
+      for (int64_t i = 0; i < L; ++i) po[i] = pc[i] ? px[i] : py[i];
+    } else {
+      for (int64_t i = 0; i < L; ++i) po[i] = pc[i * sc] ? px[i * sx] : py[i * sy];
+    }
   });
 }
 }  // namespace
@@ -348,28 +361,39 @@ void bwd_where(const KernelState& st, ExecContext& ctx, const GradIO& io) {
   for (int w = 1; w <= 2; ++w) {
     Tensor& d = io.din[static_cast<size_t>(w)];
     if (!d.defined()) continue;
-    Tensor tmp = scratch(ctx, DType::F32, ys);
-    float* t = tmp.data<float>();
-    bool take = w == 1;
+    bool take = w == 1, acc = io.accumulate[static_cast<size_t>(w)];
+    // the branch's own shape: straight into its gradient, else through a scratch and a reduction
+    bool direct = s.in_shapes[static_cast<size_t>(w)] == ys;
+    Tensor tmp = direct ? Tensor() : scratch(ctx, DType::F32, ys);
+    float* t = direct ? d.data<float>() : tmp.data<float>();
+    bool add = direct && acc;
     bcast_rows(s.plan, [&](int64_t oo, const int64_t* off, int64_t L, const int64_t* ist) {
-      const uint8_t* pc = c + off[0];
-      for (int64_t i = 0; i < L; ++i) t[oo + i] = (pc[i * ist[0]] != 0) == take ? dy[oo + i] : 0.0f;
+      const uint8_t* __restrict pc = c + off[0];
+      const float* __restrict g = dy + oo;
+      float* __restrict o = t + oo;
+      if (ist[0] == 1) {
+        if (add) {
+#pragma omp simd
+          for (int64_t i = 0; i < L; ++i) o[i] += (pc[i] != 0) == take ? g[i] : 0.0f;
+        } else {
+#pragma omp simd
+          for (int64_t i = 0; i < L; ++i) o[i] = (pc[i] != 0) == take ? g[i] : 0.0f;
+        }
+      } else {
+        for (int64_t i = 0; i < L; ++i) {
+          float v = (pc[i * ist[0]] != 0) == take ? g[i] : 0.0f;
+          o[i] = add ? o[i] + v : v;
+        }
+      }
     });
-    reduce_sum_to(d.data<float>(), s.in_shapes[static_cast<size_t>(w)], t, ys, io.accumulate[static_cast<size_t>(w)]);
+    if (!direct) reduce_sum_to(d.data<float>(), s.in_shapes[static_cast<size_t>(w)], t, ys, acc);
   }
 }
 
 // ---- unary -------------------------------------------------------------------------------
 
 namespace {
-constexpr float kSqrt2 = 1.41421356237309504880f;
-constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
 constexpr float kSqrt2OverPi = 0.79788456080286535588f;
-
-inline float gelu_erf(float x) { return 0.5f * x * (1.0f + verf(x / kSqrt2)); }
-inline float gelu_tanh(float x) {
-  return 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x)));
-}
 
 template <class F>
 void map_f32(const Tensor& x, Tensor& y, F f) {
@@ -382,6 +406,14 @@ void map_f32(const Tensor& x, Tensor& y, F f) {
 #pragma omp simd
     for (int64_t i = b; i < e; ++i) py[i] = fn(px[i]);
   });
+}
+
+// y = f(x) with f on 8-lane vectors (vmath.hpp)
+template <class F>
+void map_v(const Tensor& x, Tensor& y, F f) {
+  const float* px = x.data<float>();
+  float* py = y.data<float>();
+  pfor(x.numel(), kGrain / 4, [px, py, f](int64_t b, int64_t e) { vmap1(px + b, py + b, e - b, f); });
 }
 
 // din = (or +=) f(dy, v) with v the saved input or output
@@ -403,6 +435,15 @@ void grad_map(const Tensor& dy, const Tensor& v, Tensor& din, bool acc, F f) {
       for (int64_t i = b; i < e; ++i) o[i] = fn(g[i], pv[i]);
     }
   });
+}
+
+// din = (or +=) f(dy, v) on 8-lane vectors
+template <class F>
+void grad_map_v(const Tensor& dy, const Tensor& v, Tensor& din, bool acc, F f) {
+  const float* g = dy.data<float>();
+  const float* pv = v.data<float>();
+  float* o = din.data<float>();
+  pfor(dy.numel(), kGrain / 4, [g, pv, o, acc, f](int64_t b, int64_t e) { vmap2(g + b, pv + b, o + b, e - b, acc, f); });
 }
 }  // namespace
 
@@ -453,16 +494,19 @@ void fwd_unary(const KernelState& st, ExecContext&, std::span<Tensor> out, std::
     case Op::Reciprocal: map_f32(x, y, [](float v) { return 1.0f / v; }); break;
     case Op::Neg: map_f32(x, y, [](float v) { return -v; }); break;
     case Op::Abs: map_f32(x, y, [](float v) { return std::fabs(v); }); break;
-    case Op::Exp: map_f32(x, y, [](float v) { return std::exp(v); }); break;
+    case Op::Exp: map_v(x, y, [](v8f v) { return vexp8(v); }); break;
     case Op::Log: map_f32(x, y, [](float v) { return std::log(v); }); break;
     case Op::Relu: map_f32(x, y, [](float v) { return v > 0 ? v : 0.0f; }); break;
     case Op::LeakyRelu: { float a = s.alpha; map_f32(x, y, [a](float v) { return v >= 0 ? v : a * v; }); break; }
-    case Op::Tanh: map_f32(x, y, [](float v) { return std::tanh(v); }); break;
-    case Op::Sigmoid: map_f32(x, y, [](float v) { float e = vexp(-std::fabs(v)); return v >= 0 ? 1.0f / (1.0f + e) : e / (1.0f + e); }); break;
-    case Op::Erf: map_f32(x, y, [](float v) { return verf(v); }); break;
+    case Op::Tanh: map_v(x, y, [](v8f v) { return vtanh8(v); }); break;
+    case Op::Sigmoid: map_v(x, y, [](v8f v) { return vsigmoid8(v); }); break;
+    case Op::Erf: map_v(x, y, [](v8f v) { return verf8(v); }); break;
     case Op::Gelu:
-      if (s.gelu_tanh) map_f32(x, y, [](float v) { return gelu_tanh(v); });
-      else map_f32(x, y, [](float v) { return gelu_erf(v); });
+      if (s.gelu_tanh) {
+        map_v(x, y, [](v8f v) { return 0.5f * v * (1.0f + vtanh8(kSqrt2OverPi * (v + 0.044715f * v * v * v))); });
+      } else {
+        map_v(x, y, [](v8f v) { return vgelu8(v); });
+      }
       break;
     case Op::Floor: map_f32(x, y, [](float v) { return std::floor(v); }); break;
     case Op::Ceil: map_f32(x, y, [](float v) { return std::ceil(v); }); break;
@@ -498,25 +542,22 @@ void bwd_unary(const KernelState& st, ExecContext&, const GradIO& io) {
     case Op::Reciprocal: grad_map(dy, Y(), d, acc, [](float g, float y) { return -g * y * y; }); break;
     case Op::Neg: grad_map(dy, Tensor(), d, acc, [](float g, float) { return -g; }); break;
     case Op::Abs: grad_map(dy, X(), d, acc, [](float g, float x) { return x > 0 ? g : (x < 0 ? -g : 0.0f); }); break;
-    case Op::Exp: grad_map(dy, Y(), d, acc, [](float g, float y) { return g * y; }); break;
+    case Op::Exp: grad_map_v(dy, Y(), d, acc, [](v8f g, v8f y) { return g * y; }); break;
     case Op::Log: grad_map(dy, X(), d, acc, [](float g, float x) { return g / x; }); break;
     case Op::Relu: grad_map(dy, Y(), d, acc, [](float g, float y) { return y > 0 ? g : 0.0f; }); break;
     case Op::LeakyRelu: { float a = s.alpha; grad_map(dy, X(), d, acc, [a](float g, float x) { return x > 0 ? g : a * g; }); break; }
-    case Op::Tanh: grad_map(dy, Y(), d, acc, [](float g, float y) { return g * (1.0f - y * y); }); break;
-    case Op::Sigmoid: grad_map(dy, Y(), d, acc, [](float g, float y) { return g * y * (1.0f - y); }); break;
-    case Op::Erf: grad_map(dy, X(), d, acc, [](float g, float x) { return g * 1.12837916709551257390f * vexp(-x * x); }); break;
+    case Op::Tanh: grad_map_v(dy, Y(), d, acc, [](v8f g, v8f y) { return g * (1.0f - y * y); }); break;
+    case Op::Sigmoid: grad_map_v(dy, Y(), d, acc, [](v8f g, v8f y) { return g * y * (1.0f - y); }); break;
+    case Op::Erf: grad_map_v(dy, X(), d, acc, [](v8f g, v8f x) { return g * 1.12837916709551257390f * vexp8(-x * x); }); break;
     case Op::Gelu:
       if (s.gelu_tanh) {
-        grad_map(dy, X(), d, acc, [](float g, float x) {
-          float u = kSqrt2OverPi * (x + 0.044715f * x * x * x);
-          float t = std::tanh(u);
-          float du = kSqrt2OverPi * (1.0f + 3.0f * 0.044715f * x * x);
+        grad_map_v(dy, X(), d, acc, [](v8f g, v8f x) {
+          v8f t = vtanh8(kSqrt2OverPi * (x + 0.044715f * x * x * x));
+          v8f du = kSqrt2OverPi * (1.0f + 3.0f * 0.044715f * x * x);
           return g * (0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du);
         });
       } else {
-        grad_map(dy, X(), d, acc, [](float g, float x) {
-          return g * (0.5f * (1.0f + verf(x / kSqrt2)) + x * kInvSqrt2Pi * vexp(-0.5f * x * x));
-        });
+        grad_map_v(dy, X(), d, acc, [](v8f g, v8f x) { return g * vgelu_grad8(x); });
       }
       break;
     case Op::Sin: grad_map(dy, X(), d, acc, [](float g, float x) { return g * std::cos(x); }); break;

@@ -175,7 +175,12 @@ void fwd_gemm(const KernelState& st, ExecContext&, std::span<Tensor> out, std::s
   if (s.has_c && s.beta != 0) {
     const float* C = in[2].data<float>();
     bcast_rows(s.cplan, [&](int64_t oo, const int64_t* off, int64_t L, const int64_t* ist) {
-      for (int64_t i = 0; i < L; ++i) Y[oo + i] = C[off[0] + i * ist[0]];
+      if (ist[0] == 1) {
+        std::memcpy(Y + oo, C + off[0], static_cast<size_t>(L) * sizeof(float));
+      } else {
+        const float v = C[off[0]];
+        for (int64_t i = 0; i < L; ++i) Y[oo + i] = v;
+      }
     });
     beta = s.beta;
   }

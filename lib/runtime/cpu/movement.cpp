@@ -69,17 +69,30 @@ void strided_copy(T* dst, const Shape& shape, const T* src, const std::vector<in
     }
   }
   pfor(rows, std::max<int64_t>(1, kGrain / L), [&](int64_t r0, int64_t r1) {
+    // the row's multi-index, advanced like an odometer (no division per row)
+    std::vector<int64_t> idx(R, 0);
+    int64_t off = base, q = r0;
+    for (size_t d = R - 1; d-- > 0;) {
+      idx[d] = q % shape[d];
+      q /= shape[d];
+      off += idx[d] * sst[d];
+    }
     for (int64_t r = r0; r < r1; ++r) {
-      int64_t off = base, q = r;
-      for (size_t d = R - 1; d-- > 0;) {
-        off += (q % shape[d]) * sst[d];
-        q /= shape[d];
-      }
-      T* o = dst + r * L;
-      const T* p = src + off;
-      if (ist == 1) std::memcpy(o, p, static_cast<size_t>(L) * sizeof(T));
-      else
+      T* __restrict o = dst + r * L;
+      const T* __restrict p = src + off;
+      if (ist == 1) {
+        if (L >= 64) std::memcpy(o, p, static_cast<size_t>(L) * sizeof(T));
+        else
+          for (int64_t i = 0; i < L; ++i) o[i] = p[i];
+      } else {
         for (int64_t i = 0; i < L; ++i) o[i] = p[i * ist];
+      }
+      for (size_t d = R - 1; d-- > 0;) {
+        off += sst[d];
+        if (++idx[d] < shape[d]) break;
+        off -= idx[d] * sst[d];
+        idx[d] = 0;
+      }
     }
   });
 }

@@ -63,30 +63,21 @@ void fwd_softmax(const KernelState& st, ExecContext&, std::span<Tensor> out, std
     float* y = Y + base;
     float m = -INFINITY;
     if (inc == 1) {
-#pragma omp simd reduction(max : m)
-      for (int64_t j = 0; j < D; ++j) m = std::max(m, x[j]);
-      float sum = 0;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < D; ++j) {
-        float e = vexp(x[j] - m);
-        y[j] = e;
-        sum += e;
-      }
+      m = row_max(x, D);
+      float sum = exp_row(x, y, D, m);
       if (s.log) {
         float ls = std::log(sum);
 #pragma omp simd
         for (int64_t j = 0; j < D; ++j) y[j] = (x[j] - m) - ls;
       } else {
-        float inv = 1.0f / sum;
-#pragma omp simd
-        for (int64_t j = 0; j < D; ++j) y[j] *= inv;
+        vscale_row(y, D, 1.0f / sum);
       }
       return;
     }
     for (int64_t j = 0; j < D; ++j) m = std::max(m, x[j * inc]);
     float sum = 0;
     for (int64_t j = 0; j < D; ++j) {
-      float e = std::exp(x[j * inc] - m);
+      float e = vexp(x[j * inc] - m);
       y[j * inc] = e;
       sum += e;
     }
@@ -113,6 +104,20 @@ void bwd_softmax(const KernelState& st, ExecContext&, const GradIO& io) {
     const float* g = dY + base;
     float* d = dX + base;
     float t = 0;
+    if (inc == 1) {
+      v8f vt = vsplat(0.0f);
+      int64_t j = 0;
+      if (s.log) {  // dx = g - exp(y) * sum(g)
+        for (; j + kLanes <= D; j += kLanes) vt += vload(g + j);
+        for (t = hsum(vt); j < D; ++j) t += g[j];
+        vmap2(g, y, d, D, acc, [t](v8f gv, v8f yv) { return gv - vexp8(yv) * t; });
+      } else {  // dx = y * (g - sum(g * y))
+        for (; j + kLanes <= D; j += kLanes) vt += vload(g + j) * vload(y + j);
+        for (t = hsum(vt); j < D; ++j) t += g[j] * y[j];
+        vmap2(g, y, d, D, acc, [t](v8f gv, v8f yv) { return yv * (gv - t); });
+      }
+      return;
+    }
     if (s.log) {  // dx = g - exp(y) * sum(g)
       for (int64_t j = 0; j < D; ++j) t += g[j * inc];
       for (int64_t j = 0; j < D; ++j) {

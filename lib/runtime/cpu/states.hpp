@@ -126,6 +126,7 @@ struct ConvState : KernelState {
   int64_t N = 0, C = 0, M = 0, groups = 1;
   bool pointwise = false;  // 1x1, stride 1, no pad: the input is its own column matrix
   bool has_bias = false;
+  int64_t images_per_gemm = 1;  // > 1: the columns of that many images in one product (small outputs)
 };
 
 struct PoolState : KernelState {

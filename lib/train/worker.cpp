@@ -637,14 +637,25 @@ void Worker::check_channels() {
   const size_t n = channels_.size();
   std::vector<std::string> mine(n), theirs(n);
   std::vector<int64_t> my_size(n), their_size(n);
-  std::vector<comm::Request> reqs;
+  // The sizes: the lower rank of each pair sends first and the higher answers once it has
+  // received, so that only one side opens the connection. (Both at once, Open MPI's TCP transport
+  // between hosts can drop one with a warning, "an inbound MPI TCP connection request ... from an
+  // IP address that is unexpected", before it retries.) Sends to higher peers are posted without
+  // waiting, so no rank waits on another's wait.
+  std::vector<comm::Request> reqs, from_lower;
   for (size_t i = 0; i < n; ++i) {
     const plan::Channel& ch = channels_[i];
     const int peer = ch.from == me ? ch.to : ch.from;
     mine[i] = plan::serialize(ch);
     my_size[i] = static_cast<int64_t>(mine[i].size());
-    reqs.push_back(c_.isend(&my_size[i], sizeof(int64_t), peer, tag_of(ch)));
-    reqs.push_back(c_.irecv(&their_size[i], sizeof(int64_t), peer, tag_of(ch)));
+    if (me <= peer) reqs.push_back(c_.isend(&my_size[i], sizeof(int64_t), peer, tag_of(ch)));
+    (me <= peer ? reqs : from_lower).push_back(c_.irecv(&their_size[i], sizeof(int64_t), peer, tag_of(ch)));
+  }
+  for (auto& r : from_lower) c_.wait(r, "the message lists of the channels (start-up check)");
+  for (size_t i = 0; i < n; ++i) {
+    const plan::Channel& ch = channels_[i];
+    const int peer = ch.from == me ? ch.to : ch.from;
+    if (me > peer) reqs.push_back(c_.isend(&my_size[i], sizeof(int64_t), peer, tag_of(ch)));
   }
   for (auto& r : reqs) c_.wait(r, "the message lists of the channels (start-up check)");
   reqs.clear();

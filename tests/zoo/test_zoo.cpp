@@ -80,6 +80,7 @@ nlohmann::json ensure(const fs::path& json, const std::string& cmd, int version)
     auto j = read_json(json);
     if (j.value("version", 0) == version) return j;
   }
+  fs::create_directories(json.parent_path());  // the log is written there before the script runs
   auto r = test::sh(cmd + " > " + json.string() + ".log");
   INFO(cmd, "\n", read_file(json.string() + ".log"));
   REQUIRE(fs::exists(json));

@@ -170,6 +170,7 @@ json to_json(const KernelCalibration& c) {
               {"cpu", c.cpu},
               {"cores", c.cores},
               {"measured_at", c.measured_at},
+              {"load_average", c.load_average},
               {"tables", tables},
               {"contention", {{"compute", c.contention_compute}, {"memory", c.contention_memory}}},
               {"gemm_flops", c.gemm_flops},
@@ -194,6 +195,7 @@ KernelCalibration calibration_from_json(const json& j, const std::string& where)
   c.cpu = j.value("cpu", "");
   c.smp_version = j.value("smp_version", "");
   c.measured_at = j.value("measured_at", "");
+  c.load_average = j.contains("load_average") && j["load_average"].is_number() ? j["load_average"].get<double>() : -1;
   c.cores = static_cast<int>(num(j, "cores", "", true));
   c.gemm_flops = num(j, "gemm_flops", "", false);
   c.memory_bandwidth = num(j, "memory_bandwidth", "", false);

@@ -83,6 +83,7 @@ struct KernelCalibration {
   std::string cpu;             // /proc/cpuinfo's model name
   int cores = 1;
   std::string measured_at;     // UTC, ISO 8601
+  double load_average = -1;    // the machine's 1-minute load average as the measurement began (-1: unknown)
   std::string smp_version;
   std::vector<CalibrationTable> tables;   // ascending threads
   // Slow-down of c concurrent single-threaded copies (index c - 1, [0] = 1): CPU time per kernel

@@ -318,10 +318,15 @@ Cluster calibrated_local_cpu(std::shared_ptr<const KernelCalibration> cal, int w
   if (cal->memory_bandwidth > 0) dev["memory_bandwidth"] = cal->memory_bandwidth / workers;
   if (cal->link.bandwidth > 0) j["hosts"][0]["link"] = {{"bandwidth", cal->link.bandwidth}, {"latency", cal->link.latency}};
   j["name"] = "local-cpu (measured)";
+  // A calibration taken while other work held the cores times the kernels too slow: the
+  // description says so (smp-plan --recalibrate on a quiet machine refreshes it).
+  const std::string busy = cal->load_average > cores
+                               ? fmt::format(", while the machine was busy: load average {:.1f} on {} cores", cal->load_average, cores)
+                               : std::string();
   j["description"] = fmt::format("This machine ({}, {} cores) as {} worker process{} sharing the cores, its kernels "
-                                 "measured {} ({}).",
+                                 "measured {}{} ({}).",
                                  cal->cpu.empty() ? "unknown CPU" : cal->cpu, cores, workers, workers == 1 ? "" : "es",
-                                 cal->measured_at, cal->source.empty() ? "calibration" : cal->source);
+                                 cal->measured_at, busy, cal->source.empty() ? "calibration" : cal->source);
   Cluster c = cluster_from_json(j, "local cpu");
   for (auto& k : c.kinds) {
     k.calibration = cal;

@@ -278,6 +278,7 @@ cost::KernelCalibration calibrate_cpu(const CalibrateOptions& o, const Note& not
   cal.cpu = cpu_model();
   cal.cores = cores;
   cal.measured_at = utc_now();
+  if (std::ifstream la("/proc/loadavg"); la) la >> cal.load_average;
   cal.smp_version = SMP_VERSION;
 
   // 1. Contention, in forked copies before this process starts a thread pool.

@@ -320,8 +320,9 @@ Cluster calibrated_local_cpu(std::shared_ptr<const KernelCalibration> cal, int w
   j["name"] = "local-cpu (measured)";
   // A calibration taken while other work held the cores times the kernels too slow: the
   // description says so (smp-plan --recalibrate on a quiet machine refreshes it).
-  const std::string busy = cal->load_average > cores
-                               ? fmt::format(", while the machine was busy: load average {:.1f} on {} cores", cal->load_average, cores)
+  const std::string busy = cal->load_average > cal->cores
+                               ? fmt::format(", while the machine was busy: load average {:.1f} on {} cores", cal->load_average,
+                                             cal->cores)
                                : std::string();
   j["description"] = fmt::format("This machine ({}, {} cores) as {} worker process{} sharing the cores, its kernels "
                                  "measured {}{} ({}).",

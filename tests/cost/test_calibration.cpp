@@ -175,3 +175,17 @@ TEST_CASE("calibration files round-trip; a bad field is named") {
   j.erase("cores");
   CHECK(msg(j).find("cores: must be a number") != std::string::npos);
 }
+
+TEST_CASE("a calibration taken on a busy machine says so in the local machine's description, and its load round-trips") {
+  auto quiet = std::make_shared<cost::KernelCalibration>(linear());
+  quiet->load_average = 0.5;
+  auto busy = std::make_shared<cost::KernelCalibration>(linear());
+  busy->load_average = 9.5;  // above the 4 cores
+  CHECK(cost::calibrated_local_cpu(quiet, 2).description.find("busy") == std::string::npos);
+  CHECK(cost::calibrated_local_cpu(busy, 2).description.find("while the machine was busy: load average 9.5 on 4 cores") !=
+        std::string::npos);
+  CHECK(cost::calibration_from_json(cost::to_json(*busy), "x.json").load_average == 9.5);
+  auto old = cost::to_json(*busy);
+  old.erase("load_average");  // a file from before the field: unknown
+  CHECK(cost::calibration_from_json(old, "x.json").load_average == -1);
+}

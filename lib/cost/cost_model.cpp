@@ -44,12 +44,17 @@ const graph::OpDef* def_of(const graph::Node& n) {
   return (n.domain.empty() || n.domain == "ai.onnx") ? graph::find_op(n.op_type) : nullptr;
 }
 
+// With bf16 compute the executor stores float32 activations as bfloat16 (runtime::exec_dtype).
+bool stored_as_bf16(const graph::Value& v, Precision p) {
+  return p == Precision::BF16 && v.dtype == DType::F32 && v.kind == ValueKind::Activation;
+}
+
 }  // namespace
 
 Affine GraphCost::value_bytes(int v) const {
   const auto& val = g_->value(v);
   double bytes = static_cast<double>(val.bytes());
-  if (opt_.precision == Precision::BF16 && val.dtype == DType::F32 && val.kind == ValueKind::Activation) bytes /= 2;
+  if (stored_as_bf16(val, opt_.precision)) bytes /= 2;
   if (batch_dependent(v)) return Affine{0, bytes / static_cast<double>(batch_)};
   return Affine{bytes, 0};
 }
@@ -95,8 +100,7 @@ GraphCost::GraphCost(const graph::Graph& g, int64_t batch_size, const CostOption
     if (id < 0) return Affine{};
     Affine b = value_bytes(id);
     const auto& val = g.value(id);
-    double es = static_cast<double>(std::max<int64_t>(1, dtype_size(val.dtype)));
-    if (opt_.precision == Precision::BF16 && val.dtype == DType::F32 && val.kind == ValueKind::Activation) es = 2;
+    const double es = stored_as_bf16(val, opt_.precision) ? 2.0 : static_cast<double>(std::max<int64_t>(1, dtype_size(val.dtype)));
     return Affine{b.c / es, b.b / es};
   };
   auto scale = [&](double x, bool dep) {

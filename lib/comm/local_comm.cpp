@@ -487,19 +487,24 @@ class LocalCommunicator final : public Communicator {
   // Reads what has arrived from the peer (under the lock).
   void read_some(int r) {
     Peer& p = peers_[static_cast<size_t>(r)];
+    // One non-blocking read of what is left of `total` bytes into `buf`, `done` of them read:
+    // 1 when some arrived, 0 when interrupted (try again), -1 when nothing more is there now or
+    // the peer is gone (lost() is called).
+    auto step = [&](char* buf, size_t total, size_t& done) {
+      ssize_t k = ::recv(p.fd, buf + done, total - done, MSG_DONTWAIT);
+      if (k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+        lost(r);
+        return -1;
+      }
+      if (k < 0) return errno == EINTR ? 0 : -1;
+      done += static_cast<size_t>(k);
+      return 1;
+    };
     while (p.alive) {
       if (!p.in_body) {
-        ssize_t k = ::recv(p.fd, reinterpret_cast<char*>(&p.in) + p.in_header, sizeof(Header) - p.in_header, MSG_DONTWAIT);
-        if (k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
-          lost(r);
-          return;
-        }
-        if (k < 0) {
-          if (errno == EINTR) continue;
-          return;
-        }
-        p.in_header += static_cast<size_t>(k);
-        if (p.in_header < sizeof(Header)) continue;
+        const int got = step(reinterpret_cast<char*>(&p.in), sizeof(Header), p.in_header);
+        if (got < 0) return;
+        if (got == 0 || p.in_header < sizeof(Header)) continue;
         p.in_header = 0;
         if (p.in.kind == kBye) {
           p.said_bye = true;
@@ -535,17 +540,9 @@ class LocalCommunicator final : public Communicator {
         char* dst = p.held_target                           ? p.held_target->data.data()
                     : p.target->bytes == p.in.bytes ? p.target->data
                                                             : p.discard.data();
-        ssize_t k = ::recv(p.fd, dst + p.in_payload, need, MSG_DONTWAIT);
-        if (k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
-          lost(r);
-          return;
-        }
-        if (k < 0) {
-          if (errno == EINTR) continue;
-          return;
-        }
-        p.in_payload += static_cast<size_t>(k);
-        if (p.in_payload < static_cast<size_t>(p.in.bytes)) continue;
+        const int got = step(dst, static_cast<size_t>(p.in.bytes), p.in_payload);
+        if (got < 0) return;
+        if (got == 0 || p.in_payload < static_cast<size_t>(p.in.bytes)) continue;
       }
       p.in_body = false;
       if (p.held_target) {

@@ -8,4 +8,18 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/build.sh"
 build="${SMP_BUILD_DIR:-$root/build}"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-exec ctest --test-dir "$build" --output-on-failure --timeout 900 -j "${SMP_TEST_JOBS:-2}" "$@"
+rc=0
+ctest --test-dir "$build" --output-on-failure --timeout 900 -j "${SMP_TEST_JOBS:-2}" "$@" || rc=$?
+# On failure, a digest at the very end (where a truncated log still shows it): each failed
+# test's first error lines from CTest's log.
+failed="$build/Testing/Temporary/LastTestsFailed.log"
+if [ "$rc" -ne 0 ] && [ -s "$failed" ]; then
+  echo "--- the failed tests' first errors (their whole output is above) ---"
+  cut -d: -f2 "$failed" | while read -r name; do
+    echo "[$name]"
+    awk -v t="$name" '$2 == "Testing:" { on = ($3 == t) } on && /<end of output>/ { on = 0 } on' \
+        "$build/Testing/Temporary/LastTest.log" |
+      grep -E -A4 'ERROR|error:|THREW|Timeout|Exception|Segmentation|Abort' | head -n 24 || true
+  done
+fi
+exit "$rc"

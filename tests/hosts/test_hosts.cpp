@@ -439,11 +439,21 @@ TEST_CASE("SIGTERM and SIGINT at a random step: the step finishes, a checkpoint,
       return s == "COMPLETED" || s == "FAILED" || s == "TIMEOUT" || s == "NODE_FAIL" || s == "OUT_OF_MEMORY" ||
              s == "BOOT_FAIL" || s == "DEADLINE";
     };
-    // Slurm holds a requeued job back for a while: it is released at once.
+    // Slurm holds a requeued job back for a while (its credential expiry): it is released after
+    // 2 s pending. Not at once: slurmd refuses a job whose new credential was made in the same
+    // second as the previous run's was revoked ("Killing non-startable batch job: Job credential
+    // revoked"), and the job ends FAILED.
     auto release_until = [&](const std::function<bool()>& done) {
+      auto pending_since = std::chrono::steady_clock::time_point::max();
       for (int i = 0; i < 900; ++i) {
         if (done()) return true;
-        if (job_state() == "PENDING") test::sh("scontrol update JobId=" + job + " StartTime=now");
+        const auto now = std::chrono::steady_clock::now();
+        if (job_state() != "PENDING")
+          pending_since = std::chrono::steady_clock::time_point::max();
+        else if (pending_since == std::chrono::steady_clock::time_point::max())
+          pending_since = now;
+        else if (now - pending_since > std::chrono::seconds(2))
+          test::sh("scontrol update JobId=" + job + " StartTime=now");
         std::this_thread::sleep_for(std::chrono::milliseconds(200));
       }
       return false;

@@ -280,47 +280,45 @@ void bwd_layernorm(const KernelState& st, ExecContext&, const GradIO& io) {
 // mean and variance); training_mode = 0 normalizes with the mean and variance inputs.
 
 namespace {
-// Per channel: mean and biased variance over N and the spatial dims (two passes, in double).
+// Sums over one plane of a channel (HW contiguous floats), vectorized: float partials per plane
+// (8 lanes of at most a plane's length each), added across planes in double. Scalar double
+// loops were 15 % of a BatchNorm CNN's training step.
+inline float plane_sum(const float* x, int64_t n) {
+  float s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += x[i];
+  return s;
+}
+inline float plane_sq_dev(const float* x, int64_t n, float m) {
+  float s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += (x[i] - m) * (x[i] - m);
+  return s;
+}
+
+// Per channel: the mean over N and the spatial dims.
+double channel_mean(const BatchNormState& s, const float* X, int64_t c) {
+  double sum = 0;
+  for (int64_t b = 0; b < s.N; ++b) sum += plane_sum(X + (b * s.C + c) * s.HW, s.HW);
+  return sum / static_cast<double>(s.N * s.HW);
+}
+
+// Per channel: mean and biased variance over N and the spatial dims (two passes).
 void channel_stats(const BatchNormState& s, const float* X, std::vector<double>& mean, std::vector<double>& var) {
   mean.assign(static_cast<size_t>(s.C), 0);
   var.assign(static_cast<size_t>(s.C), 0);
   pfor(s.C, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
-      double sum = 0, sq = 0;
-      for (int64_t b = 0; b < s.N; ++b) {
-        const float* x = X + (b * s.C + c) * s.HW;
-        for (int64_t i = 0; i < s.HW; ++i) sum += x[i];
-      }
-      double cnt = static_cast<double>(s.N * s.HW);
-      double m = sum / cnt;
-      for (int64_t b = 0; b < s.N; ++b) {
-        const float* x = X + (b * s.C + c) * s.HW;
-        for (int64_t i = 0; i < s.HW; ++i) sq += (x[i] - m) * (x[i] - m);
-      }
+      const double m = channel_mean(s, X, c);
+      const auto mf = static_cast<float>(m);
+      double sq = 0;
+      for (int64_t b = 0; b < s.N; ++b) sq += plane_sq_dev(X + (b * s.C + c) * s.HW, s.HW, mf);
+      // the float mean's offset from the exact one: sum (x - mf)^2 = sum (x - m)^2 + n (m - mf)^2
+      const double cnt = static_cast<double>(s.N * s.HW), off = m - mf;
       mean[static_cast<size_t>(c)] = m;
-      var[static_cast<size_t>(c)] = sq / cnt;
+      var[static_cast<size_t>(c)] = std::max(0.0, sq / cnt - off * off);
     }
   });
-}
-
-// The mean and 1/std the node normalizes with: the batch's (training mode) or its inputs'.
-void norm_stats(const BatchNormState& s, const float* X, const float* M, const float* V, std::vector<float>& mean,
-                std::vector<float>& rstd) {
-  mean.resize(static_cast<size_t>(s.C));
-  rstd.resize(static_cast<size_t>(s.C));
-  if (s.batch_stats) {
-    std::vector<double> m, v;
-    channel_stats(s, X, m, v);
-    for (size_t c = 0; c < m.size(); ++c) {
-      mean[c] = static_cast<float>(m[c]);
-      rstd[c] = static_cast<float>(1.0 / std::sqrt(v[c] + s.eps));
-    }
-    return;
-  }
-  for (int64_t c = 0; c < s.C; ++c) {
-    mean[static_cast<size_t>(c)] = M[c];
-    rstd[static_cast<size_t>(c)] = 1.0f / std::sqrt(V[c] + s.eps);
-  }
 }
 }  // namespace
 
@@ -372,7 +370,12 @@ void fwd_batchnorm(const KernelState& st, ExecContext&, std::span<Tensor> out, s
       rstd[c] = static_cast<float>(1.0 / std::sqrt(bv[c] + s.eps));
     }
   } else {
-    norm_stats(s, X, M, V, mean, rstd);
+    mean.resize(static_cast<size_t>(s.C));
+    rstd.resize(static_cast<size_t>(s.C));
+    for (int64_t c = 0; c < s.C; ++c) {
+      mean[static_cast<size_t>(c)] = M[c];
+      rstd[static_cast<size_t>(c)] = 1.0f / std::sqrt(V[c] + s.eps);
+    }
   }
   float* Y = out[0].data<float>();
   pfor(s.N * s.C, std::max<int64_t>(1, kGrain / std::max<int64_t>(s.HW, 1)), [&](int64_t r0, int64_t r1) {
@@ -412,27 +415,42 @@ void bwd_batchnorm(const KernelState& st, ExecContext&, const GradIO& io) {
   const float* X = io.in[0].data<float>();
   const float* G = io.in[1].data<float>();
   const float* dY = io.dout[0].data<float>();
-  std::vector<float> mean, rstd;
   if (!s.batch_stats)
     SMP_CHECK(io.in[3].defined() && io.in[4].defined(), "node {}: BatchNormalization backward needs mean and var", s.node_name);
-  norm_stats(s, X, s.batch_stats ? nullptr : io.in[3].data<float>(), s.batch_stats ? nullptr : io.in[4].data<float>(),
-             mean, rstd);
-  // per channel: sum(dy), sum(dy * xhat)
-  std::vector<double> sdy(static_cast<size_t>(s.C)), sdx(static_cast<size_t>(s.C));
+  const float* M = s.batch_stats ? nullptr : io.in[3].data<float>();
+  const float* V = s.batch_stats ? nullptr : io.in[4].data<float>();
+  // Per channel, the mean and 1/std normalized with, sum(dy) and sum(dy * xhat). With the batch's
+  // statistics: a pass for the mean, then one for the variance and both sums together.
+  const auto C = static_cast<size_t>(s.C);
+  std::vector<float> mean(C), rstd(C);
+  std::vector<double> sdy(C), sdx(C);
+  const double cnt = static_cast<double>(s.N * s.HW);
   pfor(s.C, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
-      double a = 0, b = 0;
-      float m = mean[static_cast<size_t>(c)], r = rstd[static_cast<size_t>(c)];
+      const double m = s.batch_stats ? channel_mean(s, X, c) : M[c];
+      const auto mf = static_cast<float>(m);
+      double sq = 0, a = 0, b = 0;
       for (int64_t n = 0; n < s.N; ++n) {
         const float* x = X + (n * s.C + c) * s.HW;
         const float* g = dY + (n * s.C + c) * s.HW;
+        float psq = 0, pa = 0, pb = 0;
+#pragma omp simd reduction(+ : psq, pa, pb)
         for (int64_t i = 0; i < s.HW; ++i) {
-          a += g[i];
-          b += g[i] * (x[i] - m) * r;
+          const float d = x[i] - mf;
+          psq += d * d;
+          pa += g[i];
+          pb += g[i] * d;
         }
+        sq += psq, a += pa, b += pb;
       }
-      sdy[static_cast<size_t>(c)] = a;
-      sdx[static_cast<size_t>(c)] = b;
+      const double off = m - mf;
+      const double var = s.batch_stats ? std::max(0.0, sq / cnt - off * off) : V[c];
+      const double r = 1.0 / std::sqrt(var + s.eps);
+      const auto k = static_cast<size_t>(c);
+      mean[k] = mf;
+      rstd[k] = static_cast<float>(r);
+      sdy[k] = a;
+      sdx[k] = (b - off * a) * r;  // sum g (x - m) r, from the deviations from mf
     }
   });
   if (io.din[1].defined()) {
@@ -445,19 +463,25 @@ void bwd_batchnorm(const KernelState& st, ExecContext&, const GradIO& io) {
   }
   if (io.din[0].defined()) {
     float* dX = io.din[0].data<float>();
-    bool acc = io.accumulate[0];
-    float cnt = static_cast<float>(s.N * s.HW);
+    const bool acc = io.accumulate[0];
+    const auto fcnt = static_cast<float>(cnt);
     pfor(s.N * s.C, std::max<int64_t>(1, kGrain / std::max<int64_t>(s.HW, 1)), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        size_t c = static_cast<size_t>(r % s.C);
-        float rs = rstd[c], m = mean[c], k = G[c] * rs;
-        float a = static_cast<float>(sdy[c]) / cnt, b = static_cast<float>(sdx[c]) / cnt;
+        const auto c = static_cast<size_t>(r % s.C);
+        const float rs = rstd[c], m = mean[c], k = G[c] * rs;
+        // batch statistics: dx = k (g - mean(g) - xhat mean(g xhat)) = k g + p (x - m) + q
+        const float a = s.batch_stats ? static_cast<float>(sdy[c]) / fcnt : 0.0f;
+        const float b = s.batch_stats ? static_cast<float>(sdx[c]) / fcnt : 0.0f;
+        const float p = -k * rs * b, q = -k * a;
         const float* x = X + r * s.HW;
         const float* g = dY + r * s.HW;
         float* d = dX + r * s.HW;
-        for (int64_t i = 0; i < s.HW; ++i) {
-          float v = s.batch_stats ? k * (g[i] - a - (x[i] - m) * rs * b) : k * g[i];
-          d[i] = acc ? d[i] + v : v;
+        if (acc) {
+#pragma omp simd
+          for (int64_t i = 0; i < s.HW; ++i) d[i] += k * g[i] + p * (x[i] - m) + q;
+        } else {
+#pragma omp simd
+          for (int64_t i = 0; i < s.HW; ++i) d[i] = k * g[i] + p * (x[i] - m) + q;
         }
       }
     });

@@ -584,6 +584,44 @@ TEST_CASE("Transpose of rows (inner dim kept) split across threads mid-way equal
   }
 }
 
+TEST_CASE("a transposed weight's gradient accumulated over microbatches (tiled) equals the naive sum") {
+  // w -> Transpose -> y, backward of two microbatches: dw = dy0^T + dy1^T, the second added into
+  // the first (strided_add's tiled path), for a 2-D weight and a 3-D one with perm (0, 2, 1),
+  // sizes not multiples of the 16 x 16 tile, on 1 and 2 threads.
+  for (bool three : {false, true})
+    for (int threads : {1, 2}) {
+      CAPTURE(three);
+      CAPTURE(threads);
+      runtime::CpuBackend be(threads);
+      const int64_t B = three ? 3 : 1, R = 40, C = 36;
+      const Shape ws = three ? Shape{B, R, C} : Shape{R, C}, ys = three ? Shape{B, C, R} : Shape{C, R};
+      TinyGraph t;
+      int w = t.param("w", ws, random_floats(static_cast<size_t>(B * R * C), 41));
+      std::map<std::string, Attribute> attrs;
+      if (three) attrs = {{"perm", attr_ints({0, 2, 1})}};
+      t.output(t.node("Transpose", {w}, {F("y", ys)}, attrs)[0]);
+      runtime::StageExecutor ex(t.g, be);
+      ex.zero_grad();
+      std::vector<std::vector<float>> gys;
+      for (int mb = 0; mb < 2; ++mb) {
+        gys.push_back(random_floats(static_cast<size_t>(B * R * C), 50 + static_cast<uint32_t>(mb)));
+        Tensor gy = be.from_host(DType::F32, ys, gys.back().data());
+        ex.forward(mb, {});
+        ex.backward(mb, {&gy, 1});
+      }
+      auto dw = to_vec(ex.gradient(w));
+      size_t bad = 0;
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t c = 0; c < C; ++c) {
+            const auto yi = static_cast<size_t>((b * C + c) * R + r);
+            const float want = gys[0][yi] + gys[1][yi];
+            if (std::abs(dw[static_cast<size_t>((b * R + r) * C + c)] - want) > 1e-6f) ++bad;
+          }
+      CHECK(bad == 0);
+    }
+}
+
 TEST_CASE("Conv over several images per product (small outputs) equals one image at a time, values and gradients") {
   // [5, 4, 12, 12]: 144 output columns per image, so 4 images share a product and the last one
   // runs alone; a batch of 1 takes the one-image path. Grouped 3x3 with padding, strided 3x3,

@@ -689,8 +689,10 @@ class Search {
     ev.stages.resize(static_cast<size_t>(S));
     // Workers of a calibrated machine computing at once on average (a pipeline of p stages over
     // m microbatches keeps p m / (m + p - 1) busy, as smp-profile's contention model has it): each
-    // runs slower by the calibration's slow-down for that many.
-    const double busy = static_cast<double>(c.d) * c.p * c.m / (c.m + c.p - 1.0);
+    // runs slower by the calibration's slow-down for that many. A tensor-parallel group is one
+    // device here (the graph is split for it) and its ranks all compute at once.
+    const int tp = std::max(gc_.options().tp_degree, 1);
+    const double busy = static_cast<double>(c.d) * tp * c.p * c.m / (c.m + c.p - 1.0);
     // activations of one microbatch of the whole model as one stage (only a profile needs it)
     const double act_whole = gc_.options().profile ? gc_.stage_memory(0, gc_.nodes(), u).act.at(u) : 0.0;
     for (int st = 0; st < S; ++st) {
@@ -722,7 +724,7 @@ class Search {
         cost::PassTimes tt;
         int ms_count = 0;
         const cost::DeviceSpec& dev = cl_.kinds[static_cast<size_t>(k)];
-        sp.update_s = std::max(sp.update_s, gc_.optimizer_step_s(mem.param_bytes * c.optimizer_share(), dev, nullptr, c.p * c.d));
+        sp.update_s = std::max(sp.update_s, gc_.optimizer_step_s(mem.param_bytes * c.optimizer_share(), dev, nullptr, c.p * c.d * tp));
         const double x = in_flight(dev);
         for (int n = a; n < b; ++n) {
           bool ms = false;

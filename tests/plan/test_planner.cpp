@@ -2,6 +2,7 @@
 // baseline, the DP's memory constraint equal to the simulator's peak, recomputation,
 // heterogeneous devices, infeasible and bad input, the plan file round trip.
 #include "core/error.hpp"
+#include "cost/calibration.hpp"
 #include "cost/cluster.hpp"
 #include "cost/cost_model.hpp"
 #include "graph/loader.hpp"
@@ -497,6 +498,47 @@ TEST_CASE("tensor parallelism: the ranks of a group are consecutive, on consecut
   std::string report = plan::format_report(p, s.in());
   CHECK(report.find("x 2 tensor-parallel") != std::string::npos);
   CHECK(report.find("tensor    2-way within each host") != std::string::npos);
+}
+
+TEST_CASE("on a calibrated machine a tensor-parallel group's ranks count as busy workers, all computing at once") {
+  // 4 one-thread workers on a calibration of 2 cores; one stage, one replica, TP 2, one
+  // microbatch: 2 workers compute at once, so every node runs at the 2-copy contention (compute
+  // x 1.1, memory-bound x 1.5) against a calibration without contention. Counted as one busy
+  // worker (the group as one device), the two would price the same.
+  auto stage_times = [](std::vector<double> compute, std::vector<double> memory) {
+    auto cal = std::make_shared<cost::KernelCalibration>();
+    cal->cpu = "test cpu";
+    cal->cores = 2;
+    cost::CalibrationTable t;
+    t.threads = 1;
+    for (auto& fam : t.curves) {
+      fam[0].points = {{1e3, 1e-6}, {1e9, 1.0}};
+      fam[1].points = {{1e3, 2e-6}, {1e9, 2.0}};
+    }
+    t.optimizer_s_per_parameter = {1e-9, 2e-9, 4e-9};
+    cal->tables.push_back(t);
+    cal->contention_compute = std::move(compute);
+    cal->contention_memory = std::move(memory);
+    cost::Cluster cl = fixed_cluster(4);
+    for (auto& k : cl.kinds) {
+      k.calibration = cal;
+      k.threads = 1;
+    }
+    Setup s(sample("gpt"), 8, cl);
+    auto o = options(8, 1, 1, 1, "1f1b");
+    o.tensor_parallel = 2;
+    plan::Plan p = plan::make_plan(s.in(), o);
+    REQUIRE(p.tensor_parallel == 2);
+    REQUIRE(p.stage_plans.size() == 1);
+    return std::pair{p.stage_plans[0].f_s + p.stage_plans[0].b_s + p.stage_plans[0].w_s, p.stage_plans[0].update_s};
+  };
+  const auto alone = stage_times({1.0, 1.0}, {1.0, 1.0});
+  const auto shared = stage_times({1.0, 1.1}, {1.0, 1.5});
+  const double ratio = shared.first / alone.first;
+  CHECK(ratio > 1.1 - 1e-9);
+  CHECK(ratio < 1.5 + 1e-9);
+  // the optimizer step (memory-bound) too
+  CHECK(shared.second == doctest::Approx(alone.second * 1.5));
 }
 
 TEST_CASE("tensor parallelism: searched over 1, 2, 4, 8 within a host; impossible degrees are bad input") {

@@ -28,6 +28,52 @@ inline void tile_loops(int64_t a0, int64_t a1, int64_t b0, int64_t b1, bool b_in
   }
 }
 
+// A transpose of the two innermost-in-memory dims between a contiguous array of `shape` and a
+// strided one (strides `st` per dim of `shape`, offset `base`): f(contiguous offset, strided
+// offset) for every element, in 16 x 16 tiles (a band of 16 along the strided side's unit-stride
+// dim j by 16 along the last dim) so that both sides stay in cache, bands across threads. False,
+// and nothing done, when the layout is not such a transpose.
+template <class F>
+bool tiled_transpose(const Shape& shape, const std::vector<int64_t>& st, int64_t base, F&& f) {
+  const size_t R = shape.size();
+  const int64_t L = shape.back(), ist = st.back();
+  if (ist == 1 || L < 8) return false;
+  size_t j = R;
+  for (size_t d = 0; d + 1 < R; ++d)
+    if (st[d] == 1 && shape[d] >= 8) j = d;
+  if (j == R) return false;
+  std::vector<int64_t> cst(R);  // the contiguous side's strides
+  int64_t k = 1;
+  for (size_t d = R; d-- > 0;) {
+    cst[d] = k;
+    k *= shape[d];
+  }
+  std::vector<size_t> rest;
+  int64_t outer = 1;
+  for (size_t d = 0; d + 1 < R; ++d)
+    if (d != j) {
+      rest.push_back(d);
+      outer *= shape[d];
+    }
+  const int64_t A = shape[j], cj = cst[j], bands = (A + 15) / 16;
+  pfor(outer * bands, std::max<int64_t>(1, kGrain / (16 * L)), [&](int64_t q0, int64_t q1) {
+    for (int64_t qb = q0; qb < q1; ++qb) {
+      const int64_t q = qb / bands, a0 = qb % bands * 16, a1 = std::min(A, a0 + 16);
+      int64_t co = 0, so = base, r = q;
+      for (size_t e = rest.size(); e-- > 0;) {
+        const size_t d = rest[e];
+        const int64_t i = r % shape[d];
+        r /= shape[d];
+        co += i * cst[d];
+        so += i * st[d];
+      }
+      for (int64_t b0 = 0; b0 < L; b0 += 16)
+        tile_loops(a0, a1, b0, std::min(L, b0 + 16), cj > ist, [&](int64_t a, int64_t b) { f(co + a * cj + b, so + a + b * ist); });
+    }
+  });
+  return true;
+}
+
 // dst[shape] (contiguous) = src[base + sum(idx_d * sst_d)]
 template <class T>
 void strided_copy(T* dst, const Shape& shape, const T* src, const std::vector<int64_t>& sst, int64_t base) {
@@ -39,50 +85,7 @@ void strided_copy(T* dst, const Shape& shape, const T* src, const std::vector<in
   }
   int64_t L = shape.back(), ist = sst.back(), rows = total / L;
   size_t R = shape.size();
-  // A transpose of the two innermost-in-memory dims: copy in 16 x 16 tiles so that both the
-  // reads (along the source's unit-stride dim j) and the writes (along the last dim) stay in cache.
-  if (ist != 1 && L >= 8) {
-    size_t j = R;
-    for (size_t d = 0; d + 1 < R; ++d)
-      if (sst[d] == 1 && shape[d] >= 8) j = d;
-    if (j < R) {
-      std::vector<int64_t> ostr(R);
-      int64_t k = 1;
-      for (size_t d = R; d-- > 0;) {
-        ostr[d] = k;
-        k *= shape[d];
-      }
-      std::vector<size_t> rest;
-      int64_t outer = 1;
-      for (size_t d = 0; d + 1 < R; ++d)
-        if (d != j) {
-          rest.push_back(d);
-          outer *= shape[d];
-        }
-      int64_t A = shape[j], oj = ostr[j];
-      // units of work: (outer index, band of 16 along j), so that one 2-D matrix splits too
-      const int64_t bands = (A + 15) / 16;
-      pfor(outer * bands, std::max<int64_t>(1, kGrain / (16 * L)), [&](int64_t q0, int64_t q1) {
-        for (int64_t qb = q0; qb < q1; ++qb) {
-          const int64_t q = qb / bands, a0 = qb % bands * 16;
-          int64_t so = base, oo = 0, r = q;
-          for (size_t e = rest.size(); e-- > 0;) {
-            size_t d = rest[e];
-            int64_t i = r % shape[d];
-            r /= shape[d];
-            so += i * sst[d];
-            oo += i * ostr[d];
-          }
-          const int64_t a1 = std::min(A, a0 + 16);
-          for (int64_t b0 = 0; b0 < L; b0 += 16) {
-            const int64_t b1 = std::min(L, b0 + 16);
-            tile_loops(a0, a1, b0, b1, oj > ist, [&](int64_t a, int64_t b) { dst[oo + a * oj + b] = src[so + b * ist + a]; });
-          }
-        }
-      });
-      return;
-    }
-  }
+  if (tiled_transpose(shape, sst, base, [&](int64_t c, int64_t st) { dst[c] = src[st]; })) return;
   pfor(rows, std::max<int64_t>(1, kGrain / L), [&](int64_t r0, int64_t r1) {
     // the row's multi-index, advanced like an odometer (no division per row)
     std::vector<int64_t> idx(R, 0);
@@ -123,47 +126,8 @@ void strided_add(float* dst, const std::vector<int64_t>& dstst, int64_t base, co
   }
   int64_t L = shape.back(), ist = dstst.back(), rows = total / L;
   size_t R = shape.size();
-  // The gradient of a transpose of the two innermost-in-memory dims (a weight's, accumulated
-  // every microbatch): in 16 x 16 tiles, as strided_copy; a column at a time was 10x slower.
-  if (ist != 1 && L >= 8) {
-    size_t j = R;
-    for (size_t d = 0; d + 1 < R; ++d)
-      if (dstst[d] == 1 && shape[d] >= 8) j = d;
-    if (j < R) {
-      std::vector<int64_t> sstr(R);  // the source's (contiguous) strides
-      int64_t k = 1;
-      for (size_t d = R; d-- > 0;) {
-        sstr[d] = k;
-        k *= shape[d];
-      }
-      std::vector<size_t> rest;
-      int64_t outer = 1;
-      for (size_t d = 0; d + 1 < R; ++d)
-        if (d != j) {
-          rest.push_back(d);
-          outer *= shape[d];
-        }
-      const int64_t A = shape[j], sj = sstr[j], bands = (A + 15) / 16;
-      pfor(outer * bands, std::max<int64_t>(1, kGrain / (16 * L)), [&](int64_t q0, int64_t q1) {
-        for (int64_t qb = q0; qb < q1; ++qb) {
-          const int64_t q = qb / bands, a0 = qb % bands * 16, a1 = std::min(A, a0 + 16);
-          int64_t so = 0, oo = base, r = q;
-          for (size_t e = rest.size(); e-- > 0;) {
-            size_t d = rest[e];
-            int64_t i = r % shape[d];
-            r /= shape[d];
-            so += i * sstr[d];
-            oo += i * dstst[d];
-          }
-          for (int64_t b0 = 0; b0 < L; b0 += 16) {
-            const int64_t b1 = std::min(L, b0 + 16);
-            tile_loops(a0, a1, b0, b1, sj > ist, [&](int64_t a, int64_t b) { dst[oo + a + b * ist] += src[so + a * sj + b]; });
-          }
-        }
-      });
-      return;
-    }
-  }
+  // the gradient of a transposed weight, accumulated every microbatch: a column at a time was 10x slower
+  if (tiled_transpose(shape, dstst, base, [&](int64_t c, int64_t st) { dst[st] += src[c]; })) return;
   pfor(rows, std::max<int64_t>(1, kGrain / L), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       int64_t off = base, q = r;

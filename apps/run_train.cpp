@@ -270,6 +270,7 @@ int run_train(const std::string& plan, const std::string& data, const TrainCli& 
     graph::LoadOptions lo;
     lo.batch_size = pf.microbatch_size;
     lo.dims = pf.dims;
+    lo.frozen = pf.frozen;
     graph::Graph g = graph::load_graph(model, lo);
     if (!data.empty()) train::load_dataset(data, g, pf.batch_size);
   }

@@ -113,7 +113,7 @@ int main(int argc, char** argv) {
 
   std::string model;
   int64_t batch_size = 0;
-  std::vector<std::string> dims;
+  std::vector<std::string> dims, frozen;
   bool summary = false, json = false;
   std::string cluster_file, profile_file, out_file = "plan.json", optimizer = "adamw", dtype = "fp32",
                             recompute = "auto", save_cluster, split = "auto";
@@ -125,6 +125,11 @@ int main(int argc, char** argv) {
                                                 "the model's fixed batch dimension, else 8 per device)")
       ->check(CLI::PositiveNumber);
   app.add_option("--dim", dims, "bind another symbolic dimension, NAME=SIZE (repeatable)");
+  app.add_option("--freeze", frozen, "keep these floating-point initializers constant instead of training them: names "
+                                     "or patterns such as '*relative_coords_table' (repeatable or comma-separated; "
+                                     "the plan records them for smp-run)")
+      ->delimiter(',')
+      ->option_text("NAME");
   app.add_flag("--summary", summary, "print the graph summary: nodes, parameters, FLOPs, activations, ops");
   app.add_flag("--json", json, "print as one JSON object instead of text (the summary, or the partition report)");
   const std::string pg = "Planning";
@@ -218,6 +223,7 @@ int main(int argc, char** argv) {
     smp::graph::LoadOptions opts;
     opts.batch_size = batch_size;
     opts.dims = smp::app::parse_dims(dims);
+    opts.frozen = frozen;
 
     if (summary) {
       smp::graph::Graph g = smp::graph::load_graph(model, opts);

@@ -83,7 +83,7 @@ int main(int argc, char** argv) {
   int64_t batch_size = 0;
   int microbatches = 1, threads = 0, devices = 0;
   double budget_ms = 20, whole_budget_ms = 1500, oversubscription = 0;
-  std::vector<std::string> dims;
+  std::vector<std::string> dims, frozen;
   bool machine = false, quiet = false, no_calibrate = false;
   std::string probe = "auto";
   uint64_t seed = 1;
@@ -93,6 +93,9 @@ int main(int argc, char** argv) {
   app.add_option("-m,--microbatches", microbatches, "microbatches per batch: nodes are measured at batch / M samples")
       ->option_text("M");
   app.add_option("--dim", dims, "bind another symbolic dimension, NAME=SIZE (repeatable)");
+  app.add_option("--freeze", frozen, "floating-point initializers kept constant, as smp-plan --freeze")
+      ->delimiter(',')
+      ->option_text("NAME");
   app.add_option("--device", device, "device to measure (only cpu in this version)")->option_text("cpu");
   app.add_option("--devices", devices,
                  "worker processes that will share this machine's cores, as smp-plan / smp-run --devices (default: one "
@@ -175,6 +178,7 @@ int main(int argc, char** argv) {
     o.batch_size = batch_size;
     o.microbatches = microbatches;
     o.dims = smp::app::parse_dims(dims);
+    o.frozen = frozen;
     o.threads = threads > 0 ? threads : std::max(1, cores / workers);
     // The name smp-plan gives this machine's devices for the same --devices: the profile applies
     // to exactly that set-up.

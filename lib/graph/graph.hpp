@@ -116,6 +116,7 @@ struct Graph {
   std::vector<int> parameters;  // trainable parameters, in initializer order
   std::vector<int> buffers;     // running statistics (ValueKind::Buffer), in initializer order
   std::map<std::string, int64_t> dims;  // symbolic dimension name -> size it was bound to
+  std::vector<std::string> frozen;      // LoadOptions::frozen as given (initializers kept constant)
   std::vector<std::string> warnings;    // e.g. ops with no cost rule
 
   int find_value(const std::string& name) const;  // -1 when absent

@@ -15,6 +15,8 @@
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 
+#include <fnmatch.h>
+
 #include <algorithm>
 #include <climits>
 #include <csetjmp>
@@ -810,12 +812,22 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
       if (i < 32 && (mask & (1u << i))) grad_flows[static_cast<size_t>(id)] = true;
     }
   }
+  // --freeze: initializers the user keeps constant (each pattern must match one of them).
+  g.frozen = opts.frozen;
+  std::vector<bool> pattern_used(opts.frozen.size(), false);
+  auto frozen = [&](const std::string& name) {
+    bool any = false;
+    for (size_t k = 0; k < opts.frozen.size(); ++k)
+      if (::fnmatch(opts.frozen[k].c_str(), name.c_str(), 0) == 0) any = pattern_used[k] = true;
+    return any;
+  };
   for (const auto& name : initializer_order) {
     int id = g.find_value(name);
     if (id < 0) continue;  // an initializer nothing reads
     Value& v = g.value(id);
     if (std::find(float_initializers.begin(), float_initializers.end(), id) == float_initializers.end()) continue;
-    if (grad_flows[static_cast<size_t>(id)]) {
+    const bool freeze = frozen(name);
+    if (grad_flows[static_cast<size_t>(id)] && !freeze) {
       v.kind = ValueKind::Parameter;
       g.parameters.push_back(id);
     } else if (!v.data) {
@@ -828,6 +840,12 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
       }
     }
   }
+
+  for (size_t k = 0; k < opts.frozen.size(); ++k)
+    if (!pattern_used[k])
+      throw_bad_input("--freeze", fmt::format("'{}' matches no floating-point initializer of {}",
+                                              opts.frozen[k], file.empty() ? std::string("the model") : file),
+                      "name a floating-point initializer of the model, or a pattern such as '*relative_coords_table'");
 
   // Running statistics: float initializers that a node's training forward overwrites (the
   // registry's OpDef::state). Each belongs to one node: two writers would race.

@@ -24,6 +24,10 @@ struct LoadOptions {
   // Integer, boolean and one-element arrays also become constant initializers: their values may
   // decide shapes (a Reshape's target, a Pad's pads) or must be constant (a Dropout's ratio).
   std::function<std::shared_ptr<const TensorData>(const std::string& input_name)> input_array;
+  // Floating-point initializers not to train although a gradient reaches them (buffers such as
+  // swin_v2's relative_coords_table, which ONNX cannot tell from weights), by name or fnmatch(3)
+  // pattern. A pattern that matches no floating-point initializer is bad input (--freeze).
+  std::vector<std::string> frozen;
   // Read parameter bytes (embedded and external). The planner leaves this off and never reads
   // a weight byte; workers turn it on.
   bool load_weights = false;

@@ -202,6 +202,7 @@ json plan_to_json(const Plan& plan, const PlanInputs& source, const PlanOptions&
                  {"nodes", static_cast<int>(source.graph->nodes.size())}, {"parameters", params}}},
       {"batch_size", plan.batch_size},
       {"dims", dims},
+      {"frozen", source.graph->frozen},
       {"microbatches", plan.microbatches},
       {"microbatch_size", static_cast<int64_t>(std::llround(plan.microbatch_size))},
       {"degrees", {{"pipeline", plan.stages}, {"data_parallel", plan.data_parallel}, {"chunks", plan.chunks},
@@ -306,6 +307,13 @@ PlanFile plan_from_json(const json& j, const std::string& where) {
     for (const auto& [k, v] : j["dims"].items()) {
       if (!v.is_number_integer()) r.fail("dims." + k, "must be an integer");
       f.dims[k] = v.get<int64_t>();
+    }
+  }
+  if (j.contains("frozen")) {
+    if (!j["frozen"].is_array()) r.fail("frozen", "must be an array of initializer names or patterns");
+    for (const auto& v : j["frozen"]) {
+      if (!v.is_string() || v.get<std::string>().empty()) r.fail("frozen", "must be an array of initializer names or patterns");
+      f.frozen.push_back(v.get<std::string>());
     }
   }
   const json& o = r.get(j, "", "options");

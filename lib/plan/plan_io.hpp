@@ -66,6 +66,7 @@ struct PlanFile {
   int tensor_parallel = 1;              // ranks per tensor-parallel group
   bool shard_optimizer = false;         // optimizer state split over the replicas (ZeRO stage 1)
   std::map<std::string, int64_t> dims;  // symbolic dims besides the batch, as planned
+  std::vector<std::string> frozen;      // initializers kept constant (smp-plan --freeze), as planned
   std::string optimizer, dtype;
   schedule::Schedule schedule;          // lowered: the worker runs these lists literally
   std::vector<PlanStage> stage;         // S = stages * chunks

@@ -60,6 +60,7 @@ bool probe_pipeline(const NodeProfileOptions& o, const PipelineProbeOptions& how
   graph::LoadOptions lo;
   lo.batch_size = o.batch_size;
   lo.dims = o.dims;
+  lo.frozen = o.frozen;
   graph::Graph g = graph::load_graph(o.model, lo);
   cost::GraphCost gc(g, o.batch_size, copt);
   cost::Cluster cluster = cost::detect_local_cpu(workers);

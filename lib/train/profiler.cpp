@@ -504,6 +504,7 @@ json profile_nodes(const NodeProfileOptions& o, const ProfileOutput& out) {
   graph::LoadOptions lo;
   lo.batch_size = u;
   lo.dims = o.dims;
+  lo.frozen = o.frozen;
   lo.load_weights = true;
   graph::Graph g = graph::load_graph(o.model, lo);
   const int N = static_cast<int>(g.nodes.size());

@@ -30,6 +30,7 @@ struct NodeProfileOptions {
   int64_t batch_size = 0;
   int microbatches = 1;
   std::map<std::string, int64_t> dims;
+  std::vector<std::string> frozen;  // initializers kept constant (graph::LoadOptions::frozen)
   int threads = 1;
   std::string device_name;     // written as device.name (the planner's name for this machine's devices)
   double budget_s = 0.02;      // per node alone (all three passes together)

@@ -391,6 +391,7 @@ void Worker::load() {
   graph::LoadOptions lo;
   lo.batch_size = b_;
   lo.dims = plan_.dims;
+  lo.frozen = plan_.frozen;
   lo.load_weights = true;
   lo.want_weight = [&](const std::string& n) { return mine.count(n) != 0; };
   if (T_ == 1) {

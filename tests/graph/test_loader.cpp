@@ -175,6 +175,31 @@ TEST_CASE("a worker reads only the weights it asks for") {
   CHECK(g.value(g.find_value(wanted)).data->bytes == all.value(all.find_value(wanted)).data->bytes);
 }
 
+TEST_CASE("--freeze: named or matched initializers stay constant with their bytes; a pattern matching none is bad input") {
+  Graph all = load_graph(test::sample("mlp"), batch(2));
+  LoadOptions o = batch(2);
+  o.frozen = {"layers.0.weight", "layers.[12].bias"};
+  Graph g = load_graph(test::sample("mlp"), o);
+  CHECK(g.frozen == o.frozen);
+  CHECK(g.parameters.size() == all.parameters.size() - 3);
+  CHECK(g.parameter_count() == all.parameter_count() - 512 * 256 - 2 * 512);
+  for (const char* name : {"layers.0.weight", "layers.1.bias", "layers.2.bias"}) {
+    CAPTURE(name);
+    const Value& v = g.value(g.find_value(name));
+    CHECK(v.kind == ValueKind::Constant);
+    REQUIRE(v.data != nullptr);  // the runtime reads it without --load-weights' filter
+    CHECK(static_cast<int64_t>(v.data->bytes.size()) == v.bytes());
+  }
+  CHECK(g.value(g.find_value("layers.3.bias")).kind == ValueKind::Parameter);
+  o.frozen = {"layers.0.weight", "no_such_*"};
+  try {
+    load_graph(test::sample("mlp"), o);
+    FAIL("no error");
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()).rfind("--freeze: 'no_such_*' matches no floating-point initializer", 0) == 0);
+  }
+}
+
 TEST_CASE("costs scale with the batch: FLOPs and activations double, parameters do not") {
   Graph a = load_graph(test::sample("cnn"), batch(4));
   Graph b = load_graph(test::sample("cnn"), batch(8));

@@ -109,6 +109,7 @@ TEST_CASE("smp-plan bad input: one line naming the file or option, exit 2") {
       {sample("mlp") + " -b 8 --devices 4 --tensor-parallel 3", "error: --tensor-parallel: 3: host localhost has 4 devices, not a multiple of 3"},
       {sample("mlp") + " -b 8 --devices 4 --tensor-parallel 0", "error: --tensor-parallel: Value 0 not in range 1 to 65536"},
       {sample("mlp") + " -b 8 --devices 4 --shard-optimizer --no-shard-optimizer", "error: --shard-optimizer: given with --no-shard-optimizer"},
+      {sample("mlp") + " -b 8 --devices 2 --freeze 'layers.0.*,norm*'", "error: --freeze: 'norm*' matches no floating-point initializer of "},
   };
   for (const auto& c : cases) {
     auto r = run_cmd(tool("smp-plan") + " " + c.args + out);

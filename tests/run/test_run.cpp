@@ -94,6 +94,36 @@ TEST_CASE("--export writes the trained model as a valid ONNX file of the same gr
   fs::remove_all(dir);
 }
 
+TEST_CASE("smp-plan --freeze: the plan records the initializers, smp-run keeps them constant and trains the rest") {
+  auto dir = test::temp_dir("freeze");
+  const fs::path plan = dir / "plan.json", out = dir / "trained.onnx";
+  auto p = test::sh(fmt::format("{} {} --batch-size 8 --stages 2 --data-parallel 1 --devices 2 --microbatches 2 --schedule 1f1b "
+                                "--optimizer sgd --freeze layers.0.weight --freeze 'layers.[12].bias' -o {}",
+                                test::bin("smp-plan"), test::src("sample_models/mlp.onnx"), plan.string()));
+  INFO(p.out);
+  REQUIRE(p.exit_code == 0);
+  const auto pj = nlohmann::json::parse(read_file(plan));
+  CHECK(pj["frozen"] == nlohmann::json::array({"layers.0.weight", "layers.[12].bias"}));
+  graph::LoadOptions lo;
+  lo.batch_size = 2;
+  lo.load_weights = true;
+  const graph::Graph original = graph::load_graph(test::src("sample_models/mlp.onnx"), lo);
+  CHECK(pj["model"]["parameters"].get<int64_t>() == original.parameter_count() - 512 * 256 - 2 * 512);
+  auto r = test::sh(run_cmd(plan, fmt::format("--steps 3 --lr 0.1 --export {}", out.string())));
+  INFO(r.out);
+  REQUIRE(r.exit_code == 0);
+  const graph::Graph trained = graph::load_graph(out, lo);
+  for (const auto& v : original.values) {
+    if (v.kind != graph::ValueKind::Parameter) continue;
+    CAPTURE(v.name);
+    const bool frozen = v.name == "layers.0.weight" || v.name == "layers.1.bias" || v.name == "layers.2.bias";
+    const auto& t = trained.value(trained.find_value(v.name));
+    REQUIRE(t.data != nullptr);
+    CHECK((t.data->bytes == v.data->bytes) == frozen);
+  }
+  fs::remove_all(dir);
+}
+
 TEST_CASE("metrics, trace and timeline files; without --data the synthetic task's loss falls") {
   auto dir = test::temp_dir("files");
   auto plan = test::make_plan(dir, "mlp", 16, 2, 1, 4, "1f1b");

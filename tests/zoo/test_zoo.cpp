@@ -111,7 +111,7 @@ void check_model(const std::string& name) {
     write_file_atomic(kZoo / "results" / (name + ".json"), res.dump(1) + "\n");
     write_table();
   };
-  const int version = 1;      // zoo_models.EXPORT_VERSION
+  const int version = 2;      // zoo_models.EXPORT_VERSION
   const int ref_version = 2;  // zoo_models.REFERENCE_VERSION
 
   // 1. The export at the smallest size: loads, PyTorch's parameter count, a forward runs.
@@ -120,7 +120,12 @@ void check_model(const std::string& name) {
   res["params"] = info["params"];
   res["size"] = info["size"];
   save();
-  auto sum = test::sh(fmt::format("{} {} --batch-size 4 --summary --json", test::bin("smp-plan"), (kZoo / (name + ".onnx")).string()));
+  // Buffers the export keeps as initializers (not BatchNorm's statistics) are kept constant.
+  std::string freeze;
+  for (const auto& b : info.value("frozen", nlohmann::json::array())) freeze += " --freeze " + b.get<std::string>();
+  res["frozen"] = info.value("frozen", nlohmann::json::array()).size();
+  auto sum = test::sh(fmt::format("{} {} --batch-size 4 --summary --json{}", test::bin("smp-plan"), (kZoo / (name + ".onnx")).string(),
+                                  freeze));
   INFO(sum.out);
   REQUIRE(sum.exit_code == 0);
   auto summary = nlohmann::json::parse(sum.out);
@@ -171,8 +176,8 @@ void check_model(const std::string& name) {
 
   auto plan = work / "plan.json";
   auto p = test::sh(fmt::format("{} {} --batch-size {} --stages 2 --data-parallel 1 --devices 2 --microbatches 2 --schedule 1f1b "
-                                "--optimizer sgd -o {}",
-                                test::bin("smp-plan"), model.string(), 2 * mb, plan.string()));
+                                "--optimizer sgd{} -o {}",
+                                test::bin("smp-plan"), model.string(), 2 * mb, freeze, plan.string()));
   INFO(p.out);
   REQUIRE(p.exit_code == 0);
   auto run = test::sh(fmt::format("{} {} --steps 3 --lr {} --data {} --losses {} --export {} --threads-per-worker 1 --quiet --timeout 600",

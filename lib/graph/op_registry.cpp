@@ -285,6 +285,10 @@ constexpr OpDef kOps[] = {
     // SoftmaxCrossEntropyLoss over scores split by class (attributes start, classes): the row
     // maxima, sums of exponentials and target scores reduced over the group, forward and backward.
     {Op::TpSoftmaxCrossEntropyLoss, "TpSoftmaxCrossEntropyLoss", C::Loss, b(0), b(0) | b(1), kNone, cost_sce_loss},
+
+    // A [..., M, K] . B [N, K]ᵀ: MatMul of a transposed 2-D B without the transpose (the
+    // exported Linear layers' weights); 2 . output elements . K, as MatMul.
+    {Op::MatMulTransB, "MatMulTransB", C::MatMulLike, b(0) | b(1), b(0) | b(1), kNone, cost_matmul},
 };
 
 constexpr bool registry_in_enum_order() {

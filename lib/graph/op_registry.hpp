@@ -36,6 +36,9 @@ enum class Op : int {
   SoftmaxCrossEntropyLoss,
   // tensor parallelism: inserted by graph/tensor_parallel.hpp, never read from a file
   TpCopy, TpAllReduce, TpVocabGather, TpSoftmaxCrossEntropyLoss,
+  // fusion: A . Bᵀ for a 2-D B, formed by runtime/fusion.hpp from Transpose(B) -> MatMul, never
+  // read from a file
+  MatMulTransB,
   kCount
 };
 

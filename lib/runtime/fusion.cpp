@@ -100,6 +100,33 @@ class Matcher {
     return true;
   }
 
+  // A Transpose of a 2-D float B (perm [1, 0]) read only by a MatMul, as its second input, with
+  // an A of at least 2 dims: A . Bᵀ in one product (sgemm's transB), without the transposed
+  // copy, and B's gradient made in B's layout. PyTorch exports every Linear layer's weight
+  // [out, in] this way: transposed for every microbatch, its gradient transposed back.
+  bool transposed_product(int tn, Fusion& f) const {
+    const graph::Node& t = g_.nodes[static_cast<size_t>(tn)];
+    if (t.inputs.size() != 1 || out(t) < 0) return false;
+    const int b = t.inputs[0], bt = out(t);
+    if (b < 0 || g_.value(b).dtype != DType::F32 || g_.value(b).shape.size() != 2) return false;
+    if (t.attr_ints("perm", {1, 0}) != std::vector<int64_t>{1, 0}) return false;
+    const int mn = sole_consumer(bt);
+    if (mn < 0 || !is(node(mn), "MatMul")) return false;
+    const graph::Node& m = *node(mn);
+    if (m.inputs.size() != 2 || m.inputs[1] != bt || m.inputs[0] == bt || out(m) < 0) return false;
+    const graph::Value& a = g_.value(m.inputs[0]);
+    if (a.dtype != DType::F32 || a.shape.size() < 2 || g_.value(out(m)).dtype != DType::F32) return false;
+    if (!free(tn) || !free(mn)) return false;
+    f.op = graph::Op::MatMulTransB;
+    f.nodes = {std::min(tn, mn), std::max(tn, mn)};
+    f.node = graph::Node{};
+    f.node.name = m.name;
+    f.node.op_type = "MatMulTransB";
+    f.node.inputs = {m.inputs[0], b};
+    f.node.outputs = {out(m)};
+    return true;
+  }
+
  private:
   const graph::Graph& g_;
   std::vector<uint8_t> in_stage_, used_;
@@ -117,6 +144,16 @@ std::vector<Fusion> find_fusions(const graph::Graph& g, const std::vector<int>& 
       if (!m.free(n) || !m.is(m.node(n), "Erf")) continue;
       Fusion f;
       if (m.gelu(n, f)) {
+        m.use(f.nodes);
+        out.push_back(std::move(f));
+      }
+    }
+  }
+  if (has_kernel(kernels, graph::Op::MatMulTransB)) {
+    for (int n : stage_nodes) {
+      if (!m.free(n) || !m.is(m.node(n), "Transpose")) continue;
+      Fusion f;
+      if (m.transposed_product(n, f)) {
         m.use(f.nodes);
         out.push_back(std::move(f));
       }

@@ -1,6 +1,8 @@
 // Op-chain fusion decided when a stage is loaded: chains of exported nodes that one registry op
 // computes (PyTorch exports F.gelu as Div, Erf, Add, Mul, Mul) run as that op's kernel, in one
-// pass over memory instead of five, keeping one tensor for the backward instead of three.
+// pass over memory instead of five, keeping one tensor for the backward instead of three; a
+// Linear layer's Transpose(W) -> MatMul runs as one product with W transposed in place
+// (MatMulTransB), without copying W every microbatch and its gradient back.
 //
 // A chain is fused only when the backend has a kernel for the fused op (a backend without one
 // runs the nodes as exported: nothing else changes for it), every node of the chain is in the

@@ -584,6 +584,62 @@ TEST_CASE("Transpose of rows (inner dim kept) split across threads mid-way equal
   }
 }
 
+TEST_CASE("Transpose(W) -> MatMul runs fused as one product (MatMulTransB): values and accumulated gradients") {
+  // x [2, 5, 6] . Transpose(w [4, 6]): y = x wᵀ, dx = dy w, dw = sum over microbatches of dyᵀ x,
+  // on 1 and 2 threads; a transposed weight that something else also reads is left alone.
+  const int64_t B = 2, T = 5, K = 6, N = 4;
+  for (int threads : {1, 2}) {
+    CAPTURE(threads);
+    runtime::CpuBackend be(threads);
+    TinyGraph t;
+    int x = t.boundary("x", {B, T, K});
+    auto ws = random_floats(static_cast<size_t>(N * K), 61);
+    int w = t.param("w", {N, K}, ws);
+    int wt = t.node("Transpose", {w}, {F("wt", {K, N})}, {{"perm", attr_ints({1, 0})}})[0];
+    t.output(t.node("MatMul", {x, wt}, {F("y", {B, T, N})})[0]);
+    runtime::StageExecutor ex(t.g, be);
+    REQUIRE(ex.fusions().size() == 1);
+    CHECK(ex.fusions()[0].op == graph::Op::MatMulTransB);
+    ex.zero_grad();
+    std::vector<float> dw(static_cast<size_t>(N * K), 0.0f);
+    for (int mb = 0; mb < 2; ++mb) {
+      auto xs = random_floats(static_cast<size_t>(B * T * K), 62 + static_cast<uint32_t>(mb));
+      auto gs = random_floats(static_cast<size_t>(B * T * N), 64 + static_cast<uint32_t>(mb));
+      Tensor xt = be.from_host(DType::F32, {B, T, K}, xs.data());
+      Tensor gy = be.from_host(DType::F32, {B, T, N}, gs.data());
+      auto y = to_vec(ex.forward(mb, {&xt, 1})[0]);
+      auto dx = ex.backward(mb, {&gy, 1});
+      REQUIRE(dx.size() == 1);
+      auto dxs = to_vec(dx[0]);
+      for (int64_t r = 0; r < B * T; ++r)
+        for (int64_t n = 0; n < N; ++n) {
+          double want = 0;
+          for (int64_t k = 0; k < K; ++k) want += static_cast<double>(xs[static_cast<size_t>(r * K + k)]) * ws[static_cast<size_t>(n * K + k)];
+          CHECK(y[static_cast<size_t>(r * N + n)] == doctest::Approx(want).epsilon(1e-5));
+          for (int64_t k = 0; k < K; ++k)
+            dw[static_cast<size_t>(n * K + k)] += gs[static_cast<size_t>(r * N + n)] * xs[static_cast<size_t>(r * K + k)];
+        }
+      for (int64_t r = 0; r < B * T; ++r)
+        for (int64_t k = 0; k < K; ++k) {
+          double want = 0;
+          for (int64_t n = 0; n < N; ++n) want += static_cast<double>(gs[static_cast<size_t>(r * N + n)]) * ws[static_cast<size_t>(n * K + k)];
+          CHECK(dxs[static_cast<size_t>(r * K + k)] == doctest::Approx(want).epsilon(1e-5));
+        }
+    }
+    near(to_vec(ex.gradient(w)), dw);
+  }
+  // wt read twice (also a graph output): no fusion
+  runtime::CpuBackend be(1);
+  TinyGraph t;
+  int x = t.boundary("x", {B, T, K});
+  int w = t.param("w", {N, K}, random_floats(static_cast<size_t>(N * K), 61));
+  int wt = t.node("Transpose", {w}, {F("wt", {K, N})})[0];
+  t.output(t.node("MatMul", {x, wt}, {F("y", {B, T, N})})[0]);
+  t.output(wt);
+  runtime::StageExecutor ex(t.g, be);
+  CHECK(ex.fusions().empty());
+}
+
 TEST_CASE("a transposed weight's gradient accumulated over microbatches (tiled) equals the naive sum") {
   // w -> Transpose -> y, backward of two microbatches: dw = dy0^T + dy1^T, the second added into
   // the first (strided_add's tiled path), for a 2-D weight and a 3-D one with perm (0, 2, 1),

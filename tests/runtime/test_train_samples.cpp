@@ -211,7 +211,11 @@ TEST_CASE("memory: the stash holds exactly what the registry declares; planned a
     CHECK(fmeasured - 2 * fdistinct == measured - 2 * distinct);
     CHECK(fmeasured <= measured);
     if (name == "gpt") {
-      CHECK(fx.fusions().size() == 4);  // one GELU per block
+      int gelu = 0, tb = 0;
+      for (const auto& f : fx.fusions()) gelu += f.op == graph::Op::Gelu, tb += f.op == graph::Op::MatMulTransB;
+      CHECK(gelu == 4);  // one GELU per block
+      CHECK(tb == 17);   // each block's 4 Linear layers' Transpose(W) -> MatMul, and the head's
+      CHECK(fx.fusions().size() == 21);
       CHECK(fmeasured < measured);
     }
     for (int mb = 0; mb < 2; ++mb) fx.drop(mb);

@@ -11,6 +11,7 @@ namespace smp::runtime::cpu {
   void bwd_##name(const KernelState& s, ExecContext& ctx, const GradIO& io);
 
 SMP_KERNEL(matmul)
+SMP_KERNEL(matmul_tb)
 SMP_KERNEL(gemm)
 SMP_KERNEL(conv)
 SMP_KERNEL(einsum)

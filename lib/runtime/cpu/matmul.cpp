@@ -140,6 +140,45 @@ void bwd_matmul(const KernelState& st, ExecContext&, const GradIO& io) {
   }
 }
 
+// ---- MatMulTransB (fused Transpose(B) -> MatMul) -------------------------------------------
+
+std::unique_ptr<KernelState> prep_matmul_tb(const NodeView& n) {
+  auto s = std::make_unique<MatMulTbState>();
+  if (n.num_inputs() != 2) n.fail("needs 2 inputs");
+  n.require_dtype(n.input(0), {DType::F32}, "input A");
+  n.require_dtype(n.input(1), {DType::F32}, "input B");
+  const Shape &a = n.input(0).shape, &b = n.input(1).shape;
+  if (a.size() < 2 || b.size() != 2) n.fail("A must be at least 2-D and B 2-D");
+  s->K = a.back();
+  s->N = b[0];
+  if (b[1] != s->K) n.fail(fmt::format("inner dimensions differ: {} and {} transposed", shape_str(a), shape_str(b)));
+  s->rows = smp::numel(a) / s->K;
+  if (n.output(0).numel() != s->rows * s->N) n.fail("output shape does not match the operands");
+  return s;
+}
+
+void fwd_matmul_tb(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const MatMulTbState&>(st);
+  sgemm(false, true, s.rows, s.N, s.K, 1.0f, in[0].data<float>(), s.K, in[1].data<float>(), s.K, 0.0f,
+        out[0].data<float>(), s.N);
+}
+
+void bwd_matmul_tb(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const MatMulTbState&>(st);
+  if (!io.dout[0].defined()) return;
+  const float* dY = io.dout[0].data<float>();
+  if (io.din[0].defined()) {  // dA [rows, K] = dY . B
+    SMP_CHECK(io.in[1].defined(), "node {}: MatMulTransB backward needs B (not declared saved)", s.node_name);
+    sgemm(false, false, s.rows, s.K, s.N, 1.0f, dY, s.N, io.in[1].data<float>(), s.K, io.accumulate[0] ? 1.0f : 0.0f,
+          io.din[0].data<float>(), s.K);
+  }
+  if (io.din[1].defined()) {  // dB [N, K] = dYᵀ . A, in B's own layout
+    SMP_CHECK(io.in[0].defined(), "node {}: MatMulTransB backward needs A (not declared saved)", s.node_name);
+    sgemm(true, false, s.N, s.K, s.rows, 1.0f, dY, s.N, io.in[0].data<float>(), s.K, io.accumulate[1] ? 1.0f : 0.0f,
+          io.din[1].data<float>(), s.K);
+  }
+}
+
 // ---- Gemm --------------------------------------------------------------------------------
 
 std::unique_ptr<KernelState> prep_gemm(const NodeView& n) {

@@ -107,6 +107,10 @@ struct MatMulState : KernelState {
   int64_t a_mats = 1, b_mats = 1;
 };
 
+struct MatMulTbState : KernelState {
+  int64_t rows = 0, N = 0, K = 0;  // A as [rows, K] (its batch dims folded), B [N, K]
+};
+
 struct GemmState : KernelState {
   bool ta = false, tb = false;
   float alpha = 1, beta = 1;

@@ -36,6 +36,7 @@ constexpr OpKernel kTable[] = {
     K(SoftmaxCrossEntropyLoss, sce_loss),
     KV(TpCopy, tp_copy), K(TpAllReduce, tp_allreduce), K(TpVocabGather, tp_vocab_gather),
     K(TpSoftmaxCrossEntropyLoss, tp_sce_loss),
+    K(MatMulTransB, matmul_tb),
 };
 
 static_assert(std::size(kTable) == static_cast<size_t>(Op::kCount), "one CPU kernel entry per graph::Op");

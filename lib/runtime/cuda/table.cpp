@@ -43,6 +43,9 @@ constexpr OpKernel kTable[] = {
     K(SoftmaxCrossEntropyLoss, sce_loss),
     // Tensor parallelism runs on CPU workers only until the GPU workers carry its collectives.
     NO_KERNEL(TpCopy), NO_KERNEL(TpAllReduce), NO_KERNEL(TpVocabGather), NO_KERNEL(TpSoftmaxCrossEntropyLoss),
+    // The fused transposed-weight product: without a kernel here the CUDA backend runs the
+    // Transpose and the MatMul as exported (runtime/fusion.hpp fuses only where one exists).
+    NO_KERNEL(MatMulTransB),
 };
 
 static_assert(std::size(kTable) == static_cast<size_t>(Op::kCount), "one CUDA kernel entry per graph::Op");

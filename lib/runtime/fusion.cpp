@@ -139,26 +139,21 @@ bool has_kernel(const KernelTable& t, graph::Op op) { return t[static_cast<size_
 std::vector<Fusion> find_fusions(const graph::Graph& g, const std::vector<int>& stage_nodes, const KernelTable& kernels) {
   std::vector<Fusion> out;
   Matcher m(g, stage_nodes);
-  if (has_kernel(kernels, graph::Op::Gelu)) {
+  // Per fused op the backend has a kernel for: every free node of the chain's anchor type
+  // (the node a match starts from), matched and claimed in stage order.
+  auto scan = [&](graph::Op op, const char* anchor, bool (Matcher::*match)(int, Fusion&) const) {
+    if (!has_kernel(kernels, op)) return;
     for (int n : stage_nodes) {
-      if (!m.free(n) || !m.is(m.node(n), "Erf")) continue;
+      if (!m.free(n) || !m.is(m.node(n), anchor)) continue;
       Fusion f;
-      if (m.gelu(n, f)) {
+      if ((m.*match)(n, f)) {
         m.use(f.nodes);
         out.push_back(std::move(f));
       }
     }
-  }
-  if (has_kernel(kernels, graph::Op::MatMulTransB)) {
-    for (int n : stage_nodes) {
-      if (!m.free(n) || !m.is(m.node(n), "Transpose")) continue;
-      Fusion f;
-      if (m.transposed_product(n, f)) {
-        m.use(f.nodes);
-        out.push_back(std::move(f));
-      }
-    }
-  }
+  };
+  scan(graph::Op::Gelu, "Erf", &Matcher::gelu);
+  scan(graph::Op::MatMulTransB, "Transpose", &Matcher::transposed_product);
   std::sort(out.begin(), out.end(), [](const Fusion& a, const Fusion& b) { return a.nodes.back() < b.nodes.back(); });
   return out;
 }

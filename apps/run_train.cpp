@@ -52,7 +52,7 @@ void add_train_options(CLI::App& app, TrainCli& t) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--seed", t.seed, "seed of the shuffling and of the synthetic data");
   app.add_flag("--shuffle", t.shuffle, "permute the rows once per epoch (from --seed)");
-  app.add_option("--threads-per-worker", t.threads_per_worker, "compute threads per CPU worker (default: cores / local workers)")
+  app.add_option("--threads-per-worker", t.threads_per_worker, "compute threads per CPU worker (default: cores / local workers; for a plan made without --cluster, cores / the devices it was planned for)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--backend", t.backend,
                  "cpu | cuda | auto: where the workers compute (auto: the device kind the plan put each rank on)")
@@ -156,8 +156,17 @@ int worker_main(const std::string& plan, const std::string& data, TrainCli t, co
   char host[256] = "?";
   ::gethostname(host, sizeof host - 1);
   train::report_status(t.status_token, li.rank, fmt::format("hello {} {}", host, ::getpid()));
-  // Default threads: this machine's cores shared by the workers on it.
-  if (t.threads_per_worker <= 0) t.threads_per_worker = std::max(1, comm::online_cores() / std::max(1, li.local_size));
+  // Default threads: this machine's cores shared by the workers on it; for a plan made for this
+  // machine (smp-plan without --cluster), by as many workers as it was planned for (--devices),
+  // which it priced at cores / devices threads each, even where it uses fewer of them.
+  if (t.threads_per_worker <= 0) {
+    int sharing = li.local_size;
+    const plan::PlanFile pf = plan::read_plan(plan);
+    const nlohmann::json cl = pf.json.value("cluster", nlohmann::json::object());
+    if (cl.is_object() && cl.contains("file") && cl["file"].is_null() && cl.contains("devices") && cl["devices"].is_number_integer())
+      sharing = std::max(sharing, cl["devices"].get<int>());
+    t.threads_per_worker = std::max(1, comm::online_cores() / std::max(1, sharing));
+  }
   auto c = comm::init_comm(&argc, &argv);
   c->set_timeout_s(t.timeout_s);
   // Waiting ranks poll without sleeping when every worker's threads have cores of their own:

@@ -119,6 +119,16 @@ double CalibrationCurve::time(double work) const {
   return std::exp(std::log(a.seconds) + x * (std::log(b.seconds) - std::log(a.seconds)));
 }
 
+double RowsFactor::at(double rows) const {
+  if (points.empty() || rows >= points.back().first) return 1.0;
+  if (rows <= points.front().first) return points.front().second;
+  auto it = std::upper_bound(points.begin(), points.end(), rows, [](double r, const auto& p) { return r < p.first; });
+  const auto& b = *it;
+  const auto& a = *(it - 1);
+  const double x = (std::log(rows) - std::log(a.first)) / (std::log(b.first) - std::log(a.first));
+  return a.second + x * (b.second - a.second);
+}
+
 const CalibrationTable& KernelCalibration::table(int threads) const {
   SMP_CHECK(!tables.empty(), "a kernel calibration without tables");
   const CalibrationTable* best = &tables.front();
@@ -158,8 +168,15 @@ json to_json(const KernelCalibration& c) {
       }
       fams[std::string(kNames[static_cast<size_t>(f)])] = {{"forward", passes[0]}, {"backward", passes[1]}};
     }
+    json rows = json::object();
+    for (int p = 0; p < 2; ++p) {
+      json pts = json::array();
+      for (const auto& [r, f] : t.gemm_rows[static_cast<size_t>(p)].points) pts.push_back(json::array({r, f}));
+      rows[p == 0 ? "forward" : "backward"] = pts;
+    }
     tables.push_back({{"threads", t.threads},
                       {"families", fams},
+                      {"gemm_rows", rows},
                       {"optimizer_s_per_parameter",
                        {{"sgd", t.optimizer_s_per_parameter[0]},
                         {"momentum", t.optimizer_s_per_parameter[1]},
@@ -175,7 +192,7 @@ json to_json(const KernelCalibration& c) {
               {"contention", {{"compute", c.contention_compute}, {"memory", c.contention_memory}}},
               {"gemm_flops", c.gemm_flops},
               {"memory_bandwidth", c.memory_bandwidth},
-              {"link", {{"bandwidth", c.link.bandwidth}, {"latency", c.link.latency}}}};
+              {"link", {{"bandwidth", c.link.bandwidth}, {"latency", c.link.latency}, {"allreduce_bandwidth", c.link.allreduce_bandwidth}}}};
 }
 
 KernelCalibration calibration_from_json(const json& j, const std::string& where) {
@@ -202,6 +219,7 @@ KernelCalibration calibration_from_json(const json& j, const std::string& where)
   if (j.contains("link")) {
     c.link.bandwidth = num(j["link"], "bandwidth", "link.", false);
     c.link.latency = num(j["link"], "latency", "link.", false);
+    if (j["link"].contains("allreduce_bandwidth")) c.link.allreduce_bandwidth = num(j["link"], "allreduce_bandwidth", "link.", false);
   }
   if (!j.contains("tables") || !j["tables"].is_array() || j["tables"].empty()) fail("tables", "must be a non-empty array");
   for (size_t ti = 0; ti < j["tables"].size(); ++ti) {
@@ -226,6 +244,22 @@ KernelCalibration calibration_from_json(const json& j, const std::string& where)
         }
         std::sort(curve.points.begin(), curve.points.end(),
                   [](const CalibrationCurve::Point& a, const CalibrationCurve::Point& b) { return a.work < b.work; });
+      }
+    }
+    if (tj.contains("gemm_rows")) {
+      for (int p = 0; p < 2; ++p) {
+        const char* pass = p == 0 ? "forward" : "backward";
+        const std::string pp = tp + "gemm_rows." + pass;
+        if (!tj["gemm_rows"].is_object() || !tj["gemm_rows"].contains(pass) || !tj["gemm_rows"][pass].is_array())
+          fail(pp, "must be an array of [rows, factor]");
+        auto& rf = t.gemm_rows[static_cast<size_t>(p)].points;
+        for (const auto& pt : tj["gemm_rows"][pass]) {
+          if (!pt.is_array() || pt.size() != 2 || !pt[0].is_number() || !pt[1].is_number() || pt[0].get<double>() <= 0 ||
+              pt[1].get<double>() < 1)
+            fail(pp, "points must be [rows > 0, factor >= 1]");
+          rf.emplace_back(pt[0].get<double>(), pt[1].get<double>());
+        }
+        std::sort(rf.begin(), rf.end());
       }
     }
     if (tj.contains("optimizer_s_per_parameter")) {

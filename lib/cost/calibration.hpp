@@ -27,7 +27,7 @@
 
 namespace smp::cost {
 
-inline constexpr int kCalibrationVersion = 1;
+inline constexpr int kCalibrationVersion = 3;
 
 enum class KernelFamily : int {
   Gemm,            // MatMul / Gemm with a weight operand
@@ -70,11 +70,21 @@ struct CalibrationCurve {
   double time(double work) const;
 };
 
+// How much slower a GEMM with few output rows (M of [M, K] x [K, N]) runs than the Gemm curve,
+// whose cases all have many: per M measured, the time over the time at the same FLOP/s as the
+// most rows; log-linear in M between the points, 1 above the last, the first below it.
+struct RowsFactor {
+  std::vector<std::pair<double, double>> points;  // (rows, factor >= 1), rows ascending
+  double at(double rows) const;
+};
+
 struct CalibrationTable {
   int threads = 1;
   // Per family: [0] the forward, [1] the backward (input and weight gradients as the executor's
   // backward runs them, priced at the backward's own work).
   std::array<std::array<CalibrationCurve, 2>, kKernelFamilies> curves;
+  // The Gemm family's slow-down with few rows: [0] forward, [1] backward (empty: none measured).
+  std::array<RowsFactor, 2> gemm_rows;
   // The worker's end-of-step work per parameter: gradient norm + update (sgd, momentum, adamw).
   std::array<double, 3> optimizer_s_per_parameter{};
 };

@@ -74,7 +74,7 @@ struct Reader {
   LinkSpec link(const json& obj, const std::string& path, const char* key) const {
     const json& l = object(obj, path, key);
     std::string p = path + key + ".";
-    return LinkSpec{number(l, p, "bandwidth"), number(l, p, "latency", true)};
+    return LinkSpec{number(l, p, "bandwidth"), number(l, p, "latency", true), number(l, p, "allreduce_bandwidth", false, false)};
   }
 };
 
@@ -316,7 +316,10 @@ Cluster calibrated_local_cpu(std::shared_ptr<const KernelCalibration> cal, int w
   const double share = static_cast<double>(cores) / workers;
   if (cal->gemm_flops > 0) dev["peak_flops"] = {{"fp32", cal->gemm_flops * share}, {"bf16", cal->gemm_flops * share}};
   if (cal->memory_bandwidth > 0) dev["memory_bandwidth"] = cal->memory_bandwidth / workers;
-  if (cal->link.bandwidth > 0) j["hosts"][0]["link"] = {{"bandwidth", cal->link.bandwidth}, {"latency", cal->link.latency}};
+  if (cal->link.bandwidth > 0) {
+    j["hosts"][0]["link"] = {{"bandwidth", cal->link.bandwidth}, {"latency", cal->link.latency}};
+    if (cal->link.allreduce_bandwidth > 0) j["hosts"][0]["link"]["allreduce_bandwidth"] = cal->link.allreduce_bandwidth;
+  }
   j["name"] = "local-cpu (measured)";
   // A calibration taken while other work held the cores times the kernels too slow: the
   // description says so (smp-plan --recalibrate on a quiet machine refreshes it).

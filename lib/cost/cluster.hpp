@@ -54,7 +54,11 @@ struct DeviceSpec {
 struct LinkSpec {
   double bandwidth = 0;  // bytes/s
   double latency = 0;    // s
+  // A sum over devices joined by this link as measured, in bus bandwidth (nccl-tests' busbw:
+  // 2 (n - 1) / n x bytes / time for n ranks); 0: not measured, the link's bandwidth.
+  double allreduce_bandwidth = 0;
   double time(double bytes) const { return bytes <= 0 ? 0.0 : latency + bytes / bandwidth; }
+  double bus_bandwidth() const { return allreduce_bandwidth > 0 ? allreduce_bandwidth : bandwidth; }
 };
 
 struct Device {

@@ -130,6 +130,12 @@ GraphCost::GraphCost(const graph::Graph& g, int64_t batch_size, const CostOption
       dy += bytes_of(o);
       out_elems += elems_of(o);
     }
+    if (m.family == static_cast<int>(KernelFamily::Gemm) && !n.outputs.empty() && n.outputs[0] >= 0) {
+      const auto& shape = g.value(n.outputs[0]).shape;
+      const double cols = shape.empty() ? 0.0 : static_cast<double>(shape.back());
+      const Affine e = elems_of(n.outputs[0]);
+      if (cols > 0) m.rows = Affine{e.c / cols, e.b / cols};
+    }
     for (int id : n.inputs)
       if (id >= 0 && g.value(id).kind == ValueKind::Parameter &&
           std::find(m.params.begin(), m.params.end(), id) == m.params.end())
@@ -322,7 +328,7 @@ int GraphCost::profile_in_flight(const DeviceSpec& dev, double u) const {
 double ring_allreduce_s(double bytes, int ranks, const LinkSpec& link) {
   if (ranks <= 1 || bytes <= 0) return 0.0;
   const double r = static_cast<double>(ranks);
-  return 2.0 * (r - 1) / r * bytes / link.bandwidth + 2.0 * (r - 1) * link.latency;
+  return 2.0 * (r - 1) / r * bytes / link.bus_bandwidth() + 2.0 * (r - 1) * link.latency;
 }
 
 PassTimes GraphCost::node_time(int node, double u, const DeviceSpec& dev, bool* measured, double in_flight, double busy) const {
@@ -375,21 +381,36 @@ PassTimes GraphCost::compute_time(int node, double u, const DeviceSpec& dev, boo
 PassTimes GraphCost::calibrated_time(const NodeModel& m, double u, const DeviceSpec& dev, double busy) const {
   const KernelCalibration& cal = *dev.calibration;
   const CalibrationTable& tab = cal.table(dev.threads);
+  // A GEMM with few rows runs below the Gemm curve's rate (calibrated apart: RowsFactor).
+  const double rows = m.family == static_cast<int>(KernelFamily::Gemm) ? m.rows.at(u) : 0.0;
   auto priced = [&](KernelFamily f, int pass, double work) {
-    return tab.curves[static_cast<size_t>(f)][static_cast<size_t>(pass)].time(work) * cal.slowdown(f, busy, dev.threads);
+    const double few = f == KernelFamily::Gemm && rows > 0 ? tab.gemm_rows[static_cast<size_t>(pass)].at(rows) : 1.0;
+    return tab.curves[static_cast<size_t>(f)][static_cast<size_t>(pass)].time(work) * few * cal.slowdown(f, busy, dev.threads);
   };
-  // One pass of the node's own kernel, its loss taken out (priced apart).
-  auto own = [&](const Pass& p, const Pass& loss, int pass) {
+  // The work of one pass of the node's own kernel, its loss taken out (priced apart).
+  auto work = [&](const Pass& p, const Pass& loss) {
     if (!p.runs || m.family < 0) return 0.0;
     const auto f = static_cast<KernelFamily>(m.family);
-    const double work = family_counts_flops(f) ? p.flops.at(u) - loss.flops.at(u) : p.bytes.at(u) - loss.bytes.at(u);
-    return work > 0 ? priced(f, pass, work) : 0.0;
+    return std::max(0.0, family_counts_flops(f) ? p.flops.at(u) - loss.flops.at(u) : p.bytes.at(u) - loss.bytes.at(u));
   };
   auto loss_time = [&](const Pass& loss, int pass) {
     return loss.runs ? priced(KernelFamily::Softmax, pass, loss.bytes.at(u)) : 0.0;
   };
-  return PassTimes{own(m.fwd, m.loss_fwd, 0) + loss_time(m.loss_fwd, 0), own(m.bwd_in, m.loss_bwd, 1) + loss_time(m.loss_bwd, 1),
-                   own(m.bwd_w, Pass{}, 1)};
+  PassTimes t;
+  const double wf = work(m.fwd, m.loss_fwd);
+  if (wf > 0) t.f = priced(static_cast<KernelFamily>(m.family), 0, wf);
+  t.f += loss_time(m.loss_fwd, 0);
+  // The backward curve was measured on the whole backward (input and weight gradient in one
+  // call, calibrate_cpu's time_case), so it prices their summed work, shared out by work: each
+  // half priced on its own would land lower on the curve, where the per-call floor weighs more.
+  const double wb = work(m.bwd_in, m.loss_bwd), ww = work(m.bwd_w, Pass{});
+  if (wb + ww > 0) {
+    const double whole = priced(static_cast<KernelFamily>(m.family), 1, wb + ww);
+    t.b = whole * wb / (wb + ww);
+    t.w = whole * ww / (wb + ww);
+  }
+  t.b += loss_time(m.loss_bwd, 1);
+  return t;
 }
 
 double GraphCost::optimizer_step_s(double param_bytes, const DeviceSpec& dev, bool* measured, double busy) const {

@@ -89,6 +89,7 @@ struct NodeModel {
   // Of fwd / bwd_in, the softmax cross-entropy charged to a float graph output the node makes.
   Pass loss_fwd, loss_bwd;
   int family = -1;                   // cost::KernelFamily (calibrated devices, efficiencies); -1: none (free, or roofline)
+  Affine rows;                       // a GEMM's output rows (M of [M, K] x [K, N]); 0: not a GEMM
   Affine allreduce_fwd, allreduce_bwd;  // bytes all-reduced over the tensor-parallel group
   Affine workspace;                  // activation inputs + outputs
   std::vector<int> saved;            // storage roots of the saved activations

@@ -1,6 +1,7 @@
 #include "plan/planner.hpp"
 
 #include "core/error.hpp"
+#include "cost/calibration.hpp"
 #include "plan/dp.hpp"
 #include "schedule/generators.hpp"
 
@@ -653,17 +654,23 @@ schedule::LinkCost boundary_cost(const cost::Cluster& cl, const Config& c, const
   return best;
 }
 
+// The data-parallel sum of a stage's gradients over its replicas' devices: a ring at the
+// slowest link's all-reduce (bus) bandwidth. A GPU sums its gradients where they lie; a CPU
+// worker packs them into one host buffer and copies the sum back out (Worker::reduce_and_update:
+// one pass over the bytes in, two out), at its memory bandwidth.
 double ring_time(const cost::Cluster& cl, const std::vector<int>& devs, double bytes) {
   const size_t d = devs.size();
   if (d <= 1 || bytes <= 0) return 0;
-  double bw = kInf, lat = 0;
+  double bw = kInf, lat = 0, copies = 0;
   for (size_t i = 0; i < d; ++i) {
     cost::LinkSpec l = cl.link(devs[i], devs[(i + 1) % d]);
-    bw = std::min(bw, l.bandwidth);
+    bw = std::min(bw, l.bus_bandwidth());
     lat = std::max(lat, l.latency);
+    const cost::DeviceSpec& k = cl.spec(devs[i]);
+    if (k.kind == "cpu" && k.memory_bandwidth > 0) copies = std::max(copies, 3.0 * bytes / k.memory_bandwidth);
   }
   const double dd = static_cast<double>(d);
-  return 2.0 * (dd - 1) / dd * bytes / bw + 2.0 * (dd - 1) * lat;
+  return 2.0 * (dd - 1) / dd * bytes / bw + 2.0 * (dd - 1) * lat + copies;
 }
 
 struct Evaluated {
@@ -796,7 +803,7 @@ class Search {
     so.record_events = sim_out != nullptr;
     schedule::SimResult r = schedule::simulate(s, costs, so, "plan");
     Prediction& pr = ev.pred;
-    pr.step_s = r.step_s;
+    pr.step_s = std::max(r.step_s, cores_floor(c, r, slots, busy));
     pr.samples_per_s = r.step_s > 0 ? static_cast<double>(opt_.batch_size) / r.step_s : 0;
     pr.bubble = r.bubble;
     pr.peak_bytes.resize(static_cast<size_t>(c.p));
@@ -823,6 +830,26 @@ class Search {
     }
     if (sim_out) *sim_out = std::move(r);
     return ev;
+  }
+
+  // Workers sharing a calibrated machine finish a step no sooner than its cores can do the
+  // step's work. The simulator prices every action at the slow-down of the average number of
+  // busy workers (time-slicing beyond the cores) and keeps the pipeline's bubbles at that
+  // speed, while in them the kernel's scheduler gives the cores to the other workers' actions;
+  // with more workers than cores the simulated step can come out shorter than the work over the
+  // cores. The floor: every rank's compute, end-of-step update and gradient sum as CPU time
+  // (without the time-slicing, with the contention), over the cores.
+  double cores_floor(const Config& c, const schedule::SimResult& r, const std::vector<Slot>& slots, double busy) const {
+    if (slots.empty() || slots.front().devices.empty()) return 0;
+    const cost::DeviceSpec& dev = cl_.spec(slots.front().devices.front());
+    if (dev.kind != "cpu" || !dev.calibration) return 0;
+    const double cores = std::max(dev.calibration->cores, 1), threads = std::max(dev.threads, 1);
+    const int tp = std::max(gc_.options().tp_degree, 1);
+    const double workers = static_cast<double>(c.p) * c.d * tp;
+    const double slice_c = std::max(1.0, busy * threads / cores), slice_u = std::max(1.0, workers * threads / cores);
+    double cpu = 0;  // one replica's pipeline (one tensor-parallel lane): the others do as much
+    for (const auto& rs : r.rank) cpu += rs.busy_s / slice_c + rs.update_s / slice_u + rs.allreduce_s;
+    return cpu * c.d * tp * threads / cores;
   }
 
   const cost::Cluster& cluster() const { return cl_; }

@@ -155,11 +155,12 @@ Case make_case(KernelFamily f, const std::vector<int64_t>& d) {
 }
 
 // The sizes measured per family (each a case's dimensions), small to large: from a few
-// microseconds (the per-call floor) to tens of milliseconds on one core.
+// microseconds (the per-call floor) to tens of milliseconds on one core. The GEMMs all have at
+// least 256 rows (M); fewer rows cost more per FLOP, measured apart (kGemmRows).
 std::vector<std::pair<KernelFamily, std::vector<std::vector<int64_t>>>> suite() {
   using F = KernelFamily;
   return {
-      {F::Gemm, {{8, 64, 64}, {32, 128, 128}, {64, 256, 256}, {128, 256, 1024}, {256, 512, 512}, {512, 256, 2048}, {512, 1024, 1024}}},
+      {F::Gemm, {{256, 16, 8}, {256, 64, 32}, {256, 128, 128}, {256, 256, 512}, {256, 512, 512}, {512, 256, 2048}, {512, 1024, 1024}}},
       {F::BatchedMatMul, {{2, 2, 16, 16}, {4, 4, 32, 16}, {8, 4, 64, 32}, {8, 8, 128, 32}, {8, 8, 256, 64}}},
       {F::Conv, {{2, 3, 16, 16, 8}, {4, 16, 16, 16, 16}, {8, 16, 32, 32, 32}, {8, 64, 16, 16, 64}, {16, 64, 16, 16, 128}}},
       {F::Elementwise, {{4}, {64}, {1024}, {8192}, {32768}}},
@@ -172,6 +173,9 @@ std::vector<std::pair<KernelFamily, std::vector<std::vector<int64_t>>>> suite() 
       {F::Movement, {{4}, {64}, {1024}, {8192}, {32768}}},
   };
 }
+
+// GEMMs of [M, 512] x [512, 512] for the rows factor; the last (most rows) is the reference.
+constexpr int64_t kGemmRows[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
 
 struct Timed {
   double work_f = 0, work_b = 0, f_s = 0, b_s = 0;
@@ -314,6 +318,20 @@ cost::KernelCalibration calibrate_cpu(const CalibrateOptions& o, const Note& not
       for (auto& cv : curves)
         std::sort(cv.points.begin(), cv.points.end(), [](const auto& a, const auto& b) { return a.work < b.work; });
     }
+    // The rows factor: seconds per FLOP with M rows over seconds per FLOP with the most.
+    {
+      std::vector<Timed> by_rows;
+      for (int64_t m : kGemmRows) by_rows.push_back(time_case(make_case(KernelFamily::Gemm, {m, 512, 512}), be, o.budget_s, seed += 100));
+      const Timed& ref = by_rows.back();
+      for (size_t i = 0; i < by_rows.size(); ++i) {
+        const Timed& tm = by_rows[i];
+        const double rows = static_cast<double>(kGemmRows[i]);
+        if (tm.work_f > 0 && ref.work_f > 0 && ref.f_s > 0)
+          tab.gemm_rows[0].points.emplace_back(rows, std::max(1.0, (tm.f_s / tm.work_f) / (ref.f_s / ref.work_f)));
+        if (tm.work_b > 0 && ref.work_b > 0 && ref.b_s > 0)
+          tab.gemm_rows[1].points.emplace_back(rows, std::max(1.0, (tm.b_s / tm.work_b) / (ref.b_s / ref.work_b)));
+      }
+    }
     const auto& gemm = tab.curves[static_cast<size_t>(KernelFamily::Gemm)][0].points;
     if (t == 1 && !gemm.empty()) cal.gemm_flops = gemm.back().work / gemm.back().seconds;
     const auto& ew = tab.curves[static_cast<size_t>(KernelFamily::Elementwise)][0].points;
@@ -336,6 +354,7 @@ cost::KernelCalibration calibrate_cpu(const CalibrateOptions& o, const Note& not
       auto pp = measure_link(o.pingpong_program, 0.3);
       cal.link.latency = pp["latency_s"].get<double>();
       cal.link.bandwidth = pp["bandwidth"].get<double>();
+      cal.link.allreduce_bandwidth = pp.value("allreduce_bandwidth", 0.0);
     } catch (const Error& e) {
       say(fmt::format("note: the link was not measured ({}); its estimate stays", e.what()));
     }

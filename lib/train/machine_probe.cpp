@@ -6,6 +6,7 @@
 #include "core/error.hpp"
 #include "core/io.hpp"
 #include "cost/cluster.hpp"
+#include "train/profiler.hpp"
 
 #include <cblas.h>
 #include <fmt/format.h>
@@ -134,8 +135,29 @@ int pingpong_worker(int argc, char** argv, const std::string& out, double budget
   const auto& last = rows.back();
   double t = last["one_way_s"].get<double>() - latency;
   bandwidth = t > 0 ? static_cast<double>(sizes.back()) / t : 0;
+  // A sum over both ranks of the largest size, through the communicator's all-reduce (smp-run's
+  // data-parallel gradient sum between CPU workers): the median of the repeats, as bus
+  // bandwidth, which for 2 ranks is bytes / time (2 (n - 1) / n = 1).
+  std::vector<float> sum(sizes.back() / sizeof(float), 1.0f);
+  const std::vector<int> both = {0, 1};
+  std::vector<double> ar;
+  for (int round = 0;; ++round) {
+    int go = 1;
+    if (me == 0) go = round < 7;  // 2 warm-ups, 5 timed
+    {
+      auto rq = me == 0 ? c->isend(&go, sizeof go, peer, 1) : c->irecv(&go, sizeof go, peer, 1);
+      c->wait(rq, "all-reduce control");
+    }
+    if (!go) break;
+    auto t0 = clk::now();
+    c->allreduce_sum(sum.data(), sum.size(), both);
+    if (round >= 2) ar.push_back(seconds_since(t0));
+  }
+  const double ar_s = ar.empty() ? 0.0 : quantile(ar, 0.5);
+  const double allreduce_bandwidth = ar_s > 0 ? static_cast<double>(sizes.back()) / ar_s : 0;
   if (me == 0) {
-    json r{{"latency_s", latency}, {"bandwidth", bandwidth}, {"sizes", rows}, {"transport", c->transport()}};
+    json r{{"latency_s", latency}, {"bandwidth", bandwidth}, {"allreduce_bandwidth", allreduce_bandwidth},
+           {"allreduce_bytes", sizes.back()}, {"sizes", rows}, {"transport", c->transport()}};
     write_file_atomic(out, r.dump(2) + "\n");
   }
   c->barrier();
@@ -178,8 +200,8 @@ json measure_machine(const MachineOptions& o, const std::function<void(const std
   say("measuring point-to-point latency and bandwidth between 2 local worker processes (mpirun, as smp-run)");
   json pp = measure_link(o.self, o.budget_s);
   double lat = pp["latency_s"].get<double>(), lbw = pp["bandwidth"].get<double>();
-  say(fmt::format("  latency {:.2f} us, bandwidth {:.2f} GB/s ({})", lat * 1e6, lbw / 1e9,
-                  pp.value("transport", std::string("mpi"))));
+  say(fmt::format("  latency {:.2f} us, bandwidth {:.2f} GB/s ({}); all-reduce of {} bytes over both: {:.2f} GB/s", lat * 1e6,
+                  lbw / 1e9, pp.value("transport", std::string("mpi")), pp.value("allreduce_bytes", 0), pp.value("allreduce_bandwidth", 0.0) / 1e9));
   for (const auto& r : pp["sizes"])
     say(fmt::format("    {:>9} bytes: {:10.2f} us one way ({} round trips)", r["bytes"].get<int64_t>(),
                     r["one_way_s"].get<double>() * 1e6, r["round_trips"].get<int64_t>()));
@@ -194,6 +216,7 @@ json measure_machine(const MachineOptions& o, const std::function<void(const std
   dev["peak_flops"] = json{{"fp32", flops_machine / workers}, {"bf16", flops_machine / workers}};
   dev["memory_bandwidth"] = bwn / workers;
   cl["hosts"][0]["link"] = json{{"bandwidth", std::max(lbw, 1.0)}, {"latency", std::max(lat, 1e-9)}};
+  if (pp.value("allreduce_bandwidth", 0.0) > 0) cl["hosts"][0]["link"]["allreduce_bandwidth"] = pp["allreduce_bandwidth"];
   cl["name"] = "local-cpu (measured)";
   std::string gemm_list;
   for (size_t t = 0; t < gemm.size(); ++t) gemm_list += fmt::format("{}{}: {:.1f}", t ? ", " : "", t + 1, gemm[t] / 1e9);

@@ -6,6 +6,7 @@
 #include "hand_graph.hpp"
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include <cmath>
 #include <memory>
@@ -143,14 +144,97 @@ TEST_CASE("a calibrated device prices nodes by their family's curve; the loss by
   CHECK(gc.optimizer_step_s(4000, d, nullptr, 3) == doctest::Approx(1000 * 4e-9 * 2.0));
 }
 
+TEST_CASE("a backward with input and weight gradients is priced as the one call the calibration timed") {
+  // x -> Mul(x, s) -> MatMul(., W) -> Relu: the product's input and its weight both need
+  // gradients, so its backward has two halves of equal work.
+  test::HandGraph h;
+  int x = h.input("x", {4, 16});
+  int s = h.param("s", {1});
+  int w = h.param("W", {16, 8});
+  int a = h.node("Mul", "scale", {x, s}, {4, 16});
+  int y = h.node("MatMul", "mm", {a, w}, {4, 8});
+  int r = h.node("Relu", "act", {y}, {4, 8});
+  h.finish({r});
+  auto cal = std::make_shared<cost::KernelCalibration>(linear());
+  // A backward curve whose rate rises with the work (the per-call floor weighs on small calls).
+  auto& bwd = cal->tables[0].curves[static_cast<size_t>(KernelFamily::Gemm)][1];
+  bwd = curve({{1e3, 1e-3}, {1e5, 1e-2}});
+  cost::DeviceSpec d;
+  d.kind = "cpu";
+  d.name = "calibrated";
+  d.memory_bytes = 1e9;
+  d.peak_flops_fp32 = d.peak_flops_bf16 = 1e12;
+  d.memory_bandwidth = 1e11;
+  d.calibration = cal;
+  cost::GraphCost gc(h.g, 4, cost::CostOptions{});
+  const auto& mm = gc.node(1);
+  const double wb = mm.bwd_in.flops.at(4), ww = mm.bwd_w.flops.at(4);
+  REQUIRE(wb > 0);
+  REQUIRE(ww > 0);
+  auto t = gc.node_time(1, 4, d);
+  CHECK(t.b + t.w == doctest::Approx(bwd.time(wb + ww)));
+  CHECK(t.b / t.w == doctest::Approx(wb / ww));
+  // Priced apart, the halves would cost more: the curve is steeper than linear at small work.
+  CHECK(bwd.time(wb) + bwd.time(ww) > 1.2 * (t.b + t.w));
+}
+
+TEST_CASE("a GEMM with few rows is priced slower by the table's rows factor; other families are not") {
+  cost::RowsFactor rf;
+  rf.points = {{1, 8.0}, {4, 2.0}, {64, 1.0}};
+  CHECK(rf.at(0.5) == 8.0);  // below the first point: its factor
+  CHECK(rf.at(1) == 8.0);
+  CHECK(rf.at(2) == doctest::Approx(5.0));  // log-linear in the rows
+  CHECK(rf.at(16) == doctest::Approx(1.5));
+  CHECK(rf.at(64) == 1.0);
+  CHECK(rf.at(1e6) == 1.0);
+  CHECK(cost::RowsFactor{}.at(2) == 1.0);
+
+  // x [2, 16] -> MatMul with W [16, 8]: 2 rows at batch 2, 64 at batch 64.
+  test::HandGraph h;
+  int x = h.input("x", {2, 16});
+  int w = h.param("W", {16, 8});
+  int y = h.node("MatMul", "mm", {x, w}, {2, 8});
+  int r = h.node("Relu", "act", {y}, {2, 8});
+  int w2 = h.param("W2", {8, 4});
+  int z = h.node("MatMul", "head", {r, w2}, {2, 4});  // the loss is charged here
+  h.finish({z});
+  auto cal = std::make_shared<cost::KernelCalibration>(linear());
+  cal->tables[0].gemm_rows[0] = rf;
+  cal->tables[0].gemm_rows[1].points = {{1, 3.0}, {2, 3.0}, {64, 1.0}};
+  cost::DeviceSpec d;
+  d.kind = "cpu";
+  d.name = "calibrated";
+  d.memory_bytes = 1e9;
+  d.peak_flops_fp32 = d.peak_flops_bf16 = 1e12;
+  d.memory_bandwidth = 1e11;
+  d.calibration = cal;
+  cost::GraphCost gc(h.g, 2, cost::CostOptions{});
+  CHECK(gc.node(0).rows.at(2) == doctest::Approx(2));
+  CHECK(gc.node(0).rows.at(64) == doctest::Approx(64));
+  CHECK(gc.node(1).rows.at(2) == 0);  // not a GEMM
+  const auto& curves = cal->tables[0].curves[static_cast<size_t>(KernelFamily::Gemm)];
+  auto t2 = gc.node_time(0, 2, d);
+  CHECK(t2.f == doctest::Approx(curves[0].time(gc.node(0).fwd.flops.at(2)) * 5.0));
+  CHECK(t2.w == doctest::Approx(curves[1].time(gc.node(0).bwd_w.flops.at(2)) * 3.0));
+  auto t64 = gc.node_time(0, 64, d);
+  CHECK(t64.f == doctest::Approx(curves[0].time(gc.node(0).fwd.flops.at(64))));
+  // The Relu after it keeps its family's price.
+  CHECK(gc.node_time(1, 2, d).f ==
+        doctest::Approx(cal->tables[0].curves[static_cast<size_t>(KernelFamily::Elementwise)][0].time(gc.node(1).fwd.bytes.at(2))));
+}
+
 TEST_CASE("calibration files round-trip; a bad field is named") {
   auto c = linear();
-  c.link = {3e9, 1e-6};
+  c.link = {3e9, 1e-6, 1.5e9};
   c.gemm_flops = 5e10;
+  c.tables[0].gemm_rows[1].points = {{1, 6.0}, {8, 2.0}, {256, 1.0}};
   auto back = cost::calibration_from_json(cost::to_json(c), "cal.json");
   REQUIRE(back.tables.size() == 1);
   CHECK(back.cores == 4);
   CHECK(back.link.bandwidth == 3e9);
+  CHECK(back.link.allreduce_bandwidth == 1.5e9);
+  CHECK(back.tables[0].gemm_rows[1].points == c.tables[0].gemm_rows[1].points);
+  CHECK(back.tables[0].gemm_rows[0].points.empty());
   CHECK(back.contention_memory == c.contention_memory);
   CHECK(back.tables[0].optimizer_s_per_parameter == c.tables[0].optimizer_s_per_parameter);
   CHECK(back.tables[0].curves[3][1].time(5e4) == doctest::Approx(c.tables[0].curves[3][1].time(5e4)));
@@ -164,10 +248,13 @@ TEST_CASE("calibration files round-trip; a bad field is named") {
   };
   auto j = cost::to_json(c);
   j["version"] = 99;
-  CHECK(msg(j).find("cal.json: version: must be 1") == 0);
+  CHECK(msg(j).find(fmt::format("cal.json: version: must be {}", cost::kCalibrationVersion)) == 0);
   j = cost::to_json(c);
   j["tables"][0]["families"]["gemm"]["forward"][0] = {1, -2};
   CHECK(msg(j).find("tables[0].families.gemm.forward: points must be") != std::string::npos);
+  j = cost::to_json(c);
+  j["tables"][0]["gemm_rows"]["backward"][1] = {8, 0.5};  // faster than with the most rows: not a slow-down
+  CHECK(msg(j).find("tables[0].gemm_rows.backward: points must be [rows > 0, factor >= 1]") != std::string::npos);
   j = cost::to_json(c);
   j["tables"][0]["families"]["warp"] = j["tables"][0]["families"]["gemm"];
   CHECK(msg(j).find("unknown kernel family") != std::string::npos);

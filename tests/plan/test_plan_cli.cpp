@@ -1,6 +1,7 @@
 // smp-plan's planning mode end to end: the report, --json, the plan file, bad input (exit 2),
 // nothing fits (exit 1); the summary and the schedule mode still work.
 #include "../graph/test_util.hpp"
+#include "cost/calibration.hpp"
 
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
@@ -248,7 +249,7 @@ TEST_CASE("smp-plan without --cluster measures this machine once, caches it, and
   for (const auto& e : std::filesystem::directory_iterator(dir / "cache" / "smp")) files.push_back(e.path());
   REQUIRE(files.size() == 1);
   json cal = json::parse(std::ifstream(files[0]));
-  CHECK(cal["version"] == 1);
+  CHECK(cal["version"] == smp::cost::kCalibrationVersion);
   CHECK(cal["tables"].size() >= 1);
   for (const auto& t : cal["tables"])
     for (const auto& [fam, passes] : t["families"].items()) {
@@ -256,7 +257,14 @@ TEST_CASE("smp-plan without --cluster measures this machine once, caches it, and
       CHECK(passes["forward"].size() >= 4);
       for (const auto& p : passes["forward"]) CHECK(p[1].get<double>() > 0);
     }
+  // The GEMM's slow-down with few rows: never below 1, 1 at the most rows.
+  for (const auto& t : cal["tables"]) {
+    REQUIRE(t["gemm_rows"]["forward"].size() >= 4);
+    for (const auto& p : t["gemm_rows"]["forward"]) CHECK(p[1].get<double>() >= 1);
+    CHECK(t["gemm_rows"]["forward"].back()[1].get<double>() == 1);
+  }
   CHECK(cal["link"]["bandwidth"].get<double>() > 0);  // smp-profile beside smp-plan ran the ping-pong
+  CHECK(cal["link"]["allreduce_bandwidth"].get<double>() > 0);  // and the all-reduce over both ranks
   const auto written = std::filesystem::last_write_time(files[0]);
   // The second plan reads the cache: nothing measured, the same file.
   auto second = run_cmd(env + plan);
@@ -273,5 +281,5 @@ TEST_CASE("smp-plan without --cluster measures this machine once, caches it, and
   auto again = run_cmd(env + plan);
   CHECK(again.exit_code == 0);
   CHECK(again.out.find("the cached calibration is unusable") != std::string::npos);
-  CHECK(json::parse(std::ifstream(files[0]))["version"] == 1);
+  CHECK(json::parse(std::ifstream(files[0]))["version"] == smp::cost::kCalibrationVersion);
 }

@@ -197,6 +197,66 @@ TEST_CASE("messages between CPU workers on one host cost the workers their copie
   }
 }
 
+TEST_CASE("data-parallel gradient sums: a ring at the link's all-reduce bandwidth; CPU workers also copy them in and out") {
+  const double bw = 2e10, link_bw = 5e9, latency = 1e-6;
+  for (std::string kind : {"cpu", "gpu"})
+    for (double ar_bw : {0.0, 1e9}) {
+      CAPTURE(kind);
+      CAPTURE(ar_bw);
+      cost::Cluster cl = fixed_cluster(2, 8e9, 1e11, bw, kind);
+      json j = cl.source;
+      if (ar_bw > 0) j["hosts"][0]["link"]["allreduce_bandwidth"] = ar_bw;
+      Setup s(sample("mlp"), 8, cost::cluster_from_json(j, "test cluster"));
+      plan::Plan p = plan::make_plan(s.in(), options(8, 1, 2, 1, "gpipe"));
+      REQUIRE(p.data_parallel == 2);
+      const double bytes = p.stage_plans.at(0).param_bytes;
+      REQUIRE(bytes > 0);
+      // 2 ranks: 2 (n - 1) / n = 1 of the bytes over the bus bandwidth, 2 (n - 1) latencies
+      const double ring = bytes / (ar_bw > 0 ? ar_bw : link_bw) + 2 * latency;
+      // a CPU worker packs its gradients into one buffer and copies the sum back (3 passes)
+      const double copies = kind == "cpu" ? 3 * bytes / bw : 0.0;
+      CHECK(p.prediction.allreduce_s == doctest::Approx(ring + copies));
+    }
+}
+
+TEST_CASE("workers sharing a calibrated machine: a step never takes less than its CPU work over the cores") {
+  // 4 one-thread workers on a calibration of 2 cores. The simulator slows every action by the
+  // average number of busy workers; zb-h1 fills its bubbles with deferred weight gradients, which
+  // on a shared machine only move work from one worker to another (the cores are busy anyway).
+  auto cal = std::make_shared<cost::KernelCalibration>();
+  cal->cpu = "test cpu";
+  cal->cores = 2;
+  cost::CalibrationTable t;
+  t.threads = 1;
+  for (auto& fam : t.curves) {
+    fam[0].points = {{1e3, 1e-6}, {1e9, 1.0}};
+    fam[1].points = {{1e3, 2e-6}, {1e9, 2.0}};
+  }
+  t.optimizer_s_per_parameter = {1e-9, 2e-9, 4e-9};
+  cal->tables.push_back(t);
+  cal->contention_compute = {1.0, 1.1};
+  cal->contention_memory = {1.0, 1.3};
+  cost::Cluster cl = fixed_cluster(4);
+  for (auto& k : cl.kinds) {
+    k.calibration = cal;
+    k.threads = 1;
+  }
+  Setup s(sample("gpt"), 16, cl);
+  for (std::string sched : {"gpipe", "1f1b", "zb-h1"}) {
+    CAPTURE(sched);
+    auto o = options(16, 4, 1, 4, sched);
+    o.tensor_parallel = 1;
+    plan::Plan p = plan::make_plan(s.in(), o);
+    REQUIRE(p.stage_plans.size() == 4);
+    // The stages' times carry the time-slicing of p m / (m + p - 1) busy workers on 2 cores (the
+    // update, of all 4); without it, their sum is the CPU work.
+    const double busy = 4.0 * 4 / (4 + 4 - 1), slice = busy / 2, slice_u = 4.0 / 2;
+    double cpu = 0;
+    for (const auto& sp : p.stage_plans) cpu += 4 * (sp.f_s + sp.b_s + sp.w_s) / slice + sp.update_s / slice_u;
+    CHECK(p.prediction.step_s >= cpu / 2 * (1 - 1e-9));
+  }
+}
+
 TEST_CASE("a profile's many-in-flight times apply as the stage keeps more microbatches' activations") {
   // Every node measured at 1 ms forward with one microbatch in flight, 3 ms with 4 (backward 0).
   Setup probe(sample("mlp"), 16, fixed_cluster(2));

@@ -242,6 +242,30 @@ TEST_CASE("without --optimizer, smp-run trains with the plan's; the summary sets
   fs::remove_all(dir);
 }
 
+TEST_CASE("a plan for this machine that uses fewer workers than its --devices runs them at the threads it priced") {
+  // --devices 2 prices each worker at cores / 2 threads; a one-rank plan of it still runs so (by
+  // default smp-run would give a lone worker every core).
+  auto dir = test::temp_dir("plan_threads");
+  fs::path plan = dir / "p.json", summary = dir / "summary.json";
+  auto pl = test::sh(fmt::format("{} {} -b 16 --devices 2 --stages 1 --data-parallel 1 --tensor-parallel 1 -o {}",
+                                 test::bin("smp-plan"), test::src("sample_models/mlp.onnx"), plan.string()));
+  REQUIRE_MESSAGE(pl.exit_code == 0, pl.out);
+  auto r = test::sh(fmt::format("{} {} --steps 2 --summary-json {}", test::bin("smp-run"), plan.string(), summary.string()));
+  INFO(r.out);
+  REQUIRE(r.exit_code == 0);
+  std::ifstream sf(summary);
+  const auto sj = nlohmann::json::parse(sf);
+  const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  CHECK(sj["threads_per_worker"] == std::max(1, cores / 2));
+  // --threads-per-worker still decides when given.
+  auto r3 = test::sh(fmt::format("{} {} --steps 2 --threads-per-worker 3 --summary-json {}", test::bin("smp-run"), plan.string(),
+                                 summary.string()));
+  REQUIRE_MESSAGE(r3.exit_code == 0, r3.out);
+  std::ifstream sf3(summary);
+  CHECK(nlohmann::json::parse(sf3)["threads_per_worker"] == 3);
+  fs::remove_all(dir);
+}
+
 TEST_CASE("a worker killed with SIGKILL: one line naming its rank, stage and host within 10 s, nothing left behind") {
   auto dir = test::temp_dir("kill");
   auto plan = test::make_plan(dir, "gpt", 8, 2, 1, 4, "1f1b");

@@ -181,8 +181,8 @@ struct Timed {
   double work_f = 0, work_b = 0, f_s = 0, b_s = 0;
 };
 
-// Forward and backward of the case's kernel as a one-node stage, each the lower quartile of at
-// least 3 repeats after a warm-up, until the budget; the work as the cost model counts it.
+// Forward and backward of the case's kernel as a one-node stage, each the median of at least 3
+// repeats after a warm-up, until the budget; the work as the cost model counts it.
 Timed time_case(const Case& c, runtime::Backend& be, double budget_s, uint64_t seed) {
   const graph::Graph& g = c.b.g;
   cost::CostOptions co;
@@ -221,10 +221,11 @@ Timed time_case(const Case& c, runtime::Backend& be, double budget_s, uint64_t s
     if (fs.size() >= 3 && seconds_since(t_start) >= budget_s) break;
     if (fs.size() >= 2000) break;
   }
-  // The lower quartile: a calibration taken while something else runs should still say what the
-  // kernel does when it has its core (on a quiet machine the quartile and the median agree).
-  t.f_s = quantile(fs, 0.25);
-  t.b_s = quantile(bs, 0.25);
+  // The median, as smp-run reports a run's steps (the lower quartile used before priced every
+  // kernel at the machine's fast moments, and plans came out 5-15 % fast). A calibration taken on
+  // a loaded machine says so in the plan (its load average is recorded).
+  t.f_s = quantile(fs, 0.5);
+  t.b_s = quantile(bs, 0.5);
   return t;
 }
 
@@ -301,27 +302,44 @@ cost::KernelCalibration calibrate_cpu(const CalibrateOptions& o, const Note& not
     if (cores > 1) threads.push_back(cores);
   }
   const auto families = suite();
+  // Every case, then the rows factor's, in one order; the whole list timed `rounds` times over and
+  // each case's median kept, so that a phase of the machine running slow (on a shared VM its speed
+  // moves by 20-40 % within seconds) reaches one round of each case, not all of one family.
+  std::vector<std::pair<KernelFamily, std::vector<int64_t>>> cases;
+  for (const auto& [fam, sizes] : families)
+    for (const auto& d : sizes) cases.emplace_back(fam, d);
+  const size_t first_rows = cases.size();
+  for (int64_t m : kGemmRows) cases.push_back({KernelFamily::Gemm, {m, 512, 512}});
+  const int rounds = std::max(1, o.rounds);
   for (int t : threads) {
-    say(fmt::format("calibrating this machine's kernels: {} families with {} thread(s)", families.size(), t));
+    say(fmt::format("calibrating this machine's kernels: {} families with {} thread(s), {} rounds", families.size(), t, rounds));
     runtime::CpuBackend be(t);
     cost::CalibrationTable tab;
     tab.threads = t;
-    uint64_t seed = o.seed;
-    for (const auto& [fam, sizes] : families) {
-      auto& curves = tab.curves[static_cast<size_t>(fam)];
-      for (const auto& d : sizes) {
-        Case c = make_case(fam, d);
-        Timed tm = time_case(c, be, o.budget_s, seed += 100);
-        if (tm.work_f > 0 && tm.f_s > 0) curves[0].points.push_back({tm.work_f, tm.f_s});
-        if (tm.work_b > 0 && tm.b_s > 0) curves[1].points.push_back({tm.work_b, tm.b_s});
-      }
-      for (auto& cv : curves)
-        std::sort(cv.points.begin(), cv.points.end(), [](const auto& a, const auto& b) { return a.work < b.work; });
+    std::vector<std::vector<Timed>> timed(cases.size());
+    for (int r = 0; r < rounds; ++r)
+      for (size_t i = 0; i < cases.size(); ++i)
+        timed[i].push_back(time_case(make_case(cases[i].first, cases[i].second), be, o.budget_s, o.seed + 100 * (i + 1)));
+    std::vector<Timed> med(cases.size());
+    for (size_t i = 0; i < cases.size(); ++i) {
+      std::vector<double> f, b;
+      for (const auto& x : timed[i]) f.push_back(x.f_s), b.push_back(x.b_s);
+      med[i] = timed[i].front();
+      med[i].f_s = quantile(f, 0.5);
+      med[i].b_s = quantile(b, 0.5);
     }
+    for (size_t i = 0; i < first_rows; ++i) {
+      auto& curves = tab.curves[static_cast<size_t>(cases[i].first)];
+      const Timed& tm = med[i];
+      if (tm.work_f > 0 && tm.f_s > 0) curves[0].points.push_back({tm.work_f, tm.f_s});
+      if (tm.work_b > 0 && tm.b_s > 0) curves[1].points.push_back({tm.work_b, tm.b_s});
+    }
+    for (auto& fam : tab.curves)
+      for (auto& cv : fam)
+        std::sort(cv.points.begin(), cv.points.end(), [](const auto& a, const auto& b) { return a.work < b.work; });
     // The rows factor: seconds per FLOP with M rows over seconds per FLOP with the most.
     {
-      std::vector<Timed> by_rows;
-      for (int64_t m : kGemmRows) by_rows.push_back(time_case(make_case(KernelFamily::Gemm, {m, 512, 512}), be, o.budget_s, seed += 100));
+      const std::vector<Timed> by_rows(med.begin() + static_cast<std::ptrdiff_t>(first_rows), med.end());
       const Timed& ref = by_rows.back();
       for (size_t i = 0; i < by_rows.size(); ++i) {
         const Timed& tm = by_rows[i];

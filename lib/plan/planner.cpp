@@ -838,9 +838,10 @@ class Search {
   // speed, while in them the kernel's scheduler gives the cores to the other workers' actions;
   // with more workers than cores the simulated step can come out shorter than the work over the
   // cores. The floor: every rank's compute, end-of-step update and gradient sum as CPU time
-  // (without the time-slicing, with the contention), over the cores.
+  // (without the time-slicing, with the contention), over the cores. Not with a profile: its
+  // times carry its own measured slow-down (smp-profile's contention and pipelined probe).
   double cores_floor(const Config& c, const schedule::SimResult& r, const std::vector<Slot>& slots, double busy) const {
-    if (slots.empty() || slots.front().devices.empty()) return 0;
+    if (slots.empty() || slots.front().devices.empty() || gc_.options().profile) return 0;
     const cost::DeviceSpec& dev = cl_.spec(slots.front().devices.front());
     if (dev.kind != "cpu" || !dev.calibration) return 0;
     const double cores = std::max(dev.calibration->cores, 1), threads = std::max(dev.threads, 1);

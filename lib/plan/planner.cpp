@@ -804,7 +804,7 @@ class Search {
     schedule::SimResult r = schedule::simulate(s, costs, so, "plan");
     Prediction& pr = ev.pred;
     pr.step_s = std::max(r.step_s, cores_floor(c, r, slots, busy));
-    pr.samples_per_s = r.step_s > 0 ? static_cast<double>(opt_.batch_size) / r.step_s : 0;
+    pr.samples_per_s = pr.step_s > 0 ? static_cast<double>(opt_.batch_size) / pr.step_s : 0;
     pr.bubble = r.bubble;
     pr.peak_bytes.resize(static_cast<size_t>(c.p));
     pr.capacity_bytes.assign(static_cast<size_t>(c.p), kInf);

@@ -192,6 +192,9 @@ TEST_CASE("the job monitor reads the workers' status lines and mpirun's notices,
   CHECK(feed("[warn] Epoll MOD(1) on fd 25 failed. Old events were 6; read change was 0 (none); write change was 2 (del); "
              "close change was 0 (none): Bad file descriptor\n")
             .empty());
+  CHECK(feed("[vm:08521] plm:rsh: Warning: setpgid(8527,8527) failed in parent with errno=Permission denied(13)\n").empty());
+  CHECK(m.held().find("plm:rsh: Warning: setpgid") != std::string::npos);
+  CHECK(feed("[vm:08521] plm:rsh: something else went wrong\n") == "[vm:08521] plm:rsh: something else went wrong\n");
   CHECK(m.held().find("Epoll MOD(1)") != std::string::npos);
   CHECK(m.held().find("unexpectedly disconnected") != std::string::npos);
   CHECK(m.held().find("1 more process") != std::string::npos);

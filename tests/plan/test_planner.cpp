@@ -254,6 +254,7 @@ TEST_CASE("workers sharing a calibrated machine: a step never takes less than it
     double cpu = 0;
     for (const auto& sp : p.stage_plans) cpu += 4 * (sp.f_s + sp.b_s + sp.w_s) / slice + sp.update_s / slice_u;
     CHECK(p.prediction.step_s >= cpu / 2 * (1 - 1e-9));
+    CHECK(p.prediction.samples_per_s == doctest::Approx(16 / p.prediction.step_s));
   }
 }
 

@@ -66,6 +66,12 @@ void to_stderr(const std::string& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // The hidden ring worker of the calibration, started by mpirun (smp-plan's calibration).
+  if (argc >= 5 && std::string(argv[1]) == "--ring-worker") {
+    const std::string out = argv[2];
+    const int tokens = std::atoi(argv[3]), iters = std::atoi(argv[4]);
+    return smp::app::guarded_main([&]() -> int { return smp::train::ring_worker(argc, argv, out, tokens, iters); });
+  }
   // The hidden ping-pong worker of --machine, started twice by mpirun.
   if (argc >= 3 && std::string(argv[1]) == "--pingpong-worker") {
     double budget_s = 0.5;

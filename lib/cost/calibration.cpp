@@ -119,6 +119,13 @@ double CalibrationCurve::time(double work) const {
   return std::exp(std::log(a.seconds) + x * (std::log(b.seconds) - std::log(a.seconds)));
 }
 
+double KernelCalibration::oversubscription_factor(double load) const {
+  if (oversubscription.empty()) return 1.0;
+  if (oversubscription.size() == 1) return std::max(1.0, oversubscription[0]);
+  const double x = std::clamp(load, 1.0, 2.0) - 1.0;
+  return std::max(1.0, oversubscription[0] + x * (oversubscription[1] - oversubscription[0]));
+}
+
 double RowsFactor::at(double rows) const {
   if (points.empty() || rows >= points.back().first) return 1.0;
   if (rows <= points.front().first) return points.front().second;
@@ -190,6 +197,7 @@ json to_json(const KernelCalibration& c) {
               {"load_average", c.load_average},
               {"tables", tables},
               {"contention", {{"compute", c.contention_compute}, {"memory", c.contention_memory}}},
+              {"oversubscription", c.oversubscription},
               {"gemm_flops", c.gemm_flops},
               {"memory_bandwidth", c.memory_bandwidth},
               {"link", {{"bandwidth", c.link.bandwidth}, {"latency", c.link.latency}, {"allreduce_bandwidth", c.link.allreduce_bandwidth}}}};
@@ -270,6 +278,13 @@ KernelCalibration calibration_from_json(const json& j, const std::string& where)
     c.tables.push_back(std::move(t));
   }
   std::sort(c.tables.begin(), c.tables.end(), [](const auto& a, const auto& b) { return a.threads < b.threads; });
+  if (j.contains("oversubscription")) {
+    if (!j["oversubscription"].is_array() || j["oversubscription"].size() > 2) fail("oversubscription", "must be an array of at most 2 numbers >= 1");
+    for (const auto& v : j["oversubscription"]) {
+      if (!v.is_number() || v.get<double>() < 1) fail("oversubscription", "must be an array of at most 2 numbers >= 1");
+      c.oversubscription.push_back(v.get<double>());
+    }
+  }
   if (j.contains("contention")) {
     for (const char* k : {"compute", "memory"}) {
       auto& dst = std::string(k) == "compute" ? c.contention_compute : c.contention_memory;

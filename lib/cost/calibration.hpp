@@ -27,7 +27,7 @@
 
 namespace smp::cost {
 
-inline constexpr int kCalibrationVersion = 3;
+inline constexpr int kCalibrationVersion = 4;
 
 enum class KernelFamily : int {
   Gemm,            // MatMul / Gemm with a weight operand
@@ -102,6 +102,14 @@ struct KernelCalibration {
   double gemm_flops = 0;       // sustained single-thread GEMM FLOP/s (the largest Gemm point)
   double memory_bandwidth = 0; // bytes/s of the largest Elementwise point, all threads
   LinkSpec link;               // between two worker processes (0 bandwidth: not measured)
+  // Twice as many worker processes as cores (a ring passing `cores` and then 2 x `cores` tokens,
+  // measure_ring): the wall time over their CPU work at their own cores' prices, divided by the
+  // cores. What the scheduler and the waits cost beyond the CPU time the planner charges. Empty:
+  // not measured.
+  std::vector<double> oversubscription;  // [0] cores tokens, [1] 2 x cores tokens
+  // The factor for workers that keep `busy` x threads / cores of the cores' worth busy on
+  // average (1 to 2, interpolated; 1 when not measured).
+  double oversubscription_factor(double load) const;
   std::string source;          // where it was read from (for the report); not stored
 
   // The table for a worker with `threads` compute threads: the largest measured thread count not

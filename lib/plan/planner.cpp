@@ -838,8 +838,10 @@ class Search {
   // speed, while in them the kernel's scheduler gives the cores to the other workers' actions;
   // with more workers than cores the simulated step can come out shorter than the work over the
   // cores. The floor: every rank's compute, end-of-step update and gradient sum as CPU time
-  // (without the time-slicing, with the contention), over the cores. Not with a profile: its
-  // times carry its own measured slow-down (smp-profile's contention and pipelined probe).
+  // (without the time-slicing, with the contention), over the cores; with more workers than
+  // cores, times what the calibration's ring of twice as many workers as cores lost beyond its
+  // CPU work (KernelCalibration::oversubscription). Not with a profile: its times carry its own
+  // measured slow-down (smp-profile's contention and pipelined probe).
   double cores_floor(const Config& c, const schedule::SimResult& r, const std::vector<Slot>& slots, double busy) const {
     if (slots.empty() || slots.front().devices.empty() || gc_.options().profile) return 0;
     const cost::DeviceSpec& dev = cl_.spec(slots.front().devices.front());
@@ -850,7 +852,8 @@ class Search {
     const double slice_c = std::max(1.0, busy * threads / cores), slice_u = std::max(1.0, workers * threads / cores);
     double cpu = 0;  // one replica's pipeline (one tensor-parallel lane): the others do as much
     for (const auto& rs : r.rank) cpu += rs.busy_s / slice_c + rs.update_s / slice_u + rs.allreduce_s;
-    return cpu * c.d * tp * threads / cores;
+    const double over = workers * threads > cores ? dev.calibration->oversubscription_factor(busy * threads / cores) : 1.0;
+    return cpu * c.d * tp * threads / cores * over;
   }
 
   const cost::Cluster& cluster() const { return cl_; }

@@ -376,6 +376,25 @@ cost::KernelCalibration calibrate_cpu(const CalibrateOptions& o, const Note& not
     } catch (const Error& e) {
       say(fmt::format("note: the link was not measured ({}); its estimate stays", e.what()));
     }
+    // 5. Twice as many workers as cores: a ring of worker processes passing tokens, each chain
+    //    ~5 ms, as the CPU work of cores then 2 x cores busy workers; against the same ring with a
+    //    core each.
+    if (cores > 1) {
+      say(fmt::format("calibrating {} then {} worker processes on the {} cores (mpirun)", cores, 2 * cores, cores));
+      try {
+        constexpr int iters = 40;
+        const auto own = measure_ring(o.pingpong_program, cores, cores, iters);
+        const double per_op = own["cpu_per_op_s"].get<double>();
+        const double ideal = 2.0 * cores * iters * per_op / cores;  // 2 x cores ranks' chains over the cores
+        for (int tokens : {cores, 2 * cores}) {
+          const auto over = measure_ring(o.pingpong_program, 2 * cores, tokens, iters);
+          cal.oversubscription.push_back(std::max(1.0, over["wall_s"].get<double>() / ideal));
+        }
+      } catch (const Error& e) {
+        cal.oversubscription.clear();
+        say(fmt::format("note: workers beyond the cores were not measured ({})", e.what()));
+      }
+    }
   }
   return cal;
 }

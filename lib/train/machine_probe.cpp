@@ -164,6 +164,70 @@ int pingpong_worker(int argc, char** argv, const std::string& out, double budget
   return 0;
 }
 
+int ring_worker(int argc, char** argv, const std::string& out, int tokens, int iters) {
+  auto c = comm::init_mpi(&argc, &argv);
+  const int W = c->size(), me = c->rank();
+  if (tokens < 1 || tokens > W || iters < 3) throw_failure("smp-profile", fmt::format("a ring of {} ranks with {} tokens", W, tokens));
+  // As smp-run's workers wait: spinning only when every rank has a core of its own.
+  c->set_spin_wait(W <= comm::online_cores());
+  openblas_set_num_threads(1);
+  const int M = 256, K = 512, N = 512;
+  std::vector<float> a(static_cast<size_t>(M) * K, 0.5f), b(static_cast<size_t>(K) * N, 0.25f), y(static_cast<size_t>(M) * N);
+  auto op = [&] {
+    const double c0 = process_cpu_s();
+    for (int r = 0; r < 3; ++r)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, a.data(), K, b.data(), N, 0.0f, y.data(), N);
+    return process_cpu_s() - c0;
+  };
+  op();  // warm-up
+  c->barrier();
+  const int prev = (me + W - 1) % W, next = (me + 1) % W;
+  char token = 0;
+  double cpu = 0;
+  int counted = 0;
+  const auto t0 = clk::now();
+  for (int it = 0; it < iters; ++it) {
+    if (it > 0 || me >= tokens) {  // ranks 0 .. tokens-1 start with one
+      auto r = c->irecv(&token, 1, prev, 7);
+      c->wait(r, "the ring's token");
+    }
+    const double t = op();
+    if (it >= 2) cpu += t, ++counted;
+    auto s = c->isend(&token, 1, next, 7);
+    c->wait(s, "the ring's token");
+  }
+  if (me < tokens) {  // the last pass of each token
+    auto r = c->irecv(&token, 1, prev, 7);
+    c->wait(r, "the ring's token");
+  }
+  double sums[2] = {cpu / std::max(counted, 1), seconds_since(t0)};
+  c->allreduce_sum(sums, 2, [&] {
+    std::vector<int> all(static_cast<size_t>(W));
+    for (int r = 0; r < W; ++r) all[static_cast<size_t>(r)] = r;
+    return all;
+  }());
+  if (me == 0) {
+    json r{{"ranks", W}, {"tokens", tokens}, {"cpu_per_op_s", sums[0] / W}, {"wall_s", sums[1] / W}};
+    write_file_atomic(out, r.dump(2) + "\n");
+  }
+  c->barrier();
+  return 0;
+}
+
+json measure_ring(const fs::path& program, int ranks, int tokens, int iters) {
+  TempDir dir("smp-ring");
+  fs::path out = dir.path() / "ring.json";
+  comm::MpirunOptions mo;
+  mo.ranks = ranks;
+  comm::Command cmd = comm::mpirun_command(mo, program.string(), {"--ring-worker", out.string(), std::to_string(tokens), std::to_string(iters)});
+  cmd.env["OMP_WAIT_POLICY"] = "PASSIVE";
+  int rc = comm::run_command(cmd);
+  if (rc != 0 || !fs::exists(out))
+    throw_failure("smp-plan", fmt::format("the ring of {} local worker processes failed (exit {})", ranks, rc),
+                  "check that mpirun works: mpirun -n 2 true");
+  return read_json(out);
+}
+
 json measure_link(const fs::path& program, double budget_s) {
   TempDir dir("smp-pingpong");
   fs::path out = dir.path() / "pingpong.json";

@@ -33,6 +33,17 @@ int pingpong_worker(int argc, char** argv, const std::string& out, double budget
 // workers, in its hidden --pingpong-worker mode; returns what rank 0 wrote. Failure when it fails.
 nlohmann::json measure_link(const std::filesystem::path& program, double budget_s);
 
+// The hidden ring worker (run under mpirun as W ranks, possibly more than the cores): `tokens`
+// tokens travel round the ranks, each rank computing a ~5 ms sgemm chain (one thread) per token
+// it holds before passing it on, `iters` times, and waiting as smp-run's workers wait. Rank 0
+// writes {"ranks", "tokens", "cpu_per_op_s" (the ranks' mean CPU time per chain), "wall_s"}.
+int ring_worker(int argc, char** argv, const std::string& out, int tokens, int iters);
+
+// What workers sharing this machine's cores lose beyond their CPU time: the ring above with
+// `ranks` workers and `tokens` tokens, started by `program` (smp-profile) under mpirun as
+// smp-run starts its workers; returns what rank 0 wrote.
+nlohmann::json measure_ring(const std::filesystem::path& program, int ranks, int tokens, int iters);
+
 // Runs everything and returns the cluster JSON; what it is doing and measuring goes to `note`
 // line by line (the app prints it).
 nlohmann::json measure_machine(const MachineOptions& o, const std::function<void(const std::string&)>& note = {});

@@ -95,6 +95,17 @@ TEST_CASE("workers sharing the cores: contention up to the cores, time-slicing b
   CHECK(c.slowdown(KernelFamily::Gemm, 0.5, 1) == doctest::Approx(1.0));  // never faster than alone
 }
 
+TEST_CASE("workers beyond the cores: the ring's factor by how much of the cores the busy workers fill") {
+  cost::KernelCalibration c;
+  CHECK(c.oversubscription_factor(1.5) == 1.0);  // not measured
+  c.oversubscription = {1.8, 1.2};
+  CHECK(c.oversubscription_factor(0.5) == doctest::Approx(1.8));  // below one core's worth: the first
+  CHECK(c.oversubscription_factor(1.0) == doctest::Approx(1.8));
+  CHECK(c.oversubscription_factor(1.5) == doctest::Approx(1.5));
+  CHECK(c.oversubscription_factor(2.0) == doctest::Approx(1.2));
+  CHECK(c.oversubscription_factor(3.0) == doctest::Approx(1.2));
+}
+
 TEST_CASE("the table for a worker's threads: the largest measured not above them") {
   auto c = linear(1);
   auto t4 = linear(4).tables[0];
@@ -235,6 +246,9 @@ TEST_CASE("calibration files round-trip; a bad field is named") {
   CHECK(back.link.allreduce_bandwidth == 1.5e9);
   CHECK(back.tables[0].gemm_rows[1].points == c.tables[0].gemm_rows[1].points);
   CHECK(back.tables[0].gemm_rows[0].points.empty());
+  CHECK(back.oversubscription.empty());
+  c.oversubscription = {1.6, 1.2};
+  CHECK(cost::calibration_from_json(cost::to_json(c), "cal.json").oversubscription == c.oversubscription);
   CHECK(back.contention_memory == c.contention_memory);
   CHECK(back.tables[0].optimizer_s_per_parameter == c.tables[0].optimizer_s_per_parameter);
   CHECK(back.tables[0].curves[3][1].time(5e4) == doctest::Approx(c.tables[0].curves[3][1].time(5e4)));
@@ -255,6 +269,9 @@ TEST_CASE("calibration files round-trip; a bad field is named") {
   j = cost::to_json(c);
   j["tables"][0]["gemm_rows"]["backward"][1] = {8, 0.5};  // faster than with the most rows: not a slow-down
   CHECK(msg(j).find("tables[0].gemm_rows.backward: points must be [rows > 0, factor >= 1]") != std::string::npos);
+  j = cost::to_json(c);
+  j["oversubscription"] = {0.8, 1.2};
+  CHECK(msg(j).find("cal.json: oversubscription: must be an array of at most 2 numbers >= 1") == 0);
   j = cost::to_json(c);
   j["tables"][0]["families"]["warp"] = j["tables"][0]["families"]["gemm"];
   CHECK(msg(j).find("unknown kernel family") != std::string::npos);

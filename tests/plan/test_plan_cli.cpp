@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include <fstream>
+#include <thread>
 
 using smp::test::run_cmd;
 using smp::test::sample;
@@ -265,6 +266,11 @@ TEST_CASE("smp-plan without --cluster measures this machine once, caches it, and
   }
   CHECK(cal["link"]["bandwidth"].get<double>() > 0);  // smp-profile beside smp-plan ran the ping-pong
   CHECK(cal["link"]["allreduce_bandwidth"].get<double>() > 0);  // and the all-reduce over both ranks
+  // Twice as many workers as cores (2 rings): never faster than their CPU work over the cores.
+  if (std::thread::hardware_concurrency() > 1) {
+    REQUIRE(cal["oversubscription"].size() == 2);
+    for (const auto& f : cal["oversubscription"]) CHECK(f.get<double>() >= 1);
+  }
   const auto written = std::filesystem::last_write_time(files[0]);
   // The second plan reads the cache: nothing measured, the same file.
   auto second = run_cmd(env + plan);

@@ -803,7 +803,9 @@ class Search {
     so.record_events = sim_out != nullptr;
     schedule::SimResult r = schedule::simulate(s, costs, so, "plan");
     Prediction& pr = ev.pred;
+    pr.simulated_step_s = r.step_s;
     pr.step_s = std::max(r.step_s, cores_floor(c, r, slots, busy));
+    pr.cores_bound = pr.step_s > r.step_s;
     pr.samples_per_s = pr.step_s > 0 ? static_cast<double>(opt_.batch_size) / pr.step_s : 0;
     pr.bubble = r.bubble;
     pr.peak_bytes.resize(static_cast<size_t>(c.p));
@@ -1367,6 +1369,11 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
   if (!best.dp_exact)
     plan.notes.push_back("the DP's t_max walk for this configuration stopped at its cap (--dp-work): the split is the best "
                          "seen, not proven optimal for the DP's objective (--dp-work 0 for exact)");
+  if (plan.prediction.cores_bound)
+    plan.notes.push_back(fmt::format("the step is bound by this machine's cores: the workers' CPU work over the cores ({:.4g} ms, "
+                                     "with what more workers than cores lose, as calibrated) exceeds the simulated schedule "
+                                     "({:.4g} ms); splits and schedules of the same work predict alike",
+                                     plan.prediction.step_s * 1e3, plan.prediction.simulated_step_s * 1e3));
   if (c.zero && opt.shard_optimizer == ShardOptimizer::Auto)
     plan.notes.push_back(fmt::format("the optimizer state is split over the {} replicas (ZeRO stage 1): the plan does not fit "
                                      "without it",

@@ -78,6 +78,10 @@ struct Prediction {
   double step_s = 0, samples_per_s = 0, bubble = 0;
   double allreduce_s = 0;              // the longest rank's all-reduce
   double update_s = 0;                 // the longest rank's optimizer step (gradient norm + update)
+  // Workers sharing a calibrated machine: the step is its CPU work over the cores, longer than the
+  // simulated schedule (simulated_step_s); 0 / false elsewhere.
+  bool cores_bound = false;
+  double simulated_step_s = 0;
   std::vector<double> peak_bytes;      // per pipeline rank (the same on every replica)
   std::vector<double> capacity_bytes;  // per pipeline rank: the smallest device holding it
   double peak_max() const;

@@ -260,6 +260,11 @@ TEST_CASE("workers sharing a calibrated machine: a step never takes less than it
     const double over = 1.5 + (busy / 2 - 1) * (1.2 - 1.5);
     CHECK(p.prediction.step_s >= cpu / 2 * over * (1 - 1e-9));
     CHECK(p.prediction.samples_per_s == doctest::Approx(16 / p.prediction.step_s));
+    // Where the cores bind, the plan says so.
+    bool noted = false;
+    for (const auto& n : p.notes) noted = noted || n.find("the step is bound by this machine's cores") != std::string::npos;
+    CHECK(noted == p.prediction.cores_bound);
+    if (sched == "zb-h1") CHECK(p.prediction.cores_bound);
   }
 }
 

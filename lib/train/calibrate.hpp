@@ -19,8 +19,9 @@ struct CalibrateOptions {
   std::vector<int> threads;       // thread counts to measure (empty: 1 and all cores)
   double budget_s = 0.012;        // per kernel size and round, forward and backward (at least 3 repeats each)
   int rounds = 3;                 // times over the whole list of sizes; per size the median
-  // Program whose hidden --pingpong-worker mode measures the link under mpirun (smp-profile);
-  // empty or missing: the link is not measured (the stated estimate stays).
+  // Program whose hidden --pingpong-worker and --ring-worker modes measure the link and workers
+  // beyond the cores under mpirun (smp-profile); empty or missing: neither is measured (the
+  // link's stated estimate stays).
   std::filesystem::path pingpong_program;
   uint64_t seed = 1;
 };

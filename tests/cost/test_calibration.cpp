@@ -41,6 +41,18 @@ cost::KernelCalibration linear(int threads = 1) {
   return c;
 }
 
+// A CPU device priced by `cal`.
+cost::DeviceSpec calibrated_device(std::shared_ptr<const cost::KernelCalibration> cal) {
+  cost::DeviceSpec d;
+  d.kind = "cpu";
+  d.name = "calibrated";
+  d.memory_bytes = 1e9;
+  d.peak_flops_fp32 = d.peak_flops_bf16 = 1e12;
+  d.memory_bandwidth = 1e11;
+  d.calibration = std::move(cal);
+  return d;
+}
+
 }  // namespace
 
 TEST_CASE("a curve interpolates in log-log, floors below its first point, extrapolates at its last rate") {
@@ -126,13 +138,7 @@ TEST_CASE("a calibrated device prices nodes by their family's curve; the loss by
   auto cal = std::make_shared<cost::KernelCalibration>(linear());
   cal->tables[0].curves[static_cast<size_t>(KernelFamily::Softmax)][0] = curve({{1, 7e-6}, {1e9, 7e3}});
   cal->tables[0].curves[static_cast<size_t>(KernelFamily::Softmax)][1] = curve({{1, 9e-6}, {1e9, 9e3}});
-  cost::DeviceSpec d;
-  d.kind = "cpu";
-  d.name = "calibrated";
-  d.memory_bytes = 1e9;
-  d.peak_flops_fp32 = d.peak_flops_bf16 = 1e12;
-  d.memory_bandwidth = 1e11;
-  d.calibration = cal;
+  const cost::DeviceSpec d = calibrated_device(cal);
   cost::GraphCost gc(h.g, 4, cost::CostOptions{});
   const auto& mm = gc.node(1);
   const double prod = 2.0 * 4 * 8 * 16;  // the product's FLOPs, the loss's taken out
@@ -170,13 +176,7 @@ TEST_CASE("a backward with input and weight gradients is priced as the one call 
   // A backward curve whose rate rises with the work (the per-call floor weighs on small calls).
   auto& bwd = cal->tables[0].curves[static_cast<size_t>(KernelFamily::Gemm)][1];
   bwd = curve({{1e3, 1e-3}, {1e5, 1e-2}});
-  cost::DeviceSpec d;
-  d.kind = "cpu";
-  d.name = "calibrated";
-  d.memory_bytes = 1e9;
-  d.peak_flops_fp32 = d.peak_flops_bf16 = 1e12;
-  d.memory_bandwidth = 1e11;
-  d.calibration = cal;
+  const cost::DeviceSpec d = calibrated_device(cal);
   cost::GraphCost gc(h.g, 4, cost::CostOptions{});
   const auto& mm = gc.node(1);
   const double wb = mm.bwd_in.flops.at(4), ww = mm.bwd_w.flops.at(4);
@@ -212,13 +212,7 @@ TEST_CASE("a GEMM with few rows is priced slower by the table's rows factor; oth
   auto cal = std::make_shared<cost::KernelCalibration>(linear());
   cal->tables[0].gemm_rows[0] = rf;
   cal->tables[0].gemm_rows[1].points = {{1, 3.0}, {2, 3.0}, {64, 1.0}};
-  cost::DeviceSpec d;
-  d.kind = "cpu";
-  d.name = "calibrated";
-  d.memory_bytes = 1e9;
-  d.peak_flops_fp32 = d.peak_flops_bf16 = 1e12;
-  d.memory_bandwidth = 1e11;
-  d.calibration = cal;
+  const cost::DeviceSpec d = calibrated_device(cal);
   cost::GraphCost gc(h.g, 2, cost::CostOptions{});
   CHECK(gc.node(0).rows.at(2) == doctest::Approx(2));
   CHECK(gc.node(0).rows.at(64) == doctest::Approx(64));

@@ -39,6 +39,25 @@ cost::Cluster fixed_cluster(int n, double memory = 8e9, double flops = 1e11, dou
   return cost::cluster_from_json(j, "test cluster");
 }
 
+// A calibration of 2 cores with one 1-thread table: every family's forward 1 us per 1e3 of work
+// (linear above), its backward twice that; the given contention.
+std::shared_ptr<cost::KernelCalibration> two_core_calibration(std::vector<double> compute, std::vector<double> memory) {
+  auto cal = std::make_shared<cost::KernelCalibration>();
+  cal->cpu = "test cpu";
+  cal->cores = 2;
+  cost::CalibrationTable t;
+  t.threads = 1;
+  for (auto& fam : t.curves) {
+    fam[0].points = {{1e3, 1e-6}, {1e9, 1.0}};
+    fam[1].points = {{1e3, 2e-6}, {1e9, 2.0}};
+  }
+  t.optimizer_s_per_parameter = {1e-9, 2e-9, 4e-9};
+  cal->tables.push_back(t);
+  cal->contention_compute = std::move(compute);
+  cal->contention_memory = std::move(memory);
+  return cal;
+}
+
 struct Setup {
   graph::Graph g;
   std::unique_ptr<cost::GraphCost> gc;
@@ -223,19 +242,7 @@ TEST_CASE("workers sharing a calibrated machine: a step never takes less than it
   // 4 one-thread workers on a calibration of 2 cores. The simulator slows every action by the
   // average number of busy workers; zb-h1 fills its bubbles with deferred weight gradients, which
   // on a shared machine only move work from one worker to another (the cores are busy anyway).
-  auto cal = std::make_shared<cost::KernelCalibration>();
-  cal->cpu = "test cpu";
-  cal->cores = 2;
-  cost::CalibrationTable t;
-  t.threads = 1;
-  for (auto& fam : t.curves) {
-    fam[0].points = {{1e3, 1e-6}, {1e9, 1.0}};
-    fam[1].points = {{1e3, 2e-6}, {1e9, 2.0}};
-  }
-  t.optimizer_s_per_parameter = {1e-9, 2e-9, 4e-9};
-  cal->tables.push_back(t);
-  cal->contention_compute = {1.0, 1.1};
-  cal->contention_memory = {1.0, 1.3};
+  auto cal = two_core_calibration({1.0, 1.1}, {1.0, 1.3});
   // What the calibration's ring of 4 workers on 2 cores lost beyond its CPU work: x1.5 with 2
   // tokens (one core's worth each), x1.2 with 4.
   cal->oversubscription = {1.5, 1.2};
@@ -577,19 +584,7 @@ TEST_CASE("on a calibrated machine a tensor-parallel group's ranks count as busy
   // x 1.1, memory-bound x 1.5) against a calibration without contention. Counted as one busy
   // worker (the group as one device), the two would price the same.
   auto stage_times = [](std::vector<double> compute, std::vector<double> memory) {
-    auto cal = std::make_shared<cost::KernelCalibration>();
-    cal->cpu = "test cpu";
-    cal->cores = 2;
-    cost::CalibrationTable t;
-    t.threads = 1;
-    for (auto& fam : t.curves) {
-      fam[0].points = {{1e3, 1e-6}, {1e9, 1.0}};
-      fam[1].points = {{1e3, 2e-6}, {1e9, 2.0}};
-    }
-    t.optimizer_s_per_parameter = {1e-9, 2e-9, 4e-9};
-    cal->tables.push_back(t);
-    cal->contention_compute = std::move(compute);
-    cal->contention_memory = std::move(memory);
+    auto cal = two_core_calibration(std::move(compute), std::move(memory));
     cost::Cluster cl = fixed_cluster(4);
     for (auto& k : cl.kinds) {
       k.calibration = cal;

@@ -83,7 +83,7 @@ GraphCost::GraphCost(const graph::Graph& g, int64_t batch_size, const CostOption
       int id = n.inputs[k];
       if (id < 0) continue;
       dep |= batch_dep_[static_cast<size_t>(id)] != 0;
-      bool diff = d ? ((k < 32) && ((d->differentiable_inputs >> k) & 1u)) : is_floating(g.value(id).dtype);
+      bool diff = d ? graph::mask_has(d->differentiable_inputs, k) : is_floating(g.value(id).dtype);
       if (diff && needs_grad_[static_cast<size_t>(id)]) grad = true;
     }
     for (int o : n.outputs) {
@@ -163,7 +163,7 @@ GraphCost::GraphCost(const graph::Graph& g, int64_t batch_size, const CostOption
     for (size_t k = 0; k < n.inputs.size(); ++k) {
       int id = n.inputs[k];
       if (id < 0) continue;
-      bool diff = d ? ((k < 32) && ((d->differentiable_inputs >> k) & 1u)) : is_floating(g.value(id).dtype);
+      bool diff = d ? graph::mask_has(d->differentiable_inputs, k) : is_floating(g.value(id).dtype);
       if (!diff || !needs_grad_[static_cast<size_t>(id)]) continue;
       const auto kind = g.value(id).kind;
       bool weight_like = kind == ValueKind::Parameter || (kind == ValueKind::Activation && !batch_dep_[static_cast<size_t>(id)]);
@@ -182,10 +182,10 @@ GraphCost::GraphCost(const graph::Graph& g, int64_t batch_size, const CostOption
         int r = root_[static_cast<size_t>(id)];
         if (std::find(m.saved.begin(), m.saved.end(), r) == m.saved.end()) m.saved.push_back(r);
       };
-      for (size_t k = 0; k < n.inputs.size() && k < 32; ++k)
-        if (keep_in & (1u << k)) save(n.inputs[k]);
-      for (size_t k = 0; k < n.outputs.size() && k < 32; ++k)
-        if (keep_out & (1u << k)) save(n.outputs[k]);
+      for (size_t k = 0; k < n.inputs.size(); ++k)
+        if (graph::mask_has(keep_in, k)) save(n.inputs[k]);
+      for (size_t k = 0; k < n.outputs.size(); ++k)
+        if (graph::mask_has(keep_out, k)) save(n.outputs[k]);
       if (!w_grad.empty()) {
         for (int r : m.saved)
           if (batch_dep_[static_cast<size_t>(r)]) m.w_keep.push_back(r);

@@ -809,7 +809,7 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
     for (size_t i = 0; i < n->inputs.size(); ++i) {
       int id = n->inputs[i];
       if (id < 0 || !is_floating(g.value(id).dtype)) continue;
-      if (i < 32 && (mask & (1u << i))) grad_flows[static_cast<size_t>(id)] = true;
+      if (mask_has(mask, i)) grad_flows[static_cast<size_t>(id)] = true;
     }
   }
   // --freeze: initializers the user keeps constant (each pattern must match one of them).

@@ -343,10 +343,10 @@ int64_t saved_activation_bytes(const Graph& g, const Node& n) {
     if (v.kind == ValueKind::Parameter || v.kind == ValueKind::Constant || v.kind == ValueKind::Buffer) return;
     total += v.bytes();
   };
-  for (size_t i = 0; i < n.inputs.size() && i < 32; ++i)
-    if (keep_in & (1u << i)) count(n.inputs[i]);
-  for (size_t i = 0; i < n.outputs.size() && i < 32; ++i)
-    if (keep_out & (1u << i)) count(n.outputs[i]);
+  for (size_t i = 0; i < n.inputs.size(); ++i)
+    if (mask_has(keep_in, i)) count(n.inputs[i]);
+  for (size_t i = 0; i < n.outputs.size(); ++i)
+    if (mask_has(keep_out, i)) count(n.outputs[i]);
   return total;
 }
 

@@ -71,6 +71,11 @@ struct OpDef {
   StateUpdate state[2] = {};
 };
 
+// Whether bit i of an input/output mask of OpDef is set. Every bit set means every position,
+// however many: variadic ops (Concat, Max, ...) take more than 32 inputs (DenseNet-169's blocks
+// concatenate 33).
+constexpr bool mask_has(uint32_t mask, size_t i) { return mask == 0xFFFFFFFFu || (i < 32 && ((mask >> i) & 1u)); }
+
 // nullptr when the op is unknown to smp (its nodes still plan, with a bytes-based estimate).
 const OpDef* find_op(std::string_view op_type);
 const OpDef& op_def(Op op);

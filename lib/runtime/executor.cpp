@@ -275,7 +275,7 @@ StageExecutor::StageExecutor(const graph::Graph& g, std::vector<int> nodes, Back
     bool any_dd = false, any_w = false;
     for (size_t i = 0; i < r.in.size(); ++i) {
       int v = r.in[i];
-      if (v < 0 || i >= 32 || !(r.diff & (1u << i))) continue;
+      if (v < 0 || !graph::mask_has(r.diff, i)) continue;
       if (dd_[static_cast<size_t>(v)]) any_dd = true;
       else if (wreq_[static_cast<size_t>(v)]) any_w = true;
     }
@@ -502,15 +502,15 @@ std::vector<Tensor> StageExecutor::forward(int mb, std::span<const Tensor> input
     if (opts_.training && (r.has_b || r.has_w)) {
       auto& si = st->saved_in[p];
       si.assign(r.in.size(), Tensor());
-      for (size_t i = 0; i < r.in.size() && i < 32; ++i)
-        if ((r.saved_in & (1u << i)) && r.in[i] >= 0 && !resident_[static_cast<size_t>(r.in[i])].defined()) {
+      for (size_t i = 0; i < r.in.size(); ++i)
+        if (graph::mask_has(r.saved_in, i) && r.in[i] >= 0 && !resident_[static_cast<size_t>(r.in[i])].defined()) {
           si[i] = ins[i];
           hold(si[i]);
         }
       auto& so = st->saved_out[p];
       so.assign(r.out.size(), Tensor());
-      for (size_t k = 0; k < r.out.size() && k < 32; ++k)
-        if (r.saved_out & (1u << k)) {
+      for (size_t k = 0; k < r.out.size(); ++k)
+        if (graph::mask_has(r.saved_out, k)) {
           so[k] = outs[k];
           hold(so[k]);
         }
@@ -622,12 +622,12 @@ void StageExecutor::run_backward(int mb, std::span<const Tensor> output_grads, b
       bool moved = false;
       bool can_move = r.pass_in && dout.size() == 1 && dout[0].defined() && own.count(dout[0].storage().get()) &&
                       !(do_b && !do_w && r.has_w && r.has_b);
-      for (size_t i = 0; i < r.in.size() && i < 32; ++i) {
+      for (size_t i = 0; i < r.in.size(); ++i) {
         int v = r.in[i];
-        if (v < 0 || !(r.diff & (1u << i))) continue;
+        if (v < 0 || !graph::mask_has(r.diff, i)) continue;
         bool is_dd = dd_[static_cast<size_t>(v)], is_w = wreq_[static_cast<size_t>(v)];
         if (!((b_part && is_dd) || (w_part && is_w))) continue;
-        if (can_move && (r.pass_in & (1u << i)) && !grads_[static_cast<size_t>(v)].defined() && !g[static_cast<size_t>(v)].defined() &&
+        if (can_move && graph::mask_has(r.pass_in, i) && !grads_[static_cast<size_t>(v)].defined() && !g[static_cast<size_t>(v)].defined() &&
             std::count(r.in.begin(), r.in.end(), v) == 1) {
           g[static_cast<size_t>(v)] = dout[0].view(g_.value(v).shape);
           can_move = false;
@@ -776,7 +776,7 @@ StageMemoryPlan StageExecutor::plan_memory() const {
       if (v < 0 || resident_[static_cast<size_t>(v)].defined()) continue;
       Buf& b = bufs[static_cast<size_t>(buffer_of(v))];
       b.last = std::max(b.last, static_cast<int>(p));
-      if (keeps && i < 32 && (r.saved_in & (1u << i))) {
+      if (keeps && graph::mask_has(r.saved_in, i)) {
         b.saved = true;
         b.release = b.release < 0 ? static_cast<int>(p) : std::min(b.release, static_cast<int>(p));
       }
@@ -787,7 +787,7 @@ StageMemoryPlan StageExecutor::plan_memory() const {
       Buf& b = bufs[static_cast<size_t>(buf[static_cast<size_t>(o)])];
       b.last = std::max(b.last, static_cast<int>(p));
       if (is_output_[static_cast<size_t>(o)]) b.out = true;
-      if (keeps && k < 32 && (r.saved_out & (1u << k))) {
+      if (keeps && graph::mask_has(r.saved_out, k)) {
         b.saved = true;
         b.release = b.release < 0 ? static_cast<int>(p) : std::min(b.release, static_cast<int>(p));
       }
@@ -836,9 +836,9 @@ StageMemoryPlan StageExecutor::plan_memory() const {
     if (r.has_b && r.has_w)
       for (int o : r.out)
         if (o >= 0 && is_float(g_.value(o).dtype)) m.w_keep_bytes += bytes(o);
-    for (size_t i = 0; i < r.in.size() && i < 32; ++i) {
+    for (size_t i = 0; i < r.in.size(); ++i) {
       int v = r.in[i];
-      if (v < 0 || !(r.diff & (1u << i)) || grads_[static_cast<size_t>(v)].defined() || has_grad[static_cast<size_t>(v)]) continue;
+      if (v < 0 || !graph::mask_has(r.diff, i) || grads_[static_cast<size_t>(v)].defined() || has_grad[static_cast<size_t>(v)]) continue;
       if (!dd_[static_cast<size_t>(v)] && !wreq_[static_cast<size_t>(v)]) continue;
       has_grad[static_cast<size_t>(v)] = 1;
       grads += bytes(v);

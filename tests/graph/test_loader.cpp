@@ -200,6 +200,44 @@ TEST_CASE("--freeze: named or matched initializers stay constant with their byte
   }
 }
 
+TEST_CASE("a Concat of more than 32 inputs trains every one (DenseNet-169's blocks concatenate 33)") {
+  // y = Concat(x * w0, ..., x * w39): 40 parameters of 4 values, each reaching the output through
+  // its own Concat input.
+  auto dir = test::temp_dir("concat40");
+  onnx::ModelProto m = tiny_model();
+  auto* g = m.mutable_graph();
+  g->clear_node();
+  const int k = 40;
+  for (int i = 0; i < k; ++i) {
+    auto* w = g->add_initializer();
+    w->set_name(fmt::format("w{}", i));
+    w->set_data_type(onnx::TensorProto::FLOAT);
+    w->add_dims(4);
+    for (int j = 0; j < 4; ++j) w->add_float_data(static_cast<float>(i + j));
+    auto* mul = g->add_node();
+    mul->set_name(fmt::format("mul{}", i));
+    mul->set_op_type("Mul");
+    mul->add_input("x");
+    mul->add_input(w->name());
+    mul->add_output(fmt::format("m{}", i));
+  }
+  auto* cat = g->add_node();
+  cat->set_name("cat");
+  cat->set_op_type("Concat");
+  auto* axis = cat->add_attribute();
+  axis->set_name("axis");
+  axis->set_type(onnx::AttributeProto::INT);
+  axis->set_i(1);
+  for (int i = 0; i < k; ++i) cat->add_input(fmt::format("m{}", i));
+  cat->add_output("y");
+  g->mutable_output(0)->mutable_type()->mutable_tensor_type()->mutable_shape()->mutable_dim(1)->set_dim_value(4 * k);
+  auto path = write_model(dir, "concat40.onnx", m);
+  Graph gr = load_graph(path, batch(2));
+  CHECK(gr.parameters.size() == static_cast<size_t>(k));
+  CHECK(gr.parameter_count() == 4 * k);
+  fs::remove_all(dir);
+}
+
 TEST_CASE("costs scale with the batch: FLOPs and activations double, parameters do not") {
   Graph a = load_graph(test::sample("cnn"), batch(4));
   Graph b = load_graph(test::sample("cnn"), batch(8));

@@ -287,6 +287,11 @@ inline std::vector<Case> gradient_cases() {
                   int a = m.f("a", {2, 3}), b = m.f("b", {2, 1});
                   t.output(t.node("Concat", {a, b, a}, {F("y", {2, 7})}, {{"axis", attr_i(1)}})[0]);
                 }});
+  cs.push_back({"Concat of 35 inputs (the executor's input masks end at 32)", [](TinyGraph& t, M& m) {
+                  std::vector<int> parts;
+                  for (int i = 0; i < 35; ++i) parts.push_back(m.f(fmt::format("p{}", i), {2, 1}));
+                  t.output(t.node("Concat", parts, {F("y", {2, 35})}, {{"axis", attr_i(1)}})[0]);
+                }});
   cs.push_back({"Split", [](TinyGraph& t, M& m) {
                   int x = m.f("x", {2, 6});
                   auto o = t.node("Split", {x, m.ci64("split", {2, 4})}, {F("a", {2, 2}), F("b", {2, 4})}, {{"axis", attr_i(1)}});

@@ -174,6 +174,13 @@ NodeCost cost_sce_loss(const Graph& g, const Node& n) {
   return c;
 }
 
+// One score per position (the label's), weighted and summed.
+NodeCost cost_nll_loss(const Graph& g, const Node& n) {
+  NodeCost c = streaming(g, n, 0.0);
+  c.flops = 2.0 * elems_of(g, n.inputs[1]);
+  return c;
+}
+
 NodeCost cost_dropout(const Graph& g, const Node& n) {
   NodeCost c = streaming(g, n, 1.0);
   c.flops = elems_of(g, n.outputs[0]);
@@ -275,6 +282,8 @@ constexpr OpDef kOps[] = {
     {Op::Range, "Range", C::DataMovement, kNone, kNone, kNone, cost_data_movement},
 
     {Op::SoftmaxCrossEntropyLoss, "SoftmaxCrossEntropyLoss", C::Loss, b(0), b(0) | b(1), kNone, cost_sce_loss},
+    // The scores are log-probabilities: the backward needs only the labels (and class weights).
+    {Op::NegativeLogLikelihoodLoss, "NegativeLogLikelihoodLoss", C::Loss, b(0), b(1) | b(2), kNone, cost_nll_loss},
 
     // Megatron's f: identity forward (a view), all-reduce of the gradient over the group.
     {Op::TpCopy, "TpCopy", C::View, b(0), kNone, kNone, cost_view},

@@ -33,7 +33,7 @@ enum class Op : int {
   // shape-only and constant producers (folded away before planning)
   Shape, Size, Constant, ConstantOfShape, Range,
   // losses
-  SoftmaxCrossEntropyLoss,
+  SoftmaxCrossEntropyLoss, NegativeLogLikelihoodLoss,
   // tensor parallelism: inserted by graph/tensor_parallel.hpp, never read from a file
   TpCopy, TpAllReduce, TpVocabGather, TpSoftmaxCrossEntropyLoss,
   // fusion: A . Bᵀ for a 2-D B, formed by runtime/fusion.hpp from Transpose(B) -> MatMul, never

@@ -368,6 +368,18 @@ inline std::vector<Case> gradient_cases() {
                   t.output(o[0]);
                   t.output(o[1]);
                 }});
+  cs.push_back({"NegativeLogLikelihoodLoss mean, weights, ignore_index", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {5, 4}, -2, 2);
+                  int y = m.i64("y", {5}, {1, 3, 0, 3, 2});
+                  int w = t.constant<float>("w", DType::F32, {4}, {0.5f, 1.0f, 2.0f, 1.5f});
+                  t.output(t.node("NegativeLogLikelihoodLoss", {x, y, w}, {F("l", {})}, {{"ignore_index", attr_i(2)}})[0]);
+                }});
+  cs.push_back({"NegativeLogLikelihoodLoss none, [N, C, D] after LogSoftmax", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 3, 4}, -2, 2);
+                  int y = m.i64("y", {2, 4}, {0, 1, 2, 1, 2, 2, 0, 1});
+                  int lp = t.node("LogSoftmax", {x}, {F("lp", {2, 3, 4})}, {{"axis", attr_i(1)}})[0];
+                  t.output(t.node("NegativeLogLikelihoodLoss", {lp, y}, {F("l", {2, 4})}, {{"reduction", attr_s("none")}})[0]);
+                }});
   cs.push_back({"chain: attention-like block", [](TinyGraph& t, M& m) {
                   // x [2,4,6] -> q = x Wq, s = q x^T, softmax, s x, layernorm; x used 3 times
                   int x = m.f("x", {2, 4, 6}), wq = m.f("wq", {6, 6}), g = m.f("g", {6});

@@ -94,21 +94,23 @@ std::string reason_of(const std::string& out) {
 
 TEST_CASE("ONNX backend node cases of every registry op through smp-run --forward") {
   fs::path dir = fs::path(SMP_TEST_DATA) / "onnx_node_cases";
+  std::string ops;
+  for (int i = 0; i < graph::op_count(); ++i) ops += fmt::format(" {}", graph::op_def(static_cast<graph::Op>(i)).type);
   // A cache from an earlier version of scripts/onnx_node_cases.py (entries without "op" and
-  // "inputs") is generated again.
+  // "inputs") or for another registry (ops.txt) is generated again.
   auto current = [&] {
-    if (!fs::exists(dir / "manifest.json")) return false;
+    if (!fs::exists(dir / "manifest.json") || !fs::exists(dir / "ops.txt") || read_file(dir / "ops.txt") != ops) return false;
     const auto m = read_json(dir / "manifest.json");
     return !m.empty() && m.begin()->contains("op") && m.begin()->contains("inputs");
   };
   if (!current()) {
     fs::remove_all(dir);
     fs::create_directories(dir.parent_path());
-    std::string cmd = fmt::format("{} {}/scripts/onnx_node_cases.py {}", SMP_PYTHON, SMP_SOURCE_DIR, dir.string());
-    for (int i = 0; i < graph::op_count(); ++i) cmd += fmt::format(" {}", graph::op_def(static_cast<graph::Op>(i)).type);
+    std::string cmd = fmt::format("{} {}/scripts/onnx_node_cases.py {}{}", SMP_PYTHON, SMP_SOURCE_DIR, dir.string(), ops);
     cmd += " > " + (dir.parent_path() / "onnx_node_cases.log").string() + " 2>&1";
     int rc = std::system(cmd.c_str());
     REQUIRE_MESSAGE(rc == 0, "generating the ONNX node cases failed: " << cmd);
+    write_file_atomic(dir / "ops.txt", ops);
   }
   auto manifest = read_json(dir / "manifest.json");
   const fs::path work = fs::temp_directory_path() / fmt::format("smp_conformance_{}", ::getpid());

@@ -311,6 +311,27 @@ TEST_CASE("cross-entropy: value, gradient, and microbatches add up to the miniba
     near(to_vec(eh.gradient(eh.parameters()[i])), to_vec(eb.gradient(eb.parameters()[i])), 1e-5);
 }
 
+TEST_CASE("NegativeLogLikelihoodLoss: the label's negated score, mean over the weights; a label out of range names the op") {
+  OneNode a;
+  a.cf({2, 2}, {-1, -2, -3, -4});
+  a.ci({2}, {1, 0});
+  near(to_vec(a.run("NegativeLogLikelihoodLoss", {F("l", {})})[0]), {2.5f});
+  OneNode b;  // class weights 2, 0.5; the row labelled 1 is ignored: (2·3 + 2·5) / (2 + 2)
+  b.cf({3, 2}, {-1, -2, -3, -4, -5, -6});
+  b.ci({3}, {1, 0, 0});
+  b.cf({2}, {2.0f, 0.5f});
+  near(to_vec(b.run("NegativeLogLikelihoodLoss", {F("l", {})}, {{"ignore_index", attr_i(1)}})[0]), {(2 * 3.0f + 2 * 5.0f) / 4});
+  OneNode c;
+  c.cf({1, 2}, {-1, -2});
+  c.ci({1}, {2});
+  try {
+    c.run("NegativeLogLikelihoodLoss", {F("l", {})});
+    FAIL("no error");
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()).find("(NegativeLogLikelihoodLoss): label 2 out of range [0, 2)") != std::string::npos);
+  }
+}
+
 TEST_CASE("mean squared error and scalar losses") {
   runtime::CpuBackend be(1);
   std::vector<float> p{1, 2, 3}, t{1, 0, 0};

@@ -1,6 +1,6 @@
 // SoftmaxCrossEntropyLoss: scores [N, C] or [N, C, D1, ...] (classes on axis 1), integer labels
 // [N] or [N, D1, ...], optional class weights [C]; reduction mean / sum / none; ignore_index;
-// optional log_prob output.
+// optional log_prob output. NegativeLogLikelihoodLoss: the same over log-probabilities.
 #include "runtime/cpu/common.hpp"
 #include "runtime/cpu/kernels.hpp"
 
@@ -24,13 +24,14 @@ inline float lse_at(const float* x, int64_t C, int64_t D) {
 float pos_weight(const SceState& s, int64_t y, const float* W) {
   if (s.has_ignore && y == s.ignore) return 0.0f;
   if (y < 0 || y >= s.classes)
-    throw_bad_input("node " + s.node_name + " (SoftmaxCrossEntropyLoss)", fmt::format("label {} out of range [0, {})", y, s.classes));
+    throw_bad_input(fmt::format("node {} ({})", s.node_name, s.op), fmt::format("label {} out of range [0, {})", y, s.classes));
   return W ? W[y] : 1.0f;
 }
-}  // namespace
 
-std::unique_ptr<KernelState> prep_sce_loss(const NodeView& n) {
+// The attributes and inputs SoftmaxCrossEntropyLoss and NegativeLogLikelihoodLoss share.
+std::unique_ptr<SceState> prep_class_loss(const NodeView& n, const char* op) {
   auto s = std::make_unique<SceState>();
+  s->op = op;
   n.require_dtype(n.input(0), {DType::F32}, "scores");
   n.require_dtype(n.input(1), {DType::I64, DType::I32}, "labels");
   const Shape &x = n.input(0).shape, &y = n.input(1).shape;
@@ -55,6 +56,12 @@ std::unique_ptr<KernelState> prep_sce_loss(const NodeView& n) {
     if (n.input(2).shape != Shape{s->C}) n.fail("weights must be [C]");
     s->has_weights = true;
   }
+  return s;
+}
+}  // namespace
+
+std::unique_ptr<KernelState> prep_sce_loss(const NodeView& n) {
+  auto s = prep_class_loss(n, "SoftmaxCrossEntropyLoss");
   if (n.has_output(1)) n.require_dtype(n.output(1), {DType::F32}, "log_prob");
   return s;
 }
@@ -120,6 +127,57 @@ void bwd_sce_loss(const KernelState& st, ExecContext&, const GradIO& io) {
         if (dLP) v += dLP[n * s.C * s.D + c * s.D + d] - p * lp_sum;
         dx[c * s.D] = acc ? dx[c * s.D] + v : v;
       }
+    }
+}
+
+// ---- NegativeLogLikelihoodLoss: the scores are log-probabilities [N, C, ...] ------------------
+// loss(n, d) = -x[n, y, d] · w[y] (0 where the label is ignore_index); mean divides the sum by
+// the summed weights of the positions not ignored (ONNX, PyTorch's nll_loss).
+
+std::unique_ptr<KernelState> prep_nll_loss(const NodeView& n) { return prep_class_loss(n, "NegativeLogLikelihoodLoss"); }
+
+void fwd_nll_loss(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const SceState&>(st);
+  const float* X = in[0].data<float>();
+  auto Y = tensor_ints(in[1]);
+  const float* W = s.has_weights ? in[2].data<float>() : nullptr;
+  float* L = out[0].data<float>();
+  double total = 0, wsum = 0;
+  for (int64_t n = 0; n < s.N; ++n)
+    for (int64_t d = 0; d < s.D; ++d) {
+      int64_t y = Y[static_cast<size_t>(n * s.D + d)];
+      float w = pos_weight(s, y, W);
+      float l = w == 0 ? 0.0f : -X[(n * s.C + y) * s.D + d] * w;
+      if (s.red == SceState::Red::None) L[n * s.D + d] = l;
+      total += l;
+      wsum += w;
+    }
+  if (s.red == SceState::Red::Sum) L[0] = static_cast<float>(total);
+  if (s.red == SceState::Red::Mean) L[0] = static_cast<float>(wsum == 0 ? 0.0 : total / wsum);
+}
+
+void bwd_nll_loss(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const SceState&>(st);
+  if (!io.din[0].defined()) return;
+  SMP_CHECK(io.in[1].defined(), "node {}: backward needs the labels", s.node_name);
+  auto Y = tensor_ints(io.in[1]);
+  const float* W = s.has_weights ? io.in[2].data<float>() : nullptr;
+  const float* dL = io.dout[0].defined() ? io.dout[0].data<float>() : nullptr;
+  float* dX = io.din[0].data<float>();
+  if (!io.accumulate[0]) std::fill(dX, dX + s.N * s.C * s.D, 0.0f);
+  if (!dL) return;
+  double wsum = 0;
+  if (s.red == SceState::Red::Mean)
+    for (int64_t i = 0; i < s.N * s.D; ++i) wsum += pos_weight(s, Y[static_cast<size_t>(i)], W);
+  for (int64_t n = 0; n < s.N; ++n)
+    for (int64_t d = 0; d < s.D; ++d) {
+      int64_t y = Y[static_cast<size_t>(n * s.D + d)];
+      float w = pos_weight(s, y, W);
+      if (w == 0) continue;
+      float g = s.red == SceState::Red::None ? dL[n * s.D + d]
+                : s.red == SceState::Red::Sum ? dL[0]
+                                              : (wsum == 0 ? 0.0f : static_cast<float>(dL[0] / wsum));
+      dX[(n * s.C + y) * s.D + d] -= g * w;
     }
 }
 

@@ -203,6 +203,7 @@ struct SceState : KernelState {
   bool has_ignore = false;
   int64_t ignore = 0;
   bool has_weights = false;
+  const char* op = "SoftmaxCrossEntropyLoss";  // or NegativeLogLikelihoodLoss (same attributes)
 };
 
 // Reads integer elements of an i64 or i32 host tensor.

@@ -62,7 +62,8 @@ NodeCost cost_elementwise(const Graph& g, const Node& n) { return streaming(g, n
 NodeCost cost_data_movement(const Graph& g, const Node& n) {
   NodeCost c = streaming(g, n, 0.0);
   // A slice, split or gather reads only what it writes (plus indices).
-  if (n.op_type == "Slice" || n.op_type == "Split" || n.op_type == "Gather" || n.op_type == "TpVocabGather") {
+  if (n.op_type == "Slice" || n.op_type == "Split" || n.op_type == "Gather" || n.op_type == "TpVocabGather" ||
+      n.op_type == "GatherElements") {
     c.bytes_read = c.bytes_written;
     for (size_t i = 1; i < n.inputs.size(); ++i) c.bytes_read += bytes_of(g, n.inputs[i]);
   }
@@ -274,6 +275,7 @@ constexpr OpDef kOps[] = {
     {Op::Tile, "Tile", C::DataMovement, b(0), kNone, kNone, cost_data_movement},
     {Op::Trilu, "Trilu", C::DataMovement, b(0), kNone, kNone, cost_data_movement},
     {Op::Pad, "Pad", C::DataMovement, b(0), kNone, kNone, cost_data_movement},
+    {Op::GatherElements, "GatherElements", C::DataMovement, b(0), b(1), kNone, cost_data_movement},
 
     {Op::Shape, "Shape", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},
     {Op::Size, "Size", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},

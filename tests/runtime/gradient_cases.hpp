@@ -318,6 +318,11 @@ inline std::vector<Case> gradient_cases() {
                   int i = m.i64("i", {3}, {3, 0, 3});
                   t.output(t.node("Gather", {x, i}, {F("y", {2, 3, 3})}, {{"axis", attr_i(1)}})[0]);
                 }});
+  cs.push_back({"GatherElements axis 1 (repeated and negative indices, indices smaller than the data)", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {3, 4, 2});
+                  int i = m.i64("i", {2, 3, 2}, {0, 3, -1, 1, 3, 3, 2, 0, 0, 0, -4, 1});
+                  t.output(t.node("GatherElements", {x, i}, {F("y", {2, 3, 2})}, {{"axis", attr_i(1)}})[0]);
+                }});
   cs.push_back({"Expand", [](TinyGraph& t, M& m) {
                   int x = m.f("x", {3, 1});
                   t.output(t.node("Expand", {x, m.ci64("s", {2, 3, 4})}, {F("y", {2, 3, 4})})[0]);

@@ -506,6 +506,73 @@ void bwd_gather(const KernelState& st, ExecContext&, const GradIO& io) {
   });
 }
 
+// ---- GatherElements ------------------------------------------------------------------------
+// y[p] = x[p with its axis coordinate replaced by idx[p]] over every position p of the indices
+// (whose shape is the output's; each other dimension at most the data's). The backward adds dy
+// into dx at the same positions.
+
+std::unique_ptr<KernelState> prep_gather_elements(const NodeView& n) {
+  auto s = std::make_unique<GatherElementsState>();
+  require_plain(n, n.input(0));
+  n.require_dtype(n.input(1), {DType::I64, DType::I32}, "indices");
+  const Shape &x = n.input(0).shape, &i = n.input(1).shape;
+  if (x.size() != i.size() || x.empty()) n.fail("data and indices must have the same rank (at least 1)");
+  s->axis = n.node().attr_int("axis", 0);
+  if (!norm_axis(s->axis, static_cast<int64_t>(x.size()))) n.fail("axis out of range");
+  for (size_t d = 0; d < x.size(); ++d)
+    if (static_cast<int64_t>(d) != s->axis && i[d] > x[d])
+      n.fail(fmt::format("indices {} exceed the data {} along axis {}", shape_str(i), shape_str(x), d));
+  if (n.output(0).shape != i) n.fail("output shape does not match the indices'");
+  s->index_shape = i;
+  s->data_strides.assign(x.size(), 1);
+  for (size_t d = x.size() - 1; d > 0; --d) s->data_strides[d - 1] = s->data_strides[d] * x[d];
+  s->D = x[static_cast<size_t>(s->axis)];
+  return s;
+}
+
+namespace {
+// The data offset of every index position.
+std::vector<int64_t> gather_elements_offsets(const GatherElementsState& s, const Tensor& t) {
+  auto idx = tensor_ints(t);
+  const size_t rank = s.index_shape.size();
+  std::vector<int64_t> coord(rank, 0);
+  for (size_t r = 0; r < idx.size(); ++r) {
+    int64_t k = idx[r];
+    if (k < -s.D || k >= s.D)
+      throw_bad_input("node " + s.node_name + " (GatherElements)", fmt::format("index {} out of range [-{}, {})", k, s.D, s.D));
+    if (k < 0) k += s.D;
+    int64_t off = 0;
+    for (size_t d = 0; d < rank; ++d) off += (static_cast<int64_t>(d) == s.axis ? k : coord[d]) * s.data_strides[d];
+    idx[r] = off;
+    for (size_t d = rank; d-- > 0;) {
+      if (++coord[d] < s.index_shape[d]) break;
+      coord[d] = 0;
+    }
+  }
+  return idx;
+}
+}  // namespace
+
+void fwd_gather_elements(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const GatherElementsState&>(st);
+  auto off = gather_elements_offsets(s, in[1]);
+  const size_t es = dtype_size(in[0].dtype());
+  const char* X = static_cast<const char*>(in[0].raw());
+  char* Y = static_cast<char*>(out[0].raw());
+  for (size_t r = 0; r < off.size(); ++r) std::memcpy(Y + r * es, X + static_cast<size_t>(off[r]) * es, es);
+}
+
+void bwd_gather_elements(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const GatherElementsState&>(st);
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  SMP_CHECK(io.in[1].defined(), "node {}: GatherElements backward needs the indices (not declared saved)", s.node_name);
+  auto off = gather_elements_offsets(s, io.in[1]);
+  zero_unless(io.din[0], io.accumulate[0]);
+  float* dX = io.din[0].data<float>();
+  const float* dY = io.dout[0].data<float>();
+  for (size_t r = 0; r < off.size(); ++r) dX[off[r]] += dY[r];  // indices may repeat: one thread
+}
+
 // ---- Expand, Tile ------------------------------------------------------------------------
 
 std::unique_ptr<KernelState> prep_expand(const NodeView& n) {

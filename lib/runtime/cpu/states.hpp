@@ -171,6 +171,13 @@ struct GatherState : KernelState {
   int64_t outer = 1, D = 1, inner = 1, nidx = 1;
 };
 
+struct GatherElementsState : KernelState {
+  int64_t axis = 0;
+  Shape index_shape;              // the output's shape
+  std::vector<int64_t> data_strides;
+  int64_t D = 1;                  // the data's size along the axis
+};
+
 struct ExpandState : KernelState {
   Shape shape;                // output-equivalent iteration shape
   std::vector<int64_t> sst;   // input strides per iteration dim

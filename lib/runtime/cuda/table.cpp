@@ -38,7 +38,7 @@ constexpr OpKernel kTable[] = {
     KS(MaxPool, pool), KS(AveragePool, pool), K(GlobalAveragePool, global_avgpool),
     KV(Reshape, reshape), K(Transpose, transpose), KV(Flatten, reshape), KV(Squeeze, reshape), KV(Unsqueeze, reshape),
     K(Concat, concat), K(Split, split), K(Slice, slice), K(Gather, gather), K(Expand, expand), K(Tile, tile),
-    K(Trilu, trilu), NO_KERNEL(Pad),
+    K(Trilu, trilu), NO_KERNEL(Pad), NO_KERNEL(GatherElements),
     KF(Shape, shape), KF(Size, size), KF(Constant, constant), KF(ConstantOfShape, constant_of_shape), KF(Range, range),
     K(SoftmaxCrossEntropyLoss, sce_loss), NO_KERNEL(NegativeLogLikelihoodLoss),
     // Tensor parallelism runs on CPU workers only until the GPU workers carry its collectives.

@@ -43,6 +43,7 @@ import copy
 import inspect
 import json
 import os
+import shutil
 import sys
 import warnings
 
@@ -58,7 +59,7 @@ from torchvision.ops import StochasticDepth  # noqa: E402
 OPSET = 17
 SEED = 1234
 EXPORT_VERSION = 2  # bump when an export's content changes: the test's cache re-exports
-REFERENCE_VERSION = 2  # bump when a reference's content or choice changes: the test's cache re-makes it
+REFERENCE_VERSION = 4  # bump when a reference's content or choice changes: the test's cache re-makes it
 
 # The zoo test's tolerances (relative to the largest magnitude): forward logits, the losses of the
 # training steps, the running statistics after them.
@@ -177,13 +178,27 @@ def export(name, out_dir, size=None):
     m = build(name, size)
     os.makedirs(out_dir, exist_ok=True)
     path = export_path(out_dir, name, size)
-    tmp = path + ".tmp"
+    # Over 2 GB (vit_h_14, regnet_y_128gf) torch writes every weight to its own file beside the
+    # model: export into a folder of its own, then keep one model file and one NAME.onnx.data.
+    tmp_dir = path + ".tmp"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    os.makedirs(tmp_dir)
+    tmp = os.path.join(tmp_dir, os.path.basename(path))
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         torch.onnx.export(m, x, tmp, opset_version=OPSET, training=torch.onnx.TrainingMode.TRAINING,
                           do_constant_folding=False, input_names=["x"], output_names=["logits"],
                           dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
+    if len(os.listdir(tmp_dir)) > 1:
+        whole = onnx.load(tmp)
+        data = os.path.basename(path) + ".data"
+        onnx.save_model(whole, os.path.join(tmp_dir, "one.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data, size_threshold=1024)
+        del whole
+        os.replace(os.path.join(tmp_dir, data), path + ".data")
+        tmp = os.path.join(tmp_dir, "one.onnx")
     os.replace(tmp, path)
+    shutil.rmtree(tmp_dir)
     model = onnx.load(path, load_external_data=False)
     info = {"version": EXPORT_VERSION, "name": name, "family": family(name), "size": size, "params": param_count(m),
             "nodes": len(model.graph.node), "opset": OPSET, "frozen": frozen_buffers(m, model)}
@@ -263,6 +278,23 @@ def rel(a, b):
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
+def stats_gap(a, b):
+    """How far running statistics `a` are from `b` (dicts of bn_stats): per BatchNorm, the largest
+    error of its variances relative to the largest variance, and of its means relative to the
+    largest standard deviation (the scale of the channels' activations; a mean whose exact value is
+    0 — a 1x1 convolution of a BatchNorm's output — is rounding alone, and relative to itself
+    means nothing). The largest over all BatchNorms; the zoo test measures the same."""
+    worst = 0.0
+    for n in b:
+        if not n.endswith(".running_var"):
+            continue
+        mean = n[: -len("var")] + "mean"
+        scale = max(float(np.abs(b[n]).max()), 1e-30)
+        worst = max(worst, float(np.abs(a[n] - b[n]).max()) / scale,
+                    float(np.abs(a[mean] - b[mean]).max()) / np.sqrt(scale))
+    return worst
+
+
 def outcome(m, x, y, mbs, lr, steps):
     """What the zoo test compares: the first microbatch's train-mode logits, the losses of
     `steps` steps, and the running statistics after them."""
@@ -270,9 +302,7 @@ def outcome(m, x, y, mbs, lr, steps):
     with torch.no_grad():
         logits = copy.deepcopy(m)(x[:mb]).numpy()
     losses = train3(m, x, y, mbs, lr, steps)
-    st = bn_stats(m)
-    stats = np.concatenate([v.ravel() for v in st.values()]) if st else np.zeros(1)
-    return logits, losses, stats
+    return logits, losses, bn_stats(m)
 
 
 def conditioning(name, size, mb, lr, mbs, steps, seed):
@@ -296,7 +326,8 @@ def conditioning(name, size, mb, lr, mbs, steps, seed):
     a = outcome(m32, x, y, mbs, lr, steps)
     c = outcome(m64, x.double(), y, mbs, lr, steps)
     d = outcome(mp, xp, y, mbs, lr, steps)
-    gaps = {k: max(rel(a[i], c[i]), rel(d[i], c[i])) for i, k in enumerate(("forward", "losses", "stats"))}
+    gaps = {k: max(rel(a[i], c[i]), rel(d[i], c[i])) for i, k in enumerate(("forward", "losses"))}
+    gaps["stats"] = max(stats_gap(a[2], c[2]), stats_gap(d[2], c[2]))
     gaps["signal"] = float(abs(c[1][-1] - c[1][0]) / abs(c[1][0]))
     return gaps
 
@@ -318,13 +349,23 @@ def reference(a):
         if all(gaps[k] <= TOLERANCE[k] / 10 for k in TOLERANCE) and gaps["signal"] >= MIN_SIGNAL:
             chosen = (size, mb, lr)
             break
-    info = {"version": REFERENCE_VERSION, "name": a.name, "steps": a.steps, "microbatches": a.microbatches, "tried": tried}
+    info = {"version": REFERENCE_VERSION, "name": a.name, "steps": a.steps, "microbatches": a.microbatches, "tried": tried,
+            "status": "ok"}
     if chosen is None:
+        # None is well-posed: the closest (the smallest worst gap over its tolerance, among those
+        # whose loss moves enough), where the comparison is still made with the same tolerances;
+        # a failure there may be PyTorch's own rounding (its gaps are kept in "closest").
+        moving = [t for t in tried if t["signal"] >= MIN_SIGNAL]
+        if not moving:
+            info["status"] = "no-signal"
+            with open(os.path.join(out, "ref.json"), "w") as f:
+                json.dump(info, f)
+            print(json.dumps(info))
+            return 3
+        best = min(moving, key=lambda t: max(t[k] / TOLERANCE[k] for k in TOLERANCE))
         info["status"] = "ill-posed"
-        with open(os.path.join(out, "ref.json"), "w") as f:
-            json.dump(info, f)
-        print(json.dumps(info))
-        return 3
+        info["closest"] = best
+        chosen = (best["size"], best["microbatch_size"], best["lr"])
     size, mb, lr = chosen
     path = export_path(a.dir, a.name, size)
     if not os.path.exists(path):
@@ -348,7 +389,7 @@ def reference(a):
     for n, v in bn_stats(m).items():
         np.save(os.path.join(out, "stats", n + ".npy"), v)
     np.save(os.path.join(out, "eval", "x.npy"), x[:mb])
-    info.update({"status": "ok", "size": size, "microbatch_size": mb, "lr": lr, "model": os.path.basename(path),
+    info.update({"size": size, "microbatch_size": mb, "lr": lr, "model": os.path.basename(path),
                  "losses": [float(v) for v in losses]})
     with open(os.path.join(out, "ref.json"), "w") as f:
         json.dump(info, f)
@@ -384,8 +425,15 @@ def table(d):
         nodes = info.get("nodes", res.get("nodes"))
         params = info.get("params", res.get("params"))
         status = res.get("status", "not run")
-        if status == "failed" and "forward_err" in res:
-            status = "failed: " + ", ".join(f"{k} {res[k]:.1e}" for k in ("forward_err", "loss_err", "stats_err", "eval_err") if k in res)
+        errs = ", ".join(f"{k[:-4]} {res[k]:.1e}" for k in ("forward_err", "loss_err", "stats_err", "eval_err") if k in res)
+        if status.startswith("failed") and errs:
+            status += ": " + errs
+        if "torch_gaps" in res:
+            g = res["torch_gaps"]
+            status += (f" (smp: {errs}; PyTorch's own gaps there: forward {g['forward']:.1e}, "
+                       f"losses {g['losses']:.1e}, stats {g['stats']:.1e})" if not status.startswith("failed") else
+                       f" (PyTorch's own gaps there: forward {g['forward']:.1e}, losses {g['losses']:.1e}, "
+                       f"stats {g['stats']:.1e})")
         rows.append(f"| {n} | {family(n)} | {SIZES[n]} | {nodes if nodes is not None else '–'} | "
                     f"{f'{params:,}' if params is not None else '–'} | {res.get('compared_at', '–')} | {status} |")
     print("\n".join(rows))

@@ -1,17 +1,20 @@
 // The torchvision zoo (scripts/zoo_models.py): every classification architecture of Debian's
 // python3-torchvision, exported as PyTorch trains it, against PyTorch. For each architecture:
 //   - the export at its smallest input size loads, its summary's parameter count is PyTorch's,
-//     and smp-run --forward runs it (finite logits);
+//     smp-run --forward runs it (finite logits), and 3 steps of a 2-stage pipelined plan train it
+//     on synthetic data (finite losses that move);
 //   - at a well-posed comparison (zoo_models.py reference: float32 PyTorch agrees with float64
-//     PyTorch there; at the smallest sizes BatchNorm over a handful of values is chaotic), the
+//     PyTorch there; at the smallest sizes BatchNorm over a handful of values is chaotic; where
+//     none is found, at the closest, recording PyTorch's own float32 gaps there), the
 //     forward equals PyTorch's (1e-4 relative to the largest logit), 3 SGD steps of a 2-stage
 //     pipelined plan (2 microbatches, 1F1B, real worker processes) follow PyTorch's losses
 //     (1e-3 relative), the running statistics after them are PyTorch's (1e-3 relative), and the
 //     exported model (inference form) infers as PyTorch's eval() does with the same file's
 //     weights and statistics (1e-4 relative).
 // Which architectures: SMP_ZOO_MODELS (comma-separated names), else the fast subset. With
-// SMP_ZOO_SMOKE=1 only the first step runs (export, parameter count, a forward): a quick survey of
-// many architectures, recorded with the status "forward runs (not compared)". Exports
+// SMP_ZOO_SMOKE=1 only the first step runs (export, parameter count, a forward, 3 pipelined
+// training steps on synthetic data): a quick survey of many architectures, recorded with the
+// status "trains (not compared)". Exports
 // and references are cached under testdata/zoo; each result lands in testdata/zoo/results and
 // testdata/zoo/zoo_table.md collects them (the table in docs/models.md).
 #include "run_util.hpp"
@@ -58,8 +61,9 @@ std::vector<std::string> models() {
   return out;
 }
 
-// max |a - b| / max |b| over float arrays of the same shape.
-double rel_err(const runtime::NpyArray& a, const runtime::NpyArray& b) {
+// max |a - b| and max |b| over float arrays of the same shape (|a - b| infinite where a is not
+// finite).
+std::pair<double, double> diff_and_scale(const runtime::NpyArray& a, const runtime::NpyArray& b) {
   REQUIRE(a.dtype == DType::F32);
   REQUIRE(b.dtype == DType::F32);
   REQUIRE(a.shape == b.shape);
@@ -67,10 +71,16 @@ double rel_err(const runtime::NpyArray& a, const runtime::NpyArray& b) {
   const float* y = reinterpret_cast<const float*>(b.bytes.data());
   double d = 0, m = 0;
   for (int64_t i = 0; i < smp::numel(a.shape); ++i) {
-    if (!std::isfinite(x[i])) return INFINITY;
+    if (!std::isfinite(x[i])) return {INFINITY, 1.0};
     d = std::max(d, std::fabs(static_cast<double>(x[i]) - y[i]));
     m = std::max(m, std::fabs(static_cast<double>(y[i])));
   }
+  return {d, m};
+}
+
+// max |a - b| / max |b|.
+double rel_err(const runtime::NpyArray& a, const runtime::NpyArray& b) {
+  auto [d, m] = diff_and_scale(a, b);
   return m > 0 ? d / m : d;
 }
 
@@ -112,7 +122,7 @@ void check_model(const std::string& name) {
     write_table();
   };
   const int version = 2;      // zoo_models.EXPORT_VERSION
-  const int ref_version = 2;  // zoo_models.REFERENCE_VERSION
+  const int ref_version = 4;  // zoo_models.REFERENCE_VERSION
 
   // 1. The export at the smallest size: loads, PyTorch's parameter count, a forward runs.
   auto info = ensure(kZoo / (name + ".json"), py(fmt::format("export {} {}", name, kZoo.string())), version);
@@ -145,8 +155,31 @@ void check_model(const std::string& name) {
     CHECK(y.shape == Shape{4, 1000});
     CHECK(std::isfinite(rel_err(y, y)));
   }
+  // 3 SGD steps of a 2-stage pipelined plan (2 microbatches of 8, 1F1B, real worker processes)
+  // at the smallest size on smp-run's synthetic data: every op's backward runs, the losses are
+  // finite and the weights move. Not compared with PyTorch (step 2 does that). Microbatches of 2
+  // at lr 1e-2 diverge in PyTorch too (resnet101 and the efficientnets at input 1: BatchNorm over
+  // 2 values per channel; the gradient norm reaches inf in the first step).
+  {
+    auto plan = work / "smoke_plan.json";
+    auto p = test::sh(fmt::format("{} {} --batch-size 16 --stages 2 --data-parallel 1 --devices 2 --microbatches 2 --schedule 1f1b "
+                                  "--optimizer sgd{} -o {}",
+                                  test::bin("smp-plan"), (kZoo / (name + ".onnx")).string(), freeze, plan.string()));
+    INFO(p.out);
+    REQUIRE(p.exit_code == 0);
+    auto run = test::sh(fmt::format("{} {} --steps 3 --lr 0.001 --losses {} --threads-per-worker 1 --quiet --timeout 1800",
+                                    test::bin("smp-run"), plan.string(), (work / "smoke_losses.txt").string()));
+    INFO(run.out);
+    REQUIRE(run.exit_code == 0);
+    auto l = test::read_losses(work / "smoke_losses.txt");
+    REQUIRE(l.size() == 3);
+    for (double v : l) CHECK(std::isfinite(v));
+    CHECK((l[0] != l[1] || l[1] != l[2]));
+    res["smoke_losses"] = l;
+    res["smoke_at"] = "batch 16 (2 microbatches of 8), lr 1e-3";
+  }
   if (const char* e = std::getenv("SMP_ZOO_SMOKE"); e && std::string(e) == "1") {
-    res["status"] = summary["parameters"].get<int64_t>() == info["params"].get<int64_t>() ? "forward runs (not compared)" : "failed";
+    res["status"] = summary["parameters"].get<int64_t>() == info["params"].get<int64_t>() ? "trains (not compared)" : "failed";
     save();
     fs::remove_all(work);
     return;
@@ -155,11 +188,16 @@ void check_model(const std::string& name) {
   // 2. The well-posed comparison.
   auto ref = ensure(kZoo / (name + ".ref") / "ref.json", py(fmt::format("reference {} {} --threads 2", name, kZoo.string())), ref_version);
   INFO(ref.dump());
-  if (ref.value("status", std::string()) != "ok") {
-    res["status"] = "no well-posed comparison up to input 64, microbatch 32";
+  const std::string posed = ref.value("status", std::string());
+  if (posed != "ok" && posed != "ill-posed") {
+    res["status"] = "no comparison: the loss moves by less than 0.5 % in 3 steps at every size tried";
     save();
-    FAIL("no well-posed comparison for " << name);
+    FAIL("no comparison for " << name);
   }
+  // Ill-posed: no configuration up to input 64, microbatch 32 where PyTorch's float32 agrees with
+  // its float64 to a tenth of the tolerances; the closest is compared with the same tolerances,
+  // and PyTorch's own gaps there are recorded beside smp's errors.
+  if (posed == "ill-posed") res["torch_gaps"] = ref["closest"];
   const fs::path rdir = kZoo / (name + ".ref");
   const fs::path model = kZoo / ref["model"].get<std::string>();
   const int mb = ref["microbatch_size"].get<int>();
@@ -215,23 +253,37 @@ void check_model(const std::string& name) {
   lo.batch_size = 1;
   lo.load_weights = true;
   graph::Graph trained = graph::load_graph(work / "trained.onnx", lo);
+  // Per BatchNorm (zoo_models.stats_gap): the variances' error relative to the largest variance,
+  // the means' relative to the largest standard deviation (a mean whose exact value is 0 is
+  // rounding alone: MobileNetV2's BatchNorms after 1x1 convolutions of BatchNorm outputs keep
+  // means of 1e-8).
   double serr = 0;
   int stats = 0;
-  for (const auto& e : fs::directory_iterator(rdir / "stats")) {
-    int v = trained.find_value(e.path().stem().string());
-    INFO(e.path().stem().string());
+  auto trained_stat = [&](const std::string& name) {
+    int v = trained.find_value(name);
+    INFO(name);
     REQUIRE(v >= 0);
     const auto& d = trained.value(v).data;
     REQUIRE(d);
-    serr = std::max(serr, rel_err(runtime::NpyArray{d->dtype, d->shape, d->bytes}, runtime::read_npy(e.path())));
-    ++stats;
+    return runtime::NpyArray{d->dtype, d->shape, d->bytes};
+  };
+  for (const auto& e : fs::directory_iterator(rdir / "stats")) {
+    const std::string var = e.path().stem().string();
+    const std::string suffix = ".running_var";
+    if (var.size() <= suffix.size() || var.compare(var.size() - suffix.size(), suffix.size(), suffix) != 0) continue;
+    const std::string mean = var.substr(0, var.size() - 3) + "mean";
+    auto [dvar, scale] = diff_and_scale(trained_stat(var), runtime::read_npy(e.path()));
+    auto [dmean, unused] = diff_and_scale(trained_stat(mean), runtime::read_npy(rdir / "stats" / (mean + ".npy")));
+    scale = std::max(scale, 1e-30);
+    serr = std::max({serr, dvar / scale, dmean / std::sqrt(scale)});
+    stats += 2;
   }
   res["stats_err"] = serr;
   res["running_stats"] = stats;
   CHECK(serr <= 1e-3);
   bool ok = ferr <= 1e-4 && lerr <= 1e-3 && eerr <= 1e-4 && serr <= 1e-3 &&
             summary["parameters"].get<int64_t>() == info["params"].get<int64_t>();
-  res["status"] = ok ? "passes" : "failed";
+  res["status"] = ok ? (posed == "ok" ? "passes" : "passes (ill-conditioned)") : (posed == "ok" ? "failed" : "failed (ill-conditioned)");
   save();
   fs::remove_all(work);
 }

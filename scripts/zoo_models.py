@@ -258,7 +258,7 @@ def train3(m, x, y, mbs, lr, steps):
 # Where the search below found a well-posed comparison (`reference` prints what it tried): tried
 # first, so that a fresh run checks one configuration instead of searching again.
 COMPARE_AT = {
-    "resnet18": (64, 16, 1e-3),
+    "resnet18": (64, 32, 1e-3),
     "squeezenet1_1": (17, 4, 1e-2),
 }
 

@@ -3,7 +3,8 @@
 // the same way), the forward and backward are this directory's, the setup step runs at load on
 // the device where an op needs one. A forgotten entry does not compile (size), nor a misplaced
 // one (order). NO_KERNEL: the CPU runs the op, the CUDA backend refuses it at load (Einsum,
-// HardSigmoid, HardSwish, ReduceL2 and Pad of the torchvision exports have no CUDA kernels yet).
+// HardSigmoid, HardSwish, ReduceL2 and Pad of the torchvision exports, GatherElements and
+// NegativeLogLikelihoodLoss have no CUDA kernels yet).
 #include "runtime/cpu/kernels.hpp"
 #include "runtime/cuda/cuda_backend.hpp"
 #include "runtime/cuda/ops.hpp"

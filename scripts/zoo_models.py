@@ -260,6 +260,7 @@ def train3(m, x, y, mbs, lr, steps):
 COMPARE_AT = {
     "resnet18": (64, 32, 1e-3),
     "squeezenet1_1": (17, 4, 1e-2),
+    "alexnet": (223, 4, 1e-1),
 }
 
 

@@ -334,8 +334,8 @@ def conditioning(name, size, mb, lr, mbs, steps, seed):
 
 
 def reference(a):
-    """Picks a well-posed comparison (see conditioning), exports the model at its size and
-    writes PyTorch's numbers for it."""
+    """Picks a well-posed comparison (see conditioning), or the closest where none is, exports
+    the model at its size and writes PyTorch's numbers for it."""
     torch.set_num_threads(a.threads)
     out = os.path.join(a.dir, f"{a.name}.ref")
     os.makedirs(os.path.join(out, "forward"), exist_ok=True)

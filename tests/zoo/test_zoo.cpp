@@ -124,7 +124,8 @@ void check_model(const std::string& name) {
   const int version = 2;      // zoo_models.EXPORT_VERSION
   const int ref_version = 4;  // zoo_models.REFERENCE_VERSION
 
-  // 1. The export at the smallest size: loads, PyTorch's parameter count, a forward runs.
+  // 1. The export at the smallest size: loads, PyTorch's parameter count, a forward and 3
+  //    pipelined training steps run.
   auto info = ensure(kZoo / (name + ".json"), py(fmt::format("export {} {}", name, kZoo.string())), version);
   res["nodes"] = info["nodes"];
   res["params"] = info["params"];
@@ -185,7 +186,7 @@ void check_model(const std::string& name) {
     return;
   }
 
-  // 2. The well-posed comparison.
+  // 2. The comparison: well-posed, or the closest.
   auto ref = ensure(kZoo / (name + ".ref") / "ref.json", py(fmt::format("reference {} {} --threads 2", name, kZoo.string())), ref_version);
   INFO(ref.dump());
   const std::string posed = ref.value("status", std::string());
@@ -259,9 +260,9 @@ void check_model(const std::string& name) {
   // means of 1e-8).
   double serr = 0;
   int stats = 0;
-  auto trained_stat = [&](const std::string& name) {
-    int v = trained.find_value(name);
-    INFO(name);
+  auto trained_stat = [&](const std::string& stat) {
+    int v = trained.find_value(stat);
+    INFO(stat);
     REQUIRE(v >= 0);
     const auto& d = trained.value(v).data;
     REQUIRE(d);

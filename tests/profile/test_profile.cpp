@@ -140,7 +140,9 @@ TEST_CASE("smp-plan uses the profile: stages marked measured; another set-up is 
   auto r = run_cmd(tool("smp-profile") + " " + sample("gpt") + " -b 16 -m 4 --devices 2 -q" + kFast + "-o " + prof);
   REQUIRE_MESSAGE(r.exit_code == 0, r.out);
   std::string plan = (dir / "plan.json").string();
-  auto pl = run_cmd(tool("smp-plan") + " " + sample("gpt") + " -b 16 --devices 2 --stages 2 --microbatches 4 --profile " +
+  // --schedule 1f1b: one stage per rank (with measured times the search may pick interleaved
+  // chunks, 4 stages, and the optimizer step of a rank's two chunks).
+  auto pl = run_cmd(tool("smp-plan") + " " + sample("gpt") + " -b 16 --devices 2 --stages 2 --microbatches 4 --schedule 1f1b --profile " +
                     prof + " -o " + plan);
   REQUIRE_MESSAGE(pl.exit_code == 0, pl.out);
   int measured = 0;
@@ -149,12 +151,12 @@ TEST_CASE("smp-plan uses the profile: stages marked measured; another set-up is 
   CHECK_MESSAGE(measured == 2, pl.out);
   CHECK(pl.out.find(" estimated\n") == std::string::npos);
   // Without the profile, the same plan is estimated.
-  auto pe = run_cmd(tool("smp-plan") + " " + sample("gpt") + " -b 16 --devices 2 --stages 2 --microbatches 4 -o " + plan);
+  auto pe = run_cmd(tool("smp-plan") + " " + sample("gpt") + " -b 16 --devices 2 --stages 2 --microbatches 4 --schedule 1f1b -o " + plan);
   REQUIRE(pe.exit_code == 0);
   CHECK(pe.out.find(" measured\n") == std::string::npos);
   // The measured optimizer step (smp-plan's default optimizer, adamw) per stage's parameters.
-  REQUIRE(run_cmd(tool("smp-plan") + " " + sample("gpt") + " -b 16 --devices 2 --stages 2 --microbatches 4 --profile " + prof +
-                  " -o " + plan).exit_code == 0);
+  REQUIRE(run_cmd(tool("smp-plan") + " " + sample("gpt") + " -b 16 --devices 2 --stages 2 --microbatches 4 --schedule 1f1b --profile " +
+                  prof + " -o " + plan).exit_code == 0);
   auto pj = read_json_file(prof);
   auto planj = read_json_file(plan);
   REQUIRE(planj["options"]["optimizer"] == "adamw");

@@ -10,6 +10,10 @@ architecture accepts (SIZES below; `sizes` re-derives them).
     zoo_models.py export NAME DIR          # DIR/NAME.onnx and DIR/NAME.json (size, params, nodes)
     zoo_models.py reference NAME DIR       # PyTorch's forward and training on the export's weights
     zoo_models.py eval NAME SIZE ONNX X OUT  # PyTorch's eval() forward with an ONNX file's weights
+    zoo_models.py gradient NAME DIR EXPORTED LR  # one step's gradient: smp's (from EXPORTED) and
+                                           # PyTorch float32's, each against float64
+    zoo_models.py spread NAME DIR [--losses F]   # float32's losses on rounding-sized moves of the
+                                           # rows against float64's (and smp's, from F)
     zoo_models.py sizes NAME...            # smallest accepted input size, searched upwards from 1
     zoo_models.py table DIR                # markdown: every architecture with what DIR records
                                            # (the test's cache: exports and results/NAME.json)
@@ -68,6 +72,8 @@ TOLERANCE = {"forward": 1e-4, "losses": 1e-3, "stats": 1e-3}
 # agree with float64 to a tenth of each tolerance, and the losses move by MIN_SIGNAL or more.
 PERTURB = 1e-6
 MIN_SIGNAL = 5e-3
+# `gradient`: a ReLU input this close to its kink (relative to its tensor's largest) can flip in float32.
+KINK = 1e-5
 
 # Smallest input size (square) each architecture accepts in a training-mode forward of 2 samples
 # and in torch 1.13's ONNX export (an AdaptiveAvgPool2d must pool by a whole factor), found by
@@ -419,6 +425,133 @@ def eval_of(a):
     return 0
 
 
+def gradient(a):
+    """One SGD step's gradient, smp's against PyTorch's float64 beside PyTorch's float32's: where
+    a comparison is ill-conditioned, whether smp's gradient is as close as float32 can be.
+
+    smp's gradient is (w0 - w1) / lr, w0 the reference's model, w1 EXPORTED (smp-run --steps 1
+    --lr LR --export on the reference's rows, 2 microbatches; a large LR, 100, keeps float32's
+    rounding of w1 far below the gradient). Prints per parameter tensor the error relative to
+    its largest float64 gradient (the worst few), the errors over all parameters as one vector,
+    and the ReLU / ReLU6 inputs within KINK of a kink relative to their tensor (where float32's
+    rounding can flip the activation: one flipped element puts a whole-element error into its
+    channel's gradient, the signature of rounding rather than of a wrong rule); a JSON line last."""
+    import onnx
+    from onnx import numpy_helper
+
+    torch.set_num_threads(a.threads)
+    ref_dir = os.path.join(a.dir, f"{a.name}.ref")
+    with open(os.path.join(ref_dir, "ref.json")) as f:
+        ref = json.load(f)
+    model = os.path.join(a.dir, ref["model"])
+    x = torch.from_numpy(np.load(os.path.join(ref_dir, "x.npy")))
+    y = torch.from_numpy(np.load(os.path.join(ref_dir, "labels.npy")))
+    mbs = ref["microbatches"]
+    w0 = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in onnx.load(model).graph.initializer}
+    w1 = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in onnx.load(a.exported).graph.initializer}
+    kinks = [0, 0]
+
+    relu, hardtanh = F.relu, F.hardtanh
+
+    def count(v, at):
+        d = v.detach()
+        scale = d.abs().max()
+        kinks[0] += int(sum(((d - k).abs() <= KINK * scale).sum() for k in at))
+        kinks[1] += d.numel()
+
+    def counting_relu(v, *args, **kwargs):  # nn.ReLU and torchvision's F.relu calls both land here
+        count(v, (0.0,))
+        return relu(v, *args, **kwargs)
+
+    def counting_hardtanh(v, min_val=-1.0, max_val=1.0, *args, **kwargs):  # ReLU6 (MobileNetV2)
+        count(v, (min_val, max_val))
+        return hardtanh(v, min_val, max_val, *args, **kwargs)
+
+    def grads(m, xs, watch):
+        m.zero_grad()
+        b = xs.shape[0] // mbs
+        if watch:
+            F.relu, F.hardtanh = counting_relu, counting_hardtanh
+        try:
+            for j in range(mbs):
+                (F.cross_entropy(m(xs[j * b:(j + 1) * b]), y[j * b:(j + 1) * b]) / mbs).backward()
+        finally:
+            F.relu, F.hardtanh = relu, hardtanh
+        return {k: p.grad.double().numpy().copy() for k, p in m.named_parameters()}
+
+    m32 = build(a.name, ref["size"])
+    load_onnx_weights(m32, model)
+    m64 = copy.deepcopy(m32).double()
+    g32 = grads(m32, x, False)
+    g64 = grads(m64, x.double(), True)
+    rows = []
+    for k, g in g64.items():
+        gs = (w0[k] - w1[k]) / a.lr
+        s = max(float(np.abs(g).max()), 1e-30)
+        # per output channel (a weight's first axis): smp's error, the worst and the second worst
+        per = (np.abs(gs - g) / s).reshape(g.shape[0], -1).max(axis=1) if g.ndim else np.abs(gs - g).reshape(1) / s
+        top2 = np.sort(per)[::-1][:2]
+        rows.append((float(np.abs(gs - g).max()) / s, float(np.abs(g32[k] - g).max()) / s, k, gs,
+                     int(np.argmax(per)), float(top2[1]) if len(top2) > 1 else float("nan")))
+    print(f"{a.name}: one step at input {ref['size']}, {mbs} microbatches of {ref['microbatch_size']}; "
+          "error relative to the tensor's largest float64 gradient")
+    print("  smp       PyTorch float32  smp's worst channel, the next  parameter")
+    for r in sorted(rows, key=lambda r: -r[0])[: a.top]:
+        print(f"  {r[0]:.2e}  {r[1]:.2e}         {r[4]:>5}, {r[5]:.1e}                {r[2]}")
+    flat = lambda d: np.concatenate([d[r[2]].ravel() for r in rows])  # noqa: E731
+    G64, G32 = flat(g64), flat(g32)
+    GS = np.concatenate([r[3].ravel() for r in rows])
+    n = np.linalg.norm(G64)
+    out = {"name": a.name, "size": ref["size"], "microbatch_size": ref["microbatch_size"],
+           "smp": float(np.linalg.norm(GS - G64) / n), "torch32": float(np.linalg.norm(G32 - G64) / n),
+           "smp_median": float(np.median([r[0] for r in rows])), "torch32_median": float(np.median([r[1] for r in rows])),
+           "near_kinks": kinks[0], "relu_inputs": kinks[1]}
+    print(f"  all parameters as one vector: smp {out['smp']:.2e}, PyTorch float32 {out['torch32']:.2e}; "
+          f"median tensor: smp {out['smp_median']:.2e}, PyTorch float32 {out['torch32_median']:.2e}")
+    print(f"  ReLU / ReLU6 inputs within {KINK:g} of a kink: {kinks[0]} of {kinks[1]}" if kinks[1] else
+          "  no ReLU or ReLU6")
+    print(json.dumps(out))
+    return 0
+
+
+def spread(a):
+    """How far float32 lands from float64 at a reference's configuration, sampled: PyTorch's
+    float32 training (the reference's steps, rows and lr) on DRAWS copies of the rows, each moved
+    by 1e-7 relative (the size of float32's rounding of them), every draw's losses against float64's;
+    with --losses (smp-run --losses on the same rows), smp's beside them. Where a comparison is
+    ill-conditioned, one float32 run is one draw of many: smp's error is rounding if it lies
+    within this spread. A JSON line last."""
+    torch.set_num_threads(a.threads)
+    ref_dir = os.path.join(a.dir, f"{a.name}.ref")
+    with open(os.path.join(ref_dir, "ref.json")) as f:
+        ref = json.load(f)
+    x = torch.from_numpy(np.load(os.path.join(ref_dir, "x.npy")))
+    y = torch.from_numpy(np.load(os.path.join(ref_dir, "labels.npy")))
+    m = build(a.name, ref["size"])
+    load_onnx_weights(m, os.path.join(a.dir, ref["model"]))
+    mbs, lr, steps = ref["microbatches"], ref["lr"], ref["steps"]
+    l64 = train3(copy.deepcopy(m).double(), x.double(), y, mbs, lr, steps)
+    print(f"{a.name}: {steps} steps at input {ref['size']}, {mbs} microbatches of {ref['microbatch_size']}, "
+          f"lr {lr:g}; float64's losses {', '.join(f'{v:.6f}' for v in l64)}; per step, relative to them:")
+    draws = []
+    for k in range(a.draws):
+        g = torch.Generator().manual_seed(a.seed + k)
+        xp = (x.double() * (1 + 1e-7 * torch.randn(x.shape, generator=g, dtype=torch.float64))).float()
+        e = (train3(copy.deepcopy(m), xp, y, mbs, lr, steps) - l64) / np.abs(l64)
+        draws.append(float(np.abs(e).max()))
+        print(f"  float32 draw {k}: {' '.join(f'{v:+.2e}' for v in e)}", flush=True)
+    out = {"name": a.name, "float32_draws": sorted(draws)}
+    if a.losses:
+        got = np.loadtxt(a.losses, ndmin=1)  # smp-run --losses: one loss per step
+        e = (got - l64) / np.abs(l64)
+        out["smp"] = float(np.abs(e).max())
+        print(f"  smp:            {' '.join(f'{v:+.2e}' for v in e)}")
+    print(f"  largest error per run: float32 draws {', '.join(f'{v:.1e}' for v in sorted(draws))}"
+          + (f"; smp {out['smp']:.1e}" if a.losses else ""))
+    print(json.dumps(out))
+    return 0
+
+
 def table(d):
     """Every architecture: family, smallest input, nodes and parameters of its export, and the
     zoo test's result where DIR has one (else "not run")."""
@@ -498,6 +631,20 @@ def main(argv=None):
     ev.add_argument("x")
     ev.add_argument("out")
     ev.add_argument("--threads", type=int, default=1)
+    gr = sub.add_parser("gradient")
+    gr.add_argument("name", choices=sorted(SIZES))
+    gr.add_argument("dir")
+    gr.add_argument("exported")
+    gr.add_argument("lr", type=float)
+    gr.add_argument("--top", type=int, default=8)
+    gr.add_argument("--threads", type=int, default=2)
+    sp = sub.add_parser("spread")
+    sp.add_argument("name", choices=sorted(SIZES))
+    sp.add_argument("dir")
+    sp.add_argument("--losses")
+    sp.add_argument("--draws", type=int, default=6)
+    sp.add_argument("--seed", type=int, default=100)
+    sp.add_argument("--threads", type=int, default=2)
     t = sub.add_parser("table")
     t.add_argument("dir")
     s = sub.add_parser("sizes")
@@ -514,6 +661,10 @@ def main(argv=None):
         return reference(a)
     if a.cmd == "eval":
         return eval_of(a)
+    if a.cmd == "gradient":
+        return gradient(a)
+    if a.cmd == "spread":
+        return spread(a)
     if a.cmd == "table":
         return table(a.dir)
     for n in a.names:

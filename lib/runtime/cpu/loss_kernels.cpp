@@ -28,6 +28,31 @@ float pos_weight(const SceState& s, int64_t y, const float* W) {
   return W ? W[y] : 1.0f;
 }
 
+// The reduced loss from the positions' summed losses and weights (reduction none wrote each
+// position's already): sum, or mean over the weights of the positions not ignored.
+void reduce_loss(const SceState& s, float* L, double total, double wsum) {
+  if (s.red == SceState::Red::Sum) L[0] = static_cast<float>(total);
+  if (s.red == SceState::Red::Mean) L[0] = static_cast<float>(wsum == 0 ? 0.0 : total / wsum);
+}
+
+// d total / d (the loss at position i), from the loss output's gradient dL (null: none reaches
+// it): per position for reduction none, dL[0] for sum, dL[0] over the summed weights for mean.
+struct LossGrad {
+  const SceState& s;
+  const float* dL;
+  double wsum = 0;
+  LossGrad(const SceState& st, const float* dl, const std::vector<int64_t>& Y, const float* W) : s(st), dL(dl) {
+    if (dL && s.red == SceState::Red::Mean)
+      for (int64_t i = 0; i < s.N * s.D; ++i) wsum += pos_weight(s, Y[static_cast<size_t>(i)], W);
+  }
+  float at(int64_t i) const {
+    if (!dL) return 0.0f;
+    if (s.red == SceState::Red::None) return dL[i];
+    if (s.red == SceState::Red::Sum) return dL[0];
+    return wsum == 0 ? 0.0f : static_cast<float>(dL[0] / wsum);
+  }
+};
+
 // The attributes and inputs SoftmaxCrossEntropyLoss and NegativeLogLikelihoodLoss share.
 std::unique_ptr<SceState> prep_class_loss(const NodeView& n, const char* op) {
   auto s = std::make_unique<SceState>();
@@ -87,8 +112,7 @@ void fwd_sce_loss(const KernelState& st, ExecContext&, std::span<Tensor> out, st
       total += l;
       wsum += w;
     }
-  if (s.red == SceState::Red::Sum) L[0] = static_cast<float>(total);
-  if (s.red == SceState::Red::Mean) L[0] = static_cast<float>(wsum == 0 ? 0.0 : total / wsum);
+  reduce_loss(s, L, total, wsum);
 }
 
 void bwd_sce_loss(const KernelState& st, ExecContext&, const GradIO& io) {
@@ -102,9 +126,7 @@ void bwd_sce_loss(const KernelState& st, ExecContext&, const GradIO& io) {
   const float* dLP = io.dout.size() > 1 && io.dout[1].defined() ? io.dout[1].data<float>() : nullptr;
   float* dX = io.din[0].data<float>();
   bool acc = io.accumulate[0];
-  double wsum = 0;
-  if (s.red == SceState::Red::Mean)
-    for (int64_t i = 0; i < s.N * s.D; ++i) wsum += pos_weight(s, Y[static_cast<size_t>(i)], W);
+  const LossGrad lg(s, dL, Y, W);
   for (int64_t n = 0; n < s.N; ++n)
     for (int64_t d = 0; d < s.D; ++d) {
       const float* x = X + n * s.C * s.D + d;
@@ -112,12 +134,7 @@ void bwd_sce_loss(const KernelState& st, ExecContext&, const GradIO& io) {
       float lse = lse_at(x, s.C, s.D);
       int64_t y = Y[static_cast<size_t>(n * s.D + d)];
       float w = pos_weight(s, y, W);
-      float g = 0;  // d total / d loss at this position
-      if (dL) {
-        if (s.red == SceState::Red::None) g = dL[n * s.D + d];
-        else if (s.red == SceState::Red::Sum) g = dL[0];
-        else g = wsum == 0 ? 0.0f : static_cast<float>(dL[0] / wsum);
-      }
+      const float g = lg.at(n * s.D + d);
       float lp_sum = 0;
       if (dLP)
         for (int64_t c = 0; c < s.C; ++c) lp_sum += dLP[n * s.C * s.D + c * s.D + d];
@@ -152,8 +169,7 @@ void fwd_nll_loss(const KernelState& st, ExecContext&, std::span<Tensor> out, st
       total += l;
       wsum += w;
     }
-  if (s.red == SceState::Red::Sum) L[0] = static_cast<float>(total);
-  if (s.red == SceState::Red::Mean) L[0] = static_cast<float>(wsum == 0 ? 0.0 : total / wsum);
+  reduce_loss(s, L, total, wsum);
 }
 
 void bwd_nll_loss(const KernelState& st, ExecContext&, const GradIO& io) {
@@ -166,18 +182,13 @@ void bwd_nll_loss(const KernelState& st, ExecContext&, const GradIO& io) {
   float* dX = io.din[0].data<float>();
   if (!io.accumulate[0]) std::fill(dX, dX + s.N * s.C * s.D, 0.0f);
   if (!dL) return;
-  double wsum = 0;
-  if (s.red == SceState::Red::Mean)
-    for (int64_t i = 0; i < s.N * s.D; ++i) wsum += pos_weight(s, Y[static_cast<size_t>(i)], W);
+  const LossGrad lg(s, dL, Y, W);
   for (int64_t n = 0; n < s.N; ++n)
     for (int64_t d = 0; d < s.D; ++d) {
       int64_t y = Y[static_cast<size_t>(n * s.D + d)];
       float w = pos_weight(s, y, W);
       if (w == 0) continue;
-      float g = s.red == SceState::Red::None ? dL[n * s.D + d]
-                : s.red == SceState::Red::Sum ? dL[0]
-                                              : (wsum == 0 ? 0.0f : static_cast<float>(dL[0] / wsum));
-      dX[(n * s.C + y) * s.D + d] -= g * w;
+      dX[(n * s.C + y) * s.D + d] -= lg.at(n * s.D + d) * w;
     }
 }
 
@@ -254,8 +265,7 @@ void fwd_tp_sce_loss(const KernelState& st, ExecContext& ctx, std::span<Tensor> 
     total += l;
     wsum += w;
   }
-  if (s.red == SceState::Red::Sum) L[0] = static_cast<float>(total);
-  if (s.red == SceState::Red::Mean) L[0] = static_cast<float>(wsum == 0 ? 0.0 : total / wsum);
+  reduce_loss(s, L, total, wsum);
 }
 
 void bwd_tp_sce_loss(const KernelState& st, ExecContext& ctx, const GradIO& io) {
@@ -268,9 +278,7 @@ void bwd_tp_sce_loss(const KernelState& st, ExecContext& ctx, const GradIO& io) 
   const float* dL = io.dout[0].defined() ? io.dout[0].data<float>() : nullptr;
   float* dX = io.din[0].data<float>();
   const bool acc = io.accumulate[0];
-  double wsum = 0;
-  if (s.red == SceState::Red::Mean)
-    for (int64_t i = 0; i < s.N * s.D; ++i) wsum += pos_weight(s, Y[static_cast<size_t>(i)], nullptr);
+  const LossGrad lg(s, dL, Y, nullptr);
   for (int64_t n = 0; n < s.N; ++n)
     for (int64_t d = 0; d < s.D; ++d) {
       const int64_t i = n * s.D + d;
@@ -278,12 +286,7 @@ void bwd_tp_sce_loss(const KernelState& st, ExecContext& ctx, const GradIO& io) 
       float* dx = dX + n * s.C * s.D + d;
       const int64_t y = Y[static_cast<size_t>(i)];
       const float w = pos_weight(s, y, nullptr);
-      float g = 0;
-      if (dL) {
-        if (s.red == SceState::Red::None) g = dL[i];
-        else if (s.red == SceState::Red::Sum) g = dL[0];
-        else g = wsum == 0 ? 0.0f : static_cast<float>(dL[0] / wsum);
-      }
+      const float g = lg.at(i);
       const float m = r.mx[static_cast<size_t>(i)], inv = 1.0f / r.sum[static_cast<size_t>(i)];
       for (int64_t c = 0; c < s.C; ++c) {
         const float p = std::exp(x[c * s.D] - m) * inv;

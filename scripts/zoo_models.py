@@ -437,9 +437,10 @@ def gradient(a):
     a comparison is ill-conditioned, whether smp's gradient is as close as float32 can be.
 
     smp's gradient is (w0 - w1) / lr, w0 the reference's model, w1 EXPORTED (smp-run --steps 1
-    --lr LR --export on the reference's rows, 2 microbatches; a large LR, 100, keeps float32's
-    rounding of w1 far below the gradient). Prints per parameter tensor the error relative to
-    its largest float64 gradient (the worst few), the errors over all parameters as one vector,
+    --lr LR --export on the reference's rows, 2 microbatches; a large LR, 1e6, keeps float32's
+    rounding of w1 far below the update: the resolution column says how far). Prints per
+    parameter tensor the error relative to its largest float64 gradient (the worst few), the
+    errors over all parameters as one vector,
     and the ReLU / ReLU6 inputs within KINK of a kink relative to their tensor (where float32's
     rounding can flip the activation: one flipped element puts a whole-element error into its
     channel's gradient, the signature of rounding rather than of a wrong rule); a JSON line last."""
@@ -498,13 +499,19 @@ def gradient(a):
         # per output channel (a weight's first axis): smp's error, the worst and the second worst
         per = (np.abs(gs - g) / s).reshape(g.shape[0], -1).max(axis=1) if g.ndim else np.abs(gs - g).reshape(1) / s
         top2 = np.sort(per)[::-1][:2]
+        # what (w0 - w1) / lr can resolve: float32's spacing at the larger weight, over the update
+        res = float(np.spacing(np.float32(max(np.abs(w0[k]).max(), np.abs(w1[k]).max())))) / (a.lr * s)
         rows.append((float(np.abs(gs - g).max()) / s, float(np.abs(g32[k] - g).max()) / s, k, gs,
-                     int(np.argmax(per)), float(top2[1]) if len(top2) > 1 else float("nan")))
+                     int(np.argmax(per)), float(top2[1]) if len(top2) > 1 else float("nan"), res))
     print(f"{a.name}: one step at input {ref['size']}, {mbs} microbatches of {ref['microbatch_size']}; "
           "error relative to the tensor's largest float64 gradient")
-    print("  smp       PyTorch float32  smp's worst channel, the next  parameter")
+    print("  smp       PyTorch float32  smp's worst channel, the next  resolution  parameter")
     for r in sorted(rows, key=lambda r: -r[0])[: a.top]:
-        print(f"  {r[0]:.2e}  {r[1]:.2e}         {r[4]:>5}, {r[5]:.1e}                {r[2]}")
+        print(f"  {r[0]:.2e}  {r[1]:.2e}         {r[4]:>5}, {r[5]:.1e}                {r[6]:.0e}       {r[2]}")
+    coarse = [r[2] for r in rows if r[6] > 1e-4]
+    if coarse:
+        print(f"  {len(coarse)} tensors' updates are too small for LR to resolve 1e-4 (e.g. {coarse[0]}): "
+              "run smp with a larger LR")
     flat = lambda d: np.concatenate([d[r[2]].ravel() for r in rows])  # noqa: E731
     G64, G32 = flat(g64), flat(g32)
     GS = np.concatenate([r[3].ravel() for r in rows])
@@ -573,7 +580,7 @@ def table(d):
         nodes = info.get("nodes", res.get("nodes"))
         params = info.get("params", res.get("params"))
         status = res.get("status", "not run")
-        errs = ", ".join(f"{k[:-4]} {res[k]:.1e}" for k in ("forward_err", "loss_err", "stats_err", "eval_err") if k in res)
+        errs = ", ".join(f"{k[:-4]} {res[k]:.1e}" for k in ("forward_err", "loss_err", "stats_err", "eval_err", "gradient_err") if k in res)
         if status.startswith("failed") and errs:
             status += ": " + errs
         if "torch_gaps" in res:

@@ -307,6 +307,53 @@ Outputs fold_concat(const Node& n, const std::vector<const TensorData*>& ins) {
   return one(std::move(out));
 }
 
+// ScatterND (constant data, indices and updates: swin's shifted-window attention masks are built
+// this way): a copy of data where each index tuple's slice gets its update, written in order
+// (reduction none) or combined with add / mul / max / min.
+Outputs fold_scatter_nd(const Node& n, const TensorData& data, const TensorData& idx, const TensorData& upd) {
+  const int64_t r = static_cast<int64_t>(data.shape.size());
+  if (idx.shape.empty()) throw_bad_input(where(n), "indices must have rank 1 or more");
+  const int64_t k = idx.shape.back();
+  if (k < 1 || k > r) throw_bad_input(where(n), fmt::format("index tuples of length {} for data of rank {}", k, r));
+  Shape want(idx.shape.begin(), idx.shape.end() - 1);
+  want.insert(want.end(), data.shape.begin() + k, data.shape.end());
+  if (upd.shape != want)
+    throw_bad_input(where(n), fmt::format("updates of shape {}, {} expected", shape_str(upd.shape), shape_str(want)));
+  if (upd.dtype != data.dtype) throw_bad_input(where(n), "updates and data differ in dtype");
+  const std::string red = n.attr_string("reduction", "none");
+  if (red != "none" && red != "add" && red != "mul" && red != "max" && red != "min")
+    throw_bad_input(where(n), fmt::format("reduction '{}' (none, add, mul, max, min)", red));
+  if (red != "none" && data.dtype == DType::Bool) throw_bad_input(where(n), "reduction '" + red + "' on bool data");
+  int64_t slice = 1;
+  for (int64_t i = k; i < r; ++i) slice *= data.shape[i];
+  std::vector<int64_t> ix = as_ints(idx);
+  TensorData out = data;
+  const int64_t tuples = static_cast<int64_t>(ix.size()) / k;
+  const bool ints = int_domain(data.dtype);
+  for (int64_t t = 0; t < tuples; ++t) {
+    int64_t base = 0;
+    for (int64_t a = 0; a < k; ++a) {
+      int64_t v = ix[static_cast<size_t>(t * k + a)], dim = data.shape[a];
+      if (v < -dim || v >= dim) throw_bad_input(where(n), fmt::format("index {} out of range for axis {} of size {}", v, a, dim));
+      base = base * dim + (v < 0 ? v + dim : v);
+    }
+    base *= slice;
+    for (int64_t e = 0; e < slice; ++e) {
+      const int64_t o = base + e, u = t * slice + e;
+      if (red == "none") {
+        copy_elem(upd, u, out, o);
+      } else if (ints) {
+        const int64_t a = out.get_i64(o), b = upd.get_i64(u);
+        set_i64(out, o, red == "add" ? wrap_add(a, b) : red == "mul" ? wrap_mul(a, b) : red == "max" ? std::max(a, b) : std::min(a, b));
+      } else {
+        const double a = out.get_f64(o), b = upd.get_f64(u);
+        set_f64(out, o, red == "add" ? a + b : red == "mul" ? a * b : red == "max" ? std::max(a, b) : std::min(a, b));
+      }
+    }
+  }
+  return one(std::move(out));
+}
+
 Outputs fold_slice(const Node& n, const TensorData& data, std::vector<int64_t> starts, std::vector<int64_t> ends,
                    std::vector<int64_t> axes, std::vector<int64_t> steps) {
   int64_t r = static_cast<int64_t>(data.shape.size());
@@ -564,6 +611,7 @@ std::optional<std::vector<TensorData>> fold_node(const Node& n, const std::vecto
     return fold_slice(n, need(0), as_ints(need(1)), as_ints(need(2)), opt_ints(3), opt_ints(4));
   }
   if (op == "Transpose") return fold_transpose(n, need(0));
+  if (op == "ScatterND") return check_size(fold_scatter_nd(n, need(0), need(1), need(2)));
   if (op == "ConstantOfShape") {
     std::vector<int64_t> s = as_ints(need(0));
     for (int64_t d : s)

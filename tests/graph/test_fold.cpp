@@ -197,3 +197,42 @@ TEST_CASE("folding gives up instead of building huge constants, and skips unknow
   custom.domain = "com.example";
   CHECK_FALSE(fold_node(custom, in({&x, &x}), 17, 1 << 20).has_value());
 }
+
+TEST_CASE("ScatterND: swin's shifted-window mask, slices, negative indices, reductions and bad indices") {
+  // swin: a zero [4, 4] mask whose windows get region numbers, one ScatterND per region.
+  auto mask = ints(std::vector<int64_t>(16, 0), {4, 4});
+  auto idx = ints({2, 2, 2, 3, 3, 2, 3, 3}, {2, 2, 2});  // rows 2-3 x columns 2-3
+  auto nums = ints({8, 8, 8, 8}, {2, 2});
+  auto m = fold1(node("ScatterND"), {&mask, &idx, &nums});
+  CHECK(m.shape == Shape{4, 4});
+  CHECK(values(m) == std::vector<int64_t>{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 0, 0, 8, 8});
+  // Index tuples shorter than the rank write whole slices; -1 counts from the end.
+  auto rows = ints({0, -1}, {2, 1});
+  auto upd = floats({1, 2, 3, 4, 5, 6, 7, 8}, {2, 4});
+  auto x = floats(std::vector<float>(16, 0.5f), {4, 4});
+  auto r = fold1(node("ScatterND"), {&x, &rows, &upd});
+  CHECK(r.get_f64(0) == 1.0);
+  CHECK(r.get_f64(3) == 4.0);
+  CHECK(r.get_f64(4) == 0.5);
+  CHECK(r.get_f64(12) == 5.0);
+  CHECK(r.get_f64(15) == 8.0);
+  // Reductions combine with what is there, repeated indices included.
+  auto twice = ints({1, 1}, {2, 1});
+  auto two = floats({1, 1, 1, 1, 2, 2, 2, 2}, {2, 4});
+  Attribute add;
+  add.kind = Attribute::Kind::String;
+  add.s = "add";
+  auto a = fold1(node("ScatterND", {{"reduction", add}}), {&x, &twice, &two});
+  CHECK(a.get_f64(4) == 3.5);
+  CHECK(a.get_f64(0) == 0.5);
+  Attribute mx = add;
+  mx.s = "max";
+  CHECK(fold1(node("ScatterND", {{"reduction", mx}}), {&x, &twice, &two}).get_f64(5) == 2.0);
+  // Out-of-range indices, and updates of the wrong shape, are the model's error.
+  auto far = ints({4}, {1, 1});
+  auto one_row = floats({1, 2, 3, 4}, {1, 4});
+  CHECK_THROWS_AS(fold1(node("ScatterND"), {&x, &far, &one_row}), Error);
+  auto short_upd = floats({1, 2, 3}, {1, 3});
+  auto first = ints({0}, {1, 1});
+  CHECK_THROWS_AS(fold1(node("ScatterND"), {&x, &first, &short_upd}), Error);
+}

@@ -14,6 +14,8 @@ architecture accepts (SIZES below; `sizes` re-derives them).
                                            # PyTorch float32's, each against float64
     zoo_models.py spread NAME DIR [--losses F]   # float32's losses on rounding-sized moves of the
                                            # rows against float64's (and smp's, from F)
+    zoo_models.py forward NAME... [--size S]  # exported at S (224), smp-run --forward against
+                                           # PyTorch's train-mode forward
     zoo_models.py sizes NAME...            # smallest accepted input size, searched upwards from 1
     zoo_models.py table DIR                # markdown: every architecture with what DIR records
                                            # (the test's cache: exports and results/NAME.json)
@@ -45,6 +47,7 @@ Needs Debian's python3-torch / python3-torchvision / python3-onnx (hence /usr/bi
 """
 
 import argparse
+import contextlib
 import copy
 import inspect
 import json
@@ -571,6 +574,44 @@ def spread(a):
     return 0
 
 
+def forward_at(a):
+    """Each NAME exported at SIZE (not only the smallest), run by `smp-run --forward` on 2 random
+    rows, against PyTorch's train-mode forward of the same rows: the relative error, or smp's
+    one-line error. The exports are deleted afterwards unless --keep."""
+    import subprocess
+
+    torch.set_num_threads(a.threads)
+    os.makedirs(a.dir, exist_ok=True)
+    status = 0
+    for name in a.names:
+        size = a.size or (299 if name == "inception_v3" else 224)
+        path = export_path(a.dir, name, size)
+        if not os.path.exists(path):
+            with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+                export(name, a.dir, size)
+        rows = os.path.join(a.dir, f"{name}.s{size}.rows")
+        os.makedirs(rows, exist_ok=True)
+        x = np.random.RandomState(a.seed).standard_normal((2, 3, size, size)).astype(np.float32)
+        np.save(os.path.join(rows, "x.npy"), x)
+        r = subprocess.run([a.smp_run, path, "--forward", "--data", rows, "--output", rows + ".smp", "--threads",
+                            str(a.threads)], capture_output=True, text=True)
+        if r.returncode:
+            print(f"{name} {size}: smp-run failed: {(r.stdout + r.stderr).strip().splitlines()[-1]}", flush=True)
+            status = 1
+        else:
+            m = build(name, size)
+            load_onnx_weights(m, path)
+            with torch.no_grad():
+                y = m(torch.from_numpy(x)).numpy()
+            got = np.load(os.path.join(rows + ".smp", "logits.npy"))
+            print(f"{name} {size}: forward {rel(got, y):.1e}", flush=True)
+        if not a.keep:
+            for f in (path, path + ".data"):
+                if os.path.exists(f):
+                    os.remove(f)
+    return status
+
+
 def table(d):
     """Every architecture: family, smallest input, nodes and parameters of its export, and the
     zoo test's result where DIR has one (else "not run")."""
@@ -664,6 +705,14 @@ def main(argv=None):
     sp.add_argument("--draws", type=int, default=6)
     sp.add_argument("--seed", type=int, default=100)
     sp.add_argument("--threads", type=int, default=2)
+    fa = sub.add_parser("forward")
+    fa.add_argument("names", nargs="+", choices=sorted(SIZES))
+    fa.add_argument("--size", type=int, help="input size (default 224, inception_v3 299)")
+    fa.add_argument("--dir", default="zoo-forward")
+    fa.add_argument("--smp-run", default="build/bin/smp-run")
+    fa.add_argument("--keep", action="store_true")
+    fa.add_argument("--seed", type=int, default=0)
+    fa.add_argument("--threads", type=int, default=2)
     t = sub.add_parser("table")
     t.add_argument("dir")
     s = sub.add_parser("sizes")
@@ -684,6 +733,8 @@ def main(argv=None):
         return gradient(a)
     if a.cmd == "spread":
         return spread(a)
+    if a.cmd == "forward":
+        return forward_at(a)
     if a.cmd == "table":
         return table(a.dir)
     for n in a.names:

@@ -447,11 +447,12 @@ def gradient(a):
     smp's gradient is (w0 - w1) / lr, w0 the reference's model, w1 EXPORTED (smp-run --steps 1
     --lr LR --export on the reference's rows, 2 microbatches; a large LR, 1e6, keeps float32's
     rounding of w1 far below the update: the resolution column says how far). Prints per
-    parameter tensor the error relative to its largest float64 gradient (the worst few), the
-    errors over all parameters as one vector,
-    and the ReLU / ReLU6 inputs within KINK of a kink relative to their tensor (where float32's
-    rounding can flip the activation: one flipped element puts a whole-element error into its
-    channel's gradient, the signature of rounding rather than of a wrong rule); a JSON line last."""
+    parameter tensor the error relative to its largest float64 gradient (the worst few, with
+    smp's worst output channel and the next), the errors over all parameters as one vector and
+    the median tensor's, and the ReLU / ReLU6 inputs within KINK of a kink relative to their
+    tensor (where float32's rounding can flip the activation: one flipped element puts a
+    whole-element error into its channel's gradient, the signature of rounding rather than of a
+    wrong rule); a JSON line last (the zoo test's step 4 reads it)."""
     import onnx
     from onnx import numpy_helper
 

@@ -254,21 +254,37 @@ def bn_stats(model):
     return out
 
 
+def accumulate(m, x, y, mbs):
+    """The `mbs` microbatches of x run one after the other, each loss scaled by 1/mbs and its
+    gradient accumulated (what one step of smp's pipeline computes); their summed loss."""
+    b = x.shape[0] // mbs
+    total = 0.0
+    for j in range(mbs):
+        loss = F.cross_entropy(m(x[j * b:(j + 1) * b]), y[j * b:(j + 1) * b]) / mbs
+        loss.backward()
+        total += loss.item()
+    return total
+
+
 def train3(m, x, y, mbs, lr, steps):
     """`steps` SGD steps on the same microbatches, run one after the other; the loss of each step."""
-    b = x.shape[0] // mbs
     opt = torch.optim.SGD(m.parameters(), lr=lr)
     losses = []
     for _ in range(steps):
         opt.zero_grad()
-        total = 0.0
-        for j in range(mbs):
-            loss = F.cross_entropy(m(x[j * b:(j + 1) * b]), y[j * b:(j + 1) * b]) / mbs
-            loss.backward()
-            total += loss.item()
+        losses.append(accumulate(m, x, y, mbs))
         opt.step()
-        losses.append(total)
     return np.array(losses)
+
+
+def load_reference(d, name):
+    """DIR/NAME.ref's ref.json, its rows and labels as tensors, and the model file it was made on."""
+    ref_dir = os.path.join(d, f"{name}.ref")
+    with open(os.path.join(ref_dir, "ref.json")) as f:
+        ref = json.load(f)
+    x = torch.from_numpy(np.load(os.path.join(ref_dir, "x.npy")))
+    y = torch.from_numpy(np.load(os.path.join(ref_dir, "labels.npy")))
+    return ref, x, y, os.path.join(d, ref["model"])
 
 
 # Where the search below found a well-posed comparison (`reference` prints what it tried): tried
@@ -457,12 +473,7 @@ def gradient(a):
     from onnx import numpy_helper
 
     torch.set_num_threads(a.threads)
-    ref_dir = os.path.join(a.dir, f"{a.name}.ref")
-    with open(os.path.join(ref_dir, "ref.json")) as f:
-        ref = json.load(f)
-    model = os.path.join(a.dir, ref["model"])
-    x = torch.from_numpy(np.load(os.path.join(ref_dir, "x.npy")))
-    y = torch.from_numpy(np.load(os.path.join(ref_dir, "labels.npy")))
+    ref, x, y, model = load_reference(a.dir, a.name)
     mbs = ref["microbatches"]
     w0 = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in onnx.load(model).graph.initializer}
     w1 = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in onnx.load(a.exported).graph.initializer}
@@ -486,12 +497,10 @@ def gradient(a):
 
     def grads(m, xs, watch):
         m.zero_grad()
-        b = xs.shape[0] // mbs
         if watch:
             F.relu, F.hardtanh = counting_relu, counting_hardtanh
         try:
-            for j in range(mbs):
-                (F.cross_entropy(m(xs[j * b:(j + 1) * b]), y[j * b:(j + 1) * b]) / mbs).backward()
+            accumulate(m, xs, y, mbs)
         finally:
             F.relu, F.hardtanh = relu, hardtanh
         return {k: p.grad.double().numpy().copy() for k, p in m.named_parameters()}
@@ -501,33 +510,35 @@ def gradient(a):
     m64 = copy.deepcopy(m32).double()
     g32 = grads(m32, x, False)
     g64 = grads(m64, x.double(), True)
+    gs = {k: (w0[k] - w1[k]) / a.lr for k in g64}
     rows = []
     for k, g in g64.items():
-        gs = (w0[k] - w1[k]) / a.lr
         s = max(float(np.abs(g).max()), 1e-30)
         # per output channel (a weight's first axis): smp's error, the worst and the second worst
-        per = (np.abs(gs - g) / s).reshape(g.shape[0], -1).max(axis=1) if g.ndim else np.abs(gs - g).reshape(1) / s
+        per = (np.abs(gs[k] - g) / s).reshape(max(g.shape[0] if g.ndim else 1, 1), -1).max(axis=1)
         top2 = np.sort(per)[::-1][:2]
-        # what (w0 - w1) / lr can resolve: float32's spacing at the larger weight, over the update
-        res = float(np.spacing(np.float32(max(np.abs(w0[k]).max(), np.abs(w1[k]).max())))) / (a.lr * s)
-        rows.append((float(np.abs(gs - g).max()) / s, float(np.abs(g32[k] - g).max()) / s, k, gs,
-                     int(np.argmax(per)), float(top2[1]) if len(top2) > 1 else float("nan"), res))
+        rows.append({"name": k, "smp": float(per.max()), "torch32": float(np.abs(g32[k] - g).max()) / s,
+                     "channel": int(np.argmax(per)), "next": float(top2[1]) if len(top2) > 1 else float("nan"),
+                     # what (w0 - w1) / lr resolves: float32's spacing at the larger weight, over the update
+                     "resolution": float(np.spacing(np.float32(max(np.abs(w0[k]).max(), np.abs(w1[k]).max()))))
+                     / (a.lr * s)})
     print(f"{a.name}: one step at input {ref['size']}, {mbs} microbatches of {ref['microbatch_size']}; "
           "error relative to the tensor's largest float64 gradient")
     print("  smp       PyTorch float32  smp's worst channel, the next  resolution  parameter")
-    for r in sorted(rows, key=lambda r: -r[0])[: a.top]:
-        print(f"  {r[0]:.2e}  {r[1]:.2e}         {r[4]:>5}, {r[5]:.1e}                {r[6]:.0e}       {r[2]}")
-    coarse = [r[2] for r in rows if r[6] > 1e-4]
+    for r in sorted(rows, key=lambda r: -r["smp"])[: a.top]:
+        print(f"  {r['smp']:.2e}  {r['torch32']:.2e}         {r['channel']:>5}, {r['next']:.1e}"
+              f"                {r['resolution']:.0e}       {r['name']}")
+    coarse = [r["name"] for r in rows if r["resolution"] > 1e-4]
     if coarse:
         print(f"  {len(coarse)} tensors' updates are too small for LR to resolve 1e-4 (e.g. {coarse[0]}): "
               "run smp with a larger LR")
-    flat = lambda d: np.concatenate([d[r[2]].ravel() for r in rows])  # noqa: E731
-    G64, G32 = flat(g64), flat(g32)
-    GS = np.concatenate([r[3].ravel() for r in rows])
+    flat = lambda d: np.concatenate([v.ravel() for v in d.values()])  # noqa: E731 - g64's order in all three
+    G64, G32, GS = flat(g64), flat(g32), flat(gs)
     n = np.linalg.norm(G64)
     out = {"name": a.name, "size": ref["size"], "microbatch_size": ref["microbatch_size"],
            "smp": float(np.linalg.norm(GS - G64) / n), "torch32": float(np.linalg.norm(G32 - G64) / n),
-           "smp_median": float(np.median([r[0] for r in rows])), "torch32_median": float(np.median([r[1] for r in rows])),
+           "smp_median": float(np.median([r["smp"] for r in rows])),
+           "torch32_median": float(np.median([r["torch32"] for r in rows])),
            "near_kinks": kinks[0], "relu_inputs": kinks[1]}
     print(f"  all parameters as one vector: smp {out['smp']:.2e}, PyTorch float32 {out['torch32']:.2e}; "
           f"median tensor: smp {out['smp_median']:.2e}, PyTorch float32 {out['torch32_median']:.2e}")
@@ -545,13 +556,9 @@ def spread(a):
     ill-conditioned, one float32 run is one draw of many: smp's error is rounding if it lies
     within this spread. A JSON line last."""
     torch.set_num_threads(a.threads)
-    ref_dir = os.path.join(a.dir, f"{a.name}.ref")
-    with open(os.path.join(ref_dir, "ref.json")) as f:
-        ref = json.load(f)
-    x = torch.from_numpy(np.load(os.path.join(ref_dir, "x.npy")))
-    y = torch.from_numpy(np.load(os.path.join(ref_dir, "labels.npy")))
+    ref, x, y, model = load_reference(a.dir, a.name)
     m = build(a.name, ref["size"])
-    load_onnx_weights(m, os.path.join(a.dir, ref["model"]))
+    load_onnx_weights(m, model)
     mbs, lr, steps = ref["microbatches"], ref["lr"], ref["steps"]
     l64 = train3(copy.deepcopy(m).double(), x.double(), y, mbs, lr, steps)
     print(f"{a.name}: {steps} steps at input {ref['size']}, {mbs} microbatches of {ref['microbatch_size']}, "

@@ -138,6 +138,13 @@ using Outputs = std::optional<std::vector<TensorData>>;
 
 std::string where(const Node& n) { return "node '" + n.name + "' (" + n.op_type + ")"; }
 
+// An index into an axis of size dim, counted from the end when negative; out of range is the
+// model's error.
+int64_t norm_index(int64_t v, int64_t dim, const Node& n) {
+  if (v < -dim || v >= dim) throw_bad_input(where(n), fmt::format("index {} out of range for axis of size {}", v, dim));
+  return v < 0 ? v + dim : v;
+}
+
 Outputs one(TensorData d) {
   std::vector<TensorData> v;
   v.push_back(std::move(d));
@@ -273,9 +280,7 @@ Outputs fold_gather(const Node& n, const TensorData& data, const TensorData& idx
   int64_t ni = idx.numel();
   for (int64_t o = 0; o < outer; ++o)
     for (int64_t j = 0; j < ni; ++j) {
-      int64_t ix = idx.get_i64(j);
-      if (ix < 0) ix += dim;
-      if (ix < 0 || ix >= dim) throw_bad_input(where(n), fmt::format("index {} out of range for axis of size {}", idx.get_i64(j), dim));
+      const int64_t ix = norm_index(idx.get_i64(j), dim, n);
       for (int64_t q = 0; q < inner; ++q)
         copy_elem(data, (o * dim + ix) * inner + q, out, (o * ni + j) * inner + q);
     }
@@ -332,11 +337,7 @@ Outputs fold_scatter_nd(const Node& n, const TensorData& data, const TensorData&
   const bool ints = int_domain(data.dtype);
   for (int64_t t = 0; t < tuples; ++t) {
     int64_t base = 0;
-    for (int64_t a = 0; a < k; ++a) {
-      int64_t v = ix[static_cast<size_t>(t * k + a)], dim = data.shape[a];
-      if (v < -dim || v >= dim) throw_bad_input(where(n), fmt::format("index {} out of range for axis {} of size {}", v, a, dim));
-      base = base * dim + (v < 0 ? v + dim : v);
-    }
+    for (int64_t a = 0; a < k; ++a) base = base * data.shape[a] + norm_index(ix[static_cast<size_t>(t * k + a)], data.shape[a], n);
     base *= slice;
     for (int64_t e = 0; e < slice; ++e) {
       const int64_t o = base + e, u = t * slice + e;

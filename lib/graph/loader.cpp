@@ -281,6 +281,55 @@ void check_structure_and_sort(onnx::GraphProto& g, const std::string& file) {
   g.mutable_node()->Swap(&sorted);
 }
 
+// Max and Min of three or more inputs become chains of two-input nodes, Max(Max(a, b), c), which
+// both backends' kernels and gradient rules implement. The forward is exact (a maximum of maxima);
+// a tie splits the gradient evenly between the two sides of its link, so three equal inputs get
+// 1/4, 1/4 and 1/2 (ONNX leaves Max's gradient undefined; PyTorch's chained torch.maximum does
+// the same). The last link keeps the node's name and output; the others are named after it.
+void split_variadic(onnx::GraphProto& g) {
+  auto wide = [](const onnx::NodeProto& n) {
+    if (!(n.domain().empty() || n.domain() == "ai.onnx") || (n.op_type() != "Max" && n.op_type() != "Min")) return false;
+    return std::count_if(n.input().begin(), n.input().end(), [](const std::string& s) { return !s.empty(); }) > 2;
+  };
+  if (std::none_of(g.node().begin(), g.node().end(), wide)) return;
+  std::unordered_set<std::string> taken;
+  for (const auto& v : g.input()) taken.insert(v.name());
+  for (const auto& t : g.initializer()) taken.insert(t.name());
+  for (const auto& n : g.node()) {
+    taken.insert(n.name());
+    for (const auto& o : n.output()) taken.insert(o);
+  }
+  auto fresh = [&](const std::string& base) {
+    std::string s = base;
+    for (int k = 2; !taken.insert(s).second; ++k) s = fmt::format("{}_{}", base, k);
+    return s;
+  };
+  google::protobuf::RepeatedPtrField<onnx::NodeProto> out;
+  out.Reserve(g.node_size());
+  for (auto& n : *g.mutable_node()) {
+    if (!wide(n)) {
+      *out.Add() = std::move(n);
+      continue;
+    }
+    std::vector<std::string> in;
+    for (const auto& s : n.input())
+      if (!s.empty()) in.push_back(s);
+    std::string acc = in[0];
+    for (size_t k = 1; k < in.size(); ++k) {
+      auto& link = *out.Add();
+      link.set_op_type(n.op_type());
+      link.set_domain(n.domain());
+      const bool last = k + 1 == in.size();
+      link.set_name(last ? n.name() : fresh(fmt::format("{}/{}", n.name(), k)));
+      link.add_input(acc);
+      link.add_input(in[k]);
+      acc = last ? n.output(0) : fresh(fmt::format("{}/{}", n.output(0), k));
+      link.add_output(acc);
+    }
+  }
+  g.mutable_node()->Swap(&out);
+}
+
 // The ONNX checker, on a copy where externally stored initializers become graph inputs (the
 // checker would otherwise look for their files relative to the working directory, and the
 // planner must work without them).
@@ -668,6 +717,7 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
 
   check_structure_and_sort(gp, file);
   run_checker(model, file);
+  split_variadic(gp);
 
   Graph g;
   g.model_path = file;

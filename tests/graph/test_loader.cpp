@@ -239,6 +239,58 @@ TEST_CASE("a Concat of more than 32 inputs trains every one (DenseNet-169's bloc
   fs::remove_all(dir);
 }
 
+TEST_CASE("Max and Min of three or more inputs load as chains of two-input nodes, every input trained") {
+  // y = Max(x * w0, x * w1, x * w2, x * w3), z = Min(x * w0, x * w1, x * w2): the chains
+  // Max(Max(Max(m0, m1), m2), m3) and Min(Min(m0, m1), m2), each keeping its node's name and output.
+  auto dir = test::temp_dir("variadic_max");
+  onnx::ModelProto m = tiny_model();
+  auto* g = m.mutable_graph();
+  g->clear_node();
+  *g->add_output() = g->output(0);
+  g->mutable_output(1)->set_name("z");
+  const std::string x = "x";
+  for (int i = 0; i < 4; ++i) {
+    auto* w = g->add_initializer();
+    w->set_name(fmt::format("w{}", i));
+    w->set_data_type(onnx::TensorProto::FLOAT);
+    w->add_dims(4);
+    for (int j = 0; j < 4; ++j) w->add_float_data(static_cast<float>(i - j));
+    auto* mul = g->add_node();
+    mul->set_name(fmt::format("mul{}", i));
+    mul->set_op_type("Mul");
+    mul->add_input(x);
+    mul->add_input(w->name());
+    mul->add_output(fmt::format("m{}", i));
+  }
+  for (const char* op : {"Max", "Min"}) {
+    auto* n = g->add_node();
+    n->set_name(op == std::string("Max") ? "top" : "bottom");
+    n->set_op_type(op);
+    for (int i = 0; i < (op == std::string("Max") ? 4 : 3); ++i) n->add_input(fmt::format("m{}", i));
+    n->add_output(op == std::string("Max") ? "y" : "z");
+  }
+  auto path = write_model(dir, "max4.onnx", m);
+  Graph gr = load_graph(path, batch(2));
+  check_well_formed(gr);
+  CHECK(gr.onnx_nodes == 6);
+  std::vector<std::string> maxes, mins;
+  for (const auto& n : gr.nodes) {
+    if (n.op_type == "Max" || n.op_type == "Min") {
+      CHECK(n.inputs.size() == 2);
+      (n.op_type == "Max" ? maxes : mins).push_back(n.name);
+    }
+  }
+  CHECK(maxes == std::vector<std::string>{"top/1", "top/2", "top"});
+  CHECK(mins == std::vector<std::string>{"bottom/1", "bottom"});
+  CHECK(gr.nodes[static_cast<size_t>(gr.value(gr.find_value("y")).producer)].name == "top");
+  CHECK(gr.value(gr.find_value("y")).shape == Shape{2, 4});
+  // the first link reads the first two inputs, the next the chain and the third
+  const Node& first = gr.nodes[static_cast<size_t>(gr.value(gr.find_value("m0")).consumers.back())];
+  CHECK(first.name == "bottom/1");
+  CHECK(gr.parameters.size() == 4);  // a gradient reaches every input of each chain
+  fs::remove_all(dir);
+}
+
 TEST_CASE("costs scale with the batch: FLOPs and activations double, parameters do not") {
   Graph a = load_graph(test::sample("cnn"), batch(4));
   Graph b = load_graph(test::sample("cnn"), batch(8));

@@ -583,9 +583,12 @@ def spread(a):
 
 
 def forward_at(a):
-    """Each NAME exported at SIZE (not only the smallest), run by `smp-run --forward` on 2 random
-    rows, against PyTorch's train-mode forward of the same rows: the relative error, or smp's
-    one-line error. The exports are deleted afterwards unless --keep."""
+    """Each NAME exported at SIZE (not only the smallest; default 224, inception_v3 299), run by
+    `smp-run --forward` on 2 random rows, against PyTorch's train-mode forward of the same rows:
+    the error relative to PyTorch's largest logit, and beside it both against PyTorch's float64
+    forward (how far float32 itself is). A JSON line per NAME (the zoo test reads it; "error":
+    smp-run's last line where it failed). An export made here is deleted afterwards unless --keep;
+    NAME's export at its smallest size, where that is SIZE, is the zoo's own and is reused."""
     import subprocess
 
     torch.set_num_threads(a.threads)
@@ -594,37 +597,51 @@ def forward_at(a):
     for name in a.names:
         size = a.size or (299 if name == "inception_v3" else 224)
         path = export_path(a.dir, name, size)
-        if not os.path.exists(path):
+        meta = path[: -len(".onnx")] + ".json"
+        made = False
+        current = os.path.exists(path) and os.path.exists(meta) and json.load(open(meta)).get("version") == EXPORT_VERSION
+        if not current:
             with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
                 export(name, a.dir, size)
+            made = size != SIZES[name]
         rows = os.path.join(a.dir, f"{name}.s{size}.rows")
         os.makedirs(rows, exist_ok=True)
         x = np.random.RandomState(a.seed).standard_normal((2, 3, size, size)).astype(np.float32)
         np.save(os.path.join(rows, "x.npy"), x)
         r = subprocess.run([a.smp_run, path, "--forward", "--data", rows, "--output", rows + ".smp", "--threads",
                             str(a.threads)], capture_output=True, text=True)
+        out = {"name": name, "size": size}
         if r.returncode:
-            print(f"{name} {size}: smp-run failed: {(r.stdout + r.stderr).strip().splitlines()[-1]}", flush=True)
+            out["error"] = ((r.stdout + r.stderr).strip().splitlines() or ["(no output)"])[-1]
+            print(f"{name} {size}: smp-run failed: {out['error']}", flush=True)
             status = 1
         else:
             m = build(name, size)
             load_onnx_weights(m, path)
+            got = np.load(os.path.join(rows + ".smp", "logits.npy"))
             with torch.no_grad():
                 y = m(torch.from_numpy(x)).numpy()
-            got = np.load(os.path.join(rows + ".smp", "logits.npy"))
-            print(f"{name} {size}: forward {rel(got, y):.1e}", flush=True)
+                y64 = m.double()(torch.from_numpy(x).double()).numpy()
+            out.update({"forward": rel(got, y), "float64": rel(got, y64), "torch32": rel(y, y64)})
+            print(f"{name} {size}: forward {out['forward']:.1e}; against float64: smp {out['float64']:.1e}, "
+                  f"PyTorch float32 {out['torch32']:.1e}", flush=True)
+        print(json.dumps(out), flush=True)
         if not a.keep:
-            for f in (path, path + ".data"):
-                if os.path.exists(f):
-                    os.remove(f)
+            shutil.rmtree(rows, ignore_errors=True)
+            shutil.rmtree(rows + ".smp", ignore_errors=True)
+            if made:
+                for f in (path, path + ".data", meta):
+                    if os.path.exists(f):
+                        os.remove(f)
     return status
 
 
 def table(d):
     """Every architecture: family, smallest input, nodes and parameters of its export, and the
     zoo test's result where DIR has one (else "not run")."""
-    rows = ["| architecture | family | smallest input | nodes | parameters | compared at (input, microbatch, lr) | status |",
-            "| --- | --- | ---: | ---: | ---: | --- | --- |"]
+    rows = ["| architecture | family | smallest input | nodes | parameters | forward at 224 (inception 299) | "
+            "compared at (input, microbatch, lr) | status |",
+            "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |"]
     for n in sorted(SIZES, key=lambda n: (family(n), n)):
         info, res = {}, {}
         for path, into in ((os.path.join(d, n + ".json"), info), (os.path.join(d, "results", n + ".json"), res)):
@@ -643,8 +660,9 @@ def table(d):
                        f"losses {g['losses']:.1e}, stats {g['stats']:.1e})" if not status.startswith("failed") else
                        f" (PyTorch's own gaps there: forward {g['forward']:.1e}, losses {g['losses']:.1e}, "
                        f"stats {g['stats']:.1e})")
+        usual = f"{res['usual_forward_err']:.1e}" if "usual_forward_err" in res else "–"
         rows.append(f"| {n} | {family(n)} | {SIZES[n]} | {nodes if nodes is not None else '–'} | "
-                    f"{f'{params:,}' if params is not None else '–'} | {res.get('compared_at', '–')} | {status} |")
+                    f"{f'{params:,}' if params is not None else '–'} | {usual} | {res.get('compared_at', '–')} | {status} |")
     print("\n".join(rows))
     return 0
 

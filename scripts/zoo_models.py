@@ -599,7 +599,10 @@ def forward_at(a):
         path = export_path(a.dir, name, size)
         meta = path[: -len(".onnx")] + ".json"
         made = False
-        current = os.path.exists(path) and os.path.exists(meta) and json.load(open(meta)).get("version") == EXPORT_VERSION
+        current = False
+        if os.path.exists(path) and os.path.exists(meta):
+            with open(meta) as f:
+                current = json.load(f).get("version") == EXPORT_VERSION
         if not current:
             with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
                 export(name, a.dir, size)

@@ -187,6 +187,15 @@ def export_path(out_dir, name, size=None):
     return os.path.join(out_dir, f"{name}.onnx" if size == SIZES[name] else f"{name}.s{size}.onnx")
 
 
+def export_current(path):
+    """Whether the export at PATH exists and was made by this EXPORT_VERSION."""
+    meta = path[: -len(".onnx")] + ".json"
+    if not (os.path.exists(path) and os.path.exists(meta)):
+        return False
+    with open(meta) as f:
+        return json.load(f).get("version") == EXPORT_VERSION
+
+
 def export(name, out_dir, size=None):
     import onnx
 
@@ -408,12 +417,7 @@ def reference(a):
         chosen = (best["size"], best["microbatch_size"], best["lr"])
     size, mb, lr = chosen
     path = export_path(a.dir, a.name, size)
-    meta = path[: -len(".onnx")] + ".json"
-    current = False
-    if os.path.exists(path) and os.path.exists(meta):
-        with open(meta) as f:
-            current = json.load(f).get("version") == EXPORT_VERSION
-    if not current:  # missing, or made by an older export (a ViT export before its head was initialized)
+    if not export_current(path):  # missing, or made by an older export (a ViT export before its head was initialized)
         export(a.name, a.dir, size)
     m = build(a.name, size)
     load_onnx_weights(m, path)
@@ -597,13 +601,8 @@ def forward_at(a):
     for name in a.names:
         size = a.size or (299 if name == "inception_v3" else 224)
         path = export_path(a.dir, name, size)
-        meta = path[: -len(".onnx")] + ".json"
         made = False
-        current = False
-        if os.path.exists(path) and os.path.exists(meta):
-            with open(meta) as f:
-                current = json.load(f).get("version") == EXPORT_VERSION
-        if not current:
+        if not export_current(path):
             with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
                 export(name, a.dir, size)
             made = size != SIZES[name]
@@ -633,7 +632,7 @@ def forward_at(a):
             shutil.rmtree(rows, ignore_errors=True)
             shutil.rmtree(rows + ".smp", ignore_errors=True)
             if made:
-                for f in (path, path + ".data", meta):
+                for f in (path, path + ".data", path[: -len(".onnx")] + ".json"):
                     if os.path.exists(f):
                         os.remove(f)
     return status

@@ -15,7 +15,8 @@ architecture accepts (SIZES below; `sizes` re-derives them).
     zoo_models.py spread NAME DIR [--losses F]   # float32's losses on rounding-sized moves of the
                                            # rows against float64's (and smp's, from F)
     zoo_models.py forward NAME... [--size S]  # exported at S (224), smp-run --forward against
-                                           # PyTorch's train-mode forward
+                                           # PyTorch's train-mode forward (also the segmentation
+                                           # models of SEGMENTATION, which upsample with Resize)
     zoo_models.py sizes NAME...            # smallest accepted input size, searched upwards from 1
     zoo_models.py table DIR                # markdown: every architecture with what DIR records
                                            # (the test's cache: exports and results/NAME.json)
@@ -111,6 +112,12 @@ SIZES = {
     "vit_b_16": 16, "vit_b_32": 32, "vit_l_16": 16, "vit_l_32": 32, "vit_h_14": 14,
 }
 
+# torchvision's segmentation models (21 classes, no auxiliary head): their class maps are
+# upsampled to the input's size by bilinear interpolation (Resize). `forward` runs them; their
+# output is the model's "out".
+SEGMENTATION = ("fcn_resnet50", "fcn_resnet101", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50",
+                "deeplabv3_resnet101", "lraspp_mobilenet_v3_large")
+
 # The default test run's subset: BatchNorm training with running statistics (resnet18) and a
 # concat-heavy net without BatchNorm (squeezenet1_1), both with a recorded well-posed comparison.
 # mobilenet_v3_small (HardSwish / HardSigmoid, depthwise) has none up to input 64, microbatch 32:
@@ -141,8 +148,30 @@ def _patch_exporter():
 _patch_exporter()
 
 
+class _SegmentationOut(torch.nn.Module):
+    """A segmentation model's "out" (its other outputs are auxiliary heads, off here)."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        return self.m(x)["out"]
+
+
 def build(name, size=None, deterministic=True):
     """The architecture with seeded random weights; dropout / stochastic depth off when deterministic."""
+    if name in SEGMENTATION:
+        import torchvision.models.segmentation as S
+
+        torch.manual_seed(SEED)
+        kw = {} if name.startswith("lraspp") else {"aux_loss": False}
+        m = _SegmentationOut(getattr(S, name)(weights=None, weights_backbone=None, num_classes=21, **kw))
+        if deterministic:
+            for mod in m.modules():
+                if isinstance(mod, torch.nn.Dropout):
+                    mod.p = 0.0
+        return m.train()
     size = size or SIZES[name]
     kw = {}
     if name.startswith("vit_"):
@@ -184,7 +213,7 @@ def frozen_buffers(m, model):
 def export_path(out_dir, name, size=None):
     """NAME.onnx at the smallest size, NAME.sSIZE.onnx at another."""
     size = size or SIZES[name]
-    return os.path.join(out_dir, f"{name}.onnx" if size == SIZES[name] else f"{name}.s{size}.onnx")
+    return os.path.join(out_dir, f"{name}.onnx" if size == SIZES.get(name) else f"{name}.s{size}.onnx")
 
 
 def export_current(path):
@@ -587,7 +616,8 @@ def spread(a):
 
 
 def forward_at(a):
-    """Each NAME exported at SIZE (not only the smallest; default 224, inception_v3 299), run by
+    """Each NAME (a classification architecture, or a segmentation model of SEGMENTATION) exported
+    at SIZE (not only the smallest; default 224, inception_v3 299), run by
     `smp-run --forward` on 2 random rows, against PyTorch's train-mode forward of the same rows:
     the error relative to PyTorch's largest logit, and beside it both against PyTorch's float64
     forward (how far float32 itself is). A JSON line per NAME (the zoo test reads it; "error":
@@ -605,7 +635,7 @@ def forward_at(a):
         if not export_current(path):
             with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
                 export(name, a.dir, size)
-            made = size != SIZES[name]
+            made = size != SIZES.get(name)
         rows = os.path.join(a.dir, f"{name}.s{size}.rows")
         os.makedirs(rows, exist_ok=True)
         x = np.random.RandomState(a.seed).standard_normal((2, 3, size, size)).astype(np.float32)
@@ -663,6 +693,8 @@ def table(d):
                        f" (PyTorch's own gaps there: forward {g['forward']:.1e}, losses {g['losses']:.1e}, "
                        f"stats {g['stats']:.1e})")
         usual = f"{res['usual_forward_err']:.1e}" if "usual_forward_err" in res else "–"
+        if res.get("usual_forward_err", 0) > 1e-4 and "usual_float64_err" in res:  # ill-conditioned (test_zoo)
+            usual += f" (to float64 {res['usual_float64_err']:.1e}, PyTorch float32's {res['usual_torch_gap']:.1e})"
         rows.append(f"| {n} | {family(n)} | {SIZES[n]} | {nodes if nodes is not None else '–'} | "
                     f"{f'{params:,}' if params is not None else '–'} | {usual} | {res.get('compared_at', '–')} | {status} |")
     print("\n".join(rows))
@@ -734,7 +766,7 @@ def main(argv=None):
     sp.add_argument("--seed", type=int, default=100)
     sp.add_argument("--threads", type=int, default=2)
     fa = sub.add_parser("forward")
-    fa.add_argument("names", nargs="+", choices=sorted(SIZES))
+    fa.add_argument("names", nargs="+", choices=sorted(SIZES) + sorted(SEGMENTATION))
     fa.add_argument("--size", type=int, help="input size (default 224, inception_v3 299)")
     fa.add_argument("--dir", default="zoo-forward")
     fa.add_argument("--smp-run", default="build/bin/smp-run")

@@ -682,13 +682,21 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
                                 max_opset));
 
   auto& gp = *model.mutable_graph();
+  // Float values that decide shapes (a Resize's roi and scales, an Upsample's scales): as arrays
+  // or initializers they are constants, held for shape inference, never weights.
+  std::unordered_set<std::string> shaping;
+  for (const auto& n : gp.node()) {
+    const bool resize = n.op_type() == "Resize", upsample = n.op_type() == "Upsample";
+    if (!(n.domain().empty() || n.domain() == "ai.onnx") || !(resize || upsample)) continue;
+    for (int k = 1; k < std::min(n.input_size(), resize ? 3 : 2); ++k) shaping.insert(n.input(k));
+  }
   if (opts.input_array) {
     // Inputs whose values decide shapes become initializers (kept among the inputs before IR 4,
     // where every initializer must be one).
     google::protobuf::RepeatedPtrField<onnx::ValueInfoProto> kept;
     for (auto& in : *gp.mutable_input()) {
       auto a = opts.input_array(in.name());
-      if (!a || (is_floating(a->dtype) && a->numel() > 1)) {
+      if (!a || (is_floating(a->dtype) && a->numel() > 1 && !shaping.count(in.name()))) {
         *kept.Add() = std::move(in);
         continue;
       }
@@ -735,18 +743,19 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
   for (auto& t : *gp.mutable_initializer()) {
     if (!initializer_names.insert(t.name()).second) throw_bad_input(file, "initializer '" + t.name() + "' appears twice");
     initializer_order.push_back(t.name());
-    DType dt = dtype_from_onnx(t.data_type());
+    // A float initializer may be a weight; others (and shape-deciding floats) are constants.
+    const bool weight = is_floating(dtype_from_onnx(t.data_type())) && !shaping.count(t.name());
     const bool wanted = opts.load_weights && (!opts.want_weight || opts.want_weight(t.name()));
     if (t.data_location() == onnx::TensorProto::EXTERNAL) {
       ExternalInfo e = external_info(t, file);
       externals[t.name()] = ExternalData{fs::absolute(base_dir / e.location), e.offset, e.length};
-      if (!is_floating(dt) || wanted) {
+      if (!weight || wanted) {
         auto d = std::make_shared<TensorData>(tensor_from_proto(t, file, base_dir, false));
-        (is_floating(dt) ? weights : consts)[t.name()] = d;
+        (weight ? weights : consts)[t.name()] = d;
       }
       continue;
     }
-    if (is_floating(dt)) {
+    if (weight) {
       // Sizes are checked even when the bytes are not wanted.
       if (wanted) weights[t.name()] = std::make_shared<TensorData>(tensor_from_proto(t, file, base_dir, true));
       else tensor_from_proto(t, file, base_dir, false, /*check_only=*/true);
@@ -803,10 +812,10 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
   std::vector<int> float_initializers;
   for (const auto& t : gp.initializer()) {
     bool folded = folded_names.count(t.name()) != 0;
-    bool is_float = is_floating(dtype_from_onnx(t.data_type()));
+    const bool weight = is_floating(dtype_from_onnx(t.data_type())) && !shaping.count(t.name());
     int id = add_value(t.name(), ValueKind::Constant);
     Value& v = g.value(id);
-    if (!folded && is_float) {
+    if (!folded && weight) {
       float_initializers.push_back(id);
       if (auto w = weights.find(t.name()); w != weights.end()) v.data = w->second;
       if (auto e = externals.find(t.name()); e != externals.end()) v.external = e->second;

@@ -22,7 +22,8 @@ struct LoadOptions {
   // Every dimension of such an input comes from its array — a symbolic one is bound to it (by
   // name, consistently across inputs), a fixed one must equal it — over batch_size and dims.
   // Integer, boolean and one-element arrays also become constant initializers: their values may
-  // decide shapes (a Reshape's target, a Pad's pads) or must be constant (a Dropout's ratio).
+  // decide shapes (a Reshape's target, a Pad's pads) or must be constant (a Dropout's ratio); so
+  // do the float arrays a Resize reads as roi or scales (an Upsample as scales).
   std::function<std::shared_ptr<const TensorData>(const std::string& input_name)> input_array;
   // Floating-point initializers not to train although a gradient reaches them (buffers such as
   // swin_v2's relative_coords_table, which ONNX cannot tell from weights), by name or fnmatch(3)

@@ -70,6 +70,19 @@ NodeCost cost_data_movement(const Graph& g, const Node& n) {
   return c;
 }
 
+// Resize / Upsample: a multiply-add per tap (nearest 1, linear 2, cubic 4) per resized axis
+// and output element (the kernel runs one pass per resized axis); reads the input, writes the
+// output.
+NodeCost cost_resize(const Graph& g, const Node& n) {
+  const std::string mode = n.attr_string("mode", "nearest");
+  const double taps = mode == "cubic" ? 4 : (mode == "nearest" ? 0 : 2);
+  const Shape& x = in_shape(g, n, 0);
+  const Shape& y = g.value(n.outputs[0]).shape;
+  int resized = 0;
+  for (size_t d = 0; d < x.size() && d < y.size(); ++d) resized += x[d] != y[d];
+  return streaming(g, n, 2 * taps * resized);
+}
+
 // Re-labels a buffer (Reshape, Flatten, Squeeze, Unsqueeze, Identity): no bytes move, and the
 // output aliases the input, so it adds no activation memory.
 NodeCost cost_view(const Graph& g, const Node& n) {
@@ -276,6 +289,10 @@ constexpr OpDef kOps[] = {
     {Op::Trilu, "Trilu", C::DataMovement, b(0), kNone, kNone, cost_data_movement},
     {Op::Pad, "Pad", C::DataMovement, b(0), kNone, kNone, cost_data_movement},
     {Op::GatherElements, "GatherElements", C::DataMovement, b(0), b(1), kNone, cost_data_movement},
+    // Interpolation (nearest, linear, cubic) over the axes whose size changes; the backward needs
+    // only the shapes and the interpolation weights.
+    {Op::Resize, "Resize", C::DataMovement, b(0), kNone, kNone, cost_resize},
+    {Op::Upsample, "Upsample", C::DataMovement, b(0), kNone, kNone, cost_resize},
 
     {Op::Shape, "Shape", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},
     {Op::Size, "Size", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},

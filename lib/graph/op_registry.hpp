@@ -30,6 +30,7 @@ enum class Op : int {
   MaxPool, AveragePool, GlobalAveragePool,
   // data movement
   Reshape, Transpose, Flatten, Squeeze, Unsqueeze, Concat, Split, Slice, Gather, Expand, Tile, Trilu, Pad, GatherElements,
+  Resize, Upsample,
   // shape-only and constant producers (folded away before planning)
   Shape, Size, Constant, ConstantOfShape, Range,
   // losses

@@ -346,6 +346,37 @@ inline std::vector<Case> gradient_cases() {
                     t.output(t.node("Pad", {x, p, v}, {F("y", {2, 6, 3 + e})}, {{"mode", attr_s(mode)}})[0]);
                   }});
   }
+  // Resize: scales or sizes, each interpolation mode and coordinate transformation PyTorch and
+  // TensorFlow export, enlarging and shrinking, taps at the edges (clamped, or excluded).
+  auto resize = [&](const std::string& what, Shape x, std::vector<float> scales, std::vector<int64_t> sizes, Shape y,
+                    std::map<std::string, graph::Attribute> attrs, std::vector<float> roi = {}) {
+    cs.push_back({"Resize " + what, [=](TinyGraph& t, M& m) {
+                    int xi = m.f("x", x);
+                    const int64_t R = static_cast<int64_t>(x.size());
+                    int r = roi.empty() ? -1 : t.constant<float>("roi", DType::F32, {2 * R}, roi);
+                    int sc = scales.empty() ? -1 : t.constant<float>("scales", DType::F32, {R}, scales);
+                    std::vector<int> ins{xi, r, sc};
+                    if (!sizes.empty()) ins.push_back(m.ci64("sizes", sizes));
+                    t.output(t.node("Resize", ins, {F("y", y)}, attrs)[0]);
+                  }});
+  };
+  using A = std::map<std::string, graph::Attribute>;
+  resize("nearest x2 (asymmetric, floor: PyTorch's)", {1, 2, 3, 3}, {1, 1, 2, 2}, {}, {1, 2, 6, 6},
+         A{{"mode", attr_s("nearest")}, {"coordinate_transformation_mode", attr_s("asymmetric")}, {"nearest_mode", attr_s("floor")}});
+  resize("nearest to sizes (half_pixel, round_prefer_ceil)", {2, 1, 5, 4}, {}, {2, 1, 3, 7}, {2, 1, 3, 7},
+         A{{"mode", attr_s("nearest")}, {"nearest_mode", attr_s("round_prefer_ceil")}});
+  resize("linear x2 (pytorch_half_pixel: bilinear, align_corners=False)", {1, 2, 3, 4}, {1, 1, 2, 2}, {}, {1, 2, 6, 8},
+         A{{"mode", attr_s("linear")}, {"coordinate_transformation_mode", attr_s("pytorch_half_pixel")}});
+  resize("linear to sizes (align_corners)", {1, 2, 4, 3}, {}, {1, 2, 7, 5}, {1, 2, 7, 5},
+         A{{"mode", attr_s("linear")}, {"coordinate_transformation_mode", attr_s("align_corners")}});
+  resize("linear shrink 0.6 (half_pixel)", {1, 1, 5, 6}, {1, 1, 0.6f, 0.6f}, {}, {1, 1, 3, 3}, A{{"mode", attr_s("linear")}});
+  resize("cubic x1.5 (half_pixel)", {1, 2, 4, 4}, {1, 1, 1.5f, 1.5f}, {}, {1, 2, 6, 6}, A{{"mode", attr_s("cubic")}});
+  resize("cubic A=-0.5, exclude_outside, 3-D", {2, 5, 3}, {1, 0.8f, 2}, {}, {2, 4, 6},
+         A{{"mode", attr_s("cubic")}, {"cubic_coeff_a", attr_f(-0.5)}, {"exclude_outside", attr_i(1)}});
+  resize("linear tf_crop_and_resize (extrapolated edges)", {1, 1, 4, 4}, {}, {1, 1, 3, 5}, {1, 1, 3, 5},
+         A{{"mode", attr_s("linear")}, {"coordinate_transformation_mode", attr_s("tf_crop_and_resize")},
+           {"extrapolation_value", attr_f(0.5)}},
+         {0, 0, -0.2f, 0.3f, 1, 1, 0.8f, 1.25f});
   auto einsum = [&](const std::string& eq, std::vector<Shape> ins, Shape y) {
     cs.push_back({"Einsum " + eq, [=](TinyGraph& t, M& m) {
                     std::vector<int> xs;

@@ -25,6 +25,7 @@
 #include "graph/loader.hpp"
 #include "runtime/npy.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -116,6 +117,34 @@ void write_table() {
   write_file_atomic(kZoo / "zoo_table.md", md);
 }
 
+// `zoo_models.py forward NAMES`: each model exported at its usual input size (224, inception_v3
+// 299), smp-run --forward on 2 rows against PyTorch's train-mode forward; its JSON line per model.
+std::vector<nlohmann::json> forward_at_usual_size(const std::string& names) {
+  auto u = test::sh(py(fmt::format("forward {} --dir {} --smp-run {} --threads 2", names, kZoo.string(), test::bin("smp-run"))));
+  INFO(u.out);
+  REQUIRE(u.exit_code == 0);
+  std::vector<nlohmann::json> out;
+  std::istringstream in(u.out);
+  std::string line;
+  while (std::getline(in, line))
+    if (!line.empty() && line.front() == '{') out.push_back(nlohmann::json::parse(line));
+  REQUIRE(out.size() == static_cast<size_t>(std::count(names.begin(), names.end(), ' ') + 1));
+  return out;
+}
+
+// Whether smp's forward matches PyTorch's: within 1e-4 relative. Where PyTorch's float32 is itself
+// more than a tenth of that from its float64 (deep BatchNorm nets in training mode: resnet152 at
+// 224 2.5e-4), matching float32's rounding is not the question: there smp's
+// forward must be as close to float64 as PyTorch's float32 is (within 3 times, as step 4's gradients).
+bool usual_forward_matches(const nlohmann::json& j) {
+  const double err = j["forward"].get<double>(), err64 = j["float64"].get<double>(), gap = j["torch32"].get<double>();
+  INFO(j["name"].get<std::string>(), " at ", j["size"].get<int>(), ": smp against PyTorch float32 ", err, ", against float64 ",
+       err64, "; PyTorch float32 against float64 ", gap);
+  const bool ok = err <= 1e-4 || (gap > 1e-5 && err64 <= 3 * gap);
+  CHECK(ok);
+  return ok;
+}
+
 void check_model(const std::string& name) {
   auto t0 = std::chrono::steady_clock::now();
   fs::create_directories(kZoo / "results");
@@ -161,22 +190,16 @@ void check_model(const std::string& name) {
     CHECK(std::isfinite(rel_err(y, y)));
   }
   // The forward at the usual input size (224, inception_v3 299; the smallest is for speed, and
-  // above it swin builds its attention masks with ScatterND): smp-run --forward on 2 rows against
-  // PyTorch's train-mode forward (1e-4 relative); PyTorch float32's own gap to float64 is kept.
+  // above it swin builds its attention masks with ScatterND).
   bool usual_ok = false;
   {
-    auto u = test::sh(py(fmt::format("forward {} --dir {} --smp-run {} --threads 2", name, kZoo.string(), test::bin("smp-run"))));
-    INFO(u.out);
-    REQUIRE(u.exit_code == 0);
-    const auto at = u.out.find_last_of('{');
-    REQUIRE(at != std::string::npos);
-    const auto j = nlohmann::json::parse(u.out.substr(at));
+    const auto j = forward_at_usual_size(name).at(0);
     res["usual_size"] = j["size"];
     res["usual_forward_err"] = j["forward"];
+    res["usual_float64_err"] = j["float64"];
     res["usual_torch_gap"] = j["torch32"];
     save();
-    usual_ok = j["forward"].get<double>() <= 1e-4;
-    CHECK(j["forward"].get<double>() <= 1e-4);
+    usual_ok = usual_forward_matches(j);
   }
   // 3 SGD steps of a 2-stage pipelined plan (2 microbatches of 8, 1F1B, real worker processes)
   // at the smallest size on smp-run's synthetic data: every op's backward runs, the losses are
@@ -344,4 +367,11 @@ TEST_CASE("torchvision zoo: parameters, forward, pipelined training and the expo
     CAPTURE(name);
     check_model(name);
   }
+}
+
+// Segmentation models upsample their class maps to the input's size with Resize (bilinear,
+// pytorch_half_pixel): the two lightest of torchvision's (zoo_models.SEGMENTATION), their forward
+// at 224 against PyTorch's.
+TEST_CASE("torchvision segmentation (Resize): the forward at 224 equals PyTorch's") {
+  for (const auto& j : forward_at_usual_size("lraspp_mobilenet_v3_large deeplabv3_mobilenet_v3_large")) usual_forward_matches(j);
 }

@@ -32,6 +32,7 @@ constexpr OpKernel kTable[] = {
     KV(Reshape, reshape), K(Transpose, transpose), KV(Flatten, reshape), KV(Squeeze, reshape), KV(Unsqueeze, reshape),
     K(Concat, concat), K(Split, split), K(Slice, slice), K(Gather, gather), K(Expand, expand), K(Tile, tile),
     K(Trilu, trilu), K(Pad, pad), K(GatherElements, gather_elements),
+    K(Resize, resize), K(Upsample, resize),
     KF(Shape, shape), KF(Size, size), KF(Constant, constant), KF(ConstantOfShape, constant_of_shape), KF(Range, range),
     K(SoftmaxCrossEntropyLoss, sce_loss), K(NegativeLogLikelihoodLoss, nll_loss),
     KV(TpCopy, tp_copy), K(TpAllReduce, tp_allreduce), K(TpVocabGather, tp_vocab_gather),

@@ -3,8 +3,8 @@
 // the same way), the forward and backward are this directory's, the setup step runs at load on
 // the device where an op needs one. A forgotten entry does not compile (size), nor a misplaced
 // one (order). NO_KERNEL: the CPU runs the op, the CUDA backend refuses it at load (Einsum,
-// HardSigmoid, HardSwish, ReduceL2 and Pad of the torchvision exports, GatherElements and
-// NegativeLogLikelihoodLoss have no CUDA kernels yet).
+// HardSigmoid, HardSwish, ReduceL2 and Pad of the torchvision exports, GatherElements,
+// NegativeLogLikelihoodLoss, Resize and Upsample have no CUDA kernels yet).
 #include "runtime/cpu/kernels.hpp"
 #include "runtime/cuda/cuda_backend.hpp"
 #include "runtime/cuda/ops.hpp"
@@ -40,6 +40,7 @@ constexpr OpKernel kTable[] = {
     KV(Reshape, reshape), K(Transpose, transpose), KV(Flatten, reshape), KV(Squeeze, reshape), KV(Unsqueeze, reshape),
     K(Concat, concat), K(Split, split), K(Slice, slice), K(Gather, gather), K(Expand, expand), K(Tile, tile),
     K(Trilu, trilu), NO_KERNEL(Pad), NO_KERNEL(GatherElements),
+    NO_KERNEL(Resize), NO_KERNEL(Upsample),
     KF(Shape, shape), KF(Size, size), KF(Constant, constant), KF(ConstantOfShape, constant_of_shape), KF(Range, range),
     K(SoftmaxCrossEntropyLoss, sce_loss), NO_KERNEL(NegativeLogLikelihoodLoss),
     // Tensor parallelism runs on CPU workers only until the GPU workers carry its collectives.

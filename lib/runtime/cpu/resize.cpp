@@ -102,7 +102,8 @@ std::unique_ptr<KernelState> prep_resize(const NodeView& n) {
       std::vector<int64_t> sizes;
       if (legacy || !n.constant_ints(3, sizes)) n.fail("needs constant scales or sizes");
       if (sizes.size() != R) n.fail(fmt::format("{} sizes for rank {}", sizes.size(), R));
-      for (size_t d = 0; d < R; ++d) scale[d] = static_cast<double>(sizes[d]) / static_cast<double>(xs[d]);
+      for (size_t d = 0; d < R; ++d)  // an empty axis keeps scale 1 (resized to anything but 0, it is refused below)
+        scale[d] = xs[d] > 0 ? static_cast<double>(sizes[d]) / static_cast<double>(xs[d]) : 1.0;
     }
     if (ctm == "tf_crop_and_resize") {
       if (!n.has_input(1)) n.fail("tf_crop_and_resize needs the roi input");
@@ -118,7 +119,10 @@ std::unique_ptr<KernelState> prep_resize(const NodeView& n) {
 
   for (size_t d = 0; d < R; ++d) {
     const int64_t in = xs[d], out = ys[d];
-    const double sc = scale[d], width = sc * static_cast<double>(in);  // the reference's output_width
+    // The resized length in the formulas is scale * input, as ONNX's reference has it (its
+    // align_corners cases with scales need it: 4 shrunk by 0.6 is 2 long, the formulas use 2.4),
+    // and a pytorch_half_pixel output of length 1 reads coordinate -0.5, as the reference's.
+    const double sc = scale[d], width = sc * static_cast<double>(in);
     // An axis kept at scale 1 maps each index to itself (not so with tf_half_pixel_for_nn, which
     // shifts by half a pixel, or tf_crop_and_resize).
     if (in == out && ctm != "tf_crop_and_resize" && ctm != "tf_half_pixel_for_nn" && (sc == 1.0 || out == 0)) continue;
@@ -148,6 +152,9 @@ std::unique_ptr<KernelState> prep_resize(const NodeView& n) {
           s->extrapolates = true;
         }
       }
+      if (!std::isfinite(src)) n.fail(fmt::format("output {} of axis {} maps to a non-finite input coordinate", o, d));
+      // Far outside, every tap reads the edge: bounded so that the index arithmetic cannot overflow.
+      src = std::clamp(src, -4.0 - static_cast<double>(in), 4.0 + static_cast<double>(in));
       auto clamp = [in](int64_t i) { return std::clamp<int64_t>(i, 0, in - 1); };
       int64_t* idx = ax.idx.data() + o * ax.taps;
       float* w = ax.w.data() + o * ax.taps;

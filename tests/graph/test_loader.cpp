@@ -291,6 +291,48 @@ TEST_CASE("Max and Min of three or more inputs load as chains of two-input nodes
   fs::remove_all(dir);
 }
 
+TEST_CASE("a Resize's float scales initializer is a constant with its bytes, read by shape inference, not a weight") {
+  // y = Resize(x * w, scales = [1, 2]) with x [N, 4]: y [N, 8].
+  auto dir = test::temp_dir("resize_scales");
+  onnx::ModelProto m = tiny_model();
+  auto* g = m.mutable_graph();
+  g->clear_node();
+  auto add_floats = [&](const std::string& name, std::vector<float> v) {
+    auto* t = g->add_initializer();
+    t->set_name(name);
+    t->set_data_type(onnx::TensorProto::FLOAT);
+    t->add_dims(static_cast<int64_t>(v.size()));
+    t->set_raw_data(std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float)));
+  };
+  add_floats("w", {1, 2, 3, 4});
+  add_floats("scales", {1, 2});
+  auto* mul = g->add_node();
+  mul->set_op_type("Mul");
+  mul->add_input("x");
+  mul->add_input("w");
+  mul->add_output("h");
+  auto* rs = g->add_node();
+  rs->set_op_type("Resize");
+  for (const char* in : {"h", "", "scales"}) rs->add_input(in);
+  rs->add_output("y");
+  g->mutable_output(0)->mutable_type()->mutable_tensor_type()->mutable_shape()->mutable_dim(1)->set_dim_value(8);
+  auto path = write_model(dir, "resize.onnx", m);
+  for (bool weights : {false, true}) {  // a worker loads the weights: their bytes leave the model
+    CAPTURE(weights);
+    LoadOptions o = batch(2);
+    o.load_weights = weights;
+    Graph gr = load_graph(path, o);
+    check_well_formed(gr);
+    const Value& sc = gr.value(gr.find_value("scales"));
+    CHECK(sc.kind == ValueKind::Constant);
+    REQUIRE(sc.data);
+    CHECK(sc.data->numel() == 2);
+    CHECK(gr.parameters.size() == 1);  // w
+    CHECK(gr.value(gr.find_value("y")).shape == Shape{2, 8});
+  }
+  fs::remove_all(dir);
+}
+
 TEST_CASE("costs scale with the batch: FLOPs and activations double, parameters do not") {
   Graph a = load_graph(test::sample("cnn"), batch(4));
   Graph b = load_graph(test::sample("cnn"), batch(8));

@@ -17,6 +17,8 @@ architecture accepts (SIZES below; `sizes` re-derives them).
     zoo_models.py forward NAME... [--size S]  # exported at S (224), smp-run --forward against
                                            # PyTorch's train-mode forward (also the segmentation
                                            # models of SEGMENTATION, which upsample with Resize)
+    zoo_models.py segment NAME DIR [--size S]  # a segmentation model exported at S (64) with
+                                           # rows and per-pixel labels in DIR/NAME.ref (for gradient)
     zoo_models.py sizes NAME...            # smallest accepted input size, searched upwards from 1
     zoo_models.py table DIR                # markdown: every architecture with what DIR records
                                            # (the test's cache: exports and results/NAME.json)
@@ -149,14 +151,16 @@ _patch_exporter()
 
 
 class _SegmentationOut(torch.nn.Module):
-    """A segmentation model's "out" (its other outputs are auxiliary heads, off here)."""
+    """A segmentation model's "out" (its other outputs are auxiliary heads, off here), the class
+    axis last: [N, H, W, classes], as smp-run's cross-entropy (over the last axis, per pixel)
+    and `accumulate` read it."""
 
     def __init__(self, m):
         super().__init__()
         self.m = m
 
     def forward(self, x):
-        return self.m(x)["out"]
+        return self.m(x)["out"].permute(0, 2, 3, 1)
 
 
 def build(name, size=None, deterministic=True):
@@ -294,11 +298,13 @@ def bn_stats(model):
 
 def accumulate(m, x, y, mbs):
     """The `mbs` microbatches of x run one after the other, each loss scaled by 1/mbs and its
-    gradient accumulated (what one step of smp's pipeline computes); their summed loss."""
+    gradient accumulated (what one step of smp's pipeline computes); their summed loss. The loss:
+    cross-entropy over the output's last axis, the mean over all other positions (smp-run's)."""
     b = x.shape[0] // mbs
     total = 0.0
     for j in range(mbs):
-        loss = F.cross_entropy(m(x[j * b:(j + 1) * b]), y[j * b:(j + 1) * b]) / mbs
+        out = m(x[j * b:(j + 1) * b])  # classes on the last axis (per pixel for segmentation: mean over pixels)
+        loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), y[j * b:(j + 1) * b].reshape(-1)) / mbs
         loss.backward()
         total += loss.item()
     return total
@@ -615,6 +621,32 @@ def spread(a):
     return 0
 
 
+def segment(a):
+    """A segmentation model (SEGMENTATION) made ready for `gradient`: exported at SIZE into DIR
+    (NAME.sSIZE.onnx), and DIR/NAME.ref/ with MICROBATCHES microbatches of MICROBATCH_SIZE random
+    rows (x.npy), per-pixel labels (labels.npy, [rows, SIZE, SIZE]) and ref.json naming them.
+    smp-run trains on that folder (--data) with cross-entropy over the class axis, per pixel."""
+    if a.name not in SEGMENTATION:
+        print(f"{a.name} is not a segmentation model ({', '.join(SEGMENTATION)})", file=sys.stderr)
+        return 2
+    path = export_path(a.dir, a.name, a.size)
+    if not export_current(path):
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+            export(a.name, a.dir, a.size)
+    out = os.path.join(a.dir, f"{a.name}.ref")
+    os.makedirs(out, exist_ok=True)
+    rng = np.random.RandomState(a.seed)
+    rows = a.microbatches * a.microbatch_size
+    np.save(os.path.join(out, "x.npy"), rng.standard_normal((rows, 3, a.size, a.size)).astype(np.float32))
+    np.save(os.path.join(out, "labels.npy"), rng.randint(0, 21, size=(rows, a.size, a.size)).astype(np.int64))
+    ref = {"name": a.name, "size": a.size, "microbatch_size": a.microbatch_size, "microbatches": a.microbatches,
+           "model": os.path.basename(path)}
+    with open(os.path.join(out, "ref.json"), "w") as f:
+        json.dump(ref, f)
+    print(json.dumps(ref))
+    return 0
+
+
 def forward_at(a):
     """Each NAME (a classification architecture, or a segmentation model of SEGMENTATION) exported
     at SIZE (not only the smallest; default 224, inception_v3 299), run by
@@ -752,7 +784,7 @@ def main(argv=None):
     ev.add_argument("out")
     ev.add_argument("--threads", type=int, default=1)
     gr = sub.add_parser("gradient")
-    gr.add_argument("name", choices=sorted(SIZES))
+    gr.add_argument("name", choices=sorted(SIZES) + sorted(SEGMENTATION))
     gr.add_argument("dir")
     gr.add_argument("exported")
     gr.add_argument("lr", type=float)
@@ -765,6 +797,13 @@ def main(argv=None):
     sp.add_argument("--draws", type=int, default=6)
     sp.add_argument("--seed", type=int, default=100)
     sp.add_argument("--threads", type=int, default=2)
+    sg = sub.add_parser("segment")
+    sg.add_argument("name", choices=sorted(SEGMENTATION))
+    sg.add_argument("dir")
+    sg.add_argument("--size", type=int, default=64)
+    sg.add_argument("--microbatch-size", type=int, default=2)
+    sg.add_argument("--microbatches", type=int, default=2)
+    sg.add_argument("--seed", type=int, default=0)
     fa = sub.add_parser("forward")
     fa.add_argument("names", nargs="+", choices=sorted(SIZES) + sorted(SEGMENTATION))
     fa.add_argument("--size", type=int, help="input size (default 224, inception_v3 299)")
@@ -793,6 +832,8 @@ def main(argv=None):
         return gradient(a)
     if a.cmd == "spread":
         return spread(a)
+    if a.cmd == "segment":
+        return segment(a)
     if a.cmd == "forward":
         return forward_at(a)
     if a.cmd == "table":

@@ -145,6 +145,34 @@ bool usual_forward_matches(const nlohmann::json& j) {
   return ok;
 }
 
+// One SGD step of PLAN at lr 1e6 on the rows of DIR/NAME.ref, exported to ONE, and
+// `zoo_models.py gradient`'s comparison of its gradient, (w0 - w1) / lr, with PyTorch's float64
+// and float32 gradients (its JSON line).
+nlohmann::json one_step_gradient(const std::string& name, const fs::path& dir, const fs::path& plan, const fs::path& rows,
+                                 const fs::path& one) {
+  auto run = test::sh(fmt::format("{} {} --steps 1 --lr 1e6 --data {} --export {} --threads-per-worker 1 --quiet --timeout 600",
+                                  test::bin("smp-run"), plan.string(), rows.string(), one.string()));
+  INFO(run.out);
+  REQUIRE(run.exit_code == 0);
+  auto pg = test::sh(py(fmt::format("gradient {} {} {} 1e6 --threads 2", name, dir.string(), one.string())));
+  INFO(pg.out);
+  REQUIRE(pg.exit_code == 0);
+  const auto last = pg.out.find_last_of('{');
+  REQUIRE(last != std::string::npos);
+  return nlohmann::json::parse(pg.out.substr(last));
+}
+
+// Step 4's bound: smp's gradient over all parameters as one vector, and its median tensor, each
+// at most 3 times as far from PyTorch's float64 gradient as PyTorch's float32 gradient is (or 1e-4).
+bool gradient_matches(const nlohmann::json& grad) {
+  const double gerr = grad["smp"].get<double>(), gmed = grad["smp_median"].get<double>();
+  const double gbound = std::max(1e-4, 3 * grad["torch32"].get<double>());
+  const double mbound = std::max(1e-4, 3 * grad["torch32_median"].get<double>());
+  CHECK(gerr <= gbound);
+  CHECK(gmed <= mbound);
+  return gerr <= gbound && gmed <= mbound;
+}
+
 void check_model(const std::string& name) {
   auto t0 = std::chrono::steady_clock::now();
   fs::create_directories(kZoo / "results");
@@ -335,25 +363,12 @@ void check_model(const std::string& name) {
   //    each at most 3 times as far as PyTorch's own float32 gradient (or 1e-4). Where a ReLU input
   //    sits within rounding of its kink, float32 flips it and both are off by percents
   //    (docs/models.md, "Rounding or a wrong gradient?"); a wrong rule is off in every channel.
-  auto one = test::sh(fmt::format("{} {} --steps 1 --lr 1e6 --data {} --export {} --threads-per-worker 1 --quiet --timeout 600",
-                                  test::bin("smp-run"), plan.string(), rdir.string(), (work / "one.onnx").string()));
-  INFO(one.out);
-  REQUIRE(one.exit_code == 0);
-  auto pg = test::sh(py(fmt::format("gradient {} {} {} 1e6 --threads 2", name, kZoo.string(), (work / "one.onnx").string())));
-  INFO(pg.out);
-  REQUIRE(pg.exit_code == 0);
-  const auto last = pg.out.find_last_of('{');
-  REQUIRE(last != std::string::npos);
-  const auto grad = nlohmann::json::parse(pg.out.substr(last));
-  const double gerr = grad["smp"].get<double>(), gmed = grad["smp_median"].get<double>();
-  const double gbound = std::max(1e-4, 3 * grad["torch32"].get<double>());
-  const double mbound = std::max(1e-4, 3 * grad["torch32_median"].get<double>());
-  res["gradient_err"] = gerr;
-  res["gradient_median_err"] = gmed;
+  const auto grad = one_step_gradient(name, kZoo, plan, rdir, work / "one.onnx");
+  res["gradient_err"] = grad["smp"];
+  res["gradient_median_err"] = grad["smp_median"];
   res["torch_gradient_gaps"] = {grad["torch32"], grad["torch32_median"]};
-  CHECK(gerr <= gbound);
-  CHECK(gmed <= mbound);
-  bool ok = usual_ok && ferr <= 1e-4 && lerr <= 1e-3 && eerr <= 1e-4 && serr <= 1e-3 && gerr <= gbound && gmed <= mbound &&
+  const bool gok = gradient_matches(grad);
+  bool ok = usual_ok && ferr <= 1e-4 && lerr <= 1e-3 && eerr <= 1e-4 && serr <= 1e-3 && gok &&
             summary["parameters"].get<int64_t>() == info["params"].get<int64_t>();
   res["status"] = ok ? (posed == "ok" ? "passes" : "passes (ill-conditioned)") : (posed == "ok" ? "failed" : "failed (ill-conditioned)");
   save();
@@ -371,7 +386,26 @@ TEST_CASE("torchvision zoo: parameters, forward, pipelined training and the expo
 
 // Segmentation models upsample their class maps to the input's size with Resize (bilinear,
 // pytorch_half_pixel): the two lightest of torchvision's (zoo_models.SEGMENTATION), their forward
-// at 224 against PyTorch's.
-TEST_CASE("torchvision segmentation (Resize): the forward at 224 equals PyTorch's") {
+// at 224 against PyTorch's; and one SGD step of the lightest at 64 (2-stage pipeline, 2
+// microbatches of 2, cross-entropy per pixel), its gradient against PyTorch's as in step 4.
+TEST_CASE("torchvision segmentation (Resize): the forward at 224 and one step's gradient equal PyTorch's") {
   for (const auto& j : forward_at_usual_size("lraspp_mobilenet_v3_large deeplabv3_mobilenet_v3_large")) usual_forward_matches(j);
+
+  const std::string name = "lraspp_mobilenet_v3_large";
+  const fs::path dir = kZoo / "segmentation";
+  auto seg = test::sh(py(fmt::format("segment {} {}", name, dir.string())));
+  INFO(seg.out);
+  REQUIRE(seg.exit_code == 0);
+  const auto ref = nlohmann::json::parse(seg.out.substr(seg.out.find_last_of('{')));
+  auto work = test::temp_dir("zoo_segmentation");
+  const fs::path plan = work / "plan.json";
+  auto p = test::sh(fmt::format("{} {} --batch-size {} --stages 2 --data-parallel 1 --devices 2 --microbatches {} --schedule 1f1b "
+                                "--optimizer sgd -o {}",
+                                test::bin("smp-plan"), (dir / ref["model"].get<std::string>()).string(),
+                                ref["microbatches"].get<int>() * ref["microbatch_size"].get<int>(), ref["microbatches"].get<int>(),
+                                plan.string()));
+  INFO(p.out);
+  REQUIRE(p.exit_code == 0);
+  gradient_matches(one_step_gradient(name, dir, plan, dir / (name + ".ref"), work / "one.onnx"));
+  fs::remove_all(work);
 }

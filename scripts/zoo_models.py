@@ -17,8 +17,8 @@ architecture accepts (SIZES below; `sizes` re-derives them).
     zoo_models.py forward NAME... [--size S]  # exported at S (224), smp-run --forward against
                                            # PyTorch's train-mode forward (also the segmentation
                                            # models of SEGMENTATION, which upsample with Resize)
-    zoo_models.py segment NAME DIR [--size S]  # a segmentation model exported at S (64) with
-                                           # rows and per-pixel labels in DIR/NAME.ref (for gradient)
+    zoo_models.py rows NAME DIR [--size S]  # NAME exported at S with random rows and labels in
+                                           # DIR/NAME.ref (for gradient; per pixel for segmentation)
     zoo_models.py sizes NAME...            # smallest accepted input size, searched upwards from 1
     zoo_models.py table DIR                # markdown: every architecture with what DIR records
                                            # (the test's cache: exports and results/NAME.json)
@@ -621,26 +621,28 @@ def spread(a):
     return 0
 
 
-def segment(a):
-    """A segmentation model (SEGMENTATION) made ready for `gradient`: exported at SIZE into DIR
-    (NAME.sSIZE.onnx), and DIR/NAME.ref/ with MICROBATCHES microbatches of MICROBATCH_SIZE random
-    rows (x.npy), per-pixel labels (labels.npy, [rows, SIZE, SIZE]) and ref.json naming them.
-    smp-run trains on that folder (--data) with cross-entropy over the class axis, per pixel."""
-    if a.name not in SEGMENTATION:
-        print(f"{a.name} is not a segmentation model ({', '.join(SEGMENTATION)})", file=sys.stderr)
-        return 2
-    path = export_path(a.dir, a.name, a.size)
+def rows(a):
+    """Rows for `gradient` (and smp-run --data) without a reference search: NAME exported at SIZE
+    into EXPORTS (default DIR; reused when current), and DIR/NAME.ref/ with MICROBATCHES
+    microbatches of MICROBATCH_SIZE random rows (x.npy), labels (labels.npy: a class per row, or
+    for a segmentation model one per pixel, [rows, SIZE, SIZE]) and ref.json naming them. SIZE:
+    a classification architecture's smallest but at least 32, a segmentation model's 64."""
+    seg = a.name in SEGMENTATION
+    size = a.size or (64 if seg else max(SIZES[a.name], 32))
+    exports = a.exports or a.dir
+    path = export_path(exports, a.name, size)
     if not export_current(path):
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
-            export(a.name, a.dir, a.size)
+            export(a.name, exports, size)
     out = os.path.join(a.dir, f"{a.name}.ref")
     os.makedirs(out, exist_ok=True)
     rng = np.random.RandomState(a.seed)
-    rows = a.microbatches * a.microbatch_size
-    np.save(os.path.join(out, "x.npy"), rng.standard_normal((rows, 3, a.size, a.size)).astype(np.float32))
-    np.save(os.path.join(out, "labels.npy"), rng.randint(0, 21, size=(rows, a.size, a.size)).astype(np.int64))
-    ref = {"name": a.name, "size": a.size, "microbatch_size": a.microbatch_size, "microbatches": a.microbatches,
-           "model": os.path.basename(path)}
+    n = a.microbatches * a.microbatch_size
+    np.save(os.path.join(out, "x.npy"), rng.standard_normal((n, 3, size, size)).astype(np.float32))
+    labels = rng.randint(0, 21, size=(n, size, size)) if seg else rng.randint(0, 1000, size=(n,))
+    np.save(os.path.join(out, "labels.npy"), labels.astype(np.int64))
+    ref = {"name": a.name, "size": size, "microbatch_size": a.microbatch_size, "microbatches": a.microbatches,
+           "model": os.path.relpath(path, a.dir)}
     with open(os.path.join(out, "ref.json"), "w") as f:
         json.dump(ref, f)
     print(json.dumps(ref))
@@ -704,8 +706,8 @@ def table(d):
     """Every architecture: family, smallest input, nodes and parameters of its export, and the
     zoo test's result where DIR has one (else "not run")."""
     rows = ["| architecture | family | smallest input | nodes | parameters | forward at 224 (inception 299) | "
-            "compared at (input, microbatch, lr) | status |",
-            "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |"]
+            "one step's gradient on rows (smp, PyTorch float32) | compared at (input, microbatch, lr) | status |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
     for n in sorted(SIZES, key=lambda n: (family(n), n)):
         info, res = {}, {}
         for path, into in ((os.path.join(d, n + ".json"), info), (os.path.join(d, "results", n + ".json"), res)):
@@ -727,8 +729,12 @@ def table(d):
         usual = f"{res['usual_forward_err']:.1e}" if "usual_forward_err" in res else "–"
         if res.get("usual_forward_err", 0) > 1e-4 and "usual_float64_err" in res:  # ill-conditioned (test_zoo)
             usual += f" (to float64 {res['usual_float64_err']:.1e}, PyTorch float32's {res['usual_torch_gap']:.1e})"
+        if "rows_gradient_err" in res:
+            grad = f"{res['rows_gradient_err']:.1e}, {res['rows_torch_gradient_gaps'][0]:.1e}"
+        else:
+            grad = "–" if "rows_gradient_at" not in res else "over 150 M parameters"
         rows.append(f"| {n} | {family(n)} | {SIZES[n]} | {nodes if nodes is not None else '–'} | "
-                    f"{f'{params:,}' if params is not None else '–'} | {usual} | {res.get('compared_at', '–')} | {status} |")
+                    f"{f'{params:,}' if params is not None else '–'} | {usual} | {grad} | {res.get('compared_at', '–')} | {status} |")
     print("\n".join(rows))
     return 0
 
@@ -797,13 +803,14 @@ def main(argv=None):
     sp.add_argument("--draws", type=int, default=6)
     sp.add_argument("--seed", type=int, default=100)
     sp.add_argument("--threads", type=int, default=2)
-    sg = sub.add_parser("segment")
-    sg.add_argument("name", choices=sorted(SEGMENTATION))
-    sg.add_argument("dir")
-    sg.add_argument("--size", type=int, default=64)
-    sg.add_argument("--microbatch-size", type=int, default=2)
-    sg.add_argument("--microbatches", type=int, default=2)
-    sg.add_argument("--seed", type=int, default=0)
+    rw = sub.add_parser("rows")
+    rw.add_argument("name", choices=sorted(SIZES) + sorted(SEGMENTATION))
+    rw.add_argument("dir")
+    rw.add_argument("--size", type=int)
+    rw.add_argument("--exports")
+    rw.add_argument("--microbatch-size", type=int, default=2)
+    rw.add_argument("--microbatches", type=int, default=2)
+    rw.add_argument("--seed", type=int, default=0)
     fa = sub.add_parser("forward")
     fa.add_argument("names", nargs="+", choices=sorted(SIZES) + sorted(SEGMENTATION))
     fa.add_argument("--size", type=int, help="input size (default 224, inception_v3 299)")
@@ -832,8 +839,8 @@ def main(argv=None):
         return gradient(a)
     if a.cmd == "spread":
         return spread(a)
-    if a.cmd == "segment":
-        return segment(a)
+    if a.cmd == "rows":
+        return rows(a)
     if a.cmd == "forward":
         return forward_at(a)
     if a.cmd == "table":

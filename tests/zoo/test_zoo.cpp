@@ -2,8 +2,10 @@
 // python3-torchvision, exported as PyTorch trains it, against PyTorch. For each architecture:
 //   - the export at its smallest input size loads, its summary's parameter count is PyTorch's,
 //     smp-run --forward runs it (finite logits), at the usual input size (224, inception_v3 299)
-//     its forward equals PyTorch's (1e-4 relative to the largest logit), and 3 steps of a 2-stage
-//     pipelined plan train it on synthetic data (finite losses that move);
+//     its forward equals PyTorch's (1e-4 relative to the largest logit), 3 steps of a 2-stage
+//     pipelined plan train it on synthetic data (finite losses that move), and one step's
+//     gradient on random rows is as close to PyTorch's float64 gradient as PyTorch's float32
+//     gradient (up to 150 M parameters);
 //   - at a well-posed comparison (zoo_models.py reference: float32 PyTorch agrees with float64
 //     PyTorch there; at the smallest sizes BatchNorm over a handful of values is chaotic; where
 //     none is found, at the closest, recording PyTorch's own float32 gaps there), the
@@ -15,8 +17,9 @@
 //     float64 gradient as PyTorch's float32 gradient is (within 3 times, or 1e-4).
 // Which architectures: SMP_ZOO_MODELS (comma-separated names), else the fast subset. With
 // SMP_ZOO_SMOKE=1 only the first step runs (export, parameter count, a forward, the forward at
-// the usual size against PyTorch's, 3 pipelined training steps on synthetic data): a quick survey
-// of many architectures, recorded with the status "trains (not compared)". Exports
+// the usual size against PyTorch's, 3 pipelined training steps on synthetic data, one step's
+// gradient on random rows): a survey of every architecture without the reference search, recorded
+// with the status "trains (not compared)". Exports
 // and references are cached under testdata/zoo; each result lands in testdata/zoo/results and
 // testdata/zoo/zoo_table.md collects them (the table in docs/models.md).
 #include "run_util.hpp"

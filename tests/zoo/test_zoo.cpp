@@ -170,11 +170,16 @@ nlohmann::json one_step_gradient(const std::string& name, const fs::path& dir, c
 }
 
 // Step 4's bound: smp's gradient over all parameters as one vector, and its median tensor, each
-// at most 3 times as far from PyTorch's float64 gradient as PyTorch's float32 gradient is (or 1e-4).
+// at most 3 times as far from PyTorch's float64 gradient as PyTorch's float32 gradient is (or
+// 1e-4), the largest over its run and 3 runs on the rows moved by rounding (1e-7): one float32
+// run is one draw where ReLU inputs sit at their kinks (shufflenet_v2_x1_5 at input 32: 8.8e-5 at
+// 2 threads, 5.9e-3 at 1).
 bool gradient_matches(const nlohmann::json& grad) {
   const double gerr = grad["smp"].get<double>(), gmed = grad["smp_median"].get<double>();
-  const double gbound = std::max(1e-4, 3 * grad["torch32"].get<double>());
-  const double mbound = std::max(1e-4, 3 * grad["torch32_median"].get<double>());
+  const double gbound = std::max(1e-4, 3 * grad["torch32_max"].get<double>());
+  const double mbound = std::max(1e-4, 3 * grad["torch32_median_max"].get<double>());
+  INFO("smp ", gerr, " (median tensor ", gmed, "); PyTorch float32 at most ", grad["torch32_max"].get<double>(), " (",
+       grad["torch32_median_max"].get<double>(), ")");
   CHECK(gerr <= gbound);
   CHECK(gmed <= mbound);
   return gerr <= gbound && gmed <= mbound;

@@ -87,6 +87,24 @@ onnx::ModelProto tiny_model() {
   return m;
 }
 
+// k parameters w0 .. w{k-1} of 4 values (w_i[j] = i + sign * j) and nodes mul{i}: m{i} = x * w{i}.
+void add_scaled_copies(onnx::GraphProto* g, int k, int sign) {
+  const std::string x = "x";  // (add_input("x") inlined in a loop trips a GCC 12 -Wrestrict false positive)
+  for (int i = 0; i < k; ++i) {
+    auto* w = g->add_initializer();
+    w->set_name(fmt::format("w{}", i));
+    w->set_data_type(onnx::TensorProto::FLOAT);
+    w->add_dims(4);
+    for (int j = 0; j < 4; ++j) w->add_float_data(static_cast<float>(i + sign * j));
+    auto* mul = g->add_node();
+    mul->set_name(fmt::format("mul{}", i));
+    mul->set_op_type("Mul");
+    mul->add_input(x);
+    mul->add_input(w->name());
+    mul->add_output(fmt::format("m{}", i));
+  }
+}
+
 fs::path write_model(const fs::path& dir, const std::string& name, const onnx::ModelProto& m) {
   fs::path p = dir / name;
   std::ofstream out(p, std::ios::binary);
@@ -208,20 +226,7 @@ TEST_CASE("a Concat of more than 32 inputs trains every one (DenseNet-169's bloc
   auto* g = m.mutable_graph();
   g->clear_node();
   const int k = 40;
-  const std::string x = "x";  // (add_input("x") inlined in a loop trips a GCC 12 -Wrestrict false positive)
-  for (int i = 0; i < k; ++i) {
-    auto* w = g->add_initializer();
-    w->set_name(fmt::format("w{}", i));
-    w->set_data_type(onnx::TensorProto::FLOAT);
-    w->add_dims(4);
-    for (int j = 0; j < 4; ++j) w->add_float_data(static_cast<float>(i + j));
-    auto* mul = g->add_node();
-    mul->set_name(fmt::format("mul{}", i));
-    mul->set_op_type("Mul");
-    mul->add_input(x);
-    mul->add_input(w->name());
-    mul->add_output(fmt::format("m{}", i));
-  }
+  add_scaled_copies(g, k, 1);
   auto* cat = g->add_node();
   cat->set_name("cat");
   cat->set_op_type("Concat");
@@ -248,20 +253,7 @@ TEST_CASE("Max and Min of three or more inputs load as chains of two-input nodes
   g->clear_node();
   *g->add_output() = g->output(0);
   g->mutable_output(1)->set_name("z");
-  const std::string x = "x";
-  for (int i = 0; i < 4; ++i) {
-    auto* w = g->add_initializer();
-    w->set_name(fmt::format("w{}", i));
-    w->set_data_type(onnx::TensorProto::FLOAT);
-    w->add_dims(4);
-    for (int j = 0; j < 4; ++j) w->add_float_data(static_cast<float>(i - j));
-    auto* mul = g->add_node();
-    mul->set_name(fmt::format("mul{}", i));
-    mul->set_op_type("Mul");
-    mul->add_input(x);
-    mul->add_input(w->name());
-    mul->add_output(fmt::format("m{}", i));
-  }
+  add_scaled_copies(g, 4, -1);
   for (const char* op : {"Max", "Min"}) {
     auto* n = g->add_node();
     n->set_name(op == std::string("Max") ? "top" : "bottom");

@@ -115,8 +115,8 @@ SIZES = {
 }
 
 # torchvision's segmentation models (21 classes, no auxiliary head): their class maps are
-# upsampled to the input's size by bilinear interpolation (Resize). `forward` runs them; their
-# output is the model's "out".
+# upsampled to the input's size by bilinear interpolation (Resize). `forward`, `rows` and
+# `gradient` run them; their output is the model's "out", classes last (_SegmentationOut).
 SEGMENTATION = ("fcn_resnet50", "fcn_resnet101", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50",
                 "deeplabv3_resnet101", "lraspp_mobilenet_v3_large")
 
@@ -587,8 +587,8 @@ def gradient(a):
     # input 32: 8.8e-5 from float64 at 2 threads, 5.9e-3 at 1). DRAWS more runs on the rows moved
     # by 1e-7 relative (the size of float32's rounding of them) sample that spread.
     draws = []
-    for k in range(a.draws):
-        gen = torch.Generator().manual_seed(a.seed + k)
+    for d in range(a.draws):
+        gen = torch.Generator().manual_seed(a.seed + d)
         xp = (x.double() * (1 + 1e-7 * torch.randn(x.shape, generator=gen, dtype=torch.float64))).float()
         g = grads(m32, xp, False)
         vec = float(np.sqrt(sum(float(np.sum((g[k] - g64[k]) ** 2)) for k in g64)) / n)

@@ -229,6 +229,17 @@ def export_current(path):
         return json.load(f).get("version") == EXPORT_VERSION
 
 
+def ensure_export(name, out_dir, size):
+    """NAME's export at SIZE in OUT_DIR, made (its summary line not printed) unless current:
+    its path, and whether it was made now."""
+    path = export_path(out_dir, name, size)
+    if export_current(path):
+        return path, False
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+        export(name, out_dir, size)
+    return path, True
+
+
 def export(name, out_dir, size=None):
     import onnx
 
@@ -649,10 +660,7 @@ def rows(a):
     seg = a.name in SEGMENTATION
     size = a.size or (64 if seg else max(SIZES[a.name], 32))
     exports = a.exports or a.dir
-    path = export_path(exports, a.name, size)
-    if not export_current(path):
-        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
-            export(a.name, exports, size)
+    path, _ = ensure_export(a.name, exports, size)
     out = os.path.join(a.dir, f"{a.name}.ref")
     os.makedirs(out, exist_ok=True)
     rng = np.random.RandomState(a.seed)
@@ -683,12 +691,8 @@ def forward_at(a):
     status = 0
     for name in a.names:
         size = a.size or (299 if name == "inception_v3" else 224)
-        path = export_path(a.dir, name, size)
-        made = False
-        if not export_current(path):
-            with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
-                export(name, a.dir, size)
-            made = size != SIZES.get(name)
+        path, made = ensure_export(name, a.dir, size)
+        made = made and size != SIZES.get(name)  # never the zoo's own export at the smallest size
         rows = os.path.join(a.dir, f"{name}.s{size}.rows")
         os.makedirs(rows, exist_ok=True)
         x = np.random.RandomState(a.seed).standard_normal((2, 3, size, size)).astype(np.float32)

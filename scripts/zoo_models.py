@@ -12,8 +12,9 @@ architecture accepts (SIZES below; `sizes` re-derives them).
     zoo_models.py eval NAME SIZE ONNX X OUT  # PyTorch's eval() forward with an ONNX file's weights
     zoo_models.py gradient NAME DIR EXPORTED LR  # one step's gradient: smp's (from EXPORTED) and
                                            # PyTorch float32's, each against float64
-    zoo_models.py spread NAME DIR [--losses F]   # float32's losses on rounding-sized moves of the
-                                           # rows against float64's (and smp's, from F)
+    zoo_models.py spread NAME DIR [--losses F --trained ONNX --logits L]  # float32's losses and
+                                           # statistics on rounding-sized moves of the rows against
+                                           # float64's (and smp's, from smp-run's files)
     zoo_models.py forward NAME... [--size S]  # exported at S (224), smp-run --forward against
                                            # PyTorch's train-mode forward (also the segmentation
                                            # models of SEGMENTATION, which upsample with Resize)
@@ -629,35 +630,68 @@ def gradient(a):
 
 
 def spread(a):
-    """How far float32 lands from float64 at a reference's configuration, sampled: PyTorch's
-    float32 training (the reference's steps, rows and lr) on DRAWS copies of the rows, each moved
-    by 1e-7 relative (the size of float32's rounding of them), every draw's losses against float64's;
-    with --losses (smp-run --losses on the same rows), smp's beside them. Where a comparison is
-    ill-conditioned, one float32 run is one draw of many: smp's error is rounding if it lies
-    within this spread. A JSON line last."""
+    """How far float32 lands from float64 at a reference's configuration, sampled: where a
+    comparison is ill-conditioned, one float32 run is one draw of many, and smp's error is rounding
+    if it lies within float32's spread. PyTorch's float64 run of the reference (its train-mode
+    forward of the first microbatch, its steps, the running statistics after them) against the
+    reference's own float32 run (its files) and DRAWS float32 runs on the rows moved by 1e-7
+    relative (the size of float32's rounding of them): per draw, the losses' largest error relative
+    to float64's and the statistics' gap (stats_gap). With --losses (smp-run --losses on the same
+    rows), --trained (smp-run --export's model after them) and --logits (smp-run --forward's output
+    for forward/x.npy), smp's errors against float64 beside them. A JSON line last (the zoo test
+    reads it): per quantity, smp's error and float32's largest."""
+    import onnx
+    from onnx import numpy_helper
+
     torch.set_num_threads(a.threads)
     ref, x, y, model = load_reference(a.dir, a.name)
+    ref_dir = os.path.join(a.dir, f"{a.name}.ref")
     m = build(a.name, ref["size"])
     load_onnx_weights(m, model)
-    mbs, lr, steps = ref["microbatches"], ref["lr"], ref["steps"]
-    l64 = train3(copy.deepcopy(m).double(), x.double(), y, mbs, lr, steps)
-    print(f"{a.name}: {steps} steps at input {ref['size']}, {mbs} microbatches of {ref['microbatch_size']}, "
+    mbs, mb, lr, steps = ref["microbatches"], ref["microbatch_size"], ref["lr"], ref["steps"]
+    m64 = copy.deepcopy(m).double()
+    with torch.no_grad():
+        logits64 = copy.deepcopy(m64)(x[:mb].double()).numpy()
+    l64 = train3(m64, x.double(), y, mbs, lr, steps)
+    s64 = bn_stats(m64)
+    del m64
+    print(f"{a.name}: {steps} steps at input {ref['size']}, {mbs} microbatches of {mb}, "
           f"lr {lr:g}; float64's losses {', '.join(f'{v:.6f}' for v in l64)}; per step, relative to them:")
-    draws = []
+
+    def stats_of(path_or_dir):
+        if os.path.isdir(path_or_dir):
+            return {n: np.load(os.path.join(path_or_dir, n + ".npy")) for n in s64}
+        ws = {t.name: numpy_helper.to_array(t) for t in onnx.load(path_or_dir).graph.initializer}
+        return {n: ws[n] for n in s64}
+
+    reference_losses = np.array(ref["losses"])
+    e = (reference_losses - l64) / np.abs(l64)
+    loss_draws = [float(np.abs(e).max())]
+    stats_draws = [stats_gap(stats_of(os.path.join(ref_dir, "stats")), s64)] if s64 else [0.0]
+    print(f"  the reference:  {' '.join(f'{v:+.2e}' for v in e)}  statistics {stats_draws[0]:.1e}")
     for k in range(a.draws):
         g = torch.Generator().manual_seed(a.seed + k)
         xp = (x.double() * (1 + 1e-7 * torch.randn(x.shape, generator=g, dtype=torch.float64))).float()
-        e = (train3(copy.deepcopy(m), xp, y, mbs, lr, steps) - l64) / np.abs(l64)
-        draws.append(float(np.abs(e).max()))
-        print(f"  float32 draw {k}: {' '.join(f'{v:+.2e}' for v in e)}", flush=True)
-    out = {"name": a.name, "float32_draws": sorted(draws)}
+        mk = copy.deepcopy(m)
+        e = (train3(mk, xp, y, mbs, lr, steps) - l64) / np.abs(l64)
+        loss_draws.append(float(np.abs(e).max()))
+        stats_draws.append(stats_gap(bn_stats(mk), s64) if s64 else 0.0)
+        print(f"  float32 draw {k}: {' '.join(f'{v:+.2e}' for v in e)}  statistics {stats_draws[-1]:.1e}", flush=True)
+    out = {"name": a.name, "float32_draws": sorted(loss_draws[1:]),
+           "forward": {"torch32_max": rel(np.load(os.path.join(ref_dir, "forward", "logits.npy")), logits64)},
+           "losses": {"torch32_max": max(loss_draws)}, "stats": {"torch32_max": max(stats_draws)}}
     if a.losses:
         got = np.loadtxt(a.losses, ndmin=1)  # smp-run --losses: one loss per step
         e = (got - l64) / np.abs(l64)
-        out["smp"] = float(np.abs(e).max())
+        out["smp"] = out["losses"]["smp"] = float(np.abs(e).max())
         print(f"  smp:            {' '.join(f'{v:+.2e}' for v in e)}")
-    print(f"  largest error per run: float32 draws {', '.join(f'{v:.1e}' for v in sorted(draws))}"
-          + (f"; smp {out['smp']:.1e}" if a.losses else ""))
+    if a.trained:
+        out["stats"]["smp"] = stats_gap(stats_of(a.trained), s64) if s64 else 0.0
+    if a.logits:
+        out["forward"]["smp"] = rel(np.load(a.logits), logits64)
+    print("  against float64, float32's largest over the reference and its draws" + (", smp's" if a.losses else "") + ":")
+    for q in ("forward", "losses", "stats"):
+        print(f"    {q:8s} {out[q]['torch32_max']:.1e}" + (f", smp {out[q]['smp']:.1e}" if "smp" in out[q] else ""))
     print(json.dumps(out))
     return 0
 
@@ -760,6 +794,10 @@ def table(d):
                        f"losses {g['losses']:.1e}, stats {g['stats']:.1e})" if not status.startswith("failed") else
                        f" (PyTorch's own gaps there: forward {g['forward']:.1e}, losses {g['losses']:.1e}, "
                        f"stats {g['stats']:.1e})")
+        if "float64" in res:  # test_zoo judged the quantities over their tolerances against float64
+            f = res["float64"]
+            status += ("; against float64: smp " + ", ".join(f"{q} {f[q]['smp']:.1e}" for q in f)
+                       + "; PyTorch float32 at most " + ", ".join(f"{q} {f[q]['torch32_max']:.1e}" for q in f))
         usual = f"{res['usual_forward_err']:.1e}" if "usual_forward_err" in res else "–"
         if res.get("usual_forward_err", 0) > 1e-4 and "usual_float64_err" in res:  # ill-conditioned (test_zoo)
             usual += f" (to float64 {res['usual_float64_err']:.1e}, PyTorch float32's {res['usual_torch_gap']:.1e})"
@@ -837,6 +875,8 @@ def main(argv=None):
     sp.add_argument("name", choices=sorted(SIZES))
     sp.add_argument("dir")
     sp.add_argument("--losses")
+    sp.add_argument("--trained")
+    sp.add_argument("--logits")
     sp.add_argument("--draws", type=int, default=6)
     sp.add_argument("--seed", type=int, default=100)
     sp.add_argument("--threads", type=int, default=2)

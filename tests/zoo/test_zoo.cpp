@@ -14,7 +14,9 @@
 //     (1e-3 relative), the running statistics after them are PyTorch's (1e-3 relative), and the
 //     exported model (inference form) infers as PyTorch's eval() does with the same file's
 //     weights and statistics (1e-4 relative), and one step's gradient is as close to PyTorch's
-//     float64 gradient as PyTorch's float32 gradient is (within 3 times, or 1e-4).
+//     float64 gradient as PyTorch's float32 gradient is (within 3 times, or 1e-4). Where the
+//     comparison is ill-posed, a forward, losses or statistics over its tolerance must be as
+//     close to PyTorch's float64 as PyTorch's float32 gets (within 3 times its largest over 4 runs).
 // Which architectures: SMP_ZOO_MODELS (comma-separated names), else the fast subset. With
 // SMP_ZOO_SMOKE=1 only the first step runs (export, parameter count, a forward, the forward at
 // the usual size against PyTorch's, 3 pipelined training steps on synthetic data, one step's
@@ -34,6 +36,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <tuple>
 #include <sstream>
 
 using namespace smp;
@@ -340,7 +343,6 @@ void check_model(const std::string& name) {
   double ferr = rel_err(runtime::read_npy(work / "forward" / "logits.npy"), runtime::read_npy(rdir / "forward" / "logits.npy"));
   res["forward_err"] = ferr;
   save();
-  CHECK(ferr <= 1e-4);
 
   auto plan = work / "plan.json";
   auto p = test::sh(fmt::format("{} {} --batch-size {} --stages 2 --data-parallel 1 --devices 2 --microbatches 2 --schedule 1f1b "
@@ -364,7 +366,6 @@ void check_model(const std::string& name) {
   }
   res["loss_err"] = lerr;
   save();
-  CHECK(lerr <= 1e-3);
 
   // 3. The exported model infers as PyTorch's eval() does with that file's weights and running
   //    statistics, and those statistics are PyTorch's after the same training.
@@ -411,7 +412,6 @@ void check_model(const std::string& name) {
   res["stats_err"] = serr;
   res["running_stats"] = stats;
   save();
-  CHECK(serr <= 1e-3);
 
   // 4. One step's gradient, which 3 steps' losses can miss (ConvNeXt's blocks are scaled by 1e-6,
   //    a wrong gradient there hardly moves a loss): smp's, (w0 - w1) / lr at lr 1e6, against
@@ -425,8 +425,46 @@ void check_model(const std::string& name) {
   res["torch_gradient_gaps"] = {grad["torch32"], grad["torch32_median"]};
   res["torch_gradient_spread"] = {grad["torch32_max"], grad["torch32_median_max"]};
   const bool gok = gradient_matches(grad);
-  const bool ok = step1_ok && ferr <= 1e-4 && lerr <= 1e-3 && eerr <= 1e-4 && serr <= 1e-3 && gok;
-  res["status"] = ok ? (posed == "ok" ? "passes" : "passes (ill-conditioned)") : (posed == "ok" ? "failed" : "failed (ill-conditioned)");
+
+  // The tolerances against PyTorch's float32 run: forward 1e-4, losses and running
+  // statistics 1e-3. Where the comparison is ill-posed, PyTorch's own float32 run can miss them
+  // against its float64 (resnet50 at 64, 32, 1e-2: losses 8.4e-3, statistics 1.4e-1), and one
+  // float32 run is one draw of many (moving the rows by 1e-7 moves resnext50_32x4d's losses by up
+  // to 1.2e-2). There a quantity that misses its tolerance is judged as step 4 judges gradients:
+  // smp's error against PyTorch's float64 at most 3 times float32's largest over the reference's
+  // run and 3 runs on rounding-sized moves of the rows (`zoo_models.py spread`), where that
+  // largest is over a tenth of the tolerance.
+  const bool tolerances = ferr <= 1e-4 && lerr <= 1e-3 && serr <= 1e-3;
+  bool within_spread = false;
+  if (!tolerances && posed == "ill-posed") {
+    auto sp = test::sh(py(fmt::format("spread {} {} --losses {} --trained {} --logits {} --draws 3 --threads 2", name, kZoo.string(),
+                                      (work / "losses.txt").string(), (work / "trained.onnx").string(),
+                                      (work / "forward" / "logits.npy").string())));
+    INFO(sp.out);
+    REQUIRE(sp.exit_code == 0);
+    const auto line = sp.out.rfind("\n{");  // the JSON line, last (its objects nest)
+    REQUIRE(line != std::string::npos);
+    const auto j = nlohmann::json::parse(sp.out.substr(line + 1));
+    within_spread = true;
+    const std::tuple<const char*, double, double> quantities[] = {{"forward", ferr, 1e-4}, {"losses", lerr, 1e-3}, {"stats", serr, 1e-3}};
+    for (const auto& [q, err, tol] : quantities) {
+      const double smp64 = j[q]["smp"].get<double>(), gap = j[q]["torch32_max"].get<double>();
+      res["float64"][q] = {{"smp", smp64}, {"torch32_max", gap}};
+      INFO(q, ": smp against PyTorch float32 ", err, ", against float64 ", smp64, "; PyTorch float32 against float64 at most ", gap);
+      const bool q_ok = err <= tol || (gap > tol / 10 && smp64 <= 3 * gap);
+      CHECK(q_ok);
+      within_spread = within_spread && q_ok;
+    }
+  } else {
+    CHECK(ferr <= 1e-4);
+    CHECK(lerr <= 1e-3);
+    CHECK(serr <= 1e-3);
+  }
+  const bool ok = step1_ok && (tolerances || within_spread) && eerr <= 1e-4 && gok;
+  res["status"] = !ok               ? (posed == "ok" ? "failed" : "failed (ill-conditioned)")
+                  : posed == "ok"   ? "passes"
+                  : tolerances      ? "passes (ill-conditioned)"
+                                    : "within float32's spread (ill-conditioned)";
   save();
   fs::remove_all(work);
 }

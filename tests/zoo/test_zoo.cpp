@@ -36,8 +36,8 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <tuple>
 #include <sstream>
+#include <tuple>
 
 using namespace smp;
 namespace fs = std::filesystem;

@@ -650,20 +650,15 @@ def spread(a):
     m = build(a.name, ref["size"])
     load_onnx_weights(m, model)
     mbs, mb, lr, steps = ref["microbatches"], ref["microbatch_size"], ref["lr"], ref["steps"]
-    m64 = copy.deepcopy(m).double()
-    with torch.no_grad():
-        logits64 = copy.deepcopy(m64)(x[:mb].double()).numpy()
-    l64 = train3(m64, x.double(), y, mbs, lr, steps)
-    s64 = bn_stats(m64)
-    del m64
+    logits64, l64, s64 = outcome(copy.deepcopy(m).double(), x.double(), y, mbs, lr, steps)
     print(f"{a.name}: {steps} steps at input {ref['size']}, {mbs} microbatches of {mb}, "
           f"lr {lr:g}; float64's losses {', '.join(f'{v:.6f}' for v in l64)}; per step, relative to them:")
 
     def stats_of(path_or_dir):
         if os.path.isdir(path_or_dir):
             return {n: np.load(os.path.join(path_or_dir, n + ".npy")) for n in s64}
-        ws = {t.name: numpy_helper.to_array(t) for t in onnx.load(path_or_dir).graph.initializer}
-        return {n: ws[n] for n in s64}
+        ws = {t.name: t for t in onnx.load(path_or_dir).graph.initializer}
+        return {n: numpy_helper.to_array(ws[n]) for n in s64}
 
     reference_losses = np.array(ref["losses"])
     e = (reference_losses - l64) / np.abs(l64)

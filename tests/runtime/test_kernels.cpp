@@ -165,6 +165,60 @@ TEST_CASE("Conv, pooling") {
   near(to_vec(g.run("GlobalAveragePool", {F("y", {1, 2, 1, 1})})[0]), {2, 6});
 }
 
+TEST_CASE("MaxPool's Indices output (row- and column-major, padding), integer MaxPool and Clip, Pow of mixed dtypes") {
+  // 1x2x2x3, windows 2x2 at stride 1: channel 0's maxima are its (0,1) twice, channel 1's its
+  // (0,0) and (0,2); flat indices count channel 1 from 6.
+  const std::vector<float> x = {1, 9, 2, 3, 4, 8, 7, 0, 12, 6, 2, 11};
+  for (int order : {0, 1}) {
+    OneNode p;
+    p.cf({1, 2, 2, 3}, x);
+    auto o = p.run("MaxPool", {F("y", {1, 2, 1, 2}), T("i", DType::I64, {1, 2, 1, 2})},
+                   {{"kernel_shape", attr_ints({2, 2})}, {"storage_order", attr_i(order)}});
+    near(to_vec(o[0]), {9, 9, 7, 12});
+    const int64_t* i = o[1].data<int64_t>();
+    INFO("storage_order " << order);
+    if (order == 0) CHECK(std::vector<int64_t>(i, i + 4) == std::vector<int64_t>{1, 1, 6, 8});
+    else CHECK(std::vector<int64_t>(i, i + 4) == std::vector<int64_t>{2, 2, 6, 10});
+  }
+  {  // padding: indices are of X's own (unpadded) positions
+    OneNode p;
+    p.cf({1, 1, 2, 3}, {1, 9, 2, 3, 4, 8});
+    auto o = p.run("MaxPool", {F("y", {1, 1, 2, 2}), T("i", DType::I64, {1, 1, 2, 2})},
+                   {{"kernel_shape", attr_ints({2, 2})}, {"strides", attr_ints({2, 2})}, {"pads", attr_ints({1, 1, 1, 1})}});
+    near(to_vec(o[0]), {1, 9, 3, 8});
+    const int64_t* i = o[1].data<int64_t>();
+    CHECK(std::vector<int64_t>(i, i + 4) == std::vector<int64_t>{0, 1, 3, 5});
+  }
+  {
+    OneNode p;
+    p.ins.push_back(p.tg.constant<uint8_t>("x", DType::U8, {1, 1, 2, 3}, {1, 9, 2, 3, 4, 200}));
+    auto o = p.run("MaxPool", {T("y", DType::U8, {1, 1, 1, 2})}, {{"kernel_shape", attr_ints({2, 2})}});
+    const uint8_t* y = o[0].data<uint8_t>();
+    CHECK(std::vector<int>(y, y + 2) == std::vector<int>{9, 200});
+  }
+  {
+    OneNode c;
+    c.ins.push_back(c.tg.constant<int8_t>("x", DType::I8, {5}, {-128, -3, 0, 5, 127}));
+    c.ins.push_back(c.tg.constant<int8_t>("lo", DType::I8, {}, {-2}));
+    c.ins.push_back(c.tg.constant<int8_t>("hi", DType::I8, {}, {4}));
+    auto o = c.run("Clip", {T("y", DType::I8, {5})});
+    const int8_t* y = o[0].data<int8_t>();
+    CHECK(std::vector<int>(y, y + 5) == std::vector<int>{-2, -2, 0, 4, 4});
+  }
+  {  // an integer base to a float exponent is float64's power cast back: 4^0.5 is 2, not 4^0
+    OneNode w;
+    w.ci({3}, {2, 4, 3});
+    w.cf({3}, {3, 0.5f, 2});
+    auto o = w.run("Pow", {T("y", DType::I64, {3})});
+    const int64_t* y = o[0].data<int64_t>();
+    CHECK(std::vector<int64_t>(y, y + 3) == std::vector<int64_t>{8, 2, 9});
+    OneNode u;
+    u.cf({2}, {2, 1.5f});
+    u.ins.push_back(u.tg.constant<uint32_t>("e", DType::U32, {2}, {3, 2}));
+    near(to_vec(u.run("Pow", {F("y", {2})})[0]), {8, 2.25f});
+  }
+}
+
 TEST_CASE("Softmax, LayerNormalization, reductions") {
   OneNode s;
   s.cf({2, 2}, {0, 0, 0, std::log(3.0f)});

@@ -8,6 +8,7 @@
 
 #include <cfloat>
 #include <cmath>
+#include <limits>
 
 namespace smp::runtime::cpu {
 
@@ -372,12 +373,17 @@ void bwd_conv(const KernelState& st, ExecContext& ctx, const GradIO& io) {
 std::unique_ptr<KernelState> prep_pool(const NodeView& n) {
   auto s = std::make_unique<PoolState>();
   s->is_max = n.op() == Op::MaxPool;
-  n.require_dtype(n.input(0), {DType::F32}, "input X");
+  if (s->is_max) n.require_dtype(n.input(0), {DType::F32, DType::F64, DType::I8, DType::U8}, "input X");
+  else n.require_dtype(n.input(0), {DType::F32}, "input X");
   const Shape &x = n.input(0).shape, &y = n.output(0).shape;
   if (x.size() < 3) n.fail("input must be at least 3-D");
   if (!n.node().has_attr("kernel_shape")) n.fail("kernel_shape missing");
-  if (s->is_max && n.has_output(1)) n.fail("the Indices output is not supported");
-  if (s->is_max && n.node().attr_int("storage_order", 0) != 0) n.fail("storage_order 1 not supported");
+  if (s->is_max) {
+    s->indices = n.has_output(1);
+    const int64_t order = n.node().attr_int("storage_order", 0);
+    if (order != 0 && order != 1) n.fail(fmt::format("storage_order {} (0 or 1)", order));
+    s->col_major = order == 1;
+  }
   if (!s->is_max && n.node().has_attr("dilations")) {
     for (int64_t d : n.node().attr_ints("dilations"))
       if (d != 1) n.fail("dilated AveragePool not supported");
@@ -440,9 +446,63 @@ void maxpool_simple(const Geom& g, int64_t NC, const float* X, float* Y, const f
 }
 }  // namespace
 
+namespace {
+// MaxPool of any dtype, with the Indices output where `I` is given: each window's first maximum
+// (NaN never is one, as in the float32 kernels; a window without a number gives -inf, or the
+// dtype's lowest, and the index of its first element inside X).
+template <class T>
+void maxpool_generic(const PoolState& s, const T* X, T* Y, int64_t* I) {
+  const Geom& g = s.g;
+  pfor(s.NC, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const T* x = X + c * g.ih * g.iw;
+      for (int64_t oy = 0; oy < g.oh; ++oy)
+        for (int64_t ox = 0; ox < g.ow; ++ox) {
+          T m = std::numeric_limits<T>::has_infinity ? -std::numeric_limits<T>::infinity() : std::numeric_limits<T>::lowest();
+          int64_t ay = -1, ax = -1;
+          for (int64_t ki = 0; ki < g.kh; ++ki) {
+            int64_t iy = oy * g.sh - g.ph + ki * g.dh;
+            if (iy < 0 || iy >= g.ih) continue;
+            for (int64_t kj = 0; kj < g.kw; ++kj) {
+              int64_t ix = ox * g.sw - g.pw + kj * g.dw;
+              if (ix < 0 || ix >= g.iw) continue;
+              T v = x[iy * g.iw + ix];
+              if (ay < 0 ? v == v : v > m) {  // the first number, then a larger one (NaN, v != v, never)
+                m = v;
+                ay = iy;
+                ax = ix;
+              }
+            }
+          }
+          const int64_t o = (c * g.oh + oy) * g.ow + ox;
+          Y[o] = m;
+          if (I) {
+            if (ay < 0) {  // no number in the window: its first element inside X
+              ay = std::clamp<int64_t>(oy * g.sh - g.ph, 0, g.ih - 1);
+              ax = std::clamp<int64_t>(ox * g.sw - g.pw, 0, g.iw - 1);
+            }
+            I[o] = c * g.ih * g.iw + (s.col_major ? ax * g.ih + ay : ay * g.iw + ax);
+          }
+        }
+    }
+  });
+}
+}  // namespace
+
 void fwd_pool(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
   const auto& s = static_cast<const PoolState&>(st);
   const Geom& g = s.g;
+  if (s.is_max && (s.indices || in[0].dtype() != DType::F32)) {
+    int64_t* I = s.indices && out.size() > 1 && out[1].defined() ? out[1].data<int64_t>() : nullptr;
+    switch (in[0].dtype()) {
+      case DType::F32: maxpool_generic(s, in[0].data<float>(), out[0].data<float>(), I); break;
+      case DType::F64: maxpool_generic(s, in[0].data<double>(), out[0].data<double>(), I); break;
+      case DType::I8: maxpool_generic(s, in[0].data<int8_t>(), out[0].data<int8_t>(), I); break;
+      case DType::U8: maxpool_generic(s, in[0].data<uint8_t>(), out[0].data<uint8_t>(), I); break;
+      default: SMP_CHECK(false, "node {}: MaxPool of {}", s.node_name, dtype_name(in[0].dtype()));
+    }
+    return;
+  }
   const float* X = in[0].data<float>();
   float* Y = out[0].data<float>();
   if (s.is_max && s.simple) {

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <limits>
 
 namespace smp::runtime::cpu {
 
@@ -22,18 +23,18 @@ bool is_compare(Op op) {
 
 namespace {
 
-template <class T, class R, class F>
-void bin_loop(const Bcast& p, const T* a, const T* b, R* o, F f) {
+template <class T, class U, class R, class F>
+void bin_loop(const Bcast& p, const T* a, const U* b, R* o, F f) {
   bcast_rows(p, [&](int64_t oo, const int64_t* off, int64_t L, const int64_t* ist) {
     const F fn = f;
     const T* __restrict pa = a + off[0];
-    const T* __restrict pb = b + off[1];
+    const U* __restrict pb = b + off[1];
     R* __restrict po = o + oo;
     if (ist[0] == 1 && ist[1] == 1) {
 #pragma omp simd
       for (int64_t i = 0; i < L; ++i) po[i] = fn(pa[i], pb[i]);
     } else if (ist[0] == 1) {
-      T vb = *pb;
+      U vb = *pb;
 #pragma omp simd
       for (int64_t i = 0; i < L; ++i) po[i] = fn(pa[i], vb);
     } else if (ist[1] == 1) {
@@ -79,6 +80,36 @@ void arith(Op op, const Bcast& p, const T* a, const T* b, T* o) {
   }
 }
 
+// A numeric tensor's elements as doubles (exact for every integer below 2^53).
+std::vector<double> tensor_doubles(const Tensor& t) {
+  std::vector<double> v(static_cast<size_t>(t.numel()));
+  auto copy = [&](const auto* p) {
+    for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<double>(p[i]);
+  };
+  switch (t.dtype()) {
+    case DType::F32: copy(t.data<float>()); break;
+    case DType::F64: copy(t.data<double>()); break;
+    case DType::I64: copy(t.data<int64_t>()); break;
+    case DType::I32: copy(t.data<int32_t>()); break;
+    case DType::I16: copy(t.data<int16_t>()); break;
+    case DType::I8: copy(t.data<int8_t>()); break;
+    case DType::U64: copy(t.data<uint64_t>()); break;
+    case DType::U32: copy(t.data<uint32_t>()); break;
+    case DType::U16: copy(t.data<uint16_t>()); break;
+    case DType::U8: copy(t.data<uint8_t>()); break;
+    default: SMP_CHECK(false, "expected a numeric tensor, got {}", t.str());
+  }
+  return v;
+}
+
+// Pow of a float64 or integer base and an exponent of another dtype, as numpy's power of the two
+// promoted to float64 and cast back to the base's dtype (ONNX's reference): 4^0.5 is 2.
+template <class T>
+void pow_mixed(const Bcast& p, const T* a, const Tensor& b, T* o) {
+  const auto e = tensor_doubles(b);
+  bin_loop(p, a, e.data(), o, [](T x, double y) { return static_cast<T>(std::pow(static_cast<double>(x), y)); });
+}
+
 template <class T>
 void compare(Op op, const Bcast& p, const T* a, const T* b, uint8_t* o) {
   switch (op) {
@@ -98,8 +129,8 @@ std::unique_ptr<KernelState> prep_binary(const NodeView& n) {
   s->op = n.op();
   if ((n.op() == Op::Max || n.op() == Op::Min) && n.num_inputs() == 1) {
     s->single = true;
-    n.require_dtype(n.input(0), {DType::F32, DType::F64, DType::I64, DType::I32, DType::I16, DType::I8, DType::U64, DType::U32,
-                                 DType::U16, DType::U8}, "input");
+    n.require_dtype(n.input(0), {DType::F32, DType::F64, DType::F16, DType::I64, DType::I32, DType::I16, DType::I8, DType::U64,
+                                 DType::U32, DType::U16, DType::U8}, "input");
     return s;
   }
   if (n.num_inputs() != 2 || !n.has_input(0) || !n.has_input(1))
@@ -108,12 +139,12 @@ std::unique_ptr<KernelState> prep_binary(const NodeView& n) {
   const auto& y = n.output(0);
   if (is_arith(n.op())) {
     if (n.op() == Op::Pow) n.require_dtype(a, {DType::F32, DType::F64, DType::I64, DType::I32}, "input A");
-    else
-      n.require_dtype(a, {DType::F32, DType::F64, DType::I64, DType::I32, DType::I16, DType::I8, DType::U64, DType::U32,
-                          DType::U16, DType::U8}, "input A");
-    if (n.op() == Op::Pow) {
-      if (a.dtype == DType::F32) n.require_dtype(b, {DType::F32, DType::I64, DType::I32}, "exponent");
-      else if (b.dtype != a.dtype) n.fail("integer or float64 Pow with a mixed-type exponent is not supported");
+    else  // float16 computes as numpy's: each result rounded from float32's
+      n.require_dtype(a, {DType::F32, DType::F64, DType::F16, DType::I64, DType::I32, DType::I16, DType::I8, DType::U64,
+                          DType::U32, DType::U16, DType::U8}, "input A");
+    if (n.op() == Op::Pow) {  // ONNX's T1 (float32, float64, int64, int32 here) to any numeric T
+      n.require_dtype(b, {DType::F32, DType::F64, DType::I64, DType::I32, DType::I16, DType::I8, DType::U64, DType::U32,
+                          DType::U16, DType::U8}, "exponent");
     } else if (b.dtype != a.dtype) {
       n.fail(fmt::format("inputs of different dtypes ({} and {})", dtype_name(a.dtype), dtype_name(b.dtype)));
     }
@@ -145,17 +176,29 @@ void fwd_binary(const KernelState& st, ExecContext& ctx, std::span<Tensor> out, 
       case DType::F32: {
         if (b.dtype() == DType::F32) {
           arith<float>(s.op, s.plan, a.data<float>(), b.data<float>(), y.data<float>());
-        } else {  // Pow with an integer exponent
-          std::vector<float> e(static_cast<size_t>(b.numel()));
-          auto v = tensor_ints(b);
-          for (size_t i = 0; i < e.size(); ++i) e[i] = static_cast<float>(v[i]);
+        } else {  // Pow with an exponent of another dtype: float32's pow of the exponent as a float
+          auto v = tensor_doubles(b);
+          std::vector<float> e(v.begin(), v.end());
           arith<float>(s.op, s.plan, a.data<float>(), e.data(), y.data<float>());
         }
         break;
       }
-      case DType::F64: arith<double>(s.op, s.plan, a.data<double>(), b.data<double>(), y.data<double>()); break;
-      case DType::I64: arith<int64_t>(s.op, s.plan, a.data<int64_t>(), b.data<int64_t>(), y.data<int64_t>()); break;
-      case DType::I32: arith<int32_t>(s.op, s.plan, a.data<int32_t>(), b.data<int32_t>(), y.data<int32_t>()); break;
+      case DType::F64:
+        if (b.dtype() != DType::F64) pow_mixed(s.plan, a.data<double>(), b, y.data<double>());
+        else arith<double>(s.op, s.plan, a.data<double>(), b.data<double>(), y.data<double>());
+        break;
+      case DType::I64:
+        if (b.dtype() != DType::I64) pow_mixed(s.plan, a.data<int64_t>(), b, y.data<int64_t>());
+        else arith<int64_t>(s.op, s.plan, a.data<int64_t>(), b.data<int64_t>(), y.data<int64_t>());
+        break;
+      case DType::I32:
+        if (b.dtype() != DType::I32) pow_mixed(s.plan, a.data<int32_t>(), b, y.data<int32_t>());
+        else arith<int32_t>(s.op, s.plan, a.data<int32_t>(), b.data<int32_t>(), y.data<int32_t>());
+        break;
+      case DType::F16:
+        arith<_Float16>(s.op, s.plan, static_cast<const _Float16*>(a.raw()), static_cast<const _Float16*>(b.raw()),
+                        static_cast<_Float16*>(y.raw()));
+        break;
       case DType::I16: arith<int16_t>(s.op, s.plan, a.data<int16_t>(), b.data<int16_t>(), y.data<int16_t>()); break;
       case DType::I8: arith<int8_t>(s.op, s.plan, a.data<int8_t>(), b.data<int8_t>(), y.data<int8_t>()); break;
       case DType::U64: arith<uint64_t>(s.op, s.plan, a.data<uint64_t>(), b.data<uint64_t>(), y.data<uint64_t>()); break;
@@ -267,7 +310,7 @@ void bwd_binary(const KernelState& st, ExecContext& ctx, const GradIO& io) {
       case Op::Pow:
         SMP_CHECK(s.in_dtypes[1] == DType::F32 || w == 0, "integer exponent has no gradient");
         if (s.in_dtypes[1] != DType::F32) {
-          auto e = tensor_ints(io.in[1]);
+          auto e = tensor_doubles(io.in[1]);
           std::vector<float> ef(e.begin(), e.end());
           grad_to(s, ctx, w, dy, need(0), ef.data(), d, acc,
                   [](float g, float a, float b) { return b == 0 ? 0.0f : g * b * std::pow(a, b - 1); });
@@ -593,21 +636,56 @@ void clip_bounds(const ClipState& s, std::span<const Tensor> in, float& lo, floa
 
 std::unique_ptr<KernelState> prep_clip(const NodeView& n) {
   auto s = std::make_unique<ClipState>();
-  n.require_dtype(n.input(0), {DType::F32}, "input");
+  n.require_dtype(n.input(0), {DType::F32, DType::F64, DType::I64, DType::I32, DType::I16, DType::I8, DType::U64, DType::U32,
+                               DType::U16, DType::U8}, "input");
   for (int i = 1; i < 3; ++i)
     if (n.has_input(i)) {
-      n.require_dtype(n.input(i), {DType::F32}, i == 1 ? "min" : "max");
+      n.require_dtype(n.input(i), {n.input(0).dtype}, i == 1 ? "min" : "max");
       if (n.input(i).numel() != 1) n.fail("min and max must be scalars");
     }
+  if ((n.node().has_attr("min") || n.node().has_attr("max")) && !is_floating(n.input(0).dtype))
+    n.fail("the min and max attributes (opsets before 11) apply to float inputs only");
   if (n.node().has_attr("min")) { s->has_min_attr = true; s->min_attr = static_cast<float>(n.node().attr_float("min", 0)); }
   if (n.node().has_attr("max")) { s->has_max_attr = true; s->max_attr = static_cast<float>(n.node().attr_float("max", 0)); }
   return s;
 }
 
+namespace {
+// Clip of a float64 or integer tensor: the bounds are the node's inputs of its dtype (the
+// attributes of opsets before 11, float only, cast to it), the dtype's range where absent.
+template <class T>
+void clip_typed(const ClipState& s, std::span<const Tensor> in, Tensor& out) {
+  T lo = std::numeric_limits<T>::lowest(), hi = std::numeric_limits<T>::max();
+  if (s.has_min_attr) lo = static_cast<T>(s.min_attr);
+  if (s.has_max_attr) hi = static_cast<T>(s.max_attr);
+  if (in.size() > 1 && in[1].defined()) lo = in[1].data<T>()[0];
+  if (in.size() > 2 && in[2].defined()) hi = in[2].data<T>()[0];
+  const T* x = in[0].data<T>();
+  T* y = out.data<T>();
+  for (int64_t i = 0; i < in[0].numel(); ++i) y[i] = x[i] < lo ? lo : (x[i] > hi ? hi : x[i]);
+}
+}  // namespace
+
 void fwd_clip(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
-  float lo, hi;
-  clip_bounds(static_cast<const ClipState&>(st), in, lo, hi);
-  map_f32(in[0], out[0], [lo, hi](float v) { return v < lo ? lo : (v > hi ? hi : v); });
+  const auto& s = static_cast<const ClipState&>(st);
+  switch (in[0].dtype()) {
+    case DType::F32: {
+      float lo, hi;
+      clip_bounds(s, in, lo, hi);
+      map_f32(in[0], out[0], [lo, hi](float v) { return v < lo ? lo : (v > hi ? hi : v); });
+      break;
+    }
+    case DType::F64: clip_typed<double>(s, in, out[0]); break;
+    case DType::I64: clip_typed<int64_t>(s, in, out[0]); break;
+    case DType::I32: clip_typed<int32_t>(s, in, out[0]); break;
+    case DType::I16: clip_typed<int16_t>(s, in, out[0]); break;
+    case DType::I8: clip_typed<int8_t>(s, in, out[0]); break;
+    case DType::U64: clip_typed<uint64_t>(s, in, out[0]); break;
+    case DType::U32: clip_typed<uint32_t>(s, in, out[0]); break;
+    case DType::U16: clip_typed<uint16_t>(s, in, out[0]); break;
+    case DType::U8: clip_typed<uint8_t>(s, in, out[0]); break;
+    default: SMP_CHECK(false, "node {}: Clip of {}", s.node_name, dtype_name(in[0].dtype()));
+  }
 }
 
 void bwd_clip(const KernelState& st, ExecContext&, const GradIO& io) {
@@ -623,8 +701,10 @@ void bwd_clip(const KernelState& st, ExecContext&, const GradIO& io) {
 // ---- Cast --------------------------------------------------------------------------------
 
 namespace {
+// float16 is the compiler's _Float16 (IEEE binary16; conversions round to nearest even, as
+// numpy's astype does, straight from float64 too).
 bool castable(DType d) {
-  return d == DType::F32 || d == DType::F64 || d == DType::I64 || d == DType::I32 || d == DType::I8 ||
+  return d == DType::F32 || d == DType::F64 || d == DType::F16 || d == DType::I64 || d == DType::I32 || d == DType::I8 ||
          d == DType::U8 || d == DType::Bool;
 }
 template <class S, class D>
@@ -640,6 +720,7 @@ void cast_from(const S* s, const Tensor& y, DType to, int64_t n) {
   switch (to) {
     case DType::F32: cast_loop(s, static_cast<float*>(p), n); break;
     case DType::F64: cast_loop(s, static_cast<double*>(p), n); break;
+    case DType::F16: cast_loop(s, static_cast<_Float16*>(p), n); break;
     case DType::I64: cast_loop(s, static_cast<int64_t*>(p), n); break;
     case DType::I32: cast_loop(s, static_cast<int32_t*>(p), n); break;
     case DType::I8: cast_loop(s, static_cast<int8_t*>(p), n); break;
@@ -670,6 +751,7 @@ void fwd_cast(const KernelState& st, ExecContext&, std::span<Tensor> out, std::s
   switch (x.dtype()) {
     case DType::F32: cast_from(static_cast<const float*>(p), out[0], s.to, n); break;
     case DType::F64: cast_from(static_cast<const double*>(p), out[0], s.to, n); break;
+    case DType::F16: cast_from(static_cast<const _Float16*>(p), out[0], s.to, n); break;
     case DType::I64: cast_from(static_cast<const int64_t*>(p), out[0], s.to, n); break;
     case DType::I32: cast_from(static_cast<const int32_t*>(p), out[0], s.to, n); break;
     case DType::I8: cast_from(static_cast<const int8_t*>(p), out[0], s.to, n); break;

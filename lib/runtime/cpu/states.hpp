@@ -139,6 +139,9 @@ struct PoolState : KernelState {
   bool is_max = true;
   bool count_include_pad = false;
   bool simple = false;  // no padding, no dilation, every window inside the input
+  // MaxPool's Indices output: each maximum's flat index into X, the spatial part row-major
+  // (storage_order 0) or column-major (1), as ONNX defines them.
+  bool indices = false, col_major = false;
 };
 
 struct GapState : KernelState {

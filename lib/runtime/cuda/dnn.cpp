@@ -296,6 +296,15 @@ PoolGeom pool_geom(const cpu::PoolState& s) {
 
 }  // namespace
 
+std::unique_ptr<KernelState> prep_pool(const NodeView& n) {
+  auto s = cpu::prep_pool(n);
+  if (static_cast<const cpu::PoolState&>(*s).indices)
+    n.fail("MaxPool's Indices output has no CUDA kernel yet; run it with --backend cpu");
+  if (n.input(0).dtype != DType::F32)
+    n.fail(fmt::format("MaxPool of {} has no CUDA kernel yet; run it with --backend cpu", dtype_name(n.input(0).dtype)));
+  return s;
+}
+
 void setup_pool(KernelState& st, ExecContext& ctx) {
   auto& s = static_cast<cpu::PoolState&>(st);
   const cpu::Geom& g = s.g;

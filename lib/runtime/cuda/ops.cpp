@@ -65,6 +65,19 @@ uint16_t bf16_bits(float f) {
 
 // ---- binary, Where ---------------------------------------------------------------------------
 
+std::unique_ptr<KernelState> prep_binary(const NodeView& n) {
+  auto s = cpu::prep_binary(n);
+  if (n.has_input(0) && n.input(0).dtype == DType::F16)
+    n.fail("float16 arithmetic has no CUDA kernel yet; run it with --backend cpu");
+  if (n.op() == Op::Pow && n.num_inputs() == 2) {
+    const DType a = n.input(0).dtype, b = n.input(1).dtype;
+    if (a != b && !(a == DType::F32 && (b == DType::I64 || b == DType::I32)))
+      n.fail(fmt::format("Pow of {} to a {} exponent has no CUDA kernel yet; run it with --backend cpu", dtype_name(a),
+                         dtype_name(b)));
+  }
+  return s;
+}
+
 void fwd_binary(const KernelState& st, ExecContext& ctx, std::span<Tensor> out, std::span<const Tensor> in) {
   const auto& s = static_cast<const cpu::BinState&>(st);
   if (s.single) {
@@ -180,6 +193,22 @@ void clip_args(const cpu::ClipState& s, std::span<const Tensor> in, float& lo, f
   hit = hi_p ? tag(in[2]) : kF32;
 }
 }  // namespace
+
+std::unique_ptr<KernelState> prep_cast(const NodeView& n) {
+  auto s = cpu::prep_cast(n);
+  const DType to = static_cast<const cpu::CastState&>(*s).to;
+  if (n.input(0).dtype == DType::F16 || to == DType::F16)
+    n.fail(fmt::format("cast from {} to {} has no CUDA kernel yet; run it with --backend cpu", dtype_name(n.input(0).dtype),
+                       dtype_name(to)));
+  return s;
+}
+
+std::unique_ptr<KernelState> prep_clip(const NodeView& n) {
+  auto s = cpu::prep_clip(n);
+  if (n.input(0).dtype != DType::F32)
+    n.fail(fmt::format("Clip of {} has no CUDA kernel yet; run it with --backend cpu", dtype_name(n.input(0).dtype)));
+  return s;
+}
 
 void fwd_clip(const KernelState& st, ExecContext& ctx, std::span<Tensor> out, std::span<const Tensor> in) {
   float lo, hi;

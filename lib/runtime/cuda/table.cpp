@@ -21,22 +21,23 @@ using graph::Op;
 #define KV(op, name) OpKernel{Op::op, cpu::prep_##name, fwd_##name, bwd_##name, kView, nullptr}
 #define KF(op, name) OpKernel{Op::op, cpu::prep_##name, fwd_##name, nullptr, kNone, nullptr}           // no gradient
 #define KP(op, name) OpKernel{Op::op, prep_##name, fwd_##name, bwd_##name, kNone, nullptr}  // this directory's prepare
+#define KPS(op, name) OpKernel{Op::op, prep_##name, fwd_##name, bwd_##name, kNone, setup_##name}  // both
 #define KPV(op, name) OpKernel{Op::op, prep_##name, fwd_##name, bwd_##name, kView, nullptr}
 #define NO_KERNEL(op) OpKernel{Op::op, nullptr, nullptr, nullptr, kNone, nullptr}
 
 constexpr OpKernel kTable[] = {
     KS(MatMul, matmul), KS(Gemm, gemm), KS(Conv, conv), NO_KERNEL(Einsum),
-    K(Add, binary), K(Sub, binary), K(Mul, binary), K(Div, binary), K(Pow, binary), K(Max, binary), K(Min, binary),
+    KP(Add, binary), KP(Sub, binary), KP(Mul, binary), KP(Div, binary), KP(Pow, binary), KP(Max, binary), KP(Min, binary),
     KF(Equal, binary), KF(Less, binary), KF(Greater, binary), KF(LessOrEqual, binary), KF(GreaterOrEqual, binary),
     KF(And, binary), KF(Or, binary), KF(Xor, binary), K(Where, where),
     K(Sqrt, unary), K(Reciprocal, unary), K(Neg, unary), K(Abs, unary), K(Exp, unary), K(Log, unary), K(Relu, unary),
     K(LeakyRelu, unary), K(Tanh, unary), K(Sigmoid, unary), K(Erf, unary), K(Gelu, unary), KF(Floor, unary),
-    KF(Ceil, unary), KF(Not, unary), K(Clip, clip), K(Cast, cast), KV(Identity, identity), KPV(Dropout, dropout),
+    KF(Ceil, unary), KF(Not, unary), KP(Clip, clip), KP(Cast, cast), KV(Identity, identity), KPV(Dropout, dropout),
     K(Sin, unary), K(Cos, unary), NO_KERNEL(HardSigmoid), NO_KERNEL(HardSwish),
     K(Softmax, softmax), K(LogSoftmax, softmax), K(LayerNormalization, layernorm), KP(BatchNormalization, batchnorm),
     K(ReduceMean, reduce), K(ReduceSum, reduce), K(ReduceMax, reduce), K(ReduceMin, reduce), K(ReduceProd, reduce),
     KF(ArgMax, argmax), NO_KERNEL(ReduceL2),
-    KS(MaxPool, pool), KS(AveragePool, pool), K(GlobalAveragePool, global_avgpool),
+    KPS(MaxPool, pool), KPS(AveragePool, pool), K(GlobalAveragePool, global_avgpool),
     KV(Reshape, reshape), K(Transpose, transpose), KV(Flatten, reshape), KV(Squeeze, reshape), KV(Unsqueeze, reshape),
     K(Concat, concat), K(Split, split), K(Slice, slice), K(Gather, gather), K(Expand, expand), K(Tile, tile),
     K(Trilu, trilu), NO_KERNEL(Pad), NO_KERNEL(GatherElements),

@@ -116,7 +116,11 @@ up() {
   if [[ -e $dir ]]; then "$self" down --dir "$dir"; fi
   mkdir -p "$hosts_dir" "$dir/slurm/state" "$dir/slurm/log"
   touch "$dir/.test-hosts"
-  trap 'echo "test-hosts: up failed; taking down what was started" >&2; down' EXIT
+  # A failure says which command failed, where (the ERR trap records it; -E: inside functions too).
+  err_at=""
+  set -E
+  trap 'err_at="line $LINENO: $BASH_COMMAND"' ERR
+  trap 'echo "test-hosts: up failed${err_at:+ at $err_at}; taking down what was started" >&2; down' EXIT
 
   # Paths under /tmp that every host must see: bound through the host's private /tmp.
   local keep=()
@@ -254,7 +258,7 @@ EOF
   # The watchdog: its own session and process group, killed by `down`.
   setsid bash -c "sleep $lifetime; rm -f '$dir/watchdog.pid'; exec '$self' down --dir '$dir'" </dev/null >/dev/null 2>&1 &
   echo $! >"$dir/watchdog.pid"
-  trap - EXIT
+  trap - EXIT ERR
   echo "test hosts up: $(host_names | tr '\n' ' ')(Slurm on 127.0.0.1:${ports[0]}); source $dir/env"
 }
 

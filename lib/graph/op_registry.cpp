@@ -231,6 +231,8 @@ constexpr OpDef kOps[] = {
     {Op::Or, "Or", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
     {Op::Xor, "Xor", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
     {Op::Where, "Where", C::Elementwise, b(1) | b(2), b(0), kNone, cost_elementwise},
+    // max(0, x) + slope * min(0, x), the slope broadcast to x (PyTorch's PReLU weight)
+    {Op::PRelu, "PRelu", C::Elementwise, b(0) | b(1), b(0) | b(1), kNone, cost_elementwise},
 
     {Op::Sqrt, "Sqrt", C::Elementwise, b(0), kNone, b(0), cost_elementwise},
     {Op::Reciprocal, "Reciprocal", C::Elementwise, b(0), kNone, b(0), cost_elementwise},
@@ -255,6 +257,14 @@ constexpr OpDef kOps[] = {
     {Op::Cos, "Cos", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
     {Op::HardSigmoid, "HardSigmoid", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
     {Op::HardSwish, "HardSwish", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+    {Op::Elu, "Elu", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+    {Op::Selu, "Selu", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+    {Op::Celu, "Celu", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+    {Op::Softplus, "Softplus", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+    {Op::Softsign, "Softsign", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+    {Op::ThresholdedRelu, "ThresholdedRelu", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+    {Op::Sign, "Sign", C::Elementwise, kNone, kNone, kNone, cost_elementwise},  // gradient 0 almost everywhere
+    {Op::Round, "Round", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
 
     {Op::Softmax, "Softmax", C::Normalization, b(0), kNone, b(0), cost_softmax},
     {Op::LogSoftmax, "LogSoftmax", C::Normalization, b(0), kNone, b(0), cost_softmax},

@@ -18,10 +18,11 @@ enum class Op : int {
   // matrix products and convolution
   MatMul, Gemm, Conv, Einsum,
   // elementwise, binary with broadcasting
-  Add, Sub, Mul, Div, Pow, Max, Min, Equal, Less, Greater, LessOrEqual, GreaterOrEqual, And, Or, Xor, Where,
+  Add, Sub, Mul, Div, Pow, Max, Min, Equal, Less, Greater, LessOrEqual, GreaterOrEqual, And, Or, Xor, Where, PRelu,
   // elementwise, unary
   Sqrt, Reciprocal, Neg, Abs, Exp, Log, Relu, LeakyRelu, Tanh, Sigmoid, Erf, Gelu, Floor, Ceil, Not,
-  Clip, Cast, Identity, Dropout, Sin, Cos, HardSigmoid, HardSwish,
+  Clip, Cast, Identity, Dropout, Sin, Cos, HardSigmoid, HardSwish, Elu, Selu, Celu, Softplus, Softsign,
+  ThresholdedRelu, Sign, Round,
   // normalisation and softmax
   Softmax, LogSoftmax, LayerNormalization, BatchNormalization,
   // reductions

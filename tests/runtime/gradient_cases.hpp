@@ -75,6 +75,8 @@ inline std::vector<Case> gradient_cases() {
   binary("Pow", {2, 3}, {2, 3}, {2, 3}, 0.5f, 2.0f);
   binary("Pow", {2, 3}, {}, {2, 3}, 0.5f, 2.0f);
   binary("Max", {2, 3}, {3}, {2, 3});
+  binary("PRelu", {2, 3, 4}, {3, 1}, {2, 3, 4});  // a slope per channel, as PyTorch exports nn.PReLU
+  binary("PRelu", {2, 3}, {2, 3}, {2, 3});
   binary("Min", {2, 3}, {2, 3}, {2, 3});
   cs.push_back({"Where (a broadcast mask over x, a scalar y, x read twice)", [](TinyGraph& t, M& m) {
                   int c = m.boolean("c", {4}, {1, 0, 0, 1});
@@ -111,6 +113,13 @@ inline std::vector<Case> gradient_cases() {
   unary("HardSigmoid", -4, 4, {{"alpha", attr_f(1.0 / 6)}, {"beta", attr_f(0.5)}});
   unary("HardSigmoid", -4, 4);
   unary("HardSwish", -5, 5);
+  unary("Elu", -2, 2);
+  unary("Elu", -2, 2, {{"alpha", attr_f(0.5)}});
+  unary("Selu", -2, 2);
+  unary("Celu", -2, 2, {{"alpha", attr_f(0.5)}});
+  unary("Softplus", -3, 3);
+  unary("Softsign", -3, 3);
+  unary("ThresholdedRelu", -2, 3);
   unary("Identity", -1, 1);
   unary("Softmax", -2, 2);
   unary("Softmax", -2, 2, {{"axis", attr_i(0)}});

@@ -490,6 +490,11 @@ void grad_map_v(const Tensor& dy, const Tensor& v, Tensor& din, bool acc, F f) {
 }
 }  // namespace
 
+namespace {
+// log(1 + e^x) without overflow: x + log(1 + e^-x) for positive x.
+inline float softplus(float x) { return x > 0 ? x + std::log1p(std::exp(-x)) : std::log1p(std::exp(x)); }
+}  // namespace
+
 std::unique_ptr<KernelState> prep_unary(const NodeView& n) {
   auto s = std::make_unique<UnState>();
   s->op = n.op();
@@ -501,6 +506,13 @@ std::unique_ptr<KernelState> prep_unary(const NodeView& n) {
     default: n.require_dtype(n.input(0), {DType::F32}, "input");
   }
   if (n.op() == Op::LeakyRelu) s->alpha = static_cast<float>(n.node().attr_float("alpha", 0.01));
+  if (n.op() == Op::Elu || n.op() == Op::Celu || n.op() == Op::ThresholdedRelu)
+    s->alpha = static_cast<float>(n.node().attr_float("alpha", 1.0));
+  if (n.op() == Op::Celu && s->alpha == 0.0f) n.fail("alpha 0 (Celu divides by it)");
+  if (n.op() == Op::Selu) {  // ONNX's defaults, PyTorch's constants
+    s->alpha = static_cast<float>(n.node().attr_float("alpha", 1.67326319217681884765625));
+    s->beta = static_cast<float>(n.node().attr_float("gamma", 1.05070102214813232421875));
+  }
   if (n.op() == Op::HardSigmoid) {
     s->alpha = static_cast<float>(n.node().attr_float("alpha", 0.2));
     s->beta = static_cast<float>(n.node().attr_float("beta", 0.5));
@@ -562,6 +574,18 @@ void fwd_unary(const KernelState& st, ExecContext&, std::span<Tensor> out, std::
     }
     // x * relu6(x + 3) / 6, as PyTorch computes it
     case Op::HardSwish: map_f32(x, y, [](float v) { return v * std::max(0.0f, std::min(6.0f, v + 3.0f)) / 6.0f; }); break;
+    case Op::Elu: { float a = s.alpha; map_f32(x, y, [a](float v) { return v > 0 ? v : a * std::expm1(v); }); break; }
+    case Op::Selu: {
+      float a = s.alpha, g = s.beta;
+      map_f32(x, y, [a, g](float v) { return v > 0 ? g * v : g * a * std::expm1(v); });
+      break;
+    }
+    case Op::Celu: { float a = s.alpha; map_f32(x, y, [a](float v) { return v > 0 ? v : a * std::expm1(v / a); }); break; }
+    case Op::Softplus: map_f32(x, y, [](float v) { return softplus(v); }); break;
+    case Op::Softsign: map_f32(x, y, [](float v) { return v / (1.0f + std::fabs(v)); }); break;
+    case Op::ThresholdedRelu: { float a = s.alpha; map_f32(x, y, [a](float v) { return v > a ? v : 0.0f; }); break; }
+    case Op::Sign: map_f32(x, y, [](float v) { return v > 0 ? 1.0f : (v < 0 ? -1.0f : v); }); break;  // NaN stays NaN
+    case Op::Round: map_f32(x, y, [](float v) { return std::nearbyint(v); }); break;  // halves to even
     default: SMP_CHECK(false, "node {}: not a unary op", s.node_name);
   }
 }
@@ -617,8 +641,57 @@ void bwd_unary(const KernelState& st, ExecContext&, const GradIO& io) {
     case Op::HardSwish:
       grad_map(dy, X(), d, acc, [](float g, float x) { return x < -3.0f ? 0.0f : (x <= 3.0f ? g * (x / 3.0f + 0.5f) : g); });
       break;
+    case Op::Elu: { float a = s.alpha; grad_map(dy, X(), d, acc, [a](float g, float x) { return x > 0 ? g : g * a * std::exp(x); }); break; }
+    case Op::Selu: {
+      float a = s.alpha, gm = s.beta;
+      grad_map(dy, X(), d, acc, [a, gm](float g, float x) { return x > 0 ? g * gm : g * gm * a * std::exp(x); });
+      break;
+    }
+    case Op::Celu: { float a = s.alpha; grad_map(dy, X(), d, acc, [a](float g, float x) { return x > 0 ? g : g * std::exp(x / a); }); break; }
+    case Op::Softplus: grad_map(dy, X(), d, acc, [](float g, float x) { return g / (1.0f + std::exp(-x)); }); break;
+    case Op::Softsign:
+      grad_map(dy, X(), d, acc, [](float g, float x) {
+        float t = 1.0f + std::fabs(x);
+        return g / (t * t);
+      });
+      break;
+    case Op::ThresholdedRelu: { float a = s.alpha; grad_map(dy, X(), d, acc, [a](float g, float x) { return x > a ? g : 0.0f; }); break; }
     default: SMP_CHECK(false, "node {}: no gradient", s.node_name);
   }
+}
+
+// ---- PRelu -------------------------------------------------------------------------------
+
+std::unique_ptr<KernelState> prep_prelu(const NodeView& n) {
+  auto s = std::make_unique<BinState>();
+  s->op = n.op();
+  if (n.num_inputs() != 2 || !n.has_input(0) || !n.has_input(1)) n.fail("needs 2 inputs (X, slope)");
+  const auto &x = n.input(0), &slope = n.input(1);
+  n.require_dtype(x, {DType::F32}, "input X");
+  n.require_dtype(slope, {DType::F32}, "slope");
+  const Shape& y = n.output(0).shape;
+  if (y != x.shape || !broadcastable_to(slope.shape, y))
+    n.fail(fmt::format("slope {} does not broadcast to X {}", shape_str(slope.shape), shape_str(x.shape)));
+  s->plan = make_bcast(y, {x.shape, slope.shape});
+  s->plan3 = make_bcast(y, {y, x.shape, slope.shape});
+  return s;
+}
+
+void fwd_prelu(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const BinState&>(st);
+  bin_loop(s.plan, in[0].data<float>(), in[1].data<float>(), out[0].data<float>(),
+           [](float x, float a) { return x < 0 ? a * x : x; });
+}
+
+void bwd_prelu(const KernelState& st, ExecContext& ctx, const GradIO& io) {
+  const auto& s = static_cast<const BinState&>(st);
+  if (!io.dout[0].defined()) return;
+  SMP_CHECK(io.in[0].defined() && io.in[1].defined(), "node {}: PRelu backward needs X and the slope", s.node_name);
+  const float *dy = io.dout[0].data<float>(), *x = io.in[0].data<float>(), *a = io.in[1].data<float>();
+  if (io.din[0].defined())
+    grad_to(s, ctx, 0, dy, x, a, io.din[0], io.accumulate[0], [](float g, float xv, float av) { return xv < 0 ? g * av : g; });
+  if (io.din[1].defined())  // summed over the axes the slope is broadcast along
+    grad_to(s, ctx, 1, dy, x, a, io.din[1], io.accumulate[1], [](float g, float xv, float) { return xv < 0 ? g * xv : 0.0f; });
 }
 
 // ---- Clip --------------------------------------------------------------------------------

@@ -32,7 +32,9 @@ struct WhereState : KernelState {
 
 struct UnState : KernelState {
   graph::Op op;
-  float alpha = 0.01f, beta = 0.5f;  // LeakyRelu's slope; HardSigmoid's alpha and beta
+  // LeakyRelu's slope; HardSigmoid's alpha and beta; Elu's, Celu's and ThresholdedRelu's alpha;
+  // Selu's alpha and gamma (as beta)
+  float alpha = 0.01f, beta = 0.5f;
   bool gelu_tanh = false;
 };
 

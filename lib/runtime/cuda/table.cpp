@@ -4,7 +4,8 @@
 // the device where an op needs one. A forgotten entry does not compile (size), nor a misplaced
 // one (order). NO_KERNEL: the CPU runs the op, the CUDA backend refuses it at load (Einsum,
 // HardSigmoid, HardSwish, ReduceL2 and Pad of the torchvision exports, GatherElements,
-// NegativeLogLikelihoodLoss, Resize and Upsample have no CUDA kernels yet).
+// NegativeLogLikelihoodLoss, Resize and Upsample, PRelu, Elu, Selu, Celu, Softplus, Softsign,
+// ThresholdedRelu, Sign and Round have no CUDA kernels yet).
 #include "runtime/cpu/kernels.hpp"
 #include "runtime/cuda/cuda_backend.hpp"
 #include "runtime/cuda/ops.hpp"
@@ -29,11 +30,13 @@ constexpr OpKernel kTable[] = {
     KS(MatMul, matmul), KS(Gemm, gemm), KS(Conv, conv), NO_KERNEL(Einsum),
     KP(Add, binary), KP(Sub, binary), KP(Mul, binary), KP(Div, binary), KP(Pow, binary), KP(Max, binary), KP(Min, binary),
     KF(Equal, binary), KF(Less, binary), KF(Greater, binary), KF(LessOrEqual, binary), KF(GreaterOrEqual, binary),
-    KF(And, binary), KF(Or, binary), KF(Xor, binary), K(Where, where),
+    KF(And, binary), KF(Or, binary), KF(Xor, binary), K(Where, where), NO_KERNEL(PRelu),
     K(Sqrt, unary), K(Reciprocal, unary), K(Neg, unary), K(Abs, unary), K(Exp, unary), K(Log, unary), K(Relu, unary),
     K(LeakyRelu, unary), K(Tanh, unary), K(Sigmoid, unary), K(Erf, unary), K(Gelu, unary), KF(Floor, unary),
     KF(Ceil, unary), KF(Not, unary), KP(Clip, clip), KP(Cast, cast), KV(Identity, identity), KPV(Dropout, dropout),
-    K(Sin, unary), K(Cos, unary), NO_KERNEL(HardSigmoid), NO_KERNEL(HardSwish),
+    K(Sin, unary), K(Cos, unary), NO_KERNEL(HardSigmoid), NO_KERNEL(HardSwish), NO_KERNEL(Elu), NO_KERNEL(Selu),
+    NO_KERNEL(Celu), NO_KERNEL(Softplus), NO_KERNEL(Softsign), NO_KERNEL(ThresholdedRelu), NO_KERNEL(Sign),
+    NO_KERNEL(Round),
     K(Softmax, softmax), K(LogSoftmax, softmax), K(LayerNormalization, layernorm), KP(BatchNormalization, batchnorm),
     K(ReduceMean, reduce), K(ReduceSum, reduce), K(ReduceMax, reduce), K(ReduceMin, reduce), K(ReduceProd, reduce),
     KF(ArgMax, argmax), NO_KERNEL(ReduceL2),

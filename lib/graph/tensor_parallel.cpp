@@ -152,7 +152,8 @@ bool is_elementwise(const std::string& op) {
                                             "Sqrt", "Reciprocal", "Neg", "Abs",   "Exp",     "Log",  "Relu", "LeakyRelu",
                                             "Tanh", "Sigmoid", "Erf",  "Gelu",    "Clip",    "Cast", "Identity",
                                             "Sin",  "Cos",     "Equal", "Less",   "Greater", "Not",  "Floor", "Ceil",
-                                            "Dropout"};
+                                            "Dropout", "HardSigmoid", "HardSwish", "Elu", "Selu", "Celu", "Softplus",
+                                            "Softsign", "ThresholdedRelu", "Sign", "Round"};
   return ops.count(op) != 0;
 }
 

@@ -272,6 +272,9 @@ constexpr OpDef kOps[] = {
      cost_layernorm},
     {Op::BatchNormalization, "BatchNormalization", C::Normalization, b(0) | b(1) | b(2), b(0) | b(1), kNone,
      cost_batchnorm, {{1, 3}, {2, 4}}},
+    // per sample and channel over the spatial axes (PyTorch exports GroupNorm through it)
+    {Op::InstanceNormalization, "InstanceNormalization", C::Normalization, b(0) | b(1) | b(2), b(0) | b(1), kNone,
+     cost_layernorm},
 
     {Op::ReduceMean, "ReduceMean", C::Reduction, b(0), kNone, kNone, cost_reduction},
     {Op::ReduceSum, "ReduceSum", C::Reduction, b(0), kNone, kNone, cost_reduction},

@@ -24,7 +24,7 @@ enum class Op : int {
   Clip, Cast, Identity, Dropout, Sin, Cos, HardSigmoid, HardSwish, Elu, Selu, Celu, Softplus, Softsign,
   ThresholdedRelu, Sign, Round,
   // normalisation and softmax
-  Softmax, LogSoftmax, LayerNormalization, BatchNormalization,
+  Softmax, LogSoftmax, LayerNormalization, BatchNormalization, InstanceNormalization,
   // reductions
   ReduceMean, ReduceSum, ReduceMax, ReduceMin, ReduceProd, ArgMax, ReduceL2,
   // pooling

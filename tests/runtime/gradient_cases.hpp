@@ -230,6 +230,10 @@ inline std::vector<Case> gradient_cases() {
                   int x = m.f("x", {2, 3, 4}), g = m.f("g", {3, 4});
                   t.output(t.node("LayerNormalization", {x, g}, {F("y", {2, 3, 4})}, {{"axis", attr_i(1)}})[0]);
                 }});
+  cs.push_back({"InstanceNormalization", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 3, 2, 3}), g = m.f("g", {3}), b = m.f("b", {3});
+                  t.output(t.node("InstanceNormalization", {x, g, b}, {F("y", {2, 3, 2, 3})}, {{"epsilon", attr_f(1e-3)}})[0]);
+                }});
   for (int train : {1, 0}) {
     cs.push_back({std::string("BatchNormalization ") + (train ? "training mode" : "inference mode"), [train](TinyGraph& t, M& m) {
                     int x = m.f("x", {3, 2, 2, 2}), g = m.f("g", {2}), b = m.f("b", {2});

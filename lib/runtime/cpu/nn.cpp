@@ -272,6 +272,96 @@ void bwd_layernorm(const KernelState& st, ExecContext&, const GradIO& io) {
   if (want_db) finish(pb, io.din[2], io.accumulate[2]);
 }
 
+// ---- InstanceNormalization ---------------------------------------------------------------
+//
+// Each (sample, channel) row of X [N, C, spatial...] normalized over its spatial values (biased
+// variance), then scaled and shifted by its channel's scale and B: LayerNormalization's rows
+// with a per-row scalar scale.
+
+std::unique_ptr<KernelState> prep_instancenorm(const NodeView& n) {
+  auto s = std::make_unique<InstanceNormState>();
+  if (n.num_inputs() != 3 || !n.has_input(1) || !n.has_input(2)) n.fail("needs 3 inputs (input, scale, B)");
+  n.require_dtype(n.input(0), {DType::F32}, "input");
+  n.require_dtype(n.input(1), {DType::F32}, "scale");
+  n.require_dtype(n.input(2), {DType::F32}, "B");
+  const Shape& x = n.input(0).shape;
+  if (x.size() < 3) n.fail(fmt::format("input {} must be at least 3-D (N, C, spatial...)", shape_str(x)));
+  s->N = x[0];
+  s->C = x[1];
+  s->D = prod(x, 2, x.size());
+  if (n.input(1).numel() != s->C || n.input(2).numel() != s->C)
+    n.fail(fmt::format("scale and B must have C = {} elements", s->C));
+  s->eps = static_cast<float>(n.node().attr_float("epsilon", 1e-5));
+  return s;
+}
+
+void fwd_instancenorm(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const InstanceNormState&>(st);
+  const float *X = in[0].data<float>(), *G = in[1].data<float>(), *B = in[2].data<float>();
+  float* Y = out[0].data<float>();
+  const int64_t D = s.D;
+  pfor(s.N * s.C, std::max<int64_t>(1, kGrain / std::max<int64_t>(D, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* __restrict x = X + r * D;
+      float* __restrict y = Y + r * D;
+      float m, rs;
+      row_stats(x, D, s.eps, m, rs);
+      const float a = rs * G[r % s.C], b = B[r % s.C] - m * a;
+#pragma omp simd
+      for (int64_t j = 0; j < D; ++j) y[j] = x[j] * a + b;
+    }
+  });
+}
+
+void bwd_instancenorm(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const InstanceNormState&>(st);
+  if (!io.dout[0].defined()) return;
+  SMP_CHECK(io.in[0].defined() && io.in[1].defined(), "node {}: InstanceNormalization backward needs X and scale", s.node_name);
+  const float *X = io.in[0].data<float>(), *G = io.in[1].data<float>(), *dY = io.dout[0].data<float>();
+  const int64_t D = s.D, rows = s.N * s.C;
+  float* dX = io.din[0].defined() ? io.din[0].data<float>() : nullptr;
+  const bool accx = dX && io.accumulate[0];
+  // per row: sum(dy) and sum(dy * xhat), for the scale's and B's gradients (summed over samples)
+  std::vector<double> sdy(static_cast<size_t>(rows)), sdyx(static_cast<size_t>(rows));
+  pfor(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(D, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* x = X + r * D;
+      const float* dy = dY + r * D;
+      float m, rs;
+      row_stats(x, D, s.eps, m, rs);
+      float s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+      for (int64_t j = 0; j < D; ++j) {
+        s1 += dy[j];
+        s2 += dy[j] * (x[j] - m) * rs;
+      }
+      sdy[static_cast<size_t>(r)] = s1;
+      sdyx[static_cast<size_t>(r)] = s2;
+      if (!dX) continue;
+      // dx = rs * g * (dy - mean(dy) - xhat * mean(dy * xhat))
+      const float gr = G[r % s.C] * rs, m1 = s1 / static_cast<float>(D), m2 = s2 / static_cast<float>(D);
+      float* __restrict dx = dX + r * D;
+      if (accx) {
+#pragma omp simd
+        for (int64_t j = 0; j < D; ++j) dx[j] += gr * (dy[j] - m1 - (x[j] - m) * rs * m2);
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < D; ++j) dx[j] = gr * (dy[j] - m1 - (x[j] - m) * rs * m2);
+      }
+    }
+  });
+  auto per_channel = [&](const std::vector<double>& v, Tensor& d, bool acc) {
+    float* o = d.data<float>();
+    for (int64_t c = 0; c < s.C; ++c) {
+      double t = 0;
+      for (int64_t b = 0; b < s.N; ++b) t += v[static_cast<size_t>(b * s.C + c)];
+      o[c] = acc ? o[c] + static_cast<float>(t) : static_cast<float>(t);
+    }
+  };
+  if (io.din[1].defined()) per_channel(sdyx, io.din[1], io.accumulate[1]);
+  if (io.din.size() > 2 && io.din[2].defined()) per_channel(sdy, io.din[2], io.accumulate[2]);
+}
+
 // ---- BatchNormalization ------------------------------------------------------------------
 //
 // training_mode = 1 (opset 14+; before: the running-statistics outputs present) normalizes with

@@ -67,6 +67,11 @@ struct LayerNormState : KernelState {
   bool has_bias = false;
 };
 
+struct InstanceNormState : KernelState {
+  int64_t N = 1, C = 1, D = 1;  // D: the spatial size
+  float eps = 1e-5f;
+};
+
 struct BatchNormState : KernelState {
   int64_t N = 1, C = 1, HW = 1;
   float eps = 1e-5f, momentum = 0.9f;

@@ -28,6 +28,7 @@ constexpr OpKernel kTable[] = {
     K(Celu, unary), K(Softplus, unary), K(Softsign, unary), K(ThresholdedRelu, unary), KF(Sign, unary),
     KF(Round, unary),
     K(Softmax, softmax), K(LogSoftmax, softmax), K(LayerNormalization, layernorm), K(BatchNormalization, batchnorm),
+    K(InstanceNormalization, instancenorm),
     K(ReduceMean, reduce), K(ReduceSum, reduce), K(ReduceMax, reduce), K(ReduceMin, reduce), K(ReduceProd, reduce),
     KF(ArgMax, argmax), K(ReduceL2, reduce),
     K(MaxPool, pool), K(AveragePool, pool), K(GlobalAveragePool, global_avgpool),

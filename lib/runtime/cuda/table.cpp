@@ -5,7 +5,7 @@
 // one (order). NO_KERNEL: the CPU runs the op, the CUDA backend refuses it at load (Einsum,
 // HardSigmoid, HardSwish, ReduceL2 and Pad of the torchvision exports, GatherElements,
 // NegativeLogLikelihoodLoss, Resize and Upsample, PRelu, Elu, Selu, Celu, Softplus, Softsign,
-// ThresholdedRelu, Sign and Round have no CUDA kernels yet).
+// ThresholdedRelu, Sign, Round and InstanceNormalization have no CUDA kernels yet).
 #include "runtime/cpu/kernels.hpp"
 #include "runtime/cuda/cuda_backend.hpp"
 #include "runtime/cuda/ops.hpp"
@@ -38,6 +38,7 @@ constexpr OpKernel kTable[] = {
     NO_KERNEL(Celu), NO_KERNEL(Softplus), NO_KERNEL(Softsign), NO_KERNEL(ThresholdedRelu), NO_KERNEL(Sign),
     NO_KERNEL(Round),
     K(Softmax, softmax), K(LogSoftmax, softmax), K(LayerNormalization, layernorm), KP(BatchNormalization, batchnorm),
+    NO_KERNEL(InstanceNormalization),
     K(ReduceMean, reduce), K(ReduceSum, reduce), K(ReduceMax, reduce), K(ReduceMin, reduce), K(ReduceProd, reduce),
     KF(ArgMax, argmax), NO_KERNEL(ReduceL2),
     KPS(MaxPool, pool), KPS(AveragePool, pool), K(GlobalAveragePool, global_avgpool),

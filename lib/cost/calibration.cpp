@@ -61,7 +61,7 @@ std::optional<KernelFamily> kernel_family(const graph::Graph& g, const graph::No
     case OpClass::ShapeOnly:
       return std::nullopt;
     case OpClass::MatMulLike: {
-      if (d->op == Op::Conv) return KernelFamily::Conv;
+      if (d->op == Op::Conv || d->op == Op::ConvTranspose) return KernelFamily::Conv;
       // Einsum of one operand sums and permutes: a reduction, not a product.
       if (d->op == Op::Einsum && n.inputs.size() < 2) return KernelFamily::Reduce;
       // A product with an operand that does not scale with the batch (a weight, or a weight

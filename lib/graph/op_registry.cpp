@@ -125,6 +125,17 @@ NodeCost cost_conv(const Graph& g, const Node& n) {
   return c;
 }
 
+// Conv's backward-data: 2 FLOPs per input element and weight element of its group.
+NodeCost cost_conv_transpose(const Graph& g, const Node& n) {
+  NodeCost c = streaming(g, n, 0.0);
+  const Shape& w = in_shape(g, n, 1);  // [C_in, C_out/groups, k...]
+  double per_in = 1;
+  for (size_t i = 1; i < w.size(); ++i) per_in *= static_cast<double>(w[i]);
+  c.flops = 2.0 * static_cast<double>(elems_of(g, n.inputs[0])) * per_in;
+  if (n.inputs.size() > 2 && n.inputs[2] >= 0) c.flops += output_elems(g, n);
+  return c;
+}
+
 // 2 FLOPs per point of the label space (every distinct label's size multiplied): a product and a
 // sum.
 NodeCost cost_einsum(const Graph& g, const Node& n) {
@@ -214,6 +225,7 @@ constexpr OpDef kOps[] = {
     {Op::Gemm, "Gemm", C::MatMulLike, b(0) | b(1) | b(2), b(0) | b(1), kNone, cost_gemm},
     {Op::Conv, "Conv", C::MatMulLike, b(0) | b(1) | b(2), b(0) | b(1), kNone, cost_conv},
     {Op::Einsum, "Einsum", C::MatMulLike, kAll, kAll, kNone, cost_einsum},
+    {Op::ConvTranspose, "ConvTranspose", C::MatMulLike, b(0) | b(1) | b(2), b(0) | b(1), kNone, cost_conv_transpose},
 
     {Op::Add, "Add", C::Elementwise, b(0) | b(1), kNone, kNone, cost_elementwise},
     {Op::Sub, "Sub", C::Elementwise, b(0) | b(1), kNone, kNone, cost_elementwise},

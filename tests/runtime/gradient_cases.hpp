@@ -222,6 +222,15 @@ inline std::vector<Case> gradient_cases() {
                   int x = m.f("x", {2, 3, 2, 2});
                   t.output(t.node("GlobalAveragePool", {x}, {F("y", {2, 3, 1, 1})})[0]);
                 }});
+  cs.push_back({"ConvTranspose stride 2, pads, output_padding, bias", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 4, 3, 3}), w = m.f("w", {4, 3, 3, 3}), b = m.f("b", {3});
+                  t.output(t.node("ConvTranspose", {x, w, b}, {F("y", {2, 3, 6, 6})},
+                                  {{"strides", attr_ints({2, 2})}, {"pads", attr_ints({1, 1, 1, 1})}, {"output_padding", attr_ints({1, 1})}})[0]);
+                }});
+  cs.push_back({"ConvTranspose groups 2, dilations 2, 1-D", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 4, 5}), w = m.f("w", {4, 3, 2});
+                  t.output(t.node("ConvTranspose", {x, w}, {F("y", {2, 6, 7})}, {{"group", attr_i(2)}, {"dilations", attr_ints({2})}})[0]);
+                }});
   cs.push_back({"LayerNormalization", [](TinyGraph& t, M& m) {
                   int x = m.f("x", {2, 3, 6}), g = m.f("g", {6}), b = m.f("b", {6});
                   t.output(t.node("LayerNormalization", {x, g, b}, {F("y", {2, 3, 6})}, {{"epsilon", attr_f(1e-5)}})[0]);

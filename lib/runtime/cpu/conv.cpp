@@ -1,5 +1,5 @@
-// Conv (1-D, 2-D; groups, dilations, pads, auto_pad) as im2col + sgemm; MaxPool, AveragePool,
-// GlobalAveragePool.
+// Conv (1-D, 2-D; groups, dilations, pads, auto_pad) as im2col + sgemm; ConvTranspose as col2im
+// of sgemm; MaxPool, AveragePool, GlobalAveragePool.
 #include "runtime/cpu/common.hpp"
 #include "runtime/cpu/kernels.hpp"
 
@@ -361,6 +361,144 @@ void bwd_conv(const KernelState& st, ExecContext& ctx, const GradIO& io) {
         float t = 0;
 #pragma omp simd reduction(+ : t)
         for (int64_t i = 0; i < ohw; ++i) t += p[i];
+        acc[static_cast<size_t>(m)] += t;
+      }
+    for (int64_t m = 0; m < s.M; ++m)
+      dB[m] = (io.accumulate[2] ? dB[m] : 0.0f) + static_cast<float>(acc[static_cast<size_t>(m)]);
+  }
+}
+
+// ---- ConvTranspose -------------------------------------------------------------------------
+//
+// Conv's gradient with respect to its input, run forward: Y = col2im(Wᵀ X) per image and group,
+// W [C_in, C_out / group, k...]. The state's Geom is that of the Conv whose input has Y's shape
+// and whose output has X's (ih, iw: Y's spatial size; oh, ow: X's), so that im2col and col2im
+// serve both directions; C is X's channels, M is Y's.
+
+namespace {
+// floor(t / 2) for negative t too (ONNX's formulas are Python's)
+int64_t floor_half(int64_t t) { return t >= 0 ? t / 2 : -((1 - t) / 2); }
+}  // namespace
+
+std::unique_ptr<KernelState> prep_conv_transpose(const NodeView& n) {
+  auto s = std::make_unique<ConvState>();
+  n.require_dtype(n.input(0), {DType::F32}, "input X");
+  n.require_dtype(n.input(1), {DType::F32}, "weight W");
+  const Shape &x = n.input(0).shape, &w = n.input(1).shape, &y = n.output(0).shape;
+  if (x.size() < 3 || w.size() != x.size() || y.size() != x.size()) n.fail("X, W and Y must have the same rank, at least 3");
+  const size_t sp = x.size() - 2;
+  if (sp > 2) n.fail(fmt::format("{}-D spatial input not supported (1-D, 2-D)", sp));
+  s->N = x[0];
+  s->C = x[1];
+  s->groups = n.node().attr_int("group", 1);
+  if (s->groups < 1 || w[0] != s->C || s->C % s->groups != 0)
+    n.fail(fmt::format("W {} does not fit X {} with group {}", shape_str(w), shape_str(x), s->groups));
+  s->M = w[1] * s->groups;
+  if (y[1] != s->M) n.fail(fmt::format("Y has {} channels, W and group give {}", y[1], s->M));
+  std::vector<int64_t> kernel(w.begin() + 2, w.end());
+  if (n.node().attr_ints("kernel_shape", kernel) != kernel) n.fail("kernel_shape differs from the weight's shape");
+  auto strides = n.node().attr_ints("strides", std::vector<int64_t>(sp, 1));
+  auto dil = n.node().attr_ints("dilations", std::vector<int64_t>(sp, 1));
+  auto pads = n.node().attr_ints("pads", std::vector<int64_t>(2 * sp, 0));
+  auto outpad = n.node().attr_ints("output_padding", std::vector<int64_t>(sp, 0));
+  const bool has_output_shape = n.node().has_attr("output_shape");
+  const std::string ap = n.node().attr_string("auto_pad", "NOTSET");
+  if (strides.size() != sp || dil.size() != sp || pads.size() != 2 * sp || outpad.size() != sp)
+    n.fail("strides, dilations, pads or output_padding of the wrong length");
+  if (ap != "NOTSET" && ap != "VALID" && ap != "SAME_UPPER" && ap != "SAME_LOWER") n.fail(fmt::format("auto_pad '{}' not supported", ap));
+  std::vector<int64_t> pb(sp);
+  for (size_t i = 0; i < sp; ++i) {
+    if (strides[i] < 1 || dil[i] < 1) n.fail("strides and dilations must be positive");
+    const int64_t full = strides[i] * (x[2 + i] - 1) + outpad[i] + (kernel[i] - 1) * dil[i] + 1, out = y[2 + i];
+    if (has_output_shape || ap == "SAME_UPPER" || ap == "SAME_LOWER") {  // the padding that gives Y's size
+      const int64_t total = full - out;
+      pb[i] = ap == "SAME_UPPER" ? floor_half(total) : total - floor_half(total);
+    } else if (ap == "VALID") {
+      pb[i] = 0;
+      if (out != full) n.fail(fmt::format("output spatial size {} differs from the computed {}", shape_str(y), full));
+    } else {
+      pb[i] = pads[i];
+      if (out != full - pads[i] - pads[i + sp])
+        n.fail(fmt::format("output spatial size {} differs from the computed {}", shape_str(y), full - pads[i] - pads[i + sp]));
+    }
+  }
+  Geom& g = s->g;
+  if (sp == 1) {
+    g.iw = y[2]; g.ow = x[2]; g.kw = kernel[0]; g.sw = strides[0]; g.dw = dil[0]; g.pw = pb[0];
+  } else {
+    g.ih = y[2]; g.iw = y[3]; g.oh = x[2]; g.ow = x[3]; g.kh = kernel[0]; g.kw = kernel[1];
+    g.sh = strides[0]; g.sw = strides[1]; g.dh = dil[0]; g.dw = dil[1]; g.ph = pb[0]; g.pw = pb[1];
+  }
+  if (n.has_input(2)) {
+    n.require_dtype(n.input(2), {DType::F32}, "bias B");
+    if (n.input(2).shape != Shape{s->M}) n.fail(fmt::format("bias must be [{}]", s->M));
+    s->has_bias = true;
+  }
+  return s;
+}
+
+void fwd_conv_transpose(const KernelState& st, ExecContext& ctx, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const ConvState&>(st);
+  const Geom& g = s.g;
+  const float *X = in[0].data<float>(), *W = in[1].data<float>();
+  const float* B = s.has_bias ? in[2].data<float>() : nullptr;
+  float* Y = out[0].data<float>();
+  const int64_t Cg = s.C / s.groups, Mg = s.M / s.groups, kk = g.kh * g.kw, xhw = g.oh * g.ow, yhw = g.ih * g.iw;
+  std::memset(Y, 0, static_cast<size_t>(s.N * s.M * yhw) * sizeof(float));
+  Tensor colt = scratch(ctx, DType::F32, {Mg * kk, xhw});
+  float* col = colt.data<float>();
+  for (int64_t b = 0; b < s.N; ++b)
+    for (int64_t gr = 0; gr < s.groups; ++gr) {
+      // col [Mg * kk, xhw] = W_gᵀ X_g, W_g [Cg, Mg * kk]
+      gemm(true, false, Mg * kk, xhw, Cg, 1.0f, W + gr * Cg * Mg * kk, Mg * kk, X + (b * s.C + gr * Cg) * xhw, xhw, 0.0f, col, xhw);
+      col2im(g, Mg, col, xhw, 1, Y + (b * s.M + gr * Mg) * yhw, 0);
+    }
+  if (B)
+    pfor(s.N * s.M, std::max<int64_t>(1, kGrain / std::max<int64_t>(yhw, 1)), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        float* y = Y + r * yhw;
+        const float bv = B[r % s.M];
+        for (int64_t i = 0; i < yhw; ++i) y[i] += bv;
+      }
+    });
+}
+
+void bwd_conv_transpose(const KernelState& st, ExecContext& ctx, const GradIO& io) {
+  const auto& s = static_cast<const ConvState&>(st);
+  if (!io.dout[0].defined()) return;
+  const Geom& g = s.g;
+  const float* dY = io.dout[0].data<float>();
+  const bool want_dx = io.din[0].defined(), want_dw = io.din[1].defined();
+  const int64_t Cg = s.C / s.groups, Mg = s.M / s.groups, kk = g.kh * g.kw, xhw = g.oh * g.ow, yhw = g.ih * g.iw;
+  if (want_dx || want_dw) {
+    SMP_CHECK(io.in[0].defined() && io.in[1].defined(), "node {}: ConvTranspose backward needs X and W", s.node_name);
+    const float *X = io.in[0].data<float>(), *W = io.in[1].data<float>();
+    float* dX = want_dx ? io.din[0].data<float>() : nullptr;
+    float* dW = want_dw ? io.din[1].data<float>() : nullptr;
+    const int64_t wsize = s.C * Mg * kk;
+    if (dW && !io.accumulate[1]) std::memset(dW, 0, static_cast<size_t>(wsize) * sizeof(float));
+    Tensor colt = scratch(ctx, DType::F32, {Mg * kk, xhw});
+    float* col = colt.data<float>();
+    for (int64_t b = 0; b < s.N; ++b)
+      for (int64_t gr = 0; gr < s.groups; ++gr) {
+        im2col(g, Mg, dY + (b * s.M + gr * Mg) * yhw, 0, 1, col, xhw);  // dY's columns at X's positions
+        const float* Wg = W + gr * Cg * Mg * kk;
+        if (dX) {  // dX_g = W_g col
+          const bool first = !io.accumulate[0];
+          gemm(false, false, Cg, xhw, Mg * kk, 1.0f, Wg, Mg * kk, col, xhw, first ? 0.0f : 1.0f, dX + (b * s.C + gr * Cg) * xhw, xhw);
+        }
+        if (dW)  // dW_g += X_g colᵀ
+          gemm(false, true, Cg, Mg * kk, xhw, 1.0f, X + (b * s.C + gr * Cg) * xhw, xhw, col, xhw, 1.0f, dW + gr * Cg * Mg * kk, Mg * kk);
+      }
+  }
+  if (io.din.size() > 2 && io.din[2].defined()) {
+    float* dB = io.din[2].data<float>();
+    std::vector<double> acc(static_cast<size_t>(s.M), 0.0);
+    for (int64_t b = 0; b < s.N; ++b)
+      for (int64_t m = 0; m < s.M; ++m) {
+        const float* p = dY + (b * s.M + m) * yhw;
+        double t = 0;
+        for (int64_t i = 0; i < yhw; ++i) t += p[i];
         acc[static_cast<size_t>(m)] += t;
       }
     for (int64_t m = 0; m < s.M; ++m)

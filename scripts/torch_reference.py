@@ -6,6 +6,12 @@
       cross-entropy over the last axis, torch.optim.SGD. Writes OUT/x_<k>.npy, OUT/y_<k>.npy (the
       batch of step k) and OUT/losses.json ({"losses": [loss before step k's update, ...]}).
 
+  torch_reference.py ops OUT [--steps 20] [--batch 8] [--lr 0.05] [--seed 0] [--threads 1]
+      A small seeded network of the ops beyond the samples (Conv strided down, GroupNorm, PReLU
+      per channel, ConvTranspose2d with output_padding and grouped, InstanceNorm2d, ELU, SELU,
+      CELU, Softplus, a single-slope PReLU on the logits), exported to OUT/model.onnx as a user
+      exports for training; then trained as `train` does (OUT/x_<k>.npy, y_<k>.npy, losses.json).
+
   torch_reference.py bench NAME [--batch 32] [--threads 1] [--steps 20] [--warmup 3]
       Prints {"steps_per_s": ..., "steps_per_cpu_s": ...} (per second of the process's CPU time) for training steps (forward, loss, backward, SGD step).
 """
@@ -70,6 +76,57 @@ def cmd_train(a):
     return 0
 
 
+class OpsNet(torch.nn.Module):
+    """[B, 3, 8, 8] -> 10 logits through the ops `ops` exercises."""
+
+    def __init__(self):
+        super().__init__()
+        self.down = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.gn = torch.nn.GroupNorm(4, 8)
+        self.act1 = torch.nn.PReLU(8)
+        self.up = torch.nn.ConvTranspose2d(8, 6, 3, stride=2, padding=1, output_padding=1)
+        self.inorm = torch.nn.InstanceNorm2d(6, affine=True)
+        self.up2 = torch.nn.ConvTranspose2d(6, 6, 2, stride=2, groups=2)
+        self.head = torch.nn.Linear(6, 10)
+        self.act2 = torch.nn.PReLU()
+        with torch.no_grad():  # affine parameters away from their identity start
+            for m in (self.gn, self.inorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+            self.act1.weight.uniform_(0.05, 0.4)
+
+    def forward(self, x):
+        h = self.act1(self.gn(self.down(x)))
+        h = F.elu(self.inorm(self.up(h)), 0.7)
+        h = F.softplus(F.celu(F.selu(self.up2(h)), 0.5))
+        return self.act2(self.head(h.mean(dim=(2, 3))))
+
+
+def cmd_ops(a):
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    os.makedirs(a.out, exist_ok=True)
+    model = OpsNet()
+    model.train()
+    rng = np.random.RandomState(a.seed)
+    batches = []
+    for _ in range(a.steps):
+        x = rng.standard_normal([a.batch, 3, 8, 8]).astype(np.float32)
+        batches.append((x, rng.randint(0, 10, size=[a.batch]).astype(np.int64)))
+    torch.onnx.export(model, torch.from_numpy(batches[0][0]), os.path.join(a.out, "model.onnx"), input_names=["x"],
+                      output_names=["logits"], opset_version=17, training=torch.onnx.TrainingMode.TRAINING,
+                      do_constant_folding=False)
+    opt = torch.optim.SGD(model.parameters(), lr=a.lr)
+    losses = []
+    for k, (x, y) in enumerate(batches):
+        np.save(os.path.join(a.out, f"x_{k}.npy"), x)
+        np.save(os.path.join(a.out, f"y_{k}.npy"), y)
+        losses.append(step(model, opt, torch.from_numpy(x), torch.from_numpy(y)))
+    with open(os.path.join(a.out, "losses.json"), "w") as f:
+        json.dump({"losses": losses}, f)
+    return 0
+
+
 def cmd_bench(a):
     torch.set_num_threads(a.threads)
     model = model_for(a.name)
@@ -93,17 +150,19 @@ def main(argv=None):
     t = sub.add_parser("train")
     t.add_argument("name")
     t.add_argument("out")
+    o = sub.add_parser("ops")
+    o.add_argument("out")
     b = sub.add_parser("bench")
     b.add_argument("name")
     b.add_argument("--warmup", type=int, default=3)
-    for q in (t, b):
+    for q in (t, o, b):
         q.add_argument("--steps", type=int, default=20)
-        q.add_argument("--batch", type=int, default=8 if q is t else 32)
+        q.add_argument("--batch", type=int, default=32 if q is b else 8)
         q.add_argument("--lr", type=float, default=0.05)
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
-    return cmd_train(a) if a.cmd == "train" else cmd_bench(a)
+    return {"train": cmd_train, "ops": cmd_ops, "bench": cmd_bench}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -55,3 +55,39 @@ TEST_CASE("20 SGD steps on each sample model match PyTorch's losses") {
     CHECK(ex.pending() == 0);
   }
 }
+
+// The ops beyond the samples, as PyTorch exports them for training (scripts/torch_reference.py
+// ops): ConvTranspose (strided with output_padding, grouped), GroupNorm (InstanceNormalization
+// between reshapes), InstanceNorm2d, PReLU (per channel and single), ELU, SELU, CELU, Softplus.
+TEST_CASE("20 SGD steps on a network of ConvTranspose, GroupNorm, InstanceNorm, PReLU, ELU, SELU, CELU, Softplus match PyTorch's losses") {
+  const int steps = 20, batch = 8;
+  const double lr = 0.05;
+  fs::path dir = fs::path(SMP_TEST_DATA) / "torch_train_ops";
+  std::string cmd = fmt::format("{} {}/scripts/torch_reference.py ops {} --steps {} --batch {} --lr {} --threads 2 > {}.log 2>&1",
+                                SMP_PYTHON, SMP_SOURCE_DIR, dir.string(), steps, batch, lr, dir.string());
+  REQUIRE_MESSAGE(std::system(cmd.c_str()) == 0, cmd);
+  auto ref = read_json(dir / "losses.json")["losses"].get<std::vector<double>>();
+  REQUIRE(ref.size() == static_cast<size_t>(steps));
+  graph::LoadOptions lo;
+  lo.batch_size = batch;
+  lo.load_weights = true;
+  graph::Graph g = graph::load_graph(dir / "model.onnx", lo);
+  runtime::CpuBackend be(2);
+  runtime::StageExecutor ex(g, be);
+  double worst = 0;
+  for (int k = 0; k < steps; ++k) {
+    runtime::Tensor x = runtime::load_npy(be, dir / fmt::format("x_{}.npy", k));
+    runtime::Tensor y = runtime::load_npy(be, dir / fmt::format("y_{}.npy", k));
+    ex.zero_grad();
+    auto out = ex.forward(0, {&x, 1});
+    auto l = runtime::cross_entropy(be, out[0], y);
+    ex.backward(0, {&l.grad, 1});
+    ex.sgd_step(static_cast<float>(lr));
+    INFO(fmt::format("step {}: smp {:.8f} torch {:.8f}", k, l.loss, ref[static_cast<size_t>(k)]));
+    double rel = std::fabs(l.loss - ref[static_cast<size_t>(k)]) / std::fabs(ref[static_cast<size_t>(k)]);
+    worst = std::max(worst, rel);
+    CHECK(rel <= 1e-4);
+  }
+  fmt::print("ops network: {} steps, largest relative loss difference to PyTorch {:.2e}\n", steps, worst);
+  CHECK(ex.pending() == 0);
+}

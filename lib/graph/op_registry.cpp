@@ -245,6 +245,8 @@ constexpr OpDef kOps[] = {
     {Op::Where, "Where", C::Elementwise, b(1) | b(2), b(0), kNone, cost_elementwise},
     // max(0, x) + slope * min(0, x), the slope broadcast to x (PyTorch's PReLU weight)
     {Op::PRelu, "PRelu", C::Elementwise, b(0) | b(1), b(0) | b(1), kNone, cost_elementwise},
+    // integers: Python's remainder (fmod 0) or C's (fmod 1); floats: C's fmod
+    {Op::Mod, "Mod", C::Elementwise, b(0) | b(1), b(0) | b(1), kNone, cost_elementwise},
 
     {Op::Sqrt, "Sqrt", C::Elementwise, b(0), kNone, b(0), cost_elementwise},
     {Op::Reciprocal, "Reciprocal", C::Elementwise, b(0), kNone, b(0), cost_elementwise},
@@ -277,6 +279,17 @@ constexpr OpDef kOps[] = {
     {Op::ThresholdedRelu, "ThresholdedRelu", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
     {Op::Sign, "Sign", C::Elementwise, kNone, kNone, kNone, cost_elementwise},  // gradient 0 almost everywhere
     {Op::Round, "Round", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
+    {Op::Tan, "Tan", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+    {Op::Asin, "Asin", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+    {Op::Acos, "Acos", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+    {Op::Atan, "Atan", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+    {Op::Sinh, "Sinh", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+    {Op::Cosh, "Cosh", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+    {Op::Asinh, "Asinh", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+    {Op::Acosh, "Acosh", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+    {Op::Atanh, "Atanh", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+    {Op::IsNaN, "IsNaN", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
+    {Op::IsInf, "IsInf", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
 
     {Op::Softmax, "Softmax", C::Normalization, b(0), kNone, b(0), cost_softmax},
     {Op::LogSoftmax, "LogSoftmax", C::Normalization, b(0), kNone, b(0), cost_softmax},
@@ -295,10 +308,16 @@ constexpr OpDef kOps[] = {
     {Op::ReduceProd, "ReduceProd", C::Reduction, b(0), b(0), b(0), cost_reduction},
     {Op::ArgMax, "ArgMax", C::Reduction, kNone, kNone, kNone, cost_reduction},
     {Op::ReduceL2, "ReduceL2", C::Reduction, b(0), b(0), b(0), cost_reduction},
+    {Op::ReduceL1, "ReduceL1", C::Reduction, b(0), b(0), kNone, cost_reduction},
+    {Op::ReduceSumSquare, "ReduceSumSquare", C::Reduction, b(0), b(0), kNone, cost_reduction},
+    {Op::ReduceLogSum, "ReduceLogSum", C::Reduction, b(0), kNone, b(0), cost_reduction},
+    {Op::ReduceLogSumExp, "ReduceLogSumExp", C::Reduction, b(0), b(0), b(0), cost_reduction},
+    {Op::ArgMin, "ArgMin", C::Reduction, kNone, kNone, kNone, cost_reduction},
 
     {Op::MaxPool, "MaxPool", C::Pooling, b(0), b(0), b(0), cost_pool},
     {Op::AveragePool, "AveragePool", C::Pooling, b(0), kNone, kNone, cost_pool},
     {Op::GlobalAveragePool, "GlobalAveragePool", C::Pooling, b(0), kNone, kNone, cost_global_pool},
+    {Op::GlobalMaxPool, "GlobalMaxPool", C::Pooling, b(0), b(0), kNone, cost_global_pool},
 
     {Op::Reshape, "Reshape", C::View, b(0), kNone, kNone, cost_view},
     {Op::Transpose, "Transpose", C::DataMovement, b(0), kNone, kNone, cost_data_movement},
@@ -318,6 +337,7 @@ constexpr OpDef kOps[] = {
     // only the shapes and the interpolation weights.
     {Op::Resize, "Resize", C::DataMovement, b(0), kNone, kNone, cost_resize},
     {Op::Upsample, "Upsample", C::DataMovement, b(0), kNone, kNone, cost_resize},
+    {Op::CumSum, "CumSum", C::DataMovement, b(0), kNone, kNone, cost_elementwise},
 
     {Op::Shape, "Shape", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},
     {Op::Size, "Size", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},

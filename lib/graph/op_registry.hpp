@@ -18,20 +18,21 @@ enum class Op : int {
   // matrix products and convolution
   MatMul, Gemm, Conv, Einsum, ConvTranspose,
   // elementwise, binary with broadcasting
-  Add, Sub, Mul, Div, Pow, Max, Min, Equal, Less, Greater, LessOrEqual, GreaterOrEqual, And, Or, Xor, Where, PRelu,
+  Add, Sub, Mul, Div, Pow, Max, Min, Equal, Less, Greater, LessOrEqual, GreaterOrEqual, And, Or, Xor, Where, PRelu, Mod,
   // elementwise, unary
   Sqrt, Reciprocal, Neg, Abs, Exp, Log, Relu, LeakyRelu, Tanh, Sigmoid, Erf, Gelu, Floor, Ceil, Not,
   Clip, Cast, Identity, Dropout, Sin, Cos, HardSigmoid, HardSwish, Elu, Selu, Celu, Softplus, Softsign,
-  ThresholdedRelu, Sign, Round,
+  ThresholdedRelu, Sign, Round, Tan, Asin, Acos, Atan, Sinh, Cosh, Asinh, Acosh, Atanh, IsNaN, IsInf,
   // normalisation and softmax
   Softmax, LogSoftmax, LayerNormalization, BatchNormalization, InstanceNormalization,
   // reductions
-  ReduceMean, ReduceSum, ReduceMax, ReduceMin, ReduceProd, ArgMax, ReduceL2,
+  ReduceMean, ReduceSum, ReduceMax, ReduceMin, ReduceProd, ArgMax, ReduceL2, ReduceL1, ReduceSumSquare, ReduceLogSum,
+  ReduceLogSumExp, ArgMin,
   // pooling
-  MaxPool, AveragePool, GlobalAveragePool,
+  MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool,
   // data movement
   Reshape, Transpose, Flatten, Squeeze, Unsqueeze, Concat, Split, Slice, Gather, Expand, Tile, Trilu, Pad, GatherElements,
-  Resize, Upsample,
+  Resize, Upsample, CumSum,
   // shape-only and constant producers (folded away before planning)
   Shape, Size, Constant, ConstantOfShape, Range,
   // losses

@@ -120,6 +120,19 @@ inline std::vector<Case> gradient_cases() {
   unary("Softplus", -3, 3);
   unary("Softsign", -3, 3);
   unary("ThresholdedRelu", -2, 3);
+  unary("Tan", -1, 1);
+  unary("Asin", -0.8f, 0.8f);
+  unary("Acos", -0.8f, 0.8f);
+  unary("Atan", -2, 2);
+  unary("Sinh", -2, 2);
+  unary("Cosh", -2, 2);
+  unary("Asinh", -2, 2);
+  unary("Acosh", 1.2f, 3);
+  unary("Atanh", -0.8f, 0.8f);
+  cs.push_back({"Mod (fmod 1; a / b between 2.1 and 2.8)", [](TinyGraph& t, M& m) {
+                  int a = m.f("a", {2, 3}, 2.2f, 2.8f), b = m.f("b", {3}, 1.0f, 1.05f);
+                  t.output(t.node("Mod", {a, b}, {F("y", {2, 3})}, {{"fmod", attr_i(1)}})[0]);
+                }});
   unary("Identity", -1, 1);
   unary("Softmax", -2, 2);
   unary("Softmax", -2, 2, {{"axis", attr_i(0)}});
@@ -218,6 +231,17 @@ inline std::vector<Case> gradient_cases() {
                   t.output(t.node("AveragePool", {x}, {F("y", {1, 1, 4, 4})},
                                   {{"kernel_shape", attr_ints({2, 2})}, {"count_include_pad", attr_i(1)}, {"pads", attr_ints({1, 1, 0, 0})}})[0]);
                 }});
+  cs.push_back({"GlobalMaxPool", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 3, 2, 3});
+                  t.output(t.node("GlobalMaxPool", {x}, {F("y", {2, 3, 1, 1})})[0]);
+                }});
+  for (int ex : {0, 1})
+    for (int rev : {0, 1})
+      cs.push_back({fmt::format("CumSum axis 1, exclusive {}, reverse {}", ex, rev), [ex, rev](TinyGraph& t, M& m) {
+                      int x = m.f("x", {2, 4, 3});
+                      int axis = t.constant<int64_t>("axis", DType::I64, {}, {1});
+                      t.output(t.node("CumSum", {x, axis}, {F("y", {2, 4, 3})}, {{"exclusive", attr_i(ex)}, {"reverse", attr_i(rev)}})[0]);
+                    }});
   cs.push_back({"GlobalAveragePool", [](TinyGraph& t, M& m) {
                   int x = m.f("x", {2, 3, 2, 2});
                   t.output(t.node("GlobalAveragePool", {x}, {F("y", {2, 3, 1, 1})})[0]);
@@ -275,6 +299,14 @@ inline std::vector<Case> gradient_cases() {
   reduce("ReduceMean", {2, 3, 4}, {-1}, 1, {2, 3, 1});
   reduce("ReduceMean", {2, 3, 4}, {0, 1}, 0, {4});
   reduce("ReduceProd", {2, 3, 4}, {0, 2}, 1, {1, 3, 1});
+  reduce("ReduceL1", {2, 3, 4}, {1}, 1, {2, 1, 4});
+  reduce("ReduceSumSquare", {2, 3, 4}, {0, 2}, 0, {3});
+  cs.push_back({"ReduceLogSum (positive input)", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {3, 4}, 0.5f, 2.0f);
+                  t.output(t.node("ReduceLogSum", {x}, {F("y", {3, 1})}, {{"axes", attr_ints({1})}})[0]);
+                }});
+  reduce("ReduceLogSumExp", {2, 3, 4}, {-1}, 1, {2, 3, 1});
+  reduce("ReduceLogSumExp", {2, 3, 4}, {0, 1}, 0, {4});
   cs.push_back({"ReduceMax", [](TinyGraph& t, M& m) {
                   int x = m.f("x", {3, 4});
                   t.output(t.node("ReduceMax", {x}, {F("y", {3, 1})}, {{"axes", attr_ints({1})}})[0]);

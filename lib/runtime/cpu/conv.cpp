@@ -1,5 +1,5 @@
 // Conv (1-D, 2-D; groups, dilations, pads, auto_pad) as im2col + sgemm; ConvTranspose as col2im
-// of sgemm; MaxPool, AveragePool, GlobalAveragePool.
+// of sgemm; MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool.
 #include "runtime/cpu/common.hpp"
 #include "runtime/cpu/kernels.hpp"
 
@@ -780,6 +780,51 @@ void bwd_global_avgpool(const KernelState& st, ExecContext&, const GradIO& io) {
       } else {
         for (int64_t i = 0; i < s.HW; ++i) dx[i] = v;
       }
+    }
+  });
+}
+
+// ---- GlobalMaxPool -----------------------------------------------------------------------
+
+std::unique_ptr<KernelState> prep_global_maxpool(const NodeView& n) {
+  auto s = std::make_unique<GapState>();
+  n.require_dtype(n.input(0), {DType::F32}, "input X");
+  const Shape& x = n.input(0).shape;
+  if (x.size() < 3) n.fail("input must be at least 3-D");
+  s->NC = x[0] * x[1];
+  s->HW = prod(x, 2, x.size());
+  return s;
+}
+
+void fwd_global_maxpool(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const GapState&>(st);
+  const float* X = in[0].data<float>();
+  float* Y = out[0].data<float>();
+  pfor(s.NC, std::max<int64_t>(1, kGrain / s.HW), [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const float* x = X + c * s.HW;
+      float m = -INFINITY;
+      for (int64_t i = 0; i < s.HW; ++i) m = x[i] > m ? x[i] : m;
+      Y[c] = m;
+    }
+  });
+}
+
+// Each plane's gradient to its first maximum, as MaxPool's.
+void bwd_global_maxpool(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const GapState&>(st);
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  SMP_CHECK(io.in[0].defined(), "node {}: GlobalMaxPool backward needs X (not declared saved)", s.node_name);
+  const float *X = io.in[0].data<float>(), *dY = io.dout[0].data<float>();
+  float* dX = io.din[0].data<float>();
+  if (!io.accumulate[0]) std::memset(dX, 0, static_cast<size_t>(io.din[0].numel()) * sizeof(float));
+  pfor(s.NC, std::max<int64_t>(1, kGrain / s.HW), [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const float* x = X + c * s.HW;
+      int64_t arg = 0;
+      for (int64_t i = 1; i < s.HW; ++i)
+        if (x[i] > x[arg]) arg = i;
+      dX[c * s.HW + arg] += dY[c];
     }
   });
 }

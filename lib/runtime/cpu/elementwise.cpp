@@ -15,7 +15,8 @@ namespace smp::runtime::cpu {
 using graph::Op;
 
 bool is_arith(Op op) {
-  return op == Op::Add || op == Op::Sub || op == Op::Mul || op == Op::Div || op == Op::Pow || op == Op::Max || op == Op::Min;
+  return op == Op::Add || op == Op::Sub || op == Op::Mul || op == Op::Div || op == Op::Pow || op == Op::Max || op == Op::Min ||
+         op == Op::Mod;
 }
 bool is_compare(Op op) {
   return op == Op::Equal || op == Op::Less || op == Op::Greater || op == Op::LessOrEqual || op == Op::GreaterOrEqual;
@@ -67,6 +68,10 @@ void arith(Op op, const Bcast& p, const T* a, const T* b, T* o) {
         bin_loop(p, a, b, o, [](T x, T y) { return x / y; });
       }
       break;
+    case Op::Mod:  // ModState's fmod decides for integers (arith_mod); floats are C's fmod
+      if constexpr (std::is_floating_point_v<T>) bin_loop(p, a, b, o, [](T x, T y) { return std::fmod(x, y); });
+      else SMP_CHECK(false, "integer Mod goes through arith_mod");
+      break;
     case Op::Max: bin_loop(p, a, b, o, [](T x, T y) { return x > y ? x : y; }); break;
     case Op::Min: bin_loop(p, a, b, o, [](T x, T y) { return x < y ? x : y; }); break;
     case Op::Pow:
@@ -78,6 +83,23 @@ void arith(Op op, const Bcast& p, const T* a, const T* b, T* o) {
       break;
     default: SMP_CHECK(false, "not an arithmetic op");
   }
+}
+
+// Integer Mod: Python's remainder (the divisor's sign) or, with fmod, C's (the dividend's); 0
+// for a zero divisor, as numpy.
+template <class T>
+void arith_mod(const Bcast& p, const T* a, const T* b, T* o, bool fmod) {
+  bin_loop(p, a, b, o, [fmod](T x, T y) -> T {
+    if (y == 0) return T(0);
+    if constexpr (std::is_signed_v<T>) {
+      if (y == T(-1)) return T(0);  // no trap on INT_MIN % -1
+      T r = static_cast<T>(x % y);
+      if (!fmod && r != 0 && ((r < 0) != (y < 0))) r = static_cast<T>(r + y);
+      return r;
+    } else {
+      return static_cast<T>(x % y);
+    }
+  });
 }
 
 // A numeric tensor's elements as doubles (exact for every integer below 2^53).
@@ -148,6 +170,11 @@ std::unique_ptr<KernelState> prep_binary(const NodeView& n) {
     } else if (b.dtype != a.dtype) {
       n.fail(fmt::format("inputs of different dtypes ({} and {})", dtype_name(a.dtype), dtype_name(b.dtype)));
     }
+    if (n.op() == Op::Mod) {
+      s->fmod = n.node().attr_int("fmod", 0) != 0;
+      if (is_floating(a.dtype) && !s->fmod) n.fail("fmod 0 on floats (ONNX requires fmod 1 for them)");
+      if (a.dtype == DType::F16) n.fail("float16 Mod not supported");
+    }
   } else if (is_compare(n.op())) {
     if (n.op() == Op::Equal) n.require_dtype(a, {DType::F32, DType::F64, DType::I64, DType::I32, DType::Bool}, "input A");
     else n.require_dtype(a, {DType::F32, DType::F64, DType::I64, DType::I32}, "input A");
@@ -171,6 +198,20 @@ void fwd_binary(const KernelState& st, ExecContext& ctx, std::span<Tensor> out, 
     return;
   }
   const Tensor &a = in[0], &b = in[1];
+  if (s.op == Op::Mod && !is_floating(a.dtype())) {
+    switch (a.dtype()) {
+      case DType::I64: arith_mod(s.plan, a.data<int64_t>(), b.data<int64_t>(), y.data<int64_t>(), s.fmod); break;
+      case DType::I32: arith_mod(s.plan, a.data<int32_t>(), b.data<int32_t>(), y.data<int32_t>(), s.fmod); break;
+      case DType::I16: arith_mod(s.plan, a.data<int16_t>(), b.data<int16_t>(), y.data<int16_t>(), s.fmod); break;
+      case DType::I8: arith_mod(s.plan, a.data<int8_t>(), b.data<int8_t>(), y.data<int8_t>(), s.fmod); break;
+      case DType::U64: arith_mod(s.plan, a.data<uint64_t>(), b.data<uint64_t>(), y.data<uint64_t>(), s.fmod); break;
+      case DType::U32: arith_mod(s.plan, a.data<uint32_t>(), b.data<uint32_t>(), y.data<uint32_t>(), s.fmod); break;
+      case DType::U16: arith_mod(s.plan, a.data<uint16_t>(), b.data<uint16_t>(), y.data<uint16_t>(), s.fmod); break;
+      case DType::U8: arith_mod(s.plan, a.data<uint8_t>(), b.data<uint8_t>(), y.data<uint8_t>(), s.fmod); break;
+      default: SMP_CHECK(false, "dtype");
+    }
+    return;
+  }
   if (is_arith(s.op)) {
     switch (a.dtype()) {
       case DType::F32: {
@@ -321,6 +362,10 @@ void bwd_binary(const KernelState& st, ExecContext& ctx, const GradIO& io) {
           grad_to(s, ctx, w, dy, need(0), need(1), d, acc,
                   [](float g, float a, float b) { return a > 0 ? g * std::pow(a, b) * std::log(a) : 0.0f; });
         }
+        break;
+      case Op::Mod:  // fmod(a, b) = a - trunc(a / b) b
+        if (w == 0) grad_to(s, ctx, w, dy, nullptr, nullptr, d, acc, [](float g, float, float) { return g; });
+        else grad_to(s, ctx, w, dy, need(0), need(1), d, acc, [](float g, float a, float b) { return -g * std::trunc(a / b); });
         break;
       case Op::Max:
       case Op::Min: {
@@ -503,12 +548,17 @@ std::unique_ptr<KernelState> prep_unary(const NodeView& n) {
     case Op::Neg:
     case Op::Abs: n.require_dtype(n.input(0), {DType::F32, DType::I64, DType::I32}, "input"); break;
     case Op::Not: n.require_dtype(n.input(0), {DType::Bool}, "input"); break;
+    case Op::IsNaN: case Op::IsInf: n.require_dtype(n.input(0), {DType::F32, DType::F64}, "input"); break;
     default: n.require_dtype(n.input(0), {DType::F32}, "input");
   }
   if (n.op() == Op::LeakyRelu) s->alpha = static_cast<float>(n.node().attr_float("alpha", 0.01));
   if (n.op() == Op::Elu || n.op() == Op::Celu || n.op() == Op::ThresholdedRelu)
     s->alpha = static_cast<float>(n.node().attr_float("alpha", 1.0));
   if (n.op() == Op::Celu && s->alpha == 0.0f) n.fail("alpha 0 (Celu divides by it)");
+  if (n.op() == Op::IsInf) {
+    s->detect_negative = n.node().attr_int("detect_negative", 1) != 0;
+    s->detect_positive = n.node().attr_int("detect_positive", 1) != 0;
+  }
   if (n.op() == Op::Selu) {  // ONNX's defaults, PyTorch's constants
     s->alpha = static_cast<float>(n.node().attr_float("alpha", 1.67326319217681884765625));
     s->beta = static_cast<float>(n.node().attr_float("gamma", 1.05070102214813232421875));
@@ -542,6 +592,18 @@ void fwd_unary(const KernelState& st, ExecContext&, std::span<Tensor> out, std::
     const uint8_t* px = x.data<uint8_t>();
     uint8_t* py = y.data<uint8_t>();
     for (int64_t i = 0; i < x.numel(); ++i) py[i] = !px[i];
+    return;
+  }
+  if (s.op == Op::IsNaN || s.op == Op::IsInf) {
+    uint8_t* py = y.data<uint8_t>();
+    auto run = [&](const auto* px) {
+      for (int64_t i = 0; i < x.numel(); ++i) {
+        const auto v = px[i];
+        py[i] = s.op == Op::IsNaN ? std::isnan(v) : std::isinf(v) && (v > 0 ? s.detect_positive : s.detect_negative);
+      }
+    };
+    if (x.dtype() == DType::F64) run(x.data<double>());
+    else run(x.data<float>());
     return;
   }
   switch (s.op) {
@@ -586,6 +648,15 @@ void fwd_unary(const KernelState& st, ExecContext&, std::span<Tensor> out, std::
     case Op::ThresholdedRelu: { float a = s.alpha; map_f32(x, y, [a](float v) { return v > a ? v : 0.0f; }); break; }
     case Op::Sign: map_f32(x, y, [](float v) { return v > 0 ? 1.0f : (v < 0 ? -1.0f : v); }); break;  // NaN stays NaN
     case Op::Round: map_f32(x, y, [](float v) { return std::nearbyint(v); }); break;  // halves to even
+    case Op::Tan: map_f32(x, y, [](float v) { return std::tan(v); }); break;
+    case Op::Asin: map_f32(x, y, [](float v) { return std::asin(v); }); break;
+    case Op::Acos: map_f32(x, y, [](float v) { return std::acos(v); }); break;
+    case Op::Atan: map_f32(x, y, [](float v) { return std::atan(v); }); break;
+    case Op::Sinh: map_f32(x, y, [](float v) { return std::sinh(v); }); break;
+    case Op::Cosh: map_f32(x, y, [](float v) { return std::cosh(v); }); break;
+    case Op::Asinh: map_f32(x, y, [](float v) { return std::asinh(v); }); break;
+    case Op::Acosh: map_f32(x, y, [](float v) { return std::acosh(v); }); break;
+    case Op::Atanh: map_f32(x, y, [](float v) { return std::atanh(v); }); break;
     default: SMP_CHECK(false, "node {}: not a unary op", s.node_name);
   }
 }
@@ -656,6 +727,20 @@ void bwd_unary(const KernelState& st, ExecContext&, const GradIO& io) {
       });
       break;
     case Op::ThresholdedRelu: { float a = s.alpha; grad_map(dy, X(), d, acc, [a](float g, float x) { return x > a ? g : 0.0f; }); break; }
+    case Op::Tan:
+      grad_map(dy, X(), d, acc, [](float g, float x) {
+        float c = std::cos(x);
+        return g / (c * c);
+      });
+      break;
+    case Op::Asin: grad_map(dy, X(), d, acc, [](float g, float x) { return g / std::sqrt(1.0f - x * x); }); break;
+    case Op::Acos: grad_map(dy, X(), d, acc, [](float g, float x) { return -g / std::sqrt(1.0f - x * x); }); break;
+    case Op::Atan: grad_map(dy, X(), d, acc, [](float g, float x) { return g / (1.0f + x * x); }); break;
+    case Op::Sinh: grad_map(dy, X(), d, acc, [](float g, float x) { return g * std::cosh(x); }); break;
+    case Op::Cosh: grad_map(dy, X(), d, acc, [](float g, float x) { return g * std::sinh(x); }); break;
+    case Op::Asinh: grad_map(dy, X(), d, acc, [](float g, float x) { return g / std::sqrt(x * x + 1.0f); }); break;
+    case Op::Acosh: grad_map(dy, X(), d, acc, [](float g, float x) { return g / std::sqrt(x * x - 1.0f); }); break;
+    case Op::Atanh: grad_map(dy, X(), d, acc, [](float g, float x) { return g / (1.0f - x * x); }); break;
     default: SMP_CHECK(false, "node {}: no gradient", s.node_name);
   }
 }

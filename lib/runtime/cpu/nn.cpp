@@ -1,4 +1,5 @@
-// Softmax, LogSoftmax, LayerNormalization, BatchNormalization, reductions, ArgMax.
+// Softmax, LogSoftmax, LayerNormalization, InstanceNormalization, BatchNormalization,
+// reductions, ArgMax, ArgMin, CumSum.
 #include "runtime/cpu/common.hpp"
 #include "runtime/cpu/kernels.hpp"
 #include "runtime/cpu/vmath.hpp"
@@ -646,7 +647,7 @@ void reduce_loop(const RGeom& g, const T* X, T* Y, Init init, Acc acc, Fin fin) 
         base += (r % g.kdims[d]) * g.kstr[d];
         r /= g.kdims[d];
       }
-      T a = init();
+      auto a = init();  // the accumulator: T, or (max, sum) for ReduceLogSumExp
       for (int64_t k = 0; k < outer_count; ++k) {
         int64_t off = base, rem = k;
         for (size_t e = nouter; e-- > 0;) {
@@ -665,10 +666,11 @@ void reduce_loop(const RGeom& g, const T* X, T* Y, Init init, Acc acc, Fin fin) 
 std::unique_ptr<KernelState> prep_reduce(const NodeView& n) {
   auto s = std::make_unique<ReduceState>();
   s->op = n.op();
-  if (n.op() == Op::ReduceMean || n.op() == Op::ReduceSum || n.op() == Op::ReduceProd || n.op() == Op::ReduceL2)
-    n.require_dtype(n.input(0), {DType::F32}, "input");
+  if (n.op() == Op::ReduceMean || n.op() == Op::ReduceSum || n.op() == Op::ReduceProd || n.op() == Op::ReduceL2 ||
+      n.op() == Op::ReduceL1 || n.op() == Op::ReduceSumSquare || n.op() == Op::ReduceLogSum || n.op() == Op::ReduceLogSumExp)
+    n.require_dtype(n.input(0), {DType::F32, DType::F64}, "input");
   else
-    n.require_dtype(n.input(0), {DType::F32, DType::I64}, "input");
+    n.require_dtype(n.input(0), {DType::F32, DType::F64, DType::I64}, "input");
   s->keepdims = n.node().attr_int("keepdims", 1) != 0;
   s->noop_empty = n.node().attr_int("noop_with_empty_axes", 0) != 0;
   int64_t R = static_cast<int64_t>(n.input(0).shape.size());
@@ -708,10 +710,30 @@ void fwd_reduce(const KernelState& st, ExecContext&, std::span<Tensor> out, std:
         if constexpr (std::is_floating_point_v<T>)
           reduce_loop<T>(g, X, Y, [] { return T(0); }, [](T a, T v) { return a + v * v; }, [](T a, int64_t) { return std::sqrt(a); });
         break;
+      case Op::ReduceL1:
+        if constexpr (std::is_floating_point_v<T>)
+          reduce_loop<T>(g, X, Y, [] { return T(0); }, [](T a, T v) { return a + std::fabs(v); }, [](T a, int64_t) { return a; });
+        break;
+      case Op::ReduceSumSquare: reduce_loop<T>(g, X, Y, [] { return T(0); }, [](T a, T v) { return a + v * v; }, [](T a, int64_t) { return a; }); break;
+      case Op::ReduceLogSum:
+        if constexpr (std::is_floating_point_v<T>)
+          reduce_loop<T>(g, X, Y, [] { return T(0); }, [](T a, T v) { return a + v; }, [](T a, int64_t) { return std::log(a); });
+        break;
+      case Op::ReduceLogSumExp:  // online: (max so far, sum of exp(v - max)), no overflow
+        if constexpr (std::is_floating_point_v<T>)
+          reduce_loop<T>(
+              g, X, Y, [] { return std::pair<T, T>(-std::numeric_limits<T>::infinity(), T(0)); },
+              [](std::pair<T, T> a, T v) {
+                if (v <= a.first) return std::pair<T, T>(a.first, a.second + std::exp(v - a.first));
+                return std::pair<T, T>(v, a.second * std::exp(a.first - v) + T(1));
+              },
+              [](std::pair<T, T> a, int64_t) { return a.second > 0 ? a.first + std::log(a.second) : a.first; });
+        break;
       default: SMP_CHECK(false, "not a reduction");
     }
   };
   if (in[0].dtype() == DType::F32) run(in[0].data<float>(), out[0].data<float>());
+  else if (in[0].dtype() == DType::F64) run(in[0].data<double>(), out[0].data<double>());
   else run(in[0].data<int64_t>(), out[0].data<int64_t>());
 }
 
@@ -740,6 +762,29 @@ void bwd_reduce(const KernelState& st, ExecContext&, const GradIO& io) {
       for (int64_t i = 0; i < L; ++i) {
         float y = Y[off[0] + i * ist[0]];
         float v = y > 0 ? dY[off[0] + i * ist[0]] * X[oo + i] / y : 0.0f;
+        dX[oo + i] = acc ? dX[oo + i] + v : v;
+      }
+    });
+  } else if (s.op == Op::ReduceL1 || s.op == Op::ReduceSumSquare) {  // dy * sign(x), dy * 2x
+    SMP_CHECK(io.in[0].defined(), "node {}: backward needs its input", s.node_name);
+    const float* X = io.in[0].data<float>();
+    const bool l1 = s.op == Op::ReduceL1;
+    bcast_rows(b, [&](int64_t oo, const int64_t* off, int64_t L, const int64_t* ist) {
+      for (int64_t i = 0; i < L; ++i) {
+        const float x = X[oo + i], g = dY[off[0] + i * ist[0]];
+        const float v = l1 ? (x > 0 ? g : (x < 0 ? -g : 0.0f)) : 2.0f * g * x;
+        dX[oo + i] = acc ? dX[oo + i] + v : v;
+      }
+    });
+  } else if (s.op == Op::ReduceLogSum || s.op == Op::ReduceLogSumExp) {  // dy / sum(x) = dy e^-y; dy e^(x - y)
+    SMP_CHECK(io.out[0].defined() && (s.op == Op::ReduceLogSum || io.in[0].defined()), "node {}: backward needs its output (and input)",
+              s.node_name);
+    const float* Y = io.out[0].data<float>();
+    const float* X = s.op == Op::ReduceLogSumExp ? io.in[0].data<float>() : nullptr;
+    bcast_rows(b, [&](int64_t oo, const int64_t* off, int64_t L, const int64_t* ist) {
+      for (int64_t i = 0; i < L; ++i) {
+        const float y = Y[off[0] + i * ist[0]], g = dY[off[0] + i * ist[0]];
+        const float v = X ? g * std::exp(X[oo + i] - y) : g * std::exp(-y);
         dX[oo + i] = acc ? dX[oo + i] + v : v;
       }
     });
@@ -803,6 +848,7 @@ std::unique_ptr<KernelState> prep_argmax(const NodeView& n) {
   s->D = x[static_cast<size_t>(axis)];
   s->inner = prod(x, static_cast<size_t>(axis) + 1, x.size());
   s->last = n.node().attr_int("select_last_index", 0) != 0;
+  s->min = n.op() == Op::ArgMin;
   return s;
 }
 
@@ -816,7 +862,7 @@ void fwd_argmax(const KernelState& st, ExecContext&, std::span<Tensor> out, std:
         int64_t best = 0;
         for (int64_t j = 1; j < s.D; ++j) {
           auto v = x[j * s.inner], b = x[best * s.inner];
-          if (v > b || (s.last && v == b)) best = j;
+          if ((s.min ? v < b : v > b) || (s.last && v == b)) best = j;
         }
         Y[o * s.inner + i] = best;
       }
@@ -826,5 +872,67 @@ void fwd_argmax(const KernelState& st, ExecContext&, std::span<Tensor> out, std:
 }
 
 void bwd_argmax(const KernelState&, ExecContext&, const GradIO&) {}
+
+// ---- CumSum ------------------------------------------------------------------------------
+//
+// y_j = sum of x_i for i <= j (i < j exclusive; i >= j, i > j reverse) along the axis; the
+// gradient is the same sum of dy in the other direction.
+
+std::unique_ptr<KernelState> prep_cumsum(const NodeView& n) {
+  auto s = std::make_unique<CumSumState>();
+  n.require_dtype(n.input(0), {DType::F32, DType::F64, DType::I64, DType::I32}, "input x");
+  std::vector<int64_t> axis;
+  if (!n.has_input(1) || !n.constant_ints(1, axis) || axis.size() != 1)
+    n.fail("the axis must be a constant scalar (an initializer or a --data array)");
+  const Shape& x = n.input(0).shape;
+  int64_t a = axis[0];
+  if (!norm_axis(a, static_cast<int64_t>(x.size()))) n.fail(fmt::format("axis {} out of range", axis[0]));
+  s->outer = prod(x, 0, static_cast<size_t>(a));
+  s->D = x[static_cast<size_t>(a)];
+  s->inner = prod(x, static_cast<size_t>(a) + 1, x.size());
+  s->exclusive = n.node().attr_int("exclusive", 0) != 0;
+  s->reverse = n.node().attr_int("reverse", 0) != 0;
+  return s;
+}
+
+namespace {
+template <class T>
+void cumsum_loop(const CumSumState& s, const T* X, T* Y, bool reverse, bool accumulate) {
+  pfor(s.outer, 1, [&](int64_t o0, int64_t o1) {
+    std::vector<T> run(static_cast<size_t>(s.inner));
+    for (int64_t o = o0; o < o1; ++o) {
+      std::fill(run.begin(), run.end(), T(0));
+      for (int64_t k = 0; k < s.D; ++k) {
+        const int64_t j = reverse ? s.D - 1 - k : k;
+        const T* x = X + (o * s.D + j) * s.inner;
+        T* y = Y + (o * s.D + j) * s.inner;
+        for (int64_t i = 0; i < s.inner; ++i) {
+          const T before = run[static_cast<size_t>(i)];
+          run[static_cast<size_t>(i)] += x[i];
+          const T v = s.exclusive ? before : run[static_cast<size_t>(i)];
+          y[i] = accumulate ? y[i] + v : v;
+        }
+      }
+    }
+  });
+}
+}  // namespace
+
+void fwd_cumsum(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const CumSumState&>(st);
+  switch (in[0].dtype()) {
+    case DType::F32: cumsum_loop(s, in[0].data<float>(), out[0].data<float>(), s.reverse, false); break;
+    case DType::F64: cumsum_loop(s, in[0].data<double>(), out[0].data<double>(), s.reverse, false); break;
+    case DType::I64: cumsum_loop(s, in[0].data<int64_t>(), out[0].data<int64_t>(), s.reverse, false); break;
+    case DType::I32: cumsum_loop(s, in[0].data<int32_t>(), out[0].data<int32_t>(), s.reverse, false); break;
+    default: SMP_CHECK(false, "node {}: CumSum of {}", s.node_name, dtype_name(in[0].dtype()));
+  }
+}
+
+void bwd_cumsum(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const CumSumState&>(st);
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  cumsum_loop(s, io.dout[0].data<float>(), io.din[0].data<float>(), !s.reverse, io.accumulate[0]);
+}
 
 }  // namespace smp::runtime::cpu

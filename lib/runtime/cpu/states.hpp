@@ -24,6 +24,7 @@ struct BinState : KernelState {
   Bcast plan;   // out <- a, b
   Bcast plan3;  // out <- dy(out), a, b  (backward)
   bool single = false;  // Max/Min with one input
+  bool fmod = false;    // Mod: C's fmod (the dividend's sign) instead of Python's remainder
 };
 
 struct WhereState : KernelState {
@@ -36,6 +37,7 @@ struct UnState : KernelState {
   // Selu's alpha and gamma (as beta)
   float alpha = 0.01f, beta = 0.5f;
   bool gelu_tanh = false;
+  bool detect_negative = true, detect_positive = true;  // IsInf
 };
 
 struct ClipState : KernelState {
@@ -101,6 +103,13 @@ std::vector<int64_t> resolve_axes(const ReduceState& s, std::span<const Tensor> 
 struct ArgMaxState : KernelState {
   int64_t outer = 1, D = 1, inner = 1;
   bool last = false;
+  bool min = false;  // ArgMin
+};
+
+// CumSum along one axis: [outer, D, inner].
+struct CumSumState : KernelState {
+  int64_t outer = 1, D = 1, inner = 1;
+  bool exclusive = false, reverse = false;
 };
 
 // ---- matrix products, convolution, pooling -----------------------------------------------

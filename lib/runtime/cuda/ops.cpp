@@ -203,6 +203,12 @@ std::unique_ptr<KernelState> prep_cast(const NodeView& n) {
   return s;
 }
 
+std::unique_ptr<KernelState> prep_reduce(const NodeView& n) {
+  auto s = cpu::prep_reduce(n);
+  if (n.input(0).dtype == DType::F64) n.fail("float64 reductions have no CUDA kernel yet; run it with --backend cpu");
+  return s;
+}
+
 std::unique_ptr<KernelState> prep_clip(const NodeView& n) {
   auto s = cpu::prep_clip(n);
   if (n.input(0).dtype != DType::F32)

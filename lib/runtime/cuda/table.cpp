@@ -5,7 +5,9 @@
 // one (order). NO_KERNEL: the CPU runs the op, the CUDA backend refuses it at load (Einsum,
 // HardSigmoid, HardSwish, ReduceL2 and Pad of the torchvision exports, GatherElements,
 // NegativeLogLikelihoodLoss, Resize and Upsample, PRelu, Elu, Selu, Celu, Softplus, Softsign,
-// ThresholdedRelu, Sign, Round, InstanceNormalization and ConvTranspose have no CUDA kernels yet).
+// ThresholdedRelu, Sign, Round, InstanceNormalization, ConvTranspose, Mod, the trigonometric and
+// hyperbolic ops, IsNaN, IsInf, ReduceL1, ReduceSumSquare, ReduceLogSum, ReduceLogSumExp, ArgMin,
+// GlobalMaxPool and CumSum have no CUDA kernels yet).
 #include "runtime/cpu/kernels.hpp"
 #include "runtime/cuda/cuda_backend.hpp"
 #include "runtime/cuda/ops.hpp"
@@ -30,22 +32,24 @@ constexpr OpKernel kTable[] = {
     KS(MatMul, matmul), KS(Gemm, gemm), KS(Conv, conv), NO_KERNEL(Einsum), NO_KERNEL(ConvTranspose),
     KP(Add, binary), KP(Sub, binary), KP(Mul, binary), KP(Div, binary), KP(Pow, binary), KP(Max, binary), KP(Min, binary),
     KF(Equal, binary), KF(Less, binary), KF(Greater, binary), KF(LessOrEqual, binary), KF(GreaterOrEqual, binary),
-    KF(And, binary), KF(Or, binary), KF(Xor, binary), K(Where, where), NO_KERNEL(PRelu),
+    KF(And, binary), KF(Or, binary), KF(Xor, binary), K(Where, where), NO_KERNEL(PRelu), NO_KERNEL(Mod),
     K(Sqrt, unary), K(Reciprocal, unary), K(Neg, unary), K(Abs, unary), K(Exp, unary), K(Log, unary), K(Relu, unary),
     K(LeakyRelu, unary), K(Tanh, unary), K(Sigmoid, unary), K(Erf, unary), K(Gelu, unary), KF(Floor, unary),
     KF(Ceil, unary), KF(Not, unary), KP(Clip, clip), KP(Cast, cast), KV(Identity, identity), KPV(Dropout, dropout),
     K(Sin, unary), K(Cos, unary), NO_KERNEL(HardSigmoid), NO_KERNEL(HardSwish), NO_KERNEL(Elu), NO_KERNEL(Selu),
     NO_KERNEL(Celu), NO_KERNEL(Softplus), NO_KERNEL(Softsign), NO_KERNEL(ThresholdedRelu), NO_KERNEL(Sign),
-    NO_KERNEL(Round),
+    NO_KERNEL(Round), NO_KERNEL(Tan), NO_KERNEL(Asin), NO_KERNEL(Acos), NO_KERNEL(Atan), NO_KERNEL(Sinh), NO_KERNEL(Cosh),
+    NO_KERNEL(Asinh), NO_KERNEL(Acosh), NO_KERNEL(Atanh), NO_KERNEL(IsNaN), NO_KERNEL(IsInf),
     K(Softmax, softmax), K(LogSoftmax, softmax), K(LayerNormalization, layernorm), KP(BatchNormalization, batchnorm),
     NO_KERNEL(InstanceNormalization),
-    K(ReduceMean, reduce), K(ReduceSum, reduce), K(ReduceMax, reduce), K(ReduceMin, reduce), K(ReduceProd, reduce),
-    KF(ArgMax, argmax), NO_KERNEL(ReduceL2),
-    KPS(MaxPool, pool), KPS(AveragePool, pool), K(GlobalAveragePool, global_avgpool),
+    KP(ReduceMean, reduce), KP(ReduceSum, reduce), KP(ReduceMax, reduce), KP(ReduceMin, reduce), KP(ReduceProd, reduce),
+    KF(ArgMax, argmax), NO_KERNEL(ReduceL2), NO_KERNEL(ReduceL1), NO_KERNEL(ReduceSumSquare), NO_KERNEL(ReduceLogSum),
+    NO_KERNEL(ReduceLogSumExp), NO_KERNEL(ArgMin),
+    KPS(MaxPool, pool), KPS(AveragePool, pool), K(GlobalAveragePool, global_avgpool), NO_KERNEL(GlobalMaxPool),
     KV(Reshape, reshape), K(Transpose, transpose), KV(Flatten, reshape), KV(Squeeze, reshape), KV(Unsqueeze, reshape),
     K(Concat, concat), K(Split, split), K(Slice, slice), K(Gather, gather), K(Expand, expand), K(Tile, tile),
     K(Trilu, trilu), NO_KERNEL(Pad), NO_KERNEL(GatherElements),
-    NO_KERNEL(Resize), NO_KERNEL(Upsample),
+    NO_KERNEL(Resize), NO_KERNEL(Upsample), NO_KERNEL(CumSum),
     KF(Shape, shape), KF(Size, size), KF(Constant, constant), KF(ConstantOfShape, constant_of_shape), KF(Range, range),
     K(SoftmaxCrossEntropyLoss, sce_loss), NO_KERNEL(NegativeLogLikelihoodLoss),
     // Tensor parallelism runs on CPU workers only until the GPU workers carry its collectives.

@@ -338,6 +338,13 @@ constexpr OpDef kOps[] = {
     {Op::Resize, "Resize", C::DataMovement, b(0), kNone, kNone, cost_resize},
     {Op::Upsample, "Upsample", C::DataMovement, b(0), kNone, kNone, cost_resize},
     {Op::CumSum, "CumSum", C::DataMovement, b(0), kNone, kNone, cost_elementwise},
+    // data with updates written (or added, multiplied) at the indices; the gradient of 'mul' is refused
+    {Op::ScatterElements, "ScatterElements", C::DataMovement, b(0) | b(2), b(1), kNone, cost_data_movement},
+    {Op::ScatterND, "ScatterND", C::DataMovement, b(0) | b(2), b(1), kNone, cost_data_movement},
+    {Op::GatherND, "GatherND", C::DataMovement, b(0), b(1), kNone, cost_data_movement},
+    {Op::DepthToSpace, "DepthToSpace", C::DataMovement, b(0), kNone, kNone, cost_data_movement},
+    {Op::SpaceToDepth, "SpaceToDepth", C::DataMovement, b(0), kNone, kNone, cost_data_movement},
+    {Op::OneHot, "OneHot", C::DataMovement, kNone, kNone, kNone, cost_data_movement},
 
     {Op::Shape, "Shape", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},
     {Op::Size, "Size", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},

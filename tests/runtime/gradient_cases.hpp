@@ -231,6 +231,37 @@ inline std::vector<Case> gradient_cases() {
                   t.output(t.node("AveragePool", {x}, {F("y", {1, 1, 4, 4})},
                                   {{"kernel_shape", attr_ints({2, 2})}, {"count_include_pad", attr_i(1)}, {"pads", attr_ints({1, 1, 0, 0})}})[0]);
                 }});
+  for (std::string red : {"none", "add"}) {
+    cs.push_back({"ScatterElements axis 0, reduction " + red, [red](TinyGraph& t, M& m) {
+                    int x = m.f("x", {3, 4}), u = m.f("u", {2, 4});
+                    int i = m.i64("i", {2, 4}, {0, 2, 1, 0, 2, 0, 2, 1});
+                    t.output(t.node("ScatterElements", {x, i, u}, {F("y", {3, 4})}, {{"axis", attr_i(0)}, {"reduction", attr_s(red)}})[0]);
+                  }});
+    cs.push_back({"ScatterND slices, reduction " + red, [red](TinyGraph& t, M& m) {
+                    int x = m.f("x", {4, 3}), u = m.f("u", {2, 3});
+                    int i = m.i64("i", {2, 1}, {3, 1});
+                    t.output(t.node("ScatterND", {x, i, u}, {F("y", {4, 3})}, {{"reduction", attr_s(red)}})[0]);
+                  }});
+  }
+  cs.push_back({"GatherND (a tuple read twice)", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {3, 4, 2});
+                  int i = m.i64("i", {3, 2}, {0, 1, 2, 3, 0, 1});
+                  t.output(t.node("GatherND", {x, i}, {F("y", {3, 2})})[0]);
+                }});
+  cs.push_back({"GatherND batch_dims 1", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 3, 2});
+                  int i = m.i64("i", {2, 1}, {1, 2});
+                  t.output(t.node("GatherND", {x, i}, {F("y", {2, 2})}, {{"batch_dims", attr_i(1)}})[0]);
+                }});
+  for (std::string mode : {"DCR", "CRD"})
+    cs.push_back({"DepthToSpace " + mode, [mode](TinyGraph& t, M& m) {
+                    int x = m.f("x", {1, 8, 2, 3});
+                    t.output(t.node("DepthToSpace", {x}, {F("y", {1, 2, 4, 6})}, {{"blocksize", attr_i(2)}, {"mode", attr_s(mode)}})[0]);
+                  }});
+  cs.push_back({"SpaceToDepth", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {1, 2, 4, 6});
+                  t.output(t.node("SpaceToDepth", {x}, {F("y", {1, 8, 2, 3})}, {{"blocksize", attr_i(2)}})[0]);
+                }});
   cs.push_back({"GlobalMaxPool", [](TinyGraph& t, M& m) {
                   int x = m.f("x", {2, 3, 2, 3});
                   t.output(t.node("GlobalMaxPool", {x}, {F("y", {2, 3, 1, 1})})[0]);

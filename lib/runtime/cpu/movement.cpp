@@ -573,6 +573,315 @@ void bwd_gather_elements(const KernelState& st, ExecContext&, const GradIO& io) 
   for (size_t r = 0; r < off.size(); ++r) dX[off[r]] += dY[r];  // indices may repeat: one thread
 }
 
+// ---- ScatterElements, ScatterND -------------------------------------------------------------
+
+std::unique_ptr<KernelState> prep_scatter(const NodeView& n) {
+  auto s = std::make_unique<ScatterState>();
+  s->nd = n.op() == Op::ScatterND;
+  if (n.num_inputs() != 3 || !n.has_input(1) || !n.has_input(2)) n.fail("needs 3 inputs (data, indices, updates)");
+  require_plain(n, n.input(0));
+  n.require_dtype(n.input(1), {DType::I64, DType::I32}, "indices");
+  n.require_dtype(n.input(2), {n.input(0).dtype}, "updates");
+  const std::string red = n.node().attr_string("reduction", "none");
+  if (red == "add") s->red = ScatterState::Red::Add;
+  else if (red == "mul") s->red = ScatterState::Red::Mul;
+  else if (red != "none") n.fail(fmt::format("reduction '{}' not supported (none, add, mul)", red));
+  if (s->red != ScatterState::Red::None && !(n.input(0).dtype == DType::F32 || n.input(0).dtype == DType::F64 ||
+                                              n.input(0).dtype == DType::I64 || n.input(0).dtype == DType::I32))
+    n.fail(fmt::format("reduction '{}' of {} not supported (float32, float64, int64, int32)", red, dtype_name(n.input(0).dtype)));
+  const Shape &x = n.input(0).shape, &i = n.input(1).shape, &u = n.input(2).shape;
+  s->data_shape = x;
+  s->data_strides.assign(x.size(), 1);
+  for (size_t d = x.size(); d-- > 1;) s->data_strides[d - 1] = s->data_strides[d] * x[d];
+  if (x.empty()) n.fail("data must have rank 1 or more");
+  if (s->nd) {
+    if (i.empty() || i.back() < 1 || i.back() > static_cast<int64_t>(x.size()))
+      n.fail(fmt::format("indices {}: the last dimension must be between 1 and the data's rank {}", shape_str(i), x.size()));
+    s->k = i.back();
+    Shape want(i.begin(), i.end() - 1);
+    want.insert(want.end(), x.begin() + s->k, x.end());
+    if (u != want) n.fail(fmt::format("updates {} must be {}", shape_str(u), shape_str(want)));
+    s->slice = prod(x, static_cast<size_t>(s->k), x.size());
+    s->index_shape = Shape(i.begin(), i.end() - 1);
+  } else {
+    if (x.size() != i.size() || u != i) n.fail("data, indices and updates must have the same rank, indices and updates one shape");
+    s->axis = n.node().attr_int("axis", 0);
+    if (!norm_axis(s->axis, static_cast<int64_t>(x.size()))) n.fail("axis out of range");
+    for (size_t d = 0; d < x.size(); ++d)
+      if (static_cast<int64_t>(d) != s->axis && i[d] > x[d])
+        n.fail(fmt::format("indices {} exceed the data {} along axis {}", shape_str(i), shape_str(x), d));
+    s->index_shape = i;
+    s->D = x[static_cast<size_t>(s->axis)];
+  }
+  return s;
+}
+
+namespace {
+// The data offset of every update element (ScatterElements) or slice (ScatterND).
+std::vector<int64_t> scatter_offsets(const ScatterState& s, const Tensor& t) {
+  if (!s.nd) return gather_elements_offsets(s, t);
+  auto idx = tensor_ints(t);
+  std::vector<int64_t> off(idx.size() / static_cast<size_t>(s.k));
+  for (size_t r = 0; r < off.size(); ++r) {
+    int64_t o = 0;
+    for (int64_t j = 0; j < s.k; ++j) {
+      const int64_t dim = s.data_shape[static_cast<size_t>(j)];
+      int64_t v = idx[r * static_cast<size_t>(s.k) + static_cast<size_t>(j)];
+      if (v < -dim || v >= dim)
+        throw_bad_input("node " + s.node_name + " (ScatterND)", fmt::format("index {} out of range [-{}, {}) of axis {}", v, dim, dim, j));
+      o += (v < 0 ? v + dim : v) * s.data_strides[static_cast<size_t>(j)];
+    }
+    off[r] = o;
+  }
+  return off;
+}
+
+template <class T>
+void scatter_reduce(const ScatterState& s, const std::vector<int64_t>& off, const T* U, T* Y) {
+  const int64_t unit = s.nd ? s.slice : 1;
+  for (size_t r = 0; r < off.size(); ++r)  // indices may repeat: in order, one thread
+    for (int64_t e = 0; e < unit; ++e) {
+      T& y = Y[off[r] + e];
+      const T u = U[static_cast<int64_t>(r) * unit + e];
+      y = s.red == ScatterState::Red::Add ? static_cast<T>(y + u) : static_cast<T>(y * u);
+    }
+}
+}  // namespace
+
+void fwd_scatter(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const ScatterState&>(st);
+  const auto off = scatter_offsets(s, in[1]);
+  std::memcpy(out[0].raw(), in[0].raw(), static_cast<size_t>(in[0].bytes()));
+  if (s.red == ScatterState::Red::None) {
+    const size_t unit = static_cast<size_t>((s.nd ? s.slice : 1) * dtype_size(in[0].dtype()));
+    const char* U = static_cast<const char*>(in[2].raw());
+    char* Y = static_cast<char*>(out[0].raw());
+    const size_t es = static_cast<size_t>(dtype_size(in[0].dtype()));
+    for (size_t r = 0; r < off.size(); ++r) std::memcpy(Y + static_cast<size_t>(off[r]) * es, U + r * unit, unit);
+    return;
+  }
+  switch (in[0].dtype()) {
+    case DType::F32: scatter_reduce(s, off, in[2].data<float>(), out[0].data<float>()); break;
+    case DType::F64: scatter_reduce(s, off, in[2].data<double>(), out[0].data<double>()); break;
+    case DType::I64: scatter_reduce(s, off, in[2].data<int64_t>(), out[0].data<int64_t>()); break;
+    case DType::I32: scatter_reduce(s, off, in[2].data<int32_t>(), out[0].data<int32_t>()); break;
+    default: SMP_CHECK(false, "node {}: scatter of {}", s.node_name, dtype_name(in[0].dtype()));
+  }
+}
+
+// d data: dy, with the written positions' zeroed (reduction none); d updates: dy at the positions.
+void bwd_scatter(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const ScatterState&>(st);
+  if (!io.dout[0].defined()) return;
+  const bool want_data = io.din[0].defined(), want_upd = io.din.size() > 2 && io.din[2].defined();
+  if (!want_data && !want_upd) return;
+  if (s.red == ScatterState::Red::Mul)
+    throw_bad_input("node " + s.node_name + (s.nd ? " (ScatterND)" : " (ScatterElements)"), "reduction 'mul' has no gradient rule");
+  SMP_CHECK(io.in[1].defined(), "node {}: scatter backward needs the indices (not declared saved)", s.node_name);
+  const auto off = scatter_offsets(s, io.in[1]);
+  const int64_t unit = s.nd ? s.slice : 1;
+  const float* dY = io.dout[0].data<float>();
+  if (want_data) {
+    float* dX = io.din[0].data<float>();
+    const int64_t n = io.din[0].numel();
+    std::vector<uint8_t> written(s.red == ScatterState::Red::None ? static_cast<size_t>(n) : 0, 0);
+    for (int64_t o : off)
+      for (int64_t e = 0; e < unit && !written.empty(); ++e) written[static_cast<size_t>(o + e)] = 1;
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = !written.empty() && written[static_cast<size_t>(i)] ? 0.0f : dY[i];
+      dX[i] = io.accumulate[0] ? dX[i] + v : v;
+    }
+  }
+  if (want_upd) {
+    float* dU = io.din[2].data<float>();
+    for (size_t r = 0; r < off.size(); ++r)
+      for (int64_t e = 0; e < unit; ++e) {
+        float& d = dU[static_cast<int64_t>(r) * unit + e];
+        d = io.accumulate[2] ? d + dY[off[r] + e] : dY[off[r] + e];
+      }
+  }
+}
+
+// ---- GatherND ------------------------------------------------------------------------------
+
+std::unique_ptr<KernelState> prep_gather_nd(const NodeView& n) {
+  auto s = std::make_unique<GatherNdState>();
+  require_plain(n, n.input(0));
+  n.require_dtype(n.input(1), {DType::I64, DType::I32}, "indices");
+  const Shape &x = n.input(0).shape, &i = n.input(1).shape;
+  s->batch_dims = n.node().attr_int("batch_dims", 0);
+  const int64_t b = s->batch_dims, r = static_cast<int64_t>(x.size()), q = static_cast<int64_t>(i.size());
+  if (b < 0 || b >= std::min(r, q)) n.fail(fmt::format("batch_dims {} must be below both ranks ({}, {})", b, r, q));
+  for (int64_t d = 0; d < b; ++d)
+    if (x[static_cast<size_t>(d)] != i[static_cast<size_t>(d)]) n.fail("the batch dimensions of data and indices differ");
+  s->k = i.back();
+  if (s->k < 1 || s->k > r - b) n.fail(fmt::format("indices' last dimension {} must be between 1 and {}", s->k, r - b));
+  s->data_shape = x;
+  s->slice = prod(x, static_cast<size_t>(b + s->k), x.size());
+  s->batch = prod(x, 0, static_cast<size_t>(b));
+  s->batch_stride = prod(x, static_cast<size_t>(b), x.size());
+  return s;
+}
+
+namespace {
+// The data offset of every index tuple's slice.
+std::vector<int64_t> gather_nd_offsets(const GatherNdState& s, const Tensor& t) {
+  auto idx = tensor_ints(t);
+  const size_t k = static_cast<size_t>(s.k);
+  const size_t rows = idx.size() / k, per_batch = rows / static_cast<size_t>(s.batch);
+  std::vector<int64_t> strides(s.data_shape.size(), 1);
+  for (size_t d = s.data_shape.size(); d-- > 1;) strides[d - 1] = strides[d] * s.data_shape[d];
+  std::vector<int64_t> off(rows);
+  for (size_t r = 0; r < rows; ++r) {
+    int64_t o = static_cast<int64_t>(r / per_batch) * s.batch_stride;
+    for (size_t j = 0; j < k; ++j) {
+      const size_t d = static_cast<size_t>(s.batch_dims) + j;
+      const int64_t dim = s.data_shape[d];
+      int64_t v = idx[r * k + j];
+      if (v < -dim || v >= dim)
+        throw_bad_input("node " + s.node_name + " (GatherND)", fmt::format("index {} out of range [-{}, {}) of axis {}", v, dim, dim, d));
+      o += (v < 0 ? v + dim : v) * strides[d];
+    }
+    off[r] = o;
+  }
+  return off;
+}
+}  // namespace
+
+void fwd_gather_nd(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const GatherNdState&>(st);
+  const auto off = gather_nd_offsets(s, in[1]);
+  const size_t es = static_cast<size_t>(dtype_size(in[0].dtype())), unit = static_cast<size_t>(s.slice) * es;
+  const char* X = static_cast<const char*>(in[0].raw());
+  char* Y = static_cast<char*>(out[0].raw());
+  for (size_t r = 0; r < off.size(); ++r) std::memcpy(Y + r * unit, X + static_cast<size_t>(off[r]) * es, unit);
+}
+
+void bwd_gather_nd(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const GatherNdState&>(st);
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  SMP_CHECK(io.in[1].defined(), "node {}: GatherND backward needs the indices (not declared saved)", s.node_name);
+  const auto off = gather_nd_offsets(s, io.in[1]);
+  zero_unless(io.din[0], io.accumulate[0]);
+  float* dX = io.din[0].data<float>();
+  const float* dY = io.dout[0].data<float>();
+  for (size_t r = 0; r < off.size(); ++r)  // tuples may repeat: one thread
+    for (int64_t e = 0; e < s.slice; ++e) dX[off[r] + e] += dY[static_cast<int64_t>(r) * s.slice + e];
+}
+
+// ---- DepthToSpace, SpaceToDepth -------------------------------------------------------------
+
+std::unique_ptr<KernelState> prep_depth_space(const NodeView& n) {
+  auto s = std::make_unique<DepthSpaceState>();
+  s->to_space = n.op() == Op::DepthToSpace;
+  require_plain(n, n.input(0));
+  const Shape& x = n.input(0).shape;
+  if (x.size() != 4) n.fail(fmt::format("input {} must be 4-D (N, C, H, W)", shape_str(x)));
+  s->b = n.node().attr_int("blocksize", 0);
+  if (s->b < 1) n.fail("blocksize must be positive");
+  const std::string mode = n.node().attr_string("mode", "DCR");
+  if (mode != "DCR" && mode != "CRD") n.fail(fmt::format("mode '{}' (DCR, CRD)", mode));
+  s->crd = mode == "CRD";
+  s->N = x[0];
+  s->C = x[1];
+  s->H = x[2];
+  s->W = x[3];
+  if (s->to_space && s->C % (s->b * s->b) != 0) n.fail(fmt::format("channels {} not divisible by blocksize² {}", s->C, s->b * s->b));
+  if (!s->to_space && (s->H % s->b != 0 || s->W % s->b != 0)) n.fail(fmt::format("H, W {}, {} not divisible by blocksize {}", s->H, s->W, s->b));
+  return s;
+}
+
+namespace {
+// For every output element in order, its input element (a permutation).
+template <class F>
+void depth_space_map(const DepthSpaceState& s, F f) {
+  const int64_t b = s.b;
+  int64_t o = 0;
+  if (s.to_space) {
+    const int64_t C2 = s.C / (b * b);
+    for (int64_t n = 0; n < s.N; ++n)
+      for (int64_t c = 0; c < C2; ++c)
+        for (int64_t h = 0; h < s.H * b; ++h)
+          for (int64_t w = 0; w < s.W * b; ++w) {
+            const int64_t i = h % b, j = w % b;
+            const int64_t ic = s.crd ? c * b * b + i * b + j : (i * b + j) * C2 + c;
+            f(o++, ((n * s.C + ic) * s.H + h / b) * s.W + w / b);
+          }
+  } else {
+    for (int64_t n = 0; n < s.N; ++n)
+      for (int64_t oc = 0; oc < s.C * b * b; ++oc)
+        for (int64_t hh = 0; hh < s.H / b; ++hh)
+          for (int64_t ww = 0; ww < s.W / b; ++ww) {
+            const int64_t blk = oc / s.C, c = oc % s.C, i = blk / b, j = blk % b;
+            f(o++, ((n * s.C + c) * s.H + hh * b + i) * s.W + ww * b + j);
+          }
+  }
+}
+}  // namespace
+
+void fwd_depth_space(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const DepthSpaceState&>(st);
+  const size_t es = static_cast<size_t>(dtype_size(in[0].dtype()));
+  const char* X = static_cast<const char*>(in[0].raw());
+  char* Y = static_cast<char*>(out[0].raw());
+  depth_space_map(s, [&](int64_t o, int64_t i) { std::memcpy(Y + static_cast<size_t>(o) * es, X + static_cast<size_t>(i) * es, es); });
+}
+
+void bwd_depth_space(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const DepthSpaceState&>(st);
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  float* dX = io.din[0].data<float>();
+  const float* dY = io.dout[0].data<float>();
+  const bool acc = io.accumulate[0];
+  depth_space_map(s, [&](int64_t o, int64_t i) { dX[i] = acc ? dX[i] + dY[o] : dY[o]; });
+}
+
+// ---- OneHot ----------------------------------------------------------------------------------
+
+std::unique_ptr<KernelState> prep_one_hot(const NodeView& n) {
+  auto s = std::make_unique<OneHotState>();
+  if (n.num_inputs() != 3 || !n.has_input(1) || !n.has_input(2)) n.fail("needs 3 inputs (indices, depth, values)");
+  n.require_dtype(n.input(0), {DType::I64, DType::I32, DType::F32, DType::F64, DType::I8, DType::U8}, "indices");
+  require_plain(n, n.input(2));
+  if (n.input(2).numel() != 2) n.fail("values must have 2 elements (off, on)");
+  const Shape &i = n.input(0).shape, &y = n.output(0).shape;
+  int64_t axis = n.node().attr_int("axis", -1);
+  if (!norm_axis(axis, static_cast<int64_t>(i.size()) + 1)) n.fail(fmt::format("axis {} out of range", axis));
+  if (y.size() != i.size() + 1) n.fail("cannot infer the output's shape (the depth must be a constant)");
+  s->depth = y[static_cast<size_t>(axis)];
+  s->outer = prod(i, 0, static_cast<size_t>(axis));
+  s->inner = prod(i, static_cast<size_t>(axis), i.size());
+  return s;
+}
+
+void fwd_one_hot(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const OneHotState&>(st);
+  std::vector<int64_t> idx(static_cast<size_t>(in[0].numel()));
+  auto read = [&](const auto* p) {
+    for (size_t k = 0; k < idx.size(); ++k) idx[k] = static_cast<int64_t>(p[k]);  // floats truncated, as ONNX casts
+  };
+  switch (in[0].dtype()) {
+    case DType::I64: read(in[0].data<int64_t>()); break;
+    case DType::I32: read(in[0].data<int32_t>()); break;
+    case DType::F32: read(in[0].data<float>()); break;
+    case DType::F64: read(in[0].data<double>()); break;
+    case DType::I8: read(in[0].data<int8_t>()); break;
+    default: read(in[0].data<uint8_t>()); break;
+  }
+  const size_t es = static_cast<size_t>(dtype_size(in[2].dtype()));
+  const char* V = static_cast<const char*>(in[2].raw());
+  char* Y = static_cast<char*>(out[0].raw());
+  for (int64_t o = 0; o < s.outer; ++o)
+    for (int64_t d = 0; d < s.depth; ++d)
+      for (int64_t i = 0; i < s.inner; ++i) {
+        int64_t v = idx[static_cast<size_t>(o * s.inner + i)];
+        if (v < 0) v += s.depth;  // -depth..-1 count from the end; others out of range are all off
+        std::memcpy(Y + static_cast<size_t>((o * s.depth + d) * s.inner + i) * es, V + (v == d ? es : 0), es);
+      }
+}
+
+void bwd_one_hot(const KernelState&, ExecContext&, const GradIO&) {}
+
 // ---- Expand, Tile ------------------------------------------------------------------------
 
 std::unique_ptr<KernelState> prep_expand(const NodeView& n) {

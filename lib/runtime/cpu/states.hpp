@@ -197,6 +197,31 @@ struct GatherElementsState : KernelState {
   int64_t D = 1;                  // the data's size along the axis
 };
 
+// ScatterElements (the GatherElements geometry of its indices) and ScatterND (k = the index
+// tuples' length; slice = the elements each tuple addresses).
+struct ScatterState : GatherElementsState {
+  enum class Red { None, Add, Mul } red = Red::None;
+  bool nd = false;
+  Shape data_shape;
+  int64_t k = 0, slice = 1;
+};
+
+// GatherND: rows = the index tuples (batch_dims' batches included), each a slice of the data.
+struct GatherNdState : KernelState {
+  Shape data_shape;
+  int64_t batch_dims = 0, k = 0, slice = 1, batch = 1, batch_stride = 1;
+};
+
+// DepthToSpace (DCR or CRD) and SpaceToDepth of [N, C, H, W] by a block b; y is [N, C', H', W'].
+struct DepthSpaceState : KernelState {
+  bool to_space = true, crd = false;
+  int64_t N = 1, C = 1, H = 1, W = 1, b = 1;  // X's dims
+};
+
+struct OneHotState : KernelState {
+  int64_t outer = 1, inner = 1, depth = 0;
+};
+
 struct ExpandState : KernelState {
   Shape shape;                // output-equivalent iteration shape
   std::vector<int64_t> sst;   // input strides per iteration dim

@@ -7,7 +7,8 @@
 // NegativeLogLikelihoodLoss, Resize and Upsample, PRelu, Elu, Selu, Celu, Softplus, Softsign,
 // ThresholdedRelu, Sign, Round, InstanceNormalization, ConvTranspose, Mod, the trigonometric and
 // hyperbolic ops, IsNaN, IsInf, ReduceL1, ReduceSumSquare, ReduceLogSum, ReduceLogSumExp, ArgMin,
-// GlobalMaxPool and CumSum have no CUDA kernels yet).
+// GlobalMaxPool, CumSum, ScatterElements, ScatterND, GatherND, DepthToSpace, SpaceToDepth and
+// OneHot have no CUDA kernels yet).
 #include "runtime/cpu/kernels.hpp"
 #include "runtime/cuda/cuda_backend.hpp"
 #include "runtime/cuda/ops.hpp"
@@ -49,7 +50,8 @@ constexpr OpKernel kTable[] = {
     KV(Reshape, reshape), K(Transpose, transpose), KV(Flatten, reshape), KV(Squeeze, reshape), KV(Unsqueeze, reshape),
     K(Concat, concat), K(Split, split), K(Slice, slice), K(Gather, gather), K(Expand, expand), K(Tile, tile),
     K(Trilu, trilu), NO_KERNEL(Pad), NO_KERNEL(GatherElements),
-    NO_KERNEL(Resize), NO_KERNEL(Upsample), NO_KERNEL(CumSum),
+    NO_KERNEL(Resize), NO_KERNEL(Upsample), NO_KERNEL(CumSum), NO_KERNEL(ScatterElements), NO_KERNEL(ScatterND),
+    NO_KERNEL(GatherND), NO_KERNEL(DepthToSpace), NO_KERNEL(SpaceToDepth), NO_KERNEL(OneHot),
     KF(Shape, shape), KF(Size, size), KF(Constant, constant), KF(ConstantOfShape, constant_of_shape), KF(Range, range),
     K(SoftmaxCrossEntropyLoss, sce_loss), NO_KERNEL(NegativeLogLikelihoodLoss),
     // Tensor parallelism runs on CPU workers only until the GPU workers carry its collectives.

@@ -247,6 +247,9 @@ constexpr OpDef kOps[] = {
     {Op::PRelu, "PRelu", C::Elementwise, b(0) | b(1), b(0) | b(1), kNone, cost_elementwise},
     // integers: Python's remainder (fmod 0) or C's (fmod 1); floats: C's fmod
     {Op::Mod, "Mod", C::Elementwise, b(0) | b(1), b(0) | b(1), kNone, cost_elementwise},
+    // any number of inputs, broadcast together
+    {Op::Sum, "Sum", C::Elementwise, kAll, kNone, kNone, cost_elementwise},
+    {Op::Mean, "Mean", C::Elementwise, kAll, kNone, kNone, cost_elementwise},
 
     {Op::Sqrt, "Sqrt", C::Elementwise, b(0), kNone, b(0), cost_elementwise},
     {Op::Reciprocal, "Reciprocal", C::Elementwise, b(0), kNone, b(0), cost_elementwise},
@@ -290,6 +293,8 @@ constexpr OpDef kOps[] = {
     {Op::Atanh, "Atanh", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
     {Op::IsNaN, "IsNaN", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
     {Op::IsInf, "IsInf", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
+    {Op::Shrink, "Shrink", C::Elementwise, b(0), b(0), kNone, cost_elementwise},
+    {Op::CastLike, "CastLike", C::Elementwise, b(0), kNone, kNone, cost_elementwise},
 
     {Op::Softmax, "Softmax", C::Normalization, b(0), kNone, b(0), cost_softmax},
     {Op::LogSoftmax, "LogSoftmax", C::Normalization, b(0), kNone, b(0), cost_softmax},
@@ -300,6 +305,9 @@ constexpr OpDef kOps[] = {
     // per sample and channel over the spatial axes (PyTorch exports GroupNorm through it)
     {Op::InstanceNormalization, "InstanceNormalization", C::Normalization, b(0) | b(1) | b(2), b(0) | b(1), kNone,
      cost_layernorm},
+    // x / its p-norm along an axis (p 1 or 2)
+    {Op::LpNormalization, "LpNormalization", C::Normalization, b(0), b(0), b(0), cost_softmax},
+    {Op::Hardmax, "Hardmax", C::Normalization, kNone, kNone, kNone, cost_softmax},
 
     {Op::ReduceMean, "ReduceMean", C::Reduction, b(0), kNone, kNone, cost_reduction},
     {Op::ReduceSum, "ReduceSum", C::Reduction, b(0), kNone, kNone, cost_reduction},
@@ -313,6 +321,8 @@ constexpr OpDef kOps[] = {
     {Op::ReduceLogSum, "ReduceLogSum", C::Reduction, b(0), kNone, b(0), cost_reduction},
     {Op::ReduceLogSumExp, "ReduceLogSumExp", C::Reduction, b(0), b(0), b(0), cost_reduction},
     {Op::ArgMin, "ArgMin", C::Reduction, kNone, kNone, kNone, cost_reduction},
+    // the k largest (smallest) along an axis and their indices; the gradient goes to those
+    {Op::TopK, "TopK", C::Reduction, b(0), kNone, b(1), cost_reduction},
 
     {Op::MaxPool, "MaxPool", C::Pooling, b(0), b(0), b(0), cost_pool},
     {Op::AveragePool, "AveragePool", C::Pooling, b(0), kNone, kNone, cost_pool},
@@ -351,6 +361,7 @@ constexpr OpDef kOps[] = {
     {Op::Constant, "Constant", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},
     {Op::ConstantOfShape, "ConstantOfShape", C::DataMovement, kNone, kNone, kNone, cost_data_movement},
     {Op::Range, "Range", C::DataMovement, kNone, kNone, kNone, cost_data_movement},
+    {Op::EyeLike, "EyeLike", C::DataMovement, kNone, kNone, kNone, cost_data_movement},
 
     {Op::SoftmaxCrossEntropyLoss, "SoftmaxCrossEntropyLoss", C::Loss, b(0), b(0) | b(1), kNone, cost_sce_loss},
     // The scores are log-probabilities: the backward needs only the labels (and class weights).

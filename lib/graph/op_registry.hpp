@@ -18,23 +18,23 @@ enum class Op : int {
   // matrix products and convolution
   MatMul, Gemm, Conv, Einsum, ConvTranspose,
   // elementwise, binary with broadcasting
-  Add, Sub, Mul, Div, Pow, Max, Min, Equal, Less, Greater, LessOrEqual, GreaterOrEqual, And, Or, Xor, Where, PRelu, Mod,
+  Add, Sub, Mul, Div, Pow, Max, Min, Equal, Less, Greater, LessOrEqual, GreaterOrEqual, And, Or, Xor, Where, PRelu, Mod, Sum, Mean,
   // elementwise, unary
   Sqrt, Reciprocal, Neg, Abs, Exp, Log, Relu, LeakyRelu, Tanh, Sigmoid, Erf, Gelu, Floor, Ceil, Not,
   Clip, Cast, Identity, Dropout, Sin, Cos, HardSigmoid, HardSwish, Elu, Selu, Celu, Softplus, Softsign,
-  ThresholdedRelu, Sign, Round, Tan, Asin, Acos, Atan, Sinh, Cosh, Asinh, Acosh, Atanh, IsNaN, IsInf,
+  ThresholdedRelu, Sign, Round, Tan, Asin, Acos, Atan, Sinh, Cosh, Asinh, Acosh, Atanh, IsNaN, IsInf, Shrink, CastLike,
   // normalisation and softmax
-  Softmax, LogSoftmax, LayerNormalization, BatchNormalization, InstanceNormalization,
+  Softmax, LogSoftmax, LayerNormalization, BatchNormalization, InstanceNormalization, LpNormalization, Hardmax,
   // reductions
   ReduceMean, ReduceSum, ReduceMax, ReduceMin, ReduceProd, ArgMax, ReduceL2, ReduceL1, ReduceSumSquare, ReduceLogSum,
-  ReduceLogSumExp, ArgMin,
+  ReduceLogSumExp, ArgMin, TopK,
   // pooling
   MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool,
   // data movement
   Reshape, Transpose, Flatten, Squeeze, Unsqueeze, Concat, Split, Slice, Gather, Expand, Tile, Trilu, Pad, GatherElements,
   Resize, Upsample, CumSum, ScatterElements, ScatterND, GatherND, DepthToSpace, SpaceToDepth, OneHot,
   // shape-only and constant producers (folded away before planning)
-  Shape, Size, Constant, ConstantOfShape, Range,
+  Shape, Size, Constant, ConstantOfShape, Range, EyeLike,
   // losses
   SoftmaxCrossEntropyLoss, NegativeLogLikelihoodLoss,
   // tensor parallelism: inserted by graph/tensor_parallel.hpp, never read from a file

@@ -120,6 +120,7 @@ inline std::vector<Case> gradient_cases() {
   unary("Softplus", -3, 3);
   unary("Softsign", -3, 3);
   unary("ThresholdedRelu", -2, 3);
+  unary("Shrink", -2, 2, {{"lambd", attr_f(0.4)}, {"bias", attr_f(0.2)}});
   unary("Tan", -1, 1);
   unary("Asin", -0.8f, 0.8f);
   unary("Acos", -0.8f, 0.8f);
@@ -129,6 +130,15 @@ inline std::vector<Case> gradient_cases() {
   unary("Asinh", -2, 2);
   unary("Acosh", 1.2f, 3);
   unary("Atanh", -0.8f, 0.8f);
+  cs.push_back({"Sum of 3 (broadcast), Mean of 2", [](TinyGraph& t, M& m) {
+                  int a = m.f("a", {2, 3}), b = m.f("b", {3}), c = m.f("c", {2, 1});
+                  int s = t.node("Sum", {a, b, c}, {F("s", {2, 3})})[0];
+                  t.output(t.node("Mean", {s, b}, {F("y", {2, 3})})[0]);
+                }});
+  cs.push_back({"CastLike (float32 to float32)", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 3}), like = m.f("like", {1});
+                  t.output(t.node("CastLike", {x, like}, {F("y", {2, 3})})[0]);
+                }});
   cs.push_back({"Mod (fmod 1; a / b between 2.1 and 2.8)", [](TinyGraph& t, M& m) {
                   int a = m.f("a", {2, 3}, 2.2f, 2.8f), b = m.f("b", {3}, 1.0f, 1.05f);
                   t.output(t.node("Mod", {a, b}, {F("y", {2, 3})}, {{"fmod", attr_i(1)}})[0]);
@@ -261,6 +271,17 @@ inline std::vector<Case> gradient_cases() {
   cs.push_back({"SpaceToDepth", [](TinyGraph& t, M& m) {
                   int x = m.f("x", {1, 2, 4, 6});
                   t.output(t.node("SpaceToDepth", {x}, {F("y", {1, 8, 2, 3})}, {{"blocksize", attr_i(2)}})[0]);
+                }});
+  for (int p : {1, 2})
+    cs.push_back({fmt::format("LpNormalization p {} axis 1", p), [p](TinyGraph& t, M& m) {
+                    int x = m.f("x", {2, 4, 3});
+                    t.output(t.node("LpNormalization", {x}, {F("y", {2, 4, 3})}, {{"axis", attr_i(1)}, {"p", attr_i(p)}})[0]);
+                  }});
+  cs.push_back({"TopK 2 of 5 along axis 1 (values)", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {3, 5, 2});
+                  int k = t.constant<int64_t>("k", DType::I64, {1}, {2});
+                  auto o = t.node("TopK", {x, k}, {F("v", {3, 2, 2}), {"i", DType::I64, {3, 2, 2}}}, {{"axis", attr_i(1)}});
+                  t.output(o[0]);
                 }});
   cs.push_back({"GlobalMaxPool", [](TinyGraph& t, M& m) {
                   int x = m.f("x", {2, 3, 2, 3});

@@ -219,6 +219,17 @@ TEST_CASE("MaxPool's Indices output (row- and column-major, padding), integer Ma
   }
 }
 
+TEST_CASE("LpNormalization (no ONNX node case covers it): p 2 and p 1 along the last axis") {
+  for (int p : {2, 1}) {
+    OneNode n;
+    n.cf({2, 2}, {3, 4, 1, -1});
+    auto y = to_vec(n.run("LpNormalization", {F("y", {2, 2})}, {{"p", attr_i(p)}})[0]);
+    const float r = 1.0f / std::sqrt(2.0f);
+    if (p == 2) near(y, {0.6f, 0.8f, r, -r});
+    else near(y, {3.0f / 7, 4.0f / 7, 0.5f, -0.5f});
+  }
+}
+
 TEST_CASE("Softmax, LayerNormalization, reductions") {
   OneNode s;
   s.cf({2, 2}, {0, 0, 0, std::log(3.0f)});

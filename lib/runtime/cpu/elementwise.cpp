@@ -555,6 +555,10 @@ std::unique_ptr<KernelState> prep_unary(const NodeView& n) {
   if (n.op() == Op::Elu || n.op() == Op::Celu || n.op() == Op::ThresholdedRelu)
     s->alpha = static_cast<float>(n.node().attr_float("alpha", 1.0));
   if (n.op() == Op::Celu && s->alpha == 0.0f) n.fail("alpha 0 (Celu divides by it)");
+  if (n.op() == Op::Shrink) {
+    s->alpha = static_cast<float>(n.node().attr_float("lambd", 0.5));
+    s->beta = static_cast<float>(n.node().attr_float("bias", 0.0));
+  }
   if (n.op() == Op::IsInf) {
     s->detect_negative = n.node().attr_int("detect_negative", 1) != 0;
     s->detect_positive = n.node().attr_int("detect_positive", 1) != 0;
@@ -648,6 +652,11 @@ void fwd_unary(const KernelState& st, ExecContext&, std::span<Tensor> out, std::
     case Op::ThresholdedRelu: { float a = s.alpha; map_f32(x, y, [a](float v) { return v > a ? v : 0.0f; }); break; }
     case Op::Sign: map_f32(x, y, [](float v) { return v > 0 ? 1.0f : (v < 0 ? -1.0f : v); }); break;  // NaN stays NaN
     case Op::Round: map_f32(x, y, [](float v) { return std::nearbyint(v); }); break;  // halves to even
+    case Op::Shrink: {
+      float l = s.alpha, b = s.beta;
+      map_f32(x, y, [l, b](float v) { return v < -l ? v + b : (v > l ? v - b : 0.0f); });
+      break;
+    }
     case Op::Tan: map_f32(x, y, [](float v) { return std::tan(v); }); break;
     case Op::Asin: map_f32(x, y, [](float v) { return std::asin(v); }); break;
     case Op::Acos: map_f32(x, y, [](float v) { return std::acos(v); }); break;
@@ -727,6 +736,7 @@ void bwd_unary(const KernelState& st, ExecContext&, const GradIO& io) {
       });
       break;
     case Op::ThresholdedRelu: { float a = s.alpha; grad_map(dy, X(), d, acc, [a](float g, float x) { return x > a ? g : 0.0f; }); break; }
+    case Op::Shrink: { float l = s.alpha; grad_map(dy, X(), d, acc, [l](float g, float x) { return x < -l || x > l ? g : 0.0f; }); break; }
     case Op::Tan:
       grad_map(dy, X(), d, acc, [](float g, float x) {
         float c = std::cos(x);
@@ -743,6 +753,55 @@ void bwd_unary(const KernelState& st, ExecContext&, const GradIO& io) {
     case Op::Atanh: grad_map(dy, X(), d, acc, [](float g, float x) { return g / (1.0f - x * x); }); break;
     default: SMP_CHECK(false, "node {}: no gradient", s.node_name);
   }
+}
+
+// ---- Sum, Mean ----------------------------------------------------------------------------
+
+std::unique_ptr<KernelState> prep_variadic(const NodeView& n) {
+  auto s = std::make_unique<VariadicState>();
+  s->mean = n.op() == Op::Mean;
+  if (n.num_inputs() < 1) n.fail("needs at least 1 input");
+  const Shape& y = n.output(0).shape;
+  for (int i = 0; i < n.num_inputs(); ++i) {
+    if (!n.has_input(i)) n.fail("an input is missing");
+    n.require_dtype(n.input(i), {DType::F32}, "input");
+    if (!broadcastable_to(n.input(i).shape, y))
+      n.fail(fmt::format("input {} of shape {} does not broadcast to {}", i, shape_str(n.input(i).shape), shape_str(y)));
+    s->plans.push_back(make_bcast(y, {n.input(i).shape}));
+  }
+  return s;
+}
+
+void fwd_variadic(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const VariadicState&>(st);
+  float* Y = out[0].data<float>();
+  for (size_t k = 0; k < s.plans.size(); ++k) {
+    const float* X = in[k].data<float>();
+    const bool first = k == 0;
+    bcast_rows(s.plans[k], [&](int64_t oo, const int64_t* off, int64_t L, const int64_t* ist) {
+      for (int64_t i = 0; i < L; ++i) Y[oo + i] = (first ? 0.0f : Y[oo + i]) + X[off[0] + i * ist[0]];
+    });
+  }
+  if (s.mean) {
+    const float inv = 1.0f / static_cast<float>(s.plans.size());
+    for (int64_t i = 0; i < out[0].numel(); ++i) Y[i] *= inv;
+  }
+}
+
+// Each input's gradient: dy (divided by the count for Mean), summed over its broadcast axes.
+void bwd_variadic(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const VariadicState&>(st);
+  if (!io.dout[0].defined()) return;
+  const Shape& ys = s.out_shapes[0];
+  std::vector<float> scaled;
+  const float* dy = io.dout[0].data<float>();
+  if (s.mean) {
+    scaled.assign(dy, dy + io.dout[0].numel());
+    for (float& v : scaled) v /= static_cast<float>(s.plans.size());
+    dy = scaled.data();
+  }
+  for (size_t k = 0; k < s.plans.size(); ++k)
+    if (io.din[k].defined()) reduce_sum_to(io.din[k].data<float>(), s.in_shapes[k], dy, ys, io.accumulate[k]);
 }
 
 // ---- PRelu -------------------------------------------------------------------------------
@@ -895,7 +954,12 @@ void cast_from(const S* s, const Tensor& y, DType to, int64_t n) {
 
 std::unique_ptr<KernelState> prep_cast(const NodeView& n) {
   auto s = std::make_unique<CastState>();
-  s->to = dtype_from_onnx(static_cast<int32_t>(n.node().attr_int("to", 0)));
+  if (n.op() == Op::CastLike) {  // to the second input's dtype
+    if (n.num_inputs() != 2 || !n.has_input(1)) n.fail("needs 2 inputs (input, target_type)");
+    s->to = n.input(1).dtype;
+  } else {
+    s->to = dtype_from_onnx(static_cast<int32_t>(n.node().attr_int("to", 0)));
+  }
   if (!castable(n.input(0).dtype) || !castable(s->to))
     n.fail(fmt::format("cast from {} to {} not supported", dtype_name(n.input(0).dtype), dtype_name(s->to)));
   return s;

@@ -836,6 +836,39 @@ void bwd_depth_space(const KernelState& st, ExecContext&, const GradIO& io) {
   depth_space_map(s, [&](int64_t o, int64_t i) { dX[i] = acc ? dX[i] + dY[o] : dY[o]; });
 }
 
+// ---- EyeLike -------------------------------------------------------------------------------
+
+std::unique_ptr<KernelState> prep_eye_like(const NodeView& n) {
+  auto s = std::make_unique<EyeLikeState>();
+  const Shape& x = n.input(0).shape;
+  if (x.size() != 2) n.fail(fmt::format("input {} must be 2-D", shape_str(x)));
+  require_plain(n, n.output(0));
+  s->rows = x[0];
+  s->cols = x[1];
+  s->k = n.node().attr_int("k", 0);
+  return s;
+}
+
+void fwd_eye_like(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor>) {
+  const auto& s = static_cast<const EyeLikeState&>(st);
+  std::memset(out[0].raw(), 0, static_cast<size_t>(out[0].bytes()));
+  const size_t es = static_cast<size_t>(dtype_size(out[0].dtype()));
+  char one[8] = {};
+  switch (out[0].dtype()) {  // 1 in the output's dtype
+    case DType::F32: { float v = 1; std::memcpy(one, &v, es); break; }
+    case DType::F64: { double v = 1; std::memcpy(one, &v, es); break; }
+    case DType::F16: { _Float16 v = 1; std::memcpy(one, &v, es); break; }
+    default: one[0] = 1;  // integers and bool, little-endian
+  }
+  char* Y = static_cast<char*>(out[0].raw());
+  for (int64_t r = 0; r < s.rows; ++r) {
+    const int64_t c = r + s.k;
+    if (c >= 0 && c < s.cols) std::memcpy(Y + static_cast<size_t>(r * s.cols + c) * es, one, es);
+  }
+}
+
+void bwd_eye_like(const KernelState&, ExecContext&, const GradIO&) {}
+
 // ---- OneHot ----------------------------------------------------------------------------------
 
 std::unique_ptr<KernelState> prep_one_hot(const NodeView& n) {

@@ -840,9 +840,11 @@ void bwd_reduce(const KernelState& st, ExecContext&, const GradIO& io) {
 
 std::unique_ptr<KernelState> prep_argmax(const NodeView& n) {
   auto s = std::make_unique<ArgMaxState>();
-  n.require_dtype(n.input(0), {DType::F32, DType::I64}, "input");
+  s->hard = n.op() == Op::Hardmax;
+  if (s->hard) n.require_dtype(n.input(0), {DType::F32}, "input");
+  else n.require_dtype(n.input(0), {DType::F32, DType::I64}, "input");
   const Shape& x = n.input(0).shape;
-  int64_t axis = n.node().attr_int("axis", 0);
+  int64_t axis = n.node().attr_int("axis", s->hard ? -1 : 0);
   if (!norm_axis(axis, static_cast<int64_t>(x.size()))) n.fail("axis out of range");
   s->outer = prod(x, 0, static_cast<size_t>(axis));
   s->D = x[static_cast<size_t>(axis)];
@@ -854,6 +856,20 @@ std::unique_ptr<KernelState> prep_argmax(const NodeView& n) {
 
 void fwd_argmax(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
   const auto& s = static_cast<const ArgMaxState&>(st);
+  if (s.hard) {  // one-hot of the first maximum
+    const float* X = in[0].data<float>();
+    float* Y = out[0].data<float>();
+    std::memset(Y, 0, static_cast<size_t>(out[0].bytes()));
+    for (int64_t o = 0; o < s.outer; ++o)
+      for (int64_t i = 0; i < s.inner; ++i) {
+        const float* x = X + o * s.D * s.inner + i;
+        int64_t best = 0;
+        for (int64_t j = 1; j < s.D; ++j)
+          if (x[j * s.inner] > x[best * s.inner]) best = j;
+        Y[(o * s.D + best) * s.inner + i] = 1.0f;
+      }
+    return;
+  }
   int64_t* Y = out[0].data<int64_t>();
   auto run = [&](auto* X) {
     for (int64_t o = 0; o < s.outer; ++o)
@@ -927,6 +943,152 @@ void fwd_cumsum(const KernelState& st, ExecContext&, std::span<Tensor> out, std:
     case DType::I32: cumsum_loop(s, in[0].data<int32_t>(), out[0].data<int32_t>(), s.reverse, false); break;
     default: SMP_CHECK(false, "node {}: CumSum of {}", s.node_name, dtype_name(in[0].dtype()));
   }
+}
+
+// ---- LpNormalization -----------------------------------------------------------------------
+
+namespace {
+void axis_geometry(const NodeView& n, AxisState& s, int64_t axis) {
+  const Shape& x = n.input(0).shape;
+  if (!norm_axis(axis, static_cast<int64_t>(x.size()))) n.fail(fmt::format("axis {} out of range", axis));
+  s.outer = prod(x, 0, static_cast<size_t>(axis));
+  s.D = x[static_cast<size_t>(axis)];
+  s.inner = prod(x, static_cast<size_t>(axis) + 1, x.size());
+}
+}  // namespace
+
+std::unique_ptr<KernelState> prep_lpnorm(const NodeView& n) {
+  auto s = std::make_unique<AxisState>();
+  n.require_dtype(n.input(0), {DType::F32}, "input");
+  axis_geometry(n, *s, n.node().attr_int("axis", -1));
+  s->p = n.node().attr_int("p", 2);
+  if (s->p != 1 && s->p != 2) n.fail(fmt::format("p {} (1 or 2)", s->p));
+  return s;
+}
+
+namespace {
+// Each lane's p-norm (0 where the lane is all zeros: y is 0 there, as is its gradient).
+template <class F>
+void lp_lanes(const AxisState& s, const float* X, F f) {
+  pfor(s.outer * s.inner, 1, [&](int64_t l0, int64_t l1) {
+    for (int64_t l = l0; l < l1; ++l) {
+      const int64_t base = (l / s.inner) * s.D * s.inner + l % s.inner;
+      double t = 0;
+      for (int64_t j = 0; j < s.D; ++j) {
+        const double v = X[base + j * s.inner];
+        t += s.p == 1 ? std::fabs(v) : v * v;
+      }
+      f(base, static_cast<float>(s.p == 1 ? t : std::sqrt(t)));
+    }
+  });
+}
+}  // namespace
+
+void fwd_lpnorm(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const AxisState&>(st);
+  const float* X = in[0].data<float>();
+  float* Y = out[0].data<float>();
+  lp_lanes(s, X, [&](int64_t base, float norm) {
+    for (int64_t j = 0; j < s.D; ++j) Y[base + j * s.inner] = norm > 0 ? X[base + j * s.inner] / norm : 0.0f;
+  });
+}
+
+// dx = (dy - g(x) sum(dy y)) / norm, g(x) = y for p 2, sign(x) for p 1.
+void bwd_lpnorm(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const AxisState&>(st);
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  SMP_CHECK(io.in[0].defined() && io.out[0].defined(), "node {}: LpNormalization backward needs X and Y", s.node_name);
+  const float *X = io.in[0].data<float>(), *Y = io.out[0].data<float>(), *dY = io.dout[0].data<float>();
+  float* dX = io.din[0].data<float>();
+  const bool acc = io.accumulate[0];
+  lp_lanes(s, X, [&](int64_t base, float norm) {
+    float t = 0;
+    for (int64_t j = 0; j < s.D; ++j) t += dY[base + j * s.inner] * Y[base + j * s.inner];
+    for (int64_t j = 0; j < s.D; ++j) {
+      const int64_t e = base + j * s.inner;
+      const float gx = s.p == 2 ? Y[e] : (X[e] > 0 ? 1.0f : (X[e] < 0 ? -1.0f : 0.0f));
+      const float v = norm > 0 ? (dY[e] - gx * t) / norm : 0.0f;
+      dX[e] = acc ? dX[e] + v : v;
+    }
+  });
+}
+
+// ---- TopK --------------------------------------------------------------------------------
+
+std::unique_ptr<KernelState> prep_topk(const NodeView& n) {
+  auto s = std::make_unique<AxisState>();
+  n.require_dtype(n.input(0), {DType::F32, DType::F64, DType::I64, DType::I32}, "input X");
+  const int64_t axis = n.node().attr_int("axis", -1);
+  axis_geometry(n, *s, axis);
+  int64_t a = axis;
+  norm_axis(a, static_cast<int64_t>(n.input(0).shape.size()));
+  if (!n.has_output(0) || n.output(0).shape.size() != n.input(0).shape.size()) n.fail("cannot infer the output's shape (K must be a constant)");
+  s->k = n.output(0).shape[static_cast<size_t>(a)];
+  if (s->k < 0 || s->k > s->D) n.fail(fmt::format("K {} exceeds the axis' size {}", s->k, s->D));
+  s->largest = n.node().attr_int("largest", 1) != 0;  // sorted 0 allows any order: sorted is one
+  return s;
+}
+
+namespace {
+// Per lane: the k indices of the largest (smallest) values, ties to the lower index, in order.
+template <class T>
+void topk_lanes(const AxisState& s, const T* X, T* V, int64_t* I) {
+  pfor(s.outer * s.inner, 1, [&](int64_t l0, int64_t l1) {
+    std::vector<int64_t> order(static_cast<size_t>(s.D));
+    for (int64_t l = l0; l < l1; ++l) {
+      const int64_t o = l / s.inner, i = l % s.inner;
+      const T* x = X + o * s.D * s.inner + i;
+      for (int64_t j = 0; j < s.D; ++j) order[static_cast<size_t>(j)] = j;
+      auto before = [&](int64_t a, int64_t b) {
+        const T va = x[a * s.inner], vb = x[b * s.inner];
+        if (va != vb) return s.largest ? va > vb : va < vb;
+        return a < b;
+      };
+      std::partial_sort(order.begin(), order.begin() + s.k, order.end(), before);
+      for (int64_t j = 0; j < s.k; ++j) {
+        const int64_t e = (o * s.k + j) * s.inner + i;
+        if (V) V[e] = x[order[static_cast<size_t>(j)] * s.inner];
+        I[e] = order[static_cast<size_t>(j)];
+      }
+    }
+  });
+}
+}  // namespace
+
+void fwd_topk(const KernelState& st, ExecContext& ctx, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const AxisState&>(st);
+  Tensor idx_scratch;
+  int64_t* I = nullptr;
+  if (out.size() > 1 && out[1].defined()) {
+    I = out[1].data<int64_t>();
+  } else {
+    idx_scratch = scratch(ctx, DType::I64, s.out_shapes[0]);
+    I = idx_scratch.data<int64_t>();
+  }
+  switch (in[0].dtype()) {
+    case DType::F32: topk_lanes(s, in[0].data<float>(), out[0].data<float>(), I); break;
+    case DType::F64: topk_lanes(s, in[0].data<double>(), out[0].data<double>(), I); break;
+    case DType::I64: topk_lanes(s, in[0].data<int64_t>(), out[0].data<int64_t>(), I); break;
+    case DType::I32: topk_lanes(s, in[0].data<int32_t>(), out[0].data<int32_t>(), I); break;
+    default: SMP_CHECK(false, "node {}: TopK of {}", s.node_name, dtype_name(in[0].dtype()));
+  }
+}
+
+// dx: dy of each value at its index, 0 elsewhere.
+void bwd_topk(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const AxisState&>(st);
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  SMP_CHECK(io.out.size() > 1 && io.out[1].defined(), "node {}: TopK backward needs the Indices output (not declared saved)", s.node_name);
+  const int64_t* I = io.out[1].data<int64_t>();
+  const float* dY = io.dout[0].data<float>();
+  float* dX = io.din[0].data<float>();
+  if (!io.accumulate[0]) std::memset(dX, 0, static_cast<size_t>(io.din[0].numel()) * sizeof(float));
+  for (int64_t o = 0; o < s.outer; ++o)
+    for (int64_t j = 0; j < s.k; ++j)
+      for (int64_t i = 0; i < s.inner; ++i) {
+        const int64_t e = (o * s.k + j) * s.inner + i;
+        dX[(o * s.D + I[e]) * s.inner + i] += dY[e];
+      }
 }
 
 void bwd_cumsum(const KernelState& st, ExecContext&, const GradIO& io) {

@@ -103,7 +103,8 @@ std::vector<int64_t> resolve_axes(const ReduceState& s, std::span<const Tensor> 
 struct ArgMaxState : KernelState {
   int64_t outer = 1, D = 1, inner = 1;
   bool last = false;
-  bool min = false;  // ArgMin
+  bool min = false;   // ArgMin
+  bool hard = false;  // Hardmax: the one-hot of the (first) maximum instead of its index
 };
 
 // CumSum along one axis: [outer, D, inner].
@@ -216,6 +217,24 @@ struct GatherNdState : KernelState {
 struct DepthSpaceState : KernelState {
   bool to_space = true, crd = false;
   int64_t N = 1, C = 1, H = 1, W = 1, b = 1;  // X's dims
+};
+
+// Sum, Mean: one broadcasting plan per input onto the output.
+struct VariadicState : KernelState {
+  bool mean = false;
+  std::vector<Bcast> plans;
+};
+
+// LpNormalization and TopK along one axis: [outer, D, inner].
+struct AxisState : KernelState {
+  int64_t outer = 1, D = 1, inner = 1;
+  int64_t p = 2;                     // LpNormalization
+  int64_t k = 0;                     // TopK
+  bool largest = true;
+};
+
+struct EyeLikeState : KernelState {
+  int64_t rows = 0, cols = 0, k = 0;
 };
 
 struct OneHotState : KernelState {

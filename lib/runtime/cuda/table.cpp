@@ -8,7 +8,8 @@
 // ThresholdedRelu, Sign, Round, InstanceNormalization, ConvTranspose, Mod, the trigonometric and
 // hyperbolic ops, IsNaN, IsInf, ReduceL1, ReduceSumSquare, ReduceLogSum, ReduceLogSumExp, ArgMin,
 // GlobalMaxPool, CumSum, ScatterElements, ScatterND, GatherND, DepthToSpace, SpaceToDepth and
-// OneHot have no CUDA kernels yet).
+// OneHot, Sum, Mean, Shrink, CastLike, LpNormalization, Hardmax, TopK and EyeLike have no CUDA
+// kernels yet).
 #include "runtime/cpu/kernels.hpp"
 #include "runtime/cuda/cuda_backend.hpp"
 #include "runtime/cuda/ops.hpp"
@@ -33,7 +34,7 @@ constexpr OpKernel kTable[] = {
     KS(MatMul, matmul), KS(Gemm, gemm), KS(Conv, conv), NO_KERNEL(Einsum), NO_KERNEL(ConvTranspose),
     KP(Add, binary), KP(Sub, binary), KP(Mul, binary), KP(Div, binary), KP(Pow, binary), KP(Max, binary), KP(Min, binary),
     KF(Equal, binary), KF(Less, binary), KF(Greater, binary), KF(LessOrEqual, binary), KF(GreaterOrEqual, binary),
-    KF(And, binary), KF(Or, binary), KF(Xor, binary), K(Where, where), NO_KERNEL(PRelu), NO_KERNEL(Mod),
+    KF(And, binary), KF(Or, binary), KF(Xor, binary), K(Where, where), NO_KERNEL(PRelu), NO_KERNEL(Mod), NO_KERNEL(Sum), NO_KERNEL(Mean),
     K(Sqrt, unary), K(Reciprocal, unary), K(Neg, unary), K(Abs, unary), K(Exp, unary), K(Log, unary), K(Relu, unary),
     K(LeakyRelu, unary), K(Tanh, unary), K(Sigmoid, unary), K(Erf, unary), K(Gelu, unary), KF(Floor, unary),
     KF(Ceil, unary), KF(Not, unary), KP(Clip, clip), KP(Cast, cast), KV(Identity, identity), KPV(Dropout, dropout),
@@ -41,18 +42,19 @@ constexpr OpKernel kTable[] = {
     NO_KERNEL(Celu), NO_KERNEL(Softplus), NO_KERNEL(Softsign), NO_KERNEL(ThresholdedRelu), NO_KERNEL(Sign),
     NO_KERNEL(Round), NO_KERNEL(Tan), NO_KERNEL(Asin), NO_KERNEL(Acos), NO_KERNEL(Atan), NO_KERNEL(Sinh), NO_KERNEL(Cosh),
     NO_KERNEL(Asinh), NO_KERNEL(Acosh), NO_KERNEL(Atanh), NO_KERNEL(IsNaN), NO_KERNEL(IsInf),
+    NO_KERNEL(Shrink), NO_KERNEL(CastLike),
     K(Softmax, softmax), K(LogSoftmax, softmax), K(LayerNormalization, layernorm), KP(BatchNormalization, batchnorm),
-    NO_KERNEL(InstanceNormalization),
+    NO_KERNEL(InstanceNormalization), NO_KERNEL(LpNormalization), NO_KERNEL(Hardmax),
     KP(ReduceMean, reduce), KP(ReduceSum, reduce), KP(ReduceMax, reduce), KP(ReduceMin, reduce), KP(ReduceProd, reduce),
     KF(ArgMax, argmax), NO_KERNEL(ReduceL2), NO_KERNEL(ReduceL1), NO_KERNEL(ReduceSumSquare), NO_KERNEL(ReduceLogSum),
-    NO_KERNEL(ReduceLogSumExp), NO_KERNEL(ArgMin),
+    NO_KERNEL(ReduceLogSumExp), NO_KERNEL(ArgMin), NO_KERNEL(TopK),
     KPS(MaxPool, pool), KPS(AveragePool, pool), K(GlobalAveragePool, global_avgpool), NO_KERNEL(GlobalMaxPool),
     KV(Reshape, reshape), K(Transpose, transpose), KV(Flatten, reshape), KV(Squeeze, reshape), KV(Unsqueeze, reshape),
     K(Concat, concat), K(Split, split), K(Slice, slice), K(Gather, gather), K(Expand, expand), K(Tile, tile),
     K(Trilu, trilu), NO_KERNEL(Pad), NO_KERNEL(GatherElements),
     NO_KERNEL(Resize), NO_KERNEL(Upsample), NO_KERNEL(CumSum), NO_KERNEL(ScatterElements), NO_KERNEL(ScatterND),
     NO_KERNEL(GatherND), NO_KERNEL(DepthToSpace), NO_KERNEL(SpaceToDepth), NO_KERNEL(OneHot),
-    KF(Shape, shape), KF(Size, size), KF(Constant, constant), KF(ConstantOfShape, constant_of_shape), KF(Range, range),
+    KF(Shape, shape), KF(Size, size), KF(Constant, constant), KF(ConstantOfShape, constant_of_shape), KF(Range, range), NO_KERNEL(EyeLike),
     K(SoftmaxCrossEntropyLoss, sce_loss), NO_KERNEL(NegativeLogLikelihoodLoss),
     // Tensor parallelism runs on CPU workers only until the GPU workers carry its collectives.
     NO_KERNEL(TpCopy), NO_KERNEL(TpAllReduce), NO_KERNEL(TpVocabGather), NO_KERNEL(TpSoftmaxCrossEntropyLoss),

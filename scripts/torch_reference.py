@@ -59,21 +59,25 @@ def step(model, opt, x, y):
     return loss.item()
 
 
+def train_and_record(model, batches, out, lr):
+    """SGD steps on `batches` ((x, y) arrays), each saved to OUT with the losses."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    losses = []
+    for k, (x, y) in enumerate(batches):
+        np.save(os.path.join(out, f"x_{k}.npy"), x)
+        np.save(os.path.join(out, f"y_{k}.npy"), y)
+        losses.append(step(model, opt, torch.from_numpy(x), torch.from_numpy(y)))
+    with open(os.path.join(out, "losses.json"), "w") as f:
+        json.dump({"losses": losses}, f)
+    return 0
+
+
 def cmd_train(a):
     torch.set_num_threads(a.threads)
     os.makedirs(a.out, exist_ok=True)
-    model = model_for(a.name)
-    opt = torch.optim.SGD(model.parameters(), lr=a.lr)
     rng = np.random.RandomState(a.seed)
-    losses = []
-    for k in range(a.steps):
-        x, y = batch(a.name, a.batch, rng)
-        np.save(os.path.join(a.out, f"x_{k}.npy"), x)
-        np.save(os.path.join(a.out, f"y_{k}.npy"), y)
-        losses.append(step(model, opt, torch.from_numpy(x), torch.from_numpy(y)))
-    with open(os.path.join(a.out, "losses.json"), "w") as f:
-        json.dump({"losses": losses}, f)
-    return 0
+    batches = [batch(a.name, a.batch, rng) for _ in range(a.steps)]
+    return train_and_record(model_for(a.name), batches, a.out, a.lr)
 
 
 class OpsNet(torch.nn.Module):
@@ -116,15 +120,7 @@ def cmd_ops(a):
     torch.onnx.export(model, torch.from_numpy(batches[0][0]), os.path.join(a.out, "model.onnx"), input_names=["x"],
                       output_names=["logits"], opset_version=17, training=torch.onnx.TrainingMode.TRAINING,
                       do_constant_folding=False)
-    opt = torch.optim.SGD(model.parameters(), lr=a.lr)
-    losses = []
-    for k, (x, y) in enumerate(batches):
-        np.save(os.path.join(a.out, f"x_{k}.npy"), x)
-        np.save(os.path.join(a.out, f"y_{k}.npy"), y)
-        losses.append(step(model, opt, torch.from_numpy(x), torch.from_numpy(y)))
-    with open(os.path.join(a.out, "losses.json"), "w") as f:
-        json.dump({"losses": losses}, f)
-    return 0
+    return train_and_record(model, batches, a.out, a.lr)
 
 
 def cmd_bench(a):

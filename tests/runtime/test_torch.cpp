@@ -1,5 +1,6 @@
-// Single-process training against PyTorch: for each sample model, 20 SGD steps from the ONNX
-// initializers on the same batches; the loss of every step equals torch's within 1e-4 relative.
+// Single-process training against PyTorch: for each sample model, and for a network of the ops
+// beyond them, 20 SGD steps from the ONNX initializers on the same batches; the loss of every step
+// equals torch's within 1e-4 relative.
 // The reference comes from scripts/torch_reference.py (Debian's python3-torch).
 #include <doctest/doctest.h>
 
@@ -19,40 +20,51 @@
 using namespace smp;
 namespace fs = std::filesystem;
 
+namespace {
+
+constexpr int kSteps = 20, kBatch = 8;
+constexpr double kLr = 0.05;
+
+// Runs scripts/torch_reference.py ARGS into `dir` (batches x_k, y_k and PyTorch's losses), then
+// the same SGD steps on `model` from its initializers; every step's loss within 1e-4 relative.
+void train_against_torch(const std::string& what, const std::string& args, const fs::path& dir, const fs::path& model) {
+  std::string cmd = fmt::format("{} {}/scripts/torch_reference.py {} {} --steps {} --batch {} --lr {} --threads 2 > {}.log 2>&1",
+                                SMP_PYTHON, SMP_SOURCE_DIR, args, dir.string(), kSteps, kBatch, kLr, dir.string());
+  REQUIRE_MESSAGE(std::system(cmd.c_str()) == 0, cmd);
+  auto ref = read_json(dir / "losses.json")["losses"].get<std::vector<double>>();
+  REQUIRE(ref.size() == static_cast<size_t>(kSteps));
+
+  graph::LoadOptions lo;
+  lo.batch_size = kBatch;
+  lo.load_weights = true;
+  graph::Graph g = graph::load_graph(model, lo);
+  runtime::CpuBackend be(2);
+  runtime::StageExecutor ex(g, be);
+  double worst = 0;
+  for (int k = 0; k < kSteps; ++k) {
+    runtime::Tensor x = runtime::load_npy(be, dir / fmt::format("x_{}.npy", k));
+    runtime::Tensor y = runtime::load_npy(be, dir / fmt::format("y_{}.npy", k));
+    ex.zero_grad();
+    auto out = ex.forward(0, {&x, 1});
+    auto l = runtime::cross_entropy(be, out[0], y);
+    ex.backward(0, {&l.grad, 1});
+    ex.sgd_step(static_cast<float>(kLr));
+    INFO(fmt::format("{} step {}: smp {:.8f} torch {:.8f}", what, k, l.loss, ref[static_cast<size_t>(k)]));
+    double rel = std::fabs(l.loss - ref[static_cast<size_t>(k)]) / std::fabs(ref[static_cast<size_t>(k)]);
+    worst = std::max(worst, rel);
+    CHECK(rel <= 1e-4);
+  }
+  fmt::print("{}: {} steps, largest relative loss difference to PyTorch {:.2e}\n", what, kSteps, worst);
+  CHECK(ex.pending() == 0);
+}
+
+}  // namespace
+
 TEST_CASE("20 SGD steps on each sample model match PyTorch's losses") {
-  const int steps = 20, batch = 8;
-  const double lr = 0.05;
   for (std::string name : {"mlp", "cnn", "gpt"}) {
     CAPTURE(name);
-    fs::path dir = fs::path(SMP_TEST_DATA) / ("torch_train_" + name);
-    std::string cmd = fmt::format("{} {}/scripts/torch_reference.py train {} {} --steps {} --batch {} --lr {} --threads 2 > {}.log 2>&1",
-                                  SMP_PYTHON, SMP_SOURCE_DIR, name, dir.string(), steps, batch, lr, dir.string());
-    REQUIRE_MESSAGE(std::system(cmd.c_str()) == 0, cmd);
-    auto ref = read_json(dir / "losses.json")["losses"].get<std::vector<double>>();
-    REQUIRE(ref.size() == static_cast<size_t>(steps));
-
-    graph::LoadOptions lo;
-    lo.batch_size = batch;
-    lo.load_weights = true;
-    graph::Graph g = graph::load_graph(fs::path(SMP_SOURCE_DIR) / "sample_models" / (name + ".onnx"), lo);
-    runtime::CpuBackend be(2);
-    runtime::StageExecutor ex(g, be);
-    double worst = 0;
-    for (int k = 0; k < steps; ++k) {
-      runtime::Tensor x = runtime::load_npy(be, dir / fmt::format("x_{}.npy", k));
-      runtime::Tensor y = runtime::load_npy(be, dir / fmt::format("y_{}.npy", k));
-      ex.zero_grad();
-      auto out = ex.forward(0, {&x, 1});
-      auto l = runtime::cross_entropy(be, out[0], y);
-      ex.backward(0, {&l.grad, 1});
-      ex.sgd_step(static_cast<float>(lr));
-      INFO(fmt::format("{} step {}: smp {:.8f} torch {:.8f}", name, k, l.loss, ref[static_cast<size_t>(k)]));
-      double rel = std::fabs(l.loss - ref[static_cast<size_t>(k)]) / std::fabs(ref[static_cast<size_t>(k)]);
-      worst = std::max(worst, rel);
-      CHECK(rel <= 1e-4);
-    }
-    fmt::print("{}: {} steps, largest relative loss difference to PyTorch {:.2e}\n", name, steps, worst);
-    CHECK(ex.pending() == 0);
+    train_against_torch(name, "train " + name, fs::path(SMP_TEST_DATA) / ("torch_train_" + name),
+                        fs::path(SMP_SOURCE_DIR) / "sample_models" / (name + ".onnx"));
   }
 }
 
@@ -60,34 +72,6 @@ TEST_CASE("20 SGD steps on each sample model match PyTorch's losses") {
 // ops): ConvTranspose (strided with output_padding, grouped), GroupNorm (InstanceNormalization
 // between reshapes), InstanceNorm2d, PReLU (per channel and single), ELU, SELU, CELU, Softplus.
 TEST_CASE("20 SGD steps on a network of ConvTranspose, GroupNorm, InstanceNorm, PReLU, ELU, SELU, CELU, Softplus match PyTorch's losses") {
-  const int steps = 20, batch = 8;
-  const double lr = 0.05;
-  fs::path dir = fs::path(SMP_TEST_DATA) / "torch_train_ops";
-  std::string cmd = fmt::format("{} {}/scripts/torch_reference.py ops {} --steps {} --batch {} --lr {} --threads 2 > {}.log 2>&1",
-                                SMP_PYTHON, SMP_SOURCE_DIR, dir.string(), steps, batch, lr, dir.string());
-  REQUIRE_MESSAGE(std::system(cmd.c_str()) == 0, cmd);
-  auto ref = read_json(dir / "losses.json")["losses"].get<std::vector<double>>();
-  REQUIRE(ref.size() == static_cast<size_t>(steps));
-  graph::LoadOptions lo;
-  lo.batch_size = batch;
-  lo.load_weights = true;
-  graph::Graph g = graph::load_graph(dir / "model.onnx", lo);
-  runtime::CpuBackend be(2);
-  runtime::StageExecutor ex(g, be);
-  double worst = 0;
-  for (int k = 0; k < steps; ++k) {
-    runtime::Tensor x = runtime::load_npy(be, dir / fmt::format("x_{}.npy", k));
-    runtime::Tensor y = runtime::load_npy(be, dir / fmt::format("y_{}.npy", k));
-    ex.zero_grad();
-    auto out = ex.forward(0, {&x, 1});
-    auto l = runtime::cross_entropy(be, out[0], y);
-    ex.backward(0, {&l.grad, 1});
-    ex.sgd_step(static_cast<float>(lr));
-    INFO(fmt::format("step {}: smp {:.8f} torch {:.8f}", k, l.loss, ref[static_cast<size_t>(k)]));
-    double rel = std::fabs(l.loss - ref[static_cast<size_t>(k)]) / std::fabs(ref[static_cast<size_t>(k)]);
-    worst = std::max(worst, rel);
-    CHECK(rel <= 1e-4);
-  }
-  fmt::print("ops network: {} steps, largest relative loss difference to PyTorch {:.2e}\n", steps, worst);
-  CHECK(ex.pending() == 0);
+  const fs::path dir = fs::path(SMP_TEST_DATA) / "torch_train_ops";
+  train_against_torch("ops network", "ops", dir, dir / "model.onnx");
 }

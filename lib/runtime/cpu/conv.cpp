@@ -123,6 +123,32 @@ void col2im(const Geom& g, int64_t C, const float* col, int64_t ld, int64_t nimg
   });
 }
 
+// y [N, M, hw] += the bias of each channel (Conv, ConvTranspose).
+void add_bias(const float* B, float* Y, int64_t N, int64_t M, int64_t hw) {
+  pfor(N * M, std::max<int64_t>(1, kGrain / std::max<int64_t>(hw, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float bv = B[r % M];
+      float* y = Y + r * hw;
+#pragma omp simd
+      for (int64_t i = 0; i < hw; ++i) y[i] += bv;
+    }
+  });
+}
+
+// dB (=, or += with acc) the sum of dy [N, M, hw] over all but the channel: float per plane, double across.
+void bias_grad(const float* dY, float* dB, int64_t N, int64_t M, int64_t hw, bool acc) {
+  std::vector<double> sum(static_cast<size_t>(M), 0.0);
+  for (int64_t b = 0; b < N; ++b)
+    for (int64_t m = 0; m < M; ++m) {
+      const float* p = dY + (b * M + m) * hw;
+      float t = 0;
+#pragma omp simd reduction(+ : t)
+      for (int64_t i = 0; i < hw; ++i) t += p[i];
+      sum[static_cast<size_t>(m)] += t;
+    }
+  for (int64_t m = 0; m < M; ++m) dB[m] = (acc ? dB[m] : 0.0f) + static_cast<float>(sum[static_cast<size_t>(m)]);
+}
+
 // Rows [b0, b0 + nimg) x [m0, m0 + rows) of t [N, M, ohw] to / from w [rows, nimg * ohw]
 // (image j's columns at j * ohw), the layout of a product over several images' columns.
 void gather_images(const float* t, int64_t M, int64_t ohw, int64_t b0, int64_t nimg, int64_t m0, int64_t rows, float* w) {
@@ -245,17 +271,7 @@ void fwd_conv(const KernelState& st, ExecContext& ctx, std::span<Tensor> out, st
       for (int64_t b = 0; b < s.N; ++b) image(b, s.pointwise ? nullptr : colt.data<float>(), false);
     }
   }
-  if (s.has_bias) {
-    const float* B = in[2].data<float>();
-    pfor(s.N * s.M, std::max<int64_t>(1, kGrain / std::max<int64_t>(ohw, 1)), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        float bv = B[r % s.M];
-        float* y = Y + r * ohw;
-#pragma omp simd
-        for (int64_t i = 0; i < ohw; ++i) y[i] += bv;
-      }
-    });
-  }
+  if (s.has_bias) add_bias(in[2].data<float>(), Y, s.N, s.M, ohw);
 }
 
 void bwd_conv(const KernelState& st, ExecContext& ctx, const GradIO& io) {
@@ -352,20 +368,7 @@ void bwd_conv(const KernelState& st, ExecContext& ctx, const GradIO& io) {
       for (int64_t b = 0; b < s.N; ++b) image(b, s.pointwise ? nullptr : colt.data<float>(), dW, false);
     }
   }
-  if (io.din.size() > 2 && io.din[2].defined()) {
-    float* dB = io.din[2].data<float>();
-    std::vector<double> acc(static_cast<size_t>(s.M), 0.0);
-    for (int64_t b = 0; b < s.N; ++b)
-      for (int64_t m = 0; m < s.M; ++m) {
-        const float* p = dY + (b * s.M + m) * ohw;
-        float t = 0;
-#pragma omp simd reduction(+ : t)
-        for (int64_t i = 0; i < ohw; ++i) t += p[i];
-        acc[static_cast<size_t>(m)] += t;
-      }
-    for (int64_t m = 0; m < s.M; ++m)
-      dB[m] = (io.accumulate[2] ? dB[m] : 0.0f) + static_cast<float>(acc[static_cast<size_t>(m)]);
-  }
+  if (io.din.size() > 2 && io.din[2].defined()) bias_grad(dY, io.din[2].data<float>(), s.N, s.M, ohw, io.accumulate[2]);
 }
 
 // ---- ConvTranspose -------------------------------------------------------------------------
@@ -453,14 +456,7 @@ void fwd_conv_transpose(const KernelState& st, ExecContext& ctx, std::span<Tenso
       gemm(true, false, Mg * kk, xhw, Cg, 1.0f, W + gr * Cg * Mg * kk, Mg * kk, X + (b * s.C + gr * Cg) * xhw, xhw, 0.0f, col, xhw);
       col2im(g, Mg, col, xhw, 1, Y + (b * s.M + gr * Mg) * yhw, 0);
     }
-  if (B)
-    pfor(s.N * s.M, std::max<int64_t>(1, kGrain / std::max<int64_t>(yhw, 1)), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        float* y = Y + r * yhw;
-        const float bv = B[r % s.M];
-        for (int64_t i = 0; i < yhw; ++i) y[i] += bv;
-      }
-    });
+  if (B) add_bias(B, Y, s.N, s.M, yhw);
 }
 
 void bwd_conv_transpose(const KernelState& st, ExecContext& ctx, const GradIO& io) {
@@ -491,19 +487,7 @@ void bwd_conv_transpose(const KernelState& st, ExecContext& ctx, const GradIO& i
           gemm(false, true, Cg, Mg * kk, xhw, 1.0f, X + (b * s.C + gr * Cg) * xhw, xhw, col, xhw, 1.0f, dW + gr * Cg * Mg * kk, Mg * kk);
       }
   }
-  if (io.din.size() > 2 && io.din[2].defined()) {
-    float* dB = io.din[2].data<float>();
-    std::vector<double> acc(static_cast<size_t>(s.M), 0.0);
-    for (int64_t b = 0; b < s.N; ++b)
-      for (int64_t m = 0; m < s.M; ++m) {
-        const float* p = dY + (b * s.M + m) * yhw;
-        double t = 0;
-        for (int64_t i = 0; i < yhw; ++i) t += p[i];
-        acc[static_cast<size_t>(m)] += t;
-      }
-    for (int64_t m = 0; m < s.M; ++m)
-      dB[m] = (io.accumulate[2] ? dB[m] : 0.0f) + static_cast<float>(acc[static_cast<size_t>(m)]);
-  }
+  if (io.din.size() > 2 && io.din[2].defined()) bias_grad(dY, io.din[2].data<float>(), s.N, s.M, yhw, io.accumulate[2]);
 }
 
 // ---- MaxPool, AveragePool ----------------------------------------------------------------
@@ -786,15 +770,7 @@ void bwd_global_avgpool(const KernelState& st, ExecContext&, const GradIO& io) {
 
 // ---- GlobalMaxPool -----------------------------------------------------------------------
 
-std::unique_ptr<KernelState> prep_global_maxpool(const NodeView& n) {
-  auto s = std::make_unique<GapState>();
-  n.require_dtype(n.input(0), {DType::F32}, "input X");
-  const Shape& x = n.input(0).shape;
-  if (x.size() < 3) n.fail("input must be at least 3-D");
-  s->NC = x[0] * x[1];
-  s->HW = prod(x, 2, x.size());
-  return s;
-}
+std::unique_ptr<KernelState> prep_global_maxpool(const NodeView& n) { return prep_global_avgpool(n); }  // one geometry
 
 void fwd_global_maxpool(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
   const auto& s = static_cast<const GapState&>(st);

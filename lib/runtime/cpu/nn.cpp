@@ -1,5 +1,5 @@
 // Softmax, LogSoftmax, LayerNormalization, InstanceNormalization, BatchNormalization,
-// reductions, ArgMax, ArgMin, CumSum.
+// reductions, ArgMax, ArgMin, Hardmax, CumSum, LpNormalization, TopK.
 #include "runtime/cpu/common.hpp"
 #include "runtime/cpu/kernels.hpp"
 #include "runtime/cpu/vmath.hpp"
@@ -1039,8 +1039,10 @@ void topk_lanes(const AxisState& s, const T* X, T* V, int64_t* I) {
       const int64_t o = l / s.inner, i = l % s.inner;
       const T* x = X + o * s.D * s.inner + i;
       for (int64_t j = 0; j < s.D; ++j) order[static_cast<size_t>(j)] = j;
-      auto before = [&](int64_t a, int64_t b) {
+      auto before = [&](int64_t a, int64_t b) {  // a strict weak order, NaN too: as PyTorch, NaN is the largest
         const T va = x[a * s.inner], vb = x[b * s.inner];
+        const bool na = va != va, nb = vb != vb;
+        if (na || nb) return na && nb ? a < b : (s.largest ? na : nb);
         if (va != vb) return s.largest ? va > vb : va < vb;
         return a < b;
       };

@@ -858,6 +858,7 @@ void fwd_eye_like(const KernelState& st, ExecContext&, std::span<Tensor> out, st
     case DType::F32: { float v = 1; std::memcpy(one, &v, es); break; }
     case DType::F64: { double v = 1; std::memcpy(one, &v, es); break; }
     case DType::F16: { _Float16 v = 1; std::memcpy(one, &v, es); break; }
+    case DType::BF16: { uint16_t v = 0x3F80; std::memcpy(one, &v, es); break; }
     default: one[0] = 1;  // integers and bool, little-endian
   }
   char* Y = static_cast<char*>(out[0].raw());

@@ -89,8 +89,9 @@ SMP_CUDA_KERNEL(sce_loss)
 
 // Prepare steps narrower than the CPU's: the CPU's, refusing what these kernels do not compute
 // (BatchNormalization's running-statistics outputs, Dropout with a random mask, float16
-// arithmetic, Pow of mixed dtypes other than float32 to an int64 or int32 exponent, Clip of other than float32, MaxPool's
-// Indices output or of other than float32, Cast from or to float16, float64 reductions).
+// arithmetic, Pow of mixed dtypes other than float32 to an int64 or int32 exponent, Clip of
+// other than float32, MaxPool's Indices output or of other than float32, Cast from or to
+// float16, float64 reductions).
 std::unique_ptr<KernelState> prep_batchnorm(const NodeView& n);
 std::unique_ptr<KernelState> prep_dropout(const NodeView& n);
 std::unique_ptr<KernelState> prep_binary(const NodeView& n);

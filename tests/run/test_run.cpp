@@ -170,7 +170,7 @@ TEST_CASE("metrics, trace and timeline files; without --data the synthetic task'
 TEST_CASE("without --optimizer, smp-run trains with the plan's; the summary sets its step against the plan's") {
   auto dir = test::temp_dir("plan_optimizer");
   fs::path plan = dir / "p.json";
-  auto pl = test::sh(fmt::format("{} {} -b 16 --devices 2 --stages 2 --data-parallel 1 --microbatches 4 --optimizer momentum -o {}",
+  auto pl = test::sh(fmt::format("{} {} -b 16 --devices 2 --stages 2 --data-parallel 1 --microbatches 4 --schedule 1f1b --optimizer momentum -o {}",
                                  test::bin("smp-plan"), test::src("sample_models/mlp.onnx"), plan.string()));
   REQUIRE_MESSAGE(pl.exit_code == 0, pl.out);
   CHECK(pl.out.find("optimizer step (momentum)") != std::string::npos);

@@ -569,7 +569,8 @@ void maxpool_simple(const Geom& g, int64_t NC, const float* X, float* Y, const f
 }  // namespace
 
 namespace {
-// MaxPool of any dtype, with the Indices output where `I` is given: each window's first maximum
+// MaxPool but the simple float32 case (maxpool_simple), with the Indices output where `I` is
+// given: each window's first maximum
 // (NaN never is one, as in the float32 kernels; a window without a number gives -inf, or the
 // dtype's lowest, and the index of its first element inside X).
 template <class T>
@@ -614,7 +615,7 @@ void maxpool_generic(const PoolState& s, const T* X, T* Y, int64_t* I) {
 void fwd_pool(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
   const auto& s = static_cast<const PoolState&>(st);
   const Geom& g = s.g;
-  if (s.is_max && (s.indices || in[0].dtype() != DType::F32)) {
+  if (s.is_max && (s.indices || in[0].dtype() != DType::F32 || !s.simple)) {
     int64_t* I = s.indices && out.size() > 1 && out[1].defined() ? out[1].data<int64_t>() : nullptr;
     switch (in[0].dtype()) {
       case DType::F32: maxpool_generic(s, in[0].data<float>(), out[0].data<float>(), I); break;
@@ -627,17 +628,17 @@ void fwd_pool(const KernelState& st, ExecContext&, std::span<Tensor> out, std::s
   }
   const float* X = in[0].data<float>();
   float* Y = out[0].data<float>();
-  if (s.is_max && s.simple) {
+  if (s.is_max) {  // float32, without padding or dilation, no Indices
     maxpool_simple(g, s.NC, X, Y, nullptr, nullptr);
     return;
   }
-  pfor(s.NC, 1, [&](int64_t c0, int64_t c1) {
+  pfor(s.NC, 1, [&](int64_t c0, int64_t c1) {  // AveragePool
     for (int64_t c = c0; c < c1; ++c) {
       const float* x = X + c * g.ih * g.iw;
       float* y = Y + c * g.oh * g.ow;
       for (int64_t oy = 0; oy < g.oh; ++oy)
         for (int64_t ox = 0; ox < g.ow; ++ox) {
-          float m = s.is_max ? -INFINITY : 0.0f;
+          float m = 0.0f;
           int64_t cnt = 0, cnt_pad = 0;
           for (int64_t ki = 0; ki < g.kh; ++ki) {
             int64_t iy = oy * g.sh - g.ph + ki * g.dh;
@@ -645,14 +646,11 @@ void fwd_pool(const KernelState& st, ExecContext&, std::span<Tensor> out, std::s
               int64_t ix = ox * g.sw - g.pw + kj * g.dw;
               if (iy >= -g.ph && iy < g.ih + g.ph_end && ix >= -g.pw && ix < g.iw + g.pw_end) ++cnt_pad;
               if (iy < 0 || iy >= g.ih || ix < 0 || ix >= g.iw) continue;
-              float v = x[iy * g.iw + ix];
-              if (s.is_max) m = v > m ? v : m;
-              else m += v;
+              m += x[iy * g.iw + ix];
               ++cnt;
             }
           }
-          if (!s.is_max) m /= static_cast<float>(s.count_include_pad ? cnt_pad : std::max<int64_t>(cnt, 1));
-          y[oy * g.ow + ox] = m;
+          y[oy * g.ow + ox] = m / static_cast<float>(s.count_include_pad ? cnt_pad : std::max<int64_t>(cnt, 1));
         }
     }
   });

@@ -532,14 +532,14 @@ std::unique_ptr<KernelState> prep_gather_elements(const NodeView& n) {
 
 namespace {
 // The data offset of every index position.
-std::vector<int64_t> gather_elements_offsets(const GatherElementsState& s, const Tensor& t) {
+std::vector<int64_t> gather_elements_offsets(const GatherElementsState& s, const Tensor& t, const char* op = "GatherElements") {
   auto idx = tensor_ints(t);
   const size_t rank = s.index_shape.size();
   std::vector<int64_t> coord(rank, 0);
   for (size_t r = 0; r < idx.size(); ++r) {
     int64_t k = idx[r];
     if (k < -s.D || k >= s.D)
-      throw_bad_input("node " + s.node_name + " (GatherElements)", fmt::format("index {} out of range [-{}, {})", k, s.D, s.D));
+      throw_bad_input("node " + s.node_name + " (" + op + ")", fmt::format("index {} out of range [-{}, {})", k, s.D, s.D));
     if (k < 0) k += s.D;
     int64_t off = 0;
     for (size_t d = 0; d < rank; ++d) off += (static_cast<int64_t>(d) == s.axis ? k : coord[d]) * s.data_strides[d];
@@ -619,7 +619,7 @@ std::unique_ptr<KernelState> prep_scatter(const NodeView& n) {
 namespace {
 // The data offset of every update element (ScatterElements) or slice (ScatterND).
 std::vector<int64_t> scatter_offsets(const ScatterState& s, const Tensor& t) {
-  if (!s.nd) return gather_elements_offsets(s, t);
+  if (!s.nd) return gather_elements_offsets(s, t, "ScatterElements");
   auto idx = tensor_ints(t);
   std::vector<int64_t> off(idx.size() / static_cast<size_t>(s.k));
   for (size_t r = 0; r < off.size(); ++r) {
@@ -684,11 +684,11 @@ void bwd_scatter(const KernelState& st, ExecContext&, const GradIO& io) {
   if (want_data) {
     float* dX = io.din[0].data<float>();
     const int64_t n = io.din[0].numel();
-    std::vector<uint8_t> written(s.red == ScatterState::Red::None ? static_cast<size_t>(n) : 0, 0);
-    for (int64_t o : off)
-      for (int64_t e = 0; e < unit && !written.empty(); ++e) written[static_cast<size_t>(o + e)] = 1;
+    std::vector<uint8_t> written(static_cast<size_t>(n), 0);  // stays all 0 for reduction add
+    if (s.red == ScatterState::Red::None)
+      for (int64_t o : off) std::fill_n(written.begin() + o, unit, uint8_t{1});
     for (int64_t i = 0; i < n; ++i) {
-      const float v = !written.empty() && written[static_cast<size_t>(i)] ? 0.0f : dY[i];
+      const float v = written[static_cast<size_t>(i)] ? 0.0f : dY[i];
       dX[i] = io.accumulate[0] ? dX[i] + v : v;
     }
   }

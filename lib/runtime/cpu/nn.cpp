@@ -948,12 +948,14 @@ void fwd_cumsum(const KernelState& st, ExecContext&, std::span<Tensor> out, std:
 // ---- LpNormalization -----------------------------------------------------------------------
 
 namespace {
-void axis_geometry(const NodeView& n, AxisState& s, int64_t axis) {
+// [outer, D, inner] around X's axis; returns the axis, normalized.
+int64_t axis_geometry(const NodeView& n, AxisState& s, int64_t axis) {
   const Shape& x = n.input(0).shape;
   if (!norm_axis(axis, static_cast<int64_t>(x.size()))) n.fail(fmt::format("axis {} out of range", axis));
   s.outer = prod(x, 0, static_cast<size_t>(axis));
   s.D = x[static_cast<size_t>(axis)];
   s.inner = prod(x, static_cast<size_t>(axis) + 1, x.size());
+  return axis;
 }
 }  // namespace
 
@@ -1018,10 +1020,7 @@ void bwd_lpnorm(const KernelState& st, ExecContext&, const GradIO& io) {
 std::unique_ptr<KernelState> prep_topk(const NodeView& n) {
   auto s = std::make_unique<AxisState>();
   n.require_dtype(n.input(0), {DType::F32, DType::F64, DType::I64, DType::I32}, "input X");
-  const int64_t axis = n.node().attr_int("axis", -1);
-  axis_geometry(n, *s, axis);
-  int64_t a = axis;
-  norm_axis(a, static_cast<int64_t>(n.input(0).shape.size()));
+  const int64_t a = axis_geometry(n, *s, n.node().attr_int("axis", -1));
   if (!n.has_output(0) || n.output(0).shape.size() != n.input(0).shape.size()) n.fail("cannot infer the output's shape (K must be a constant)");
   s->k = n.output(0).shape[static_cast<size_t>(a)];
   if (s->k < 0 || s->k > s->D) n.fail(fmt::format("K {} exceeds the axis' size {}", s->k, s->D));

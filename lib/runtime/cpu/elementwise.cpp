@@ -841,13 +841,17 @@ void bwd_prelu(const KernelState& st, ExecContext& ctx, const GradIO& io) {
 // ---- Clip --------------------------------------------------------------------------------
 
 namespace {
-void clip_bounds(const ClipState& s, std::span<const Tensor> in, float& lo, float& hi) {
-  lo = -INFINITY;
-  hi = INFINITY;
-  if (s.has_min_attr) lo = s.min_attr;
-  if (s.has_max_attr) hi = s.max_attr;
-  if (in.size() > 1 && in[1].defined()) lo = in[1].data<float>()[0];
-  if (in.size() > 2 && in[2].defined()) hi = in[2].data<float>()[0];
+// The bounds: the node's min and max inputs (of X's dtype), else the attributes of opsets before
+// 11 (float only), else unbounded (infinities, or an integer dtype's range).
+template <class T>
+void clip_bounds(const ClipState& s, std::span<const Tensor> in, T& lo, T& hi) {
+  using L = std::numeric_limits<T>;
+  lo = L::has_infinity ? -L::infinity() : L::lowest();
+  hi = L::has_infinity ? L::infinity() : L::max();
+  if (s.has_min_attr) lo = static_cast<T>(s.min_attr);
+  if (s.has_max_attr) hi = static_cast<T>(s.max_attr);
+  if (in.size() > 1 && in[1].defined()) lo = in[1].data<T>()[0];
+  if (in.size() > 2 && in[2].defined()) hi = in[2].data<T>()[0];
 }
 }  // namespace
 
@@ -868,15 +872,11 @@ std::unique_ptr<KernelState> prep_clip(const NodeView& n) {
 }
 
 namespace {
-// Clip of a float64 or integer tensor: the bounds are the node's inputs of its dtype (the
-// attributes of opsets before 11, float only, cast to it), the dtype's range where absent.
+// Clip of a float64 or integer tensor.
 template <class T>
 void clip_typed(const ClipState& s, std::span<const Tensor> in, Tensor& out) {
-  T lo = std::numeric_limits<T>::lowest(), hi = std::numeric_limits<T>::max();
-  if (s.has_min_attr) lo = static_cast<T>(s.min_attr);
-  if (s.has_max_attr) hi = static_cast<T>(s.max_attr);
-  if (in.size() > 1 && in[1].defined()) lo = in[1].data<T>()[0];
-  if (in.size() > 2 && in[2].defined()) hi = in[2].data<T>()[0];
+  T lo, hi;
+  clip_bounds(s, in, lo, hi);
   const T* x = in[0].data<T>();
   T* y = out.data<T>();
   for (int64_t i = 0; i < in[0].numel(); ++i) y[i] = x[i] < lo ? lo : (x[i] > hi ? hi : x[i]);

@@ -649,6 +649,89 @@ int fold_pass(onnx::ModelProto& model, std::unordered_map<std::string, std::shar
   return folded;
 }
 
+// Renames references (node inputs and outputs, graph outputs) by `to`, in `g` and in the
+// subgraphs of its nodes, which may read the names of the scopes around them.
+void rename_values(onnx::GraphProto& g, const std::unordered_map<std::string, std::string>& to) {
+  auto fix = [&](std::string* name) {
+    if (auto it = to.find(*name); it != to.end()) *name = it->second;
+  };
+  for (auto& n : *g.mutable_node()) {
+    for (auto& in : *n.mutable_input()) fix(&in);
+    for (auto& o : *n.mutable_output()) fix(&o);
+    for (auto& a : *n.mutable_attribute()) {
+      if (a.has_g()) rename_values(*a.mutable_g(), to);
+      for (auto& sub : *a.mutable_graphs()) rename_values(sub, to);
+    }
+  }
+  for (auto& o : *g.mutable_output()) fix(o.mutable_name());
+}
+
+// Replaces each If node whose condition folded to a constant by the nodes of the branch it takes
+// (PyTorch exports shape tests as If nodes: the rank test of F.local_response_norm, size checks of
+// interpolations). The branch's own values are renamed under the If's name (two Ifs may inline the
+// same names), its initializers become Constant nodes, and Identity nodes carry its outputs to the
+// If's. Returns how many were inlined; an If with a condition known only at run time stays (and is
+// refused as an op smp cannot run).
+int inline_constant_ifs(onnx::GraphProto& g, const std::unordered_map<std::string, std::shared_ptr<TensorData>>& consts,
+                        const std::string& file) {
+  int inlined = 0;
+  google::protobuf::RepeatedPtrField<onnx::NodeProto> out;
+  for (auto& p : *g.mutable_node()) {
+    const bool onnx_if = p.op_type() == "If" && (p.domain().empty() || p.domain() == "ai.onnx") && p.input_size() == 1;
+    auto c = onnx_if ? consts.find(p.input(0)) : consts.end();
+    if (c == consts.end() || c->second->numel() != 1) {
+      *out.Add() = std::move(p);
+      continue;
+    }
+    const TensorData& cond = *c->second;
+    const bool taken = std::any_of(cond.bytes.begin(), cond.bytes.end(), [](char b) { return b != 0; });
+    const std::string which = taken ? "then_branch" : "else_branch";
+    onnx::GraphProto* br = nullptr;
+    for (auto& a : *p.mutable_attribute())
+      if (a.name() == which && a.has_g()) br = a.mutable_g();
+    if (!br) throw_bad_input(file, node_label(p) + ": no " + which + " graph");
+    if (br->output_size() != p.output_size())
+      throw_bad_input(file, fmt::format("{}: its {} has {} outputs, the node {}", node_label(p), which, br->output_size(),
+                                        p.output_size()));
+    if (br->sparse_initializer_size() > 0) throw_bad_input(file, node_label(p) + ": sparse initializers in its " + which + " are not supported");
+    const std::string prefix = p.name() + "/" + which + "/";
+    std::unordered_map<std::string, std::string> to;
+    for (const auto& t : br->initializer()) to[t.name()] = prefix + t.name();
+    for (const auto& n : br->node())
+      for (const auto& o : n.output())
+        if (!o.empty()) to[o] = prefix + o;
+    rename_values(*br, to);
+    for (auto& t : *br->mutable_initializer()) {
+      onnx::NodeProto& k = *out.Add();
+      k.set_op_type("Constant");
+      k.set_name(prefix + t.name());
+      k.add_output(to.at(t.name()));
+      onnx::AttributeProto& a = *k.add_attribute();
+      a.set_name("value");
+      a.set_type(onnx::AttributeProto::TENSOR);
+      *a.mutable_t() = std::move(t);
+      a.mutable_t()->clear_name();
+    }
+    int index = 0;
+    for (auto& n : *br->mutable_node()) {
+      n.set_name(prefix + (n.name().empty() ? fmt::format("{}_{}", n.op_type(), index) : n.name()));
+      ++index;
+      *out.Add() = std::move(n);
+    }
+    for (int k = 0; k < p.output_size(); ++k) {
+      if (p.output(k).empty()) continue;
+      onnx::NodeProto& id = *out.Add();
+      id.set_op_type("Identity");
+      id.set_name(fmt::format("{}output_{}", prefix, k));
+      id.add_input(br->output(k).name());
+      id.add_output(p.output(k));
+    }
+    ++inlined;
+  }
+  g.mutable_node()->Swap(&out);
+  return inlined;
+}
+
 }  // namespace
 
 Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, const LoadOptions& opts,
@@ -770,7 +853,10 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
   for (int iter = 0; iter < 32; ++iter) {
     infer_shapes(model, file);
     int completed = complete_shapes(model);
-    if (fold_pass(model, consts, folded_names, opset, file, base_dir) == 0 && completed == 0) break;
+    int folded = fold_pass(model, consts, folded_names, opset, file, base_dir);
+    int inlined = inline_constant_ifs(gp, consts, file);
+    if (inlined > 0) check_structure_and_sort(gp, file);  // a branch may read values produced after its If
+    if (folded == 0 && completed == 0 && inlined == 0) break;
   }
 
   // Every value must now have a static shape.

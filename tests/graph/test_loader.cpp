@@ -283,6 +283,85 @@ TEST_CASE("Max and Min of three or more inputs load as chains of two-input nodes
   fs::remove_all(dir);
 }
 
+TEST_CASE("an If whose condition folds is replaced by the branch it takes (PyTorch's shape tests)") {
+  // c = Equal(Size(Shape(x)), 2), known once the shapes are: true for x [N, 4]. then: y = Relu(x * w
+  // + k) with k a branch initializer; else: y = Relu(-x). The branch reads x and w from outside.
+  for (bool then : {true, false}) {
+    CAPTURE(then);
+    auto dir = test::temp_dir("if_inline");
+    onnx::ModelProto m = tiny_model();
+    auto* g = m.mutable_graph();
+    g->clear_node();
+    auto floats = [](onnx::TensorProto* t, const std::string& name, float base) {
+      t->set_name(name);
+      t->set_data_type(onnx::TensorProto::FLOAT);
+      t->add_dims(4);
+      for (int j = 0; j < 4; ++j) t->add_float_data(base + static_cast<float>(j));
+    };
+    floats(g->add_initializer(), "w", 1);
+    auto* two = g->add_initializer();
+    two->set_name("two");
+    two->set_data_type(onnx::TensorProto::INT64);
+    two->add_int64_data(then ? 2 : 3);
+    auto node = [](onnx::GraphProto* gr, const char* op, std::vector<std::string> in, const std::string& out) {
+      auto* n = gr->add_node();
+      n->set_op_type(op);
+      for (const auto& i : in) n->add_input(i);
+      n->add_output(out);
+      return n;
+    };
+    node(g, "Shape", {"x"}, "s");
+    node(g, "Size", {"s"}, "rank");
+    node(g, "Equal", {"rank", "two"}, "c");
+    auto* iff = node(g, "If", {"c"}, "h");
+    iff->set_name("check");
+    auto branch = [&](const char* name, bool mul) {
+      auto* a = iff->add_attribute();
+      a->set_name(name);
+      a->set_type(onnx::AttributeProto::GRAPH);
+      auto* b = a->mutable_g();
+      b->set_name(name);
+      if (mul) {
+        floats(b->add_initializer(), "k", 10);
+        node(b, "Mul", {"x", "w"}, "t");
+        node(b, "Add", {"t", "k"}, "u");
+      } else {
+        node(b, "Neg", {"x"}, "u");  // the same local name in both branches
+      }
+      auto* o = b->add_output();
+      o->set_name("u");
+      o->mutable_type()->mutable_tensor_type()->set_elem_type(onnx::TensorProto::FLOAT);
+    };
+    branch("then_branch", true);
+    branch("else_branch", false);
+    node(g, "Relu", {"h"}, "y");
+    auto path = write_model(dir, "if.onnx", m);
+    LoadOptions o = batch(2);
+    o.load_weights = true;
+    Graph gr = load_graph(path, o);
+    check_well_formed(gr);
+    std::multiset<std::string> ops;
+    for (const auto& n : gr.nodes) ops.insert(n.op_type);
+    CHECK(ops.count("If") == 0);
+    CHECK(ops.count("Mul") == (then ? 1u : 0u));
+    CHECK(ops.count("Add") == (then ? 1u : 0u));
+    CHECK(ops.count("Neg") == (then ? 0u : 1u));
+    CHECK(ops.count("Relu") == 1);
+    CHECK(gr.value(gr.find_value("y")).shape == Shape{2, 4});
+    // the branch's values live under the If's name; its initializer is a constant with its values
+    const std::string local = then ? "check/then_branch/u" : "check/else_branch/u";
+    CHECK(gr.find_value(local) >= 0);
+    if (then) {
+      const Value& k = gr.value(gr.find_value("check/then_branch/k"));
+      CHECK(k.kind == ValueKind::Constant);
+      REQUIRE(k.data);
+      CHECK(reinterpret_cast<const float*>(k.data->bytes.data())[3] == 13.0f);
+    }
+    CHECK(gr.parameters.size() == (then ? 1u : 0u));  // w is trained only where the branch reads it
+    fs::remove_all(dir);
+  }
+}
+
 TEST_CASE("a Resize's float scales initializer is a constant with its bytes, read by shape inference, not a weight") {
   // y = Resize(x * w, scales = [1, 2]) with x [N, 4]: y [N, 8].
   auto dir = test::temp_dir("resize_scales");

@@ -6,11 +6,14 @@
       cross-entropy over the last axis, torch.optim.SGD. Writes OUT/x_<k>.npy, OUT/y_<k>.npy (the
       batch of step k) and OUT/losses.json ({"losses": [loss before step k's update, ...]}).
 
-  torch_reference.py ops OUT [--steps 20] [--batch 8] [--lr 0.05] [--seed 0] [--threads 1]
+  torch_reference.py ops OUT [--net ops|video] [--steps 20] [--batch 8] [--lr 0.05] [--seed 0] [--threads 1]
       A small seeded network of the ops beyond the samples (Conv strided down, GroupNorm, PReLU
       per channel, ConvTranspose2d with output_padding and grouped, InstanceNorm2d, ELU, SELU,
       CELU, Softplus, a single-slope PReLU on the logits), exported to OUT/model.onnx as a user
       exports for training; then trained as `train` does (OUT/x_<k>.npy, y_<k>.npy, losses.json).
+      With --net video, a network of clips [B, 3, 4, 8, 8] instead: Conv3d, BatchNorm3d,
+      LocalResponseNorm (exported as Pad, a 3-D AveragePool and an If on a shape), MaxPool3d,
+      ConvTranspose3d, AvgPool3d.
 
   torch_reference.py bench NAME [--batch 32] [--threads 1] [--steps 20] [--warmup 3]
       Prints {"steps_per_s": ..., "steps_per_cpu_s": ...} (per second of the process's CPU time) for training steps (forward, loss, backward, SGD step).
@@ -106,16 +109,39 @@ class OpsNet(torch.nn.Module):
         return self.act2(self.head(h.mean(dim=(2, 3))))
 
 
+class VideoNet(torch.nn.Module):
+    """[B, 3, 4, 8, 8] clips -> 10 logits through 3-D convolution and pooling."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(3, 8, 3, stride=(1, 2, 2), padding=1)  # [B, 8, 4, 4, 4]
+        self.bn = torch.nn.BatchNorm3d(8)
+        self.lrn = torch.nn.LocalResponseNorm(3, alpha=0.5, beta=0.75, k=1.5)  # alpha large enough to matter
+        self.pool = torch.nn.MaxPool3d(2)  # [B, 8, 2, 2, 2]
+        self.up = torch.nn.ConvTranspose3d(8, 6, 2, stride=2)  # [B, 6, 4, 4, 4]
+        self.avg = torch.nn.AvgPool3d(3, stride=2, padding=1)  # [B, 6, 2, 2, 2], padding counted
+        self.head = torch.nn.Linear(6, 10)
+
+    def forward(self, x):
+        h = self.lrn(F.relu(self.bn(self.conv(x))))
+        h = F.relu(self.up(self.pool(h)))
+        return self.head(self.avg(h).mean(dim=(2, 3, 4)))
+
+
+NETS = {"ops": (OpsNet, [3, 8, 8]), "video": (VideoNet, [3, 4, 8, 8])}
+
+
 def cmd_ops(a):
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     os.makedirs(a.out, exist_ok=True)
-    model = OpsNet()
+    net, sample = NETS[a.net]
+    model = net()
     model.train()
     rng = np.random.RandomState(a.seed)
     batches = []
     for _ in range(a.steps):
-        x = rng.standard_normal([a.batch, 3, 8, 8]).astype(np.float32)
+        x = rng.standard_normal([a.batch] + sample).astype(np.float32)
         batches.append((x, rng.randint(0, 10, size=[a.batch]).astype(np.int64)))
     torch.onnx.export(model, torch.from_numpy(batches[0][0]), os.path.join(a.out, "model.onnx"), input_names=["x"],
                       output_names=["logits"], opset_version=17, training=torch.onnx.TrainingMode.TRAINING,
@@ -148,6 +174,7 @@ def main(argv=None):
     t.add_argument("out")
     o = sub.add_parser("ops")
     o.add_argument("out")
+    o.add_argument("--net", choices=sorted(NETS), default="ops")
     b = sub.add_parser("bench")
     b.add_argument("name")
     b.add_argument("--warmup", type=int, default=3)

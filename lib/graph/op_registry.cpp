@@ -308,6 +308,8 @@ constexpr OpDef kOps[] = {
     // x / its p-norm along an axis (p 1 or 2)
     {Op::LpNormalization, "LpNormalization", C::Normalization, b(0), b(0), b(0), cost_softmax},
     {Op::Hardmax, "Hardmax", C::Normalization, kNone, kNone, kNone, cost_softmax},
+    // local response normalization across channels (AlexNet, GoogLeNet of the ONNX model zoo)
+    {Op::LRN, "LRN", C::Normalization, b(0), b(0), kNone, cost_softmax},
 
     {Op::ReduceMean, "ReduceMean", C::Reduction, b(0), kNone, kNone, cost_reduction},
     {Op::ReduceSum, "ReduceSum", C::Reduction, b(0), kNone, kNone, cost_reduction},

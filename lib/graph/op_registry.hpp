@@ -24,7 +24,7 @@ enum class Op : int {
   Clip, Cast, Identity, Dropout, Sin, Cos, HardSigmoid, HardSwish, Elu, Selu, Celu, Softplus, Softsign,
   ThresholdedRelu, Sign, Round, Tan, Asin, Acos, Atan, Sinh, Cosh, Asinh, Acosh, Atanh, IsNaN, IsInf, Shrink, CastLike,
   // normalisation and softmax
-  Softmax, LogSoftmax, LayerNormalization, BatchNormalization, InstanceNormalization, LpNormalization, Hardmax,
+  Softmax, LogSoftmax, LayerNormalization, BatchNormalization, InstanceNormalization, LpNormalization, Hardmax, LRN,
   // reductions
   ReduceMean, ReduceSum, ReduceMax, ReduceMin, ReduceProd, ArgMax, ReduceL2, ReduceL1, ReduceSumSquare, ReduceLogSum,
   ReduceLogSumExp, ArgMin, TopK,

@@ -217,6 +217,30 @@ inline std::vector<Case> gradient_cases() {
                   int x = m.f("x", {2, 2, 7}), w = m.f("w", {3, 2, 3});
                   t.output(t.node("Conv", {x, w}, {F("y", {2, 3, 7})}, {{"auto_pad", attr_s("SAME_UPPER")}})[0]);
                 }});
+  // 3-D: pads [d, h, w begins, d, h, w ends]
+  cs.push_back({"Conv 3-D pads strides dilation bias", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 2, 4, 5, 3}), w = m.f("w", {3, 2, 3, 2, 2}), b = m.f("b", {3});
+                  t.output(t.node("Conv", {x, w, b}, {F("y", {2, 3, 2, 3, 3})},
+                                  {{"pads", attr_ints({1, 0, 1, 1, 0, 0})}, {"strides", attr_ints({2, 1, 1})},
+                                   {"dilations", attr_ints({1, 2, 1})}})[0]);
+                }});
+  cs.push_back({"Conv 3-D groups 2", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {1, 4, 3, 3, 3}), w = m.f("w", {4, 2, 2, 2, 2});
+                  t.output(t.node("Conv", {x, w}, {F("y", {1, 4, 2, 2, 2})}, {{"group", attr_i(2)}})[0]);
+                }});
+  cs.push_back({"MaxPool 3-D", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {1, 2, 4, 4, 4});
+                  t.output(t.node("MaxPool", {x}, {F("y", {1, 2, 4, 2, 2})},
+                                  {{"kernel_shape", attr_ints({3, 2, 2})}, {"strides", attr_ints({1, 2, 2})},
+                                   {"pads", attr_ints({1, 0, 0, 1, 0, 0})}})[0]);
+                }});
+  for (int include : {0, 1})
+    cs.push_back({fmt::format("AveragePool 3-D count_include_pad {}", include), [include](TinyGraph& t, M& m) {
+                    int x = m.f("x", {1, 2, 3, 4, 4});
+                    t.output(t.node("AveragePool", {x}, {F("y", {1, 2, 3, 2, 2})},
+                                    {{"kernel_shape", attr_ints({2, 3, 2})}, {"strides", attr_ints({1, 2, 2})},
+                                     {"pads", attr_ints({1, 1, 0, 0, 1, 1})}, {"count_include_pad", attr_i(include)}})[0]);
+                  }});
   cs.push_back({"MaxPool", [](TinyGraph& t, M& m) {
                   int x = m.f("x", {1, 2, 5, 5});
                   t.output(t.node("MaxPool", {x}, {F("y", {1, 2, 3, 3})},
@@ -277,6 +301,14 @@ inline std::vector<Case> gradient_cases() {
                     int x = m.f("x", {2, 4, 3});
                     t.output(t.node("LpNormalization", {x}, {F("y", {2, 4, 3})}, {{"axis", attr_i(1)}, {"p", attr_i(p)}})[0]);
                   }});
+  // size 3 (a centered window) and 4 (one more channel after than before); alpha large enough that
+  // the cross-channel term of the gradient matters
+  for (int size : {3, 4})
+    cs.push_back({fmt::format("LRN size {}", size), [size](TinyGraph& t, M& m) {
+                    int x = m.f("x", {2, 5, 2, 3});
+                    t.output(t.node("LRN", {x}, {F("y", {2, 5, 2, 3})},
+                                    {{"size", attr_i(size)}, {"alpha", attr_f(0.8)}, {"beta", attr_f(0.75)}, {"bias", attr_f(1.5)}})[0]);
+                  }});
   cs.push_back({"TopK 2 of 5 along axis 1 (values)", [](TinyGraph& t, M& m) {
                   int x = m.f("x", {3, 5, 2});
                   int k = t.constant<int64_t>("k", DType::I64, {1}, {2});
@@ -302,6 +334,10 @@ inline std::vector<Case> gradient_cases() {
                   int x = m.f("x", {2, 4, 3, 3}), w = m.f("w", {4, 3, 3, 3}), b = m.f("b", {3});
                   t.output(t.node("ConvTranspose", {x, w, b}, {F("y", {2, 3, 6, 6})},
                                   {{"strides", attr_ints({2, 2})}, {"pads", attr_ints({1, 1, 1, 1})}, {"output_padding", attr_ints({1, 1})}})[0]);
+                }});
+  cs.push_back({"ConvTranspose 3-D strides", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {1, 2, 2, 3, 2}), w = m.f("w", {2, 3, 2, 2, 2});
+                  t.output(t.node("ConvTranspose", {x, w}, {F("y", {1, 3, 4, 4, 4})}, {{"strides", attr_ints({2, 1, 2})}})[0]);
                 }});
   cs.push_back({"ConvTranspose groups 2, dilations 2, 1-D", [](TinyGraph& t, M& m) {
                   int x = m.f("x", {2, 4, 5}), w = m.f("w", {4, 3, 2});

@@ -75,3 +75,12 @@ TEST_CASE("20 SGD steps on a network of ConvTranspose, GroupNorm, InstanceNorm, 
   const fs::path dir = fs::path(SMP_TEST_DATA) / "torch_train_ops";
   train_against_torch("ops network", "ops", dir, dir / "model.onnx");
 }
+
+// 3-D convolution and pooling as PyTorch exports a video network for training (torch_reference.py
+// ops --net video): Conv3d, BatchNorm3d, MaxPool3d, ConvTranspose3d, AvgPool3d (padding counted),
+// and LocalResponseNorm, which the exporter writes as Pad and a 3-D AveragePool behind an If on a
+// shape that the loader resolves.
+TEST_CASE("20 SGD steps on a network of Conv3d, BatchNorm3d, LocalResponseNorm, MaxPool3d, ConvTranspose3d, AvgPool3d match PyTorch's losses") {
+  const fs::path dir = fs::path(SMP_TEST_DATA) / "torch_train_video";
+  train_against_torch("video network", "ops --net video", dir, dir / "model.onnx");
+}

@@ -1,4 +1,4 @@
-// Conv (1-D, 2-D; groups, dilations, pads, auto_pad) as im2col + sgemm; ConvTranspose as col2im
+// Conv (1-D to 3-D; groups, dilations, pads, auto_pad) as im2col + sgemm; ConvTranspose as col2im
 // of sgemm; MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool.
 #include "runtime/cpu/common.hpp"
 #include "runtime/cpu/kernels.hpp"
@@ -16,11 +16,32 @@ using graph::Op;
 
 namespace {
 
+// Fills the last `sp` of Geom's (d, h, w) axes: input, output, kernel, stride, dilation sizes and
+// begin/end padding per spatial axis.
+void set_axes(Geom& g, size_t sp, const std::vector<int64_t>& in, const std::vector<int64_t>& out,
+              const std::vector<int64_t>& kernel, const std::vector<int64_t>& strides, const std::vector<int64_t>& dil,
+              const std::vector<int64_t>& pb, const std::vector<int64_t>& pe) {
+  int64_t* axes[3][7] = {{&g.id, &g.od, &g.kd, &g.sd, &g.dd, &g.pd, &g.pd_end},
+                         {&g.ih, &g.oh, &g.kh, &g.sh, &g.dh, &g.ph, &g.ph_end},
+                         {&g.iw, &g.ow, &g.kw, &g.sw, &g.dw, &g.pw, &g.pw_end}};
+  g.spatial = static_cast<int>(sp);
+  for (size_t i = 0; i < sp; ++i) {
+    int64_t** a = axes[3 - sp + i];
+    *a[0] = in[i];
+    *a[1] = out[i];
+    *a[2] = kernel[i];
+    *a[3] = strides[i];
+    *a[4] = dil[i];
+    *a[5] = pb[i];
+    *a[6] = pe[i];
+  }
+}
+
 // Reads kernel_shape/strides/dilations/pads/auto_pad; checks the graph's output size against the
 // computed one. `ceil` for pooling's ceil_mode.
 Geom make_geom(const NodeView& n, const Shape& x, const Shape& y, std::vector<int64_t> kernel, bool ceil) {
   size_t sp = x.size() - 2;
-  if (sp < 1 || sp > 2) n.fail(fmt::format("{}-D spatial input not supported (1-D, 2-D)", sp));
+  if (sp < 1 || sp > 3) n.fail(fmt::format("{}-D spatial input not supported (1-D to 3-D)", sp));
   if (kernel.size() != sp) n.fail("kernel_shape does not match the input's spatial rank");
   auto strides = n.node().attr_ints("strides", std::vector<int64_t>(sp, 1));
   auto dil = n.node().attr_ints("dilations", std::vector<int64_t>(sp, 1));
@@ -54,59 +75,62 @@ Geom make_geom(const NodeView& n, const Shape& x, const Shape& y, std::vector<in
     if (y[2 + i] != out[i])
       n.fail(fmt::format("output spatial size {} differs from the computed {}", shape_str(y), out[i]));
   Geom g;
-  if (sp == 1) {
-    g.iw = in[0]; g.ow = out[0]; g.kw = kernel[0]; g.sw = strides[0]; g.dw = dil[0]; g.pw = pb[0]; g.pw_end = pe[0];
-  } else {
-    g.ih = in[0]; g.iw = in[1]; g.oh = out[0]; g.ow = out[1]; g.kh = kernel[0]; g.kw = kernel[1];
-    g.sh = strides[0]; g.sw = strides[1]; g.dh = dil[0]; g.dw = dil[1];
-    g.ph = pb[0]; g.pw = pb[1]; g.ph_end = pe[0]; g.pw_end = pe[1];
-  }
+  set_axes(g, sp, in, out, kernel, strides, dil, pb, pe);
   return g;
 }
 
-// col [C * kh * kw, nimg * oh * ow] (rows ld apart) from nimg images x [C, ih, iw] (x_stride
-// apart): image j's columns are [j * oh * ow, (j + 1) * oh * ow) of each row.
+// col [C * kd * kh * kw, nimg * od * oh * ow] (rows ld apart) from nimg images x [C, id, ih, iw]
+// (x_stride apart): image j's columns are [j * od * oh * ow, (j + 1) * od * oh * ow) of each row.
 void im2col(const Geom& g, int64_t C, const float* x, int64_t x_stride, int64_t nimg, float* col, int64_t ld) {
-  int64_t ohw = g.oh * g.ow;
-  pfor(C * g.kh * g.kw, std::max<int64_t>(1, 8 / nimg), [&](int64_t r0, int64_t r1) {
+  const int64_t ohw = g.oh * g.ow, out = g.out_size(), kk = g.kernel_size();
+  pfor(C * kk, std::max<int64_t>(1, 8 / nimg), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      int64_t c = r / (g.kh * g.kw), ki = (r / g.kw) % g.kh, kj = r % g.kw;
-      for (int64_t j = 0; j < nimg; ++j) {
-        float* dst = col + r * ld + j * ohw;
-        const float* xc = x + j * x_stride + c * g.ih * g.iw;
-        for (int64_t oy = 0; oy < g.oh; ++oy) {
-          int64_t iy = oy * g.sh - g.ph + ki * g.dh;
-          float* d = dst + oy * g.ow;
-          if (iy < 0 || iy >= g.ih) {
-            std::memset(d, 0, static_cast<size_t>(g.ow) * sizeof(float));
+      int64_t c = r / kk, kz = (r / (g.kh * g.kw)) % g.kd, ki = (r / g.kw) % g.kh, kj = r % g.kw;
+      for (int64_t j = 0; j < nimg; ++j)
+        for (int64_t oz = 0; oz < g.od; ++oz) {
+          float* dst = col + r * ld + j * out + oz * ohw;
+          int64_t iz = oz * g.sd - g.pd + kz * g.dd;
+          if (iz < 0 || iz >= g.id) {
+            std::memset(dst, 0, static_cast<size_t>(ohw) * sizeof(float));
             continue;
           }
-          const float* xr = xc + iy * g.iw;
-          int64_t off = kj * g.dw - g.pw;
-          if (g.sw == 1 && off >= 0 && off + g.ow <= g.iw) {
-            std::memcpy(d, xr + off, static_cast<size_t>(g.ow) * sizeof(float));
-            continue;
-          }
-          for (int64_t ox = 0; ox < g.ow; ++ox) {
-            int64_t ix = ox * g.sw + off;
-            d[ox] = (ix >= 0 && ix < g.iw) ? xr[ix] : 0.0f;
+          const float* xc = x + j * x_stride + (c * g.id + iz) * g.ih * g.iw;
+          for (int64_t oy = 0; oy < g.oh; ++oy) {
+            int64_t iy = oy * g.sh - g.ph + ki * g.dh;
+            float* d = dst + oy * g.ow;
+            if (iy < 0 || iy >= g.ih) {
+              std::memset(d, 0, static_cast<size_t>(g.ow) * sizeof(float));
+              continue;
+            }
+            const float* xr = xc + iy * g.iw;
+            int64_t off = kj * g.dw - g.pw;
+            if (g.sw == 1 && off >= 0 && off + g.ow <= g.iw) {
+              std::memcpy(d, xr + off, static_cast<size_t>(g.ow) * sizeof(float));
+              continue;
+            }
+            for (int64_t ox = 0; ox < g.ow; ++ox) {
+              int64_t ix = ox * g.sw + off;
+              d[ox] = (ix >= 0 && ix < g.iw) ? xr[ix] : 0.0f;
+            }
           }
         }
-      }
     }
   });
 }
 
-// nimg images dx [C, ih, iw] (dx_stride apart) += col2im(dcol), dcol laid out as im2col's col
+// nimg images dx [C, id, ih, iw] (dx_stride apart) += col2im(dcol), dcol laid out as im2col's col
 void col2im(const Geom& g, int64_t C, const float* col, int64_t ld, int64_t nimg, float* dx, int64_t dx_stride) {
-  int64_t ohw = g.oh * g.ow;
+  const int64_t ohw = g.oh * g.ow, out = g.out_size(), kk = g.kernel_size();
   pfor(C * nimg, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       int64_t c = i / nimg, j = i % nimg;
-      float* xc = dx + j * dx_stride + c * g.ih * g.iw;
-      for (int64_t ki = 0; ki < g.kh; ++ki)
-        for (int64_t kj = 0; kj < g.kw; ++kj) {
-          const float* src = col + ((c * g.kh + ki) * g.kw + kj) * ld + j * ohw;
+      for (int64_t k = 0; k < kk; ++k) {
+        const int64_t kz = k / (g.kh * g.kw), ki = (k / g.kw) % g.kh, kj = k % g.kw;
+        for (int64_t oz = 0; oz < g.od; ++oz) {
+          int64_t iz = oz * g.sd - g.pd + kz * g.dd;
+          if (iz < 0 || iz >= g.id) continue;
+          float* xc = dx + j * dx_stride + (c * g.id + iz) * g.ih * g.iw;
+          const float* src = col + (c * kk + k) * ld + j * out + oz * ohw;
           for (int64_t oy = 0; oy < g.oh; ++oy) {
             int64_t iy = oy * g.sh - g.ph + ki * g.dh;
             if (iy < 0 || iy >= g.ih) continue;
@@ -119,6 +143,7 @@ void col2im(const Geom& g, int64_t C, const float* col, int64_t ld, int64_t nimg
             }
           }
         }
+      }
     }
   });
 }
@@ -203,7 +228,8 @@ std::unique_ptr<KernelState> prep_conv(const NodeView& n) {
   if (ks != kernel) n.fail("kernel_shape differs from the weight's shape");
   s->g = make_geom(n, x, y, kernel, false);
   const Geom& g = s->g;
-  s->pointwise = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 && g.ph_end == 0 && g.pw_end == 0;
+  s->pointwise = g.kernel_size() == 1 && g.sd == 1 && g.sh == 1 && g.sw == 1 && g.pd == 0 && g.ph == 0 && g.pw == 0 &&
+                 g.pd_end == 0 && g.ph_end == 0 && g.pw_end == 0;
   if (n.has_input(2)) {
     n.require_dtype(n.input(2), {DType::F32}, "bias B");
     if (n.input(2).shape != Shape{s->M}) n.fail("bias must be [M]");
@@ -215,7 +241,7 @@ std::unique_ptr<KernelState> prep_conv(const NodeView& n) {
   // its peak; the columns of several images side by side make it wide (at least kWideColumns),
   // bounded to 1 Mi floats of columns.
   constexpr int64_t kWideColumns = 512;
-  const int64_t ohw = g.oh * g.ow, ckk = s->C / s->groups * g.kh * g.kw;
+  const int64_t ohw = g.out_size(), ckk = s->C / s->groups * g.kernel_size();
   if (ohw < kWideColumns) {
     int64_t nb = std::min(s->N, (kWideColumns + ohw - 1) / ohw);
     s->images_per_gemm = std::max<int64_t>(1, std::min(nb, (int64_t{1} << 20) / std::max<int64_t>(ckk * ohw, 1)));
@@ -229,7 +255,7 @@ void fwd_conv(const KernelState& st, ExecContext& ctx, std::span<Tensor> out, st
   const float* X = in[0].data<float>();
   const float* W = in[1].data<float>();
   float* Y = out[0].data<float>();
-  int64_t Cg = s.C / s.groups, Mg = s.M / s.groups, kk = g.kh * g.kw, ohw = g.oh * g.ow, ihw = g.ih * g.iw;
+  int64_t Cg = s.C / s.groups, Mg = s.M / s.groups, kk = g.kernel_size(), ohw = g.out_size(), ihw = g.in_size();
   if (s.images_per_gemm > 1) {  // several images per product: [Mg, Cg*kk] . [Cg*kk, nb*ohw], then into Y's layout
     const int64_t nb = images_per_chunk(s), chunks = (s.N + nb - 1) / nb;
     auto chunk = [&](int64_t ci, float* col, float* yt, bool serial) {
@@ -279,7 +305,7 @@ void bwd_conv(const KernelState& st, ExecContext& ctx, const GradIO& io) {
   if (!io.dout[0].defined()) return;
   const Geom& g = s.g;
   const float* dY = io.dout[0].data<float>();
-  int64_t Cg = s.C / s.groups, Mg = s.M / s.groups, kk = g.kh * g.kw, ohw = g.oh * g.ow, ihw = g.ih * g.iw;
+  int64_t Cg = s.C / s.groups, Mg = s.M / s.groups, kk = g.kernel_size(), ohw = g.out_size(), ihw = g.in_size();
   bool want_dx = io.din[0].defined(), want_dw = io.din[1].defined();
   const float* X = want_dw ? io.in[0].data<float>() : nullptr;
   const float* W = want_dx ? io.in[1].data<float>() : nullptr;
@@ -390,7 +416,7 @@ std::unique_ptr<KernelState> prep_conv_transpose(const NodeView& n) {
   const Shape &x = n.input(0).shape, &w = n.input(1).shape, &y = n.output(0).shape;
   if (x.size() < 3 || w.size() != x.size() || y.size() != x.size()) n.fail("X, W and Y must have the same rank, at least 3");
   const size_t sp = x.size() - 2;
-  if (sp > 2) n.fail(fmt::format("{}-D spatial input not supported (1-D, 2-D)", sp));
+  if (sp > 3) n.fail(fmt::format("{}-D spatial input not supported (1-D to 3-D)", sp));
   s->N = x[0];
   s->C = x[1];
   s->groups = n.node().attr_int("group", 1);
@@ -425,13 +451,9 @@ std::unique_ptr<KernelState> prep_conv_transpose(const NodeView& n) {
         n.fail(fmt::format("output spatial size {} differs from the computed {}", shape_str(y), full - pads[i] - pads[i + sp]));
     }
   }
-  Geom& g = s->g;
-  if (sp == 1) {
-    g.iw = y[2]; g.ow = x[2]; g.kw = kernel[0]; g.sw = strides[0]; g.dw = dil[0]; g.pw = pb[0];
-  } else {
-    g.ih = y[2]; g.iw = y[3]; g.oh = x[2]; g.ow = x[3]; g.kh = kernel[0]; g.kw = kernel[1];
-    g.sh = strides[0]; g.sw = strides[1]; g.dh = dil[0]; g.dw = dil[1]; g.ph = pb[0]; g.pw = pb[1];
-  }
+  // Conv's geometry with Y as its input and X as its output (end pads unused by im2col/col2im)
+  set_axes(s->g, sp, std::vector<int64_t>(y.begin() + 2, y.end()), std::vector<int64_t>(x.begin() + 2, x.end()), kernel,
+           strides, dil, pb, std::vector<int64_t>(sp, 0));
   if (n.has_input(2)) {
     n.require_dtype(n.input(2), {DType::F32}, "bias B");
     if (n.input(2).shape != Shape{s->M}) n.fail(fmt::format("bias must be [{}]", s->M));
@@ -446,7 +468,7 @@ void fwd_conv_transpose(const KernelState& st, ExecContext& ctx, std::span<Tenso
   const float *X = in[0].data<float>(), *W = in[1].data<float>();
   const float* B = s.has_bias ? in[2].data<float>() : nullptr;
   float* Y = out[0].data<float>();
-  const int64_t Cg = s.C / s.groups, Mg = s.M / s.groups, kk = g.kh * g.kw, xhw = g.oh * g.ow, yhw = g.ih * g.iw;
+  const int64_t Cg = s.C / s.groups, Mg = s.M / s.groups, kk = g.kernel_size(), xhw = g.out_size(), yhw = g.in_size();
   std::memset(Y, 0, static_cast<size_t>(s.N * s.M * yhw) * sizeof(float));
   Tensor colt = scratch(ctx, DType::F32, {Mg * kk, xhw});
   float* col = colt.data<float>();
@@ -465,7 +487,7 @@ void bwd_conv_transpose(const KernelState& st, ExecContext& ctx, const GradIO& i
   const Geom& g = s.g;
   const float* dY = io.dout[0].data<float>();
   const bool want_dx = io.din[0].defined(), want_dw = io.din[1].defined();
-  const int64_t Cg = s.C / s.groups, Mg = s.M / s.groups, kk = g.kh * g.kw, xhw = g.oh * g.ow, yhw = g.ih * g.iw;
+  const int64_t Cg = s.C / s.groups, Mg = s.M / s.groups, kk = g.kernel_size(), xhw = g.out_size(), yhw = g.in_size();
   if (want_dx || want_dw) {
     SMP_CHECK(io.in[0].defined() && io.in[1].defined(), "node {}: ConvTranspose backward needs X and W", s.node_name);
     const float *X = io.in[0].data<float>(), *W = io.in[1].data<float>();
@@ -514,7 +536,7 @@ std::unique_ptr<KernelState> prep_pool(const NodeView& n) {
   s->g = make_geom(n, x, y, n.node().attr_ints("kernel_shape"), n.node().attr_int("ceil_mode", 0) != 0);
   s->NC = x[0] * x[1];
   const Geom& g = s->g;
-  s->simple = g.ph == 0 && g.pw == 0 && g.dh == 1 && g.dw == 1 && (g.oh - 1) * g.sh + g.kh <= g.ih &&
+  s->simple = g.spatial < 3 && g.ph == 0 && g.pw == 0 && g.dh == 1 && g.dw == 1 && (g.oh - 1) * g.sh + g.kh <= g.ih &&
               (g.ow - 1) * g.sw + g.kw <= g.iw;
   return s;
 }
@@ -569,45 +591,67 @@ void maxpool_simple(const Geom& g, int64_t NC, const float* X, float* Y, const f
 }  // namespace
 
 namespace {
+// Visits the window of output (oz, oy, ox) in order: f(the position's flat index within the input
+// plane, iz, iy, ix) for each position inside the input. Returns how many positions lie inside the
+// padded input (AveragePool's divisor with count_include_pad).
+template <class F>
+int64_t for_window(const Geom& g, int64_t oz, int64_t oy, int64_t ox, F f) {
+  int64_t inside_pads = 0;
+  for (int64_t kz = 0; kz < g.kd; ++kz) {
+    const int64_t iz = oz * g.sd - g.pd + kz * g.dd;
+    const bool z_in = iz >= 0 && iz < g.id, z_pad = iz >= -g.pd && iz < g.id + g.pd_end;
+    for (int64_t ki = 0; ki < g.kh; ++ki) {
+      const int64_t iy = oy * g.sh - g.ph + ki * g.dh;
+      const bool y_in = z_in && iy >= 0 && iy < g.ih, y_pad = z_pad && iy >= -g.ph && iy < g.ih + g.ph_end;
+      for (int64_t kj = 0; kj < g.kw; ++kj) {
+        const int64_t ix = ox * g.sw - g.pw + kj * g.dw;
+        if (y_pad && ix >= -g.pw && ix < g.iw + g.pw_end) ++inside_pads;
+        if (y_in && ix >= 0 && ix < g.iw) f((iz * g.ih + iy) * g.iw + ix, iz, iy, ix);
+      }
+    }
+  }
+  return inside_pads;
+}
+
+// Calls f(plane, oz, oy, ox, flat output index) for every output of planes [c0, c1).
+template <class F>
+void for_outputs(const Geom& g, int64_t c0, int64_t c1, F f) {
+  for (int64_t c = c0; c < c1; ++c)
+    for (int64_t oz = 0; oz < g.od; ++oz)
+      for (int64_t oy = 0; oy < g.oh; ++oy)
+        for (int64_t ox = 0; ox < g.ow; ++ox) f(c, oz, oy, ox, ((c * g.od + oz) * g.oh + oy) * g.ow + ox);
+}
+
 // MaxPool but the simple float32 case (maxpool_simple), with the Indices output where `I` is
-// given: each window's first maximum
-// (NaN never is one, as in the float32 kernels; a window without a number gives -inf, or the
-// dtype's lowest, and the index of its first element inside X).
+// given: each window's first maximum (NaN never is one, as in the float32 kernels; a window
+// without a number gives -inf, or the dtype's lowest, and the index of its first element inside
+// X). Indices are flat into X, the spatial part row-major (storage_order 0) or column-major (1).
 template <class T>
 void maxpool_generic(const PoolState& s, const T* X, T* Y, int64_t* I) {
   const Geom& g = s.g;
   pfor(s.NC, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const T* x = X + c * g.ih * g.iw;
-      for (int64_t oy = 0; oy < g.oh; ++oy)
-        for (int64_t ox = 0; ox < g.ow; ++ox) {
-          T m = std::numeric_limits<T>::has_infinity ? -std::numeric_limits<T>::infinity() : std::numeric_limits<T>::lowest();
-          int64_t ay = -1, ax = -1;
-          for (int64_t ki = 0; ki < g.kh; ++ki) {
-            int64_t iy = oy * g.sh - g.ph + ki * g.dh;
-            if (iy < 0 || iy >= g.ih) continue;
-            for (int64_t kj = 0; kj < g.kw; ++kj) {
-              int64_t ix = ox * g.sw - g.pw + kj * g.dw;
-              if (ix < 0 || ix >= g.iw) continue;
-              T v = x[iy * g.iw + ix];
-              if (ay < 0 ? v == v : v > m) {  // the first number, then a larger one (NaN, v != v, never)
-                m = v;
-                ay = iy;
-                ax = ix;
-              }
-            }
-          }
-          const int64_t o = (c * g.oh + oy) * g.ow + ox;
-          Y[o] = m;
-          if (I) {
-            if (ay < 0) {  // no number in the window: its first element inside X
-              ay = std::clamp<int64_t>(oy * g.sh - g.ph, 0, g.ih - 1);
-              ax = std::clamp<int64_t>(ox * g.sw - g.pw, 0, g.iw - 1);
-            }
-            I[o] = c * g.ih * g.iw + (s.col_major ? ax * g.ih + ay : ay * g.iw + ax);
-          }
+    for_outputs(g, c0, c1, [&](int64_t c, int64_t oz, int64_t oy, int64_t ox, int64_t o) {
+      const T* x = X + c * g.in_size();
+      T m = std::numeric_limits<T>::has_infinity ? -std::numeric_limits<T>::infinity() : std::numeric_limits<T>::lowest();
+      int64_t az = -1, ay = -1, ax = -1;
+      for_window(g, oz, oy, ox, [&](int64_t e, int64_t iz, int64_t iy, int64_t ix) {
+        const T v = x[e];
+        if (ay < 0 ? v == v : v > m) {  // the first number, then a larger one (NaN, v != v, never)
+          m = v;
+          az = iz;
+          ay = iy;
+          ax = ix;
         }
-    }
+      });
+      Y[o] = m;
+      if (!I) return;
+      if (ay < 0) {  // no number in the window: its first element inside X
+        az = std::clamp<int64_t>(oz * g.sd - g.pd, 0, g.id - 1);
+        ay = std::clamp<int64_t>(oy * g.sh - g.ph, 0, g.ih - 1);
+        ax = std::clamp<int64_t>(ox * g.sw - g.pw, 0, g.iw - 1);
+      }
+      I[o] = c * g.in_size() + (s.col_major ? (ax * g.ih + ay) * g.id + az : (az * g.ih + ay) * g.iw + ax);
+    });
   });
 }
 }  // namespace
@@ -633,26 +677,16 @@ void fwd_pool(const KernelState& st, ExecContext&, std::span<Tensor> out, std::s
     return;
   }
   pfor(s.NC, 1, [&](int64_t c0, int64_t c1) {  // AveragePool
-    for (int64_t c = c0; c < c1; ++c) {
-      const float* x = X + c * g.ih * g.iw;
-      float* y = Y + c * g.oh * g.ow;
-      for (int64_t oy = 0; oy < g.oh; ++oy)
-        for (int64_t ox = 0; ox < g.ow; ++ox) {
-          float m = 0.0f;
-          int64_t cnt = 0, cnt_pad = 0;
-          for (int64_t ki = 0; ki < g.kh; ++ki) {
-            int64_t iy = oy * g.sh - g.ph + ki * g.dh;
-            for (int64_t kj = 0; kj < g.kw; ++kj) {
-              int64_t ix = ox * g.sw - g.pw + kj * g.dw;
-              if (iy >= -g.ph && iy < g.ih + g.ph_end && ix >= -g.pw && ix < g.iw + g.pw_end) ++cnt_pad;
-              if (iy < 0 || iy >= g.ih || ix < 0 || ix >= g.iw) continue;
-              m += x[iy * g.iw + ix];
-              ++cnt;
-            }
-          }
-          y[oy * g.ow + ox] = m / static_cast<float>(s.count_include_pad ? cnt_pad : std::max<int64_t>(cnt, 1));
-        }
-    }
+    for_outputs(g, c0, c1, [&](int64_t c, int64_t oz, int64_t oy, int64_t ox, int64_t o) {
+      const float* x = X + c * g.in_size();
+      float m = 0.0f;
+      int64_t cnt = 0;
+      const int64_t cnt_pad = for_window(g, oz, oy, ox, [&](int64_t e, int64_t, int64_t, int64_t) {
+        m += x[e];
+        ++cnt;
+      });
+      Y[o] = m / static_cast<float>(s.count_include_pad ? cnt_pad : std::max<int64_t>(cnt, 1));
+    });
   });
 }
 
@@ -673,49 +707,27 @@ void bwd_pool(const KernelState& st, ExecContext&, const GradIO& io) {
     }
   }
   pfor(s.NC, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const float* x = s.is_max ? X + c * g.ih * g.iw : nullptr;
-      float* dx = dX + c * g.ih * g.iw;
-      const float* dy = dY + c * g.oh * g.ow;
-      for (int64_t oy = 0; oy < g.oh; ++oy)
-        for (int64_t ox = 0; ox < g.ow; ++ox) {
-          float gval = dy[oy * g.ow + ox];
-          if (s.is_max) {
-            float m = -INFINITY;
-            int64_t arg = -1;
-            for (int64_t ki = 0; ki < g.kh; ++ki) {
-              int64_t iy = oy * g.sh - g.ph + ki * g.dh;
-              if (iy < 0 || iy >= g.ih) continue;
-              for (int64_t kj = 0; kj < g.kw; ++kj) {
-                int64_t ix = ox * g.sw - g.pw + kj * g.dw;
-                if (ix < 0 || ix >= g.iw) continue;
-                float v = x[iy * g.iw + ix];
-                if (arg < 0 || v > m) { m = v; arg = iy * g.iw + ix; }
-              }
-            }
-            if (arg >= 0) dx[arg] += gval;
-          } else {
-            int64_t cnt = 0, cnt_pad = 0;
-            for (int64_t ki = 0; ki < g.kh; ++ki) {
-              int64_t iy = oy * g.sh - g.ph + ki;
-              for (int64_t kj = 0; kj < g.kw; ++kj) {
-                int64_t ix = ox * g.sw - g.pw + kj;
-                if (iy >= -g.ph && iy < g.ih + g.ph_end && ix >= -g.pw && ix < g.iw + g.pw_end) ++cnt_pad;
-                if (iy >= 0 && iy < g.ih && ix >= 0 && ix < g.iw) ++cnt;
-              }
-            }
-            float w = gval / static_cast<float>(s.count_include_pad ? cnt_pad : std::max<int64_t>(cnt, 1));
-            for (int64_t ki = 0; ki < g.kh; ++ki) {
-              int64_t iy = oy * g.sh - g.ph + ki;
-              if (iy < 0 || iy >= g.ih) continue;
-              for (int64_t kj = 0; kj < g.kw; ++kj) {
-                int64_t ix = ox * g.sw - g.pw + kj;
-                if (ix >= 0 && ix < g.iw) dx[iy * g.iw + ix] += w;
-              }
-            }
+    for_outputs(g, c0, c1, [&](int64_t c, int64_t oz, int64_t oy, int64_t ox, int64_t o) {
+      float* dx = dX + c * g.in_size();
+      const float gval = dY[o];
+      if (s.is_max) {  // to the window's first maximum
+        const float* x = X + c * g.in_size();
+        float m = -INFINITY;
+        int64_t arg = -1;
+        for_window(g, oz, oy, ox, [&](int64_t e, int64_t, int64_t, int64_t) {
+          if (arg < 0 || x[e] > m) {
+            m = x[e];
+            arg = e;
           }
-        }
-    }
+        });
+        if (arg >= 0) dx[arg] += gval;
+        return;
+      }
+      int64_t cnt = 0;
+      const int64_t cnt_pad = for_window(g, oz, oy, ox, [&](int64_t, int64_t, int64_t, int64_t) { ++cnt; });
+      const float w = gval / static_cast<float>(s.count_include_pad ? cnt_pad : std::max<int64_t>(cnt, 1));
+      for_window(g, oz, oy, ox, [&](int64_t e, int64_t, int64_t, int64_t) { dx[e] += w; });
+    });
   });
 }
 

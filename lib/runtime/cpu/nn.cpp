@@ -1,5 +1,5 @@
 // Softmax, LogSoftmax, LayerNormalization, InstanceNormalization, BatchNormalization,
-// reductions, ArgMax, ArgMin, Hardmax, CumSum, LpNormalization, TopK.
+// reductions, ArgMax, ArgMin, Hardmax, CumSum, LpNormalization, LRN, TopK.
 #include "runtime/cpu/common.hpp"
 #include "runtime/cpu/kernels.hpp"
 #include "runtime/cpu/vmath.hpp"
@@ -1011,6 +1011,103 @@ void bwd_lpnorm(const KernelState& st, ExecContext&, const GradIO& io) {
       const float gx = s.p == 2 ? Y[e] : (X[e] > 0 ? 1.0f : (X[e] < 0 ? -1.0f : 0.0f));
       const float v = norm > 0 ? (dY[e] - gx * t) / norm : 0.0f;
       dX[e] = acc ? dX[e] + v : v;
+    }
+  });
+}
+
+// ---- LRN -----------------------------------------------------------------------------------
+//
+// Local response normalization across channels: y = x / d^beta, with d = bias + alpha / size *
+// (the sum of x² over channels c - floor((size - 1) / 2) .. c + ceil((size - 1) / 2), clipped to
+// the tensor). What the original AlexNet and GoogLeNet (the ONNX model zoo's) normalize with.
+
+std::unique_ptr<KernelState> prep_lrn(const NodeView& n) {
+  auto s = std::make_unique<LrnState>();
+  n.require_dtype(n.input(0), {DType::F32}, "input X");
+  const Shape& x = n.input(0).shape;
+  if (x.size() < 3) n.fail(fmt::format("input {} must be at least 3-D (N, C, spatial...)", shape_str(x)));
+  s->N = x[0];
+  s->C = x[1];
+  s->inner = prod(x, 2, x.size());
+  const int64_t size = n.node().attr_int("size", 0);
+  if (size < 1) n.fail(fmt::format("attribute size {} (a positive channel count is required)", size));
+  s->lo = (size - 1) / 2;
+  s->hi = size - 1 - s->lo;
+  s->scale = static_cast<float>(n.node().attr_float("alpha", 1e-4) / static_cast<double>(size));
+  s->beta = static_cast<float>(n.node().attr_float("beta", 0.75));
+  s->bias = static_cast<float>(n.node().attr_float("bias", 1.0));
+  return s;
+}
+
+namespace {
+// For each (sample, channel) row r of X, d of its inner values: f(r, d) (d a scratch row).
+template <class F>
+void lrn_rows(const LrnState& s, const float* X, F f) {
+  const int64_t I = s.inner;
+  pfor(s.N * s.C, std::max<int64_t>(1, kGrain / std::max<int64_t>(I * (s.lo + s.hi + 1), 1)), [&](int64_t r0, int64_t r1) {
+    std::vector<float> d(static_cast<size_t>(I));
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / s.C, c = r % s.C;
+      std::fill(d.begin(), d.end(), 0.0f);
+      for (int64_t k = std::max<int64_t>(0, c - s.lo); k <= std::min(s.C - 1, c + s.hi); ++k) {
+        const float* __restrict x = X + (n * s.C + k) * I;
+#pragma omp simd
+        for (int64_t i = 0; i < I; ++i) d[static_cast<size_t>(i)] += x[i] * x[i];
+      }
+      for (int64_t i = 0; i < I; ++i) d[static_cast<size_t>(i)] = s.bias + s.scale * d[static_cast<size_t>(i)];
+      f(r, d.data());
+    }
+  });
+}
+}  // namespace
+
+void fwd_lrn(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const LrnState&>(st);
+  const float* X = in[0].data<float>();
+  float* Y = out[0].data<float>();
+  lrn_rows(s, X, [&](int64_t r, const float* d) {
+    const float* x = X + r * s.inner;
+    float* y = Y + r * s.inner;
+    for (int64_t i = 0; i < s.inner; ++i) y[i] = x[i] * std::pow(d[i], -s.beta);
+  });
+}
+
+// dx_k = dy_k d_k^-beta - 2 beta alpha / size x_k (the sum over the channels c whose window holds
+// k, c = k - hi .. k + lo, of dy_c x_c d_c^(-beta-1)).
+void bwd_lrn(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const LrnState&>(st);
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  SMP_CHECK(io.in[0].defined(), "node {}: LRN backward needs X", s.node_name);
+  const float *X = io.in[0].data<float>(), *dY = io.dout[0].data<float>();
+  float* dX = io.din[0].data<float>();
+  const bool acc = io.accumulate[0];
+  const int64_t I = s.inner;
+  const size_t total = static_cast<size_t>(s.N * s.C * I);
+  std::vector<float> pw(total), t(total);  // d^-beta, dy x d^(-beta-1)
+  lrn_rows(s, X, [&](int64_t r, const float* d) {
+    for (int64_t i = 0; i < I; ++i) {
+      const int64_t e = r * I + i;
+      const float p = std::pow(d[i], -s.beta);
+      pw[static_cast<size_t>(e)] = p;
+      t[static_cast<size_t>(e)] = dY[e] * X[e] * p / d[i];
+    }
+  });
+  const float k2 = 2.0f * s.beta * s.scale;
+  pfor(s.N * s.C, std::max<int64_t>(1, kGrain / std::max<int64_t>(I * (s.lo + s.hi + 1), 1)), [&](int64_t r0, int64_t r1) {
+    std::vector<float> sum(static_cast<size_t>(I));
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / s.C, k = r % s.C;
+      std::fill(sum.begin(), sum.end(), 0.0f);
+      for (int64_t c = std::max<int64_t>(0, k - s.hi); c <= std::min(s.C - 1, k + s.lo); ++c) {
+        const float* __restrict tc = t.data() + (n * s.C + c) * I;
+#pragma omp simd
+        for (int64_t i = 0; i < I; ++i) sum[static_cast<size_t>(i)] += tc[i];
+      }
+      for (int64_t i = 0; i < I; ++i) {
+        const int64_t e = r * I + i;
+        const float v = dY[e] * pw[static_cast<size_t>(e)] - k2 * X[e] * sum[static_cast<size_t>(i)];
+        dX[e] = acc ? dX[e] + v : v;
+      }
     }
   });
 }

@@ -137,9 +137,16 @@ struct GemmState : KernelState {
 };
 
 // Spatial geometry, 1-D treated as 2-D with a height of 1.
+// Convolution and pooling geometry over the spatial axes (d, h, w): a 2-D input has the depth axis
+// of size 1 (kernel 1, stride 1, no padding), a 1-D input also the height axis.
 struct Geom {
+  int spatial = 2;  // the input's spatial rank, 1 to 3
+  int64_t id = 1, od = 1, kd = 1, sd = 1, dd = 1, pd = 0, pd_end = 0;
   int64_t ih = 1, iw = 1, oh = 1, ow = 1, kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1;
   int64_t ph = 0, pw = 0, ph_end = 0, pw_end = 0;
+  int64_t in_size() const { return id * ih * iw; }
+  int64_t out_size() const { return od * oh * ow; }
+  int64_t kernel_size() const { return kd * kh * kw; }
 };
 
 struct ConvState : KernelState {
@@ -231,6 +238,12 @@ struct AxisState : KernelState {
   int64_t p = 2;                     // LpNormalization
   int64_t k = 0;                     // TopK
   bool largest = true;
+};
+
+struct LrnState : KernelState {
+  int64_t N = 1, C = 1, inner = 1;  // X [N, C, spatial...], inner the spatial size
+  int64_t lo = 0, hi = 0;           // channel c sums the squares of c - lo .. c + hi
+  float scale = 1e-4f, beta = 0.75f, bias = 1.0f;  // scale: alpha / size
 };
 
 struct EyeLikeState : KernelState {

@@ -31,7 +31,7 @@ constexpr OpKernel kTable[] = {
     K(Asinh, unary), K(Acosh, unary), K(Atanh, unary), KF(IsNaN, unary), KF(IsInf, unary),
     K(Shrink, unary), K(CastLike, cast),
     K(Softmax, softmax), K(LogSoftmax, softmax), K(LayerNormalization, layernorm), K(BatchNormalization, batchnorm),
-    K(InstanceNormalization, instancenorm), K(LpNormalization, lpnorm), KF(Hardmax, argmax),
+    K(InstanceNormalization, instancenorm), K(LpNormalization, lpnorm), KF(Hardmax, argmax), K(LRN, lrn),
     K(ReduceMean, reduce), K(ReduceSum, reduce), K(ReduceMax, reduce), K(ReduceMin, reduce), K(ReduceProd, reduce),
     KF(ArgMax, argmax), K(ReduceL2, reduce), K(ReduceL1, reduce), K(ReduceSumSquare, reduce), K(ReduceLogSum, reduce),
     K(ReduceLogSumExp, reduce), KF(ArgMin, argmax), K(TopK, topk),

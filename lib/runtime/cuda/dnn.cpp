@@ -121,6 +121,12 @@ const Tensor& conv_input(ExecContext& ctx, const cpu::ConvState& s, const ConvDe
 
 }  // namespace
 
+std::unique_ptr<KernelState> prep_conv(const NodeView& n) {
+  auto s = cpu::prep_conv(n);
+  if (static_cast<const cpu::ConvState&>(*s).g.spatial == 3) n.fail("3-D convolution has no CUDA kernel yet; run it with --backend cpu");
+  return s;
+}
+
 void setup_conv(KernelState& st, ExecContext& ctx) {
   auto& s = static_cast<cpu::ConvState&>(st);
   CudaBackend& be = backend_of(ctx);
@@ -298,6 +304,7 @@ PoolGeom pool_geom(const cpu::PoolState& s) {
 
 std::unique_ptr<KernelState> prep_pool(const NodeView& n) {
   auto s = cpu::prep_pool(n);
+  if (static_cast<const cpu::PoolState&>(*s).g.spatial == 3) n.fail("3-D pooling has no CUDA kernel yet; run it with --backend cpu");
   if (static_cast<const cpu::PoolState&>(*s).indices)
     n.fail("MaxPool's Indices output has no CUDA kernel yet; run it with --backend cpu");
   if (n.input(0).dtype != DType::F32)

@@ -99,6 +99,7 @@ std::unique_ptr<KernelState> prep_clip(const NodeView& n);
 std::unique_ptr<KernelState> prep_cast(const NodeView& n);
 std::unique_ptr<KernelState> prep_reduce(const NodeView& n);
 std::unique_ptr<KernelState> prep_pool(const NodeView& n);
+std::unique_ptr<KernelState> prep_conv(const NodeView& n);
 
 // Load-time steps (descriptors and algorithms on the device).
 void setup_matmul(KernelState& s, ExecContext& ctx);

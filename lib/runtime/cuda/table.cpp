@@ -8,7 +8,7 @@
 // ThresholdedRelu, Sign, Round, InstanceNormalization, ConvTranspose, Mod, the trigonometric and
 // hyperbolic ops, IsNaN, IsInf, ReduceL1, ReduceSumSquare, ReduceLogSum, ReduceLogSumExp, ArgMin,
 // GlobalMaxPool, CumSum, ScatterElements, ScatterND, GatherND, DepthToSpace, SpaceToDepth and
-// OneHot, Sum, Mean, Shrink, CastLike, LpNormalization, Hardmax, TopK and EyeLike have no CUDA
+// OneHot, Sum, Mean, Shrink, CastLike, LpNormalization, Hardmax, LRN, TopK and EyeLike have no CUDA
 // kernels yet).
 #include "runtime/cpu/kernels.hpp"
 #include "runtime/cuda/cuda_backend.hpp"
@@ -31,7 +31,7 @@ using graph::Op;
 #define NO_KERNEL(op) OpKernel{Op::op, nullptr, nullptr, nullptr, kNone, nullptr}
 
 constexpr OpKernel kTable[] = {
-    KS(MatMul, matmul), KS(Gemm, gemm), KS(Conv, conv), NO_KERNEL(Einsum), NO_KERNEL(ConvTranspose),
+    KS(MatMul, matmul), KS(Gemm, gemm), KPS(Conv, conv), NO_KERNEL(Einsum), NO_KERNEL(ConvTranspose),
     KP(Add, binary), KP(Sub, binary), KP(Mul, binary), KP(Div, binary), KP(Pow, binary), KP(Max, binary), KP(Min, binary),
     KF(Equal, binary), KF(Less, binary), KF(Greater, binary), KF(LessOrEqual, binary), KF(GreaterOrEqual, binary),
     KF(And, binary), KF(Or, binary), KF(Xor, binary), K(Where, where), NO_KERNEL(PRelu), NO_KERNEL(Mod), NO_KERNEL(Sum),
@@ -45,7 +45,7 @@ constexpr OpKernel kTable[] = {
     NO_KERNEL(Asinh), NO_KERNEL(Acosh), NO_KERNEL(Atanh), NO_KERNEL(IsNaN), NO_KERNEL(IsInf),
     NO_KERNEL(Shrink), NO_KERNEL(CastLike),
     K(Softmax, softmax), K(LogSoftmax, softmax), K(LayerNormalization, layernorm), KP(BatchNormalization, batchnorm),
-    NO_KERNEL(InstanceNormalization), NO_KERNEL(LpNormalization), NO_KERNEL(Hardmax),
+    NO_KERNEL(InstanceNormalization), NO_KERNEL(LpNormalization), NO_KERNEL(Hardmax), NO_KERNEL(LRN),
     KP(ReduceMean, reduce), KP(ReduceSum, reduce), KP(ReduceMax, reduce), KP(ReduceMin, reduce), KP(ReduceProd, reduce),
     KF(ArgMax, argmax), NO_KERNEL(ReduceL2), NO_KERNEL(ReduceL1), NO_KERNEL(ReduceSumSquare), NO_KERNEL(ReduceLogSum),
     NO_KERNEL(ReduceLogSumExp), NO_KERNEL(ArgMin), NO_KERNEL(TopK),

@@ -6,14 +6,15 @@
       cross-entropy over the last axis, torch.optim.SGD. Writes OUT/x_<k>.npy, OUT/y_<k>.npy (the
       batch of step k) and OUT/losses.json ({"losses": [loss before step k's update, ...]}).
 
-  torch_reference.py ops OUT [--net ops|video] [--steps 20] [--batch 8] [--lr 0.05] [--seed 0] [--threads 1]
+  torch_reference.py ops OUT [--net ops|video|sequence] [--steps 20] [--batch 8] [--lr 0.05] [--seed 0] [--threads 1]
       A small seeded network of the ops beyond the samples (Conv strided down, GroupNorm, PReLU
       per channel, ConvTranspose2d with output_padding and grouped, InstanceNorm2d, ELU, SELU,
       CELU, Softplus, a single-slope PReLU on the logits), exported to OUT/model.onnx as a user
       exports for training; then trained as `train` does (OUT/x_<k>.npy, y_<k>.npy, losses.json).
       With --net video, a network of clips [B, 3, 4, 8, 8] instead: Conv3d, BatchNorm3d,
       LocalResponseNorm (exported as Pad, a 3-D AveragePool and an If on a shape), MaxPool3d,
-      ConvTranspose3d, AvgPool3d.
+      ConvTranspose3d, AvgPool3d. With --net sequence, sequences [B, 5, 4] through nn.LSTM
+      (2 layers, bidirectional), nn.GRU and nn.RNN (ONNX's LSTM, GRU and RNN ops).
 
   torch_reference.py bench NAME [--batch 32] [--threads 1] [--steps 20] [--warmup 3]
       Prints {"steps_per_s": ..., "steps_per_cpu_s": ...} (per second of the process's CPU time) for training steps (forward, loss, backward, SGD step).
@@ -128,7 +129,25 @@ class VideoNet(torch.nn.Module):
         return self.head(self.avg(h).mean(dim=(2, 3, 4)))
 
 
-NETS = {"ops": (OpsNet, [3, 8, 8]), "video": (VideoNet, [3, 4, 8, 8])}
+class SequenceNet(torch.nn.Module):
+    """[B, 5, 4] sequences -> 10 logits through a bidirectional LSTM of 2 layers, a GRU and an RNN
+    (batch first, initial states zero, as nn.LSTM / GRU / RNN export without them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = torch.nn.LSTM(4, 6, num_layers=2, batch_first=True, bidirectional=True)
+        self.gru = torch.nn.GRU(12, 5, batch_first=True)
+        self.rnn = torch.nn.RNN(5, 4, batch_first=True)
+        self.head = torch.nn.Linear(4 + 5, 10)
+
+    def forward(self, x):
+        h, _ = self.lstm(x)
+        g, gh = self.gru(h)
+        r, _ = self.rnn(g)
+        return self.head(torch.cat([r[:, -1], gh[0]], dim=1))
+
+
+NETS = {"ops": (OpsNet, [3, 8, 8]), "video": (VideoNet, [3, 4, 8, 8]), "sequence": (SequenceNet, [5, 4])}
 
 
 def cmd_ops(a):

@@ -17,7 +17,8 @@ architecture accepts (SIZES below; `sizes` re-derives them).
                                            # float64's (and smp's, from smp-run's files)
     zoo_models.py forward NAME... [--size S]  # exported at S (224), smp-run --forward against
                                            # PyTorch's train-mode forward (also the segmentation
-                                           # models of SEGMENTATION, which upsample with Resize)
+                                           # models of SEGMENTATION, which upsample with Resize,
+                                           # and the video models of VIDEO, on clips)
     zoo_models.py rows NAME DIR [--size S]  # NAME exported at S with random rows and labels in
                                            # DIR/NAME.ref (for gradient; per pixel for segmentation)
     zoo_models.py sizes NAME...            # smallest accepted input size, searched upwards from 1
@@ -121,6 +122,13 @@ SIZES = {
 SEGMENTATION = ("fcn_resnet50", "fcn_resnet101", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50",
                 "deeplabv3_resnet101", "lraspp_mobilenet_v3_large")
 
+# torchvision's video classification models (400 Kinetics classes): clips [N, 3, frames, size,
+# size] at their usual frames and size. Only `forward` runs them (3-D convolution and pooling).
+# mvit_v1_b and mvit_v2_s export their pooled attention's loops as Loop over sequences, which smp
+# does not run (`forward` reports the load error).
+VIDEO = {"r3d_18": (16, 112), "mc3_18": (16, 112), "r2plus1d_18": (16, 112), "s3d": (16, 224),
+         "mvit_v1_b": (16, 224), "mvit_v2_s": (16, 224)}
+
 # The default test run's subset: BatchNorm training with running statistics (resnet18) and a
 # concat-heavy net without BatchNorm (squeezenet1_1), both with a recorded well-posed comparison.
 # mobilenet_v3_small (HardSwish / HardSigmoid, depthwise) has none up to input 64, microbatch 32:
@@ -164,8 +172,22 @@ class _SegmentationOut(torch.nn.Module):
         return self.m(x)["out"].permute(0, 2, 3, 1)
 
 
+def clip(name, size, n=2):
+    """The input shape of n samples at SIZE: images, or clips of VIDEO's frames."""
+    return (n, 3, VIDEO[name][0], size, size) if name in VIDEO else (n, 3, size, size)
+
+
 def build(name, size=None, deterministic=True):
     """The architecture with seeded random weights; dropout / stochastic depth off when deterministic."""
+    if name in VIDEO:
+        import torchvision.models.video as V
+
+        torch.manual_seed(SEED)
+        m = getattr(V, name)(weights=None)
+        for mod in m.modules():
+            if deterministic and isinstance(mod, (torch.nn.Dropout, StochasticDepth)):
+                mod.p = 0.0
+        return m.train()
     if name in SEGMENTATION:
         import torchvision.models.segmentation as S
 
@@ -244,7 +266,7 @@ def ensure_export(name, out_dir, size):
 def export(name, out_dir, size=None):
     import onnx
 
-    size = size or SIZES[name]
+    size = size or (VIDEO[name][1] if name in VIDEO else SIZES[name])
     m = build(name, size)
     os.makedirs(out_dir, exist_ok=True)
     path = export_path(out_dir, name, size)
@@ -254,7 +276,7 @@ def export(name, out_dir, size=None):
     shutil.rmtree(tmp_dir, ignore_errors=True)
     os.makedirs(tmp_dir)
     tmp = os.path.join(tmp_dir, os.path.basename(path))
-    x = torch.randn(2, 3, size, size)
+    x = torch.randn(*clip(name, size))
     with torch.no_grad():
         torch.onnx.export(m, x, tmp, opset_version=OPSET, training=torch.onnx.TrainingMode.TRAINING,
                           do_constant_folding=False, input_names=["x"], output_names=["logits"],
@@ -718,9 +740,9 @@ def rows(a):
 
 
 def forward_at(a):
-    """Each NAME (a classification architecture, or a segmentation model of SEGMENTATION) exported
-    at SIZE (not only the smallest; default 224, inception_v3 299), run by
-    `smp-run --forward` on 2 random rows, against PyTorch's train-mode forward of the same rows:
+    """Each NAME (a classification architecture, a segmentation model of SEGMENTATION or a video
+    model of VIDEO) exported at SIZE (not only the smallest; default 224, inception_v3 299, a video
+    model's usual size and frames), run by `smp-run --forward` on 2 random rows (clips), against PyTorch's train-mode forward of the same rows:
     the error relative to PyTorch's largest logit, and beside it both against PyTorch's float64
     forward (how far float32 itself is). A JSON line per NAME (the zoo test reads it; "error":
     smp-run's last line where it failed). An export made here is deleted afterwards unless --keep;
@@ -731,12 +753,12 @@ def forward_at(a):
     os.makedirs(a.dir, exist_ok=True)
     status = 0
     for name in a.names:
-        size = a.size or (299 if name == "inception_v3" else 224)
+        size = a.size or (299 if name == "inception_v3" else VIDEO[name][1] if name in VIDEO else 224)
         path, made = ensure_export(name, a.dir, size)
         made = made and size != SIZES.get(name)  # never the zoo's own export at the smallest size
         rows = os.path.join(a.dir, f"{name}.s{size}.rows")
         os.makedirs(rows, exist_ok=True)
-        x = np.random.RandomState(a.seed).standard_normal((2, 3, size, size)).astype(np.float32)
+        x = np.random.RandomState(a.seed).standard_normal(clip(name, size)).astype(np.float32)
         np.save(os.path.join(rows, "x.npy"), x)
         r = subprocess.run([a.smp_run, path, "--forward", "--data", rows, "--output", rows + ".smp", "--threads",
                             str(a.threads)], capture_output=True, text=True)
@@ -885,8 +907,8 @@ def main(argv=None):
     rw.add_argument("--microbatches", type=int, default=2)
     rw.add_argument("--seed", type=int, default=0)
     fa = sub.add_parser("forward")
-    fa.add_argument("names", nargs="+", choices=sorted(SIZES) + sorted(SEGMENTATION))
-    fa.add_argument("--size", type=int, help="input size (default 224, inception_v3 299)")
+    fa.add_argument("names", nargs="+", choices=sorted(SIZES) + sorted(SEGMENTATION) + sorted(VIDEO))
+    fa.add_argument("--size", type=int, help="input size (default 224, inception_v3 299, the video models' of VIDEO)")
     fa.add_argument("--dir", default="zoo-forward")
     fa.add_argument("--smp-run", default="build/bin/smp-run")
     fa.add_argument("--keep", action="store_true")

@@ -136,6 +136,18 @@ NodeCost cost_conv_transpose(const Graph& g, const Node& n) {
   return c;
 }
 
+// Per direction and step: the input and recurrent products of every gate (2 FLOPs per
+// multiply-add), plus ~10 elementwise FLOPs per gate value.
+NodeCost cost_recurrent(const Graph& g, const Node& n) {
+  NodeCost c = streaming(g, n, 0.0);
+  const Shape &x = in_shape(g, n, 0), &w = in_shape(g, n, 1), &r = in_shape(g, n, 2);
+  if (x.size() != 3 || w.size() != 3 || r.size() != 3) return c;
+  const double steps_rows = static_cast<double>(x[0]) * static_cast<double>(x[1]);  // T·B either layout
+  const double gate_values = static_cast<double>(w[0]) * static_cast<double>(w[1]);  // dirs · G·H
+  c.flops = steps_rows * gate_values * (2.0 * static_cast<double>(w[2] + r[2]) + 10.0);
+  return c;
+}
+
 // 2 FLOPs per point of the label space (every distinct label's size multiplied): a product and a
 // sum.
 NodeCost cost_einsum(const Graph& g, const Node& n) {
@@ -215,6 +227,8 @@ NodeCost cost_dropout(const Graph& g, const Node& n) {
 constexpr uint32_t kNone = 0;
 constexpr uint32_t kAll = 0xFFFFFFFFu;
 constexpr uint32_t b(int i) { return 1u << i; }
+// the recurrent ops' inputs that take a gradient (not sequence_lens, input 4)
+constexpr uint32_t kRecurrent = b(0) | b(1) | b(2) | b(3) | b(5) | b(6) | b(7);
 
 using C = OpClass;
 
@@ -226,6 +240,10 @@ constexpr OpDef kOps[] = {
     {Op::Conv, "Conv", C::MatMulLike, b(0) | b(1) | b(2), b(0) | b(1), kNone, cost_conv},
     {Op::Einsum, "Einsum", C::MatMulLike, kAll, kAll, kNone, cost_einsum},
     {Op::ConvTranspose, "ConvTranspose", C::MatMulLike, b(0) | b(1) | b(2), b(0) | b(1), kNone, cost_conv_transpose},
+    // recurrent: X, W, R, B, sequence_lens, initial_h (, initial_c, P); the backward reruns the forward
+    {Op::RNN, "RNN", C::MatMulLike, kRecurrent, kRecurrent, kNone, cost_recurrent},
+    {Op::GRU, "GRU", C::MatMulLike, kRecurrent, kRecurrent, kNone, cost_recurrent},
+    {Op::LSTM, "LSTM", C::MatMulLike, kRecurrent, kRecurrent, kNone, cost_recurrent},
 
     {Op::Add, "Add", C::Elementwise, b(0) | b(1), kNone, kNone, cost_elementwise},
     {Op::Sub, "Sub", C::Elementwise, b(0) | b(1), kNone, kNone, cost_elementwise},

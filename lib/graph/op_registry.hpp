@@ -16,7 +16,7 @@ namespace smp::graph {
 // Every op smp knows. Append-only within a group; the tables assert their sizes against kCount.
 enum class Op : int {
   // matrix products and convolution
-  MatMul, Gemm, Conv, Einsum, ConvTranspose,
+  MatMul, Gemm, Conv, Einsum, ConvTranspose, RNN, GRU, LSTM,
   // elementwise, binary with broadcasting
   Add, Sub, Mul, Div, Pow, Max, Min, Equal, Less, Greater, LessOrEqual, GreaterOrEqual, And, Or, Xor, Where, PRelu, Mod, Sum, Mean,
   // elementwise, unary

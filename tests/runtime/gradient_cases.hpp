@@ -241,6 +241,42 @@ inline std::vector<Case> gradient_cases() {
                                     {{"kernel_shape", attr_ints({2, 3, 2})}, {"strides", attr_ints({1, 2, 2})},
                                      {"pads", attr_ints({1, 1, 0, 0, 1, 1})}, {"count_include_pad", attr_i(include)}})[0]);
                   }});
+  // Recurrent ops, hidden size 2, 3 steps, 2 rows; the outputs Y, Y_h (and Y_c) all feed the loss.
+  cs.push_back({"LSTM forward, biases, initial states, peepholes", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {3, 2, 3}), w = m.f("w", {1, 8, 3}), r = m.f("r", {1, 8, 2}), b = m.f("b", {1, 16});
+                  int h0 = m.f("h0", {1, 2, 2}), c0 = m.f("c0", {1, 2, 2}), p = m.f("p", {1, 6});
+                  auto o = t.node("LSTM", {x, w, r, b, -1, h0, c0, p}, {F("y", {3, 1, 2, 2}), F("yh", {1, 2, 2}), F("yc", {1, 2, 2})},
+                                  {{"hidden_size", attr_i(2)}});
+                  for (int v : o) t.output(v);
+                }});
+  cs.push_back({"LSTM bidirectional, layout 1", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 3, 2}), w = m.f("w", {2, 8, 2}), r = m.f("r", {2, 8, 2});
+                  auto o = t.node("LSTM", {x, w, r}, {F("y", {2, 3, 2, 2}), F("yh", {2, 2, 2})},
+                                  {{"hidden_size", attr_i(2)}, {"direction", attr_s("bidirectional")}, {"layout", attr_i(1)}});
+                  for (int v : o) t.output(v);
+                }});
+  for (int lbr : {1, 0})
+    for (std::string dir : {"forward", "reverse"})
+      cs.push_back({fmt::format("GRU {}, linear_before_reset {}", dir, lbr), [lbr, dir](TinyGraph& t, M& m) {
+                      int x = m.f("x", {3, 2, 3}), w = m.f("w", {1, 6, 3}), r = m.f("r", {1, 6, 2}), b = m.f("b", {1, 12});
+                      int h0 = m.f("h0", {1, 2, 2});
+                      auto o = t.node("GRU", {x, w, r, b, -1, h0}, {F("y", {3, 1, 2, 2}), F("yh", {1, 2, 2})},
+                                      {{"hidden_size", attr_i(2)}, {"direction", attr_s(dir)}, {"linear_before_reset", attr_i(lbr)}});
+                      for (int v : o) t.output(v);
+                    }});
+  cs.push_back({"GRU bidirectional, layout 1", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 3, 2}), w = m.f("w", {2, 6, 2}), r = m.f("r", {2, 6, 2}), b = m.f("b", {2, 12});
+                  auto o = t.node("GRU", {x, w, r, b}, {F("y", {2, 3, 2, 2})},
+                                  {{"hidden_size", attr_i(2)}, {"direction", attr_s("bidirectional")}, {"layout", attr_i(1)}});
+                  t.output(o[0]);
+                }});
+  cs.push_back({"RNN bidirectional, initial state", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {3, 2, 3}), w = m.f("w", {2, 2, 3}), r = m.f("r", {2, 2, 2}), b = m.f("b", {2, 4});
+                  int h0 = m.f("h0", {2, 2, 2});
+                  auto o = t.node("RNN", {x, w, r, b, -1, h0}, {F("y", {3, 2, 2, 2}), F("yh", {2, 2, 2})},
+                                  {{"hidden_size", attr_i(2)}, {"direction", attr_s("bidirectional")}});
+                  for (int v : o) t.output(v);
+                }});
   cs.push_back({"MaxPool", [](TinyGraph& t, M& m) {
                   int x = m.f("x", {1, 2, 5, 5});
                   t.output(t.node("MaxPool", {x}, {F("y", {1, 2, 3, 3})},

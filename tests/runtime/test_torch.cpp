@@ -84,3 +84,11 @@ TEST_CASE("20 SGD steps on a network of Conv3d, BatchNorm3d, LocalResponseNorm, 
   const fs::path dir = fs::path(SMP_TEST_DATA) / "torch_train_video";
   train_against_torch("video network", "ops --net video", dir, dir / "model.onnx");
 }
+
+// Recurrent ops as PyTorch exports them for training (torch_reference.py ops --net sequence): a
+// 2-layer bidirectional nn.LSTM, an nn.GRU (linear_before_reset) and an nn.RNN, their weights
+// re-sliced into ONNX's gate order by the export's Slice and Concat nodes.
+TEST_CASE("20 SGD steps on a network of a bidirectional 2-layer LSTM, a GRU and an RNN match PyTorch's losses") {
+  const fs::path dir = fs::path(SMP_TEST_DATA) / "torch_train_sequence";
+  train_against_torch("sequence network", "ops --net sequence", dir, dir / "model.onnx");
+}

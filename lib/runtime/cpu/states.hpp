@@ -240,6 +240,14 @@ struct AxisState : KernelState {
   bool largest = true;
 };
 
+struct RnnState : KernelState {
+  enum Kind { Rnn, Gru, Lstm } kind = Rnn;
+  int64_t G = 1;                     // gates: 1, 3 (z, r, h), 4 (i, o, f, c)
+  int64_t T = 0, B = 0, I = 0, H = 0, dirs = 1, layout = 0;
+  bool reverse = false;              // one direction, backwards in time
+  bool linear_before_reset = false;  // GRU
+};
+
 struct LrnState : KernelState {
   int64_t N = 1, C = 1, inner = 1;  // X [N, C, spatial...], inner the spatial size
   int64_t lo = 0, hi = 0;           // channel c sums the squares of c - lo .. c + hi

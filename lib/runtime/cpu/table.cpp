@@ -17,7 +17,7 @@ using namespace cpu;
 #define NO_KERNEL(op) OpKernel{Op::op, nullptr, nullptr, nullptr, kNone, nullptr}
 
 constexpr OpKernel kTable[] = {
-    K(MatMul, matmul), K(Gemm, gemm), K(Conv, conv), K(Einsum, einsum), K(ConvTranspose, conv_transpose),
+    K(MatMul, matmul), K(Gemm, gemm), K(Conv, conv), K(Einsum, einsum), K(ConvTranspose, conv_transpose), K(RNN, rnn), K(GRU, rnn), K(LSTM, rnn),
     K(Add, binary), K(Sub, binary), K(Mul, binary), K(Div, binary), K(Pow, binary), K(Max, binary), K(Min, binary),
     KF(Equal, binary), KF(Less, binary), KF(Greater, binary), KF(LessOrEqual, binary), KF(GreaterOrEqual, binary),
     KF(And, binary), KF(Or, binary), KF(Xor, binary), K(Where, where), K(PRelu, prelu), K(Mod, binary),

@@ -5,11 +5,11 @@
 // one (order). NO_KERNEL: the CPU runs the op, the CUDA backend refuses it at load (Einsum,
 // HardSigmoid, HardSwish, ReduceL2 and Pad of the torchvision exports, GatherElements,
 // NegativeLogLikelihoodLoss, Resize and Upsample, PRelu, Elu, Selu, Celu, Softplus, Softsign,
-// ThresholdedRelu, Sign, Round, InstanceNormalization, ConvTranspose, Mod, the trigonometric and
-// hyperbolic ops, IsNaN, IsInf, ReduceL1, ReduceSumSquare, ReduceLogSum, ReduceLogSumExp, ArgMin,
-// GlobalMaxPool, CumSum, ScatterElements, ScatterND, GatherND, DepthToSpace, SpaceToDepth and
-// OneHot, Sum, Mean, Shrink, CastLike, LpNormalization, Hardmax, LRN, TopK and EyeLike have no CUDA
-// kernels yet).
+// ThresholdedRelu, Sign, Round, InstanceNormalization, ConvTranspose, RNN, GRU, LSTM, Mod, the
+// trigonometric and hyperbolic ops, IsNaN, IsInf, ReduceL1, ReduceSumSquare, ReduceLogSum,
+// ReduceLogSumExp, ArgMin, GlobalMaxPool, CumSum, ScatterElements, ScatterND, GatherND,
+// DepthToSpace, SpaceToDepth, OneHot, Sum, Mean, Shrink, CastLike, LpNormalization, Hardmax, LRN,
+// TopK and EyeLike have no CUDA kernels yet).
 #include "runtime/cpu/kernels.hpp"
 #include "runtime/cuda/cuda_backend.hpp"
 #include "runtime/cuda/ops.hpp"
@@ -31,7 +31,8 @@ using graph::Op;
 #define NO_KERNEL(op) OpKernel{Op::op, nullptr, nullptr, nullptr, kNone, nullptr}
 
 constexpr OpKernel kTable[] = {
-    KS(MatMul, matmul), KS(Gemm, gemm), KPS(Conv, conv), NO_KERNEL(Einsum), NO_KERNEL(ConvTranspose),
+    KS(MatMul, matmul), KS(Gemm, gemm), KPS(Conv, conv), NO_KERNEL(Einsum), NO_KERNEL(ConvTranspose), NO_KERNEL(RNN), NO_KERNEL(GRU),
+    NO_KERNEL(LSTM),
     KP(Add, binary), KP(Sub, binary), KP(Mul, binary), KP(Div, binary), KP(Pow, binary), KP(Max, binary), KP(Min, binary),
     KF(Equal, binary), KF(Less, binary), KF(Greater, binary), KF(LessOrEqual, binary), KF(GreaterOrEqual, binary),
     KF(And, binary), KF(Or, binary), KF(Xor, binary), K(Where, where), NO_KERNEL(PRelu), NO_KERNEL(Mod), NO_KERNEL(Sum),

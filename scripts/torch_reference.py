@@ -16,6 +16,11 @@
       ConvTranspose3d, AvgPool3d. With --net sequence, sequences [B, 5, 4] through nn.LSTM
       (2 layers, bidirectional), nn.GRU and nn.RNN (ONNX's LSTM, GRU and RNN ops).
 
+  torch_reference.py packed OUT [--seed 0]
+      Padded sequences of 4 lengths through a packed bidirectional LSTM and a packed GRU
+      (sequence_lens in ONNX), exported to OUT/model.onnx; OUT/x.npy, lens.npy and PyTorch's
+      outputs OUT/y.npy, h.npy.
+
   torch_reference.py bench NAME [--batch 32] [--threads 1] [--steps 20] [--warmup 3]
       Prints {"steps_per_s": ..., "steps_per_cpu_s": ...} (per second of the process's CPU time) for training steps (forward, loss, backward, SGD step).
 """
@@ -168,6 +173,39 @@ def cmd_ops(a):
     return train_and_record(model, batches, a.out, a.lr)
 
 
+class PackedNet(torch.nn.Module):
+    """Padded sequences [B, T, 3] of the lengths `lens` through a packed bidirectional LSTM and a
+    packed GRU: what PyTorch exports with sequence_lens (and TopK / ScatterElements to sort the
+    rows by length and back)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = torch.nn.LSTM(3, 4, batch_first=True, bidirectional=True)
+        self.gru = torch.nn.GRU(8, 5, batch_first=True)
+
+    def forward(self, x, lens):
+        pack = torch.nn.utils.rnn.pack_padded_sequence
+        h, _ = self.lstm(pack(x, lens, batch_first=True, enforce_sorted=False))
+        h, _ = torch.nn.utils.rnn.pad_packed_sequence(h, batch_first=True, total_length=x.shape[1])
+        g, gh = self.gru(pack(h, lens, batch_first=True, enforce_sorted=False))
+        g, _ = torch.nn.utils.rnn.pad_packed_sequence(g, batch_first=True, total_length=x.shape[1])
+        return g, gh
+
+
+def cmd_packed(a):
+    torch.manual_seed(a.seed)
+    os.makedirs(a.out, exist_ok=True)
+    model = PackedNet()
+    x = torch.from_numpy(np.random.RandomState(a.seed).standard_normal([4, 6, 3]).astype(np.float32))
+    lens = torch.tensor([6, 2, 5, 1])
+    torch.onnx.export(model, (x, lens), os.path.join(a.out, "model.onnx"), input_names=["x", "lens"],
+                      output_names=["y", "h"], opset_version=17)
+    y, h = model(x, lens)
+    for name, v in (("x", x), ("lens", lens), ("y", y), ("h", h)):
+        np.save(os.path.join(a.out, name + ".npy"), v.detach().numpy())
+    return 0
+
+
 def cmd_bench(a):
     torch.set_num_threads(a.threads)
     model = model_for(a.name)
@@ -194,6 +232,9 @@ def main(argv=None):
     o = sub.add_parser("ops")
     o.add_argument("out")
     o.add_argument("--net", choices=sorted(NETS), default="ops")
+    pk = sub.add_parser("packed")
+    pk.add_argument("out")
+    pk.add_argument("--seed", type=int, default=0)
     b = sub.add_parser("bench")
     b.add_argument("name")
     b.add_argument("--warmup", type=int, default=3)
@@ -204,7 +245,7 @@ def main(argv=None):
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
-    return {"train": cmd_train, "ops": cmd_ops, "bench": cmd_bench}[a.cmd](a)
+    return {"train": cmd_train, "ops": cmd_ops, "packed": cmd_packed, "bench": cmd_bench}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -241,9 +241,10 @@ constexpr OpDef kOps[] = {
     {Op::Einsum, "Einsum", C::MatMulLike, kAll, kAll, kNone, cost_einsum},
     {Op::ConvTranspose, "ConvTranspose", C::MatMulLike, b(0) | b(1) | b(2), b(0) | b(1), kNone, cost_conv_transpose},
     // recurrent: X, W, R, B, sequence_lens, initial_h (, initial_c, P); the backward reruns the forward
-    {Op::RNN, "RNN", C::MatMulLike, kRecurrent, kRecurrent, kNone, cost_recurrent},
-    {Op::GRU, "GRU", C::MatMulLike, kRecurrent, kRecurrent, kNone, cost_recurrent},
-    {Op::LSTM, "LSTM", C::MatMulLike, kRecurrent, kRecurrent, kNone, cost_recurrent},
+    // (every input kept)
+    {Op::RNN, "RNN", C::MatMulLike, kRecurrent, kRecurrent | b(4), kNone, cost_recurrent},
+    {Op::GRU, "GRU", C::MatMulLike, kRecurrent, kRecurrent | b(4), kNone, cost_recurrent},
+    {Op::LSTM, "LSTM", C::MatMulLike, kRecurrent, kRecurrent | b(4), kNone, cost_recurrent},
 
     {Op::Add, "Add", C::Elementwise, b(0) | b(1), kNone, kNone, cost_elementwise},
     {Op::Sub, "Sub", C::Elementwise, b(0) | b(1), kNone, kNone, cost_elementwise},

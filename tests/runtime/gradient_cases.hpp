@@ -37,6 +37,11 @@ struct Maker {
     feeds[id] = be->from_host(DType::I64, s, v.data());
     return id;
   }
+  int i32(const std::string& name, const Shape& s, const std::vector<int32_t>& v) {
+    int id = tg.input(name, DType::I32, s);
+    feeds[id] = be->from_host(DType::I32, s, v.data());
+    return id;
+  }
   int boolean(const std::string& name, const Shape& s, const std::vector<uint8_t>& v) {
     int id = tg.input(name, DType::Bool, s);
     feeds[id] = be->from_host(DType::Bool, s, v.data());
@@ -269,6 +274,21 @@ inline std::vector<Case> gradient_cases() {
                   auto o = t.node("GRU", {x, w, r, b}, {F("y", {2, 3, 2, 2})},
                                   {{"hidden_size", attr_i(2)}, {"direction", attr_s("bidirectional")}, {"layout", attr_i(1)}});
                   t.output(o[0]);
+                }});
+  // sequence_lens: a row of 2 steps, one of none, one of all 3
+  cs.push_back({"LSTM bidirectional, sequence_lens 2, 0, 3", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {3, 3, 2}), w = m.f("w", {2, 8, 2}), r = m.f("r", {2, 8, 2}), b = m.f("b", {2, 16});
+                  int len = m.i32("len", {3}, {2, 0, 3}), h0 = m.f("h0", {2, 3, 2}), c0 = m.f("c0", {2, 3, 2});
+                  auto o = t.node("LSTM", {x, w, r, b, len, h0, c0}, {F("y", {3, 2, 3, 2}), F("yh", {2, 3, 2}), F("yc", {2, 3, 2})},
+                                  {{"hidden_size", attr_i(2)}, {"direction", attr_s("bidirectional")}});
+                  for (int v : o) t.output(v);
+                }});
+  cs.push_back({"GRU reverse, layout 1, sequence_lens 1, 3", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {2, 3, 2}), w = m.f("w", {1, 6, 2}), r = m.f("r", {1, 6, 2});
+                  int len = m.i32("len", {2}, {1, 3}), h0 = m.f("h0", {2, 1, 2});
+                  auto o = t.node("GRU", {x, w, r, -1, len, h0}, {F("y", {2, 3, 1, 2}), F("yh", {2, 1, 2})},
+                                  {{"hidden_size", attr_i(2)}, {"direction", attr_s("reverse")}, {"layout", attr_i(1)}});
+                  for (int v : o) t.output(v);
                 }});
   cs.push_back({"RNN bidirectional, initial state", [](TinyGraph& t, M& m) {
                   int x = m.f("x", {3, 2, 3}), w = m.f("w", {2, 2, 3}), r = m.f("r", {2, 2, 2}), b = m.f("b", {2, 4});

@@ -92,3 +92,36 @@ TEST_CASE("20 SGD steps on a network of a bidirectional 2-layer LSTM, a GRU and 
   const fs::path dir = fs::path(SMP_TEST_DATA) / "torch_train_sequence";
   train_against_torch("sequence network", "ops --net sequence", dir, dir / "model.onnx");
 }
+
+// Padded sequences of different lengths, packed (torch_reference.py packed): PyTorch exports them
+// with LSTM's and GRU's sequence_lens, sorting the rows by length with TopK and back with
+// ScatterElements; a row's steps past its length give zeros, its state stops there.
+TEST_CASE("a packed bidirectional LSTM and a packed GRU (sequence_lens) give PyTorch's outputs") {
+  const fs::path dir = fs::path(SMP_TEST_DATA) / "torch_packed";
+  std::string cmd = fmt::format("{} {}/scripts/torch_reference.py packed {} > {}.log 2>&1", SMP_PYTHON, SMP_SOURCE_DIR,
+                                dir.string(), dir.string());
+  REQUIRE_MESSAGE(std::system(cmd.c_str()) == 0, cmd);
+  graph::LoadOptions lo;
+  lo.load_weights = true;
+  graph::Graph g = graph::load_graph(dir / "model.onnx", lo);
+  runtime::CpuBackend be(2);
+  runtime::StageExecutor ex(g, be);
+  std::vector<runtime::Tensor> in;  // in the executor's order, by name
+  for (int id : ex.inputs()) in.push_back(runtime::load_npy(be, dir / (g.value(id).name + ".npy")));
+  auto out = ex.forward(0, in);
+  REQUIRE(out.size() == 2);
+  for (size_t k = 0; k < 2; ++k) {
+    const std::string name = g.value(ex.outputs()[k]).name;
+    CAPTURE(name);
+    runtime::Tensor want = runtime::load_npy(be, dir / (name + ".npy"));
+    REQUIRE(out[k].shape() == want.shape());
+    const float *a = out[k].data<float>(), *b = want.data<float>();
+    double d = 0, m = 0;
+    for (int64_t i = 0; i < want.numel(); ++i) {
+      d = std::max(d, std::fabs(static_cast<double>(a[i]) - b[i]));
+      m = std::max(m, std::fabs(static_cast<double>(b[i])));
+    }
+    INFO(fmt::format("max difference {:.2e}, largest value {:.2e}", d, m));
+    CHECK(d <= 1e-5 * m);
+  }
+}

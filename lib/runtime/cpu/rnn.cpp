@@ -1,8 +1,10 @@
 // LSTM, GRU and RNN: ONNX's recurrent ops, what PyTorch's nn.LSTM, nn.GRU and nn.RNN export to.
 // Forward and backpropagation through time; forward, reverse or bidirectional; layout 0
 // ([seq, batch, ...]) or 1 ([batch, seq, ...]); initial states, biases, LSTM's peepholes, GRU's
-// linear_before_reset; the default activations (sigmoid gates, tanh cells) only. The backward
-// runs the forward again, keeping every step's gates and states, then walks the steps back.
+// linear_before_reset; sequence_lens (a row's steps past its length give zeros in Y and keep its
+// state, a reverse direction starts at its last step: PyTorch's packed sequences); the default
+// activations (sigmoid gates, tanh cells) only. The backward runs the forward again, keeping every
+// step's gates and states, then walks the steps back.
 #include "runtime/cpu/common.hpp"
 #include "runtime/cpu/kernels.hpp"
 
@@ -93,7 +95,13 @@ struct Index {
     return (s.layout ? (b * s.T + t) * s.dirs + d : (t * s.dirs + d) * s.B + b) * s.H;
   }
   int64_t state(int64_t d, int64_t b) const { return (s.layout ? b * s.dirs + d : d * s.B + b) * s.H; }  // Y_h, initial_h
-  int64_t time(int64_t d, int64_t k) const { return (s.reverse || d == 1) ? s.T - 1 - k : k; }       // step k's time
+  const int32_t* lens = nullptr;  // sequence_lens, or every row the whole sequence
+  // Row b's time at step k of direction d; -1 past the row's length (the step keeps its state).
+  int64_t time(int64_t d, int64_t k, int64_t b) const {
+    const int64_t len = lens ? lens[b] : s.T;
+    if (k >= len) return -1;
+    return (s.reverse || d == 1) ? len - 1 - k : k;
+  }
 };
 
 // One direction's run, kept for the backward: per step k, the gates after their activations
@@ -108,8 +116,8 @@ struct Trace {
 };
 
 // Runs direction d over the sequence; fills `tr` and, where given, Y, Y_h and Y_c.
-void run_direction(const RnnState& s, std::span<const Tensor> in, int64_t d, Trace& tr, float* Y, float* Yh, float* Yc) {
-  const Index ix{s};
+void run_direction(const Index& ix, std::span<const Tensor> in, int64_t d, Trace& tr, float* Y, float* Yh, float* Yc) {
+  const RnnState& s = ix.s;
   const int64_t T = s.T, B = s.B, H = s.H, G = s.G, GH = G * H;
   const float* X = in[0].data<float>();
   const float* W = in[1].data<float>() + d * GH * s.I;
@@ -131,8 +139,10 @@ void run_direction(const RnnState& s, std::span<const Tensor> in, int64_t d, Tra
       if (c0) tr.cs[static_cast<size_t>(b * H + j)] = c0[ix.state(d, b) + j];
     }
   std::vector<float> hr(static_cast<size_t>(B * GH));  // Hp Rᵀ
+  if (Y)  // rows past their length stay zero
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t b = 0; b < B; ++b) std::memset(Y + ix.y(t, d, b), 0, static_cast<size_t>(H) * sizeof(float));
   for (int64_t k = 0; k < T; ++k) {
-    const int64_t t = ix.time(d, k);
     const float* Hp = tr.hs.data() + k * B * H;
     float* Hn = tr.hs.data() + (k + 1) * B * H;
     float* A = tr.act.data() + k * B * GH;
@@ -140,6 +150,8 @@ void run_direction(const RnnState& s, std::span<const Tensor> in, int64_t d, Tra
     const int64_t rec = gru && !s.linear_before_reset ? 2 * H : GH;
     gemm(false, true, B, rec, H, 1.0f, Hp, H, R, H, 0.0f, hr.data(), GH);
     for (int64_t b = 0; b < B; ++b) {
+      const int64_t t = ix.time(d, k, b);
+      if (t < 0) continue;  // past the row's length: see below
       const float* xw = tr.xw.data() + ix.xrow(t, b) * GH;
       const float* h = hr.data() + b * GH;
       float* a = A + b * GH;
@@ -181,20 +193,32 @@ void run_direction(const RnnState& s, std::span<const Tensor> in, int64_t d, Tra
     if (gru) {
       if (!s.linear_before_reset) {  // (r ⊙ Hp) Rhᵀ
         gemm(false, true, B, H, H, 1.0f, tr.q.data() + k * B * H, H, R + 2 * H * H, H, 0.0f, hr.data(), GH);
-        for (int64_t b = 0; b < B; ++b)
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t t = ix.time(d, k, b);
+          if (t < 0) continue;
           for (int64_t j = 0; j < H; ++j)
             A[b * GH + 2 * H + j] = tr.xw[static_cast<size_t>(ix.xrow(t, b) * GH + 2 * H + j)] + hr[static_cast<size_t>(b * GH + j)] +
                                     (Bias ? Bias[2 * H + j] + Bias[GH + 2 * H + j] : 0.0f);
+        }
       }
-      for (int64_t b = 0; b < B; ++b)
+      for (int64_t b = 0; b < B; ++b) {
+        if (ix.time(d, k, b) < 0) continue;
         for (int64_t j = 0; j < H; ++j) {
           float* a = A + b * GH;
           a[2 * H + j] = std::tanh(a[2 * H + j]);
           Hn[b * H + j] = (1.0f - a[j]) * a[2 * H + j] + a[j] * Hp[b * H + j];
         }
+      }
     }
-    if (Y)
-      for (int64_t b = 0; b < B; ++b) std::memcpy(Y + ix.y(t, d, b), Hn + b * H, static_cast<size_t>(H) * sizeof(float));
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t t = ix.time(d, k, b);
+      if (t < 0) {  // the state carries over
+        std::memcpy(Hn + b * H, Hp + b * H, static_cast<size_t>(H) * sizeof(float));
+        if (lstm) std::memcpy(tr.cs.data() + ((k + 1) * B + b) * H, tr.cs.data() + (k * B + b) * H, static_cast<size_t>(H) * sizeof(float));
+      } else if (Y) {
+        std::memcpy(Y + ix.y(t, d, b), Hn + b * H, static_cast<size_t>(H) * sizeof(float));
+      }
+    }
   }
   for (int64_t b = 0; b < B; ++b) {
     if (Yh) std::memcpy(Yh + ix.state(d, b), tr.hs.data() + (T * B + b) * H, static_cast<size_t>(H) * sizeof(float));
@@ -202,13 +226,15 @@ void run_direction(const RnnState& s, std::span<const Tensor> in, int64_t d, Tra
   }
 }
 
-void check_lengths(const RnnState& s, std::span<const Tensor> in) {
-  if (in.size() <= 4 || !in[4].defined()) return;
-  const int32_t* len = in[4].data<int32_t>();
+// The index of the node's run, its sequence_lens checked (0 to the sequence length).
+Index index_of(const RnnState& s, std::span<const Tensor> in) {
+  Index ix{s};
+  if (in.size() <= 4 || !in[4].defined()) return ix;
+  ix.lens = in[4].data<int32_t>();
   for (int64_t b = 0; b < s.B; ++b)
-    if (len[b] != s.T)
-      throw_bad_input("node " + s.node_name, fmt::format("sequence_lens[{}] is {}, not the sequence length {} (sequences of "
-                                                         "different lengths are not supported)", b, len[b], s.T));
+    if (ix.lens[b] < 0 || ix.lens[b] > s.T)
+      throw_bad_input("node " + s.node_name, fmt::format("sequence_lens[{}] is {}, outside 0 to the sequence length {}", b, ix.lens[b], s.T));
+  return ix;
 }
 
 float* out_or_null(std::span<Tensor> out, size_t k) { return k < out.size() && out[k].defined() ? out[k].data<float>() : nullptr; }
@@ -217,15 +243,15 @@ float* out_or_null(std::span<Tensor> out, size_t k) { return k < out.size() && o
 
 void fwd_rnn(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
   const auto& s = static_cast<const RnnState&>(st);
-  check_lengths(s, in);
+  const Index ix = index_of(s, in);
   Trace tr;
   for (int64_t d = 0; d < s.dirs; ++d)
-    run_direction(s, in, d, tr, out_or_null(out, 0), out_or_null(out, 1), s.kind == RnnState::Lstm ? out_or_null(out, 2) : nullptr);
+    run_direction(ix, in, d, tr, out_or_null(out, 0), out_or_null(out, 1), s.kind == RnnState::Lstm ? out_or_null(out, 2) : nullptr);
 }
 
 void bwd_rnn(const KernelState& st, ExecContext&, const GradIO& io) {
   const auto& s = static_cast<const RnnState&>(st);
-  const Index ix{s};
+  const Index ix = index_of(s, io.in);
   const int64_t T = s.T, B = s.B, H = s.H, G = s.G, GH = G * H;
   const bool lstm = s.kind == RnnState::Lstm, gru = s.kind == RnnState::Gru;
   auto dout = [&](size_t k) { return k < io.dout.size() && io.dout[k].defined() ? io.dout[k].data<float>() : nullptr; };
@@ -244,7 +270,7 @@ void bwd_rnn(const KernelState& st, ExecContext&, const GradIO& io) {
   std::vector<float> dH(static_cast<size_t>(B * H)), dC(static_cast<size_t>(B * H)), dHp(static_cast<size_t>(B * H));
   std::vector<float> dq(static_cast<size_t>(B * H));
   for (int64_t d = 0; d < s.dirs; ++d) {
-    run_direction(s, io.in, d, tr, nullptr, nullptr, nullptr);
+    run_direction(ix, io.in, d, tr, nullptr, nullptr, nullptr);
     const float* W = io.in[1].data<float>() + d * GH * s.I;
     const float* R = io.in[2].data<float>() + d * GH * H;
     const float* P = P0 ? P0 + d * 3 * H : nullptr;
@@ -255,15 +281,17 @@ void bwd_rnn(const KernelState& st, ExecContext&, const GradIO& io) {
       }
     std::vector<double> dPs(lstm ? static_cast<size_t>(3 * H) : 0, 0.0);
     for (int64_t k = T - 1; k >= 0; --k) {
-      const int64_t t = ix.time(d, k);
       const float* Hp = tr.hs.data() + k * B * H;
       const float* A = tr.act.data() + k * B * GH;
       float* da = DA.data() + k * B * GH;  // step order (X's rows gathered to it below)
       float* dr = DR.data() + k * B * GH;
-      if (dY)
-        for (int64_t b = 0; b < B; ++b)
-          for (int64_t j = 0; j < H; ++j) dH[static_cast<size_t>(b * H + j)] += dY[ix.y(t, d, b) + j];
+      std::memset(da, 0, static_cast<size_t>(B * GH) * sizeof(float));  // rows past their length stay zero
+      std::memset(dr, 0, static_cast<size_t>(B * GH) * sizeof(float));
       for (int64_t b = 0; b < B; ++b) {
+        const int64_t t = ix.time(d, k, b);
+        if (t < 0) continue;
+        if (dY)
+          for (int64_t j = 0; j < H; ++j) dH[static_cast<size_t>(b * H + j)] += dY[ix.y(t, d, b) + j];
         const float* a = A + b * GH;
         float* g = da + b * GH;
         float* gr = dr + b * GH;
@@ -325,6 +353,7 @@ void bwd_rnn(const KernelState& st, ExecContext&, const GradIO& io) {
       gemm(false, false, B, H, rec, 1.0f, dr, GH, R, H, 0.0f, dHp.data(), H);
       for (int64_t b = 0; b < B; ++b)
         for (int64_t j = 0; j < H; ++j) {
+          if (ix.time(d, k, b) < 0) continue;  // the state carried over: its gradient too
           float v = dHp[static_cast<size_t>(b * H + j)];
           if (gru) {
             v += dH[static_cast<size_t>(b * H + j)] * A[b * GH + j];
@@ -334,10 +363,11 @@ void bwd_rnn(const KernelState& st, ExecContext&, const GradIO& io) {
         }
     }
     // Input products over all steps: DA is in step order, X's rows by (t, b): gather per step.
-    std::vector<float> Xs(static_cast<size_t>(T * B * s.I));
+    std::vector<float> Xs(static_cast<size_t>(T * B * s.I), 0.0f);
     for (int64_t k = 0; k < T; ++k)
       for (int64_t b = 0; b < B; ++b)
-        std::memcpy(Xs.data() + (k * B + b) * s.I, X + ix.xrow(ix.time(d, k), b) * s.I, static_cast<size_t>(s.I) * sizeof(float));
+        if (const int64_t t = ix.time(d, k, b); t >= 0)
+          std::memcpy(Xs.data() + (k * B + b) * s.I, X + ix.xrow(t, b) * s.I, static_cast<size_t>(s.I) * sizeof(float));
     if (dW) gemm(true, false, GH, s.I, T * B, 1.0f, DA.data(), GH, Xs.data(), s.I, acc(1) ? 1.0f : 0.0f, dW + d * GH * s.I, s.I);
     if (dR) {
       float* dRd = dR + d * GH * H;
@@ -365,12 +395,14 @@ void bwd_rnn(const KernelState& st, ExecContext&, const GradIO& io) {
     if (dX) {  // dXs = DA W, then scattered to X's rows
       std::vector<float> dXs(static_cast<size_t>(T * B * s.I));
       gemm(false, false, T * B, s.I, GH, 1.0f, DA.data(), GH, W, s.I, 0.0f, dXs.data(), s.I);
-      const bool add = acc(0) || d > 0;
+      if (d == 0 && !acc(0)) std::memset(dX, 0, static_cast<size_t>(T * B * s.I) * sizeof(float));  // steps past a length: 0
       for (int64_t k = 0; k < T; ++k)
         for (int64_t b = 0; b < B; ++b) {
-          float* dst = dX + ix.xrow(ix.time(d, k), b) * s.I;
+          const int64_t t = ix.time(d, k, b);
+          if (t < 0) continue;
+          float* dst = dX + ix.xrow(t, b) * s.I;
           const float* src = dXs.data() + (k * B + b) * s.I;
-          for (int64_t e = 0; e < s.I; ++e) dst[e] = add ? dst[e] + src[e] : src[e];
+          for (int64_t e = 0; e < s.I; ++e) dst[e] += src[e];
         }
     }
     for (int64_t b = 0; b < B; ++b)

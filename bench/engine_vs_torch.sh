@@ -5,19 +5,19 @@
 # smp / PyTorch per model and thread count (target: >= 1.25 on every row).
 #
 #   bench/engine_vs_torch.sh [BIN_DIR]
-#   env: MODELS="gpt,mha,gated_mlp,bn_cnn,resnet18" THREADS="1,2" BATCH=32 STEPS=20 REPEATS=3
+#   env: MODELS="gpt,mha,gated_mlp,bn_cnn,resnet18,lstm" THREADS="1,2" BATCH=32 STEPS=20 REPEATS=3
 #
 # gpt is the bundled sample; mha (a decoder built from nn.MultiheadAttention), gated_mlp (a
-# residual MLP with LayerNorm and gating), bn_cnn (a CNN with BatchNorm) and resnet18
-# (torchvision's) come from scripts/bench_models.py, exported in training mode once into
-# build/bench-models/. Each configuration is measured REPEATS times (smp and PyTorch alternating)
+# residual MLP with LayerNorm and gating), bn_cnn (a CNN with BatchNorm), resnet18 (torchvision's)
+# and lstm (a 2-layer nn.LSTM) come from scripts/bench_models.py, exported in training mode once
+# into build/bench-models/. Each configuration is measured REPEATS times (smp and PyTorch alternating)
 # and the median of each side is compared. Wall-clock on a shared machine: quote a quiet one's.
 # cpu-ratio is the median of the per-repeat ratios of steps per second of CPU time (the process's,
 # all threads): steadier than wall-clock when other processes share the cores.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${1:-$ROOT/build/bin}
-MODELS=${MODELS:-gpt,mha,gated_mlp,bn_cnn,resnet18}
+MODELS=${MODELS:-gpt,mha,gated_mlp,bn_cnn,resnet18,lstm}
 THREADS=${THREADS:-1,2}
 BATCH=${BATCH:-32}
 STEPS=${STEPS:-20}

@@ -1,6 +1,6 @@
 // Training steps per second of smp's CPU engine and of PyTorch (python3-torch) on the sample
 // models (mlp, cnn, gpt) and the models of scripts/bench_models.py (mha, gated_mlp, bn_cnn,
-// resnet18), batch 32, same thread count (1 and 2); prints the ratio smp / torch, per second of
+// resnet18, lstm), batch 32, same thread count (1 and 2); prints the ratio smp / torch, per second of
 // wall-clock and per second of CPU time (the process's, all its threads: on a loaded machine the
 // one-thread CPU-time ratio is the steadier figure).
 //

@@ -15,6 +15,8 @@ Models (float32; the batch axis is symbolic):
     bn_cnn     a CNN with BatchNorm: x [batch, 3, 32, 32] -> 3 x (Conv, BatchNorm, ReLU, MaxPool)
                -> Linear -> [batch, 10]
     resnet18   torchvision's resnet18 at 32 x 32 (10 classes)
+    lstm       a 2-layer nn.LSTM (hidden 256) over sequences x [batch, 50, 128], its last step's
+               state -> Linear -> [batch, 10]
 
 Exports use opset 17, TrainingMode.TRAINING and no constant folding (an eval-mode export merges
 equal initializers, which would tie parameters). Needs Debian's python3-torch (/usr/bin/python3).
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 
 OPSET = 17
 SEED = 1234
-NAMES = ("mha", "gated_mlp", "bn_cnn", "resnet18")
+NAMES = ("mha", "gated_mlp", "bn_cnn", "resnet18", "lstm")
 
 
 class MhaBlock(nn.Module):
@@ -112,6 +114,17 @@ class BnCnn(nn.Module):
         return self.head(torch.flatten(self.features(x), 1))
 
 
+class LstmClassifier(nn.Module):
+    def __init__(self, d_in=128, hidden=256, layers=2, classes=10):
+        super().__init__()
+        self.lstm = nn.LSTM(d_in, hidden, num_layers=layers, batch_first=True)
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, x):
+        y, _ = self.lstm(x)
+        return self.head(y[:, -1])
+
+
 def build(name):
     torch.manual_seed(SEED)
     if name == "mha":
@@ -120,6 +133,8 @@ def build(name):
         return GatedMlp()
     if name == "bn_cnn":
         return BnCnn()
+    if name == "lstm":
+        return LstmClassifier()
     if name == "resnet18":
         import torchvision
         return torchvision.models.resnet18(num_classes=10)
@@ -131,6 +146,8 @@ def info(name):
         return {"input": {"name": "input_ids", "dtype": "int64", "shape": [64], "high": 4096}, "classes": 4096}
     if name == "gated_mlp":
         return {"input": {"name": "x", "dtype": "float32", "shape": [256]}, "classes": 10}
+    if name == "lstm":
+        return {"input": {"name": "x", "dtype": "float32", "shape": [50, 128]}, "classes": 10}
     return {"input": {"name": "x", "dtype": "float32", "shape": [3, 32, 32]}, "classes": 10}
 
 

@@ -7,6 +7,7 @@
 // step's gates and states, then walks the steps back.
 #include "runtime/cpu/common.hpp"
 #include "runtime/cpu/kernels.hpp"
+#include "runtime/cpu/vmath.hpp"
 
 #include <fmt/format.h>
 
@@ -20,8 +21,6 @@ using graph::Op;
 
 namespace {
 constexpr const char* kRoles[] = {"X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P"};
-
-float sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
 
 std::string lower(std::string s) {
   for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -107,10 +106,11 @@ struct Index {
 // One direction's run, kept for the backward: per step k, the gates after their activations
 // (LSTM i, o, f, c~; GRU z, r, h~; RNN h) and the states before and after (Hs[k], Hs[k + 1]).
 struct Trace {
-  std::vector<float> xw;   // X W_dᵀ [T*B, G*H] in X's row order, the input biases added
+  std::vector<float> xw;   // X W_dᵀ [T*B, G*H] in X's row order, the biases added
   std::vector<float> act;  // [T, B, G*H]
   std::vector<float> hs;   // [T + 1, B, H]
   std::vector<float> cs;   // LSTM: [T + 1, B, H]
+  std::vector<float> tc;   // LSTM: tanh of cs[k + 1] [T, B, H]
   std::vector<float> u;    // GRU, linear_before_reset: Hp Rhᵀ + Rbh [T, B, H]
   std::vector<float> q;    // GRU otherwise: r ⊙ Hp [T, B, H]
 };
@@ -130,7 +130,10 @@ void run_direction(const Index& ix, std::span<const Tensor> in, int64_t d, Trace
   tr.xw.assign(static_cast<size_t>(T * B * GH), 0.0f);
   tr.act.assign(static_cast<size_t>(T * B * GH), 0.0f);
   tr.hs.assign(static_cast<size_t>((T + 1) * B * H), 0.0f);
-  if (lstm) tr.cs.assign(static_cast<size_t>((T + 1) * B * H), 0.0f);
+  if (lstm) {
+    tr.cs.assign(static_cast<size_t>((T + 1) * B * H), 0.0f);
+    tr.tc.assign(static_cast<size_t>(T * B * H), 0.0f);
+  }
   if (gru) (s.linear_before_reset ? tr.u : tr.q).assign(static_cast<size_t>(T * B * H), 0.0f);
   gemm(false, true, T * B, GH, s.I, 1.0f, X, s.I, W, s.I, 0.0f, tr.xw.data(), GH);
   for (int64_t b = 0; b < B; ++b)
@@ -138,10 +141,16 @@ void run_direction(const Index& ix, std::span<const Tensor> in, int64_t d, Trace
       if (h0) tr.hs[static_cast<size_t>(b * H + j)] = h0[ix.state(d, b) + j];
       if (c0) tr.cs[static_cast<size_t>(b * H + j)] = c0[ix.state(d, b) + j];
     }
-  std::vector<float> hr(static_cast<size_t>(B * GH));  // Hp Rᵀ
   if (Y)  // rows past their length stay zero
     for (int64_t t = 0; t < T; ++t)
       for (int64_t b = 0; b < B; ++b) std::memset(Y + ix.y(t, d, b), 0, static_cast<size_t>(H) * sizeof(float));
+  if (Bias)  // both biases into the input products, but GRU's Rbh with linear_before_reset (inside r ⊙ (...))
+    for (int64_t r = 0; r < T * B; ++r)
+      for (int64_t e = 0; e < GH; ++e)
+        tr.xw[static_cast<size_t>(r * GH + e)] += Bias[e] + (gru && s.linear_before_reset && e >= 2 * H ? 0.0f : Bias[GH + e]);
+  std::vector<float> hr(static_cast<size_t>(B * GH));  // Hp Rᵀ
+  auto sig = [](v8f v) { return vsigmoid8(v); };
+  auto th = [](v8f v) { return vtanh8(v); };
   for (int64_t k = 0; k < T; ++k) {
     const float* Hp = tr.hs.data() + k * B * H;
     float* Hn = tr.hs.data() + (k + 1) * B * H;
@@ -154,60 +163,58 @@ void run_direction(const Index& ix, std::span<const Tensor> in, int64_t d, Trace
       if (t < 0) continue;  // past the row's length: see below
       const float* xw = tr.xw.data() + ix.xrow(t, b) * GH;
       const float* h = hr.data() + b * GH;
-      float* a = A + b * GH;
-      auto pre = [&](int64_t g, int64_t j) {  // a gate's input and recurrent products with both biases
-        const int64_t e = g * H + j;
-        return xw[e] + h[e] + (Bias ? Bias[e] + Bias[GH + e] : 0.0f);
-      };
-      for (int64_t j = 0; j < H; ++j) {
-        const float hp = Hp[b * H + j];
-        if (s.kind == RnnState::Rnn) {
-          a[j] = std::tanh(pre(0, j));
-          Hn[b * H + j] = a[j];
-        } else if (lstm) {  // iofc
-          const float cp = tr.cs[static_cast<size_t>(k * B * H + b * H + j)];
-          const float i = sigmoid(pre(0, j) + (P ? P[j] * cp : 0.0f));
-          const float f = sigmoid(pre(2, j) + (P ? P[2 * H + j] * cp : 0.0f));
-          const float c = std::tanh(pre(3, j));
-          const float cn = f * cp + i * c;
-          const float o = sigmoid(pre(1, j) + (P ? P[H + j] * cn : 0.0f));
-          a[j] = i;
-          a[H + j] = o;
-          a[2 * H + j] = f;
-          a[3 * H + j] = c;
-          tr.cs[static_cast<size_t>((k + 1) * B * H + b * H + j)] = cn;
-          Hn[b * H + j] = o * std::tanh(cn);
-        } else {  // zrh
-          a[j] = sigmoid(pre(0, j));
-          a[H + j] = sigmoid(pre(1, j));
-          if (s.linear_before_reset) {
-            const float u = h[2 * H + j] + (Bias ? Bias[GH + 2 * H + j] : 0.0f);
-            tr.u[static_cast<size_t>(k * B * H + b * H + j)] = u;
-            a[2 * H + j] = xw[2 * H + j] + (Bias ? Bias[2 * H + j] : 0.0f) + a[H + j] * u;  // tanh below
-          } else {
-            tr.q[static_cast<size_t>(k * B * H + b * H + j)] = a[H + j] * hp;
+      const float* hp = Hp + b * H;
+      float* a = A + b * GH;  // pre-activations, then the gates
+      float* hn = Hn + b * H;
+      for (int64_t e = 0; e < rec; ++e) a[e] = xw[e] + h[e];
+      if (s.kind == RnnState::Rnn) {
+        vmap_inplace(a, H, th);
+        std::memcpy(hn, a, static_cast<size_t>(H) * sizeof(float));
+      } else if (lstm) {  // iofc
+        const float* cp = tr.cs.data() + (k * B + b) * H;
+        float* cn = tr.cs.data() + ((k + 1) * B + b) * H;
+        float* tc = tr.tc.data() + (k * B + b) * H;
+        if (P)
+          for (int64_t j = 0; j < H; ++j) {
+            a[j] += P[j] * cp[j];
+            a[2 * H + j] += P[2 * H + j] * cp[j];
           }
+        vmap_inplace(a, H, sig);
+        vmap_inplace(a + 2 * H, H, sig);
+        vmap_inplace(a + 3 * H, H, th);
+        for (int64_t j = 0; j < H; ++j) cn[j] = a[2 * H + j] * cp[j] + a[j] * a[3 * H + j];
+        if (P)
+          for (int64_t j = 0; j < H; ++j) a[H + j] += P[H + j] * cn[j];
+        vmap_inplace(a + H, H, sig);
+        vmap1(cn, tc, H, th);
+        for (int64_t j = 0; j < H; ++j) hn[j] = a[H + j] * tc[j];
+      } else {  // zrh: z and r now, h~ once r is known
+        vmap_inplace(a, 2 * H, sig);
+        if (s.linear_before_reset) {
+          float* u = tr.u.data() + (k * B + b) * H;
+          for (int64_t j = 0; j < H; ++j) {
+            u[j] = h[2 * H + j] + (Bias ? Bias[GH + 2 * H + j] : 0.0f);
+            a[2 * H + j] = xw[2 * H + j] + a[H + j] * u[j];
+          }
+        } else {
+          float* q = tr.q.data() + (k * B + b) * H;
+          for (int64_t j = 0; j < H; ++j) q[j] = a[H + j] * hp[j];
         }
       }
     }
     if (gru) {
-      if (!s.linear_before_reset) {  // (r ⊙ Hp) Rhᵀ
+      if (!s.linear_before_reset)  // (r ⊙ Hp) Rhᵀ
         gemm(false, true, B, H, H, 1.0f, tr.q.data() + k * B * H, H, R + 2 * H * H, H, 0.0f, hr.data(), GH);
-        for (int64_t b = 0; b < B; ++b) {
-          const int64_t t = ix.time(d, k, b);
-          if (t < 0) continue;
-          for (int64_t j = 0; j < H; ++j)
-            A[b * GH + 2 * H + j] = tr.xw[static_cast<size_t>(ix.xrow(t, b) * GH + 2 * H + j)] + hr[static_cast<size_t>(b * GH + j)] +
-                                    (Bias ? Bias[2 * H + j] + Bias[GH + 2 * H + j] : 0.0f);
-        }
-      }
       for (int64_t b = 0; b < B; ++b) {
-        if (ix.time(d, k, b) < 0) continue;
-        for (int64_t j = 0; j < H; ++j) {
-          float* a = A + b * GH;
-          a[2 * H + j] = std::tanh(a[2 * H + j]);
-          Hn[b * H + j] = (1.0f - a[j]) * a[2 * H + j] + a[j] * Hp[b * H + j];
+        const int64_t t = ix.time(d, k, b);
+        if (t < 0) continue;
+        float* a = A + b * GH;
+        if (!s.linear_before_reset) {
+          const float* xw = tr.xw.data() + ix.xrow(t, b) * GH;
+          for (int64_t j = 0; j < H; ++j) a[2 * H + j] = xw[2 * H + j] + hr[static_cast<size_t>(b * GH + j)];
         }
+        vmap_inplace(a + 2 * H, H, th);
+        for (int64_t j = 0; j < H; ++j) Hn[b * H + j] = (1.0f - a[j]) * a[2 * H + j] + a[j] * Hp[b * H + j];
       }
     }
     for (int64_t b = 0; b < B; ++b) {
@@ -303,7 +310,7 @@ void bwd_rnn(const KernelState& st, ExecContext&, const GradIO& io) {
           } else if (lstm) {
             const float i = a[j], o = a[H + j], f = a[2 * H + j], c = a[3 * H + j];
             const float cp = tr.cs[static_cast<size_t>(k * B * H + b * H + j)], cn = tr.cs[static_cast<size_t>((k + 1) * B * H + b * H + j)];
-            const float tc = std::tanh(cn);
+            const float tc = tr.tc[static_cast<size_t>(k * B * H + b * H + j)];
             const float dao = dh * tc * o * (1.0f - o);
             const float dc = dC[static_cast<size_t>(b * H + j)] + dh * o * (1.0f - tc * tc) + (P ? dao * P[H + j] : 0.0f);
             const float dai = dc * c * i * (1.0f - i), daf = dc * cp * f * (1.0f - f), dac = dc * i * (1.0f - c * c);
@@ -380,14 +387,17 @@ void bwd_rnn(const KernelState& st, ExecContext&, const GradIO& io) {
     }
     if (dB) {
       float* dBd = dB + d * 2 * GH;
-      for (int64_t e = 0; e < GH; ++e) {
-        double sw = 0, sr = 0;
-        for (int64_t r = 0; r < T * B; ++r) {
-          sw += DA[static_cast<size_t>(r * GH + e)];
-          sr += DR[static_cast<size_t>(r * GH + e)];
+      std::vector<double> sw(static_cast<size_t>(GH), 0.0), sr(static_cast<size_t>(GH), 0.0);  // row by row (contiguous)
+      for (int64_t r = 0; r < T * B; ++r) {
+        const float *a = DA.data() + r * GH, *q = DR.data() + r * GH;
+        for (int64_t e = 0; e < GH; ++e) {
+          sw[static_cast<size_t>(e)] += a[e];
+          sr[static_cast<size_t>(e)] += q[e];
         }
-        dBd[e] = static_cast<float>(sw) + (acc(3) ? dBd[e] : 0.0f);
-        dBd[GH + e] = static_cast<float>(sr) + (acc(3) ? dBd[GH + e] : 0.0f);
+      }
+      for (int64_t e = 0; e < GH; ++e) {
+        dBd[e] = static_cast<float>(sw[static_cast<size_t>(e)]) + (acc(3) ? dBd[e] : 0.0f);
+        dBd[GH + e] = static_cast<float>(sr[static_cast<size_t>(e)]) + (acc(3) ? dBd[GH + e] : 0.0f);
       }
     }
     if (dP)

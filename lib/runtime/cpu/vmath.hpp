@@ -172,6 +172,19 @@ __attribute__((always_inline)) inline void vmap1(const float* __restrict x, floa
   }
 }
 
+// x[i] = f(x[i]) in place (vmap1's arrays must not overlap).
+template <class F>
+__attribute__((always_inline)) inline void vmap_inplace(float* x, int64_t n, F f) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) vstore(x + i, f(vload(x + i)));
+  if (i < n) {
+    float b[kLanes] = {};
+    std::memcpy(b, x + i, static_cast<size_t>(n - i) * sizeof(float));
+    vstore(b, f(vload(b)));
+    std::memcpy(x + i, b, static_cast<size_t>(n - i) * sizeof(float));
+  }
+}
+
 // y[i] = (or +=) f(a[i], b[i]).
 template <class F>
 __attribute__((always_inline)) inline void vmap2(const float* a, const float* b, float* y, int64_t n, bool acc, F f) {

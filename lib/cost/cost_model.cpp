@@ -199,7 +199,24 @@ GraphCost::GraphCost(const graph::Graph& g, int64_t batch_size, const CostOption
     Affine saved_bytes;
     for (int r : m.saved) saved_bytes += bytes_of(r);
 
-    if (any_grad && !view && !shape_only) {
+    const bool recurrent = d && (d->op == graph::Op::LSTM || d->op == graph::Op::GRU || d->op == graph::Op::RNN);
+    if (any_grad && !view && !shape_only && recurrent) {
+      // The backward runs the forward again, then per step the gradients of the state and the
+      // input (two products as large as the forward's), and the weights' (one more) at the end.
+      if (!act_grad.empty()) {
+        m.bwd_in.runs = true;
+        m.bwd_in.flops = Affine{2 * m.fwd.flops.c, 2 * m.fwd.flops.b};
+        m.bwd_in.bytes = dy;
+        m.bwd_in.bytes += saved_bytes;
+      }
+      if (!w_grad.empty()) {
+        m.bwd_w.runs = true;
+        m.bwd_w.flops = m.fwd.flops;
+        m.bwd_w.bytes = dy;
+        m.bwd_w.bytes += saved_bytes;
+        for (int k : w_grad) m.bwd_w.bytes += bytes_of(n.inputs[static_cast<size_t>(k)]);
+      }
+    } else if (any_grad && !view && !shape_only) {
       if (cls == OpClass::MatMulLike) {
         bool has_bias = n.inputs.size() > 2 && n.inputs[2] >= 0;
         Affine fl = scale(n.cost.flops, dep);
@@ -215,7 +232,7 @@ GraphCost::GraphCost(const graph::Graph& g, int64_t batch_size, const CostOption
           }
           p.flops += prod;
           p.bytes += dy;
-          p.bytes += bytes_of(n.inputs[static_cast<size_t>(1 - k)]);
+          p.bytes += bytes_of(n.inputs[k < 2 ? static_cast<size_t>(1 - k) : 0]);  // the other operand (Einsum's third on: the first)
           p.bytes += bytes_of(n.inputs[static_cast<size_t>(k)]);
         };
         for (int k : act_grad) add(m.bwd_in, k);

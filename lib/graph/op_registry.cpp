@@ -162,6 +162,9 @@ NodeCost cost_einsum(const Graph& g, const Node& n) {
   return c;
 }
 
+// Bilinear: 4 taps, a multiply-add each, per output element (every channel), plus the weights.
+NodeCost cost_grid_sample(const Graph& g, const Node& n) { return streaming(g, n, 10.0); }
+
 // max, subtract, exp, sum, divide.
 NodeCost cost_softmax(const Graph& g, const Node& n) { return streaming(g, n, 5.0); }
 
@@ -376,6 +379,8 @@ constexpr OpDef kOps[] = {
     {Op::DepthToSpace, "DepthToSpace", C::DataMovement, b(0), kNone, kNone, cost_data_movement},
     {Op::SpaceToDepth, "SpaceToDepth", C::DataMovement, b(0), kNone, kNone, cost_data_movement},
     {Op::OneHot, "OneHot", C::DataMovement, kNone, kNone, kNone, cost_data_movement},
+    // samples X at a grid of normalized positions (4 taps per output element and channel)
+    {Op::GridSample, "GridSample", C::DataMovement, b(0) | b(1), b(0) | b(1), kNone, cost_grid_sample},
 
     {Op::Shape, "Shape", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},
     {Op::Size, "Size", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},

@@ -32,7 +32,7 @@ enum class Op : int {
   MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool,
   // data movement
   Reshape, Transpose, Flatten, Squeeze, Unsqueeze, Concat, Split, Slice, Gather, Expand, Tile, Trilu, Pad, GatherElements,
-  Resize, Upsample, CumSum, ScatterElements, ScatterND, GatherND, DepthToSpace, SpaceToDepth, OneHot,
+  Resize, Upsample, CumSum, ScatterElements, ScatterND, GatherND, DepthToSpace, SpaceToDepth, OneHot, GridSample,
   // shape-only and constant producers (folded away before planning)
   Shape, Size, Constant, ConstantOfShape, Range, EyeLike,
   // losses

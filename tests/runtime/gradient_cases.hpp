@@ -297,6 +297,14 @@ inline std::vector<Case> gradient_cases() {
                                   {{"hidden_size", attr_i(2)}, {"direction", attr_s("bidirectional")}});
                   for (int v : o) t.output(v);
                 }});
+  // grid positions past [-1, 1] too (padding, reflections); seeded values, away from the kinks
+  for (std::string pad : {"zeros", "border", "reflection"})
+    for (int ac : {0, 1})
+      cs.push_back({fmt::format("GridSample bilinear, {} padding, align_corners {}", pad, ac), [pad, ac](TinyGraph& t, M& m) {
+                      int x = m.f("x", {2, 2, 3, 4}), g = m.f("grid", {2, 2, 3, 2}, -1.6f, 1.6f);
+                      t.output(t.node("GridSample", {x, g}, {F("y", {2, 2, 2, 3})},
+                                      {{"padding_mode", attr_s(pad)}, {"align_corners", attr_i(ac)}})[0]);
+                    }});
   cs.push_back({"MaxPool", [](TinyGraph& t, M& m) {
                   int x = m.f("x", {1, 2, 5, 5});
                   t.output(t.node("MaxPool", {x}, {F("y", {1, 2, 3, 3})},

@@ -240,6 +240,12 @@ struct AxisState : KernelState {
   bool largest = true;
 };
 
+struct GridSampleState : KernelState {
+  int64_t N = 0, C = 0, H = 0, W = 0, Ho = 0, Wo = 0;
+  bool nearest = false, align_corners = false;
+  enum Padding { Zeros, Border, Reflection } padding = Zeros;
+};
+
 struct RnnState : KernelState {
   enum Kind { Rnn, Gru, Lstm } kind = Rnn;
   int64_t G = 1;                     // gates: 1, 3 (z, r, h), 4 (i, o, f, c)

@@ -40,7 +40,7 @@ constexpr OpKernel kTable[] = {
     K(Concat, concat), K(Split, split), K(Slice, slice), K(Gather, gather), K(Expand, expand), K(Tile, tile),
     K(Trilu, trilu), K(Pad, pad), K(GatherElements, gather_elements),
     K(Resize, resize), K(Upsample, resize), K(CumSum, cumsum), K(ScatterElements, scatter), K(ScatterND, scatter),
-    K(GatherND, gather_nd), K(DepthToSpace, depth_space), K(SpaceToDepth, depth_space), KF(OneHot, one_hot),
+    K(GatherND, gather_nd), K(DepthToSpace, depth_space), K(SpaceToDepth, depth_space), KF(OneHot, one_hot), K(GridSample, grid_sample),
     KF(Shape, shape), KF(Size, size), KF(Constant, constant), KF(ConstantOfShape, constant_of_shape), KF(Range, range),
     KF(EyeLike, eye_like),
     K(SoftmaxCrossEntropyLoss, sce_loss), K(NegativeLogLikelihoodLoss, nll_loss),

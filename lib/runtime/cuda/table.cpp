@@ -8,8 +8,8 @@
 // ThresholdedRelu, Sign, Round, InstanceNormalization, ConvTranspose, RNN, GRU, LSTM, Mod, the
 // trigonometric and hyperbolic ops, IsNaN, IsInf, ReduceL1, ReduceSumSquare, ReduceLogSum,
 // ReduceLogSumExp, ArgMin, GlobalMaxPool, CumSum, ScatterElements, ScatterND, GatherND,
-// DepthToSpace, SpaceToDepth, OneHot, Sum, Mean, Shrink, CastLike, LpNormalization, Hardmax, LRN,
-// TopK and EyeLike have no CUDA kernels yet).
+// DepthToSpace, SpaceToDepth, OneHot, GridSample, Sum, Mean, Shrink, CastLike, LpNormalization,
+// Hardmax, LRN, TopK and EyeLike have no CUDA kernels yet).
 #include "runtime/cpu/kernels.hpp"
 #include "runtime/cuda/cuda_backend.hpp"
 #include "runtime/cuda/ops.hpp"
@@ -55,7 +55,7 @@ constexpr OpKernel kTable[] = {
     K(Concat, concat), K(Split, split), K(Slice, slice), K(Gather, gather), K(Expand, expand), K(Tile, tile),
     K(Trilu, trilu), NO_KERNEL(Pad), NO_KERNEL(GatherElements),
     NO_KERNEL(Resize), NO_KERNEL(Upsample), NO_KERNEL(CumSum), NO_KERNEL(ScatterElements), NO_KERNEL(ScatterND),
-    NO_KERNEL(GatherND), NO_KERNEL(DepthToSpace), NO_KERNEL(SpaceToDepth), NO_KERNEL(OneHot),
+    NO_KERNEL(GatherND), NO_KERNEL(DepthToSpace), NO_KERNEL(SpaceToDepth), NO_KERNEL(OneHot), NO_KERNEL(GridSample),
     KF(Shape, shape), KF(Size, size), KF(Constant, constant), KF(ConstantOfShape, constant_of_shape), KF(Range, range),
     NO_KERNEL(EyeLike),
     K(SoftmaxCrossEntropyLoss, sce_loss), NO_KERNEL(NegativeLogLikelihoodLoss),

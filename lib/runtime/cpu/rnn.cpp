@@ -355,7 +355,7 @@ void bwd_rnn(const KernelState& st, ExecContext&, const GradIO& io) {
             dr[b * GH + H + j] = v;
           }
       }
-      // dHp = DR Rᵀ's transpose product (GRU without linear_before_reset: z, r blocks, then dq ⊙ r)
+      // dHp = DR R (GRU without linear_before_reset: the z and r blocks here, dq ⊙ r below)
       const int64_t rec = gru && !s.linear_before_reset ? 2 * H : GH;
       gemm(false, false, B, H, rec, 1.0f, dr, GH, R, H, 0.0f, dHp.data(), H);
       for (int64_t b = 0; b < B; ++b)

@@ -199,25 +199,22 @@ GraphCost::GraphCost(const graph::Graph& g, int64_t batch_size, const CostOption
     Affine saved_bytes;
     for (int r : m.saved) saved_bytes += bytes_of(r);
 
+    // A backward pass of `flops` reading dY, the saved tensors and the inputs at positions ks.
+    auto whole_pass = [&](Pass& p, Affine flops, const std::vector<int>& ks) {
+      p.runs = true;
+      p.flops = flops;
+      p.bytes = dy;
+      p.bytes += saved_bytes;
+      for (int k : ks) p.bytes += bytes_of(n.inputs[static_cast<size_t>(k)]);
+    };
     const bool recurrent = d && (d->op == graph::Op::LSTM || d->op == graph::Op::GRU || d->op == graph::Op::RNN);
-    if (any_grad && !view && !shape_only && recurrent) {
-      // The backward runs the forward again, then per step the gradients of the state and the
-      // input (two products as large as the forward's), and the weights' (one more) at the end.
-      if (!act_grad.empty()) {
-        m.bwd_in.runs = true;
-        m.bwd_in.flops = Affine{2 * m.fwd.flops.c, 2 * m.fwd.flops.b};
-        m.bwd_in.bytes = dy;
-        m.bwd_in.bytes += saved_bytes;
-      }
-      if (!w_grad.empty()) {
-        m.bwd_w.runs = true;
-        m.bwd_w.flops = m.fwd.flops;
-        m.bwd_w.bytes = dy;
-        m.bwd_w.bytes += saved_bytes;
-        for (int k : w_grad) m.bwd_w.bytes += bytes_of(n.inputs[static_cast<size_t>(k)]);
-      }
-    } else if (any_grad && !view && !shape_only) {
-      if (cls == OpClass::MatMulLike) {
+    if (any_grad && !view && !shape_only) {
+      if (recurrent) {
+        // The backward runs the forward again, then per step the gradients of the state and the
+        // input (two products as large as the forward's), and the weights' (one more) at the end.
+        if (!act_grad.empty()) whole_pass(m.bwd_in, Affine{2 * m.fwd.flops.c, 2 * m.fwd.flops.b}, {});
+        if (!w_grad.empty()) whole_pass(m.bwd_w, m.fwd.flops, w_grad);
+      } else if (cls == OpClass::MatMulLike) {
         bool has_bias = n.inputs.size() > 2 && n.inputs[2] >= 0;
         Affine fl = scale(n.cost.flops, dep);
         Affine bias_fl = has_bias ? out_elems : Affine{};
@@ -238,20 +235,8 @@ GraphCost::GraphCost(const graph::Graph& g, int64_t batch_size, const CostOption
         for (int k : act_grad) add(m.bwd_in, k);
         for (int k : w_grad) add(m.bwd_w, k);
       } else {
-        if (!act_grad.empty()) {
-          m.bwd_in.runs = true;
-          m.bwd_in.flops = m.fwd.flops;
-          m.bwd_in.bytes = dy;
-          m.bwd_in.bytes += saved_bytes;
-          for (int k : act_grad) m.bwd_in.bytes += bytes_of(n.inputs[static_cast<size_t>(k)]);
-        }
-        if (!w_grad.empty()) {
-          m.bwd_w.runs = true;
-          m.bwd_w.flops = out_elems;
-          m.bwd_w.bytes = dy;
-          m.bwd_w.bytes += saved_bytes;
-          for (int k : w_grad) m.bwd_w.bytes += bytes_of(n.inputs[static_cast<size_t>(k)]);
-        }
+        if (!act_grad.empty()) whole_pass(m.bwd_in, m.fwd.flops, act_grad);
+        if (!w_grad.empty()) whole_pass(m.bwd_w, out_elems, w_grad);
       }
     }
 

@@ -14,12 +14,22 @@
       With --net video, a network of clips [B, 3, 4, 8, 8] instead: Conv3d, BatchNorm3d,
       LocalResponseNorm (exported as Pad, a 3-D AveragePool and an If on a shape), MaxPool3d,
       ConvTranspose3d, AvgPool3d. With --net sequence, sequences [B, 5, 4] through nn.LSTM
-      (2 layers, bidirectional), nn.GRU and nn.RNN (ONNX's LSTM, GRU and RNN ops).
+      (2 layers, bidirectional), nn.GRU and nn.RNN (ONNX's LSTM, GRU and RNN ops). With --net qat,
+      a network prepared for quantization-aware training (fake quantization exported as
+      QuantizeLinear -> DequantizeLinear, observers calibrated and then frozen), trained with
+      ONNX's rounding (x / scale) and PyTorch's fake-quantization gradient.
 
   torch_reference.py packed OUT [--seed 0]
       Padded sequences of 4 lengths through a packed bidirectional LSTM and a packed GRU
       (sequence_lens in ONNX), exported to OUT/model.onnx; OUT/x.npy, lens.npy and PyTorch's
       outputs OUT/y.npy, h.npy.
+
+  torch_reference.py quantized OUT [--seed 0] [--threads 1]
+      torchvision's quantizable ResNet-18 (random weights), quantized after training (static,
+      qnnpack: uint8 activations, int8 weights; observers calibrated on 4 seeded batches) and
+      exported as PyTorch exports quantized models (QuantizeLinear / DequantizeLinear around float
+      Conv and Gemm, opset 13): OUT/model.onnx, OUT/x.npy [2, 3, 64, 64], PyTorch's quantized
+      logits OUT/y.npy and OUT/quantized.json ({"output_scale": the logits' quantum}).
 
   torch_reference.py bench NAME [--batch 32] [--threads 1] [--steps 20] [--warmup 3]
       Prints {"steps_per_s": ..., "steps_per_cpu_s": ...} (per second of the process's CPU time) for training steps (forward, loss, backward, SGD step).
@@ -152,7 +162,69 @@ class SequenceNet(torch.nn.Module):
         return self.head(torch.cat([r[:, -1], gh[0]], dim=1))
 
 
-NETS = {"ops": (OpsNet, [3, 8, 8]), "video": (VideoNet, [3, 4, 8, 8]), "sequence": (SequenceNet, [5, 4])}
+class QatNet(torch.nn.Module):
+    """[B, 3, 8, 8] -> 10 logits, prepared for quantization-aware training (torch.ao.quantization):
+    uint8 activations per tensor (reduce_range: 0 to 127, exported as QuantizeLinear, Clip,
+    DequantizeLinear), int8 weights per output channel, a grouped strided Conv and a Linear."""
+
+    def __init__(self):
+        super().__init__()
+        import torch.ao.quantization as tq
+        self.quant = tq.QuantStub()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 8, 3, stride=2, groups=2)  # [B, 8, 3, 3]
+        self.head = torch.nn.Linear(8 * 3 * 3, 10)
+        self.dequant = tq.DeQuantStub()
+
+    def forward(self, x):
+        h = F.relu(self.conv(self.quant(x)))
+        return self.dequant(self.head(self.conv2(h).flatten(1)))
+
+    def prepare(self, calibration):
+        """Observers calibrated on `calibration` (arrays), then frozen: the scales and zero points
+        stay fixed while training, as the exported constants do."""
+        import torch.ao.quantization as tq
+        self.qconfig = tq.QConfig(activation=tq.default_fake_quant, weight=tq.default_per_channel_weight_fake_quant)
+        tq.prepare_qat(self, inplace=True)
+        with torch.no_grad():
+            for x in calibration:
+                self(torch.from_numpy(x))
+        self.apply(tq.disable_observer)
+
+
+class OnnxFakeQuant(torch.autograd.Function):
+    """ONNX's QuantizeLinear -> DequantizeLinear (x / scale, rounded half to even; PyTorch's own
+    kernel multiplies by 1 / scale, which rounds differently near ties) with PyTorch's
+    fake-quantization gradient: dy where round(x / scale) + zero lies in [qmin, qmax]."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero, qmin, qmax):
+        q = torch.round(x / scale) + zero
+        ctx.save_for_backward((q >= qmin) & (q <= qmax))
+        return (q.clamp(qmin, qmax) - zero) * scale
+
+    @staticmethod
+    def backward(ctx, g):
+        (keep,) = ctx.saved_tensors
+        return g * keep, None, None, None, None
+
+
+def onnx_fake_quant():
+    """Replaces torch's fake quantization (what FakeQuantize modules call) by OnnxFakeQuant."""
+    def per_tensor(x, scale, zero, qmin, qmax):
+        return OnnxFakeQuant.apply(x, scale.float(), zero.float(), qmin, qmax)
+
+    def per_channel(x, scale, zero, axis, qmin, qmax):
+        shape = [1] * x.dim()
+        shape[axis] = -1
+        return OnnxFakeQuant.apply(x, scale.float().reshape(shape), zero.float().reshape(shape), qmin, qmax)
+
+    torch.fake_quantize_per_tensor_affine = per_tensor
+    torch.fake_quantize_per_channel_affine = per_channel
+
+
+NETS = {"ops": (OpsNet, [3, 8, 8]), "video": (VideoNet, [3, 4, 8, 8]), "sequence": (SequenceNet, [5, 4]),
+        "qat": (QatNet, [3, 8, 8])}
 
 
 def cmd_ops(a):
@@ -167,9 +239,13 @@ def cmd_ops(a):
     for _ in range(a.steps):
         x = rng.standard_normal([a.batch] + sample).astype(np.float32)
         batches.append((x, rng.randint(0, 10, size=[a.batch]).astype(np.int64)))
+    if hasattr(model, "prepare"):
+        model.prepare([rng.standard_normal([a.batch] + sample).astype(np.float32) for _ in range(4)])
     torch.onnx.export(model, torch.from_numpy(batches[0][0]), os.path.join(a.out, "model.onnx"), input_names=["x"],
                       output_names=["logits"], opset_version=17, training=torch.onnx.TrainingMode.TRAINING,
                       do_constant_folding=False)
+    if a.net == "qat":
+        onnx_fake_quant()
     return train_and_record(model, batches, a.out, a.lr)
 
 
@@ -206,6 +282,38 @@ def cmd_packed(a):
     return 0
 
 
+def cmd_quantized(a):
+    """torchvision's quantizable ResNet-18 quantized after training (static, qnnpack: uint8
+    activations, int8 weights per tensor), exported as PyTorch exports quantized models."""
+    import warnings
+    import torchvision
+    import torch.ao.quantization as tq
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    os.makedirs(a.out, exist_ok=True)
+    torch.backends.quantized.engine = "qnnpack"
+    m = torchvision.models.quantization.resnet18(weights=None, quantize=False)
+    m.eval()
+    m.fuse_model()
+    m.qconfig = tq.get_default_qconfig("qnnpack")
+    tq.prepare(m, inplace=True)
+    rng = np.random.RandomState(a.seed)
+    with torch.no_grad():
+        for _ in range(4):
+            m(torch.from_numpy(rng.standard_normal([2, 3, 64, 64]).astype(np.float32)))
+    tq.convert(m, inplace=True)
+    x = torch.from_numpy(rng.standard_normal([2, 3, 64, 64]).astype(np.float32))
+    with torch.no_grad():
+        y = m(x)
+    torch.onnx.export(m, x, os.path.join(a.out, "model.onnx"), opset_version=13, input_names=["x"], output_names=["y"])
+    np.save(os.path.join(a.out, "x.npy"), x.numpy())
+    np.save(os.path.join(a.out, "y.npy"), y.numpy())
+    with open(os.path.join(a.out, "quantized.json"), "w") as f:
+        json.dump({"output_scale": float(m.fc.scale)}, f)  # the logits' quantum
+    return 0
+
+
 def cmd_bench(a):
     torch.set_num_threads(a.threads)
     model = model_for(a.name)
@@ -235,6 +343,10 @@ def main(argv=None):
     pk = sub.add_parser("packed")
     pk.add_argument("out")
     pk.add_argument("--seed", type=int, default=0)
+    qz = sub.add_parser("quantized")
+    qz.add_argument("out")
+    qz.add_argument("--seed", type=int, default=0)
+    qz.add_argument("--threads", type=int, default=1)
     b = sub.add_parser("bench")
     b.add_argument("name")
     b.add_argument("--warmup", type=int, default=3)
@@ -245,7 +357,8 @@ def main(argv=None):
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
-    return {"train": cmd_train, "ops": cmd_ops, "packed": cmd_packed, "bench": cmd_bench}[a.cmd](a)
+    return {"train": cmd_train, "ops": cmd_ops, "packed": cmd_packed, "quantized": cmd_quantized,
+            "bench": cmd_bench}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
 #include <csetjmp>
 #include <csignal>
 #include <cstring>
@@ -732,6 +733,118 @@ int inline_constant_ifs(onnx::GraphProto& g, const std::unordered_map<std::strin
   return inlined;
 }
 
+// QuantizeLinear -> (Clip ->) DequantizeLinear with one scale and zero point (fixed): the
+// fake quantization of quantization-aware training, as PyTorch exports its FakeQuantize modules
+// (the Clip narrows the range, quant_max 127 of reduce_range). Each becomes one FakeQuantize node
+// (x, scale, zero point; axis, qmin, qmax) under the DequantizeLinear's name and output, whose
+// gradient passes where x was not clamped, so that such a model trains; its forward gives the
+// pair's values. Pairs whose integers are read elsewhere, or are graph outputs, stay. Returns
+// how many were fused.
+int fuse_fake_quant(onnx::GraphProto& g, const std::unordered_map<std::string, std::shared_ptr<TensorData>>& consts) {
+  auto onnx_op = [](const onnx::NodeProto& n, const char* type) {
+    return n.op_type() == type && (n.domain().empty() || n.domain() == "ai.onnx");
+  };
+  std::unordered_map<std::string, std::vector<int>> readers;
+  for (int i = 0; i < g.node_size(); ++i)
+    for (const auto& in : g.node(i).input())
+      if (!in.empty()) readers[in].push_back(i);
+  std::unordered_set<std::string> outputs;
+  for (const auto& o : g.output()) outputs.insert(o.name());
+  // The one node reading `v` (none when v is a graph output or read by several).
+  auto only_reader = [&](const std::string& v) -> int {
+    auto it = readers.find(v);
+    if (outputs.count(v) || it == readers.end() || it->second.size() != 1) return -1;
+    return it->second[0];
+  };
+  auto attr_int = [](const onnx::NodeProto& n, const char* name, int64_t dflt) {
+    for (const auto& a : n.attribute())
+      if (a.name() == name) return static_cast<int64_t>(a.i());
+    return dflt;
+  };
+  auto input = [](const onnx::NodeProto& n, int i) { return i < n.input_size() ? n.input(i) : std::string(); };
+  // Two parameter inputs agree: the same value, or constants of equal bytes.
+  auto same = [&](const std::string& a, const std::string& b) {
+    if (a == b) return true;
+    auto x = consts.find(a), y = consts.find(b);
+    return x != consts.end() && y != consts.end() && x->second->dtype == y->second->dtype && x->second->shape == y->second->shape &&
+           x->second->bytes == y->second->bytes;
+  };
+  // Elements of the values fixed before the run: constants, and initializers (a float scale is
+  // one, loaded as a weight candidate).
+  std::unordered_map<std::string, int64_t> fixed;
+  for (const auto& [name, d] : consts) fixed[name] = d->numel();
+  for (const auto& t : g.initializer()) {
+    int64_t k = 1;
+    for (auto d : t.dims()) k *= d;
+    fixed[t.name()] = k;
+  }
+  std::vector<bool> drop(static_cast<size_t>(g.node_size()), false);
+  std::unordered_map<int, onnx::NodeProto> replace;  // at the QuantizeLinear's position
+  int fused = 0;
+  for (int qi = 0; qi < g.node_size(); ++qi) {
+    const onnx::NodeProto& q = g.node(qi);
+    if (!onnx_op(q, "QuantizeLinear") || q.input_size() < 2 || q.output_size() != 1) continue;
+    const std::string scale = q.input(1), zero = input(q, 2);
+    if (!fixed.count(scale) || (!zero.empty() && !consts.count(zero))) continue;
+    DType qtype = zero.empty() ? DType::U8 : consts.at(zero)->dtype;
+    if (qtype != DType::U8 && qtype != DType::I8) continue;
+    double lo = qtype == DType::U8 ? 0 : -128, hi = qtype == DType::U8 ? 255 : 127;
+    int ci = -1, di = only_reader(q.output(0));
+    if (di >= 0 && onnx_op(g.node(di), "Clip")) {
+      ci = di;
+      const onnx::NodeProto& c = g.node(ci);
+      bool constant = true;
+      for (int k = 1; k < 3; ++k) {
+        const std::string b = input(c, k);
+        if (b.empty()) continue;
+        auto it = consts.find(b);
+        if (it == consts.end() || it->second->numel() != 1) constant = false;
+        else if (k == 1) lo = std::max(lo, std::ceil(it->second->get_f64(0)));
+        else hi = std::min(hi, std::floor(it->second->get_f64(0)));
+      }
+      for (const auto& a : c.attribute()) {  // Clip before opset 11
+        if (a.name() == "min") lo = std::max(lo, std::ceil(static_cast<double>(a.f())));
+        if (a.name() == "max") hi = std::min(hi, std::floor(static_cast<double>(a.f())));
+      }
+      di = constant && c.output_size() == 1 ? only_reader(c.output(0)) : -1;
+    }
+    if (di < 0 || lo > hi) continue;
+    const onnx::NodeProto& d = g.node(di);
+    if (!onnx_op(d, "DequantizeLinear") || d.input_size() < 2 || d.output_size() != 1 || !same(d.input(1), scale)) continue;
+    const std::string dzero = input(d, 2);
+    if (zero.empty() != dzero.empty() || (!zero.empty() && !same(zero, dzero))) continue;
+    if (fixed.at(scale) > 1 && attr_int(q, "axis", 1) != attr_int(d, "axis", 1)) continue;
+    onnx::NodeProto f;
+    f.set_op_type("FakeQuantize");
+    f.set_name(d.name().empty() ? q.name() : d.name());
+    f.add_input(q.input(0));
+    f.add_input(scale);
+    f.add_input(zero);
+    f.add_output(d.output(0));
+    auto set_int = [&](const char* name, int64_t v) {
+      onnx::AttributeProto& a = *f.add_attribute();
+      a.set_name(name);
+      a.set_type(onnx::AttributeProto::INT);
+      a.set_i(v);
+    };
+    set_int("axis", attr_int(q, "axis", 1));
+    set_int("qmin", static_cast<int64_t>(lo));
+    set_int("qmax", static_cast<int64_t>(hi));
+    replace[qi] = std::move(f);
+    drop[static_cast<size_t>(qi)] = drop[static_cast<size_t>(di)] = true;
+    if (ci >= 0) drop[static_cast<size_t>(ci)] = true;
+    ++fused;
+  }
+  if (fused == 0) return 0;
+  google::protobuf::RepeatedPtrField<onnx::NodeProto> out;
+  for (int i = 0; i < g.node_size(); ++i) {
+    if (auto r = replace.find(i); r != replace.end()) *out.Add() = std::move(r->second);
+    else if (!drop[static_cast<size_t>(i)]) *out.Add() = std::move(*g.mutable_node(i));
+  }
+  g.mutable_node()->Swap(&out);
+  return fused;
+}
+
 }  // namespace
 
 Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, const LoadOptions& opts,
@@ -858,6 +971,7 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
     if (inlined > 0) check_structure_and_sort(gp, file);  // a branch may read values produced after its If
     if (folded == 0 && completed == 0 && inlined == 0) break;
   }
+  fuse_fake_quant(gp, consts);
 
   // Every value must now have a static shape.
   std::unordered_map<std::string, std::pair<DType, Shape>> types;

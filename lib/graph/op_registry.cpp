@@ -113,17 +113,21 @@ NodeCost cost_gemm(const Graph& g, const Node& n) {
   return c;
 }
 
-// 2·N·C_out·H_out·W_out·C_in·k_h·k_w / groups (any number of spatial dims), plus the bias.
-NodeCost cost_conv(const Graph& g, const Node& n) {
+// 2·N·C_out·H_out·W_out·C_in·k_h·k_w / groups (any number of spatial dims), plus the bias; the
+// weight is input w, the bias input bias.
+NodeCost conv_cost(const Graph& g, const Node& n, size_t w_input, size_t bias_input) {
   NodeCost c = streaming(g, n, 0.0);
-  const Shape& w = in_shape(g, n, 1);  // [C_out, C_in/groups, k...]
+  const Shape& w = in_shape(g, n, w_input);  // [C_out, C_in/groups, k...]
   double per_out = 1;
   for (size_t i = 1; i < w.size(); ++i) per_out *= static_cast<double>(w[i]);
   double out = output_elems(g, n);
   c.flops = 2.0 * out * per_out;
-  if (n.inputs.size() > 2 && n.inputs[2] >= 0) c.flops += out;
+  if (n.inputs.size() > bias_input && n.inputs[bias_input] >= 0) c.flops += out;
   return c;
 }
+NodeCost cost_conv(const Graph& g, const Node& n) { return conv_cost(g, n, 1, 2); }
+// QLinearConv (x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B)
+NodeCost cost_qlinear_conv(const Graph& g, const Node& n) { return conv_cost(g, n, 3, 8); }
 
 // Conv's backward-data: 2 FLOPs per input element and weight element of its group.
 NodeCost cost_conv_transpose(const Graph& g, const Node& n) {
@@ -382,6 +386,17 @@ constexpr OpDef kOps[] = {
     // samples X at a grid of normalized positions (4 taps per output element and channel)
     {Op::GridSample, "GridSample", C::DataMovement, b(0) | b(1), b(0) | b(1), kNone, cost_grid_sample},
 
+    // Quantized tensors. QuantizeLinear / DequantizeLinear map float32 to 8-bit integers and back
+    // with a scale and zero point per tensor or per channel; the integer products accumulate in
+    // 32 bits, the QLinear ones requantize their sums. Integers take no gradient.
+    {Op::QuantizeLinear, "QuantizeLinear", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
+    {Op::DequantizeLinear, "DequantizeLinear", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
+    {Op::DynamicQuantizeLinear, "DynamicQuantizeLinear", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
+    {Op::MatMulInteger, "MatMulInteger", C::MatMulLike, kNone, kNone, kNone, cost_matmul},
+    {Op::ConvInteger, "ConvInteger", C::MatMulLike, kNone, kNone, kNone, cost_conv},
+    {Op::QLinearMatMul, "QLinearMatMul", C::MatMulLike, kNone, kNone, kNone, cost_matmul},
+    {Op::QLinearConv, "QLinearConv", C::MatMulLike, kNone, kNone, kNone, cost_qlinear_conv},
+
     {Op::Shape, "Shape", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},
     {Op::Size, "Size", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},
     {Op::Constant, "Constant", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},
@@ -406,6 +421,11 @@ constexpr OpDef kOps[] = {
     // A [..., M, K] . B [N, K]ᵀ: MatMul of a transposed 2-D B without the transpose (the
     // exported Linear layers' weights); 2 . output elements . K, as MatMul.
     {Op::MatMulTransB, "MatMulTransB", C::MatMulLike, b(0) | b(1), b(0) | b(1), kNone, cost_matmul},
+
+    // (clamp(round(x / scale) + zero, qmin, qmax) - zero) * scale, per tensor or per channel: the
+    // gradient passes where x was not clamped (the straight-through estimator of PyTorch's
+    // FakeQuantize), so the backward keeps x and the (constant) scale and zero point.
+    {Op::FakeQuantize, "FakeQuantize", C::Elementwise, b(0), b(0) | b(1) | b(2), kNone, cost_elementwise},
 };
 
 constexpr bool registry_in_enum_order() {

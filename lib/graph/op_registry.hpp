@@ -33,6 +33,8 @@ enum class Op : int {
   // data movement
   Reshape, Transpose, Flatten, Squeeze, Unsqueeze, Concat, Split, Slice, Gather, Expand, Tile, Trilu, Pad, GatherElements,
   Resize, Upsample, CumSum, ScatterElements, ScatterND, GatherND, DepthToSpace, SpaceToDepth, OneHot, GridSample,
+  // quantized tensors (8-bit integers with a scale and a zero point): forward only
+  QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear, MatMulInteger, ConvInteger, QLinearMatMul, QLinearConv,
   // shape-only and constant producers (folded away before planning)
   Shape, Size, Constant, ConstantOfShape, Range, EyeLike,
   // losses
@@ -42,6 +44,9 @@ enum class Op : int {
   // fusion: A . Bᵀ for a 2-D B, formed by runtime/fusion.hpp from Transpose(B) -> MatMul, never
   // read from a file
   MatMulTransB,
+  // fusion: QuantizeLinear (-> Clip) -> DequantizeLinear with one scale and zero point, formed by
+  // the loader (quantization-aware training's fake quantization), never read from a file
+  FakeQuantize,
   kCount
 };
 

@@ -688,3 +688,65 @@ TEST_CASE("a custom-domain op with a known output shape plans with a bytes-based
   CHECK(g.warnings[0].find("com.example:Fancy") != std::string::npos);
   fs::remove_all(dir);
 }
+
+TEST_CASE("QuantizeLinear -> Clip -> DequantizeLinear with one scale and zero point loads as one FakeQuantize, a weight behind it trainable") {
+  // y = DequantizeLinear(Clip(QuantizeLinear(x * w, s, z), max 100), s, z), as PyTorch exports a
+  // FakeQuantize of reduce_range; with `keep`, the integers are also a graph output and stay.
+  for (bool keep : {false, true}) {
+    CAPTURE(keep);
+    auto dir = test::temp_dir("fake_quant");
+    onnx::ModelProto m = tiny_model();
+    auto* g = m.mutable_graph();
+    g->clear_node();
+    auto init = [&](const std::string& name, int type, std::vector<int64_t> dims) {
+      auto* t = g->add_initializer();
+      t->set_name(name);
+      t->set_data_type(type);
+      for (auto d : dims) t->add_dims(d);
+      return t;
+    };
+    auto* w = init("w", onnx::TensorProto::FLOAT, {4});
+    for (int j = 0; j < 4; ++j) w->add_float_data(0.5f + static_cast<float>(j));
+    init("s", onnx::TensorProto::FLOAT, {})->add_float_data(0.1f);
+    init("z", onnx::TensorProto::UINT8, {})->add_int32_data(3);
+    init("top", onnx::TensorProto::UINT8, {})->add_int32_data(100);
+    auto node = [&](const char* op, std::vector<std::string> in, const std::string& out) {
+      auto* n = g->add_node();
+      n->set_op_type(op);
+      n->set_name(out + "_node");
+      for (const auto& i : in) n->add_input(i);
+      n->add_output(out);
+    };
+    node("Mul", {"x", "w"}, "m");
+    node("QuantizeLinear", {"m", "s", "z"}, "q");
+    node("Clip", {"q", "", "top"}, "qc");
+    node("DequantizeLinear", {"qc", "s", "z"}, "y");
+    if (keep) {
+      auto* o = g->add_output();
+      o->set_name("q");
+      auto* t = o->mutable_type()->mutable_tensor_type();
+      t->set_elem_type(onnx::TensorProto::UINT8);
+      t->mutable_shape()->add_dim()->set_dim_param("N");
+      t->mutable_shape()->add_dim()->set_dim_value(4);
+    }
+    auto path = write_model(dir, "fq.onnx", m);
+    Graph gr = load_graph(path, batch(2));
+    check_well_formed(gr);
+    std::vector<std::string> ops;
+    for (const auto& n : gr.nodes) ops.push_back(n.op_type);
+    if (keep) {
+      CHECK(ops == std::vector<std::string>{"Mul", "QuantizeLinear", "Clip", "DequantizeLinear"});
+      CHECK(gr.parameters.empty());  // no gradient crosses the integers
+    } else {
+      REQUIRE(ops == std::vector<std::string>{"Mul", "FakeQuantize"});
+      const Node& f = gr.nodes[1];
+      CHECK(f.name == "y_node");
+      CHECK(f.attr_int("qmin", -1) == 0);
+      CHECK(f.attr_int("qmax", -1) == 100);
+      CHECK(gr.value(f.outputs[0]).name == "y");
+      REQUIRE(gr.parameters.size() == 1);
+      CHECK(gr.value(gr.parameters[0]).name == "w");
+    }
+    fs::remove_all(dir);
+  }
+}

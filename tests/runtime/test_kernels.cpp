@@ -840,3 +840,154 @@ TEST_CASE("MaxPool 2x2 stride 2 backward routes each gradient to the window's fi
                                              0, 0, 0, 0, 0,   //
                                              0, 0, 0, 0, 0});
 }
+
+namespace {
+template <class T>
+std::vector<T> random_ints(size_t n, int lo, int hi, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> d(lo, hi);
+  std::vector<T> v(n);
+  for (auto& x : v) x = static_cast<T>(d(rng));
+  return v;
+}
+float requantized(double acc, float mult, int zero, int lo, int hi) {
+  return std::min<float>(std::max<float>(std::nearbyint(static_cast<float>(acc) * mult) + static_cast<float>(zero), static_cast<float>(lo)),
+                         static_cast<float>(hi));
+}
+}  // namespace
+
+// The integer products at layer sizes against direct integer loops: sums past 2^24 (what float32
+// would round), groups, strides, padding that reads the zero point, per-channel weight parameters.
+TEST_CASE("ConvInteger and QLinearConv (grouped, strided, padded, per-channel int8 weights) equal direct integer loops") {
+  const int64_t N = 2, C = 384, H = 9, W = 7, M = 8, G = 2, K = 3, S = 2, P = 1;
+  const int64_t Cg = C / G, Mg = M / G, OH = (H + 2 * P - K) / S + 1, OW = (W + 2 * P - K) / S + 1;
+  // mostly one sign, so that sums grow past 2^24
+  auto x = random_ints<uint8_t>(static_cast<size_t>(N * C * H * W), 150, 255, 1);
+  auto w = random_ints<int8_t>(static_cast<size_t>(M * Cg * K * K), 20, 127, 2);
+  auto wz = random_ints<int8_t>(static_cast<size_t>(M), -3, 3, 3);
+  auto bias = random_ints<int32_t>(static_cast<size_t>(M), -5000, 5000, 4);
+  const uint8_t xz = 21;
+  std::vector<double> acc(static_cast<size_t>(N * M * OH * OW), 0.0);
+  double largest = 0;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t oy = 0; oy < OH; ++oy)
+        for (int64_t ox = 0; ox < OW; ++ox) {
+          int64_t sum = 0, g = m / Mg;
+          for (int64_t c = 0; c < Cg; ++c)
+            for (int64_t ky = 0; ky < K; ++ky)
+              for (int64_t kx = 0; kx < K; ++kx) {
+                int64_t iy = oy * S - P + ky, ix = ox * S - P + kx;
+                int64_t xv = (iy < 0 || iy >= H || ix < 0 || ix >= W) ? xz : x[static_cast<size_t>(((n * C + g * Cg + c) * H + iy) * W + ix)];
+                sum += (xv - xz) * (w[static_cast<size_t>(((m * Cg + c) * K + ky) * K + kx)] - wz[static_cast<size_t>(m)]);
+              }
+          acc[static_cast<size_t>(((n * M + m) * OH + oy) * OW + ox)] = static_cast<double>(sum);
+          largest = std::max(largest, std::fabs(static_cast<double>(sum)));
+        }
+  CHECK(largest > (1 << 24));  // float32 could not hold every sum
+  const std::map<std::string, graph::Attribute> attrs = {{"group", attr_i(G)}, {"strides", attr_ints({S, S})},
+                                                         {"pads", attr_ints({P, P, P, P})}};
+  {
+    OneNode c;
+    c.ins.push_back(c.tg.constant<uint8_t>("x", DType::U8, {N, C, H, W}, x));
+    c.ins.push_back(c.tg.constant<int8_t>("w", DType::I8, {M, Cg, K, K}, w));
+    c.ins.push_back(c.tg.constant<uint8_t>("xz", DType::U8, {}, {xz}));
+    c.ins.push_back(c.tg.constant<int8_t>("wz", DType::I8, {M}, wz));
+    auto y = c.run("ConvInteger", {T("y", DType::I32, {N, M, OH, OW})}, attrs)[0];
+    for (size_t i = 0; i < acc.size(); ++i) {
+      INFO("element " << i);
+      REQUIRE(y.data<int32_t>()[i] == static_cast<int32_t>(acc[i]));
+    }
+  }
+  {
+    const float sx = 0.02f, sy = 9.0f;
+    std::vector<float> sw = random_floats(static_cast<size_t>(M), 5, 0.001f, 0.004f);
+    const uint8_t yz = 10;
+    OneNode c;
+    c.ins.push_back(c.tg.constant<uint8_t>("x", DType::U8, {N, C, H, W}, x));
+    c.ins.push_back(c.tg.constant<float>("sx", DType::F32, {}, {sx}));
+    c.ins.push_back(c.tg.constant<uint8_t>("xz", DType::U8, {}, {xz}));
+    c.ins.push_back(c.tg.constant<int8_t>("w", DType::I8, {M, Cg, K, K}, w));
+    c.ins.push_back(c.tg.constant<float>("sw", DType::F32, {M}, sw));
+    c.ins.push_back(c.tg.constant<int8_t>("wz", DType::I8, {M}, wz));
+    c.ins.push_back(c.tg.constant<float>("sy", DType::F32, {}, {sy}));
+    c.ins.push_back(c.tg.constant<uint8_t>("yz", DType::U8, {}, {yz}));
+    c.ins.push_back(c.tg.constant<int32_t>("b", DType::I32, {M}, bias));
+    auto y = c.run("QLinearConv", {T("y", DType::U8, {N, M, OH, OW})}, attrs)[0];
+    int clamped = 0, inside = 0;
+    for (size_t i = 0; i < acc.size(); ++i) {
+      const int64_t m = static_cast<int64_t>(i) / (OH * OW) % M;
+      const float want = requantized(acc[i] + bias[static_cast<size_t>(m)], sx * sw[static_cast<size_t>(m)] / sy, yz, 0, 255);
+      INFO("element " << i);
+      REQUIRE(static_cast<float>(y.data<uint8_t>()[i]) == want);
+      (want == 0 || want == 255 ? clamped : inside)++;
+    }
+    CHECK(inside > clamped);  // the scales put most outputs inside the range
+  }
+}
+
+TEST_CASE("MatMulInteger (per-row / per-column zero points) and QLinearMatMul (batched, per-column b scale) equal direct integer loops") {
+  const int64_t B = 3, Mr = 5, Kd = 300, Nc = 4;
+  auto a = random_ints<uint8_t>(static_cast<size_t>(B * Mr * Kd), 0, 255, 11);
+  auto b = random_ints<uint8_t>(static_cast<size_t>(Kd * Nc), 0, 255, 12);
+  auto az = random_ints<uint8_t>(static_cast<size_t>(Mr), 100, 140, 13);
+  auto bz = random_ints<uint8_t>(static_cast<size_t>(Nc), 100, 140, 14);
+  auto sum = [&](int64_t bt, int64_t i, int64_t j, bool per_row) {
+    int64_t s = 0;
+    for (int64_t k = 0; k < Kd; ++k)
+      s += (a[static_cast<size_t>((bt * Mr + i) * Kd + k)] - (per_row ? az[static_cast<size_t>(i)] : az[0])) *
+           (b[static_cast<size_t>(k * Nc + j)] - (per_row ? bz[static_cast<size_t>(j)] : bz[0]));
+    return s;
+  };
+  {
+    OneNode c;
+    c.ins.push_back(c.tg.constant<uint8_t>("a", DType::U8, {B, Mr, Kd}, a));
+    c.ins.push_back(c.tg.constant<uint8_t>("b", DType::U8, {Kd, Nc}, b));
+    c.ins.push_back(c.tg.constant<uint8_t>("az", DType::U8, {Mr}, az));
+    c.ins.push_back(c.tg.constant<uint8_t>("bz", DType::U8, {Nc}, bz));
+    auto y = c.run("MatMulInteger", {T("y", DType::I32, {B, Mr, Nc})})[0];
+    for (int64_t bt = 0; bt < B; ++bt)
+      for (int64_t i = 0; i < Mr; ++i)
+        for (int64_t j = 0; j < Nc; ++j) REQUIRE(y.data<int32_t>()[(bt * Mr + i) * Nc + j] == sum(bt, i, j, true));
+  }
+  {
+    const float sa = 0.05f, sy = 40.0f;
+    const std::vector<float> sb = {0.01f, 0.02f, 0.03f, 0.04f};
+    const int8_t yz = -7;
+    OneNode c;
+    c.ins.push_back(c.tg.constant<uint8_t>("a", DType::U8, {B, Mr, Kd}, a));
+    c.ins.push_back(c.tg.constant<float>("sa", DType::F32, {}, {sa}));
+    c.ins.push_back(c.tg.constant<uint8_t>("az", DType::U8, {}, {az[0]}));
+    c.ins.push_back(c.tg.constant<uint8_t>("b", DType::U8, {Kd, Nc}, b));
+    c.ins.push_back(c.tg.constant<float>("sb", DType::F32, {Nc}, sb));
+    c.ins.push_back(c.tg.constant<uint8_t>("bz", DType::U8, {}, {bz[0]}));
+    c.ins.push_back(c.tg.constant<float>("sy", DType::F32, {}, {sy}));
+    c.ins.push_back(c.tg.constant<int8_t>("yz", DType::I8, {}, {yz}));
+    auto y = c.run("QLinearMatMul", {T("y", DType::I8, {B, Mr, Nc})})[0];
+    for (int64_t bt = 0; bt < B; ++bt)
+      for (int64_t i = 0; i < Mr; ++i)
+        for (int64_t j = 0; j < Nc; ++j) {
+          const float want = requantized(static_cast<double>(sum(bt, i, j, false)), sa * sb[static_cast<size_t>(j)] / sy, yz, -128, 127);
+          REQUIRE(static_cast<float>(y.data<int8_t>()[(bt * Mr + i) * Nc + j]) == want);
+        }
+  }
+}
+
+TEST_CASE("DynamicQuantizeLinear of all zeros gives scale 0, zero point 0 and zeros; QuantizeLinear refuses a scale of the wrong length") {
+  OneNode z;
+  z.cf({4}, {0, 0, 0, 0});
+  auto o = z.run("DynamicQuantizeLinear", {T("y", DType::U8, {4}), F("s", {}), T("z", DType::U8, {})});
+  CHECK(o[1].data<float>()[0] == 0.0f);
+  CHECK(o[2].data<uint8_t>()[0] == 0);
+  for (int i = 0; i < 4; ++i) CHECK(o[0].data<uint8_t>()[i] == 0);
+  OneNode q;
+  q.cf({2, 3}, {1, 2, 3, 4, 5, 6});
+  q.cf({2}, {0.5f, 0.25f});  // axis 1 has 3 channels
+  try {
+    q.run("QuantizeLinear", {T("y", DType::U8, {2, 3})});
+    FAIL("a 2-value scale for 3 channels loaded");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::BadInput);
+    CHECK(std::string(e.what()).find("one per channel") != std::string::npos);
+  }
+}

@@ -125,3 +125,52 @@ TEST_CASE("a packed bidirectional LSTM and a packed GRU (sequence_lens) give PyT
     CHECK(d <= 1e-5 * m);
   }
 }
+
+// Quantization-aware training as PyTorch exports it (torch_reference.py ops --net qat): every
+// FakeQuantize module becomes QuantizeLinear (-> Clip) -> DequantizeLinear with the calibrated
+// scale and zero point, which the loader fuses into one FakeQuantize node; its gradient passes
+// where the value was not clamped. PyTorch trains with ONNX's rounding (x / scale).
+TEST_CASE("20 SGD steps on a quantization-aware network (QuantizeLinear -> DequantizeLinear pairs) match PyTorch's losses") {
+  const fs::path dir = fs::path(SMP_TEST_DATA) / "torch_train_qat";
+  train_against_torch("quantization-aware network", "ops --net qat", dir, dir / "model.onnx");
+}
+
+// A model quantized after training, as PyTorch exports it (torch_reference.py quantized):
+// torchvision's quantizable ResNet-18 with qnnpack's uint8 activations and int8 weights, written as
+// QuantizeLinear / DequantizeLinear around float Conv and Gemm. smp computes ONNX's definition
+// (float products of the dequantized values, requantized with round-half-to-even); PyTorch's
+// integer kernels requantize with their own fixed-point arithmetic, so single activations may land
+// one quantum apart in each of the 20 layers. The logits must agree within a few of their quanta
+// (they span about 130); a wrong scale, zero point or rounding is off by tens.
+TEST_CASE("a post-training-quantized ResNet-18 (QuantizeLinear / DequantizeLinear) gives PyTorch's quantized logits within 4 quanta") {
+  const fs::path dir = fs::path(SMP_TEST_DATA) / "torch_quantized";
+  std::string cmd = fmt::format("{} {}/scripts/torch_reference.py quantized {} > {}.log 2>&1", SMP_PYTHON, SMP_SOURCE_DIR,
+                                dir.string(), dir.string());
+  REQUIRE_MESSAGE(std::system(cmd.c_str()) == 0, cmd);
+  const double quantum = read_json(dir / "quantized.json")["output_scale"].get<double>();
+  graph::LoadOptions lo;
+  lo.load_weights = true;
+  graph::Graph g = graph::load_graph(dir / "model.onnx", lo);
+  runtime::CpuBackend be(2);
+  runtime::ExecutorOptions opts;
+  opts.training = false;
+  runtime::StageExecutor ex(g, be, opts);
+  runtime::Tensor x = runtime::load_npy(be, dir / "x.npy");
+  auto out = ex.forward(0, {&x, 1});
+  runtime::Tensor want = runtime::load_npy(be, dir / "y.npy");
+  REQUIRE(out.size() == 1);
+  REQUIRE(out[0].shape() == want.shape());
+  const float *a = out[0].data<float>(), *b = want.data<float>();
+  double worst = 0, sum = 0, span = 0;
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    const double d = std::fabs(static_cast<double>(a[i]) - b[i]) / quantum;
+    worst = std::max(worst, d);
+    sum += d;
+    span = std::max(span, std::fabs(b[i]) / quantum);
+  }
+  const double mean = sum / static_cast<double>(want.numel());
+  fmt::print("quantized ResNet-18: logits within {:.0f} quanta of PyTorch's (mean {:.2f}), largest logit {:.0f} quanta\n", worst, mean, span);
+  CHECK(span > 20);  // the logits are not all near zero
+  CHECK(worst <= 4);
+  CHECK(mean <= 1);
+}

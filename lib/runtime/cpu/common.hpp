@@ -67,6 +67,10 @@ inline void store(float* dst0, const float* src0, int64_t n, bool accumulate) {
   });
 }
 
+// MatMul's operand layout (numpy semantics: batch axes broadcast, a 1-D A is a row, a 1-D B a
+// column) of inputs a_input and b_input, checked against the node's output (matmul.cpp).
+void matmul_layout(const NodeView& n, int a_input, int b_input, MatMulState& s);
+
 // Fills a state's shapes from the node (the executor also does this; kernels' prepare may use it).
 void fill_shapes(KernelState& s, const NodeView& n);
 

@@ -2,6 +2,7 @@
 // of sgemm; MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool.
 #include "runtime/cpu/common.hpp"
 #include "runtime/cpu/kernels.hpp"
+#include "runtime/cpu/quant.hpp"
 
 #include <cblas.h>
 #include <fmt/format.h>
@@ -81,36 +82,37 @@ Geom make_geom(const NodeView& n, const Shape& x, const Shape& y, std::vector<in
 
 // col [C * kd * kh * kw, nimg * od * oh * ow] (rows ld apart) from nimg images x [C, id, ih, iw]
 // (x_stride apart): image j's columns are [j * od * oh * ow, (j + 1) * od * oh * ow) of each row.
-void im2col(const Geom& g, int64_t C, const float* x, int64_t x_stride, int64_t nimg, float* col, int64_t ld) {
+template <class T>
+void im2col(const Geom& g, int64_t C, const T* x, int64_t x_stride, int64_t nimg, T* col, int64_t ld) {
   const int64_t ohw = g.oh * g.ow, out = g.out_size(), kk = g.kernel_size();
   pfor(C * kk, std::max<int64_t>(1, 8 / nimg), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       int64_t c = r / kk, kz = (r / (g.kh * g.kw)) % g.kd, ki = (r / g.kw) % g.kh, kj = r % g.kw;
       for (int64_t j = 0; j < nimg; ++j)
         for (int64_t oz = 0; oz < g.od; ++oz) {
-          float* dst = col + r * ld + j * out + oz * ohw;
+          T* dst = col + r * ld + j * out + oz * ohw;
           int64_t iz = oz * g.sd - g.pd + kz * g.dd;
           if (iz < 0 || iz >= g.id) {
-            std::memset(dst, 0, static_cast<size_t>(ohw) * sizeof(float));
+            std::memset(dst, 0, static_cast<size_t>(ohw) * sizeof(T));
             continue;
           }
-          const float* xc = x + j * x_stride + (c * g.id + iz) * g.ih * g.iw;
+          const T* xc = x + j * x_stride + (c * g.id + iz) * g.ih * g.iw;
           for (int64_t oy = 0; oy < g.oh; ++oy) {
             int64_t iy = oy * g.sh - g.ph + ki * g.dh;
-            float* d = dst + oy * g.ow;
+            T* d = dst + oy * g.ow;
             if (iy < 0 || iy >= g.ih) {
-              std::memset(d, 0, static_cast<size_t>(g.ow) * sizeof(float));
+              std::memset(d, 0, static_cast<size_t>(g.ow) * sizeof(T));
               continue;
             }
-            const float* xr = xc + iy * g.iw;
+            const T* xr = xc + iy * g.iw;
             int64_t off = kj * g.dw - g.pw;
             if (g.sw == 1 && off >= 0 && off + g.ow <= g.iw) {
-              std::memcpy(d, xr + off, static_cast<size_t>(g.ow) * sizeof(float));
+              std::memcpy(d, xr + off, static_cast<size_t>(g.ow) * sizeof(T));
               continue;
             }
             for (int64_t ox = 0; ox < g.ow; ++ox) {
               int64_t ix = ox * g.sw + off;
-              d[ox] = (ix >= 0 && ix < g.iw) ? xr[ix] : 0.0f;
+              d[ox] = (ix >= 0 && ix < g.iw) ? xr[ix] : T(0);
             }
           }
         }
@@ -211,31 +213,37 @@ void scatter_images(const float* w, int64_t M, int64_t ohw, int64_t b0, int64_t 
 
 }  // namespace
 
+// Conv's layout (N, C, M, groups, geometry) from input x_input and weight w_input.
+static void conv_layout(const NodeView& n, int x_input, int w_input, ConvState& s) {
+  const Shape &x = n.input(x_input).shape, &w = n.input(w_input).shape, &y = n.output(0).shape;
+  if (x.size() < 3 || w.size() != x.size()) n.fail("X and W must have the same rank, at least 3");
+  s.N = x[0];
+  s.C = x[1];
+  s.M = w[0];
+  s.groups = n.node().attr_int("group", 1);
+  if (s.groups < 1 || s.C % s.groups != 0 || s.M % s.groups != 0 || w[1] * s.groups != s.C)
+    n.fail(fmt::format("group {} does not divide the channels", s.groups));
+  std::vector<int64_t> kernel(w.begin() + 2, w.end());
+  auto ks = n.node().attr_ints("kernel_shape", kernel);
+  if (ks != kernel) n.fail("kernel_shape differs from the weight's shape");
+  s.g = make_geom(n, x, y, kernel, false);
+  const Geom& g = s.g;
+  s.pointwise = g.kernel_size() == 1 && g.sd == 1 && g.sh == 1 && g.sw == 1 && g.pd == 0 && g.ph == 0 && g.pw == 0 &&
+                g.pd_end == 0 && g.ph_end == 0 && g.pw_end == 0;
+  if (y[1] != s.M) n.fail("output channels differ from the weight's");
+}
+
 std::unique_ptr<KernelState> prep_conv(const NodeView& n) {
   auto s = std::make_unique<ConvState>();
   n.require_dtype(n.input(0), {DType::F32}, "input X");
   n.require_dtype(n.input(1), {DType::F32}, "weight W");
-  const Shape &x = n.input(0).shape, &w = n.input(1).shape, &y = n.output(0).shape;
-  if (x.size() < 3 || w.size() != x.size()) n.fail("X and W must have the same rank, at least 3");
-  s->N = x[0];
-  s->C = x[1];
-  s->M = w[0];
-  s->groups = n.node().attr_int("group", 1);
-  if (s->groups < 1 || s->C % s->groups != 0 || s->M % s->groups != 0 || w[1] * s->groups != s->C)
-    n.fail(fmt::format("group {} does not divide the channels", s->groups));
-  std::vector<int64_t> kernel(w.begin() + 2, w.end());
-  auto ks = n.node().attr_ints("kernel_shape", kernel);
-  if (ks != kernel) n.fail("kernel_shape differs from the weight's shape");
-  s->g = make_geom(n, x, y, kernel, false);
+  conv_layout(n, 0, 1, *s);
   const Geom& g = s->g;
-  s->pointwise = g.kernel_size() == 1 && g.sd == 1 && g.sh == 1 && g.sw == 1 && g.pd == 0 && g.ph == 0 && g.pw == 0 &&
-                 g.pd_end == 0 && g.ph_end == 0 && g.pw_end == 0;
   if (n.has_input(2)) {
     n.require_dtype(n.input(2), {DType::F32}, "bias B");
     if (n.input(2).shape != Shape{s->M}) n.fail("bias must be [M]");
     s->has_bias = true;
   }
-  if (y[1] != s->M) n.fail("output channels differ from the weight's");
   // Images per product: a small output (ResNet's later stages, 8x8 down to 1x1) makes one image's
   // product thin (oh * ow columns, down to a matrix-vector product), which OpenBLAS runs far below
   // its peak; the columns of several images side by side make it wide (at least kWideColumns),
@@ -811,6 +819,113 @@ void bwd_global_maxpool(const KernelState& st, ExecContext&, const GradIO& io) {
       for (int64_t i = 1; i < s.HW; ++i)
         if (x[i] > x[arg]) arg = i;
       dX[c * s.HW + arg] += dY[c];
+    }
+  });
+}
+
+// ---- ConvInteger, QLinearConv ------------------------------------------------------------
+//
+// ConvInteger (x, w, x_zero_point, w_zero_point): Y = conv(x - x_zero, w - w_zero) in int32, the
+// padding reading x_zero (zero once shifted); x_zero per tensor, w_zero per tensor or per output
+// channel. QLinearConv (x, x_scale, x_zero, w, w_scale, w_zero, y_scale, y_zero, B): the same sums
+// plus the int32 bias B, then y = saturate(round(sum * x_scale * w_scale / y_scale) + y_zero), w's
+// parameters per tensor or per output channel. As the float Conv: im2col, then products, here of
+// the shifted operands in float64 (exact, see quant.cpp).
+
+namespace {
+struct QConvState : ConvState {
+  QuantIO q;
+};
+}  // namespace
+
+std::unique_ptr<KernelState> prep_conv_integer(const NodeView& n) {
+  auto s = std::make_unique<QConvState>();
+  QuantIO& q = s->q;
+  const bool qlinear = n.op() == Op::QLinearConv;
+  const int x = 0, w = qlinear ? 3 : 1;
+  if (qlinear) {
+    if (n.num_inputs() < 8) n.fail("needs at least 8 inputs");
+    q = QuantIO{1, 2, 4, 5, 6, 7, n.has_input(8) ? 8 : -1, true};
+  } else {
+    q.a_zero = 2;
+    q.b_zero = 3;
+  }
+  n.require_dtype(n.input(x), {DType::U8, DType::I8}, "input x");
+  n.require_dtype(n.input(w), {DType::U8, DType::I8}, "weight w");
+  conv_layout(n, x, w, *s);
+  auto zero_of = [&](int i, int operand, int64_t channels, const char* role) {
+    check_qparam(n, i, channels, false, role);
+    if (n.has_input(i) && n.input(i).dtype != n.input(operand).dtype) n.fail(fmt::format("{}'s dtype differs from its operand's", role));
+  };
+  zero_of(q.a_zero, x, 1, "x_zero_point");
+  zero_of(q.b_zero, w, s->M, "w_zero_point");
+  if (qlinear) {
+    check_qparam(n, q.a_scale, 1, true, "x_scale");
+    check_qparam(n, q.b_scale, s->M, true, "w_scale");
+    check_qparam(n, q.y_scale, 1, true, "y_scale");
+    check_qparam(n, q.y_zero, 1, false, "y_zero_point");
+    n.require_dtype(n.output(0), {DType::U8, DType::I8}, "output y");
+    if (n.input(q.y_zero).dtype != n.output(0).dtype) n.fail("y_zero_point's dtype differs from the output's");
+    if (q.bias >= 0) {
+      n.require_dtype(n.input(q.bias), {DType::I32}, "bias B");
+      if (n.input(q.bias).shape != Shape{s->M}) n.fail("bias B must be [M]");
+    }
+  } else {
+    n.require_dtype(n.output(0), {DType::I32}, "output y");
+  }
+  return s;
+}
+
+void fwd_conv_integer(const KernelState& st, ExecContext& ctx, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const QConvState&>(st);
+  const QuantIO& q = s.q;
+  const Geom& g = s.g;
+  const Tensor& X = in[0];
+  const Tensor& W = in[q.requantize ? 3 : 1];
+  const int64_t Cg = s.C / s.groups, Mg = s.M / s.groups, ckk = Cg * g.kernel_size(), ohw = g.out_size(), ihw = g.in_size();
+  const std::vector<int32_t> zx = zero_values(in, q.a_zero), zw = zero_values(in, q.b_zero);
+  Tensor xt = scratch(ctx, DType::F64, {X.numel()}), wt = scratch(ctx, DType::F64, {W.numel()});
+  Tensor acct = scratch(ctx, DType::F64, {s.N * s.M * ohw});
+  double *xd = xt.data<double>(), *wd = wt.data<double>(), *acc = acct.data<double>();
+  pfor(X.numel(), kGrain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) xd[i] = int_at(X, i) - zx[0];
+  });
+  pfor(W.numel(), kGrain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) wd[i] = int_at(W, i) - at(zw, i / ckk);
+  });
+  pfor(s.N, 1, [&](int64_t b0, int64_t b1) {
+    Tensor colt;
+    if (!s.pointwise) colt = scratch(ctx, DType::F64, {ckk, ohw});
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t gr = 0; gr < s.groups; ++gr) {
+        const double* col = xd + (b * s.C + gr * Cg) * ihw;
+        if (!s.pointwise) {
+          im2col(g, Cg, col, 0, 1, colt.data<double>(), ohw);
+          col = colt.data<double>();
+        }
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(Mg), static_cast<int>(ohw), static_cast<int>(ckk),
+                    1.0, wd + gr * Mg * ckk, static_cast<int>(std::max<int64_t>(ckk, 1)), col, static_cast<int>(ohw), 0.0,
+                    acc + (b * s.M + gr * Mg) * ohw, static_cast<int>(ohw));
+      }
+  });
+  Tensor& Y = out[0];
+  const int64_t total = s.N * s.M * ohw;
+  if (!q.requantize) {
+    int32_t* y = Y.data<int32_t>();
+    pfor(total, kGrain, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i)
+        y[i] = static_cast<int32_t>(std::min<double>(std::max<double>(acc[i], INT32_MIN), INT32_MAX));
+    });
+    return;
+  }
+  const std::vector<float> sx = scale_values(in, q.a_scale), sw = scale_values(in, q.b_scale), sy = scale_values(in, q.y_scale);
+  const std::vector<int32_t> zy = zero_values(in, q.y_zero);
+  const int32_t* bias = q.bias >= 0 ? in[static_cast<size_t>(q.bias)].data<int32_t>() : nullptr;
+  pfor(total, kGrain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t m = (i / ohw) % s.M;
+      const float mult = sx[0] * at(sw, m) / sy[0];
+      store_quantized(Y, i, static_cast<float>(acc[i] + (bias ? bias[m] : 0)) * mult, zy[0]);
     }
   });
 }

@@ -33,14 +33,21 @@ std::unique_ptr<KernelState> prep_matmul(const NodeView& n) {
   if (n.num_inputs() != 2) n.fail("needs 2 inputs");
   n.require_dtype(n.input(0), {DType::F32}, "input A");
   n.require_dtype(n.input(1), {DType::F32}, "input B");
-  Shape a = n.input(0).shape, b = n.input(1).shape;
+  matmul_layout(n, 0, 1, *s);
+  return s;
+}
+
+void matmul_layout(const NodeView& n, int a_input, int b_input, MatMulState& ms) {
+  MatMulState* s = &ms;
+  Shape a = n.input(a_input).shape, b = n.input(b_input).shape;
   if (a.empty() || b.empty()) n.fail("scalar operands");
   if (a.size() == 1) a.insert(a.begin(), 1);
   if (b.size() == 1) b.push_back(1);
   s->M = a[a.size() - 2];
   s->K = a.back();
   s->N = b.back();
-  if (b[b.size() - 2] != s->K) n.fail(fmt::format("inner dimensions differ: {} and {}", shape_str(n.input(0).shape), shape_str(n.input(1).shape)));
+  if (b[b.size() - 2] != s->K)
+    n.fail(fmt::format("inner dimensions differ: {} and {}", shape_str(n.input(a_input).shape), shape_str(n.input(b_input).shape)));
   Shape ab(a.begin(), a.end() - 2), bb(b.begin(), b.end() - 2);
   size_t R = std::max(ab.size(), bb.size());
   Shape ob(R, 1);
@@ -74,7 +81,6 @@ std::unique_ptr<KernelState> prep_matmul(const NodeView& n) {
     s->a_unique = s->a_mats == s->batches;
     s->b_unique = s->b_mats == s->batches;
   }
-  return s;
 }
 
 void fwd_matmul(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {

@@ -41,12 +41,16 @@ constexpr OpKernel kTable[] = {
     K(Trilu, trilu), K(Pad, pad), K(GatherElements, gather_elements),
     K(Resize, resize), K(Upsample, resize), K(CumSum, cumsum), K(ScatterElements, scatter), K(ScatterND, scatter),
     K(GatherND, gather_nd), K(DepthToSpace, depth_space), K(SpaceToDepth, depth_space), KF(OneHot, one_hot), K(GridSample, grid_sample),
+    KF(QuantizeLinear, quantize), KF(DequantizeLinear, dequantize), KF(DynamicQuantizeLinear, dynamic_quantize),
+    KF(MatMulInteger, matmul_integer), KF(ConvInteger, conv_integer), KF(QLinearMatMul, matmul_integer),
+    KF(QLinearConv, conv_integer),
     KF(Shape, shape), KF(Size, size), KF(Constant, constant), KF(ConstantOfShape, constant_of_shape), KF(Range, range),
     KF(EyeLike, eye_like),
     K(SoftmaxCrossEntropyLoss, sce_loss), K(NegativeLogLikelihoodLoss, nll_loss),
     KV(TpCopy, tp_copy), K(TpAllReduce, tp_allreduce), K(TpVocabGather, tp_vocab_gather),
     K(TpSoftmaxCrossEntropyLoss, tp_sce_loss),
     K(MatMulTransB, matmul_tb),
+    K(FakeQuantize, fake_quantize),
 };
 
 static_assert(std::size(kTable) == static_cast<size_t>(Op::kCount), "one CPU kernel entry per graph::Op");

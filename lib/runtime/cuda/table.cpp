@@ -9,7 +9,7 @@
 // trigonometric and hyperbolic ops, IsNaN, IsInf, ReduceL1, ReduceSumSquare, ReduceLogSum,
 // ReduceLogSumExp, ArgMin, GlobalMaxPool, CumSum, ScatterElements, ScatterND, GatherND,
 // DepthToSpace, SpaceToDepth, OneHot, GridSample, Sum, Mean, Shrink, CastLike, LpNormalization,
-// Hardmax, LRN, TopK and EyeLike have no CUDA kernels yet).
+// Hardmax, LRN, TopK, EyeLike and the quantized ops have no CUDA kernels yet).
 #include "runtime/cpu/kernels.hpp"
 #include "runtime/cuda/cuda_backend.hpp"
 #include "runtime/cuda/ops.hpp"
@@ -56,6 +56,8 @@ constexpr OpKernel kTable[] = {
     K(Trilu, trilu), NO_KERNEL(Pad), NO_KERNEL(GatherElements),
     NO_KERNEL(Resize), NO_KERNEL(Upsample), NO_KERNEL(CumSum), NO_KERNEL(ScatterElements), NO_KERNEL(ScatterND),
     NO_KERNEL(GatherND), NO_KERNEL(DepthToSpace), NO_KERNEL(SpaceToDepth), NO_KERNEL(OneHot), NO_KERNEL(GridSample),
+    NO_KERNEL(QuantizeLinear), NO_KERNEL(DequantizeLinear), NO_KERNEL(DynamicQuantizeLinear), NO_KERNEL(MatMulInteger),
+    NO_KERNEL(ConvInteger), NO_KERNEL(QLinearMatMul), NO_KERNEL(QLinearConv),
     KF(Shape, shape), KF(Size, size), KF(Constant, constant), KF(ConstantOfShape, constant_of_shape), KF(Range, range),
     NO_KERNEL(EyeLike),
     K(SoftmaxCrossEntropyLoss, sce_loss), NO_KERNEL(NegativeLogLikelihoodLoss),
@@ -64,6 +66,8 @@ constexpr OpKernel kTable[] = {
     // The fused transposed-weight product: without a kernel here the CUDA backend runs the
     // Transpose and the MatMul as exported (runtime/fusion.hpp fuses only where one exists).
     NO_KERNEL(MatMulTransB),
+    // The loader's fusion of quantization-aware training's QuantizeLinear -> DequantizeLinear.
+    NO_KERNEL(FakeQuantize),
 };
 
 static_assert(std::size(kTable) == static_cast<size_t>(Op::kCount), "one CUDA kernel entry per graph::Op");

@@ -1,0 +1,61 @@
+// Shared by the quantized kernels (quant.cpp; ConvInteger and QLinearConv in conv.cpp): 8-bit
+// tensors with a scale and a zero point, ONNX's linear quantization
+//   q = saturate(round(x / scale) + zero_point),   x' = (q - zero_point) * scale,
+// rounding half to even, saturating to the integer type's range; a scale or zero point holds one
+// value for the tensor (a scalar, or a 1-D of one element) or one per channel of an axis.
+#pragma once
+
+#include "runtime/cpu/common.hpp"
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace smp::runtime::cpu {
+
+// State of the integer products (MatMulInteger, QLinearMatMul, ConvInteger, QLinearConv): which
+// inputs hold the operands' scales and zero points (-1: none), and how many values each has.
+struct QuantIO {
+  int a_scale = -1, a_zero = -1, b_scale = -1, b_zero = -1, y_scale = -1, y_zero = -1, bias = -1;
+  bool requantize = false;  // QLinear*: the output is quantized again (else int32 sums)
+};
+
+// Element i of an integer tensor (uint8, int8, int32).
+inline int32_t int_at(const Tensor& t, int64_t i) {
+  switch (t.dtype()) {
+    case DType::U8: return t.data<uint8_t>()[i];
+    case DType::I8: return t.data<int8_t>()[i];
+    default: return t.data<int32_t>()[i];
+  }
+}
+
+// The integer type's range.
+inline int32_t qmin(DType t) { return t == DType::I8 ? -128 : (t == DType::U8 ? 0 : INT32_MIN); }
+inline int32_t qmax(DType t) { return t == DType::I8 ? 127 : (t == DType::U8 ? 255 : INT32_MAX); }
+
+// saturate(round_half_even(v) + zero) in t's range, stored as element i of out (uint8 or int8).
+inline void store_quantized(Tensor& out, int64_t i, float v, int32_t zero) {
+  const float r = std::nearbyint(v) + static_cast<float>(zero);
+  const DType t = out.dtype();
+  const float lo = static_cast<float>(qmin(t)), hi = static_cast<float>(qmax(t));
+  const float c = std::isnan(r) ? lo : std::min(std::max(r, lo), hi);
+  if (t == DType::U8) out.data<uint8_t>()[i] = static_cast<uint8_t>(c);
+  else out.data<int8_t>()[i] = static_cast<int8_t>(c);
+}
+
+// Load time: input `i` (a scale when `scale`, else a zero point) holds one value or `channels`;
+// returns how many (1 when the input is absent). Scales are float32; zero points uint8, int8 or
+// int32 (each op checks that its zero points have their data's dtype).
+int64_t check_qparam(const NodeView& n, int i, int64_t channels, bool scale, const char* role);
+
+// Run time: a scale input's values, a zero point input's values ({0} when the input is absent).
+std::vector<float> scale_values(std::span<const Tensor> in, int i);
+std::vector<int32_t> zero_values(std::span<const Tensor> in, int i);
+
+// v[k] of a per-tensor (1 value) or per-channel parameter
+template <class T>
+inline T at(const std::vector<T>& v, int64_t k) {
+  return v.size() == 1 ? v[0] : v[static_cast<size_t>(k)];
+}
+
+}  // namespace smp::runtime::cpu

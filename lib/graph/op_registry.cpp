@@ -397,6 +397,15 @@ constexpr OpDef kOps[] = {
     {Op::QLinearMatMul, "QLinearMatMul", C::MatMulLike, kNone, kNone, kNone, cost_matmul},
     {Op::QLinearConv, "QLinearConv", C::MatMulLike, kNone, kNone, kNone, cost_qlinear_conv},
 
+    // Random numbers drawn from the node's stream of the microbatch (as Dropout's mask): normal,
+    // uniform, or 0/1 with the input's probabilities. No gradient reaches the inputs: a *Like
+    // op's input gives only the shape, and a Bernoulli draw is not differentiable.
+    {Op::RandomNormal, "RandomNormal", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
+    {Op::RandomNormalLike, "RandomNormalLike", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
+    {Op::RandomUniform, "RandomUniform", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
+    {Op::RandomUniformLike, "RandomUniformLike", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
+    {Op::Bernoulli, "Bernoulli", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
+
     {Op::Shape, "Shape", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},
     {Op::Size, "Size", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},
     {Op::Constant, "Constant", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},

@@ -35,6 +35,8 @@ enum class Op : int {
   Resize, Upsample, CumSum, ScatterElements, ScatterND, GatherND, DepthToSpace, SpaceToDepth, OneHot, GridSample,
   // quantized tensors (8-bit integers with a scale and a zero point): forward only
   QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear, MatMulInteger, ConvInteger, QLinearMatMul, QLinearConv,
+  // random numbers from the run's streams (runtime/random.hpp)
+  RandomNormal, RandomNormalLike, RandomUniform, RandomUniformLike, Bernoulli,
   // shape-only and constant producers (folded away before planning)
   Shape, Size, Constant, ConstantOfShape, Range, EyeLike,
   // losses

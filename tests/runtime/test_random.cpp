@@ -159,6 +159,82 @@ TEST_CASE("Dropout: a graph split into two stages draws the masks of the whole g
   CHECK(to_vec(output(whole, all, "y")) == to_vec(output(second, b, "y")));
 }
 
+// The random number ops draw from the same streams: RandomNormalLike (a VAE's noise, as
+// torch.randn_like exports), RandomUniform (torch.rand), Bernoulli.
+TEST_CASE("RandomNormalLike, RandomUniform, Bernoulli: their distributions, and a function of (seed, step, microbatch, node) only") {
+  const int64_t n = 200000;
+  TinyGraph tg;
+  int x = tg.boundary("x", {n});
+  int p = tg.boundary("p", {n});
+  auto z = tg.node("RandomNormalLike", {x}, {{"z", DType::F32, {n}}}, {{"mean", attr_f(1.5)}, {"scale", attr_f(2.0)}});
+  auto z2 = tg.node("RandomNormalLike", {x}, {{"z2", DType::F32, {n}}});
+  auto u = tg.node("RandomUniform", {}, {{"u", DType::F64, {n}}},
+                   {{"shape", attr_ints({n})}, {"low", attr_f(-2.0)}, {"high", attr_f(3.0)}, {"dtype", attr_i(11)}});
+  auto b = tg.node("Bernoulli", {p}, {{"b", DType::Bool, {n}}});
+  for (int o : {z[0], z2[0], u[0], b[0]}) tg.output(o);
+  std::vector<float> probs(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) probs[static_cast<size_t>(i)] = i % 4 == 0 ? 0.0f : (i % 4 == 1 ? 1.0f : 0.3f);
+  auto run = [&](uint64_t seed, int64_t step, int mb) {
+    runtime::CpuBackend be(2);
+    runtime::ExecutorOptions o;
+    o.seed = seed;
+    o.training = false;
+    runtime::StageExecutor ex(tg.g, be, o);
+    ex.set_random_step(step, 0);
+    std::vector<float> zeros(static_cast<size_t>(n), 0.0f);
+    std::vector<Tensor> in;
+    for (int v : ex.inputs())
+      in.push_back(be.from_host(DType::F32, {n}, v == p ? probs.data() : zeros.data()));
+    auto outs = ex.forward(mb, in);
+    std::vector<std::vector<double>> r;
+    for (const char* name : {"z", "z2", "u", "b"}) {
+      Tensor t = output(ex, outs, name);
+      std::vector<double> v(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i)
+        v[static_cast<size_t>(i)] = t.dtype() == DType::F32 ? t.data<float>()[i]
+                                    : t.dtype() == DType::F64 ? t.data<double>()[i]
+                                                              : static_cast<const uint8_t*>(t.raw())[i];
+      r.push_back(v);
+    }
+    ex.drop(mb);
+    return r;
+  };
+  auto base = run(5, 1, 0);
+  auto moments = [&](const std::vector<double>& v, double& mean, double& sd) {
+    double s = 0, q = 0;
+    for (double e : v) s += e;
+    mean = s / static_cast<double>(v.size());
+    for (double e : v) q += (e - mean) * (e - mean);
+    sd = std::sqrt(q / static_cast<double>(v.size()));
+  };
+  double m, sd;
+  moments(base[0], m, sd);  // normal(1.5, 2): mean within 5 standard errors, sd within 1 %
+  CHECK(std::fabs(m - 1.5) < 5 * 2 / std::sqrt(static_cast<double>(n)));
+  CHECK(std::fabs(sd - 2.0) < 0.02);
+  int64_t within = 0;
+  for (double e : base[0]) within += std::fabs(e - 1.5) < 2.0;
+  CHECK(std::fabs(static_cast<double>(within) / static_cast<double>(n) - 0.6827) < 0.005);  // the normal's shape
+  moments(base[2], m, sd);  // uniform(-2, 3): mean 0.5, sd 5 / sqrt(12), inside [low, high)
+  CHECK(std::fabs(m - 0.5) < 5 * (5 / std::sqrt(12.0)) / std::sqrt(static_cast<double>(n)));
+  CHECK(std::fabs(sd - 5 / std::sqrt(12.0)) < 0.01);
+  CHECK(*std::min_element(base[2].begin(), base[2].end()) >= -2.0);
+  CHECK(*std::max_element(base[2].begin(), base[2].end()) < 3.0);
+  int64_t ones = 0, wrong = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = base[3][static_cast<size_t>(i)];
+    if (i % 4 == 0) wrong += v != 0;
+    else if (i % 4 == 1) wrong += v != 1;
+    else ones += v == 1;
+  }
+  CHECK(wrong == 0);  // p 0 never, p 1 always
+  CHECK(std::fabs(static_cast<double>(ones) / static_cast<double>(n / 2) - 0.3) < 0.01);
+  CHECK(base == run(5, 1, 0));
+  CHECK(base[0] != base[1]);  // each node its own stream
+  CHECK(base[0] != run(6, 1, 0)[0]);  // seed
+  CHECK(base[0] != run(5, 2, 0)[0]);  // step
+  CHECK(base[0] != run(5, 1, 1)[0]);  // microbatch
+}
+
 namespace {
 
 // x [N, C, 2] -> BatchNormalization(training_mode 1, momentum 0.8) with running statistics.

@@ -44,6 +44,8 @@ constexpr OpKernel kTable[] = {
     KF(QuantizeLinear, quantize), KF(DequantizeLinear, dequantize), KF(DynamicQuantizeLinear, dynamic_quantize),
     KF(MatMulInteger, matmul_integer), KF(ConvInteger, conv_integer), KF(QLinearMatMul, matmul_integer),
     KF(QLinearConv, conv_integer),
+    KF(RandomNormal, random), KF(RandomNormalLike, random), KF(RandomUniform, random), KF(RandomUniformLike, random),
+    KF(Bernoulli, random),
     KF(Shape, shape), KF(Size, size), KF(Constant, constant), KF(ConstantOfShape, constant_of_shape), KF(Range, range),
     KF(EyeLike, eye_like),
     K(SoftmaxCrossEntropyLoss, sce_loss), K(NegativeLogLikelihoodLoss, nll_loss),

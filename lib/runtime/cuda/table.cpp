@@ -9,7 +9,7 @@
 // trigonometric and hyperbolic ops, IsNaN, IsInf, ReduceL1, ReduceSumSquare, ReduceLogSum,
 // ReduceLogSumExp, ArgMin, GlobalMaxPool, CumSum, ScatterElements, ScatterND, GatherND,
 // DepthToSpace, SpaceToDepth, OneHot, GridSample, Sum, Mean, Shrink, CastLike, LpNormalization,
-// Hardmax, LRN, TopK, EyeLike and the quantized ops have no CUDA kernels yet).
+// Hardmax, LRN, TopK, EyeLike, the quantized and the random ops have no CUDA kernels yet).
 #include "runtime/cpu/kernels.hpp"
 #include "runtime/cuda/cuda_backend.hpp"
 #include "runtime/cuda/ops.hpp"
@@ -58,6 +58,8 @@ constexpr OpKernel kTable[] = {
     NO_KERNEL(GatherND), NO_KERNEL(DepthToSpace), NO_KERNEL(SpaceToDepth), NO_KERNEL(OneHot), NO_KERNEL(GridSample),
     NO_KERNEL(QuantizeLinear), NO_KERNEL(DequantizeLinear), NO_KERNEL(DynamicQuantizeLinear), NO_KERNEL(MatMulInteger),
     NO_KERNEL(ConvInteger), NO_KERNEL(QLinearMatMul), NO_KERNEL(QLinearConv),
+    NO_KERNEL(RandomNormal), NO_KERNEL(RandomNormalLike), NO_KERNEL(RandomUniform), NO_KERNEL(RandomUniformLike),
+    NO_KERNEL(Bernoulli),
     KF(Shape, shape), KF(Size, size), KF(Constant, constant), KF(ConstantOfShape, constant_of_shape), KF(Range, range),
     NO_KERNEL(EyeLike),
     K(SoftmaxCrossEntropyLoss, sce_loss), NO_KERNEL(NegativeLogLikelihoodLoss),

@@ -31,6 +31,11 @@
       Conv and Gemm, opset 13): OUT/model.onnx, OUT/x.npy [2, 3, 64, 64], PyTorch's quantized
       logits OUT/y.npy and OUT/quantized.json ({"output_scale": the logits' quantum}).
 
+  torch_reference.py signal OUT [--seed 0]
+      An ONNX graph of HannWindow -> STFT, DFT (zero-padded, inverse), HammingWindow and
+      BlackmanWindow (OUT/model.onnx, built with onnx.helper), its inputs OUT/<input>.npy and
+      PyTorch's float64 results OUT/want_<output>.npy (torch.stft, torch.fft, torch's windows).
+
   torch_reference.py bench NAME [--batch 32] [--threads 1] [--steps 20] [--warmup 3]
       Prints {"steps_per_s": ..., "steps_per_cpu_s": ...} (per second of the process's CPU time) for training steps (forward, loss, backward, SGD step).
 """
@@ -314,6 +319,61 @@ def cmd_quantized(a):
     return 0
 
 
+def cmd_signal(a):
+    """An ONNX graph of the signal ops (built with onnx.helper: PyTorch 1.13 cannot export
+    torch.stft) and PyTorch's results for its inputs: HannWindow(256) -> STFT of 1024 samples
+    (frame_step 128, onesided) against torch.stft(n_fft=256, hop_length=128, center=False); a
+    DFT along axis 1 zero-padded to 64 against torch.fft.fft(n=64); an inverse DFT of complex
+    input against torch.fft.ifft; HammingWindow and BlackmanWindow (symmetric) against torch's.
+    The STFT node leaves onesided at its default, which onnx 1.12's shape inference misreads."""
+    import onnx
+    from onnx import TensorProto, helper
+    os.makedirs(a.out, exist_ok=True)
+    rng = np.random.RandomState(a.seed)
+    sig = rng.standard_normal([2, 1024, 1]).astype(np.float32)
+    x = rng.standard_normal([3, 50, 4, 1]).astype(np.float32)
+    z = rng.standard_normal([2, 12, 2]).astype(np.float32)
+    ints = lambda name, v: helper.make_tensor(name, TensorProto.INT64, [], [v])
+    nodes = [
+        helper.make_node("HannWindow", ["n256"], ["hann"]),
+        helper.make_node("STFT", ["signal", "step", "hann"], ["spec"]),
+        helper.make_node("DFT", ["x", "n64"], ["fx"], axis=1),
+        helper.make_node("DFT", ["z"], ["iz"], axis=1, inverse=1),
+        helper.make_node("HammingWindow", ["n30"], ["hamming"], periodic=0),
+        helper.make_node("BlackmanWindow", ["n30"], ["blackman"], periodic=0),
+    ]
+    f = TensorProto.FLOAT
+    g = helper.make_graph(
+        nodes, "signal",
+        [helper.make_tensor_value_info("signal", f, [2, 1024, 1]), helper.make_tensor_value_info("x", f, [3, 50, 4, 1]),
+         helper.make_tensor_value_info("z", f, [2, 12, 2])],
+        [helper.make_tensor_value_info(n, f, d) for n, d in (("spec", [2, 7, 129, 2]), ("fx", [3, 64, 4, 2]), ("iz", [2, 12, 2]),
+                                                             ("hamming", [30]), ("blackman", [30]))],
+        initializer=[ints("n256", 256), ints("step", 128), ints("n64", 64), ints("n30", 30)])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, os.path.join(a.out, "model.onnx"))
+    for name, v in (("signal", sig), ("x", x), ("z", z)):
+        np.save(os.path.join(a.out, name + ".npy"), v)
+
+    def parts(c):
+        return np.stack([c.real, c.imag], axis=-1).astype(np.float32)
+
+    t = torch.from_numpy
+    spec = torch.stft(t(sig[..., 0]).double(), n_fft=256, hop_length=128, window=torch.hann_window(256, dtype=torch.float64),
+                      center=False, return_complex=True)  # [2, 129, 7]
+    ref = {
+        "spec": parts(spec.transpose(1, 2).numpy()),
+        "fx": parts(torch.fft.fft(t(x[..., 0]).double(), n=64, dim=1).numpy()),
+        "iz": parts(torch.fft.ifft(torch.complex(t(z[..., 0]).double(), t(z[..., 1]).double()), dim=1).numpy()),
+        # ONNX's Hamming window is 25/46 - 21/46 cos (torch's default 0.54 - 0.46 cos)
+        "hamming": torch.hamming_window(30, periodic=False, alpha=25 / 46, beta=21 / 46, dtype=torch.float64).numpy().astype(np.float32),
+        "blackman": torch.blackman_window(30, periodic=False, dtype=torch.float64).numpy().astype(np.float32),
+    }
+    for name, v in ref.items():
+        np.save(os.path.join(a.out, "want_" + name + ".npy"), v)
+    return 0
+
+
 def cmd_bench(a):
     torch.set_num_threads(a.threads)
     model = model_for(a.name)
@@ -347,6 +407,9 @@ def main(argv=None):
     qz.add_argument("out")
     qz.add_argument("--seed", type=int, default=0)
     qz.add_argument("--threads", type=int, default=1)
+    sg = sub.add_parser("signal")
+    sg.add_argument("out")
+    sg.add_argument("--seed", type=int, default=0)
     b = sub.add_parser("bench")
     b.add_argument("name")
     b.add_argument("--warmup", type=int, default=3)
@@ -358,7 +421,7 @@ def main(argv=None):
         q.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
     return {"train": cmd_train, "ops": cmd_ops, "packed": cmd_packed, "quantized": cmd_quantized,
-            "bench": cmd_bench}[a.cmd](a)
+            "signal": cmd_signal, "bench": cmd_bench}[a.cmd](a)
 
 
 if __name__ == "__main__":

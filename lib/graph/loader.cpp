@@ -733,6 +733,23 @@ int inline_constant_ifs(onnx::GraphProto& g, const std::unordered_map<std::strin
   return inlined;
 }
 
+// STFT's onesided defaults to 1, but the shape inference of onnx 1.12 reads a missing attribute
+// as 0 (16 bins where a 16-sample frame has 9): the default is written out before inferring.
+// (1.12 also counts frames right only where the frame step divides the frame length; other
+// models fail inference with its message.)
+void explicit_stft_defaults(onnx::GraphProto& g) {
+  for (auto& n : *g.mutable_node()) {
+    if (n.op_type() != "STFT" || !(n.domain().empty() || n.domain() == "ai.onnx")) continue;
+    bool has = false;
+    for (const auto& a : n.attribute()) has = has || a.name() == "onesided";
+    if (has) continue;
+    onnx::AttributeProto& a = *n.add_attribute();
+    a.set_name("onesided");
+    a.set_type(onnx::AttributeProto::INT);
+    a.set_i(1);
+  }
+}
+
 // QuantizeLinear -> (Clip ->) DequantizeLinear with one scale and zero point (fixed): the
 // fake quantization of quantization-aware training, as PyTorch exports its FakeQuantize modules
 // (the Clip narrows the range, quant_max 127 of reduce_range). Each becomes one FakeQuantize node
@@ -922,6 +939,7 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
   check_structure_and_sort(gp, file);
   run_checker(model, file);
   split_variadic(gp);
+  explicit_stft_defaults(gp);
 
   Graph g;
   g.model_path = file;

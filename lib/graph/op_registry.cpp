@@ -3,6 +3,7 @@
 #include "core/error.hpp"
 #include "graph/einsum.hpp"
 
+#include <algorithm>
 #include <array>
 #include <unordered_map>
 
@@ -168,6 +169,18 @@ NodeCost cost_einsum(const Graph& g, const Node& n) {
 
 // Bilinear: 4 taps, a multiply-add each, per output element (every channel), plus the weights.
 NodeCost cost_grid_sample(const Graph& g, const Node& n) { return streaming(g, n, 10.0); }
+
+// DFT / STFT as direct sums: 8 FLOPs (a complex multiply-add) per output value and transform
+// length; the length is the output's along the transform (DFT: its axis; STFT: 2·(bins - 1)).
+NodeCost cost_dft(const Graph& g, const Node& n) {
+  NodeCost c = streaming(g, n, 0.0);
+  const Shape& y = g.value(n.outputs[0]).shape;
+  double len = 1;
+  if (n.op_type == "STFT" && y.size() >= 3) len = std::max<double>(1.0, 2.0 * static_cast<double>(y[y.size() - 2] - 1));
+  else if (y.size() >= 3) len = static_cast<double>(y[static_cast<size_t>(std::clamp<int64_t>(n.attr_int("axis", 1), 0, static_cast<int64_t>(y.size()) - 2))]);
+  c.flops = 8.0 * static_cast<double>(elems_of(g, n.outputs[0])) / 2 * len;
+  return c;
+}
 
 // max, subtract, exp, sum, divide.
 NodeCost cost_softmax(const Graph& g, const Node& n) { return streaming(g, n, 5.0); }
@@ -405,6 +418,14 @@ constexpr OpDef kOps[] = {
     {Op::RandomUniform, "RandomUniform", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
     {Op::RandomUniformLike, "RandomUniformLike", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
     {Op::Bernoulli, "Bernoulli", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
+
+    // Discrete Fourier transforms (a complex multiply-add per input and output bin) and the
+    // windows an STFT multiplies its frames by. Forward only.
+    {Op::DFT, "DFT", C::MatMulLike, kNone, kNone, kNone, cost_dft},
+    {Op::STFT, "STFT", C::MatMulLike, kNone, kNone, kNone, cost_dft},
+    {Op::HannWindow, "HannWindow", C::DataMovement, kNone, kNone, kNone, cost_data_movement},
+    {Op::HammingWindow, "HammingWindow", C::DataMovement, kNone, kNone, kNone, cost_data_movement},
+    {Op::BlackmanWindow, "BlackmanWindow", C::DataMovement, kNone, kNone, kNone, cost_data_movement},
 
     {Op::Shape, "Shape", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},
     {Op::Size, "Size", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},

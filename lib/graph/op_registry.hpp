@@ -37,6 +37,8 @@ enum class Op : int {
   QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear, MatMulInteger, ConvInteger, QLinearMatMul, QLinearConv,
   // random numbers from the run's streams (runtime/random.hpp)
   RandomNormal, RandomNormalLike, RandomUniform, RandomUniformLike, Bernoulli,
+  // signal processing: forward only
+  DFT, STFT, HannWindow, HammingWindow, BlackmanWindow,
   // shape-only and constant producers (folded away before planning)
   Shape, Size, Constant, ConstantOfShape, Range, EyeLike,
   // losses

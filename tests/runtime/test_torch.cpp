@@ -174,3 +174,38 @@ TEST_CASE("a post-training-quantized ResNet-18 (QuantizeLinear / DequantizeLinea
   CHECK(worst <= 4);
   CHECK(mean <= 1);
 }
+
+// The signal ops against PyTorch's float64 results (torch_reference.py signal; the graph is built
+// with onnx.helper, PyTorch 1.13 exports no STFT): HannWindow -> STFT against torch.stft, DFT
+// zero-padded and inverse against torch.fft, the symmetric Hamming and Blackman windows.
+TEST_CASE("STFT with a HannWindow, DFT (padded, inverse), Hamming and Blackman windows equal PyTorch's") {
+  const fs::path dir = fs::path(SMP_TEST_DATA) / "torch_signal";
+  std::string cmd = fmt::format("{} {}/scripts/torch_reference.py signal {} > {}.log 2>&1", SMP_PYTHON, SMP_SOURCE_DIR,
+                                dir.string(), dir.string());
+  REQUIRE_MESSAGE(std::system(cmd.c_str()) == 0, cmd);
+  graph::LoadOptions lo;
+  lo.load_weights = true;
+  graph::Graph g = graph::load_graph(dir / "model.onnx", lo);
+  runtime::CpuBackend be(2);
+  runtime::ExecutorOptions opts;
+  opts.training = false;
+  runtime::StageExecutor ex(g, be, opts);
+  std::vector<runtime::Tensor> in;
+  for (int id : ex.inputs()) in.push_back(runtime::load_npy(be, dir / (g.value(id).name + ".npy")));
+  auto out = ex.forward(0, in);
+  REQUIRE(out.size() == 5);
+  for (size_t k = 0; k < out.size(); ++k) {
+    const std::string name = g.value(ex.outputs()[k]).name;
+    CAPTURE(name);
+    runtime::Tensor want = runtime::load_npy(be, dir / ("want_" + name + ".npy"));
+    REQUIRE(out[k].shape() == want.shape());
+    const float *a = out[k].data<float>(), *b = want.data<float>();
+    double d = 0, m = 0;
+    for (int64_t i = 0; i < want.numel(); ++i) {
+      d = std::max(d, std::fabs(static_cast<double>(a[i]) - b[i]));
+      m = std::max(m, std::fabs(static_cast<double>(b[i])));
+    }
+    fmt::print("{}: largest difference {:.1e} of the largest value {:.2e}\n", name, d, m);
+    CHECK(d <= 1e-6 * m);
+  }
+}

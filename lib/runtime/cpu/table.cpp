@@ -46,6 +46,7 @@ constexpr OpKernel kTable[] = {
     KF(QLinearConv, conv_integer),
     KF(RandomNormal, random), KF(RandomNormalLike, random), KF(RandomUniform, random), KF(RandomUniformLike, random),
     KF(Bernoulli, random),
+    KF(DFT, dft), KF(STFT, dft), KF(HannWindow, window), KF(HammingWindow, window), KF(BlackmanWindow, window),
     KF(Shape, shape), KF(Size, size), KF(Constant, constant), KF(ConstantOfShape, constant_of_shape), KF(Range, range),
     KF(EyeLike, eye_like),
     K(SoftmaxCrossEntropyLoss, sce_loss), K(NegativeLogLikelihoodLoss, nll_loss),

@@ -9,7 +9,7 @@
 // trigonometric and hyperbolic ops, IsNaN, IsInf, ReduceL1, ReduceSumSquare, ReduceLogSum,
 // ReduceLogSumExp, ArgMin, GlobalMaxPool, CumSum, ScatterElements, ScatterND, GatherND,
 // DepthToSpace, SpaceToDepth, OneHot, GridSample, Sum, Mean, Shrink, CastLike, LpNormalization,
-// Hardmax, LRN, TopK, EyeLike, the quantized and the random ops have no CUDA kernels yet).
+// Hardmax, LRN, TopK, EyeLike, the quantized, random and signal ops have no CUDA kernels yet).
 #include "runtime/cpu/kernels.hpp"
 #include "runtime/cuda/cuda_backend.hpp"
 #include "runtime/cuda/ops.hpp"
@@ -60,6 +60,7 @@ constexpr OpKernel kTable[] = {
     NO_KERNEL(ConvInteger), NO_KERNEL(QLinearMatMul), NO_KERNEL(QLinearConv),
     NO_KERNEL(RandomNormal), NO_KERNEL(RandomNormalLike), NO_KERNEL(RandomUniform), NO_KERNEL(RandomUniformLike),
     NO_KERNEL(Bernoulli),
+    NO_KERNEL(DFT), NO_KERNEL(STFT), NO_KERNEL(HannWindow), NO_KERNEL(HammingWindow), NO_KERNEL(BlackmanWindow),
     KF(Shape, shape), KF(Size, size), KF(Constant, constant), KF(ConstantOfShape, constant_of_shape), KF(Range, range),
     NO_KERNEL(EyeLike),
     K(SoftmaxCrossEntropyLoss, sce_loss), NO_KERNEL(NegativeLogLikelihoodLoss),

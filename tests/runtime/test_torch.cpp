@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <map>
 
 using namespace smp;
 namespace fs = std::filesystem;
@@ -58,6 +59,38 @@ void train_against_torch(const std::string& what, const std::string& args, const
   CHECK(ex.pending() == 0);
 }
 
+// Runs scripts/torch_reference.py ARGS into `dir`, then the forward of dir/model.onnx (training
+// mode or not) on the arrays dir/<graph input>.npy: the outputs by name.
+std::map<std::string, runtime::Tensor> forward_reference(runtime::Backend& be, const std::string& args, const fs::path& dir,
+                                                         bool training) {
+  std::string cmd = fmt::format("{} {}/scripts/torch_reference.py {} > {}.log 2>&1", SMP_PYTHON, SMP_SOURCE_DIR, args, dir.string());
+  REQUIRE_MESSAGE(std::system(cmd.c_str()) == 0, cmd);
+  graph::LoadOptions lo;
+  lo.load_weights = true;
+  graph::Graph g = graph::load_graph(dir / "model.onnx", lo);
+  runtime::ExecutorOptions opts;
+  opts.training = training;
+  runtime::StageExecutor ex(g, be, opts);
+  std::vector<runtime::Tensor> in;  // in the executor's order, by name
+  for (int id : ex.inputs()) in.push_back(runtime::load_npy(be, dir / (g.value(id).name + ".npy")));
+  auto out = ex.forward(0, in);
+  std::map<std::string, runtime::Tensor> named;
+  for (size_t k = 0; k < out.size(); ++k) named[g.value(ex.outputs()[k]).name] = out[k];
+  return named;
+}
+
+// The largest difference of `got` from `want` (same shape) and the largest |want|.
+std::pair<double, double> largest_difference(const runtime::Tensor& got, const runtime::Tensor& want) {
+  REQUIRE(got.shape() == want.shape());
+  const float *a = got.data<float>(), *b = want.data<float>();
+  double d = 0, m = 0;
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    d = std::max(d, std::fabs(static_cast<double>(a[i]) - b[i]));
+    m = std::max(m, std::fabs(static_cast<double>(b[i])));
+  }
+  return {d, m};
+}
+
 }  // namespace
 
 TEST_CASE("20 SGD steps on each sample model match PyTorch's losses") {
@@ -98,29 +131,12 @@ TEST_CASE("20 SGD steps on a network of a bidirectional 2-layer LSTM, a GRU and 
 // ScatterElements; a row's steps past its length give zeros, its state stops there.
 TEST_CASE("a packed bidirectional LSTM and a packed GRU (sequence_lens) give PyTorch's outputs") {
   const fs::path dir = fs::path(SMP_TEST_DATA) / "torch_packed";
-  std::string cmd = fmt::format("{} {}/scripts/torch_reference.py packed {} > {}.log 2>&1", SMP_PYTHON, SMP_SOURCE_DIR,
-                                dir.string(), dir.string());
-  REQUIRE_MESSAGE(std::system(cmd.c_str()) == 0, cmd);
-  graph::LoadOptions lo;
-  lo.load_weights = true;
-  graph::Graph g = graph::load_graph(dir / "model.onnx", lo);
   runtime::CpuBackend be(2);
-  runtime::StageExecutor ex(g, be);
-  std::vector<runtime::Tensor> in;  // in the executor's order, by name
-  for (int id : ex.inputs()) in.push_back(runtime::load_npy(be, dir / (g.value(id).name + ".npy")));
-  auto out = ex.forward(0, in);
+  auto out = forward_reference(be, "packed " + dir.string(), dir, true);
   REQUIRE(out.size() == 2);
-  for (size_t k = 0; k < 2; ++k) {
-    const std::string name = g.value(ex.outputs()[k]).name;
+  for (const auto& [name, t] : out) {
     CAPTURE(name);
-    runtime::Tensor want = runtime::load_npy(be, dir / (name + ".npy"));
-    REQUIRE(out[k].shape() == want.shape());
-    const float *a = out[k].data<float>(), *b = want.data<float>();
-    double d = 0, m = 0;
-    for (int64_t i = 0; i < want.numel(); ++i) {
-      d = std::max(d, std::fabs(static_cast<double>(a[i]) - b[i]));
-      m = std::max(m, std::fabs(static_cast<double>(b[i])));
-    }
+    auto [d, m] = largest_difference(t, runtime::load_npy(be, dir / (name + ".npy")));
     INFO(fmt::format("max difference {:.2e}, largest value {:.2e}", d, m));
     CHECK(d <= 1e-5 * m);
   }
@@ -144,23 +160,14 @@ TEST_CASE("20 SGD steps on a quantization-aware network (QuantizeLinear -> Dequa
 // (they span about 130); a wrong scale, zero point or rounding is off by tens.
 TEST_CASE("a post-training-quantized ResNet-18 (QuantizeLinear / DequantizeLinear) gives PyTorch's quantized logits within 4 quanta") {
   const fs::path dir = fs::path(SMP_TEST_DATA) / "torch_quantized";
-  std::string cmd = fmt::format("{} {}/scripts/torch_reference.py quantized {} > {}.log 2>&1", SMP_PYTHON, SMP_SOURCE_DIR,
-                                dir.string(), dir.string());
-  REQUIRE_MESSAGE(std::system(cmd.c_str()) == 0, cmd);
-  const double quantum = read_json(dir / "quantized.json")["output_scale"].get<double>();
-  graph::LoadOptions lo;
-  lo.load_weights = true;
-  graph::Graph g = graph::load_graph(dir / "model.onnx", lo);
   runtime::CpuBackend be(2);
-  runtime::ExecutorOptions opts;
-  opts.training = false;
-  runtime::StageExecutor ex(g, be, opts);
-  runtime::Tensor x = runtime::load_npy(be, dir / "x.npy");
-  auto out = ex.forward(0, {&x, 1});
-  runtime::Tensor want = runtime::load_npy(be, dir / "y.npy");
+  auto out = forward_reference(be, "quantized " + dir.string(), dir, false);
+  const double quantum = read_json(dir / "quantized.json")["output_scale"].get<double>();
   REQUIRE(out.size() == 1);
-  REQUIRE(out[0].shape() == want.shape());
-  const float *a = out[0].data<float>(), *b = want.data<float>();
+  const runtime::Tensor& got = out.begin()->second;
+  runtime::Tensor want = runtime::load_npy(be, dir / "y.npy");
+  REQUIRE(got.shape() == want.shape());
+  const float *a = got.data<float>(), *b = want.data<float>();
   double worst = 0, sum = 0, span = 0;
   for (int64_t i = 0; i < want.numel(); ++i) {
     const double d = std::fabs(static_cast<double>(a[i]) - b[i]) / quantum;
@@ -180,31 +187,12 @@ TEST_CASE("a post-training-quantized ResNet-18 (QuantizeLinear / DequantizeLinea
 // zero-padded and inverse against torch.fft, the symmetric Hamming and Blackman windows.
 TEST_CASE("STFT with a HannWindow, DFT (padded, inverse), Hamming and Blackman windows equal PyTorch's") {
   const fs::path dir = fs::path(SMP_TEST_DATA) / "torch_signal";
-  std::string cmd = fmt::format("{} {}/scripts/torch_reference.py signal {} > {}.log 2>&1", SMP_PYTHON, SMP_SOURCE_DIR,
-                                dir.string(), dir.string());
-  REQUIRE_MESSAGE(std::system(cmd.c_str()) == 0, cmd);
-  graph::LoadOptions lo;
-  lo.load_weights = true;
-  graph::Graph g = graph::load_graph(dir / "model.onnx", lo);
   runtime::CpuBackend be(2);
-  runtime::ExecutorOptions opts;
-  opts.training = false;
-  runtime::StageExecutor ex(g, be, opts);
-  std::vector<runtime::Tensor> in;
-  for (int id : ex.inputs()) in.push_back(runtime::load_npy(be, dir / (g.value(id).name + ".npy")));
-  auto out = ex.forward(0, in);
+  auto out = forward_reference(be, "signal " + dir.string(), dir, false);
   REQUIRE(out.size() == 5);
-  for (size_t k = 0; k < out.size(); ++k) {
-    const std::string name = g.value(ex.outputs()[k]).name;
+  for (const auto& [name, t] : out) {
     CAPTURE(name);
-    runtime::Tensor want = runtime::load_npy(be, dir / ("want_" + name + ".npy"));
-    REQUIRE(out[k].shape() == want.shape());
-    const float *a = out[k].data<float>(), *b = want.data<float>();
-    double d = 0, m = 0;
-    for (int64_t i = 0; i < want.numel(); ++i) {
-      d = std::max(d, std::fabs(static_cast<double>(a[i]) - b[i]));
-      m = std::max(m, std::fabs(static_cast<double>(b[i])));
-    }
+    auto [d, m] = largest_difference(t, runtime::load_npy(be, dir / ("want_" + name + ".npy")));
     fmt::print("{}: largest difference {:.1e} of the largest value {:.2e}\n", name, d, m);
     CHECK(d <= 1e-6 * m);
   }

@@ -840,38 +840,12 @@ struct QConvState : ConvState {
 
 std::unique_ptr<KernelState> prep_conv_integer(const NodeView& n) {
   auto s = std::make_unique<QConvState>();
-  QuantIO& q = s->q;
-  const bool qlinear = n.op() == Op::QLinearConv;
-  const int x = 0, w = qlinear ? 3 : 1;
-  if (qlinear) {
-    if (n.num_inputs() < 8) n.fail("needs at least 8 inputs");
-    q = QuantIO{1, 2, 4, 5, 6, 7, n.has_input(8) ? 8 : -1, true};
-  } else {
-    q.a_zero = 2;
-    q.b_zero = 3;
-  }
-  n.require_dtype(n.input(x), {DType::U8, DType::I8}, "input x");
-  n.require_dtype(n.input(w), {DType::U8, DType::I8}, "weight w");
-  conv_layout(n, x, w, *s);
-  auto zero_of = [&](int i, int operand, int64_t channels, const char* role) {
-    check_qparam(n, i, channels, false, role);
-    if (n.has_input(i) && n.input(i).dtype != n.input(operand).dtype) n.fail(fmt::format("{}'s dtype differs from its operand's", role));
-  };
-  zero_of(q.a_zero, x, 1, "x_zero_point");
-  zero_of(q.b_zero, w, s->M, "w_zero_point");
-  if (qlinear) {
-    check_qparam(n, q.a_scale, 1, true, "x_scale");
-    check_qparam(n, q.b_scale, s->M, true, "w_scale");
-    check_qparam(n, q.y_scale, 1, true, "y_scale");
-    check_qparam(n, q.y_zero, 1, false, "y_zero_point");
-    n.require_dtype(n.output(0), {DType::U8, DType::I8}, "output y");
-    if (n.input(q.y_zero).dtype != n.output(0).dtype) n.fail("y_zero_point's dtype differs from the output's");
-    if (q.bias >= 0) {
-      n.require_dtype(n.input(q.bias), {DType::I32}, "bias B");
-      if (n.input(q.bias).shape != Shape{s->M}) n.fail("bias B must be [M]");
-    }
-  } else {
-    n.require_dtype(n.output(0), {DType::I32}, "output y");
+  const QuantIO& q = s->q = integer_product_inputs(n, n.op() == Op::QLinearConv, "x", "w");
+  conv_layout(n, 0, operand_b(q), *s);
+  check_integer_product(n, q, "x", "w", 1, s->M, 1);
+  if (q.bias >= 0) {
+    n.require_dtype(n.input(q.bias), {DType::I32}, "bias B");
+    if (n.input(q.bias).shape != Shape{s->M}) n.fail("bias B must be [M]");
   }
   return s;
 }
@@ -881,7 +855,7 @@ void fwd_conv_integer(const KernelState& st, ExecContext& ctx, std::span<Tensor>
   const QuantIO& q = s.q;
   const Geom& g = s.g;
   const Tensor& X = in[0];
-  const Tensor& W = in[q.requantize ? 3 : 1];
+  const Tensor& W = in[static_cast<size_t>(operand_b(q))];
   const int64_t Cg = s.C / s.groups, Mg = s.M / s.groups, ckk = Cg * g.kernel_size(), ohw = g.out_size(), ihw = g.in_size();
   const std::vector<int32_t> zx = zero_values(in, q.a_zero), zw = zero_values(in, q.b_zero);
   Tensor xt = scratch(ctx, DType::F64, {X.numel()}), wt = scratch(ctx, DType::F64, {W.numel()});

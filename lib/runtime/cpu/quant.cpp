@@ -26,6 +26,40 @@ int64_t check_qparam(const NodeView& n, int i, int64_t channels, bool scale, con
   return k;
 }
 
+QuantIO integer_product_inputs(const NodeView& n, bool qlinear, const char* a, const char* b) {
+  QuantIO q;
+  if (qlinear) {
+    if (n.num_inputs() < 8) n.fail("needs at least 8 inputs");
+    q = QuantIO{1, 2, 4, 5, 6, 7, n.has_input(8) ? 8 : -1, true};
+  } else {
+    q.a_zero = 2;
+    q.b_zero = 3;
+  }
+  n.require_dtype(n.input(0), {DType::U8, DType::I8}, a);
+  n.require_dtype(n.input(operand_b(q)), {DType::U8, DType::I8}, b);
+  return q;
+}
+
+void check_integer_product(const NodeView& n, const QuantIO& q, const char* a, const char* b, int64_t a_ch, int64_t b_ch,
+                           int64_t y_ch) {
+  auto zero_of = [&](int i, int operand, int64_t channels, const std::string& role) {
+    check_qparam(n, i, channels, false, role.c_str());
+    if (n.has_input(i) && n.input(i).dtype != n.input(operand).dtype) n.fail(fmt::format("{}'s dtype differs from {}'s", role, operand ? b : a));
+  };
+  zero_of(q.a_zero, 0, a_ch, fmt::format("{}_zero_point", a));
+  zero_of(q.b_zero, operand_b(q), b_ch, fmt::format("{}_zero_point", b));
+  if (!q.requantize) {
+    n.require_dtype(n.output(0), {DType::I32}, "output");
+    return;
+  }
+  check_qparam(n, q.a_scale, a_ch, true, fmt::format("{}_scale", a).c_str());
+  check_qparam(n, q.b_scale, b_ch, true, fmt::format("{}_scale", b).c_str());
+  check_qparam(n, q.y_scale, y_ch, true, "y_scale");
+  check_qparam(n, q.y_zero, y_ch, false, "y_zero_point");
+  n.require_dtype(n.output(0), {DType::U8, DType::I8}, "output y");
+  if (n.input(q.y_zero).dtype != n.output(0).dtype) n.fail("y_zero_point's dtype differs from the output's");
+}
+
 std::vector<float> scale_values(std::span<const Tensor> in, int i) {
   const Tensor& t = in[static_cast<size_t>(i)];
   return std::vector<float>(t.data<float>(), t.data<float>() + t.numel());
@@ -67,6 +101,22 @@ void axis_layout(const NodeView& n, const Shape& x, int scale_input, QuantizeSta
   for (int64_t d = axis + 1; d < r; ++d) s.inner *= x[static_cast<size_t>(d)];
 }
 
+// f(i, scale, zero) for every element i of x, with its channel's scale and zero point (the
+// inputs `scale_input` and `scale_input` + 1 of `in`), channels across threads.
+template <class F>
+void for_channels(const QuantizeState& s, std::span<const Tensor> in, int scale_input, F f) {
+  const std::vector<float> scale = scale_values(in, scale_input);
+  const std::vector<int32_t> zero = zero_values(in, scale_input + 1);
+  pfor(s.outer * s.C, std::max<int64_t>(1, kGrain / s.inner), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t c = r % s.C;
+      const float sc = at(scale, c);
+      const int32_t z = at(zero, c);
+      for (int64_t i = r * s.inner; i < (r + 1) * s.inner; ++i) f(i, sc, z);
+    }
+  });
+}
+
 }  // namespace
 
 // ---- QuantizeLinear, DequantizeLinear --------------------------------------------------------
@@ -85,21 +135,11 @@ std::unique_ptr<KernelState> prep_quantize(const NodeView& n) {
 }
 
 void fwd_quantize(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
-  const auto& s = static_cast<const QuantizeState&>(st);
-  const std::vector<float> scale = scale_values(in, 1);
-  const std::vector<int32_t> zero = zero_values(in, 2);
   const Tensor& x = in[0];
   Tensor& y = out[0];
-  pfor(s.outer * s.C, std::max<int64_t>(1, kGrain / s.inner), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t c = r % s.C;
-      const float sc = at(scale, c);
-      const int32_t z = at(zero, c);
-      for (int64_t i = r * s.inner; i < (r + 1) * s.inner; ++i) {
-        const float v = x.dtype() == DType::F32 ? x.data<float>()[i] : static_cast<float>(x.data<int32_t>()[i]);
-        store_quantized(y, i, v / sc, z);
-      }
-    }
+  for_channels(static_cast<const QuantizeState&>(st), in, 1, [&](int64_t i, float sc, int32_t z) {
+    const float v = x.dtype() == DType::F32 ? x.data<float>()[i] : static_cast<float>(x.data<int32_t>()[i]);
+    store_quantized(y, i, v / sc, z);
   });
 }
 
@@ -119,19 +159,10 @@ std::unique_ptr<KernelState> prep_dequantize(const NodeView& n) {
 }
 
 void fwd_dequantize(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
-  const auto& s = static_cast<const QuantizeState&>(st);
-  const std::vector<float> scale = scale_values(in, 1);
-  const std::vector<int32_t> zero = zero_values(in, 2);
   const Tensor& x = in[0];
   float* y = out[0].data<float>();
-  pfor(s.outer * s.C, std::max<int64_t>(1, kGrain / s.inner), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t c = r % s.C;
-      const float sc = at(scale, c);
-      const int32_t z = at(zero, c);
-      for (int64_t i = r * s.inner; i < (r + 1) * s.inner; ++i)
-        y[i] = static_cast<float>(static_cast<int64_t>(int_at(x, i)) - z) * sc;
-    }
+  for_channels(static_cast<const QuantizeState&>(st), in, 1, [&](int64_t i, float sc, int32_t z) {
+    y[i] = static_cast<float>(static_cast<int64_t>(int_at(x, i)) - z) * sc;
   });
 }
 
@@ -179,35 +210,11 @@ void fwd_dynamic_quantize(const KernelState&, ExecContext&, std::span<Tensor> ou
 
 std::unique_ptr<KernelState> prep_matmul_integer(const NodeView& n) {
   auto s = std::make_unique<QMatMulState>();
-  QuantIO& q = s->q;
   const bool qlinear = n.op() == graph::Op::QLinearMatMul;
-  const int a = 0, b = qlinear ? 3 : 1;
-  if (qlinear) {
-    if (n.num_inputs() != 8) n.fail("needs 8 inputs");
-    q = QuantIO{1, 2, 4, 5, 6, 7, -1, true};
-  } else {
-    q.a_zero = 2;
-    q.b_zero = 3;
-  }
-  n.require_dtype(n.input(a), {DType::U8, DType::I8}, "input A");
-  n.require_dtype(n.input(b), {DType::U8, DType::I8}, "input B");
-  matmul_layout(n, a, b, *s);
-  auto zero_of = [&](int i, int operand, int64_t channels, const char* role) {
-    check_qparam(n, i, channels, false, role);
-    if (n.has_input(i) && n.input(i).dtype != n.input(operand).dtype) n.fail(fmt::format("{}'s dtype differs from its operand's", role));
-  };
-  zero_of(q.a_zero, a, s->M, "a_zero_point");
-  zero_of(q.b_zero, b, s->N, "b_zero_point");
-  if (qlinear) {
-    check_qparam(n, q.a_scale, s->M, true, "a_scale");
-    check_qparam(n, q.b_scale, s->N, true, "b_scale");
-    check_qparam(n, q.y_scale, s->M, true, "y_scale");
-    check_qparam(n, q.y_zero, s->M, false, "y_zero_point");
-    n.require_dtype(n.output(0), {DType::U8, DType::I8}, "output y");
-    if (n.input(q.y_zero).dtype != n.output(0).dtype) n.fail("y_zero_point's dtype differs from the output's");
-  } else {
-    n.require_dtype(n.output(0), {DType::I32}, "output Y");
-  }
+  if (qlinear && n.num_inputs() != 8) n.fail("needs 8 inputs");
+  s->q = integer_product_inputs(n, qlinear, "a", "b");
+  matmul_layout(n, 0, operand_b(s->q), *s);
+  check_integer_product(n, s->q, "a", "b", s->M, s->N, s->M);
   return s;
 }
 
@@ -215,7 +222,7 @@ void fwd_matmul_integer(const KernelState& st, ExecContext& ctx, std::span<Tenso
   const auto& s = static_cast<const QMatMulState&>(st);
   const QuantIO& q = s.q;
   const Tensor& A = in[0];
-  const Tensor& B = in[q.requantize ? 3 : 1];
+  const Tensor& B = in[static_cast<size_t>(operand_b(q))];
   const int64_t M = s.M, N = s.N, K = s.K;
   const std::vector<int32_t> za = zero_values(in, q.a_zero), zb = zero_values(in, q.b_zero);
   // The shifted operands in float64 (exact), then one float64 product per batch.
@@ -279,13 +286,11 @@ struct FakeQuantState : QuantizeState {
 
 // Calls f(i, q, s, z) for every element, q = round(x_i / s) + z unclamped.
 template <class F>
-void for_quantized(const FakeQuantState& s, const float* x, const std::vector<float>& scale, const std::vector<int32_t>& zero, F f) {
-  pfor(s.outer * s.C, std::max<int64_t>(1, kGrain / s.inner), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t c = r % s.C;
-      const float sc = at(scale, c), z = static_cast<float>(at(zero, c));
-      for (int64_t i = r * s.inner; i < (r + 1) * s.inner; ++i) f(i, std::nearbyint(x[i] / sc) + z, sc, z);
-    }
+void for_quantized(const FakeQuantState& s, std::span<const Tensor> in, F f) {
+  const float* x = in[0].data<float>();
+  for_channels(s, in, 1, [&](int64_t i, float sc, int32_t zero) {
+    const float z = static_cast<float>(zero);
+    f(i, std::nearbyint(x[i] / sc) + z, sc, z);
   });
 }
 }  // namespace
@@ -307,7 +312,7 @@ std::unique_ptr<KernelState> prep_fake_quantize(const NodeView& n) {
 void fwd_fake_quantize(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
   const auto& s = static_cast<const FakeQuantState&>(st);
   float* y = out[0].data<float>();
-  for_quantized(s, in[0].data<float>(), scale_values(in, 1), zero_values(in, 2), [&](int64_t i, float q, float sc, float z) {
+  for_quantized(s, in, [&](int64_t i, float q, float sc, float z) {
     y[i] = (std::min(std::max(q, s.qmin), s.qmax) - z) * sc;
   });
 }
@@ -318,7 +323,7 @@ void bwd_fake_quantize(const KernelState& st, ExecContext&, const GradIO& io) {
   const float* dy = io.dout[0].data<float>();
   float* dx = io.din[0].data<float>();
   const bool acc = io.accumulate[0];
-  for_quantized(s, io.in[0].data<float>(), scale_values(io.in, 1), zero_values(io.in, 2), [&](int64_t i, float q, float, float) {
+  for_quantized(s, io.in, [&](int64_t i, float q, float, float) {
     const float g = q >= s.qmin && q <= s.qmax ? dy[i] : 0.0f;
     dx[i] = acc ? dx[i] + g : g;
   });

@@ -20,6 +20,18 @@ struct QuantIO {
   bool requantize = false;  // QLinear*: the output is quantized again (else int32 sums)
 };
 
+// The inputs of an integer product with operand names a and b ("A", "B"; "x", "w"): MatMulInteger
+// and ConvInteger read (a, b, a_zero, b_zero), QLinearMatMul and QLinearConv (a, a_scale, a_zero,
+// b, b_scale, b_zero, y_scale, y_zero[, bias]); the operands must be uint8 or int8.
+QuantIO integer_product_inputs(const NodeView& n, bool qlinear, const char* a, const char* b);
+// The operand index of a (0) and b (1 or 3).
+inline int operand_b(const QuantIO& q) { return q.requantize ? 3 : 1; }
+// Load-time checks of an integer product's scales and zero points: a's per tensor or a_ch values,
+// b's per tensor or b_ch, y's per tensor or y_ch; zero points of their data's dtype; the output
+// int32 (or, requantized, the y zero point's uint8 / int8).
+void check_integer_product(const NodeView& n, const QuantIO& q, const char* a, const char* b, int64_t a_ch, int64_t b_ch,
+                           int64_t y_ch);
+
 // Element i of an integer tensor (uint8, int8, int32).
 inline int32_t int_at(const Tensor& t, int64_t i) {
   switch (t.dtype()) {

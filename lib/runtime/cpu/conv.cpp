@@ -882,25 +882,9 @@ void fwd_conv_integer(const KernelState& st, ExecContext& ctx, std::span<Tensor>
                     acc + (b * s.M + gr * Mg) * ohw, static_cast<int>(ohw));
       }
   });
-  Tensor& Y = out[0];
-  const int64_t total = s.N * s.M * ohw;
-  if (!q.requantize) {
-    int32_t* y = Y.data<int32_t>();
-    pfor(total, kGrain, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i)
-        y[i] = static_cast<int32_t>(std::min<double>(std::max<double>(acc[i], INT32_MIN), INT32_MAX));
-    });
-    return;
-  }
-  const std::vector<float> sx = scale_values(in, q.a_scale), sw = scale_values(in, q.b_scale), sy = scale_values(in, q.y_scale);
-  const std::vector<int32_t> zy = zero_values(in, q.y_zero);
   const int32_t* bias = q.bias >= 0 ? in[static_cast<size_t>(q.bias)].data<int32_t>() : nullptr;
-  pfor(total, kGrain, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t m = (i / ohw) % s.M;
-      const float mult = sx[0] * at(sw, m) / sy[0];
-      store_quantized(Y, i, static_cast<float>(acc[i] + (bias ? bias[m] : 0)) * mult, zy[0]);
-    }
+  write_integer_product(out[0], acc, s.N * s.M * ohw, q, in, bias, [&](int64_t i) {
+    return std::array<int64_t, 3>{0, (i / ohw) % s.M, 0};
   });
 }
 

@@ -251,24 +251,9 @@ void fwd_matmul_integer(const KernelState& st, ExecContext& ctx, std::span<Tenso
         dgemm(M, N, K, a + s.a_off[static_cast<size_t>(i)] * M * K, b + s.b_off[static_cast<size_t>(i)] * K * N, c + i * M * N);
     });
   }
-  Tensor& Y = out[0];
-  const int64_t total = s.batches * M * N;
-  if (!q.requantize) {
-    int32_t* y = Y.data<int32_t>();
-    pfor(total, kGrain, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i)
-        y[i] = static_cast<int32_t>(std::min<double>(std::max<double>(c[i], INT32_MIN), INT32_MAX));
-    });
-    return;
-  }
-  const std::vector<float> sa = scale_values(in, q.a_scale), sb = scale_values(in, q.b_scale), sy = scale_values(in, q.y_scale);
-  const std::vector<int32_t> zy = zero_values(in, q.y_zero);
-  pfor(total, kGrain, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t m = (i / N) % M, col = i % N;
-      const float mult = at(sa, m) * at(sb, col) / at(sy, m);
-      store_quantized(Y, i, static_cast<float>(c[i]) * mult, at(zy, m));
-    }
+  write_integer_product(out[0], c, s.batches * M * N, q, in, nullptr, [&](int64_t i) {
+    const int64_t m = (i / N) % M;
+    return std::array<int64_t, 3>{m, i % N, m};
   });
 }
 

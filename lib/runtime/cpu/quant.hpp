@@ -7,6 +7,8 @@
 
 #include "runtime/cpu/common.hpp"
 
+#include <array>
+#include <climits>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -68,6 +70,30 @@ std::vector<int32_t> zero_values(std::span<const Tensor> in, int i);
 template <class T>
 inline T at(const std::vector<T>& v, int64_t k) {
   return v.size() == 1 ? v[0] : v[static_cast<size_t>(k)];
+}
+
+// Writes an integer product's output from its exact sums acc[0, total): int32 (saturated), or
+// requantized, saturate(round((acc + bias) * a_scale * b_scale / y_scale) + y_zero), where
+// channels(i) gives element i's (a, b, y) parameter indices and bias (or nullptr) is per b channel.
+template <class Channels>
+void write_integer_product(Tensor& Y, const double* acc, int64_t total, const QuantIO& q, std::span<const Tensor> in,
+                           const int32_t* bias, Channels channels) {
+  if (!q.requantize) {
+    int32_t* y = Y.data<int32_t>();
+    pfor(total, kGrain, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) y[i] = static_cast<int32_t>(std::min<double>(std::max<double>(acc[i], INT32_MIN), INT32_MAX));
+    });
+    return;
+  }
+  const std::vector<float> sa = scale_values(in, q.a_scale), sb = scale_values(in, q.b_scale), sy = scale_values(in, q.y_scale);
+  const std::vector<int32_t> zy = zero_values(in, q.y_zero);
+  pfor(total, kGrain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const auto [ka, kb, ky] = channels(i);
+      const float mult = at(sa, ka) * at(sb, kb) / at(sy, ky);
+      store_quantized(Y, i, static_cast<float>(acc[i] + (bias ? bias[kb] : 0)) * mult, at(zy, ky));
+    }
+  });
 }
 
 }  // namespace smp::runtime::cpu

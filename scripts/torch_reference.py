@@ -33,8 +33,9 @@
 
   torch_reference.py signal OUT [--seed 0]
       An ONNX graph of HannWindow -> STFT, DFT (zero-padded, inverse), HammingWindow and
-      BlackmanWindow (OUT/model.onnx, built with onnx.helper), its inputs OUT/<input>.npy and
-      PyTorch's float64 results OUT/want_<output>.npy (torch.stft, torch.fft, torch's windows).
+      BlackmanWindow, MelWeightMatrix (OUT/model.onnx, built with onnx.helper), its inputs
+      OUT/<input>.npy and the results OUT/want_<output>.npy (torch.stft, torch.fft, torch's windows
+      in float64; the mel matrix by ONNX's reference formula).
 
   torch_reference.py bench NAME [--batch 32] [--threads 1] [--steps 20] [--warmup 3]
       Prints {"steps_per_s": ..., "steps_per_cpu_s": ...} (per second of the process's CPU time) for training steps (forward, loss, backward, SGD step).
@@ -319,12 +320,36 @@ def cmd_quantized(a):
     return 0
 
 
+def mel_weights(mels, dft, rate, lo, hi):
+    """MelWeightMatrix as ONNX's reference builds it (onnx/backend/test/case/node/melweightmatrix.py;
+    torch has no such op): num_mel_bins + 2 points evenly spaced in mel, the step the range over
+    num_mel_bins + 2, triangular filters between them."""
+    points = np.arange(0, mels + 2)
+    lo_mel = 2595 * np.log10(1 + lo / 700)
+    hi_mel = 2595 * np.log10(1 + hi / 700)
+    step = (hi_mel - lo_mel) / points.shape[0]
+    hz = 700 * (np.power(10, (points * step + lo_mel) / 2595) - 1)
+    bins = (((dft + 1) * hz) // rate).astype(int)
+    out = np.zeros((dft // 2 + 1, mels))
+    for i in range(mels):
+        left, center, right = bins[i], bins[i + 1], bins[i + 2]
+        if center == left:
+            out[center, i] = 1
+        else:
+            for j in range(left, center + 1):
+                out[j, i] = (j - left) / (center - left)
+        for j in range(center, right):
+            out[j, i] = (right - j) / (right - center)
+    return out.astype(np.float32)
+
+
 def cmd_signal(a):
     """An ONNX graph of the signal ops (built with onnx.helper: PyTorch 1.13 cannot export
     torch.stft) and PyTorch's results for its inputs: HannWindow(256) -> STFT of 1024 samples
     (frame_step 128, onesided) against torch.stft(n_fft=256, hop_length=128, center=False); a
     DFT along axis 1 zero-padded to 64 against torch.fft.fft(n=64); an inverse DFT of complex
-    input against torch.fft.ifft; HammingWindow and BlackmanWindow (symmetric) against torch's.
+    input against torch.fft.ifft; HammingWindow and BlackmanWindow (symmetric) against torch's; a
+    MelWeightMatrix of 80 mel bins for 400-sample frames at 16 kHz against ONNX's reference.
     The STFT node leaves onesided at its default, which onnx 1.12's shape inference misreads."""
     import onnx
     from onnx import TensorProto, helper
@@ -341,6 +366,7 @@ def cmd_signal(a):
         helper.make_node("DFT", ["z"], ["iz"], axis=1, inverse=1),
         helper.make_node("HammingWindow", ["n30"], ["hamming"], periodic=0),
         helper.make_node("BlackmanWindow", ["n30"], ["blackman"], periodic=0),
+        helper.make_node("MelWeightMatrix", ["n80", "n400", "rate", "lo", "hi"], ["mel"]),
     ]
     f = TensorProto.FLOAT
     g = helper.make_graph(
@@ -348,8 +374,9 @@ def cmd_signal(a):
         [helper.make_tensor_value_info("signal", f, [2, 1024, 1]), helper.make_tensor_value_info("x", f, [3, 50, 4, 1]),
          helper.make_tensor_value_info("z", f, [2, 12, 2])],
         [helper.make_tensor_value_info(n, f, d) for n, d in (("spec", [2, 7, 129, 2]), ("fx", [3, 64, 4, 2]), ("iz", [2, 12, 2]),
-                                                             ("hamming", [30]), ("blackman", [30]))],
-        initializer=[ints("n256", 256), ints("step", 128), ints("n64", 64), ints("n30", 30)])
+                                                             ("hamming", [30]), ("blackman", [30]), ("mel", [201, 80]))],
+        initializer=[ints("n256", 256), ints("step", 128), ints("n64", 64), ints("n30", 30), ints("n80", 80), ints("n400", 400),
+                     ints("rate", 16000), helper.make_tensor("lo", f, [], [0.0]), helper.make_tensor("hi", f, [], [8000.0])])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, os.path.join(a.out, "model.onnx"))
     for name, v in (("signal", sig), ("x", x), ("z", z)):
@@ -369,6 +396,7 @@ def cmd_signal(a):
         "hamming": torch.hamming_window(30, periodic=False, alpha=25 / 46, beta=21 / 46, dtype=torch.float64).numpy().astype(np.float32),
         "blackman": torch.blackman_window(30, periodic=False, dtype=torch.float64).numpy().astype(np.float32),
     }
+    ref["mel"] = mel_weights(80, 400, 16000, np.float32(0), np.float32(8000))
     for name, v in ref.items():
         np.save(os.path.join(a.out, "want_" + name + ".npy"), v)
     return 0

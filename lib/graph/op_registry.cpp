@@ -419,13 +419,14 @@ constexpr OpDef kOps[] = {
     {Op::RandomUniformLike, "RandomUniformLike", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
     {Op::Bernoulli, "Bernoulli", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
 
-    // Discrete Fourier transforms (a complex multiply-add per input and output bin) and the
-    // windows an STFT multiplies its frames by. Forward only.
+    // Discrete Fourier transforms (a complex multiply-add per input and output bin), the windows
+    // an STFT multiplies its frames by, and the mel filter bank. Forward only.
     {Op::DFT, "DFT", C::MatMulLike, kNone, kNone, kNone, cost_dft},
     {Op::STFT, "STFT", C::MatMulLike, kNone, kNone, kNone, cost_dft},
     {Op::HannWindow, "HannWindow", C::DataMovement, kNone, kNone, kNone, cost_data_movement},
     {Op::HammingWindow, "HammingWindow", C::DataMovement, kNone, kNone, kNone, cost_data_movement},
     {Op::BlackmanWindow, "BlackmanWindow", C::DataMovement, kNone, kNone, kNone, cost_data_movement},
+    {Op::MelWeightMatrix, "MelWeightMatrix", C::DataMovement, kNone, kNone, kNone, cost_data_movement},
 
     {Op::Shape, "Shape", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},
     {Op::Size, "Size", C::ShapeOnly, kNone, kNone, kNone, cost_shape_only},

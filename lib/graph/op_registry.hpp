@@ -38,7 +38,7 @@ enum class Op : int {
   // random numbers from the run's streams (runtime/random.hpp)
   RandomNormal, RandomNormalLike, RandomUniform, RandomUniformLike, Bernoulli,
   // signal processing: forward only
-  DFT, STFT, HannWindow, HammingWindow, BlackmanWindow,
+  DFT, STFT, HannWindow, HammingWindow, BlackmanWindow, MelWeightMatrix,
   // shape-only and constant producers (folded away before planning)
   Shape, Size, Constant, ConstantOfShape, Range, EyeLike,
   // losses

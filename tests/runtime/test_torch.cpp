@@ -184,12 +184,13 @@ TEST_CASE("a post-training-quantized ResNet-18 (QuantizeLinear / DequantizeLinea
 
 // The signal ops against PyTorch's float64 results (torch_reference.py signal; the graph is built
 // with onnx.helper, PyTorch 1.13 exports no STFT): HannWindow -> STFT against torch.stft, DFT
-// zero-padded and inverse against torch.fft, the symmetric Hamming and Blackman windows.
-TEST_CASE("STFT with a HannWindow, DFT (padded, inverse), Hamming and Blackman windows equal PyTorch's") {
+// zero-padded and inverse against torch.fft, the symmetric Hamming and Blackman windows; a
+// MelWeightMatrix (80 mel bins, 400-sample frames, 16 kHz) against ONNX's reference formula.
+TEST_CASE("STFT with a HannWindow, DFT (padded, inverse), Hamming and Blackman windows equal PyTorch's; MelWeightMatrix ONNX's reference") {
   const fs::path dir = fs::path(SMP_TEST_DATA) / "torch_signal";
   runtime::CpuBackend be(2);
   auto out = forward_reference(be, "signal " + dir.string(), dir, false);
-  REQUIRE(out.size() == 5);
+  REQUIRE(out.size() == 6);
   for (const auto& [name, t] : out) {
     CAPTURE(name);
     auto [d, m] = largest_difference(t, runtime::load_npy(be, dir / ("want_" + name + ".npy")));

@@ -201,4 +201,66 @@ void fwd_window(const KernelState& st, ExecContext&, std::span<Tensor> out, std:
   }
 }
 
+// ---- MelWeightMatrix ---------------------------------------------------------------------------
+//
+// The [dft_length / 2 + 1, num_mel_bins] matrix of triangular mel filters that maps a onesided
+// spectrogram's bins to mel bins, as ONNX's reference builds it: num_mel_bins + 2 points evenly
+// spaced in mel (2595 log10(1 + f / 700)) from lower_edge_hertz to upper_edge_hertz, the step the
+// range over num_mel_bins + 2, each point's bin floor((dft_length + 1) f / sample_rate); filter i
+// rises from point i to point i + 1 and falls to point i + 2 (a zero-width rise is 1 at the
+// center). The mel range in float32, as the reference's numpy scalars. Every input a constant.
+
+namespace {
+struct MelState : KernelState {
+  std::vector<double> w;  // row-major [bins, mels]
+};
+
+double scalar_value(const NodeView& n, int i, const char* role) {
+  const graph::TensorData* d = n.constant_input(i);
+  if (!d || d->numel() != 1) n.fail(fmt::format("{} must be a constant scalar", role));
+  return d->get_f64(0);
+}
+}  // namespace
+
+std::unique_ptr<KernelState> prep_mel_weights(const NodeView& n) {
+  auto s = std::make_unique<MelState>();
+  n.require_dtype(n.output(0), {DType::F32, DType::F64}, "output");
+  const int64_t mels = static_cast<int64_t>(scalar_value(n, 0, "num_mel_bins")), dft = static_cast<int64_t>(scalar_value(n, 1, "dft_length"));
+  const double rate = scalar_value(n, 2, "sample_rate");
+  const float lo = static_cast<float>(scalar_value(n, 3, "lower_edge_hertz")), hi = static_cast<float>(scalar_value(n, 4, "upper_edge_hertz"));
+  const int64_t bins = dft / 2 + 1;
+  if (mels < 1 || dft < 1 || rate <= 0 || !(lo <= hi)) n.fail("num_mel_bins, dft_length and sample_rate must be positive, lower_edge_hertz at most upper_edge_hertz");
+  if (n.output(0).shape != Shape{bins, mels}) n.fail(fmt::format("output {} is not [{}, {}]", shape_str(n.output(0).shape), bins, mels));
+  const float lo_mel = 2595.0f * std::log10(1.0f + lo / 700.0f), hi_mel = 2595.0f * std::log10(1.0f + hi / 700.0f);
+  const float step = (hi_mel - lo_mel) / static_cast<float>(mels + 2);
+  std::vector<int64_t> point(static_cast<size_t>(mels + 2));
+  for (int64_t k = 0; k < mels + 2; ++k) {
+    const double mel = static_cast<double>(k) * static_cast<double>(step) + static_cast<double>(lo_mel);
+    const double hz = 700.0 * (std::pow(10.0, mel / 2595.0) - 1.0);
+    point[static_cast<size_t>(k)] = static_cast<int64_t>(std::floor(static_cast<double>(dft + 1) * hz / rate));
+  }
+  s->w.assign(static_cast<size_t>(bins * mels), 0.0);
+  auto at = [&](int64_t j, int64_t i) -> double* {
+    if (j < 0 || j >= bins) n.fail(fmt::format("a filter reaches bin {}, past the spectrogram's {} (upper_edge_hertz above half sample_rate?)", j, bins));
+    return &s->w[static_cast<size_t>(j * mels + i)];
+  };
+  for (int64_t i = 0; i < mels; ++i) {
+    const int64_t left = point[static_cast<size_t>(i)], center = point[static_cast<size_t>(i + 1)], right = point[static_cast<size_t>(i + 2)];
+    if (center == left) *at(center, i) = 1;
+    else
+      for (int64_t j = left; j <= center; ++j) *at(j, i) = static_cast<double>(j - left) / static_cast<double>(center - left);
+    for (int64_t j = center; j < right; ++j) *at(j, i) = static_cast<double>(right - j) / static_cast<double>(right - center);
+  }
+  return s;
+}
+
+void fwd_mel_weights(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor>) {
+  const auto& s = static_cast<const MelState&>(st);
+  Tensor& y = out[0];
+  for (size_t k = 0; k < s.w.size(); ++k) {
+    if (y.dtype() == DType::F32) y.data<float>()[k] = static_cast<float>(s.w[k]);
+    else y.data<double>()[k] = s.w[k];
+  }
+}
+
 }  // namespace smp::runtime::cpu

@@ -47,6 +47,7 @@ constexpr OpKernel kTable[] = {
     KF(RandomNormal, random), KF(RandomNormalLike, random), KF(RandomUniform, random), KF(RandomUniformLike, random),
     KF(Bernoulli, random),
     KF(DFT, dft), KF(STFT, dft), KF(HannWindow, window), KF(HammingWindow, window), KF(BlackmanWindow, window),
+    KF(MelWeightMatrix, mel_weights),
     KF(Shape, shape), KF(Size, size), KF(Constant, constant), KF(ConstantOfShape, constant_of_shape), KF(Range, range),
     KF(EyeLike, eye_like),
     K(SoftmaxCrossEntropyLoss, sce_loss), K(NegativeLogLikelihoodLoss, nll_loss),

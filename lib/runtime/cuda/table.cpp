@@ -61,6 +61,7 @@ constexpr OpKernel kTable[] = {
     NO_KERNEL(RandomNormal), NO_KERNEL(RandomNormalLike), NO_KERNEL(RandomUniform), NO_KERNEL(RandomUniformLike),
     NO_KERNEL(Bernoulli),
     NO_KERNEL(DFT), NO_KERNEL(STFT), NO_KERNEL(HannWindow), NO_KERNEL(HammingWindow), NO_KERNEL(BlackmanWindow),
+    NO_KERNEL(MelWeightMatrix),
     KF(Shape, shape), KF(Size, size), KF(Constant, constant), KF(ConstantOfShape, constant_of_shape), KF(Range, range),
     NO_KERNEL(EyeLike),
     K(SoftmaxCrossEntropyLoss, sce_loss), NO_KERNEL(NegativeLogLikelihoodLoss),

@@ -795,12 +795,22 @@ int fuse_fake_quant(onnx::GraphProto& g, const std::unordered_map<std::string, s
     for (auto d : t.dims()) k *= d;
     fixed[t.name()] = k;
   }
+  // Values known to be float32 (FakeQuantize takes float32; a QuantizeLinear of int32 stays).
+  std::unordered_set<std::string> float32;
+  auto note = [&](const onnx::ValueInfoProto& v) {
+    if (v.type().has_tensor_type() && v.type().tensor_type().elem_type() == onnx::TensorProto::FLOAT) float32.insert(v.name());
+  };
+  for (const auto& v : g.input()) note(v);
+  for (const auto& v : g.value_info()) note(v);
+  for (const auto& v : g.output()) note(v);
+  for (const auto& t : g.initializer())
+    if (t.data_type() == onnx::TensorProto::FLOAT) float32.insert(t.name());
   std::vector<bool> drop(static_cast<size_t>(g.node_size()), false);
   std::unordered_map<int, onnx::NodeProto> replace;  // at the QuantizeLinear's position
   int fused = 0;
   for (int qi = 0; qi < g.node_size(); ++qi) {
     const onnx::NodeProto& q = g.node(qi);
-    if (!onnx_op(q, "QuantizeLinear") || q.input_size() < 2 || q.output_size() != 1) continue;
+    if (!onnx_op(q, "QuantizeLinear") || q.input_size() < 2 || q.output_size() != 1 || !float32.count(q.input(0))) continue;
     const std::string scale = q.input(1), zero = input(q, 2);
     if (!fixed.count(scale) || (!zero.empty() && !consts.count(zero))) continue;
     DType qtype = zero.empty() ? DType::U8 : consts.at(zero)->dtype;

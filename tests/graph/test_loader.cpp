@@ -691,9 +691,11 @@ TEST_CASE("a custom-domain op with a known output shape plans with a bytes-based
 
 TEST_CASE("QuantizeLinear -> Clip -> DequantizeLinear with one scale and zero point loads as one FakeQuantize, a weight behind it trainable") {
   // y = DequantizeLinear(Clip(QuantizeLinear(x * w, s, z), max 100), s, z), as PyTorch exports a
-  // FakeQuantize of reduce_range; with `keep`, the integers are also a graph output and stay.
-  for (bool keep : {false, true}) {
-    CAPTURE(keep);
+  // FakeQuantize of reduce_range; variant 1: the integers are also a graph output; variant 2: the
+  // QuantizeLinear reads int32 (x * w cast). Both stay as they are.
+  for (int variant : {0, 1, 2}) {
+    CAPTURE(variant);
+    const bool keep = variant == 1, ints = variant == 2;
     auto dir = test::temp_dir("fake_quant");
     onnx::ModelProto m = tiny_model();
     auto* g = m.mutable_graph();
@@ -718,7 +720,14 @@ TEST_CASE("QuantizeLinear -> Clip -> DequantizeLinear with one scale and zero po
       n->add_output(out);
     };
     node("Mul", {"x", "w"}, "m");
-    node("QuantizeLinear", {"m", "s", "z"}, "q");
+    if (ints) {
+      node("Cast", {"m"}, "mi");
+      auto* to = g->mutable_node(g->node_size() - 1)->add_attribute();
+      to->set_name("to");
+      to->set_type(onnx::AttributeProto::INT);
+      to->set_i(onnx::TensorProto::INT32);
+    }
+    node("QuantizeLinear", {ints ? "mi" : "m", "s", "z"}, "q");
     node("Clip", {"q", "", "top"}, "qc");
     node("DequantizeLinear", {"qc", "s", "z"}, "y");
     if (keep) {
@@ -734,8 +743,9 @@ TEST_CASE("QuantizeLinear -> Clip -> DequantizeLinear with one scale and zero po
     check_well_formed(gr);
     std::vector<std::string> ops;
     for (const auto& n : gr.nodes) ops.push_back(n.op_type);
-    if (keep) {
-      CHECK(ops == std::vector<std::string>{"Mul", "QuantizeLinear", "Clip", "DequantizeLinear"});
+    if (keep || ints) {
+      CHECK(ops == (ints ? std::vector<std::string>{"Mul", "Cast", "QuantizeLinear", "Clip", "DequantizeLinear"}
+                         : std::vector<std::string>{"Mul", "QuantizeLinear", "Clip", "DequantizeLinear"}));
       CHECK(gr.parameters.empty());  // no gradient crosses the integers
     } else {
       REQUIRE(ops == std::vector<std::string>{"Mul", "FakeQuantize"});

@@ -37,16 +37,15 @@ std::unique_ptr<KernelState> prep_matmul(const NodeView& n) {
   return s;
 }
 
-void matmul_layout(const NodeView& n, int a_input, int b_input, MatMulState& ms) {
-  MatMulState* s = &ms;
+void matmul_layout(const NodeView& n, int a_input, int b_input, MatMulState& s) {
   Shape a = n.input(a_input).shape, b = n.input(b_input).shape;
   if (a.empty() || b.empty()) n.fail("scalar operands");
   if (a.size() == 1) a.insert(a.begin(), 1);
   if (b.size() == 1) b.push_back(1);
-  s->M = a[a.size() - 2];
-  s->K = a.back();
-  s->N = b.back();
-  if (b[b.size() - 2] != s->K)
+  s.M = a[a.size() - 2];
+  s.K = a.back();
+  s.N = b.back();
+  if (b[b.size() - 2] != s.K)
     n.fail(fmt::format("inner dimensions differ: {} and {}", shape_str(n.input(a_input).shape), shape_str(n.input(b_input).shape)));
   Shape ab(a.begin(), a.end() - 2), bb(b.begin(), b.end() - 2);
   size_t R = std::max(ab.size(), bb.size());
@@ -57,15 +56,15 @@ void matmul_layout(const NodeView& n, int a_input, int b_input, MatMulState& ms)
     if (ab[i] != bb[i] && ab[i] != 1 && bb[i] != 1) n.fail("batch dimensions do not broadcast");
     ob[i] = std::max(ab[i], bb[i]);
   }
-  s->batches = smp::numel(ob);
-  s->a_mats = smp::numel(ab);
-  s->b_mats = smp::numel(bb);
-  if (n.output(0).numel() != s->batches * s->M * s->N) n.fail("output shape does not match the operands");
-  s->folded = s->b_mats == 1;
-  if (!s->folded) {
-    s->a_off.resize(static_cast<size_t>(s->batches));
-    s->b_off.resize(static_cast<size_t>(s->batches));
-    for (int64_t i = 0; i < s->batches; ++i) {
+  s.batches = smp::numel(ob);
+  s.a_mats = smp::numel(ab);
+  s.b_mats = smp::numel(bb);
+  if (n.output(0).numel() != s.batches * s.M * s.N) n.fail("output shape does not match the operands");
+  s.folded = s.b_mats == 1;
+  if (!s.folded) {
+    s.a_off.resize(static_cast<size_t>(s.batches));
+    s.b_off.resize(static_cast<size_t>(s.batches));
+    for (int64_t i = 0; i < s.batches; ++i) {
       int64_t r = i, ao = 0, bo = 0, as = 1, bs = 1;
       for (size_t d = R; d-- > 0;) {
         int64_t idx = r % ob[d];
@@ -75,11 +74,11 @@ void matmul_layout(const NodeView& n, int a_input, int b_input, MatMulState& ms)
         as *= ab[d];
         bs *= bb[d];
       }
-      s->a_off[static_cast<size_t>(i)] = ao;
-      s->b_off[static_cast<size_t>(i)] = bo;
+      s.a_off[static_cast<size_t>(i)] = ao;
+      s.b_off[static_cast<size_t>(i)] = bo;
     }
-    s->a_unique = s->a_mats == s->batches;
-    s->b_unique = s->b_mats == s->batches;
+    s.a_unique = s.a_mats == s.batches;
+    s.b_unique = s.b_mats == s.batches;
   }
 }
 

@@ -84,12 +84,12 @@ struct QMatMulState : MatMulState {
   QuantIO q;
 };
 
-// The axis attribute of (De)QuantizeLinear: x as [outer, C, inner] around it where the scale has
-// one value per channel.
-void axis_layout(const NodeView& n, const Shape& x, int scale_input, QuantizeState& s) {
+// The axis attribute of (De)QuantizeLinear: x as [outer, C, inner] around it where the scale
+// (input 1) has one value per channel.
+void axis_layout(const NodeView& n, const Shape& x, QuantizeState& s) {
   const int64_t r = static_cast<int64_t>(x.size());
   int64_t axis = n.node().attr_int("axis", 1);
-  const int64_t count = n.input(scale_input).numel();
+  const int64_t count = n.input(1).numel();
   if (count == 1) {  // per tensor
     s.inner = smp::numel(x);
     return;
@@ -99,6 +99,17 @@ void axis_layout(const NodeView& n, const Shape& x, int scale_input, QuantizeSta
   for (int64_t d = 0; d < axis; ++d) s.outer *= x[static_cast<size_t>(d)];
   s.C = x[static_cast<size_t>(axis)];
   for (int64_t d = axis + 1; d < r; ++d) s.inner *= x[static_cast<size_t>(d)];
+}
+
+// The per-tensor or per-channel parameters of (De)QuantizeLinear and FakeQuantize: the scale
+// (input 1, required) and the zero point (input 2, optional) hold one value or one per channel of
+// the axis, as many of each; x's layout around the axis into s.
+void channel_params(const NodeView& n, QuantizeState& s, const char* scale, const char* zero) {
+  if (!n.has_input(1)) n.fail(fmt::format("needs {}", scale));
+  axis_layout(n, n.input(0).shape, s);
+  check_qparam(n, 1, s.C, true, scale);
+  if (n.has_input(2) && check_qparam(n, 2, s.C, false, zero) != n.input(1).numel())
+    n.fail(fmt::format("{} and {} hold different numbers of values", scale, zero));
 }
 
 // f(i, scale, zero) for every element i of x, with its channel's scale and zero point (the
@@ -125,11 +136,7 @@ std::unique_ptr<KernelState> prep_quantize(const NodeView& n) {
   auto s = std::make_unique<QuantizeState>();
   n.require_dtype(n.input(0), {DType::F32, DType::I32}, "input x");
   n.require_dtype(n.output(0), {DType::U8, DType::I8}, "output y");
-  if (!n.has_input(1)) n.fail("needs y_scale");
-  axis_layout(n, n.input(0).shape, 1, *s);
-  check_qparam(n, 1, s->C, true, "y_scale");
-  if (check_qparam(n, 2, s->C, false, "y_zero_point") != n.input(1).numel() && n.has_input(2))
-    n.fail("y_scale and y_zero_point hold different numbers of values");
+  channel_params(n, *s, "y_scale", "y_zero_point");
   if (n.has_input(2) && n.input(2).dtype != n.output(0).dtype) n.fail("y_zero_point's dtype differs from the output's");
   return s;
 }
@@ -147,14 +154,8 @@ std::unique_ptr<KernelState> prep_dequantize(const NodeView& n) {
   auto s = std::make_unique<QuantizeState>();
   n.require_dtype(n.input(0), {DType::U8, DType::I8, DType::I32}, "input x");
   n.require_dtype(n.output(0), {DType::F32}, "output y");
-  if (!n.has_input(1)) n.fail("needs x_scale");
-  axis_layout(n, n.input(0).shape, 1, *s);
-  check_qparam(n, 1, s->C, true, "x_scale");
-  if (n.has_input(2)) {
-    if (check_qparam(n, 2, s->C, false, "x_zero_point") != n.input(1).numel())
-      n.fail("x_scale and x_zero_point hold different numbers of values");
-    if (n.input(2).dtype != n.input(0).dtype) n.fail("x_zero_point's dtype differs from x's");
-  }
+  channel_params(n, *s, "x_scale", "x_zero_point");
+  if (n.has_input(2) && n.input(2).dtype != n.input(0).dtype) n.fail("x_zero_point's dtype differs from x's");
   return s;
 }
 
@@ -283,11 +284,7 @@ void for_quantized(const FakeQuantState& s, std::span<const Tensor> in, F f) {
 std::unique_ptr<KernelState> prep_fake_quantize(const NodeView& n) {
   auto s = std::make_unique<FakeQuantState>();
   n.require_dtype(n.input(0), {DType::F32}, "input x");
-  if (!n.has_input(1)) n.fail("needs a scale");
-  axis_layout(n, n.input(0).shape, 1, *s);
-  check_qparam(n, 1, s->C, true, "scale");
-  if (n.has_input(2) && check_qparam(n, 2, s->C, false, "zero point") != n.input(1).numel())
-    n.fail("the scale and the zero point hold different numbers of values");
+  channel_params(n, *s, "scale", "zero point");
   s->qmin = static_cast<float>(n.node().attr_int("qmin", 0));
   s->qmax = static_cast<float>(n.node().attr_int("qmax", 255));
   if (s->qmin > s->qmax) n.fail("qmin above qmax");

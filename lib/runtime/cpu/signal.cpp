@@ -49,10 +49,16 @@ void transform(const DftState& s, const std::vector<double>& cs, const std::vect
   }
 }
 
-double scalar_int(const NodeView& n, int i, const char* role) {
+// A constant scalar input: its value, as an integer or a double.
+int64_t scalar_int(const NodeView& n, int i, const char* role) {
   std::vector<int64_t> v;
   if (!n.constant_ints(i, v) || v.size() != 1) n.fail(fmt::format("{} must be a constant scalar", role));
-  return static_cast<double>(v[0]);
+  return v[0];
+}
+double scalar_value(const NodeView& n, int i, const char* role) {
+  const graph::TensorData* d = n.constant_input(i);
+  if (!d || d->numel() != 1) n.fail(fmt::format("{} must be a constant scalar", role));
+  return d->get_f64(0);
 }
 
 }  // namespace
@@ -71,7 +77,7 @@ std::unique_ptr<KernelState> prep_dft(const NodeView& n) {
     if (x.size() != 3) n.fail(fmt::format("signal {} must be [batch, length, 1 or 2]", shape_str(x)));
     s->outer = x[0];
     s->L = x[1];
-    s->step = static_cast<int64_t>(scalar_int(n, 1, "frame_step"));
+    s->step = scalar_int(n, 1, "frame_step");
     int64_t len = -1;
     if (n.has_input(2)) {
       n.require_dtype(n.input(2), {DType::F32}, "window");
@@ -80,7 +86,7 @@ std::unique_ptr<KernelState> prep_dft(const NodeView& n) {
       s->window = true;
     }
     if (n.has_input(3)) {
-      const int64_t fl = static_cast<int64_t>(scalar_int(n, 3, "frame_length"));
+      const int64_t fl = scalar_int(n, 3, "frame_length");
       if (len >= 0 && fl != len) n.fail(fmt::format("frame_length {} differs from the window's {}", fl, len));
       len = fl;
     }
@@ -102,7 +108,7 @@ std::unique_ptr<KernelState> prep_dft(const NodeView& n) {
     for (int64_t d = 0; d < axis; ++d) s->outer *= x[static_cast<size_t>(d)];
     s->L = x[static_cast<size_t>(axis)];
     for (int64_t d = axis + 1; d < r - 1; ++d) s->inner *= x[static_cast<size_t>(d)];
-    s->n = n.has_input(1) ? static_cast<int64_t>(scalar_int(n, 1, "dft_length")) : s->L;
+    s->n = n.has_input(1) ? scalar_int(n, 1, "dft_length") : s->L;
     if (s->n < 1) n.fail("dft_length must be positive");
     s->bins = onesided ? s->n / 2 + 1 : s->n;
     Shape want = x;
@@ -215,18 +221,13 @@ struct MelState : KernelState {
   std::vector<double> w;  // row-major [bins, mels]
 };
 
-double scalar_value(const NodeView& n, int i, const char* role) {
-  const graph::TensorData* d = n.constant_input(i);
-  if (!d || d->numel() != 1) n.fail(fmt::format("{} must be a constant scalar", role));
-  return d->get_f64(0);
-}
 }  // namespace
 
 std::unique_ptr<KernelState> prep_mel_weights(const NodeView& n) {
   auto s = std::make_unique<MelState>();
   n.require_dtype(n.output(0), {DType::F32, DType::F64}, "output");
-  const int64_t mels = static_cast<int64_t>(scalar_value(n, 0, "num_mel_bins")), dft = static_cast<int64_t>(scalar_value(n, 1, "dft_length"));
-  const double rate = scalar_value(n, 2, "sample_rate");
+  const int64_t mels = scalar_int(n, 0, "num_mel_bins"), dft = scalar_int(n, 1, "dft_length");
+  const double rate = static_cast<double>(scalar_int(n, 2, "sample_rate"));
   const float lo = static_cast<float>(scalar_value(n, 3, "lower_edge_hertz")), hi = static_cast<float>(scalar_value(n, 4, "upper_edge_hertz"));
   const int64_t bins = dft / 2 + 1;
   if (mels < 1 || dft < 1 || rate <= 0 || !(lo <= hi)) n.fail("num_mel_bins, dft_length and sample_rate must be positive, lower_edge_hertz at most upper_edge_hertz");

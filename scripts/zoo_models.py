@@ -454,13 +454,34 @@ def reference(a):
     tried = []
     chosen = None
     tries = candidates(a.name)
+    # Each configuration's gaps are kept in tried.jsonl as they are measured (the search of a large
+    # ill-conditioned model runs for an hour): a search that was stopped resumes where it was, from
+    # the lines made by this version with the same steps, microbatches, seed and threads.
+    progress = os.path.join(out, "tried.jsonl")
+    key = {"version": REFERENCE_VERSION, "steps": a.steps, "microbatches": a.microbatches, "seed": a.seed,
+           "threads": a.threads}
+    done = {}
+    if os.path.exists(progress):
+        with open(progress) as f:
+            for line in f:
+                try:
+                    t = json.loads(line)
+                except ValueError:  # a line cut short when the search was stopped
+                    continue
+                if all(t.get(k) == v for k, v in key.items()):
+                    done[(t["size"], t["microbatch_size"], t["lr"])] = {k: v for k, v in t.items() if k not in key}
     i = 0
     while i < len(tries) and chosen is None:
         size, mb, lr = tries[i]
         i += 1
-        gaps = conditioning(a.name, size, mb, lr, a.microbatches, a.steps, a.seed)
-        tried.append({"size": size, "microbatch_size": mb, "lr": lr, **gaps})
-        print(json.dumps(tried[-1]), flush=True)
+        gaps = done.get((size, mb, lr))
+        if gaps is None:
+            gaps = {"size": size, "microbatch_size": mb, "lr": lr,
+                    **conditioning(a.name, size, mb, lr, a.microbatches, a.steps, a.seed)}
+            with open(progress, "a") as f:
+                f.write(json.dumps({**key, **gaps}) + "\n")
+        tried.append(gaps)
+        print(json.dumps(gaps), flush=True)
         if all(gaps[k] <= TOLERANCE[k] / 10 for k in TOLERANCE) and gaps["signal"] >= MIN_SIGNAL:
             chosen = (size, mb, lr)
         elif i == len(tries) and all(t["signal"] < MIN_SIGNAL for t in tried) and lr < 0.1:

@@ -13,6 +13,11 @@ The expected outputs of the window cases (HannWindow, HammingWindow, BlackmanWin
 expanded forms) are written again with numpy's pi: onnx 1.12 computed them with pi = 3.1415,
 0.02 % off and asymmetric (later ONNX releases fixed the generators).
 
+The control flow and sequence ops that smp's loader resolves (LOADER_OPS: an If whose condition
+folds, a Loop or Scan of static length, sequences of constant positions) are always written
+when ops are named, and so are ONNX's "simple" model cases that use them (test_sequence_model1
+to 8: sequences built, erased, split and concatenated), under the first such op they contain.
+
 usage: onnx_node_cases.py OUT [OP_TYPE ...]
 """
 import json
@@ -30,7 +35,11 @@ for _alias, _t in (("float", float), ("int", int), ("bool", bool), ("object", ob
     if not hasattr(np, _alias):
         setattr(np, _alias, _t)
 
+import onnx.backend.test.case.model as model_test  # noqa: E402
 import onnx.backend.test.case.node as node_test  # noqa: E402
+
+LOADER_OPS = ("If", "Loop", "Scan", "SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SequenceAt",
+              "SequenceLength", "ConcatFromSequence", "SplitToSequence", "SequenceMap")
 
 
 WINDOWS = {"HannWindow": (0.5, 0.5, 0.0), "HammingWindow": (25 / 46, 21 / 46, 0.0), "BlackmanWindow": (0.42, 0.5, 0.08)}
@@ -51,6 +60,8 @@ def main(argv):
         return 2
     out = argv[1]
     wanted = set(argv[2:])
+    if wanted:
+        wanted |= set(LOADER_OPS)
     if os.path.exists(out):
         shutil.rmtree(out)
     os.makedirs(out)
@@ -62,6 +73,10 @@ def main(argv):
     schemas = sorted({squash(sc.name): sc.name for sc in onnx.defs.get_all_schemas()}.items(), key=lambda kv: -len(kv[0]))
     cases = [c for c in node_test.collect_testcases(None) if c.kind == "node" and c.model is not None]
     single = {c.name: c.model.graph.node[0].op_type for c in cases if len(c.model.graph.node) == 1}
+    for c in model_test.collect_testcases():
+        if c.kind == "simple" and c.model is not None and any(n.op_type in LOADER_OPS for n in c.model.graph.node):
+            cases.append(c)
+            single[c.name] = next(n.op_type for n in c.model.graph.node if n.op_type in LOADER_OPS)
 
     def op_of(case):
         if case.name in single:

@@ -2,6 +2,7 @@
 
 #include "core/error.hpp"
 #include "core/io.hpp"
+#include "graph/control_flow.hpp"
 #include "graph/einsum.hpp"
 #include "graph/fold.hpp"
 #include "graph/op_registry.hpp"
@@ -38,6 +39,13 @@ namespace {
 constexpr int64_t kMinOpset = 7;
 // Folding never creates a constant larger than this: bigger ones stay as compute.
 constexpr int64_t kMaxFoldBytes = int64_t{256} << 20;
+// Nor do the folded constants together hold more than this, but for values of up to
+// kMaxFoldedInitializerBytes (those that decide shapes are small): mvit_v2_s's exported index
+// tensors, which depend on shapes only, would fold into over 10 GB.
+constexpr int64_t kMaxFoldTotalBytes = int64_t{2} << 30;
+// A folded value larger than this is held once, in the loader's constants, and shown to shape
+// inference as a typed graph input rather than an initializer.
+constexpr int64_t kMaxFoldedInitializerBytes = int64_t{1} << 20;
 
 int64_t max_supported_opset() {
   const auto& m = onnx::OpSchemaRegistry::DomainToVersionRange::Instance().Map();
@@ -50,11 +58,6 @@ std::string first_line(const std::string& s) {
   std::string r = p == std::string::npos ? s : s.substr(0, p);
   while (!r.empty() && (r.back() == ' ' || r.back() == '\r')) r.pop_back();
   return r;
-}
-
-std::string node_label(const onnx::NodeProto& n) {
-  std::string op = n.domain().empty() ? n.op_type() : n.domain() + ":" + n.op_type();
-  return "node '" + n.name() + "' (" + op + ")";
 }
 
 struct ExternalInfo {
@@ -580,7 +583,7 @@ int complete_shapes(onnx::ModelProto& model) {
 // One folding pass over the model: evaluates every node whose inputs are known constants (or,
 // for Shape/Size, whose input shape is static), replaces its outputs by initializers and drops
 // the node. Returns how many nodes were folded.
-int fold_pass(onnx::ModelProto& model, std::unordered_map<std::string, std::shared_ptr<TensorData>>& consts,
+int fold_pass(onnx::ModelProto& model, ConstMap& consts,
               std::unordered_set<std::string>& folded_names, int64_t opset, const std::string& file,
               const fs::path& base_dir) {
   auto& g = *model.mutable_graph();
@@ -596,6 +599,8 @@ int fold_pass(onnx::ModelProto& model, std::unordered_map<std::string, std::shar
   std::unordered_set<std::string> outputs;
   for (const auto& o : g.output()) outputs.insert(o.name());
 
+  int64_t held_bytes = 0;
+  for (const auto& [name, d] : consts) held_bytes += static_cast<int64_t>(d->bytes.size());
   int folded = 0;
   google::protobuf::RepeatedPtrField<onnx::NodeProto> kept;
   std::vector<std::string> new_consts;
@@ -617,7 +622,7 @@ int fold_pass(onnx::ModelProto& model, std::unordered_map<std::string, std::shar
     std::optional<std::vector<TensorData>> out;
     if (all_const) {
       Node n = node_from_proto(p, file, base_dir);
-      out = fold_node(n, ins, opset, kMaxFoldBytes);
+      out = fold_node(n, ins, opset, std::clamp(kMaxFoldTotalBytes - held_bytes, kMaxFoldedInitializerBytes, kMaxFoldBytes));
     }
     if (!out || static_cast<int>(out->size()) < p.output_size()) {
       *kept.Add() = std::move(p);
@@ -627,6 +632,7 @@ int fold_pass(onnx::ModelProto& model, std::unordered_map<std::string, std::shar
       const std::string& o = p.output(k);
       if (o.empty()) continue;
       consts[o] = std::make_shared<TensorData>(std::move((*out)[static_cast<size_t>(k)]));
+      held_bytes += static_cast<int64_t>(consts[o]->bytes.size());
       shapes[o] = consts[o]->shape;
       folded_names.insert(o);
       new_consts.push_back(o);
@@ -636,12 +642,27 @@ int fold_pass(onnx::ModelProto& model, std::unordered_map<std::string, std::shar
   g.mutable_node()->Swap(&kept);
   if (folded == 0) return 0;
 
-  // Folded values still read by a node, or graph outputs, become initializers.
+  // Folded values still read by a node, or graph outputs, become initializers; large ones (index
+  // tensors, masks: they decide no shape) become typed graph inputs instead, so that shape
+  // inference sees their shapes without a second copy of their bytes in the model.
   std::unordered_set<std::string> used(outputs);
-  for (const auto& p : g.node())
+  for (const auto& p : g.node()) {
     for (const auto& i : p.input()) used.insert(i);
-  for (const auto& name : new_consts)
-    if (used.count(name)) tensor_to_proto(*consts[name], name, g.add_initializer());
+    subgraph_reads(p, used);  // an If's branch or a Loop's body reads the values around it
+  }
+  for (const auto& name : new_consts) {
+    if (!used.count(name)) continue;
+    const TensorData& d = *consts[name];
+    if (static_cast<int64_t>(d.bytes.size()) <= kMaxFoldedInitializerBytes) {
+      tensor_to_proto(d, name, g.add_initializer());
+      continue;
+    }
+    auto& in = *g.add_input();
+    in.set_name(name);
+    auto& tt = *in.mutable_type()->mutable_tensor_type();
+    tt.set_elem_type(static_cast<int32_t>(d.dtype));
+    for (int64_t x : d.shape) tt.mutable_shape()->add_dim()->set_dim_value(x);
+  }
   // Their value_info entries are now stale.
   google::protobuf::RepeatedPtrField<onnx::ValueInfoProto> vi;
   for (auto& v : *g.mutable_value_info())
@@ -650,87 +671,29 @@ int fold_pass(onnx::ModelProto& model, std::unordered_map<std::string, std::shar
   return folded;
 }
 
-// Renames references (node inputs and outputs, graph outputs) by `to`, in `g` and in the
-// subgraphs of its nodes, which may read the names of the scopes around them.
-void rename_values(onnx::GraphProto& g, const std::unordered_map<std::string, std::string>& to) {
-  auto fix = [&](std::string* name) {
-    if (auto it = to.find(*name); it != to.end()) *name = it->second;
-  };
-  for (auto& n : *g.mutable_node()) {
-    for (auto& in : *n.mutable_input()) fix(&in);
-    for (auto& o : *n.mutable_output()) fix(&o);
-    for (auto& a : *n.mutable_attribute()) {
-      if (a.has_g()) rename_values(*a.mutable_g(), to);
-      for (auto& sub : *a.mutable_graphs()) rename_values(sub, to);
-    }
+// Folded values that nothing reads any more (the intermediates of a folded chain: mvit's index
+// tensors pass through Expand, Unsqueeze and Concat, 150 MB each) are released, and the
+// initializers or inputs folding wrote for them dropped, so that folding holds only what the
+// graph reads.
+void drop_dead_constants(onnx::GraphProto& g, ConstMap& consts, const std::unordered_set<std::string>& folded_names) {
+  std::unordered_set<std::string> used;
+  for (const auto& o : g.output()) used.insert(o.name());
+  for (const auto& p : g.node()) {
+    for (const auto& i : p.input()) used.insert(i);
+    subgraph_reads(p, used);
   }
-  for (auto& o : *g.mutable_output()) fix(o.mutable_name());
-}
-
-// Replaces each If node whose condition folded to a constant by the nodes of the branch it takes
-// (PyTorch exports shape tests as If nodes: the rank test of F.local_response_norm, size checks of
-// interpolations). The branch's own values are renamed under the If's name (two Ifs may inline the
-// same names), its initializers become Constant nodes, and Identity nodes carry its outputs to the
-// If's. Returns how many were inlined; an If with a condition known only at run time stays (and is
-// refused as an op smp cannot run).
-int inline_constant_ifs(onnx::GraphProto& g, const std::unordered_map<std::string, std::shared_ptr<TensorData>>& consts,
-                        const std::string& file) {
-  int inlined = 0;
-  google::protobuf::RepeatedPtrField<onnx::NodeProto> out;
-  for (auto& p : *g.mutable_node()) {
-    const bool onnx_if = p.op_type() == "If" && (p.domain().empty() || p.domain() == "ai.onnx") && p.input_size() == 1;
-    auto c = onnx_if ? consts.find(p.input(0)) : consts.end();
-    if (c == consts.end() || c->second->numel() != 1) {
-      *out.Add() = std::move(p);
-      continue;
-    }
-    const TensorData& cond = *c->second;
-    const bool taken = std::any_of(cond.bytes.begin(), cond.bytes.end(), [](char b) { return b != 0; });
-    const std::string which = taken ? "then_branch" : "else_branch";
-    onnx::GraphProto* br = nullptr;
-    for (auto& a : *p.mutable_attribute())
-      if (a.name() == which && a.has_g()) br = a.mutable_g();
-    if (!br) throw_bad_input(file, node_label(p) + ": no " + which + " graph");
-    if (br->output_size() != p.output_size())
-      throw_bad_input(file, fmt::format("{}: its {} has {} outputs, the node {}", node_label(p), which, br->output_size(),
-                                        p.output_size()));
-    if (br->sparse_initializer_size() > 0) throw_bad_input(file, node_label(p) + ": sparse initializers in its " + which + " are not supported");
-    const std::string prefix = p.name() + "/" + which + "/";
-    std::unordered_map<std::string, std::string> to;
-    for (const auto& t : br->initializer()) to[t.name()] = prefix + t.name();
-    for (const auto& n : br->node())
-      for (const auto& o : n.output())
-        if (!o.empty()) to[o] = prefix + o;
-    rename_values(*br, to);
-    for (auto& t : *br->mutable_initializer()) {
-      onnx::NodeProto& k = *out.Add();
-      k.set_op_type("Constant");
-      k.set_name(prefix + t.name());
-      k.add_output(to.at(t.name()));
-      onnx::AttributeProto& a = *k.add_attribute();
-      a.set_name("value");
-      a.set_type(onnx::AttributeProto::TENSOR);
-      *a.mutable_t() = std::move(t);
-      a.mutable_t()->clear_name();
-    }
-    int index = 0;
-    for (auto& n : *br->mutable_node()) {
-      n.set_name(prefix + (n.name().empty() ? fmt::format("{}_{}", n.op_type(), index) : n.name()));
-      ++index;
-      *out.Add() = std::move(n);
-    }
-    for (int k = 0; k < p.output_size(); ++k) {
-      if (p.output(k).empty()) continue;
-      onnx::NodeProto& id = *out.Add();
-      id.set_op_type("Identity");
-      id.set_name(fmt::format("{}output_{}", prefix, k));
-      id.add_input(br->output(k).name());
-      id.add_output(p.output(k));
-    }
-    ++inlined;
-  }
-  g.mutable_node()->Swap(&out);
-  return inlined;
+  google::protobuf::RepeatedPtrField<onnx::TensorProto> kept;
+  for (auto& t : *g.mutable_initializer())
+    if (used.count(t.name()) || !folded_names.count(t.name())) *kept.Add() = std::move(t);
+  g.mutable_initializer()->Swap(&kept);
+  google::protobuf::RepeatedPtrField<onnx::ValueInfoProto> inputs;
+  for (auto& v : *g.mutable_input())
+    if (used.count(v.name()) || !folded_names.count(v.name())) *inputs.Add() = std::move(v);
+  g.mutable_input()->Swap(&inputs);
+  std::unordered_set<std::string> initializers;
+  for (const auto& t : g.initializer()) initializers.insert(t.name());
+  for (auto it = consts.begin(); it != consts.end();)
+    it = used.count(it->first) || initializers.count(it->first) ? std::next(it) : consts.erase(it);
 }
 
 // STFT's onesided defaults to 1, but the shape inference of onnx 1.12 reads a missing attribute
@@ -757,7 +720,7 @@ void explicit_stft_defaults(onnx::GraphProto& g) {
 // gradient passes where x was not clamped, so that such a model trains; its forward gives the
 // pair's values. Pairs whose integers are read elsewhere, or are graph outputs, stay. Returns
 // how many were fused.
-int fuse_fake_quant(onnx::GraphProto& g, const std::unordered_map<std::string, std::shared_ptr<TensorData>>& consts) {
+int fuse_fake_quant(onnx::GraphProto& g, const ConstMap& consts) {
   auto onnx_op = [](const onnx::NodeProto& n, const char* type) {
     return n.op_type() == type && (n.domain().empty() || n.domain() == "ai.onnx");
   };
@@ -906,7 +869,8 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
 
   auto& gp = *model.mutable_graph();
   // Float values that decide shapes (a Resize's roi and scales, an Upsample's scales): as arrays
-  // or initializers they are constants, held for shape inference, never weights.
+  // or initializers they are constants, held for shape inference, never weights. So are the
+  // arrays given for inputs that become initializers below.
   std::unordered_set<std::string> shaping;
   for (const auto& n : gp.node()) {
     const bool resize = n.op_type() == "Resize", upsample = n.op_type() == "Upsample";
@@ -938,6 +902,7 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
                           "give an array of the input's shape");
       }
       tensor_to_proto(d, in.name(), gp.add_initializer());
+      shaping.insert(in.name());  // data, not a weight: a float scalar folds (a Range's bounds, a Loop's trip count)
       if (model.ir_version() < 4) *kept.Add() = std::move(in);
     }
     gp.mutable_input()->Swap(&kept);
@@ -960,7 +925,7 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
   // Initializers: constants (non-float, loaded now: folding needs them) and float candidates
   // for parameters (bytes only when asked for; external ones stay where they are).
   std::unordered_set<std::string> initializer_names;
-  std::unordered_map<std::string, std::shared_ptr<TensorData>> consts;
+  ConstMap consts;
   std::unordered_map<std::string, ExternalData> externals;
   std::unordered_map<std::string, std::shared_ptr<TensorData>> weights;
   std::vector<std::string> initializer_order;
@@ -995,10 +960,14 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
     infer_shapes(model, file);
     int completed = complete_shapes(model);
     int folded = fold_pass(model, consts, folded_names, opset, file, base_dir);
-    int inlined = inline_constant_ifs(gp, consts, file);
-    if (inlined > 0) check_structure_and_sort(gp, file);  // a branch may read values produced after its If
+    // Ifs whose condition folded, Loops and Scans of static length, sequences of known contents
+    int inlined = inline_constant_ifs(gp, consts, file) + unroll_static_loops(gp, consts, opset, file);
+    if (inlined > 0) check_structure_and_sort(gp, file);  // a body may read values produced after its node
+    inlined += resolve_sequences(gp, consts, opset, file);
+    drop_dead_constants(gp, consts, folded_names);
     if (folded == 0 && completed == 0 && inlined == 0) break;
   }
+  refuse_unresolved_control_flow(gp, opset, file);
   fuse_fake_quant(gp, consts);
 
   // Every value must now have a static shape.
@@ -1033,6 +1002,10 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
 
   for (const auto& in : gp.input()) {
     if (initializer_names.count(in.name())) continue;
+    if (folded_names.count(in.name())) {  // a large folded value (fold_pass)
+      g.value(add_value(in.name(), ValueKind::Constant)).data = consts.at(in.name());
+      continue;
+    }
     int id = add_value(in.name(), ValueKind::Input);
     if (!types.count(in.name())) throw_bad_input(file, "graph input '" + in.name() + "' has no static shape");
     g.inputs.push_back(id);

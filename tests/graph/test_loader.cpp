@@ -127,6 +127,7 @@ void expect_bad(const fs::path& file, const std::string& what, const std::string
     load_graph(file, batch(2));
     FAIL("loading succeeded");
   } catch (const Error& e) {
+    INFO("error: ", std::string(e.what()));
     CHECK(e.exit_code() == 2);
     CHECK(std::string(e.what()).rfind(file.string() + ": ", 0) == 0);
     CHECK(std::string(e.what()).find(what) != std::string::npos);
@@ -360,6 +361,120 @@ TEST_CASE("an If whose condition folds is replaced by the branch it takes (PyTor
     CHECK(gr.parameters.size() == (then ? 1u : 0u));  // w is trained only where the branch reads it
     fs::remove_all(dir);
   }
+}
+
+// x [N, 6] split into pieces of 2 columns by a Loop (trip count Shape(x)[1] / 2, known once the
+// shapes are), each piece scaled by the weight w and inserted into a sequence, which
+// ConcatFromSequence joins again: torch.tensor_split's export (mvit's pooling) in small. The
+// body reads x, w and the folded column count from outside. With `runtime_trips`, the trip
+// count is a graph input instead.
+onnx::ModelProto loop_model(bool runtime_trips) {
+  onnx::ModelProto m = tiny_model();
+  m.mutable_graph()->mutable_input(0)->mutable_type()->mutable_tensor_type()->mutable_shape()->mutable_dim(1)->set_dim_value(6);
+  m.mutable_graph()->mutable_output(0)->mutable_type()->mutable_tensor_type()->mutable_shape()->mutable_dim(1)->set_dim_value(6);
+  auto* g = m.mutable_graph();
+  g->clear_node();
+  auto ints = [](onnx::TensorProto* t, const std::string& name, std::vector<int64_t> v, bool scalar) {
+    t->set_name(name);
+    t->set_data_type(onnx::TensorProto::INT64);
+    if (!scalar) t->add_dims(static_cast<int64_t>(v.size()));
+    for (int64_t x : v) t->add_int64_data(x);
+  };
+  ints(g->add_initializer(), "one", {1}, true);
+  ints(g->add_initializer(), "two", {2}, true);
+  ints(g->add_initializer(), "axes0", {0}, false);
+  ints(g->add_initializer(), "axes1", {1}, false);
+  auto* w = g->add_initializer();
+  w->set_name("w");
+  w->set_data_type(onnx::TensorProto::FLOAT);
+  w->add_dims(2);
+  w->add_float_data(3);
+  w->add_float_data(5);
+  auto node = [](onnx::GraphProto* gr, const char* op, std::vector<std::string> in, const std::string& out) {
+    auto* n = gr->add_node();
+    n->set_op_type(op);
+    n->set_name(out);
+    for (const auto& i : in) n->add_input(i);
+    n->add_output(out);
+    return n;
+  };
+  node(g, "Shape", {"x"}, "s");
+  node(g, "Gather", {"s", "one"}, "cols");
+  if (runtime_trips) {
+    auto* in = g->add_input();
+    in->set_name("trips");
+    in->mutable_type()->mutable_tensor_type()->set_elem_type(onnx::TensorProto::INT64);
+    in->mutable_type()->mutable_tensor_type()->mutable_shape();
+  } else {
+    node(g, "Div", {"cols", "two"}, "trips");
+  }
+  auto* empty = node(g, "SequenceEmpty", {}, "seq0");
+  auto* dt = empty->add_attribute();
+  dt->set_name("dtype");
+  dt->set_type(onnx::AttributeProto::INT);
+  dt->set_i(onnx::TensorProto::FLOAT);
+  auto* loop = node(g, "Loop", {"trips", "", "seq0"}, "seq");
+  loop->set_name("split");
+  auto* a = loop->add_attribute();
+  a->set_name("body");
+  a->set_type(onnx::AttributeProto::GRAPH);
+  auto* b = a->mutable_g();
+  b->set_name("body");
+  auto body_input = [&](const char* name, int type, bool scalar) {
+    auto* v = b->add_input();
+    v->set_name(name);
+    if (type == 0) {
+      v->mutable_type()->mutable_sequence_type()->mutable_elem_type()->mutable_tensor_type()->set_elem_type(onnx::TensorProto::FLOAT);
+      return;
+    }
+    v->mutable_type()->mutable_tensor_type()->set_elem_type(type);
+    if (scalar) v->mutable_type()->mutable_tensor_type()->mutable_shape();
+  };
+  body_input("i", onnx::TensorProto::INT64, true);
+  body_input("cond_in", onnx::TensorProto::BOOL, true);
+  body_input("seq_in", 0, false);
+  node(b, "Mul", {"i", "two"}, "start");
+  node(b, "Add", {"start", "two"}, "stop");
+  node(b, "Min", {"stop", "cols"}, "end");
+  node(b, "Unsqueeze", {"start", "axes0"}, "st");
+  node(b, "Unsqueeze", {"end", "axes0"}, "en");
+  node(b, "Slice", {"x", "st", "en", "axes1"}, "piece");
+  node(b, "Mul", {"piece", "w"}, "scaled");
+  node(b, "SequenceInsert", {"seq_in", "scaled"}, "seq_out");
+  node(b, "Identity", {"cond_in"}, "cond_out");
+  for (const char* o : {"cond_out", "seq_out"}) b->add_output()->set_name(o);
+  b->mutable_output(0)->mutable_type()->mutable_tensor_type()->set_elem_type(onnx::TensorProto::BOOL);
+  b->mutable_output(1)->mutable_type()->mutable_sequence_type()->mutable_elem_type()->mutable_tensor_type()->set_elem_type(
+      onnx::TensorProto::FLOAT);
+  auto* cat = node(g, "ConcatFromSequence", {"seq"}, "y");
+  auto* axis = cat->add_attribute();
+  axis->set_name("axis");
+  axis->set_type(onnx::AttributeProto::INT);
+  axis->set_i(1);
+  return m;
+}
+
+TEST_CASE("a Loop whose trip count folds is unrolled, and its sequence resolved into tensors") {
+  auto dir = test::temp_dir("loop_unroll");
+  auto path = write_model(dir, "loop.onnx", loop_model(false));
+  Graph g = load_graph(path, batch(2));
+  check_well_formed(g);
+  std::multiset<std::string> ops;
+  for (const auto& n : g.nodes) ops.insert(n.op_type);
+  for (const char* gone : {"Loop", "SequenceEmpty", "SequenceInsert", "ConcatFromSequence"}) CHECK(ops.count(gone) == 0);
+  CHECK(ops.count("Slice") == 3);  // 6 columns, pieces of 2
+  CHECK(ops.count("Concat") == 1);
+  CHECK(g.value(g.find_value("y")).shape == Shape{2, 6});
+  // each iteration's piece is scaled by w, which trains (read 3 times)
+  REQUIRE(g.parameters.size() == 1);
+  CHECK(g.value(g.parameters[0]).name == "w");
+  CHECK(g.value(g.parameters[0]).consumers.size() == 3);
+  const Node& cat = g.nodes[static_cast<size_t>(g.value(g.find_value("y")).producer)];
+  REQUIRE(cat.inputs.size() == 3);
+  for (size_t k = 0; k < 3; ++k) CHECK(g.value(cat.inputs[k]).name == fmt::format("seq/iter{}/scaled", k));
+  // a trip count known only at run time: refused, naming the Loop
+  expect_bad(write_model(dir, "runtime_loop.onnx", loop_model(true)), "node 'split' (Loop): its trip count or condition is known only at run time");
+  fs::remove_all(dir);
 }
 
 TEST_CASE("a Resize's float scales initializer is a constant with its bytes, read by shape inference, not a weight") {

@@ -1,5 +1,6 @@
 // ONNX's own backend node cases (generated at test time from Debian's python3-onnx by
-// scripts/onnx_node_cases.py) for every op in the registry, each run through the tool a user
+// scripts/onnx_node_cases.py) for every op in the registry, and for the control flow and
+// sequence ops the loader resolves (If, Loop, Scan, Sequence*), each run through the tool a user
 // runs: `smp-run model.onnx --forward --data DIR --output DIR`, the inputs saved under their
 // graph input names. Per case, one of:
 //   passed   every output equals ONNX's within the case's tolerances (at least rtol 1e-4, atol 1e-5);
@@ -22,6 +23,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <unistd.h>
 
@@ -96,21 +98,23 @@ TEST_CASE("ONNX backend node cases of every registry op through smp-run --forwar
   fs::path dir = fs::path(SMP_TEST_DATA) / "onnx_node_cases";
   std::string ops;
   for (int i = 0; i < graph::op_count(); ++i) ops += fmt::format(" {}", graph::op_def(static_cast<graph::Op>(i)).type);
-  // A cache from an earlier version of scripts/onnx_node_cases.py (entries without "op" and
-  // "inputs") or for another registry (ops.txt) is generated again.
+  // A cache for another registry or from another version of scripts/onnx_node_cases.py (ops.txt
+  // holds both) is generated again.
+  const fs::path script = fs::path(SMP_SOURCE_DIR) / "scripts" / "onnx_node_cases.py";
+  const std::string key = ops + fmt::format("\nscript {}", std::hash<std::string>{}(read_file(script)));
   auto current = [&] {
-    if (!fs::exists(dir / "manifest.json") || !fs::exists(dir / "ops.txt") || read_file(dir / "ops.txt") != ops) return false;
+    if (!fs::exists(dir / "manifest.json") || !fs::exists(dir / "ops.txt") || read_file(dir / "ops.txt") != key) return false;
     const auto m = read_json(dir / "manifest.json");
     return !m.empty() && m.begin()->contains("op") && m.begin()->contains("inputs");
   };
   if (!current()) {
     fs::remove_all(dir);
     fs::create_directories(dir.parent_path());
-    std::string cmd = fmt::format("{} {}/scripts/onnx_node_cases.py {}{}", SMP_PYTHON, SMP_SOURCE_DIR, dir.string(), ops);
+    std::string cmd = fmt::format("{} {} {}{}", SMP_PYTHON, script.string(), dir.string(), ops);
     cmd += " > " + (dir.parent_path() / "onnx_node_cases.log").string() + " 2>&1";
     int rc = std::system(cmd.c_str());
     REQUIRE_MESSAGE(rc == 0, "generating the ONNX node cases failed: " << cmd);
-    write_file_atomic(dir / "ops.txt", ops);
+    write_file_atomic(dir / "ops.txt", key);
   }
   auto manifest = read_json(dir / "manifest.json");
   const fs::path work = fs::temp_directory_path() / fmt::format("smp_conformance_{}", ::getpid());

@@ -124,8 +124,8 @@ SEGMENTATION = ("fcn_resnet50", "fcn_resnet101", "deeplabv3_mobilenet_v3_large",
 
 # torchvision's video classification models (400 Kinetics classes): clips [N, 3, frames, size,
 # size] at their usual frames and size. Only `forward` runs them (3-D convolution and pooling).
-# mvit_v1_b and mvit_v2_s export their pooled attention's loops as Loop over sequences, which smp
-# does not run (`forward` reports the load error).
+# mvit_v1_b and mvit_v2_s export their pooled attention's torch.tensor_split as a Loop over a
+# sequence, which smp's loader unrolls (their forward on 2 clips holds about 9 GB).
 VIDEO = {"r3d_18": (16, 112), "mc3_18": (16, 112), "r2plus1d_18": (16, 112), "s3d": (16, 224),
          "mvit_v1_b": (16, 224), "mvit_v2_s": (16, 224)}
 

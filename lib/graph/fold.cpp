@@ -611,6 +611,30 @@ std::optional<std::vector<TensorData>> fold_node(const Node& n, const std::vecto
       return fold_slice(n, need(0), n.attr_ints("starts"), n.attr_ints("ends"), n.attr_ints("axes"), {});
     return fold_slice(n, need(0), as_ints(need(1)), as_ints(need(2)), opt_ints(3), opt_ints(4));
   }
+  if (op == "Split") {  // the pieces as slices (repeat_interleave's export splits a folded shape)
+    const TensorData& x = need(0);
+    const int64_t r = static_cast<int64_t>(x.shape.size());
+    const int64_t axis = norm_axis(n.attr_int("axis", 0), r, n), dim = x.shape[static_cast<size_t>(axis)];
+    const int64_t pieces = static_cast<int64_t>(n.outputs.size());
+    std::vector<int64_t> sizes = opset < 13 ? n.attr_ints("split") : opt_ints(1);
+    if (sizes.empty()) {
+      if (pieces < 1 || dim % pieces != 0) return std::nullopt;
+      sizes.assign(static_cast<size_t>(pieces), dim / pieces);
+    }
+    if (static_cast<int64_t>(sizes.size()) != pieces)
+      throw_bad_input(where(n), fmt::format("{} split sizes for {} outputs", sizes.size(), pieces));
+    std::vector<TensorData> outs;
+    int64_t at = 0;
+    for (int64_t size : sizes) {
+      if (size < 0) throw_bad_input(where(n), fmt::format("negative split size {}", size));
+      auto piece = fold_slice(n, x, {at}, {at + size}, {axis}, {});
+      if (!piece) return std::nullopt;
+      outs.push_back(std::move(piece->front()));
+      at += size;
+    }
+    if (at != dim) throw_bad_input(where(n), fmt::format("split sizes sum to {}, the axis has {}", at, dim));
+    return check_size(Outputs(std::move(outs)));
+  }
   if (op == "Transpose") return fold_transpose(n, need(0));
   if (op == "ScatterND") return check_size(fold_scatter_nd(n, need(0), need(1), need(2)));
   if (op == "ConstantOfShape") {

@@ -622,6 +622,7 @@ int fold_pass(onnx::ModelProto& model, ConstMap& consts,
     std::optional<std::vector<TensorData>> out;
     if (all_const) {
       Node n = node_from_proto(p, file, base_dir);
+      n.outputs.assign(static_cast<size_t>(p.output_size()), -1);  // how many (Split's pieces)
       out = fold_node(n, ins, opset, std::clamp(kMaxFoldTotalBytes - held_bytes, kMaxFoldedInitializerBytes, kMaxFoldBytes));
     }
     if (!out || static_cast<int>(out->size()) < p.output_size()) {

@@ -133,6 +133,33 @@ TEST_CASE("Reshape handles 0 and -1; Slice handles negative and clamped bounds")
   CHECK(values(fold1(node("Slice"), {&v, &st2, &en2, &ax, &step})) == std::vector<int64_t>{14, 12, 10});
 }
 
+TEST_CASE("Split: sizes from the input (opset 13) or the attribute, equal pieces without; bad sizes are bad input") {
+  auto x = ints({1, 2, 3, 4, 5, 6}, Shape{2, 3});
+  auto split_node = [](size_t pieces, std::map<std::string, Attribute> attrs) {
+    Node n = node("Split", std::move(attrs));
+    n.outputs.assign(pieces, -1);
+    return n;
+  };
+  auto sizes = ints({1, 2});
+  auto r = fold_node(split_node(2, {{"axis", ival(1)}}), in({&x, &sizes}), 17, 1 << 20);
+  REQUIRE(r);
+  REQUIRE(r->size() == 2);
+  CHECK((*r)[0].shape == Shape{2, 1});
+  CHECK(values((*r)[0]) == std::vector<int64_t>{1, 4});
+  CHECK(values((*r)[1]) == std::vector<int64_t>{2, 3, 5, 6});
+  auto old = fold_node(split_node(2, {{"axis", ival(-1)}, {"split", ivals({2, 1})}}), in({&x}), 11, 1 << 20);
+  REQUIRE(old);
+  CHECK(values((*old)[0]) == std::vector<int64_t>{1, 2, 4, 5});
+  CHECK(values((*old)[1]) == std::vector<int64_t>{3, 6});
+  auto equal = fold_node(split_node(2, {}), in({&x}), 17, 1 << 20);
+  REQUIRE(equal);
+  CHECK(values((*equal)[1]) == std::vector<int64_t>{4, 5, 6});
+  CHECK_FALSE(fold_node(split_node(2, {{"axis", ival(1)}}), in({&x}), 17, 1 << 20));  // 3 columns do not halve: left to the kernel
+  auto short_sizes = ints({1, 1});
+  CHECK_THROWS_AS(fold_node(split_node(2, {{"axis", ival(1)}}), in({&x, &short_sizes}), 17, 1 << 20), Error);
+  CHECK_THROWS_AS(fold_node(split_node(3, {{"axis", ival(1)}}), in({&x, &sizes}), 17, 1 << 20), Error);
+}
+
 TEST_CASE("Transpose follows perm, and reverses the axes without one") {
   auto x = ints({1, 2, 3, 4, 5, 6}, Shape{1, 2, 3});
   auto t = fold1(node("Transpose", {{"perm", ivals({2, 0, 1})}}), {&x});

@@ -6,7 +6,7 @@
       cross-entropy over the last axis, torch.optim.SGD. Writes OUT/x_<k>.npy, OUT/y_<k>.npy (the
       batch of step k) and OUT/losses.json ({"losses": [loss before step k's update, ...]}).
 
-  torch_reference.py ops OUT [--net ops|video|sequence] [--steps 20] [--batch 8] [--lr 0.05] [--seed 0] [--threads 1]
+  torch_reference.py ops OUT [--net ops|video|sequence|qat|loop] [--steps 20] [--batch 8] [--lr 0.05] [--seed 0] [--threads 1]
       A small seeded network of the ops beyond the samples (Conv strided down, GroupNorm, PReLU
       per channel, ConvTranspose2d with output_padding and grouped, InstanceNorm2d, ELU, SELU,
       CELU, Softplus, a single-slope PReLU on the logits), exported to OUT/model.onnx as a user
@@ -17,7 +17,9 @@
       (2 layers, bidirectional), nn.GRU and nn.RNN (ONNX's LSTM, GRU and RNN ops). With --net qat,
       a network prepared for quantization-aware training (fake quantization exported as
       QuantizeLinear -> DequantizeLinear, observers calibrated and then frozen), trained with
-      ONNX's rounding (x / scale) and PyTorch's fake-quantization gradient.
+      ONNX's rounding (x / scale) and PyTorch's fake-quantization gradient. With --net loop,
+      sequences [B, 5, 4] through TorchScript control flow, scripted and exported as ONNX Loops
+      over sequences: a recurrent cell written as a loop over time and torch.tensor_split.
 
   torch_reference.py packed OUT [--seed 0]
       Padded sequences of 4 lengths through a packed bidirectional LSTM and a packed GRU
@@ -45,6 +47,7 @@ import json
 import os
 import sys
 import time
+from typing import List
 
 import numpy as np
 import torch
@@ -168,6 +171,29 @@ class SequenceNet(torch.nn.Module):
         return self.head(torch.cat([r[:, -1], gh[0]], dim=1))
 
 
+class LoopNet(torch.nn.Module):
+    """[B, 5, 4] sequences -> 10 logits through TorchScript control flow, exported (scripted) as
+    ONNX Loops over sequences: a recurrent cell written as a Python loop over time (a Loop with
+    the state carried, each step's state inserted into a sequence that ConcatFromSequence
+    stacks), and torch.tensor_split (a Loop of Slices into a sequence, read by SequenceAt)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = torch.nn.Linear(4, 6)
+        self.rec = torch.nn.Linear(6, 6)
+        self.parts = torch.nn.Linear(6, 8)
+        self.head = torch.nn.Linear(8 + 6, 10)
+
+    def forward(self, x):
+        h = torch.zeros(x.size(0), 6)
+        steps: List[torch.Tensor] = []
+        for t in range(x.size(1)):
+            h = torch.tanh(self.inp(x[:, t]) + self.rec(h))
+            steps.append(h)
+        a, b = torch.tensor_split(self.parts(torch.stack(steps, 1).mean(1)), (3,), dim=1)
+        return self.head(torch.cat([torch.relu(a), torch.sigmoid(b), h], 1))
+
+
 class QatNet(torch.nn.Module):
     """[B, 3, 8, 8] -> 10 logits, prepared for quantization-aware training (torch.ao.quantization):
     uint8 activations per tensor (reduce_range: 0 to 127, exported as QuantizeLinear, Clip,
@@ -230,7 +256,7 @@ def onnx_fake_quant():
 
 
 NETS = {"ops": (OpsNet, [3, 8, 8]), "video": (VideoNet, [3, 4, 8, 8]), "sequence": (SequenceNet, [5, 4]),
-        "qat": (QatNet, [3, 8, 8])}
+        "qat": (QatNet, [3, 8, 8]), "loop": (LoopNet, [5, 4])}
 
 
 def cmd_ops(a):
@@ -247,7 +273,9 @@ def cmd_ops(a):
         batches.append((x, rng.randint(0, 10, size=[a.batch]).astype(np.int64)))
     if hasattr(model, "prepare"):
         model.prepare([rng.standard_normal([a.batch] + sample).astype(np.float32) for _ in range(4)])
-    torch.onnx.export(model, torch.from_numpy(batches[0][0]), os.path.join(a.out, "model.onnx"), input_names=["x"],
+    # the loop net's control flow exports as ONNX Loops only from TorchScript (tracing unrolls it)
+    exported = torch.jit.script(model) if a.net == "loop" else model
+    torch.onnx.export(exported, torch.from_numpy(batches[0][0]), os.path.join(a.out, "model.onnx"), input_names=["x"],
                       output_names=["logits"], opset_version=17, training=torch.onnx.TrainingMode.TRAINING,
                       do_constant_folding=False)
     if a.net == "qat":

@@ -126,6 +126,16 @@ TEST_CASE("20 SGD steps on a network of a bidirectional 2-layer LSTM, a GRU and 
   train_against_torch("sequence network", "ops --net sequence", dir, dir / "model.onnx");
 }
 
+// TorchScript control flow as PyTorch exports a scripted model (torch_reference.py ops --net
+// loop): a recurrent cell written as a loop over time (a Loop carrying the state, each step's
+// state inserted into a sequence that ConcatFromSequence stacks) and torch.tensor_split (a Loop
+// of Slices into a sequence read by SequenceAt). The loader unrolls the Loops and resolves the
+// sequences; the weights read inside the bodies train.
+TEST_CASE("20 SGD steps on a scripted network of ONNX Loops over sequences (a loop over time, tensor_split) match PyTorch's losses") {
+  const fs::path dir = fs::path(SMP_TEST_DATA) / "torch_train_loop";
+  train_against_torch("loop network", "ops --net loop", dir, dir / "model.onnx");
+}
+
 // Padded sequences of different lengths, packed (torch_reference.py packed): PyTorch exports them
 // with LSTM's and GRU's sequence_lens, sorting the rows by length with TopK and back with
 // ScatterElements; a row's steps past its length give zeros, its state stops there.

@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <iostream>
 #include <map>
+#include <set>
 
 namespace {
 
@@ -249,6 +250,13 @@ int main(int argc, char** argv) {
     popt.stages = schedule_opts.stages;
     popt.chunks = schedule_opts.chunks;
     popt.microbatches = schedule_opts.microbatches;
+    {
+      // Inputs whose leading dimension is fixed (one size): each worker runs microbatches of it.
+      const auto axis = smp::graph::inspect_batch_axis(model);
+      std::set<int64_t> sizes;
+      for (const auto& [name, size] : axis.fixed) sizes.insert(size);
+      if (axis.symbolic.empty() && sizes.size() == 1) popt.fixed_microbatch = *sizes.begin();
+    }
     popt.data_parallel = data_parallel;
     popt.schedule = schedule_opts.schedule.empty() ? "auto" : schedule_opts.schedule;
     popt.max_positions = max_positions;

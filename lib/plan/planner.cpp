@@ -1065,6 +1065,8 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
       if (opt.microbatches && (B / d) % opt.microbatches != 0) return false;
       if (prof && (B / d) % prof->microbatch_size != 0) return false;
       if (prof && opt.microbatches && (B / d) / opt.microbatches != prof->microbatch_size) return false;
+      if (opt.fixed_microbatch && (B / d) % opt.fixed_microbatch != 0) return false;
+      if (opt.fixed_microbatch && opt.microbatches && (B / d) / opt.microbatches != opt.fixed_microbatch) return false;
       return true;
     };
     if (opt.stages && opt.data_parallel && opt.tensor_parallel > 0) {
@@ -1096,6 +1098,14 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
                                                 prof->microbatch_size, B, cl.size(),
                                                 opt.microbatches ? fmt::format(" into {} microbatches", opt.microbatches) : ""),
                         "profile at the planned microbatch size, or leave --profile out");
+      if (opt.fixed_microbatch)
+        throw_bad_input(g.model_path.string(),
+                        fmt::format("its inputs fix the batch dimension at {}, so every microbatch holds {} samples, which no split "
+                                    "of the batch of {}{}{} gives",
+                                    opt.fixed_microbatch, opt.fixed_microbatch, B,
+                                    opt.microbatches ? fmt::format(" into {} microbatches", opt.microbatches) : "",
+                                    opt.data_parallel ? fmt::format(" over {} replicas", opt.data_parallel) : ""),
+                        "re-export the model with a dynamic batch axis to pipeline microbatches");
       throw_bad_input("--batch-size", fmt::format("no pipeline x data-parallel split of {} devices fits a batch of {}", cl.size(), B),
                       "change --batch-size, --stages or --data-parallel");
     }
@@ -1115,6 +1125,7 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
       std::vector<int> ms;
       if (opt.microbatches) ms = {opt.microbatches};
       else if (prof) ms = {static_cast<int>((B / d) / prof->microbatch_size)};
+      else if (opt.fixed_microbatch) ms = {static_cast<int>((B / d) / opt.fixed_microbatch)};
       else ms = divisors(B / d);
       // Optimizer-state sharding: with one replica there is nothing to split.
       std::vector<bool> zeros = {false};

@@ -45,6 +45,9 @@ struct PlanOptions {
   int stages = 0;          // pipeline ranks p; 0: search
   int data_parallel = 0;   // d; 0: search
   int microbatches = 0;    // m per replica per step; 0: search divisors of batch / d
+  // The model's inputs fix their leading dimension: every microbatch must hold this many samples
+  // (a worker loads the graph at the microbatch size); 0: the batch axis is symbolic.
+  int64_t fixed_microbatch = 0;
   std::string schedule = "auto";  // auto | gpipe | 1f1b | interleaved | zb-h1
   int chunks = 0;          // v for interleaved (0: 2)
   RecomputePolicy recompute = RecomputePolicy::Auto;

@@ -3,6 +3,7 @@
 #include "test_util.hpp"
 
 #include "core/error.hpp"
+#include "core/io.hpp"
 #include "graph/loader.hpp"
 #include "graph/op_registry.hpp"
 
@@ -647,6 +648,12 @@ TEST_CASE("the batch axis read without loading; smp-plan without --batch-size ta
   CHECK(r6.exit_code == 0);
   CHECK(r6.out.find("batch 6: the model's fixed batch dimension") != std::string::npos);
   CHECK(r6.out.find("), batch 6\n") != std::string::npos);
+  // a worker loads the graph at the microbatch size: every microbatch holds the fixed 6 samples
+  CHECK(read_json(dir / "p.json")["microbatch_size"] == 6);
+  auto r6m = plan(six, "--devices 2 --microbatches 2");
+  CHECK(r6m.exit_code == 2);
+  CHECK(r6m.out.rfind("error: " + six.string() + ": its inputs fix the batch dimension at 6, so every microbatch holds 6 samples", 0) == 0);
+  CHECK(std::count(r6m.out.begin(), r6m.out.end(), '\n') == 1);
   auto rs = plan(sym, "--devices 3");
   INFO(rs.out);
   CHECK(rs.exit_code == 0);

@@ -419,13 +419,13 @@ int resolve_sequences(onnx::GraphProto& g, const ConstMap& consts, int64_t opset
     } else if (onnx_op(p, "SequenceInsert") || onnx_op(p, "SequenceErase")) {
       const bool insert = onnx_op(p, "SequenceInsert");
       const int at = insert ? 2 : 1;
-      std::optional<int64_t> pos = p.input_size() > at && !p.input(at).empty() ? const_int(consts, p.input(at)) : int64_t{-1};
+      const bool has_pos = p.input_size() > at && !p.input(at).empty();
+      std::optional<int64_t> pos = has_pos ? const_int(consts, p.input(at)) : int64_t{-1};  // Erase: the last
       if (in == seqs.end() || !pos) return 0;
       auto list = in->second;
       const int64_t size = static_cast<int64_t>(list.size());
       if (insert) {
-        const int64_t k = p.input_size() > at && !p.input(at).empty() ? position(p, *pos, size, true, file) : size;
-        list.insert(list.begin() + k, p.input(1));
+        list.insert(list.begin() + (has_pos ? position(p, *pos, size, true, file) : size), p.input(1));
       } else {
         list.erase(list.begin() + position(p, *pos, size, false, file));
       }

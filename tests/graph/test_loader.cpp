@@ -478,6 +478,90 @@ TEST_CASE("a Loop whose trip count folds is unrolled, and its sequence resolved 
   fs::remove_all(dir);
 }
 
+TEST_CASE("a Scan over a static axis is unrolled: its directions pick the elements and order the outputs") {
+  // s0 [2, 2], x [2, 3, 2] scanned along axis 1 backwards; body: s' = s + x_t, o = s' + s'; the
+  // outputs stacked along axis 1, the last iteration's first (scan_output_directions 1).
+  auto dir = test::temp_dir("scan_unroll");
+  onnx::ModelProto m = tiny_model();
+  auto* g = m.mutable_graph();
+  g->clear_node();
+  g->clear_input();
+  g->clear_output();
+  auto io = [](onnx::ValueInfoProto* v, const char* name, std::vector<int64_t> dims) {
+    v->set_name(name);
+    auto* t = v->mutable_type()->mutable_tensor_type();
+    t->set_elem_type(onnx::TensorProto::FLOAT);
+    for (int64_t d : dims) t->mutable_shape()->add_dim()->set_dim_value(d);
+  };
+  io(g->add_input(), "s0", {2, 2});
+  io(g->add_input(), "x", {2, 3, 2});
+  io(g->add_output(), "sf", {2, 2});
+  io(g->add_output(), "ys", {2, 3, 2});
+  auto* scan = g->add_node();
+  scan->set_name("scan");
+  scan->set_op_type("Scan");
+  for (const char* i : {"s0", "x"}) scan->add_input(i);
+  for (const char* o : {"sf", "ys"}) scan->add_output(o);
+  auto ints = [&](const char* name, int64_t v) {
+    auto* a = scan->add_attribute();
+    a->set_name(name);
+    a->set_type(onnx::AttributeProto::INTS);
+    a->add_ints(v);
+  };
+  ints("scan_input_axes", 1);
+  ints("scan_input_directions", 1);
+  ints("scan_output_axes", 1);
+  ints("scan_output_directions", 1);
+  auto* n = scan->add_attribute();
+  n->set_name("num_scan_inputs");
+  n->set_type(onnx::AttributeProto::INT);
+  n->set_i(1);
+  auto* a = scan->add_attribute();
+  a->set_name("body");
+  a->set_type(onnx::AttributeProto::GRAPH);
+  auto* b = a->mutable_g();
+  b->set_name("body");
+  io(b->add_input(), "s", {2, 2});
+  io(b->add_input(), "xt", {2, 2});
+  io(b->add_output(), "s2", {2, 2});
+  io(b->add_output(), "o", {2, 2});
+  auto add = [&](const char* x, const char* y, const char* out) {
+    auto* k = b->add_node();
+    k->set_op_type("Add");
+    k->add_input(x);
+    k->add_input(y);
+    k->add_output(out);
+  };
+  add("s", "xt", "s2");
+  add("s2", "s2", "o");
+  Graph gr = load_graph(write_model(dir, "scan.onnx", m), LoadOptions{});
+  check_well_formed(gr);
+  for (const auto& node : gr.nodes) CHECK(node.op_type != "Scan");
+  CHECK(gr.value(gr.find_value("ys")).shape == Shape{2, 3, 2});
+  CHECK(gr.value(gr.find_value("sf")).shape == Shape{2, 2});
+  auto producer = [&](const std::string& v) -> const Node& {
+    return gr.nodes[static_cast<size_t>(gr.value(gr.find_value(v)).producer)];
+  };
+  for (int t = 0; t < 3; ++t) {
+    CAPTURE(t);
+    // iteration t reads element 2 - t of axis 1 (backwards) and carries the state of t - 1
+    const Node& gather = producer(fmt::format("sf/iter{}/#element0", t));
+    CHECK(gather.op_type == "Gather");
+    CHECK(gather.attr_int("axis", 0) == 1);
+    const Value& index = gr.value(gather.inputs[1]);
+    REQUIRE(index.data);
+    CHECK(index.data->get_i64(0) == 2 - t);
+    CHECK(gr.value(producer(fmt::format("sf/iter{}/s2", t)).inputs[0]).name == (t == 0 ? "s0" : fmt::format("sf/iter{}/s2", t - 1)));
+  }
+  // the stacked output: the last iteration's first
+  const Node& cat = producer("ys");
+  REQUIRE(cat.inputs.size() == 3);
+  for (int k = 0; k < 3; ++k)
+    CHECK(gr.value(producer(gr.value(cat.inputs[static_cast<size_t>(k)]).name).inputs[0]).name == fmt::format("sf/iter{}/o", 2 - k));
+  CHECK(gr.value(producer("sf").inputs[0]).name == "sf/iter2/s2");
+  fs::remove_all(dir);
+}
+
 TEST_CASE("a Resize's float scales initializer is a constant with its bytes, read by shape inference, not a weight") {
   // y = Resize(x * w, scales = [1, 2]) with x [N, 4]: y [N, 8].
   auto dir = test::temp_dir("resize_scales");

@@ -398,6 +398,7 @@ constexpr OpDef kOps[] = {
     {Op::OneHot, "OneHot", C::DataMovement, kNone, kNone, kNone, cost_data_movement},
     // samples X at a grid of normalized positions (4 taps per output element and channel)
     {Op::GridSample, "GridSample", C::DataMovement, b(0) | b(1), b(0) | b(1), kNone, cost_grid_sample},
+    {Op::ReverseSequence, "ReverseSequence", C::DataMovement, b(0), b(1), kNone, cost_data_movement},
 
     // Quantized tensors. QuantizeLinear / DequantizeLinear map float32 to 8-bit integers and back
     // with a scale and zero point per tensor or per channel; the integer products accumulate in

@@ -33,6 +33,7 @@ enum class Op : int {
   // data movement
   Reshape, Transpose, Flatten, Squeeze, Unsqueeze, Concat, Split, Slice, Gather, Expand, Tile, Trilu, Pad, GatherElements,
   Resize, Upsample, CumSum, ScatterElements, ScatterND, GatherND, DepthToSpace, SpaceToDepth, OneHot, GridSample,
+  ReverseSequence,
   // quantized tensors (8-bit integers with a scale and a zero point): forward only
   QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear, MatMulInteger, ConvInteger, QLinearMatMul, QLinearConv,
   // random numbers from the run's streams (runtime/random.hpp)

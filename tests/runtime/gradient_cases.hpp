@@ -390,6 +390,14 @@ inline std::vector<Case> gradient_cases() {
                       int axis = t.constant<int64_t>("axis", DType::I64, {}, {1});
                       t.output(t.node("CumSum", {x, axis}, {F("y", {2, 4, 3})}, {{"exclusive", attr_i(ex)}, {"reverse", attr_i(rev)}})[0]);
                     }});
+  for (int time_axis : {0, 1})
+    cs.push_back({fmt::format("ReverseSequence time_axis {}", time_axis), [time_axis](TinyGraph& t, M& m) {
+                    const Shape shape = time_axis == 0 ? Shape{4, 3, 2} : Shape{3, 4, 2};  // T 4, B 3
+                    int x = m.f("x", shape);
+                    int lens = t.constant<int64_t>("lens", DType::I64, {3}, {time_axis == 0 ? int64_t{4} : int64_t{2}, 1, time_axis == 0 ? int64_t{3} : int64_t{0}});
+                    t.output(t.node("ReverseSequence", {x, lens}, {F("y", shape)},
+                                    {{"time_axis", attr_i(time_axis)}, {"batch_axis", attr_i(1 - time_axis)}})[0]);
+                  }});
   cs.push_back({"GlobalAveragePool", [](TinyGraph& t, M& m) {
                   int x = m.f("x", {2, 3, 2, 2});
                   t.output(t.node("GlobalAveragePool", {x}, {F("y", {2, 3, 1, 1})})[0]);

@@ -1,5 +1,5 @@
 // Data movement: Reshape/Flatten/Squeeze/Unsqueeze (views), Transpose, Concat, Split, Slice,
-// Gather, Expand, Tile, Trilu; and the shape-only producers Shape, Size, Constant,
+// Gather, Expand, Tile, Trilu, ReverseSequence; and the shape-only producers Shape, Size, Constant,
 // ConstantOfShape, Range.
 #include "runtime/cpu/common.hpp"
 #include "runtime/cpu/kernels.hpp"
@@ -1294,6 +1294,64 @@ void bwd_pad(const KernelState& st, ExecContext&, const GradIO& io) {
       if (i >= 0) dx[base + i] += dy[o + j];
     }
   });
+}
+
+// ---- ReverseSequence -----------------------------------------------------------------------
+//
+// Row b's first sequence_lens[b] steps along the time axis reversed, the rest copied; the
+// gradient is the same reversal of dy (a permutation that is its own inverse).
+
+std::unique_ptr<KernelState> prep_reverse_sequence(const NodeView& n) {
+  auto s = std::make_unique<ReverseSequenceState>();
+  const Shape& x = n.input(0).shape;
+  n.require_dtype(n.input(1), {DType::I64}, "sequence_lens");
+  const int64_t time_axis = n.node().attr_int("time_axis", 0), batch_axis = n.node().attr_int("batch_axis", 1);
+  if (x.size() < 2) n.fail(fmt::format("the input has rank {}, at least 2 needed", x.size()));
+  if (!((time_axis == 0 && batch_axis == 1) || (time_axis == 1 && batch_axis == 0)))
+    n.fail(fmt::format("time_axis {} and batch_axis {}: one must be 0, the other 1", time_axis, batch_axis));
+  s->time_first = time_axis == 0;
+  s->T = x[static_cast<size_t>(time_axis)];
+  s->B = x[static_cast<size_t>(batch_axis)];
+  s->inner = prod(x, 2, x.size());
+  if (n.input(1).shape != Shape{s->B}) n.fail(fmt::format("sequence_lens has shape {}, [{}] expected", shape_str(n.input(1).shape), s->B));
+  return s;
+}
+
+namespace {
+// Y = X with each row's first lens[b] steps reversed (added to Y when `accumulate`).
+void reverse_rows(const ReverseSequenceState& s, const Tensor& lens, const char* X, char* Y, int64_t es, bool accumulate) {
+  const int64_t* L = lens.data<int64_t>();
+  for (int64_t b = 0; b < s.B; ++b)
+    if (L[b] < 0 || L[b] > s.T)
+      throw_bad_input("node " + s.node_name + " (ReverseSequence)", fmt::format("sequence_lens[{}] is {}, outside [0, {}]", b, L[b], s.T));
+  const int64_t blk = s.inner * es;
+  pfor(s.T * s.B, std::max<int64_t>(1, kGrain * 4 / std::max<int64_t>(blk, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t t = s.time_first ? r / s.B : r % s.T, b = s.time_first ? r % s.B : r / s.T;
+      const int64_t from = t < L[b] ? L[b] - 1 - t : t;
+      const int64_t src = s.time_first ? from * s.B + b : b * s.T + from;
+      if (!accumulate) {
+        std::memcpy(Y + r * blk, X + src * blk, static_cast<size_t>(blk));
+        continue;
+      }
+      float* y = reinterpret_cast<float*>(Y + r * blk);
+      const float* x = reinterpret_cast<const float*>(X + src * blk);
+      for (int64_t i = 0; i < s.inner; ++i) y[i] += x[i];
+    }
+  });
+}
+}  // namespace
+
+void fwd_reverse_sequence(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const ReverseSequenceState&>(st);
+  reverse_rows(s, in[1], static_cast<const char*>(in[0].raw()), static_cast<char*>(out[0].raw()), dtype_size(in[0].dtype()), false);
+}
+
+void bwd_reverse_sequence(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const ReverseSequenceState&>(st);
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  SMP_CHECK(io.in[1].defined(), "node {}: ReverseSequence backward needs sequence_lens (not declared saved)", s.node_name);
+  reverse_rows(s, io.in[1], static_cast<const char*>(io.dout[0].raw()), static_cast<char*>(io.din[0].raw()), 4, io.accumulate[0]);
 }
 
 }  // namespace smp::runtime::cpu

@@ -194,6 +194,12 @@ struct SliceState : KernelState {
 // The slice's base offset and strides: known at load, else from its inputs (`in` on the host).
 void slice_runtime(const SliceState& s, std::span<const Tensor> in, int64_t& base, std::vector<int64_t>& sst);
 
+// ReverseSequence: x [T, B, inner...] (time_axis 0) or [B, T, inner...] (time_axis 1).
+struct ReverseSequenceState : KernelState {
+  int64_t T = 1, B = 1, inner = 1;
+  bool time_first = true;
+};
+
 struct GatherState : KernelState {
   int64_t outer = 1, D = 1, inner = 1, nidx = 1;
 };

@@ -41,6 +41,7 @@ constexpr OpKernel kTable[] = {
     K(Trilu, trilu), K(Pad, pad), K(GatherElements, gather_elements),
     K(Resize, resize), K(Upsample, resize), K(CumSum, cumsum), K(ScatterElements, scatter), K(ScatterND, scatter),
     K(GatherND, gather_nd), K(DepthToSpace, depth_space), K(SpaceToDepth, depth_space), KF(OneHot, one_hot), K(GridSample, grid_sample),
+    K(ReverseSequence, reverse_sequence),
     KF(QuantizeLinear, quantize), KF(DequantizeLinear, dequantize), KF(DynamicQuantizeLinear, dynamic_quantize),
     KF(MatMulInteger, matmul_integer), KF(ConvInteger, conv_integer), KF(QLinearMatMul, matmul_integer),
     KF(QLinearConv, conv_integer),

@@ -8,7 +8,7 @@
 // ThresholdedRelu, Sign, Round, InstanceNormalization, ConvTranspose, RNN, GRU, LSTM, Mod, the
 // trigonometric and hyperbolic ops, IsNaN, IsInf, ReduceL1, ReduceSumSquare, ReduceLogSum,
 // ReduceLogSumExp, ArgMin, GlobalMaxPool, CumSum, ScatterElements, ScatterND, GatherND,
-// DepthToSpace, SpaceToDepth, OneHot, GridSample, Sum, Mean, Shrink, CastLike, LpNormalization,
+// DepthToSpace, SpaceToDepth, OneHot, GridSample, ReverseSequence, Sum, Mean, Shrink, CastLike, LpNormalization,
 // Hardmax, LRN, TopK, EyeLike, the quantized, random and signal ops have no CUDA kernels yet).
 #include "runtime/cpu/kernels.hpp"
 #include "runtime/cuda/cuda_backend.hpp"
@@ -55,7 +55,7 @@ constexpr OpKernel kTable[] = {
     K(Concat, concat), K(Split, split), K(Slice, slice), K(Gather, gather), K(Expand, expand), K(Tile, tile),
     K(Trilu, trilu), NO_KERNEL(Pad), NO_KERNEL(GatherElements),
     NO_KERNEL(Resize), NO_KERNEL(Upsample), NO_KERNEL(CumSum), NO_KERNEL(ScatterElements), NO_KERNEL(ScatterND),
-    NO_KERNEL(GatherND), NO_KERNEL(DepthToSpace), NO_KERNEL(SpaceToDepth), NO_KERNEL(OneHot), NO_KERNEL(GridSample),
+    NO_KERNEL(GatherND), NO_KERNEL(DepthToSpace), NO_KERNEL(SpaceToDepth), NO_KERNEL(OneHot), NO_KERNEL(GridSample), NO_KERNEL(ReverseSequence),
     NO_KERNEL(QuantizeLinear), NO_KERNEL(DequantizeLinear), NO_KERNEL(DynamicQuantizeLinear), NO_KERNEL(MatMulInteger),
     NO_KERNEL(ConvInteger), NO_KERNEL(QLinearMatMul), NO_KERNEL(QLinearConv),
     NO_KERNEL(RandomNormal), NO_KERNEL(RandomNormalLike), NO_KERNEL(RandomUniform), NO_KERNEL(RandomUniformLike),

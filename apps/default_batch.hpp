@@ -19,8 +19,7 @@ constexpr int64_t kDefaultSamplesPerDevice = 8;
 // The model's fixed batch dimension where its inputs have one (they must agree), else
 // kDefaultSamplesPerDevice x `devices`; a model with no input of rank >= 1 plans one sample.
 // `note` tells the user which, and how to choose another.
-inline int64_t default_batch(const std::string& model, int devices, std::string& note) {
-  const graph::BatchAxis axis = graph::inspect_batch_axis(model);
+inline int64_t default_batch(const std::string& model, const graph::BatchAxis& axis, int devices, std::string& note) {
   std::set<int64_t> sizes;
   std::string listed;
   for (const auto& [name, size] : axis.fixed) {
@@ -44,6 +43,18 @@ inline int64_t default_batch(const std::string& model, int devices, std::string&
                      "device(s) (--batch-size N to choose)",
                      b, kDefaultSamplesPerDevice, std::max(devices, 1));
   return b;
+}
+
+inline int64_t default_batch(const std::string& model, int devices, std::string& note) {
+  return default_batch(model, graph::inspect_batch_axis(model), devices, note);
+}
+
+// The size every input's leading dimension fixes, where all fix one and none is symbolic (each
+// microbatch must hold that many samples: a worker loads the graph at the microbatch size); else 0.
+inline int64_t fixed_batch(const graph::BatchAxis& axis) {
+  std::set<int64_t> sizes;
+  for (const auto& [name, size] : axis.fixed) sizes.insert(size);
+  return axis.symbolic.empty() && sizes.size() == 1 ? *sizes.begin() : 0;
 }
 
 }  // namespace smp::app

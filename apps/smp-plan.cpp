@@ -23,7 +23,7 @@
 #include <algorithm>
 #include <iostream>
 #include <map>
-#include <set>
+#include <optional>
 
 namespace {
 
@@ -220,7 +220,13 @@ int main(int argc, char** argv) {
     smp::cost::Cluster cluster = !cluster_file.empty() ? smp::cost::read_cluster(cluster_file)
                                                        : local(!summary && !no_calibration);
     std::string batch_note;
-    if (batch_size <= 0) batch_size = smp::app::default_batch(model, cluster.size(), batch_note);
+    // The inputs' leading axis, read at most once (it parses the whole file).
+    std::optional<smp::graph::BatchAxis> read_axis;
+    auto batch_axis = [&]() -> const smp::graph::BatchAxis& {
+      if (!read_axis) read_axis = smp::graph::inspect_batch_axis(model);
+      return *read_axis;
+    };
+    if (batch_size <= 0) batch_size = smp::app::default_batch(model, batch_axis(), cluster.size(), batch_note);
     smp::graph::LoadOptions opts;
     opts.batch_size = batch_size;
     opts.dims = smp::app::parse_dims(dims);
@@ -250,13 +256,7 @@ int main(int argc, char** argv) {
     popt.stages = schedule_opts.stages;
     popt.chunks = schedule_opts.chunks;
     popt.microbatches = schedule_opts.microbatches;
-    {
-      // Inputs whose leading dimension is fixed (one size): each worker runs microbatches of it.
-      const auto axis = smp::graph::inspect_batch_axis(model);
-      std::set<int64_t> sizes;
-      for (const auto& [name, size] : axis.fixed) sizes.insert(size);
-      if (axis.symbolic.empty() && sizes.size() == 1) popt.fixed_microbatch = *sizes.begin();
-    }
+    popt.fixed_microbatch = smp::app::fixed_batch(batch_axis());
     popt.data_parallel = data_parallel;
     popt.schedule = schedule_opts.schedule.empty() ? "auto" : schedule_opts.schedule;
     popt.max_positions = max_positions;

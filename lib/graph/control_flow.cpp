@@ -13,10 +13,6 @@ namespace {
 
 using Nodes = google::protobuf::RepeatedPtrField<onnx::NodeProto>;
 
-bool onnx_op(const onnx::NodeProto& p, const char* type) {
-  return p.op_type() == type && (p.domain().empty() || p.domain() == "ai.onnx");
-}
-
 int64_t attr_int(const onnx::NodeProto& p, const std::string& name, int64_t dflt) {
   for (const auto& a : p.attribute())
     if (a.name() == name) return a.i();
@@ -84,26 +80,6 @@ void add_axis_op(Nodes& out, const char* op, int64_t opset, const std::string& x
   } else {
     set_ints(add_node(out, op, y, {x}, {y}), "axes", {axis});
   }
-}
-
-// Static shapes of the graph's values (inputs, value_info, outputs, initializers).
-std::unordered_map<std::string, Shape> static_shapes(const onnx::GraphProto& g) {
-  std::unordered_map<std::string, Shape> shapes;
-  auto note = [&](const onnx::ValueInfoProto& v) {
-    const auto& t = v.type();
-    if (!t.has_tensor_type() || !t.tensor_type().has_shape()) return;
-    Shape s;
-    for (const auto& d : t.tensor_type().shape().dim()) {
-      if (!d.has_dim_value() || d.dim_value() < 0) return;
-      s.push_back(d.dim_value());
-    }
-    shapes[v.name()] = s;
-  };
-  for (const auto& v : g.input()) note(v);
-  for (const auto& v : g.value_info()) note(v);
-  for (const auto& v : g.output()) note(v);
-  for (const auto& t : g.initializer()) shapes[t.name()] = Shape(t.dims().begin(), t.dims().end());
-  return shapes;
 }
 
 // A constant's value as one integer, when it is a constant of one element.
@@ -318,6 +294,42 @@ int64_t position(const onnx::NodeProto& p, int64_t pos, int64_t size, bool past_
 }
 
 }  // namespace
+
+bool onnx_op(const onnx::NodeProto& p, const char* type) {
+  return p.op_type() == type && (p.domain().empty() || p.domain() == "ai.onnx");
+}
+
+std::optional<std::pair<DType, Shape>> static_type(const onnx::TypeProto& t) {
+  if (!t.has_tensor_type() || !t.tensor_type().has_shape()) return std::nullopt;
+  Shape s;
+  for (const auto& d : t.tensor_type().shape().dim()) {
+    if (!d.has_dim_value() || d.dim_value() < 0) return std::nullopt;
+    s.push_back(d.dim_value());
+  }
+  return std::make_pair(dtype_from_onnx(t.tensor_type().elem_type()), s);
+}
+
+std::unordered_map<std::string, Shape> static_shapes(const onnx::GraphProto& g) {
+  std::unordered_map<std::string, Shape> shapes;
+  auto note = [&](const onnx::ValueInfoProto& v) {
+    if (auto st = static_type(v.type())) shapes[v.name()] = st->second;
+  };
+  for (const auto& v : g.input()) note(v);
+  for (const auto& v : g.value_info()) note(v);
+  for (const auto& v : g.output()) note(v);
+  for (const auto& t : g.initializer()) shapes[t.name()] = Shape(t.dims().begin(), t.dims().end());
+  return shapes;
+}
+
+std::unordered_set<std::string> names_read(const onnx::GraphProto& g) {
+  std::unordered_set<std::string> reads;
+  for (const auto& o : g.output()) reads.insert(o.name());
+  for (const auto& p : g.node()) {
+    for (const auto& i : p.input()) reads.insert(i);
+    subgraph_reads(p, reads);  // an If's branch or a Loop's body reads the values around it
+  }
+  return reads;
+}
 
 void subgraph_reads(const onnx::NodeProto& p, std::unordered_set<std::string>& reads) {
   for (const auto& a : p.attribute()) {

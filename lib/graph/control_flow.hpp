@@ -11,6 +11,7 @@
 #include <onnx/onnx_pb.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -18,6 +19,18 @@
 namespace smp::graph {
 
 using ConstMap = std::unordered_map<std::string, std::shared_ptr<TensorData>>;
+
+// Whether the node is the ai.onnx op `type`.
+bool onnx_op(const onnx::NodeProto& p, const char* type);
+
+// Static dtype and shape of a value from its TypeProto; nullopt when not a tensor or not fully known.
+std::optional<std::pair<DType, Shape>> static_type(const onnx::TypeProto& t);
+
+// Static shapes of the graph's values (inputs, value_info, outputs, initializers).
+std::unordered_map<std::string, Shape> static_shapes(const onnx::GraphProto& g);
+
+// Every name the graph reads: its outputs, its nodes' inputs and what their subgraphs read.
+std::unordered_set<std::string> names_read(const onnx::GraphProto& g);
 
 // "node 'NAME' (OP)", domain-qualified where not ai.onnx: how errors name a node.
 std::string node_label(const onnx::NodeProto& n);

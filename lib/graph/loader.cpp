@@ -197,17 +197,6 @@ Node node_from_proto(onnx::NodeProto& p, const std::string& file, const fs::path
   return n;
 }
 
-// Static shape of a value from its TypeProto; nullopt when not a tensor or not fully known.
-std::optional<std::pair<DType, Shape>> static_type(const onnx::TypeProto& t) {
-  if (!t.has_tensor_type() || !t.tensor_type().has_shape()) return std::nullopt;
-  Shape s;
-  for (const auto& d : t.tensor_type().shape().dim()) {
-    if (!d.has_dim_value() || d.dim_value() < 0) return std::nullopt;
-    s.push_back(d.dim_value());
-  }
-  return std::make_pair(dtype_from_onnx(t.tensor_type().elem_type()), s);
-}
-
 // Checks that every node input is provided and that there is no cycle, and reorders the nodes
 // topologically (stable: file order among ready nodes).
 void check_structure_and_sort(onnx::GraphProto& g, const std::string& file) {
@@ -292,7 +281,7 @@ void check_structure_and_sort(onnx::GraphProto& g, const std::string& file) {
 // the same). The last link keeps the node's name and output; the others are named after it.
 void split_variadic(onnx::GraphProto& g) {
   auto wide = [](const onnx::NodeProto& n) {
-    if (!(n.domain().empty() || n.domain() == "ai.onnx") || (n.op_type() != "Max" && n.op_type() != "Min")) return false;
+    if (!onnx_op(n, "Max") && !onnx_op(n, "Min")) return false;
     return std::count_if(n.input().begin(), n.input().end(), [](const std::string& s) { return !s.empty(); }) > 2;
   };
   if (std::none_of(g.node().begin(), g.node().end(), wide)) return;
@@ -551,7 +540,7 @@ int complete_shapes(onnx::ModelProto& model) {
     known[t.name()] = {dtype_from_onnx(t.data_type()), Shape(t.dims().begin(), t.dims().end())};
   int completed = 0;
   for (const auto& n : g.node()) {
-    if (n.op_type() != "Einsum" || !(n.domain().empty() || n.domain() == "ai.onnx") || n.output_size() != 1) continue;
+    if (!onnx_op(n, "Einsum") || n.output_size() != 1) continue;
     if (known.count(n.output(0))) continue;
     std::vector<Shape> shapes;
     DType dt = DType::Undefined;
@@ -587,17 +576,7 @@ int fold_pass(onnx::ModelProto& model, ConstMap& consts,
               std::unordered_set<std::string>& folded_names, int64_t opset, const std::string& file,
               const fs::path& base_dir) {
   auto& g = *model.mutable_graph();
-  std::unordered_map<std::string, Shape> shapes;
-  auto note = [&](const onnx::ValueInfoProto& v) {
-    if (auto st = static_type(v.type())) shapes[v.name()] = st->second;
-  };
-  for (const auto& v : g.input()) note(v);
-  for (const auto& v : g.value_info()) note(v);
-  for (const auto& v : g.output()) note(v);
-  for (const auto& t : g.initializer()) shapes[t.name()] = Shape(t.dims().begin(), t.dims().end());
-
-  std::unordered_set<std::string> outputs;
-  for (const auto& o : g.output()) outputs.insert(o.name());
+  std::unordered_map<std::string, Shape> shapes = static_shapes(g);
 
   int64_t held_bytes = 0;
   for (const auto& [name, d] : consts) held_bytes += static_cast<int64_t>(d->bytes.size());
@@ -646,11 +625,7 @@ int fold_pass(onnx::ModelProto& model, ConstMap& consts,
   // Folded values still read by a node, or graph outputs, become initializers; large ones (index
   // tensors, masks: they decide no shape) become typed graph inputs instead, so that shape
   // inference sees their shapes without a second copy of their bytes in the model.
-  std::unordered_set<std::string> used(outputs);
-  for (const auto& p : g.node()) {
-    for (const auto& i : p.input()) used.insert(i);
-    subgraph_reads(p, used);  // an If's branch or a Loop's body reads the values around it
-  }
+  const std::unordered_set<std::string> used = names_read(g);
   for (const auto& name : new_consts) {
     if (!used.count(name)) continue;
     const TensorData& d = *consts[name];
@@ -677,12 +652,7 @@ int fold_pass(onnx::ModelProto& model, ConstMap& consts,
 // initializers or inputs folding wrote for them dropped, so that folding holds only what the
 // graph reads.
 void drop_dead_constants(onnx::GraphProto& g, ConstMap& consts, const std::unordered_set<std::string>& folded_names) {
-  std::unordered_set<std::string> used;
-  for (const auto& o : g.output()) used.insert(o.name());
-  for (const auto& p : g.node()) {
-    for (const auto& i : p.input()) used.insert(i);
-    subgraph_reads(p, used);
-  }
+  const std::unordered_set<std::string> used = names_read(g);
   google::protobuf::RepeatedPtrField<onnx::TensorProto> kept;
   for (auto& t : *g.mutable_initializer())
     if (used.count(t.name()) || !folded_names.count(t.name())) *kept.Add() = std::move(t);
@@ -703,7 +673,7 @@ void drop_dead_constants(onnx::GraphProto& g, ConstMap& consts, const std::unord
 // models fail inference with its message.)
 void explicit_stft_defaults(onnx::GraphProto& g) {
   for (auto& n : *g.mutable_node()) {
-    if (n.op_type() != "STFT" || !(n.domain().empty() || n.domain() == "ai.onnx")) continue;
+    if (!onnx_op(n, "STFT")) continue;
     bool has = false;
     for (const auto& a : n.attribute()) has = has || a.name() == "onesided";
     if (has) continue;
@@ -722,9 +692,6 @@ void explicit_stft_defaults(onnx::GraphProto& g) {
 // pair's values. Pairs whose integers are read elsewhere, or are graph outputs, stay. Returns
 // how many were fused.
 int fuse_fake_quant(onnx::GraphProto& g, const ConstMap& consts) {
-  auto onnx_op = [](const onnx::NodeProto& n, const char* type) {
-    return n.op_type() == type && (n.domain().empty() || n.domain() == "ai.onnx");
-  };
   std::unordered_map<std::string, std::vector<int>> readers;
   for (int i = 0; i < g.node_size(); ++i)
     for (const auto& in : g.node(i).input())
@@ -874,8 +841,8 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
   // arrays given for inputs that become initializers below.
   std::unordered_set<std::string> shaping;
   for (const auto& n : gp.node()) {
-    const bool resize = n.op_type() == "Resize", upsample = n.op_type() == "Upsample";
-    if (!(n.domain().empty() || n.domain() == "ai.onnx") || !(resize || upsample)) continue;
+    const bool resize = onnx_op(n, "Resize"), upsample = onnx_op(n, "Upsample");
+    if (!resize && !upsample) continue;
     for (int k = 1; k < std::min(n.input_size(), resize ? 3 : 2); ++k) shaping.insert(n.input(k));
   }
   if (opts.input_array) {

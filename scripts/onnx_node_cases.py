@@ -16,7 +16,8 @@ expanded forms) are written again with numpy's pi: onnx 1.12 computed them with 
 The control flow and sequence ops that smp's loader resolves (LOADER_OPS: an If whose condition
 folds, a Loop or Scan of static length, sequences of constant positions) are always written
 when ops are named, and so are ONNX's "simple" model cases that use them (test_sequence_model1
-to 8: sequences built, erased, split and concatenated), under the first such op they contain.
+to 8: sequences built, erased, split and concatenated), under the first such op they contain;
+so are the ops defined by a function body, which the loader expands where smp has no kernel.
 
 usage: onnx_node_cases.py OUT [OP_TYPE ...]
 """
@@ -60,12 +61,14 @@ def main(argv):
         return 2
     out = argv[1]
     wanted = set(argv[2:])
+    import onnx.defs
     if wanted:
         wanted |= set(LOADER_OPS)
+        # the ops the loader replaces by their function body (MeanVarianceNormalization)
+        wanted |= {sc.name for sc in onnx.defs.get_all_schemas() if sc.domain == "" and sc.has_function}
     if os.path.exists(out):
         shutil.rmtree(out)
     os.makedirs(out)
-    import onnx.defs
 
     def squash(x):
         return x.replace("_", "").lower()

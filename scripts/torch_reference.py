@@ -6,7 +6,7 @@
       cross-entropy over the last axis, torch.optim.SGD. Writes OUT/x_<k>.npy, OUT/y_<k>.npy (the
       batch of step k) and OUT/losses.json ({"losses": [loss before step k's update, ...]}).
 
-  torch_reference.py ops OUT [--net ops|video|sequence|qat|loop] [--steps 20] [--batch 8] [--lr 0.05] [--seed 0] [--threads 1]
+  torch_reference.py ops OUT [--net ops|video|sequence|qat|loop|functions] [--steps 20] [--batch 8] [--lr 0.05] [--seed 0] [--threads 1]
       A small seeded network of the ops beyond the samples (Conv strided down, GroupNorm, PReLU
       per channel, ConvTranspose2d with output_padding and grouped, InstanceNorm2d, ELU, SELU,
       CELU, Softplus, a single-slope PReLU on the logits), exported to OUT/model.onnx as a user
@@ -19,7 +19,9 @@
       QuantizeLinear -> DequantizeLinear, observers calibrated and then frozen), trained with
       ONNX's rounding (x / scale) and PyTorch's fake-quantization gradient. With --net loop,
       sequences [B, 5, 4] through TorchScript control flow, scripted and exported as ONNX Loops
-      over sequences: a recurrent cell written as a loop over time and torch.tensor_split.
+      over sequences: a recurrent cell written as a loop over time and torch.tensor_split. With
+      --net functions, sequences [B, 5, 4] through two residual blocks exported as calls of
+      model-local ONNX functions (export_modules_as_functions), a LayerNorm function nested.
 
   torch_reference.py packed OUT [--seed 0]
       Padded sequences of 4 lengths through a packed bidirectional LSTM and a packed GRU
@@ -194,6 +196,34 @@ class LoopNet(torch.nn.Module):
         return self.head(torch.cat([torch.relu(a), torch.sigmoid(b), h], 1))
 
 
+class FunctionBlock(torch.nn.Module):
+    """A pre-norm residual block (LayerNorm, Linear, GELU), exported as an ONNX function."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(d)
+        self.fc = torch.nn.Linear(d, d)
+
+    def forward(self, x):
+        return x + F.gelu(self.fc(self.norm(x)))
+
+
+class FunctionsNet(torch.nn.Module):
+    """[B, 5, 4] sequences -> 10 logits through two FunctionBlocks, exported with
+    export_modules_as_functions: each block is a call of one model-local function (its weights
+    passed in, different per call), which calls the LayerNorm function in turn."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = torch.nn.Linear(4, 6)
+        self.b1 = FunctionBlock(6)
+        self.b2 = FunctionBlock(6)
+        self.head = torch.nn.Linear(6, 10)
+
+    def forward(self, x):
+        return self.head(self.b2(self.b1(self.inp(x))).mean(1))
+
+
 class QatNet(torch.nn.Module):
     """[B, 3, 8, 8] -> 10 logits, prepared for quantization-aware training (torch.ao.quantization):
     uint8 activations per tensor (reduce_range: 0 to 127, exported as QuantizeLinear, Clip,
@@ -256,7 +286,7 @@ def onnx_fake_quant():
 
 
 NETS = {"ops": (OpsNet, [3, 8, 8]), "video": (VideoNet, [3, 4, 8, 8]), "sequence": (SequenceNet, [5, 4]),
-        "qat": (QatNet, [3, 8, 8]), "loop": (LoopNet, [5, 4])}
+        "qat": (QatNet, [3, 8, 8]), "loop": (LoopNet, [5, 4]), "functions": (FunctionsNet, [5, 4])}
 
 
 def cmd_ops(a):
@@ -275,9 +305,10 @@ def cmd_ops(a):
         model.prepare([rng.standard_normal([a.batch] + sample).astype(np.float32) for _ in range(4)])
     # the loop net's control flow exports as ONNX Loops only from TorchScript (tracing unrolls it)
     exported = torch.jit.script(model) if a.net == "loop" else model
+    functions = {"export_modules_as_functions": {FunctionBlock, torch.nn.LayerNorm}} if a.net == "functions" else {}
     torch.onnx.export(exported, torch.from_numpy(batches[0][0]), os.path.join(a.out, "model.onnx"), input_names=["x"],
                       output_names=["logits"], opset_version=17, training=torch.onnx.TrainingMode.TRAINING,
-                      do_constant_folding=False)
+                      do_constant_folding=False, **functions)
     if a.net == "qat":
         onnx_fake_quant()
     return train_and_record(model, batches, a.out, a.lr)

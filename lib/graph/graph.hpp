@@ -108,7 +108,7 @@ struct Graph {
   std::filesystem::path model_path;
   std::string name;
   int64_t opset = 0;            // ai.onnx opset the model imports
-  int onnx_nodes = 0;           // nodes in the file, before folding
+  int onnx_nodes = 0;           // nodes in the file (functions inlined), before folding
   std::vector<Value> values;
   std::vector<Node> nodes;      // topological order
   std::vector<int> inputs;      // user-fed inputs (initializers excluded), in file order

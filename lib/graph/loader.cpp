@@ -5,6 +5,7 @@
 #include "graph/control_flow.hpp"
 #include "graph/einsum.hpp"
 #include "graph/fold.hpp"
+#include "graph/functions.hpp"
 #include "graph/op_registry.hpp"
 
 #include <onnx/checker.h>
@@ -826,6 +827,7 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
     if (o.domain().empty() || o.domain() == "ai.onnx") opset = o.version();
   int64_t max_opset = max_supported_opset();
   if (opset < 0) throw_bad_input(file, "the model imports no ai.onnx opset");
+  if (opset >= 1 && opset <= max_opset) inline_functions(model, opset, file);
   if (opset >= 1 && opset < kMinOpset && model.graph().node_size() > 0) {
     convert_opset(model, opset, kMinOpset, file);
     opset = kMinOpset;

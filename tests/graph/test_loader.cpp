@@ -562,6 +562,108 @@ TEST_CASE("a Scan over a static axis is unrolled: its directions pick the elemen
   fs::remove_all(dir);
 }
 
+// Model-local functions: Scale(x, w) = LeakyRelu(x * w, alpha = the call's "slope"), whose
+// default (0.1) sits in attribute_proto (field 11, which onnx 1.12's types keep as an unknown
+// field); Block(x, a, b) = Scale(Scale(x, a), b), passing its own "slope" on. The model:
+// h = Block(x, wa, wb) with slope 0.25, y = Scale(h, wc) without one.
+onnx::ModelProto functions_model() {
+  onnx::ModelProto m = tiny_model();
+  m.add_opset_import()->set_domain("my.fn");
+  m.mutable_opset_import(1)->set_version(1);
+  auto* g = m.mutable_graph();
+  g->clear_node();
+  for (const char* w : {"wa", "wb", "wc"}) {
+    auto* t = g->add_initializer();
+    t->set_name(w);
+    t->set_data_type(onnx::TensorProto::FLOAT);
+    t->add_dims(4);
+    for (int j = 0; j < 4; ++j) t->add_float_data(static_cast<float>(j + 1));
+  }
+  auto node = [](auto* owner, const char* op, const char* domain, std::vector<std::string> in, const std::string& out) {
+    auto* n = owner->add_node();
+    n->set_op_type(op);
+    n->set_domain(domain);
+    for (const auto& i : in) n->add_input(i);
+    n->add_output(out);
+    return n;
+  };
+  auto slope_ref = [](onnx::NodeProto* n, const char* name) {
+    auto* a = n->add_attribute();
+    a->set_name(name);
+    a->set_type(onnx::AttributeProto::FLOAT);
+    a->set_ref_attr_name("slope");
+  };
+  auto* scale = m.add_functions();
+  scale->set_name("Scale");
+  scale->set_domain("my.fn");
+  for (const char* i : {"x", "w"}) scale->add_input(i);
+  scale->add_output("y");
+  scale->add_attribute("slope");
+  scale->add_opset_import()->set_version(17);
+  node(scale, "Mul", "", {"x", "w"}, "t");
+  slope_ref(node(scale, "LeakyRelu", "", {"t"}, "y"), "alpha");
+  onnx::AttributeProto dflt;
+  dflt.set_name("slope");
+  dflt.set_type(onnx::AttributeProto::FLOAT);
+  dflt.set_f(0.1f);
+  scale->mutable_unknown_fields()->AddLengthDelimited(11, dflt.SerializeAsString());
+  auto* block = m.add_functions();
+  block->set_name("Block");
+  block->set_domain("my.fn");
+  for (const char* i : {"x", "a", "b"}) block->add_input(i);
+  block->add_output("y");
+  block->add_attribute("slope");
+  block->add_opset_import()->set_version(17);
+  auto* s1 = node(block, "Scale", "my.fn", {"x", "a"}, "t");
+  s1->set_name("s1");
+  slope_ref(s1, "slope");
+  slope_ref(node(block, "Scale", "my.fn", {"t", "b"}, "y"), "slope");
+  auto* call = node(g, "Block", "my.fn", {"x", "wa", "wb"}, "h");
+  call->set_name("blk");
+  auto* slope = call->add_attribute();
+  slope->set_name("slope");
+  slope->set_type(onnx::AttributeProto::FLOAT);
+  slope->set_f(0.25f);
+  node(g, "Scale", "my.fn", {"h", "wc"}, "y");
+  return m;
+}
+
+TEST_CASE("model-local functions are inlined: each call's inputs, attribute references and defaults, nested calls") {
+  auto dir = test::temp_dir("functions");
+  Graph g = load_graph(write_model(dir, "functions.onnx", functions_model()), batch(2));
+  check_well_formed(g);
+  std::vector<std::pair<std::string, double>> relus;  // (name, alpha) in order
+  std::vector<std::string> muls;
+  for (const auto& n : g.nodes) {
+    CHECK(n.domain.empty());
+    if (n.op_type == "LeakyRelu") relus.emplace_back(n.name, n.attr_float("alpha", -1));
+    if (n.op_type == "Mul") muls.push_back(g.value(n.inputs[1]).name);
+  }
+  // the calls' names prefix their nodes (unnamed: the op and its place in the body): blk/s1, blk/Scale_1, Scale
+  REQUIRE(relus.size() == 3);
+  CHECK(relus[0].first == "blk/s1/LeakyRelu_1");
+  CHECK(relus[1].first == "blk/Scale_1/LeakyRelu_1");
+  CHECK(relus[2].first == "Scale/LeakyRelu_1");
+  // Block's slope reaches both inner calls; the last call has none: attribute_proto's 0.1
+  CHECK(relus[0].second == doctest::Approx(0.25));
+  CHECK(relus[1].second == doctest::Approx(0.25));
+  CHECK(relus[2].second == doctest::Approx(0.1));
+  // each call reads its own weights, which train
+  CHECK(muls == std::vector<std::string>{"wa", "wb", "wc"});
+  CHECK(g.parameters.size() == 3);
+  CHECK(g.value(g.find_value("h")).shape == Shape{2, 4});
+
+  // A function that calls itself; a call with more inputs than its function.
+  onnx::ModelProto rec = functions_model();
+  rec.mutable_functions(0)->mutable_node(0)->set_op_type("Scale");
+  rec.mutable_functions(0)->mutable_node(0)->set_domain("my.fn");
+  expect_bad(write_model(dir, "recursive.onnx", rec), "functions nested deeper than 64");
+  onnx::ModelProto wide = functions_model();
+  wide.mutable_graph()->mutable_node(1)->add_input("x");
+  expect_bad(write_model(dir, "wide.onnx", wide), "3 inputs and 1 outputs, function 'Scale' takes 2 and 1");
+  fs::remove_all(dir);
+}
+
 TEST_CASE("a Resize's float scales initializer is a constant with its bytes, read by shape inference, not a weight") {
   // y = Resize(x * w, scales = [1, 2]) with x [N, 4]: y [N, 8].
   auto dir = test::temp_dir("resize_scales");

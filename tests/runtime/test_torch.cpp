@@ -136,6 +136,15 @@ TEST_CASE("20 SGD steps on a scripted network of ONNX Loops over sequences (a lo
   train_against_torch("loop network", "ops --net loop", dir, dir / "model.onnx");
 }
 
+// Modules exported as ONNX functions (torch_reference.py ops --net functions,
+// export_modules_as_functions): two calls of one model-local function, each passed its own
+// weights, whose body calls a LayerNorm function. The loader inlines both levels; each call's
+// weights train (a call bound to the other's weights would not follow PyTorch's losses).
+TEST_CASE("20 SGD steps on a network of model-local ONNX functions (nested, called twice) match PyTorch's losses") {
+  const fs::path dir = fs::path(SMP_TEST_DATA) / "torch_train_functions";
+  train_against_torch("functions network", "ops --net functions", dir, dir / "model.onnx");
+}
+
 // Padded sequences of different lengths, packed (torch_reference.py packed): PyTorch exports them
 // with LSTM's and GRU's sequence_lens, sorting the rows by length with TopK and back with
 // ScatterElements; a row's steps past its length give zeros, its state stops there.

@@ -440,7 +440,25 @@ def conditioning(name, size, mb, lr, mbs, steps, seed):
     gaps = {k: max(rel(a[i], c[i]), rel(d[i], c[i])) for i, k in enumerate(("forward", "losses"))}
     gaps["stats"] = max(stats_gap(a[2], c[2]), stats_gap(d[2], c[2]))
     gaps["signal"] = float(abs(c[1][-1] - c[1][0]) / abs(c[1][0]))
-    return gaps
+    return not_a_number_as_infinite(gaps)
+
+
+def not_a_number_as_infinite(gaps):
+    """A gap that is NaN (a float32 or float64 run whose losses blew up: resnet152 at input size 1)
+    is infinite: no comparison is well-posed there."""
+    return {k: (float("inf") if isinstance(v, float) and v != v else v) for k, v in gaps.items()}
+
+
+def finite_json(v):
+    """`v` with every infinite or NaN float as null: JSON has no such numbers (Python would write
+    Infinity and NaN, which the zoo test's JSON reader rejects)."""
+    if isinstance(v, float):
+        return v if v == v and abs(v) != float("inf") else None
+    if isinstance(v, dict):
+        return {k: finite_json(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [finite_json(x) for x in v]
+    return v
 
 
 def reference(a):
@@ -469,7 +487,8 @@ def reference(a):
                 except ValueError:  # a line cut short when the search was stopped
                     continue
                 if all(t.get(k) == v for k, v in key.items()):
-                    done[(t["size"], t["microbatch_size"], t["lr"])] = {k: v for k, v in t.items() if k not in key}
+                    gaps = {k: (float("inf") if v is None else v) for k, v in t.items() if k not in key}
+                    done[(t["size"], t["microbatch_size"], t["lr"])] = not_a_number_as_infinite(gaps)
     i = 0
     while i < len(tries) and chosen is None:
         size, mb, lr = tries[i]
@@ -479,9 +498,9 @@ def reference(a):
             gaps = {"size": size, "microbatch_size": mb, "lr": lr,
                     **conditioning(a.name, size, mb, lr, a.microbatches, a.steps, a.seed)}
             with open(progress, "a") as f:
-                f.write(json.dumps({**key, **gaps}) + "\n")
+                f.write(json.dumps(finite_json({**key, **gaps})) + "\n")
         tried.append(gaps)
-        print(json.dumps(gaps), flush=True)
+        print(json.dumps(finite_json(gaps)), flush=True)
         if all(gaps[k] <= TOLERANCE[k] / 10 for k in TOLERANCE) and gaps["signal"] >= MIN_SIGNAL:
             chosen = (size, mb, lr)
         elif i == len(tries) and all(t["signal"] < MIN_SIGNAL for t in tried) and lr < 0.1:
@@ -498,8 +517,8 @@ def reference(a):
         if not moving:
             info["status"] = "no-signal"
             with open(os.path.join(out, "ref.json"), "w") as f:
-                json.dump(info, f)
-            print(json.dumps(info))
+                json.dump(finite_json(info), f)
+            print(json.dumps(finite_json(info)))
             return 3
         best = min(moving, key=lambda t: max(t[k] / TOLERANCE[k] for k in TOLERANCE))
         info["status"] = "ill-posed"
@@ -531,8 +550,8 @@ def reference(a):
     info.update({"size": size, "microbatch_size": mb, "lr": lr, "model": os.path.basename(path),
                  "losses": [float(v) for v in losses]})
     with open(os.path.join(out, "ref.json"), "w") as f:
-        json.dump(info, f)
-    print(json.dumps(info))
+        json.dump(finite_json(info), f)
+    print(json.dumps(finite_json(info)))
     return 0
 
 

@@ -411,6 +411,49 @@ int unroll_static_loops(onnx::GraphProto& g, const ConstMap& consts, int64_t ops
   return unrolled;
 }
 
+int lower_constant_compress(onnx::GraphProto& g, const ConstMap& consts, const std::string& file) {
+  if (std::none_of(g.node().begin(), g.node().end(), [](const onnx::NodeProto& p) { return onnx_op(p, "Compress"); })) return 0;
+  const auto shapes = static_shapes(g);
+  int lowered = 0;
+  Nodes out;
+  for (auto& p : *g.mutable_node()) {
+    auto c = onnx_op(p, "Compress") && p.input_size() == 2 && p.output_size() == 1 ? consts.find(p.input(1)) : consts.end();
+    auto s = c != consts.end() ? shapes.find(p.input(0)) : shapes.end();
+    if (s == shapes.end()) {
+      *out.Add() = std::move(p);
+      continue;
+    }
+    const TensorData& cond = *c->second;
+    if (cond.shape.size() != 1) throw_bad_input(file, fmt::format("{}: its condition has shape {}, 1-D expected", node_label(p), shape_str(cond.shape)));
+    const Shape& x = s->second;
+    const int64_t rank = static_cast<int64_t>(x.size());
+    const bool has_axis = std::any_of(p.attribute().begin(), p.attribute().end(), [](const auto& a) { return a.name() == "axis"; });
+    int64_t axis = attr_int(p, "axis", 0);
+    if (has_axis && (axis < -rank || axis >= rank))
+      throw_bad_input(file, fmt::format("{}: axis {} for an input of rank {}", node_label(p), axis, rank));
+    if (axis < 0) axis += rank;
+    const int64_t len = has_axis ? x[static_cast<size_t>(axis)] : smp::numel(x);
+    if (cond.numel() > len)
+      throw_bad_input(file, fmt::format("{}: a condition of {} elements for {} positions", node_label(p), cond.numel(), len));
+    std::vector<int64_t> kept;
+    for (int64_t k = 0; k < cond.numel(); ++k)
+      if (cond.get_i64(k) != 0) kept.push_back(k);
+    const std::string y = p.output(0), name = p.name().empty() ? y : p.name();
+    std::string from = p.input(0);
+    if (!has_axis) {
+      add_constant(out, y + "#shape", {-1}, false);
+      add_node(out, "Reshape", name + "#flat", {from, y + "#shape"}, {y + "#flat"});
+      from = y + "#flat";
+      axis = 0;
+    }
+    add_constant(out, y + "#kept", kept, false);
+    set_int(add_node(out, "Gather", name, {from, y + "#kept"}, {y}), "axis", axis);
+    ++lowered;
+  }
+  g.mutable_node()->Swap(&out);
+  return lowered;
+}
+
 int resolve_sequences(onnx::GraphProto& g, const ConstMap& consts, int64_t opset, const std::string& file) {
   if (std::none_of(g.node().begin(), g.node().end(), is_sequence_op)) return 0;
   const auto shapes = static_shapes(g);

@@ -56,6 +56,11 @@ int unroll_static_loops(onnx::GraphProto& g, const ConstMap& consts, int64_t ops
 // otherwise changes nothing. Returns how many nodes were rewritten or dropped.
 int resolve_sequences(onnx::GraphProto& g, const ConstMap& consts, int64_t opset, const std::string& file);
 
+// Replaces each Compress whose condition is a constant (and whose input's shape is static) by a
+// Gather of the kept positions along its axis (of the flattened input without one), which
+// trains. Returns how many.
+int lower_constant_compress(onnx::GraphProto& g, const ConstMap& consts, const std::string& file);
+
 // Throws the reason a node that needs the resolutions above is still there (a Loop decided by
 // data, a sequence read by another op), naming it; nothing when none is left.
 void refuse_unresolved_control_flow(const onnx::GraphProto& g, int64_t opset, const std::string& file);

@@ -635,6 +635,25 @@ std::optional<std::vector<TensorData>> fold_node(const Node& n, const std::vecto
     if (at != dim) throw_bad_input(where(n), fmt::format("split sizes sum to {}, the axis has {}", at, dim));
     return check_size(Outputs(std::move(outs)));
   }
+  if (op == "NonZero") {  // [rank, count]: the coordinates of the nonzero elements, row-major
+    const TensorData& x = need(0);
+    const int64_t r = static_cast<int64_t>(x.shape.size());
+    if (r == 0) return std::nullopt;
+    std::vector<int64_t> at;
+    for (int64_t k = 0; k < x.numel(); ++k)
+      if (x.get_f64(k) != 0) at.push_back(k);
+    const int64_t count = static_cast<int64_t>(at.size());
+    if (byte_size({r, count}, 8) > max_bytes) return std::nullopt;
+    TensorData out = make(DType::I64, {r, count});
+    for (int64_t j = 0; j < count; ++j) {
+      int64_t rest = at[static_cast<size_t>(j)];
+      for (int64_t a = r - 1; a >= 0; --a) {
+        set_i64(out, a * count + j, rest % x.shape[static_cast<size_t>(a)]);
+        rest /= x.shape[static_cast<size_t>(a)];
+      }
+    }
+    return one(std::move(out));
+  }
   if (op == "Transpose") return fold_transpose(n, need(0));
   if (op == "ScatterND") return check_size(fold_scatter_nd(n, need(0), need(1), need(2)));
   if (op == "ConstantOfShape") {

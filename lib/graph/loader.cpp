@@ -933,7 +933,7 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
     // Ifs whose condition folded, Loops and Scans of static length, sequences of known contents
     int inlined = inline_constant_ifs(gp, consts, file) + unroll_static_loops(gp, consts, opset, file);
     if (inlined > 0) check_structure_and_sort(gp, file);  // a body may read values produced after its node
-    inlined += resolve_sequences(gp, consts, opset, file);
+    inlined += resolve_sequences(gp, consts, opset, file) + lower_constant_compress(gp, consts, file);
     drop_dead_constants(gp, consts, folded_names);
     if (folded == 0 && completed == 0 && inlined == 0) break;
   }

@@ -208,6 +208,15 @@ NodeCost cost_reduction(const Graph& g, const Node& n) {
   return c;
 }
 
+// LU factorization: 2/3 M^3 per M x M matrix.
+NodeCost cost_det(const Graph& g, const Node& n) {
+  NodeCost c = streaming(g, n, 0.0);
+  const Shape& a = g.value(n.inputs[0]).shape;
+  const double m = a.empty() ? 1.0 : static_cast<double>(a.back());
+  c.flops = 2.0 / 3.0 * m * elems_of(g, n.inputs[0]);
+  return c;
+}
+
 // One FLOP per window element per output element.
 NodeCost cost_pool(const Graph& g, const Node& n) {
   NodeCost c = streaming(g, n, 0.0);
@@ -289,6 +298,8 @@ constexpr OpDef kOps[] = {
     // any number of inputs, broadcast together
     {Op::Sum, "Sum", C::Elementwise, kAll, kNone, kNone, cost_elementwise},
     {Op::Mean, "Mean", C::Elementwise, kAll, kNone, kNone, cost_elementwise},
+    // unsigned integers shifted left or right (attribute direction)
+    {Op::BitShift, "BitShift", C::Elementwise, kNone, kNone, kNone, cost_elementwise},
 
     {Op::Sqrt, "Sqrt", C::Elementwise, b(0), kNone, b(0), cost_elementwise},
     {Op::Reciprocal, "Reciprocal", C::Elementwise, b(0), kNone, b(0), cost_elementwise},
@@ -364,11 +375,18 @@ constexpr OpDef kOps[] = {
     {Op::ArgMin, "ArgMin", C::Reduction, kNone, kNone, kNone, cost_reduction},
     // the k largest (smallest) along an axis and their indices; the gradient goes to those
     {Op::TopK, "TopK", C::Reduction, b(0), kNone, b(1), cost_reduction},
+    // the determinant of each M x M matrix of the last two axes (LU); the backward reads A and det
+    {Op::Det, "Det", C::Reduction, b(0), b(0), b(0), cost_det},
 
     {Op::MaxPool, "MaxPool", C::Pooling, b(0), b(0), b(0), cost_pool},
     {Op::AveragePool, "AveragePool", C::Pooling, b(0), kNone, kNone, cost_pool},
     {Op::GlobalAveragePool, "GlobalAveragePool", C::Pooling, b(0), kNone, kNone, cost_global_pool},
     {Op::GlobalMaxPool, "GlobalMaxPool", C::Pooling, b(0), b(0), kNone, cost_global_pool},
+    // the p-norm of each window (LpPool) or plane (GlobalLpPool); the backward reads x and y
+    {Op::LpPool, "LpPool", C::Pooling, b(0), b(0), b(0), cost_pool},
+    {Op::GlobalLpPool, "GlobalLpPool", C::Pooling, b(0), b(0), b(0), cost_global_pool},
+    // X scattered to MaxPool's Indices in a zero output; the backward gathers dY there
+    {Op::MaxUnpool, "MaxUnpool", C::DataMovement, b(0), b(1), kNone, cost_data_movement},
 
     {Op::Reshape, "Reshape", C::View, b(0), kNone, kNone, cost_view},
     {Op::Transpose, "Transpose", C::DataMovement, b(0), kNone, kNone, cost_data_movement},
@@ -399,6 +417,8 @@ constexpr OpDef kOps[] = {
     // samples X at a grid of normalized positions (4 taps per output element and channel)
     {Op::GridSample, "GridSample", C::DataMovement, b(0) | b(1), b(0) | b(1), kNone, cost_grid_sample},
     {Op::ReverseSequence, "ReverseSequence", C::DataMovement, b(0), b(1), kNone, cost_data_movement},
+    // bilinear samples of X averaged (or maxed) over each bin of each region; a gradient to X only
+    {Op::RoiAlign, "RoiAlign", C::DataMovement, b(0), b(0) | b(1) | b(2), kNone, cost_grid_sample},
 
     // Quantized tensors. QuantizeLinear / DequantizeLinear map float32 to 8-bit integers and back
     // with a scale and zero point per tensor or per channel; the integer products accumulate in

@@ -19,6 +19,7 @@ enum class Op : int {
   MatMul, Gemm, Conv, Einsum, ConvTranspose, RNN, GRU, LSTM,
   // elementwise, binary with broadcasting
   Add, Sub, Mul, Div, Pow, Max, Min, Equal, Less, Greater, LessOrEqual, GreaterOrEqual, And, Or, Xor, Where, PRelu, Mod, Sum, Mean,
+  BitShift,
   // elementwise, unary
   Sqrt, Reciprocal, Neg, Abs, Exp, Log, Relu, LeakyRelu, Tanh, Sigmoid, Erf, Gelu, Floor, Ceil, Not,
   Clip, Cast, Identity, Dropout, Sin, Cos, HardSigmoid, HardSwish, Elu, Selu, Celu, Softplus, Softsign,
@@ -27,13 +28,13 @@ enum class Op : int {
   Softmax, LogSoftmax, LayerNormalization, BatchNormalization, InstanceNormalization, LpNormalization, Hardmax, LRN,
   // reductions
   ReduceMean, ReduceSum, ReduceMax, ReduceMin, ReduceProd, ArgMax, ReduceL2, ReduceL1, ReduceSumSquare, ReduceLogSum,
-  ReduceLogSumExp, ArgMin, TopK,
+  ReduceLogSumExp, ArgMin, TopK, Det,
   // pooling
-  MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool,
+  MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, LpPool, GlobalLpPool, MaxUnpool,
   // data movement
   Reshape, Transpose, Flatten, Squeeze, Unsqueeze, Concat, Split, Slice, Gather, Expand, Tile, Trilu, Pad, GatherElements,
   Resize, Upsample, CumSum, ScatterElements, ScatterND, GatherND, DepthToSpace, SpaceToDepth, OneHot, GridSample,
-  ReverseSequence,
+  ReverseSequence, RoiAlign,
   // quantized tensors (8-bit integers with a scale and a zero point): forward only
   QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear, MatMulInteger, ConvInteger, QLinearMatMul, QLinearConv,
   // random numbers from the run's streams (runtime/random.hpp)

@@ -324,6 +324,53 @@ inline std::vector<Case> gradient_cases() {
                   t.output(t.node("AveragePool", {x}, {F("y", {1, 2, 3, 3})},
                                   {{"kernel_shape", attr_ints({3, 3})}, {"strides", attr_ints({2, 2})}, {"pads", attr_ints({1, 1, 1, 1})}})[0]);
                 }});
+  for (int p : {2, 3})
+    cs.push_back({fmt::format("LpPool p {}, strides, pads", p), [p](TinyGraph& t, M& m) {
+                    int x = m.f("x", {1, 2, 5, 5});
+                    t.output(t.node("LpPool", {x}, {F("y", {1, 2, 3, 3})},
+                                    {{"kernel_shape", attr_ints({3, 3})}, {"strides", attr_ints({2, 2})},
+                                     {"pads", attr_ints({1, 1, 1, 1})}, {"p", attr_i(p)}})[0]);
+                  }});
+  for (int p : {2, 3})
+    cs.push_back({fmt::format("GlobalLpPool p {}", p), [p](TinyGraph& t, M& m) {
+                    int x = m.f("x", {2, 3, 2, 3});
+                    t.output(t.node("GlobalLpPool", {x}, {F("y", {2, 3, 1, 1})}, {{"p", attr_i(p)}})[0]);
+                  }});
+  // X [1, 2, 2, 2] into [1, 2, 4, 4] at MaxPool-style indices; two elements name position 5 (the
+  // later one, X's element 2, is kept and gets its gradient).
+  cs.push_back({"MaxUnpool, a position named twice", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {1, 2, 2, 2});
+                  int i = t.constant<int64_t>("i", DType::I64, {1, 2, 2, 2}, {5, 3, 5, 15, 16, 18, 27, 30});
+                  t.output(t.node("MaxUnpool", {x, i}, {F("y", {1, 2, 4, 4})},
+                                  {{"kernel_shape", attr_ints({2, 2})}, {"strides", attr_ints({2, 2})}})[0]);
+                }});
+  cs.push_back({"MaxUnpool into a larger output_shape (coordinates kept)", [](TinyGraph& t, M& m) {
+                  int x = m.f("x", {1, 2, 2, 2});
+                  int i = t.constant<int64_t>("i", DType::I64, {1, 2, 2, 2}, {5, 3, 10, 15, 16, 18, 27, 30});
+                  int os = t.constant<int64_t>("os", DType::I64, {4}, {1, 2, 5, 6});
+                  t.output(t.node("MaxUnpool", {x, i, os}, {F("y", {1, 2, 5, 6})},
+                                  {{"kernel_shape", attr_ints({2, 2})}, {"strides", attr_ints({2, 2})}})[0]);
+                }});
+  // 3 regions of 2 images (two of image 0, one partly outside), 2 x 2 bins
+  for (std::string mode : {"avg", "max"})
+    cs.push_back({"RoiAlign mode " + mode, [mode](TinyGraph& t, M& m) {
+                    int x = m.f("x", {2, 2, 6, 6});
+                    int rois = t.constant<float>("rois", DType::F32, {3, 4}, {0.5f, 1.0f, 4.2f, 5.1f, 2.0f, 0.3f, 5.5f, 3.9f, 3.1f, 2.2f, 7.5f, 6.8f});
+                    int bi = t.constant<int64_t>("bi", DType::I64, {3}, {0, 1, 0});
+                    t.output(t.node("RoiAlign", {x, rois, bi}, {F("y", {3, 2, 2, 2})},
+                                    {{"output_height", attr_i(2)}, {"output_width", attr_i(2)}, {"sampling_ratio", attr_i(2)},
+                                     {"spatial_scale", attr_f(0.9f)}, {"mode", attr_s(mode)}})[0]);
+                  }});
+  cs.push_back({"Det of a batch of 3 x 3 matrices", [](TinyGraph& t, M& m) {
+                  int a = m.f("a", {2, 3, 3});
+                  t.output(t.node("Det", {a}, {F("d", {2})})[0]);
+                }});
+  // A rank-2 3 x 3 product: det 0, its gradient the cofactors of the minors.
+  cs.push_back({"Det of a singular matrix (B C, rank 2)", [](TinyGraph& t, M& m) {
+                  int b = m.f("b", {3, 2}), c = m.f("c", {2, 3});
+                  int a = t.node("MatMul", {b, c}, {F("a", {3, 3})})[0];
+                  t.output(t.node("Det", {a}, {F("d", {})})[0]);
+                }});
   cs.push_back({"AveragePool count_include_pad", [](TinyGraph& t, M& m) {
                   int x = m.f("x", {1, 1, 4, 4});
                   t.output(t.node("AveragePool", {x}, {F("y", {1, 1, 4, 4})},

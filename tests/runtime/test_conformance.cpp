@@ -1,9 +1,9 @@
 // ONNX's own backend node cases (generated at test time from Debian's python3-onnx by
-// scripts/onnx_node_cases.py) for every op in the registry, and for the control flow and
-// sequence ops the loader resolves (If, Loop, Scan, Sequence*) and the ops it expands by their
-// function body (MeanVarianceNormalization), each run through the tool a user
-// runs: `smp-run model.onnx --forward --data DIR --output DIR`, the inputs saved under their
-// graph input names. Per case, one of:
+// scripts/onnx_node_cases.py) for every op in the registry, for the control flow and sequence
+// ops the loader resolves (If, Loop, Scan, Sequence*; Compress and NonZero of constants) and for
+// the ops it expands by their function body (MeanVarianceNormalization), each run through the
+// tool a user runs: `smp-run model.onnx --forward --data DIR --output DIR`, the inputs saved
+// under their graph input names. Per case, one of:
 //   passed   every output equals ONNX's within the case's tolerances (at least rtol 1e-4, atol 1e-5);
 //   refused  smp-run exits with status 2 and one line "error: ..." naming the reason;
 //   random   the outputs depend on --seed (Dropout in training mode: the expected values come

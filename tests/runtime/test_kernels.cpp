@@ -230,6 +230,70 @@ TEST_CASE("LpNormalization (no ONNX node case covers it): p 2 and p 1 along the 
   }
 }
 
+TEST_CASE("Det: values by hand; the gradient of a singular matrix is its cofactor matrix") {
+  OneNode n;
+  n.cf({2, 2, 2}, {3, 1, 4, 2, 0, 1, 1, 0});
+  near(to_vec(n.run("Det", {F("d", {2})})[0]), {2, -1});
+  // A = [[1, 2, 3], [4, 5, 6], [7, 8, 9]] has det 0 (exactly, in the LU); d det / dA = the
+  // cofactors C_ij = (-1)^(i+j) det(minor_ij), not det(A) A^-T
+  runtime::CpuBackend be(1);
+  TinyGraph t;
+  int a = t.boundary("a", {3, 3});
+  t.output(t.node("Det", {a}, {F("d", {})})[0]);
+  runtime::StageExecutor ex(t.g, be);
+  std::vector<float> av{1, 2, 3, 4, 5, 6, 7, 8, 9}, one{1};
+  Tensor at = be.from_host(DType::F32, {3, 3}, av.data()), gy = be.from_host(DType::F32, {}, one.data());
+  ex.zero_grad();
+  near(to_vec(ex.forward(0, {&at, 1})[0]), {0});
+  near(to_vec(ex.backward(0, {&gy, 1})[0]), {-3, 6, -3, 6, -12, 6, -3, 6, -3});
+}
+
+TEST_CASE("BitShift of unsigned integers, broadcast; a shift by the width or more gives 0") {
+  for (const char* dir : {"LEFT", "RIGHT"}) {
+    CAPTURE(dir);
+    OneNode n;
+    n.ins.push_back(n.tg.constant<uint8_t>("x", DType::U8, {4}, {1, 3, 255, 16}));
+    n.ins.push_back(n.tg.constant<uint8_t>("s", DType::U8, {4}, {1, 2, 8, 3}));
+    auto y = n.run("BitShift", {T("y", DType::U8, {4})}, {{"direction", attr_s(dir)}})[0];
+    const uint8_t* v = y.data<uint8_t>();
+    const std::vector<int> want = std::string(dir) == "LEFT" ? std::vector<int>{2, 12, 0, 128} : std::vector<int>{0, 0, 0, 2};
+    for (size_t i = 0; i < 4; ++i) CHECK(static_cast<int>(v[i]) == want[i]);
+  }
+  OneNode n;
+  n.ins.push_back(n.tg.constant<uint32_t>("x", DType::U32, {2, 1}, {1, 0x80000000u}));
+  n.ins.push_back(n.tg.constant<uint32_t>("s", DType::U32, {2}, {31, 32}));
+  auto y = n.run("BitShift", {T("y", DType::U32, {2, 2})}, {{"direction", attr_s("LEFT")}})[0];
+  const uint32_t* v = y.data<uint32_t>();
+  CHECK(v[0] == 0x80000000u);
+  CHECK(v[1] == 0u);
+  CHECK(v[2] == 0u);
+  CHECK(v[3] == 0u);
+}
+
+TEST_CASE("LpPool, GlobalLpPool and MaxUnpool by hand") {
+  {  // p 2 over 2 x 2 windows of a 2 x 3 plane, stride 1: sqrt of the sums of squares
+    OneNode n;
+    n.cf({1, 1, 2, 3}, {1, -2, 2, 2, 4, -1});
+    near(to_vec(n.run("LpPool", {F("y", {1, 1, 1, 2})}, {{"kernel_shape", attr_ints({2, 2})}, {"p", attr_i(2)}})[0]),
+         {5, 5});
+  }
+  {  // p 1 and p 3 of a plane [3, -4]
+    for (int p : {1, 3}) {
+      OneNode n;
+      n.cf({1, 1, 1, 2}, {3, -4});
+      near(to_vec(n.run("GlobalLpPool", {F("y", {1, 1, 1, 1})}, {{"p", attr_i(p)}})[0]),
+           {p == 1 ? 7.0f : static_cast<float>(std::cbrt(91.0))});
+    }
+  }
+  {  // each X element to its index in a zero output
+    OneNode n;
+    n.cf({1, 1, 1, 2}, {7, 9});
+    n.ci({1, 1, 1, 2}, {3, 0});
+    near(to_vec(n.run("MaxUnpool", {F("y", {1, 1, 2, 2})}, {{"kernel_shape", attr_ints({2, 1})}, {"strides", attr_ints({2, 1})}})[0]),
+         {9, 0, 0, 7});
+  }
+}
+
 TEST_CASE("Softmax, LayerNormalization, reductions") {
   OneNode s;
   s.cf({2, 2}, {0, 0, 0, std::log(3.0f)});

@@ -525,6 +525,10 @@ void bwd_conv_transpose(const KernelState& st, ExecContext& ctx, const GradIO& i
 std::unique_ptr<KernelState> prep_pool(const NodeView& n) {
   auto s = std::make_unique<PoolState>();
   s->is_max = n.op() == Op::MaxPool;
+  if (n.op() == Op::LpPool) {
+    s->p = n.node().attr_int("p", 2);
+    if (s->p < 1) n.fail(fmt::format("p {} (at least 1)", s->p));
+  }
   if (s->is_max) n.require_dtype(n.input(0), {DType::F32, DType::F64, DType::I8, DType::U8}, "input X");
   else n.require_dtype(n.input(0), {DType::F32}, "input X");
   const Shape &x = n.input(0).shape, &y = n.output(0).shape;
@@ -536,7 +540,7 @@ std::unique_ptr<KernelState> prep_pool(const NodeView& n) {
     if (order != 0 && order != 1) n.fail(fmt::format("storage_order {} (0 or 1)", order));
     s->col_major = order == 1;
   }
-  if (!s->is_max && n.node().has_attr("dilations")) {
+  if (n.op() == Op::AveragePool && n.node().has_attr("dilations")) {
     for (int64_t d : n.node().attr_ints("dilations"))
       if (d != 1) n.fail("dilated AveragePool not supported");
   }
@@ -684,6 +688,21 @@ void fwd_pool(const KernelState& st, ExecContext&, std::span<Tensor> out, std::s
     maxpool_simple(g, s.NC, X, Y, nullptr, nullptr);
     return;
   }
+  if (s.p > 0) {  // LpPool: (sum of |x|^p over the window)^(1/p); the padding adds nothing
+    const float p = static_cast<float>(s.p);
+    pfor(s.NC, 1, [&](int64_t c0, int64_t c1) {
+      for_outputs(g, c0, c1, [&](int64_t c, int64_t oz, int64_t oy, int64_t ox, int64_t o) {
+        const float* x = X + c * g.in_size();
+        float t = 0.0f;
+        for_window(g, oz, oy, ox, [&](int64_t e, int64_t, int64_t, int64_t) {
+          const float a = std::fabs(x[e]);
+          t += s.p == 1 ? a : s.p == 2 ? a * a : std::pow(a, p);
+        });
+        Y[o] = s.p == 1 ? t : s.p == 2 ? std::sqrt(t) : std::pow(t, 1.0f / p);
+      });
+    });
+    return;
+  }
   pfor(s.NC, 1, [&](int64_t c0, int64_t c1) {  // AveragePool
     for_outputs(g, c0, c1, [&](int64_t c, int64_t oz, int64_t oy, int64_t ox, int64_t o) {
       const float* x = X + c * g.in_size();
@@ -713,6 +732,27 @@ void bwd_pool(const KernelState& st, ExecContext&, const GradIO& io) {
       maxpool_simple(g, s.NC, X, nullptr, dY, dX);
       return;
     }
+  }
+  if (s.p > 0) {  // LpPool: d y / d x = sign(x) |x|^(p-1) / y^(p-1); nothing where y is 0
+    SMP_CHECK(io.in[0].defined() && io.out[0].defined(), "node {}: LpPool backward needs X and Y (not declared saved)", s.node_name);
+    X = io.in[0].data<float>();
+    const float* Y = io.out[0].data<float>();
+    const float p = static_cast<float>(s.p);
+    pfor(s.NC, 1, [&](int64_t c0, int64_t c1) {
+      for_outputs(g, c0, c1, [&](int64_t c, int64_t oz, int64_t oy, int64_t ox, int64_t o) {
+        const float y = Y[o];
+        if (y == 0.0f) return;
+        const float* x = X + c * g.in_size();
+        float* dx = dX + c * g.in_size();
+        const float w = s.p <= 2 ? dY[o] / (s.p == 1 ? 1.0f : y) : dY[o] / std::pow(y, p - 1.0f);
+        for_window(g, oz, oy, ox, [&](int64_t e, int64_t, int64_t, int64_t) {
+          const float v = x[e];
+          const float d = s.p == 1 ? (v > 0.0f) - (v < 0.0f) : s.p == 2 ? v : std::copysign(std::pow(std::fabs(v), p - 1.0f), v);
+          dx[e] += w * d;
+        });
+      });
+    });
+    return;
   }
   pfor(s.NC, 1, [&](int64_t c0, int64_t c1) {
     for_outputs(g, c0, c1, [&](int64_t c, int64_t oz, int64_t oy, int64_t ox, int64_t o) {
@@ -821,6 +861,148 @@ void bwd_global_maxpool(const KernelState& st, ExecContext&, const GradIO& io) {
       dX[c * s.HW + arg] += dY[c];
     }
   });
+}
+
+// ---- GlobalLpPool -------------------------------------------------------------------------
+//
+// Each plane's p-norm, (sum |x|^p)^(1/p); the gradient sign(x) |x|^(p-1) / y^(p-1) (none where
+// the plane is all zeros).
+
+std::unique_ptr<KernelState> prep_global_lppool(const NodeView& n) {
+  auto s = prep_global_avgpool(n);
+  auto& gs = static_cast<GapState&>(*s);
+  gs.p = n.node().attr_int("p", 2);
+  if (gs.p < 1) n.fail(fmt::format("p {} (at least 1)", gs.p));
+  return s;
+}
+
+void fwd_global_lppool(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const GapState&>(st);
+  const float* X = in[0].data<float>();
+  float* Y = out[0].data<float>();
+  const double p = static_cast<double>(s.p);
+  pfor(s.NC, std::max<int64_t>(1, kGrain / s.HW), [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const float* x = X + c * s.HW;
+      double t = 0;
+      for (int64_t i = 0; i < s.HW; ++i) {
+        const double a = std::fabs(static_cast<double>(x[i]));
+        t += s.p == 1 ? a : s.p == 2 ? a * a : std::pow(a, p);
+      }
+      Y[c] = static_cast<float>(s.p == 1 ? t : s.p == 2 ? std::sqrt(t) : std::pow(t, 1.0 / p));
+    }
+  });
+}
+
+void bwd_global_lppool(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const GapState&>(st);
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  SMP_CHECK(io.in[0].defined() && io.out[0].defined(), "node {}: GlobalLpPool backward needs X and Y (not declared saved)", s.node_name);
+  const float *X = io.in[0].data<float>(), *Y = io.out[0].data<float>(), *dY = io.dout[0].data<float>();
+  float* dX = io.din[0].data<float>();
+  const bool acc = io.accumulate[0];
+  const float p = static_cast<float>(s.p);
+  pfor(s.NC, std::max<int64_t>(1, kGrain / s.HW), [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const float* x = X + c * s.HW;
+      float* dx = dX + c * s.HW;
+      const float y = Y[c];
+      const float w = y == 0.0f ? 0.0f : s.p <= 2 ? dY[c] / (s.p == 1 ? 1.0f : y) : dY[c] / std::pow(y, p - 1.0f);
+      for (int64_t i = 0; i < s.HW; ++i) {
+        const float v = x[i];
+        const float d = w * (s.p == 1 ? (v > 0.0f) - (v < 0.0f) : s.p == 2 ? v : std::copysign(std::pow(std::fabs(v), p - 1.0f), v));
+        dx[i] = acc ? dx[i] + d : d;
+      }
+    }
+  });
+}
+
+// ---- MaxUnpool ---------------------------------------------------------------------------
+//
+// Y = zeros, Y[I[j]] = X[j] with I flat into the default output shape ((in - 1) stride + kernel -
+// pads: MaxPool's input, whose Indices I are); a larger output_shape keeps each element's
+// coordinates (the rows and columns beyond are zeros), as ONNX's case with output_shape does.
+// Where two elements name one position, the later one is kept, and only it gets that
+// position's gradient.
+
+std::unique_ptr<KernelState> prep_max_unpool(const NodeView& n) {
+  auto s = std::make_unique<MaxUnpoolState>();
+  n.require_dtype(n.input(0), {DType::F32}, "input X");
+  n.require_dtype(n.input(1), {DType::I64}, "input I");
+  if (n.input(1).shape != n.input(0).shape)
+    n.fail(fmt::format("I has shape {}, X {}: they must be equal", shape_str(n.input(1).shape), shape_str(n.input(0).shape)));
+  const Shape& x = n.input(0).shape;
+  if (x.size() < 3) n.fail("input must be at least 3-D");
+  const size_t sp = x.size() - 2;
+  const auto kernel = n.node().attr_ints("kernel_shape");
+  auto strides = n.node().attr_ints("strides"), pads = n.node().attr_ints("pads");
+  if (strides.empty()) strides.assign(sp, 1);
+  if (pads.empty()) pads.assign(2 * sp, 0);
+  if (kernel.size() != sp || strides.size() != sp || pads.size() != 2 * sp)
+    n.fail(fmt::format("kernel_shape, strides and pads for {} spatial axes expected", sp));
+  s->out_shape = n.output(0).shape;
+  s->def = {x[0], x[1]};
+  for (size_t k = 0; k < sp; ++k) {
+    s->def.push_back((x[k + 2] - 1) * strides[k] + kernel[k] - pads[k] - pads[k + sp]);
+    if (s->out_shape.size() != x.size() || s->out_shape[k + 2] < s->def.back())
+      n.fail(fmt::format("output shape {} is smaller than the default {}", shape_str(s->out_shape), shape_str(s->def)));
+  }
+  s->remap = s->def != s->out_shape;
+  s->n = prod(x, 0, x.size());
+  s->out = prod(s->out_shape, 0, s->out_shape.size());
+  return s;
+}
+
+namespace {
+// Each element's position in Y: its index, or where the output is larger than the default shape,
+// its coordinates there.
+std::vector<int64_t> unpool_targets(const MaxUnpoolState& s, const Tensor& I) {
+  const int64_t* idx = I.data<int64_t>();
+  const int64_t limit = prod(s.def, 0, s.def.size());
+  std::vector<int64_t> t(static_cast<size_t>(s.n));
+  for (int64_t j = 0; j < s.n; ++j) {
+    int64_t i = idx[j];
+    if (i < 0 || i >= limit)
+      throw_bad_input("node " + s.node_name + " (MaxUnpool)", fmt::format("index {} at {} is outside the {} elements of shape {}", i, j, limit, shape_str(s.def)));
+    if (s.remap) {
+      int64_t flat = 0, stride = 1;
+      for (size_t k = s.def.size(); k-- > 0;) {
+        flat += (i % s.def[k]) * stride;
+        i /= s.def[k];
+        stride *= s.out_shape[k];
+      }
+      i = flat;
+    }
+    t[static_cast<size_t>(j)] = i;
+  }
+  return t;
+}
+}  // namespace
+
+void fwd_max_unpool(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const MaxUnpoolState&>(st);
+  const auto idx = unpool_targets(s, in[1]);
+  const float* X = in[0].data<float>();
+  float* Y = out[0].data<float>();
+  std::memset(Y, 0, static_cast<size_t>(s.out) * sizeof(float));
+  for (int64_t j = 0; j < s.n; ++j) Y[idx[static_cast<size_t>(j)]] = X[j];
+}
+
+void bwd_max_unpool(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const MaxUnpoolState&>(st);
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  SMP_CHECK(io.in[1].defined(), "node {}: MaxUnpool backward needs I (not declared saved)", s.node_name);
+  const auto idx = unpool_targets(s, io.in[1]);
+  const float* dY = io.dout[0].data<float>();
+  float* dX = io.din[0].data<float>();
+  if (!io.accumulate[0]) std::memset(dX, 0, static_cast<size_t>(s.n) * sizeof(float));
+  std::vector<char> taken(static_cast<size_t>(s.out), 0);
+  for (int64_t j = s.n - 1; j >= 0; --j) {  // the last writer of each position
+    const int64_t y = idx[static_cast<size_t>(j)];
+    char& t = taken[static_cast<size_t>(y)];
+    if (!t) dX[j] += dY[y];
+    t = 1;
+  }
 }
 
 // ---- ConvInteger, QLinearConv ------------------------------------------------------------

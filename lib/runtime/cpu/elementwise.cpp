@@ -102,6 +102,14 @@ void arith_mod(const Bcast& p, const T* a, const T* b, T* o, bool fmod) {
   });
 }
 
+// BitShift of unsigned integers; a shift by the width or more gives 0 (numpy's, ONNX's reference).
+template <class T>
+void bit_shift(const Bcast& p, const T* a, const T* b, T* o, bool left) {
+  constexpr T bits = static_cast<T>(sizeof(T) * 8);
+  if (left) bin_loop(p, a, b, o, [](T x, T y) -> T { return y >= bits ? T(0) : static_cast<T>(x << y); });
+  else bin_loop(p, a, b, o, [](T x, T y) -> T { return y >= bits ? T(0) : static_cast<T>(x >> y); });
+}
+
 // A numeric tensor's elements as doubles (exact for every integer below 2^53).
 std::vector<double> tensor_doubles(const Tensor& t) {
   std::vector<double> v(static_cast<size_t>(t.numel()));
@@ -175,6 +183,12 @@ std::unique_ptr<KernelState> prep_binary(const NodeView& n) {
       if (is_floating(a.dtype) && !s->fmod) n.fail("fmod 0 on floats (ONNX requires fmod 1 for them)");
       if (a.dtype == DType::F16) n.fail("float16 Mod not supported");
     }
+  } else if (n.op() == Op::BitShift) {
+    n.require_dtype(a, {DType::U8, DType::U16, DType::U32, DType::U64}, "input X");
+    if (b.dtype != a.dtype) n.fail(fmt::format("inputs of different dtypes ({} and {})", dtype_name(a.dtype), dtype_name(b.dtype)));
+    const std::string dir = n.node().attr_string("direction", "");
+    if (dir != "LEFT" && dir != "RIGHT") n.fail(fmt::format("direction '{}' (LEFT or RIGHT)", dir));
+    s->left = dir == "LEFT";
   } else if (is_compare(n.op())) {
     if (n.op() == Op::Equal) n.require_dtype(a, {DType::F32, DType::F64, DType::I64, DType::I32, DType::Bool}, "input A");
     else n.require_dtype(a, {DType::F32, DType::F64, DType::I64, DType::I32}, "input A");
@@ -198,6 +212,16 @@ void fwd_binary(const KernelState& st, ExecContext& ctx, std::span<Tensor> out, 
     return;
   }
   const Tensor &a = in[0], &b = in[1];
+  if (s.op == Op::BitShift) {
+    switch (a.dtype()) {
+      case DType::U8: bit_shift(s.plan, a.data<uint8_t>(), b.data<uint8_t>(), y.data<uint8_t>(), s.left); break;
+      case DType::U16: bit_shift(s.plan, a.data<uint16_t>(), b.data<uint16_t>(), y.data<uint16_t>(), s.left); break;
+      case DType::U32: bit_shift(s.plan, a.data<uint32_t>(), b.data<uint32_t>(), y.data<uint32_t>(), s.left); break;
+      case DType::U64: bit_shift(s.plan, a.data<uint64_t>(), b.data<uint64_t>(), y.data<uint64_t>(), s.left); break;
+      default: SMP_CHECK(false, "dtype");
+    }
+    return;
+  }
   if (s.op == Op::Mod && !is_floating(a.dtype())) {
     switch (a.dtype()) {
       case DType::I64: arith_mod(s.plan, a.data<int64_t>(), b.data<int64_t>(), y.data<int64_t>(), s.fmod); break;

@@ -156,4 +156,191 @@ void bwd_grid_sample(const KernelState& st, ExecContext&, const GradIO& io) {
   });
 }
 
+// ---- RoiAlign ------------------------------------------------------------------------------
+//
+// Region r of image batch_indices[r], corners (x1, y1, x2, y2) times spatial_scale (less half a
+// pixel with half_pixel), cut into Ho x Wo bins; each bin samples X bilinearly on a grid of
+// sampling_ratio (or ceil(bin size)) points per axis and averages them, or with mode max takes
+// the largest of the sample points' largest weighted corner, as ONNX's reference and onnxruntime
+// compute it. The gradient flows to X only (to the four corners of each sample, or max's chosen
+// one), as torchvision's roi_align's.
+
+std::unique_ptr<KernelState> prep_roi_align(const NodeView& n) {
+  auto s = std::make_unique<RoiAlignState>();
+  n.require_dtype(n.input(0), {DType::F32}, "input X");
+  n.require_dtype(n.input(1), {DType::F32}, "rois");
+  n.require_dtype(n.input(2), {DType::I64}, "batch_indices");
+  const Shape &x = n.input(0).shape, &r = n.input(1).shape, &bi = n.input(2).shape;
+  if (x.size() != 4) n.fail(fmt::format("X {} must be 4-D (N, C, H, W)", shape_str(x)));
+  if (r.size() != 2 || r[1] != 4) n.fail(fmt::format("rois {} must be [num_rois, 4]", shape_str(r)));
+  if (bi != Shape{r[0]}) n.fail(fmt::format("batch_indices {} must be [{}]", shape_str(bi), r[0]));
+  s->N = x[0];
+  s->C = x[1];
+  s->H = x[2];
+  s->W = x[3];
+  s->R = r[0];
+  s->Ho = n.node().attr_int("output_height", 1);
+  s->Wo = n.node().attr_int("output_width", 1);
+  s->sampling = n.node().attr_int("sampling_ratio", 0);
+  s->scale = static_cast<float>(n.node().attr_float("spatial_scale", 1.0));
+  if (s->Ho < 1 || s->Wo < 1 || s->sampling < 0) n.fail("output_height and output_width must be positive, sampling_ratio not negative");
+  const std::string mode = n.node().attr_string("mode", "avg");
+  if (mode != "avg" && mode != "max") n.fail(fmt::format("mode '{}' (avg or max)", mode));
+  s->max_mode = mode == "max";
+  const std::string ct = n.node().attr_string("coordinate_transformation_mode", n.graph().opset >= 16 || n.graph().opset == 0 ? "half_pixel" : "output_half_pixel");
+  if (ct != "half_pixel" && ct != "output_half_pixel")
+    n.fail(fmt::format("coordinate_transformation_mode '{}' (half_pixel or output_half_pixel)", ct));
+  s->half_pixel = ct == "half_pixel";
+  return s;
+}
+
+namespace {
+
+// One bilinear sample: the four corners' flat offsets in an H x W plane and their weights (all
+// zero outside the plane).
+struct Corners {
+  int64_t at[4] = {0, 0, 0, 0};
+  float w[4] = {0, 0, 0, 0};
+};
+
+Corners corners(const RoiAlignState& s, float y, float x) {
+  Corners c;
+  if (y < -1.0f || y > static_cast<float>(s.H) || x < -1.0f || x > static_cast<float>(s.W)) return c;
+  y = std::max(y, 0.0f);
+  x = std::max(x, 0.0f);
+  int64_t y0 = static_cast<int64_t>(y), x0 = static_cast<int64_t>(x), y1, x1;
+  if (y0 >= s.H - 1) {
+    y0 = y1 = s.H - 1;
+    y = static_cast<float>(y0);
+  } else {
+    y1 = y0 + 1;
+  }
+  if (x0 >= s.W - 1) {
+    x0 = x1 = s.W - 1;
+    x = static_cast<float>(x0);
+  } else {
+    x1 = x0 + 1;
+  }
+  const float ly = y - static_cast<float>(y0), lx = x - static_cast<float>(x0), hy = 1.0f - ly, hx = 1.0f - lx;
+  c.at[0] = y0 * s.W + x0;
+  c.at[1] = y0 * s.W + x1;
+  c.at[2] = y1 * s.W + x0;
+  c.at[3] = y1 * s.W + x1;
+  c.w[0] = hy * hx;
+  c.w[1] = hy * lx;
+  c.w[2] = ly * hx;
+  c.w[3] = ly * lx;
+  return c;
+}
+
+// Calls f(bin index, the bin's samples, the sample count) for each bin of region r.
+template <class F>
+void for_bins(const RoiAlignState& s, const float* roi, F f) {
+  const float off = s.half_pixel ? 0.5f : 0.0f;
+  const float x1 = roi[0] * s.scale - off, y1 = roi[1] * s.scale - off, x2 = roi[2] * s.scale - off, y2 = roi[3] * s.scale - off;
+  float rw = x2 - x1, rh = y2 - y1;
+  if (!s.half_pixel) {
+    rw = std::max(rw, 1.0f);
+    rh = std::max(rh, 1.0f);
+  }
+  const float bh = rh / static_cast<float>(s.Ho), bw = rw / static_cast<float>(s.Wo);
+  const int64_t gh = s.sampling > 0 ? s.sampling : static_cast<int64_t>(std::ceil(rh / static_cast<float>(s.Ho)));
+  const int64_t gw = s.sampling > 0 ? s.sampling : static_cast<int64_t>(std::ceil(rw / static_cast<float>(s.Wo)));
+  const int64_t count = std::max<int64_t>(gh * gw, 1);
+  std::vector<Corners> samples;
+  for (int64_t ph = 0; ph < s.Ho; ++ph)
+    for (int64_t pw = 0; pw < s.Wo; ++pw) {
+      samples.clear();
+      for (int64_t iy = 0; iy < gh; ++iy) {
+        const float y = y1 + static_cast<float>(ph) * bh + (static_cast<float>(iy) + 0.5f) * bh / static_cast<float>(gh);
+        for (int64_t ix = 0; ix < gw; ++ix) {
+          const float x = x1 + static_cast<float>(pw) * bw + (static_cast<float>(ix) + 0.5f) * bw / static_cast<float>(gw);
+          samples.push_back(corners(s, y, x));
+        }
+      }
+      f(ph * s.Wo + pw, samples, count);
+    }
+}
+
+int64_t region_image(const RoiAlignState& s, const Tensor& batch_indices, int64_t r) {
+  const int64_t b = batch_indices.data<int64_t>()[r];
+  if (b < 0 || b >= s.N)
+    throw_bad_input("node " + s.node_name + " (RoiAlign)", fmt::format("batch index {} of region {} is outside [0, {})", b, r, s.N));
+  return b;
+}
+
+// Max mode: each sample's largest weighted corner (its index into the corners), and the sample
+// whose is largest.
+std::pair<size_t, int> max_sample(const std::vector<Corners>& samples, const float* x) {
+  std::pair<size_t, int> best{0, -1};
+  float m = 0.0f;
+  for (size_t k = 0; k < samples.size(); ++k)
+    for (int j = 0; j < 4; ++j) {
+      const float v = samples[k].w[j] * x[samples[k].at[j]];
+      if (best.second < 0 || v > m) {
+        m = v;
+        best = {k, j};
+      }
+    }
+  return best;
+}
+
+}  // namespace
+
+void fwd_roi_align(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const RoiAlignState&>(st);
+  const float *X = in[0].data<float>(), *rois = in[1].data<float>();
+  float* Y = out[0].data<float>();
+  for (int64_t r = 0; r < s.R; ++r) region_image(s, in[2], r);
+  const int64_t plane = s.H * s.W, bins = s.Ho * s.Wo;
+  pfor(s.R * s.C, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t r = q / s.C, c = q % s.C;
+      const float* x = X + (in[2].data<int64_t>()[r] * s.C + c) * plane;
+      float* y = Y + q * bins;
+      for_bins(s, rois + r * 4, [&](int64_t bin, const std::vector<Corners>& samples, int64_t count) {
+        if (s.max_mode) {
+          const auto [k, j] = max_sample(samples, x);
+          y[bin] = j < 0 ? 0.0f : samples[k].w[j] * x[samples[k].at[j]];
+          return;
+        }
+        float t = 0.0f;
+        for (const auto& sm : samples)
+          for (int j = 0; j < 4; ++j) t += sm.w[j] * x[sm.at[j]];
+        y[bin] = t / static_cast<float>(count);
+      });
+    }
+  });
+}
+
+void bwd_roi_align(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const RoiAlignState&>(st);
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  SMP_CHECK(io.in[0].defined() && io.in[1].defined() && io.in[2].defined(), "node {}: RoiAlign backward needs X, rois and batch_indices (not declared saved)", s.node_name);
+  const float *X = io.in[0].data<float>(), *rois = io.in[1].data<float>(), *dY = io.dout[0].data<float>();
+  float* dX = io.din[0].data<float>();
+  if (!io.accumulate[0]) std::memset(dX, 0, static_cast<size_t>(io.din[0].numel()) * sizeof(float));
+  const int64_t plane = s.H * s.W, bins = s.Ho * s.Wo;
+  // regions may share an image: parallel over channels, each writing its own planes
+  pfor(s.C, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c)
+      for (int64_t r = 0; r < s.R; ++r) {
+        const int64_t img = region_image(s, io.in[2], r);
+        const float* x = X + (img * s.C + c) * plane;
+        float* dx = dX + (img * s.C + c) * plane;
+        const float* dy = dY + (r * s.C + c) * bins;
+        for_bins(s, rois + r * 4, [&](int64_t bin, const std::vector<Corners>& samples, int64_t count) {
+          if (s.max_mode) {
+            const auto [k, j] = max_sample(samples, x);
+            if (j >= 0) dx[samples[k].at[j]] += samples[k].w[j] * dy[bin];
+            return;
+          }
+          const float g = dy[bin] / static_cast<float>(count);
+          for (const auto& sm : samples)
+            for (int j = 0; j < 4; ++j) dx[sm.at[j]] += sm.w[j] * g;
+        });
+      }
+  });
+}
+
 }  // namespace smp::runtime::cpu

@@ -5,6 +5,8 @@
 #include <cblas.h>
 #include <fmt/format.h>
 
+#include <atomic>
+
 namespace smp::runtime::cpu {
 
 namespace {
@@ -267,6 +269,142 @@ void bwd_gemm(const KernelState& st, ExecContext&, const GradIO& io) {
       for (size_t i = 0; i < t.size(); ++i) dC[i] = (acc ? dC[i] : 0.0f) + s.beta * t[i];
     }
   }
+}
+
+// ---- Det -----------------------------------------------------------------------------------
+//
+// The determinant of each M x M matrix of the last two axes: LU with partial pivoting, in double.
+// Its gradient is dy times the cofactor matrix: det(A) A^-T where A is invertible; a singular
+// matrix's cofactors are the determinants of its minors (up to 32 x 32).
+
+std::unique_ptr<KernelState> prep_det(const NodeView& n) {
+  auto s = std::make_unique<DetState>();
+  n.require_dtype(n.input(0), {DType::F32}, "input X");
+  const Shape& x = n.input(0).shape;
+  if (x.size() < 2 || x[x.size() - 1] != x[x.size() - 2])
+    n.fail(fmt::format("input of shape {}: square matrices in the last two axes needed", shape_str(x)));
+  s->M = x.back();
+  s->batch = prod(x, 0, x.size() - 2);
+  return s;
+}
+
+namespace {
+
+constexpr int64_t kMaxMinorsDet = 32;
+
+// LU of the M x M row-major `a` in place (PA = LU, L's unit diagonal implied); the rows' order
+// in `perm`. Returns the determinant (0 at the first zero pivot, `a` then incomplete).
+double lu(std::vector<double>& a, int64_t M, std::vector<int64_t>& perm) {
+  perm.resize(static_cast<size_t>(M));
+  for (int64_t i = 0; i < M; ++i) perm[static_cast<size_t>(i)] = i;
+  double det = 1;
+  for (int64_t k = 0; k < M; ++k) {
+    int64_t piv = k;
+    for (int64_t i = k + 1; i < M; ++i)
+      if (std::fabs(a[static_cast<size_t>(i * M + k)]) > std::fabs(a[static_cast<size_t>(piv * M + k)])) piv = i;
+    const double d = a[static_cast<size_t>(piv * M + k)];
+    if (d == 0.0) return 0.0;
+    if (piv != k) {
+      for (int64_t j = 0; j < M; ++j) std::swap(a[static_cast<size_t>(k * M + j)], a[static_cast<size_t>(piv * M + j)]);
+      std::swap(perm[static_cast<size_t>(k)], perm[static_cast<size_t>(piv)]);
+      det = -det;
+    }
+    det *= d;
+    for (int64_t i = k + 1; i < M; ++i) {
+      double& f = a[static_cast<size_t>(i * M + k)];
+      f /= d;
+      for (int64_t j = k + 1; j < M; ++j) a[static_cast<size_t>(i * M + j)] -= f * a[static_cast<size_t>(k * M + j)];
+    }
+  }
+  return det;
+}
+
+// The cofactor matrix of A (M x M, row-major) into `c`; false for a singular A over
+// kMaxMinorsDet x kMaxMinorsDet.
+bool cofactors(const float* A, int64_t M, std::vector<double>& c) {
+  const size_t mm = static_cast<size_t>(M * M);
+  c.assign(mm, 0.0);
+  if (M == 1) {
+    c[0] = 1.0;
+    return true;
+  }
+  std::vector<double> a(A, A + mm);
+  std::vector<int64_t> perm;
+  const double det = lu(a, M, perm);
+  if (det != 0.0) {
+    // row i of C = det x column i of A^-1: solve A x = e_i (L U x = P e_i)
+    std::vector<double> x(static_cast<size_t>(M));
+    for (int64_t i = 0; i < M; ++i) {
+      for (int64_t k = 0; k < M; ++k) {
+        double v = perm[static_cast<size_t>(k)] == i ? 1.0 : 0.0;
+        for (int64_t j = 0; j < k; ++j) v -= a[static_cast<size_t>(k * M + j)] * x[static_cast<size_t>(j)];
+        x[static_cast<size_t>(k)] = v;
+      }
+      for (int64_t k = M - 1; k >= 0; --k) {
+        double v = x[static_cast<size_t>(k)];
+        for (int64_t j = k + 1; j < M; ++j) v -= a[static_cast<size_t>(k * M + j)] * x[static_cast<size_t>(j)];
+        x[static_cast<size_t>(k)] = v / a[static_cast<size_t>(k * M + k)];
+      }
+      for (int64_t j = 0; j < M; ++j) c[static_cast<size_t>(i * M + j)] = det * x[static_cast<size_t>(j)];
+    }
+    return true;
+  }
+  if (M > kMaxMinorsDet) return false;
+  std::vector<double> minor(static_cast<size_t>((M - 1) * (M - 1)));
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < M; ++j) {
+      size_t t = 0;
+      for (int64_t r = 0; r < M; ++r)
+        for (int64_t q = 0; q < M; ++q)
+          if (r != i && q != j) minor[t++] = A[r * M + q];
+      c[static_cast<size_t>(i * M + j)] = ((i + j) % 2 ? -1.0 : 1.0) * lu(minor, M - 1, perm);
+    }
+  return true;
+}
+
+}  // namespace
+
+void fwd_det(const KernelState& st, ExecContext&, std::span<Tensor> out, std::span<const Tensor> in) {
+  const auto& s = static_cast<const DetState&>(st);
+  const float* A = in[0].data<float>();
+  float* Y = out[0].data<float>();
+  const int64_t mm = s.M * s.M;
+  pfor(s.batch, std::max<int64_t>(1, kGrain / std::max<int64_t>(mm * s.M, 1)), [&](int64_t b0, int64_t b1) {
+    std::vector<double> a;
+    std::vector<int64_t> perm;
+    for (int64_t b = b0; b < b1; ++b) {
+      a.assign(A + b * mm, A + (b + 1) * mm);
+      Y[b] = static_cast<float>(lu(a, s.M, perm));
+    }
+  });
+}
+
+void bwd_det(const KernelState& st, ExecContext&, const GradIO& io) {
+  const auto& s = static_cast<const DetState&>(st);
+  if (!io.din[0].defined() || !io.dout[0].defined()) return;
+  SMP_CHECK(io.in[0].defined(), "node {}: Det backward needs X (not declared saved)", s.node_name);
+  const float *A = io.in[0].data<float>(), *dY = io.dout[0].data<float>();
+  float* dA = io.din[0].data<float>();
+  const bool acc = io.accumulate[0];
+  const int64_t mm = s.M * s.M;
+  std::atomic<bool> too_large{false};
+  pfor(s.batch, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<double> c;
+    for (int64_t b = b0; b < b1; ++b) {
+      if (!cofactors(A + b * mm, s.M, c)) {
+        too_large = true;
+        return;
+      }
+      float* d = dA + b * mm;
+      for (int64_t i = 0; i < mm; ++i) {
+        const float v = static_cast<float>(dY[b] * c[static_cast<size_t>(i)]);
+        d[i] = acc ? d[i] + v : v;
+      }
+    }
+  });
+  if (too_large)
+    throw_bad_input("node " + s.node_name + " (Det)", fmt::format("the gradient of a singular {} x {} matrix is not supported (its cofactors are computed from minors up to {} x {})",
+                                                                  s.M, s.M, kMaxMinorsDet, kMaxMinorsDet));
 }
 
 }  // namespace smp::runtime::cpu

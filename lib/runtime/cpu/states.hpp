@@ -25,6 +25,7 @@ struct BinState : KernelState {
   Bcast plan3;  // out <- dy(out), a, b  (backward)
   bool single = false;  // Max/Min with one input
   bool fmod = false;    // Mod: C's fmod (the dividend's sign) instead of Python's remainder
+  bool left = false;    // BitShift: direction LEFT
 };
 
 struct WhereState : KernelState {
@@ -160,6 +161,7 @@ struct ConvState : KernelState {
 struct PoolState : KernelState {
   Geom g;
   int64_t NC = 0;
+  int64_t p = 0;  // LpPool's norm (0: MaxPool or AveragePool)
   bool is_max = true;
   bool count_include_pad = false;
   bool simple = false;  // no padding, no dilation, every window inside the input
@@ -170,6 +172,21 @@ struct PoolState : KernelState {
 
 struct GapState : KernelState {
   int64_t NC = 0, HW = 1;
+  int64_t p = 0;  // GlobalLpPool's norm
+};
+
+// MaxUnpool: X and Indices of `n` elements scattered into an output of `out` elements. The
+// indices are flat into the default shape `def` (MaxPool's input); an output_shape larger than it
+// keeps each element's coordinates (`remap`).
+struct MaxUnpoolState : KernelState {
+  int64_t n = 0, out = 0;
+  Shape def, out_shape;
+  bool remap = false;
+};
+
+// Det: `batch` matrices of M x M.
+struct DetState : KernelState {
+  int64_t batch = 1, M = 1;
 };
 
 // ---- data movement, shape-only producers --------------------------------------------------
@@ -193,6 +210,13 @@ struct SliceState : KernelState {
 };
 // The slice's base offset and strides: known at load, else from its inputs (`in` on the host).
 void slice_runtime(const SliceState& s, std::span<const Tensor> in, int64_t& base, std::vector<int64_t>& sst);
+
+// RoiAlign: X [N, C, H, W], R regions, output [R, C, Ho, Wo].
+struct RoiAlignState : KernelState {
+  int64_t N = 0, C = 0, H = 0, W = 0, R = 0, Ho = 1, Wo = 1, sampling = 0;
+  float scale = 1.0f;
+  bool half_pixel = true, max_mode = false;
+};
 
 // ReverseSequence: x [T, B, inner...] (time_axis 0) or [B, T, inner...] (time_axis 1).
 struct ReverseSequenceState : KernelState {

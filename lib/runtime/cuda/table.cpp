@@ -7,8 +7,8 @@
 // NegativeLogLikelihoodLoss, Resize and Upsample, PRelu, Elu, Selu, Celu, Softplus, Softsign,
 // ThresholdedRelu, Sign, Round, InstanceNormalization, ConvTranspose, RNN, GRU, LSTM, Mod, the
 // trigonometric and hyperbolic ops, IsNaN, IsInf, ReduceL1, ReduceSumSquare, ReduceLogSum,
-// ReduceLogSumExp, ArgMin, GlobalMaxPool, CumSum, ScatterElements, ScatterND, GatherND,
-// DepthToSpace, SpaceToDepth, OneHot, GridSample, ReverseSequence, Sum, Mean, Shrink, CastLike, LpNormalization,
+// ReduceLogSumExp, ArgMin, Det, GlobalMaxPool, LpPool, GlobalLpPool, MaxUnpool, CumSum, ScatterElements, ScatterND, GatherND,
+// DepthToSpace, SpaceToDepth, OneHot, GridSample, ReverseSequence, RoiAlign, Sum, Mean, BitShift, Shrink, CastLike, LpNormalization,
 // Hardmax, LRN, TopK, EyeLike, the quantized, random and signal ops have no CUDA kernels yet).
 #include "runtime/cpu/kernels.hpp"
 #include "runtime/cuda/cuda_backend.hpp"
@@ -36,7 +36,7 @@ constexpr OpKernel kTable[] = {
     KP(Add, binary), KP(Sub, binary), KP(Mul, binary), KP(Div, binary), KP(Pow, binary), KP(Max, binary), KP(Min, binary),
     KF(Equal, binary), KF(Less, binary), KF(Greater, binary), KF(LessOrEqual, binary), KF(GreaterOrEqual, binary),
     KF(And, binary), KF(Or, binary), KF(Xor, binary), K(Where, where), NO_KERNEL(PRelu), NO_KERNEL(Mod), NO_KERNEL(Sum),
-    NO_KERNEL(Mean),
+    NO_KERNEL(Mean), NO_KERNEL(BitShift),
     K(Sqrt, unary), K(Reciprocal, unary), K(Neg, unary), K(Abs, unary), K(Exp, unary), K(Log, unary), K(Relu, unary),
     K(LeakyRelu, unary), K(Tanh, unary), K(Sigmoid, unary), K(Erf, unary), K(Gelu, unary), KF(Floor, unary),
     KF(Ceil, unary), KF(Not, unary), KP(Clip, clip), KP(Cast, cast), KV(Identity, identity), KPV(Dropout, dropout),
@@ -49,13 +49,14 @@ constexpr OpKernel kTable[] = {
     NO_KERNEL(InstanceNormalization), NO_KERNEL(LpNormalization), NO_KERNEL(Hardmax), NO_KERNEL(LRN),
     KP(ReduceMean, reduce), KP(ReduceSum, reduce), KP(ReduceMax, reduce), KP(ReduceMin, reduce), KP(ReduceProd, reduce),
     KF(ArgMax, argmax), NO_KERNEL(ReduceL2), NO_KERNEL(ReduceL1), NO_KERNEL(ReduceSumSquare), NO_KERNEL(ReduceLogSum),
-    NO_KERNEL(ReduceLogSumExp), NO_KERNEL(ArgMin), NO_KERNEL(TopK),
+    NO_KERNEL(ReduceLogSumExp), NO_KERNEL(ArgMin), NO_KERNEL(TopK), NO_KERNEL(Det),
     KPS(MaxPool, pool), KPS(AveragePool, pool), K(GlobalAveragePool, global_avgpool), NO_KERNEL(GlobalMaxPool),
+    NO_KERNEL(LpPool), NO_KERNEL(GlobalLpPool), NO_KERNEL(MaxUnpool),
     KV(Reshape, reshape), K(Transpose, transpose), KV(Flatten, reshape), KV(Squeeze, reshape), KV(Unsqueeze, reshape),
     K(Concat, concat), K(Split, split), K(Slice, slice), K(Gather, gather), K(Expand, expand), K(Tile, tile),
     K(Trilu, trilu), NO_KERNEL(Pad), NO_KERNEL(GatherElements),
     NO_KERNEL(Resize), NO_KERNEL(Upsample), NO_KERNEL(CumSum), NO_KERNEL(ScatterElements), NO_KERNEL(ScatterND),
-    NO_KERNEL(GatherND), NO_KERNEL(DepthToSpace), NO_KERNEL(SpaceToDepth), NO_KERNEL(OneHot), NO_KERNEL(GridSample), NO_KERNEL(ReverseSequence),
+    NO_KERNEL(GatherND), NO_KERNEL(DepthToSpace), NO_KERNEL(SpaceToDepth), NO_KERNEL(OneHot), NO_KERNEL(GridSample), NO_KERNEL(ReverseSequence), NO_KERNEL(RoiAlign),
     NO_KERNEL(QuantizeLinear), NO_KERNEL(DequantizeLinear), NO_KERNEL(DynamicQuantizeLinear), NO_KERNEL(MatMulInteger),
     NO_KERNEL(ConvInteger), NO_KERNEL(QLinearMatMul), NO_KERNEL(QLinearConv),
     NO_KERNEL(RandomNormal), NO_KERNEL(RandomNormalLike), NO_KERNEL(RandomUniform), NO_KERNEL(RandomUniformLike),

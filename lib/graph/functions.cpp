@@ -10,6 +10,7 @@
 #include <google/protobuf/unknown_field_set.h>
 
 #include <map>
+#include <set>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
@@ -214,6 +215,13 @@ class Inliner {
 int inline_functions(onnx::ModelProto& model, int64_t opset, const std::string& file) {
   Inliner in(model, opset, file);
   in.graph(*model.mutable_graph(), 0);
+  // The inlined nodes may use domains that only their function imported (the checker wants an
+  // import for each); ai.onnx's is the model's, the check above having passed.
+  std::set<std::string> imported;
+  for (const auto& o : model.opset_import()) imported.insert(onnx_domain(o.domain()) ? "" : o.domain());
+  for (const auto& f : model.functions())
+    for (const auto& o : f.opset_import())
+      if (imported.insert(onnx_domain(o.domain()) ? "" : o.domain()).second) *model.add_opset_import() = o;
   model.clear_functions();
   return in.expanded();
 }

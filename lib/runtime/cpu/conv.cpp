@@ -554,6 +554,24 @@ std::unique_ptr<KernelState> prep_pool(const NodeView& n) {
 }
 
 namespace {
+// The p-norm's pieces (LpPool, GlobalLpPool), exact for p 1 and 2: |a|^p, t^(1/p), and the
+// gradient d y / d v = sign(v) |v|^(p-1) / y^(p-1) as slope(v) x scale(dy, y) (0 where y is 0).
+template <class T>
+T lp_term(T a, int64_t p) {
+  a = std::fabs(a);
+  return p == 1 ? a : p == 2 ? a * a : std::pow(a, static_cast<T>(p));
+}
+template <class T>
+T lp_root(T t, int64_t p) {
+  return p == 1 ? t : p == 2 ? std::sqrt(t) : std::pow(t, T(1) / static_cast<T>(p));
+}
+float lp_slope(float v, int64_t p) {
+  return p == 1 ? static_cast<float>((v > 0.0f) - (v < 0.0f)) : p == 2 ? v : std::copysign(std::pow(std::fabs(v), static_cast<float>(p - 1)), v);
+}
+float lp_scale(float dy, float y, int64_t p) {
+  return y == 0.0f ? 0.0f : p == 1 ? dy : p == 2 ? dy / y : dy / std::pow(y, static_cast<float>(p - 1));
+}
+
 // MaxPool without padding or dilation: y = max over each window; with `dx`, routes dy to the
 // first maximum of each window instead.
 void maxpool_simple(const Geom& g, int64_t NC, const float* X, float* Y, const float* dY, float* dX) {
@@ -689,16 +707,12 @@ void fwd_pool(const KernelState& st, ExecContext&, std::span<Tensor> out, std::s
     return;
   }
   if (s.p > 0) {  // LpPool: (sum of |x|^p over the window)^(1/p); the padding adds nothing
-    const float p = static_cast<float>(s.p);
     pfor(s.NC, 1, [&](int64_t c0, int64_t c1) {
       for_outputs(g, c0, c1, [&](int64_t c, int64_t oz, int64_t oy, int64_t ox, int64_t o) {
         const float* x = X + c * g.in_size();
         float t = 0.0f;
-        for_window(g, oz, oy, ox, [&](int64_t e, int64_t, int64_t, int64_t) {
-          const float a = std::fabs(x[e]);
-          t += s.p == 1 ? a : s.p == 2 ? a * a : std::pow(a, p);
-        });
-        Y[o] = s.p == 1 ? t : s.p == 2 ? std::sqrt(t) : std::pow(t, 1.0f / p);
+        for_window(g, oz, oy, ox, [&](int64_t e, int64_t, int64_t, int64_t) { t += lp_term(x[e], s.p); });
+        Y[o] = lp_root(t, s.p);
       });
     });
     return;
@@ -737,19 +751,13 @@ void bwd_pool(const KernelState& st, ExecContext&, const GradIO& io) {
     SMP_CHECK(io.in[0].defined() && io.out[0].defined(), "node {}: LpPool backward needs X and Y (not declared saved)", s.node_name);
     X = io.in[0].data<float>();
     const float* Y = io.out[0].data<float>();
-    const float p = static_cast<float>(s.p);
     pfor(s.NC, 1, [&](int64_t c0, int64_t c1) {
       for_outputs(g, c0, c1, [&](int64_t c, int64_t oz, int64_t oy, int64_t ox, int64_t o) {
-        const float y = Y[o];
-        if (y == 0.0f) return;
+        const float w = lp_scale(dY[o], Y[o], s.p);
+        if (w == 0.0f) return;
         const float* x = X + c * g.in_size();
         float* dx = dX + c * g.in_size();
-        const float w = s.p <= 2 ? dY[o] / (s.p == 1 ? 1.0f : y) : dY[o] / std::pow(y, p - 1.0f);
-        for_window(g, oz, oy, ox, [&](int64_t e, int64_t, int64_t, int64_t) {
-          const float v = x[e];
-          const float d = s.p == 1 ? (v > 0.0f) - (v < 0.0f) : s.p == 2 ? v : std::copysign(std::pow(std::fabs(v), p - 1.0f), v);
-          dx[e] += w * d;
-        });
+        for_window(g, oz, oy, ox, [&](int64_t e, int64_t, int64_t, int64_t) { dx[e] += w * lp_slope(x[e], s.p); });
       });
     });
     return;
@@ -880,16 +888,12 @@ void fwd_global_lppool(const KernelState& st, ExecContext&, std::span<Tensor> ou
   const auto& s = static_cast<const GapState&>(st);
   const float* X = in[0].data<float>();
   float* Y = out[0].data<float>();
-  const double p = static_cast<double>(s.p);
   pfor(s.NC, std::max<int64_t>(1, kGrain / s.HW), [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const float* x = X + c * s.HW;
       double t = 0;
-      for (int64_t i = 0; i < s.HW; ++i) {
-        const double a = std::fabs(static_cast<double>(x[i]));
-        t += s.p == 1 ? a : s.p == 2 ? a * a : std::pow(a, p);
-      }
-      Y[c] = static_cast<float>(s.p == 1 ? t : s.p == 2 ? std::sqrt(t) : std::pow(t, 1.0 / p));
+      for (int64_t i = 0; i < s.HW; ++i) t += lp_term(static_cast<double>(x[i]), s.p);
+      Y[c] = static_cast<float>(lp_root(t, s.p));
     }
   });
 }
@@ -901,16 +905,13 @@ void bwd_global_lppool(const KernelState& st, ExecContext&, const GradIO& io) {
   const float *X = io.in[0].data<float>(), *Y = io.out[0].data<float>(), *dY = io.dout[0].data<float>();
   float* dX = io.din[0].data<float>();
   const bool acc = io.accumulate[0];
-  const float p = static_cast<float>(s.p);
   pfor(s.NC, std::max<int64_t>(1, kGrain / s.HW), [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const float* x = X + c * s.HW;
       float* dx = dX + c * s.HW;
-      const float y = Y[c];
-      const float w = y == 0.0f ? 0.0f : s.p <= 2 ? dY[c] / (s.p == 1 ? 1.0f : y) : dY[c] / std::pow(y, p - 1.0f);
+      const float w = lp_scale(dY[c], Y[c], s.p);
       for (int64_t i = 0; i < s.HW; ++i) {
-        const float v = x[i];
-        const float d = w * (s.p == 1 ? (v > 0.0f) - (v < 0.0f) : s.p == 2 ? v : std::copysign(std::pow(std::fabs(v), p - 1.0f), v));
+        const float d = w * lp_slope(x[i], s.p);
         dx[i] = acc ? dx[i] + d : d;
       }
     }

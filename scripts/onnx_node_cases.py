@@ -15,10 +15,10 @@ expanded forms) are written again with numpy's pi: onnx 1.12 computed them with 
 
 The control flow and sequence ops that smp's loader resolves (LOADER_OPS: an If whose condition
 folds, a Loop or Scan of static length, sequences of constant positions; Compress of a constant
-condition, NonZero of a constant) are always written
-when ops are named, and so are ONNX's "simple" model cases that use them (test_sequence_model1
-to 8: sequences built, erased, split and concatenated), under the first such op they contain;
-so are the ops defined by a function body, which the loader expands where smp has no kernel.
+condition, NonZero of a constant) are always written when ops are named, and so are ONNX's
+"simple" model cases that use them (test_sequence_model1 to 8: sequences built, erased, split
+and concatenated), under the first such op they contain; so are the ops defined by a function
+body, which the loader expands where smp has no kernel.
 
 usage: onnx_node_cases.py OUT [OP_TYPE ...]
 """

@@ -380,6 +380,13 @@ TEST_CASE("unsupported ops, attributes and dtypes fail when the stage is loaded,
     t.output(t.node("SoftmaxCrossEntropyLoss", {x, y}, {F("l", {})}, {{"reduction", attr_s("avg")}})[0]);
   });
   CHECK(m4.find("node SoftmaxCrossEntropyLoss_0 (SoftmaxCrossEntropyLoss): reduction 'avg' not supported") == 0);
+  std::string unpool = load_error([](TinyGraph& t) {  // output_shape with one channel fewer than X
+    int x = t.boundary("x", {1, 2, 2, 2});
+    int i = t.constant<int64_t>("i", DType::I64, {1, 2, 2, 2}, {0, 1, 2, 3, 4, 5, 6, 7});
+    int os = t.constant<int64_t>("os", DType::I64, {4}, {1, 1, 4, 4});
+    t.output(t.node("MaxUnpool", {x, i, os}, {F("y", {1, 1, 4, 4})}, {{"kernel_shape", attr_ints({2, 2})}, {"strides", attr_ints({2, 2})}})[0]);
+  });
+  CHECK(unpool.find("node MaxUnpool_0 (MaxUnpool): output shape [1, 1, 4, 4] for the default [1, 2, 4, 4]") == 0);
   std::string m5 = load_error([](TinyGraph& t) {
     int x = t.boundary("x", {1, 1, 2, 2, 2, 2});
     int w = t.param("w", {1, 1, 1, 1, 1, 1}, {1});

@@ -943,11 +943,12 @@ std::unique_ptr<KernelState> prep_max_unpool(const NodeView& n) {
     n.fail(fmt::format("kernel_shape, strides and pads for {} spatial axes expected", sp));
   s->out_shape = n.output(0).shape;
   s->def = {x[0], x[1]};
-  for (size_t k = 0; k < sp; ++k) {
-    s->def.push_back((x[k + 2] - 1) * strides[k] + kernel[k] - pads[k] - pads[k + sp]);
-    if (s->out_shape.size() != x.size() || s->out_shape[k + 2] < s->def.back())
-      n.fail(fmt::format("output shape {} is smaller than the default {}", shape_str(s->out_shape), shape_str(s->def)));
-  }
+  for (size_t k = 0; k < sp; ++k) s->def.push_back((x[k + 2] - 1) * strides[k] + kernel[k] - pads[k] - pads[k + sp]);
+  bool fits = s->out_shape.size() == x.size() && s->out_shape[0] == x[0] && s->out_shape[1] == x[1];
+  for (size_t k = 2; fits && k < x.size(); ++k) fits = s->out_shape[k] >= s->def[k];
+  if (!fits)
+    n.fail(fmt::format("output shape {} for the default {}: N and C must be X's, the spatial sizes at least the default's",
+                       shape_str(s->out_shape), shape_str(s->def)));
   s->remap = s->def != s->out_shape;
   s->n = prod(x, 0, x.size());
   s->out = prod(s->out_shape, 0, s->out_shape.size());

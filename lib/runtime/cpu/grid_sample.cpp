@@ -233,19 +233,54 @@ Corners corners(const RoiAlignState& s, float y, float x) {
   return c;
 }
 
-// Calls f(bin index, the bin's samples, the sample count) for each bin of region r.
+// A region's geometry: its corner, size and sampling grid per bin.
+struct Region {
+  float x1 = 0, y1 = 0, rw = 0, rh = 0;
+  int64_t gh = 1, gw = 1;
+};
+
+Region region(const RoiAlignState& s, const float* roi) {
+  const float off = s.half_pixel ? 0.5f : 0.0f;
+  Region r;
+  r.x1 = roi[0] * s.scale - off;
+  r.y1 = roi[1] * s.scale - off;
+  r.rw = roi[2] * s.scale - off - r.x1;
+  r.rh = roi[3] * s.scale - off - r.y1;
+  if (!s.half_pixel) {
+    r.rw = std::max(r.rw, 1.0f);
+    r.rh = std::max(r.rh, 1.0f);
+  }
+  if (s.sampling > 0) {
+    r.gh = r.gw = s.sampling;
+  } else if (std::isfinite(r.rh) && std::isfinite(r.rw)) {
+    r.gh = static_cast<int64_t>(std::ceil(std::clamp(r.rh / static_cast<float>(s.Ho), -1.0f, 1e9f)));
+    r.gw = static_cast<int64_t>(std::ceil(std::clamp(r.rw / static_cast<float>(s.Wo), -1.0f, 1e9f)));
+  }
+  return r;
+}
+
+// Every region's image index and geometry valid (a region of NaN or huge coordinates would
+// sample without end): bad input naming the node otherwise.
+void check_regions(const RoiAlignState& s, const Tensor& rois, const Tensor& batch_indices) {
+  for (int64_t r = 0; r < s.R; ++r) {
+    const int64_t b = batch_indices.data<int64_t>()[r];
+    if (b < 0 || b >= s.N)
+      throw_bad_input("node " + s.node_name + " (RoiAlign)", fmt::format("batch index {} of region {} is outside [0, {})", b, r, s.N));
+    const float* roi = rois.data<float>() + r * 4;
+    const Region g = region(s, roi);
+    if (!std::isfinite(g.x1) || !std::isfinite(g.y1) || !std::isfinite(g.rw) || !std::isfinite(g.rh) || g.gh * g.gw > (int64_t{1} << 20))
+      throw_bad_input("node " + s.node_name + " (RoiAlign)",
+                      fmt::format("region {} ({}, {}, {}, {}) is not finite or needs over 2^20 samples per bin", r, roi[0], roi[1], roi[2], roi[3]));
+  }
+}
+
+// Calls f(bin index, the bin's samples, the sample count) for each bin of a region.
 template <class F>
 void for_bins(const RoiAlignState& s, const float* roi, F f) {
-  const float off = s.half_pixel ? 0.5f : 0.0f;
-  const float x1 = roi[0] * s.scale - off, y1 = roi[1] * s.scale - off, x2 = roi[2] * s.scale - off, y2 = roi[3] * s.scale - off;
-  float rw = x2 - x1, rh = y2 - y1;
-  if (!s.half_pixel) {
-    rw = std::max(rw, 1.0f);
-    rh = std::max(rh, 1.0f);
-  }
+  const Region g = region(s, roi);
+  const float x1 = g.x1, y1 = g.y1, rw = g.rw, rh = g.rh;
+  const int64_t gh = g.gh, gw = g.gw;
   const float bh = rh / static_cast<float>(s.Ho), bw = rw / static_cast<float>(s.Wo);
-  const int64_t gh = s.sampling > 0 ? s.sampling : static_cast<int64_t>(std::ceil(rh / static_cast<float>(s.Ho)));
-  const int64_t gw = s.sampling > 0 ? s.sampling : static_cast<int64_t>(std::ceil(rw / static_cast<float>(s.Wo)));
   const int64_t count = std::max<int64_t>(gh * gw, 1);
   std::vector<Corners> samples;
   for (int64_t ph = 0; ph < s.Ho; ++ph)
@@ -260,13 +295,6 @@ void for_bins(const RoiAlignState& s, const float* roi, F f) {
       }
       f(ph * s.Wo + pw, samples, count);
     }
-}
-
-int64_t region_image(const RoiAlignState& s, const Tensor& batch_indices, int64_t r) {
-  const int64_t b = batch_indices.data<int64_t>()[r];
-  if (b < 0 || b >= s.N)
-    throw_bad_input("node " + s.node_name + " (RoiAlign)", fmt::format("batch index {} of region {} is outside [0, {})", b, r, s.N));
-  return b;
 }
 
 // Max mode: each sample's largest weighted corner (its index into the corners), and the sample
@@ -291,7 +319,7 @@ void fwd_roi_align(const KernelState& st, ExecContext&, std::span<Tensor> out, s
   const auto& s = static_cast<const RoiAlignState&>(st);
   const float *X = in[0].data<float>(), *rois = in[1].data<float>();
   float* Y = out[0].data<float>();
-  for (int64_t r = 0; r < s.R; ++r) region_image(s, in[2], r);
+  check_regions(s, in[1], in[2]);
   const int64_t plane = s.H * s.W, bins = s.Ho * s.Wo;
   pfor(s.R * s.C, 1, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
@@ -320,12 +348,13 @@ void bwd_roi_align(const KernelState& st, ExecContext&, const GradIO& io) {
   const float *X = io.in[0].data<float>(), *rois = io.in[1].data<float>(), *dY = io.dout[0].data<float>();
   float* dX = io.din[0].data<float>();
   if (!io.accumulate[0]) std::memset(dX, 0, static_cast<size_t>(io.din[0].numel()) * sizeof(float));
+  check_regions(s, io.in[1], io.in[2]);
   const int64_t plane = s.H * s.W, bins = s.Ho * s.Wo;
   // regions may share an image: parallel over channels, each writing its own planes
   pfor(s.C, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c)
       for (int64_t r = 0; r < s.R; ++r) {
-        const int64_t img = region_image(s, io.in[2], r);
+        const int64_t img = io.in[2].data<int64_t>()[r];
         const float* x = X + (img * s.C + c) * plane;
         float* dx = dX + (img * s.C + c) * plane;
         const float* dy = dY + (r * s.C + c) * bins;

@@ -52,6 +52,25 @@ std::unordered_map<std::string, onnx::AttributeProto> local_defaults(const onnx:
   return out;
 }
 
+// Whether two versions of an op read the same inputs and attributes and write the same outputs:
+// most version bumps only admit more dtypes (Pow 13 -> 15: bfloat16); those that move an
+// attribute to an input (Unsqueeze 13, ReduceMean 18) or drop one do not pass.
+bool same_signature(const onnx::OpSchema& a, const onnx::OpSchema& b) {
+  if (a.since_version() == b.since_version()) return true;
+  auto params = [](const std::vector<onnx::OpSchema::FormalParameter>& ps) {
+    std::vector<std::pair<std::string, int>> out;
+    for (const auto& p : ps) out.emplace_back(p.GetName(), static_cast<int>(p.GetOption()));
+    return out;
+  };
+  auto names = [](const std::map<std::string, onnx::OpSchema::Attribute>& as) {
+    std::vector<std::string> out;
+    for (const auto& [name, attr] : as) out.push_back(name);
+    return out;
+  };
+  return params(a.inputs()) == params(b.inputs()) && params(a.outputs()) == params(b.outputs()) &&
+         names(a.attributes()) == names(b.attributes());
+}
+
 class Inliner {
  public:
   Inliner(onnx::ModelProto& model, int64_t opset, const std::string& file) : opset_(opset), file_(file) {
@@ -186,8 +205,8 @@ class Inliner {
     n.mutable_attribute()->Swap(&kept);
   }
 
-  // A body written for another ai.onnx opset than the model's reads the same only where each of
-  // its ops has one definition across both.
+  // A body written for another ai.onnx opset than the model's is read as the model's opset reads
+  // it: each of its ops must have the same signature at both (see same_signature).
   void check_opset(const onnx::NodeProto& c, const onnx::FunctionProto& f, const std::string& what) const {
     const int64_t v = body_opset(f, opset_);
     if (v == opset_) return;
@@ -195,8 +214,8 @@ class Inliner {
       if (!onnx_domain(n.domain())) continue;
       const auto* at_body = onnx::OpSchemaRegistry::Schema(n.op_type(), static_cast<int>(v), "");
       const auto* at_model = onnx::OpSchemaRegistry::Schema(n.op_type(), static_cast<int>(opset_), "");
-      if (at_body && at_model && at_body->since_version() != at_model->since_version())
-        throw_bad_input(file_, fmt::format("{}: {} is written for opset {}, and its {} changed by the model's opset {}",
+      if (at_body && at_model && !same_signature(*at_body, *at_model))
+        throw_bad_input(file_, fmt::format("{}: {} is written for opset {}, and its {} takes other inputs or attributes at the model's opset {}",
                                            node_label(c), what, v, n.op_type(), opset_),
                         "export the model and its functions with one opset");
     }

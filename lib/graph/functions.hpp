@@ -16,10 +16,11 @@ namespace smp::graph {
 
 // Expands every call of a model-local function, and every ai.onnx node whose op smp has no
 // kernel for but whose schema at `opset` has a (context-free) function body, in the main graph
-// and in the subgraphs of its nodes; then drops the model's functions. A body that uses an op
-// whose definition differs between the function's opset and the model's, a call with more
-// inputs or outputs than its function, or calls nested deeper than 64 are bad input naming the
-// call; so are functions that expand to over 2^20 nodes. Returns how many calls were expanded.
+// and in the subgraphs of its nodes; then drops the model's functions. A body written for another
+// ai.onnx opset is read at the model's: one that uses an op whose inputs or attributes differ
+// between the two opsets, a call with more inputs or outputs than its function, or calls nested
+// deeper than 64 are bad input naming the call; so are functions that expand to over 2^20
+// nodes. Returns how many calls were expanded.
 int inline_functions(onnx::ModelProto& model, int64_t opset, const std::string& file);
 
 }  // namespace smp::graph

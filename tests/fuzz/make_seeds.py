@@ -63,6 +63,36 @@ def main(d):
     m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
     onnx.save(m, os.path.join(d, "mask.onnx"))  # unsorted on purpose: the loader sorts
 
+    # Model-local functions: Block calls Scale twice, passing its attribute on (ref_attr_name);
+    # a Compress of a constant condition, a NonZero of a constant, MeanVarianceNormalization
+    # (expanded by its function body).
+    slope = h.make_attribute("alpha", 0.0)
+    slope.ref_attr_name = "slope"
+    scale = h.make_function("my.fn", "Scale", ["x", "w"], ["y"],
+                            [h.make_node("Mul", ["x", "w"], ["t"]), h.make_node("LeakyRelu", ["t"], ["y"])],
+                            [h.make_opsetid("", 17)], ["slope"])
+    scale.node[1].attribute.append(slope)
+    inner = h.make_node("Scale", ["x", "a"], ["t"], domain="my.fn")
+    inner.attribute.append(h.make_attribute("slope", 0.0))
+    inner.attribute[0].ref_attr_name = "slope"
+    block = h.make_function("my.fn", "Block", ["x", "a", "b"], ["y"],
+                            [inner, h.make_node("Scale", ["t", "b"], ["y"], domain="my.fn")],
+                            [h.make_opsetid("", 17), h.make_opsetid("my.fn", 1)], ["slope"])
+    wa = nh.from_array(np.arange(4, dtype=np.float32), "wa")
+    keep = nh.from_array(np.array([True, False, True, True]), "keep")
+    nodes = [
+        h.make_node("Block", ["x", "wa", "wa"], ["h"], domain="my.fn", slope=0.25),
+        h.make_node("Compress", ["h", "keep"], ["c"], axis=1),
+        h.make_node("NonZero", ["keep"], ["nz"]),
+        h.make_node("Cast", ["nz"], ["nzf"], to=T.FLOAT),
+        h.make_node("MeanVarianceNormalization", ["c"], ["z"], axes=[0, 1]),
+    ]
+    z = h.make_tensor_value_info("z", T.FLOAT, ["N", 3])
+    nzf = h.make_tensor_value_info("nzf", T.FLOAT, [1, 3])
+    g = h.make_graph(nodes, "functions", [x], [z, nzf], initializer=[wa, keep])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("my.fn", 1)], functions=[scale, block])
+    save(m, d, "functions.onnx")
+
 
 if __name__ == "__main__":
     main(sys.argv[1])

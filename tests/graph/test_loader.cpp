@@ -661,6 +661,39 @@ TEST_CASE("model-local functions are inlined: each call's inputs, attribute refe
   onnx::ModelProto wide = functions_model();
   wide.mutable_graph()->mutable_node(1)->add_input("x");
   expect_bad(write_model(dir, "wide.onnx", wide), "3 inputs and 1 outputs, function 'Scale' takes 2 and 1");
+  // A body written for opset 11 in a model of opset 17: Mul and LeakyRelu read the same at both
+  // and inline; Unsqueeze took its axes as an attribute before 13, and is refused.
+  onnx::ModelProto old = functions_model();
+  old.mutable_functions(0)->mutable_opset_import(0)->set_version(11);
+  CHECK(load_graph(write_model(dir, "old.onnx", old), batch(2)).nodes.size() == g.nodes.size());
+  old.mutable_functions(0)->mutable_node(0)->set_op_type("Unsqueeze");
+  expect_bad(write_model(dir, "old_unsqueeze.onnx", old),
+             "function 'Scale' is written for opset 11, and its Unsqueeze takes other inputs or attributes at the model's opset 17");
+  fs::remove_all(dir);
+}
+
+TEST_CASE("a standard op without a kernel is expanded by its function body (MeanVarianceNormalization, opset 17)") {
+  // MVN's body is written for opset 13; its Pow (bfloat16 added at 15) reads the same at 17.
+  auto dir = test::temp_dir("mvn");
+  onnx::ModelProto m = tiny_model();
+  auto* n = m.mutable_graph()->mutable_node(0);
+  n->set_op_type("MeanVarianceNormalization");
+  n->set_name("mvn");
+  auto* axes = n->add_attribute();
+  axes->set_name("axes");
+  axes->set_type(onnx::AttributeProto::INTS);
+  for (int64_t a : {0, 1}) axes->add_ints(a);
+  Graph g = load_graph(write_model(dir, "mvn.onnx", m), batch(2));
+  check_well_formed(g);
+  std::multiset<std::string> ops;
+  for (const auto& node : g.nodes) {
+    ops.insert(node.op_type);
+    CHECK(node.name.rfind("mvn/", 0) == 0);
+  }
+  CHECK(ops.count("MeanVarianceNormalization") == 0);
+  CHECK(ops.count("ReduceMean") == 2);  // E[X] and E[X^2]
+  CHECK(ops.count("Sqrt") == 1);
+  CHECK(g.value(g.find_value("y")).shape == Shape{2, 4});
   fs::remove_all(dir);
 }
 

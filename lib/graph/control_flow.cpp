@@ -295,9 +295,9 @@ int64_t position(const onnx::NodeProto& p, int64_t pos, int64_t size, bool past_
 
 }  // namespace
 
-bool onnx_op(const onnx::NodeProto& p, const char* type) {
-  return p.op_type() == type && (p.domain().empty() || p.domain() == "ai.onnx");
-}
+bool onnx_domain(const std::string& domain) { return domain.empty() || domain == "ai.onnx"; }
+
+bool onnx_op(const onnx::NodeProto& p, const char* type) { return p.op_type() == type && onnx_domain(p.domain()); }
 
 std::optional<std::pair<DType, Shape>> static_type(const onnx::TypeProto& t) {
   if (!t.has_tensor_type() || !t.tensor_type().has_shape()) return std::nullopt;

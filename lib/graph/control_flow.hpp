@@ -20,6 +20,9 @@ namespace smp::graph {
 
 using ConstMap = std::unordered_map<std::string, std::shared_ptr<TensorData>>;
 
+// Whether `domain` names ai.onnx ("" or "ai.onnx").
+bool onnx_domain(const std::string& domain);
+
 // Whether the node is the ai.onnx op `type`.
 bool onnx_op(const onnx::NodeProto& p, const char* type);
 

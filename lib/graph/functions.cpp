@@ -27,8 +27,6 @@ constexpr int kMaxDepth = 64;
 // next twice would otherwise grow without bound).
 constexpr int64_t kMaxInlinedNodes = int64_t{1} << 20;
 
-bool onnx_domain(const std::string& d) { return d.empty() || d == "ai.onnx"; }
-
 // The ai.onnx opset a function's body is written for (`fallback` where it imports none).
 int64_t body_opset(const onnx::FunctionProto& f, int64_t fallback) {
   for (const auto& o : f.opset_import())
@@ -87,8 +85,6 @@ class Inliner {
     g.mutable_node()->Swap(&out);
   }
 
-  int expanded() const { return expanded_; }
-
  private:
   // The function `n` calls, nullptr for none; `schema` is set where it is a standard op's body.
   const onnx::FunctionProto* callee(const onnx::NodeProto& n, const onnx::OpSchema*& schema) const {
@@ -115,7 +111,6 @@ class Inliner {
     }
     if (depth >= kMaxDepth)
       throw_bad_input(file_, fmt::format("{}: functions nested deeper than {} (a function that calls itself?)", node_label(n), kMaxDepth));
-    ++expanded_;
     Nodes body = expand(n, *f, schema);
     for (auto& b : body) node(std::move(b), depth + 1, out);
   }
@@ -225,13 +220,12 @@ class Inliner {
   const std::string& file_;
   std::map<std::pair<std::string, std::string>, const onnx::FunctionProto*> local_;
   std::unordered_set<std::string> bases_;  // the prefixes taken, one per call
-  int expanded_ = 0;
   int64_t inlined_nodes_ = 0;
 };
 
 }  // namespace
 
-int inline_functions(onnx::ModelProto& model, int64_t opset, const std::string& file) {
+void inline_functions(onnx::ModelProto& model, int64_t opset, const std::string& file) {
   Inliner in(model, opset, file);
   in.graph(*model.mutable_graph(), 0);
   // The inlined nodes may use domains that only their function imported (the checker wants an
@@ -242,7 +236,6 @@ int inline_functions(onnx::ModelProto& model, int64_t opset, const std::string& 
     for (const auto& o : f.opset_import())
       if (imported.insert(onnx_domain(o.domain()) ? "" : o.domain()).second) *model.add_opset_import() = o;
   model.clear_functions();
-  return in.expanded();
 }
 
 }  // namespace smp::graph

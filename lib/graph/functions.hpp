@@ -20,7 +20,7 @@ namespace smp::graph {
 // ai.onnx opset is read at the model's: one that uses an op whose inputs or attributes differ
 // between the two opsets, a call with more inputs or outputs than its function, or calls nested
 // deeper than 64 are bad input naming the call; so are functions that expand to over 2^20
-// nodes. Returns how many calls were expanded.
-int inline_functions(onnx::ModelProto& model, int64_t opset, const std::string& file);
+// nodes.
+void inline_functions(onnx::ModelProto& model, int64_t opset, const std::string& file);
 
 }  // namespace smp::graph

@@ -585,7 +585,7 @@ int fold_pass(onnx::ModelProto& model, ConstMap& consts,
   google::protobuf::RepeatedPtrField<onnx::NodeProto> kept;
   std::vector<std::string> new_consts;
   for (auto& p : *g.mutable_node()) {
-    bool shape_only = is_shape_only_op(p.op_type()) && (p.domain().empty() || p.domain() == "ai.onnx");
+    bool shape_only = is_shape_only_op(p.op_type()) && onnx_domain(p.domain());
     bool all_const = true;
     std::vector<FoldInput> ins;
     for (const auto& name : p.input()) {
@@ -824,7 +824,7 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
 
   int64_t opset = -1;
   for (const auto& o : model.opset_import())
-    if (o.domain().empty() || o.domain() == "ai.onnx") opset = o.version();
+    if (onnx_domain(o.domain())) opset = o.version();
   int64_t max_opset = max_supported_opset();
   if (opset < 0) throw_bad_input(file, "the model imports no ai.onnx opset");
   if (opset >= 1 && opset <= max_opset) inline_functions(model, opset, file);

@@ -48,22 +48,26 @@ int run_forward(const std::string& model, const std::string& data, const std::st
   opts.batch_size = batch_size;
   opts.dims = smp::app::parse_dims(dims);
   opts.input_array = array_of;
-  smp::graph::Graph g;
-  try {
-    g = smp::graph::load_graph(model, opts);
-  } catch (const smp::Error& e) {
-    // An input without its array cannot be bound: name the missing file rather than the dimension.
-    if (e.kind() == smp::ErrorKind::BadInput) {
-      auto axis = smp::graph::inspect_batch_axis(model);
-      std::vector<std::string> names = axis.symbolic;
-      for (const auto& [name, size] : axis.fixed) names.push_back(name);
-      for (const auto& name : names)
-        if (!array_of(name))
-          smp::throw_bad_input((fs::path(data) / file_name(name)).string(), fmt::format("missing: graph input '{}' needs it", name),
-                               fmt::format("save its array there as {}", file_name(name)));
+  // In stages where the model's control flow or shapes depend on its data (graph/loader.hpp):
+  // each stage runs what is decided, the next knows its results.
+  opts.staged = true;
+  auto load = [&] {
+    try {
+      return smp::graph::load_graph(model, opts);
+    } catch (const smp::Error& e) {
+      // An input without its array cannot be bound: name the missing file rather than the dimension.
+      if (e.kind() == smp::ErrorKind::BadInput) {
+        auto axis = smp::graph::inspect_batch_axis(model);
+        std::vector<std::string> names = axis.symbolic;
+        for (const auto& [name, size] : axis.fixed) names.push_back(name);
+        for (const auto& name : names)
+          if (!array_of(name))
+            smp::throw_bad_input((fs::path(data) / file_name(name)).string(), fmt::format("missing: graph input '{}' needs it", name),
+                                 fmt::format("save its array there as {}", file_name(name)));
+      }
+      throw;
     }
-    throw;
-  }
+  };
   smp::runtime::BackendOptions bo;
   bo.threads = threads;
   bo.device = std::max(dev.device, 0);
@@ -74,38 +78,67 @@ int run_forward(const std::string& model, const std::string& data, const std::st
   eo.training = false;
   eo.running_stats = smp::runtime::ExecutorOptions::RunningStats::Onnx;
   eo.seed = dev.seed;
-  smp::runtime::StageExecutor ex(g, be, eo);
-  std::vector<smp::runtime::Tensor> inputs;
-  for (int v : ex.inputs()) {
-    const auto& val = g.value(v);
-    auto a = array_of(val.name);
-    if (!a)
-      smp::throw_bad_input((fs::path(data) / file_name(val.name)).string(), fmt::format("missing: graph input '{}' needs it", val.name),
-                           fmt::format("save {}{} there", smp::dtype_name(val.dtype), smp::shape_str(val.shape)));
-    if (a->dtype != val.dtype || a->shape != val.shape)
-      smp::throw_bad_input((fs::path(data) / file_name(val.name)).string(),
-                           fmt::format("{}{} for graph input '{}' of {}{}", smp::dtype_name(a->dtype), smp::shape_str(a->shape),
-                                       val.name, smp::dtype_name(val.dtype), smp::shape_str(val.shape)));
-    inputs.push_back(be.from_host(a->dtype, a->shape, a->bytes.data()));
-  }
-  auto outs = ex.forward(0, inputs);
-  fs::create_directories(output);
-  for (int v : g.outputs) {
-    const auto& val = g.value(v);
-    fs::path p = fs::path(output) / file_name(val.name);
-    auto it = std::find(ex.outputs().begin(), ex.outputs().end(), v);
-    if (it != ex.outputs().end()) {
-      smp::runtime::save_npy(be, p, outs[static_cast<size_t>(it - ex.outputs().begin())]);
-    } else if (val.data) {
-      smp::runtime::write_npy(p, val.data->dtype, val.data->shape, val.data->bytes.data());
-    } else {
-      auto in = std::find(ex.inputs().begin(), ex.inputs().end(), v);
-      if (in == ex.inputs().end()) smp::throw_failure(val.name, "graph output not computed");
-      smp::runtime::save_npy(be, p, inputs[static_cast<size_t>(in - ex.inputs().begin())]);
+  // A model cut before data-dependent nodes at every stage still gains known values each time;
+  // a bound keeps a pathological file from loading without end.
+  constexpr int kMaxStages = 1024;
+  for (int stage = 1;; ++stage) {
+    smp::graph::Graph g = load();
+    // The graph's outputs: computed, constants (folded, or known from an earlier stage) or inputs.
+    std::vector<std::shared_ptr<const smp::graph::TensorData>> values(g.outputs.size());
+    std::vector<smp::runtime::Tensor> inputs, outs;
+    std::unique_ptr<smp::runtime::StageExecutor> ex;
+    if (!g.nodes.empty()) {
+      ex = std::make_unique<smp::runtime::StageExecutor>(g, be, eo);
+      for (int v : ex->inputs()) {
+        const auto& val = g.value(v);
+        auto a = array_of(val.name);
+        if (!a)
+          smp::throw_bad_input((fs::path(data) / file_name(val.name)).string(), fmt::format("missing: graph input '{}' needs it", val.name),
+                               fmt::format("save {}{} there", smp::dtype_name(val.dtype), smp::shape_str(val.shape)));
+        if (a->dtype != val.dtype || a->shape != val.shape)
+          smp::throw_bad_input((fs::path(data) / file_name(val.name)).string(),
+                               fmt::format("{}{} for graph input '{}' of {}{}", smp::dtype_name(a->dtype), smp::shape_str(a->shape),
+                                           val.name, smp::dtype_name(val.dtype), smp::shape_str(val.shape)));
+        inputs.push_back(be.from_host(a->dtype, a->shape, a->bytes.data()));
+      }
+      outs = ex->forward(0, inputs);
     }
-    fmt::print("{}\n", p.string());
+    for (size_t k = 0; k < g.outputs.size(); ++k) {
+      const auto& val = g.value(g.outputs[k]);
+      const long at = ex ? std::find(ex->outputs().begin(), ex->outputs().end(), g.outputs[k]) - ex->outputs().begin() : -1;
+      if (ex && at < static_cast<long>(ex->outputs().size())) {
+        const auto& t = outs[static_cast<size_t>(at)];
+        auto d = std::make_shared<smp::graph::TensorData>();
+        d->dtype = t.dtype();
+        d->shape = t.shape();
+        d->bytes.resize(static_cast<size_t>(t.bytes()));
+        be.to_host(t, d->bytes.data());
+        values[k] = d;
+      } else if (val.data) {
+        values[k] = val.data;
+      } else if (auto a = array_of(val.name); a && val.kind == smp::graph::ValueKind::Input) {
+        values[k] = a;
+      } else {
+        smp::throw_failure(val.name, "graph output not computed");
+      }
+    }
+    if (g.partial) {
+      const size_t before = opts.known.size();
+      for (size_t k = 0; k < g.outputs.size(); ++k) opts.known.emplace(g.value(g.outputs[k]).name, values[k]);
+      if (opts.known.size() == before) smp::throw_failure(model, "a stage of the forward pass computed nothing new");
+      if (stage == kMaxStages)
+        smp::throw_bad_input(model, fmt::format("its control flow or shapes still depend on its data after {} stages", kMaxStages));
+      continue;
+    }
+    if (stage > 1) fmt::print(stderr, "note: ran in {} stages: the model's control flow or shapes depend on its data\n", stage);
+    fs::create_directories(output);
+    for (size_t k = 0; k < g.outputs.size(); ++k) {
+      fs::path p = fs::path(output) / file_name(g.value(g.outputs[k]).name);
+      smp::runtime::write_npy(p, values[k]->dtype, values[k]->shape, values[k]->bytes.data());
+      fmt::print("{}\n", p.string());
+    }
+    return 0;
   }
-  return 0;
 }
 
 }  // namespace

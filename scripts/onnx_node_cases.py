@@ -14,8 +14,9 @@ expanded forms) are written again with numpy's pi: onnx 1.12 computed them with 
 0.02 % off and asymmetric (later ONNX releases fixed the generators).
 
 The control flow and sequence ops that smp's loader resolves (LOADER_OPS: an If whose condition
-folds, a Loop or Scan of static length, sequences of constant positions; Compress of a constant
-condition, NonZero of a constant) are always written when ops are named, and so are ONNX's
+folds, a Loop or Scan of static length, sequences of constant positions; Compress, NonZero,
+NonMaxSuppression and Unique, evaluated at load once their inputs are known, in stages under
+--forward) are always written when ops are named, and so are ONNX's
 "simple" model cases that use them (test_sequence_model1 to 8: sequences built, erased, split
 and concatenated), under the first such op they contain; so are the ops defined by a function
 body, which the loader expands where smp has no kernel.
@@ -41,7 +42,8 @@ import onnx.backend.test.case.model as model_test  # noqa: E402
 import onnx.backend.test.case.node as node_test  # noqa: E402
 
 LOADER_OPS = ("If", "Loop", "Scan", "SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SequenceAt",
-              "SequenceLength", "ConcatFromSequence", "SplitToSequence", "SequenceMap", "Compress", "NonZero")
+              "SequenceLength", "ConcatFromSequence", "SplitToSequence", "SequenceMap", "Compress", "NonZero",
+              "NonMaxSuppression", "Unique")
 
 
 WINDOWS = {"HannWindow": (0.5, 0.5, 0.0), "HammingWindow": (25 / 46, 21 / 46, 0.0), "BlackmanWindow": (0.42, 0.5, 0.08)}

@@ -277,13 +277,6 @@ bool unroll_scan(const onnx::NodeProto& p, Nodes& out, const std::unordered_map<
   return true;
 }
 
-bool is_sequence_op(const onnx::NodeProto& p) {
-  for (const char* t : {"SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SequenceAt", "SequenceLength",
-                        "ConcatFromSequence", "SplitToSequence", "SequenceMap"})
-    if (onnx_op(p, t)) return true;
-  return false;
-}
-
 // A position in a sequence of `size` elements, negative from the end; `past_end` admits `size`
 // (an insertion at the end).
 int64_t position(const onnx::NodeProto& p, int64_t pos, int64_t size, bool past_end, const std::string& file) {
@@ -294,6 +287,13 @@ int64_t position(const onnx::NodeProto& p, int64_t pos, int64_t size, bool past_
 }
 
 }  // namespace
+
+bool is_sequence_op(const onnx::NodeProto& p) {
+  for (const char* t : {"SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SequenceAt", "SequenceLength",
+                        "ConcatFromSequence", "SplitToSequence", "SequenceMap"})
+    if (onnx_op(p, t)) return true;
+  return false;
+}
 
 bool onnx_domain(const std::string& domain) { return domain.empty() || domain == "ai.onnx"; }
 

@@ -35,6 +35,9 @@ std::unordered_map<std::string, Shape> static_shapes(const onnx::GraphProto& g);
 // Every name the graph reads: its outputs, its nodes' inputs and what their subgraphs read.
 std::unordered_set<std::string> names_read(const onnx::GraphProto& g);
 
+// Whether the node is one of ai.onnx's sequence ops (SequenceEmpty ... SequenceMap).
+bool is_sequence_op(const onnx::NodeProto& p);
+
 // "node 'NAME' (OP)", domain-qualified where not ai.onnx: how errors name a node.
 std::string node_label(const onnx::NodeProto& n);
 

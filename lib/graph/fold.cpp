@@ -3,6 +3,7 @@
 #include "core/error.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -445,6 +446,191 @@ Outputs fold_constant(const Node& n) {
   return std::nullopt;  // strings, sparse tensors
 }
 
+// ReduceSum / Prod / Min / Max / Mean over `axes` (all when empty, unless noop_with_empty_axes),
+// in int64 (wrapping) for integers and double for floats; keepdims as ONNX (default 1). An empty
+// Min or Max (no identity in the input's dtype) is left to the runtime.
+Outputs fold_reduce(const Node& n, const TensorData& x, std::vector<int64_t> axes, bool axes_input) {
+  const int64_t r = static_cast<int64_t>(x.shape.size());
+  const std::string& op = n.op_type;
+  if (axes.empty() && axes_input && n.attr_int("noop_with_empty_axes", 0) != 0) return one(x);
+  std::vector<bool> reduced(static_cast<size_t>(r), axes.empty());
+  for (int64_t a : axes) reduced[static_cast<size_t>(norm_axis(a, r, n))] = true;
+  const bool keep = n.attr_int("keepdims", 1) != 0;
+  Shape out_shape, full_shape;  // full_shape: the output with every reduced axis kept as 1
+  int64_t count = 1;
+  for (int64_t a = 0; a < r; ++a) {
+    const int64_t d = x.shape[static_cast<size_t>(a)];
+    if (reduced[static_cast<size_t>(a)]) {
+      count *= d;
+      full_shape.push_back(1);
+      if (keep) out_shape.push_back(1);
+    } else {
+      full_shape.push_back(d);
+      out_shape.push_back(d);
+    }
+  }
+  if (count == 0 && (op == "ReduceMin" || op == "ReduceMax")) return std::nullopt;
+  const int64_t m = smp::numel(full_shape);
+  const bool integer = int_domain(x.dtype);
+  std::vector<double> acc_f(static_cast<size_t>(m), op == "ReduceProd" ? 1.0 : 0.0);
+  std::vector<int64_t> acc_i(static_cast<size_t>(m), op == "ReduceProd" ? 1 : 0);
+  std::vector<bool> seen(static_cast<size_t>(m), false);
+  const std::vector<int64_t> in_strides = strides_of(x.shape), out_strides = strides_of(full_shape);
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    int64_t o = 0;
+    for (int64_t a = 0; a < r; ++a)
+      if (!reduced[static_cast<size_t>(a)]) o += (i / in_strides[static_cast<size_t>(a)]) % x.shape[static_cast<size_t>(a)] * out_strides[static_cast<size_t>(a)];
+    const size_t k = static_cast<size_t>(o);
+    const bool first = !seen[k];
+    seen[k] = true;
+    if (integer) {
+      const int64_t v = x.get_i64(i);
+      if (op == "ReduceSum" || op == "ReduceMean") acc_i[k] = wrap_add(acc_i[k], v);
+      else if (op == "ReduceProd") acc_i[k] = wrap_mul(acc_i[k], v);
+      else if (op == "ReduceMin") acc_i[k] = first ? v : std::min(acc_i[k], v);
+      else acc_i[k] = first ? v : std::max(acc_i[k], v);
+    } else {
+      const double v = x.get_f64(i);
+      if (op == "ReduceSum" || op == "ReduceMean") acc_f[k] += v;
+      else if (op == "ReduceProd") acc_f[k] *= v;
+      else if (op == "ReduceMin") acc_f[k] = first || v < acc_f[k] || std::isnan(v) ? v : acc_f[k];
+      else acc_f[k] = first || v > acc_f[k] || std::isnan(v) ? v : acc_f[k];
+    }
+  }
+  TensorData out = make(x.dtype, out_shape);
+  for (int64_t k = 0; k < m; ++k) {
+    if (integer) set_i64(out, k, op == "ReduceMean" ? (count > 0 ? acc_i[static_cast<size_t>(k)] / count : 0) : acc_i[static_cast<size_t>(k)]);
+    else set_f64(out, k, op == "ReduceMean" ? acc_f[static_cast<size_t>(k)] / static_cast<double>(count) : acc_f[static_cast<size_t>(k)]);
+  }
+  return one(std::move(out));
+}
+
+// NonMaxSuppression as ONNX defines it and onnxruntime computes it (in float): per batch and
+// class, the boxes scoring above score_threshold (when given) by decreasing score (ties: lower
+// index first), each kept unless its IoU with one kept before exceeds iou_threshold, at most
+// max_output_boxes_per_class of them (0 or absent: none). Corners may come in either order.
+Outputs fold_nms(const Node& n, const std::vector<const TensorData*>& in) {
+  if (in.size() < 2 || !in[0] || !in[1]) throw_bad_input(where(n), "needs boxes and scores");
+  const TensorData &boxes = *in[0], &scores = *in[1];
+  if (boxes.shape.size() != 3 || boxes.shape[2] != 4 || scores.shape.size() != 3 || scores.shape[0] != boxes.shape[0] ||
+      scores.shape[2] != boxes.shape[1])
+    throw_bad_input(where(n), fmt::format("boxes {} and scores {}: expected [batches, boxes, 4] and [batches, classes, boxes]",
+                                          shape_str(boxes.shape), shape_str(scores.shape)));
+  auto scalar = [&](size_t k) -> const TensorData* {
+    if (k >= in.size() || !in[k]) return nullptr;
+    if (in[k]->numel() != 1) throw_bad_input(where(n), fmt::format("input {} must hold one value, has {}", k, shape_str(in[k]->shape)));
+    return in[k];
+  };
+  const int64_t max_per_class = scalar(2) ? scalar(2)->get_i64(0) : 0;
+  const float iou_threshold = scalar(3) ? static_cast<float>(scalar(3)->get_f64(0)) : 0.0f;
+  const TensorData* st = scalar(4);
+  const float score_threshold = st ? static_cast<float>(st->get_f64(0)) : 0.0f;
+  const bool center = n.attr_int("center_point_box", 0) != 0;
+  const int64_t batches = boxes.shape[0], count = boxes.shape[1], classes = scores.shape[1];
+  struct Box { float x0, y0, x1, y1; };
+  auto box_at = [&](int64_t b, int64_t k) {
+    float v[4];
+    for (int j = 0; j < 4; ++j) v[j] = static_cast<float>(boxes.get_f64((b * count + k) * 4 + j));
+    if (center) return Box{v[0] - v[2] / 2, v[1] - v[3] / 2, v[0] + v[2] / 2, v[1] + v[3] / 2};
+    return Box{std::min(v[1], v[3]), std::min(v[0], v[2]), std::max(v[1], v[3]), std::max(v[0], v[2])};
+  };
+  auto suppresses = [&](const Box& a, const Box& c) {
+    const float ix0 = std::max(a.x0, c.x0), ix1 = std::min(a.x1, c.x1), iy0 = std::max(a.y0, c.y0), iy1 = std::min(a.y1, c.y1);
+    if (ix1 <= ix0 || iy1 <= iy0) return false;
+    const float inter = (ix1 - ix0) * (iy1 - iy0);
+    const float area_a = (a.x1 - a.x0) * (a.y1 - a.y0), area_c = (c.x1 - c.x0) * (c.y1 - c.y0);
+    const float uni = area_a + area_c - inter;
+    if (inter <= 0 || area_a <= 0 || area_c <= 0 || uni <= 0) return false;
+    return inter / uni > iou_threshold;
+  };
+  std::vector<std::array<int64_t, 3>> picked;
+  for (int64_t b = 0; b < batches && max_per_class > 0; ++b) {
+    std::vector<Box> all(static_cast<size_t>(count));
+    for (int64_t k = 0; k < count; ++k) all[static_cast<size_t>(k)] = box_at(b, k);
+    for (int64_t c = 0; c < classes; ++c) {
+      std::vector<std::pair<float, int64_t>> cand;
+      for (int64_t k = 0; k < count; ++k) {
+        const float sc = static_cast<float>(scores.get_f64((b * classes + c) * count + k));
+        if (!st || sc > score_threshold) cand.emplace_back(sc, k);
+      }
+      std::stable_sort(cand.begin(), cand.end(), [](const auto& l, const auto& r) { return l.first > r.first; });
+      std::vector<int64_t> kept;
+      for (const auto& [sc, k] : cand) {
+        if (static_cast<int64_t>(kept.size()) >= max_per_class) break;
+        const Box& bx = all[static_cast<size_t>(k)];
+        if (std::none_of(kept.begin(), kept.end(), [&](int64_t j) { return suppresses(all[static_cast<size_t>(j)], bx); }))
+          kept.push_back(k);
+      }
+      for (int64_t k : kept) picked.push_back({b, c, k});
+    }
+  }
+  TensorData out = make(DType::I64, {static_cast<int64_t>(picked.size()), 3});
+  for (size_t i = 0; i < picked.size(); ++i)
+    for (int j = 0; j < 3; ++j) set_i64(out, static_cast<int64_t>(i) * 3 + j, picked[i][static_cast<size_t>(j)]);
+  return one(std::move(out));
+}
+
+// Unique: the distinct elements (no axis: of the flattened input) or slices along `axis`,
+// ascending (lexicographically for slices) when `sorted`, else in order of first appearance; with
+// the index of each one's first appearance, each input element's (slice's) index among them, and
+// their counts.
+Outputs fold_unique(const Node& n, const TensorData& x, int64_t max_bytes) {
+  const bool has_axis = n.has_attr("axis");
+  const int64_t r = static_cast<int64_t>(x.shape.size());
+  int64_t axis = 0, outer = 1, len = x.numel(), inner = 1;
+  if (has_axis) {
+    if (r == 0) throw_bad_input(where(n), "axis given for a scalar");
+    axis = norm_axis(n.attr_int("axis", 0), r, n);
+    len = x.shape[static_cast<size_t>(axis)];
+    for (int64_t a = 0; a < axis; ++a) outer *= x.shape[static_cast<size_t>(a)];
+    for (int64_t a = axis + 1; a < r; ++a) inner *= x.shape[static_cast<size_t>(a)];
+  }
+  const bool floating = is_floating(x.dtype);
+  // Element j (of outer * inner) of slice k.
+  auto at = [&](int64_t k, int64_t j) { return (j / inner * len + k) * inner + j % inner; };
+  auto cmp = [&](int64_t a, int64_t b) {
+    for (int64_t j = 0; j < outer * inner; ++j) {
+      const int64_t ia = at(a, j), ib = at(b, j);
+      if (floating) {
+        const double u = x.get_f64(ia), v = x.get_f64(ib);
+        if (u != v) return u < v ? -1 : 1;
+      } else {
+        const int64_t u = x.get_i64(ia), v = x.get_i64(ib);
+        if (u != v) return u < v ? -1 : 1;
+      }
+    }
+    return 0;
+  };
+  std::vector<int64_t> order(static_cast<size_t>(len));
+  for (int64_t k = 0; k < len; ++k) order[static_cast<size_t>(k)] = k;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return cmp(a, b) < 0; });
+  std::vector<std::vector<int64_t>> groups;  // members by increasing index; the first is the first appearance
+  for (int64_t k : order) {
+    if (groups.empty() || cmp(groups.back().front(), k) != 0) groups.emplace_back();
+    groups.back().push_back(k);
+  }
+  if (n.attr_int("sorted", 1) == 0)
+    std::sort(groups.begin(), groups.end(), [](const auto& a, const auto& b) { return a.front() < b.front(); });
+  const int64_t u = static_cast<int64_t>(groups.size());
+  Shape ys = has_axis ? x.shape : Shape{u};
+  if (has_axis) ys[static_cast<size_t>(axis)] = u;
+  if (byte_size(ys, dtype_size(x.dtype)) > max_bytes) return std::nullopt;
+  TensorData y = make(x.dtype, ys), first = make(DType::I64, {u}), inverse = make(DType::I64, {len}), counts = make(DType::I64, {u});
+  for (int64_t g = 0; g < u; ++g) {
+    const auto& m = groups[static_cast<size_t>(g)];
+    for (int64_t j = 0; j < outer * inner; ++j) copy_elem(x, at(m.front(), j), y, (j / inner * u + g) * inner + j % inner);
+    set_i64(first, g, m.front());
+    set_i64(counts, g, static_cast<int64_t>(m.size()));
+    for (int64_t k : m) set_i64(inverse, k, g);
+  }
+  std::vector<TensorData> outs;
+  outs.push_back(std::move(y));
+  outs.push_back(std::move(first));
+  outs.push_back(std::move(inverse));
+  outs.push_back(std::move(counts));
+  return Outputs(std::move(outs));
+}
+
 }  // namespace
 
 bool is_shape_only_op(const std::string& op_type) { return op_type == "Shape" || op_type == "Size"; }
@@ -654,6 +840,13 @@ std::optional<std::vector<TensorData>> fold_node(const Node& n, const std::vecto
     }
     return one(std::move(out));
   }
+  if (op == "ReduceSum" || op == "ReduceProd" || op == "ReduceMin" || op == "ReduceMax" || op == "ReduceMean") {
+    // Axes as an input from ReduceSum 13 (the others from 18, after what smp reads).
+    const bool axes_input = op == "ReduceSum" && opset >= 13;
+    return check_size(fold_reduce(n, need(0), axes_input ? opt_ints(1) : n.attr_ints("axes"), axes_input));
+  }
+  if (op == "NonMaxSuppression") return check_size(fold_nms(n, data));
+  if (op == "Unique") return check_size(fold_unique(n, need(0), max_bytes));
   if (op == "Transpose") return fold_transpose(n, need(0));
   if (op == "ScatterND") return check_size(fold_scatter_nd(n, need(0), need(1), need(2)));
   if (op == "ConstantOfShape") {

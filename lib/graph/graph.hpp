@@ -118,6 +118,9 @@ struct Graph {
   std::map<std::string, int64_t> dims;  // symbolic dimension name -> size it was bound to
   std::vector<std::string> frozen;      // LoadOptions::frozen as given (initializers kept constant)
   std::vector<std::string> warnings;    // e.g. ops with no cost rule
+  // LoadOptions::staged only: nodes decided by data were cut off; the outputs are the values they
+  // read (and the model's outputs computed without them), for the next stage to know.
+  bool partial = false;
 
   int find_value(const std::string& name) const;  // -1 when absent
   const Value& value(int id) const { return values.at(static_cast<size_t>(id)); }

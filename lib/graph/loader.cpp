@@ -804,6 +804,148 @@ int fuse_fake_quant(onnx::GraphProto& g, const ConstMap& consts) {
   return fused;
 }
 
+// Drops the nodes none of whose outputs is read (by a node, a subgraph or as a graph output),
+// until none is left: what only fed values a stage now knows.
+void drop_dead_nodes(onnx::GraphProto& g) {
+  for (;;) {
+    const std::unordered_set<std::string> used = names_read(g);
+    google::protobuf::RepeatedPtrField<onnx::NodeProto> live;
+    for (auto& p : *g.mutable_node())
+      if (std::any_of(p.output().begin(), p.output().end(), [&](const std::string& o) { return !o.empty() && used.count(o); }))
+        *live.Add() = std::move(p);
+    const bool changed = live.size() != g.node_size();
+    g.mutable_node()->Swap(&live);
+    if (!changed) return;
+  }
+}
+
+// LoadOptions::known for node outputs: each becomes an initializer (a constant, in `shaping`);
+// a node all of whose outputs are known goes, one with others still needed writes its known
+// ones under fresh names (computed again, unread); then what fed only known values goes.
+void bind_known_values(onnx::ModelProto& model, const LoadOptions& opts, std::unordered_set<std::string>& shaping) {
+  auto& g = *model.mutable_graph();
+  std::unordered_set<std::string> bound;
+  for (auto& p : *g.mutable_node()) {
+    bool all = true;
+    for (const auto& o : p.output())
+      if (!o.empty() && !opts.known.count(o)) all = false;
+    for (int k = 0; k < p.output_size(); ++k) {
+      const std::string o = p.output(k);
+      if (o.empty() || !opts.known.count(o)) continue;
+      bound.insert(o);
+      if (!all) p.set_output(k, o + "__smp_stage_recomputed");
+    }
+    if (all) p.clear_output();  // dropped below: nothing reads a node without outputs
+  }
+  for (const auto& name : bound) {
+    tensor_to_proto(*opts.known.at(name), name, g.add_initializer());
+    shaping.insert(name);
+    if (model.ir_version() < 4) {  // every initializer is also a graph input there
+      auto& in = *g.add_input();
+      in.set_name(name);
+      auto& tt = *in.mutable_type()->mutable_tensor_type();
+      tt.set_elem_type(static_cast<int32_t>(opts.known.at(name)->dtype));
+      for (int64_t x : opts.known.at(name)->shape) tt.mutable_shape()->add_dim()->set_dim_value(x);
+    }
+  }
+  // Their declared types may leave dimensions unknown (a value of data-dependent shape): they give
+  // way to the constants' (ONNX's inference would read a value_info entry over an initializer).
+  auto set_type = [&](onnx::ValueInfoProto& v) {
+    const TensorData& d = *opts.known.at(v.name());
+    auto& tt = *v.mutable_type()->mutable_tensor_type();
+    tt.set_elem_type(static_cast<int32_t>(d.dtype));
+    tt.clear_shape();
+    for (int64_t x : d.shape) tt.mutable_shape()->add_dim()->set_dim_value(x);
+  };
+  google::protobuf::RepeatedPtrField<onnx::ValueInfoProto> infos;
+  for (auto& v : *g.mutable_value_info())
+    if (!bound.count(v.name())) *infos.Add() = std::move(v);
+  g.mutable_value_info()->Swap(&infos);
+  for (auto& o : *g.mutable_output())
+    if (bound.count(o.name())) set_type(o);
+  drop_dead_nodes(g);
+}
+
+// LoadOptions::staged: the nodes still decided by data after folding (an If, Loop or Scan whose
+// condition or length did not fold, a sequence op left, a node whose output shape is not static,
+// such as a NonZero or NonMaxSuppression of computed values) and everything downstream of them
+// are cut off; the graph's outputs become the values the cut nodes read from what stays (and the
+// model's outputs that do not depend on them). Returns false, changing nothing, when there is
+// nothing to cut or the cut nodes read only constants (another stage would know nothing new: the
+// usual refusal follows).
+bool cut_at_data_dependence(onnx::GraphProto& g, const ConstMap& consts, int64_t opset) {
+  const std::unordered_map<std::string, Shape> shapes = static_shapes(g);
+  std::unordered_map<std::string, std::vector<int>> readers;
+  for (int k = 0; k < g.node_size(); ++k) {
+    std::unordered_set<std::string> reads(g.node(k).input().begin(), g.node(k).input().end());
+    subgraph_reads(g.node(k), reads);
+    for (const auto& r : reads)
+      if (!r.empty()) readers[r].push_back(k);
+  }
+  std::vector<bool> cut(static_cast<size_t>(g.node_size()), false);
+  std::vector<int> work;
+  for (int k = 0; k < g.node_size(); ++k) {
+    const auto& p = g.node(k);
+    // Control flow left; ops whose output shapes depend on their data (however the file declares
+    // them); ops without a kernel, which the next stage may fold once their inputs are known.
+    bool blocked = onnx_op(p, "If") || onnx_op(p, "Loop") || (onnx_op(p, "Scan") && opset >= 9) || is_sequence_op(p) ||
+                   onnx_op(p, "NonZero") || onnx_op(p, "NonMaxSuppression") || onnx_op(p, "Unique") || onnx_op(p, "Compress") ||
+                   (onnx_domain(p.domain()) && !find_op(p.op_type()));
+    for (const auto& o : p.output())
+      if (!o.empty() && !shapes.count(o)) blocked = true;
+    if (blocked) {
+      cut[static_cast<size_t>(k)] = true;
+      work.push_back(k);
+    }
+  }
+  while (!work.empty()) {
+    const int k = work.back();
+    work.pop_back();
+    for (const auto& o : g.node(k).output()) {
+      auto it = readers.find(o);
+      if (o.empty() || it == readers.end()) continue;
+      for (int r : it->second)
+        if (!cut[static_cast<size_t>(r)]) {
+          cut[static_cast<size_t>(r)] = true;
+          work.push_back(r);
+        }
+    }
+  }
+  std::unordered_set<std::string> made_by_cut, made_by_kept, inputs;
+  for (int k = 0; k < g.node_size(); ++k)
+    for (const auto& o : g.node(k).output()) (cut[static_cast<size_t>(k)] ? made_by_cut : made_by_kept).insert(o);
+  for (const auto& in : g.input()) inputs.insert(in.name());
+  // The frontier, in node order (a subgraph's own names are made by neither and are skipped).
+  std::vector<std::string> frontier;
+  std::unordered_set<std::string> seen;
+  for (int k = 0; k < g.node_size(); ++k) {
+    if (!cut[static_cast<size_t>(k)]) continue;
+    std::unordered_set<std::string> sub;
+    subgraph_reads(g.node(k), sub);
+    std::vector<std::string> reads(g.node(k).input().begin(), g.node(k).input().end());
+    reads.insert(reads.end(), sub.begin(), sub.end());
+    std::sort(reads.begin() + g.node(k).input_size(), reads.end());
+    for (const auto& r : reads) {
+      if (r.empty() || consts.count(r) || made_by_cut.count(r)) continue;
+      if (!made_by_kept.count(r) && !inputs.count(r)) continue;
+      if (seen.insert(r).second) frontier.push_back(r);
+    }
+  }
+  if (frontier.empty()) return false;
+  google::protobuf::RepeatedPtrField<onnx::NodeProto> kept;
+  for (int k = 0; k < g.node_size(); ++k)
+    if (!cut[static_cast<size_t>(k)]) *kept.Add() = std::move(*g.mutable_node(k));
+  g.mutable_node()->Swap(&kept);
+  google::protobuf::RepeatedPtrField<onnx::ValueInfoProto> outputs;
+  std::unordered_set<std::string> listed;
+  for (auto& o : *g.mutable_output())
+    if (!made_by_cut.count(o.name()) && listed.insert(o.name()).second) *outputs.Add() = std::move(o);
+  for (const auto& name : frontier)
+    if (listed.insert(name).second) outputs.Add()->set_name(name);  // typed by value_info or its input
+  g.mutable_output()->Swap(&outputs);
+  return true;
+}
+
 }  // namespace
 
 Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, const LoadOptions& opts,
@@ -847,13 +989,15 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
     if (!resize && !upsample) continue;
     for (int k = 1; k < std::min(n.input_size(), resize ? 3 : 2); ++k) shaping.insert(n.input(k));
   }
-  if (opts.input_array) {
+  if (opts.input_array || !opts.known.empty()) {
     // Inputs whose values decide shapes become initializers (kept among the inputs before IR 4,
-    // where every initializer must be one).
+    // where every initializer must be one); so do those an earlier stage knows.
     google::protobuf::RepeatedPtrField<onnx::ValueInfoProto> kept;
     for (auto& in : *gp.mutable_input()) {
-      auto a = opts.input_array(in.name());
-      if (!a || (is_floating(a->dtype) && a->numel() > 1 && !shaping.count(in.name()))) {
+      auto it = opts.known.find(in.name());
+      const bool known = it != opts.known.end();
+      auto a = known ? it->second : opts.input_array ? opts.input_array(in.name()) : nullptr;
+      if (!a || (is_floating(a->dtype) && a->numel() > 1 && !shaping.count(in.name()) && !known)) {
         *kept.Add() = std::move(in);
         continue;
       }
@@ -878,6 +1022,7 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
     gp.mutable_input()->Swap(&kept);
   }
   if (gp.node_size() == 0) throw_bad_input(file, "the graph has no nodes");
+  if (!opts.known.empty()) bind_known_values(model, opts, shaping);
   if (gp.output_size() == 0) throw_bad_input(file, "the graph has no outputs");
   const int onnx_nodes = gp.node_size();
 
@@ -937,6 +1082,7 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
     drop_dead_constants(gp, consts, folded_names);
     if (folded == 0 && completed == 0 && inlined == 0) break;
   }
+  if (opts.staged) g.partial = cut_at_data_dependence(gp, consts, opset);
   refuse_unresolved_control_flow(gp, opset, file);
   fuse_fake_quant(gp, consts);
 

@@ -35,6 +35,15 @@ struct LoadOptions {
   // With load_weights: only the floating-point initializers this accepts are read (a worker
   // reads its stages' weights, never the whole weight file). Empty: all of them.
   std::function<bool(const std::string&)> want_weight;
+  // smp-run --forward's evaluation in stages, for models whose shapes or control flow depend on
+  // their data (detection models: NonZero of scores, NonMaxSuppression, an If on a count).
+  // `known`: values an earlier stage computed, by name (graph inputs or node outputs); each
+  // becomes a constant, the nodes that computed it are dropped, so that what depends on it folds
+  // (an If's condition, a NonZero, a shape). `staged`: where nodes are still decided by data, the
+  // graph is cut before them instead of refused: Graph::partial is set, and the graph computes
+  // the values they read (its outputs) for the next stage to know.
+  std::map<std::string, std::shared_ptr<const TensorData>> known;
+  bool staged = false;
 };
 
 // Loads, checks (ONNX checker), binds symbolic dims, infers shapes, folds constant subgraphs

@@ -169,6 +169,75 @@ TEST_CASE("NonZero: the coordinates of the nonzero elements, one row per axis, i
   CHECK(fold1(node("NonZero"), {&zeros}).shape == Shape{1, 0});
 }
 
+TEST_CASE("reductions of constants: ReduceProd of a shape (torchvision's numel), axes, keepdims, integer Mean") {
+  auto s = ints({2, 3, 5});
+  auto p = fold1(node("ReduceProd", {{"keepdims", ival(0)}}), {&s});
+  CHECK(p.shape == Shape{});
+  CHECK(values(p) == std::vector<int64_t>{30});
+  auto m = ints({1, 7, 3, 4, 2, 6}, Shape{2, 3});
+  CHECK(values(fold1(node("ReduceMax", {{"axes", ivals({1})}}), {&m})) == std::vector<int64_t>{7, 6});
+  CHECK(fold1(node("ReduceMax", {{"axes", ivals({1})}}), {&m}).shape == Shape{2, 1});
+  CHECK(values(fold1(node("ReduceMin", {{"axes", ivals({0})}, {"keepdims", ival(0)}}), {&m})) == std::vector<int64_t>{1, 2, 3});
+  CHECK(values(fold1(node("ReduceMean", {{"axes", ivals({-1})}}), {&m})) == std::vector<int64_t>{3, 4});  // 11 / 3, 12 / 3
+  // ReduceSum's axes are an input from opset 13; none: all axes, or none with noop_with_empty_axes.
+  auto axes = ints({0});
+  auto f = floats({0.5f, 1.5f, 2, -4}, Shape{2, 2});
+  auto sum = fold1(node("ReduceSum"), {&f, &axes});
+  CHECK(sum.shape == Shape{1, 2});
+  CHECK(sum.get_f64(0) == 2.5);
+  CHECK(sum.get_f64(1) == -2.5);
+  CHECK(fold1(node("ReduceSum", {{"keepdims", ival(0)}}), {&f, nullptr}).get_f64(0) == 0.0);
+  CHECK(fold1(node("ReduceSum", {{"noop_with_empty_axes", ival(1)}}), {&f, nullptr}).shape == Shape{2, 2});
+  CHECK(fold1(node("ReduceSum", {{"axes", ivals({1})}}), {&f}, 11).get_f64(1) == -2.0);
+  // An empty Max has no value in the input's type: left to the runtime.
+  auto empty = ints({}, Shape{0});
+  CHECK_FALSE(fold_node(node("ReduceMax"), in({&empty}), 17, 1 << 20).has_value());
+}
+
+TEST_CASE("NonMaxSuppression: by score, corners in either order, IoU above the threshold suppressed, per class, capped") {
+  // Boxes [y1, x1, y2, x2]: 0 and 1 overlap with IoU 0.9 / 1.1; box 2 is given flipped and
+  // overlaps none; box 3 is box 0 shifted by half (IoU 0.5 / 1.5 with 0, 0.6 / 1.4 with 1).
+  auto boxes = floats({0, 0, 1, 1, 0, 0.1f, 1, 1.1f, 3, 3, 2, 2, 0, 0.5f, 1, 1.5f}, Shape{1, 4, 4});
+  auto scores = floats({0.9f, 0.95f, 0.3f, 0.8f, 0.1f, 0.2f, 0.7f, 0.6f}, Shape{1, 2, 4});
+  auto cap = ints({10}, Shape{});
+  auto iou = floats({0.5f}, Shape{});
+  auto nms = fold1(node("NonMaxSuppression"), {&boxes, &scores, &cap, &iou});
+  // class 0: 1 (0.95), 0 suppressed by 1, 3, 2; class 1: 2, 3, 1, 0 suppressed by 1
+  CHECK(nms.shape == Shape{6, 3});
+  CHECK(values(nms) == std::vector<int64_t>{0, 0, 1, 0, 0, 3, 0, 0, 2, 0, 1, 2, 0, 1, 3, 0, 1, 1});
+  // A score threshold drops candidates below it; a cap of 1 keeps the best per class; no cap: nothing.
+  auto thr = floats({0.65f}, Shape{});
+  CHECK(values(fold1(node("NonMaxSuppression"), {&boxes, &scores, &cap, &iou, &thr})) ==
+        std::vector<int64_t>{0, 0, 1, 0, 0, 3, 0, 1, 2});
+  auto one_box = ints({1}, Shape{});
+  CHECK(values(fold1(node("NonMaxSuppression"), {&boxes, &scores, &one_box, &iou})) == std::vector<int64_t>{0, 0, 1, 0, 1, 2});
+  CHECK(fold1(node("NonMaxSuppression"), {&boxes, &scores}).shape == Shape{0, 3});
+  auto bad = floats({0, 0, 1}, Shape{1, 1, 3});
+  CHECK_THROWS_AS(fold_node(node("NonMaxSuppression"), in({&bad, &scores}), 17, 1 << 20), Error);
+}
+
+TEST_CASE("Unique: sorted or in order of appearance, with first indices, inverse indices and counts; slices along an axis") {
+  auto x = ints({2, 1, 1, 3, 4, 3});
+  auto r = fold_node(node("Unique", {{"sorted", ival(0)}}), in({&x}), 17, 1 << 20);
+  REQUIRE(r);
+  REQUIRE(r->size() == 4);
+  CHECK(values((*r)[0]) == std::vector<int64_t>{2, 1, 3, 4});
+  CHECK(values((*r)[1]) == std::vector<int64_t>{0, 1, 3, 4});
+  CHECK(values((*r)[2]) == std::vector<int64_t>{0, 1, 1, 2, 3, 2});
+  CHECK(values((*r)[3]) == std::vector<int64_t>{1, 2, 2, 1});
+  r = fold_node(node("Unique"), in({&x}), 17, 1 << 20);
+  CHECK(values((*r)[0]) == std::vector<int64_t>{1, 2, 3, 4});
+  CHECK(values((*r)[2]) == std::vector<int64_t>{1, 0, 0, 2, 3, 2});
+  // Columns of [[1, 0, 1], [2, 0, 2]]: (1, 2) twice and (0, 0), sorted: (0, 0) first.
+  auto m = ints({1, 0, 1, 2, 0, 2}, Shape{2, 3});
+  r = fold_node(node("Unique", {{"axis", ival(1)}}), in({&m}), 17, 1 << 20);
+  CHECK((*r)[0].shape == Shape{2, 2});
+  CHECK(values((*r)[0]) == std::vector<int64_t>{0, 1, 0, 2});
+  CHECK(values((*r)[1]) == std::vector<int64_t>{1, 0});
+  CHECK(values((*r)[2]) == std::vector<int64_t>{1, 0, 1});
+  CHECK(values((*r)[3]) == std::vector<int64_t>{1, 2});
+}
+
 TEST_CASE("Transpose follows perm, and reverses the axes without one") {
   auto x = ints({1, 2, 3, 4, 5, 6}, Shape{1, 2, 3});
   auto t = fold1(node("Transpose", {{"perm", ivals({2, 0, 1})}}), {&x});
@@ -228,7 +297,7 @@ TEST_CASE("folding gives up instead of building huge constants, and skips unknow
   auto shape = ints({100000, 100000});
   CHECK_FALSE(fold_node(node("ConstantOfShape"), in({&shape}), 17, 1 << 20).has_value());
   auto x = ints({1});
-  CHECK_FALSE(fold_node(node("Unique"), in({&x}), 17, 1 << 20).has_value());
+  CHECK_FALSE(fold_node(node("Multinomial"), in({&x}), 17, 1 << 20).has_value());
   Node custom = node("Add");
   custom.domain = "com.example";
   CHECK_FALSE(fold_node(custom, in({&x, &x}), 17, 1 << 20).has_value());

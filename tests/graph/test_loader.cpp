@@ -9,6 +9,7 @@
 
 #include <onnx/onnx_pb.h>
 
+#include <cstring>
 #include <fstream>
 #include <set>
 
@@ -362,6 +363,130 @@ TEST_CASE("an If whose condition folds is replaced by the branch it takes (PyTor
     CHECK(gr.parameters.size() == (then ? 1u : 0u));  // w is trained only where the branch reads it
     fs::remove_all(dir);
   }
+}
+
+// x [4]: h = If(ReduceSum(x) > 0, then x * 2, else -x); kept = Compress(x, x > 0); nz = NonZero(x):
+// what a detection model decides by its data, in small.
+onnx::ModelProto data_decided_model() {
+  onnx::ModelProto m = tiny_model();
+  auto* g = m.mutable_graph();
+  g->clear_node();
+  g->clear_output();
+  g->mutable_input(0)->mutable_type()->mutable_tensor_type()->mutable_shape()->clear_dim();
+  g->mutable_input(0)->mutable_type()->mutable_tensor_type()->mutable_shape()->add_dim()->set_dim_value(4);
+  auto scalar = [&](const std::string& name, float v) {
+    auto* t = g->add_initializer();
+    t->set_name(name);
+    t->set_data_type(onnx::TensorProto::FLOAT);
+    t->add_float_data(v);
+  };
+  scalar("zero", 0);
+  scalar("two", 2);
+  auto node = [](onnx::GraphProto* gr, const char* op, std::vector<std::string> in, const std::string& out) {
+    auto* n = gr->add_node();
+    n->set_op_type(op);
+    n->set_name(out);
+    for (const auto& i : in) n->add_input(i);
+    n->add_output(out);
+    return n;
+  };
+  node(g, "ReduceSum", {"x"}, "s")->add_attribute()->set_name("keepdims");
+  g->mutable_node(0)->mutable_attribute(0)->set_type(onnx::AttributeProto::INT);
+  g->mutable_node(0)->mutable_attribute(0)->set_i(0);
+  node(g, "Greater", {"s", "zero"}, "c");
+  auto* iff = node(g, "If", {"c"}, "h");
+  for (bool then : {true, false}) {
+    auto* a = iff->add_attribute();
+    a->set_name(then ? "then_branch" : "else_branch");
+    a->set_type(onnx::AttributeProto::GRAPH);
+    auto* b = a->mutable_g();
+    b->set_name(a->name());
+    if (then) node(b, "Mul", {"x", "two"}, "u");
+    else node(b, "Neg", {"x"}, "u");
+    auto* o = b->add_output();
+    o->set_name("u");
+    o->mutable_type()->mutable_tensor_type()->set_elem_type(onnx::TensorProto::FLOAT);
+  }
+  node(g, "Greater", {"x", "zero"}, "pos");
+  node(g, "Compress", {"x", "pos"}, "kept");
+  node(g, "NonZero", {"x"}, "nz");
+  for (const char* o : {"h", "kept", "nz"}) {
+    auto* v = g->add_output();
+    v->set_name(o);
+    auto* t = v->mutable_type()->mutable_tensor_type();
+    const std::string name = o;
+    t->set_elem_type(name == "nz" ? onnx::TensorProto::INT64 : onnx::TensorProto::FLOAT);
+    if (name == "nz") t->mutable_shape()->add_dim()->set_dim_value(1);
+    if (name == "h") t->mutable_shape()->add_dim()->set_dim_value(4);
+    else t->mutable_shape()->add_dim()->set_dim_param(name + "_count");  // as exporters name them
+  }
+  return m;
+}
+
+TEST_CASE("staged loading: what data decides is cut off, its inputs become outputs; once known, it folds") {
+  auto dir = test::temp_dir("staged");
+  auto path = write_model(dir, "decided.onnx", data_decided_model());
+  for (float sign : {1.0f, -1.0f}) {
+    CAPTURE(sign);
+    auto x = std::make_shared<TensorData>(*array({4}));
+    const float xv[4] = {3 * sign, -1 * sign, 0, 2 * sign};
+    std::memcpy(x->bytes.data(), xv, sizeof(xv));
+    LoadOptions o;
+    o.input_array = [&](const std::string& name) { return name == "x" ? x : nullptr; };
+    // Without stages the If decided by data is refused.
+    CHECK_THROWS_WITH_AS(load_graph(path, o), doctest::Contains("its condition is known only at run time"), Error);
+
+    o.staged = true;
+    Graph first = load_graph(path, o);
+    check_well_formed(first);
+    CHECK(first.partial);
+    std::set<std::string> outs, ops;
+    for (int v : first.outputs) outs.insert(first.value(v).name);
+    for (const auto& n : first.nodes) ops.insert(n.op_type);
+    // The If reads c (and x in its branches), Compress x and pos, NonZero x; h, kept and nz wait.
+    CHECK(outs == std::set<std::string>{"c", "x", "pos"});
+    CHECK(ops == std::set<std::string>{"ReduceSum", "Greater"});
+
+    // The next stage knows them (what smp-run computed): everything folds.
+    auto boolean = [](std::vector<uint8_t> v, Shape s) {
+      auto d = std::make_shared<TensorData>();
+      d->dtype = DType::Bool;
+      d->shape = std::move(s);
+      d->bytes.assign(v.begin(), v.end());
+      return d;
+    };
+    o.known["c"] = boolean({static_cast<uint8_t>(sign > 0)}, {});
+    o.known["x"] = x;
+    o.known["pos"] = boolean({sign > 0, sign < 0, 0, sign > 0}, {4});
+    Graph second = load_graph(path, o);
+    check_well_formed(second);
+    CHECK_FALSE(second.partial);
+    // The branch taken is inlined: x * two stays compute (two, a float initializer, may be a weight);
+    // -x of the known x folds, as do the Compress (a Gather of constants) and the NonZero.
+    if (sign > 0) {
+      REQUIRE(second.nodes.size() == 2);  // the branch's Mul, and an Identity to the If's output
+      CHECK(second.nodes[0].op_type == "Mul");
+      CHECK(second.value(second.nodes[0].inputs[0]).kind == ValueKind::Constant);
+      CHECK(second.nodes[1].op_type == "Identity");
+      CHECK(second.value(second.nodes[1].outputs[0]).name == "h");
+    } else {
+      CHECK(second.nodes.empty());
+    }
+    auto floats_of = [&](const std::string& name) {
+      const Value& v = second.value(second.find_value(name));
+      REQUIRE(v.data);
+      std::vector<float> r(static_cast<size_t>(v.data->numel()));
+      std::memcpy(r.data(), v.data->bytes.data(), r.size() * 4);
+      return r;
+    };
+    if (sign < 0) CHECK(floats_of("h") == std::vector<float>{3, -1, 0, 2});
+    CHECK(floats_of("kept") == (sign > 0 ? std::vector<float>{3, 2} : std::vector<float>{1}));
+    const Value& nz = second.value(second.find_value("nz"));
+    REQUIRE(nz.data);
+    CHECK(nz.data->shape == Shape{1, 3});
+    CHECK(std::vector<int64_t>{nz.data->get_i64(0), nz.data->get_i64(1), nz.data->get_i64(2)} == std::vector<int64_t>{0, 1, 3});
+  }
+  fs::remove_all(dir);
 }
 
 // x [N, 6] split into pieces of 2 columns by a Loop (trip count Shape(x)[1] / 2, known once the

@@ -1,6 +1,7 @@
 // ONNX's own backend node cases (generated at test time from Debian's python3-onnx by
 // scripts/onnx_node_cases.py) for every op in the registry, for the control flow and sequence
-// ops the loader resolves (If, Loop, Scan, Sequence*; Compress and NonZero of constants) and for
+// ops the loader resolves (If, Loop, Scan, Sequence*; Compress, NonZero, NonMaxSuppression and
+// Unique, evaluated once their inputs are known: smp-run --forward runs in stages) and for
 // the ops it expands by their function body (MeanVarianceNormalization), each run through the
 // tool a user runs: `smp-run model.onnx --forward --data DIR --output DIR`, the inputs saved
 // under their graph input names. Per case, one of:

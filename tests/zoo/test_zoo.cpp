@@ -489,3 +489,38 @@ TEST_CASE("torchvision segmentation (Resize): the forward at 224 and one step's 
   gradient_matches(gradient_on_rows("lraspp_mobilenet_v3_large", kZoo / "segmentation", "", "", work));
   fs::remove_all(work);
 }
+
+// Detection models (scripts/detection_models.py): the If on box counts, NonZero of score masks,
+// NonMaxSuppression and TopK of data-dependent k that smp-run --forward decides in stages. For the
+// detectors whose ranking PyTorch's float32 decides as its float64 does (the same detections and
+// labels: ties and near-ties between random boxes make others ill-posed, docs/models.md), smp's
+// detections are float64's, in number, order and labels, and every output is within 3 times
+// PyTorch float32's own distance from float64 (1e-6 at least: boxes relative to the image).
+TEST_CASE("torchvision detection: smp-run --forward decides in stages what the data decides, with PyTorch's detections") {
+  const std::string names = "ssdlite320_mobilenet_v3_large fcos_resnet50_fpn";
+  auto r = test::sh(fmt::format("{} {} check {} --dir {} --smp-run {} --threads 2", SMP_PYTHON,
+                                test::src("scripts/detection_models.py"), names, (kZoo / "detection").string(),
+                                test::bin("smp-run")));
+  INFO(r.out);
+  REQUIRE(r.exit_code == 0);
+  std::istringstream in(r.out);
+  std::string line;
+  int checked = 0;
+  while (std::getline(in, line)) {
+    if (line.empty() || line.front() != '{') continue;
+    auto j = nlohmann::json::parse(line);
+    CAPTURE(line);
+    REQUIRE_FALSE(j.contains("error"));
+    CHECK(j["stages"].get<int>() > 1);
+    // Well-posed: PyTorch's float32 finds float64's detections.
+    REQUIRE(j["torch32"] == j["torch64"]);
+    CHECK(j["smp"] == j["torch64"]);
+    for (const auto& [out, err] : j["smp_vs_torch64"].items()) {
+      CAPTURE(out);
+      REQUIRE(err.is_number());
+      CHECK(err.get<double>() <= std::max(3 * j["torch32_vs_torch64"][out].get<double>(), 1e-6));
+    }
+    ++checked;
+  }
+  CHECK(checked == 2);
+}

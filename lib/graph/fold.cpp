@@ -527,6 +527,11 @@ Outputs fold_nms(const Node& n, const std::vector<const TensorData*>& in) {
   const float score_threshold = st ? static_cast<float>(st->get_f64(0)) : 0.0f;
   const bool center = n.attr_int("center_point_box", 0) != 0;
   const int64_t batches = boxes.shape[0], count = boxes.shape[1], classes = scores.shape[1];
+  // Each candidate is tested against the boxes kept before it: a hostile file's millions of boxes
+  // stay as compute (and are refused there) rather than folding without end.
+  const double work = static_cast<double>(batches) * static_cast<double>(classes) * static_cast<double>(count) *
+                      static_cast<double>(std::min(std::max<int64_t>(max_per_class, 0), count));
+  if (work > static_cast<double>(int64_t{1} << 32)) return std::nullopt;
   struct Box { float x0, y0, x1, y1; };
   auto box_at = [&](int64_t b, int64_t k) {
     float v[4];

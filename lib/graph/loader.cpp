@@ -819,7 +819,8 @@ void drop_dead_nodes(onnx::GraphProto& g) {
   }
 }
 
-// LoadOptions::known for node outputs: each becomes an initializer (a constant, in `shaping`);
+// LoadOptions::known for node outputs: each becomes an initializer (a constant, in `shaping`; so
+// does a known initializer);
 // a node all of whose outputs are known goes, one with others still needed writes its known
 // ones under fresh names (computed again, unread); then what fed only known values goes.
 void bind_known_values(onnx::ModelProto& model, const LoadOptions& opts, std::unordered_set<std::string>& shaping) {
@@ -837,6 +838,9 @@ void bind_known_values(onnx::ModelProto& model, const LoadOptions& opts, std::un
     }
     if (all) p.clear_output();  // dropped below: nothing reads a node without outputs
   }
+  // A known initializer (a float one, read as data by a node decided by data) is a constant now.
+  for (const auto& t : g.initializer())
+    if (opts.known.count(t.name())) shaping.insert(t.name());
   for (const auto& name : bound) {
     tensor_to_proto(*opts.known.at(name), name, g.add_initializer());
     shaping.insert(name);
@@ -914,7 +918,10 @@ bool cut_at_data_dependence(onnx::GraphProto& g, const ConstMap& consts, int64_t
   std::unordered_set<std::string> made_by_cut, made_by_kept, inputs;
   for (int k = 0; k < g.node_size(); ++k)
     for (const auto& o : g.node(k).output()) (cut[static_cast<size_t>(k)] ? made_by_cut : made_by_kept).insert(o);
+  // Graph inputs, and float initializers (weights to training, data here: NonMaxSuppression's
+  // boxes may be one).
   for (const auto& in : g.input()) inputs.insert(in.name());
+  for (const auto& t : g.initializer()) inputs.insert(t.name());
   // The frontier, in node order (a subgraph's own names are made by neither and are skipped).
   std::vector<std::string> frontier;
   std::unordered_set<std::string> seen;

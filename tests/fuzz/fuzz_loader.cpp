@@ -7,12 +7,29 @@
 #include <cstdint>
 #include <string>
 
+// Also as smp-run --forward loads (LoadOptions::staged): where the graph is cut, once more with
+// its outputs known (zeros of their types), as the next stage would.
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const std::string bytes(reinterpret_cast<const char*>(data), size);
   smp::graph::LoadOptions opts;
   opts.batch_size = 2;
   try {
-    smp::graph::load_graph_from_bytes(std::string(reinterpret_cast<const char*>(data), size), "fuzz-input", opts,
-                                      "/nonexistent");
+    smp::graph::load_graph_from_bytes(bytes, "fuzz-input", opts, "/nonexistent");
+  } catch (const smp::Error&) {
+  }
+  opts.staged = true;
+  try {
+    smp::graph::Graph g = smp::graph::load_graph_from_bytes(bytes, "fuzz-input", opts, "/nonexistent");
+    if (!g.partial) return 0;
+    for (int v : g.outputs) {
+      const auto& val = g.value(v);
+      auto d = std::make_shared<smp::graph::TensorData>();
+      d->dtype = val.dtype;
+      d->shape = val.shape;
+      d->bytes.assign(static_cast<size_t>(val.numel() * smp::dtype_size(val.dtype)), '\0');
+      opts.known.emplace(val.name, d);
+    }
+    smp::graph::load_graph_from_bytes(bytes, "fuzz-input", opts, "/nonexistent");
   } catch (const smp::Error&) {
   }
   return 0;

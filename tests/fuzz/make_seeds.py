@@ -93,6 +93,32 @@ def main(d):
     m = h.make_model(g, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("my.fn", 1)], functions=[scale, block])
     save(m, d, "functions.onnx")
 
+    # What smp-run --forward decides in stages: an If on the sum of the input, NonMaxSuppression,
+    # Unique and ReduceProd of constants (folded), a NonZero of a computed mask.
+    boxes = nh.from_array(np.array([[[0, 0, 1, 1], [0, 0.1, 1, 1.1], [2, 2, 3, 3]]], dtype=np.float32), "boxes")
+    scores = nh.from_array(np.array([[[0.9, 0.8, 0.7]]], dtype=np.float32), "scores")
+    cap = nh.from_array(np.array([2], dtype=np.int64), "cap")
+    iou = nh.from_array(np.array([0.5], dtype=np.float32), "iou")
+    zero = nh.from_array(np.array(0, dtype=np.float32), "zero")
+    then = h.make_graph([h.make_node("Neg", ["x"], ["u"])], "then", [], [h.make_tensor_value_info("u", T.FLOAT, None)])
+    other = h.make_graph([h.make_node("Relu", ["x"], ["u"])], "else", [], [h.make_tensor_value_info("u", T.FLOAT, None)])
+    nodes = [
+        h.make_node("NonMaxSuppression", ["boxes", "scores", "cap", "iou"], ["sel"]),
+        h.make_node("Unique", ["sel"], ["uniq", "first", "inverse", "counts"], sorted=1),
+        h.make_node("Shape", ["uniq"], ["us"]),
+        h.make_node("ReduceProd", ["us"], ["n"], keepdims=0),
+        h.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+        h.make_node("Greater", ["s", "zero"], ["c"]),
+        h.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other),
+        h.make_node("Greater", ["y", "zero"], ["mask"]),
+        h.make_node("NonZero", ["mask"], ["where"]),
+    ]
+    outs = [h.make_tensor_value_info("y", T.FLOAT, ["N", 4]), h.make_tensor_value_info("where", T.INT64, [2, "K"]),
+            h.make_tensor_value_info("n", T.INT64, [])]
+    g = h.make_graph(nodes, "staged", [x], outs, initializer=[boxes, scores, cap, iou, zero])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    save(m, d, "staged.onnx")
+
 
 if __name__ == "__main__":
     main(sys.argv[1])

@@ -6,6 +6,7 @@
 #include "core/io.hpp"
 #include "graph/loader.hpp"
 #include "graph/op_registry.hpp"
+#include "runtime/npy.hpp"
 
 #include <onnx/onnx_pb.h>
 
@@ -443,8 +444,9 @@ TEST_CASE("staged loading: what data decides is cut off, its inputs become outpu
     std::set<std::string> outs, ops;
     for (int v : first.outputs) outs.insert(first.value(v).name);
     for (const auto& n : first.nodes) ops.insert(n.op_type);
-    // The If reads c (and x in its branches), Compress x and pos, NonZero x; h, kept and nz wait.
-    CHECK(outs == std::set<std::string>{"c", "x", "pos"});
+    // The If reads c (and x and the initializer two in its branches), Compress x and pos, NonZero
+    // x; h, kept and nz wait.
+    CHECK(outs == std::set<std::string>{"c", "x", "pos", "two"});
     CHECK(ops == std::set<std::string>{"ReduceSum", "Greater"});
 
     // The next stage knows them (what smp-run computed): everything folds.
@@ -485,6 +487,28 @@ TEST_CASE("staged loading: what data decides is cut off, its inputs become outpu
     REQUIRE(nz.data);
     CHECK(nz.data->shape == Shape{1, 3});
     CHECK(std::vector<int64_t>{nz.data->get_i64(0), nz.data->get_i64(1), nz.data->get_i64(2)} == std::vector<int64_t>{0, 1, 3});
+
+    // smp-run --forward does both stages: the If's branch, the Compress and the NonZero as above.
+    fs::remove_all(dir / "in");
+    fs::remove_all(dir / "out");
+    fs::create_directories(dir / "in");
+    runtime::write_npy(dir / "in" / "x.npy", DType::F32, {4}, xv);
+    auto r = test::run_cmd(fmt::format("{} {} --forward --data {} --output {}", test::tool("smp-run"), path.string(),
+                                       (dir / "in").string(), (dir / "out").string()));
+    INFO(r.out);
+    REQUIRE(r.exit_code == 0);
+    CHECK(r.out.find("ran in 2 stages") != std::string::npos);
+    auto got = [&](const std::string& name) {
+      auto a = runtime::read_npy(dir / "out" / (name + ".npy"));
+      std::vector<double> v;
+      for (int64_t i = 0; i < smp::numel(a.shape); ++i)
+        v.push_back(a.dtype == DType::F32 ? reinterpret_cast<const float*>(a.bytes.data())[i]
+                                          : static_cast<double>(reinterpret_cast<const int64_t*>(a.bytes.data())[i]));
+      return v;
+    };
+    CHECK(got("h") == (sign > 0 ? std::vector<double>{6, -2, 0, 4} : std::vector<double>{3, -1, 0, 2}));
+    CHECK(got("kept") == (sign > 0 ? std::vector<double>{3, 2} : std::vector<double>{1}));
+    CHECK(got("nz") == std::vector<double>{0, 1, 3});
   }
   fs::remove_all(dir);
 }

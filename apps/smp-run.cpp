@@ -161,7 +161,7 @@ int main(int argc, char** argv) {
   int64_t batch_size = 0;
   std::vector<std::string> dims;
   app.add_option("PLAN_OR_MODEL", target, "plan.json written by smp-plan; with --forward, an ONNX model");
-  app.add_flag("--forward", forward, "run MODEL's forward pass on --data and write its outputs to --output");
+  app.add_flag("--forward", forward, "run MODEL's forward pass on --data and write its outputs to --output (in stages where its data decides control flow or shapes)");
   app.add_option("--data", data, "directory with one .npy per graph input, named after it (NAME.npy)");
   app.add_option("--output", output, "directory for the outputs, one .npy per graph output, named after it");
   app.add_option("--threads", threads, "CPU threads (OpenMP and OpenBLAS); 0: the libraries' defaults")->check(CLI::NonNegativeNumber);

@@ -819,10 +819,10 @@ void drop_dead_nodes(onnx::GraphProto& g) {
   }
 }
 
-// LoadOptions::known for node outputs: each becomes an initializer (a constant, in `shaping`; so
-// does a known initializer);
-// a node all of whose outputs are known goes, one with others still needed writes its known
-// ones under fresh names (computed again, unread); then what fed only known values goes.
+// LoadOptions::known for node outputs: each becomes an initializer (a constant, in `shaping`, as
+// a known initializer becomes); a node all of whose outputs are known goes, one with others still
+// needed writes its known ones under fresh names (computed again, unread); then what fed only
+// known values goes.
 void bind_known_values(onnx::ModelProto& model, const LoadOptions& opts, std::unordered_set<std::string>& shaping) {
   auto& g = *model.mutable_graph();
   std::unordered_set<std::string> bound;

@@ -90,6 +90,16 @@ onnx::ModelProto tiny_model() {
   return m;
 }
 
+// A node of `op` reading `in`, writing `out`, named after its output.
+onnx::NodeProto* node(onnx::GraphProto* g, const char* op, std::vector<std::string> in, const std::string& out) {
+  auto* n = g->add_node();
+  n->set_op_type(op);
+  n->set_name(out);
+  for (const auto& i : in) n->add_input(i);
+  n->add_output(out);
+  return n;
+}
+
 // k parameters w0 .. w{k-1} of 4 values (w_i[j] = i + sign * j) and nodes mul{i}: m{i} = x * w{i}.
 void add_scaled_copies(onnx::GraphProto* g, int k, int sign) {
   const std::string x = "x";  // (add_input("x") inlined in a loop trips a GCC 12 -Wrestrict false positive)
@@ -383,14 +393,6 @@ onnx::ModelProto data_decided_model() {
   };
   scalar("zero", 0);
   scalar("two", 2);
-  auto node = [](onnx::GraphProto* gr, const char* op, std::vector<std::string> in, const std::string& out) {
-    auto* n = gr->add_node();
-    n->set_op_type(op);
-    n->set_name(out);
-    for (const auto& i : in) n->add_input(i);
-    n->add_output(out);
-    return n;
-  };
   node(g, "ReduceSum", {"x"}, "s")->add_attribute()->set_name("keepdims");
   g->mutable_node(0)->mutable_attribute(0)->set_type(onnx::AttributeProto::INT);
   g->mutable_node(0)->mutable_attribute(0)->set_i(0);
@@ -540,14 +542,6 @@ onnx::ModelProto loop_model(bool runtime_trips) {
   w->add_dims(2);
   w->add_float_data(3);
   w->add_float_data(5);
-  auto node = [](onnx::GraphProto* gr, const char* op, std::vector<std::string> in, const std::string& out) {
-    auto* n = gr->add_node();
-    n->set_op_type(op);
-    n->set_name(out);
-    for (const auto& i : in) n->add_input(i);
-    n->add_output(out);
-    return n;
-  };
   node(g, "Shape", {"x"}, "s");
   node(g, "Gather", {"s", "one"}, "cols");
   if (runtime_trips) {

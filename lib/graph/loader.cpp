@@ -504,6 +504,15 @@ void infer_shapes(onnx::ModelProto& model, const std::string& file) {
   std::string error;
   int sig = run_guarded([&] { onnx::shape_inference::InferShapes(model, onnx::OpSchemaRegistry::Instance(), options); },
                         error);
+  if (sig == 0 && !error.empty()) {
+    // ONNX 1.12's data propagation takes an empty int64 constant for a rank-0 shape: a Gather from
+    // it fails ("axis must be in [-rank, rank-1]"), as a detector's does once it found no box.
+    // Without propagation (smp's folding computes those shapes itself) inference may pass.
+    options.enable_data_propagation = false;
+    std::string again;
+    sig = run_guarded([&] { onnx::shape_inference::InferShapes(model, onnx::OpSchemaRegistry::Instance(), options); }, again);
+    if (again.empty()) error.clear();
+  }
   if (sig != 0)
     throw_bad_input(file, fmt::format("ONNX's shape inference faulted (signal {}) on this model", sig),
                     "a node's inputs have a rank or type its op does not accept");

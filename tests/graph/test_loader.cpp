@@ -515,6 +515,37 @@ TEST_CASE("staged loading: what data decides is cut off, its inputs become outpu
   fs::remove_all(dir);
 }
 
+TEST_CASE("a Gather from an empty int64 constant loads (a detector's stage once it found no box)") {
+  // ONNX 1.12's data propagation reads the empty constant as a rank-0 shape and fails the Gather.
+  // (Two indices into nothing would fail at run time: what is tested is the load's inference.)
+  auto dir = test::temp_dir("empty_gather");
+  onnx::ModelProto m = tiny_model();
+  auto* g = m.mutable_graph();
+  g->clear_node();
+  g->clear_input();
+  g->clear_output();
+  auto* d = g->add_initializer();
+  d->set_name("none");
+  d->set_data_type(onnx::TensorProto::INT64);
+  d->add_dims(0);
+  d->set_raw_data("");  // as smp writes a known value, and numpy_helper an array
+  for (const char* name : {"i", "o"}) {
+    auto* v = std::string(name) == "i" ? g->add_input() : g->add_output();
+    v->set_name(name);
+    v->mutable_type()->mutable_tensor_type()->set_elem_type(onnx::TensorProto::INT64);
+    v->mutable_type()->mutable_tensor_type()->mutable_shape()->add_dim()->set_dim_value(2);
+  }
+  // The axis written out, as PyTorch writes it: the propagation fails only then.
+  auto* axis = node(g, "Gather", {"none", "i"}, "o")->add_attribute();
+  axis->set_name("axis");
+  axis->set_type(onnx::AttributeProto::INT);
+  axis->set_i(0);
+  Graph gr = load_graph(write_model(dir, "empty.onnx", m), LoadOptions{});
+  check_well_formed(gr);
+  CHECK(gr.value(gr.find_value("o")).shape == Shape{2});
+  fs::remove_all(dir);
+}
+
 // x [N, 6] split into pieces of 2 columns by a Loop (trip count Shape(x)[1] / 2, known once the
 // shapes are), each piece scaled by the weight w and inserted into a sequence, which
 // ConcatFromSequence joins again: torch.tensor_split's export (mvit's pooling) in small. The

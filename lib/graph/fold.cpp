@@ -556,6 +556,7 @@ Outputs fold_nms(const Node& n, const std::vector<const TensorData*>& in) {
       std::vector<std::pair<float, int64_t>> cand;
       for (int64_t k = 0; k < count; ++k) {
         const float sc = static_cast<float>(scores.get_f64((b * classes + c) * count + k));
+        if (std::isnan(sc)) continue;  // unordered: not a candidate (a sort needs an order)
         if (!st || sc > score_threshold) cand.emplace_back(sc, k);
       }
       std::stable_sort(cand.begin(), cand.end(), [](const auto& l, const auto& r) { return l.first > r.first; });
@@ -596,8 +597,12 @@ Outputs fold_unique(const Node& n, const TensorData& x, int64_t max_bytes) {
   auto cmp = [&](int64_t a, int64_t b) {
     for (int64_t j = 0; j < outer * inner; ++j) {
       const int64_t ia = at(a, j), ib = at(b, j);
-      if (floating) {
+      if (floating) {  // NaNs equal one another and follow every number, as numpy.unique orders them
         const double u = x.get_f64(ia), v = x.get_f64(ib);
+        if (std::isnan(u) || std::isnan(v)) {
+          if (std::isnan(u) != std::isnan(v)) return std::isnan(u) ? 1 : -1;
+          continue;
+        }
         if (u != v) return u < v ? -1 : 1;
       } else {
         const int64_t u = x.get_i64(ia), v = x.get_i64(ib);

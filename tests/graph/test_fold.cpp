@@ -4,6 +4,7 @@
 #include "core/error.hpp"
 #include "graph/fold.hpp"
 
+#include <cmath>
 #include <cstring>
 
 using namespace smp;
@@ -235,6 +236,13 @@ TEST_CASE("Unique: sorted or in order of appearance, with first indices, inverse
   CHECK(values((*r)[0]) == std::vector<int64_t>{0, 1, 0, 2});
   CHECK(values((*r)[1]) == std::vector<int64_t>{1, 0});
   CHECK(values((*r)[2]) == std::vector<int64_t>{1, 0, 1});
+  CHECK(values((*r)[3]) == std::vector<int64_t>{1, 2});
+  // NaNs are one value, after every number.
+  auto f = floats({NAN, 1, NAN}, Shape{3});
+  r = fold_node(node("Unique"), in({&f}), 17, 1 << 20);
+  REQUIRE(r);
+  CHECK((*r)[0].get_f64(0) == 1.0);
+  CHECK(std::isnan((*r)[0].get_f64(1)));
   CHECK(values((*r)[3]) == std::vector<int64_t>{1, 2});
 }
 

@@ -22,6 +22,15 @@ std::string read_file(const fs::path& path) {
   if (fs::is_directory(path, ec)) throw_bad_input(path.string(), "is a directory, not a file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw_bad_input(path.string(), std::string("cannot open: ") + std::strerror(errno));
+  // Sized once and read in place (a model file of 2 GB is held once, not grown and copied); a
+  // file whose size is not known up front (a pipe) is read as a stream.
+  const auto size = fs::file_size(path, ec);
+  if (!ec && fs::is_regular_file(path, ec)) {
+    std::string bytes(static_cast<size_t>(size), '\0');
+    in.read(bytes.data(), static_cast<std::streamsize>(size));
+    if (in.gcount() != static_cast<std::streamsize>(size) || in.bad()) throw_bad_input(path.string(), "read error (the file changed while read?)");
+    return bytes;
+  }
   std::ostringstream ss;
   ss << in.rdbuf();
   if (in.bad()) throw_bad_input(path.string(), "read error");

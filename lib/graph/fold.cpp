@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <map>
 
 namespace smp::graph {
 
@@ -548,6 +549,7 @@ Outputs fold_nms(const Node& n, const std::vector<const TensorData*>& in) {
     if (inter <= 0 || area_a <= 0 || area_c <= 0 || uni <= 0) return false;
     return inter / uni > iou_threshold;
   };
+  auto finite = [](const Box& a) { return std::isfinite(a.x0) && std::isfinite(a.y0) && std::isfinite(a.x1) && std::isfinite(a.y1); };
   std::vector<std::array<int64_t, 3>> picked;
   for (int64_t b = 0; b < batches && max_per_class > 0; ++b) {
     std::vector<Box> all(static_cast<size_t>(count));
@@ -560,14 +562,39 @@ Outputs fold_nms(const Node& n, const std::vector<const TensorData*>& in) {
         if (!st || sc > score_threshold) cand.emplace_back(sc, k);
       }
       std::stable_sort(cand.begin(), cand.end(), [](const auto& l, const auto& r) { return l.first > r.first; });
-      std::vector<int64_t> kept;
+      // The boxes kept so far, by left edge: only those whose x-range overlaps a candidate's can
+      // suppress it (without intersection no IoU exceeds the threshold), so a candidate is tested
+      // against those with a left edge within the widest kept box's width of its own (in double,
+      // with a margin: never fewer than overlap). PyTorch's batched_nms exports offset each
+      // class's boxes apart and run one NonMaxSuppression over all of them (ssdlite320: about
+      // 27,000 boxes), where testing every kept box is quadratic. Boxes with a coordinate that is
+      // not finite are tested always, as before.
+      std::multimap<double, int64_t> by_left;
+      std::vector<int64_t> odd;  // kept boxes with a NaN or infinite coordinate
+      double widest = 0;
+      int64_t kept = 0;
+      auto suppressed = [&](const Box& bx) {
+        auto hit = [&](int64_t j) { return suppresses(all[static_cast<size_t>(j)], bx); };
+        if (std::any_of(odd.begin(), odd.end(), hit)) return true;
+        if (!finite(bx)) return std::any_of(by_left.begin(), by_left.end(), [&](const auto& e) { return hit(e.second); });
+        const double from = static_cast<double>(bx.x0) - widest * (1 + 1e-6) - std::abs(static_cast<double>(bx.x0)) * 1e-9;
+        for (auto it = by_left.lower_bound(from); it != by_left.end() && it->first < static_cast<double>(bx.x1); ++it)
+          if (hit(it->second)) return true;
+        return false;
+      };
       for (const auto& [sc, k] : cand) {
-        if (static_cast<int64_t>(kept.size()) >= max_per_class) break;
+        if (kept >= max_per_class) break;
         const Box& bx = all[static_cast<size_t>(k)];
-        if (std::none_of(kept.begin(), kept.end(), [&](int64_t j) { return suppresses(all[static_cast<size_t>(j)], bx); }))
-          kept.push_back(k);
+        if (suppressed(bx)) continue;
+        ++kept;
+        picked.push_back({b, c, k});
+        if (!finite(bx)) {
+          odd.push_back(k);
+        } else {
+          by_left.emplace(static_cast<double>(bx.x0), k);
+          widest = std::max(widest, static_cast<double>(bx.x1) - static_cast<double>(bx.x0));
+        }
       }
-      for (int64_t k : kept) picked.push_back({b, c, k});
     }
   }
   TensorData out = make(DType::I64, {static_cast<int64_t>(picked.size()), 3});

@@ -814,18 +814,36 @@ int fuse_fake_quant(onnx::GraphProto& g, const ConstMap& consts) {
 }
 
 // Drops the nodes none of whose outputs is read (by a node, a subgraph or as a graph output),
-// until none is left: what only fed values a stage now knows.
+// directly or through other nodes: what only fed values a stage now knows. One walk back from the
+// graph's outputs through each value's producer (in any node order: the graph is sorted later).
 void drop_dead_nodes(onnx::GraphProto& g) {
-  for (;;) {
-    const std::unordered_set<std::string> used = names_read(g);
-    google::protobuf::RepeatedPtrField<onnx::NodeProto> live;
-    for (auto& p : *g.mutable_node())
-      if (std::any_of(p.output().begin(), p.output().end(), [&](const std::string& o) { return !o.empty() && used.count(o); }))
-        *live.Add() = std::move(p);
-    const bool changed = live.size() != g.node_size();
-    g.mutable_node()->Swap(&live);
-    if (!changed) return;
+  std::unordered_map<std::string, int> producer;
+  for (int i = 0; i < g.node_size(); ++i)
+    for (const auto& o : g.node(i).output())
+      if (!o.empty()) producer.emplace(o, i);
+  std::vector<char> live(static_cast<size_t>(g.node_size()), 0);
+  std::vector<std::string> todo;
+  std::unordered_set<std::string> seen;
+  auto need = [&](const std::string& v) {
+    if (!v.empty() && seen.insert(v).second) todo.push_back(v);
+  };
+  for (const auto& o : g.output()) need(o.name());
+  while (!todo.empty()) {
+    const std::string v = std::move(todo.back());
+    todo.pop_back();
+    auto it = producer.find(v);
+    if (it == producer.end() || live[static_cast<size_t>(it->second)]) continue;
+    live[static_cast<size_t>(it->second)] = 1;
+    const auto& p = g.node(it->second);
+    for (const auto& i : p.input()) need(i);
+    std::unordered_set<std::string> sub;
+    subgraph_reads(p, sub);  // an If's branch or a Loop's body reads the values around it
+    for (const auto& i : sub) need(i);
   }
+  google::protobuf::RepeatedPtrField<onnx::NodeProto> kept;
+  for (int i = 0; i < g.node_size(); ++i)
+    if (live[static_cast<size_t>(i)]) *kept.Add() = std::move(*g.mutable_node(i));
+  g.mutable_node()->Swap(&kept);
 }
 
 // LoadOptions::known for node outputs: each becomes an initializer (a constant, in `shaping`, as

@@ -4,8 +4,12 @@
 #include "core/error.hpp"
 #include "graph/fold.hpp"
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
+#include <limits>
+#include <random>
 
 using namespace smp;
 using namespace smp::graph;
@@ -215,6 +219,82 @@ TEST_CASE("NonMaxSuppression: by score, corners in either order, IoU above the t
   CHECK(fold1(node("NonMaxSuppression"), {&boxes, &scores}).shape == Shape{0, 3});
   auto bad = floats({0, 0, 1}, Shape{1, 1, 3});
   CHECK_THROWS_AS(fold_node(node("NonMaxSuppression"), in({&bad, &scores}), 17, 1 << 20), Error);
+}
+
+namespace {
+
+// The definition, test by test: by decreasing score (ties: lower index), each kept unless its
+// IoU with a box kept before exceeds the threshold (float, as onnxruntime computes it).
+std::vector<int64_t> nms_by_definition(const std::vector<float>& b, const std::vector<float>& sc, int64_t classes, float thr,
+                                       bool center) {
+  const int64_t n = static_cast<int64_t>(b.size() / 4);
+  auto box = [&](int64_t k) {
+    const float* v = &b[static_cast<size_t>(k * 4)];
+    if (center) return std::array<float, 4>{v[0] - v[2] / 2, v[1] - v[3] / 2, v[0] + v[2] / 2, v[1] + v[3] / 2};
+    return std::array<float, 4>{std::min(v[1], v[3]), std::min(v[0], v[2]), std::max(v[1], v[3]), std::max(v[0], v[2])};
+  };
+  auto over = [&](const std::array<float, 4>& a, const std::array<float, 4>& c) {
+    const float ix0 = std::max(a[0], c[0]), ix1 = std::min(a[2], c[2]), iy0 = std::max(a[1], c[1]), iy1 = std::min(a[3], c[3]);
+    if (ix1 <= ix0 || iy1 <= iy0) return false;
+    const float inter = (ix1 - ix0) * (iy1 - iy0), aa = (a[2] - a[0]) * (a[3] - a[1]), ac = (c[2] - c[0]) * (c[3] - c[1]);
+    const float uni = aa + ac - inter;
+    if (inter <= 0 || aa <= 0 || ac <= 0 || uni <= 0) return false;
+    return inter / uni > thr;
+  };
+  std::vector<int64_t> out;
+  for (int64_t c = 0; c < classes; ++c) {
+    std::vector<int64_t> order;
+    for (int64_t k = 0; k < n; ++k)
+      if (!std::isnan(sc[static_cast<size_t>(c * n + k)])) order.push_back(k);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t l, int64_t r) { return sc[static_cast<size_t>(c * n + l)] > sc[static_cast<size_t>(c * n + r)]; });
+    std::vector<int64_t> kept;
+    for (int64_t k : order)
+      if (std::none_of(kept.begin(), kept.end(), [&](int64_t j) { return over(box(j), box(k)); })) kept.push_back(k);
+    for (int64_t k : kept) out.insert(out.end(), {0, c, k});
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("NonMaxSuppression: many boxes (classes offset apart as PyTorch's batched_nms exports them, wide, degenerate, "
+          "NaN and infinite ones) give the definition's selection") {
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> u(0, 1);
+  for (int trial = 0; trial < 6; ++trial) {
+    const bool center = trial % 2 == 1;
+    const int64_t n = 900, classes = trial < 4 ? 1 : 2;
+    std::vector<float> b(static_cast<size_t>(n * 4)), sc(static_cast<size_t>(classes * n));
+    for (int64_t k = 0; k < n; ++k) {
+      float* v = &b[static_cast<size_t>(k * 4)];
+      const float offset = static_cast<float>(k % 5) * 101.0f;  // 5 groups far apart (batched_nms's coordinate trick)
+      const float y = offset + 100 * u(rng), x = offset + 100 * u(rng);
+      float h = 1 + 20 * u(rng), w = 1 + 20 * u(rng);
+      if (k % 97 == 0) w = 90;  // a few wide boxes widen the window searched
+      if (k % 89 == 0) w = 0;   // degenerate: never suppresses, never suppressed
+      if (center) {
+        v[0] = x, v[1] = y, v[2] = w, v[3] = h;
+      } else if (k % 2) {
+        v[0] = y, v[1] = x, v[2] = y + h, v[3] = x + w;
+      } else {
+        v[0] = y + h, v[1] = x + w, v[2] = y, v[3] = x;  // corners flipped
+      }
+      if (k % 151 == 0) v[1] = std::nanf("");
+      if (k % 173 == 0) v[3] = std::numeric_limits<float>::infinity();
+    }
+    for (auto& s : sc) s = std::floor(u(rng) * 200) / 200;  // ties
+    const float thr = trial < 2 ? 0.5f : trial < 4 ? 0.1f : 0.0f;
+    auto boxes = floats(b, Shape{1, n, 4}), scores = floats(sc, Shape{1, classes, n});
+    auto cap = ints({n}, Shape{});
+    auto iou = floats({thr}, Shape{});
+    auto got = fold1(node("NonMaxSuppression", {{"center_point_box", ival(center ? 1 : 0)}}), {&boxes, &scores, &cap, &iou});
+    const auto want = nms_by_definition(b, sc, classes, thr, center);
+    INFO("trial ", trial, ": ", want.size() / 3, " kept by the definition");
+    CHECK(want.size() / 3 > 50);  // suppression leaves many (the window, not a scan, decides most)
+    CHECK(want.size() / 3 < static_cast<size_t>(classes * n));
+    CHECK(values(got) == want);
+  }
 }
 
 TEST_CASE("Unique: sorted or in order of appearance, with first indices, inverse indices and counts; slices along an axis") {

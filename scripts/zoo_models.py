@@ -300,23 +300,40 @@ def export(name, out_dir, size=None):
     return 0
 
 
+def initializers(path):
+    """(name, numpy array) of each initializer of the ONNX file at PATH, one at a time: external
+    data (exports over 2 GB) is read per tensor and dropped after it, so that a 632 M-parameter
+    model's weights are never all in memory as protobuf bytes."""
+    import onnx
+    from onnx import external_data_helper, numpy_helper
+
+    model = onnx.load(path, load_external_data=False)
+    base = os.path.dirname(os.path.abspath(path))
+    for t in model.graph.initializer:
+        external = external_data_helper.uses_external_data(t)
+        if external:
+            external_data_helper.load_external_data_for_tensor(t, base)
+            t.data_location = onnx.TensorProto.DEFAULT  # to_array would read the file again, from the working directory
+            del t.external_data[:]
+        yield t.name, numpy_helper.to_array(t)
+        if external:
+            t.ClearField("raw_data")
+
+
 def load_onnx_weights(model, path):
     """Parameters and buffers of the module from the export's initializers, by name."""
-    import onnx
-    from onnx import numpy_helper
-
-    inits = {t.name: t for t in onnx.load(path).graph.initializer}
     state = model.state_dict()
-    found = 0
+    found, seen = 0, set()
     with torch.no_grad():
-        for n, t in state.items():
-            if n not in inits:
+        for n, a in initializers(path):
+            seen.add(n)
+            if n not in state:
                 continue
-            a = numpy_helper.to_array(inits[n])
+            t = state[n]
             assert tuple(a.shape) == tuple(t.shape), f"{path}: {n}: {a.shape} != {tuple(t.shape)}"
             t.copy_(torch.from_numpy(a.copy()).to(t.dtype))
             found += 1
-    missing = [n for n, _ in model.named_parameters() if n not in inits]
+    missing = [n for n, _ in model.named_parameters() if n not in seen]
     assert not missing, f"{path}: parameters not among the initializers: {missing[:5]}"
     return found
 
@@ -374,11 +391,21 @@ COMPARE_AT = {
 }
 
 
+def at_least(name, size):
+    """The smallest input size NAME accepts from SIZE up: SIZE, or for a ViT the next multiple of
+    its patch (vit_h_14's 14: 32 becomes 42); at most the smallest accepted, SIZES[name]."""
+    s0 = SIZES[name]
+    if size <= s0:
+        return s0
+    return -(-size // s0) * s0 if name.startswith("vit_") else size
+
+
 def candidates(name):
     """(input size, microbatch size, lr) to try: the recorded one, then cheapest first."""
     s0 = SIZES[name]
     out = [COMPARE_AT[name]] if name in COMPARE_AT else []
-    for size, mb in ((s0, 4), (max(s0, 32), 4), (max(s0, 32), 8), (max(s0, 32), 16), (max(s0, 64), 16), (max(s0, 64), 32)):
+    s32, s64 = at_least(name, 32), at_least(name, 64)
+    for size, mb in ((s0, 4), (s32, 4), (s32, 8), (s32, 16), (s64, 16), (s64, 32)):
         for lr in (1e-3, 1e-2):
             if (size, mb, lr) not in out:
                 out.append((size, mb, lr))
@@ -506,7 +533,7 @@ def reference(a):
         elif i == len(tries) and all(t["signal"] < MIN_SIGNAL for t in tried) and lr < 0.1:
             # The loss never moved (alexnet, lr 1e-2: 0.1 % in 3 steps): the cheapest tries again
             # at lr 0.1.
-            tries += [(SIZES[a.name], 4, 0.1), (max(SIZES[a.name], 32), 16, 0.1)]
+            tries += [(SIZES[a.name], 4, 0.1), (at_least(a.name, 32), 16, 0.1)]
     info = {"version": REFERENCE_VERSION, "name": a.name, "steps": a.steps, "microbatches": a.microbatches, "tried": tried,
             "status": "ok"}
     if chosen is None:
@@ -582,9 +609,6 @@ def gradient(a):
     tensor (where float32's rounding can flip the activation: one flipped element puts a
     whole-element error into its channel's gradient, the signature of rounding rather than of a
     wrong rule); a JSON line last (the zoo test's step 4 reads it)."""
-    import onnx
-    from onnx import numpy_helper
-
     torch.set_num_threads(a.threads)
     ref, x, y, model = load_reference(a.dir, a.name)
     mbs = ref["microbatches"]
@@ -618,13 +642,15 @@ def gradient(a):
             F.relu, F.hardtanh = relu, hardtanh
         return {k: p.grad.numpy() for k, p in m.named_parameters()}
 
-    # Memory: the float32 and float64 models with their gradients, and the two weight files'
-    # protobufs (about 37 bytes per parameter: convnext_large, 198 M, 7.3 GB at most); every
-    # difference is taken one tensor at a time.
-    m32 = build(a.name, ref["size"])
-    load_onnx_weights(m32, model)
-    m64 = copy.deepcopy(m32).double()
-    g64 = grads(m64, x.double(), True)
+    # Memory, one model at a time: the float64 model with its gradients (16 bytes per parameter),
+    # then those gradients alone beside the float32 model with its own (16 bytes), the weight
+    # files read a tensor at a time (regnet_y_128gf, 645 M parameters: 12.8 GB at most, about 20
+    # bytes per parameter); every difference is taken one tensor at a time.
+    m64 = build(a.name, ref["size"])
+    load_onnx_weights(m64, model)
+    m64.double()
+    g64 = grads(m64, x.double(), True)  # views of m64's .grad tensors, which outlive the module
+    del m64
     scale = {k: max(float(np.abs(g).max()), 1e-30) for k, g in g64.items()}
     norm = np.sqrt(sum(float(np.sum(g * g)) for g in g64.values()))
 
@@ -635,13 +661,18 @@ def gradient(a):
         per = {k: float(np.abs(g[k] - g64[k]).max()) / scale[k] for k in g64}
         return float(np.sqrt(sum(float(np.sum((g[k] - g64[k]) ** 2)) for k in g64)) / norm), per
 
+    m32 = build(a.name, ref["size"])
+    load_onnx_weights(m32, model)
     torch32, torch32_per = gaps(grads(m32, x, False))
-    # smp's gradient, (w0 - w1) / lr, a tensor at a time from the two files
-    w0 = {t.name: t for t in onnx.load(model).graph.initializer}
-    w1 = {t.name: t for t in onnx.load(a.exported).graph.initializer}
+    # smp's gradient, (w0 - w1) / lr: w0 is the model file's weights, which m32 holds unchanged
+    # (float32 both), w1 read from the exported file a tensor at a time
+    w0 = dict(m32.named_parameters())
     rows, smp2 = [], 0.0
-    for k, g in g64.items():
-        a0, a1 = numpy_helper.to_array(w0[k]).astype(np.float64), numpy_helper.to_array(w1[k]).astype(np.float64)
+    for k, w in initializers(a.exported):
+        if k not in g64:
+            continue
+        g = g64[k]
+        a0, a1 = w0[k].detach().numpy().astype(np.float64), w.astype(np.float64)
         d = (a0 - a1) / a.lr - g
         smp2 += float(np.sum(d * d))
         # per output channel (a weight's first axis): smp's error, the worst and the second worst
@@ -652,7 +683,8 @@ def gradient(a):
                      # what (w0 - w1) / lr resolves: float32's spacing at the larger weight, over the update
                      "resolution": float(np.spacing(np.float32(max(np.abs(a0).max(), np.abs(a1).max()))))
                      / (a.lr * scale[k])})
-    del w0, w1
+    missing = sorted(set(g64) - {r["name"] for r in rows})
+    assert not missing, f"{a.exported}: parameters not among the initializers: {missing[:5]}"
     print(f"{a.name}: one step at input {ref['size']}, {mbs} microbatches of {ref['microbatch_size']}; "
           "error relative to the tensor's largest float64 gradient")
     print("  smp       PyTorch float32  smp's worst channel, the next  resolution  parameter")
@@ -759,9 +791,10 @@ def rows(a):
     into EXPORTS (default DIR; reused when current), and DIR/NAME.ref/ with MICROBATCHES
     microbatches of MICROBATCH_SIZE random rows (x.npy), labels (labels.npy: a class per row, or
     for a segmentation model one per pixel, [rows, SIZE, SIZE]) and ref.json naming them. SIZE:
-    a classification architecture's smallest but at least 32, a segmentation model's 64."""
+    a classification architecture's smallest but at least 32 (vit_h_14: 42, a multiple of its
+    patch), a segmentation model's 64."""
     seg = a.name in SEGMENTATION
-    size = a.size or (64 if seg else max(SIZES[a.name], 32))
+    size = a.size or (64 if seg else at_least(a.name, 32))
     exports = a.exports or a.dir
     path, _ = ensure_export(a.name, exports, size)
     out = os.path.join(a.dir, f"{a.name}.ref")

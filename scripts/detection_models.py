@@ -3,6 +3,8 @@
 
     detection_models.py list                      # the models (DETECTION), one per line
     detection_models.py check NAME... --dir DIR --smp-run BIN [--size S] [--threads T]
+    detection_models.py bench NAME... --dir DIR --smp-run BIN [--size S] [--threads T] [--repeats R]
+                                                  [--json] [--header]
 
 Each NAME is built with seeded random weights, its BatchNorms' running statistics set from a
 few random images (untrained ones, mean 0 and variance 1, leave every feature alike and every
@@ -19,6 +21,12 @@ Per model a JSON line: the detections' count and labels of smp, PyTorch float32 
 float64 (the same model in double), and the error of every output (the largest: boxes and
 keypoints relative to the image size, scores absolute; masks' mean), smp against float32 and
 against float64 and float32 against float64 ("error": smp-run's last line where it failed).
+
+`bench` times the same exported model: smp-run --forward end to end (a process: loading the
+model once per stage, running each stage; its note splits the two) against PyTorch's eval()
+forward of the module in this process (model built, not counting its construction), both at T
+threads, the median of R runs after one unmeasured run of each; a line per model
+(bench/detect_vs_torch.sh prints them).
 
 Needs Debian's python3-torch / python3-torchvision / python3-onnx (hence /usr/bin/python3).
 """
@@ -103,18 +111,12 @@ def check(a):
         m = build(name, a.size)
         x = torch.rand(3, a.size, a.size)
         work = os.path.join(a.dir, name)
-        shutil.rmtree(work, ignore_errors=True)
-        os.makedirs(os.path.join(work, "in"))
-        np.save(os.path.join(work, "in", "images.npy"), x.numpy())
-        ref = run(m, x)
+        ref = export_model(m, x, work)
         names = list(ref)
-        torch.onnx.export(m, ([x],), os.path.join(work, "model.onnx"), opset_version=OPSET, input_names=["images"],
-                          output_names=names)
         ref64 = run(m.double(), x.double())
         out = {"name": name, "size": a.size, "torch32": {"count": len(ref["labels"]), "labels": ref["labels"].tolist()},
                "torch64": {"count": len(ref64["labels"]), "labels": ref64["labels"].tolist()}}
-        r = subprocess.run([a.smp_run, os.path.join(work, "model.onnx"), "--forward", "--data", os.path.join(work, "in"),
-                            "--output", os.path.join(work, "out"), "--threads", str(a.threads)], capture_output=True, text=True)
+        r = smp_forward(a, work)
         if r.returncode:
             out["error"] = ((r.stdout + r.stderr).strip().splitlines() or ["(no output)"])[-1]
         else:
@@ -131,6 +133,84 @@ def check(a):
     return 0
 
 
+def export_model(m, x, work):
+    """M exported for inference on image X into WORK/model.onnx, X saved as WORK/in/images.npy;
+    PyTorch's float32 outputs."""
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(os.path.join(work, "in"))
+    np.save(os.path.join(work, "in", "images.npy"), x.numpy())
+    ref = run(m, x)
+    torch.onnx.export(m, ([x],), os.path.join(work, "model.onnx"), opset_version=OPSET, input_names=["images"],
+                      output_names=list(ref))
+    return ref
+
+
+def smp_forward(a, work):
+    """smp-run --forward of WORK/model.onnx on WORK/in into WORK/out: the process's result."""
+    return subprocess.run([a.smp_run, os.path.join(work, "model.onnx"), "--forward", "--data", os.path.join(work, "in"),
+                           "--output", os.path.join(work, "out"), "--threads", str(a.threads)], capture_output=True, text=True)
+
+
+BENCH_HEADER = (f"{'model':<38} {'threads':>7} {'stages':>6} {'torch':>9} {'smp':>9} {'running':>9} {'ratio':>9} "
+                f"{'run-ratio':>9}")
+
+
+def bench_row(r):
+    """One model's line under BENCH_HEADER: the times, and PyTorch's over smp's end to end and
+    over smp's running stages alone (above 1: smp is faster)."""
+    run = r.get("smp_run_s")
+    return (f"{r['name']:<38} {r['threads']:>7} {r['stages']:>6} {r['torch_s']:>8.3f}s {r['smp_s']:>8.3f}s "
+            + (f"{run:>8.3f}s" if run else f"{'-':>9}") + f" {r['torch_s'] / r['smp_s']:>9.2f} "
+            + (f"{r['torch_s'] / run:>9.2f}" if run else f"{'-':>9}"))
+
+
+def bench(a):
+    import re
+    import statistics
+    import time
+
+    torch.set_num_threads(a.threads)
+    os.makedirs(a.dir, exist_ok=True)
+    if a.header and not a.json:
+        print(BENCH_HEADER, flush=True)
+    for name in a.names:
+        m = build(name, a.size)
+        x = torch.rand(3, a.size, a.size)
+        work = os.path.join(a.dir, name)
+        export_model(m, x, work)
+        torch_s, smp_s, load_s, run_s, stages = [], [], [], [], 1
+        for k in range(a.repeats + 1):
+            t = time.perf_counter()
+            run(m, x)
+            t_torch = time.perf_counter() - t
+            t = time.perf_counter()
+            r = smp_forward(a, work)
+            t_smp = time.perf_counter() - t
+            if r.returncode:
+                err = ((r.stdout + r.stderr).strip().splitlines() or ["(no output)"])[-1]
+                print(json.dumps({"name": name, "error": err}) if a.json else f"{name:<38} failed: {err}", flush=True)
+                break
+            if k == 0:
+                continue  # the first of each warms caches (the file, PyTorch's allocator)
+            torch_s.append(t_torch)
+            smp_s.append(t_smp)
+            note = re.search(r"ran in (\d+) stages.*loading ([0-9.]+) s, running ([0-9.]+) s", r.stderr)
+            if note:
+                stages = int(note.group(1))
+                load_s.append(float(note.group(2)))
+                run_s.append(float(note.group(3)))
+        else:
+            med = statistics.median
+            out = {"name": name, "size": a.size, "threads": a.threads, "repeats": a.repeats, "stages": stages,
+                   "torch_s": med(torch_s), "smp_s": med(smp_s)}
+            if load_s:
+                out.update(smp_load_s=med(load_s), smp_run_s=med(run_s))
+            print(json.dumps(out) if a.json else bench_row(out), flush=True)
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -142,11 +222,21 @@ def main(argv):
     c.add_argument("--size", type=int, default=320)
     c.add_argument("--threads", type=int, default=2)
     c.add_argument("--keep", action="store_true")
+    b = sub.add_parser("bench")
+    b.add_argument("names", nargs="+", choices=DETECTION, metavar="NAME")
+    b.add_argument("--dir", required=True)
+    b.add_argument("--smp-run", required=True)
+    b.add_argument("--size", type=int, default=320)
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--keep", action="store_true")
+    b.add_argument("--json", action="store_true", help="a JSON line per model instead of a table row")
+    b.add_argument("--header", action="store_true", help="the table's header line first")
     a = p.parse_args(argv[1:])
     if a.cmd == "list":
         print("\n".join(DETECTION))
         return 0
-    return check(a)
+    return check(a) if a.cmd == "check" else bench(a)
 
 
 if __name__ == "__main__":

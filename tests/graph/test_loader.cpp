@@ -515,6 +515,65 @@ TEST_CASE("staged loading: what data decides is cut off, its inputs become outpu
   fs::remove_all(dir);
 }
 
+TEST_CASE("staged loading: what only fed a value that folded is not run again in the next stage") {
+  // r = Relu(x) feeds a NonZero (decided by data) through a mask, and its Shape (static: it
+  // folds) is added to the NonZero's result. The next stage knows the mask: the Shape folds
+  // there too, and nothing reads r any more, so the Relu must go (a detector's backbone, read
+  // by a Shape, ran twice before).
+  onnx::ModelProto m = tiny_model();
+  auto* g = m.mutable_graph();
+  g->clear_node();
+  g->clear_output();
+  auto* dims = g->mutable_input(0)->mutable_type()->mutable_tensor_type()->mutable_shape();
+  dims->clear_dim();
+  dims->add_dim()->set_dim_value(4);
+  auto* zero = g->add_initializer();
+  zero->set_name("zero");
+  zero->set_data_type(onnx::TensorProto::FLOAT);
+  zero->add_float_data(0);
+  node(g, "Relu", {"x"}, "r");
+  node(g, "Shape", {"r"}, "sh");
+  node(g, "Greater", {"r", "zero"}, "pos");
+  node(g, "NonZero", {"pos"}, "nz");
+  node(g, "Add", {"nz", "sh"}, "y");
+  auto* y = g->add_output();
+  y->set_name("y");
+  y->mutable_type()->mutable_tensor_type()->set_elem_type(onnx::TensorProto::INT64);
+  y->mutable_type()->mutable_tensor_type()->mutable_shape()->add_dim()->set_dim_value(1);
+  y->mutable_type()->mutable_tensor_type()->mutable_shape()->add_dim()->set_dim_param("count");
+  auto dir = test::temp_dir("staged_dead");
+  auto path = write_model(dir, "dead.onnx", m);
+  auto x = std::make_shared<TensorData>(*array({4}));
+  const float xv[4] = {1, -1, 0, 2};
+  std::memcpy(x->bytes.data(), xv, sizeof(xv));
+  LoadOptions o;
+  o.input_array = [&](const std::string& name) { return name == "x" ? x : nullptr; };
+  o.staged = true;
+  Graph first = load_graph(path, o);
+  check_well_formed(first);
+  REQUIRE(first.partial);
+  REQUIRE(first.outputs.size() == 1);
+  CHECK(first.value(first.outputs[0]).name == "pos");
+  std::set<std::string> ops;
+  for (const auto& n : first.nodes) ops.insert(n.op_type);
+  CHECK(ops == std::set<std::string>{"Relu", "Greater"});
+
+  auto mask = std::make_shared<TensorData>();
+  mask->dtype = DType::Bool;
+  mask->shape = {4};
+  mask->bytes = {1, 0, 0, 1};
+  o.known["pos"] = mask;
+  Graph second = load_graph(path, o);
+  check_well_formed(second);
+  CHECK_FALSE(second.partial);
+  CHECK(second.nodes.empty());  // the Relu went with the Shape that folded
+  const Value& out = second.value(second.find_value("y"));
+  REQUIRE(out.data);
+  CHECK(out.data->shape == Shape{1, 2});
+  CHECK(std::vector<int64_t>{out.data->get_i64(0), out.data->get_i64(1)} == std::vector<int64_t>{4, 7});
+  fs::remove_all(dir);
+}
+
 TEST_CASE("a Gather from an empty int64 constant loads (a detector's stage once it found no box)") {
   // ONNX 1.12's data propagation reads the empty constant as a rank-0 shape and fails the Gather.
   // (Two indices into nothing would fail at run time: what is tested is the load's inference.)

@@ -53,12 +53,20 @@ int run_forward(const std::string& model, const std::string& data, const std::st
   // In stages where the model's control flow or shapes depend on its data (graph/loader.hpp):
   // each stage runs what is decided, the next knows its results.
   opts.staged = true;
-  // Read once: each stage parses the same bytes.
-  const std::string bytes = smp::read_file(model);
-  const fs::path base = fs::path(model).parent_path().empty() ? fs::path(".") : fs::path(model).parent_path();
+  // Where the time goes when a model runs in stages: reading and parsing the file once, then for
+  // each stage loading the parsed model (checking, shape inference, folding with what is known)
+  // and running what is new.
+  double load_s = 0, compute_s = 0;
+  auto seconds_since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+  };
+  const auto t_parse = std::chrono::steady_clock::now();
+  // Each stage loads the same parsed model, whose weights are never copied again.
+  const smp::graph::ParsedModel parsed{fs::path(model)};
+  load_s += seconds_since(t_parse);
   auto load = [&] {
     try {
-      return smp::graph::load_graph_from_bytes(bytes, model, opts, base);
+      return smp::graph::load_graph(parsed, opts);
     } catch (const smp::Error& e) {
       // An input without its array cannot be bound: name the missing file rather than the dimension.
       if (e.kind() == smp::ErrorKind::BadInput) {
@@ -86,12 +94,6 @@ int run_forward(const std::string& model, const std::string& data, const std::st
   // A model cut before data-dependent nodes at every stage still gains known values each time;
   // a bound keeps a pathological file from loading without end.
   constexpr int kMaxStages = 1024;
-  // Where the time goes when a model runs in stages: each stage loads the model again (parsing,
-  // checking, shape inference, folding with what is known), then runs what is new.
-  double load_s = 0, compute_s = 0;
-  auto seconds_since = [](std::chrono::steady_clock::time_point t) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
-  };
   for (int stage = 1;; ++stage) {
     auto t0 = std::chrono::steady_clock::now();
     smp::graph::Graph g = load();

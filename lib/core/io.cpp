@@ -10,6 +10,8 @@
 #include <sstream>
 
 #include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace smp {
@@ -35,6 +37,32 @@ std::string read_file(const fs::path& path) {
   ss << in.rdbuf();
   if (in.bad()) throw_bad_input(path.string(), "read error");
   return ss.str();
+}
+
+FileBytes::FileBytes(const fs::path& path) {
+  std::error_code ec;
+  if (fs::is_regular_file(path, ec)) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw_bad_input(path.string(), std::string("cannot open: ") + std::strerror(errno));
+    struct stat st {};
+    if (::fstat(fd, &st) == 0 && st.st_size > 0) {
+      void* m = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+      if (m != MAP_FAILED) {
+        map_ = m;
+        data_ = static_cast<const char*>(m);
+        size_ = static_cast<size_t>(st.st_size);
+      }
+    }
+    ::close(fd);
+    if (map_) return;
+  }
+  read_ = read_file(path);
+  data_ = read_.data();
+  size_ = read_.size();
+}
+
+FileBytes::~FileBytes() {
+  if (map_) ::munmap(map_, size_);
 }
 
 bool write_all(int fd, const void* p, size_t n) {

@@ -11,6 +11,25 @@ namespace smp {
 // Whole file as bytes; bad input (naming the file) when it cannot be read.
 std::string read_file(const std::filesystem::path& path);
 
+// A file's bytes, mapped read-only where it is a regular file (a 2 GB model is parsed from the
+// page cache, never copied into memory of its own), else read; bad input (naming the file) when
+// it cannot be read. Truncating the file while it is mapped is not supported.
+class FileBytes {
+ public:
+  explicit FileBytes(const std::filesystem::path& path);
+  ~FileBytes();
+  FileBytes(const FileBytes&) = delete;
+  FileBytes& operator=(const FileBytes&) = delete;
+  const char* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  const char* data_ = nullptr;
+  size_t size_ = 0;
+  void* map_ = nullptr;
+  std::string read_;  // a file that cannot be mapped (a pipe, an empty file)
+};
+
 // Writes beside the target and renames over it, so a crash leaves either the old or the new
 // file, never a torn one. Failure (naming the file) when it cannot be written.
 void write_file_atomic(const std::filesystem::path& path, const std::string& bytes);

@@ -18,7 +18,7 @@
 
 namespace smp::graph {
 
-using ConstMap = std::unordered_map<std::string, std::shared_ptr<TensorData>>;
+using ConstMap = std::unordered_map<std::string, std::shared_ptr<const TensorData>>;
 
 // Whether `domain` names ai.onnx ("" or "ai.onnx").
 bool onnx_domain(const std::string& domain);

@@ -47,6 +47,13 @@ constexpr int64_t kMaxFoldTotalBytes = int64_t{2} << 30;
 // A folded value larger than this is held once, in the loader's constants, and shown to shape
 // inference as a typed graph input rather than an initializer.
 constexpr int64_t kMaxFoldedInitializerBytes = int64_t{1} << 20;
+// Embedded floating-point initializers of at least this many bytes are held apart from the
+// parsed model (ParsedModel): weights. Shape inference never reads their values (the float
+// values it reads, a Resize's scales or a Range's bounds, are a few elements).
+constexpr int64_t kHeldBytes = 4096;
+
+// Tensors held apart from the model, by initializer name (ParsedModel; known values of a stage).
+using HeldMap = std::unordered_map<std::string, std::shared_ptr<const TensorData>>;
 
 int64_t max_supported_opset() {
   const auto& m = onnx::OpSchemaRegistry::DomainToVersionRange::Instance().Map();
@@ -326,11 +333,15 @@ void split_variadic(onnx::GraphProto& g) {
 
 // The ONNX checker, on a copy where externally stored initializers become graph inputs (the
 // checker would otherwise look for their files relative to the working directory, and the
-// planner must work without them).
-void run_checker(const onnx::ModelProto& model, const std::string& file) {
+// planner must work without them), and so do those held apart (without their bytes the checker
+// would find no value in them).
+void run_checker(const onnx::ModelProto& model, const std::string& file, const HeldMap& held) {
+  auto apart = [&](const onnx::TensorProto& t) {
+    return t.data_location() == onnx::TensorProto::EXTERNAL || held.count(t.name()) != 0;
+  };
   bool has_external = false;
   for (const auto& t : model.graph().initializer())
-    if (t.data_location() == onnx::TensorProto::EXTERNAL) { has_external = true; break; }
+    if (apart(t)) { has_external = true; break; }
   try {
     if (!has_external) {
       onnx::checker::check_model(model);
@@ -346,7 +357,7 @@ void run_checker(const onnx::ModelProto& model, const std::string& file) {
     *g->mutable_input() = src.input();
     *g->mutable_output() = src.output();
     for (const auto& t : src.initializer()) {
-      if (t.data_location() != onnx::TensorProto::EXTERNAL) {
+      if (!apart(t)) {
         *g->add_initializer() = t;
         continue;
       }
@@ -846,11 +857,27 @@ void drop_dead_nodes(onnx::GraphProto& g) {
   g.mutable_node()->Swap(&kept);
 }
 
+// `d` as the initializer `name`: a large floating-point one without its bytes, which are held
+// apart (as a ParsedModel's weights are: never copied).
+void bind_initializer(onnx::GraphProto& g, const std::string& name, const std::shared_ptr<const TensorData>& d,
+                      HeldMap& held) {
+  onnx::TensorProto& t = *g.add_initializer();
+  if (!is_floating(d->dtype) || static_cast<int64_t>(d->bytes.size()) < kHeldBytes) {
+    tensor_to_proto(*d, name, &t);
+    return;
+  }
+  t.set_name(name);
+  t.set_data_type(static_cast<int32_t>(d->dtype));
+  for (int64_t x : d->shape) t.add_dims(x);
+  held[name] = d;
+}
+
 // LoadOptions::known for node outputs: each becomes an initializer (a constant, in `shaping`, as
-// a known initializer becomes); a node all of whose outputs are known goes, one with others still
-// needed writes its known ones under fresh names (computed again, unread); then what fed only
-// known values goes.
-void bind_known_values(onnx::ModelProto& model, const LoadOptions& opts, std::unordered_set<std::string>& shaping) {
+// a known initializer becomes; bind_initializer); a node all of whose outputs are known goes, one with
+// others still needed writes its known ones under fresh names (computed again, unread); then what
+// fed only known values goes.
+void bind_known_values(onnx::ModelProto& model, const LoadOptions& opts, std::unordered_set<std::string>& shaping,
+                       HeldMap& held) {
   auto& g = *model.mutable_graph();
   std::unordered_set<std::string> bound;
   for (auto& p : *g.mutable_node()) {
@@ -869,7 +896,7 @@ void bind_known_values(onnx::ModelProto& model, const LoadOptions& opts, std::un
   for (const auto& t : g.initializer())
     if (opts.known.count(t.name())) shaping.insert(t.name());
   for (const auto& name : bound) {
-    tensor_to_proto(*opts.known.at(name), name, g.add_initializer());
+    bind_initializer(g, name, opts.known.at(name), held);
     shaping.insert(name);
     if (model.ir_version() < 4) {  // every initializer is also a graph input there
       auto& in = *g.add_input();
@@ -982,15 +1009,28 @@ bool cut_at_data_dependence(onnx::GraphProto& g, const ConstMap& consts, int64_t
 
 }  // namespace
 
-Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, const LoadOptions& opts,
-                            const fs::path& base_dir) {
-  if (bytes.empty()) throw_bad_input(file, "empty file", "expected an ONNX model");
-  onnx::ModelProto model;
+struct ParsedModel::Impl {
+  onnx::ModelProto model;  // without the bytes of the initializers in `held`
+  HeldMap held;
+  std::string file;
+  fs::path base_dir;
+  int64_t opset = -1;
+};
+
+namespace {
+
+std::shared_ptr<const ParsedModel::Impl> parse_model(const char* data, size_t size, const std::string& file,
+                                                     const fs::path& base_dir) {
+  auto impl = std::make_shared<ParsedModel::Impl>();
+  impl->file = file;
+  impl->base_dir = base_dir;
+  onnx::ModelProto& model = impl->model;
+  if (size == 0) throw_bad_input(file, "empty file", "expected an ONNX model");
   {
-    google::protobuf::io::ArrayInputStream raw(bytes.data(), static_cast<int>(std::min<size_t>(bytes.size(), INT_MAX)));
+    google::protobuf::io::ArrayInputStream raw(data, static_cast<int>(std::min<size_t>(size, INT_MAX)));
     google::protobuf::io::CodedInputStream cis(&raw);
     cis.SetTotalBytesLimit(INT_MAX);
-    if (bytes.size() > static_cast<size_t>(INT_MAX))
+    if (size > static_cast<size_t>(INT_MAX))
       throw_bad_input(file, "larger than 2 GiB", "store the weights as ONNX external data");
     if (!model.ParseFromCodedStream(&cis) || !cis.ConsumedEntireMessage())
       throw_bad_input(file, "not an ONNX model (protobuf parsing failed)", "the file may be truncated or of another format");
@@ -1012,6 +1052,47 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
     throw_bad_input(file, fmt::format("unsupported opset {}", opset),
                     fmt::format("smp reads ai.onnx opsets {} to {}; convert with onnx.version_converter", kMinOpset,
                                 max_opset));
+  impl->opset = opset;
+
+  // Weights are held apart: each load copies the model's structure, never their bytes. Only
+  // embedded raw data of the size its shape needs (the loader reports any other).
+  for (auto& t : *model.mutable_graph()->mutable_initializer()) {
+    const DType dt = dtype_from_onnx(t.data_type());
+    if (!is_floating(dt) || t.data_location() == onnx::TensorProto::EXTERNAL || !t.has_raw_data() ||
+        static_cast<int64_t>(t.raw_data().size()) < kHeldBytes)
+      continue;
+    Shape shape(t.dims().begin(), t.dims().end());
+    int64_t numel = 1;
+    for (int64_t x : shape) numel = numel < 0 || x < 0 || (x != 0 && numel > kMaxElements / x) ? -1 : numel * x;
+    if (numel < 0 || numel >= kMaxElements || numel * dtype_size(dt) != static_cast<int64_t>(t.raw_data().size())) continue;
+    auto d = std::make_shared<TensorData>();
+    d->dtype = dt;
+    d->shape = std::move(shape);
+    d->bytes.swap(*t.mutable_raw_data());
+    t.clear_raw_data();
+    if (!impl->held.emplace(t.name(), std::move(d)).second)
+      throw_bad_input(file, "initializer '" + t.name() + "' appears twice");
+  }
+  return impl;
+}
+
+}  // namespace
+
+ParsedModel::ParsedModel(const fs::path& path) {
+  const FileBytes bytes(path);
+  impl_ = parse_model(bytes.data(), bytes.size(), path.string(), path.parent_path().empty() ? fs::path(".") : path.parent_path());
+}
+
+ParsedModel::ParsedModel(const std::string& bytes, const std::string& file, const fs::path& base_dir)
+    : impl_(parse_model(bytes.data(), bytes.size(), file, base_dir)) {}
+
+Graph load_graph(const ParsedModel& parsed, const LoadOptions& opts) {
+  const ParsedModel::Impl& pm = parsed.impl();
+  const std::string& file = pm.file;
+  const fs::path& base_dir = pm.base_dir;
+  const int64_t opset = pm.opset;
+  onnx::ModelProto model = pm.model;  // its structure: the loader rewrites it
+  HeldMap held = pm.held;
 
   auto& gp = *model.mutable_graph();
   // Float values that decide shapes (a Resize's roi and scales, an Upsample's scales): as arrays
@@ -1049,19 +1130,19 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
           throw_bad_input(file, fmt::format("graph input '{}' does not fit its array {}", in.name(), shape_str(d.shape)),
                           "give an array of the input's shape");
       }
-      tensor_to_proto(d, in.name(), gp.add_initializer());
+      bind_initializer(gp, in.name(), a, held);
       shaping.insert(in.name());  // data, not a weight: a float scalar folds (a Range's bounds, a Loop's trip count)
       if (model.ir_version() < 4) *kept.Add() = std::move(in);
     }
     gp.mutable_input()->Swap(&kept);
   }
   if (gp.node_size() == 0) throw_bad_input(file, "the graph has no nodes");
-  if (!opts.known.empty()) bind_known_values(model, opts, shaping);
+  if (!opts.known.empty()) bind_known_values(model, opts, shaping, held);
   if (gp.output_size() == 0) throw_bad_input(file, "the graph has no outputs");
   const int onnx_nodes = gp.node_size();
 
   check_structure_and_sort(gp, file);
-  run_checker(model, file);
+  run_checker(model, file, held);
   split_variadic(gp);
   explicit_stft_defaults(gp);
 
@@ -1076,7 +1157,7 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
   std::unordered_set<std::string> initializer_names;
   ConstMap consts;
   std::unordered_map<std::string, ExternalData> externals;
-  std::unordered_map<std::string, std::shared_ptr<TensorData>> weights;
+  std::unordered_map<std::string, std::shared_ptr<const TensorData>> weights;
   std::vector<std::string> initializer_order;
   for (auto& t : *gp.mutable_initializer()) {
     if (!initializer_names.insert(t.name()).second) throw_bad_input(file, "initializer '" + t.name() + "' appears twice");
@@ -1084,6 +1165,11 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
     // A float initializer may be a weight; others (and shape-deciding floats) are constants.
     const bool weight = is_floating(dtype_from_onnx(t.data_type())) && !shaping.count(t.name());
     const bool wanted = opts.load_weights && (!opts.want_weight || opts.want_weight(t.name()));
+    if (auto h = held.find(t.name()); h != held.end()) {
+      if (!weight) consts[t.name()] = h->second;
+      else if (wanted) weights[t.name()] = h->second;
+      continue;
+    }
     if (t.data_location() == onnx::TensorProto::EXTERNAL) {
       ExternalInfo e = external_info(t, file);
       externals[t.name()] = ExternalData{fs::absolute(base_dir / e.location), e.offset, e.length};
@@ -1250,6 +1336,10 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
     } else if (!v.data) {
       // A float buffer that is not trained (e.g. a mask): the runtime needs its bytes.
       if ((opts.load_weights && (!opts.want_weight || opts.want_weight(name))) || !v.external) {
+        if (auto h = held.find(name); h != held.end()) {
+          v.data = h->second;
+          continue;
+        }
         onnx::TensorProto* tp = nullptr;
         for (auto& t : *gp.mutable_initializer())
           if (t.name() == name) tp = &t;
@@ -1303,10 +1393,11 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
   return g;
 }
 
-Graph load_graph(const fs::path& path, const LoadOptions& opts) {
-  std::string bytes = read_file(path);
-  fs::path base = path.parent_path();
-  return load_graph_from_bytes(bytes, path.string(), opts, base.empty() ? fs::path(".") : base);
+Graph load_graph(const fs::path& path, const LoadOptions& opts) { return load_graph(ParsedModel(path), opts); }
+
+Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, const LoadOptions& opts,
+                            const fs::path& base_dir) {
+  return load_graph(ParsedModel(bytes, file, base_dir), opts);
 }
 
 BatchAxis inspect_batch_axis(const fs::path& path) {

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -46,9 +47,26 @@ struct LoadOptions {
   bool staged = false;
 };
 
+// An ONNX file parsed once, to be loaded any number of times (smp-run --forward loads a model
+// once per stage; a tensor-parallel worker twice): the parsed protobuf, converted to an opset smp
+// reads (ONNX's version converter, from 7 up) and with its functions inlined, its large embedded
+// floating-point initializers' bytes held apart and shared, never copied, by every Graph loaded
+// from it. Bad input (not a model, an opset smp cannot read) throws smp::Error naming `name`.
+class ParsedModel {
+ public:
+  // `bytes` is not kept; `base_dir` is where external data files are found.
+  ParsedModel(const std::string& bytes, const std::string& name, const std::filesystem::path& base_dir = {});
+  explicit ParsedModel(const std::filesystem::path& path);
+  struct Impl;
+  const Impl& impl() const { return *impl_; }
+
+ private:
+  std::shared_ptr<const Impl> impl_;
+};
+
 // Loads, checks (ONNX checker), binds symbolic dims, infers shapes, folds constant subgraphs
-// and orders the nodes topologically. A model of an opset older than smp reads (7) is first
-// converted with ONNX's version converter. Bad input throws smp::Error naming the file.
+// and orders the nodes topologically. Bad input throws smp::Error naming the file.
+Graph load_graph(const ParsedModel& model, const LoadOptions& opts);
 Graph load_graph(const std::filesystem::path& path, const LoadOptions& opts);
 
 // Same, from bytes already in memory (the fuzzer's entry point); `name` is used in messages.

@@ -399,10 +399,11 @@ void Worker::load() {
     g_ = graph::load_graph(model, lo);
   } else {
     // The structure first: which parameters split, and which of those are stored outside the
-    // model (then only this rank's part of their bytes is read).
+    // model (then only this rank's part of their bytes is read). The file is parsed once.
+    const graph::ParsedModel parsed(model);
     graph::LoadOptions shape_only = lo;
     shape_only.load_weights = false;
-    whole_ = graph::load_graph(model, shape_only);
+    whole_ = graph::load_graph(parsed, shape_only);
     tp_analysis_ = graph::analyze_tensor_parallel(whole_, T_);
     if (!tp_analysis_.any())
       throw_bad_input(o_.plan.string(), fmt::format("the plan splits layers {} ways, but the model has no groups that split "
@@ -413,7 +414,7 @@ void Worker::load() {
     for (const auto& [p, sp] : tp_analysis_.params)
       if (whole_.value(p).external) split_outside.insert(whole_.value(p).name);
     lo.want_weight = [&](const std::string& n) { return mine.count(n) != 0 && !split_outside.count(n); };
-    graph::Graph src = graph::load_graph(model, lo);
+    graph::Graph src = graph::load_graph(parsed, lo);
     SMP_CHECK(src.values.size() == whole_.values.size() && src.nodes.size() == whole_.nodes.size(),
               "the model loaded twice differs");
     graph::ShardOptions so;

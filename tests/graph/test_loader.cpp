@@ -207,6 +207,64 @@ TEST_CASE("a worker reads only the weights it asks for") {
   CHECK(g.value(g.find_value(wanted)).data->bytes == all.value(all.find_value(wanted)).data->bytes);
 }
 
+TEST_CASE("a model parsed once loads many times: its weights and large known values are shared, never copied") {
+  // y = Relu(x) * w, with w a weight of 2048 floats stored as raw data (as exporters write it).
+  onnx::ModelProto m = tiny_model();
+  auto* g = m.mutable_graph();
+  g->clear_node();
+  for (auto* v : {g->mutable_input(0), g->mutable_output(0)}) {
+    auto* dims = v->mutable_type()->mutable_tensor_type()->mutable_shape();
+    dims->clear_dim();
+    dims->add_dim()->set_dim_value(2048);
+  }
+  std::vector<float> wv(2048);
+  for (size_t i = 0; i < wv.size(); ++i) wv[i] = 0.5f * static_cast<float>(i) - 7;
+  auto* w = g->add_initializer();
+  w->set_name("w");
+  w->set_data_type(onnx::TensorProto::FLOAT);
+  w->add_dims(2048);
+  w->set_raw_data(std::string(reinterpret_cast<const char*>(wv.data()), wv.size() * 4));
+  node(g, "Relu", {"x"}, "r");
+  node(g, "Mul", {"r", "w"}, "y");
+  auto dir = test::temp_dir("parsed_once");
+  auto path = write_model(dir, "shared.onnx", m);
+
+  const ParsedModel parsed(path);
+  LoadOptions o;
+  o.load_weights = true;
+  Graph a = load_graph(parsed, o);
+  Graph b = load_graph(parsed, o);
+  check_well_formed(a);
+  const Value& wa = a.value(a.find_value("w"));
+  const Value& wb = b.value(b.find_value("w"));
+  CHECK(wa.kind == ValueKind::Parameter);
+  REQUIRE(wa.data);
+  CHECK(wa.data.get() == wb.data.get());
+  CHECK(wa.data->bytes == w->raw_data());
+  // Without load_weights, no bytes (the planner's load), from the same parsed model.
+  Graph plan = load_graph(parsed, LoadOptions{});
+  CHECK(plan.value(plan.find_value("w")).data == nullptr);
+  CHECK(plan.parameter_count() == 2048);
+
+  // An earlier stage's large float result is bound without a copy: the Relu goes, the Mul reads it.
+  auto r = std::make_shared<TensorData>(*array({2048}));
+  std::memcpy(r->bytes.data(), wv.data(), r->bytes.size());
+  o.known["r"] = r;
+  Graph c = load_graph(parsed, o);
+  check_well_formed(c);
+  REQUIRE(c.nodes.size() == 1);
+  CHECK(c.nodes[0].op_type == "Mul");
+  const Value& rc = c.value(c.find_value("r"));
+  CHECK(rc.kind == ValueKind::Constant);
+  CHECK(rc.data.get() == r.get());
+  CHECK(c.value(c.find_value("w")).data.get() == wa.data.get());
+
+  // A weight whose raw data is short of its shape is reported, as before.
+  w->mutable_raw_data()->resize(2047 * 4);
+  expect_bad(write_model(dir, "short.onnx", m), "tensor 'w': holds 8188 bytes of data, its shape [2048] needs 8192", "");
+  fs::remove_all(dir);
+}
+
 TEST_CASE("--freeze: named or matched initializers stay constant with their bytes; a pattern matching none is bad input") {
   Graph all = load_graph(test::sample("mlp"), batch(2));
   LoadOptions o = batch(2);

@@ -7,8 +7,9 @@
 #include <cstdint>
 #include <string>
 
-// Also as smp-run --forward loads (LoadOptions::staged): where the graph is cut, once more with
-// its outputs known (zeros of their types), as the next stage would.
+// Also as smp-run --forward loads (LoadOptions::staged, the bytes parsed once): where the graph is
+// cut, once more from the same parsed model with its outputs known (zeros of their types), as the
+// next stage would.
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string bytes(reinterpret_cast<const char*>(data), size);
   smp::graph::LoadOptions opts;
@@ -19,7 +20,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   opts.staged = true;
   try {
-    smp::graph::Graph g = smp::graph::load_graph_from_bytes(bytes, "fuzz-input", opts, "/nonexistent");
+    const smp::graph::ParsedModel parsed(bytes, "fuzz-input", "/nonexistent");
+    smp::graph::Graph g = smp::graph::load_graph(parsed, opts);
     if (!g.partial) return 0;
     for (int v : g.outputs) {
       const auto& val = g.value(v);
@@ -31,7 +33,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       d->bytes.assign(static_cast<size_t>(val.numel() * smp::dtype_size(val.dtype)), '\0');
       opts.known.emplace(val.name, d);
     }
-    smp::graph::load_graph_from_bytes(bytes, "fuzz-input", opts, "/nonexistent");
+    smp::graph::load_graph(parsed, opts);
   } catch (const smp::Error&) {
   }
   return 0;

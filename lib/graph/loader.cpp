@@ -356,11 +356,14 @@ void run_checker(const onnx::ModelProto& model, const std::string& file, const H
     *g->mutable_node() = src.node();
     *g->mutable_input() = src.input();
     *g->mutable_output() = src.output();
+    std::unordered_set<std::string> inputs;  // before IR 4 every initializer is also one
+    for (const auto& in : src.input()) inputs.insert(in.name());
     for (const auto& t : src.initializer()) {
       if (!apart(t)) {
         *g->add_initializer() = t;
         continue;
       }
+      if (inputs.count(t.name())) continue;
       auto* in = g->add_input();
       in->set_name(t.name());
       auto* tt = in->mutable_type()->mutable_tensor_type();
@@ -872,10 +875,10 @@ void bind_initializer(onnx::GraphProto& g, const std::string& name, const std::s
   held[name] = d;
 }
 
-// LoadOptions::known for node outputs: each becomes an initializer (a constant, in `shaping`, as
-// a known initializer becomes; bind_initializer); a node all of whose outputs are known goes, one with
-// others still needed writes its known ones under fresh names (computed again, unread); then what
-// fed only known values goes.
+// LoadOptions::known for node outputs: each becomes an initializer (bind_initializer; a constant,
+// in `shaping`, as a known initializer becomes); a node all of whose outputs are known goes, one
+// with others still needed writes its known ones under fresh names (computed again, unread); then
+// what fed only known values goes.
 void bind_known_values(onnx::ModelProto& model, const LoadOptions& opts, std::unordered_set<std::string>& shaping,
                        HeldMap& held) {
   auto& g = *model.mutable_graph();

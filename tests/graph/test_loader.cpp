@@ -259,6 +259,18 @@ TEST_CASE("a model parsed once loads many times: its weights and large known val
   CHECK(rc.data.get() == r.get());
   CHECK(c.value(c.find_value("w")).data.get() == wa.data.get());
 
+  // Before IR 4 every initializer is also a graph input: the checker sees a held one once.
+  onnx::ModelProto old = m;
+  old.set_ir_version(3);
+  old.mutable_opset_import(0)->set_version(8);
+  auto* win = old.mutable_graph()->add_input();
+  *win = old.graph().input(0);
+  win->set_name("w");
+  Graph g3 = load_graph(ParsedModel(write_model(dir, "ir3.onnx", old)), o);
+  check_well_formed(g3);
+  CHECK(g3.value(g3.find_value("w")).kind == ValueKind::Parameter);
+  CHECK(g3.value(g3.find_value("w")).data->bytes == w->raw_data());
+
   // A weight whose raw data is short of its shape is reported, as before.
   w->mutable_raw_data()->resize(2047 * 4);
   expect_bad(write_model(dir, "short.onnx", m), "tensor 'w': holds 8188 bytes of data, its shape [2048] needs 8192", "");

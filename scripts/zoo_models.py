@@ -464,7 +464,7 @@ def conditioning(name, size, mb, lr, mbs, steps, seed):
     x = torch.from_numpy(rng.standard_normal((mbs * mb, 3, size, size)).astype(np.float32))
     y = torch.from_numpy(rng.randint(0, 1000, size=(mbs * mb,)).astype(np.int64))
     # One model at a time, each built again from the seed (the same weights): vit_h_14's three
-    # held together with their gradients would need 25 GB, one float64 model with its own 10.
+    # hold 12.6 GB of weights before any gradient, one float64 model with its gradients 10.
     a = outcome(build(name, size), x, y, mbs, lr, steps)
     c = outcome(build(name, size).double(), x.double(), y, mbs, lr, steps)
     mp = build(name, size).double()
@@ -750,13 +750,13 @@ def spread(a):
     torch.set_num_threads(a.threads)
     ref, x, y, model = load_reference(a.dir, a.name)
     ref_dir = os.path.join(a.dir, f"{a.name}.ref")
-    m = build(a.name, ref["size"])
-    load_onnx_weights(m, model)
     mbs, mb, lr, steps = ref["microbatches"], ref["microbatch_size"], ref["lr"], ref["steps"]
-    m64 = build(a.name, ref["size"])
+    m64 = build(a.name, ref["size"])  # float64's run first, alone (one model at a time)
     load_onnx_weights(m64, model)
     logits64, l64, s64 = outcome(m64.double(), x.double(), y, mbs, lr, steps)
     del m64
+    m = build(a.name, ref["size"])
+    load_onnx_weights(m, model)
     print(f"{a.name}: {steps} steps at input {ref['size']}, {mbs} microbatches of {mb}, "
           f"lr {lr:g}; float64's losses {', '.join(f'{v:.6f}' for v in l64)}; per step, relative to them:")
 

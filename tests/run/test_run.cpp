@@ -270,8 +270,9 @@ TEST_CASE("a worker killed with SIGKILL: one line naming its rank, stage and hos
   auto dir = test::temp_dir("kill");
   auto plan = test::make_plan(dir, "gpt", 8, 2, 1, 4, "1f1b");
   std::string log = (dir / "log.txt").string();
-  std::string cmd = fmt::format("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 {} {} --steps 100000 --quiet > {} 2>&1; echo $? >> {}",
-                                test::bin("smp-run"), plan.string(), log, log);
+  const fs::path metrics = dir / "metrics.jsonl";
+  std::string cmd = fmt::format("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 {} {} --steps 100000 --quiet --metrics {} > {} 2>&1; echo $? >> {}",
+                                test::bin("smp-run"), plan.string(), metrics.string(), log, log);
   std::thread runner([&] { [[maybe_unused]] int rc = std::system(cmd.c_str()); });
   // Find rank 1's worker by its environment once it runs.
   int victim = -1;
@@ -291,7 +292,19 @@ TEST_CASE("a worker killed with SIGKILL: one line naming its rank, stage and hos
     runner.join();
     FAIL("rank 1's worker process was not found");
   }
-  std::this_thread::sleep_for(std::chrono::seconds(1));  // let it train
+  // Let it train: a step done means every rank runs (on a loaded machine a fixed second was not
+  // always enough, and the error then says "before it started").
+  auto steps_done = [&] {
+    std::ifstream f(metrics);  // not there yet: no step
+    return count_lines(std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>()));
+  };
+  for (int tries = 0; tries < 1200 && steps_done() < 1; ++tries) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  if (steps_done() < 1) {
+    test::sh(fmt::format("pkill -KILL -f '{}'", plan.string()));
+    runner.join();
+    FAIL("no step finished in 120 s");
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
   auto t0 = std::chrono::steady_clock::now();
   ::kill(victim, SIGKILL);
   runner.join();

@@ -212,12 +212,7 @@ class Background {
   int pid_ = -1;
 };
 
-int lines_in(const fs::path& f) {
-  std::ifstream in(f);
-  int n = 0;
-  for (std::string l; std::getline(in, l);) ++n;
-  return n;
-}
+using test::lines_in;
 
 // Waits until `metrics` has at least `steps` lines (false after 120 s).
 bool wait_steps(const fs::path& metrics, int steps, const Background& job) {

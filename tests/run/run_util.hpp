@@ -63,4 +63,12 @@ inline std::vector<double> read_losses(const fs::path& f) {
   return v;
 }
 
+// Lines in a file written as a run goes (--metrics: one per step); 0 while it does not exist.
+inline int lines_in(const fs::path& f) {
+  std::ifstream in(f);
+  int n = 0;
+  for (std::string l; std::getline(in, l);) ++n;
+  return n;
+}
+
 }  // namespace smp::test

@@ -294,12 +294,9 @@ TEST_CASE("a worker killed with SIGKILL: one line naming its rank, stage and hos
   }
   // Let it train: a step done means every rank runs (on a loaded machine a fixed second was not
   // always enough, and the error then says "before it started").
-  auto steps_done = [&] {
-    std::ifstream f(metrics);  // not there yet: no step
-    return count_lines(std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>()));
-  };
-  for (int tries = 0; tries < 1200 && steps_done() < 1; ++tries) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  if (steps_done() < 1) {
+  for (int tries = 0; tries < 1200 && test::lines_in(metrics) < 1; ++tries)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  if (test::lines_in(metrics) < 1) {
     test::sh(fmt::format("pkill -KILL -f '{}'", plan.string()));
     runner.join();
     FAIL("no step finished in 120 s");

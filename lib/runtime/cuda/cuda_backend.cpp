@@ -222,6 +222,9 @@ CudaBackend::CudaBackend(const BackendOptions& opts) : device_(opts.device), tf3
     throw_bad_input(where, fmt::format("{} has compute capability {}.{}; the CUDA backend needs 8.0 or newer (bfloat16)", gpu_name_,
                                        prop.major, prop.minor));
   SMP_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  if (const std::string e = cublaslt_load_error(); !e.empty())
+    throw_bad_input(where, fmt::format("cuBLASLt could not be loaded: {}", e),
+                    "install CUDA's cuBLAS or add its lib directory to LD_LIBRARY_PATH, or use --backend cpu");
   SMP_CUBLAS_CHECK(cublasLtCreate(&lt_));
   SMP_CUDNN_CHECK(cudnnCreate(&dnn_));
   SMP_CUDNN_CHECK(cudnnSetStream(dnn_, stream_));

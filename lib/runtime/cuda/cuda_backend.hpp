@@ -27,6 +27,8 @@ namespace smp::runtime::cuda {
 // A failed cuBLAS / cuDNN call: throws smp::Error naming the call, the device and file:line.
 [[noreturn]] void fail_cublas(cublasStatus_t s, const char* call, const char* file, int line);
 [[noreturn]] void fail_cudnn(cudnnStatus_t s, const char* call, const char* file, int line);
+// Why cuBLASLt could not be loaded (cublaslt_loader.cpp opens it on first use); empty once it is.
+std::string cublaslt_load_error();
 
 #define SMP_CUBLAS_CHECK(call)                                                                       \
   do {                                                                                               \

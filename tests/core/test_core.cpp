@@ -5,8 +5,12 @@
 #include "core/io.hpp"
 #include "core/shape.hpp"
 
+#include <jemalloc/jemalloc.h>
+
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <string>
 
 #include <unistd.h>
 
@@ -77,4 +81,22 @@ TEST_CASE("TempDir: a fresh directory under /tmp, removed with its contents when
     smp::write_file_atomic(a.path() / "sub" / "f.txt", "x");
   }
   CHECK(!std::filesystem::exists(kept));
+}
+
+TEST_CASE("smp's programs allocate with jemalloc, with its settings compiled in (core/malloc_conf.cpp)") {
+  // This test program links them as every smp program does.
+  const char* thp = nullptr;
+  size_t size = sizeof thp;
+  REQUIRE(mallctl("opt.thp", &thp, &size, nullptr, 0) == 0);
+  CHECK(std::string(thp) == "always");
+  // And smp-run is such a program: jemalloc answers MALLOC_CONF there with its statistics at exit.
+  const std::string cmd = std::string("MALLOC_CONF=stats_print:true ") + SMP_BIN_DIR + "/smp-run --help 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+  CHECK(::pclose(p) == 0);
+  CHECK(out.find("jemalloc statistics") != std::string::npos);
+  CHECK(out.find("opt.thp: \"always\"") != std::string::npos);
 }

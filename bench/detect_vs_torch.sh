@@ -19,6 +19,9 @@ MODELS=${MODELS:-ssdlite320_mobilenet_v3_large,fcos_resnet50_fpn,fasterrcnn_resn
 THREADS=${THREADS:-1,2}
 SIZE=${SIZE:-320}
 REPEATS=${REPEATS:-3}
+# PyTorch's processes use glibc's malloc: ask it for huge pages, as smp's programs do through
+# jemalloc (docs/engine.md, "Memory and process start"), so that neither pays 4 KiB page faults.
+export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1}
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
 WORK=$(mktemp -d)

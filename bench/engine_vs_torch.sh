@@ -22,6 +22,9 @@ THREADS=${THREADS:-1,2}
 BATCH=${BATCH:-32}
 STEPS=${STEPS:-20}
 REPEATS=${REPEATS:-3}
+# PyTorch's processes use glibc's malloc: ask it for huge pages, as smp's programs do through
+# jemalloc (docs/engine.md, "Memory and process start"), so that neither pays 4 KiB page faults.
+export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1}
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
 echo "engine vs PyTorch: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), batch $BATCH, $STEPS steps, median of $REPEATS"

@@ -129,6 +129,9 @@ Rate torch_steps_per_s(const std::string& name, int threads, int batch, int step
 }  // namespace
 
 int main(int argc, char** argv) {
+  // PyTorch's processes use glibc's malloc: ask it for huge pages, as this program does through
+  // jemalloc (docs/engine.md, "Memory and process start").
+  ::setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1", 0);
   std::vector<std::string> models{"mlp", "cnn", "gpt"};
   std::vector<int> threads{1, 2};
   int batch = 32, steps = 20;

@@ -6,8 +6,8 @@
 // Debian's default THP mode, "madvise", honours). A process touches its weights, each stage's
 // copy of them and its first activations once each; in 4 KiB pages each is a page fault, and on a
 // virtual machine like the CI's a fault costs some 20 us: `smp-run --forward` on Faster R-CNN
-// took 114,000 faults and 3.2 s of CPU with glibc's malloc, 2,700 faults and 0.9 s with this
-// (docs/engine.md, "Memory and process start"). metadata_thp:auto does the same for jemalloc's own bookkeeping once it
+// took 113,880 faults and 3.0 s of CPU with glibc's malloc, 3,104 faults and 0.9 to 2.4 s with
+// this (docs/engine.md, "Memory and process start"). metadata_thp:auto does the same for jemalloc's own bookkeeping once it
 // grows.
 #include <jemalloc/jemalloc.h>
 

@@ -4,10 +4,10 @@
 #include "core/error.hpp"
 #include "core/io.hpp"
 #include "core/shape.hpp"
+#include "test_process.hpp"
 
 #include <jemalloc/jemalloc.h>
 
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -90,13 +90,8 @@ TEST_CASE("smp's programs allocate with jemalloc, with its settings compiled in 
   REQUIRE(mallctl("opt.thp", &thp, &size, nullptr, 0) == 0);
   CHECK(std::string(thp) == "always");
   // And smp-run is such a program: jemalloc answers MALLOC_CONF there with its statistics at exit.
-  const std::string cmd = std::string("MALLOC_CONF=stats_print:true ") + SMP_BIN_DIR + "/smp-run --help 2>&1";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  char buf[4096];
-  for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
-  CHECK(::pclose(p) == 0);
-  CHECK(out.find("jemalloc statistics") != std::string::npos);
-  CHECK(out.find("opt.thp: \"always\"") != std::string::npos);
+  const auto r = smp::test::run_cmd(std::string("MALLOC_CONF=stats_print:true ") + SMP_BIN_DIR + "/smp-run --help");
+  CHECK(r.exit_code == 0);
+  CHECK(r.out.find("jemalloc statistics") != std::string::npos);
+  CHECK(r.out.find("opt.thp: \"always\"") != std::string::npos);
 }

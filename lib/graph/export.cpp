@@ -93,7 +93,7 @@ void export_with_weights(const fs::path& source, const fs::path& dest, const std
       t.clear_int64_data();
       t.clear_external_data();
       t.set_data_location(onnx::TensorProto::DEFAULT);
-      t.set_raw_data(d.bytes);
+      t.set_raw_data(d.bytes.data(), d.bytes.size());
       ++replaced;
     } else if (t.data_location() == onnx::TensorProto::EXTERNAL) {
       int64_t off = 0, len = -1;

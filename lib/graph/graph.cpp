@@ -8,7 +8,7 @@
 namespace smp::graph {
 
 namespace {
-template <class T> T load(const std::string& b, int64_t i) {
+template <class T> T load(const Bytes& b, int64_t i) {
   T v;
   std::memcpy(&v, b.data() + i * static_cast<int64_t>(sizeof(T)), sizeof(T));
   return v;

@@ -3,6 +3,7 @@
 // load_graph() (graph/loader.hpp); ONNX headers never leak past this layer.
 #pragma once
 
+#include "core/bytes.hpp"
 #include "core/dtype.hpp"
 #include "core/shape.hpp"
 
@@ -22,9 +23,11 @@ namespace smp::graph {
 struct TensorData {
   DType dtype = DType::Undefined;
   Shape shape;
-  std::string bytes;
+  Bytes bytes;  // owned, or borrowed from a parsed model's file (weights)
 
   int64_t numel() const { return smp::numel(shape); }
+  // Typed pointers: for owned bytes (aligned); weights borrowed from a model file may not be
+  // (read them with memcpy, as get_f64 does).
   template <class T> const T* as() const { return reinterpret_cast<const T*>(bytes.data()); }
   template <class T> T* as_mut() { return reinterpret_cast<T*>(bytes.data()); }
   // Element i converted to double / int64 (any numeric dtype).

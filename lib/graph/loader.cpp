@@ -109,7 +109,7 @@ std::string read_external_bytes(const ExternalData& ext, int64_t expected, const
 }
 
 template <class T, class R>
-void append_elems(std::string& out, const R& field) {
+void append_elems(Bytes& out, const R& field) {
   out.resize(static_cast<size_t>(field.size()) * sizeof(T));
   T* p = reinterpret_cast<T*>(out.data());
   for (int i = 0; i < field.size(); ++i) p[i] = static_cast<T>(field.Get(i));
@@ -173,7 +173,7 @@ void tensor_to_proto(const TensorData& d, const std::string& name, onnx::TensorP
   t->set_name(name);
   t->set_data_type(static_cast<int32_t>(d.dtype));
   for (int64_t x : d.shape) t->add_dims(x);
-  t->set_raw_data(d.bytes);
+  t->set_raw_data(d.bytes.data(), d.bytes.size());
 }
 
 Attribute attr_from_proto(onnx::AttributeProto& a, const std::string& file, const fs::path& base_dir) {
@@ -1015,6 +1015,7 @@ bool cut_at_data_dependence(onnx::GraphProto& g, const ConstMap& consts, int64_t
 struct ParsedModel::Impl {
   onnx::ModelProto model;  // without the bytes of the initializers in `held`
   HeldMap held;
+  std::shared_ptr<const void> keeper;  // the file's mapping, where `held` reads
   std::string file;
   fs::path base_dir;
   int64_t opset = -1;
@@ -1022,19 +1023,136 @@ struct ParsedModel::Impl {
 
 namespace {
 
+// The bytes of a model file with its graph's large initializers' raw_data fields cut out, so
+// that protobuf's parse does not copy the weights (ModelProto.graph = 7, GraphProto.initializer
+// = 5, TensorProto.raw_data = 9; the lengths of the messages around them rewritten). spans[i]:
+// where initializer i's raw_data lies in the file ({0, -1}: left in). False, and nothing
+// promised, on anything this walk does not expect (a group, a length past the end): protobuf's
+// own parse of the whole file then says what is wrong.
+struct RawSpan {
+  size_t offset = 0;
+  int64_t length = -1;
+};
+
+class WireCutter {
+ public:
+  WireCutter(const char* base, size_t size) : base_(base), size_(size) {}
+  bool cut(std::string& out, std::vector<RawSpan>& spans) {
+    spans_ = &spans;
+    return message(0, size_, 0, out);
+  }
+
+ private:
+  // depth 0: ModelProto, 1: GraphProto, 2: TensorProto (an initializer).
+  bool message(size_t at, size_t end, int depth, std::string& out) {
+    RawSpan raw;
+    while (at < end) {
+      const size_t field_start = at;
+      uint64_t key = 0;
+      if (!varint(at, end, key)) return false;
+      const uint64_t field = key >> 3, wire = key & 7;
+      uint64_t v = 0;
+      switch (wire) {
+        case 0:
+          if (!varint(at, end, v)) return false;
+          break;
+        case 1:
+          if (end - at < 8) return false;
+          at += 8;
+          break;
+        case 5:
+          if (end - at < 4) return false;
+          at += 4;
+          break;
+        case 2: {
+          if (!varint(at, end, v) || v > end - at) return false;
+          const size_t body = at;
+          at += static_cast<size_t>(v);
+          if ((depth == 0 && field == 7) || (depth == 1 && field == 5)) {
+            std::string inner;
+            if (!message(body, at, depth + 1, inner)) return false;
+            put_varint(out, key);
+            put_varint(out, inner.size());
+            out += inner;
+            continue;
+          }
+          if (depth == 2 && field == 9) {  // the last raw_data counts, as in protobuf
+            if (static_cast<int64_t>(v) >= kHeldBytes) {
+              raw = RawSpan{body, static_cast<int64_t>(v)};
+              continue;
+            }
+            raw = RawSpan{};
+          }
+          break;
+        }
+        default:
+          return false;  // groups (3, 4) or not a wire type
+      }
+      out.append(base_ + field_start, at - field_start);
+    }
+    if (at != end) return false;
+    if (depth == 2) spans_->push_back(raw);
+    return true;
+  }
+  bool varint(size_t& at, size_t end, uint64_t& v) const {
+    v = 0;
+    for (int shift = 0; shift < 64 && at < end; shift += 7) {
+      const auto b = static_cast<uint8_t>(base_[at++]);
+      v |= static_cast<uint64_t>(b & 0x7f) << shift;
+      if (!(b & 0x80)) return true;
+    }
+    return false;
+  }
+  static void put_varint(std::string& out, uint64_t v) {
+    while (v >= 0x80) {
+      out += static_cast<char>((v & 0x7f) | 0x80);
+      v >>= 7;
+    }
+    out += static_cast<char>(v);
+  }
+  const char* base_;
+  size_t size_;
+  std::vector<RawSpan>* spans_ = nullptr;
+};
+
+// An initializer's raw bytes are held apart (a weight) when it is floating point, embedded, at
+// least kHeldBytes, and of the size its shape needs (the loader reports any other); its TensorData
+// then, else null.
+std::shared_ptr<TensorData> holdable(const onnx::TensorProto& t, size_t bytes) {
+  const DType dt = dtype_from_onnx(t.data_type());
+  if (!is_floating(dt) || t.data_location() == onnx::TensorProto::EXTERNAL || static_cast<int64_t>(bytes) < kHeldBytes)
+    return nullptr;
+  Shape shape(t.dims().begin(), t.dims().end());
+  int64_t numel = 1;
+  for (int64_t x : shape) numel = numel < 0 || x < 0 || (x != 0 && numel > kMaxElements / x) ? -1 : numel * x;
+  if (numel < 0 || numel >= kMaxElements || numel * dtype_size(dt) != static_cast<int64_t>(bytes)) return nullptr;
+  auto d = std::make_shared<TensorData>();
+  d->dtype = dt;
+  d->shape = std::move(shape);
+  return d;
+}
+
+// `keeper`: what keeps `data` alive (a file's mapping); given, the weights are read where they
+// lie (Bytes::borrow), else copied.
 std::shared_ptr<const ParsedModel::Impl> parse_model(const char* data, size_t size, const std::string& file,
-                                                     const fs::path& base_dir) {
+                                                     const fs::path& base_dir, std::shared_ptr<const void> keeper) {
   auto impl = std::make_shared<ParsedModel::Impl>();
   impl->file = file;
   impl->base_dir = base_dir;
   onnx::ModelProto& model = impl->model;
   if (size == 0) throw_bad_input(file, "empty file", "expected an ONNX model");
+  if (size > static_cast<size_t>(INT_MAX))
+    throw_bad_input(file, "larger than 2 GiB", "store the weights as ONNX external data");
+  std::string cut;
+  std::vector<RawSpan> spans;
+  if (keeper && !WireCutter(data, size).cut(cut, spans)) spans.clear();
+  const bool was_cut = !spans.empty();
   {
-    google::protobuf::io::ArrayInputStream raw(data, static_cast<int>(std::min<size_t>(size, INT_MAX)));
+    const char* p = was_cut ? cut.data() : data;
+    const size_t n = was_cut ? cut.size() : size;
+    google::protobuf::io::ArrayInputStream raw(p, static_cast<int>(n));
     google::protobuf::io::CodedInputStream cis(&raw);
     cis.SetTotalBytesLimit(INT_MAX);
-    if (size > static_cast<size_t>(INT_MAX))
-      throw_bad_input(file, "larger than 2 GiB", "store the weights as ONNX external data");
     if (!model.ParseFromCodedStream(&cis) || !cis.ConsumedEntireMessage())
       throw_bad_input(file, "not an ONNX model (protobuf parsing failed)", "the file may be truncated or of another format");
   }
@@ -1045,6 +1163,31 @@ std::shared_ptr<const ParsedModel::Impl> parse_model(const char* data, size_t si
   for (const auto& o : model.opset_import())
     if (onnx_domain(o.domain())) opset = o.version();
   int64_t max_opset = max_supported_opset();
+
+  // The cut-out weights: held, read where they lie in the file; any other raw data goes back.
+  // A model to convert first gets all of it back (the converter rewrites initializers).
+  if (was_cut) {
+    auto& inits = *model.mutable_graph()->mutable_initializer();
+    SMP_CHECK(static_cast<size_t>(inits.size()) == spans.size(), "{}: {} initializers, {} raw-data spans", file,
+              inits.size(), spans.size());
+    const bool converting = opset >= 1 && opset < kMinOpset && model.graph().node_size() > 0;
+    for (int i = 0; i < inits.size(); ++i) {
+      const RawSpan& r = spans[static_cast<size_t>(i)];
+      if (r.length < 0) continue;
+      onnx::TensorProto& t = inits[i];
+      const char* bytes = data + r.offset;
+      const auto n = static_cast<size_t>(r.length);
+      std::shared_ptr<TensorData> d = converting ? nullptr : holdable(t, n);
+      if (!d) {
+        t.set_raw_data(bytes, n);
+        continue;
+      }
+      d->bytes = Bytes::borrow(bytes, n, keeper);
+      if (!impl->held.emplace(t.name(), std::move(d)).second)
+        throw_bad_input(file, "initializer '" + t.name() + "' appears twice");
+    }
+  }
+
   if (opset < 0) throw_bad_input(file, "the model imports no ai.onnx opset");
   if (opset >= 1 && opset <= max_opset) inline_functions(model, opset, file);
   if (opset >= 1 && opset < kMinOpset && model.graph().node_size() > 0) {
@@ -1057,37 +1200,30 @@ std::shared_ptr<const ParsedModel::Impl> parse_model(const char* data, size_t si
                                 max_opset));
   impl->opset = opset;
 
-  // Weights are held apart: each load copies the model's structure, never their bytes. Only
-  // embedded raw data of the size its shape needs (the loader reports any other).
+  // Weights are held apart: each load copies the model's structure, never their bytes.
   for (auto& t : *model.mutable_graph()->mutable_initializer()) {
-    const DType dt = dtype_from_onnx(t.data_type());
-    if (!is_floating(dt) || t.data_location() == onnx::TensorProto::EXTERNAL || !t.has_raw_data() ||
-        static_cast<int64_t>(t.raw_data().size()) < kHeldBytes)
-      continue;
-    Shape shape(t.dims().begin(), t.dims().end());
-    int64_t numel = 1;
-    for (int64_t x : shape) numel = numel < 0 || x < 0 || (x != 0 && numel > kMaxElements / x) ? -1 : numel * x;
-    if (numel < 0 || numel >= kMaxElements || numel * dtype_size(dt) != static_cast<int64_t>(t.raw_data().size())) continue;
-    auto d = std::make_shared<TensorData>();
-    d->dtype = dt;
-    d->shape = std::move(shape);
+    if (!t.has_raw_data()) continue;
+    std::shared_ptr<TensorData> d = holdable(t, t.raw_data().size());
+    if (!d) continue;
     d->bytes.swap(*t.mutable_raw_data());
     t.clear_raw_data();
     if (!impl->held.emplace(t.name(), std::move(d)).second)
       throw_bad_input(file, "initializer '" + t.name() + "' appears twice");
   }
+  impl->keeper = std::move(keeper);
   return impl;
 }
 
 }  // namespace
 
 ParsedModel::ParsedModel(const fs::path& path) {
-  const FileBytes bytes(path);
-  impl_ = parse_model(bytes.data(), bytes.size(), path.string(), path.parent_path().empty() ? fs::path(".") : path.parent_path());
+  auto bytes = std::make_shared<const FileBytes>(path);
+  impl_ = parse_model(bytes->data(), bytes->size(), path.string(),
+                      path.parent_path().empty() ? fs::path(".") : path.parent_path(), bytes);
 }
 
 ParsedModel::ParsedModel(const std::string& bytes, const std::string& file, const fs::path& base_dir)
-    : impl_(parse_model(bytes.data(), bytes.size(), file, base_dir)) {}
+    : impl_(parse_model(bytes.data(), bytes.size(), file, base_dir, nullptr)) {}
 
 Graph load_graph(const ParsedModel& parsed, const LoadOptions& opts) {
   const ParsedModel::Impl& pm = parsed.impl();

@@ -51,7 +51,9 @@ struct LoadOptions {
 // once per stage; a tensor-parallel worker twice): the parsed protobuf, converted to an opset smp
 // reads (ONNX's version converter, from 7 up) and with its functions inlined, its large embedded
 // floating-point initializers' bytes held apart and shared, never copied, by every Graph loaded
-// from it. Bad input (not a model, an opset smp cannot read) throws smp::Error naming `name`.
+// from it: read from a file, they are borrowed from its mapping, which they keep alive (no copy
+// at parse either; docs/engine.md). Bad input (not a model, an opset smp cannot read) throws
+// smp::Error naming `name`.
 class ParsedModel {
  public:
   // `bytes` is not kept; `base_dir` is where external data files are found.

@@ -277,6 +277,123 @@ TEST_CASE("a model parsed once loads many times: its weights and large known val
   fs::remove_all(dir);
 }
 
+namespace {
+void put_varint(std::string& out, uint64_t v) {
+  for (; v >= 0x80; v >>= 7) out += static_cast<char>((v & 0x7f) | 0x80);
+  out += static_cast<char>(v);
+}
+// A length-delimited protobuf field: its key, its length, its bytes.
+std::string wire_field(int field, const std::string& bytes) {
+  std::string out;
+  put_varint(out, static_cast<uint64_t>(field) << 3 | 2);
+  put_varint(out, bytes.size());
+  return out + bytes;
+}
+std::string floats_bytes(size_t n, float scale) {
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = scale * static_cast<float>(i) - 3;
+  return std::string(reinterpret_cast<const char*>(v.data()), n * 4);
+}
+}  // namespace
+
+TEST_CASE("a model file's weights are read where they lie in the file, never copied at parse, byte for byte its parse") {
+  // y = Relu(x) * w + Gather(w2, idx): w and w2 floats (held), idx int64 of 16 KiB (cut out of
+  // the parse with them, then put back: not a weight), and w2's raw_data written twice (protobuf
+  // keeps the last).
+  onnx::ModelProto m = tiny_model();
+  auto* g = m.mutable_graph();
+  g->clear_node();
+  for (auto* v : {g->mutable_input(0), g->mutable_output(0)}) {
+    auto* dims = v->mutable_type()->mutable_tensor_type()->mutable_shape();
+    dims->clear_dim();
+    dims->add_dim()->set_dim_value(2048);
+  }
+  const std::string wb = floats_bytes(2048, 0.5f), w2_first = floats_bytes(2048, 2.0f), w2b = floats_bytes(2048, -0.25f);
+  auto* w = g->add_initializer();
+  w->set_name("w");
+  w->set_data_type(onnx::TensorProto::FLOAT);
+  w->add_dims(2048);
+  w->set_raw_data(wb);
+  std::vector<int64_t> idx(2048);
+  for (size_t i = 0; i < idx.size(); ++i) idx[i] = static_cast<int64_t>(idx.size() - 1 - i);
+  auto* it = g->add_initializer();
+  it->set_name("idx");
+  it->set_data_type(onnx::TensorProto::INT64);
+  it->add_dims(2048);
+  it->set_raw_data(std::string(reinterpret_cast<const char*>(idx.data()), idx.size() * 8));
+  node(g, "Relu", {"x"}, "r");
+  node(g, "Mul", {"r", "w"}, "p");
+  node(g, "Gather", {"w2", "idx"}, "q");
+  node(g, "Add", {"p", "q"}, "y");
+  // w2 goes in by hand, last among the initializers: its fields, then raw_data again.
+  onnx::TensorProto w2;
+  w2.set_name("w2");
+  w2.set_data_type(onnx::TensorProto::FLOAT);
+  w2.add_dims(2048);
+  w2.set_raw_data(w2_first);
+  const std::string w2_wire = w2.SerializeAsString() + wire_field(9, w2b);
+  onnx::ModelProto no_graph = m;
+  no_graph.clear_graph();
+  const std::string bytes = no_graph.SerializeAsString() + wire_field(7, g->SerializeAsString() + wire_field(5, w2_wire));
+
+  auto dir = test::temp_dir("borrowed");
+  const fs::path path = write_bytes(dir, "borrowed.onnx", bytes);
+  LoadOptions o;
+  o.load_weights = true;
+  const ParsedModel parsed(path);
+  Graph a = load_graph(parsed, o);
+  Graph b = load_graph_from_bytes(bytes, "borrowed.onnx", o);
+  check_well_formed(a);
+  REQUIRE(a.values.size() == b.values.size());
+  for (size_t i = 0; i < a.values.size(); ++i) {
+    const Value& va = a.values[i];
+    INFO(va.name);
+    const int j = b.find_value(va.name);
+    REQUIRE(j >= 0);
+    const Value& vb = b.value(j);
+    CHECK(va.kind == vb.kind);
+    REQUIRE((va.data == nullptr) == (vb.data == nullptr));
+    if (va.data) CHECK(va.data->bytes == vb.data->bytes);
+  }
+  const Value& aw = a.value(a.find_value("w"));
+  const Value& aw2 = a.value(a.find_value("w2"));
+  CHECK(aw.kind == ValueKind::Parameter);
+  CHECK(aw2.kind == ValueKind::Parameter);
+  // Read from the file's mapping (the file's own bytes), where the bytes path owns copies.
+  CHECK(aw.data->bytes.borrowed());
+  CHECK(aw2.data->bytes.borrowed());
+  CHECK(aw.data->bytes == wb);
+  CHECK(aw2.data->bytes == w2b);
+  CHECK(!b.value(b.find_value("w")).data->bytes.borrowed());
+  CHECK(!a.value(a.find_value("idx")).data->bytes.borrowed());
+  CHECK(a.value(a.find_value("idx")).data->get_i64(0) == 2047);
+  // Copy on write: a copy of the data borrows too, and writing makes it its own.
+  TensorData c = *aw.data;
+  CHECK(c.bytes.borrowed());
+  c.as_mut<float>()[0] = 42.0f;
+  CHECK(!c.bytes.borrowed());
+  CHECK(aw.data->get_f64(0) == -3.0);
+  CHECK(c.get_f64(0) == 42.0);
+
+  // The graph outlives its parsed model: the weights keep the mapping.
+  Graph kept = load_graph(ParsedModel(path), o);
+  CHECK(kept.value(kept.find_value("w2")).data->bytes == w2b);
+
+  // A model to convert (opset 6) gets its raw data back before the converter sees it.
+  onnx::ModelProto six = no_graph;
+  six.mutable_opset_import(0)->set_version(6);
+  const fs::path old = write_bytes(dir, "opset6.onnx", six.SerializeAsString() + bytes.substr(no_graph.ByteSizeLong()));
+  Graph c6 = load_graph(ParsedModel(old), o);
+  CHECK(c6.opset == 7);
+  CHECK(c6.value(c6.find_value("w")).data->bytes == wb);
+  CHECK(c6.value(c6.find_value("w2")).data->bytes == w2b);
+  CHECK(c6.value(c6.find_value("idx")).data->get_i64(2047) == 0);
+
+  // Cut short inside a weight: protobuf's own message, as before.
+  expect_bad(write_bytes(dir, "short.onnx", bytes.substr(0, bytes.size() - 100)), "not an ONNX model (protobuf parsing failed)");
+  fs::remove_all(dir);
+}
+
 TEST_CASE("--freeze: named or matched initializers stay constant with their bytes; a pattern matching none is bad input") {
   Graph all = load_graph(test::sample("mlp"), batch(2));
   LoadOptions o = batch(2);
@@ -526,7 +643,7 @@ TEST_CASE("staged loading: what data decides is cut off, its inputs become outpu
       auto d = std::make_shared<TensorData>();
       d->dtype = DType::Bool;
       d->shape = std::move(s);
-      d->bytes.assign(v.begin(), v.end());
+      d->bytes = std::string(v.begin(), v.end());
       return d;
     };
     o.known["c"] = boolean({static_cast<uint8_t>(sign > 0)}, {});

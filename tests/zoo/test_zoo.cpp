@@ -390,7 +390,7 @@ void check_model(const std::string& name) {
     REQUIRE(v >= 0);
     const auto& d = trained.value(v).data;
     REQUIRE(d);
-    return runtime::NpyArray{d->dtype, d->shape, d->bytes};
+    return runtime::NpyArray{d->dtype, d->shape, d->bytes.copy()};
   };
   for (const auto& e : fs::directory_iterator(rdir / "stats")) {
     const std::string var = e.path().stem().string();

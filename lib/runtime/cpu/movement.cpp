@@ -1075,7 +1075,7 @@ std::unique_ptr<KernelState> prep_constant(const NodeView& n) {
   require_plain(n, y);
   if (auto it = a.find("value"); it != a.end() && it->second.t) {
     s->data = it->second.t;
-    s->bytes = s->data->bytes;
+    s->bytes = s->data->bytes.copy();
   } else if (auto f = a.find("value_float"); f != a.end()) {
     float v = static_cast<float>(f->second.f);
     s->bytes.assign(reinterpret_cast<const char*>(&v), 4);
@@ -1107,7 +1107,7 @@ std::unique_ptr<KernelState> prep_constant_of_shape(const NodeView& n) {
   std::string one;
   if (it != n.node().attrs.end() && it->second.t) {
     if (it->second.t->dtype != y.dtype || it->second.t->numel() != 1) n.fail("value must be one element of the output's dtype");
-    one = it->second.t->bytes;
+    one = it->second.t->bytes.copy();
   } else {
     if (y.dtype != DType::F32) n.fail("output dtype differs from the default value's (float32)");
     one.assign(4, '\0');

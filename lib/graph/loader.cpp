@@ -17,7 +17,11 @@
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 
+#include <fcntl.h>
 #include <fnmatch.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <climits>
@@ -90,21 +94,36 @@ ExternalInfo external_info(const onnx::TensorProto& t, const std::string& file) 
   return e;
 }
 
-std::string read_external_bytes(const ExternalData& ext, int64_t expected, const std::string& what) {
-  std::ifstream in(ext.file, std::ios::binary);
-  if (!in) throw_bad_input(ext.file.string(), "cannot open external weight file for " + what,
-                           "the planner does not need it, but training does");
-  in.seekg(0, std::ios::end);
-  int64_t size = static_cast<int64_t>(in.tellg());
-  int64_t len = ext.length >= 0 ? ext.length : size - ext.offset;
+// An external tensor's bytes, read where they lie: a read-only mapping of their range of the file,
+// kept alive by the Bytes (read into memory where the file cannot be mapped).
+Bytes read_external_bytes(const ExternalData& ext, int64_t expected, const std::string& what) {
+  const int fd = ::open(ext.file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw_bad_input(ext.file.string(), "cannot open external weight file for " + what,
+                              "the planner does not need it, but training does");
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) throw_bad_input(ext.file.string(), "cannot read the size of the external weight file for " + what);
+  const int64_t size = st.st_size;
+  const int64_t len = ext.length >= 0 ? ext.length : size - ext.offset;
   if (len != expected)
     throw_bad_input(ext.file.string(), fmt::format("{}: external data holds {} bytes, expected {}", what, len, expected));
   if (ext.offset > size || len > size - ext.offset)
     throw_bad_input(ext.file.string(), fmt::format("{}: external data runs past the end of the file", what));
+  if (len == 0) return {};
+  const auto page = static_cast<int64_t>(::sysconf(_SC_PAGESIZE));
+  const int64_t start = ext.offset - ext.offset % page, lead = ext.offset - start;
+  const auto span = static_cast<size_t>(lead + len);
+  void* m = ::mmap(nullptr, span, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, static_cast<off_t>(start));
+  if (m != MAP_FAILED) {
+    std::shared_ptr<const void> keeper(m, [span](const void* p) { ::munmap(const_cast<void*>(p), span); });
+    return Bytes::borrow(static_cast<const char*>(m) + lead, static_cast<size_t>(len), std::move(keeper));
+  }
   std::string bytes(static_cast<size_t>(len), '\0');
-  in.seekg(ext.offset);
-  in.read(bytes.data(), len);
-  if (!in) throw_bad_input(ext.file.string(), "read error for " + what);
+  if (::lseek(fd, static_cast<off_t>(ext.offset), SEEK_SET) < 0 || !read_all(fd, bytes.data(), bytes.size()))
+    throw_bad_input(ext.file.string(), "read error for " + what);
   return bytes;
 }
 

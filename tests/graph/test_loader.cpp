@@ -389,6 +389,42 @@ TEST_CASE("a model file's weights are read where they lie in the file, never cop
   CHECK(c6.value(c6.find_value("w2")).data->bytes == w2b);
   CHECK(c6.value(c6.find_value("idx")).data->get_i64(2047) == 0);
 
+  // External data is read where it lies too: a mapping of its range of the file (here at an
+  // offset that is neither page- nor float-aligned).
+  onnx::ModelProto ext = m;
+  onnx::TensorProto* ew = ext.mutable_graph()->mutable_initializer(0);
+  REQUIRE(ew->name() == "w");
+  ew->clear_raw_data();
+  ew->set_data_location(onnx::TensorProto::EXTERNAL);
+  auto kv = [&](const char* k, const std::string& v) {
+    auto* e = ew->add_external_data();
+    e->set_key(k);
+    e->set_value(v);
+  };
+  kv("location", "weights.bin");
+  kv("offset", "4099");
+  kv("length", "8192");
+  write_bytes(dir, "weights.bin", std::string(4099, 'x') + wb + "tail");
+  // (w2 is not in `m`: these graphs read w and idx only, y = Relu(x) * w + Gather(w2, idx) with w2 a graph input.)
+  auto* w2in = ext.mutable_graph()->add_input();
+  *w2in = ext.graph().input(0);
+  w2in->set_name("w2");
+  const fs::path ext_path = write_model(dir, "ext.onnx", ext);
+  Graph e = load_graph(ParsedModel(ext_path), o);
+  const Value& ewv = e.value(e.find_value("w"));
+  REQUIRE(ewv.data);
+  CHECK(ewv.data->bytes.borrowed());
+  CHECK(ewv.data->bytes == wb);
+  CHECK(ewv.data->get_f64(3) == 0.5 * 3 - 3);
+  // Its bounds are checked before it is mapped.
+  ew->mutable_external_data(1)->set_value("4104");
+  CHECK_THROWS_WITH(load_graph(ParsedModel(write_model(dir, "ext_past.onnx", ext)), o),
+                    doctest::Contains("weights.bin: tensor 'w': external data runs past the end of the file"));
+  ew->mutable_external_data(1)->set_value("4099");
+  ew->mutable_external_data(2)->set_value("4096");
+  CHECK_THROWS_WITH(load_graph(ParsedModel(write_model(dir, "ext_len.onnx", ext)), o),
+                    doctest::Contains("weights.bin: tensor 'w': external data holds 4096 bytes, expected 8192"));
+
   // Cut short inside a weight: protobuf's own message, as before.
   expect_bad(write_bytes(dir, "short.onnx", bytes.substr(0, bytes.size() - 100)), "not an ONNX model (protobuf parsing failed)");
   fs::remove_all(dir);

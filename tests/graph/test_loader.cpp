@@ -90,6 +90,19 @@ onnx::ModelProto tiny_model() {
   return m;
 }
 
+// tiny_model without its node, x and y of shape [n].
+onnx::ModelProto vector_model(int64_t n) {
+  onnx::ModelProto m = tiny_model();
+  auto* g = m.mutable_graph();
+  g->clear_node();
+  for (auto* v : {g->mutable_input(0), g->mutable_output(0)}) {
+    auto* dims = v->mutable_type()->mutable_tensor_type()->mutable_shape();
+    dims->clear_dim();
+    dims->add_dim()->set_dim_value(n);
+  }
+  return m;
+}
+
 // A node of `op` reading `in`, writing `out`, named after its output.
 onnx::NodeProto* node(onnx::GraphProto* g, const char* op, std::vector<std::string> in, const std::string& out) {
   auto* n = g->add_node();
@@ -209,14 +222,8 @@ TEST_CASE("a worker reads only the weights it asks for") {
 
 TEST_CASE("a model parsed once loads many times: its weights and large known values are shared, never copied") {
   // y = Relu(x) * w, with w a weight of 2048 floats stored as raw data (as exporters write it).
-  onnx::ModelProto m = tiny_model();
+  onnx::ModelProto m = vector_model(2048);
   auto* g = m.mutable_graph();
-  g->clear_node();
-  for (auto* v : {g->mutable_input(0), g->mutable_output(0)}) {
-    auto* dims = v->mutable_type()->mutable_tensor_type()->mutable_shape();
-    dims->clear_dim();
-    dims->add_dim()->set_dim_value(2048);
-  }
   std::vector<float> wv(2048);
   for (size_t i = 0; i < wv.size(); ++i) wv[i] = 0.5f * static_cast<float>(i) - 7;
   auto* w = g->add_initializer();
@@ -300,14 +307,8 @@ TEST_CASE("a model file's weights are read where they lie in the file, never cop
   // y = Relu(x) * w + Gather(w2, idx): w and w2 floats (held), idx int64 of 16 KiB (cut out of
   // the parse with them, then put back: not a weight), and w2's raw_data written twice (protobuf
   // keeps the last).
-  onnx::ModelProto m = tiny_model();
+  onnx::ModelProto m = vector_model(2048);
   auto* g = m.mutable_graph();
-  g->clear_node();
-  for (auto* v : {g->mutable_input(0), g->mutable_output(0)}) {
-    auto* dims = v->mutable_type()->mutable_tensor_type()->mutable_shape();
-    dims->clear_dim();
-    dims->add_dim()->set_dim_value(2048);
-  }
   const std::string wb = floats_bytes(2048, 0.5f), w2_first = floats_bytes(2048, 2.0f), w2b = floats_bytes(2048, -0.25f);
   auto* w = g->add_initializer();
   w->set_name("w");

@@ -70,11 +70,12 @@ void to_inference_form(onnx::ModelProto& m, const fs::path& dest) {
 
 void export_with_weights(const fs::path& source, const fs::path& dest, const std::map<std::string, TensorData>& weights,
                          ExportForm form) {
-  std::string bytes = read_file(source);
   onnx::ModelProto m;
-  if (!m.ParseFromString(bytes)) throw_bad_input(source.string(), "not an ONNX model (protobuf parsing failed)");
-  bytes.clear();
-  bytes.shrink_to_fit();
+  {
+    const FileBytes bytes(source);  // mapped: the model's bytes are parsed where they lie
+    if (bytes.size() > static_cast<size_t>(INT_MAX) || !m.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())))
+      throw_bad_input(source.string(), "not an ONNX model (protobuf parsing failed)");
+  }
   if (form == ExportForm::Inference) to_inference_form(m, dest);
   fs::path base = source.parent_path();
   size_t replaced = 0;

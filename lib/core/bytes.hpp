@@ -17,7 +17,6 @@ class Bytes {
  public:
   Bytes() = default;
   Bytes(std::string s) : own_(std::move(s)) {}  // NOLINT: a std::string is a Bytes
-  Bytes(const char* p, size_t n) : own_(p, n) {}
   Bytes& operator=(std::string s) {
     own_ = std::move(s);
     drop_view();
@@ -36,16 +35,11 @@ class Bytes {
 
   const char* data() const { return view_ ? view_ : own_.data(); }
   size_t size() const { return view_ ? view_size_ : own_.size(); }
-  bool empty() const { return size() == 0; }
   std::string_view view() const { return {data(), size()}; }
   std::string copy() const { return std::string(data(), size()); }
-  const char* begin() const { return data(); }
-  const char* end() const { return data() + size(); }
-  const char& operator[](size_t i) const { return data()[i]; }
 
   // Mutable access: owned from here on.
   char* data() { return str().data(); }
-  char& operator[](size_t i) { return str()[i]; }
   std::string& str() {
     if (view_) {
       own_.assign(view_, view_size_);
@@ -62,12 +56,6 @@ class Bytes {
     own_.assign(n, c);
     drop_view();
   }
-  void append(const char* p, size_t n) { str().append(p, n); }
-  void clear() {
-    own_.clear();
-    drop_view();
-  }
-  void shrink_to_fit() { own_.shrink_to_fit(); }
   void swap(std::string& s) {
     str().swap(s);
   }

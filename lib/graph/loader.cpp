@@ -1033,8 +1033,7 @@ bool cut_at_data_dependence(onnx::GraphProto& g, const ConstMap& consts, int64_t
 
 struct ParsedModel::Impl {
   onnx::ModelProto model;  // without the bytes of the initializers in `held`
-  HeldMap held;
-  std::shared_ptr<const void> keeper;  // the file's mapping, where `held` reads
+  HeldMap held;  // borrowed from the file's mapping, which they keep alive, or owned
   std::string file;
   fs::path base_dir;
   int64_t opset = -1;
@@ -1182,28 +1181,31 @@ std::shared_ptr<const ParsedModel::Impl> parse_model(const char* data, size_t si
   for (const auto& o : model.opset_import())
     if (onnx_domain(o.domain())) opset = o.version();
   int64_t max_opset = max_supported_opset();
+  auto hold = [&](const onnx::TensorProto& t, std::shared_ptr<TensorData> d) {
+    if (!impl->held.emplace(t.name(), std::move(d)).second)
+      throw_bad_input(file, "initializer '" + t.name() + "' appears twice");
+  };
 
   // The cut-out weights: held, read where they lie in the file; any other raw data goes back.
-  // A model to convert first gets all of it back (the converter rewrites initializers).
+  // A model of an older opset, which may be converted, first gets all of it back (the converter
+  // rewrites initializers; the loop below then holds them).
   if (was_cut) {
     auto& inits = *model.mutable_graph()->mutable_initializer();
     SMP_CHECK(static_cast<size_t>(inits.size()) == spans.size(), "{}: {} initializers, {} raw-data spans", file,
               inits.size(), spans.size());
-    const bool converting = opset >= 1 && opset < kMinOpset && model.graph().node_size() > 0;
     for (int i = 0; i < inits.size(); ++i) {
       const RawSpan& r = spans[static_cast<size_t>(i)];
       if (r.length < 0) continue;
       onnx::TensorProto& t = inits[i];
       const char* bytes = data + r.offset;
       const auto n = static_cast<size_t>(r.length);
-      std::shared_ptr<TensorData> d = converting ? nullptr : holdable(t, n);
+      std::shared_ptr<TensorData> d = opset < kMinOpset ? nullptr : holdable(t, n);
       if (!d) {
         t.set_raw_data(bytes, n);
         continue;
       }
       d->bytes = Bytes::borrow(bytes, n, keeper);
-      if (!impl->held.emplace(t.name(), std::move(d)).second)
-        throw_bad_input(file, "initializer '" + t.name() + "' appears twice");
+      hold(t, std::move(d));
     }
   }
 
@@ -1226,10 +1228,8 @@ std::shared_ptr<const ParsedModel::Impl> parse_model(const char* data, size_t si
     if (!d) continue;
     d->bytes.swap(*t.mutable_raw_data());
     t.clear_raw_data();
-    if (!impl->held.emplace(t.name(), std::move(d)).second)
-      throw_bad_input(file, "initializer '" + t.name() + "' appears twice");
+    hold(t, std::move(d));
   }
-  impl->keeper = std::move(keeper);
   return impl;
 }
 

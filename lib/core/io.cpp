@@ -39,30 +39,34 @@ std::string read_file(const fs::path& path) {
   return ss.str();
 }
 
-FileBytes::FileBytes(const fs::path& path) {
-  std::error_code ec;
-  if (fs::is_regular_file(path, ec)) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw_bad_input(path.string(), std::string("cannot open: ") + std::strerror(errno));
-    struct stat st {};
-    if (::fstat(fd, &st) == 0 && st.st_size > 0) {
-      void* m = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
-      if (m != MAP_FAILED) {
-        map_ = m;
-        data_ = static_cast<const char*>(m);
-        size_ = static_cast<size_t>(st.st_size);
-      }
-    }
-    ::close(fd);
-    if (map_) return;
+Bytes map_range(int fd, int64_t offset, int64_t length, const fs::path& path) {
+  if (length <= 0) return {};
+  const auto page = static_cast<int64_t>(::sysconf(_SC_PAGESIZE));
+  const int64_t start = offset - offset % page, lead = offset - start;
+  const auto span = static_cast<size_t>(lead + length);
+  void* m = ::mmap(nullptr, span, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, static_cast<off_t>(start));
+  if (m != MAP_FAILED) {
+    std::shared_ptr<const void> keeper(m, [span](const void* p) { ::munmap(const_cast<void*>(p), span); });
+    return Bytes::borrow(static_cast<const char*>(m) + lead, static_cast<size_t>(length), std::move(keeper));
   }
-  read_ = read_file(path);
-  data_ = read_.data();
-  size_ = read_.size();
+  std::string bytes(static_cast<size_t>(length), '\0');  // past vm.max_map_count, or not mappable
+  if (::lseek(fd, static_cast<off_t>(offset), SEEK_SET) < 0 || !read_all(fd, bytes.data(), bytes.size()))
+    throw_bad_input(path.string(), std::string("read error: ") + (errno ? std::strerror(errno) : "the file ended early"));
+  return bytes;
 }
 
-FileBytes::~FileBytes() {
-  if (map_) ::munmap(map_, size_);
+Bytes map_file(const fs::path& path) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) return read_file(path);  // a pipe; read_file names what is missing
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw_bad_input(path.string(), std::string("cannot open: ") + std::strerror(errno));
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) throw_bad_input(path.string(), std::string("cannot read its size: ") + std::strerror(errno));
+  return map_range(fd, 0, st.st_size, path);
 }
 
 bool write_all(int fd, const void* p, size_t n) {

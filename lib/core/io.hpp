@@ -1,7 +1,11 @@
 // Small file and JSON helpers shared by every layer.
 #pragma once
 
+#include "core/bytes.hpp"
+
 #include <nlohmann/json.hpp>
+
+#include <cstdint>
 
 #include <filesystem>
 #include <string>
@@ -12,23 +16,14 @@ namespace smp {
 std::string read_file(const std::filesystem::path& path);
 
 // A file's bytes, mapped read-only where it is a regular file (a 2 GB model is parsed from the
-// page cache, never copied into memory of its own), else read; bad input (naming the file) when
-// it cannot be read. Truncating the file while it is mapped is not supported.
-class FileBytes {
- public:
-  explicit FileBytes(const std::filesystem::path& path);
-  ~FileBytes();
-  FileBytes(const FileBytes&) = delete;
-  FileBytes& operator=(const FileBytes&) = delete;
-  const char* data() const { return data_; }
-  size_t size() const { return size_; }
+// page cache, never copied into memory of its own), else read; the mapping lives as long as the
+// Bytes or a copy of it. Bad input (naming the file) when it cannot be read. Truncating the file
+// while it is mapped is not supported.
+Bytes map_file(const std::filesystem::path& path);
 
- private:
-  const char* data_ = nullptr;
-  size_t size_ = 0;
-  void* map_ = nullptr;
-  std::string read_;  // a file that cannot be mapped (a pipe, an empty file)
-};
+// `length` bytes at `offset` of the open file `fd`, which must lie within it: mapped as map_file
+// maps, read where they cannot be mapped. Bad input naming `path` on a read error.
+Bytes map_range(int fd, int64_t offset, int64_t length, const std::filesystem::path& path);
 
 // Writes beside the target and renames over it, so a crash leaves either the old or the new
 // file, never a torn one. Failure (naming the file) when it cannot be written.

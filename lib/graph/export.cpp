@@ -2,11 +2,11 @@
 
 #include "core/error.hpp"
 #include "core/io.hpp"
+#include "graph/loader.hpp"
 
 #include <onnx/onnx_pb.h>
 
 #include <climits>
-#include <fstream>
 #include <set>
 
 namespace smp::graph {
@@ -72,7 +72,7 @@ void export_with_weights(const fs::path& source, const fs::path& dest, const std
                          ExportForm form) {
   onnx::ModelProto m;
   {
-    const FileBytes bytes(source);  // mapped: the model's bytes are parsed where they lie
+    const Bytes bytes = map_file(source);  // mapped: the model's bytes are parsed where they lie
     if (bytes.size() > static_cast<size_t>(INT_MAX) || !m.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())))
       throw_bad_input(source.string(), "not an ONNX model (protobuf parsing failed)");
   }
@@ -99,18 +99,13 @@ void export_with_weights(const fs::path& source, const fs::path& dest, const std
     } else if (t.data_location() == onnx::TensorProto::EXTERNAL) {
       int64_t off = 0, len = -1;
       std::string loc = external_location(t, &off, &len);
-      std::ifstream in(base / loc, std::ios::binary);
-      if (!in) throw_failure((base / loc).string(), "cannot read the external weights of '" + t.name() + "' to export");
-      if (len < 0) {
-        in.seekg(0, std::ios::end);
-        len = static_cast<int64_t>(in.tellg()) - off;
-      }
-      std::string raw(static_cast<size_t>(len), '\0');
-      in.seekg(off);
-      in.read(raw.data(), len);
+      int64_t numel = 1;
+      for (int64_t x : t.dims()) numel *= x;
+      const int64_t expected = numel * static_cast<int64_t>(dtype_size(dtype_from_onnx(t.data_type())));
+      const Bytes raw = read_external_bytes(ExternalData{base / loc, off, len}, expected, "tensor '" + t.name() + "'");
       t.clear_external_data();
       t.set_data_location(onnx::TensorProto::DEFAULT);
-      t.set_raw_data(std::move(raw));
+      t.set_raw_data(raw.data(), raw.size());
     }
     total += static_cast<int64_t>(t.raw_data().size());
   }

@@ -94,8 +94,8 @@ ExternalInfo external_info(const onnx::TensorProto& t, const std::string& file) 
   return e;
 }
 
-// An external tensor's bytes, read where they lie: a read-only mapping of their range of the file,
-// kept alive by the Bytes (read into memory where the file cannot be mapped).
+}  // namespace
+
 Bytes read_external_bytes(const ExternalData& ext, int64_t expected, const std::string& what) {
   const int fd = ::open(ext.file.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw_bad_input(ext.file.string(), "cannot open external weight file for " + what,
@@ -112,20 +112,10 @@ Bytes read_external_bytes(const ExternalData& ext, int64_t expected, const std::
     throw_bad_input(ext.file.string(), fmt::format("{}: external data holds {} bytes, expected {}", what, len, expected));
   if (ext.offset > size || len > size - ext.offset)
     throw_bad_input(ext.file.string(), fmt::format("{}: external data runs past the end of the file", what));
-  if (len == 0) return {};
-  const auto page = static_cast<int64_t>(::sysconf(_SC_PAGESIZE));
-  const int64_t start = ext.offset - ext.offset % page, lead = ext.offset - start;
-  const auto span = static_cast<size_t>(lead + len);
-  void* m = ::mmap(nullptr, span, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, static_cast<off_t>(start));
-  if (m != MAP_FAILED) {
-    std::shared_ptr<const void> keeper(m, [span](const void* p) { ::munmap(const_cast<void*>(p), span); });
-    return Bytes::borrow(static_cast<const char*>(m) + lead, static_cast<size_t>(len), std::move(keeper));
-  }
-  std::string bytes(static_cast<size_t>(len), '\0');
-  if (::lseek(fd, static_cast<off_t>(ext.offset), SEEK_SET) < 0 || !read_all(fd, bytes.data(), bytes.size()))
-    throw_bad_input(ext.file.string(), "read error for " + what);
-  return bytes;
+  return map_range(fd, ext.offset, len, ext.file);
 }
+
+namespace {
 
 template <class T, class R>
 void append_elems(Bytes& out, const R& field) {
@@ -1236,7 +1226,7 @@ std::shared_ptr<const ParsedModel::Impl> parse_model(const char* data, size_t si
 }  // namespace
 
 ParsedModel::ParsedModel(const fs::path& path) {
-  auto bytes = std::make_shared<const FileBytes>(path);
+  auto bytes = std::make_shared<const Bytes>(map_file(path));
   impl_ = parse_model(bytes->data(), bytes->size(), path.string(),
                       path.parent_path().empty() ? fs::path(".") : path.parent_path(), bytes);
 }

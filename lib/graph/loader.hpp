@@ -75,6 +75,12 @@ Graph load_graph(const std::filesystem::path& path, const LoadOptions& opts);
 Graph load_graph_from_bytes(const std::string& bytes, const std::string& name,
                             const LoadOptions& opts, const std::filesystem::path& base_dir = {});
 
+// An external tensor's bytes, read where they lie: a read-only mapping of their range of the
+// file, kept alive by the Bytes (read into memory where the file cannot be mapped). Bad input
+// naming the file when it cannot be opened, its range runs past the file's end or holds other
+// than `expected` bytes; `what` names the tensor in messages.
+Bytes read_external_bytes(const ExternalData& ext, int64_t expected, const std::string& what);
+
 // Reads the bytes of one parameter or constant (from memory or its external file).
 std::shared_ptr<const TensorData> read_tensor(const Value& v);
 

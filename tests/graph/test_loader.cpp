@@ -4,6 +4,7 @@
 
 #include "core/error.hpp"
 #include "core/io.hpp"
+#include "graph/export.hpp"
 #include "graph/loader.hpp"
 #include "graph/op_registry.hpp"
 #include "runtime/npy.hpp"
@@ -425,6 +426,21 @@ TEST_CASE("a model file's weights are read where they lie in the file, never cop
   ew->mutable_external_data(2)->set_value("4096");
   CHECK_THROWS_WITH(load_graph(ParsedModel(write_model(dir, "ext_len.onnx", ext)), o),
                     doctest::Contains("weights.bin: tensor 'w': external data holds 4096 bytes, expected 8192"));
+  // --export inlines the external weights it was not given, read through the same checks.
+  ew->mutable_external_data(2)->set_value("8192");
+  export_with_weights(write_model(dir, "ext_ok.onnx", ext), dir / "inlined.onnx", {});
+  Graph inl = load_graph(ParsedModel(dir / "inlined.onnx"), o);
+  const Value& iw = inl.value(inl.find_value("w"));
+  CHECK(!iw.external);
+  REQUIRE(iw.data);
+  CHECK(iw.data->bytes == wb);
+  // A weight file cut short since the model was loaded: a clear error and no export, never a
+  // model whose weights end in zeros.
+  ew->mutable_external_data(0)->set_value("short.bin");
+  write_bytes(dir, "short.bin", std::string(4099, 'x') + wb.substr(0, 100));
+  CHECK_THROWS_WITH(export_with_weights(write_model(dir, "ext_short.onnx", ext), dir / "short_out.onnx", {}),
+                    doctest::Contains("short.bin: tensor 'w': external data runs past the end of the file"));
+  CHECK(!fs::exists(dir / "short_out.onnx"));
 
   // Cut short inside a weight: protobuf's own message, as before.
   expect_bad(write_bytes(dir, "short.onnx", bytes.substr(0, bytes.size() - 100)), "not an ONNX model (protobuf parsing failed)");

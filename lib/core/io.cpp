@@ -93,15 +93,28 @@ bool read_all(int fd, void* p, size_t n) {
 }
 
 void write_file_atomic(const fs::path& path, const std::string& bytes) {
+  write_file_atomic(path, [&](int fd) { return write_all(fd, bytes.data(), bytes.size()); });
+}
+
+void write_file_atomic(const fs::path& path, const std::function<bool(int fd)>& write) {
   fs::path tmp = path;
   tmp += fmt::format(".tmp.{}", ::getpid());
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) throw_failure(path.string(), std::string("cannot write: ") + std::strerror(errno));
-  if (!write_all(fd, bytes.data(), bytes.size())) {
+  errno = 0;
+  bool wrote = false;
+  try {
+    wrote = write(fd);
+  } catch (...) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  if (!wrote) {
     int err = errno;
     ::close(fd);
     ::unlink(tmp.c_str());
-    throw_failure(path.string(), std::string("write failed: ") + std::strerror(err));
+    throw_failure(path.string(), std::string("write failed: ") + (err ? std::strerror(err) : "the data could not be written"));
   }
   if (::fsync(fd) != 0 || ::close(fd) != 0) {
     int err = errno;

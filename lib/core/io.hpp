@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include <filesystem>
+#include <functional>
 #include <string>
 
 namespace smp {
@@ -28,6 +29,10 @@ Bytes map_range(int fd, int64_t offset, int64_t length, const std::filesystem::p
 // Writes beside the target and renames over it, so a crash leaves either the old or the new
 // file, never a torn one. Failure (naming the file) when it cannot be written.
 void write_file_atomic(const std::filesystem::path& path, const std::string& bytes);
+// Same, with the bytes that `write` writes to the open file (a model or a checkpoint streamed out
+// without a copy of it in memory); `write` returns false on failure, with errno set where a
+// system call failed.
+void write_file_atomic(const std::filesystem::path& path, const std::function<bool(int fd)>& write);
 
 // All n bytes to / from a file descriptor, retrying after signals and short transfers; false on
 // an error or (reading) an early end of file, with errno set by the failing call (0 at the end).

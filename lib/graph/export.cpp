@@ -3,6 +3,7 @@
 #include "core/error.hpp"
 #include "core/io.hpp"
 #include "graph/loader.hpp"
+#include "graph/wire.hpp"
 
 #include <onnx/onnx_pb.h>
 
@@ -68,22 +69,27 @@ void to_inference_form(onnx::ModelProto& m, const fs::path& dest) {
 
 }  // namespace
 
-void export_with_weights(const fs::path& source, const fs::path& dest, const std::map<std::string, TensorData>& weights,
+void export_with_weights(const fs::path& source, const fs::path& dest, std::map<std::string, TensorData> weights,
                          ExportForm form) {
+  // Parsed from its mapping with the large weights' bytes left there: those replaced by `weights`
+  // are never read, the others are set back from the mapping.
+  const Bytes bytes = map_file(source);
   onnx::ModelProto m;
-  {
-    const Bytes bytes = map_file(source);  // mapped: the model's bytes are parsed where they lie
-    if (bytes.size() > static_cast<size_t>(INT_MAX) || !m.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())))
-      throw_bad_input(source.string(), "not an ONNX model (protobuf parsing failed)");
-  }
+  std::vector<RawSpan> spans;
+  if (!parse_model_proto(bytes.data(), bytes.size(), 0, m, spans))
+    throw_bad_input(source.string(), "not an ONNX model (protobuf parsing failed)");
   if (form == ExportForm::Inference) to_inference_form(m, dest);
   fs::path base = source.parent_path();
   size_t replaced = 0;
   int64_t total = 0;
-  for (auto& t : *m.mutable_graph()->mutable_initializer()) {
+  auto& inits = *m.mutable_graph()->mutable_initializer();
+  SMP_CHECK(spans.empty() || spans.size() == static_cast<size_t>(inits.size()), "{}: {} initializers, {} raw-data spans",
+            source.string(), inits.size(), spans.size());
+  for (int i = 0; i < inits.size(); ++i) {
+    onnx::TensorProto& t = inits[i];
     auto it = weights.find(t.name());
     if (it != weights.end()) {
-      const TensorData& d = it->second;
+      TensorData& d = it->second;
       Shape dims(t.dims().begin(), t.dims().end());
       if (static_cast<int32_t>(d.dtype) != t.data_type() || d.shape != dims)
         throw_failure(dest.string(), "trained tensor '" + t.name() + "' is " + std::string(dtype_name(d.dtype)) +
@@ -94,7 +100,7 @@ void export_with_weights(const fs::path& source, const fs::path& dest, const std
       t.clear_int64_data();
       t.clear_external_data();
       t.set_data_location(onnx::TensorProto::DEFAULT);
-      t.set_raw_data(d.bytes.data(), d.bytes.size());
+      t.set_raw_data(std::move(d.bytes.str()));  // moved, not copied: the model is held once
       ++replaced;
     } else if (t.data_location() == onnx::TensorProto::EXTERNAL) {
       int64_t off = 0, len = -1;
@@ -106,6 +112,9 @@ void export_with_weights(const fs::path& source, const fs::path& dest, const std
       t.clear_external_data();
       t.set_data_location(onnx::TensorProto::DEFAULT);
       t.set_raw_data(raw.data(), raw.size());
+    } else if (!spans.empty() && spans[static_cast<size_t>(i)].length >= 0) {
+      const RawSpan& r = spans[static_cast<size_t>(i)];
+      t.set_raw_data(bytes.data() + r.offset, static_cast<size_t>(r.length));
     }
     total += static_cast<int64_t>(t.raw_data().size());
   }
@@ -116,27 +125,30 @@ void export_with_weights(const fs::path& source, const fs::path& dest, const std
     // Too large for one protobuf: all weights go to one external data file beside it.
     fs::path wfile = dest;
     wfile += ".weights";
-    std::string blob;
-    for (auto& t : *m.mutable_graph()->mutable_initializer()) {
-      int64_t off = static_cast<int64_t>(blob.size());
-      blob += t.raw_data();
-      int64_t len = static_cast<int64_t>(t.raw_data().size());
-      t.clear_raw_data();
-      t.set_data_location(onnx::TensorProto::EXTERNAL);
-      auto add = [&](const std::string& k, const std::string& v) {
-        auto* e = t.add_external_data();
-        e->set_key(k);
-        e->set_value(v);
-      };
-      add("location", wfile.filename().string());
-      add("offset", std::to_string(off));
-      add("length", std::to_string(len));
-    }
-    write_file_atomic(wfile, blob);
+    // Streamed out tensor by tensor, each weight's bytes freed once written.
+    write_file_atomic(wfile, [&](int fd) {
+      int64_t off = 0;
+      for (auto& t : *m.mutable_graph()->mutable_initializer()) {
+        const auto len = static_cast<int64_t>(t.raw_data().size());
+        if (!write_all(fd, t.raw_data().data(), t.raw_data().size())) return false;
+        std::string().swap(*t.mutable_raw_data());  // clear_raw_data alone keeps the capacity
+        t.clear_raw_data();
+        t.set_data_location(onnx::TensorProto::EXTERNAL);
+        auto add = [&](const std::string& k, const std::string& v) {
+          auto* e = t.add_external_data();
+          e->set_key(k);
+          e->set_value(v);
+        };
+        add("location", wfile.filename().string());
+        add("offset", std::to_string(off));
+        add("length", std::to_string(len));
+        off += len;
+      }
+      return true;
+    });
   }
-  std::string out;
-  if (!m.SerializeToString(&out)) throw_failure(dest.string(), "cannot serialize the model");
-  write_file_atomic(dest, out);
+  // Serialized straight into the file: no second copy of the model in memory.
+  write_file_atomic(dest, [&](int fd) { return m.SerializeToFileDescriptor(fd); });
 }
 
 }  // namespace smp::graph

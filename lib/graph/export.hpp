@@ -20,8 +20,9 @@ enum class ExportForm { Training, Inference };
 // Reads `source` (an ONNX file), replaces the initializers named in `weights` (dtype and shape
 // must match), and writes `dest` atomically. External data of other initializers is read and
 // embedded, so the result stands alone; a result over 2 GiB keeps all weights in
-// `<dest>.weights` as ONNX external data instead.
+// `<dest>.weights` as ONNX external data instead. `weights`' bytes move into the model, which is
+// serialized straight into the file: the model is held once while it is written.
 void export_with_weights(const std::filesystem::path& source, const std::filesystem::path& dest,
-                         const std::map<std::string, TensorData>& weights, ExportForm form = ExportForm::Training);
+                         std::map<std::string, TensorData> weights, ExportForm form = ExportForm::Training);
 
 }  // namespace smp::graph

@@ -7,15 +7,13 @@
 #include "graph/fold.hpp"
 #include "graph/functions.hpp"
 #include "graph/op_registry.hpp"
+#include "graph/wire.hpp"
 
 #include <onnx/checker.h>
 #include <onnx/defs/schema.h>
 #include <onnx/onnx_pb.h>
 #include <onnx/shape_inference/implementation.h>
 #include <onnx/version_converter/convert.h>
-
-#include <google/protobuf/io/coded_stream.h>
-#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 
 #include <fcntl.h>
 #include <fnmatch.h>
@@ -1031,98 +1029,6 @@ struct ParsedModel::Impl {
 
 namespace {
 
-// The bytes of a model file with its graph's large initializers' raw_data fields cut out, so
-// that protobuf's parse does not copy the weights (ModelProto.graph = 7, GraphProto.initializer
-// = 5, TensorProto.raw_data = 9; the lengths of the messages around them rewritten). spans[i]:
-// where initializer i's raw_data lies in the file ({0, -1}: left in). False, and nothing
-// promised, on anything this walk does not expect (a group, a length past the end): protobuf's
-// own parse of the whole file then says what is wrong.
-struct RawSpan {
-  size_t offset = 0;
-  int64_t length = -1;
-};
-
-class WireCutter {
- public:
-  WireCutter(const char* base, size_t size) : base_(base), size_(size) {}
-  bool cut(std::string& out, std::vector<RawSpan>& spans) {
-    spans_ = &spans;
-    return message(0, size_, 0, out);
-  }
-
- private:
-  // depth 0: ModelProto, 1: GraphProto, 2: TensorProto (an initializer).
-  bool message(size_t at, size_t end, int depth, std::string& out) {
-    RawSpan raw;
-    while (at < end) {
-      const size_t field_start = at;
-      uint64_t key = 0;
-      if (!varint(at, end, key)) return false;
-      const uint64_t field = key >> 3, wire = key & 7;
-      uint64_t v = 0;
-      switch (wire) {
-        case 0:
-          if (!varint(at, end, v)) return false;
-          break;
-        case 1:
-          if (end - at < 8) return false;
-          at += 8;
-          break;
-        case 5:
-          if (end - at < 4) return false;
-          at += 4;
-          break;
-        case 2: {
-          if (!varint(at, end, v) || v > end - at) return false;
-          const size_t body = at;
-          at += static_cast<size_t>(v);
-          if ((depth == 0 && field == 7) || (depth == 1 && field == 5)) {
-            std::string inner;
-            if (!message(body, at, depth + 1, inner)) return false;
-            put_varint(out, key);
-            put_varint(out, inner.size());
-            out += inner;
-            continue;
-          }
-          if (depth == 2 && field == 9) {  // the last raw_data counts, as in protobuf
-            if (static_cast<int64_t>(v) >= kHeldBytes) {
-              raw = RawSpan{body, static_cast<int64_t>(v)};
-              continue;
-            }
-            raw = RawSpan{};
-          }
-          break;
-        }
-        default:
-          return false;  // groups (3, 4) or not a wire type
-      }
-      out.append(base_ + field_start, at - field_start);
-    }
-    if (at != end) return false;
-    if (depth == 2) spans_->push_back(raw);
-    return true;
-  }
-  bool varint(size_t& at, size_t end, uint64_t& v) const {
-    v = 0;
-    for (int shift = 0; shift < 64 && at < end; shift += 7) {
-      const auto b = static_cast<uint8_t>(base_[at++]);
-      v |= static_cast<uint64_t>(b & 0x7f) << shift;
-      if (!(b & 0x80)) return true;
-    }
-    return false;
-  }
-  static void put_varint(std::string& out, uint64_t v) {
-    while (v >= 0x80) {
-      out += static_cast<char>((v & 0x7f) | 0x80);
-      v >>= 7;
-    }
-    out += static_cast<char>(v);
-  }
-  const char* base_;
-  size_t size_;
-  std::vector<RawSpan>* spans_ = nullptr;
-};
-
 // An initializer's raw bytes are held apart (a weight) when it is floating point, embedded, at
 // least kHeldBytes, and of the size its shape needs (the loader reports any other); its TensorData
 // then, else null.
@@ -1151,19 +1057,10 @@ std::shared_ptr<const ParsedModel::Impl> parse_model(const char* data, size_t si
   if (size == 0) throw_bad_input(file, "empty file", "expected an ONNX model");
   if (size > static_cast<size_t>(INT_MAX))
     throw_bad_input(file, "larger than 2 GiB", "store the weights as ONNX external data");
-  std::string cut;
   std::vector<RawSpan> spans;
-  if (keeper && !WireCutter(data, size).cut(cut, spans)) spans.clear();
+  if (!parse_model_proto(data, size, keeper ? kHeldBytes : -1, model, spans))
+    throw_bad_input(file, "not an ONNX model (protobuf parsing failed)", "the file may be truncated or of another format");
   const bool was_cut = !spans.empty();
-  {
-    const char* p = was_cut ? cut.data() : data;
-    const size_t n = was_cut ? cut.size() : size;
-    google::protobuf::io::ArrayInputStream raw(p, static_cast<int>(n));
-    google::protobuf::io::CodedInputStream cis(&raw);
-    cis.SetTotalBytesLimit(INT_MAX);
-    if (!model.ParseFromCodedStream(&cis) || !cis.ConsumedEntireMessage())
-      throw_bad_input(file, "not an ONNX model (protobuf parsing failed)", "the file may be truncated or of another format");
-  }
   if (model.ir_version() <= 0 || !model.has_graph())
     throw_bad_input(file, "not an ONNX model (no IR version or no graph)", "the file may be of another format");
 
@@ -1551,13 +1448,13 @@ Graph load_graph_from_bytes(const std::string& bytes, const std::string& file, c
 BatchAxis inspect_batch_axis(const fs::path& path) {
   BatchAxis out;
   onnx::ModelProto model;
-  std::string bytes;
+  std::vector<RawSpan> spans;  // the weights stay in the file: only the inputs are read
   try {
-    bytes = read_file(path);
+    const Bytes bytes = map_file(path);
+    if (!parse_model_proto(bytes.data(), bytes.size(), 0, model, spans)) return out;
   } catch (const Error&) {
     return out;
   }
-  if (!model.ParseFromString(bytes)) return out;
   std::unordered_set<std::string> inits;
   for (const auto& t : model.graph().initializer()) inits.insert(t.name());
   for (const auto& in : model.graph().input()) {

@@ -48,18 +48,23 @@ void write_stage_checkpoint(const fs::path& root, const StageCheckpoint& c) {
     off += static_cast<int64_t>(t.bytes.size());
   }
   h["tensors"] = ts;
-  std::string header = h.dump();
-  std::string out(kMagic, sizeof kMagic);
-  uint64_t len = header.size();
-  out.append(reinterpret_cast<const char*>(&len), sizeof len);
-  out += header;
-  out.reserve(out.size() + static_cast<size_t>(off));
-  for (const auto& t : c.tensors) out += t.bytes;
-  write_file_atomic(stage_file(root, c.step, c.stage, c.tp_rank), out);
+  const std::string header = h.dump();
+  const uint64_t len = header.size();
+  // Streamed out: a stage's weights and optimizer state are never copied into one buffer.
+  write_file_atomic(stage_file(root, c.step, c.stage, c.tp_rank), [&](int fd) {
+    if (!write_all(fd, kMagic, sizeof kMagic) || !write_all(fd, &len, sizeof len) || !write_all(fd, header.data(), header.size()))
+      return false;
+    for (const auto& t : c.tensors)
+      if (!write_all(fd, t.bytes.data(), t.bytes.size())) return false;
+    return true;
+  });
 }
 
 StageCheckpoint read_stage_checkpoint(const fs::path& file) {
-  std::string b = read_file(file);
+  // Mapped: each tensor borrows its bytes from the file where they lie (written once, renamed into
+  // place, never rewritten, so the mapping stays valid after a later checkpoint prunes the file).
+  const auto file_bytes = std::make_shared<const Bytes>(map_file(file));
+  const std::string_view b = file_bytes->view();
   auto bad = [&](const std::string& what) { throw_bad_input(file.string(), what, "the checkpoint is damaged"); };
   if (b.size() < 16 || std::memcmp(b.data(), kMagic, sizeof kMagic) != 0) bad("not an smp checkpoint");
   uint64_t len = 0;
@@ -67,13 +72,13 @@ StageCheckpoint read_stage_checkpoint(const fs::path& file) {
   if (len > b.size() - 16) bad("header runs past the end");
   nlohmann::json h;
   try {
-    h = nlohmann::json::parse(b.substr(16, len));
+    h = nlohmann::json::parse(b.substr(16, static_cast<size_t>(len)));
   } catch (const std::exception&) {
     bad("unreadable header");
   }
   if (h.value("version", 0) != kCheckpointVersion) bad("unsupported checkpoint version");
   StageCheckpoint c;
-  size_t base = 16 + len;
+  const size_t base = 16 + static_cast<size_t>(len);
   try {
     c.step = h.at("step").get<int64_t>();
     c.stage = h.at("stage").get<int>();
@@ -88,7 +93,7 @@ StageCheckpoint read_stage_checkpoint(const fs::path& file) {
       if (off < 0 || n < 0 || n != byte_size(nt.shape, dtype_size(nt.dtype)) ||
           static_cast<uint64_t>(off) + static_cast<uint64_t>(n) > b.size() - base)
         bad("tensor '" + nt.name + "' runs past the end");
-      nt.bytes = b.substr(base + static_cast<size_t>(off), static_cast<size_t>(n));
+      nt.bytes = Bytes::borrow(b.data() + base + static_cast<size_t>(off), static_cast<size_t>(n), file_bytes);
       c.tensors.push_back(std::move(nt));
     }
   } catch (const nlohmann::json::exception&) {

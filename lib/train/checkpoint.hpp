@@ -10,6 +10,7 @@
 // step, stage, tensors: name, dtype, shape, offset, bytes), then the raw tensor bytes.
 #pragma once
 
+#include "core/bytes.hpp"
 #include "core/dtype.hpp"
 #include "core/shape.hpp"
 
@@ -27,7 +28,7 @@ struct NamedTensor {
   std::string name;
   DType dtype = DType::F32;
   Shape shape;
-  std::string bytes;
+  Bytes bytes;  // read from a checkpoint: borrowed from the file's mapping
 };
 
 struct StageCheckpoint {

@@ -1585,7 +1585,7 @@ void Worker::export_model(int64_t done) {
       SMP_CHECK(static_cast<int>(ps.size()) == T_, "{} of {} shards of {}", ps.size(), T_, name);
       weights[name] = graph::unshard_tensor(ps, tp_analysis_.params.at(p), whole_.value(p).shape);
     }
-    graph::export_with_weights(plan_.model_path, o_.export_onnx, weights,
+    graph::export_with_weights(plan_.model_path, o_.export_onnx, std::move(weights),
                                o_.export_training_form ? graph::ExportForm::Training : graph::ExportForm::Inference);
     fs::remove_all(dir);
   }

@@ -8,6 +8,7 @@
 
 #include <jemalloc/jemalloc.h>
 
+#include <cerrno>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -65,6 +66,34 @@ TEST_CASE("atomic write replaces the file and leaves no temporary") {
   write_file_atomic(f, "{nope");
   CHECK_THROWS_WITH_AS(read_json(f), doctest::Contains("not valid JSON"), Error);
   CHECK_THROWS_WITH_AS(read_file(dir / "missing"), doctest::Contains("no such file"), Error);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("a streamed atomic write that fails or throws leaves the old file and no temporary") {
+  fs::path dir = fs::temp_directory_path() / fmt::format("smp_core_stream_{}", ::getpid());
+  fs::create_directories(dir);
+  fs::path f = dir / "ckpt.bin";
+  write_file_atomic(f, [](int fd) { return write_all(fd, "old", 3) && write_all(fd, "!", 1); });
+  CHECK(read_file(f) == "old!");
+  CHECK_THROWS_WITH_AS(write_file_atomic(f, [](int fd) {
+                         if (!write_all(fd, "new", 3)) return false;
+                         errno = ENOSPC;  // as a write on a full disk leaves it
+                         return false;
+                       }),
+                       doctest::Contains("ckpt.bin: write failed: No space left on device"), Error);
+  CHECK_THROWS_WITH_AS(write_file_atomic(f, [](int) -> bool { throw_failure("tensor", "not serializable"); }),
+                       doctest::Contains("not serializable"), Error);
+  CHECK(read_file(f) == "old!");
+  int files = 0;
+  for ([[maybe_unused]] auto& e : fs::directory_iterator(dir)) ++files;
+  CHECK(files == 1);
+  // map_file: the bytes stay readable after the file is replaced and removed (what a resumed
+  // run's borrowed checkpoint tensors rely on when later checkpoints prune theirs).
+  const Bytes held = map_file(f);
+  CHECK(held.borrowed());
+  write_file_atomic(f, "replaced");
+  fs::remove(f);
+  CHECK(held.view() == "old!");
   fs::remove_all(dir);
 }
 

@@ -227,7 +227,7 @@ bool wait_steps(const fs::path& metrics, int steps, const Background& job) {
 std::map<std::string, std::string> stage_weights(const fs::path& root, int64_t step, int stages) {
   std::map<std::string, std::string> w;
   for (int s = 0; s < stages; ++s)
-    for (auto& t : train::read_stage_checkpoint(train::stage_file(root, step, s)).tensors) w[t.name] = t.bytes;
+    for (auto& t : train::read_stage_checkpoint(train::stage_file(root, step, s)).tensors) w[t.name] = t.bytes.copy();
   return w;
 }
 

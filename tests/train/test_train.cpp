@@ -119,7 +119,7 @@ TEST_CASE("checkpoints round-trip bit for bit; only steps with a manifest count"
   t.name = "w";
   t.shape = {3, 5};
   t.bytes.resize(60);
-  for (size_t i = 0; i < 60; ++i) t.bytes[i] = static_cast<char>(i * 13);
+  for (size_t i = 0; i < 60; ++i) t.bytes.data()[i] = static_cast<char>(i * 13);
   c.tensors.push_back(t);
   c.meta = {{"optimizer", "adamw"}, {"steps", {{"w", 10}}}};
   write_stage_checkpoint(dir, c);
@@ -131,6 +131,7 @@ TEST_CASE("checkpoints round-trip bit for bit; only steps with a manifest count"
   CHECK(back.stage == 2);
   REQUIRE(back.tensors.size() == 1);
   CHECK(back.tensors[0].bytes == t.bytes);
+  CHECK(back.tensors[0].bytes.borrowed());  // read where it lies in the file
   CHECK(back.tensors[0].shape == t.shape);
   CHECK(back.meta["optimizer"] == "adamw");
   // A later step written but not committed (a crash mid-way) does not count.
@@ -141,6 +142,7 @@ TEST_CASE("checkpoints round-trip bit for bit; only steps with a manifest count"
   CHECK(latest_checkpoint(dir) == 20);
   prune_checkpoints(dir, 1);
   CHECK_FALSE(fs::exists(step_dir(dir, 10)));
+  CHECK(back.tensors[0].bytes == t.bytes);  // still readable: its file is unlinked, not truncated
   CHECK(fs::exists(step_dir(dir, 20)));
   // Damage is bad input naming the file.
   fs::path f = stage_file(dir, 20, 2);

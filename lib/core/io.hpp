@@ -6,7 +6,6 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
-
 #include <filesystem>
 #include <functional>
 #include <string>

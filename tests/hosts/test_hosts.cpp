@@ -15,6 +15,7 @@
 //     bit-identical to an uninterrupted run; so does a Slurm job requeued at a random step, and
 //     srun smp-run signalled by Slurm.
 #define DOCTEST_CONFIG_IMPLEMENT
+#include "run/checkpoint_util.hpp"
 #include "run/run_util.hpp"
 
 #include "core/io.hpp"
@@ -224,15 +225,8 @@ bool wait_steps(const fs::path& metrics, int steps, const Background& job) {
   return false;
 }
 
-std::map<std::string, std::string> stage_weights(const fs::path& root, int64_t step, int stages) {
-  std::map<std::string, std::string> w;
-  for (int s = 0; s < stages; ++s)
-    for (auto& t : train::read_stage_checkpoint(train::stage_file(root, step, s)).tensors) w[t.name] = t.bytes.copy();
-  return w;
-}
-
 void check_same_weights(const fs::path& a, const fs::path& b, int64_t step, int stages) {
-  auto wa = stage_weights(a, step, stages), wb = stage_weights(b, step, stages);
+  auto wa = test::stage_weights(a, step, stages), wb = test::stage_weights(b, step, stages);
   REQUIRE(wa.size() == wb.size());
   CHECK(wa.size() > 4);
   int differ = 0;

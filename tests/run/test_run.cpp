@@ -1,6 +1,7 @@
 // smp-run's features on real worker processes: checkpoints and bit-identical resume, ONNX
 // export, metrics / trace / timeline files, the synthetic task, and every failure: a killed
 // worker, a silent peer, a changed model, bad data, a non-finite loss.
+#include "checkpoint_util.hpp"
 #include "run_util.hpp"
 
 #include "core/io.hpp"
@@ -24,13 +25,6 @@ std::string run_cmd(const fs::path& plan, const std::string& args) {
   return fmt::format("{} {} --quiet --timeout 30 {}", test::bin("smp-run"), plan.string(), args);
 }
 
-std::map<std::string, std::string> stage_weights(const fs::path& root, int64_t step, int stages) {
-  std::map<std::string, std::string> w;
-  for (int s = 0; s < stages; ++s)
-    for (auto& t : train::read_stage_checkpoint(train::stage_file(root, step, s)).tensors) w[t.name] = t.bytes.copy();
-  return w;
-}
-
 int count_lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
 
 }  // namespace
@@ -51,7 +45,7 @@ TEST_CASE("20 steps in one run and 10 + 10 with a resume give bit-identical weig
   REQUIRE(b2.exit_code == 0);
   REQUIRE(train::latest_checkpoint(dir / "a") == 20);
   REQUIRE(train::latest_checkpoint(dir / "b") == 20);
-  auto wa = stage_weights(dir / "a", 20, 2), wb = stage_weights(dir / "b", 20, 2);
+  auto wa = test::stage_weights(dir / "a", 20, 2), wb = test::stage_weights(dir / "b", 20, 2);
   REQUIRE(wa.size() == wb.size());
   CHECK(wa.size() > 12);  // parameters and both AdamW moments
   for (const auto& [name, bytes] : wa) {
@@ -83,7 +77,7 @@ TEST_CASE("--export writes the trained model as a valid ONNX file of the same gr
   graph::Graph trained = graph::load_graph(out, lo), original = graph::load_graph(test::src("sample_models/gpt.onnx"), lo);
   CHECK(trained.onnx_nodes == original.onnx_nodes);
   REQUIRE(trained.parameters.size() == original.parameters.size());
-  auto ck = stage_weights(dir / "ck", 3, 2);
+  auto ck = test::stage_weights(dir / "ck", 3, 2);
   int changed = 0;
   for (int p : trained.parameters) {
     const auto& v = trained.value(p);
@@ -354,10 +348,10 @@ TEST_CASE("bad input: one error line and a non-zero exit before anything is over
   auto ok = test::sh(run_cmd(plan, fmt::format("--steps 4 --checkpoint-dir {} --checkpoint-every 2", ck.string())));
   REQUIRE(ok.exit_code == 0);
   REQUIRE(train::latest_checkpoint(ck) == 4);
-  auto before = stage_weights(ck, 4, 2);
+  auto before = test::stage_weights(ck, 4, 2);
   expect(fmt::format("--steps 8 --lr 1e30 --checkpoint-dir {} --checkpoint-every 1 --resume", ck.string()), "the loss is");
   CHECK(train::latest_checkpoint(ck) <= 5);
-  CHECK(stage_weights(ck, 4, 2) == before);
+  CHECK(test::stage_weights(ck, 4, 2) == before);
 
   // A plan whose model changed since planning.
   auto j = read_json(plan);

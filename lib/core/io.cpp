@@ -39,6 +39,23 @@ std::string read_file(const fs::path& path) {
   return ss.str();
 }
 
+ReadOnlyFile::ReadOnlyFile(const fs::path& path) : fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
+  struct stat st {};
+  if (fd_ < 0) return;
+  if (::fstat(fd_, &st) == 0) {
+    size_ = st.st_size;
+    return;
+  }
+  const int err = errno;
+  ::close(fd_);
+  fd_ = -1;
+  errno = err;
+}
+
+ReadOnlyFile::~ReadOnlyFile() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
 Bytes map_range(int fd, int64_t offset, int64_t length, const fs::path& path) {
   if (length <= 0) return {};
   const auto page = static_cast<int64_t>(::sysconf(_SC_PAGESIZE));
@@ -58,15 +75,9 @@ Bytes map_range(int fd, int64_t offset, int64_t length, const fs::path& path) {
 Bytes map_file(const fs::path& path) {
   std::error_code ec;
   if (!fs::is_regular_file(path, ec)) return read_file(path);  // a pipe; read_file names what is missing
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw_bad_input(path.string(), std::string("cannot open: ") + std::strerror(errno));
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } closer{fd};
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) throw_bad_input(path.string(), std::string("cannot read its size: ") + std::strerror(errno));
-  return map_range(fd, 0, st.st_size, path);
+  const ReadOnlyFile f(path);
+  if (!f.ok()) throw_bad_input(path.string(), std::string("cannot open: ") + std::strerror(errno));
+  return map_range(f.fd(), 0, f.size(), path);
 }
 
 bool write_all(int fd, const void* p, size_t n) {

@@ -21,6 +21,23 @@ std::string read_file(const std::filesystem::path& path);
 // while it is mapped is not supported.
 Bytes map_file(const std::filesystem::path& path);
 
+// A file opened read-only, with its size; closed when this goes. ok() is false, with errno set,
+// when it cannot be opened (or its size read).
+class ReadOnlyFile {
+ public:
+  explicit ReadOnlyFile(const std::filesystem::path& path);
+  ~ReadOnlyFile();
+  ReadOnlyFile(const ReadOnlyFile&) = delete;
+  ReadOnlyFile& operator=(const ReadOnlyFile&) = delete;
+  bool ok() const { return fd_ >= 0; }
+  int fd() const { return fd_; }
+  int64_t size() const { return size_; }
+
+ private:
+  int fd_ = -1;
+  int64_t size_ = 0;
+};
+
 // `length` bytes at `offset` of the open file `fd`, which must lie within it: mapped as map_file
 // maps, read where they cannot be mapped. Bad input naming `path` on a read error.
 Bytes map_range(int fd, int64_t offset, int64_t length, const std::filesystem::path& path);

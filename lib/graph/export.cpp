@@ -16,18 +16,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string external_location(const onnx::TensorProto& t, int64_t* offset, int64_t* length) {
-  std::string loc;
-  *offset = 0;
-  *length = -1;
-  for (const auto& kv : t.external_data()) {
-    if (kv.key() == "location") loc = kv.value();
-    else if (kv.key() == "offset") *offset = std::stoll(kv.value());
-    else if (kv.key() == "length") *length = std::stoll(kv.value());
-  }
-  return loc;
-}
-
 int64_t onnx_opset(const onnx::ModelProto& m) {
   for (const auto& o : m.opset_import())
     if (o.domain().empty() || o.domain() == "ai.onnx") return o.version();
@@ -103,12 +91,10 @@ void export_with_weights(const fs::path& source, const fs::path& dest, std::map<
       t.set_raw_data(std::move(d.bytes.str()));  // moved, not copied: the model is held once
       ++replaced;
     } else if (t.data_location() == onnx::TensorProto::EXTERNAL) {
-      int64_t off = 0, len = -1;
-      std::string loc = external_location(t, &off, &len);
       int64_t numel = 1;
       for (int64_t x : t.dims()) numel *= x;
       const int64_t expected = numel * static_cast<int64_t>(dtype_size(dtype_from_onnx(t.data_type())));
-      const Bytes raw = read_external_bytes(ExternalData{base / loc, off, len}, expected, "tensor '" + t.name() + "'");
+      const Bytes raw = read_external_bytes(external_data_of(t, base, source.string()), expected, "tensor '" + t.name() + "'");
       t.clear_external_data();
       t.set_data_location(onnx::TensorProto::DEFAULT);
       t.set_raw_data(raw.data(), raw.size());

@@ -15,11 +15,7 @@
 #include <onnx/shape_inference/implementation.h>
 #include <onnx/version_converter/convert.h>
 
-#include <fcntl.h>
 #include <fnmatch.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <climits>
@@ -27,7 +23,6 @@
 #include <csetjmp>
 #include <csignal>
 #include <cstring>
-#include <fstream>
 #include <queue>
 #include <set>
 #include <unordered_map>
@@ -70,47 +65,19 @@ std::string first_line(const std::string& s) {
   return r;
 }
 
-struct ExternalInfo {
-  std::string location;
-  int64_t offset = 0;
-  int64_t length = -1;
-};
-
-ExternalInfo external_info(const onnx::TensorProto& t, const std::string& file) {
-  ExternalInfo e;
-  for (const auto& kv : t.external_data()) {
-    try {
-      if (kv.key() == "location") e.location = kv.value();
-      else if (kv.key() == "offset") e.offset = std::stoll(kv.value());
-      else if (kv.key() == "length") e.length = std::stoll(kv.value());
-    } catch (const std::exception&) {
-      throw_bad_input(file, "initializer '" + t.name() + "': external_data " + kv.key() + " is not a number");
-    }
-  }
-  if (e.location.empty()) throw_bad_input(file, "initializer '" + t.name() + "': external data without a location");
-  if (e.offset < 0) throw_bad_input(file, "initializer '" + t.name() + "': negative external data offset");
-  return e;
-}
-
 }  // namespace
 
 Bytes read_external_bytes(const ExternalData& ext, int64_t expected, const std::string& what) {
-  const int fd = ::open(ext.file.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw_bad_input(ext.file.string(), "cannot open external weight file for " + what,
-                              "the planner does not need it, but training does");
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } closer{fd};
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) throw_bad_input(ext.file.string(), "cannot read the size of the external weight file for " + what);
-  const int64_t size = st.st_size;
+  const ReadOnlyFile f(ext.file);
+  if (!f.ok()) throw_bad_input(ext.file.string(), "cannot open external weight file for " + what,
+                               "the planner does not need it, but training does");
+  const int64_t size = f.size();
   const int64_t len = ext.length >= 0 ? ext.length : size - ext.offset;
   if (len != expected)
     throw_bad_input(ext.file.string(), fmt::format("{}: external data holds {} bytes, expected {}", what, len, expected));
   if (ext.offset > size || len > size - ext.offset)
     throw_bad_input(ext.file.string(), fmt::format("{}: external data runs past the end of the file", what));
-  return map_range(fd, ext.offset, len, ext.file);
+  return map_range(f.fd(), ext.offset, len, ext.file);
 }
 
 namespace {
@@ -139,8 +106,7 @@ TensorData tensor_from_proto(onnx::TensorProto& t, const std::string& file, cons
   if (d.numel() >= kMaxElements) throw_bad_input(file, where + ": " + shape_str(d.shape) + " is too large a shape");
   int64_t expected = d.numel() * dtype_size(d.dtype);
   if (t.data_location() == onnx::TensorProto::EXTERNAL) {
-    ExternalInfo e = external_info(t, file);
-    d.bytes = read_external_bytes(ExternalData{base_dir / e.location, e.offset, e.length}, expected, where);
+    d.bytes = read_external_bytes(external_data_of(t, base_dir, file), expected, where);
     return d;
   }
   if (t.has_raw_data()) {
@@ -1216,8 +1182,7 @@ Graph load_graph(const ParsedModel& parsed, const LoadOptions& opts) {
       continue;
     }
     if (t.data_location() == onnx::TensorProto::EXTERNAL) {
-      ExternalInfo e = external_info(t, file);
-      externals[t.name()] = ExternalData{fs::absolute(base_dir / e.location), e.offset, e.length};
+      externals[t.name()] = external_data_of(t, fs::absolute(base_dir), file);
       if (!weight || wanted) {
         auto d = std::make_shared<TensorData>(tensor_from_proto(t, file, base_dir, false));
         (weight ? weights : consts)[t.name()] = d;

@@ -1,8 +1,11 @@
 #include "graph/wire.hpp"
 
+#include "core/error.hpp"
+
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 
+#include <charconv>
 #include <climits>
 #include <string>
 
@@ -111,6 +114,30 @@ bool parse_model_proto(const char* data, size_t size, int64_t min_bytes, onnx::M
   google::protobuf::io::CodedInputStream cis(&raw);
   cis.SetTotalBytesLimit(INT_MAX);
   return model.ParseFromCodedStream(&cis) && cis.ConsumedEntireMessage();
+}
+
+ExternalData external_data_of(const onnx::TensorProto& t, const std::filesystem::path& base_dir, const std::string& file) {
+  const std::string where = "initializer '" + t.name() + "': external_data ";
+  auto number = [&](const onnx::StringStringEntryProto& kv) {
+    const std::string& v = kv.value();
+    int64_t x = 0;
+    const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+    if (v.empty() || ec != std::errc() || end != v.data() + v.size())
+      throw_bad_input(file, where + kv.key() + " '" + v + "' is not a number");
+    return x;
+  };
+  std::string location;
+  ExternalData e;
+  for (const auto& kv : t.external_data()) {
+    if (kv.key() == "location") location = kv.value();
+    else if (kv.key() == "offset") e.offset = number(kv);
+    else if (kv.key() == "length") e.length = number(kv);
+  }
+  if (location.empty()) throw_bad_input(file, where + "has no location");
+  if (e.offset < 0) throw_bad_input(file, where + "offset is negative");
+  if (e.length < -1) throw_bad_input(file, where + "length is negative");
+  e.file = base_dir / location;
+  return e;
 }
 
 }  // namespace smp::graph

@@ -426,6 +426,18 @@ TEST_CASE("a model file's weights are read where they lie in the file, never cop
   ew->mutable_external_data(2)->set_value("4096");
   CHECK_THROWS_WITH(load_graph(ParsedModel(write_model(dir, "ext_len.onnx", ext)), o),
                     doctest::Contains("weights.bin: tensor 'w': external data holds 4096 bytes, expected 8192"));
+  // Its external_data entries must be numbers, read whole (std::stoll took "4k" for 4), by the
+  // loader and the export alike.
+  ew->mutable_external_data(1)->set_value("4k");
+  const fs::path nan_path = write_model(dir, "ext_nan.onnx", ext);
+  const char* nan_msg = "ext_nan.onnx: initializer 'w': external_data offset '4k' is not a number";
+  CHECK_THROWS_WITH(load_graph(ParsedModel(nan_path), o), doctest::Contains(nan_msg));
+  CHECK_THROWS_WITH(export_with_weights(nan_path, dir / "nan_out.onnx", {}), doctest::Contains(nan_msg));
+  CHECK(!fs::exists(dir / "nan_out.onnx"));
+  ew->mutable_external_data(1)->set_value("4099");
+  ew->mutable_external_data(2)->set_value("-8");
+  CHECK_THROWS_WITH(load_graph(ParsedModel(write_model(dir, "ext_neg.onnx", ext)), o),
+                    doctest::Contains("ext_neg.onnx: initializer 'w': external_data length is negative"));
   // --export inlines the external weights it was not given, read through the same checks.
   ew->mutable_external_data(2)->set_value("8192");
   export_with_weights(write_model(dir, "ext_ok.onnx", ext), dir / "inlined.onnx", {});

@@ -7,7 +7,7 @@ packages=(
   cmake g++ make pkg-config ccache
   libcli11-dev nlohmann-json3-dev libfmt-dev doctest-dev
   libprotobuf-dev protobuf-compiler libonnx-dev
-  libopenblas-dev libdnnl-dev libopenmpi-dev openmpi-bin libjemalloc-dev
+  libopenblas-dev libopenmpi-dev openmpi-bin libjemalloc-dev
   python3 python3-onnx python3-torch python3-torchvision python3-numpy python3-jsonschema
   slurmctld slurmd slurm-client   # the multi-host tests' Slurm cluster (scripts/test-hosts.sh)
 )

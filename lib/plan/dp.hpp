@@ -50,6 +50,7 @@ struct DpSolution {
   double t_max = 0;
   double objective = kInf;          // sum + (m - 1) * t_max
   int dp_runs = 0;                  // DPs solved (bisection and the t_max walk)
+  int64_t splits_enumerated = 0;    // splits scored one by one instead (few splits: no DP run)
   bool truncated = false;           // the walk hit DpOptions::max_runs
 };
 
@@ -283,9 +284,11 @@ DpSolution brute_force_partition(const O& o, int m) {
   // Enumerate b_1 < ... < b_{S-1} in (0, K).
   std::vector<int> c(static_cast<size_t>(S > 1 ? S - 1 : 0));
   for (int i = 0; i < S - 1; ++i) c[static_cast<size_t>(i)] = i + 1;
+  int64_t enumerated = 0;
   while (true) {
     for (int i = 0; i < S - 1; ++i) b[static_cast<size_t>(i) + 1] = c[static_cast<size_t>(i)];
     DpSolution d = evaluate_partition(o, b, m);
+    ++enumerated;
     if (d.feasible && d.objective < best.objective) best = d;
     int i = S - 2;
     while (i >= 0 && c[static_cast<size_t>(i)] == K - (S - 1 - i)) --i;
@@ -293,6 +296,7 @@ DpSolution brute_force_partition(const O& o, int m) {
     ++c[static_cast<size_t>(i)];
     for (int k = i + 1; k < S - 1; ++k) c[static_cast<size_t>(k)] = c[static_cast<size_t>(k) - 1] + 1;
   }
+  best.splits_enumerated = enumerated;
   return best;
 }
 

@@ -226,7 +226,8 @@ json plan_to_json(const Plan& plan, const PlanInputs& source, const PlanOptions&
                    {"devices", cl.size()}, {"devices_used", plan.devices_used}, {"description", cost::to_json(cl)}}},
       {"search", {{"cut_positions_seen", plan.positions_seen}, {"cut_positions_total", plan.positions_total},
                   {"configs_considered", plan.configs_considered}, {"configs_evaluated", plan.configs_evaluated},
-                  {"dp_runs", plan.dp_runs}, {"notes", plan.notes}}},
+                  {"dp_runs", plan.dp_runs},
+                  {"splits_enumerated", plan.splits_enumerated}, {"notes", plan.notes}}},
   };
 }
 

@@ -1213,6 +1213,7 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
     Evaluated ev;
     double dp_obj = 0;
     bool dp_exact = true;
+    bool enumerated = false;
   } best;
   double closest_ratio = kInf;
   Config closest;
@@ -1268,6 +1269,7 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
     dpo.enumerate_below = 2e5;
     DpSolution sol = solve_partition(o, c.m, dpo);
     plan.dp_runs += sol.dp_runs;
+    plan.splits_enumerated += sol.splits_enumerated;
     std::vector<std::pair<std::string, std::vector<int>>> cands;
     if (sol.feasible) {
       std::vector<int> b;
@@ -1303,6 +1305,7 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
         best.ev = ev;
         best.dp_obj = sol.feasible ? sol.objective : 0;
         best.dp_exact = !sol.truncated;
+        best.enumerated = sol.splits_enumerated > 0;
       }
     }
     if (!sol.feasible && !fit) unfit.insert(fit_key);
@@ -1377,6 +1380,7 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
   plan.partition = best.source;
   plan.dp_objective_s = best.dp_obj;
   plan.dp_exact = best.dp_exact;
+  plan.split_enumerated = best.enumerated;
   if (!best.dp_exact)
     plan.notes.push_back("the DP's t_max walk for this configuration stopped at its cap (--dp-work): the split is the best "
                          "seen, not proven optimal for the DP's objective (--dp-work 0 for exact)");

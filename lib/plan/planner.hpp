@@ -150,7 +150,9 @@ struct Plan {
   // search
   int positions_seen = 0, positions_total = 0;
   int configs_considered = 0, configs_evaluated = 0, dp_runs = 0;
+  int64_t splits_enumerated = 0;   // splits scored one by one where a configuration had few
   bool dp_exact = true;            // no DP of the chosen configuration hit the walk cap
+  bool split_enumerated = false;   // the chosen configuration's splits were all scored (no DP run)
   int devices_used = 0, devices_total = 0;
   double dp_objective_s = 0;
   std::vector<std::string> notes;

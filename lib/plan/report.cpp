@@ -88,10 +88,15 @@ std::string format_report(const Plan& plan, const PlanInputs& source) {
                        plan.shard_optimizer ? fmt::format("split over the {} replicas (ZeRO stage 1)", plan.data_parallel)
                                             : "replicated on every replica"));
   }
-  line(fmt::format("search    the DP saw {} of {} cut positions; {} configurations considered, {} partitioned ({} DP runs); "
-                   "split from {}",
-                   plan.positions_seen, plan.positions_total, plan.configs_considered, plan.configs_evaluated, plan.dp_runs,
-                   plan.partition == "dp" ? "the DP" : plan.partition));
+  // A configuration with few splits has them all scored instead of a DP run (exact either way).
+  const std::string how =
+      plan.splits_enumerated == 0 ? fmt::format("{} DP runs", plan.dp_runs)
+      : plan.dp_runs == 0         ? fmt::format("exhaustively: {} splits scored", plan.splits_enumerated)
+                                  : fmt::format("{} DP runs, and {} splits scored exhaustively where few", plan.dp_runs,
+                                                plan.splits_enumerated);
+  const std::string from = plan.partition != "dp" ? plan.partition : plan.split_enumerated ? "an exhaustive search" : "the DP";
+  line(fmt::format("search    the DP saw {} of {} cut positions; {} configurations considered, {} partitioned ({}); split from {}",
+                   plan.positions_seen, plan.positions_total, plan.configs_considered, plan.configs_evaluated, how, from));
   for (const auto& n : plan.notes) line("note      " + n);
   line("");
   line(fmt::format("{:<5} {:<52} {:>9} {:>9} {:>9} {:>24} {:>10} {:<4} {:<28} {}", "stage", "first -> last node", "params",

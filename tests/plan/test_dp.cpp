@@ -166,6 +166,12 @@ TEST_CASE("enumerating the splits of a small instance gives the DP's optimum") {
     int m = std::uniform_int_distribution<int>(1, 16)(rng);
     auto dp = smp::plan::solve_partition(c, m);
     auto en = smp::plan::solve_partition(c, m, enumerate);
+    // Each says how it searched (the plan's report counts both): the DP ran, or every split
+    // was scored and none was run.
+    CHECK(dp.splits_enumerated == 0);
+    CHECK(dp.dp_runs >= 1);
+    CHECK(en.dp_runs == 0);
+    CHECK(static_cast<double>(en.splits_enumerated) == smp::plan::split_count(c.K, c.slots()));
     REQUIRE(dp.feasible == en.feasible);
     if (dp.feasible) CHECK(dp.objective == doctest::Approx(en.objective).epsilon(1e-12));
   }

@@ -60,6 +60,13 @@ TEST_CASE("smp-plan plans the GPT sample and writes the plan") {
   CHECK(std::filesystem::file_size(dir / "t.svg") > 1000);
   CHECK(std::filesystem::file_size(dir / "t.json") > 100);
   CHECK(rt.out.find("schedule ") != std::string::npos);
+  // The MLP's few nodes give few splits: every one is scored, no DP runs, and the report says so
+  // (the split itself may be a baseline's, where the simulator prefers it).
+  CHECK(rt.out.find("(exhaustively: ") != std::string::npos);
+  std::ifstream fm(out);
+  json search = json::parse(fm)["search"];
+  CHECK(search["dp_runs"] == 0);
+  CHECK(search["splits_enumerated"].get<int64_t>() > 0);
 }
 
 TEST_CASE("smp-plan --help states the default plan file; --summary and --show still work") {

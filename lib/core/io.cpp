@@ -44,6 +44,7 @@ ReadOnlyFile::ReadOnlyFile(const fs::path& path) : fd_(::open(path.c_str(), O_RD
   if (fd_ < 0) return;
   if (::fstat(fd_, &st) == 0) {
     size_ = st.st_size;
+    regular_ = S_ISREG(st.st_mode);
     return;
   }
   const int err = errno;

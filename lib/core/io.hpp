@@ -32,10 +32,12 @@ class ReadOnlyFile {
   bool ok() const { return fd_ >= 0; }
   int fd() const { return fd_; }
   int64_t size() const { return size_; }
+  bool regular() const { return regular_; }  // a regular file (not a directory, pipe or device)
 
  private:
   int fd_ = -1;
   int64_t size_ = 0;
+  bool regular_ = false;
 };
 
 // `length` bytes at `offset` of the open file `fd`, which must lie within it: mapped as map_file

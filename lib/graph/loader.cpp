@@ -71,7 +71,11 @@ Bytes read_external_bytes(const ExternalData& ext, int64_t expected, const std::
   const ReadOnlyFile f(ext.file);
   if (!f.ok()) throw_bad_input(ext.file.string(), "cannot open external weight file for " + what,
                                "the planner does not need it, but training does");
+  if (!f.regular()) throw_bad_input(ext.file.string(), "the external weight file for " + what + " is not a regular file");
   const int64_t size = f.size();
+  if (ext.offset > size)
+    throw_bad_input(ext.file.string(), fmt::format("{}: external data offset {} is past the end of the file ({} bytes)", what,
+                                                   ext.offset, size));
   const int64_t len = ext.length >= 0 ? ext.length : size - ext.offset;
   if (len != expected)
     throw_bad_input(ext.file.string(), fmt::format("{}: external data holds {} bytes, expected {}", what, len, expected));

@@ -122,6 +122,7 @@ ExternalData external_data_of(const onnx::TensorProto& t, const std::filesystem:
     const std::string& v = kv.value();
     int64_t x = 0;
     const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+    if (ec == std::errc::result_out_of_range) throw_bad_input(file, where + kv.key() + " " + v + " is too large");
     if (v.empty() || ec != std::errc() || end != v.data() + v.size())
       throw_bad_input(file, where + kv.key() + " '" + v + "' is not a number");
     return x;

@@ -434,7 +434,17 @@ TEST_CASE("a model file's weights are read where they lie in the file, never cop
   CHECK_THROWS_WITH(load_graph(ParsedModel(nan_path), o), doctest::Contains(nan_msg));
   CHECK_THROWS_WITH(export_with_weights(nan_path, dir / "nan_out.onnx", {}), doctest::Contains(nan_msg));
   CHECK(!fs::exists(dir / "nan_out.onnx"));
+  ew->mutable_external_data(1)->set_value("99999999999999999999");
+  CHECK_THROWS_WITH(load_graph(ParsedModel(write_model(dir, "ext_huge.onnx", ext)), o),
+                    doctest::Contains("ext_huge.onnx: initializer 'w': external_data offset 99999999999999999999 is too large"));
+  ew->mutable_external_data(1)->set_value("99999");  // past the end: said so, not as a negative length
+  CHECK_THROWS_WITH(load_graph(ParsedModel(write_model(dir, "ext_off.onnx", ext)), o),
+                    doctest::Contains("weights.bin: tensor 'w': external data offset 99999 is past the end of the file (12295 bytes)"));
+  ew->mutable_external_data(0)->set_value(".");  // a directory opens, but holds no weights
   ew->mutable_external_data(1)->set_value("4099");
+  CHECK_THROWS_WITH(load_graph(ParsedModel(write_model(dir, "ext_dir.onnx", ext)), o),
+                    doctest::Contains("the external weight file for tensor 'w' is not a regular file"));
+  ew->mutable_external_data(0)->set_value("weights.bin");
   ew->mutable_external_data(2)->set_value("-8");
   CHECK_THROWS_WITH(load_graph(ParsedModel(write_model(dir, "ext_neg.onnx", ext)), o),
                     doctest::Contains("ext_neg.onnx: initializer 'w': external_data length is negative"));

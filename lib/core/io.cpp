@@ -39,7 +39,8 @@ std::string read_file(const fs::path& path) {
   return ss.str();
 }
 
-ReadOnlyFile::ReadOnlyFile(const fs::path& path) : fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
+// O_NONBLOCK: opening a FIFO does not wait for a writer (regular files ignore it).
+ReadOnlyFile::ReadOnlyFile(const fs::path& path) : fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK)) {
   struct stat st {};
   if (fd_ < 0) return;
   if (::fstat(fd_, &st) == 0) {

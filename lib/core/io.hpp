@@ -22,7 +22,7 @@ std::string read_file(const std::filesystem::path& path);
 Bytes map_file(const std::filesystem::path& path);
 
 // A file opened read-only, with its size; closed when this goes. ok() is false, with errno set,
-// when it cannot be opened (or its size read).
+// when it cannot be opened (or its size read). Opening never blocks (a FIFO without a writer).
 class ReadOnlyFile {
  public:
   explicit ReadOnlyFile(const std::filesystem::path& path);

@@ -11,6 +11,8 @@
 
 #include <onnx/onnx_pb.h>
 
+#include <sys/stat.h>
+
 #include <cstring>
 #include <fstream>
 #include <set>
@@ -443,6 +445,10 @@ TEST_CASE("a model file's weights are read where they lie in the file, never cop
   ew->mutable_external_data(0)->set_value(".");  // a directory opens, but holds no weights
   ew->mutable_external_data(1)->set_value("4099");
   CHECK_THROWS_WITH(load_graph(ParsedModel(write_model(dir, "ext_dir.onnx", ext)), o),
+                    doctest::Contains("the external weight file for tensor 'w' is not a regular file"));
+  REQUIRE(::mkfifo((dir / "fifo.bin").c_str(), 0600) == 0);  // a FIFO no one writes: refused, not waited on
+  ew->mutable_external_data(0)->set_value("fifo.bin");
+  CHECK_THROWS_WITH(load_graph(ParsedModel(write_model(dir, "ext_fifo.onnx", ext)), o),
                     doctest::Contains("the external weight file for tensor 'w' is not a regular file"));
   ew->mutable_external_data(0)->set_value("weights.bin");
   ew->mutable_external_data(2)->set_value("-8");

@@ -79,7 +79,7 @@ Bytes read_external_bytes(const ExternalData& ext, int64_t expected, const std::
   const int64_t len = ext.length >= 0 ? ext.length : size - ext.offset;
   if (len != expected)
     throw_bad_input(ext.file.string(), fmt::format("{}: external data holds {} bytes, expected {}", what, len, expected));
-  if (ext.offset > size || len > size - ext.offset)
+  if (len > size - ext.offset)  // offset <= size, checked above
     throw_bad_input(ext.file.string(), fmt::format("{}: external data runs past the end of the file", what));
   return map_range(f.fd(), ext.offset, len, ext.file);
 }

@@ -420,13 +420,15 @@ TEST_CASE("a model file's weights are read where they lie in the file, never cop
   CHECK(ewv.data->bytes.borrowed());
   CHECK(ewv.data->bytes == wb);
   CHECK(ewv.data->get_f64(3) == 0.5 * 3 - 3);
+  // `ext` as it is now, written as NAME and loaded.
+  auto load_ext = [&](const char* name) { return load_graph(ParsedModel(write_model(dir, name, ext)), o); };
   // Its bounds are checked before it is mapped.
   ew->mutable_external_data(1)->set_value("4104");
-  CHECK_THROWS_WITH(load_graph(ParsedModel(write_model(dir, "ext_past.onnx", ext)), o),
+  CHECK_THROWS_WITH(load_ext("ext_past.onnx"),
                     doctest::Contains("weights.bin: tensor 'w': external data runs past the end of the file"));
   ew->mutable_external_data(1)->set_value("4099");
   ew->mutable_external_data(2)->set_value("4096");
-  CHECK_THROWS_WITH(load_graph(ParsedModel(write_model(dir, "ext_len.onnx", ext)), o),
+  CHECK_THROWS_WITH(load_ext("ext_len.onnx"),
                     doctest::Contains("weights.bin: tensor 'w': external data holds 4096 bytes, expected 8192"));
   // Its external_data entries must be numbers, read whole (std::stoll took "4k" for 4), by the
   // loader and the export alike.
@@ -437,22 +439,22 @@ TEST_CASE("a model file's weights are read where they lie in the file, never cop
   CHECK_THROWS_WITH(export_with_weights(nan_path, dir / "nan_out.onnx", {}), doctest::Contains(nan_msg));
   CHECK(!fs::exists(dir / "nan_out.onnx"));
   ew->mutable_external_data(1)->set_value("99999999999999999999");
-  CHECK_THROWS_WITH(load_graph(ParsedModel(write_model(dir, "ext_huge.onnx", ext)), o),
+  CHECK_THROWS_WITH(load_ext("ext_huge.onnx"),
                     doctest::Contains("ext_huge.onnx: initializer 'w': external_data offset 99999999999999999999 is too large"));
   ew->mutable_external_data(1)->set_value("99999");  // past the end: said so, not as a negative length
-  CHECK_THROWS_WITH(load_graph(ParsedModel(write_model(dir, "ext_off.onnx", ext)), o),
+  CHECK_THROWS_WITH(load_ext("ext_off.onnx"),
                     doctest::Contains("weights.bin: tensor 'w': external data offset 99999 is past the end of the file (12295 bytes)"));
   ew->mutable_external_data(0)->set_value(".");  // a directory opens, but holds no weights
   ew->mutable_external_data(1)->set_value("4099");
-  CHECK_THROWS_WITH(load_graph(ParsedModel(write_model(dir, "ext_dir.onnx", ext)), o),
+  CHECK_THROWS_WITH(load_ext("ext_dir.onnx"),
                     doctest::Contains("the external weight file for tensor 'w' is not a regular file"));
   REQUIRE(::mkfifo((dir / "fifo.bin").c_str(), 0600) == 0);  // a FIFO no one writes: refused, not waited on
   ew->mutable_external_data(0)->set_value("fifo.bin");
-  CHECK_THROWS_WITH(load_graph(ParsedModel(write_model(dir, "ext_fifo.onnx", ext)), o),
+  CHECK_THROWS_WITH(load_ext("ext_fifo.onnx"),
                     doctest::Contains("the external weight file for tensor 'w' is not a regular file"));
   ew->mutable_external_data(0)->set_value("weights.bin");
   ew->mutable_external_data(2)->set_value("-8");
-  CHECK_THROWS_WITH(load_graph(ParsedModel(write_model(dir, "ext_neg.onnx", ext)), o),
+  CHECK_THROWS_WITH(load_ext("ext_neg.onnx"),
                     doctest::Contains("ext_neg.onnx: initializer 'w': external_data length is negative"));
   // --export inlines the external weights it was not given, read through the same checks.
   ew->mutable_external_data(2)->set_value("8192");

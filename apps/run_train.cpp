@@ -32,7 +32,8 @@ namespace fs = std::filesystem;
 
 void add_train_options(CLI::App& app, TrainCli& t) {
   app.add_option("--steps", t.steps, "training steps")->check(CLI::PositiveNumber);
-  app.add_option("--lr", t.lr, "peak learning rate")->check(CLI::PositiveNumber);
+  app.add_option("--lr", t.lr, "peak learning rate (default: 0.001 for adamw, PyTorch's; 0.01 for sgd and momentum)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--optimizer", t.optimizer, "sgd | momentum | adamw (default: the plan's, smp-plan --optimizer)")
       ->check(CLI::IsMember({"sgd", "momentum", "adamw"}));
   app.add_option("--momentum", t.momentum, "momentum of --optimizer momentum")->check(CLI::Range(0.0, 1.0));
@@ -107,6 +108,7 @@ train::RunOptions run_options(const std::string& plan, const std::string& data, 
   o.steps = t.steps;
   o.optimizer_from_plan = t.optimizer.empty();
   if (!o.optimizer_from_plan) o.optimizer.kind = train::parse_optimizer(t.optimizer);
+  o.default_lr = t.lr == 0;
   o.optimizer.lr = t.lr;
   o.optimizer.momentum = t.momentum;
   o.optimizer.beta1 = t.beta1;

@@ -11,7 +11,7 @@ namespace smp::app {
 
 struct TrainCli {
   int steps = 20;
-  double lr = 0.01;
+  double lr = 0;           // 0: the optimizer's default (train::default_lr)
   std::string optimizer;  // empty: the plan's (smp-plan --optimizer)
   double momentum = 0.9, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
   int warmup_steps = 0;

@@ -23,6 +23,8 @@ std::string optimizer_name(OptimizerKind k) {
   return "sgd";
 }
 
+double default_lr(OptimizerKind k) { return k == OptimizerKind::AdamW ? 1e-3 : 0.01; }
+
 int state_slots(OptimizerKind k) { return k == OptimizerKind::Sgd ? 0 : k == OptimizerKind::Momentum ? 1 : 2; }
 
 double lr_at(const OptimizerConfig& c, int64_t step) {

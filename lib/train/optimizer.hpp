@@ -30,6 +30,9 @@ struct OptimizerConfig {
 // "sgd" | "momentum" | "adamw"; bad input naming `where` otherwise.
 OptimizerKind parse_optimizer(const std::string& name, const std::string& where = "--optimizer");
 std::string optimizer_name(OptimizerKind k);
+// The learning rate a run takes when none is given: PyTorch's default for AdamW (1e-3), and
+// 0.01 for SGD with and without momentum (torch.optim.SGD has none).
+double default_lr(OptimizerKind k);
 // Optimizer state per parameter element: 0 (SGD), 1 (momentum buffer), 2 (AdamW moments).
 int state_slots(OptimizerKind k);
 

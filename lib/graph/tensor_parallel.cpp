@@ -1,6 +1,7 @@
 #include "graph/tensor_parallel.hpp"
 
 #include "core/error.hpp"
+#include "graph/loader.hpp"
 #include "graph/op_registry.hpp"
 
 #include <fmt/format.h>
@@ -8,7 +9,6 @@
 #include <algorithm>
 #include <cctype>
 #include <cstring>
-#include <fstream>
 #include <functional>
 #include <numeric>
 
@@ -107,28 +107,10 @@ TensorData unshard_tensor(const std::vector<TensorData>& parts, const ShardSpec&
 std::shared_ptr<const TensorData> read_tensor_shard(const Value& v, const ShardSpec& s, int T, int r) {
   if (v.data) return std::make_shared<TensorData>(shard_tensor(*v.data, s, T, r));
   if (!v.external) throw_failure(v.name, "no data loaded for this tensor", "load the graph with weights");
-  const ExternalData& ext = *v.external;
-  std::ifstream in(ext.file, std::ios::binary);
-  if (!in) throw_bad_input(ext.file.string(), "cannot open external weight file for tensor '" + v.name + "'",
-                           "the planner does not need it, but training does");
-  in.seekg(0, std::ios::end);
-  const int64_t size = static_cast<int64_t>(in.tellg());
-  const int64_t len = ext.length >= 0 ? ext.length : size - ext.offset;
-  if (len != v.bytes() || ext.offset > size || len > size - ext.offset)
-    throw_bad_input(ext.file.string(), fmt::format("tensor '{}': external data holds {} bytes at offset {} of a {}-byte "
-                                                   "file, expected {}",
-                                                   v.name, len, ext.offset, size, v.bytes()));
-  auto out = std::make_shared<TensorData>();
-  out->dtype = v.dtype;
-  out->shape = shard_shape(v.shape, s, T, r);
-  const int64_t es = dtype_size(v.dtype);
-  out->bytes.resize(static_cast<size_t>(out->numel() * es));
-  for_each_run(v.shape, s, T, r, [&](int64_t whole, int64_t local, int64_t n) {
-    in.seekg(ext.offset + whole * es);
-    in.read(out->bytes.data() + local * es, n * es);
-  });
-  if (!in) throw_bad_input(ext.file.string(), "read error for tensor '" + v.name + "'");
-  return out;
+  // The whole tensor mapped (read_external_bytes' checks and messages), only this rank's runs
+  // copied out: the other ranks' pages are never read.
+  const TensorData whole{v.dtype, v.shape, read_external_bytes(*v.external, v.bytes(), "tensor '" + v.name + "'")};
+  return std::make_shared<TensorData>(shard_tensor(whole, s, T, r));
 }
 
 std::string_view tp_kind_name(TpKind k) {

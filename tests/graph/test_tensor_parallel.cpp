@@ -159,6 +159,8 @@ TEST_CASE("one rank's part of an externally stored tensor is read without the re
     }
   v.external->length = 12;
   CHECK_THROWS_WITH(read_tensor_shard(v, ShardSpec{1, 1, false}, 2, 0), doctest::Contains("expected 192"));
+  v.external = ExternalData{dir, 0, -1};  // a directory: refused, as the loader refuses it
+  CHECK_THROWS_WITH(read_tensor_shard(v, ShardSpec{1, 1, false}, 2, 0), doctest::Contains("not a regular file"));
   std::filesystem::remove_all(dir);
 }
 

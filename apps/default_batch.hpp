@@ -57,4 +57,12 @@ inline int64_t fixed_batch(const graph::BatchAxis& axis) {
   return axis.symbolic.empty() && sizes.size() == 1 ? *sizes.begin() : 0;
 }
 
+// The batch smp-plan and smp-profile load the whole graph at: the model's fixed batch where its
+// inputs fix one (every microbatch holds that many samples, whatever the global batch; the cost
+// model's figures are per sample either way), else the global batch.
+inline int64_t graph_batch(const graph::BatchAxis& axis, int64_t batch) {
+  const int64_t f = fixed_batch(axis);
+  return f > 0 ? f : batch;
+}
+
 }  // namespace smp::app

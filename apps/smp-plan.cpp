@@ -227,8 +227,10 @@ int main(int argc, char** argv) {
       return *read_axis;
     };
     if (batch_size <= 0) batch_size = smp::app::default_batch(model, batch_axis(), cluster.size(), batch_note);
+    // A model with a fixed batch dimension loads at it: each microbatch of a larger batch holds it.
+    const int64_t graph_batch = smp::app::graph_batch(batch_axis(), batch_size);
     smp::graph::LoadOptions opts;
-    opts.batch_size = batch_size;
+    opts.batch_size = graph_batch;
     opts.dims = smp::app::parse_dims(dims);
     opts.frozen = frozen;
 
@@ -236,7 +238,7 @@ int main(int argc, char** argv) {
       smp::graph::Graph g = smp::graph::load_graph(model, opts);
       if (!batch_note.empty()) fmt::print(stderr, "note: {}\n", batch_note);
       for (const auto& w : g.warnings) fmt::print(stderr, "warning: {}: {}\n", model, w);
-      auto s = smp::graph::summarize(g, batch_size);
+      auto s = smp::graph::summarize(g, graph_batch);
       if (json) std::cout << smp::graph::to_json(s).dump(2) << "\n";
       else print_summary(s);
       return 0;
@@ -276,7 +278,7 @@ int main(int argc, char** argv) {
     }
     smp::graph::Graph g = smp::graph::load_graph(model, opts);
     for (const auto& w : g.warnings) fmt::print(stderr, "warning: {}: {}\n", model, w);
-    smp::cost::GraphCost gc(g, batch_size, copt);
+    smp::cost::GraphCost gc(g, graph_batch, copt);
     smp::plan::PlanInputs in{&g, &gc, &cluster};
     smp::plan::parse_split(g, split, popt);
     smp::plan::Plan plan = smp::plan::make_plan(in, popt);

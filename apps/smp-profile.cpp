@@ -165,10 +165,16 @@ int main(int argc, char** argv) {
     if (!fs::exists(model)) throw_bad_input(model, "no such file");
     const int workers = devices > 0 ? devices : cores;
     if (app.count("--batch-size") && batch_size < 1) throw_bad_input("--batch-size", "must be a positive number");
+    const smp::graph::BatchAxis axis = smp::graph::inspect_batch_axis(model);
+    // A model whose inputs fix the batch dimension: every microbatch holds that many samples.
+    const int64_t fixed = smp::app::fixed_batch(axis);
     if (batch_size < 1) {
       std::string note;
-      batch_size = smp::app::default_batch(model, workers, note);
-      if (!app.count("--microbatches")) {
+      batch_size = smp::app::default_batch(model, axis, workers, note);
+      if (!app.count("--microbatches") && fixed > 0) {
+        microbatches = static_cast<int>(batch_size / fixed);
+        note += fmt::format("; {} microbatch(es) of {}", microbatches, fixed);
+      } else if (!app.count("--microbatches")) {
         // As many microbatches as keep a pipeline of the workers busy (2 per worker), where the
         // batch divides so: the microbatch size a plan with the same defaults will use.
         microbatches = 1;
@@ -179,6 +185,18 @@ int main(int argc, char** argv) {
       if (!quiet) fmt::print(stderr, "note: {}\n", note);
     }
     if (microbatches < 1) throw_bad_input("--microbatches", "must be at least 1");
+    if (fixed > 0) {
+      const std::string why = fmt::format("the inputs of {} fix the batch dimension at {}, so every microbatch holds {} samples",
+                                          model, fixed, fixed);
+      const char* fix = "re-export the model with a dynamic batch axis for microbatches of another size";
+      if (batch_size % fixed != 0)
+        throw_bad_input("--batch-size", fmt::format("{} is not a multiple of {}: {}", batch_size, fixed, why), fix);
+      if (!app.count("--microbatches")) microbatches = static_cast<int>(batch_size / fixed);
+      else if (batch_size != int64_t{microbatches} * fixed)
+        throw_bad_input("--microbatches", fmt::format("{} microbatches of a batch of {} hold {:g} samples each, but {}", microbatches,
+                                                      batch_size, static_cast<double>(batch_size) / microbatches, why),
+                        fmt::format("-m {}, or {}", batch_size / fixed, fix));
+    }
     smp::train::NodeProfileOptions o;
     o.model = model;
     o.batch_size = batch_size;

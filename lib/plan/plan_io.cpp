@@ -166,6 +166,7 @@ json plan_to_json(const Plan& plan, const PlanInputs& source, const PlanOptions&
     megatron["pipeline"] = m.stages;
     megatron["data_parallel"] = m.data_parallel;
     megatron["microbatches"] = m.microbatches;
+    megatron["microbatch_size"] = m.microbatch_size;
     megatron["prediction"] = prediction_json(m.prediction);
     megatron["speedup"] = plan.prediction.step_s > 0 ? json(m.prediction.step_s / plan.prediction.step_s) : json(nullptr);
   }

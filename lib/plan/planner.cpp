@@ -1481,7 +1481,8 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
   }
 
   // Megatron-LM's usual layout: tensor parallelism over a host's devices, the fewest pipeline
-  // stages (equal layers, 1f1b) that fit, data parallelism for the rest, microbatches of one.
+  // stages (equal layers, 1f1b) that fit, data parallelism for the rest, microbatches of one
+  // (of the model's fixed batch where its inputs fix one).
   if (opt.megatron_baseline && !prof) {
     MegatronBaseline& mb = plan.megatron;
     const int Th = devices_per_host(cl);
@@ -1506,12 +1507,13 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
       for (int p = 1; p <= G && p <= ms->T.K; ++p) {
         if (G % p) continue;
         const int d = G / p;
-        if (B % d) continue;
+        const int64_t u = opt.fixed_microbatch > 0 ? opt.fixed_microbatch : 1;
+        if (B % (d * u)) continue;
         Config mc;
         mc.p = p;
         mc.d = d;
-        mc.m = static_cast<int>(B / d);
-        mc.u = 1;
+        mc.m = static_cast<int>(B / (d * u));
+        mc.u = static_cast<double>(u);
         mc.schedule = p == 1 ? "gpipe" : "1f1b";
         std::string unit, why2;
         std::vector<int> bounds = equal_layers_bounds(*ms->in.graph, p, &unit, &why2);
@@ -1525,6 +1527,7 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
         mb.stages = p;
         mb.data_parallel = d;
         mb.microbatches = mc.m;
+        mb.microbatch_size = u;
         mb.prediction = ev.pred;
         break;
       }

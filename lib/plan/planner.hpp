@@ -122,6 +122,7 @@ struct MegatronBaseline {
   bool available = false;
   std::string note;                 // why not, when unavailable
   int tensor_parallel = 1, stages = 0, data_parallel = 0, microbatches = 0;
+  int64_t microbatch_size = 1;      // one sample, or the model's fixed batch (PlanOptions::fixed_microbatch)
   Prediction prediction;
 };
 

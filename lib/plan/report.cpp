@@ -142,8 +142,8 @@ std::string format_report(const Plan& plan, const PlanInputs& source) {
                      m.prediction.step_s / plan.prediction.step_s));
   if (m.available)
     line(fmt::format("  {:<17} (Megatron-LM's layout: {}-way tensor parallel, the fewest stages that fit: {} x {} "
-                     "replicas, {} microbatches of 1, equal layers, 1f1b)",
-                     "", m.tensor_parallel, m.stages, m.data_parallel, m.microbatches));
+                     "replicas, {} microbatches of {}, equal layers, 1f1b)",
+                     "", m.tensor_parallel, m.stages, m.data_parallel, m.microbatches, m.microbatch_size));
   else if (!m.note.empty())
     line(fmt::format("  {:<17} n/a: {}", "megatron", m.note));
   return out;

@@ -57,12 +57,14 @@ bool probe_pipeline(const NodeProfileOptions& o, const PipelineProbeOptions& how
   cost::CostOptions copt;
   copt.optimizer = cost::parse_optimizer("sgd");
   copt.profile = &prof;
+  // Loaded at the microbatch size, as the profiler measured it (a model whose inputs fix the batch
+  // dimension loads at no other); the cost model's figures are per sample.
   graph::LoadOptions lo;
-  lo.batch_size = o.batch_size;
+  lo.batch_size = o.batch_size / o.microbatches;
   lo.dims = o.dims;
   lo.frozen = o.frozen;
   graph::Graph g = graph::load_graph(o.model, lo);
-  cost::GraphCost gc(g, o.batch_size, copt);
+  cost::GraphCost gc(g, lo.batch_size, copt);
   cost::Cluster cluster = cost::detect_local_cpu(workers);
   plan::PlanOptions popt;
   popt.batch_size = o.batch_size;

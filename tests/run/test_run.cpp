@@ -162,6 +162,71 @@ TEST_CASE("metrics, trace and timeline files; without --data the synthetic task'
   fs::remove_all(dir);
 }
 
+// torch.onnx.export's default: the batch dimension fixed at the example's size. Each microbatch
+// holds that many samples, so a batch of several is planned, profiled and trained as one of the
+// dynamic model split into microbatches of that size: the same losses, bit for bit.
+TEST_CASE("a model whose inputs fix the batch dimension pipelines microbatches of that size") {
+  auto dir = test::temp_dir("fixed_batch");
+  const fs::path fixed = dir / "mlp4.onnx";
+  auto py = test::sh(fmt::format("{} -c \"import onnx, sys; m = onnx.load(sys.argv[1]); "
+                                 "[v.type.tensor_type.shape.dim[0].__setattr__('dim_value', 4) for v in (m.graph.input[0], m.graph.output[0])]; "
+                                 "onnx.save(m, sys.argv[2])\" {} {}",
+                                 SMP_PYTHON, test::src("sample_models/mlp.onnx"), fixed.string()));
+  REQUIRE_MESSAGE(py.exit_code == 0, py.out);
+  auto plan = [&](const fs::path& model, const std::string& name, const std::string& args) {
+    const fs::path p = dir / name;
+    auto r = test::sh(fmt::format("{} {} -b 16 --devices 2 --split equal-layers --schedule 1f1b {} -o {}", test::bin("smp-plan"),
+                                  model.string(), args, p.string()));
+    INFO(r.out);
+    CHECK(r.exit_code == 0);
+    return std::pair{p, r};
+  };
+  const auto [pf, rf] = plan(fixed, "fixed.json", "--stages 2");
+  const auto [pd, rd] = plan(test::src("sample_models/mlp.onnx"), "dynamic.json", "--stages 2 --microbatches 4");
+  {
+    const auto j = read_json(pf);
+    CHECK(j["batch_size"] == 16);
+    CHECK(j["microbatch_size"] == 4);
+    CHECK(j["microbatches"] == 4);
+    const auto& mb = j["megatron_baseline"];
+    INFO(mb.dump());
+    REQUIRE(mb["available"] == true);  // its microbatches too hold the 4 samples, not 1
+    CHECK(mb["microbatch_size"] == 4);
+    CHECK(mb["microbatches"] == 4);
+  }
+  auto losses = [&](const fs::path& p, const std::string& name) {
+    const fs::path l = dir / name;
+    auto r = test::sh(run_cmd(p, fmt::format("--steps 3 --optimizer sgd --lr 0.05 --losses {}", l.string())));
+    INFO(r.out);
+    CHECK(r.exit_code == 0);
+    return read_file(l);
+  };
+  const std::string lf = losses(pf, "fixed.txt"), ld = losses(pd, "dynamic.txt");
+  CHECK(count_lines(lf) == 3);
+  CHECK(lf == ld);
+  // Microbatches of another size: one line naming the option.
+  auto bad = test::sh(fmt::format("{} {} -b 16 --devices 2 --stages 2 --microbatches 2 -o {}", test::bin("smp-plan"), fixed.string(),
+                                  (dir / "bad.json").string()));
+  CHECK(bad.exit_code == 2);
+  CHECK(bad.out.find("fix the batch dimension at 4, so every microbatch holds 4 samples") != std::string::npos);
+  CHECK(count_lines(bad.out) == 1);
+  // smp-profile measures its nodes at that size; a batch it does not divide is refused.
+  const fs::path prof = dir / "prof.json";
+  auto pr = test::sh(fmt::format("{} {} -b 16 --devices 2 --budget-ms 1 --whole-budget-ms 20 --pipeline-probe never -o {}",
+                                 test::bin("smp-profile"), fixed.string(), prof.string()));
+  INFO(pr.out);
+  REQUIRE(pr.exit_code == 0);
+  CHECK(read_json(prof)["microbatch_size"] == 4);
+  for (const char* args : {"-b 10", "-b 16 -m 2"}) {
+    auto b = test::sh(fmt::format("{} {} {} -o {}", test::bin("smp-profile"), fixed.string(), args, (dir / "p2.json").string()));
+    INFO(args, ": ", b.out);
+    CHECK(b.exit_code == 2);
+    CHECK(b.out.find("fix the batch dimension at 4") != std::string::npos);
+    CHECK(count_lines(b.out) == 1);
+  }
+  fs::remove_all(dir);
+}
+
 TEST_CASE("without --lr, AdamW trains at PyTorch's default 1e-3 and SGD at 0.01") {
   auto dir = test::temp_dir("default_lr");
   auto plan = test::make_plan(dir, "mlp", 8, 2, 1, 2, "1f1b");

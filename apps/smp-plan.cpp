@@ -31,7 +31,9 @@ std::string human(double x, const char* unit) {
   const char* prefixes[] = {"", "K", "M", "G", "T", "P", "E"};
   int i = 0;
   while (x >= 1000 && i < 6) { x /= 1000; ++i; }
-  return fmt::format("{:.3g} {}{}", x, prefixes[i], unit);
+  std::string s = fmt::format("{:.3g} {}{}", x, prefixes[i], unit);
+  if (s.back() == ' ') s.pop_back();  // a count below 1000: no prefix, no unit
+  return s;
 }
 
 std::string human_bytes(double x) {

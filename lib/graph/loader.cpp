@@ -1404,6 +1404,24 @@ Graph load_graph(const ParsedModel& parsed, const LoadOptions& opts) {
   for (const auto& [op, count] : unknown)
     g.warnings.push_back(fmt::format("no cost rule for op {} ({} node{}): estimated from the bytes it moves", op,
                                      count, count == 1 ? "" : "s"));
+  // A parameter read under another name through an Identity: what torch.onnx.export's eval mode
+  // makes of initializers with equal values (all LayerNorm scales start at 1), one tensor
+  // trained for all of them. A weight tied on purpose is exported once and read directly.
+  std::vector<std::string> copies;
+  for (const Node& n : g.nodes)
+    if (n.domain.empty() && n.op_type == "Identity" && n.inputs.size() == 1 && n.inputs[0] >= 0 && n.outputs.size() == 1 &&
+        n.outputs[0] >= 0 && g.value(n.inputs[0]).kind == ValueKind::Parameter)
+      copies.push_back(fmt::format("{} = {}", g.value(n.outputs[0]).name, g.value(n.inputs[0]).name));
+  if (!copies.empty()) {
+    std::string listed;
+    for (size_t k = 0; k < copies.size() && k < 3; ++k) listed += (k ? ", " : "") + copies[k];
+    if (copies.size() > 3) listed += fmt::format(", and {} more", copies.size() - 3);
+    g.warnings.push_back(fmt::format(
+        "{} parameter{} another's copy through an Identity ({}), so they train as one tensor: torch.onnx.export in eval "
+        "mode merges initializers of equal values; if they are separate parameters, re-export with "
+        "training=TrainingMode.TRAINING, do_constant_folding=False",
+        copies.size(), copies.size() == 1 ? " is" : "s are", listed));
+  }
   return g;
 }
 

@@ -1402,6 +1402,44 @@ TEST_CASE("the batch axis read without loading; smp-plan without --batch-size ta
   fs::remove_all(dir);
 }
 
+TEST_CASE("a parameter read through an Identity (eval-mode export's merged initializers) is warned of") {
+  // y = (x * w) * w2 with w2 = Identity(w): torch.onnx.export in eval mode makes this of two
+  // equal initializers, and they would train as one.
+  auto dir = test::temp_dir("identity_tie");
+  onnx::ModelProto m = tiny_model();
+  auto* g = m.mutable_graph();
+  g->clear_node();
+  auto* w = g->add_initializer();
+  w->set_name("w");
+  w->set_data_type(onnx::TensorProto::FLOAT);
+  w->add_dims(4);
+  for (int j = 0; j < 4; ++j) w->add_float_data(1.0f);
+  auto node = [&](const char* op, std::vector<std::string> in, const std::string& out) {
+    auto* n = g->add_node();
+    n->set_op_type(op);
+    n->set_name(out);
+    for (const auto& i : in) n->add_input(i);
+    n->add_output(out);
+  };
+  node("Identity", {"w"}, "w2");
+  node("Mul", {"x", "w"}, "t");
+  node("Mul", {"t", "w2"}, "y");
+  const fs::path path = write_model(dir, "tied.onnx", m);
+  auto tied = [](const Graph& gr) {
+    return std::count_if(gr.warnings.begin(), gr.warnings.end(),
+                         [](const std::string& s) { return s.find("1 parameter is another's copy through an Identity (w2 = w)") != std::string::npos; });
+  };
+  CHECK(tied(load_graph(path, batch(2))) == 1);
+  LoadOptions frozen = batch(2);
+  frozen.frozen = {"w"};
+  CHECK(tied(load_graph(path, frozen)) == 0);  // not trained: nothing is tied
+  // smp-plan prints it.
+  auto r = test::run_cmd(test::tool("smp-plan") + " " + path.string() + " --summary");
+  CHECK(r.exit_code == 0);
+  CHECK(r.out.find("warning: " + path.string() + ": 1 parameter is another's copy") != std::string::npos);
+  fs::remove_all(dir);
+}
+
 TEST_CASE("bad input: one line naming the file, exit status 2, never a crash") {
   auto dir = test::temp_dir("bad");
 

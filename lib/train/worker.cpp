@@ -1623,7 +1623,8 @@ RunResult Worker::run() {
                T_ > 1 ? fmt::format(" x {} tensor-parallel", T_) : "", hosts_ > 1 ? fmt::format(" on {} hosts", hosts_) : "",
                plan_.schedule.name, m_, b_,
                optimizer_name(o_.optimizer.kind), o_.optimizer.lr,
-               zero_ ? fmt::format(" (state split over {} replicas)", d_) : "", need_data_ ? data_.source : (o_.data.empty() ? "synthetic" : o_.data.string()));
+               zero_ ? fmt::format(" (state split over {} replicas)", d_) : "",
+               need_data_ ? data_.source : (o_.data.empty() ? "synthetic" : o_.data.string()));
   // Where the tensors between ranks travel (rank 0's view): GPU to GPU, or through the host.
   if (c_.rank() == 0 && !o_.quiet && c_.size() > 1)
     fmt::print("tensors between ranks: {}\n", device_data_ ? net_->transport() : "through host memory over " + c_.transport());

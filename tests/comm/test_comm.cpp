@@ -34,8 +34,8 @@ Run launch(int ranks, const std::string& mode, bool local = false) {
   std::string cmd;
   for (const auto& [k, v] : c.env) cmd += k + "=" + quote(v) + " ";
   for (const auto& a : c.argv) cmd += quote(a) + " ";
-  // A hang must fail the test, not stall the suite.
-  return test::run_cmd("timeout -k 5 120 env " + cmd);
+  // A hang must fail the test, not stall the suite; -v says so ("timeout: sending signal").
+  return test::run_cmd("timeout -v -k 5 120 env " + cmd);
 }
 
 int count(const std::string& s, const std::string& what) {
@@ -169,18 +169,20 @@ TEST_CASE("a message of the wrong size is a failure naming the sender") {
   }
 }
 
-TEST_CASE("a rank killed with SIGKILL ends the whole job quickly") {
+// The survivors wait for the dead rank with a timeout of an hour: only the launcher's own
+// detection of the death ends the job before launch()'s 120 s guard (no wall-clock assertion).
+TEST_CASE("a rank killed with SIGKILL ends the whole job, not the survivors' timeout") {
   for (bool local : {false, true}) {
     Run r = launch(3, "die", local);
     INFO(local, r.out);
     CHECK(r.exit_code != 0);
     CHECK(count(r.out, "ok ") == 0);
-    CHECK(r.seconds < 60);  // the survivors' own timeout is 120 s
+    CHECK(r.out.find("timeout: sending signal") == std::string::npos);  // launch()'s guard did not end it
+    CHECK(r.out.find("no progress") == std::string::npos);              // nor a survivor's timeout
     if (local) {
       // The supervisor names the rank (the survivors, which see its connection close, are ended).
       CHECK(r.out.find("smp-local: rank 1 (pid ") != std::string::npos);
       CHECK(r.out.find("exited on signal 9") != std::string::npos);
-      CHECK(r.seconds < 10);
     }
   }
 }

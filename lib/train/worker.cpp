@@ -124,6 +124,40 @@ namespace {
 
 using clock = std::chrono::steady_clock;
 
+// The settings that shape the optimizer's updates, those of its kind only: recorded in each
+// checkpoint's manifest, so that --resume can say which ones a resumed run changed.
+nlohmann::json hyperparameters(const OptimizerConfig& c) {
+  nlohmann::json j{{"lr", c.lr}, {"weight_decay", c.weight_decay}, {"warmup_steps", c.warmup_steps},
+                   {"lr_decay", c.cosine ? "cosine" : "constant"}, {"clip_norm", c.clip_norm}};
+  if (c.cosine) {
+    j["lr_decay_steps"] = c.total_steps;
+    j["min_lr"] = c.min_lr;
+  }
+  if (c.kind == OptimizerKind::Momentum) j["momentum"] = c.momentum;
+  if (c.kind == OptimizerKind::AdamW) {
+    j["beta1"] = c.beta1;
+    j["beta2"] = c.beta2;
+    j["eps"] = c.eps;
+  }
+  return j;
+}
+
+// "lr 0.02 (the checkpoint's run: 0.01), ..." for each setting of `now` that `was` records
+// otherwise; empty when none differs (or `was` records none: an older checkpoint).
+std::string hyperparameter_changes(const nlohmann::json& was, const nlohmann::json& now) {
+  std::string out;
+  if (!was.is_object()) return out;
+  auto text = [](const nlohmann::json& v) { return v.is_number() ? fmt::format("{:g}", v.get<double>()) : v.get<std::string>(); };
+  for (const auto& [k, v] : now.items()) {
+    auto it = was.find(k);
+    if (it == was.end() || *it == v || (it->is_number() && v.is_number() && it->get<double>() == v.get<double>())) continue;
+    std::string option = k;  // the key is smp-run's option with '_' for '-'
+    std::replace(option.begin(), option.end(), '_', '-');
+    out += fmt::format("{}--{} {} (the checkpoint's run: {})", out.empty() ? "" : ", ", option, text(v), text(*it));
+  }
+  return out;
+}
+
 
 // Tensors crossing the cut between stage k and k+1, in value-id order.
 struct Cut {
@@ -1254,7 +1288,7 @@ void Worker::checkpoint(int64_t done) {
     commit_checkpoint(o_.checkpoint_dir, done,
                       {{"stages", S_}, {"model", plan_.model_path}, {"model_sha256", plan_.model_sha256},
                        {"plan", o_.plan.string()}, {"optimizer", optimizer_name(o_.optimizer.kind)},
-                       {"tensor_parallel", T_}});
+                       {"hyperparameters", hyperparameters(o_.optimizer)}, {"tensor_parallel", T_}});
     prune_checkpoints(o_.checkpoint_dir, o_.keep_checkpoints);
   }
   c_.barrier();
@@ -1319,6 +1353,13 @@ void Worker::restore() {
   if (manifest.value("optimizer", std::string()) != optimizer_name(o_.optimizer.kind))
     throw_bad_input("--optimizer", "the checkpoint was written with " + manifest.value("optimizer", std::string("?")),
                     "resume with the same optimizer");
+  // Other settings are the user's to change (a lower rate for the rest of a run), but not
+  // silently: a resume that forgot one would train on differently from the run it continues.
+  if (c_.rank() == 0 && !o_.quiet)
+    if (const std::string changed = hyperparameter_changes(manifest.value("hyperparameters", nlohmann::json()),
+                                                           hyperparameters(o_.optimizer));
+        !changed.empty())
+      fmt::print("note: resuming step {} with other settings than the run that wrote it: {}\n", *latest, changed);
   for (auto& st : stages_) {
     const fs::path file = stage_file(o_.checkpoint_dir, *latest, st.index, T_ > 1 ? tp_ : -1);
     StageCheckpoint cp = read_stage_checkpoint(file);

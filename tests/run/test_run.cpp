@@ -52,6 +52,23 @@ TEST_CASE("20 steps in one run and 10 + 10 with a resume give bit-identical weig
     INFO(name);
     CHECK(wb.at(name) == bytes);
   }
+  CHECK(b2.out.find("note: resuming") == std::string::npos);  // quiet, and nothing changed anyway
+  // Another rate is the user's to choose, but said: the manifest records the run's settings.
+  {
+    std::string faster = opt;
+    faster.replace(faster.find("--lr 0.01"), 9, "--lr 0.02");
+    auto c = test::sh(fmt::format("{} {} --timeout 30 --steps 21 {} --checkpoint-dir {} --resume", test::bin("smp-run"),
+                                  plan.string(), faster, (dir / "b").string()));
+    INFO(c.out);
+    CHECK(c.exit_code == 0);
+    CHECK(c.out.find("note: resuming step 20 with other settings than the run that wrote it: --lr 0.02 (the checkpoint's run: "
+                     "0.01)\n") != std::string::npos);
+    auto same = test::sh(fmt::format("{} {} --timeout 30 --steps 22 {} --checkpoint-dir {} --resume", test::bin("smp-run"),
+                                     plan.string(), faster, (dir / "b").string()));
+    INFO(same.out);
+    CHECK(same.exit_code == 0);
+    CHECK(same.out.find("note: resuming") == std::string::npos);
+  }
   // Resuming with another optimizer is refused with one line.
   auto bad = test::sh(run_cmd(plan, fmt::format("--steps 30 --checkpoint-dir {} --resume", (dir / "b").string())));
   CHECK(bad.exit_code != 0);

@@ -31,7 +31,10 @@ inline int64_t default_batch(const std::string& model, const graph::BatchAxis& a
                                                 model, listed),
                     "give --batch-size N");
   if (sizes.size() == 1 && *sizes.begin() > 0) {
-    note = fmt::format("batch {}: the model's fixed batch dimension (--batch-size not given)", *sizes.begin());
+    // One microbatch leaves a pipeline nothing to overlap: say how to have several.
+    note = fmt::format("batch {0}: the model's fixed batch dimension (--batch-size not given; a multiple of it, e.g. -b {1}, "
+                       "runs as microbatches of {0})",
+                       *sizes.begin(), *sizes.begin() * 2 * std::max(devices, 1));
     return *sizes.begin();
   }
   if (axis.symbolic.empty() && axis.fixed.empty()) {

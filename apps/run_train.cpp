@@ -303,7 +303,7 @@ int run_train(const std::string& plan, const std::string& data, const TrainCli& 
   else if (!allocation.empty()) hosts = allocation, hosts_from = "the Slurm allocation (SLURM_JOB_NODELIST)";
   std::vector<comm::PlannedRank> planned;
   for (const auto& r : pf.ranks) planned.push_back({r.host, r.device});
-  TempDir tmp("smp-run");  // the rank-to-host file that mpirun / srun read here
+  TempDir tmp("smp-run");  // the rank-to-host file that mpirun / srun read here; Open MPI's session files
   const std::string token = fmt::format("{:016x}", std::random_device{}() * 0x100000000ull + std::random_device{}());
   std::vector<std::string> args;
   for (int i = 1; i < argc; ++i) args.push_back(argv[i]);
@@ -327,6 +327,7 @@ int run_train(const std::string& plan, const std::string& data, const TrainCli& 
     comm::MpirunOptions mo;
     mo.ranks = ranks;
     mo.quiet = false;  // its notices name a worker that died
+    mo.session_dir = tmp.path().string();
     cmd = comm::mpirun_command(mo, self.string(), args);
     char here[256] = "?";
     ::gethostname(here, sizeof here - 1);

@@ -364,6 +364,8 @@ Command mpirun_command(const MpirunOptions& o, const std::string& program, const
     // oversubscribed ranks would share one core while others idle).
     c.argv.insert(c.argv.end(), {"--oversubscribe", "--bind-to", "none"});
     if (o.ranks > cores) c.env.insert_or_assign("OMPI_MCA_mpi_yield_when_idle", "1");
+    if (!o.session_dir.empty() && !std::getenv("OMPI_MCA_orte_tmpdir_base"))
+      c.argv.insert(c.argv.end(), {"--mca", "orte_tmpdir_base", o.session_dir});
   } else {
     c.argv.insert(c.argv.end(), {"--hostfile", o.hostfile});
     if (o.sequential) c.argv.insert(c.argv.end(), {"--mca", "rmaps", "seq"});

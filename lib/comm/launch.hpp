@@ -77,6 +77,12 @@ struct MpirunOptions {
   int cores = 0;                 // cores of this machine (0: detect); more ranks oversubscribe
   std::vector<std::string> extra;  // more mpirun arguments, before the program
   int cross_memory_attach = -1;  // 1 allowed, 0 forbidden, -1 detect (cross_memory_attach_works())
+  // One machine: a directory of this job's own for Open MPI's session files (orte_tmpdir_base).
+  // Jobs started at once otherwise share /tmp/ompi.HOST.UID, and one's clean-up can remove it
+  // while another creates it ("A call to mkdir was unable to create the desired directory ...
+  // File exists", open-mpi/ompi#8510). Empty: Open MPI's default; a user's
+  // OMPI_MCA_orte_tmpdir_base wins.
+  std::string session_dir;
 };
 
 // Whether one process can read another's memory (process_vm_readv) as Open MPI's shared-memory

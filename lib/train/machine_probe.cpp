@@ -219,6 +219,7 @@ json measure_ring(const fs::path& program, int ranks, int tokens, int iters) {
   fs::path out = dir.path() / "ring.json";
   comm::MpirunOptions mo;
   mo.ranks = ranks;
+  mo.session_dir = dir.path().string();
   comm::Command cmd = comm::mpirun_command(mo, program.string(), {"--ring-worker", out.string(), std::to_string(tokens), std::to_string(iters)});
   cmd.env["OMP_WAIT_POLICY"] = "PASSIVE";
   int rc = comm::run_command(cmd);
@@ -233,6 +234,7 @@ json measure_link(const fs::path& program, double budget_s) {
   fs::path out = dir.path() / "pingpong.json";
   comm::MpirunOptions mo;
   mo.ranks = 2;
+  mo.session_dir = dir.path().string();
   comm::Command cmd = comm::mpirun_command(mo, program.string(), {"--pingpong-worker", out.string(), "--budget-ms",
                                                                   fmt::format("{:.0f}", budget_s * 1e3)});
   cmd.env["OMP_WAIT_POLICY"] = "PASSIVE";

@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include "comm/launch.hpp"
+#include "core/io.hpp"
 
 #include <fmt/format.h>
 
@@ -28,8 +29,10 @@ const std::string kWorker = std::string(SMP_BIN_DIR) + "/../tests/comm/comm_work
 // Runs the worker under the launcher's mpirun command line (or smp's local launcher, no MPI),
 // capturing its output.
 Run launch(int ranks, const std::string& mode, bool local = false) {
+  TempDir session("smp-test-comm");  // Open MPI's session files: other suites run mpirun at once
   comm::MpirunOptions o;
   o.ranks = ranks;
+  o.session_dir = session.path().string();
   comm::Command c = local ? comm::local_command(ranks, kWorker, kWorker, {mode}) : comm::mpirun_command(o, kWorker, {mode});
   std::string cmd;
   for (const auto& [k, v] : c.env) cmd += k + "=" + quote(v) + " ";

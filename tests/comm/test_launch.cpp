@@ -120,9 +120,20 @@ TEST_CASE("srun places each rank by a hostfile; mpirun's seq mapper does the sam
   mo.hostfile = "/x/rank-hosts";
   mo.sequential = true;
   mo.quiet = false;
+  mo.session_dir = "/x/session";
   const std::string m = joined(comm::mpirun_command(mo, "/bin/prog", {}));
   CHECK(m.find("--hostfile /x/rank-hosts --mca rmaps seq") != std::string::npos);
   CHECK(m.find(" -q ") == std::string::npos);
+  CHECK(m.find("orte_tmpdir_base") == std::string::npos);  // on several hosts: Open MPI's own
+
+  // One machine: the job's own session directory, unless the user chose one.
+  comm::MpirunOptions one;
+  one.ranks = 2;
+  one.session_dir = "/x/session";
+  CHECK(joined(comm::mpirun_command(one, "/bin/prog", {})).find("--mca orte_tmpdir_base /x/session /bin/prog") != std::string::npos);
+  ::setenv("OMPI_MCA_orte_tmpdir_base", "/mine", 1);
+  CHECK(joined(comm::mpirun_command(one, "/bin/prog", {})).find("orte_tmpdir_base") == std::string::npos);
+  ::unsetenv("OMPI_MCA_orte_tmpdir_base");
 }
 
 TEST_CASE("a Slurm task's local size comes from SLURM_STEP_TASKS_PER_NODE at its node") {

@@ -210,6 +210,10 @@ TEST_CASE("a model whose inputs fix the batch dimension pipelines microbatches o
     REQUIRE(mb["available"] == true);  // its microbatches too hold the 4 samples, not 1
     CHECK(mb["microbatch_size"] == 4);
     CHECK(mb["microbatches"] == 4);
+    // Loaded at 4 samples instead of 16, the cost model prices it the same: its figures are per sample.
+    const auto jd = read_json(pd);
+    CHECK(j["prediction"] == jd["prediction"]);
+    CHECK(j["stages"] == jd["stages"]);
   }
   auto losses = [&](const fs::path& p, const std::string& name) {
     const fs::path l = dir / name;

@@ -52,7 +52,6 @@ TEST_CASE("20 steps in one run and 10 + 10 with a resume give bit-identical weig
     INFO(name);
     CHECK(wb.at(name) == bytes);
   }
-  CHECK(b2.out.find("note: resuming") == std::string::npos);  // quiet, and nothing changed anyway
   // Another rate is the user's to choose, but said: the manifest records the run's settings.
   {
     std::string faster = opt;
@@ -196,10 +195,10 @@ TEST_CASE("a model whose inputs fix the batch dimension pipelines microbatches o
                                   model.string(), args, p.string()));
     INFO(r.out);
     CHECK(r.exit_code == 0);
-    return std::pair{p, r};
+    return p;
   };
-  const auto [pf, rf] = plan(fixed, "fixed.json", "--stages 2");
-  const auto [pd, rd] = plan(test::src("sample_models/mlp.onnx"), "dynamic.json", "--stages 2 --microbatches 4");
+  const fs::path pf = plan(fixed, "fixed.json", "--stages 2");
+  const fs::path pd = plan(test::src("sample_models/mlp.onnx"), "dynamic.json", "--stages 2 --microbatches 4");
   {
     const auto j = read_json(pf);
     CHECK(j["batch_size"] == 16);

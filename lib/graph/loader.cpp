@@ -1422,6 +1422,20 @@ Graph load_graph(const ParsedModel& parsed, const LoadOptions& opts) {
         "training=TrainingMode.TRAINING, do_constant_folding=False",
         copies.size(), copies.size() == 1 ? " is" : "s are", listed));
   }
+  // BatchNormalization with its one output: inference mode, the stored statistics. Trained so,
+  // it never normalises a batch by its own statistics nor updates them, unlike PyTorch's training
+  // (an eval-mode export's BatchNormalizations are all so; a training-mode export's have three).
+  int inference_bn = 0;
+  for (const Node& n : g.nodes)
+    if (n.domain.empty() && n.op_type == "BatchNormalization" &&
+        std::count_if(n.outputs.begin(), n.outputs.end(), [](int o) { return o >= 0; }) == 1)
+      ++inference_bn;
+  if (inference_bn > 0 && !g.parameters.empty())
+    g.warnings.push_back(fmt::format(
+        "{} BatchNormalization node{} in inference mode: training normalises with the stored running statistics "
+        "and never updates them, unlike PyTorch's training mode; to train as PyTorch does, export with "
+        "training=TrainingMode.TRAINING, do_constant_folding=False",
+        inference_bn, inference_bn == 1 ? " is" : "s are"));
   return g;
 }
 

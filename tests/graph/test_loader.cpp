@@ -1440,6 +1440,43 @@ TEST_CASE("a parameter read through an Identity (eval-mode export's merged initi
   fs::remove_all(dir);
 }
 
+TEST_CASE("a BatchNormalization in inference mode (an eval-mode export's) is warned of; in training mode it is not") {
+  auto dir = test::temp_dir("bn_inference");
+  for (bool training : {false, true}) {
+    CAPTURE(training);
+    onnx::ModelProto m = tiny_model();
+    m.mutable_opset_import(0)->set_version(15);
+    auto* g = m.mutable_graph();
+    g->clear_node();
+    for (const char* name : {"scale", "bias", "mean", "var"}) {
+      auto* t = g->add_initializer();
+      t->set_name(name);
+      t->set_data_type(onnx::TensorProto::FLOAT);
+      t->add_dims(4);
+      for (int j = 0; j < 4; ++j) t->add_float_data(std::string(name) == "var" || std::string(name) == "scale" ? 1.0f : 0.0f);
+    }
+    auto* n = g->add_node();
+    n->set_op_type("BatchNormalization");
+    n->set_name("bn");
+    for (const char* in : {"x", "scale", "bias", "mean", "var"}) n->add_input(in);
+    n->add_output("y");
+    if (training) {
+      n->add_output("mean_out");
+      n->add_output("var_out");
+      auto* a = n->add_attribute();
+      a->set_name("training_mode");
+      a->set_type(onnx::AttributeProto::INT);
+      a->set_i(1);
+    }
+    const Graph gr = load_graph(write_model(dir, fmt::format("bn{}.onnx", training), m), batch(2));
+    const auto warned = std::count_if(gr.warnings.begin(), gr.warnings.end(), [](const std::string& s) {
+      return s.find("1 BatchNormalization node is in inference mode") != std::string::npos;
+    });
+    CHECK(warned == (training ? 0 : 1));
+  }
+  fs::remove_all(dir);
+}
+
 TEST_CASE("bad input: one line naming the file, exit status 2, never a crash") {
   auto dir = test::temp_dir("bad");
 

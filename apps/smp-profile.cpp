@@ -172,8 +172,7 @@ int main(int argc, char** argv) {
       std::string note;
       batch_size = smp::app::default_batch(model, axis, workers, note);
       if (!app.count("--microbatches") && fixed > 0) {
-        microbatches = static_cast<int>(batch_size / fixed);
-        note += fmt::format("; {} microbatch(es) of {}", microbatches, fixed);
+        note += fmt::format("; {} microbatch(es) of {}", batch_size / fixed, fixed);  // set below
       } else if (!app.count("--microbatches")) {
         // As many microbatches as keep a pipeline of the workers busy (2 per worker), where the
         // batch divides so: the microbatch size a plan with the same defaults will use.

@@ -150,7 +150,7 @@ std::string hyperparameter_changes(const nlohmann::json& was, const nlohmann::js
   auto text = [](const nlohmann::json& v) { return v.is_number() ? fmt::format("{:g}", v.get<double>()) : v.get<std::string>(); };
   for (const auto& [k, v] : now.items()) {
     auto it = was.find(k);
-    if (it == was.end() || *it == v || (it->is_number() && v.is_number() && it->get<double>() == v.get<double>())) continue;
+    if (it == was.end() || *it == v) continue;  // nlohmann compares 0 and 0.0 as numbers: equal
     std::string option = k;  // the key is smp-run's option with '_' for '-'
     std::replace(option.begin(), option.end(), '_', '-');
     out += fmt::format("{}--{} {} (the checkpoint's run: {})", out.empty() ? "" : ", ", option, text(v), text(*it));

@@ -165,8 +165,16 @@ std::string JobMonitor::filter_locked(std::string_view line) {
   // ignores (seen once in test_hosts under load: "[vm:08521] plm:rsh: Warning: setpgid(8527,8527)
   // failed in parent with errno=Permission denied(13)").
   static const std::regex rsh_noise(R"(^\[[^\]]+\] plm:rsh: Warning: setpgid\(\d+,\d+\) failed in parent with errno=)");
+  // Open MPI's TCP transport (BTL_ERROR: "[host][[job,vpid],rank][file:line:function] ...") when
+  // the peer at the other end of a socket has died: seen in test_hosts when a worker on the other
+  // host was killed under srun ("[smphost1][[7044,10220],1][.../btl_tcp.c:559:
+  // mca_btl_tcp_recv_blocking] recv(19) failed: Connection reset by peer (104)"); writev's
+  // "Broken pipe (32)" and connect's "Connection refused (111)" are its other forms.
+  static const std::regex tcp_noise(
+      R"(^\[[^\]]+\]\[\[\d+,\d+\],\d+\]\[[^\]]*btl_tcp\w*\.c:\d+:\w+\] .*(Connection reset by peer \(104\)|Broken pipe \(32\)|Connection refused \(111\))$)");
   if (search(l, forwarding, m)) return "";
-  if (search(l, aggregate, m) || search(l, srun_noise, m) || search(l, event_noise, m) || search(l, rsh_noise, m)) {
+  if (search(l, aggregate, m) || search(l, srun_noise, m) || search(l, event_noise, m) || search(l, rsh_noise, m) ||
+      search(l, tcp_noise, m)) {
     held_.append(line);
     return "";
   }

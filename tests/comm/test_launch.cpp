@@ -206,6 +206,17 @@ TEST_CASE("the job monitor reads the workers' status lines and mpirun's notices,
   CHECK(feed("[vm:08521] plm:rsh: Warning: setpgid(8527,8527) failed in parent with errno=Permission denied(13)\n").empty());
   CHECK(m.held().find("plm:rsh: Warning: setpgid") != std::string::npos);
   CHECK(feed("[vm:08521] plm:rsh: something else went wrong\n") == "[vm:08521] plm:rsh: something else went wrong\n");
+  // Open MPI's TCP transport when the peer's end of a socket is gone (as CI's test_hosts printed it
+  // under srun), and the same transport's other errors, which pass.
+  CHECK(feed("[smphost1][[7044,10220],1][../../../../../../opal/mca/btl/tcp/btl_tcp.c:559:mca_btl_tcp_recv_blocking] "
+             "recv(19) failed: Connection reset by peer (104)\n")
+            .empty());
+  CHECK(feed("[vm][[12,1],0][btl_tcp_frag.c:130:mca_btl_tcp_frag_send] mca_btl_tcp_frag_send: writev failed: Broken pipe (32)\n")
+            .empty());
+  CHECK(m.held().find("mca_btl_tcp_recv_blocking] recv(19) failed") != std::string::npos);
+  CHECK(m.held().find("writev failed: Broken pipe") != std::string::npos);
+  const std::string other_tcp = "[vm][[12,1],0][btl_tcp.c:559:mca_btl_tcp_recv_blocking] recv(19) failed: Bad address (14)\n";
+  CHECK(feed(other_tcp) == other_tcp);
   CHECK(m.held().find("Epoll MOD(1)") != std::string::npos);
   CHECK(m.held().find("unexpectedly disconnected") != std::string::npos);
   CHECK(m.held().find("1 more process") != std::string::npos);

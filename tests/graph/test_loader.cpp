@@ -1399,6 +1399,18 @@ TEST_CASE("the batch axis read without loading; smp-plan without --batch-size ta
   auto ss = test::run_cmd(test::tool("smp-plan") + " " + six.string() + " --summary");
   CHECK(ss.exit_code == 0);
   CHECK(ss.out.find("batch size       6") != std::string::npos);
+  CHECK(ss.out.find("note: the summary describes") == std::string::npos);
+  // at a multiple of the fixed batch it says how a step's figures relate to the graph's; elsewhere
+  // it refuses the batch, as planning does
+  auto s18 = test::run_cmd(test::tool("smp-plan") + " " + six.string() + " --summary -b 18");
+  CHECK(s18.exit_code == 0);
+  CHECK(s18.out.find("batch size       6") != std::string::npos);
+  CHECK(s18.out.find("note: the summary describes one run of the graph at its fixed batch 6; --batch-size 18 runs it 3 times a step") !=
+        std::string::npos);
+  auto s8 = test::run_cmd(test::tool("smp-plan") + " " + six.string() + " --summary -b 8");
+  CHECK(s8.exit_code == 2);
+  CHECK(s8.out.rfind("error: --batch-size: 8 is not a multiple of 6: the inputs of " + six.string(), 0) == 0);
+  CHECK(std::count(s8.out.begin(), s8.out.end(), '\n') == 1);
   fs::remove_all(dir);
 }
 

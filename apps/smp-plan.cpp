@@ -237,15 +237,15 @@ int main(int argc, char** argv) {
     opts.frozen = frozen;
 
     if (summary) {
+      if (batch_size % graph_batch != 0)
+        smp::throw_bad_input("--batch-size",
+                             fmt::format("{} is not a multiple of {}: the inputs of {} fix the batch dimension at {}, so "
+                                         "every microbatch holds {} samples",
+                                         batch_size, graph_batch, model, graph_batch, graph_batch),
+                             "re-export the model with a dynamic batch axis for microbatches of another size");
       smp::graph::Graph g = smp::graph::load_graph(model, opts);
       if (!batch_note.empty()) fmt::print(stderr, "note: {}\n", batch_note);
       for (const auto& w : g.warnings) fmt::print(stderr, "warning: {}: {}\n", model, w);
-      if (batch_size % graph_batch != 0)
-        smp::throw_bad_input("--batch-size",
-                        fmt::format("{} is not a multiple of {}: the inputs of {} fix the batch dimension at {}, so every "
-                                    "microbatch holds {} samples",
-                                    batch_size, graph_batch, model, graph_batch, graph_batch),
-                        "re-export the model with a dynamic batch axis for microbatches of another size");
       if (graph_batch != batch_size)
         fmt::print(stderr,
                    "note: the summary describes one run of the graph at its fixed batch {0}; --batch-size {1} runs it {2} "

@@ -8,8 +8,9 @@
 // signal 9") and srun ("srun: error: b: task 2: Killed") say who it was, on which host and how:
 // the monitor takes those notices out of the stream too, as smp's local launcher's ("smp-local:
 // rank 2 (pid 81) on b exited on signal 9 (Killed)"). The noise that follows a dead peer
-// (Open MPI's TCP connect warnings, srun's step-cancelled lines) is held back and shown only
-// when no worker's end explains a failure; every other line passes through as it comes.
+// (Open MPI's TCP connect warnings and socket errors, srun's step-cancelled lines) is held back
+// and shown only when no worker's end explains a failure; every other line passes through as it
+// comes.
 #pragma once
 
 #include <mutex>

@@ -6,6 +6,7 @@
 // a forward and a backward. Conventions (llm.c): outputs first, then inputs; gradients `d...`.
 #pragma once
 
+#include "core/clock.hpp"
 #include "graph/graph.hpp"
 #include "graph/op_registry.hpp"
 #include "runtime/collectives.hpp"
@@ -194,6 +195,11 @@ class Backend {
 
   virtual void set_num_threads(int n) = 0;
   virtual int num_threads() const = 0;
+  // CPU time so far of the threads that run this backend's kernels when the calling thread
+  // launches them: the caller's own, and the CPU backend adds its pool's. Not the process's
+  // other threads (a communicator's progress thread, MPI's own), so that over a kernel's wall
+  // time it is at most num_threads() and less only when a thread waited for a core.
+  virtual double compute_cpu_s() const { return thread_cpu_s(); }
   // "cpu (4 threads)", "cuda:0 (NVIDIA H200)"
   virtual std::string device_name() const = 0;
 

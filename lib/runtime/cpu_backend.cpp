@@ -224,5 +224,6 @@ int64_t CpuBackend::cached_bytes() const {
 
 void CpuBackend::set_num_threads(int n) { set_cpu_threads(n); }
 int CpuBackend::num_threads() const { return cpu_threads(); }
+double CpuBackend::compute_cpu_s() const { return thread_cpu_s() + cpu::pool_workers_cpu_s(); }
 
 }  // namespace smp::runtime

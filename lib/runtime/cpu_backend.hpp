@@ -30,6 +30,7 @@ class CpuBackend final : public Backend {
   double sum_of_squares(std::span<const Tensor> ts) override;
   void set_num_threads(int n) override;
   int num_threads() const override;
+  double compute_cpu_s() const override;
   std::string device_name() const override;
   // Bytes of freed buffers kept for reuse (not counted as live).
   int64_t cached_bytes() const;

@@ -186,7 +186,7 @@ struct StageRt {
   double f_s = 0, b_s = 0, w_s = 0;
   int64_t nf = 0, nb = 0, nw = 0;
   double u_s = 0;  // its optimizer step (gradient norm + update), summed over the same steps
-  double cpu_s = 0;  // the process's CPU time during its forwards and backwards (f_s + b_s + w_s of wall time)
+  double cpu_s = 0;  // its kernels' threads' CPU time during its forwards and backwards (f_s + b_s + w_s of wall time)
   int64_t nu = 0;
   // Data-parallel gradient sums on the device (a device data plane and replicas): the
   // parameters in buckets of ~25 MiB, in the order the backward completes their gradients; a
@@ -918,7 +918,7 @@ double Worker::step(int64_t k, bool record) {
       be_->synchronize();  // a device backend's time is its queue's (no-op on the CPU)
       if (k == 0) return;
       wall_s += seconds_since(ts), ++count;
-      st.cpu_s += process_cpu_s() - cpu0;
+      st.cpu_s += be_->compute_cpu_s() - cpu0;
     };
     const int s = a.stage, mb = a.mb;
     switch (a.op) {
@@ -931,7 +931,7 @@ double Worker::step(int64_t k, bool record) {
           incoming = take(recv_act, drecv_act, act_out, {s, mb}, {s - 1, mb}, cuts_[static_cast<size_t>(s - 1)].values,
                           fmt::format("activations of stage {}, microbatch {}", s - 1, mb));
         ts = clock::now();  // compute starts: waiting for the input is idle time, not forward time
-        cpu0 = process_cpu_s();
+        cpu0 = be_->compute_cpu_s();
         const auto& in_cut = s > 0 ? cuts_[static_cast<size_t>(s - 1)].values : std::vector<int>{};
         auto from_cut = [&](int v) -> Tensor {
           auto it = std::find(in_cut.begin(), in_cut.end(), v);
@@ -973,7 +973,7 @@ double Worker::step(int64_t k, bool record) {
           gin = take(recv_grad, drecv_grad, grad_out, {s, mb}, {s + 1, mb}, cuts_[static_cast<size_t>(s)].grads,
                      fmt::format("gradients from stage {}, microbatch {}", s + 1, mb));
         ts = clock::now();
-        cpu0 = process_cpu_s();
+        cpu0 = be_->compute_cpu_s();
         const auto& gcut = s + 1 < S_ ? cuts_[static_cast<size_t>(s)].grads : std::vector<int>{};
         auto grad_of = [&](int v) -> Tensor {
           auto it = std::find(gcut.begin(), gcut.end(), v);
@@ -1024,7 +1024,7 @@ double Worker::step(int64_t k, bool record) {
       case schedule::Op::SendGrad: send(grad_out, a, s - 1, "gradients"); break;
       case schedule::Op::BackwardWeight: {
         StageRt& st = *by_index_.at(s);
-        cpu0 = process_cpu_s();
+        cpu0 = be_->compute_cpu_s();
         const bool final = static_cast<int>(ai) == st.final_action;
         if (final) final_stage_ = s;
         st.ex->backward_weight(mb);
@@ -1571,7 +1571,7 @@ void Worker::report_end(double mean_step_s) {
     return;
   }
   fmt::print("\nper stage, per microbatch (measured after the first step | predicted by the plan); optimizer step ({}) "
-             "once per step;\ncpu/wall: its worker's CPU time over the wall time of its forwards and backwards ({} thread(s) "
+             "once per step;\ncpu/wall: its compute threads' CPU time over the wall time of its forwards and backwards ({} thread(s) "
              "per worker; less: it waited for a core):\n",
              optimizer_name(o_.optimizer.kind), std::max(o_.threads, 1));
   fmt::print("{:>5}  {:>21}  {:>21}  {:>21}  {:>8}  {:>10}\n", "stage", "forward ms", "backward ms", "optimizer ms", "cpu/wall",

@@ -1,5 +1,8 @@
 #include "runtime/cpu/pool.hpp"
 
+#include <pthread.h>
+#include <time.h>
+
 #include <atomic>
 #include <condition_variable>
 #include <memory>
@@ -25,6 +28,18 @@ class Pool {
   ~Pool() { resize(1); }
 
   int size() const { return size_; }
+
+  // Called by the thread that resizes the pool (workers_ does not change under it).
+  double workers_cpu_s() {
+    double sum = 0;
+    for (auto& w : workers_) {
+      clockid_t id;
+      timespec ts{};
+      if (pthread_getcpuclockid(w.native_handle(), &id) == 0 && clock_gettime(id, &ts) == 0)
+        sum += static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+    }
+    return sum;
+  }
 
   void resize(int n) {
     if (n < 1) n = 1;
@@ -117,6 +132,7 @@ Pool& pool() {
 int pool_threads() { return pool().size(); }
 void set_pool_threads(int n) { pool().resize(n); }
 bool pool_in_parallel() { return t_in_region; }
+double pool_workers_cpu_s() { return pool().workers_cpu_s(); }
 void parallel_region(int64_t parts, const std::function<void(int64_t, int64_t)>& f) { pool().run(parts, f); }
 
 }  // namespace smp::runtime::cpu

@@ -13,6 +13,8 @@ int pool_threads();
 void set_pool_threads(int n);
 // True inside a parallel region (nested regions run serially in the calling thread).
 bool pool_in_parallel();
+// CPU time so far of the pool's own threads (the caller's not included).
+double pool_workers_cpu_s();
 // Runs f(t, nt) for t in [0, nt), nt = min(parts, pool_threads()), the caller taking t = 0;
 // returns when all are done.
 void parallel_region(int64_t parts, const std::function<void(int64_t t, int64_t nt)>& f);

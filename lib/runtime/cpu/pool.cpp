@@ -1,7 +1,8 @@
 #include "runtime/cpu/pool.hpp"
 
+#include "core/clock.hpp"
+
 #include <pthread.h>
-#include <time.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -34,9 +35,7 @@ class Pool {
     double sum = 0;
     for (auto& w : workers_) {
       clockid_t id;
-      timespec ts{};
-      if (pthread_getcpuclockid(w.native_handle(), &id) == 0 && clock_gettime(id, &ts) == 0)
-        sum += static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+      if (pthread_getcpuclockid(w.native_handle(), &id) == 0) sum += cpu_clock_s(id);
     }
     return sum;
   }

@@ -186,7 +186,7 @@ struct StageRt {
   double f_s = 0, b_s = 0, w_s = 0;
   int64_t nf = 0, nb = 0, nw = 0;
   double u_s = 0;  // its optimizer step (gradient norm + update), summed over the same steps
-  double cpu_s = 0;  // its kernels' threads' CPU time during its forwards and backwards (f_s + b_s + w_s of wall time)
+  double cpu_s = 0;  // CPU time of the threads running its kernels during its forwards and backwards (f_s + b_s + w_s of wall time)
   int64_t nu = 0;
   // Data-parallel gradient sums on the device (a device data plane and replicas): the
   // parameters in buckets of ~25 MiB, in the order the backward completes their gradients; a
@@ -917,8 +917,9 @@ double Worker::step(int64_t k, bool record) {
     auto account = [&](StageRt& st, double& wall_s, int64_t& count) {
       be_->synchronize();  // a device backend's time is its queue's (no-op on the CPU)
       if (k == 0) return;
+      const double cpu1 = be_->compute_cpu_s();  // read inside the wall interval: CPU time never exceeds it per thread
       wall_s += seconds_since(ts), ++count;
-      st.cpu_s += be_->compute_cpu_s() - cpu0;
+      st.cpu_s += cpu1 - cpu0;
     };
     const int s = a.stage, mb = a.mb;
     switch (a.op) {

@@ -401,8 +401,9 @@ def at_least(name, size):
 
 
 # Searched at one configuration only: regnet_y_128gf (645 M parameters), where the search of its
-# 12 would take over 3 hours on 2 cores (from 5 minutes a configuration at input 32, microbatch 8
-# to about 30 at input 64, microbatch 32: two float64 runs of 3 steps each). None of the 15 other
+# 12 takes about 1.5 hours on 2 cores before the test's own runs (measured on 2026-12-03: the first
+# 6, inputs 1 and 32 with microbatches 4 and 8, 35 minutes; (64, 32, 1e-3) 13 minutes; each runs
+# PyTorch float32 once and float64 twice), more than that session had left. None of the 15 other
 # RegNets is well-posed anywhere and every one is closest at (64, 32, 1e-3); regnet_y_128gf's
 # first 6 (inputs 1 and 32, microbatches 4 and 8) were not well-posed either (docs/models.md).
 SEARCH_ONLY = {

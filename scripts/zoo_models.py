@@ -400,12 +400,12 @@ def at_least(name, size):
     return -(-size // s0) * s0 if name.startswith("vit_") else size
 
 
-# Searched at one configuration only: regnet_y_128gf (645 M parameters), where the search of its
-# 12 takes about 1.5 hours on 2 cores before the test's own runs (measured on 2026-12-03: the first
-# 6, inputs 1 and 32 with microbatches 4 and 8, 35 minutes; (64, 32, 1e-3) 13 minutes; each runs
-# PyTorch float32 once and float64 twice), more than that session had left. None of the 15 other
-# RegNets is well-posed anywhere and every one is closest at (64, 32, 1e-3); regnet_y_128gf's
-# first 6 (inputs 1 and 32, microbatches 4 and 8) were not well-posed either (docs/models.md).
+# Searched at one configuration only: regnet_y_128gf (645 M parameters). Each configuration runs
+# PyTorch float32 once and float64 twice: on 2026-12-03 on 2 cores its first 6 (inputs 1 and 32,
+# microbatches 4 and 8; none well-posed) took 35 minutes and (64, 32, 1e-3) 13, so the whole
+# search is about 1.5 hours (estimated) before the test's own runs, more than that session had
+# left. None of the 15 other RegNets is well-posed anywhere, and every one is closest at
+# (64, 32, 1e-3) (docs/models.md).
 SEARCH_ONLY = {
     "regnet_y_128gf": [(64, 32, 1e-3)],
 }

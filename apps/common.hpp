@@ -9,8 +9,10 @@
 #include <fmt/format.h>
 
 #include <cstdio>
+#include <cmath>
 #include <cstdint>
 #include <exception>
+#include <limits>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -54,6 +56,32 @@ inline std::map<std::string, int64_t> parse_dims(const std::vector<std::string>&
   }
   return out;
 }
+
+// Numeric option checks. CLI11's PositiveNumber and NonNegativeNumber state their range as
+// "0.000000 to 1797693...(300 digits)" and, like its Range, let nan and inf through.
+inline CLI::Validator number_check(double lo, double hi, bool lo_open, std::string what, std::string desc,
+                                   bool whole = false) {
+  return CLI::Validator(
+      [=](std::string& in) -> std::string {
+        double v = 0;
+        try {
+          size_t used = 0;
+          v = std::stod(in, &used);
+          if (used != in.size()) throw std::invalid_argument("trailing");
+        } catch (const std::exception&) {
+          return fmt::format("'{}' is not a number", in);
+        }
+        if (!std::isfinite(v) || v < lo || v > hi || (lo_open && v == lo) || (whole && v != std::floor(v)))
+          return fmt::format("must be {}, not {}", what, in);
+        return std::string();
+      },
+      desc);
+}
+inline const CLI::Validator Positive = number_check(0, std::numeric_limits<double>::max(), true, "a positive number", "POSITIVE");
+inline const CLI::Validator NonNegative = number_check(0, std::numeric_limits<double>::max(), false, "a number >= 0", "NONNEGATIVE");
+inline const CLI::Validator PositiveInt = number_check(0, 9007199254740992.0, true, "a positive whole number", "POSITIVE", true);
+inline const CLI::Validator NonNegativeInt = number_check(0, 9007199254740992.0, false, "a whole number >= 0", "NONNEGATIVE", true);
+inline const CLI::Validator UnitInterval = number_check(0, 1, false, "a number from 0 to 1", "[0 - 1]");
 
 inline void setup_app(CLI::App& app) {
   app.set_version_flag("--version", std::string("smp ") + SMP_VERSION);

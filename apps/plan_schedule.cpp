@@ -1,5 +1,7 @@
 #include "plan_schedule.hpp"
 
+#include "common.hpp"
+
 #include "core/error.hpp"
 #include "schedule/generators.hpp"
 #include "schedule/simulate.hpp"
@@ -44,7 +46,7 @@ void add_schedule_options(CLI::App& app, ScheduleOptions& opt) {
       ->group(group)->option_text("FILE.svg");
   app.add_option("--time-axis", opt.time_axis,
                  "with --timeline: end the time axis at T units (to draw several schedules on one scale)")
-      ->group(group)->option_text("T")->check(CLI::NonNegativeNumber);
+      ->group(group)->option_text("T")->check(smp::app::NonNegative);
   app.add_option("--trace", opt.trace_json, "write the simulated schedule as Chrome trace events (Perfetto)")
       ->group(group)->option_text("FILE.json");
 }

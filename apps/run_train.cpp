@@ -1,5 +1,7 @@
 #include "run_train.hpp"
 
+#include "common.hpp"
+
 #include "comm/comm.hpp"
 #include "comm/job_monitor.hpp"
 #include "comm/launch.hpp"
@@ -31,35 +33,35 @@ namespace smp::app {
 namespace fs = std::filesystem;
 
 void add_train_options(CLI::App& app, TrainCli& t) {
-  app.add_option("--steps", t.steps, "training steps")->check(CLI::PositiveNumber);
+  app.add_option("--steps", t.steps, "training steps")->check(smp::app::PositiveInt);
   app.add_option("--lr", t.lr, "peak learning rate (default: 0.001 for adamw, PyTorch's; 0.01 for sgd and momentum)")
-      ->check(CLI::PositiveNumber);
+      ->check(smp::app::Positive);
   app.add_option("--optimizer", t.optimizer, "sgd | momentum | adamw (default: the plan's, smp-plan --optimizer)")
       ->check(CLI::IsMember({"sgd", "momentum", "adamw"}));
-  app.add_option("--momentum", t.momentum, "momentum of --optimizer momentum")->check(CLI::Range(0.0, 1.0));
-  app.add_option("--beta1", t.beta1, "AdamW's beta1")->check(CLI::Range(0.0, 1.0));
-  app.add_option("--beta2", t.beta2, "AdamW's beta2")->check(CLI::Range(0.0, 1.0));
-  app.add_option("--eps", t.eps, "AdamW's epsilon")->check(CLI::PositiveNumber);
+  app.add_option("--momentum", t.momentum, "momentum of --optimizer momentum")->check(smp::app::UnitInterval);
+  app.add_option("--beta1", t.beta1, "AdamW's beta1")->check(smp::app::UnitInterval);
+  app.add_option("--beta2", t.beta2, "AdamW's beta2")->check(smp::app::UnitInterval);
+  app.add_option("--eps", t.eps, "AdamW's epsilon")->check(smp::app::Positive);
   app.add_option("--weight-decay", t.weight_decay, "weight decay (L2 for sgd / momentum, decoupled for adamw)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--warmup-steps", t.warmup_steps, "linear learning-rate warm-up steps")->check(CLI::NonNegativeNumber);
+      ->check(smp::app::NonNegative);
+  app.add_option("--warmup-steps", t.warmup_steps, "linear learning-rate warm-up steps")->check(smp::app::NonNegativeInt);
   app.add_option("--lr-decay", t.decay, "constant | cosine (to --min-lr at the last step)")
       ->check(CLI::IsMember({"constant", "cosine"}));
   app.add_option("--lr-decay-steps", t.decay_steps,
                  "steps over which warm-up + decay run (default: --steps; fix it when a run is resumed with more --steps)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--min-lr", t.min_lr, "learning rate at the end of the cosine decay")->check(CLI::NonNegativeNumber);
+      ->check(smp::app::NonNegativeInt);
+  app.add_option("--min-lr", t.min_lr, "learning rate at the end of the cosine decay")->check(smp::app::NonNegative);
   app.add_option("--clip-norm", t.clip_norm, "clip gradients to this global L2 norm over all stages (0: off)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(smp::app::NonNegative);
   app.add_option("--seed", t.seed, "seed of the shuffling and of the synthetic data");
   app.add_flag("--shuffle", t.shuffle, "permute the rows once per epoch (from --seed)");
   app.add_option("--threads-per-worker", t.threads_per_worker, "compute threads per CPU worker (default: cores / local workers; for a plan made without --cluster, cores / the devices it was planned for)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(smp::app::NonNegativeInt);
   app.add_option("--backend", t.backend,
                  "cpu | cuda | auto: where the workers compute (auto: the device kind the plan put each rank on)")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   app.add_option("--device", t.device, "CUDA device index of every worker on this machine (default: the plan's device of each rank)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(smp::app::NonNegativeInt);
   app.add_flag("--tf32", t.tf32, "let float32 matrix products and convolutions use TF32 tensor cores (cuda; off: exact float32)");
   app.add_option("--hostfile", t.hostfile,
                  "Open MPI hostfile (NAME [slots=N] per line): the plan's hosts run on its hosts, in order")
@@ -70,7 +72,7 @@ void add_train_options(CLI::App& app, TrainCli& t) {
       ->check(CLI::IsMember({"auto", "mpirun", "srun", "local"}));
   app.add_option("--checkpoint-dir", t.checkpoint_dir, "write checkpoints here (each stage's weights and optimizer state)");
   app.add_option("--checkpoint-every", t.checkpoint_every, "checkpoint every N steps (and at the end)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(smp::app::NonNegativeInt);
   app.add_flag("--resume", t.resume, "continue from the newest complete checkpoint in --checkpoint-dir");
   app.add_option("--metrics", t.metrics, "JSON Lines file, one object per step (step, loss, samples_per_s, step_time_s, lr, grad_norm)");
   app.add_option("--summary-json", t.summary_json,
@@ -88,7 +90,7 @@ void add_train_options(CLI::App& app, TrainCli& t) {
                "update BatchNormalization's running statistics once per step with the whole minibatch's (every "
                "microbatch and replica), not per microbatch: independent of how the batch is split (torchgpipe's "
                "deferred batch norm)");
-  app.add_option("--timeout", t.timeout_s, "seconds a worker waits for a peer before reporting it")->check(CLI::PositiveNumber);
+  app.add_option("--timeout", t.timeout_s, "seconds a worker waits for a peer before reporting it")->check(smp::app::Positive);
   app.add_flag("-q,--quiet", t.quiet, "no progress lines");
   app.add_option("--losses", t.losses, "write each step's loss, one per line at full precision")->group("");
   app.add_option("--status-token", t.status_token, "")->group("");

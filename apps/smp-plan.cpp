@@ -126,7 +126,7 @@ int main(int argc, char** argv) {
   app.add_option("MODEL", model, "ONNX model (.onnx); external weight files need not be present");
   app.add_option("-b,--batch-size", batch_size, "global batch size (bound to the inputs' symbolic batch dimension; default: "
                                                 "the model's fixed batch dimension, else 8 per device)")
-      ->check(CLI::PositiveNumber);
+      ->check(smp::app::PositiveInt);
   app.add_option("--dim", dims, "bind another symbolic dimension, NAME=SIZE (repeatable)");
   app.add_option("--freeze", frozen, "keep these floating-point initializers constant instead of training them: names "
                                      "or patterns such as '*relative_coords_table' (repeatable or comma-separated; "
@@ -171,7 +171,7 @@ int main(int argc, char** argv) {
       ->group(pg)->option_text("N")->check(CLI::Range(1, 100000));
   app.add_option("--dp-work", dp_work, "stage evaluations the DP may spend per configuration walking the bound on the "
                                        "largest stage time (0: no cap, exact for the DP's objective)")
-      ->group(pg)->option_text("N")->check(CLI::NonNegativeNumber);
+      ->group(pg)->option_text("N")->check(smp::app::NonNegative);
   app.add_option("--split", split, "the stage split the plan keeps: auto (the DP's, or a baseline's when it simulates "
                                    "faster), dp, equal-layers, equal-params, or CUTS: the nodes that begin stages 1, 2, ... "
                                    "by name or position, comma-separated; degrees, microbatches and schedule are searched "

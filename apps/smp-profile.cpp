@@ -112,15 +112,16 @@ int main(int argc, char** argv) {
   app.add_option("--budget-ms", budget_ms,
                  "time spent measuring each node alone, after the warm-up (at least 5 repeats): its peak memory and "
                  "the split of its backward into input and weight gradient")
-      ->option_text("MS");
+      ->option_text("MS")->check(smp::app::Positive);
   app.add_option("--whole-budget-ms", whole_budget_ms,
                  "time spent timing the nodes in context (the whole model as one stage, in three rounds; as much again "
                  "with many microbatches in flight), and half as much again per count of concurrent copies")
-      ->option_text("MS");
+      ->option_text("MS")->check(smp::app::Positive);
   app.add_option("--oversubscription", oversubscription,
                  "an extra factor on every time (default 1: the whole model already runs in 1 to --devices concurrent "
                  "worker processes, which gives the slow-down of sharing the machine)")
-      ->option_text("F");
+      ->option_text("F")
+      ->check(smp::app::number_check(1, std::numeric_limits<double>::max(), false, "a number >= 1", "F"));
   app.add_flag("--no-calibrate", no_calibrate,
                "write the node times as measured in one process alone: not scaled for workers sharing the machine");
   app.add_option("--pipeline-probe", probe,
@@ -144,10 +145,6 @@ int main(int argc, char** argv) {
     if (devices < 0) throw_bad_input("--devices", "must be a positive number");
     if (app.count("--devices") && devices == 0) throw_bad_input("--devices", "must be at least 1");
     if (app.count("--threads") && threads < 1) throw_bad_input("--threads", "must be at least 1");
-    if (budget_ms <= 0) throw_bad_input("--budget-ms", "must be positive");
-    if (app.count("--oversubscription") && oversubscription < 1)
-      throw_bad_input("--oversubscription", "must be at least 1");
-    if (whole_budget_ms <= 0) throw_bad_input("--whole-budget-ms", "must be positive");
     const int cores = smp::comm::online_cores();
     if (machine) {
       if (!model.empty()) throw_bad_input("--machine", "measures the machine, not a model", "leave out MODEL");

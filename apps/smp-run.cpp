@@ -183,8 +183,8 @@ int main(int argc, char** argv) {
   app.add_flag("--forward", forward, "run MODEL's forward pass on --data and write its outputs to --output (in stages where its data decides control flow or shapes)");
   app.add_option("--data", data, "directory with one .npy per graph input, named after it (NAME.npy)");
   app.add_option("--output", output, "directory for the outputs, one .npy per graph output, named after it");
-  app.add_option("--threads", threads, "CPU threads (OpenMP and OpenBLAS); 0: the libraries' defaults")->check(CLI::NonNegativeNumber);
-  app.add_option("-b,--batch-size", batch_size, "with --forward: bind symbolic leading dims of inputs without an array (the arrays bind their own)")->check(CLI::PositiveNumber);
+  app.add_option("--threads", threads, "CPU threads (OpenMP and OpenBLAS); 0: the libraries' defaults")->check(smp::app::NonNegativeInt);
+  app.add_option("-b,--batch-size", batch_size, "with --forward: bind symbolic leading dims of inputs without an array (the arrays bind their own)")->check(smp::app::PositiveInt);
   app.add_option("--dim", dims, "with --forward: bind a symbolic dimension of inputs without an array, NAME=SIZE (repeatable)");
   smp::app::TrainCli train;
   smp::app::add_train_options(app, train);

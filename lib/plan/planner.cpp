@@ -1090,6 +1090,12 @@ Plan make_plan(const PlanInputs& in, const PlanOptions& opt) {
     bool any = false;
     for (auto& sp : spaces) any |= !sp->pds.empty();
     if (!any) {
+      if (opt.stages > cl.size())
+        throw_bad_input("--stages", fmt::format("{} pipeline ranks need {} devices, the cluster has {}", opt.stages, opt.stages, cl.size()),
+                        "lower --stages (--chunks puts several stages on one rank) or add devices");
+      if (opt.data_parallel > cl.size())
+        throw_bad_input("--data-parallel", fmt::format("{} replicas need {} devices, the cluster has {}", opt.data_parallel,
+                                                       opt.data_parallel, cl.size()));
       if (opt.stages > K_max)
         throw_bad_input("--stages", fmt::format("{} stages, but the DP sees only {} cut positions ({} segments)", opt.stages,
                                                 K_max - 1, K_max));

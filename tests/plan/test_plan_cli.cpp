@@ -119,6 +119,11 @@ TEST_CASE("smp-plan bad input: one line naming the file or option, exit 2") {
       {sample("mlp") + " -b 8 --cluster " + (dir / "missing.json").string(), "error: " + (dir / "missing.json").string() + ": no such file"},
       {sample("mlp") + " -b 8 --devices 4 --tensor-parallel 3", "error: --tensor-parallel: 3: host localhost has 4 devices, not a multiple of 3"},
       {sample("mlp") + " -b 8 --devices 4 --tensor-parallel 0", "error: --tensor-parallel: Value 0 not in range 1 to 65536"},
+      {sample("mlp") + " -b 0 --devices 2", "error: --batch-size: must be a positive whole number, not 0"},
+      {sample("mlp") + " -b 2.5 --devices 2", "error: --batch-size: must be a positive whole number, not 2.5"},
+      {sample("mlp") + " -b 8 --devices 2 --dp-work nan", "error: --dp-work: must be a number >= 0, not nan"},
+      {sample("mlp") + " -b 8 --devices 2 --stages 5", "error: --stages: 5 pipeline ranks need 5 devices, the cluster has 2"},
+      {sample("mlp") + " -b 12 --devices 2 --data-parallel 3", "error: --data-parallel: 3 replicas need 3 devices, the cluster has 2"},
       {sample("mlp") + " -b 8 --devices 4 --shard-optimizer --no-shard-optimizer", "error: --shard-optimizer: given with --no-shard-optimizer"},
       {sample("mlp") + " -b 8 --devices 2 --freeze 'layers.0.*,norm*'", "error: --freeze: 'norm*' matches no floating-point initializer of "},
   };

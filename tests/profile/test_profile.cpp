@@ -219,6 +219,8 @@ TEST_CASE("smp-profile bad input: one line, exit 2") {
       {gpt + " -b 8 --threads 0" + out, "--threads"},
       {gpt + " -b 8 --devices 0" + out, "--devices"},
       {gpt + " -b 8 --budget-ms 0" + out, "--budget-ms"},
+      {gpt + " -b 8 --budget-ms nan" + out, "--budget-ms: must be a positive number, not nan"},
+      {gpt + " -b 8 --whole-budget-ms inf" + out, "--whole-budget-ms: must be a positive number, not inf"},
       {gpt + " -b 8 --oversubscription 0.5" + out, "--oversubscription"},
       {gpt + " -b 8 --no-such-option" + out, "no-such-option"},
       {gpt + " --machine" + out, "--machine"},

@@ -447,6 +447,14 @@ TEST_CASE("bad input: one error line and a non-zero exit before anything is over
   npy("labels.npy", "np.zeros((4,), np.int64)");
   expect("--data " + data.string(), "fewer than one batch of 8");
   expect("--resume", "--resume: needs --checkpoint-dir");
+  // Numeric options: non-finite, out-of-range and fractional counts are refused before anything runs.
+  expect("--lr nan", "--lr: must be a positive number, not nan");
+  expect("--lr -0.1", "--lr: must be a positive number, not -0.1");
+  expect("--steps 0", "--steps: must be a positive whole number, not 0");
+  expect("--steps 1.5", "--steps: must be a positive whole number, not 1.5");
+  expect("--momentum 1.5", "--momentum: must be a number from 0 to 1, not 1.5");
+  expect("--weight-decay inf", "--weight-decay: must be a number >= 0, not inf");
+  expect("--clip-norm x", "--clip-norm: 'x' is not a number");
 
   // A non-finite loss stops training before the step's checkpoint; the previous one survives.
   fs::path ck = dir / "ck";
